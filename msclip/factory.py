@@ -1,0 +1,226 @@
+"""Model factory: named models and checkpoint files -> (model, preprocess, tokenizer).
+
+The API mirrors OpenCLIP's ``create_model_and_transforms``; weights are resolved as described in
+:mod:`msclip.pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msclip.errors import UnknownModelError, WeightsNotFoundError
+from msclip.model import MSCLIP, MSCLIPConfig
+from msclip.pretrained import (
+    MODELS,
+    ModelEntry,
+    load_weights,
+    read_checkpoint,
+    resolve_weights,
+)
+from msclip.spectral.bands import Band, resolve_bands
+from msclip.spectral.preprocess import SpectralPreprocess
+from msclip.spectral.stats import get_stats
+
+__all__ = [
+    "create_model",
+    "create_model_and_transforms",
+    "get_arch_config",
+    "get_model_entry",
+    "get_tokenizer",
+    "list_models",
+]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model` (registered models)."""
+    return list(MODELS)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry of a model name (case-insensitive)."""
+    if name in MODELS:
+        return MODELS[name]
+    lower = {k.lower(): k for k in MODELS}
+    if name.lower() in lower:
+        return MODELS[lower[name.lower()]]
+    raise UnknownModelError(
+        f"unknown model {name!r}; registered models: {', '.join(MODELS)} "
+        "(or pass the path of an msclip .safetensors checkpoint)"
+    )
+
+
+def get_arch_config(arch: str) -> dict:
+    """OpenCLIP-style architecture config: msclip's ``model_configs/`` first, then OpenCLIP's."""
+    path = resources.files("msclip") / "model_configs" / f"{arch}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise UnknownModelError(f"unknown architecture {arch!r} (neither msclip nor OpenCLIP)")
+    return cfg
+
+
+def _is_checkpoint_path(value: Any) -> bool:
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and (
+        value.endswith(_CHECKPOINT_SUFFIXES) or os.sep in value or os.path.isfile(value)
+    )
+
+
+def _config_for(entry: ModelEntry, bands: Sequence[str | Band] | None) -> MSCLIPConfig:
+    return MSCLIPConfig(
+        arch=entry.arch,
+        arch_cfg=get_arch_config(entry.arch),
+        bands=tuple(b.name for b in resolve_bands(bands if bands is not None else entry.bands)),
+        stats=get_stats(entry.stats),
+        name=entry.name,
+        pil_rgb=entry.pil_rgb,
+    )
+
+
+def create_model(
+    name: str | os.PathLike | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    bands: Sequence[str | Band] | None = None,
+    cache_dir: str | None = None,
+    precision: str = "fp32",
+) -> MSCLIP:
+    """Build a model and load its weights.
+
+    Args:
+        name: a registered model name (:func:`list_models`) or the path of an msclip
+            ``.safetensors`` checkpoint (which describes its own architecture and bands).
+        pretrained: ``None``/``False``: random weights. ``True``: the model's published weights
+            (hub cache or hub). A file path: that checkpoint. Another registered model name
+            (e.g. ``"ViT-B-16"`` for a multispectral model): that model's weights, the patch
+            kernel extended to this model's bands by the zero-init rule.
+        device: where to put the model (default CPU).
+        bands: override the model's bands (architectures without fixed weights, or RGB
+            initialisation); statistics must cover them.
+        cache_dir: Hugging Face cache directory.
+        precision: ``fp32`` or ``bf16`` (weights cast once; see the README for when it is faster).
+
+    Raises:
+        UnknownModelError: unknown name.
+        WeightsNotFoundError: weights missing offline (message says what to fetch).
+        CheckpointMismatchError: the checkpoint does not fit the architecture.
+    """
+    if name is None and pretrained is None:
+        raise UnknownModelError("give a model name or a checkpoint path")
+    ckpt = None
+    if name is not None and _is_checkpoint_path(name) and str(name) not in MODELS:
+        if not os.path.isfile(name):
+            raise WeightsNotFoundError(f"checkpoint file not found: {name}")
+        pretrained, name = name, None
+    if name is None:
+        ckpt = read_checkpoint(pretrained)  # type: ignore[arg-type]
+        if ckpt.config is None:
+            raise UnknownModelError(
+                f"{pretrained} does not describe its architecture (no msclip metadata); "
+                "pass --model-name too"
+            )
+        config = MSCLIPConfig.from_dict(ckpt.config)
+        if bands is not None:
+            config.bands = tuple(b.name for b in resolve_bands(bands))
+        model = MSCLIP(config)
+        load_weights(model, ckpt, extend_bands=bands is not None)
+    else:
+        entry = get_model_entry(str(name))
+        config = _config_for(entry, bands)
+        model = MSCLIP(config)
+        extend = False
+        if pretrained is True or pretrained == "default":
+            path = resolve_weights(entry, cache_dir=cache_dir)
+            extend = bands is not None
+        elif isinstance(pretrained, str) and pretrained in MODELS:
+            path = resolve_weights(MODELS[pretrained], cache_dir=cache_dir)
+            extend = True
+        elif pretrained is not None and pretrained is not False:
+            if isinstance(pretrained, str) and entry.open_clip_tag == pretrained:
+                path = resolve_weights(entry, cache_dir=cache_dir)
+            else:
+                path = resolve_weights(entry, path=pretrained)
+            extend = bands is not None
+        else:
+            path = None
+        if path is not None:
+            ckpt = read_checkpoint(path)
+            load_weights(model, ckpt, extend_bands=extend)
+            logger.info("loaded %s weights (%s) from %s", entry.name, ckpt.format, path)
+    model.eval()
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tensor]:
+    """The tokenizer of a model (OpenCLIP's CLIP BPE tokenizer for CLIP text towers)."""
+    import open_clip
+
+    if isinstance(name, MSCLIP):
+        arch, text_cfg = name.config.arch, name.config.arch_cfg.get("text_cfg", {})
+    elif _is_checkpoint_path(name) and str(name) not in MODELS:
+        cfg = MSCLIPConfig.from_dict(read_checkpoint(name).config or {})
+        arch, text_cfg = cfg.arch, cfg.arch_cfg.get("text_cfg", {})
+    else:
+        entry = get_model_entry(str(name))
+        arch, text_cfg = entry.arch, get_arch_config(entry.arch).get("text_cfg", {})
+    if open_clip.get_model_config(arch) is not None:
+        return open_clip.get_tokenizer(arch)
+    if "hf_tokenizer_name" in text_cfg:
+        return open_clip.tokenizer.HFTokenizer(
+            text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77)
+        )
+    return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+
+def create_model_and_transforms(
+    name: str | os.PathLike | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    bands: Sequence[str | Band] | None = None,
+    input_bands: Sequence[str | Band] | None = None,
+    layout: str | None = None,
+    sensor: str | None = None,
+    cache_dir: str | None = None,
+    precision: str = "fp32",
+) -> tuple[MSCLIP, SpectralPreprocess, Callable[..., torch.Tensor]]:
+    """Build ``(model, preprocess, tokenizer)``.
+
+    ``preprocess`` accepts a file path, a :class:`msclip.io.Raster` from
+    :func:`msclip.read_raster`, a PIL image or an array, and returns the model's input tensor.
+    ``input_bands``/``layout``/``sensor`` describe inputs that do not describe themselves.
+    Other arguments as in :func:`create_model`.
+    """
+    model = create_model(name, pretrained, device, bands, cache_dir, precision)
+    preprocess = model.preprocess(input_bands=input_bands, layout=layout, sensor=sensor)
+    return model, preprocess, get_tokenizer(model)
+
+
+def load_model_from_args(
+    model_name: str | None, ckpt_path: str | None, pretrained: bool, **kwargs: Any
+) -> MSCLIP:
+    """CLI helper: ``--model-name``, ``--ckpt-path`` and ``--pretrained/--no-pretrained``."""
+    if ckpt_path is not None:
+        return create_model(model_name, Path(ckpt_path), **kwargs)
+    return create_model(model_name, True if pretrained else None, **kwargs)

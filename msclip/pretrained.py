@@ -1,0 +1,419 @@
+"""Named models, weight resolution and checkpoint formats.
+
+The model table below is plain data (name -> architecture, bands, statistics, weights), in the
+manner of timm's ``PretrainedCfg`` and torchgeo's weight enums. Weight resolution follows timm's
+order: an explicit file, then the Hugging Face hub (through ``huggingface_hub``: its cache,
+``cache_dir`` and ``HF_HUB_OFFLINE`` honoured), then weights shipped inside the package.
+
+Checkpoint formats read (always without unpickling arbitrary objects: ``torch.load`` with
+``weights_only=True``, or safetensors):
+
+* the Llama3-MS-CLIP release ``.pt``: one OpenCLIP state dict registered under three prefixes
+  (``clip_base_model.model.``, ``text_encoder.model.``, ``image_encoder.model.``) plus a scalar
+  ``temperature``;
+* plain OpenCLIP state dicts (``.pt``/``.bin``/``.safetensors``), also inside Lightning
+  ``state_dict`` or msclip training ``model`` wrappers, with or without a DDP ``module.`` prefix;
+* msclip ``.safetensors``: an OpenCLIP state dict whose metadata holds the model config (bands,
+  statistics, architecture), so the file alone rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msclip.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
+from msclip.spectral.bands import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, resolve_bands
+
+__all__ = [
+    "MODELS",
+    "RELEASE_PREFIXES",
+    "ModelEntry",
+    "export_release_checkpoint",
+    "file_sha256",
+    "load_weights",
+    "read_checkpoint",
+    "resolve_weights",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+RELEASE_PREFIXES = ("clip_base_model.model.", "text_encoder.model.", "image_encoder.model.")
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model.
+
+    Attributes:
+        name: the name users pass (``--model-name``).
+        arch: OpenCLIP architecture name or an msclip ``model_configs`` name.
+        bands: image tower bands, in channel order.
+        stats: statistics set (see :data:`msclip.spectral.STATS`).
+        hub_id: Hugging Face repository of the default weights.
+        filenames: files tried in that repository, in order (safetensors first).
+        package_file: weights shipped inside the package (``msclip/weights/``).
+        open_clip_tag: OpenCLIP pretrained tag of the same weights, for reference.
+        pil_rgb: use OpenCLIP's PIL preprocessing for 8-bit RGB pictures.
+        description: one line for listings.
+    """
+
+    name: str
+    arch: str
+    bands: tuple[str, ...]
+    stats: str
+    hub_id: str | None = None
+    filenames: tuple[str, ...] = ()
+    package_file: str | None = None
+    open_clip_tag: str | None = None
+    pil_rgb: bool = False
+    description: str = ""
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.hub_id or self.package_file)
+
+
+_OC_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry(
+            "Llama3-MS-CLIP-Base", "ViT-B-16", LLAMA3_MS_CLIP_BANDS, "llama3-ms-clip",
+            hub_id="ibm-esa-geospatial/Llama3-MS-CLIP-base",
+            filenames=("Llama3_MS_CLIP_weights.pt",),
+            description="Llama3-MS-CLIP ViT-B/16, 10 Sentinel-2 L2A bands (Marimo et al. 2025)",
+        ),
+        ModelEntry(
+            "ViT-B-16", "ViT-B-16", RGB_BANDS, "openai",
+            hub_id="laion/CLIP-ViT-B-16-laion2B-s34B-b88K", filenames=_OC_FILES,
+            open_clip_tag="laion2b_s34b_b88k", pil_rgb=True,
+            description="OpenCLIP ViT-B/16 LAION-2B (RGB baseline)",
+        ),
+        ModelEntry(
+            "ViT-B-32", "ViT-B-32", RGB_BANDS, "openai",
+            hub_id="laion/CLIP-ViT-B-32-laion2B-s34B-b79K", filenames=_OC_FILES,
+            open_clip_tag="laion2b_s34b_b79k", pil_rgb=True,
+            description="OpenCLIP ViT-B/32 LAION-2B (RGB baseline)",
+        ),
+        ModelEntry(
+            "ViT-L-14", "ViT-L-14", RGB_BANDS, "half",
+            hub_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K", filenames=_OC_FILES,
+            open_clip_tag="laion2b_s32b_b82k", pil_rgb=True,
+            description="OpenCLIP ViT-L/14 LAION-2B (RGB baseline)",
+        ),
+        ModelEntry(
+            "msclip-tiny", "msclip-tiny", LLAMA3_MS_CLIP_BANDS, "llama3-ms-clip",
+            description="tiny 10-band test architecture (random weights)",
+        ),
+        ModelEntry(
+            "msclip-tiny-rgb", "msclip-tiny", RGB_BANDS, "openai", pil_rgb=True,
+            description="tiny RGB test architecture (random weights)",
+        ),
+    ]
+}  # fmt: skip
+
+
+# -- files and hashes ------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for the life of the process."""
+    p = os.path.abspath(os.fspath(path))
+    st = os.stat(p)
+    key = (p, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_weights(
+    entry: ModelEntry, path: str | os.PathLike | None = None, cache_dir: str | None = None
+) -> Path:
+    """Find the weight file of ``entry``: ``path`` if given, else the hub cache / hub, else the
+    package.
+
+    Raises:
+        WeightsNotFoundError: offline without the file, or an explicit path that does not exist;
+            the message names the file, where to get it, and ``--ckpt-path``.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(
+                f"checkpoint file not found: {p}. Check the path given to --ckpt-path "
+                "(Python: pretrained=...)."
+            )
+        return p
+    if entry.package_file:
+        p = WEIGHTS_DIR / entry.package_file
+        if p.is_file():
+            return p
+    if not entry.hub_id:
+        raise WeightsNotFoundError(
+            f"model {entry.name!r} has no published weights; pass a checkpoint with --ckpt-path "
+            "(Python: pretrained='path/to/file') or use --no-pretrained for random weights"
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    errors = []
+    for filename in entry.filenames:
+        try:
+            return Path(
+                hf_hub_download(
+                    entry.hub_id, filename, cache_dir=cache_dir, local_files_only=_offline()
+                )
+            )
+        except EntryNotFoundError as err:  # the repository has no such file: try the next one
+            errors.append(f"{filename}: {err.__class__.__name__}")
+        except (LocalEntryNotFoundError, OSError) as err:
+            errors.append(f"{filename}: {err.__class__.__name__}")
+            break
+    first = entry.filenames[0]
+    cache = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+    raise WeightsNotFoundError(
+        f"weights of {entry.name!r} are not available: {first} from the Hugging Face repository "
+        f"{entry.hub_id} (https://huggingface.co/{entry.hub_id}) is not in the hub cache "
+        f"({cache}) and the hub cannot be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Download it on a connected machine "
+        f"(huggingface-cli download {entry.hub_id} {first}), then pass its path with "
+        f"--ckpt-path /path/to/{first} (Python: pretrained='/path/to/{first}'). "
+        f"[{'; '.join(errors)}]"
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A state dict with what is known about it.
+
+    Attributes:
+        state_dict: OpenCLIP parameter names -> tensors.
+        format: ``llama3-ms-clip-release``, ``open_clip`` or ``msclip``.
+        config: msclip model config dict from the file's metadata, if any.
+        temperature: the release's scalar temperature, if present.
+        path: the file.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    config: dict | None = None
+    temperature: float | None = None
+    path: str | None = None
+
+
+def _torch_load(path: str) -> Any:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and plain containers; msclip "
+            "never unpickles arbitrary objects (weights_only=True). Re-save the state dict "
+            f"alone or convert it to safetensors. ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file of any supported format (see the module docstring)."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise WeightsNotFoundError(f"checkpoint file not found: {p}")
+    config = None
+    if p.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(p, framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read safetensors checkpoint {p}: {err}") from err
+        if "msclip_config" in meta:
+            config = json.loads(meta["msclip_config"])
+        temperature = float(meta["temperature"]) if "temperature" in meta else None
+        fmt = "msclip" if config is not None else "open_clip"
+        return Checkpoint(_strip_module(sd), fmt, config, temperature, p)
+
+    obj = _torch_load(p)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} does not hold a state dict (found {type(obj).__name__})")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning
+        obj = obj["state_dict"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):  # msclip training checkpoint
+        if isinstance(obj.get("msclip_config"), str):
+            config = json.loads(obj["msclip_config"])
+        obj = obj["model"]
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{p} holds no tensors")
+    prefix = RELEASE_PREFIXES[0]
+    if any(k.startswith(prefix) for k in sd):
+        temperature = float(sd["temperature"]) if "temperature" in sd else None
+        main = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        others = [k for k in sd if not k.startswith(RELEASE_PREFIXES) and k != "temperature"]
+        if others:
+            raise CheckpointMismatchError(
+                f"{p} looks like a Llama3-MS-CLIP release checkpoint but also holds unexpected "
+                f"entries {others[:10]}"
+            )
+        for other in RELEASE_PREFIXES[1:]:
+            copy = {k[len(other) :]: v for k, v in sd.items() if k.startswith(other)}
+            if copy and (copy.keys() != main.keys()):
+                logger.warning("%s: entries under %r differ from %r; using the latter",
+                               p, other, prefix)  # fmt: skip
+        return Checkpoint(main, "llama3-ms-clip-release", None, temperature, p)
+    return Checkpoint(_strip_module(sd), "open_clip" if config is None else "msclip", config,
+                      None, p)  # fmt: skip
+
+
+def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+# -- loading into a model ----------------------------------------------------------------------
+def _extend_patch_kernel(weight: torch.Tensor, from_bands: tuple[str, ...],
+                         to_bands: tuple[str, ...]) -> torch.Tensor:  # fmt: skip
+    """Kernel for ``to_bands`` from one for ``from_bands``: equivalent bands copy, others zero.
+
+    For an RGB checkpoint this is the Llama3-MS-CLIP zero-init rule.
+    """
+    from msclip.spectral.patch_embed import rgb_zero_init_weight
+
+    return rgb_zero_init_weight(weight, to_bands, from_bands)
+
+
+def load_weights(
+    model: torch.nn.Module,
+    ckpt: Checkpoint,
+    strict: bool = True,
+    extend_bands: bool = False,
+) -> None:
+    """Load ``ckpt`` into ``model`` (an :class:`msclip.MSCLIP`) strictly.
+
+    Args:
+        model: target model.
+        ckpt: from :func:`read_checkpoint`.
+        strict: refuse any missing, unexpected or differently shaped tensor.
+        extend_bands: when the checkpoint's patch kernel has other bands than the model (an RGB
+            OpenCLIP checkpoint for a multispectral model), extend it by the zero-init rule.
+
+    Raises:
+        CheckpointMismatchError: names the missing and unexpected keys and the shape differences.
+    """
+    sd = dict(ckpt.state_dict)
+    target = model.clip.state_dict()
+    key = "visual.conv1.weight"
+    if key in sd and key in target and sd[key].shape != target[key].shape:
+        src_bands = tuple((ckpt.config or {}).get("bands") or ())
+        if not src_bands and sd[key].shape[1] == 3:
+            src_bands = RGB_BANDS
+        same_but_bands = sd[key].shape[0] == target[key].shape[0] and (
+            sd[key].shape[2:] == target[key].shape[2:]
+        )
+        if extend_bands and same_but_bands and len(src_bands) == sd[key].shape[1]:
+            resolve_bands(src_bands)
+            sd[key] = _extend_patch_kernel(sd[key], src_bands, model.bands)
+            logger.info("patch kernel extended from bands %s to %s", src_bands, model.bands)
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in set(sd) & set(target)
+        if sd[k].shape != target[k].shape
+    )
+    if shapes or (strict and (missing or unexpected)):
+
+        def _fmt(items: list[str]) -> str:
+            return ", ".join(items[:12]) + (f" ... (+{len(items) - 12} more)" if len(items) > 12
+                                            else "")  # fmt: skip
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if shapes:
+            parts.append(f"shape differences ({len(shapes)}): {_fmt(shapes)}")
+        hint = ""
+        if any(s.startswith(key) for s in shapes):
+            hint = (" The patch kernel's band count differs: the checkpoint was made for other "
+                    "bands than this model's " f"{list(model.bands)}.")  # fmt: skip
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt.path or ''} ({ckpt.format}) does not fit model "
+            f"{model.config.name or model.config.arch!r}: " + "; ".join(parts) + "." + hint
+        )
+    model.clip.load_state_dict(sd, strict=strict)
+    if ckpt.temperature is not None:
+        model.release_temperature = ckpt.temperature
+    if ckpt.path:
+        model.checkpoint_path = ckpt.path
+        model.checkpoint_sha256 = file_sha256(ckpt.path)
+
+
+# -- writing ---------------------------------------------------------------------------------
+def save_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save ``model`` to safetensors (atomically) with its config, bands and statistics.
+
+    The file loads with ``msclip.create_model_and_transforms(path)`` and, for OpenCLIP users,
+    with ``safetensors.torch.load_file`` as a plain OpenCLIP state dict.
+    """
+    from safetensors.torch import save_file
+
+    from msclip import __version__
+    from msclip.io import atomic_write
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
+    meta = {
+        "format": "msclip",
+        "msclip_version": __version__,
+        "msclip_config": json.dumps(model.config.to_dict()),
+        "bands": json.dumps(list(model.bands)),
+        "stats": json.dumps(model.config.stats.to_dict()),
+        "temperature": repr(float(model.release_temperature)),
+    }
+    meta.update(metadata or {})
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
+
+
+def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write the Llama3-MS-CLIP release layout (three prefixes + ``temperature``), atomically.
+
+    The three prefixes share the same tensors, so the file is no larger than one copy.
+    """
+    from msclip.io import atomic_write
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for prefix in RELEASE_PREFIXES:
+        out.update({prefix + k: v for k, v in sd.items()})
+    out["temperature"] = torch.tensor(float(model.release_temperature))
+    return atomic_write(path, lambda tmp: torch.save(out, tmp), ".pt")

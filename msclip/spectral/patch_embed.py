@@ -1,0 +1,144 @@
+"""Wavelength-aware multispectral patch embedding.
+
+A drop-in replacement for the ``conv1`` patch projection of an OpenCLIP vision transformer
+(kernel = stride = patch size, no bias), whose input channels are named bands. Two ways to make
+one:
+
+* from an RGB CLIP patch embedding by the zero-init rule of Llama3-MS-CLIP (Marimo et al., ECML
+  PKDD 2025, arXiv:2503.15969): the blue, green and red kernels go to the bands matched to those
+  colours by wavelength, every other band starts at zero, so the extended model reproduces the
+  RGB model exactly on the matched bands whatever the other bands hold;
+* from a checkpoint (the kernel is stored under the same ``visual.conv1.weight`` key as OpenCLIP).
+
+Reading another band set uses the rule of :mod:`msclip.spectral.adapt` (known bands keep their
+kernel, bands in between are interpolated in wavelength, bands outside the range are ignored,
+absent model bands contribute nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msclip.errors import BandError
+from msclip.spectral.adapt import equivalent_band, map_bands
+from msclip.spectral.bands import Band, resolve_band, resolve_bands
+
+__all__ = ["SpectralPatchEmbed", "rgb_zero_init_weight"]
+
+
+def rgb_zero_init_weight(
+    rgb_weight: torch.Tensor,
+    bands: Sequence[str | Band],
+    rgb_bands: Sequence[str | Band] = ("red", "green", "blue"),
+) -> torch.Tensor:
+    """Extend an RGB patch kernel ``[D, 3, P, P]`` to ``bands`` by the zero-init rule.
+
+    Args:
+        rgb_weight: kernel of the RGB model, channels in ``rgb_bands`` order.
+        bands: the target band set.
+        rgb_bands: band names of the RGB kernel's channels (OpenCLIP models take R, G, B).
+
+    Returns:
+        ``[D, len(bands), P, P]`` kernel: zero except the channels matched to the RGB colours.
+
+    Raises:
+        BandError: a colour has no matching target band, or two colours match the same band.
+    """
+    targets = resolve_bands(bands)
+    colours = resolve_bands(rgb_bands)
+    if rgb_weight.shape[1] != len(colours):
+        raise BandError(
+            f"RGB kernel has {rgb_weight.shape[1]} input channels but {len(colours)} band names "
+            f"were given ({[c.name for c in colours]})"
+        )
+    out = rgb_weight.new_zeros((rgb_weight.shape[0], len(targets), *rgb_weight.shape[2:]))
+    used: dict[str, str] = {}
+    for k, colour in enumerate(colours):
+        match = equivalent_band(colour, targets)
+        if match is None:  # fall back to the nearest centre wavelength
+            match = min(targets, key=lambda b, c=colour: abs(b.center - c.center))
+        if match.name in used:
+            raise BandError(
+                f"colours {used[match.name]!r} and {colour.name!r} both match band {match.name!r}; "
+                f"the band set {[b.name for b in targets]} cannot take an RGB initialisation"
+            )
+        used[match.name] = colour.name
+        out[:, targets.index(match)] = rgb_weight[:, k]
+    return out
+
+
+class SpectralPatchEmbed(nn.Module):
+    """Patch projection over a named band set.
+
+    Args:
+        bands: model band names, in channel order.
+        width: embedding width (output channels).
+        patch_size: kernel size and stride.
+        weight: optional initial kernel ``[width, len(bands), patch, patch]``; zeros otherwise.
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str | Band],
+        width: int,
+        patch_size: int | tuple[int, int],
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.bands: tuple[str, ...] = tuple(b.name for b in resolve_bands(bands))
+        ps = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        self.patch_size = ps
+        # Mirror nn.Conv2d's attributes that OpenCLIP code reads.
+        self.kernel_size = ps
+        self.stride = ps
+        self.in_channels = len(self.bands)
+        self.out_channels = width
+        shape = (width, len(self.bands), *ps)
+        if weight is None:
+            weight = torch.zeros(shape)
+        elif tuple(weight.shape) != shape:
+            raise BandError(f"patch kernel has shape {tuple(weight.shape)}, expected {shape}")
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, bands: Sequence[str | Band]) -> SpectralPatchEmbed:
+        """Wrap an existing ``conv1`` whose channels already are ``bands`` (weights copied)."""
+        if getattr(conv, "bias", None) is not None:
+            raise BandError("patch projections with a bias are not supported")
+        return cls(bands, conv.weight.shape[0], tuple(conv.weight.shape[2:]), conv.weight)
+
+    @classmethod
+    def from_rgb(
+        cls,
+        rgb_weight: torch.Tensor,
+        bands: Sequence[str | Band],
+        rgb_bands: Sequence[str | Band] = ("red", "green", "blue"),
+    ) -> SpectralPatchEmbed:
+        """Zero-init extension of an RGB kernel (see :func:`rgb_zero_init_weight`)."""
+        w = rgb_zero_init_weight(rgb_weight, bands, rgb_bands)
+        return cls(bands, w.shape[0], tuple(w.shape[2:]), w)
+
+    def adapted_weight(self, input_bands: Sequence[str | Band]) -> torch.Tensor:
+        """Kernel ``[width, len(input_bands), P, P]`` for inputs with the given bands."""
+        mapping = map_bands(self.bands, input_bands)
+        m = torch.as_tensor(mapping.matrix, dtype=self.weight.dtype, device=self.weight.device)
+        return torch.einsum("dihw,ij->djhw", self.weight, m)
+
+    def forward(self, x: torch.Tensor, bands: Sequence[str | Band] | None = None) -> torch.Tensor:
+        """Project patches of ``x`` ``[B, C, H, W]``; ``bands`` names its channels if not ours."""
+        if bands is None or tuple(resolve_band(b).name for b in bands) == self.bands:
+            weight = self.weight
+        else:
+            weight = self.adapted_weight(bands)
+        if x.shape[1] != weight.shape[1]:
+            raise BandError(
+                f"input has {x.shape[1]} channels but {weight.shape[1]} bands were declared"
+            )
+        return F.conv2d(x, weight.to(x.dtype), stride=self.patch_size)
+
+    def extra_repr(self) -> str:
+        return f"bands={list(self.bands)}, width={self.out_channels}, patch={self.patch_size}"

@@ -1,0 +1,228 @@
+"""Preprocessing of named-band rasters for a spectral CLIP model.
+
+The order of operations is the one published with Llama3-MS-CLIP (Marimo et al., ECML PKDD 2025,
+arXiv:2503.15969), and the same torchvision functions are called, so the result is identical to
+the bit in float32:
+
+1. select and order the bands by name (see :mod:`msclip.spectral.adapt` for bands the model does
+   not know), cast to float32 (raw digital numbers; 8-bit RGB is divided by 255 as torchvision's
+   ``ToTensor`` does);
+2. fill nodata and NaN pixels with the band mean (zero after normalisation), counting them in a
+   warning;
+3. resize the shorter side to the model size with bicubic interpolation (antialiased, on the float
+   tensor), then centre-crop a square;
+4. normalise per band: ``(x - mean) / std``.
+
+For RGB CLIP baselines fed 8-bit pictures, ``pil_rgb=True`` follows OpenCLIP's own order instead
+(PIL bicubic resize, centre crop, ``ToTensor``, normalise), matching ``open_clip`` transforms.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from msclip.errors import BandError
+from msclip.spectral.adapt import map_bands
+from msclip.spectral.bands import Band, resolve_bands
+
+__all__ = ["SpectralPreprocess"]
+
+_INTERPOLATION = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+class SpectralPreprocess:
+    """Turn a file path, :class:`msclip.io.Raster` or array into the model's input tensor.
+
+    The output is ``[len(bands), image_size, image_size]`` float32 in the model's band order,
+    whatever the input's band order or sensor. Picklable (DataLoader workers).
+
+    Args:
+        bands: the model's bands, in channel order.
+        mean: band name -> mean (after division by ``divisor``); must cover the model's bands and
+            may cover others (used for inputs of those bands).
+        std: band name -> standard deviation.
+        image_size: output side in pixels.
+        divisor: raw values are divided by it first (255 for 8-bit RGB models, else 1).
+        resize_mode: ``shortest`` (resize the shorter side, centre-crop) or ``squash``.
+        interpolation: ``bicubic`` (published), ``bilinear`` or ``nearest``.
+        input_bands: band names of inputs that do not name their bands (arrays, unnamed files).
+        layout: ``CHW``/``HWC`` for arrays whose layout cannot be known from the shape.
+        sensor: sensor whose local band names apply when reading files.
+        pil_rgb: follow OpenCLIP's PIL pipeline for 8-bit 3-band inputs (RGB baselines).
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str | Band],
+        mean: Mapping[str, float],
+        std: Mapping[str, float],
+        image_size: int = 224,
+        divisor: float = 1.0,
+        resize_mode: str = "shortest",
+        interpolation: str = "bicubic",
+        input_bands: Sequence[str | Band] | None = None,
+        layout: str | None = None,
+        sensor: str | None = None,
+        pil_rgb: bool = False,
+    ) -> None:
+        self.bands = tuple(b.name for b in resolve_bands(bands))
+        missing = [b for b in self.bands if b not in mean or b not in std]
+        if missing:
+            raise BandError(f"no mean/std given for model bands {missing}")
+        if resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
+        if interpolation not in _INTERPOLATION:
+            raise ValueError(
+                f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}"
+            )
+        self.mean = {k: float(v) for k, v in mean.items()}
+        self.std = {k: float(v) for k, v in std.items()}
+        self.image_size = int(image_size)
+        self.divisor = float(divisor)
+        self.resize_mode = resize_mode
+        self.interpolation = interpolation
+        self.input_bands = (
+            None if input_bands is None else tuple(b.name for b in resolve_bands(input_bands))
+        )
+        self.layout = layout
+        self.sensor = sensor
+        self.pil_rgb = pil_rgb
+
+    def __repr__(self) -> str:
+        return (
+            f"SpectralPreprocess(bands={list(self.bands)}, image_size={self.image_size}, "
+            f"divisor={self.divisor}, resize_mode={self.resize_mode!r}, "
+            f"interpolation={self.interpolation!r})"
+        )
+
+    # -- input handling ---------------------------------------------------------------------
+    def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
+        """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input."""
+        from msclip.io import Raster, read_raster, to_chw
+
+        if isinstance(x, (str, os.PathLike)):
+            x = read_raster(x, bands=self.input_bands, layout=self.layout, sensor=self.sensor)
+        if isinstance(x, Raster):
+            return x.data, x.bands, x.nodata, x.path or "raster"
+        if hasattr(x, "mode") and hasattr(x, "convert"):  # PIL image
+            x = np.moveaxis(np.asarray(x.convert("RGB")), -1, 0)
+            return x, ("red", "green", "blue"), None, "image"
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"cannot preprocess a {type(x).__name__}; pass a file path, a Raster from "
+                "msclip.read_raster, a PIL image, or a numpy array / tensor"
+            )
+        n = len(self.input_bands) if self.input_bands else None
+        data, _ = to_chw(x, self.layout, n)
+        if self.input_bands is not None:
+            names = self.input_bands
+        elif data.shape[0] == len(self.bands):
+            names = self.bands
+        else:
+            from msclip.spectral.bands import default_bands_for_count
+
+            names = default_bands_for_count(data.shape[0])
+        if len(names) != data.shape[0]:
+            raise BandError(f"array has {data.shape[0]} bands but {len(names)} names: {names}")
+        return data, tuple(names), None, "array"
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def __call__(self, x: Any) -> torch.Tensor:
+        data, names, nodata, where = self.load(x)
+        return self.process(data, names, nodata, where)
+
+    def process(
+        self,
+        data: np.ndarray,
+        names: Sequence[str],
+        nodata: float | None = None,
+        where: str = "array",
+    ) -> torch.Tensor:
+        """Preprocess bands-first ``data`` whose channels are ``names``."""
+        mapping = map_bands(self.bands, names)
+        perm = mapping.permutation
+        if perm is not None:
+            idx = perm
+            mean = [self.mean[b] for b in self.bands]
+            std = [self.std[b] for b in self.bands]
+        else:
+            idx = mapping.used_inputs
+            model_mean = [self.mean[b] for b in self.bands]
+            model_std = [self.std[b] for b in self.bands]
+            derived_mean, derived_std = mapping.input_stats(model_mean, model_std)
+            mean = [self.mean.get(names[j], derived_mean[j]) for j in idx]
+            std = [self.std.get(names[j], derived_std[j]) for j in idx]
+        sel = data[idx]
+
+        if (
+            self.pil_rgb
+            and sel.dtype == np.uint8
+            and len(idx) == 3
+            and nodata is None
+            and perm is not None
+        ):
+            out = self._pil_pipeline(sel, mean, std)
+        else:
+            out = self._tensor_pipeline(sel, nodata, mean, std, where, [names[j] for j in idx])
+        if perm is None:
+            m = torch.as_tensor(mapping.matrix[:, idx], dtype=out.dtype)
+            out = torch.einsum("ij,jhw->ihw", m, out)
+        return out
+
+    def _tensor_pipeline(
+        self,
+        sel: np.ndarray,
+        nodata: float | None,
+        mean: list[float],
+        std: list[float],
+        where: str,
+        names: list[str],
+    ) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(sel).astype(np.float32, copy=False))
+        if self.divisor != 1.0:
+            x = x.div(self.divisor)
+        bad = torch.isnan(x)
+        if nodata is not None and not np.isnan(nodata):
+            bad |= torch.from_numpy(np.ascontiguousarray(sel) == nodata)
+        n_bad = int(bad.sum())
+        if n_bad:
+            fill = torch.tensor(mean, dtype=x.dtype)[:, None, None].expand_as(x)
+            x = torch.where(bad, fill, x)
+            per_band = {n: int(c) for n, c in zip(names, bad.sum(dim=(1, 2)).tolist()) if c}
+            warnings.warn(
+                f"{where}: {n_bad} nodata/NaN pixel values filled with the band mean "
+                f"(per band: {per_band})",
+                stacklevel=3,
+            )
+        interp = _INTERPOLATION[self.interpolation]
+        s = self.image_size
+        if self.resize_mode == "shortest":
+            x = TF.resize(x, [s], interpolation=interp, antialias=True)
+            x = TF.center_crop(x, [s, s])
+        else:
+            x = TF.resize(x, [s, s], interpolation=interp, antialias=True)
+        return TF.normalize(x, mean=mean, std=std)
+
+    def _pil_pipeline(self, sel: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+        from PIL import Image
+
+        img = Image.fromarray(np.ascontiguousarray(np.moveaxis(sel, 0, -1)))
+        interp = _INTERPOLATION[self.interpolation]
+        s = self.image_size
+        size = [s] if self.resize_mode == "shortest" else [s, s]
+        img = TF.center_crop(TF.resize(img, size, interpolation=interp), [s, s])
+        return TF.normalize(TF.to_tensor(img), mean=mean, std=std)
