@@ -1,0 +1,310 @@
+"""Tiling large georeferenced rasters and writing per-tile results back as GeoTIFFs.
+
+A scene (a GeoTIFF or Cloud-Optimised GeoTIFF, possibly much larger than the model's input) is
+cut into square windows of ``tile_size`` pixels every ``stride`` pixels, row-major; only whole
+windows are made, so a remainder narrower than a tile at the right and bottom edges is not
+covered (its size is logged). Each window is read on its own (``rasterio`` windowed reads: for a
+COG only the blocks the window touches are decoded).
+
+Per-tile results (a similarity to a text query, a zero-shot label) form a grid of
+``n_rows x n_cols`` values. They are written as a GeoTIFF in the scene's CRS whose cell ``(i, j)``
+is the ``stride x stride`` square centred on tile ``(i, j)``: the scene's transform, translated
+by ``(tile_size - stride) / 2`` pixels and scaled by ``stride``. When ``stride == tile_size`` the
+cells are exactly the tiles' footprints.
+
+Footprints are given in the scene's CRS (``bounds``: ``minx, miny, maxx, maxy``) and as lon/lat
+rings in EPSG:4326 (corner points transformed with ``rasterio.warp.transform``, ordered
+counter-clockwise as RFC 7946 asks of exterior rings).
+
+A pixel is *nodata* when every band equals the nodata value (the file's, or the caller's) or is
+NaN; a tile with more than ``max_nodata`` of such pixels is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.errors import MSCLIPError, RasterReadError
+from msclip.io import atomic_write, write_geotiff
+
+__all__ = [
+    "SceneError",
+    "SceneInfo",
+    "Tile",
+    "footprint_lonlat",
+    "nodata_fraction",
+    "open_scene",
+    "raster_bounds",
+    "scene_tiles",
+    "tile_grid",
+    "write_class_map",
+    "write_tile_map",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class SceneError(MSCLIPError, ValueError):
+    """A scene cannot be tiled (not georeferenced, smaller than a tile, bad tile parameters)."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One window of a raster file.
+
+    Attributes:
+        path: the raster file.
+        row: top pixel row of the window.
+        col: left pixel column of the window.
+        height: window height in pixels.
+        width: window width in pixels.
+        grid_row: row of the tile in the tile grid.
+        grid_col: column of the tile in the tile grid.
+    """
+
+    path: str
+    row: int
+    col: int
+    height: int
+    width: int
+    grid_row: int = 0
+    grid_col: int = 0
+
+    @property
+    def window(self) -> Any:
+        """``rasterio.windows.Window`` of the tile."""
+        from rasterio.windows import Window
+
+        return Window(self.col, self.row, self.width, self.height)
+
+    @property
+    def name(self) -> str:
+        """Display name ``path@row,col`` (pixel offsets of the top-left corner)."""
+        return f"{self.path}@{self.row},{self.col}"
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What is needed to tile a scene and georeference per-tile results.
+
+    Attributes:
+        path: the scene file.
+        width, height: size in pixels.
+        count: number of bands.
+        crs: ``rasterio.crs.CRS`` (``None`` for files without georeference).
+        transform: pixel-to-CRS ``affine.Affine``.
+        nodata: the file's nodata value.
+        tile_size: window side in pixels.
+        stride: step between windows in pixels.
+        n_rows, n_cols: tile grid shape.
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    crs: Any
+    transform: Any
+    nodata: float | None
+    tile_size: int
+    stride: int
+    n_rows: int
+    n_cols: int
+
+    @property
+    def grid_transform(self) -> Any:
+        """Transform of the tile grid (one cell per tile, centred on the tile)."""
+        from affine import Affine
+
+        off = (self.tile_size - self.stride) / 2.0
+        return self.transform * Affine.translation(off, off) * Affine.scale(self.stride)
+
+
+def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int, int]:
+    """Rows and columns of whole tiles that fit a ``height x width`` raster.
+
+    Raises:
+        SceneError: non-positive sizes, or a raster smaller than one tile.
+    """
+    if tile_size < 1 or stride < 1:
+        raise SceneError(f"tile size and stride must be >= 1, got {tile_size} and {stride}")
+    if height < tile_size or width < tile_size:
+        raise SceneError(
+            f"raster of {height}x{width} pixels is smaller than one tile of {tile_size} pixels; "
+            "use a smaller --tile-size or classify the file as a single image"
+        )
+    return (height - tile_size) // stride + 1, (width - tile_size) // stride + 1
+
+
+def open_scene(
+    path: str | os.PathLike, tile_size: int, stride: int | None = None, require_crs: bool = False
+) -> SceneInfo:
+    """Read a scene's header and compute its tile grid.
+
+    Args:
+        path: GeoTIFF / COG.
+        tile_size: window side in pixels (usually the model's input size).
+        stride: step between windows (default ``tile_size``: no overlap).
+        require_crs: refuse files without a CRS (needed to write georeferenced maps).
+
+    Raises:
+        RasterReadError: missing or unreadable file.
+        SceneError: bad tile parameters, no CRS when required, or a raster smaller than a tile.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    p = os.fspath(path)
+    stride = tile_size if stride is None else stride
+    if not os.path.isfile(p):
+        raise RasterReadError(f"scene file not found: {p}")
+    try:
+        with rasterio.open(p) as src:
+            width, height, count = src.width, src.height, src.count
+            crs, transform, nodata = src.crs, src.transform, src.nodata
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot open scene {p}: {err}") from err
+    if require_crs and crs is None:
+        raise SceneError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
+    n_rows, n_cols = tile_grid(height, width, tile_size, stride)
+    uncovered = (width - ((n_cols - 1) * stride + tile_size),
+                 height - ((n_rows - 1) * stride + tile_size))  # fmt: skip
+    if any(uncovered):
+        logger.info("%s: the last %d columns and %d rows are not covered by whole tiles",
+                    p, *uncovered)  # fmt: skip
+    return SceneInfo(p, width, height, count, crs, transform, nodata, tile_size, stride,
+                     n_rows, n_cols)  # fmt: skip
+
+
+def scene_tiles(info: SceneInfo) -> list[Tile]:
+    """Every tile of the scene's grid, row-major."""
+    t, s = info.tile_size, info.stride
+    return [
+        Tile(info.path, i * s, j * s, t, t, i, j)
+        for i in range(info.n_rows)
+        for j in range(info.n_cols)
+    ]
+
+
+def nodata_fraction(data: np.ndarray, nodata: float | None) -> float:
+    """Fraction of pixels of ``data`` ``[C, H, W]`` where every band is nodata or NaN."""
+    if data.size == 0:
+        return 1.0
+    bad = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else np.zeros(data.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        bad |= data == nodata
+    return float(bad.all(axis=0).mean())
+
+
+def raster_bounds(transform: Any, row: int, col: int, height: int, width: int) -> tuple[float, ...]:
+    """CRS bounds ``(minx, miny, maxx, maxy)`` of a pixel window."""
+    xs, ys = [], []
+    for r, c in ((row, col), (row, col + width), (row + height, col), (row + height, col + width)):
+        x, y = transform * (c, r)
+        xs.append(x)
+        ys.append(y)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def footprint_lonlat(crs: Any, bounds: Sequence[float]) -> list[list[float]]:
+    """Counter-clockwise lon/lat ring (closed, 5 points) of CRS ``bounds`` in EPSG:4326."""
+    from rasterio.warp import transform as warp
+
+    minx, miny, maxx, maxy = bounds
+    xs = [minx, maxx, maxx, minx, minx]
+    ys = [miny, miny, maxy, maxy, miny]
+    lon, lat = warp(crs, "EPSG:4326", xs, ys)
+    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+
+
+def write_tile_map(
+    path: str | os.PathLike,
+    values: np.ndarray,
+    info: SceneInfo,
+    names: Sequence[str] | None = None,
+    nodata: float | None = None,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write per-tile values ``[n_rows, n_cols]`` or ``[B, n_rows, n_cols]`` as a GeoTIFF.
+
+    The file has the scene's CRS and :attr:`SceneInfo.grid_transform`; ``names`` become band
+    descriptions. Written atomically.
+    """
+    arr = values[None] if values.ndim == 2 else values
+    if arr.shape[1:] != (info.n_rows, info.n_cols):
+        raise ValueError(
+            f"values of shape {values.shape} do not fit the {info.n_rows}x{info.n_cols} tile grid"
+        )
+    # Band descriptions are free text here (queries), not band names: write them directly.
+    return write_geotiff(path, arr, crs=info.crs, transform=info.grid_transform, bands=names,
+                         nodata=nodata, tags=tags)  # fmt: skip
+
+
+def write_class_map(
+    out_dir: str | os.PathLike,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    info: SceneInfo,
+    confidence: np.ndarray | None = None,
+    stem: str = "class_map",
+) -> dict[str, Path]:
+    """Write a zero-shot class map and its legend.
+
+    Args:
+        out_dir: output directory.
+        labels: class index per tile ``[n_rows, n_cols]``, ``-1`` for skipped tiles.
+        class_names: names of the class indices.
+        info: the scene.
+        confidence: optional probability of the chosen class per tile ``[n_rows, n_cols]``,
+            written to its own file.
+        stem: file name stem.
+
+    Returns:
+        Paths of the written files: ``map`` (``<stem>.tif``, uint8 or uint16, nodata = the
+        largest value of the dtype), ``legend_json``, ``legend_csv`` and, with ``confidence``,
+        ``confidence`` (``<stem>_confidence.tif``, float32, NaN nodata).
+    """
+    out = Path(out_dir)
+    n = len(class_names)
+    dtype = np.uint8 if n < 255 else np.uint16
+    fill = int(np.iinfo(dtype).max)
+    arr = np.where(labels < 0, fill, labels).astype(dtype)
+    paths = {"map": write_tile_map(out / f"{stem}.tif", arr, info, ["class"], nodata=fill)}
+    counts = np.bincount(labels[labels >= 0].ravel(), minlength=n)
+    legend = {
+        "nodata": fill,
+        "classes": [
+            {"value": i, "name": c, "tiles": int(counts[i])} for i, c in enumerate(class_names)
+        ],
+        "skipped_tiles": int((labels < 0).sum()),
+    }
+    text = json.dumps(legend, indent=1)
+    paths["legend_json"] = _write_text(out / f"{stem}_legend.json", text)
+    rows = ["value,class,tiles"] + [
+        f"{i},{_csv_field(name)},{int(counts[i])}" for i, name in enumerate(class_names)
+    ]
+    csv_text = "\n".join(rows) + "\n"
+    paths["legend_csv"] = _write_text(out / f"{stem}_legend.csv", csv_text)
+    if confidence is not None:
+        conf = np.where(labels < 0, np.nan, confidence).astype(np.float32)
+        paths["confidence"] = write_tile_map(out / f"{stem}_confidence.tif", conf, info,
+                                             ["probability"], nodata=float("nan"))  # fmt: skip
+    return paths
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), path.suffix)
+
+
+def _csv_field(value: str) -> str:
+    if any(ch in value for ch in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value

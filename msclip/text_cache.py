@@ -1,0 +1,234 @@
+"""On-disk cache of text-tower embeddings, keyed by model checkpoint and text.
+
+Zero-shot classification encodes every (class, template) prompt: 10 classes x 50 templates is
+500 text-tower passes, several seconds on a CPU, and the same for every run over new images. This
+cache stores each prompt's raw embedding (float32, before normalisation) so a repeated run with
+the same model skips the text tower entirely.
+
+Layout: ``<root>/<model key>/`` holds ``model.json`` (what the key was made from) and shards
+``shard-*.npz``, each with ``keys`` (sha256 hex of the UTF-8 text) and ``emb`` (``[N, D]``
+float32). Shards are written atomically (temporary file + rename) and are never modified, so
+concurrent runs and killed runs never leave a corrupt cache; when a directory holds more than
+:data:`MAX_SHARDS` shards, ``put`` merges them into one. Files are read with
+``np.load(allow_pickle=False)``.
+
+The model key (:func:`model_cache_key`) is a sha256 of the checkpoint hash
+(``MSCLIP.checkpoint_sha256``: the weight file's sha256, or a hash of the weights themselves),
+the architecture and the parameter dtype (bf16 weights give different embeddings).
+
+The root is ``$MSCLIP_CACHE_DIR/text`` when ``MSCLIP_CACHE_DIR`` is set, else
+``~/.cache/msclip/text``.
+
+Stable API::
+
+    default_cache_dir() -> Path
+    model_cache_key(model) -> str
+    TextEmbeddingCache(model_key, root=None, meta=None)
+    TextEmbeddingCache.for_model(model, root=None) -> TextEmbeddingCache
+    cache.get_many(texts) -> dict[str, np.ndarray]   # only the texts found
+    cache.put(texts, embeddings) -> None
+    len(cache), cache.clear()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import uuid
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.io import atomic_write
+
+__all__ = [
+    "CACHE_ENV",
+    "MAX_SHARDS",
+    "TextEmbeddingCache",
+    "default_cache_dir",
+    "model_cache_key",
+    "text_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the root of msclip's caches (the text cache is its ``text/``).
+CACHE_ENV = "MSCLIP_CACHE_DIR"
+#: Shards per model directory above which ``put`` merges them into one.
+MAX_SHARDS = 32
+
+
+def default_cache_dir() -> Path:
+    """``$MSCLIP_CACHE_DIR/text`` if the variable is set, else ``~/.cache/msclip/text``."""
+    env = os.environ.get(CACHE_ENV)
+    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    return root / "text"
+
+
+def text_key(text: str) -> str:
+    """sha256 hex of the UTF-8 text (the cache key of one prompt)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _model_facts(model: Any) -> dict[str, str]:
+    cfg = getattr(model, "config", None)
+    return {
+        "checkpoint_sha256": str(model.checkpoint_sha256),
+        "arch": str(getattr(cfg, "arch", "")),
+        "dtype": str(getattr(model, "dtype", "")),
+        "name": str(getattr(cfg, "name", "")),
+    }
+
+
+def model_cache_key(model: Any) -> str:
+    """Cache key of a model's text tower: sha256 of checkpoint hash, architecture and dtype."""
+    facts = _model_facts(model)
+    facts.pop("name")  # a display name does not change the embeddings
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class TextEmbeddingCache:
+    """Raw text embeddings of one model on disk.
+
+    Args:
+        model_key: from :func:`model_cache_key` (any string unique to the text tower's weights).
+        root: cache root (default :func:`default_cache_dir`).
+        meta: facts written to ``model.json`` for people inspecting the cache.
+    """
+
+    def __init__(
+        self,
+        model_key: str,
+        root: str | os.PathLike | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if not model_key or "/" in model_key or model_key.startswith("."):
+            raise ValueError(f"model_key must be a plain non-empty name, got {model_key!r}")
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.model_key = model_key
+        self.meta = dict(meta or {})
+        self._entries: dict[str, np.ndarray] = {}
+        self._loaded: set[str] = set()
+
+    @classmethod
+    def for_model(cls, model: Any, root: str | os.PathLike | None = None) -> TextEmbeddingCache:
+        """The cache of ``model`` (an :class:`msclip.MSCLIP`)."""
+        return cls(model_cache_key(model), root, meta=_model_facts(model))
+
+    @property
+    def dir(self) -> Path:
+        """Directory of this model's shards."""
+        return self.root / self.model_key
+
+    def __repr__(self) -> str:
+        return f"TextEmbeddingCache(dir={str(self.dir)!r})"
+
+    # -- reading -----------------------------------------------------------------------------
+    def _shards(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.iterdir() if p.name.startswith("shard-")
+                      and p.name.endswith(".npz"))  # fmt: skip
+
+    def _read_shard(self, path: Path) -> bool:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys, emb = z["keys"], z["emb"]
+        except FileNotFoundError:
+            return False  # merged away by another process since it was listed
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            logger.warning("text cache: ignoring unreadable shard %s (%s)", path, err)
+            return True
+        if emb.ndim != 2 or len(keys) != len(emb):
+            logger.warning("text cache: ignoring malformed shard %s", path)
+            return True
+        for k, e in zip(keys.tolist(), emb):
+            self._entries[str(k)] = e
+        return True
+
+    def _refresh(self) -> None:
+        for path in self._shards():
+            if path.name not in self._loaded and self._read_shard(path):
+                self._loaded.add(path.name)
+
+    def get_many(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
+        """Embeddings of the texts that are cached (float32 ``[D]`` each); others are absent."""
+        self._refresh()
+        out = {}
+        for t in texts:
+            e = self._entries.get(text_key(t))
+            if e is not None:
+                out[t] = np.array(e, dtype=np.float32)
+        return out
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._entries)
+
+    # -- writing -----------------------------------------------------------------------------
+    def _write_shard(self, keys: Sequence[str], emb: np.ndarray) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.dir / "model.json"
+        if not meta_path.exists():
+            payload = json.dumps({"model_key": self.model_key, **self.meta}, indent=1)
+            atomic_write(meta_path, lambda tmp: Path(tmp).write_text(payload), ".json")
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        karr = np.asarray(list(keys), dtype="<U64")
+        earr = np.ascontiguousarray(emb, dtype=np.float32)
+        atomic_write(self.dir / name, lambda tmp: np.savez(tmp, keys=karr, emb=earr), ".npz")
+        self._loaded.add(name)
+        return self.dir / name
+
+    def put(self, texts: Sequence[str], embeddings: np.ndarray) -> None:
+        """Store the raw embeddings ``[N, D]`` of ``texts`` (one new shard, written atomically).
+
+        Write failures (read-only or full disk) are logged, not raised: the cache is an
+        optimisation and a run must not fail because of it.
+        """
+        texts = list(texts)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(texts):
+            raise ValueError(f"embeddings of shape {emb.shape} do not fit {len(texts)} texts")
+        if not texts:
+            return
+        keys = [text_key(t) for t in texts]
+        try:
+            self._write_shard(keys, emb)
+        except OSError as err:
+            logger.warning("text cache: cannot write to %s (%s); continuing without", self.dir,
+                           err)  # fmt: skip
+            return
+        for k, e in zip(keys, emb):
+            self._entries[k] = e
+        shards = self._shards()
+        if len(shards) > MAX_SHARDS:
+            self._compact(shards)
+
+    def _compact(self, shards: list[Path]) -> None:
+        self._refresh()
+        keys = list(self._entries)
+        emb = np.stack([self._entries[k] for k in keys])
+        try:
+            kept = self._write_shard(keys, emb)
+        except OSError as err:
+            logger.warning("text cache: cannot compact %s (%s)", self.dir, err)
+            return
+        for p in shards:
+            if p != kept:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        logger.debug("text cache: merged %d shards into %s", len(shards), kept.name)
+
+    def clear(self) -> None:
+        """Delete this model's cached embeddings."""
+        for p in self._shards():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self._entries.clear()
+        self._loaded.clear()

@@ -1,0 +1,406 @@
+"""Zero-shot classification with prompt ensembles, as published with Llama3-MS-CLIP.
+
+The protocol (Marimo et al., "Beyond the Visible: Multispectral Vision-Language Learning for Earth
+Observation", ECML PKDD 2025, arXiv:2503.15969; the prompt-ensemble recipe of CLIP, Radford et al.,
+ICML 2021, section 3.1.4) is followed exactly:
+
+1. class names are lower-cased and ``_`` and ``/`` are replaced by spaces
+   (:func:`normalize_class_name`);
+2. every template is formatted with ``{c}`` replaced by the class name, every prompt is encoded by
+   the text tower and L2-normalised; the prompts of one class are averaged and the mean is
+   L2-normalised again (:func:`build_classifier`);
+3. the image embedding is L2-normalised, logits are ``100 x cosine`` (neither the model's
+   ``logit_scale`` nor the release's ``temperature`` is used) and probabilities are the softmax
+   over classes (:func:`zero_shot_logits`, :func:`zero_shot_probs`).
+
+Retrieval ranks images by the raw cosine between the L2-normalised query embedding and the image
+embeddings (no templates, no scaling): :func:`encode_queries`.
+
+Template sets shipped with msclip live in ``msclip/templates/<name>.txt`` (one template per line,
+each containing ``{c}``); :func:`load_templates` accepts a set name or the path of any such file,
+so the published protocol's own file can be passed to reproduce its numbers exactly.
+
+Stable API (used by inference, benchmark evaluation and training validation)::
+
+    list_template_sets() -> list[str]
+    load_templates(name_or_path=DEFAULT_TEMPLATE_SET) -> list[str]
+    normalize_class_name(name) -> str
+    load_class_names(path) -> list[str]
+    check_class_names(names) -> list[str]
+    format_prompts(class_name, templates, normalize=True) -> list[str]
+    encode_texts(model, tokenizer, texts, cache=None, batch_size=256) -> Tensor [N, D]
+    build_classifier(model, tokenizer, class_names, templates, cache=None, batch_size=256)
+        -> Tensor [C, D]
+    zero_shot_logits(image_features, classifier, scale=100.0) -> Tensor [N, C]
+    zero_shot_probs(image_features, classifier, scale=100.0) -> Tensor [N, C]
+    encode_queries(model, tokenizer, queries, cache=None) -> Tensor [Q, D] (L2-normalised)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from msclip.errors import MSCLIPError
+
+if TYPE_CHECKING:
+    from msclip.text_cache import TextEmbeddingCache
+
+__all__ = [
+    "DEFAULT_TEMPLATE_SET",
+    "LOGIT_SCALE",
+    "ClassNameError",
+    "DuplicateClassError",
+    "TemplateError",
+    "UnknownTemplateSetError",
+    "build_classifier",
+    "check_class_names",
+    "encode_queries",
+    "encode_texts",
+    "format_prompts",
+    "list_template_sets",
+    "load_class_names",
+    "load_templates",
+    "normalize_class_name",
+    "template_set_path",
+    "zero_shot_logits",
+    "zero_shot_probs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Template set used when none is named.
+DEFAULT_TEMPLATE_SET = "eo"
+#: Fixed logit scale of the published zero-shot protocol (logits = 100 x cosine).
+LOGIT_SCALE = 100.0
+
+
+class TemplateError(MSCLIPError, ValueError):
+    """A template file is empty or holds a line without the ``{c}`` placeholder."""
+
+
+class UnknownTemplateSetError(TemplateError):
+    """A template set name that is neither shipped with msclip nor an existing file."""
+
+
+class ClassNameError(MSCLIPError, ValueError):
+    """Class names are missing, empty or cannot be read."""
+
+
+class DuplicateClassError(ClassNameError):
+    """Two class names are equal after normalisation (their probability columns would clash)."""
+
+
+# -- templates -------------------------------------------------------------------------------
+def _templates_dir() -> Any:
+    return resources.files("msclip") / "templates"
+
+
+def list_template_sets() -> list[str]:
+    """Names of the template sets shipped with msclip (``msclip/templates/*.txt``), sorted."""
+    return sorted(
+        p.name[: -len(".txt")] for p in _templates_dir().iterdir() if p.name.endswith(".txt")
+    )
+
+
+def template_set_path(name: str) -> Path | None:
+    """Path of a shipped template set, or ``None`` when there is no set of that name."""
+    p = _templates_dir() / f"{name}.txt"
+    return Path(str(p)) if p.is_file() else None
+
+
+def _parse_templates(text: str, where: str) -> list[str]:
+    templates = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "{c}" not in line:
+            raise TemplateError(
+                f"{where}, line {lineno}: template {line!r} has no '{{c}}' placeholder; "
+                "write one template per line with {c} where the class name goes"
+            )
+        templates.append(line)
+    if not templates:
+        raise TemplateError(f"{where} holds no templates; write one template per line with {{c}}")
+    if len(set(templates)) != len(templates):
+        # Kept as written: the protocol averages every line, so a duplicate weighs twice.
+        logger.warning("%s: %d duplicate templates (each still counts in the average)",
+                       where, len(templates) - len(set(templates)))  # fmt: skip
+    return templates
+
+
+def load_templates(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE_SET) -> list[str]:
+    """Load a template set by name (:func:`list_template_sets`) or from a text file.
+
+    The file format: one template per line, each containing ``{c}``; blank lines and lines
+    starting with ``#`` are ignored; surrounding whitespace is stripped. Order is kept.
+
+    Args:
+        name_or_path: a shipped set name (``eo``, ``short``, ``sentinel2`` ...) or a path.
+
+    Raises:
+        UnknownTemplateSetError: neither a shipped set nor an existing file.
+        TemplateError: the file is empty or a line lacks ``{c}``.
+    """
+    spec = os.fspath(name_or_path)
+    path = template_set_path(spec) if isinstance(name_or_path, str) and "/" not in spec else None
+    if path is None:
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise UnknownTemplateSetError(
+                f"unknown template set {spec!r}: not one of the shipped sets "
+                f"({', '.join(list_template_sets())}) and no such file; pass a set name or the "
+                "path of a text file with one template per line containing {c}"
+            )
+        path = p
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise TemplateError(f"cannot read template file {path}: {err}") from err
+    return _parse_templates(text, str(path))
+
+
+# -- class names -----------------------------------------------------------------------------
+def normalize_class_name(name: str) -> str:
+    """The published normalisation: lower-case, ``_`` and ``/`` replaced by spaces.
+
+    Nothing else is changed (no stripping, no collapsing of spaces), so prompts are the
+    published ones to the character.
+    """
+    return name.lower().replace("_", " ").replace("/", " ")
+
+
+def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]:
+    """Validate class names and return them as a list.
+
+    Raises:
+        ClassNameError: no names, or an empty name.
+        DuplicateClassError: two names that are equal (after normalisation when ``normalize``).
+    """
+    names = [str(n) for n in names]
+    if not names:
+        raise ClassNameError(
+            "no class names given; pass --class-names or --classes-file (.txt or .yaml)"
+        )
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise ClassNameError(f"class names at positions {empty} are empty")
+    seen: dict[str, str] = {}
+    dups = []
+    for n in names:
+        key = normalize_class_name(n) if normalize else n
+        if key in seen:
+            dups.append(f"{seen[key]!r} and {n!r}" if seen[key] != n else repr(n))
+        else:
+            seen[key] = n
+    if dups:
+        raise DuplicateClassError(
+            f"duplicate class names: {', '.join(dups)}"
+            + (" (equal after lower-casing and replacing '_' and '/' by spaces)" if normalize
+               else "")
+            + "; give every class once"
+        )  # fmt: skip
+    return names
+
+
+def load_class_names(path: str | os.PathLike) -> list[str]:
+    """Read class names from a ``.txt`` (one per line) or ``.yaml``/``.yml`` file.
+
+    A YAML file may hold a list of names, a mapping ``{index: name}`` (ordered by index), or a
+    mapping with one of the keys ``classes``, ``class_names`` or ``names`` holding either form.
+    Blank lines of a text file are skipped and names are stripped. Names are returned as written
+    (not normalised); see :func:`check_class_names` for validation.
+
+    Raises:
+        ClassNameError: unreadable file, unknown suffix or an unexpected YAML structure.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ClassNameError(f"classes file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ClassNameError(f"cannot read classes file {p}: {err}") from err
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ClassNameError(f"cannot parse YAML classes file {p}: {err}") from err
+        return _names_from_yaml(obj, p)
+    if suffix in (".txt", ".csv", ""):
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    raise ClassNameError(f"classes file {p} must be .txt (one name per line) or .yaml/.yml")
+
+
+def _names_from_yaml(obj: Any, where: Path) -> list[str]:
+    if isinstance(obj, dict):
+        for key in ("classes", "class_names", "names"):
+            if key in obj:
+                return _names_from_yaml(obj[key], where)
+        try:
+            items = sorted(obj.items(), key=lambda kv: int(kv[0]))
+        except (TypeError, ValueError):
+            items = None
+        if items is not None:
+            return [str(v) for _, v in items]
+    if isinstance(obj, list) and all(isinstance(v, (str, int, float)) for v in obj):
+        return [str(v) for v in obj]
+    raise ClassNameError(
+        f"{where}: expected a list of class names, a mapping {{index: name}}, or a mapping with "
+        f"a 'classes' key; found {type(obj).__name__}"
+    )
+
+
+def format_prompts(class_name: str, templates: Sequence[str], normalize: bool = True) -> list[str]:
+    """The prompts of one class: every template with ``{c}`` replaced by the (normalised) name."""
+    name = normalize_class_name(class_name) if normalize else class_name
+    return [t.replace("{c}", name) for t in templates]
+
+
+# -- text encoding ---------------------------------------------------------------------------
+def _token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    # The end-of-text token has the largest id of the CLIP vocabulary: its position + 1 is the
+    # real length of each prompt (the same rule as MSCLIP.encode_text(trim=True)).
+    return tokens.argmax(dim=-1) + 1
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: Any,
+    tokenizer: Callable[..., torch.Tensor],
+    texts: Sequence[str],
+    cache: TextEmbeddingCache | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Raw (not normalised) text-tower embeddings of ``texts``, float32 on the CPU, ``[N, D]``.
+
+    Texts found in ``cache`` are not encoded again; new ones are added to it. Prompts are
+    encoded in batches sorted by token length with ``encode_text(..., trim=True)``, so each
+    batch runs only as many positions as its longest prompt (exact up to ~1e-6).
+
+    Args:
+        model: an :class:`msclip.MSCLIP` (any object with ``encode_text(tokens, trim=...)``).
+        tokenizer: from :func:`msclip.get_tokenizer`.
+        texts: the strings to encode (duplicates are encoded once).
+        cache: optional on-disk cache (:class:`msclip.text_cache.TextEmbeddingCache`).
+        batch_size: prompts per text-tower call.
+        progress: show a tqdm bar.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = list(texts)
+    unique = list(dict.fromkeys(texts))
+    found: dict[str, torch.Tensor] = {}
+    if cache is not None and unique:
+        for t, emb in cache.get_many(unique).items():
+            found[t] = torch.from_numpy(emb)
+    todo = [t for t in unique if t not in found]
+    if todo:
+        device = getattr(model, "device", torch.device("cpu"))
+        tokens = tokenizer(todo)
+        order = torch.argsort(_token_lengths(tokens), stable=True).tolist()
+        from tqdm.auto import tqdm
+
+        new: dict[str, torch.Tensor] = {}
+        bar = tqdm(total=len(todo), desc="text tower", unit="prompt", disable=not progress)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            emb = model.encode_text(tokens[idx].to(device), trim=True)
+            emb = emb.float().cpu()
+            for j, i in enumerate(idx):
+                new[todo[i]] = emb[j]
+            bar.update(len(idx))
+        bar.close()
+        if cache is not None:
+            cache.put(todo, torch.stack([new[t] for t in todo]).numpy())
+        found.update(new)
+        logger.debug("encoded %d texts (%d from cache)", len(todo), len(unique) - len(todo))
+    if not texts:
+        dim = getattr(model, "embed_dim", 0)
+        return torch.zeros(0, dim)
+    return torch.stack([found[t] for t in texts]).float()
+
+
+def build_classifier(
+    model: Any,
+    tokenizer: Callable[..., torch.Tensor],
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    cache: TextEmbeddingCache | None = None,
+    batch_size: int = 256,
+    normalize_names: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Zero-shot classifier weights, one row per class: ``[C, D]`` float32 on the CPU.
+
+    Row ``c`` is ``normalize(mean_t(normalize(text_tower(template_t(name_c)))))``, exactly the
+    published protocol; logits are ``100 * normalize(image) @ W.T`` (:func:`zero_shot_logits`).
+
+    Args:
+        model: an :class:`msclip.MSCLIP`.
+        tokenizer: from :func:`msclip.get_tokenizer`.
+        class_names: class names as given (normalised here when ``normalize_names``).
+        templates: prompt templates with ``{c}`` (:func:`load_templates`).
+        cache: optional on-disk cache of prompt embeddings.
+        batch_size: prompts per text-tower call.
+        normalize_names: apply :func:`normalize_class_name` (the published protocol does).
+        progress: show a tqdm bar while encoding.
+
+    Raises:
+        ClassNameError, DuplicateClassError: bad class names.
+        TemplateError: no templates, or a template without ``{c}``.
+    """
+    names = check_class_names(class_names, normalize=normalize_names)
+    templates = list(templates)
+    if not templates:
+        raise TemplateError("no templates given")
+    bad = [t for t in templates if "{c}" not in t]
+    if bad:
+        raise TemplateError(f"templates without the '{{c}}' placeholder: {bad[:3]}")
+    prompts = [p for n in names for p in format_prompts(n, templates, normalize_names)]
+    emb = encode_texts(model, tokenizer, prompts, cache, batch_size, progress)
+    emb = F.normalize(emb, dim=-1).view(len(names), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def encode_queries(
+    model: Any,
+    tokenizer: Callable[..., torch.Tensor],
+    queries: Sequence[str],
+    cache: TextEmbeddingCache | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """L2-normalised embeddings of free-text retrieval queries (used as written: no templates,
+    no class-name normalisation), ``[Q, D]`` float32 on the CPU."""
+    return F.normalize(encode_texts(model, tokenizer, queries, cache, batch_size), dim=-1)
+
+
+# -- scoring ---------------------------------------------------------------------------------
+def zero_shot_logits(
+    image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE
+) -> torch.Tensor:
+    """``scale * cosine`` between images ``[N, D]`` (normalised here) and classifier ``[C, D]``.
+
+    Computed in float32 whatever the inputs' dtype.
+    """
+    img = F.normalize(image_features.float(), dim=-1)
+    return scale * img @ classifier.float().to(img.device).T
+
+
+def zero_shot_probs(
+    image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE
+) -> torch.Tensor:
+    """Softmax over classes of :func:`zero_shot_logits`: ``[N, C]``, rows sum to one."""
+    return zero_shot_logits(image_features, classifier, scale).softmax(dim=-1)

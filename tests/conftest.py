@@ -1,0 +1,60 @@
+"""Shared fixtures: no network, small threads, tiny models and rasters built in code."""
+
+from __future__ import annotations
+
+import os
+
+# No test may reach the network: the hub code must take the offline path.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MSCLIP_CACHE_DIR", os.path.join(os.getcwd(), ".pytest_cache", "msclip"))
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own msclip cache directory."""
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path_factory.mktemp("msclip_cache")))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def make_geotiff(tmp_path):
+    """Write a small GeoTIFF and return its path."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    import msclip
+
+    def _make(
+        name: str = "tile.tif",
+        count: int = 12,
+        size: tuple[int, int] = (40, 48),
+        dtype: str = "uint16",
+        descriptions: list[str] | None = None,
+        nodata: float | None = None,
+        seed: int = 0,
+        georef: bool = True,
+    ):
+        r = np.random.default_rng(seed)
+        data = r.integers(1, 6000, size=(count, *size)).astype(dtype)
+        path = tmp_path / name
+        msclip.write_geotiff(
+            path,
+            data,
+            crs=CRS.from_epsg(32632) if georef else None,
+            transform=Affine(10, 0, 500000, 0, -10, 5000000) if georef else None,
+            bands=descriptions,
+            nodata=nodata,
+        )
+        return path, data
+
+    return _make

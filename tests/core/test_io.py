@@ -1,0 +1,126 @@
+"""Raster readers on generated files, and their errors on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import msclip
+from msclip.errors import BandError, LayoutError, RasterReadError, UnsupportedFormatError
+from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (13, S2_L1C_BANDS),
+        (12, S2_L2A_BANDS),
+        (10, LLAMA3_MS_CLIP_BANDS),
+        (4, ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")),
+        (3, ("red", "green", "blue")),
+    ],
+)
+def test_geotiff_bands_from_count(make_geotiff, count, expected):
+    path, data = make_geotiff(count=count)
+    r = msclip.read_raster(path)
+    assert r.bands == expected and r.band_source == "count"
+    assert np.array_equal(r.data, data) and r.data.dtype == np.uint16
+    assert r.crs.to_epsg() == 32632 and r.transform.a == 10
+
+
+def test_geotiff_bands_from_descriptions_in_any_order(make_geotiff):
+    order = ["B8A", "B02", "B12", "B04"]
+    path, _data = make_geotiff(count=4, descriptions=order, nodata=0)
+    r = msclip.read_raster(path)
+    assert r.bands == tuple(order) and r.band_source == "descriptions" and r.nodata == 0
+    # The same bands named by the caller must agree with the descriptions.
+    with pytest.raises(BandError, match="describes its bands"):
+        msclip.read_raster(path, bands=["B02", "B03", "B04", "B08"])
+
+
+def test_geotiff_descriptions_that_are_not_band_names_fall_back(make_geotiff):
+    path, _ = make_geotiff(count=3, descriptions=["Band 1", "Band 2", "Band 3"])
+    assert msclip.read_raster(path).band_source == "count"
+    r = msclip.read_raster(path, bands=["B04", "B03", "B02"])
+    assert r.bands == ("B04", "B03", "B02") and r.band_source == "argument"
+
+
+def test_unmappable_band_count(make_geotiff):
+    path, _ = make_geotiff(count=5)
+    with pytest.raises(BandError, match="--bands"):
+        msclip.read_raster(path)
+    with pytest.raises(BandError, match="5 bands but 3 band names"):
+        msclip.read_raster(path, bands=["B02", "B03", "B04"])
+
+
+def test_unknown_band_name(make_geotiff):
+    path, _ = make_geotiff(count=3)
+    with pytest.raises(msclip.UnknownBandError, match="B99"):
+        msclip.read_raster(path, bands=["B02", "B03", "B99"])
+
+
+def test_npy_layouts(tmp_path):
+    chw = np.arange(10 * 6 * 7, dtype=np.uint16).reshape(10, 6, 7)
+    np.save(tmp_path / "chw.npy", chw)
+    np.save(tmp_path / "hwc.npy", np.moveaxis(chw, 0, -1))
+    a = msclip.read_raster(tmp_path / "chw.npy")
+    b = msclip.read_raster(tmp_path / "hwc.npy")
+    assert np.array_equal(a.data, chw) and np.array_equal(b.data, chw)
+    assert a.bands == LLAMA3_MS_CLIP_BANDS
+    # 10-band channel-last with a 10-pixel side: ambiguous, refused, then declared.
+    amb = np.zeros((10, 10, 10), dtype=np.uint16)
+    np.save(tmp_path / "amb.npy", amb)
+    with pytest.raises(LayoutError, match="layout='HWC'"):
+        msclip.read_raster(tmp_path / "amb.npy")
+    assert msclip.read_raster(tmp_path / "amb.npy", layout="HWC").data.shape == (10, 10, 10)
+
+
+def test_npz_with_metadata(tmp_path):
+    data = np.ones((5, 4, 3), dtype=np.float32)  # HWC, 3 bands named in the file
+    np.savez(tmp_path / "x.npz", data=data, layout="HWC", bands=np.array(["B04", "B03", "B02"]),
+             nodata=np.float32(-1))  # fmt: skip
+    r = msclip.read_raster(tmp_path / "x.npz")
+    assert r.bands == ("B04", "B03", "B02") and r.data.shape == (3, 5, 4) and r.nodata == -1
+
+
+def test_png_and_jpeg(tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (9, 11, 3)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(img).save(tmp_path / "a.jpg")
+    r = msclip.read_raster(tmp_path / "a.png")
+    assert r.bands == ("red", "green", "blue") and np.array_equal(r.data, np.moveaxis(img, -1, 0))
+    assert msclip.read_raster(tmp_path / "a.jpg").data.shape == (3, 9, 11)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "corrupt.tif").write_bytes(b"II*\x00 this is not a tiff")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "x.hdf").write_bytes(b"x")
+    with pytest.raises(RasterReadError, match="empty"):
+        msclip.read_raster(tmp_path / "empty.tif")
+    for name in ("corrupt.tif", "corrupt.png", "corrupt.npy"):
+        with pytest.raises(RasterReadError, match=name):
+            msclip.read_raster(tmp_path / name)
+    with pytest.raises(UnsupportedFormatError, match=r"\.hdf"):
+        msclip.read_raster(tmp_path / "x.hdf")
+    with pytest.raises(RasterReadError, match="not found"):
+        msclip.read_raster(tmp_path / "missing.tif")
+
+
+def test_write_geotiff_is_atomic(tmp_path, monkeypatch):
+    import rasterio
+
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", boom, raising=False)
+    with pytest.raises(RuntimeError):
+        msclip.write_geotiff(target, np.zeros((1, 4, 4), np.uint8))
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]

@@ -1,0 +1,236 @@
+"""Model, factory and checkpoints: zero-init property, formats, strictness, hub, bands."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import msclip
+from msclip.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
+from msclip.pretrained import RELEASE_PREFIXES, read_checkpoint
+from msclip.spectral import LLAMA3_MS_CLIP_BANDS
+
+
+def _images(n=2, bands=10, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, bands, size, size, generator=g)
+
+
+def _embed(model, x):
+    with torch.inference_mode():
+        return model.encode_image(x)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return msclip.create_model("msclip-tiny")
+
+
+def test_factory_returns_model_preprocess_tokenizer(make_geotiff):
+    model, pre, tok = msclip.create_model_and_transforms("msclip-tiny")
+    assert model.bands == LLAMA3_MS_CLIP_BANDS and model.image_size == 32
+    path, _ = make_geotiff(count=10)
+    raster = msclip.read_raster(path)
+    for x in (path, str(path), raster, raster.data):
+        assert pre(x).shape == (10, 32, 32)
+    assert torch.equal(pre(path), pre(raster.data))
+    tokens = tok(["a satellite image of a forest"])
+    assert tokens.shape == (1, 77)
+    with torch.inference_mode():
+        assert model.encode_text(tokens).shape == (1, 32)
+    assert "Llama3-MS-CLIP-Base" in msclip.list_models()
+
+
+def test_zero_init_reproduces_rgb_model(tmp_path):
+    torch.manual_seed(1)
+    rgb = msclip.create_model("msclip-tiny-rgb")
+    path = msclip.save_checkpoint(rgb, tmp_path / "rgb.safetensors")
+    ms = msclip.create_model("msclip-tiny", pretrained=path, bands=LLAMA3_MS_CLIP_BANDS)
+    w = ms.patch_embed.weight
+    assert torch.equal(w[:, 0], rgb.patch_embed.weight[:, 2])  # B02 <- blue
+    assert torch.equal(w[:, 2], rgb.patch_embed.weight[:, 0])  # B04 <- red
+    assert not w[:, 3:].any()
+    x_rgb = _images(3, 3)
+    for seed in range(3):  # whatever the other seven bands hold
+        x_ms = _images(3, 10, seed=seed + 10)
+        x_ms[:, 0], x_ms[:, 1], x_ms[:, 2] = x_rgb[:, 2], x_rgb[:, 1], x_rgb[:, 0]
+        assert torch.allclose(_embed(ms, x_ms), _embed(rgb, x_rgb), atol=1e-5)
+
+
+def test_matches_open_clip_with_replaced_conv(tiny):
+    """The release's construction: OpenCLIP model, conv1 replaced by a 10-channel conv."""
+    from open_clip.model import CLIP
+
+    ref = CLIP(**tiny.config.arch_cfg)
+    ref.visual.conv1 = torch.nn.Conv2d(10, 64, 8, 8, bias=False)
+    ref.load_state_dict(tiny.clip.state_dict())
+    ref.eval()
+    x = _images()
+    with torch.inference_mode():
+        assert torch.equal(ref.encode_image(x), tiny.encode_image(x))
+
+
+def test_release_checkpoint_round_trip(tiny, tmp_path):
+    path = msclip.export_release_checkpoint(tiny, tmp_path / "release.pt")
+    raw = torch.load(path, weights_only=True)
+    n = len(tiny.clip.state_dict())
+    assert len(raw) == 3 * n + 1 and float(raw["temperature"]) == pytest.approx(0.07)
+    for prefix in RELEASE_PREFIXES:
+        assert f"{prefix}visual.conv1.weight" in raw
+    loaded = msclip.create_model("msclip-tiny", pretrained=path)
+    x = _images()
+    assert torch.equal(_embed(loaded, x), _embed(tiny, x))
+    assert read_checkpoint(path).format == "llama3-ms-clip-release"
+
+
+def test_vit_b16_release_layout():
+    """Llama3-MS-CLIP-Base has the release's 302 entries per prefix and a 10-band conv1."""
+    model = msclip.create_model("Llama3-MS-CLIP-Base")
+    sd = model.clip.state_dict()
+    assert len(sd) == 302
+    assert tuple(sd["visual.conv1.weight"].shape) == (768, 10, 16, 16)
+    assert "logit_scale" in sd and model.image_size == 224 and model.embed_dim == 512
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "open_clip_pt", "open_clip_safetensors",
+                                 "lightning", "ddp", "msclip_train"])  # fmt: skip
+def test_checkpoint_formats_round_trip(tiny, tmp_path, fmt):
+    sd = {k: v.clone() for k, v in tiny.clip.state_dict().items()}
+    if fmt == "safetensors":
+        path = msclip.save_checkpoint(tiny, tmp_path / "m.safetensors")
+        loaded = msclip.create_model(path)  # self-describing: no model name needed
+    else:
+        path = tmp_path / ("m.safetensors" if fmt == "open_clip_safetensors" else "m.pt")
+        if fmt == "open_clip_safetensors":
+            save_file(sd, path)
+        elif fmt == "open_clip_pt":
+            torch.save(sd, path)
+        elif fmt == "lightning":
+            torch.save({"state_dict": sd, "epoch": 3}, path)
+        elif fmt == "ddp":
+            torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+        else:
+            torch.save({"model": sd, "step": 10}, path)
+        loaded = msclip.create_model("msclip-tiny", pretrained=path)
+    x = _images()
+    assert torch.equal(_embed(loaded, x), _embed(tiny, x))
+    assert loaded.checkpoint_sha256 == msclip.pretrained.file_sha256(path)
+
+
+def test_safetensors_metadata_records_bands_and_stats(tiny, tmp_path):
+    from safetensors import safe_open
+
+    path = msclip.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert eval(meta["bands"]) == list(LLAMA3_MS_CLIP_BANDS)  # JSON list of strings
+    assert '"B02": 925.161' in meta["stats"]
+
+
+def test_mismatch_names_keys_and_shapes(tiny, tmp_path):
+    sd = {k: v.clone() for k, v in tiny.clip.state_dict().items()}
+    sd.pop("ln_final.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["visual.conv1.weight"] = torch.zeros(64, 12, 8, 8)  # a 12-band checkpoint
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointMismatchError) as err:
+        msclip.create_model("msclip-tiny", pretrained=tmp_path / "bad.pt")
+    msg = str(err.value)
+    assert "ln_final.weight" in msg and "extra.weight" in msg
+    assert "(64, 12, 8, 8)" in msg and "(64, 10, 8, 8)" in msg and "band count" in msg
+
+
+def test_refuses_to_unpickle_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"visual.conv1.weight": Evil()}, f)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / "garbage.safetensors")
+
+
+def test_offline_without_weights_names_file_and_flag(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as err:
+        msclip.create_model("Llama3-MS-CLIP-Base", pretrained=True, cache_dir=str(tmp_path))
+    msg = str(err.value)
+    assert "Llama3_MS_CLIP_weights.pt" in msg and "ibm-esa-geospatial/Llama3-MS-CLIP-base" in msg
+    assert "--ckpt-path" in msg
+    with pytest.raises(WeightsNotFoundError, match="--ckpt-path"):
+        msclip.create_model("msclip-tiny", pretrained=tmp_path / "nope.pt")
+
+
+def test_hub_cache_is_used_offline(tiny, tmp_path, monkeypatch):
+    """Weights already in the Hugging Face cache load with HF_HUB_OFFLINE=1."""
+    entry = msclip.pretrained.ModelEntry(
+        "tiny-hub", "msclip-tiny", LLAMA3_MS_CLIP_BANDS, "llama3-ms-clip",
+        hub_id="example-org/tiny-msclip", filenames=("weights.pt",),
+    )  # fmt: skip
+    monkeypatch.setitem(msclip.pretrained.MODELS, "tiny-hub", entry)
+    commit = "0" * 40
+    repo = tmp_path / "models--example-org--tiny-msclip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    msclip.export_release_checkpoint(tiny, snap / "weights.pt")
+    loaded = msclip.create_model("tiny-hub", pretrained=True, cache_dir=str(tmp_path))
+    x = _images()
+    assert torch.equal(_embed(loaded, x), _embed(tiny, x))
+
+
+def test_band_adaptation_in_the_model(tiny, make_geotiff):
+    path, data = make_geotiff(count=10, size=(32, 32))
+    pre = tiny.preprocess()
+    ref = _embed(tiny, pre(path)[None])
+    # The same bands stored in another order and named in the file: identical embedding.
+    order = [9, 3, 0, 7, 1, 5, 2, 8, 4, 6]
+    shuffled, _ = make_geotiff(name="shuffled.tif", count=10, size=(32, 32),
+                               descriptions=[LLAMA3_MS_CLIP_BANDS[i] for i in order])  # fmt: skip
+    msclip.write_geotiff(shuffled, data[order], bands=[LLAMA3_MS_CLIP_BANDS[i] for i in order])
+    assert torch.equal(_embed(tiny, pre(shuffled)[None]), ref)
+    # encode_image(bands=...) on a permuted normalised tensor: identical too.
+    x = pre(path)[None]
+    with torch.inference_mode():
+        permuted = tiny.encode_image(x[:, order], bands=[LLAMA3_MS_CLIP_BANDS[i] for i in order])
+    assert torch.equal(_embed(tiny, x), permuted)
+    # A 12-band L2A file gives exactly the 10-band result (B01 and B09 left out).
+    l2a = np.zeros((12, 32, 32), dtype=np.uint16)
+    l2a[[1, 2, 3, 4, 5, 6, 7, 8, 10, 11]] = data
+    l2a[[0, 9]] = 777
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(_embed(tiny, pre(l2a)[None]), ref)
+
+
+def test_forward_features_and_text_trim(tiny):
+    feats = tiny.forward_features(_images(), layers=[0, -1])
+    assert [f.shape for f in feats] == [(2, 16, 64), (2, 16, 64)]
+    tok = msclip.get_tokenizer(tiny)(["forest", "a satellite image of a river crossing farmland"])
+    with torch.inference_mode():
+        full = tiny.encode_text(tok)
+        trimmed = tiny.encode_text(tok, trim=True)
+    assert torch.allclose(full, trimmed, atol=1e-5)
+
+
+def test_bf16_precision_runs():
+    model = msclip.create_model("msclip-tiny", precision="bf16")
+    assert model.dtype == torch.bfloat16
+    with torch.inference_mode():
+        assert model.encode_image(_images()).dtype == torch.bfloat16
+
+
+def test_unknown_model():
+    with pytest.raises(msclip.UnknownModelError, match="registered models"):
+        msclip.create_model("ViT-Z-99")

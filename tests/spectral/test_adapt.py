@@ -1,0 +1,112 @@
+"""Wavelength-aware band adaptation: kernel form, channel form, and the rules."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msclip.errors import BandError
+from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPatchEmbed, map_bands
+from msclip.spectral.bands import resolve_band
+
+
+def _embed(bands=LLAMA3_MS_CLIP_BANDS, width=8, patch=4, seed=0):
+    torch.manual_seed(seed)
+    return SpectralPatchEmbed(bands, width, patch, torch.randn(width, len(bands), patch, patch))
+
+
+def test_exact_band_set_is_identity():
+    m = map_bands(LLAMA3_MS_CLIP_BANDS, LLAMA3_MS_CLIP_BANDS)
+    assert np.array_equal(m.matrix, np.eye(10)) and m.permutation == list(range(10))
+    pe = _embed()
+    assert torch.equal(pe.adapted_weight(LLAMA3_MS_CLIP_BANDS), pe.weight)
+
+
+def test_permuted_bands_keep_kernels():
+    pe = _embed()
+    perm = list(reversed(LLAMA3_MS_CLIP_BANDS))
+    x = torch.randn(2, 10, 8, 8)
+    x_perm = x[:, list(reversed(range(10)))]
+    assert torch.allclose(pe(x_perm, bands=perm), pe(x), atol=1e-6)
+    assert torch.equal(pe.adapted_weight(perm), pe.weight[:, list(reversed(range(10)))])
+
+
+def test_l2a_file_bands_map_to_published_selection():
+    # B01 is outside the model's range (warning); B09 lies between B8A and B11, which the file
+    # also holds, so it is left out: exactly the published 12 -> 10 selection.
+    with pytest.warns(UserWarning, match="B01"):
+        m = map_bands(("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+                      ("B01", *S2_L2A_BANDS[1:]))  # fmt: skip
+    assert m.permutation == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
+    assert m.kinds[9] == "redundant" and m.kinds[0] == "ignored"
+
+
+def test_interpolation_between_model_bands():
+    model = ("B04", "B08")  # red 0.6646 um and NIR 0.8328 um
+    m = map_bands(model, ("B06",))  # red edge 0.7405 um, neither neighbour given
+    t = (resolve_band("B06").center - 0.6646) / (0.8328 - 0.6646)
+    assert m.kinds == ("interpolated",)
+    assert m.matrix[:, 0] == pytest.approx([1 - t, t])
+    pe = _embed(model)
+    w = pe.adapted_weight(("B06",))
+    assert torch.allclose(w[:, 0], (1 - t) * pe.weight[:, 0] + t * pe.weight[:, 1], atol=1e-6)
+
+
+def test_out_of_range_band_is_ignored_with_warning():
+    with pytest.warns(UserWarning, match="outside the model's spectral range"):
+        m = map_bands(("B02", "B03", "B04"), ("B02", "B03", "B04", "B12"))
+    assert m.kinds[-1] == "ignored" and not m.matrix[:, -1].any()
+    with pytest.raises(BandError, match="none of the input bands"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        map_bands(("B02", "B03"), ("B12",))
+
+
+def test_missing_model_band_contributes_nothing():
+    pe = _embed()
+    present = [b for b in LLAMA3_MS_CLIP_BANDS if b != "B05"]
+    x = torch.randn(1, 9, 8, 8)
+    out = pe(x, bands=present)
+    # Same as the full model band set with B05 filled with its mean (zero after normalising).
+    full = torch.zeros(1, 10, 8, 8)
+    full[:, [LLAMA3_MS_CLIP_BANDS.index(b) for b in present]] = x
+    assert torch.allclose(out, pe(full), atol=1e-6)
+    assert map_bands(LLAMA3_MS_CLIP_BANDS, present).missing == ("B05",)
+
+
+def test_cross_sensor_equivalence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = map_bands(LLAMA3_MS_CLIP_BANDS, ("OLI_B4", "OLI_B5", "OLI_B8"))
+    # OLI red is B04, OLI NIR (0.865 um) is B8A; the broad panchromatic band is not green.
+    assert m.kinds[:2] == ("equivalent", "equivalent")
+    assert m.matrix[LLAMA3_MS_CLIP_BANDS.index("B04"), 0] == 1.0
+    assert m.matrix[LLAMA3_MS_CLIP_BANDS.index("B8A"), 1] == 1.0
+    assert m.kinds[2] == "interpolated"  # B03/B04: B03 is absent, so pan stands in
+
+
+def test_kernel_form_equals_channel_form():
+    pe = _embed()
+    bands = ("B12", "OLI_B4", "B06", "B02")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = map_bands(LLAMA3_MS_CLIP_BANDS, bands)
+    x = torch.randn(2, 4, 8, 8)
+    kernel_form = pe(x, bands=bands)
+    channel_form = F.conv2d(
+        torch.einsum("ij,bjhw->bihw", torch.as_tensor(m.matrix, dtype=x.dtype), x),
+        pe.weight,
+        stride=4,
+    )
+    assert torch.allclose(kernel_form, channel_form, atol=1e-5)
+
+
+def test_input_stats_follow_mapping():
+    m = map_bands(("B04", "B08"), ("B06", "B08"))
+    mean, std = m.input_stats([100.0, 300.0], [10.0, 30.0])
+    t = m.matrix[1, 0]
+    assert mean[0] == pytest.approx(100 * (1 - t) + 300 * t)
+    assert mean[1] == pytest.approx(300.0) and std[1] == pytest.approx(30.0)

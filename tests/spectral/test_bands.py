@@ -1,0 +1,85 @@
+"""Band registry: names, sensors, wavelengths, count defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from msclip.errors import BandError, UnknownBandError
+from msclip.spectral import (
+    BANDS,
+    LLAMA3_MS_CLIP_BANDS,
+    S2_L1C_BANDS,
+    S2_L2A_BANDS,
+    SENSORS,
+    default_bands_for_count,
+    get_sensor,
+    resolve_band,
+    resolve_bands,
+)
+
+
+def test_published_band_sets():
+    assert LLAMA3_MS_CLIP_BANDS == ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+                                    "B11", "B12")  # fmt: skip
+    assert len(S2_L1C_BANDS) == 13 and S2_L1C_BANDS.index("B8A") == 8
+    # L2A drops B10; the published 12->10 rule drops positions 0 and 9 (B01, B09).
+    assert len(S2_L2A_BANDS) == 12 and "B10" not in S2_L2A_BANDS
+    assert tuple(b for i, b in enumerate(S2_L2A_BANDS) if i not in (0, 9)) == LLAMA3_MS_CLIP_BANDS
+    assert tuple(b for i, b in enumerate(S2_L1C_BANDS) if i not in (0, 9, 10)) == (
+        LLAMA3_MS_CLIP_BANDS
+    )
+
+
+def test_wavelengths_are_sane():
+    for band in BANDS.values():
+        assert 0.4 < band.center < 13.0 and 0 < band.bandwidth < 1.2, band
+    assert resolve_band("B04").center == pytest.approx(0.6646)
+    assert resolve_band("B8A").center > resolve_band("B08").center
+    # Every sensor's default order lists registered bands, ordered as in its files.
+    for sensor in SENSORS.values():
+        assert all(b in BANDS for b in sensor.bands)
+
+
+@pytest.mark.parametrize(
+    ("name", "sensor", "expected"),
+    [
+        ("B4", None, "B04"),
+        ("b04", None, "B04"),
+        ("B8a", None, "B8A"),
+        ("B04 (red)", None, "B04"),
+        ("nir", None, "B08"),
+        ("red", None, "red"),
+        ("B05", "hls_l30", "OLI_B5"),  # HLS L30 B05 is Landsat NIR, not S2 red edge
+        ("B05", None, "B05"),
+        ("landsat89:B5", None, "OLI_B5"),
+        ("SR_B4", "landsat89_sr", "OLI_B4"),
+        ("nir", "naip", "NAIP_N"),
+        ("B8", "planetscope8", "PSD_B8"),
+    ],
+)
+def test_resolve_aliases(name, sensor, expected):
+    assert resolve_band(name, sensor).name == expected
+
+
+def test_unknown_band_suggests():
+    with pytest.raises(UnknownBandError, match="B8A"):
+        resolve_band("B8B")
+    with pytest.raises(UnknownBandError, match="unknown sensor"):
+        get_sensor("sentinel3")
+
+
+def test_duplicates_and_empty():
+    with pytest.raises(BandError, match="twice"):
+        resolve_bands(["B02", "B2"])
+    with pytest.raises(BandError, match="empty"):
+        resolve_bands([])
+
+
+def test_count_defaults():
+    assert default_bands_for_count(13) == S2_L1C_BANDS
+    assert default_bands_for_count(12) == S2_L2A_BANDS
+    assert default_bands_for_count(10) == LLAMA3_MS_CLIP_BANDS
+    assert default_bands_for_count(4) == ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")
+    assert default_bands_for_count(3) == ("red", "green", "blue")
+    with pytest.raises(BandError, match="--bands"):
+        default_bands_for_count(5)

@@ -1,0 +1,116 @@
+"""Preprocessing equals the published order of operations, to the bit."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torchvision import transforms
+
+from msclip.errors import LayoutError
+from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPreprocess, get_stats
+
+# The published 10-band statistics, as the original configuration file stores them: offset by
+# +1000 and shifted back at call time.
+PUBLISHED_MEANS_PLUS_1000 = [1925.161, 2183.128, 2338.041, 2667.254, 3233.633, 3460.96, 3555.569,
+                             3619.542, 3406.497, 2841.645]  # fmt: skip
+PUBLISHED_STDS = [1205.586, 1223.713, 1399.638, 1403.298, 1378.513, 1434.924, 1491.141, 1454.089,
+                  1473.248, 1365.08]  # fmt: skip
+
+
+def published_reference(hwc_12band: np.ndarray) -> torch.Tensor:
+    """Plain re-implementation of the published pipeline on an L2A HWC array."""
+    image = np.delete(hwc_12band, [0, 9], axis=2)  # drop B01, B09
+    pipeline = transforms.Compose(
+        [
+            transforms.ToTensor(),  # HWC float32 -> CHW, no scaling for float input
+            transforms.Resize(size=[224], interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.Normalize(
+                mean=[v - 1000 for v in PUBLISHED_MEANS_PLUS_1000], std=PUBLISHED_STDS
+            ),
+        ]
+    )
+    return pipeline(image.astype(np.float32))
+
+
+def _pre(**kw) -> SpectralPreprocess:
+    s = get_stats("llama3-ms-clip")
+    return SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 224, **kw)
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (256, 300), (120, 120), (300, 230)])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_bit_identical_to_published(shape, dtype):
+    rng = np.random.default_rng(1)
+    hwc = rng.integers(0, 12000, size=(*shape, 12)).astype(dtype)
+    expected = published_reference(hwc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # B01 outside the model's range
+        ours = _pre()(np.moveaxis(hwc, -1, 0))  # CHW, 12 bands -> named by count (L2A)
+    assert ours.dtype == torch.float32 and ours.shape == (10, 224, 224)
+    assert torch.equal(ours, expected)
+
+
+def test_permuted_named_bands_give_identical_tensor():
+    rng = np.random.default_rng(2)
+    chw = rng.integers(0, 9000, size=(10, 64, 64)).astype(np.uint16)
+    pre = _pre()
+    reference = pre.process(chw, LLAMA3_MS_CLIP_BANDS)
+    order = [3, 9, 0, 5, 1, 8, 2, 7, 4, 6]
+    shuffled = pre.process(chw[order], [LLAMA3_MS_CLIP_BANDS[i] for i in order])
+    assert torch.equal(reference, shuffled)
+
+
+def test_nodata_and_nan_filled_with_mean_and_counted():
+    chw = np.full((10, 32, 32), 1500, dtype=np.float32)
+    chw[0, :2, :] = 0  # nodata
+    chw[3, 5, 5] = np.nan
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, get_stats("llama3-ms-clip").mean,
+                             get_stats("llama3-ms-clip").std, 32)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"65 nodata/NaN pixel values.*'B02': 64.*'B05': 1"):
+        out = pre.process(chw, LLAMA3_MS_CLIP_BANDS, nodata=0)
+    assert torch.all(out[0, :2, :] == 0)  # band mean -> zero after normalising
+    assert out[3, 5, 5] == 0 and torch.isfinite(out).all()
+
+
+def test_rgb_uint8_divides_by_255():
+    s = get_stats("openai")
+    pre = SpectralPreprocess(("red", "green", "blue"), s.mean, s.std, 8, divisor=255)
+    img = np.full((3, 8, 8), 255, dtype=np.uint8)
+    out = pre(img)
+    expected = (1.0 - torch.tensor([s.mean[b] for b in ("red", "green", "blue")])) / torch.tensor(
+        [s.std[b] for b in ("red", "green", "blue")]
+    )
+    assert torch.allclose(out[:, 0, 0], expected)
+
+
+def test_pil_pipeline_matches_open_clip_transform():
+    import open_clip
+    from PIL import Image
+
+    s = get_stats("openai")
+    pre = SpectralPreprocess(("red", "green", "blue"), s.mean, s.std, 32, divisor=255,
+                             pil_rgb=True)  # fmt: skip
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    oc = open_clip.image_transform(32, is_train=False)
+    assert torch.equal(pre(Image.fromarray(img)), oc(Image.fromarray(img)))
+
+
+def test_layout_rules():
+    pre = _pre()
+    hwc = np.zeros((40, 40, 12), dtype=np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pre(hwc).shape == (10, 224, 224)  # 12 is a band count, 40 is not
+    with pytest.raises(LayoutError, match="layout='CHW'"):
+        pre(np.zeros((12, 30, 12), dtype=np.uint16))
+
+
+def test_l2a_stats_cover_12_bands():
+    s = get_stats("llama3-ms-clip")
+    assert set(S2_L2A_BANDS) <= set(s.mean)
+    assert s.mean["B01"] == 794.311 and s.std["B09"] == 1660.395
