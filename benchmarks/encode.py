@@ -1,0 +1,128 @@
+"""Image-tower throughput of the 10-band ViT-B-16 (Llama3-MS-CLIP architecture) on this machine.
+
+Prints images/s of the model alone at batch 1, 8 and 32 in fp32 and bf16 (weights cast once;
+``torch.autocast`` shown for comparison), then the end-to-end figure from 224x224 12-band uint16
+GeoTIFF files to embeddings (DataLoader workers decode and preprocess while the model runs), and
+the ratio end-to-end / model-only at batch 32 (target: >= 0.90).
+
+Random weights: the architecture is the published one, so the figures are those of the real
+model. Run: ``python benchmarks/encode.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import msclip
+
+
+class _Files(Dataset):
+    def __init__(self, paths: Sequence[Path], preprocess: msclip.SpectralPreprocess) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(self.paths[i])
+
+
+def model_throughput(model: msclip.MSCLIP, batch: int, seconds: float, autocast: bool) -> float:
+    x = torch.randn(batch, len(model.bands), model.image_size, model.image_size)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        model.encode_image(x)  # warm-up
+        n, start = 0, time.perf_counter()
+        while True:
+            model.encode_image(x)
+            n += batch
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return n / elapsed
+
+
+def end_to_end(model: msclip.MSCLIP, paths: list[Path], batch: int, workers: int) -> float:
+    import warnings
+
+    preprocess = model.preprocess()
+    loader = DataLoader(_Files(paths, preprocess), batch_size=batch, num_workers=workers,
+                        prefetch_factor=2 if workers else None,
+                        persistent_workers=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # B01 outside the model's range: expected for L2A files
+        start = time.perf_counter()
+        out = []
+        with torch.inference_mode():
+            for images in loader:
+                out.append(model.encode_image(images, normalize=True))
+        elapsed = time.perf_counter() - start
+    assert sum(len(o) for o in out) == len(paths)
+    return len(paths) / elapsed
+
+
+def write_tiles(folder: Path, n: int) -> list[Path]:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        data = rng.integers(0, 10000, size=(12, 224, 224), dtype=np.uint16)
+        p = folder / f"tile_{i:03d}.tif"
+        msclip.write_geotiff(p, data, CRS.from_epsg(32632),
+                             Affine(10, 0, 500000 + 2240 * i, 0, -10, 5000000),
+                             compress=None)  # fmt: skip
+        paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="shorter timings")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiles", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seconds = 3.0 if args.quick else 8.0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, msclip "
+          f"{msclip.__version__}")  # fmt: skip
+    fp32 = msclip.create_model("Llama3-MS-CLIP-Base")
+    bf16 = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
+    rows = []
+    for batch in (1, 8, 32):
+        a = model_throughput(fp32, batch, seconds, autocast=False)
+        b = model_throughput(bf16, batch, seconds, autocast=False)
+        c = model_throughput(fp32, batch, seconds / 2, autocast=True) if batch > 1 else float("nan")
+        rows.append((batch, a, b, c))
+    print("\nimage tower, 10x224x224, images/s")
+    print(f"{'batch':>5} {'fp32':>8} {'bf16 weights':>13} {'fp32+autocast':>14}")
+    for batch, a, b, c in rows:
+        print(f"{batch:>5} {a:>8.2f} {b:>13.2f} {c:>14.2f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_tiles(Path(tmp), args.tiles)
+        print(f"\nend to end: {len(paths)} GeoTIFF tiles 224x224x12 uint16 -> embeddings, "
+              f"batch 32, {args.workers} DataLoader worker(s)")  # fmt: skip
+        for name, model, idx in (("fp32", fp32, 1), ("bf16", bf16, 2)):
+            end_to_end(model, paths[:32], 32, args.workers)  # warm-up (file cache, workers)
+            e2e = end_to_end(model, paths, 32, args.workers)
+            only = rows[-1][idx]
+            print(f"  {name}: {e2e:.2f} images/s end to end, model only {only:.2f} -> "
+                  f"ratio {e2e / only:.2f} (target >= 0.90)")  # fmt: skip
+    best = "bf16" if rows[-1][2] > rows[-1][1] else "fp32"
+    print(f"\nfaster at batch 32 on this machine: {best} (use --precision {best})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
