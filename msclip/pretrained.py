@@ -41,6 +41,7 @@ __all__ = [
     "file_sha256",
     "load_weights",
     "read_checkpoint",
+    "remap_patch_kernel",
     "resolve_weights",
     "save_checkpoint",
 ]
@@ -298,15 +299,29 @@ def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # -- loading into a model ----------------------------------------------------------------------
-def _extend_patch_kernel(weight: torch.Tensor, from_bands: tuple[str, ...],
-                         to_bands: tuple[str, ...]) -> torch.Tensor:  # fmt: skip
-    """Kernel for ``to_bands`` from one for ``from_bands``: equivalent bands copy, others zero.
+def remap_patch_kernel(
+    weight: torch.Tensor, from_bands: tuple[str, ...], to_bands: tuple[str, ...]
+) -> torch.Tensor:
+    """Kernel for ``to_bands`` from one made for ``from_bands``.
 
-    For an RGB checkpoint this is the Llama3-MS-CLIP zero-init rule.
+    An RGB kernel is extended by the Llama3-MS-CLIP zero-init rule (the blue, green and red
+    kernels go to the bands matched to those colours). Otherwise each target band takes the
+    kernel of the source band it is (spectrally) equivalent to, and starts at zero when there
+    is none.
     """
+    from msclip.spectral.adapt import equivalent_band
+    from msclip.spectral.bands import resolve_band
     from msclip.spectral.patch_embed import rgb_zero_init_weight
 
-    return rgb_zero_init_weight(weight, to_bands, from_bands)
+    if tuple(from_bands) == RGB_BANDS:
+        return rgb_zero_init_weight(weight, to_bands, from_bands)
+    sources = [resolve_band(b) for b in from_bands]
+    out = weight.new_zeros((weight.shape[0], len(to_bands), *weight.shape[2:]))
+    for i, name in enumerate(to_bands):
+        match = equivalent_band(resolve_band(name), sources)
+        if match is not None:
+            out[:, i] = weight[:, sources.index(match)]
+    return out
 
 
 def load_weights(
@@ -330,17 +345,24 @@ def load_weights(
     sd = dict(ckpt.state_dict)
     target = model.clip.state_dict()
     key = "visual.conv1.weight"
-    if key in sd and key in target and sd[key].shape != target[key].shape:
-        src_bands = tuple((ckpt.config or {}).get("bands") or ())
-        if not src_bands and sd[key].shape[1] == 3:
-            src_bands = RGB_BANDS
+    src_bands = tuple((ckpt.config or {}).get("bands") or ())
+    if not src_bands and key in sd and sd[key].shape[1] == 3:
+        src_bands = RGB_BANDS  # OpenCLIP checkpoints take R, G, B
+    if key in sd and key in target and src_bands and src_bands != model.bands:
         same_but_bands = sd[key].shape[0] == target[key].shape[0] and (
             sd[key].shape[2:] == target[key].shape[2:]
         )
         if extend_bands and same_but_bands and len(src_bands) == sd[key].shape[1]:
-            resolve_bands(src_bands)
-            sd[key] = _extend_patch_kernel(sd[key], src_bands, model.bands)
-            logger.info("patch kernel extended from bands %s to %s", src_bands, model.bands)
+            names = tuple(b.name for b in resolve_bands(src_bands))
+            sd[key] = remap_patch_kernel(sd[key], names, model.bands)
+            logger.info("patch kernel mapped from bands %s to %s", src_bands, model.bands)
+        elif sd[key].shape == target[key].shape:
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt.path or ''} was made for bands {list(src_bands)} but the "
+                f"model reads {list(model.bands)}: build the model with the checkpoint's bands "
+                "(create_model(path) reads them from the file), or pass bands=... to remap the "
+                "patch kernel by wavelength"
+            )
     missing = sorted(set(target) - set(sd))
     unexpected = sorted(set(sd) - set(target))
     shapes = sorted(

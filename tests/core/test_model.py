@@ -234,3 +234,23 @@ def test_bf16_precision_runs():
 def test_unknown_model():
     with pytest.raises(msclip.UnknownModelError, match="registered models"):
         msclip.create_model("ViT-Z-99")
+
+
+def test_checkpoint_bands_are_checked_and_remapped(tmp_path):
+    torch.manual_seed(2)
+    l2a = msclip.create_model("msclip-tiny", bands=msclip.spectral.S2_L2A_BANDS)
+    path = msclip.save_checkpoint(l2a, tmp_path / "l2a.safetensors")
+    # Same band count, other bands: refused rather than silently misread.
+    other = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B10")
+    with pytest.raises(CheckpointMismatchError, match="band count differs"):
+        msclip.create_model("msclip-tiny", pretrained=path)  # 12-band kernel, 10-band model
+    with pytest.raises(CheckpointMismatchError, match="made for bands"):
+        msclip.create_model(
+            "msclip-tiny", pretrained=msclip.save_checkpoint(
+                msclip.create_model("msclip-tiny", bands=other), tmp_path / "o.safetensors"),
+        )  # fmt: skip
+    # Asking for the 10-band set remaps the kernel by band identity.
+    ten = msclip.create_model(path, bands=LLAMA3_MS_CLIP_BANDS)
+    src = l2a.patch_embed.weight
+    for i, b in enumerate(LLAMA3_MS_CLIP_BANDS):
+        assert torch.equal(ten.patch_embed.weight[:, i], src[:, l2a.bands.index(b)])
