@@ -39,6 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 NUMPY_EXTENSIONS = (".npy", ".npz")
 PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -308,6 +311,7 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
