@@ -241,7 +241,7 @@ def test_checkpoint_bands_are_checked_and_remapped(tmp_path):
     l2a = msclip.create_model("msclip-tiny", bands=msclip.spectral.S2_L2A_BANDS)
     path = msclip.save_checkpoint(l2a, tmp_path / "l2a.safetensors")
     # Same band count, other bands: refused rather than silently misread.
-    other = tuple(reversed(msclip.spectral.S2_L2A_BANDS))  # same bands, other channel order
+    other = tuple(reversed(LLAMA3_MS_CLIP_BANDS))  # the model's bands in another channel order
     with pytest.raises(CheckpointMismatchError, match="band count differs"):
         msclip.create_model("msclip-tiny", pretrained=path)  # 12-band kernel, 10-band model
     with pytest.raises(CheckpointMismatchError, match="made for bands"):
