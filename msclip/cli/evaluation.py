@@ -1,0 +1,486 @@
+"""``msclip-evaluation``: zero-shot benchmark evaluation with JSON records and merged reports.
+
+Reproduces the benchmark protocol published with Llama3-MS-CLIP (Marimo et al., ECML PKDD 2025,
+arXiv:2503.15969): each requested dataset's test split is read from the tree described in
+``benchmark_datasets/README.md``, classified zero-shot with a prompt ensemble, and scored with
+:mod:`msclip.eval.metrics`. For every (model, dataset) a JSON record is written; then all records
+under ``--save-path`` are merged into ``summary.csv``, ``summary_long.csv``, per-class CSVs,
+confusion-matrix PNGs and ``report.md`` (see :mod:`msclip.eval.report`). ``--merge-only`` runs
+the merge alone.
+
+A missing or broken dataset is reported (and noted in ``records/*.failed.json`` and the report)
+while the other datasets still run; the exit status is then 1. Usage errors (unknown template
+set, bad flags) exit with 2 before any work.
+
+Example::
+
+    python evaluation.py --model-name Llama3-MS-CLIP-Base --datasets EuroSAT_MS BigEarthNet_MS \\
+        --dataset-dir benchmark_datasets --templates path/to/msclip.txt --save-path results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main", "parse_args"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A command-line problem found before any work (message printed, exit status 2)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``msclip-evaluation``."""
+    from msclip.eval.metrics import AP_DEFINITIONS, DEFAULT_AP_DEFINITION, NO_RELEVANT_POLICIES
+
+    p = argparse.ArgumentParser(
+        prog="msclip-evaluation",
+        description="Zero-shot benchmark evaluation of a (multispectral) CLIP model; writes one "
+        "JSON record per (model, dataset) and merges all records into CSV and Markdown reports.",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--model-name", default=None, help="registered model name or .safetensors file")
+    m.add_argument("--ckpt-path", default=None, help="checkpoint file with the weights")
+    m.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="load the model's published weights (--no-pretrained: random weights)",
+    )
+    m.add_argument(
+        "--model-label",
+        default=None,
+        help="row name in the reports (default: the model name, '@<checkpoint stem>' with "
+        "--ckpt-path, '-random' with --no-pretrained, '-bf16' with --precision bf16)",
+    )
+    m.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    m.add_argument("--seed", type=int, default=0, help="seed of random weights and subsets")
+
+    d = p.add_argument_group("datasets")
+    d.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        help="built-in dataset names, 'all', or dataset YAML files (see --list-datasets)",
+    )
+    d.add_argument("--dataset-dir", default="benchmark_datasets", help="where datasets live")
+    d.add_argument("--split", default="test", help="split to evaluate (default test)")
+    d.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=None,
+        help="evaluate a seeded random subset of this many samples per dataset (quick runs)",
+    )
+    d.add_argument(
+        "--classnames",
+        nargs="+",
+        default=None,
+        metavar="DATASET=FILE",
+        help="class-name file overriding a dataset's own (label = name lines, or .yaml)",
+    )
+    d.add_argument("--list-datasets", action="store_true", help="list built-in datasets and exit")
+
+    z = p.add_argument_group("zero-shot")
+    z.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        metavar="SET|FILE|DATASET=SET|FILE",
+        help="template set (msclip's own: see msclip.zero_shot.list_template_sets) or file "
+        "for every dataset, and/or DATASET=... per dataset (default: each dataset's own). The "
+        "published sets (msclip, clip, rs5m, meterml) are not shipped: pass their files",
+    )
+    z.add_argument("--ap-k", type=_positive_int, default=100, help="k of AP@k (default 100)")
+    z.add_argument(
+        "--ap-definition",
+        choices=sorted(AP_DEFINITIONS),
+        default=DEFAULT_AP_DEFINITION,
+        help=f"AP@k denominator (default {DEFAULT_AP_DEFINITION}; see docs/metrics.md)",
+    )
+    z.add_argument(
+        "--no-relevant",
+        choices=NO_RELEVANT_POLICIES,
+        default="nan",
+        help="AP of classes without positives: nan (left out of the mean) or zero",
+    )
+    z.add_argument(
+        "--multilabel-rule",
+        choices=("mean_others", "other_class"),
+        default="mean_others",
+        help="multi-label decision: above the mean of the other classes (published), or above "
+        "an extra 'other features' class",
+    )
+    z.add_argument("--other-class-name", default="other features", help="name of that class")
+    z.add_argument(
+        "--text-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cache prompt embeddings on disk (default on)",
+    )
+    z.add_argument("--text-cache-dir", default=None, help="text cache folder")
+    z.add_argument("--text-batch-size", type=_positive_int, default=256)
+
+    o = p.add_argument_group("output and execution")
+    o.add_argument("--save-path", default="results", help="results folder (default results/)")
+    o.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip (model, dataset) pairs whose record exists with the same checkpoint, "
+        "templates, classes and settings",
+    )
+    o.add_argument("--merge-only", action="store_true", help="only merge existing records")
+    o.add_argument(
+        "--summary-metric",
+        default=None,
+        help="metric of summary.csv (default: top1_accuracy single-label, map_at_k multi-label)",
+    )
+    o.add_argument("--save-scores", action="store_true", help="also save scores as .npz")
+    o.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call")
+    o.add_argument(
+        "--workers", type=_non_negative_int, default=2, help="DataLoader workers (default 2)"
+    )
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the arguments (exits with status 2 on a usage error)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.list_datasets or args.merge_only:
+        return args
+    if args.datasets is None:
+        p.error("--datasets is required (or --merge-only / --list-datasets)")
+    if args.model_name is None and args.ckpt_path is None:
+        p.error("--model-name (or --ckpt-path with a self-describing .safetensors) is required")
+    return args
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_msclip_eval", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler._msclip_eval = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def _dataset_list(items: Sequence[str]) -> list[str]:
+    from msclip.eval.datasets import list_datasets
+
+    out: list[str] = []
+    for item in items:
+        for part in item.split(",") if not os.path.exists(item) else [item]:
+            part = part.strip()
+            if not part:
+                continue
+            if part.lower() == "all":
+                out += list_datasets()
+            else:
+                out.append(part)
+    return list(dict.fromkeys(out))
+
+
+def _per_dataset(
+    items: Sequence[str] | None, names: Sequence[str], what: str
+) -> tuple[str | None, dict[str, str]]:
+    """Split ``SPEC`` and ``DATASET=SPEC`` items into a global value and per-dataset values."""
+    if not items:
+        return None, {}
+    lower = {n.lower(): n for n in names}
+    global_value, per = None, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep and key.lower() in lower:
+            per[lower[key.lower()]] = value
+        elif sep and not os.path.exists(item) and "/" not in key:
+            raise UsageError(
+                f"{what} {item!r} names dataset {key!r}, which is not among the requested "
+                f"datasets {list(names)}"
+            )
+        elif global_value is not None:
+            raise UsageError(f"{what}: give one value for all datasets, got {global_value!r} "
+                             f"and {item!r} (use DATASET=... for per-dataset values)")  # fmt: skip
+        else:
+            global_value = item
+    return global_value, per
+
+
+def _dataset_name(item: str) -> str:
+    """Display name of a requested dataset (a YAML file's declared name)."""
+    from msclip.eval.datasets import resolve_spec
+
+    try:
+        return resolve_spec(item).name
+    except (ValueError, OSError):
+        return Path(item).stem if item.lower().endswith((".yaml", ".yml")) else item
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    if args.model_label:
+        return args.model_label
+    name = args.model_name
+    stem = Path(name).stem if name and name.endswith(".safetensors") else name
+    if args.ckpt_path:
+        ckpt = Path(args.ckpt_path).stem
+        label = f"{stem}@{ckpt}" if stem else ckpt
+    elif stem != name or args.pretrained:
+        label = str(stem)
+    else:
+        label = f"{name}-random"
+    return f"{label}-bf16" if args.precision == "bf16" else label
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import torch
+
+    from msclip.factory import load_model_from_args
+
+    torch.manual_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = device
+    if args.ckpt_path is not None and not Path(args.ckpt_path).expanduser().is_file():
+        raise UsageError(f"checkpoint file not found: {args.ckpt_path} (--ckpt-path)")
+    return load_model_from_args(
+        args.model_name, args.ckpt_path, args.pretrained, device=device, precision=args.precision
+    )
+
+
+def _model_facts(args: argparse.Namespace, model: Any, label: str) -> dict[str, Any]:
+    if args.ckpt_path or (args.model_name and args.model_name.endswith(".safetensors")):
+        weights = "file"
+    else:
+        weights = "published" if args.pretrained else "random"
+    return {
+        "label": label,
+        "name": args.model_name or model.config.name,
+        "registry_name": model.config.name,
+        "arch": model.config.arch,
+        "checkpoint_path": str(Path(args.ckpt_path).resolve()) if args.ckpt_path else
+        getattr(model, "checkpoint_path", None),
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "weights": weights,
+        "pretrained": bool(args.pretrained),
+        "bands": list(model.bands),
+        "image_size": model.image_size,
+        "embed_dim": model.embed_dim,
+        "precision": args.precision,
+        "device": str(args.device),
+    }  # fmt: skip
+
+
+def _print_summary(save: Path) -> None:
+    import pandas as pd
+    from tabulate import tabulate
+
+    path = save / "summary.csv"
+    if not path.is_file():
+        return
+    df = pd.read_csv(path)
+    if df.empty:
+        return
+    rows = df.astype(object).where(df.notna(), None).values.tolist()
+    print(tabulate(rows, headers=list(df.columns), floatfmt=".4f", missingval="-"))
+
+
+def _merge(save: Path, summary_metric: str | None) -> int:
+    from msclip.eval.report import RecordError, merge
+
+    try:
+        res = merge(save, summary_metric=summary_metric)
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(save)
+    print(
+        f"merged {res.n_records} record(s), {res.n_failures} failure note(s): {res.summary}, "
+        f"{res.report}, {len(res.per_class)} per-class CSV(s), {len(res.figures)} figure(s)"
+    )
+    return EXIT_OK
+
+
+# -- evaluation ------------------------------------------------------------------------------
+def _evaluate_one(
+    args: argparse.Namespace,
+    item: str,
+    templates_spec: str | None,
+    classnames: str | None,
+    model: Any,
+    tokenizer: Any,
+    facts: dict[str, Any],
+    text_cache: Any,
+    argv: Sequence[str],
+) -> tuple[str, str]:
+    """Evaluate one dataset; returns ``(status, message)``, status ``ok`` or ``skipped``."""
+    import numpy as np
+
+    from msclip.eval.datasets import build_dataset
+    from msclip.eval.report import load_records, make_record, record_path, slug, write_record
+    from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
+    from msclip.io import atomic_write
+    from msclip.zero_shot import DEFAULT_TEMPLATE_SET
+
+    t0 = time.perf_counter()
+    dataset = build_dataset(
+        item, args.dataset_dir, split=args.split, classes=classnames,
+        max_samples=args.max_samples, seed=args.seed,
+    )  # fmt: skip
+    tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
+    cfg = EvalConfig(
+        batch_size=args.batch_size, workers=args.workers, device=args.device, ap_k=args.ap_k,
+        ap_definition=args.ap_definition, no_relevant=args.no_relevant,
+        multilabel_rule=args.multilabel_rule, other_class_name=args.other_class_name,
+        text_batch_size=args.text_batch_size, progress=not args.quiet,
+    )  # fmt: skip
+    key = run_key({
+        "checkpoint_sha256": facts["checkpoint_sha256"], "arch": facts["arch"],
+        "bands": facts["bands"], "precision": facts["precision"], "dataset": dataset.name,
+        "root": str(dataset.root), "split": args.split, "n": len(dataset),
+        "split_source": dataset.index.split_source, "labels": list(dataset.classes.labels),
+        "names": list(dataset.classes.names), "templates": tpl.sha256, "ap_k": cfg.ap_k,
+        "ap_definition": cfg.ap_definition, "no_relevant": cfg.no_relevant,
+        "rule": cfg.multilabel_rule if dataset.multi_label else None,
+        "other": cfg.other_class_name if dataset.multi_label else None,
+        "max_samples": args.max_samples, "seed": args.seed,
+    })  # fmt: skip
+    label = facts["label"]
+    if args.skip_existing and record_path(args.save_path, label, dataset.name).is_file():
+        records, _ = load_records(args.save_path)
+        for rec in records:
+            same = rec["model"]["label"] == label and rec["dataset"]["name"] == dataset.name
+            if same and rec.get("run_key") == key:
+                return "skipped", f"record exists ({rec['_path']})"
+        logger.warning("%s: the existing record was made with other settings; re-running",
+                       dataset.name)  # fmt: skip
+    result = evaluate(model, tokenizer, dataset, tpl, cfg, text_cache)
+    wall = time.perf_counter() - t0
+    settings = {
+        "settings": {
+            "batch_size": cfg.batch_size, "workers": cfg.workers, "max_samples": args.max_samples,
+            "multilabel_rule": cfg.multilabel_rule, "other_class_name": cfg.other_class_name,
+            "text_cache": bool(text_cache is not None),
+        }
+    }  # fmt: skip
+    record = make_record(result, facts, split=args.split, seed=args.seed, run_key=key,
+                         wall_s=wall, command=["evaluation.py", *argv], extra=settings)  # fmt: skip
+    write_record(args.save_path, record)
+    if args.save_scores:
+        ids = np.asarray([s.id for s in dataset.samples])
+        names = np.asarray(result.class_names)
+        path = Path(args.save_path) / "scores" / f"{slug(label)}__{slug(dataset.name)}.npz"
+        atomic_write(path, lambda tmp: np.savez_compressed(
+            tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names),
+            ".npz")  # fmt: skip
+    main = result.main_metric
+    value = result.report.to_dict()[main]
+    return "ok", f"{main} {value:.4f} (n={len(dataset)}, {wall:.1f} s)"
+
+
+def _list_datasets() -> None:
+    from tabulate import tabulate
+
+    from msclip.eval.datasets import DATASETS
+
+    rows = [[s.name, s.task, s.layout, "/".join(s.subdirs), s.description]
+            for s in DATASETS.values()]  # fmt: skip
+    print(tabulate(rows, headers=["name", "task", "layout", "folder(s)", "description"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; returns the exit status (0 ok, 1 a dataset failed, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.list_datasets:
+        _list_datasets()
+        return EXIT_OK
+    save = Path(args.save_path)
+    if args.merge_only:
+        return _merge(save, args.summary_metric)
+
+    from msclip.errors import MSCLIPError
+    from msclip.eval.report import write_failure
+    from msclip.eval.runner import resolve_templates
+
+    items = _dataset_list(args.datasets)
+    names = [_dataset_name(i) for i in items]
+    try:
+        tpl_global, tpl_per = _per_dataset(args.templates, names, "--templates")
+        cls_global, cls_per = _per_dataset(args.classnames, names, "--classnames")
+        if cls_global is not None:
+            raise UsageError("--classnames needs DATASET=FILE entries")
+        for spec in {tpl_global, *tpl_per.values()} - {None}:
+            resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
+        model = _load_model(args)
+    except (UsageError, MSCLIPError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, (UsageError, ValueError)) else EXIT_FAILED
+
+    from msclip.factory import get_tokenizer
+
+    tokenizer = get_tokenizer(model)
+    label = _model_label(args)
+    facts = _model_facts(args, model, label)
+    text_cache = None
+    if args.text_cache:
+        from msclip.text_cache import TextEmbeddingCache
+
+        text_cache = TextEmbeddingCache.for_model(model, args.text_cache_dir)
+
+    failed = []
+    for item, name in zip(items, names):
+        try:
+            status, msg = _evaluate_one(
+                args, item, tpl_per.get(name, tpl_global), cls_per.get(name), model, tokenizer,
+                facts, text_cache, argv,
+            )  # fmt: skip
+        except (MSCLIPError, OSError, ValueError, KeyError, RuntimeError) as err:
+            # Reported, noted on disk and reflected in the exit status; the other datasets run.
+            failed.append(name)
+            write_failure(save, label, name, err, traceback.format_exc())
+            print(f"{name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            logger.debug("traceback of %s", name, exc_info=True)
+            continue
+        print(f"{name}: {status}: {msg}")
+    code = _merge(save, args.summary_metric)
+    if failed:
+        print(f"error: {len(failed)} of {len(items)} dataset(s) failed: {', '.join(failed)} "
+              f"(see {save / 'records'}/*.failed.json and {save / 'report.md'})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

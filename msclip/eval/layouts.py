@@ -1,0 +1,734 @@
+"""On-disk layouts of the benchmark datasets: how samples are found and how one is read.
+
+Four layouts cover the published Llama3-MS-CLIP benchmark (Marimo et al., ECML PKDD 2025,
+arXiv:2503.15969) and custom datasets; ``benchmark_datasets/README.md`` documents the trees.
+
+* ``folder``: one folder per class holding image files (EuroSAT, RESISC45, AID, METER-ML in
+  class folders, custom sets), optionally restricted to the files listed in a split file (the
+  splits of Neumann et al. 2019, "In-domain representation learning for remote sensing",
+  arXiv:1911.06721, for EuroSAT and RESISC45).
+* ``csv``: a CSV file per split with an image path and a label column (ForestNet, Irvin et al.
+  2020, arXiv:2011.05479; custom sets, single- or multi-label).
+* ``bigearthnet``: BigEarthNet v1 Sentinel-2 patch folders (Sumbul et al., IGARSS 2019): one
+  GeoTIFF per band (``<patch>_B01.tif`` ... ``<patch>_B12.tif``, ``_B8A.tif``) at 10, 20 or 60 m,
+  resampled bilinearly to the 10 m grid (120 x 120 pixels) before stacking
+  (:func:`resample_to`), and the 43 CORINE
+  labels of ``<patch>_labels_metadata.json`` mapped to the 19-class nomenclature of Sumbul et al.
+  (2021, "BigEarthNet-MM"). Split files are those of BigEarthNet-MM (``S2 patch,S1 patch`` rows).
+* ``meterml``: the METER-ML release (Zhu et al. 2022, arXiv:2207.11166): ``<split>_dataset.geojson``
+  whose features name an image folder (``Image_Folder``) and a facility type (``Type``); each
+  folder holds ``sentinel-2-10m.npy`` (72 x 72 x 4: B04, B03, B02, B08), ``sentinel-2-20m.npy``
+  (36 x 36 x 6: B05, B06, B07, B8A, B11, B12), ``sentinel-2-60m.npy`` (12 x 12 x 3: B01, B09,
+  B10) and ``naip.png``. Without the GeoJSON the class-folder layout is used.
+
+Every reader returns bands-first data with the canonical name of each channel, so the model's
+:class:`~msclip.spectral.SpectralPreprocess` selects and orders bands by name. Readers are plain
+picklable objects (they run inside DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.errors import MSCLIPError
+from msclip.io import read_raster
+from msclip.spectral.bands import resolve_band
+
+__all__ = [
+    "BIGEARTHNET_BANDS",
+    "BIGEARTHNET_GRID_BANDS",
+    "EUROSAT_MS_BANDS",
+    "METERML_PRODUCTS",
+    "BigEarthNetLayout",
+    "CsvLayout",
+    "DatasetFormatError",
+    "DatasetIndex",
+    "DatasetNotFoundError",
+    "FolderLayout",
+    "Layout",
+    "MeterMLLayout",
+    "RGBConversion",
+    "SampleRef",
+    "resample_to",
+    "to_rgb8",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Band order of the EuroSAT multispectral GeoTIFFs (no band descriptions in the files): B8A is
+#: the last band, not the ninth (EuroSAT issue #7; torchgeo issue #2458 and pull request #2480,
+#: checked there against the 60 m look of band 9).
+EUROSAT_MS_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
+)  # fmt: skip
+
+#: Bands of a BigEarthNet v1 Sentinel-2 patch (L2A: no B10), one GeoTIFF each.
+BIGEARTHNET_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+)  # fmt: skip
+
+#: The 10 m bands whose grid (120 x 120 pixels) every other band is resampled to.
+BIGEARTHNET_GRID_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08")
+
+#: METER-ML Sentinel-2 products: file name -> band names of its channels (channel-last arrays).
+METERML_PRODUCTS: dict[str, tuple[str, ...]] = {
+    "sentinel-2-10m.npy": ("B04", "B03", "B02", "B08"),
+    "sentinel-2-20m.npy": ("B05", "B06", "B07", "B8A", "B11", "B12"),
+    "sentinel-2-60m.npy": ("B01", "B09", "B10"),
+}
+
+#: METER-ML ``Type`` values that mean "no facility" (mapped to the ``Negative`` class).
+METERML_NEGATIVE_TYPES: tuple[str, ...] = ("Negative", "Roundabout")
+
+
+class DatasetNotFoundError(MSCLIPError, FileNotFoundError):
+    """A benchmark dataset (or a required file of it) is not where it is expected."""
+
+
+class DatasetFormatError(MSCLIPError, ValueError):
+    """A dataset is present but does not have the expected layout or content."""
+
+
+# -- samples and indexes ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample of a dataset.
+
+    Attributes:
+        id: identifier shown in reports (path relative to the dataset root, or patch name).
+        path: the image file, or the sample's folder for multi-file layouts.
+        target: class index (single-label), tuple of class indices (multi-label), or ``None``
+            when the layout reads labels with the image (BigEarthNet).
+    """
+
+    id: str
+    path: str
+    target: int | tuple[int, ...] | None = None
+
+
+@dataclass
+class DatasetIndex:
+    """The samples of one split of a dataset and how they were found.
+
+    Attributes:
+        root: the dataset root.
+        samples: the samples, in a deterministic order.
+        split_source: which file defined the split, or a note that every image was used.
+        detail: where the images were found (for reports).
+        skipped: reason -> number of entries left out while indexing.
+    """
+
+    root: Path
+    samples: list[SampleRef]
+    split_source: str
+    detail: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RGBConversion:
+    """Turns reflectance bands into an 8-bit true-colour picture for RGB models.
+
+    Attributes:
+        bands: the file bands that give red, green and blue, in that order.
+        max_value: the digital number mapped to 255 (values are scaled linearly, rounded and
+            clipped to 0-255). 2750 is the scale the EuroSAT authors used to make EuroSAT_RGB
+            from the 13-band files (``gdal_translate -scale 0 2750``, EuroSAT README), so
+            RGB versions of other Sentinel-2 data look like the RGB benchmark images.
+    """
+
+    bands: tuple[str, str, str] = ("B04", "B03", "B02")
+    max_value: float = 2750.0
+
+
+def to_rgb8(
+    data: np.ndarray, names: Sequence[str], rgb: RGBConversion, where: str = "image"
+) -> tuple[np.ndarray, tuple[str, str, str]]:
+    """An 8-bit ``[3, H, W]`` picture with bands ``red, green, blue`` from named bands.
+
+    Raises:
+        DatasetFormatError: a band of the conversion is not among ``names``.
+    """
+    canonical = [resolve_band(n).name for n in names]
+    idx = []
+    for b in rgb.bands:
+        name = resolve_band(b).name
+        if name not in canonical:
+            raise DatasetFormatError(
+                f"{where}: band {name} needed for the RGB picture is not among {canonical}"
+            )
+        idx.append(canonical.index(name))
+    x = data[idx].astype(np.float32) * np.float32(255.0 / rgb.max_value)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8), ("red", "green", "blue")
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Output pixel centres mapped onto input pixel centres (half-pixel convention), clamped at
+    # the edges: the rule of GDAL's bilinear resampling when upsampling.
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, x - i0
+
+
+def resample_to(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling of ``[C, h, w]`` to ``[C, *shape]``, as float32.
+
+    Half-pixel centres with edge pixels replicated, computed in float64; integer inputs are
+    rounded half up to integers afterwards. This is what a rasterio/GDAL read with
+    ``out_shape`` and ``Resampling.bilinear`` returns for integer bands (the BigEarthNet reader
+    of torchgeo and of the original release), up to exact ``.5`` ties.
+    """
+    if tuple(data.shape[1:]) == tuple(shape):
+        return data.astype(np.float32, copy=False)
+    x = data.astype(np.float64)
+    r0, r1, wr = _bilinear_axis(x.shape[1], shape[0])
+    x = x[:, r0, :] * (1.0 - wr)[None, :, None] + x[:, r1, :] * wr[None, :, None]
+    c0, c1, wc = _bilinear_axis(x.shape[2], shape[1])
+    x = x[:, :, c0] * (1.0 - wc)[None, None, :] + x[:, :, c1] * wc[None, None, :]
+    if np.issubdtype(data.dtype, np.integer):
+        x = np.floor(x + 0.5)
+    return x.astype(np.float32)
+
+
+def _sorted_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and
+        not p.name.startswith(".")
+    )  # fmt: skip
+
+
+def _read_split_list(path: Path) -> list[str]:
+    """Entries of a split file: one file name per line, or the first column of a CSV."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetFormatError(f"cannot read split file {path}: {err}") from err
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append(line.split(",")[0].strip())
+    if not entries:
+        raise DatasetFormatError(f"split file {path} lists no samples")
+    return entries
+
+
+def _find_split_file(root: Path, patterns: Sequence[str], split: str) -> Path | None:
+    for pattern in patterns:
+        p = root / pattern.format(split=split)
+        if p.is_file():
+            return p
+    return None
+
+
+class Layout:
+    """Base class of the layout readers.
+
+    Args:
+        labels: the class labels as they appear in the data, in class-index order.
+        bands: band names of the files' channels in file order (``None``: the files' own band
+            descriptions, else the band-count default of :func:`msclip.read_raster`).
+        sensor: sensor whose local band names apply.
+        array_layout: ``CHW``/``HWC`` for ``.npy``/``.npz`` files.
+        rgb: convert reflectance to an 8-bit picture for RGB models.
+        multi_label: targets are sets of classes.
+    """
+
+    name = "base"
+    #: Whether :attr:`needed_bands` is honoured (per-band or per-product files).
+    reads_band_subsets = False
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        bands: Sequence[str] | None = None,
+        sensor: str | None = None,
+        array_layout: str | None = None,
+        rgb: RGBConversion | None = None,
+        multi_label: bool = False,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self.bands = None if bands is None else tuple(bands)
+        self.sensor = sensor
+        self.array_layout = array_layout
+        self.rgb = rgb
+        self.multi_label = multi_label
+        #: Only these file bands are read when set (bands the model cannot use are skipped).
+        self.needed_bands: tuple[str, ...] | None = None
+
+    # -- to be provided by each layout ---------------------------------------------------------
+    def index(self, root: Path, split: str) -> DatasetIndex:
+        """Find the samples of ``split`` under ``root``."""
+        raise NotImplementedError
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        """Data ``[C, H, W]``, canonical band names and nodata value of one sample."""
+        raise NotImplementedError
+
+    def file_bands(self) -> tuple[str, ...] | None:
+        """Bands every sample holds, when known without opening a file (for band subsetting)."""
+        return None
+
+    # -- shared ------------------------------------------------------------------------------
+    def target(self, ref: SampleRef) -> int | tuple[int, ...]:
+        """The target of one sample (read from disk by layouts that store labels per sample)."""
+        if ref.target is None:
+            raise DatasetFormatError(f"{ref.path}: no label known for this sample")
+        return ref.target
+
+    def load(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        """:meth:`read`, then the 8-bit RGB conversion when configured."""
+        data, names, nodata = self.read(ref)
+        if self.rgb is not None and data.dtype != np.uint8:
+            data, names = to_rgb8(data, names, self.rgb, ref.path)
+            nodata = None
+        return data, tuple(names), nodata
+
+    def _read_file(self, path: str) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        r = read_raster(path, bands=self.bands, layout=self.array_layout, sensor=self.sensor)
+        return r.data, r.bands, r.nodata
+
+    def _label_to_index(self, label: str, where: str) -> int:
+        if label not in self.label_index:
+            raise DatasetFormatError(
+                f"{where}: label {label!r} is not one of the {len(self.labels)} classes "
+                f"{list(self.labels)}; fix the data or the class-name list"
+            )
+        return self.label_index[label]
+
+
+# -- class folders ---------------------------------------------------------------------------
+class FolderLayout(Layout):
+    """``<root>/[<image dir>/]<class label>/<image>`` with an optional split file.
+
+    Args:
+        image_dirs: folders under the root (tried in order, ``""`` = the root itself) that may
+            hold the class folders.
+        extensions: image file suffixes.
+        split_files: split-file name patterns with ``{split}`` (tried in order, in the root). A
+            split file lists image file names, one per line; names match by stem, so a list of
+            ``.jpg`` names selects the same samples among ``.tif`` files.
+        ignore_unknown_folders: skip folders that are not classes instead of failing.
+        **kwargs: see :class:`Layout`.
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        image_dirs: Sequence[str] = ("",),
+        extensions: Sequence[str] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".npz"),
+        split_files: Sequence[str] = (),
+        ignore_unknown_folders: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(labels, **kwargs)
+        self.image_dirs = tuple(image_dirs)
+        self.extensions = tuple(extensions)
+        self.split_files = tuple(split_files)
+        self.ignore_unknown_folders = ignore_unknown_folders
+
+    def file_bands(self) -> tuple[str, ...] | None:
+        return self.bands
+
+    def _has_class_folders(self, folder: Path) -> bool:
+        if not folder.is_dir():
+            return False
+        exts = tuple(e.lower() for e in self.extensions)
+        for label in self.labels:
+            d = folder / label
+            if d.is_dir() and any(
+                p.suffix.lower() in exts for p in d.iterdir() if not p.name.startswith(".")
+            ):
+                return True
+        return False
+
+    def image_root(self, root: Path) -> Path:
+        """The folder holding the class folders.
+
+        Raises:
+            DatasetFormatError: no candidate folder holds a class folder with images.
+        """
+        for sub in self.image_dirs:
+            folder = root / sub if sub else root
+            if self._has_class_folders(folder):
+                return folder
+        tried = [str(root / s) if s else str(root) for s in self.image_dirs]
+        raise DatasetFormatError(
+            f"no class folders with {'/'.join(self.extensions)} images found in {tried}; expected "
+            f"<folder>/<class>/<image> with classes such as {list(self.labels[:3])}"
+        )
+
+    def index(self, root: Path, split: str) -> DatasetIndex:
+        image_root = self.image_root(root)
+        known = set(self.labels)
+        unknown = sorted(
+            d.name for d in image_root.iterdir()
+            if d.is_dir() and d.name not in known and not d.name.startswith(".")
+        )  # fmt: skip
+        skipped: dict[str, int] = {}
+        if unknown:
+            if not self.ignore_unknown_folders:
+                raise DatasetFormatError(
+                    f"{image_root} holds folders that are not classes: {unknown[:10]}; the "
+                    f"classes are {list(self.labels)}. Remove them or fix the class-name list"
+                )
+            skipped["folders that are not classes"] = len(unknown)
+        samples = []
+        for i, label in enumerate(self.labels):
+            d = image_root / label
+            if not d.is_dir():
+                logger.warning("%s: no folder for class %r", image_root, label)
+                continue
+            for p in _sorted_files(d, self.extensions):
+                samples.append(SampleRef(str(p.relative_to(root)), str(p), i))
+        split_file = _find_split_file(root, self.split_files, split)
+        if split_file is None:
+            if self.split_files:
+                names = [p.format(split=split) for p in self.split_files]
+                logger.warning(
+                    "%s: no split file (%s); evaluating every image under %s",
+                    root, ", ".join(names), image_root,
+                )  # fmt: skip
+            source = f"all images under {image_root} (no split file)"
+        else:
+            wanted = {Path(e).stem for e in _read_split_list(split_file)}
+            have = {Path(s.path).stem for s in samples}
+            missing = sorted(wanted - have)
+            if missing:
+                raise DatasetFormatError(
+                    f"split file {split_file} lists {len(missing)} images that are not under "
+                    f"{image_root} (e.g. {missing[:3]}); the dataset is incomplete"
+                )
+            skipped_n = len(samples) - len(wanted)
+            samples = [s for s in samples if Path(s.path).stem in wanted]
+            if skipped_n:
+                skipped[f"not in {split_file.name}"] = skipped_n
+            source = str(split_file)
+        if not samples:
+            raise DatasetFormatError(f"no images found in the class folders of {image_root}")
+        return DatasetIndex(root, samples, source, f"class folders under {image_root}", skipped)
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        return self._read_file(ref.path)
+
+
+# -- CSV splits ------------------------------------------------------------------------------
+class CsvLayout(Layout):
+    """``<root>/<csv file>`` with an image path and a label column per row.
+
+    Args:
+        csv_files: CSV name patterns with ``{split}`` (tried in order, in the root).
+        path_column: column holding the image path (relative to the root).
+        label_column: column holding the label; for multi-label data, labels separated by
+            ``label_separator``.
+        image_template: turns the path column into the image file, e.g.
+            ``"{path}/images/visible/composite.png"`` (ForestNet).
+        label_separator: separator of several labels in one cell (multi-label).
+        **kwargs: see :class:`Layout`.
+    """
+
+    name = "csv"
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        csv_files: Sequence[str] = ("{split}.csv",),
+        path_column: str = "path",
+        label_column: str = "label",
+        image_template: str = "{path}",
+        label_separator: str = ";",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(labels, **kwargs)
+        self.csv_files = tuple(csv_files)
+        self.path_column = path_column
+        self.label_column = label_column
+        self.image_template = image_template
+        self.label_separator = label_separator
+
+    def file_bands(self) -> tuple[str, ...] | None:
+        return self.bands
+
+    def index(self, root: Path, split: str) -> DatasetIndex:
+        path = _find_split_file(root, self.csv_files, split)
+        if path is None:
+            names = [p.format(split=split) for p in self.csv_files]
+            raise DatasetNotFoundError(
+                f"no split CSV for split {split!r} in {root} (looked for {names})"
+            )
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DatasetFormatError(f"cannot read {path}: {err}") from err
+        if not rows:
+            raise DatasetFormatError(f"{path} has no rows")
+        columns = list(rows[0].keys())
+        for col in (self.path_column, self.label_column):
+            if col not in columns:
+                raise DatasetFormatError(
+                    f"{path} has no column {col!r} (columns: {columns}); fix the file or the "
+                    "dataset's csv settings"
+                )
+        samples = []
+        for lineno, row in enumerate(rows, start=2):
+            rel = self.image_template.format(path=row[self.path_column].strip())
+            where = f"{path}, line {lineno}"
+            cell = (row[self.label_column] or "").strip()
+            if self.multi_label:
+                parts = [p.strip() for p in cell.split(self.label_separator) if p.strip()]
+                target: int | tuple[int, ...] = tuple(
+                    sorted({self._label_to_index(p, where) for p in parts})
+                )
+            else:
+                target = self._label_to_index(cell, where)
+            samples.append(SampleRef(rel, str(root / rel), target))
+        first = Path(samples[0].path)
+        if not first.is_file():
+            raise DatasetFormatError(
+                f"{path} names {samples[0].id!r} but {first} does not exist; the images are "
+                f"expected at <root>/{self.image_template}"
+            )
+        return DatasetIndex(root, samples, str(path), f"rows of {path}")
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        return self._read_file(ref.path)
+
+
+# -- BigEarthNet v1 --------------------------------------------------------------------------
+class BigEarthNetLayout(Layout):
+    """BigEarthNet v1 Sentinel-2 patch folders with per-band GeoTIFFs and label JSON files.
+
+    Args:
+        labels: the (19) class labels.
+        label_map: BigEarthNet label (43 CORINE names) -> class label, or ``""`` for labels
+            without a counterpart (dropped). ``None``: labels are used as they are.
+        patch_dirs: folders under the root that may hold the patch folders (tried in order).
+        split_files: split-file name patterns with ``{split}`` (first column: S2 patch name).
+        bands: the band files to read (all 12 L2A bands by default).
+        **kwargs: see :class:`Layout`.
+    """
+
+    name = "bigearthnet"
+    reads_band_subsets = True
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        label_map: Mapping[str, str] | None = None,
+        patch_dirs: Sequence[str] = ("", "sentinel-2", "BigEarthNet-v1.0"),
+        split_files: Sequence[str] = ("bigearthnet-{split}.csv", "{split}.csv"),
+        bands: Sequence[str] | None = BIGEARTHNET_BANDS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(labels, bands=bands or BIGEARTHNET_BANDS, multi_label=True, **kwargs)
+        self.label_map = None if label_map is None else dict(label_map)
+        self.patch_dirs = tuple(patch_dirs)
+        self.split_files = tuple(split_files)
+
+    def file_bands(self) -> tuple[str, ...] | None:
+        return self.bands
+
+    @staticmethod
+    def _is_patch(folder: Path) -> bool:
+        return (folder / f"{folder.name}_labels_metadata.json").is_file()
+
+    def patch_root(self, root: Path) -> Path:
+        """The folder holding the patch folders."""
+        for sub in self.patch_dirs:
+            folder = root / sub if sub else root
+            if not folder.is_dir():
+                continue
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.is_dir() and self._is_patch(Path(entry.path)):
+                        return folder
+        tried = [str(root / s) if s else str(root) for s in self.patch_dirs]
+        raise DatasetFormatError(
+            f"no BigEarthNet patch folders (<patch>/<patch>_labels_metadata.json) in {tried}"
+        )
+
+    def index(self, root: Path, split: str) -> DatasetIndex:
+        patch_root = self.patch_root(root)
+        split_file = _find_split_file(root, self.split_files, split)
+        skipped: dict[str, int] = {}
+        if split_file is None:
+            names = [p.format(split=split) for p in self.split_files]
+            logger.warning(
+                "%s: no split file (%s); evaluating every patch under %s",
+                root, ", ".join(names), patch_root,
+            )  # fmt: skip
+            with os.scandir(patch_root) as it:
+                patches = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+            kept = [p for p in patches if self._is_patch(patch_root / p)]
+            if len(kept) < len(patches):
+                skipped["folders without labels_metadata.json"] = len(patches) - len(kept)
+            source = f"all patches under {patch_root} (no split file)"
+        else:
+            kept = _read_split_list(split_file)
+            first = patch_root / kept[0]
+            if not self._is_patch(first):
+                raise DatasetFormatError(
+                    f"split file {split_file} names patch {kept[0]!r} but {first} holds no "
+                    f"{kept[0]}_labels_metadata.json; the patches are expected under {patch_root}"
+                )
+            source = str(split_file)
+        samples = [SampleRef(p, str(patch_root / p), None) for p in kept]
+        if not samples:
+            raise DatasetFormatError(f"no BigEarthNet patches found under {patch_root}")
+        return DatasetIndex(root, samples, source, f"patch folders under {patch_root}", skipped)
+
+    def target(self, ref: SampleRef) -> tuple[int, ...]:
+        folder = Path(ref.path)
+        path = folder / f"{folder.name}_labels_metadata.json"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise DatasetFormatError(f"label file missing: {path}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DatasetFormatError(f"cannot read label file {path}: {err}") from err
+        raw = meta.get("labels") if isinstance(meta, dict) else None
+        if not isinstance(raw, list):
+            raise DatasetFormatError(f"{path} has no 'labels' list")
+        out = set()
+        for label in raw:
+            label = str(label)
+            if self.label_map is not None:
+                if label not in self.label_map:
+                    raise DatasetFormatError(
+                        f"{path}: label {label!r} is not a BigEarthNet v1 (CORINE level-3) "
+                        "label of the 43-to-19 mapping"
+                    )
+                label = self.label_map[label]
+                if not label:
+                    continue
+            out.add(self._label_to_index(label, str(path)))
+        return tuple(sorted(out))
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        folder = Path(ref.path)
+        wanted = self.needed_bands or self.bands or BIGEARTHNET_BANDS
+        arrays = []
+        for band in wanted:
+            path = folder / f"{folder.name}_{band}.tif"
+            r = read_raster(path, bands=(band,))
+            arrays.append(r.data[0])
+        grid = max((a.shape for a in arrays), key=lambda s: s[0] * s[1])
+        data = np.stack([resample_to(a[None], grid)[0] for a in arrays])
+        return data, tuple(wanted), None
+
+
+# -- METER-ML --------------------------------------------------------------------------------
+class MeterMLLayout(FolderLayout):
+    """The METER-ML release (GeoJSON + image folders), or METER-ML images in class folders.
+
+    Args:
+        labels: class labels (facility type codes, ``Negative`` for no facility).
+        product: ``ms`` (the three Sentinel-2 arrays, resampled to the 10 m grid and stacked),
+            ``rgb`` (the 10 m array's B04, B03, B02 as an 8-bit picture; ``rgb`` must be set) or
+            ``naip`` (``naip.png``, red, green and blue).
+        geojson_files: GeoJSON name patterns with ``{split}``.
+        naip_bands: band names of the NAIP picture's channels.
+        **kwargs: see :class:`FolderLayout` (used when no GeoJSON is found).
+    """
+
+    name = "meterml"
+    reads_band_subsets = True
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        product: str = "ms",
+        geojson_files: Sequence[str] = ("{split}_dataset.geojson", "{split}.geojson"),
+        naip_bands: Sequence[str] = ("NAIP_R", "NAIP_G", "NAIP_B"),
+        **kwargs: Any,
+    ) -> None:
+        if product not in ("ms", "rgb", "naip"):
+            raise ValueError(f"METER-ML product must be 'ms', 'rgb' or 'naip', got {product!r}")
+        super().__init__(labels, **kwargs)
+        self.product = product
+        self.geojson_files = tuple(geojson_files)
+        self.naip_bands = tuple(naip_bands)
+        self.native = False
+
+    def file_bands(self) -> tuple[str, ...] | None:
+        if self.native and self.product == "ms":
+            return tuple(b for bands in METERML_PRODUCTS.values() for b in bands)
+        return None if self.native else self.bands
+
+    def index(self, root: Path, split: str) -> DatasetIndex:
+        geojson = _find_split_file(root, self.geojson_files, split)
+        if geojson is None:
+            self.native = False
+            return super().index(root, split)
+        self.native = True
+        try:
+            doc = json.loads(geojson.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DatasetFormatError(f"cannot read {geojson}: {err}") from err
+        features = doc.get("features") if isinstance(doc, dict) else None
+        if not isinstance(features, list) or not features:
+            raise DatasetFormatError(f"{geojson} holds no GeoJSON features")
+        samples, multi = [], 0
+        for n, feat in enumerate(features):
+            props = feat.get("properties") or {}
+            folder, kind = props.get("Image_Folder"), props.get("Type")
+            if not folder or kind is None:
+                raise DatasetFormatError(
+                    f"{geojson}, feature {n}: needs the properties 'Image_Folder' and 'Type'"
+                )
+            types = [t.strip() for t in str(kind).split("-") if t.strip()]
+            facilities = sorted({t for t in types if t not in METERML_NEGATIVE_TYPES})
+            if len(facilities) > 1:
+                multi += 1  # the published protocol is single-label
+                continue
+            label = facilities[0] if facilities else "Negative"
+            idx = self._label_to_index(label, f"{geojson}, feature {n}")
+            samples.append(SampleRef(str(folder), str(root / str(folder)), idx))
+        skipped = {"images with several facility types": multi} if multi else {}
+        first = Path(samples[0].path) if samples else root
+        if not first.is_dir():
+            raise DatasetFormatError(
+                f"{geojson} names image folder {samples[0].id!r} but {first} does not exist"
+            )
+        samples.sort(key=lambda s: s.id)
+        return DatasetIndex(root, samples, str(geojson), f"image folders named by {geojson}",
+                            skipped)  # fmt: skip
+
+    def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        if not self.native:
+            return super().read(ref)
+        folder = Path(ref.path)
+        if self.product == "naip":
+            r = read_raster(folder / "naip.png", bands=self.naip_bands)
+            return r.data, r.bands, None
+        if self.product == "rgb":
+            r = read_raster(folder / "sentinel-2-10m.npy", bands=METERML_PRODUCTS[
+                "sentinel-2-10m.npy"], layout="HWC")  # fmt: skip
+            return r.data, r.bands, None
+        needed = set(self.needed_bands) if self.needed_bands else None
+        arrays, names = [], []
+        for fname, bands in METERML_PRODUCTS.items():
+            if needed is not None and not needed.intersection(bands):
+                continue
+            r = read_raster(folder / fname, bands=bands, layout="HWC")
+            arrays.append(r.data)
+            names.extend(r.bands)
+        grid = max((a.shape[1:] for a in arrays), key=lambda s: s[0] * s[1])
+        data = np.concatenate([resample_to(a, grid) for a in arrays])
+        return data, tuple(names), None

@@ -1,0 +1,503 @@
+"""Evaluation records and the reports merged from them.
+
+One machine-readable JSON record is written per (model, dataset) run; a separate merge step
+turns every record under a results folder into tables and a report (the ``eval``/``build`` split
+of CLIP_benchmark), so runs of different models and days combine and the merge can be repeated
+alone (``python evaluation.py --merge-only --save-path results/``).
+
+Results folder::
+
+    results/
+      records/<model>__<dataset>.json          one record per successful run (schema below)
+      records/<model>__<dataset>.failed.json   one per failed run (error and traceback)
+      scores/<model>__<dataset>.npz            raw scores and targets (--save-scores)
+      summary.csv                              rows: models; columns: datasets; main metric each
+      summary_long.csv                         model, dataset, metric, value: every metric
+      per_class/<model>__<dataset>.csv         per-class rows of one run
+      figures/<model>__<dataset>__confusion.png  row-normalised confusion matrix (single-label)
+      report.md                                everything above, human-readable
+
+A record (``schema = "msclip.eval.record/1"``) holds: ``model`` (label, name, checkpoint path
+and sha256, pretrained flag, bands, precision, architecture), ``dataset`` (name, root, split and
+where it came from, layout, bands, classes, sample counts), ``templates`` (name, source file,
+count, sha256 of their text), ``task``, ``metrics`` (the report's overall metrics),
+``main_metric``, ``ap`` (k, definition name and wording, empty-class policy), ``per_class``
+(rows), ``confusion_matrix`` (single-label), ``seed``, ``versions`` (python, msclip, torch,
+open_clip, numpy ...), ``timing`` (wall time and stages), ``run_key``, ``command``, ``created``.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from msclip.errors import MSCLIPError
+from msclip.io import atomic_write
+
+__all__ = [
+    "MAIN_METRICS",
+    "RECORD_SCHEMA",
+    "MergeResult",
+    "RecordError",
+    "failure_path",
+    "library_versions",
+    "load_records",
+    "make_record",
+    "merge",
+    "plot_confusion",
+    "record_path",
+    "slug",
+    "write_failure",
+    "write_json",
+    "write_record",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_SCHEMA = "msclip.eval.record/1"
+#: Metric shown in ``summary.csv`` per task, unless the merge is given another.
+MAIN_METRICS: dict[str, str] = {"single_label": "top1_accuracy", "multi_label": "map_at_k"}
+#: Required top-level keys of a record.
+RECORD_KEYS: tuple[str, ...] = (
+    "schema", "model", "dataset", "templates", "task", "metrics", "main_metric", "ap",
+    "per_class", "seed", "versions", "timing", "run_key", "created",
+)  # fmt: skip
+
+
+class RecordError(MSCLIPError, ValueError):
+    """A record file is unreadable or lacks required keys."""
+
+
+# -- names and files -------------------------------------------------------------------------
+def slug(text: str) -> str:
+    """A file-name-safe form of a model label or dataset name."""
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
+    return s or "unnamed"
+
+
+def _stem(model_label: str, dataset: str) -> str:
+    return f"{slug(model_label)}__{slug(dataset)}"
+
+
+def record_path(save_path: str | os.PathLike, model_label: str, dataset: str) -> Path:
+    """Where the record of (model, dataset) lives."""
+    return Path(save_path) / "records" / f"{_stem(model_label, dataset)}.json"
+
+
+def failure_path(save_path: str | os.PathLike, model_label: str, dataset: str) -> Path:
+    """Where the failure note of (model, dataset) lives."""
+    return Path(save_path) / "records" / f"{_stem(model_label, dataset)}.failed.json"
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays to Python, NaN/inf to None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (NaN written as null)."""
+    text = json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".json")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that shape the numbers."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for dist in ("msclip", "torch", "torchvision", "open_clip_torch", "numpy", "pandas",
+                 "rasterio", "scikit-learn"):  # fmt: skip
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if dist == "msclip":
+                import msclip
+
+                out[dist] = msclip.__version__
+    return out
+
+
+def make_record(
+    result: Any,
+    model: dict[str, Any],
+    *,
+    split: str,
+    seed: int,
+    run_key: str,
+    wall_s: float,
+    command: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON record of one evaluation.
+
+    Args:
+        result: a :class:`msclip.eval.runner.EvalResult`.
+        model: model facts (label, name, checkpoint path and sha256, bands, precision ...).
+        split: the evaluated split.
+        seed: the run's seed.
+        run_key: :func:`msclip.eval.runner.run_key` of the run's defining facts.
+        wall_s: wall-clock seconds of the whole (model, dataset) run.
+        command: the command line.
+        extra: further top-level entries (settings).
+    """
+    from msclip.eval.metrics import AP_DEFINITIONS
+
+    report = result.report
+    ds = result.dataset
+    dataset = ds.describe()
+    dataset["split"] = split
+    dataset["class_names"] = list(result.class_names)
+    metrics = report.to_dict()
+    task = "multi_label" if ds.multi_label else "single_label"
+    per_class = report.per_class.copy()
+    labels = list(ds.classes.labels)
+    per_class.insert(2, "class_label", [labels[i] if i < len(labels) else "" for i in
+                                        per_class["class_index"].tolist()])  # fmt: skip
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "status": "ok",
+        "model": model,
+        "dataset": dataset,
+        "templates": result.templates.to_dict(),
+        "task": task,
+        "metrics": metrics,
+        "main_metric": MAIN_METRICS[task],
+        "ap": {
+            "k": report.ap_k,
+            "definition": report.ap_definition,
+            "description": AP_DEFINITIONS[report.ap_definition],
+            "no_relevant": report.no_relevant,
+            "query": "class prompt embedding; documents: all images ranked by logit",
+        },
+        "per_class": per_class.to_dict(orient="records"),
+        "confusion_matrix": getattr(report, "confusion", None),
+        "seed": seed,
+        "versions": library_versions(),
+        "timing": {"wall_s": wall_s, **result.timings},
+        "run_key": run_key,
+        "command": list(command),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def write_record(save_path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write a run's record and remove a stale failure note of the same run."""
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"record lacks keys {missing}")
+    label, dataset = record["model"]["label"], record["dataset"]["name"]
+    path = write_json(record_path(save_path, label, dataset), record)
+    stale = failure_path(save_path, label, dataset)
+    if stale.exists():
+        stale.unlink()
+    return path
+
+
+def write_failure(
+    save_path: str | os.PathLike,
+    model_label: str,
+    dataset: str,
+    error: BaseException,
+    traceback_text: str = "",
+) -> Path:
+    """Write a failure note for (model, dataset); an older successful record is kept."""
+    note = {
+        "schema": RECORD_SCHEMA,
+        "status": "failed",
+        "model": {"label": model_label},
+        "dataset": {"name": dataset},
+        "error_type": type(error).__name__,
+        "error": str(error),
+        "traceback": traceback_text,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_json(failure_path(save_path, model_label, dataset), note)
+
+
+def load_records(save_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """All successful records and failure notes under ``save_path/records``.
+
+    Raises:
+        RecordError: a record file is not valid JSON or lacks required keys.
+    """
+    folder = Path(save_path) / "records"
+    records, failures = [], []
+    if not folder.is_dir():
+        return records, failures
+    for p in sorted(folder.glob("*.json")):
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RecordError(f"cannot read record {p}: {err}") from err
+        if p.name.endswith(".failed.json"):
+            failures.append(obj)
+            continue
+        missing = [k for k in RECORD_KEYS if k not in obj]
+        if missing:
+            raise RecordError(f"record {p} lacks keys {missing}; re-run that evaluation")
+        obj["_path"] = str(p)
+        records.append(obj)
+    return records, failures
+
+
+# -- figures ---------------------------------------------------------------------------------
+def plot_confusion(
+    matrix: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Save a row-normalised confusion matrix (rows: true class, columns: prediction) as PNG.
+
+    Counts are written in the cells when there are at most 15 classes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(matrix, dtype=np.float64)
+    n = cm.shape[0]
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(max(4.0, 0.32 * n + 2.5), 18.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    short = [c if len(c) <= 28 else c[:26] + "…" for c in class_names]
+    ax.set_xticks(range(n), short, rotation=90, fontsize=7 if n > 20 else 8)
+    ax.set_yticks(range(n), short, fontsize=7 if n > 20 else 8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+
+    def _save(tmp: str) -> None:
+        fig.savefig(tmp, dpi=110, format="png")
+
+    try:
+        return atomic_write(path, _save, ".png")
+    finally:
+        plt.close(fig)
+
+
+# -- merging ---------------------------------------------------------------------------------
+@dataclass
+class MergeResult:
+    """Files written by :func:`merge`.
+
+    Attributes:
+        summary: ``summary.csv``.
+        summary_long: ``summary_long.csv``.
+        report: ``report.md``.
+        per_class: per-class CSV files.
+        figures: confusion-matrix PNGs.
+        n_records: records merged.
+        n_failures: failure notes found.
+    """
+
+    summary: Path
+    summary_long: Path
+    report: Path
+    per_class: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    n_records: int = 0
+    n_failures: int = 0
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False), ".csv")
+
+
+def _dataset_order(records: list[dict]) -> list[str]:
+    from msclip.eval.datasets import DATASETS
+
+    names = {r["dataset"]["name"] for r in records}
+    builtin = [n for n in DATASETS if n in names]
+    return builtin + sorted(names - set(builtin))
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_fmt(row.get(c)).replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _metric_of(rec: dict, metric: str | None) -> tuple[str, float | None]:
+    name = metric if metric and metric in rec["metrics"] else rec["main_metric"]
+    v = rec["metrics"].get(name)
+    return name, (float("nan") if v is None else float(v))
+
+
+def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> MergeResult:
+    """Merge every record under ``save_path`` into summary tables, per-class CSVs, confusion
+    PNGs and ``report.md``.
+
+    Args:
+        save_path: the results folder.
+        summary_metric: metric for ``summary.csv`` (default: each record's main metric,
+            :data:`MAIN_METRICS`); records without it keep their main metric.
+
+    Raises:
+        RecordError: a record is unreadable.
+    """
+    save = Path(save_path)
+    records, failures = load_records(save)
+    datasets = _dataset_order(records) if records else []
+    models = sorted({r["model"]["label"] for r in records})
+
+    # summary.csv: one row per model, one column per dataset
+    table: dict[str, dict[str, float | None]] = {m: {} for m in models}
+    used_metric: dict[str, set[str]] = {d: set() for d in datasets}
+    long_rows = []
+    for rec in records:
+        m, d = rec["model"]["label"], rec["dataset"]["name"]
+        name, value = _metric_of(rec, summary_metric)
+        table[m][d] = value
+        used_metric[d].add(name)
+        for k, v in rec["metrics"].items():
+            if k == "threshold":
+                continue
+            if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None:
+                long_rows.append({"model": m, "dataset": d, "task": rec["task"], "metric": k,
+                                  "value": float("nan") if v is None else v})  # fmt: skip
+    summary = pd.DataFrame(
+        [{"model": m, **{d: table[m].get(d) for d in datasets}} for m in models],
+        columns=["model", *datasets],
+    )
+    summary_path = _write_csv(summary, save / "summary.csv")
+    long_df = pd.DataFrame(long_rows, columns=["model", "dataset", "task", "metric", "value"])
+    long_path = _write_csv(long_df, save / "summary_long.csv")
+
+    result = MergeResult(summary_path, long_path, save / "report.md",
+                         n_records=len(records), n_failures=len(failures))  # fmt: skip
+    sections = []
+    for rec in sorted(records, key=lambda r: (r["model"]["label"],
+                                              datasets.index(r["dataset"]["name"]))):  # fmt: skip
+        m, d = rec["model"]["label"], rec["dataset"]["name"]
+        stem = _stem(m, d)
+        per_class = pd.DataFrame(rec["per_class"])
+        per_class.insert(0, "dataset", d)
+        per_class.insert(0, "model", m)
+        pc_path = _write_csv(per_class, save / "per_class" / f"{stem}.csv")
+        result.per_class.append(pc_path)
+        fig_path = None
+        if rec["task"] == "single_label" and rec.get("confusion_matrix") is not None:
+            fig_path = plot_confusion(
+                rec["confusion_matrix"], rec["dataset"]["class_names"],
+                save / "figures" / f"{stem}__confusion.png", title=f"{m} on {d}",
+            )  # fmt: skip
+            result.figures.append(fig_path)
+        sections.append(_section(rec, save, pc_path, fig_path))
+
+    lines = [
+        "# msclip zero-shot benchmark report",
+        "",
+        f"Merged {len(records)} record(s) and {len(failures)} failure note(s) from "
+        f"`{save / 'records'}` on "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
+        "Metric definitions: `docs/metrics.md` (scores are zero-shot logits, 100 x cosine).",
+        "",
+        "## Summary",
+        "",
+    ]
+    if records:
+        metric_row: dict[str, Any] = {"model": "(metric)"}
+        metric_row.update({d: ", ".join(sorted(used_metric[d])) for d in datasets})
+        rows = [metric_row, *({"model": m, **table[m]} for m in models)]
+        lines += [_md_table(rows, ["model", *datasets]), ""]
+    else:
+        lines += ["No successful evaluation records yet.", ""]
+    if failures:
+        lines += ["## Failed runs", ""]
+        for f in failures:
+            lines.append(
+                f"- **{f['model']['label']} on {f['dataset']['name']}**: "
+                f"{f.get('error_type', 'Error')}: {f.get('error', '')}"
+            )
+        lines.append("")
+    lines += sections
+    text = "\n".join(lines) + "\n"
+    atomic_write(result.report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".md")
+    return result
+
+
+def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str:
+    m, d, ds = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"]
+    tpl, ap = rec["templates"], rec["ap"]
+    lines = [
+        f"## {m} — {d}",
+        "",
+        f"- model: `{rec['model'].get('name')}`, checkpoint "
+        f"`{rec['model'].get('checkpoint_path') or 'none (random or registry weights)'}`, "
+        f"sha256 `{rec['model'].get('checkpoint_sha256')}`, precision "
+        f"{rec['model'].get('precision')}",
+        f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
+        f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
+        + (f" (left out: {ds['skipped']})" if ds.get("skipped") else ""),
+        f"- templates: `{tpl['name']}` ({tpl['n']} templates, sha256 `{tpl['sha256'][:16]}…`, "
+        f"from `{tpl['source']}`)",
+        f"- AP@{ap['k']}: `{ap['definition']}` — {ap['description']}; classes without "
+        f"positives: {ap['no_relevant']}",
+        f"- task: {rec['task']}"
+        + (f", rule `{rec['metrics'].get('rule')}`" if rec["task"] == "multi_label" else ""),
+        f"- seed {rec['seed']}, wall time {rec['timing'].get('wall_s', float('nan')):.1f} s, "
+        f"torch {rec['versions'].get('torch')}, msclip {rec['versions'].get('msclip')}",
+        f"- record: `{Path(rec['_path']).relative_to(save)}`, per-class CSV: "
+        f"`{pc_path.relative_to(save)}`",
+        "",
+    ]
+    overall = [{"metric": k, "value": v} for k, v in rec["metrics"].items()
+               if k not in ("ap_definition", "no_relevant", "rule", "threshold")]  # fmt: skip
+    lines += [_md_table(overall, ["metric", "value"]), ""]
+    if rec["per_class"]:
+        lines += ["Per class:", "", _md_table(rec["per_class"], list(rec["per_class"][0])), ""]
+    if fig_path is not None:
+        lines += [f"![confusion matrix of {m} on {d}]({fig_path.relative_to(save)})", ""]
+    return "\n".join(lines)

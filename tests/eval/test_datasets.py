@@ -1,0 +1,360 @@
+"""Benchmark dataset layouts: indexing, band names, labels, resampling, YAML datasets."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import mini_benchmark as mb
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.enums import Resampling
+
+from msclip.eval.datasets import (
+    DATASETS,
+    ClassList,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    build_dataset,
+    classnames_dir,
+    get_spec,
+    load_classnames,
+    load_dataset_yaml,
+    read_mapping_file,
+)
+from msclip.eval.layouts import BIGEARTHNET_BANDS, EUROSAT_MS_BANDS, resample_to
+from msclip.spectral import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, SpectralPreprocess, get_stats
+
+
+def _ms_transform(size: int = 16) -> SpectralPreprocess:
+    s = get_stats("llama3-ms-clip")
+    return SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, size, s.divisor)
+
+
+def _rgb_transform(size: int = 16) -> SpectralPreprocess:
+    s = get_stats("openai")
+    return SpectralPreprocess(RGB_BANDS, s.mean, s.std, size, s.divisor, pil_rgb=True)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    mb.all_layouts(root)
+    return root
+
+
+# -- class-name files ------------------------------------------------------------------------
+def test_shipped_class_lists_have_the_published_class_counts():
+    counts = {"eurosat": 10, "resisc45": 45, "aid": 30, "meterml": 7, "forestnet": 4,
+              "bigearthnet19": 19}  # fmt: skip
+    for name, n in counts.items():
+        cl = load_classnames(name)
+        assert len(cl) == n, name
+        assert len(set(cl.names)) == n, name
+    eurosat = load_classnames("eurosat")
+    assert eurosat.labels[0] == "AnnualCrop" and eurosat.names[0] == "annual crops"
+    # Without "= name" the label itself is the prompt name.
+    resisc = load_classnames("resisc45")
+    assert resisc.labels == resisc.names and "baseball_diamond" in resisc.labels
+
+
+def test_bigearthnet_43_to_19_mapping_is_complete_and_consistent():
+    mapping = read_mapping_file(classnames_dir() / "bigearthnet_43_to_19.txt")
+    nineteen = set(load_classnames("bigearthnet19").labels)
+    assert len(mapping) == 43
+    assert {v for v in mapping.values() if v} == nineteen
+    dropped = sorted(k for k, v in mapping.items() if not v)
+    assert dropped == sorted([
+        "Road and rail networks and associated land", "Port areas", "Airports",
+        "Mineral extraction sites", "Dump sites", "Construction sites", "Green urban areas",
+        "Sport and leisure facilities", "Bare rock", "Burnt areas", "Intertidal flats",
+    ])  # fmt: skip
+    assert mapping["Transitional woodland/shrub"] == "Transitional woodland, shrub"
+    assert mapping["Annual crops associated with permanent crops"] == "Permanent crops"
+
+
+def test_class_lists_from_files_mappings_and_errors(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("# comment\nA = alpha land\n\nB\n")
+    cl = load_classnames(str(f))
+    assert cl.labels == ("A", "B") and cl.names == ("alpha land", "B")
+    assert load_classnames({"x": "ex", "y": "why"}).names == ("ex", "why")
+    f.write_text("A\nA = again\n")
+    with pytest.raises(DatasetFormatError, match="twice"):
+        load_classnames(str(f))
+    with pytest.raises(DatasetFormatError, match="not found"):
+        load_classnames("no_such_list")
+    with pytest.raises(DatasetFormatError):
+        ClassList((), ())
+
+
+# -- registry --------------------------------------------------------------------------------
+def test_registry_covers_every_published_dataset():
+    assert set(DATASETS) == {
+        "EuroSAT_MS", "EuroSAT_RGB", "BigEarthNet_MS", "BigEarthNet_RGB", "METERML_MS",
+        "METERML_RGB", "METERML_NAIP", "RESISC45_RGB", "AID_RGB", "ForestNet_RGB",
+    }  # fmt: skip
+    assert get_spec("eurosat_ms").name == "EuroSAT_MS"
+    assert DATASETS["BigEarthNet_MS"].multi_label and not DATASETS["EuroSAT_MS"].multi_label
+    with pytest.raises(UnknownDatasetError, match="built-in datasets"):
+        get_spec("ImageNet")
+
+
+def test_missing_dataset_names_the_expected_place_and_the_readme(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"benchmark_datasets/README\.md") as e:
+        build_dataset("AID_RGB", tmp_path)
+    assert str(tmp_path / "AID_RGB") in str(e.value)
+
+
+# -- EuroSAT ---------------------------------------------------------------------------------
+def test_eurosat_ms_split_file_and_band_order_by_name(bench):
+    ds = build_dataset("EuroSAT_MS", bench)
+    # The split file lists <Class>_1.jpg names; they select the .tif files by stem.
+    assert len(ds) == 10
+    assert sorted(Path(s.path).name for s in ds.samples) == sorted(
+        f"{c}_1.tif" for c in mb.EUROSAT_CLASSES
+    )
+    assert ds.index.split_source.endswith("eurosat-test.txt")
+    assert ds.index.skipped == {"not in eurosat-test.txt": 10}
+    data, names, _ = ds.read(0)
+    assert names == EUROSAT_MS_BANDS and names[-1] == "B8A"
+    with rasterio.open(ds.samples[0].path) as src:
+        raw = src.read()
+    np.testing.assert_array_equal(data, raw)
+    # The model's B8A channel is the file's 13th band, not its 9th (which is B09).
+    t = _ms_transform()
+    ds.set_transform(t)
+    x, target, idx = ds[0]
+    assert target == ds.samples[0].target == 0 and idx == 0
+    b8a = LLAMA3_MS_CLIP_BANDS.index("B8A")
+    only_b8a = t.process(raw[[12]], ("B8A",))
+    assert x.shape == (10, 16, 16)
+    expect = t.process(raw, EUROSAT_MS_BANDS)
+    torch.testing.assert_close(x, expect, rtol=0, atol=0)
+    torch.testing.assert_close(x[b8a], only_b8a[b8a], rtol=0, atol=0)
+    assert ds.band_mapping is not None and "B10" in ds.band_mapping["ignored"]
+
+
+def test_eurosat_split_file_listing_missing_images_is_an_error(bench, tmp_path):
+    root = tmp_path / "EuroSAT_MS"
+    shutil.copytree(bench / "EuroSAT_MS", root)
+    (root / "eurosat-test.txt").write_text("AnnualCrop_1.jpg\nForest_999.jpg\n")
+    with pytest.raises(DatasetFormatError, match=r"1 images that are not under"):
+        build_dataset("EuroSAT_MS", tmp_path)
+
+
+def test_folder_that_is_not_a_class_is_an_error(bench, tmp_path):
+    root = tmp_path / "EuroSAT_RGB"
+    shutil.copytree(bench / "EuroSAT_RGB", root)
+    (root / "2750" / "Clouds").mkdir()
+    with pytest.raises(DatasetFormatError, match="not classes: \\['Clouds'\\]"):
+        build_dataset("EuroSAT_RGB", tmp_path)
+
+
+def test_eurosat_rgb_reads_every_image_without_a_split_file(bench):
+    ds = build_dataset("EuroSAT_RGB", bench, transform=_rgb_transform())
+    assert len(ds) == 20 and "no split file" in ds.index.split_source
+    assert [s.target for s in ds.samples] == [i for i in range(10) for _ in range(2)]
+    data, names, _ = ds.read(3)
+    assert names == ("red", "green", "blue") and data.dtype == np.uint8
+    x, t, _ = ds[3]
+    assert x.shape == (3, 16, 16) and t == 1
+
+
+# -- BigEarthNet -----------------------------------------------------------------------------
+def test_bigearthnet_labels_are_mapped_to_the_19_classes(bench):
+    ds = build_dataset("BigEarthNet_MS", bench)
+    assert len(ds) == 6 and ds.num_classes == 19 and ds.multi_label
+    names = list(ds.classes.labels)
+
+    def positives(i: int) -> set[str]:
+        t = ds.target(i)
+        assert t.dtype == np.uint8 and t.shape == (19,)
+        return {names[j] for j in np.flatnonzero(t)}
+
+    assert positives(0) == {"Urban fabric", "Industrial or commercial units"}
+    assert positives(1) == {"Arable land", "Pastures"}
+    assert positives(2) == {"Coniferous forest", "Mixed forest", "Inland waters"}
+    assert positives(4) == {"Transitional woodland, shrub", "Inland wetlands"}
+    assert positives(5) == set()  # "Airports" has no 19-class counterpart
+
+
+def test_bigearthnet_bands_are_resampled_to_the_10m_grid_as_rasterio_does(bench):
+    ds = build_dataset("BigEarthNet_MS", bench)
+    data, names, _ = ds.read(0)
+    assert names == BIGEARTHNET_BANDS and data.shape == (12, 12, 12)
+    patch = Path(ds.samples[0].path)
+    for band in ("B01", "B05", "B02"):
+        with rasterio.open(patch / f"{patch.name}_{band}.tif") as src:
+            ref = src.read(1, out_shape=(12, 12), resampling=Resampling.bilinear)
+        np.testing.assert_array_equal(data[names.index(band)], ref.astype(np.float32))
+
+
+def test_resample_to_is_bilinear_with_half_pixel_centres():
+    x = np.array([[[0.0, 10.0]]], dtype=np.float32)  # 1 x 2 -> 1 x 4
+    out = resample_to(x, (1, 4))
+    np.testing.assert_allclose(out[0, 0], [0.0, 2.5, 7.5, 10.0])
+    ints = np.array([[[0, 1]]], dtype=np.uint16)
+    np.testing.assert_array_equal(resample_to(ints, (1, 4))[0, 0], [0, 0, 1, 1])  # 0.25 -> 0
+
+
+def test_bigearthnet_reads_only_bands_the_model_uses_with_the_same_result(bench):
+    t = _ms_transform()
+    ds = build_dataset("BigEarthNet_MS", bench, transform=t)
+    assert set(ds.layout.needed_bands) == set(LLAMA3_MS_CLIP_BANDS)  # no B01, no B09
+    x, _, _ = ds[1]
+    ds.layout.needed_bands = None
+    full, names, _ = ds.read(1)
+    assert "B01" in names and "B09" in names
+    torch.testing.assert_close(x, t.process(full, names), rtol=0, atol=0)
+
+
+def test_bigearthnet_rgb_is_an_8bit_true_colour_picture(bench):
+    ds = build_dataset("BigEarthNet_RGB", bench, transform=_rgb_transform())
+    assert ds.layout.needed_bands == ("B04", "B03", "B02")
+    data, names, _ = ds.read(2)
+    assert names == ("red", "green", "blue") and data.dtype == np.uint8
+    patch = Path(ds.samples[2].path)
+    with rasterio.open(patch / f"{patch.name}_B04.tif") as src:
+        red = src.read(1).astype(np.float64)
+    np.testing.assert_array_equal(data[0], np.clip(np.rint(red * 255 / 2750), 0, 255))
+
+
+def test_bigearthnet_unknown_label_is_reported(bench, tmp_path):
+    root = tmp_path / "BigEarthNet"
+    shutil.copytree(bench / "BigEarthNet", root)
+    patch = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (patch / f"{patch.name}_labels_metadata.json").write_text(json.dumps({"labels": ["Lava"]}))
+    ds = build_dataset("BigEarthNet_MS", tmp_path)
+    with pytest.raises(DatasetFormatError, match="'Lava'"):
+        ds.target(0)
+
+
+def test_bigearthnet_without_split_file_uses_every_patch(bench, tmp_path):
+    root = tmp_path / "BigEarthNet" / "sentinel-2"  # the original release's tree
+    shutil.copytree(bench / "BigEarthNet", root)
+    (root / "bigearthnet-test.csv").unlink()
+    ds = build_dataset("BigEarthNet_MS", tmp_path)
+    assert len(ds) == 6 and "no split file" in ds.index.split_source
+
+
+# -- METER-ML --------------------------------------------------------------------------------
+def test_meterml_geojson_layout_single_label_and_products(bench):
+    ms = build_dataset("METERML_MS", bench)
+    assert len(ms) == 7 and ms.index.skipped == {"images with several facility types": 1}
+    assert [ms.classes.labels[s.target] for s in ms.samples] == list(mb.METERML_CLASSES)
+    assert ms.classes.names[ms.classes.labels.index("Negative")] == "other features"
+    data, names, _ = ms.read(0)
+    assert data.shape == (13, 12, 12)
+    assert names[:4] == ("B04", "B03", "B02", "B08") and names[-3:] == ("B01", "B09", "B10")
+    raw10 = np.load(Path(ms.samples[0].path) / "sentinel-2-10m.npy")
+    np.testing.assert_array_equal(data[2], raw10[:, :, 2])  # B02 is channel 2 of the array
+    ms.set_transform(_ms_transform())
+    # The 60 m product (B01, B09, B10) feeds no model band and is not read.
+    assert set(ms.layout.needed_bands) == set(LLAMA3_MS_CLIP_BANDS)
+    assert ms[0][0].shape == (10, 16, 16)
+
+    rgb = build_dataset("METERML_RGB", bench)
+    data, names, _ = rgb.read(0)
+    assert names == ("red", "green", "blue") and data.dtype == np.uint8
+    np.testing.assert_array_equal(
+        data[0], np.clip(np.rint(raw10[:, :, 0].astype(np.float64) * 255 / 2750), 0, 255)
+    )
+    naip = build_dataset("METERML_NAIP", bench)
+    data, names, _ = naip.read(0)
+    assert names == ("NAIP_R", "NAIP_G", "NAIP_B") and data.shape == (3, 20, 20)
+
+
+def test_meterml_class_folders_without_geojson(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("CAFOs", "Negative"):
+        mb._png(tmp_path / "METERML_NAIP" / c / "x.png", rng)
+    ds = build_dataset("METERML_NAIP", tmp_path)
+    assert len(ds) == 2 and "class folders" in ds.index.detail
+    assert [s.target for s in ds.samples] == [0, 3]
+
+
+# -- RESISC45, AID, ForestNet ----------------------------------------------------------------
+def test_resisc45_and_aid(bench):
+    r = build_dataset("RESISC45_RGB", bench)
+    assert len(r) == 45 and r.index.split_source.endswith("resisc45-test.txt")
+    assert r.class_names[2] == "baseball_diamond"  # normalised later by msclip.zero_shot
+    a = build_dataset("AID_RGB", bench)
+    assert len(a) == 30 and a.num_classes == 30 and a.class_names[1] == "bare land"
+
+
+def test_forestnet_csv_layout(bench, tmp_path):
+    ds = build_dataset("ForestNet_RGB", bench)
+    assert len(ds) == 8 and [s.target for s in ds.samples] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert ds.samples[0].path.endswith("images/visible/composite.png")
+    assert ds.read(0)[1] == ("red", "green", "blue")
+    root = tmp_path / "ForestNet_RGB"
+    shutil.copytree(bench / "ForestNet_RGB", root)
+    (root / "test.csv").write_text("label,example_path\nOther,examples/x\n")
+    with pytest.raises(DatasetFormatError, match="no column 'merged_label'"):
+        build_dataset("ForestNet_RGB", tmp_path)
+
+
+# -- YAML datasets ---------------------------------------------------------------------------
+def test_custom_yaml_multilabel_csv_dataset(bench):
+    spec = load_dataset_yaml(bench / "my_crops.yaml")
+    assert spec.name == "MyCrops" and spec.multi_label and spec.templates == "short"
+    ds = build_dataset(bench / "my_crops.yaml", dataset_dir=None)
+    assert ds.class_names == ["maize field", "wheat field", "open water"]
+    targets = np.stack([ds.target(i) for i in range(len(ds))])
+    np.testing.assert_array_equal(targets, [[1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    _, names, _ = ds.read(0)  # bands from the files' descriptions
+    assert names == ("B02", "B03", "B04", "B08")
+
+
+def test_custom_yaml_folder_dataset_with_declared_bands(tmp_path):
+    rng = np.random.default_rng(1)
+    for c in ("dry", "wet"):
+        mb._tif(tmp_path / "data" / c / "a.tif", rng, 4, size=8)
+    (tmp_path / "ds.yaml").write_text(
+        "name: Soil\nlayout: folder\nroot: data\nclasses: [dry, wet]\n"
+        "bands: [B08, B04, B03, B02]\nextensions: [tif]\n"
+    )
+    ds = build_dataset(tmp_path / "ds.yaml", dataset_dir=None)
+    assert len(ds) == 2 and ds.read(0)[1] == ("B08", "B04", "B03", "B02")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("name: X\nlayout: folder\nclasses: [a]\ncolour: red\n", "unknown keys"),
+        ("name: X\nlayout: folder\n", "'classes' is required"),
+        ("name: X\nlayout: zip\nclasses: [a]\n", "unknown layout"),
+        ("name: X\nlayout: csv\nclasses: [a]\ntask: regression\n", "unknown task"),
+        ("name: X\nlayout: folder\nclasses: [a]\nbands: [B99]\n", "unknown band"),
+    ],
+)
+def test_bad_yaml_datasets_are_rejected(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_dataset_yaml(p)
+
+
+# -- subsets and workers ---------------------------------------------------------------------
+def test_max_samples_is_a_seeded_subset(bench):
+    a = build_dataset("RESISC45_RGB", bench, max_samples=7, seed=3)
+    b = build_dataset("RESISC45_RGB", bench, max_samples=7, seed=3)
+    c = build_dataset("RESISC45_RGB", bench, max_samples=7, seed=4)
+    assert len(a) == 7 and [s.id for s in a.samples] == [s.id for s in b.samples]
+    assert [s.id for s in a.samples] != [s.id for s in c.samples]
+
+
+def test_dataset_is_picklable_for_workers(bench):
+    ds = build_dataset("METERML_MS", bench, transform=_ms_transform())
+    clone = pickle.loads(pickle.dumps(ds))
+    torch.testing.assert_close(clone[2][0], ds[2][0], rtol=0, atol=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    images, targets, idx = next(iter(loader))
+    assert images.shape == (4, 10, 16, 16) and idx.tolist() == [0, 1, 2, 3]
+    assert targets.tolist() == [s.target for s in ds.samples[:4]]

@@ -1,0 +1,329 @@
+"""End-to-end runs of ``evaluation.py`` with tiny random models on mini datasets of every layout:
+records, merged reports, failure isolation, --skip-existing, --merge-only, templates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import mini_benchmark as mb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from msclip.cli.evaluation import main, parse_args
+from msclip.eval.report import RECORD_KEYS, RECORD_SCHEMA, load_records, record_path
+from msclip.eval.runner import TemplatesNotShippedError, resolve_templates
+
+REFERENCE_TEMPLATES = Path("/work/shared/reference/templates/msclip.txt")
+TEMPLATES = "a satellite view of {c}.\n# a comment line\n{c} from above.\nan image of {c}.\n"
+MS_DATASETS = ["EuroSAT_MS", "BigEarthNet_MS", "METERML_MS", "MyCrops"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def ms_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One msclip-tiny run over the multispectral layouts, a custom YAML dataset, a broken
+    dataset (ForestNet CSV without its label column) and a missing one (AID)."""
+    root = tmp_path_factory.mktemp("data")
+    mb.eurosat_ms(root)
+    mb.bigearthnet(root)
+    mb.meterml(root)
+    yaml_path = mb.custom_multilabel(root)
+    broken = root / "ForestNet_RGB"
+    broken.mkdir()
+    (broken / "test.csv").write_text("label,example_path\nOther,examples/x\n")
+    tpl = root / "my_templates.txt"
+    tpl.write_text(TEMPLATES)
+    save = tmp_path_factory.mktemp("results")
+    argv = [
+        "--model-name", "msclip-tiny", "--no-pretrained",
+        "--datasets", "EuroSAT_MS", "BigEarthNet_MS", "ForestNet_RGB", "METERML_MS",
+        str(yaml_path), "AID_RGB",
+        "--dataset-dir", str(root), "--save-path", str(save),
+        "--templates", str(tpl), "METERML_MS=short",
+        "--text-cache-dir", str(save / "cache"),
+        "--workers", "1", "--batch-size", "4", "--save-scores", "--quiet",
+    ]  # fmt: skip
+    code = main(argv)
+    return {"code": code, "root": root, "save": save, "argv": argv, "templates": tpl}
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One msclip-tiny-rgb run over every RGB layout with the "other features" rule."""
+    root = tmp_path_factory.mktemp("rgbdata")
+    for make in (mb.eurosat_rgb, mb.bigearthnet, mb.meterml, mb.resisc45, mb.aid, mb.forestnet):
+        make(root)
+    save = tmp_path_factory.mktemp("rgbresults")
+    names = root / "forestnet_names.txt"
+    names.write_text("Plantation = palm plantation\nGrassland shrubland = grassland\n"
+                     "Smallholder agriculture = small farms\nOther = other\n")  # fmt: skip
+    templates = ["short"]
+    if REFERENCE_TEMPLATES.is_file():
+        templates.append(f"EuroSAT_RGB={REFERENCE_TEMPLATES}")
+    argv = [
+        "--model-name", "msclip-tiny-rgb", "--no-pretrained", "--datasets", "EuroSAT_RGB",
+        "BigEarthNet_RGB,METERML_RGB", "METERML_NAIP", "RESISC45_RGB", "AID_RGB",
+        "ForestNet_RGB", "--dataset-dir", str(root), "--save-path", str(save),
+        "--templates", *templates, "--multilabel-rule", "other_class", "--no-text-cache",
+        "--classnames", f"ForestNet_RGB={names}",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    code = main(argv)
+    return {"code": code, "save": save}
+
+
+def _record(save: Path, dataset: str, label: str = "msclip-tiny-random") -> dict:
+    return json.loads(record_path(save, label, dataset).read_text())
+
+
+# -- failure isolation and exit status -------------------------------------------------------
+def test_broken_and_missing_datasets_fail_alone(ms_run):
+    save = ms_run["save"]
+    assert ms_run["code"] == 1
+    records, failures = load_records(save)
+    assert sorted(r["dataset"]["name"] for r in records) == sorted(MS_DATASETS)
+    notes = {f["dataset"]["name"]: f for f in failures}
+    assert set(notes) == {"ForestNet_RGB", "AID_RGB"}
+    assert notes["ForestNet_RGB"]["error_type"] == "DatasetFormatError"
+    assert "no column 'merged_label'" in notes["ForestNet_RGB"]["error"]
+    assert notes["AID_RGB"]["error_type"] == "DatasetNotFoundError"
+    assert "benchmark_datasets/README.md" in notes["AID_RGB"]["error"]
+    report = (save / "report.md").read_text()
+    assert "## Failed runs" in report and "AID_RGB" in report and "ForestNet_RGB" in report
+
+
+# -- record schema ---------------------------------------------------------------------------
+def test_records_are_complete_and_self_describing(ms_run):
+    save, tpl = ms_run["save"], ms_run["templates"]
+    lines = [t for t in tpl.read_text().splitlines() if t and not t.startswith("#")]
+    for name in MS_DATASETS:
+        rec = _record(save, name)
+        assert set(RECORD_KEYS) <= set(rec) and rec["schema"] == RECORD_SCHEMA
+        model = rec["model"]
+        assert model["label"] == "msclip-tiny-random" and model["weights"] == "random"
+        assert model["checkpoint_sha256"].startswith("weights:") and len(model["bands"]) == 10
+        ds = rec["dataset"]
+        assert ds["name"] == name and ds["split"] == "test" and ds["n_samples"] >= 5
+        assert ds["split_source"] and ds["root"] and ds["layout"]
+        assert rec["metrics"]["n_samples"] == ds["n_samples"]
+        assert rec["ap"]["k"] == 100 and rec["ap"]["definition"] == "relevant_retrieved"
+        assert "relevant items within the top k" in rec["ap"]["description"]
+        assert rec["seed"] == 0 and {"torch", "numpy", "open_clip_torch"} <= set(rec["versions"])
+        assert rec["timing"]["wall_s"] > 0 and len(rec["run_key"]) == 64
+        assert len(rec["per_class"]) == len(ds["class_labels"])
+        if rec["task"] == "single_label":
+            cm = np.asarray(rec["confusion_matrix"])
+            assert cm.shape == (len(ds["class_labels"]),) * 2
+            assert cm.sum() == ds["n_samples"]
+            assert rec["main_metric"] == "top1_accuracy"
+        else:
+            assert rec["confusion_matrix"] is None and rec["main_metric"] == "map_at_k"
+    # --templates FILE for all, DATASET=SET for one; the hash covers the templates' text only.
+    eurosat = _record(save, "EuroSAT_MS")["templates"]
+    assert eurosat["name"] == "my_templates" and eurosat["n"] == 3
+    assert eurosat["sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    meter = _record(save, "METERML_MS")["templates"]
+    assert meter["name"] == "short" and meter["n"] == 5
+    assert _record(save, "BigEarthNet_MS")["dataset"]["band_mapping"]["ignored"] == ["B01", "B09"]
+
+
+def test_scores_reproduce_from_the_model_and_metrics_agree_with_sklearn(ms_run):
+    sk = pytest.importorskip("sklearn.metrics")
+    import msclip
+    from msclip.eval.datasets import build_dataset
+    from msclip.zero_shot import build_classifier, load_templates
+
+    save, root = ms_run["save"], ms_run["root"]
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+    rec = _record(save, "EuroSAT_MS")
+    assert model.checkpoint_sha256 == rec["model"]["checkpoint_sha256"]  # --seed fixes weights
+    ds = build_dataset("EuroSAT_MS", root, transform=model.preprocess())
+    with torch.inference_mode():
+        img = model.encode_image(torch.stack([ds[i][0] for i in range(len(ds))]), normalize=True)
+        cls = build_classifier(model, msclip.get_tokenizer(model), ds.class_names,
+                               load_templates(ms_run["templates"]))  # fmt: skip
+    saved = np.load(save / "scores" / "msclip-tiny-random__EuroSAT_MS.npz", allow_pickle=False)
+    assert saved["ids"].tolist() == [s.id for s in ds.samples]
+    np.testing.assert_allclose(saved["scores"], (100 * img @ cls.T).numpy(), atol=1e-4)
+    np.testing.assert_array_equal(saved["targets"], [s.target for s in ds.samples])
+
+    for name in ("EuroSAT_MS", "METERML_MS"):
+        m = _record(save, name)["metrics"]
+        z = np.load(save / "scores" / f"msclip-tiny-random__{name}.npz")
+        s, t = z["scores"], z["targets"]
+        labels = np.arange(s.shape[1])
+        assert abs(m["top1_accuracy"] - sk.accuracy_score(t, s.argmax(1))) < 1e-6
+        assert abs(m["balanced_accuracy"] - sk.balanced_accuracy_score(t, s.argmax(1))) < 1e-6
+        top5 = sk.top_k_accuracy_score(t, s, k=5, labels=labels)
+        assert abs(m["top5_accuracy"] - top5) < 1e-6
+    m = _record(save, "BigEarthNet_MS")["metrics"]
+    z = np.load(save / "scores" / "msclip-tiny-random__BigEarthNet_MS.npz")
+    s, t = z["scores"], z["targets"]
+    pred = s > (s.sum(1, keepdims=True) - s) / (s.shape[1] - 1)  # the published rule
+    for avg in ("micro", "macro"):
+        ref = sk.f1_score(t, pred, average=avg, zero_division=0)
+        assert abs(m[f"{avg}_f1"] - ref) < 1e-6
+    assert abs(m["mean_accuracy"] - (pred == t).mean()) < 1e-6
+
+
+# -- merged reports --------------------------------------------------------------------------
+def test_summary_per_class_csvs_markdown_and_figures(ms_run):
+    save = ms_run["save"]
+    summary = pd.read_csv(save / "summary.csv")
+    assert list(summary.columns) == ["model", *MS_DATASETS]  # built-in order, then custom
+    assert summary["model"].tolist() == ["msclip-tiny-random"]
+    for name in MS_DATASETS:
+        rec = _record(save, name)
+        assert summary.loc[0, name] == pytest.approx(rec["metrics"][rec["main_metric"]])
+        pc = save / "per_class" / f"msclip-tiny-random__{name}.csv"
+        df = pd.read_csv(pc)
+        assert {"model", "dataset", "class_name", "class_label", "ap_at_k"} <= set(df.columns)
+        assert set(df["dataset"]) == {name} and len(df) == len(rec["per_class"])
+    long = pd.read_csv(save / "summary_long.csv")
+    assert {"top1_accuracy", "map_at_k", "micro_f1"} <= set(long["metric"])
+    report = (save / "report.md").read_text()
+    for name in ("EuroSAT_MS", "METERML_MS"):
+        png = save / "figures" / f"msclip-tiny-random__{name}__confusion.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{png.name}" in report
+    assert not list((save / "figures").glob("*BigEarthNet*"))  # multi-label: no matrix
+    assert "| (metric) | top1_accuracy | map_at_k | top1_accuracy | map_at_k |" in report
+
+
+def test_merge_only_rebuilds_reports_from_records(ms_run, tmp_path, capsys):
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    for p in ("summary.csv", "report.md", "per_class", "figures"):
+        target = save / p
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    code, out, _ = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 0 and "merged 4 record(s), 2 failure note(s)" in out
+    assert (save / "report.md").is_file() and len(list((save / "per_class").glob("*.csv"))) == 4
+    pd.testing.assert_frame_equal(
+        pd.read_csv(save / "summary.csv"), pd.read_csv(ms_run["save"] / "summary.csv")
+    )
+
+
+def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    argv = [a if a != str(ms_run["save"]) else str(save) for a in ms_run["argv"]]
+    argv = [a for a in argv if a not in ("ForestNet_RGB", "AID_RGB")] + ["--skip-existing"]
+    before = {n: _record(save, n)["created"] for n in MS_DATASETS}
+    code, out, _ = _run(argv, capsys)
+    assert code == 0
+    assert all(f"{n}: skipped" in out for n in MS_DATASETS)
+    assert {n: _record(save, n)["created"] for n in MS_DATASETS} == before
+    # Other templates for one dataset: only that dataset runs again.
+    i = argv.index("--templates")
+    argv = [*argv[: i + 1], "EuroSAT_MS=short", *argv[i + 1 :]]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "EuroSAT_MS: ok" in out and "BigEarthNet_MS: skipped" in out
+    assert _record(save, "EuroSAT_MS")["templates"]["name"] == "short"
+
+
+# -- RGB layouts -----------------------------------------------------------------------------
+def test_every_rgb_layout_runs_with_the_rgb_model(rgb_run):
+    save = rgb_run["save"]
+    assert rgb_run["code"] == 0
+    names = ["EuroSAT_RGB", "BigEarthNet_RGB", "METERML_RGB", "METERML_NAIP", "RESISC45_RGB",
+             "AID_RGB", "ForestNet_RGB"]  # fmt: skip
+    summary = pd.read_csv(save / "summary.csv")
+    assert list(summary.columns) == ["model", *names]
+    expected_n = {"EuroSAT_RGB": 20, "BigEarthNet_RGB": 6, "METERML_RGB": 7, "METERML_NAIP": 7,
+                  "RESISC45_RGB": 45, "AID_RGB": 30, "ForestNet_RGB": 8}  # fmt: skip
+    for name in names:
+        rec = _record(save, name, "msclip-tiny-rgb-random")
+        assert rec["dataset"]["n_samples"] == expected_n[name]
+        assert rec["model"]["bands"] == ["red", "green", "blue"]
+    ben = _record(save, "BigEarthNet_RGB", "msclip-tiny-rgb-random")
+    assert ben["metrics"]["rule"] == "other_class" and len(ben["per_class"]) == 19
+    assert ben["dataset"]["class_names"][-1] == "other features"
+    assert ben["settings"]["text_cache"] is False
+    forest = _record(save, "ForestNet_RGB", "msclip-tiny-rgb-random")["dataset"]
+    assert forest["class_names"] == ["palm plantation", "grassland", "small farms", "other"]
+    assert forest["classes_source"].endswith("forestnet_names.txt")
+
+
+@pytest.mark.skipif(not REFERENCE_TEMPLATES.is_file(), reason="reference templates not present")
+def test_published_template_file_is_accepted(rgb_run):
+    rec = _record(rgb_run["save"], "EuroSAT_RGB", "msclip-tiny-rgb-random")
+    assert rec["templates"]["name"] == "msclip" and rec["templates"]["n"] == 50
+
+
+# -- templates and arguments -----------------------------------------------------------------
+def test_published_template_name_without_the_file_fails_clearly(tmp_path, capsys):
+    argv = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+            "--templates", "msclip", "--save-path", str(tmp_path)]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert "not shipped" in err and "--templates path/to/msclip.txt" in err
+    assert not (tmp_path / "records").exists()
+    with pytest.raises(TemplatesNotShippedError):
+        resolve_templates("rs5m")
+
+
+def test_template_sets_by_name_and_file(tmp_path):
+    short = resolve_templates("short")
+    assert short.name == "short" and len(short.templates) == 5
+    f = tmp_path / "t.txt"
+    f.write_text("# heading\n\n" + "\n".join(short.templates) + "\n")
+    from_file = resolve_templates(f)
+    assert from_file.name == "t" and from_file.sha256 == short.sha256
+
+
+def test_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--model-name", "msclip-tiny"])
+    assert e.value.code == 2
+    argv = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+            "--templates", "AID_RGB=short", "--save-path", str(tmp_path)]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "not among the requested datasets" in err
+    code, out, _ = _run(["--list-datasets"], capsys)
+    assert code == 0 and "BigEarthNet_MS" in out and "ForestNet_RGB" in out
+
+
+def test_checkpoint_file_is_hashed_and_named_in_the_label(ms_run, tmp_path, capsys):
+    import msclip
+    from msclip.pretrained import file_sha256, save_checkpoint
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "tiny_ft.safetensors"
+    save_checkpoint(msclip.create_model("msclip-tiny"), ckpt)
+    argv = ["--model-name", "msclip-tiny", "--ckpt-path", str(ckpt), "--datasets", "METERML_MS",
+            "--dataset-dir", str(ms_run["root"]), "--save-path", str(tmp_path / "res"),
+            "--templates", "short", "--no-text-cache", "--workers", "0", "--quiet"]  # fmt: skip
+    code, out, _ = _run(argv, capsys)
+    assert code == 0, out
+    rec = _record(tmp_path / "res", "METERML_MS", "msclip-tiny@tiny_ft")
+    assert rec["model"]["checkpoint_sha256"] == file_sha256(ckpt)
+    assert rec["model"]["weights"] == "file" and rec["model"]["checkpoint_path"] == str(ckpt)
+
+
+@pytest.mark.parametrize(
+    ("extra", "label"),
+    [
+        ([], "msclip-tiny"),
+        (["--no-pretrained"], "msclip-tiny-random"),
+        (["--no-pretrained", "--precision", "bf16"], "msclip-tiny-random-bf16"),
+        (["--ckpt-path", "runs/epoch3.pt"], "msclip-tiny@epoch3"),
+        (["--model-label", "mine"], "mine"),
+    ],
+)
+def test_default_model_labels(extra, label):
+    from msclip.cli.evaluation import _model_label
+
+    args = parse_args(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS", *extra])
+    assert _model_label(args) == label
