@@ -1,0 +1,142 @@
+"""Training checkpoints: everything needed to continue a run exactly.
+
+A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and dicts,
+so it is read back with ``torch.load(weights_only=True)`` and never unpickles code: the model
+state dict (OpenCLIP names, under ``model``, with the msclip model config as JSON under
+``msclip_config``, so :func:`msclip.read_checkpoint` and ``create_model(path)`` also read it), the
+loss, optimiser and scheduler states, the random states of Python, NumPy and torch (numbers and
+tensors, not NumPy objects), the data position (epoch, step within the epoch) and the training
+config. Files are written atomically (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msclip.errors import CheckpointError
+from msclip.io import atomic_write
+
+__all__ = [
+    "FORMAT",
+    "checkpoint_dir",
+    "find_latest",
+    "get_rng_state",
+    "load_train_checkpoint",
+    "prune_checkpoints",
+    "save_train_checkpoint",
+    "set_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "msclip-train-v1"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Random states of Python, NumPy and torch as tensors and plain numbers."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": {"version": int(version), "state": [int(v) for v in state], "gauss": gauss},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning(
+                "checkpoint has CUDA random states of %d devices, this machine %d; not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    """Folder of the step checkpoints of a run."""
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
+    """File of the checkpoint after ``step`` optimiser steps."""
+    return checkpoint_dir(output_dir) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run's checkpoints, oldest first."""
+    d = checkpoint_dir(output_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def find_latest(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run, if any."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (``keep = 0`` keeps all)."""
+    if keep <= 0:
+        return
+    for _, p in list_checkpoints(output_dir)[:-keep]:
+        p.unlink(missing_ok=True)
+
+
+def save_train_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write a training checkpoint atomically."""
+    data = {"format": FORMAT, **payload}
+    return atomic_write(path, lambda tmp: torch.save(data, tmp), ".pt")
+
+
+def load_train_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (``weights_only=True``).
+
+    Raises:
+        CheckpointError: unreadable file, or not an msclip training checkpoint.
+    """
+    p = os.fspath(path)
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"cannot read training checkpoint {p}: {str(err).splitlines()[0] if str(err) else err}"
+        ) from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p} is not an msclip training checkpoint (format {FORMAT!r}); to start from model "
+            "weights use --init instead of --resume"
+        )
+    return data

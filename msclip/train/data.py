@@ -1,0 +1,539 @@
+"""Image-caption data for contrastive pretraining.
+
+* :func:`load_pairs` reads a CSV or Parquet table of image paths and one or more caption columns
+  (the ``captions.csv`` written by :mod:`msclip.data.scenes` is accepted as it is: ``image``,
+  ``caption``, ``caption_2``, ``caption_3``, ``label``; paths relative to the table's folder).
+  Rows whose image is missing or whose captions are all empty are found up front.
+* :class:`PairDataset` reads rasters through the core (:class:`msclip.SpectralPreprocess`, so
+  bands are matched by name) and applies band-agnostic augmentations to the band tensor: a random
+  resized crop (the sampling of Szegedy et al. 2015, "Going deeper with convolutions", as in
+  torchvision's ``RandomResizedCrop``) of the raw raster, resized to the model size, then
+  horizontal and vertical flips.
+* :class:`EpochBatchSampler` cuts a seeded permutation of each epoch into global batches and
+  gives every process a contiguous slice, so that the features gathered across processes are in
+  the same order as the batch of a single process.
+
+Every random choice of a sample (its caption, crop and flips) comes from a generator seeded by
+``(seed, epoch, index)``: the data stream does not depend on the number of processes or loader
+workers, and a resumed run sees exactly the samples the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msclip.errors import MSCLIPError
+from msclip.io import IMAGE_EXTENSIONS
+from msclip.spectral.preprocess import SpectralPreprocess
+
+__all__ = [
+    "BadSampleError",
+    "ClassFolderDataset",
+    "EpochBatchSampler",
+    "PairCollator",
+    "PairDataset",
+    "PairTable",
+    "ShardSampler",
+    "TooManyBadSamplesError",
+    "load_pairs",
+    "sample_crop",
+    "split_pairs",
+]
+
+logger = logging.getLogger(__name__)
+
+_CAPTION_N = re.compile(r"^caption_(\d+)$")
+
+
+class TooManyBadSamplesError(MSCLIPError, RuntimeError):
+    """More samples are bad than ``max_bad_fraction`` allows."""
+
+
+class BadSampleError(MSCLIPError, ValueError):
+    """A table cannot be used at all (missing columns, no usable rows)."""
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mark one sample as unreadable (not a bug in msclip)."""
+    errors: list[type[BaseException]] = [MSCLIPError, OSError, ValueError]
+    try:
+        from rasterio.errors import RasterioError
+
+        errors.append(RasterioError)
+    except ImportError:  # rasterio is a dependency; stay importable without it anyway
+        pass
+    return tuple(errors)
+
+
+_READ_ERRORS = _read_errors()
+
+
+# -- tables ------------------------------------------------------------------------------------
+@dataclass
+class PairTable:
+    """Usable image-caption pairs of a table.
+
+    Attributes:
+        paths: absolute image paths.
+        captions: the non-empty captions of each image (one or more).
+        rows: row number of each pair in the source table.
+        n_rows: rows in the source table.
+        bad: ``(row, path, reason)`` of rows dropped up front.
+        source: the table file.
+    """
+
+    paths: list[str]
+    captions: list[list[str]]
+    rows: list[int]
+    n_rows: int
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> PairTable:
+        """The pairs at ``indices`` (bad rows are kept in full, for counting)."""
+        idx = list(indices)
+        return PairTable(
+            [self.paths[i] for i in idx],
+            [self.captions[i] for i in idx],
+            [self.rows[i] for i in idx],
+            self.n_rows,
+            list(self.bad),
+            self.source,
+        )
+
+
+def _read_table(path: str) -> Any:
+    import pandas as pd
+
+    try:
+        if path.lower().endswith(".csv"):
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
+    except ImportError as err:
+        raise BadSampleError(
+            f"reading the Parquet table {path} needs pyarrow (pip install pyarrow), or convert "
+            f"it to CSV ({err})"
+        ) from err
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise BadSampleError(f"cannot read table {path}: {err}") from err
+
+
+def caption_columns_of(columns: Sequence[str]) -> list[str]:
+    """Default caption columns: ``caption`` then ``caption_<n>`` in numeric order."""
+    numbered = sorted(
+        ((int(m.group(1)), c) for c in columns if (m := _CAPTION_N.match(str(c)))),
+    )
+    out = ["caption"] if "caption" in columns else []
+    return out + [c for _, c in numbered]
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value).strip()
+
+
+def load_pairs(
+    path: str | os.PathLike,
+    image_column: str = "image",
+    caption_columns: Sequence[str] | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> PairTable:
+    """Read an image-caption table and drop rows that cannot be used.
+
+    Args:
+        path: ``.csv`` or ``.parquet`` file.
+        image_column: column of image paths; relative paths start from ``data_root``, or from
+            the table's folder.
+        caption_columns: caption columns (default: ``caption`` and ``caption_<n>``).
+        data_root: base folder of relative image paths.
+
+    Returns:
+        The usable pairs and the dropped rows with their reasons (missing file, empty file,
+        unsupported extension, no caption).
+
+    Raises:
+        BadSampleError: unreadable table or missing columns.
+    """
+    p = os.fspath(path)
+    df = _read_table(p)
+    columns = [str(c) for c in df.columns]
+    if image_column not in columns:
+        raise BadSampleError(
+            f"table {p} has no image column {image_column!r}; its columns are {columns} "
+            "(choose one with --image-column)"
+        )
+    cols = list(caption_columns) if caption_columns else caption_columns_of(columns)
+    missing = [c for c in cols if c not in columns]
+    if not cols or missing:
+        raise BadSampleError(
+            f"table {p} has no caption column{'s ' + str(missing) if missing else ''}; its "
+            f"columns are {columns} (name them with --caption-columns)"
+        )
+    root = Path(data_root) if data_root is not None else Path(p).resolve().parent
+    images = [_as_text(v) for v in df[image_column].tolist()]
+    caption_lists = [[_as_text(v) for v in df[c].tolist()] for c in cols]
+    paths: list[str] = []
+    captions: list[list[str]] = []
+    rows: list[int] = []
+    bad: list[tuple[int, str, str]] = []
+    for r, image in enumerate(images):
+        texts = [col[r] for col in caption_lists if col[r]]
+        full = str(root / image) if image else ""
+        if not image:
+            bad.append((r, "", "empty image path"))
+        elif not full.lower().endswith(IMAGE_EXTENSIONS):
+            bad.append((r, full, f"unsupported image extension (supported: {IMAGE_EXTENSIONS})"))
+        elif not os.path.isfile(full):
+            bad.append((r, full, "image file not found"))
+        elif os.path.getsize(full) == 0:
+            bad.append((r, full, "image file is empty"))
+        elif not texts:
+            bad.append((r, full, f"empty caption (columns {cols})"))
+        else:
+            paths.append(full)
+            captions.append(texts)
+            rows.append(r)
+    for r, where, reason in bad[:20]:
+        logger.warning("%s row %d skipped: %s %s", p, r, reason, where)
+    if len(bad) > 20:
+        logger.warning("%s: %d more bad rows skipped", p, len(bad) - 20)
+    return PairTable(paths, captions, rows, len(images), bad, p)
+
+
+def split_pairs(table: PairTable, val_fraction: float, seed: int) -> tuple[PairTable, PairTable]:
+    """Seeded random split into (train, validation); validation holds ``val_fraction``."""
+    n = len(table)
+    n_val = round(n * val_fraction)
+    if n_val < 2 or n - n_val < 2:
+        raise BadSampleError(
+            f"{table.source}: {n} usable pairs cannot be split with val_fraction={val_fraction} "
+            "(each part needs at least 2 pairs); give --val-data or change --val-fraction"
+        )
+    perm = np.random.default_rng([seed, 0x5B11]).permutation(n)
+    val_idx = np.sort(perm[:n_val])
+    train_idx = np.sort(perm[n_val:])
+    return table.subset(train_idx.tolist()), table.subset(val_idx.tolist())
+
+
+# -- augmentation ------------------------------------------------------------------------------
+def sample_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
+    """Random resized crop box ``(top, left, h, w)``: area fraction in ``scale``, aspect ratio
+    (w/h) log-uniform in ``ratio``; ten tries, then the centre crop of the clamped ratio."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Band-agnostic augmentation settings (see the module docstring)."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: float = 0.5
+    vflip: float = 0.5
+
+
+# -- datasets ------------------------------------------------------------------------------------
+class PairDataset(torch.utils.data.Dataset):
+    """Image-caption pairs read as model input tensors.
+
+    Items are addressed by ``(index, epoch)`` (from :class:`EpochBatchSampler`); an item is a
+    dict ``{"index", "image", "caption"}`` or, when the image cannot be read,
+    ``{"index", "bad": reason}``.
+
+    Args:
+        table: the pairs.
+        preprocess: the model's preprocessing (bands by name, normalisation).
+        seed: seed of captions and augmentations.
+        augment: augmentation settings; ``None``: the model's centre crop.
+        draw_captions: draw one of a pair's captions per epoch (training); else the first.
+        cache: keep decoded rasters in memory.
+    """
+
+    def __init__(
+        self,
+        table: PairTable,
+        preprocess: SpectralPreprocess,
+        seed: int = 0,
+        augment: Augment | None = None,
+        draw_captions: bool = False,
+        cache: bool = False,
+    ) -> None:
+        self.table = table
+        self.draw_captions = draw_captions
+        self.preprocess = preprocess
+        self.seed = int(seed)
+        self.augment = augment
+        if augment is not None:
+            # The crop already has the wanted aspect; resize it to the square model input.
+            squash = copy.copy(preprocess)
+            squash.resize_mode = "squash"
+            self._train_preprocess = squash
+        self.cache = cache
+        self._cache: dict[int, tuple[np.ndarray, tuple[str, ...], float | None, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _load(self, index: int) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
+        if index in self._cache:
+            return self._cache[index]
+        loaded = self.preprocess.load(self.table.paths[index])
+        if self.cache:
+            self._cache[index] = loaded
+        return loaded
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        index, epoch = (key, 0) if isinstance(key, int) else key
+        rng = np.random.default_rng([self.seed, int(epoch), int(index), 0xA06])
+        captions = self.table.captions[index]
+        caption = captions[0]
+        if self.draw_captions and len(captions) > 1:
+            caption = captions[int(rng.integers(len(captions)))]
+        try:
+            data, names, nodata, where = self._load(index)
+            if self.augment is None:
+                image = self.preprocess.process(data, names, nodata, where)
+            else:
+                a = self.augment
+                top, left, h, w = sample_crop(
+                    rng, data.shape[1], data.shape[2], a.crop_scale, a.crop_ratio
+                )
+                crop = data[:, top : top + h, left : left + w]
+                image = self._train_preprocess.process(crop, names, nodata, where)
+                if rng.random() < a.hflip:
+                    image = image.flip(-1)
+                if rng.random() < a.vflip:
+                    image = image.flip(-2)
+                image = image.contiguous()
+        except _READ_ERRORS as err:
+            return {"index": index, "bad": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "caption": caption}
+
+
+class PairCollator:
+    """Stack images, tokenise captions, and set unreadable samples aside.
+
+    Args:
+        tokenizer: the model's tokenizer (``list[str] -> LongTensor``).
+        n_bands: channels of an image (for an all-bad batch).
+        image_size: side of an image.
+        context_length: token positions of a caption.
+        paths: image paths by index (for messages).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        n_bands: int,
+        image_size: int,
+        context_length: int,
+        paths: Sequence[str],
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.n_bands = n_bands
+        self.image_size = image_size
+        self.context_length = context_length
+        self.paths = paths
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if "bad" not in it]
+        bad = [
+            (int(it["index"]), self.paths[it["index"]], it["bad"]) for it in items if "bad" in it
+        ]
+        if good:
+            images = torch.stack([it["image"] for it in good])
+            tokens = self.tokenizer([it["caption"] for it in good])
+        else:
+            s = self.image_size
+            images = torch.zeros((0, self.n_bands, s, s))
+            tokens = torch.zeros((0, self.context_length), dtype=torch.long)
+        return {
+            "images": images,
+            "tokens": tokens,
+            "indices": torch.tensor([int(it["index"]) for it in good], dtype=torch.long),
+            "captions": [it["caption"] for it in good],
+            "bad": bad,
+        }
+
+
+# -- samplers ------------------------------------------------------------------------------------
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch (same in every process)."""
+    return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Global batches of one epoch, sliced for one process; optionally from a later step.
+
+    The epoch's permutation is cut into ``steps = n // batch_size`` global batches (the last
+    partial batch is dropped: a small batch would be a weak contrastive batch). Process ``rank``
+    takes slice ``[rank * b, (rank + 1) * b)`` of each, ``b = batch_size // world_size``.
+
+    Args:
+        n: dataset length.
+        batch_size: global batch.
+        rank: this process.
+        world_size: number of processes (must divide ``batch_size``).
+        seed: data seed.
+        epoch: epoch number (selects the permutation).
+        start_step: first step to yield (resuming inside an epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
+        self.n = n
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = epoch
+        self.start_step = start_step
+        self.steps = n // batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = epoch_permutation(self.n, self.seed, self.epoch)
+        lo = self.rank * self.local
+        for step in range(self.start_step, self.steps):
+            batch = perm[step * self.batch_size : (step + 1) * self.batch_size]
+            yield [(int(i), self.epoch) for i in batch[lo : lo + self.local]]
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Contiguous shard of ``range(n)`` for one process, in batches (evaluation)."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world_size: int) -> None:
+        per = -(-n // world_size)
+        self.indices = list(range(min(n, rank * per), min(n, (rank + 1) * per)))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i in range(0, len(self.indices), self.batch_size):
+            yield self.indices[i : i + self.batch_size]
+
+
+# -- zero-shot class folders ---------------------------------------------------------------------
+def class_display_name(folder: str) -> str:
+    """Prompt text of a class folder: ``AnnualCrop`` -> ``annual crop``, ``sea_lake`` ->
+    ``sea lake``."""
+    text = re.sub(r"[_\-]+", " ", folder)
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text)
+    return " ".join(text.lower().split())
+
+
+class ClassFolderDataset(torch.utils.data.Dataset):
+    """``<root>/<class>/<image>`` images with class labels (zero-shot validation).
+
+    Args:
+        root: folder of class folders.
+        preprocess: the model's preprocessing.
+        max_per_class: first images (sorted by name) per class; all when ``None``.
+
+    Raises:
+        BadSampleError: no class folder holds an image.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        preprocess: SpectralPreprocess,
+        max_per_class: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.preprocess = preprocess
+        self.classes: list[str] = []
+        self.paths: list[str] = []
+        self.labels: list[int] = []
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            files = sorted(
+                f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if max_per_class is not None:
+                files = files[:max_per_class]
+            if not files:
+                continue
+            self.classes.append(d.name)
+            self.paths += [str(f) for f in files]
+            self.labels += [len(self.classes) - 1] * len(files)
+        if len(self.classes) < 2:
+            raise BadSampleError(
+                f"zero-shot data {self.root} needs at least two class folders holding images "
+                f"({', '.join(IMAGE_EXTENSIONS)}); found {self.classes}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image = self.preprocess(self.paths[index])
+        except _READ_ERRORS as err:
+            return {"index": index, "bad": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "label": self.labels[index]}
+
+
+def collate_labelled(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate :class:`ClassFolderDataset` items, dropping unreadable ones."""
+    good = [it for it in items if "bad" not in it]
+    return {
+        "images": torch.stack([it["image"] for it in good]) if good else None,
+        "labels": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "indices": torch.tensor([it["index"] for it in good], dtype=torch.long),
+        "bad": [(it["index"], it["bad"]) for it in items if "bad" in it],
+    }

@@ -1,0 +1,249 @@
+"""Validation of a contrastive model: cross-modal retrieval and zero-shot classification.
+
+* Retrieval (image-to-text and text-to-image recall@k, as reported for CLIP by Radford et al.
+  2021): every held-out image queries the held-out captions and every caption the images. Equal
+  caption texts are one caption: an image's positive is the caption text it was paired with
+  (identical captions of different images are indistinguishable, so counting one of them as a
+  miss would be wrong), and each distinct caption is one text query whose positives are all the
+  images paired with it. ``recall@k`` is the fraction of queries with a positive among the ``k``
+  most similar items. The held-out loss is the training loss over seeded random batches of the
+  training batch size.
+* Zero-shot classification on a class-folder data set with :mod:`msclip.zero_shot` (prompt
+  ensembles as published with Llama3-MS-CLIP, the same numbers ``msclip-inference`` gives);
+  accuracy definitions are those of :mod:`msclip.eval.metrics`.
+
+Features are computed on a shard per process and gathered, so every process returns the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from msclip.model import MSCLIP
+from msclip.train.data import (
+    ClassFolderDataset,
+    PairCollator,
+    PairDataset,
+    ShardSampler,
+    class_display_name,
+    collate_labelled,
+)
+from msclip.train.distributed import DistContext, all_gather_rows, gather_counts
+from msclip.train.loss import ContrastiveLoss
+
+__all__ = ["encode_pairs", "retrieval_metrics", "zero_shot_metrics"]
+
+logger = logging.getLogger(__name__)
+
+RECALL_KS = (1, 5, 10)
+
+
+def _gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    sizes = [c[0] for c in gather_counts([x.shape[0]], ctx)]
+    return all_gather_rows(x, sizes, ctx)
+
+
+@torch.no_grad()
+def encode_pairs(
+    model: MSCLIP,
+    dataset: PairDataset,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    ctx: DistContext,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+    trim_text: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Normalised image and text embeddings of a pair data set, gathered over processes.
+
+    Returns:
+        ``(image [N, D], text [N, D], indices [N], n_bad)``: dataset indices of the readable
+        pairs in order, and the number of unreadable ones.
+    """
+    collate = PairCollator(
+        tokenizer, len(model.bands), model.image_size, model.context_length, dataset.table.paths
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank, ctx.world_size),
+        collate_fn=collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    imgs, txts, idx, n_bad = [], [], [], 0
+    for batch in loader:
+        n_bad += len(batch["bad"])
+        for i, path, reason in batch["bad"]:
+            logger.warning("validation sample %d skipped (%s): %s", i, path, reason)
+        if batch["images"].shape[0] == 0:
+            continue
+        with amp:
+            imgs.append(model.encode_image(batch["images"].to(ctx.device), normalize=True).float())
+            txts.append(
+                model.encode_text(
+                    batch["tokens"].to(ctx.device), normalize=True, trim=trim_text
+                ).float()
+            )
+        idx.append(batch["indices"].to(ctx.device))
+    d = model.embed_dim
+    img = torch.cat(imgs) if imgs else torch.zeros((0, d), device=ctx.device)
+    txt = torch.cat(txts) if txts else torch.zeros((0, d), device=ctx.device)
+    ind = torch.cat(idx) if idx else torch.zeros((0,), dtype=torch.long, device=ctx.device)
+    n_bad_all = sum(c[0] for c in gather_counts([n_bad], ctx))
+    return _gather(img, ctx), _gather(txt, ctx), _gather(ind, ctx), n_bad_all
+
+
+def _recall(sim: torch.Tensor, positives: list[set[int]], ks: Sequence[int]) -> dict[int, float]:
+    """Fraction of rows of ``sim`` with a positive column among the top ``k`` (chunked)."""
+    n, m = sim.shape
+    hits = {k: 0 for k in ks}
+    kmax = min(max(ks), m)
+    for a in range(0, n, 1024):
+        top = sim[a : a + 1024].topk(kmax, dim=1).indices.tolist()
+        for r, row in enumerate(top):
+            pos = positives[a + r]
+            first = next((j for j, c in enumerate(row) if c in pos), None)
+            for k in ks:
+                if first is not None and first < k:
+                    hits[k] += 1
+    return {k: hits[k] / n for k in ks}
+
+
+def retrieval_metrics(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    captions: Sequence[str],
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, float]:
+    """Image-to-text and text-to-image recall@k (see the module docstring for duplicates).
+
+    Args:
+        image: normalised image embeddings ``[N, D]``.
+        text: normalised text embeddings ``[N, D]``, row ``i`` of the caption of image ``i``.
+        captions: the caption text of each pair.
+        ks: cut-offs.
+
+    Returns:
+        ``{"i2t_r1": ..., "t2i_r1": ..., "i2t_r5": ...}`` plus ``n_pairs`` and ``n_captions``.
+    """
+    if image.shape[0] != len(captions) or text.shape[0] != len(captions):
+        raise ValueError(
+            f"{image.shape[0]} images, {text.shape[0]} texts and {len(captions)} "
+            "captions must be equally many"
+        )
+    unique: dict[str, int] = {}
+    cap_id = [unique.setdefault(c, len(unique)) for c in captions]
+    first = {}
+    for i, c in enumerate(cap_id):
+        first.setdefault(c, i)
+    text_u = text[[first[c] for c in range(len(unique))]]
+    sim = image.float() @ text_u.float().t()
+    i2t = _recall(sim, [{c} for c in cap_id], ks)
+    images_of: list[set[int]] = [set() for _ in unique]
+    for i, c in enumerate(cap_id):
+        images_of[c].add(i)
+    t2i = _recall(sim.t(), images_of, ks)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = i2t[k]
+        out[f"t2i_r{k}"] = t2i[k]
+    out["n_pairs"] = float(len(captions))
+    out["n_captions"] = float(len(unique))
+    return out
+
+
+@torch.no_grad()
+def batch_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    loss_fn: ContrastiveLoss,
+    logit_scale: torch.Tensor,
+    batch_size: int,
+    seed: int = 0,
+) -> float:
+    """Mean loss over seeded random batches of ``batch_size`` (the last, smaller one included
+    when it has at least two pairs)."""
+    n = image.shape[0]
+    perm = torch.from_numpy(np.random.default_rng([seed, 0x7A1]).permutation(n)).to(image.device)
+    total, count = 0.0, 0
+    for a in range(0, n, batch_size):
+        idx = perm[a : a + batch_size]
+        if idx.numel() < 2:
+            continue
+        total += float(loss_fn(image[idx], text[idx], logit_scale)) * idx.numel()
+        count += idx.numel()
+    return total / count if count else math.nan
+
+
+@torch.no_grad()
+def zero_shot_metrics(
+    model: MSCLIP,
+    dataset: ClassFolderDataset,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    templates: Sequence[str],
+    ctx: DistContext,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """Zero-shot top-1 / top-5 / balanced accuracy on a class-folder data set.
+
+    The classifier and logits are those of :mod:`msclip.zero_shot` (the published protocol, as
+    ``msclip-inference --run-classification``); class names are the folder names made readable
+    by :func:`msclip.train.data.class_display_name`.
+
+    Returns:
+        ``{"zs_top1", "zs_top5" (NaN for fewer than 5 classes), "zs_balanced", "zs_n"}``.
+    """
+    from msclip.eval.metrics import balanced_accuracy, topk_accuracy
+    from msclip.zero_shot import build_classifier, zero_shot_logits
+
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    names = [class_display_name(c) for c in dataset.classes]
+    weights = build_classifier(model, tokenizer, names, templates).to(ctx.device)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank, ctx.world_size),
+        collate_fn=collate_labelled,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+    scores, labels = [], []
+    for batch in loader:
+        for i, reason in batch["bad"]:
+            logger.warning("zero-shot image %s skipped: %s", dataset.paths[i], reason)
+        if batch["images"] is None:
+            continue
+        with amp:
+            img = model.encode_image(batch["images"].to(ctx.device))
+        scores.append(zero_shot_logits(img, weights))
+        labels.append(batch["labels"].to(ctx.device))
+    c = len(names)
+    s = torch.cat(scores) if scores else torch.zeros((0, c), device=ctx.device)
+    y = torch.cat(labels) if labels else torch.zeros((0,), dtype=torch.long, device=ctx.device)
+    s, y = _gather(s, ctx).cpu().double().numpy(), _gather(y, ctx).cpu().numpy()
+    if s.shape[0] == 0:
+        return {"zs_top1": math.nan, "zs_top5": math.nan, "zs_balanced": math.nan, "zs_n": 0.0}
+    return {
+        "zs_top1": topk_accuracy(s, y, 1),
+        "zs_top5": topk_accuracy(s, y, 5) if c >= 5 else math.nan,
+        "zs_balanced": balanced_accuracy(s, y, num_classes=c),
+        "zs_n": float(s.shape[0]),
+    }
+
+
+def as_row(values: dict[str, Any]) -> dict[str, Any]:
+    """Round floats for CSV output."""
+    return {
+        k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+        for k, v in values.items()
+    }

@@ -1,0 +1,237 @@
+"""What trains, at which learning rate, and how the learning rate moves.
+
+* Trainable parameters: a preset (``patch-embed``: the spectral patch embedding only, the usual
+  first stage of extending an RGB model to new bands; ``patch-embed+attn``: plus the attention
+  layers of the image tower; ``visual``: the whole image tower; ``all``: both towers), plus and
+  minus ``fnmatch`` patterns on OpenCLIP parameter names (``visual.conv1.weight``,
+  ``transformer.resblocks.3.mlp.c_fc.weight`` ...). The temperature trains unless switched off.
+* Parameter groups: the patch embedding has its own peak learning rate; the other parameters
+  may use layer-wise learning-rate decay (Bao et al., ICLR 2022, "BEiT: BERT Pre-Training of
+  Image Transformers"): in a tower of ``L`` blocks, block ``i`` (0-based) gets
+  ``lr * decay**(L - i)``, the embeddings before the first block ``lr * decay**(L + 1)``, and
+  what follows the last block (final norm, projection) ``lr``. Norms, biases, embeddings and the
+  temperature get no weight decay (as in CLIP training practice, e.g. OpenCLIP).
+* Schedule (:class:`WarmupCosineRestarts`): linear warm-up, then cosine decay (Loshchilov and
+  Hutter, ICLR 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts") to
+  ``min_lr_ratio`` of the peak, optionally restarting after ``restart_steps`` steps with cycles
+  growing by ``restart_mult``; or constant after warm-up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from msclip.model import MSCLIP
+from msclip.train.config import TRAINABLE_PRESETS, ConfigError, TrainConfig
+
+__all__ = [
+    "PRESET_PATTERNS",
+    "WarmupCosineRestarts",
+    "build_optimizer",
+    "lr_factor",
+    "param_groups",
+    "select_trainable",
+]
+
+logger = logging.getLogger(__name__)
+
+PRESET_PATTERNS: dict[str, tuple[str, ...]] = {
+    "patch-embed": ("visual.conv1.*",),
+    "patch-embed+attn": ("visual.conv1.*", "visual.transformer.resblocks.*.attn.*"),
+    "visual": ("visual.*",),
+    "all": ("*",),
+}
+_TEMPERATURE = ("logit_scale", "logit_bias")
+_BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.")
+
+
+def _match(names: Sequence[str], pattern: str) -> list[str]:
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def select_trainable(
+    model: MSCLIP,
+    preset: str = "all",
+    patterns: Sequence[str] = (),
+    frozen: Sequence[str] = (),
+    train_logit_scale: bool = True,
+) -> list[str]:
+    """Set ``requires_grad`` on the model's parameters; return the trainable names.
+
+    Raises:
+        ConfigError: unknown preset, or a pattern that matches no parameter (the message lists
+            some parameter names).
+    """
+    if preset not in PRESET_PATTERNS:
+        raise ConfigError(
+            f"trainable preset must be one of {list(TRAINABLE_PRESETS)}, got {preset!r}"
+        )
+    names = [n for n, _ in model.clip.named_parameters()]
+    chosen: set[str] = set()
+    for pattern in PRESET_PATTERNS[preset]:
+        chosen.update(n for n in _match(names, pattern) if n not in _TEMPERATURE)
+    for label, group, add in (
+        ("trainable_patterns", patterns, True),
+        ("frozen_patterns", frozen, False),
+    ):
+        for pattern in group:
+            hits = _match(names, pattern)
+            if not hits:
+                sample = ", ".join([*names[:6], "...", *names[-4:]])
+                raise ConfigError(
+                    f"{label} entry {pattern!r} matches no parameter of {model.config.arch}; "
+                    f"names look like: {sample}"
+                )
+            (chosen.update if add else chosen.difference_update)(hits)
+    if train_logit_scale and not any(fnmatch.fnmatchcase("logit_scale", p) for p in frozen):
+        chosen.add("logit_scale")
+    for n, p in model.clip.named_parameters():
+        p.requires_grad_(n in chosen)
+    trainable = [n for n in names if n in chosen]
+    if not trainable:
+        raise ConfigError("no parameter is trainable; check --trainable and --frozen-patterns")
+    return trainable
+
+
+def _layer_scale(name: str, depth: dict[str, int], decay: float) -> float:
+    """Learning-rate multiplier of a parameter under layer-wise decay."""
+    if decay == 1.0 or name in _TEMPERATURE:
+        return 1.0
+    tower = "visual" if name.startswith("visual.") else "text"
+    n_blocks = depth[tower]
+    m = _BLOCK.match(name)
+    if m:
+        return decay ** (n_blocks - int(m.group(2)))
+    local = name[len("visual.") :] if tower == "visual" else name
+    if local.startswith(
+        ("class_embedding", "positional_embedding", "token_embedding", "ln_pre", "conv1")
+    ):
+        return decay ** (n_blocks + 1)
+    return 1.0
+
+
+def _no_weight_decay(name: str, p: torch.Tensor) -> bool:
+    return p.ndim < 2 or "embedding" in name or name in _TEMPERATURE or name.endswith(".bias")
+
+
+def param_groups(
+    model: MSCLIP, loss_fn: nn.Module | None, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """Optimiser parameter groups (learning rate, weight decay and names of each).
+
+    Each group carries ``lr`` (its peak learning rate), ``weight_decay``, ``lr_scale`` (layer
+    decay multiplier) and ``names``.
+    """
+    depth = {
+        "visual": len(model.clip.visual.transformer.resblocks),
+        "text": len(getattr(getattr(model.clip, "transformer", None), "resblocks", [])),
+    }
+    groups: dict[tuple[float, float, float], dict[str, Any]] = {}
+    named = [(n, p) for n, p in model.clip.named_parameters() if p.requires_grad]
+    if loss_fn is not None:
+        named += [(n, p) for n, p in loss_fn.named_parameters() if p.requires_grad]
+    for name, p in named:
+        patch = name.startswith("visual.conv1.")
+        base = cfg.patch_embed_lr if (patch and cfg.patch_embed_lr is not None) else cfg.lr
+        scale = 1.0 if patch else _layer_scale(name, depth, cfg.layer_decay)
+        wd = 0.0 if _no_weight_decay(name, p) else cfg.weight_decay
+        key = (base, scale, wd)
+        g = groups.setdefault(
+            key,
+            {"params": [], "names": [], "lr": base * scale, "weight_decay": wd, "lr_scale": scale},
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], -k[1], k[2]))]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or SGD with momentum over ``groups``."""
+    if cfg.optimizer == "adamw":
+        # foreach: one vectorised update over all tensors, several times faster on CPU than the
+        # per-tensor loop that is torch's CPU default.
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True
+        )
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+    raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
+def lr_factor(
+    step: int,
+    total_steps: int,
+    warmup_steps: int = 0,
+    kind: str = "cosine",
+    min_ratio: float = 0.0,
+    restart_steps: int | None = None,
+    restart_mult: float = 1.0,
+) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based).
+
+    Warm-up is linear, ``(step + 1) / warmup_steps``, so the first step already moves. The
+    cosine part runs over ``total_steps - warmup_steps`` steps, or in cycles of
+    ``restart_steps * restart_mult**c`` steps, each from 1 to ``min_ratio``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    t = float(step - warmup_steps)
+    period = float(restart_steps if restart_steps else max(1, total_steps - warmup_steps))
+    while t >= period and restart_steps:
+        t -= period
+        period *= restart_mult
+    progress = min(1.0, t / period)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineRestarts(torch.optim.lr_scheduler.LRScheduler):
+    """Learning-rate scheduler of :func:`lr_factor` (stepped once per optimiser step).
+
+    Its state (``last_epoch`` = steps taken, base learning rates) is plain numbers, so it saves
+    into a ``weights_only`` checkpoint.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        kind: str = "cosine",
+        min_ratio: float = 0.0,
+        restart_steps: int | None = None,
+        restart_mult: float = 1.0,
+    ) -> None:
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.kind = kind
+        self.min_ratio = float(min_ratio)
+        self.restart_steps = restart_steps
+        self.restart_mult = float(restart_mult)
+        super().__init__(optimizer)
+
+    def factor(self, step: int) -> float:
+        """Multiplier at ``step``."""
+        return lr_factor(
+            step,
+            self.total_steps,
+            self.warmup_steps,
+            self.kind,
+            self.min_ratio,
+            self.restart_steps,
+            self.restart_mult,
+        )
+
+    def get_lr(self) -> list[float]:
+        """Learning rates of the groups at the current step."""
+        f = self.factor(self.last_epoch)
+        return [base * f for base in self.base_lrs]

@@ -1,0 +1,723 @@
+"""The training loop of contrastive (continual) pretraining.
+
+:func:`train` runs one process of a run (alone, or as one of the processes torchrun starts):
+it checks the configuration and data before any work, builds the model (random, an RGB OpenCLIP
+checkpoint extended to the bands by zero-init, or an msclip checkpoint), trains with the loss of
+:mod:`msclip.train.loss` over global batches (:mod:`msclip.train.distributed`,
+:mod:`msclip.train.step`), validates (:mod:`msclip.train.evaluate`), writes checkpoints that
+continue the run exactly (:mod:`msclip.train.checkpoint`), and finally writes the model as an
+msclip ``.safetensors`` that :func:`msclip.create_model` loads.
+
+Exact resumption rests on three facts: every random choice of the data comes from seeds of
+``(seed, epoch, index)`` (:mod:`msclip.train.data`), data loaders draw from their own generator
+rather than the global one, and the checkpoint holds the optimiser, scheduler and global random
+states with the position in the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msclip.errors import CheckpointError
+from msclip.model import MSCLIP
+from msclip.train.checkpoint import (
+    checkpoint_path,
+    find_latest,
+    get_rng_state,
+    load_train_checkpoint,
+    prune_checkpoints,
+    save_train_checkpoint,
+    set_rng_state,
+)
+from msclip.train.config import ConfigError, TrainConfig
+from msclip.train.data import (
+    Augment,
+    ClassFolderDataset,
+    EpochBatchSampler,
+    PairCollator,
+    PairDataset,
+    PairTable,
+    TooManyBadSamplesError,
+    load_pairs,
+    split_pairs,
+)
+from msclip.train.distributed import (
+    DistContext,
+    all_reduce_gradients,
+    gather_counts,
+    init_distributed,
+)
+from msclip.train.evaluate import (
+    as_row,
+    batch_loss,
+    encode_pairs,
+    retrieval_metrics,
+    zero_shot_metrics,
+)
+from msclip.train.loss import ContrastiveLoss, clamp_logit_scale
+from msclip.train.optim import (
+    WarmupCosineRestarts,
+    build_optimizer,
+    param_groups,
+    select_trainable,
+)
+from msclip.train.step import contrastive_step
+
+__all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: Options that may differ between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "resume",
+        "output_dir",
+        "progress",
+        "num_workers",
+        "log_every",
+        "save_every",
+        "keep_checkpoints",
+        "threads",
+        "device",
+        "dist_backend",
+        "val_every",
+        "val_batch_size",
+        "zeroshot_data",
+        "zeroshot_templates",
+        "zeroshot_max_per_class",
+        "cache_images",
+        "epochs",
+        "max_steps",
+    }
+)
+
+
+@dataclass
+class TrainState:
+    """Position of the run.
+
+    Attributes:
+        step: optimiser steps done.
+        epoch: current epoch (0-based).
+        step_in_epoch: steps done in the current epoch.
+        epoch_bad: unreadable samples met in the current epoch, over all processes.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    epoch_bad: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict for checkpoints."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_bad": self.epoch_bad,
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        output_dir: the run folder.
+        final_checkpoint: the msclip ``.safetensors`` (written by the first process).
+        steps: optimiser steps done.
+        last_loss: training loss of the last step.
+        metrics: validation rows (as in ``metrics.csv``).
+    """
+
+    output_dir: Path
+    final_checkpoint: Path
+    steps: int
+    last_loss: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _is_file(value: str) -> bool:
+    return os.path.isfile(value)
+
+
+def build_model(cfg: TrainConfig) -> MSCLIP:
+    """The model a run starts from (see ``--init``)."""
+    from msclip.factory import create_model, get_model_entry
+
+    if cfg.init == "random":
+        model = create_model(cfg.model, None, bands=cfg.bands)
+    elif cfg.init == "pretrained":
+        model = create_model(cfg.model, True, bands=cfg.bands)
+    elif _is_file(cfg.init) and cfg.model is None:
+        model = create_model(cfg.init, bands=cfg.bands)
+    else:
+        entry = get_model_entry(str(cfg.model))
+        bands = cfg.bands if cfg.bands is not None else entry.bands
+        source: str | Path = (
+            Path(cfg.init) if _is_file(cfg.init) else get_model_entry(cfg.init).name
+        )
+        # Giving the bands explicitly makes the loader extend an RGB patch kernel by zero-init.
+        model = create_model(entry.name, source, bands=bands)
+    # The weights are about to change: forget the provenance of the initial file.
+    model.checkpoint_path = None
+    model.checkpoint_sha256 = None
+    return model
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    from msclip.io import atomic_write
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buf.getvalue()
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, _write, ".csv")
+
+
+def _read_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if int(float(r.get("step", 0) or 0)) <= max_step]
+
+
+class Trainer:
+    """One process of a training run (use :func:`train`).
+
+    Args:
+        cfg: validated configuration.
+        ctx: process context.
+        hooks: called with the trainer after every optimiser step (tests, custom logging).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ctx: DistContext,
+        hooks: Sequence[Callable[[Trainer], None]] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.hooks = list(hooks)
+        self.state = TrainState()
+        self.out = Path(cfg.output_dir)
+        self.last_loss = math.nan
+        self.train_rows: list[dict[str, Any]] = []
+        self.metric_rows: list[dict[str, Any]] = []
+        self._logged_bad = 0
+        self._window: list[float] = []
+        self._window_samples = 0
+        self._window_time = 0.0  # seconds of data loading and steps (not validation, saving)
+        self._last_val_step = -1
+        self.grad_norm = math.nan
+        self._setup()
+
+    # -- setup: everything that can fail does so before the first step ------------------------
+    def _setup(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.device.type == "cpu":
+            cores = (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+            torch.set_num_threads(cfg.threads or max(1, cores // max(1, ctx.local_world_size)))
+        if cfg.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} (the global batch) is not divisible by the "
+                f"{ctx.world_size} processes; choose a multiple of {ctx.world_size}"
+            )
+        self.local_batch = cfg.batch_size // ctx.world_size
+        if cfg.accum_steps > self.local_batch:
+            raise ConfigError(
+                f"accum_steps {cfg.accum_steps} exceeds the per-process batch "
+                f"{self.local_batch} (= batch_size / processes); lower --accum-steps"
+            )
+        resume_path = self._resume_path()
+
+        # data tables
+        table = load_pairs(cfg.train_data, cfg.image_column, cfg.caption_columns, cfg.data_root)
+        if cfg.val_data is not None:
+            train_t = table
+            val_t = load_pairs(cfg.val_data, cfg.image_column, cfg.caption_columns, cfg.data_root)
+            self._check_bad(len(val_t.bad), val_t, "validation table")
+        else:
+            train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)
+        self.train_table, self.val_table = train_t, val_t
+        self._check_bad(0, train_t, "training table")
+        self.steps_per_epoch = len(train_t) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the training set has {len(train_t)} usable pairs, fewer than batch_size "
+                f"{cfg.batch_size}; lower --batch-size or add data"
+            )
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+        # model, loss, optimiser
+        from msclip.factory import get_tokenizer
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg)
+        self.tokenizer = get_tokenizer(self.model)
+        if cfg.grad_checkpointing:
+            self.model.clip.set_grad_checkpointing(True)
+        self.trainable = select_trainable(
+            self.model,
+            cfg.trainable,
+            cfg.trainable_patterns,
+            cfg.frozen_patterns,
+            cfg.train_logit_scale,
+        )
+        self.loss_fn = ContrastiveLoss(cfg.loss, cfg.init_logit_bias)
+        if self.loss_fn.logit_bias is not None:
+            self.loss_fn.logit_bias.requires_grad_(cfg.train_logit_scale)
+        with torch.no_grad():
+            if cfg.init_logit_scale is not None:
+                self.model.clip.logit_scale.fill_(cfg.init_logit_scale)
+            elif cfg.loss == "siglip" and cfg.init == "random":
+                self.model.clip.logit_scale.fill_(math.log(10.0))
+        clamp_logit_scale(self.model.clip.logit_scale, cfg.max_logit_scale)
+        self.model.to(ctx.device).train()
+        self.loss_fn.to(ctx.device)
+        self.groups = param_groups(self.model, self.loss_fn, cfg)
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.shared = [
+            p
+            for p in (self.model.clip.logit_scale, self.loss_fn.logit_bias)
+            if p is not None and p.requires_grad
+        ]
+        self.optimizer = build_optimizer(self.groups, cfg)
+        self.scheduler = WarmupCosineRestarts(
+            self.optimizer,
+            self.total_steps,
+            cfg.warmup_steps,
+            cfg.schedule,
+            cfg.min_lr_ratio,
+            cfg.restart_steps,
+            cfg.restart_mult,
+        )
+        if cfg.precision == "bf16":
+            if ctx.device.type == "cpu":
+                logger.warning(
+                    "bf16 autocast on CPU is slow for attention; fp32 is usually faster there"
+                )
+            self.autocast: Callable[[], contextlib.AbstractContextManager] = lambda: torch.autocast(
+                ctx.device.type, dtype=torch.bfloat16
+            )
+        else:
+            self.autocast = contextlib.nullcontext
+
+        # datasets
+        preprocess = self.model.preprocess(input_bands=cfg.input_bands, sensor=cfg.sensor)
+        augment = (
+            Augment(tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip, cfg.vflip)
+            if cfg.augment
+            else None
+        )
+        self.train_set = PairDataset(
+            train_t, preprocess, cfg.seed, augment, draw_captions=True, cache=cfg.cache_images
+        )
+        self.val_set = PairDataset(val_t, preprocess, cfg.seed, None, cache=cfg.cache_images)
+        self.zeroshot_set = None
+        self.templates: list[str] = []
+        if cfg.zeroshot_data is not None:
+            from msclip.zero_shot import load_templates
+
+            self.templates = load_templates(cfg.zeroshot_templates)
+            self.zeroshot_set = ClassFolderDataset(
+                cfg.zeroshot_data, preprocess, cfg.zeroshot_max_per_class
+            )
+        self.collate = PairCollator(
+            self.tokenizer,
+            len(self.model.bands),
+            self.model.image_size,
+            self.model.context_length,
+            train_t.paths,
+        )
+
+        if resume_path is not None:
+            self._load(resume_path)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            from msclip.io import atomic_write
+
+            text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+            atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text), ".yaml")
+        n_trainable = sum(p.numel() for p in self.params)
+        logger.info(
+            "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d processes; "
+            "%d trainable parameters in %d tensors",
+            len(train_t),
+            self.steps_per_epoch,
+            self.total_steps,
+            len(val_t),
+            ctx.world_size,
+            n_trainable,
+            len(self.params),
+        )
+
+    def _resume_path(self) -> Path | None:
+        cfg = self.cfg
+        existing = find_latest(self.out)
+        if cfg.resume is None:
+            if existing is not None:
+                raise ConfigError(
+                    f"output_dir {str(self.out)!r} already holds checkpoints of a run "
+                    f"({existing.name}); continue it with --resume latest, or choose another "
+                    "--output-dir"
+                )
+            return None
+        if cfg.resume == "latest":
+            if existing is None:
+                logger.info("no checkpoint in %s: starting a new run", self.out)
+            return existing
+        return Path(cfg.resume)
+
+    def _check_bad(self, runtime_bad: int, table: PairTable, what: str) -> None:
+        n_bad = len(table.bad) + runtime_bad
+        if n_bad > self.cfg.max_bad_fraction * table.n_rows:
+            examples = "; ".join(f"row {r}: {reason} {p}" for r, p, reason in table.bad[:3])
+            raise TooManyBadSamplesError(
+                f"{what} {table.source}: {n_bad} of {table.n_rows} samples are bad "
+                f"({n_bad / max(1, table.n_rows):.1%} > max_bad_fraction "
+                f"{self.cfg.max_bad_fraction:.1%}): {len(table.bad)} found up front"
+                f"{' (' + examples + ')' if examples else ''}, {runtime_bad} unreadable in this "
+                "epoch (see the log). Fix the table or the files, or raise --max-bad-fraction."
+            )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.clip.state_dict().items()},
+            "msclip_config": _json(self.model.config.to_dict()),
+            "loss": {k: v.detach().cpu() for k, v in self.loss_fn.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": get_rng_state(),
+            "state": self.state.to_dict(),
+            "world_size": self.ctx.world_size,
+            "train_config": self.cfg.to_json(),
+        }
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current state (first process); return its path."""
+        path = None
+        if self.ctx.is_main:
+            path = save_train_checkpoint(
+                checkpoint_path(self.out, self.state.step), self._payload()
+            )
+            prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+            logger.info("checkpoint %s", path)
+        return path
+
+    def _load(self, path: Path) -> None:
+        import json
+
+        data = load_train_checkpoint(path)
+        old = json.loads(data["train_config"])
+        new = self.cfg.to_dict()
+        differ = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        if differ:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ)
+            raise ConfigError(
+                f"cannot resume {path}: options that change the result differ from the run's "
+                f"({detail}); resume with the run's values (its config.yaml) or start a new run"
+            )
+        try:
+            self.model.clip.load_state_dict(data["model"])
+            self.loss_fn.load_state_dict(data["loss"])
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.scheduler.load_state_dict(data["scheduler"])
+            # --epochs / --max-steps may change on resume (training extended): keep the new end.
+            self.scheduler.total_steps = self.total_steps
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path} does not fit this run: {err}") from err
+        self.state = TrainState(**data["state"])
+        set_rng_state(data["rng"])
+        self.train_rows = _read_csv(self.out / "train_log.csv", self.state.step)
+        self.metric_rows = _read_csv(self.out / "metrics.csv", self.state.step)
+        logger.info(
+            "resumed %s at step %d (epoch %d, step %d of it)",
+            path,
+            self.state.step,
+            self.state.epoch,
+            self.state.step_in_epoch,
+        )
+
+    # -- training ------------------------------------------------------------------------------
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg, st = self.cfg, self.state
+        sampler = EpochBatchSampler(
+            len(self.train_set),
+            cfg.batch_size,
+            self.ctx.rank,
+            self.ctx.world_size,
+            cfg.seed,
+            st.epoch,
+            st.step_in_epoch,
+        )
+        # A loader of its own generator: creating an iterator must not draw from the global
+        # generator, or a resumed run would diverge.
+        return torch.utils.data.DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=cfg.num_workers,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed + st.epoch),
+        )
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step on this process's part of a global batch; returns the loss."""
+        cfg, ctx = self.cfg, self.ctx
+        for index, path, reason in batch["bad"]:
+            self._logged_bad += 1
+            if self._logged_bad <= 20:
+                logger.warning("training sample %d skipped (%s): %s", index, path, reason)
+        counts = gather_counts([batch["images"].shape[0], len(batch["bad"])], ctx)
+        sizes = [c[0] for c in counts]
+        self.state.epoch_bad += sum(c[1] for c in counts)
+        self._check_bad(self.state.epoch_bad, self.train_table, "training table")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = math.nan
+        if sum(sizes) >= 2:
+            out = contrastive_step(
+                self.model,
+                self.loss_fn,
+                batch["images"].to(ctx.device, non_blocking=True),
+                batch["tokens"].to(ctx.device, non_blocking=True),
+                ctx,
+                sizes,
+                cfg.accum_steps,
+                self.autocast(),
+                cfg.trim_text,
+            )
+            all_reduce_gradients(self.params, self.shared, ctx)
+            if cfg.grad_clip_norm is not None:
+                self.grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
+                )
+            else:  # an infinite bound measures the norm and scales by exactly 1
+                self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, math.inf))
+            self.optimizer.step()
+            clamp_logit_scale(self.model.clip.logit_scale, cfg.max_logit_scale)
+            loss = float(out.loss)
+        else:
+            logger.warning("step %d skipped: fewer than two readable samples", self.state.step)
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        self._window_samples += sum(sizes)
+        return loss
+
+    def _lr(self) -> float:
+        return self.cfg.lr * self.scheduler.factor(max(0, self.state.step - 1))
+
+    def _log_step(self, loss: float, bar: Any) -> None:
+        self.last_loss = loss
+        if math.isfinite(loss):
+            self._window.append(loss)
+        sps = self._window_samples / max(1e-9, self._window_time)
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{loss:.4f}", lr=f"{self._lr():.2e}", sps=f"{sps:.1f}", refresh=False
+            )
+            bar.update(1)
+        st = self.state
+        if st.step % self.cfg.log_every and st.step != self.total_steps:
+            return
+        row = {
+            "step": st.step,
+            "epoch": st.epoch + st.step_in_epoch / self.steps_per_epoch,
+            "loss": sum(self._window) / len(self._window) if self._window else math.nan,
+            "lr": self._lr(),
+            "logit_scale": float(self.model.clip.logit_scale.detach().exp()),
+            "grad_norm": self.grad_norm,
+            "samples_per_s": sps,
+            "bad_in_epoch": st.epoch_bad,
+        }
+        self.train_rows.append(as_row(row))
+        logger.info(
+            "step %d/%d loss %.4f lr %.3g %.1f samples/s",
+            st.step,
+            self.total_steps,
+            row["loss"],
+            row["lr"],
+            sps,
+        )
+        if self.ctx.is_main:
+            _write_csv(self.out / "train_log.csv", self.train_rows)
+        self._window, self._window_samples, self._window_time = [], 0, 0.0
+
+    def _train_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        remaining = min(self.steps_per_epoch - st.step_in_epoch, self.total_steps - st.step)
+        if remaining <= 0:
+            return
+        bar = None
+        if cfg.progress and self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=st.step_in_epoch,
+                dynamic_ncols=True,
+                desc=f"epoch {st.epoch + 1}/{n_epochs}",
+                leave=False,
+            )
+        try:
+            start = time.perf_counter()
+            for batch in self._loader():
+                loss = self.train_step(batch)
+                self._window_time += time.perf_counter() - start
+                self._log_step(loss, bar)
+                if cfg.save_every and st.step % cfg.save_every == 0:
+                    self.save()
+                for hook in self.hooks:
+                    hook(self)
+                if st.step >= self.total_steps:
+                    break
+                start = time.perf_counter()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Held-out loss and retrieval recall (and zero-shot accuracy); appended to
+        ``metrics.csv``."""
+        cfg, ctx = self.cfg, self.ctx
+        self.model.eval()
+        t0 = time.perf_counter()
+        try:
+            img, txt, idx, n_bad = encode_pairs(
+                self.model,
+                self.val_set,
+                self.tokenizer,
+                ctx,
+                cfg.val_batch_size,
+                cfg.num_workers,
+                self.autocast(),
+                cfg.trim_text,
+            )
+            captions = [self.val_table.captions[i][0] for i in idx.tolist()]
+            row: dict[str, Any] = {
+                "step": self.state.step,
+                "epoch": self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch,
+            }
+            row["val_loss"] = batch_loss(
+                img, txt, self.loss_fn, self.model.clip.logit_scale, cfg.batch_size, cfg.seed
+            )
+            if img.shape[0] >= 1:
+                row.update(retrieval_metrics(img, txt, captions))
+            row["val_bad"] = n_bad
+            if self.zeroshot_set is not None:
+                row.update(
+                    zero_shot_metrics(
+                        self.model,
+                        self.zeroshot_set,
+                        self.tokenizer,
+                        self.templates,
+                        ctx,
+                        cfg.val_batch_size,
+                        cfg.num_workers,
+                        self.autocast(),
+                    )
+                )
+        finally:
+            self.model.train()
+        row["val_seconds"] = time.perf_counter() - t0
+        row = as_row(row)
+        self.metric_rows = [r for r in self.metric_rows if int(float(r["step"])) != row["step"]]
+        self.metric_rows.append(row)
+        self._last_val_step = self.state.step
+        if ctx.is_main:
+            _write_csv(self.out / "metrics.csv", self.metric_rows)
+        shown = {k: v for k, v in row.items() if k.startswith(("val_loss", "i2t", "t2i", "zs_"))}
+        logger.info("validation at step %d: %s", self.state.step, shown)
+        return row
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to the end, validating and checkpointing on the way."""
+        cfg, st = self.cfg, self.state
+        while st.step < self.total_steps or st.step_in_epoch == self.steps_per_epoch:
+            self._train_epoch()
+            if st.step_in_epoch < self.steps_per_epoch:
+                break  # max_steps reached inside the epoch
+            finished = st.epoch
+            st.epoch += 1
+            st.step_in_epoch = 0
+            st.epoch_bad = 0
+            if cfg.val_every and (finished + 1) % cfg.val_every == 0:
+                self.validate()
+            if not cfg.save_every and st.step < self.total_steps:
+                self.save()
+        if self._last_val_step != st.step:
+            self.validate()
+        self.save()
+        final = self.out / "final.safetensors"
+        if self.ctx.is_main:
+            from msclip.pretrained import save_checkpoint
+
+            save_checkpoint(
+                self.model,
+                final,
+                metadata={"msclip_train_config": cfg.to_json(), "msclip_train_step": str(st.step)},
+            )
+            logger.info("final model %s", final)
+        self.ctx.barrier()
+        return TrainResult(self.out, final, st.step, self.last_loss, list(self.metric_rows))
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def train(cfg: TrainConfig, hooks: Sequence[Callable[[Trainer], None]] = ()) -> TrainResult:
+    """Run (this process's part of) a training run.
+
+    Args:
+        cfg: the configuration (validated here first).
+        hooks: called with the :class:`Trainer` after every optimiser step.
+
+    Raises:
+        ConfigError: a bad option (before any work).
+        TooManyBadSamplesError: too many missing/unreadable images or empty captions.
+    """
+    cfg.validate()
+    threads = torch.get_num_threads()
+    ctx = init_distributed(cfg.dist_backend, cfg.device)
+    try:
+        return Trainer(cfg, ctx, hooks).run()
+    finally:
+        ctx.close()
+        torch.set_num_threads(threads)  # the run's setting does not outlive it

@@ -1,0 +1,214 @@
+"""Image-caption tables, datasets, augmentation and samplers of msclip.train."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import msclip
+from msclip.spectral.bands import S2_L2A_BANDS
+from msclip.train.data import (
+    Augment,
+    BadSampleError,
+    ClassFolderDataset,
+    EpochBatchSampler,
+    PairCollator,
+    PairDataset,
+    ShardSampler,
+    class_display_name,
+    load_pairs,
+    sample_crop,
+    split_pairs,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and do not collapse on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tif(path: Path, seed: int, size: int = 16) -> None:
+    from affine import Affine
+
+    data = np.random.default_rng(seed).integers(0, 4000, (12, size, size)).astype(np.uint16)
+    msclip.write_geotiff(
+        path,
+        data,
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+        bands=list(S2_L2A_BANDS),
+    )
+
+
+def _scenes_like(root: Path, n: int = 8) -> Path:
+    """A folder laid out like msclip.data.scenes output: class folders + captions.csv."""
+    rows = []
+    for i in range(n):
+        cls = ["Forest", "River"][i % 2]
+        rel = f"{cls}/{cls}_{i}.tif"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        _tif(root / rel, i)
+        rows.append(
+            {
+                "image": rel,
+                "caption": f"{cls} scene {i}",
+                "caption_2": f"alt {i}",
+                "caption_3": "" if i % 2 else f"third {i}",
+                "label": cls,
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "captions.csv", index=False)
+    return root / "captions.csv"
+
+
+@pytest.fixture(scope="module")
+def preprocess() -> msclip.SpectralPreprocess:
+    return msclip.create_model("msclip-tiny").preprocess()
+
+
+def test_scenes_captions_table_is_read_as_it_is(tmp_path: Path) -> None:
+    table = load_pairs(_scenes_like(tmp_path))
+    assert len(table) == 8 and table.n_rows == 8 and not table.bad
+    # Paths are relative to the table's folder; empty alternative captions are dropped.
+    assert table.paths[0] == str(tmp_path / "Forest" / "Forest_0.tif")
+    assert table.captions[0] == ["Forest scene 0", "alt 0", "third 0"]
+    assert table.captions[1] == ["River scene 1", "alt 1"]
+
+
+def test_bad_rows_are_counted_with_reasons(tmp_path: Path) -> None:
+    _tif(tmp_path / "a.tif", 0)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    rows = [
+        {"image": "a.tif", "caption": "ok"},
+        {"image": "missing.tif", "caption": "no file"},
+        {"image": "empty.tif", "caption": "zero bytes"},
+        {"image": "a.tif", "caption": "   "},
+        {"image": "a.txt", "caption": "wrong extension"},
+        {"image": "", "caption": "no path"},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    table = load_pairs(tmp_path / "t.csv")
+    assert len(table) == 1 and table.n_rows == 6
+    reasons = {r: reason for r, _, reason in table.bad}
+    assert reasons[1] == "image file not found"
+    assert reasons[2] == "image file is empty"
+    assert reasons[3].startswith("empty caption")
+    assert reasons[4].startswith("unsupported image extension")
+    assert reasons[5] == "empty image path"
+
+
+def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
+    pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(BadSampleError, match="--image-column"):
+        load_pairs(tmp_path / "t.csv")
+    with pytest.raises(BadSampleError, match="--caption-columns"):
+        load_pairs(tmp_path / "t.csv", image_column="path")
+    assert load_pairs(tmp_path / "t.csv", "path", ["text"]).bad  # a.tif does not exist
+
+
+def test_parquet_table(tmp_path: Path) -> None:
+    _tif(tmp_path / "a.tif", 0)
+    df = pd.DataFrame([{"image": "a.tif", "caption": "x"}, {"image": "a.tif", "caption": "y"}])
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "t.parquet").write_bytes(b"PAR1")
+        with pytest.raises(BadSampleError, match="pyarrow"):
+            load_pairs(tmp_path / "t.parquet")
+        return
+    df.to_parquet(tmp_path / "t.parquet")
+    assert load_pairs(tmp_path / "t.parquet").captions == [["x"], ["y"]]
+
+
+def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
+    table = load_pairs(_scenes_like(tmp_path, 10))
+    train, val = split_pairs(table, 0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert not set(train.paths) & set(val.paths)
+    assert split_pairs(table, 0.2, seed=3)[1].paths == val.paths
+    with pytest.raises(BadSampleError, match="val-fraction"):
+        split_pairs(table, 0.05, seed=0)
+
+
+def test_sample_crop_respects_ranges() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = sample_crop(rng, 20, 30, (0.3, 0.6), (0.5, 2.0))
+        assert 0 <= top <= 20 - h and 0 <= left <= 30 - w
+        assert 0.25 <= h * w / 600 <= 0.65
+        assert 0.45 <= w / h <= 2.2
+
+
+def test_augmentation_is_band_agnostic_and_seeded(tmp_path: Path, preprocess) -> None:
+    table = load_pairs(_scenes_like(tmp_path, 4))
+    plain = PairDataset(table, preprocess)
+    ref = plain[0]["image"]
+    assert torch.equal(ref, preprocess(table.paths[0]))
+    assert ref.shape == (10, 32, 32)
+    # A full-frame crop and a certain horizontal flip: the same as flipping every band.
+    flip = PairDataset(table, preprocess, augment=Augment((1.0, 1.0), (1.0, 1.0), 1.0, 0.0))
+    torch.testing.assert_close(flip[(0, 0)]["image"], ref.flip(-1))
+    aug = PairDataset(table, preprocess, seed=1, augment=Augment(), draw_captions=True)
+    a, b = aug[(2, 5)], aug[(2, 5)]
+    assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
+    assert not torch.equal(aug[(2, 5)]["image"], aug[(2, 6)]["image"])
+    drawn = {aug[(0, e)]["caption"] for e in range(30)}
+    assert drawn == set(table.captions[0])
+    assert {plain[(0, e)]["caption"] for e in range(5)} == {table.captions[0][0]}
+
+
+def test_unreadable_image_is_set_aside(tmp_path: Path, preprocess) -> None:
+    csv = _scenes_like(tmp_path, 4)
+    table = load_pairs(csv)
+    Path(table.paths[1]).write_bytes(b"not a tiff at all")
+    ds = PairDataset(table, preprocess)
+    item = ds[1]
+    assert "bad" in item and "RasterReadError" in item["bad"]
+    tok = msclip.get_tokenizer("msclip-tiny")
+    collate = PairCollator(tok, 10, 32, 77, table.paths)
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["images"].shape == (3, 10, 32, 32) and batch["tokens"].shape == (3, 77)
+    assert batch["indices"].tolist() == [0, 2, 3]
+    assert batch["bad"][0][:2] == (1, table.paths[1])
+    empty = collate([ds[1]])
+    assert empty["images"].shape == (0, 10, 32, 32) and empty["tokens"].shape == (0, 77)
+
+
+def test_process_slices_equal_the_single_process_batch() -> None:
+    one = list(EpochBatchSampler(23, 8, 0, 1, seed=0, epoch=1))
+    r0 = list(EpochBatchSampler(23, 8, 0, 2, seed=0, epoch=1))
+    r1 = list(EpochBatchSampler(23, 8, 1, 2, seed=0, epoch=1))
+    assert len(one) == 2  # 23 // 8, the partial batch is dropped
+    for whole, a, b in zip(one, r0, r1):
+        assert whole == a + b
+        assert all(epoch == 1 for _, epoch in whole)
+    assert list(EpochBatchSampler(23, 8, 0, 1, seed=0, epoch=1, start_step=1)) == one[1:]
+    other = list(EpochBatchSampler(23, 8, 0, 1, seed=0, epoch=2))
+    assert [i for i, _ in other[0]] != [i for i, _ in one[0]]
+    with pytest.raises(ValueError, match="divisible"):
+        EpochBatchSampler(23, 9, 0, 2, 0, 0)
+    shards = [list(ShardSampler(7, 2, r, 2)) for r in range(2)]
+    assert [i for s in shards for b in s for i in b] == list(range(7))
+
+
+def test_class_folders(tmp_path: Path, preprocess) -> None:
+    _scenes_like(tmp_path, 6)
+    (tmp_path / "Empty").mkdir()
+    ds = ClassFolderDataset(tmp_path, preprocess, max_per_class=2)
+    assert ds.classes == ["Forest", "River"]
+    assert ds.labels == [0, 0, 1, 1] and ds[3]["label"] == 1
+    assert class_display_name("AnnualCrop") == "annual crop"
+    assert class_display_name("Herbaceous_Vegetation") == "herbaceous vegetation"
+    with pytest.raises(BadSampleError, match="two class folders"):
+        ClassFolderDataset(tmp_path / "Empty", preprocess)

@@ -1,0 +1,340 @@
+"""End-to-end training runs of msclip.train in one process: train, validate, resume exactly,
+initialise from RGB, skip bad samples, and produce a checkpoint that classifies."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import msclip
+from msclip.spectral.bands import S2_L2A_BANDS
+from msclip.train.checkpoint import load_train_checkpoint
+from msclip.train.config import ConfigError, TrainConfig
+from msclip.train.data import TooManyBadSamplesError, class_display_name
+from msclip.train.trainer import build_model, train
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLASSES = ("Forest", "River", "Industrial", "Pasture")
+
+
+def _write_tif(path: Path, cls: int, seed: int) -> None:
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    # A class-specific spectrum plus noise: something a contrastive model can pick up.
+    spectrum = 400 + 300 * np.abs(np.sin(np.arange(12) * (cls + 1)))
+    data = spectrum[:, None, None] * (1 + 0.2 * rng.standard_normal((12, 16, 16)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    msclip.write_geotiff(
+        path,
+        data.clip(0, 10000).astype(np.uint16),
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+        bands=list(S2_L2A_BANDS),
+    )
+
+
+def make_scenes(root: Path, per_class: int = 6) -> Path:
+    """Class folders of 12-band tiles and a captions.csv as msclip.data.scenes writes them."""
+    rows = []
+    for c, name in enumerate(CLASSES):
+        for i in range(per_class):
+            rel = f"{name}/{name}_{i}.tif"
+            _write_tif(root / rel, c, 100 * c + i)
+            text = class_display_name(name)
+            rows.append(
+                {
+                    "image": rel,
+                    "caption": f"a satellite image of {text}.",
+                    "caption_2": f"{text} seen from above, tile {i}",
+                    "caption_3": f"sentinel-2 view of {text}",
+                    "label": name,
+                }
+            )
+    pd.DataFrame(rows).to_csv(root / "captions.csv", index=False)
+    return root / "captions.csv"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return make_scenes(tmp_path_factory.mktemp("scenes"))
+
+
+def _cfg(scenes: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        train_data=str(scenes),
+        model="msclip-tiny",
+        output_dir=str(out),
+        batch_size=6,
+        val_fraction=0.25,
+        epochs=2,
+        lr=2e-3,
+        warmup_steps=1,
+        progress=False,
+        log_every=1,
+        seed=0,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_train_validate_and_classify_with_the_result(scenes: Path, tmp_path: Path) -> None:
+    losses: list[float] = []
+    cfg = _cfg(
+        scenes,
+        tmp_path / "run",
+        epochs=4,
+        accum_steps=2,
+        keep_checkpoints=2,
+        zeroshot_data=str(scenes.parent),
+        save_every=5,
+    )
+    result = train(cfg, hooks=[lambda t: losses.append(t.last_loss)])
+    # 24 pairs, 6 held out, 18 / 6 = 3 steps per epoch.
+    assert result.steps == 12 and len(losses) == 12
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns
+    out = tmp_path / "run"
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {
+        "step_00000010.pt",
+        "step_00000012.pt",
+    }
+    metrics = _read(out / "metrics.csv")
+    assert [int(r["step"]) for r in metrics] == [3, 6, 9, 12]
+    for key in (
+        "val_loss",
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "zs_top1",
+        "zs_balanced",
+    ):
+        value = float(metrics[-1][key])
+        assert math.isfinite(value) and (key == "val_loss" or 0.0 <= value <= 1.0), key
+    log = _read(out / "train_log.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, 13))
+    assert {"loss", "lr", "logit_scale", "samples_per_s", "grad_norm"} <= set(log[0])
+    assert float(log[0]["lr"]) == pytest.approx(2e-3)  # warm-up of one step, then cosine
+    assert float(log[-1]["lr"]) < float(log[5]["lr"]) < float(log[0]["lr"])
+
+    # The final file is an msclip checkpoint: it loads by path alone and classifies.
+    final = out / "final.safetensors"
+    assert result.final_checkpoint == final
+    ckpt = load_train_checkpoint(out / "checkpoints" / "step_00000012.pt")
+    for k, v in _weights(final).items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    assert msclip.create_model(str(final)).bands == msclip.create_model("msclip-tiny").bands
+    # inference.py classifies with it, with the numbers of the run's zero-shot validation.
+    from msclip.cli.inference import main as inference_main
+
+    names = [class_display_name(c) for c in CLASSES]
+    table = tmp_path / "classified.csv"
+    code = inference_main(
+        [
+            "--run-classification",
+            "--ckpt-path",
+            str(final),
+            "--images",
+            str(scenes.parent),
+            "--class-names",
+            *names,
+            "--templates",
+            "short",
+            "--save-path",
+            str(table),
+            "--no-text-cache",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    rows = pd.read_csv(table)
+    assert len(rows) == 24 and list(rows.columns[2:]) == names
+    truth = [class_display_name(Path(p).parent.name) for p in rows["Image"]]
+    top1 = float(np.mean(rows["Class"].to_numpy() == np.array(truth)))
+    assert top1 == pytest.approx(float(metrics[-1]["zs_top1"]))
+
+
+def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) -> None:
+    kw = dict(epochs=2, save_every=2, keep_checkpoints=0, accum_steps=2, caption_columns=None)
+    train(_cfg(scenes, tmp_path / "a", **kw))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(trainer) -> None:
+        if trainer.state.step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_cfg(scenes, tmp_path / "b", **kw), hooks=[kill_at_5])
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    # Without --resume an existing run is not overwritten.
+    with pytest.raises(ConfigError, match="--resume latest"):
+        train(_cfg(scenes, tmp_path / "b", **kw))
+    # Options that change the result cannot change on resume.
+    with pytest.raises(ConfigError, match="lr"):
+        train(_cfg(scenes, tmp_path / "b", resume="latest", **{**kw, "lr": 1e-3}))
+    resumed = train(_cfg(scenes, tmp_path / "b", resume="latest", **kw))
+    assert resumed.steps == 6
+    a, b = (
+        _weights(tmp_path / "a" / "final.safetensors"),
+        _weights(tmp_path / "b" / "final.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la, lb = _read(tmp_path / "a" / "train_log.csv"), _read(tmp_path / "b" / "train_log.csv")
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    ma, mb = _read(tmp_path / "a" / "metrics.csv"), _read(tmp_path / "b" / "metrics.csv")
+    assert [r["i2t_r1"] for r in ma] == [r["i2t_r1"] for r in mb]
+    assert [r["val_loss"] for r in ma] == [r["val_loss"] for r in mb]
+
+
+def test_rgb_initialisation_and_patch_embedding_stage(scenes: Path, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    rgb = msclip.create_model("msclip-tiny-rgb")
+    msclip.save_checkpoint(rgb, tmp_path / "rgb.safetensors")
+    cfg = _cfg(
+        scenes,
+        tmp_path / "run",
+        init=str(tmp_path / "rgb.safetensors"),
+        trainable="patch-embed",
+        max_steps=2,
+        lr=1e-2,
+    )
+    model = build_model(cfg)
+    w, w_rgb = model.patch_embed.weight.detach(), rgb.patch_embed.weight.detach()
+    for band, colour in (("B04", 0), ("B03", 1), ("B02", 2)):
+        assert torch.equal(w[:, model.bands.index(band)], w_rgb[:, colour])
+    others = [i for i, b in enumerate(model.bands) if b not in ("B02", "B03", "B04")]
+    assert float(w[:, others].abs().max()) == 0.0
+    rgb_sd = rgb.clip.state_dict()
+    for k, v in model.clip.state_dict().items():
+        if k != "visual.conv1.weight":
+            assert torch.equal(v, rgb_sd[k]), k
+
+    train(cfg)
+    after = msclip.create_model(str(tmp_path / "run" / "final.safetensors"))
+    sd = after.clip.state_dict()
+    assert float(after.patch_embed.weight.detach()[:, others].abs().max()) > 0  # bands learn
+    for k, v in rgb_sd.items():
+        if k not in ("visual.conv1.weight", "logit_scale"):
+            assert torch.equal(sd[k], v), k  # everything else was frozen
+    # An msclip checkpoint as --init (no --model) continues from its weights as they are.
+    cont = build_model(TrainConfig(init=str(tmp_path / "run" / "final.safetensors")))
+    for k, v in cont.clip.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def _bad_table(root: Path) -> Path:
+    """21 rows: one image missing (found up front), one corrupt (found when read)."""
+    rows = []
+    for i in range(21):
+        rel = f"img_{i}.tif"
+        if i != 3:
+            _write_tif(root / rel, i % 4, i)
+        rows.append({"image": rel, "caption": f"tile {i} of class {i % 4}"})
+    (root / "img_7.tif").write_bytes(b"II*\x00 truncated")
+    val = root / "val.csv"
+    pd.DataFrame(rows[7:12]).to_csv(val, index=False)  # holds the corrupt image
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root / "train.csv"
+
+
+def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> None:
+    table = _bad_table(tmp_path)
+    kw = dict(val_data=str(tmp_path / "val.csv"), batch_size=5, epochs=1, augment=False)
+    # 1 of 21 missing up front is allowed at 5%; the corrupt one read in the epoch is not.
+    with pytest.raises(TooManyBadSamplesError, match=r"2 of 21 samples are bad") as info:
+        train(_cfg(table, tmp_path / "strict", max_bad_fraction=0.05, **kw))
+    assert "--max-bad-fraction" in str(info.value) and "image file not found" in str(info.value)
+    # Too many up front: fails before any model is built or file written.
+    with pytest.raises(TooManyBadSamplesError, match="1 found up front"):
+        train(_cfg(table, tmp_path / "early", max_bad_fraction=0.01, **kw))
+    assert not (tmp_path / "early").exists()
+    caplog.set_level("WARNING")
+    result = train(_cfg(table, tmp_path / "ok", max_bad_fraction=0.1, **kw))
+    assert result.steps == 4  # 20 readable rows of 21 / batch 5
+    assert any(
+        "img_7.tif" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records
+    )
+    log = _read(tmp_path / "ok" / "train_log.csv")
+    assert max(int(r["bad_in_epoch"]) for r in log) == 1
+    assert int(_read(tmp_path / "ok" / "metrics.csv")[-1]["val_bad"]) == 1
+
+
+def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        scenes,
+        tmp_path / "run",
+        loss="siglip",
+        optimizer="sgd",
+        lr=0.05,
+        precision="bf16",
+        grad_checkpointing=True,
+        layer_decay=0.7,
+        patch_embed_lr=0.1,
+        restart_steps=2,
+        warmup_steps=0,
+        max_steps=3,
+        trainable="patch-embed+attn",
+        trainable_patterns=["ln_final.*"],
+        grad_clip_norm=None,
+        accum_steps=2,
+    )
+    losses: list[float] = []
+    result = train(cfg, hooks=[lambda t: losses.append(t.last_loss)])
+    assert result.steps == 3 and all(math.isfinite(v) for v in losses)
+    ckpt = load_train_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000003.pt")
+    assert float(ckpt["loss"]["logit_bias"]) != -10.0  # the SigLIP bias trains
+    assert "momentum_buffer" in next(iter(ckpt["optimizer"]["state"].values()))
+    log = _read(tmp_path / "run" / "train_log.csv")
+    # Restart after 2 steps: the third step is back at the peak learning rate.
+    assert float(log[2]["lr"]) == pytest.approx(0.05)
+    assert float(log[1]["lr"]) == pytest.approx(0.025)
+
+
+def test_scene_generator_output_trains_as_it_is(tmp_path: Path) -> None:
+    from msclip.data.scenes import generate_dataset
+
+    summary = generate_dataset(
+        tmp_path / "scenes", ["forest", "sea", "urban"], n_per_class=4, size=32, seed=0
+    )
+    cfg = TrainConfig(
+        train_data=str(summary.captions_csv),
+        model="msclip-tiny",
+        batch_size=3,
+        val_fraction=0.25,
+        epochs=1,
+        zeroshot_data=str(tmp_path / "scenes"),
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        threads=1,
+    )
+    result = train(cfg)
+    assert result.steps == 3  # 12 tiles, 3 held out, 9 / 3
+    row = result.metrics[-1]
+    assert row["zs_n"] == 12.0 and 0.0 <= row["zs_top1"] <= 1.0
+    assert row["n_pairs"] == 3.0 and 0.0 <= row["t2i_r1"] <= 1.0
