@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from msclip.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
-from msclip.spectral.bands import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, resolve_bands
+from msclip.spectral.bands import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, S2_L2A_BANDS, resolve_bands
 
 __all__ = [
     "MODELS",
@@ -113,6 +113,12 @@ MODELS: dict[str, ModelEntry] = {
             hub_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K", filenames=_OC_FILES,
             open_clip_tag="laion2b_s32b_b82k", pil_rgb=True,
             description="OpenCLIP ViT-L/14 LAION-2B (RGB baseline)",
+        ),
+        ModelEntry(
+            "msclip-demo", "msclip-demo", S2_L2A_BANDS, "llama3-ms-clip",
+            package_file="msclip-demo.safetensors",
+            description="small 12-band demo model trained by msclip on generated scenes "
+            "(not for real use)",
         ),
         ModelEntry(
             "msclip-tiny", "msclip-tiny", LLAMA3_MS_CLIP_BANDS, "llama3-ms-clip",
