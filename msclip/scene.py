@@ -125,7 +125,7 @@ class SceneInfo:
         from affine import Affine
 
         off = (self.tile_size - self.stride) / 2.0
-        return self.transform * Affine.translation(off, off) * Affine.scale(self.stride)
+        return self.transform @ Affine.translation(off, off) @ Affine.scale(self.stride)
 
 
 def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int, int]:
@@ -175,13 +175,17 @@ def open_scene(
     if require_crs and crs is None:
         raise SceneError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
     n_rows, n_cols = tile_grid(height, width, tile_size, stride)
-    uncovered = (width - ((n_cols - 1) * stride + tile_size),
-                 height - ((n_rows - 1) * stride + tile_size))  # fmt: skip
+    uncovered = (
+        width - ((n_cols - 1) * stride + tile_size),
+        height - ((n_rows - 1) * stride + tile_size),
+    )
     if any(uncovered):
-        logger.info("%s: the last %d columns and %d rows are not covered by whole tiles",
-                    p, *uncovered)  # fmt: skip
-    return SceneInfo(p, width, height, count, crs, transform, nodata, tile_size, stride,
-                     n_rows, n_cols)  # fmt: skip
+        logger.info(
+            "%s: the last %d columns and %d rows are not covered by whole tiles", p, *uncovered
+        )
+    return SceneInfo(
+        p, width, height, count, crs, transform, nodata, tile_size, stride, n_rows, n_cols
+    )
 
 
 def scene_tiles(info: SceneInfo) -> list[Tile]:
@@ -208,7 +212,7 @@ def raster_bounds(transform: Any, row: int, col: int, height: int, width: int) -
     """CRS bounds ``(minx, miny, maxx, maxy)`` of a pixel window."""
     xs, ys = [], []
     for r, c in ((row, col), (row, col + width), (row + height, col), (row + height, col + width)):
-        x, y = transform * (c, r)
+        x, y = transform @ (c, r)
         xs.append(x)
         ys.append(y)
     return (min(xs), min(ys), max(xs), max(ys))
@@ -244,8 +248,15 @@ def write_tile_map(
             f"values of shape {values.shape} do not fit the {info.n_rows}x{info.n_cols} tile grid"
         )
     # Band descriptions are free text here (queries), not band names: write them directly.
-    return write_geotiff(path, arr, crs=info.crs, transform=info.grid_transform, bands=names,
-                         nodata=nodata, tags=tags)  # fmt: skip
+    return write_geotiff(
+        path,
+        arr,
+        crs=info.crs,
+        transform=info.grid_transform,
+        bands=names,
+        nodata=nodata,
+        tags=tags,
+    )
 
 
 def write_class_map(
@@ -295,8 +306,9 @@ def write_class_map(
     paths["legend_csv"] = _write_text(out / f"{stem}_legend.csv", csv_text)
     if confidence is not None:
         conf = np.where(labels < 0, np.nan, confidence).astype(np.float32)
-        paths["confidence"] = write_tile_map(out / f"{stem}_confidence.tif", conf, info,
-                                             ["probability"], nodata=float("nan"))  # fmt: skip
+        paths["confidence"] = write_tile_map(
+            out / f"{stem}_confidence.tif", conf, info, ["probability"], nodata=float("nan")
+        )
     return paths
 
 

@@ -133,8 +133,9 @@ class TextEmbeddingCache:
     def _shards(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        return sorted(p for p in self.dir.iterdir() if p.name.startswith("shard-")
-                      and p.name.endswith(".npz"))  # fmt: skip
+        return sorted(
+            p for p in self.dir.iterdir() if p.name.startswith("shard-") and p.name.endswith(".npz")
+        )
 
     def _read_shard(self, path: Path) -> bool:
         try:
@@ -201,8 +202,7 @@ class TextEmbeddingCache:
         try:
             self._write_shard(keys, emb)
         except OSError as err:
-            logger.warning("text cache: cannot write to %s (%s); continuing without", self.dir,
-                           err)  # fmt: skip
+            logger.warning("text cache: cannot write to %s (%s); continuing without", self.dir, err)
             return
         for k, e in zip(keys, emb):
             self._entries[k] = e

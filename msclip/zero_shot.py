@@ -132,8 +132,11 @@ def _parse_templates(text: str, where: str) -> list[str]:
         raise TemplateError(f"{where} holds no templates; write one template per line with {{c}}")
     if len(set(templates)) != len(templates):
         # Kept as written: the protocol averages every line, so a duplicate weighs twice.
-        logger.warning("%s: %d duplicate templates (each still counts in the average)",
-                       where, len(templates) - len(set(templates)))  # fmt: skip
+        logger.warning(
+            "%s: %d duplicate templates (each still counts in the average)",
+            where,
+            len(templates) - len(set(templates)),
+        )
     return templates
 
 
@@ -204,10 +207,13 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
     if dups:
         raise DuplicateClassError(
             f"duplicate class names: {', '.join(dups)}"
-            + (" (equal after lower-casing and replacing '_' and '/' by spaces)" if normalize
-               else "")
+            + (
+                " (equal after lower-casing and replacing '_' and '/' by spaces)"
+                if normalize
+                else ""
+            )
             + "; give every class once"
-        )  # fmt: skip
+        )
     return names
 
 

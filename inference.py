@@ -1,0 +1,11 @@
+"""Zero-shot classification, retrieval and scene maps: ``python inference.py --help``.
+
+A thin wrapper of :func:`msclip.cli.inference.main` (also installed as ``msclip-inference``).
+"""
+
+import sys
+
+from msclip.cli.inference import main
+
+if __name__ == "__main__":
+    sys.exit(main())

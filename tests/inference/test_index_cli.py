@@ -1,0 +1,261 @@
+"""``msclip-index``: build from files and scene tiles, resume, model refusal, search, GeoJSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+import msclip
+from msclip.index.cli import main
+from msclip.index.store import IndexStore
+
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]
+ORIGIN = Affine(10, 0, 500000, 0, -10, 5000000)
+
+
+def _write(path: Path, data: np.ndarray, x0: float = 500000, nodata: float | None = None) -> Path:
+    msclip.write_geotiff(
+        path,
+        data,
+        crs=CRS.from_epsg(32632),
+        transform=Affine(10, 0, x0, 0, -10, 5000000),
+        nodata=nodata,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Four 40x40 tiles and one 96x128 scene whose right quarter is nodata."""
+    root = tmp_path_factory.mktemp("idx_inputs")
+    rng = np.random.default_rng(3)
+    (root / "files").mkdir()
+    files = [
+        _write(
+            root / "files" / f"f{i}.tif",
+            rng.integers(1, 6000, (12, 40, 40)).astype("uint16"),
+            500000 + 1000 * i,
+        )
+        for i in range(4)
+    ]
+    scene = rng.integers(1, 6000, (12, 96, 128)).astype("uint16")
+    scene[:, :, 96:] = 0
+    return files, _write(root / "scene.tif", scene, nodata=0), scene
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = msclip.create_model("msclip-tiny")
+    return m, m.preprocess(), msclip.get_tokenizer(m)
+
+
+def _encode(m, x) -> np.ndarray:
+    with torch.no_grad():
+        return m.encode_image(x[None], normalize=True)[0].numpy()
+
+
+def test_build_files_and_scene_tiles(inputs, model, tmp_path):
+    files, scene_path, scene = inputs
+    idx = tmp_path / "a.index"
+    rc = main(
+        ["build", str(idx), "--images", str(files[0].parent), "--scenes", str(scene_path), *TINY]
+    )
+    assert rc == 0
+    store = IndexStore.open(idx)
+    # 4 files + a 3x4 grid of 32 px tiles, minus the 3 tiles of the nodata column.
+    assert store.count == 4 + 9 and store.dim == 32
+    meta = store.metadata
+    assert meta["path"].tolist()[:4] == [str(f) for f in files]
+    assert meta["tile"].tolist() == [False] * 4 + [True] * 9
+    tiles = meta[meta["tile"]]
+    assert sorted(set(tiles["col"])) == [0, 32, 64] and sorted(set(tiles["row"])) == [0, 32, 64]
+    assert (tiles["crs"] == "EPSG:32632").all()
+    t = tiles[(tiles["row"] == 32) & (tiles["col"] == 64)].iloc[0]
+    assert (t["minx"], t["miny"], t["maxx"], t["maxy"]) == (500640, 4999360, 500960, 4999680)
+
+    m, pp, _ = model
+    bands = msclip.spectral.bands.default_bands_for_count(12)
+    window = _encode(m, pp(msclip.Raster(scene[:, 32:64, 64:96], bands)))
+    np.testing.assert_allclose(store.embeddings[t.name], window, atol=1e-5)
+    np.testing.assert_allclose(store.embeddings[0], _encode(m, pp(str(files[0]))), atol=1e-5)
+    manifest_model = store.model_info
+    assert manifest_model["name"] == "msclip-tiny" and manifest_model["bands"] == list(m.bands)
+    assert manifest_model["checkpoint_sha256"] == m.checkpoint_sha256
+    assert {"mean", "std", "image_size"} <= set(manifest_model["preprocessing"])
+
+    # info prints the facts.
+    assert main(["info", str(idx)]) == 0
+
+
+def test_resume_skips_finished_files_and_add(inputs, tmp_path, monkeypatch, capsys):
+    files, scene_path, _ = inputs
+    idx = tmp_path / "r.index"
+    assert main(["build", str(idx), "--images", *map(str, files[:2]), *TINY]) == 0
+    first = np.array(IndexStore.open(idx).embeddings)
+    capsys.readouterr()
+
+    calls = []
+    original = msclip.MSCLIP.encode_image
+
+    def counting(self, images, *a, **k):
+        calls.append(len(images))
+        return original(self, images, *a, **k)
+
+    monkeypatch.setattr(msclip.MSCLIP, "encode_image", counting)
+    # The same build again over all files: only the two new ones are encoded.
+    assert main(["build", str(idx), "--images", *map(str, files), *TINY]) == 0
+    assert sum(calls) == 2
+    out = capsys.readouterr().out
+    assert re.search(r"already indexed \(skipped\)\s+2\n", out)
+    store = IndexStore.open(idx)
+    assert store.metadata["path"].tolist() == [str(f) for f in files]
+    np.testing.assert_array_equal(store.embeddings[:2], first)
+    assert len({s.key for s in store.sources}) == 4
+
+    # add: the scene is tiled and appended; files already there are skipped.
+    calls.clear()
+    assert (
+        main(["add", str(idx), "--scenes", str(scene_path), "--images", str(files[0]), *TINY]) == 0
+    )
+    # 12 tiles are read; the 3 nodata tiles never reach the model.
+    assert IndexStore.open(idx).count == 4 + 9 and sum(calls) == 9
+    assert main(["add", str(tmp_path / "missing.index"), "--images", str(files[0]), *TINY]) == 2
+    assert "no index at" in capsys.readouterr().err
+
+
+def test_other_model_refused(inputs, tmp_path, capsys):
+    files, _, _ = inputs
+    idx = tmp_path / "m.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    capsys.readouterr()
+    other = [*TINY, "--seed", "1"]  # other random weights: another checkpoint hash
+    assert main(["search", str(idx), "--query", "x", *other]) == 2
+    err = capsys.readouterr().err
+    assert "another model" in err and "checkpoint_sha256" in err
+    assert main(["add", str(idx), "--images", str(files[1]), *other]) == 2
+    assert IndexStore.open(idx).count == 1
+
+
+def test_search_csv_and_geojson(inputs, model, tmp_path, capsys):
+    files, scene_path, _ = inputs
+    idx = tmp_path / "s.index"
+    assert (
+        main(["build", str(idx), "--images", *map(str, files), "--scenes", str(scene_path), *TINY])
+        == 0
+    )
+    out = tmp_path / "hits.csv"
+    # No model flags: the model is taken from the manifest (msclip-tiny, random weights, seed 0).
+    rc = main(
+        [
+            "search",
+            str(idx),
+            "--query",
+            "a river",
+            "--query-image",
+            str(files[2]),
+            "--top-k",
+            "5",
+            "--save-path",
+            str(out),
+            "--exact",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns[:5]) == ["Query", "Rank", "Similarity", "Id", "Image"]
+    store = IndexStore.open(idx)
+    m, _, tok = model
+    with torch.no_grad():
+        q = m.encode_text(tok(["a river"]), normalize=True).numpy()[0]
+    sims = store.embeddings @ q
+    expected = np.argsort(-sims, kind="stable")[:5]
+    text = df[df["Query"] == "a river"]
+    assert text["Id"].tolist() == expected.tolist()
+    np.testing.assert_allclose(text["Similarity"], sims[expected], atol=1e-5)
+    by_image = df[df["Query"] == str(files[2])]
+    assert by_image["Image"].iloc[0] == str(files[2])
+    assert by_image["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+    # The default int8 short-list path (exact re-ranking) gives the same hits here.
+    fast = tmp_path / "fast.csv"
+    argv = ["search", str(idx), "--query", "a river", "--top-k", "5", "--save-path", str(fast)]
+    assert main([*argv, "--quiet"]) == 0
+    assert pd.read_csv(fast)["Id"].tolist() == expected.tolist()
+
+    geo = json.loads(out.with_suffix(".geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(df)
+    for feat, (_, row) in zip(geo["features"], df.iterrows()):
+        assert feat["type"] == "Feature" and feat["geometry"]["type"] == "Polygon"
+        ring = np.array(feat["geometry"]["coordinates"][0])
+        assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()
+        assert (np.abs(ring[:, 0] - 9.0) < 0.1).all() and (np.abs(ring[:, 1] - 45.1) < 0.1).all()
+        area = 0.5 * np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
+        assert area > 0  # counter-clockwise exterior ring (RFC 7946)
+        assert feat["properties"]["Id"] == row["Id"]
+        assert feat["properties"]["Query"] == row["Query"]
+
+
+def test_killed_build_leaves_valid_index_and_resumes(tmp_path):
+    """A build killed with SIGKILL mid-way: the index opens, holds whole sources, and resumes."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    n = 40
+    for i in range(n):
+        _write(folder / f"t{i:03d}.tif", rng.integers(1, 6000, (12, 32, 32)).astype("uint16"))
+    idx = tmp_path / "k.index"
+    argv = ["build", str(idx), "--images", str(folder), "--commit-seconds", "0", *TINY[:-1], "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "msclip.index", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = idx / "manifest.json"
+    deadline = time.monotonic() + 120
+    killed = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        if manifest.exists():
+            try:
+                count = json.loads(manifest.read_text())["count"]
+            except (json.JSONDecodeError, OSError):  # mid-replace on some filesystems
+                count = 0
+            if count >= 3:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    if not killed:
+        pytest.skip("the build finished before it could be killed")
+    store = IndexStore.open(idx)  # no CorruptIndexError
+    done = store.count
+    assert 3 <= done < n
+    assert store.metadata["path"].tolist() == sorted(str(p) for p in folder.iterdir())[:done]
+
+    assert main(argv) == 0
+    store = IndexStore.open(idx)
+    assert store.count == n
+    paths = store.metadata["path"].tolist()
+    assert paths == sorted(str(p) for p in folder.iterdir())  # each file once, in order
+    torch.manual_seed(0)
+    m = msclip.create_model("msclip-tiny")
+    pp = m.preprocess()
+    for i in (0, done - 1, done, n - 1):  # either side of the kill
+        np.testing.assert_allclose(store.embeddings[i], _encode(m, pp(paths[i])), atol=1e-5)

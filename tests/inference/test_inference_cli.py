@@ -1,0 +1,322 @@
+"""``msclip-inference`` end to end with the tiny random model on generated GeoTIFF tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+import msclip
+from msclip.cli import inference as cli
+from msclip.cli.inference import main
+
+PUBLISHED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "templates"
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> list[Path]:
+    """Six distinct 12-band L2A-like tiles (uint16, 40x40 px, UTM 32N)."""
+    root = tmp_path_factory.mktemp("tiles")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        data = rng.integers(1, 6000, size=(12, 40, 40)).astype("uint16")
+        data[:3] = data[:3] // (i + 1)  # make the tiles spectrally different
+        p = root / f"tile_{i}.tif"
+        tf = Affine(10, 0, 500000 + 400 * i, 0, -10, 5000000)
+        msclip.write_geotiff(p, data, crs=CRS.from_epsg(32632), transform=tf)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    """The model the CLI builds: msclip-tiny with random weights drawn after seed 0."""
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+    return model, model.preprocess(), msclip.get_tokenizer(model)
+
+
+def _image_embeddings(model, preprocess, paths):
+    with torch.no_grad():
+        x = torch.stack([preprocess(str(p)) for p in paths])
+        e = model.encode_image(x)
+    return e / e.norm(dim=-1, keepdim=True)
+
+
+def _published_probs(model, preprocess, tokenizer, paths, names, templates):
+    """Plain re-implementation of the published zero-shot protocol."""
+    img = _image_embeddings(model, preprocess, paths)
+    rows = []
+    with torch.no_grad():
+        for name in names:
+            clean = name.lower().replace("_", " ").replace("/", " ")
+            t = model.clip.encode_text(tokenizer([tpl.format(c=clean) for tpl in templates]))
+            t = t / t.norm(dim=-1, keepdim=True)
+            m = t.mean(dim=0)
+            rows.append(m / m.norm())
+    return torch.softmax(100.0 * img @ torch.stack(rows).T, dim=-1).numpy()
+
+
+def _no_model(monkeypatch):
+    def fail(args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(cli, "load_model", fail)
+
+
+# -- classification -----------------------------------------------------------------------------
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="published template files not available")
+def test_classification_matches_published_protocol(tiles, tmp_path, reference_model, capsys):
+    names = ["Annual_Crop", "Forest", "River/Lake", "SeaLake"]
+    out = tmp_path / "out.csv"
+    templates = PUBLISHED / "msclip.txt"
+    folder = str(tiles[0].parent)
+    rc = main(
+        [
+            "--run-classification",
+            "--images",
+            folder,
+            "--class-names",
+            *names,
+            "--templates",
+            str(templates),
+            "--save-path",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["Image", "Class", *names]
+    assert df["Image"].tolist() == [str(p) for p in tiles]
+    model, preprocess, tokenizer = reference_model
+    tpl = templates.read_text().splitlines()
+    expected = _published_probs(model, preprocess, tokenizer, tiles, names, tpl)
+    np.testing.assert_allclose(df[names].to_numpy(), expected, atol=2e-6)
+    assert df["Class"].tolist() == [names[i] for i in expected.argmax(axis=1)]
+    printed = capsys.readouterr().out
+    assert "tile_0.tif" in printed and "Annual_Crop" in printed
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_second_run_uses_text_cache(tiles, tmp_path, monkeypatch):
+    args = [
+        "--run-classification",
+        "--images",
+        str(tiles[0].parent),
+        "--class-names",
+        "forest,river,town",
+        "--text-cache-dir",
+        str(tmp_path / "cache"),
+        "--templates",
+        "short",
+        *TINY,
+    ]
+    assert main([*args, "--save-path", str(tmp_path / "a.csv")]) == 0
+    monkeypatch.setattr(msclip.MSCLIP, "encode_text", lambda *a, **k: pytest.fail("text tower"))
+    assert main([*args, "--save-path", str(tmp_path / "b.csv")]) == 0
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert list(a.columns) == ["Image", "Class", "forest", "river", "town"]
+    pd.testing.assert_frame_equal(a, b)
+    # --no-text-cache must encode again: the failing text tower is reached.
+    with pytest.raises(pytest.fail.Exception, match="text tower"):
+        main([*args, "--no-text-cache", "--save-path", str(tmp_path / "c.csv")])
+
+
+def test_classes_file_and_multi_label(tiles, tmp_path):
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes:\n  - Pasture\n  - Industrial_Buildings\n  - Sea/Lake\n")
+    out = tmp_path / "ml.csv"
+    base = [
+        "--run-classification",
+        "--images",
+        f"{tiles[0].parent}/*.tif",
+        "--classes-file",
+        str(classes),
+        "--templates",
+        "short",
+        *TINY,
+    ]
+    assert main([*base, "--multi-label", "--save-path", str(out)]) == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    names = ["Pasture", "Industrial_Buildings", "Sea/Lake"]
+    assert list(df.columns) == ["Image", "Class", *names]
+    p = df[names].to_numpy()
+    for row, probs in zip(df["Class"], p):
+        others = (probs.sum() - probs) / (len(names) - 1)
+        assert row.split(";") == [n for n, a, b in zip(names, probs, others) if a > b]
+    assert main([*base, "--multi-label", "--threshold", "0.0", "--save-path", str(out)]) == 0
+    assert pd.read_csv(out)["Class"].tolist() == [";".join(names)] * len(tiles)
+
+
+def test_image_lists(tiles, tmp_path):
+    txt = tmp_path / "list.txt"
+    txt.write_text(f"{tiles[2]}\n{tiles[0]}\n")
+    yml = tmp_path / "list.yaml"
+    yml.write_text(f"images: [{tiles[1]}]\n")
+    out = tmp_path / "o.csv"
+    rc = main(
+        [
+            "--run-classification",
+            "--images",
+            str(txt),
+            str(yml),
+            str(tiles[0]),
+            "--class-names",
+            "a",
+            "b",
+            "--templates",
+            "short",
+            "--save-path",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    assert pd.read_csv(out)["Image"].tolist() == [str(tiles[2]), str(tiles[0]), str(tiles[1])]
+
+
+def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in tiles[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.tif").write_bytes(tiles[0].read_bytes()[:300])  # truncated
+    (folder / "empty.npy").write_bytes(b"")
+    out = tmp_path / "o.csv"
+    args = [
+        "--run-classification",
+        "--images",
+        str(folder),
+        "--class-names",
+        "a",
+        "b",
+        "--templates",
+        "short",
+        "--save-path",
+        str(out),
+        *TINY,
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken.tif" in err and "empty.npy" in err
+    assert "2 of 5 images could not be read" in err
+    assert len(pd.read_csv(out)) == 3
+    assert main([*args, "--skip-bad"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--templates", "no_such_set"], "unknown template set 'no_such_set'"),
+        (["--class-names", "Forest", "forest"], "duplicate class names"),
+        (["--ckpt-path", "/nonexistent/w.safetensors"], "checkpoint file not found"),
+    ],
+)
+def test_input_errors_stop_before_any_work(tiles, tmp_path, monkeypatch, capsys, extra, message):
+    _no_model(monkeypatch)
+    args = [
+        "--run-classification",
+        "--images",
+        str(tiles[0].parent),
+        "--save-path",
+        str(tmp_path / "o.csv"),
+        *TINY,
+    ]
+    if "--class-names" not in extra:
+        args += ["--class-names", "a", "b"]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_empty_image_set_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    rc = main(
+        ["--run-classification", "--images", str(tmp_path / "empty"), "--class-names", "a", *TINY]
+    )
+    assert rc == 2
+    assert "holds no image files" in capsys.readouterr().err
+    assert main(["--run-retrieval", "--images", str(tmp_path / "*.tif"), "--query", "x"]) == 2
+    assert "matches no image files" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["--run-classification", "--images", "x"]) == 2  # no class names
+    assert main(["--run-retrieval", "--images", "x"]) == 2  # no query
+    assert main([]) == 2
+    capsys.readouterr()
+
+
+# -- retrieval ----------------------------------------------------------------------------------
+def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, capsys):
+    out = tmp_path / "r.csv"
+    rc = main(
+        [
+            "--run-retrieval",
+            "--images",
+            str(tiles[0].parent),
+            "--query",
+            "a river",
+            "--query-image",
+            str(tiles[3]),
+            "--top-k",
+            "50",
+            "--save-path",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    assert "--top-k 50 is more than the 6 images" in capsys.readouterr().err
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["Query", "Rank", "Image", "Similarity"]
+    assert df["Query"].tolist() == ["a river"] * 6 + [str(tiles[3])] * 6
+    assert df["Rank"].tolist() == list(range(1, 7)) * 2
+
+    model, preprocess, tokenizer = reference_model
+    img = _image_embeddings(model, preprocess, tiles)
+    with torch.no_grad():
+        q = model.clip.encode_text(tokenizer(["a river"]))
+    q = q / q.norm(dim=-1, keepdim=True)
+    sims = (q @ img.T)[0].numpy()
+    text = df[df["Query"] == "a river"]
+    order = np.argsort(-sims, kind="stable")
+    assert text["Image"].tolist() == [str(tiles[i]) for i in order]
+    np.testing.assert_allclose(text["Similarity"], sims[order], atol=2e-6)
+    by_image = df[df["Query"] == str(tiles[3])]
+    assert by_image["Image"].iloc[0] == str(tiles[3])
+    assert by_image["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert by_image["Similarity"].is_monotonic_decreasing
+
+
+def test_queries_file(tiles, tmp_path):
+    qf = tmp_path / "q.txt"
+    qf.write_text("a forest\n\na lake\n")
+    out = tmp_path / "r.csv"
+    rc = main(
+        [
+            "--run-retrieval",
+            "--images",
+            str(tiles[0]),
+            str(tiles[1]),
+            "--queries-file",
+            str(qf),
+            "--top-k",
+            "1",
+            "--save-path",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert df["Query"].tolist() == ["a forest", "a lake"] and df["Rank"].tolist() == [1, 1]

@@ -1,0 +1,200 @@
+"""Zero-shot library: templates, class names, the published classifier recipe, the text cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msclip import text_cache
+from msclip.text_cache import TextEmbeddingCache, default_cache_dir, model_cache_key
+from msclip.zero_shot import (
+    DEFAULT_TEMPLATE_SET,
+    ClassNameError,
+    DuplicateClassError,
+    TemplateError,
+    UnknownTemplateSetError,
+    build_classifier,
+    check_class_names,
+    encode_queries,
+    format_prompts,
+    list_template_sets,
+    load_class_names,
+    load_templates,
+    normalize_class_name,
+    zero_shot_probs,
+)
+
+PUBLISHED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "templates"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import msclip
+
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+    return model, msclip.get_tokenizer(model)
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("the text tower must not run: every prompt is cached")
+
+
+# -- templates ----------------------------------------------------------------------------------
+def test_shipped_template_sets():
+    sets = list_template_sets()
+    assert {"eo", "short", "sentinel2"} <= set(sets)
+    assert DEFAULT_TEMPLATE_SET == "eo"
+    eo = load_templates()
+    assert 20 <= len(eo) <= 40
+    for name in sets:
+        templates = load_templates(name)
+        assert templates and all("{c}" in t for t in templates)
+        assert len(set(templates)) == len(templates), name
+
+
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="published template files not available")
+def test_published_file_loads_verbatim_and_is_not_shipped():
+    path = PUBLISHED / "msclip.txt"
+    templates = load_templates(str(path))
+    assert templates == path.read_text().splitlines()
+    assert len(templates) == 50
+    published = {t for f in PUBLISHED.glob("*.txt") for t in f.read_text().splitlines()}
+    for name in list_template_sets():
+        assert not published & set(load_templates(name)), f"set {name} copies published lines"
+
+
+def test_template_errors(tmp_path):
+    with pytest.raises(UnknownTemplateSetError, match=r"nope.*eo"):
+        load_templates("nope")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of {c}.\nno placeholder here\n")
+    with pytest.raises(TemplateError, match="line 2"):
+        load_templates(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# only a comment\n")
+    with pytest.raises(TemplateError, match="no templates"):
+        load_templates(empty)
+
+
+# -- class names --------------------------------------------------------------------------------
+def test_normalize_class_name_is_the_published_rule():
+    assert normalize_class_name("Annual_Crop") == "annual crop"
+    assert normalize_class_name("River/Lake") == "river lake"
+    assert normalize_class_name("Herbaceous_Vegetation") == "herbaceous vegetation"
+    assert format_prompts("Sea_Lake", ["a {c}.", "{c}"]) == ["a sea lake.", "sea lake"]
+
+
+def test_duplicate_and_empty_class_names():
+    with pytest.raises(DuplicateClassError, match="'Forest' and 'forest'"):
+        check_class_names(["Forest", "river", "forest"])
+    with pytest.raises(DuplicateClassError):
+        check_class_names(["sea_lake", "sea lake"])
+    assert check_class_names(["sea_lake", "sea lake"], normalize=False) == ["sea_lake", "sea lake"]
+    with pytest.raises(ClassNameError, match="no class names"):
+        check_class_names([])
+
+
+def test_load_class_names(tmp_path):
+    txt = tmp_path / "c.txt"
+    txt.write_text("Forest\n\n River \n")
+    assert load_class_names(txt) == ["Forest", "River"]
+    forms = ("- a\n- b_c\n", "classes: [a, b_c]\n", "1: b_c\n0: a\n", "names: {0: a, 1: b_c}\n")
+    for text in forms:
+        y = tmp_path / "c.yaml"
+        y.write_text(text)
+        assert load_class_names(y) == ["a", "b_c"], text
+    y.write_text("classes: {x: [1, 2]}\n")
+    with pytest.raises(ClassNameError, match="expected a list"):
+        load_class_names(y)
+
+
+# -- the classifier recipe ----------------------------------------------------------------------
+def _reference_classifier(model, tokenizer, names, templates):
+    """The published recipe, written plainly: full-length prompts, one class at a time."""
+    rows = []
+    with torch.no_grad():
+        for name in names:
+            clean = name.lower().replace("_", " ").replace("/", " ")
+            emb = model.clip.encode_text(tokenizer([t.format(c=clean) for t in templates]))
+            emb = emb / emb.norm(dim=-1, keepdim=True)
+            mean = emb.mean(dim=0)
+            rows.append(mean / mean.norm())
+    return torch.stack(rows)
+
+
+def test_build_classifier_matches_published_recipe(tiny):
+    model, tokenizer = tiny
+    names = ["Annual_Crop", "Forest", "River/Lake"]
+    templates = load_templates("eo")
+    w = build_classifier(model, tokenizer, names, templates, batch_size=16)
+    ref = _reference_classifier(model, tokenizer, names, templates)
+    assert w.shape == (3, model.embed_dim) and w.dtype == torch.float32
+    torch.testing.assert_close(w, ref, atol=2e-6, rtol=0)
+
+    img = torch.randn(5, model.embed_dim) * 3
+    probs = zero_shot_probs(img, w)
+    img_n = img / img.norm(dim=-1, keepdim=True)
+    expected = torch.softmax(100.0 * img_n @ ref.T, dim=-1)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+
+def test_cache_skips_text_tower(tiny, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    cache = TextEmbeddingCache.for_model(model, tmp_path)
+    names, templates = ["forest", "sea_lake"], load_templates("short")
+    w1 = build_classifier(model, tokenizer, names, templates, cache=cache)
+    q1 = encode_queries(model, tokenizer, ["a river"], cache=cache)
+    assert len(cache) == len(names) * len(templates) + 1
+
+    monkeypatch.setattr(type(model), "encode_text", _fail)
+    fresh = TextEmbeddingCache.for_model(model, tmp_path)  # a new process reads the shards
+    w2 = build_classifier(model, tokenizer, names, templates, cache=fresh)
+    q2 = encode_queries(model, tokenizer, ["a river"], cache=fresh)
+    assert torch.equal(w1, w2) and torch.equal(q1, q2)
+    # A new text misses the cache and reaches the (now failing) text tower.
+    with pytest.raises(AssertionError, match="must not run"):
+        encode_queries(model, tokenizer, ["a lake"], cache=fresh)
+
+
+def test_cache_key_depends_on_weights_and_dtype(tiny):
+    import msclip
+
+    model, _ = tiny
+    torch.manual_seed(1)
+    other = msclip.create_model("msclip-tiny")
+    assert model_cache_key(model) != model_cache_key(other)
+    torch.manual_seed(0)
+    same = msclip.create_model("msclip-tiny")
+    assert model_cache_key(model) == model_cache_key(same)
+    torch.manual_seed(0)
+    bf16 = msclip.create_model("msclip-tiny", precision="bf16")
+    assert model_cache_key(model) != model_cache_key(bf16)
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path / "root"))
+    assert default_cache_dir() == tmp_path / "root" / "text"
+    monkeypatch.delenv("MSCLIP_CACHE_DIR")
+    assert default_cache_dir() == Path("~/.cache/msclip/text").expanduser()
+
+
+def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(text_cache, "MAX_SHARDS", 3)
+    cache = TextEmbeddingCache("k", tmp_path)
+    for i in range(5):
+        cache.put([f"t{i}"], np.full((1, 4), i, np.float32))
+    shards = list(cache.dir.glob("shard-*.npz"))
+    assert len(shards) <= 3  # merged when above the limit
+    (cache.dir / "shard-zzzz.npz").write_bytes(b"not a zip")  # e.g. written by a broken tool
+    fresh = TextEmbeddingCache("k", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        got = fresh.get_many([f"t{i}" for i in range(6)])
+    assert sorted(got) == [f"t{i}" for i in range(5)]
+    assert all(np.array_equal(got[f"t{i}"], np.full(4, i, np.float32)) for i in range(5))
+    assert "unreadable shard" in caplog.text
+    assert not list(cache.dir.glob(".*"))  # no temporary files left behind
