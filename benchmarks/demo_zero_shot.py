@@ -16,53 +16,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import msclip
-from msclip.data.scenes import CLASSES, class_slug, generate_dataset
-from msclip.encode import encode_images
-from msclip.zero_shot import build_classifier, load_templates
-
-#: Generator label -> the name a user would type.
-USER_NAMES = {
-    "sea": "sea",
-    "lake": "lake",
-    "river": "river",
-    "snow and ice": "snow",
-    "cloud": "cloud",
-    "forest": "forest",
-    "cropland": "farmland",
-    "grassland": "grassland",
-    "bare soil": "bare soil",
-    "desert": "desert",
-    "urban": "city",
-    "wetland": "wetland",
-    "beach": "beach",
-    "burnt area": "burnt area",
-}
-
-
-def zero_shot_accuracy(
-    model: msclip.MSCLIP, root: Path, templates: list[str]
-) -> tuple[float, dict[str, float]]:
-    """Top-1 accuracy and per-class accuracy on a generated class-folder set."""
-    paths, labels = [], []
-    for k, cls in enumerate(CLASSES):
-        files = sorted((root / class_slug(cls)).glob("*.tif"))
-        paths += files
-        labels += [k] * len(files)
-    tokenizer = msclip.get_tokenizer(model)
-    names = [USER_NAMES[c] for c in CLASSES]
-    with torch.inference_mode():
-        classifier = build_classifier(model, tokenizer, names, templates)
-    result = encode_images(model, model.preprocess(), paths, batch_size=64)
-    if result.failures:
-        raise RuntimeError(f"unreadable generated files: {result.failures[:3]}")
-    pred = (torch.from_numpy(result.embeddings) @ classifier.T).argmax(1).numpy()
-    y = np.asarray(labels)[result.indices]
-    per_class = {names[k]: float((pred[y == k] == k).mean()) for k in range(len(CLASSES))}
-    return float((pred == y).mean()), per_class
+from msclip.data.scenes import CLASSES, generate_dataset
+from msclip.train.demo import USER_CLASS_NAMES, zero_shot_accuracy
+from msclip.zero_shot import load_templates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-per-class", type=int, default=40)
     ap.add_argument("--seed", type=int, default=2026, help="held-out generator seed")
     ap.add_argument("--templates", default=None, help="template set (default: msclip's)")
+    ap.add_argument("--ckpt-path", default=None, help="score this checkpoint instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
@@ -79,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         generate_dataset(tmp, n_per_class=args.n_per_class, size=64, seed=args.seed)
         print(f"held-out set: {len(CLASSES)} classes x {args.n_per_class} generated tiles "
               f"(seed {args.seed}), {time.time() - t0:.1f} s to generate")  # fmt: skip
-        demo = msclip.create_model("msclip-demo", pretrained=True)
+        demo = msclip.create_model("msclip-demo", pretrained=args.ckpt_path or True)
         t0 = time.time()
         acc, per_class = zero_shot_accuracy(demo, Path(tmp), templates)
         dt = time.time() - t0
         torch.manual_seed(0)
         rand_acc, _ = zero_shot_accuracy(msclip.create_model("msclip-demo"), Path(tmp), templates)
-    print(f"class names: {', '.join(USER_NAMES.values())}")
+    print(f"class names: {', '.join(USER_CLASS_NAMES.values())}")
     print(f"templates: {len(templates)} ({args.templates or 'msclip default'})")
     print("\nper class accuracy (msclip-demo):")
     for name, a in per_class.items():

@@ -1,0 +1,54 @@
+"""The shipped msclip-demo model: loads offline and classifies generated scenes zero-shot."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import pytest
+import torch
+
+import msclip
+from msclip.data.scenes import CLASSES, generate_dataset
+from msclip.pretrained import MODELS, WEIGHTS_DIR
+from msclip.train.demo import USER_CLASS_NAMES, prepare_data, zero_shot_accuracy
+from msclip.zero_shot import load_templates
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    generate_dataset(root, n_per_class=3, size=64, seed=4242)  # a seed no shipped file uses
+    return root
+
+
+def test_demo_weights_are_shipped_small_and_self_describing():
+    path = WEIGHTS_DIR / MODELS["msclip-demo"].package_file
+    assert path.is_file() and path.stat().st_size <= 20 * 2**20
+    model = msclip.create_model("msclip-demo", pretrained=True)
+    assert model.bands == msclip.spectral.S2_L2A_BANDS
+    assert model.checkpoint_sha256 == msclip.pretrained.file_sha256(path)
+
+
+def test_demo_beats_chance_and_random_weights_do_not(heldout):
+    templates = load_templates()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        demo_acc, _ = zero_shot_accuracy(
+            msclip.create_model("msclip-demo", pretrained=True), heldout, templates
+        )
+        torch.manual_seed(0)
+        random_acc, _ = zero_shot_accuracy(msclip.create_model("msclip-demo"), heldout, templates)
+    chance = 1 / len(CLASSES)
+    assert demo_acc >= 0.6, f"demo model accuracy {demo_acc:.2f} (chance {chance:.2f})"
+    assert random_acc < 0.3, f"random weights scored {random_acc:.2f}"
+
+
+def test_demo_training_table_adds_template_captions(tmp_path):
+    table = prepare_data(tmp_path / "data", n_per_class=1, size=16, seed=3)
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(CLASSES)
+    assert {"caption", "caption_2", "caption_3", "caption_4", "caption_6"} <= set(rows[0])
+    assert all(row["caption_4"].strip() for row in rows)
+    assert set(USER_CLASS_NAMES) == set(CLASSES)
