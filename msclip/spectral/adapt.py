@@ -156,18 +156,9 @@ def _map_bands_cached(model: tuple[str, ...], inputs: tuple[str, ...]) -> BandMa
                     m[hi, j] += t
                     kinds[j] = "interpolated"
                 break
-    outside = [inputs[j] for j, k in enumerate(kinds) if k == "ignored"]
     redundant = [inputs[j] for j, k in enumerate(kinds) if k == "redundant"]
     ignored = tuple(inputs[j] for j, k in enumerate(kinds) if k in ("ignored", "redundant"))
     missing = tuple(model[i] for i in range(len(model)) if not m[i].any())
-    if outside:
-        lo = min(b.center for b in model_bands)
-        hi = max(b.center for b in model_bands)
-        warnings.warn(
-            f"input bands {outside} lie outside the model's spectral range "
-            f"({lo:.3f}-{hi:.3f} um, bands {list(model)}) and are ignored",
-            stacklevel=3,
-        )
     if redundant:
         logger.info(
             "input bands %s lie between model bands that the input also holds; left out",
@@ -191,4 +182,15 @@ def map_bands(model_bands: Sequence[str | Band], input_bands: Sequence[str | Ban
     """
     model = tuple(resolve_band(b).name for b in model_bands)
     inputs = tuple(resolve_band(b).name for b in input_bands)
-    return _map_bands_cached(model, inputs)
+    mapping = _map_bands_cached(model, inputs)
+    outside = [b for b, k in zip(mapping.input_bands, mapping.kinds) if k == "ignored"]
+    if outside:
+        # Warned on every call (the mapping itself is cached); Python's warning filter shows a
+        # repeated message once per process.
+        centers = [resolve_band(b).center for b in model]
+        warnings.warn(
+            f"input bands {outside} lie outside the model's spectral range "
+            f"({min(centers):.3f}-{max(centers):.3f} um, bands {list(model)}) and are ignored",
+            stacklevel=2,
+        )
+    return mapping
