@@ -217,10 +217,56 @@ def create_model_and_transforms(
     return model, preprocess, get_tokenizer(model)
 
 
+def _safetensors_config(path: Path) -> dict | None:
+    """The msclip config in a safetensors file's metadata (header only, no tensors read)."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError):
+        return None  # create_model reports the unreadable file
+    return json.loads(meta["msclip_config"]) if "msclip_config" in meta else None
+
+
 def load_model_from_args(
-    model_name: str | None, ckpt_path: str | None, pretrained: bool, **kwargs: Any
+    model_name: str | None,
+    ckpt_path: str | os.PathLike | None,
+    pretrained: bool,
+    default_name: str | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
 ) -> MSCLIP:
-    """CLI helper: ``--model-name``, ``--ckpt-path`` and ``--pretrained/--no-pretrained``."""
+    """The one place CLIs turn ``--model-name``, ``--ckpt-path`` and ``--pretrained`` into a model.
+
+    Args:
+        model_name: ``--model-name`` (a registered name or an msclip ``.safetensors``).
+        ckpt_path: ``--ckpt-path``; an msclip ``.safetensors`` describes its own architecture, so
+            ``--model-name`` may then be left out.
+        pretrained: ``--pretrained/--no-pretrained`` (ignored with a checkpoint path).
+        default_name: model used when neither names an architecture.
+        seed: seeds torch first, so ``--no-pretrained`` gives the same random weights each run.
+        **kwargs: passed to :func:`create_model` (device, precision, ...).
+
+    Raises:
+        WeightsNotFoundError: the checkpoint file does not exist.
+        UnknownModelError: no architecture can be determined.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
     if ckpt_path is not None:
-        return create_model(model_name, Path(ckpt_path), **kwargs)
-    return create_model(model_name, True if pretrained else None, **kwargs)
+        ckpt = Path(ckpt_path).expanduser()
+        if not ckpt.is_file():
+            raise WeightsNotFoundError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
+        if model_name is None and _safetensors_config(ckpt) is not None:
+            return create_model(ckpt, **kwargs)
+        name = model_name or default_name
+        if name is None:
+            raise UnknownModelError(f"{ckpt} does not describe its architecture; pass --model-name")
+        return create_model(name, ckpt, **kwargs)
+    name = model_name or default_name
+    if name is None:
+        raise UnknownModelError("no model given: pass --model-name (or --ckpt-path)")
+    return create_model(name, True if pretrained else None, **kwargs)

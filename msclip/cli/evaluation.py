@@ -30,29 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from msclip.cli.args import UsageError, non_negative_int, positive_int
+
 __all__ = ["build_parser", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(ValueError):
-    """A command-line problem found before any work (message printed, exit status 2)."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="test", help="split to evaluate (default test)")
     d.add_argument(
         "--max-samples",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="evaluate a seeded random subset of this many samples per dataset (quick runs)",
     )
@@ -117,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for every dataset, and/or DATASET=... per dataset (default: each dataset's own). The "
         "published sets (msclip, clip, rs5m, meterml) are not shipped: pass their files",
     )
-    z.add_argument("--ap-k", type=_positive_int, default=100, help="k of AP@k (default 100)")
+    z.add_argument("--ap-k", type=positive_int, default=100, help="k of AP@k (default 100)")
     z.add_argument(
         "--ap-definition",
         choices=sorted(AP_DEFINITIONS),
@@ -145,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache prompt embeddings on disk (default on)",
     )
     z.add_argument("--text-cache-dir", default=None, help="text cache folder")
-    z.add_argument("--text-batch-size", type=_positive_int, default=256)
+    z.add_argument("--text-batch-size", type=positive_int, default=256)
 
     o = p.add_argument_group("output and execution")
     o.add_argument("--save-path", default="results", help="results folder (default results/)")
@@ -162,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric of summary.csv (default: top1_accuracy single-label, map_at_k multi-label)",
     )
     o.add_argument("--save-scores", action="store_true", help="also save scores as .npz")
-    o.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call")
+    o.add_argument("--batch-size", type=positive_int, default=32, help="images per model call")
     o.add_argument(
-        "--workers", type=_non_negative_int, default=2, help="DataLoader workers (default 2)"
+        "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
     )
     o.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -267,14 +251,12 @@ def _load_model(args: argparse.Namespace) -> Any:
 
     from msclip.factory import load_model_from_args
 
-    torch.manual_seed(args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.device = device
-    if args.ckpt_path is not None and not Path(args.ckpt_path).expanduser().is_file():
-        raise UsageError(f"checkpoint file not found: {args.ckpt_path} (--ckpt-path)")
     return load_model_from_args(
-        args.model_name, args.ckpt_path, args.pretrained, device=device, precision=args.precision
-    )
+        args.model_name, args.ckpt_path, args.pretrained, seed=args.seed, device=device,
+        precision=args.precision,
+    )  # fmt: skip
 
 
 def _model_facts(args: argparse.Namespace, model: Any, label: str) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from msclip.cli.args import UsageError, fraction, non_negative_int, positive_int
+
 __all__ = [
     "UsageError",
     "add_model_args",
@@ -50,10 +52,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Llama3-MS-CLIP-Base"
 EXIT_OK, EXIT_BAD_IMAGES, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(ValueError):
-    """A command-line problem found before any work (message printed, exit status 2)."""
 
 
 # -- shared helpers (also used by msclip.index.cli) --------------------------------------------
@@ -110,37 +108,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     """Batch size, workers, progress and logging flags."""
     g = p.add_argument_group("execution")
     g.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="images per model call (default 32)"
+        "--batch-size", type=positive_int, default=32, help="images per model call (default 32)"
     )
     g.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="DataLoader worker processes for decoding (default 0)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
 
 
 class _LowerLevelFormatter(logging.Formatter):
@@ -187,20 +164,13 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """``(model, preprocess, tokenizer)`` from the model flags."""
     import torch
 
-    from msclip.factory import create_model, get_tokenizer
+    from msclip.factory import get_tokenizer, load_model_from_args
 
-    torch.manual_seed(args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kw: dict[str, Any] = {"device": device, "precision": args.precision}
-    if args.ckpt_path is not None:
-        ckpt = Path(args.ckpt_path).expanduser()
-        if args.model_name is None and ckpt.suffix == ".safetensors":
-            model = create_model(ckpt, **kw)  # describes its own architecture
-        else:
-            model = create_model(args.model_name or DEFAULT_MODEL, ckpt, **kw)
-    else:
-        name = args.model_name or DEFAULT_MODEL
-        model = create_model(name, True if args.pretrained else None, **kw)
+    model = load_model_from_args(
+        args.model_name, args.ckpt_path, args.pretrained, default_name=DEFAULT_MODEL,
+        seed=args.seed, device=device, precision=args.precision,
+    )  # fmt: skip
     preprocess = model.preprocess(input_bands=args.bands, layout=args.layout, sensor=args.sensor)
     return model, preprocess, get_tokenizer(model)
 
@@ -262,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--max-print",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=20,
         help="rows of the printed table (default 20; the CSV has all)",
     )
@@ -293,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--threshold",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="with --multi-label: classes whose probability exceeds this instead",
     )
@@ -318,24 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="query images (image-to-image retrieval)",
     )
-    r.add_argument("--top-k", type=_positive_int, default=5, help="results per query (default 5)")
+    r.add_argument("--top-k", type=positive_int, default=5, help="results per query (default 5)")
     s = p.add_argument_group("scene")
     s.add_argument("--scene", default=None, help="the large GeoTIFF / COG to map")
     s.add_argument(
         "--tile-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="tile side in pixels (default: the model's input size)",
     )
     s.add_argument(
         "--stride",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="step between tiles in pixels (default: the tile size)",
     )
     s.add_argument(
         "--max-nodata",
-        type=_fraction,
+        type=fraction,
         default=0.5,
         help="skip tiles with a larger fraction of nodata pixels (default 0.5)",
     )

@@ -1,0 +1,427 @@
+"""``msclip-index`` / ``python -m msclip.index``: build, extend, search and describe an index.
+
+Subcommands:
+
+- ``build INDEX --images ... --scenes ...``: create the index (or resume a killed build of it):
+  image files give one embedding each, scenes are tiled (``--tile-size``, ``--stride``; tiles with
+  more than ``--max-nodata`` nodata pixels skipped). See :mod:`msclip.index.build`.
+- ``add INDEX ...``: add more files or scenes to an existing index (already indexed ones are
+  skipped); the model must be the one that built it.
+- ``search INDEX --query TEXT | --query-image IMG``: top-k by cosine similarity; writes a CSV
+  (``Query``, ``Rank``, ``Similarity``, ``Id``, ``Image`` and the window/geo columns) and, when
+  results are georeferenced, a GeoJSON FeatureCollection of their footprints in EPSG:4326
+  (RFC 7946). A query model that differs from the index's (name, checkpoint hash, bands,
+  preprocessing) is refused.
+- ``info INDEX``: size, model, sources, disk usage.
+
+For ``add`` and ``search`` the model defaults to the one named in the index manifest (its name, its
+checkpoint file when that still exists, and random weights when the index was built without a
+weight file).
+
+Exit status: 0 ok, 1 some inputs unreadable (0 with ``--skip-bad``), 2 usage or input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.cli.args import fraction, positive_int
+from msclip.cli.inference import (
+    EXIT_BAD_IMAGES,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_model_args,
+    add_run_args,
+    check_checkpoint,
+    load_model,
+    print_table,
+    setup_logging,
+    write_csv,
+)
+
+__all__ = ["build_parser", "main", "parse_args"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``msclip-index``."""
+    p = argparse.ArgumentParser(
+        prog="msclip-index",
+        description="Embedding indexes of images and scene tiles: build, add, search, info.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("build", "create an index, or resume a killed build"),
+        ("add", "add files or scenes to an existing index"),
+    ):
+        b = sub.add_parser(name, help=text, description=text)
+        b.add_argument("index", help="index directory")
+        b.add_argument(
+            "--images",
+            nargs="+",
+            default=[],
+            help="folders, image files, .txt/.yaml lists or globs: one embedding each",
+        )
+        b.add_argument(
+            "--scenes",
+            nargs="+",
+            default=[],
+            help="large GeoTIFF / COG scenes (same forms) to cut into tiles",
+        )
+        b.add_argument(
+            "--tile-size",
+            type=positive_int,
+            default=None,
+            help="tile side in pixels (default: the model's input size)",
+        )
+        b.add_argument(
+            "--stride",
+            type=positive_int,
+            default=None,
+            help="step between tiles (default: the tile size)",
+        )
+        b.add_argument(
+            "--max-nodata",
+            type=fraction,
+            default=0.5,
+            help="skip tiles and files with a larger nodata fraction (default 0.5)",
+        )
+        b.add_argument(
+            "--nodata", type=float, default=None, help="nodata value overriding the files'"
+        )
+        b.add_argument(
+            "--commit-seconds",
+            type=float,
+            default=60.0,
+            help="commit finished sources at least this often (default 60 s; a "
+            "killed build loses at most this much work)",
+        )
+        b.add_argument(
+            "--skip-bad", action="store_true", help="exit 0 even when some inputs cannot be read"
+        )
+        add_model_args(b)
+        add_run_args(b)
+        b.set_defaults(pretrained=None)
+    s = sub.add_parser("search", help="search by text or image", description="top-k search")
+    s.add_argument("index", help="index directory")
+    s.add_argument("--query", nargs="+", action="extend", default=None, help="text queries")
+    s.add_argument("--queries-file", default=None, help="text file, one query per line")
+    s.add_argument(
+        "--query-image",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="query images (image-to-image search)",
+    )
+    s.add_argument("--top-k", type=positive_int, default=10, help="results per query (default 10)")
+    s.add_argument(
+        "--save-path", default=None, help="CSV of the results (default results/index_search.csv)"
+    )
+    s.add_argument(
+        "--geojson",
+        default=None,
+        help="GeoJSON of georeferenced results (default: the CSV path with .geojson)",
+    )
+    s.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact float scan instead of the int8 short-list with exact re-ranking",
+    )
+    s.add_argument("--max-print", type=int, default=20, help="rows of the printed table")
+    s.add_argument(
+        "--text-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cache query embeddings on disk",
+    )
+    s.add_argument("--text-cache-dir", default=None, help="text cache folder")
+    add_model_args(s)
+    add_run_args(s)
+    s.set_defaults(pretrained=None)
+    i = sub.add_parser("info", help="describe an index")
+    i.add_argument("index", help="index directory")
+    i.add_argument("--json", action="store_true", help="print the full description as JSON")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the arguments (exits with status 2 on a usage error)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.command in ("build", "add") and not (args.images or args.scenes):
+        p.error(f"{args.command} needs --images and/or --scenes")
+    if args.command == "search" and not (args.query or args.queries_file or args.query_image):
+        p.error("search needs --query, --queries-file or --query-image")
+    return args
+
+
+# -- model defaults from the manifest -------------------------------------------------------------
+def _model_defaults(args: argparse.Namespace, manifest_model: dict[str, Any] | None) -> None:
+    """Fill unset model flags from the index's model description."""
+    if manifest_model is None:
+        if args.pretrained is None:
+            args.pretrained = True
+        return
+    if args.model_name is None and args.ckpt_path is None:
+        ckpt = manifest_model.get("checkpoint_path")
+        if ckpt and Path(ckpt).is_file():
+            args.ckpt_path = ckpt
+        if not (args.ckpt_path and args.ckpt_path.endswith(".safetensors")):
+            # msclip .safetensors files describe their own architecture and bands.
+            args.model_name = manifest_model.get("name")
+    if args.pretrained is None:
+        # "weights:<hash>" means the index was built from weights not loaded from a file.
+        args.pretrained = not str(manifest_model.get("checkpoint_sha256", "")).startswith(
+            "weights:"
+        )
+
+
+def _manifest_model(index: str) -> dict[str, Any] | None:
+    from msclip.index.store import IndexNotFoundError, IndexStore
+
+    try:
+        return IndexStore.open(index).model_info
+    except IndexNotFoundError:
+        return None
+
+
+# -- search ---------------------------------------------------------------------------------------
+def _top_k(store: Any, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    from msclip.index.search import SearchIndex
+
+    result = SearchIndex.from_store(store, quantize=not exact).search(queries, k, exact=exact)
+    return result.scores, result.ids
+
+
+def _geojson(df: Any) -> dict[str, Any]:
+    features = []
+    for _, r in df.iterrows():
+        ring = r.get("footprint")
+        if not isinstance(ring, str) or not ring:
+            continue
+        props = {
+            k: (None if isinstance(v, float) and np.isnan(v) else v)
+            for k, v in r.items()
+            if k != "footprint"
+        }
+        props = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in props.items()}
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [json.loads(ring)]},
+                "properties": props,
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from msclip.cli.inference import output_path, read_queries, text_cache_for
+    from msclip.encode import encode_images, list_images
+    from msclip.index.build import COMPARE_KEYS, model_info
+    from msclip.index.store import IndexStore
+    from msclip.io import atomic_write
+    from msclip.zero_shot import encode_queries
+
+    store = IndexStore.open(args.index)
+    queries = read_queries(args)
+    query_images = list_images(args.query_image) if args.query_image else []
+    _model_defaults(args, store.model_info)
+    check_checkpoint(args)
+    out = output_path(args.save_path, "index_search.csv")
+    if store.count == 0:
+        raise UsageError(f"index {args.index} is empty; add images first")
+
+    model, preprocess, tokenizer = load_model(args)
+    store.check_compatible(model_info(model), keys=COMPARE_KEYS)
+    q_emb, names = [], []
+    if queries:
+        cache = text_cache_for(args, model)
+        q_emb.append(encode_queries(model, tokenizer, queries, cache).numpy())
+        names += queries
+    if query_images:
+        res = encode_images(model, preprocess, query_images, args.batch_size, 0)
+        if res.failures:
+            raise UsageError(
+                "query images cannot be read: "
+                + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
+            )
+        q_emb.append(res.embeddings)
+        names += query_images
+    if args.top_k > store.count:
+        print(
+            f"note: --top-k {args.top_k} is more than the {store.count} embeddings; "
+            f"returning {store.count}",
+            file=sys.stderr,
+        )
+    scores, ids = _top_k(store, np.concatenate(q_emb), args.top_k, args.exact)
+    meta = store.metadata
+    rows = []
+    for qi, name in enumerate(names):
+        for r, (i, sc) in enumerate(zip(ids[qi], scores[qi])):
+            m = meta.iloc[int(i)]
+            rows.append(
+                {
+                    "Query": name,
+                    "Rank": r + 1,
+                    "Similarity": float(sc),
+                    "Id": int(i),
+                    "Image": m.get("path"),
+                    **{c: m[c] for c in meta.columns if c != "path"},
+                }
+            )
+    df = pd.DataFrame(rows)
+    write_csv(df, out)
+    geo = _geojson(df) if "footprint" in df.columns else {"features": []}
+    written = [out]
+    if geo["features"]:
+        gpath = Path(args.geojson) if args.geojson else out.with_suffix(".geojson")
+        text = json.dumps(geo, separators=(",", ":"))
+        written.append(atomic_write(gpath, lambda tmp: Path(tmp).write_text(text), ".geojson"))
+    shown = [
+        [q if len(q) <= 40 else q[:37] + "...", r, Path(str(im)).name, w, s]
+        for q, r, im, w, s in zip(
+            df["Query"], df["Rank"], df["Image"], _windows(df), df["Similarity"]
+        )
+    ]
+    print_table(
+        shown, ["Query", "Rank", "Image", "Window", "Similarity"], args.max_print, len(shown)
+    )
+    for w in written:
+        print(f"wrote {w}")
+    return EXIT_OK
+
+
+def _windows(df: Any) -> list[str]:
+    if "tile" not in df.columns:
+        return [""] * len(df)
+    return [
+        f"{int(r)},{int(c)} {int(h)}x{int(w)}" if t else "whole file"
+        for t, r, c, h, w in zip(df["tile"], df["row"], df["col"], df["height"], df["width"])
+    ]
+
+
+# -- build / add / info ---------------------------------------------------------------------------
+def _run_build(args: argparse.Namespace) -> int:
+    from msclip.encode import list_images
+    from msclip.index.build import build_index
+
+    images = list_images(args.images) if args.images else []
+    scenes = list_images(args.scenes) if args.scenes else []
+    existing = _manifest_model(args.index)
+    if args.command == "add" and existing is None:
+        raise UsageError(f"no index at {args.index}; create it with 'msclip-index build'")
+    _model_defaults(args, existing)
+    check_checkpoint(args)
+    model, preprocess, _ = load_model(args)
+    report = build_index(
+        args.index,
+        model,
+        preprocess,
+        images,
+        scenes,
+        tile_size=args.tile_size,
+        stride=args.stride,
+        max_nodata=args.max_nodata,
+        nodata=args.nodata,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.quiet,
+        commit_seconds=args.commit_seconds,
+        must_exist=args.command == "add",
+    )
+    from tabulate import tabulate
+
+    print(
+        tabulate(
+            [
+                ["sources given", report.sources],
+                ["already indexed (skipped)", report.skipped_done],
+                ["sources added", report.added],
+                ["embeddings added", report.rows],
+                ["skipped as nodata", report.nodata],
+                ["unreadable", len(report.failures)],
+                ["embeddings in the index", report.count],
+            ]
+        )
+    )
+    if report.failures:
+        print(
+            f"warning: {len(report.failures)} inputs could not be read and were skipped "
+            "(named above); rerun the same command to retry them",
+            file=sys.stderr,
+        )
+        return EXIT_OK if args.skip_bad else EXIT_BAD_IMAGES
+    return EXIT_OK
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from msclip.index.store import IndexStore
+
+    store = IndexStore.open(args.index)
+    info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return EXIT_OK
+    m = info["model"]
+    meta = store.metadata
+    tiles = int(meta["tile"].sum()) if "tile" in meta.columns and len(meta) else 0
+    geo = int(meta["footprint"].notna().sum()) if "footprint" in meta.columns else 0
+    rows = [
+        ["path", info["path"]],
+        ["embeddings", f"{info['count']} x {info['dim']} float32"],
+        ["from tiles / whole files", f"{tiles} / {info['count'] - tiles}"],
+        ["georeferenced", geo],
+        ["sources", info["sources"]],
+        ["model", f"{m.get('name')} ({m.get('arch')}, {m.get('precision')})"],
+        ["checkpoint sha256", m.get("checkpoint_sha256")],
+        ["bands", " ".join(m.get("bands", []))],
+        ["image size", m.get("preprocessing", {}).get("image_size")],
+        ["disk", f"{info['bytes']['total'] / 1e6:.2f} MB"],
+        ["created / updated", f"{info['created']} / {info['updated']}"],
+    ]
+    print(tabulate(rows))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``msclip-index``; returns the exit status."""
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    restore_logging = setup_logging(getattr(args, "verbose", False))
+    from msclip.errors import MSCLIPError
+
+    try:
+        if args.command in ("build", "add"):
+            return _run_build(args)
+        if args.command == "search":
+            return _run_search(args)
+        return _run_info(args)
+    except (UsageError, MSCLIPError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        restore_logging()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
