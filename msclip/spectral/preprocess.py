@@ -195,10 +195,12 @@ class SpectralPreprocess:
         x = torch.from_numpy(np.ascontiguousarray(sel).astype(np.float32, copy=False))
         if self.divisor != 1.0:
             x = x.div(self.divisor)
-        bad = torch.isnan(x)
+        # Integer rasters cannot hold NaN: skip that scan (it is a visible cost per tile).
+        bad = torch.isnan(x) if np.issubdtype(sel.dtype, np.floating) else None
         if nodata is not None and not np.isnan(nodata):
-            bad |= torch.from_numpy(np.ascontiguousarray(sel) == nodata)
-        n_bad = int(bad.sum())
+            eq = torch.from_numpy(np.ascontiguousarray(sel) == nodata)
+            bad = eq if bad is None else bad | eq
+        n_bad = 0 if bad is None else int(bad.sum())
         if n_bad:
             fill = torch.tensor(mean, dtype=x.dtype)[:, None, None].expand_as(x)
             x = torch.where(bad, fill, x)
