@@ -1,0 +1,347 @@
+"""Encode folders, lists and the tiles of large scenes into an embedding index, resumably.
+
+Inputs are *sources*: an image file (one embedding) or a large GeoTIFF / COG scene cut into
+windows of ``tile_size`` pixels every ``stride`` pixels (:mod:`msclip.scene`; one embedding per
+tile, tiles with more than ``max_nodata`` nodata pixels skipped). Sources are encoded in order with
+:func:`msclip.encode.iter_encoded` (batched, DataLoader workers, ``torch.inference_mode``) and
+handed whole to :class:`msclip.index.store.IndexWriter`, which commits them atomically. Every
+``commit_seconds`` the staged sources are committed, so a build killed at any instant loses at
+most that much work; rerunning the same build skips the committed sources (keyed by absolute
+path) and never sees a half-written index (the store's commit protocol).
+
+Each embedding (L2-normalised float32) gets one metadata row:
+
+========== ================================================================================
+column     meaning
+========== ================================================================================
+path       the file as given
+tile       True for a scene tile, False for a whole file
+row, col   top-left pixel of the window (0, 0 for a whole file)
+height,    window size in pixels (the raster size for a whole GeoTIFF; -1 when unknown)
+width
+crs        CRS of the file (``EPSG:32632`` or WKT), missing when not georeferenced
+minx ...   ``minx, miny, maxx, maxy``: window bounds in that CRS (NaN when not georeferenced)
+footprint  JSON ring ``[[lon, lat], ...]`` of the window in EPSG:4326 (counter-clockwise)
+========== ================================================================================
+
+The manifest's model description (:func:`model_info`) names the model, checkpoint hash, bands,
+precision and preprocessing; the store refuses to add embeddings of another model, and search
+refuses queries from a model that differs in the fields of :data:`COMPARE_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.encode import Failure, iter_encoded
+from msclip.index.store import IndexStore, IndexWriter
+from msclip.scene import SceneInfo, Tile, footprint_lonlat, open_scene, raster_bounds, scene_tiles
+
+__all__ = [
+    "COMPARE_KEYS",
+    "BuildReport",
+    "Source",
+    "build_index",
+    "model_info",
+    "plan_sources",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Model description fields a query model must share with the index (precision may differ:
+#: bf16 and fp32 embeddings of one checkpoint are interchangeable for search).
+COMPARE_KEYS = ("name", "arch", "checkpoint_sha256", "bands", "embed_dim", "preprocessing")
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """JSON description of a model and its preprocessing, stored in the index manifest."""
+    cfg = model.config
+    stats = cfg.stats
+    return {
+        "name": cfg.name or cfg.arch,
+        "arch": cfg.arch,
+        "checkpoint_sha256": str(model.checkpoint_sha256),
+        "checkpoint_path": model.checkpoint_path,
+        "bands": list(model.bands),
+        "embed_dim": int(model.embed_dim),
+        "precision": "bf16" if "bfloat16" in str(model.dtype) else "fp32",
+        "preprocessing": {
+            "image_size": int(cfg.image_size),
+            "resize_mode": cfg.resize_mode,
+            "interpolation": cfg.interpolation,
+            "divisor": float(stats.divisor),
+            "mean": [float(stats.mean[b]) for b in model.bands],
+            "std": [float(stats.std[b]) for b in model.bands],
+        },
+        "normalized": True,
+    }
+
+
+@dataclass
+class Source:
+    """One input of a build: a whole image file, or a scene and its tiles.
+
+    Attributes:
+        path: the file as given.
+        key: the source key in the index (absolute path).
+        scene: the scene's tiling, for scene sources.
+        tiles: the scene's windows (``None`` for a whole file).
+    """
+
+    path: str
+    key: str
+    scene: SceneInfo | None = None
+    tiles: list[Tile] | None = None
+
+    @property
+    def items(self) -> list[Any]:
+        """What the encoder reads: the path, or the tiles."""
+        return [self.path] if self.tiles is None else list(self.tiles)
+
+
+@dataclass
+class BuildReport:
+    """What a build did.
+
+    Attributes:
+        sources: sources given.
+        skipped_done: sources already in the index (resumed build or repeated add).
+        added: sources committed by this run.
+        rows: embeddings added by this run.
+        nodata: files or tiles skipped as mostly nodata.
+        failures: unreadable files or tiles.
+        count: embeddings in the index after the run.
+    """
+
+    sources: int = 0
+    skipped_done: int = 0
+    added: int = 0
+    rows: int = 0
+    nodata: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    count: int = 0
+
+
+def plan_sources(
+    images: Sequence[str] = (),
+    scenes: Sequence[str] = (),
+    tile_size: int = 224,
+    stride: int | None = None,
+) -> list[Source]:
+    """Sources for image files and tiled scenes, in order, one per distinct absolute path.
+
+    Raises:
+        RasterReadError, SceneError: a scene is missing, unreadable or smaller than a tile.
+    """
+    out: list[Source] = []
+    seen: set[str] = set()
+    for p in images:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(Source(str(p), key))
+    for p in scenes:
+        key = os.path.abspath(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        info = open_scene(p, tile_size, stride)
+        out.append(Source(str(p), key, info, scene_tiles(info)))
+    return out
+
+
+def _geo_columns(crs: Any, transform: Any, row: int, col: int, h: int, w: int) -> dict[str, Any]:
+    if crs is None or transform is None:
+        return {
+            "crs": None,
+            "minx": np.nan,
+            "miny": np.nan,
+            "maxx": np.nan,
+            "maxy": np.nan,
+            "footprint": None,
+        }
+    bounds = raster_bounds(transform, row, col, h, w)
+    try:
+        ring = json.dumps(footprint_lonlat(crs, bounds))
+    except (ValueError, RuntimeError) as err:  # a CRS PROJ cannot transform to lon/lat
+        logger.warning("no lon/lat footprint for a window of CRS %s: %s", crs, err)
+        ring = None
+    crs_text = crs.to_string() if hasattr(crs, "to_string") else str(crs)
+    return {
+        "crs": crs_text,
+        "minx": bounds[0],
+        "miny": bounds[1],
+        "maxx": bounds[2],
+        "maxy": bounds[3],
+        "footprint": ring,
+    }
+
+
+def _file_row(path: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": path,
+        "tile": False,
+        "row": 0,
+        "col": 0,
+        "height": -1,
+        "width": -1,
+    }
+    crs = transform = None
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            with rasterio.open(path) as src:
+                row["height"], row["width"] = src.height, src.width
+                crs, transform = src.crs, src.transform
+        except RasterioIOError as err:
+            logger.debug("no header for %s: %s", path, err)
+    row.update(_geo_columns(crs, transform, 0, 0, row["height"], row["width"]))
+    return row
+
+
+def _tile_row(source: Source, tile: Tile) -> dict[str, Any]:
+    info = source.scene
+    row: dict[str, Any] = {
+        "path": source.path,
+        "tile": True,
+        "row": tile.row,
+        "col": tile.col,
+        "height": tile.height,
+        "width": tile.width,
+    }
+    row.update(_geo_columns(info.crs, info.transform, tile.row, tile.col, tile.height, tile.width))
+    return row
+
+
+def build_index(
+    path: str | os.PathLike,
+    model: Any,
+    preprocess: Any,
+    images: Sequence[str] = (),
+    scenes: Sequence[str] = (),
+    *,
+    tile_size: int | None = None,
+    stride: int | None = None,
+    max_nodata: float = 0.5,
+    nodata: float | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    commit_seconds: float = 60.0,
+    must_exist: bool = False,
+) -> BuildReport:
+    """Add images and scene tiles to the index at ``path`` (created if needed), resumably.
+
+    Args:
+        path: index directory.
+        model: an :class:`msclip.MSCLIP`.
+        preprocess: its preprocessing (``model.preprocess(...)``).
+        images: image files, one embedding each.
+        scenes: large rasters to tile.
+        tile_size: tile side in pixels (default: the model's input size).
+        stride: step between tiles (default: ``tile_size``).
+        max_nodata: skip files and tiles with a larger fraction of nodata pixels.
+        nodata: nodata value overriding the files'.
+        batch_size: images per model call.
+        workers: DataLoader worker processes.
+        progress: show a progress bar.
+        commit_seconds: commit staged sources at least this often (0: after every source).
+        must_exist: refuse to create a new index (``add``).
+
+    Raises:
+        IndexNotFoundError: ``must_exist`` and there is no index at ``path``.
+        IndexMismatchError: the index was built with another model or preprocessing.
+    """
+    if must_exist:
+        IndexStore.open(path)  # raises IndexNotFoundError with a clear message
+    tile = tile_size or int(model.image_size)
+    sources = plan_sources(images, scenes, tile, stride)
+    report = BuildReport(sources=len(sources))
+    info = model_info(model)
+    with IndexWriter.open_or_create(path, int(model.embed_dim), info) as writer:
+        todo = [s for s in sources if not writer.is_done(s.key)]
+        report.skipped_done = len(sources) - len(todo)
+        if report.skipped_done:
+            logger.info(
+                "%s: %d of %d sources already indexed, skipped",
+                path,
+                report.skipped_done,
+                len(sources),
+            )
+        items: list[Any] = []
+        owner: list[int] = []  # source position of each item
+        ends: list[int] = []  # one past the last item of each source
+        for si, s in enumerate(todo):
+            its = s.items
+            items += its
+            owner += [si] * len(its)
+            ends.append(len(items))
+        emb_parts: list[list[np.ndarray]] = [[] for _ in todo]
+        row_parts: list[list[dict[str, Any]]] = [[] for _ in todo]
+        failed = [False] * len(todo)
+        next_source = 0
+        last_commit = time.monotonic()
+
+        def flush(upto: int) -> None:
+            nonlocal next_source, last_commit
+            while next_source < len(todo) and ends[next_source] <= upto:
+                s = todo[next_source]
+                if failed[next_source] and s.tiles is None:
+                    next_source += 1  # unreadable file: not marked done, retried next time
+                    continue
+                emb = (
+                    np.concatenate(emb_parts[next_source])
+                    if emb_parts[next_source]
+                    else np.zeros((0, int(model.embed_dim)), np.float32)
+                )
+                rows = row_parts[next_source]
+                writer.add(emb, rows if rows else None, source=s.key)
+                report.added += 1
+                report.rows += len(emb)
+                emb_parts[next_source] = []
+                row_parts[next_source] = []
+                next_source += 1
+                if time.monotonic() - last_commit >= commit_seconds:
+                    writer.commit()
+                    last_commit = time.monotonic()
+
+        for batch in iter_encoded(
+            model,
+            preprocess,
+            items,
+            batch_size,
+            workers,
+            True,
+            progress,
+            max_nodata,
+            nodata,
+            desc="index",
+        ):
+            for j, i in enumerate(batch.indices):
+                si = owner[i]
+                s = todo[si]
+                item = items[i]
+                row = _tile_row(s, item) if isinstance(item, Tile) else _file_row(s.path)
+                emb_parts[si].append(batch.embeddings[j : j + 1])
+                row_parts[si].append(row)
+            for f in batch.failures:
+                failed[owner[f.index]] = True
+            report.failures += batch.failures
+            report.nodata += len(batch.skipped)
+            done_upto = max([*batch.indices, *[f.index for f in batch.failures], *batch.skipped])
+            flush(done_upto + 1)
+        flush(len(items))
+        writer.commit()
+        report.count = writer.count
+    return report

@@ -1,0 +1,705 @@
+"""Top-k inner-product search over stored embeddings: int8 coarse scan, exact re-rank.
+
+Algorithm (a flat index with a quantised short-list stage and exact re-ranking, the scheme of
+Jégou, Tavenard, Douze and Amsaleg, "Searching in one billion vectors: re-rank with source
+coding", ICASSP 2011, with the scalar quantiser in place of product quantisation):
+
+1. Quantised copy. Each dimension ``j`` is centred on its mid-range ``c_j`` and coded as
+   ``round((x_j - c_j) / s_j)`` in int8 with ``s_j = (max_j - min_j) / 254`` (per-dimension
+   uniform scalar quantisation, the "SQ8" code of faiss's ``ScalarQuantizer``). The centring is a
+   constant shift of every score of a query by ``q . c``, so it changes no ranking, but it shrinks
+   the values to code, and the per-dimension step copes with the few high-magnitude dimensions
+   typical of CLIP embeddings. The copy takes a quarter of the float32 bytes and can be cached on
+   disk next to the index.
+2. Coarse scan. The query is multiplied by the steps (asymmetric distance computation: the
+   query side stays unquantised as long as the kernel allows) and scored against all codes in
+   chunks: one or a few queries use ``torch.ops.aten._weight_int8pack_mm`` (a bandwidth-bound
+   int8-weight GEMV with bf16 activations); batches use ``torch._int_mm`` (int8 x int8 -> int32,
+   VNNI on x86), with the query itself rounded to int8. The ``candidates`` best approximate
+   scores per query are kept by a running-threshold selection that only looks inside groups of
+   32 rows whose maximum beats the current threshold, which avoids a full top-k over every score.
+3. Re-rank. The candidates' float32 rows are read from the (memory-mapped) store and scored in
+   float64; the score returned is that value rounded to float32, so a score does not depend on
+   which path or which batch produced it. Results are sorted by score, ties by lower id.
+
+``exact=True`` replaces step 2 by a float32 BLAS scan that keeps ``2k + 16`` candidates and then
+certifies the result with the forward error bound of a floating-point dot product,
+``|fl(q.x) - q.x| <= gamma_D * |q| * |x|`` with ``gamma_D = D u / (1 - D u)`` (Higham,
+"Accuracy and Stability of Numerical Algorithms", 2nd ed., section 3.1): a query whose k-th score
+is not provably above every discarded score is redone by a float64 scan. The exact path is the
+reference the tests and the benchmark compare with.
+
+Threads: the heavy kernels use torch's intra-op threads; the small bookkeeping operations between
+them run with ``torch.set_num_threads(1)`` (restored right after), because on a small shared
+machine a two-thread parallel region over 0.1 ms of work waited milliseconds for a descheduled
+thread (ten times slower 100-query searches under load). The setting is process-wide in torch:
+torch work running concurrently in another thread may briefly run on one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from msclip.errors import MSCLIPError
+from msclip.index.store import (
+    SEARCH_CACHE_DIR,
+    TMP_PREFIX,
+    DimensionMismatchError,
+    IndexStore,
+    InvalidEmbeddingsError,
+)
+
+__all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default_candidates"]
+
+logger = logging.getLogger(__name__)
+
+KERNELS = ("auto", "int8-gemv", "int8-gemm", "dequant")
+CACHE_VERSION = 1
+_CACHE_PREFIX = "sq8-"
+# The int8 kernels of torch 2.x on x86 were seen to return wrong values or crash for a reduction
+# length that is not a multiple of 32, so codes and queries are zero-padded to a multiple of 64.
+_DIM_ALIGN = 64
+_GROUP = 32  # rows per group of the running-threshold selection
+_GEMV_MAX_QUERIES = 8  # up to this many queries the int8-weight GEMV beats the int8 GEMM
+_GEMV_CHUNK_ROWS = 1 << 20  # the GEMV has a per-call cost: few large calls
+# int32 scores per GEMM chunk: few kernel calls (each a parallel region), yet within the L3 cache
+_GEMM_CHUNK_SCORE_BYTES = 1 << 24
+_BUILD_CHUNK_ROWS = 2048
+_FLOAT_CHUNK_BYTES = 1 << 25
+_RERANK_QUERY_BLOCK = 16
+
+
+class EmptyIndexError(MSCLIPError, ValueError):
+    """A search over an index that holds no embeddings."""
+
+
+class SearchResult(NamedTuple):
+    """Top-k result of a batch of queries.
+
+    Attributes:
+        scores: ``[Q, k]`` float32 inner products (cosine similarities for unit vectors),
+            descending along each row.
+        ids: ``[Q, k]`` int64 embedding ids (rows of the store), ties broken by lower id.
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
+
+
+def default_candidates(k: int) -> int:
+    """Default short-list length per query for the quantised path: ``max(10 k, 100)``."""
+    return max(10 * k, 100)
+
+
+def _readonly_tensor(a: np.ndarray) -> torch.Tensor:
+    """Wrap a (read-only, e.g. memory-mapped) array without copying; it is never written."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
+@functools.cache
+def _kernel_works(kernel: str) -> bool:
+    """Probe an int8 kernel once on small data against an exact integer product."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(-127, 128, (40, _DIM_ALIGN), generator=gen, dtype=torch.int8)
+    q = torch.randint(-127, 128, (3, _DIM_ALIGN), generator=gen, dtype=torch.int8)
+    ref = q.double() @ codes.double().T
+    try:
+        with torch.inference_mode():
+            if kernel == "int8-gemv":
+                ones = torch.ones(codes.shape[0], dtype=torch.bfloat16)
+                got = torch.ops.aten._weight_int8pack_mm(q.bfloat16(), codes, ones).double()
+                ok = bool(torch.allclose(got, ref, rtol=1e-2, atol=2.0))
+            else:
+                got = torch._int_mm(q, codes.T).double()
+                ok = bool(torch.equal(got, ref))
+    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+        logger.info("int8 kernel %s unavailable in this torch build: %s", kernel, exc)
+        return False
+    if not ok:
+        logger.warning("int8 kernel %s returned wrong values in a self-test; not using it", kernel)
+    return ok
+
+
+_SERIAL_BOOKKEEPING = True
+
+
+@contextlib.contextmanager
+def _serial_torch() -> Iterator[None]:
+    """Run the enclosed small torch operations on one thread.
+
+    On two shared cores a parallel region waits for its slowest thread, and a thread that has
+    lost its core costs a scheduler time slice (milliseconds) for an operation that takes
+    0.1 ms serially; the heavy kernels keep all threads. The setting is process-wide in torch,
+    so it is restored at once.
+    """
+    n = torch.get_num_threads()
+    if n == 1 or not _SERIAL_BOOKKEEPING:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _select_top(
+    chunks: Iterator[tuple[int, torch.Tensor]], n_queries: int, c: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``c`` highest scores per query over a stream of ``(first id, [Q, rows])`` chunks.
+
+    A running per-query threshold (the lowest score in the current top ``c``) filters groups of
+    ``_GROUP`` rows by their maximum, so only a few groups per chunk are looked at element by
+    element; the first chunk is filtered by its ``c``-th largest group maximum.
+
+    Returns:
+        ``(ids [Q, c] int64, threshold [Q] )``: unordered ids of the kept scores, and the lowest
+        kept score per query (every discarded score is at most this).
+    """
+    fill: float = -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+    pool_v = torch.full((n_queries, c), fill, dtype=dtype)
+    pool_i = torch.full((n_queries, c), -1, dtype=torch.int64)
+    thr = torch.full((n_queries, 1), fill, dtype=dtype)
+    in_group = torch.arange(_GROUP, dtype=torch.int64)
+    first = True
+    for start, scores in chunks:
+        rows = scores.shape[1]
+        with _serial_torch():
+            n_groups = -(-rows // _GROUP)
+            if n_groups * _GROUP != rows:
+                scores = F.pad(scores, (0, n_groups * _GROUP - rows), value=fill)
+            grouped = scores.view(n_queries, n_groups, _GROUP)
+            group_max = grouped.amax(dim=2)
+            if first and n_groups >= c:
+                # Seed: the c-th largest group maximum. At least c scores reach it, so the c-th
+                # best score does too, and groups below it can be skipped from the start.
+                seed = torch.topk(group_max, c, dim=1, sorted=False).values.amin(1, keepdim=True)
+                hit = group_max >= seed
+            else:
+                hit = group_max > thr
+            first = False
+            qq, gg = hit.nonzero(as_tuple=True)
+            if qq.numel() == 0:
+                continue
+            vals = grouped[qq, gg]  # [P, G]
+            ids = start + gg[:, None] * _GROUP + in_group  # [P, G]
+            counts = torch.bincount(qq, minlength=n_queries)
+            slot = torch.arange(qq.numel()) - (torch.cumsum(counts, 0) - counts)[qq]
+            width = int(counts.max())
+            new_v = torch.full((n_queries, width, _GROUP), fill, dtype=dtype)
+            new_i = torch.full((n_queries, width, _GROUP), -1, dtype=torch.int64)
+            new_v[qq, slot] = vals
+            new_i[qq, slot] = ids
+            all_v = torch.cat([pool_v, new_v.view(n_queries, -1)], dim=1)
+            all_i = torch.cat([pool_i, new_i.view(n_queries, -1)], dim=1)
+            pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
+            pool_i = torch.gather(all_i, 1, pick)
+            thr = pool_v.amin(dim=1, keepdim=True)
+    return pool_i, thr[:, 0]
+
+
+def _top_k_exact(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by score descending, ties by lower id, and keep ``k`` columns."""
+    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _gamma(n: int, unit_roundoff: float) -> float:
+    nu = n * unit_roundoff
+    return nu / (1.0 - nu)
+
+
+class SearchIndex:
+    """Fast top-k search over a float32 embedding matrix (usually a store's memory map).
+
+    Example:
+        >>> index = SearchIndex.from_store(IndexStore.open("archive.index"))
+        >>> scores, ids = index.search(text_embeddings, k=10)   # [Q, 10] each
+        >>> store.metadata.loc[ids[0]]                          # rows of the first query's hits
+
+    The quantised copy (``count * ceil(dim / 64) * 64`` bytes) is held in memory; the float32
+    rows stay where they are (a memory map is read only for the candidates). The index is
+    read-only after construction; build a new one for a grown store.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        *,
+        quantize: bool = True,
+        candidates: int | None = None,
+        kernel: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_key: str | None = None,
+    ) -> None:
+        """Prepare search over ``embeddings``, building (or loading) the quantised copy.
+
+        Args:
+            embeddings: ``[N, D]`` float32 matrix, e.g. :attr:`IndexStore.embeddings`; it must
+                not change while the index is used.
+            quantize: Build the int8 copy for the fast path; without it every search is exact.
+            candidates: Short-list length per query for the quantised path; default
+                :func:`default_candidates` of ``k``. Larger is slower and closer to exact.
+            kernel: ``"auto"``, or force ``"int8-gemv"`` (int8-weight GEMV), ``"int8-gemm"``
+                (int8 GEMM) or ``"dequant"`` (float matmul over the codes, always available).
+            cache_dir: Directory to load the quantised copy from and save it to; None keeps it
+                in memory only.
+            cache_key: Identity of the embeddings' content, required with ``cache_dir``; a cache
+                is used only for the same key, row count and dimension.
+
+        Raises:
+            InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix.
+            ValueError: Unknown ``kernel``, bad ``candidates``, or ``cache_dir`` without key.
+        """
+        if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2:
+            raise InvalidEmbeddingsError(
+                "embeddings must be a 2-D numpy array [N, D] (e.g. IndexStore.embeddings), got "
+                f"{type(embeddings).__name__} {getattr(embeddings, 'shape', '')}"
+            )
+        if embeddings.dtype != np.float32:
+            raise InvalidEmbeddingsError(
+                f"embeddings must be float32, got {embeddings.dtype}; convert with "
+                "np.asarray(x, dtype=np.float32)"
+            )
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if candidates is not None and (
+            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+        ):
+            raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
+        if cache_dir is not None and not cache_key:
+            raise ValueError("cache_dir needs a cache_key naming the embeddings' content")
+        self._emb = embeddings
+        self.candidates = candidates
+        self.kernel = kernel
+        self._codes: torch.Tensor | None = None
+        self._centre: np.ndarray | None = None
+        self._step: np.ndarray | None = None
+        self._ones: torch.Tensor | None = None
+        self._max_norm: float | None = None
+        self.cache_hit = False
+        self.build_seconds = 0.0
+        if quantize and self.count:
+            t0 = time.perf_counter()
+            loaded = False
+            if cache_dir is not None:
+                loaded = self._load_cache(Path(cache_dir), str(cache_key))
+            if not loaded:
+                self._quantize()
+                if cache_dir is not None:
+                    self._save_cache(Path(cache_dir), str(cache_key))
+            self.cache_hit = loaded
+            self.build_seconds = time.perf_counter() - t0
+            logger.info(
+                "search index over %d x %d: int8 copy %s in %.2f s (%.1f MiB)",
+                self.count,
+                self.dim,
+                "loaded" if loaded else "built",
+                self.build_seconds,
+                self.memory_bytes / 2**20,
+            )
+
+    @classmethod
+    def from_store(
+        cls,
+        store: IndexStore,
+        *,
+        quantize: bool = True,
+        cache: bool = True,
+        candidates: int | None = None,
+        kernel: str = "auto",
+    ) -> SearchIndex:
+        """Search a store's committed embeddings, caching the int8 copy in the index directory.
+
+        The cache lives in ``<index>/search_cache/``, is keyed by the index id and row count (the
+        committed rows of an index never change, so a grown index gets a new cache and the old one
+        is deleted), and is skipped with a warning where the directory is read-only.
+
+        Args:
+            store: The opened index.
+            quantize: See :class:`SearchIndex`.
+            cache: Load and save the int8 copy under the index directory.
+            candidates: See :class:`SearchIndex`.
+            kernel: See :class:`SearchIndex`.
+
+        Returns:
+            The search index.
+        """
+        return cls(
+            store.embeddings,
+            quantize=quantize,
+            candidates=candidates,
+            kernel=kernel,
+            cache_dir=store.path / SEARCH_CACHE_DIR if cache else None,
+            cache_key=store.index_id,
+        )
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Number of searchable embeddings."""
+        return int(self._emb.shape[0])
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self._emb.shape[1])
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the int8 copy exists (else every search is exact)."""
+        return self._codes is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held in memory by the quantised copy and its parameters."""
+        if self._codes is None:
+            return 0
+        return (
+            self._codes.numel()
+            + (self._ones.numel() * 2 if self._ones is not None else 0)
+            + (8 * self.dim)
+        )
+
+    # -- quantised copy ---------------------------------------------------------------------
+    def _chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.count, rows):
+            yield start, self._emb[start : start + rows]
+
+    def _quantize(self) -> None:
+        # numpy in small chunks: torch's reductions over dim 0 and its broadcast elementwise ops
+        # were several times slower here, and small chunks keep the temporaries in cache
+        d = self.dim
+        lo = np.full(d, np.inf, dtype=np.float32)
+        hi = np.full(d, -np.inf, dtype=np.float32)
+        max_sq = 0.0
+        for _, chunk in self._chunks(_BUILD_CHUNK_ROWS):
+            np.minimum(lo, chunk.min(axis=0), out=lo)
+            np.maximum(hi, chunk.max(axis=0), out=hi)
+            max_sq = max(max_sq, float(np.einsum("ij,ij->i", chunk, chunk).max()))
+        centre = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
+        step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
+        step[step <= 0] = 1.0  # a constant dimension codes as 0 whatever the step
+        inv = (1.0 / step).astype(np.float32)
+        padded = -(-d // _DIM_ALIGN) * _DIM_ALIGN
+        codes = np.zeros((self.count, padded), dtype=np.int8)
+        tmp = np.empty((_BUILD_CHUNK_ROWS, d), dtype=np.float32)
+        for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
+            t = tmp[: chunk.shape[0]]
+            np.subtract(chunk, centre, out=t)
+            np.multiply(t, inv, out=t)
+            np.rint(t, out=t)
+            np.clip(t, -127, 127, out=t)
+            codes[start : start + chunk.shape[0], :d] = t
+        self._set_codes(torch.from_numpy(codes), centre, step, math.sqrt(max_sq))
+
+    def _set_codes(
+        self, codes: torch.Tensor, centre: np.ndarray, step: np.ndarray, max_norm: float
+    ) -> None:
+        self._codes, self._centre, self._step = codes, centre, step
+        self._max_norm = max_norm
+        self._ones = torch.ones(self.count, dtype=torch.bfloat16)
+
+    def _cache_name(self, key: str) -> str:
+        return f"{_CACHE_PREFIX}v{CACHE_VERSION}-{key}-n{self.count}-d{self.dim}"
+
+    def _load_cache(self, directory: Path, key: str) -> bool:
+        name = self._cache_name(key)
+        meta_path, codes_path = directory / f"{name}.json", directory / f"{name}.codes.npy"
+        if not (meta_path.is_file() and codes_path.is_file()):
+            return False
+        try:
+            with open(meta_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
+            codes = np.load(codes_path, allow_pickle=False)
+            centre = np.asarray(meta["centre"], dtype=np.float32)
+            step = np.asarray(meta["step"], dtype=np.float32)
+            max_norm = float(meta["max_norm"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable search cache %s (%s); rebuilding it", name, exc)
+            return False
+        padded = -(-self.dim // _DIM_ALIGN) * _DIM_ALIGN
+        if (
+            meta.get("version") != CACHE_VERSION
+            or codes.dtype != np.int8
+            or codes.shape != (self.count, padded)
+            or centre.shape != (self.dim,)
+            or step.shape != (self.dim,)
+        ):
+            logger.warning("ignoring search cache %s of unexpected shape; rebuilding it", name)
+            return False
+        self._set_codes(torch.from_numpy(codes), centre, step, max_norm)
+        return True
+
+    def _save_cache(self, directory: Path, key: str) -> None:
+        assert self._codes is not None and self._centre is not None and self._step is not None
+        name = self._cache_name(key)
+        meta = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "count": self.count,
+            "dim": self.dim,
+            "max_norm": self._max_norm,
+            "centre": self._centre.tolist(),
+            "step": self._step.tolist(),
+        }
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # codes first, the small JSON last: the JSON's presence marks a complete cache
+            for suffix, writer in (
+                (".codes.npy", lambda fh: np.save(fh, self._codes.numpy(), allow_pickle=False)),
+                (".json", lambda fh: fh.write(json.dumps(meta).encode("utf-8"))),
+            ):
+                fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        writer(fh)
+                    os.replace(tmp, directory / f"{name}{suffix}")
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+            for entry in directory.iterdir():  # caches of smaller (older) versions of the index
+                stale = entry.name.startswith(_CACHE_PREFIX) and not entry.name.startswith(
+                    name + "."
+                )
+                if stale or entry.name.startswith(TMP_PREFIX):
+                    entry.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning(
+                "cannot write the search cache to %s (%s); it stays in memory only", directory, exc
+            )
+
+    # -- search -----------------------------------------------------------------------------
+    def _as_queries(self, queries: Any) -> np.ndarray:
+        if hasattr(queries, "detach"):
+            queries = queries.detach().cpu().numpy()
+        arr = np.asarray(queries)
+        if arr.dtype.kind not in "fiu":
+            raise InvalidEmbeddingsError(f"queries must be numeric, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2:
+            raise InvalidEmbeddingsError(
+                f"queries must be [Q, {self.dim}] or [{self.dim}], got shape {arr.shape}"
+            )
+        if arr.shape[1] != self.dim:
+            raise DimensionMismatchError(
+                f"queries have dimension {arr.shape[1]} but the index holds {self.dim}-d "
+                "embeddings; encode the queries with the model that built the index"
+            )
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise InvalidEmbeddingsError("queries contain NaN or infinity")
+        return arr
+
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        candidates: int | None = None,
+    ) -> SearchResult:
+        """Return the ``k`` stored embeddings with the highest inner product per query.
+
+        Args:
+            queries: ``[Q, D]`` (or ``[D]``, treated as ``Q = 1``) float matrix, numpy or torch;
+                L2-normalise it for cosine similarity.
+            k: Results per query. If it exceeds the number of stored embeddings it is clamped
+                to that number (noted in the log) and fewer columns are returned.
+            exact: Scan all embeddings in float32 (with a float64 fallback that makes the result
+                provably exact) instead of the int8 short-list.
+            candidates: Short-list length for this call; see :class:`SearchIndex`.
+
+        Returns:
+            ``SearchResult(scores [Q, k] float32, ids [Q, k] int64)``, rows sorted by score
+            descending, ties by lower id. Scores are recomputed from the float32 rows for the
+            returned ids (in float64, rounded to float32) on every path.
+
+        Raises:
+            EmptyIndexError: The index holds no embeddings.
+            DimensionMismatchError: Query dimension differs from the index's.
+            InvalidEmbeddingsError: Queries are not a finite numeric matrix.
+            ValueError: ``k`` or ``candidates`` is not a positive integer.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if candidates is not None and (
+            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+        ):
+            raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
+        if self.count == 0:
+            raise EmptyIndexError(
+                "the index holds no embeddings; add some with IndexWriter before searching"
+            )
+        q = self._as_queries(queries)
+        k = int(k)
+        if k > self.count:
+            logger.info(
+                "k=%d exceeds the %d stored embeddings; returning %d results per query",
+                k,
+                self.count,
+                self.count,
+            )
+            k = self.count
+        if q.shape[0] == 0:
+            return SearchResult(np.empty((0, k), np.float32), np.empty((0, k), np.int64))
+        with torch.inference_mode():
+            if exact or self._codes is None:
+                return self._search_exact(q, k)
+            c = candidates or self.candidates or default_candidates(k)
+            c = min(max(c, k), self.count)
+            cand = self._coarse(q, c)
+            scores, ids = self._rerank(q, cand, k)
+        return SearchResult(scores, ids)
+
+    def _pick_kernel(self, n_queries: int) -> str:
+        if self.kernel != "auto":
+            wanted = self.kernel
+            if wanted == "dequant" or _kernel_works(wanted):
+                return wanted
+            logger.warning("kernel %s unavailable; using the dequantising fallback", wanted)
+            return "dequant"
+        if n_queries <= _GEMV_MAX_QUERIES and _kernel_works("int8-gemv"):
+            return "int8-gemv"
+        if _kernel_works("int8-gemm"):
+            return "int8-gemm"
+        return "int8-gemv" if _kernel_works("int8-gemv") else "dequant"
+
+    def _coarse(self, q: np.ndarray, c: int) -> torch.Tensor:
+        """Candidate ids ``[Q, c]`` by approximate (int8) score."""
+        assert self._codes is not None and self._step is not None and self._ones is not None
+        codes, n_q = self._codes, q.shape[0]
+        padded = codes.shape[1]
+        # Asymmetric: scores against the codes are q . ((x - centre) / step) * step = q' . code.
+        # The query side is prepared in numpy, which never starts a parallel region.
+        q_np = np.zeros((n_q, padded), dtype=np.float32)
+        q_np[:, : self.dim] = q * self._step
+        qs = torch.from_numpy(q_np)
+        kernel = self._pick_kernel(n_q)
+        if kernel == "int8-gemv":
+            with _serial_torch():
+                q_bf = qs.bfloat16()
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s in range(0, self.count, _GEMV_CHUNK_ROWS):
+                    e = min(s + _GEMV_CHUNK_ROWS, self.count)
+                    yield s, torch.ops.aten._weight_int8pack_mm(q_bf, codes[s:e], self._ones[s:e])
+
+            ids, _ = _select_top(chunks(), n_q, c, torch.bfloat16)
+        elif kernel == "int8-gemm":
+            scale = np.maximum(np.abs(q_np).max(axis=1, keepdims=True), 1e-30) / 127
+            q_i8 = torch.from_numpy(np.rint(q_np / scale).astype(np.int8))
+            rows = max(4096, min(1 << 18, _GEMM_CHUNK_SCORE_BYTES // (4 * n_q)))
+            rows -= rows % _GROUP
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s in range(0, self.count, rows):
+                    yield s, torch._int_mm(q_i8, codes[s : s + rows].T)
+
+            ids, _ = _select_top(chunks(), n_q, c, torch.int32)
+        else:
+            rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * padded))
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s in range(0, self.count, rows):
+                    yield s, qs @ codes[s : s + rows].float().T
+
+            ids, _ = _select_top(chunks(), n_q, c, torch.float32)
+        return ids
+
+    def _rerank(
+        self, q: np.ndarray, cand: torch.Tensor | np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact float64 scores of the candidates, rounded to float32, best ``k`` per query."""
+        cand = cand.numpy() if isinstance(cand, torch.Tensor) else np.asarray(cand)
+        n_q = q.shape[0]
+        out_s = np.empty((n_q, k), dtype=np.float32)
+        out_i = np.empty((n_q, k), dtype=np.int64)
+        q64 = torch.from_numpy(q).double()
+        with _serial_torch():
+            for b in range(0, n_q, _RERANK_QUERY_BLOCK):
+                ids = cand[b : b + _RERANK_QUERY_BLOCK]
+                uniq, inv = np.unique(ids, return_inverse=True)  # sorted: sequential page reads
+                rows = torch.from_numpy(np.asarray(self._emb[uniq])).double()
+                full = (q64[b : b + _RERANK_QUERY_BLOCK] @ rows.T).numpy()
+                scores = np.take_along_axis(full, inv.reshape(ids.shape), axis=1)
+                top = _top_k_exact(scores.astype(np.float32), ids, k)
+                out_s[b : b + len(ids)], out_i[b : b + len(ids)] = top
+        return out_s, out_i
+
+    def _max_row_norm(self) -> float:
+        if self._max_norm is None:
+            best = 0.0
+            for _, chunk in self._chunks(_BUILD_CHUNK_ROWS):
+                best = max(best, float(np.einsum("ij,ij->i", chunk, chunk).max()))
+            self._max_norm = math.sqrt(best)
+        return self._max_norm
+
+    def _search_exact(self, q: np.ndarray, k: int) -> SearchResult:
+        n_q, d = q.shape
+        c = min(self.count, 2 * k + 16)
+        rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * d))
+        q_t = torch.from_numpy(q)
+
+        def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+            # torch, not numpy, for every product: numpy's BLAS threads and torch's OpenMP
+            # threads slow each other down badly when they alternate on few cores
+            for s, chunk in self._chunks(rows):
+                yield s, q_t @ _readonly_tensor(np.asarray(chunk)).T
+
+        cand, thr = _select_top(chunks(), n_q, c, torch.float32)
+        scores, ids = self._rerank(q, cand, k)
+        if c < self.count:
+            # Every discarded row has a float32 scan score <= thr, so its true score is at most
+            # thr + eps; unless that bound is below the k-th kept score, redo the query in float64.
+            eps = (_gamma(d, 2.0**-24) + _gamma(d, 2.0**-53)) * self._max_row_norm()
+            eps = eps * np.linalg.norm(q.astype(np.float64), axis=1)
+            bound = thr.numpy().astype(np.float64) + eps * (1 + 1e-9)
+            bound32 = np.nextafter(bound.astype(np.float32), np.float32(np.inf))
+            for i in np.flatnonzero(~(bound32 < scores[:, k - 1])):
+                logger.debug("exact search: query %d not certified, rescanning in float64", i)
+                scores[i], ids[i] = self._brute_force64(q[i], k)
+        return SearchResult(scores, ids)
+
+    def _brute_force64(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q64 = torch.from_numpy(q).double()
+        rows = max(1024, _FLOAT_CHUNK_BYTES // (8 * self.dim))
+        s32 = np.concatenate(
+            [
+                (_readonly_tensor(np.asarray(ch)).double() @ q64).float().numpy()
+                for _, ch in self._chunks(rows)
+            ]
+        )
+        kth = np.partition(s32, self.count - k)[self.count - k]
+        idx = np.flatnonzero(s32 >= kth)
+        s, i = _top_k_exact(s32[idx][None, :], idx[None, :].astype(np.int64), k)
+        return s[0], i[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"SearchIndex(count={self.count}, dim={self.dim}, quantized={self.quantized}, "
+            f"kernel={self.kernel!r})"
+        )

@@ -1,0 +1,181 @@
+"""Tests of msclip.index.search: exactness against brute force, ties, clamping, errors, cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msclip.index import (
+    DimensionMismatchError,
+    EmptyIndexError,
+    IndexStore,
+    IndexWriter,
+    InvalidEmbeddingsError,
+    SearchIndex,
+)
+
+N, DIM = 2000, 64
+MODEL = {"name": "test-model"}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(emb: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: float64 scores rounded to float32, sorted by score then lower id."""
+    s32 = (q.astype(np.float64) @ emb.astype(np.float64).T).astype(np.float32)
+    ids = np.broadcast_to(np.arange(emb.shape[0]), s32.shape)
+    order = np.lexsort((ids, -s32), axis=1)[:, :k]
+    return np.take_along_axis(s32, order, 1), order.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    centres = unit(rng.standard_normal((40, DIM)))
+    emb = unit(centres[rng.integers(0, 40, N)] + 0.4 * rng.standard_normal((N, DIM)) / np.sqrt(DIM))
+    emb[[900, 1500]] = emb[5]  # exact duplicates: tied scores for every query
+    near = unit(emb[[5, 17, 640, 1999]] + 0.05 * rng.standard_normal((4, DIM)))
+    queries = np.concatenate([near, unit(rng.standard_normal((5, DIM)))])
+    return emb, queries
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, data) -> IndexStore:
+    emb, _ = data
+    path = tmp_path_factory.mktemp("search") / "tiles.index"
+    with IndexWriter.open_or_create(path, DIM, MODEL, commit_rows=700) as writer:
+        for s in range(0, N, 250):
+            writer.add(emb[s : s + 250], {"i": list(range(s, s + 250))}, source=f"scene{s}")
+    return IndexStore.open(path)
+
+
+def assert_matches(result, ref) -> None:
+    scores, ids = result
+    assert scores.dtype == np.float32 and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, ref[1])
+    np.testing.assert_allclose(scores, ref[0], rtol=0, atol=1e-7)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("kernel", ["auto", "int8-gemv", "int8-gemm", "dequant"])
+@pytest.mark.parametrize("n_queries", [1, 9])
+def test_search_equals_brute_force(store, data, kernel: str, n_queries: int) -> None:
+    emb, queries = data
+    q = queries[:n_queries]
+    index = SearchIndex.from_store(store, kernel=kernel, cache=False)
+    ref = brute_force(emb, q, 10)
+    assert_matches(index.search(q, 10), ref)
+    assert_matches(index.search(q, 10, exact=True), ref)
+    assert_matches(index.search(q, 37, candidates=300), brute_force(emb, q, 37))
+
+
+def test_ties_are_broken_by_lower_id(store, data) -> None:
+    emb, _ = data
+    index = SearchIndex.from_store(store, cache=False)
+    for exact in (False, True):
+        scores, ids = index.search(emb[1500], 3, exact=exact)
+        assert ids.tolist() == [[5, 900, 1500]]
+        assert scores[0, 0] == scores[0, 1] == scores[0, 2]
+
+
+def test_exact_path_falls_back_when_the_scan_cannot_decide(tmp_path: Path) -> None:
+    # rows differing by about one float32 ulp: the float32 scan cannot rank them reliably,
+    # so the certificate fails and the float64 rescan must produce the reference order
+    rng = np.random.default_rng(3)
+    base = unit(rng.standard_normal(DIM))
+    emb = np.repeat(base[None, :], 500, axis=0)
+    emb += rng.integers(-2, 3, emb.shape).astype(np.float32) * np.spacing(np.abs(emb))
+    q = unit(rng.standard_normal((3, DIM)))
+    index = SearchIndex(emb, quantize=False)
+    assert_matches(index.search(q, 5), brute_force(emb, q, 5))
+
+
+def test_dimension_not_a_multiple_of_64(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    emb = unit(rng.standard_normal((700, 100)))
+    q = unit(rng.standard_normal((6, 100)))
+    for kernel in ("int8-gemv", "int8-gemm", "dequant"):
+        index = SearchIndex(emb, kernel=kernel)
+        assert_matches(index.search(q, 8), brute_force(emb, q, 8))
+
+
+def test_quantized_copy_is_small(store) -> None:
+    index = SearchIndex.from_store(store, cache=False)
+    assert index.quantized and index.memory_bytes < N * DIM * 4 / 3
+    assert not SearchIndex.from_store(store, quantize=False).quantized
+
+
+def test_k_larger_than_count_is_clamped(tmp_path: Path, data, caplog) -> None:
+    emb, queries = data
+    index = SearchIndex(emb[:6].copy())
+    with caplog.at_level(logging.INFO, logger="msclip.index.search"):
+        scores, ids = index.search(queries[:2], 10)
+    assert scores.shape == ids.shape == (2, 6)
+    assert "k=10 exceeds the 6 stored embeddings" in caplog.text
+    assert_matches((scores, ids), brute_force(emb[:6], queries[:2], 6))
+
+
+def test_query_forms(store, data) -> None:
+    emb, queries = data
+    index = SearchIndex.from_store(store, cache=False)
+    ref = brute_force(emb, queries[:1], 4)
+    assert_matches(index.search(queries[0], 4), ref)  # 1-D query
+    assert_matches(index.search(torch.from_numpy(queries[:1]).double(), 4), ref)  # torch, float64
+    scores, ids = index.search(np.empty((0, DIM), np.float32), 4)
+    assert scores.shape == ids.shape == (0, 4)
+
+
+def test_errors(tmp_path: Path, store, data) -> None:
+    path = tmp_path / "empty.index"
+    IndexWriter.open_or_create(path, DIM, MODEL).close()
+    empty = SearchIndex.from_store(IndexStore.open(path))
+    with pytest.raises(EmptyIndexError, match="no embeddings"):
+        empty.search(np.ones(DIM, np.float32), 5)
+
+    index = SearchIndex.from_store(store, cache=False)
+    with pytest.raises(DimensionMismatchError, match="dimension 32"):
+        index.search(np.ones((2, 32), np.float32), 5)
+    with pytest.raises(InvalidEmbeddingsError, match="NaN"):
+        index.search(np.full(DIM, np.nan, np.float32), 5)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(data[1], 0)
+    with pytest.raises(ValueError, match="kernel"):
+        SearchIndex(data[0], kernel="gpu")
+    with pytest.raises(InvalidEmbeddingsError, match="float32"):
+        SearchIndex(data[0].astype(np.float64))
+
+
+def test_cache_is_reused_and_invalidated_when_the_index_grows(tmp_path: Path, data) -> None:
+    emb, queries = data
+    path = tmp_path / "grow.index"
+    with IndexWriter.open_or_create(path, DIM, MODEL) as writer:
+        writer.add(emb[:1000], None, source="first")
+    first = SearchIndex.from_store(IndexStore.open(path))
+    assert not first.cache_hit
+    cache_files = sorted(p.name for p in (path / "search_cache").iterdir())
+    assert len(cache_files) == 2 and all("-n1000-" in name for name in cache_files)
+    again = SearchIndex.from_store(IndexStore.open(path))
+    assert again.cache_hit
+    assert torch.equal(again._codes, first._codes)
+    assert_matches(again.search(queries, 10), brute_force(emb[:1000], queries, 10))
+
+    with IndexWriter.open_or_create(path, DIM, MODEL) as writer:
+        writer.add(emb[1000:], None, source="second")
+    grown = SearchIndex.from_store(IndexStore.open(path))
+    assert not grown.cache_hit and grown.count == N
+    names = sorted(p.name for p in (path / "search_cache").iterdir())
+    assert len(names) == 2 and all("-n2000-" in name for name in names)  # old cache removed
+    assert_matches(grown.search(queries, 10), brute_force(emb, queries, 10))
+
+    # a damaged cache is rebuilt, not trusted
+    codes = next((path / "search_cache").glob("*.codes.npy"))
+    codes.write_bytes(b"garbage")
+    rebuilt = SearchIndex.from_store(IndexStore.open(path))
+    assert not rebuilt.cache_hit
+    assert_matches(rebuilt.search(queries, 10), brute_force(emb, queries, 10))
