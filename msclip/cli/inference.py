@@ -36,6 +36,7 @@ from msclip.cli.args import UsageError, fraction, non_negative_int, positive_int
 __all__ = [
     "UsageError",
     "add_model_args",
+    "add_query_args",
     "add_run_args",
     "build_parser",
     "load_model",
@@ -101,6 +102,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=("CHW", "HWC"),
         default=None,
         help="axis layout of .npy/.npz arrays that cannot be told from the shape",
+    )
+
+
+def add_query_args(g: Any, top_k: int) -> None:
+    """``--query``, ``--queries-file``, ``--query-image`` and ``--top-k`` (retrieval, search)."""
+    g.add_argument("--query", nargs="+", action="extend", default=None, help="text queries")
+    g.add_argument("--queries-file", default=None, help="text file with one query per line")
+    g.add_argument(
+        "--query-image",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="query images (image-to-image retrieval)",
+    )
+    g.add_argument(
+        "--top-k", type=positive_int, default=top_k, help=f"results per query (default {top_k})"
     )
 
 
@@ -278,17 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="text cache folder (default $MSCLIP_CACHE_DIR/text or ~/.cache/msclip/text)",
     )
-    r = p.add_argument_group("retrieval")
-    r.add_argument("--query", nargs="+", action="extend", default=None, help="text queries")
-    r.add_argument("--queries-file", default=None, help="text file with one query per line")
-    r.add_argument(
-        "--query-image",
-        nargs="+",
-        action="extend",
-        default=None,
-        help="query images (image-to-image retrieval)",
-    )
-    r.add_argument("--top-k", type=positive_int, default=5, help="results per query (default 5)")
+    add_query_args(p.add_argument_group("retrieval"), top_k=5)
     s = p.add_argument_group("scene")
     s.add_argument("--scene", default=None, help="the large GeoTIFF / COG to map")
     s.add_argument(

@@ -40,6 +40,7 @@ from msclip.cli.inference import (
     EXIT_USAGE,
     UsageError,
     add_model_args,
+    add_query_args,
     add_run_args,
     check_checkpoint,
     load_model,
@@ -114,16 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.set_defaults(pretrained=None)
     s = sub.add_parser("search", help="search by text or image", description="top-k search")
     s.add_argument("index", help="index directory")
-    s.add_argument("--query", nargs="+", action="extend", default=None, help="text queries")
-    s.add_argument("--queries-file", default=None, help="text file, one query per line")
-    s.add_argument(
-        "--query-image",
-        nargs="+",
-        action="extend",
-        default=None,
-        help="query images (image-to-image search)",
-    )
-    s.add_argument("--top-k", type=positive_int, default=10, help="results per query (default 10)")
+    add_query_args(s, top_k=10)
     s.add_argument(
         "--save-path", default=None, help="CSV of the results (default results/index_search.csv)"
     )

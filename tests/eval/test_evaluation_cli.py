@@ -18,7 +18,9 @@ from msclip.cli.evaluation import main, parse_args
 from msclip.eval.report import RECORD_KEYS, RECORD_SCHEMA, load_records, record_path
 from msclip.eval.runner import TemplatesNotShippedError, resolve_templates
 
-REFERENCE_TEMPLATES = Path("/work/shared/reference/templates/msclip.txt")
+REFERENCE_TEMPLATES = (
+    Path(__file__).resolve().parents[3] / "shared" / "reference" / "templates" / "msclip.txt"
+)
 TEMPLATES = "a satellite view of {c}.\n# a comment line\n{c} from above.\nan image of {c}.\n"
 MS_DATASETS = ["EuroSAT_MS", "BigEarthNet_MS", "METERML_MS", "MyCrops"]
 
