@@ -39,6 +39,7 @@ __all__ = [
     "add_query_args",
     "add_run_args",
     "build_parser",
+    "encode_query_set",
     "load_model",
     "main",
     "output_path",
@@ -190,6 +191,40 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     )  # fmt: skip
     preprocess = model.preprocess(input_bands=args.bands, layout=args.layout, sensor=args.sensor)
     return model, preprocess, get_tokenizer(model)
+
+
+def encode_query_set(
+    args: argparse.Namespace,
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    queries: Sequence[str],
+    query_images: Sequence[str],
+) -> tuple[Any, list[str]]:
+    """L2-normalised embeddings ``[Q, D]`` of text queries then query images, and their names.
+
+    Raises:
+        UsageError: a query image cannot be read.
+    """
+    import numpy as np
+
+    from msclip.encode import encode_images
+    from msclip.zero_shot import encode_queries
+
+    embs, names = [], []
+    if queries:
+        embs.append(encode_queries(model, tokenizer, queries, text_cache_for(args, model)).numpy())
+        names += list(queries)
+    if query_images:
+        res = encode_images(model, preprocess, query_images, args.batch_size, 0)
+        if res.failures:
+            raise UsageError(
+                "query images cannot be read: "
+                + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
+            )
+        embs.append(res.embeddings)
+        names += list(query_images)
+    return np.concatenate(embs), names
 
 
 def write_csv(df: Any, path: str | os.PathLike) -> Path:
@@ -483,29 +518,16 @@ def run_retrieval(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from msclip.encode import encode_images
-    from msclip.zero_shot import encode_queries
 
     model, preprocess, tokenizer = load_model(args)
     progress = not args.quiet
-    q_emb, q_names = [], []
-    if queries:
-        q_emb.append(encode_queries(model, tokenizer, queries, text_cache_for(args, model)).numpy())
-        q_names += queries
-    if query_images:
-        qres = encode_images(model, preprocess, query_images, args.batch_size, 0)
-        if qres.failures:
-            raise UsageError(
-                "query images cannot be read: "
-                + "; ".join(f"{f.name} ({f.reason})" for f in qres.failures)
-            )
-        q_emb.append(qres.embeddings)
-        q_names += query_images
+    q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     res = encode_images(model, preprocess, images, args.batch_size, args.workers, progress=progress)
     paths = [images[i] for i in res.indices]
     rows = []
     if paths:
         k = _top_k(args.top_k, len(paths))
-        sims = np.concatenate(q_emb) @ res.embeddings.T
+        sims = q_emb @ res.embeddings.T
         for qi, q in enumerate(q_names):
             order = np.argsort(-sims[qi], kind="stable")[:k]
             rows += [[q, r + 1, paths[j], float(sims[qi, j])] for r, j in enumerate(order)]

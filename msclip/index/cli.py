@@ -43,6 +43,7 @@ from msclip.cli.inference import (
     add_query_args,
     add_run_args,
     check_checkpoint,
+    encode_query_set,
     load_model,
     print_table,
     setup_logging,
@@ -220,12 +221,11 @@ def _geojson(df: Any) -> dict[str, Any]:
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from msclip.cli.inference import output_path, read_queries, text_cache_for
-    from msclip.encode import encode_images, list_images
+    from msclip.cli.inference import output_path, read_queries
+    from msclip.encode import list_images
     from msclip.index.build import COMPARE_KEYS, model_info
     from msclip.index.store import IndexStore
     from msclip.io import atomic_write
-    from msclip.zero_shot import encode_queries
 
     store = IndexStore.open(args.index)
     queries = read_queries(args)
@@ -238,27 +238,14 @@ def _run_search(args: argparse.Namespace) -> int:
 
     model, preprocess, tokenizer = load_model(args)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
-    q_emb, names = [], []
-    if queries:
-        cache = text_cache_for(args, model)
-        q_emb.append(encode_queries(model, tokenizer, queries, cache).numpy())
-        names += queries
-    if query_images:
-        res = encode_images(model, preprocess, query_images, args.batch_size, 0)
-        if res.failures:
-            raise UsageError(
-                "query images cannot be read: "
-                + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
-            )
-        q_emb.append(res.embeddings)
-        names += query_images
+    q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
         print(
             f"note: --top-k {args.top_k} is more than the {store.count} embeddings; "
             f"returning {store.count}",
             file=sys.stderr,
         )
-    scores, ids = _top_k(store, np.concatenate(q_emb), args.top_k, args.exact)
+    scores, ids = _top_k(store, q_emb, args.top_k, args.exact)
     meta = store.metadata
     rows = []
     for qi, name in enumerate(names):
