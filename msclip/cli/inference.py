@@ -5,7 +5,7 @@ Modes (one per run):
 - ``--run-classification``: zero-shot labels for a set of images. The probabilities follow the
   protocol published with Llama3-MS-CLIP (Marimo et al., ECML PKDD 2025, arXiv:2503.15969; see
   :mod:`msclip.zero_shot`). The CSV has ``Image``, ``Class`` and one probability column per class
-  name. ``--multi-label`` marks every class whose probability exceeds the mean probability of the
+  name. ``--multi-label`` marks every class whose logit exceeds the mean logit of the
   other classes (the published multi-label rule, :func:`msclip.eval.metrics.multilabel_predict`);
   ``--threshold T`` marks classes with probability above ``T`` instead.
 - ``--run-retrieval``: rank images by cosine similarity to text queries (``--query``,
@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--multi-label",
         action="store_true",
-        help="multi-label: classes whose probability exceeds the mean of the others",
+        help="multi-label: classes whose logit exceeds the mean logit of the others "
+        "(the published rule)",
     )
     c.add_argument(
         "--threshold",
@@ -454,7 +455,7 @@ def run_classification(args: argparse.Namespace) -> int:
     import torch
 
     from msclip.encode import encode_images
-    from msclip.zero_shot import build_classifier, zero_shot_probs
+    from msclip.zero_shot import build_classifier, zero_shot_logits
 
     model, preprocess, tokenizer = load_model(args)
     progress = not args.quiet
@@ -462,14 +463,16 @@ def run_classification(args: argparse.Namespace) -> int:
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
     )
     res = encode_images(model, preprocess, images, args.batch_size, args.workers, progress=progress)
-    probs = zero_shot_probs(torch.from_numpy(res.embeddings), classifier).double().numpy()
+    logits = zero_shot_logits(torch.from_numpy(res.embeddings), classifier)
+    probs = logits.softmax(dim=-1).double().numpy()
     if args.multi_label and len(probs):
         from msclip.eval.metrics import multilabel_predict
 
         if args.threshold is not None:
             present = multilabel_predict(probs, "threshold", args.threshold)
         else:
-            present = multilabel_predict(probs, "mean_others")
+            # The published rule compares logits (100 x cosine), as evaluation.py does.
+            present = multilabel_predict(logits.double().numpy(), "mean_others")
         labels = [";".join(n for n, on in zip(names, row) if on) for row in present]
     else:
         labels = [names[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
