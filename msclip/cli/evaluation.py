@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from msclip.cli.args import UsageError, non_negative_int, positive_int
+from msclip.cli.inference import add_model_args
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -48,24 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Zero-shot benchmark evaluation of a (multispectral) CLIP model; writes one "
         "JSON record per (model, dataset) and merges all records into CSV and Markdown reports.",
     )
-    m = p.add_argument_group("model")
-    m.add_argument("--model-name", default=None, help="registered model name or .safetensors file")
-    m.add_argument("--ckpt-path", default=None, help="checkpoint file with the weights")
-    m.add_argument(
-        "--pretrained",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="load the model's published weights (--no-pretrained: random weights)",
-    )
+    # Datasets name their own bands, so the input-band flags of inference do not apply here.
+    m = add_model_args(p, default_model=None, inputs=False)
     m.add_argument(
         "--model-label",
         default=None,
         help="row name in the reports (default: the model name, '@<checkpoint stem>' with "
         "--ckpt-path, '-random' with --no-pretrained, '-bf16' with --precision bf16)",
     )
-    m.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    m.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
-    m.add_argument("--seed", type=int, default=0, help="seed of random weights and subsets")
 
     d = p.add_argument_group("datasets")
     d.add_argument(

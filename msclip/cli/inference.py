@@ -57,14 +57,19 @@ EXIT_OK, EXIT_BAD_IMAGES, EXIT_USAGE = 0, 1, 2
 
 
 # -- shared helpers (also used by msclip.index.cli) --------------------------------------------
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model-name``, ``--ckpt-path``, ``--pretrained/--no-pretrained``, device, precision."""
+def add_model_args(
+    p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
+) -> Any:
+    """``--model-name``, ``--ckpt-path``, ``--pretrained/--no-pretrained``, seed, device,
+    precision and, with ``inputs``, the input-band flags (``--bands``, ``--sensor``,
+    ``--layout``). Returns the argument group, for CLI-specific model flags."""
     g = p.add_argument_group("model")
+    default = f"default {default_model}, or" if default_model else "or"
     g.add_argument(
         "--model-name",
         default=None,
-        help=f"registered model name or msclip .safetensors file (default "
-        f"{DEFAULT_MODEL}, or the architecture stored in --ckpt-path)",
+        help=f"registered model name or msclip .safetensors file ({default} the architecture "
+        "stored in --ckpt-path)",
     )
     g.add_argument("--ckpt-path", default=None, help="checkpoint file with the weights")
     g.add_argument(
@@ -77,7 +82,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="random seed (fixes random weights with --no-pretrained)",
+        help="random seed of the run (random weights with --no-pretrained, random subsets)",
     )
     g.add_argument(
         "--device",
@@ -90,6 +95,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="weights cast once to bf16 are ~2x faster on CPUs with AVX-512 BF16",
     )
+    if not inputs:
+        return g
     g.add_argument(
         "--bands",
         nargs="+",
@@ -104,6 +111,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="axis layout of .npy/.npz arrays that cannot be told from the shape",
     )
+    return g
 
 
 def add_query_args(g: Any, top_k: int) -> None:

@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from train_tiles import write_class_tif
 
 import msclip
-from msclip.spectral.bands import S2_L2A_BANDS
 from msclip.train.config import TrainConfig
 from msclip.train.trainer import train
 
@@ -104,22 +104,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _write_tif(path: Path, cls: int, seed: int) -> None:
-    from affine import Affine
-
-    rng = np.random.default_rng(seed)
-    spectrum = 400 + 300 * np.abs(np.sin(np.arange(12) * (cls + 1)))
-    data = spectrum[:, None, None] * (1 + 0.2 * rng.standard_normal((12, 16, 16)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    msclip.write_geotiff(
-        path,
-        data.clip(0, 10000).astype(np.uint16),
-        crs="EPSG:32632",
-        transform=Affine(10, 0, 0, 0, -10, 0),
-        bands=list(S2_L2A_BANDS),
-    )
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
@@ -127,7 +111,7 @@ def scenes(tmp_path_factory) -> Path:
     for c, name in enumerate(("Forest", "River", "Industrial", "Pasture")):
         for i in range(6):
             rel = f"{name}/{name}_{i}.tif"
-            _write_tif(root / rel, c, 10 * c + i)
+            write_class_tif(root / rel, c, 10 * c + i)
             rows.append(
                 {
                     "image": rel,

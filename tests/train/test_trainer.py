@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_tiles import write_class_tif
 
 import msclip
-from msclip.spectral.bands import S2_L2A_BANDS
 from msclip.train.checkpoint import load_train_checkpoint
 from msclip.train.config import ConfigError, TrainConfig
 from msclip.train.data import TooManyBadSamplesError, class_display_name
@@ -26,30 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CLASSES = ("Forest", "River", "Industrial", "Pasture")
 
 
-def _write_tif(path: Path, cls: int, seed: int) -> None:
-    from affine import Affine
-
-    rng = np.random.default_rng(seed)
-    # A class-specific spectrum plus noise: something a contrastive model can pick up.
-    spectrum = 400 + 300 * np.abs(np.sin(np.arange(12) * (cls + 1)))
-    data = spectrum[:, None, None] * (1 + 0.2 * rng.standard_normal((12, 16, 16)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    msclip.write_geotiff(
-        path,
-        data.clip(0, 10000).astype(np.uint16),
-        crs="EPSG:32632",
-        transform=Affine(10, 0, 0, 0, -10, 0),
-        bands=list(S2_L2A_BANDS),
-    )
-
-
 def make_scenes(root: Path, per_class: int = 6) -> Path:
     """Class folders of 12-band tiles and a captions.csv as msclip.data.scenes writes them."""
     rows = []
     for c, name in enumerate(CLASSES):
         for i in range(per_class):
             rel = f"{name}/{name}_{i}.tif"
-            _write_tif(root / rel, c, 100 * c + i)
+            write_class_tif(root / rel, c, 100 * c + i)
             text = class_display_name(name)
             rows.append(
                 {
@@ -254,7 +237,7 @@ def _bad_table(root: Path) -> Path:
     for i in range(21):
         rel = f"img_{i}.tif"
         if i != 3:
-            _write_tif(root / rel, i % 4, i)
+            write_class_tif(root / rel, i % 4, i)
         rows.append({"image": rel, "caption": f"tile {i} of class {i % 4}"})
     (root / "img_7.tif").write_bytes(b"II*\x00 truncated")
     val = root / "val.csv"
