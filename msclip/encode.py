@@ -152,12 +152,6 @@ def _collate(
     return [i for i, _ in ok], images, others
 
 
-def _worker_init(_: int) -> None:
-    # Each worker decodes one item at a time; more intra-op threads would only compete with the
-    # model for the same cores.
-    torch.set_num_threads(1)
-
-
 @dataclass
 class EncodedBatch:
     """One micro-batch of results.
@@ -230,7 +224,6 @@ def iter_encoded(
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
     )
     device = getattr(model, "device", torch.device("cpu"))
     from tqdm.auto import tqdm

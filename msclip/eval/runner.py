@@ -190,11 +190,6 @@ def run_key(facts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _worker_init(_: int) -> None:
-    # Each worker only reads and preprocesses; one thread each avoids oversubscribing the CPU.
-    torch.set_num_threads(1)
-
-
 @torch.inference_mode()
 def encode_images(
     model: Any,
@@ -217,7 +212,6 @@ def encode_images(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        worker_init_fn=_worker_init if workers > 0 else None,
         persistent_workers=False,
     )
     n = len(dataset)
