@@ -16,9 +16,10 @@ ICML 2021, section 3.1.4) is followed exactly:
 Retrieval ranks images by the raw cosine between the L2-normalised query embedding and the image
 embeddings (no templates, no scaling): :func:`encode_queries`.
 
-Template sets shipped with msclip live in ``msclip/templates/<name>.txt`` (one template per line,
-each containing ``{c}``); :func:`load_templates` accepts a set name or the path of any such file,
-so the published protocol's own file can be passed to reproduce its numbers exactly.
+Template sets shipped with msclip live in the top-level ``templates/<name>.txt`` of the source tree
+(installed as ``msclip/templates/``; one template per line, each containing ``{c}``);
+:func:`load_templates` accepts a set name or the path of any such file, so the published
+protocol's own file can be passed to reproduce its numbers exactly.
 
 Stable API (used by inference, benchmark evaluation and training validation)::
 
@@ -41,7 +42,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,7 @@ __all__ = [
     "load_templates",
     "normalize_class_name",
     "template_set_path",
+    "templates_dir",
     "zero_shot_logits",
     "zero_shot_probs",
 ]
@@ -99,21 +100,30 @@ class DuplicateClassError(ClassNameError):
 
 
 # -- templates -------------------------------------------------------------------------------
-def _templates_dir() -> Any:
-    return resources.files("msclip") / "templates"
+def templates_dir() -> Path:
+    """Folder of the shipped template sets: ``msclip/templates/`` in an installed wheel, the
+    top-level ``templates/`` of a source checkout (editable install)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "templates", package.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise UnknownTemplateSetError(
+        f"msclip's template folder is missing (looked in {package / 'templates'} and "
+        f"{package.parent / 'templates'}); reinstall msclip"
+    )
 
 
 def list_template_sets() -> list[str]:
-    """Names of the template sets shipped with msclip (``msclip/templates/*.txt``), sorted."""
+    """Names of the template sets shipped with msclip (:func:`templates_dir`), sorted."""
     return sorted(
-        p.name[: -len(".txt")] for p in _templates_dir().iterdir() if p.name.endswith(".txt")
+        p.name[: -len(".txt")] for p in templates_dir().iterdir() if p.name.endswith(".txt")
     )
 
 
 def template_set_path(name: str) -> Path | None:
     """Path of a shipped template set, or ``None`` when there is no set of that name."""
-    p = _templates_dir() / f"{name}.txt"
-    return Path(str(p)) if p.is_file() else None
+    p = templates_dir() / f"{name}.txt"
+    return p if p.is_file() else None
 
 
 def _parse_templates(text: str, where: str) -> list[str]:

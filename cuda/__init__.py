@@ -1,0 +1,1 @@
+"""Optional fused GPU kernels of msclip (Triton), installed as ``msclip.cuda``."""
