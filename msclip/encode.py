@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from msclip.errors import MSCLIPError
+from msclip.errors import ImageSetError, MSCLIPError
 from msclip.scene import Tile, nodata_fraction
 
 __all__ = [
@@ -283,9 +283,6 @@ def encode_images(
 
 
 # -- image sets ------------------------------------------------------------------------------
-class ImageSetError(MSCLIPError, ValueError):
-    """An image specification names nothing, or a missing file or list."""
-
 
 _GLOB_CHARS = "*?["
 

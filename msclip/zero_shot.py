@@ -48,7 +48,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from msclip.errors import MSCLIPError
+from msclip.errors import (
+    ClassNameError,
+    DuplicateClassError,
+    TemplateError,
+    UnknownTemplateSetError,
+)
 
 if TYPE_CHECKING:
     from msclip.text_cache import TextEmbeddingCache
@@ -81,22 +86,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TEMPLATE_SET = "eo"
 #: Fixed logit scale of the published zero-shot protocol (logits = 100 x cosine).
 LOGIT_SCALE = 100.0
-
-
-class TemplateError(MSCLIPError, ValueError):
-    """A template file is empty or holds a line without the ``{c}`` placeholder."""
-
-
-class UnknownTemplateSetError(TemplateError):
-    """A template set name that is neither shipped with msclip nor an existing file."""
-
-
-class ClassNameError(MSCLIPError, ValueError):
-    """Class names are missing, empty or cannot be read."""
-
-
-class DuplicateClassError(ClassNameError):
-    """Two class names are equal after normalisation (their probability columns would clash)."""
 
 
 # -- templates -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from msclip.errors import MSCLIPError
+from msclip.errors import UnknownDatasetError
 from msclip.eval.layouts import (
     BIGEARTHNET_BANDS,
     EUROSAT_MS_BANDS,
@@ -80,10 +80,6 @@ TASKS: tuple[str, ...] = ("single_label", "multi_label")
 LAYOUTS: tuple[str, ...] = ("folder", "csv", "bigearthnet", "meterml")
 
 _PICTURES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-
-
-class UnknownDatasetError(MSCLIPError, ValueError):
-    """A dataset name that is neither built in nor a YAML file."""
 
 
 # -- class names -----------------------------------------------------------------------------

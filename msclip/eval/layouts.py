@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import MSCLIPError
+from msclip.errors import DatasetFormatError, DatasetNotFoundError
 from msclip.io import read_raster
 from msclip.spectral.bands import resolve_band
 
@@ -88,14 +88,6 @@ METERML_PRODUCTS: dict[str, tuple[str, ...]] = {
 
 #: METER-ML ``Type`` values that mean "no facility" (mapped to the ``Negative`` class).
 METERML_NEGATIVE_TYPES: tuple[str, ...] = ("Negative", "Roundabout")
-
-
-class DatasetNotFoundError(MSCLIPError, FileNotFoundError):
-    """A benchmark dataset (or a required file of it) is not where it is expected."""
-
-
-class DatasetFormatError(MSCLIPError, ValueError):
-    """A dataset is present but does not have the expected layout or content."""
 
 
 # -- samples and indexes ---------------------------------------------------------------------

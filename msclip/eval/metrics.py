@@ -122,6 +122,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from msclip.errors import MetricInputError
+
 if TYPE_CHECKING:
     import torch
     from numpy.typing import ArrayLike
@@ -190,10 +192,6 @@ APDefinition = Literal[
 MultiLabelRule = Literal["mean_others", "other_class", "threshold"]
 NoRelevantPolicy = Literal["nan", "zero"]
 Average = Literal["micro", "macro", "none"]
-
-
-class MetricInputError(ValueError):
-    """Raised when metric inputs have the wrong shape, dtype, range or option value."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msclip.errors import MSCLIPError
+from msclip.errors import RecordError
 from msclip.io import atomic_write
 
 __all__ = [
@@ -76,10 +76,6 @@ RECORD_KEYS: tuple[str, ...] = (
     "schema", "model", "dataset", "templates", "task", "metrics", "main_metric", "ap",
     "per_class", "seed", "versions", "timing", "run_key", "created",
 )  # fmt: skip
-
-
-class RecordError(MSCLIPError, ValueError):
-    """A record file is unreadable or lacks required keys."""
 
 
 # -- names and files -------------------------------------------------------------------------

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from msclip.errors import MSCLIPError
+from msclip.errors import MSCLIPError, TemplatesNotShippedError
 from msclip.eval import metrics as M
 from msclip.eval.datasets import BenchmarkDataset
 from msclip.zero_shot import (
-    UnknownTemplateSetError,
     build_classifier,
     list_template_sets,
     load_templates,
@@ -59,10 +58,6 @@ logger = logging.getLogger(__name__)
 #: Template sets of the published protocol (name -> number of templates). Their text is another
 #: project's prose and is not shipped; pass the original file to use one.
 PUBLISHED_TEMPLATE_SETS: dict[str, int] = {"msclip": 50, "clip": 3, "rs5m": 105, "meterml": 145}
-
-
-class TemplatesNotShippedError(UnknownTemplateSetError):
-    """A template set of the published protocol was named, but msclip does not ship it."""
 
 
 @dataclass(frozen=True)

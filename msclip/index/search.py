@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msclip.errors import MSCLIPError
+from msclip.errors import EmptyIndexError
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
     TMP_PREFIX,
@@ -82,10 +82,6 @@ _GEMM_CHUNK_SCORE_BYTES = 1 << 24
 _BUILD_CHUNK_ROWS = 2048
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
-
-
-class EmptyIndexError(MSCLIPError, ValueError):
-    """A search over an index that holds no embeddings."""
 
 
 class SearchResult(NamedTuple):

@@ -48,7 +48,18 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from msclip.errors import MSCLIPError
+from msclip.errors import (
+    CorruptIndexError,
+    DimensionMismatchError,
+    DuplicateSourceError,
+    IndexFormatError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    InvalidEmbeddingsError,
+    MetadataError,
+    ModelInfoError,
+)
 
 try:  # POSIX advisory locks; on other platforms a second writer is not detected
     import fcntl
@@ -90,51 +101,6 @@ _PART_RE = re.compile(r"^part-(\d{6,})\.jsonl$")
 # A resumed build must not mistake a user's directory for a half-created index.
 _OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_NAME}
 _NORM_TOLERANCE = 1e-3
-
-
-# --------------------------------------------------------------------------------------- errors
-class IndexNotFoundError(MSCLIPError, FileNotFoundError):
-    """The path holds no index (no ``manifest.json``)."""
-
-
-class IndexFormatError(MSCLIPError, ValueError):
-    """The manifest is unreadable, of another format, or of an unsupported format version."""
-
-
-class CorruptIndexError(IndexFormatError):
-    """Files named by the manifest are missing or shorter than the manifest says."""
-
-
-class IndexMismatchError(MSCLIPError, ValueError):
-    """The index was built by another model than the one asking (see ``fields``)."""
-
-    def __init__(self, message: str, fields: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.fields: tuple[str, ...] = tuple(fields)
-
-
-class DimensionMismatchError(MSCLIPError, ValueError):
-    """Vectors whose length differs from the index's embedding dimension."""
-
-
-class InvalidEmbeddingsError(MSCLIPError, ValueError):
-    """Embeddings or queries that are not a finite floating-point matrix of the right shape."""
-
-
-class MetadataError(MSCLIPError, ValueError):
-    """Metadata rows that do not match the embeddings or hold values the store cannot encode."""
-
-
-class ModelInfoError(MSCLIPError, ValueError):
-    """A model description that is not a JSON-serialisable mapping."""
-
-
-class DuplicateSourceError(MSCLIPError, ValueError):
-    """A source key added twice to one index."""
-
-
-class IndexLockedError(MSCLIPError, RuntimeError):
-    """Another process is writing to the index."""
 
 
 # ------------------------------------------------------------------------------ small utilities

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msclip.errors import MSCLIPError
+from msclip.errors import ConfigError
 
 __all__ = [
     "TABLE_EXTENSIONS",
@@ -42,10 +42,6 @@ _OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")
 _PRECISIONS = ("fp32", "bf16")
 _BACKENDS = ("auto", "gloo", "nccl")
-
-
-class ConfigError(MSCLIPError, ValueError):
-    """A training option has a bad value (raised before any work starts)."""
 
 
 def _help(text: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msclip.errors import MSCLIPError
+from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
 from msclip.spectral.preprocess import SpectralPreprocess
 
@@ -54,14 +54,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CAPTION_N = re.compile(r"^caption_(\d+)$")
-
-
-class TooManyBadSamplesError(MSCLIPError, RuntimeError):
-    """More samples are bad than ``max_bad_fraction`` allows."""
-
-
-class BadSampleError(MSCLIPError, ValueError):
-    """A table cannot be used at all (missing columns, no usable rows)."""
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
