@@ -8,8 +8,7 @@ Public API::
     emb = model.encode_image(preprocess(raster)[None], normalize=True)
 """
 
-__version__ = "0.1.0"
-
+from msclip._version import __version__
 from msclip.errors import (
     BandError,
     CheckpointError,

@@ -416,7 +416,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from msclip import __version__
+    from msclip._version import __version__
     from msclip.io import atomic_write
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}

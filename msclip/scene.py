@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import MSCLIPError, RasterReadError
-from msclip.io import atomic_write, write_geotiff
+from msclip.io import write_geotiff, write_text
 
 __all__ = [
     "SceneError",
@@ -298,22 +298,18 @@ def write_class_map(
         "skipped_tiles": int((labels < 0).sum()),
     }
     text = json.dumps(legend, indent=1)
-    paths["legend_json"] = _write_text(out / f"{stem}_legend.json", text)
+    paths["legend_json"] = write_text(out / f"{stem}_legend.json", text)
     rows = ["value,class,tiles"] + [
         f"{i},{_csv_field(name)},{int(counts[i])}" for i, name in enumerate(class_names)
     ]
     csv_text = "\n".join(rows) + "\n"
-    paths["legend_csv"] = _write_text(out / f"{stem}_legend.csv", csv_text)
+    paths["legend_csv"] = write_text(out / f"{stem}_legend.csv", csv_text)
     if confidence is not None:
         conf = np.where(labels < 0, np.nan, confidence).astype(np.float32)
         paths["confidence"] = write_tile_map(
             out / f"{stem}_confidence.tif", conf, info, ["probability"], nodata=float("nan")
         )
     return paths
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), path.suffix)
 
 
 def _csv_field(value: str) -> str:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.io import atomic_write
+from msclip.io import atomic_write, write_json
 
 __all__ = [
     "CACHE_ENV",
@@ -177,8 +177,7 @@ class TextEmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.dir / "model.json"
         if not meta_path.exists():
-            payload = json.dumps({"model_key": self.model_key, **self.meta}, indent=1)
-            atomic_write(meta_path, lambda tmp: Path(tmp).write_text(payload), ".json")
+            write_json(meta_path, {"model_key": self.model_key, **self.meta})
         name = f"shard-{uuid.uuid4().hex}.npz"
         karr = np.asarray(list(keys), dtype="<U64")
         earr = np.ascontiguousarray(emb, dtype=np.float32)

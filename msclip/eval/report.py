@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import RecordError
-from msclip.io import atomic_write
+from msclip.io import atomic_write, write_csv, write_json, write_text
 
 __all__ = [
     "MAIN_METRICS",
@@ -99,29 +99,6 @@ def failure_path(save_path: str | os.PathLike, model_label: str, dataset: str) -
     return Path(save_path) / "records" / f"{_stem(model_label, dataset)}.failed.json"
 
 
-def _jsonable(x: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays to Python, NaN/inf to None."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (NaN written as null)."""
-    text = json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".json")
-
-
 def library_versions() -> dict[str, str]:
     """Versions of Python, the platform and the libraries that shape the numbers."""
     from importlib import metadata
@@ -133,9 +110,9 @@ def library_versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             if dist == "msclip":
-                import msclip
+                from msclip._version import __version__
 
-                out[dist] = msclip.__version__
+                out[dist] = __version__
     return out
 
 
@@ -337,10 +314,6 @@ class MergeResult:
     n_failures: int = 0
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False), ".csv")
-
-
 def _dataset_order(records: list[dict]) -> list[str]:
     from msclip.eval.datasets import DATASETS
 
@@ -407,9 +380,9 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         [{"model": m, **{d: table[m].get(d) for d in datasets}} for m in models],
         columns=["model", *datasets],
     )
-    summary_path = _write_csv(summary, save / "summary.csv")
+    summary_path = write_csv(summary, save / "summary.csv")
     long_df = pd.DataFrame(long_rows, columns=["model", "dataset", "task", "metric", "value"])
-    long_path = _write_csv(long_df, save / "summary_long.csv")
+    long_path = write_csv(long_df, save / "summary_long.csv")
 
     result = MergeResult(summary_path, long_path, save / "report.md",
                          n_records=len(records), n_failures=len(failures))  # fmt: skip
@@ -421,7 +394,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         per_class = pd.DataFrame(rec["per_class"])
         per_class.insert(0, "dataset", d)
         per_class.insert(0, "model", m)
-        pc_path = _write_csv(per_class, save / "per_class" / f"{stem}.csv")
+        pc_path = write_csv(per_class, save / "per_class" / f"{stem}.csv")
         result.per_class.append(pc_path)
         fig_path = None
         if rec["task"] == "single_label" and rec.get("confusion_matrix") is not None:
@@ -460,7 +433,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         lines.append("")
     lines += sections
     text = "\n".join(lines) + "\n"
-    atomic_write(result.report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".md")
+    write_text(result.report, text)
     return result
 
 

@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -58,11 +57,11 @@ import torch.nn.functional as F
 from msclip.errors import EmptyIndexError
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
-    TMP_PREFIX,
     DimensionMismatchError,
     IndexStore,
     InvalidEmbeddingsError,
 )
+from msclip.io import TMP_PREFIX, atomic_write, write_json
 
 __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default_candidates"]
 
@@ -462,20 +461,14 @@ class SearchIndex:
             "step": self._step.tolist(),
         }
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             # codes first, the small JSON last: the JSON's presence marks a complete cache
-            for suffix, writer in (
-                (".codes.npy", lambda fh: np.save(fh, self._codes.numpy(), allow_pickle=False)),
-                (".json", lambda fh: fh.write(json.dumps(meta).encode("utf-8"))),
-            ):
-                fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        writer(fh)
-                    os.replace(tmp, directory / f"{name}{suffix}")
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+            codes = self._codes.numpy()
+            atomic_write(
+                directory / f"{name}.codes.npy",
+                lambda tmp: np.save(tmp, codes, allow_pickle=False),
+                ".npy",
+            )
+            write_json(directory / f"{name}.json", meta, indent=None)
             for entry in directory.iterdir():  # caches of smaller (older) versions of the index
                 stale = entry.name.startswith(_CACHE_PREFIX) and not entry.name.startswith(
                     name + "."

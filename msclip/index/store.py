@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from msclip.errors import (
     MetadataError,
     ModelInfoError,
 )
+from msclip.io import TMP_PREFIX, fsync_dir, write_bytes
 
 try:  # POSIX advisory locks; on other platforms a second writer is not detected
     import fcntl
@@ -94,7 +94,6 @@ EMBEDDINGS_NAME = "embeddings.f32"
 META_DIR = "meta"
 SEARCH_CACHE_DIR = "search_cache"
 LOCK_NAME = ".writer.lock"
-TMP_PREFIX = ".tmp-"
 DEFAULT_COMMIT_ROWS = 16384
 _DTYPE = np.dtype("<f4")
 _PART_RE = re.compile(r"^part-(\d{6,})\.jsonl$")
@@ -123,38 +122,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
     """Commit point: atomically replace ``manifest.json`` (kept separate so tests can fail it)."""
     data = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False).encode("utf-8")
-    _atomic_write_bytes(directory / MANIFEST_NAME, data)
-    _fsync_dir(directory)
+    write_bytes(directory / MANIFEST_NAME, data)
+    fsync_dir(directory)
 
 
 def _normalise_model_info(model_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -977,8 +949,8 @@ class IndexWriter:
             os.fsync(fh.fileno())
         # 2. metadata part under a name no committed manifest references yet
         part_file = f"{META_DIR}/{_part_name(self._next_part_index())}"
-        _atomic_write_bytes(self.path / part_file, part_bytes)
-        _fsync_dir(self.path / META_DIR)
+        write_bytes(self.path / part_file, part_bytes)
+        fsync_dir(self.path / META_DIR)
         # 3. commit point
         manifest = dict(self._manifest)
         manifest["parts"] = [

@@ -178,7 +178,7 @@ def build_model(cfg: TrainConfig) -> MSCLIP:
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    from msclip.io import atomic_write
+    from msclip.io import write_text
 
     columns: list[str] = []
     for row in rows:
@@ -187,13 +187,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    text = buf.getvalue()
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, _write, ".csv")
+    write_text(path, buf.getvalue())
 
 
 def _read_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
@@ -364,10 +358,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            from msclip.io import atomic_write
+            from msclip.io import write_text
 
             text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-            atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text), ".yaml")
+            write_text(self.out / "config.yaml", text)
         n_trainable = sum(p.numel() for p in self.params)
         logger.info(
             "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d processes; "
