@@ -40,6 +40,7 @@ from msclip.spectral import (
     resolve_band,
     resolve_bands,
 )
+from msclip.transforms import ImageTransform
 
 
 def list_bands() -> list[str]:
@@ -57,6 +58,7 @@ __all__ = [
     "BandError",
     "CheckpointError",
     "CheckpointMismatchError",
+    "ImageTransform",
     "LayoutError",
     "MSCLIPConfig",
     "MSCLIPError",

@@ -26,8 +26,8 @@ from msclip.pretrained import (
     resolve_weights,
 )
 from msclip.spectral.bands import Band, resolve_bands
-from msclip.spectral.preprocess import SpectralPreprocess
 from msclip.spectral.stats import get_stats
+from msclip.transforms import ImageTransform
 
 __all__ = [
     "create_model",
@@ -204,7 +204,7 @@ def create_model_and_transforms(
     sensor: str | None = None,
     cache_dir: str | None = None,
     precision: str = "fp32",
-) -> tuple[MSCLIP, SpectralPreprocess, Callable[..., torch.Tensor]]:
+) -> tuple[MSCLIP, ImageTransform, Callable[..., torch.Tensor]]:
     """Build ``(model, preprocess, tokenizer)``.
 
     ``preprocess`` accepts a file path, a :class:`msclip.io.Raster` from

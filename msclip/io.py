@@ -32,7 +32,8 @@ from msclip.errors import (
     RasterReadError,
     UnsupportedFormatError,
 )
-from msclip.spectral.bands import COUNT_DEFAULTS, Band, default_bands_for_count, resolve_bands
+from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
+from msclip.spectral.layout import to_chw
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -148,48 +149,6 @@ def _assign_bands(
         return default_bands_for_count(count), "count"
     except BandError as err:
         raise BandError(f"{where}: {err}") from None
-
-
-def to_chw(
-    array: np.ndarray, layout: str | None = None, n_bands: int | None = None, where: str = "array"
-) -> tuple[np.ndarray, str]:
-    """Return ``array`` as ``[C, H, W]`` and the layout it had (``CHW`` or ``HWC``).
-
-    Args:
-        array: 2-D (one band) or 3-D array.
-        layout: ``"CHW"``, ``"HWC"`` or ``None``/``"auto"`` (decide from the shape, refusing when
-            ambiguous).
-        n_bands: expected band count, when known (from band names).
-        where: file name for messages.
-
-    Raises:
-        LayoutError: the layout cannot be known.
-    """
-    if array.ndim == 2:
-        return array[None], "CHW"
-    if array.ndim != 3:
-        raise LayoutError(f"{where}: expected a 2-D or 3-D array, got shape {array.shape}")
-    lay = (layout or "auto").upper()
-    if lay == "CHW":
-        return array, "CHW"
-    if lay == "HWC":
-        return np.moveaxis(array, -1, 0), "HWC"
-    if lay != "AUTO":
-        raise LayoutError(f"layout must be 'CHW', 'HWC' or 'auto', got {layout!r}")
-    first, last = array.shape[0], array.shape[-1]
-    if n_bands is not None:
-        first_ok, last_ok = first == n_bands, last == n_bands
-    else:
-        first_ok, last_ok = first in COUNT_DEFAULTS, last in COUNT_DEFAULTS
-    if first_ok and not last_ok:
-        return array, "CHW"
-    if last_ok and not first_ok:
-        return np.moveaxis(array, -1, 0), "HWC"
-    raise LayoutError(
-        f"{where}: cannot tell whether the bands of an array of shape {array.shape} are the "
-        "first or the last axis; declare it with layout='CHW' or layout='HWC' "
-        "(--layout on the command line) or name the bands"
-    )
 
 
 def _read_geotiff(

@@ -24,8 +24,8 @@ from msclip.errors import BandError, CheckpointError
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_band, resolve_bands
 from msclip.spectral.patch_embed import SpectralPatchEmbed
-from msclip.spectral.preprocess import SpectralPreprocess
 from msclip.spectral.stats import NormStats
+from msclip.transforms import ImageTransform
 
 __all__ = ["MSCLIP", "MSCLIPConfig", "build_open_clip"]
 
@@ -181,10 +181,11 @@ class MSCLIP(nn.Module):
         input_bands: Sequence[str | Band] | None = None,
         layout: str | None = None,
         sensor: str | None = None,
-    ) -> SpectralPreprocess:
-        """The preprocessing transform of this model (see :class:`SpectralPreprocess`)."""
+    ) -> ImageTransform:
+        """The preprocessing transform of this model (:class:`msclip.transforms.ImageTransform`):
+        a file path, :class:`msclip.io.Raster`, PIL image or array in, the input tensor out."""
         cfg = self.config
-        return SpectralPreprocess(
+        return ImageTransform(
             cfg.bands, cfg.stats.mean, cfg.stats.std, cfg.image_size, cfg.stats.divisor,
             cfg.resize_mode, cfg.interpolation, input_bands, layout, sensor, cfg.pil_rgb,
         )  # fmt: skip

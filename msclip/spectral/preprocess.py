@@ -19,7 +19,6 @@ For RGB CLIP baselines fed 8-bit pictures, ``pil_rgb=True`` follows OpenCLIP's o
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,8 @@ from torchvision.transforms import functional as TF
 
 from msclip.errors import BandError
 from msclip.spectral.adapt import map_bands
-from msclip.spectral.bands import Band, resolve_bands
+from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
+from msclip.spectral.layout import to_chw
 
 __all__ = ["SpectralPreprocess"]
 
@@ -43,7 +43,7 @@ _INTERPOLATION = {
 
 
 class SpectralPreprocess:
-    """Turn a file path, :class:`msclip.io.Raster` or array into the model's input tensor.
+    """Turn a band array (or a PIL image) into the model's input tensor.
 
     The output is ``[len(bands), image_size, image_size]`` float32 in the model's band order,
     whatever the input's band order or sensor. Picklable (DataLoader workers).
@@ -109,13 +109,13 @@ class SpectralPreprocess:
 
     # -- input handling ---------------------------------------------------------------------
     def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
-        """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input."""
-        from msclip.io import Raster, read_raster, to_chw
+        """Data ``[C, H, W]``, band names, nodata and a display name of an in-memory input.
 
-        if isinstance(x, (str, os.PathLike)):
-            x = read_raster(x, bands=self.input_bands, layout=self.layout, sensor=self.sensor)
-        if isinstance(x, Raster):
-            return x.data, x.bands, x.nodata, x.path or "raster"
+        Accepts a PIL image, a numpy array or a tensor (``[C, H, W]`` or ``[H, W, C]``; bands named
+        by ``input_bands``, or the model's bands when the count matches, or the count's default
+        set). Files are read by :class:`msclip.transforms.ImageTransform`, which the model's
+        ``preprocess()`` returns; this class reads nothing from disk.
+        """
         if hasattr(x, "mode") and hasattr(x, "convert"):  # PIL image
             x = np.moveaxis(np.asarray(x.convert("RGB")), -1, 0)
             return x, ("red", "green", "blue"), None, "image"
@@ -123,8 +123,9 @@ class SpectralPreprocess:
             x = x.detach().cpu().numpy()
         if not isinstance(x, np.ndarray):
             raise TypeError(
-                f"cannot preprocess a {type(x).__name__}; pass a file path, a Raster from "
-                "msclip.read_raster, a PIL image, or a numpy array / tensor"
+                f"cannot preprocess a {type(x).__name__}; pass a PIL image or a numpy array / "
+                "tensor (files and msclip.io.Raster objects go through the model's preprocess(), "
+                "an msclip.transforms.ImageTransform)"
             )
         n = len(self.input_bands) if self.input_bands else None
         data, _ = to_chw(x, self.layout, n)
@@ -133,8 +134,6 @@ class SpectralPreprocess:
         elif data.shape[0] == len(self.bands):
             names = self.bands
         else:
-            from msclip.spectral.bands import default_bands_for_count
-
             names = default_bands_for_count(data.shape[0])
         if len(names) != data.shape[0]:
             raise BandError(f"array has {data.shape[0]} bands but {len(names)} names: {names}")
