@@ -1,26 +1,39 @@
-"""Batched image encoding: files or scene tiles -> image-tower embeddings.
+"""The one batched image-encoding engine of msclip: items in, image-tower embeddings out.
 
-Decoding and preprocessing (:class:`msclip.SpectralPreprocess`) run inside a
-``torch.utils.data.Dataset``, so ``workers > 0`` overlaps them with the model in DataLoader worker
-processes. A file that cannot be read or preprocessed does not stop the run or crash a worker: the
-dataset returns a failure record, the failure is logged with the file's name, and the caller gets
-the list at the end. Tiles that are mostly nodata (see :func:`msclip.scene.nodata_fraction`) are
-skipped and reported separately.
+Every place that runs the image tower over many images goes through :func:`encode_batches`:
+zero-shot classification and retrieval over files, the embedding index (files and scene tiles),
+benchmark evaluation (labelled datasets), training validation (image-caption pairs and class
+folders) and the heads' feature cache.
 
-The model runs under ``torch.inference_mode`` in micro-batches of ``batch_size`` in the model's
-own dtype: for bf16 on a CPU, cast the weights once with ``create_model(..., precision="bf16")``;
-``torch.autocast`` on the CPU is avoided on purpose (it disables the fused attention path of
-``nn.MultiheadAttention`` and was measured 3-7x slower at batch 8-32).
+The item protocol. A dataset's ``__getitem__`` never raises on a bad input; it returns a dict with
+``"index"`` and one of
+
+- ``"image"``: the preprocessed ``[C, H, W]`` tensor, plus any extra keys (``"target"``,
+  ``"caption"`` ...) that travel with the image;
+- ``"error"``: why the item cannot be read (unreadable file, unknown bands ...);
+- ``"nodata"``: why the item was skipped on purpose (mostly nodata).
+
+:func:`collate_items` stacks the images and gathers the extras of the good items, so a bad file
+neither crashes a DataLoader worker nor prints a worker traceback: the engine names it (a log
+warning), counts it, and either skips it or, with ``strict=True`` (a labelled benchmark, where one
+bad file invalidates the dataset's numbers), raises one :class:`~msclip.errors.RasterReadError`
+that names it.
+
+Decoding and preprocessing run inside the dataset, so ``workers > 0`` overlaps them with the model
+in DataLoader worker processes. The model runs under ``torch.inference_mode`` (or ``no_grad``
+where the caller needs autograd-compatible tensors) in micro-batches of ``batch_size`` in the
+model's own dtype: for bf16 on a CPU cast the weights once (``create_model(...,
+precision="bf16")``); ``torch.autocast`` on the CPU is avoided on purpose (it disables the fused
+attention path of ``nn.MultiheadAttention`` and was measured 3-7x slower at batch 8-32).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,30 +41,32 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from msclip.errors import ImageSetError, MSCLIPError
-from msclip.scene import Tile, nodata_fraction
+from msclip.errors import MSCLIPError, RasterReadError
+from msclip.tiling import Tile, nodata_fraction
 
 __all__ = [
     "EncodeResult",
     "EncodedBatch",
     "Failure",
     "ImageDataset",
-    "ImageSetError",
+    "LabelledDataset",
+    "LabelledEncoding",
+    "collate_items",
+    "encode_batches",
+    "encode_dataset",
     "encode_images",
     "item_name",
     "iter_encoded",
-    "list_images",
+    "read_errors",
 ]
 
 logger = logging.getLogger(__name__)
 
-ImageItem = Any  # a path (str / os.PathLike) or a msclip.scene.Tile
-
-_OK, _ERROR, _NODATA = "ok", "error", "nodata"
+ImageItem = Any  # a path (str / os.PathLike) or a msclip.tiling.Tile
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
-    # Everything a corrupt or unexpected file can raise while being decoded and preprocessed.
+def read_errors() -> tuple[type[BaseException], ...]:
+    """Everything a corrupt or unexpected file can raise while being decoded and preprocessed."""
     from rasterio.errors import RasterioError
 
     return (MSCLIPError, OSError, ValueError, RuntimeError, RasterioError)
@@ -77,15 +92,13 @@ class Failure:
     reason: str
 
 
+# -- datasets following the item protocol ---------------------------------------------------------
 class ImageDataset(Dataset):
-    """Read and preprocess files or tiles; never raises on a bad item.
-
-    ``__getitem__`` returns ``(index, tensor | None, status, message)`` with ``status`` one of
-    ``"ok"``, ``"error"`` (message says why) or ``"nodata"`` (the item is mostly nodata).
+    """Read and preprocess files or scene tiles (the item protocol: never raises on a bad item).
 
     Args:
-        items: file paths or :class:`msclip.scene.Tile` windows.
-        preprocess: the model's :class:`msclip.SpectralPreprocess` (picklable).
+        items: file paths or :class:`msclip.tiling.Tile` windows.
+        preprocess: the model's transform (``model.preprocess()``, picklable).
         max_nodata: skip items whose nodata fraction exceeds this (``None``: never skip).
         nodata: nodata value to use instead of the file's (e.g. 0 for L2A files that do not
             declare one).
@@ -94,7 +107,7 @@ class ImageDataset(Dataset):
     def __init__(
         self,
         items: Sequence[ImageItem],
-        preprocess: Callable[[Any], torch.Tensor],
+        preprocess: Any,
         max_nodata: float | None = None,
         nodata: float | None = None,
     ) -> None:
@@ -106,22 +119,17 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def name(self, index: int) -> str:
+        return item_name(self.items[index])
+
     def _load(self, item: ImageItem) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
         pp = self.preprocess
         if isinstance(item, Tile):
-            from msclip.io import read_raster
-
-            raster = read_raster(
-                item.path,
-                bands=getattr(pp, "input_bands", None),
-                sensor=getattr(pp, "sensor", None),
-                window=item.window,
-            )
-            data, names, nodata, _ = pp.load(raster)
+            data, names, nodata, _ = pp.load(pp.read(item.path, window=item.window))
             return data, names, nodata, item.name
         return pp.load(item)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         try:
             data, names, nodata, where = self._load(item)
@@ -130,7 +138,7 @@ class ImageDataset(Dataset):
             if self.max_nodata is not None:
                 frac = nodata_fraction(data, nodata)
                 if frac > self.max_nodata:
-                    return index, None, _NODATA, f"{frac:.0%} nodata"
+                    return {"index": index, "nodata": f"{frac:.0%} nodata"}
             if isinstance(item, Tile):
                 # Partly-nodata tiles are expected at scene edges; the fill is not news there.
                 with warnings.catch_warnings():
@@ -138,37 +146,181 @@ class ImageDataset(Dataset):
                     x = self.preprocess.process(data, names, nodata, where)
             else:
                 x = self.preprocess.process(data, names, nodata, where)
-            return index, x, _OK, ""
-        except _read_errors() as err:
-            return index, None, _ERROR, f"{type(err).__name__}: {err}"
+        except read_errors() as err:
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": x}
 
 
-def _collate(
-    batch: list[tuple[int, torch.Tensor | None, str, str]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str, str]]]:
-    ok = [(i, x) for i, x, status, _ in batch if status == _OK]
-    others = [(i, status, msg) for i, _, status, msg in batch if status != _OK]
-    images = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], images, others
+class LabelledDataset(Dataset):
+    """The item protocol over a labelled dataset whose ``__getitem__`` returns ``(image, target,
+    index)`` (:class:`msclip.eval.datasets.BenchmarkDataset`): read errors become error items.
+
+    Args:
+        dataset: the labelled dataset; its ``name_of(i)`` (when present) names a sample in
+            messages.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def name(self, index: int) -> str:
+        name_of = getattr(self.dataset, "name_of", None)
+        return str(name_of(index)) if name_of is not None else f"sample {index}"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image, target, _ = self.dataset[index]
+        except read_errors() as err:
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "target": target}
 
 
+def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate protocol items: ``images`` (stacked, or ``None``), ``indices`` of the good items,
+    ``failures`` and ``skipped`` as ``(index, message)`` lists, and each extra key as the list of
+    the good items' values."""
+    good = [it for it in items if "image" in it]
+    out: dict[str, Any] = {
+        "images": torch.stack([it["image"] for it in good]) if good else None,
+        "indices": [int(it["index"]) for it in good],
+        "failures": [(int(it["index"]), it["error"]) for it in items if "error" in it],
+        "skipped": [(int(it["index"]), it["nodata"]) for it in items if "nodata" in it],
+    }
+    for key in {k for it in good for k in it} - {"image", "index"}:
+        out[key] = [it[key] for it in good]
+    return out
+
+
+# -- the engine -----------------------------------------------------------------------------------
 @dataclass
 class EncodedBatch:
     """One micro-batch of results.
 
     Attributes:
-        indices: input positions of the encoded items.
-        embeddings: ``[len(indices), D]`` float32.
+        indices: dataset positions of the encoded items.
+        embeddings: ``[len(indices), D]`` float32 (numpy, or a tensor with ``to_numpy=False``).
         failures: items of this batch that could not be read.
-        skipped: input positions of items skipped as mostly nodata.
+        skipped: dataset positions of items skipped on purpose (mostly nodata).
+        extra: what the collate function returned besides images, indices, failures, skipped
+            (targets, tokens, captions ...).
     """
 
     indices: list[int]
-    embeddings: np.ndarray
+    embeddings: Any
     failures: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _name_of(dataset: Any, index: int) -> str:
+    name = getattr(dataset, "name", None)
+    return str(name(index)) if callable(name) else f"item {index}"
+
+
+def encode_batches(
+    model: Any,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    batch_sampler: Any = None,
+    collate: Callable[[list[Any]], dict[str, Any]] = collate_items,
+    normalize: bool = True,
+    strict: bool = False,
+    progress: bool = False,
+    desc: str = "images",
+    to_numpy: bool = True,
+    autocast: contextlib.AbstractContextManager | None = None,
+    grad_mode: str = "inference",
+) -> Iterator[EncodedBatch]:
+    """Encode a dataset that follows the item protocol, batch by batch, in order.
+
+    Args:
+        model: an :class:`msclip.MSCLIP` (``encode_image``, ``device``, ``embed_dim``).
+        dataset: items as described in the module docstring; an optional ``name(i)`` method names
+            item ``i`` in messages.
+        batch_size: images per model call (about 32 is fastest for ViT-B-16 on a CPU).
+        workers: DataLoader worker processes for decoding (0: in this process).
+        batch_sampler: a batch sampler instead of sequential batches (one shard per process in
+            distributed validation).
+        collate: batch builder; must return ``images``, ``indices``, ``failures``, ``skipped``.
+        normalize: L2-normalise the embeddings.
+        strict: raise :class:`~msclip.errors.RasterReadError` naming the first unreadable items
+            (after the batch that holds them) instead of skipping and counting them.
+        progress: show a tqdm bar.
+        desc: label of the progress bar.
+        to_numpy: float32 numpy embeddings on the CPU (else float32 tensors on the model's
+            device).
+        autocast: a context the image tower runs in (e.g. CUDA autocast during training).
+        grad_mode: ``"inference"`` (``torch.inference_mode``) or ``"no_grad"`` (tensors usable
+            with autograd afterwards, for training code).
+
+    Raises:
+        RasterReadError: ``strict`` and an item cannot be read.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if grad_mode not in ("inference", "no_grad"):
+        raise ValueError(f"grad_mode must be 'inference' or 'no_grad', got {grad_mode!r}")
+    loader_args: dict[str, Any] = {"num_workers": workers, "collate_fn": collate}
+    if batch_sampler is not None:
+        loader_args["batch_sampler"] = batch_sampler
+    else:
+        loader_args.update(batch_size=batch_size, shuffle=False)
+    device = getattr(model, "device", torch.device("cpu"))
+    if device.type == "cuda":
+        loader_args["pin_memory"] = True
+    loader = DataLoader(dataset, **loader_args)
+    total = (
+        sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
+    )
+    grad = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    dim = int(getattr(model, "embed_dim", 0))
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar, grad:
+        for batch in loader:
+            failures = [Failure(i, _name_of(dataset, i), msg) for i, msg in batch["failures"]]
+            for f in failures:
+                logger.warning("cannot read %s: %s%s", f.name, f.reason,
+                               "" if strict else " (skipped)")  # fmt: skip
+            if strict and failures:
+                raise RasterReadError(
+                    "; ".join(f"cannot read {f.name}: {f.reason}" for f in failures)
+                )
+            skipped = [i for i, _ in batch["skipped"]]
+            for i, msg in batch["skipped"]:
+                logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
+            images = batch["images"]
+            if images is not None:
+                with amp:
+                    emb = model.encode_image(images.to(device, non_blocking=True))
+                emb = emb.float()
+                if normalize:
+                    emb = F.normalize(emb, dim=-1)
+                out: Any = emb.cpu().numpy() if to_numpy else emb
+            else:
+                out = (
+                    np.zeros((0, dim), np.float32)
+                    if to_numpy
+                    else torch.zeros((0, dim), device=device)
+                )
+            extra = {
+                k: v
+                for k, v in batch.items()
+                if k not in ("images", "indices", "failures", "skipped")
+            }
+            bar.update(len(batch["indices"]) + len(failures) + len(skipped))
+            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra)
+
+
+# -- files and tiles ------------------------------------------------------------------------------
 @dataclass
 class EncodeResult:
     """All results of :func:`encode_images`.
@@ -188,7 +340,7 @@ class EncodeResult:
 
 def iter_encoded(
     model: Any,
-    preprocess: Callable[[Any], torch.Tensor],
+    preprocess: Any,
     items: Sequence[ImageItem],
     batch_size: int = 32,
     workers: int = 0,
@@ -198,63 +350,31 @@ def iter_encoded(
     nodata: float | None = None,
     desc: str = "images",
 ) -> Iterator[EncodedBatch]:
-    """Encode ``items`` batch by batch (in input order), yielding each batch's results.
+    """Encode files or scene tiles batch by batch (in input order); unreadable items are named,
+    skipped and reported in each batch's ``failures``.
 
     Args:
-        model: an :class:`msclip.MSCLIP` (``encode_image``, ``device``).
-        preprocess: the model's preprocessing (``model.preprocess(...)``).
+        model: an :class:`msclip.MSCLIP`.
+        preprocess: the model's transform (``model.preprocess(...)``).
         items: file paths or scene tiles.
-        batch_size: images per model call (about 32 is fastest for ViT-B-16 on a CPU).
-        workers: DataLoader worker processes for decoding (0: in this process).
+        batch_size: images per model call.
+        workers: DataLoader worker processes for decoding.
         normalize: L2-normalise the embeddings.
         progress: show a tqdm bar.
         max_nodata: skip items with a larger nodata fraction.
         nodata: nodata value overriding the files'.
         desc: label of the progress bar.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    items = list(items)
     dataset = ImageDataset(items, preprocess, max_nodata, nodata)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
-    device = getattr(model, "device", torch.device("cpu"))
-    from tqdm.auto import tqdm
-
-    with (
-        tqdm(total=len(items), desc=desc, unit="img", disable=not progress) as bar,
-        torch.inference_mode(),
-    ):
-        for indices, images, others in loader:
-            failures, skipped = [], []
-            for i, status, msg in others:
-                if status == _NODATA:
-                    skipped.append(i)
-                    logger.debug("skipped %s (%s)", item_name(items[i]), msg)
-                else:
-                    failures.append(Failure(i, item_name(items[i]), msg))
-                    logger.warning("cannot read %s: %s (skipped)", item_name(items[i]), msg)
-            if images is not None:
-                emb = model.encode_image(images.to(device))
-                if normalize:
-                    emb = F.normalize(emb.float(), dim=-1)
-                arr = emb.float().cpu().numpy()
-            else:
-                arr = np.zeros((0, int(getattr(model, "embed_dim", 0))), np.float32)
-            bar.update(len(indices) + len(others))
-            yield EncodedBatch(indices, arr, failures, skipped)
+    yield from encode_batches(
+        model, dataset, batch_size=batch_size, workers=workers, normalize=normalize,
+        progress=progress, desc=desc,
+    )  # fmt: skip
 
 
 def encode_images(
     model: Any,
-    preprocess: Callable[[Any], torch.Tensor],
+    preprocess: Any,
     paths: Sequence[ImageItem],
     batch_size: int = 32,
     workers: int = 0,
@@ -282,89 +402,67 @@ def encode_images(
     return EncodeResult(emb, indices, failures, skipped)
 
 
-# -- image sets ------------------------------------------------------------------------------
+# -- labelled datasets ----------------------------------------------------------------------------
+@dataclass
+class LabelledEncoding:
+    """Embeddings and targets of a labelled dataset (:func:`encode_dataset`).
 
-_GLOB_CHARS = "*?["
+    Attributes:
+        features: ``[N_ok, D]`` float32, in dataset order.
+        targets: ``[N_ok]`` class indices or ``[N_ok, C]`` indicators.
+        indices: dataset positions of the rows.
+        failures: unreadable samples (empty unless ``skip_bad``).
+    """
 
-
-def _is_image(path: Path) -> bool:
-    from msclip.io import IMAGE_EXTENSIONS
-
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _list_file(path: Path) -> list[str]:
-    """Paths listed in a ``.txt`` (one per line) or ``.yaml`` (list, or ``images:`` key) file;
-    relative entries are relative to the list file's directory."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            obj = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ImageSetError(f"cannot parse image list {path}: {err}") from err
-        if isinstance(obj, dict):
-            obj = obj.get("images", obj.get("paths"))
-        if not isinstance(obj, list) or not all(isinstance(v, str) for v in obj):
-            raise ImageSetError(
-                f"{path}: expected a YAML list of image paths (or a mapping with an 'images' list)"
-            )
-        entries = obj
-    else:
-        entries = [
-            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
-        ]
-    return [e if Path(e).is_absolute() else str(path.parent / e) for e in entries]
+    features: np.ndarray
+    targets: np.ndarray
+    indices: np.ndarray
+    failures: list[Failure]
 
 
-def list_images(specs: Sequence[str | os.PathLike], recursive: bool = True) -> list[str]:
-    """Expand image specifications into a list of image files, in order, without duplicates.
+def encode_dataset(
+    model: Any,
+    dataset: Any,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str | None = None,
+    skip_bad: bool = False,
+    normalize: bool = True,
+) -> LabelledEncoding:
+    """L2-normalised image embeddings and targets of a whole labelled dataset, in dataset order.
 
-    Each specification is a folder (its image files, sorted; sub-folders too when
-    ``recursive``), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
-    image file. Image files are those with an extension of :data:`msclip.io.IMAGE_EXTENSIONS`.
+    The dataset returns ``(image, target, index)`` and must carry the model's preprocessing (see
+    :class:`msclip.eval.datasets.BenchmarkDataset`).
+
+    Args:
+        model: an :class:`msclip.MSCLIP`.
+        dataset: the labelled dataset.
+        batch_size: images per model call.
+        workers: DataLoader worker processes.
+        progress: show a tqdm bar.
+        desc: label of the bar (default: the dataset's name).
+        skip_bad: name, skip and count unreadable samples instead of failing.
+        normalize: L2-normalise the embeddings.
 
     Raises:
-        ImageSetError: a specification that matches nothing or names a missing file.
+        RasterReadError: a sample cannot be read (without ``skip_bad``).
+        MSCLIPError: no sample could be encoded.
     """
-    out: list[str] = []
-    for spec in specs:
-        s = os.fspath(spec)
-        p = Path(s).expanduser()
-        if p.is_dir():
-            found = sorted(
-                str(f)
-                for f in (p.rglob("*") if recursive else p.iterdir())
-                if f.is_file() and _is_image(f)
-            )
-            if not found:
-                raise ImageSetError(f"folder {p} holds no image files ({_extensions()})")
-            out.extend(found)
-        elif p.is_file() and p.suffix.lower() in (".txt", ".yaml", ".yml"):
-            out.extend(_list_file(p))
-        elif p.is_file():
-            out.append(s)
-        elif any(ch in s for ch in _GLOB_CHARS):
-            import glob
-
-            found = sorted(
-                f
-                for f in glob.glob(os.path.expanduser(s), recursive=True)
-                if Path(f).is_file() and _is_image(Path(f))
-            )
-            if not found:
-                raise ImageSetError(f"pattern {s!r} matches no image files ({_extensions()})")
-            out.extend(found)
-        else:
-            raise ImageSetError(
-                f"no such file or folder: {s}; --images takes folders, image files, .txt/.yaml "
-                "lists of paths, or glob patterns"
-            )
-    return list(dict.fromkeys(out))
-
-
-def _extensions() -> str:
-    from msclip.io import IMAGE_EXTENSIONS
-
-    return ", ".join(IMAGE_EXTENSIONS)
+    wrapped = LabelledDataset(dataset)
+    feats, targets, idx, failures = [], [], [], []
+    name = getattr(dataset, "name", "dataset")
+    for b in encode_batches(
+        model, wrapped, batch_size=batch_size, workers=workers, normalize=normalize,
+        strict=not skip_bad, progress=progress, desc=desc or str(name),
+    ):  # fmt: skip
+        feats.append(b.embeddings)
+        targets += [np.asarray(t) for t in b.extra.get("target", [])]
+        idx += b.indices
+        failures += b.failures
+    if not idx:
+        reason = f" ({len(failures)} unreadable)" if failures else ""
+        raise MSCLIPError(f"{name}: no sample could be encoded; the dataset is empty{reason}")
+    return LabelledEncoding(
+        np.concatenate(feats), np.stack(targets), np.asarray(idx, dtype=np.int64), failures
+    )

@@ -58,7 +58,21 @@ __all__ = [
 
 
 class MSCLIPError(Exception):
-    """Base class of every msclip error."""
+    """Base class of every msclip error.
+
+    Args:
+        *args: the message (as for any exception).
+        param: the name of the argument whose value is at fault, when there is one; command-line
+            programs turn it into the flag that sets it.
+    """
+
+    #: Name of the argument at fault (``None`` when the error is not about one argument).
+    param: str | None = None
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 # -- bands, rasters, files ---------------------------------------------------------------------
@@ -151,8 +165,8 @@ class CorruptIndexError(IndexFormatError):
 class IndexMismatchError(MSCLIPError, ValueError):
     """The index was built by another model than the one asking (see ``fields``)."""
 
-    def __init__(self, message: str, fields: Sequence[str] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, fields: Sequence[str] = (), param: str | None = None) -> None:
+        super().__init__(message, param=param)
         self.fields: tuple[str, ...] = tuple(fields)
 
 

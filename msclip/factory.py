@@ -32,6 +32,7 @@ from msclip.transforms import ImageTransform
 __all__ = [
     "create_model",
     "create_model_and_transforms",
+    "describes_itself",
     "get_arch_config",
     "get_model_entry",
     "get_tokenizer",
@@ -133,7 +134,8 @@ def create_model(
         if ckpt.config is None:
             raise UnknownModelError(
                 f"{pretrained} does not describe its architecture (no msclip metadata); "
-                "pass --model-name too"
+                "name the model too",
+                param="model_name",
             )
         config = MSCLIPConfig.from_dict(ckpt.config)
         if bands is not None:
@@ -217,6 +219,12 @@ def create_model_and_transforms(
     return model, preprocess, get_tokenizer(model)
 
 
+def describes_itself(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint file holds msclip metadata naming its architecture and bands (an msclip
+    ``.safetensors``), so that no model name is needed to load it."""
+    return _safetensors_config(Path(path)) is not None
+
+
 def _safetensors_config(path: Path) -> dict | None:
     """The msclip config in a safetensors file's metadata (header only, no tensors read)."""
     if path.suffix != ".safetensors":
@@ -229,44 +237,3 @@ def _safetensors_config(path: Path) -> dict | None:
     except (SafetensorError, OSError):
         return None  # create_model reports the unreadable file
     return json.loads(meta["msclip_config"]) if "msclip_config" in meta else None
-
-
-def load_model_from_args(
-    model_name: str | None,
-    ckpt_path: str | os.PathLike | None,
-    pretrained: bool,
-    default_name: str | None = None,
-    seed: int | None = None,
-    **kwargs: Any,
-) -> MSCLIP:
-    """The one place CLIs turn ``--model-name``, ``--ckpt-path`` and ``--pretrained`` into a model.
-
-    Args:
-        model_name: ``--model-name`` (a registered name or an msclip ``.safetensors``).
-        ckpt_path: ``--ckpt-path``; an msclip ``.safetensors`` describes its own architecture, so
-            ``--model-name`` may then be left out.
-        pretrained: ``--pretrained/--no-pretrained`` (ignored with a checkpoint path).
-        default_name: model used when neither names an architecture.
-        seed: seeds torch first, so ``--no-pretrained`` gives the same random weights each run.
-        **kwargs: passed to :func:`create_model` (device, precision, ...).
-
-    Raises:
-        WeightsNotFoundError: the checkpoint file does not exist.
-        UnknownModelError: no architecture can be determined.
-    """
-    if seed is not None:
-        torch.manual_seed(seed)
-    if ckpt_path is not None:
-        ckpt = Path(ckpt_path).expanduser()
-        if not ckpt.is_file():
-            raise WeightsNotFoundError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
-        if model_name is None and _safetensors_config(ckpt) is not None:
-            return create_model(ckpt, **kwargs)
-        name = model_name or default_name
-        if name is None:
-            raise UnknownModelError(f"{ckpt} does not describe its architecture; pass --model-name")
-        return create_model(name, ckpt, **kwargs)
-    name = model_name or default_name
-    if name is None:
-        raise UnknownModelError("no model given: pass --model-name (or --ckpt-path)")
-    return create_model(name, True if pretrained else None, **kwargs)

@@ -176,6 +176,61 @@ class MSCLIP(nn.Module):
     def checkpoint_sha256(self, value: str | None) -> None:
         self._checkpoint_sha256 = value
 
+    @property
+    def precision(self) -> str:
+        """Precision of the weights: ``fp32``, ``bf16`` or ``fp16``."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description of the model and its preprocessing: what produced an embedding.
+
+        Stored in embedding-index manifests, evaluation records and cache folders; the
+        ``fingerprint`` entry is :meth:`fingerprint`.
+        """
+        cfg = self.config
+        stats = cfg.stats
+        return {
+            "name": cfg.name or cfg.arch,
+            "arch": cfg.arch,
+            "checkpoint_sha256": str(self.checkpoint_sha256),
+            "checkpoint_path": self.checkpoint_path,
+            "bands": list(self.bands),
+            "embed_dim": int(self.embed_dim),
+            "precision": self.precision,
+            "preprocessing": {
+                "image_size": int(cfg.image_size),
+                "resize_mode": cfg.resize_mode,
+                "interpolation": cfg.interpolation,
+                "divisor": float(stats.divisor),
+                "mean": [float(stats.mean[b]) for b in self.bands],
+                "std": [float(stats.std[b]) for b in self.bands],
+            },
+            "fingerprint": self.fingerprint(),
+        }
+
+    def fingerprint(self, precision: bool = True) -> str:
+        """The one identity of this model's outputs: a sha256 (hex, 32 characters) of the
+        checkpoint hash, architecture, bands, embedding size, preprocessing and, unless
+        ``precision=False``, the precision of the weights (bf16 embeddings differ from fp32 ones
+        in the last bits). The text-embedding cache, the embedding index and evaluation records
+        all key on it; the display name and the file path do not count.
+        """
+        cfg = self.config
+        facts = {
+            "checkpoint_sha256": str(self.checkpoint_sha256),
+            "arch": cfg.arch,
+            "bands": list(self.bands),
+            "embed_dim": int(self.embed_dim),
+            "image_size": int(cfg.image_size),
+            "resize_mode": cfg.resize_mode,
+            "interpolation": cfg.interpolation,
+            "stats": {b: [cfg.stats.mean[b], cfg.stats.std[b]] for b in self.bands},
+            "divisor": float(cfg.stats.divisor),
+            "precision": self.precision if precision else None,
+        }
+        text = json.dumps(facts, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
     def preprocess(
         self,
         input_bands: Sequence[str | Band] | None = None,

@@ -12,9 +12,10 @@ concurrent runs and killed runs never leave a corrupt cache; when a directory ho
 :data:`MAX_SHARDS` shards, ``put`` merges them into one. Files are read with
 ``np.load(allow_pickle=False)``.
 
-The model key (:func:`model_cache_key`) is a sha256 of the checkpoint hash
-(``MSCLIP.checkpoint_sha256``: the weight file's sha256, or a hash of the weights themselves),
-the architecture and the parameter dtype (bf16 weights give different embeddings).
+The model key (:func:`model_cache_key`) is the model's fingerprint
+(:meth:`msclip.MSCLIP.fingerprint`: the weight file's sha256 or a hash of the weights themselves,
+the architecture, the precision of the weights and the preprocessing), the one model identity
+msclip uses everywhere.
 
 The root is ``$MSCLIP_CACHE_DIR/text`` when ``MSCLIP_CACHE_DIR`` is set, else
 ``~/.cache/msclip/text``.
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import uuid
@@ -76,21 +76,9 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _model_facts(model: Any) -> dict[str, str]:
-    cfg = getattr(model, "config", None)
-    return {
-        "checkpoint_sha256": str(model.checkpoint_sha256),
-        "arch": str(getattr(cfg, "arch", "")),
-        "dtype": str(getattr(model, "dtype", "")),
-        "name": str(getattr(cfg, "name", "")),
-    }
-
-
 def model_cache_key(model: Any) -> str:
-    """Cache key of a model's text tower: sha256 of checkpoint hash, architecture and dtype."""
-    facts = _model_facts(model)
-    facts.pop("name")  # a display name does not change the embeddings
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+    """Cache key of a model's text tower: its :meth:`~msclip.MSCLIP.fingerprint`."""
+    return str(model.fingerprint())
 
 
 class TextEmbeddingCache:
@@ -119,7 +107,9 @@ class TextEmbeddingCache:
     @classmethod
     def for_model(cls, model: Any, root: str | os.PathLike | None = None) -> TextEmbeddingCache:
         """The cache of ``model`` (an :class:`msclip.MSCLIP`)."""
-        return cls(model_cache_key(model), root, meta=_model_facts(model))
+        info = model.describe()
+        meta = {k: info[k] for k in ("name", "arch", "checkpoint_sha256", "precision")}
+        return cls(model_cache_key(model), root, meta=meta)
 
     @property
     def dir(self) -> Path:

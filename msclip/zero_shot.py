@@ -34,7 +34,15 @@ Stable API (used by inference, benchmark evaluation and training validation)::
         -> Tensor [C, D]
     zero_shot_logits(image_features, classifier, scale=100.0) -> Tensor [N, C]
     zero_shot_probs(image_features, classifier, scale=100.0) -> Tensor [N, C]
+    multilabel_predict(scores, rule="mean_others", threshold=None) -> bool array [N, C]
+    classify(image_features, classifier, class_names, multi_label=None, threshold=None)
+        -> Classification (logits, probabilities, labels, classes present)
     encode_queries(model, tokenizer, queries, cache=None) -> Tensor [Q, D] (L2-normalised)
+
+Multi-label decisions (:func:`multilabel_predict`): the published BigEarthNet rule marks class
+``c`` present when its score exceeds the mean score of the other classes (applied to logits, as the
+published evaluation code does); the "other features" variant compares each class with an extra
+class; a plain threshold on probabilities is the selective alternative.
 """
 
 from __future__ import annotations
@@ -42,15 +50,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from msclip.errors import (
     ClassNameError,
     DuplicateClassError,
+    MetricInputError,
     TemplateError,
     UnknownTemplateSetError,
 )
@@ -61,18 +72,22 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TEMPLATE_SET",
     "LOGIT_SCALE",
+    "MULTILABEL_RULES",
     "ClassNameError",
+    "Classification",
     "DuplicateClassError",
     "TemplateError",
     "UnknownTemplateSetError",
     "build_classifier",
     "check_class_names",
+    "classify",
     "encode_queries",
     "encode_texts",
     "format_prompts",
     "list_template_sets",
     "load_class_names",
     "load_templates",
+    "multilabel_predict",
     "normalize_class_name",
     "template_set_path",
     "templates_dir",
@@ -409,3 +424,150 @@ def zero_shot_probs(
 ) -> torch.Tensor:
     """Softmax over classes of :func:`zero_shot_logits`: ``[N, C]``, rows sum to one."""
     return zero_shot_logits(image_features, classifier, scale).softmax(dim=-1)
+
+
+# -- decisions -------------------------------------------------------------------------------
+#: Multi-label decision rules of :func:`multilabel_predict`.
+MULTILABEL_RULES = ("mean_others", "other_class", "threshold")
+MultiLabelRule = Literal["mean_others", "other_class", "threshold"]
+
+
+def multilabel_predict(
+    scores: Any,
+    rule: MultiLabelRule = "mean_others",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Binary multi-label predictions from scores.
+
+    Args:
+        scores: Scores ``[N, C]`` (numpy or torch).
+        rule: ``"mean_others"``: class ``c`` is present when its score exceeds the mean score of
+            the other ``C - 1`` classes of that image (the published rule; needs ``C >= 2``).
+            ``"other_class"``: the last column is an extra "other features" class whose score is
+            the threshold; returns predictions for the first ``C - 1`` columns only.
+            ``"threshold"``: score > ``threshold``.
+        threshold: Required for (and only used by) ``rule="threshold"``.
+
+    Returns:
+        bool array ``[N, C]`` (``[N, C - 1]`` for ``"other_class"``). All comparisons are
+        strict, so a score equal to its threshold is "absent".
+
+    Raises:
+        MetricInputError: An unknown rule, a missing threshold, too few columns, or scores that
+            are not a finite ``[N, C]`` matrix.
+    """
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    s = np.asarray(scores)
+    if s.ndim != 2 or s.dtype.kind not in "fiub":
+        raise MetricInputError(
+            f"scores must be a numeric [N, C] matrix, got dtype {s.dtype} shape {s.shape}"
+        )
+    s = s.astype(np.float64)
+    if not np.isfinite(s).all():
+        raise MetricInputError("scores contain NaN or infinite values")
+    c = s.shape[1]
+    if rule == "mean_others":
+        if c < 2:
+            raise MetricInputError(
+                f"rule 'mean_others' needs at least 2 classes; scores have C = {c}"
+            )
+        others_mean = (s.sum(axis=1, keepdims=True) - s) / (c - 1)
+        return s > others_mean
+    if rule == "other_class":
+        if c < 2:
+            raise MetricInputError(
+                f"rule 'other_class' needs the class columns plus a last 'other' column "
+                f"(C >= 2); scores have C = {c}"
+            )
+        return s[:, :-1] > s[:, -1:]
+    if rule == "threshold":
+        if threshold is None or isinstance(threshold, bool):
+            raise MetricInputError("rule 'threshold' needs a numeric threshold=...; got None")
+        thr = float(threshold)
+        if not np.isfinite(thr):
+            raise MetricInputError(f"threshold must be finite; got {threshold!r}")
+        return s > thr
+    raise MetricInputError(f"unknown multi-label rule {rule!r}; choose one of {MULTILABEL_RULES}")
+
+
+@dataclass
+class Classification:
+    """Zero-shot classification of a set of images (:func:`classify`).
+
+    Attributes:
+        class_names: the classes, in column order.
+        logits: ``[N, C]`` ``100 x cosine`` (float64).
+        probs: ``[N, C]`` softmax over classes (float64; rows sum to one).
+        present: ``[N, C]`` bool, the classes marked present (multi-label), else ``None``.
+        rule: the multi-label rule used, or ``None`` (single-label: the arg-max class).
+    """
+
+    class_names: list[str]
+    logits: np.ndarray
+    probs: np.ndarray
+    present: np.ndarray | None = None
+    rule: str | None = None
+
+    @property
+    def top1(self) -> np.ndarray:
+        """Index of the most probable class per image ``[N]``."""
+        return self.probs.argmax(axis=1) if len(self.probs) else np.zeros(0, dtype=np.int64)
+
+    def labels(self, sep: str = ";") -> list[str]:
+        """Per image: the arg-max class name, or the names of the classes present joined by
+        ``sep`` (empty when none is) for multi-label."""
+        if self.present is None:
+            return [self.class_names[int(i)] for i in self.top1]
+        return [sep.join(n for n, on in zip(self.class_names, row) if on) for row in self.present]
+
+
+def classify(
+    image_features: torch.Tensor | np.ndarray,
+    classifier: torch.Tensor,
+    class_names: Sequence[str],
+    multi_label: str | None = None,
+    threshold: float | None = None,
+) -> Classification:
+    """Zero-shot decisions for image embeddings, by the published protocol.
+
+    Args:
+        image_features: ``[N, D]`` image embeddings (normalised here).
+        classifier: ``[C, D]`` from :func:`build_classifier`.
+        class_names: the ``C`` class names.
+        multi_label: ``None`` (single-label), ``"mean_others"`` (the published rule, on logits) or
+            ``"threshold"`` (probability above ``threshold``).
+        threshold: the probability threshold of ``multi_label="threshold"``.
+
+    Raises:
+        ClassNameError: names and classifier rows differ in number, or ``"mean_others"`` with
+            fewer than two classes.
+        MetricInputError: an unknown rule, or ``"threshold"`` without a threshold.
+    """
+    names = list(class_names)
+    if len(names) != classifier.shape[0]:
+        raise ClassNameError(
+            f"{len(names)} class names for a classifier of {classifier.shape[0]} classes"
+        )
+    feats = torch.as_tensor(image_features)
+    logits = zero_shot_logits(feats, classifier)
+    probs = logits.softmax(dim=-1).double().numpy()
+    logits_np = logits.double().numpy()
+    if multi_label is None:
+        return Classification(names, logits_np, probs)
+    if multi_label == "mean_others":
+        if len(names) < 2:
+            raise ClassNameError(
+                "the multi-label rule compares each class with the others: give at least two "
+                "classes, or a probability threshold"
+            )
+        present = multilabel_predict(logits_np, "mean_others") if len(probs) else None
+    elif multi_label == "threshold":
+        present = multilabel_predict(probs, "threshold", threshold) if len(probs) else None
+    else:
+        raise MetricInputError(
+            f"unknown multi-label rule {multi_label!r}; choose 'mean_others' or 'threshold'"
+        )
+    if present is None:
+        present = np.zeros((0, len(names)), dtype=bool)
+    return Classification(names, logits_np, probs, present, multi_label)

@@ -30,14 +30,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from msclip.cli.args import UsageError, non_negative_int, positive_int
-from msclip.cli.inference import add_model_args
+from msclip.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    UsageError,
+    add_model_args,
+    add_text_cache_args,
+    model_from_args,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,13 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "an extra 'other features' class",
     )
     z.add_argument("--other-class-name", default="other features", help="name of that class")
-    z.add_argument(
-        "--text-cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cache prompt embeddings on disk (default on)",
-    )
-    z.add_argument("--text-cache-dir", default=None, help="text cache folder")
+    add_text_cache_args(z)
     z.add_argument("--text-batch-size", type=positive_int, default=256)
 
     o = p.add_argument_group("output and execution")
@@ -137,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric of summary.csv (default: top1_accuracy single-label, map_at_k multi-label)",
     )
     o.add_argument("--save-scores", action="store_true", help="also save scores as .npz")
+    o.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a dataset when one of its images cannot be read (default: name, skip and "
+        "count unreadable images in the record)",
+    )
     o.add_argument("--batch-size", type=positive_int, default=32, help="images per model call")
     o.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
@@ -160,17 +168,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _setup_logging(verbose: bool) -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_msclip_eval", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        handler._msclip_eval = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.captureWarnings(True)
-
-
 def _dataset_list(items: Sequence[str]) -> list[str]:
     from msclip.eval.datasets import list_datasets
 
@@ -240,12 +237,9 @@ def _model_label(args: argparse.Namespace) -> str:
 def _load_model(args: argparse.Namespace) -> Any:
     import torch
 
-    from msclip.factory import load_model_from_args
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.device = device
-    return load_model_from_args(
-        args.model_name, args.ckpt_path, args.pretrained, seed=args.seed, device=device,
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model_from_args(
+        args.model_name, args.ckpt_path, args.pretrained, seed=args.seed, device=args.device,
         precision=args.precision,
     )  # fmt: skip
 
@@ -255,20 +249,22 @@ def _model_facts(args: argparse.Namespace, model: Any, label: str) -> dict[str, 
         weights = "file"
     else:
         weights = "published" if args.pretrained else "random"
+    info = model.describe()
     return {
         "label": label,
         "name": args.model_name or model.config.name,
         "registry_name": model.config.name,
-        "arch": model.config.arch,
+        "arch": info["arch"],
         "checkpoint_path": str(Path(args.ckpt_path).resolve()) if args.ckpt_path else
-        getattr(model, "checkpoint_path", None),
-        "checkpoint_sha256": model.checkpoint_sha256,
+        info["checkpoint_path"],
+        "checkpoint_sha256": info["checkpoint_sha256"],
+        "fingerprint": info["fingerprint"],
         "weights": weights,
         "pretrained": bool(args.pretrained),
-        "bands": list(model.bands),
+        "bands": info["bands"],
         "image_size": model.image_size,
-        "embed_dim": model.embed_dim,
-        "precision": args.precision,
+        "embed_dim": info["embed_dim"],
+        "precision": info["precision"],
         "device": str(args.device),
     }  # fmt: skip
 
@@ -294,7 +290,7 @@ def _merge(save: Path, summary_metric: str | None) -> int:
         res = merge(save, summary_metric=summary_metric)
     except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_PARTIAL
     _print_summary(save)
     print(
         f"merged {res.n_records} record(s), {res.n_failures} failure note(s): {res.summary}, "
@@ -335,9 +331,11 @@ def _evaluate_one(
         ap_definition=args.ap_definition, no_relevant=args.no_relevant,
         multilabel_rule=args.multilabel_rule, other_class_name=args.other_class_name,
         text_batch_size=args.text_batch_size, progress=not args.quiet,
+        skip_bad=not args.strict,
     )  # fmt: skip
     key = run_key({
-        "checkpoint_sha256": facts["checkpoint_sha256"], "arch": facts["arch"],
+        "fingerprint": facts["fingerprint"], "checkpoint_sha256": facts["checkpoint_sha256"],
+        "arch": facts["arch"],
         "bands": facts["bands"], "precision": facts["precision"], "dataset": dataset.name,
         "root": str(dataset.root), "split": args.split, "n": len(dataset),
         "split_source": dataset.index.split_source, "labels": list(dataset.classes.labels),
@@ -362,7 +360,7 @@ def _evaluate_one(
         "settings": {
             "batch_size": cfg.batch_size, "workers": cfg.workers, "max_samples": args.max_samples,
             "multilabel_rule": cfg.multilabel_rule, "other_class_name": cfg.other_class_name,
-            "text_cache": bool(text_cache is not None),
+            "text_cache": bool(text_cache is not None), "strict": bool(args.strict),
         }
     }  # fmt: skip
     record = make_record(result, facts, split=args.split, seed=args.seed, run_key=key,
@@ -377,7 +375,9 @@ def _evaluate_one(
             ".npz")  # fmt: skip
     main = result.main_metric
     value = result.report.to_dict()[main]
-    return "ok", f"{main} {value:.4f} (n={len(dataset)}, {wall:.1f} s)"
+    n_ok = len(dataset) - len(result.failures)
+    bad = f", {len(result.failures)} unreadable and skipped" if result.failures else ""
+    return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)"
 
 
 def _list_datasets() -> None:
@@ -390,11 +390,8 @@ def _list_datasets() -> None:
     print(tabulate(rows, headers=["name", "task", "layout", "folder(s)", "description"]))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the evaluation; returns the exit status (0 ok, 1 a dataset failed, 2 usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    _setup_logging(args.verbose)
+def _run(args: argparse.Namespace) -> int:
+    argv = args.argv
     if args.list_datasets:
         _list_datasets()
         return EXIT_OK
@@ -408,17 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     items = _dataset_list(args.datasets)
     names = [_dataset_name(i) for i in items]
-    try:
-        tpl_global, tpl_per = _per_dataset(args.templates, names, "--templates")
-        cls_global, cls_per = _per_dataset(args.classnames, names, "--classnames")
-        if cls_global is not None:
-            raise UsageError("--classnames needs DATASET=FILE entries")
-        for spec in {tpl_global, *tpl_per.values()} - {None}:
-            resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
-        model = _load_model(args)
-    except (UsageError, MSCLIPError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, (UsageError, ValueError)) else EXIT_FAILED
+    tpl_global, tpl_per = _per_dataset(args.templates, names, "--templates")
+    cls_global, cls_per = _per_dataset(args.classnames, names, "--classnames")
+    if cls_global is not None:
+        raise UsageError("--classnames needs DATASET=FILE entries")
+    for spec in {tpl_global, *tpl_per.values()} - {None}:
+        resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
+    model = _load_model(args)
 
     from msclip.factory import get_tokenizer
 
@@ -451,8 +444,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {len(failed)} of {len(items)} dataset(s) failed: {', '.join(failed)} "
               f"(see {save / 'records'}/*.failed.json and {save / 'report.md'})",
               file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED
+        return EXIT_PARTIAL
     return code
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    args = parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def _error_status(err: BaseException) -> int:
+    # Bad values (ValueError family) are usage errors; a missing model file or an unreadable
+    # folder stops the run before any dataset is evaluated: reported as a failed run.
+    return EXIT_USAGE if isinstance(err, ValueError) else EXIT_PARTIAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; returns the exit status (0 ok, 1 a dataset failed, 2 usage)."""
+    return run_cli(argv, _parse, _run, error_status=_error_status)
 
 
 if __name__ == "__main__":

@@ -681,6 +681,10 @@ class BenchmarkDataset(Dataset):
         if self.layout.reads_band_subsets and len(used) < len(names):
             self.layout.needed_bands = used
 
+    def name_of(self, i: int) -> str:
+        """The file (or folder) of sample ``i``, for messages."""
+        return str(self.index.samples[i].path)
+
     def read(self, i: int) -> tuple[np.ndarray, tuple[str, ...], float | None]:
         """Raw data ``[C, H, W]``, band names and nodata of sample ``i`` (no transform)."""
         return self.layout.load(self.index.samples[i])

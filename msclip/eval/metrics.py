@@ -123,6 +123,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import MetricInputError
+from msclip.zero_shot import MULTILABEL_RULES, MultiLabelRule, multilabel_predict
 
 if TYPE_CHECKING:
     import torch
@@ -179,9 +180,6 @@ AP_DEFINITIONS: dict[str, str] = {
 #: Definition used when none is given: the one behind the published mAP@100 numbers.
 DEFAULT_AP_DEFINITION = "relevant_retrieved"
 
-#: Multi-label decision rules accepted by :func:`multilabel_predict`.
-MULTILABEL_RULES: tuple[str, ...] = ("mean_others", "other_class", "threshold")
-
 #: Values for queries/classes without any relevant item: ``"nan"`` (excluded from means) or
 #: ``"zero"`` (counted as 0, torchmetrics' default ``empty_target_action="neg"``).
 NO_RELEVANT_POLICIES: tuple[str, ...] = ("nan", "zero")
@@ -189,7 +187,6 @@ NO_RELEVANT_POLICIES: tuple[str, ...] = ("nan", "zero")
 APDefinition = Literal[
     "relevant_retrieved", "relevant_retrieved_positive", "min_k_relevant", "all_relevant"
 ]
-MultiLabelRule = Literal["mean_others", "other_class", "threshold"]
 NoRelevantPolicy = Literal["nan", "zero"]
 Average = Literal["micro", "macro", "none"]
 
@@ -693,55 +690,6 @@ def mean_average_precision(
 # --------------------------------------------------------------------------------------------
 # Multi-label metrics
 # --------------------------------------------------------------------------------------------
-
-
-def multilabel_predict(
-    scores: ArrayOrTensor,
-    rule: MultiLabelRule = "mean_others",
-    threshold: float | None = None,
-) -> np.ndarray:
-    """Binary multi-label predictions from scores.
-
-    Args:
-        scores: Scores ``[N, C]``.
-        rule: ``"mean_others"``: class ``c`` is present when its score exceeds the mean score of
-            the other ``C - 1`` classes of that image (the published rule; needs ``C >= 2``).
-            ``"other_class"``: the last column is an extra "other features" class whose score is
-            the threshold; returns predictions for the first ``C - 1`` columns only.
-            ``"threshold"``: score > ``threshold``.
-        threshold: Required for (and only used by) ``rule="threshold"``.
-
-    Returns:
-        bool array ``[N, C]`` (``[N, C - 1]`` for ``"other_class"``). All comparisons are
-        strict, so a score equal to its threshold is "absent".
-
-    Raises:
-        MetricInputError: On an unknown rule, a missing threshold or too few columns.
-    """
-    s = _as_scores(scores, "scores", ndim=2)
-    c = s.shape[1]
-    if rule == "mean_others":
-        if c < 2:
-            raise MetricInputError(
-                f"rule 'mean_others' needs at least 2 classes; scores have C = {c}"
-            )
-        others_mean = (s.sum(axis=1, keepdims=True) - s) / (c - 1)
-        return s > others_mean
-    if rule == "other_class":
-        if c < 2:
-            raise MetricInputError(
-                f"rule 'other_class' needs the class columns plus a last 'other' column "
-                f"(C >= 2); scores have C = {c}"
-            )
-        return s[:, :-1] > s[:, -1:]
-    if rule == "threshold":
-        if threshold is None or isinstance(threshold, bool):
-            raise MetricInputError("rule 'threshold' needs a numeric threshold=...; got None")
-        thr = float(threshold)
-        if not np.isfinite(thr):
-            raise MetricInputError(f"threshold must be finite; got {threshold!r}")
-        return s > thr
-    raise MetricInputError(f"unknown multi-label rule {rule!r}; choose one of {MULTILABEL_RULES}")
 
 
 def _binary_pair(preds: ArrayOrTensor, targets: ArrayOrTensor) -> tuple[np.ndarray, np.ndarray]:

@@ -169,6 +169,10 @@ def make_record(
             "query": "class prompt embedding; documents: all images ranked by logit",
         },
         "per_class": per_class.to_dict(orient="records"),
+        "unreadable": {
+            "count": len(getattr(result, "failures", [])),
+            "files": [f.name for f in getattr(result, "failures", [])],
+        },
         "confusion_matrix": getattr(report, "confusion", None),
         "seed": seed,
         "versions": library_versions(),

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from msclip.errors import MSCLIPError, TemplatesNotShippedError
+from msclip.encode import Failure, encode_dataset
+from msclip.errors import TemplatesNotShippedError
 from msclip.eval import metrics as M
 from msclip.eval.datasets import BenchmarkDataset
 from msclip.zero_shot import (
@@ -47,7 +47,6 @@ __all__ = [
     "EvalResult",
     "TemplateSet",
     "TemplatesNotShippedError",
-    "encode_images",
     "evaluate",
     "resolve_templates",
     "run_key",
@@ -121,6 +120,7 @@ class EvalConfig:
         other_class_name: class name of the extra class of the ``other_class`` rule.
         text_batch_size: prompts per text-tower call.
         progress: show progress bars.
+        skip_bad: name, skip and count unreadable images instead of failing the dataset.
     """
 
     batch_size: int = 32
@@ -133,6 +133,7 @@ class EvalConfig:
     other_class_name: str = "other features"
     text_batch_size: int = 256
     progress: bool = False
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -165,6 +166,7 @@ class EvalResult:
         targets: class indices ``[N]`` or indicators ``[N, C]``.
         report: the metrics (single- or multi-label report).
         timings: seconds spent per stage.
+        failures: images skipped as unreadable (only with ``skip_bad``).
     """
 
     dataset: BenchmarkDataset
@@ -174,6 +176,7 @@ class EvalResult:
     targets: np.ndarray
     report: M.SingleLabelReport | M.MultiLabelReport
     timings: dict[str, float] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def main_metric(self) -> str:
@@ -183,49 +186,6 @@ class EvalResult:
 def run_key(facts: dict[str, Any]) -> str:
     """sha256 of the facts that determine a result (used by ``--skip-existing``)."""
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@torch.inference_mode()
-def encode_images(
-    model: Any,
-    dataset: BenchmarkDataset,
-    batch_size: int = 32,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    desc: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised image embeddings ``[N, D]`` (float32) and targets of a whole dataset.
-
-    The dataset must carry the model's preprocessing (``dataset.set_transform(
-    model.preprocess())``). Samples come back in dataset order.
-    """
-    from tqdm.auto import tqdm
-
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=False,
-    )
-    n = len(dataset)
-    feats: np.ndarray | None = None
-    targets: np.ndarray | None = None
-    bar = tqdm(total=n, desc=desc or dataset.name, unit="img", disable=not progress)
-    for images, target, idx in loader:
-        emb = model.encode_image(images.to(device), normalize=True).float().cpu().numpy()
-        t = target.numpy()
-        if feats is None:
-            feats = np.zeros((n, emb.shape[1]), dtype=np.float32)
-            targets = np.zeros((n, *t.shape[1:]), dtype=t.dtype)
-        feats[idx.numpy()] = emb
-        targets[idx.numpy()] = t  # type: ignore[index]
-        bar.update(len(idx))
-    bar.close()
-    if feats is None or targets is None:
-        raise MSCLIPError(f"{dataset.name}: the dataset is empty")
-    return feats, targets
 
 
 def evaluate(
@@ -265,10 +225,11 @@ def evaluate(
     timings["text_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    feats, targets = encode_images(
-        model, dataset, cfg.batch_size, cfg.workers, cfg.device, cfg.progress,
-        desc=f"{dataset.name}",
+    encoded = encode_dataset(
+        model, dataset, cfg.batch_size, cfg.workers, cfg.progress, desc=dataset.name,
+        skip_bad=cfg.skip_bad,
     )  # fmt: skip
+    feats, targets = encoded.features, encoded.targets
     timings["images_s"] = time.perf_counter() - t0
     timings["images_per_s"] = len(dataset) / max(timings["images_s"], 1e-9)
 
@@ -287,4 +248,6 @@ def evaluate(
             no_relevant=cfg.no_relevant,
         )  # fmt: skip
     timings["metrics_s"] = time.perf_counter() - t0
-    return EvalResult(dataset, templates, class_names, scores, targets, report, timings)
+    return EvalResult(
+        dataset, templates, class_names, scores, targets, report, timings, encoded.failures
+    )

@@ -1,7 +1,7 @@
-"""``python -m msclip.index``: the ``msclip-index`` command (see :mod:`msclip.index.cli`)."""
+"""``python -m msclip.index``: the ``msclip-index`` command (see :mod:`msclip.cli.index`)."""
 
 import sys
 
-from msclip.index.cli import main
+from msclip.cli.index import main
 
 sys.exit(main())

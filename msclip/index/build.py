@@ -1,7 +1,7 @@
 """Encode folders, lists and the tiles of large scenes into an embedding index, resumably.
 
 Inputs are *sources*: an image file (one embedding) or a large GeoTIFF / COG scene cut into
-windows of ``tile_size`` pixels every ``stride`` pixels (:mod:`msclip.scene`; one embedding per
+windows of ``tile_size`` pixels every ``stride`` pixels (:mod:`msclip.tiling`; one embedding per
 tile, tiles with more than ``max_nodata`` nodata pixels skipped). Sources are encoded in order with
 :func:`msclip.encode.iter_encoded` (batched, DataLoader workers, ``torch.inference_mode``) and
 handed whole to :class:`msclip.index.store.IndexWriter`, which commits them atomically. Every
@@ -44,7 +44,7 @@ import numpy as np
 
 from msclip.encode import Failure, iter_encoded
 from msclip.index.store import IndexStore, IndexWriter
-from msclip.scene import SceneInfo, Tile, footprint_lonlat, open_scene, raster_bounds, scene_tiles
+from msclip.tiling import SceneInfo, Tile, footprint_lonlat, open_scene, raster_bounds, scene_tiles
 
 __all__ = [
     "COMPARE_KEYS",
@@ -63,27 +63,9 @@ COMPARE_KEYS = ("name", "arch", "checkpoint_sha256", "bands", "embed_dim", "prep
 
 
 def model_info(model: Any) -> dict[str, Any]:
-    """JSON description of a model and its preprocessing, stored in the index manifest."""
-    cfg = model.config
-    stats = cfg.stats
-    return {
-        "name": cfg.name or cfg.arch,
-        "arch": cfg.arch,
-        "checkpoint_sha256": str(model.checkpoint_sha256),
-        "checkpoint_path": model.checkpoint_path,
-        "bands": list(model.bands),
-        "embed_dim": int(model.embed_dim),
-        "precision": "bf16" if "bfloat16" in str(model.dtype) else "fp32",
-        "preprocessing": {
-            "image_size": int(cfg.image_size),
-            "resize_mode": cfg.resize_mode,
-            "interpolation": cfg.interpolation,
-            "divisor": float(stats.divisor),
-            "mean": [float(stats.mean[b]) for b in model.bands],
-            "std": [float(stats.std[b]) for b in model.bands],
-        },
-        "normalized": True,
-    }
+    """JSON description of a model stored in the index manifest (:meth:`msclip.MSCLIP.describe`,
+    plus the fact that stored embeddings are L2-normalised)."""
+    return {**model.describe(), "normalized": True}
 
 
 @dataclass
@@ -140,7 +122,7 @@ def plan_sources(
     """Sources for image files and tiled scenes, in order, one per distinct absolute path.
 
     Raises:
-        RasterReadError, SceneError: a scene is missing, unreadable or smaller than a tile.
+        RasterReadError, TilingError: a scene is missing, unreadable or smaller than a tile.
     """
     out: list[Source] = []
     seen: set[str] = set()

@@ -20,7 +20,9 @@ coding", ICASSP 2011, with the scalar quantiser in place of product quantisation
    32 rows whose maximum beats the current threshold, which avoids a full top-k over every score.
 3. Re-rank. The candidates' float32 rows are read from the (memory-mapped) store and scored in
    float64; the score returned is that value rounded to float32, so a score does not depend on
-   which path or which batch produced it. Results are sorted by score, ties by lower id.
+   which path or which batch produced it. Results are sorted by
+   :func:`msclip.retrieval.sort_top_k` (score descending, ties by lower id), the rule of every
+   ranking in msclip.
 
 ``exact=True`` replaces step 2 by a float32 BLAS scan that keeps ``2k + 16`` candidates and then
 certifies the result with the forward error bound of a floating-point dot product,
@@ -62,6 +64,7 @@ from msclip.index.store import (
     InvalidEmbeddingsError,
 )
 from msclip.io import TMP_PREFIX, atomic_write, write_json
+from msclip.retrieval import sort_top_k
 
 __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default_candidates"]
 
@@ -210,12 +213,6 @@ def _select_top(
             pool_i = torch.gather(all_i, 1, pick)
             thr = pool_v.amin(dim=1, keepdim=True)
     return pool_i, thr[:, 0]
-
-
-def _top_k_exact(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by score descending, ties by lower id, and keep ``k`` columns."""
-    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def _gamma(n: int, unit_roundoff: float) -> float:
@@ -635,7 +632,7 @@ class SearchIndex:
                 rows = torch.from_numpy(np.asarray(self._emb[uniq])).double()
                 full = (q64[b : b + _RERANK_QUERY_BLOCK] @ rows.T).numpy()
                 scores = np.take_along_axis(full, inv.reshape(ids.shape), axis=1)
-                top = _top_k_exact(scores.astype(np.float32), ids, k)
+                top = sort_top_k(scores.astype(np.float32), ids, k)
                 out_s[b : b + len(ids)], out_i[b : b + len(ids)] = top
         return out_s, out_i
 
@@ -684,7 +681,7 @@ class SearchIndex:
         )
         kth = np.partition(s32, self.count - k)[self.count - k]
         idx = np.flatnonzero(s32 >= kth)
-        s, i = _top_k_exact(s32[idx][None, :], idx[None, :].astype(np.int64), k)
+        s, i = sort_top_k(s32[idx][None, :], idx[None, :].astype(np.int64), k)
         return s[0], i[0]
 
     def __repr__(self) -> str:

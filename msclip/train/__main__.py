@@ -1,5 +1,5 @@
-"""``python -m msclip.train``: see :mod:`msclip.train.cli`."""
+"""``python -m msclip.train``: see :mod:`msclip.cli.train`."""
 
-from msclip.train.cli import main
+from msclip.cli.train import main
 
 raise SystemExit(main())

@@ -9,7 +9,6 @@ reports all problems at once, each naming the option, the bad value and the fix.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
@@ -29,9 +28,9 @@ __all__ = [
     "TRAINABLE_PRESETS",
     "ConfigError",
     "TrainConfig",
-    "build_arg_parser",
-    "config_from_args",
     "load_yaml",
+    "option_types",
+    "unwrap_optional",
 ]
 
 #: Presets of ``--trainable`` (see :mod:`msclip.train.optim`).
@@ -294,7 +293,7 @@ class TrainConfig:
     def update(self, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Set options from a mapping whose keys may be snake_case or kebab-case."""
         names = {f.name: f for f in dataclasses.fields(self)}
-        hints = _type_hints()
+        hints = option_types()
         errors = []
         for key, value in values.items():
             name = str(key).replace("-", "_")
@@ -531,13 +530,13 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
 _HINTS: dict[str, Any] = {}
 
 
-def _type_hints() -> dict[str, Any]:
+def option_types() -> dict[str, Any]:
     if not _HINTS:
         _HINTS.update(typing.get_type_hints(TrainConfig))
     return _HINTS
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -589,7 +588,7 @@ def _scalar(value: Any, tp: type) -> Any:
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    inner, optional = _unwrap_optional(tp)
+    inner, optional = unwrap_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -623,64 +622,3 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of option: value")
     return data
-
-
-# -- command line -----------------------------------------------------------------------------
-def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
-    """Argument parser with one kebab-case flag per :class:`TrainConfig` option."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Contrastive (continual) pretraining of a multispectral CLIP model on "
-        "image-caption pairs; one process or many (torchrun).",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", help="YAML file of options (flags override it)")
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective configuration as YAML and exit",
-    )
-    hints = _type_hints()
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp, optional = _unwrap_optional(hints[f.name])
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif origin is tuple:
-            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
-        elif origin is list:
-            parser.add_argument(
-                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
-            )
-        else:
-            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
-    return parser
-
-
-def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
-    """Parse the command line into a config (defaults < ``--config`` YAML < flags).
-
-    Returns:
-        The config (not yet validated) and whether ``--print-config`` was given.
-    """
-    parser = build_arg_parser()
-    ns = vars(parser.parse_args(argv))
-    cfg = TrainConfig()
-    yaml_path = ns.pop("config", None)
-    print_config = bool(ns.pop("print_config", False))
-    if yaml_path is not None:
-        cfg.update(load_yaml(yaml_path), source=str(yaml_path))
-    hints = _type_hints()
-    cli: dict[str, Any] = {}
-    for name, value in ns.items():
-        # "--caption-columns none" clears an optional list.
-        _, optional = _unwrap_optional(hints[name])
-        if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
-            value = None
-        cli[name] = value
-    cfg.update(cli, source="command line")
-    return cfg, print_config

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="copy the result to msclip/weights/msclip-demo.safetensors")  # fmt: skip
     args = ap.parse_args(argv)
 
-    from msclip.train.cli import main as train_main
+    from msclip.cli.train import main as train_main
 
     out = Path(args.out)
     start = time.time()

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 import msclip
-from msclip.index.cli import main
+from msclip.cli.index import main
 from msclip.index.store import IndexStore
 
 TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]

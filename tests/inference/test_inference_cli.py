@@ -95,7 +95,8 @@ def test_classification_matches_published_protocol(tiles, tmp_path, reference_mo
     assert rc == 0
     df = pd.read_csv(out)
     assert list(df.columns) == ["Image", "Class", *names]
-    assert df["Image"].tolist() == [str(p) for p in tiles]
+    # as the original release writes: the path relative to the --images root (a bare file name)
+    assert df["Image"].tolist() == [p.name for p in tiles]
     model, preprocess, tokenizer = reference_model
     tpl = templates.read_text().splitlines()
     expected = _published_probs(model, preprocess, tokenizer, tiles, names, tpl)
@@ -183,7 +184,8 @@ def test_image_lists(tiles, tmp_path):
         ]
     )
     assert rc == 0
-    assert pd.read_csv(out)["Image"].tolist() == [str(tiles[2]), str(tiles[0]), str(tiles[1])]
+    names = [tiles[2].name, tiles[0].name, tiles[1].name]  # relative to the lists' common folder
+    assert pd.read_csv(out)["Image"].tolist() == names
 
 
 def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
@@ -293,10 +295,10 @@ def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, caps
     sims = (q @ img.T)[0].numpy()
     text = df[df["Query"] == "a river"]
     order = np.argsort(-sims, kind="stable")
-    assert text["Image"].tolist() == [str(tiles[i]) for i in order]
+    assert text["Image"].tolist() == [tiles[i].name for i in order]
     np.testing.assert_allclose(text["Similarity"], sims[order], atol=2e-6)
     by_image = df[df["Query"] == str(tiles[3])]
-    assert by_image["Image"].iloc[0] == str(tiles[3])
+    assert by_image["Image"].iloc[0] == tiles[3].name
     assert by_image["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert by_image["Similarity"].is_monotonic_decreasing
 

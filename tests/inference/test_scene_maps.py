@@ -14,8 +14,9 @@ from rasterio.crs import CRS
 
 import msclip
 from msclip.cli.inference import main
-from msclip.scene import (
-    SceneError,
+from msclip.spectral.bands import default_bands_for_count
+from msclip.tiling import (
+    TilingError,
     footprint_lonlat,
     nodata_fraction,
     open_scene,
@@ -23,7 +24,6 @@ from msclip.scene import (
     scene_tiles,
     tile_grid,
 )
-from msclip.spectral.bands import default_bands_for_count
 
 ORIGIN = Affine(10, 0, 500000, 0, -10, 5000000)
 TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]
@@ -44,9 +44,9 @@ def test_tile_grid():
     assert tile_grid(100, 150, 32, 32) == (3, 4)
     assert tile_grid(100, 150, 32, 16) == (5, 8)
     assert tile_grid(32, 32, 32, 7) == (1, 1)
-    with pytest.raises(SceneError, match="smaller than one tile"):
+    with pytest.raises(TilingError, match="smaller than one tile"):
         tile_grid(20, 150, 32, 32)
-    with pytest.raises(SceneError):
+    with pytest.raises(TilingError):
         tile_grid(100, 100, 32, 0)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msclip.train.cli import main
-from msclip.train.config import ConfigError, TrainConfig, config_from_args
+from msclip.cli.train import config_from_args, main
+from msclip.train.config import ConfigError, TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

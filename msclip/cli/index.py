@@ -33,20 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from msclip.cli.args import fraction, positive_int
-from msclip.cli.inference import (
-    EXIT_BAD_IMAGES,
+from msclip.cli.common import (
     EXIT_OK,
-    EXIT_USAGE,
+    EXIT_PARTIAL,
     UsageError,
     add_model_args,
     add_query_args,
     add_run_args,
+    add_text_cache_args,
     check_checkpoint,
     encode_query_set,
+    fraction,
     load_model,
+    output_path,
+    positive_int,
     print_table,
-    setup_logging,
+    read_queries,
+    run_cli,
     write_csv,
 )
 
@@ -131,13 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact float scan instead of the int8 short-list with exact re-ranking",
     )
     s.add_argument("--max-print", type=int, default=20, help="rows of the printed table")
-    s.add_argument(
-        "--text-cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cache query embeddings on disk",
-    )
-    s.add_argument("--text-cache-dir", default=None, help="text cache folder")
+    add_text_cache_args(s)
     add_model_args(s)
     add_run_args(s)
     s.set_defaults(pretrained=None)
@@ -221,11 +218,9 @@ def _geojson(df: Any) -> dict[str, Any]:
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from msclip.cli.inference import output_path, read_queries
-    from msclip.encode import list_images
     from msclip.index.build import COMPARE_KEYS, model_info
     from msclip.index.store import IndexStore
-    from msclip.io import atomic_write
+    from msclip.io import atomic_write, list_images
 
     store = IndexStore.open(args.index)
     queries = read_queries(args)
@@ -294,8 +289,8 @@ def _windows(df: Any) -> list[str]:
 
 # -- build / add / info ---------------------------------------------------------------------------
 def _run_build(args: argparse.Namespace) -> int:
-    from msclip.encode import list_images
     from msclip.index.build import build_index
+    from msclip.io import list_images
 
     images = list_images(args.images) if args.images else []
     scenes = list_images(args.scenes) if args.scenes else []
@@ -342,7 +337,7 @@ def _run_build(args: argparse.Namespace) -> int:
             "(named above); rerun the same command to retry them",
             file=sys.stderr,
         )
-        return EXIT_OK if args.skip_bad else EXIT_BAD_IMAGES
+        return EXIT_OK if args.skip_bad else EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -377,29 +372,17 @@ def _run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``msclip-index``; returns the exit status."""
-    try:
-        args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:
-        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    restore_logging = setup_logging(getattr(args, "verbose", False))
-    from msclip.errors import MSCLIPError
+def _run(args: argparse.Namespace) -> int:
+    if args.command in ("build", "add"):
+        return _run_build(args)
+    if args.command == "search":
+        return _run_search(args)
+    return _run_info(args)
 
-    try:
-        if args.command in ("build", "add"):
-            return _run_build(args)
-        if args.command == "search":
-            return _run_search(args)
-        return _run_info(args)
-    except (UsageError, MSCLIPError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        restore_logging()
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``msclip-index``; returns the exit status (see :mod:`msclip.cli.common`)."""
+    return run_cli(argv, parse_args, _run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tiling large georeferenced rasters and writing per-tile results back as GeoTIFFs.
+"""Tiling of large georeferenced rasters, and per-tile results written back as GeoTIFFs.
 
 A scene (a GeoTIFF or Cloud-Optimised GeoTIFF, possibly much larger than the model's input) is
 cut into square windows of ``tile_size`` pixels every ``stride`` pixels, row-major; only whole
@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import MSCLIPError, RasterReadError
+from msclip.errors import RasterReadError, TilingError
 from msclip.io import write_geotiff, write_text
 
 __all__ = [
-    "SceneError",
     "SceneInfo",
     "Tile",
     "footprint_lonlat",
@@ -50,10 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class SceneError(MSCLIPError, ValueError):
-    """A scene cannot be tiled (not georeferenced, smaller than a tile, bad tile parameters)."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +127,12 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
     """Rows and columns of whole tiles that fit a ``height x width`` raster.
 
     Raises:
-        SceneError: non-positive sizes, or a raster smaller than one tile.
+        TilingError: non-positive sizes, or a raster smaller than one tile.
     """
     if tile_size < 1 or stride < 1:
-        raise SceneError(f"tile size and stride must be >= 1, got {tile_size} and {stride}")
+        raise TilingError(f"tile size and stride must be >= 1, got {tile_size} and {stride}")
     if height < tile_size or width < tile_size:
-        raise SceneError(
+        raise TilingError(
             f"raster of {height}x{width} pixels is smaller than one tile of {tile_size} pixels; "
             "use a smaller --tile-size or classify the file as a single image"
         )
@@ -157,7 +152,7 @@ def open_scene(
 
     Raises:
         RasterReadError: missing or unreadable file.
-        SceneError: bad tile parameters, no CRS when required, or a raster smaller than a tile.
+        TilingError: bad tile parameters, no CRS when required, or a raster smaller than a tile.
     """
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -173,7 +168,7 @@ def open_scene(
     except RasterioIOError as err:
         raise RasterReadError(f"cannot open scene {p}: {err}") from err
     if require_crs and crs is None:
-        raise SceneError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
+        raise TilingError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
     n_rows, n_cols = tile_grid(height, width, tile_size, stride)
     uncovered = (
         width - ((n_cols - 1) * stride + tile_size),

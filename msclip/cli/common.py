@@ -1,0 +1,486 @@
+"""Pieces shared by every msclip command-line program.
+
+One home for what the programs have in common: argument types, the model / execution / text-cache
+/ query flags, a logging set-up that is undone when ``main`` returns, turning the model flags into a
+model, table and CSV output, and :func:`run_cli`, the one wrapper that turns what a program raises
+into its exit status and a one-line message.
+
+Exit status of every msclip command:
+
+=====  ==========================================================================================
+0      success
+1      the run finished, but some inputs failed and were reported (unreadable images, a failed
+       dataset); ``--skip-bad`` makes unreadable images count as success
+2      usage or input error: bad flags, missing or unusable files or models, an output that
+       cannot be written; reported before the work where it can be known before
+130    interrupted (Ctrl-C)
+=====  ==========================================================================================
+
+Library errors never name command-line flags. An :class:`msclip.errors.MSCLIPError` may carry
+``param``, the name of the argument at fault; :func:`run_cli` appends the flag that sets it (the
+program's own table first, then :data:`FLAGS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from msclip.errors import MSCLIPError, UsageError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "FLAGS",
+    "UsageError",
+    "add_model_args",
+    "add_query_args",
+    "add_run_args",
+    "add_text_cache_args",
+    "check_checkpoint",
+    "encode_query_set",
+    "fraction",
+    "load_model",
+    "model_from_args",
+    "non_negative_int",
+    "output_path",
+    "positive_int",
+    "print_table",
+    "read_queries",
+    "run_cli",
+    "setup_logging",
+    "text_cache_for",
+    "write_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Llama3-MS-CLIP-Base"
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Library parameter name -> the flag that sets it (shared by every program).
+FLAGS: dict[str, str] = {
+    "pretrained": "--ckpt-path",
+    "ckpt_path": "--ckpt-path",
+    "model_name": "--model-name",
+    "bands": "--bands",
+    "input_bands": "--bands",
+    "sensor": "--sensor",
+    "layout": "--layout",
+    "images": "--images",
+    "class_names": "--class-names or --classes-file",
+    "templates": "--templates",
+    "tile_size": "--tile-size",
+    "stride": "--stride",
+    "dataset_dir": "--dataset-dir",
+}
+
+
+# -- argument types -------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+# -- flags ----------------------------------------------------------------------------------------
+def add_model_args(
+    p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
+) -> Any:
+    """``--model-name``, ``--ckpt-path``, ``--pretrained/--no-pretrained``, seed, device,
+    precision and, with ``inputs``, the input-band flags (``--bands``, ``--sensor``,
+    ``--layout``). Returns the argument group, for program-specific model flags."""
+    g = p.add_argument_group("model")
+    default = f"default {default_model}, or" if default_model else "or"
+    g.add_argument(
+        "--model-name",
+        default=None,
+        help=f"registered model name or msclip .safetensors file ({default} the architecture "
+        "stored in --ckpt-path)",
+    )
+    g.add_argument("--ckpt-path", default=None, help="checkpoint file with the weights")
+    g.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="load the model's published weights (--no-pretrained: random weights)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the run (random weights with --no-pretrained, random subsets)",
+    )
+    g.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="weights cast once to bf16 are ~2x faster on CPUs with AVX-512 BF16",
+    )
+    if not inputs:
+        return g
+    g.add_argument(
+        "--bands",
+        nargs="+",
+        default=None,
+        help="band names of the input files' channels when the files do not name "
+        "them (e.g. B02 B03 B04 B08)",
+    )
+    g.add_argument("--sensor", default=None, help="sensor whose local band names apply")
+    g.add_argument(
+        "--layout",
+        choices=("CHW", "HWC"),
+        default=None,
+        help="axis layout of .npy/.npz arrays that cannot be told from the shape",
+    )
+    return g
+
+
+def add_query_args(g: Any, top_k: int) -> None:
+    """``--query``, ``--queries-file``, ``--query-image`` and ``--top-k`` (retrieval, search)."""
+    g.add_argument("--query", nargs="+", action="extend", default=None, help="text queries")
+    g.add_argument("--queries-file", default=None, help="text file with one query per line")
+    g.add_argument(
+        "--query-image",
+        nargs="+",
+        action="extend",
+        default=None,
+        help="query images (image-to-image retrieval)",
+    )
+    g.add_argument(
+        "--top-k", type=positive_int, default=top_k, help=f"results per query (default {top_k})"
+    )
+
+
+def add_text_cache_args(g: Any) -> None:
+    """``--text-cache/--no-text-cache`` and ``--text-cache-dir``."""
+    g.add_argument(
+        "--text-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cache prompt and query embeddings on disk (default on)",
+    )
+    g.add_argument(
+        "--text-cache-dir",
+        default=None,
+        help="text cache folder (default $MSCLIP_CACHE_DIR/text or ~/.cache/msclip/text)",
+    )
+
+
+def add_run_args(p: argparse.ArgumentParser, workers: int = 0) -> Any:
+    """Batch size, workers, progress and logging flags; returns the argument group."""
+    g = p.add_argument_group("execution")
+    g.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per model call (default 32)"
+    )
+    g.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=workers,
+        help=f"DataLoader worker processes for decoding (default {workers})",
+    )
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return g
+
+
+# -- logging --------------------------------------------------------------------------------------
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def setup_logging(
+    verbose: bool = False,
+    level: int | None = None,
+    fmt: str = "%(levelname)s: %(message)s",
+    datefmt: str | None = None,
+) -> Callable[[], None]:
+    """Send log records and Python warnings to stderr as ``warning: ...`` lines.
+
+    Args:
+        verbose: debug level.
+        level: the level otherwise (default ``WARNING``).
+        fmt: record format (level names are written in lower case).
+        datefmt: date format of ``%(asctime)s``.
+
+    Returns:
+        A function that undoes the set-up (:func:`run_cli` calls it when the program returns, so
+        calling ``main`` from Python leaves the process's logging as it was).
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowerLevelFormatter(fmt, datefmt))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else (level or logging.WARNING))
+    logging.captureWarnings(True)
+
+    def restore() -> None:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+    return restore
+
+
+# -- model ----------------------------------------------------------------------------------------
+def check_checkpoint(args: argparse.Namespace) -> None:
+    """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file) before any work."""
+    ckpt = getattr(args, "ckpt_path", None)
+    if ckpt is not None and not Path(ckpt).expanduser().is_file():
+        raise UsageError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
+    name = getattr(args, "model_name", None)
+    is_file_name = name is not None and name.endswith((".safetensors", ".pt", ".pth"))
+    if is_file_name and not Path(name).expanduser().is_file():
+        raise UsageError(f"checkpoint file not found: {name} (--model-name)")
+
+
+def model_from_args(
+    model_name: str | None,
+    ckpt_path: str | os.PathLike | None,
+    pretrained: bool,
+    default_name: str | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Turn ``--model-name``, ``--ckpt-path`` and ``--pretrained`` into a model.
+
+    Args:
+        model_name: ``--model-name`` (a registered name or an msclip ``.safetensors``).
+        ckpt_path: ``--ckpt-path``; an msclip ``.safetensors`` describes its own architecture, so
+            ``--model-name`` may then be left out.
+        pretrained: ``--pretrained/--no-pretrained`` (ignored with a checkpoint path).
+        default_name: model used when neither names an architecture.
+        seed: seeds torch first, so ``--no-pretrained`` gives the same random weights each run.
+        **kwargs: passed to :func:`msclip.create_model` (device, precision, ...).
+
+    Raises:
+        UsageError: no architecture can be determined, or the checkpoint file does not exist.
+    """
+    import torch
+
+    from msclip.factory import create_model, describes_itself
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).expanduser()
+        if not ckpt.is_file():
+            raise UsageError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
+        if model_name is None and describes_itself(ckpt):
+            return create_model(ckpt, **kwargs)
+        name = model_name or default_name
+        if name is None:
+            raise UsageError(f"{ckpt} does not describe its architecture; pass --model-name")
+        return create_model(name, ckpt, **kwargs)
+    name = model_name or default_name
+    if name is None:
+        raise UsageError("no model given: pass --model-name (or --ckpt-path)")
+    return create_model(name, True if pretrained else None, **kwargs)
+
+
+def load_model(
+    args: argparse.Namespace, default_name: str | None = DEFAULT_MODEL
+) -> tuple[Any, Any, Any]:
+    """``(model, preprocess, tokenizer)`` from the model flags (and the input-band flags)."""
+    import torch
+
+    from msclip.factory import get_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = device
+    model = model_from_args(
+        args.model_name, args.ckpt_path, args.pretrained, default_name=default_name,
+        seed=args.seed, device=device, precision=args.precision,
+    )  # fmt: skip
+    preprocess = model.preprocess(
+        input_bands=getattr(args, "bands", None),
+        layout=getattr(args, "layout", None),
+        sensor=getattr(args, "sensor", None),
+    )
+    return model, preprocess, get_tokenizer(model)
+
+
+def text_cache_for(args: argparse.Namespace, model: Any) -> Any:
+    """The model's text embedding cache, or ``None`` with ``--no-text-cache``."""
+    if not args.text_cache:
+        return None
+    from msclip.text_cache import TextEmbeddingCache
+
+    return TextEmbeddingCache.for_model(model, args.text_cache_dir)
+
+
+# -- queries (retrieval and index search) -------------------------------------------------------
+def read_queries(args: argparse.Namespace) -> list[str]:
+    """Text queries from ``--query`` and ``--queries-file`` (one per line), without duplicates."""
+    queries = list(args.query or [])
+    if args.queries_file:
+        p = Path(args.queries_file).expanduser()
+        if not p.is_file():
+            raise UsageError(f"queries file not found: {p} (--queries-file)")
+        queries += [q.strip() for q in p.read_text(encoding="utf-8").splitlines() if q.strip()]
+    empty = [q for q in queries if not q.strip()]
+    if empty:
+        raise UsageError("empty --query given")
+    return list(dict.fromkeys(queries))
+
+
+def encode_query_set(
+    args: argparse.Namespace,
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    queries: Sequence[str],
+    query_images: Sequence[str],
+) -> tuple[Any, list[str]]:
+    """L2-normalised embeddings ``[Q, D]`` of text queries then query images, and their names.
+
+    Raises:
+        UsageError: a query image cannot be read.
+    """
+    import numpy as np
+
+    from msclip.encode import encode_images
+    from msclip.zero_shot import encode_queries
+
+    embs, names = [], []
+    if queries:
+        embs.append(encode_queries(model, tokenizer, queries, text_cache_for(args, model)).numpy())
+        names += list(queries)
+    if query_images:
+        res = encode_images(model, preprocess, query_images, args.batch_size, 0)
+        if res.failures:
+            raise UsageError(
+                "query images cannot be read: "
+                + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
+            )
+        embs.append(res.embeddings)
+        names += list(query_images)
+    return np.concatenate(embs), names
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def output_path(save_path: str | None, default_name: str) -> Path:
+    """``--save-path`` as a file: ``results/<default_name>`` when unset, inside it when a folder."""
+    if save_path is None:
+        return Path("results") / default_name
+    p = Path(save_path).expanduser()
+    if p.is_dir() or save_path.endswith(os.sep):
+        return p / default_name
+    return p
+
+
+def write_csv(df: Any, path: str | os.PathLike) -> Path:
+    """Write a result table as CSV atomically (floats with 8 significant digits)."""
+    from msclip.io import write_csv as _write
+
+    return _write(df, path, float_format="%.8g")
+
+
+def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total: int) -> None:
+    """Print a tabulate table of at most ``max_rows`` rows."""
+    from tabulate import tabulate
+
+    print(tabulate(rows[:max_rows], headers=headers, floatfmt=".4f"))
+    if total > max_rows:
+        print(f"... {total - max_rows} more rows in the CSV")
+
+
+# -- the wrapper ----------------------------------------------------------------------------------
+def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """`` (command-line option: --x)`` for an error whose ``param`` a flag sets, else ``""``."""
+    param = getattr(err, "param", None)
+    if not param:
+        return ""
+    flag = (flags or {}).get(param) or FLAGS.get(param)
+    return f" (command-line option: {flag})" if flag else ""
+
+
+def run_cli(
+    argv: Sequence[str] | None,
+    parse: Callable[[list[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace], int],
+    *,
+    flags: Mapping[str, str] | None = None,
+    error_status: Callable[[BaseException], int] | None = None,
+    logging_setup: Callable[[argparse.Namespace], Callable[[], None]] | None = None,
+) -> int:
+    """Parse ``argv``, set up logging, run, and map what is raised to an exit status.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when ``None``).
+        parse: the program's argument parsing (argparse's own exits are honoured: ``--help``
+            gives 0, a usage error 2).
+        run: the program; returns its exit status.
+        flags: the program's parameter -> flag table for hints (see :func:`flag_hint`).
+        error_status: status of an :class:`~msclip.errors.MSCLIPError` or ``OSError`` raised by
+            ``run`` (default 2, :data:`EXIT_USAGE`).
+        logging_setup: replaces :func:`setup_logging` (called with the parsed arguments).
+
+    Returns:
+        The exit status (see the module docstring).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    except MSCLIPError as err:
+        print(f"error: {err}{flag_hint(err, flags)}", file=sys.stderr)
+        return EXIT_USAGE
+    if logging_setup is not None:
+        restore = logging_setup(args)
+    else:
+        restore = setup_logging(getattr(args, "verbose", False))
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MSCLIPError, OSError) as err:
+        # OSError: an output that cannot be written, a disk that is full: one line, no traceback
+        logger.debug("traceback", exc_info=True)
+        print(f"error: {err}{flag_hint(err, flags)}", file=sys.stderr)
+        return error_status(err) if error_status is not None else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        restore()

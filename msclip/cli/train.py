@@ -1,0 +1,156 @@
+"""Command line of contrastive pretraining: ``msclip-train`` / ``python -m msclip.train``.
+
+Examples::
+
+    msclip-train --train-data data/captions.csv --model msclip-tiny --epochs 5
+    msclip-train --config run.yaml --batch-size 256 --accum-steps 8
+    torchrun --nproc_per_node=2 -m msclip.train --config run.yaml
+    msclip-train --config run.yaml --resume latest
+
+Every option of :class:`msclip.train.config.TrainConfig` is a flag; ``--print-config`` shows the
+effective configuration as YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from msclip.cli.common import EXIT_PARTIAL, EXIT_USAGE, run_cli, setup_logging
+from msclip.errors import ConfigError
+from msclip.train.config import TrainConfig, load_yaml, option_types, unwrap_optional
+
+__all__ = ["build_arg_parser", "config_from_args", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
+    """Argument parser with one kebab-case flag per :class:`TrainConfig` option."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Contrastive (continual) pretraining of a multispectral CLIP model on "
+        "image-caption pairs; one process or many (torchrun).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as YAML and exit",
+    )
+    hints = option_types()
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp, optional = unwrap_optional(hints[f.name])
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif origin is tuple:
+            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
+        elif origin is list:
+            parser.add_argument(
+                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
+            )
+        else:
+            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
+    """Parse the command line into a config (defaults < ``--config`` YAML < flags).
+
+    Returns:
+        The config (not yet validated) and whether ``--print-config`` was given.
+    """
+    parser = build_arg_parser()
+    ns = vars(parser.parse_args(argv))
+    cfg = TrainConfig()
+    yaml_path = ns.pop("config", None)
+    print_config = bool(ns.pop("print_config", False))
+    if yaml_path is not None:
+        cfg.update(load_yaml(yaml_path), source=str(yaml_path))
+    hints = option_types()
+    cli: dict[str, Any] = {}
+    for name, value in ns.items():
+        # "--caption-columns none" clears an optional list.
+        _, optional = unwrap_optional(hints[name])
+        if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
+            value = None
+        cli[name] = value
+    cfg.update(cli, source="command line")
+    return cfg, print_config
+
+
+def _logging(args: argparse.Namespace) -> Callable[[], None]:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    return setup_logging(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        fmt=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    cfg, print_config = config_from_args(argv)
+    return argparse.Namespace(cfg=cfg, print_config=print_config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = args.cfg
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    cfg.validate()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from msclip.train.trainer import train
+
+    with logging_redirect_tqdm():
+        result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {result.steps} steps; final loss {result.last_loss:.4f}")
+        if result.metrics:
+            last = result.metrics[-1]
+            keys = [
+                k
+                for k in ("val_loss", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zs_top1")
+                if k in last
+            ]
+            print("validation: " + ", ".join(f"{k} {float(last[k]):.4f}" for k in keys))
+        print(f"model: {result.final_checkpoint}")
+        print(f"logs: {result.output_dir / 'train_log.csv'}, {result.output_dir / 'metrics.csv'}")
+    return 0
+
+
+def _flags() -> dict[str, str]:
+    # every TrainConfig option is the flag of the same name in kebab case
+    return {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+
+
+def _error_status(err: BaseException) -> int:
+    return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_PARTIAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed run, 2 bad options)."""
+    return run_cli(
+        argv, _parse, _run, flags=_flags(), error_status=_error_status, logging_setup=_logging
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
