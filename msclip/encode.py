@@ -253,7 +253,7 @@ def encode_batches(
         progress: show a tqdm bar.
         desc: label of the progress bar.
         to_numpy: float32 numpy embeddings on the CPU (else float32 tensors on the model's
-            device).
+            device; inference tensors with ``grad_mode="inference"``).
         autocast: a context the image tower runs in (e.g. CUDA autocast during training).
         grad_mode: ``"inference"`` (``torch.inference_mode``) or ``"no_grad"`` (tensors usable
             with autograd afterwards, for training code).
@@ -279,12 +279,11 @@ def encode_batches(
     total = (
         sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
     )
-    grad = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
     amp = autocast if autocast is not None else contextlib.nullcontext()
     from tqdm.auto import tqdm
 
     dim = int(getattr(model, "embed_dim", 0))
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar, grad:
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
             failures = [Failure(i, _name_of(dataset, i), msg) for i, msg in batch["failures"]]
             for f in failures:
@@ -298,19 +297,22 @@ def encode_batches(
             for i, msg in batch["skipped"]:
                 logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
             images = batch["images"]
-            if images is not None:
-                with amp:
-                    emb = model.encode_image(images.to(device, non_blocking=True))
-                emb = emb.float()
-                if normalize:
-                    emb = F.normalize(emb, dim=-1)
-                out: Any = emb.cpu().numpy() if to_numpy else emb
-            else:
-                out = (
-                    np.zeros((0, dim), np.float32)
-                    if to_numpy
-                    else torch.zeros((0, dim), device=device)
-                )
+            # the grad mode covers the model call only, never the caller's code between batches
+            grad = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
+            with grad:
+                if images is not None:
+                    with amp:
+                        emb = model.encode_image(images.to(device, non_blocking=True))
+                    emb = emb.float()
+                    if normalize:
+                        emb = F.normalize(emb, dim=-1)
+                    out: Any = emb.cpu().numpy() if to_numpy else emb
+                else:
+                    out = (
+                        np.zeros((0, dim), np.float32)
+                        if to_numpy
+                        else torch.zeros((0, dim), device=device)
+                    )
             extra = {
                 k: v
                 for k, v in batch.items()

@@ -339,8 +339,12 @@ class PairDataset(torch.utils.data.Dataset):
                     image = image.flip(-2)
                 image = image.contiguous()
         except _READ_ERRORS as err:
-            return {"index": index, "bad": f"{type(err).__name__}: {err}"}
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
         return {"index": index, "image": image, "caption": caption}
+
+    def name(self, index: int) -> str:
+        """The image file of pair ``index`` (for messages)."""
+        return str(self.table.paths[index])
 
 
 class PairCollator:
@@ -369,9 +373,11 @@ class PairCollator:
         self.paths = paths
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        good = [it for it in items if "bad" not in it]
+        good = [it for it in items if "error" not in it]
         bad = [
-            (int(it["index"]), self.paths[it["index"]], it["bad"]) for it in items if "bad" in it
+            (int(it["index"]), self.paths[it["index"]], it["error"])
+            for it in items
+            if "error" in it
         ]
         if good:
             images = torch.stack([it["image"] for it in good])
@@ -516,16 +522,9 @@ class ClassFolderDataset(torch.utils.data.Dataset):
         try:
             image = self.preprocess(self.paths[index])
         except _READ_ERRORS as err:
-            return {"index": index, "bad": f"{type(err).__name__}: {err}"}
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
         return {"index": index, "image": image, "label": self.labels[index]}
 
-
-def collate_labelled(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Collate :class:`ClassFolderDataset` items, dropping unreadable ones."""
-    good = [it for it in items if "bad" not in it]
-    return {
-        "images": torch.stack([it["image"] for it in good]) if good else None,
-        "labels": torch.tensor([it["label"] for it in good], dtype=torch.long),
-        "indices": torch.tensor([it["index"] for it in good], dtype=torch.long),
-        "bad": [(it["index"], it["bad"]) for it in items if "bad" in it],
-    }
+    def name(self, index: int) -> str:
+        """The image file of sample ``index`` (for messages)."""
+        return self.paths[index]

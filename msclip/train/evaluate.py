@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from msclip.encode import collate_items, encode_batches
 from msclip.model import MSCLIP
 from msclip.train.data import (
     ClassFolderDataset,
-    PairCollator,
     PairDataset,
     ShardSampler,
     class_display_name,
-    collate_labelled,
 )
 from msclip.train.distributed import DistContext, all_gather_rows, gather_counts
 from msclip.train.loss import ContrastiveLoss
@@ -51,7 +50,24 @@ def _gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return all_gather_rows(x, sizes, ctx)
 
 
-@torch.no_grad()
+class _ValidationCollate:
+    """The engine's collate plus the captions' tokens (picklable for DataLoader workers)."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], context_length: int):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate_items(items)
+        captions = out.get("caption", [])
+        out["tokens"] = (
+            self.tokenizer(captions)
+            if captions
+            else torch.zeros((0, self.context_length), dtype=torch.long)
+        )
+        return out
+
+
 def encode_pairs(
     model: MSCLIP,
     dataset: PairDataset,
@@ -64,36 +80,30 @@ def encode_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Normalised image and text embeddings of a pair data set, gathered over processes.
 
+    Images go through msclip's one encoding engine (:func:`msclip.encode.encode_batches`) on this
+    process's shard; unreadable pairs are named in the log and counted.
+
     Returns:
         ``(image [N, D], text [N, D], indices [N], n_bad)``: dataset indices of the readable
         pairs in order, and the number of unreadable ones.
     """
-    collate = PairCollator(
-        tokenizer, len(model.bands), model.image_size, model.context_length, dataset.table.paths
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank, ctx.world_size),
-        collate_fn=collate,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(0),
-    )
     amp = autocast if autocast is not None else contextlib.nullcontext()
     imgs, txts, idx, n_bad = [], [], [], 0
-    for batch in loader:
-        n_bad += len(batch["bad"])
-        for i, path, reason in batch["bad"]:
-            logger.warning("validation sample %d skipped (%s): %s", i, path, reason)
-        if batch["images"].shape[0] == 0:
+    batches = encode_batches(
+        model, dataset, batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank,
+        ctx.world_size), collate=_ValidationCollate(tokenizer, model.context_length),
+        workers=num_workers, to_numpy=False, autocast=autocast, grad_mode="no_grad",
+        desc="validation",
+    )  # fmt: skip
+    for b in batches:
+        n_bad += len(b.failures)
+        if not b.indices:
             continue
-        with amp:
-            imgs.append(model.encode_image(batch["images"].to(ctx.device), normalize=True).float())
-            txts.append(
-                model.encode_text(
-                    batch["tokens"].to(ctx.device), normalize=True, trim=trim_text
-                ).float()
-            )
-        idx.append(batch["indices"].to(ctx.device))
+        imgs.append(b.embeddings)
+        with torch.no_grad(), amp:
+            tokens = b.extra["tokens"].to(ctx.device)
+            txts.append(model.encode_text(tokens, normalize=True, trim=trim_text).float())
+        idx.append(torch.tensor(b.indices, dtype=torch.long, device=ctx.device))
     d = model.embed_dim
     img = torch.cat(imgs) if imgs else torch.zeros((0, d), device=ctx.device)
     txt = torch.cat(txts) if txts else torch.zeros((0, d), device=ctx.device)
@@ -207,26 +217,18 @@ def zero_shot_metrics(
     from msclip.eval.metrics import balanced_accuracy, topk_accuracy
     from msclip.zero_shot import build_classifier, zero_shot_logits
 
-    amp = autocast if autocast is not None else contextlib.nullcontext()
     names = [class_display_name(c) for c in dataset.classes]
     weights = build_classifier(model, tokenizer, names, templates).to(ctx.device)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank, ctx.world_size),
-        collate_fn=collate_labelled,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(0),
-    )
     scores, labels = [], []
-    for batch in loader:
-        for i, reason in batch["bad"]:
-            logger.warning("zero-shot image %s skipped: %s", dataset.paths[i], reason)
-        if batch["images"] is None:
+    for b in encode_batches(
+        model, dataset, batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank,
+        ctx.world_size), workers=num_workers, to_numpy=False, autocast=autocast,
+        grad_mode="no_grad", desc="zero-shot",
+    ):  # fmt: skip
+        if not b.indices:
             continue
-        with amp:
-            img = model.encode_image(batch["images"].to(ctx.device))
-        scores.append(zero_shot_logits(img, weights))
-        labels.append(batch["labels"].to(ctx.device))
+        scores.append(zero_shot_logits(b.embeddings, weights))
+        labels.append(torch.tensor(b.extra["label"], dtype=torch.long, device=ctx.device))
     c = len(names)
     s = torch.cat(scores) if scores else torch.zeros((0, c), device=ctx.device)
     y = torch.cat(labels) if labels else torch.zeros((0,), dtype=torch.long, device=ctx.device)

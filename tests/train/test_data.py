@@ -165,7 +165,7 @@ def test_unreadable_image_is_set_aside(tmp_path: Path, preprocess) -> None:
     Path(table.paths[1]).write_bytes(b"not a tiff at all")
     ds = PairDataset(table, preprocess)
     item = ds[1]
-    assert "bad" in item and "RasterReadError" in item["bad"]
+    assert "error" in item and "RasterReadError" in item["error"]
     tok = msclip.get_tokenizer("msclip-tiny")
     collate = PairCollator(tok, 10, 32, 77, table.paths)
     batch = collate([ds[i] for i in range(4)])
