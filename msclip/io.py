@@ -152,7 +152,7 @@ def _assign_bands(
     try:
         return default_bands_for_count(count), "count"
     except BandError as err:
-        raise BandError(f"{where}: {err}") from None
+        raise BandError(f"{where}: {err}", param=err.param) from None
 
 
 def _read_geotiff(

@@ -162,14 +162,14 @@ def resolve_weights(
 
     Raises:
         WeightsNotFoundError: offline without the file, or an explicit path that does not exist;
-            the message names the file, where to get it, and ``--ckpt-path``.
+            the message names the file, where to get it, and how to pass it (``param`` is
+            ``pretrained``; command-line programs add their flag).
     """
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
             raise WeightsNotFoundError(
-                f"checkpoint file not found: {p}. Check the path given to --ckpt-path "
-                "(Python: pretrained=...)."
+                f"checkpoint file not found: {p}; check the path of the weights", param="pretrained"
             )
         return p
     if entry.package_file:
@@ -178,8 +178,9 @@ def resolve_weights(
             return p
     if not entry.hub_id:
         raise WeightsNotFoundError(
-            f"model {entry.name!r} has no published weights; pass a checkpoint with --ckpt-path "
-            "(Python: pretrained='path/to/file') or use --no-pretrained for random weights"
+            f"model {entry.name!r} has no published weights; give the path of a checkpoint "
+            "(pretrained='path/to/file'), or ask for random weights (pretrained=None)",
+            param="pretrained",
         )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -204,9 +205,9 @@ def resolve_weights(
         f"{entry.hub_id} (https://huggingface.co/{entry.hub_id}) is not in the hub cache "
         f"({cache}) and the hub cannot be reached"
         f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Download it on a connected machine "
-        f"(huggingface-cli download {entry.hub_id} {first}), then pass its path with "
-        f"--ckpt-path /path/to/{first} (Python: pretrained='/path/to/{first}'). "
-        f"[{'; '.join(errors)}]"
+        f"(huggingface-cli download {entry.hub_id} {first}), then give its path "
+        f"(pretrained='/path/to/{first}'). [{'; '.join(errors)}]",
+        param="pretrained",
     )
 
 

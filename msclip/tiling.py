@@ -134,7 +134,8 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
     if height < tile_size or width < tile_size:
         raise TilingError(
             f"raster of {height}x{width} pixels is smaller than one tile of {tile_size} pixels; "
-            "use a smaller --tile-size or classify the file as a single image"
+            "use a smaller tile size or classify the file as a single image",
+            param="tile_size",
         )
     return (height - tile_size) // stride + 1, (width - tile_size) // stride + 1
 

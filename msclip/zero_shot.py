@@ -205,7 +205,8 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
     names = [str(n) for n in names]
     if not names:
         raise ClassNameError(
-            "no class names given; pass --class-names or --classes-file (.txt or .yaml)"
+            "no class names given; give a list of names or a .txt/.yaml file of them",
+            param="class_names",
         )
     empty = [i for i, n in enumerate(names) if not n.strip()]
     if empty:

@@ -142,6 +142,12 @@ def _flags() -> dict[str, str]:
 
 
 def _error_status(err: BaseException) -> int:
+    if isinstance(err, ConfigError) and err.param is None:
+        print(
+            "note: every option is also a flag of the same name in kebab case "
+            "(train_data: --train-data)",
+            file=sys.stderr,
+        )
     return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_PARTIAL
 
 

@@ -551,8 +551,9 @@ def _find_root(spec: DatasetSpec, dataset_dir: Path | None) -> Path:
             return p
     raise DatasetNotFoundError(
         f"dataset {spec.name} not found: none of {tried} exists. Put the data there (the "
-        "expected tree and where to obtain it are in benchmark_datasets/README.md) or pass "
-        "--dataset-dir"
+        "expected tree and where to obtain it are in benchmark_datasets/README.md) or give "
+        "the folder that holds it",
+        param="dataset_dir",
     )
 
 

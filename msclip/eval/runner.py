@@ -95,8 +95,9 @@ def resolve_templates(spec: str | os.PathLike) -> TemplateSet:
         raise TemplatesNotShippedError(
             f"the template set {s!r} of the published Llama3-MS-CLIP protocol "
             f"({PUBLISHED_TEMPLATE_SETS[s]} templates) is not shipped with msclip, because its "
-            f"text belongs to another project. Pass the original file instead: "
-            f"--templates path/to/{s}.txt (msclip's own sets: {', '.join(list_template_sets())})"
+            f"text belongs to another project. Give the original file instead "
+            f"(path/to/{s}.txt; msclip's own sets: {', '.join(list_template_sets())})",
+            param="templates",
         )
     templates = tuple(load_templates(s))
     path = shipped if shipped is not None else Path(s).expanduser().resolve()

@@ -167,7 +167,8 @@ def _map_bands_cached(model: tuple[str, ...], inputs: tuple[str, ...]) -> BandMa
     if len(ignored) == len(inputs):
         raise BandError(
             f"none of the input bands {list(inputs)} can feed the model bands {list(model)}: "
-            "check the band names (--bands) or use a model trained on this sensor"
+            "check the band names or use a model trained on this sensor",
+            param="bands",
         )
     if missing:
         logger.info("model bands %s are absent from the input and are mean-filled", missing)

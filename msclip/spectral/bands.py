@@ -364,6 +364,7 @@ def default_bands_for_count(count: int) -> tuple[str, ...]:
             f"cannot tell which bands a {count}-band image holds: only "
             f"{sorted(COUNT_DEFAULTS)} band counts have a default "
             "(13 = S2 L1C, 12 = S2 L2A, 10 = Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB). "
-            "Name the bands: bands=[...] in Python or --bands B02,B03,... on the command line."
+            "Name the bands (bands=['B02', 'B03', ...]).",
+            param="bands",
         )
     return SENSORS[COUNT_DEFAULTS[count]].bands

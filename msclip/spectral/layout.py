@@ -54,6 +54,6 @@ def to_chw(
         return np.moveaxis(array, -1, 0), "HWC"
     raise LayoutError(
         f"{where}: cannot tell whether the bands of an array of shape {array.shape} are the "
-        "first or the last axis; declare it with layout='CHW' or layout='HWC' "
-        "(--layout on the command line) or name the bands"
+        "first or the last axis; declare it with layout='CHW' or layout='HWC' or name the bands",
+        param="layout",
     )

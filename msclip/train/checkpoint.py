@@ -137,6 +137,7 @@ def load_train_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{p} is not an msclip training checkpoint (format {FORMAT!r}); to start from model "
-            "weights use --init instead of --resume"
+            "weights use the option init instead of resume",
+            param="init",
         )
     return data

@@ -326,7 +326,7 @@ class TrainConfig:
 
         # data
         if not self.train_data:
-            e.append("train_data is required: give the CSV/Parquet table with --train-data")
+            e.append("train_data is required: give the CSV/Parquet table of image-caption pairs")
         else:
             _check_table(self.train_data, "train_data", e)
         if self.val_data is not None:
@@ -334,7 +334,7 @@ class TrainConfig:
         else:
             need(
                 0.0 < self.val_fraction < 1.0,
-                f"val_fraction must be in (0, 1) when no --val-data is given, got "
+                f"val_fraction must be in (0, 1) when no val_data is given, got "
                 f"{self.val_fraction}",
             )
         if self.caption_columns is not None:
@@ -513,7 +513,7 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(f"model {cfg.model!r} is not registered; choose one of {list(MODELS)}")
     if cfg.init in ("random", "pretrained"):
         if cfg.model is None:
-            errors.append(f"init {cfg.init!r} needs --model (an architecture to build)")
+            errors.append(f"init {cfg.init!r} needs model (an architecture to build)")
     elif _is_file_like(cfg.init) or os.path.exists(cfg.init):
         if not os.path.isfile(cfg.init):
             errors.append(f"init checkpoint {cfg.init!r} not found")
@@ -523,7 +523,9 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
             f"checkpoint file; got {cfg.init!r}"
         )
     elif cfg.model is None:
-        errors.append(f"init {cfg.init!r} (a registered model) needs --model to extend it to")
+        errors.append(
+            f"init {cfg.init!r} (a registered model) needs model, the architecture to extend it to"
+        )
 
 
 # -- type handling -----------------------------------------------------------------------------

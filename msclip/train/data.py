@@ -169,14 +169,16 @@ def load_pairs(
     if image_column not in columns:
         raise BadSampleError(
             f"table {p} has no image column {image_column!r}; its columns are {columns} "
-            "(choose one with --image-column)"
+            "(choose one with the option image_column)",
+            param="image_column",
         )
     cols = list(caption_columns) if caption_columns else caption_columns_of(columns)
     missing = [c for c in cols if c not in columns]
     if not cols or missing:
         raise BadSampleError(
             f"table {p} has no caption column{'s ' + str(missing) if missing else ''}; its "
-            f"columns are {columns} (name them with --caption-columns)"
+            f"columns are {columns} (name them with the option caption_columns)",
+            param="caption_columns",
         )
     root = Path(data_root) if data_root is not None else Path(p).resolve().parent
     images = [_as_text(v) for v in df[image_column].tolist()]
@@ -216,7 +218,9 @@ def split_pairs(table: PairTable, val_fraction: float, seed: int) -> tuple[PairT
     if n_val < 2 or n - n_val < 2:
         raise BadSampleError(
             f"{table.source}: {n} usable pairs cannot be split with val_fraction={val_fraction} "
-            "(each part needs at least 2 pairs); give --val-data or change --val-fraction"
+            "(each part needs at least 2 pairs); give a validation table (val_data) or change "
+            "val_fraction",
+            param="val_fraction",
         )
     perm = np.random.default_rng([seed, 0x5B11]).permutation(n)
     val_idx = np.sort(perm[:n_val])

@@ -97,7 +97,10 @@ def select_trainable(
         p.requires_grad_(n in chosen)
     trainable = [n for n in names if n in chosen]
     if not trainable:
-        raise ConfigError("no parameter is trainable; check --trainable and --frozen-patterns")
+        raise ConfigError(
+            "no parameter is trainable; check the options trainable and frozen_patterns",
+            param="trainable",
+        )
     return trainable
 
 

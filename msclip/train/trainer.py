@@ -248,7 +248,8 @@ class Trainer:
         if cfg.accum_steps > self.local_batch:
             raise ConfigError(
                 f"accum_steps {cfg.accum_steps} exceeds the per-process batch "
-                f"{self.local_batch} (= batch_size / processes); lower --accum-steps"
+                f"{self.local_batch} (= batch_size / processes); lower accum_steps",
+                param="accum_steps",
             )
         resume_path = self._resume_path()
 
@@ -266,7 +267,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(
                 f"the training set has {len(train_t)} usable pairs, fewer than batch_size "
-                f"{cfg.batch_size}; lower --batch-size or add data"
+                f"{cfg.batch_size}; lower batch_size or add data",
+                param="batch_size",
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
@@ -382,8 +384,9 @@ class Trainer:
             if existing is not None:
                 raise ConfigError(
                     f"output_dir {str(self.out)!r} already holds checkpoints of a run "
-                    f"({existing.name}); continue it with --resume latest, or choose another "
-                    "--output-dir"
+                    f"({existing.name}); continue it with resume='latest', or choose another "
+                    "output_dir",
+                    param="resume",
                 )
             return None
         if cfg.resume == "latest":
@@ -401,7 +404,8 @@ class Trainer:
                 f"({n_bad / max(1, table.n_rows):.1%} > max_bad_fraction "
                 f"{self.cfg.max_bad_fraction:.1%}): {len(table.bad)} found up front"
                 f"{' (' + examples + ')' if examples else ''}, {runtime_bad} unreadable in this "
-                "epoch (see the log). Fix the table or the files, or raise --max-bad-fraction."
+                "epoch (see the log). Fix the table or the files, or raise max_bad_fraction.",
+                param="max_bad_fraction",
             )
 
     # -- checkpoints ---------------------------------------------------------------------------

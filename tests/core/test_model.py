@@ -166,9 +166,12 @@ def test_offline_without_weights_names_file_and_flag(tmp_path):
         msclip.create_model("Llama3-MS-CLIP-Base", pretrained=True, cache_dir=str(tmp_path))
     msg = str(err.value)
     assert "Llama3_MS_CLIP_weights.pt" in msg and "ibm-esa-geospatial/Llama3-MS-CLIP-base" in msg
-    assert "--ckpt-path" in msg
-    with pytest.raises(WeightsNotFoundError, match="--ckpt-path"):
+    # the library names the parameter; command-line programs add the flag (--ckpt-path)
+    assert "pretrained='/path/to/Llama3_MS_CLIP_weights.pt'" in msg and "--" not in msg
+    assert err.value.param == "pretrained"
+    with pytest.raises(WeightsNotFoundError, match=r"nope\.pt") as err:
         msclip.create_model("msclip-tiny", pretrained=tmp_path / "nope.pt")
+    assert err.value.param == "pretrained"
 
 
 def test_hub_cache_is_used_offline(tiny, tmp_path, monkeypatch):

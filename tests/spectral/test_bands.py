@@ -81,5 +81,6 @@ def test_count_defaults():
     assert default_bands_for_count(10) == LLAMA3_MS_CLIP_BANDS
     assert default_bands_for_count(4) == ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")
     assert default_bands_for_count(3) == ("red", "green", "blue")
-    with pytest.raises(BandError, match="--bands"):
+    with pytest.raises(BandError, match="Name the bands") as err:
         default_bands_for_count(5)
+    assert err.value.param == "bands" and "--" not in str(err.value)

@@ -106,7 +106,7 @@ def test_validation_reports_every_problem(tmp_path: Path) -> None:
 def test_model_and_init_combinations(tmp_path: Path) -> None:
     table = _table(tmp_path)
     TrainConfig(train_data=table, model="msclip-tiny").validate()
-    with pytest.raises(ConfigError, match="needs --model"):
+    with pytest.raises(ConfigError, match="needs model"):
         TrainConfig(train_data=table).validate()
     with pytest.raises(ConfigError, match="not registered"):
         TrainConfig(train_data=table, model="ViT-Z-99").validate()

@@ -101,9 +101,9 @@ def test_bad_rows_are_counted_with_reasons(tmp_path: Path) -> None:
 
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(BadSampleError, match="--image-column"):
+    with pytest.raises(BadSampleError, match="image_column"):
         load_pairs(tmp_path / "t.csv")
-    with pytest.raises(BadSampleError, match="--caption-columns"):
+    with pytest.raises(BadSampleError, match="caption_columns"):
         load_pairs(tmp_path / "t.csv", image_column="path")
     assert load_pairs(tmp_path / "t.csv", "path", ["text"]).bad  # a.tif does not exist
 
@@ -128,7 +128,7 @@ def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     assert len(val) == 2 and len(train) == 8
     assert not set(train.paths) & set(val.paths)
     assert split_pairs(table, 0.2, seed=3)[1].paths == val.paths
-    with pytest.raises(BadSampleError, match="val-fraction"):
+    with pytest.raises(BadSampleError, match="val_fraction"):
         split_pairs(table, 0.05, seed=0)
 
 

@@ -174,7 +174,7 @@ def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) ->
         train(_cfg(scenes, tmp_path / "b", **kw), hooks=[kill_at_5])
     assert not (tmp_path / "b" / "final.safetensors").exists()
     # Without --resume an existing run is not overwritten.
-    with pytest.raises(ConfigError, match="--resume latest"):
+    with pytest.raises(ConfigError, match="resume='latest'"):
         train(_cfg(scenes, tmp_path / "b", **kw))
     # Options that change the result cannot change on resume.
     with pytest.raises(ConfigError, match="lr"):
@@ -252,7 +252,7 @@ def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> 
     # 1 of 21 missing up front is allowed at 5%; the corrupt one read in the epoch is not.
     with pytest.raises(TooManyBadSamplesError, match=r"2 of 21 samples are bad") as info:
         train(_cfg(table, tmp_path / "strict", max_bad_fraction=0.05, **kw))
-    assert "--max-bad-fraction" in str(info.value) and "image file not found" in str(info.value)
+    assert "max_bad_fraction" in str(info.value) and "image file not found" in str(info.value)
     # Too many up front: fails before any model is built or file written.
     with pytest.raises(TooManyBadSamplesError, match="1 found up front"):
         train(_cfg(table, tmp_path / "early", max_bad_fraction=0.01, **kw))
