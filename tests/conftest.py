@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+
+# Helpers shared by several test folders live in tests/support (``from support import ...``).
+sys.path.insert(0, os.path.dirname(__file__))
 
 # No test may reach the network: the hub code must take the offline path.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -7,12 +7,12 @@ import pickle
 import shutil
 from pathlib import Path
 
-import mini_benchmark as mb
 import numpy as np
 import pytest
 import rasterio
 import torch
 from rasterio.enums import Resampling
+from support import mini_benchmark as mb
 
 from msclip.eval.datasets import (
     DATASETS,

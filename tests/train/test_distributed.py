@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_tiles import write_class_tif
+from support.train_tiles import write_class_tif
 
 import msclip
 from msclip.train.config import TrainConfig

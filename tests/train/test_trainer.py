@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_tiles import write_class_tif
+from support.train_tiles import write_class_tif
 
 import msclip
 from msclip.train.checkpoint import load_train_checkpoint

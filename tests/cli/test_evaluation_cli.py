@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-import mini_benchmark as mb
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support import mini_benchmark as mb
 
 from msclip.cli.evaluation import main, parse_args
 from msclip.eval.report import RECORD_KEYS, RECORD_SCHEMA, load_records, record_path

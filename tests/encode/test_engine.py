@@ -1,0 +1,131 @@
+"""The one encoding engine: files (skip and count), labelled datasets (fail or skip), order,
+worker processes, and grad mode that never leaks into the caller's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import msclip
+from msclip.encode import (
+    LabelledDataset,
+    collate_items,
+    encode_batches,
+    encode_dataset,
+    encode_images,
+    iter_encoded,
+)
+from msclip.errors import MSCLIPError, RasterReadError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return msclip.create_model("msclip-tiny").eval()
+
+
+@pytest.fixture
+def files(make_geotiff, tmp_path):
+    paths = [make_geotiff(f"t{i}.tif", count=10, size=(32, 32), seed=i)[0] for i in range(5)]
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff at all")
+    return [str(p) for p in paths[:2]] + [str(bad)] + [str(p) for p in paths[2:]]
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """A labelled dataset as evaluation has it: ``(image, target, index)``; item 2 unreadable."""
+
+    name = "toy"
+
+    def __init__(self, preprocess, paths):
+        self.preprocess, self.paths = preprocess, paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def name_of(self, i):
+        return self.paths[i]
+
+    def __getitem__(self, i):
+        return self.preprocess(self.paths[i]), i % 3, i
+
+
+def test_files_in_order_with_bad_ones_named_and_counted(tiny, files, caplog):
+    pre = tiny.preprocess()
+    res = encode_images(tiny, pre, files, batch_size=2)
+    assert res.indices == [0, 1, 3, 4, 5]
+    assert [f.index for f in res.failures] == [2] and "broken.tif" in res.failures[0].name
+    assert "cannot read" in caplog.text and "broken.tif" in caplog.text
+    # the same numbers as the model called directly, L2-normalised
+    with torch.inference_mode():
+        direct = tiny.encode_image(torch.stack([pre(files[i]) for i in res.indices]))
+    expected = torch.nn.functional.normalize(direct.float(), dim=-1).numpy()
+    np.testing.assert_allclose(res.embeddings, expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(res.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_size_does_not_change_results(tiny, files):
+    pre = tiny.preprocess()
+    a = encode_images(tiny, pre, files, batch_size=1)
+    b = encode_images(tiny, pre, files, batch_size=4)
+    assert a.indices == b.indices
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+
+
+def test_worker_processes_give_the_same_result(tiny, files):
+    pre = tiny.preprocess()
+    a = encode_images(tiny, pre, files, batch_size=2, workers=0)
+    b = encode_images(tiny, pre, files, batch_size=2, workers=1)
+    assert a.indices == b.indices and len(b.failures) == 1
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-6)
+
+
+def test_labelled_dataset_fails_by_default_and_skips_on_request(tiny, files):
+    ds = _Labelled(tiny.preprocess(), files)
+    # strict: one clear error naming the file, raised in this process (no worker traceback)
+    with pytest.raises(RasterReadError, match="broken.tif"):
+        encode_dataset(tiny, ds, batch_size=2, workers=1)
+    enc = encode_dataset(tiny, ds, batch_size=2, skip_bad=True)
+    assert enc.indices.tolist() == [0, 1, 3, 4, 5]
+    assert enc.targets.tolist() == [0, 1, 0, 1, 2]
+    assert [f.index for f in enc.failures] == [2] and "broken.tif" in enc.failures[0].name
+
+
+def test_labelled_dataset_with_nothing_readable_is_an_error(tiny, tmp_path):
+    bad = tmp_path / "x.tif"
+    bad.write_bytes(b"junk")
+    with pytest.raises(MSCLIPError, match="no sample could be encoded"):
+        encode_dataset(tiny, _Labelled(tiny.preprocess(), [str(bad)]), skip_bad=True)
+
+
+def test_protocol_collate_keeps_extras_of_good_items_only():
+    items = [
+        {"index": 0, "image": torch.zeros(2, 4, 4), "target": 3},
+        {"index": 1, "error": "boom"},
+        {"index": 2, "nodata": "90% nodata"},
+        {"index": 3, "image": torch.ones(2, 4, 4), "target": 5},
+    ]
+    out = collate_items(items)
+    assert out["indices"] == [0, 3] and out["target"] == [3, 5]
+    assert out["failures"] == [(1, "boom")] and out["skipped"] == [(2, "90% nodata")]
+    assert out["images"].shape == (2, 2, 4, 4)
+    assert collate_items([{"index": 0, "error": "x"}])["images"] is None
+
+
+def test_grad_mode_covers_the_model_only(tiny, files):
+    seen = []
+    for batch in iter_encoded(tiny, tiny.preprocess(), files, batch_size=2):
+        seen.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        assert batch.embeddings.dtype == np.float32
+    assert seen and all(s == (False, True) for s in seen)
+
+
+def test_tensor_output_with_no_grad_for_training_code(tiny, files):
+    ds = LabelledDataset(_Labelled(tiny.preprocess(), files[:2]))
+    batches = list(encode_batches(tiny, ds, to_numpy=False, grad_mode="no_grad"))
+    emb = batches[0].embeddings
+    assert isinstance(emb, torch.Tensor) and not emb.is_inference() and not emb.requires_grad
+    assert batches[0].extra["target"] == [0, 1]
+    with pytest.raises(ValueError, match="grad_mode"):
+        next(encode_batches(tiny, ds, grad_mode="train"))

@@ -1,0 +1,75 @@
+"""Tiling of large rasters: the tile grid, its georeference, nodata fractions, footprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+import msclip
+from msclip.tiling import (
+    TilingError,
+    footprint_lonlat,
+    nodata_fraction,
+    open_scene,
+    raster_bounds,
+    scene_tiles,
+    tile_grid,
+)
+
+ORIGIN = Affine(10, 0, 500000, 0, -10, 5000000)
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """12 x 100 x 150 uint16 scene, UTM 32N, nodata 0 in columns 96 and beyond."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 6000, size=(12, 100, 150)).astype("uint16")
+    data[:, :, 96:] = 0
+    path = tmp_path / "scene.tif"
+    msclip.write_geotiff(path, data, crs=CRS.from_epsg(32632), transform=ORIGIN, nodata=0)
+    return path, data
+
+
+def test_tile_grid():
+    assert tile_grid(100, 150, 32, 32) == (3, 4)
+    assert tile_grid(100, 150, 32, 16) == (5, 8)
+    assert tile_grid(32, 32, 32, 7) == (1, 1)
+    with pytest.raises(TilingError, match="smaller than one tile"):
+        tile_grid(20, 150, 32, 32)
+    with pytest.raises(TilingError):
+        tile_grid(100, 100, 32, 0)
+
+
+def test_tiles_and_grid_transform(scene):
+    path, _ = scene
+    info = open_scene(path, 32, 16)
+    tiles = scene_tiles(info)
+    assert (info.n_rows, info.n_cols) == (5, 8) and len(tiles) == 40
+    t = tiles[9]  # grid row 1, col 1
+    assert (t.grid_row, t.grid_col, t.row, t.col, t.height) == (1, 1, 16, 16, 32)
+    # Cell (i, j) is the stride square centred on tile (i, j): origin shifted by (32-16)/2 px.
+    assert info.grid_transform == Affine(160, 0, 500080, 0, -160, 4999920)
+    assert open_scene(path, 32).grid_transform == Affine(320, 0, 500000, 0, -320, 5000000)
+
+
+def test_nodata_fraction_and_footprint():
+    data = np.ones((3, 4, 4), np.uint16)
+    data[:, :2] = 0
+    data[0, 0, 0] = 5  # one band valid: that pixel is not nodata
+    assert nodata_fraction(data, 0) == pytest.approx(7 / 16)
+    assert nodata_fraction(data, None) == 0.0
+    f = np.full((2, 2, 2), np.nan, np.float32)
+    assert nodata_fraction(f, None) == 1.0
+
+    bounds = raster_bounds(ORIGIN, 0, 0, 32, 32)
+    assert bounds == (500000, 5000000 - 320, 500320, 5000000)
+    ring = footprint_lonlat(CRS.from_epsg(32632), bounds)
+    assert len(ring) == 5 and ring[0] == ring[-1]
+    lon, lat = np.array(ring).T
+    assert np.allclose(lon, 9.0, atol=0.01) and np.allclose(lat, 45.14, atol=0.02)
+    # Exterior ring counter-clockwise (RFC 7946): positive shoelace area.
+    area = 0.5 * np.sum(lon[:-1] * lat[1:] - lon[1:] * lat[:-1])
+    assert area > 0
