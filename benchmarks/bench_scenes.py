@@ -1,4 +1,4 @@
-"""Speed of the synthetic scene generator (msclip.data.scenes).
+"""Speed of the synthetic scene generator (msclip.synthetic).
 
 Prints milliseconds per tile for each class at the given sizes (generation in memory, no file
 I/O), then the throughput of writing a small class-folder dataset of GeoTIFFs.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from msclip.data.scenes import CLASSES, generate_dataset, generate_tile
+from msclip.synthetic import CLASSES, generate_dataset, generate_tile
 
 
 def main(argv: Sequence[str] | None = None) -> int:

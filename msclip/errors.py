@@ -14,7 +14,9 @@ __all__ = [
     "LayoutError",
     "MSCLIPError",
     "RasterReadError",
+    "SyntheticDataError",
     "UnknownBandError",
+    "UnknownClassError",
     "UnknownModelError",
     "UnsupportedFormatError",
     "WeightsNotFoundError",
@@ -62,3 +64,16 @@ class CheckpointMismatchError(CheckpointError):
 
 class WeightsNotFoundError(MSCLIPError, FileNotFoundError):
     """Weights are neither at the given path nor in the hub cache, and cannot be fetched."""
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic data (msclip.synthetic)
+# --------------------------------------------------------------------------------------------
+
+
+class SyntheticDataError(MSCLIPError, ValueError):
+    """An argument of the synthetic scene generator is out of range (size, count, split, array)."""
+
+
+class UnknownClassError(SyntheticDataError):
+    """A land-cover class name that the synthetic scene generator does not know."""
