@@ -1,10 +1,10 @@
-"""Synthetic Sentinel-2 L2A scenes with land-cover labels and captions.
+"""Synthetic Sentinel-2 L2A scenes with land-cover labels, dense targets and captions.
 
 This package makes multispectral tiles that look, band by band, like Sentinel-2 Level-2A surface
 reflectance of common land-cover classes, with captions that say what they show, a per-pixel
-land-cover label map and a per-pixel fractional vegetation cover. It feeds the shipped sample
+land-cover label raster and a per-pixel fractional vegetation cover. It feeds the shipped sample
 tiles, the contrastive pretraining of the demo model (so an offline first run gives a meaningful
-zero-shot answer) and test fixtures.
+zero-shot answer), dense-prediction heads without any download, and test fixtures.
 
 Modules, in the order a tile is made:
 
@@ -15,7 +15,8 @@ Modules, in the order a tile is made:
 - :mod:`~msclip.synthetic.layouts`: where classes show in a tile (coasts, rivers, fields ...);
 - :mod:`~msclip.synthetic.tiles`: the sensor model and :func:`generate_tile`;
 - :mod:`~msclip.synthetic.captions`: :func:`make_captions`;
-- :mod:`~msclip.synthetic.dataset`: GeoTIFF tiles, caption datasets, the shipped examples.
+- :mod:`~msclip.synthetic.dataset`: GeoTIFF tiles, caption datasets, the shipped examples;
+- :mod:`~msclip.synthetic.dense`: label and target rasters, dense datasets, large scenes.
 
 Everything is drawn from one :class:`numpy.random.Generator`, so a seed fixes the pixels, the
 captions and the written files byte for byte. Command line: ``msclip-scenes`` or
@@ -45,6 +46,18 @@ from msclip.synthetic.dataset import (
     tile_transform,
     write_tile,
 )
+from msclip.synthetic.dense import (
+    IGNORE_INDEX,
+    LABEL_BAND,
+    TARGET_BAND,
+    DenseDatasetSummary,
+    generate_dense_dataset,
+    generate_dense_tile,
+    generate_scene,
+    write_label,
+    write_scene,
+    write_target,
+)
 from msclip.synthetic.spectra import (
     BAND_NAMES,
     CLASS_MIXTURES,
@@ -67,9 +80,13 @@ __all__ = [
     "DEFAULT_CRS",
     "DEFAULT_ORIGIN",
     "ENDMEMBERS",
+    "IGNORE_INDEX",
+    "LABEL_BAND",
     "PIXEL_SIZE",
+    "TARGET_BAND",
     "WAVELENGTHS_UM",
     "DatasetSummary",
+    "DenseDatasetSummary",
     "Endmember",
     "Sample",
     "SyntheticDataError",
@@ -80,10 +97,16 @@ __all__ = [
     "class_signature",
     "class_slug",
     "generate_dataset",
+    "generate_dense_dataset",
+    "generate_dense_tile",
     "generate_examples",
+    "generate_scene",
     "generate_tile",
     "iter_samples",
     "make_captions",
     "tile_transform",
+    "write_label",
+    "write_scene",
+    "write_target",
     "write_tile",
 ]

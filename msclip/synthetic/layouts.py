@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from msclip.synthetic.classes import CLASS_INDEX, CLASSES, WATER_CLASSES
-from msclip.synthetic.noise import quantile, random_field, rotated_frame, weighted_choice
+from msclip.synthetic.noise import (
+    pixel_grid,
+    quantile,
+    random_field,
+    rotated_frame,
+    weighted_choice,
+)
 from msclip.synthetic.spectra import vary_endmembers
 from msclip.synthetic.surfaces import SURFACES, Shape, rock_surface
 
@@ -32,6 +38,7 @@ __all__ = [
     "add_patch",
     "add_river",
     "add_road",
+    "compose_landscape",
     "compose_tile",
 ]
 
@@ -441,4 +448,94 @@ def compose_tile(main: str, shape: Shape, rng: np.random.Generator) -> Compositi
         add_road(scene, rng)
     if rng.random() < _CLOUD_P.get(main, 0.0):
         add_clouds(scene, rng, rng.uniform(0.05, 0.25), "overlay")
+    return scene
+
+
+# --- Large scenes of several land-cover regions ----------------------------------------------
+
+#: Share of the regions of a large scene taken by each class (water, beach and cloud come as
+#: features: lakes, rivers, a coast, clouds).
+_REGION_CLASSES = {
+    "forest": 0.22, "cropland": 0.24, "grassland": 0.16, "urban": 0.09, "bare soil": 0.06,
+    "wetland": 0.06, "desert": 0.04, "burnt area": 0.07, "snow and ice": 0.06,
+}  # fmt: skip
+
+
+def _regions(rng: np.random.Generator, shape: Shape, region_size: float) -> np.ndarray:
+    """Region id of each pixel: the nearest of jittered grid points, with warped borders.
+
+    Domain warping (coordinates displaced by a smooth random field) turns the straight cell
+    borders of the nearest-point (Voronoi) partition into irregular, natural-looking ones.
+    """
+    h, w = shape
+    ny, nx = max(1, round(h / region_size)), max(1, round(w / region_size))
+    py = (np.arange(ny)[:, None] + rng.uniform(0.15, 0.85, (ny, nx))) * (h / ny)
+    px = (np.arange(nx)[None, :] + rng.uniform(0.15, 0.85, (ny, nx))) * (w / nx)
+    warp = random_field(rng, shape, scale=region_size / 4, count=2) * np.float32(region_size / 4)
+    yy, xx = pixel_grid(h, w)
+    y, x = yy + warp[0], xx + warp[1]
+    del warp
+    best = np.full(shape, np.inf, dtype=np.float32)
+    region = np.zeros(shape, dtype=np.int32)
+    for k, (cy, cx) in enumerate(zip(py.ravel(), px.ravel())):
+        d = (y - np.float32(cy)) ** 2 + (x - np.float32(cx)) ** 2
+        closer = d < best
+        best[closer] = d[closer]
+        region[closer] = k
+    return region
+
+
+def compose_landscape(
+    rng: np.random.Generator, shape: Shape, region_size: float = 128.0
+) -> Composition:
+    """A large scene: land-cover regions, then lakes, rivers, roads, maybe a coast and clouds.
+
+    Each region (about ``region_size`` pixels across) takes a class and that class's surface,
+    painted over the region's bounding box only; the features then cross region borders as they
+    would on the ground. Memory grows with the scene: a few full-scene 12-band ``float32``
+    layers at a time (see ``docs/scenes.md``).
+
+    Args:
+        rng: random generator.
+        shape: ``(H, W)`` in pixels.
+        region_size: typical side of a land-cover region in pixels.
+
+    Returns:
+        The :class:`Composition` (layout ``landscape``).
+    """
+    h, w = shape
+    size = max(shape)
+    region = _regions(rng, shape, region_size)
+    n_regions = int(region.max()) + 1
+    classes = [weighted_choice(rng, _REGION_CLASSES) for _ in range(n_regions)]
+    scene = Composition(
+        np.zeros((12, h, w), dtype=np.float32),
+        np.zeros(shape, dtype=np.uint8),
+        np.zeros(shape, dtype=np.float32),
+        "landscape",
+    )
+    for k, cls in enumerate(classes):
+        mask = region == k
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            continue
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        inside = mask[box]
+        refl, green = SURFACES[cls](rng, inside.shape)
+        scene.refl[:, box[0], box[1]][:, inside] = refl[:, inside]
+        scene.green[box][inside] = green[inside]
+        scene.labels[box][inside] = CLASS_INDEX[cls]
+        scene.roles.setdefault(cls, "region")
+    del region
+    for _ in range(int(rng.integers(1, 4))):
+        add_patch(scene, rng, "lake", rng.uniform(0.002, 0.012), "inset")
+    for _ in range(1 + int(rng.random() < 0.4)):
+        add_river(scene, rng, max(3.0, rng.uniform(0.006, 0.014) * size), "crossing", None)
+    for _ in range(int(rng.integers(1, 4))):
+        add_road(scene, rng)
+    if rng.random() < 0.5:
+        sea = rng.uniform(0.06, 0.2)
+        add_coast(scene, rng, sea, rng.uniform(0.004, 0.012), "land", {"sea": "coast"})
+    if rng.random() < 0.5:
+        add_clouds(scene, rng, rng.uniform(0.03, 0.12), "overlay")
     return scene

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -
         ["dataset"],
         ["shuffle"],
         [],
+        ["dense", "--out", "x", "--splits", "0.8", "0.1", "2"],
     ):
         assert scenes.main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -59,6 +61,34 @@ def test_parser_keeps_the_original_subcommands_and_flags() -> None:
     assert (args.n_per_class, args.size, args.layout, args.progress) == (100, 64, "folders", True)
     assert args.classes == ["sea", "lake"] and args.seed == 0
     assert scenes.parse_args(["classes"]).command == "classes"
+    args = scenes.parse_args(["dense", "--out", "o", "--splits", "0.6", "0.2", "0.2"])
+    assert (args.n_per_class, args.size, args.splits) == (20, 64, [0.6, 0.2, 0.2])
+    args = scenes.parse_args(["scene", "--out", "o"])
+    assert (args.size, args.region_size, args.seed, args.name) == (1024, 128, 0, "scene")
+
+
+def test_dense_and_scene_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["dense", "--out", str(tmp_path / "d"), "--n-per-class", "5", "--size", "16",
+            "--classes", "forest", "sea", "--splits", "0.6", "0.2", "0.2",
+            "--no-progress"]  # fmt: skip
+    assert scenes.main(argv) == 0
+    assert "wrote 10 images with labels and targets (6 train, 2 val, 2 test)" in (
+        capsys.readouterr().out
+    )
+    with open(tmp_path / "d" / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and all((tmp_path / "d" / r["target"]).is_file() for r in rows)
+    argv = ["scene", "--out", str(tmp_path / "s"), "--size", "96", "--region-size", "32"]
+    assert scenes.main(argv) == 0
+    assert "wrote 1 images with labels and targets (1 test)" in capsys.readouterr().out
+    written = sorted(
+        p.relative_to(tmp_path / "s").as_posix() for p in (tmp_path / "s").rglob("*.*")
+    )
+    assert written == [
+        "classes.csv", "images/scene.tif", "index.csv", "labels/scene.tif", "targets/scene.tif",
+    ]  # fmt: skip
+    assert scenes.main(["scene", "--out", str(tmp_path / "t"), "--size", "5000"]) == 2
+    assert "exceeds 4096" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: about 10 s on 2 busy cores

@@ -6,7 +6,7 @@ import numpy as np
 
 from msclip.synthetic import CLASSES, generate_tile
 from msclip.synthetic.classes import CLASS_INDEX
-from msclip.synthetic.layouts import compose_tile
+from msclip.synthetic.layouts import compose_landscape, compose_tile
 
 
 def test_layouts_place_secondary_classes() -> None:
@@ -28,3 +28,12 @@ def test_composition_tracks_label_and_vegetation_together() -> None:
     assert scene.labels.dtype == np.uint8 and scene.green.dtype == np.float32
     forest = scene.labels == CLASS_INDEX["forest"]
     assert float(scene.green[forest].mean()) > 0.8
+
+
+def test_landscape_has_several_regions_and_features() -> None:
+    scene = compose_landscape(np.random.default_rng(3), (256, 256), region_size=64)
+    present = set(np.unique(scene.labels).tolist())
+    assert len(present) >= 5  # several land-cover regions ...
+    assert {CLASS_INDEX["lake"], CLASS_INDEX["river"]} <= present  # ... lakes and a river
+    water = np.isin(scene.labels, [CLASS_INDEX[c] for c in ("sea", "lake", "river")])
+    assert float(scene.green[water].max()) < 0.5  # open water holds (almost) no vegetation
