@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import msclip
-from msclip.data.scenes import CLASSES, generate_dataset
+from msclip.synthetic import CLASSES, generate_dataset
 from msclip.train.demo import USER_CLASS_NAMES, zero_shot_accuracy
 from msclip.zero_shot import load_templates
 

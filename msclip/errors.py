@@ -43,11 +43,13 @@ __all__ = [
     "OutputPathError",
     "RasterReadError",
     "RecordError",
+    "SyntheticDataError",
     "TemplateError",
     "TemplatesNotShippedError",
     "TilingError",
     "TooManyBadSamplesError",
     "UnknownBandError",
+    "UnknownClassError",
     "UnknownDatasetError",
     "UnknownModelError",
     "UnknownTemplateSetError",
@@ -235,3 +237,12 @@ class BadSampleError(MSCLIPError, ValueError):
 # -- command line ------------------------------------------------------------------------------
 class UsageError(MSCLIPError, ValueError):
     """A command-line problem found before any work (message printed, exit status 2)."""
+
+
+# -- synthetic data ----------------------------------------------------------------------------
+class SyntheticDataError(MSCLIPError, ValueError):
+    """An argument of the synthetic scene generator is out of range (size, count, split, array)."""
+
+
+class UnknownClassError(SyntheticDataError):
+    """A land-cover class name that the synthetic scene generator does not know."""

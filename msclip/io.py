@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -537,12 +537,51 @@ def write_geotiff(
     bands: Sequence[str] | None = None,
     nodata: float | None = None,
     compress: str | None = "deflate",
-    tags: dict[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    *,
+    creation_options: Mapping[str, Any] | None = None,
+    band_tags: Sequence[Mapping[str, str]] | None = None,
+    band_tags_ns: str | None = None,
 ) -> Path:
-    """Write ``[C, H, W]`` (or ``[H, W]``) to a GeoTIFF atomically, band names as descriptions."""
+    """Write ``[C, H, W]`` (or ``[H, W]``) to a GeoTIFF atomically, band names as descriptions.
+
+    Nothing time-dependent is written, so equal arguments give equal bytes (with the same GDAL).
+
+    Args:
+        path: output file; parent folders are created.
+        data: pixel values, bands first; the file gets their dtype.
+        crs: coordinate reference system (``"EPSG:32632"``, a ``rasterio.crs.CRS`` ...).
+        transform: affine pixel-to-CRS transform.
+        bands: one description per band (band names), set in band order.
+        nodata: value marking missing pixels (``float("nan")`` for float data).
+        compress: GDAL compression (``"deflate"``, ``"lzw"`` ...), ``None`` for none.
+        tags: dataset metadata (default domain).
+        creation_options: further GDAL GTiff creation options, e.g.
+            ``{"predictor": 2, "interleave": "pixel", "tiled": True}``.
+        band_tags: one mapping of metadata per band (``{}`` for none).
+        band_tags_ns: metadata domain of ``band_tags`` (e.g. ``"IMAGERY"``; default domain when
+            ``None``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        LayoutError: ``data`` is not 2-D or 3-D.
+        BandError: ``bands`` or ``band_tags`` does not have one entry per band.
+    """
     import rasterio
 
     arr = data[None] if data.ndim == 2 else data
+    if arr.ndim != 3:
+        raise LayoutError(
+            f"cannot write an array of shape {data.shape} as a GeoTIFF; pass [C, H, W] or [H, W]"
+        )
+    for what, items in (("band names", bands), ("band tag mappings", band_tags)):
+        if items is not None and len(items) != arr.shape[0]:
+            raise BandError(
+                f"{len(items)} {what} for an array of {arr.shape[0]} bands (shape {arr.shape}); "
+                "pass one per band"
+            )
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "count": arr.shape[0],
@@ -558,13 +597,17 @@ def write_geotiff(
         profile["nodata"] = nodata
     if compress:
         profile["compress"] = compress
+    if creation_options:
+        profile.update(creation_options)
 
     def _write(tmp: str) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(arr)
-            if bands is not None:
-                for i, name in enumerate(bands, start=1):
-                    dst.set_band_description(i, name)
+            for i in range(1, arr.shape[0] + 1):
+                if bands is not None:
+                    dst.set_band_description(i, bands[i - 1])
+                if band_tags is not None and band_tags[i - 1]:
+                    dst.update_tags(i, ns=band_tags_ns, **band_tags[i - 1])
             if tags:
                 dst.update_tags(**tags)
 

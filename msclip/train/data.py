@@ -1,7 +1,7 @@
 """Image-caption data for contrastive pretraining.
 
 * :func:`load_pairs` reads a CSV or Parquet table of image paths and one or more caption columns
-  (the ``captions.csv`` written by :mod:`msclip.data.scenes` is accepted as it is: ``image``,
+  (the ``captions.csv`` written by :mod:`msclip.synthetic` is accepted as it is: ``image``,
   ``caption``, ``caption_2``, ``caption_3``, ``label``; paths relative to the table's folder).
   Rows whose image is missing or whose captions are all empty are found up front.
 * :class:`PairDataset` reads rasters through the core (:class:`msclip.SpectralPreprocess`, so

@@ -4,7 +4,7 @@ One documented command regenerates the shipped demo model from nothing::
 
     python -m msclip.train.demo --out runs/msclip-demo
 
-It generates labelled Sentinel-2 L2A scenes with captions (:mod:`msclip.data.scenes`, fixed
+It generates labelled Sentinel-2 L2A scenes with captions (:mod:`msclip.synthetic`, fixed
 seed), adds captions worded like msclip's default prompt templates (so the text tower learns the
 phrasing that zero-shot classification uses), trains the ``msclip-demo`` architecture from
 random weights with msclip's own contrastive pretraining (CLIP InfoNCE, :mod:`msclip.train`),
@@ -75,8 +75,8 @@ def zero_shot_accuracy(
 ) -> tuple[float, dict[str, float]]:
     """Top-1 and per-class zero-shot accuracy on a generated class-folder set, the classes
     named as a user would type them (:data:`USER_CLASS_NAMES`)."""
-    from msclip.data.scenes import CLASSES, class_slug
     from msclip.encode import encode_images
+    from msclip.synthetic import CLASSES, class_slug
     from msclip.zero_shot import build_classifier
 
     paths, labels = [], []
@@ -103,7 +103,7 @@ def prepare_data(out: Path, n_per_class: int, size: int, seed: int, extra: int =
     Returns:
         Path of the caption table to train on.
     """
-    from msclip.data.scenes import CLASS_PHRASES, generate_dataset
+    from msclip.synthetic import CLASS_PHRASES, generate_dataset
     from msclip.zero_shot import load_templates
 
     generate_dataset(out, n_per_class=n_per_class, size=size, seed=seed, progress=True)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m msclip.train.demo " + " ".join(argv or sys.argv[1:]),
         "train_args": train_argv,
         "data": {
-            "generator": "msclip.data.scenes",
+            "generator": "msclip.synthetic",
             "n_per_class": args.n_per_class,
             "size": args.size,
             "seed": args.data_seed,

@@ -84,7 +84,7 @@ def test_worker_processes_give_the_same_result(tiny, files):
 def test_labelled_dataset_fails_by_default_and_skips_on_request(tiny, files):
     ds = _Labelled(tiny.preprocess(), files)
     # strict: one clear error naming the file, raised in this process (no worker traceback)
-    with pytest.raises(RasterReadError, match="broken.tif"):
+    with pytest.raises(RasterReadError, match=r"broken\.tif"):
         encode_dataset(tiny, ds, batch_size=2, workers=1)
     enc = encode_dataset(tiny, ds, batch_size=2, skip_bad=True)
     assert enc.indices.tolist() == [0, 1, 3, 4, 5]

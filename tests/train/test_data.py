@@ -43,7 +43,7 @@ def _tif(path: Path, seed: int, size: int = 16) -> None:
 
 
 def _scenes_like(root: Path, n: int = 8) -> Path:
-    """A folder laid out like msclip.data.scenes output: class folders + captions.csv."""
+    """A folder laid out like msclip.synthetic output: class folders + captions.csv."""
     rows = []
     for i in range(n):
         cls = ["Forest", "River"][i % 2]

@@ -27,7 +27,7 @@ CLASSES = ("Forest", "River", "Industrial", "Pasture")
 
 
 def make_scenes(root: Path, per_class: int = 6) -> Path:
-    """Class folders of 12-band tiles and a captions.csv as msclip.data.scenes writes them."""
+    """Class folders of 12-band tiles and a captions.csv as msclip.synthetic writes them."""
     rows = []
     for c, name in enumerate(CLASSES):
         for i in range(per_class):
@@ -300,7 +300,7 @@ def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
 
 
 def test_scene_generator_output_trains_as_it_is(tmp_path: Path) -> None:
-    from msclip.data.scenes import generate_dataset
+    from msclip.synthetic import generate_dataset
 
     summary = generate_dataset(
         tmp_path / "scenes", ["forest", "sea", "urban"], n_per_class=4, size=32, seed=0

@@ -1,0 +1,153 @@
+"""``msclip-scenes`` (``python -m msclip.synthetic``): write synthetic Sentinel-2 L2A data.
+
+Subcommands::
+
+    msclip-scenes examples --out benchmark_datasets/examples --seed 0
+    msclip-scenes dataset --out DIR --n-per-class 100 --size 64 --seed 0
+    msclip-scenes dense --out DIR --n-per-class 20 --size 64 --seed 0
+    msclip-scenes scene --out DIR --size 1024 --seed 0
+    msclip-scenes classes
+
+Exit status: 0 on success, 2 on a usage error or a refused argument (one ``error: ...`` line on
+standard error). The generator itself is :mod:`msclip.synthetic`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from msclip.cli.common import EXIT_OK, EXIT_USAGE, fraction, positive_int, run_cli
+
+__all__ = ["build_parser", "main", "parse_args"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``error: ...`` line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
+    """The argument parser of ``msclip-scenes`` / ``python -m msclip.synthetic``."""
+    parser = _Parser(
+        prog=prog,
+        description="Generate synthetic Sentinel-2 L2A tiles with land-cover labels and captions.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser(
+        "examples", help="write the shipped sample tiles (flat folder + captions.csv)"
+    )
+    ex.add_argument("--out", required=True, type=Path, help="output folder")
+    ex.add_argument("--n", type=positive_int, default=16, help="number of tiles (default 16)")
+    ex.add_argument(
+        "--size", type=positive_int, default=128, help="tile side in pixels (default 128)"
+    )
+    ex.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ds = sub.add_parser(
+        "dataset", help="write a class-folder dataset with captions.csv and labels.csv"
+    )
+    ds.add_argument("--out", required=True, type=Path, help="dataset root folder")
+    ds.add_argument(
+        "--n-per-class", type=positive_int, default=100, help="tiles per class (default 100)"
+    )
+    ds.add_argument(
+        "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
+    )
+    ds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ds.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                    help="classes to generate (default: all; '_' may replace spaces)")  # fmt: skip
+    ds.add_argument("--layout", choices=("folders", "flat"), default="folders",
+                    help="one folder per class (EuroSAT-like, default) or flat")  # fmt: skip
+    ds.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar (default on)")  # fmt: skip
+    de = sub.add_parser(
+        "dense",
+        help="write tiles with land-cover label and vegetation-cover target rasters "
+        "(images/, labels/, targets/, index.csv with seeded train/val/test splits)",
+    )
+    de.add_argument("--out", required=True, type=Path, help="dataset root folder")
+    de.add_argument(
+        "--n-per-class", type=positive_int, default=20, help="tiles per class (default 20)"
+    )
+    de.add_argument(
+        "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
+    )
+    de.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    de.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                    help="main classes of the tiles (default: all)")  # fmt: skip
+    de.add_argument("--splits", nargs=3, type=fraction, default=[0.8, 0.1, 0.1],
+                    metavar=("TRAIN", "VAL", "TEST"),
+                    help="split fractions per class (default 0.8 0.1 0.1)")  # fmt: skip
+    de.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar (default on)")  # fmt: skip
+    sc = sub.add_parser(
+        "scene",
+        help="write one large scene of several land-cover regions with its label and target "
+        "rasters (same layout as dense, split test)",
+    )
+    sc.add_argument("--out", required=True, type=Path, help="output root folder")
+    sc.add_argument(
+        "--size", type=positive_int, default=1024, help="scene side in pixels (default 1024)"
+    )
+    sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sc.add_argument("--region-size", type=positive_int, default=128,
+                    help="typical side of a land-cover region in pixels (default 128)")  # fmt: skip
+    sc.add_argument("--name", default="scene", help="file stem of the rasters (default scene)")
+    sub.add_parser("classes", help="list the classes, their synonyms and spectral sources")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; usage errors exit with status 2 (``SystemExit``)."""
+    return build_parser().parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from msclip import synthetic
+
+    if args.command == "examples":
+        summary = synthetic.generate_examples(args.out, n=args.n, size=args.size, seed=args.seed)
+        print(f"wrote {summary.n_images} example tiles and {summary.captions_csv}")
+    elif args.command == "dataset":
+        summary = synthetic.generate_dataset(
+            args.out, args.classes, args.n_per_class, args.size, args.seed, args.layout,
+            progress=args.progress,
+        )  # fmt: skip
+        print(
+            f"wrote {summary.n_images} tiles of {len(summary.counts)} classes, "
+            f"{summary.captions_csv} and {summary.labels_csv}"
+        )
+    elif args.command in ("dense", "scene"):
+        if args.command == "dense":
+            dense = synthetic.generate_dense_dataset(
+                args.out, args.classes, args.n_per_class, args.size, args.seed, args.splits,
+                progress=args.progress,
+            )  # fmt: skip
+        else:
+            dense = synthetic.write_scene(
+                args.out, args.size, args.seed, region_size=args.region_size, name=args.name
+            )
+        splits = ", ".join(f"{n} {s}" for s, n in dense.splits.items())
+        print(
+            f"wrote {dense.n_images} images with labels and targets ({splits}), "
+            f"{dense.index_csv} and {dense.classes_csv}"
+        )
+    else:
+        for i, cls in enumerate(synthetic.CLASSES):
+            print(f"{i:2d} {cls:13s} synonyms: {', '.join(synthetic.CLASS_SYNONYMS[cls])}")
+            print(f"   {'':13s} spectra: {synthetic.CLASS_SOURCES[cls]}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``msclip-scenes``; returns the exit status (0 ok, 2 usage or refused argument)."""
+    return run_cli(argv, parse_args, _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

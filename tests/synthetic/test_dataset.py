@@ -1,0 +1,168 @@
+"""Tests of synthetic datasets on disk (msclip.synthetic.dataset)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from msclip.errors import SyntheticDataError
+from msclip.synthetic import (
+    BAND_NAMES,
+    caption_mentions,
+    generate_dataset,
+    generate_examples,
+    generate_tile,
+    iter_samples,
+    tile_transform,
+    write_tile,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "benchmark_datasets" / "examples"
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_write_tile_geotiff(tmp_path: Path) -> None:
+    arr, _ = generate_tile("forest", 32, 0)
+    transform = tile_transform(3, 32)
+    path = write_tile(tmp_path / "sub" / "t.tif", arr, transform=transform, tags={"CLASS": "x"})
+    with rasterio.open(path) as src:
+        assert src.count == 12 and src.dtypes == ("uint16",) * 12
+        assert src.descriptions == BAND_NAMES
+        assert src.nodata == 0
+        assert src.crs.to_epsg() == 32632
+        assert src.transform == transform and src.res == (10.0, 10.0)
+        assert src.compression.name == "deflate"
+        assert src.tags()["CLASS"] == "x"
+        assert float(src.tags(9, ns="IMAGERY")["CENTRAL_WAVELENGTH_UM"]) == pytest.approx(0.8647)
+        assert src.profile.get("tiled") is False  # strips unless asked for blocks
+        np.testing.assert_array_equal(src.read(), arr)
+    assert [p.name for p in tmp_path.rglob("*")] == ["sub", "t.tif"]  # no temp file left
+    with pytest.raises(SyntheticDataError, match="uint16"):
+        write_tile(tmp_path / "f.tif", arr.astype(np.float32) / 10000)
+    with pytest.raises(SyntheticDataError, match="band names"):
+        write_tile(tmp_path / "b.tif", arr[:10])
+
+
+def test_write_tile_in_blocks(tmp_path: Path) -> None:
+    arr, _ = generate_tile("urban", 48, 0)
+    path = write_tile(tmp_path / "b.tif", arr, blocksize=16)
+    with rasterio.open(path) as src:
+        assert src.block_shapes[0] == (16, 16)
+        np.testing.assert_array_equal(src.read(), arr)
+    with pytest.raises(SyntheticDataError, match="multiple of 16"):
+        write_tile(tmp_path / "c.tif", arr, blocksize=20)
+
+
+def test_written_tiles_read_back_with_band_names(tmp_path: Path) -> None:
+    from msclip.io import read_raster
+
+    arr, _ = generate_tile("urban", 16, 0)
+    raster = read_raster(write_tile(tmp_path / "u.tif", arr))
+    assert tuple(raster.bands) == BAND_NAMES
+    assert raster.band_source == "descriptions"
+
+
+def test_generate_dataset_is_byte_reproducible(tmp_path: Path) -> None:
+    kwargs = {"classes": ["sea", "snow_and_ice", "burnt area"], "n_per_class": 2, "size": 24}
+    s1 = generate_dataset(tmp_path / "a", seed=4, **kwargs)
+    generate_dataset(tmp_path / "b", seed=4, **kwargs)
+    generate_dataset(tmp_path / "c", seed=5, **kwargs)
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert a == b
+    tiles = [k for k in a if k.endswith(".tif")]
+    assert len(tiles) == 6 and all(a[k] != c[k] for k in tiles)
+    assert sorted(a) == sorted(
+        ["captions.csv", "labels.csv"]
+        + [f"{d}/{d}_{i:04d}.tif" for d in ("sea", "snow_and_ice", "burnt_area") for i in range(2)]
+    )
+    assert s1.n_images == 6 and s1.counts == {"sea": 2, "snow and ice": 2, "burnt area": 2}
+    with open(s1.captions_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["image", "caption", "caption_2", "caption_3", "label"]
+    assert [r["label"] for r in rows] == ["sea"] * 2 + ["snow and ice"] * 2 + ["burnt area"] * 2
+    for r in rows:
+        assert (tmp_path / "a" / r["image"]).is_file()
+        assert all(
+            caption_mentions(r[k], r["label"]) for k in ("caption", "caption_2", "caption_3")
+        )
+    with open(s1.labels_csv, newline="") as fh:
+        labels = list(csv.DictReader(fh))
+    assert [(r["index"], r["label"], r["folder"], r["count"]) for r in labels] == [
+        ("0", "sea", "sea", "2"), ("1", "snow and ice", "snow_and_ice", "2"),
+        ("2", "burnt area", "burnt_area", "2"),
+    ]  # fmt: skip
+    # tiles of one dataset sit at different places on the map
+    origins = set()
+    for k in tiles:
+        with rasterio.open(tmp_path / "a" / k) as src:
+            origins.add((src.transform.c, src.transform.f))
+            assert src.tags()["GENERATOR"] == "msclip.data.scenes"  # kept: same bytes as before
+    assert len(origins) == 6
+
+
+def test_tile_content_does_not_depend_on_other_classes(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "one", classes=["lake"], n_per_class=1, size=16, seed=2)
+    generate_dataset(tmp_path / "all", classes=["sea", "lake"], n_per_class=1, size=16, seed=2)
+    with rasterio.open(tmp_path / "one/lake/lake_0000.tif") as s1:
+        one = s1.read()
+    with rasterio.open(tmp_path / "all/lake/lake_0000.tif") as s2:
+        two = s2.read()
+    np.testing.assert_array_equal(one, two)
+
+
+def test_flat_layout(tmp_path: Path) -> None:
+    s = generate_dataset(tmp_path, classes=["desert"], n_per_class=2, size=16, layout="flat")
+    assert s.files == ("desert_0000.tif", "desert_0001.tif")
+    assert (tmp_path / "desert_0001.tif").is_file()
+
+
+def test_bad_dataset_arguments(tmp_path: Path) -> None:
+    with pytest.raises(SyntheticDataError, match="layout"):
+        generate_dataset(tmp_path, layout="zip")
+    with pytest.raises(SyntheticDataError, match="seed"):
+        next(iter_samples(seed=-1))
+    with pytest.raises(SyntheticDataError, match="empty class list"):
+        generate_dataset(tmp_path, classes=[])
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_generate_examples(tmp_path: Path) -> None:
+    s = generate_examples(tmp_path, n=16, size=16, seed=0)
+    names = sorted(p.name for p in tmp_path.glob("*.tif"))
+    assert len(names) == 16 and "sea_01.tif" in names and "sea_02.tif" in names
+    assert "snow_and_ice_01.tif" in names and "burnt_area_01.tif" in names
+    assert s.counts["sea"] == 2 and s.labels_csv is None
+    with open(tmp_path / "captions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16 and rows[0]["image"] == "sea_01.tif" and rows[0]["label"] == "sea"
+
+
+def test_documented_command_regenerates_the_shipped_examples(tmp_path: Path) -> None:
+    """``python -m msclip.synthetic examples --out DIR --seed 0`` gives benchmark_datasets/examples.
+
+    Captions, tags and georeference must match exactly. Pixels are compared value by value
+    rather than as file bytes (compressed bytes depend on the GDAL version) and may differ in a
+    handful of digital numbers where another CPU's vector maths rounds a last bit differently.
+    """
+    generate_examples(tmp_path, seed=0)
+    assert (tmp_path / "captions.csv").read_bytes() == (EXAMPLES / "captions.csv").read_bytes()
+    shipped = sorted(p.name for p in EXAMPLES.glob("*.tif"))
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == shipped and len(shipped) == 16
+    for name in shipped:
+        with rasterio.open(EXAMPLES / name) as old, rasterio.open(tmp_path / name) as new:
+            assert new.tags() == old.tags() and new.descriptions == old.descriptions
+            assert new.transform == old.transform and new.crs == old.crs
+            a, b = old.read(), new.read()
+        assert a.shape == b.shape and float(np.mean(a != b)) < 1e-3, name
