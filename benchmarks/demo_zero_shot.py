@@ -20,7 +20,7 @@ import torch
 
 import msclip
 from msclip.synthetic import CLASSES, generate_dataset
-from msclip.train.demo import USER_CLASS_NAMES, zero_shot_accuracy
+from msclip.synthetic.demo import USER_CLASS_NAMES, zero_shot_accuracy
 from msclip.zero_shot import load_templates
 
 

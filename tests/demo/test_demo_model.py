@@ -11,7 +11,7 @@ import torch
 import msclip
 from msclip.pretrained import MODELS, WEIGHTS_DIR
 from msclip.synthetic import CLASSES, generate_dataset
-from msclip.train.demo import USER_CLASS_NAMES, prepare_data, zero_shot_accuracy
+from msclip.synthetic.demo import USER_CLASS_NAMES, prepare_data, zero_shot_accuracy
 from msclip.zero_shot import load_templates
 
 

@@ -1,8 +1,8 @@
-"""Make the ``msclip-demo`` model: generated scenes in, a small trained CLIP out.
+"""The recipe of the ``msclip-demo`` model: its training data, options and held-out benchmark.
 
-One documented command regenerates the shipped demo model from nothing::
+One documented command (:mod:`msclip.cli.demo`) regenerates the shipped demo model from nothing::
 
-    python -m msclip.train.demo --out runs/msclip-demo
+    python -m msclip.cli.demo --out runs/msclip-demo
 
 It generates labelled Sentinel-2 L2A scenes with captions (:mod:`msclip.synthetic`, fixed
 seed), adds captions worded like msclip's default prompt templates (so the text tower learns the
@@ -14,13 +14,8 @@ how it was made. The model is trained on generated scenes only and is **not for 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import random
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +24,12 @@ import torch
 import msclip
 from msclip.io import atomic_write
 
-__all__ = ["TRAIN_ARGS", "USER_CLASS_NAMES", "main", "prepare_data", "zero_shot_accuracy"]
+__all__ = ["TRAIN_ARGS", "USER_CLASS_NAMES", "WEIGHTS", "prepare_data", "zero_shot_accuracy"]
 
+#: Where the shipped model and its card live.
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
-#: Training options of the shipped model (passed to ``python -m msclip.train``).
+#: Training options of the shipped model (the flags of ``msclip-train``).
 TRAIN_ARGS = [
     "--model", "msclip-demo",
     "--init", "random",
@@ -124,63 +120,3 @@ def prepare_data(out: Path, n_per_class: int, size: int, seed: int, extra: int =
             writer.writerows(rows)
 
     return atomic_write(out / "captions_demo.csv", _write, ".csv")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Regenerate the msclip-demo model.")
-    ap.add_argument("--out", default="runs/msclip-demo", help="work folder (data, checkpoints)")
-    ap.add_argument("--n-per-class", type=int, default=200, help="generated tiles per class")
-    ap.add_argument("--size", type=int, default=64, help="tile side in pixels")
-    ap.add_argument("--data-seed", type=int, default=1, help="seed of the generated scenes")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
-                    help="copy the result to msclip/weights/msclip-demo.safetensors")  # fmt: skip
-    args = ap.parse_args(argv)
-
-    from msclip.cli.train import main as train_main
-
-    out = Path(args.out)
-    start = time.time()
-    table = prepare_data(out / "data", args.n_per_class, args.size, args.data_seed)
-    run = out / "run"
-    # "--resume latest" continues an interrupted run in the same work folder (fresh otherwise).
-    train_argv = [*TRAIN_ARGS, "--train-data", str(table), "--epochs", str(args.epochs),
-                  "--output-dir", str(run), "--resume", "latest"]  # fmt: skip
-    code = train_main(train_argv)
-    if code != 0:
-        return code
-    elapsed = time.time() - start
-    final = run / "final.safetensors"
-    metrics: dict = {}
-    if (run / "metrics.csv").exists():
-        with open(run / "metrics.csv", newline="") as f:
-            metrics = list(csv.DictReader(f))[-1]
-    card = {
-        "model": "msclip-demo",
-        "warning": "trained on generated scenes only; not for real use",
-        "command": "python -m msclip.train.demo " + " ".join(argv or sys.argv[1:]),
-        "train_args": train_argv,
-        "data": {
-            "generator": "msclip.synthetic",
-            "n_per_class": args.n_per_class,
-            "size": args.size,
-            "seed": args.data_seed,
-        },
-        "wall_time_s": round(elapsed, 1),
-        "final_validation": metrics,
-        "size_bytes": final.stat().st_size,
-    }
-    print(json.dumps(card, indent=2))
-    if args.install:
-        WEIGHTS.mkdir(exist_ok=True)
-        atomic_write(WEIGHTS / "msclip-demo.safetensors",
-                     lambda tmp: shutil.copyfile(final, tmp), ".safetensors")  # fmt: skip
-        atomic_write(WEIGHTS / "msclip-demo.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"),
-                     ".json")  # fmt: skip
-        print(f"installed {WEIGHTS / 'msclip-demo.safetensors'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
