@@ -42,6 +42,7 @@ __all__ = [
     "ImageSet",
     "Raster",
     "atomic_write",
+    "current_umask",
     "fsync_dir",
     "jsonable",
     "list_image_set",
@@ -57,8 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 NUMPY_EXTENSIONS = (".npy", ".npz")
@@ -434,6 +433,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -472,7 +486,7 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
     try:
         write(tmp)
         _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

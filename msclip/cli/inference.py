@@ -13,7 +13,7 @@ Modes (one per run):
   ``Similarity`` (raw cosine of L2-normalised embeddings, no templates or scaling).
 - ``--run-scene``: tile one large georeferenced scene and write, in the scene's CRS, a GeoTIFF of
   the similarity of every tile to each ``--query`` and/or a zero-shot class map with a legend.
-- ``index ...``: forwarded to :mod:`msclip.index.cli`.
+- ``index ...``: forwarded to :mod:`msclip.cli.index`.
 
 Input problems are reported before any model work: an empty image set, an unknown template set,
 duplicate class names, a missing checkpoint. An unreadable image is named in a warning and

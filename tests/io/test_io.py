@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -125,3 +128,65 @@ def test_write_geotiff_is_atomic(tmp_path, monkeypatch):
         msclip.write_geotiff(target, np.zeros((1, 4, 4), np.uint8))
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+# -- writing ----------------------------------------------------------------------------------
+def test_atomic_write_keeps_usual_permissions_and_leaves_nothing_behind(tmp_path):
+    import os
+
+    from msclip.io import TMP_PREFIX, atomic_write, write_json, write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "sub" / "a.txt", "hello")
+        assert path.read_text() == "hello"
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        private = write_text(tmp_path / "b.txt", "x")
+        assert (private.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+
+    def fail(tmp):
+        Path(tmp).write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "a.txt", fail)
+    assert (tmp_path / "sub" / "a.txt").read_text() == "hello"  # the old file survives
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    out = write_json(tmp_path / "r.json", {"x": float("nan"), "y": np.float32(0.5)})
+    assert json.loads(out.read_text()) == {"x": None, "y": 0.5}
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    from msclip.errors import OutputPathError
+    from msclip.io import write_text
+
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    with pytest.raises(OutputPathError, match="cannot write"):
+        write_text(blocker / "out.csv", "x")
+
+
+# -- image sets -------------------------------------------------------------------------------
+def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
+    from msclip.io import list_image_set
+
+    for rel in ("flat/a.tif", "flat/b.npy", "nested/x/c.tif", "nested/y/c.tif", "other/a.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "flat" / "notes.xml").write_text("<x/>")
+    flat = list_image_set([tmp_path / "flat"])
+    assert flat.names == ["a.tif", "b.npy"]  # a flat folder: bare file names, as the original
+    assert "1 file with other extensions (.xml) is not images" in caplog.text
+    nested = list_image_set([tmp_path / "nested"])
+    assert nested.names == ["x/c.tif", "y/c.tif"]  # same file name, different folders: distinct
+    both = list_image_set([tmp_path / "flat", tmp_path / "other"])
+    assert both.names == ["flat/a.tif", "flat/b.npy", "other/a.tif"]  # unique, never absolute
+    glob = list_image_set([str(tmp_path / "nested" / "**" / "*.tif")])
+    assert glob.names == ["x/c.tif", "y/c.tif"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"flat/b.npy\n{tmp_path / 'other' / 'a.tif'}\n")
+    assert list_image_set([listing]).names == ["flat/b.npy", "a.tif"]
+    assert all(not Path(n).is_absolute() for n in both.names + glob.names)

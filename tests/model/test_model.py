@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import warnings
@@ -257,3 +258,24 @@ def test_checkpoint_bands_are_checked_and_remapped(tmp_path):
     src = l2a.patch_embed.weight
     for i, b in enumerate(LLAMA3_MS_CLIP_BANDS):
         assert torch.equal(ten.patch_embed.weight[:, i], src[:, l2a.bands.index(b)])
+
+
+def test_fingerprint_is_the_one_model_identity(tiny):
+    from msclip.text_cache import model_cache_key
+
+    info = tiny.describe()
+    assert info["fingerprint"] == tiny.fingerprint() and len(tiny.fingerprint()) == 32
+    assert model_cache_key(tiny) == tiny.fingerprint()  # the text cache keys on it
+    assert info["precision"] == "fp32" and info["bands"] == list(tiny.bands)
+    # same weights -> same fingerprint; other weights, precision or bands -> another one
+    twin = copy.deepcopy(tiny)
+    twin.checkpoint_sha256 = None
+    assert twin.fingerprint() == copy.deepcopy(tiny).fingerprint()
+    with torch.no_grad():
+        twin.clip.visual.proj.add_(1.0)
+    twin.checkpoint_sha256 = None
+    assert twin.fingerprint() != tiny.fingerprint()
+    bf16 = copy.deepcopy(tiny).to(torch.bfloat16)
+    assert bf16.fingerprint() != tiny.fingerprint()
+    assert bf16.fingerprint(precision=False) == tiny.fingerprint(precision=False)
+    assert bf16.describe()["precision"] == "bf16"

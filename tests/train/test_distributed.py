@@ -150,6 +150,7 @@ def _assert_grad_close(actual: torch.Tensor, expected: torch.Tensor, name: str) 
     assert err <= 1e-4 * scale + 1e-9, f"{name}: max error {err:.3g} vs max |grad| {scale:.3g}"
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_exactly(scenes: Path, tmp_path: Path) -> None:
     (tmp_path / "worker.py").write_text(WORKER)
     _torchrun([str(tmp_path / "worker.py"), str(scenes), str(tmp_path)], tmp_path)
@@ -172,6 +173,7 @@ def test_two_processes_equal_one_and_resume_exactly(scenes: Path, tmp_path: Path
         assert torch.equal(v, resumed[k]), k
 
 
+@pytest.mark.slow
 def test_torchrun_command_line_matches_one_process(scenes: Path, tmp_path: Path) -> None:
     options = dict(
         train_data=str(scenes),

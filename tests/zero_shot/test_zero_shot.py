@@ -198,3 +198,36 @@ def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog
     assert all(np.array_equal(got[f"t{i}"], np.full(4, i, np.float32)) for i in range(5))
     assert "unreadable shard" in caplog.text
     assert not list(cache.dir.glob(".*"))  # no temporary files left behind
+
+
+# -- decisions ------------------------------------------------------------------------------------
+def test_classify_single_and_multi_label():
+    from msclip.errors import ClassNameError, MetricInputError
+    from msclip.zero_shot import classify, multilabel_predict, zero_shot_logits
+
+    rng = np.random.default_rng(0)
+    classifier = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(4, 8))), dim=-1)
+    feats = rng.normal(size=(6, 8)).astype(np.float32)
+    names = ["sea", "forest", "city", "snow"]
+    single = classify(feats, classifier, names)
+    logits = zero_shot_logits(torch.from_numpy(feats), classifier).double().numpy()
+    np.testing.assert_allclose(single.logits, logits)
+    np.testing.assert_allclose(single.probs.sum(axis=1), 1.0)
+    assert single.present is None
+    assert single.labels() == [names[i] for i in logits.argmax(axis=1)]
+    # the published multi-label rule runs on logits (100 x cosine)
+    multi = classify(feats, classifier, names, multi_label="mean_others")
+    np.testing.assert_array_equal(multi.present, multilabel_predict(logits, "mean_others"))
+    assert multi.labels() == [
+        ";".join(n for n, on in zip(names, row) if on) for row in multi.present
+    ]
+    thr = classify(feats, classifier, names, multi_label="threshold", threshold=0.3)
+    np.testing.assert_array_equal(thr.present, single.probs > 0.3)
+    with pytest.raises(ClassNameError, match="at least two"):
+        classify(feats, classifier[:1], names[:1], multi_label="mean_others")
+    with pytest.raises(ClassNameError, match="3 class names"):
+        classify(feats, classifier, names[:3])
+    with pytest.raises(MetricInputError, match="unknown multi-label rule"):
+        classify(feats, classifier, names, multi_label="top2")
+    with pytest.raises(MetricInputError, match="threshold"):
+        classify(feats, classifier, names, multi_label="threshold")

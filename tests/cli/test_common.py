@@ -1,0 +1,109 @@
+"""What every msclip program shares: exit codes, one-line errors with the flag of the parameter
+at fault, a logging set-up undone on return, and argparse's own exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pytest
+
+from msclip.cli import common
+from msclip.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    flag_hint,
+    output_path,
+    run_cli,
+)
+from msclip.errors import BandError, MSCLIPError, WeightsNotFoundError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prog")
+    p.add_argument("--n", type=common.positive_int, default=1)
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def _run_raising(exc: BaseException):
+    def run(args: argparse.Namespace) -> int:
+        raise exc
+
+    return run
+
+
+def test_exit_codes(capsys):
+    parse = _parser().parse_args
+    assert run_cli(["--n", "3"], parse, lambda a: EXIT_OK) == 0
+    assert run_cli(["--help"], parse, lambda a: EXIT_OK) == 0
+    assert run_cli(["--n", "0"], parse, lambda a: EXIT_OK) == EXIT_USAGE  # argparse error
+    assert "expected an integer >= 1" in capsys.readouterr().err
+    assert run_cli([], parse, _run_raising(UsageError("bad flag"))) == EXIT_USAGE
+    assert capsys.readouterr().err == "error: bad flag\n"
+    assert run_cli([], parse, _run_raising(KeyboardInterrupt())) == EXIT_INTERRUPTED
+    status = run_cli([], parse, _run_raising(MSCLIPError("x")), error_status=lambda e: 1)
+    assert status == 1
+
+
+def test_library_errors_get_the_flag_of_their_parameter(capsys):
+    parse = _parser().parse_args
+    err = BandError("cannot tell which bands a 5-band image holds", param="bands")
+    assert run_cli([], parse, _run_raising(err)) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == (
+        "error: cannot tell which bands a 5-band image holds (command-line option: --bands)"
+    )
+    # a program's own table wins over the shared one
+    assert flag_hint(err, {"bands": "--input-bands"}) == " (command-line option: --input-bands)"
+    assert flag_hint(MSCLIPError("no parameter")) == ""
+
+
+def test_an_os_error_is_one_line_not_a_traceback(capsys):
+    parse = _parser().parse_args
+    err = PermissionError(13, "Permission denied", "/ro/out.csv")
+    assert run_cli([], parse, _run_raising(err)) == EXIT_USAGE
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1 and "Permission denied" in out and "Traceback" not in out
+
+
+def test_logging_set_up_is_undone(capsys):
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogger("py.warnings").handlers[:])
+
+    def run(args):
+        logging.getLogger("msclip.x").warning("careful")
+        return EXIT_OK
+
+    assert run_cli([], _parser().parse_args, run) == EXIT_OK
+    assert "warning: careful" in capsys.readouterr().err
+    assert (list(root.handlers), root.level) == before[:2]
+
+
+def test_missing_published_weights_name_the_file_and_the_flag(capsys, tmp_path, monkeypatch):
+    from msclip.cli.inference import main
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.npy").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    code = main(["--run-classification", "--images", str(images), "--class-names", "a", "b"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "Llama3_MS_CLIP_weights.pt" in err and "(command-line option: --ckpt-path)" in err
+
+
+def test_output_path(tmp_path):
+    assert str(output_path(None, "c.csv")) == "results/c.csv"
+    assert output_path(str(tmp_path), "c.csv") == tmp_path / "c.csv"
+    assert output_path(str(tmp_path / "x.csv"), "c.csv") == tmp_path / "x.csv"
+
+
+def test_weights_error_is_a_library_error_without_flags():
+    assert issubclass(WeightsNotFoundError, MSCLIPError)
+    with pytest.raises(MSCLIPError) as err:
+        raise WeightsNotFoundError("missing", param="pretrained")
+    assert err.value.param == "pretrained" and flag_hint(err.value) == (
+        " (command-line option: --ckpt-path)"
+    )
