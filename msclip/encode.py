@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from msclip.errors import MSCLIPError, RasterReadError
+from msclip.errors import BandCoverageError, MSCLIPError, RasterReadError
 from msclip.tiling import Tile, nodata_fraction
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "ImageDataset",
     "LabelledDataset",
     "LabelledEncoding",
+    "WarningTally",
     "collate_items",
     "encode_batches",
     "encode_dataset",
@@ -99,7 +100,9 @@ class ImageDataset(Dataset):
     Args:
         items: file paths or :class:`msclip.tiling.Tile` windows.
         preprocess: the model's transform (``model.preprocess()``, picklable).
-        max_nodata: skip items whose nodata fraction exceeds this (``None``: never skip).
+        min_valid: skip items whose fraction of valid pixels (not nodata or NaN in every band)
+            is below this (``None`` or 0: never skip); each good item reports its fraction as
+            ``"valid"``.
         nodata: nodata value to use instead of the file's (e.g. 0 for L2A files that do not
             declare one).
     """
@@ -108,12 +111,12 @@ class ImageDataset(Dataset):
         self,
         items: Sequence[ImageItem],
         preprocess: Any,
-        max_nodata: float | None = None,
+        min_valid: float | None = None,
         nodata: float | None = None,
     ) -> None:
         self.items = list(items)
         self.preprocess = preprocess
-        self.max_nodata = max_nodata
+        self.min_valid = min_valid
         self.nodata = nodata
 
     def __len__(self) -> int:
@@ -130,25 +133,31 @@ class ImageDataset(Dataset):
         return pp.load(item)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = self._get(index)
+        return _with_warnings(out, caught)
+
+    def _get(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         try:
             data, names, nodata, where = self._load(item)
             if self.nodata is not None:
                 nodata = self.nodata
-            if self.max_nodata is not None:
-                frac = nodata_fraction(data, nodata)
-                if frac > self.max_nodata:
-                    return {"index": index, "nodata": f"{frac:.0%} nodata"}
-            if isinstance(item, Tile):
-                # Partly-nodata tiles are expected at scene edges; the fill is not news there.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*nodata/NaN pixel values filled")
-                    x = self.preprocess.process(data, names, nodata, where)
-            else:
-                x = self.preprocess.process(data, names, nodata, where)
+            valid = 1.0 - nodata_fraction(data, nodata)
+            if self.min_valid and valid < self.min_valid:
+                return {"index": index, "nodata": f"{valid:.0%} valid pixels"}
+            x = self.preprocess.process(data, names, nodata, where)
         except read_errors() as err:
             return {"index": index, "error": f"{type(err).__name__}: {err}"}
-        return {"index": index, "image": x}
+        return {"index": index, "image": x, "valid": valid}
+
+
+def _with_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+    """Attach the warnings raised while reading an item (as picklable ``(category, text)``)."""
+    if caught:
+        item["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+    return item
 
 
 class LabelledDataset(Dataset):
@@ -171,11 +180,15 @@ class LabelledDataset(Dataset):
         return str(name_of(index)) if name_of is not None else f"sample {index}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
-            image, target, _ = self.dataset[index]
-        except read_errors() as err:
-            return {"index": index, "error": f"{type(err).__name__}: {err}"}
-        return {"index": index, "image": image, "target": target}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                image, target, _ = self.dataset[index]
+            except read_errors() as err:
+                out: dict[str, Any] = {"index": index, "error": f"{type(err).__name__}: {err}"}
+            else:
+                out = {"index": index, "image": image, "target": target}
+        return _with_warnings(out, caught)
 
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -188,8 +201,9 @@ def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "indices": [int(it["index"]) for it in good],
         "failures": [(int(it["index"]), it["error"]) for it in items if "error" in it],
         "skipped": [(int(it["index"]), it["nodata"]) for it in items if "nodata" in it],
+        "warnings": [(int(it["index"]), w) for it in items for w in it.get("warnings", ())],
     }
-    for key in {k for it in good for k in it} - {"image", "index"}:
+    for key in {k for it in good for k in it} - {"image", "index", "warnings"}:
         out[key] = [it[key] for it in good]
     return out
 
@@ -215,6 +229,29 @@ class EncodedBatch:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class WarningTally:
+    """Warnings raised while reading a run's items, each counted once per item.
+
+    The engine reports each distinct warning once at the end of a run, with the number of items
+    it concerns (``... (37 of 1024 images)``), instead of once per item.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], set[int]] = {}
+
+    def add(self, index: int, warning: tuple[str, str]) -> None:
+        self.counts.setdefault(tuple(warning), set()).add(index)  # type: ignore[arg-type]
+
+    def report(self, total: int, unit: str = "images") -> list[str]:
+        """The summary lines, also logged as warnings of :mod:`msclip.encode`."""
+        lines = []
+        for (_, text), indices in self.counts.items():
+            line = f"{text} ({len(indices)} of {total} {unit})"
+            logger.warning("%s", line)
+            lines.append(line)
+        return lines
+
+
 def _name_of(dataset: Any, index: int) -> str:
     name = getattr(dataset, "name", None)
     return str(name(index)) if callable(name) else f"item {index}"
@@ -235,6 +272,7 @@ def encode_batches(
     to_numpy: bool = True,
     autocast: contextlib.AbstractContextManager | None = None,
     grad_mode: str = "inference",
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> Iterator[EncodedBatch]:
     """Encode a dataset that follows the item protocol, batch by batch, in order.
 
@@ -257,9 +295,15 @@ def encode_batches(
         autocast: a context the image tower runs in (e.g. CUDA autocast during training).
         grad_mode: ``"inference"`` (``torch.inference_mode``) or ``"no_grad"`` (tensors usable
             with autograd afterwards, for training code).
+        abort_on: error classes that stop the whole run even without ``strict`` (an input the
+            user asked to refuse, e.g. ``--strict-bands``).
+
+    The warnings raised while reading items (in this process or in workers) are counted and
+    logged once each when the run ends, with the number of items they concern.
 
     Raises:
         RasterReadError: ``strict`` and an item cannot be read.
+        MSCLIPError: an item failed with one of ``abort_on``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -283,9 +327,17 @@ def encode_batches(
     from tqdm.auto import tqdm
 
     dim = int(getattr(model, "embed_dim", 0))
+    tally = WarningTally()
+    fatal = {cls.__name__: cls for cls in abort_on}
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
+            for i, w in batch.get("warnings", ()):
+                tally.add(i, w)
             failures = [Failure(i, _name_of(dataset, i), msg) for i, msg in batch["failures"]]
+            for f in failures:
+                cls_name, _, text = f.reason.partition(": ")
+                if cls_name in fatal:
+                    raise fatal[cls_name](f"{f.name}: {text}", param="bands")
             for f in failures:
                 logger.warning("cannot read %s: %s%s", f.name, f.reason,
                                "" if strict else " (skipped)")  # fmt: skip
@@ -318,8 +370,10 @@ def encode_batches(
                 for k, v in batch.items()
                 if k not in ("images", "indices", "failures", "skipped")
             }
+            extra.pop("warnings", None)
             bar.update(len(batch["indices"]) + len(failures) + len(skipped))
             yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra)
+    tally.report(total, "images" if desc != "tiles" else "tiles")
 
 
 # -- files and tiles ------------------------------------------------------------------------------
@@ -332,12 +386,14 @@ class EncodeResult:
         indices: input positions of the rows of ``embeddings``.
         failures: unreadable items, in input order.
         skipped: input positions of items skipped as mostly nodata.
+        valid: fraction of valid pixels of each encoded item (aligned with ``indices``).
     """
 
     embeddings: np.ndarray
     indices: list[int]
     failures: list[Failure]
     skipped: list[int]
+    valid: list[float] = field(default_factory=list)
 
 
 def iter_encoded(
@@ -348,7 +404,7 @@ def iter_encoded(
     workers: int = 0,
     normalize: bool = True,
     progress: bool = False,
-    max_nodata: float | None = None,
+    min_valid: float | None = None,
     nodata: float | None = None,
     desc: str = "images",
 ) -> Iterator[EncodedBatch]:
@@ -363,11 +419,11 @@ def iter_encoded(
         workers: DataLoader worker processes for decoding.
         normalize: L2-normalise the embeddings.
         progress: show a tqdm bar.
-        max_nodata: skip items with a larger nodata fraction.
+        min_valid: skip (and count) items with a smaller fraction of valid pixels.
         nodata: nodata value overriding the files'.
         desc: label of the progress bar.
     """
-    dataset = ImageDataset(items, preprocess, max_nodata, nodata)
+    dataset = ImageDataset(items, preprocess, min_valid, nodata)
     yield from encode_batches(
         model, dataset, batch_size=batch_size, workers=workers, normalize=normalize,
         progress=progress, desc=desc,
@@ -382,8 +438,9 @@ def encode_images(
     workers: int = 0,
     normalize: bool = True,
     progress: bool = False,
-    max_nodata: float | None = None,
+    min_valid: float | None = None,
     nodata: float | None = None,
+    desc: str = "images",
 ) -> EncodeResult:
     """Encode every item; see :func:`iter_encoded` for the arguments.
 
@@ -391,17 +448,19 @@ def encode_images(
         The embeddings of the readable items plus the list of failures (never raises on a bad
         file).
     """
-    embs, indices, failures, skipped = [], [], [], []
+    embs, indices, failures, skipped, valid = [], [], [], [], []
     for b in iter_encoded(
-        model, preprocess, paths, batch_size, workers, normalize, progress, max_nodata, nodata
-    ):
+        model, preprocess, paths, batch_size, workers, normalize, progress, min_valid, nodata,
+        desc,
+    ):  # fmt: skip
         embs.append(b.embeddings)
         indices.extend(b.indices)
         failures.extend(b.failures)
         skipped.extend(b.skipped)
+        valid.extend(b.extra.get("valid", []))
     dim = int(getattr(model, "embed_dim", 0))
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-    return EncodeResult(emb, indices, failures, skipped)
+    return EncodeResult(emb, indices, failures, skipped, valid)
 
 
 # -- labelled datasets ----------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 __all__ = [
     "BadSampleError",
+    "BandCoverageError",
+    "BandCoverageWarning",
     "BandError",
     "CheckpointError",
     "CheckpointMismatchError",
@@ -29,6 +31,7 @@ __all__ = [
     "DuplicateClassError",
     "DuplicateSourceError",
     "EmptyIndexError",
+    "GenericBandNamesWarning",
     "ImageSetError",
     "IndexFormatError",
     "IndexLockedError",
@@ -37,12 +40,18 @@ __all__ = [
     "InvalidEmbeddingsError",
     "LayoutError",
     "MSCLIPError",
+    "MSCLIPWarning",
     "MetadataError",
     "MetricInputError",
     "ModelInfoError",
+    "NodataFillWarning",
+    "OutOfRangeBandWarning",
     "OutputPathError",
     "RasterReadError",
+    "RasterSizeError",
+    "RasterTooLargeError",
     "RecordError",
+    "SmallRasterWarning",
     "SyntheticDataError",
     "TemplateError",
     "TemplatesNotShippedError",
@@ -99,6 +108,20 @@ class RasterReadError(MSCLIPError, OSError):
 
 class UnsupportedFormatError(MSCLIPError, ValueError):
     """A file extension that no reader handles."""
+
+
+class BandCoverageError(BandError):
+    """The input lacks most of the model's bands, or is display-scaled 8-bit where the model reads
+    reflectance (raised instead of :class:`BandCoverageWarning` when asked to be strict)."""
+
+
+class RasterSizeError(MSCLIPError, ValueError):
+    """A raster too small (under one patch) or too large (far beyond the model input) to classify
+    as one image."""
+
+
+class RasterTooLargeError(RasterSizeError):
+    """A raster far larger than the model input given as one image (memory would explode)."""
 
 
 class OutputPathError(MSCLIPError, OSError):
@@ -232,6 +255,35 @@ class TooManyBadSamplesError(MSCLIPError, RuntimeError):
 
 class BadSampleError(MSCLIPError, ValueError):
     """A table cannot be used at all (missing columns, no usable rows)."""
+
+
+# -- warnings ----------------------------------------------------------------------------------
+# Warnings carry no file name in their message, so that a run can count how many inputs each one
+# concerns and report it once (:mod:`msclip.encode`); the file goes to the debug log.
+class MSCLIPWarning(UserWarning):
+    """Base class of msclip's warnings."""
+
+
+class BandCoverageWarning(MSCLIPWarning):
+    """The input lacks most of the model's bands, or is display-scaled 8-bit instead of
+    reflectance: the model's answer says little."""
+
+
+class OutOfRangeBandWarning(MSCLIPWarning):
+    """Input bands outside the model's spectral range are ignored."""
+
+
+class NodataFillWarning(MSCLIPWarning):
+    """Nodata or NaN pixels were filled with the band mean."""
+
+
+class SmallRasterWarning(MSCLIPWarning):
+    """A raster much smaller than the model input is upsampled."""
+
+
+class GenericBandNamesWarning(MSCLIPWarning):
+    """Band descriptions are generic numbering (``band_1`` ...); the bands were taken from the
+    band count."""
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,10 +29,12 @@ import numpy as np
 
 from msclip.errors import (
     BandError,
+    GenericBandNamesWarning,
     ImageSetError,
     LayoutError,
     OutputPathError,
     RasterReadError,
+    RasterTooLargeError,
     UnsupportedFormatError,
 )
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
@@ -42,6 +46,7 @@ __all__ = [
     "ImageSet",
     "Raster",
     "atomic_write",
+    "check_output",
     "current_umask",
     "fsync_dir",
     "jsonable",
@@ -134,11 +139,12 @@ def _assign_bands(
             f"{where} has {count} bands but {len(given)} band names were given: {list(given)}"
         )
     from_desc: tuple[str, ...] | None = None
-    if descriptions and all(descriptions):
+    present = [d for d in descriptions if d]
+    if present:
         try:
             from_desc = tuple(b.name for b in resolve_bands(descriptions, sensor))  # type: ignore[arg-type]
         except BandError:
-            logger.debug("%s: band descriptions %s are not band names", where, descriptions)
+            from_desc = None
     if from_desc is not None:
         if given is not None and given != from_desc:
             raise BandError(
@@ -148,16 +154,50 @@ def _assign_bands(
         return from_desc, "descriptions"
     if given is not None:
         return given, "argument"
+    if present and not all(_GENERIC_BAND.match(d) for d in present):
+        raise BandError(
+            f"{where} describes its bands as {list(descriptions)}, which are not band names "
+            "msclip knows; name the bands (e.g. bands=['B02', 'B03', 'B04', 'B08']) rather than "
+            "have them guessed from the band count",
+            param="bands",
+        )
     try:
-        return default_bands_for_count(count), "count"
+        names = default_bands_for_count(count)
     except BandError as err:
         raise BandError(f"{where}: {err}", param=err.param) from None
+    if present:
+        warnings.warn(
+            f"band descriptions are generic numbering ({present[0]!r} ...): the bands are taken "
+            f"from the band count ({count} bands: {', '.join(names)}); name them to be sure",
+            GenericBandNamesWarning,
+            stacklevel=3,
+        )
+    return names, "count"
+
+
+#: Band descriptions that only number the bands (``band_1``, ``Band 2``, ``channel3``, ``4``).
+_GENERIC_BAND = re.compile(r"^\s*(band|channel|layer)?[\s_#-]*\d+\s*$", re.IGNORECASE)
+
+
+def _check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise RasterTooLargeError(
+            f"{path} is {height}x{width} pixels, far more than one image the model reads "
+            f"(at most {max_pixels} pixels here): cut it into tiles (scene mode), or read it "
+            "reduced through its overviews (downsampling)"
+        )
 
 
 def _read_geotiff(
-    path: str, bands: Sequence[str | Band] | None, sensor: str | None, window: Any
+    path: str,
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    window: Any,
+    max_pixels: int | None = None,
+    shorter_side: int | None = None,
 ) -> Raster:
     import rasterio
+    from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
 
     try:
@@ -165,8 +205,22 @@ def _read_geotiff(
             names, source = _assign_bands(
                 src.count, list(src.descriptions), bands, sensor, f"GeoTIFF {path}"
             )
-            data = src.read(window=window)
+            h = int(window.height) if window is not None else src.height
+            w = int(window.width) if window is not None else src.width
+            out_shape = None
+            if shorter_side is not None and min(h, w) > shorter_side:
+                # decimated read: GDAL uses the file's overviews when it has them
+                scale = shorter_side / min(h, w)
+                out_shape = (src.count, max(1, round(h * scale)), max(1, round(w * scale)))
+            else:
+                _check_pixels(path, h, w, max_pixels)
+            data = src.read(
+                window=window, out_shape=out_shape,
+                resampling=Resampling.average if out_shape else Resampling.nearest,
+            )  # fmt: skip
             transform = src.window_transform(window) if window is not None else src.transform
+            if out_shape is not None:
+                transform = transform * transform.scale(w / out_shape[2], h / out_shape[1])
             crs = src.crs
             nodata = src.nodata
     except RasterioIOError as err:
@@ -174,14 +228,19 @@ def _read_geotiff(
     if data.size == 0:
         raise RasterReadError(f"GeoTIFF {path} holds no pixels (shape {data.shape})")
     has_geo = crs is not None
+    meta = {"window": window, "downsampled_from": (h, w) if out_shape else None}
     return Raster(
         data, names, nodata, crs if has_geo else None, transform if has_geo else None, path,
-        source, {"window": window},
+        source, meta,
     )  # fmt: skip
 
 
 def _read_numpy(
-    path: str, bands: Sequence[str | Band] | None, sensor: str | None, layout: str | None
+    path: str,
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    layout: str | None,
+    max_pixels: int | None = None,
 ) -> Raster:
     meta_layout = None
     descriptions: list[str | None] = []
@@ -207,7 +266,14 @@ def _read_numpy(
                 if "nodata" in keys:
                     nodata = float(npz["nodata"])
         else:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+            if max_pixels is not None and array.ndim == 3:
+                # bands are the shortest end axis: the other two are height and width
+                hw = array.shape[1:] if array.shape[0] <= array.shape[-1] else array.shape[:2]
+                _check_pixels(path, int(hw[0]), int(hw[1]), max_pixels)
+            elif max_pixels is not None and array.ndim == 2:
+                _check_pixels(path, *array.shape, max_pixels)
+            array = np.array(array)
     except (ValueError, OSError, EOFError) as err:
         raise RasterReadError(f"cannot read array file {path}: {err}") from err
     if layout is not None and meta_layout is not None and layout.upper() != meta_layout.upper():
@@ -222,17 +288,55 @@ def _read_numpy(
                   meta={"layout": found})  # fmt: skip
 
 
-def _read_picture(path: str, bands: Sequence[str | Band] | None, sensor: str | None) -> Raster:
+def _read_picture(
+    path: str, bands: Sequence[str | Band] | None, sensor: str | None, max_pixels: int | None
+) -> Raster:
+    """PNG / JPEG at their true depth and band count: 8- or 16-bit, greyscale (one band), RGB;
+    an alpha band is dropped, a palette is expanded to RGB."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+            _check_pixels(path, img.height, img.width, max_pixels)
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.asarray(img, dtype=np.uint16)[None]
+            elif mode == "I":
+                arr = np.asarray(img, dtype=np.int32)[None]
+            elif mode == "F":
+                arr = np.asarray(img, dtype=np.float32)[None]
+            elif mode in ("L", "1"):
+                arr = np.asarray(img.convert("L"))[None]
+            elif mode == "RGB" and img.format == "PNG" and _png_bit_depth(path) == 16:
+                arr = _read_png16(path)
+            else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
+                arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
     except (UnidentifiedImageError, OSError) as err:
         raise RasterReadError(f"cannot read image {path}: {err}") from err
-    names, source = _assign_bands(3, [], bands, sensor, path)
-    return Raster(np.ascontiguousarray(np.moveaxis(rgb, -1, 0)), names, path=path,
-                  band_source=source, meta={"layout": "HWC"})  # fmt: skip
+    names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
+    return Raster(np.ascontiguousarray(arr), names, path=path, band_source=source,
+                  meta={"layout": "HWC", "mode": mode})  # fmt: skip
+
+
+def _png_bit_depth(path: str) -> int:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
+
+
+def _read_png16(path: str) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16 (Pillow reduces these to 8 bits; GDAL does
+    not)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read()[:3].astype(np.uint16, copy=False)
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read 16-bit PNG {path}: {err}") from err
 
 
 def read_raster(
@@ -241,6 +345,8 @@ def read_raster(
     layout: str | None = None,
     sensor: str | None = None,
     window: Any = None,
+    max_pixels: int | None = None,
+    shorter_side: int | None = None,
 ) -> Raster:
     """Read an image file with its band names.
 
@@ -250,9 +356,14 @@ def read_raster(
         layout: ``CHW`` or ``HWC`` for arrays whose layout cannot be known from the file.
         sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
         window: ``rasterio.windows.Window`` to read part of a GeoTIFF.
+        max_pixels: refuse (before reading the pixels) a raster with more pixels than this.
+        shorter_side: read a GeoTIFF (or its window) reduced so that its shorter side has this
+            many pixels when it is larger (average resampling, through the file's overviews when
+            it has them); ``max_pixels`` then does not apply.
 
     Raises:
         RasterReadError: missing, empty or corrupt file.
+        RasterTooLargeError: more than ``max_pixels`` pixels.
         UnsupportedFormatError: unknown extension.
         BandError: band names cannot be determined or do not fit the file.
         LayoutError: array layout cannot be determined.
@@ -264,11 +375,11 @@ def read_raster(
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
     ext = Path(p).suffix.lower()
     if ext in GEOTIFF_EXTENSIONS:
-        return _read_geotiff(p, bands, sensor, window)
+        return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side)
     if ext in NUMPY_EXTENSIONS:
-        return _read_numpy(p, bands, sensor, layout)
+        return _read_numpy(p, bands, sensor, layout, max_pixels)
     if ext in PICTURE_EXTENSIONS:
-        return _read_picture(p, bands, sensor)
+        return _read_picture(p, bands, sensor, max_pixels)
     raise UnsupportedFormatError(
         f"unsupported image format {ext!r} ({p}); supported: {', '.join(IMAGE_EXTENSIONS)}"
     )
@@ -416,6 +527,45 @@ def _extensions() -> str:
 
 
 # -- writing -----------------------------------------------------------------------------------
+def check_output(path: str | os.PathLike, kind: str = "file", param: str = "save_path") -> Path:
+    """Make sure an output can be written, before any work is done.
+
+    Args:
+        path: the file (``kind="file"``) or folder (``kind="dir"``) to be written.
+        kind: ``"file"`` or ``"dir"``.
+        param: the argument that gave the path (for the error's ``param``).
+
+    Returns:
+        The path (user-expanded).
+
+    Raises:
+        OutputPathError: a folder where a file is needed or the reverse, a file in the way of a
+            folder to create, or a location that is not writable.
+    """
+    p = Path(path).expanduser()
+
+    def fail(why: str) -> OutputPathError:
+        return OutputPathError(f"cannot write {p}: {why}", param=param)
+
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            raise fail("it is a folder; give a file name")
+        if kind == "dir" and not p.is_dir():
+            raise fail("it is a file, not a folder")
+        folder = p if kind == "dir" else p.parent
+        if not os.access(p, os.W_OK):
+            raise fail("it is not writable")
+    else:
+        folder = p.parent if kind == "file" else p
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise fail(f"{folder} is a file, so no folder can be created under it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise fail(f"the folder {folder} is not writable")
+    return p
+
+
 #: Prefix of the temporary files of :func:`atomic_write`; a directory's leftovers of a killed
 #: write carry it (the index store removes them when it recovers).
 TMP_PREFIX = ".tmp-"

@@ -141,6 +141,12 @@ class MSCLIP(nn.Module):
         return self.config.image_size
 
     @property
+    def patch_size(self) -> int:
+        """Side of the image tower's patches in pixels."""
+        k = self.patch_embed.weight.shape[-1]
+        return int(k)
+
+    @property
     def embed_dim(self) -> int:
         return int(self.config.arch_cfg["embed_dim"])
 
@@ -236,13 +242,27 @@ class MSCLIP(nn.Module):
         input_bands: Sequence[str | Band] | None = None,
         layout: str | None = None,
         sensor: str | None = None,
+        strict_bands: bool = False,
+        max_pixels: int | None = None,
+        downsample: bool = False,
     ) -> ImageTransform:
         """The preprocessing transform of this model (:class:`msclip.transforms.ImageTransform`):
-        a file path, :class:`msclip.io.Raster`, PIL image or array in, the input tensor out."""
+        a file path, :class:`msclip.io.Raster`, PIL image or array in, the input tensor out.
+
+        Args:
+            input_bands: band names of inputs that do not name their bands.
+            layout: ``CHW``/``HWC`` of arrays whose layout cannot be told from the shape.
+            sensor: sensor whose local band names apply.
+            strict_bands: refuse inputs that lack most of the model's bands or are 8-bit
+                pictures for a reflectance model (else a warning).
+            max_pixels: refuse files with more pixels than this (before reading them).
+            downsample: read large GeoTIFFs reduced to the model input instead.
+        """
         cfg = self.config
         return ImageTransform(
             cfg.bands, cfg.stats.mean, cfg.stats.std, cfg.image_size, cfg.stats.divisor,
             cfg.resize_mode, cfg.interpolation, input_bands, layout, sensor, cfg.pil_rgb,
+            self.patch_size, strict_bands, max_pixels=max_pixels, downsample=downsample,
         )  # fmt: skip
 
     # -- encoders --------------------------------------------------------------------------

@@ -231,16 +231,33 @@ class Checkpoint:
     path: str | None = None
 
 
+def _unpickler_reason(err: BaseException) -> str:
+    """What torch's safe unpickler refused (its message also advises ``weights_only=False``,
+    which msclip never passes on: it would run code from the file)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            nxt = next((x for x in lines[i + 1 :] if x), "")
+            return rest or nxt
+    return "not a plain state dict"
+
+
 def _torch_load(path: str) -> Any:
     import pickle
+    import warnings
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols while refusing the file; the error says it all
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain containers; msclip "
-            "never unpickles arbitrary objects (weights_only=True). Re-save the state dict "
-            f"alone or convert it to safetensors. ({str(err).splitlines()[0]})"
+            f"{path} holds Python objects other than tensors and plain containers "
+            f"({_unpickler_reason(err)}); msclip never unpickles arbitrary objects, because "
+            "unpickling runs code from the file. Re-save the state dict alone from a trusted "
+            "copy, or convert it to safetensors."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err

@@ -17,7 +17,7 @@ rings in EPSG:4326 (corner points transformed with ``rasterio.warp.transform``, 
 counter-clockwise as RFC 7946 asks of exterior rings).
 
 A pixel is *nodata* when every band equals the nodata value (the file's, or the caller's) or is
-NaN; a tile with more than ``max_nodata`` of such pixels is skipped.
+NaN; a tile whose fraction of valid pixels is below ``min_valid`` is skipped.
 """
 
 from __future__ import annotations

@@ -25,13 +25,35 @@ class ImageTransform(SpectralPreprocess):
 
     Arguments as :class:`~msclip.spectral.SpectralPreprocess`; ``input_bands``, ``layout`` and
     ``sensor`` also apply to files that do not name their bands. Picklable (DataLoader workers).
+
+    Args:
+        *args: as :class:`~msclip.spectral.SpectralPreprocess`.
+        max_pixels: refuse files with more pixels than this before reading them
+            (:class:`~msclip.errors.RasterTooLargeError`), so that a whole scene given as one image
+            cannot exhaust memory; ``None``: no limit.
+        downsample: read GeoTIFFs larger than the model input reduced to it (average
+            resampling, through the file's overviews where it has them) instead of refusing
+            them; results then differ slightly from a full-resolution read.
+        **kwargs: as :class:`~msclip.spectral.SpectralPreprocess`.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        max_pixels: int | None = None,
+        downsample: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_pixels = max_pixels
+        self.downsample = downsample
 
     def read(self, path: str | os.PathLike, window: Any = None) -> Raster:
         """Read a file (or a window of a GeoTIFF) with this transform's band settings."""
         return read_raster(
-            path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, window=window
-        )
+            path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, window=window,
+            max_pixels=self.max_pixels, shorter_side=self.image_size if self.downsample else None,
+        )  # fmt: skip
 
     def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
         """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input."""

@@ -41,6 +41,7 @@ __all__ = [
     "EXIT_USAGE",
     "FLAGS",
     "UsageError",
+    "add_input_check_args",
     "add_model_args",
     "add_query_args",
     "add_run_args",
@@ -49,6 +50,7 @@ __all__ = [
     "encode_query_set",
     "fraction",
     "load_model",
+    "min_valid",
     "model_from_args",
     "non_negative_int",
     "output_path",
@@ -57,6 +59,7 @@ __all__ = [
     "read_queries",
     "run_cli",
     "setup_logging",
+    "status",
     "text_cache_for",
     "write_csv",
 ]
@@ -81,6 +84,7 @@ FLAGS: dict[str, str] = {
     "tile_size": "--tile-size",
     "stride": "--stride",
     "dataset_dir": "--dataset-dir",
+    "save_path": "--save-path",
 }
 
 
@@ -198,6 +202,42 @@ def add_text_cache_args(g: Any) -> None:
     )
 
 
+#: Default of ``--min-valid``: images and tiles with fewer valid pixels are skipped and counted.
+MIN_VALID = 0.5
+
+
+def add_input_check_args(g: Any, nodata: bool = True) -> None:
+    """``--min-valid`` (with the older ``--max-nodata``), ``--nodata`` and ``--strict-bands``:
+    the same input rules for every mode."""
+    g.add_argument(
+        "--min-valid",
+        type=fraction,
+        default=None,
+        help="skip (and count) images and tiles whose fraction of valid pixels (not nodata or "
+        f"NaN in every band) is below this (default {MIN_VALID}); never scored",
+    )
+    g.add_argument("--max-nodata", type=fraction, default=None, help=argparse.SUPPRESS)
+    if nodata:
+        g.add_argument(
+            "--nodata", type=float, default=None, help="nodata value overriding the files'"
+        )
+    g.add_argument(
+        "--strict-bands",
+        action="store_true",
+        help="refuse inputs that lack most of the model's bands, or 8-bit pictures for a model "
+        "of reflectance values (default: one warning per run)",
+    )
+
+
+def min_valid(args: argparse.Namespace) -> float:
+    """The valid-pixel threshold from ``--min-valid`` or the older ``--max-nodata`` (``1 - x``)."""
+    if args.min_valid is not None and args.max_nodata is not None:
+        raise UsageError("give --min-valid or --max-nodata (the older form), not both")
+    if args.max_nodata is not None:
+        return 1.0 - args.max_nodata
+    return MIN_VALID if args.min_valid is None else args.min_valid
+
+
 def add_run_args(p: argparse.ArgumentParser, workers: int = 0) -> Any:
     """Batch size, workers, progress and logging flags; returns the argument group."""
     g = p.add_argument_group("execution")
@@ -210,7 +250,9 @@ def add_run_args(p: argparse.ArgumentParser, workers: int = 0) -> Any:
         default=workers,
         help=f"DataLoader worker processes for decoding (default {workers})",
     )
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bars, status lines or warnings"
+    )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g
 
@@ -225,6 +267,7 @@ class _LowerLevelFormatter(logging.Formatter):
 
 def setup_logging(
     verbose: bool = False,
+    quiet: bool = False,
     level: int | None = None,
     fmt: str = "%(levelname)s: %(message)s",
     datefmt: str | None = None,
@@ -233,6 +276,7 @@ def setup_logging(
 
     Args:
         verbose: debug level.
+        quiet: errors only (no warnings).
         level: the level otherwise (default ``WARNING``).
         fmt: record format (level names are written in lower case).
         datefmt: date format of ``%(asctime)s``.
@@ -246,7 +290,10 @@ def setup_logging(
     handler.setFormatter(_LowerLevelFormatter(fmt, datefmt))
     old_level = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else (level or logging.WARNING))
+    if verbose:
+        root.setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.ERROR if quiet else (level or logging.WARNING))
     logging.captureWarnings(True)
 
     def restore() -> None:
@@ -313,10 +360,50 @@ def model_from_args(
     return create_model(name, True if pretrained else None, **kwargs)
 
 
+def status(args: argparse.Namespace, message: str) -> None:
+    """A progress line on stderr (not with ``--quiet``)."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _check_before_loading(args: argparse.Namespace, default_name: str | None) -> Any:
+    """Check what can fail cheaply before the model is built: band names, and that published
+    weights are present (returns their path so they are not looked up twice)."""
+    bands = getattr(args, "bands", None)
+    if bands:
+        from msclip.spectral.bands import resolve_bands
+
+        resolve_bands(bands, getattr(args, "sensor", None))  # BandError, param "bands"
+    if args.ckpt_path is not None or not args.pretrained:
+        return None
+    name = args.model_name or default_name
+    if name is None or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        return None
+    from msclip.factory import get_model_entry
+    from msclip.pretrained import resolve_weights
+
+    return resolve_weights(get_model_entry(name))
+
+
 def load_model(
-    args: argparse.Namespace, default_name: str | None = DEFAULT_MODEL
+    args: argparse.Namespace,
+    default_name: str | None = DEFAULT_MODEL,
+    options: Callable[[Any], dict[str, Any]] | None = None,
 ) -> tuple[Any, Any, Any]:
-    """``(model, preprocess, tokenizer)`` from the model flags (and the input-band flags)."""
+    """``(model, preprocess, tokenizer)`` from the model flags (and the input-band flags).
+
+    Band names and the presence of the weights are checked before the model is built, and a
+    status line says that the model is loading.
+
+    Args:
+        args: the parsed flags.
+        default_name: model when none is named.
+        options: a function of the model returning more options of ``model.preprocess``
+            (``max_pixels``, ``downsample``).
+    """
+    name = args.model_name or (Path(args.ckpt_path).name if args.ckpt_path else default_name)
+    status(args, f"loading {name} ...")
+    weights = _check_before_loading(args, default_name)
     import torch
 
     from msclip.factory import get_tokenizer
@@ -324,13 +411,15 @@ def load_model(
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.device = device
     model = model_from_args(
-        args.model_name, args.ckpt_path, args.pretrained, default_name=default_name,
-        seed=args.seed, device=device, precision=args.precision,
+        args.model_name, weights if weights is not None else args.ckpt_path, args.pretrained,
+        default_name=default_name, seed=args.seed, device=device, precision=args.precision,
     )  # fmt: skip
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
         layout=getattr(args, "layout", None),
         sensor=getattr(args, "sensor", None),
+        strict_bands=getattr(args, "strict_bands", False),
+        **(options(model) if options is not None else {}),
     )
     return model, preprocess, get_tokenizer(model)
 
@@ -468,7 +557,7 @@ def run_cli(
     if logging_setup is not None:
         restore = logging_setup(args)
     else:
-        restore = setup_logging(getattr(args, "verbose", False))
+        restore = setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
         return run(args)
     except UsageError as err:

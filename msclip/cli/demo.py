@@ -19,7 +19,6 @@ from pathlib import Path
 
 from msclip.cli.common import positive_int, run_cli
 from msclip.io import atomic_write, write_json
-from msclip.synthetic.demo import TRAIN_ARGS, WEIGHTS, prepare_data
 
 __all__ = ["main"]
 
@@ -44,6 +43,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> int:
     from msclip.cli.train import main as train_main
+    from msclip.synthetic.demo import TRAIN_ARGS, WEIGHTS, prepare_data
 
     out = Path(args.out)
     start = time.time()

@@ -41,6 +41,7 @@ from msclip.cli.common import (
     non_negative_int,
     positive_int,
     run_cli,
+    status,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -50,7 +51,11 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``msclip-evaluation``."""
-    from msclip.eval.metrics import AP_DEFINITIONS, DEFAULT_AP_DEFINITION, NO_RELEVANT_POLICIES
+    from msclip.eval.definitions import (
+        AP_DEFINITIONS,
+        DEFAULT_AP_DEFINITION,
+        NO_RELEVANT_POLICIES,
+    )
 
     p = argparse.ArgumentParser(
         prog="msclip-evaluation",
@@ -235,6 +240,7 @@ def _model_label(args: argparse.Namespace) -> str:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
+    status(args, f"loading {args.model_name or Path(args.ckpt_path).name} ...")
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -396,6 +402,9 @@ def _run(args: argparse.Namespace) -> int:
         _list_datasets()
         return EXIT_OK
     save = Path(args.save_path)
+    from msclip.io import check_output
+
+    check_output(save, kind="dir")
     if args.merge_only:
         return _merge(save, args.summary_metric)
 

@@ -37,14 +37,15 @@ from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     UsageError,
+    add_input_check_args,
     add_model_args,
     add_query_args,
     add_run_args,
     add_text_cache_args,
     check_checkpoint,
     encode_query_set,
-    fraction,
     load_model,
+    min_valid,
     output_path,
     positive_int,
     print_table,
@@ -95,15 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="step between tiles (default: the tile size)",
         )
-        b.add_argument(
-            "--max-nodata",
-            type=fraction,
-            default=0.5,
-            help="skip tiles and files with a larger nodata fraction (default 0.5)",
-        )
-        b.add_argument(
-            "--nodata", type=float, default=None, help="nodata value overriding the files'"
-        )
+        add_input_check_args(b)
         b.add_argument(
             "--commit-seconds",
             type=float,
@@ -215,21 +208,36 @@ def _geojson(df: Any) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
+def _open(index: str) -> Any:
+    from msclip.errors import IndexNotFoundError
+    from msclip.index.store import IndexStore
+
+    try:
+        return IndexStore.open(index)
+    except IndexNotFoundError as err:
+        raise UsageError(
+            f"{err}; create it with 'msclip-index build {index} --images ...'"
+        ) from err
+
+
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from msclip.index.build import COMPARE_KEYS, model_info
-    from msclip.index.store import IndexStore
-    from msclip.io import atomic_write, list_images
+    from msclip.io import atomic_write, check_output, list_images
 
-    store = IndexStore.open(args.index)
+    store = _open(args.index)
     queries = read_queries(args)
     query_images = list_images(args.query_image) if args.query_image else []
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
-    out = output_path(args.save_path, "index_search.csv")
+    out = check_output(output_path(args.save_path, "index_search.csv"))
+    geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     if store.count == 0:
-        raise UsageError(f"index {args.index} is empty; add images first")
+        raise UsageError(
+            f"index {args.index} is empty; add images with 'msclip-index add {args.index} "
+            "--images ...'"
+        )
 
     model, preprocess, tokenizer = load_model(args)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
@@ -261,7 +269,7 @@ def _run_search(args: argparse.Namespace) -> int:
     geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     written = [out]
     if geo["features"]:
-        gpath = Path(args.geojson) if args.geojson else out.with_suffix(".geojson")
+        gpath = geojson if geojson is not None else out.with_suffix(".geojson")
         text = json.dumps(geo, separators=(",", ":"))
         written.append(atomic_write(gpath, lambda tmp: Path(tmp).write_text(text), ".geojson"))
     shown = [
@@ -296,7 +304,9 @@ def _run_build(args: argparse.Namespace) -> int:
     scenes = list_images(args.scenes) if args.scenes else []
     existing = _manifest_model(args.index)
     if args.command == "add" and existing is None:
-        raise UsageError(f"no index at {args.index}; create it with 'msclip-index build'")
+        raise UsageError(
+            f"no index at {args.index}; create it with 'msclip-index build {args.index} ...'"
+        )
     _model_defaults(args, existing)
     check_checkpoint(args)
     model, preprocess, _ = load_model(args)
@@ -308,7 +318,7 @@ def _run_build(args: argparse.Namespace) -> int:
         scenes,
         tile_size=args.tile_size,
         stride=args.stride,
-        max_nodata=args.max_nodata,
+        min_valid=min_valid(args),
         nodata=args.nodata,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -332,21 +342,31 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     )
     if report.failures:
+        shown = "; ".join(f"{f.name} ({f.reason})" for f in report.failures[:10])
+        more = f"; and {len(report.failures) - 10} more" if len(report.failures) > 10 else ""
         print(
-            f"warning: {len(report.failures)} inputs could not be read and were skipped "
-            "(named above); rerun the same command to retry them",
+            f"warning: {len(report.failures)} of {report.sources} inputs could not be read and "
+            f"were skipped: {shown}{more}; rerun the same command to retry them",
             file=sys.stderr,
         )
+        if report.count == 0:
+            print(f"error: the index {args.index} holds no embeddings", file=sys.stderr)
+            return EXIT_PARTIAL
         return EXIT_OK if args.skip_bad else EXIT_PARTIAL
+    if report.count == 0:
+        print(
+            f"error: the index {args.index} holds no embeddings: every input was skipped "
+            f"(fewer than {min_valid(args):.0%} valid pixels)",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from msclip.index.store import IndexStore
-
-    store = IndexStore.open(args.index)
+    store = _open(args.index)
     info = store.info()
     if args.json:
         print(json.dumps(info, indent=1, default=str))

@@ -34,6 +34,7 @@ from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     UsageError,
+    add_input_check_args,
     add_model_args,
     add_query_args,
     add_run_args,
@@ -42,6 +43,7 @@ from msclip.cli.common import (
     encode_query_set,
     fraction,
     load_model,
+    min_valid,
     non_negative_int,
     output_path,
     positive_int,
@@ -101,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output CSV (classification, retrieval; default results/<mode>.csv) or "
         "output folder (scene; default results/scene)",
     )
+    g.add_argument(
+        "--downsample",
+        action="store_true",
+        help="read GeoTIFFs larger than the model input reduced to it (through their overviews) "
+        "instead of refusing those far larger than the input; or use --run-scene to tile them",
+    )
+    add_input_check_args(g)
     c = p.add_argument_group("classification")
     c.add_argument(
         "--class-names",
@@ -143,13 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="step between tiles in pixels (default: the tile size)",
     )
-    s.add_argument(
-        "--max-nodata",
-        type=fraction,
-        default=0.5,
-        help="skip tiles with a larger fraction of nodata pixels (default 0.5)",
-    )
-    s.add_argument("--nodata", type=float, default=None, help="nodata value overriding the file's")
     add_run_args(p)
     return p
 
@@ -201,11 +203,13 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespace) -> int:
     if not failures:
         return EXIT_OK
-    msg = (
-        f"{len(failures)} of {_plural(total, 'image')} could not be read and "
-        f"{'was' if len(failures) == 1 else 'were'} skipped (named above)"
+    shown = "; ".join(f"{f.name} ({f.reason})" for f in failures[:10])
+    more = f"; and {len(failures) - 10} more (see the log)" if len(failures) > 10 else ""
+    print(
+        f"warning: {len(failures)} of {_plural(total, 'image')} could not be read and "
+        f"{'was' if len(failures) == 1 else 'were'} skipped: {shown}{more}",
+        file=sys.stderr,
     )
-    print(f"warning: {msg}", file=sys.stderr)
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
@@ -218,10 +222,48 @@ def _check_classes(names: Sequence[str]) -> None:
         )
 
 
+#: Images with more pixels than this many model inputs are refused as one image (memory would
+#: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
+LARGE_FACTOR = 64
+
+
+def _image_options(args: argparse.Namespace) -> Any:
+    def options(model: Any) -> dict[str, Any]:
+        return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": args.downsample}
+
+    return options
+
+
+def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
+    """Encode the image files of classification or retrieval with the shared input rules."""
+    from msclip.encode import encode_images
+    from msclip.errors import RasterTooLargeError
+
+    try:
+        return encode_images(
+            model, preprocess, paths, args.batch_size, args.workers, progress=not args.quiet,
+            min_valid=min_valid(args), nodata=args.nodata,
+        )  # fmt: skip
+    except RasterTooLargeError as err:
+        raise UsageError(
+            f"{err}; map a large scene with --run-scene (tile by tile), or add --downsample to "
+            "read it reduced to the model input"
+        ) from err
+
+
+def _report_skipped(skipped: Sequence[int], total: int, args: argparse.Namespace) -> None:
+    if skipped:
+        print(
+            f"note: {len(skipped)} of {_plural(total, 'image')} skipped: fewer than "
+            f"{min_valid(args):.0%} valid pixels (--min-valid)",
+            file=sys.stderr,
+        )
+
+
 # -- modes --------------------------------------------------------------------------------------
 def run_classification(args: argparse.Namespace) -> int:
     """``--run-classification``."""
-    from msclip.io import list_image_set
+    from msclip.io import check_output, list_image_set
     from msclip.zero_shot import load_templates
 
     image_set = list_image_set(args.images)
@@ -231,21 +273,19 @@ def run_classification(args: argparse.Namespace) -> int:
         raise UsageError("--run-classification needs --class-names or --classes-file")
     _check_classes(names)
     check_checkpoint(args)
-    out_path = output_path(args.save_path, "classification.csv")
+    out_path = check_output(output_path(args.save_path, "classification.csv"))
+    min_valid(args)
 
     import pandas as pd
 
-    from msclip.encode import encode_images
     from msclip.zero_shot import build_classifier, classify
 
-    model, preprocess, tokenizer = load_model(args)
+    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
     progress = not args.quiet
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
     )
-    res = encode_images(
-        model, preprocess, image_set.paths, args.batch_size, args.workers, progress=progress
-    )
+    res = _encode_files(args, model, preprocess, image_set.paths)
     rule = None
     if args.multi_label:
         rule = "threshold" if args.threshold is not None else "mean_others"
@@ -255,6 +295,7 @@ def run_classification(args: argparse.Namespace) -> int:
     df = pd.DataFrame({"Image": shown, "Class": labels})
     for j, n in enumerate(names):
         df[n] = result.probs[:, j]
+    df["valid_fraction"] = res.valid
     write_csv(df, out_path)
 
     probs = result.probs
@@ -281,6 +322,7 @@ def run_classification(args: argparse.Namespace) -> int:
         f"{_plural(len(shown), 'image')} classified into {_plural(len(names), 'class', 'classes')}"
         f" with {_plural(len(templates), 'template')}; CSV: {out_path}"
     )
+    _report_skipped(res.skipped, len(image_set), args)
     return _report_failures(res.failures, len(image_set), args)
 
 
@@ -292,47 +334,47 @@ def _top_k(k: int, n: int) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     """``--run-retrieval``."""
-    from msclip.io import list_image_set, list_images
+    from msclip.io import check_output, list_image_set, list_images
 
     image_set = list_image_set(args.images)
     queries = read_queries(args)
     query_images = list_images(args.query_image) if args.query_image else []
     check_checkpoint(args)
-    out_path = output_path(args.save_path, "retrieval.csv")
+    out_path = check_output(output_path(args.save_path, "retrieval.csv"))
+    min_valid(args)
 
     import pandas as pd
 
-    from msclip.encode import encode_images
     from msclip.retrieval import top_k
 
-    model, preprocess, tokenizer = load_model(args)
-    progress = not args.quiet
+    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
-    res = encode_images(
-        model, preprocess, image_set.paths, args.batch_size, args.workers, progress=progress
-    )
+    res = _encode_files(args, model, preprocess, image_set.paths)
     shown = [image_set.names[i] for i in res.indices]
     rows = []
     if shown:
         ranking = top_k(q_emb, res.embeddings, _top_k(args.top_k, len(shown)))
         for qi, q in enumerate(q_names):
             rows += [
-                [q, r + 1, shown[int(j)], float(sc)]
+                [q, r + 1, shown[int(j)], float(sc), res.valid[int(j)]]
                 for r, (j, sc) in enumerate(zip(ranking.ids[qi], ranking.scores[qi]))
             ]
-    df = pd.DataFrame(rows, columns=["Query", "Rank", "Image", "Similarity"])
+    columns = ["Query", "Rank", "Image", "Similarity", "valid_fraction"]
+    df = pd.DataFrame(rows, columns=columns)
     write_csv(df, out_path)
-    table = [[q if len(q) <= 40 else q[:37] + "...", r, im, sc] for q, r, im, sc in rows]
+    table = [[q if len(q) <= 40 else q[:37] + "...", r, im, sc] for q, r, im, sc, _ in rows]
     print_table(table, ["Query", "Rank", "Image", "Similarity"], args.max_print, len(rows))
     print(
         f"{_plural(len(q_names), 'query', 'queries')} over {_plural(len(shown), 'image')}; "
         f"CSV: {out_path}"
     )
+    _report_skipped(res.skipped, len(image_set), args)
     return _report_failures(res.failures, len(image_set), args)
 
 
 def run_scene(args: argparse.Namespace) -> int:
     """``--run-scene``."""
+    from msclip.io import check_output
     from msclip.tiling import open_scene, scene_tiles
 
     names = _class_names(args)
@@ -346,7 +388,8 @@ def run_scene(args: argparse.Namespace) -> int:
     if not Path(args.scene).expanduser().is_file():
         raise UsageError(f"scene file not found: {args.scene} (--scene)")
     check_checkpoint(args)
-    out_dir = Path(args.save_path).expanduser() if args.save_path else Path("results/scene")
+    out_dir = check_output(args.save_path or "results/scene", kind="dir")
+    min_valid(args)
 
     import numpy as np
     import pandas as pd
@@ -365,15 +408,9 @@ def run_scene(args: argparse.Namespace) -> int:
     cache = text_cache_for(args, model)
     progress = not args.quiet
     res = encode_images(
-        model,
-        preprocess,
-        tiles,
-        args.batch_size,
-        args.workers,
-        progress=progress,
-        max_nodata=args.max_nodata,
-        nodata=args.nodata,
-    )
+        model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
+        min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
+    )  # fmt: skip
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)
     cc = np.array([tiles[i].grid_col for i in res.indices], dtype=int)
     grid = (info.n_rows, info.n_cols)
@@ -382,6 +419,7 @@ def run_scene(args: argparse.Namespace) -> int:
             "Tile": [tiles[i].name for i in res.indices],
             "Row": [tiles[i].row for i in res.indices],
             "Col": [tiles[i].col for i in res.indices],
+            "valid_fraction": res.valid,
         }
     )
     written: list[Path] = []
@@ -419,9 +457,10 @@ def run_scene(args: argparse.Namespace) -> int:
     written.append(write_csv(table, out_dir / "tiles.csv"))
     n_skip = len(res.skipped)
     print(
-        f"scene {info.path}: {info.width}x{info.height} px, {len(tiles)} tiles of {tile} px "
-        f"(stride {info.stride}) in a {info.n_rows}x{info.n_cols} grid; {len(res.indices)} "
-        f"encoded, {n_skip} skipped as nodata, {len(res.failures)} unreadable"
+        f"scene {info.path}: {info.width}x{info.height} px, {_plural(len(tiles), 'tile')} of "
+        f"{tile} px (stride {info.stride}) in a {info.n_rows}x{info.n_cols} grid; "
+        f"{len(res.indices)} encoded, {n_skip} skipped as nodata (fewer than "
+        f"{min_valid(args):.0%} valid pixels), {len(res.failures)} unreadable"
     )
     if queries:
         from tabulate import tabulate

@@ -123,6 +123,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import MetricInputError
+from msclip.eval.definitions import AP_DEFINITIONS, DEFAULT_AP_DEFINITION, NO_RELEVANT_POLICIES
 from msclip.zero_shot import MULTILABEL_RULES, MultiLabelRule, multilabel_predict
 
 if TYPE_CHECKING:
@@ -157,32 +158,6 @@ __all__ = [
     "targets_to_relevance",
     "topk_accuracy",
 ]
-
-#: AP@k denominators (see the module docstring / ``docs/metrics.md``): name -> description.
-AP_DEFINITIONS: dict[str, str] = {
-    "relevant_retrieved": (
-        "sum of precision@i at relevant ranks i <= k, divided by the number of relevant items "
-        "within the top k (torchmetrics RetrievalMAP(top_k) 1.0.0-1.7.3)"
-    ),
-    "relevant_retrieved_positive": (
-        "as relevant_retrieved, but items with score <= 0 never count as relevant "
-        "(torchmetrics RetrievalMAP(top_k) >= 1.7.4)"
-    ),
-    "min_k_relevant": (
-        "sum of precision@i at relevant ranks i <= k, divided by min(k, total relevant items)"
-    ),
-    "all_relevant": (
-        "sum of precision@i at relevant ranks i <= k, divided by the total number of relevant "
-        "items (truncated AP)"
-    ),
-}
-
-#: Definition used when none is given: the one behind the published mAP@100 numbers.
-DEFAULT_AP_DEFINITION = "relevant_retrieved"
-
-#: Values for queries/classes without any relevant item: ``"nan"`` (excluded from means) or
-#: ``"zero"`` (counted as 0, torchmetrics' default ``empty_target_action="neg"``).
-NO_RELEVANT_POLICIES: tuple[str, ...] = ("nan", "zero")
 
 APDefinition = Literal[
     "relevant_retrieved", "relevant_retrieved_positive", "min_k_relevant", "all_relevant"

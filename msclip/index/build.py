@@ -2,7 +2,7 @@
 
 Inputs are *sources*: an image file (one embedding) or a large GeoTIFF / COG scene cut into
 windows of ``tile_size`` pixels every ``stride`` pixels (:mod:`msclip.tiling`; one embedding per
-tile, tiles with more than ``max_nodata`` nodata pixels skipped). Sources are encoded in order with
+tile, tiles with fewer than ``min_valid`` valid pixels skipped). Sources are encoded in order with
 :func:`msclip.encode.iter_encoded` (batched, DataLoader workers, ``torch.inference_mode``) and
 handed whole to :class:`msclip.index.store.IndexWriter`, which commits them atomically. Every
 ``commit_seconds`` the staged sources are committed, so a build killed at any instant loses at
@@ -215,7 +215,7 @@ def build_index(
     *,
     tile_size: int | None = None,
     stride: int | None = None,
-    max_nodata: float = 0.5,
+    min_valid: float = 0.5,
     nodata: float | None = None,
     batch_size: int = 32,
     workers: int = 0,
@@ -233,7 +233,7 @@ def build_index(
         scenes: large rasters to tile.
         tile_size: tile side in pixels (default: the model's input size).
         stride: step between tiles (default: ``tile_size``).
-        max_nodata: skip files and tiles with a larger fraction of nodata pixels.
+        min_valid: skip files and tiles with a smaller fraction of valid pixels (not nodata).
         nodata: nodata value overriding the files'.
         batch_size: images per model call.
         workers: DataLoader worker processes.
@@ -306,7 +306,7 @@ def build_index(
             workers,
             True,
             progress,
-            max_nodata,
+            min_valid,
             nodata,
             desc="index",
         ):

@@ -537,9 +537,7 @@ class SearchIndex:
         ):
             raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
         if self.count == 0:
-            raise EmptyIndexError(
-                "the index holds no embeddings; add some with IndexWriter before searching"
-            )
+            raise EmptyIndexError("the index holds no embeddings; add some before searching")
         q = self._as_queries(queries)
         k = int(k)
         if k > self.count:

@@ -349,8 +349,7 @@ def _load_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise IndexNotFoundError(
-            f"no embedding index at {directory} ({MANIFEST_NAME} missing); build one with "
-            "IndexWriter.open_or_create"
+            f"no embedding index at {directory} ({MANIFEST_NAME} missing)", param="index"
         )
     manifest = _read_json(path, "manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msclip.errors import BandError
+from msclip.errors import BandError, OutOfRangeBandWarning
 from msclip.spectral.bands import Band, resolve_band
 
 __all__ = ["BandMapping", "equivalent_band", "map_bands"]
@@ -192,6 +192,7 @@ def map_bands(model_bands: Sequence[str | Band], input_bands: Sequence[str | Ban
         warnings.warn(
             f"input bands {outside} lie outside the model's spectral range "
             f"({min(centers):.3f}-{max(centers):.3f} um, bands {list(model)}) and are ignored",
+            OutOfRangeBandWarning,
             stacklevel=2,
         )
     return mapping

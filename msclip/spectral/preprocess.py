@@ -19,6 +19,7 @@ For RGB CLIP baselines fed 8-bit pictures, ``pil_rgb=True`` follows OpenCLIP's o
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,12 +29,21 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from msclip.errors import BandError
+from msclip.errors import (
+    BandCoverageError,
+    BandCoverageWarning,
+    BandError,
+    NodataFillWarning,
+    RasterSizeError,
+    SmallRasterWarning,
+)
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
 from msclip.spectral.layout import to_chw
 
 __all__ = ["SpectralPreprocess"]
+
+logger = logging.getLogger(__name__)
 
 _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
@@ -61,6 +71,20 @@ class SpectralPreprocess:
         layout: ``CHW``/``HWC`` for arrays whose layout cannot be known from the shape.
         sensor: sensor whose local band names apply when reading files.
         pil_rgb: follow OpenCLIP's PIL pipeline for 8-bit 3-band inputs (RGB baselines).
+        patch_size: the model's patch size: smaller inputs are refused.
+        strict_bands: raise :class:`~msclip.errors.BandCoverageError` where the input lacks most
+            of the model's bands or is display-scaled 8-bit for a reflectance model, instead of
+            warning (:class:`~msclip.errors.BandCoverageWarning`).
+
+    Checks of each input (warnings carry no file name, so a run can count and report them once;
+    see :mod:`msclip.encode`):
+
+    - more than half of the model's bands absent (mean-filled): :class:`BandCoverageWarning`;
+    - 8-bit data for a model whose statistics are of raw reflectance digital numbers (divisor 1):
+      display-scaled pictures are not reflectance, :class:`BandCoverageWarning`;
+    - a side under ``patch_size``: :class:`~msclip.errors.RasterSizeError`; the shorter side under
+      a quarter of ``image_size``: upsampled, :class:`~msclip.errors.SmallRasterWarning`;
+    - nodata/NaN pixels filled with the band mean: :class:`~msclip.errors.NodataFillWarning`.
     """
 
     def __init__(
@@ -76,6 +100,8 @@ class SpectralPreprocess:
         layout: str | None = None,
         sensor: str | None = None,
         pil_rgb: bool = False,
+        patch_size: int = 1,
+        strict_bands: bool = False,
     ) -> None:
         self.bands = tuple(b.name for b in resolve_bands(bands))
         missing = [b for b in self.bands if b not in mean or b not in std]
@@ -99,6 +125,8 @@ class SpectralPreprocess:
         self.layout = layout
         self.sensor = sensor
         self.pil_rgb = pil_rgb
+        self.patch_size = int(patch_size)
+        self.strict_bands = bool(strict_bands)
 
     def __repr__(self) -> str:
         return (
@@ -152,7 +180,9 @@ class SpectralPreprocess:
         where: str = "array",
     ) -> torch.Tensor:
         """Preprocess bands-first ``data`` whose channels are ``names``."""
+        self._check_size(data.shape[1], data.shape[2])
         mapping = map_bands(self.bands, names)
+        self._check_coverage(data.dtype, mapping.missing, tuple(names))
         perm = mapping.permutation
         if perm is not None:
             idx = perm
@@ -182,6 +212,47 @@ class SpectralPreprocess:
             out = torch.einsum("ij,jhw->ihw", m, out)
         return out
 
+    def _check_size(self, height: int, width: int) -> None:
+        if min(height, width) < self.patch_size:
+            raise RasterSizeError(
+                f"a raster of {height}x{width} pixels is smaller than one {self.patch_size}-pixel "
+                f"patch of the model; give images of at least {self.patch_size}x"
+                f"{self.patch_size} pixels (the model input is {self.image_size} pixels)"
+            )
+        if min(height, width) * 4 < self.image_size:
+            warnings.warn(
+                f"rasters of {height}x{width} pixels are upsampled "
+                f"{self.image_size / min(height, width):.1f}x to the model's {self.image_size}-"
+                "pixel input: the model sees interpolated pixels",
+                SmallRasterWarning,
+                stacklevel=3,
+            )
+
+    def _check_coverage(
+        self, dtype: np.dtype, missing: Sequence[str], names: tuple[str, ...]
+    ) -> None:
+        problems = []
+        if len(missing) * 2 > len(self.bands):
+            problems.append(
+                f"the input bands {list(names)} lack {len(missing)} of the model's "
+                f"{len(self.bands)} bands ({list(missing)}, filled with their mean); the model "
+                f"expects {list(self.bands)}"
+            )
+        if np.dtype(dtype) == np.uint8 and self.divisor == 1.0:
+            problems.append(
+                "8-bit input to a model of raw reflectance values (its band means are "
+                f"{min(self.mean[b] for b in self.bands):.0f}-"
+                f"{max(self.mean[b] for b in self.bands):.0f}): display-scaled pictures are "
+                "not reflectance; give the sensor's reflectance values (e.g. Sentinel-2 L2A "
+                "digital numbers)"
+            )
+        if not problems:
+            return
+        message = "; ".join(problems) + ": the model's output says little about such input"
+        if self.strict_bands:
+            raise BandCoverageError(message, param="bands")
+        warnings.warn(message, BandCoverageWarning, stacklevel=3)
+
     def _tensor_pipeline(
         self,
         sel: np.ndarray,
@@ -192,7 +263,9 @@ class SpectralPreprocess:
         names: list[str],
     ) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(sel).astype(np.float32, copy=False))
-        if self.divisor != 1.0:
+        if self.divisor == 255.0 and sel.dtype == np.uint16:
+            x = x.div(65535.0)  # a 16-bit picture for a model of 0-1 scaled 8-bit pictures
+        elif self.divisor != 1.0:
             x = x.div(self.divisor)
         # Integer rasters cannot hold NaN: skip that scan (it is a visible cost per tile).
         bad = torch.isnan(x) if np.issubdtype(sel.dtype, np.floating) else None
@@ -204,9 +277,10 @@ class SpectralPreprocess:
             fill = torch.tensor(mean, dtype=x.dtype)[:, None, None].expand_as(x)
             x = torch.where(bad, fill, x)
             per_band = {n: int(c) for n, c in zip(names, bad.sum(dim=(1, 2)).tolist()) if c}
+            logger.debug("%s: %d nodata/NaN values filled (per band: %s)", where, n_bad, per_band)
             warnings.warn(
-                f"{where}: {n_bad} nodata/NaN pixel values filled with the band mean "
-                f"(per band: {per_band})",
+                "nodata/NaN pixel values are filled with the band mean",
+                NodataFillWarning,
                 stacklevel=3,
             )
         interp = _INTERPOLATION[self.interpolation]

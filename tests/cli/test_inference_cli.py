@@ -94,7 +94,8 @@ def test_classification_matches_published_protocol(tiles, tmp_path, reference_mo
     )
     assert rc == 0
     df = pd.read_csv(out)
-    assert list(df.columns) == ["Image", "Class", *names]
+    # the published columns, then the fraction of valid pixels of each scored image
+    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction"]
     # as the original release writes: the path relative to the --images root (a bare file name)
     assert df["Image"].tolist() == [p.name for p in tiles]
     model, preprocess, tokenizer = reference_model
@@ -124,7 +125,7 @@ def test_second_run_uses_text_cache(tiles, tmp_path, monkeypatch):
     monkeypatch.setattr(msclip.MSCLIP, "encode_text", lambda *a, **k: pytest.fail("text tower"))
     assert main([*args, "--save-path", str(tmp_path / "b.csv")]) == 0
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
-    assert list(a.columns) == ["Image", "Class", "forest", "river", "town"]
+    assert list(a.columns) == ["Image", "Class", "forest", "river", "town", "valid_fraction"]
     pd.testing.assert_frame_equal(a, b)
     # --no-text-cache must encode again: the failing text tower is reached.
     with pytest.raises(pytest.fail.Exception, match="text tower"):
@@ -148,7 +149,8 @@ def test_classes_file_and_multi_label(tiles, tmp_path):
     assert main([*base, "--multi-label", "--save-path", str(out)]) == 0
     df = pd.read_csv(out, keep_default_na=False)
     names = ["Pasture", "Industrial_Buildings", "Sea/Lake"]
-    assert list(df.columns) == ["Image", "Class", *names]
+    # the published columns, then the fraction of valid pixels of each scored image
+    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction"]
     p = df[names].to_numpy()
     for row, probs in zip(df["Class"], p):
         # The published rule compares logits; log-probabilities differ from them by a constant
@@ -283,7 +285,7 @@ def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, caps
     assert rc == 0
     assert "--top-k 50 is more than the 6 images" in capsys.readouterr().err
     df = pd.read_csv(out)
-    assert list(df.columns) == ["Query", "Rank", "Image", "Similarity"]
+    assert list(df.columns) == ["Query", "Rank", "Image", "Similarity", "valid_fraction"]
     assert df["Query"].tolist() == ["a river"] * 6 + [str(tiles[3])] * 6
     assert df["Rank"].tolist() == list(range(1, 7)) * 2
 
