@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from msclip.errors import BandCoverageError, MSCLIPError, RasterReadError
+from msclip.errors import BandCoverageError, BandError, MSCLIPError, RasterReadError
 from msclip.tiling import Tile, nodata_fraction
 
 __all__ = [
@@ -337,7 +337,9 @@ def encode_batches(
             for f in failures:
                 cls_name, _, text = f.reason.partition(": ")
                 if cls_name in fatal:
-                    raise fatal[cls_name](f"{f.name}: {text}", param="bands")
+                    cls = fatal[cls_name]
+                    param = "bands" if issubclass(cls, BandError) else None
+                    raise cls(f"{f.name}: {text}", param=param)
             for f in failures:
                 logger.warning("cannot read %s: %s%s", f.name, f.reason,
                                "" if strict else " (skipped)")  # fmt: skip
@@ -407,6 +409,7 @@ def iter_encoded(
     min_valid: float | None = None,
     nodata: float | None = None,
     desc: str = "images",
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> Iterator[EncodedBatch]:
     """Encode files or scene tiles batch by batch (in input order); unreadable items are named,
     skipped and reported in each batch's ``failures``.
@@ -422,11 +425,12 @@ def iter_encoded(
         min_valid: skip (and count) items with a smaller fraction of valid pixels.
         nodata: nodata value overriding the files'.
         desc: label of the progress bar.
+        abort_on: error classes that stop the run instead of being skipped and counted.
     """
     dataset = ImageDataset(items, preprocess, min_valid, nodata)
     yield from encode_batches(
         model, dataset, batch_size=batch_size, workers=workers, normalize=normalize,
-        progress=progress, desc=desc,
+        progress=progress, desc=desc, abort_on=abort_on,
     )  # fmt: skip
 
 
@@ -441,6 +445,7 @@ def encode_images(
     min_valid: float | None = None,
     nodata: float | None = None,
     desc: str = "images",
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> EncodeResult:
     """Encode every item; see :func:`iter_encoded` for the arguments.
 
@@ -451,7 +456,7 @@ def encode_images(
     embs, indices, failures, skipped, valid = [], [], [], [], []
     for b in iter_encoded(
         model, preprocess, paths, batch_size, workers, normalize, progress, min_valid, nodata,
-        desc,
+        desc, abort_on,
     ):  # fmt: skip
         embs.append(b.embeddings)
         indices.extend(b.indices)

@@ -466,7 +466,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _error_status(err: BaseException) -> int:
     # Bad values (ValueError family) are usage errors; a missing model file or an unreadable
     # folder stops the run before any dataset is evaluated: reported as a failed run.
-    return EXIT_USAGE if isinstance(err, ValueError) else EXIT_PARTIAL
+    from msclip.errors import OutputPathError
+
+    return EXIT_USAGE if isinstance(err, (ValueError, OutputPathError)) else EXIT_PARTIAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:

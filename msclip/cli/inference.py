@@ -237,12 +237,13 @@ def _image_options(args: argparse.Namespace) -> Any:
 def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
     """Encode the image files of classification or retrieval with the shared input rules."""
     from msclip.encode import encode_images
-    from msclip.errors import RasterTooLargeError
+    from msclip.errors import BandCoverageError, RasterTooLargeError
 
     try:
         return encode_images(
             model, preprocess, paths, args.batch_size, args.workers, progress=not args.quiet,
             min_valid=min_valid(args), nodata=args.nodata,
+            abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
         raise UsageError(

@@ -330,3 +330,25 @@ def test_default_model_labels(extra, label):
 
     args = parse_args(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS", *extra])
     assert _model_label(args) == label
+
+
+# -- unreadable images --------------------------------------------------------------------------
+def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
+    root = tmp_path / "data"
+    ds = mb.eurosat_ms(root, n_per_class=2)
+    (ds / "eurosat-test.txt").unlink()  # every image is used
+    broken = sorted((ds / "2750").glob("*/*_2.tif"))[0]
+    broken.write_bytes(b"this is not a GeoTIFF")
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--templates", "short", "--workers", "1", "--quiet",
+    ]  # fmt: skip
+    code, out, err = _run([*base, "--save-path", str(tmp_path / "skip")], capsys)
+    assert code == 0 and "1 unreadable and skipped" in out
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    rec = _record(tmp_path / "skip", "EuroSAT_MS")
+    assert rec["unreadable"]["count"] == 1 and rec["unreadable"]["files"] == [str(broken)]
+    assert rec["metrics"]["n_samples"] == 2 * len(mb.EUROSAT_CLASSES) - 1
+    code, out, err = _run([*base, "--save-path", str(tmp_path / "strict"), "--strict"], capsys)
+    assert code == 1 and "EuroSAT_MS: FAILED" in err and broken.name in err
+    assert "Traceback" not in err

@@ -1,0 +1,295 @@
+"""Honest answers on poor input: no confident nonsense, no lost work, quiet and quick programs.
+
+Every case builds its own input. The model is msclip-tiny (10 bands, 32 px input, 8 px patches)
+with random weights, unless a case needs another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.crs import CRS
+
+import msclip
+from msclip.cli.evaluation import main as evaluation_main
+from msclip.cli.index import main as index_main
+from msclip.cli.inference import main
+from msclip.errors import BandError, GenericBandNamesWarning
+
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--batch-size", "4"]
+QUIET = [*TINY, "--quiet"]
+CLASSES = ["--class-names", "forest", "sea", "--templates", "short"]
+UTM = CRS.from_epsg(32632)
+
+
+def _tile(path: Path, data: np.ndarray, **kw) -> Path:
+    msclip.write_geotiff(path, data, crs=UTM, transform=Affine(10, 0, 5e5, 0, -10, 5e6), **kw)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Four readable 10-band tiles of 40x40 px (uint16)."""
+    out = tmp_path / "tiles"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _tile(out / f"t{i}.tif", rng.integers(1, 6000, (10, 40, 40)).astype("uint16"))
+    return out
+
+
+# -- 1. outputs are checked before any work -------------------------------------------------------
+def test_an_output_that_cannot_be_written_stops_the_run_first(
+    folder, tmp_path, capsys, monkeypatch
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr("msclip.cli.common.model_from_args", no_model)
+    save = str(blocker / "out.csv")  # a file where a folder is needed
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
+                 "--save-path", save])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write" in err and str(blocker) in err
+    assert "(command-line option: --save-path)" in err and "Traceback" not in err
+    code = main(["--run-scene", "--scene", str(folder / "t0.tif"), *CLASSES, *QUIET,
+                 "--save-path", str(blocker)])  # fmt: skip
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    # a read-only folder (simulated: tests may run as root, who may write anywhere)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, m: False if Path(p) == readonly else real_access(p, m)
+    )
+    code = main(["--run-retrieval", "--images", str(folder), "--query", "a river", *QUIET,
+                 "--save-path", str(readonly / "r.csv")])  # fmt: skip
+    assert code == 2 and f"the folder {readonly} is not writable" in capsys.readouterr().err
+    code = evaluation_main(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS",
+                            "--save-path", str(blocker), "--quiet"])  # fmt: skip
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_write_failure_at_the_end_is_one_line(folder, tmp_path, capsys, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("msclip.io.atomic_write", full_disk)
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
+                 "--save-path", str(tmp_path / "o.csv")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+
+
+# -- 2. pictures at their true depth; missing bands and display scale are said ------------------
+def test_pictures_are_read_at_their_true_depth(tmp_path):
+    grey16 = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    r = msclip.read_raster(tmp_path / "g16.png", bands=["B08"])
+    assert r.data.dtype == np.uint16 and r.data.shape == (1, 40, 30)
+    np.testing.assert_array_equal(r.data[0], grey16)
+    with pytest.raises(BandError, match="1-band") as err:
+        msclip.read_raster(tmp_path / "g16.png")  # one band: msclip will not guess which
+    assert err.value.param == "bands"
+    rgb16 = (np.arange(3 * 20 * 20, dtype=np.uint16).reshape(3, 20, 20) * 37) % 65000
+    with rasterio.open(tmp_path / "c16.png", "w", driver="PNG", width=20, height=20, count=3,
+                       dtype="uint16") as dst:  # fmt: skip
+        dst.write(rgb16)
+    r = msclip.read_raster(tmp_path / "c16.png")
+    assert r.data.dtype == np.uint16 and r.data.max() > 255
+    np.testing.assert_array_equal(r.data, rgb16)
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "g8.png")
+    assert msclip.read_raster(tmp_path / "g8.png", bands=["B04"]).data.dtype == np.uint8
+
+
+def test_rgb_picture_to_a_multispectral_model_warns_once_or_is_refused(tmp_path, capsys):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(pics / f"{i}.png")
+    argv = ["--run-classification", "--images", str(pics), *CLASSES, *TINY,
+            "--save-path", str(tmp_path / "o.csv")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "lack 7 of the model's 10 bands" in line]
+    assert len(lines) == 1  # one warning for the run, with the count of images
+    assert "'B05', 'B06', 'B07', 'B08', 'B8A', 'B11', 'B12'" in lines[0]
+    assert "8-bit input to a model of raw reflectance values" in lines[0]
+    assert "(3 of 3 images)" in lines[0]
+    assert main([*argv, "--strict-bands"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "lack 7 of the model's 10 bands" in err and "--bands" in err
+
+
+# -- 3. nodata tiles are skipped and counted, never scored ----------------------------------------
+def test_all_nodata_and_all_nan_tiles_are_skipped_and_counted(folder, tmp_path, capsys):
+    _tile(folder / "z_nodata.tif", np.zeros((10, 40, 40), np.uint16), nodata=0)
+    nan = np.full((10, 40, 40), np.nan, np.float32)
+    _tile(folder / "z_nan.tif", nan)
+    half = np.random.default_rng(2).integers(1, 6000, (10, 40, 40)).astype(np.uint16)
+    half[:, :10] = 0  # a quarter nodata: scored, with its valid fraction recorded
+    _tile(folder / "y_part.tif", half, nodata=0)
+    out = tmp_path / "c.csv"
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
+                 "--save-path", str(out)])  # fmt: skip
+    assert code == 0
+    df = pd.read_csv(out)
+    assert sorted(df["Image"]) == ["t0.tif", "t1.tif", "t2.tif", "t3.tif", "y_part.tif"]
+    assert df.set_index("Image").loc["y_part.tif", "valid_fraction"] == pytest.approx(0.75)
+    assert (df["valid_fraction"] > 0.5).all()
+    assert "2 of 7 images skipped: fewer than 50% valid pixels" in capsys.readouterr().err
+    out2 = tmp_path / "r.csv"
+    code = main(["--run-retrieval", "--images", str(folder), "--query", "a lake", *QUIET,
+                 "--save-path", str(out2), "--min-valid", "0.8"])  # fmt: skip
+    assert code == 0 and "y_part.tif" not in set(pd.read_csv(out2)["Image"])
+    assert "3 of 7 images skipped: fewer than 80% valid pixels" in capsys.readouterr().err
+    # the index uses the same rule
+    code = index_main(["build", str(tmp_path / "idx"), "--images", str(folder), *QUIET])
+    assert code == 0
+    assert re.search(r"skipped as nodata\s+2\n", capsys.readouterr().out)
+
+
+# -- 4. a whole scene given as one image ----------------------------------------------------------
+def test_a_raster_far_larger_than_the_input_is_refused_with_a_hint(tmp_path, capsys):
+    big = tmp_path / "big"
+    big.mkdir()
+    data = np.random.default_rng(3).integers(1, 6000, (10, 300, 300)).astype(np.uint16)
+    _tile(big / "scene.tif", data)  # 300x300 px = 88 model inputs of 32x32
+    argv = ["--run-classification", "--images", str(big), *CLASSES, *QUIET,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "300x300 pixels" in err and "--run-scene" in err and "--downsample" in err
+    assert main([*argv, "--downsample"]) == 0  # read reduced to the model input
+
+
+# -- 5. band descriptions -------------------------------------------------------------------------
+def test_unrecognised_band_descriptions_are_refused_generic_ones_noted(tmp_path):
+    data = np.ones((10, 16, 16), np.uint16)
+    odd = _tile(tmp_path / "odd.tif", data, bands=[f"chan-{c}" for c in "abcdefghij"])
+    with pytest.raises(BandError, match="not band names msclip knows") as err:
+        msclip.read_raster(odd)
+    assert err.value.param == "bands"
+    assert msclip.read_raster(odd, bands=list(msclip.spectral.LLAMA3_MS_CLIP_BANDS)).bands
+    numbered = _tile(tmp_path / "num.tif", data, bands=[f"band_{i}" for i in range(1, 11)])
+    with pytest.warns(GenericBandNamesWarning, match="generic numbering"):
+        r = msclip.read_raster(numbered)
+    assert r.bands == msclip.spectral.LLAMA3_MS_CLIP_BANDS and r.band_source == "count"
+
+
+# -- 6. warnings counted once per run, silenced by --quiet -----------------------------------------
+def test_out_of_range_band_warning_is_summarised_once(tmp_path, capsys):
+    folder = tmp_path / "l2a"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(5):  # 12-band L2A: B01 lies outside the 10-band model's range
+        _tile(folder / f"{i}.tif", rng.integers(1, 6000, (12, 40, 40)).astype(np.uint16))
+    argv = ["--run-classification", "--images", str(folder), *CLASSES, *TINY,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "outside the model's spectral range" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert "(5 of 5 images)" in lines[0] and ".py:" not in lines[0]  # no source path
+    assert main([*argv, "--quiet"]) == 0
+    assert "outside the model's spectral range" not in capsys.readouterr().err
+
+
+# -- 7. permissions ------------------------------------------------------------------------------
+def test_index_files_honour_the_umask(folder, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert index_main(["build", str(tmp_path / "idx"), "--images", str(folder), *QUIET]) == 0
+        assert index_main(["search", str(tmp_path / "idx"), "--query", "x", *QUIET,
+                           "--save-path", str(tmp_path / "s.csv")]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "idx").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
+
+
+# -- 9. one class, tiny rasters -------------------------------------------------------------------
+def test_one_class_and_tiny_rasters(folder, tmp_path, capsys):
+    out = str(tmp_path / "c.csv")
+    code = main(["--run-classification", "--images", str(folder), "--class-names", "forest",
+                 *QUIET, "--save-path", out])  # fmt: skip
+    assert code == 2 and "give at least two" in capsys.readouterr().err
+    small = tmp_path / "small"
+    small.mkdir()
+    _tile(small / "dot.tif", np.full((10, 1, 1), 900, np.uint16))
+    _tile(small / "chip.tif", np.full((10, 7, 9), 900, np.uint16))
+    _tile(small / "thumb.tif", np.full((10, 6, 8), 900, np.uint16)[:, :, :] + 1)
+    _tile(small / "ok.tif", np.full((10, 8, 8), 900, np.uint16))
+    code = main(["--run-classification", "--images", str(small), *CLASSES, *TINY,
+                 "--save-path", out])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1  # unreadable (too small) images are named and counted
+    assert "1x1 pixels is smaller than one 8-pixel patch" in err and "dot.tif" in err
+    assert "rasters of 8x8 pixels are upsampled 4.0x" not in err  # 8 px: a quarter of 32
+    assert set(pd.read_csv(out)["Image"]) == {"ok.tif"}
+
+
+# -- 10. the multi-label table --------------------------------------------------------------------
+def test_multi_label_table_lists_the_classes_found(folder, tmp_path, capsys):
+    code = main(["--run-classification", "--images", str(folder), *QUIET, "--multi-label",
+                 "--class-names", "forest", "sea", "city", "snow", "--templates", "short",
+                 "--save-path", str(tmp_path / "m.csv")])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Classes present (probability)" in out and "Runner-up" not in out
+    df = pd.read_csv(tmp_path / "m.csv")
+    for _, row in df.iterrows():
+        for name in row["Class"].split(";"):
+            assert f"{name} (" in out  # every class marked present is listed with its score
+
+
+# -- 11. start-up ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", ["inference", "evaluation", "index", "train", "scenes", "demo"])
+def test_help_does_not_import_torch(module):
+    code = (
+        "import sys\n"
+        f"from msclip.cli.{module} import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, file=sys.stderr)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "usage:" in res.stdout and res.stderr.strip().endswith("False")
+
+
+def test_bad_band_names_are_reported_before_the_model_is_built(folder, capsys, monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be built")
+
+    monkeypatch.setattr("msclip.factory.create_model", no_model)
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *TINY,
+                 "--bands", "B02", "B03", "B99"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "B99" in err and "loading msclip-tiny ..." in err
+
+
+def test_smaller_messages(folder, tmp_path, capsys):
+    code = main(["--run-retrieval", "--images", str(folder / "t0.tif"), "--query", "a lake",
+                 *QUIET, "--save-path", str(tmp_path / "r.csv")])  # fmt: skip
+    assert code == 0 and "1 query over 1 image;" in capsys.readouterr().out
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    _tile(empty / "z.tif", np.zeros((10, 40, 40), np.uint16), nodata=0)
+    code = index_main(["build", str(tmp_path / "idx"), "--images", str(empty), *QUIET])
+    assert code == 1 and "holds no embeddings" in capsys.readouterr().err
+    code = index_main(["search", str(tmp_path / "none"), "--query", "x", *QUIET])
+    err = capsys.readouterr().err
+    assert code == 2 and "msclip-index build" in err and "IndexWriter" not in err
