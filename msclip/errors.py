@@ -8,9 +8,12 @@ caller would naturally catch (``ValueError``, ``FileNotFoundError``, ``RuntimeEr
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BandError",
     "CheckpointError",
     "CheckpointMismatchError",
+    "HeadConfigError",
+    "HeadInputError",
     "LayoutError",
     "MSCLIPError",
     "RasterReadError",
@@ -62,3 +65,21 @@ class CheckpointMismatchError(CheckpointError):
 
 class WeightsNotFoundError(MSCLIPError, FileNotFoundError):
     """Weights are neither at the given path nor in the hub cache, and cannot be fetched."""
+
+
+# --------------------------------------------------------------------------------------------
+# Heads: probes on frozen features and fine-tuning modes (msclip.heads)
+# --------------------------------------------------------------------------------------------
+
+
+class HeadInputError(MSCLIPError, ValueError):
+    """Features, labels or targets given to a probe or head cannot be used (empty set, NaN,
+    labels out of range, a single class, mismatched lengths)."""
+
+
+class HeadConfigError(MSCLIPError, ValueError):
+    """A probe or fine-tuning setting is invalid (unknown mode, ``k < 1``, negative rank ...)."""
+
+
+class AdapterError(CheckpointError):
+    """A LoRA adapter file cannot be read, or does not fit the model it is loaded onto."""
