@@ -1,0 +1,80 @@
+"""Heads on the spectral encoder: probes on frozen features and fine-tuning modes.
+
+* :mod:`msclip.heads.probes`: kNN, logistic regression (L-BFGS with a ``C`` sweep) and ridge
+  regression (``alpha`` sweep) on frozen features, each returning a :class:`ProbeResult` with
+  bootstrap confidence intervals.
+* :mod:`msclip.heads.linear`: a batch-norm + linear head trained by AdamW and a
+  text-initialised head (zero-shot classifier as the starting point), on features in memory.
+* :mod:`msclip.heads.lora`: low-rank adapters on the q and v parts of the fused attention
+  projection (optionally the MLP), saved on their own and mergeable.
+* :mod:`msclip.heads.modes`: the fine-tuning modes of the image tower (``frozen``, ``lora``,
+  ``last-n``, ``full``, ``scratch``), parameter groups with layer-wise learning-rate decay and
+  parameter counts.
+
+No command-line code lives here; the library never imports :mod:`msclip.train` or
+:mod:`msclip.cli`.
+"""
+
+from msclip.heads.linear import (
+    LinearHead,
+    TextInitHead,
+    build_head,
+    fit_head,
+    linear_probe,
+    predict_head,
+    text_linear_probe,
+)
+from msclip.heads.probes import (
+    DEFAULT_ALPHAS,
+    DEFAULT_CS,
+    TASKS,
+    LogisticModel,
+    ProbeResult,
+    RidgeModel,
+    SweepResult,
+    check_features,
+    check_labels,
+    check_targets,
+    evaluate_scores,
+    fit_logistic,
+    fit_ridge,
+    knn_neighbors,
+    knn_probe,
+    knn_scores,
+    knn_vote,
+    logistic_probe,
+    logistic_sweep,
+    ridge_probe,
+    ridge_sweep,
+)
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "DEFAULT_CS",
+    "TASKS",
+    "LinearHead",
+    "LogisticModel",
+    "ProbeResult",
+    "RidgeModel",
+    "SweepResult",
+    "TextInitHead",
+    "build_head",
+    "check_features",
+    "check_labels",
+    "check_targets",
+    "evaluate_scores",
+    "fit_head",
+    "fit_logistic",
+    "fit_ridge",
+    "knn_neighbors",
+    "knn_probe",
+    "knn_scores",
+    "knn_vote",
+    "linear_probe",
+    "logistic_probe",
+    "logistic_sweep",
+    "predict_head",
+    "ridge_probe",
+    "ridge_sweep",
+    "text_linear_probe",
+]
