@@ -61,8 +61,17 @@ def test_text_head_training_moves_from_zero_shot(tiny, rng) -> None:
         zero_shot_logits(torch.from_numpy(x[150:]), classifier).double().softmax(1).numpy(),
         rtol=1e-6,
     )
-    tuned = text_linear_probe(classifier, x[:150], y[:150], x[150:], y[150:], epochs=30,
-                              batch_size=32, lr=3e-3, n_resamples=0)  # fmt: skip
+    tuned = text_linear_probe(
+        classifier,
+        x[:150],
+        y[:150],
+        x[150:],
+        y[150:],
+        epochs=30,
+        batch_size=32,
+        lr=3e-3,
+        n_resamples=0,
+    )
     assert zs.metrics["top1_accuracy"] < 0.3 < 0.9 < tuned.metrics["top1_accuracy"]
     head = tuned.extra["head"]
     assert not torch.equal(head.weight.detach(), classifier)
@@ -98,34 +107,75 @@ def test_linear_probe_reads_memory_mapped_features(rng, tmp_path) -> None:
     mm[:] = x
     mm.flush()
     mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
-    a = linear_probe(mapped[:150], y[:150], mapped[150:], y[150:], epochs=5, batch_size=32,
-                     n_resamples=20, val_features=x[150:], val_targets=y[150:])  # fmt: skip
-    b = linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=5, batch_size=32,
-                     n_resamples=20)  # fmt: skip
+    a = linear_probe(
+        mapped[:150],
+        y[:150],
+        mapped[150:],
+        y[150:],
+        epochs=5,
+        batch_size=32,
+        n_resamples=20,
+        val_features=x[150:],
+        val_targets=y[150:],
+    )
+    b = linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=5, batch_size=32, n_resamples=20)
     np.testing.assert_array_equal(a.scores, b.scores)
     assert a.hyperparameters["lr"] == pytest.approx(1e-3 * 32 / 256)
     assert "val_loss" in a.extra["history"][-1] and "val_loss" not in b.extra["history"][-1]
     # torch input (float16, as a feature cache stores) works too
-    c = linear_probe(torch.from_numpy(x[:150]).half(), y[:150], x[150:], y[150:], epochs=2,
-                     batch_size=32, n_resamples=0)  # fmt: skip
+    c = linear_probe(
+        torch.from_numpy(x[:150]).half(),
+        y[:150],
+        x[150:],
+        y[150:],
+        epochs=2,
+        batch_size=32,
+        n_resamples=0,
+    )
     assert c.scores.shape == (50, 3)
 
 
 def test_linear_head_regression_and_multilabel(rng) -> None:
     x = rng.normal(size=(300, 6)).astype(np.float32)
     t = np.stack([x @ rng.normal(size=6) * 50 + 1000, x[:, 0] * 0.01], axis=1)
-    res = linear_probe(x[:240], t[:240], x[240:], t[240:], task="regression", epochs=25,
-                       batch_size=60, lr=0.05, n_resamples=0)  # fmt: skip
+    res = linear_probe(
+        x[:240],
+        t[:240],
+        x[240:],
+        t[240:],
+        task="regression",
+        epochs=25,
+        batch_size=60,
+        lr=0.05,
+        n_resamples=0,
+    )
     assert res.task == "regression" and res.metrics["r2"] > 0.9
     head = res.extra["head"]
     np.testing.assert_allclose(head.target_mean.numpy(), t[:240].mean(0), rtol=1e-5)
     for loss in ("l1", "huber"):
-        r = linear_probe(x[:240], t[:240, 0], x[240:], t[240:, 0], task="regression", epochs=2,
-                         loss=loss, batch_size=60, n_resamples=0)  # fmt: skip
+        r = linear_probe(
+            x[:240],
+            t[:240, 0],
+            x[240:],
+            t[240:, 0],
+            task="regression",
+            epochs=2,
+            loss=loss,
+            batch_size=60,
+            n_resamples=0,
+        )
         assert r.scores.shape == (60, 1) and r.hyperparameters["loss"] == loss
     labels = np.stack([x[:, 0] > 0, x[:, 1] > 0], axis=1).astype(np.int64)
-    ml = linear_probe(x[:240], labels[:240], x[240:], labels[240:], epochs=15, batch_size=60,
-                      lr=0.05, n_resamples=0)  # fmt: skip
+    ml = linear_probe(
+        x[:240],
+        labels[:240],
+        x[240:],
+        labels[240:],
+        epochs=15,
+        batch_size=60,
+        lr=0.05,
+        n_resamples=0,
+    )
     assert ml.task == "multi-label" and ml.metrics["map"] > 0.9
 
 

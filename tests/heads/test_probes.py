@@ -62,8 +62,14 @@ def test_knn_matches_brute_force(rng, k, temperature) -> None:
     np.testing.assert_allclose(scores, scores_ref, atol=1e-5)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0)
     # torch inputs give the same scores
-    same = knn_scores(torch.from_numpy(train), torch.from_numpy(y), torch.from_numpy(query), k,
-                      temperature, num_classes=4)  # fmt: skip
+    same = knn_scores(
+        torch.from_numpy(train),
+        torch.from_numpy(y),
+        torch.from_numpy(query),
+        k,
+        temperature,
+        num_classes=4,
+    )
     np.testing.assert_allclose(same, scores, atol=1e-12)
 
 
@@ -120,8 +126,9 @@ def test_knn_probe_reports_weighted_and_unweighted(rng) -> None:
 def test_knn_probe_multilabel(rng) -> None:
     x = rng.normal(size=(200, 8)).astype(np.float32)
     labels = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 2] < 0], axis=1).astype(np.int64)
-    (res,) = knn_probe(x[:150], labels[:150], x[150:], labels[150:], k=10, k_unweighted=None,
-                       n_resamples=50)  # fmt: skip
+    (res,) = knn_probe(
+        x[:150], labels[:150], x[150:], labels[150:], k=10, k_unweighted=None, n_resamples=50
+    )
     assert res.task == "multi-label" and res.scores.shape == (50, 3)
     assert res.metrics["map"] == pytest.approx(
         mean_average_precision(res.scores, labels[150:]).mean
@@ -181,8 +188,7 @@ def test_logistic_absent_class_gets_zero_probability(rng) -> None:
     p = model.predict_proba(x[:10])
     assert p.shape == (10, 5) and np.all(p[:, 3:] == 0)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    np.testing.assert_allclose(p[:, :3], _sklearn_proba(x, y, 1.0).predict_proba(x[:10]),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(p[:, :3], _sklearn_proba(x, y, 1.0).predict_proba(x[:10]), atol=1e-5)
 
 
 def test_sweep_picks_best_validation_C_and_refits_on_train_plus_val(rng) -> None:
@@ -202,22 +208,35 @@ def test_sweep_picks_best_validation_C_and_refits_on_train_plus_val(rng) -> None
     np.testing.assert_allclose(model.predict_proba(xva), refit.predict_proba(xva), atol=1e-5)
     assert model.mean is not None and np.allclose(model.mean, x.astype(np.float64).mean(axis=0))
     # A custom selection metric and no refit.
-    m2, s2 = logistic_sweep(xtr, ytr, xva, yva, cs, selection_metric="balanced_accuracy",
-                            refit=False)  # fmt: skip
+    m2, s2 = logistic_sweep(
+        xtr, ytr, xva, yva, cs, selection_metric="balanced_accuracy", refit=False
+    )
     assert s2.metric == "balanced_accuracy"
     assert np.allclose(m2.mean, xtr.astype(np.float64).mean(axis=0))
 
 
 def test_logistic_probe_result(rng) -> None:
     x, y = clustered(rng, 300, d=10, c=5, sep=1.0)
-    res = logistic_probe(x[:150], y[:150], x[250:], y[250:], x[150:250], y[150:250],
-                         Cs=np.logspace(-3, 1, 5), n_resamples=50)  # fmt: skip
+    res = logistic_probe(
+        x[:150],
+        y[:150],
+        x[250:],
+        y[250:],
+        x[150:250],
+        y[150:250],
+        Cs=np.logspace(-3, 1, 5),
+        n_resamples=50,
+    )
     assert res.probe == "logistic" and res.n_train == 250 and res.n_test == 50
     assert res.hyperparameters["C"] in np.logspace(-3, 1, 5)
     assert len(res.extra["sweep"]) == 5
     assert set(res.metrics) == {
-        "top1_accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "micro_f1"
-    }  # fmt: skip
+        "top1_accuracy",
+        "top5_accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "micro_f1",
+    }
     assert res.metrics["micro_f1"] == pytest.approx(res.metrics["top1_accuracy"])
     rec = res.to_record()
     assert rec["hp_C"] == res.hyperparameters["C"] and "top1_accuracy_ci_low" in rec
@@ -266,8 +285,9 @@ def test_ridge_sweep_and_probe(rng) -> None:
     np.testing.assert_allclose(
         model.predict(x[160:]), fit_ridge(x[:160], y[:160], sweep.best).predict(x[160:])
     )
-    res = ridge_probe(x[:120], y[:120], x[160:], y[160:], x[120:160], y[120:160], alphas,
-                      n_resamples=50)  # fmt: skip
+    res = ridge_probe(
+        x[:120], y[:120], x[160:], y[160:], x[120:160], y[120:160], alphas, n_resamples=50
+    )
     assert res.task == "regression" and set(res.metrics) == {"rmse", "mae", "r2"}
     assert res.hyperparameters["alpha"] == sweep.best and res.scores.shape == (40, 2)
     assert res.ci["r2"].low <= res.metrics["r2"] <= res.ci["r2"].high
