@@ -15,6 +15,11 @@ cannot adapt the q and v thirds of the fused projection alone. Here each adapted
 untouched; ``nn.MultiheadAttention`` keeps reading ``in_proj_weight`` as before (its fused
 inference path included), so nothing else in OpenCLIP changes.
 
+Cost of the weight-space form: autograd computes the gradient of the whole adapted weight
+(``in_proj_weight`` and, when targeted, the MLP weights) once per step, the same matrix product
+full fine-tuning does for those layers, and reduces it to ``A`` and ``B``; the other layers get
+no weight gradient, and the optimiser state is that of the adapters only.
+
 Dropout: the usual LoRA applies dropout to the input of ``A`` per token. A weight-space adapter
 has no per-token input, so dropout here drops input features of ``A`` (columns), one mask per
 forward call shared by the batch, scaled by ``1 / (1 - p)``; it is active in training mode only.

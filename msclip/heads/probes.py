@@ -113,7 +113,7 @@ SelectionMetric = str | Callable[[np.ndarray, np.ndarray], float]
 # Input checks
 # --------------------------------------------------------------------------------------------
 
-_CHECK_ROWS = 65536  # rows per block when scanning large (memory-mapped) arrays
+_CHECK_ROWS = 16384  # rows per block when scanning large (memory-mapped) arrays
 
 
 def _to_array(x: ArrayLike, name: str) -> np.ndarray:
@@ -540,6 +540,27 @@ def _merge_topk(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Te
     return vals.gather(1, cols), ids.gather(1, cols)
 
 
+def _block_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of each row of a similarity block with the tie rule of
+    :func:`_merge_topk`, columns returned in ascending order.
+
+    ``torch.topk`` is fast but picks arbitrarily among values equal to the k-th; that only
+    matters in rows where such a value is also left out, which are redone exactly.
+    """
+    kk = min(k, sims.shape[1])
+    top = torch.topk(sims, kk, dim=1)
+    kth = top.values[:, -1:]
+    cols = top.indices
+    crossing = (sims == kth).sum(dim=1) != (top.values == kth).sum(dim=1)
+    if crossing.any():
+        rows = torch.nonzero(crossing)[:, 0]
+        sub = sims[rows]
+        _, exact = _merge_topk(sub, torch.arange(sims.shape[1]).expand_as(sub), kk)
+        cols[rows] = exact
+    cols = torch.sort(cols, dim=1).values
+    return sims.gather(1, cols), cols
+
+
 def knn_neighbors(
     train_features: ArrayLike,
     query_features: ArrayLike,
@@ -580,9 +601,11 @@ def knn_neighbors(
             ids = torch.arange(t0, t0 + block.shape[0])
             new_v, new_i = [], []
             for s, qb in queries:
-                sims = qb @ block.T
-                vals = torch.cat([best_v[s : s + qb.shape[0]], sims], dim=1)
-                idx = torch.cat([best_i[s : s + qb.shape[0]], ids.expand(qb.shape[0], -1)], dim=1)
+                # The block's own top k first (one pass over the block), then an exact merge of
+                # those k with the running k: ids stay in ascending column order throughout.
+                block_v, block_c = _block_topk(qb @ block.T, k)
+                vals = torch.cat([best_v[s : s + qb.shape[0]], block_v], dim=1)
+                idx = torch.cat([best_i[s : s + qb.shape[0]], ids[block_c]], dim=1)
                 v, i = _merge_topk(vals, idx, k)
                 new_v.append(v)
                 new_i.append(i)
@@ -664,13 +687,8 @@ def knn_scores(
     Returns:
         float64 ``[Q, C]`` in ``[0, 1]``.
     """
-    train = _to_array(train_features, "train_features")
-    labels, task = check_labels(
-        train_labels,
-        "train_labels",
-        n_rows=train.shape[0] if train.ndim else None,
-        num_classes=num_classes,
-    )
+    train = check_features(train_features, "train_features", dtype=None)
+    labels, task = check_labels(train_labels, "train_labels", train.shape[0], num_classes)
     c = _num_classes(task, [labels], num_classes)
     if temperature is not None:
         _check_positive(temperature, "temperature")
