@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AdapterError",
     "BadSampleError",
     "BandCoverageError",
     "BandCoverageWarning",
@@ -32,6 +33,8 @@ __all__ = [
     "DuplicateSourceError",
     "EmptyIndexError",
     "GenericBandNamesWarning",
+    "HeadConfigError",
+    "HeadInputError",
     "ImageSetError",
     "IndexFormatError",
     "IndexLockedError",
@@ -298,3 +301,17 @@ class SyntheticDataError(MSCLIPError, ValueError):
 
 class UnknownClassError(SyntheticDataError):
     """A land-cover class name that the synthetic scene generator does not know."""
+
+
+# -- heads: probes, fine-tuning, decoders ------------------------------------------------------
+class HeadInputError(MSCLIPError, ValueError):
+    """Features, labels or targets given to a probe or head cannot be used (empty set, NaN,
+    labels out of range, a single class, mismatched lengths)."""
+
+
+class HeadConfigError(MSCLIPError, ValueError):
+    """A probe or fine-tuning setting is invalid (unknown mode, ``k < 1``, negative rank ...)."""
+
+
+class AdapterError(CheckpointError):
+    """A LoRA adapter file cannot be read, or does not fit the model it is loaded onto."""

@@ -110,6 +110,26 @@ With ``TP_c``, ``FP_c``, ``FN_c`` the counts of class ``c``:
   ``f1_score`` with ``average="macro"`` / ``"micro"`` and ``zero_division=0``.
 - **AP**, **mAP**, **AP@k**, **mAP@k** as above with relevance ``Y[:, c]``. With the
   ``other_class`` rule only the real classes (all but the last score column) are evaluated.
+
+## Single-label F1
+
+Per-class F1 of the top-1 predictions, ``2 TP_c / (2 TP_c + FP_c + FN_c)`` (0 when the
+denominator is 0). **Macro F1** is its unweighted mean over all ``C`` classes (scikit-learn
+``f1_score(average="macro", labels=range(C), zero_division=0)``); **micro F1** uses the summed
+counts and equals the top-1 accuracy in the single-label case.
+
+## Regression metrics
+
+Predictions ``p[i, j]`` and targets ``t[i, j]`` for ``K`` outputs (a 1-D input is one output).
+Both must be finite: a NaN or infinite value is refused with the offending rows named.
+
+- **RMSE** ``sqrt(mean_i (p - t)^2)`` and **MAE** ``mean_i |p - t|``, per output.
+- **R²** ``1 - SS_res / SS_tot`` with ``SS_res = sum_i (t - p)^2`` and
+  ``SS_tot = sum_i (t - mean(t))^2``; ``NaN`` for an output whose targets are constant
+  (``SS_tot = 0``: R² is undefined there; scikit-learn gives 1.0 or 0.0 by convention).
+- The reported value of each is the unweighted mean over the outputs (NaN excluded for R²),
+  scikit-learn's ``multioutput="uniform_average"`` (for RMSE: the mean of per-output RMSEs,
+  as ``root_mean_squared_error``).
 """
 
 from __future__ import annotations
@@ -142,11 +162,13 @@ __all__ = [
     "APResult",
     "MetricInputError",
     "MultiLabelReport",
+    "RegressionReport",
     "SingleLabelReport",
     "average_precision",
     "average_precision_at_k",
     "balanced_accuracy",
     "confusion_matrix",
+    "mean_absolute_error",
     "mean_average_precision",
     "mean_average_precision_at_k",
     "multilabel_accuracy",
@@ -154,6 +176,10 @@ __all__ = [
     "multilabel_report",
     "per_class_accuracy",
     "precision_recall_f1",
+    "r2_score",
+    "regression_report",
+    "root_mean_squared_error",
+    "single_label_f1",
     "single_label_report",
     "targets_to_relevance",
     "topk_accuracy",
@@ -1012,4 +1038,251 @@ def multilabel_report(
         ap_definition=ap_definition,
         no_relevant=no_relevant,
         per_class=per_class,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Single-label F1 and regression metrics (used by the probes and heads of msclip.heads)
+# --------------------------------------------------------------------------------------------
+
+RegressionAverage = Literal["mean", "none"]
+
+
+def single_label_f1(
+    scores_or_preds: ArrayOrTensor,
+    targets: ArrayOrTensor,
+    num_classes: int | None = None,
+    average: Average = "macro",
+) -> Any:
+    """F1 of single-label top-1 predictions.
+
+    Args:
+        scores_or_preds: Scores ``[N, C]`` (top-1 = argmax, lowest index on ties) or predicted
+            class indices ``[N]``.
+        targets: True class indices ``[N]``.
+        num_classes: Number of classes; see :func:`confusion_matrix`.
+        average: ``"macro"`` (mean over all ``C`` classes, a class never seen nor predicted
+            counting 0), ``"micro"`` (summed counts; equals the top-1 accuracy) or ``"none"``
+            (per-class array).
+
+    Returns:
+        A float, or float64 ``[C]`` for ``"none"``. Equal to scikit-learn ``f1_score`` with
+        ``labels=range(C)`` and ``zero_division=0``.
+
+    Raises:
+        MetricInputError: On bad shapes, indices out of range or an unknown ``average``.
+    """
+    if average not in ("micro", "macro", "none"):
+        raise MetricInputError(
+            f"unknown average {average!r}; choose one of ['micro', 'macro', 'none']"
+        )
+    cm = confusion_matrix(scores_or_preds, targets, num_classes).astype(np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    if average == "micro":
+        tp, fp, fn = tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True)
+    den = 2 * tp + fp + fn
+    f1 = np.zeros_like(tp)
+    np.divide(2 * tp, den, out=f1, where=den > 0)
+    if average == "none":
+        return f1
+    return float(f1.mean())
+
+
+def _as_regression(x: Any, name: str) -> np.ndarray:
+    """Finite float64 ``[N, K]`` (a 1-D input becomes one column); NaN rows are named."""
+    arr = _to_numpy(x, name)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise MetricInputError(f"{name} must be numeric; got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise MetricInputError(
+            f"{name} must have shape [N] or [N, K] (K outputs); got shape {tuple(arr.shape)}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise MetricInputError(f"{name} is empty (shape {tuple(arr.shape)}); need N >= 1 rows")
+    arr = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise MetricInputError(
+            f"{name} has NaN or infinite values in {rows.size} row(s), e.g. rows "
+            f"{rows[:10].tolist()}; drop or fill those rows before computing metrics"
+        )
+    return arr
+
+
+def _regression_pair(preds: ArrayOrTensor, targets: ArrayOrTensor) -> tuple[np.ndarray, np.ndarray]:
+    p = _as_regression(preds, "preds")
+    t = _as_regression(targets, "targets")
+    if p.shape != t.shape:
+        raise MetricInputError(
+            f"preds have shape {p.shape} but targets {t.shape}; pass one prediction per target "
+            "(same N rows and K outputs)"
+        )
+    return p, t
+
+
+def _check_regression_average(average: str) -> None:
+    if average not in ("mean", "none"):
+        raise MetricInputError(f"unknown average {average!r}; choose one of ['mean', 'none']")
+
+
+def _r2_columns(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    ss_res = ((t - p) ** 2).sum(axis=0)
+    ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
+    out = np.full(t.shape[1], np.nan)
+    ok = ss_tot > 0
+    out[ok] = 1.0 - ss_res[ok] / ss_tot[ok]
+    return out
+
+
+def root_mean_squared_error(
+    preds: ArrayOrTensor, targets: ArrayOrTensor, average: RegressionAverage = "mean"
+) -> Any:
+    """Root mean squared error per output, and its mean over outputs.
+
+    Args:
+        preds: Predictions ``[N]`` or ``[N, K]``.
+        targets: Targets of the same shape.
+        average: ``"mean"`` (mean of the per-output RMSEs, scikit-learn
+            ``root_mean_squared_error``) or ``"none"`` (float64 ``[K]``).
+
+    Raises:
+        MetricInputError: On mismatched shapes, an empty set or NaN/infinite values (the rows
+            are named).
+    """
+    _check_regression_average(average)
+    p, t = _regression_pair(preds, targets)
+    per_output = np.sqrt(((p - t) ** 2).mean(axis=0))
+    return per_output if average == "none" else float(per_output.mean())
+
+
+def mean_absolute_error(
+    preds: ArrayOrTensor, targets: ArrayOrTensor, average: RegressionAverage = "mean"
+) -> Any:
+    """Mean absolute error per output, and its mean over outputs.
+
+    Args:
+        preds: Predictions ``[N]`` or ``[N, K]``.
+        targets: Targets of the same shape.
+        average: ``"mean"`` or ``"none"`` (float64 ``[K]``).
+
+    Raises:
+        MetricInputError: As :func:`root_mean_squared_error`.
+    """
+    _check_regression_average(average)
+    p, t = _regression_pair(preds, targets)
+    per_output = np.abs(p - t).mean(axis=0)
+    return per_output if average == "none" else float(per_output.mean())
+
+
+def r2_score(
+    preds: ArrayOrTensor, targets: ArrayOrTensor, average: RegressionAverage = "mean"
+) -> Any:
+    """Coefficient of determination per output, and its mean over outputs.
+
+    Args:
+        preds: Predictions ``[N]`` or ``[N, K]``.
+        targets: Targets of the same shape.
+        average: ``"mean"`` (over outputs with a defined R², NaN when none is) or ``"none"``
+            (float64 ``[K]``).
+
+    Returns:
+        ``1 - SS_res / SS_tot``; NaN for an output with constant targets (undefined).
+
+    Raises:
+        MetricInputError: As :func:`root_mean_squared_error`.
+    """
+    _check_regression_average(average)
+    p, t = _regression_pair(preds, targets)
+    per_output = _r2_columns(p, t)
+    return per_output if average == "none" else _nanmean(per_output)
+
+
+@dataclass(eq=False)
+class RegressionReport:
+    """Image-level regression metrics, mean over outputs plus a per-output table.
+
+    Attributes:
+        n_samples: Number of samples ``N``.
+        num_outputs: Number of outputs ``K``.
+        rmse: Mean over outputs of the per-output RMSE.
+        mae: Mean over outputs of the per-output MAE.
+        r2: Mean over outputs of the per-output R² (NaN excluded).
+        per_output: Columns ``output_index, output_name, rmse, mae, r2, target_mean,
+            target_std``.
+    """
+
+    n_samples: int
+    num_outputs: int
+    rmse: float
+    mae: float
+    r2: float
+    per_output: pd.DataFrame = field(repr=False)
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Overall metrics as a flat dict with stable snake_case keys (no per-output table)."""
+        return {
+            "n_samples": self.n_samples,
+            "num_outputs": self.num_outputs,
+            "rmse": self.rmse,
+            "mae": self.mae,
+            "r2": self.r2,
+        }
+
+
+def regression_report(
+    preds: ArrayOrTensor,
+    targets: ArrayOrTensor,
+    output_names: Sequence[str] | None = None,
+) -> RegressionReport:
+    """All regression metrics of one evaluation.
+
+    Args:
+        preds: Predictions ``[N]`` or ``[N, K]``.
+        targets: Targets of the same shape.
+        output_names: ``K`` names for the per-output table; ``"0"``, ``"1"``, ... by default.
+
+    Returns:
+        :class:`RegressionReport`.
+
+    Raises:
+        MetricInputError: As :func:`root_mean_squared_error`, or a wrong number of names.
+    """
+    p, t = _regression_pair(preds, targets)
+    n, k = t.shape
+    if output_names is None:
+        names = [str(i) for i in range(k)]
+    else:
+        names = [str(x) for x in output_names]
+        if len(names) != k:
+            raise MetricInputError(
+                f"output_names has {len(names)} entries but there are K = {k} outputs"
+            )
+    rmse = np.sqrt(((p - t) ** 2).mean(axis=0))
+    mae = np.abs(p - t).mean(axis=0)
+    r2 = _r2_columns(p, t)
+    per_output = pd.DataFrame(
+        {
+            "output_index": np.arange(k, dtype=np.int64),
+            "output_name": names,
+            "rmse": rmse,
+            "mae": mae,
+            "r2": r2,
+            "target_mean": t.mean(axis=0),
+            "target_std": t.std(axis=0),
+        }
+    )
+    return RegressionReport(
+        n_samples=n,
+        num_outputs=k,
+        rmse=float(rmse.mean()),
+        mae=float(mae.mean()),
+        r2=_nanmean(r2),
+        per_output=per_output,
     )

@@ -10,7 +10,8 @@
   Image Transformers"): in a tower of ``L`` blocks, block ``i`` (0-based) gets
   ``lr * decay**(L - i)``, the embeddings before the first block ``lr * decay**(L + 1)``, and
   what follows the last block (final norm, projection) ``lr``. Norms, biases, embeddings and the
-  temperature get no weight decay (as in CLIP training practice, e.g. OpenCLIP).
+  temperature get no weight decay (as in CLIP training practice, e.g. OpenCLIP). Both rules live
+  in :mod:`msclip.layer_decay`, shared with the fine-tuning modes of :mod:`msclip.heads`.
 * Schedule (:class:`WarmupCosineRestarts`): linear warm-up, then cosine decay (Loshchilov and
   Hutter, ICLR 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts") to
   ``min_lr_ratio`` of the peak, optionally restarting after ``restart_steps`` steps with cycles
@@ -22,13 +23,15 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from msclip.layer_decay import TEMPERATURE_PARAMS as _TEMPERATURE
+from msclip.layer_decay import layer_lr_scale as _layer_scale
+from msclip.layer_decay import no_weight_decay as _no_weight_decay
 from msclip.model import MSCLIP
 from msclip.train.config import TRAINABLE_PRESETS, ConfigError, TrainConfig
 
@@ -49,8 +52,6 @@ PRESET_PATTERNS: dict[str, tuple[str, ...]] = {
     "visual": ("visual.*",),
     "all": ("*",),
 }
-_TEMPERATURE = ("logit_scale", "logit_bias")
-_BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.")
 
 
 def _match(names: Sequence[str], pattern: str) -> list[str]:
@@ -102,27 +103,6 @@ def select_trainable(
             param="trainable",
         )
     return trainable
-
-
-def _layer_scale(name: str, depth: dict[str, int], decay: float) -> float:
-    """Learning-rate multiplier of a parameter under layer-wise decay."""
-    if decay == 1.0 or name in _TEMPERATURE:
-        return 1.0
-    tower = "visual" if name.startswith("visual.") else "text"
-    n_blocks = depth[tower]
-    m = _BLOCK.match(name)
-    if m:
-        return decay ** (n_blocks - int(m.group(2)))
-    local = name[len("visual.") :] if tower == "visual" else name
-    if local.startswith(
-        ("class_embedding", "positional_embedding", "token_embedding", "ln_pre", "conv1")
-    ):
-        return decay ** (n_blocks + 1)
-    return 1.0
-
-
-def _no_weight_decay(name: str, p: torch.Tensor) -> bool:
-    return p.ndim < 2 or "embedding" in name or name in _TEMPERATURE or name.endswith(".bias")
 
 
 def param_groups(
