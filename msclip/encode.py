@@ -273,6 +273,7 @@ def encode_batches(
     autocast: contextlib.AbstractContextManager | None = None,
     grad_mode: str = "inference",
     abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[EncodedBatch]:
     """Encode a dataset that follows the item protocol, batch by batch, in order.
 
@@ -297,6 +298,8 @@ def encode_batches(
             with autograd afterwards, for training code).
         abort_on: error classes that stop the whole run even without ``strict`` (an input the
             user asked to refuse, e.g. ``--strict-bands``).
+        forward: what runs on each batch of images (default ``model.encode_image``; e.g. the
+            pooled taps of :meth:`msclip.MSCLIP.forward_intermediates` for the heads' features).
 
     The warnings raised while reading items (in this process or in workers) are counted and
     logged once each when the run ends, with the number of items they concern.
@@ -356,7 +359,7 @@ def encode_batches(
             with grad:
                 if images is not None:
                     with amp:
-                        emb = model.encode_image(images.to(device, non_blocking=True))
+                        emb = (forward or model.encode_image)(images.to(device, non_blocking=True))
                     emb = emb.float()
                     if normalize:
                         emb = F.normalize(emb, dim=-1)

@@ -27,7 +27,7 @@ from msclip.spectral.patch_embed import SpectralPatchEmbed
 from msclip.spectral.stats import NormStats
 from msclip.transforms import ImageTransform
 
-__all__ = ["MSCLIP", "MSCLIPConfig", "build_open_clip"]
+__all__ = ["MSCLIP", "Intermediates", "MSCLIPConfig", "build_open_clip", "default_taps"]
 
 
 @dataclass
@@ -43,6 +43,8 @@ class MSCLIPConfig:
         resize_mode: ``shortest`` (resize shorter side + centre crop) or ``squash``.
         interpolation: resize interpolation (``bicubic`` as published).
         pil_rgb: RGB baselines follow OpenCLIP's PIL preprocessing for 8-bit pictures.
+        taps: image-tower blocks whose outputs dense heads read by default (``None``: the rule
+            of :func:`default_taps` for the tower's depth).
     """
 
     arch: str
@@ -53,6 +55,7 @@ class MSCLIPConfig:
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
     pil_rgb: bool = False
+    taps: tuple[int, ...] | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -65,6 +68,7 @@ class MSCLIPConfig:
         d = asdict(self)
         d["bands"] = list(self.bands)
         d["stats"] = self.stats.to_dict()
+        d["taps"] = None if self.taps is None else list(self.taps)
         return d
 
     @classmethod
@@ -72,9 +76,42 @@ class MSCLIPConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["bands"] = tuple(d["bands"])
+        if d.get("taps") is not None:
+            d["taps"] = tuple(int(i) for i in d["taps"])
         d["stats"] = NormStats.from_dict(d["stats"])
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def default_taps(depth: int) -> tuple[int, ...]:
+    """Blocks of a ``depth``-block vision transformer that dense heads read by default.
+
+    ViT-B (12 blocks): 3, 5, 7, 11, as pangaea-bench taps its ViT-B encoders; ViT-L (24 blocks):
+    7, 11, 15, 23 (its ViT-L choice); other depths: up to four blocks evenly spaced, ending with
+    the last one.
+    """
+    if depth == 12:
+        return (3, 5, 7, 11)
+    if depth == 24:
+        return (7, 11, 15, 23)
+    n = min(4, depth)
+    return tuple(sorted({round(depth * (i + 1) / n) - 1 for i in range(n)}))
+
+
+@dataclass
+class Intermediates:
+    """Outputs of tapped image-tower blocks (:meth:`MSCLIP.forward_intermediates`).
+
+    Attributes:
+        layers: the tapped block indices (non-negative), in the order requested.
+        maps: per tapped block, the patch tokens as a map ``[B, width, H/p, W/p]``.
+        pooled: per tapped block, ``[B, width]``: the class token (``pool="cls"``) or the mean of
+            the patch tokens (``pool="mean"``); ``None`` with ``pool=None``.
+    """
+
+    layers: tuple[int, ...]
+    maps: list[torch.Tensor]
+    pooled: list[torch.Tensor] | None
 
 
 def build_open_clip(arch_cfg: Mapping[str, Any]) -> nn.Module:
@@ -115,6 +152,8 @@ class MSCLIP(nn.Module):
                 conv = nn.Conv2d(len(bands), conv.weight.shape[0], conv.kernel_size,
                                  conv.stride, bias=False)  # fmt: skip
             visual.conv1 = SpectralPatchEmbed.from_conv(conv, bands)
+        if config.taps is None:  # recorded, so that checkpoints say which blocks heads read
+            config.taps = default_taps(len(visual.transformer.resblocks))
         missing = [b for b in bands if b not in config.stats.mean]
         if missing:
             raise BandError(
@@ -379,6 +418,82 @@ class MSCLIP(nn.Module):
             x, indices=indices, intermediates_only=True, output_fmt="NLC"
         )
         return list(out["image_intermediates"])
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks of the image tower."""
+        return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        """Token width of the image tower."""
+        return int(self.patch_embed.weight.shape[0])
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        """Default tapped blocks (the config's ``taps``, else :func:`default_taps`)."""
+        taps = self.config.taps
+        return tuple(taps) if taps is not None else default_taps(self.depth)
+
+    def _block_indices(self, layers: int | Sequence[int] | None) -> list[int]:
+        n = self.depth
+        if layers is None:
+            wanted = list(self.taps)
+        elif isinstance(layers, int):
+            wanted = [layers]
+        else:
+            wanted = list(layers)
+        out = [i + n if -n <= i < 0 else i for i in wanted]
+        bad = [w for w, i in zip(wanted, out) if not 0 <= i < n]
+        if bad or not out:
+            raise ValueError(
+                f"layers {wanted} do not name blocks of this {n}-block image tower "
+                f"(0..{n - 1}, or -{n}..-1 from the end)"
+            )
+        return out
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        layers: int | Sequence[int] | None = None,
+        pool: str | None = "cls",
+        bands: Sequence[str | Band] | None = None,
+        norm: bool = False,
+    ) -> Intermediates:
+        """Patch-token maps and pooled vectors of chosen image-tower blocks.
+
+        The tower stops after the deepest requested block, so early taps cost only the blocks up
+        to them.
+
+        Args:
+            images: normalised images ``[B, C, H, W]`` (``H`` and ``W`` multiples of the patch
+                size; the model's input size for its positional embedding).
+            layers: block indices (negative from the end), one index, or ``None`` for
+                :attr:`taps`.
+            pool: ``"cls"`` (class token), ``"mean"`` (mean of the patch tokens) or ``None``.
+            bands: names of the channels of ``images`` when they are not the model's bands.
+            norm: apply the tower's final layer norm (``ln_post``) to every output.
+
+        Raises:
+            ValueError: a layer index outside the tower, or an unknown ``pool``.
+        """
+        if pool not in ("cls", "mean", None):
+            raise ValueError(f"pool must be 'cls', 'mean' or None, got {pool!r}")
+        indices = self._block_indices(layers)
+        x = self.to_model_bands(images, bands).to(self.dtype)
+        visual = self.clip.visual
+        out = visual.forward_intermediates(
+            x, indices=sorted(set(indices)), stop_early=True, intermediates_only=True,
+            normalize_intermediates=norm, output_fmt="NCHW", output_extra_tokens=True,
+        )  # fmt: skip
+        order = {blk: k for k, blk in enumerate(sorted(set(indices)))}
+        maps = [out["image_intermediates"][order[i]] for i in indices]
+        pooled = None
+        if pool == "cls":
+            pooled = [out["image_intermediates_prefix"][order[i]][:, 0] for i in indices]
+        elif pool == "mean":
+            pooled = [m.mean(dim=(2, 3)) for m in maps]
+        return Intermediates(tuple(indices), maps, pooled)
 
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor

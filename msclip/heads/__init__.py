@@ -1,5 +1,7 @@
 """Heads on the spectral encoder: probes on frozen features and fine-tuning modes.
 
+* :mod:`msclip.heads.features`: frozen-encoder features computed once per image and kept in
+  a resumable float16 memory-mapped cache, keyed by the model's fingerprint.
 * :mod:`msclip.heads.probes`: kNN, logistic regression (L-BFGS with a ``C`` sweep) and ridge
   regression (``alpha`` sweep) on frozen features, each returning a :class:`ProbeResult` with
   bootstrap confidence intervals.
@@ -15,6 +17,7 @@ No command-line code lives here; the library never imports :mod:`msclip.train` o
 :mod:`msclip.cli`.
 """
 
+from msclip.heads.features import FeatureCache, FeatureSpec, extract_features
 from msclip.heads.linear import (
     LinearHead,
     TextInitHead,
@@ -78,6 +81,8 @@ __all__ = [
     "FINETUNE_MODES",
     "LORA_TARGETS",
     "TASKS",
+    "FeatureCache",
+    "FeatureSpec",
     "FinetuneConfig",
     "ImageHeadModel",
     "LinearHead",
@@ -96,6 +101,7 @@ __all__ = [
     "check_targets",
     "count_parameters",
     "evaluate_scores",
+    "extract_features",
     "finetune_param_groups",
     "fit_head",
     "fit_logistic",

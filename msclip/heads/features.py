@@ -1,0 +1,270 @@
+"""Frozen-encoder features, computed once per image and kept on disk.
+
+Probes and heads trained on a frozen encoder need the same features every epoch; anchors such as
+TerraTorch re-run the encoder each time (92.6 s per epoch of 256 ViT-B/16 tiles on a 2-core CPU,
+see ``HEADS_ANCHORS.md``). msclip computes them once with its encoding engine
+(:func:`msclip.encode.encode_batches`) and stores them as float16 in a memory-mapped file, so an
+epoch reads ``N x D x 2`` bytes instead of running ``N`` forward passes.
+
+What a feature is (:class:`FeatureSpec`):
+
+- ``"embedding"``: the image embedding in the joint image-text space (what zero-shot
+  classification uses; the text-initialised head starts from it);
+- ``"cls"`` / ``"mean"``: the class token / the mean patch token of chosen blocks (default the
+  last), after the tower's final layer norm, concatenated over blocks. The last block's class token
+  is the feature of CLIP's own linear probes (Radford et al., ICML 2021, appendix A.2: the
+  features before the projection to the joint space) and of the DINO/SMARTIES kNN protocol.
+
+The cache (:class:`FeatureCache`) lives in ``<root>/<key>/`` where the key is a sha256 of the
+model's fingerprint (:meth:`msclip.MSCLIP.fingerprint`), the feature spec, the preprocessing
+(bands, image size, input bands, layout, sensor, nodata, valid-pixel rule) and the list of items,
+so a cache is never reused for anything else. Files: ``features.f16`` (``[N, D]`` float16,
+memory-mapped), ``done.u8`` (one byte per item: 0 to do, 1 encoded, 2 unreadable or skipped) and
+``meta.json``. Rows are flushed before their done bytes, so a killed extraction resumes where it
+stopped and never trusts a row it did not finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msclip.errors import HeadConfigError, HeadInputError
+from msclip.io import write_json
+
+__all__ = ["FeatureCache", "FeatureSpec", "extract_features"]
+
+logger = logging.getLogger(__name__)
+
+_TODO, _DONE, _BAD = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features of the image tower to keep.
+
+    Attributes:
+        kind: ``"embedding"`` (joint-space image embedding), ``"cls"`` or ``"mean"`` (pooled
+            tokens of ``layers``).
+        layers: tapped blocks for ``cls``/``mean`` (negative from the end); default the last.
+        normalize: L2-normalise each feature vector (after concatenation).
+    """
+
+    kind: str = "cls"
+    layers: tuple[int, ...] = (-1,)
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("embedding", "cls", "mean"):
+            raise HeadConfigError(
+                f"feature kind must be 'embedding', 'cls' or 'mean', got {self.kind!r}",
+                param="features",
+            )
+        if self.kind != "embedding" and not self.layers:
+            raise HeadConfigError("give at least one block to pool", param="layers")
+
+    def dim(self, model: Any) -> int:
+        """Length of one feature vector for ``model``."""
+        if self.kind == "embedding":
+            return int(model.embed_dim)
+        return int(model.width) * len(self.layers)
+
+    def forward(self, model: Any) -> Any:
+        """The function of a batch of images that yields these features."""
+        if self.kind == "embedding":
+            return model.encode_image
+        layers, pool = list(self.layers), self.kind
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            out = model.forward_intermediates(images, layers=layers, pool=pool, norm=True)
+            return torch.cat(out.pooled, dim=1)
+
+        return run
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+def _preprocessing_facts(preprocess: Any) -> dict[str, Any]:
+    keys = ("bands", "image_size", "divisor", "resize_mode", "interpolation", "input_bands",
+            "layout", "sensor", "pil_rgb", "strict_bands", "max_pixels", "downsample")  # fmt: skip
+    return {k: getattr(preprocess, k, None) for k in keys}
+
+
+def _item_names(items: Sequence[Any]) -> list[str]:
+    from msclip.encode import item_name
+
+    return [os.path.abspath(item_name(i)) if isinstance(i, (str, os.PathLike)) else item_name(i)
+            for i in items]  # fmt: skip
+
+
+class FeatureCache:
+    """Features of a list of images for one model, spec and preprocessing, on disk.
+
+    Args:
+        root: folder of caches (each in its own sub-folder named by its key).
+        model: the (frozen) :class:`msclip.MSCLIP`.
+        preprocess: its transform (``model.preprocess(...)``).
+        items: file paths or scene tiles, in the order features are wanted.
+        spec: which features.
+        nodata: nodata value overriding the files'.
+        min_valid: skip items with a smaller fraction of valid pixels (marked, not encoded).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        model: Any,
+        preprocess: Any,
+        items: Sequence[Any],
+        spec: FeatureSpec | None = None,
+        nodata: float | None = None,
+        min_valid: float | None = None,
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.items = list(items)
+        self.spec = spec or FeatureSpec()
+        self.nodata = nodata
+        self.min_valid = min_valid
+        if not self.items:
+            raise HeadInputError("no images to extract features from", param="images")
+        self.dim = self.spec.dim(model)
+        names = _item_names(self.items)
+        facts = {
+            "model": model.fingerprint(),
+            "spec": self.spec.to_dict(),
+            "preprocessing": _preprocessing_facts(preprocess),
+            "nodata": nodata,
+            "min_valid": min_valid,
+            "items": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+            "n": len(names),
+            "dim": self.dim,
+        }
+        self.key = hashlib.sha256(
+            json.dumps(facts, sort_keys=True, default=str).encode()
+        ).hexdigest()[:32]
+        self.facts = facts
+        self.dir = Path(root).expanduser() / self.key
+
+    # -- files ------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+    def _open(self) -> tuple[np.memmap, np.memmap]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "meta.json"
+        if not meta.is_file():
+            write_json(meta, {"key": self.key, **self.facts})
+        feats = np.lib.format.open_memmap(
+            self.dir / "features.f16.npy",
+            mode="r+" if (self.dir / "features.f16.npy").is_file() else "w+",
+            dtype=np.float16, shape=(self.n, self.dim),
+        )  # fmt: skip
+        done_path = self.dir / "done.u8.npy"
+        done = np.lib.format.open_memmap(
+            done_path, mode="r+" if done_path.is_file() else "w+", dtype=np.uint8,
+            shape=(self.n,),
+        )  # fmt: skip
+        if feats.shape != (self.n, self.dim) or done.shape != (self.n,):
+            raise HeadInputError(
+                f"feature cache {self.dir} has shapes {feats.shape} and {done.shape}, not "
+                f"({self.n}, {self.dim}); delete the folder to rebuild it"
+            )
+        return feats, done
+
+    def status(self) -> dict[str, int]:
+        """Items encoded, unreadable or skipped, and still to do."""
+        if not (self.dir / "done.u8.npy").is_file():
+            return {"done": 0, "bad": 0, "todo": self.n}
+        done = np.load(self.dir / "done.u8.npy", mmap_mode="r")
+        return {
+            "done": int((done == _DONE).sum()),
+            "bad": int((done == _BAD).sum()),
+            "todo": int((done == _TODO).sum()),
+        }
+
+    # -- extraction -------------------------------------------------------------------------
+    def extract(
+        self, batch_size: int = 32, workers: int = 0, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode the items not yet in the cache; return ``(features, ok)``.
+
+        Returns:
+            ``features``: ``[N, D]`` float16 memory map (rows of unreadable or skipped items are
+            zero); ``ok``: ``[N]`` bool, the items that have features.
+        """
+        from msclip.encode import ImageDataset, encode_batches
+
+        feats, done = self._open()
+        todo = np.flatnonzero(done == _TODO)
+        if len(todo):
+            logger.info(
+                "features: %d of %d images to encode (%s)", len(todo), self.n, self.dir.name
+            )
+            dataset = ImageDataset(
+                [self.items[i] for i in todo], self.preprocess, self.min_valid, self.nodata
+            )
+            batches = encode_batches(
+                self.model, dataset, batch_size=batch_size, workers=workers,
+                normalize=self.spec.normalize, progress=progress, desc="features",
+                forward=self.spec.forward(self.model),
+            )  # fmt: skip
+            for b in batches:
+                rows = todo[b.indices]
+                if len(rows):
+                    feats[rows] = b.embeddings.astype(np.float16)
+                    feats.flush()  # rows reach the disk before they are marked done
+                bad = [todo[f.index] for f in b.failures] + [todo[i] for i in b.skipped]
+                done[rows] = _DONE
+                done[bad] = _BAD
+                done.flush()
+        ok = np.asarray(done) == _DONE
+        return feats, ok
+
+
+def extract_features(
+    model: Any,
+    preprocess: Any,
+    items: Sequence[Any],
+    spec: FeatureSpec | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    nodata: float | None = None,
+    min_valid: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[N, D]`` of ``items`` and the mask of items that have them.
+
+    With ``cache_dir`` the features are kept in (and read back from) a :class:`FeatureCache`;
+    without it they are computed in memory (float32).
+    """
+    spec = spec or FeatureSpec()
+    if cache_dir is not None:
+        cache = FeatureCache(cache_dir, model, preprocess, items, spec, nodata, min_valid)
+        return cache.extract(batch_size, workers, progress)
+    from msclip.encode import ImageDataset, encode_batches
+
+    dataset = ImageDataset(list(items), preprocess, min_valid, nodata)
+    out = np.zeros((len(dataset), spec.dim(model)), np.float32)
+    ok = np.zeros(len(dataset), bool)
+    for b in encode_batches(
+        model, dataset, batch_size=batch_size, workers=workers, normalize=spec.normalize,
+        progress=progress, desc="features", forward=spec.forward(model),
+    ):  # fmt: skip
+        out[b.indices] = b.embeddings
+        ok[b.indices] = True
+    return out, ok
