@@ -16,11 +16,19 @@ prefix belongs to that block, LoRA adapters included.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
-__all__ = ["BLOCK_PATTERN", "TEMPERATURE_PARAMS", "layer_lr_scale", "no_weight_decay"]
+__all__ = [
+    "BLOCK_PATTERN",
+    "TEMPERATURE_PARAMS",
+    "group_parameters",
+    "layer_lr_scale",
+    "no_weight_decay",
+    "tower_depths",
+]
 
 #: Parameters of the contrastive temperature (and SigLIP bias).
 TEMPERATURE_PARAMS: tuple[str, ...] = ("logit_scale", "logit_bias")
@@ -65,3 +73,48 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
         or name in TEMPERATURE_PARAMS
         or name.endswith(".bias")
     )
+
+
+def tower_depths(clip: torch.nn.Module) -> dict[str, int]:
+    """``{"visual": L_image, "text": L_text}`` block counts of an OpenCLIP model."""
+    return {
+        "visual": len(clip.visual.transformer.resblocks),
+        "text": len(getattr(getattr(clip, "transformer", None), "resblocks", [])),
+    }
+
+
+def group_parameters(
+    named: Iterable[tuple[str, torch.Tensor]],
+    lr_of: Callable[[str], float],
+    scale_of: Callable[[str], float],
+    weight_decay_of: Callable[[str], float],
+    kind_of: Callable[[str], str] = lambda name: "",
+) -> list[dict[str, Any]]:
+    """Optimiser parameter groups: one per (kind, base lr, lr scale, weight decay).
+
+    Args:
+        named: ``(name, parameter)`` pairs (frozen ones are skipped).
+        lr_of: the base learning rate of a parameter.
+        scale_of: its multiplier (e.g. :func:`layer_lr_scale`).
+        weight_decay_of: its weight decay (before the :func:`no_weight_decay` rule, which wins).
+        kind_of: a label that keeps parameters apart (``"head"``, ``"encoder"``).
+
+    Returns:
+        Groups with ``params``, ``names``, ``lr`` (base times scale), ``weight_decay`` and
+        ``lr_scale``, ordered by kind, then base lr and scale (highest first), then weight
+        decay: the same parameters always give the same order.
+    """
+    groups: dict[tuple[str, float, float, float], dict[str, Any]] = {}
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        base, scale = lr_of(name), scale_of(name)
+        wd = 0.0 if no_weight_decay(name, p) else weight_decay_of(name)
+        g = groups.setdefault(
+            (kind_of(name), base, scale, wd),
+            {"params": [], "names": [], "lr": base * scale, "weight_decay": wd, "lr_scale": scale},
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    order = sorted(groups, key=lambda k: (k[0], -k[1], -k[2], k[3]))
+    return [groups[k] for k in order]

@@ -37,7 +37,7 @@ from torch import nn
 
 from msclip.errors import HeadConfigError
 from msclip.heads.lora import LoRAConfig, apply_lora, has_lora, lora_parameters
-from msclip.layer_decay import layer_lr_scale, no_weight_decay
+from msclip.layer_decay import group_parameters, layer_lr_scale, tower_depths
 
 __all__ = [
     "FINETUNE_MODES",
@@ -326,40 +326,31 @@ def finetune_param_groups(
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
             raise HeadConfigError(f"{label} must be a positive number; got {value!r}")
     clip = _clip(model)
-    depth = {
-        "visual": len(clip.visual.transformer.resblocks),
-        "text": len(getattr(getattr(clip, "transformer", None), "resblocks", [])),
-    }
-    groups: dict[tuple[str, float, float], dict[str, Any]] = {}
-
-    def add(kind: str, name: str, p: torch.Tensor, base: float, scale: float, wd: float) -> None:
-        key = (kind, scale, wd)
-        g = groups.setdefault(
-            key,
-            {"params": [], "names": [], "lr": base * scale, "weight_decay": wd, "lr_scale": scale},
-        )
-        g["params"].append(p)
-        g["names"].append(name)
-
-    for name, p in clip.named_parameters():
-        if not p.requires_grad:
-            continue
+    depth = tower_depths(clip)
+    named = [(n, p) for n, p in clip.named_parameters() if p.requires_grad]
+    for name, _ in named:
         if not name.startswith("visual."):
             logger.warning("text-tower parameter %s is trainable; it gets the head's rule", name)
-        scale = layer_lr_scale(name, depth, layer_decay)
-        add("encoder", name, p, lr, scale, 0.0 if no_weight_decay(name, p) else weight_decay)
+    h_lr = lr if head_lr is None else head_lr
+    h_wd = weight_decay if head_weight_decay is None else head_weight_decay
     if head is not None:
-        h_lr = lr if head_lr is None else head_lr
-        h_wd = weight_decay if head_weight_decay is None else head_weight_decay
-        for name, p in head.named_parameters():
-            if p.requires_grad:
-                add("head", f"head.{name}", p, h_lr, 1.0, 0.0 if no_weight_decay(name, p) else h_wd)
+        named += [(f"head.{n}", p) for n, p in head.named_parameters() if p.requires_grad]
+
+    def is_head(name: str) -> bool:
+        return head is not None and name.startswith("head.")
+
+    groups = group_parameters(
+        named,
+        lr_of=lambda n: h_lr if is_head(n) else lr,
+        scale_of=lambda n: 1.0 if is_head(n) else layer_lr_scale(n, depth, layer_decay),
+        weight_decay_of=lambda n: h_wd if is_head(n) else weight_decay,
+        kind_of=lambda n: "0-head" if is_head(n) else "1-encoder",  # the head's groups first
+    )
     if not groups:
         raise HeadConfigError(
             "no parameter is trainable: apply a fine-tuning mode other than 'frozen' or pass a head"
         )
-    order = sorted(groups, key=lambda k: (k[0] != "head", -k[1], k[2]))
-    return [groups[k] for k in order]
+    return groups
 
 
 class ImageHeadModel(nn.Module):

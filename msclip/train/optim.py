@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from msclip.layer_decay import TEMPERATURE_PARAMS as _TEMPERATURE
-from msclip.layer_decay import layer_lr_scale as _layer_scale
-from msclip.layer_decay import no_weight_decay as _no_weight_decay
+from msclip.layer_decay import group_parameters, layer_lr_scale, tower_depths
 from msclip.model import MSCLIP
 from msclip.train.config import TRAINABLE_PRESETS, ConfigError, TrainConfig
 
@@ -113,27 +112,22 @@ def param_groups(
     Each group carries ``lr`` (its peak learning rate), ``weight_decay``, ``lr_scale`` (layer
     decay multiplier) and ``names``.
     """
-    depth = {
-        "visual": len(model.clip.visual.transformer.resblocks),
-        "text": len(getattr(getattr(model.clip, "transformer", None), "resblocks", [])),
-    }
-    groups: dict[tuple[float, float, float], dict[str, Any]] = {}
-    named = [(n, p) for n, p in model.clip.named_parameters() if p.requires_grad]
+    depth = tower_depths(model.clip)
+    named = list(model.clip.named_parameters())
     if loss_fn is not None:
-        named += [(n, p) for n, p in loss_fn.named_parameters() if p.requires_grad]
-    for name, p in named:
-        patch = name.startswith("visual.conv1.")
-        base = cfg.patch_embed_lr if (patch and cfg.patch_embed_lr is not None) else cfg.lr
-        scale = 1.0 if patch else _layer_scale(name, depth, cfg.layer_decay)
-        wd = 0.0 if _no_weight_decay(name, p) else cfg.weight_decay
-        key = (base, scale, wd)
-        g = groups.setdefault(
-            key,
-            {"params": [], "names": [], "lr": base * scale, "weight_decay": wd, "lr_scale": scale},
-        )
-        g["params"].append(p)
-        g["names"].append(name)
-    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], -k[1], k[2]))]
+        named += list(loss_fn.named_parameters())
+
+    def is_patch(name: str) -> bool:
+        return name.startswith("visual.conv1.")
+
+    return group_parameters(
+        named,
+        lr_of=lambda n: (
+            cfg.patch_embed_lr if (is_patch(n) and cfg.patch_embed_lr is not None) else cfg.lr
+        ),
+        scale_of=lambda n: 1.0 if is_patch(n) else layer_lr_scale(n, depth, cfg.layer_decay),
+        weight_decay_of=lambda n: cfg.weight_decay,
+    )
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
