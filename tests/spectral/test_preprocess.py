@@ -119,3 +119,37 @@ def test_l2a_stats_cover_12_bands():
     s = get_stats("llama3-ms-clip")
     assert set(S2_L2A_BANDS) <= set(s.mean)
     assert s.mean["B01"] == 794.311 and s.std["B09"] == 1660.395
+
+
+def test_rasters_smaller_than_a_patch_are_refused_much_smaller_than_the_input_warned():
+    from msclip.errors import RasterSizeError, SmallRasterWarning
+
+    s = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 64, patch_size=8)
+    with pytest.raises(RasterSizeError, match="1x1 pixels is smaller than one 8-pixel patch"):
+        pre.process(np.ones((10, 1, 1), np.uint16), LLAMA3_MS_CLIP_BANDS)
+    with pytest.warns(SmallRasterWarning, match="rasters of 10x12 pixels are upsampled 6.4x"):
+        out = pre.process(np.ones((10, 10, 12), np.uint16), LLAMA3_MS_CLIP_BANDS)
+    assert out.shape == (10, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 px is a quarter of 64: no warning
+        pre.process(np.ones((10, 16, 16), np.uint16), LLAMA3_MS_CLIP_BANDS)
+
+
+def test_input_lacking_most_bands_or_display_scaled_is_said_or_refused():
+    from msclip.errors import BandCoverageError, BandCoverageWarning
+
+    s = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 16)
+    rgb = np.full((3, 16, 16), 900, np.uint16)
+    with pytest.warns(BandCoverageWarning, match=r"lack 7 of the model's 10 bands"):
+        pre.process(rgb, ("B02", "B03", "B04"))
+    with pytest.warns(BandCoverageWarning, match="8-bit input to a model of raw reflectance"):
+        pre.process(np.full((10, 16, 16), 90, np.uint8), LLAMA3_MS_CLIP_BANDS)
+    strict = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 16, strict_bands=True)
+    with pytest.raises(BandCoverageError) as err:
+        strict.process(rgb, ("B02", "B03", "B04"))
+    assert err.value.param == "bands"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # six of ten bands, 16-bit: nothing to say
+        pre.process(np.full((6, 16, 16), 900, np.uint16), LLAMA3_MS_CLIP_BANDS[:6])
