@@ -78,7 +78,7 @@ ENV_LOSS_IMPL = "MSCLIP_LOSS_IMPL"
 CHUNKED_MIN_BATCH = 4096
 #: Tile edge of the chunked PyTorch backend. A 2,048 x 2,048 fp32 tile is 16 MiB (two buffers
 #: and the logits are alive at a time), independent of the batch; smaller tiles were slower on
-#: the 2-core machine of the measurement (more, smaller parallel regions), up to 3x at 512.
+#: the 2-core machine of the measurement (more, smaller parallel regions): 2 to 4x at 512.
 DEFAULT_CHUNK = 2048
 
 
@@ -191,8 +191,12 @@ def check_loss_impl(impl: str, device: torch.device | str) -> None:
         check_device(device, "contrastive_kernels", "loss implementation 'triton'")
 
 
-# -- the PyTorch backend ---------------------------------------------------------------------
+# -- backends --------------------------------------------------------------------------------
 class _Backend(Protocol):
+    """The rectangles of the algorithm; :class:`ChunkedBackend` documents each method."""
+
+    upcast: bool  # compute fp16 / bf16 embeddings in fp32 copies
+
     def clip_forward(
         self, q: torch.Tensor, k: torch.Tensor, s: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
@@ -227,9 +231,9 @@ class ChunkedBackend:
     """The rectangles of the blockwise losses in PyTorch, ``chunk x chunk`` tiles at a time.
 
     Each tile is formed by one matmul of the scaled query block with a key block; the
-    positives of a tile at global position ``(r, c)`` are its diagonal ``c - r`` (an in-place
-    view, empty when the tile misses the global diagonal). Element-wise work reuses two tile
-    buffers.
+    positives of a tile whose first element is at global position ``(r, c)`` lie on its
+    diagonal of offset ``r - c`` (an in-place view, empty when the tile misses the global
+    diagonal). Element-wise work reuses one tile buffer.
 
     Args:
         chunk: tile edge (rows and columns).
