@@ -167,21 +167,29 @@ def gpu_loss(batches: list[int], d: int, kind: str, repeats: int) -> None:
     for impl in ("plain", "chunked", "triton"):
         fn, best, b = _loss_fn(impl, kind, None), 0, 4096
         while b <= 1 << 22:
-            try:
-                torch.cuda.empty_cache()
-                x, y, t = _inputs(b, d, "cuda")
-                t0 = time.perf_counter()
-                _fwd_bwd(fn, x, y, t)
-                torch.cuda.synchronize()
-                best, took = b, time.perf_counter() - t0
-                del x, y, t
-            except torch.cuda.OutOfMemoryError:
+            took = _fits(fn, b, d)
+            if took is None:
                 break
-            if took > 60:  # the next size would take minutes: stop, the bound is time not memory
+            best = b
+            if took > 60:  # the next size would take minutes: the bound is time, not memory
                 print(f"  {impl}: stopped at B = {b} after {took:.0f} s")
                 break
             b *= 2
         print(f"  {impl:>8}: B = {best}")
+
+
+def _fits(fn: Callable[..., torch.Tensor], b: int, d: int) -> float | None:
+    """Seconds of one forward and backward pass at batch ``b``, None when it runs out of memory
+    (a function, so that every tensor of a failed try is freed on return)."""
+    torch.cuda.empty_cache()
+    try:
+        x, y, t = _inputs(b, d, "cuda")
+        t0 = time.perf_counter()
+        _fwd_bwd(fn, x, y, t)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    except torch.cuda.OutOfMemoryError:
+        return None
 
 
 def gpu_search(sizes: list[int], d: int, repeats: int, k: int = 10) -> None:
