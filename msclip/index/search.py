@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -215,6 +216,15 @@ def _select_top(
     return pool_i, thr[:, 0]
 
 
+def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
+    """Queries whose ``k``-th exact float32 score is not above ``bound`` (every unseen row's
+    float64 score is at most ``bound``, hence its float32 rounding at most ``bound32``)."""
+    if bound is None:
+        return np.empty(0, dtype=np.int64)
+    bound32 = np.nextafter(bound.astype(np.float32), np.float32(np.inf))
+    return np.flatnonzero(~(bound32 < scores[:, k - 1]))
+
+
 def _gamma(n: int, unit_roundoff: float) -> float:
     nu = n * unit_roundoff
     return nu / (1.0 - nu)
@@ -242,6 +252,7 @@ class SearchIndex:
         kernel: str = "auto",
         cache_dir: str | os.PathLike[str] | None = None,
         cache_key: str | None = None,
+        device: str = "auto",
     ) -> None:
         """Prepare search over ``embeddings``, building (or loading) the quantised copy.
 
@@ -257,10 +268,14 @@ class SearchIndex:
                 in memory only.
             cache_key: Identity of the embeddings' content, required with ``cache_dir``; a cache
                 is used only for the same key, row count and dimension.
+            device: Where to search: ``"auto"`` (a CUDA device when one is visible and the fused
+                Triton kernel works there, else the CPU paths), ``"cpu"``, ``"cuda"`` or
+                ``"cuda:<n>"``. On a GPU every search is exact (see :meth:`_search_fused`).
 
         Raises:
             InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix.
-            ValueError: Unknown ``kernel``, bad ``candidates``, or ``cache_dir`` without key.
+            ValueError: Unknown ``kernel`` or ``device``, bad ``candidates``, or ``cache_dir``
+                without key.
         """
         if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2:
             raise InvalidEmbeddingsError(
@@ -283,6 +298,11 @@ class SearchIndex:
         self._emb = embeddings
         self.candidates = candidates
         self.kernel = kernel
+        if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {device!r}")
+        self.device = device
+        self._fused: Any = None  # the GPU copy, made on the first search that uses it
+        self._fused_unavailable = device == "cpu"
         self._codes: torch.Tensor | None = None
         self._centre: np.ndarray | None = None
         self._step: np.ndarray | None = None
@@ -319,6 +339,7 @@ class SearchIndex:
         cache: bool = True,
         candidates: int | None = None,
         kernel: str = "auto",
+        device: str = "auto",
     ) -> SearchIndex:
         """Search a store's committed embeddings, caching the int8 copy in the index directory.
 
@@ -332,6 +353,7 @@ class SearchIndex:
             cache: Load and save the int8 copy under the index directory.
             candidates: See :class:`SearchIndex`.
             kernel: See :class:`SearchIndex`.
+            device: See :class:`SearchIndex`.
 
         Returns:
             The search index.
@@ -342,6 +364,7 @@ class SearchIndex:
             candidates=candidates,
             kernel=kernel,
             cache_dir=store.path / SEARCH_CACHE_DIR if cache else None,
+            device=device,
             cache_key=store.index_id,
         )
 
@@ -550,6 +573,9 @@ class SearchIndex:
             k = self.count
         if q.shape[0] == 0:
             return SearchResult(np.empty((0, k), np.float32), np.empty((0, k), np.int64))
+        fused = self._fused_searcher()
+        if fused is not None:
+            return self._search_fused(fused, q, k)
         with torch.inference_mode():
             if exact or self._codes is None:
                 return self._search_exact(q, k)
@@ -681,6 +707,52 @@ class SearchIndex:
         idx = np.flatnonzero(s32 >= kth)
         s, i = sort_top_k(s32[idx][None, :], idx[None, :].astype(np.int64), k)
         return s[0], i[0]
+
+    # -- GPU search (msclip.cuda) ------------------------------------------------------------
+    def _fused_searcher(self) -> Any:
+        """The device copy for the fused top-k kernel, or None to search on the CPU."""
+        if self._fused is not None or self._fused_unavailable:
+            return self._fused
+        if self.device == "auto" and not torch.cuda.is_available():
+            self._fused_unavailable = True
+            return None
+        from msclip.cuda.topk import FusedSearcher, SearchDeviceError, search_device
+
+        dev = search_device(self.device)  # raises for an explicit device that cannot work
+        if dev is None:
+            self._fused_unavailable = True
+            return None
+        try:
+            self._fused = FusedSearcher.for_index(self, dev)
+        except SearchDeviceError as exc:
+            if self.device != "auto":
+                raise
+            logger.info("%s; searching on the CPU", exc)
+            self._fused_unavailable = True
+        return self._fused
+
+    def _search_fused(self, fused: Any, q: np.ndarray, k: int) -> SearchResult:
+        """Exact top-k through the fused GPU scan (:mod:`msclip.cuda.topk`).
+
+        The scan returns candidates and a bound on the exact score of every other row; the
+        candidates are re-ranked as on the CPU paths, and a query whose ``k``-th score is not
+        provably above the bound is retried with eight times more candidates, then scanned in
+        float64.
+        """
+        c = min(self.count, 2 * k + 16)
+        cand, bound = fused.candidates(q, c)
+        scores, ids = self._rerank(q, cand, k)
+        todo = _uncertified(scores, bound, k)
+        if todo.size:
+            logger.debug("fused search: %d queries not certified, longer lists", todo.size)
+            cand, bound = fused.candidates(q[todo], 8 * c)
+            s2, i2 = self._rerank(q[todo], cand, k)
+            scores[todo], ids[todo] = s2, i2
+            todo = todo[_uncertified(s2, bound, k)]
+        for i in todo:
+            logger.debug("fused search: query %d not certified, rescanning in float64", i)
+            scores[i], ids[i] = self._brute_force64(q[i], k)
+        return SearchResult(scores, ids)
 
     def __repr__(self) -> str:
         return (

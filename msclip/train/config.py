@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from msclip.errors import ConfigError
+from msclip.train.loss import LOSS_IMPLS
 
 __all__ = [
     "TABLE_EXTENSIONS",
@@ -164,6 +165,15 @@ class TrainConfig:
     )
     train_logit_scale: bool = field(
         default=True, metadata=_help("learn the temperature (and SigLIP bias)")
+    )
+    loss_impl: str = field(
+        default="auto",
+        metadata=_help(
+            "how the loss is computed: 'plain' (B x B logits), 'chunked' (blockwise PyTorch, "
+            "O(B d) memory), 'triton' (fused GPU kernels) or 'auto' (the MSCLIP_LOSS_IMPL "
+            "environment variable if set, else triton on a GPU where it works, plain below a "
+            "global batch of 4096 and chunked from there)"
+        ),
     )
     # -- optimisation -------------------------------------------------------------------------
     optimizer: str = field(default="adamw", metadata=_help("'adamw' or 'sgd'"))
@@ -369,6 +379,10 @@ class TrainConfig:
         )
         # loss
         need(self.loss in _LOSSES, f"loss must be one of {list(_LOSSES)}, got {self.loss!r}")
+        need(
+            self.loss_impl in LOSS_IMPLS,
+            f"loss_impl must be one of {list(LOSS_IMPLS)}, got {self.loss_impl!r}",
+        )
         need(
             self.max_logit_scale >= 1.0, f"max_logit_scale must be >= 1, got {self.max_logit_scale}"
         )

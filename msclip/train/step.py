@@ -122,7 +122,12 @@ def contrastive_step(
         with amp:
             img = _encode_image(model, images, img_grad)
             txt = _encode_text(model, tokens, txt_grad, trim_text)
-        loss = loss_fn(all_gather_rows(img, sizes, ctx), all_gather_rows(txt, sizes, ctx), scale)
+        loss = loss_fn(
+            all_gather_rows(img, sizes, ctx),
+            all_gather_rows(txt, sizes, ctx),
+            scale,
+            _shard(ctx, sizes),
+        )
         if loss.requires_grad:
             loss.backward()
         return StepOutput(loss.detach(), n_global)
@@ -144,7 +149,10 @@ def contrastive_step(
 
     # (2) loss of the full batch; gradients of the cached features (and of the temperature)
     loss = loss_fn(
-        all_gather_rows(img_cache, sizes, ctx), all_gather_rows(txt_cache, sizes, ctx), scale
+        all_gather_rows(img_cache, sizes, ctx),
+        all_gather_rows(txt_cache, sizes, ctx),
+        scale,
+        _shard(ctx, sizes),
     )
     if loss.requires_grad:
         loss.backward()
@@ -164,6 +172,11 @@ def contrastive_step(
             torch.autograd.backward(outputs, grads)
         after.restore()
     return StepOutput(loss.detach(), n_global)
+
+
+def _shard(ctx: DistContext, sizes: Sequence[int]) -> tuple[int, list[int]] | None:
+    """This process's place in the gathered batch, for the blockwise losses' collectives."""
+    return (ctx.rank, list(sizes)) if ctx.distributed else None
 
 
 def _cat(parts: list[torch.Tensor], dim: int, device: torch.device) -> torch.Tensor:

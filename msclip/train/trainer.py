@@ -100,6 +100,7 @@ RESUMABLE_CHANGES = frozenset(
         "cache_images",
         "epochs",
         "max_steps",
+        "loss_impl",
     }
 )
 
@@ -287,7 +288,11 @@ class Trainer:
             cfg.frozen_patterns,
             cfg.train_logit_scale,
         )
-        self.loss_fn = ContrastiveLoss(cfg.loss, cfg.init_logit_bias)
+        self.loss_fn = ContrastiveLoss(cfg.loss, cfg.init_logit_bias, cfg.loss_impl)
+        if cfg.loss_impl != "plain":
+            from msclip.cuda.contrastive import check_loss_impl
+
+            check_loss_impl(cfg.loss_impl, ctx.device)
         if self.loss_fn.logit_bias is not None:
             self.loss_fn.logit_bias.requires_grad_(cfg.train_logit_scale)
         with torch.no_grad():

@@ -1,0 +1,37 @@
+"""Run the Triton kernel tests through Triton's CPU interpreter, in a subprocess.
+
+``TRITON_INTERPRET=1`` must be set before the process imports Triton (see ``conftest.py``), so
+the kernel tests run in a child pytest whose environment sets it; this session's environment is
+left alone. Each group must pass in full: a skipped kernel test would hide a missing run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from cuda_helpers import INTERPRETER_ENV, PYTHON, REPO, subprocess_env
+from msclip.cuda.runtime import triton_available
+
+GROUPS = {"loss": ("loss", 5), "topk": ("not loss", 5)}
+
+
+@pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_kernels_through_the_interpreter(group: str) -> None:
+    select, expected = GROUPS[group]
+    proc = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select,
+         str(REPO / "tests" / "cuda" / "test_triton_kernels.py")],
+        cwd=REPO,
+        env=subprocess_env(**INTERPRETER_ENV),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    summary = out.strip().splitlines()[-1]
+    assert re.search(rf"\b{expected} passed\b", summary), summary
+    assert "skipped" not in summary and "failed" not in summary, summary

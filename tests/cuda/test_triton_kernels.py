@@ -1,0 +1,155 @@
+"""The Triton kernels against their PyTorch references, on a GPU or through the interpreter.
+
+In a session without a GPU these tests skip; ``test_interpreter.py`` runs this module in a
+subprocess with ``TRITON_INTERPRET=1`` (tiny sizes: the interpreter runs every program in
+Python).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from msclip.cuda.contrastive import blockwise_contrastive_loss
+from msclip.cuda.topk import FusedSearcher, fused_topk, pack_keys, topk_reference, unpack_keys
+from test_chunked_loss import assert_matches
+
+from msclip.index.search import SearchIndex
+from msclip.train.loss import ContrastiveLoss
+
+# rows and columns per program 16, slices of D of 16: D = 24 needs two, the second half masked
+BLOCKS = (16, 16, 16)
+
+
+def _run(fn, x, y, t, b):
+    for v in (x, y, t, b):
+        if v is not None:
+            v.grad = None
+    loss = fn(x, y, t, b)
+    loss.backward()
+    grads = {"image": x.grad, "text": y.grad, "logit_scale": t.grad}
+    if b is not None:
+        grads["logit_bias"] = b.grad
+    return loss.detach().cpu(), {k: v.cpu() for k, v in grads.items() if v is not None}
+
+
+def _inputs(n: int, d: int, device: str, kind: str, dtype=torch.float32):
+    g = torch.Generator().manual_seed(n)
+    x = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device, dtype).requires_grad_()
+    y = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device, dtype).requires_grad_()
+    t = torch.tensor(math.log(20.0), device=device, requires_grad=True)
+    b = torch.tensor(-3.0, device=device, requires_grad=True) if kind == "siglip" else None
+    return x, y, t, b
+
+
+def _plain(kind):
+    def run(x, y, t, b):
+        loss_fn = ContrastiveLoss(kind).to(x.device)
+        if b is not None:
+            del loss_fn.logit_bias
+            loss_fn.logit_bias = b
+        return loss_fn(x.float(), y.float(), t)
+
+    return run
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+@pytest.mark.parametrize("n", [32, 37])  # a multiple of the 16-row blocks, and not
+def test_triton_loss_equals_plain(loss_device: str, kind: str, n: int) -> None:
+    x, y, t, b = _inputs(n, 24, loss_device, kind)
+    ref = _run(_plain(kind), x, y, t, b)
+
+    def triton(x, y, t, b):
+        return blockwise_contrastive_loss(x, y, t, b, kind=kind, impl="triton", block_size=BLOCKS)
+
+    assert_matches(*_run(triton, x, y, t, b), *ref)
+
+
+def test_triton_loss_default_blocks_frozen_text_and_bf16(loss_device: str) -> None:
+    x, y, t, _ = _inputs(20, 40, loss_device, "clip")
+    y = y.detach()
+    ref = _run(_plain("clip"), x, y, t, None)
+    got = _run(lambda *a: blockwise_contrastive_loss(*a, impl="triton"), x, y, t, None)
+    assert set(got[1]) == {"image", "logit_scale"}
+    assert_matches(*got, *ref)
+    # bf16 embeddings: products exact in fp32, so the plain loss of the rounded values
+    xb, yb = (v.detach().bfloat16().requires_grad_() for v in (x, y))
+    loss = blockwise_contrastive_loss(xb, yb, t, kind="clip", impl="triton", block_size=BLOCKS)
+    loss.backward()
+    assert xb.grad.dtype == torch.bfloat16
+    ref_b = ContrastiveLoss("clip").to(loss_device)(xb.detach().float(), yb.detach().float(), t)
+    assert loss.item() == pytest.approx(ref_b.item(), rel=1e-5)
+
+
+# -- top-k --------------------------------------------------------------------------------------
+def _exact_order(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score descending, then lower id: the rule of msclip.index.search._top_k_exact."""
+    scores = q.astype(np.float64) @ x.astype(np.float64).T
+    ids = np.broadcast_to(np.arange(x.shape[0]), scores.shape)
+    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), order
+
+
+def _tied_data(n: int, d: int, n_q: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small integers (every sum exact in fp32, whatever the order) and duplicated rows: many
+    equal scores, which only the id can order."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (n, d), generator=g).float()
+    x[n // 2 : n // 2 + n // 4] = x[: n // 4]
+    q = torch.randint(-2, 3, (n_q, d), generator=g).float()
+    return q, x
+
+
+@pytest.mark.parametrize(("n", "k"), [(100, 5), (70, 20)])  # 16- and 32-key lists
+def test_fused_topk_ids_equal_exact_order_with_ties(topk_device: str, n: int, k: int) -> None:
+    q, x = _tied_data(n, 24, 18)
+    ref_s, ref_i = _exact_order(q.numpy(), x.numpy(), k)
+    gaps = np.diff(ref_s, axis=1)
+    assert (gaps == 0).sum() > 10  # the data do tie
+    for dtype in (torch.float16, torch.bfloat16):
+        s, i = fused_topk(q.to(topk_device, dtype), x.to(topk_device, dtype), k)
+        np.testing.assert_array_equal(i.cpu().numpy(), ref_i)
+        np.testing.assert_array_equal(s.cpu().numpy(), ref_s.astype(np.float32))
+    # int8 codes, widened in the kernel
+    s, i = fused_topk(q.to(topk_device, torch.float16), x.to(topk_device, torch.int8), k)
+    np.testing.assert_array_equal(i.cpu().numpy(), ref_i)
+    # the reference path (matmul + topk) follows the same rule
+    _, ri = topk_reference(q.half(), x.half(), k, chunk_rows=33)
+    np.testing.assert_array_equal(ri.numpy(), ref_i)
+
+
+def test_keys_round_trip_and_order() -> None:
+    scores = torch.tensor([0.5, -0.0, 0.0, -1e-30, 3.0, -2.5, 0.5])
+    ids = torch.tensor([9, 1, 0, 4, 2, 3, 7])
+    keys = pack_keys(scores, ids)
+    s, i = unpack_keys(keys)
+    assert torch.equal(i, ids) and torch.equal(s, scores + 0.0)  # -0 comes back as +0
+    order = torch.argsort(keys, descending=True)
+    assert ids[order].tolist() == [2, 7, 9, 0, 1, 4, 3]  # score desc, ties (0.5, 0) by lower id
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_search_index_on_the_kernel_equals_exact_search(
+    topk_device: str, dtype: str, caplog
+) -> None:
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((400, 24)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb[50:90] = emb[:40]  # exact duplicates: tied scores
+    # 300 near-copies of row 3, closer than any rounding bound: for a query at row 3 neither
+    # the first list (32) nor the longer one (256) can be certified, so it is rescanned exactly
+    emb[100:] = emb[3] + 1e-7 * rng.standard_normal((300, 24)).astype(np.float32)
+    queries = np.concatenate([rng.standard_normal((5, 24)), emb[[3]]]).astype(np.float32)
+    exact = SearchIndex(emb, device="cpu").search(queries, 7, exact=True)
+    index = SearchIndex(emb, device="auto")
+    index._fused = FusedSearcher.for_index(index, torch.device(topk_device), dtype)
+    with caplog.at_level(logging.DEBUG, logger="msclip.index.search"):
+        got = index.search(queries, 7)
+    np.testing.assert_array_equal(got.ids, exact.ids)
+    np.testing.assert_array_equal(got.scores, exact.scores)
+    assert "1 queries not certified, longer lists" in caplog.text
+    assert "query 5 not certified, rescanning in float64" in caplog.text
