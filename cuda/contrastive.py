@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from msclip.cuda.runtime import check_device, kernels_can_run
 
-from msclip.errors import MSCLIPError
+from msclip.errors import ContrastiveInputError, LossImplError
 
 __all__ = [
     "CHUNKED_MIN_BATCH",
@@ -80,14 +80,6 @@ CHUNKED_MIN_BATCH = 4096
 #: and the logits are alive at a time), independent of the batch; smaller tiles were slower on
 #: the 2-core machine of the measurement (more, smaller parallel regions): 2 to 4x at 512.
 DEFAULT_CHUNK = 2048
-
-
-class LossImplError(MSCLIPError, ValueError):
-    """An unknown loss implementation (flag, argument or environment variable)."""
-
-
-class ContrastiveInputError(MSCLIPError, ValueError):
-    """Embeddings, temperature or shard that do not describe one contrastive batch."""
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,7 @@ class TritonBackend:
             self.block_m = self.block_n = block_size
         for v in (self.block_m, self.block_d, self.block_do):
             if v < 16 or v & (v - 1):
-                from msclip.cuda.contrastive import ContrastiveInputError
+                from msclip.errors import ContrastiveInputError
 
                 raise ContrastiveInputError(
                     f"Triton block sizes must be powers of two >= 16, got {block_size!r}"

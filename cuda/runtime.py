@@ -22,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-from msclip.errors import MSCLIPError
+from msclip.errors import KernelUnavailableError
 
 __all__ = [
     "KernelUnavailableError",
@@ -32,10 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class KernelUnavailableError(MSCLIPError, RuntimeError):
-    """A Triton kernel was asked for where it cannot run (no Triton, no GPU, bad self-test)."""
 
 
 @functools.cache

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from msclip.cuda.runtime import KernelUnavailableError, check_device, kernel_module
 
-from msclip.errors import MSCLIPError
+from msclip.errors import SearchDeviceError
 
 __all__ = [
     "MAX_FUSED_K",
@@ -57,10 +57,6 @@ _FP16_MAX = 65504.0
 _UPLOAD_ROWS = 1 << 16
 _QUERY_BATCH = 1024
 _LOW = (1 << 32) - 1
-
-
-class SearchDeviceError(MSCLIPError, ValueError):
-    """A search device or storage format that cannot be used."""
 
 
 # -- keys ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ClassNameError",
     "ConfigError",
+    "ContrastiveInputError",
     "CorruptIndexError",
     "DatasetFormatError",
     "DatasetNotFoundError",
@@ -41,7 +42,9 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "InvalidEmbeddingsError",
+    "KernelUnavailableError",
     "LayoutError",
+    "LossImplError",
     "MSCLIPError",
     "MSCLIPWarning",
     "MetadataError",
@@ -54,6 +57,7 @@ __all__ = [
     "RasterSizeError",
     "RasterTooLargeError",
     "RecordError",
+    "SearchDeviceError",
     "SmallRasterWarning",
     "SyntheticDataError",
     "TemplateError",
@@ -315,3 +319,20 @@ class HeadConfigError(MSCLIPError, ValueError):
 
 class AdapterError(CheckpointError):
     """A LoRA adapter file cannot be read, or does not fit the model it is loaded onto."""
+
+
+# -- kernels (msclip.cuda) --------------------------------------------------------------------
+class KernelUnavailableError(MSCLIPError, RuntimeError):
+    """A Triton kernel was asked for where it cannot run (no Triton, no GPU, bad self-test)."""
+
+
+class LossImplError(MSCLIPError, ValueError):
+    """An unknown loss implementation (flag, argument or environment variable)."""
+
+
+class ContrastiveInputError(MSCLIPError, ValueError):
+    """Embeddings, temperature or shard that do not describe one contrastive batch."""
+
+
+class SearchDeviceError(MSCLIPError, ValueError):
+    """A search device or storage format that cannot be used."""

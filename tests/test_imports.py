@@ -22,12 +22,18 @@ PACKAGE = Path(msclip.__file__).parent
 
 
 def _modules() -> dict[str, Path]:
+    """msclip's modules; the top-level ``cuda/`` of a source checkout is ``msclip.cuda``."""
+    roots = [(PACKAGE, ("msclip",))]
+    kernels = PACKAGE.parent / "cuda"
+    if not (PACKAGE / "cuda").is_dir() and kernels.is_dir():
+        roots.append((kernels, ("msclip", "cuda")))
     mods = {}
-    for f in PACKAGE.rglob("*.py"):
-        parts = list(f.relative_to(PACKAGE.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        mods[".".join(parts)] = f
+    for root, prefix in roots:
+        for f in root.rglob("*.py"):
+            parts = [*prefix, *f.relative_to(root).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = f
     return mods
 
 
@@ -113,6 +119,7 @@ def test_the_walk_sees_the_package():
     graph = import_graph()
     assert "msclip.cli.inference" in graph and "msclip.spectral.preprocess" in graph
     assert "msclip.cli.common" in graph["msclip.cli.inference"]  # a real edge is found
+    assert "msclip.cuda.contrastive" in graph  # the kernels' folder is part of the package
 
 
 def test_only_cli_imports_cli():
@@ -159,10 +166,11 @@ def test_cycle_detection_works():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_import_msclip_loads_no_command_line_or_training_code():
+def test_import_msclip_loads_no_command_line_training_kernels_or_torch():
     code = (
         "import sys, msclip; "
-        "print(sorted(m for m in sys.modules if m.startswith(('msclip.cli', 'msclip.train'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('msclip.cli', 'msclip.train', "
+        "'msclip.cuda', 'torch', 'triton'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
