@@ -25,6 +25,7 @@ __all__ = [
     "CorruptIndexError",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "DecoderError",
     "DimensionMismatchError",
     "DuplicateClassError",
     "DuplicateSourceError",
@@ -35,12 +36,14 @@ __all__ = [
     "IndexMismatchError",
     "IndexNotFoundError",
     "InvalidEmbeddingsError",
+    "LabelError",
     "LayoutError",
     "MSCLIPError",
     "MetadataError",
     "MetricInputError",
     "ModelInfoError",
     "OutputPathError",
+    "PredictorOutputError",
     "RasterReadError",
     "RecordError",
     "TemplateError",
@@ -221,3 +224,17 @@ class BadSampleError(MSCLIPError, ValueError):
 # -- command line ------------------------------------------------------------------------------
 class UsageError(MSCLIPError, ValueError):
     """A command-line problem found before any work (message printed, exit status 2)."""
+
+
+# -- dense heads (decoders, dense losses and metrics, scene prediction) ------------------------
+class DecoderError(MSCLIPError, ValueError):
+    """A decoder name that is not registered, or a decoder configuration that cannot work."""
+
+
+class LabelError(MSCLIPError, ValueError):
+    """Per-pixel labels or targets that do not fit the task (class out of range, wrong shape,
+    class weights of the wrong length)."""
+
+
+class PredictorOutputError(MSCLIPError, ValueError):
+    """A dense predictor returned outputs of the wrong shape for the tiles it was given."""
