@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -113,7 +114,7 @@ def test_output_is_georeferenced_tiled_and_identical_for_batch_sizes_1_and_16(
         out = tmp_path / f"b{bs}.tif"
         # 64-pixel tiles on a 32-pixel model: the resampled positional embeddings run too.
         res = predict_scene(path, out, model.predict, tiny, tile_size=64, overlap=16,
-                            batch_size=bs, progress=False)  # fmt: skip
+                            batch_size=bs, progress=False, class_names=list("abcde"))  # fmt: skip
         outs.append(out)
         assert res.num_outputs == 5 and res.tiles == 6 * 6 and res.tiles_run == 34
     a, b = (_read(p) for p in outs)
@@ -124,6 +125,11 @@ def test_output_is_georeferenced_tiled_and_identical_for_batch_sizes_1_and_16(
         assert (dst.width, dst.height) == (src.width, src.height)
         assert dst.profile["tiled"] and dst.profile["compress"] == "deflate"
         assert dst.scales == (1.0, 0.01) and dst.tags()["msclip_task"] == "segmentation"
+        assert json.loads(dst.tags()["msclip_class_names"]) == list("abcde")
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        predict_scene(path, tmp_path / "train.tif", model.predict, tiny, tile_size=64,
+                      progress=False)  # fmt: skip
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp files left
 
 
@@ -148,13 +154,13 @@ def test_scene_smaller_than_a_tile_is_padded_and_cropped_back(tmp_path, tiny):
     msclip.write_geotiff(small, data, crs="EPSG:32632", transform=TRANSFORM)
     conv = _pointwise(len(tiny.bands), 2)
     res = predict_scene(small, tmp_path / "o.tif", conv, tiny, task="regression", tile_size=64,
-                        progress=False, cog=True)  # fmt: skip
+                        progress=False, cog=True, value_scale=0.5)  # fmt: skip
     got, _, _ = _read(res.path)
     prep = ScenePreprocess.from_model(tiny).with_input(msclip.read_raster(small).bands)
     with torch.no_grad():
         ref = conv(prep(data)[None])[0].numpy()
     assert got.shape == (2, 20, 45) and res.tiles == 1
-    np.testing.assert_allclose(got, ref, atol=2e-5)
+    np.testing.assert_allclose(got, ref / 0.5, atol=4e-5)
     with rasterio.open(res.path) as ds:
         assert ds.profile["tiled"]  # the COG driver's layout
 
