@@ -1,15 +1,15 @@
 """Streaming dense prediction over whole scenes, written as a georeferenced GeoTIFF / COG.
 
-:func:`predict_scene` reads a GeoTIFF or COG one strip of tile rows at a time (rasterio windowed
+:func:`predict_scene` reads a GeoTIFF or COG one row of tiles at a time (rasterio windowed
 reads), normalises the raw digital numbers with the model's statistics
 (:class:`ScenePreprocess`), runs any dense predictor on batches of overlapping tiles, blends the
 tiles, and writes every row as soon as no later tile can touch it
-(:class:`msclip.io.GeoTiffStripWriter`). Memory does not grow with the scene: what is held is one
-input strip (``tile_size`` rows), one strip of accumulators (``K x tile_size x width`` float32
-sums and the summed weights), the writer's row of output blocks and GDAL's block cache (capped,
-``gdal_cache_mb``); freed heap pages are returned to the OS after every batch (glibc's
-``malloc_trim``). For a 10,980-pixel-wide 12-band scene, 64-pixel tiles and 10 classes that is
-about 17 + 28 + 3 + 6 + 16 MB.
+(:class:`msclip.io.GeoTiffStripWriter`). Memory does not grow with the scene: what is held is
+the raw window of one batch of neighbouring tiles, one strip of accumulators
+(``K x tile_size x width`` float32 sums and the summed weights), the writer's row of output
+blocks and GDAL's block cache (capped, ``gdal_cache_mb``); freed heap pages are returned to the
+OS after every batch (glibc's ``malloc_trim``). For a 10,980-pixel-wide scene, 64-pixel tiles
+and 10 classes the accumulators take 31 MB, the output blocks 6 MB and GDAL 16 MB.
 
 Tiling. Tiles of ``tile_size`` pixels start every ``stride = tile_size - overlap`` pixels; the
 last row and column of tiles are shifted to end exactly at the border, so every edge pixel is
@@ -469,7 +469,7 @@ def predict_scene(
             meta.update(tags or {})
             acc = np.zeros((k, t, acc_w), dtype=np.float32)
             wsum = np.zeros((t, acc_w), dtype=np.float32)
-            strip = np.zeros((ds.count, t, acc_w), dtype=ds.dtypes[0])  # reused for every row
+            valid = np.zeros((t, acc_w), dtype=bool)  # input validity of the current strip
             n_tiles = len(rows) * len(cols)
             tiles_run = 0
             bar = tqdm(total=n_tiles, unit=" tiles", desc=Path(src_path).name, disable=not progress)
@@ -480,17 +480,20 @@ def predict_scene(
             with writer:
                 for i, r in enumerate(rows):
                     n_rows = min(t, height - r)
-                    if n_rows == t and acc_w == width:
-                        ds.read(window=Window(0, r, width, n_rows), out=strip)
-                    else:  # a scene smaller than one tile: mirror-pad it
-                        strip = _pad_to(ds.read(window=Window(0, r, width, n_rows)), t, acc_w)
-                    valid = prep.valid(strip)
-                    todo = [c for c in cols if valid[:, c : c + t].any()]
-                    bar.update(len(cols) - len(todo))
-                    for b0 in range(0, len(todo), batch_size):
-                        chunk = todo[b0 : b0 + batch_size]
-                        raw = np.stack([strip[:, :, c : c + t] for c in chunk])
-                        out = run(raw)
+                    # One read per group of batch_size neighbouring tiles (not per strip): the
+                    # raw window held is batch_size tiles wide, and neighbouring groups share
+                    # their edge blocks through GDAL's cache.
+                    for g0 in range(0, len(cols), batch_size):
+                        group = cols[g0 : g0 + batch_size]
+                        c0, c1 = group[0], group[-1] + t
+                        raw = ds.read(window=Window(c0, r, min(c1, width) - c0, n_rows))
+                        raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
+                        valid[:, c0:c1] = prep.valid(raw)
+                        chunk = [c for c in group if valid[:, c : c + t].any()]
+                        bar.update(len(group) - len(chunk))
+                        if not chunk:
+                            continue
+                        out = run(np.stack([raw[:, :, c - c0 : c - c0 + t] for c in chunk]))
                         if out.shape[1] != k:
                             raise PredictorOutputError(
                                 f"the predictor returned {out.shape[1]} outputs, expected {k}"
@@ -500,6 +503,7 @@ def predict_scene(
                             wsum[:, c : c + t] += weight2
                         tiles_run += len(chunk)
                         bar.update(len(chunk))
+                        del raw, out
                         _release_free_heap()
                     final = (rows[i + 1] if i + 1 < len(rows) else height) - r
                     writer.write(
