@@ -13,6 +13,12 @@ for every patch token ``x`` entering the last block it skips query-key attention
   the residual and MLP is also what ClearCLIP (Lan et al., ECCV 2024) found to give cleaner
   maps.
 
+``maskclip`` is the default: on msclip-demo and 84 generated 64-pixel tiles (6 per class of
+:mod:`msclip.data.scenes`, seed 12345, the ``eo`` templates) its maps reach mIoU 0.353 against
+0.262 for ``value``. (On those mostly single-class tiles the tile's own zero-shot label painted
+over every pixel reaches 0.641: a dense map from a model trained only on whole tiles is a
+baseline, not a replacement for a trained decoder.)
+
 (OpenCLIP's layer-scale factors ``ls_1``/``ls_2``, identities in msclip's models, are applied
 where the block applies them.) Each patch feature is L2-normalised and compared by cosine with a
 zero-shot classifier ``[K, D]`` (:func:`msclip.zero_shot.build_classifier`: one L2-normalised

@@ -350,7 +350,10 @@ def predict_scene(
         cog: write a Cloud-Optimised GeoTIFF (with overviews).
         compress: output compression.
         block_size: output tile side.
-        gdal_cache_mb: GDAL block cache while reading and writing (bounds memory).
+        gdal_cache_mb: GDAL block cache while reading and writing (bounds memory). Each
+            row of tiles decodes the input blocks it touches; a cache that holds one row of
+            input blocks (width x block height x bands x bytes per value) decodes every block
+            once and reads several times faster, at that much more memory.
         progress: show a tqdm bar (tiles/s).
         tags: extra metadata of the output.
 
