@@ -45,6 +45,7 @@ __all__ = [
     "OutputPathError",
     "PredictorOutputError",
     "RasterReadError",
+    "RasterWriteError",
     "RecordError",
     "TemplateError",
     "TemplatesNotShippedError",
@@ -238,3 +239,7 @@ class LabelError(MSCLIPError, ValueError):
 
 class PredictorOutputError(MSCLIPError, ValueError):
     """A dense predictor returned outputs of the wrong shape for the tiles it was given."""
+
+
+class RasterWriteError(MSCLIPError, ValueError):
+    """A raster cannot be written as asked (sizes, band names or rows that do not fit it)."""

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import BandError, LayoutError, RasterReadError, UnsupportedFormatError
+from msclip.errors import (
+    BandError,
+    LayoutError,
+    OutputPathError,
+    RasterReadError,
+    RasterWriteError,
+    UnsupportedFormatError,
+)
 from msclip.spectral.bands import COUNT_DEFAULTS, Band, default_bands_for_count, resolve_bands
 
 __all__ = [
@@ -397,6 +404,10 @@ class GeoTiffStripWriter:
         tags: dataset metadata.
         scales: per-band scale factors (GDAL's ``scale``/``offset`` band metadata).
         offsets: per-band offsets.
+
+    Raises:
+        RasterWriteError: bad sizes or band names, rows that do not fit, or too few rows.
+        OutputPathError: the output folder cannot be written.
     """
 
     def __init__(
@@ -421,11 +432,13 @@ class GeoTiffStripWriter:
         import rasterio
 
         if width < 1 or height < 1 or count < 1:
-            raise ValueError(f"raster size must be positive, got {width}x{height}x{count}")
+            raise RasterWriteError(f"raster size must be positive, got {width}x{height}x{count}")
         if block_size < 16 or block_size % 16:
-            raise ValueError(f"block_size must be a positive multiple of 16, got {block_size}")
+            raise RasterWriteError(
+                f"block_size must be a positive multiple of 16, got {block_size}"
+            )
         if band_names is not None and len(band_names) != count:
-            raise BandError(f"{len(band_names)} band names for {count} bands")
+            raise RasterWriteError(f"{len(band_names)} band names for {count} bands")
         self.path = Path(path)
         self.width, self.height, self.count = int(width), int(height), int(count)
         self.dtype = np.dtype(dtype)
@@ -437,9 +450,12 @@ class GeoTiffStripWriter:
         self._buffer = np.empty((self.count, self.block_size, self.width), dtype=self.dtype)
         self._filled = 0
         self._flushed = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tif",
-                                   dir=self.path.parent)  # fmt: skip
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tif",
+                                       dir=self.path.parent)  # fmt: skip
+        except OSError as err:
+            raise OutputPathError(f"cannot write {self.path}: {err}") from err
         os.close(fd)
         self._tmp = tmp
         profile: dict[str, Any] = {
@@ -494,16 +510,16 @@ class GeoTiffStripWriter:
         """Append rows ``[count, n, width]`` (or ``[n, width]`` for one band) below those
         written so far."""
         if self._closed:
-            raise ValueError(f"the writer of {self.path} is closed")
+            raise RasterWriteError(f"the writer of {self.path} is closed")
         arr = rows[None] if rows.ndim == 2 else rows
         if arr.ndim != 3 or arr.shape[0] != self.count or arr.shape[2] != self.width:
-            raise ValueError(
+            raise RasterWriteError(
                 f"rows of shape {rows.shape} do not fit a {self.count}-band raster "
                 f"{self.width} pixels wide (expected [{self.count}, n, {self.width}])"
             )
         n = arr.shape[1]
         if self.rows_written + n > self.height:
-            raise ValueError(
+            raise RasterWriteError(
                 f"{self.rows_written + n} rows written to a raster {self.height} rows high"
             )
         start = 0
@@ -532,7 +548,7 @@ class GeoTiffStripWriter:
             return self.path
         if self.rows_written != self.height:
             self.abort()
-            raise ValueError(
+            raise RasterWriteError(
                 f"only {self.rows_written} of {self.height} rows were written to {self.path}; "
                 "nothing was saved"
             )

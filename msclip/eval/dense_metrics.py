@@ -291,7 +291,7 @@ class RegressionMetrics:
 
         Args:
             pred: ``[B, K, H, W]`` (or ``[B, H, W]`` when ``K = 1``).
-            target: same shape as ``pred``.
+            target: same shape as ``pred`` (``[B, H, W]`` also accepted for ``[B, 1, H, W]``).
             mask: optional ``[B, H, W]`` boolean, true where pixels count.
 
         Raises:
@@ -300,6 +300,8 @@ class RegressionMetrics:
         """
         p = _to_numpy(pred, "pred").astype(np.float64, copy=False)
         t = _to_numpy(target, "target").astype(np.float64, copy=False)
+        if p.ndim == 4 and t.ndim == 3 and p.shape[1] == 1:
+            t = t[:, None]  # [B, H, W] targets of a one-output head, as the loss accepts
         if p.shape != t.shape:
             raise MetricInputError(
                 f"predictions of shape {p.shape} do not match targets of shape {t.shape}"

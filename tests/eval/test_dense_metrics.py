@@ -194,6 +194,9 @@ def test_regression_edge_cases():
     acc.update(np.array([[1.0, 2.0]]), np.array([[5.0, 5.0]]))
     assert math.isnan(acc.compute()["metrics"]["r2"])  # constant targets: R² undefined
     assert acc.compute()["metrics"]["rmse"] == pytest.approx(math.sqrt((16 + 9) / 2))
+    one = RegressionMetrics()
+    one.update(np.ones((2, 1, 3, 3)), np.zeros((2, 3, 3)))  # [B, 1, H, W] against [B, H, W]
+    assert one.compute()["metrics"]["mae"] == 1.0 and one.compute()["metrics"]["n_pixels"] == 18
     with pytest.raises(MetricInputError, match="non-finite predictions at valid pixels"):
         acc.update(np.array([[np.nan]]), np.array([[1.0]]))
     with pytest.raises(MetricInputError, match="do not match"):

@@ -13,7 +13,7 @@ import torch
 from affine import Affine
 
 import msclip
-from msclip.errors import PredictorOutputError, TilingError
+from msclip.errors import PredictorOutputError, RasterWriteError, TilingError
 from msclip.heads.dense import DenseTask, build_dense_model
 from msclip.heads.scene_predict import (
     ScenePreprocess,
@@ -217,8 +217,8 @@ def test_strip_writer_streams_rows_and_is_atomic(tmp_path):
     assert profile["blockxsize"] == 16 and profile["nodata"] == 255
     bad = GeoTiffStripWriter(tmp_path / "short.tif", 50, 77, 2, "uint8")
     bad.write(data[:, :10])
-    with pytest.raises(ValueError, match="only 10 of 77 rows"):
+    with pytest.raises(RasterWriteError, match="only 10 of 77 rows"):
         bad.close()
-    with pytest.raises(ValueError, match="do not fit a 2-band raster"):
+    with pytest.raises(RasterWriteError, match="do not fit a 2-band raster"):
         GeoTiffStripWriter(tmp_path / "x.tif", 50, 77, 2, "uint8").write(data[:1])
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".x")) == ["w.tif"]
