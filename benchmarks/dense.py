@@ -11,8 +11,8 @@ Prints:
    cosine blending, batch 16) on 12-band uint16 scenes of 2,048², 4,096² and 10,980² pixels
    (tiled, deflate-compressed GeoTIFFs with smooth synthetic content, written strip by strip
    without holding the scene in memory): megapixels/s, tiles/s and the peak RSS of the
-   predicting process (``resource.getrusage``, in a fresh subprocess), next to the RSS that
-   importing msclip and building the model alone costs;
+   predicting process (``resource.getrusage``, in a fresh subprocess; MiB), next to the RSS
+   that importing msclip and building the model alone costs;
 4. the seam error of hard tile cuts versus blended overlaps: (a) for a 3-layer 3x3 CNN
    (receptive field 7 px) whose untiled prediction is exact, the max / mean absolute error of
    the tiled outputs near tile borders; (b) for msclip-demo + a linear decoder (no untiled
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print("64 tiles of 64x64x12, random labels, batch 8, AdamW; best of "
               f"{epochs} epoch(s) after a warm-up step; one process per decoder")  # fmt: skip
         print("| decoder | parameters | s / epoch (encoder run) | s / epoch (cached taps) "
-              "| encode 64 tiles once (s) | peak RSS (MB) |")  # fmt: skip
+              "| encode 64 tiles once (s) | peak RSS (MiB) |")  # fmt: skip
         print("|---|---|---|---|---|---|")
         for name in args.decoders:
             r = _subprocess(["decoder", name, str(epochs)])
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n## Streaming scene prediction: msclip-demo + linear decoder, 64-px tiles, "
               f"overlap 16, cosine blend, batch {args.batch_size}")  # fmt: skip
         print("| scene | input file | tiles | wall (s) | Mpx/s | tiles/s | RSS after import + "
-              "model (MB) | peak RSS (MB) | output file |")  # fmt: skip
+              "model (MiB) | peak RSS (MiB) | output file |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")
         for size in sizes:
             scene = workdir / f"scene_{size}.tif"
