@@ -29,6 +29,7 @@ __all__ = [
     "CorruptIndexError",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "DecoderError",
     "DimensionMismatchError",
     "DuplicateClassError",
     "DuplicateSourceError",
@@ -43,6 +44,7 @@ __all__ = [
     "IndexNotFoundError",
     "InvalidEmbeddingsError",
     "KernelUnavailableError",
+    "LabelError",
     "LayoutError",
     "LossImplError",
     "MSCLIPError",
@@ -53,9 +55,11 @@ __all__ = [
     "NodataFillWarning",
     "OutOfRangeBandWarning",
     "OutputPathError",
+    "PredictorOutputError",
     "RasterReadError",
     "RasterSizeError",
     "RasterTooLargeError",
+    "RasterWriteError",
     "RecordError",
     "SearchDeviceError",
     "SmallRasterWarning",
@@ -336,3 +340,21 @@ class ContrastiveInputError(MSCLIPError, ValueError):
 
 class SearchDeviceError(MSCLIPError, ValueError):
     """A search device or storage format that cannot be used."""
+
+
+# -- dense heads (decoders, dense losses and metrics, scene prediction) ------------------------
+class DecoderError(MSCLIPError, ValueError):
+    """A decoder name that is not registered, or a decoder configuration that cannot work."""
+
+
+class LabelError(MSCLIPError, ValueError):
+    """Per-pixel labels or targets that do not fit the task (class out of range, wrong shape,
+    class weights of the wrong length)."""
+
+
+class PredictorOutputError(MSCLIPError, ValueError):
+    """A dense predictor returned outputs of the wrong shape for the tiles it was given."""
+
+
+class RasterWriteError(MSCLIPError, ValueError):
+    """A raster cannot be written as asked (sizes, band names or rows that do not fit it)."""

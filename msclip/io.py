@@ -35,6 +35,7 @@ from msclip.errors import (
     OutputPathError,
     RasterReadError,
     RasterTooLargeError,
+    RasterWriteError,
     UnsupportedFormatError,
 )
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
@@ -43,16 +44,19 @@ from msclip.spectral.layout import to_chw
 __all__ = [
     "IMAGE_EXTENSIONS",
     "TMP_PREFIX",
+    "GeoTiffStripWriter",
     "ImageSet",
     "Raster",
     "atomic_write",
     "check_output",
+    "commit",
     "current_umask",
     "fsync_dir",
     "jsonable",
     "list_image_set",
     "list_images",
     "read_raster",
+    "temp_path",
     "to_chw",
     "write_bytes",
     "write_csv",
@@ -625,6 +629,24 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
         OutputPathError: the target's folder cannot be created or written.
     """
     target = Path(path)
+    tmp = temp_path(target, suffix)
+    try:
+        write(tmp)
+        commit(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
+    """A new, empty temporary file beside ``target`` (for a write that :func:`commit` ends).
+
+    Raises:
+        OutputPathError: the target's folder cannot be created or written.
+    """
+    target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
@@ -633,17 +655,18 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
     except OSError as err:
         raise OutputPathError(f"cannot write {target}: {err.strerror or err}") from err
     os.close(fd)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)
-    return target
+    return tmp
+
+
+def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Make a finished temporary file durable and move it onto ``target`` in one rename: sync the
+    file, give it the permissions of a normally created file (``0666`` less the umask), rename,
+    then sync the folder (the order that survives a power cut; see :func:`atomic_write`)."""
+    _fsync_file(os.fspath(tmp))
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+    return Path(target)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -776,3 +799,234 @@ def write_geotiff(
                 dst.update_tags(**tags)
 
     return atomic_write(path, _write, suffix=".tif")
+
+
+# -- streaming GeoTIFF writer (row strips of large rasters) -----------------------------------
+class GeoTiffStripWriter:
+    """Write a large raster to a tiled, compressed GeoTIFF (or COG) row strip by row strip.
+
+    Rows are appended top to bottom with :meth:`write`; they are buffered until a whole row of
+    ``block_size`` blocks is complete and then written with one windowed write, so every block
+    is compressed exactly once and memory holds at most ``count x block_size x width`` values.
+    The file is written under a temporary name in the target folder and renamed onto ``path``
+    by :meth:`close` (as :func:`atomic_write` does): a crash or :meth:`abort` leaves no partial
+    file. With ``cog=True`` the finished GeoTIFF is copied by GDAL's COG driver (internal
+    overviews, COG layout) before the rename; the copy streams block by block.
+
+    GDAL caches blocks (written ones too) up to ``GDAL_CACHEMAX``, 5% of the RAM by default;
+    keep it small around the writes of a large raster (``rasterio.Env(GDAL_CACHEMAX=...)``) to
+    bound memory.
+
+    Args:
+        path: output file.
+        width: columns.
+        height: rows.
+        count: bands.
+        dtype: numpy dtype name of every band.
+        crs: coordinate reference system.
+        transform: affine pixel-to-CRS transform.
+        nodata: nodata value of the file.
+        band_names: band descriptions.
+        block_size: tile side (a multiple of 16).
+        compress: GDAL compression (``deflate``, ``zstd``, ``lzw`` ... or ``None``).
+        cog: convert to a Cloud-Optimised GeoTIFF at the end.
+        overview_resampling: resampling of the COG overviews (``nearest`` for classes,
+            ``average`` for continuous values).
+        tags: dataset metadata.
+        scales: per-band scale factors (GDAL's ``scale``/``offset`` band metadata).
+        offsets: per-band offsets.
+
+    Raises:
+        RasterWriteError: bad sizes or band names, rows that do not fit, or too few rows.
+        OutputPathError: the output folder cannot be written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        count: int,
+        dtype: str,
+        crs: Any = None,
+        transform: Any = None,
+        nodata: float | None = None,
+        band_names: Sequence[str] | None = None,
+        block_size: int = 256,
+        compress: str | None = "deflate",
+        cog: bool = False,
+        overview_resampling: str = "nearest",
+        tags: dict[str, str] | None = None,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
+    ) -> None:
+        import rasterio
+
+        if width < 1 or height < 1 or count < 1:
+            raise RasterWriteError(f"raster size must be positive, got {width}x{height}x{count}")
+        if block_size < 16 or block_size % 16:
+            raise RasterWriteError(
+                f"block_size must be a positive multiple of 16, got {block_size}"
+            )
+        if band_names is not None and len(band_names) != count:
+            raise RasterWriteError(f"{len(band_names)} band names for {count} bands")
+        self.path = Path(path)
+        self.width, self.height, self.count = int(width), int(height), int(count)
+        self.dtype = np.dtype(dtype)
+        self.block_size = int(block_size)
+        self.cog = bool(cog)
+        self.compress = compress
+        self.overview_resampling = overview_resampling
+        self.rows_written = 0
+        self._buffer = np.empty((self.count, self.block_size, self.width), dtype=self.dtype)
+        self._filled = 0
+        self._flushed = 0
+        tmp = temp_path(self.path, ".tif")
+        self._tmp = tmp
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtype": self.dtype.name,
+            "tiled": True,
+            "blockxsize": self.block_size,
+            "blockysize": self.block_size,
+            "BIGTIFF": "IF_SAFER",
+        }
+        if compress:
+            profile["compress"] = compress
+            if np.issubdtype(self.dtype, np.floating):
+                profile["predictor"] = 3
+            elif self.dtype.itemsize > 1:
+                profile["predictor"] = 2
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = transform
+        if nodata is not None:
+            profile["nodata"] = nodata
+        try:
+            self._dst = rasterio.open(tmp, "w", **profile)
+            if band_names is not None:
+                for i, name in enumerate(band_names, start=1):
+                    self._dst.set_band_description(i, str(name))
+            if tags:
+                self._dst.update_tags(**tags)
+            if scales is not None:
+                self._dst.scales = tuple(float(s) for s in scales)
+            if offsets is not None:
+                self._dst.offsets = tuple(float(o) for o in offsets)
+        except BaseException:
+            self._cleanup()
+            raise
+        self._closed = False
+
+    def __enter__(self) -> GeoTiffStripWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append rows ``[count, n, width]`` (or ``[n, width]`` for one band) below those
+        written so far."""
+        if self._closed:
+            raise RasterWriteError(f"the writer of {self.path} is closed")
+        arr = rows[None] if rows.ndim == 2 else rows
+        if arr.ndim != 3 or arr.shape[0] != self.count or arr.shape[2] != self.width:
+            raise RasterWriteError(
+                f"rows of shape {rows.shape} do not fit a {self.count}-band raster "
+                f"{self.width} pixels wide (expected [{self.count}, n, {self.width}])"
+            )
+        n = arr.shape[1]
+        if self.rows_written + n > self.height:
+            raise RasterWriteError(
+                f"{self.rows_written + n} rows written to a raster {self.height} rows high"
+            )
+        start = 0
+        while start < n:
+            take = min(self.block_size - self._filled, n - start)
+            self._buffer[:, self._filled : self._filled + take] = arr[:, start : start + take]
+            self._filled += take
+            start += take
+            if self._filled == self.block_size:
+                self._flush()
+        self.rows_written += n
+
+    def _flush(self) -> None:
+        from rasterio.windows import Window
+
+        if not self._filled:
+            return
+        window = Window(0, self._flushed, self.width, self._filled)
+        self._dst.write(self._buffer[:, : self._filled], window=window)
+        self._flushed += self._filled
+        self._filled = 0
+
+    def close(self) -> Path:
+        """Finish the file (all rows must have been written) and move it onto ``path``."""
+        if self._closed:
+            return self.path
+        if self.rows_written != self.height:
+            self.abort()
+            raise RasterWriteError(
+                f"only {self.rows_written} of {self.height} rows were written to {self.path}; "
+                "nothing was saved"
+            )
+        try:
+            self._flush()
+            self._dst.close()
+            final = self._tmp
+            if self.cog:
+                final = self._to_cog(self._tmp)
+            commit(final, self.path)
+        except BaseException:
+            self._cleanup()
+            raise
+        finally:
+            self._closed = True
+            self._buffer = np.empty((0, 0, 0), dtype=self.dtype)
+        if final != self._tmp and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        return self.path
+
+    def _to_cog(self, src: str) -> str:
+        import rasterio.shutil
+
+        dst = temp_path(self.path, ".cog.tif")
+        options: dict[str, Any] = {
+            "BLOCKSIZE": max(self.block_size, 256),
+            "OVERVIEW_RESAMPLING": self.overview_resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+        }
+        if self.compress:
+            options["COMPRESS"] = self.compress.upper()
+            if np.issubdtype(self.dtype, np.floating):
+                options["PREDICTOR"] = "FLOATING_POINT"
+            elif self.dtype.itemsize > 1:
+                options["PREDICTOR"] = "HORIZONTAL"
+        try:
+            rasterio.shutil.copy(src, dst, driver="COG", **options)
+        except BaseException:
+            if os.path.exists(dst):
+                os.unlink(dst)
+            raise
+        return dst
+
+    def abort(self) -> None:
+        """Drop the partial file; ``path`` is left as it was."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        dst = getattr(self, "_dst", None)
+        if dst is not None and not dst.closed:
+            dst.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)

@@ -1,4 +1,4 @@
-"""Heads on the spectral encoder: probes on frozen features and fine-tuning modes.
+"""Heads on the spectral encoder: probes, fine-tuning, dense decoders and scene prediction.
 
 * :mod:`msclip.heads.features`: frozen-encoder features computed once per image and kept in
   a resumable float16 memory-mapped cache, keyed by the model's fingerprint.
@@ -12,8 +12,16 @@
 * :mod:`msclip.heads.modes`: the fine-tuning modes of the image tower (``frozen``, ``lora``,
   ``last-n``, ``full``, ``scratch``), parameter groups with layer-wise learning-rate decay and
   parameter counts.
+* :mod:`msclip.heads.decoders`: dense decoders over the tapped blocks (linear, FCN, UPerNet,
+  SegFormer-style all-MLP); :mod:`msclip.heads.dense`: the encoder with one or several dense
+  heads (multi-task), padding to the patch grid; :mod:`msclip.heads.losses`: segmentation loss
+  with ``ignore_index`` and class weights, per-pixel regression losses with a nodata mask.
+* :mod:`msclip.heads.scene_predict`: streaming prediction over whole scenes (blended overlapping
+  tiles written strip by strip to a tiled GeoTIFF/COG); :mod:`msclip.heads.maskclip`: zero-shot
+  dense maps with no training (MaskCLIP).
 
-No command-line code lives here; the library never imports :mod:`msclip.train` or
+The dense modules are imported by their full path (``from msclip.heads.decoders import
+build_decoder``). No command-line code lives here; the library never imports :mod:`msclip.train` or
 :mod:`msclip.cli`.
 """
 

@@ -1,0 +1,223 @@
+"""Streaming scene prediction on small generated rasters, and the strip writer behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+import msclip
+from msclip.errors import PredictorOutputError, RasterWriteError, TilingError
+from msclip.heads.dense import DenseTask, build_dense_model
+from msclip.heads.scene_predict import (
+    ScenePreprocess,
+    blend_window,
+    predict_scene,
+    tile_starts,
+)
+from msclip.io import GeoTiffStripWriter
+
+H, W = 300, 257
+TRANSFORM = Affine(10, 0, 500000, 0, -10, 5000000)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return msclip.create_model("msclip-tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 12-band uint16 scene of 300 x 257 pixels with a nodata corner (nodata = 0)."""
+    r = np.random.default_rng(0)
+    data = r.integers(1, 6000, size=(12, H, W)).astype(np.uint16)
+    data[:, :70, :120] = 0  # every band nodata: covers whole tiles and parts of others
+    data[3, 100:110, 100:110] = 0  # one band missing only: still predicted
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    msclip.write_geotiff(path, data, crs="EPSG:32632", transform=TRANSFORM, nodata=0)
+    return path, data
+
+
+def _pointwise(n_in: int, k: int = 4) -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Conv2d(n_in, k, 1).eval()
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.profile, ds.descriptions
+
+
+def test_tile_starts_and_blend_window():
+    assert tile_starts(300, 64, 48) == [0, 48, 96, 144, 192, 236]
+    assert tile_starts(64, 64, 48) == [0] and tile_starts(20, 64, 48) == [0]
+    assert tile_starts(112, 64, 48) == [0, 48]
+    for n, t, s in ((300, 64, 48), (257, 32, 32), (1000, 100, 7)):
+        starts = tile_starts(n, t, s)
+        covered = np.zeros(n, bool)
+        for a in starts:
+            covered[a : a + t] = True
+        assert covered.all() and starts[-1] + t == n  # every edge pixel, nothing outside
+    w = blend_window(8)
+    assert np.allclose(w, w[::-1]) and w.min() > 0 and w.argmax() in (3, 4)
+    # Hann windows at half overlap sum to one: the blend is a partition of unity there.
+    assert np.allclose(blend_window(8)[4:] + blend_window(8)[:4], 1.0)
+    assert np.array_equal(blend_window(5, "uniform"), np.ones(5))
+    with pytest.raises(TilingError, match="blend must be one of"):
+        blend_window(8, "gaussian")
+
+
+def test_tiled_equals_untiled_for_a_pointwise_model(tmp_path, scene, tiny):
+    path, data = scene
+    conv = _pointwise(len(tiny.bands))
+    prep = ScenePreprocess.from_model(tiny)
+    bands = msclip.read_raster(path).bands
+    with torch.no_grad():
+        ref = conv(prep.with_input(bands, 0)(data)[None])[0].numpy()
+    valid = ~(data == 0).all(axis=0)
+    for overlap, blend in ((16, "cosine"), (0, "cosine"), (23, "uniform")):
+        out = tmp_path / f"reg_{overlap}_{blend}.tif"
+        res = predict_scene(path, out, conv, prep, task="regression", tile_size=64,
+                            overlap=overlap, blend=blend, batch_size=5, progress=False)  # fmt: skip
+        got, profile, names = _read(out)
+        assert got.shape == (4, H, W) and names == ("value_0", "value_1", "value_2", "value_3")
+        np.testing.assert_allclose(got[:, valid], ref[:, valid], rtol=0, atol=2e-5)
+        assert np.isnan(got[:, ~valid]).all()
+        assert res.tiles_run < res.tiles  # the all-nodata tiles were not run
+    seg = tmp_path / "seg.tif"
+    predict_scene(path, seg, conv, prep, tile_size=64, overlap=16, batch_size=3, progress=False)
+    got, profile, names = _read(seg)
+    probs = torch.as_tensor(ref).softmax(0).numpy()
+    assert names == ("class", "confidence") and profile["dtype"] == "uint8"
+    assert np.array_equal(got[0][valid], probs.argmax(0)[valid])
+    assert np.abs(got[1][valid].astype(int) - np.rint(probs.max(0) * 100)[valid]).max() <= 1
+    assert (got[:, ~valid] == 255).all() and profile["nodata"] == 255
+    assert data[3, 105, 105] == 0 and got[0, 105, 105] != 255  # partly missing: predicted
+
+
+def test_output_is_georeferenced_tiled_and_identical_for_batch_sizes_1_and_16(
+    tmp_path, scene, tiny
+):
+    path, _ = scene
+    torch.manual_seed(0)
+    model = build_dense_model(tiny, DenseTask("seg", num_outputs=5, decoder="fcn",
+                                              decoder_kwargs={"channels": 16})).eval()  # fmt: skip
+    outs = []
+    for bs in (1, 16):
+        out = tmp_path / f"b{bs}.tif"
+        # 96-pixel tiles on a 32-pixel model: the resampled positional embeddings run too.
+        res = predict_scene(path, out, model.predict, tiny, tile_size=96, overlap=24,
+                            batch_size=bs, progress=False, class_names=list("abcde"))  # fmt: skip
+        outs.append(out)
+        assert res.num_outputs == 5 and res.tiles == 4 * 4 and res.tiles_run == 16
+    a, b = (_read(p) for p in outs)
+    assert np.array_equal(a[0], b[0])
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    with rasterio.open(path) as src, rasterio.open(outs[0]) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height) == (src.width, src.height)
+        assert dst.profile["tiled"] and dst.profile["compress"] == "deflate"
+        assert dst.scales == (1.0, 0.01) and dst.tags()["msclip_task"] == "segmentation"
+        assert json.loads(dst.tags()["msclip_class_names"]) == list("abcde")
+    conv = _pointwise(len(tiny.bands)).train()
+    with pytest.warns(UserWarning, match="training mode"):
+        predict_scene(path, tmp_path / "train.tif", conv, tiny, tile_size=64, progress=False)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp files left
+
+
+def test_band_order_of_the_file_does_not_matter(tmp_path, scene, tiny):
+    path, data = scene
+    names = msclip.read_raster(path).bands
+    order = [5, 0, 11, 2, 7, 1, 9, 3, 10, 4, 8, 6]
+    shuffled = tmp_path / "shuffled.tif"
+    msclip.write_geotiff(shuffled, data[order], crs="EPSG:32632", transform=TRANSFORM,
+                         bands=[names[i] for i in order], nodata=0)  # fmt: skip
+    conv = _pointwise(len(tiny.bands))
+    kw = {"task": "regression", "tile_size": 64, "progress": False}
+    a = predict_scene(path, tmp_path / "a.tif", conv, tiny, **kw)
+    b = predict_scene(shuffled, tmp_path / "b.tif", conv, tiny, **kw)
+    assert np.array_equal(_read(a.path)[0], _read(b.path)[0], equal_nan=True)
+
+
+def test_scene_smaller_than_a_tile_is_padded_and_cropped_back(tmp_path, tiny):
+    r = np.random.default_rng(3)
+    data = r.integers(1, 6000, size=(12, 20, 45)).astype(np.uint16)
+    small = tmp_path / "small.tif"
+    msclip.write_geotiff(small, data, crs="EPSG:32632", transform=TRANSFORM)
+    conv = _pointwise(len(tiny.bands), 2)
+    res = predict_scene(small, tmp_path / "o.tif", conv, tiny, task="regression", tile_size=64,
+                        progress=False, cog=True, value_scale=0.5)  # fmt: skip
+    got, _, _ = _read(res.path)
+    prep = ScenePreprocess.from_model(tiny).with_input(msclip.read_raster(small).bands)
+    with torch.no_grad():
+        ref = conv(prep(data)[None])[0].numpy()
+    assert got.shape == (2, 20, 45) and res.tiles == 1
+    np.testing.assert_allclose(got, ref / 0.5, atol=4e-5)
+    with rasterio.open(res.path) as ds:
+        assert ds.profile["tiled"]  # the COG driver's layout
+
+
+def test_wrong_predictor_output_leaves_no_file(tmp_path, scene, tiny):
+    path, _ = scene
+    out = tmp_path / "bad.tif"
+
+    def shrinks(x):
+        return x[:, :3, ::2, ::2]
+
+    with pytest.raises(PredictorOutputError, match=r"must return \[B, K, 64, 64\]"):
+        predict_scene(path, out, shrinks, tiny, tile_size=64, progress=False)
+    calls = []
+
+    def fails_later(x):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("out of memory")
+        return x[:, :3]
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_scene(path, out, fails_later, tiny, tile_size=64, batch_size=2, progress=False)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(TilingError, match="overlap < tile_size"):
+        predict_scene(path, out, shrinks, tiny, tile_size=64, overlap=64)
+
+
+def test_preprocess_matches_the_model_preprocessing_without_resizing(scene, tiny):
+    _, data = scene
+    names = msclip.read_raster(scene[0]).bands
+    prep = ScenePreprocess.from_model(tiny).with_input(names)
+    window = data[:, 100:132, 100:132]
+    spectral = tiny.preprocess(input_bands=names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # At the model's own size SpectralPreprocess's resize is the identity (up to rounding).
+        ref = spectral.process(window, names)
+    assert torch.allclose(prep(window), ref, atol=1e-5)
+    assert prep(window[None]).shape == (1, len(tiny.bands), 32, 32)
+
+
+def test_strip_writer_streams_rows_and_is_atomic(tmp_path):
+    r = np.random.default_rng(0)
+    data = r.integers(0, 200, size=(2, 77, 50)).astype(np.uint8)
+    out = tmp_path / "w.tif"
+    with GeoTiffStripWriter(out, 50, 77, 2, "uint8", "EPSG:32632", TRANSFORM, 255,
+                            ["a", "b"], block_size=16) as w:  # fmt: skip
+        for a, b in ((0, 5), (5, 40), (40, 77)):
+            w.write(data[:, a:b])
+        assert not out.exists()  # only renamed into place when closed
+    got, profile, names = _read(out)
+    assert np.array_equal(got, data) and names == ("a", "b")
+    assert profile["blockxsize"] == 16 and profile["nodata"] == 255
+    bad = GeoTiffStripWriter(tmp_path / "short.tif", 50, 77, 2, "uint8")
+    bad.write(data[:, :10])
+    with pytest.raises(RasterWriteError, match="only 10 of 77 rows"):
+        bad.close()
+    with pytest.raises(RasterWriteError, match="do not fit a 2-band raster"):
+        GeoTiffStripWriter(tmp_path / "x.tif", 50, 77, 2, "uint8").write(data[:1])
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".tmp-x.tif")) == ["w.tif"]
