@@ -27,7 +27,14 @@ from msclip.spectral.patch_embed import SpectralPatchEmbed
 from msclip.spectral.stats import NormStats
 from msclip.transforms import ImageTransform
 
-__all__ = ["MSCLIP", "Intermediates", "MSCLIPConfig", "build_open_clip", "default_taps"]
+__all__ = [
+    "MSCLIP",
+    "Intermediates",
+    "MSCLIPConfig",
+    "build_open_clip",
+    "default_taps",
+    "resample_pos_embed",
+]
 
 
 @dataclass
@@ -96,6 +103,28 @@ def default_taps(depth: int) -> tuple[int, ...]:
         return (7, 11, 15, 23)
     n = min(4, depth)
     return tuple(sorted({round(depth * (i + 1) / n) - 1 for i in range(n)}))
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]
+) -> torch.Tensor:
+    """Resample ``[1 + h*w, D]`` positional embeddings from ``src_grid`` to ``dst_grid``.
+
+    The class-token row is kept; the patch rows are resized as a ``D``-channel image with bicubic
+    interpolation (``align_corners=False``), as ViTs are usually run at a new resolution
+    (Dosovitskiy et al., ICLR 2021, section 3.2). Returns ``[1 + h'*w', D]``; the same tensor
+    when the grids are equal.
+    """
+    src = (int(src_grid[0]), int(src_grid[1]))
+    dst = (int(dst_grid[0]), int(dst_grid[1]))
+    if src == dst:
+        return pos_embed
+    cls, grid = pos_embed[:1], pos_embed[1:]
+    d = grid.shape[-1]
+    img = grid.reshape(1, src[0], src[1], d).permute(0, 3, 1, 2).float()
+    img = F.interpolate(img, size=dst, mode="bicubic", align_corners=False)
+    grid = img.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], d).to(pos_embed.dtype)
+    return torch.cat([cls, grid], dim=0)
 
 
 @dataclass
@@ -435,7 +464,19 @@ class MSCLIP(nn.Module):
         taps = self.config.taps
         return tuple(taps) if taps is not None else default_taps(self.depth)
 
-    def _block_indices(self, layers: int | Sequence[int] | None) -> list[int]:
+    @property
+    def native_grid(self) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` the positional embeddings were trained for."""
+        g = self.clip.visual.grid_size
+        return (int(g[0]), int(g[1])) if isinstance(g, (tuple, list)) else (int(g), int(g))
+
+    def block_indices(self, layers: int | Sequence[int] | None) -> list[int]:
+        """Non-negative block indices of ``layers`` (negative from the end; ``None``:
+        :attr:`taps`), in the order given.
+
+        Raises:
+            ValueError: an index outside the tower, or no index.
+        """
         n = self.depth
         if layers is None:
             wanted = list(self.taps)
@@ -452,6 +493,25 @@ class MSCLIP(nn.Module):
             )
         return out
 
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Token sequence ``[B, 1 + h*w, width]`` entering the first image-tower block.
+
+        The steps of OpenCLIP's ``VisionTransformer`` before its blocks (patch projection, class
+        token, positional embedding, patch dropout, pre-norm), with the positional embeddings
+        resampled (:func:`resample_pos_embed`) when the patch grid differs from the trained one,
+        so the tower reads any image whose sides are multiples of the patch size.
+        """
+        visual = self.clip.visual
+        x = visual.conv1(images)
+        b, d, gh, gw = x.shape
+        x = x.reshape(b, d, gh * gw).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, d).expand(b, 1, d)
+        x = torch.cat([cls, x], dim=1)
+        pos = resample_pos_embed(visual.positional_embedding, self.native_grid, (gh, gw))
+        x = x + pos.to(x.dtype)
+        x = visual.patch_dropout(x)
+        return visual.ln_pre(x)
+
     def forward_intermediates(
         self,
         images: torch.Tensor,
@@ -463,11 +523,12 @@ class MSCLIP(nn.Module):
         """Patch-token maps and pooled vectors of chosen image-tower blocks.
 
         The tower stops after the deepest requested block, so early taps cost only the blocks up
-        to them.
+        to them. Images of other sizes than the model input are read with resampled positional
+        embeddings (:meth:`embed_tokens`).
 
         Args:
-            images: normalised images ``[B, C, H, W]`` (``H`` and ``W`` multiples of the patch
-                size; the model's input size for its positional embedding).
+            images: normalised images ``[B, C, H, W]``, ``H`` and ``W`` multiples of the patch
+                size.
             layers: block indices (negative from the end), one index, or ``None`` for
                 :attr:`taps`.
             pool: ``"cls"`` (class token), ``"mean"`` (mean of the patch tokens) or ``None``.
@@ -475,25 +536,37 @@ class MSCLIP(nn.Module):
             norm: apply the tower's final layer norm (``ln_post``) to every output.
 
         Raises:
-            ValueError: a layer index outside the tower, or an unknown ``pool``.
+            ValueError: a layer index outside the tower, a size that is not a multiple of the
+                patch size, or an unknown ``pool``.
         """
         if pool not in ("cls", "mean", None):
             raise ValueError(f"pool must be 'cls', 'mean' or None, got {pool!r}")
-        indices = self._block_indices(layers)
+        indices = self.block_indices(layers)
+        p = self.patch_size
+        h, w = images.shape[-2:]
+        if h % p or w % p or h < p or w < p:
+            raise ValueError(
+                f"image size {h}x{w} is not a positive multiple of the patch size {p}; pad it"
+            )
         x = self.to_model_bands(images, bands).to(self.dtype)
         visual = self.clip.visual
-        out = visual.forward_intermediates(
-            x, indices=sorted(set(indices)), stop_early=True, intermediates_only=True,
-            normalize_intermediates=norm, output_fmt="NCHW", output_extra_tokens=True,
-        )  # fmt: skip
-        order = {blk: k for k, blk in enumerate(sorted(set(indices)))}
-        maps = [out["image_intermediates"][order[i]] for i in indices]
-        pooled = None
-        if pool == "cls":
-            pooled = [out["image_intermediates_prefix"][order[i]][:, 0] for i in indices]
-        elif pool == "mean":
-            pooled = [m.mean(dim=(2, 3)) for m in maps]
-        return Intermediates(tuple(indices), maps, pooled)
+        blocks = sorted(set(indices))
+        _, taken = visual.transformer.forward_intermediates(
+            self.embed_tokens(x), indices=blocks, stop_early=True
+        )
+        if norm:
+            taken = [visual.ln_post(t) for t in taken]
+        by_block = dict(zip(blocks, taken))
+        b, gh, gw = x.shape[0], h // p, w // p
+        maps, pooled = [], []
+        for i in indices:
+            t = by_block[i]
+            maps.append(t[:, 1:].reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous())
+            if pool == "cls":
+                pooled.append(t[:, 0])
+            elif pool == "mean":
+                pooled.append(t[:, 1:].mean(dim=1))
+        return Intermediates(tuple(indices), maps, pooled if pool is not None else None)
 
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor

@@ -47,14 +47,8 @@ __all__ = [
     "DenseModel",
     "DenseTask",
     "build_dense_model",
-    "default_layers",
-    "embed_tokens",
     "encoder_taps",
-    "native_grid",
     "pad_to_multiple",
-    "patch_size_of",
-    "resample_pos_embed",
-    "vision_tower",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,102 +58,26 @@ TASK_KINDS = ("segmentation", "regression")
 
 
 # -- encoder access ------------------------------------------------------------------------------
-def vision_tower(model: Any) -> nn.Module:
-    """The OpenCLIP ``VisionTransformer`` of an :class:`msclip.MSCLIP` (or of a CLIP model)."""
-    visual = getattr(getattr(model, "clip", model), "visual", None)
-    if visual is None or not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+def _check_encoder(model: Any) -> None:
+    if not hasattr(model, "forward_intermediates") or not hasattr(model, "embed_tokens"):
         raise DecoderError(
-            f"{type(model).__name__} has no OpenCLIP vision transformer image tower "
-            "('clip.visual' with 'conv1' and 'transformer'); pass an msclip.MSCLIP"
+            f"{type(model).__name__} is not an msclip.MSCLIP (no forward_intermediates / "
+            "embed_tokens); dense heads read an msclip model's image tower"
         )
-    return visual
 
 
-def patch_size_of(model: Any) -> int:
-    """Patch side in pixels of the encoder's image tower."""
-    ps = vision_tower(model).patch_size
-    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
-
-
-def native_grid(model: Any) -> tuple[int, int]:
-    """Patch grid ``(h, w)`` the positional embeddings were trained for."""
-    g = vision_tower(model).grid_size
-    return (int(g[0]), int(g[1])) if isinstance(g, (tuple, list)) else (int(g), int(g))
-
-
-def default_layers(n_blocks: int, n_taps: int = 4) -> list[int]:
-    """``n_taps`` block indices evenly spaced and ending at the last block.
-
-    For 12 blocks this is ``[2, 5, 8, 11]`` (TerraTorch's taps of ViT-B); for 4 blocks
-    ``[0, 1, 2, 3]``; with fewer blocks than taps, every block.
-    """
-    if n_blocks < 1 or n_taps < 1:
-        raise DecoderError(f"need n_blocks >= 1 and n_taps >= 1, got {n_blocks} and {n_taps}")
-    if n_blocks <= n_taps:
-        return list(range(n_blocks))
-    step = n_blocks // n_taps
-    return [n_blocks - 1 - step * (n_taps - 1 - i) for i in range(n_taps)]
-
-
-def _layer_indices(layers: int | Sequence[int], n_blocks: int) -> list[int]:
-    raw = [layers] if isinstance(layers, int) else list(layers)
-    if not raw:
-        raise DecoderError("tap at least one transformer block (layers is empty)")
-    idx = []
-    for i in raw:
-        j = int(i) + n_blocks if int(i) < 0 else int(i)
-        if not 0 <= j < n_blocks:
-            raise DecoderError(
-                f"layer {i} is out of range for an encoder of {n_blocks} blocks; use 0..."
-                f"{n_blocks - 1} or negative indices counted from the last block"
-            )
-        idx.append(j)
+def _layer_indices(layers: int | Sequence[int], model: Any) -> list[int]:
+    try:
+        idx = model.block_indices(layers)
+    except ValueError as err:
+        raise DecoderError(str(err)) from None
     if len(set(idx)) != len(idx):
-        raise DecoderError(f"layers {raw} name a block twice; tap each block once")
+        raise DecoderError(f"layers {list(layers)} name a block twice; tap each block once")  # type: ignore[arg-type]
     return sorted(idx)
 
 
-def resample_pos_embed(
-    pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]
-) -> torch.Tensor:
-    """Resample ``[1 + h*w, D]`` positional embeddings from ``src_grid`` to ``dst_grid``.
-
-    The class-token row is kept; the patch rows are resized as a ``D``-channel image with
-    bicubic interpolation (``align_corners=False``). Returns ``[1 + h'*w', D]``.
-    """
-    src = (int(src_grid[0]), int(src_grid[1]))
-    dst = (int(dst_grid[0]), int(dst_grid[1]))
-    if src == dst:
-        return pos_embed
-    cls, grid = pos_embed[:1], pos_embed[1:]
-    d = grid.shape[-1]
-    img = grid.reshape(1, src[0], src[1], d).permute(0, 3, 1, 2).float()
-    img = F.interpolate(img, size=dst, mode="bicubic", align_corners=False)
-    grid = img.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], d).to(pos_embed.dtype)
-    return torch.cat([cls, grid], dim=0)
-
-
-def embed_tokens(model: Any, images: torch.Tensor) -> torch.Tensor:
-    """Token sequence ``[B, 1 + h*w, width]`` entering the first transformer block.
-
-    The steps of OpenCLIP's ``VisionTransformer._embeds`` (patch projection, class token,
-    positional embedding, patch dropout, pre-norm), with the positional embeddings resampled
-    when the patch grid differs from the trained one.
-    """
-    visual = vision_tower(model)
-    x = visual.conv1(images)
-    b, d, gh, gw = x.shape
-    x = x.reshape(b, d, gh * gw).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, d).expand(b, 1, d)
-    x = torch.cat([cls, x], dim=1)
-    pos = resample_pos_embed(visual.positional_embedding, native_grid(model), (gh, gw))
-    x = x + pos.to(x.dtype)
-    x = visual.patch_dropout(x)
-    return visual.ln_pre(x)
-
-
 def _check_images(model: Any, images: torch.Tensor) -> tuple[int, int]:
-    p = patch_size_of(model)
+    p = model.patch_size
     if images.ndim != 4:
         raise DecoderError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
     h, w = images.shape[-2:]
@@ -187,22 +105,10 @@ def encoder_taps(
     Raises:
         DecoderError: bad layer indices or an image size that is not a multiple of the patch.
     """
-    visual = vision_tower(model)
-    grid = _check_images(model, images)
-    n_blocks = len(visual.transformer.resblocks)
-    idx = _layer_indices(layers, n_blocks)
-    dtype = getattr(model, "dtype", images.dtype)
-    x = images.to(dtype)
-    if grid == native_grid(model):
-        out = visual.forward_intermediates(
-            x, indices=idx, stop_early=True, intermediates_only=True, output_fmt="NCHW"
-        )
-        return list(out["image_intermediates"])
-    tokens = embed_tokens(model, x)
-    _, inter = visual.transformer.forward_intermediates(tokens, indices=idx, stop_early=True)
-    b = images.shape[0]
-    return [t[:, 1:].reshape(b, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
-            for t in inter]  # fmt: skip
+    _check_encoder(model)
+    _check_images(model, images)
+    idx = _layer_indices(layers, model)
+    return model.forward_intermediates(images, layers=idx, pool=None).maps
 
 
 def pad_to_multiple(
@@ -302,9 +208,9 @@ class DenseModel(nn.Module):
         tasks: Sequence[DenseTask] = (),
     ) -> None:
         super().__init__()
-        visual = vision_tower(encoder)
+        _check_encoder(encoder)
         self.encoder = encoder
-        self.layers = _layer_indices(layers, len(visual.transformer.resblocks))
+        self.layers = _layer_indices(layers, encoder)
         if isinstance(heads, nn.Module) and not isinstance(heads, (nn.ModuleDict, dict)):
             heads = {"out": heads}
         if not heads:
@@ -312,7 +218,7 @@ class DenseModel(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         pad_to_multiple(torch.zeros(1, 1, 1, 1), 1, pad_mode)  # validates the mode
         self.pad_mode = pad_mode
-        self.patch_size = patch_size_of(encoder)
+        self.patch_size = int(encoder.patch_size)
         self.tasks = {t.name: t for t in tasks}
         unknown = [n for n in self.tasks if n not in self.heads]
         if unknown:
@@ -331,7 +237,7 @@ class DenseModel(nn.Module):
     @property
     def image_size(self) -> int:
         """The encoder's trained input size (the natural tile size for scene prediction)."""
-        return native_grid(self.encoder)[0] * self.patch_size
+        return int(self.encoder.image_size)
 
     def head_parameters(self) -> int:
         """Number of parameters of the heads."""
@@ -425,19 +331,17 @@ def build_dense_model(
     Args:
         encoder: an :class:`msclip.MSCLIP`.
         tasks: one or several :class:`DenseTask` (names must differ).
-        layers: tapped blocks; :func:`default_layers` (four, ending at the last block) when
-            omitted.
+        layers: tapped blocks; the encoder's default taps (:attr:`msclip.MSCLIP.taps`, recorded in
+            its config: blocks 3, 5, 7, 11 of a ViT-B) when omitted.
         pad_mode: see :func:`pad_to_multiple`.
     """
     task_list = [tasks] if isinstance(tasks, DenseTask) else list(tasks)
     names = [t.name for t in task_list]
     if not task_list or len(set(names)) != len(names):
         raise DecoderError(f"give at least one task, each with its own name; got {names}")
-    visual = vision_tower(encoder)
-    n_blocks = len(visual.transformer.resblocks)
-    idx = _layer_indices(default_layers(n_blocks) if layers is None else layers, n_blocks)
-    width = int(visual.class_embedding.shape[-1])
-    patch = patch_size_of(encoder)
+    _check_encoder(encoder)
+    idx = _layer_indices(encoder.taps if layers is None else layers, encoder)
+    width, patch = int(encoder.width), int(encoder.patch_size)
     heads: dict[str, DenseDecoder] = {}
     for t in task_list:
         heads[t.name] = build_decoder(

@@ -46,11 +46,7 @@ from torch import nn
 
 from msclip.errors import DecoderError
 from msclip.heads.dense import (
-    embed_tokens,
-    native_grid,
     pad_to_multiple,
-    patch_size_of,
-    vision_tower,
 )
 
 __all__ = ["MASKCLIP_VARIANTS", "MaskCLIP", "dense_clip_features", "last_block_value_tokens"]
@@ -102,10 +98,10 @@ def dense_clip_features(
         variant: see the module docstring.
         normalize: L2-normalise every patch embedding.
     """
-    visual = vision_tower(model)
+    visual = model.clip.visual
     if getattr(visual, "attn_pool", None) is not None:
         raise DecoderError("MaskCLIP maps need an image tower without attentional pooling")
-    p = patch_size_of(model)
+    p = model.patch_size
     h, w = images.shape[-2:]
     if images.ndim != 4 or h % p or w % p:
         raise DecoderError(
@@ -113,7 +109,7 @@ def dense_clip_features(
             f"multiples of the patch size {p}"
         )
     dtype = getattr(model, "dtype", images.dtype)
-    x = embed_tokens(model, images.to(dtype))
+    x = model.embed_tokens(images.to(dtype))
     blocks = visual.transformer.resblocks
     batch_first = getattr(visual.transformer, "batch_first", True)
     if not batch_first:
@@ -175,7 +171,7 @@ class MaskCLIP(nn.Module):
         self.variant = variant
         self.pad_mode = pad_mode
         self.upsample = upsample
-        self.patch_size = patch_size_of(model)
+        self.patch_size = int(model.patch_size)
 
     @property
     def num_classes(self) -> int:
@@ -184,7 +180,7 @@ class MaskCLIP(nn.Module):
     @property
     def image_size(self) -> int:
         """The encoder's trained input size."""
-        return native_grid(self.model)[0] * self.patch_size
+        return int(self.model.image_size)
 
     def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits on the patch grid ``[B, K, ceil(H/p), ceil(W/p)]``."""

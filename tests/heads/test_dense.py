@@ -14,11 +14,8 @@ from msclip.heads.dense import (
     DenseModel,
     DenseTask,
     build_dense_model,
-    default_layers,
-    embed_tokens,
     encoder_taps,
     pad_to_multiple,
-    resample_pos_embed,
 )
 from msclip.heads.losses import (
     ClassCounter,
@@ -29,6 +26,7 @@ from msclip.heads.losses import (
     compute_class_weights,
     resolve_class_weights,
 )
+from msclip.model import default_taps, resample_pos_embed
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,7 @@ def test_taps_at_another_grid_resample_the_positional_embedding(tiny):
     # The generic path (our token embedding + OpenCLIP's blocks) equals OpenCLIP's own path at
     # the trained size, so other sizes only differ by the resampled positions.
     x = _images(tiny)
-    tokens = embed_tokens(tiny, x)
+    tokens = tiny.embed_tokens(x)
     _, inter = tiny.clip.visual.transformer.forward_intermediates(tokens, indices=[1])
     ref = encoder_taps(tiny, x, [1])[0]
     assert torch.equal(inter[0][:, 1:].reshape(2, 4, 4, 64).permute(0, 3, 1, 2), ref)
@@ -71,15 +69,16 @@ def test_taps_at_another_grid_resample_the_positional_embedding(tiny):
 
 def test_taps_refuse_bad_layers_and_unpadded_sizes(tiny):
     x = _images(tiny)
-    with pytest.raises(DecoderError, match="layer 2 is out of range"):
+    with pytest.raises(DecoderError, match=r"layers \[2\] do not name blocks of this 2-block"):
         encoder_taps(tiny, x, [2])
     with pytest.raises(DecoderError, match="name a block twice"):
         encoder_taps(tiny, x, [1, -1])
     with pytest.raises(DecoderError, match="not a positive multiple of the patch size 8"):
         encoder_taps(tiny, _images(tiny, h=30), [1])
-    assert default_layers(12) == [2, 5, 8, 11]
-    assert default_layers(4) == [0, 1, 2, 3]
-    assert default_layers(2) == [0, 1]
+    # the dense model's default taps are the encoder's (ViT-B: pangaea-bench's 3, 5, 7, 11)
+    assert default_taps(12) == (3, 5, 7, 11)
+    assert default_taps(4) == (0, 1, 2, 3)
+    assert default_taps(2) == (0, 1)
 
 
 def test_padding_modes():

@@ -11,7 +11,6 @@ from affine import Affine
 
 import msclip
 from msclip.errors import DecoderError
-from msclip.heads.dense import embed_tokens
 from msclip.heads.maskclip import MaskCLIP, dense_clip_features, last_block_value_tokens
 from msclip.heads.scene_predict import predict_scene
 
@@ -47,7 +46,7 @@ def test_value_variant_is_the_hand_computed_value_path(demo):
     assert torch.allclose(last_block_value_tokens(blk, x, "value"), hand, atol=1e-5)
     # ... and the whole dense feature: blocks before the last, value path, ln_post, projection.
     img = _images(demo, b=1)
-    tokens = embed_tokens(demo, img)
+    tokens = demo.embed_tokens(img)
     for b in v.transformer.resblocks[:-1]:
         tokens = b(tokens)
     patch = tokens[:, 1:]

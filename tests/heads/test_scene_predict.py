@@ -220,4 +220,6 @@ def test_strip_writer_streams_rows_and_is_atomic(tmp_path):
         bad.close()
     with pytest.raises(RasterWriteError, match="do not fit a 2-band raster"):
         GeoTiffStripWriter(tmp_path / "x.tif", 50, 77, 2, "uint8").write(data[:1])
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".tmp-x.tif")) == ["w.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".tmp-x.tif")) == [
+        "w.tif"
+    ]
