@@ -38,6 +38,7 @@ from msclip.io import write_geotiff, write_text
 __all__ = [
     "SceneInfo",
     "Tile",
+    "class_counts",
     "footprint_lonlat",
     "nodata_fraction",
     "open_scene",
@@ -45,6 +46,7 @@ __all__ = [
     "scene_tiles",
     "tile_grid",
     "write_class_map",
+    "write_legend",
     "write_tile_map",
 ]
 
@@ -286,26 +288,73 @@ def write_class_map(
     arr = np.where(labels < 0, fill, labels).astype(dtype)
     paths = {"map": write_tile_map(out / f"{stem}.tif", arr, info, ["class"], nodata=fill)}
     counts = np.bincount(labels[labels >= 0].ravel(), minlength=n)
-    legend = {
-        "nodata": fill,
-        "classes": [
-            {"value": i, "name": c, "tiles": int(counts[i])} for i, c in enumerate(class_names)
-        ],
-        "skipped_tiles": int((labels < 0).sum()),
-    }
-    text = json.dumps(legend, indent=1)
-    paths["legend_json"] = write_text(out / f"{stem}_legend.json", text)
-    rows = ["value,class,tiles"] + [
-        f"{i},{_csv_field(name)},{int(counts[i])}" for i, name in enumerate(class_names)
-    ]
-    csv_text = "\n".join(rows) + "\n"
-    paths["legend_csv"] = write_text(out / f"{stem}_legend.csv", csv_text)
+    paths.update(
+        write_legend(out, stem, class_names, counts, fill, "tiles", int((labels < 0).sum()))
+    )
     if confidence is not None:
         conf = np.where(labels < 0, np.nan, confidence).astype(np.float32)
         paths["confidence"] = write_tile_map(
             out / f"{stem}_confidence.tif", conf, info, ["probability"], nodata=float("nan")
         )
     return paths
+
+
+def write_legend(
+    out_dir: str | os.PathLike,
+    stem: str,
+    class_names: Sequence[str],
+    counts: Sequence[int],
+    nodata: int,
+    unit: str = "tiles",
+    skipped: int | None = None,
+) -> dict[str, Path]:
+    """Write ``<stem>_legend.json`` and ``<stem>_legend.csv``: each class value, name and count.
+
+    Args:
+        out_dir: output folder.
+        stem: file name stem of the map.
+        class_names: names of the class values 0, 1, ...
+        counts: tiles or pixels of each class.
+        nodata: the map's nodata value.
+        unit: what ``counts`` count (``tiles`` or ``pixels``), the column name.
+        skipped: tiles or pixels left as nodata, when known.
+
+    Returns:
+        ``{"legend_json": path, "legend_csv": path}``.
+    """
+    out = Path(out_dir)
+    legend: dict[str, Any] = {
+        "nodata": int(nodata),
+        "classes": [
+            {"value": i, "name": c, unit: int(counts[i])} for i, c in enumerate(class_names)
+        ],
+    }
+    if skipped is not None:
+        legend[f"skipped_{unit}"] = int(skipped)
+    rows = [f"value,class,{unit}"] + [
+        f"{i},{_csv_field(name)},{int(counts[i])}" for i, name in enumerate(class_names)
+    ]
+    return {
+        "legend_json": write_text(out / f"{stem}_legend.json", json.dumps(legend, indent=1)),
+        "legend_csv": write_text(out / f"{stem}_legend.csv", "\n".join(rows) + "\n"),
+    }
+
+
+def class_counts(path: str | os.PathLike, n_classes: int) -> tuple[np.ndarray, int]:
+    """Pixels of each class value in band 1 of a class map, read block by block, and the number
+    of nodata pixels."""
+    import rasterio
+
+    counts = np.zeros(n_classes, dtype=np.int64)
+    missing = 0
+    with rasterio.open(path) as src:
+        nodata = src.nodata
+        for _, window in src.block_windows(1):
+            band = src.read(1, window=window).ravel()
+            valid = band != nodata if nodata is not None else np.ones(band.shape, bool)
+            missing += int((~valid).sum())
+            counts += np.bincount(band[valid].astype(np.int64), minlength=n_classes)[:n_classes]
+    return counts, missing
 
 
 def _csv_field(value: str) -> str:

@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="step between tiles in pixels (default: the tile size)",
     )
+    s.add_argument(
+        "--dense",
+        action="store_true",
+        help="a per-pixel zero-shot class map with no trained head (MaskCLIP: the last block's "
+        "patch tokens in the joint space), predicted on overlapping tiles and blended",
+    )
+    s.add_argument(
+        "--overlap",
+        type=non_negative_int,
+        default=None,
+        help="with --dense: pixels shared by neighbouring tiles (default a quarter of a tile)",
+    )
     add_run_args(p)
     return p
 
@@ -185,6 +197,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             )
     if args.threshold is not None and not args.multi_label:
         p.error("--threshold applies to --multi-label; add --multi-label")
+    if args.dense and not (args.run_scene and has_classes):
+        p.error("--dense makes a class map of a scene: use it with --run-scene and class names")
+    if args.overlap is not None and not args.dense:
+        p.error("--overlap applies to --dense")
     return args
 
 
@@ -402,6 +418,8 @@ def run_scene(args: argparse.Namespace) -> int:
 
     model, preprocess, tokenizer = load_model(args)
     tile = args.tile_size or model.image_size
+    if args.dense:
+        return _dense_scene(args, model, tokenizer, names, templates, tile, out_dir)
     info = open_scene(args.scene, tile, args.stride or tile)
     if info.crs is None:
         logger.warning("%s has no CRS: the maps are written without georeference", args.scene)
@@ -483,6 +501,51 @@ def run_scene(args: argparse.Namespace) -> int:
     for w in written:
         print(f"wrote {w}")
     return _report_failures(res.failures, len(tiles), args)
+
+
+def _dense_scene(
+    args: argparse.Namespace,
+    model: Any,
+    tokenizer: Any,
+    names: list[str],
+    templates: list[str],
+    tile: int,
+    out_dir: Path,
+) -> int:
+    """``--run-scene --dense``: a blended per-pixel zero-shot class map of the whole scene."""
+    from tabulate import tabulate
+
+    from msclip.heads.maskclip import MaskCLIP
+    from msclip.heads.scene_predict import predict_scene
+    from msclip.tiling import class_counts, write_legend
+    from msclip.zero_shot import build_classifier
+
+    classifier = build_classifier(
+        model, tokenizer, names, templates, cache=text_cache_for(args, model),
+        progress=not args.quiet,
+    )  # fmt: skip
+    result = predict_scene(
+        args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier), model,
+        task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
+        bands=args.bands, nodata=args.nodata, class_names=names, device=model.device,
+        progress=not args.quiet, tags={"msclip": "zero-shot dense class map (MaskCLIP)"},
+    )  # fmt: skip
+    counts, missing = class_counts(result.path, len(names))
+    legend = write_legend(
+        out_dir, "dense_class_map", names, counts, int(result.nodata), "pixels", missing
+    )
+    written = [result.path, *legend.values()]
+    print(
+        f"scene {args.scene}: {result.width}x{result.height} px, {_plural(result.tiles, 'tile')} "
+        f"of {tile} px ({result.tiles_run} with data), {result.megapixels_per_s:.2f} "
+        f"megapixels/s; band 1 class, band 2 confidence (%)"
+    )
+    total = max(1, int(counts.sum()))
+    rows = [[n, int(c), 100.0 * c / total] for n, c in zip(names, counts)]
+    print(tabulate(rows, headers=["Class", "Pixels", "%"], floatfmt=".1f"))
+    for w in written:
+        print(f"wrote {w}")
+    return EXIT_OK
 
 
 # -- entry point --------------------------------------------------------------------------------

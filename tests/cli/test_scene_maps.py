@@ -96,3 +96,26 @@ def test_run_scene_refuses_small_scene(tmp_path, capsys):
     rc = main(["--run-scene", "--scene", str(path), "--query", "x", *TINY])
     assert rc == 2
     assert "smaller than one tile" in capsys.readouterr().err
+
+
+def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
+    path, data = scene
+    out = tmp_path / "dense"
+    code = main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest", "city",
+                 "--templates", "short", "--dense", "--tile-size", "32", "--overlap", "8",
+                 "--save-path", str(out), *TINY])  # fmt: skip
+    assert code == 0
+    with rasterio.open(out / "dense_class_map.tif") as src, rasterio.open(path) as ref:
+        assert (src.crs, src.transform, src.shape) == (ref.crs, ref.transform, ref.shape)
+        classes = src.read(1)
+        assert src.descriptions[0] and src.count == 2
+        nodata = src.nodata
+    valid = (data != 0).any(axis=0)  # the scene's nodata strip stays nodata in the map
+    assert (classes[~valid] == nodata).all() and (classes[valid] < 3).all()
+    legend = json.loads((out / "dense_class_map_legend.json").read_text())
+    assert [c["name"] for c in legend["classes"]] == ["sea", "forest", "city"]
+    assert sum(c["pixels"] for c in legend["classes"]) == int(valid.sum())
+    assert legend["skipped_pixels"] == int((~valid).sum())
+    assert "dense_class_map.tif" in capsys.readouterr().out
+    assert main(["--run-classification", "--images", str(path), "--class-names", "a", "b",
+                 "--dense", *TINY]) == 2  # --dense belongs to --run-scene  # fmt: skip
