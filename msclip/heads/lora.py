@@ -459,7 +459,7 @@ def read_lora(path: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tens
     Raises:
         AdapterError: Missing or unreadable file, or not an msclip LoRA file.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -468,7 +468,7 @@ def read_lora(path: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tens
         with safe_open(p, framework="pt") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except Exception as err:  # safetensors raises its own error types for corrupt files
+    except (SafetensorError, OSError, ValueError) as err:
         raise AdapterError(f"cannot read LoRA adapter file {p}: {err}") from err
     if meta.get("format") != LORA_FORMAT:
         raise AdapterError(
