@@ -22,6 +22,8 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ENV_LOSS_IMPL",
+    "LOSS_IMPLS",
     "FusedSearcher",
     "KernelUnavailableError",
     "Shard",
@@ -31,6 +33,11 @@ __all__ = [
     "resolve_loss_impl",
     "topk_reference",
 ]
+
+#: Choices of ``--loss-impl`` (here, free of torch, so that option parsing stays cheap).
+LOSS_IMPLS = ("auto", "plain", "chunked", "triton")
+#: Environment variable consulted when the choice is ``auto`` (as timm's ``TIMM_FUSED_ATTN``).
+ENV_LOSS_IMPL = "MSCLIP_LOSS_IMPL"
 
 _HOMES = {
     "FusedSearcher": "topk",

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from msclip.cuda import ENV_LOSS_IMPL, LOSS_IMPLS
 from msclip.cuda.runtime import check_device, kernels_can_run
 
 from msclip.errors import ContrastiveInputError, LossImplError
@@ -66,10 +67,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Choices of ``--loss-impl``.
-LOSS_IMPLS = ("auto", "plain", "chunked", "triton")
-#: Environment variable consulted when the choice is ``auto`` (as timm's ``TIMM_FUSED_ATTN``).
-ENV_LOSS_IMPL = "MSCLIP_LOSS_IMPL"
 #: ``auto`` without Triton uses the plain loss below this global batch and the chunked one from
 #: it on. Measured with benchmarks/kernels.py on 2 CPU cores (fp32, d = 512, forward + backward,
 #: see docs/kernels.md): at B = 4,096 the chunked loss takes about the plain loss's time with a

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msclip.cuda import LOSS_IMPLS
 from msclip.errors import ConfigError
-from msclip.train.loss import LOSS_IMPLS
 
 __all__ = [
     "TABLE_EXTENSIONS",
