@@ -28,12 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msclip.cuda import LOSS_IMPLS
+
 __all__ = ["LOSS_IMPLS", "ContrastiveLoss", "clamp_logit_scale"]
 
 logger = logging.getLogger(__name__)
-
-#: Choices of ``impl`` (``--loss-impl``); the same tuple as ``msclip.cuda.contrastive``'s.
-LOSS_IMPLS = ("auto", "plain", "chunked", "triton")
 
 
 class ContrastiveLoss(nn.Module):
