@@ -87,7 +87,7 @@ def test_a_write_failure_at_the_end_is_one_line(folder, tmp_path, capsys, monkey
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("msclip.io.atomic_write", full_disk)
+    monkeypatch.setattr("msclip.io.writers.atomic_write", full_disk)
     code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
                  "--save-path", str(tmp_path / "o.csv")])  # fmt: skip
     err = capsys.readouterr().err

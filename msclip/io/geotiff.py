@@ -1,0 +1,332 @@
+"""GeoTIFF writers: whole arrays (:func:`write_geotiff`) and row strips of rasters too large to
+hold in memory (:class:`GeoTiffStripWriter`), both committed atomically through
+:mod:`msclip.io.writers`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.errors import BandError, LayoutError, RasterWriteError
+from msclip.io.writers import atomic_write, commit, temp_path
+
+__all__ = ["GeoTiffStripWriter", "write_geotiff"]
+
+
+def write_geotiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    crs: Any = None,
+    transform: Any = None,
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+    compress: str | None = "deflate",
+    tags: Mapping[str, str] | None = None,
+    *,
+    creation_options: Mapping[str, Any] | None = None,
+    band_tags: Sequence[Mapping[str, str]] | None = None,
+    band_tags_ns: str | None = None,
+) -> Path:
+    """Write ``[C, H, W]`` (or ``[H, W]``) to a GeoTIFF atomically, band names as descriptions.
+
+    Nothing time-dependent is written, so equal arguments give equal bytes (with the same GDAL).
+
+    Args:
+        path: output file; parent folders are created.
+        data: pixel values, bands first; the file gets their dtype.
+        crs: coordinate reference system (``"EPSG:32632"``, a ``rasterio.crs.CRS`` ...).
+        transform: affine pixel-to-CRS transform.
+        bands: one description per band (band names), set in band order.
+        nodata: value marking missing pixels (``float("nan")`` for float data).
+        compress: GDAL compression (``"deflate"``, ``"lzw"`` ...), ``None`` for none.
+        tags: dataset metadata (default domain).
+        creation_options: further GDAL GTiff creation options, e.g.
+            ``{"predictor": 2, "interleave": "pixel", "tiled": True}``.
+        band_tags: one mapping of metadata per band (``{}`` for none).
+        band_tags_ns: metadata domain of ``band_tags`` (e.g. ``"IMAGERY"``; default domain when
+            ``None``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        LayoutError: ``data`` is not 2-D or 3-D.
+        BandError: ``bands`` or ``band_tags`` does not have one entry per band.
+    """
+    import rasterio
+
+    arr = data[None] if data.ndim == 2 else data
+    if arr.ndim != 3:
+        raise LayoutError(
+            f"cannot write an array of shape {data.shape} as a GeoTIFF; pass [C, H, W] or [H, W]"
+        )
+    for what, items in (("band names", bands), ("band tag mappings", band_tags)):
+        if items is not None and len(items) != arr.shape[0]:
+            raise BandError(
+                f"{len(items)} {what} for an array of {arr.shape[0]} bands (shape {arr.shape}); "
+                "pass one per band"
+            )
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "count": arr.shape[0],
+        "height": arr.shape[1],
+        "width": arr.shape[2],
+        "dtype": arr.dtype.name,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    if transform is not None:
+        profile["transform"] = transform
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if compress:
+        profile["compress"] = compress
+    if creation_options:
+        profile.update(creation_options)
+
+    def _write(tmp: str) -> None:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+            for i in range(1, arr.shape[0] + 1):
+                if bands is not None:
+                    dst.set_band_description(i, bands[i - 1])
+                if band_tags is not None and band_tags[i - 1]:
+                    dst.update_tags(i, ns=band_tags_ns, **band_tags[i - 1])
+            if tags:
+                dst.update_tags(**tags)
+
+    return atomic_write(path, _write, suffix=".tif")
+
+
+class GeoTiffStripWriter:
+    """Write a large raster to a tiled, compressed GeoTIFF (or COG) row strip by row strip.
+
+    Rows are appended top to bottom with :meth:`write`; they are buffered until a whole row of
+    ``block_size`` blocks is complete and then written with one windowed write, so every block
+    is compressed exactly once and memory holds at most ``count x block_size x width`` values.
+    The file is written under a temporary name in the target folder and renamed onto ``path``
+    by :meth:`close` (as :func:`atomic_write` does): a crash or :meth:`abort` leaves no partial
+    file. With ``cog=True`` the finished GeoTIFF is copied by GDAL's COG driver (internal
+    overviews, COG layout) before the rename; the copy streams block by block.
+
+    GDAL caches blocks (written ones too) up to ``GDAL_CACHEMAX``, 5% of the RAM by default;
+    keep it small around the writes of a large raster (``rasterio.Env(GDAL_CACHEMAX=...)``) to
+    bound memory.
+
+    Args:
+        path: output file.
+        width: columns.
+        height: rows.
+        count: bands.
+        dtype: numpy dtype name of every band.
+        crs: coordinate reference system.
+        transform: affine pixel-to-CRS transform.
+        nodata: nodata value of the file.
+        band_names: band descriptions.
+        block_size: tile side (a multiple of 16).
+        compress: GDAL compression (``deflate``, ``zstd``, ``lzw`` ... or ``None``).
+        cog: convert to a Cloud-Optimised GeoTIFF at the end.
+        overview_resampling: resampling of the COG overviews (``nearest`` for classes,
+            ``average`` for continuous values).
+        tags: dataset metadata.
+        scales: per-band scale factors (GDAL's ``scale``/``offset`` band metadata).
+        offsets: per-band offsets.
+
+    Raises:
+        RasterWriteError: bad sizes or band names, rows that do not fit, or too few rows.
+        OutputPathError: the output folder cannot be written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        count: int,
+        dtype: str,
+        crs: Any = None,
+        transform: Any = None,
+        nodata: float | None = None,
+        band_names: Sequence[str] | None = None,
+        block_size: int = 256,
+        compress: str | None = "deflate",
+        cog: bool = False,
+        overview_resampling: str = "nearest",
+        tags: dict[str, str] | None = None,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
+    ) -> None:
+        import rasterio
+
+        if width < 1 or height < 1 or count < 1:
+            raise RasterWriteError(f"raster size must be positive, got {width}x{height}x{count}")
+        if block_size < 16 or block_size % 16:
+            raise RasterWriteError(
+                f"block_size must be a positive multiple of 16, got {block_size}"
+            )
+        if band_names is not None and len(band_names) != count:
+            raise RasterWriteError(f"{len(band_names)} band names for {count} bands")
+        self.path = Path(path)
+        self.width, self.height, self.count = int(width), int(height), int(count)
+        self.dtype = np.dtype(dtype)
+        self.block_size = int(block_size)
+        self.cog = bool(cog)
+        self.compress = compress
+        self.overview_resampling = overview_resampling
+        self.rows_written = 0
+        self._buffer = np.empty((self.count, self.block_size, self.width), dtype=self.dtype)
+        self._filled = 0
+        self._flushed = 0
+        tmp = temp_path(self.path, ".tif")
+        self._tmp = tmp
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtype": self.dtype.name,
+            "tiled": True,
+            "blockxsize": self.block_size,
+            "blockysize": self.block_size,
+            "BIGTIFF": "IF_SAFER",
+        }
+        if compress:
+            profile["compress"] = compress
+            if np.issubdtype(self.dtype, np.floating):
+                profile["predictor"] = 3
+            elif self.dtype.itemsize > 1:
+                profile["predictor"] = 2
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = transform
+        if nodata is not None:
+            profile["nodata"] = nodata
+        try:
+            self._dst = rasterio.open(tmp, "w", **profile)
+            if band_names is not None:
+                for i, name in enumerate(band_names, start=1):
+                    self._dst.set_band_description(i, str(name))
+            if tags:
+                self._dst.update_tags(**tags)
+            if scales is not None:
+                self._dst.scales = tuple(float(s) for s in scales)
+            if offsets is not None:
+                self._dst.offsets = tuple(float(o) for o in offsets)
+        except BaseException:
+            self._cleanup()
+            raise
+        self._closed = False
+
+    def __enter__(self) -> GeoTiffStripWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append rows ``[count, n, width]`` (or ``[n, width]`` for one band) below those
+        written so far."""
+        if self._closed:
+            raise RasterWriteError(f"the writer of {self.path} is closed")
+        arr = rows[None] if rows.ndim == 2 else rows
+        if arr.ndim != 3 or arr.shape[0] != self.count or arr.shape[2] != self.width:
+            raise RasterWriteError(
+                f"rows of shape {rows.shape} do not fit a {self.count}-band raster "
+                f"{self.width} pixels wide (expected [{self.count}, n, {self.width}])"
+            )
+        n = arr.shape[1]
+        if self.rows_written + n > self.height:
+            raise RasterWriteError(
+                f"{self.rows_written + n} rows written to a raster {self.height} rows high"
+            )
+        start = 0
+        while start < n:
+            take = min(self.block_size - self._filled, n - start)
+            self._buffer[:, self._filled : self._filled + take] = arr[:, start : start + take]
+            self._filled += take
+            start += take
+            if self._filled == self.block_size:
+                self._flush()
+        self.rows_written += n
+
+    def _flush(self) -> None:
+        from rasterio.windows import Window
+
+        if not self._filled:
+            return
+        window = Window(0, self._flushed, self.width, self._filled)
+        self._dst.write(self._buffer[:, : self._filled], window=window)
+        self._flushed += self._filled
+        self._filled = 0
+
+    def close(self) -> Path:
+        """Finish the file (all rows must have been written) and move it onto ``path``."""
+        if self._closed:
+            return self.path
+        if self.rows_written != self.height:
+            self.abort()
+            raise RasterWriteError(
+                f"only {self.rows_written} of {self.height} rows were written to {self.path}; "
+                "nothing was saved"
+            )
+        try:
+            self._flush()
+            self._dst.close()
+            final = self._tmp
+            if self.cog:
+                final = self._to_cog(self._tmp)
+            commit(final, self.path)
+        except BaseException:
+            self._cleanup()
+            raise
+        finally:
+            self._closed = True
+            self._buffer = np.empty((0, 0, 0), dtype=self.dtype)
+        if final != self._tmp and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        return self.path
+
+    def _to_cog(self, src: str) -> str:
+        import rasterio.shutil
+
+        dst = temp_path(self.path, ".cog.tif")
+        options: dict[str, Any] = {
+            "BLOCKSIZE": max(self.block_size, 256),
+            "OVERVIEW_RESAMPLING": self.overview_resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+        }
+        if self.compress:
+            options["COMPRESS"] = self.compress.upper()
+            if np.issubdtype(self.dtype, np.floating):
+                options["PREDICTOR"] = "FLOATING_POINT"
+            elif self.dtype.itemsize > 1:
+                options["PREDICTOR"] = "HORIZONTAL"
+        try:
+            rasterio.shutil.copy(src, dst, driver="COG", **options)
+        except BaseException:
+            if os.path.exists(dst):
+                os.unlink(dst)
+            raise
+        return dst
+
+    def abort(self) -> None:
+        """Drop the partial file; ``path`` is left as it was."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        dst = getattr(self, "_dst", None)
+        if dst is not None and not dst.closed:
+            dst.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)

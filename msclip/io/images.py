@@ -1,0 +1,155 @@
+"""Image sets: folders, lists and glob patterns expanded into image files with display names."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from msclip.errors import ImageSetError
+from msclip.io.readers import IMAGE_EXTENSIONS
+
+__all__ = ["ImageSet", "list_image_set", "list_images"]
+
+logger = logging.getLogger(__name__)
+
+_GLOB_CHARS = "*?["
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_file(path: Path) -> list[tuple[str, str]]:
+    """``(path, entry as written)`` of the files listed in a ``.txt`` (one per line) or ``.yaml``
+    (list, or ``images:`` key) file; relative entries are relative to the list file's folder."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ImageSetError(f"cannot parse image list {path}: {err}") from err
+        if isinstance(obj, dict):
+            obj = obj.get("images", obj.get("paths"))
+        if not isinstance(obj, list) or not all(isinstance(v, str) for v in obj):
+            raise ImageSetError(
+                f"{path}: expected a YAML list of image paths (or a mapping with an 'images' list)"
+            )
+        entries = obj
+    else:
+        entries = [
+            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+        ]
+    return [(e if Path(e).is_absolute() else str(path.parent / e), e) for e in entries]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Image files found by :func:`list_image_set`, with display names.
+
+    Attributes:
+        paths: the files, in order, without duplicates (as given or found, not resolved).
+        names: per file, its path relative to the root of the specification that found it (the
+            folder, the glob's fixed part, the list file's folder; a bare file name for a file
+            given directly). When two files would get the same name, every name is taken
+            relative to the common folder of all roots instead, so names are unique and never
+            absolute paths of the machine.
+    """
+
+    paths: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _glob_root(pattern: str) -> str:
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in _GLOB_CHARS):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -> ImageSet:
+    """Expand image specifications into image files, in order, without duplicates.
+
+    Each specification is a folder (its image files, sorted; sub-folders too when
+    ``recursive``), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
+    image file. Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files
+    in a folder are counted in one log warning per folder, not silently dropped.
+
+    Raises:
+        ImageSetError: a specification that matches nothing or names a missing file.
+    """
+    found_paths: list[tuple[str, str]] = []  # (path, root)
+    for spec in specs:
+        s = os.fspath(spec)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            files = [f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file()]
+            images = sorted(str(f) for f in files if _is_image(f))
+            others = sorted({f.suffix.lower() or "(none)" for f in files if not _is_image(f)})
+            n_other = len(files) - len(images)
+            if n_other:
+                logger.warning(
+                    "%s: %d file%s with other extensions (%s) %s not images and %s skipped",
+                    p, n_other, "" if n_other == 1 else "s", ", ".join(others),
+                    "is" if n_other == 1 else "are", "is" if n_other == 1 else "are",
+                )  # fmt: skip
+            if not images:
+                raise ImageSetError(f"folder {p} holds no image files ({_extensions()})")
+            found_paths += [(f, str(p)) for f in images]
+        elif p.is_file() and p.suffix.lower() in (".txt", ".yaml", ".yml"):
+            # relative entries are named as written; absolute ones relative to their common folder
+            listed = _list_file(p)
+            absolute = [f for f, given in listed if Path(given).is_absolute()]
+            common = os.path.commonpath([os.path.dirname(f) for f in absolute]) if absolute else ""
+            found_paths += [
+                (f, common if Path(given).is_absolute() else str(p.parent)) for f, given in listed
+            ]
+        elif p.is_file():
+            found_paths.append((s, str(p.parent)))
+        elif any(ch in s for ch in _GLOB_CHARS):
+            import glob
+
+            pattern = os.path.expanduser(s)
+            found = sorted(
+                f
+                for f in glob.glob(pattern, recursive=True)
+                if Path(f).is_file() and _is_image(Path(f))
+            )
+            if not found:
+                raise ImageSetError(f"pattern {s!r} matches no image files ({_extensions()})")
+            root = _glob_root(pattern)
+            found_paths += [(f, root) for f in found]
+        else:
+            raise ImageSetError(
+                f"no such file or folder: {s}; images are given as folders, image files, "
+                ".txt/.yaml lists of paths, or glob patterns",
+                param="images",
+            )
+    unique: dict[str, str] = {}
+    for f, root in found_paths:  # the first appearance keeps its place and root
+        unique.setdefault(f, root)
+    paths = list(unique)
+    names = [os.path.relpath(f, unique[f]) for f in paths]
+    if len(set(names)) != len(names):
+        common = os.path.commonpath([os.path.abspath(r) for r in unique.values()])
+        names = [os.path.relpath(os.path.abspath(f), common) for f in paths]
+    return ImageSet(paths, names)
+
+
+def list_images(specs: Sequence[str | os.PathLike], recursive: bool = True) -> list[str]:
+    """The files of :func:`list_image_set` (without their display names)."""
+    return list_image_set(specs, recursive).paths
+
+
+def _extensions() -> str:
+    return ", ".join(IMAGE_EXTENSIONS)

@@ -1,0 +1,373 @@
+"""Reading rasters with their band identity.
+
+GeoTIFF / Cloud-Optimised GeoTIFF through rasterio (band count, band descriptions, nodata, CRS,
+transform, windowed and reduced reads), NumPy ``.npy`` / ``.npz`` arrays and PNG / JPEG pictures
+(at their true depth: 8- or 16-bit, greyscale or RGB). Every reader returns a :class:`Raster`
+whose ``data`` is bands-first ``[C, H, W]`` and whose ``bands`` are canonical band names, so
+nothing downstream guesses band order.
+
+Band names come, in this order, from the file's band descriptions (when they are band names;
+generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
+descriptions are refused), from the caller's ``bands=``, or from the band count (13 = Sentinel-2
+L1C, 12 = L2A, 10 = the Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB). Array layout (bands first or
+last) comes from the file format (GeoTIFF, images), from metadata stored in an ``.npz``
+(``layout`` entry), or from the caller's ``layout=``; for a bare array it is accepted from the
+shape only when exactly one end axis can hold the bands, otherwise the reader refuses and says
+how to declare it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.errors import (
+    BandError,
+    GenericBandNamesWarning,
+    LayoutError,
+    RasterReadError,
+    RasterTooLargeError,
+    UnsupportedFormatError,
+)
+from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
+from msclip.spectral.layout import to_chw
+
+__all__ = [
+    "GEOTIFF_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "NUMPY_EXTENSIONS",
+    "PICTURE_EXTENSIONS",
+    "Raster",
+    "read_raster",
+    "to_chw",
+]
+
+logger = logging.getLogger(__name__)
+
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+NUMPY_EXTENSIONS = (".npy", ".npz")
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = GEOTIFF_EXTENSIONS + NUMPY_EXTENSIONS + PICTURE_EXTENSIONS
+
+
+@dataclass
+class Raster:
+    """An image with named bands and (optionally) georeference.
+
+    Attributes:
+        data: pixel values ``[C, H, W]``, the file's dtype.
+        bands: canonical band names, one per channel.
+        nodata: value marking missing pixels, if any.
+        crs: coordinate reference system (``rasterio.crs.CRS``) of georeferenced files.
+        transform: affine pixel-to-CRS transform (``affine.Affine``) of georeferenced files.
+        path: source file.
+        band_source: where the band names came from: ``descriptions``, ``argument``, ``count``.
+        meta: extra reader facts (window, original layout ...).
+    """
+
+    data: np.ndarray
+    bands: tuple[str, ...]
+    nodata: float | None = None
+    crs: Any = None
+    transform: Any = None
+    path: str | None = None
+    band_source: str = "argument"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise LayoutError(f"raster data must be [C, H, W], got shape {self.data.shape}")
+        if len(self.bands) != self.data.shape[0]:
+            raise BandError(
+                f"{len(self.bands)} band names {list(self.bands)} for {self.data.shape[0]} "
+                f"channels{f' in {self.path}' if self.path else ''}"
+            )
+
+    @property
+    def height(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.data.shape[2])
+
+    def select(self, bands: Sequence[str | Band]) -> Raster:
+        """A raster with only ``bands``, in that order."""
+        wanted = [b.name for b in resolve_bands(bands)]
+        missing = [b for b in wanted if b not in self.bands]
+        if missing:
+            raise BandError(f"bands {missing} are not in {self.path or 'the raster'}: {self.bands}")
+        idx = [self.bands.index(b) for b in wanted]
+        return replace(self, data=self.data[idx], bands=tuple(wanted))
+
+
+def _names(bands: Sequence[str | Band] | None, sensor: str | None) -> tuple[str, ...] | None:
+    return None if bands is None else tuple(b.name for b in resolve_bands(bands, sensor))
+
+
+def _assign_bands(
+    count: int,
+    descriptions: Sequence[str | None],
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    where: str,
+) -> tuple[tuple[str, ...], str]:
+    """Band names for a file, by the documented precedence."""
+    given = _names(bands, sensor)
+    if given is not None and len(given) != count:
+        raise BandError(
+            f"{where} has {count} bands but {len(given)} band names were given: {list(given)}"
+        )
+    from_desc: tuple[str, ...] | None = None
+    present = [d for d in descriptions if d]
+    if present:
+        try:
+            from_desc = tuple(b.name for b in resolve_bands(descriptions, sensor))  # type: ignore[arg-type]
+        except BandError:
+            from_desc = None
+    if from_desc is not None:
+        if given is not None and given != from_desc:
+            raise BandError(
+                f"{where} describes its bands as {list(from_desc)} but bands={list(given)} was "
+                "given; drop the argument or fix the file's band descriptions"
+            )
+        return from_desc, "descriptions"
+    if given is not None:
+        return given, "argument"
+    if present and not all(_GENERIC_BAND.match(d) for d in present):
+        raise BandError(
+            f"{where} describes its bands as {list(descriptions)}, which are not band names "
+            "msclip knows; name the bands (e.g. bands=['B02', 'B03', 'B04', 'B08']) rather than "
+            "have them guessed from the band count",
+            param="bands",
+        )
+    try:
+        names = default_bands_for_count(count)
+    except BandError as err:
+        raise BandError(f"{where}: {err}", param=err.param) from None
+    if present:
+        warnings.warn(
+            f"band descriptions are generic numbering ({present[0]!r} ...): the bands are taken "
+            f"from the band count ({count} bands: {', '.join(names)}); name them to be sure",
+            GenericBandNamesWarning,
+            stacklevel=3,
+        )
+    return names, "count"
+
+
+#: Band descriptions that only number the bands (``band_1``, ``Band 2``, ``channel3``, ``4``).
+_GENERIC_BAND = re.compile(r"^\s*(band|channel|layer)?[\s_#-]*\d+\s*$", re.IGNORECASE)
+
+
+def _check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise RasterTooLargeError(
+            f"{path} is {height}x{width} pixels, far more than one image the model reads "
+            f"(at most {max_pixels} pixels here): cut it into tiles (scene mode), or read it "
+            "reduced through its overviews (downsampling)"
+        )
+
+
+def _read_geotiff(
+    path: str,
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    window: Any,
+    max_pixels: int | None = None,
+    shorter_side: int | None = None,
+) -> Raster:
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            names, source = _assign_bands(
+                src.count, list(src.descriptions), bands, sensor, f"GeoTIFF {path}"
+            )
+            h = int(window.height) if window is not None else src.height
+            w = int(window.width) if window is not None else src.width
+            out_shape = None
+            if shorter_side is not None and min(h, w) > shorter_side:
+                # decimated read: GDAL uses the file's overviews when it has them
+                scale = shorter_side / min(h, w)
+                out_shape = (src.count, max(1, round(h * scale)), max(1, round(w * scale)))
+            else:
+                _check_pixels(path, h, w, max_pixels)
+            data = src.read(
+                window=window, out_shape=out_shape,
+                resampling=Resampling.average if out_shape else Resampling.nearest,
+            )  # fmt: skip
+            transform = src.window_transform(window) if window is not None else src.transform
+            if out_shape is not None:
+                transform = transform * transform.scale(w / out_shape[2], h / out_shape[1])
+            crs = src.crs
+            nodata = src.nodata
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read GeoTIFF {path}: {err}") from err
+    if data.size == 0:
+        raise RasterReadError(f"GeoTIFF {path} holds no pixels (shape {data.shape})")
+    has_geo = crs is not None
+    meta = {"window": window, "downsampled_from": (h, w) if out_shape else None}
+    return Raster(
+        data, names, nodata, crs if has_geo else None, transform if has_geo else None, path,
+        source, meta,
+    )  # fmt: skip
+
+
+def _read_numpy(
+    path: str,
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    layout: str | None,
+    max_pixels: int | None = None,
+) -> Raster:
+    meta_layout = None
+    descriptions: list[str | None] = []
+    nodata = None
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                key = "data" if "data" in keys else ("image" if "image" in keys else None)
+                if key is None:
+                    arrays = [k for k in keys if npz[k].ndim in (2, 3)]
+                    if len(arrays) != 1:
+                        raise RasterReadError(
+                            f"{path}: cannot tell which array is the image among {keys}; "
+                            "store it under the key 'data'"
+                        )
+                    key = arrays[0]
+                array = npz[key]
+                if "layout" in keys:
+                    meta_layout = str(npz["layout"])
+                if "bands" in keys:
+                    descriptions = [str(b) for b in npz["bands"].tolist()]
+                if "nodata" in keys:
+                    nodata = float(npz["nodata"])
+        else:
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+            if max_pixels is not None and array.ndim == 3:
+                # bands are the shortest end axis: the other two are height and width
+                hw = array.shape[1:] if array.shape[0] <= array.shape[-1] else array.shape[:2]
+                _check_pixels(path, int(hw[0]), int(hw[1]), max_pixels)
+            elif max_pixels is not None and array.ndim == 2:
+                _check_pixels(path, *array.shape, max_pixels)
+            array = np.array(array)
+    except (ValueError, OSError, EOFError) as err:
+        raise RasterReadError(f"cannot read array file {path}: {err}") from err
+    if layout is not None and meta_layout is not None and layout.upper() != meta_layout.upper():
+        raise LayoutError(f"{path} declares layout {meta_layout!r} but layout={layout!r} was given")
+    given = _names(bands, sensor)
+    n_bands = len(given) if given is not None else (len(descriptions) or None)
+    data, found = to_chw(array, layout or meta_layout, n_bands, where=path)
+    if data.size == 0:
+        raise RasterReadError(f"{path} holds an empty array of shape {array.shape}")
+    names, source = _assign_bands(data.shape[0], descriptions, bands, sensor, path)
+    return Raster(np.ascontiguousarray(data), names, nodata, path=path, band_source=source,
+                  meta={"layout": found})  # fmt: skip
+
+
+def _read_picture(
+    path: str, bands: Sequence[str | Band] | None, sensor: str | None, max_pixels: int | None
+) -> Raster:
+    """PNG / JPEG at their true depth and band count: 8- or 16-bit, greyscale (one band), RGB;
+    an alpha band is dropped, a palette is expanded to RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            _check_pixels(path, img.height, img.width, max_pixels)
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.asarray(img, dtype=np.uint16)[None]
+            elif mode == "I":
+                arr = np.asarray(img, dtype=np.int32)[None]
+            elif mode == "F":
+                arr = np.asarray(img, dtype=np.float32)[None]
+            elif mode in ("L", "1"):
+                arr = np.asarray(img.convert("L"))[None]
+            elif mode == "RGB" and img.format == "PNG" and _png_bit_depth(path) == 16:
+                arr = _read_png16(path)
+            else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
+                arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
+    except (UnidentifiedImageError, OSError) as err:
+        raise RasterReadError(f"cannot read image {path}: {err}") from err
+    names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
+    return Raster(np.ascontiguousarray(arr), names, path=path, band_source=source,
+                  meta={"layout": "HWC", "mode": mode})  # fmt: skip
+
+
+def _png_bit_depth(path: str) -> int:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
+
+
+def _read_png16(path: str) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16 (Pillow reduces these to 8 bits; GDAL does
+    not)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read()[:3].astype(np.uint16, copy=False)
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read 16-bit PNG {path}: {err}") from err
+
+
+def read_raster(
+    path: str | os.PathLike,
+    bands: Sequence[str | Band] | None = None,
+    layout: str | None = None,
+    sensor: str | None = None,
+    window: Any = None,
+    max_pixels: int | None = None,
+    shorter_side: int | None = None,
+) -> Raster:
+    """Read an image file with its band names.
+
+    Args:
+        path: ``.tif``/``.tiff`` (GeoTIFF, COG), ``.npy``/``.npz``, ``.png``/``.jpg``/``.jpeg``.
+        bands: band names of the file's channels, when the file does not name them.
+        layout: ``CHW`` or ``HWC`` for arrays whose layout cannot be known from the file.
+        sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
+        window: ``rasterio.windows.Window`` to read part of a GeoTIFF.
+        max_pixels: refuse (before reading the pixels) a raster with more pixels than this.
+        shorter_side: read a GeoTIFF (or its window) reduced so that its shorter side has this
+            many pixels when it is larger (average resampling, through the file's overviews when
+            it has them); ``max_pixels`` then does not apply.
+
+    Raises:
+        RasterReadError: missing, empty or corrupt file.
+        RasterTooLargeError: more than ``max_pixels`` pixels.
+        UnsupportedFormatError: unknown extension.
+        BandError: band names cannot be determined or do not fit the file.
+        LayoutError: array layout cannot be determined.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise RasterReadError(f"image file not found: {p}")
+    if os.path.isfile(p) and os.path.getsize(p) == 0:
+        raise RasterReadError(f"image file is empty (0 bytes): {p}")
+    ext = Path(p).suffix.lower()
+    if ext in GEOTIFF_EXTENSIONS:
+        return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side)
+    if ext in NUMPY_EXTENSIONS:
+        return _read_numpy(p, bands, sensor, layout, max_pixels)
+    if ext in PICTURE_EXTENSIONS:
+        return _read_picture(p, bands, sensor, max_pixels)
+    raise UnsupportedFormatError(
+        f"unsupported image format {ext!r} ({p}); supported: {', '.join(IMAGE_EXTENSIONS)}"
+    )

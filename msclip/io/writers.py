@@ -1,0 +1,219 @@
+"""The one durable way msclip writes files: temporary file, sync, rename, sync the folder.
+
+Every output (CSV tables, JSON records, GeoTIFFs, indexes, caches, checkpoints) goes through
+:func:`atomic_write` (or :func:`temp_path` + :func:`commit` for files written piece by piece), so
+a crash leaves the old file or the new one, never a half-written one, and files get the
+permissions of a normally created file. :func:`check_output` refuses an output location that
+cannot be written before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.errors import OutputPathError
+
+__all__ = [
+    "TMP_PREFIX",
+    "atomic_write",
+    "check_output",
+    "commit",
+    "current_umask",
+    "fsync_dir",
+    "jsonable",
+    "temp_path",
+    "write_bytes",
+    "write_csv",
+    "write_json",
+    "write_text",
+]
+
+
+def check_output(path: str | os.PathLike, kind: str = "file", param: str = "save_path") -> Path:
+    """Make sure an output can be written, before any work is done.
+
+    Args:
+        path: the file (``kind="file"``) or folder (``kind="dir"``) to be written.
+        kind: ``"file"`` or ``"dir"``.
+        param: the argument that gave the path (for the error's ``param``).
+
+    Returns:
+        The path (user-expanded).
+
+    Raises:
+        OutputPathError: a folder where a file is needed or the reverse, a file in the way of a
+            folder to create, or a location that is not writable.
+    """
+    p = Path(path).expanduser()
+
+    def fail(why: str) -> OutputPathError:
+        return OutputPathError(f"cannot write {p}: {why}", param=param)
+
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            raise fail("it is a folder; give a file name")
+        if kind == "dir" and not p.is_dir():
+            raise fail("it is a file, not a folder")
+        folder = p if kind == "dir" else p.parent
+        if not os.access(p, os.W_OK):
+            raise fail("it is not writable")
+    else:
+        folder = p.parent if kind == "file" else p
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise fail(f"{folder} is a file, so no folder can be created under it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise fail(f"the folder {folder} is not writable")
+    return p
+
+
+#: Prefix of the temporary files of :func:`atomic_write`; a directory's leftovers of a killed
+#: write carry it (the index store removes them when it recovers).
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
+    """Call ``write(tmp_path)``, make the result durable, then move it onto ``path`` in one rename.
+
+    The one writer of every file msclip produces. The temporary file lives in the target's
+    directory (so the rename is atomic), is synced to disk before the rename and the directory
+    after it (the ordering that survives a power cut: Pillai et al., "All File Systems Are Not
+    Created Equal", OSDI 2014), and gets the permissions of a normally created file (``0666``
+    less the umask) rather than ``mkstemp``'s ``0600``. A crash leaves either the old file or the
+    new one, never a half-written file.
+
+    Args:
+        path: the target file; its folder is created when missing.
+        write: a function that writes the whole content to the path it is given.
+        suffix: suffix of the temporary file (some writers choose the format by it).
+
+    Raises:
+        OutputPathError: the target's folder cannot be created or written.
+    """
+    target = Path(path)
+    tmp = temp_path(target, suffix)
+    try:
+        write(tmp)
+        commit(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
+    """A new, empty temporary file beside ``target`` (for a write that :func:`commit` ends).
+
+    Raises:
+        OutputPathError: the target's folder cannot be created or written.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{TMP_PREFIX}{target.name}.", suffix=suffix or ".part", dir=target.parent
+        )
+    except OSError as err:
+        raise OutputPathError(f"cannot write {target}: {err.strerror or err}") from err
+    os.close(fd)
+    return tmp
+
+
+def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Make a finished temporary file durable and move it onto ``target`` in one rename: sync the
+    file, give it the permissions of a normally created file (``0666`` less the umask), rename,
+    then sync the folder (the order that survives a power cut; see :func:`atomic_write`)."""
+    _fsync_file(os.fspath(tmp))
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+    return Path(target)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def jsonable(x: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays to Python, NaN and infinity to ``None`` (JSON has
+    no such numbers), paths to strings."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return x
+
+
+def write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 1, sort_keys: bool = False
+) -> Path:
+    """Write ``obj`` as JSON atomically, through :func:`jsonable` (NaN written as ``null``)."""
+    import json
+
+    text = json.dumps(jsonable(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+    return write_text(path, text + "\n")
+
+
+def write_csv(df: Any, path: str | os.PathLike, float_format: str | None = None) -> Path:
+    """Write a pandas DataFrame as CSV (no index column) atomically."""
+    return atomic_write(
+        path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format), ".csv"
+    )
