@@ -97,8 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         result = run_finetune(cfg, command=["msclip-finetune", *args.argv])
     d = result.data
     sizes = ", ".join(f"{s} {len(ix)}" for s, ix in d.splits.items())
-    print(f"{d.name}: {d.task}, {len(d.names)} {'outputs' if d.task == 'regression' else 'classes'}"
-          f"; {sizes}")  # fmt: skip
+    n = len(d.names)
+    unit = ("output" if n == 1 else "outputs") if d.task == "regression" else (
+        "class" if n == 1 else "classes")  # fmt: skip
+    print(f"{d.name}: {d.task}, {n} {unit}; {sizes}")
     rows = [
         [r["method"], r["metric"], r["value"],
          f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else "-",

@@ -150,6 +150,30 @@ class TaskSpec:
 
         return MAIN_METRICS[self.record_task]
 
+    def interval(
+        self,
+        metric: str,
+        scores: np.ndarray,
+        targets: np.ndarray,
+        n_resamples: int,
+        confidence: float,
+        seed: int,
+    ) -> Any:
+        """Bootstrap interval of a metric the probes do not resample (``map_at_k``, AP@100 as
+        evaluation.py reports it for multi-label data)."""
+        from msclip.eval import metrics as M
+        from msclip.eval.bootstrap import bootstrap_cis
+
+        if metric != "map_at_k":
+            raise HeadConfigError(f"no bootstrap interval rule for {metric!r}")
+
+        def map_at_k(t: np.ndarray, s: np.ndarray) -> float:
+            rel = M.targets_to_relevance(t, s.shape[1]) if t.ndim == 1 else t
+            return M.mean_average_precision_at_k(s, rel, 100).mean
+
+        cis = bootstrap_cis({metric: map_at_k}, targets, scores, n_resamples, confidence, seed)
+        return cis[metric]
+
 
 class MultiLabelTask(TaskSpec):
     name = "multi-label"
@@ -639,6 +663,7 @@ class _Runner:
         self.base_fingerprint = model.fingerprint(precision=False)
         self.cache_info: dict[str, Any] = {}
         self._classifier: torch.Tensor | None = None
+        self._images: Any = None  # the images of encoder-mode training (maybe kept in memory)
 
     # -- features ---------------------------------------------------------------------------
     def spec(self, method: str) -> FeatureSpec:
@@ -860,6 +885,9 @@ class _Runner:
             )  # fmt: skip
             groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
             dataset = data.dataset(self.preprocess, cfg.min_valid, cfg.nodata)
+            if cfg.cache_images:
+                dataset = _InMemory(dataset)
+            self._images = dataset
             batches = self._image_batches(dataset, rows["train"])
 
         def loss_fn(out: torch.Tensor, r: np.ndarray) -> torch.Tensor:
@@ -990,7 +1018,9 @@ class _Runner:
         from msclip.encode import encode_batches
         from msclip.heads.features import _Subset
 
-        dataset = self.data.dataset(self.preprocess, self.cfg.min_valid, self.cfg.nodata)
+        dataset = self._images
+        if dataset is None:
+            dataset = self.data.dataset(self.preprocess, self.cfg.min_valid, self.cfg.nodata)
         net.eval()
         outs, kept = [], []
         for b in encode_batches(self.model, _Subset(dataset, rows), normalize=False,
@@ -1067,6 +1097,11 @@ class _Runner:
         files["predictions"] = str(self._write_predictions(folder, result))
         # Metrics with the per-class table of msclip.eval.metrics (confusion for single-label)
         targets = data.targets[result.extra["rows"]]
+        main = task.main_metric()
+        if main not in result.ci and cfg.n_resamples:
+            result.ci[main] = task.interval(
+                main, result.scores, targets, cfg.n_resamples, cfg.confidence, cfg.seed
+            )
         metrics, _, per_class, confusion = task.evaluate(result.scores, targets, data.names)
         metrics.update(result.metrics)
         labels = data.names
@@ -1128,6 +1163,23 @@ class _Runner:
         return write_csv(df, folder / "predictions.csv")
 
 
+class _InMemory:
+    """Items of a protocol dataset kept after their first read (preprocessing is deterministic,
+    so every epoch sees the same tensors; flips are applied to batches afterwards)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self.items:
+            self.items[index] = self.dataset[index]
+        return self.items[index]
+
+
 def _head_groups(head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
     from msclip.layer_decay import no_weight_decay
 
@@ -1161,7 +1213,7 @@ def _check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
             raise ConfigError(
                 f"{out} already holds a run of {label} ({ckpt}); pass resume to continue it or "
                 "choose another output_dir",
-                param="output_dir",
+                param="resume",
             )
 
 

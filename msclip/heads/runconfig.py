@@ -177,6 +177,12 @@ class FinetuneRunConfig:
     )
     huber_delta: float = field(default=1.0, metadata=_help("Huber delta (standardised units)"))
     batch_norm: bool = field(default=True, metadata=_help("batch norm before the linear head"))
+    cache_images: bool = field(
+        default=False,
+        metadata=_help(
+            "keep preprocessed images in memory between epochs (encoder modes, small sets)"
+        ),
+    )
     augment: bool = field(
         default=False, metadata=_help("random flips of training images (encoder modes)")
     )
@@ -284,6 +290,8 @@ class FinetuneRunConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k_unweighted is not None:
             need(self.k_unweighted >= 1, f"k_unweighted must be >= 1, got {self.k_unweighted}")
+        need(not (self.cache_images and self.workers > 0),
+             "cache_images keeps images in this process: use it with workers 0")  # fmt: skip
         need(self.batch_size >= 2, f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
         for name in ("temperature", "encoder_lr", "layer_decay", "confidence", "huber_delta"):
             v = getattr(self, name)
