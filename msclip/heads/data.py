@@ -123,9 +123,14 @@ class TaskData:
 
     def item_names(self) -> list[str]:
         """Display name of every image (path, or the benchmark sample's path)."""
-        if self.reader is not None:
-            return [self.reader.name(i) for i in range(len(self.items))]
-        return [str(i) for i in self.items]
+        names = self.__dict__.get("_names")
+        if names is None or len(names) != len(self.items):
+            if self.reader is not None:
+                names = [self.reader.name(i) for i in range(len(self.items))]
+            else:
+                names = [str(i) for i in self.items]
+            self.__dict__["_names"] = names
+        return names
 
     def dataset(
         self, transform: Any, min_valid: float | None = None, nodata: float | None = None

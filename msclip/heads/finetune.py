@@ -440,6 +440,13 @@ def _train_epochs(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        cuda = state.get("cuda_rng")
+        if (
+            cuda is not None
+            and torch.cuda.is_available()
+            and len(cuda) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(cuda)
         history = list(state["history"])
         start = int(state["epoch"])
         logger.info("resumed %s after epoch %d of %d", checkpoint, start, epochs)
@@ -471,12 +478,17 @@ def _train_epochs(
             _write_training_checkpoint(checkpoint, {
                 "run_key": run_key, "epoch": epoch + 1, "state": _trainable_state(net),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": _cuda_rng(), "history": history,
             })  # fmt: skip
         for hook in hooks:
             hook(epoch + 1)
     net.eval()
     return history
+
+
+def _cuda_rng() -> list[torch.Tensor] | None:
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
 
 def _write_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -878,6 +890,7 @@ class _Runner:
             lora = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                               targets=tuple(cfg.lora_targets), seed=cfg.seed)  # fmt: skip
             apply_finetune_mode(self.model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
+            head.to(self.model.device)
             net = EncoderHead(self.model, head, spec, mode)
             groups = finetune_param_groups(
                 self.model, head, lr=cfg.encoder_lr, weight_decay=cfg.encoder_weight_decay,
