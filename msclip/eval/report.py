@@ -498,7 +498,8 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         f"Merged {len(records)} record(s) and {len(failures)} failure note(s) from "
         f"`{save / 'records'}` on "
         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
-        "Metric definitions: `docs/metrics.md` (scores are zero-shot logits, 100 x cosine).",
+        "Metric definitions: `docs/metrics.md` (scores are zero-shot logits, 100 x cosine"
+        + ("; probes and heads score with probabilities, `docs/heads.md`)." if heads else ")."),
         "",
         "## Summary",
         "",
