@@ -41,12 +41,14 @@ __all__ = [
     "EXIT_USAGE",
     "FLAGS",
     "UsageError",
+    "add_dataclass_args",
     "add_input_check_args",
     "add_model_args",
     "add_query_args",
     "add_run_args",
     "add_text_cache_args",
     "check_checkpoint",
+    "config_from_namespace",
     "encode_query_set",
     "fraction",
     "load_model",
@@ -482,7 +484,83 @@ def encode_query_set(
     return np.concatenate(embs), names
 
 
-# -- argument parsing ---------------------------------------------------------------------------
+# -- run configurations (dataclasses) as flags ----------------------------------------------------
+def add_dataclass_args(
+    parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()
+) -> dict[str, str]:
+    """One kebab-case flag per field of the run-configuration dataclass ``cls``.
+
+    Flags parse to strings (or lists of strings) and are converted by the config's own
+    ``update`` (:func:`msclip.options.update_options`), so YAML values and flags follow one rule;
+    booleans are ``--flag`` / ``--no-flag``. Use ``argument_default=argparse.SUPPRESS`` on the
+    parser so that only the flags given on the command line override the YAML file.
+
+    Args:
+        parser: a parser or argument group.
+        cls: the dataclass.
+        skip: fields that get no flag.
+
+    Returns:
+        Field name -> flag (for :func:`run_cli`'s hints).
+    """
+    import dataclasses
+    import typing
+
+    from msclip.options import field_help, option_types, unwrap_optional
+
+    hints = option_types(cls)
+    defaults = cls()
+    flags = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags[f.name] = flag
+        tp, optional = unwrap_optional(hints[f.name])
+        default = getattr(defaults, f.name)
+        shown = list(default) if isinstance(default, tuple) else default
+        help_text = f"{field_help(f)} (default: {shown!r})"
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif origin is tuple and Ellipsis not in typing.get_args(tp):
+            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
+        elif origin in (list, tuple):
+            parser.add_argument(
+                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
+            )
+        else:
+            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+    return flags
+
+
+def config_from_namespace(
+    config: Any, values: dict[str, Any], yaml_path: str | os.PathLike | None = None
+) -> Any:
+    """Fill a run configuration: its defaults, then the YAML file, then the given flags.
+
+    Args:
+        config: a fresh dataclass instance with an ``update(values, source)`` method.
+        values: parsed flags (only those given: parse with ``argument_default=SUPPRESS``);
+            ``--option none`` clears an optional list.
+        yaml_path: the ``--config`` file.
+
+    Returns:
+        ``config``, updated (not yet validated).
+    """
+    from msclip.options import load_yaml, option_types, unwrap_optional
+
+    if yaml_path is not None:
+        config.update(load_yaml(yaml_path), source=str(yaml_path))
+    hints = option_types(type(config))
+    cli: dict[str, Any] = {}
+    for name, value in values.items():
+        _, optional = unwrap_optional(hints[name])
+        if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
+            value = None
+        cli[name] = value
+    config.update(cli, source="command line")
+    return config
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Modes (one per run):
 
-- ``--run-classification``: zero-shot labels for a set of images. The probabilities follow the
+- ``--run-classification``: zero-shot labels for a set of images, or, with ``--head
+  my_head.safetensors`` (written by ``msclip-finetune``), the labels (or regression values) of a
+  trained head: same table and CSV, the classes come from the head, and a head trained on
+  another encoder is refused (both fingerprints named). The probabilities follow the
   protocol published with Llama3-MS-CLIP (Marimo et al., ECML PKDD 2025, arXiv:2503.15969; see
   :mod:`msclip.zero_shot`). The CSV has ``Image``, ``Class`` and one probability column per class
   name. ``--multi-label`` marks every class whose logit exceeds the mean logit of the
@@ -125,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
         "with one template per line containing {c}",
     )
     c.add_argument(
+        "--head",
+        default=None,
+        help="classify (or regress) with a head trained by msclip-finetune (.safetensors) "
+        "instead of zero-shot; the model defaults to the encoder the head was trained on",
+    )
+    c.add_argument(
+        "--adapters",
+        default=None,
+        help="LoRA adapter file of a --head trained with LoRA (default: the one next to it)",
+    )
+    c.add_argument(
         "--multi-label",
         action="store_true",
         help="multi-label: classes whose logit exceeds the mean logit of the others "
@@ -177,11 +191,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     has_classes = args.class_names is not None or args.classes_file is not None
     if args.class_names is not None and args.classes_file is not None:
         p.error("give class names either with --class-names or with --classes-file, not both")
+    if args.head is not None and not args.run_classification:
+        p.error("--head applies to --run-classification")
+    if args.adapters is not None and args.head is None:
+        p.error("--adapters applies to --head")
     if args.run_classification:
         if args.images is None:
             p.error("--run-classification needs --images")
-        if not has_classes:
-            p.error("--run-classification needs --class-names or --classes-file")
+        if not has_classes and args.head is None:
+            p.error("--run-classification needs --class-names or --classes-file (or --head)")
     if args.run_retrieval:
         if args.images is None:
             p.error("--run-retrieval needs --images")
@@ -195,7 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "--run-scene needs --query/--queries-file (similarity map) and/or "
                 "--class-names/--classes-file (class map)"
             )
-    if args.threshold is not None and not args.multi_label:
+    if args.threshold is not None and not (args.multi_label or args.head):
         p.error("--threshold applies to --multi-label; add --multi-label")
     if args.dense and not (args.run_scene and has_classes):
         p.error("--dense makes a class map of a scene: use it with --run-scene and class names")
@@ -278,8 +296,112 @@ def _report_skipped(skipped: Sequence[int], total: int, args: argparse.Namespace
 
 
 # -- modes --------------------------------------------------------------------------------------
+def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_path: str) -> None:
+    """Without --model-name / --ckpt-path, load the encoder the head was trained on."""
+    if args.model_name is not None or args.ckpt_path is not None:
+        return
+    if encoder.get("encoder_file"):
+        f = Path(encoder["encoder_file"])
+        if not f.is_file():
+            f = Path(head_path).parent / f.name
+        if f.is_file():
+            args.model_name = str(f)
+            return
+    args.model_name = encoder.get("name")
+
+
+def run_head_classification(args: argparse.Namespace) -> int:
+    """``--run-classification --head``: the scores of a trained head."""
+    from msclip.errors import BandCoverageError, RasterTooLargeError
+    from msclip.heads.checkpoint import bind_head, predict_images, read_head
+    from msclip.io import check_output, list_image_set
+
+    image_set = list_image_set(args.images)
+    ckpt = read_head(args.head)
+    names = list(ckpt.names)
+    given = _class_names(args)
+    if given is not None and [n.lower() for n in given] != [n.lower() for n in names]:
+        raise UsageError(
+            f"the head {args.head} classifies into {names}; --class-names/--classes-file name "
+            f"{given}: leave them out (the head carries its classes)"
+        )
+    if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
+        raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
+    _head_model_args(args, ckpt.encoder, args.head)
+    check_checkpoint(args)
+    out_path = check_output(output_path(args.save_path, "classification.csv"))
+    min_valid(args)
+
+    import pandas as pd
+
+    from msclip.encode import ImageDataset
+
+    model, preprocess, _ = load_model(args, options=_image_options(args))
+    bind_head(ckpt, model, args.adapters)
+    dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
+    try:
+        scores, indices, failures, skipped, valid = predict_images(
+            ckpt, model, dataset, args.batch_size, args.workers, progress=not args.quiet,
+            abort_on=(BandCoverageError, RasterTooLargeError),
+        )  # fmt: skip
+    except RasterTooLargeError as err:
+        raise UsageError(f"{err}; add --downsample to read it reduced to the model input") from err
+    shown = [image_set.names[i] for i in indices]
+    task = ckpt.task
+    df = pd.DataFrame({"Image": shown})
+    if task == "regression":
+        for j, n in enumerate(names):
+            df[n] = scores[:, j] if len(scores) else []
+        headers = ["Image", *names]
+        rows = [[im, *sc] for im, sc in zip(shown, scores)]
+    else:
+        if task == "multi-label":
+            threshold = 0.5 if args.threshold is None else args.threshold
+            present = scores > threshold
+            labels = [";".join(n for n, on in zip(names, row) if on) for row in present]
+        else:
+            labels = [names[int(i)] for i in scores.argmax(axis=1)] if len(scores) else []
+        df["Class"] = labels
+        for j, n in enumerate(names):
+            df[n] = scores[:, j] if len(scores) else []
+        if task == "multi-label":
+            headers = ["Image", "Classes present (probability)", "Count"]
+            rows = []
+            for im, pr, on in zip(shown, scores, present):
+                found = sorted(
+                    ((pr[j], names[j]) for j in range(len(names)) if on[j]), reverse=True
+                )
+                rows.append([im, ", ".join(f"{n} ({v:.3f})" for v, n in found) or "(none)",
+                             len(found)])  # fmt: skip
+        elif len(names) <= 6:
+            headers = ["Image", "Class", *names]
+            rows = [[im, lab, *pr] for im, lab, pr in zip(shown, labels, scores)]
+        else:
+            headers = ["Image", "Class", "Probability", "Runner-up"]
+            rows = []
+            for im, lab, pr in zip(shown, labels, scores):
+                order = pr.argsort()[::-1]
+                rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
+    df["valid_fraction"] = valid
+    write_csv(df, out_path)
+    print_table(rows, headers, args.max_print, len(rows))
+    what = (
+        f"regressed ({_plural(len(names), 'output')})"
+        if task == "regression"
+        else f"classified into {_plural(len(names), 'class', 'classes')}"
+    )
+    print(
+        f"{_plural(len(shown), 'image')} {what} by the {ckpt.method} head {args.head} "
+        f"(encoder {ckpt.encoder.get('fingerprint')}); CSV: {out_path}"
+    )
+    _report_skipped(skipped, len(image_set), args)
+    return _report_failures(failures, len(image_set), args)
+
+
 def run_classification(args: argparse.Namespace) -> int:
     """``--run-classification``."""
+    if args.head is not None:
+        return run_head_classification(args)
     from msclip.io import check_output, list_image_set
     from msclip.zero_shot import load_templates
 
@@ -565,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from msclip.cli.index import main as index_main
 
         return index_main(argv[1:])
-    return run_cli(argv, parse_args, _run)
+    return run_cli(argv, parse_args, _run, flags={"head": "--head", "adapters": "--adapters"})
 
 
 if __name__ == "__main__":

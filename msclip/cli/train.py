@@ -18,13 +18,18 @@ import dataclasses
 import logging
 import os
 import sys
-import typing
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from msclip.cli.common import EXIT_PARTIAL, EXIT_USAGE, run_cli, setup_logging
+from msclip.cli.common import (
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    add_dataclass_args,
+    config_from_namespace,
+    run_cli,
+    setup_logging,
+)
 from msclip.errors import ConfigError
-from msclip.train.config import TrainConfig, load_yaml, option_types, unwrap_optional
+from msclip.train.config import TrainConfig
 
 __all__ = ["build_arg_parser", "config_from_args", "main"]
 
@@ -45,24 +50,7 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective configuration as YAML and exit",
     )
-    hints = option_types()
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp, optional = unwrap_optional(hints[f.name])
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif origin is tuple:
-            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
-        elif origin is list:
-            parser.add_argument(
-                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
-            )
-        else:
-            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+    add_dataclass_args(parser, TrainConfig)
     return parser
 
 
@@ -74,20 +62,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bo
     """
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
-    cfg = TrainConfig()
     yaml_path = ns.pop("config", None)
     print_config = bool(ns.pop("print_config", False))
-    if yaml_path is not None:
-        cfg.update(load_yaml(yaml_path), source=str(yaml_path))
-    hints = option_types()
-    cli: dict[str, Any] = {}
-    for name, value in ns.items():
-        # "--caption-columns none" clears an optional list.
-        _, optional = unwrap_optional(hints[name])
-        if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
-            value = None
-        cli[name] = value
-    cfg.update(cli, source="command line")
+    cfg = config_from_namespace(TrainConfig(), ns, yaml_path)
     return cfg, print_config
 
 

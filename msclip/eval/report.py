@@ -17,6 +17,12 @@ Results folder::
       figures/<model>__<dataset>__confusion.png  row-normalised confusion matrix (single-label)
       report.md                                everything above, human-readable
 
+Probes and fine-tuned heads (``msclip-finetune``, :mod:`msclip.heads.finetune`) write records of
+the same schema into the same folder (:func:`make_head_record`, ``kind = "head"``): the model label
+is ``<model>+<method>`` (``msclip-demo+logistic``, ``msclip-demo+linear-lora``), so their rows sit
+beside the zero-shot rows of ``summary.csv`` and ``report.md``; they add ``method`` (name, encoder
+mode, hyper-parameters) and ``ci`` (bootstrap intervals of the metrics).
+
 A record (``schema = "msclip.eval.record/1"``) holds: ``model`` (label, name, checkpoint path
 and sha256, pretrained flag, bands, precision, architecture), ``dataset`` (name, root, split and
 where it came from, layout, bands, classes, sample counts), ``templates`` (name, source file,
@@ -56,6 +62,7 @@ __all__ = [
     "failure_path",
     "library_versions",
     "load_records",
+    "make_head_record",
     "make_record",
     "merge",
     "plot_confusion",
@@ -70,7 +77,14 @@ logger = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "msclip.eval.record/1"
 #: Metric shown in ``summary.csv`` per task, unless the merge is given another.
-MAIN_METRICS: dict[str, str] = {"single_label": "top1_accuracy", "multi_label": "map_at_k"}
+MAIN_METRICS: dict[str, str] = {
+    "single_label": "top1_accuracy",
+    "multi_label": "map_at_k",
+    "regression": "r2",
+}
+#: ``kind`` of the records of probes and fine-tuned heads (:func:`make_head_record`); records
+#: without a ``kind`` are zero-shot evaluations.
+HEAD_KIND = "head"
 #: Required top-level keys of a record.
 RECORD_KEYS: tuple[str, ...] = (
     "schema", "model", "dataset", "templates", "task", "metrics", "main_metric", "ap",
@@ -177,6 +191,72 @@ def make_record(
         "seed": seed,
         "versions": library_versions(),
         "timing": {"wall_s": wall_s, **result.timings},
+        "run_key": run_key,
+        "command": list(command),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def make_head_record(
+    *,
+    model: dict[str, Any],
+    dataset: dict[str, Any],
+    task: str,
+    method: dict[str, Any],
+    metrics: dict[str, Any],
+    ci: dict[str, Any],
+    per_class: list[dict[str, Any]],
+    confusion: Any,
+    main_metric: str,
+    seed: int,
+    run_key: str,
+    wall_s: float,
+    command: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON record of a probe or fine-tuned head on a test split.
+
+    Args:
+        model: the encoder's facts; its ``label`` becomes ``<label>+<method label>``.
+        dataset: the data's facts (``name``, ``split``, ``split_source``, ``n_samples``,
+            ``class_names`` ...).
+        task: ``single_label``, ``multi_label`` or ``regression``.
+        method: ``name``, ``label``, ``encoder_mode``, ``hyperparameters`` ...
+        metrics: the test metrics.
+        ci: metric -> bootstrap interval (``low``, ``high``, ``confidence`` ...).
+        per_class: per-class (or per-output) rows.
+        confusion: confusion matrix (single-label) or ``None``.
+        main_metric: the metric of ``summary.csv``.
+        seed: the run's seed.
+        run_key: identity of the run's settings, data and model.
+        wall_s: seconds.
+        command: the command line.
+        extra: further top-level entries.
+    """
+    facts = dict(model)
+    facts["encoder_label"] = model.get("label")
+    facts["label"] = f"{model.get('label')}+{method['label']}"
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "status": "ok",
+        "kind": HEAD_KIND,
+        "model": facts,
+        "dataset": dataset,
+        "templates": None,
+        "task": task,
+        "method": method,
+        "metrics": metrics,
+        "ci": ci,
+        "main_metric": main_metric,
+        "ap": None,
+        "per_class": per_class,
+        "confusion_matrix": confusion,
+        "seed": seed,
+        "versions": library_versions(),
+        "timing": {"wall_s": wall_s},
         "run_key": run_key,
         "command": list(command),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -409,13 +489,17 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
             result.figures.append(fig_path)
         sections.append(_section(rec, save, pc_path, fig_path))
 
+    heads = any(r.get("kind") == HEAD_KIND for r in records)
     lines = [
-        "# msclip zero-shot benchmark report",
+        "# msclip benchmark report (zero-shot, probes and heads)"
+        if heads
+        else "# msclip zero-shot benchmark report",
         "",
         f"Merged {len(records)} record(s) and {len(failures)} failure note(s) from "
         f"`{save / 'records'}` on "
         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
-        "Metric definitions: `docs/metrics.md` (scores are zero-shot logits, 100 x cosine).",
+        "Metric definitions: `docs/metrics.md` (scores are zero-shot logits, 100 x cosine"
+        + ("; probes and heads score with probabilities, `docs/heads.md`)." if heads else ")."),
         "",
         "## Summary",
         "",
@@ -441,7 +525,54 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     return result
 
 
+def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str:
+    m, d, ds, meth = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"], rec["method"]
+    hp = meth.get("hyperparameters", {})
+    shown = ", ".join(
+        f"{k} {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}"
+        for k, v in hp.items()
+        if not isinstance(v, dict)
+    )
+    lines = [
+        f"## {m} — {d}",
+        "",
+        f"- method: `{meth.get('name')}` ({meth.get('label')}), encoder mode "
+        f"{meth.get('encoder_mode')}, features `{json.dumps(meth.get('features'))}`; "
+        f"{meth.get('n_train')} training and {meth.get('n_test')} test samples",
+        f"- encoder: `{rec['model'].get('name')}`, fingerprint "
+        f"`{rec['model'].get('fingerprint')}`, precision {rec['model'].get('precision')}",
+        f"- data: {ds.get('description', '')}; test split from `{ds.get('split_source')}`",
+        f"- settings: {shown}",
+        f"- task: {rec['task']}; seed {rec['seed']}, wall time "
+        f"{rec['timing'].get('wall_s', float('nan')):.1f} s, protocol card "
+        f"`{rec.get('protocol', '')}`",
+        f"- record: `{Path(rec['_path']).relative_to(save)}`, per-class CSV: "
+        f"`{pc_path.relative_to(save)}`",
+        "",
+    ]
+    ci = rec.get("ci") or {}
+    overall = [
+        {"metric": k, "value": v, "95% CI": _ci_text(ci.get(k))}
+        for k, v in rec["metrics"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    lines += [_md_table(overall, ["metric", "value", "95% CI"]), ""]
+    if rec["per_class"]:
+        lines += ["Per class:", "", _md_table(rec["per_class"], list(rec["per_class"][0])), ""]
+    if fig_path is not None:
+        lines += [f"![confusion matrix of {m} on {d}]({fig_path.relative_to(save)})", ""]
+    return "\n".join(lines)
+
+
+def _ci_text(ci: Any) -> str:
+    if not ci:
+        return ""
+    return f"[{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
+
+
 def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str:
+    if rec.get("kind") == HEAD_KIND:
+        return _head_section(rec, save, pc_path, fig_path)
     m, d, ds = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"]
     tpl, ap = rec["templates"], rec["ap"]
     lines = [

@@ -19,69 +19,93 @@
 * :mod:`msclip.heads.scene_predict`: streaming prediction over whole scenes (blended overlapping
   tiles written strip by strip to a tiled GeoTIFF/COG); :mod:`msclip.heads.maskclip`: zero-shot
   dense maps with no training (MaskCLIP).
+* :mod:`msclip.heads.data`: labelled images (benchmark datasets, CSV tables, class folders) with
+  documented, seeded train / val / test splits.
+* :mod:`msclip.heads.checkpoint`: head-only checkpoints bound to the encoder's fingerprint, and
+  predictions of a saved head.
+* :mod:`msclip.heads.finetune` (settings in :mod:`msclip.heads.runconfig`): the runner of
+  ``msclip-finetune``: a task registry, the feature cache, probes, an exactly resumable training
+  loop, head files, protocol cards and metric records.
 
 The dense modules are imported by their full path (``from msclip.heads.decoders import
 build_decoder``). No command-line code lives here; the library never imports :mod:`msclip.train` or
 :mod:`msclip.cli`.
 """
 
-from msclip.heads.features import FeatureCache, FeatureSpec, extract_features
-from msclip.heads.linear import (
-    LinearHead,
-    TextInitHead,
-    build_head,
-    fit_head,
-    linear_probe,
-    predict_head,
-    text_linear_probe,
-)
-from msclip.heads.lora import (
-    LORA_TARGETS,
-    LoRAConfig,
-    apply_lora,
-    has_lora,
-    load_lora,
-    lora_config,
-    lora_parameters,
-    lora_state_dict,
-    merge_lora,
-    read_lora,
-    remove_lora,
-    save_lora,
-)
-from msclip.heads.modes import (
-    FINETUNE_MODES,
-    FinetuneConfig,
-    ImageHeadModel,
-    ParameterCounts,
-    apply_finetune_mode,
-    count_parameters,
-    finetune_param_groups,
-    reinitialize_image_tower,
-)
-from msclip.heads.probes import (
-    DEFAULT_ALPHAS,
-    DEFAULT_CS,
-    TASKS,
-    LogisticModel,
-    ProbeResult,
-    RidgeModel,
-    SweepResult,
-    check_features,
-    check_labels,
-    check_targets,
-    evaluate_scores,
-    fit_logistic,
-    fit_ridge,
-    knn_neighbors,
-    knn_probe,
-    knn_scores,
-    knn_vote,
-    logistic_probe,
-    logistic_sweep,
-    ridge_probe,
-    ridge_sweep,
-)
+from importlib import import_module
+from typing import Any
+
+# Names resolve on first use (PEP 562), so that importing a light module of this package (the
+# run settings of msclip-finetune) does not load torch.
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_ALPHAS": "msclip.heads.probes",
+    "DEFAULT_CS": "msclip.heads.probes",
+    "FINETUNE_MODES": "msclip.heads.modes",
+    "FeatureCache": "msclip.heads.features",
+    "FeatureSpec": "msclip.heads.features",
+    "FinetuneConfig": "msclip.heads.modes",
+    "FinetuneRunConfig": "msclip.heads.runconfig",
+    "HeadCheckpoint": "msclip.heads.checkpoint",
+    "ImageHeadModel": "msclip.heads.modes",
+    "KNNHead": "msclip.heads.checkpoint",
+    "LORA_TARGETS": "msclip.heads.lora",
+    "LinearHead": "msclip.heads.linear",
+    "LoRAConfig": "msclip.heads.lora",
+    "LogisticModel": "msclip.heads.probes",
+    "ParameterCounts": "msclip.heads.modes",
+    "ProbeResult": "msclip.heads.probes",
+    "RidgeModel": "msclip.heads.probes",
+    "SweepResult": "msclip.heads.probes",
+    "TASKS": "msclip.heads.probes",
+    "TASK_REGISTRY": "msclip.heads.finetune",
+    "TaskData": "msclip.heads.data",
+    "TaskSpec": "msclip.heads.finetune",
+    "TextInitHead": "msclip.heads.linear",
+    "apply_finetune_mode": "msclip.heads.modes",
+    "apply_lora": "msclip.heads.lora",
+    "bind_head": "msclip.heads.checkpoint",
+    "build_head": "msclip.heads.linear",
+    "check_features": "msclip.heads.probes",
+    "check_labels": "msclip.heads.probes",
+    "check_targets": "msclip.heads.probes",
+    "count_parameters": "msclip.heads.modes",
+    "evaluate_scores": "msclip.heads.probes",
+    "extract_features": "msclip.heads.features",
+    "finetune_param_groups": "msclip.heads.modes",
+    "fit_head": "msclip.heads.linear",
+    "fit_logistic": "msclip.heads.probes",
+    "fit_ridge": "msclip.heads.probes",
+    "from_benchmark": "msclip.heads.data",
+    "from_csv": "msclip.heads.data",
+    "from_folders": "msclip.heads.data",
+    "has_lora": "msclip.heads.lora",
+    "head_scores": "msclip.heads.checkpoint",
+    "knn_neighbors": "msclip.heads.probes",
+    "knn_probe": "msclip.heads.probes",
+    "knn_scores": "msclip.heads.probes",
+    "knn_vote": "msclip.heads.probes",
+    "linear_probe": "msclip.heads.linear",
+    "load_lora": "msclip.heads.lora",
+    "logistic_probe": "msclip.heads.probes",
+    "logistic_sweep": "msclip.heads.probes",
+    "lora_config": "msclip.heads.lora",
+    "lora_parameters": "msclip.heads.lora",
+    "lora_state_dict": "msclip.heads.lora",
+    "merge_lora": "msclip.heads.lora",
+    "predict_head": "msclip.heads.linear",
+    "read_head": "msclip.heads.checkpoint",
+    "read_lora": "msclip.heads.lora",
+    "register_task": "msclip.heads.finetune",
+    "reinitialize_image_tower": "msclip.heads.modes",
+    "remove_lora": "msclip.heads.lora",
+    "ridge_probe": "msclip.heads.probes",
+    "ridge_sweep": "msclip.heads.probes",
+    "run_finetune": "msclip.heads.finetune",
+    "save_head": "msclip.heads.checkpoint",
+    "save_lora": "msclip.heads.lora",
+    "split_indices": "msclip.heads.data",
+    "text_linear_probe": "msclip.heads.linear",
+}
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -89,10 +113,14 @@ __all__ = [
     "FINETUNE_MODES",
     "LORA_TARGETS",
     "TASKS",
+    "TASK_REGISTRY",
     "FeatureCache",
     "FeatureSpec",
     "FinetuneConfig",
+    "FinetuneRunConfig",
+    "HeadCheckpoint",
     "ImageHeadModel",
+    "KNNHead",
     "LinearHead",
     "LoRAConfig",
     "LogisticModel",
@@ -100,9 +128,12 @@ __all__ = [
     "ProbeResult",
     "RidgeModel",
     "SweepResult",
+    "TaskData",
+    "TaskSpec",
     "TextInitHead",
     "apply_finetune_mode",
     "apply_lora",
+    "bind_head",
     "build_head",
     "check_features",
     "check_labels",
@@ -114,7 +145,11 @@ __all__ = [
     "fit_head",
     "fit_logistic",
     "fit_ridge",
+    "from_benchmark",
+    "from_csv",
+    "from_folders",
     "has_lora",
+    "head_scores",
     "knn_neighbors",
     "knn_probe",
     "knn_scores",
@@ -128,11 +163,29 @@ __all__ = [
     "lora_state_dict",
     "merge_lora",
     "predict_head",
+    "read_head",
     "read_lora",
+    "register_task",
     "reinitialize_image_tower",
     "remove_lora",
     "ridge_probe",
     "ridge_sweep",
+    "run_finetune",
+    "save_head",
     "save_lora",
+    "split_indices",
     "text_linear_probe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

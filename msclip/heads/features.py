@@ -109,6 +109,24 @@ def _item_names(items: Sequence[Any]) -> list[str]:
             for i in items]  # fmt: skip
 
 
+class _Subset:
+    """Items ``indices`` of a protocol dataset, renumbered ``0..len(indices) - 1``."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def name(self, k: int) -> str:
+        name = getattr(self.dataset, "name", None)
+        return str(name(self.indices[k])) if callable(name) else f"item {self.indices[k]}"
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return {**self.dataset[self.indices[k]], "index": k}
+
+
 class FeatureCache:
     """Features of a list of images for one model, spec and preprocessing, on disk.
 
@@ -120,6 +138,11 @@ class FeatureCache:
         spec: which features.
         nodata: nodata value overriding the files'.
         min_valid: skip items with a smaller fraction of valid pixels (marked, not encoded).
+        dataset: a dataset following the item protocol of :mod:`msclip.encode` whose item ``i``
+            is ``items[i]`` (e.g. benchmark samples read by their layout); ``items`` then only
+            name the images. Default: the files or tiles of ``items`` read by ``preprocess``.
+        context: further facts that decide what the images hold (e.g. the dataset's reading
+            rules), added to the cache key.
     """
 
     def __init__(
@@ -131,6 +154,8 @@ class FeatureCache:
         spec: FeatureSpec | None = None,
         nodata: float | None = None,
         min_valid: float | None = None,
+        dataset: Any = None,
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -138,6 +163,12 @@ class FeatureCache:
         self.spec = spec or FeatureSpec()
         self.nodata = nodata
         self.min_valid = min_valid
+        self.dataset = dataset
+        if dataset is not None and len(dataset) != len(self.items):
+            raise HeadInputError(
+                f"the dataset has {len(dataset)} items but {len(self.items)} names were given",
+                param="images",
+            )
         if not self.items:
             raise HeadInputError("no images to extract features from", param="images")
         self.dim = self.spec.dim(model)
@@ -152,6 +183,8 @@ class FeatureCache:
             "n": len(names),
             "dim": self.dim,
         }
+        if context:
+            facts["context"] = context
         self.key = hashlib.sha256(
             json.dumps(facts, sort_keys=True, default=str).encode()
         ).hexdigest()[:32]
@@ -214,9 +247,12 @@ class FeatureCache:
             logger.info(
                 "features: %d of %d images to encode (%s)", len(todo), self.n, self.dir.name
             )
-            dataset = ImageDataset(
-                [self.items[i] for i in todo], self.preprocess, self.min_valid, self.nodata
-            )
+            if self.dataset is not None:
+                dataset: Any = _Subset(self.dataset, todo)
+            else:
+                dataset = ImageDataset(
+                    [self.items[i] for i in todo], self.preprocess, self.min_valid, self.nodata
+                )
             batches = encode_batches(
                 self.model, dataset, batch_size=batch_size, workers=workers,
                 normalize=self.spec.normalize, progress=progress, desc="features",
@@ -246,19 +282,25 @@ def extract_features(
     progress: bool = False,
     nodata: float | None = None,
     min_valid: float | None = None,
+    dataset: Any = None,
+    context: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features ``[N, D]`` of ``items`` and the mask of items that have them.
 
     With ``cache_dir`` the features are kept in (and read back from) a :class:`FeatureCache`;
-    without it they are computed in memory (float32).
+    without it they are computed in memory (float32). ``dataset`` and ``context``: see
+    :class:`FeatureCache`.
     """
     spec = spec or FeatureSpec()
     if cache_dir is not None:
-        cache = FeatureCache(cache_dir, model, preprocess, items, spec, nodata, min_valid)
+        cache = FeatureCache(
+            cache_dir, model, preprocess, items, spec, nodata, min_valid, dataset, context
+        )
         return cache.extract(batch_size, workers, progress)
     from msclip.encode import ImageDataset, encode_batches
 
-    dataset = ImageDataset(list(items), preprocess, min_valid, nodata)
+    if dataset is None:
+        dataset = ImageDataset(list(items), preprocess, min_valid, nodata)
     out = np.zeros((len(dataset), spec.dim(model)), np.float32)
     ok = np.zeros(len(dataset), bool)
     for b in encode_batches(

@@ -9,20 +9,17 @@ reports all problems at once, each naming the option, the bad value and the fix.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import math
 import os
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from msclip.cuda import LOSS_IMPLS
 from msclip.errors import ConfigError
+from msclip.options import load_yaml, options_to_dict, unwrap_optional, update_options
+from msclip.options import option_types as _option_types
 
 __all__ = [
     "TABLE_EXTENSIONS",
@@ -283,11 +280,7 @@ class TrainConfig:
     # -- conversion ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
+        return options_to_dict(self)
 
     def to_json(self) -> str:
         """The config as a JSON string (stored in checkpoints)."""
@@ -302,23 +295,7 @@ class TrainConfig:
 
     def update(self, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Set options from a mapping whose keys may be snake_case or kebab-case."""
-        names = {f.name: f for f in dataclasses.fields(self)}
-        hints = option_types()
-        errors = []
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                close = difflib.get_close_matches(name, list(names), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                errors.append(f"{source}: unknown option {key!r}{hint}")
-                continue
-            try:
-                setattr(self, name, _coerce(value, hints[name]))
-            except (TypeError, ValueError) as err:
-                errors.append(f"{source}: option {key!r}: {err}")
-        if errors:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(errors))
-        return self
+        return update_options(self, values, source)
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -542,99 +519,7 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
         )
 
 
-# -- type handling -----------------------------------------------------------------------------
-_HINTS: dict[str, Any] = {}
-
-
+# -- type handling (shared with every run configuration: msclip.options) ----------------------
 def option_types() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(TrainConfig))
-    return _HINTS
-
-
-def unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _scalar(value: Any, tp: type) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise TypeError(f"expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise TypeError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise TypeError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeError(f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        raise TypeError(f"expected a string, got {value!r}")
-    raise TypeError(f"unsupported option type {tp}")
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    inner, optional = unwrap_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise TypeError("this option cannot be empty (none)")
-    origin = typing.get_origin(inner)
-    if origin in (list, tuple):
-        args = typing.get_args(inner)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected a list, got {value!r}")
-        if origin is tuple:
-            if len(value) != len(args):
-                raise TypeError(f"expected {len(args)} values, got {list(value)}")
-            return tuple(_scalar(v, a) for v, a in zip(value, args))
-        return [_scalar(v, args[0]) for v in value]
-    return _scalar(value, inner)
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file into a dict (``safe_load``: no Python objects)."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of option: value")
-    return data
+    """Resolved annotations of the :class:`TrainConfig` fields."""
+    return _option_types(TrainConfig)

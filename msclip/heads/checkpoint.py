@@ -1,0 +1,479 @@
+"""Head-only checkpoints: a trained head bound to the encoder it reads, never the encoder itself.
+
+A head file is a safetensors file (no pickle) holding the head's tensors and, as metadata
+(``format = "msclip-head"``): the head's config (:func:`build_any_head` rebuilds it), the task,
+the class or output names (and the prompt names), the features the head reads
+(:class:`~msclip.heads.features.FeatureSpec`), the method that trained it, and the encoder:
+its fingerprint (:meth:`msclip.MSCLIP.fingerprint` without the precision, so a bf16 copy of the
+same weights may use the head), name, architecture, checkpoint hash, bands and default taps.
+A frozen ViT-B/16 head is a few kB where anchors such as TerraTorch save the frozen encoder in
+every checkpoint.
+
+Binding (:func:`bind_head`): a head is used only on the encoder it was trained on. A head trained
+with a fine-tuned encoder records that encoder too: LoRA adapters (their file and sha256; the
+head reads the base encoder with the adapters merged, or the merged weights file), or the file of
+the fine-tuned weights (``last-n``, ``full``, ``scratch``). Any other encoder is refused with a
+message naming both fingerprints.
+
+Every probe of :mod:`msclip.heads` becomes a head: the linear and text-initialised heads as they
+are; the logistic probe as a linear layer (standardisation folded into the weights, one output
+per class: a binary probe's single log-odds becomes the logits ``[0, z]``, classes absent from
+training get a bias of ``-1e4``, constant multi-label columns ``+-1e4``); the ridge probe as a
+linear regression layer; the kNN probe as :class:`KNNHead`, whose tensors are the training
+features (float16) and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError
+from msclip.heads.features import FeatureSpec
+from msclip.heads.linear import LinearHead, build_head
+
+__all__ = [
+    "HEAD_FORMAT",
+    "HeadCheckpoint",
+    "KNNHead",
+    "bind_head",
+    "build_any_head",
+    "encoder_facts",
+    "head_scores",
+    "logistic_to_head",
+    "predict_images",
+    "read_head",
+    "ridge_to_head",
+    "save_head",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``format`` entry of the metadata of a head file.
+HEAD_FORMAT = "msclip-head"
+_FORMAT_VERSION = "1"
+_BIG = 1e4  # logit of a class that can never (or always) be predicted
+
+
+class KNNHead(nn.Module):
+    """kNN classifier as a module: the training features and labels are its tensors.
+
+    Scores are those of :func:`msclip.heads.probes.knn_scores`: vote fractions in ``[0, 1]``
+    (``outputs = "probabilities"``), weighted ``exp(sim / T)`` or uniform (``temperature``
+    None).
+
+    Args:
+        bank: training features ``[N, D]`` (kept as float16).
+        labels: class indices ``[N]`` or 0/1 labels ``[N, C]``.
+        num_classes: ``C``.
+        k: neighbours.
+        temperature: ``T`` of the weights; ``None`` for uniform votes.
+    """
+
+    outputs = "probabilities"
+
+    def __init__(
+        self,
+        bank: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray,
+        num_classes: int,
+        k: int = 20,
+        temperature: float | None = 0.07,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("bank", torch.as_tensor(np.asarray(bank), dtype=torch.float16))
+        lab = torch.as_tensor(np.asarray(labels))
+        self.register_buffer("labels", lab.float() if lab.ndim == 2 else lab.long())
+        self.num_classes = int(num_classes)
+        self.k = int(k)
+        self.temperature = None if temperature is None else float(temperature)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.bank.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return self.num_classes
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        from msclip.heads.probes import knn_neighbors, knn_vote
+
+        sims, idx = knn_neighbors(self.bank, features.detach().float().cpu(), self.k)
+        scores = knn_vote(sims, idx, self.labels.numpy(), self.num_classes, None, self.temperature)
+        return torch.from_numpy(scores).to(features.device)
+
+    def config(self) -> dict[str, Any]:
+        """What :func:`build_any_head` needs to rebuild this head."""
+        return {
+            "type": "knn",
+            "in_features": self.in_features,
+            "out_features": self.num_classes,
+            "n_bank": int(self.bank.shape[0]),
+            "multi_label": self.labels.ndim == 2,
+            "k": self.k,
+            "temperature": self.temperature,
+        }
+
+
+def build_any_head(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a head of any type (``linear``, ``text-linear``, ``knn``) from its config.
+
+    Raises:
+        HeadConfigError: unknown type or missing fields.
+    """
+    if config.get("type") != "knn":
+        return build_head(config)
+    try:
+        n, d, c = int(config["n_bank"]), int(config["in_features"]), int(config["out_features"])
+        labels = torch.zeros((n, c)) if config.get("multi_label") else torch.zeros(n)
+        return KNNHead(torch.zeros(n, d), labels, c, int(config["k"]), config.get("temperature"))
+    except KeyError as err:
+        raise HeadConfigError(f"knn head config lacks the field {err}") from err
+
+
+def head_outputs(head: nn.Module) -> str:
+    """``probabilities`` (kNN) or ``logits`` (every other head)."""
+    return getattr(head, "outputs", "logits")
+
+
+def head_scores(head: nn.Module, features: Any, task: str, batch_size: int = 4096) -> np.ndarray:
+    """Scores of a head on features, float64 ``[N, outputs]``: class probabilities (softmax for
+    single-label, sigmoid for multi-label) or regression values.
+
+    Args:
+        head: the head (put in eval mode).
+        features: ``[N, D]`` array, memory map or tensor.
+        task: ``classification`` / ``single-label``, ``multi-label`` or ``regression``.
+        batch_size: rows per call.
+    """
+    from msclip.heads.linear import _rows
+
+    head.eval()
+    x = features if isinstance(features, torch.Tensor) else np.asarray(features)
+    n = x.shape[0]
+    out = []
+    with torch.inference_mode():
+        for a in range(0, n, batch_size):
+            y = head(_rows(x, np.arange(a, min(n, a + batch_size)))).double()
+            if head_outputs(head) == "logits":
+                if task in ("classification", "single-label"):
+                    y = y.softmax(dim=1)
+                elif task == "multi-label":
+                    y = y.sigmoid()
+            out.append(y.cpu())
+    width = getattr(head, "out_features", 0)
+    return torch.cat(out).numpy() if out else np.zeros((0, width))
+
+
+# -- probes as heads -----------------------------------------------------------------------------
+def _fold(
+    coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights on raw features of ``((x - mean) / scale) @ coef.T + intercept``."""
+    if mean is None or scale is None:
+        return coef, intercept
+    w = coef / scale
+    return w, intercept - w @ mean
+
+
+def logistic_to_head(model: Any) -> LinearHead:
+    """A :class:`~msclip.heads.probes.LogisticModel` as a linear head (logits per class) whose
+    softmax (single-label) or sigmoid (multi-label) equals the model's probabilities."""
+    w, b = _fold(model.coef, model.intercept, model.mean, model.scale)
+    c, d = model.num_classes, w.shape[1]
+    weight = np.zeros((c, d))
+    bias = np.full(c, -_BIG)
+    classes = np.asarray(model.classes)
+    if model.task == "multi-label":
+        weight[classes], bias[classes] = w, b
+        if model.constant is not None:
+            fixed = ~np.isnan(model.constant)
+            bias[fixed] = np.where(model.constant[fixed] > 0.5, _BIG, -_BIG)
+    elif len(classes) == 2 and w.shape[0] == 1:
+        bias[classes[0]] = 0.0  # logits [0, z]: softmax gives [1 - sigmoid(z), sigmoid(z)]
+        weight[classes[1]], bias[classes[1]] = w[0], b[0]
+    else:
+        weight[classes], bias[classes] = w, b
+    head = LinearHead(d, c, batch_norm=False)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.from_numpy(weight))
+        head.linear.bias.copy_(torch.from_numpy(bias))
+    return head.eval()
+
+
+def ridge_to_head(model: Any) -> LinearHead:
+    """A :class:`~msclip.heads.probes.RidgeModel` as a linear regression head."""
+    w, b = _fold(model.coef, model.intercept, model.mean, model.scale)
+    head = LinearHead(w.shape[1], w.shape[0], batch_norm=False)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.from_numpy(w))
+        head.linear.bias.copy_(torch.from_numpy(np.asarray(b)))
+    return head.eval()
+
+
+# -- the file ------------------------------------------------------------------------------------
+def encoder_facts(model: Any, mode: str = "frozen", **extra: Any) -> dict[str, Any]:
+    """What a head records about the encoder it reads (``extra``: ``encoder_file``,
+    ``adapters`` ...)."""
+    cfg = model.config
+    return {
+        "fingerprint": model.fingerprint(precision=False),
+        "name": cfg.name or cfg.arch,
+        "arch": cfg.arch,
+        "checkpoint_sha256": str(model.checkpoint_sha256),
+        "bands": list(model.bands),
+        "taps": list(model.taps),
+        "image_size": int(model.image_size),
+        "embed_dim": int(model.embed_dim),
+        "mode": mode,
+        **extra,
+    }
+
+
+@dataclass
+class HeadCheckpoint:
+    """A head read back from its file.
+
+    Attributes:
+        head: the module (eval mode).
+        task: ``classification``, ``multi-label`` or ``regression``.
+        names: class labels or output names, in output order.
+        prompt_names: class names in prompts (classification), when known.
+        features: the features the head reads.
+        encoder: facts about the encoder (see :func:`encoder_facts`).
+        method: the method that trained it (``logistic``, ``linear`` ...).
+        info: the rest of the metadata (dataset, metrics, created ...).
+        path: the file.
+    """
+
+    head: nn.Module
+    task: str
+    names: list[str]
+    prompt_names: list[str] | None
+    features: FeatureSpec
+    encoder: dict[str, Any]
+    method: str
+    info: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def outputs(self) -> str:
+        return head_outputs(self.head)
+
+
+def save_head(
+    path: str | os.PathLike,
+    head: nn.Module,
+    *,
+    task: str,
+    names: Sequence[str],
+    features: FeatureSpec,
+    encoder: Mapping[str, Any],
+    method: str,
+    prompt_names: Sequence[str] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a head-only safetensors file atomically (see the module docstring).
+
+    Args:
+        path: the ``.safetensors`` file.
+        head: a head with a ``config()`` method (:class:`LinearHead`, :class:`TextInitHead`,
+            :class:`KNNHead`).
+        task: the task.
+        names: class labels or output names.
+        features: the features it reads.
+        encoder: :func:`encoder_facts` of the encoder it was trained on.
+        method: what trained it.
+        prompt_names: class names in prompts.
+        info: anything else worth keeping (JSON-ready).
+    """
+    from safetensors.torch import save_file
+
+    from msclip._version import __version__
+    from msclip.io import atomic_write, jsonable
+
+    if not hasattr(head, "config"):
+        raise HeadConfigError(f"{type(head).__name__} has no config(); it cannot be saved alone")
+    sd = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    meta = {
+        "format": HEAD_FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "msclip_version": __version__,
+        "head": json.dumps(jsonable(head.config())),
+        "task": task,
+        "names": json.dumps(list(names)),
+        "prompt_names": json.dumps(list(prompt_names) if prompt_names is not None else None),
+        "features": json.dumps(features.to_dict()),
+        "encoder": json.dumps(jsonable(dict(encoder))),
+        "method": method,
+        "info": json.dumps(jsonable(dict(info or {}))),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
+
+
+def read_head(path: str | os.PathLike) -> HeadCheckpoint:
+    """Read a head file (safetensors: no code is unpickled).
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or not an msclip head file.
+    """
+    from safetensors import safe_open
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"head file not found: {p}", param="head")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"cannot read head file {p}: {err}", param="head") from err
+    if meta.get("format") != HEAD_FORMAT:
+        raise CheckpointError(
+            f"{p} is not an msclip head file (format {meta.get('format')!r}, expected "
+            f"{HEAD_FORMAT!r}); heads are written by msclip-finetune",
+            param="head",
+        )
+    try:
+        config = json.loads(meta["head"])
+        head = build_any_head(config)
+        head.load_state_dict(tensors)
+        checkpoint = HeadCheckpoint(
+            head=head.eval(),
+            task=meta["task"],
+            names=list(json.loads(meta["names"])),
+            prompt_names=json.loads(meta.get("prompt_names", "null")),
+            features=_spec(json.loads(meta["features"])),
+            encoder=json.loads(meta["encoder"]),
+            method=meta.get("method", ""),
+            info=json.loads(meta.get("info", "{}")),
+            path=str(p),
+        )
+    except (KeyError, json.JSONDecodeError, RuntimeError) as err:
+        raise CheckpointError(f"head file {p} is damaged: {err}", param="head") from err
+    return checkpoint
+
+
+def _spec(d: Mapping[str, Any]) -> FeatureSpec:
+    return FeatureSpec(str(d["kind"]), tuple(int(i) for i in d["layers"]), bool(d["normalize"]))
+
+
+# -- binding to an encoder -----------------------------------------------------------------------
+def _describe(facts: Mapping[str, Any]) -> str:
+    return (
+        f"{facts.get('fingerprint')} ({facts.get('name')}, checkpoint "
+        f"{str(facts.get('checkpoint_sha256'))[:24]}...)"
+    )
+
+
+def bind_head(
+    checkpoint: HeadCheckpoint, model: Any, adapters: str | os.PathLike | None = None
+) -> None:
+    """Check that ``model`` is the encoder the head was trained on; attach and merge its LoRA
+    adapters first when the head needs them.
+
+    Args:
+        checkpoint: the head.
+        model: an :class:`msclip.MSCLIP` (modified in place when adapters are merged).
+        adapters: the adapter file (default: the one recorded, next to the head file).
+
+    Raises:
+        CheckpointMismatchError: another encoder (both fingerprints named), or adapters that are
+            not the recorded ones.
+    """
+    enc = checkpoint.encoder
+    have = model.fingerprint(precision=False)
+    needs = enc.get("adapters")
+    if not needs and have == enc.get("fingerprint"):
+        return
+    if needs and enc.get("merged_fingerprint") == have:
+        return  # the merged weights file
+    if needs and have == enc.get("fingerprint"):
+        from msclip.heads.lora import load_lora, merge_lora
+        from msclip.pretrained import file_sha256
+
+        where = (
+            Path(adapters)
+            if adapters is not None
+            else Path(checkpoint.path or ".").parent / needs["file"]
+        )
+        if not where.is_file():
+            raise CheckpointMismatchError(
+                f"head {checkpoint.path} was trained with LoRA adapters ({needs['file']}), not "
+                f"found at {where}; give the adapter file",
+                param="adapters",
+            )
+        sha = file_sha256(where)
+        if sha != needs["sha256"]:
+            raise CheckpointMismatchError(
+                f"adapter file {where} (sha256 {sha[:16]}...) is not the one head "
+                f"{checkpoint.path} was trained with (sha256 {needs['sha256'][:16]}...)",
+                param="adapters",
+            )
+        load_lora(model, where)
+        merge_lora(model)
+        logger.info("LoRA adapters %s merged into the encoder", where)
+        return
+    want = dict(enc)
+    hint = ""
+    if enc.get("encoder_file"):
+        hint = f" It reads the fine-tuned encoder saved as {enc['encoder_file']}; load that file."
+    elif needs:
+        hint = " It reads the base encoder with its LoRA adapters (or their merged weights)."
+    raise CheckpointMismatchError(
+        f"head {checkpoint.path} was trained on encoder {_describe(want)} but the model is "
+        f"{_describe(encoder_facts(model))}: a head works only on the encoder it was trained "
+        f"on.{hint}",
+        param="head",
+    )
+
+
+def predict_images(
+    checkpoint: HeadCheckpoint,
+    model: Any,
+    dataset: Any,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    abort_on: tuple[type[BaseException], ...] | None = None,
+) -> tuple[np.ndarray, list[int], list[Any], list[int], list[float]]:
+    """Scores of a (bound) head on the images of a dataset following the item protocol.
+
+    The encoder runs once per image through :func:`msclip.encode.encode_batches` with the
+    head's features (:meth:`FeatureSpec.forward`).
+
+    Returns:
+        ``(scores [N_ok, outputs], indices, failures, skipped, valid fractions)`` as in
+        :func:`msclip.encode.encode_images`.
+    """
+    from msclip.encode import encode_batches
+    from msclip.errors import BandCoverageError
+
+    spec = checkpoint.features
+    feats, indices, failures, skipped, valid = [], [], [], [], []
+    for b in encode_batches(
+        model, dataset, batch_size=batch_size, workers=workers, normalize=spec.normalize,
+        progress=progress, forward=spec.forward(model),
+        abort_on=abort_on if abort_on is not None else (BandCoverageError,),
+    ):  # fmt: skip
+        feats.append(b.embeddings)
+        indices += b.indices
+        failures += b.failures
+        skipped += b.skipped
+        valid += b.extra.get("valid", [])
+    dim = spec.dim(model)
+    x = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+    scores = head_scores(checkpoint.head, x, checkpoint.task) if len(x) else np.zeros((0, 0))
+    return scores, indices, failures, skipped, valid

@@ -1,0 +1,1335 @@
+"""The probe and fine-tuning runner: data in, heads, metric records and a protocol card out.
+
+One run (:func:`run_finetune`, the library behind ``msclip-finetune``) takes a
+:class:`FinetuneRunConfig`, reads labelled images (:mod:`msclip.heads.data`: a benchmark dataset
+of ``evaluation.py``, a CSV table or a folder per class, with documented train / val / test
+splits) and runs one or more methods on the image tower of an :class:`msclip.MSCLIP`:
+
+* on frozen features, computed once per image into the resumable feature cache
+  (:class:`~msclip.heads.features.FeatureCache`) and reused by every method and epoch:
+  ``zero-shot`` (the prompt classifier, for comparison), ``knn`` (weighted k = 20, T = 0.07 and
+  unweighted k = 5 beside it), ``logistic`` (L-BFGS, ``C`` swept on the validation split, refit on
+  train + validation), ``ridge`` (regression, ``alpha`` sweep), ``linear`` (batch norm + linear,
+  AdamW) and ``text-init`` (the zero-shot classifier as the starting point, AdamW);
+* with the image tower itself training (``encoder_mode`` ``lora``, ``last-n``, ``full`` or
+  ``scratch``, :mod:`msclip.heads.modes`): the ``linear`` or ``text-init`` head on the tower's
+  features, images read every epoch through the model's preprocessing (band adaptation
+  included), layer-wise learning-rate decay on the tower.
+
+Gradient-trained heads go through one training loop (:func:`train_loop`): AdamW, linear warm-up
+then cosine decay per step (as :func:`msclip.heads.linear.fit_head`), a seeded batch order per
+epoch (``numpy.random.default_rng((seed, epoch))``), and a training checkpoint after every
+``save_every`` epochs (model and head state, optimiser, scheduler, torch random state and
+history, written atomically and read back with ``weights_only=True``), so a killed run resumes
+to the same bits as an uninterrupted one. The validation split is monitored every epoch (loss
+and main metric); the last epoch's head is kept.
+
+Tasks are looked up in a registry (:data:`TASK_REGISTRY`, :func:`register_task`): each says
+which targets, losses, output activation and metrics it uses. ``classification``,
+``multi-label`` and ``regression`` are built in; dense tasks plug in the same way.
+
+Outputs (every file atomic): per method a head-only safetensors (:mod:`msclip.heads.checkpoint`,
+bound to the encoder's fingerprint), LoRA adapters on their own (and the merged weights on
+request), the fine-tuned tower for ``last-n`` / ``full`` / ``scratch``, the training history and
+the test predictions; for the run a protocol card (``protocol.yaml``: every setting, the data
+and its splits, the model, the chosen hyper-parameters, versions) and one metric record per
+method in the results folder of ``evaluation.py``, merged into the same ``summary.csv`` and
+``report.md`` (:mod:`msclip.eval.report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msclip.errors import CheckpointError, ConfigError, HeadConfigError, HeadInputError
+from msclip.heads.data import TaskData, from_benchmark, from_csv, from_folders
+from msclip.heads.features import FeatureSpec
+from msclip.heads.runconfig import ENCODER_MODES, METHODS, FinetuneRunConfig
+
+__all__ = [
+    "ENCODER_MODES",
+    "METHODS",
+    "TASK_REGISTRY",
+    "EncoderHead",
+    "FinetuneRunConfig",
+    "MethodResult",
+    "RunResult",
+    "TaskSpec",
+    "load_task_data",
+    "register_task",
+    "run_finetune",
+    "train_loop",
+]
+
+logger = logging.getLogger(__name__)
+
+_TRAINED = ("linear", "text-init")
+_CKPT_FORMAT = "msclip-finetune-v1"
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+class TaskSpec:
+    """What a task needs from the runner: targets as tensors, losses, the output activation and
+    the metrics. Subclass and :func:`register_task` to add one (dense tasks do).
+
+    Attributes:
+        name: the task's name (``--task``).
+        probe_task: the task name of :mod:`msclip.heads.probes`.
+        record_task: the task written into metric records.
+        losses: allowed losses, the default first.
+    """
+
+    name = "classification"
+    probe_task = "single-label"
+    record_task = "single_label"
+    losses: tuple[str, ...] = ("ce",)
+
+    def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        """Targets of a batch as the loss expects them."""
+        return torch.from_numpy(np.asarray(targets, dtype=np.int64))
+
+    def loss_fn(self, name: str | None, huber_delta: float = 1.0) -> Callable[..., torch.Tensor]:
+        """The loss ``(outputs, targets) -> scalar``."""
+        name = name or self.losses[0]
+        if name not in self.losses:
+            raise HeadConfigError(
+                f"loss {name!r} does not fit a {self.name} task; use one of {list(self.losses)}",
+                param="loss",
+            )
+        table: dict[str, Callable[..., torch.Tensor]] = {
+            "ce": F.cross_entropy,
+            "bce": F.binary_cross_entropy_with_logits,
+            "mse": F.mse_loss,
+            "l1": F.l1_loss,
+            "huber": lambda a, b: F.huber_loss(a, b, delta=huber_delta),
+        }
+        return table[name]
+
+    def evaluate(
+        self,
+        scores: np.ndarray,
+        targets: np.ndarray,
+        names: Sequence[str],
+        n_resamples: int = 0,
+        confidence: float = 0.95,
+        seed: int = 0,
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Any]:
+        """``(metrics, intervals, per-class rows, confusion matrix or None)`` of test scores
+        (probabilities, or regression values)."""
+        from msclip.eval import metrics as M
+        from msclip.heads.probes import evaluate_scores
+
+        values, ci = evaluate_scores(
+            self.probe_task, scores, targets, len(names), n_resamples, confidence, seed
+        )
+        report = M.single_label_report(scores, targets, list(names))
+        metrics = {**report.to_dict(), **values}
+        return metrics, ci, report.per_class.to_dict(orient="records"), report.confusion.tolist()
+
+    def main_metric(self) -> str:
+        from msclip.eval.report import MAIN_METRICS
+
+        return MAIN_METRICS[self.record_task]
+
+    def interval(
+        self,
+        metric: str,
+        scores: np.ndarray,
+        targets: np.ndarray,
+        n_resamples: int,
+        confidence: float,
+        seed: int,
+    ) -> Any:
+        """Bootstrap interval of a metric the probes do not resample (``map_at_k``, AP@100 as
+        evaluation.py reports it for multi-label data)."""
+        from msclip.eval import metrics as M
+        from msclip.eval.bootstrap import bootstrap_cis
+
+        if metric != "map_at_k":
+            raise HeadConfigError(f"no bootstrap interval rule for {metric!r}")
+
+        def map_at_k(t: np.ndarray, s: np.ndarray) -> float:
+            rel = M.targets_to_relevance(t, s.shape[1]) if t.ndim == 1 else t
+            return M.mean_average_precision_at_k(s, rel, 100).mean
+
+        cis = bootstrap_cis({metric: map_at_k}, targets, scores, n_resamples, confidence, seed)
+        return cis[metric]
+
+
+class MultiLabelTask(TaskSpec):
+    name = "multi-label"
+    probe_task = "multi-label"
+    record_task = "multi_label"
+    losses = ("bce",)
+
+    def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(targets, dtype=np.float32))
+
+    def evaluate(self, scores, targets, names, n_resamples=0, confidence=0.95, seed=0):  # type: ignore[override]
+        from msclip.eval import metrics as M
+        from msclip.heads.probes import MULTILABEL_THRESHOLD, evaluate_scores
+
+        values, ci = evaluate_scores(
+            self.probe_task, scores, targets, len(names), n_resamples, confidence, seed
+        )
+        report = M.multilabel_report(
+            scores, targets, list(names), rule="threshold", threshold=MULTILABEL_THRESHOLD
+        )
+        metrics = {**report.to_dict(), **values}
+        return metrics, ci, report.per_class.to_dict(orient="records"), None
+
+
+class RegressionTask(TaskSpec):
+    name = "regression"
+    probe_task = "regression"
+    record_task = "regression"
+    losses = ("mse", "l1", "huber")
+
+    def target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(targets, dtype=np.float32))
+
+    def evaluate(self, scores, targets, names, n_resamples=0, confidence=0.95, seed=0):  # type: ignore[override]
+        from msclip.eval import metrics as M
+        from msclip.heads.probes import evaluate_scores
+
+        values, ci = evaluate_scores(
+            self.probe_task, scores, targets, None, n_resamples, confidence, seed
+        )
+        report = M.regression_report(scores.reshape(targets.shape), targets, list(names))
+        metrics = {**report.to_dict(), **values}
+        rows = report.per_output.rename(
+            columns={"output_index": "class_index", "output_name": "class_name"}
+        )
+        return metrics, ci, rows.to_dict(orient="records"), None
+
+
+#: Task name -> its spec. Dense tasks add theirs with :func:`register_task`.
+TASK_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add (or replace) a task of the runner."""
+    TASK_REGISTRY[spec.name] = spec
+    return spec
+
+
+for _spec in (TaskSpec(), MultiLabelTask(), RegressionTask()):
+    register_task(_spec)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of a registered task.
+
+    Raises:
+        HeadConfigError: unknown task.
+    """
+    if name not in TASK_REGISTRY:
+        raise HeadConfigError(
+            f"unknown task {name!r}; registered: {sorted(TASK_REGISTRY)}", param="task"
+        )
+    return TASK_REGISTRY[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def load_task_data(cfg: FinetuneRunConfig) -> TaskData:
+    """The labelled images of a run (see :mod:`msclip.heads.data`)."""
+    common = {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+              "seed": cfg.seed}  # fmt: skip
+    if cfg.dataset:
+        return from_benchmark(cfg.dataset, cfg.dataset_dir, cfg.classes,
+                              max_samples=cfg.max_samples, **common)  # fmt: skip
+    if cfg.csv:
+        return from_csv(
+            cfg.csv, cfg.task, cfg.path_column, cfg.label_columns, cfg.value_columns,
+            cfg.label_separator, cfg.scale, cfg.classes, cfg.data_root, cfg.split_column,
+            name=cfg.dataset_name, **common,
+        )  # fmt: skip
+    if cfg.task != "classification":
+        raise HeadConfigError(
+            f"a folder per class holds classification data, not {cfg.task}; use a CSV table",
+            param="task",
+        )
+    return from_folders(cfg.folders, cfg.classes, name=cfg.dataset_name, **common)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# The encoder with a head, and the training loop
+# --------------------------------------------------------------------------------------------
+
+
+class EncoderHead(nn.Module):
+    """An image tower and a head on its features (:class:`FeatureSpec`: the embedding, or the
+    class token / mean patch token of chosen blocks).
+
+    With the ``frozen`` mode the tower runs without a graph and stays in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module, spec: FeatureSpec, mode: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.spec = spec
+        self.mode = mode
+
+    def train(self, mode: bool = True) -> EncoderHead:
+        super().train(mode)
+        if self.mode == "frozen":
+            self.model.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        forward = self.spec.forward(self.model)
+        if self.mode == "frozen":
+            with torch.no_grad():
+                f = forward(images)
+        else:
+            f = forward(images)
+        f = f.float()
+        return F.normalize(f, dim=-1) if self.spec.normalize else f
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Seeded batch order of one epoch (a last batch of one row joins the previous one)."""
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    bounds = [*range(0, n, batch_size), n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds.pop(-2)
+    return [perm[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    state = {n: p.detach().cpu().clone() for n, p in net.named_parameters() if p.requires_grad}
+    for n, b in net.named_buffers():
+        if n.startswith("head."):
+            state[n] = b.detach().cpu().clone()
+    return state
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = dict(net.named_parameters())
+    own.update(dict(net.named_buffers()))
+    missing = [k for k in state if k not in own]
+    if missing:
+        raise CheckpointError(f"training checkpoint holds tensors this run lacks: {missing[:4]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+
+def train_loop(
+    net: nn.Module,
+    groups: list[dict[str, Any]],
+    n: int,
+    batches: Callable[[list[np.ndarray], int], Iterator[tuple[torch.Tensor | None, np.ndarray]]],
+    loss_fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    warmup_epochs: int = 0,
+    checkpoint: Path | None = None,
+    run_key: str = "",
+    resume: bool = False,
+    save_every: int = 1,
+    validate: Callable[[], dict[str, float]] | None = None,
+    hooks: Sequence[Callable[[int], None]] = (),
+    progress: bool = False,
+    desc: str = "train",
+) -> list[dict[str, Any]]:
+    """Train ``net`` by AdamW with an exact, resumable schedule.
+
+    Args:
+        net: the module (its trainable parameters are those in ``groups``).
+        groups: AdamW parameter groups (``lr`` each).
+        n: training samples.
+        batches: ``(batch row lists, epoch) -> (inputs, rows)`` per batch, in order; ``inputs``
+            is ``None`` when no row of the batch could be read (the step is skipped, the
+            schedule still advances).
+        loss_fn: ``(outputs, rows) -> loss``.
+        epochs: passes over the data.
+        batch_size: rows per step.
+        seed: seed of the batch order (``default_rng((seed, epoch))``) and of the torch random
+            state at the start.
+        warmup_epochs: linear warm-up, then cosine decay to 0 (per step).
+        checkpoint: file of the training checkpoint.
+        run_key: what the run is; a checkpoint of another run is refused.
+        resume: continue from ``checkpoint`` when it exists.
+        save_every: write the checkpoint every this many epochs (and after the last).
+        validate: called after each epoch; its values join the history.
+        hooks: called with the epoch number after each checkpoint.
+        progress: show a progress bar.
+        desc: label of the bar.
+
+    Returns:
+        The history: per epoch ``epoch``, ``loss``, ``lr`` and the validation values.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint or one of another run.
+    """
+    opt = torch.optim.AdamW(groups)
+    steps_per_epoch = len(_epoch_batches(n, batch_size, seed, 0))
+    total = max(1, epochs * steps_per_epoch)
+    warm = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        return _train_epochs(
+            net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint, run_key,
+            resume, save_every, validate, hooks, progress, desc,
+        )  # fmt: skip
+
+
+def _train_epochs(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    n: int,
+    batches: Callable[..., Iterator[Any]],
+    loss_fn: Callable[..., torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    checkpoint: Path | None,
+    run_key: str,
+    resume: bool,
+    save_every: int,
+    validate: Callable[[], dict[str, float]] | None,
+    hooks: Sequence[Callable[[int], None]],
+    progress: bool,
+    desc: str,
+) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    torch.manual_seed(seed)
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = _read_training_checkpoint(checkpoint, run_key)
+        _load_state(net, state["state"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        cuda = state.get("cuda_rng")
+        if (
+            cuda is not None
+            and torch.cuda.is_available()
+            and len(cuda) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(cuda)
+        history = list(state["history"])
+        start = int(state["epoch"])
+        logger.info("resumed %s after epoch %d of %d", checkpoint, start, epochs)
+    for epoch in tqdm(range(start, epochs), desc=desc, unit="epoch", disable=not progress,
+                      initial=start, total=epochs):  # fmt: skip
+        net.train()
+        total_loss, seen = 0.0, 0
+        for inputs, rows in batches(_epoch_batches(n, batch_size, seed, epoch), epoch):
+            if inputs is not None and len(rows):
+                loss = loss_fn(net(inputs), rows)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total_loss += float(loss.detach()) * len(rows)
+                seen += len(rows)
+            sched.step()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": total_loss / max(1, seen),
+            "lr": sched.get_last_lr()[0],
+            "n": seen,
+        }
+        if validate is not None:
+            net.eval()
+            record.update(validate())
+        history.append(record)
+        last = epoch + 1 == epochs
+        if checkpoint is not None and ((epoch + 1) % save_every == 0 or last):
+            _write_training_checkpoint(checkpoint, {
+                "run_key": run_key, "epoch": epoch + 1, "state": _trainable_state(net),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": _cuda_rng(), "history": history,
+            })  # fmt: skip
+        for hook in hooks:
+            hook(epoch + 1)
+    net.eval()
+    return history
+
+
+def _cuda_rng() -> list[torch.Tensor] | None:
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+
+def _write_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    from msclip.io import atomic_write
+
+    data = {"format": _CKPT_FORMAT, **payload}
+    atomic_write(path, lambda tmp: torch.save(data, tmp), ".pt")
+
+
+def _read_training_checkpoint(path: Path, run_key: str) -> dict[str, Any]:
+    import pickle
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != _CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not an msclip-finetune training checkpoint")
+    if data.get("run_key") != run_key:
+        raise CheckpointError(
+            f"{path} belongs to a run with other settings, data or model; resume it with the "
+            "same options, or start a new run in another output_dir",
+            param="resume",
+        )
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MethodResult:
+    """What one method produced.
+
+    Attributes:
+        label: the method's label (``knn``, ``linear-lora`` ...).
+        result: the test metrics, intervals and scores (:class:`~msclip.heads.ProbeResult`).
+        main_metric: the task's main metric.
+        record: the metric record written to the results folder.
+        files: files written for this method (head, adapters, history ...).
+        seconds: wall time of the method.
+    """
+
+    label: str
+    result: Any
+    main_metric: str
+    record: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced.
+
+    Attributes:
+        data: the labelled data and its splits.
+        methods: one result per method label, in run order.
+        protocol: the protocol card (also written as ``protocol.yaml``).
+        output_dir: the run folder.
+        save_path: the results folder (records, summary.csv, report.md).
+        unreadable: images that could not be read (skipped and counted).
+    """
+
+    data: TaskData
+    methods: list[MethodResult]
+    protocol: dict[str, Any]
+    output_dir: Path
+    save_path: Path
+    unreadable: list[str] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per method: main metric with its interval, train / test sizes, seconds."""
+        rows = []
+        for m in self.methods:
+            ci = m.result.ci.get(m.main_metric)
+            value = m.result.metrics.get(m.main_metric, m.record["metrics"].get(m.main_metric))
+            rows.append({
+                "method": m.label, "metric": m.main_metric, "value": value,
+                "ci_low": ci.low if ci is not None else None,
+                "ci_high": ci.high if ci is not None else None,
+                "n_train": m.result.n_train, "n_test": m.result.n_test,
+                "seconds": round(m.seconds, 2),
+            })  # fmt: skip
+        return rows
+
+
+def _default_label(cfg: FinetuneRunConfig, model: Any) -> str:
+    if cfg.model_label:
+        return cfg.model_label
+    name = cfg.model_name
+    stem = Path(name).stem if name and name.endswith(".safetensors") else name
+    if cfg.ckpt_path:
+        ckpt = Path(cfg.ckpt_path).stem
+        label = f"{stem}@{ckpt}" if stem else ckpt
+    elif stem != name or cfg.pretrained:
+        label = str(stem or model.config.name)
+    else:
+        label = f"{name}-random"
+    return f"{label}-bf16" if cfg.precision == "bf16" else label
+
+
+def _load_model(cfg: FinetuneRunConfig) -> Any:
+    from msclip.factory import create_model
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    if cfg.ckpt_path is not None:
+        if cfg.model_name is None:
+            return create_model(cfg.ckpt_path, device=device, precision=cfg.precision)
+        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=cfg.precision)
+    return create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
+                        precision=cfg.precision)  # fmt: skip
+
+
+def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:
+    """The model entry of records and the protocol card."""
+    info = model.describe()
+    weights = "file" if (cfg.ckpt_path or (cfg.model_name or "").endswith(".safetensors")) else (
+        "published" if cfg.pretrained else "random")  # fmt: skip
+    return {
+        "label": label, "name": cfg.model_name or model.config.name,
+        "registry_name": model.config.name, "arch": info["arch"],
+        "checkpoint_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path
+        else info["checkpoint_path"],
+        "checkpoint_sha256": info["checkpoint_sha256"], "fingerprint": info["fingerprint"],
+        "weights": weights, "pretrained": bool(cfg.pretrained), "bands": info["bands"],
+        "taps": list(model.taps), "image_size": model.image_size, "embed_dim": info["embed_dim"],
+        "precision": info["precision"], "device": str(model.device),
+    }  # fmt: skip
+
+
+_RUNTIME_OPTIONS = ("workers", "progress", "resume", "save_path", "output_dir", "cache_dir",
+                    "feature_cache", "text_cache", "encode_batch_size", "save_every", "device",
+                    "model_label", "method", "n_resamples", "confidence")  # fmt: skip
+
+
+def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: str) -> str:
+    facts = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_OPTIONS}
+    h = hashlib.sha256()
+    h.update(json.dumps(facts, sort_keys=True, default=str).encode())
+    h.update(fingerprint.encode())
+    h.update(method.encode())
+    h.update("\n".join(data.item_names()).encode())
+    h.update(np.ascontiguousarray(data.targets).tobytes())
+    for s in ("train", "val", "test"):
+        h.update(np.ascontiguousarray(data.splits[s]).tobytes())
+    return h.hexdigest()
+
+
+def default_feature_cache_dir() -> Path:
+    """``$MSCLIP_CACHE_DIR/features``, else ``~/.cache/msclip/features``."""
+    env = os.environ.get("MSCLIP_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    return root / "features"
+
+
+class _Runner:
+    """State shared by the methods of one run."""
+
+    def __init__(
+        self,
+        cfg: FinetuneRunConfig,
+        model: Any,
+        data: TaskData,
+        hooks: Sequence[Callable[[str, int], None]],
+        command: Sequence[str],
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.data = data
+        self.task = get_task(data.task)
+        self.hooks = hooks
+        self.command = list(command)
+        self.preprocess = model.preprocess(input_bands=cfg.input_bands, sensor=cfg.sensor)
+        self.out = Path(cfg.output_dir).expanduser()
+        self.save = Path(cfg.save_path).expanduser()
+        self.features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.unreadable: set[int] = set()
+        self.label = _default_label(cfg, model)
+        self.facts = model_facts(cfg, model, self.label)
+        self.base_fingerprint = model.fingerprint(precision=False)
+        self.cache_info: dict[str, Any] = {}
+        self._classifier: torch.Tensor | None = None
+        self._images: Any = None  # the images of encoder-mode training (maybe kept in memory)
+
+    # -- features ---------------------------------------------------------------------------
+    def spec(self, method: str) -> FeatureSpec:
+        if method in ("zero-shot", "text-init") or self.cfg.features == "embedding":
+            return FeatureSpec("embedding")
+        return FeatureSpec(self.cfg.features, tuple(self.cfg.layers))
+
+    def frozen_features(self, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Features of every image (cache) and the mask of images that have them."""
+        key = json.dumps(spec.to_dict(), sort_keys=True)
+        if key in self.features:
+            return self.features[key]
+        from msclip.heads.features import FeatureCache, extract_features
+
+        cfg, data = self.cfg, self.data
+        dataset = data.dataset(self.preprocess, cfg.min_valid, cfg.nodata)
+        context = {"dataset": data.source, "name": data.name}
+        names = data.item_names()
+        t0 = time.perf_counter()
+        if cfg.feature_cache:
+            root = (
+                Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_feature_cache_dir()
+            )
+            cache = FeatureCache(root, self.model, self.preprocess, names, spec, cfg.nodata,
+                                 cfg.min_valid, dataset, context)  # fmt: skip
+            before = cache.status()
+            feats, ok = cache.extract(cfg.encode_batch_size, cfg.workers, cfg.progress)
+            self.cache_info[spec.kind] = {"dir": str(cache.dir), "reused": before["done"],
+                                          "encoded": len(names) - before["done"]}  # fmt: skip
+        else:
+            feats, ok = extract_features(self.model, self.preprocess, names, spec, None,
+                                         cfg.encode_batch_size, cfg.workers, cfg.progress,
+                                         cfg.nodata, cfg.min_valid, dataset)  # fmt: skip
+        self.cache_info.setdefault(spec.kind, {})["seconds"] = time.perf_counter() - t0
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            self.unreadable.update(int(i) for i in bad)
+            logger.warning(
+                "%d of %d images could not be read or were skipped (e.g. %s); they are left out",
+                bad.size, len(ok), names[int(bad[0])],
+            )  # fmt: skip
+        self.features[key] = (feats, ok)
+        return feats, ok
+
+    def split_rows(self, ok: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        rows = {}
+        for s, ix in self.data.splits.items():
+            keep = ix if ok is None else ix[ok[ix]]
+            if len(keep) == 0:
+                raise HeadInputError(
+                    f"{self.data.name}: no readable image left in the {s} split", param="images"
+                )
+            rows[s] = keep
+        return rows
+
+    def classifier(self) -> torch.Tensor:
+        """The zero-shot classifier of the class prompt names."""
+        if self._classifier is None:
+            from msclip.factory import get_tokenizer
+            from msclip.zero_shot import DEFAULT_TEMPLATE_SET, build_classifier, load_templates
+
+            names = self.data.prompt_names or self.data.names
+            templates = load_templates(self.cfg.templates or DEFAULT_TEMPLATE_SET)
+            cache = None
+            if self.cfg.text_cache:
+                from msclip.text_cache import TextEmbeddingCache
+
+                cache = TextEmbeddingCache.for_model(self.model)
+            with torch.inference_mode():
+                self._classifier = build_classifier(
+                    self.model, get_tokenizer(self.model), names, templates, cache=cache
+                ).clone()
+        return self._classifier
+
+    # -- methods ----------------------------------------------------------------------------
+    def method_label(self, method: str) -> str:
+        mode = self.cfg.encoder_mode
+        if method not in _TRAINED or mode == "frozen":
+            return method
+        return f"{method}-{mode}" if mode != "last-n" else f"{method}-last{self.cfg.last_n}"
+
+    def run_probe(self, method: str) -> list[tuple[str, Any, nn.Module]]:
+        """``(label, ProbeResult, head)`` of a probe on frozen features."""
+        results = self._probe(method)
+        for _, res, _ in results:
+            res.extra["rows"] = self._probe_rows
+        return results
+
+    def _probe(self, method: str) -> list[tuple[str, Any, nn.Module]]:
+        from msclip.heads.checkpoint import KNNHead, logistic_to_head, ridge_to_head
+        from msclip.heads.linear import TextInitHead
+        from msclip.heads.probes import (
+            DEFAULT_ALPHAS,
+            DEFAULT_CS,
+            knn_probe,
+            logistic_probe,
+            ridge_probe,
+        )
+
+        cfg, data = self.cfg, self.data
+        feats, ok = self.frozen_features(self.spec(method))
+        rows = self.split_rows(ok)
+        self._probe_rows = rows["test"]
+        y = data.targets
+        x = {s: np.asarray(feats[r], dtype=np.float32) for s, r in rows.items()}
+        t = {s: y[r] for s, r in rows.items()}
+        c = len(data.names) if data.task == "classification" else None
+        ci = {"n_resamples": cfg.n_resamples, "confidence": cfg.confidence, "seed": cfg.seed}
+        if method == "zero-shot":
+            from msclip.heads.linear import _head_probe
+
+            head = TextInitHead(self.classifier(), class_names=data.prompt_names)
+            res = _head_probe("zero-shot", head, x["train"], t["train"], x["test"], t["test"],
+                              "single-label", c, {"templates": cfg.templates or "default",
+                                                  "init": "zero-shot classifier"},
+                              {"epochs": 0}, **ci)  # fmt: skip
+            res.n_train = 0
+            return [("zero-shot", res, head)]
+        if method == "knn":
+            bank = np.concatenate([x["train"], x["val"]])
+            labels = np.concatenate([t["train"], t["val"]])
+            results = knn_probe(bank, labels, x["test"], t["test"], cfg.k, cfg.temperature,
+                                cfg.k_unweighted, c, **ci)  # fmt: skip
+            out = []
+            for res in results:
+                temp = cfg.temperature if res.probe == "knn" else None
+                k = cfg.k if res.probe == "knn" else cfg.k_unweighted
+                head = KNNHead(bank, labels, res.scores.shape[1], int(k), temp)  # type: ignore[arg-type]
+                res.hyperparameters["bank"] = "train + val"
+                out.append((res.probe, res, head))
+            return out
+        if method == "logistic":
+            cs = np.asarray(cfg.cs) if cfg.cs else DEFAULT_CS
+            res = logistic_probe(x["train"], t["train"], x["test"], t["test"], x["val"],
+                                 t["val"], cs, c, max_iter=cfg.max_iter, **ci)  # fmt: skip
+            return [("logistic", res, logistic_to_head(res.extra["model"]))]
+        if method == "ridge":
+            alphas = np.asarray(cfg.alphas) if cfg.alphas else DEFAULT_ALPHAS
+            res = ridge_probe(x["train"], t["train"], x["test"], t["test"], x["val"], t["val"],
+                              alphas, **ci)  # fmt: skip
+            return [("ridge", res, ridge_to_head(res.extra["model"]))]
+        raise HeadConfigError(f"{method} is not a probe")  # pragma: no cover
+
+    def new_head(self, method: str, in_features: int) -> nn.Module:
+        from msclip.heads.linear import LinearHead, TextInitHead
+
+        if method == "text-init":
+            return TextInitHead(self.classifier(), class_names=self.data.prompt_names)
+        width = len(self.data.names)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            return LinearHead(in_features, width, self.cfg.batch_norm)
+
+    def run_trained(self, method: str) -> tuple[str, Any, nn.Module, dict[str, str]]:
+        """Train a linear or text-initialised head (and the tower, in encoder modes)."""
+        from msclip.heads.probes import ProbeResult
+        from msclip.io import write_csv
+
+        cfg, data, task = self.cfg, self.data, self.task
+        label = self.method_label(method)
+        folder = self.out / label
+        spec = self.spec(method)
+        mode = cfg.encoder_mode
+        files: dict[str, str] = {}
+        frozen = mode == "frozen"
+        if frozen:
+            feats, ok = self.frozen_features(spec)
+            rows = self.split_rows(ok)
+        else:
+            rows = self.split_rows()
+        head = self.new_head(method, spec.dim(self.model))
+        y = data.targets
+        if data.task == "regression" and hasattr(head, "target_mean"):
+            tr = torch.from_numpy(y[rows["train"]]).float()
+            std = tr.std(dim=0, unbiased=False)
+            head.target_mean.copy_(tr.mean(dim=0))
+            head.target_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        base_loss = task.loss_fn(cfg.loss, cfg.huber_delta)
+        shift = getattr(head, "target_mean", None) if data.task == "regression" else None
+        spread = getattr(head, "target_std", None) if data.task == "regression" else None
+        y_train = y[rows["train"]]
+
+        def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if shift is not None and spread is not None:
+                out, target = (out - shift) / spread, (target - shift) / spread
+            return base_loss(out, target)
+
+        # 1e-3: the SMARTIES / MAE peak at batch 256, not scaled down for small batches (a few
+        # hundred labelled tiles give few steps); 1e-4 for the text-initialised head, which
+        # starts from a good solution with logits scaled by 100.
+        lr = cfg.lr if cfg.lr is not None else (1e-4 if method == "text-init" else 1e-3)
+        if frozen:
+            net: nn.Module = head
+            x_train = feats  # rows index the full memory map
+
+            def batches(order: list[np.ndarray], epoch: int) -> Iterator[Any]:
+                from msclip.heads.linear import _rows
+
+                for b in order:
+                    r = rows["train"][b]
+                    yield _rows(x_train, r), r
+
+            groups = _head_groups(head, lr, cfg.weight_decay)
+        else:
+            from msclip.heads.lora import LoRAConfig
+            from msclip.heads.modes import (
+                FinetuneConfig,
+                apply_finetune_mode,
+                finetune_param_groups,
+            )
+
+            lora = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                              targets=tuple(cfg.lora_targets), seed=cfg.seed)  # fmt: skip
+            apply_finetune_mode(self.model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
+            head.to(self.model.device)
+            net = EncoderHead(self.model, head, spec, mode)
+            groups = finetune_param_groups(
+                self.model, head, lr=cfg.encoder_lr, weight_decay=cfg.encoder_weight_decay,
+                layer_decay=cfg.layer_decay, head_lr=lr, head_weight_decay=cfg.weight_decay,
+            )  # fmt: skip
+            groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+            dataset = data.dataset(self.preprocess, cfg.min_valid, cfg.nodata)
+            if cfg.cache_images:
+                dataset = _InMemory(dataset)
+            self._images = dataset
+            batches = self._image_batches(dataset, rows["train"])
+
+        def loss_fn(out: torch.Tensor, r: np.ndarray) -> torch.Tensor:
+            return loss_of(out, task.target_tensor(y[r]).to(out.device))
+
+        def validate() -> dict[str, float]:
+            raw, kept = self._outputs(net, head, frozen, rows["val"], spec)
+            if not len(kept):
+                return {}
+            yv = y[kept]
+            with torch.no_grad():
+                vloss = float(loss_of(raw, task.target_tensor(yv)))
+            metrics, _, _, _ = task.evaluate(self._activate(raw), yv, data.names)
+            main = task.main_metric()
+            return {"val_loss": vloss, f"val_{main}": float(metrics.get(main, float("nan")))}
+
+        key = _run_key(cfg, self.base_fingerprint, data, label)
+        hooks = [lambda e, h=h: h(label, e) for h in self.hooks]
+        if data.task != "regression" and len(np.unique(y_train, axis=0)) < 2:
+            raise HeadInputError(f"{data.name}: the train split holds a single class")
+        history = train_loop(
+            net, groups, len(rows["train"]), batches, loss_fn, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, seed=cfg.seed, warmup_epochs=cfg.warmup_epochs,
+            checkpoint=folder / "checkpoint.pt", run_key=key, resume=cfg.resume,
+            save_every=cfg.save_every, validate=validate, hooks=hooks, progress=cfg.progress,
+            desc=label,
+        )  # fmt: skip
+        import pandas as pd
+
+        files["history"] = str(write_csv(pd.DataFrame(history), folder / "history.csv"))
+        files["checkpoint"] = str(folder / "checkpoint.pt")
+        raw, kept = self._outputs(net, head, frozen, rows["test"], spec, progress=cfg.progress)
+        scores = self._activate(raw)
+        metrics, ci = _metrics(task, scores, y[kept], cfg)
+        hp = {
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": lr,
+            "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs,
+            "loss": cfg.loss or task.losses[0], "optimizer": "adamw", "schedule": "cosine",
+            "encoder_mode": mode, "features": spec.to_dict(),
+        }  # fmt: skip
+        if method == "linear":
+            hp["batch_norm"] = cfg.batch_norm
+        if not frozen:
+            hp.update(
+                encoder_lr=cfg.encoder_lr,
+                layer_decay=cfg.layer_decay,
+                encoder_weight_decay=cfg.encoder_weight_decay,
+                augment=cfg.augment,
+            )
+            if mode == "lora":
+                hp.update(
+                    lora_rank=cfg.lora_rank,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    lora_targets=list(cfg.lora_targets),
+                )
+            if mode == "last-n":
+                hp["last_n"] = cfg.last_n
+        from msclip.heads.modes import count_parameters
+
+        hp["parameters"] = count_parameters(self.model, head).to_dict()
+        result = ProbeResult(label, task.probe_task, metrics, ci, hp, scores,
+                             n_train=len(rows["train"]), n_test=len(kept),
+                             extra={"history": history, "rows": kept})  # fmt: skip
+        return label, result, head, files
+
+    def _image_batches(self, dataset: Any, train_rows: np.ndarray) -> Callable[..., Iterator[Any]]:
+        from torch.utils.data import DataLoader
+
+        from msclip.encode import collate_items
+
+        cfg = self.cfg
+        device = self.model.device
+
+        def batches(order: list[np.ndarray], epoch: int) -> Iterator[Any]:
+            sampler = [train_rows[b].tolist() for b in order]
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                collate_fn=collate_items)  # fmt: skip
+            for k, batch in enumerate(loader):
+                for i, msg in batch["failures"]:
+                    self.unreadable.add(int(i))
+                    logger.warning("cannot read %s: %s (skipped)", self.data.item_names()[i], msg)
+                images = batch["images"]
+                if images is None:
+                    yield None, np.zeros(0, dtype=np.int64)
+                    continue
+                if cfg.augment:
+                    g = torch.Generator().manual_seed(hash((cfg.seed, epoch, k)) & 0x7FFFFFFF)
+                    flip = torch.rand(len(images), 2, generator=g) < 0.5
+                    images = torch.where(flip[:, 0, None, None, None], images.flip(-1), images)
+                    images = torch.where(flip[:, 1, None, None, None], images.flip(-2), images)
+                yield images.to(device), np.asarray(batch["indices"], dtype=np.int64)
+
+        return batches
+
+    def _outputs(
+        self,
+        net: nn.Module,
+        head: nn.Module,
+        frozen: bool,
+        rows: np.ndarray,
+        spec: FeatureSpec,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Head outputs (logits, or values) of rows in eval mode, and the rows that were read."""
+        from msclip.heads.linear import _rows
+
+        if frozen:
+            feats, _ = self.frozen_features(spec)
+            head.eval()
+            with torch.no_grad():
+                return head(_rows(feats, rows)).float(), rows
+        out, kept = self._encode(net, rows, progress)
+        return torch.from_numpy(out).float(), kept
+
+    def _activate(self, raw: torch.Tensor) -> np.ndarray:
+        """Probabilities (softmax, sigmoid) or values, float64."""
+        t = raw.double()
+        if self.data.task == "classification":
+            t = t.softmax(dim=1)
+        elif self.data.task == "multi-label":
+            t = t.sigmoid()
+        return t.numpy()
+
+    def _encode(
+        self, net: nn.Module, rows: np.ndarray, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from msclip.encode import encode_batches
+        from msclip.heads.features import _Subset
+
+        dataset = self._images
+        if dataset is None:
+            dataset = self.data.dataset(self.preprocess, self.cfg.min_valid, self.cfg.nodata)
+        net.eval()
+        outs, kept = [], []
+        for b in encode_batches(self.model, _Subset(dataset, rows), normalize=False,
+                                batch_size=self.cfg.encode_batch_size, workers=self.cfg.workers,
+                                progress=progress, desc="evaluate", forward=net):  # fmt: skip
+            outs.append(b.embeddings)
+            kept += [int(rows[i]) for i in b.indices]
+            for f in b.failures:
+                self.unreadable.add(int(rows[f.index]))
+        width = len(self.data.names)
+        out = np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
+        return out, np.asarray(kept, dtype=np.int64)
+
+    # -- outputs ----------------------------------------------------------------------------
+    def save_encoder_files(self, label: str) -> dict[str, Any]:
+        """Adapters, merged or fine-tuned weights; returns the head's encoder facts."""
+        from msclip.heads.checkpoint import encoder_facts
+        from msclip.pretrained import file_sha256, save_checkpoint
+
+        cfg, mode = self.cfg, self.cfg.encoder_mode
+        folder = self.out / label
+        if mode == "frozen":
+            return encoder_facts(self.model, "frozen")
+        if mode == "lora":
+            from msclip.heads.lora import merge_lora, save_lora
+
+            path = folder / "adapters.safetensors"
+            save_lora(self.model, path, {"base_fingerprint": self.base_fingerprint,
+                                         "base_name": self.facts["name"]})  # fmt: skip
+            facts = encoder_facts(self.model, "lora")
+            facts["fingerprint"] = self.base_fingerprint
+            facts["adapters"] = {"file": path.name, "sha256": file_sha256(path)}
+            if cfg.merge_lora:
+                merge_lora(self.model)
+                merged = folder / "merged.safetensors"
+                save_checkpoint(self.model, merged, {"msclip_finetune": label})
+                self.model.checkpoint_sha256 = file_sha256(merged)
+                self.model.checkpoint_path = str(merged)
+                facts["merged_fingerprint"] = self.model.fingerprint(precision=False)
+                facts["merged_file"] = merged.name
+            return facts
+        path = folder / "encoder.safetensors"
+        save_checkpoint(self.model, path, {"msclip_finetune": label})
+        self.model.checkpoint_sha256 = file_sha256(path)
+        self.model.checkpoint_path = str(path)
+        return encoder_facts(self.model, mode, encoder_file=str(path),
+                             base_fingerprint=self.base_fingerprint)  # fmt: skip
+
+    def write_outputs(
+        self, label: str, method: str, result: Any, head: nn.Module, files: dict[str, str],
+        seconds: float,
+    ) -> MethodResult:  # fmt: skip
+        from msclip.eval.report import make_head_record, write_record
+        from msclip.heads.checkpoint import encoder_facts, save_head
+
+        cfg, data, task = self.cfg, self.data, self.task
+        folder = self.out / label
+        enc = self.save_encoder_files(label) if method in _TRAINED else encoder_facts(self.model)
+        if enc.get("adapters"):
+            files["adapters"] = str(folder / enc["adapters"]["file"])
+        if enc.get("merged_file"):
+            files["merged"] = str(folder / enc["merged_file"])
+        if enc.get("encoder_file"):
+            files["encoder"] = enc["encoder_file"]
+        spec = self.spec(method)
+        head_path = save_head(
+            folder / "head.safetensors", head, task=data.task, names=data.names,
+            features=spec, encoder=enc, method=label, prompt_names=data.prompt_names,
+            info={"dataset": data.name, "model_label": self.label,
+                  "main_metric": task.main_metric(),
+                  "test": {k: v for k, v in result.metrics.items()}},
+        )  # fmt: skip
+        files["head"] = str(head_path)
+        files["predictions"] = str(self._write_predictions(folder, result))
+        # Metrics with the per-class table of msclip.eval.metrics (confusion for single-label)
+        targets = data.targets[result.extra["rows"]]
+        main = task.main_metric()
+        if main not in result.ci and cfg.n_resamples:
+            result.ci[main] = task.interval(
+                main, result.scores, targets, cfg.n_resamples, cfg.confidence, cfg.seed
+            )
+        metrics, _, per_class, confusion = task.evaluate(result.scores, targets, data.names)
+        metrics.update(result.metrics)
+        labels = data.names
+        for row in per_class:
+            i = int(row.get("class_index", 0))
+            row.setdefault("class_label", labels[i] if i < len(labels) else "")
+        record = make_head_record(
+            model=self.facts, dataset=self._dataset_facts(), task=task.record_task,
+            method={"name": method, "label": label, "encoder_mode": cfg.encoder_mode
+                    if method in _TRAINED else "frozen", "hyperparameters": result.hyperparameters,
+                    "features": spec.to_dict(), "n_train": result.n_train,
+                    "n_test": result.n_test},
+            metrics=metrics, ci={k: v.to_dict() for k, v in result.ci.items()},
+            per_class=per_class, confusion=confusion, main_metric=task.main_metric(),
+            seed=cfg.seed, run_key=_run_key(cfg, self.base_fingerprint, data, label),
+            wall_s=seconds, command=self.command,
+            extra={"outputs": files, "protocol": str(self.out / "protocol.yaml")},
+        )  # fmt: skip
+        files["record"] = str(write_record(self.save, record))
+        return MethodResult(label, result, task.main_metric(), record, files, seconds)
+
+    def _dataset_facts(self) -> dict[str, Any]:
+        d = self.data.describe()
+        d["split"] = "test"
+        d["class_names"] = list(self.data.prompt_names or self.data.names)
+        d["class_labels"] = list(self.data.names)
+        d["n_samples"] = len(self.data.splits["test"])
+        d["split_source"] = self.data.split_source["test"]
+        d["description"] = f"{self.data.name} ({self.data.source.get('source')})"
+        d.setdefault("root", self.data.source.get("root") or self.data.source.get("csv"))
+        return d
+
+    def _write_predictions(self, folder: Path, result: Any) -> Path:
+        import pandas as pd
+
+        from msclip.io import write_csv
+
+        data = self.data
+        rows = result.extra["rows"]
+        names = data.item_names()
+        df = pd.DataFrame({"image": [names[i] for i in rows]})
+        scores = result.scores
+        if data.task == "classification":
+            df["target"] = [data.names[int(t)] for t in data.targets[rows]]
+            df["prediction"] = [data.names[int(i)] for i in scores.argmax(axis=1)]
+            for j, n in enumerate(data.names):
+                df[n] = scores[:, j]
+        elif data.task == "multi-label":
+            df["target"] = [";".join(n for n, t in zip(data.names, r) if t) for r in
+                            data.targets[rows]]  # fmt: skip
+            df["prediction"] = [";".join(n for n, s in zip(data.names, r) if s > 0.5)
+                                for r in scores]  # fmt: skip
+            for j, n in enumerate(data.names):
+                df[n] = scores[:, j]
+        else:
+            for j, n in enumerate(data.names):
+                df[f"target_{n}"] = data.targets[rows][:, j]
+                df[n] = scores.reshape(len(rows), -1)[:, j]
+        return write_csv(df, folder / "predictions.csv")
+
+
+class _InMemory:
+    """Items of a protocol dataset kept after their first read (preprocessing is deterministic,
+    so every epoch sees the same tensors; flips are applied to batches afterwards)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self.items:
+            self.items[index] = self.dataset[index]
+        return self.items[index]
+
+
+def _head_groups(head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    from msclip.layer_decay import no_weight_decay
+
+    decay, no_decay = [], []
+    for name, p in head.named_parameters():
+        if p.requires_grad:
+            (no_decay if no_weight_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]  # fmt: skip
+    return [g for g in groups if g["params"]]
+
+
+def _metrics(task: TaskSpec, scores: np.ndarray, targets: np.ndarray, cfg: FinetuneRunConfig):
+    from msclip.heads.probes import evaluate_scores
+
+    c = scores.shape[1] if task.probe_task != "regression" else None
+    return evaluate_scores(task.probe_task, scores, targets, c, cfg.n_resamples, cfg.confidence,
+                           cfg.seed)  # fmt: skip
+
+
+def _check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
+    from msclip.io import check_output
+
+    out = check_output(cfg.output_dir, kind="dir", param="output_dir")
+    check_output(cfg.save_path, kind="dir", param="save_path")
+    if cfg.resume:
+        return
+    for label in labels:
+        ckpt = out / label / "checkpoint.pt"
+        if ckpt.is_file():
+            raise ConfigError(
+                f"{out} already holds a run of {label} ({ckpt}); pass resume to continue it or "
+                "choose another output_dir",
+                param="resume",
+            )
+
+
+def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
+    mode = cfg.encoder_mode
+    out = []
+    for m in cfg.method:
+        if m in _TRAINED and mode != "frozen":
+            out.append(f"{m}-{mode}" if mode != "last-n" else f"{m}-last{cfg.last_n}")
+        else:
+            out.append(m)
+    return out
+
+
+def run_finetune(
+    cfg: FinetuneRunConfig,
+    model: Any = None,
+    hooks: Sequence[Callable[[str, int], None]] = (),
+    command: Sequence[str] = (),
+) -> RunResult:
+    """Run every method of ``cfg`` (see the module docstring).
+
+    Args:
+        cfg: the run's settings (validated here).
+        model: the :class:`msclip.MSCLIP` to use (default: built from ``cfg``).
+        hooks: called with ``(method label, epoch)`` after each training epoch's checkpoint.
+        command: the command line, for the records and the protocol card.
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        ConfigError: bad settings (before any work).
+        HeadInputError, DatasetFormatError, DatasetNotFoundError: bad data (before any output
+            is written).
+        CheckpointError: ``resume`` with a checkpoint of other settings.
+    """
+    from msclip.eval.report import library_versions, merge
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    data = load_task_data(cfg)
+    if cfg.dataset:
+        bad = [m for m in cfg.method if m in ("ridge",) and data.task != "regression"]
+        bad += [m for m in cfg.method if m in ("zero-shot", "text-init")
+                and data.task != "classification"]  # fmt: skip
+        if bad:
+            raise HeadConfigError(
+                f"methods {bad} do not apply to {data.name} ({data.task})", param="method"
+            )
+    _check_outputs(cfg, _planned_labels(cfg))
+    if model is None:
+        model = _load_model(cfg)
+    runner = _Runner(cfg, model, data, hooks, command)
+    runner.out.mkdir(parents=True, exist_ok=True)
+    results: list[MethodResult] = []
+    for method in cfg.method:
+        t0 = time.perf_counter()
+        if method in _TRAINED:
+            label, res, head, files = runner.run_trained(method)
+            res.extra["method"] = method
+            results.append(runner.write_outputs(label, method, res, head, files,
+                                                time.perf_counter() - t0))  # fmt: skip
+        else:
+            produced = runner.run_probe(method)
+            seconds = (time.perf_counter() - t0) / len(produced)
+            for label, res, head in produced:
+                res.extra["method"] = method
+                results.append(runner.write_outputs(label, method, res, head, {}, seconds))
+    merge(runner.save)
+    names = data.item_names()
+    protocol = {
+        "schema": "msclip.finetune.protocol/1",
+        "command": list(command),
+        "config": cfg.to_dict(),
+        "model": runner.facts,
+        "data": data.describe(),
+        "features": {m: runner.spec(m).to_dict() for m in cfg.method},
+        "feature_cache": runner.cache_info,
+        "methods": {
+            m.label: {
+                "hyperparameters": m.result.hyperparameters,
+                "metrics": m.result.metrics,
+                "main_metric": m.main_metric,
+                "ci": {k: v.to_dict() for k, v in m.result.ci.items()},
+                "outputs": m.files,
+                "seconds": m.seconds,
+            }
+            for m in results
+        },
+        "unreadable": sorted(names[i] for i in runner.unreadable),
+        "splits_rule": "see msclip.heads.data (documented per dataset)",
+        "versions": library_versions(),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    _write_protocol(runner.out / "protocol.yaml", protocol)
+    return RunResult(data, results, protocol, runner.out, runner.save,
+                     sorted(names[i] for i in runner.unreadable))  # fmt: skip
+
+
+def _write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
+    import yaml
+
+    from msclip.io import jsonable, write_text
+
+    return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))

@@ -1,0 +1,341 @@
+"""Settings of a probe or fine-tuning run (:class:`FinetuneRunConfig`).
+
+One dataclass holds every option of :func:`msclip.heads.finetune.run_finetune` and of
+``msclip-finetune``: values come from the defaults, a YAML file and command-line flags
+(:mod:`msclip.options`), and :meth:`FinetuneRunConfig.validate` checks them all before any work,
+reporting every problem at once. This module imports neither torch nor NumPy, so the command
+line answers ``--help`` at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from msclip.errors import ConfigError
+from msclip.options import options_to_dict, update_options
+
+__all__ = ["DATA_TASKS", "ENCODER_MODES", "METHODS", "FinetuneRunConfig"]
+
+#: The image-level tasks.
+DATA_TASKS: tuple[str, ...] = ("classification", "multi-label", "regression")
+#: Methods of a run.
+METHODS: tuple[str, ...] = ("zero-shot", "knn", "logistic", "ridge", "linear", "text-init")
+#: Encoder modes (``frozen`` trains heads from cached features).
+ENCODER_MODES: tuple[str, ...] = ("frozen", "lora", "last-n", "full", "scratch")
+_TRAINED = ("linear", "text-init")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneRunConfig:
+    """Every setting of a probe or fine-tuning run (``msclip-finetune``; docs/heads.md)."""
+
+    # -- data ---------------------------------------------------------------------------------
+    dataset: str | None = field(
+        default=None, metadata=_help("benchmark dataset of evaluation.py (name or YAML file)")
+    )
+    dataset_dir: str = field(
+        default="benchmark_datasets", metadata=_help("folder holding the benchmark datasets")
+    )
+    csv: str | None = field(default=None, metadata=_help("CSV table of image paths and labels"))
+    folders: str | None = field(
+        default=None, metadata=_help("folder of class folders (<folder>/<class>/<image>)")
+    )
+    dataset_name: str | None = field(
+        default=None, metadata=_help("name of the data in records (default: table/folder name)")
+    )
+    task: str = field(
+        default="classification",
+        metadata=_help("classification, multi-label or regression (benchmark: the dataset's)"),
+    )
+    path_column: str = field(default="path", metadata=_help("CSV column of image paths"))
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "CSV label column (classification, default 'label'); multi-label: several 0/1 "
+            "columns, or one column with --label-separator"
+        ),
+    )
+    value_columns: list[str] | None = field(
+        default=None, metadata=_help("CSV columns of regression targets (default 'value')")
+    )
+    label_separator: str | None = field(
+        default=None, metadata=_help("separator of the labels of one multi-label CSV cell")
+    )
+    scale: float = field(
+        default=1.0, metadata=_help("regression targets are value * scale (e.g. 0.0001)")
+    )
+    split_column: str | None = field(
+        default="split", metadata=_help("CSV column of split names (train/val/test), if present")
+    )
+    classes: str | None = field(
+        default=None,
+        metadata=_help(
+            "class-name file (label = name lines, or .yaml): class order and prompt names"
+        ),
+    )
+    data_root: str | None = field(
+        default=None, metadata=_help("folder relative CSV paths start from (default: its folder)")
+    )
+    input_bands: list[str] | None = field(
+        default=None, metadata=_help("band names of image files that do not name their bands")
+    )
+    sensor: str | None = field(default=None, metadata=_help("sensor of local band names"))
+    val_fraction: float = field(
+        default=0.1, metadata=_help("validation share of the seeded split (no split file)")
+    )
+    test_fraction: float = field(
+        default=0.2, metadata=_help("test share of the seeded split (no split file)")
+    )
+    max_samples: int | None = field(
+        default=None, metadata=_help("benchmark: seeded subset of this many images per split")
+    )
+    # -- model --------------------------------------------------------------------------------
+    model_name: str | None = field(
+        default=None, metadata=_help("registered model or msclip .safetensors file")
+    )
+    ckpt_path: str | None = field(default=None, metadata=_help("checkpoint with the weights"))
+    pretrained: bool = field(
+        default=True, metadata=_help("load the published weights (--no-pretrained: random)")
+    )
+    precision: str = field(default="fp32", metadata=_help("fp32 or bf16 (frozen features)"))
+    device: str | None = field(default=None, metadata=_help("cpu, cuda ... (default: auto)"))
+    model_label: str | None = field(
+        default=None, metadata=_help("row name in the reports (default: from the model name)")
+    )
+    # -- methods ------------------------------------------------------------------------------
+    method: list[str] = field(
+        default_factory=lambda: ["knn", "logistic"],
+        metadata=_help(f"methods: {', '.join(METHODS)}"),
+    )
+    features: str = field(
+        default="cls",
+        metadata=_help(
+            "features of knn/logistic/ridge/linear: cls (class token), mean (patch tokens) or "
+            "embedding (joint space; zero-shot and text-init always use it)"
+        ),
+    )
+    layers: list[int] = field(
+        default_factory=lambda: [-1], metadata=_help("blocks pooled by cls/mean (from the end <0)")
+    )
+    k: int = field(default=20, metadata=_help("kNN neighbours (weighted by exp(sim/T))"))
+    temperature: float = field(default=0.07, metadata=_help("kNN temperature T"))
+    k_unweighted: int | None = field(
+        default=5, metadata=_help("neighbours of the unweighted kNN beside it ('none': skip)")
+    )
+    cs: list[float] | None = field(
+        default=None, metadata=_help("logistic C values (default logspace(-7, 2, 20))")
+    )
+    alphas: list[float] | None = field(
+        default=None, metadata=_help("ridge alpha values (default logspace(-3, 5, 17))")
+    )
+    max_iter: int = field(default=1000, metadata=_help("L-BFGS iterations per logistic fit"))
+    templates: str | None = field(
+        default=None, metadata=_help("prompt templates of zero-shot / text-init (set or file)")
+    )
+    # -- gradient-trained heads and fine-tuning -----------------------------------------------
+    encoder_mode: str = field(
+        default="frozen",
+        metadata=_help(f"image tower of linear/text-init: {', '.join(ENCODER_MODES)}"),
+    )
+    last_n: int = field(default=1, metadata=_help("blocks trained by last-n"))
+    lora_rank: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA alpha (update alpha/r B A)"))
+    lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q", "v"], metadata=_help("LoRA targets: q k v c_fc c_proj")
+    )
+    merge_lora: bool = field(
+        default=False, metadata=_help("also save the weights with the adapters merged")
+    )
+    epochs: int = field(default=30, metadata=_help("epochs of linear/text-init training"))
+    batch_size: int = field(default=64, metadata=_help("training batch"))
+    lr: float | None = field(
+        default=None,
+        metadata=_help("head learning rate (default 1e-3 linear, 1e-4 text-init)"),
+    )
+    encoder_lr: float = field(default=1e-4, metadata=_help("peak learning rate of the tower"))
+    layer_decay: float = field(default=0.75, metadata=_help("layer-wise lr decay of the tower"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay of the head"))
+    encoder_weight_decay: float = field(
+        default=0.05, metadata=_help("AdamW weight decay of the tower's matrices")
+    )
+    warmup_epochs: int = field(default=0, metadata=_help("epochs of linear warm-up"))
+    loss: str | None = field(
+        default=None, metadata=_help("ce, bce, mse, l1 or huber (default: the task's)")
+    )
+    huber_delta: float = field(default=1.0, metadata=_help("Huber delta (standardised units)"))
+    batch_norm: bool = field(default=True, metadata=_help("batch norm before the linear head"))
+    cache_images: bool = field(
+        default=False,
+        metadata=_help(
+            "keep preprocessed images in memory between epochs (encoder modes, small sets)"
+        ),
+    )
+    augment: bool = field(
+        default=False, metadata=_help("random flips of training images (encoder modes)")
+    )
+    # -- evaluation ---------------------------------------------------------------------------
+    n_resamples: int = field(default=1000, metadata=_help("bootstrap resamples of the CIs"))
+    confidence: float = field(default=0.95, metadata=_help("coverage of the intervals"))
+    # -- runtime ------------------------------------------------------------------------------
+    seed: int = field(default=0, metadata=_help("seed of splits, heads, batch order, bootstrap"))
+    encode_batch_size: int = field(default=64, metadata=_help("images per encoder call"))
+    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    min_valid: float | None = field(
+        default=None, metadata=_help("skip images with a smaller share of valid pixels")
+    )
+    nodata: float | None = field(default=None, metadata=_help("nodata value overriding files'"))
+    feature_cache: bool = field(default=True, metadata=_help("keep frozen features on disk"))
+    cache_dir: str | None = field(
+        default=None, metadata=_help("feature cache (default $MSCLIP_CACHE_DIR/features)")
+    )
+    text_cache: bool = field(default=True, metadata=_help("cache prompt embeddings on disk"))
+    output_dir: str = field(
+        default="runs/finetune", metadata=_help("heads, adapters, checkpoints, protocol card")
+    )
+    save_path: str = field(
+        default="results", metadata=_help("results folder of records (shared with evaluation)")
+    )
+    resume: bool = field(default=False, metadata=_help("continue the run in output_dir"))
+    save_every: int = field(default=1, metadata=_help("training checkpoint every N epochs"))
+    progress: bool = field(default=True, metadata=_help("progress bars"))
+
+    def update(self, values: Any, source: str = "config") -> FinetuneRunConfig:
+        """Set options from a mapping (snake_case or kebab-case keys)."""
+        return update_options(self, values, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option as a plain dict."""
+        return options_to_dict(self)
+
+    @property
+    def source_kind(self) -> str:
+        return "dataset" if self.dataset else ("csv" if self.csv else "folders")
+
+    def validate(self) -> FinetuneRunConfig:
+        """Check every value before any work; all problems are reported at once.
+
+        Raises:
+            ConfigError: lists each bad option, its value and the fix.
+        """
+        e: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                e.append(message)
+
+        sources = [s for s in ("dataset", "csv", "folders") if getattr(self, s)]
+        need(len(sources) == 1, f"give exactly one data source (dataset, csv, folders); got "
+                                f"{sources or 'none'}")  # fmt: skip
+        need(self.task in DATA_TASKS, f"task must be one of {list(DATA_TASKS)}, got {self.task!r}")
+        if self.csv:
+            need(os.path.isfile(self.csv), f"csv file {self.csv!r} not found")
+        if self.folders:
+            need(os.path.isdir(self.folders), f"folders {self.folders!r} is not a folder")
+        if self.classes is not None:
+            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
+        need(
+            self.model_name is not None or self.ckpt_path is not None,
+            "model_name (or ckpt_path with a self-describing .safetensors) is required",
+        )
+        if self.ckpt_path is not None:
+            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
+        need(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got "
+                                                 f"{self.precision!r}")  # fmt: skip
+        unknown = [m for m in self.method if m not in METHODS]
+        need(not unknown and bool(self.method),
+             f"method must name some of {list(METHODS)}; got {self.method}")  # fmt: skip
+        need(
+            len(set(self.method)) == len(self.method), f"method lists a value twice: {self.method}"
+        )
+        need(self.features in ("cls", "mean", "embedding"),
+             f"features must be cls, mean or embedding, got {self.features!r}")  # fmt: skip
+        need(bool(self.layers), "layers must name at least one block")
+        need(
+            self.encoder_mode in ENCODER_MODES,
+            f"encoder_mode must be one of {list(ENCODER_MODES)}, got {self.encoder_mode!r}",
+        )
+        if self.encoder_mode != "frozen":
+            need(len(self.method) == 1 and self.method[0] in _TRAINED,
+                 f"encoder_mode {self.encoder_mode!r} trains the image tower with one head: give "
+                 f"one method among {list(_TRAINED)}, got {self.method}")  # fmt: skip
+        by_task = {"classification": ("zero-shot", "knn", "logistic", "linear", "text-init"),
+                   "multi-label": ("knn", "logistic", "linear"),
+                   "regression": ("ridge", "linear")}  # fmt: skip
+        if self.task in by_task and not self.dataset:
+            bad = [m for m in self.method if m in METHODS and m not in by_task[self.task]]
+            need(not bad, f"methods {bad} do not apply to {self.task}; use "
+                          f"{list(by_task[self.task])}")  # fmt: skip
+        losses = {"classification": ("ce",), "multi-label": ("bce",),
+                  "regression": ("mse", "l1", "huber")}  # fmt: skip
+        if self.loss is not None and self.task in losses and not self.dataset:
+            need(
+                self.loss in losses[self.task],
+                f"loss {self.loss!r} does not fit {self.task}; use {list(losses[self.task])}",
+            )
+        for name in ("k", "max_iter", "epochs", "batch_size", "encode_batch_size", "save_every",
+                     "lora_rank"):  # fmt: skip
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.k_unweighted is not None:
+            need(self.k_unweighted >= 1, f"k_unweighted must be >= 1, got {self.k_unweighted}")
+        need(not (self.cache_images and self.workers > 0),
+             "cache_images keeps images in this process: use it with workers 0")  # fmt: skip
+        need(self.batch_size >= 2, f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
+        for name in ("temperature", "encoder_lr", "layer_decay", "confidence", "huber_delta"):
+            v = getattr(self, name)
+            need(v > 0 and math.isfinite(v), f"{name} must be a positive number, got {v}")
+        need(self.confidence < 1, f"confidence must lie in (0, 1), got {self.confidence}")
+        need(self.layer_decay <= 1, f"layer_decay must lie in (0, 1], got {self.layer_decay}")
+        if self.lr is not None:
+            need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "encoder_weight_decay", "warmup_epochs", "workers",
+                     "n_resamples", "last_n"):  # fmt: skip
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(
+            0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}"
+        )
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            need(0 <= v < 1, f"{name} must lie in [0, 1), got {v}")
+        need(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be < 1")
+        if self.min_valid is not None:
+            need(0 <= self.min_valid <= 1, f"min_valid must lie in [0, 1], got {self.min_valid}")
+        if self.max_samples is not None:
+            need(self.max_samples >= 1, f"max_samples must be >= 1, got {self.max_samples}")
+        need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
+                                                             f"{self.scale}")  # fmt: skip
+        for name, values in (("cs", self.cs), ("alphas", self.alphas)):
+            if values is not None:
+                need(bool(values) and all(v > 0 for v in values),
+                     f"{name} must be positive numbers, got {values}")  # fmt: skip
+        if self.input_bands:
+            from msclip.errors import BandError
+            from msclip.spectral.bands import resolve_bands
+
+            try:
+                resolve_bands(self.input_bands, self.sensor)
+            except BandError as err:
+                e.append(f"input_bands: {err}")
+        if self.templates is not None:
+            from msclip.errors import TemplateError
+            from msclip.zero_shot import load_templates
+
+            try:
+                load_templates(self.templates)
+            except TemplateError as err:
+                e.append(f"templates: {err}")
+        if e:
+            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        return self

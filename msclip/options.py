@@ -1,0 +1,186 @@
+"""Run configurations as dataclasses: typed options from YAML files and command-line flags.
+
+A run configuration (:class:`msclip.train.config.TrainConfig`,
+:class:`msclip.heads.finetune.FinetuneRunConfig`) is one dataclass whose fields are its options,
+each annotated with a plain type (``int``, ``float``, ``str``, ``bool``, ``list[...]``,
+``tuple[...]``, optionally ``| None``) and a ``help`` text in its field metadata. This module
+turns values from YAML files (keys in ``snake_case`` or ``kebab-case``) and from command-line
+flags (strings) into those types, names unknown options with the closest known one, and reports
+every bad value of one source at once. The command-line programs build one flag per field from
+the same annotations (:func:`msclip.cli.common.add_dataclass_args`), so a new option is declared
+once.
+
+Precedence, lowest first: the dataclass defaults, a YAML file, the command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from msclip.errors import ConfigError
+
+__all__ = [
+    "coerce",
+    "field_help",
+    "load_yaml",
+    "option_types",
+    "options_to_dict",
+    "unwrap_optional",
+    "update_options",
+]
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def option_types(cls: type) -> dict[str, Any]:
+    """Resolved type annotations of a dataclass's fields (cached per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """The ``help`` text of a dataclass field (empty when it has none)."""
+    return str(f.metadata.get("help", ""))
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``(T, True)`` for ``T | None``, else ``(tp, False)``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _scalar(value: Any, tp: type) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise TypeError(f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise TypeError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported option type {tp}")
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """``value`` converted to the annotated type ``tp`` (``"none"`` clears an optional).
+
+    Raises:
+        TypeError: the value does not fit the type.
+    """
+    inner, optional = unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise TypeError("this option cannot be empty (none)")
+    origin = typing.get_origin(inner)
+    if origin in (list, tuple):
+        args = typing.get_args(inner)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise TypeError(f"expected {len(args)} values, got {list(value)}")
+            return tuple(_scalar(v, a) for v, a in zip(value, args))
+        out = [_scalar(v, args[0]) for v in value]
+        return tuple(out) if origin is tuple else out
+    return _scalar(value, inner)
+
+
+def update_options(obj: Any, values: Mapping[str, Any], source: str = "config") -> Any:
+    """Set the fields of the dataclass instance ``obj`` from a mapping (keys in snake_case or
+    kebab-case), converting each value to its field's type.
+
+    Raises:
+        ConfigError: lists every unknown key (with the closest known option) and every value
+            that does not fit its option's type.
+    """
+    names = {f.name for f in dataclasses.fields(obj)}
+    hints = option_types(type(obj))
+    errors = []
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            errors.append(f"{source}: unknown option {key!r}{hint}")
+            continue
+        try:
+            setattr(obj, name, coerce(value, hints[name]))
+        except (TypeError, ValueError) as err:
+            errors.append(f"{source}: option {key!r}: {err}")
+    if errors:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(errors))
+    return obj
+
+
+def options_to_dict(obj: Any) -> dict[str, Any]:
+    """Plain JSON/YAML-serialisable dict of a dataclass's fields (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict (``safe_load``: no Python objects).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or not a mapping.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of option: value")
+    return data

@@ -1,0 +1,224 @@
+"""``msclip-finetune`` from the command line, its records merged with ``evaluation.py``'s, and
+``msclip-inference --head``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from support import mini_benchmark as mb
+
+from msclip.cli.evaluation import main as evaluation_main
+from msclip.cli.finetune import main
+from msclip.cli.inference import main as inference_main
+from msclip.synthetic import generate_dataset
+
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--seed", "0"]
+FAST = ["--n-resamples", "20", "--batch-size", "8", "--no-text-cache", "--quiet",
+        "--val-fraction", "0.2", "--test-fraction", "0.3"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One CLI run on class folders from a YAML file with flags on top."""
+    root = tmp_path_factory.mktemp("ft")
+    scenes = root / "scenes"
+    generate_dataset(scenes, classes=["sea", "forest", "desert"], n_per_class=10, size=32, seed=0)
+    config = root / "run.yaml"
+    config.write_text(
+        f"folders: {scenes}\nmethod: [knn, logistic, linear]\nepochs: 9\n"
+        f"cache-dir: {root / 'cache'}\noutput_dir: {root / 'run'}\nsave_path: {root / 'res'}\n"
+    )
+    argv = ["--config", str(config), "--epochs", "2", *TINY, *FAST]
+    code = main(argv)
+    return {"code": code, "root": root, "scenes": scenes, "config": config, "argv": argv}
+
+
+def test_yaml_config_flags_and_outputs(run, capsys):
+    assert run["code"] == 0
+    root = run["root"]
+    for label in ("knn", "knn-unweighted", "logistic", "linear"):
+        assert (root / "run" / label / "head.safetensors").is_file()
+    history = pd.read_csv(root / "run" / "linear" / "history.csv")
+    assert len(history) == 2  # the flag overrides the YAML file's epochs
+    protocol = (root / "run" / "protocol.yaml").read_text()
+    assert "epochs: 2" in protocol and "split_source" in protocol
+    code = main(["--config", str(run["config"]), "--epochs", "5", "--print-config"])
+    out = capsys.readouterr().out
+    assert code == 0 and "epochs: 5" in out and "- logistic" in out
+
+
+def test_run_summary_table_is_printed(tmp_path, run, capsys):
+    code = main(["--folders", str(run["scenes"]), "--method", "knn", "--output-dir",
+                 str(tmp_path / "o"), "--save-path", str(tmp_path / "r"), "--cache-dir",
+                 str(run["root"] / "cache"), *TINY, *FAST])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "scenes: classification, 3 classes; train 15, val 6, test 9" in out
+    assert "knn-unweighted  top1_accuracy" in out and "95% CI" in out
+    assert f"records merged into {tmp_path / 'r' / 'summary.csv'}" in out
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, run, capsys):
+    caps = pd.read_csv(run["scenes"] / "captions.csv")
+    table = tmp_path / "t.csv"
+    pd.DataFrame(
+        {
+            "path": [str(run["scenes"] / p) for p in caps["image"]],
+            "label": ["sea"] * 5 + [""] + ["forest"] * 24,
+        }
+    ).to_csv(table, index=False)
+    out_dir, save = tmp_path / "o", tmp_path / "r"
+    argv = ["--csv", str(table), "--output-dir", str(out_dir), "--save-path", str(save), *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "line 7" in err and "missing label in column 'label'" in err
+    assert main([*argv, "--task", "regression", "--method", "knn"]) == 2
+    assert "do not apply to regression" in capsys.readouterr().err
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epoch: 3\n")
+    assert main(["--config", str(bad_yaml), *argv]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert not out_dir.exists() and not save.exists()
+
+
+def test_records_merge_with_evaluation(tmp_path, capsys):
+    data = tmp_path / "data"
+    mb.eurosat_ms(data, n_per_class=5)
+    save = tmp_path / "results"
+    common = ["--dataset-dir", str(data), "--save-path", str(save)]
+    assert evaluation_main([*TINY, "--datasets", "EuroSAT_MS", *common, "--templates", "short",
+                            "--no-text-cache", "--quiet", "--workers", "0"]) == 0  # fmt: skip
+    assert main([*TINY, "--dataset", "EuroSAT_MS", *common, "--method", "knn", "logistic",
+                 "--output-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+                 "--n-resamples", "20", "--no-text-cache", "--quiet", "--val-fraction",
+                 "0.25"]) == 0  # fmt: skip
+    capsys.readouterr()
+    summary = pd.read_csv(save / "summary.csv")
+    assert summary.columns.tolist() == ["model", "EuroSAT_MS"]
+    assert summary["model"].tolist() == [
+        "msclip-tiny-random", "msclip-tiny-random+knn", "msclip-tiny-random+knn-unweighted",
+        "msclip-tiny-random+logistic",
+    ]  # fmt: skip
+    zero_shot = json.loads((save / "records" / "msclip-tiny-random__EuroSAT_MS.json").read_text())
+    probe = json.loads(
+        (save / "records" / "msclip-tiny-random+logistic__EuroSAT_MS.json").read_text()
+    )
+    assert zero_shot["dataset"]["n_samples"] == probe["dataset"]["n_samples"] == 10  # same test
+    assert probe["dataset"]["split_source"].endswith("eurosat-test.txt")
+    report = (save / "report.md").read_text()
+    assert "## msclip-tiny-random — EuroSAT_MS" in report
+    assert "## msclip-tiny-random+logistic — EuroSAT_MS" in report and "95% CI" in report
+    assert (save / "figures" / "msclip-tiny-random+logistic__EuroSAT_MS__confusion.png").is_file()
+    assert len(list((save / "per_class").glob("*.csv"))) == 4
+
+
+def test_inference_with_a_head(run, tmp_path, capsys):
+    scenes, head = run["scenes"], run["root"] / "run" / "logistic" / "head.safetensors"
+    out = tmp_path / "pred.csv"
+    code = inference_main(
+        [
+            "--run-classification",
+            "--head",
+            str(head),
+            "--images",
+            str(scenes / "sea"),
+            "--save-path",
+            str(out),
+            *TINY,
+            "--quiet",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "classified into 3 classes by the logistic head" in text
+    df = pd.read_csv(out)
+    assert df.columns.tolist() == ["Image", "Class", "desert", "forest", "sea", "valid_fraction"]
+    assert len(df) == 10 and df[["desert", "forest", "sea"]].sum(axis=1).round(6).eq(1).all()
+    # the same predictions as the run's own on its test images of that class
+    preds = pd.read_csv(run["root"] / "run" / "logistic" / "predictions.csv")
+    mine = preds[preds["image"].str.contains("/sea/")]
+    got = df.set_index("Image").loc[[Path(p).name for p in mine["image"]]]
+    assert got["Class"].tolist() == mine["prediction"].tolist()
+    pd.testing.assert_series_equal(got["sea"].reset_index(drop=True),
+                                   mine["sea"].reset_index(drop=True), atol=1e-5,
+                                   check_names=False)  # fmt: skip
+    # another encoder: refused, both fingerprints named, nothing written
+    other = tmp_path / "other.csv"
+    code = inference_main(["--run-classification", "--head", str(head), "--images",
+                           str(scenes / "sea"), "--save-path", str(other), "--model-name",
+                           "msclip-tiny", "--no-pretrained", "--seed", "1", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and not other.exists()
+    assert "was trained on encoder" in err and "but the model is" in err and "--head" in err
+
+
+def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):
+    scenes = run["scenes"]
+    caps = pd.read_csv(scenes / "captions.csv")
+    table = scenes / "cover.csv"
+    pd.DataFrame({"path": caps["image"], "cover": caps["label"].map(
+        {"sea": 0.0, "forest": 80.0, "desert": 5.0})}).to_csv(table, index=False)  # fmt: skip
+    out_dir = tmp_path / "run"
+    argv = [
+        "--csv",
+        str(table),
+        "--task",
+        "regression",
+        "--value-columns",
+        "cover",
+        "--scale",
+        "0.01",
+        "--method",
+        "linear",
+        "--encoder-mode",
+        "lora",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(out_dir),
+        "--save-path",
+        str(tmp_path / "r"),
+        *TINY,
+        *FAST,
+    ]
+    assert main(argv) == 0
+    head = out_dir / "linear-lora" / "head.safetensors"
+    assert (out_dir / "linear-lora" / "adapters.safetensors").is_file()
+    pred = tmp_path / "cover.csv"
+    code = inference_main(
+        [
+            "--run-classification",
+            "--head",
+            str(head),
+            "--images",
+            str(scenes / "forest"),
+            "--save-path",
+            str(pred),
+            *TINY,
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    df = pd.read_csv(pred)
+    assert df.columns.tolist() == ["Image", "cover", "valid_fraction"] and len(df) == 10
+    capsys.readouterr()
+
+
+def test_python_dash_m_entry_point():
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "msclip.finetune", "--help"], cwd=repo,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "--encoder-mode" in proc.stdout

@@ -1,0 +1,111 @@
+"""Head-only checkpoints: probes as heads, the file round trip, binding to the encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import msclip
+from msclip.errors import CheckpointError, CheckpointMismatchError
+from msclip.heads import FeatureSpec, LinearHead, fit_logistic, fit_ridge, knn_scores
+from msclip.heads.checkpoint import (
+    KNNHead,
+    bind_head,
+    encoder_facts,
+    head_scores,
+    logistic_to_head,
+    read_head,
+    ridge_to_head,
+    save_head,
+)
+
+
+def _data(n: int = 60, d: int = 8, c: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    x = rng.normal(size=(n, d)) + np.eye(c, d)[y] * 2 + 5.0  # offset: standardisation matters
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("kind", ["multinomial", "binary", "absent-class", "multi-label"])
+def test_logistic_as_a_linear_head_gives_the_same_probabilities(kind):
+    x, y = _data()
+    task, nc = "classification", None
+    if kind == "binary":
+        y = (y > 0).astype(int)
+    if kind == "absent-class":
+        y = np.where(y == 1, 2, y)
+        nc = 4  # classes 1 and 3 never seen
+    if kind == "multi-label":
+        y = np.stack([y == 0, y == 1, np.zeros_like(y)], axis=1).astype(float)  # last: constant
+        task = "multi-label"
+    model = fit_logistic(x, y, C=0.5, num_classes=nc)
+    head = logistic_to_head(model)
+    np.testing.assert_allclose(head_scores(head, x, task), model.predict_proba(x), atol=1e-5)
+
+
+def test_ridge_and_knn_heads_equal_their_probes():
+    x, y = _data()
+    t = np.stack([x[:, 0] * 3 + 1, x[:, 1] - x[:, 2]], axis=1)
+    ridge = fit_ridge(x, t, alpha=2.0)
+    np.testing.assert_allclose(
+        head_scores(ridge_to_head(ridge), x, "regression"), ridge.predict(x), atol=1e-4
+    )
+    head = KNNHead(x[:40], y[:40], 3, k=7, temperature=0.07)
+    want = knn_scores(x[:40].astype(np.float16), y[:40], x[40:], k=7, num_classes=3)
+    np.testing.assert_allclose(head_scores(head, x[40:], "classification"), want, atol=1e-12)
+
+
+def test_head_file_round_trip_holds_no_encoder(tmp_path):
+    model = msclip.create_model("msclip-tiny")
+    x, y = _data(d=model.width)
+    knn = KNNHead(x, y, 3, k=5, temperature=None)
+    torch.manual_seed(0)
+    lin = LinearHead(model.width, 3)
+    lin.eval()
+    for head, name in ((knn, "knn"), (lin, "linear")):
+        path = save_head(tmp_path / f"{name}.safetensors", head, task="classification",
+                         names=["a", "b", "c"], features=FeatureSpec("cls", (-1,)),
+                         encoder=encoder_facts(model), method=name,
+                         prompt_names=["A", "B", "C"])  # fmt: skip
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        assert not any(k.startswith(("visual", "clip", "transformer")) for k in keys)
+        back = read_head(path)
+        assert back.names == ["a", "b", "c"] and back.prompt_names == ["A", "B", "C"]
+        assert back.features == FeatureSpec("cls", (-1,)) and back.method == name
+        assert back.encoder["fingerprint"] == model.fingerprint(precision=False)
+        np.testing.assert_array_equal(
+            head_scores(back.head, x, "classification"), head_scores(head, x, "classification")
+        )
+        bind_head(back, model)  # the same encoder: accepted
+
+
+def test_head_on_another_encoder_is_refused_naming_both_fingerprints(tmp_path):
+    torch.manual_seed(0)
+    trained_on = msclip.create_model("msclip-tiny")
+    torch.manual_seed(1)
+    other = msclip.create_model("msclip-tiny")
+    path = save_head(tmp_path / "h.safetensors", LinearHead(trained_on.width, 2),
+                     task="classification", names=["x", "y"], features=FeatureSpec(),
+                     encoder=encoder_facts(trained_on), method="linear")  # fmt: skip
+    head = read_head(path)
+    a, b = trained_on.fingerprint(precision=False), other.fingerprint(precision=False)
+    assert a != b
+    with pytest.raises(CheckpointMismatchError, match=rf"trained on encoder {a}.*model is {b}"):
+        bind_head(head, other)
+    bf16 = trained_on.to(torch.bfloat16)  # same weights in another precision: accepted
+    bind_head(head, bf16)
+
+
+def test_not_a_head_file_is_refused(tmp_path):
+    model = msclip.create_model("msclip-tiny")
+    from msclip.pretrained import save_checkpoint
+
+    ckpt = save_checkpoint(model, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="not an msclip head file"):
+        read_head(ckpt)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_head(tmp_path / "missing.safetensors")

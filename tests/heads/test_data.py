@@ -1,0 +1,177 @@
+"""Labelled data of the heads runner: the three sources, the documented splits, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import mini_benchmark as mb
+
+import msclip
+from msclip.errors import HeadInputError
+from msclip.heads.data import from_benchmark, from_csv, from_folders, split_indices
+
+
+def _touch(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return str(path)
+
+
+def _table(tmp_path: Path, header: str, rows: list[str], name: str = "t.csv") -> Path:
+    for r in rows:
+        _touch(tmp_path / r.split(",")[0])
+    p = tmp_path / name
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+# -- the seeded rule ---------------------------------------------------------------------------
+def test_seeded_split_is_stratified_deterministic_and_disjoint():
+    labels = np.repeat([0, 1, 2], [10, 20, 2])
+    a = split_indices(len(labels), labels, 0.1, 0.2, seed=3)
+    b = split_indices(len(labels), labels, 0.1, 0.2, seed=3)
+    c = split_indices(len(labels), labels, 0.1, 0.2, seed=4)
+    for s in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[s], b[s])
+    assert any(not np.array_equal(a[s], c[s]) for s in a)
+    together = np.concatenate([a["train"], a["val"], a["test"]])
+    assert sorted(together.tolist()) == list(range(len(labels)))
+    # per class: round(n * fraction); a class of two stays in train
+    assert np.bincount(labels[a["test"]], minlength=3).tolist() == [2, 4, 0]
+    assert np.bincount(labels[a["val"]], minlength=3).tolist() == [1, 2, 0]
+    assert np.bincount(labels[a["train"]], minlength=3).tolist() == [7, 14, 2]
+    # the rule of the docstring, by hand, for class 1
+    members = np.flatnonzero(labels == 1)
+    perm = members[np.random.default_rng((3, 1)).permutation(len(members))]
+    assert set(perm[:4]) == set(a["test"][labels[a["test"]] == 1])
+
+
+# -- CSV tables --------------------------------------------------------------------------------
+def test_csv_classification_with_split_column_and_class_file(tmp_path):
+    rows = [f"img/{i}.tif,{'wheat' if i % 2 else 'maize'},{['train', 'val', 'test'][i % 3]}"
+            for i in range(12)]  # fmt: skip
+    table = _table(tmp_path, "path,crop,split", rows)
+    names = tmp_path / "classes.txt"
+    names.write_text("wheat = wheat field\nmaize = maize field\n")
+    d = from_csv(table, label_columns=["crop"], classes=str(names))
+    assert d.names == ["wheat", "maize"] and d.prompt_names == ["wheat field", "maize field"]
+    assert d.targets.tolist() == [1 if i % 2 == 0 else 0 for i in range(12)]
+    assert d.splits["test"].tolist() == [2, 5, 8, 11]
+    assert d.split_source["test"].startswith("column 'split'")
+    assert d.items[0] == str(tmp_path / "img" / "0.tif")
+
+
+def test_csv_multilabel_columns_and_joined_labels(tmp_path):
+    rows = [f"a{i}.tif,{i % 2},{(i // 2) % 2}" for i in range(10)]
+    d = from_csv(_table(tmp_path, "path,water,trees", rows), task="multi-label",
+                 label_columns=["water", "trees"], split_column=None, val_fraction=0.2,
+                 test_fraction=0.2)  # fmt: skip
+    assert d.names == ["water", "trees"] and d.targets.shape == (10, 2)
+    assert d.targets[:, 0].tolist() == [i % 2 for i in range(10)]
+    assert [len(d.splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    rows = [f"b{i}.tif,{'water;trees' if i % 3 == 0 else 'trees'}" for i in range(6)]
+    d = from_csv(_table(tmp_path, "path,labels", rows, "j.csv"), task="multi-label",
+                 label_separator=";", val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+    assert d.names == ["trees", "water"]
+    assert d.targets[:, 1].tolist() == [1, 0, 0, 1, 0, 0]
+
+
+def test_csv_regression_scale_and_nan_refused_with_row_named(tmp_path):
+    rows = [f"r{i}.tif,{i * 100},{i}" for i in range(10)]
+    d = from_csv(_table(tmp_path, "path,cover,h", rows), task="regression",
+                 value_columns=["cover", "h"], scale=0.01, split_column=None)  # fmt: skip
+    np.testing.assert_allclose(d.targets[:, 0], np.arange(10) * 1.0)
+    assert d.targets.shape == (10, 2) and d.names == ["cover", "h"]
+    rows[4] = "r4.tif,nan,4"
+    with pytest.raises(HeadInputError, match=r"line 6 .*r4.tif.*'cover' is 'nan'"):
+        from_csv(_table(tmp_path, "path,cover,h", rows, "n.csv"), task="regression",
+                 value_columns=["cover", "h"])  # fmt: skip
+    rows[4] = "r4.tif,,4"
+    with pytest.raises(HeadInputError, match="line 6"):
+        from_csv(_table(tmp_path, "path,cover,h", rows, "e.csv"), task="regression",
+                 value_columns=["cover"])  # fmt: skip
+
+
+def test_csv_bad_input_is_named(tmp_path):
+    rows = ["x0.tif,a", "x1.tif,", "x2.tif,b"]
+    with pytest.raises(HeadInputError, match=r"line 3 .*missing label"):
+        from_csv(_table(tmp_path, "path,label", rows))
+    rows = ["x0.tif,a", "x1.tif,c", "x2.tif,b"]
+    with pytest.raises(HeadInputError, match=r"label 'c' is not one of the classes \['a', 'b'\]"):
+        from_csv(_table(tmp_path, "path,label", rows, "u.csv"), classes=["a", "b"])
+    with pytest.raises(HeadInputError, match="no column"):
+        from_csv(_table(tmp_path, "path,label", rows, "m.csv"), label_columns=["crop"])
+    (tmp_path / "x1.tif").unlink()
+    with pytest.raises(HeadInputError, match=r"do not exist.*x1.tif"):
+        from_csv(tmp_path / "m.csv")
+    rows = [f"y{i}.tif,{'ab'[i % 2]},{'train' if i < 6 else 'val'}" for i in range(8)]
+    with pytest.raises(HeadInputError, match="the test split is empty"):
+        from_csv(_table(tmp_path, "path,label,split", rows, "s.csv"))
+
+
+# -- class folders -----------------------------------------------------------------------------
+def _folders(root: Path, classes: dict[str, int]) -> Path:
+    for c, n in classes.items():
+        for i in range(n):
+            _touch(root / c / f"{c}_{i}.tif")
+    return root
+
+
+def test_folders_seeded_split_and_split_files(tmp_path):
+    root = _folders(tmp_path / "ds", {"sea": 10, "forest": 10})
+    d = from_folders(root, val_fraction=0.2, test_fraction=0.2)
+    assert d.names == ["forest", "sea"] and len(d) == 20
+    assert [len(d.splits[s]) for s in ("train", "val", "test")] == [12, 4, 4]
+    (root / "test.txt").write_text("# test images\nsea/sea_0.tif\nforest/forest_1\n")
+    d = from_folders(root, val_fraction=0.2)
+    test = [d.items[i] for i in d.splits["test"]]
+    assert sorted(Path(p).name for p in test) == ["forest_1.tif", "sea_0.tif"]
+    assert d.split_source["test"].startswith("split file")
+    assert "outside the test split" in d.split_source["train"]
+
+
+def test_folders_split_file_naming_a_missing_class_is_refused(tmp_path):
+    root = _folders(tmp_path / "ds", {"sea": 4, "forest": 4})
+    (root / "test.txt").write_text("sea/sea_0.tif\nurban/urban_3.tif\n")
+    with pytest.raises(HeadInputError, match=r"line 2: 'urban/urban_3.tif' names class 'urban'"):
+        from_folders(root)
+    (root / "test.txt").write_text("sea/sea_9.tif\n")
+    with pytest.raises(HeadInputError, match="is not under"):
+        from_folders(root)
+    (root / "test.txt").write_text("# nothing\n")
+    with pytest.raises(HeadInputError, match="test split is empty"):
+        from_folders(root)
+
+
+def test_folders_with_split_subfolders(tmp_path):
+    for s, n in (("train", 3), ("val", 1), ("test", 2)):
+        _folders(tmp_path / "ds" / s, {"a": n, "b": n})
+    d = from_folders(tmp_path / "ds")
+    assert [len(d.splits[s]) for s in ("train", "val", "test")] == [6, 2, 4]
+    assert d.split_source["val"] == f"folder {tmp_path / 'ds' / 'val'}"
+
+
+# -- benchmark datasets ------------------------------------------------------------------------
+def test_benchmark_dataset_uses_its_split_file_and_splits_the_rest(tmp_path):
+    mb.eurosat_ms(tmp_path, n_per_class=5)  # eurosat-test.txt lists the first image of each class
+    d = from_benchmark("EuroSAT_MS", tmp_path, val_fraction=0.25)
+    assert d.task == "classification" and len(d.names) == 10 and len(d) == 50
+    test = [d.item_names()[i] for i in d.splits["test"]]
+    assert len(test) == 10 and all(Path(p).stem.endswith("_1") for p in test)
+    assert d.split_source["test"].endswith("eurosat-test.txt")
+    assert len(d.splits["val"]) == 10 and len(d.splits["train"]) == 30
+    assert d.prompt_names[0] == "annual crops"
+    # every split file present: used as they are
+    ds = tmp_path / "EuroSAT_MS"
+    classes = sorted(p.name for p in (ds / "2750").iterdir())
+    for split, k in (("train", (2, 3, 4)), ("val", (5,))):
+        (ds / f"eurosat-{split}.txt").write_text("".join(f"{c}_{i}.jpg\n" for c in classes
+                                                         for i in k))  # fmt: skip
+    d = from_benchmark("EuroSAT_MS", tmp_path)
+    assert [len(d.splits[s]) for s in ("train", "val", "test")] == [30, 10, 10]
+    assert d.split_source["val"].endswith("eurosat-val.txt")
+    model = msclip.create_model("msclip-tiny")
+    item = d.dataset(model.preprocess())[int(d.splits["test"][0])]
+    assert tuple(item["image"].shape) == (10, 32, 32) and item["index"] == d.splits["test"][0]

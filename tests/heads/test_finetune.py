@@ -1,0 +1,174 @@
+"""The heads runner end to end with a tiny random model: tasks, exact resume after a kill, bad
+input that writes nothing, outputs and records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from msclip.errors import CheckpointError, ConfigError, HeadInputError
+from msclip.heads.checkpoint import read_head
+from msclip.heads.finetune import FinetuneRunConfig, run_finetune
+from msclip.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("scenes")
+    generate_dataset(root, classes=["sea", "forest", "desert"], n_per_class=10, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and a forked child inherits no thread pool)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(tmp: Path, **kw) -> FinetuneRunConfig:
+    base = dict(
+        model_name="msclip-tiny", pretrained=False, output_dir=str(tmp / "run"),
+        save_path=str(tmp / "results"), cache_dir=str(tmp.parent / "cache"), text_cache=False,
+        progress=False, n_resamples=20, val_fraction=0.2, test_fraction=0.3, batch_size=8,
+        epochs=3,
+    )  # fmt: skip
+    base.update(kw)
+    return FinetuneRunConfig(**base)
+
+
+def _tables(scenes: Path) -> tuple[Path, Path]:
+    """A multi-label table (0/1 columns) and a regression table over the generated tiles."""
+    caps = pd.read_csv(scenes / "captions.csv")
+    df = pd.DataFrame({"path": caps["image"]})
+    df["water"] = (caps["label"] == "sea").astype(int)
+    df["green"] = (caps["label"] == "forest").astype(int)
+    ml = scenes / "multilabel.csv"
+    df.to_csv(ml, index=False)
+    rng = np.random.default_rng(0)
+    reg = pd.DataFrame({"path": caps["image"]})
+    reg["cover"] = caps["label"].map({"sea": 0, "forest": 8000, "desert": 500}) + rng.integers(
+        0, 1000, len(caps)
+    )
+    rp = scenes / "cover.csv"
+    reg.to_csv(rp, index=False)
+    return ml, rp
+
+
+def test_classification_outputs_and_records(scenes, tmp_path):
+    res = run_finetune(_cfg(tmp_path, folders=str(scenes), method=["knn", "logistic", "linear"]))
+    assert [m.label for m in res.methods] == ["knn", "knn-unweighted", "logistic", "linear"]
+    for m in res.methods:
+        head = read_head(m.files["head"])
+        assert head.names == ["desert", "forest", "sea"] and head.task == "classification"
+        assert Path(m.files["predictions"]).is_file() and Path(m.files["record"]).is_file()
+        rec = json.loads(Path(m.files["record"]).read_text())
+        assert rec["kind"] == "head" and rec["model"]["label"] == f"msclip-tiny-random+{m.label}"
+        assert rec["dataset"]["split_source"].startswith("seeded split")
+        ci = rec["ci"]["top1_accuracy"]
+        assert ci["low"] <= rec["metrics"]["top1_accuracy"] <= ci["high"]
+    protocol = res.protocol
+    assert protocol["config"]["method"] == ["knn", "logistic", "linear"]
+    assert protocol["data"]["splits"] == {"train": 15, "val": 6, "test": 9}
+    assert "C" in protocol["methods"]["logistic"]["hyperparameters"]
+    assert (res.output_dir / "protocol.yaml").is_file()
+    summary = pd.read_csv(res.save_path / "summary.csv")
+    assert len(summary) == 4 and summary.columns.tolist() == ["model", scenes.name]
+    # the cache was filled once and reused: a second run encodes nothing
+    again = run_finetune(_cfg(tmp_path / "again", folders=str(scenes), method=["knn"],
+                              cache_dir=str(tmp_path.parent / "cache")))  # fmt: skip
+    assert again.protocol["feature_cache"]["cls"]["encoded"] == 0
+
+
+def test_multilabel_and_regression_tables(scenes, tmp_path):
+    ml, reg = _tables(scenes)
+    res = run_finetune(_cfg(tmp_path / "ml", csv=str(ml), task="multi-label",
+                            label_columns=["water", "green"], method=["knn", "logistic",
+                                                                     "linear"]))  # fmt: skip
+    for m in res.methods:
+        assert m.main_metric == "map_at_k" and m.record["task"] == "multi_label"
+        assert {"map", "micro_f1", "macro_f1"} <= set(m.result.metrics)
+    res = run_finetune(_cfg(tmp_path / "reg", csv=str(reg), task="regression",
+                            value_columns=["cover"], scale=1e-4, method=["ridge", "linear"],
+                            loss="huber"))  # fmt: skip
+    ridge, linear = res.methods
+    assert ridge.main_metric == "r2" and {"rmse", "mae", "r2"} <= set(ridge.result.metrics)
+    assert ridge.result.metrics["r2"] > 0.5  # classes differ in cover; features tell them apart
+    assert linear.result.hyperparameters["loss"] == "huber"
+    preds = pd.read_csv(ridge.files["predictions"])
+    assert preds["target_cover"].max() <= 0.9 + 1e-9  # scale applied
+    head = read_head(linear.files["head"])
+    assert head.task == "regression" and head.names == ["cover"]
+
+
+def test_bad_input_writes_nothing(scenes, tmp_path):
+    caps = pd.read_csv(scenes / "captions.csv")
+    bad = pd.DataFrame({"path": caps["image"], "value": 1.0})
+    bad.loc[7, "value"] = float("nan")
+    table = scenes / "nan.csv"
+    bad.to_csv(table, index=False)
+    cfg = _cfg(tmp_path, csv=str(table), task="regression", method=["ridge"])
+    with pytest.raises(HeadInputError, match=r"line 9 .*not a finite number"):
+        run_finetune(cfg)
+    with pytest.raises(ConfigError, match="methods \\['knn'\\] do not apply to regression"):
+        run_finetune(dataclasses.replace(cfg, method=["knn"]))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+
+
+def _run_then_die(cfg: FinetuneRunConfig) -> None:
+    """Child process: train, and die (no clean-up at all) once epoch 2 is checkpointed."""
+
+    def die(label: str, epoch: int) -> None:
+        if epoch == 2:
+            os._exit(7)
+
+    run_finetune(cfg, hooks=[die])
+    os._exit(0)
+
+
+def _tensors(path: str) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
+def test_killed_lora_run_resumes_to_the_same_bits(scenes, tmp_path):
+    kw = dict(folders=str(scenes), method=["linear"], encoder_mode="lora", lora_dropout=0.2,
+              augment=True, epochs=4, n_resamples=0)  # fmt: skip
+    whole = run_finetune(_cfg(tmp_path / "a", **kw))
+    cfg = _cfg(tmp_path / "b", **kw)
+    child = multiprocessing.get_context("fork").Process(target=_run_then_die, args=(cfg,))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == 7
+    folder = tmp_path / "b" / "run" / "linear-lora"
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "head.safetensors").exists()
+    with pytest.raises(ConfigError, match="resume"):
+        run_finetune(cfg)  # an existing run is never overwritten without resume
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_finetune(dataclasses.replace(cfg, resume=True, encoder_lr=5e-4))
+    seen: list[int] = []
+    resumed = run_finetune(dataclasses.replace(cfg, resume=True),
+                           hooks=[lambda label, epoch: seen.append(epoch)])  # fmt: skip
+    assert seen == [3, 4]  # continued after the checkpoint of epoch 2, not started again
+    a, b = whole.methods[0].files, resumed.methods[0].files
+    for key in ("head", "adapters"):
+        ta, tb = _tensors(a[key]), _tensors(b[key])
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (key, k)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in ta.items() if "lora_B" in k)
+    ha, hb = pd.read_csv(a["history"]), pd.read_csv(b["history"])
+    pd.testing.assert_frame_equal(ha, hb)
+    assert len(hb) == 4
+    pd.testing.assert_frame_equal(pd.read_csv(a["predictions"]), pd.read_csv(b["predictions"]))
