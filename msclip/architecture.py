@@ -1,0 +1,514 @@
+"""msclip's own build of the CLIP vision transformer, state-dict compatible with OpenCLIP.
+
+The architecture is CLIP's (Radford et al., "Learning Transferable Visual Models From Natural
+Language Supervision", ICML 2021): a ViT image tower (Dosovitskiy et al., ICLR 2021) with a class
+token, learned positional embeddings, pre-norm residual blocks of multi-head attention and a GELU
+MLP, a final norm and a linear projection; a causal text transformer pooled at the end-of-text
+token. Parameter names, module layout, initialisation order and arithmetic are those of OpenCLIP's
+``CLIP`` (``visual.transformer.resblocks.3.mlp.c_fc.weight`` ...), so OpenCLIP and Llama3-MS-CLIP
+state dicts load unchanged, seeded random weights are the same as OpenCLIP's, and the outputs
+are bit-identical to OpenCLIP's on the same machine (checked by the tests).
+
+Why a second build: importing ``open_clip`` imports ``transformers``, ``timm`` and
+``torchvision`` (which imports ``torch._dynamo``): about as much start-up time and resident memory
+as ``torch`` itself, which a 64-image command-line run cannot afford. This module needs only
+torch. It covers the configurations msclip's registered models use (:func:`supports`: plain ViT
+image towers and CLIP text towers, with or without QuickGELU); any other OpenCLIP configuration
+(timm or Hugging Face towers, attentional pooling, layer scale, patch dropout ...) is built by
+OpenCLIP itself (:func:`msclip.model.build_open_clip`). ``MSCLIP_CLIP_IMPL=open_clip`` forces
+OpenCLIP for every model.
+
+The methods other msclip code relies on are provided with OpenCLIP's signatures and results:
+``encode_image``, ``encode_text``, ``forward``, ``set_grad_checkpointing``,
+``visual.forward_intermediates`` and ``transformer.forward_intermediates``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "CLIP",
+    "IMPL_ENV",
+    "LayerNorm",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "supports",
+    "text_global_pool",
+    "use_native",
+]
+
+#: Environment variable choosing the implementation: ``msclip`` (default where supported) or
+#: ``open_clip``.
+IMPL_ENV = "MSCLIP_CLIP_IMPL"
+
+_TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale"}
+_VISION_KEYS = {"image_size", "layers", "width", "head_width", "mlp_ratio", "patch_size"}
+_TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
+# Options that may be present with their default (inactive) value.
+_VISION_DEFAULTS: dict[str, Any] = {
+    "ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False, "no_ln_pre": False,
+    "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": "tok",
+    "output_tokens": False, "act_kwargs": None, "norm_kwargs": None, "block_type": None,
+    "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "timm_model_name": None,
+}  # fmt: skip
+_TEXT_DEFAULTS: dict[str, Any] = {
+    "ls_init_value": None, "embed_cls": False, "no_causal_mask": False, "pool_type": "argmax",
+    "proj_bias": False, "proj_type": "linear", "output_tokens": False, "act_kwargs": None,
+    "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
+    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_kwargs": None,
+    "tokenizer_mode": None, "final_ln_after_pool": False, "pad_id": 0, "eos_id": 2,
+}  # fmt: skip
+_TOP_DEFAULTS: dict[str, Any] = {
+    "custom_text": False, "init_logit_bias": None, "nonscalar_logit_scale": False,
+    "cast_dtype": None, "output_dict": False, "multimodal_cfg": None,
+}  # fmt: skip
+
+
+def _unsupported(cfg: Mapping[str, Any], keys: set[str], defaults: Mapping[str, Any]) -> list[str]:
+    return [k for k, v in cfg.items() if k not in keys and (k not in defaults or v != defaults[k])]
+
+
+def supports(arch_cfg: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether this module builds ``arch_cfg`` (an OpenCLIP model config), and if not, why."""
+    bad = _unsupported(arch_cfg, _TOP_KEYS, _TOP_DEFAULTS)
+    vision = arch_cfg.get("vision_cfg") or {}
+    text = arch_cfg.get("text_cfg") or {}
+    bad += [f"vision_cfg.{k}" for k in _unsupported(vision, _VISION_KEYS, _VISION_DEFAULTS)]
+    bad += [f"text_cfg.{k}" for k in _unsupported(text, _TEXT_KEYS, _TEXT_DEFAULTS)]
+    if isinstance(vision.get("layers", 12), (list, tuple)):
+        bad.append("vision_cfg.layers (ResNet tower)")
+    for key in ("image_size", "patch_size"):
+        size = vision.get(key)
+        if isinstance(size, (list, tuple)) and len(set(size)) != 1:
+            bad.append(f"vision_cfg.{key} (not square)")
+    if bad:
+        return False, "options " + ", ".join(bad)
+    return True, ""
+
+
+def use_native(arch_cfg: Mapping[str, Any]) -> bool:
+    """Build ``arch_cfg`` with this module (supported and not overridden by :data:`IMPL_ENV`)."""
+    choice = os.environ.get(IMPL_ENV, "msclip").strip().lower()
+    if choice in ("open_clip", "openclip"):
+        return False
+    return supports(arch_cfg)[0]
+
+
+def _square(value: int | Sequence[int]) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+class LayerNorm(nn.LayerNorm):
+    """Layer norm whose output keeps the input's dtype (as OpenCLIP's ``LayerNorm``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the GELU approximation of the original CLIP weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``.
+
+    Attention is ``nn.MultiheadAttention`` (batch first), whose fused kernel PyTorch uses in
+    inference; the MLP is ``c_fc``, GELU (or QuickGELU), ``c_proj``.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: type[nn.Module]) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ls_1 = nn.Identity()
+        self.ln_2 = LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", act()),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
+        )
+        self.ls_2 = nn.Identity()
+
+    def get_weight_dtype(self) -> torch.dtype:
+        fc = self.mlp.c_fc
+        return getattr(fc, "int8_original_dtype", None) or fc.weight.dtype
+
+    def attention(
+        self,
+        q_x: torch.Tensor,
+        k_x: torch.Tensor | None = None,
+        v_x: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        k_x = q_x if k_x is None else k_x
+        v_x = q_x if v_x is None else v_x
+        mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
+        return self.attn(q_x, k_x, v_x, need_weights=False, attn_mask=mask)[0]
+
+    def forward(
+        self,
+        q_x: torch.Tensor,
+        k_x: torch.Tensor | None = None,
+        v_x: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = q_x + self.ls_1(self.attention(self.ln_1(q_x), attn_mask=attn_mask))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+def _take_indices(n: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """Absolute block indices to return: ``None`` all, an int the last ``n``, a sequence as given
+    (negative from the end); and the largest of them."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {n})")
+        take = [n - indices + i for i in range(indices)]
+    else:
+        take = []
+        for i in indices:
+            j = n + i if i < 0 else i
+            if not 0 <= j < n:
+                raise ValueError(f"feature index {j} is out of range (0 to {n - 1})")
+            take.append(j)
+    return take, max(take)
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`ResidualAttentionBlock` (batch first)."""
+
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float, act: type[nn.Module]
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.batch_first = True
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)]
+        )
+
+    def get_cast_dtype(self) -> torch.dtype:
+        return self.resblocks[0].get_weight_dtype()
+
+    def _run(
+        self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+        return block(x, attn_mask=attn_mask)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = self._run(block, x, attn_mask)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the blocks and also return the outputs of the blocks ``indices`` selects."""
+        take, last = _take_indices(len(self.resblocks), indices)
+        blocks = self.resblocks[: last + 1] if stop_early else self.resblocks
+        out = []
+        for i, block in enumerate(blocks):
+            x = self._run(block, x, attn_mask)
+            if i in take:
+                out.append(x)
+        return x, out
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower: patch projection, class token, positional embedding, ``ln_pre``, blocks,
+    ``ln_post`` on the class token, projection ``proj``."""
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        output_dim: int,
+        act: type[nn.Module],
+    ) -> None:
+        super().__init__()
+        self.image_size = (image_size, image_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.output_dim = output_dim
+        self.output_tokens = False
+        self.final_ln_after_pool = False
+        self.pool_type = "tok"
+        # Construction order fixes the random initialisation: the same as OpenCLIP's.
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        n_pos = self.grid_size[0] * self.grid_size[1] + 1
+        self.positional_embedding = nn.Parameter(scale * torch.randn(n_pos, width))
+        self.patch_dropout = nn.Identity()
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act)
+        self.attn_pool = None
+        self.attn_pool_contrastive = None
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return {"positional_embedding", "class_embedding"}
+
+    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the tower except its last ``unlocked_groups`` groups (embeddings, each block,
+        last block with ``ln_post``, ``proj``), as OpenCLIP's ``lock``."""
+        for p in self.parameters():
+            p.requires_grad = False
+        if unlocked_groups == 0:
+            return
+        blocks = list(self.transformer.resblocks)
+        groups: list[list[Any]] = [
+            [self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre],
+            *[[b] for b in blocks[:-1]],
+            [blocks[-1], self.ln_post],
+            [self.proj],
+        ]
+        for group in groups[-unlocked_groups:]:
+            for item in group:
+                params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
+                for p in params:
+                    p.requires_grad = True
+
+    def _embeds(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, grid**2, width]
+        cls = self.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        x = self.patch_dropout(x)
+        return self.ln_pre(x)
+
+    def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, 0], x[:, 1:]
+
+    def _pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._global_pool(self.ln_post(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transformer(self._embeds(x))
+        pooled, _ = self._pool(x)
+        return pooled @ self.proj if self.proj is not None else pooled
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        output_fmt: str = "NCHW",
+        output_extra_tokens: bool = False,
+    ) -> dict[str, Any]:
+        """Block outputs (patch tokens) and, unless ``intermediates_only``, the image features.
+
+        Args:
+            x: images ``[B, C, H, W]``.
+            indices: the last ``n`` blocks (int), all (``None``) or the given indices.
+            stop_early: skip the blocks after the last one asked for.
+            normalize_intermediates: apply ``ln_post`` to the intermediates.
+            intermediates_only: return the intermediates alone.
+            output_fmt: ``NCHW`` (patch grid) or ``NLC`` (token sequence).
+            output_extra_tokens: also return the class tokens (``image_intermediates_prefix``).
+
+        Returns:
+            ``{"image_intermediates": [...], "image_features": [B, D]}`` (as OpenCLIP).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        batch, _, height, width = x.shape
+        x, inter = self.transformer.forward_intermediates(
+            self._embeds(x), indices=indices, stop_early=stop_early
+        )
+        if normalize_intermediates:
+            inter = [self.ln_post(t) for t in inter]
+        prefix = [t[:, :1] for t in inter]
+        inter = [t[:, 1:] for t in inter]
+        if output_fmt == "NCHW":
+            h, w = height // self.patch_size[0], width // self.patch_size[1]
+            inter = [t.reshape(batch, h, w, -1).permute(0, 3, 1, 2).contiguous() for t in inter]
+        out: dict[str, Any] = {"image_intermediates": inter}
+        if output_extra_tokens:
+            out["image_intermediates_prefix"] = prefix
+        if intermediates_only:
+            return out
+        pooled, _ = self._pool(x)
+        out["image_features"] = pooled @ self.proj if self.proj is not None else pooled
+        return out
+
+
+def text_global_pool(
+    x: torch.Tensor,
+    text: torch.Tensor | None = None,
+    pool_type: str = "argmax",
+    eos_token_id: int | None = None,
+) -> torch.Tensor:
+    """The token the text embedding is read from: ``argmax`` (the end-of-text token has the
+    largest id in CLIP's vocabulary), ``eos``, ``first``, ``last``, or every token (``none``)."""
+    if pool_type == "first":
+        return x[:, 0]
+    if pool_type == "last":
+        return x[:, -1]
+    if pool_type in ("argmax", "eos"):
+        if text is None:
+            raise ValueError(f"pool_type {pool_type!r} needs the token ids")
+        if pool_type == "argmax":
+            idx = text.argmax(dim=-1)
+        else:
+            if eos_token_id is None:
+                raise ValueError("pool_type 'eos' needs eos_token_id")
+            idx = (text == eos_token_id).int().argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), idx]
+    return x
+
+
+class CLIP(nn.Module):
+    """CLIP with a ViT image tower and a causal text transformer (OpenCLIP's ``CLIP`` layout).
+
+    Args:
+        embed_dim: joint embedding size.
+        vision_cfg: ``image_size``, ``layers``, ``width``, ``head_width``, ``mlp_ratio``,
+            ``patch_size``.
+        text_cfg: ``context_length``, ``vocab_size``, ``width``, ``heads``, ``layers``,
+            ``mlp_ratio``.
+        quick_gelu: QuickGELU instead of GELU (OpenAI's original weights).
+        init_logit_scale: initial ``logit_scale`` (log of the inverse temperature).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        vision_cfg: Mapping[str, Any],
+        text_cfg: Mapping[str, Any],
+        quick_gelu: bool = False,
+        init_logit_scale: float = math.log(1 / 0.07),
+        **_defaults: Any,
+    ) -> None:
+        super().__init__()
+        ok, why = supports(
+            {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg, **_defaults}
+        )
+        if not ok:
+            raise ValueError(f"msclip's CLIP build does not support {why}; use OpenCLIP")
+        self.output_dict = False
+        act: type[nn.Module] = QuickGELU if quick_gelu else nn.GELU
+        v = {"layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16,
+             "image_size": 224, **vision_cfg}  # fmt: skip
+        self.visual = VisionTransformer(
+            _square(v["image_size"]), _square(v["patch_size"]), int(v["width"]), int(v["layers"]),
+            int(v["width"]) // int(v["head_width"]), float(v["mlp_ratio"]), embed_dim, act,
+        )  # fmt: skip
+        t = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12,
+             "mlp_ratio": 4.0, **text_cfg}  # fmt: skip
+        width, n_ctx = int(t["width"]), int(t["context_length"])
+        # Built in OpenCLIP's order (its TextTransformer), then registered in its CLIP's order.
+        token_embedding = nn.Embedding(int(t["vocab_size"]), width)
+        positional_embedding = nn.Parameter(torch.empty(n_ctx, width))
+        transformer = Transformer(
+            width, int(t["layers"]), int(t["heads"]), float(t["mlp_ratio"]), act
+        )
+        ln_final = LayerNorm(width)
+        text_projection = nn.Parameter(torch.empty(width, embed_dim))
+        self.transformer = transformer
+        self.context_length = n_ctx
+        self.vocab_size = int(t["vocab_size"])
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.text_pool_type = "argmax"
+        self.text_eos_id = int(t.get("eos_id", 2))
+        self.register_buffer("attn_mask", self.build_causal_mask(), persistent=False)
+        self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
+        self.logit_bias = None
+        self._init_text()
+
+    def build_causal_mask(self) -> torch.Tensor:
+        """Additive causal mask ``[context_length, context_length]``: ``-inf`` above the
+        diagonal."""
+        n = self.context_length
+        return torch.full((n, n), float("-inf"), device=self.positional_embedding.device).triu_(1)
+
+    def _init_text(self) -> None:
+        # CLIP's text initialisation (normal, scaled by width and depth), in OpenCLIP's order.
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.transformer.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return {"positional_embedding"} | {f"visual.{n}" for n in self.visual.no_weight_decay()}
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        self.visual.lock(unlocked_groups, freeze_bn_stats)
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(image)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(text).to(cast_dtype)
+        x = x + self.positional_embedding.to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = text_global_pool(x, text, self.text_pool_type, self.text_eos_id)
+        x = x @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(
+        self, image: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        image_features = self.encode_image(image, normalize=True) if image is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        return image_features, text_features, self.logit_scale.exp()
