@@ -108,6 +108,18 @@ def use_native(arch_cfg: Mapping[str, Any]) -> bool:
     return supports(arch_cfg)[0]
 
 
+def _is_meta(device: torch.device | str | None) -> bool:
+    return device is not None and torch.device(device).type == "meta"
+
+
+def _scaled_randn(scale: float, *shape: int, device: torch.device | str | None) -> nn.Parameter:
+    # Many operations on meta tensors (randn, arithmetic, normal_, triu_) run Python references
+    # that import torch._dynamo and sympy (seconds): a meta build only allocates empty tensors.
+    if _is_meta(device):
+        return nn.Parameter(torch.empty(shape, device=device))
+    return nn.Parameter(scale * torch.randn(shape, device=device))
+
+
 def _square(value: int | Sequence[int]) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
@@ -133,19 +145,26 @@ class ResidualAttentionBlock(nn.Module):
     inference; the MLP is ``c_fc``, GELU (or QuickGELU), ``c_proj``.
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, act: type[nn.Module]) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        act: type[nn.Module],
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = LayerNorm(width, device=device)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True, device=device)
         self.ls_1 = nn.Identity()
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, device=device)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, hidden)),
+                    ("c_fc", nn.Linear(width, hidden, device=device)),
                     ("gelu", act()),
-                    ("c_proj", nn.Linear(hidden, width)),
+                    ("c_proj", nn.Linear(hidden, width, device=device)),
                 ]
             )
         )
@@ -201,7 +220,13 @@ class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` (batch first)."""
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_ratio: float, act: type[nn.Module]
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        act: type[nn.Module],
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.width = width
@@ -209,7 +234,7 @@ class Transformer(nn.Module):
         self.batch_first = True
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act, device) for _ in range(layers)]
         )
 
     def get_cast_dtype(self) -> torch.dtype:
@@ -259,6 +284,7 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float,
         output_dim: int,
         act: type[nn.Module],
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.image_size = (image_size, image_size)
@@ -269,18 +295,20 @@ class VisionTransformer(nn.Module):
         self.final_ln_after_pool = False
         self.pool_type = "tok"
         # Construction order fixes the random initialisation: the same as OpenCLIP's.
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.conv1 = nn.Conv2d(
+            3, width, kernel_size=patch_size, stride=patch_size, bias=False, device=device
+        )
         scale = width**-0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.class_embedding = _scaled_randn(scale, width, device=device)
         n_pos = self.grid_size[0] * self.grid_size[1] + 1
-        self.positional_embedding = nn.Parameter(scale * torch.randn(n_pos, width))
+        self.positional_embedding = _scaled_randn(scale, n_pos, width, device=device)
         self.patch_dropout = nn.Identity()
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, act)
+        self.ln_pre = LayerNorm(width, device=device)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act, device)
         self.attn_pool = None
         self.attn_pool_contrastive = None
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.ln_post = LayerNorm(width, device=device)
+        self.proj = _scaled_randn(scale, width, output_dim, device=device)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
@@ -411,6 +439,9 @@ class CLIP(nn.Module):
             ``mlp_ratio``.
         quick_gelu: QuickGELU instead of GELU (OpenAI's original weights).
         init_logit_scale: initial ``logit_scale`` (log of the inverse temperature).
+        device: where to create the parameters; ``"meta"`` builds the model without memory or
+            random initialisation, to be loaded with ``load_state_dict(assign=True)`` (the
+            causal ``attn_mask`` is then rebuilt, see :meth:`build_causal_mask`).
     """
 
     def __init__(
@@ -420,6 +451,7 @@ class CLIP(nn.Module):
         text_cfg: Mapping[str, Any],
         quick_gelu: bool = False,
         init_logit_scale: float = math.log(1 / 0.07),
+        device: torch.device | str | None = None,
         **_defaults: Any,
     ) -> None:
         super().__init__()
@@ -434,19 +466,25 @@ class CLIP(nn.Module):
              "image_size": 224, **vision_cfg}  # fmt: skip
         self.visual = VisionTransformer(
             _square(v["image_size"]), _square(v["patch_size"]), int(v["width"]), int(v["layers"]),
-            int(v["width"]) // int(v["head_width"]), float(v["mlp_ratio"]), embed_dim, act,
+            int(v["width"]) // int(v["head_width"]), float(v["mlp_ratio"]), embed_dim, act, device,
         )  # fmt: skip
         t = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12,
              "mlp_ratio": 4.0, **text_cfg}  # fmt: skip
         width, n_ctx = int(t["width"]), int(t["context_length"])
         # Built in OpenCLIP's order (its TextTransformer), then registered in its CLIP's order.
-        token_embedding = nn.Embedding(int(t["vocab_size"]), width)
-        positional_embedding = nn.Parameter(torch.empty(n_ctx, width))
-        transformer = Transformer(
-            width, int(t["layers"]), int(t["heads"]), float(t["mlp_ratio"]), act
+        meta = _is_meta(device)
+        vocab = int(t["vocab_size"])
+        token_embedding = (
+            nn.Embedding(vocab, width, _weight=torch.empty(vocab, width, device=device))
+            if meta
+            else nn.Embedding(vocab, width, device=device)
         )
-        ln_final = LayerNorm(width)
-        text_projection = nn.Parameter(torch.empty(width, embed_dim))
+        positional_embedding = nn.Parameter(torch.empty(n_ctx, width, device=device))
+        transformer = Transformer(
+            width, int(t["layers"]), int(t["heads"]), float(t["mlp_ratio"]), act, device
+        )
+        ln_final = LayerNorm(width, device=device)
+        text_projection = nn.Parameter(torch.empty(width, embed_dim, device=device))
         self.transformer = transformer
         self.context_length = n_ctx
         self.vocab_size = int(t["vocab_size"])
@@ -456,10 +494,12 @@ class CLIP(nn.Module):
         self.text_projection = text_projection
         self.text_pool_type = "argmax"
         self.text_eos_id = int(t.get("eos_id", 2))
-        self.register_buffer("attn_mask", self.build_causal_mask(), persistent=False)
-        self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
+        mask = torch.empty(n_ctx, n_ctx, device=device) if meta else self.build_causal_mask()
+        self.register_buffer("attn_mask", mask, persistent=False)
+        self.logit_scale = nn.Parameter(torch.full([], init_logit_scale, device=device))
         self.logit_bias = None
-        self._init_text()
+        if not meta:
+            self._init_text()
 
     def build_causal_mask(self) -> torch.Tensor:
         """Additive causal mask ``[context_length, context_length]``: ``-inf`` above the

@@ -220,12 +220,9 @@ def _build(config: MSCLIPConfig, meta: bool) -> MSCLIP:
     """The model for ``config``; on the meta device (to be loaded with ``assign``) when asked and
     msclip's own CLIP build is used (OpenCLIP's models hold buffers that cannot be rebuilt after
     a meta build, so those get a random initialisation that loading then replaces)."""
-    from msclip.architecture import use_native
+    from msclip.model import build_open_clip
 
-    if meta and use_native(config.arch_cfg):
-        with torch.device("meta"):
-            return MSCLIP(config)
-    return MSCLIP(config)
+    return MSCLIP(config, build_open_clip(config.arch_cfg, meta=meta))
 
 
 def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tensor]:

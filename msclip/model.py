@@ -77,13 +77,18 @@ class MSCLIPConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def build_open_clip(arch_cfg: Mapping[str, Any]) -> nn.Module:
+def build_open_clip(arch_cfg: Mapping[str, Any], meta: bool = False) -> nn.Module:
     """Instantiate a CLIP model from an OpenCLIP config dict (random weights).
 
     Plain ViT configurations (every registered msclip model) are built by
     :mod:`msclip.architecture`, msclip's own build with OpenCLIP's parameter names, arithmetic and
     seeded initialisation, which does not import OpenCLIP; the others by OpenCLIP's ``CLIP`` /
     ``CustomTextCLIP``.
+
+    Args:
+        arch_cfg: the OpenCLIP model config.
+        meta: build msclip's own CLIP on the meta device (no memory, no initialisation; to be
+            loaded with ``assign``). OpenCLIP builds are always materialised.
     """
     from msclip.architecture import CLIP as NativeCLIP
     from msclip.architecture import use_native
@@ -91,7 +96,7 @@ def build_open_clip(arch_cfg: Mapping[str, Any]) -> nn.Module:
     cfg = copy.deepcopy(dict(arch_cfg))
     if use_native(cfg):
         cfg.pop("multimodal_cfg", None)
-        return NativeCLIP(**cfg)
+        return NativeCLIP(**cfg, device="meta" if meta else None)
     from open_clip.model import CLIP, CustomTextCLIP
 
     custom = bool(cfg.pop("custom_text", False)) or "hf_model_name" in cfg.get("text_cfg", {})

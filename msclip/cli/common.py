@@ -55,6 +55,7 @@ __all__ = [
     "positive_int",
     "print_table",
     "read_queries",
+    "report_precision",
     "run_cli",
     "setup_logging",
     "text_cache_for",
@@ -81,6 +82,7 @@ FLAGS: dict[str, str] = {
     "tile_size": "--tile-size",
     "stride": "--stride",
     "dataset_dir": "--dataset-dir",
+    "precision": "--precision",
 }
 
 
@@ -144,9 +146,12 @@ def add_model_args(
     )
     g.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="weights cast once to bf16 are ~2x faster on CPUs with AVX-512 BF16",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        default="auto",
+        help="auto (default): bf16 where the CPU (AVX512_BF16/AMX) or GPU computes it natively, "
+        "else fp32 on a CPU and fp16 on a GPU; bf16 on a CPU without native bf16 is ~100x "
+        "slower; int8: CPU image tower with int8 linear layers (opt-in, slightly different "
+        "embeddings)",
     )
     if not inputs:
         return g
@@ -327,12 +332,23 @@ def load_model(
         args.model_name, args.ckpt_path, args.pretrained, default_name=default_name,
         seed=args.seed, device=device, precision=args.precision,
     )  # fmt: skip
+    report_precision(model, device)
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
         layout=getattr(args, "layout", None),
         sensor=getattr(args, "sensor", None),
     )
     return model, preprocess, get_tokenizer(model)
+
+
+def report_precision(model: Any, device: Any = None) -> None:
+    """Print the run's precision and why it was chosen (one ``precision:`` line on stderr)."""
+    asked = getattr(model, "precision_requested", None) or "fp32"
+    where = f" on {device}" if device is not None else ""
+    print(
+        f"precision: {model.precision}{where} ({asked}: {getattr(model, 'precision_reason', '')})",
+        file=sys.stderr,
+    )
 
 
 def text_cache_for(args: argparse.Namespace, model: Any) -> Any:

@@ -315,7 +315,21 @@ class Trainer:
             cfg.restart_steps,
             cfg.restart_mult,
         )
-        if cfg.precision == "bf16":
+        precision = cfg.precision
+        if precision == "auto":
+            # Mixed precision pays on GPUs with native bf16; CPU autocast loses the fused
+            # attention kernels and is slower than fp32 even with native bf16.
+            from msclip.hardware import cuda_bf16_supported
+
+            native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index or 0)
+            precision = "bf16" if native else "fp32"
+            logger.info(
+                "precision auto: %s (%s)",
+                precision,
+                "GPU with native bf16" if native else "no GPU with native bf16",
+            )
+        self.precision = precision
+        if precision == "bf16":
             if ctx.device.type == "cpu":
                 logger.warning(
                     "bf16 autocast on CPU is slow for attention; fp32 is usually faster there"
