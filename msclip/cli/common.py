@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from msclip.errors import MSCLIPError, UsageError
 
@@ -47,6 +47,7 @@ __all__ = [
     "add_text_cache_args",
     "check_checkpoint",
     "encode_query_set",
+    "exit_process",
     "fraction",
     "load_model",
     "model_from_args",
@@ -203,17 +204,25 @@ def add_text_cache_args(g: Any) -> None:
     )
 
 
-def add_run_args(p: argparse.ArgumentParser, workers: int = 0) -> Any:
-    """Batch size, workers, progress and logging flags; returns the argument group."""
+def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
+    """Batch size, workers, progress and logging flags; returns the argument group.
+
+    ``--batch-size`` and ``--workers`` left unset are chosen for the device once the model is
+    loaded (:func:`load_model`; :func:`msclip.encode.auto_batch_size`, ``auto_workers``)."""
     g = p.add_argument_group("execution")
     g.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per model call (default 32)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per model call (default: 32 on a CPU; on a GPU the largest power of two "
+        "that fits in half of its free memory)",
     )
+    default = "0 on a CPU, up to 8 with a GPU" if workers is None else str(workers)
     g.add_argument(
         "--workers",
         type=non_negative_int,
         default=workers,
-        help=f"DataLoader worker processes for decoding (default {workers})",
+        help=f"DataLoader worker processes for decoding (default {default})",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -332,6 +341,12 @@ def load_model(
         args.model_name, args.ckpt_path, args.pretrained, default_name=default_name,
         seed=args.seed, device=device, precision=args.precision,
     )  # fmt: skip
+    from msclip.encode import auto_batch_size, auto_workers
+
+    if getattr(args, "batch_size", 0) is None:
+        args.batch_size = auto_batch_size(model, device)
+    if getattr(args, "workers", 0) is None:
+        args.workers = auto_workers(device)
     report_precision(model, device)
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
@@ -437,6 +452,34 @@ def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total:
     print(tabulate(rows[:max_rows], headers=headers, floatfmt=".4f"))
     if total > max_rows:
         print(f"... {total - max_rows} more rows in the CSV")
+
+
+# -- leaving ---------------------------------------------------------------------------------------
+def exit_process(code: int | None) -> NoReturn:
+    """End a command-line process with ``code`` without the interpreter's teardown.
+
+    Python's own exit destroys every module and runs the static destructors of torch's C++
+    libraries, which touches library pages never used by the run: measured +128 MB of peak
+    resident memory (and time) with torch's CUDA wheel on a CPU. A finished command has nothing
+    left to tear down, so this does what the exit needs and stops there: it joins non-daemon
+    threads, runs the ``atexit`` callbacks (logging, multiprocessing, temporary files), flushes
+    stdout and stderr, then calls ``os._exit``. Only for the entry points of the programs: their
+    ``main`` functions return the status as usual.
+    """
+    import atexit
+    import threading
+
+    status = int(code or 0) if isinstance(code, int) or code is None else 1
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            status = status or 1
+    os._exit(status)
 
 
 # -- the wrapper ----------------------------------------------------------------------------------
