@@ -20,12 +20,19 @@ fp32           float32 matmul over the stored float32 rows: the plain ``matmul +
 =============  ===================================================================================
 
 Two regimes are measured, one query and a batch of :data:`BATCH_QUERIES` queries, because the
-best kernel differs (a GEMV is bandwidth-bound, a GEMM compute-bound). Each candidate is timed on
-the first :data:`SAMPLE_ROWS` rows (fewer for a small index), the best of a few interleaved runs,
-after a warm-up; preparation (packing, bf16 copy) is timed separately and not counted, since it is
+best kernel differs (a GEMV is bandwidth-bound, a GEMM compute-bound). Each candidate scans the
+first :data:`SAMPLE_ROWS` rows (fewer for a small index) and a quarter of them, the best of a few
+interleaved runs after a warm-up, and its cost per row is the slope between the two: the fixed
+cost of a call (query conversion, selection set-up) does not count, as it does not grow with the
+index. Preparation (packing, bf16 copy) is timed separately and not counted either, since it is
 paid once per opened index, not per search. The plain fp32 scan is always a candidate, so the
 choice is never slower than it on the measured sample. A candidate whose self-test fails (wrong
-values, missing kernel) is left out.
+values, missing kernel) is left out, and so is one whose approximate scores are much less
+accurate than those of the codes themselves (float products with the int8 codes): measured on
+the sample as the residual of the best per-query affine fit of the kernel's scores to the exact
+ones, relative to their spread (``sqrt(1 - r^2)``); the limit is
+``max(4 x the codes' own residual, 0.05)``. That guards recall against a kernel whose input
+quantisation misbehaves on some data.
 
 The choice is cached per CPU kind (:meth:`msclip.hardware.CPUInfo.key`: CPU model, flags, torch
 version, core count) in the index's ``search_cache/`` folder as
@@ -49,6 +56,7 @@ __all__ = [
     "REGIMES",
     "SAMPLE_ROWS",
     "Calibration",
+    "accuracy_limit",
     "calibrate",
     "fastest",
     "load_or_calibrate",
@@ -62,12 +70,17 @@ CANDIDATES = ("int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32"
 BATCH_QUERIES = 64
 REGIMES = {"few": 1, "many": BATCH_QUERIES}
 #: Rows of the sample each kernel is timed on.
-SAMPLE_ROWS = 16384
+SAMPLE_ROWS = 32768
 CALIBRATION_VERSION = 1
 _PREFIX = "calibration-"
 # Relative tolerance under which a kernel is not worth switching to: a faster-measured kernel must
 # beat the fp32 baseline by this much (timings of a few ms on a shared machine are noisy).
 _MARGIN = 0.05
+# A kernel this many times slower than the best one on the warm-up is not timed further.
+_SLOW = 8.0
+# A kernel taking longer than this on the small sample is not timed on the full one.
+_TOO_SLOW_S = 0.05
+_ACC_FACTOR, _ACC_FLOOR = 4.0, 0.05
 
 #: ``timings[regime][kernel]`` -> seconds per row for that regime's query count.
 Timings = dict[str, dict[str, float]]
@@ -83,6 +96,7 @@ class Calibration:
         setup: kernel -> one-off preparation seconds per stored row (packing, bf16 copy).
         cpu: the CPU description (:meth:`msclip.hardware.CPUInfo.to_dict`).
         cached: loaded from the cache rather than measured in this process.
+        accuracy: kernel -> residual of its scores on the sample (see the module docstring).
     """
 
     choice: dict[str, str]
@@ -90,6 +104,7 @@ class Calibration:
     setup: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    accuracy: dict[str, float] = field(default_factory=dict)
 
     def kernel(self, n_queries: int) -> str:
         """The kernel for a search of ``n_queries`` queries."""
@@ -102,6 +117,7 @@ class Calibration:
             "timings": self.timings,
             "setup": self.setup,
             "cpu": self.cpu,
+            "accuracy": self.accuracy,
         }
 
     @classmethod
@@ -112,7 +128,8 @@ class Calibration:
         if set(choice) != set(REGIMES) or not set(choice.values()) <= set(CANDIDATES):
             raise ValueError(f"bad calibration choice {choice}")
         return cls(choice, dict(d.get("timings", {})), dict(d.get("setup", {})),
-                   dict(d.get("cpu", {})), cached=True)  # fmt: skip
+                   dict(d.get("cpu", {})), cached=True,
+                   accuracy=dict(d.get("accuracy", {})))  # fmt: skip
 
 
 # up to this many queries a search counts as the "few" regime (a GEMV beats a GEMM there)
@@ -136,28 +153,50 @@ def fastest(timings: Mapping[str, float], baseline: str = "fp32") -> str:
     return best
 
 
+def accuracy_limit(residuals: Mapping[str, float]) -> float:
+    """The largest residual a kernel may have: ``max(4 x the dequantising kernel's, 0.05)`` (the
+    codes' own error; the smallest measured when that kernel is missing)."""
+    ref = residuals.get("dequant")
+    if ref is None:
+        ref = min(residuals.values(), default=0.0)
+    return max(_ACC_FACTOR * float(ref), _ACC_FLOOR)
+
+
 def calibrate(
-    run: Callable[[str, int], Callable[[], Any] | None],
+    run: Callable[[str, int], Callable[[int], Any] | None],
     setup: Callable[[str], float] | None = None,
     kernels: Iterable[str] = CANDIDATES,
     repeats: int = 3,
     rows: int = SAMPLE_ROWS,
     timer: Callable[[], float] = time.perf_counter,
+    accuracy: Mapping[str, float] | None = None,
 ) -> Calibration:
     """Time every kernel in every regime and choose the fastest per regime.
 
     Args:
-        run: ``run(kernel, n_queries)`` -> a zero-argument function that scans the sample once
-            with that kernel (``None`` when the kernel is unavailable).
+        run: ``run(kernel, n_queries)`` -> a function ``scan(n_rows)`` that scans the first
+            ``n_rows`` rows of the sample once with that kernel (``None`` when the kernel is
+            unavailable).
         setup: ``setup(kernel)`` -> seconds its one-off preparation took on the sample.
         kernels: the candidates.
-        repeats: timed runs per kernel and regime (the best counts), after one warm-up.
-        rows: sample rows, to report seconds per row.
+        repeats: timed runs per kernel, regime and size (the best counts), after one warm-up.
+        rows: sample rows.
         timer: clock (tests inject one).
+        accuracy: kernel -> residual of its scores (see the module docstring); kernels above
+            :func:`accuracy_limit` are not candidates.
     """
     from msclip.hardware import cpu_info
 
     kernels = list(kernels)
+    if accuracy:
+        limit = accuracy_limit(accuracy)
+        dropped = [k for k in kernels if accuracy.get(k, 0.0) > limit]
+        for k in dropped:
+            logger.warning(
+                "search kernel %s left out: its scores are too inaccurate on this index "
+                "(residual %.3f > %.3f)", k, accuracy[k], limit,
+            )  # fmt: skip
+        kernels = [k for k in kernels if k not in dropped]
     prep: dict[str, float] = {}
     for k in kernels:
         if setup is not None:
@@ -166,9 +205,14 @@ def calibrate(
             except (RuntimeError, NotImplementedError, AttributeError) as exc:
                 logger.info("kernel %s unavailable: %s", k, exc)
                 prep[k] = float("nan")
+    # two sizes: the slope between them is the cost per row without the fixed cost of a call
+    large = rows
+    small = max(1, rows // 8)
     timings: Timings = {}
     for regime, n_q in REGIMES.items():
-        fns: dict[str, Callable[[], Any]] = {}
+        fns: dict[str, Callable[[int], Any]] = {}
+        warm: dict[str, float] = {}
+        est: dict[str, float] = {}
         for k in kernels:
             if prep.get(k, 0.0) != prep.get(k, 0.0):  # NaN: preparation failed
                 continue
@@ -176,21 +220,47 @@ def calibrate(
             if fn is None:
                 continue
             try:
-                fn()  # warm-up (and the first failure, if any)
+                fn(small)  # first call: kernel generation (JIT), and the first failure if any
+                t0 = timer()
+                fn(small)
+                warm[k] = timer() - t0
             except (RuntimeError, NotImplementedError, AttributeError) as exc:
                 logger.info("kernel %s unavailable: %s", k, exc)
                 continue
             fns[k] = fn
-        best = dict.fromkeys(fns, float("inf"))
-        for _ in range(max(1, repeats)):
-            for k, fn in fns.items():  # interleaved: load changes hit every kernel alike
-                t0 = timer()
-                fn()
-                best[k] = min(best[k], timer() - t0)
-        timings[regime] = {k: v / rows for k, v in best.items()}
+        first: dict[str, tuple[float, float]] = {}  # kernel -> (small, large) warm-up times
+        for k, fn in fns.items():
+            if k != "fp32" and warm[k] > _TOO_SLOW_S and warm[k] > _SLOW * min(warm.values()):
+                est[k] = warm[k] / small  # hopeless here (an int8 GEMM without VNNI)
+                continue
+            t0 = timer()
+            fn(large)
+            first[k] = (warm[k], timer() - t0)
+        if first:
+            # kernels many times slower than the best on the warm-up are not timed again
+            floor = min(t for _, t in first.values())
+            timed = [k for k in first if first[k][1] <= _SLOW * floor or k == "fp32"]
+            best = {k: first[k] for k in first}
+            for _ in range(max(1, repeats) - 1):
+                for k in timed:  # interleaved: load changes hit every kernel alike
+                    t0 = timer()
+                    fns[k](small)
+                    t1 = timer()
+                    fns[k](large)
+                    t2 = timer()
+                    best[k] = (min(best[k][0], t1 - t0), min(best[k][1], t2 - t1))
+            for k, (t_small, t_large) in best.items():
+                mean = t_large / large
+                if large > small and t_large > t_small:
+                    # the slope, but never below a quarter of the mean: a slope from two nearly
+                    # equal noisy times is not evidence of a nearly free kernel
+                    est[k] = max((t_large - t_small) / (large - small), 0.25 * mean)
+                else:  # no growth at all (noise): the mean is the safe figure
+                    est[k] = mean
+        timings[regime] = est
     choice = {regime: fastest(t) for regime, t in timings.items()}
     cal = Calibration(choice, timings, {k: v for k, v in prep.items() if v == v},
-                      cpu_info().to_dict())  # fmt: skip
+                      cpu_info().to_dict(), accuracy=dict(accuracy or {}))  # fmt: skip
     logger.info("search kernels measured: %s", _describe(cal))
     return cal
 

@@ -234,6 +234,27 @@ def _select_top(
     return pool_i, thr[:, 0]
 
 
+def _residual(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of ``sqrt(1 - r^2)``, ``r`` the correlation of approximate and exact
+    scores: the residual of the best affine fit relative to the spread of the exact scores."""
+    out = []
+    for a, e in zip(approx, exact):
+        if a.std() == 0 or e.std() == 0:
+            out.append(0.0 if np.allclose(a, a[0]) == np.allclose(e, e[0]) else 1.0)
+            continue
+        r = float(np.corrcoef(a, e)[0, 1])
+        out.append(float(np.sqrt(max(0.0, 1.0 - r * r))))
+    return float(np.mean(out)) if out else 0.0
+
+
+def _unit_max(qs: torch.Tensor) -> torch.Tensor:
+    """Each query divided by its largest magnitude. fbgemm quantises its input with one scale from
+    the input's range, and the step-scaled queries are tiny (~1e-4): measured, their scores came
+    out with a 40% error against 3% once scaled to 1. A positive factor per query changes no
+    ranking."""
+    return qs / qs.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+
+
 def _int8_queries(q_np: np.ndarray) -> torch.Tensor:
     """Queries rounded to int8 with one scale per query, padded to 17 rows (``torch._int_mm``
     needs more than 16)."""
@@ -641,7 +662,12 @@ class SearchIndex:
             t0 = time.perf_counter()
             if kernel == "int8-fbgemm":
                 prepared[kernel] = _fbgemm_pack(codes)
-            elif kernel == "bf16":
+                spent = time.perf_counter() - t0
+                # the calibration also scans the first eighth of the sample: its own block
+                small = max(1, rows // 8)
+                prepared[f"{kernel}:0:{small}"] = _fbgemm_pack(codes[:small])
+                return spent
+            if kernel == "bf16":
                 prepared[kernel] = torch.from_numpy(emb).bfloat16()
             return time.perf_counter() - t0
 
@@ -652,14 +678,40 @@ class SearchIndex:
             q /= np.linalg.norm(q, axis=1, keepdims=True)
             c = min(default_candidates(10), rows)
 
-            def scan() -> None:
+            def scan(n_rows: int) -> None:
                 with torch.inference_mode():
-                    scores, dtype = self._scan_block(kernel, q, 0, rows, codes, ones, emb, prepared)
-                    _select_top(iter([(0, scores)]), n_q, c, dtype)
+                    scores, dtype = self._scan_block(
+                        kernel, q, 0, n_rows, codes, ones, emb, prepared
+                    )
+                    _select_top(iter([(0, scores)]), n_q, min(c, n_rows), dtype)
 
             return scan
 
-        return calibrate(run, setup, CANDIDATES, rows=rows)
+        spent: dict[str, float] = {}
+        for kernel in CANDIDATES:  # prepare once, before measuring accuracy and speed
+            try:
+                spent[kernel] = setup(kernel)
+            except (RuntimeError, NotImplementedError, AttributeError) as exc:
+                logger.info("kernel %s unavailable: %s", kernel, exc)
+
+        def prepared_time(kernel: str) -> float:
+            if kernel not in spent:
+                raise RuntimeError(f"kernel {kernel} could not be prepared")
+            return spent[kernel]
+
+        residual: dict[str, float] = {}
+        q = gen.standard_normal((8, self.dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        exact = q.astype(np.float64) @ emb.astype(np.float64).T
+        for kernel in CANDIDATES:
+            if not _kernel_works(kernel) or (
+                kernel in ("int8-fbgemm", "bf16") and kernel not in prepared
+            ):
+                continue
+            with torch.inference_mode():
+                approx, _ = self._scan_block(kernel, q, 0, rows, codes, ones, emb, prepared)
+            residual[kernel] = _residual(approx.double().numpy(), exact)
+        return calibrate(run, prepared_time, CANDIDATES, rows=rows, accuracy=residual)
 
     def _scan_block(
         self,
@@ -684,7 +736,13 @@ class SearchIndex:
         if kernel == "int8-gemm":
             return torch._int_mm(_int8_queries(q_np), block.T)[: q.shape[0]], torch.int32
         if kernel == "int8-fbgemm":
-            return torch.ops.quantized.linear_dynamic(qs, prepared[kernel], True), torch.float32
+            packed = prepared[kernel] if stop - start == codes.shape[0] else None
+            if packed is None:  # a part of the sample: its own prepacked block
+                key = f"{kernel}:{start}:{stop}"
+                if key not in prepared:
+                    prepared[key] = _fbgemm_pack(block)
+                packed = prepared[key]
+            return torch.ops.quantized.linear_dynamic(_unit_max(qs), packed, True), torch.float32
         if kernel == "dequant":
             return qs @ block.float().T, torch.float32
         if kernel == "bf16":
@@ -724,10 +782,11 @@ class SearchIndex:
             ids, _ = _select_top(chunks(), n_q, c, torch.int32)
         elif kernel == "int8-fbgemm":
             packed = self._fbgemm_blocks()
+            q_fb = _unit_max(qs)
 
             def chunks() -> Iterator[tuple[int, torch.Tensor]]:
                 for s, block in packed:
-                    yield s, torch.ops.quantized.linear_dynamic(qs, block, True)
+                    yield s, torch.ops.quantized.linear_dynamic(q_fb, block, True)
 
             ids, _ = _select_top(chunks(), n_q, c, torch.float32)
         elif kernel in ("bf16", "fp32"):

@@ -34,13 +34,15 @@ class FakeClock:
         return self.now
 
 
-def fake_runs(clock: FakeClock, cost: dict[tuple[str, int], float]):
+def fake_runs(clock: FakeClock, cost: dict[tuple[str, int], float], fixed: float = 0.0):
+    """Kernels costing ``cost`` per row (plus ``fixed`` per call) on a fake clock."""
+
     def run(kernel: str, n_q: int):
         if (kernel, n_q) not in cost:
             return None  # unavailable on this "machine"
 
-        def scan() -> None:
-            clock.now += cost[(kernel, n_q)]
+        def scan(rows: int) -> None:
+            clock.now += cost[(kernel, n_q)] * rows + fixed
 
         return scan
 
@@ -65,10 +67,14 @@ def test_calibrate_picks_the_fastest_measured_kernel_per_regime() -> None:
         ("int8-gemv", many): 30.0, ("int8-gemm", many): 400.0, ("int8-fbgemm", many): 6.0,
         ("fp32", many): 10.0, ("bf16", many): 300.0,
     }  # fmt: skip
-    cal = calibrate(fake_runs(clock, cost), rows=100, timer=clock, repeats=2)
+    # a fixed cost per call (here as large as the scan of a sample) does not count: the cost per
+    # row is the slope between two sample sizes
+    cal = calibrate(fake_runs(clock, cost, fixed=5000.0), rows=8192, timer=clock, repeats=2)
     assert cal.choice == {"few": "int8-gemv", "many": "int8-fbgemm"}
     assert cal.kernel(1) == "int8-gemv" and cal.kernel(100) == "int8-fbgemm"
-    assert cal.timings["many"]["int8-gemm"] == pytest.approx(4.0)  # seconds per row
+    assert cal.timings["few"]["int8-fbgemm"] == pytest.approx(2.0)  # seconds per row (slope)
+    # far slower than the best on the warm-up: not timed again, its warm-up is its estimate
+    assert cal.timings["many"]["int8-gemm"] == pytest.approx(400.0, rel=0.02)
     assert "bf16" not in cal.timings["few"]  # unavailable there: never chosen
     # a machine where nothing beats the plain float scan keeps it
     clock2 = FakeClock()
