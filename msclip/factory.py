@@ -202,6 +202,9 @@ def create_model(
     else:
         model = _build(config, meta=False)
         if dtype != torch.float32:
+            # the identity of random weights is that of the float32 initialisation, as a weight
+            # file's hash does not depend on the precision it is loaded in
+            _ = model.checkpoint_sha256
             model = model.to(dtype)
     model.eval()
     if choice.precision == "int8":

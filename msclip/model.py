@@ -130,7 +130,7 @@ class MSCLIP(nn.Module):
             if conv.weight.shape[1] != len(bands):
                 # Random init for a new band count, with nn.Conv2d's default initialisation.
                 conv = nn.Conv2d(len(bands), conv.weight.shape[0], conv.kernel_size,
-                                 conv.stride, bias=False)  # fmt: skip
+                                 conv.stride, bias=False, device=conv.weight.device)  # fmt: skip
             visual.conv1 = SpectralPatchEmbed.from_conv(conv, bands)
         missing = [b for b in bands if b not in config.stats.mean]
         if missing:

@@ -560,6 +560,7 @@ def save_checkpoint(
     from msclip._version import __version__
     from msclip.io import atomic_write
 
+    _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     meta = {
         "format": "msclip",
@@ -573,6 +574,17 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
 
 
+def _check_float(model: torch.nn.Module) -> None:
+    if getattr(model, "precision", None) == "int8":
+        from msclip.errors import PrecisionError
+
+        raise PrecisionError(
+            "an int8 model (quantised image tower) cannot be saved as a checkpoint; save the "
+            "float model it was made from (create_model(..., precision='fp32'))",
+            param="precision",
+        )
+
+
 def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write the Llama3-MS-CLIP release layout (three prefixes + ``temperature``), atomically.
 
@@ -580,6 +592,7 @@ def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -
     """
     from msclip.io import atomic_write
 
+    _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for prefix in RELEASE_PREFIXES:
