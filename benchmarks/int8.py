@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import workload  # noqa: F401  (puts this repository's msclip first on the path)
 
 import msclip
 from msclip.hardware import cpu_info
