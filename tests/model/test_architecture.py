@@ -106,3 +106,25 @@ print('RESULT', rc, heavy)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, env=env, check=True)  # fmt: skip
     assert "RESULT 0 []" in out.stdout, out.stdout + out.stderr
+
+
+def test_fused_bf16_cpu_mlp_agrees_with_the_plain_path(monkeypatch) -> None:
+    from msclip import architecture
+
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
+    x = torch.randn(4, 12, 64, 64)
+    tokens = msclip.get_tokenizer(model)(["a forest", "a lake in the mountains"])
+    with torch.inference_mode():
+        fused = model.encode_image(x), model.encode_text(tokens)
+        monkeypatch.setenv(architecture.FUSED_ENV, "0")
+        plain = model.encode_image(x), model.encode_text(tokens)
+    if not architecture._fused_mlp_works():
+        pytest.skip("no fused oneDNN kernel in this torch build")
+    for a, b in zip(fused, plain):
+        assert not torch.equal(a, b)  # the fused kernel did run
+        assert torch.nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.9999
+    with torch.enable_grad():  # runs that record gradients keep the plain path
+        off = model.encode_image(x)
+        monkeypatch.delenv(architecture.FUSED_ENV)
+        on = model.encode_image(x)
+    assert torch.equal(on, off)
