@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from msclip.errors import UnknownModelError, WeightsNotFoundError
+from msclip.errors import CheckpointError, UnknownModelError, WeightsNotFoundError
 from msclip.model import MSCLIP, MSCLIPConfig
 from msclip.pretrained import (
     MODELS,
@@ -196,8 +196,7 @@ def create_model(
         if path is not None:
             ckpt = read_checkpoint(path)
     if ckpt is not None:
-        model = _build(config, meta=True)
-        load_weights(model, ckpt, extend_bands=extend, dtype=dtype)
+        model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
     else:
         model = _build(config, meta=False)
@@ -216,6 +215,69 @@ def create_model(
     if device is not None:
         model = model.to(device)
     logger.info("%s runs in %s", label, choice.summary())
+    return model
+
+
+#: Environment variable turning the converted-weights cache off (``0``).
+WEIGHT_CACHE_ENV = "MSCLIP_WEIGHT_CACHE"
+_WEIGHT_CACHE_VERSION = 1
+
+
+def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
+    """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
+    (float32, no source file, or the cache turned off)."""
+    from msclip.pretrained import file_sha256
+
+    if dtype == torch.float32 or not ckpt.path or os.environ.get(WEIGHT_CACHE_ENV) == "0":
+        return None
+    import hashlib
+
+    facts = json.dumps(
+        [_WEIGHT_CACHE_VERSION, file_sha256(ckpt.path), str(dtype), config.to_dict()],
+        sort_keys=True,
+    )
+    env = os.environ.get("MSCLIP_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    name = hashlib.sha256(facts.encode()).hexdigest()[:32]
+    return root / "weights" / f"{name}-{str(dtype).split('.')[-1]}.safetensors"
+
+
+def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> MSCLIP:
+    """The model of ``config`` with the weights of ``ckpt`` in ``dtype``.
+
+    Converting 150M float32 weights to bf16 costs most of a load (and a transient of the largest
+    tensors) on every run, for the same result: the converted weights are kept in the cache
+    (``$MSCLIP_CACHE_DIR/weights/``, keyed by the source file's sha256, the dtype and the model
+    config; ``MSCLIP_WEIGHT_CACHE=0`` turns it off) and memory-mapped the next time, like a
+    float32 file. The model's provenance stays the source file.
+    """
+    from msclip.pretrained import Checkpoint, file_sha256, save_checkpoint
+
+    cache = _weight_cache_path(ckpt, config, dtype)
+    if cache is not None and cache.is_file():
+        try:
+            cached = read_checkpoint(cache)
+            model = _build(config, meta=True)
+            source = Checkpoint(
+                cached.state_dict,
+                ckpt.format,
+                cached.config,
+                ckpt.temperature,
+                ckpt.path,
+                mapped=True,
+            )
+            load_weights(model, source, dtype=dtype)
+            logger.debug("converted weights from the cache %s", cache)
+            return model
+        except (CheckpointError, OSError, ValueError) as err:
+            logger.warning("ignoring the converted-weights cache %s (%s)", cache, err)
+    model = _build(config, meta=True)
+    load_weights(model, ckpt, extend_bands=extend, dtype=dtype)
+    if cache is not None:
+        try:
+            save_checkpoint(model, cache, {"source_sha256": file_sha256(ckpt.path)})
+        except OSError as err:
+            logger.debug("cannot keep the converted weights in %s: %s", cache, err)
     return model
 
 

@@ -112,3 +112,28 @@ def test_file_hash_is_cached_on_disk_and_follows_changes(tmp_path, monkeypatch) 
     monkeypatch.setattr("builtins.open", real_open)
     f.write_bytes(b"b" * 1000)  # changed: another key, another hash
     assert file_sha256(f) != first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_converted_weights_are_cached_and_mapped_next_time(files, monkeypatch) -> None:
+    import os
+    from pathlib import Path
+
+    from msclip import factory
+
+    _, st_path, _ = files
+    first = msclip.create_model(st_path, precision="bf16")
+    cached = list((Path(os.environ["MSCLIP_CACHE_DIR"]) / "weights").glob("*.safetensors"))
+    assert len(cached) == 1
+    again = msclip.create_model(st_path, precision="bf16")
+    w = again.clip.visual.transformer.resblocks[0].mlp.c_fc.weight
+    assert w.dtype == torch.bfloat16 and _file_of(w.data_ptr()) == str(cached[0])
+    for a, b in zip(first.clip.state_dict().values(), again.clip.state_dict().values()):
+        assert torch.equal(a, b)
+    # the provenance is the source file, not the cache
+    assert again.checkpoint_path == str(st_path)
+    assert again.checkpoint_sha256 == file_sha256(st_path) == first.checkpoint_sha256
+    assert again.fingerprint() == first.fingerprint()
+    monkeypatch.setenv(factory.WEIGHT_CACHE_ENV, "0")  # off: converted again, nothing written
+    msclip.create_model("msclip-tiny", files[2], precision="bf16")
+    assert len(list(cached[0].parent.glob("*.safetensors"))) == 1
