@@ -128,3 +128,14 @@ def test_fused_bf16_cpu_mlp_agrees_with_the_plain_path(monkeypatch) -> None:
         monkeypatch.delenv(architecture.FUSED_ENV)
         on = model.encode_image(x)
     assert torch.equal(on, off)
+
+
+def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    x = torch.randn(2, 12, 64, 64)
+    with torch.inference_mode():
+        ref = model.encode_image(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, fp32 weights
+            auto = model.encode_image(x)
+    assert auto.dtype == torch.bfloat16 and torch.isfinite(auto.float()).all()
+    assert torch.nn.functional.cosine_similarity(auto.float(), ref).min() > 0.999
