@@ -139,3 +139,18 @@ def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
             auto = model.encode_image(x)
     assert auto.dtype == torch.bfloat16 and torch.isfinite(auto.float()).all()
     assert torch.nn.functional.cosine_similarity(auto.float(), ref).min() > 0.999
+
+
+def test_fused_float32_is_opt_in(monkeypatch) -> None:
+    from msclip import architecture
+
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    x = torch.randn(3, 12, 64, 64)
+    with torch.inference_mode():
+        exact = model.encode_image(x)  # default: the plain path, bit-identical to OpenCLIP
+        monkeypatch.setenv(architecture.FUSED_ENV, "all")
+        fused = model.encode_image(x)
+    if not architecture._fused_mlp_works(torch.float32):
+        pytest.skip("no fused oneDNN kernel in this torch build")
+    assert not torch.equal(fused, exact)
+    torch.testing.assert_close(fused, exact, rtol=1e-4, atol=1e-4)
