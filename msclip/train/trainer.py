@@ -157,12 +157,15 @@ def build_model(cfg: TrainConfig) -> MSCLIP:
     """The model a run starts from (see ``--init``)."""
     from msclip.factory import create_model, get_model_entry
 
+    # Training keeps float32 weights whatever the hardware (bf16 is autocast, see --precision);
+    # create_model's own default would give bf16 weights on a CPU with native bf16.
+    fp32 = "fp32"
     if cfg.init == "random":
-        model = create_model(cfg.model, None, bands=cfg.bands)
+        model = create_model(cfg.model, None, bands=cfg.bands, precision=fp32)
     elif cfg.init == "pretrained":
-        model = create_model(cfg.model, True, bands=cfg.bands)
+        model = create_model(cfg.model, True, bands=cfg.bands, precision=fp32)
     elif _is_file(cfg.init) and cfg.model is None:
-        model = create_model(cfg.init, bands=cfg.bands)
+        model = create_model(cfg.init, bands=cfg.bands, precision=fp32)
     else:
         entry = get_model_entry(str(cfg.model))
         bands = cfg.bands if cfg.bands is not None else entry.bands
@@ -170,7 +173,7 @@ def build_model(cfg: TrainConfig) -> MSCLIP:
             Path(cfg.init) if _is_file(cfg.init) else get_model_entry(cfg.init).name
         )
         # Giving the bands explicitly makes the loader extend an RGB patch kernel by zero-init.
-        model = create_model(entry.name, source, bands=bands)
+        model = create_model(entry.name, source, bands=bands, precision=fp32)
     # The weights are about to change: forget the provenance of the initial file.
     model.checkpoint_path = None
     model.checkpoint_sha256 = None

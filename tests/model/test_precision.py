@@ -160,3 +160,13 @@ def test_cli_prints_the_precision_and_records_carry_it(machine, tmp_path, capsys
     rec = json.loads(rec_path.read_text())
     assert rec["model"]["precision"] == "bf16"
     assert "natively" in rec["model"]["precision_reason"]
+
+
+def test_training_starts_from_float32_weights_whatever_auto_picks(machine, tmp_path) -> None:
+    from msclip.train.config import TrainConfig
+    from msclip.train.trainer import build_model
+
+    machine(ZEN4)  # auto would give bf16 weights here
+    assert msclip.create_model("msclip-tiny").dtype == torch.bfloat16
+    model = build_model(TrainConfig(model="msclip-tiny", init="random"))
+    assert model.dtype == torch.float32 and model.precision == "fp32"
