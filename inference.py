@@ -3,9 +3,8 @@
 A thin wrapper of :func:`msclip.cli.inference.main` (also installed as ``msclip-inference``).
 """
 
-import sys
-
+from msclip.cli.common import exit_process
 from msclip.cli.inference import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

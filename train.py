@@ -4,7 +4,8 @@ A thin wrapper of :mod:`msclip.cli.train` (installed as ``msclip-train``); works
 ``torchrun --nproc_per_node=N train.py ...`` as well.
 """
 
+from msclip.cli.common import exit_process
 from msclip.cli.train import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -1,9 +1,15 @@
 """Image-tower throughput of the 10-band ViT-B-16 (Llama3-MS-CLIP architecture) on this machine.
 
-Prints images/s of the model alone at batch 1, 8 and 32 in fp32 and bf16 (weights cast once;
-``torch.autocast`` shown for comparison), then the end-to-end figure from 224x224 12-band uint16
-GeoTIFF files to embeddings (DataLoader workers decode and preprocess while the model runs), and
-the ratio end-to-end / model-only at batch 32 (target: >= 0.90).
+Prints the machine (CPU model, torch's dispatch level, AVX-512/bf16/VNNI flags) and what
+``--precision auto`` picks there; images/s of the model alone at batch 1, 8 and 32 in each
+precision (fp32, bf16 weights cast once, int8 image tower; ``torch.autocast`` shown for
+comparison), with the one ``auto`` picks marked; then the end-to-end figure from 224x224 12-band
+uint16 GeoTIFF files to embeddings and its ratio to the model alone at batch 32 (target: >= 0.90).
+
+When a CUDA GPU is present, the same on the GPU: images/s in fp32, bf16 (fp16 where bf16 is
+missing) and ``auto``, at the batch size chosen from free memory
+(:func:`msclip.encode.auto_batch_size`) and at 32, end to end with pinned memory, non-blocking
+copies and DataLoader workers.
 
 Random weights: the architecture is the published one, so the figures are those of the real
 model. Run: ``python benchmarks/encode.py [--quick]``.
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import workload  # noqa: F401  (puts this repository's msclip first on the path)
 from torch.utils.data import DataLoader, Dataset
 
 import msclip
@@ -95,36 +102,88 @@ def write_tiles(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def gpu_figures(paths: list[Path], seconds: float) -> None:
+    """Images/s on the GPU, model alone and end to end, per precision."""
+    from msclip.encode import auto_batch_size, auto_workers, encode_images
+    from msclip.hardware import choose_precision, cuda_bf16_supported
+
+    name = torch.cuda.get_device_name(0)
+    auto = choose_precision("auto", "cuda")
+    print(f"\nGPU: {name}; native bf16 {cuda_bf16_supported()}; auto picks {auto.summary()}")
+    reduced = "bf16" if cuda_bf16_supported() else "fp16"
+    for precision in ("fp32", reduced):
+        model = msclip.create_model("Llama3-MS-CLIP-Base", device="cuda", precision=precision)
+        batch = auto_batch_size(model)
+        for b in sorted({32, batch}):
+            x = torch.randn(b, len(model.bands), model.image_size, model.image_size, device="cuda")
+            with torch.inference_mode():
+                model.encode_image(x)
+                torch.cuda.synchronize()
+                n, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    model.encode_image(x)
+                    n += b
+                torch.cuda.synchronize()
+                rate = n / (time.perf_counter() - start)
+            mark = " (chosen from free memory)" if b == batch else ""
+            print(f"  {precision}: model alone at batch {b}{mark}: {rate:8.1f} images/s")
+        workers = auto_workers("cuda")
+        start = time.perf_counter()
+        res = encode_images(model, model.preprocess(), paths, batch_size=None, workers=workers)
+        torch.cuda.synchronize()
+        rate = len(res.indices) / (time.perf_counter() - start)
+        print(f"  {precision}: end to end from {len(paths)} GeoTIFFs, {workers} workers, pinned "
+              f"memory: {rate:8.1f} images/s")  # fmt: skip
+        del model
+        torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter timings")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--tiles", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, msclip "
-          f"{msclip.__version__}")  # fmt: skip
-    fp32 = msclip.create_model("Llama3-MS-CLIP-Base")
-    bf16 = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
+    from msclip.hardware import choose_precision, cpu_info
+
+    info, auto = cpu_info(), choose_precision("auto")
+    print(f"machine: {info.kind}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"msclip {msclip.__version__}")  # fmt: skip
+    print(f"--precision auto picks: {auto.summary()}")
+    torch.manual_seed(0)
+    fp32 = msclip.create_model("Llama3-MS-CLIP-Base", precision="fp32")
+    models = {"fp32": fp32}
+    if info.native_bf16:
+        models["bf16"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
+    else:
+        print("bf16 skipped: emulated on this CPU (hundreds of times slower than fp32)")
+    models["int8"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="int8")
     rows = []
     for batch in (1, 8, 32):
-        a = model_throughput(fp32, batch, seconds, autocast=False)
-        b = model_throughput(bf16, batch, seconds, autocast=False)
-        c = model_throughput(fp32, batch, seconds / 2, autocast=True) if batch > 1 else float("nan")
-        rows.append((batch, a, b, c))
-    print("\nimage tower, 10x224x224, images/s")
-    print(f"{'batch':>5} {'fp32':>8} {'bf16 weights':>13} {'fp32+autocast':>14}")
-    for batch, a, b, c in rows:
-        print(f"{batch:>5} {a:>8.2f} {b:>13.2f} {c:>14.2f}")
+        row = [batch] + [model_throughput(m, batch, seconds, autocast=False)
+                         for m in models.values()]  # fmt: skip
+        auto_cast = (
+            model_throughput(fp32, batch, seconds / 2, autocast=True)
+            if batch > 1 and info.native_bf16
+            else float("nan")
+        )
+        rows.append((*row, auto_cast))
+    print("\nimage tower, 10x224x224, images/s (auto's choice marked *)")
+    names = [f"{p}{'*' if p == auto.precision else ''}" for p in models]
+    print(f"{'batch':>5} " + " ".join(f"{n:>8}" for n in names) + f" {'fp32+autocast':>14}")
+    for batch, *vals in rows:
+        print(f"{batch:>5} " + " ".join(f"{v:>8.2f}" for v in vals[:-1]) + f" {vals[-1]:>14.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_tiles(Path(tmp), args.tiles)
         print(f"\nend to end: {len(paths)} GeoTIFF tiles 224x224x12 uint16 -> embeddings, "
               f"batch 32, {args.workers} DataLoader worker(s); model-only measured right "
               "after, same conditions")  # fmt: skip
-        for name, model in (("fp32", fp32), ("bf16", bf16)):
+        for name, model in models.items():
             end_to_end(model, paths[:32], 32, args.workers)  # warm-up (file cache, workers)
             # The machine is shared and noisy: interleave model-only and end-to-end runs over
             # the same number of images and report the median of three ratios.
@@ -137,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {e2e:.2f} images/s end to end, model only {only:.2f} -> "
                   f"ratio {ratio:.2f} (target >= 0.90; ratios "
                   f"{', '.join(f'{p[0]:.2f}' for p in pairs)})")  # fmt: skip
-    best = "bf16" if rows[-1][2] > rows[-1][1] else "fp32"
-    print(f"\nfaster at batch 32 on this machine: {best} (use --precision {best})")
+        if torch.cuda.is_available():
+            gpu_figures(paths, seconds)
+        else:
+            print("\nno CUDA GPU here: no GPU figures")
     return 0
 
 

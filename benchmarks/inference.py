@@ -1,257 +1,205 @@
-"""Zero-shot inference throughput of the Llama3-MS-CLIP architecture on this machine.
+"""Zero-shot classification on this machine: each precision's speed, and the run against its floor.
 
-Setup (the issue's reference workload): ViT-B-16 with a 10-band patch embedding
-(``create_model("Llama3-MS-CLIP-Base")`` without weights has the published architecture, so the
-figures are those of the real model), 64 GeoTIFF tiles of 224x224 pixels x 12 bands uint16,
-10 classes x 50 templates (msclip's ``eo`` set plus the first 15 of ``sentinel2``).
+The reference workload (``workload.py``): 64 generated 224x224x12 tiles, 10 classes x 50
+templates, a Llama3-MS-CLIP-Base-sized release checkpoint given with ``--ckpt-path``.
 
 Prints:
 
-1. end-to-end ``msclip-inference --run-classification`` (model creation, text tower, reading,
-   preprocessing, image tower, CSV), cold (empty text cache) and warm (cache filled by the cold
-   run), in images/s, for fp32 and bf16 weights and 0 or 1 DataLoader workers;
-2. the text tower alone for the 500 prompts: full 77-token prompts vs trimmed
-   (``encode_text(trim=True)``), fp32 and bf16;
-3. the image tower alone at batch 32: fp32 weights, bf16 weights (cast once) and
-   ``torch.autocast("cpu", bfloat16)`` over fp32 weights (target: bf16 >= 9 images/s).
+1. the machine: CPU model, torch's dispatch level and flags, and what ``--precision auto``
+   picks and why;
+2. the image tower alone (batch 32) in fp32, bf16 and int8, images/s by wall time and by CPU
+   time (less disturbed by other processes on a shared machine);
+3. the end-to-end run with default flags (``python -m msclip.cli.inference
+   --run-classification``, cold text cache: start-up, model load, text tower, reading, image
+   tower, CSV) against its floor, the sum of three parts measured in the same run:
 
-The machines are shared: every figure is the best of a few runs (variants interleaved where it
-matters), and the load average is printed at the start and the end.
+   - importing torch (``python -c "import torch"``, leaving without the interpreter's teardown
+     as msclip's programs do),
+   - the 500 prompts through the text tower, trimmed after the longest prompt (as the program
+     does them),
+   - the 64 images at the machine's GEMM bound: the matrix products of the image tower alone
+     (the same shapes, in the chosen precision, without anything between them) for 64 images;
 
-Index search figures come from ``benchmarks/index_search.py``.
+   and the image tower's fraction of that GEMM bound (target >= 0.85) and the whole run's ratio
+   to the floor (target <= 1.25).
 
-Run: ``python benchmarks/inference.py`` (several minutes on 2 cores; ``--quick`` for a smoke run).
+Every figure is the best of a few runs, the parts interleaved (the machines are shared; the load
+average is printed). Run: ``python benchmarks/inference.py [--repeats 3] [--workdir DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
-import tempfile
+import shutil
+import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-from tabulate import tabulate
-
-import msclip
-from msclip.cli.inference import main as inference_main
-from msclip.zero_shot import format_prompts, load_templates
-
-CLASSES = [
-    "annual crop",
-    "forest",
-    "herbaceous vegetation",
-    "highway",
-    "industrial buildings",
-    "pasture",
-    "permanent crop",
-    "residential buildings",
-    "river",
-    "sea or lake",
-]
+import workload  # this folder's helper (also puts the repository's msclip first on the path)
 
 
-def make_tiles(root: Path, n: int, size: int = 224, seed: int = 0) -> list[Path]:
-    """``n`` 12-band uint16 GeoTIFF tiles (L2A band order) with a UTM CRS."""
-    from affine import Affine
-    from rasterio.crs import CRS
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        data = rng.integers(1, 8000, size=(12, size, size), dtype=np.uint16)
-        p = root / f"tile_{i:03d}.tif"
-        tf = Affine(10, 0, 500000 + 10 * size * i, 0, -10, 5000000)
-        msclip.write_geotiff(p, data, crs=CRS.from_epsg(32632), transform=tf, compress=None)
-        paths.append(p)
-    return paths
-
-
-def templates_50() -> list[str]:
-    return load_templates("eo") + load_templates("sentinel2")[:15]
+def image_flops(model) -> float:
+    """FLOPs of one image through the ViT tower: patch projection, QKV, attention products,
+    output projection, MLP, final projection (multiply-adds counted as two)."""
+    visual = model.clip.visual
+    width = visual.transformer.width
+    n = visual.grid_size[0] * visual.grid_size[1] + 1
+    hidden = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    patch = visual.patch_size[0] * visual.patch_size[1] * len(model.bands)
+    per_block = 2 * n * width * (3 * width + width + 2 * hidden) + 4 * n * n * width
+    return (
+        2 * (n - 1) * width * patch
+        + visual.transformer.layers * per_block
+        + 2 * width * model.embed_dim
+    )
 
 
-def end_to_end(
-    folder: Path, templates: Path, cache: Path, precision: str, workers: int, n_images: int
-) -> float:
-    """Seconds of one ``--run-classification`` call (printing suppressed)."""
-    out = folder.parent / "out.csv"
-    argv = [
-        "--run-classification",
-        "--model-name",
-        "Llama3-MS-CLIP-Base",
-        "--no-pretrained",
-        "--images",
-        str(folder),
-        "--class-names",
-        *CLASSES,
-        "--templates",
-        str(templates),
-        "--text-cache-dir",
-        str(cache),
-        "--precision",
-        precision,
-        "--workers",
-        str(workers),
-        "--batch-size",
-        "32",
-        "--save-path",
-        str(out),
-        "--quiet",
-    ]
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rc = inference_main(argv)
-    elapsed = time.perf_counter() - start
-    if rc != 0:
-        raise RuntimeError(f"inference failed with exit status {rc}")
-    return elapsed
+def gemm_replay(model, batch: int, n_images: int):
+    """A function running only the matrix products of the image tower for ``n_images`` images
+    (batches of ``batch``), in the model's dtype: the GEMM bound of the tower on this machine."""
+    import torch
+
+    visual = model.clip.visual
+    width, dtype = visual.transformer.width, model.dtype
+    n = visual.grid_size[0] * visual.grid_size[1] + 1
+    heads = visual.transformer.resblocks[0].attn.num_heads
+    hidden = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    patch = visual.patch_size[0] * visual.patch_size[1] * len(model.bands)
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    x, h = rand(batch * n, width), rand(batch * n, hidden)
+    w_qkv, w_out = rand(width, 3 * width), rand(width, width)
+    w_fc, w_proj, w_patch = rand(width, hidden), rand(hidden, width), rand(patch, width)
+    p_in = rand(batch * (n - 1), patch)
+    q, k = rand(batch * heads, n, width // heads), rand(batch * heads, width // heads, n)
+    a = rand(batch * heads, n, n)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(n_images // batch):
+                p_in @ w_patch
+                for _ in range(visual.transformer.layers):
+                    x @ w_qkv
+                    torch.bmm(q, k)
+                    torch.bmm(a, q)
+                    x @ w_out
+                    x @ w_fc
+                    h @ w_proj
+
+    return run
 
 
-def text_tower(model: msclip.MSCLIP, prompts: list[str], trim: bool, repeats: int) -> float:
-    """Best-of-``repeats`` seconds to encode ``prompts`` in batches of 250."""
-    tokenizer = msclip.get_tokenizer(model)
-    tokens = tokenizer(prompts)
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for i in range(0, len(prompts), 250):
-                model.encode_text(tokens[i : i + 250], trim=trim)
-            best = min(best, time.perf_counter() - start)
-    return best
+def best_time(fn, repeats: int) -> tuple[float, float]:
+    """Best wall seconds and best CPU seconds per intra-op thread of ``fn()``."""
+    import torch
 
-
-def image_tower(model: msclip.MSCLIP, batch: int, autocast: bool) -> tuple[float, float]:
-    """Images/s of one ``encode_image`` call on a random batch: by wall time, and by CPU time
-    (process CPU seconds spread over the intra-op threads), which other processes on a shared
-    machine disturb much less."""
-    x = torch.randn(batch, len(model.bands), model.image_size, model.image_size)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
-        wall, cpu = time.perf_counter(), time.process_time()
-        model.encode_image(x)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return batch / wall, batch / (cpu / torch.get_num_threads())
+    fn()
+    wall, cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall = min(wall, time.perf_counter() - t0)
+        cpu = min(cpu, (time.process_time() - c0) / torch.get_num_threads())
+    return wall, cpu
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="8 images, fewer variants (smoke run)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--repeats", type=int, default=3, help="runs per model-alone figure")
-    p.add_argument("--e2e-repeats", type=int, default=2, help="runs per end-to-end figure")
-    p.add_argument("--skip-end-to-end", action="store_true", help="model-alone figures only")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    n_images = 8 if args.quick else 64
-    repeats = 1 if args.quick else args.repeats
-    e2e_repeats = 1 if args.quick else args.e2e_repeats
-    # The machines are shared: a load average above the core count means contended figures.
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure (the best counts)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/msclip-bench"))
+    ap.add_argument("--skip-precisions", action="store_true", help="only the floor analysis")
+    args = ap.parse_args()
+    paths = workload.prepare(args.workdir)
+
+    import torch
+
+    import msclip
+    from msclip.hardware import choose_precision, cpu_info
+    from msclip.zero_shot import encode_texts, format_prompts
+
+    info, auto = cpu_info(), choose_precision("auto")
+    print(f"machine: {info.kind}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")  # fmt: skip
+    print(f"--precision auto picks: {auto.summary()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs; {n_images} tiles 224x224x12 uint16, "
-        f"{len(CLASSES)} classes x 50 templates"
-    )
 
-    if not args.skip_end_to_end:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            folder = root / "tiles"
-            folder.mkdir()
-            make_tiles(folder, n_images)
-            tpl = root / "templates.txt"
-            tpl.write_text("\n".join(templates_50()) + "\n")
+    x = torch.randn(32, 10, 224, 224)
+    if not args.skip_precisions:
+        print("\nimage tower alone, batch 32, images/s (best of "
+              f"{args.repeats}; by CPU time in brackets):")  # fmt: skip
+        for precision in ("fp32", "bf16", "int8"):
+            if precision == "bf16" and not info.native_bf16:
+                print("  bf16  skipped: emulated on this CPU (hundreds of times slower)")
+                continue
+            model = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision=precision)
+            with torch.inference_mode():
+                wall, cpu = best_time(lambda m=model: m.encode_image(x), args.repeats)
+            mark = "  <- auto" if precision == auto.precision else ""
+            print(f"  {precision:5s} {32 / wall:6.2f}  ({32 / cpu:6.2f}){mark}")
+            del model
 
-            # 1. end to end
-            rows = []
-            variants = (
-                [("fp32", 0), ("bf16", 0)]
-                if args.quick
-                else [("fp32", 0), ("fp32", 1), ("bf16", 0), ("bf16", 1)]
-            )
-            for precision, workers in variants:
-                colds, warms = [], []
-                for r in range(e2e_repeats):  # cold (fresh cache) then warm, best of the repeats
-                    cache = root / f"cache-{precision}-{workers}-{r}"
-                    colds.append(end_to_end(folder, tpl, cache, precision, workers, n_images))
-                    warms.append(end_to_end(folder, tpl, cache, precision, workers, n_images))
-                cold, warm = min(colds), min(warms)
-                rows.append([precision, workers, cold, n_images / cold, warm, n_images / warm])
-            print(
-                f"\nEnd-to-end --run-classification, best of {e2e_repeats} (includes model "
-                "creation and hashing of the random weights for the cache key)"
-            )
-            print(
-                tabulate(
-                    rows,
-                    headers=["weights", "workers", "cold s", "cold img/s", "warm s", "warm img/s"],
-                    floatfmt=".2f",
-                )
-            )
-
-    # 2. text tower
-    prompts = [pr for c in CLASSES for pr in format_prompts(c, templates_50())]
-    rows = []
-    for precision in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        model = msclip.create_model("Llama3-MS-CLIP-Base", precision=precision)
-        start = time.perf_counter()
-        _ = model.checkpoint_sha256
-        hash_s = time.perf_counter() - start
-        full = text_tower(model, prompts, False, 1) if not args.quick else float("nan")
-        trimmed = text_tower(model, prompts, True, repeats)
-        rows.append([precision, len(prompts), full, trimmed, hash_s])
-    print("\nText tower, 10 classes x 50 templates")
-    print(
-        tabulate(
-            rows,
-            headers=["weights", "prompts", "77 tokens s", "trimmed s", "weights hash s"],
-            floatfmt=".2f",
+    # -- the run against its floor ----------------------------------------------------------
+    model = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision="auto")
+    tokenizer = msclip.get_tokenizer(model)
+    templates = [t for t in paths["templates"].read_text().splitlines() if t.strip()]
+    prompts = [p for c in workload.CLASSES for p in format_prompts(c, templates)]
+    n = workload.N_TILES
+    replay = gemm_replay(model, 32, n)
+    out = args.workdir / "out.csv"
+    workload.run_measured(workload.classify_argv(paths, args.workdir / "warm", out))  # warm-up
+    runs: dict[str, list[float]] = {
+        k: [] for k in ("e2e", "torch", "text", "gemm", "tower", "gemm_cpu", "tower_cpu")
+    }
+    for r in range(args.repeats):
+        cache = args.workdir / f"cold-{r}"
+        shutil.rmtree(cache, ignore_errors=True)
+        runs["e2e"].append(workload.run_measured(workload.classify_argv(paths, cache, out))[0])
+        runs["torch"].append(
+            workload.run_measured([sys.executable, "-c", "import os, torch; os._exit(0)"])[0]
         )
-    )
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            encode_texts(model, tokenizer, prompts)
+            runs["text"].append(time.perf_counter() - t0)
+            wall, cpu = best_time(replay, 1)
+            runs["gemm"].append(wall)
+            runs["gemm_cpu"].append(cpu)
 
-    # 3. image tower at batch 32: variants interleaved, best of `repeats` (the machine is shared;
-    # the best run is the one least disturbed by other processes).
-    torch.manual_seed(0)
-    fp32 = msclip.create_model("Llama3-MS-CLIP-Base")
-    bf16 = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
-    towers = [
-        ("fp32 weights", fp32, False),
-        ("bf16 weights (cast once)", bf16, False),
-        ("autocast bf16 over fp32", fp32, True),
-    ]
-    for _, model, autocast in towers:  # warm-up
-        image_tower(model, 4, autocast)
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in towers}
-    for _ in range(repeats):
-        for name, model, autocast in towers:
-            runs[name].append(image_tower(model, 32, autocast))
-    rows = [
-        [name, max(w for w, _ in v), float(np.median([w for w, _ in v])), max(c for _, c in v)]
-        for name, v in runs.items()
-    ]
-    print("\nImage tower alone, batch 32 (target: bf16 weights >= 9 img/s)")
+            def tower() -> None:
+                for s in range(0, n, 32):
+                    model.encode_image(x[: min(32, n - s)])
+
+            wall, cpu = best_time(tower, 1)
+            runs["tower"].append(wall)
+            runs["tower_cpu"].append(cpu)
+    b = {k: min(v) for k, v in runs.items()}
+    floor = b["torch"] + b["text"] + b["gemm"]
+    flops = image_flops(model)
+    print(f"\nend to end: {n} tiles, {len(workload.CLASSES)} classes x {len(templates)} templates "
+          f"({workload.template_source()}), default flags ({model.precision}), cold text cache; "
+          f"best of {args.repeats}")  # fmt: skip
+    print(f"  whole run                         {b['e2e']:7.2f} s")
+    print(f"  floor                             {floor:7.2f} s")
+    print(f"    torch import                    {b['torch']:7.2f} s")
+    print(f"    {len(prompts)} prompts, trimmed           {b['text']:7.2f} s")
     print(
-        tabulate(
-            rows,
-            headers=[
-                "variant",
-                f"best of {repeats} img/s",
-                "median img/s",
-                "by CPU time img/s",
-            ],
-            floatfmt=".2f",
-        )
+        f"    {n} images at the GEMM bound      {b['gemm']:7.2f} s  "
+        f"({n * flops / b['gemm'] / 1e9:.0f} GFLOP/s, {flops / 1e9:.1f} GFLOP per image)"
     )
+    frac = b["gemm"] / b["tower"]
+    frac_cpu = b["gemm_cpu"] / b["tower_cpu"]
+    ratio = b["e2e"] / floor
+    print(f"  image tower alone                 {b['tower']:7.2f} s  -> {frac:.0%} of the GEMM "
+          f"bound (target >= 85%: {'met' if frac >= 0.85 else 'NOT met'}; by CPU time "
+          f"{frac_cpu:.0%})")  # fmt: skip
+    print(f"  whole run / floor                 {ratio:7.2f}x (target <= 1.25x: "
+          f"{'met' if ratio <= 1.25 else 'NOT met'})")  # fmt: skip
+    print("  runs (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.2f}" for v in vs)
+                                      for k, vs in runs.items()))  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "NodataFillWarning",
     "OutOfRangeBandWarning",
     "OutputPathError",
+    "PerformanceWarning",
+    "PrecisionError",
     "PredictorOutputError",
     "RasterReadError",
     "RasterSizeError",
@@ -158,6 +160,16 @@ class CheckpointError(MSCLIPError, ValueError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint does not fit the model (missing, unexpected or differently shaped tensors)."""
+
+
+class PrecisionError(MSCLIPError, ValueError):
+    """A precision that is unknown or has no fast path on the device (fp16 on a CPU, int8 on a
+    GPU)."""
+
+
+class PerformanceWarning(UserWarning):
+    """A setting that runs, but is expected to be much slower on this machine than the default
+    (bf16 on a CPU without native bf16)."""
 
 
 class WeightsNotFoundError(MSCLIPError, FileNotFoundError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from msclip.errors import UnknownModelError, WeightsNotFoundError
+from msclip.errors import CheckpointError, UnknownModelError, WeightsNotFoundError
 from msclip.model import MSCLIP, MSCLIPConfig
 from msclip.pretrained import (
     MODELS,
@@ -63,16 +63,35 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def get_arch_config(arch: str) -> dict:
-    """OpenCLIP-style architecture config: msclip's ``model_configs/`` first, then OpenCLIP's."""
+    """OpenCLIP-style architecture config: msclip's ``model_configs/`` first, then OpenCLIP's.
+
+    OpenCLIP's shipped configs are read from its package folder without importing it (the import
+    costs seconds; see :mod:`msclip.architecture`); configs registered at run time with
+    ``open_clip.add_model_config`` are asked of OpenCLIP itself.
+    """
     path = resources.files("msclip") / "model_configs" / f"{arch}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    shipped = _open_clip_dir() / "model_configs" / f"{arch}.json" if _open_clip_dir() else None
+    if shipped is not None and shipped.is_file():
+        cfg = json.loads(shipped.read_text(encoding="utf-8"))
+        if "vision_cfg" in cfg and "text_cfg" in cfg:
+            return cfg
     import open_clip
 
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise UnknownModelError(f"unknown architecture {arch!r} (neither msclip nor OpenCLIP)")
     return cfg
+
+
+def _open_clip_dir() -> Path | None:
+    from importlib.util import find_spec
+
+    spec = find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _is_checkpoint_path(value: Any) -> bool:
@@ -100,9 +119,14 @@ def create_model(
     device: str | torch.device | None = None,
     bands: Sequence[str | Band] | None = None,
     cache_dir: str | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> MSCLIP:
     """Build a model and load its weights.
+
+    With weights, the model is built on the meta device (no memory, no random initialisation)
+    and takes the memory-mapped checkpoint tensors as its parameters, converted one at a time to
+    the precision's dtype: the weights are never held twice. Without weights it gets its usual
+    seeded random initialisation.
 
     Args:
         name: a registered model name (:func:`list_models`) or the path of an msclip
@@ -115,16 +139,27 @@ def create_model(
         bands: override the model's bands (architectures without fixed weights, or RGB
             initialisation); statistics must cover them.
         cache_dir: Hugging Face cache directory.
-        precision: ``fp32`` or ``bf16`` (weights cast once; see the README for when it is faster).
+        precision: ``auto`` (bf16 where the device computes it natively, else fp32 on a CPU and
+            fp16 on a GPU), ``fp32``, ``bf16``, ``fp16`` (GPU only) or ``int8`` (CPU image tower
+            with dynamically quantised linear layers, text tower in fp32); see
+            :mod:`msclip.hardware`. The choice and its reason are ``model.precision`` and
+            ``model.precision_reason``.
 
     Raises:
         UnknownModelError: unknown name.
         WeightsNotFoundError: weights missing offline (message says what to fetch).
         CheckpointMismatchError: the checkpoint does not fit the architecture.
+        PrecisionError: an unknown precision, fp16 on a CPU or int8 on a GPU.
     """
+    from msclip.hardware import choose_precision
+
     if name is None and pretrained is None:
         raise UnknownModelError("give a model name or a checkpoint path")
+    choice = choose_precision(precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice.precision, torch.float32)
+    path: str | os.PathLike | None = None
     ckpt = None
+    extend = False
     if name is not None and _is_checkpoint_path(name) and str(name) not in MODELS:
         if not os.path.isfile(name):
             raise WeightsNotFoundError(f"checkpoint file not found: {name}")
@@ -140,13 +175,12 @@ def create_model(
         config = MSCLIPConfig.from_dict(ckpt.config)
         if bands is not None:
             config.bands = tuple(b.name for b in resolve_bands(bands))
-        model = MSCLIP(config)
-        load_weights(model, ckpt, extend_bands=bands is not None)
+        extend = bands is not None
+        label = config.name or config.arch
     else:
         entry = get_model_entry(str(name))
         config = _config_for(entry, bands)
-        model = MSCLIP(config)
-        extend = False
+        label = entry.name
         if pretrained is True or pretrained == "default":
             path = resolve_weights(entry, cache_dir=cache_dir)
             extend = bands is not None
@@ -159,34 +193,123 @@ def create_model(
             else:
                 path = resolve_weights(entry, path=pretrained)
             extend = bands is not None
-        else:
-            path = None
         if path is not None:
             ckpt = read_checkpoint(path)
-            load_weights(model, ckpt, extend_bands=extend)
-            logger.info("loaded %s weights (%s) from %s", entry.name, ckpt.format, path)
+    if ckpt is not None:
+        model = _load(config, ckpt, extend, dtype)
+        logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
+    else:
+        model = _build(config, meta=False)
+        if dtype != torch.float32:
+            # the identity of random weights is that of the float32 initialisation, as a weight
+            # file's hash does not depend on the precision it is loaded in
+            _ = model.checkpoint_sha256
+            model = model.to(dtype)
     model.eval()
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
-    elif precision != "fp32":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if choice.precision == "int8":
+        from msclip.quantize import quantize_image_tower
+
+        quantize_image_tower(model)
+    model.precision_reason = choice.reason
+    model.precision_requested = choice.requested
     if device is not None:
         model = model.to(device)
+    logger.info("%s runs in %s", label, choice.summary())
     return model
+
+
+#: Environment variable turning the converted-weights cache off (``0``).
+WEIGHT_CACHE_ENV = "MSCLIP_WEIGHT_CACHE"
+_WEIGHT_CACHE_VERSION = 1
+
+
+def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
+    """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
+    (float32, no source file, or the cache turned off)."""
+    from msclip.pretrained import file_sha256
+
+    if dtype == torch.float32 or not ckpt.path or os.environ.get(WEIGHT_CACHE_ENV) == "0":
+        return None
+    import hashlib
+
+    facts = json.dumps(
+        [_WEIGHT_CACHE_VERSION, file_sha256(ckpt.path), str(dtype), config.to_dict()],
+        sort_keys=True,
+    )
+    env = os.environ.get("MSCLIP_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    name = hashlib.sha256(facts.encode()).hexdigest()[:32]
+    return root / "weights" / f"{name}-{str(dtype).split('.')[-1]}.safetensors"
+
+
+def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> MSCLIP:
+    """The model of ``config`` with the weights of ``ckpt`` in ``dtype``.
+
+    Converting 150M float32 weights to bf16 costs most of a load (and a transient of the largest
+    tensors) on every run, for the same result: the converted weights are kept in the cache
+    (``$MSCLIP_CACHE_DIR/weights/``, keyed by the source file's sha256, the dtype and the model
+    config; ``MSCLIP_WEIGHT_CACHE=0`` turns it off) and memory-mapped the next time, like a
+    float32 file. The model's provenance stays the source file.
+    """
+    from msclip.pretrained import Checkpoint, file_sha256, save_checkpoint
+
+    cache = _weight_cache_path(ckpt, config, dtype)
+    if cache is not None and cache.is_file():
+        try:
+            cached = read_checkpoint(cache)
+            model = _build(config, meta=True)
+            source = Checkpoint(
+                cached.state_dict,
+                ckpt.format,
+                cached.config,
+                ckpt.temperature,
+                ckpt.path,
+                mapped=True,
+            )
+            load_weights(model, source, dtype=dtype)
+            logger.debug("converted weights from the cache %s", cache)
+            return model
+        except (CheckpointError, OSError, ValueError) as err:
+            logger.warning("ignoring the converted-weights cache %s (%s)", cache, err)
+    model = _build(config, meta=True)
+    load_weights(model, ckpt, extend_bands=extend, dtype=dtype)
+    if cache is not None:
+        try:
+            save_checkpoint(model, cache, {"source_sha256": file_sha256(ckpt.path)})
+        except OSError as err:
+            logger.debug("cannot keep the converted weights in %s: %s", cache, err)
+    return model
+
+
+def _build(config: MSCLIPConfig, meta: bool) -> MSCLIP:
+    """The model for ``config``; on the meta device (to be loaded with ``assign``) when asked and
+    msclip's own CLIP build is used (OpenCLIP's models hold buffers that cannot be rebuilt after
+    a meta build, so those get a random initialisation that loading then replaces)."""
+    from msclip.model import build_open_clip
+
+    return MSCLIP(config, build_open_clip(config.arch_cfg, meta=meta))
 
 
 def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tensor]:
     """The tokenizer of a model (OpenCLIP's CLIP BPE tokenizer for CLIP text towers)."""
-    import open_clip
-
     if isinstance(name, MSCLIP):
-        arch, text_cfg = name.config.arch, name.config.arch_cfg.get("text_cfg", {})
+        arch, arch_cfg = name.config.arch, name.config.arch_cfg
     elif _is_checkpoint_path(name) and str(name) not in MODELS:
         cfg = MSCLIPConfig.from_dict(read_checkpoint(name).config or {})
-        arch, text_cfg = cfg.arch, cfg.arch_cfg.get("text_cfg", {})
+        arch, arch_cfg = cfg.arch, cfg.arch_cfg
     else:
         entry = get_model_entry(str(name))
-        arch, text_cfg = entry.arch, get_arch_config(entry.arch).get("text_cfg", {})
+        arch, arch_cfg = entry.arch, get_arch_config(entry.arch)
+    text_cfg = arch_cfg.get("text_cfg", {})
+    from msclip.architecture import use_native
+
+    if use_native(arch_cfg):
+        # plain CLIP text towers use CLIP's BPE tokenizer (equal to OpenCLIP's, without its import)
+        from msclip.tokenizer import CLIPTokenizer
+
+        return CLIPTokenizer(context_length=int(text_cfg.get("context_length", 77)))
+    import open_clip
+
     if open_clip.get_model_config(arch) is not None:
         return open_clip.get_tokenizer(arch)
     if "hf_tokenizer_name" in text_cfg:
@@ -205,7 +328,7 @@ def create_model_and_transforms(
     layout: str | None = None,
     sensor: str | None = None,
     cache_dir: str | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> tuple[MSCLIP, ImageTransform, Callable[..., torch.Tensor]]:
     """Build ``(model, preprocess, tokenizer)``.
 

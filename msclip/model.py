@@ -143,11 +143,28 @@ class Intermediates:
     pooled: list[torch.Tensor] | None
 
 
-def build_open_clip(arch_cfg: Mapping[str, Any]) -> nn.Module:
-    """Instantiate an OpenCLIP ``CLIP`` / ``CustomTextCLIP`` from a config dict (no weights)."""
-    from open_clip.model import CLIP, CustomTextCLIP
+def build_open_clip(arch_cfg: Mapping[str, Any], meta: bool = False) -> nn.Module:
+    """Instantiate a CLIP model from an OpenCLIP config dict (random weights).
+
+    Plain ViT configurations (every registered msclip model) are built by
+    :mod:`msclip.architecture`, msclip's own build with OpenCLIP's parameter names, arithmetic and
+    seeded initialisation, which does not import OpenCLIP; the others by OpenCLIP's ``CLIP`` /
+    ``CustomTextCLIP``.
+
+    Args:
+        arch_cfg: the OpenCLIP model config.
+        meta: build msclip's own CLIP on the meta device (no memory, no initialisation; to be
+            loaded with ``assign``). OpenCLIP builds are always materialised.
+    """
+    from msclip.architecture import CLIP as NativeCLIP
+    from msclip.architecture import use_native
 
     cfg = copy.deepcopy(dict(arch_cfg))
+    if use_native(cfg):
+        cfg.pop("multimodal_cfg", None)
+        return NativeCLIP(**cfg, device="meta" if meta else None)
+    from open_clip.model import CLIP, CustomTextCLIP
+
     custom = bool(cfg.pop("custom_text", False)) or "hf_model_name" in cfg.get("text_cfg", {})
     cfg.pop("multimodal_cfg", None)
     return (CustomTextCLIP if custom else CLIP)(**cfg)
@@ -179,7 +196,7 @@ class MSCLIP(nn.Module):
             if conv.weight.shape[1] != len(bands):
                 # Random init for a new band count, with nn.Conv2d's default initialisation.
                 conv = nn.Conv2d(len(bands), conv.weight.shape[0], conv.kernel_size,
-                                 conv.stride, bias=False)  # fmt: skip
+                                 conv.stride, bias=False, device=conv.weight.device)  # fmt: skip
             visual.conv1 = SpectralPatchEmbed.from_conv(conv, bands)
         if config.taps is None:  # recorded, so that checkpoints say which blocks heads read
             config.taps = default_taps(len(visual.transformer.resblocks))
@@ -194,6 +211,10 @@ class MSCLIP(nn.Module):
         #: Provenance of the loaded weights (path and sha256), set by the loader.
         self.checkpoint_path: str | None = None
         self._checkpoint_sha256: str | None = None
+        #: Why the weights have their precision (set by :func:`msclip.create_model`).
+        self.precision_reason: str = "as built"
+        #: The precision asked for (``auto`` ...).
+        self.precision_requested: str | None = None
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -252,14 +273,19 @@ class MSCLIP(nn.Module):
 
     @property
     def precision(self) -> str:
-        """Precision of the weights: ``fp32``, ``bf16`` or ``fp16``."""
+        """Precision of the weights: ``fp32``, ``bf16``, ``fp16``, or ``int8`` (image tower with
+        dynamically quantised linear layers, :mod:`msclip.quantize`)."""
+        if getattr(self.clip.visual, "msclip_int8", False):
+            return "int8"
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
     def describe(self) -> dict[str, Any]:
         """JSON description of the model and its preprocessing: what produced an embedding.
 
         Stored in embedding-index manifests, evaluation records and cache folders; the
-        ``fingerprint`` entry is :meth:`fingerprint`.
+        ``fingerprint`` entry is :meth:`fingerprint`. ``precision_reason`` says why the weights
+        have their precision (``auto`` on a CPU with native bf16 ...); it is informational and
+        not part of the fingerprint.
         """
         cfg = self.config
         stats = cfg.stats
@@ -271,6 +297,7 @@ class MSCLIP(nn.Module):
             "bands": list(self.bands),
             "embed_dim": int(self.embed_dim),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "preprocessing": {
                 "image_size": int(cfg.image_size),
                 "resize_mode": cfg.resize_mode,
@@ -397,7 +424,7 @@ class MSCLIP(nn.Module):
         """
         if not (trim and self._can_trim_text()):
             return self.clip.encode_text(tokens, normalize=normalize)
-        from open_clip.transformer import text_global_pool
+        from msclip.architecture import text_global_pool
 
         c = self.clip
         length = int(tokens.argmax(dim=-1).max()) + 1  # end-of-text has the largest token id

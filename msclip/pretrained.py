@@ -40,7 +40,9 @@ __all__ = [
     "export_release_checkpoint",
     "file_sha256",
     "load_weights",
+    "materialize_buffers",
     "read_checkpoint",
+    "release_pages",
     "remap_patch_kernel",
     "resolve_weights",
     "save_checkpoint",
@@ -133,18 +135,47 @@ MODELS: dict[str, ModelEntry] = {
 
 
 # -- files and hashes ------------------------------------------------------------------------
+def _hash_cache_dir() -> Path:
+    env = os.environ.get("MSCLIP_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    return root / "sha256"
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) for the life of the process."""
+    """sha256 of a file.
+
+    Hashing the 604 MB Llama3-MS-CLIP checkpoint takes about a second, on every run, for a value
+    that changes only with the file: the digest is remembered for the life of the process and on
+    disk (``$MSCLIP_CACHE_DIR/sha256/``, default ``~/.cache/msclip/sha256/``), keyed by the
+    file's absolute path, device, inode, size and modification time in nanoseconds, so any
+    change to the file gives a new key and a fresh hash.
+    """
     p = os.path.abspath(os.fspath(path))
     st = os.stat(p)
-    key = (p, st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
+    key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA_CACHE:
+        return _SHA_CACHE[key]
+    entry = _hash_cache_dir() / (hashlib.sha256(repr(key).encode()).hexdigest()[:40] + ".txt")
+    try:
+        cached = entry.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        cached = ""
+    if len(cached) == 64 and all(c in "0123456789abcdef" for c in cached):
+        _SHA_CACHE[key] = cached
+        return cached
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    _SHA_CACHE[key] = digest
+    try:
+        from msclip.io import write_text
+
+        write_text(entry, digest + "\n")
+    except OSError as err:  # a read-only home: hash again next time
+        logger.debug("cannot cache the sha256 of %s in %s: %s", p, entry.parent, err)
+    return digest
 
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -222,6 +253,7 @@ class Checkpoint:
         config: msclip model config dict from the file's metadata, if any.
         temperature: the release's scalar temperature, if present.
         path: the file.
+        mapped: the tensors are private memory maps of the file (nothing read until used).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -229,6 +261,7 @@ class Checkpoint:
     config: dict | None = None
     temperature: float | None = None
     path: str | None = None
+    mapped: bool = False
 
 
 def _unpickler_reason(err: BaseException) -> str:
@@ -243,7 +276,9 @@ def _unpickler_reason(err: BaseException) -> str:
     return "not a plain state dict"
 
 
-def _torch_load(path: str) -> Any:
+def _torch_load(path: str) -> tuple[Any, bool]:
+    """The file's object (``weights_only``), memory-mapped where the file format allows it, and
+    whether it is."""
     import pickle
     import warnings
 
@@ -251,7 +286,14 @@ def _torch_load(path: str) -> Any:
         with warnings.catch_warnings():
             # torch warns about pickle protocols while refusing the file; the error says it all
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                # A private map: tensors are read from the page cache when used, never copied; a
+                # legacy (pre zip) file cannot be mapped and is read whole.
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path} holds Python objects other than tensors and plain containers "
@@ -264,7 +306,13 @@ def _torch_load(path: str) -> Any:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file of any supported format (see the module docstring)."""
+    """Read a checkpoint file of any supported format (see the module docstring).
+
+    The tensors are memory maps of the file (safetensors, and ``.pt`` files in torch's zip
+    format): no tensor data is read here, and a model built with ``assign`` loading
+    (:func:`load_weights` on a model built on the meta device) uses the mapped pages as its
+    weights, with no second copy.
+    """
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise WeightsNotFoundError(f"checkpoint file not found: {p}")
@@ -282,9 +330,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             config = json.loads(meta["msclip_config"])
         temperature = float(meta["temperature"]) if "temperature" in meta else None
         fmt = "msclip" if config is not None else "open_clip"
-        return Checkpoint(_strip_module(sd), fmt, config, temperature, p)
+        return Checkpoint(_strip_module(sd), fmt, config, temperature, p, mapped=True)
 
-    obj = _torch_load(p)
+    obj, mapped = _torch_load(p)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a state dict (found {type(obj).__name__})")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning
@@ -311,9 +359,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if copy and (copy.keys() != main.keys()):
                 logger.warning("%s: entries under %r differ from %r; using the latter",
                                p, other, prefix)  # fmt: skip
-        return Checkpoint(main, "llama3-ms-clip-release", None, temperature, p)
+        return Checkpoint(main, "llama3-ms-clip-release", None, temperature, p, mapped)
     return Checkpoint(_strip_module(sd), "open_clip" if config is None else "msclip", config,
-                      None, p)  # fmt: skip
+                      None, p, mapped)  # fmt: skip
 
 
 def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -353,8 +401,14 @@ def load_weights(
     ckpt: Checkpoint,
     strict: bool = True,
     extend_bands: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Load ``ckpt`` into ``model`` (an :class:`msclip.MSCLIP`) strictly.
+
+    A model built on the meta device (no memory, no random initialisation) takes the
+    checkpoint's tensors as its parameters (``load_state_dict(assign=True)``): a memory-mapped
+    checkpoint then becomes the weights without a copy. A materialised model gets the values
+    copied in, as ``load_state_dict`` does.
 
     Args:
         model: target model.
@@ -362,6 +416,9 @@ def load_weights(
         strict: refuse any missing, unexpected or differently shaped tensor.
         extend_bands: when the checkpoint's patch kernel has other bands than the model (an RGB
             OpenCLIP checkpoint for a multispectral model), extend it by the zero-init rule.
+        dtype: floating-point dtype of the loaded weights (default: the model's, float32 on the
+            meta device). Tensors are converted one at a time, and the pages of a memory-mapped
+            source are released after each, so peak memory stays near the converted size.
 
     Raises:
         CheckpointMismatchError: names the missing and unexpected keys and the shape differences.
@@ -415,12 +472,95 @@ def load_weights(
             f"checkpoint {ckpt.path or ''} ({ckpt.format}) does not fit model "
             f"{model.config.name or model.config.arch!r}: " + "; ".join(parts) + "." + hint
         )
-    model.clip.load_state_dict(sd, strict=strict)
+    on_meta = any(t.is_meta for t in target.values())
+    want = dtype or (torch.float32 if on_meta else next(iter(target.values())).dtype)
+    if on_meta or dtype is not None:
+        for k, v in sd.items():
+            if v.is_floating_point() and v.dtype != want:
+                sd[k] = v.to(want)
+                if ckpt.mapped:
+                    release_pages(v)
+    model.clip.load_state_dict(sd, strict=strict, assign=on_meta)
+    if on_meta:
+        materialize_buffers(model)
     if ckpt.temperature is not None:
         model.release_temperature = ckpt.temperature
     if ckpt.path:
         model.checkpoint_path = ckpt.path
         model.checkpoint_sha256 = file_sha256(ckpt.path)
+
+
+# -- memory ------------------------------------------------------------------------------------
+_MADV_DONTNEED = 4
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor that is a private memory map of an unchanged file.
+
+    Converting a mapped fp32 checkpoint to bf16 reads every page of the map; without this the
+    process would keep the fp32 pages resident beside the bf16 weights until the whole map is
+    freed. The pages are dropped with ``madvise(MADV_DONTNEED)``: a later read of the tensor
+    faults them in again from the file, so its values do not change. Only for tensors of a
+    :class:`Checkpoint` with ``mapped=True`` (on anonymous memory it would zero the data); a
+    no-op outside Linux.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux") or t.device.type != "cpu" or t.numel() == 0:
+        return
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    first = -(-start // page) * page  # whole pages inside the tensor only
+    last = end // page * page
+    if last <= first:
+        return
+    libc = _libc()
+    if libc is not None:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+_LIBC: list = []
+
+
+def _libc():  # -> ctypes.CDLL | None
+    if not _LIBC:
+        import ctypes
+
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def materialize_buffers(model: torch.nn.Module) -> None:
+    """Recompute the non-persistent buffers of a model built on the meta device and loaded.
+
+    The only such buffer of CLIP models is the text tower's causal ``attn_mask``; any other
+    buffer left on the meta device is an error (the model cannot run).
+    """
+    device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+    for name, module in model.named_modules():
+        for bname, buf in list(module._buffers.items()):
+            if buf is None or not buf.is_meta:
+                continue
+            if bname == "attn_mask" and buf.ndim == 2 and buf.shape[0] == buf.shape[1]:
+                n = buf.shape[0]
+                module._buffers[bname] = torch.full(
+                    (n, n), float("-inf"), dtype=buf.dtype, device=device
+                ).triu_(1)
+            else:
+                raise CheckpointError(
+                    f"buffer {name + '.' if name else ''}{bname} is not in the checkpoint and "
+                    "cannot be rebuilt; build the model without the meta device"
+                )
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"parameters {left[:5]} were not loaded (still on the meta device)")
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -437,6 +577,7 @@ def save_checkpoint(
     from msclip._version import __version__
     from msclip.io import atomic_write
 
+    _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     meta = {
         "format": "msclip",
@@ -450,6 +591,17 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
 
 
+def _check_float(model: torch.nn.Module) -> None:
+    if getattr(model, "precision", None) == "int8":
+        from msclip.errors import PrecisionError
+
+        raise PrecisionError(
+            "an int8 model (quantised image tower) cannot be saved as a checkpoint; save the "
+            "float model it was made from (create_model(..., precision='fp32'))",
+            param="precision",
+        )
+
+
 def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write the Llama3-MS-CLIP release layout (three prefixes + ``temperature``), atomically.
 
@@ -457,6 +609,7 @@ def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -
     """
     from msclip.io import atomic_write
 
+    _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for prefix in RELEASE_PREFIXES:

@@ -11,6 +11,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 # No test may reach the network: the hub code must take the offline path.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MSCLIP_CACHE_DIR", os.path.join(os.getcwd(), ".pytest_cache", "msclip"))
+# precision="auto" picks bf16 or fp32 by CPU kind; the tests want the same numbers everywhere
+# (tests of the choice itself unset this).
+os.environ["MSCLIP_PRECISION"] = "fp32"
 
 import numpy as np
 import pytest

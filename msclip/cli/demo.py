@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -92,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from msclip.cli.common import exit_process
+
+    exit_process(main())

@@ -40,6 +40,7 @@ from msclip.cli.common import (
     model_from_args,
     non_negative_int,
     positive_int,
+    report_precision,
     run_cli,
     status,
 )
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-label",
         default=None,
         help="row name in the reports (default: the model name, '@<checkpoint stem>' with "
-        "--ckpt-path, '-random' with --no-pretrained, '-bf16' with --precision bf16)",
+        "--ckpt-path, '-random' with --no-pretrained, '-bf16' when the model runs in bf16, "
+        "'-int8' ...)",
     )
 
     d = p.add_argument_group("datasets")
@@ -236,7 +238,8 @@ def _model_label(args: argparse.Namespace) -> str:
         label = str(stem)
     else:
         label = f"{name}-random"
-    return f"{label}-bf16" if args.precision == "bf16" else label
+    precision = getattr(args, "precision_used", args.precision)  # what auto chose, once loaded
+    return label if precision in ("fp32", "auto") else f"{label}-{precision}"
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -244,10 +247,13 @@ def _load_model(args: argparse.Namespace) -> Any:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model_from_args(
+    model = model_from_args(
         args.model_name, args.ckpt_path, args.pretrained, seed=args.seed, device=args.device,
         precision=args.precision,
     )  # fmt: skip
+    args.precision_used = model.precision
+    report_precision(model, args.device)
+    return model
 
 
 def _model_facts(args: argparse.Namespace, model: Any, label: str) -> dict[str, Any]:
@@ -271,6 +277,7 @@ def _model_facts(args: argparse.Namespace, model: Any, label: str) -> dict[str, 
         "image_size": model.image_size,
         "embed_dim": info["embed_dim"],
         "precision": info["precision"],
+        "precision_reason": info["precision_reason"],
         "device": str(args.device),
     }  # fmt: skip
 
@@ -477,4 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from msclip.cli.common import exit_process
+
+    exit_process(main())

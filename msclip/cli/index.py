@@ -4,7 +4,9 @@ Subcommands:
 
 - ``build INDEX --images ... --scenes ...``: create the index (or resume a killed build of it):
   image files give one embedding each, scenes are tiled (``--tile-size``, ``--stride``; tiles with
-  more than ``--max-nodata`` nodata pixels skipped). See :mod:`msclip.index.build`.
+  more than ``--max-nodata`` nodata pixels skipped). See :mod:`msclip.index.build`. Under
+  ``torchrun --nproc_per_node N -m msclip.index build ...`` (one or several machines) every
+  process encodes its own share and process 0 writes the index (:mod:`msclip.index.sharded`).
 - ``add INDEX ...``: add more files or scenes to an existing index (already indexed ones are
   skipped); the model must be the one that built it.
 - ``search INDEX --query TEXT | --query-image IMG``: top-k by cosine similarity; writes a CSV
@@ -309,23 +311,29 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     _model_defaults(args, existing)
     check_checkpoint(args)
-    model, preprocess, _ = load_model(args)
-    report = build_index(
-        args.index,
-        model,
-        preprocess,
-        images,
-        scenes,
-        tile_size=args.tile_size,
-        stride=args.stride,
-        min_valid=min_valid(args),
-        nodata=args.nodata,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=not args.quiet,
-        commit_seconds=args.commit_seconds,
-        must_exist=args.command == "add",
-    )
+    group = _join_process_group(args)  # under torchrun: one share of the sources per process
+    try:
+        model, preprocess, _ = load_model(args)
+        options = dict(
+            tile_size=args.tile_size, stride=args.stride, min_valid=min_valid(args),
+            nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,
+            progress=not args.quiet, commit_seconds=args.commit_seconds,
+            must_exist=args.command == "add",
+        )  # fmt: skip
+        if group is None:
+            report = build_index(args.index, model, preprocess, images, scenes, **options)
+        else:
+            from msclip.index.sharded import build_sharded
+
+            report = build_sharded(
+                args.index, model, preprocess, images, scenes, **options, rank=group.rank,
+                world=group.world_size,
+            )  # fmt: skip
+            if group.rank != 0:  # process 0 prints the build's summary
+                return EXIT_PARTIAL if report.failures and not args.skip_bad else EXIT_OK
+    finally:
+        if group is not None:
+            group.close()
     from tabulate import tabulate
 
     print(
@@ -361,6 +369,21 @@ def _run_build(args: argparse.Namespace) -> int:
         )
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _join_process_group(args: argparse.Namespace) -> Any:
+    """Join torchrun's process group when there is one of several processes (``WORLD_SIZE``);
+    each process then runs on its own local GPU when there are GPUs. ``None`` otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from msclip.train.distributed import init_distributed
+
+    group = init_distributed(device=args.device or "auto")
+    if args.device is None:
+        args.device = str(group.device)
+    return group
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -406,4 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from msclip.cli.common import exit_process
+
+    exit_process(main())

@@ -15,7 +15,6 @@ standard error). The generator itself is :mod:`msclip.synthetic`.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -150,4 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from msclip.cli.common import exit_process
+
+    exit_process(main())

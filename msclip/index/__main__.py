@@ -1,7 +1,6 @@
 """``python -m msclip.index``: the ``msclip-index`` command (see :mod:`msclip.cli.index`)."""
 
-import sys
-
+from msclip.cli.common import exit_process
 from msclip.cli.index import main
 
-sys.exit(main())
+exit_process(main())

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,11 @@ from msclip.tiling import SceneInfo, Tile, footprint_lonlat, open_scene, raster_
 __all__ = [
     "COMPARE_KEYS",
     "BuildReport",
+    "EncodedSource",
     "Source",
+    "add_encoded",
     "build_index",
+    "encode_sources",
     "model_info",
     "plan_sources",
 ]
@@ -206,6 +209,100 @@ def _tile_row(source: Source, tile: Tile) -> dict[str, Any]:
     return row
 
 
+@dataclass
+class EncodedSource:
+    """The encoding of one source (see :func:`encode_sources`).
+
+    Attributes:
+        position: the source's position in the build plan.
+        embeddings: ``[n, D]`` float32 (L2-normalised).
+        rows: the ``n`` metadata rows.
+        failures: unreadable files or tiles of the source.
+        nodata: tiles (or the file) skipped as mostly nodata.
+        unreadable: a whole file that could not be read (not marked done: retried next time).
+    """
+
+    position: int
+    embeddings: np.ndarray
+    rows: list[dict[str, Any]]
+    failures: list[Failure] = field(default_factory=list)
+    nodata: int = 0
+    unreadable: bool = False
+
+
+def encode_sources(
+    model: Any,
+    preprocess: Any,
+    sources: Sequence[Source],
+    positions: Sequence[int] | None = None,
+    *,
+    min_valid: float = 0.5,
+    nodata: float | None = None,
+    batch_size: int | None = 32,
+    workers: int = 0,
+    progress: bool = False,
+) -> Iterator[EncodedSource]:
+    """Encode sources in order and yield each one as soon as all its items are done.
+
+    Args:
+        model: an :class:`msclip.MSCLIP`.
+        preprocess: its preprocessing.
+        sources: the sources to encode.
+        positions: their positions in the build plan (default ``0, 1, ...``).
+        min_valid: skip files and tiles with a smaller fraction of valid pixels (not nodata).
+        nodata: nodata value overriding the files'.
+        batch_size: images per model call.
+        workers: DataLoader worker processes.
+        progress: show a progress bar.
+    """
+    positions = list(range(len(sources))) if positions is None else list(positions)
+    dim = int(model.embed_dim)
+    items: list[Any] = []
+    owner: list[int] = []  # source of each item
+    ends: list[int] = []  # one past the last item of each source
+    for si, s in enumerate(sources):
+        its = s.items
+        items += its
+        owner += [si] * len(its)
+        ends.append(len(items))
+    parts: list[list[np.ndarray]] = [[] for _ in sources]
+    rows: list[list[dict[str, Any]]] = [[] for _ in sources]
+    fails: list[list[Failure]] = [[] for _ in sources]
+    skipped = [0] * len(sources)
+    nxt = 0
+
+    def finished(upto: int) -> Iterator[EncodedSource]:
+        nonlocal nxt
+        while nxt < len(sources) and ends[nxt] <= upto:
+            s = sources[nxt]
+            emb = np.concatenate(parts[nxt]) if parts[nxt] else np.zeros((0, dim), np.float32)
+            yield EncodedSource(
+                positions[nxt], emb, rows[nxt], fails[nxt], skipped[nxt],
+                unreadable=bool(fails[nxt]) and s.tiles is None,
+            )  # fmt: skip
+            parts[nxt], rows[nxt] = [], []
+            nxt += 1
+
+    for batch in iter_encoded(
+        model, preprocess, items, batch_size, workers, True, progress, min_valid, nodata,
+        desc="index",
+    ):  # fmt: skip
+        for j, i in enumerate(batch.indices):
+            si = owner[i]
+            item = items[i]
+            src = sources[si]
+            row = _tile_row(src, item) if isinstance(item, Tile) else _file_row(src.path)
+            parts[si].append(batch.embeddings[j : j + 1])
+            rows[si].append(row)
+        for f in batch.failures:
+            fails[owner[f.index]].append(f)
+        for i in batch.skipped:
+            skipped[owner[i]] += 1
+        done_upto = max([*batch.indices, *[f.index for f in batch.failures], *batch.skipped])
+        yield from finished(done_upto + 1)
+    yield from finished(len(items))
+
+
 def build_index(
     path: str | os.PathLike,
     model: Any,
@@ -217,13 +314,18 @@ def build_index(
     stride: int | None = None,
     min_valid: float = 0.5,
     nodata: float | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     workers: int = 0,
     progress: bool = False,
     commit_seconds: float = 60.0,
     must_exist: bool = False,
+    on_source: Callable[[int], None] | None = None,
 ) -> BuildReport:
     """Add images and scene tiles to the index at ``path`` (created if needed), resumably.
+
+    One process. Under ``torchrun`` use :func:`msclip.index.sharded.build_sharded` (what
+    ``msclip-index build`` does in a process group): every process encodes its own share of the
+    sources and the first one alone writes the index.
 
     Args:
         path: index directory.
@@ -235,11 +337,13 @@ def build_index(
         stride: step between tiles (default: ``tile_size``).
         min_valid: skip files and tiles with a smaller fraction of valid pixels (not nodata).
         nodata: nodata value overriding the files'.
-        batch_size: images per model call.
+        batch_size: images per model call (``None``: chosen for the device).
         workers: DataLoader worker processes.
         progress: show a progress bar.
         commit_seconds: commit staged sources at least this often (0: after every source).
         must_exist: refuse to create a new index (``add``).
+        on_source: called with the plan position of each source this process has encoded (and,
+            when distributed, handed over), e.g. to report progress.
 
     Raises:
         IndexNotFoundError: ``must_exist`` and there is no index at ``path``.
@@ -261,69 +365,32 @@ def build_index(
                 report.skipped_done,
                 len(sources),
             )
-        items: list[Any] = []
-        owner: list[int] = []  # source position of each item
-        ends: list[int] = []  # one past the last item of each source
-        for si, s in enumerate(todo):
-            its = s.items
-            items += its
-            owner += [si] * len(its)
-            ends.append(len(items))
-        emb_parts: list[list[np.ndarray]] = [[] for _ in todo]
-        row_parts: list[list[dict[str, Any]]] = [[] for _ in todo]
-        failed = [False] * len(todo)
-        next_source = 0
         last_commit = time.monotonic()
-
-        def flush(upto: int) -> None:
-            nonlocal next_source, last_commit
-            while next_source < len(todo) and ends[next_source] <= upto:
-                s = todo[next_source]
-                if failed[next_source] and s.tiles is None:
-                    next_source += 1  # unreadable file: not marked done, retried next time
-                    continue
-                emb = (
-                    np.concatenate(emb_parts[next_source])
-                    if emb_parts[next_source]
-                    else np.zeros((0, int(model.embed_dim)), np.float32)
-                )
-                rows = row_parts[next_source]
-                writer.add(emb, rows if rows else None, source=s.key)
-                report.added += 1
-                report.rows += len(emb)
-                emb_parts[next_source] = []
-                row_parts[next_source] = []
-                next_source += 1
-                if time.monotonic() - last_commit >= commit_seconds:
-                    writer.commit()
-                    last_commit = time.monotonic()
-
-        for batch in iter_encoded(
-            model,
-            preprocess,
-            items,
-            batch_size,
-            workers,
-            True,
-            progress,
-            min_valid,
-            nodata,
-            desc="index",
-        ):
-            for j, i in enumerate(batch.indices):
-                si = owner[i]
-                s = todo[si]
-                item = items[i]
-                row = _tile_row(s, item) if isinstance(item, Tile) else _file_row(s.path)
-                emb_parts[si].append(batch.embeddings[j : j + 1])
-                row_parts[si].append(row)
-            for f in batch.failures:
-                failed[owner[f.index]] = True
-            report.failures += batch.failures
-            report.nodata += len(batch.skipped)
-            done_upto = max([*batch.indices, *[f.index for f in batch.failures], *batch.skipped])
-            flush(done_upto + 1)
-        flush(len(items))
+        for done in encode_sources(
+            model, preprocess, todo, min_valid=min_valid, nodata=nodata,
+            batch_size=batch_size, workers=workers, progress=progress,
+        ):  # fmt: skip
+            staged = add_encoded(writer, todo[done.position], done, report)
+            if staged and time.monotonic() - last_commit >= commit_seconds:
+                writer.commit()
+                last_commit = time.monotonic()
+            if on_source is not None:
+                on_source(done.position)
         writer.commit()
         report.count = writer.count
     return report
+
+
+def add_encoded(
+    writer: IndexWriter, source: Source, done: EncodedSource, report: BuildReport
+) -> bool:
+    """Stage one encoded source in the writer and account for it in ``report``; returns whether
+    it was staged (an unreadable whole file is not: a later run retries it)."""
+    report.failures += done.failures
+    report.nodata += done.nodata
+    if done.unreadable:
+        return False
+    writer.add(done.embeddings, done.rows if done.rows else None, source=source.key)
+    report.added += 1
+    report.rows += len(done.embeddings)
+    return True

@@ -13,11 +13,14 @@ coding", ICASSP 2011, with the scalar quantiser in place of product quantisation
    disk next to the index.
 2. Coarse scan. The query is multiplied by the steps (asymmetric distance computation: the
    query side stays unquantised as long as the kernel allows) and scored against all codes in
-   chunks: one or a few queries use ``torch.ops.aten._weight_int8pack_mm`` (a bandwidth-bound
-   int8-weight GEMV with bf16 activations); batches use ``torch._int_mm`` (int8 x int8 -> int32,
-   VNNI on x86), with the query itself rounded to int8. The ``candidates`` best approximate
-   scores per query are kept by a running-threshold selection that only looks inside groups of
-   32 rows whose maximum beats the current threshold, which avoids a full top-k over every score.
+   chunks. The kernel is chosen by measuring (:mod:`msclip.index.calibrate`, once per CPU kind,
+   cached in the index's search cache): ``torch.ops.aten._weight_int8pack_mm`` (a bandwidth-bound
+   int8-weight GEMV with bf16 activations), ``torch._int_mm`` (int8 x int8 -> int32, VNNI on
+   x86, with the query rounded to int8), fbgemm's dynamic int8 linear layer over prepacked codes,
+   a float matmul over the codes, a bf16 copy of the rows, or the plain float32 rows, separately
+   for one query and for batches. The ``candidates`` best approximate scores per query are kept
+   by a running-threshold selection that only looks inside groups of 32 rows whose maximum beats
+   the current threshold, which avoids a full top-k over every score.
 3. Re-rank. The candidates' float32 rows are read from the (memory-mapped) store and scored in
    float64; the score returned is that value rounded to float32, so a score does not depend on
    which path or which batch produced it. Results are sorted by
@@ -71,7 +74,7 @@ __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("auto", "int8-gemv", "int8-gemm", "dequant")
+KERNELS = ("auto", "int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32")
 CACHE_VERSION = 1
 _CACHE_PREFIX = "sq8-"
 # The int8 kernels of torch 2.x on x86 were seen to return wrong values or crash for a reduction
@@ -83,6 +86,7 @@ _GEMV_CHUNK_ROWS = 1 << 20  # the GEMV has a per-call cost: few large calls
 # int32 scores per GEMM chunk: few kernel calls (each a parallel region), yet within the L3 cache
 _GEMM_CHUNK_SCORE_BYTES = 1 << 24
 _BUILD_CHUNK_ROWS = 2048
+_FBGEMM_CHUNK_ROWS = 1 << 16  # rows per prepacked block of the fbgemm kernel
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
 
@@ -121,9 +125,16 @@ def _kernel_works(kernel: str) -> bool:
     codes = torch.randint(-127, 128, (40, _DIM_ALIGN), generator=gen, dtype=torch.int8)
     q = torch.randint(-127, 128, (3, _DIM_ALIGN), generator=gen, dtype=torch.int8)
     ref = q.double() @ codes.double().T
+    if kernel in ("dequant", "bf16", "fp32"):
+        return True
     try:
         with torch.inference_mode():
-            if kernel == "int8-gemv":
+            if kernel == "int8-fbgemm":
+                packed = _fbgemm_pack(codes)
+                got = torch.ops.quantized.linear_dynamic(q.float(), packed, True).double()
+                # the query is quantised on the fly (7 bits): close, not exact
+                ok = bool(((got - ref).abs().max() <= 0.05 * ref.abs().max() + 1.0).item())
+            elif kernel == "int8-gemv":
                 ones = torch.ones(codes.shape[0], dtype=torch.bfloat16)
                 got = torch.ops.aten._weight_int8pack_mm(q.bfloat16(), codes, ones).double()
                 ok = bool(torch.allclose(got, ref, rtol=1e-2, atol=2.0))
@@ -136,6 +147,14 @@ def _kernel_works(kernel: str) -> bool:
     if not ok:
         logger.warning("int8 kernel %s returned wrong values in a self-test; not using it", kernel)
     return ok
+
+
+def _fbgemm_pack(codes: torch.Tensor) -> Any:
+    """Prepack int8 codes ``[rows, D]`` as the weight of fbgemm's dynamic int8 linear layer."""
+    with warnings.catch_warnings():  # quantised tensors announce their move to torchao
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        qweight = torch._make_per_tensor_quantized_tensor(codes.contiguous(), 1.0, 0)
+        return torch.ops.quantized.linear_prepack(qweight, None)
 
 
 _SERIAL_BOOKKEEPING = True
@@ -225,6 +244,37 @@ def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.nda
     return np.flatnonzero(~(bound32 < scores[:, k - 1]))
 
 
+def _residual(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of ``sqrt(1 - r^2)``, ``r`` the correlation of approximate and exact
+    scores: the residual of the best affine fit relative to the spread of the exact scores."""
+    out = []
+    for a, e in zip(approx, exact):
+        if a.std() == 0 or e.std() == 0:
+            out.append(0.0 if np.allclose(a, a[0]) == np.allclose(e, e[0]) else 1.0)
+            continue
+        r = float(np.corrcoef(a, e)[0, 1])
+        out.append(float(np.sqrt(max(0.0, 1.0 - r * r))))
+    return float(np.mean(out)) if out else 0.0
+
+
+def _unit_max(qs: torch.Tensor) -> torch.Tensor:
+    """Each query divided by its largest magnitude. fbgemm quantises its input with one scale from
+    the input's range, and the step-scaled queries are tiny (~1e-4): measured, their scores came
+    out with a 40% error against 3% once scaled to 1. A positive factor per query changes no
+    ranking."""
+    return qs / qs.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def _int8_queries(q_np: np.ndarray) -> torch.Tensor:
+    """Queries rounded to int8 with one scale per query, padded to 17 rows (``torch._int_mm``
+    needs more than 16)."""
+    scale = np.maximum(np.abs(q_np).max(axis=1, keepdims=True), 1e-30) / 127
+    q_i8 = np.rint(q_np / scale).astype(np.int8)
+    if q_i8.shape[0] <= 16:
+        q_i8 = np.concatenate([q_i8, np.zeros((17 - q_i8.shape[0], q_i8.shape[1]), np.int8)])
+    return torch.from_numpy(q_i8)
+
+
 def _gamma(n: int, unit_roundoff: float) -> float:
     nu = n * unit_roundoff
     return nu / (1.0 - nu)
@@ -262,8 +312,12 @@ class SearchIndex:
             quantize: Build the int8 copy for the fast path; without it every search is exact.
             candidates: Short-list length per query for the quantised path; default
                 :func:`default_candidates` of ``k``. Larger is slower and closer to exact.
-            kernel: ``"auto"``, or force ``"int8-gemv"`` (int8-weight GEMV), ``"int8-gemm"``
-                (int8 GEMM) or ``"dequant"`` (float matmul over the codes, always available).
+            kernel: ``"auto"`` (chosen by measuring on this CPU, :mod:`msclip.index.calibrate`),
+                or force ``"int8-gemv"`` (int8-weight GEMV), ``"int8-gemm"`` (int8 GEMM),
+                ``"int8-fbgemm"`` (fbgemm dynamic int8 linear over prepacked codes),
+                ``"dequant"`` (float matmul over the codes), ``"bf16"`` (a bf16 copy of the
+                rows) or ``"fp32"`` (the float32 rows). Every kernel's candidates are re-ranked
+                exactly.
             cache_dir: Directory to load the quantised copy from and save it to; None keeps it
                 in memory only.
             cache_key: Identity of the embeddings' content, required with ``cache_dir``; a cache
@@ -308,6 +362,10 @@ class SearchIndex:
         self._step: np.ndarray | None = None
         self._ones: torch.Tensor | None = None
         self._max_norm: float | None = None
+        self._packed: list[tuple[int, Any]] | None = None  # int8-fbgemm blocks
+        self._bf16: torch.Tensor | None = None  # bf16 kernel's copy of the rows
+        self._calibration: Any = None
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_hit = False
         self.build_seconds = 0.0
         if quantize and self.count:
@@ -389,13 +447,18 @@ class SearchIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held in memory by the quantised copy and its parameters."""
+        """Bytes held in memory by the quantised copy, its parameters and the prepared copies of
+        the chosen kernels (fbgemm's packed codes, the bf16 rows)."""
         if self._codes is None:
             return 0
+        extra = 0 if self._bf16 is None else self._bf16.numel() * 2
+        if self._packed is not None:  # fbgemm keeps its own copy of the codes (and offsets)
+            extra += self._codes.numel() + 4 * self.count
         return (
             self._codes.numel()
             + (self._ones.numel() * 2 if self._ones is not None else 0)
             + (8 * self.dim)
+            + extra
         )
 
     # -- quantised copy ---------------------------------------------------------------------
@@ -588,15 +651,127 @@ class SearchIndex:
     def _pick_kernel(self, n_queries: int) -> str:
         if self.kernel != "auto":
             wanted = self.kernel
-            if wanted == "dequant" or _kernel_works(wanted):
+            if _kernel_works(wanted):
                 return wanted
             logger.warning("kernel %s unavailable; using the dequantising fallback", wanted)
             return "dequant"
-        if n_queries <= _GEMV_MAX_QUERIES and _kernel_works("int8-gemv"):
-            return "int8-gemv"
-        if _kernel_works("int8-gemm"):
-            return "int8-gemm"
-        return "int8-gemv" if _kernel_works("int8-gemv") else "dequant"
+        return self.calibration.kernel(n_queries)
+
+    @property
+    def calibration(self) -> Any:
+        """The measured kernel choice of this CPU kind (:class:`msclip.index.calibrate
+        .Calibration`), measured on the first search that needs it, or read from the cache."""
+        if self._calibration is None:
+            from msclip.index.calibrate import load_or_calibrate
+
+            self._calibration = load_or_calibrate(
+                self._cache_dir, self._measure_kernels, scope=f"d{self.dim}"
+            )
+        return self._calibration
+
+    def _measure_kernels(self) -> Any:
+        """Time every available kernel on a sample of this index's rows (see
+        :mod:`msclip.index.calibrate`)."""
+        from msclip.index.calibrate import CANDIDATES, SAMPLE_ROWS, calibrate
+
+        assert self._codes is not None and self._step is not None
+        rows = min(self.count, SAMPLE_ROWS)
+        codes = self._codes[:rows]
+        emb = np.ascontiguousarray(self._emb[:rows])
+        ones = torch.ones(rows, dtype=torch.bfloat16)
+        gen = np.random.default_rng(0)
+        prepared: dict[str, Any] = {}
+
+        def setup(kernel: str) -> float:
+            t0 = time.perf_counter()
+            if kernel == "int8-fbgemm":
+                prepared[kernel] = _fbgemm_pack(codes)
+                spent = time.perf_counter() - t0
+                # the calibration also scans the first eighth of the sample: its own block
+                small = max(1, rows // 8)
+                prepared[f"{kernel}:0:{small}"] = _fbgemm_pack(codes[:small])
+                return spent
+            if kernel == "bf16":
+                prepared[kernel] = torch.from_numpy(emb).bfloat16()
+            return time.perf_counter() - t0
+
+        def run(kernel: str, n_q: int) -> Any:
+            if not _kernel_works(kernel):
+                return None
+            q = gen.standard_normal((n_q, self.dim)).astype(np.float32)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            c = min(default_candidates(10), rows)
+
+            def scan(n_rows: int) -> None:
+                with torch.inference_mode():
+                    scores, dtype = self._scan_block(
+                        kernel, q, 0, n_rows, codes, ones, emb, prepared
+                    )
+                    _select_top(iter([(0, scores)]), n_q, min(c, n_rows), dtype)
+
+            return scan
+
+        spent: dict[str, float] = {}
+        for kernel in CANDIDATES:  # prepare once, before measuring accuracy and speed
+            try:
+                spent[kernel] = setup(kernel)
+            except (RuntimeError, NotImplementedError, AttributeError) as exc:
+                logger.info("kernel %s unavailable: %s", kernel, exc)
+
+        def prepared_time(kernel: str) -> float:
+            if kernel not in spent:
+                raise RuntimeError(f"kernel {kernel} could not be prepared")
+            return spent[kernel]
+
+        residual: dict[str, float] = {}
+        q = gen.standard_normal((8, self.dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        exact = q.astype(np.float64) @ emb.astype(np.float64).T
+        for kernel in CANDIDATES:
+            if not _kernel_works(kernel) or (
+                kernel in ("int8-fbgemm", "bf16") and kernel not in prepared
+            ):
+                continue
+            with torch.inference_mode():
+                approx, _ = self._scan_block(kernel, q, 0, rows, codes, ones, emb, prepared)
+            residual[kernel] = _residual(approx.double().numpy(), exact)
+        return calibrate(run, prepared_time, CANDIDATES, rows=rows, accuracy=residual)
+
+    def _scan_block(
+        self,
+        kernel: str,
+        q: np.ndarray,
+        start: int,
+        stop: int,
+        codes: torch.Tensor,
+        ones: torch.Tensor,
+        emb: np.ndarray,
+        prepared: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.dtype]:
+        """Approximate scores ``[Q, stop - start]`` of one block with one kernel (calibration)."""
+        q_np = np.zeros((q.shape[0], codes.shape[1]), dtype=np.float32)
+        q_np[:, : self.dim] = q * self._step
+        qs = torch.from_numpy(q_np)
+        block = codes[start:stop]
+        if kernel == "int8-gemv":
+            return torch.ops.aten._weight_int8pack_mm(qs.bfloat16(), block, ones[start:stop]), (
+                torch.bfloat16
+            )
+        if kernel == "int8-gemm":
+            return torch._int_mm(_int8_queries(q_np), block.T)[: q.shape[0]], torch.int32
+        if kernel == "int8-fbgemm":
+            packed = prepared[kernel] if stop - start == codes.shape[0] else None
+            if packed is None:  # a part of the sample: its own prepacked block
+                key = f"{kernel}:{start}:{stop}"
+                if key not in prepared:
+                    prepared[key] = _fbgemm_pack(block)
+                packed = prepared[key]
+            return torch.ops.quantized.linear_dynamic(_unit_max(qs), packed, True), torch.float32
+        if kernel == "dequant":
+            return qs @ block.float().T, torch.float32
+        if kernel == "bf16":
+            return torch.from_numpy(q).bfloat16() @ prepared[kernel][start:stop].T, torch.bfloat16
+        return torch.from_numpy(q) @ _readonly_tensor(emb[start:stop]).T, torch.float32
 
     def _coarse(self, q: np.ndarray, c: int) -> torch.Tensor:
         """Candidate ids ``[Q, c]`` by approximate (int8) score."""
@@ -620,16 +795,26 @@ class SearchIndex:
 
             ids, _ = _select_top(chunks(), n_q, c, torch.bfloat16)
         elif kernel == "int8-gemm":
-            scale = np.maximum(np.abs(q_np).max(axis=1, keepdims=True), 1e-30) / 127
-            q_i8 = torch.from_numpy(np.rint(q_np / scale).astype(np.int8))
+            q_i8 = _int8_queries(q_np)
             rows = max(4096, min(1 << 18, _GEMM_CHUNK_SCORE_BYTES // (4 * n_q)))
             rows -= rows % _GROUP
 
             def chunks() -> Iterator[tuple[int, torch.Tensor]]:
                 for s in range(0, self.count, rows):
-                    yield s, torch._int_mm(q_i8, codes[s : s + rows].T)
+                    yield s, torch._int_mm(q_i8, codes[s : s + rows].T)[:n_q]
 
             ids, _ = _select_top(chunks(), n_q, c, torch.int32)
+        elif kernel == "int8-fbgemm":
+            packed = self._fbgemm_blocks()
+            q_fb = _unit_max(qs)
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s, block in packed:
+                    yield s, torch.ops.quantized.linear_dynamic(q_fb, block, True)
+
+            ids, _ = _select_top(chunks(), n_q, c, torch.float32)
+        elif kernel in ("bf16", "fp32"):
+            ids = self._coarse_float(q, c, kernel)
         else:
             rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * padded))
 
@@ -638,6 +823,46 @@ class SearchIndex:
                     yield s, qs @ codes[s : s + rows].float().T
 
             ids, _ = _select_top(chunks(), n_q, c, torch.float32)
+        return ids
+
+    def _fbgemm_blocks(self) -> list[tuple[int, Any]]:
+        """The codes prepacked for fbgemm, in blocks (built on first use: a one-off cost)."""
+        if self._packed is None:
+            assert self._codes is not None
+            t0 = time.perf_counter()
+            self._packed = [
+                (s, _fbgemm_pack(self._codes[s : s + _FBGEMM_CHUNK_ROWS]))
+                for s in range(0, self.count, _FBGEMM_CHUNK_ROWS)
+            ]
+            logger.info("int8 codes packed for fbgemm in %.2f s", time.perf_counter() - t0)
+        return self._packed
+
+    def _coarse_float(self, q: np.ndarray, c: int, kernel: str) -> torch.Tensor:
+        """Candidates by a float scan: the float32 rows, or a bf16 copy of them."""
+        n_q = q.shape[0]
+        if kernel == "bf16":
+            if self._bf16 is None:
+                t0 = time.perf_counter()
+                self._bf16 = torch.cat(
+                    [_readonly_tensor(np.asarray(ch)).bfloat16() for _, ch in self._chunks(1 << 16)]
+                )
+                logger.info("bf16 copy of the rows made in %.2f s", time.perf_counter() - t0)
+            rows_bf16, q_t, dtype = self._bf16, torch.from_numpy(q).bfloat16(), torch.bfloat16
+            rows = max(1024, _FLOAT_CHUNK_BYTES // (2 * self.dim))
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s in range(0, self.count, rows):
+                    yield s, q_t @ rows_bf16[s : s + rows].T
+
+        else:
+            q_t, dtype = torch.from_numpy(q), torch.float32
+            rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * self.dim))
+
+            def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+                for s, chunk in self._chunks(rows):
+                    yield s, q_t @ _readonly_tensor(np.asarray(chunk)).T
+
+        ids, _ = _select_top(chunks(), n_q, c, dtype)
         return ids
 
     def _rerank(

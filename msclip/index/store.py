@@ -8,6 +8,8 @@ An index is a directory::
       meta/part-NNNNNN.jsonl
                            metadata rows and source keys of one commit (columnar JSON Lines)
       search_cache/        optional derived data of :mod:`msclip.index.search` (safe to delete)
+      spool/               encodings of a sharded build waiting to be added
+                           (:mod:`msclip.index.sharded`; removed when the build ends)
       .writer.lock         advisory lock held by the one live writer
 
 Commit protocol (shadow paging with an atomic rename as the commit point, the scheme of
@@ -98,8 +100,10 @@ DEFAULT_COMMIT_ROWS = 16384
 _DTYPE = np.dtype("<f4")
 _PART_RE = re.compile(r"^part-(\d{6,})\.jsonl$")
 # A resumed build must not mistake a user's directory for a half-created index.
-_OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_NAME}
+_OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_NAME, "spool"}
 _NORM_TOLERANCE = 1e-3
+# Model description entries that say why, not what: never a reason to refuse a model.
+_INFORMATIONAL_KEYS = ("precision_reason",)
 
 
 # ------------------------------------------------------------------------------ small utilities
@@ -172,7 +176,8 @@ def _diff_model_info(
 ) -> list[tuple[str, Any, Any]]:
     flat_s, flat_g = _flatten(stored), _flatten(given)
     if keys is None:
-        names = sorted(set(flat_s) | set(flat_g))
+        # informational entries (why a precision was chosen) do not make another model
+        names = sorted((set(flat_s) | set(flat_g)) - set(_INFORMATIONAL_KEYS))
     else:
         wanted = [keys] if isinstance(keys, str) else list(keys)
         names = sorted(

@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from msclip.errors import (
     BandCoverageError,
@@ -45,11 +43,33 @@ __all__ = ["SpectralPreprocess"]
 
 logger = logging.getLogger(__name__)
 
-_INTERPOLATION = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+def _tv() -> tuple[Any, Any]:
+    """torchvision's functional transforms and interpolation modes, imported when first needed:
+    importing torchvision costs seconds (it imports ``torch._dynamo``), and inputs already at the
+    model's size never need it."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    return TF, InterpolationMode
+
+
+def _interpolation(name: str) -> Any:
+    modes = _tv()[1]
+    return {"bicubic": modes.BICUBIC, "bilinear": modes.BILINEAR, "nearest": modes.NEAREST}[name]
+
+
+def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel, the same operations as torchvision's ``normalize``."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    if (s == 0).any():
+        raise ValueError(
+            f"std evaluated to zero after conversion to {x.dtype}, leading to division by zero."
+        )
+    return x.sub(m).div(s)
 
 
 class SpectralPreprocess:
@@ -109,9 +129,9 @@ class SpectralPreprocess:
             raise BandError(f"no mean/std given for model bands {missing}")
         if resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
-        if interpolation not in _INTERPOLATION:
+        if interpolation not in _INTERPOLATIONS:
             raise ValueError(
-                f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}"
+                f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}"
             )
         self.mean = {k: float(v) for k, v in mean.items()}
         self.std = {k: float(v) for k, v in std.items()}
@@ -283,20 +303,23 @@ class SpectralPreprocess:
                 NodataFillWarning,
                 stacklevel=3,
             )
-        interp = _INTERPOLATION[self.interpolation]
         s = self.image_size
-        if self.resize_mode == "shortest":
-            x = TF.resize(x, [s], interpolation=interp, antialias=True)
-            x = TF.center_crop(x, [s, s])
-        else:
-            x = TF.resize(x, [s, s], interpolation=interp, antialias=True)
-        return TF.normalize(x, mean=mean, std=std)
+        if tuple(x.shape[-2:]) != (s, s):  # at the model's size, resizing and cropping are no-ops
+            TF = _tv()[0]
+            interp = _interpolation(self.interpolation)
+            if self.resize_mode == "shortest":
+                x = TF.resize(x, [s], interpolation=interp, antialias=True)
+                x = TF.center_crop(x, [s, s])
+            else:
+                x = TF.resize(x, [s, s], interpolation=interp, antialias=True)
+        return _normalize(x, mean, std)
 
     def _pil_pipeline(self, sel: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
         from PIL import Image
 
         img = Image.fromarray(np.ascontiguousarray(np.moveaxis(sel, 0, -1)))
-        interp = _INTERPOLATION[self.interpolation]
+        TF = _tv()[0]
+        interp = _interpolation(self.interpolation)
         s = self.image_size
         size = [s] if self.resize_mode == "shortest" else [s, s]
         img = TF.center_crop(TF.resize(img, size, interpolation=interp), [s, s])

@@ -1,5 +1,6 @@
 """``python -m msclip.synthetic``: the command line of :mod:`msclip.cli.scenes`."""
 
+from msclip.cli.common import exit_process
 from msclip.cli.scenes import main
 
-raise SystemExit(main())
+exit_process(main())

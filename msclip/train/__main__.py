@@ -1,5 +1,6 @@
 """``python -m msclip.train``: see :mod:`msclip.cli.train`."""
 
+from msclip.cli.common import exit_process
 from msclip.cli.train import main
 
-raise SystemExit(main())
+exit_process(main())

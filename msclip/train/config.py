@@ -37,7 +37,7 @@ TABLE_EXTENSIONS = (".csv", ".parquet", ".pq")
 _LOSSES = ("clip", "siglip")
 _OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")
-_PRECISIONS = ("fp32", "bf16")
+_PRECISIONS = ("auto", "fp32", "bf16")
 _BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -228,7 +228,11 @@ class TrainConfig:
         default=None, metadata=_help("stop after this many optimiser steps (overrides epochs)")
     )
     precision: str = field(
-        default="fp32", metadata=_help("'fp32' or 'bf16' (autocast; slow for attention on CPU)")
+        default="auto",
+        metadata=_help(
+            "'auto' (bf16 autocast on a GPU with native bf16, else fp32), 'fp32' or 'bf16' "
+            "(autocast; slow for attention on CPU)"
+        ),
     )
     # -- runtime ------------------------------------------------------------------------------
     seed: int = field(

@@ -158,12 +158,15 @@ def build_model(cfg: TrainConfig) -> MSCLIP:
     """The model a run starts from (see ``--init``)."""
     from msclip.factory import create_model, get_model_entry
 
+    # Training keeps float32 weights whatever the hardware (bf16 is autocast, see --precision);
+    # create_model's own default would give bf16 weights on a CPU with native bf16.
+    fp32 = "fp32"
     if cfg.init == "random":
-        model = create_model(cfg.model, None, bands=cfg.bands)
+        model = create_model(cfg.model, None, bands=cfg.bands, precision=fp32)
     elif cfg.init == "pretrained":
-        model = create_model(cfg.model, True, bands=cfg.bands)
+        model = create_model(cfg.model, True, bands=cfg.bands, precision=fp32)
     elif _is_file(cfg.init) and cfg.model is None:
-        model = create_model(cfg.init, bands=cfg.bands)
+        model = create_model(cfg.init, bands=cfg.bands, precision=fp32)
     else:
         entry = get_model_entry(str(cfg.model))
         bands = cfg.bands if cfg.bands is not None else entry.bands
@@ -171,7 +174,7 @@ def build_model(cfg: TrainConfig) -> MSCLIP:
             Path(cfg.init) if _is_file(cfg.init) else get_model_entry(cfg.init).name
         )
         # Giving the bands explicitly makes the loader extend an RGB patch kernel by zero-init.
-        model = create_model(entry.name, source, bands=bands)
+        model = create_model(entry.name, source, bands=bands, precision=fp32)
     # The weights are about to change: forget the provenance of the initial file.
     model.checkpoint_path = None
     model.checkpoint_sha256 = None
@@ -320,7 +323,21 @@ class Trainer:
             cfg.restart_steps,
             cfg.restart_mult,
         )
-        if cfg.precision == "bf16":
+        precision = cfg.precision
+        if precision == "auto":
+            # Mixed precision pays on GPUs with native bf16; CPU autocast loses the fused
+            # attention kernels and is slower than fp32 even with native bf16.
+            from msclip.hardware import cuda_bf16_supported
+
+            native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index or 0)
+            precision = "bf16" if native else "fp32"
+            logger.info(
+                "precision auto: %s (%s)",
+                precision,
+                "GPU with native bf16" if native else "no GPU with native bf16",
+            )
+        self.precision = precision
+        if precision == "bf16":
             if ctx.device.type == "cpu":
                 logger.warning(
                     "bf16 autocast on CPU is slow for attention; fp32 is usually faster there"

@@ -1,0 +1,302 @@
+"""What the machine computes fast, and the precision msclip runs a model in.
+
+The same precision is fast on one machine and very slow on another: on a CPU with AVX512_BF16 or
+AMX, bf16 matrix products run at about twice the fp32 rate, while a CPU without them (AVX2 only)
+emulates bf16 at about 0.3 GFLOP/s, hundreds of times slower than fp32 (measured figures:
+``reference/CPU_PERFORMANCE.md`` in the project notes, and ``benchmarks/encode.py``). fp16 has no
+fast CPU path at all. So the precision is chosen at run time from what the hardware reports:
+
+========  =========================================================================================
+request   what runs
+========  =========================================================================================
+auto      CUDA: bf16 where the GPU computes it natively (``torch.cuda.is_bf16_supported``), else
+          fp16. CPU: bf16 where torch runs its AVX-512 kernels *and* the CPU flags show
+          ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise. Never fp16 on a CPU.
+fp32      fp32 weights.
+bf16      bf16 weights (cast once). On a CPU without native bf16 it runs, with one warning that
+          it is expected to be much slower and why.
+fp16      fp16 weights, CUDA only.
+int8      CPU image tower with dynamically quantised int8 linear layers (fbgemm/oneDNN), text
+          tower in fp32; opt-in (see :func:`msclip.factory.create_model`).
+========  =========================================================================================
+
+``MSCLIP_PRECISION`` (``fp32``, ``bf16`` ...) replaces what ``auto`` picks, e.g. to get the same
+numbers on every machine (the test suite sets it to ``fp32``); explicit requests are unaffected.
+
+Detection runs once per process (cached) and only when asked, never at import.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from msclip.errors import PerformanceWarning, PrecisionError
+
+__all__ = [
+    "PRECISIONS",
+    "PRECISION_ENV",
+    "CPUInfo",
+    "PrecisionChoice",
+    "choose_precision",
+    "cpu_info",
+    "cuda_bf16_supported",
+    "device_type",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Precisions a model can be asked for.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+#: Environment variable replacing the choice of ``auto``.
+PRECISION_ENV = "MSCLIP_PRECISION"
+
+# torch's own dispatch level must be an AVX-512 one for its bf16 CPU kernels to be the native ones
+_AVX512_CAPABILITIES = ("AVX512", "AMX")
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_FLAGS_OF_INTEREST = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
+    "amx_int8", "amx_tile",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """What the CPU and the torch build offer.
+
+    Attributes:
+        model: CPU model name (``/proc/cpuinfo``, else :func:`platform.processor`).
+        capability: torch's CPU dispatch level (``torch.backends.cpu.get_cpu_capability()``:
+            ``AVX2``, ``AVX512`` ...).
+        flags: CPU feature flags of interest (``avx512_bf16``, ``avx512_vnni``, ``amx_bf16`` ...).
+        torch_version: the torch version the facts were read with.
+    """
+
+    model: str
+    capability: str
+    flags: frozenset[str]
+    torch_version: str
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 matrix products run in hardware: torch dispatches AVX-512 kernels and the CPU has
+        AVX512_BF16 or AMX-BF16."""
+        return self.capability.upper().startswith(_AVX512_CAPABILITIES) and any(
+            f in self.flags for f in _BF16_FLAGS
+        )
+
+    @property
+    def vnni(self) -> bool:
+        """int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
+
+    @property
+    def kind(self) -> str:
+        """One line for reports: ``AMD EPYC (torch AVX512; avx512_bf16, avx512_vnni)``."""
+        shown = [f for f in _FLAGS_OF_INTEREST if f in self.flags and f.startswith(("avx5", "amx"))]
+        return f"{self.model} (torch {self.capability}; {', '.join(shown) or 'no AVX-512'})"
+
+    def key(self) -> str:
+        """Identity of the CPU kind and torch build (for caches of measured kernel choices)."""
+        text = "|".join([self.model, self.capability, ",".join(sorted(self.flags)),
+                         self.torch_version, str(os.cpu_count())])  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (for benchmark output and caches)."""
+        return {
+            "model": self.model,
+            "capability": self.capability,
+            "flags": sorted(self.flags),
+            "torch": self.torch_version,
+            "native_bf16": self.native_bf16,
+            "vnni": self.vnni,
+            "key": self.key(),
+        }
+
+
+def _proc_cpuinfo() -> tuple[str, set[str]] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _torch_probe_flags() -> set[str]:
+    """Flags from torch's own CPU probes (cpuinfo library), where /proc/cpuinfo is missing."""
+    import torch
+
+    probes = {
+        "avx2": "_is_avx2_supported", "avx512f": "_is_avx512_supported",
+        "avx512_vnni": "_is_vnni_supported", "avx512_bf16": "_is_avx512_bf16_supported",
+        "amx_tile": "_is_amx_tile_supported",
+    }  # fmt: skip
+    out = set()
+    for flag, name in probes.items():
+        fn = getattr(torch.cpu, name, None)
+        try:
+            if fn is not None and fn():
+                out.add(flag)
+        except RuntimeError:
+            continue
+    if "amx_tile" in out and "avx512_bf16" in out:
+        out.add("amx_bf16")
+    return out
+
+
+@functools.cache
+def cpu_info() -> CPUInfo:
+    """The CPU's facts, read once per process."""
+    import torch
+
+    found = _proc_cpuinfo()
+    model, flags = found if found else ("", set())
+    if not flags:
+        flags = _torch_probe_flags()
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        capability = "DEFAULT"
+    info = CPUInfo(
+        model=model or platform.processor() or platform.machine() or "unknown CPU",
+        capability=capability,
+        flags=frozenset(f for f in flags if f in _FLAGS_OF_INTEREST),
+        torch_version=torch.__version__,
+    )
+    logger.debug("CPU: %s", info.to_dict())
+    return info
+
+
+@functools.cache
+def cuda_bf16_supported(index: int = 0) -> bool:
+    """Whether CUDA device ``index`` computes bf16 natively (compute capability 8.0 or later)."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def device_type(device: Any) -> str:
+    """``cpu`` or ``cuda`` (or another torch device type) of a device spec (``None`` is CPU)."""
+    if device is None:
+        return "cpu"
+    return str(getattr(device, "type", None) or str(device).split(":")[0]).lower()
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a model runs in, and why.
+
+    Attributes:
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+        requested: what was asked for (``auto`` ...).
+        reason: one sentence naming the hardware fact behind the choice.
+    """
+
+    precision: str
+    requested: str
+    reason: str
+
+    def summary(self) -> str:
+        """``bf16 (auto: ...)`` for run summaries."""
+        return f"{self.precision} ({self.requested}: {self.reason})"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, PerformanceWarning, stacklevel=3)
+
+
+def choose_precision(requested: str | None = "auto", device: Any = None) -> PrecisionChoice:
+    """Resolve a precision request for a device (see the module docstring's table).
+
+    Args:
+        requested: ``auto`` (``None`` too), ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+        device: where the model runs (``None``: CPU).
+
+    Raises:
+        PrecisionError: an unknown precision, fp16 on a CPU, or int8 on a GPU.
+    """
+    req = "auto" if requested is None else str(requested).strip().lower()
+    if req not in PRECISIONS:
+        raise PrecisionError(
+            f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)} "
+            "(auto picks what this machine computes fastest)",
+            param="precision",
+        )
+    if req == "auto" and os.environ.get(PRECISION_ENV, "").strip().lower() not in ("", "auto"):
+        forced = choose_precision(os.environ[PRECISION_ENV], device)
+        return PrecisionChoice(forced.precision, req, f"{PRECISION_ENV}={forced.precision}")
+    kind = device_type(device)
+    if kind == "cuda":
+        if req == "int8":
+            raise PrecisionError(
+                "precision 'int8' quantises CPU image towers; on a GPU use 'auto' (bf16, or fp16 "
+                "where bf16 is missing) or 'fp32'",
+                param="precision",
+            )
+        native = cuda_bf16_supported()
+        if req == "auto":
+            if native:
+                return PrecisionChoice("bf16", req, "the GPU computes bf16 natively")
+            return PrecisionChoice("fp16", req, "the GPU has no native bf16; fp16 instead")
+        if req == "bf16" and not native:
+            _warn_once(
+                "cuda-bf16",
+                "precision bf16 on a GPU without native bf16 (compute capability < 8.0) is "
+                "emulated and expected to be slow; use --precision auto (fp16 there)",
+            )
+        return PrecisionChoice(req, req, "asked for")
+    if kind != "cpu":  # mps, xpu ...: what the user asks for, fp32 for auto
+        return PrecisionChoice("fp32" if req == "auto" else req, req, f"device type {kind}")
+    cpu = cpu_info()
+    if req == "fp16":
+        raise PrecisionError(
+            "precision 'fp16' is not supported on a CPU: CPUs have no fast fp16 matrix products "
+            "(about 1 GFLOP/s); use 'auto', 'fp32' or 'bf16'",
+            param="precision",
+        )
+    if req == "auto":
+        if cpu.native_bf16:
+            bf = ", ".join(f for f in _BF16_FLAGS if f in cpu.flags)
+            return PrecisionChoice(
+                "bf16", req, f"the CPU computes bf16 natively (torch {cpu.capability}, {bf})"
+            )
+        why = (
+            f"torch dispatches {cpu.capability} kernels"
+            if not cpu.capability.upper().startswith(_AVX512_CAPABILITIES)
+            else "the CPU flags show neither avx512_bf16 nor amx_bf16"
+        )
+        return PrecisionChoice("fp32", req, f"no native bf16 on this CPU ({why})")
+    if req == "bf16" and not cpu.native_bf16:
+        _warn_once(
+            "cpu-bf16",
+            f"precision bf16 on a CPU without native bf16 ({cpu.kind}): bf16 matrix products "
+            "are emulated there, typically 100x or more slower than fp32; use --precision auto "
+            "(or fp32)",
+        )
+        return PrecisionChoice("bf16", req, "asked for; emulated on this CPU (slow)")
+    return PrecisionChoice(req, req, "asked for")

@@ -1,0 +1,291 @@
+"""Sharded index builds under ``torchrun``: every process encodes its share, one process writes.
+
+``torchrun --nproc_per_node N -m msclip.index build INDEX --images ... --scenes ...`` (and the
+usual ``--nnodes``/``--rdzv-*`` flags across machines) starts N processes that join one
+``torch.distributed`` group (gloo on CPUs, NCCL on GPUs, each process on its local GPU). Then:
+
+1. Every process plans the same sources (:func:`msclip.index.build.plan_sources`, a fixed
+   order). Process 0 opens the index for writing (the store's lock makes it the only writer),
+   reads which sources are already committed, and which finished encodings a killed run left in
+   the spool (below), and broadcasts the sources still to encode.
+2. The sources to encode are dealt to the processes in plan order, each to the process with the
+   fewest items so far (longest-processing-time balancing of files and scene tiles).
+3. Every process encodes its sources in plan order. Process 0 keeps its own in memory; the others
+   write each finished source to the spool, ``INDEX/spool/source-<position>.npz`` (embeddings,
+   metadata rows, failures and the model fingerprint, written atomically).
+4. Process 0 adds the sources to the index strictly in plan order, taking each from its own
+   encodings or from the spool as soon as it is there, and commits every ``commit_seconds``; the
+   ids, metadata and embeddings are those of a one-process build (the embeddings to float
+   rounding: a batch holds other images). The other processes leave as soon as their share is
+   spooled; process 0 removes the spool after the last commit.
+
+Resuming. A killed process (torchrun then stops the others) loses at most what was not yet
+committed or spooled: rerunning the same command skips committed sources (the store's commit
+protocol), takes spooled encodings of the same model as they are, and encodes the rest.
+
+Across machines the index directory must be on storage every machine sees (NFS, a cluster file
+system): the spool is how encodings travel to process 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msclip.encode import Failure
+from msclip.index.build import (
+    BuildReport,
+    EncodedSource,
+    Source,
+    add_encoded,
+    encode_sources,
+    model_info,
+    plan_sources,
+)
+from msclip.index.store import IndexStore, IndexWriter
+
+__all__ = ["SPOOL_DIR", "assign_sources", "build_sharded", "distributed_world"]
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the index where processes other than the first leave their encoded sources.
+SPOOL_DIR = "spool"
+_POLL_SECONDS = 0.05
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the ``torch.distributed`` group this process is in (``(0, 1)``
+    outside one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def assign_sources(sizes: Sequence[int], world: int) -> list[int]:
+    """Process of each source: in order, to the process with the fewest items so far (ties to the
+    lower rank), so files and large scenes spread evenly."""
+    load = [0] * world
+    out = []
+    for n in sizes:
+        r = min(range(world), key=lambda i: (load[i], i))
+        out.append(r)
+        load[r] += max(1, n)
+    return out
+
+
+def _spool_file(spool: Path, position: int) -> Path:
+    return spool / f"source-{position:08d}.npz"
+
+
+def _write_spool(spool: Path, done: EncodedSource, key: str, fingerprint: str) -> None:
+    from msclip.io import atomic_write
+
+    meta = {
+        "key": key,
+        "fingerprint": fingerprint,
+        "position": done.position,
+        "rows": done.rows,
+        "failures": [[f.index, f.name, f.reason] for f in done.failures],
+        "nodata": done.nodata,
+        "unreadable": done.unreadable,
+    }
+    text = json.dumps(meta, allow_nan=True)  # rows hold NaN bounds for files without a CRS
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=done.embeddings, meta=np.array(text))
+
+    atomic_write(_spool_file(spool, done.position), write, ".npz")
+
+
+def _read_spool(path: Path, key: str, fingerprint: str) -> EncodedSource | None:
+    """A spooled source, or ``None`` when it is unreadable or from another source or model."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            emb = np.asarray(z["embeddings"], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("ignoring unreadable spooled encoding %s (%s)", path, exc)
+        return None
+    if meta.get("key") != key or meta.get("fingerprint") != fingerprint:
+        return None
+    fails = [Failure(int(i), str(n), str(r)) for i, n, r in meta.get("failures", [])]
+    return EncodedSource(int(meta["position"]), emb, list(meta["rows"]), fails,
+                         int(meta.get("nodata", 0)), bool(meta.get("unreadable")))  # fmt: skip
+
+
+def build_sharded(
+    path: str | os.PathLike,
+    model: Any,
+    preprocess: Any,
+    images: Sequence[str] = (),
+    scenes: Sequence[str] = (),
+    *,
+    tile_size: int | None = None,
+    stride: int | None = None,
+    min_valid: float = 0.5,
+    nodata: float | None = None,
+    batch_size: int | None = 32,
+    workers: int = 0,
+    progress: bool = False,
+    commit_seconds: float = 60.0,
+    must_exist: bool = False,
+    on_source: Callable[[int], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> BuildReport:
+    """:func:`msclip.index.build.build_index` for one process of a ``torch.distributed`` group
+    (see the module docstring). Every process of the group calls it with the same arguments.
+
+    Args:
+        path, model, preprocess, images, scenes, tile_size, stride, min_valid, nodata,
+            batch_size, workers, progress, commit_seconds, must_exist, on_source: as for
+            :func:`msclip.index.build.build_index`.
+        rank: this process's rank.
+        world: the number of processes.
+
+    Returns:
+        On process 0 the build's report (``count``: embeddings in the index); on the others the
+        report of their own share (``count`` is 0).
+    """
+    import torch.distributed as dist
+
+    tile = tile_size or int(model.image_size)
+    sources = plan_sources(images, scenes, tile, stride)
+    fingerprint = str(model.fingerprint())
+    spool = Path(path) / SPOOL_DIR
+    writer: IndexWriter | None = None
+    payload: list[Any] = [None]
+    try:
+        if rank == 0:
+            if must_exist:
+                IndexStore.open(path)
+            writer = IndexWriter.open_or_create(path, int(model.embed_dim), model_info(model))
+            committed = [writer.is_done(s.key) for s in sources]
+            spool.mkdir(exist_ok=True)
+            spooled = _usable_spool(spool, sources, committed, fingerprint)
+            payload = [{"committed": committed, "spooled": sorted(spooled)}]
+    except BaseException as exc:
+        payload = [{"error": f"{type(exc).__name__}: {exc}"}]
+        dist.broadcast_object_list(payload, src=0)
+        if writer is not None:
+            writer.close()
+        raise
+    dist.broadcast_object_list(payload, src=0)
+    plan = payload[0]
+    if "error" in plan:
+        raise RuntimeError(f"process 0 could not open the index {path}: {plan['error']}")
+    committed, spooled = plan["committed"], set(plan["spooled"])
+    todo = [i for i, done in enumerate(committed) if not done and i not in spooled]
+    owners = dict(zip(todo, assign_sources([len(sources[i].items) for i in todo], world)))
+    mine = [i for i in todo if owners[i] == rank]
+    report = BuildReport(sources=len(sources), skipped_done=sum(committed))
+    logger.info(
+        "process %d of %d: %d of %d sources to encode (%d committed, %d spooled)",
+        rank, world, len(mine), len(sources), sum(committed), len(spooled),
+    )  # fmt: skip
+    encoded = encode_sources(
+        model, preprocess, [sources[i] for i in mine], mine, min_valid=min_valid,
+        nodata=nodata, batch_size=batch_size, workers=workers, progress=progress and rank == 0,
+    )  # fmt: skip
+    if rank != 0:
+        for done in encoded:
+            _write_spool(spool, done, sources[done.position].key, fingerprint)
+            report.failures += done.failures
+            report.nodata += done.nodata
+            report.added += 0 if done.unreadable else 1
+            report.rows += 0 if done.unreadable else len(done.embeddings)
+            if on_source is not None:
+                on_source(done.position)
+        return report
+
+    assert writer is not None
+    pending = [i for i, done in enumerate(committed) if not done]  # plan order
+    own: dict[int, EncodedSource] = {}
+    last_commit = time.monotonic()
+    with writer:  # a failure still commits what was added (whole sources), as one process does
+        for done in encoded:
+            own[done.position] = done
+            if on_source is not None:
+                on_source(done.position)
+            pending, last_commit = _ingest(
+                writer, sources, pending, own, spool, fingerprint, report, commit_seconds,
+                last_commit,
+            )  # fmt: skip
+        while pending:  # the rest comes from the other processes
+            before = len(pending)
+            pending, last_commit = _ingest(
+                writer, sources, pending, own, spool, fingerprint, report, commit_seconds,
+                last_commit,
+            )  # fmt: skip
+            if len(pending) == before:
+                time.sleep(_POLL_SECONDS)
+        writer.commit()
+        report.count = writer.count
+    for f in spool.glob("source-*.npz"):
+        f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # temporary files of a dying writer: the next run's
+        spool.rmdir()
+    return report
+
+
+def _usable_spool(
+    spool: Path, sources: Sequence[Source], committed: Sequence[bool], fingerprint: str
+) -> set[int]:
+    """Positions of spooled encodings a previous run left that can be used as they are; spooled
+    files of committed sources, of other sources or of another model are removed."""
+    usable = set()
+    for f in sorted(spool.glob("source-*.npz")):
+        try:
+            pos = int(f.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        ok = 0 <= pos < len(sources) and not committed[pos]
+        if ok and _read_spool(f, sources[pos].key, fingerprint) is not None:
+            usable.add(pos)
+        else:
+            f.unlink(missing_ok=True)
+    return usable
+
+
+def _ingest(
+    writer: IndexWriter,
+    sources: Sequence[Source],
+    pending: list[int],
+    own: dict[int, EncodedSource],
+    spool: Path,
+    fingerprint: str,
+    report: BuildReport,
+    commit_seconds: float,
+    last_commit: float,
+) -> tuple[list[int], float]:
+    """Add the next sources in plan order while they are available (own or spooled)."""
+    while pending:
+        pos = pending[0]
+        done = own.pop(pos, None)
+        if done is None:
+            path = _spool_file(spool, pos)
+            if not path.is_file():
+                break
+            done = _read_spool(path, sources[pos].key, fingerprint)
+            if done is None:
+                raise RuntimeError(
+                    f"spooled encoding {path} is unreadable or from another model; remove "
+                    f"{spool} and rerun the build"
+                )
+        staged = add_encoded(writer, sources[pos], done, report)
+        if staged and time.monotonic() - last_commit >= commit_seconds:
+            writer.commit()
+            last_commit = time.monotonic()
+        pending = pending[1:]
+    return pending, last_commit

@@ -1,0 +1,157 @@
+"""int8 image towers for CPUs: dynamically quantised linear layers (``precision="int8"``).
+
+Dynamic quantisation (Jacob et al., "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR 2018; PyTorch's ``quantize_dynamic``): each linear layer's
+weight is stored in int8 with one scale per output channel, and each activation matrix is
+quantised to 8 bits on the fly with a scale from its own range; the product runs in integer
+arithmetic (fbgemm/oneDNN kernels, VNNI where the CPU has it) and is rescaled to float32.
+
+Every linear layer of the image tower's blocks is quantised: the MLP (``c_fc``, ``c_proj``) and
+the attention projections. ``nn.MultiheadAttention`` keeps its projections as raw parameters, so
+each block's attention is replaced by :class:`Int8Attention` (int8 QKV projection, float32
+scaled-dot-product attention, int8 output projection), which is called the same way. The patch
+projection, norms, class token and final projection stay float32; so does the text tower (its
+embeddings are cached, and prompts are few).
+
+Agreement with fp32 (``benchmarks/int8.py`` measures it, the tests bound it on a small model):
+cosine similarity of the embeddings and agreement of zero-shot top-1 labels.
+
+The quantised tower is for inference: it cannot be trained or saved as a checkpoint (save the fp32
+model instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msclip.errors import PrecisionError
+
+__all__ = ["Int8Attention", "quantize_image_tower"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # torch.ao.quantization announces its move to torchao; the eager dynamic API still works
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+def _dynamic_linear(linear: nn.Linear) -> nn.Module:
+    """An int8 dynamic copy of ``linear`` (per-channel weight scales)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    with _quiet():
+        linear.qconfig = per_channel_dynamic_qconfig
+        return DynamicLinear.from_float(linear)
+
+
+class Int8Attention(nn.Module):
+    """Multi-head self-attention with int8 dynamic input and output projections.
+
+    A drop-in for the ``nn.MultiheadAttention`` of a batch-first block in inference:
+    ``attn(x, x, x, need_weights=False, attn_mask=mask)`` returns ``(out, None)``.
+
+    Args:
+        mha: the trained attention module (batch first, shared q/k/v dimension).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not (mha.batch_first and mha._qkv_same_embed_dim and mha.in_proj_weight is not None):
+            raise PrecisionError(
+                "int8 attention needs a batch-first nn.MultiheadAttention with one in_proj",
+                param="precision",
+            )
+        self.embed_dim = mha.embed_dim
+        self.num_heads = mha.num_heads
+        self.batch_first = True
+        width = mha.embed_dim
+        qkv = nn.Linear(width, 3 * width, bias=mha.in_proj_bias is not None)
+        out = nn.Linear(width, width, bias=mha.out_proj.bias is not None)
+        with torch.no_grad():
+            qkv.weight.copy_(mha.in_proj_weight.float())
+            out.weight.copy_(mha.out_proj.weight.float())
+            if mha.in_proj_bias is not None:
+                qkv.bias.copy_(mha.in_proj_bias.float())
+            if mha.out_proj.bias is not None:
+                out.bias.copy_(mha.out_proj.bias.float())
+        self.qkv = _dynamic_linear(qkv)
+        self.out_proj = _dynamic_linear(out)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise PrecisionError("int8 attention computes self-attention only", param="precision")
+        b, n, d = query.shape
+        h = self.num_heads
+        q, k, v = self.qkv(query).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out_proj(x.transpose(1, 2).reshape(b, n, d)), None
+
+
+def quantize_image_tower(model: nn.Module) -> nn.Module:
+    """Quantise the linear layers of an :class:`msclip.MSCLIP`'s image tower to int8, in place.
+
+    Args:
+        model: an fp32 model on the CPU, in eval mode.
+
+    Returns:
+        The same model; ``model.precision`` is then ``int8``.
+
+    Raises:
+        PrecisionError: the model is not float32 on the CPU, or this torch build has no
+            quantised kernels.
+    """
+    visual = model.clip.visual
+    param = next(visual.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        raise PrecisionError(
+            f"int8 quantisation starts from float32 weights on the CPU, got {param.dtype} on "
+            f"{param.device}; create the model with precision='int8' (on the CPU)",
+            param="precision",
+        )
+    if "x86" in torch.backends.quantized.supported_engines:
+        engine = "x86"
+    elif "fbgemm" in torch.backends.quantized.supported_engines:
+        engine = "fbgemm"
+    else:
+        engine = torch.backends.quantized.engine
+    if engine in ("none", None):
+        raise PrecisionError(
+            "this torch build has no quantised CPU kernels; use precision 'auto' or 'fp32'",
+            param="precision",
+        )
+    torch.backends.quantized.engine = engine
+    _ = model.checkpoint_sha256  # the identity of the float weights, fixed before quantising
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise PrecisionError(
+            "int8 quantisation supports vision-transformer image towers", param="precision"
+        )
+    for block in blocks:
+        block.attn = Int8Attention(block.attn)
+        block.mlp.c_fc = _dynamic_linear(block.mlp.c_fc)
+        block.mlp.c_proj = _dynamic_linear(block.mlp.c_proj)
+        block.mlp.c_fc.int8_original_dtype = torch.float32  # read by get_weight_dtype()
+    visual.msclip_int8 = True
+    visual.requires_grad_(False)
+    logger.info("image tower quantised to int8 (%s engine, %d blocks)", engine, len(blocks))
+    return model

@@ -1,0 +1,163 @@
+"""CLIP's byte-level BPE tokenizer, without importing OpenCLIP.
+
+Byte-pair encoding (Sennrich, Haddow and Birch, "Neural Machine Translation of Rare Words with
+Subword Units", ACL 2016) over UTF-8 bytes mapped to printable characters, with the 49,152-token
+vocabulary and merge list of CLIP (Radford et al., ICML 2021). Text is cleaned as OpenCLIP's
+default ``lower`` mode does (``ftfy.fix_text``, HTML entities unescaped twice, whitespace runs
+collapsed, lower case), split into words, numbers and punctuation runs, each piece encoded by
+applying the lowest-ranked merge until none applies, and framed by ``<start_of_text>`` /
+``<end_of_text>``; sequences longer than the context are cut and end with ``<end_of_text>``.
+The output equals ``open_clip.SimpleTokenizer``'s (checked by the tests).
+
+The merge list is the one OpenCLIP ships (``bpe_simple_vocab_16e6.txt.gz``); it is read from the
+installed ``open_clip`` package without importing it (importing OpenCLIP costs seconds: see
+:mod:`msclip.architecture`).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import html
+import importlib.util
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["CLIPTokenizer", "default_bpe_path"]
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+_N_MERGES = 49152 - 256 - 2
+_SPECIAL = ("<start_of_text>", "<end_of_text>")
+
+
+def default_bpe_path() -> Path:
+    """The merge list shipped with the installed ``open_clip`` (found without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("open_clip is not installed; it ships CLIP's BPE merge list")
+    return Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
+
+
+@functools.cache
+def _byte_chars() -> dict[int, str]:
+    """Byte -> character: printable Latin-1 bytes stand for themselves, the others (controls,
+    space, soft hyphen ...) for characters from U+0100 on, so no piece holds whitespace."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    order, chars = list(keep), list(keep)
+    extra = 0
+    for b in range(256):
+        if b not in keep:
+            order.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(order, chars)}
+
+
+@functools.cache
+def _tables(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[1 : _N_MERGES + 1]  # the first line is a version header
+    merges = [tuple(line.split()) for line in lines]
+    base = list(_byte_chars().values())
+    vocab = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + list(_SPECIAL)
+    return {tok: i for i, tok in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}  # type: ignore[misc]
+
+
+@functools.cache
+def _pattern():  # -> regex.Pattern
+    import regex
+
+    special = "|".join(_SPECIAL)
+    return regex.compile(
+        special + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        regex.IGNORECASE,
+    )
+
+
+def _clean(text: str) -> str:
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+class CLIPTokenizer:
+    """Text -> token ids ``[N, context_length]`` (int64), zero padded.
+
+    Args:
+        context_length: tokens per text, start and end markers included.
+        bpe_path: the gzipped merge list (default: OpenCLIP's, :func:`default_bpe_path`).
+    """
+
+    def __init__(self, context_length: int = 77, bpe_path: str | Path | None = None) -> None:
+        self.context_length = int(context_length)
+        self.bpe_path = str(bpe_path or default_bpe_path())
+        self.encoder, self.ranks = _tables(self.bpe_path)
+        self.byte_encoder = _byte_chars()
+        self.sot_token_id = self.encoder[_SPECIAL[0]]
+        self.eot_token_id = self.encoder[_SPECIAL[1]]
+        self.vocab_size = len(self.encoder)
+        self._cache: dict[str, list[int]] = {}
+
+    def _bpe(self, piece: str) -> list[int]:
+        """Ids of one piece: merge the lowest-ranked adjacent pair, everywhere, until none is in
+        the merge list."""
+        if piece in self._cache:
+            return self._cache[piece]
+        word = [*piece[:-1], piece[-1] + "</w>"]
+        ranks = self.ranks
+        while len(word) > 1:
+            best, best_rank = None, None
+            for pair in itertools.pairwise(word):
+                r = ranks.get(pair)
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = pair, r
+            if best is None:
+                break
+            first, second = best
+            merged: list[str] = []
+            i = 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        ids = [self.encoder[w] for w in word]
+        self._cache[piece] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without the start and end markers."""
+        out: list[int] = []
+        for piece in _pattern().findall(_clean(text)):
+            if piece in _SPECIAL:
+                out.append(self.encoder[piece])
+                continue
+            out += self._bpe("".join(self.byte_encoder[b] for b in piece.encode("utf-8")))
+        return out
+
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None
+    ) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` of one text or a list of texts."""
+        if isinstance(texts, str):
+            texts = [texts]
+        n = int(context_length or self.context_length)
+        result = torch.zeros(len(texts), n, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
+            if len(ids) > n:
+                ids = ids[:n]
+                ids[-1] = self.eot_token_id
+            result[i, : len(ids)] = torch.tensor(ids)
+        return result
+
+    def __repr__(self) -> str:
+        return f"CLIPTokenizer(context_length={self.context_length})"

@@ -1,0 +1,109 @@
+"""The GPU path, tested on the CPU where it can be forced: batch size from free device memory,
+pinned loader batches, worker counts, bf16 against fp32 within the documented tolerance; the
+one-thread reading of items; the preprocessing fast path equals torchvision's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import msclip
+from msclip.encode import (
+    CPU_BATCH_SIZE,
+    auto_batch_size,
+    auto_workers,
+    collate_items,
+    encode_images,
+    loader_args,
+    single_thread,
+)
+
+
+@pytest.fixture(scope="module")
+def vit_b():
+    """The Llama3-MS-CLIP architecture on the meta device (sizes only, no memory)."""
+    from msclip.factory import _build, _config_for, get_model_entry
+
+    return _build(_config_for(get_model_entry("Llama3-MS-CLIP-Base"), None), meta=True)
+
+
+def test_batch_size_from_free_gpu_memory(vit_b) -> None:
+    assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 32
+    sizes = [auto_batch_size(vit_b, "cuda:0", free_bytes=g << 30) for g in (1, 8, 80)]
+    assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] <= 1024
+    # ViT-B/16 (197 tokens, width 768, fp32): ~12 MB of activations per image -> 1 GB free, 32
+    assert sizes[0] == 32
+    assert auto_batch_size(vit_b, "cuda", free_bytes=1 << 20) == 1  # never zero
+
+
+def test_loader_arguments_and_workers_by_device() -> None:
+    cuda = loader_args(torch.device("cuda"), 64, 4, collate_items)
+    assert cuda["pin_memory"] and cuda["num_workers"] == 4 and cuda["prefetch_factor"] == 2
+    cpu = loader_args(torch.device("cpu"), 32, 0, collate_items)
+    assert "pin_memory" not in cpu and cpu["batch_size"] == 32 and "prefetch_factor" not in cpu
+    assert auto_workers("cpu") == 0 and 1 <= auto_workers("cuda") <= 8
+
+
+def test_bf16_embeddings_agree_with_fp32(make_geotiff) -> None:
+    """The tolerance documented for reduced-precision runs (GPU bf16 and CPU bf16 alike)."""
+    paths = [make_geotiff(f"t{i}.tif", size=(64, 64), seed=i)[0] for i in range(6)]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model = msclip.create_model("msclip-demo", pretrained=True, precision=precision)
+        out[precision] = encode_images(model, model.preprocess(), paths, batch_size=4).embeddings
+    cos = (out["fp32"] * out["bf16"]).sum(1)
+    assert cos.min() > 0.999 and not np.array_equal(out["fp32"], out["bf16"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_outputs_match_cpu_fp32(make_geotiff) -> None:
+    paths = [make_geotiff(f"g{i}.tif", size=(64, 64), seed=i)[0] for i in range(8)]
+    cpu = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    ref = encode_images(cpu, cpu.preprocess(), paths, batch_size=4).embeddings
+    for precision, tol in (("fp32", 1e-4), ("auto", None)):
+        gpu = msclip.create_model("msclip-demo", pretrained=True, device="cuda",
+                                  precision=precision)  # fmt: skip
+        got = encode_images(gpu, gpu.preprocess(), paths, batch_size=None, workers=2).embeddings
+        if tol is not None:
+            np.testing.assert_allclose(got, ref, atol=tol)
+        assert (got * ref).sum(1).min() > 0.999
+
+
+def test_items_are_read_with_one_thread_and_threads_come_back(make_geotiff) -> None:
+    seen = []
+
+    class Recording(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> dict:
+            seen.append(torch.get_num_threads())
+            return {"index": i, "image": torch.zeros(10, 32, 32)}
+
+    torch.set_num_threads(2)
+    model = msclip.create_model("msclip-tiny")
+    from msclip.encode import encode_batches
+
+    batches = list(encode_batches(model, Recording(), batch_size=2))
+    assert sum(len(b.indices) for b in batches) == 3
+    assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    with single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
+def test_preprocessing_without_resize_equals_torchvision(make_geotiff) -> None:
+    from torchvision.transforms import functional as TF
+
+    model = msclip.create_model("msclip-tiny")
+    path, data = make_geotiff("p.tif", count=10, size=(32, 32))
+    got = model.preprocess()(path)
+    stats = model.config.stats
+    x = torch.from_numpy(data.astype(np.float32))
+    mean = [stats.mean[b] for b in model.bands]
+    std = [stats.std[b] for b in model.bands]
+    resized = TF.center_crop(TF.resize(x, [32], antialias=True), [32, 32])
+    assert torch.equal(got, TF.normalize(resized, mean=mean, std=std))

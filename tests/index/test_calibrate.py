@@ -1,0 +1,169 @@
+"""Kernel calibration of the index search: the fastest measured kernel wins, per regime; the choice
+is cached per CPU kind in the search cache; every kernel's results equal the exact path's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msclip import hardware
+from msclip.index import IndexStore, IndexWriter, SearchIndex
+from msclip.index import calibrate as cal_mod
+from msclip.index.calibrate import (
+    CANDIDATES,
+    REGIMES,
+    Calibration,
+    calibrate,
+    fastest,
+    load_or_calibrate,
+)
+
+DIM = 32
+
+
+class FakeClock:
+    """A clock that only moves when a fake kernel "runs"."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_runs(clock: FakeClock, cost: dict[tuple[str, int], float], fixed: float = 0.0):
+    """Kernels costing ``cost`` per row (plus ``fixed`` per call) on a fake clock."""
+
+    def run(kernel: str, n_q: int):
+        if (kernel, n_q) not in cost:
+            return None  # unavailable on this "machine"
+
+        def scan(rows: int) -> None:
+            clock.now += cost[(kernel, n_q)] * rows + fixed
+
+        return scan
+
+    return run
+
+
+def test_fastest_takes_the_minimum_and_keeps_fp32_on_a_near_tie() -> None:
+    assert fastest({"int8-gemv": 3.0, "fp32": 5.0, "bf16": 1.0}) == "bf16"
+    assert fastest({"int8-gemm": 0.99, "fp32": 1.0}) == "fp32"  # within the noise margin
+    assert fastest({"int8-gemm": 0.5, "fp32": 1.0}) == "int8-gemm"
+    assert fastest({"int8-gemm": 0.5, "fp32": float("nan")}) == "int8-gemm"
+    with pytest.raises(ValueError):
+        fastest({})
+
+
+def test_calibrate_picks_the_fastest_measured_kernel_per_regime() -> None:
+    clock = FakeClock()
+    many = REGIMES["many"]
+    # an AVX2-like machine: int8 GEMM useless, fbgemm best for batches, the GEMV for one query
+    cost = {
+        ("int8-gemv", 1): 1.0, ("int8-gemm", 1): 9.0, ("int8-fbgemm", 1): 2.0, ("fp32", 1): 4.0,
+        ("int8-gemv", many): 30.0, ("int8-gemm", many): 400.0, ("int8-fbgemm", many): 6.0,
+        ("fp32", many): 10.0, ("bf16", many): 300.0,
+    }  # fmt: skip
+    # a fixed cost per call (here as large as the scan of a sample) does not count: the cost per
+    # row is the slope between two sample sizes
+    cal = calibrate(fake_runs(clock, cost, fixed=5000.0), rows=8192, timer=clock, repeats=2)
+    assert cal.choice == {"few": "int8-gemv", "many": "int8-fbgemm"}
+    assert cal.kernel(1) == "int8-gemv" and cal.kernel(100) == "int8-fbgemm"
+    assert cal.timings["few"]["int8-fbgemm"] == pytest.approx(2.0)  # seconds per row (slope)
+    # far slower than the best on the warm-up: not timed again, its warm-up is its estimate
+    assert cal.timings["many"]["int8-gemm"] == pytest.approx(400.0, rel=0.02)
+    assert "bf16" not in cal.timings["few"]  # unavailable there: never chosen
+    # a machine where nothing beats the plain float scan keeps it
+    clock2 = FakeClock()
+    flat = {(k, n): 1.0 for k in CANDIDATES for n in REGIMES.values()}
+    assert calibrate(fake_runs(clock2, flat), timer=clock2).choice == {
+        "few": "fp32",
+        "many": "fp32",
+    }
+
+
+def test_calibrate_skips_kernels_whose_preparation_fails() -> None:
+    clock = FakeClock()
+    cost = {
+        (k, n): 1.0 if k == "int8-fbgemm" else 5.0 for k in CANDIDATES for n in REGIMES.values()
+    }
+
+    def setup(kernel: str) -> float:
+        if kernel == "int8-fbgemm":
+            raise RuntimeError("no quantized engine")
+        return 0.0
+
+    cal = calibrate(fake_runs(clock, cost), setup, timer=clock)
+    assert "int8-fbgemm" not in cal.choice.values()
+
+
+def test_choice_is_cached_per_cpu_kind(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def measure() -> Calibration:
+        calls.append(1)
+        return Calibration({"few": "int8-gemv", "many": "fp32"}, {}, {}, {"model": "x"})
+
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    first = load_or_calibrate(tmp_path, measure, key="cpuA")
+    assert first.choice["few"] == "int8-gemv" and len(calls) == 1
+    saved = tmp_path / "calibration-cpuA.json"
+    assert json.loads(saved.read_text())["choice"] == {"few": "int8-gemv", "many": "fp32"}
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})  # a new process: read from the folder
+    again = load_or_calibrate(tmp_path, measure, key="cpuA")
+    assert again.cached and again.choice == first.choice and len(calls) == 1
+    load_or_calibrate(tmp_path, measure, key="cpuB")  # another CPU kind measures again
+    assert len(calls) == 2 and (tmp_path / "calibration-cpuB.json").is_file()
+    saved.write_text("{not json")  # a damaged file is measured again, not trusted
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    load_or_calibrate(tmp_path, measure, key="cpuA")
+    assert len(calls) == 3
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[IndexStore, np.ndarray, np.ndarray]:
+    """Clusters with a clear top-k: every query's 10 nearest rows are far above the rest."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((30, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    emb = centres[np.repeat(np.arange(30), 60)] + 0.3 * rng.standard_normal((1800, DIM))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    queries = emb[[3, 700, 1500]] + 0.01 * rng.standard_normal((3, DIM)).astype(np.float32)
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    path = tmp_path / "c.index"
+    with IndexWriter.open_or_create(path, DIM, {"name": "t"}) as writer:
+        writer.add(emb, None, source="all")
+    return IndexStore.open(path), emb, queries
+
+
+@pytest.mark.parametrize("kernel", CANDIDATES)
+def test_each_chosen_kernel_returns_the_exact_ids(store, kernel: str) -> None:
+    st, _, queries = store
+    index = SearchIndex.from_store(st, cache=False)
+    index._calibration = Calibration({"few": kernel, "many": kernel})
+    assert index._pick_kernel(1) == kernel and index._pick_kernel(50) == kernel
+    exact = index.search(queries, 10, exact=True)
+    for q in (queries, queries[:1]):
+        got = index.search(q, 10)
+        np.testing.assert_array_equal(got.ids, exact.ids[: len(q)])
+        np.testing.assert_array_equal(got.scores, exact.scores[: len(q)])
+
+
+def test_real_calibration_is_measured_once_and_cached(store, monkeypatch) -> None:
+    st, _, queries = store
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    index = SearchIndex.from_store(st)
+    result = index.search(queries, 5)
+    chosen = index.calibration
+    assert set(chosen.choice) == set(REGIMES) and set(chosen.choice.values()) <= set(CANDIDATES)
+    assert "fp32" in chosen.timings["few"] and "fp32" in chosen.timings["many"]
+    key = hardware.cpu_info().key()
+    assert (st.path / "search_cache" / f"calibration-{key}.json").is_file()
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    monkeypatch.setattr(SearchIndex, "_measure_kernels", lambda self: pytest.fail("measured"))
+    reopened = SearchIndex.from_store(IndexStore.open(st.path))
+    assert reopened.calibration.cached
+    np.testing.assert_array_equal(reopened.search(queries, 5).ids, result.ids)

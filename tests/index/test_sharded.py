@@ -1,0 +1,185 @@
+"""Sharded index builds: balancing, spool resumption, and ``torchrun`` with two gloo processes
+against a one-process build (same ids and metadata, embeddings to 1e-6), after killed runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+from affine import Affine
+from rasterio.crs import CRS
+
+import msclip
+from msclip.index import IndexStore
+from msclip.index.build import build_index, encode_sources, plan_sources
+from msclip.index.sharded import SPOOL_DIR, _write_spool, assign_sources, build_sharded
+
+REPO = Path(msclip.__file__).resolve().parent.parent
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--seed", "0", "--quiet",
+        "--batch-size", "3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[list[Path], list[Path]]:
+    """Five 10-band 32x32 files (one unreadable) and two scenes of 2x3 and 3x3 tiles."""
+    root = tmp_path_factory.mktemp("shard_inputs")
+    rng = np.random.default_rng(5)
+    files = []
+    for i in range(5):
+        p = root / "files" / f"f{i}.tif"
+        p.parent.mkdir(exist_ok=True)
+        tf = Affine(10, 0, 500000 + 400 * i, 0, -10, 5000000)
+        data = rng.integers(1, 6000, (10, 32, 32)).astype("uint16")
+        msclip.write_geotiff(p, data, crs=CRS.from_epsg(32632), transform=tf)
+        files.append(p)
+    (root / "files" / "broken.tif").write_bytes(b"not a tiff")
+    files.append(root / "files" / "broken.tif")
+    scenes = []
+    for i, (h, w) in enumerate([(64, 96), (96, 96)]):
+        p = root / f"scene{i}.tif"
+        msclip.write_geotiff(p, rng.integers(1, 6000, (10, h, w)).astype("uint16"),
+                             crs=CRS.from_epsg(32633),
+                             transform=Affine(10, 0, 300000, 0, -10, 4000000))  # fmt: skip
+        scenes.append(p)
+    return files, scenes
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = msclip.create_model("msclip-tiny")
+    return m, m.preprocess()
+
+
+def _same_index(a: Path, b: Path) -> None:
+    sa, sb = IndexStore.open(a), IndexStore.open(b)
+    assert sa.count == sb.count > 0
+    assert [s.key for s in sa.sources] == [s.key for s in sb.sources]
+    assert [(s.start, s.stop) for s in sa.sources] == [(s.start, s.stop) for s in sb.sources]
+    pd.testing.assert_frame_equal(sa.metadata, sb.metadata)
+    np.testing.assert_allclose(sa.embeddings, sb.embeddings, rtol=0, atol=1e-6)
+    assert sa.model_info == sb.model_info
+    assert not (a / SPOOL_DIR).exists()
+
+
+def test_sources_are_dealt_by_item_count() -> None:
+    # a big scene goes to one process, the files fill the other
+    assert assign_sources([9, 1, 1, 1, 1], 2) == [0, 1, 1, 1, 1]
+    assert assign_sources([1, 1, 1, 1], 2) == [0, 1, 0, 1]
+    assert assign_sources([0, 0], 3) == [0, 1]  # sources without items still count
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_spooled_encodings_of_a_killed_process_are_used(
+    inputs, model, tmp_path, one_process_group
+) -> None:
+    files, scenes = inputs
+    m, pre = model
+    ref = tmp_path / "one.index"
+    build_index(ref, m, pre, [str(f) for f in files], [str(s) for s in scenes], commit_seconds=0)
+    # A killed run: process 1 spooled two of its sources, then the group died.
+    idx = tmp_path / "shard.index"
+    sources = plan_sources([str(f) for f in files], [str(s) for s in scenes], 32)
+    (idx / SPOOL_DIR).mkdir(parents=True)
+    for done in encode_sources(m, pre, [sources[1], sources[5]], [1, 5]):
+        _write_spool(idx / SPOOL_DIR, done, sources[done.position].key, m.fingerprint())
+    # and a stale encoding of another model is dropped
+    torch.manual_seed(1)
+    other = msclip.create_model("msclip-tiny")
+    for done in encode_sources(other, pre, [sources[2]], [2]):
+        _write_spool(idx / SPOOL_DIR, done, sources[2].key, other.fingerprint())
+    encoded: list[int] = []
+    report = build_sharded(
+        idx, m, pre, [str(f) for f in files], [str(s) for s in scenes], commit_seconds=0,
+        on_source=encoded.append, rank=0, world=1,
+    )  # fmt: skip
+    assert 1 not in encoded and 5 not in encoded and 2 in encoded  # spooled ones not redone
+    assert report.count == IndexStore.open(ref).count and len(report.failures) == 1
+    _same_index(idx, ref)
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    import torch, torch.distributed as dist
+    import msclip
+    from msclip.index.sharded import build_sharded
+
+    index, kill_rank, kill_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    files, scenes = sys.argv[4].split(","), sys.argv[5].split(",")
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+    seen = []
+
+    def on_source(position):
+        seen.append(position)
+        if rank == kill_rank and len(seen) >= kill_after:
+            os._exit(9)  # killed: no clean-up, no commit
+
+    build_sharded(index, model, model.preprocess(), files, scenes, batch_size=3,
+                  commit_seconds=0, on_source=on_source, rank=rank, world=world)
+    dist.destroy_process_group()
+    """
+)
+
+
+def _torchrun(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_build_equals_one_process_and_resumes_after_kills(inputs, tmp_path) -> None:
+    files, scenes = inputs
+    ref = tmp_path / "one.index"
+    from msclip.cli.index import main
+
+    images = [str(f) for f in files]
+    assert main(["build", str(ref), "--images", *images, "--scenes", *map(str, scenes), *TINY,
+                 "--skip-bad"]) == 0  # fmt: skip
+
+    # the command line under torchrun
+    two = tmp_path / "two.index"
+    proc = _torchrun(["-m", "msclip.index", "build", str(two), "--images", *images, "--scenes",
+                      *map(str, scenes), *TINY, "--skip-bad"], tmp_path)  # fmt: skip
+    assert proc.stdout.count("embeddings in the index") == 1  # process 0 prints the summary
+    _same_index(two, ref)
+
+    # killed runs: process 1 dies after spooling one source, then process 0 after adding two
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    killed = tmp_path / "killed.index"
+    args = [str(worker), str(killed)]
+    lists = [",".join(images), ",".join(map(str, scenes))]
+    assert _torchrun([*args, "1", "1", *lists], tmp_path, check=False).returncode != 0
+    assert _torchrun([*args, "0", "2", *lists], tmp_path, check=False).returncode != 0
+    partial = IndexStore.open(killed)
+    assert 0 < partial.count < IndexStore.open(ref).count  # some work committed, not all
+    _torchrun([*args, "-1", "0", *lists], tmp_path)
+    _same_index(killed, ref)

@@ -1,0 +1,156 @@
+"""msclip's own CLIP build and BPE tokenizer against OpenCLIP's (the reference implementation):
+same parameter names and seeded weights, bit-identical outputs, the same tokens; and what a
+command-line run imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import msclip
+from msclip.architecture import CLIP, IMPL_ENV, supports
+from msclip.factory import get_arch_config
+from msclip.tokenizer import CLIPTokenizer
+
+
+@pytest.mark.parametrize("arch", ["msclip-tiny", "msclip-demo"])
+def test_same_weights_names_and_outputs_as_open_clip(arch: str) -> None:
+    from open_clip.model import CLIP as OpenCLIP
+
+    cfg = get_arch_config(arch)
+    torch.manual_seed(3)
+    ours = CLIP(**cfg).eval()
+    torch.manual_seed(3)
+    ref = OpenCLIP(**cfg).eval()
+    a, b = ours.state_dict(), ref.state_dict()
+    assert list(a) == list(b)  # names and order
+    assert all(torch.equal(a[k], b[k]) for k in b)  # the same seeded initialisation
+    size = cfg["vision_cfg"]["image_size"]
+    x = torch.randn(3, 3, size, size)
+    tokens = msclip.get_tokenizer(arch)(["a forest", "the sea, seen from a satellite", ""])
+    with torch.inference_mode():
+        assert torch.equal(ours.encode_image(x), ref.encode_image(x))
+        assert torch.equal(ours.encode_text(tokens), ref.encode_text(tokens))
+        kw = dict(indices=[0, -1], output_fmt="NCHW", output_extra_tokens=True)
+        oi, ri = (
+            ours.visual.forward_intermediates(x, **kw),
+            ref.visual.forward_intermediates(x, **kw),
+        )
+        assert oi.keys() == ri.keys()
+        assert all(torch.equal(u, v) for u, v in zip(oi["image_intermediates"],
+                                                      ri["image_intermediates"]))  # fmt: skip
+        assert torch.equal(oi["image_features"], ri["image_features"])
+        emb = ours.visual._embeds(x)
+        o2, r2 = (m.visual.transformer.forward_intermediates(emb, indices=1, stop_early=True)
+                  for m in (ours, ref))  # fmt: skip
+        assert torch.equal(o2[1][0], r2[1][0])
+        assert [torch.equal(u, v) for u, v in zip(ours(x, tokens), ref(x, tokens))] == [True] * 3
+
+
+def test_registered_models_use_the_own_build_and_the_switch_works(monkeypatch) -> None:
+    model = msclip.create_model("msclip-tiny")
+    assert isinstance(model.clip, CLIP)
+    assert supports(get_arch_config("ViT-B-16"))[0]  # the Llama3-MS-CLIP architecture
+    ok, why = supports({**get_arch_config("ViT-B-16"), "text_cfg": {"hf_model_name": "x"}})
+    assert not ok and "hf_model_name" in why
+    monkeypatch.setenv(IMPL_ENV, "open_clip")
+    torch.manual_seed(0)
+    theirs = msclip.create_model("msclip-tiny")
+    assert type(theirs.clip).__module__ == "open_clip.model"
+    torch.manual_seed(0)
+    monkeypatch.delenv(IMPL_ENV)
+    ours = msclip.create_model("msclip-tiny")
+    x = torch.randn(2, 10, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(ours.encode_image(x), theirs.encode_image(x))
+
+
+def test_tokenizer_equals_open_clip() -> None:
+    import open_clip
+
+    ref = open_clip.get_tokenizer("ViT-B-16")
+    ours = msclip.get_tokenizer("Llama3-MS-CLIP-Base")
+    assert isinstance(ours, CLIPTokenizer)
+    texts = [
+        "a satellite image of annual crop.", "Sea_or_Lake/2", "café déjà-vu", "NDVI 0.87 ±3%",
+        "<start_of_text> twice <end_of_text>", "&amp;amp; entities", "tabs\tand\nlines  ",
+        "日本語のテキスト", "emoji 🌍🛰️", "x" * 400, "it's we'll they'd I'M", "", "   ",
+    ]  # fmt: skip
+    assert torch.equal(ours(texts), ref(texts))
+    assert torch.equal(ours(texts, 9), ref(texts, 9))  # cut to the context, end marker kept
+    assert torch.equal(ours("one text"), ref("one text"))
+
+
+def test_a_classification_run_imports_neither_open_clip_nor_torchvision(tmp_path) -> None:
+    """The start-up of the command-line programs: only torch and what they use."""
+    code = f"""
+import sys, numpy as np, msclip
+from msclip.cli.inference import main
+msclip.write_geotiff({str(tmp_path / "t.tif")!r},
+                     np.random.default_rng(0).integers(1, 5000, (10, 32, 32)).astype('uint16'))
+rc = main(['--run-classification', '--model-name', 'msclip-tiny', '--no-pretrained',
+           '--images', {str(tmp_path / "t.tif")!r}, '--class-names', 'forest', 'sea',
+           '--save-path', {str(tmp_path / "o.csv")!r}, '--no-text-cache', '--quiet'])
+heavy = [m for m in ('open_clip', 'torchvision', 'transformers', 'timm', 'torch._dynamo',
+                     'sympy') if m in sys.modules]
+print('RESULT', rc, heavy)
+"""
+    import os
+    from pathlib import Path
+
+    repo = str(Path(msclip.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, check=True)  # fmt: skip
+    assert "RESULT 0 []" in out.stdout, out.stdout + out.stderr
+
+
+def test_fused_bf16_cpu_mlp_agrees_with_the_plain_path(monkeypatch) -> None:
+    from msclip import architecture
+
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
+    x = torch.randn(4, 12, 64, 64)
+    tokens = msclip.get_tokenizer(model)(["a forest", "a lake in the mountains"])
+    with torch.inference_mode():
+        fused = model.encode_image(x), model.encode_text(tokens)
+        monkeypatch.setenv(architecture.FUSED_ENV, "0")
+        plain = model.encode_image(x), model.encode_text(tokens)
+    if not architecture._fused_mlp_works():
+        pytest.skip("no fused oneDNN kernel in this torch build")
+    for a, b in zip(fused, plain):
+        assert not torch.equal(a, b)  # the fused kernel did run
+        assert torch.nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.9999
+    with torch.enable_grad():  # runs that record gradients keep the plain path
+        off = model.encode_image(x)
+        monkeypatch.delenv(architecture.FUSED_ENV)
+        on = model.encode_image(x)
+    assert torch.equal(on, off)
+
+
+def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    x = torch.randn(2, 12, 64, 64)
+    with torch.inference_mode():
+        ref = model.encode_image(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, fp32 weights
+            auto = model.encode_image(x)
+    assert auto.dtype == torch.bfloat16 and torch.isfinite(auto.float()).all()
+    assert torch.nn.functional.cosine_similarity(auto.float(), ref).min() > 0.999
+
+
+def test_fused_float32_is_opt_in(monkeypatch) -> None:
+    from msclip import architecture
+
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    x = torch.randn(3, 12, 64, 64)
+    with torch.inference_mode():
+        exact = model.encode_image(x)  # default: the plain path, bit-identical to OpenCLIP
+        monkeypatch.setenv(architecture.FUSED_ENV, "all")
+        fused = model.encode_image(x)
+    if not architecture._fused_mlp_works(torch.float32):
+        pytest.skip("no fused oneDNN kernel in this torch build")
+    assert not torch.equal(fused, exact)
+    torch.testing.assert_close(fused, exact, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,139 @@
+"""Loading without a random initialisation or a second copy: meta-device builds, memory-mapped
+checkpoints assigned as the weights, one-tensor-at-a-time precision conversion, the hash cache."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import msclip
+from msclip.pretrained import file_sha256, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny", precision="fp32")
+    return (
+        model,
+        msclip.save_checkpoint(model, root / "tiny.safetensors"),
+        msclip.export_release_checkpoint(model, root / "release.pt"),
+    )
+
+
+def _file_of(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (Linux), else ``None``."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(v, 16) for v in parts[0].split("-"))
+            if lo <= address < hi:
+                return parts[5] if len(parts) > 5 else None
+    return None
+
+
+def test_loading_takes_no_random_numbers_and_equals_the_source(files) -> None:
+    model, st_path, pt_path = files
+    x = torch.randn(2, 10, 32, 32)
+    state = torch.get_rng_state()
+    loaded = [msclip.create_model(st_path, precision="fp32"),
+              msclip.create_model("msclip-tiny", pt_path, precision="fp32")]  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), state)  # built on the meta device: no init
+    with torch.inference_mode():
+        ref = model.encode_image(x)
+        for m in loaded:
+            assert not any(p.is_meta for p in m.parameters())
+            assert torch.equal(m.encode_image(x), ref)
+            assert torch.equal(m.clip.attn_mask, model.clip.attn_mask)  # rebuilt buffer
+            assert m.checkpoint_sha256 in (file_sha256(st_path), file_sha256(pt_path))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_fp32_weights_are_the_mapped_file_pages(files) -> None:
+    _, st_path, pt_path = files
+    for path in (st_path, pt_path):
+        m = msclip.create_model("msclip-tiny", path, precision="fp32")
+        w = m.clip.visual.transformer.resblocks[0].mlp.c_fc.weight
+        assert _file_of(w.data_ptr()) == str(path)  # no copy: the weights are the file's pages
+        assert read_checkpoint(path).mapped
+
+
+def test_bf16_conversion_reads_each_tensor_once_and_keeps_the_source(files) -> None:
+    model, _, pt_path = files
+    m = msclip.create_model("msclip-tiny", pt_path, precision="bf16")
+    assert m.dtype == torch.bfloat16 and m.precision == "bf16"
+    ref = model.clip.state_dict()
+    for k, v in m.clip.state_dict().items():
+        if v.is_floating_point():
+            assert v.dtype == torch.bfloat16, k
+            assert torch.equal(v, ref[k].bfloat16()), k
+    # the pages released after each conversion read back unchanged from the file
+    from msclip.factory import _build, _config_for, get_model_entry
+    from msclip.pretrained import load_weights
+
+    ckpt = read_checkpoint(pt_path)
+    target = _build(_config_for(get_model_entry("msclip-tiny"), None), meta=True)
+    load_weights(target, ckpt, dtype=torch.bfloat16)
+    for k, v in ref.items():
+        assert torch.equal(ckpt.state_dict[k], v), k
+
+
+def test_random_weights_keep_their_seeded_initialisation() -> None:
+    torch.manual_seed(4)
+    a = msclip.create_model("msclip-tiny", precision="fp32").clip.state_dict()
+    torch.manual_seed(4)
+    b = msclip.create_model("msclip-tiny", precision="fp32").clip.state_dict()
+    torch.manual_seed(5)
+    c = msclip.create_model("msclip-tiny", precision="fp32").clip.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["visual.proj"], c["visual.proj"])
+
+
+def test_file_hash_is_cached_on_disk_and_follows_changes(tmp_path, monkeypatch) -> None:
+    import msclip.pretrained as pretrained
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    first = file_sha256(f)
+    monkeypatch.setattr(pretrained, "_SHA_CACHE", {})  # a new process: read from the disk cache
+    opened = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):
+        if str(path) == str(f):
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    assert file_sha256(f) == first and not opened  # not read again
+    monkeypatch.setattr("builtins.open", real_open)
+    f.write_bytes(b"b" * 1000)  # changed: another key, another hash
+    assert file_sha256(f) != first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_converted_weights_are_cached_and_mapped_next_time(files, monkeypatch) -> None:
+    import os
+    from pathlib import Path
+
+    from msclip import factory
+
+    _, st_path, _ = files
+    first = msclip.create_model(st_path, precision="bf16")
+    cached = list((Path(os.environ["MSCLIP_CACHE_DIR"]) / "weights").glob("*.safetensors"))
+    assert len(cached) == 1
+    again = msclip.create_model(st_path, precision="bf16")
+    w = again.clip.visual.transformer.resblocks[0].mlp.c_fc.weight
+    assert w.dtype == torch.bfloat16 and _file_of(w.data_ptr()) == str(cached[0])
+    for a, b in zip(first.clip.state_dict().values(), again.clip.state_dict().values()):
+        assert torch.equal(a, b)
+    # the provenance is the source file, not the cache
+    assert again.checkpoint_path == str(st_path)
+    assert again.checkpoint_sha256 == file_sha256(st_path) == first.checkpoint_sha256
+    assert again.fingerprint() == first.fingerprint()
+    monkeypatch.setenv(factory.WEIGHT_CACHE_ENV, "0")  # off: converted again, nothing written
+    msclip.create_model("msclip-tiny", files[2], precision="bf16")
+    assert len(list(cached[0].parent.glob("*.safetensors"))) == 1

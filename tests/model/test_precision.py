@@ -1,0 +1,172 @@
+"""precision="auto": the choice on the two CPU kinds and on GPUs (detection simulated), the warning
+for emulated bf16, and the precision in model descriptions, text-cache keys, index manifests and
+evaluation records."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msclip
+from msclip import hardware
+from msclip.errors import PerformanceWarning, PrecisionError
+from msclip.hardware import CPUInfo, choose_precision
+
+ZEN4_FLAGS = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+ZEN4 = CPUInfo("AMD EPYC 9B14", "AVX512", ZEN4_FLAGS, torch.__version__)
+ZEN3 = CPUInfo("AMD EPYC 7B13", "AVX2", frozenset({"avx2", "fma"}), torch.__version__)
+SAPPHIRE = CPUInfo("Intel Xeon 8480", "AVX512", frozenset({"avx512f", "amx_bf16", "amx_tile"}),
+                   torch.__version__)  # fmt: skip
+AVX512_NO_BF16 = CPUInfo("Intel Xeon 6248", "AVX512", frozenset({"avx512f", "avx512_vnni"}),
+                         torch.__version__)  # fmt: skip
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Simulate a machine: ``machine(cpu, cuda_bf16=None)``; auto is not overridden."""
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(hardware, "_warned", set())
+
+    def set_machine(cpu: CPUInfo, cuda_bf16: bool | None = None) -> None:
+        monkeypatch.setattr(hardware, "cpu_info", lambda: cpu)
+        monkeypatch.setattr(hardware, "cuda_bf16_supported", lambda index=0: bool(cuda_bf16))
+
+    return set_machine
+
+
+def test_auto_picks_bf16_only_where_the_cpu_computes_it(machine) -> None:
+    for cpu, expected in [(ZEN4, "bf16"), (SAPPHIRE, "bf16"), (ZEN3, "fp32"),
+                          (AVX512_NO_BF16, "fp32")]:  # fmt: skip
+        machine(cpu)
+        choice = choose_precision("auto")
+        assert choice.precision == expected, cpu
+        assert choice.requested == "auto" and choice.reason
+    machine(ZEN3)
+    assert "AVX2" in choose_precision().reason  # says why
+    machine(ZEN4)
+    assert "avx512_bf16" in choose_precision(None, "cpu").reason
+
+
+def test_auto_on_gpus(machine) -> None:
+    machine(ZEN3, cuda_bf16=True)
+    assert choose_precision("auto", "cuda:1").precision == "bf16"
+    machine(ZEN3, cuda_bf16=False)
+    assert choose_precision("auto", torch.device("cuda")).precision == "fp16"
+    assert choose_precision("fp32", "cuda").precision == "fp32"
+    with pytest.raises(PrecisionError, match="int8"):
+        choose_precision("int8", "cuda")
+
+
+def test_explicit_bf16_on_a_cpu_without_it_runs_and_warns_once(machine) -> None:
+    machine(ZEN3)
+    with pytest.warns(PerformanceWarning, match="emulated") as record:
+        assert choose_precision("bf16").precision == "bf16"
+    assert "AVX2" in str(record[0].message) and "auto" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_precision("bf16")  # once per process
+    machine(ZEN4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_precision("bf16").precision == "bf16"  # native: no warning
+
+
+def test_never_fp16_on_a_cpu_and_unknown_names_fail(machine) -> None:
+    machine(ZEN4)
+    with pytest.raises(PrecisionError, match="fp16") as err:
+        choose_precision("fp16")
+    assert err.value.param == "precision"
+    with pytest.raises(PrecisionError, match="fp8"):
+        choose_precision("fp8")
+
+
+def test_environment_replaces_what_auto_picks(machine, monkeypatch) -> None:
+    machine(ZEN4)
+    monkeypatch.setenv(hardware.PRECISION_ENV, "fp32")
+    choice = choose_precision("auto")
+    assert choice.precision == "fp32" and hardware.PRECISION_ENV in choice.reason
+    assert choose_precision("bf16").precision == "bf16"  # explicit requests are kept
+
+
+def test_real_detection_is_consistent() -> None:
+    info = hardware.cpu_info()
+    assert info is hardware.cpu_info()  # cached
+    assert info.capability and len(info.key()) == 16
+    native = info.native_bf16
+    assert native == (info.capability.startswith(("AVX512", "AMX"))
+                      and bool({"avx512_bf16", "amx_bf16"} & info.flags))  # fmt: skip
+
+
+def test_the_chosen_precision_is_in_descriptions_cache_keys_and_manifests(machine, tmp_path):
+    from msclip.index.build import build_index
+    from msclip.index.store import IndexStore
+    from msclip.text_cache import TextEmbeddingCache
+
+    models = {}
+    for cpu in (ZEN4, ZEN3):
+        machine(cpu)
+        torch.manual_seed(0)
+        models[cpu.capability] = msclip.create_model("msclip-tiny", precision="auto")
+    fast, slow = models["AVX512"], models["AVX2"]
+    assert fast.precision == "bf16" and fast.dtype == torch.bfloat16
+    assert slow.precision == "fp32" and slow.dtype == torch.float32
+    d_fast, d_slow = fast.describe(), slow.describe()
+    assert d_fast["precision"] == "bf16" and "natively" in d_fast["precision_reason"]
+    assert d_slow["precision"] == "fp32" and "no native bf16" in d_slow["precision_reason"]
+    assert d_fast["fingerprint"] != d_slow["fingerprint"]  # bf16 embeddings are other numbers
+    assert fast.fingerprint(precision=False) == slow.fingerprint(precision=False)
+    cache_fast = TextEmbeddingCache.for_model(fast, tmp_path / "text")
+    cache_slow = TextEmbeddingCache.for_model(slow, tmp_path / "text")
+    assert cache_fast.dir != cache_slow.dir
+    # the index manifest records it, and a rerun on the other machine kind is refused
+    tif = tmp_path / "t.tif"
+    msclip.write_geotiff(tif, np.random.default_rng(0).integers(1, 5000, (10, 32, 32), "uint16"))
+    build_index(tmp_path / "i.index", fast, fast.preprocess(), [str(tif)])
+    model_entry = IndexStore.open(tmp_path / "i.index").model_info
+    assert model_entry["precision"] == "bf16" and model_entry["precision_reason"]
+    from msclip.errors import IndexMismatchError
+
+    with pytest.raises(IndexMismatchError, match="precision"):
+        build_index(tmp_path / "i.index", slow, slow.preprocess(), [str(tif)])
+    # the same precision asked for explicitly (another reason) is the same model
+    machine(ZEN3)
+    torch.manual_seed(0)
+    again = msclip.create_model("msclip-tiny", precision="bf16")
+    assert again.precision_reason != fast.precision_reason
+    report = build_index(tmp_path / "i.index", again, again.preprocess(), [str(tif)])
+    assert report.skipped_done == 1
+
+
+def test_cli_prints_the_precision_and_records_carry_it(machine, tmp_path, capsys) -> None:
+    from support import mini_benchmark as mb
+
+    from msclip.cli.evaluation import main
+
+    machine(ZEN4)
+    root = tmp_path / "data"
+    mb.meterml(root)
+    argv = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "METERML_MS",
+            "--dataset-dir", str(root), "--save-path", str(tmp_path / "res"), "--templates",
+            "short", "--no-text-cache", "--quiet", "--batch-size", "4"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "precision: bf16 on cpu (auto: the CPU computes bf16 natively" in err
+    rec_path = next(Path(tmp_path / "res").rglob("*msclip-tiny-random-bf16*.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["model"]["precision"] == "bf16"
+    assert "natively" in rec["model"]["precision_reason"]
+
+
+def test_training_starts_from_float32_weights_whatever_auto_picks(machine, tmp_path) -> None:
+    from msclip.train.config import TrainConfig
+    from msclip.train.trainer import build_model
+
+    machine(ZEN4)  # auto would give bf16 weights here
+    assert msclip.create_model("msclip-tiny").dtype == torch.bfloat16
+    model = build_model(TrainConfig(model="msclip-tiny", init="random"))
+    assert model.dtype == torch.float32 and model.precision == "fp32"
