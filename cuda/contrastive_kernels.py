@@ -35,6 +35,81 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
+def _dot_tile(
+    q_ptr,
+    k_ptr,
+    rows,
+    row_ok,
+    cols,
+    col_ok,
+    dim,
+    stride_q,
+    stride_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """``[BLOCK_M, BLOCK_N]`` fp32 tile of ``q[rows] . k[cols]``, summed over ``BLOCK_D``-wide
+    slices of the embeddings (0 where a row or a column is out of range)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dots = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        d_ok = (d0 + offs_d) < dim
+        q = tl.load(
+            q_ptr + rows[:, None] * stride_q + (d0 + offs_d)[None, :],
+            mask=row_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        k = tl.load(
+            k_ptr + cols[:, None] * stride_k + (d0 + offs_d)[None, :],
+            mask=col_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        if DOT_F32:
+            q, k = q.to(tl.float32), k.to(tl.float32)
+        dots = tl.dot(q, tl.trans(k), dots, input_precision=PRECISION)
+    return dots
+
+
+@triton.jit
+def _accumulate_rows(
+    acc,
+    w,
+    k_ptr,
+    cols,
+    col_ok,
+    out_d,
+    out_ok,
+    stride_k,
+    PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """``acc + w @ k[cols, out_d]``: the weighted ``k`` rows of one tile, in fp32 (``w`` is
+    rounded to the embeddings' dtype first, as the plain loss multiplies)."""
+    kv = tl.load(
+        k_ptr + cols[:, None] * stride_k + out_d[None, :],
+        mask=col_ok[:, None] & out_ok[None, :],
+        other=0.0,
+    )
+    w = w.to(kv.dtype)
+    if DOT_F32:
+        w, kv = w.to(tl.float32), kv.to(tl.float32)
+    return tl.dot(w, kv, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _store_rows(out_ptr, acc, rows, row_ok, out_d, out_ok, stride_o):
+    """Write the ``[BLOCK_M, BLOCK_DO]`` block ``acc`` at ``out[rows, out_d]``."""
+    tl.store(
+        out_ptr + rows[:, None] * stride_o + out_d[None, :],
+        acc,
+        mask=row_ok[:, None] & out_ok[None, :],
+    )
+
+
+@triton.jit
 def _clip_stats(
     q_ptr,
     k_ptr,
@@ -56,7 +131,6 @@ def _clip_stats(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_q
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     s = tl.load(scale_ptr).to(tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     s_i = tl.zeros([BLOCK_M], tl.float32)
@@ -64,22 +138,10 @@ def _clip_stats(
     for start in range(0, n_k, BLOCK_N):
         cols = start + offs_n
         col_ok = cols < n_k
-        dots = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            d_ok = (d0 + offs_d) < dim
-            q = tl.load(
-                q_ptr + rows[:, None] * stride_q + (d0 + offs_d)[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            k = tl.load(
-                k_ptr + cols[:, None] * stride_k + (d0 + offs_d)[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            if DOT_F32:
-                q, k = q.to(tl.float32), k.to(tl.float32)
-            dots = tl.dot(q, tl.trans(k), dots, input_precision=PRECISION)
+        dots = _dot_tile(
+            q_ptr, k_ptr, rows, row_ok, cols, col_ok, dim, stride_q, stride_k,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, DOT_F32,
+        )  # fmt: skip
         logits = tl.where(col_ok[None, :], dots * s, 0.0)
         m_new = tl.maximum(m_i, tl.max(tl.where(col_ok[None, :], logits, float("-inf")), 1))
         alpha = tl.exp(m_i - m_new)
@@ -118,7 +180,6 @@ def _clip_grad(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_q
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     out_d = pid_o * BLOCK_DO + tl.arange(0, BLOCK_DO)
     out_ok = out_d < dim
     s = tl.load(scale_ptr).to(tl.float32)
@@ -127,42 +188,20 @@ def _clip_grad(
     for start in range(0, n_k, BLOCK_N):
         cols = start + offs_n
         col_ok = cols < n_k
-        dots = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            d_ok = (d0 + offs_d) < dim
-            q = tl.load(
-                q_ptr + rows[:, None] * stride_q + (d0 + offs_d)[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            k = tl.load(
-                k_ptr + cols[:, None] * stride_k + (d0 + offs_d)[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            if DOT_F32:
-                q, k = q.to(tl.float32), k.to(tl.float32)
-            dots = tl.dot(q, tl.trans(k), dots, input_precision=PRECISION)
+        dots = _dot_tile(
+            q_ptr, k_ptr, rows, row_ok, cols, col_ok, dim, stride_q, stride_k,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, DOT_F32,
+        )  # fmt: skip
         logits = dots * s
         lse_k = tl.load(lse_k_ptr + cols, mask=col_ok, other=0.0)
         g = tl.exp(logits - lse_q[:, None]) + tl.exp(logits - lse_k[None, :])
         diag = (rows[:, None] + offset) == cols[None, :]
         g = tl.where(diag, g - 2.0, g)
         g = tl.where(col_ok[None, :], g, 0.0)
-        kv = tl.load(
-            k_ptr + cols[:, None] * stride_k + out_d[None, :],
-            mask=col_ok[:, None] & out_ok[None, :],
-            other=0.0,
+        acc = _accumulate_rows(
+            acc, g, k_ptr, cols, col_ok, out_d, out_ok, stride_k, PRECISION, DOT_F32
         )
-        g = g.to(kv.dtype)
-        if DOT_F32:
-            g, kv = g.to(tl.float32), kv.to(tl.float32)
-        acc = tl.dot(g, kv, acc, input_precision=PRECISION)
-    tl.store(
-        out_ptr + rows[:, None] * stride_o + out_d[None, :],
-        acc,
-        mask=row_ok[:, None] & out_ok[None, :],
-    )
+    _store_rows(out_ptr, acc, rows, row_ok, out_d, out_ok, stride_o)
 
 
 @triton.jit
@@ -196,7 +235,6 @@ def _siglip_stats(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_q
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     s = tl.load(scale_ptr).to(tl.float32)
     b = tl.load(bias_ptr).to(tl.float32)
     loss = tl.zeros([BLOCK_M], tl.float32)
@@ -205,22 +243,10 @@ def _siglip_stats(
     for start in range(0, n_k, BLOCK_N):
         cols = start + offs_n
         col_ok = cols < n_k
-        dots = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            d_ok = (d0 + offs_d) < dim
-            q = tl.load(
-                q_ptr + rows[:, None] * stride_q + (d0 + offs_d)[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            k = tl.load(
-                k_ptr + cols[:, None] * stride_k + (d0 + offs_d)[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            if DOT_F32:
-                q, k = q.to(tl.float32), k.to(tl.float32)
-            dots = tl.dot(q, tl.trans(k), dots, input_precision=PRECISION)
+        dots = _dot_tile(
+            q_ptr, k_ptr, rows, row_ok, cols, col_ok, dim, stride_q, stride_k,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, DOT_F32,
+        )  # fmt: skip
         dots = dots * s
         z = tl.where((rows[:, None] + offset) == cols[None, :], 1.0, -1.0)
         v = z * (dots + b)
@@ -264,7 +290,6 @@ def _siglip_grad(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_q
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     out_d = pid_o * BLOCK_DO + tl.arange(0, BLOCK_DO)
     out_ok = out_d < dim
     s = tl.load(scale_ptr).to(tl.float32)
@@ -273,40 +298,18 @@ def _siglip_grad(
     for start in range(0, n_k, BLOCK_N):
         cols = start + offs_n
         col_ok = cols < n_k
-        dots = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            d_ok = (d0 + offs_d) < dim
-            q = tl.load(
-                q_ptr + rows[:, None] * stride_q + (d0 + offs_d)[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            k = tl.load(
-                k_ptr + cols[:, None] * stride_k + (d0 + offs_d)[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            if DOT_F32:
-                q, k = q.to(tl.float32), k.to(tl.float32)
-            dots = tl.dot(q, tl.trans(k), dots, input_precision=PRECISION)
+        dots = _dot_tile(
+            q_ptr, k_ptr, rows, row_ok, cols, col_ok, dim, stride_q, stride_k,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, DOT_F32,
+        )  # fmt: skip
         z = tl.where((rows[:, None] + offset) == cols[None, :], 1.0, -1.0)
         v = z * (dots * s + b)
         w = z * tl.exp(tl.minimum(-v, 0.0)) / (1.0 + tl.exp(-tl.abs(v)))
         w = tl.where(col_ok[None, :], w, 0.0)
-        kv = tl.load(
-            k_ptr + cols[:, None] * stride_k + out_d[None, :],
-            mask=col_ok[:, None] & out_ok[None, :],
-            other=0.0,
+        acc = _accumulate_rows(
+            acc, w, k_ptr, cols, col_ok, out_d, out_ok, stride_k, PRECISION, DOT_F32
         )
-        w = w.to(kv.dtype)
-        if DOT_F32:
-            w, kv = w.to(tl.float32), kv.to(tl.float32)
-        acc = tl.dot(w, kv, acc, input_precision=PRECISION)
-    tl.store(
-        out_ptr + rows[:, None] * stride_o + out_d[None, :],
-        acc,
-        mask=row_ok[:, None] & out_ok[None, :],
-    )
+    _store_rows(out_ptr, acc, rows, row_ok, out_d, out_ok, stride_o)
 
 
 def _dot_f32(t: torch.Tensor) -> bool:
