@@ -31,6 +31,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
+def _add_dataset_args(parser: argparse.ArgumentParser, n_per_class: int) -> None:
+    """``--out``, ``--n-per-class``, ``--size`` and ``--seed`` of the tile-dataset commands."""
+    parser.add_argument("--out", required=True, type=Path, help="dataset root folder")
+    parser.add_argument("--n-per-class", type=positive_int, default=n_per_class,
+                        help=f"tiles per class (default {n_per_class})")  # fmt: skip
+    parser.add_argument(
+        "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar (default on)")  # fmt: skip
+
+
 def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
     """The argument parser of ``msclip-scenes`` / ``python -m msclip.synthetic``."""
     parser = _Parser(
@@ -50,40 +66,24 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
     ds = sub.add_parser(
         "dataset", help="write a class-folder dataset with captions.csv and labels.csv"
     )
-    ds.add_argument("--out", required=True, type=Path, help="dataset root folder")
-    ds.add_argument(
-        "--n-per-class", type=positive_int, default=100, help="tiles per class (default 100)"
-    )
-    ds.add_argument(
-        "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
-    )
-    ds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_dataset_args(ds, n_per_class=100)
     ds.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                     help="classes to generate (default: all; '_' may replace spaces)")  # fmt: skip
     ds.add_argument("--layout", choices=("folders", "flat"), default="folders",
                     help="one folder per class (EuroSAT-like, default) or flat")  # fmt: skip
-    ds.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="show a progress bar (default on)")  # fmt: skip
+    _add_progress_arg(ds)
     de = sub.add_parser(
         "dense",
         help="write tiles with land-cover label and vegetation-cover target rasters "
         "(images/, labels/, targets/, index.csv with seeded train/val/test splits)",
     )
-    de.add_argument("--out", required=True, type=Path, help="dataset root folder")
-    de.add_argument(
-        "--n-per-class", type=positive_int, default=20, help="tiles per class (default 20)"
-    )
-    de.add_argument(
-        "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
-    )
-    de.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_dataset_args(de, n_per_class=20)
     de.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                     help="main classes of the tiles (default: all)")  # fmt: skip
     de.add_argument("--splits", nargs=3, type=fraction, default=[0.8, 0.1, 0.1],
                     metavar=("TRAIN", "VAL", "TEST"),
                     help="split fractions per class (default 0.8 0.1 0.1)")  # fmt: skip
-    de.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="show a progress bar (default on)")  # fmt: skip
+    _add_progress_arg(de)
     sc = sub.add_parser(
         "scene",
         help="write one large scene of several land-cover regions with its label and target "
