@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
+from support.scenes import ORIGIN, write_scene_with_nodata
 
-import msclip
 from msclip.tiling import (
     TilingError,
     footprint_lonlat,
@@ -18,19 +18,11 @@ from msclip.tiling import (
     tile_grid,
 )
 
-ORIGIN = Affine(10, 0, 500000, 0, -10, 5000000)
-TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]
-
 
 @pytest.fixture
 def scene(tmp_path):
     """12 x 100 x 150 uint16 scene, UTM 32N, nodata 0 in columns 96 and beyond."""
-    rng = np.random.default_rng(1)
-    data = rng.integers(1, 6000, size=(12, 100, 150)).astype("uint16")
-    data[:, :, 96:] = 0
-    path = tmp_path / "scene.tif"
-    msclip.write_geotiff(path, data, crs=CRS.from_epsg(32632), transform=ORIGIN, nodata=0)
-    return path, data
+    return write_scene_with_nodata(tmp_path)
 
 
 def test_tile_grid():
