@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
@@ -169,15 +170,8 @@ def _serial_torch() -> Iterator[None]:
     0.1 ms serially; the heavy kernels keep all threads. The setting is process-wide in torch,
     so it is restored at once.
     """
-    n = torch.get_num_threads()
-    if n == 1 or not _SERIAL_BOOKKEEPING:
+    with single_thread() if _SERIAL_BOOKKEEPING else contextlib.nullcontext():
         yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _select_top(
