@@ -276,6 +276,16 @@ def _top1(scores: np.ndarray) -> np.ndarray:
     return np.argmax(scores, axis=1) if scores.ndim == 2 else scores.astype(np.int64)
 
 
+def _n_classes(num_classes: int | None, targets: np.ndarray, scores: np.ndarray) -> int:
+    """``num_classes`` when given, else the width of the scores ``[N, C]``, else one more than the
+    largest class index of the targets and predictions ``[N]``."""
+    if num_classes is not None:
+        return num_classes
+    if scores.ndim == 2:
+        return scores.shape[1]
+    return int(max(targets.max(), scores.max())) + 1
+
+
 def _class_counts(values: np.ndarray, mask: np.ndarray | None, c: int) -> np.ndarray:
     """Per-resample counts of each class: ``values [B, N]`` in ``[0, c)`` -> ``[B, c]``."""
     b = values.shape[0]
@@ -319,18 +329,11 @@ def balanced_accuracy_metric(num_classes: int | None = None) -> BatchedMetric:
     """Balanced accuracy (mean recall over classes present in the resample) of single-label
     scores ``[N, C]`` or predictions ``[N]``; as :func:`msclip.eval.metrics.balanced_accuracy`."""
 
-    def n_classes(targets: np.ndarray, scores: np.ndarray) -> int:
-        if num_classes is not None:
-            return num_classes
-        if scores.ndim == 2:
-            return scores.shape[1]
-        return int(max(targets.max(), scores.max())) + 1
-
     def fn(targets: np.ndarray, scores: np.ndarray) -> float:
-        return _balanced_accuracy(_top1(scores), targets, n_classes(targets, scores))
+        return _balanced_accuracy(_top1(scores), targets, _n_classes(num_classes, targets, scores))
 
     def batched(targets: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        c = n_classes(targets, scores)
+        c = _n_classes(num_classes, targets, scores)
         t = targets.astype(np.int64)
         correct = _top1(scores) == t
         support = _class_counts(t[idx], None, c)
@@ -348,18 +351,13 @@ def single_label_f1_metric(average: str = "macro", num_classes: int | None = Non
     if average not in ("macro", "micro"):
         raise MetricInputError(f"average must be 'macro' or 'micro'; got {average!r}")
 
-    def n_classes(targets: np.ndarray, scores: np.ndarray) -> int:
-        if num_classes is not None:
-            return num_classes
-        if scores.ndim == 2:
-            return scores.shape[1]
-        return int(max(targets.max(), scores.max())) + 1
-
     def fn(targets: np.ndarray, scores: np.ndarray) -> float:
-        return single_label_f1(_top1(scores), targets, n_classes(targets, scores), average)
+        return single_label_f1(
+            _top1(scores), targets, _n_classes(num_classes, targets, scores), average
+        )
 
     def batched(targets: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        c = n_classes(targets, scores)
+        c = _n_classes(num_classes, targets, scores)
         t = targets.astype(np.int64)
         p = _top1(scores)
         tp = _class_counts(t[idx], (p == t)[idx], c)
