@@ -135,7 +135,7 @@ Both must be finite: a NaN or infinite value is refused with the offending rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -1132,6 +1132,33 @@ def _check_regression_average(average: str) -> None:
         raise MetricInputError(f"unknown average {average!r}; choose one of ['mean', 'none']")
 
 
+def _rmse_columns(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.sqrt(((p - t) ** 2).mean(axis=0))
+
+
+def _mae_columns(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.abs(p - t).mean(axis=0)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean())
+
+
+def _regression_metric(
+    preds: ArrayOrTensor,
+    targets: ArrayOrTensor,
+    average: str,
+    columns: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    mean: Callable[[np.ndarray], float],
+) -> Any:
+    """``columns(p, t)`` of the checked ``[N, K]`` pair, per output (``average="none"``) or its
+    ``mean`` over outputs (``"mean"``)."""
+    _check_regression_average(average)
+    p, t = _regression_pair(preds, targets)
+    per_output = columns(p, t)
+    return per_output if average == "none" else mean(per_output)
+
+
 def _r2_columns(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     ss_res = ((t - p) ** 2).sum(axis=0)
     ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
@@ -1156,10 +1183,7 @@ def root_mean_squared_error(
         MetricInputError: On mismatched shapes, an empty set or NaN/infinite values (the rows
             are named).
     """
-    _check_regression_average(average)
-    p, t = _regression_pair(preds, targets)
-    per_output = np.sqrt(((p - t) ** 2).mean(axis=0))
-    return per_output if average == "none" else float(per_output.mean())
+    return _regression_metric(preds, targets, average, _rmse_columns, _mean)
 
 
 def mean_absolute_error(
@@ -1175,10 +1199,7 @@ def mean_absolute_error(
     Raises:
         MetricInputError: As :func:`root_mean_squared_error`.
     """
-    _check_regression_average(average)
-    p, t = _regression_pair(preds, targets)
-    per_output = np.abs(p - t).mean(axis=0)
-    return per_output if average == "none" else float(per_output.mean())
+    return _regression_metric(preds, targets, average, _mae_columns, _mean)
 
 
 def r2_score(
@@ -1198,10 +1219,7 @@ def r2_score(
     Raises:
         MetricInputError: As :func:`root_mean_squared_error`.
     """
-    _check_regression_average(average)
-    p, t = _regression_pair(preds, targets)
-    per_output = _r2_columns(p, t)
-    return per_output if average == "none" else _nanmean(per_output)
+    return _regression_metric(preds, targets, average, _r2_columns, _nanmean)
 
 
 @dataclass(eq=False)
@@ -1264,8 +1282,8 @@ def regression_report(
             raise MetricInputError(
                 f"output_names has {len(names)} entries but there are K = {k} outputs"
             )
-    rmse = np.sqrt(((p - t) ** 2).mean(axis=0))
-    mae = np.abs(p - t).mean(axis=0)
+    rmse = _rmse_columns(p, t)
+    mae = _mae_columns(p, t)
     r2 = _r2_columns(p, t)
     per_output = pd.DataFrame(
         {
