@@ -39,3 +39,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         **extra,
     )
+
+
+def loss_and_grads(fn, x, y, t, b) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``fn(x, y, t, b)`` and the gradients of every input that has one (``b`` may be None),
+    as copies on the CPU; earlier gradients are cleared first."""
+    for v in (x, y, t, b):
+        if v is not None:
+            v.grad = None
+    loss = fn(x, y, t, b)
+    loss.backward()
+    grads = {"image": x.grad, "text": y.grad, "logit_scale": t.grad}
+    if b is not None:
+        grads["logit_bias"] = b.grad
+    return loss.detach().cpu(), {k: v.cpu().clone() for k, v in grads.items() if v is not None}
+
+
+def assert_matches(loss, grads, ref_loss, ref_grads, tol: float = 1e-5) -> None:
+    """Loss and every gradient equal to ``tol`` relative to the reference's largest entry."""
+    assert set(grads) == set(ref_grads)
+    assert abs(float(loss) - float(ref_loss)) <= tol * max(1.0, abs(float(ref_loss)))
+    for name, g in grads.items():
+        ref = ref_grads[name]
+        err = float((g.double() - ref.double()).abs().max())
+        assert err <= tol * float(ref.abs().max()) + 1e-12, f"{name}: error {err:.3g}"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from cuda_helpers import REPO
+from cuda_helpers import REPO, assert_matches, loss_and_grads
 from msclip.cuda import contrastive as bc
 from msclip.cuda.contrastive import (
     ENV_LOSS_IMPL,
@@ -40,28 +40,6 @@ def _features(n: int, d: int = 12, seed: int = 0, dtype=torch.float32):
     return x.requires_grad_(), y.requires_grad_()
 
 
-def _loss_and_grads(fn, x, y, t, b):
-    for v in (x, y, t, b):
-        if v is not None:
-            v.grad = None
-    loss = fn(x, y, t, b)
-    loss.backward()
-    grads = {"image": x.grad, "text": y.grad, "logit_scale": t.grad}
-    if b is not None:
-        grads["logit_bias"] = b.grad
-    return loss.detach(), {k: v.clone() for k, v in grads.items() if v is not None}
-
-
-def assert_matches(loss, grads, ref_loss, ref_grads, tol: float = 1e-5) -> None:
-    """Loss and every gradient equal to ``tol`` relative to the reference's largest entry."""
-    assert set(grads) == set(ref_grads)
-    assert abs(float(loss) - float(ref_loss)) <= tol * max(1.0, abs(float(ref_loss)))
-    for name, g in grads.items():
-        ref = ref_grads[name]
-        err = float((g.double() - ref.double()).abs().max())
-        assert err <= tol * float(ref.abs().max()) + 1e-12, f"{name}: error {err:.3g}"
-
-
 def plain(kind):
     def run(x, y, t, b):
         loss_fn = ContrastiveLoss(kind)
@@ -86,12 +64,12 @@ def test_chunked_equals_plain_loss_and_gradients(kind: str, n: int) -> None:
     x, y = _features(n)
     t = torch.tensor(math.log(20.0), requires_grad=True)
     b = torch.tensor(-3.0, requires_grad=True) if kind == "siglip" else None
-    ref = _loss_and_grads(plain(kind), x, y, t, b)
-    got = _loss_and_grads(chunked(kind, 8), x, y, t, b)
+    ref = loss_and_grads(plain(kind), x, y, t, b)
+    got = loss_and_grads(chunked(kind, 8), x, y, t, b)
     assert_matches(*got, *ref)
     # one tile and tiles smaller than the batch give the same numbers
-    assert_matches(*_loss_and_grads(chunked(kind, 64), x, y, t, b), *ref)
-    assert_matches(*_loss_and_grads(chunked(kind, 1), x, y, t, b), *ref)
+    assert_matches(*loss_and_grads(chunked(kind, 64), x, y, t, b), *ref)
+    assert_matches(*loss_and_grads(chunked(kind, 1), x, y, t, b), *ref)
 
 
 def test_siglip_with_confident_positives_keeps_its_precision() -> None:
@@ -105,8 +83,8 @@ def test_siglip_with_confident_positives_keeps_its_precision() -> None:
     y.requires_grad_()
     t = torch.tensor(math.log(100.0), requires_grad=True)
     b = torch.tensor(-10.0, requires_grad=True)
-    ref = _loss_and_grads(plain("siglip"), x, y, t, b)
-    got = _loss_and_grads(chunked("siglip", 8), x, y, t, b)
+    ref = loss_and_grads(plain("siglip"), x, y, t, b)
+    got = loss_and_grads(chunked("siglip", 8), x, y, t, b)
     assert float(ref[0]) < 1.0
     assert_matches(*got, *ref)
 
@@ -114,8 +92,8 @@ def test_siglip_with_confident_positives_keeps_its_precision() -> None:
 def test_float64_and_half_inputs() -> None:
     x, y = _features(13, dtype=torch.float64)
     t = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
-    ref = _loss_and_grads(plain("clip"), x, y, t, None)
-    got = _loss_and_grads(chunked("clip", 4), x, y, t, None)
+    ref = loss_and_grads(plain("clip"), x, y, t, None)
+    got = loss_and_grads(chunked("clip", 4), x, y, t, None)
     assert got[0].dtype == torch.float64
     assert_matches(*got, *ref, tol=1e-12)
     # bf16 embeddings are computed in fp32: the plain loss of the same (rounded) values
@@ -133,8 +111,8 @@ def test_frozen_tower_and_frozen_temperature() -> None:
     x, y = _features(10)
     y = y.detach()
     t = torch.tensor(math.log(20.0))
-    ref = _loss_and_grads(plain("clip"), x, y, t, None)
-    got = _loss_and_grads(chunked("clip", 4), x, y, t, None)
+    ref = loss_and_grads(plain("clip"), x, y, t, None)
+    got = loss_and_grads(chunked("clip", 4), x, y, t, None)
     assert set(got[1]) == {"image"}
     assert_matches(*got, *ref)
 
@@ -208,11 +186,11 @@ def test_contrastive_loss_module_uses_the_chosen_implementation(monkeypatch, cap
     monkeypatch.setattr(bc, "DEFAULT_CHUNK", 4)
     x, y = _features(11)
     t = torch.tensor(math.log(20.0), requires_grad=True)
-    ref = _loss_and_grads(plain("siglip"), x, y, t, torch.tensor(-10.0, requires_grad=True))
+    ref = loss_and_grads(plain("siglip"), x, y, t, torch.tensor(-10.0, requires_grad=True))
     loss_fn = ContrastiveLoss("siglip", impl="auto")
     monkeypatch.setenv(ENV_LOSS_IMPL, "chunked")
     with caplog.at_level(logging.INFO, logger="msclip.train.loss"):
-        got = _loss_and_grads(lambda a, b_, c, d: loss_fn(a, b_, c), x, y, t, loss_fn.logit_bias)
+        got = loss_and_grads(lambda a, b_, c, d: loss_fn(a, b_, c), x, y, t, loss_fn.logit_bias)
     assert "contrastive loss: chunked implementation (auto requested" in caplog.text
     assert_matches(*got, *ref)
 

@@ -14,27 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_helpers import assert_matches, loss_and_grads
 from msclip.cuda.contrastive import blockwise_contrastive_loss
 from msclip.cuda.topk import FusedSearcher, fused_topk, pack_keys, topk_reference, unpack_keys
-from test_chunked_loss import assert_matches
 
 from msclip.index.search import SearchIndex
 from msclip.train.loss import ContrastiveLoss
 
 # rows and columns per program 16, slices of D of 16: D = 24 needs two, the second half masked
 BLOCKS = (16, 16, 16)
-
-
-def _run(fn, x, y, t, b):
-    for v in (x, y, t, b):
-        if v is not None:
-            v.grad = None
-    loss = fn(x, y, t, b)
-    loss.backward()
-    grads = {"image": x.grad, "text": y.grad, "logit_scale": t.grad}
-    if b is not None:
-        grads["logit_bias"] = b.grad
-    return loss.detach().cpu(), {k: v.cpu() for k, v in grads.items() if v is not None}
 
 
 def _inputs(n: int, d: int, device: str, kind: str, dtype=torch.float32):
@@ -61,19 +49,19 @@ def _plain(kind):
 @pytest.mark.parametrize("n", [32, 37])  # a multiple of the 16-row blocks, and not
 def test_triton_loss_equals_plain(loss_device: str, kind: str, n: int) -> None:
     x, y, t, b = _inputs(n, 24, loss_device, kind)
-    ref = _run(_plain(kind), x, y, t, b)
+    ref = loss_and_grads(_plain(kind), x, y, t, b)
 
     def triton(x, y, t, b):
         return blockwise_contrastive_loss(x, y, t, b, kind=kind, impl="triton", block_size=BLOCKS)
 
-    assert_matches(*_run(triton, x, y, t, b), *ref)
+    assert_matches(*loss_and_grads(triton, x, y, t, b), *ref)
 
 
 def test_triton_loss_default_blocks_frozen_text_and_bf16(loss_device: str) -> None:
     x, y, t, _ = _inputs(20, 40, loss_device, "clip")
     y = y.detach()
-    ref = _run(_plain("clip"), x, y, t, None)
-    got = _run(lambda *a: blockwise_contrastive_loss(*a, impl="triton"), x, y, t, None)
+    ref = loss_and_grads(_plain("clip"), x, y, t, None)
+    got = loss_and_grads(lambda *a: blockwise_contrastive_loss(*a, impl="triton"), x, y, t, None)
     assert set(got[1]) == {"image", "logit_scale"}
     assert_matches(*got, *ref)
     # bf16 embeddings: products exact in fp32, so the plain loss of the rounded values
