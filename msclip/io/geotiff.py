@@ -17,6 +17,12 @@ from msclip.io.writers import atomic_write, commit, temp_path
 __all__ = ["GeoTiffStripWriter", "write_geotiff"]
 
 
+def _georeference(crs: Any, transform: Any, nodata: float | None) -> dict[str, Any]:
+    """The profile entries of the georeference and nodata value that are given."""
+    given = {"crs": crs, "transform": transform, "nodata": nodata}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def write_geotiff(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -77,12 +83,7 @@ def write_geotiff(
         "width": arr.shape[2],
         "dtype": arr.dtype.name,
     }
-    if crs is not None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
-    if nodata is not None:
-        profile["nodata"] = nodata
+    profile.update(_georeference(crs, transform, nodata))
     if compress:
         profile["compress"] = compress
     if creation_options:
@@ -200,12 +201,7 @@ class GeoTiffStripWriter:
                 profile["predictor"] = 3
             elif self.dtype.itemsize > 1:
                 profile["predictor"] = 2
-        if crs is not None:
-            profile["crs"] = crs
-        if transform is not None:
-            profile["transform"] = transform
-        if nodata is not None:
-            profile["nodata"] = nodata
+        profile.update(_georeference(crs, transform, nodata))
         try:
             self._dst = rasterio.open(tmp, "w", **profile)
             if band_names is not None:
