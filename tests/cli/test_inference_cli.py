@@ -162,30 +162,19 @@ def test_classes_file_and_multi_label(tiles, tmp_path):
     assert pd.read_csv(out)["Class"].tolist() == [";".join(names)] * len(tiles)
 
 
+def _classify_ab(out, *images) -> list[str]:
+    """Arguments of a two-class ("a", "b") classification of ``images`` into the CSV ``out``."""
+    return ["--run-classification", "--images", *map(str, images), "--class-names", "a", "b",
+            "--templates", "short", "--save-path", str(out), *TINY]  # fmt: skip
+
+
 def test_image_lists(tiles, tmp_path):
     txt = tmp_path / "list.txt"
     txt.write_text(f"{tiles[2]}\n{tiles[0]}\n")
     yml = tmp_path / "list.yaml"
     yml.write_text(f"images: [{tiles[1]}]\n")
     out = tmp_path / "o.csv"
-    rc = main(
-        [
-            "--run-classification",
-            "--images",
-            str(txt),
-            str(yml),
-            str(tiles[0]),
-            "--class-names",
-            "a",
-            "b",
-            "--templates",
-            "short",
-            "--save-path",
-            str(out),
-            *TINY,
-        ]
-    )
-    assert rc == 0
+    assert main(_classify_ab(out, txt, yml, tiles[0])) == 0
     names = [tiles[2].name, tiles[0].name, tiles[1].name]  # relative to the lists' common folder
     assert pd.read_csv(out)["Image"].tolist() == names
 
@@ -198,19 +187,7 @@ def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
     (folder / "broken.tif").write_bytes(tiles[0].read_bytes()[:300])  # truncated
     (folder / "empty.npy").write_bytes(b"")
     out = tmp_path / "o.csv"
-    args = [
-        "--run-classification",
-        "--images",
-        str(folder),
-        "--class-names",
-        "a",
-        "b",
-        "--templates",
-        "short",
-        "--save-path",
-        str(out),
-        *TINY,
-    ]
+    args = _classify_ab(out, folder)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "broken.tif" in err and "empty.npy" in err
