@@ -6,17 +6,12 @@ import os
 from pathlib import Path
 
 import yaml
+from support.train_tiles import pairs_table
 
 from msclip.cli.train import config_from_args, main
 from msclip.train.config import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _table(tmp_path: Path) -> str:
-    path = tmp_path / "pairs.csv"
-    path.write_text("image,caption\na.tif,x\n")
-    return str(path)
 
 
 def test_defaults_yaml_and_flags_in_that_order(tmp_path: Path) -> None:
@@ -61,7 +56,7 @@ def test_cli_bad_value_fails_before_any_work(tmp_path: Path, capsys) -> None:
     code = main(
         [
             "--train-data",
-            _table(tmp_path),
+            pairs_table(tmp_path),
             "--model",
             "msclip-tiny",
             "--epochs",

@@ -1,4 +1,5 @@
-"""Tiny class-specific GeoTIFFs shared by the training tests (imported, not collected)."""
+"""Tiny class-specific GeoTIFFs and pair tables shared by the training tests (imported, not
+collected)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,11 @@ def write_class_tif(path: Path, cls: int, seed: int) -> None:
         transform=Affine(10, 0, 0, 0, -10, 0),
         bands=list(S2_L2A_BANDS),
     )
+
+
+def pairs_table(folder: Path) -> str:
+    """Write ``folder/pairs.csv``, a one-row image-caption table (its image need not exist) for
+    the configuration tests, and return its path."""
+    path = folder / "pairs.csv"
+    path.write_text("image,caption\na.tif,x\n")
+    return str(path)

@@ -6,17 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from support.train_tiles import pairs_table
 
 from msclip.cli.train import config_from_args
 from msclip.train.config import ConfigError, TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _table(tmp_path: Path) -> str:
-    path = tmp_path / "pairs.csv"
-    path.write_text("image,caption\na.tif,x\n")
-    return str(path)
 
 
 def test_unknown_and_ill_typed_options(tmp_path: Path) -> None:
@@ -66,7 +61,7 @@ def test_validation_reports_every_problem(tmp_path: Path) -> None:
 
 
 def test_model_and_init_combinations(tmp_path: Path) -> None:
-    table = _table(tmp_path)
+    table = pairs_table(tmp_path)
     TrainConfig(train_data=table, model="msclip-tiny").validate()
     with pytest.raises(ConfigError, match="needs model"):
         TrainConfig(train_data=table).validate()
