@@ -81,6 +81,8 @@ MAIN_METRICS: dict[str, str] = {
     "single_label": "top1_accuracy",
     "multi_label": "map_at_k",
     "regression": "r2",
+    "segmentation": "miou",
+    "pixel_regression": "rmse",
 }
 #: ``kind`` of the records of probes and fine-tuned heads (:func:`make_head_record`); records
 #: without a ``kind`` are zero-shot evaluations.
