@@ -244,6 +244,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _secs(v: Any) -> str:
+    return "-" if v is None or v != v else f"{float(v):.1f}"
+
+
 def _markdown(df: Any, decoders: list[str], modes: list[str]) -> str:
     lines = ["# Dense heads: decoders x encoder modes", ""]
     if df.empty:
@@ -270,6 +274,7 @@ def _markdown(df: Any, decoders: list[str], modes: list[str]) -> str:
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for _, r in part.iterrows():
-            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+            cells = [_fmt(r.get(c)) if c != "seconds" else _secs(r.get(c)) for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
