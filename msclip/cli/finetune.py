@@ -194,18 +194,21 @@ def _print_dense(result: object) -> int:
         for t in d.tasks
     )
     print(f"{d.name}: {tasks}; images {sizes}")
-    rows = []
-    for m in result.methods:  # type: ignore[attr-defined]
-        v = m.result.metrics
-        if "miou" in v:
-            shown = [v["miou"], v["miou_micro"], v["overall_accuracy"], v["mean_f1"]]
-            names = "mIoU / mIoU micro / OA / mean F1"
-        else:
-            shown = [v["rmse"], v["mae"], v["r2"], None]
-            names = "RMSE / MAE / R2"
-        rows.append([m.label, names, *[_fmt(x) for x in shown], m.result.n_train,
-                     m.result.n_test, round(m.seconds, 1)])  # fmt: skip
-    print(tabulate(rows, headers=["run", "metrics", "1", "2", "3", "4", "train", "test", "s"]))
+    columns = {
+        "segmentation": (("miou", "mIoU"), ("miou_micro", "mIoU micro"),
+                         ("overall_accuracy", "OA"), ("mean_f1", "mean F1")),
+        "pixel_regression": (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R2")),
+    }  # fmt: skip
+    for task, cols in columns.items():
+        rows = [
+            [m.label, *[_fmt(m.result.metrics.get(k)) for k, _ in cols], m.result.n_train,
+             m.result.n_test, round(m.seconds, 1)]
+            for m in result.methods  # type: ignore[attr-defined]
+            if m.record["task"] == task
+        ]  # fmt: skip
+        if rows:
+            headers = ["run", *[h for _, h in cols], "train", "test", "s"]
+            print(tabulate(rows, headers=headers, floatfmt=".4f"))
     first = result.methods[0]  # type: ignore[attr-defined]
     print(f"dense head: {first.files['head']}")
     print(f"protocol card: {result.output_dir / 'protocol.yaml'}")  # type: ignore[attr-defined]
