@@ -202,7 +202,7 @@ def _print_dense(result: object) -> int:
     for task, cols in columns.items():
         rows = [
             [m.label, *[_fmt(m.result.metrics.get(k)) for k, _ in cols], m.result.n_train,
-             m.result.n_test, round(m.seconds, 1)]
+             m.result.n_test, f"{m.seconds:.1f}"]
             for m in result.methods  # type: ignore[attr-defined]
             if m.record["task"] == task
         ]  # fmt: skip
