@@ -45,6 +45,7 @@ __all__ = [
     "InvalidEmbeddingsError",
     "KernelUnavailableError",
     "LabelError",
+    "LabelRasterMismatchError",
     "LayoutError",
     "LossImplError",
     "MSCLIPError",
@@ -370,3 +371,8 @@ class PredictorOutputError(MSCLIPError, ValueError):
 
 class RasterWriteError(MSCLIPError, ValueError):
     """A raster cannot be written as asked (sizes, band names or rows that do not fit it)."""
+
+
+class LabelRasterMismatchError(HeadInputError):
+    """An image and its label (or target) raster are not on the same grid (CRS, transform or
+    size differ); the message names both files."""

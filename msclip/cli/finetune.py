@@ -12,6 +12,13 @@ Examples::
         --value-columns cover --scale 0.01 --method ridge linear
     # everything from a YAML file, flags override it; continue a killed run
     msclip-finetune --config run.yaml --resume
+    # dense: segmentation on image / label raster pairs (msclip-scenes dense writes index.csv)
+    msclip-finetune --model-name msclip-demo --csv dense/index.csv --task segmentation \
+        --decoder upernet --encoder-mode frozen --class-weights auto
+    # every decoder x encoder mode, one comparison table (finished runs are skipped)
+    msclip-finetune grid --decoders linear,fcn,upernet,segformer \
+        --encoder-modes frozen,scratch --model-name msclip-demo --csv dense/index.csv \
+        --task segmentation --output-dir runs/grid
 
 Every option of :class:`msclip.heads.finetune.FinetuneRunConfig` is a flag (``--print-config``
 shows them all as YAML). Outputs: ``<output-dir>/<method>/head.safetensors`` (head only, bound to
@@ -19,6 +26,12 @@ the encoder's fingerprint; use it with ``msclip-inference --run-classification -
 LoRA adapters or the fine-tuned tower, ``history.csv``, ``predictions.csv``, the protocol card
 ``<output-dir>/protocol.yaml``, and one metric record per method in ``--save-path`` merged with
 the records of ``evaluation.py`` into ``summary.csv`` and ``report.md``.
+
+Dense tasks (``--task segmentation``, ``pixel-regression`` or ``multi-task`` with
+``--dense-tasks``) write ``<output-dir>/<decoder>-<mode>/dense_head.safetensors`` (use it with
+``msclip-inference --run-scene --head``), ``history.csv``, ``test_images.csv`` and one record per
+task. ``msclip-finetune grid`` runs every ``--decoders`` x ``--encoder-modes`` combination and
+writes ``<output-dir>/comparison.csv`` and ``comparison.md``.
 
 Exit status: 0 done; 1 done, but some images could not be read (named, skipped, counted);
 2 bad options or data (reported before any work); 130 interrupted.
@@ -63,16 +76,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_grid_parser() -> argparse.ArgumentParser:
+    """``msclip-finetune grid``: the run options plus the decoders and encoder modes."""
+    p = build_parser()
+    p.prog = "msclip-finetune grid"
+    p.description = (
+        "Run every decoder x encoder mode of a dense task (each in <output-dir>/<decoder>-<mode>, "
+        "finished runs skipped, killed ones resumed) and write one comparison table "
+        "(<output-dir>/comparison.csv and .md), with the zero-shot MaskCLIP row for "
+        "segmentation when the class names are known."
+    )
+    p.add_argument(
+        "--decoders",
+        default=argparse.SUPPRESS,
+        help="comma-separated decoders (default linear,fcn,upernet,segformer)",
+    )
+    p.add_argument(
+        "--encoder-modes",
+        default=argparse.SUPPRESS,
+        help="comma-separated encoder modes (default frozen,scratch)",
+    )
+    p.add_argument(
+        "--zero-shot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the MaskCLIP zero-shot row (segmentation with class names)",
+    )
+    return p
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line into ``cfg`` (defaults < ``--config`` < flags) and the program
-    flags."""
-    ns = vars(build_parser().parse_args(argv))
+    flags (``grid`` as the first word: the grid command and its flags)."""
+    argv = list(argv or [])
+    grid = bool(argv) and argv[0] == "grid"
+    parser = build_grid_parser() if grid else build_parser()
+    ns = vars(parser.parse_args(argv[1:] if grid else argv))
+    extra: dict[str, object] = {"grid": grid}
+    if grid:
+        extra["decoders"] = ns.pop("decoders", "linear,fcn,upernet,segformer").split(",")
+        extra["encoder_modes"] = ns.pop("encoder_modes", "frozen,scratch").split(",")
+        extra["zero_shot"] = bool(ns.pop("zero_shot", True))
     yaml_path = ns.pop("config", None)
     program = {k: bool(ns.pop(k, False)) for k in ("print_config", "quiet", "verbose")}
     cfg = config_from_namespace(FinetuneRunConfig(), ns, yaml_path)
     if program["quiet"]:
         cfg.progress = False
-    return argparse.Namespace(cfg=cfg, argv=list(argv or []), **program)
+    return argparse.Namespace(cfg=cfg, argv=argv, **program, **extra)
 
 
 def _fmt(v: object) -> str:
@@ -92,9 +142,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from msclip.heads.finetune import run_finetune
 
+    if args.grid:
+        return _run_grid(args)
     status(args, f"loading {cfg.model_name or cfg.ckpt_path} and the data ...")
     with logging_redirect_tqdm():
         result = run_finetune(cfg, command=["msclip-finetune", *args.argv])
+    if cfg.dense:
+        return _print_dense(result)
     d = result.data
     sizes = ", ".join(f"{s} {len(ix)}" for s, ix in d.splits.items())
     n = len(d.names)
@@ -130,9 +184,59 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_dense(result: object) -> int:
+    from tabulate import tabulate
+
+    d = result.data  # type: ignore[attr-defined]
+    sizes = ", ".join(f"{s} {len(ix)}" for s, ix in d.splits.items())
+    tasks = "; ".join(
+        f"{t.name}: {t.kind}, {len(t.names)} {'classes' if t.kind == 'segmentation' else 'output'}"
+        for t in d.tasks
+    )
+    print(f"{d.name}: {tasks}; images {sizes}")
+    columns = {
+        "segmentation": (("miou", "mIoU"), ("miou_micro", "mIoU micro"),
+                         ("overall_accuracy", "OA"), ("mean_f1", "mean F1")),
+        "pixel_regression": (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R2")),
+    }  # fmt: skip
+    for task, cols in columns.items():
+        rows = [
+            [m.label, *[_fmt(m.result.metrics.get(k)) for k, _ in cols], m.result.n_train,
+             m.result.n_test, f"{m.seconds:.1f}"]
+            for m in result.methods  # type: ignore[attr-defined]
+            if m.record["task"] == task
+        ]  # fmt: skip
+        if rows:
+            headers = ["run", *[h for _, h in cols], "train", "test", "s"]
+            print(tabulate(rows, headers=headers, floatfmt=".4f"))
+    first = result.methods[0]  # type: ignore[attr-defined]
+    print(f"dense head: {first.files['head']}")
+    print(f"protocol card: {result.output_dir / 'protocol.yaml'}")  # type: ignore[attr-defined]
+    print(f"records merged into {result.save_path / 'summary.csv'} and "  # type: ignore[attr-defined]
+          f"{result.save_path / 'report.md'}")  # type: ignore[attr-defined]  # fmt: skip
+    return EXIT_OK
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from msclip.heads.dense_grid import run_grid
+
+    cfg: FinetuneRunConfig = args.cfg
+    status(args, f"grid: {','.join(args.decoders)} x {','.join(args.encoder_modes)} ...")
+    with logging_redirect_tqdm():
+        res = run_grid(cfg, args.decoders, args.encoder_modes, args.zero_shot,
+                       command=["msclip-finetune", *args.argv])  # fmt: skip
+    print(res.markdown.read_text(), end="")
+    print(f"ran {len(res.ran)}, skipped {len(res.skipped)} finished run(s)")
+    print(f"wrote {res.csv} and {res.markdown}")
+    return EXIT_OK
+
+
 def _flags() -> dict[str, str]:
     out = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(FinetuneRunConfig)}
-    out.update(images="--dataset, --csv or --folders", head="--head")
+    out.update(images="--dataset, --csv, --folders or --image-dir/--label-dir", head="--head",
+               decoders="--decoders", encoder_modes="--encoder-modes")  # fmt: skip
     return out
 
 

@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of zero-shot; the model defaults to the encoder the head was trained on",
     )
     c.add_argument(
+        "--head-task",
+        default=None,
+        help="with --run-scene --head: the task of a multi-task dense head (default: its first)",
+    )
+    c.add_argument(
         "--adapters",
         default=None,
         help="LoRA adapter file of a --head trained with LoRA (default: the one next to it)",
@@ -191,8 +196,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     has_classes = args.class_names is not None or args.classes_file is not None
     if args.class_names is not None and args.classes_file is not None:
         p.error("give class names either with --class-names or with --classes-file, not both")
-    if args.head is not None and not args.run_classification:
-        p.error("--head applies to --run-classification")
+    if args.head is not None and not (args.run_classification or args.run_scene):
+        p.error("--head applies to --run-classification and --run-scene")
+    if args.head_task is not None and not (args.run_scene and args.head):
+        p.error("--head-task applies to --run-scene --head")
+    if args.run_scene and args.head is not None and args.dense:
+        p.error("--dense is the zero-shot map; --head predicts with a trained dense head: not both")
     if args.adapters is not None and args.head is None:
         p.error("--adapters applies to --head")
     if args.run_classification:
@@ -208,7 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.run_scene:
         if args.scene is None:
             p.error("--run-scene needs --scene")
-        if not (args.query or args.queries_file or has_classes):
+        if not (args.query or args.queries_file or has_classes or args.head):
             p.error(
                 "--run-scene needs --query/--queries-file (similarity map) and/or "
                 "--class-names/--classes-file (class map)"
@@ -217,8 +226,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--threshold applies to --multi-label; add --multi-label")
     if args.dense and not (args.run_scene and has_classes):
         p.error("--dense makes a class map of a scene: use it with --run-scene and class names")
-    if args.overlap is not None and not args.dense:
-        p.error("--overlap applies to --dense")
+    if args.overlap is not None and not (args.dense or (args.run_scene and args.head)):
+        p.error("--overlap applies to --dense and --run-scene --head")
     return args
 
 
@@ -516,6 +525,8 @@ def run_scene(args: argparse.Namespace) -> int:
     from msclip.io import check_output
     from msclip.tiling import open_scene, scene_tiles
 
+    if args.head is not None:
+        return _head_scene(args)
     names = _class_names(args)
     templates = None
     if names is not None:
@@ -670,6 +681,63 @@ def _dense_scene(
     return EXIT_OK
 
 
+def _head_scene(args: argparse.Namespace) -> int:
+    """``--run-scene --head``: a trained dense head streamed over the whole scene."""
+    from tabulate import tabulate
+
+    from msclip.heads.dense_head import DENSE_HEAD_FORMAT, head_file_format, read_dense_head
+    from msclip.heads.scene_predict import predict_scene_with_head
+    from msclip.io import check_output
+
+    if head_file_format(args.head) != DENSE_HEAD_FORMAT:
+        raise UsageError(
+            f"{args.head} is an image-level head (classification or regression of whole images): "
+            "use it with --run-classification; --run-scene --head takes a dense head "
+            "(dense_head.safetensors of msclip-finetune --task segmentation / pixel-regression)"
+        )
+    if not Path(args.scene).expanduser().is_file():
+        raise UsageError(f"scene file not found: {args.scene} (--scene)")
+    if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
+        raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
+    ckpt = read_dense_head(args.head)
+    entry = ckpt.task(args.head_task)
+    _head_model_args(args, ckpt.encoder, args.head)
+    check_checkpoint(args)
+    out_dir = check_output(args.save_path or "results/scene", kind="dir")
+    model, _, _ = load_model(args)
+    stem = f"dense_{entry['name']}".replace("-", "_")
+    result = predict_scene_with_head(
+        args.scene, out_dir / f"{stem}.tif", ckpt, model, task=entry["name"],
+        adapters=args.adapters, tile_size=args.tile_size or model.image_size,
+        overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, nodata=args.nodata,
+        progress=not args.quiet,
+    )  # fmt: skip
+    written = [result.path]
+    what = (
+        "band 1 class, band 2 confidence (%)"
+        if result.task == "segmentation"
+        else f"band(s) {', '.join(result.band_names)}"
+    )
+    print(
+        f"scene {args.scene}: {result.width}x{result.height} px, {_plural(result.tiles, 'tile')} "
+        f"({result.tiles_run} with data), {result.megapixels_per_s:.2f} megapixels/s; "
+        f"{entry['kind']} head {ckpt.method}: {what}"
+    )
+    if result.task == "segmentation":
+        from msclip.tiling import class_counts, write_legend
+
+        names = list(entry["names"])
+        counts, missing = class_counts(result.path, len(names))
+        legend = write_legend(out_dir, stem, names, counts, int(result.nodata), "pixels", missing)
+        written += list(legend.values())
+        total = max(1, int(counts.sum()))
+        rows = [[n, int(c), 100.0 * c / total] for n, c in zip(names, counts) if c]
+        print(tabulate(rows, headers=["Class", "Pixels", "%"], floatfmt=".1f"))
+    for w in written:
+        print(f"wrote {w}")
+    return EXIT_OK
+
+
 # -- entry point --------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
     if args.run_classification:
@@ -687,7 +755,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from msclip.cli.index import main as index_main
 
         return index_main(argv[1:])
-    return run_cli(argv, parse_args, _run, flags={"head": "--head", "adapters": "--adapters"})
+    return run_cli(
+        argv,
+        parse_args,
+        _run,
+        flags={"head": "--head", "adapters": "--adapters", "task": "--head-task"},
+    )
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ MAIN_METRICS: dict[str, str] = {
     "single_label": "top1_accuracy",
     "multi_label": "map_at_k",
     "regression": "r2",
+    "segmentation": "miou",
+    "pixel_regression": "rmse",
 }
 #: ``kind`` of the records of probes and fine-tuned heads (:func:`make_head_record`); records
 #: without a ``kind`` are zero-shot evaluations.
@@ -481,7 +483,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         pc_path = write_csv(per_class, save / "per_class" / f"{stem}.csv")
         result.per_class.append(pc_path)
         fig_path = None
-        if rec["task"] == "single_label" and rec.get("confusion_matrix") is not None:
+        if rec["task"] in ("single_label", "segmentation") and rec.get("confusion_matrix"):
             fig_path = plot_confusion(
                 rec["confusion_matrix"], rec["dataset"]["class_names"],
                 save / "figures" / f"{stem}__confusion.png", title=f"{m} on {d}",
@@ -570,6 +572,23 @@ def _ci_text(ci: Any) -> str:
     return f"[{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
 
 
+def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
+    """The templates and AP lines of a section; records without them (dense metrics, heads
+    written by other tools) have none."""
+    lines = []
+    if tpl:
+        lines.append(
+            f"- templates: `{tpl.get('name')}` ({tpl.get('n')} templates, sha256 "
+            f"`{str(tpl.get('sha256'))[:16]}…`, from `{tpl.get('source')}`)"
+        )
+    if ap:
+        lines.append(
+            f"- AP@{ap.get('k')}: `{ap.get('definition')}` — {ap.get('description')}; classes "
+            f"without positives: {ap.get('no_relevant')}"
+        )
+    return lines
+
+
 def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str:
     if rec.get("kind") == HEAD_KIND:
         return _head_section(rec, save, pc_path, fig_path)
@@ -585,10 +604,7 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
         f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
         + (f" (left out: {ds['skipped']})" if ds.get("skipped") else ""),
-        f"- templates: `{tpl['name']}` ({tpl['n']} templates, sha256 `{tpl['sha256'][:16]}…`, "
-        f"from `{tpl['source']}`)",
-        f"- AP@{ap['k']}: `{ap['definition']}` — {ap['description']}; classes without "
-        f"positives: {ap['no_relevant']}",
+        *_templates_and_ap(tpl, ap),
         f"- task: {rec['task']}"
         + (f", rule `{rec['metrics'].get('rule')}`" if rec["task"] == "multi_label" else ""),
         f"- seed {rec['seed']}, wall time {rec['timing'].get('wall_s', float('nan')):.1f} s, "

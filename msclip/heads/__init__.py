@@ -26,6 +26,10 @@
 * :mod:`msclip.heads.finetune` (settings in :mod:`msclip.heads.runconfig`): the runner of
   ``msclip-finetune``: a task registry, the feature cache, probes, an exactly resumable training
   loop, head files, protocol cards and metric records.
+* :mod:`msclip.heads.dense_data` (image / label raster pairs, grids checked, crops),
+  :mod:`msclip.heads.dense_finetune` (dense tasks in the runner), :mod:`msclip.heads.dense_head`
+  (dense head files bound to the encoder) and :mod:`msclip.heads.dense_grid` (decoders x encoder
+  modes in one comparison table).
 
 The dense modules are imported by their full path (``from msclip.heads.decoders import
 build_decoder``). No command-line code lives here; the library never imports :mod:`msclip.train` or

@@ -326,7 +326,7 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nd
 def _trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
     state = {n: p.detach().cpu().clone() for n, p in net.named_parameters() if p.requires_grad}
     for n, b in net.named_buffers():
-        if n.startswith("head."):
+        if n.startswith(("head.", "heads.")):  # batch-norm statistics of (dense) heads
             state[n] = b.detach().cpu().clone()
     return state
 
@@ -1050,37 +1050,8 @@ class _Runner:
     # -- outputs ----------------------------------------------------------------------------
     def save_encoder_files(self, label: str) -> dict[str, Any]:
         """Adapters, merged or fine-tuned weights; returns the head's encoder facts."""
-        from msclip.heads.checkpoint import encoder_facts
-        from msclip.pretrained import file_sha256, save_checkpoint
-
-        cfg, mode = self.cfg, self.cfg.encoder_mode
-        folder = self.out / label
-        if mode == "frozen":
-            return encoder_facts(self.model, "frozen")
-        if mode == "lora":
-            from msclip.heads.lora import merge_lora, save_lora
-
-            path = folder / "adapters.safetensors"
-            save_lora(self.model, path, {"base_fingerprint": self.base_fingerprint,
-                                         "base_name": self.facts["name"]})  # fmt: skip
-            facts = encoder_facts(self.model, "lora")
-            facts["fingerprint"] = self.base_fingerprint
-            facts["adapters"] = {"file": path.name, "sha256": file_sha256(path)}
-            if cfg.merge_lora:
-                merge_lora(self.model)
-                merged = folder / "merged.safetensors"
-                save_checkpoint(self.model, merged, {"msclip_finetune": label})
-                self.model.checkpoint_sha256 = file_sha256(merged)
-                self.model.checkpoint_path = str(merged)
-                facts["merged_fingerprint"] = self.model.fingerprint(precision=False)
-                facts["merged_file"] = merged.name
-            return facts
-        path = folder / "encoder.safetensors"
-        save_checkpoint(self.model, path, {"msclip_finetune": label})
-        self.model.checkpoint_sha256 = file_sha256(path)
-        self.model.checkpoint_path = str(path)
-        return encoder_facts(self.model, mode, encoder_file=str(path),
-                             base_fingerprint=self.base_fingerprint)  # fmt: skip
+        return save_encoder_files(self.cfg, self.model, self.out / label, label,
+                                  self.base_fingerprint, self.facts["name"])  # fmt: skip
 
     def write_outputs(
         self, label: str, method: str, result: Any, head: nn.Module, files: dict[str, str],
@@ -1176,6 +1147,50 @@ class _Runner:
         return write_csv(df, folder / "predictions.csv")
 
 
+def save_encoder_files(
+    cfg: FinetuneRunConfig,
+    model: Any,
+    folder: Path,
+    label: str,
+    base_fingerprint: str,
+    base_name: str,
+) -> dict[str, Any]:
+    """Write what a head needs of a trained encoder and return the head's encoder facts.
+
+    ``frozen``: nothing (the facts of the encoder as it is); ``lora``: the adapters on their
+    own (and the merged weights when ``merge_lora``); ``last-n`` / ``full`` / ``scratch``: the
+    fine-tuned weights as ``encoder.safetensors``.
+    """
+    from msclip.heads.checkpoint import encoder_facts
+    from msclip.pretrained import file_sha256, save_checkpoint
+
+    mode = cfg.encoder_mode
+    if mode == "frozen":
+        return encoder_facts(model, "frozen")
+    if mode == "lora":
+        from msclip.heads.lora import merge_lora, save_lora
+
+        path = folder / "adapters.safetensors"
+        save_lora(model, path, {"base_fingerprint": base_fingerprint, "base_name": base_name})
+        facts = encoder_facts(model, "lora")
+        facts["fingerprint"] = base_fingerprint
+        facts["adapters"] = {"file": path.name, "sha256": file_sha256(path)}
+        if cfg.merge_lora:
+            merge_lora(model)
+            merged = folder / "merged.safetensors"
+            save_checkpoint(model, merged, {"msclip_finetune": label})
+            model.checkpoint_sha256 = file_sha256(merged)
+            model.checkpoint_path = str(merged)
+            facts["merged_fingerprint"] = model.fingerprint(precision=False)
+            facts["merged_file"] = merged.name
+        return facts
+    path = folder / "encoder.safetensors"
+    save_checkpoint(model, path, {"msclip_finetune": label})
+    model.checkpoint_sha256 = file_sha256(path)
+    model.checkpoint_path = str(path)
+    return encoder_facts(model, mode, encoder_file=str(path), base_fingerprint=base_fingerprint)
+
+
 class _InMemory:
     """Items of a protocol dataset kept after their first read (preprocessing is deterministic,
     so every epoch sees the same tensors; flips are applied to batches afterwards)."""
@@ -1267,6 +1282,10 @@ def run_finetune(
     from msclip.eval.report import library_versions, merge
 
     cfg.validate()
+    if cfg.dense:
+        from msclip.heads.dense_finetune import run_dense_finetune
+
+        return run_dense_finetune(cfg, model, hooks, command)
     t_start = time.perf_counter()
     data = load_task_data(cfg)
     if cfg.dataset:

@@ -17,10 +17,26 @@ from typing import Any
 from msclip.errors import ConfigError
 from msclip.options import options_to_dict, update_options
 
-__all__ = ["DATA_TASKS", "ENCODER_MODES", "METHODS", "FinetuneRunConfig"]
+__all__ = [
+    "DATA_TASKS",
+    "DECODER_NAMES",
+    "DENSE_TASKS",
+    "ENCODER_MODES",
+    "METHODS",
+    "FinetuneRunConfig",
+    "parse_dense_task",
+]
 
 #: The image-level tasks.
 DATA_TASKS: tuple[str, ...] = ("classification", "multi-label", "regression")
+#: The dense (per-pixel) tasks; ``multi-task`` trains the heads of ``dense_tasks`` together.
+DENSE_TASKS: tuple[str, ...] = ("segmentation", "pixel-regression", "multi-task")
+#: Decoders of the dense tasks (:mod:`msclip.heads.decoders`).
+DECODER_NAMES: tuple[str, ...] = ("linear", "fcn", "upernet", "segformer")
+#: Keys of one ``dense_tasks`` entry.
+DENSE_TASK_KEYS: tuple[str, ...] = ("name", "kind", "column", "decoder", "weight", "loss",
+                                    "class_weights", "ignore_index", "nodata", "scale",
+                                    "huber_delta")  # fmt: skip
 #: Methods of a run.
 METHODS: tuple[str, ...] = ("zero-shot", "knn", "logistic", "ridge", "linear", "text-init")
 #: Encoder modes (``frozen`` trains heads from cached features).
@@ -57,7 +73,10 @@ class FinetuneRunConfig:
     )
     task: str = field(
         default="classification",
-        metadata=_help("classification, multi-label or regression (benchmark: the dataset's)"),
+        metadata=_help(
+            "classification, multi-label or regression (benchmark: the dataset's); dense: "
+            "segmentation, pixel-regression or multi-task (dense_tasks)"
+        ),
     )
     path_column: str = field(default="path", metadata=_help("CSV column of image paths"))
     label_columns: list[str] | None = field(
@@ -100,6 +119,51 @@ class FinetuneRunConfig:
     )
     max_samples: int | None = field(
         default=None, metadata=_help("benchmark: seeded subset of this many images per split")
+    )
+    # -- dense tasks (segmentation, pixel-regression, multi-task) -----------------------------
+    image_dir: str | None = field(
+        default=None, metadata=_help("dense: folder of images (labels matched by file name)")
+    )
+    label_dir: str | None = field(
+        default=None, metadata=_help("dense: folder of label / target rasters (same file names)")
+    )
+    image_column: str = field(default="image", metadata=_help("dense: CSV column of images"))
+    label_column: str | None = field(
+        default=None,
+        metadata=_help("dense: CSV column of the rasters (default label; pixel-regression target)"),
+    )
+    dense_tasks: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "multi-task: one entry per head, 'name=lc,kind=segmentation,column=label,"
+            "decoder=upernet,weight=1' (also loss, class_weights, ignore_index, nodata, scale, "
+            "huber_delta)"
+        ),
+    )
+    decoder: str = field(
+        default="upernet", metadata=_help(f"dense decoder: {', '.join(DECODER_NAMES)}")
+    )
+    decoder_channels: int | None = field(
+        default=None, metadata=_help("decoder width (fcn/upernet channels, segformer embed_dim)")
+    )
+    dense_layers: list[int] | None = field(
+        default=None, metadata=_help("dense: tapped blocks (default: the model's taps)")
+    )
+    crop_size: int | None = field(
+        default=None, metadata=_help("dense: random training crops (default: the model's size)")
+    )
+    flip: bool = field(
+        default=True, metadata=_help("dense: random horizontal / vertical flips of the crops")
+    )
+    class_weights: list[str] | None = field(
+        default=None,
+        metadata=_help("segmentation class weights: K numbers, or auto / median (from labels)"),
+    )
+    ignore_index: int = field(
+        default=255, metadata=_help("segmentation label excluded from loss and metrics")
+    )
+    target_nodata: float | None = field(
+        default=None, metadata=_help("pixel-regression target nodata (default: the files')")
     )
     # -- model --------------------------------------------------------------------------------
     model_name: str | None = field(
@@ -222,7 +286,27 @@ class FinetuneRunConfig:
 
     @property
     def source_kind(self) -> str:
-        return "dataset" if self.dataset else ("csv" if self.csv else "folders")
+        if self.dataset:
+            return "dataset"
+        if self.csv:
+            return "csv"
+        return "pairs" if self.image_dir else "folders"
+
+    @property
+    def dense(self) -> bool:
+        """Whether the task is a dense (per-pixel) one."""
+        return self.task in DENSE_TASKS
+
+    def dense_task_entries(self) -> list[dict[str, Any]]:
+        """The dense heads of the run: ``dense_tasks`` parsed, or the one task of ``task``.
+
+        Raises:
+            ConfigError: a malformed ``dense_tasks`` entry.
+        """
+        if self.task == "multi-task":
+            return [parse_dense_task(e) for e in self.dense_tasks or []]
+        column = self.label_column or ("label" if self.task == "segmentation" else "target")
+        return [{"name": self.task, "kind": self.task, "column": column}]
 
     def validate(self) -> FinetuneRunConfig:
         """Check every value before any work; all problems are reported at once.
@@ -236,10 +320,17 @@ class FinetuneRunConfig:
             if not ok:
                 e.append(message)
 
-        sources = [s for s in ("dataset", "csv", "folders") if getattr(self, s)]
-        need(len(sources) == 1, f"give exactly one data source (dataset, csv, folders); got "
-                                f"{sources or 'none'}")  # fmt: skip
-        need(self.task in DATA_TASKS, f"task must be one of {list(DATA_TASKS)}, got {self.task!r}")
+        sources = [s for s in ("dataset", "csv", "folders", "image_dir") if getattr(self, s)]
+        need(len(sources) == 1, f"give exactly one data source (dataset, csv, folders, "
+                                f"image_dir + label_dir); got {sources or 'none'}")  # fmt: skip
+        tasks = (*DATA_TASKS, *DENSE_TASKS)
+        need(self.task in tasks, f"task must be one of {list(tasks)}, got {self.task!r}")
+        if self.task in DENSE_TASKS:
+            self._validate_dense(need, e)
+            if e:
+                raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+            return self
+        need(not self.image_dir, "image_dir / label_dir hold dense data: use a dense task")
         if self.csv:
             need(os.path.isfile(self.csv), f"csv file {self.csv!r} not found")
         if self.folders:
@@ -328,6 +419,12 @@ class FinetuneRunConfig:
                 resolve_bands(self.input_bands, self.sensor)
             except BandError as err:
                 e.append(f"input_bands: {err}")
+        self._validate_model_and_common(need, e)
+        if e:
+            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        return self
+
+    def _validate_model_and_common(self, need: Any, e: list[str]) -> None:
         if self.templates is not None:
             from msclip.errors import TemplateError
             from msclip.zero_shot import load_templates
@@ -336,6 +433,147 @@ class FinetuneRunConfig:
                 load_templates(self.templates)
             except TemplateError as err:
                 e.append(f"templates: {err}")
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
-        return self
+
+    def _validate_dense(self, need: Any, e: list[str]) -> None:
+        need(not self.dataset and not self.folders,
+             f"task {self.task} reads image / label raster pairs: give csv (image and label "
+             "columns) or image_dir + label_dir")  # fmt: skip
+        if self.csv:
+            need(os.path.isfile(self.csv), f"csv file {self.csv!r} not found")
+        if self.image_dir or self.label_dir:
+            need(bool(self.image_dir and self.label_dir), "image_dir and label_dir go together")
+            for name in ("image_dir", "label_dir"):
+                v = getattr(self, name)
+                if v:
+                    need(os.path.isdir(v), f"{name} {v!r} is not a folder")
+            need(self.task != "multi-task", "multi-task reads its rasters from a csv table")
+        if self.classes is not None:
+            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
+        need(
+            self.model_name is not None or self.ckpt_path is not None,
+            "model_name (or ckpt_path with a self-describing .safetensors) is required",
+        )
+        if self.ckpt_path is not None:
+            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
+        need(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got "
+                                                 f"{self.precision!r}")  # fmt: skip
+        need(self.decoder in DECODER_NAMES,
+             f"decoder must be one of {list(DECODER_NAMES)}, got {self.decoder!r}")  # fmt: skip
+        need(
+            self.encoder_mode in ENCODER_MODES,
+            f"encoder_mode must be one of {list(ENCODER_MODES)}, got {self.encoder_mode!r}",
+        )
+        if self.task == "multi-task":
+            need(bool(self.dense_tasks), "multi-task needs dense_tasks (one entry per head)")
+        try:
+            entries = self.dense_task_entries()
+        except ConfigError as err:
+            e.append(str(err))
+            entries = []
+        names = [t.get("name") for t in entries]
+        need(len(set(names)) == len(names), f"dense_tasks names repeat: {names}")
+        for t in entries:
+            kind = t.get("kind", "segmentation")
+            loss = t.get("loss", self.loss)
+            allowed = ("ce",) if kind == "segmentation" else ("mse", "l1", "huber")
+            if loss is not None:
+                need(loss in allowed, f"loss {loss!r} does not fit {kind}; use {list(allowed)}")
+            dec = t.get("decoder", self.decoder)
+            need(dec in DECODER_NAMES, f"decoder {dec!r} of task {t.get('name')!r} is not one "
+                                       f"of {list(DECODER_NAMES)}")  # fmt: skip
+        if self.class_weights is not None:
+            cw = [str(v).lower() for v in self.class_weights]
+            ok = (len(cw) == 1 and cw[0] in ("auto", "inverse", "median")) or all(
+                _is_number(v) and float(v) >= 0 for v in cw
+            )
+            need(ok, f"class_weights must be auto, median or K numbers >= 0, got "
+                     f"{self.class_weights}")  # fmt: skip
+        need(self.ignore_index >= 0, f"ignore_index must be >= 0, got {self.ignore_index}")
+        if self.crop_size is not None:
+            need(self.crop_size >= 1, f"crop_size must be >= 1, got {self.crop_size}")
+        if self.decoder_channels is not None:
+            need(self.decoder_channels >= 1,
+                 f"decoder_channels must be >= 1, got {self.decoder_channels}")  # fmt: skip
+        for name in ("epochs", "batch_size", "encode_batch_size", "save_every", "lora_rank"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.batch_size >= 2, f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
+        for name in ("encoder_lr", "layer_decay", "huber_delta"):
+            v = getattr(self, name)
+            need(v > 0 and math.isfinite(v), f"{name} must be a positive number, got {v}")
+        need(self.layer_decay <= 1, f"layer_decay must lie in (0, 1], got {self.layer_decay}")
+        if self.lr is not None:
+            need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "encoder_weight_decay", "warmup_epochs", "workers",
+                     "last_n"):  # fmt: skip
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(
+            0 <= self.lora_dropout < 1, f"lora_dropout must lie in [0, 1), got {self.lora_dropout}"
+        )
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            need(0 <= v < 1, f"{name} must lie in [0, 1), got {v}")
+        need(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be < 1")
+        need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
+                                                             f"{self.scale}")  # fmt: skip
+        if self.input_bands:
+            from msclip.errors import BandError
+            from msclip.spectral.bands import resolve_bands
+
+            try:
+                resolve_bands(self.input_bands, self.sensor)
+            except BandError as err:
+                e.append(f"input_bands: {err}")
+        self._validate_model_and_common(need, e)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
+def parse_dense_task(entry: str) -> dict[str, Any]:
+    """One ``dense_tasks`` entry, ``key=value`` pairs separated by commas, as a dict.
+
+    ``name`` and ``kind`` (segmentation or pixel-regression) are required; ``column`` defaults to
+    ``label`` / ``target``; ``weight`` (the loss weight), ``scale``, ``huber_delta`` and
+    ``nodata`` are numbers, ``ignore_index`` an integer, ``class_weights`` ``auto``, ``median``
+    or numbers joined by ``;``.
+
+    Raises:
+        ConfigError: an unknown key, a missing name or kind, or a bad value.
+    """
+    out: dict[str, Any] = {}
+    for part in str(entry).split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or key not in DENSE_TASK_KEYS:
+            raise ConfigError(
+                f"dense_tasks entry {entry!r}: {part!r} is not key=value with a key among "
+                f"{list(DENSE_TASK_KEYS)}"
+            )
+        out[key] = value
+    for k in ("name", "kind"):
+        if k not in out:
+            raise ConfigError(f"dense_tasks entry {entry!r} needs {k}=...")
+    if out["kind"] not in DENSE_TASKS[:2]:
+        raise ConfigError(
+            f"dense_tasks entry {entry!r}: kind must be segmentation or pixel-regression"
+        )
+    out.setdefault("column", "label" if out["kind"] == "segmentation" else "target")
+    try:
+        for k in ("weight", "scale", "huber_delta", "nodata"):
+            if k in out:
+                out[k] = float(out[k])
+        if "ignore_index" in out:
+            out["ignore_index"] = int(out["ignore_index"])
+    except ValueError as err:
+        raise ConfigError(f"dense_tasks entry {entry!r}: {err}") from None
+    if "weight" in out and not (math.isfinite(out["weight"]) and out["weight"] >= 0):
+        raise ConfigError(f"dense_tasks entry {entry!r}: weight must be >= 0")
+    if "class_weights" in out:
+        out["class_weights"] = [v for v in out["class_weights"].split(";") if v]
+    return out

@@ -73,6 +73,7 @@ __all__ = [
     "ScenePreprocess",
     "blend_window",
     "predict_scene",
+    "predict_scene_with_head",
     "tile_starts",
 ]
 
@@ -532,6 +533,63 @@ def predict_scene(
         src_path, n_tiles, tiles_run, seconds, result.megapixels_per_s, dst,
     )  # fmt: skip
     return result
+
+
+def predict_scene_with_head(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    head: Any,
+    model: Any,
+    *,
+    task: str | None = None,
+    adapters: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> ScenePrediction:
+    """Predict a scene with a trained dense head (:mod:`msclip.heads.dense_head`).
+
+    The head is bound to ``model`` first (:func:`msclip.heads.checkpoint.bind_head`: refused on
+    another encoder; LoRA adapters merged when the head needs them), then the decoder of one
+    task runs on the streamed tiles of :func:`predict_scene`: a segmentation head writes the
+    class band and the confidence band, a pixel-regression head its value band(s), with the
+    source CRS, transform and nodata.
+
+    Args:
+        src: the scene.
+        dst: the output GeoTIFF.
+        head: a :class:`~msclip.heads.dense_head.DenseHeadCheckpoint` or its file.
+        model: the :class:`msclip.MSCLIP` the head was trained on.
+        task: the head's task to predict (default: its first).
+        adapters: LoRA adapter file (default: the one recorded next to the head).
+        **kwargs: options of :func:`predict_scene` (``tile_size`` defaults to the model's
+            input size).
+
+    Raises:
+        CheckpointMismatchError: the head was trained on another encoder.
+        CheckpointError: not a dense head file, or no such task.
+    """
+    from msclip.heads.checkpoint import bind_head
+    from msclip.heads.dense_head import read_dense_head
+
+    ckpt = head if not isinstance(head, (str, os.PathLike)) else read_dense_head(head)
+    entry = ckpt.task(task)
+    bind_head(ckpt, model, adapters)  # type: ignore[arg-type]
+    dense = ckpt.dense_model(model)
+    name = entry["name"]
+    kind = "segmentation" if entry["kind"] == "segmentation" else "regression"
+    kwargs.setdefault("tile_size", int(model.image_size))
+    kwargs.setdefault("device", model.device)
+    tags = {"msclip": f"dense {entry['kind']} head {ckpt.method}", "msclip_head": str(ckpt.path),
+            **dict(kwargs.pop("tags", None) or {})}  # fmt: skip
+    if kind == "segmentation":
+        kwargs.setdefault("class_names", list(entry["names"]))
+    else:
+        kwargs.setdefault("output_names", list(entry["names"]))
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return dense.predict(x, name)
+
+    return predict_scene(src, dst, predict, model, task=kind, num_outputs=int(
+        entry["num_outputs"]), tags=tags, **kwargs)  # fmt: skip
 
 
 def _release_free_heap() -> None:

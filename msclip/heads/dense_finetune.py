@@ -1,0 +1,641 @@
+"""Dense tasks in the fine-tuning runner: segmentation, per-pixel regression and multi-task.
+
+:func:`run_dense_finetune` is what :func:`msclip.heads.finetune.run_finetune` (and so
+``msclip-finetune``) runs for ``task`` ``segmentation``, ``pixel-regression`` or ``multi-task``:
+
+* data: image / label raster pairs (:mod:`msclip.heads.dense_data`), grids checked, split;
+* model: a :class:`~msclip.heads.dense.DenseModel`, one decoder per task
+  (:mod:`msclip.heads.decoders`: ``linear``, ``fcn``, ``upernet``, ``segformer``) on the
+  encoder's tapped blocks, one encoder pass feeding every head; the encoder ``frozen`` (run
+  without a graph) or trained (``lora``, ``last-n``, ``full``, ``scratch``,
+  :mod:`msclip.heads.modes`, layer-wise learning-rate decay);
+* losses (:mod:`msclip.heads.losses`): cross-entropy with ``ignore_index`` and class weights (a
+  list, or ``auto`` / ``median`` counted in one pass over the training label rasters), MSE / L1 /
+  Huber over valid target pixels, summed with each task's weight;
+* training: the runner's exactly resumable loop (:func:`msclip.heads.finetune.train_loop`),
+  seeded random crops and flips per batch (``default_rng((seed, epoch, batch))``), validation
+  loss and main metric every epoch;
+* evaluation on whole test images (padded to the patch grid, cropped back), streamed through a
+  confusion matrix or regression sums (:mod:`msclip.eval.dense_metrics`): OA, mIoU macro and
+  micro, per-class IoU / F1 (``ignore_index`` excluded); RMSE, MAE, R² (nodata masked);
+* outputs: the head-only file ``<output_dir>/<label>/dense_head.safetensors``
+  (:mod:`msclip.heads.dense_head`, bound to the encoder's fingerprint), LoRA adapters or the
+  fine-tuned encoder, ``history.csv``, per-image test metrics ``test_images.csv``, the protocol
+  card, and one record per task merged into the results folder's ``summary.csv`` /
+  ``report.md``.
+
+Frozen encoders are run on every training batch rather than cached: each batch is a different
+random crop and flip, so no two passes see the same pixels.
+
+:func:`evaluate_maskclip` scores the zero-shot dense maps of :class:`msclip.heads.maskclip.MaskCLIP`
+on the same test images with the same metrics, for comparison with trained decoders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msclip.errors import HeadInputError
+from msclip.heads.dense import DenseModel, DenseTask
+from msclip.heads.dense_data import (
+    DenseData,
+    DenseSamples,
+    DenseTarget,
+    from_csv,
+    from_folders,
+    random_crop_batch,
+)
+from msclip.heads.runconfig import FinetuneRunConfig
+
+__all__ = [
+    "RECORD_TASKS",
+    "dense_label",
+    "evaluate_dense",
+    "evaluate_maskclip",
+    "load_dense_data",
+    "run_dense_finetune",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Dense task kind -> the ``task`` of metric records.
+RECORD_TASKS = {"segmentation": "segmentation", "pixel-regression": "pixel_regression"}
+_MAIN = {"segmentation": "miou", "pixel-regression": "rmse"}
+
+
+def dense_label(cfg: FinetuneRunConfig) -> str:
+    """The run's label: ``<decoder>-<encoder mode>`` (``last<n>`` for last-n)."""
+    mode = cfg.encoder_mode if cfg.encoder_mode != "last-n" else f"last{cfg.last_n}"
+    return f"{cfg.decoder}-{mode}"
+
+
+def load_dense_data(cfg: FinetuneRunConfig) -> DenseData:
+    """The image / raster pairs of a dense run (see :mod:`msclip.heads.dense_data`)."""
+    targets = []
+    for e in cfg.dense_task_entries():
+        targets.append(
+            DenseTarget(
+                name=e["name"],
+                kind=e["kind"],
+                column=e["column"],
+                ignore_index=int(e.get("ignore_index", cfg.ignore_index)),
+                nodata=e.get("nodata", cfg.target_nodata),
+                scale=float(e.get("scale", cfg.scale)),
+            )
+        )
+    common = {
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+        "name": cfg.dataset_name,
+        "classes": cfg.classes,
+    }
+    if cfg.csv:
+        return from_csv(
+            cfg.csv, targets, cfg.image_column, cfg.split_column, cfg.data_root, **common
+        )
+    return from_folders(cfg.image_dir, cfg.label_dir, targets[0], **common)  # type: ignore[arg-type]
+
+
+class _RunNet(DenseModel):
+    """The dense model of a run; a frozen encoder stays in eval mode while the heads train."""
+
+    frozen = True
+
+    def train(self, mode: bool = True) -> _RunNet:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+
+class _Batch:
+    """The rows of a training batch and their cropped targets (``len`` is the row count)."""
+
+    def __init__(self, rows: np.ndarray, targets: dict[str, torch.Tensor]) -> None:
+        self.rows = rows
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _class_weights(
+    cfg: FinetuneRunConfig, entry: dict[str, Any], t: DenseTarget, data: DenseData
+) -> torch.Tensor | None:
+    from msclip.heads.losses import ClassCounter, resolve_class_weights
+
+    spec = entry.get("class_weights", cfg.class_weights)
+    if t.kind != "segmentation" or spec is None:
+        return None
+    spec = [str(v) for v in spec]
+    k = len(t.names)
+    if len(spec) == 1 and spec[0].lower() in ("auto", "inverse", "median"):
+        counter = ClassCounter(k, t.ignore_index)  # one pass over the training labels
+        for i in data.splits["train"]:
+            counter.update_file(data.rasters[t.name][int(i)])
+        return torch.as_tensor(counter.weights(spec[0].lower()), dtype=torch.float32)
+    return resolve_class_weights([float(v) for v in spec], k)
+
+
+def _dense_tasks(cfg: FinetuneRunConfig, data: DenseData) -> list[DenseTask]:
+    out = []
+    for e, t in zip(cfg.dense_task_entries(), data.tasks):
+        loss = e.get("loss", cfg.loss)
+        if t.kind == "segmentation":
+            loss = "cross_entropy"
+        kwargs: dict[str, Any] = {}
+        dec = e.get("decoder", cfg.decoder)
+        if cfg.decoder_channels is not None and dec in ("fcn", "upernet"):
+            kwargs["channels"] = cfg.decoder_channels
+        elif cfg.decoder_channels is not None and dec == "segformer":
+            kwargs["embed_dim"] = cfg.decoder_channels
+        out.append(
+            DenseTask(
+                name=t.name,
+                kind="segmentation" if t.kind == "segmentation" else "regression",
+                num_outputs=len(t.names),
+                decoder=dec,
+                decoder_kwargs=kwargs,
+                loss_weight=float(e.get("weight", 1.0)),
+                ignore_index=t.ignore_index,
+                class_weights=_class_weights(cfg, e, t, data),
+                loss=loss or "mse",
+                huber_delta=float(e.get("huber_delta", cfg.huber_delta)),
+            )
+        )
+    return out
+
+
+def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: DenseData, label: str) -> str:
+    from msclip.heads.finetune import _RUNTIME_OPTIONS
+
+    facts = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_OPTIONS}
+    h = hashlib.sha256()
+    h.update(json.dumps(facts, sort_keys=True, default=str).encode())
+    h.update(fingerprint.encode())
+    h.update(label.encode())
+    h.update("\n".join(data.images).encode())
+    for t in data.tasks:
+        h.update("\n".join(data.rasters[t.name]).encode())
+    for s in ("train", "val", "test"):
+        h.update(np.ascontiguousarray(data.splits[s]).tobytes())
+    return h.hexdigest()
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def _metric_objects(data: DenseData) -> dict[str, Any]:
+    from msclip.eval.dense_metrics import RegressionMetrics, SegmentationMetrics
+
+    out: dict[str, Any] = {}
+    for t in data.tasks:
+        if t.kind == "segmentation":
+            out[t.name] = SegmentationMetrics(len(t.names), t.ignore_index, t.names)
+        else:
+            out[t.name] = RegressionMetrics(len(t.names), None, 1.0, t.names)
+    return out
+
+
+def evaluate_dense(
+    predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    samples: DenseSamples,
+    rows: Sequence[int],
+    device: Any = "cpu",
+    per_image: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Stream the metrics of every task over whole images.
+
+    Args:
+        predict: normalised image batch ``[1, C, H, W]`` -> ``{task: [1, K, H, W]}``.
+        samples: the data.
+        rows: image indices.
+        device: where images are sent.
+        per_image: also return each image's main metrics.
+
+    Returns:
+        ``({task: metrics accumulator}, per-image rows)``.
+    """
+    data = samples.data
+    metrics = _metric_objects(data)
+    images: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for i in rows:
+            x, y = samples[int(i)]
+            out = predict(x[None].to(device))
+            row: dict[str, Any] = {"image": data.images[int(i)]}
+            for t in data.tasks:
+                pred = out[t.name].float().cpu()
+                if t.kind == "segmentation":
+                    cm = metrics[t.name].update(pred.argmax(dim=1), y[t.name][None])
+                    if per_image:
+                        from msclip.eval.dense_metrics import segmentation_scores
+
+                        m = segmentation_scores(cm)["metrics"]
+                        row[f"{t.name}_miou"] = m["miou"]
+                        row[f"{t.name}_overall_accuracy"] = m["overall_accuracy"]
+                else:
+                    metrics[t.name].update(pred, y[t.name][None, None])
+                    if per_image:
+                        from msclip.eval.dense_metrics import RegressionMetrics
+
+                        one = RegressionMetrics(len(t.names))
+                        one.update(pred, y[t.name][None, None])
+                        row[f"{t.name}_rmse"] = one.compute()["metrics"]["rmse"]
+            images.append(row)
+    return metrics, images
+
+
+def evaluate_maskclip(
+    model: Any,
+    samples: DenseSamples,
+    rows: Sequence[int],
+    task: str,
+    prompt_names: Sequence[str],
+    templates: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of the zero-shot dense maps of MaskCLIP (:mod:`msclip.heads.maskclip`) on the
+    images ``rows`` of a segmentation task; the classifier is built from ``prompt_names``.
+
+    Returns:
+        The record-ready result of :meth:`msclip.eval.dense_metrics.SegmentationMetrics.compute`.
+    """
+    from msclip.factory import get_tokenizer
+    from msclip.heads.maskclip import MaskCLIP
+    from msclip.zero_shot import DEFAULT_TEMPLATE_SET, build_classifier, load_templates
+
+    with torch.inference_mode():
+        classifier = build_classifier(
+            model,
+            get_tokenizer(model),
+            list(prompt_names),
+            load_templates(templates or DEFAULT_TEMPLATE_SET),
+        ).clone()
+    mc = MaskCLIP(model, classifier).eval()
+    sub = DenseSamples(
+        samples.data,
+        samples.preprocess,
+        samples.input_bands,
+        samples.sensor,
+        samples.nodata,
+        keep=False,
+    )
+    sub._kept = samples._kept
+    data = samples.data
+    only = DenseData(
+        data.name,
+        data.images,
+        {task: data.rasters[task]},
+        [data.task(task)],
+        data.splits,
+        data.split_source,
+        data.source,
+    )
+    sub.data = only
+    metrics, _ = evaluate_dense(lambda x: {task: mc(x)}, sub, rows, model.device)
+    return metrics[task].compute()
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run_dense_finetune(
+    cfg: FinetuneRunConfig,
+    model: Any = None,
+    hooks: Sequence[Callable[[str, int], None]] = (),
+    command: Sequence[str] = (),
+) -> Any:
+    """Train and evaluate the dense heads of ``cfg`` (see the module docstring).
+
+    Args:
+        cfg: the run's settings (validated).
+        model: the :class:`msclip.MSCLIP` (default: built from ``cfg``; modified in place by
+            the encoder modes).
+        hooks: called with ``(label, epoch)`` after each epoch's checkpoint.
+        command: the command line, for records and the protocol card.
+
+    Returns:
+        A :class:`msclip.heads.finetune.RunResult` (one method result per task).
+
+    Raises:
+        ConfigError: bad settings, or an existing run without ``resume``.
+        HeadInputError, LabelRasterMismatchError: bad data (before any output).
+        CheckpointError: ``resume`` with a checkpoint of other settings.
+    """
+    import pandas as pd
+
+    from msclip.eval.report import library_versions, make_head_record, merge, write_record
+    from msclip.heads.dense_head import save_dense_head
+    from msclip.heads.finetune import (
+        MethodResult,
+        RunResult,
+        _check_outputs,
+        _default_label,
+        _head_groups,
+        _load_model,
+        _write_protocol,
+        model_facts,
+        save_encoder_files,
+        train_loop,
+    )
+    from msclip.heads.lora import LoRAConfig
+    from msclip.heads.modes import (
+        FinetuneConfig,
+        apply_finetune_mode,
+        count_parameters,
+        finetune_param_groups,
+    )
+    from msclip.heads.probes import ProbeResult
+    from msclip.heads.scene_predict import ScenePreprocess
+    from msclip.io import write_csv
+
+    t_start = time.perf_counter()
+    data = load_dense_data(cfg)
+    label = dense_label(cfg)
+    _check_outputs(cfg, [label])
+    if model is None:
+        model = _load_model(cfg)
+    out_dir = Path(cfg.output_dir).expanduser()
+    save = Path(cfg.save_path).expanduser()
+    folder = out_dir / label
+    model_label = _default_label(cfg, model)
+    facts = model_facts(cfg, model, model_label)
+    base_fingerprint = model.fingerprint(precision=False)
+    tasks = _dense_tasks(cfg, data)
+    mode = cfg.encoder_mode
+    device = model.device
+
+    lora = LoRAConfig(
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        targets=tuple(cfg.lora_targets),
+        seed=cfg.seed,
+    )
+    apply_finetune_mode(model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
+    layers = cfg.dense_layers if cfg.dense_layers else list(model.taps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        from msclip.heads.dense import build_dense_model
+
+        built = build_dense_model(model, tasks, layers)
+    net = _RunNet(model, built.layers, built.heads, "reflect", tasks)
+    net.frozen = mode == "frozen"
+    net.heads.to(device)
+    lr = cfg.lr if cfg.lr is not None else 1e-3
+    if mode == "frozen":
+        groups = _head_groups(net.heads, lr, cfg.weight_decay)
+    else:
+        groups = finetune_param_groups(
+            model,
+            net.heads,
+            lr=cfg.encoder_lr,
+            weight_decay=cfg.encoder_weight_decay,
+            layer_decay=cfg.layer_decay,
+            head_lr=lr,
+            head_weight_decay=cfg.weight_decay,
+        )
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    from msclip.heads.losses import MultiTaskLoss, build_task_loss
+
+    losses = MultiTaskLoss(
+        {t.name: build_task_loss(t) for t in tasks}, {t.name: t.loss_weight for t in tasks}
+    )
+    prep = ScenePreprocess.from_model(model)
+    samples = DenseSamples(
+        data, prep, cfg.input_bands, cfg.sensor, cfg.nodata, keep=cfg.cache_images
+    )
+    crop = int(cfg.crop_size or model.image_size)
+    train_rows = data.splits["train"]
+
+    def batches(order: list[np.ndarray], epoch: int) -> Iterator[Any]:
+        for k, b in enumerate(order):
+            rows = train_rows[b]
+            rng = np.random.default_rng((cfg.seed, epoch, k))
+            x, y = random_crop_batch(samples, rows, crop, rng, flip=cfg.flip)
+            yield x.to(device), _Batch(rows, {n: v.to(device) for n, v in y.items()})
+
+    def loss_fn(out: dict[str, torch.Tensor], batch: _Batch) -> torch.Tensor:
+        total, _ = losses(out, batch.targets)
+        return total
+
+    def predict(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return net(x)
+
+    def validate() -> dict[str, float]:
+        metrics, _ = evaluate_dense(predict, samples, data.splits["val"], device)
+        values: dict[str, float] = {}
+        for t in data.tasks:
+            main = _MAIN[t.kind]
+            values[f"val_{t.name}_{main}" if len(tasks) > 1 else f"val_{main}"] = float(
+                metrics[t.name].compute()["metrics"][main]
+            )
+        return values
+
+    key = _run_key(cfg, base_fingerprint, data, label)
+    for t in data.tasks:
+        if t.kind == "segmentation" and len(t.names) < 2:
+            raise HeadInputError(f"{data.name}: task {t.name} has a single class")
+    history = train_loop(
+        net,
+        groups,
+        len(train_rows),
+        batches,
+        loss_fn,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        warmup_epochs=cfg.warmup_epochs,
+        checkpoint=folder / "checkpoint.pt",
+        run_key=key,
+        resume=cfg.resume,
+        save_every=cfg.save_every,
+        validate=validate,
+        hooks=[lambda e, h=h: h(label, e) for h in hooks],
+        progress=cfg.progress,
+        desc=label,
+    )
+    net.eval()
+    files = {
+        "history": str(write_csv(pd.DataFrame(history), folder / "history.csv")),
+        "checkpoint": str(folder / "checkpoint.pt"),
+    }
+    t_eval = time.perf_counter()
+    metrics, per_image = evaluate_dense(predict, samples, data.splits["test"], device, True)
+    eval_s = time.perf_counter() - t_eval
+    files["test_images"] = str(write_csv(pd.DataFrame(per_image), folder / "test_images.csv"))
+    enc = save_encoder_files(cfg, model, folder, label, base_fingerprint, facts["name"])
+    enc.update(width=int(model.width), patch_size=int(model.patch_size))
+    if enc.get("adapters"):
+        files["adapters"] = str(folder / enc["adapters"]["file"])
+    if enc.get("encoder_file"):
+        files["encoder"] = enc["encoder_file"]
+    results = {t.name: metrics[t.name].compute() for t in data.tasks}
+    task_entries = []
+    for dt, t in zip(tasks, data.tasks):
+        task_entries.append(
+            {
+                "name": t.name,
+                "kind": t.kind,
+                "num_outputs": dt.num_outputs,
+                "decoder": dt.decoder,
+                "decoder_kwargs": dt.decoder_kwargs,
+                "names": t.names,
+                "prompt_names": t.prompt_names,
+                "ignore_index": t.ignore_index,
+                "scale": t.scale,
+                "loss": dt.loss,
+                "loss_weight": dt.loss_weight,
+                "class_weights": dt.class_weights.tolist()
+                if isinstance(dt.class_weights, torch.Tensor)
+                else None,
+            }
+        )
+    hp: dict[str, Any] = {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": lr,
+        "weight_decay": cfg.weight_decay,
+        "warmup_epochs": cfg.warmup_epochs,
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "encoder_mode": mode,
+        "crop_size": crop,
+        "flip": cfg.flip,
+        "layers": list(net.layers),
+        "tasks": task_entries,
+    }
+    if mode != "frozen":
+        hp.update(
+            encoder_lr=cfg.encoder_lr,
+            layer_decay=cfg.layer_decay,
+            encoder_weight_decay=cfg.encoder_weight_decay,
+        )
+        if mode == "lora":
+            hp.update(
+                lora_rank=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                lora_targets=list(cfg.lora_targets),
+            )
+        if mode == "last-n":
+            hp["last_n"] = cfg.last_n
+    hp["parameters"] = count_parameters(model, net.heads).to_dict()
+    head_path = save_dense_head(
+        folder / "dense_head.safetensors",
+        net.heads,
+        tasks=task_entries,
+        layers=net.layers,
+        pad_mode=net.pad_mode,
+        encoder=enc,
+        method=label,
+        info={
+            "dataset": data.name,
+            "model_label": model_label,
+            "test": {n: r["metrics"] for n, r in results.items()},
+        },
+    )
+    files["head"] = str(head_path)
+    seconds = time.perf_counter() - t_start
+    methods = []
+    for t in data.tasks:
+        res = results[t.name]
+        multi = len(data.tasks) > 1
+        mlabel = f"{label}:{t.name}" if multi else label
+        ds = {
+            **data.describe(),
+            "name": f"{data.name} [{t.name}]" if multi else data.name,
+            "split": "test",
+            "n_samples": len(data.splits["test"]),
+            "split_source": data.split_source["test"],
+            "class_names": list(t.prompt_names or t.names),
+            "class_labels": list(t.names),
+            "description": f"{data.name} ({t.kind}, {data.source.get('source')})",
+        }
+        record = make_head_record(
+            model=facts,
+            dataset=ds,
+            task=RECORD_TASKS[t.kind],
+            method={
+                "name": t.kind,
+                "label": mlabel,
+                "encoder_mode": mode,
+                "decoder": next(d.decoder for d in tasks if d.name == t.name),
+                "hyperparameters": hp,
+                "features": {"kind": "dense", "layers": net.layers},
+                "n_train": len(train_rows),
+                "n_test": len(data.splits["test"]),
+            },
+            metrics=res["metrics"],
+            ci={},
+            per_class=res["per_class"],
+            confusion=res["confusion_matrix"],
+            main_metric=res["main_metric"],
+            seed=cfg.seed,
+            run_key=key,
+            wall_s=seconds,
+            command=command,
+            extra={
+                "outputs": dict(files),
+                "protocol": str(out_dir / "protocol.yaml"),
+                "dense_settings": res["dense_settings"],
+                "eval_seconds": eval_s,
+            },
+        )
+        rec_path = write_record(save, record)
+        result = ProbeResult(
+            mlabel,
+            RECORD_TASKS[t.kind],
+            res["metrics"],
+            {},
+            hp,
+            np.zeros((0, 0)),
+            n_train=len(train_rows),
+            n_test=len(data.splits["test"]),
+            extra={"history": history, "dense": res},
+        )
+        methods.append(
+            MethodResult(
+                mlabel,
+                result,
+                res["main_metric"],
+                record,
+                {**files, "record": str(rec_path)},
+                seconds,
+            )
+        )
+    merge(save)
+    protocol = {
+        "schema": "msclip.finetune.protocol/1",
+        "command": list(command),
+        "config": cfg.to_dict(),
+        "model": facts,
+        "data": data.describe(),
+        "dense": {
+            "label": label,
+            "layers": list(net.layers),
+            "crop_size": crop,
+            "tasks": task_entries,
+        },
+        "methods": {
+            m.label: {
+                "hyperparameters": hp,
+                "metrics": m.result.metrics,
+                "main_metric": m.main_metric,
+                "outputs": m.files,
+                "seconds": seconds,
+            }
+            for m in methods
+        },
+        "splits_rule": "see msclip.heads.dense_data",
+        "versions": library_versions(),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    _write_protocol(out_dir / "protocol.yaml", protocol)
+    return RunResult(data, methods, protocol, out_dir, save, [])  # type: ignore[arg-type]

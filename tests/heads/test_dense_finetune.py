@@ -1,0 +1,243 @@
+"""Dense tasks in the runner with a tiny random model: raster pairs checked, nodata masked, class
+weights counted, multi-task, exact resume after a kill, the grid table, scene prediction with a
+trained head."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from safetensors.torch import load_file
+
+from msclip.errors import CheckpointError, CheckpointMismatchError, ConfigError, HeadInputError
+from msclip.heads.dense_data import DenseSamples, check_alignment
+from msclip.heads.dense_finetune import load_dense_data
+from msclip.heads.dense_grid import run_grid
+from msclip.heads.dense_head import read_dense_head
+from msclip.heads.finetune import FinetuneRunConfig, run_finetune
+from msclip.heads.losses import ClassCounter
+from msclip.synthetic import generate_dense_dataset
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("dense") / "data"
+    generate_dense_dataset(root, classes=["sea", "forest", "desert"], n_per_class=4, size=16,
+                           seed=0, splits=(0.5, 0.25, 0.25))  # fmt: skip
+    return root
+
+
+def _cfg(tmp, data, **kw) -> FinetuneRunConfig:
+    base = dict(csv=str(data / "index.csv"), task="segmentation", model_name="msclip-tiny",
+                pretrained=False, decoder="linear", epochs=2, batch_size=2, crop_size=16,
+                output_dir=str(tmp / "run"), save_path=str(tmp / "res"), progress=False,
+                seed=0)  # fmt: skip
+    base.update(kw)
+    return FinetuneRunConfig(**base)
+
+
+def test_misaligned_label_refused_naming_both_files(dense, tmp_path):
+    data = load_dense_data(_cfg(tmp_path, dense))
+    img, lab = data.images[0], data.rasters["segmentation"][0]
+    with rasterio.open(lab) as src:
+        arr, profile = src.read(1), src.profile
+    moved = tmp_path / "moved.tif"
+    profile["transform"] = profile["transform"] @ profile["transform"].translation(3, 0)
+    with rasterio.open(moved, "w", **profile) as dst:
+        dst.write(arr, 1)
+    with pytest.raises(HeadInputError, match="transform") as err:
+        check_alignment(img, moved)
+    assert str(moved) in str(err.value) and img in str(err.value)
+    table = pd.read_csv(dense / "index.csv")
+    table.loc[3, "label"] = str(moved)
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "bad.csv"), data_root=str(dense))
+    with pytest.raises(HeadInputError, match="is not on the grid of image"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
+
+
+def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
+    cfg = _cfg(tmp_path, dense, class_weights=["auto"])
+    res = run_finetune(cfg)
+    (m,) = res.methods
+    assert m.label == "linear-frozen" and m.main_metric == "miou"
+    rec = m.record
+    assert rec["task"] == "segmentation" and rec["dense_settings"]["ignore_index"] == 255
+    assert 0 <= rec["metrics"]["miou"] <= 1 and len(rec["per_class"]) == 14
+    # every test pixel counted once (the generator labels every pixel)
+    assert rec["metrics"]["n_pixels"] == 16 * 16 * len(res.data.splits["test"])
+    counter = ClassCounter(14, 255)
+    for i in res.data.splits["train"]:
+        counter.update_file(res.data.rasters["segmentation"][int(i)])
+    weights = rec["method"]["hyperparameters"]["tasks"][0]["class_weights"]
+    np.testing.assert_allclose(weights, counter.weights("auto"), rtol=1e-6)
+    summary = pd.read_csv(tmp_path / "res" / "summary.csv")
+    assert summary["model"].tolist() == ["msclip-tiny-random+linear-frozen"]
+    assert "segmentation" in (tmp_path / "res" / "report.md").read_text()
+    ckpt = read_dense_head(m.files["head"])
+    assert ckpt.tasks[0]["names"][0] == "sea" and ckpt.encoder["mode"] == "frozen"
+    assert os.path.getsize(m.files["head"]) < 200_000  # decoder only, no encoder weights
+
+
+def test_nodata_targets_are_masked(dense, tmp_path):
+    data_dir = tmp_path / "data"
+    table = pd.read_csv(dense / "index.csv")
+    masked = 0
+    for k, rel in enumerate(table["target"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile = src.read(1), src.profile
+        arr[:4, :] = -9999.0  # nodata value of the file
+        arr[4, :3] = np.nan
+        profile["nodata"] = -9999.0
+        out = data_dir / f"t{k}.tif"
+        out.parent.mkdir(exist_ok=True)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr, 1)
+        table.loc[k, "target"] = str(out)
+        if table.loc[k, "split"] == "test":
+            masked += int(np.isfinite(arr).sum() - (arr == -9999.0).sum())
+    table.to_csv(tmp_path / "t.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "t.csv"), data_root=str(dense),
+               task="pixel-regression", loss="huber", scale=2.0)  # fmt: skip
+    data = load_dense_data(cfg)
+    from msclip.factory import create_model
+    from msclip.heads.scene_predict import ScenePreprocess
+
+    model = create_model("msclip-tiny")
+    _, y = DenseSamples(data, ScenePreprocess.from_model(model))[0]
+    t = y["pixel-regression"]
+    assert torch.isnan(t[:4]).all() and torch.isnan(t[4, :3]).all() and torch.isfinite(t[5:]).all()
+    with rasterio.open(dense / pd.read_csv(dense / "index.csv")["target"][0]) as src:
+        np.testing.assert_allclose(t[5:].numpy(), src.read(1)[5:] * 2.0, rtol=1e-6)
+    res = run_finetune(cfg, model=model)
+    rec = res.methods[0].record
+    assert rec["task"] == "pixel_regression" and rec["main_metric"] == "rmse"
+    assert rec["metrics"]["n_pixels"] == masked  # only valid target pixels are scored
+    assert np.isfinite(rec["metrics"]["rmse"]) and np.isfinite(rec["metrics"]["r2"])
+
+
+def test_multi_task_one_encoder_pass(dense, tmp_path):
+    cfg = _cfg(tmp_path, dense, task="multi-task", dense_tasks=[
+        "name=cover,kind=segmentation,column=label,decoder=segformer,weight=1",
+        "name=fcover,kind=pixel-regression,column=target,weight=0.5,loss=l1",
+    ], decoder_channels=8, epochs=1)  # fmt: skip
+    res = run_finetune(cfg)
+    assert [m.label for m in res.methods] == ["linear-frozen:cover", "linear-frozen:fcover"]
+    assert [m.record["task"] for m in res.methods] == ["segmentation", "pixel_regression"]
+    ckpt = read_dense_head(res.methods[0].files["head"])
+    assert [t["decoder"] for t in ckpt.tasks] == ["segformer", "linear"]
+    assert [t["loss_weight"] for t in ckpt.tasks] == [1.0, 0.5]
+    assert len(pd.read_csv(tmp_path / "res" / "summary_long.csv")["dataset"].unique()) == 2
+
+
+def _run_then_die(cfg: FinetuneRunConfig) -> None:
+    def die(label: str, epoch: int) -> None:
+        if epoch == 2:
+            os._exit(7)
+
+    run_finetune(cfg, hooks=[die])
+    os._exit(0)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
+def test_killed_dense_lora_run_resumes_to_the_same_bits(dense, tmp_path):
+    kw = dict(decoder="fcn", decoder_channels=8, encoder_mode="lora", lora_dropout=0.2, epochs=3)
+    whole = run_finetune(_cfg(tmp_path / "a", dense, **kw))
+    cfg = _cfg(tmp_path / "b", dense, **kw)
+    child = multiprocessing.get_context("fork").Process(target=_run_then_die, args=(cfg,))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == 7
+    folder = tmp_path / "b" / "run" / "fcn-lora"
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "dense_head.safetensors").exists()
+    with pytest.raises(ConfigError, match="resume"):
+        run_finetune(cfg)
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_finetune(dataclasses.replace(cfg, resume=True, crop_size=8))
+    seen: list[int] = []
+    resumed = run_finetune(dataclasses.replace(cfg, resume=True),
+                           hooks=[lambda label, epoch: seen.append(epoch)])  # fmt: skip
+    assert seen == [3]
+    a, b = whole.methods[0].files, resumed.methods[0].files
+    for key in ("head", "adapters"):
+        ta, tb = load_file(a[key]), load_file(b[key])
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (key, k)
+    assert any("running_mean" in k for k in load_file(a["head"]))  # batch-norm state kept
+    pd.testing.assert_frame_equal(pd.read_csv(a["history"]), pd.read_csv(b["history"]))
+    assert whole.methods[0].result.metrics == resumed.methods[0].result.metrics
+
+
+def test_grid_table_every_combination_and_skips_finished(dense, tmp_path):
+    cfg = _cfg(tmp_path, dense, epochs=1, decoder_channels=8)
+    res = run_grid(cfg, ["linear", "segformer"], ["frozen", "scratch"])
+    df = pd.read_csv(res.csv)
+    assert sorted(res.ran) == sorted(["linear-frozen", "segformer-frozen", "linear-scratch",
+                                      "segformer-scratch"])  # fmt: skip
+    assert set(zip(df["decoder"], df["encoder_mode"])) == {
+        ("linear", "frozen"), ("segformer", "frozen"), ("linear", "scratch"),
+        ("segformer", "scratch"), ("maskclip", "frozen")}  # fmt: skip
+    assert df["miou"].between(0, 1).all()
+    md = res.markdown.read_text()
+    assert "| linear |" in md and "zero-shot (MaskCLIP)" in md
+    again = run_grid(cfg, ["linear", "segformer"], ["frozen", "scratch"])
+    assert again.ran == [] and len(again.skipped) == 4
+    pd.testing.assert_frame_equal(pd.read_csv(again.csv).drop(columns="seconds"),
+                                  df.drop(columns="seconds"))  # fmt: skip
+    with pytest.raises(ConfigError, match="decoders"):
+        run_grid(cfg, ["unet"], ["frozen"])
+
+
+def test_scene_prediction_with_a_trained_head(dense, tmp_path):
+    from msclip.factory import create_model
+    from msclip.heads.scene_predict import predict_scene_with_head
+
+    cfg = _cfg(tmp_path, dense, epochs=1)
+    torch.manual_seed(0)
+    model = create_model("msclip-tiny")
+    head = run_finetune(cfg, model=model).methods[0].files["head"]
+    # a 40 x 24 scene with a nodata corner, from two tiles side by side
+    data = load_dense_data(cfg)
+    with rasterio.open(data.images[0]) as a, rasterio.open(data.images[1]) as b:
+        arr = np.concatenate([a.read(), b.read(), a.read()[:, :, :8]], axis=2)
+        arr = np.concatenate([arr, arr[:, :8]], axis=1)
+        profile = a.profile
+        names = a.descriptions
+    arr[:, :5, :7] = 0
+    profile.update(width=arr.shape[2], height=arr.shape[1], nodata=0)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(arr)
+        dst.descriptions = names
+    fresh = create_model("msclip-tiny")
+    fresh.load_state_dict(model.state_dict())
+    fresh.checkpoint_sha256 = model.checkpoint_sha256
+    out = predict_scene_with_head(scene, tmp_path / "map.tif", head, fresh, tile_size=16,
+                                  progress=False)  # fmt: skip
+    with rasterio.open(out.path) as o, rasterio.open(scene) as s:
+        assert o.crs == s.crs and o.transform == s.transform and (o.width, o.height) == (40, 24)
+        cls, conf = o.read(1), o.read(2)
+        assert o.descriptions == ("class", "confidence") and o.nodata == 255
+    assert (cls[:5, :7] == 255).all() and (conf[:5, :7] == 255).all()
+    assert (cls[5:] < 14).all() and (conf[5:] <= 100).all()
+    torch.manual_seed(1)
+    other = create_model("msclip-tiny")
+    with pytest.raises(CheckpointMismatchError, match="was trained on encoder"):
+        predict_scene_with_head(scene, tmp_path / "no.tif", head, other, progress=False)
+    assert not (tmp_path / "no.tif").exists()
