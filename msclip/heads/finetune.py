@@ -593,17 +593,28 @@ def _default_label(cfg: FinetuneRunConfig, model: Any) -> str:
     return f"{label}-bf16" if cfg.precision == "bf16" else label
 
 
+def run_precision(cfg: FinetuneRunConfig) -> str:
+    """The precision the encoder is loaded in: ``auto`` lets the machine choose (bf16 where it is
+    native, :mod:`msclip.hardware`) only where the encoder is frozen and image-level features are
+    extracted once; a run that trains the tower or a dense decoder over its maps loads float32
+    (training precision is not the machine's choice: results must not depend on the CPU kind)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "fp32" if cfg.dense or cfg.encoder_mode != "frozen" else "auto"
+
+
 def _load_model(cfg: FinetuneRunConfig) -> Any:
     from msclip.factory import create_model
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
+    precision = run_precision(cfg)
     if cfg.ckpt_path is not None:
         if cfg.model_name is None:
-            return create_model(cfg.ckpt_path, device=device, precision=cfg.precision)
-        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=cfg.precision)
+            return create_model(cfg.ckpt_path, device=device, precision=precision)
+        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
     return create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
-                        precision=cfg.precision)  # fmt: skip
+                        precision=precision)  # fmt: skip
 
 
 def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:

@@ -173,7 +173,13 @@ class FinetuneRunConfig:
     pretrained: bool = field(
         default=True, metadata=_help("load the published weights (--no-pretrained: random)")
     )
-    precision: str = field(default="fp32", metadata=_help("fp32 or bf16 (frozen features)"))
+    precision: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (the machine's choice, see msclip.hardware, for frozen image-level features; "
+            "fp32 where the image tower or a dense decoder trains), fp32 or bf16"
+        ),
+    )
     device: str | None = field(default=None, metadata=_help("cpu, cuda ... (default: auto)"))
     model_label: str | None = field(
         default=None, metadata=_help("row name in the reports (default: from the model name)")
@@ -343,8 +349,8 @@ class FinetuneRunConfig:
         )
         if self.ckpt_path is not None:
             need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
-        need(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got "
-                                                 f"{self.precision!r}")  # fmt: skip
+        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
+                                                         f"got {self.precision!r}")  # fmt: skip
         unknown = [m for m in self.method if m not in METHODS]
         need(not unknown and bool(self.method),
              f"method must name some of {list(METHODS)}; got {self.method}")  # fmt: skip
@@ -455,8 +461,8 @@ class FinetuneRunConfig:
         )
         if self.ckpt_path is not None:
             need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
-        need(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got "
-                                                 f"{self.precision!r}")  # fmt: skip
+        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
+                                                         f"got {self.precision!r}")  # fmt: skip
         need(self.decoder in DECODER_NAMES,
              f"decoder must be one of {list(DECODER_NAMES)}, got {self.decoder!r}")  # fmt: skip
         need(

@@ -172,3 +172,17 @@ def test_killed_lora_run_resumes_to_the_same_bits(scenes, tmp_path):
     pd.testing.assert_frame_equal(ha, hb)
     assert len(hb) == 4
     pd.testing.assert_frame_equal(pd.read_csv(a["predictions"]), pd.read_csv(b["predictions"]))
+
+
+def test_precision_auto_is_the_machines_choice_only_for_frozen_features(tmp_path, monkeypatch):
+    from msclip.heads.finetune import run_precision
+
+    frozen = FinetuneRunConfig(model_name="msclip-tiny", method=["knn"])
+    assert frozen.precision == "auto" and run_precision(frozen) == "auto"
+    lora = dataclasses.replace(frozen, method=["linear"], encoder_mode="lora")
+    assert run_precision(lora) == "fp32"  # training through the tower: never the machine's choice
+    dense = dataclasses.replace(frozen, task="segmentation", method=["linear"])
+    assert dense.dense and run_precision(dense) == "fp32"
+    assert run_precision(dataclasses.replace(lora, precision="bf16")) == "bf16"  # asked for
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
+        dataclasses.replace(frozen, precision="fp16", output_dir=str(tmp_path)).validate()
