@@ -267,7 +267,11 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         help=f"DataLoader worker processes for decoding (default {default})",
     )
     g.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress bars, status lines or warnings"
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
+        "run's summary on stdout remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g
@@ -436,7 +440,7 @@ def load_model(
         args.batch_size = auto_batch_size(model, device)
     if getattr(args, "workers", 0) is None:
         args.workers = auto_workers(device)
-    report_precision(model, device)
+    report_precision(model, device, quiet=getattr(args, "quiet", False))
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
         layout=getattr(args, "layout", None),
@@ -447,8 +451,11 @@ def load_model(
     return model, preprocess, get_tokenizer(model)
 
 
-def report_precision(model: Any, device: Any = None) -> None:
-    """Print the run's precision and why it was chosen (one ``precision:`` line on stderr)."""
+def report_precision(model: Any, device: Any = None, quiet: bool = False) -> None:
+    """Print the run's precision and why it was chosen (one ``precision:`` status line on stderr;
+    none with ``quiet``: the run's records and summaries still carry the precision)."""
+    if quiet:
+        return
     asked = getattr(model, "precision_requested", None) or "fp32"
     where = f" on {device}" if device is not None else ""
     print(

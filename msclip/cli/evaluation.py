@@ -156,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
     )
-    o.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    o.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
+        "results on stdout remain",
+    )
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -252,7 +258,7 @@ def _load_model(args: argparse.Namespace) -> Any:
         precision=args.precision,
     )  # fmt: skip
     args.precision_used = model.precision
-    report_precision(model, args.device)
+    report_precision(model, args.device, quiet=args.quiet)
     return model
 
 

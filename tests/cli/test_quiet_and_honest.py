@@ -1,0 +1,48 @@
+"""Command-line output on poor input: quiet means quiet, every skipped input is named, a refusal
+says its path and fix once, exit statuses say what happened (see msclip.cli.common)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+import msclip
+from msclip.cli.inference import main
+
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--batch-size", "4"]
+QUIET = [*TINY, "--quiet"]
+CLASSES = ["--class-names", "forest", "sea", "--templates", "short"]
+
+
+def _tile(path: Path, data: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf = Affine(10, 0, 5e5, 0, -10, 5e6)
+    msclip.write_geotiff(path, data, crs=CRS.from_epsg(32632), transform=tf, **kw)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two readable 10-band tiles of 40x40 px (uint16)."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        _tile(
+            tmp_path / "tiles" / f"t{i}.tif", rng.integers(1, 6000, (10, 40, 40)).astype("uint16")
+        )
+    return tmp_path / "tiles"
+
+
+def test_quiet_drops_the_status_lines_but_keeps_the_summary(folder, tmp_path, capsys):
+    argv = ["--run-classification", "--images", str(folder), *CLASSES,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main([*argv, *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "precision: " in err and "loading msclip-tiny" in err
+    assert main([*argv, *QUIET]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "2 images classified into 2 classes" in out
