@@ -450,7 +450,9 @@ def encode_batches(
                 if cls_name in fatal:
                     cls = fatal[cls_name]
                     param = "bands" if issubclass(cls, BandError) else None
-                    raise cls(f"{f.name}: {text}", param=param)
+                    # the path once: readers' messages mostly name the file already
+                    where = "" if f.name in text else f"{f.name}: "
+                    raise cls(f"{where}{text}", param=param)
             for f in failures:
                 logger.warning("cannot read %s: %s%s", f.name, f.reason,
                                "" if strict else " (skipped)")  # fmt: skip

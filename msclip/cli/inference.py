@@ -269,12 +269,81 @@ def _check_classes(names: Sequence[str]) -> None:
 #: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
 LARGE_FACTOR = 64
 
+#: The fix the command line offers for a raster far larger than the model input (it replaces the
+#: library's generic advice, which names no flag).
+_LARGE_FIX = (
+    "map a large scene with --run-scene (tile by tile), or add --downsample to read it reduced "
+    "to the model input"
+)
+
 
 def _image_options(args: argparse.Namespace) -> Any:
     def options(model: Any) -> dict[str, Any]:
         return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": args.downsample}
 
     return options
+
+
+def _input_size(args: argparse.Namespace) -> int | None:
+    """The model's input side from its registered architecture, without building the model
+    (``None`` when the model is a checkpoint file: then the check waits for the model)."""
+    from msclip.cli.common import DEFAULT_MODEL
+
+    name = args.model_name or (DEFAULT_MODEL if args.ckpt_path is None else None)
+    if name is None or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        return None
+    from msclip.errors import MSCLIPError
+    from msclip.factory import get_arch_config, get_model_entry
+
+    try:
+        size = get_arch_config(get_model_entry(name).arch)["vision_cfg"]["image_size"]
+    except (MSCLIPError, OSError, KeyError, ValueError):
+        return None
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _large_message(path: str, height: int, width: int, max_pixels: int) -> str:
+    return (
+        f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
+        f"{max_pixels} pixels here): {_LARGE_FIX}"
+    )
+
+
+def _refuse_large_images(args: argparse.Namespace, paths: Sequence[str]) -> None:
+    """Refuse, before the model is built, an image far larger than the model input: only the
+    headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
+    read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
+
+    Raises:
+        UsageError: the first such image, with the flags that handle it.
+    """
+    size = _input_size(args)
+    if size is None:
+        return
+    max_pixels = LARGE_FACTOR * size**2
+    from rasterio.errors import RasterioError
+
+    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
+
+    for path in paths:
+        ext = Path(path).suffix.lower()
+        try:
+            if ext in GEOTIFF_EXTENSIONS and not args.downsample:
+                import rasterio
+
+                with rasterio.open(path) as src:
+                    height, width = src.height, src.width
+            elif ext in PICTURE_EXTENSIONS:
+                from PIL import Image
+
+                with Image.open(path) as img:
+                    height, width = img.height, img.width
+            else:
+                continue
+        except (OSError, ValueError, RasterioError):  # named when the file is read
+            continue
+        if height * width > max_pixels:
+            raise UsageError(_large_message(path, height, width, max_pixels))
 
 
 def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
@@ -289,10 +358,13 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(
-            f"{err}; map a large scene with --run-scene (tile by tile), or add --downsample to "
-            "read it reduced to the model input"
-        ) from err
+        raise UsageError(_with_cli_fix(str(err))) from err
+
+
+def _with_cli_fix(message: str) -> str:
+    """The library's refusal of a large raster with its generic advice replaced by the flags."""
+    facts, sep, _ = message.partition(": cut it into tiles")
+    return f"{facts}: {_LARGE_FIX}" if sep else f"{message}; {_LARGE_FIX}"
 
 
 def _report_skipped(skipped: Sequence[int], total: int, args: argparse.Namespace) -> None:
@@ -340,6 +412,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
@@ -354,7 +427,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(f"{err}; add --downsample to read it reduced to the model input") from err
+        raise UsageError(_with_cli_fix(str(err))) from err
     shown = [image_set.names[i] for i in indices]
     task = ckpt.task
     df = pd.DataFrame({"Image": shown})
@@ -423,6 +496,7 @@ def run_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
@@ -490,6 +564,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 

@@ -46,3 +46,27 @@ def test_quiet_drops_the_status_lines_but_keeps_the_summary(folder, tmp_path, ca
     out, err = capsys.readouterr()
     assert err == ""
     assert "2 images classified into 2 classes" in out
+
+
+def test_a_large_image_is_refused_before_the_model_path_and_fix_once(tmp_path, capsys, monkeypatch):
+    scene = _tile(tmp_path / "large" / "scene.tif", np.ones((10, 300, 300), np.uint16))
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be built")
+
+    argv = ["--run-classification", "--images", str(scene), *CLASSES, *QUIET,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr("msclip.factory.create_model", no_model)
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(scene)) == 1 and err.count("--downsample") == 1
+    assert "300x300 pixels" in err and "--run-scene" in err and "scene mode" not in err
+    assert len(err.strip().splitlines()) == 1
+    # found only once the model is loaded (the pre-check cannot know a checkpoint file's input
+    # size): the same single statement
+    monkeypatch.setattr("msclip.cli.inference._input_size", lambda args: None)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(scene)) == 1 and err.count("--downsample") == 1
+    assert "scene mode" not in err
