@@ -359,6 +359,17 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
         )  # fmt: skip
     except RasterTooLargeError as err:
         raise UsageError(_with_cli_fix(str(err))) from err
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
+
+
+def _coverage_refusal(message: str) -> str:
+    """``--strict-bands``'s refusal with the hint that fits: ``--bands`` only helps files whose
+    bands are misnamed, never display-scaled (8-bit) pictures."""
+    hint = "refused by --strict-bands (without it the run goes on with one warning)"
+    if "8-bit input" not in message:
+        hint += "; if the files' bands are named wrongly, name them with --bands"
+    return f"{message} ({hint})"
 
 
 def _with_cli_fix(message: str) -> str:
@@ -428,6 +439,8 @@ def run_head_classification(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except RasterTooLargeError as err:
         raise UsageError(_with_cli_fix(str(err))) from err
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     shown = [image_set.names[i] for i in indices]
     task = ckpt.task
     df = pd.DataFrame({"Image": shown})
@@ -634,10 +647,15 @@ def run_scene(args: argparse.Namespace) -> int:
     tiles = scene_tiles(info)
     cache = text_cache_for(args, model)
     progress = not args.quiet
-    res = encode_images(
-        model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
-        min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
-    )  # fmt: skip
+    from msclip.errors import BandCoverageError
+
+    try:
+        res = encode_images(
+            model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
+            min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
+        )  # fmt: skip
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)
     cc = np.array([tiles[i].grid_col for i in res.indices], dtype=int)
     grid = (info.n_rows, info.n_cols)

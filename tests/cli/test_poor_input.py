@@ -132,7 +132,8 @@ def test_rgb_picture_to_a_multispectral_model_warns_once_or_is_refused(tmp_path,
     assert "(3 of 3 images)" in lines[0]
     assert main([*argv, "--strict-bands"]) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "lack 7 of the model's 10 bands" in err and "--bands" in err
+    assert "error:" in err and "lack 7 of the model's 10 bands" in err
+    assert "refused by --strict-bands" in err
 
 
 # -- 3. nodata tiles are skipped and counted, never scored ----------------------------------------

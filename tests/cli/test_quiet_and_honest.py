@@ -70,3 +70,26 @@ def test_a_large_image_is_refused_before_the_model_path_and_fix_once(tmp_path, c
     err = capsys.readouterr().err
     assert err.count(str(scene)) == 1 and err.count("--downsample") == 1
     assert "scene mode" not in err
+
+
+def test_strict_bands_on_an_8_bit_picture_does_not_point_at_bands(tmp_path, capsys):
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(pics / "a.png")
+    argv = ["--run-classification", "--images", str(pics), *CLASSES, *QUIET, "--strict-bands",
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "8-bit input" in err and "refused by --strict-bands" in err
+    assert "--bands" not in err.replace("--strict-bands", "")
+    # 16-bit reflectance missing most bands: misnamed bands are a possible cause, --bands named
+    _tile(tmp_path / "few" / "f.tif", np.full((3, 40, 40), 900, np.uint16),
+          bands=["B02", "B03", "B04"])  # fmt: skip
+    argv[2] = str(tmp_path / "few")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lack 7 of the model's 10 bands" in err and "name them with --bands" in err
+    assert "(command-line option: --bands)" not in err
