@@ -165,7 +165,7 @@ class ImageDataset(Dataset):
                 nodata = self.nodata
             valid = 1.0 - nodata_fraction(data, nodata)
             if self.min_valid and valid < self.min_valid:
-                return {"index": index, "nodata": f"{valid:.0%} valid pixels"}
+                return {"index": index, "nodata": f"{valid:.0%} valid pixels", "valid": valid}
             x = self.preprocess.process(data, names, nodata, where)
         except read_errors() as err:
             return {"index": index, "error": f"{type(err).__name__}: {err}"}
@@ -212,7 +212,8 @@ class LabelledDataset(Dataset):
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate protocol items: ``images`` (stacked, or ``None``), ``indices`` of the good items,
-    ``failures`` and ``skipped`` as ``(index, message)`` lists, and each extra key as the list of
+    ``failures`` and ``skipped`` as ``(index, message)`` lists, ``skipped_valid`` as ``(index,
+    valid fraction)`` of the skipped items that measured it, and each extra key as the list of
     the good items' values."""
     good = [it for it in items if "image" in it]
     out: dict[str, Any] = {
@@ -220,6 +221,11 @@ def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "indices": [int(it["index"]) for it in good],
         "failures": [(int(it["index"]), it["error"]) for it in items if "error" in it],
         "skipped": [(int(it["index"]), it["nodata"]) for it in items if "nodata" in it],
+        "skipped_valid": [
+            (int(it["index"]), float(it["valid"]))
+            for it in items
+            if "nodata" in it and "valid" in it
+        ],
         "warnings": [(int(it["index"]), w) for it in items for w in it.get("warnings", ())],
     }
     for key in {k for it in good for k in it} - {"image", "index", "warnings"}:
@@ -324,6 +330,8 @@ class EncodedBatch:
         embeddings: ``[len(indices), D]`` float32 (numpy, or a tensor with ``to_numpy=False``).
         failures: items of this batch that could not be read.
         skipped: dataset positions of items skipped on purpose (mostly nodata).
+        skipped_valid: fraction of valid pixels of each skipped item (aligned with ``skipped``;
+            NaN where the dataset did not measure it).
         extra: what the collate function returned besides images, indices, failures, skipped
             (targets, tokens, captions ...).
     """
@@ -333,6 +341,7 @@ class EncodedBatch:
     failures: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped_valid: list[float] = field(default_factory=list)
 
 
 class WarningTally:
@@ -461,6 +470,8 @@ def encode_batches(
                     "; ".join(f"cannot read {f.name}: {f.reason}" for f in failures)
                 )
             skipped = [i for i, _ in batch["skipped"]]
+            measured = dict(batch.get("skipped_valid", ()))
+            skipped_valid = [measured.get(i, math.nan) for i in skipped]
             for i, msg in batch["skipped"]:
                 logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
             images = batch["images"]
@@ -483,11 +494,11 @@ def encode_batches(
             extra = {
                 k: v
                 for k, v in batch.items()
-                if k not in ("images", "indices", "failures", "skipped")
+                if k not in ("images", "indices", "failures", "skipped", "skipped_valid")
             }
             extra.pop("warnings", None)
             bar.update(len(batch["indices"]) + len(failures) + len(skipped))
-            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra)
+            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra, skipped_valid)
     tally.report(total, "images" if desc != "tiles" else "tiles")
 
 
@@ -502,6 +513,7 @@ class EncodeResult:
         failures: unreadable items, in input order.
         skipped: input positions of items skipped as mostly nodata.
         valid: fraction of valid pixels of each encoded item (aligned with ``indices``).
+        skipped_valid: fraction of valid pixels of each skipped item (aligned with ``skipped``).
     """
 
     embeddings: np.ndarray
@@ -509,6 +521,7 @@ class EncodeResult:
     failures: list[Failure]
     skipped: list[int]
     valid: list[float] = field(default_factory=list)
+    skipped_valid: list[float] = field(default_factory=list)
 
 
 def iter_encoded(
@@ -566,7 +579,7 @@ def encode_images(
         The embeddings of the readable items plus the list of failures (never raises on a bad
         file).
     """
-    embs, indices, failures, skipped, valid = [], [], [], [], []
+    embs, indices, failures, skipped, valid, skipped_valid = [], [], [], [], [], []
     for b in iter_encoded(
         model, preprocess, paths, batch_size, workers, normalize, progress, min_valid, nodata,
         desc, abort_on,
@@ -576,9 +589,10 @@ def encode_images(
         failures.extend(b.failures)
         skipped.extend(b.skipped)
         valid.extend(b.extra.get("valid", []))
+        skipped_valid.extend(b.skipped_valid)
     dim = int(getattr(model, "embed_dim", 0))
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-    return EncodeResult(emb, indices, failures, skipped, valid)
+    return EncodeResult(emb, indices, failures, skipped, valid, skipped_valid)
 
 
 # -- labelled datasets ----------------------------------------------------------------------------

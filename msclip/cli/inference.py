@@ -378,13 +378,65 @@ def _with_cli_fix(message: str) -> str:
     return f"{facts}: {_LARGE_FIX}" if sep else f"{message}; {_LARGE_FIX}"
 
 
-def _report_skipped(skipped: Sequence[int], total: int, args: argparse.Namespace) -> None:
-    if skipped:
-        print(
-            f"note: {len(skipped)} of {_plural(total, 'image')} skipped: fewer than "
-            f"{min_valid(args):.0%} valid pixels (--min-valid)",
-            file=sys.stderr,
-        )
+#: Skipped images named in the note (all of them with -v, and in the CSV's status column).
+NAMED_SKIPPED = 5
+
+
+def _skip_reason(args: argparse.Namespace) -> str:
+    return f"fewer than {min_valid(args):.0%} valid pixels (--min-valid)"
+
+
+def _report_skipped(skipped: Sequence[int], names: Sequence[str], args: argparse.Namespace) -> None:
+    """One note naming the images skipped as mostly nodata (the first few; all with -v)."""
+    if not skipped:
+        return
+    shown = [names[i] for i in skipped]
+    if len(shown) > NAMED_SKIPPED and not args.verbose:
+        listed = ", ".join(shown[:NAMED_SKIPPED])
+        listed += f" and {len(shown) - NAMED_SKIPPED} more (all with -v)"
+    else:
+        listed = ", ".join(shown)
+    print(
+        f"note: {len(skipped)} of {_plural(len(names), 'image')} skipped: {_skip_reason(args)}: "
+        f"{listed}",
+        file=sys.stderr,
+    )
+
+
+def _with_unscored_rows(
+    df: Any,
+    names: Sequence[str],
+    indices: Sequence[int],
+    skipped: Sequence[int],
+    skipped_valid: Sequence[float],
+    failures: Sequence[Any],
+    args: argparse.Namespace,
+) -> Any:
+    """The table of the scored images plus one row per skipped or unreadable image, in input
+    order, with a last ``status`` column: ``ok``, ``skipped: <why>`` (``valid_fraction`` says how
+    much was valid) or ``unreadable: <error>``; the scores of those rows are empty."""
+    import math
+
+    import pandas as pd
+
+    df = df.assign(status="ok")
+    df.index = list(indices)
+    rows, where = [], []
+    for k, i in enumerate(skipped):
+        valid = skipped_valid[k] if k < len(skipped_valid) else math.nan
+        rows.append({"Image": names[i], "valid_fraction": valid,
+                     "status": f"skipped: {_skip_reason(args)}"})  # fmt: skip
+        where.append(i)
+    for f in failures:
+        rows.append({"Image": names[f.index], "status": f"unreadable: {f.reason}"})
+        where.append(f.index)
+    if not rows:
+        return df.reset_index(drop=True)
+    extra = pd.DataFrame(rows, index=where)
+    if "Class" in df.columns:
+        extra["Class"] = ""
+    frames = [df, extra] if len(df) else [extra]
+    return pd.concat(frames)[list(df.columns)].sort_index().reset_index(drop=True)
 
 
 # -- modes --------------------------------------------------------------------------------------
@@ -478,6 +530,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
                 order = pr.argsort()[::-1]
                 rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
     df["valid_fraction"] = valid
+    df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
     write_csv(df, out_path)
     print_table(rows, headers, args.max_print, len(rows))
     what = (
@@ -489,7 +542,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
         f"{_plural(len(shown), 'image')} {what} by the {ckpt.method} head {args.head} "
         f"(encoder {ckpt.encoder.get('fingerprint')}); CSV: {out_path}"
     )
-    _report_skipped(skipped, len(image_set), args)
+    _report_skipped(skipped, image_set.names, args)
     return _report_failures(failures, len(image_set), args)
 
 
@@ -531,6 +584,9 @@ def run_classification(args: argparse.Namespace) -> int:
     for j, n in enumerate(names):
         df[n] = result.probs[:, j]
     df["valid_fraction"] = res.valid
+    df = _with_unscored_rows(
+        df, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
+    )
     write_csv(df, out_path)
 
     probs = result.probs
@@ -557,7 +613,7 @@ def run_classification(args: argparse.Namespace) -> int:
         f"{_plural(len(shown), 'image')} classified into {_plural(len(names), 'class', 'classes')}"
         f" with {_plural(len(templates), 'template')}; CSV: {out_path}"
     )
-    _report_skipped(res.skipped, len(image_set), args)
+    _report_skipped(res.skipped, image_set.names, args)
     return _report_failures(res.failures, len(image_set), args)
 
 
@@ -604,7 +660,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         f"{_plural(len(q_names), 'query', 'queries')} over {_plural(len(shown), 'image')}; "
         f"CSV: {out_path}"
     )
-    _report_skipped(res.skipped, len(image_set), args)
+    _report_skipped(res.skipped, image_set.names, args)
     return _report_failures(res.failures, len(image_set), args)
 
 

@@ -93,3 +93,18 @@ def test_strict_bands_on_an_8_bit_picture_does_not_point_at_bands(tmp_path, caps
     err = capsys.readouterr().err
     assert "lack 7 of the model's 10 bands" in err and "name them with --bands" in err
     assert "(command-line option: --bands)" not in err
+
+
+def test_skipped_images_are_named_first_few_or_all_with_verbose(folder, tmp_path, capsys):
+    for i in range(7):
+        _tile(folder / f"z{i}.tif", np.zeros((10, 40, 40), np.uint16), nodata=0)
+    argv = ["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert len(note) == 1 and note[0].startswith("note: 7 of 9 images skipped: fewer than 50%")
+    assert all(f"z{i}.tif" in note[0] for i in range(5)) and "z5.tif" not in note[0]
+    assert "and 2 more (all with -v)" in note[0]
+    assert main([*argv, "-v"]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert all(f"z{i}.tif" in note[0] for i in range(7)) and "more" not in note[0]
