@@ -10,7 +10,9 @@ Exit status of every msclip command:
 =====  ==========================================================================================
 0      success
 1      the run finished, but some inputs failed and were reported (unreadable images, a failed
-       dataset); ``--skip-bad`` makes unreadable images count as success
+       dataset); ``--skip-bad`` makes unreadable images count as success. Also when no input
+       could be used at all (every image skipped under ``--min-valid`` or unreadable, even
+       with ``--skip-bad``): one ``error:`` line says why, the CSV still lists every input
 2      usage or input error: bad flags, missing or unusable files or models, an output that
        cannot be written; reported before the work where it can be known before
 130    interrupted (Ctrl-C)
@@ -620,7 +622,9 @@ def write_csv(df: Any, path: str | os.PathLike) -> Path:
 
 
 def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total: int) -> None:
-    """Print a tabulate table of at most ``max_rows`` rows."""
+    """Print a tabulate table of at most ``max_rows`` rows (nothing when there are no rows)."""
+    if not rows:
+        return
     from tabulate import tabulate
 
     print(tabulate(rows[:max_rows], headers=headers, floatfmt=".4f"))

@@ -256,6 +256,22 @@ def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespa
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
+def _nothing_scored(
+    done: str, skipped: Sequence[int], failures: Sequence[Any], total: int, args: argparse.Namespace
+) -> int:
+    """Exit status 1 with one line when no input could be used (all skipped or unreadable)."""
+    why = []
+    if skipped:
+        why.append(f"{len(skipped)} skipped with {_skip_reason(args)}")
+    if failures:
+        why.append(f"{len(failures)} unreadable")
+    print(
+        f"error: no image could be {done}: of {_plural(total, 'image')}, {' and '.join(why)}",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL
+
+
 def _check_classes(names: Sequence[str]) -> None:
     if len(names) < 2:
         raise UsageError(
@@ -436,7 +452,7 @@ def _with_unscored_rows(
     if "Class" in df.columns:
         extra["Class"] = ""
     frames = [df, extra] if len(df) else [extra]
-    return pd.concat(frames)[list(df.columns)].sort_index().reset_index(drop=True)
+    return pd.concat(frames).reindex(columns=df.columns).sort_index().reset_index(drop=True)
 
 
 # -- modes --------------------------------------------------------------------------------------
@@ -543,7 +559,10 @@ def run_head_classification(args: argparse.Namespace) -> int:
         f"(encoder {ckpt.encoder.get('fingerprint')}); CSV: {out_path}"
     )
     _report_skipped(skipped, image_set.names, args)
-    return _report_failures(failures, len(image_set), args)
+    code = _report_failures(failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("scored", skipped, failures, len(image_set), args)
+    return code
 
 
 def run_classification(args: argparse.Namespace) -> int:
@@ -614,7 +633,10 @@ def run_classification(args: argparse.Namespace) -> int:
         f" with {_plural(len(templates), 'template')}; CSV: {out_path}"
     )
     _report_skipped(res.skipped, image_set.names, args)
-    return _report_failures(res.failures, len(image_set), args)
+    code = _report_failures(res.failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("classified", res.skipped, res.failures, len(image_set), args)
+    return code
 
 
 def _top_k(k: int, n: int) -> int:
@@ -661,7 +683,10 @@ def run_retrieval(args: argparse.Namespace) -> int:
         f"CSV: {out_path}"
     )
     _report_skipped(res.skipped, image_set.names, args)
-    return _report_failures(res.failures, len(image_set), args)
+    code = _report_failures(res.failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("ranked", res.skipped, res.failures, len(image_set), args)
+    return code
 
 
 def run_scene(args: argparse.Namespace) -> int:

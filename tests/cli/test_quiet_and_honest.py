@@ -108,3 +108,25 @@ def test_skipped_images_are_named_first_few_or_all_with_verbose(folder, tmp_path
     assert main([*argv, "-v"]) == 0
     note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert all(f"z{i}.tif" in note[0] for i in range(7)) and "more" not in note[0]
+
+
+def test_no_usable_image_is_not_success(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    _tile(empty / "z.tif", np.zeros((10, 40, 40), np.uint16), nodata=0)
+    (empty / "broken.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "c.csv"
+    argv = ["--run-classification", "--images", str(empty), *CLASSES, *QUIET,
+            "--save-path", str(out), "--skip-bad"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: no image could be classified: of 2 images, 1 skipped with fewer than 50% valid "
+        "pixels (--min-valid) and 1 unreadable"
+    ]
+    assert "Class" not in captured.out  # no empty table
+    assert len(__import__("pandas").read_csv(out)) == 2  # both inputs listed with their status
+    argv[0] = "--run-retrieval"
+    argv[argv.index("--class-names") : argv.index("--templates") + 2] = ["--query", "a lake"]
+    assert main(argv) == 1
+    assert "error: no image could be ranked" in capsys.readouterr().err
