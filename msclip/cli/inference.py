@@ -226,6 +226,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--threshold applies to --multi-label; add --multi-label")
     if args.dense and not (args.run_scene and has_classes):
         p.error("--dense makes a class map of a scene: use it with --run-scene and class names")
+    if args.dense and (args.query or args.queries_file):
+        p.error(
+            "--dense (a per-pixel class map) does not make the similarity map of --query / "
+            "--queries-file: run --run-scene --query without --dense for that map"
+        )
     if args.overlap is not None and not (args.dense or (args.run_scene and args.head)):
         p.error("--overlap applies to --dense and --run-scene --head")
     return args

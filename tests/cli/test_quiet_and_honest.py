@@ -130,3 +130,12 @@ def test_no_usable_image_is_not_success(tmp_path, capsys):
     argv[argv.index("--class-names") : argv.index("--templates") + 2] = ["--query", "a lake"]
     assert main(argv) == 1
     assert "error: no image could be ranked" in capsys.readouterr().err
+
+
+def test_dense_with_a_query_is_refused_not_ignored(tmp_path, capsys):
+    scene = _tile(tmp_path / "s.tif", np.ones((10, 64, 64), np.uint16))
+    code = main(["--run-scene", "--scene", str(scene), "--dense", *CLASSES, *QUIET,
+                 "--query", "a river", "--save-path", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--dense" in err and "--query" in err
+    assert not (tmp_path / "out").exists()
