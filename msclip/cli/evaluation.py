@@ -244,8 +244,9 @@ def _model_label(args: argparse.Namespace) -> str:
         label = str(stem)
     else:
         label = f"{name}-random"
-    precision = getattr(args, "precision_used", args.precision)  # what auto chose, once loaded
-    return label if precision in ("fp32", "auto") else f"{label}-{precision}"
+    # The row names what was asked, never what auto picked on this machine (that is in the
+    # record's precision fields): the same command lands in the same summary row everywhere.
+    return label if args.precision in ("fp32", "auto") else f"{label}-{args.precision}"
 
 
 def _load_model(args: argparse.Namespace) -> Any:
