@@ -53,6 +53,7 @@ __all__ = [
     "config_from_namespace",
     "encode_query_set",
     "exit_process",
+    "flag_hint",
     "fraction",
     "load_model",
     "min_valid",

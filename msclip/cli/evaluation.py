@@ -37,6 +37,7 @@ from msclip.cli.common import (
     UsageError,
     add_model_args,
     add_text_cache_args,
+    flag_hint,
     model_from_args,
     non_negative_int,
     positive_int,
@@ -458,7 +459,7 @@ def _run(args: argparse.Namespace) -> int:
             # Reported, noted on disk and reflected in the exit status; the other datasets run.
             failed.append(name)
             write_failure(save, label, name, err, traceback.format_exc())
-            print(f"{name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"{name}: FAILED: {type(err).__name__}: {err}{flag_hint(err)}", file=sys.stderr)
             logger.debug("traceback of %s", name, exc_info=True)
             continue
         print(f"{name}: {status}: {msg}")

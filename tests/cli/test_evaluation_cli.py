@@ -366,3 +366,13 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
     code, out, err = _run([*base, "--save-path", str(tmp_path / "strict"), "--strict"], capsys)
     assert code == 1 and "EuroSAT_MS: FAILED" in err and broken.name in err
     assert "Traceback" not in err
+
+
+def test_a_missing_dataset_names_the_flag(tmp_path, capsys):
+    code = main(["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+                 "--dataset-dir", str(tmp_path / "nowhere"), "--save-path", str(tmp_path / "r"),
+                 "--no-text-cache", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    line = next(x for x in err.splitlines() if x.startswith("EuroSAT_MS: FAILED"))
+    assert line.endswith("(command-line option: --dataset-dir)")
