@@ -60,6 +60,7 @@ __all__ = [
     "model_from_args",
     "non_negative_int",
     "output_path",
+    "plural",
     "positive_int",
     "print_table",
     "read_queries",
@@ -620,6 +621,11 @@ def write_csv(df: Any, path: str | os.PathLike) -> Path:
     from msclip.io import write_csv as _write
 
     return _write(df, path, float_format="%.8g")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"`` (``many``: the plural when it is not ``word + "s"``)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total: int) -> None:
