@@ -16,6 +16,8 @@ Exit status of every msclip command:
 2      usage or input error: bad flags, missing or unusable files or models, an output that
        cannot be written; reported before the work where it can be known before
 130    interrupted (Ctrl-C)
+141    the reader of the output went away (``msclip-... | head``): the program stops quietly,
+       as Unix tools stopped by SIGPIPE do (128 + 13)
 =====  ==========================================================================================
 
 Library errors never name command-line flags. An :class:`msclip.errors.MSCLIPError` may carry
@@ -40,6 +42,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
+    "EXIT_PIPE_CLOSED",
     "EXIT_USAGE",
     "FLAGS",
     "UsageError",
@@ -76,6 +79,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Llama3-MS-CLIP-Base"
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Status when standard output was closed by its reader (128 + SIGPIPE, as Unix tools).
+EXIT_PIPE_CLOSED = 141
 
 #: Library parameter name -> the flag that sets it (shared by every program).
 FLAGS: dict[str, str] = {
@@ -662,12 +667,29 @@ def exit_process(code: int | None) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+        except BrokenPipeError:  # the reader went away: nothing more can be said
+            status = status or EXIT_PIPE_CLOSED
+        except (OSError, ValueError):
             status = status or 1
     os._exit(status)
 
 
 # -- the wrapper ----------------------------------------------------------------------------------
+def _output_closed() -> int:
+    """Standard output was closed by its reader (``| head``): nothing more can be said there.
+
+    Later writes (and the flush when the process ends) go to the null device instead of raising
+    again; the run ends quietly with :data:`EXIT_PIPE_CLOSED`."""
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    return EXIT_PIPE_CLOSED
+
+
 def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """`` (command-line option: --x)`` for an error whose ``param`` a flag sets, else ``""``."""
     param = getattr(err, "param", None)
@@ -704,6 +726,8 @@ def run_cli(
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse(argv)
+    except BrokenPipeError:  # --help into a closed pipe
+        return _output_closed()
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except MSCLIPError as err:
@@ -715,6 +739,8 @@ def run_cli(
         restore = setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
         return run(args)
+    except BrokenPipeError:
+        return _output_closed()
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
