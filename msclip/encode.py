@@ -165,11 +165,24 @@ class ImageDataset(Dataset):
                 nodata = self.nodata
             valid = 1.0 - nodata_fraction(data, nodata)
             if self.min_valid and valid < self.min_valid:
+                self._check_bands(names)
                 return {"index": index, "nodata": f"{valid:.0%} valid pixels", "valid": valid}
             x = self.preprocess.process(data, names, nodata, where)
         except read_errors() as err:
             return {"index": index, "error": f"{type(err).__name__}: {err}"}
         return {"index": index, "image": x, "valid": valid}
+
+    def _check_bands(self, names: Sequence[str]) -> None:
+        """Map the bands of a skipped item too, so that the run's band warnings count every
+        item whose bands were read (not only the encoded ones)."""
+        bands = getattr(self.preprocess, "bands", None)
+        if bands is None:
+            return
+        from msclip.spectral.adapt import map_bands
+
+        # a BandError: skipped anyway; an encoded item with such bands reports it
+        with contextlib.suppress(BandError):
+            map_bands(bands, names)
 
 
 def _with_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:

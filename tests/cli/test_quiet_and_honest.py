@@ -139,3 +139,15 @@ def test_dense_with_a_query_is_refused_not_ignored(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--dense" in err and "--query" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_band_warning_counts_skipped_images_whose_bands_were_read(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    for i in range(3):  # 12-band L2A: B01 lies outside the 10-band model's range
+        _tile(tmp_path / "l2a" / f"{i}.tif", rng.integers(1, 6000, (12, 40, 40)).astype("uint16"))
+    _tile(tmp_path / "l2a" / "z.tif", np.zeros((12, 40, 40), np.uint16), nodata=0)  # skipped
+    argv = ["--run-classification", "--images", str(tmp_path / "l2a"), *CLASSES, *TINY,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "spectral range" in x]
+    assert len(lines) == 1 and lines[0].endswith("(4 of 4 images)")
