@@ -294,12 +294,32 @@ class _LowerLevelFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings as log records: msclip's own as their message alone (they say what and
+    what to do); others with their category and source (no code line)."""
+    from msclip.errors import MSCLIPWarning
+
+    if issubclass(category, MSCLIPWarning):
+        text = str(message)
+    else:
+        text = f"{category.__name__}: {message} ({filename}:{lineno})"
+    logging.getLogger("py.warnings").warning("%s", text)
+
+
 def setup_logging(
     verbose: bool = False,
     quiet: bool = False,
     level: int | None = None,
     fmt: str = "%(levelname)s: %(message)s",
     datefmt: str | None = None,
+    formatter: logging.Formatter | None = None,
 ) -> Callable[[], None]:
     """Send log records and Python warnings to stderr as ``warning: ...`` lines.
 
@@ -309,6 +329,7 @@ def setup_logging(
         level: the level otherwise (default ``WARNING``).
         fmt: record format (level names are written in lower case).
         datefmt: date format of ``%(asctime)s``.
+        formatter: replaces the formatter made of ``fmt`` and ``datefmt``.
 
     Returns:
         A function that undoes the set-up (:func:`run_cli` calls it when the program returns, so
@@ -316,17 +337,20 @@ def setup_logging(
     """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowerLevelFormatter(fmt, datefmt))
+    handler.setFormatter(formatter or _LowerLevelFormatter(fmt, datefmt))
     old_level = root.level
     root.addHandler(handler)
     if verbose:
         root.setLevel(logging.DEBUG)
     else:
         root.setLevel(logging.ERROR if quiet else (level or logging.WARNING))
-    logging.captureWarnings(True)
+    import warnings
+
+    old_show = warnings.showwarning
+    warnings.showwarning = _show_warning
 
     def restore() -> None:
-        logging.captureWarnings(False)
+        warnings.showwarning = old_show
         root.removeHandler(handler)
         root.setLevel(old_level)
 

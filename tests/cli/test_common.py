@@ -77,9 +77,13 @@ def test_logging_set_up_is_undone(capsys):
         logging.getLogger("msclip.x").warning("careful")
         return EXIT_OK
 
+    import warnings
+
+    show = warnings.showwarning
     assert run_cli([], _parser().parse_args, run) == EXIT_OK
     assert "warning: careful" in capsys.readouterr().err
     assert (list(root.handlers), root.level) == before[:2]
+    assert warnings.showwarning is show
 
 
 def test_missing_published_weights_name_the_file_and_the_flag(capsys, tmp_path, monkeypatch):
