@@ -387,7 +387,7 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
 def _coverage_refusal(message: str) -> str:
     """``--strict-bands``'s refusal with the hint that fits: ``--bands`` only helps files whose
     bands are misnamed, never display-scaled (8-bit) pictures."""
-    hint = "refused by --strict-bands (without it the run goes on with one warning)"
+    hint = "refused by --strict-bands; without it the run goes on with one warning"
     if "8-bit input" not in message:
         hint += "; if the files' bands are named wrongly, name them with --bands"
     return f"{message} ({hint})"
