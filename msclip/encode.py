@@ -165,11 +165,24 @@ class ImageDataset(Dataset):
                 nodata = self.nodata
             valid = 1.0 - nodata_fraction(data, nodata)
             if self.min_valid and valid < self.min_valid:
-                return {"index": index, "nodata": f"{valid:.0%} valid pixels"}
+                self._check_bands(names)
+                return {"index": index, "nodata": f"{valid:.0%} valid pixels", "valid": valid}
             x = self.preprocess.process(data, names, nodata, where)
         except read_errors() as err:
             return {"index": index, "error": f"{type(err).__name__}: {err}"}
         return {"index": index, "image": x, "valid": valid}
+
+    def _check_bands(self, names: Sequence[str]) -> None:
+        """Map the bands of a skipped item too, so that the run's band warnings count every
+        item whose bands were read (not only the encoded ones)."""
+        bands = getattr(self.preprocess, "bands", None)
+        if bands is None:
+            return
+        from msclip.spectral.adapt import map_bands
+
+        # a BandError: skipped anyway; an encoded item with such bands reports it
+        with contextlib.suppress(BandError):
+            map_bands(bands, names)
 
 
 def _with_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:
@@ -212,7 +225,8 @@ class LabelledDataset(Dataset):
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate protocol items: ``images`` (stacked, or ``None``), ``indices`` of the good items,
-    ``failures`` and ``skipped`` as ``(index, message)`` lists, and each extra key as the list of
+    ``failures`` and ``skipped`` as ``(index, message)`` lists, ``skipped_valid`` as ``(index,
+    valid fraction)`` of the skipped items that measured it, and each extra key as the list of
     the good items' values."""
     good = [it for it in items if "image" in it]
     out: dict[str, Any] = {
@@ -220,6 +234,11 @@ def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "indices": [int(it["index"]) for it in good],
         "failures": [(int(it["index"]), it["error"]) for it in items if "error" in it],
         "skipped": [(int(it["index"]), it["nodata"]) for it in items if "nodata" in it],
+        "skipped_valid": [
+            (int(it["index"]), float(it["valid"]))
+            for it in items
+            if "nodata" in it and "valid" in it
+        ],
         "warnings": [(int(it["index"]), w) for it in items for w in it.get("warnings", ())],
     }
     for key in {k for it in good for k in it} - {"image", "index", "warnings"}:
@@ -324,6 +343,8 @@ class EncodedBatch:
         embeddings: ``[len(indices), D]`` float32 (numpy, or a tensor with ``to_numpy=False``).
         failures: items of this batch that could not be read.
         skipped: dataset positions of items skipped on purpose (mostly nodata).
+        skipped_valid: fraction of valid pixels of each skipped item (aligned with ``skipped``;
+            NaN where the dataset did not measure it).
         extra: what the collate function returned besides images, indices, failures, skipped
             (targets, tokens, captions ...).
     """
@@ -333,6 +354,7 @@ class EncodedBatch:
     failures: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped_valid: list[float] = field(default_factory=list)
 
 
 class WarningTally:
@@ -450,7 +472,9 @@ def encode_batches(
                 if cls_name in fatal:
                     cls = fatal[cls_name]
                     param = "bands" if issubclass(cls, BandError) else None
-                    raise cls(f"{f.name}: {text}", param=param)
+                    # the path once: readers' messages mostly name the file already
+                    where = "" if f.name in text else f"{f.name}: "
+                    raise cls(f"{where}{text}", param=param)
             for f in failures:
                 logger.warning("cannot read %s: %s%s", f.name, f.reason,
                                "" if strict else " (skipped)")  # fmt: skip
@@ -459,6 +483,8 @@ def encode_batches(
                     "; ".join(f"cannot read {f.name}: {f.reason}" for f in failures)
                 )
             skipped = [i for i, _ in batch["skipped"]]
+            measured = dict(batch.get("skipped_valid", ()))
+            skipped_valid = [measured.get(i, math.nan) for i in skipped]
             for i, msg in batch["skipped"]:
                 logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
             images = batch["images"]
@@ -481,11 +507,11 @@ def encode_batches(
             extra = {
                 k: v
                 for k, v in batch.items()
-                if k not in ("images", "indices", "failures", "skipped")
+                if k not in ("images", "indices", "failures", "skipped", "skipped_valid")
             }
             extra.pop("warnings", None)
             bar.update(len(batch["indices"]) + len(failures) + len(skipped))
-            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra)
+            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra, skipped_valid)
     tally.report(total, "images" if desc != "tiles" else "tiles")
 
 
@@ -500,6 +526,7 @@ class EncodeResult:
         failures: unreadable items, in input order.
         skipped: input positions of items skipped as mostly nodata.
         valid: fraction of valid pixels of each encoded item (aligned with ``indices``).
+        skipped_valid: fraction of valid pixels of each skipped item (aligned with ``skipped``).
     """
 
     embeddings: np.ndarray
@@ -507,6 +534,7 @@ class EncodeResult:
     failures: list[Failure]
     skipped: list[int]
     valid: list[float] = field(default_factory=list)
+    skipped_valid: list[float] = field(default_factory=list)
 
 
 def iter_encoded(
@@ -564,7 +592,7 @@ def encode_images(
         The embeddings of the readable items plus the list of failures (never raises on a bad
         file).
     """
-    embs, indices, failures, skipped, valid = [], [], [], [], []
+    embs, indices, failures, skipped, valid, skipped_valid = [], [], [], [], [], []
     for b in iter_encoded(
         model, preprocess, paths, batch_size, workers, normalize, progress, min_valid, nodata,
         desc, abort_on,
@@ -574,9 +602,10 @@ def encode_images(
         failures.extend(b.failures)
         skipped.extend(b.skipped)
         valid.extend(b.extra.get("valid", []))
+        skipped_valid.extend(b.skipped_valid)
     dim = int(getattr(model, "embed_dim", 0))
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-    return EncodeResult(emb, indices, failures, skipped, valid)
+    return EncodeResult(emb, indices, failures, skipped, valid, skipped_valid)
 
 
 # -- labelled datasets ----------------------------------------------------------------------------

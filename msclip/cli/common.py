@@ -10,10 +10,14 @@ Exit status of every msclip command:
 =====  ==========================================================================================
 0      success
 1      the run finished, but some inputs failed and were reported (unreadable images, a failed
-       dataset); ``--skip-bad`` makes unreadable images count as success
+       dataset); ``--skip-bad`` makes unreadable images count as success. Also when no input
+       could be used at all (every image skipped under ``--min-valid`` or unreadable, even
+       with ``--skip-bad``): one ``error:`` line says why, the CSV still lists every input
 2      usage or input error: bad flags, missing or unusable files or models, an output that
        cannot be written; reported before the work where it can be known before
 130    interrupted (Ctrl-C)
+141    the reader of the output went away (``msclip-... | head``): the program stops quietly,
+       as Unix tools stopped by SIGPIPE do (128 + 13)
 =====  ==========================================================================================
 
 Library errors never name command-line flags. An :class:`msclip.errors.MSCLIPError` may carry
@@ -38,6 +42,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
+    "EXIT_PIPE_CLOSED",
     "EXIT_USAGE",
     "FLAGS",
     "UsageError",
@@ -51,12 +56,14 @@ __all__ = [
     "config_from_namespace",
     "encode_query_set",
     "exit_process",
+    "flag_hint",
     "fraction",
     "load_model",
     "min_valid",
     "model_from_args",
     "non_negative_int",
     "output_path",
+    "plural",
     "positive_int",
     "print_table",
     "read_queries",
@@ -72,6 +79,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Llama3-MS-CLIP-Base"
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Status when standard output was closed by its reader (128 + SIGPIPE, as Unix tools).
+EXIT_PIPE_CLOSED = 141
 
 #: Library parameter name -> the flag that sets it (shared by every program).
 FLAGS: dict[str, str] = {
@@ -267,7 +276,11 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         help=f"DataLoader worker processes for decoding (default {default})",
     )
     g.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress bars, status lines or warnings"
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
+        "run's summary on stdout remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g
@@ -281,12 +294,32 @@ class _LowerLevelFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings as log records: msclip's own as their message alone (they say what and
+    what to do); others with their category and source (no code line)."""
+    from msclip.errors import MSCLIPWarning
+
+    if issubclass(category, MSCLIPWarning):
+        text = str(message)
+    else:
+        text = f"{category.__name__}: {message} ({filename}:{lineno})"
+    logging.getLogger("py.warnings").warning("%s", text)
+
+
 def setup_logging(
     verbose: bool = False,
     quiet: bool = False,
     level: int | None = None,
     fmt: str = "%(levelname)s: %(message)s",
     datefmt: str | None = None,
+    formatter: logging.Formatter | None = None,
 ) -> Callable[[], None]:
     """Send log records and Python warnings to stderr as ``warning: ...`` lines.
 
@@ -296,6 +329,7 @@ def setup_logging(
         level: the level otherwise (default ``WARNING``).
         fmt: record format (level names are written in lower case).
         datefmt: date format of ``%(asctime)s``.
+        formatter: replaces the formatter made of ``fmt`` and ``datefmt``.
 
     Returns:
         A function that undoes the set-up (:func:`run_cli` calls it when the program returns, so
@@ -303,17 +337,20 @@ def setup_logging(
     """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowerLevelFormatter(fmt, datefmt))
+    handler.setFormatter(formatter or _LowerLevelFormatter(fmt, datefmt))
     old_level = root.level
     root.addHandler(handler)
     if verbose:
         root.setLevel(logging.DEBUG)
     else:
         root.setLevel(logging.ERROR if quiet else (level or logging.WARNING))
-    logging.captureWarnings(True)
+    import warnings
+
+    old_show = warnings.showwarning
+    warnings.showwarning = _show_warning
 
     def restore() -> None:
-        logging.captureWarnings(False)
+        warnings.showwarning = old_show
         root.removeHandler(handler)
         root.setLevel(old_level)
 
@@ -436,7 +473,7 @@ def load_model(
         args.batch_size = auto_batch_size(model, device)
     if getattr(args, "workers", 0) is None:
         args.workers = auto_workers(device)
-    report_precision(model, device)
+    report_precision(model, device, quiet=getattr(args, "quiet", False))
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
         layout=getattr(args, "layout", None),
@@ -447,8 +484,11 @@ def load_model(
     return model, preprocess, get_tokenizer(model)
 
 
-def report_precision(model: Any, device: Any = None) -> None:
-    """Print the run's precision and why it was chosen (one ``precision:`` line on stderr)."""
+def report_precision(model: Any, device: Any = None, quiet: bool = False) -> None:
+    """Print the run's precision and why it was chosen (one ``precision:`` status line on stderr;
+    none with ``quiet``: the run's records and summaries still carry the precision)."""
+    if quiet:
+        return
     asked = getattr(model, "precision_requested", None) or "fp32"
     where = f" on {device}" if device is not None else ""
     print(
@@ -612,8 +652,15 @@ def write_csv(df: Any, path: str | os.PathLike) -> Path:
     return _write(df, path, float_format="%.8g")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"`` (``many``: the plural when it is not ``word + "s"``)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total: int) -> None:
-    """Print a tabulate table of at most ``max_rows`` rows."""
+    """Print a tabulate table of at most ``max_rows`` rows (nothing when there are no rows)."""
+    if not rows:
+        return
     from tabulate import tabulate
 
     print(tabulate(rows[:max_rows], headers=headers, floatfmt=".4f"))
@@ -644,12 +691,29 @@ def exit_process(code: int | None) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+        except BrokenPipeError:  # the reader went away: nothing more can be said
+            status = status or EXIT_PIPE_CLOSED
+        except (OSError, ValueError):
             status = status or 1
     os._exit(status)
 
 
 # -- the wrapper ----------------------------------------------------------------------------------
+def _output_closed() -> int:
+    """Standard output was closed by its reader (``| head``): nothing more can be said there.
+
+    Later writes (and the flush when the process ends) go to the null device instead of raising
+    again; the run ends quietly with :data:`EXIT_PIPE_CLOSED`."""
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    return EXIT_PIPE_CLOSED
+
+
 def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """`` (command-line option: --x)`` for an error whose ``param`` a flag sets, else ``""``."""
     param = getattr(err, "param", None)
@@ -686,6 +750,8 @@ def run_cli(
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse(argv)
+    except BrokenPipeError:  # --help into a closed pipe
+        return _output_closed()
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except MSCLIPError as err:
@@ -697,6 +763,8 @@ def run_cli(
         restore = setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
         return run(args)
+    except BrokenPipeError:
+        return _output_closed()
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -37,6 +37,7 @@ from msclip.cli.common import (
     UsageError,
     add_model_args,
     add_text_cache_args,
+    flag_hint,
     model_from_args,
     non_negative_int,
     positive_int,
@@ -156,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
     )
-    o.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    o.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
+        "results on stdout remain",
+    )
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -238,8 +245,9 @@ def _model_label(args: argparse.Namespace) -> str:
         label = str(stem)
     else:
         label = f"{name}-random"
-    precision = getattr(args, "precision_used", args.precision)  # what auto chose, once loaded
-    return label if precision in ("fp32", "auto") else f"{label}-{precision}"
+    # The row names what was asked, never what auto picked on this machine (that is in the
+    # record's precision fields): the same command lands in the same summary row everywhere.
+    return label if args.precision in ("fp32", "auto") else f"{label}-{args.precision}"
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -252,7 +260,7 @@ def _load_model(args: argparse.Namespace) -> Any:
         precision=args.precision,
     )  # fmt: skip
     args.precision_used = model.precision
-    report_precision(model, args.device)
+    report_precision(model, args.device, quiet=args.quiet)
     return model
 
 
@@ -451,7 +459,7 @@ def _run(args: argparse.Namespace) -> int:
             # Reported, noted on disk and reflected in the exit status; the other datasets run.
             failed.append(name)
             write_failure(save, label, name, err, traceback.format_exc())
-            print(f"{name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"{name}: FAILED: {type(err).__name__}: {err}{flag_hint(err)}", file=sys.stderr)
             logger.debug("traceback of %s", name, exc_info=True)
             continue
         print(f"{name}: {status}: {msg}")

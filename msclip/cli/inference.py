@@ -226,6 +226,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--threshold applies to --multi-label; add --multi-label")
     if args.dense and not (args.run_scene and has_classes):
         p.error("--dense makes a class map of a scene: use it with --run-scene and class names")
+    if args.dense and (args.query or args.queries_file):
+        p.error(
+            "--dense (a per-pixel class map) does not make the similarity map of --query / "
+            "--queries-file: run --run-scene --query without --dense for that map"
+        )
     if args.overlap is not None and not (args.dense or (args.run_scene and args.head)):
         p.error("--overlap applies to --dense and --run-scene --head")
     return args
@@ -256,6 +261,22 @@ def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespa
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
+def _nothing_scored(
+    done: str, skipped: Sequence[int], failures: Sequence[Any], total: int, args: argparse.Namespace
+) -> int:
+    """Exit status 1 with one line when no input could be used (all skipped or unreadable)."""
+    why = []
+    if skipped:
+        why.append(f"{len(skipped)} skipped with {_skip_reason(args)}")
+    if failures:
+        why.append(f"{len(failures)} unreadable")
+    print(
+        f"error: no image could be {done}: of {_plural(total, 'image')}, {' and '.join(why)}",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL
+
+
 def _check_classes(names: Sequence[str]) -> None:
     if len(names) < 2:
         raise UsageError(
@@ -269,12 +290,81 @@ def _check_classes(names: Sequence[str]) -> None:
 #: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
 LARGE_FACTOR = 64
 
+#: The fix the command line offers for a raster far larger than the model input (it replaces the
+#: library's generic advice, which names no flag).
+_LARGE_FIX = (
+    "map a large scene with --run-scene (tile by tile), or add --downsample to read it reduced "
+    "to the model input"
+)
+
 
 def _image_options(args: argparse.Namespace) -> Any:
     def options(model: Any) -> dict[str, Any]:
         return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": args.downsample}
 
     return options
+
+
+def _input_size(args: argparse.Namespace) -> int | None:
+    """The model's input side from its registered architecture, without building the model
+    (``None`` when the model is a checkpoint file: then the check waits for the model)."""
+    from msclip.cli.common import DEFAULT_MODEL
+
+    name = args.model_name or (DEFAULT_MODEL if args.ckpt_path is None else None)
+    if name is None or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        return None
+    from msclip.errors import MSCLIPError
+    from msclip.factory import get_arch_config, get_model_entry
+
+    try:
+        size = get_arch_config(get_model_entry(name).arch)["vision_cfg"]["image_size"]
+    except (MSCLIPError, OSError, KeyError, ValueError):
+        return None
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _large_message(path: str, height: int, width: int, max_pixels: int) -> str:
+    return (
+        f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
+        f"{max_pixels} pixels here): {_LARGE_FIX}"
+    )
+
+
+def _refuse_large_images(args: argparse.Namespace, paths: Sequence[str]) -> None:
+    """Refuse, before the model is built, an image far larger than the model input: only the
+    headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
+    read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
+
+    Raises:
+        UsageError: the first such image, with the flags that handle it.
+    """
+    size = _input_size(args)
+    if size is None:
+        return
+    max_pixels = LARGE_FACTOR * size**2
+    from rasterio.errors import RasterioError
+
+    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
+
+    for path in paths:
+        ext = Path(path).suffix.lower()
+        try:
+            if ext in GEOTIFF_EXTENSIONS and not args.downsample:
+                import rasterio
+
+                with rasterio.open(path) as src:
+                    height, width = src.height, src.width
+            elif ext in PICTURE_EXTENSIONS:
+                from PIL import Image
+
+                with Image.open(path) as img:
+                    height, width = img.height, img.width
+            else:
+                continue
+        except (OSError, ValueError, RasterioError):  # named when the file is read
+            continue
+        if height * width > max_pixels:
+            raise UsageError(_large_message(path, height, width, max_pixels))
 
 
 def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
@@ -289,19 +379,85 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(
-            f"{err}; map a large scene with --run-scene (tile by tile), or add --downsample to "
-            "read it reduced to the model input"
-        ) from err
+        raise UsageError(_with_cli_fix(str(err))) from err
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
 
 
-def _report_skipped(skipped: Sequence[int], total: int, args: argparse.Namespace) -> None:
-    if skipped:
-        print(
-            f"note: {len(skipped)} of {_plural(total, 'image')} skipped: fewer than "
-            f"{min_valid(args):.0%} valid pixels (--min-valid)",
-            file=sys.stderr,
-        )
+def _coverage_refusal(message: str) -> str:
+    """``--strict-bands``'s refusal with the hint that fits: ``--bands`` only helps files whose
+    bands are misnamed, never display-scaled (8-bit) pictures."""
+    hint = "refused by --strict-bands; without it the run goes on with one warning"
+    if "8-bit input" not in message:
+        hint += "; if the files' bands are named wrongly, name them with --bands"
+    return f"{message} ({hint})"
+
+
+def _with_cli_fix(message: str) -> str:
+    """The library's refusal of a large raster with its generic advice replaced by the flags."""
+    facts, sep, _ = message.partition(": cut it into tiles")
+    return f"{facts}: {_LARGE_FIX}" if sep else f"{message}; {_LARGE_FIX}"
+
+
+#: Skipped images named in the note (all of them with -v, and in the CSV's status column).
+NAMED_SKIPPED = 5
+
+
+def _skip_reason(args: argparse.Namespace) -> str:
+    return f"fewer than {min_valid(args):.0%} valid pixels (--min-valid)"
+
+
+def _report_skipped(skipped: Sequence[int], names: Sequence[str], args: argparse.Namespace) -> None:
+    """One note naming the images skipped as mostly nodata (the first few; all with -v)."""
+    if not skipped:
+        return
+    shown = [names[i] for i in skipped]
+    if len(shown) > NAMED_SKIPPED and not args.verbose:
+        listed = ", ".join(shown[:NAMED_SKIPPED])
+        listed += f" and {len(shown) - NAMED_SKIPPED} more (all with -v)"
+    else:
+        listed = ", ".join(shown)
+    print(
+        f"note: {len(skipped)} of {_plural(len(names), 'image')} skipped: {_skip_reason(args)}: "
+        f"{listed}",
+        file=sys.stderr,
+    )
+
+
+def _with_unscored_rows(
+    df: Any,
+    names: Sequence[str],
+    indices: Sequence[int],
+    skipped: Sequence[int],
+    skipped_valid: Sequence[float],
+    failures: Sequence[Any],
+    args: argparse.Namespace,
+) -> Any:
+    """The table of the scored images plus one row per skipped or unreadable image, in input
+    order, with a last ``status`` column: ``ok``, ``skipped: <why>`` (``valid_fraction`` says how
+    much was valid) or ``unreadable: <error>``; the scores of those rows are empty."""
+    import math
+
+    import pandas as pd
+
+    df = df.assign(status="ok")
+    df.index = list(indices)
+    rows, where = [], []
+    for k, i in enumerate(skipped):
+        valid = skipped_valid[k] if k < len(skipped_valid) else math.nan
+        rows.append({"Image": names[i], "valid_fraction": valid,
+                     "status": f"skipped: {_skip_reason(args)}"})  # fmt: skip
+        where.append(i)
+    for f in failures:
+        rows.append({"Image": names[f.index], "status": f"unreadable: {f.reason}"})
+        where.append(f.index)
+    if not rows:
+        return df.reset_index(drop=True)
+    extra = pd.DataFrame(rows, index=where)
+    if "Class" in df.columns:
+        extra["Class"] = ""
+    frames = [df, extra] if len(df) else [extra]
+    return pd.concat(frames).reindex(columns=df.columns).sort_index().reset_index(drop=True)
 
 
 # -- modes --------------------------------------------------------------------------------------
@@ -340,6 +496,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
@@ -354,7 +511,9 @@ def run_head_classification(args: argparse.Namespace) -> int:
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(f"{err}; add --downsample to read it reduced to the model input") from err
+        raise UsageError(_with_cli_fix(str(err))) from err
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     shown = [image_set.names[i] for i in indices]
     task = ckpt.task
     df = pd.DataFrame({"Image": shown})
@@ -392,6 +551,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
                 order = pr.argsort()[::-1]
                 rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
     df["valid_fraction"] = valid
+    df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
     write_csv(df, out_path)
     print_table(rows, headers, args.max_print, len(rows))
     what = (
@@ -403,8 +563,11 @@ def run_head_classification(args: argparse.Namespace) -> int:
         f"{_plural(len(shown), 'image')} {what} by the {ckpt.method} head {args.head} "
         f"(encoder {ckpt.encoder.get('fingerprint')}); CSV: {out_path}"
     )
-    _report_skipped(skipped, len(image_set), args)
-    return _report_failures(failures, len(image_set), args)
+    _report_skipped(skipped, image_set.names, args)
+    code = _report_failures(failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("scored", skipped, failures, len(image_set), args)
+    return code
 
 
 def run_classification(args: argparse.Namespace) -> int:
@@ -423,6 +586,7 @@ def run_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
@@ -444,6 +608,9 @@ def run_classification(args: argparse.Namespace) -> int:
     for j, n in enumerate(names):
         df[n] = result.probs[:, j]
     df["valid_fraction"] = res.valid
+    df = _with_unscored_rows(
+        df, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
+    )
     write_csv(df, out_path)
 
     probs = result.probs
@@ -470,8 +637,11 @@ def run_classification(args: argparse.Namespace) -> int:
         f"{_plural(len(shown), 'image')} classified into {_plural(len(names), 'class', 'classes')}"
         f" with {_plural(len(templates), 'template')}; CSV: {out_path}"
     )
-    _report_skipped(res.skipped, len(image_set), args)
-    return _report_failures(res.failures, len(image_set), args)
+    _report_skipped(res.skipped, image_set.names, args)
+    code = _report_failures(res.failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("classified", res.skipped, res.failures, len(image_set), args)
+    return code
 
 
 def _top_k(k: int, n: int) -> int:
@@ -490,6 +660,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
     min_valid(args)
+    _refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
@@ -516,8 +687,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
         f"{_plural(len(q_names), 'query', 'queries')} over {_plural(len(shown), 'image')}; "
         f"CSV: {out_path}"
     )
-    _report_skipped(res.skipped, len(image_set), args)
-    return _report_failures(res.failures, len(image_set), args)
+    _report_skipped(res.skipped, image_set.names, args)
+    code = _report_failures(res.failures, len(image_set), args)
+    if not shown:
+        return _nothing_scored("ranked", res.skipped, res.failures, len(image_set), args)
+    return code
 
 
 def run_scene(args: argparse.Namespace) -> int:
@@ -559,10 +733,15 @@ def run_scene(args: argparse.Namespace) -> int:
     tiles = scene_tiles(info)
     cache = text_cache_for(args, model)
     progress = not args.quiet
-    res = encode_images(
-        model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
-        min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
-    )  # fmt: skip
+    from msclip.errors import BandCoverageError
+
+    try:
+        res = encode_images(
+            model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
+            min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
+        )  # fmt: skip
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)
     cc = np.array([tiles[i].grid_col for i in res.indices], dtype=int)
     grid = (info.n_rows, info.n_cols)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from msclip.cli.common import EXIT_OK, EXIT_USAGE, fraction, positive_int, run_cli
+from msclip.cli.common import EXIT_OK, EXIT_USAGE, fraction, plural, positive_int, run_cli
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -111,14 +111,15 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "examples":
         summary = synthetic.generate_examples(args.out, n=args.n, size=args.size, seed=args.seed)
-        print(f"wrote {summary.n_images} example tiles and {summary.captions_csv}")
+        print(f"wrote {plural(summary.n_images, 'example tile')} and {summary.captions_csv}")
     elif args.command == "dataset":
         summary = synthetic.generate_dataset(
             args.out, args.classes, args.n_per_class, args.size, args.seed, args.layout,
             progress=args.progress,
         )  # fmt: skip
         print(
-            f"wrote {summary.n_images} tiles of {len(summary.counts)} classes, "
+            f"wrote {plural(summary.n_images, 'tile')} of "
+            f"{plural(len(summary.counts), 'class', 'classes')}, "
             f"{summary.captions_csv} and {summary.labels_csv}"
         )
     elif args.command in ("dense", "scene"):
@@ -132,8 +133,9 @@ def _run(args: argparse.Namespace) -> int:
                 args.out, args.size, args.seed, region_size=args.region_size, name=args.name
             )
         splits = ", ".join(f"{n} {s}" for s, n in dense.splits.items())
+        what = "its label and target" if dense.n_images == 1 else "labels and targets"
         print(
-            f"wrote {dense.n_images} images with labels and targets ({splits}), "
+            f"wrote {plural(dense.n_images, 'image')} with {what} ({splits}), "
             f"{dense.index_csv} and {dense.classes_csv}"
         )
     else:

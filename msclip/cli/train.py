@@ -68,15 +68,38 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bo
     return cfg, print_config
 
 
+class _TrainFormatter(logging.Formatter):
+    """Progress records with their time and source; warnings and errors as ``warning: ...``
+    lines, as every msclip program writes them."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return f"{self.prefix}{record.levelname.lower()}: {record.getMessage()}"
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def _weights_dtype_line(record: logging.LogRecord) -> bool:
+    # Training keeps float32 weights whatever --precision says (bf16 is autocast); the factory's
+    # line about the weights' dtype would contradict the trainer's one precision line.
+    return not (record.name == "msclip.factory" and record.msg == "%s runs in %s")
+
+
 def _logging(args: argparse.Namespace) -> Callable[[], None]:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world > 1 else ""
-    return setup_logging(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        fmt=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    restore = setup_logging(
+        level=logging.INFO if rank == 0 else logging.WARNING, formatter=_TrainFormatter(prefix)
     )
+    handler = logging.getLogger().handlers[-1]
+    handler.addFilter(_weights_dtype_line)
+    return restore
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -331,11 +331,11 @@ class Trainer:
 
             native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index or 0)
             precision = "bf16" if native else "fp32"
-            logger.info(
-                "precision auto: %s (%s)",
-                precision,
-                "GPU with native bf16" if native else "no GPU with native bf16",
-            )
+            reason = "auto: " + ("GPU with native bf16" if native else "no GPU with native bf16")
+        else:
+            reason = f"{precision}: asked for"
+        how = "bf16 autocast, fp32 weights" if precision == "bf16" else "fp32 weights"
+        logger.info("precision: %s on %s (%s; %s)", precision, ctx.device, reason, how)
         self.precision = precision
         if precision == "bf16":
             if ctx.device.type == "cpu":
@@ -388,13 +388,14 @@ class Trainer:
             write_text(self.out / "config.yaml", text)
         n_trainable = sum(p.numel() for p in self.params)
         logger.info(
-            "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d processes; "
+            "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d %s; "
             "%d trainable parameters in %d tensors",
             len(train_t),
             self.steps_per_epoch,
             self.total_steps,
             len(val_t),
             ctx.world_size,
+            "process" if ctx.world_size == 1 else "processes",
             n_trainable,
             len(self.params),
         )

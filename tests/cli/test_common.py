@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -76,9 +77,13 @@ def test_logging_set_up_is_undone(capsys):
         logging.getLogger("msclip.x").warning("careful")
         return EXIT_OK
 
+    import warnings
+
+    show = warnings.showwarning
     assert run_cli([], _parser().parse_args, run) == EXIT_OK
     assert "warning: careful" in capsys.readouterr().err
     assert (list(root.handlers), root.level) == before[:2]
+    assert warnings.showwarning is show
 
 
 def test_missing_published_weights_name_the_file_and_the_flag(capsys, tmp_path, monkeypatch):
@@ -107,3 +112,31 @@ def test_weights_error_is_a_library_error_without_flags():
     assert err.value.param == "pretrained" and flag_hint(err.value) == (
         " (command-line option: --ckpt-path)"
     )
+
+
+def test_a_closed_output_ends_quietly(monkeypatch, capsys):
+    import io
+
+    from msclip.cli import scenes
+    from msclip.cli.common import EXIT_PIPE_CLOSED
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert scenes.main(["classes"]) == EXIT_PIPE_CLOSED
+    assert capsys.readouterr().err == ""  # no "error: [Errno 32] Broken pipe"
+
+
+def test_a_closed_pipe_in_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "msclip.synthetic", "classes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    proc.stdout.close()  # the reader goes away before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""

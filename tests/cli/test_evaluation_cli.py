@@ -332,6 +332,20 @@ def test_default_model_labels(extra, label):
     assert _model_label(args) == label
 
 
+@pytest.mark.parametrize("picked", ["bf16", "fp16", "fp32"])
+def test_the_row_name_does_not_depend_on_what_auto_picked(picked):
+    from msclip.cli.evaluation import _model_label
+
+    args = parse_args(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS",
+                       "--no-pretrained"])  # fmt: skip
+    args.precision_used = picked  # what --precision auto chose on this machine
+    assert _model_label(args) == "msclip-tiny-random"
+    explicit = parse_args(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS",
+                           "--no-pretrained", "--precision", "bf16"])  # fmt: skip
+    explicit.precision_used = "bf16"
+    assert _model_label(explicit) == "msclip-tiny-random-bf16"
+
+
 # -- unreadable images --------------------------------------------------------------------------
 def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
     root = tmp_path / "data"
@@ -352,3 +366,13 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
     code, out, err = _run([*base, "--save-path", str(tmp_path / "strict"), "--strict"], capsys)
     assert code == 1 and "EuroSAT_MS: FAILED" in err and broken.name in err
     assert "Traceback" not in err
+
+
+def test_a_missing_dataset_names_the_flag(tmp_path, capsys):
+    code = main(["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+                 "--dataset-dir", str(tmp_path / "nowhere"), "--save-path", str(tmp_path / "r"),
+                 "--no-text-cache", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    line = next(x for x in err.splitlines() if x.startswith("EuroSAT_MS: FAILED"))
+    assert line.endswith("(command-line option: --dataset-dir)")

@@ -145,7 +145,15 @@ def test_inference_with_a_head(run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0 and "classified into 3 classes by the logistic head" in text
     df = pd.read_csv(out)
-    assert df.columns.tolist() == ["Image", "Class", "desert", "forest", "sea", "valid_fraction"]
+    assert df.columns.tolist() == [
+        "Image",
+        "Class",
+        "desert",
+        "forest",
+        "sea",
+        "valid_fraction",
+        "status",
+    ]
     assert len(df) == 10 and df[["desert", "forest", "sea"]].sum(axis=1).round(6).eq(1).all()
     # the same predictions as the run's own on its test images of that class
     preds = pd.read_csv(run["root"] / "run" / "logistic" / "predictions.csv")
@@ -213,7 +221,7 @@ def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     df = pd.read_csv(pred)
-    assert df.columns.tolist() == ["Image", "cover", "valid_fraction"] and len(df) == 10
+    assert df.columns.tolist() == ["Image", "cover", "valid_fraction", "status"] and len(df) == 10
     capsys.readouterr()
 
 

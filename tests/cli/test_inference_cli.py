@@ -94,8 +94,8 @@ def test_classification_matches_published_protocol(tiles, tmp_path, reference_mo
     )
     assert rc == 0
     df = pd.read_csv(out)
-    # the published columns, then the fraction of valid pixels of each scored image
-    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction"]
+    # the published columns, then the fraction of valid pixels and the status of each image
+    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction", "status"]
     # as the original release writes: the path relative to the --images root (a bare file name)
     assert df["Image"].tolist() == [p.name for p in tiles]
     model, preprocess, tokenizer = reference_model
@@ -125,7 +125,15 @@ def test_second_run_uses_text_cache(tiles, tmp_path, monkeypatch):
     monkeypatch.setattr(msclip.MSCLIP, "encode_text", lambda *a, **k: pytest.fail("text tower"))
     assert main([*args, "--save-path", str(tmp_path / "b.csv")]) == 0
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
-    assert list(a.columns) == ["Image", "Class", "forest", "river", "town", "valid_fraction"]
+    assert list(a.columns) == [
+        "Image",
+        "Class",
+        "forest",
+        "river",
+        "town",
+        "valid_fraction",
+        "status",
+    ]
     pd.testing.assert_frame_equal(a, b)
     # --no-text-cache must encode again: the failing text tower is reached.
     with pytest.raises(pytest.fail.Exception, match="text tower"):
@@ -149,8 +157,8 @@ def test_classes_file_and_multi_label(tiles, tmp_path):
     assert main([*base, "--multi-label", "--save-path", str(out)]) == 0
     df = pd.read_csv(out, keep_default_na=False)
     names = ["Pasture", "Industrial_Buildings", "Sea/Lake"]
-    # the published columns, then the fraction of valid pixels of each scored image
-    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction"]
+    # the published columns, then the fraction of valid pixels and the status of each image
+    assert list(df.columns) == ["Image", "Class", *names, "valid_fraction", "status"]
     p = df[names].to_numpy()
     for row, probs in zip(df["Class"], p):
         # The published rule compares logits; log-probabilities differ from them by a constant
@@ -192,7 +200,11 @@ def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.tif" in err and "empty.npy" in err
     assert "2 of 5 images could not be read" in err
-    assert len(pd.read_csv(out)) == 3
+    df = pd.read_csv(out)  # a row per image: the unreadable ones unscored, with the reason
+    assert (df["status"] == "ok").sum() == 3
+    bad = df[df["status"] != "ok"]
+    assert sorted(bad["Image"]) == ["broken.tif", "empty.npy"] and bad["Class"].isna().all()
+    assert bad["status"].str.startswith("unreadable: ").all()
     assert main([*args, "--skip-bad"]) == 0
 
 

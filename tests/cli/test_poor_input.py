@@ -132,7 +132,8 @@ def test_rgb_picture_to_a_multispectral_model_warns_once_or_is_refused(tmp_path,
     assert "(3 of 3 images)" in lines[0]
     assert main([*argv, "--strict-bands"]) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "lack 7 of the model's 10 bands" in err and "--bands" in err
+    assert "error:" in err and "lack 7 of the model's 10 bands" in err
+    assert "refused by --strict-bands" in err
 
 
 # -- 3. nodata tiles are skipped and counted, never scored ----------------------------------------
@@ -148,10 +149,18 @@ def test_all_nodata_and_all_nan_tiles_are_skipped_and_counted(folder, tmp_path, 
                  "--save-path", str(out)])  # fmt: skip
     assert code == 0
     df = pd.read_csv(out)
-    assert sorted(df["Image"]) == ["t0.tif", "t1.tif", "t2.tif", "t3.tif", "y_part.tif"]
+    scored = df[df["status"] == "ok"]
+    assert sorted(scored["Image"]) == ["t0.tif", "t1.tif", "t2.tif", "t3.tif", "y_part.tif"]
     assert df.set_index("Image").loc["y_part.tif", "valid_fraction"] == pytest.approx(0.75)
-    assert (df["valid_fraction"] > 0.5).all()
-    assert "2 of 7 images skipped: fewer than 50% valid pixels" in capsys.readouterr().err
+    assert (scored["valid_fraction"] > 0.5).all()
+    unscored = df[df["status"] != "ok"].set_index("Image")  # a row each, never scored
+    assert sorted(unscored.index) == ["z_nan.tif", "z_nodata.tif"]
+    assert unscored["Class"].isna().all() and unscored["forest"].isna().all()
+    assert (unscored["valid_fraction"] == 0).all()
+    assert unscored["status"].str.startswith("skipped: fewer than 50% valid pixels").all()
+    err = capsys.readouterr().err
+    assert "2 of 7 images skipped: fewer than 50% valid pixels" in err
+    assert "z_nodata.tif" in err and "z_nan.tif" in err
     out2 = tmp_path / "r.csv"
     code = main(["--run-retrieval", "--images", str(folder), "--query", "a lake", *QUIET,
                  "--save-path", str(out2), "--min-valid", "0.8"])  # fmt: skip
@@ -240,7 +249,10 @@ def test_one_class_and_tiny_rasters(folder, tmp_path, capsys):
     assert code == 1  # unreadable (too small) images are named and counted
     assert "1x1 pixels is smaller than one 8-pixel patch" in err and "dot.tif" in err
     assert "rasters of 8x8 pixels are upsampled 4.0x" not in err  # 8 px: a quarter of 32
-    assert set(pd.read_csv(out)["Image"]) == {"ok.tif"}
+    df = pd.read_csv(out)
+    assert set(df.loc[df["status"] == "ok", "Image"]) == {"ok.tif"}
+    bad = df[df["status"] != "ok"]
+    assert "dot.tif" in set(bad["Image"]) and bad["status"].str.startswith("unreadable: ").all()
 
 
 # -- 10. the multi-label table --------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_dense_and_scene_subcommands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(rows) == 10 and all((tmp_path / "d" / r["target"]).is_file() for r in rows)
     argv = ["scene", "--out", str(tmp_path / "s"), "--size", "96", "--region-size", "32"]
     assert scenes.main(argv) == 0
-    assert "wrote 1 images with labels and targets (1 test)" in capsys.readouterr().out
+    assert "wrote 1 image with its label and target (1 test)" in capsys.readouterr().out
     written = sorted(
         p.relative_to(tmp_path / "s").as_posix() for p in (tmp_path / "s").rglob("*.*")
     )

@@ -77,3 +77,25 @@ def test_cli_print_config(tmp_path: Path, capsys) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"] == "msclip-tiny" and printed["loss"] == "siglip"
     assert set(printed) == set(TrainConfig().to_dict())
+
+
+def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys) -> None:
+    from support.train_tiles import write_class_tif
+
+    rows = ["image,caption"]
+    for i in range(8):
+        write_class_tif(tmp_path / f"{i}.tif", i % 2, i)  # 12-band L2A: B01 is out of range
+        rows.append(f"{tmp_path / f'{i}.tif'},class {i % 2}")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
+                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--output-dir", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    precision = [line for line in err.splitlines() if "precision:" in line]
+    assert len(precision) == 1 and "precision: fp32 on cpu (auto: " in precision[0]
+    assert "runs in fp32" not in err and "1 process;" in err
+    warned = [line for line in err.splitlines() if "spectral range" in line]
+    assert warned and all(line.startswith("warning: input bands ['B01']") for line in warned)
+    assert ".py:" not in err and "py.warnings" not in err

@@ -153,7 +153,7 @@ def test_train_validate_and_classify_with_the_result(scenes: Path, tmp_path: Pat
     )
     assert code == 0
     rows = pd.read_csv(table)
-    assert len(rows) == 24 and list(rows.columns[2:]) == [*names, "valid_fraction"]
+    assert len(rows) == 24 and list(rows.columns[2:]) == [*names, "valid_fraction", "status"]
     truth = [class_display_name(Path(p).parent.name) for p in rows["Image"]]
     top1 = float(np.mean(rows["Class"].to_numpy() == np.array(truth)))
     assert top1 == pytest.approx(float(metrics[-1]["zs_top1"]))
