@@ -214,7 +214,8 @@ def create_model(
     model.precision_requested = choice.requested
     if device is not None:
         model = model.to(device)
-    logger.info("%s runs in %s", label, choice.summary())
+    # debug: each program states the precision once, in its own words (report_precision, trainer)
+    logger.debug("%s runs in %s", label, choice.summary())
     return model
 
 

@@ -84,22 +84,13 @@ class _TrainFormatter(logging.Formatter):
         return super().format(record)
 
 
-def _weights_dtype_line(record: logging.LogRecord) -> bool:
-    # Training keeps float32 weights whatever --precision says (bf16 is autocast); the factory's
-    # line about the weights' dtype would contradict the trainer's one precision line.
-    return not (record.name == "msclip.factory" and record.msg == "%s runs in %s")
-
-
 def _logging(args: argparse.Namespace) -> Callable[[], None]:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world > 1 else ""
-    restore = setup_logging(
+    return setup_logging(
         level=logging.INFO if rank == 0 else logging.WARNING, formatter=_TrainFormatter(prefix)
     )
-    handler = logging.getLogger().handlers[-1]
-    handler.addFilter(_weights_dtype_line)
-    return restore
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
