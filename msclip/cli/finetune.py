@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         tabulate(
             rows,
             headers=["method", "metric", "value", "95% CI", "train", "test", "s"],
-            floatfmt=".4f",
+            floatfmt=("", "", ".4f", "", "", "", ".1f"),
         )
     )
     for m in result.methods:
@@ -202,13 +202,14 @@ def _print_dense(result: object) -> int:
     for task, cols in columns.items():
         rows = [
             [m.label, *[_fmt(m.result.metrics.get(k)) for k, _ in cols], m.result.n_train,
-             m.result.n_test, f"{m.seconds:.1f}"]
+             m.result.n_test, m.seconds]
             for m in result.methods  # type: ignore[attr-defined]
             if m.record["task"] == task
         ]  # fmt: skip
         if rows:
             headers = ["run", *[h for _, h in cols], "train", "test", "s"]
-            print(tabulate(rows, headers=headers, floatfmt=".4f"))
+            floatfmt = ("", *[".4f"] * len(cols), "", "", ".1f")
+            print(tabulate(rows, headers=headers, floatfmt=floatfmt))
     first = result.methods[0]  # type: ignore[attr-defined]
     print(f"dense head: {first.files['head']}")
     print(f"protocol card: {result.output_dir / 'protocol.yaml'}")  # type: ignore[attr-defined]

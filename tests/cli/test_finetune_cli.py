@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def test_run_summary_table_is_printed(tmp_path, run, capsys):
     assert code == 0
     assert "scenes: classification, 3 classes; train 15, val 6, test 9" in out
     assert "knn-unweighted  top1_accuracy" in out and "95% CI" in out
+    row = next(line for line in out.splitlines() if line.startswith("knn "))
+    assert re.fullmatch(r"\d+\.\d", row.split()[-1]), row  # seconds with one decimal
     assert f"records merged into {tmp_path / 'r' / 'summary.csv'}" in out
 
 
