@@ -24,8 +24,10 @@
 * :mod:`msclip.heads.checkpoint`: head-only checkpoints bound to the encoder's fingerprint, and
   predictions of a saved head.
 * :mod:`msclip.heads.finetune` (settings in :mod:`msclip.heads.runconfig`): the runner of
-  ``msclip-finetune``: a task registry, the feature cache, probes, an exactly resumable training
-  loop, head files, protocol cards and metric records.
+  ``msclip-finetune``: a task registry, the feature cache, probes, head files, protocol cards and
+  metric records; :mod:`msclip.heads.training`: the exactly resumable training loop of every
+  trained head; :mod:`msclip.heads.runs`: what the image-level and dense runners share (results,
+  model loading in the run's precision, encoder files, the protocol card).
 * :mod:`msclip.heads.dense_data` (image / label raster pairs, grids checked, crops),
   :mod:`msclip.heads.dense_finetune` (dense tasks in the runner), :mod:`msclip.heads.dense_head`
   (dense head files bound to the encoder) and :mod:`msclip.heads.dense_grid` (decoders x encoder

@@ -12,7 +12,7 @@
 * losses (:mod:`msclip.heads.losses`): cross-entropy with ``ignore_index`` and class weights (a
   list, or ``auto`` / ``median`` counted in one pass over the training label rasters), MSE / L1 /
   Huber over valid target pixels, summed with each task's weight;
-* training: the runner's exactly resumable loop (:func:`msclip.heads.finetune.train_loop`),
+* training: the runners' exactly resumable loop (:func:`msclip.heads.training.train_loop`),
   seeded random crops and flips per batch (``default_rng((seed, epoch, batch))``), validation
   loss and main metric every epoch;
 * evaluation on whole test images (padded to the patch grid, cropped back), streamed through a
@@ -177,9 +177,9 @@ def _dense_tasks(cfg: FinetuneRunConfig, data: DenseData) -> list[DenseTask]:
 
 
 def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: DenseData, label: str) -> str:
-    from msclip.heads.finetune import _RUNTIME_OPTIONS
+    from msclip.heads.runs import RUNTIME_OPTIONS
 
-    facts = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_OPTIONS}
+    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
     h = hashlib.sha256()
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     h.update(fingerprint.encode())
@@ -321,7 +321,7 @@ def run_dense_finetune(
         command: the command line, for records and the protocol card.
 
     Returns:
-        A :class:`msclip.heads.finetune.RunResult` (one method result per task).
+        A :class:`msclip.heads.runs.RunResult` (one method result per task).
 
     Raises:
         ConfigError: bad settings, or an existing run without ``resume``.
@@ -332,18 +332,6 @@ def run_dense_finetune(
 
     from msclip.eval.report import library_versions, make_head_record, merge, write_record
     from msclip.heads.dense_head import save_dense_head
-    from msclip.heads.finetune import (
-        MethodResult,
-        RunResult,
-        _check_outputs,
-        _default_label,
-        _head_groups,
-        _load_model,
-        _write_protocol,
-        model_facts,
-        save_encoder_files,
-        train_loop,
-    )
     from msclip.heads.lora import LoRAConfig
     from msclip.heads.modes import (
         FinetuneConfig,
@@ -352,19 +340,30 @@ def run_dense_finetune(
         finetune_param_groups,
     )
     from msclip.heads.probes import ProbeResult
+    from msclip.heads.runs import (
+        MethodResult,
+        RunResult,
+        check_outputs,
+        default_label,
+        load_run_model,
+        model_facts,
+        save_encoder_files,
+        write_protocol,
+    )
     from msclip.heads.scene_predict import ScenePreprocess
+    from msclip.heads.training import head_groups, train_loop
     from msclip.io import write_csv
 
     t_start = time.perf_counter()
     data = load_dense_data(cfg)
     label = dense_label(cfg)
-    _check_outputs(cfg, [label])
+    check_outputs(cfg, [label])
     if model is None:
-        model = _load_model(cfg)
+        model = load_run_model(cfg)
     out_dir = Path(cfg.output_dir).expanduser()
     save = Path(cfg.save_path).expanduser()
     folder = out_dir / label
-    model_label = _default_label(cfg, model)
+    model_label = default_label(cfg, model)
     facts = model_facts(cfg, model, model_label)
     base_fingerprint = model.fingerprint(precision=False)
     tasks = _dense_tasks(cfg, data)
@@ -390,7 +389,7 @@ def run_dense_finetune(
     net.heads.to(device)
     lr = cfg.lr if cfg.lr is not None else 1e-3
     if mode == "frozen":
-        groups = _head_groups(net.heads, lr, cfg.weight_decay)
+        groups = head_groups(net.heads, lr, cfg.weight_decay)
     else:
         groups = finetune_param_groups(
             model,
@@ -637,5 +636,5 @@ def run_dense_finetune(
         "versions": library_versions(),
         "wall_s": time.perf_counter() - t_start,
     }
-    _write_protocol(out_dir / "protocol.yaml", protocol)
+    write_protocol(out_dir / "protocol.yaml", protocol)
     return RunResult(data, methods, protocol, out_dir, save, [])  # type: ignore[arg-type]

@@ -200,7 +200,7 @@ def _note_seconds(head_file: Path, seconds: float) -> None:
 def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> list[dict]:
     from msclip.heads.dense_data import DenseSamples
     from msclip.heads.dense_finetune import evaluate_maskclip, load_dense_data
-    from msclip.heads.finetune import _load_model
+    from msclip.heads.runs import load_run_model
     from msclip.heads.scene_predict import ScenePreprocess
     from msclip.io import write_json
 
@@ -211,7 +211,7 @@ def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> lis
     seg = [t for t in data.tasks if t.kind == "segmentation" and t.prompt_names]
     if not seg:
         return []
-    model = _load_model(cfg)
+    model = load_run_model(cfg)
     model.eval()
     samples = DenseSamples(
         data, ScenePreprocess.from_model(model), cfg.input_bands, cfg.sensor, cfg.nodata

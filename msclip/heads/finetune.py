@@ -40,14 +40,11 @@ method in the results folder of ``evaluation.py``, merged into the same ``summar
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +53,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import CheckpointError, ConfigError, HeadConfigError, HeadInputError
+from msclip.errors import HeadConfigError, HeadInputError
 from msclip.heads.data import TaskData, from_benchmark, from_csv, from_folders
 from msclip.heads.features import FeatureSpec
 from msclip.heads.runconfig import ENCODER_MODES, METHODS, FinetuneRunConfig
+from msclip.heads.runs import (
+    RUNTIME_OPTIONS,
+    MethodResult,
+    RunResult,
+    check_outputs,
+    default_label,
+    load_run_model,
+    model_facts,
+    run_precision,
+    save_encoder_files,
+    write_protocol,
+)
+from msclip.heads.training import head_groups, train_loop
 
 __all__ = [
     "ENCODER_MODES",
@@ -73,13 +83,13 @@ __all__ = [
     "load_task_data",
     "register_task",
     "run_finetune",
+    "run_precision",
     "train_loop",
 ]
 
 logger = logging.getLogger(__name__)
 
 _TRAINED = ("linear", "text-init")
-_CKPT_FORMAT = "msclip-finetune-v1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,333 +324,13 @@ class EncoderHead(nn.Module):
         return self.head(self.features(images))
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Seeded batch order of one epoch (a last batch of one row joins the previous one)."""
-    perm = np.random.default_rng((seed, epoch)).permutation(n)
-    bounds = [*range(0, n, batch_size), n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        bounds.pop(-2)
-    return [perm[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def _trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    state = {n: p.detach().cpu().clone() for n, p in net.named_parameters() if p.requires_grad}
-    for n, b in net.named_buffers():
-        if n.startswith(("head.", "heads.")):  # batch-norm statistics of (dense) heads
-            state[n] = b.detach().cpu().clone()
-    return state
-
-
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    own = dict(net.named_parameters())
-    own.update(dict(net.named_buffers()))
-    missing = [k for k in state if k not in own]
-    if missing:
-        raise CheckpointError(f"training checkpoint holds tensors this run lacks: {missing[:4]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v.to(own[k].dtype))
-
-
-def train_loop(
-    net: nn.Module,
-    groups: list[dict[str, Any]],
-    n: int,
-    batches: Callable[[list[np.ndarray], int], Iterator[tuple[torch.Tensor | None, np.ndarray]]],
-    loss_fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    warmup_epochs: int = 0,
-    checkpoint: Path | None = None,
-    run_key: str = "",
-    resume: bool = False,
-    save_every: int = 1,
-    validate: Callable[[], dict[str, float]] | None = None,
-    hooks: Sequence[Callable[[int], None]] = (),
-    progress: bool = False,
-    desc: str = "train",
-) -> list[dict[str, Any]]:
-    """Train ``net`` by AdamW with an exact, resumable schedule.
-
-    Args:
-        net: the module (its trainable parameters are those in ``groups``).
-        groups: AdamW parameter groups (``lr`` each).
-        n: training samples.
-        batches: ``(batch row lists, epoch) -> (inputs, rows)`` per batch, in order; ``inputs``
-            is ``None`` when no row of the batch could be read (the step is skipped, the
-            schedule still advances).
-        loss_fn: ``(outputs, rows) -> loss``.
-        epochs: passes over the data.
-        batch_size: rows per step.
-        seed: seed of the batch order (``default_rng((seed, epoch))``) and of the torch random
-            state at the start.
-        warmup_epochs: linear warm-up, then cosine decay to 0 (per step).
-        checkpoint: file of the training checkpoint.
-        run_key: what the run is; a checkpoint of another run is refused.
-        resume: continue from ``checkpoint`` when it exists.
-        save_every: write the checkpoint every this many epochs (and after the last).
-        validate: called after each epoch; its values join the history.
-        hooks: called with the epoch number after each checkpoint.
-        progress: show a progress bar.
-        desc: label of the bar.
-
-    Returns:
-        The history: per epoch ``epoch``, ``loss``, ``lr`` and the validation values.
-
-    Raises:
-        CheckpointError: an unreadable checkpoint or one of another run.
-    """
-    opt = torch.optim.AdamW(groups)
-    steps_per_epoch = len(_epoch_batches(n, batch_size, seed, 0))
-    total = max(1, epochs * steps_per_epoch)
-    warm = warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        return _train_epochs(
-            net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint, run_key,
-            resume, save_every, validate, hooks, progress, desc,
-        )  # fmt: skip
-
-
-def _train_epochs(
-    net: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    n: int,
-    batches: Callable[..., Iterator[Any]],
-    loss_fn: Callable[..., torch.Tensor],
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    checkpoint: Path | None,
-    run_key: str,
-    resume: bool,
-    save_every: int,
-    validate: Callable[[], dict[str, float]] | None,
-    hooks: Sequence[Callable[[int], None]],
-    progress: bool,
-    desc: str,
-) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    history: list[dict[str, Any]] = []
-    start = 0
-    torch.manual_seed(seed)
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = _read_training_checkpoint(checkpoint, run_key)
-        _load_state(net, state["state"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        cuda = state.get("cuda_rng")
-        if (
-            cuda is not None
-            and torch.cuda.is_available()
-            and len(cuda) == torch.cuda.device_count()
-        ):
-            torch.cuda.set_rng_state_all(cuda)
-        history = list(state["history"])
-        start = int(state["epoch"])
-        logger.info("resumed %s after epoch %d of %d", checkpoint, start, epochs)
-    for epoch in tqdm(range(start, epochs), desc=desc, unit="epoch", disable=not progress,
-                      initial=start, total=epochs):  # fmt: skip
-        net.train()
-        total_loss, seen = 0.0, 0
-        for inputs, rows in batches(_epoch_batches(n, batch_size, seed, epoch), epoch):
-            if inputs is not None and len(rows):
-                loss = loss_fn(net(inputs), rows)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total_loss += float(loss.detach()) * len(rows)
-                seen += len(rows)
-            sched.step()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": total_loss / max(1, seen),
-            "lr": sched.get_last_lr()[0],
-            "n": seen,
-        }
-        if validate is not None:
-            net.eval()
-            record.update(validate())
-        history.append(record)
-        last = epoch + 1 == epochs
-        if checkpoint is not None and ((epoch + 1) % save_every == 0 or last):
-            _write_training_checkpoint(checkpoint, {
-                "run_key": run_key, "epoch": epoch + 1, "state": _trainable_state(net),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": _cuda_rng(), "history": history,
-            })  # fmt: skip
-        for hook in hooks:
-            hook(epoch + 1)
-    net.eval()
-    return history
-
-
-def _cuda_rng() -> list[torch.Tensor] | None:
-    return torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-
-def _write_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    from msclip.io import atomic_write
-
-    data = {"format": _CKPT_FORMAT, **payload}
-    atomic_write(path, lambda tmp: torch.save(data, tmp), ".pt")
-
-
-def _read_training_checkpoint(path: Path, run_key: str) -> dict[str, Any]:
-    import pickle
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
-    if not isinstance(data, dict) or data.get("format") != _CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not an msclip-finetune training checkpoint")
-    if data.get("run_key") != run_key:
-        raise CheckpointError(
-            f"{path} belongs to a run with other settings, data or model; resume it with the "
-            "same options, or start a new run in another output_dir",
-            param="resume",
-        )
-    return data
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class MethodResult:
-    """What one method produced.
-
-    Attributes:
-        label: the method's label (``knn``, ``linear-lora`` ...).
-        result: the test metrics, intervals and scores (:class:`~msclip.heads.ProbeResult`).
-        main_metric: the task's main metric.
-        record: the metric record written to the results folder.
-        files: files written for this method (head, adapters, history ...).
-        seconds: wall time of the method.
-    """
-
-    label: str
-    result: Any
-    main_metric: str
-    record: dict[str, Any]
-    files: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass
-class RunResult:
-    """Everything a run produced.
-
-    Attributes:
-        data: the labelled data and its splits.
-        methods: one result per method label, in run order.
-        protocol: the protocol card (also written as ``protocol.yaml``).
-        output_dir: the run folder.
-        save_path: the results folder (records, summary.csv, report.md).
-        unreadable: images that could not be read (skipped and counted).
-    """
-
-    data: TaskData
-    methods: list[MethodResult]
-    protocol: dict[str, Any]
-    output_dir: Path
-    save_path: Path
-    unreadable: list[str] = field(default_factory=list)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per method: main metric with its interval, train / test sizes, seconds."""
-        rows = []
-        for m in self.methods:
-            ci = m.result.ci.get(m.main_metric)
-            value = m.result.metrics.get(m.main_metric, m.record["metrics"].get(m.main_metric))
-            rows.append({
-                "method": m.label, "metric": m.main_metric, "value": value,
-                "ci_low": ci.low if ci is not None else None,
-                "ci_high": ci.high if ci is not None else None,
-                "n_train": m.result.n_train, "n_test": m.result.n_test,
-                "seconds": round(m.seconds, 2),
-            })  # fmt: skip
-        return rows
-
-
-def _default_label(cfg: FinetuneRunConfig, model: Any) -> str:
-    if cfg.model_label:
-        return cfg.model_label
-    name = cfg.model_name
-    stem = Path(name).stem if name and name.endswith(".safetensors") else name
-    if cfg.ckpt_path:
-        ckpt = Path(cfg.ckpt_path).stem
-        label = f"{stem}@{ckpt}" if stem else ckpt
-    elif stem != name or cfg.pretrained:
-        label = str(stem or model.config.name)
-    else:
-        label = f"{name}-random"
-    return f"{label}-bf16" if cfg.precision == "bf16" else label
-
-
-def run_precision(cfg: FinetuneRunConfig) -> str:
-    """The precision the encoder is loaded in: ``auto`` lets the machine choose (bf16 where it is
-    native, :mod:`msclip.hardware`) only where the encoder is frozen and image-level features are
-    extracted once; a run that trains the tower or a dense decoder over its maps loads float32
-    (training precision is not the machine's choice: results must not depend on the CPU kind)."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    return "fp32" if cfg.dense or cfg.encoder_mode != "frozen" else "auto"
-
-
-def _load_model(cfg: FinetuneRunConfig) -> Any:
-    from msclip.factory import create_model
-
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(cfg.seed)
-    precision = run_precision(cfg)
-    if cfg.ckpt_path is not None:
-        if cfg.model_name is None:
-            return create_model(cfg.ckpt_path, device=device, precision=precision)
-        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
-    return create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
-                        precision=precision)  # fmt: skip
-
-
-def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:
-    """The model entry of records and the protocol card."""
-    info = model.describe()
-    weights = "file" if (cfg.ckpt_path or (cfg.model_name or "").endswith(".safetensors")) else (
-        "published" if cfg.pretrained else "random")  # fmt: skip
-    return {
-        "label": label, "name": cfg.model_name or model.config.name,
-        "registry_name": model.config.name, "arch": info["arch"],
-        "checkpoint_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path
-        else info["checkpoint_path"],
-        "checkpoint_sha256": info["checkpoint_sha256"], "fingerprint": info["fingerprint"],
-        "weights": weights, "pretrained": bool(cfg.pretrained), "bands": info["bands"],
-        "taps": list(model.taps), "image_size": model.image_size, "embed_dim": info["embed_dim"],
-        "precision": info["precision"], "device": str(model.device),
-    }  # fmt: skip
-
-
-_RUNTIME_OPTIONS = ("workers", "progress", "resume", "save_path", "output_dir", "cache_dir",
-                    "feature_cache", "text_cache", "encode_batch_size", "save_every", "device",
-                    "model_label", "method", "n_resamples", "confidence")  # fmt: skip
-
-
 def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: str) -> str:
-    facts = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_OPTIONS}
+    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
     h = hashlib.sha256()
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     h.update(fingerprint.encode())
@@ -681,7 +371,7 @@ class _Runner:
         self.save = Path(cfg.save_path).expanduser()
         self.features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.unreadable: set[int] = set()
-        self.label = _default_label(cfg, model)
+        self.label = default_label(cfg, model)
         self.facts = model_facts(cfg, model, self.label)
         self.base_fingerprint = model.fingerprint(precision=False)
         self.cache_info: dict[str, Any] = {}
@@ -889,7 +579,7 @@ class _Runner:
                     r = rows["train"][b]
                     yield _rows(x_train, r), r
 
-            groups = _head_groups(head, lr, cfg.weight_decay)
+            groups = head_groups(head, lr, cfg.weight_decay)
         else:
             from msclip.heads.lora import LoRAConfig
             from msclip.heads.modes import (
@@ -1158,50 +848,6 @@ class _Runner:
         return write_csv(df, folder / "predictions.csv")
 
 
-def save_encoder_files(
-    cfg: FinetuneRunConfig,
-    model: Any,
-    folder: Path,
-    label: str,
-    base_fingerprint: str,
-    base_name: str,
-) -> dict[str, Any]:
-    """Write what a head needs of a trained encoder and return the head's encoder facts.
-
-    ``frozen``: nothing (the facts of the encoder as it is); ``lora``: the adapters on their
-    own (and the merged weights when ``merge_lora``); ``last-n`` / ``full`` / ``scratch``: the
-    fine-tuned weights as ``encoder.safetensors``.
-    """
-    from msclip.heads.checkpoint import encoder_facts
-    from msclip.pretrained import file_sha256, save_checkpoint
-
-    mode = cfg.encoder_mode
-    if mode == "frozen":
-        return encoder_facts(model, "frozen")
-    if mode == "lora":
-        from msclip.heads.lora import merge_lora, save_lora
-
-        path = folder / "adapters.safetensors"
-        save_lora(model, path, {"base_fingerprint": base_fingerprint, "base_name": base_name})
-        facts = encoder_facts(model, "lora")
-        facts["fingerprint"] = base_fingerprint
-        facts["adapters"] = {"file": path.name, "sha256": file_sha256(path)}
-        if cfg.merge_lora:
-            merge_lora(model)
-            merged = folder / "merged.safetensors"
-            save_checkpoint(model, merged, {"msclip_finetune": label})
-            model.checkpoint_sha256 = file_sha256(merged)
-            model.checkpoint_path = str(merged)
-            facts["merged_fingerprint"] = model.fingerprint(precision=False)
-            facts["merged_file"] = merged.name
-        return facts
-    path = folder / "encoder.safetensors"
-    save_checkpoint(model, path, {"msclip_finetune": label})
-    model.checkpoint_sha256 = file_sha256(path)
-    model.checkpoint_path = str(path)
-    return encoder_facts(model, mode, encoder_file=str(path), base_fingerprint=base_fingerprint)
-
-
 class _InMemory:
     """Items of a protocol dataset kept after their first read (preprocessing is deterministic,
     so every epoch sees the same tensors; flips are applied to batches afterwards)."""
@@ -1219,41 +865,12 @@ class _InMemory:
         return self.items[index]
 
 
-def _head_groups(head: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    from msclip.layer_decay import no_weight_decay
-
-    decay, no_decay = [], []
-    for name, p in head.named_parameters():
-        if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]  # fmt: skip
-    return [g for g in groups if g["params"]]
-
-
 def _metrics(task: TaskSpec, scores: np.ndarray, targets: np.ndarray, cfg: FinetuneRunConfig):
     from msclip.heads.probes import evaluate_scores
 
     c = scores.shape[1] if task.probe_task != "regression" else None
     return evaluate_scores(task.probe_task, scores, targets, c, cfg.n_resamples, cfg.confidence,
                            cfg.seed)  # fmt: skip
-
-
-def _check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
-    from msclip.io import check_output
-
-    out = check_output(cfg.output_dir, kind="dir", param="output_dir")
-    check_output(cfg.save_path, kind="dir", param="save_path")
-    if cfg.resume:
-        return
-    for label in labels:
-        ckpt = out / label / "checkpoint.pt"
-        if ckpt.is_file():
-            raise ConfigError(
-                f"{out} already holds a run of {label} ({ckpt}); pass resume to continue it or "
-                "choose another output_dir",
-                param="resume",
-            )
 
 
 def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
@@ -1307,9 +924,9 @@ def run_finetune(
             raise HeadConfigError(
                 f"methods {bad} do not apply to {data.name} ({data.task})", param="method"
             )
-    _check_outputs(cfg, _planned_labels(cfg))
+    check_outputs(cfg, _planned_labels(cfg))
     if model is None:
-        model = _load_model(cfg)
+        model = load_run_model(cfg)
     runner = _Runner(cfg, model, data, hooks, command)
     runner.out.mkdir(parents=True, exist_ok=True)
     results: list[MethodResult] = []
@@ -1352,14 +969,6 @@ def run_finetune(
         "versions": library_versions(),
         "wall_s": time.perf_counter() - t_start,
     }
-    _write_protocol(runner.out / "protocol.yaml", protocol)
+    write_protocol(runner.out / "protocol.yaml", protocol)
     return RunResult(data, results, protocol, runner.out, runner.save,
                      sorted(names[i] for i in runner.unreadable))  # fmt: skip
-
-
-def _write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
-    import yaml
-
-    from msclip.io import jsonable, write_text
-
-    return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))

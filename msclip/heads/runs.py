@@ -1,0 +1,223 @@
+"""What the image-level and the dense runners of ``msclip-finetune`` share.
+
+The results of a run (:class:`MethodResult`, :class:`RunResult`), the model it runs on (loading
+in the run's precision: :func:`run_precision`; its row label and the facts records and protocol
+cards carry), the files a trained encoder leaves next to its head (:func:`save_encoder_files`),
+the check that a run never overwrites another (:func:`check_outputs`) and the protocol card
+(:func:`write_protocol`). The runners themselves are :mod:`msclip.heads.finetune` (image-level
+tasks) and :mod:`msclip.heads.dense_finetune` (dense tasks); neither imports the other's module
+for these pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msclip.errors import ConfigError
+from msclip.heads.data import TaskData
+from msclip.heads.runconfig import FinetuneRunConfig
+
+__all__ = [
+    "RUNTIME_OPTIONS",
+    "MethodResult",
+    "RunResult",
+    "check_outputs",
+    "default_label",
+    "load_run_model",
+    "model_facts",
+    "run_precision",
+    "save_encoder_files",
+    "write_protocol",
+]
+
+
+@dataclass
+class MethodResult:
+    """What one method produced.
+
+    Attributes:
+        label: the method's label (``knn``, ``linear-lora`` ...).
+        result: the test metrics, intervals and scores (:class:`~msclip.heads.ProbeResult`).
+        main_metric: the task's main metric.
+        record: the metric record written to the results folder.
+        files: files written for this method (head, adapters, history ...).
+        seconds: wall time of the method.
+    """
+
+    label: str
+    result: Any
+    main_metric: str
+    record: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced.
+
+    Attributes:
+        data: the labelled data and its splits.
+        methods: one result per method label, in run order.
+        protocol: the protocol card (also written as ``protocol.yaml``).
+        output_dir: the run folder.
+        save_path: the results folder (records, summary.csv, report.md).
+        unreadable: images that could not be read (skipped and counted).
+    """
+
+    data: TaskData
+    methods: list[MethodResult]
+    protocol: dict[str, Any]
+    output_dir: Path
+    save_path: Path
+    unreadable: list[str] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per method: main metric with its interval, train / test sizes, seconds."""
+        rows = []
+        for m in self.methods:
+            ci = m.result.ci.get(m.main_metric)
+            value = m.result.metrics.get(m.main_metric, m.record["metrics"].get(m.main_metric))
+            rows.append({
+                "method": m.label, "metric": m.main_metric, "value": value,
+                "ci_low": ci.low if ci is not None else None,
+                "ci_high": ci.high if ci is not None else None,
+                "n_train": m.result.n_train, "n_test": m.result.n_test,
+                "seconds": round(m.seconds, 2),
+            })  # fmt: skip
+        return rows
+
+
+def default_label(cfg: FinetuneRunConfig, model: Any) -> str:
+    if cfg.model_label:
+        return cfg.model_label
+    name = cfg.model_name
+    stem = Path(name).stem if name and name.endswith(".safetensors") else name
+    if cfg.ckpt_path:
+        ckpt = Path(cfg.ckpt_path).stem
+        label = f"{stem}@{ckpt}" if stem else ckpt
+    elif stem != name or cfg.pretrained:
+        label = str(stem or model.config.name)
+    else:
+        label = f"{name}-random"
+    return f"{label}-bf16" if cfg.precision == "bf16" else label
+
+
+def run_precision(cfg: FinetuneRunConfig) -> str:
+    """The precision the encoder is loaded in: ``auto`` lets the machine choose (bf16 where it is
+    native, :mod:`msclip.hardware`) only where the encoder is frozen and image-level features are
+    extracted once; a run that trains the tower or a dense decoder over its maps loads float32
+    (training precision is not the machine's choice: results must not depend on the CPU kind)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "fp32" if cfg.dense or cfg.encoder_mode != "frozen" else "auto"
+
+
+def load_run_model(cfg: FinetuneRunConfig) -> Any:
+    from msclip.factory import create_model
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    precision = run_precision(cfg)
+    if cfg.ckpt_path is not None:
+        if cfg.model_name is None:
+            return create_model(cfg.ckpt_path, device=device, precision=precision)
+        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
+    return create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
+                        precision=precision)  # fmt: skip
+
+
+def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:
+    """The model entry of records and the protocol card."""
+    info = model.describe()
+    weights = "file" if (cfg.ckpt_path or (cfg.model_name or "").endswith(".safetensors")) else (
+        "published" if cfg.pretrained else "random")  # fmt: skip
+    return {
+        "label": label, "name": cfg.model_name or model.config.name,
+        "registry_name": model.config.name, "arch": info["arch"],
+        "checkpoint_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path
+        else info["checkpoint_path"],
+        "checkpoint_sha256": info["checkpoint_sha256"], "fingerprint": info["fingerprint"],
+        "weights": weights, "pretrained": bool(cfg.pretrained), "bands": info["bands"],
+        "taps": list(model.taps), "image_size": model.image_size, "embed_dim": info["embed_dim"],
+        "precision": info["precision"], "device": str(model.device),
+    }  # fmt: skip
+
+
+RUNTIME_OPTIONS = ("workers", "progress", "resume", "save_path", "output_dir", "cache_dir",
+                    "feature_cache", "text_cache", "encode_batch_size", "save_every", "device",
+                    "model_label", "method", "n_resamples", "confidence")  # fmt: skip
+
+
+def save_encoder_files(
+    cfg: FinetuneRunConfig,
+    model: Any,
+    folder: Path,
+    label: str,
+    base_fingerprint: str,
+    base_name: str,
+) -> dict[str, Any]:
+    """Write what a head needs of a trained encoder and return the head's encoder facts.
+
+    ``frozen``: nothing (the facts of the encoder as it is); ``lora``: the adapters on their
+    own (and the merged weights when ``merge_lora``); ``last-n`` / ``full`` / ``scratch``: the
+    fine-tuned weights as ``encoder.safetensors``.
+    """
+    from msclip.heads.checkpoint import encoder_facts
+    from msclip.pretrained import file_sha256, save_checkpoint
+
+    mode = cfg.encoder_mode
+    if mode == "frozen":
+        return encoder_facts(model, "frozen")
+    if mode == "lora":
+        from msclip.heads.lora import merge_lora, save_lora
+
+        path = folder / "adapters.safetensors"
+        save_lora(model, path, {"base_fingerprint": base_fingerprint, "base_name": base_name})
+        facts = encoder_facts(model, "lora")
+        facts["fingerprint"] = base_fingerprint
+        facts["adapters"] = {"file": path.name, "sha256": file_sha256(path)}
+        if cfg.merge_lora:
+            merge_lora(model)
+            merged = folder / "merged.safetensors"
+            save_checkpoint(model, merged, {"msclip_finetune": label})
+            model.checkpoint_sha256 = file_sha256(merged)
+            model.checkpoint_path = str(merged)
+            facts["merged_fingerprint"] = model.fingerprint(precision=False)
+            facts["merged_file"] = merged.name
+        return facts
+    path = folder / "encoder.safetensors"
+    save_checkpoint(model, path, {"msclip_finetune": label})
+    model.checkpoint_sha256 = file_sha256(path)
+    model.checkpoint_path = str(path)
+    return encoder_facts(model, mode, encoder_file=str(path), base_fingerprint=base_fingerprint)
+
+
+def check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
+    from msclip.io import check_output
+
+    out = check_output(cfg.output_dir, kind="dir", param="output_dir")
+    check_output(cfg.save_path, kind="dir", param="save_path")
+    if cfg.resume:
+        return
+    for label in labels:
+        ckpt = out / label / "checkpoint.pt"
+        if ckpt.is_file():
+            raise ConfigError(
+                f"{out} already holds a run of {label} ({ckpt}); pass resume to continue it or "
+                "choose another output_dir",
+                param="resume",
+            )
+
+
+def write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
+    import yaml
+
+    from msclip.io import jsonable, write_text
+
+    return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))
