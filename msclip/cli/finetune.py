@@ -255,4 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from msclip.cli.common import exit_process
+
+    exit_process(main())
