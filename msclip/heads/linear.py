@@ -32,7 +32,7 @@ from torch import nn
 
 from msclip.errors import HeadConfigError, HeadInputError
 from msclip.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
-from msclip.heads.probes import (
+from msclip.heads.probes.common import (
     TASKS,
     ArrayLike,
     ProbeResult,
