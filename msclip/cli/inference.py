@@ -31,7 +31,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # numpy is imported where the work starts (--help stays light)
+    import numpy as np
 
 from msclip.cli.common import (
     EXIT_OK,
@@ -532,24 +535,9 @@ def run_head_classification(args: argparse.Namespace) -> int:
         df["Class"] = labels
         for j, n in enumerate(names):
             df[n] = scores[:, j] if len(scores) else []
-        if task == "multi-label":
-            headers = ["Image", "Classes present (probability)", "Count"]
-            rows = []
-            for im, pr, on in zip(shown, scores, present):
-                found = sorted(
-                    ((pr[j], names[j]) for j in range(len(names)) if on[j]), reverse=True
-                )
-                rows.append([im, ", ".join(f"{n} ({v:.3f})" for v, n in found) or "(none)",
-                             len(found)])  # fmt: skip
-        elif len(names) <= 6:
-            headers = ["Image", "Class", *names]
-            rows = [[im, lab, *pr] for im, lab, pr in zip(shown, labels, scores)]
-        else:
-            headers = ["Image", "Class", "Probability", "Runner-up"]
-            rows = []
-            for im, lab, pr in zip(shown, labels, scores):
-                order = pr.argsort()[::-1]
-                rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
+        headers, rows = _class_table(
+            shown, labels, scores, names, present if task == "multi-label" else None
+        )
     df["valid_fraction"] = valid
     df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
     write_csv(df, out_path)
@@ -568,6 +556,37 @@ def run_head_classification(args: argparse.Namespace) -> int:
     if not shown:
         return _nothing_scored("scored", skipped, failures, len(image_set), args)
     return code
+
+
+def _class_table(
+    shown: Sequence[str],
+    labels: Sequence[str],
+    probs: np.ndarray,
+    names: Sequence[str],
+    present: np.ndarray | None = None,
+) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of the printed classification table.
+
+    Multi-label (``present`` given): the classes marked present, each with its probability (no
+    runner-up: the runner-up of a single-label reading may well be a class marked present).
+    Single-label: every probability for up to six classes, else the class and the runner-up.
+    """
+    if present is not None:
+        rows = []
+        for im, pr, on in zip(shown, probs, present):
+            found = sorted(((pr[j], names[j]) for j in range(len(names)) if on[j]), reverse=True)
+            text = ", ".join(f"{n} ({v:.3f})" for v, n in found) or "(none)"
+            rows.append([im, text, len(found)])
+        return ["Image", "Classes present (probability)", "Count"], rows
+    if len(names) <= 6:
+        return ["Image", "Class", *names], [
+            [im, lab, *pr] for im, lab, pr in zip(shown, labels, probs)
+        ]
+    rows = []
+    for im, lab, pr in zip(shown, labels, probs):
+        order = pr.argsort()[::-1]
+        rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
+    return ["Image", "Class", "Probability", "Runner-up"], rows
 
 
 def run_classification(args: argparse.Namespace) -> int:
@@ -613,25 +632,7 @@ def run_classification(args: argparse.Namespace) -> int:
     )
     write_csv(df, out_path)
 
-    probs = result.probs
-    if result.present is not None:
-        # Multi-label: the classes marked present, each with its probability (no runner-up: the
-        # runner-up of a single-label reading may well be a class marked present).
-        headers = ["Image", "Classes present (probability)", "Count"]
-        rows = []
-        for im, pr, on in zip(shown, probs, result.present):
-            found = sorted(((pr[j], names[j]) for j in range(len(names)) if on[j]), reverse=True)
-            text = ", ".join(f"{n} ({v:.3f})" for v, n in found) or "(none)"
-            rows.append([im, text, len(found)])
-    elif len(names) <= 6:
-        headers = ["Image", "Class", *names]
-        rows = [[im, lab, *pr] for im, lab, pr in zip(shown, labels, probs)]
-    else:
-        headers = ["Image", "Class", "Probability", "Runner-up"]
-        rows = []
-        for im, lab, pr in zip(shown, labels, probs):
-            order = pr.argsort()[::-1]
-            rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
+    headers, rows = _class_table(shown, labels, result.probs, names, result.present)
     print_table(rows, headers, args.max_print, len(rows))
     print(
         f"{_plural(len(shown), 'image')} classified into {_plural(len(names), 'class', 'classes')}"

@@ -345,6 +345,7 @@ def run_dense_finetune(
         RunResult,
         check_outputs,
         default_label,
+        encoder_hparams,
         load_run_model,
         model_facts,
         save_encoder_files,
@@ -510,21 +511,7 @@ def run_dense_finetune(
         "layers": list(net.layers),
         "tasks": task_entries,
     }
-    if mode != "frozen":
-        hp.update(
-            encoder_lr=cfg.encoder_lr,
-            layer_decay=cfg.layer_decay,
-            encoder_weight_decay=cfg.encoder_weight_decay,
-        )
-        if mode == "lora":
-            hp.update(
-                lora_rank=cfg.lora_rank,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                lora_targets=list(cfg.lora_targets),
-            )
-        if mode == "last-n":
-            hp["last_n"] = cfg.last_n
+    hp.update(encoder_hparams(cfg))
     hp["parameters"] = count_parameters(model, net.heads).to_dict()
     head_path = save_dense_head(
         folder / "dense_head.safetensors",

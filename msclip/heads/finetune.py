@@ -63,6 +63,7 @@ from msclip.heads.runs import (
     RunResult,
     check_outputs,
     default_label,
+    encoder_hparams,
     load_run_model,
     model_facts,
     run_precision,
@@ -645,21 +646,7 @@ class _Runner:
         if method == "linear":
             hp["batch_norm"] = cfg.batch_norm
         if not frozen:
-            hp.update(
-                encoder_lr=cfg.encoder_lr,
-                layer_decay=cfg.layer_decay,
-                encoder_weight_decay=cfg.encoder_weight_decay,
-                augment=cfg.augment,
-            )
-            if mode == "lora":
-                hp.update(
-                    lora_rank=cfg.lora_rank,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    lora_targets=list(cfg.lora_targets),
-                )
-            if mode == "last-n":
-                hp["last_n"] = cfg.last_n
+            hp.update(encoder_hparams(cfg), augment=cfg.augment)
         from msclip.heads.modes import count_parameters
 
         hp["parameters"] = count_parameters(self.model, head).to_dict()

@@ -28,6 +28,7 @@ __all__ = [
     "RunResult",
     "check_outputs",
     "default_label",
+    "encoder_hparams",
     "load_run_model",
     "model_facts",
     "run_precision",
@@ -221,3 +222,27 @@ def write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
     from msclip.io import jsonable, write_text
 
     return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))
+
+
+def encoder_hparams(cfg: FinetuneRunConfig) -> dict[str, Any]:
+    """The settings of the image tower's training that a protocol card and a head file record
+    (empty for a frozen tower): learning rate, layer decay, weight decay, and the mode's own
+    (LoRA rank, alpha, dropout and targets; ``last_n``)."""
+    mode = cfg.encoder_mode
+    if mode == "frozen":
+        return {}
+    hp: dict[str, Any] = {
+        "encoder_lr": cfg.encoder_lr,
+        "layer_decay": cfg.layer_decay,
+        "encoder_weight_decay": cfg.encoder_weight_decay,
+    }
+    if mode == "lora":
+        hp.update(
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            lora_targets=list(cfg.lora_targets),
+        )
+    if mode == "last-n":
+        hp["last_n"] = cfg.last_n
+    return hp
