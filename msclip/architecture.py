@@ -242,6 +242,33 @@ def _use_fused_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | 
     return _fused_mlp_works(x.dtype)
 
 
+def _frozen_under_autograd(attn: nn.MultiheadAttention) -> bool:
+    """A block that does not train in a step that records gradients (``last-n`` fine-tuning:
+    the blocks before the trained ones)."""
+    return torch.is_grad_enabled() and not any(p.requires_grad for p in attn.parameters())
+
+
+def _frozen_self_attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Self-attention of a frozen block with the projection's input made contiguous.
+
+    ``nn.MultiheadAttention`` (batch first) hands a transposed ``[L, N, E]`` view to its packed
+    input projection; PyTorch's ``matmul`` folds such a view into one matrix product only when
+    the weight requires gradients, and otherwise expands the weight to every row of the batch
+    dimension and runs a batched product (a copy of the weight per token row): measured ~600 ms
+    per ViT-B/16 block at batch 8, against ~35 ms folded. The same function on a contiguous
+    layout takes the folded path; the arithmetic is otherwise that of the module's forward.
+    """
+    seq = x.transpose(0, 1).contiguous()
+    out, _ = F.multi_head_attention_forward(
+        seq, seq, seq, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
+        None, None, False, attn.dropout, attn.out_proj.weight, attn.out_proj.bias,
+        training=attn.training, need_weights=False, attn_mask=mask,
+    )  # fmt: skip
+    return out.transpose(0, 1)
+
+
 def _fused_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
     """Self-attention with the QKV and output projections in oneDNN kernels (bias in the
     epilogue) and PyTorch's fused scaled-dot-product attention between them."""
@@ -307,9 +334,11 @@ class ResidualAttentionBlock(nn.Module):
     ) -> torch.Tensor:
         if k_x is None and v_x is None and _use_fused_attention(self.attn, q_x, attn_mask):
             return _fused_attention(self.attn, q_x)
+        mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
+        if k_x is None and v_x is None and _frozen_under_autograd(self.attn):
+            return _frozen_self_attention(self.attn, q_x, mask)
         k_x = q_x if k_x is None else k_x
         v_x = q_x if v_x is None else v_x
-        mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
         return self.attn(q_x, k_x, v_x, need_weights=False, attn_mask=mask)[0]
 
     def forward(

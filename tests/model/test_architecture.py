@@ -154,3 +154,32 @@ def test_fused_float32_is_opt_in(monkeypatch) -> None:
         pytest.skip("no fused oneDNN kernel in this torch build")
     assert not torch.equal(fused, exact)
     torch.testing.assert_close(fused, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_blocks_under_autograd_take_the_contiguous_projection(monkeypatch) -> None:
+    """last-n fine-tuning: a frozen block in a step that records gradients gives the module's
+    own result (to float32 rounding), through the path that avoids PyTorch's per-row weight copy."""
+    import msclip.architecture as arch
+
+    torch.manual_seed(0)
+    block = arch.ResidualAttentionBlock(32, 4, 4.0, torch.nn.GELU)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(3, 7, 32)
+    calls = []
+    real = arch._frozen_self_attention
+    monkeypatch.setattr(arch, "_frozen_self_attention", lambda *a: calls.append(1) or real(*a))
+    out = block(x)
+    assert calls, "the frozen path was not taken"
+    ref = block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x), need_weights=False)[0]
+    with torch.no_grad():
+        assert torch.allclose(block.attention(block.ln_1(x)), ref, atol=1e-6)
+    assert out.shape == x.shape
+    calls.clear()
+    with torch.no_grad():  # inference: the module's own path, unchanged
+        block(x)
+    assert not calls
+    for p in block.parameters():  # a trained block: unchanged too
+        p.requires_grad_(True)
+    block(x)
+    assert not calls
