@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import MetricInputError
+from msclip.eval.metrics import _to_numpy
 
 __all__ = [
     "RegressionMetrics",
@@ -62,18 +63,6 @@ __all__ = [
     "confusion_matrix",
     "segmentation_scores",
 ]
-
-
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        t = x.detach().cpu()
-        if t.is_floating_point():
-            t = t.double()
-        return t.numpy()
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise MetricInputError(f"{name} must be an array or tensor: {err}") from err
 
 
 def _class_names(names: Sequence[str] | None, k: int) -> list[str]:

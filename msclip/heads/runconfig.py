@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +315,19 @@ class FinetuneRunConfig:
         column = self.label_column or ("label" if self.task == "segmentation" else "target")
         return [{"name": self.task, "kind": self.task, "column": column}]
 
+    def _check_model_and_classes(self, need: Callable[[bool, str], None]) -> None:
+        """The checks image-level and dense runs share: class file, model, weights, precision."""
+        if self.classes is not None:
+            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
+        need(
+            self.model_name is not None or self.ckpt_path is not None,
+            "model_name (or ckpt_path with a self-describing .safetensors) is required",
+        )
+        if self.ckpt_path is not None:
+            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
+        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
+                                                         f"got {self.precision!r}")  # fmt: skip
+
     def validate(self) -> FinetuneRunConfig:
         """Check every value before any work; all problems are reported at once.
 
@@ -341,16 +355,7 @@ class FinetuneRunConfig:
             need(os.path.isfile(self.csv), f"csv file {self.csv!r} not found")
         if self.folders:
             need(os.path.isdir(self.folders), f"folders {self.folders!r} is not a folder")
-        if self.classes is not None:
-            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
-        need(
-            self.model_name is not None or self.ckpt_path is not None,
-            "model_name (or ckpt_path with a self-describing .safetensors) is required",
-        )
-        if self.ckpt_path is not None:
-            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
-        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
-                                                         f"got {self.precision!r}")  # fmt: skip
+        self._check_model_and_classes(need)
         unknown = [m for m in self.method if m not in METHODS]
         need(not unknown and bool(self.method),
              f"method must name some of {list(METHODS)}; got {self.method}")  # fmt: skip
@@ -453,16 +458,7 @@ class FinetuneRunConfig:
                 if v:
                     need(os.path.isdir(v), f"{name} {v!r} is not a folder")
             need(self.task != "multi-task", "multi-task reads its rasters from a csv table")
-        if self.classes is not None:
-            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
-        need(
-            self.model_name is not None or self.ckpt_path is not None,
-            "model_name (or ckpt_path with a self-describing .safetensors) is required",
-        )
-        if self.ckpt_path is not None:
-            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
-        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
-                                                         f"got {self.precision!r}")  # fmt: skip
+        self._check_model_and_classes(need)
         need(self.decoder in DECODER_NAMES,
              f"decoder must be one of {list(DECODER_NAMES)}, got {self.decoder!r}")  # fmt: skip
         need(
