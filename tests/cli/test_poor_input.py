@@ -270,7 +270,9 @@ def test_multi_label_table_lists_the_classes_found(folder, tmp_path, capsys):
 
 
 # -- 11. start-up ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["inference", "evaluation", "index", "train", "scenes", "demo"])
+@pytest.mark.parametrize(
+    "module", ["inference", "evaluation", "index", "train", "scenes", "demo", "finetune"]
+)
 def test_help_does_not_import_torch(module):
     code = (
         "import sys\n"
