@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model-name", "msclip-demo", "--classes", str(names), "--seed", "0",
         "--val-fraction", "0.15", "--test-fraction", "0.25", "--save-path", str(out / "results"),
         "--cache-dir", str(out / "cache"), "--epochs", str(args.epochs), "--quiet",
-        "--cache-images",
+        "--cache-images", "--precision", "fp32",  # the same numbers on every CPU kind
     ]  # fmt: skip
     results: dict[str, dict[str, dict]] = {}
     for task, folder in (("12 bands", full), ("RGB sensor", rgb)):
