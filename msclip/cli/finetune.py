@@ -49,6 +49,7 @@ from msclip.cli.common import (
     EXIT_PARTIAL,
     add_dataclass_args,
     config_from_namespace,
+    plural,
     run_cli,
     status,
 )
@@ -152,9 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     d = result.data
     sizes = ", ".join(f"{s} {len(ix)}" for s, ix in d.splits.items())
     n = len(d.names)
-    unit = ("output" if n == 1 else "outputs") if d.task == "regression" else (
-        "class" if n == 1 else "classes")  # fmt: skip
-    print(f"{d.name}: {d.task}, {n} {unit}; {sizes}")
+    unit = plural(n, "output") if d.task == "regression" else plural(n, "class", "classes")
+    print(f"{d.name}: {d.task}, {unit}; {sizes}")
     rows = [
         [r["method"], r["metric"], r["value"],
          f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else "-",

@@ -52,6 +52,7 @@ from msclip.cli.common import (
     min_valid,
     non_negative_int,
     output_path,
+    plural,
     positive_int,
     print_table,
     read_queries,
@@ -63,10 +64,6 @@ from msclip.cli.common import (
 __all__ = ["build_parser", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
-
-
-def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +254,7 @@ def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespa
     shown = "; ".join(f"{f.name} ({f.reason})" for f in failures[:10])
     more = f"; and {len(failures) - 10} more (see the log)" if len(failures) > 10 else ""
     print(
-        f"warning: {len(failures)} of {_plural(total, 'image')} could not be read and "
+        f"warning: {len(failures)} of {plural(total, 'image')} could not be read and "
         f"{'was' if len(failures) == 1 else 'were'} skipped: {shown}{more}",
         file=sys.stderr,
     )
@@ -274,10 +271,27 @@ def _nothing_scored(
     if failures:
         why.append(f"{len(failures)} unreadable")
     print(
-        f"error: no image could be {done}: of {_plural(total, 'image')}, {' and '.join(why)}",
+        f"error: no image could be {done}: of {plural(total, 'image')}, {' and '.join(why)}",
         file=sys.stderr,
     )
     return EXIT_PARTIAL
+
+
+def _finish_run(
+    done: str,
+    scored: bool,
+    skipped: Sequence[int],
+    failures: Sequence[Any],
+    names: Sequence[str],
+    args: argparse.Namespace,
+) -> int:
+    """The end of a run over an image set: name the skipped and unreadable inputs, and the exit
+    status (1 with one line when nothing could be ``done``)."""
+    _report_skipped(skipped, names, args)
+    code = _report_failures(failures, len(names), args)
+    if not scored:
+        return _nothing_scored(done, skipped, failures, len(names), args)
+    return code
 
 
 def _check_classes(names: Sequence[str]) -> None:
@@ -421,7 +435,7 @@ def _report_skipped(skipped: Sequence[int], names: Sequence[str], args: argparse
     else:
         listed = ", ".join(shown)
     print(
-        f"note: {len(skipped)} of {_plural(len(names), 'image')} skipped: {_skip_reason(args)}: "
+        f"note: {len(skipped)} of {plural(len(names), 'image')} skipped: {_skip_reason(args)}: "
         f"{listed}",
         file=sys.stderr,
     )
@@ -543,19 +557,15 @@ def run_head_classification(args: argparse.Namespace) -> int:
     write_csv(df, out_path)
     print_table(rows, headers, args.max_print, len(rows))
     what = (
-        f"regressed ({_plural(len(names), 'output')})"
+        f"regressed ({plural(len(names), 'output')})"
         if task == "regression"
-        else f"classified into {_plural(len(names), 'class', 'classes')}"
+        else f"classified into {plural(len(names), 'class', 'classes')}"
     )
     print(
-        f"{_plural(len(shown), 'image')} {what} by the {ckpt.method} head {args.head} "
+        f"{plural(len(shown), 'image')} {what} by the {ckpt.method} head {args.head} "
         f"(encoder {ckpt.encoder.get('fingerprint')}); CSV: {out_path}"
     )
-    _report_skipped(skipped, image_set.names, args)
-    code = _report_failures(failures, len(image_set), args)
-    if not shown:
-        return _nothing_scored("scored", skipped, failures, len(image_set), args)
-    return code
+    return _finish_run("scored", bool(shown), skipped, failures, image_set.names, args)
 
 
 def _class_table(
@@ -635,14 +645,10 @@ def run_classification(args: argparse.Namespace) -> int:
     headers, rows = _class_table(shown, labels, result.probs, names, result.present)
     print_table(rows, headers, args.max_print, len(rows))
     print(
-        f"{_plural(len(shown), 'image')} classified into {_plural(len(names), 'class', 'classes')}"
-        f" with {_plural(len(templates), 'template')}; CSV: {out_path}"
+        f"{plural(len(shown), 'image')} classified into {plural(len(names), 'class', 'classes')}"
+        f" with {plural(len(templates), 'template')}; CSV: {out_path}"
     )
-    _report_skipped(res.skipped, image_set.names, args)
-    code = _report_failures(res.failures, len(image_set), args)
-    if not shown:
-        return _nothing_scored("classified", res.skipped, res.failures, len(image_set), args)
-    return code
+    return _finish_run("classified", bool(shown), res.skipped, res.failures, image_set.names, args)
 
 
 def _top_k(k: int, n: int) -> int:
@@ -685,14 +691,10 @@ def run_retrieval(args: argparse.Namespace) -> int:
     table = [[q if len(q) <= 40 else q[:37] + "...", r, im, sc] for q, r, im, sc, _ in rows]
     print_table(table, ["Query", "Rank", "Image", "Similarity"], args.max_print, len(rows))
     print(
-        f"{_plural(len(q_names), 'query', 'queries')} over {_plural(len(shown), 'image')}; "
+        f"{plural(len(q_names), 'query', 'queries')} over {plural(len(shown), 'image')}; "
         f"CSV: {out_path}"
     )
-    _report_skipped(res.skipped, image_set.names, args)
-    code = _report_failures(res.failures, len(image_set), args)
-    if not shown:
-        return _nothing_scored("ranked", res.skipped, res.failures, len(image_set), args)
-    return code
+    return _finish_run("ranked", bool(shown), res.skipped, res.failures, image_set.names, args)
 
 
 def run_scene(args: argparse.Namespace) -> int:
@@ -789,7 +791,7 @@ def run_scene(args: argparse.Namespace) -> int:
     written.append(write_csv(table, out_dir / "tiles.csv"))
     n_skip = len(res.skipped)
     print(
-        f"scene {info.path}: {info.width}x{info.height} px, {_plural(len(tiles), 'tile')} of "
+        f"scene {info.path}: {info.width}x{info.height} px, {plural(len(tiles), 'tile')} of "
         f"{tile} px (stride {info.stride}) in a {info.n_rows}x{info.n_cols} grid; "
         f"{len(res.indices)} encoded, {n_skip} skipped as nodata (fewer than "
         f"{min_valid(args):.0%} valid pixels), {len(res.failures)} unreadable"
@@ -849,7 +851,7 @@ def _dense_scene(
     )
     written = [result.path, *legend.values()]
     print(
-        f"scene {args.scene}: {result.width}x{result.height} px, {_plural(result.tiles, 'tile')} "
+        f"scene {args.scene}: {result.width}x{result.height} px, {plural(result.tiles, 'tile')} "
         f"of {tile} px ({result.tiles_run} with data), {result.megapixels_per_s:.2f} "
         f"megapixels/s; band 1 class, band 2 confidence (%)"
     )
@@ -899,7 +901,7 @@ def _head_scene(args: argparse.Namespace) -> int:
         else f"band(s) {', '.join(result.band_names)}"
     )
     print(
-        f"scene {args.scene}: {result.width}x{result.height} px, {_plural(result.tiles, 'tile')} "
+        f"scene {args.scene}: {result.width}x{result.height} px, {plural(result.tiles, 'tile')} "
         f"({result.tiles_run} with data), {result.megapixels_per_s:.2f} megapixels/s; "
         f"{entry['kind']} head {ckpt.method}: {what}"
     )
