@@ -416,12 +416,19 @@ class FinetuneRunConfig:
             need(0 <= self.min_valid <= 1, f"min_valid must lie in [0, 1], got {self.min_valid}")
         if self.max_samples is not None:
             need(self.max_samples >= 1, f"max_samples must be >= 1, got {self.max_samples}")
-        need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
-                                                             f"{self.scale}")  # fmt: skip
         for name, values in (("cs", self.cs), ("alphas", self.alphas)):
             if values is not None:
                 need(bool(values) and all(v > 0 for v in values),
                      f"{name} must be positive numbers, got {values}")  # fmt: skip
+        self._validate_model_and_common(need, e)
+        if e:
+            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        return self
+
+    def _validate_model_and_common(self, need: Any, e: list[str]) -> None:
+        """Checks image-level and dense runs share: scale, input bands, templates."""
+        need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
+                                                             f"{self.scale}")  # fmt: skip
         if self.input_bands:
             from msclip.errors import BandError
             from msclip.spectral.bands import resolve_bands
@@ -430,12 +437,6 @@ class FinetuneRunConfig:
                 resolve_bands(self.input_bands, self.sensor)
             except BandError as err:
                 e.append(f"input_bands: {err}")
-        self._validate_model_and_common(need, e)
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
-        return self
-
-    def _validate_model_and_common(self, need: Any, e: list[str]) -> None:
         if self.templates is not None:
             from msclip.errors import TemplateError
             from msclip.zero_shot import load_templates
@@ -515,16 +516,6 @@ class FinetuneRunConfig:
             v = getattr(self, name)
             need(0 <= v < 1, f"{name} must lie in [0, 1), got {v}")
         need(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be < 1")
-        need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
-                                                             f"{self.scale}")  # fmt: skip
-        if self.input_bands:
-            from msclip.errors import BandError
-            from msclip.spectral.bands import resolve_bands
-
-            try:
-                resolve_bands(self.input_bands, self.sensor)
-            except BandError as err:
-                e.append(f"input_bands: {err}")
         self._validate_model_and_common(need, e)
 
 
