@@ -7,8 +7,8 @@ Prints:
 
 1. the machine: CPU model, torch's dispatch level and flags, and what ``--precision auto``
    picks and why;
-2. the image tower alone (batch 32) in fp32, bf16 and int8, images/s by wall time and by CPU
-   time (less disturbed by other processes on a shared machine);
+2. the image tower alone (at the program's CPU batch size) in fp32, bf16 and int8, images/s by
+   wall time and by CPU time (less disturbed by other processes on a shared machine);
 3. the end-to-end run with default flags (``python -m msclip.cli.inference
    --run-classification``, cold text cache: start-up, model load, text tower, reading, image
    tower, CSV) against its floor, the sum of three parts measured in the same run:
@@ -127,9 +127,12 @@ def main() -> None:
     print(f"--precision auto picks: {auto.summary()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
-    x = torch.randn(32, 10, 224, 224)
+    from msclip.encode import auto_batch_size
+
+    bs = auto_batch_size(None, "cpu")  # what the program uses
+    x = torch.randn(bs, 10, 224, 224)
     if not args.skip_precisions:
-        print("\nimage tower alone, batch 32, images/s (best of "
+        print(f"\nimage tower alone, batch {bs}, images/s (best of "
               f"{args.repeats}; by CPU time in brackets):")  # fmt: skip
         for precision in ("fp32", "bf16", "int8"):
             if precision == "bf16" and not info.native_bf16:
@@ -139,7 +142,7 @@ def main() -> None:
             with torch.inference_mode():
                 wall, cpu = best_time(lambda m=model: m.encode_image(x), args.repeats)
             mark = "  <- auto" if precision == auto.precision else ""
-            print(f"  {precision:5s} {32 / wall:6.2f}  ({32 / cpu:6.2f}){mark}")
+            print(f"  {precision:5s} {bs / wall:6.2f}  ({bs / cpu:6.2f}){mark}")
             del model
 
     # -- the run against its floor ----------------------------------------------------------
@@ -148,7 +151,7 @@ def main() -> None:
     templates = [t for t in paths["templates"].read_text().splitlines() if t.strip()]
     prompts = [p for c in workload.CLASSES for p in format_prompts(c, templates)]
     n = workload.N_TILES
-    replay = gemm_replay(model, 32, n)
+    replay = gemm_replay(model, bs, n)
     out = args.workdir / "out.csv"
     workload.run_measured(workload.classify_argv(paths, args.workdir / "warm", out))  # warm-up
     runs: dict[str, list[float]] = {
@@ -170,8 +173,8 @@ def main() -> None:
             runs["gemm_cpu"].append(cpu)
 
             def tower() -> None:
-                for s in range(0, n, 32):
-                    model.encode_image(x[: min(32, n - s)])
+                for s in range(0, n, bs):
+                    model.encode_image(x[: min(bs, n - s)])
 
             wall, cpu = best_time(tower, 1)
             runs["tower"].append(wall)

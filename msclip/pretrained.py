@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from msclip.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
+from msclip.memory import release_pages
 from msclip.spectral.bands import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, S2_L2A_BANDS, resolve_bands
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "load_weights",
     "materialize_buffers",
     "read_checkpoint",
-    "release_pages",
     "remap_patch_kernel",
     "resolve_weights",
     "save_checkpoint",
@@ -479,7 +479,7 @@ def load_weights(
             if v.is_floating_point() and v.dtype != want:
                 sd[k] = v.to(want)
                 if ckpt.mapped:
-                    release_pages(v)
+                    release_pages(v)  # the source's pages, read once for the conversion
     model.clip.load_state_dict(sd, strict=strict, assign=on_meta)
     if on_meta:
         materialize_buffers(model)
@@ -488,53 +488,6 @@ def load_weights(
     if ckpt.path:
         model.checkpoint_path = ckpt.path
         model.checkpoint_sha256 = file_sha256(ckpt.path)
-
-
-# -- memory ------------------------------------------------------------------------------------
-_MADV_DONTNEED = 4
-
-
-def release_pages(t: torch.Tensor) -> None:
-    """Drop the resident pages of a tensor that is a private memory map of an unchanged file.
-
-    Converting a mapped fp32 checkpoint to bf16 reads every page of the map; without this the
-    process would keep the fp32 pages resident beside the bf16 weights until the whole map is
-    freed. The pages are dropped with ``madvise(MADV_DONTNEED)``: a later read of the tensor
-    faults them in again from the file, so its values do not change. Only for tensors of a
-    :class:`Checkpoint` with ``mapped=True`` (on anonymous memory it would zero the data); a
-    no-op outside Linux.
-    """
-    import sys
-
-    if not sys.platform.startswith("linux") or t.device.type != "cpu" or t.numel() == 0:
-        return
-    import ctypes
-    import mmap
-
-    page = mmap.PAGESIZE
-    start = t.data_ptr()
-    end = start + t.numel() * t.element_size()
-    first = -(-start // page) * page  # whole pages inside the tensor only
-    last = end // page * page
-    if last <= first:
-        return
-    libc = _libc()
-    if libc is not None:
-        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
-
-
-_LIBC: list = []
-
-
-def _libc():  # -> ctypes.CDLL | None
-    if not _LIBC:
-        import ctypes
-
-        try:
-            _LIBC.append(ctypes.CDLL(None, use_errno=True))
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
 
 
 def materialize_buffers(model: torch.nn.Module) -> None:

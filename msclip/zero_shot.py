@@ -65,6 +65,7 @@ from msclip.errors import (
     TemplateError,
     UnknownTemplateSetError,
 )
+from msclip.memory import trim_heap
 
 if TYPE_CHECKING:
     from msclip.text_cache import TextEmbeddingCache
@@ -344,6 +345,7 @@ def encode_texts(
                 new[todo[i]] = emb[j]
             bar.update(len(idx))
         bar.close()
+        trim_heap()  # the prompts' activations, kept by the C heap otherwise (msclip.memory)
         if cache is not None:
             cache.put(todo, torch.stack([new[t] for t in todo]).numpy())
         found.update(new)

@@ -617,8 +617,6 @@ def run_classification(args: argparse.Namespace) -> int:
     min_valid(args)
     _refuse_large_images(args, image_set.paths)
 
-    import pandas as pd
-
     from msclip.zero_shot import build_classifier, classify
 
     model, preprocess, tokenizer = load_model(args, options=_image_options(args))
@@ -626,7 +624,10 @@ def run_classification(args: argparse.Namespace) -> int:
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
     )
+    model.release_text_pages()  # images only from here (msclip.memory)
     res = _encode_files(args, model, preprocess, image_set.paths)
+    import pandas as pd  # after the images: its ~30 MB are not held during the model calls
+
     rule = None
     if args.multi_label:
         rule = "threshold" if args.threshold is not None else "mean_others"
@@ -669,13 +670,14 @@ def run_retrieval(args: argparse.Namespace) -> int:
     min_valid(args)
     _refuse_large_images(args, image_set.paths)
 
-    import pandas as pd
-
     from msclip.retrieval import top_k
 
     model, preprocess, tokenizer = load_model(args, options=_image_options(args))
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
+    model.release_text_pages()
     res = _encode_files(args, model, preprocess, image_set.paths)
+    import pandas as pd  # after the images (see run_classification)
+
     shown = [image_set.names[i] for i in res.indices]
     rows = []
     if shown:
@@ -839,6 +841,7 @@ def _dense_scene(
         model, tokenizer, names, templates, cache=text_cache_for(args, model),
         progress=not args.quiet,
     )  # fmt: skip
+    model.release_text_pages()
     result = predict_scene(
         args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier), model,
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,

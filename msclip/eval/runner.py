@@ -224,6 +224,8 @@ def evaluate(
         batch_size=cfg.text_batch_size, progress=cfg.progress,
     )  # fmt: skip
     timings["text_s"] = time.perf_counter() - t0
+    if hasattr(model, "release_text_pages"):
+        model.release_text_pages()  # images only from here (msclip.memory)
 
     t0 = time.perf_counter()
     encoded = encode_dataset(

@@ -29,7 +29,7 @@ def vit_b():
 
 
 def test_batch_size_from_free_gpu_memory(vit_b) -> None:
-    assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 32
+    assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 8
     sizes = [auto_batch_size(vit_b, "cuda:0", free_bytes=g << 30) for g in (1, 8, 80)]
     assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] <= 1024

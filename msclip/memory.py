@@ -1,0 +1,152 @@
+"""Giving memory back to the operating system: weight pages and the C heap.
+
+Three measured sources of resident memory that no Python ``del`` returns (64-tile, 10-class,
+50-template classification with Llama3-MS-CLIP-Base in fp32, CUDA build of torch, Linux):
+
+* **Pages of a memory-mapped weight file.** A model loaded from a mapped checkpoint uses the
+  file's pages as its weights; every page read once stays resident until the whole map is freed.
+  The text tower's ~170 MB are read for the prompts and never again in an image run.
+  :func:`release_mapped` drops them with ``madvise(MADV_DONTNEED)``: a later read faults them in
+  again from the file (the page cache keeps them), so the values never change.
+* **Pages of a converted source.** Converting a mapped fp32 checkpoint to bf16 reads every page
+  of the map (:func:`release_pages`, used tensor by tensor while loading).
+* **The C heap.** glibc raises its ``mmap`` threshold after large blocks are freed, so the
+  activations of later calls come from the heap, and freed heap memory is kept by the process
+  (measured: ~180 MB kept after encoding 500 prompts). :func:`trim_heap` (``malloc_trim``) hands
+  the free part back; msclip calls it after each phase of a run (prompts, batches of images).
+
+Everything here is a no-op outside Linux/glibc, and on tensors that are not what each function
+needs (a page is only dropped where the kernel shows the map unchanged).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import sys
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["mapped_file_regions", "release_mapped", "release_pages", "trim_heap"]
+
+logger = logging.getLogger(__name__)
+
+_MADV_DONTNEED = 4
+_LIBC: list = []
+
+
+def _libc():  # -> ctypes.CDLL | None
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux")
+                         else None)  # fmt: skip
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def _whole_pages(start: int, nbytes: int) -> tuple[int, int]:
+    """The page-aligned range strictly inside ``[start, start + nbytes)`` (may be empty)."""
+    page = mmap.PAGESIZE
+    first = -(-start // page) * page
+    last = (start + nbytes) // page * page
+    return first, max(first, last)
+
+
+def _drop(first: int, last: int) -> bool:
+    libc = _libc()
+    if libc is None or last <= first:
+        return False
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor that is a private memory map of an unchanged file.
+
+    Converting a mapped fp32 checkpoint to bf16 reads every page of the map; without this the
+    process would keep the fp32 pages resident beside the bf16 weights until the whole map is
+    freed. A later read of the tensor faults the pages in again from the file, so its values do
+    not change. Only for tensors of a :class:`msclip.pretrained.Checkpoint` with ``mapped=True``
+    that nothing has written to (on anonymous memory it would zero the data; see
+    :func:`release_mapped` for the checked form); a no-op outside Linux.
+    """
+    if t.device.type != "cpu" or t.numel() == 0:
+        return
+    _drop(*_whole_pages(t.data_ptr(), t.numel() * t.element_size()))
+
+
+def mapped_file_regions() -> list[tuple[int, int, str, int]]:
+    """``(start, end, path, anonymous_bytes)`` of each file-backed private mapping of this process.
+
+    ``anonymous_bytes`` is the kernel's count of pages of the map that the process has written
+    to (copied on write): a region with 0 still equals its file. Empty outside Linux.
+    """
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out: list[tuple[int, int, str, int]] = []
+    current: list | None = None
+    for line in lines:
+        head = line.split(None, 5)
+        if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            current = None
+            path = head[5].strip() if len(head) == 6 else ""
+            if path.startswith("/") and len(head[1]) == 4 and head[1][3] == "p":
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                current = [lo, hi, path, 0]
+                out.append(current)  # type: ignore[arg-type]
+        elif current is not None and line.startswith("Anonymous:"):
+            current[3] = int(line.split()[1]) * 1024
+    return [tuple(r) for r in out]  # type: ignore[misc]
+
+
+def release_mapped(tensors: Iterable[torch.Tensor], path: str | os.PathLike | None = None) -> int:
+    """Drop the resident pages of tensors that live in an unchanged private map of a file.
+
+    For weights used in one phase of a run only (the text tower once the prompts are encoded):
+    each CPU tensor whose memory lies inside a private file mapping (of ``path`` when given)
+    that the process has never written to has its whole pages dropped; a later read faults
+    them in again from the file, so results do not change. Tensors elsewhere (anonymous memory,
+    a converted copy, a map with a written page) are left alone.
+
+    Returns:
+        the size of the page ranges dropped, resident or not (0 outside Linux or when nothing
+        qualified).
+    """
+    if _libc() is None:
+        return 0
+    want = os.path.realpath(path) if path is not None else None
+    regions = [r for r in mapped_file_regions() if r[3] == 0 and (want is None or r[2] == want)]
+    if not regions:
+        return 0
+    released = 0
+    seen: set[int] = set()
+    for t in tensors:
+        if t.device.type != "cpu" or t.numel() == 0 or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        start, nbytes = t.data_ptr(), t.numel() * t.element_size()
+        if not any(lo <= start and start + nbytes <= hi for lo, hi, _, _ in regions):
+            continue
+        first, last = _whole_pages(start, nbytes)
+        if _drop(first, last):
+            released += last - first
+    logger.debug("released %d bytes of mapped weight pages", released)
+    return released
+
+
+def trim_heap() -> None:
+    """Return the C heap's free memory to the operating system (glibc ``malloc_trim``).
+
+    Cheap (well under a millisecond with a few hundred MB free) and harmless to call between
+    phases of a run; a no-op where the C library has no ``malloc_trim``.
+    """
+    libc = _libc()
+    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if fn is not None:
+        fn(ctypes.c_size_t(0))
