@@ -501,7 +501,8 @@ def encode_batches(
                     if normalize:
                         emb = F.normalize(emb, dim=-1)
                     out: Any = emb.cpu().numpy() if to_numpy else emb
-                    trim_heap()  # the batch's activations (see msclip.memory)
+                    if torch.device(device).type == "cpu":
+                        trim_heap()  # the batch's activations (see msclip.memory)
                 else:
                     out = (
                         np.zeros((0, dim), np.float32)
