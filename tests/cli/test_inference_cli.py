@@ -316,3 +316,38 @@ def test_queries_file(tiles, tmp_path):
     assert rc == 0
     df = pd.read_csv(out)
     assert df["Query"].tolist() == ["a forest", "a lake"] and df["Rank"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("task", ["--run-classification", "--run-retrieval"])
+def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monkeypatch, task):
+    """From a weight file, the prompts' text-tower pages are released before any image is
+    encoded, and the results equal a run that keeps them."""
+    torch.manual_seed(0)
+    ckpt = msclip.save_checkpoint(msclip.create_model("msclip-tiny"), tmp_path / "w.safetensors")
+    what = ["--query", "a river", "--query", "a town"]
+    if task == "--run-classification":
+        what = ["--class-names", "forest,river,town", "--templates", "short"]
+    args = [task, "--images", str(tiles[0].parent), *what, "--model-name", "msclip-tiny",
+            "--ckpt-path", str(ckpt), "--quiet", "--no-text-cache"]  # fmt: skip
+    monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", lambda self: 0)
+    assert main([*args, "--save-path", str(tmp_path / "kept.csv")]) == 0
+    monkeypatch.undo()
+    events: list[tuple[str, int]] = []
+    release, encode_image = msclip.MSCLIP.release_text_pages, msclip.MSCLIP.encode_image
+
+    def spy_release(self):
+        events.append(("release", release(self)))
+        return events[-1][1]
+
+    def spy_encode(self, *a, **k):
+        events.append(("image", 0))
+        return encode_image(self, *a, **k)
+
+    monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", spy_release)
+    monkeypatch.setattr(msclip.MSCLIP, "encode_image", spy_encode)
+    assert main([*args, "--save-path", str(tmp_path / "released.csv")]) == 0
+    assert events[0][0] == "release" and events[0][1] > 0  # the mapped text weights went first
+    assert [e for e, _ in events].count("release") == 1 and events[-1][0] == "image"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "kept.csv"), pd.read_csv(tmp_path / "released.csv")
+    )
