@@ -392,7 +392,7 @@ def encode_batches(
     model: Any,
     dataset: Dataset,
     *,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     batch_sampler: Any = None,
     collate: Callable[[list[Any]], dict[str, Any]] = collate_items,
@@ -412,8 +412,8 @@ def encode_batches(
         model: an :class:`msclip.MSCLIP` (``encode_image``, ``device``, ``embed_dim``).
         dataset: items as described in the module docstring; an optional ``name(i)`` method names
             item ``i`` in messages.
-        batch_size: images per model call (about 32 is fastest for ViT-B-16 on a CPU);
-            ``None``: :func:`auto_batch_size` (8 on a CPU, from free memory on a GPU).
+        batch_size: images per model call; ``None`` (default): :func:`auto_batch_size` (8 on a
+            CPU, from free memory on a GPU).
         workers: DataLoader worker processes for decoding (0: in this process).
         batch_sampler: a batch sampler instead of sequential batches (one shard per process in
             distributed validation).
@@ -546,7 +546,7 @@ def iter_encoded(
     model: Any,
     preprocess: Any,
     items: Sequence[ImageItem],
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     normalize: bool = True,
     progress: bool = False,
@@ -562,7 +562,7 @@ def iter_encoded(
         model: an :class:`msclip.MSCLIP`.
         preprocess: the model's transform (``model.preprocess(...)``).
         items: file paths or scene tiles.
-        batch_size: images per model call.
+        batch_size: images per model call (``None``: :func:`auto_batch_size`).
         workers: DataLoader worker processes for decoding.
         normalize: L2-normalise the embeddings.
         progress: show a tqdm bar.
@@ -582,7 +582,7 @@ def encode_images(
     model: Any,
     preprocess: Any,
     paths: Sequence[ImageItem],
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     normalize: bool = True,
     progress: bool = False,
@@ -634,7 +634,7 @@ class LabelledEncoding:
 def encode_dataset(
     model: Any,
     dataset: Any,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: bool = False,
     desc: str | None = None,
@@ -649,7 +649,7 @@ def encode_dataset(
     Args:
         model: an :class:`msclip.MSCLIP`.
         dataset: the labelled dataset.
-        batch_size: images per model call.
+        batch_size: images per model call (``None``: :func:`auto_batch_size`).
         workers: DataLoader worker processes.
         progress: show a tqdm bar.
         desc: label of the bar (default: the dataset's name).

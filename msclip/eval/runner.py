@@ -111,7 +111,8 @@ class EvalConfig:
     """Settings of one evaluation.
 
     Attributes:
-        batch_size: images per image-tower call.
+        batch_size: images per image-tower call (``None``: chosen for the device,
+            :func:`msclip.encode.auto_batch_size`).
         workers: DataLoader worker processes (0: read in the main process).
         device: where the model runs.
         ap_k: the ``k`` of AP@k.
@@ -124,7 +125,7 @@ class EvalConfig:
         skip_bad: name, skip and count unreadable images instead of failing the dataset.
     """
 
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int = 0
     device: str = "cpu"
     ap_k: int = 100
@@ -137,7 +138,7 @@ class EvalConfig:
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")

@@ -238,7 +238,7 @@ def encode_sources(
     *,
     min_valid: float = 0.5,
     nodata: float | None = None,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: bool = False,
 ) -> Iterator[EncodedSource]:
@@ -251,7 +251,7 @@ def encode_sources(
         positions: their positions in the build plan (default ``0, 1, ...``).
         min_valid: skip files and tiles with a smaller fraction of valid pixels (not nodata).
         nodata: nodata value overriding the files'.
-        batch_size: images per model call.
+        batch_size: images per model call (``None``: chosen for the device).
         workers: DataLoader worker processes.
         progress: show a progress bar.
     """
@@ -314,7 +314,7 @@ def build_index(
     stride: int | None = None,
     min_valid: float = 0.5,
     nodata: float | None = None,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: bool = False,
     commit_seconds: float = 60.0,

@@ -135,7 +135,7 @@ def build_sharded(
     stride: int | None = None,
     min_valid: float = 0.5,
     nodata: float | None = None,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: bool = False,
     commit_seconds: float = 60.0,

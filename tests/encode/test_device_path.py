@@ -38,6 +38,22 @@ def test_batch_size_from_free_gpu_memory(vit_b) -> None:
     assert auto_batch_size(vit_b, "cuda", free_bytes=1 << 20) == 1  # never zero
 
 
+def test_library_default_batch_is_the_devices(make_geotiff, monkeypatch) -> None:
+    """encode_images without a batch size calls the model with the device's batch (8 on a CPU)."""
+    paths = [make_geotiff(f"b{i}.tif", size=(32, 32), seed=i)[0] for i in range(11)]
+    model = msclip.create_model("msclip-tiny", precision="fp32")
+    seen: list[int] = []
+    encode = type(model).encode_image
+
+    def spy(self, x, *a, **k):
+        seen.append(x.shape[0])
+        return encode(self, x, *a, **k)
+
+    monkeypatch.setattr(type(model), "encode_image", spy)
+    res = encode_images(model, model.preprocess(), paths)
+    assert seen == [CPU_BATCH_SIZE, 11 - CPU_BATCH_SIZE] and len(res.embeddings) == 11
+
+
 def test_loader_arguments_and_workers_by_device() -> None:
     cuda = loader_args(torch.device("cuda"), 64, 4, collate_items)
     assert cuda["pin_memory"] and cuda["num_workers"] == 4 and cuda["prefetch_factor"] == 2
