@@ -74,3 +74,13 @@ def test_weights_in_anonymous_memory_are_left_alone() -> None:
     assert model.release_text_pages() == 0
     assert release_mapped([torch.ones(1 << 16)]) == 0
     assert all(torch.equal(v, before[k]) for k, v in model.clip.state_dict().items())
+
+
+def test_bf16_text_pages_of_the_converted_cache_are_dropped_too(release_pt) -> None:
+    msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # writes the converted cache
+    model = msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # maps it
+    assert model.dtype == torch.bfloat16
+    text_before, image_before = _encode(model)
+    assert model.release_text_pages() > 0
+    text_after, image_after = _encode(model)
+    assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
