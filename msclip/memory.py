@@ -13,7 +13,8 @@ Three measured sources of resident memory that no Python ``del`` returns (64-til
 * **The C heap.** glibc raises its ``mmap`` threshold after large blocks are freed, so the
   activations of later calls come from the heap, and freed heap memory is kept by the process
   (measured: ~180 MB kept after encoding 500 prompts). :func:`trim_heap` (``malloc_trim``) hands
-  the free part back; msclip calls it after each phase of a run (prompts, batches of images).
+  the free part back; msclip calls it after each phase of a run (prompts, batches of images,
+  batches of scene tiles).
 
 Everything here is a no-op outside Linux/glibc, and on tensors that are not what each function
 needs (a page is only dropped where the kernel shows the map unchanged).
@@ -24,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
-import os
 import sys
 from collections.abc import Iterable
 
@@ -105,14 +105,14 @@ def mapped_file_regions() -> list[tuple[int, int, str, int]]:
     return [tuple(r) for r in out]  # type: ignore[misc]
 
 
-def release_mapped(tensors: Iterable[torch.Tensor], path: str | os.PathLike | None = None) -> int:
+def release_mapped(tensors: Iterable[torch.Tensor]) -> int:
     """Drop the resident pages of tensors that live in an unchanged private map of a file.
 
     For weights used in one phase of a run only (the text tower once the prompts are encoded):
-    each CPU tensor whose memory lies inside a private file mapping (of ``path`` when given)
-    that the process has never written to has its whole pages dropped; a later read faults
-    them in again from the file, so results do not change. Tensors elsewhere (anonymous memory,
-    a converted copy, a map with a written page) are left alone.
+    each CPU tensor whose memory lies inside a private file mapping that the process has never
+    written to has its whole pages dropped; a later read faults them in again from the file, so
+    results do not change. Tensors elsewhere (anonymous memory, a converted copy, a map with a
+    written page) are left alone.
 
     Returns:
         the size of the page ranges dropped, resident or not (0 outside Linux or when nothing
@@ -120,8 +120,7 @@ def release_mapped(tensors: Iterable[torch.Tensor], path: str | os.PathLike | No
     """
     if _libc() is None:
         return 0
-    want = os.path.realpath(path) if path is not None else None
-    regions = [r for r in mapped_file_regions() if r[3] == 0 and (want is None or r[2] == want)]
+    regions = [r for r in mapped_file_regions() if r[3] == 0]
     if not regions:
         return 0
     released = 0

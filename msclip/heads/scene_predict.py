@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from msclip.errors import PredictorOutputError, RasterReadError, TilingError
+from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
 
@@ -508,7 +509,7 @@ def predict_scene(
                         tiles_run += len(chunk)
                         bar.update(len(chunk))
                         del raw, out
-                        _release_free_heap()
+                        trim_heap()  # the strips' numpy and GDAL temporaries
                     final = (rows[i + 1] if i + 1 < len(rows) else height) - r
                     writer.write(
                         _finish(acc[:, :final, :width], wsum[:final, :width],
@@ -590,29 +591,6 @@ def predict_scene_with_head(
 
     return predict_scene(src, dst, predict, model, task=kind, num_outputs=int(
         entry["num_outputs"]), tags=tags, **kwargs)  # fmt: skip
-
-
-def _release_free_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    The per-strip temporaries of numpy and GDAL are freed, but glibc keeps freed heap pages
-    mapped, and the fragments left between batches grow the resident size by tens of MB;
-    trimming after every batch (well under a millisecond next to the model) keeps the RSS at
-    the live memory.
-    """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
 
 
 def _finish(
