@@ -67,6 +67,7 @@ from msclip.errors import PredictorOutputError, RasterReadError, TilingError
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
+from msclip.spectral.preprocess import fill_mask
 
 __all__ = [
     "BLEND_KINDS",
@@ -234,11 +235,8 @@ class ScenePreprocess:
             x = x / self.divisor
         shape = (-1, 1, 1)
         mean, std = self._mean.view(shape), self._std.view(shape)
-        bad = torch.isnan(x) if np.issubdtype(sel.dtype, np.floating) else None
-        if self.nodata is not None and not math.isnan(self.nodata):
-            eq = torch.from_numpy(np.ascontiguousarray(sel) == self.nodata)
-            bad = eq if bad is None else bad | eq
-        if bad is not None and bool(bad.any()):
+        bad = fill_mask(sel, self.nodata)
+        if bad is not None:
             x = torch.where(bad, mean.expand_as(x), x)
         x = (x - mean) / std
         if self._matrix is not None:

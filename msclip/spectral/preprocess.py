@@ -7,8 +7,10 @@ the bit in float32:
 1. select and order the bands by name (see :mod:`msclip.spectral.adapt` for bands the model does
    not know), cast to float32 (raw digital numbers; 8-bit RGB is divided by 255 as torchvision's
    ``ToTensor`` does);
-2. fill nodata and NaN pixels with the band mean (zero after normalisation), counting them in a
-   warning;
+2. fill missing values with the band mean (zero after normalisation), counting them in a warning:
+   NaN values, and every band of a pixel whose every band is nodata (or NaN); one band reading the
+   nodata value in a pixel whose other bands hold data (dark water at 0 in the SWIR bands of an
+   L2A product whose nodata is 0) is data and is kept (:func:`fill_mask`);
 3. resize the shorter side to the model size with bicubic interpolation (antialiased, on the float
    tensor), then centre-crop a square;
 4. normalise per band: ``(x - mean) / std``.
@@ -39,7 +41,7 @@ from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
 from msclip.spectral.layout import to_chw
 
-__all__ = ["SpectralPreprocess"]
+__all__ = ["SpectralPreprocess", "fill_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,32 @@ def _tv() -> tuple[Any, Any]:
     from torchvision.transforms import functional as TF
 
     return TF, InterpolationMode
+
+
+def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
+    """The values preprocessing fills, ``[..., C, H, W]`` bool, or ``None`` when there are none.
+
+    A value is filled when it is NaN, or when its pixel is nodata: every band of it equals
+    ``nodata`` or is NaN (the rule of :func:`msclip.tiling.nodata_fraction`). A single band equal
+    to ``nodata`` in a pixel whose other bands hold data is a measurement (a dark surface at 0 in
+    a product whose nodata is 0) and is kept.
+    """
+    floating = np.issubdtype(values.dtype, np.floating)
+    has_nodata = nodata is not None and not np.isnan(nodata)
+    if not floating and not has_nodata:
+        return None  # integer rasters cannot hold NaN: no scan (a visible cost per tile)
+    nan = np.isnan(values) if floating else None
+    if has_nodata:
+        missing = values == nodata
+        if nan is not None:
+            missing |= nan
+        pixel = missing.all(axis=-3, keepdims=True)
+        bad = pixel if nan is None else nan | pixel
+    else:
+        bad = nan
+    if not bad.any():
+        return None
+    return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(bad, values.shape)))
 
 
 def _interpolation(name: str) -> Any:
@@ -287,11 +315,7 @@ class SpectralPreprocess:
             x = x.div(65535.0)  # a 16-bit picture for a model of 0-1 scaled 8-bit pictures
         elif self.divisor != 1.0:
             x = x.div(self.divisor)
-        # Integer rasters cannot hold NaN: skip that scan (it is a visible cost per tile).
-        bad = torch.isnan(x) if np.issubdtype(sel.dtype, np.floating) else None
-        if nodata is not None and not np.isnan(nodata):
-            eq = torch.from_numpy(np.ascontiguousarray(sel) == nodata)
-            bad = eq if bad is None else bad | eq
+        bad = fill_mask(sel, nodata)
         n_bad = 0 if bad is None else int(bad.sum())
         if n_bad:
             fill = torch.tensor(mean, dtype=x.dtype)[:, None, None].expand_as(x)

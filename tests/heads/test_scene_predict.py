@@ -200,6 +200,18 @@ def test_preprocess_matches_the_model_preprocessing_without_resizing(scene, tiny
         ref = spectral.process(window, names)
     assert torch.allclose(prep(window), ref, atol=1e-5)
     assert prep(window[None]).shape == (1, len(tiny.bands), 32, 32)
+    # with nodata = 0: the one band at 0 (data[3, 100:110, 100:110]) is data, as in the tile
+    # preprocessing; the all-zero corner pixels are filled
+    prep0 = ScenePreprocess.from_model(tiny).with_input(names, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref0 = spectral.process(window, names, nodata=0)
+        corner = data[:, 50:82, 100:132]
+        ref_corner = spectral.process(corner, names, nodata=0)
+    assert torch.allclose(prep0(window), ref0, atol=1e-5)
+    assert torch.allclose(prep0(window), prep(window), atol=1e-6)
+    assert torch.allclose(prep0(corner), ref_corner, atol=1e-5)
+    assert torch.all(prep0(corner)[:, :20, :20] == 0) and not torch.all(prep(corner) == 0)
 
 
 def test_strip_writer_streams_rows_and_is_atomic(tmp_path):

@@ -11,6 +11,7 @@ from torchvision import transforms
 
 from msclip.errors import LayoutError, NodataFillWarning
 from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPreprocess, get_stats
+from msclip.spectral.preprocess import fill_mask
 
 # The published 10-band statistics, as the original configuration file stores them: offset by
 # +1000 and shifted back at call time.
@@ -66,7 +67,7 @@ def test_permuted_named_bands_give_identical_tensor():
 
 def test_nodata_and_nan_filled_with_mean_and_counted(caplog):
     chw = np.full((10, 32, 32), 1500, dtype=np.float32)
-    chw[0, :2, :] = 0  # nodata
+    chw[:, :2, :] = 0  # nodata pixels: every band equals nodata
     chw[3, 5, 5] = np.nan
     pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, get_stats("llama3-ms-clip").mean,
                              get_stats("llama3-ms-clip").std, 32)  # fmt: skip
@@ -75,10 +76,31 @@ def test_nodata_and_nan_filled_with_mean_and_counted(caplog):
     caplog.set_level("DEBUG", logger="msclip.spectral.preprocess")
     with pytest.warns(NodataFillWarning, match=r"nodata/NaN pixel values are filled"):
         out = pre.process(chw, LLAMA3_MS_CLIP_BANDS, nodata=0)
-    assert "65 nodata/NaN values filled" in caplog.text
-    assert "'B02': 64" in caplog.text and "'B05': 1" in caplog.text
-    assert torch.all(out[0, :2, :] == 0)  # band mean -> zero after normalising
+    assert "641 nodata/NaN values filled" in caplog.text
+    assert "'B02': 64" in caplog.text and "'B05': 65" in caplog.text
+    assert torch.all(out[:, :2, :] == 0)  # band mean -> zero after normalising
     assert out[3, 5, 5] == 0 and torch.isfinite(out).all()
+
+
+def test_a_band_at_the_nodata_value_in_a_valid_pixel_is_data():
+    """Dark water reads 0 in the SWIR bands of L2A products whose nodata is 0: those values are
+    measurements, not gaps, so they are not replaced by the band mean."""
+    stats = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, stats.mean, stats.std, 32)
+    chw = np.full((10, 32, 32), 800, dtype=np.uint16)
+    chw[8:, :, :16] = 0  # B11, B12 at 0 over half the tile, the other bands valid
+    chw[:, 30:, :] = 0  # two rows of true nodata pixels
+    with pytest.warns(NodataFillWarning):
+        out = pre.process(chw, LLAMA3_MS_CLIP_BANDS, nodata=0)
+    without = pre.process(chw, LLAMA3_MS_CLIP_BANDS)  # no nodata: nothing filled
+    assert torch.equal(out[:, :30], without[:, :30])  # the zero SWIR values are kept as data
+    b11 = LLAMA3_MS_CLIP_BANDS.index("B11")
+    assert out[b11, 0, 0] == pytest.approx((0 - stats.mean["B11"]) / stats.std["B11"])
+    assert torch.all(out[:, 30:] == 0)  # the nodata pixels: band means, zero once normalised
+    fill = fill_mask(chw, 0)
+    assert fill is not None and fill.shape == chw.shape
+    assert int(fill.sum()) == 10 * 2 * 32 and bool(fill[:, 30:].all())
+    assert fill_mask(chw, None) is None and fill_mask(chw[:, :30, 16:], 0) is None
 
 
 def test_rgb_uint8_divides_by_255():
