@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from msclip.errors import PredictorOutputError, RasterReadError, TilingError
+from msclip.io.readers import image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
@@ -410,9 +411,10 @@ def predict_scene(
             if prep.input_bands is None or raw_nodata != prep.nodata:
                 names = prep.input_bands or _scene_bands(src_path, bands)
                 prep = prep.with_input(names, raw_nodata)
-            if len(prep.input_bands) != ds.count:
+            image = image_bands(ds)  # an alpha band is a mask, not an image band
+            if len(prep.input_bands) != len(image):
                 raise TilingError(
-                    f"{src_path} has {ds.count} bands but the preprocessing expects "
+                    f"{src_path} has {len(image)} image bands but the preprocessing expects "
                     f"{len(prep.input_bands)}: {list(prep.input_bands)}"
                 )
             rows = tile_starts(height, t, t - ov)
@@ -443,7 +445,8 @@ def predict_scene(
 
             k = num_outputs
             if k is None:
-                probe = ds.read(window=Window(0, 0, min(t, width), min(t, height)))
+                probe = read_image(ds, Window(0, 0, min(t, width), min(t, height)),
+                                   nodata=raw_nodata, promote=True)[0]  # fmt: skip
                 k = int(run(_pad_to(probe, t, t)[None]).shape[1])
             if task == "segmentation":
                 dtype = np.uint8 if k < 255 else np.uint16
@@ -489,7 +492,8 @@ def predict_scene(
                     for g0 in range(0, len(cols), batch_size):
                         group = cols[g0 : g0 + batch_size]
                         c0, c1 = group[0], group[-1] + t
-                        raw = ds.read(window=Window(c0, r, min(c1, width) - c0, n_rows))
+                        raw = read_image(ds, Window(c0, r, min(c1, width) - c0, n_rows),
+                                         nodata=raw_nodata, promote=True)[0]  # fmt: skip
                         raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
                         valid[:, c0:c1] = prep.valid(raw)
                         chunk = [c for c in group if valid[:, c : c + t].any()]

@@ -6,6 +6,12 @@ transform, windowed and reduced reads), NumPy ``.npy`` / ``.npz`` arrays and PNG
 whose ``data`` is bands-first ``[C, H, W]`` and whose ``bands`` are canonical band names, so
 nothing downstream guesses band order.
 
+Pixels a GeoTIFF's own mask marks invalid (an alpha band, as ``gdalwarp -dstalpha`` writes, or an
+internal / ``.msk`` mask) are missing pixels like nodata ones: every band of them is set to the
+nodata value (the file's, else NaN for float data, else a value no valid pixel holds in all its
+bands, returned as the raster's ``nodata``). An alpha band is not an image band: it is left out of
+the data and of the band naming (:func:`read_image`).
+
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
 descriptions are refused), from the caller's ``bands=``, or from the band count (13 = Sentinel-2
@@ -46,6 +52,8 @@ __all__ = [
     "NUMPY_EXTENSIONS",
     "PICTURE_EXTENSIONS",
     "Raster",
+    "image_bands",
+    "read_image",
     "read_raster",
     "to_chw",
 ]
@@ -176,6 +184,94 @@ def _check_pixels(path: str, height: int, width: int, max_pixels: int | None) ->
         )
 
 
+def _alpha_bands(src: Any) -> list[int]:
+    from rasterio.enums import ColorInterp
+
+    interp = list(src.colorinterp)
+    return [i + 1 for i, ci in enumerate(interp[: src.count]) if ci == ColorInterp.alpha]
+
+
+def image_bands(src: Any) -> list[int]:
+    """1-based indexes of the image bands of an open rasterio dataset: every band but an alpha
+    band (colour interpretation ``alpha``), which is a mask."""
+    alpha = set(_alpha_bands(src))
+    bands = [i for i in range(1, src.count + 1) if i not in alpha]
+    return bands or list(range(1, src.count + 1))
+
+
+def _file_mask(
+    src: Any, first_band: int, window: Any, out_shape: tuple[int, int] | None
+) -> np.ndarray | None:
+    """``[h, w]`` true where the file's own mask hides the pixel: an alpha band at 0, or a
+    per-dataset (internal or ``.msk``) mask; ``None`` without one. A mask GDAL derives from the
+    nodata value is not used: msclip's all-bands nodata rule applies instead."""
+    from rasterio.enums import MaskFlags
+
+    kw: dict[str, Any] = {} if out_shape is None else {"out_shape": out_shape}
+    alpha = [b for b in _alpha_bands(src) if b != first_band]
+    if alpha:
+        return np.asarray(src.read(alpha[0], window=window, **kw)) == 0
+    if MaskFlags.per_dataset in src.mask_flag_enums[first_band - 1]:
+        return np.asarray(src.read_masks(first_band, window=window, **kw)) == 0
+    return None
+
+
+def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
+    """An integer value that no valid pixel holds in every band (so it can mark the invalid
+    ones by the all-bands nodata rule), or ``None`` when none of the candidates is free."""
+    info = np.iinfo(data.dtype)
+    uniform = (data == data[:1]).all(axis=0) & ~invalid
+    used = set(np.unique(data[0][uniform]).tolist()) if uniform.any() else set()
+    candidates = [info.max, info.min, 0]
+    candidates += [v for k in range(1, 256) for v in (info.max - k, info.min + k)]
+    for v in candidates:
+        if v not in used:
+            return float(v)
+    return None
+
+
+def read_image(
+    src: Any,
+    window: Any = None,
+    *,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Any = None,
+    nodata: float | None = None,
+    promote: bool = False,
+) -> tuple[np.ndarray, float | None]:
+    """The image bands of an open rasterio dataset, with the pixels its mask marks invalid set
+    missing; returns ``(data [C, h, w], nodata)``.
+
+    Args:
+        src: an open dataset.
+        window: a rasterio window (default: the whole raster).
+        out_shape: ``(h, w)`` of a decimated read.
+        resampling: rasterio resampling of a decimated read.
+        nodata: the value marking missing pixels (default: the file's).
+        promote: integer data without a nodata value whose mask hides pixels is returned as
+            float32 with NaN there (instead of marked with a free integer value).
+    """
+    bands = image_bands(src)
+    shape = None if out_shape is None else (len(bands), *out_shape)
+    kw: dict[str, Any] = {} if resampling is None else {"resampling": resampling}
+    data = src.read(bands, window=window, out_shape=shape, **kw)
+    nodata = src.nodata if nodata is None else nodata
+    invalid = _file_mask(src, bands[0], window, out_shape)
+    if invalid is None or not invalid.any():
+        return data, nodata
+    if nodata is not None and not np.isnan(nodata):
+        data[:, invalid] = nodata
+        return data, nodata
+    if not np.issubdtype(data.dtype, np.floating):
+        free = None if promote else _free_value(data, invalid)
+        if free is not None:
+            data[:, invalid] = free
+            return data, free
+        data = data.astype(np.float32)
+    data[:, invalid] = np.nan
+    return data, None
+
+
 def _read_geotiff(
     path: str,
     bands: Sequence[str | Band] | None,
@@ -190,8 +286,10 @@ def _read_geotiff(
 
     try:
         with rasterio.open(path) as src:
+            image = image_bands(src)
+            descriptions = [src.descriptions[i - 1] for i in image]
             names, source = _assign_bands(
-                src.count, list(src.descriptions), bands, sensor, f"GeoTIFF {path}"
+                len(image), descriptions, bands, sensor, f"GeoTIFF {path}"
             )
             h = int(window.height) if window is not None else src.height
             w = int(window.width) if window is not None else src.width
@@ -199,18 +297,17 @@ def _read_geotiff(
             if shorter_side is not None and min(h, w) > shorter_side:
                 # decimated read: GDAL uses the file's overviews when it has them
                 scale = shorter_side / min(h, w)
-                out_shape = (src.count, max(1, round(h * scale)), max(1, round(w * scale)))
+                out_shape = (max(1, round(h * scale)), max(1, round(w * scale)))
             else:
                 _check_pixels(path, h, w, max_pixels)
-            data = src.read(
-                window=window, out_shape=out_shape,
+            data, nodata = read_image(
+                src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
             )  # fmt: skip
             transform = src.window_transform(window) if window is not None else src.transform
             if out_shape is not None:
-                transform = transform * transform.scale(w / out_shape[2], h / out_shape[1])
+                transform = transform * transform.scale(w / out_shape[1], h / out_shape[0])
             crs = src.crs
-            nodata = src.nodata
     except RasterioIOError as err:
         raise RasterReadError(f"cannot read GeoTIFF {path}: {err}") from err
     if data.size == 0:

@@ -235,3 +235,33 @@ def test_strip_writer_streams_rows_and_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".tmp-x.tif")) == [
         "w.tif"
     ]
+
+
+def test_alpha_band_masks_the_scene(tmp_path, scene, tiny):
+    """A scene with an alpha band (gdalwarp -dstalpha): the alpha band is not an input band, and
+    the transparent pixels, whatever values they hold, are predicted as nodata."""
+    from rasterio.enums import ColorInterp
+
+    _, data = scene
+    garbage = data.copy()
+    garbage[:, :70, :120] = 7  # hidden by the alpha band, not by a nodata value
+    alpha = np.full((H, W), 255, np.uint16)
+    alpha[:70, :120] = 0
+    path = tmp_path / "alpha.tif"
+    profile = dict(driver="GTiff", width=W, height=H, count=13, dtype="uint16",
+                   crs="EPSG:32632", transform=TRANSFORM)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(garbage, list(range(1, 13)))
+        ds.write(alpha, 13)
+        ds.colorinterp = [ColorInterp.gray] * 12 + [ColorInterp.alpha]
+    conv = _pointwise(len(tiny.bands))
+    out = tmp_path / "reg.tif"
+    predict_scene(path, out, conv, ScenePreprocess.from_model(tiny), task="regression",
+                  tile_size=64, overlap=16, batch_size=4, progress=False)  # fmt: skip
+    ref = tmp_path / "ref.tif"
+    predict_scene(scene[0], ref, conv, ScenePreprocess.from_model(tiny), task="regression",
+                  tile_size=64, overlap=16, batch_size=4, progress=False)  # fmt: skip
+    got, want = _read(out)[0], _read(ref)[0]
+    assert got.shape == (4, H, W)
+    assert np.isnan(got[:, :70, :120]).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # equal to the nodata-valued scene
