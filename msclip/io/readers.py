@@ -12,6 +12,13 @@ nodata value (the file's, else NaN for float data, else a value no valid pixel h
 bands, returned as the raster's ``nodata``). An alpha band is not an image band: it is left out of
 the data and of the band naming (:func:`read_image`).
 
+Values a GeoTIFF declares scaled (GDAL band scale and offset, ``value = stored x scale + offset``,
+as many Sentinel-2 L2A COGs declare ``0.0001`` and ``-0.1`` since processing baseline 04.00) are
+read in the unit of msclip's reflectance models, reflectance x 10000 (L2A digital numbers without
+the offset): a band whose scale is at most 0.01 declares reflectance and is multiplied by 10000,
+others are taken in the stored unit. The result is float32 and its missing pixels NaN. Files
+without a scale or offset are read unchanged, in their own dtype.
+
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
 descriptions are refused), from the caller's ``bands=``, or from the band count (13 = Sentinel-2
@@ -71,7 +78,8 @@ class Raster:
     """An image with named bands and (optionally) georeference.
 
     Attributes:
-        data: pixel values ``[C, H, W]``, the file's dtype.
+        data: pixel values ``[C, H, W]``, the file's dtype (float32 in the reflectance models'
+            unit when a GeoTIFF declares a band scale or offset; see the module docstring).
         bands: canonical band names, one per channel.
         nodata: value marking missing pixels, if any.
         crs: coordinate reference system (``rasterio.crs.CRS``) of georeferenced files.
@@ -230,6 +238,34 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
     return None
 
 
+#: A band scale at most this declares reflectance (0-1); larger ones keep the stored unit.
+_REFLECTANCE_SCALE = 1e-2
+
+
+def _rescaled(
+    data: np.ndarray,
+    nodata: float | None,
+    invalid: np.ndarray | None,
+    scale: Sequence[float],
+    offset: Sequence[float],
+) -> np.ndarray:
+    """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN."""
+    missing = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else None
+    if nodata is not None and not np.isnan(nodata):
+        eq = data == nodata
+        missing = eq if missing is None else missing | eq
+    gone = missing.all(axis=0) if missing is not None else np.zeros(data.shape[1:], bool)
+    if invalid is not None:
+        gone |= invalid
+    unit = [10000.0 if 0 < abs(a) <= _REFLECTANCE_SCALE else 1.0 for a in scale]
+    a = np.asarray([s * u for s, u in zip(scale, unit)], np.float32)[:, None, None]
+    b = np.asarray([o * u for o, u in zip(offset, unit)], np.float32)[:, None, None]
+    out = data.astype(np.float32) * a + b
+    out[:, gone] = np.nan
+    logger.debug("values rescaled by the file's scale %s and offset %s (x %s)", scale, offset, unit)
+    return out
+
+
 def read_image(
     src: Any,
     window: Any = None,
@@ -238,6 +274,7 @@ def read_image(
     resampling: Any = None,
     nodata: float | None = None,
     promote: bool = False,
+    scaled: bool = True,
 ) -> tuple[np.ndarray, float | None]:
     """The image bands of an open rasterio dataset, with the pixels its mask marks invalid set
     missing; returns ``(data [C, h, w], nodata)``.
@@ -250,6 +287,7 @@ def read_image(
         nodata: the value marking missing pixels (default: the file's).
         promote: integer data without a nodata value whose mask hides pixels is returned as
             float32 with NaN there (instead of marked with a free integer value).
+        scaled: apply the file's band scale and offset (see the module docstring).
     """
     bands = image_bands(src)
     shape = None if out_shape is None else (len(bands), *out_shape)
@@ -257,6 +295,11 @@ def read_image(
     data = src.read(bands, window=window, out_shape=shape, **kw)
     nodata = src.nodata if nodata is None else nodata
     invalid = _file_mask(src, bands[0], window, out_shape)
+    if scaled:
+        scale = [float(src.scales[b - 1]) for b in bands]
+        offset = [float(src.offsets[b - 1]) for b in bands]
+        if any(a != 1.0 or b != 0.0 for a, b in zip(scale, offset)):
+            return _rescaled(data, nodata, invalid, scale, offset), None
     if invalid is None or not invalid.any():
         return data, nodata
     if nodata is not None and not np.isnan(nodata):

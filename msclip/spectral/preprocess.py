@@ -84,6 +84,20 @@ def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(bad, values.shape)))
 
 
+def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> float | None:
+    """The largest valid value of float data whose values all lie within [-0.5, 2] (reflectance
+    scaled to 0-1), else ``None`` (also for data that is all zero or missing)."""
+    if values is None or not np.issubdtype(values.dtype, np.floating):
+        return None
+    v = values[np.isfinite(values)]
+    if nodata is not None and not np.isnan(nodata):
+        v = v[v != nodata]
+    if v.size == 0:
+        return None
+    top, low = float(v.max()), float(v.min())
+    return top if 0.0 < top <= 2.0 and low >= -0.5 else None
+
+
 def _interpolation(name: str) -> Any:
     modes = _tv()[1]
     return {"bicubic": modes.BICUBIC, "bilinear": modes.BILINEAR, "nearest": modes.NEAREST}[name]
@@ -230,7 +244,7 @@ class SpectralPreprocess:
         """Preprocess bands-first ``data`` whose channels are ``names``."""
         self._check_size(data.shape[1], data.shape[2])
         mapping = map_bands(self.bands, names)
-        self._check_coverage(data.dtype, mapping.missing, tuple(names))
+        self._check_coverage(data.dtype, mapping.missing, tuple(names), data, nodata)
         perm = mapping.permutation
         if perm is not None:
             idx = perm
@@ -277,7 +291,12 @@ class SpectralPreprocess:
             )
 
     def _check_coverage(
-        self, dtype: np.dtype, missing: Sequence[str], names: tuple[str, ...]
+        self,
+        dtype: np.dtype,
+        missing: Sequence[str],
+        names: tuple[str, ...],
+        values: np.ndarray | None = None,
+        nodata: float | None = None,
     ) -> None:
         problems = []
         if len(missing) * 2 > len(self.bands):
@@ -293,6 +312,16 @@ class SpectralPreprocess:
                 f"{max(self.mean[b] for b in self.bands):.0f}): display-scaled pictures are "
                 "not reflectance; give the sensor's reflectance values (e.g. Sentinel-2 L2A "
                 "digital numbers)"
+            )
+        top = _unit_reflectance_max(values, nodata) if self.divisor == 1.0 else None
+        if top is not None and min(self.mean[b] for b in self.bands) > 50:
+            problems.append(
+                "the values look like reflectance from 0 to 1 (all within -0.5 to 2) but the "
+                "model reads reflectance x 10000 (its band means are "
+                f"{min(self.mean[b] for b in self.bands):.0f}-"
+                f"{max(self.mean[b] for b in self.bands):.0f}, Sentinel-2 L2A digital numbers): "
+                "multiply the values by 10000, or declare the band scale in the file (GDAL scale "
+                "0.0001 on values stored x 10000)"
             )
         if not problems:
             return

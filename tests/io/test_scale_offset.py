@@ -1,0 +1,91 @@
+"""Declared band scale/offset is applied; 0-1 reflectance given to a x10000 model is flagged."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+import msclip
+from msclip.errors import BandCoverageError, BandCoverageWarning
+from msclip.spectral import S2_L2A_BANDS
+from msclip.tiling import nodata_fraction
+
+
+def _write(path, data, scales=None, offsets=None, nodata=None):
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=len(data),
+                   dtype=data.dtype.name, crs="EPSG:32632",
+                   transform=from_origin(500000, 5000000, 10, 10), nodata=nodata)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        for i, name in enumerate(S2_L2A_BANDS[: len(data)], 1):
+            ds.set_band_description(i, name)
+        if scales is not None:
+            ds.scales = scales
+        if offsets is not None:
+            ds.offsets = offsets
+    return path
+
+
+def _dn() -> np.ndarray:
+    return np.random.default_rng(0).integers(50, 6000, (12, 32, 32)).astype(np.uint16)
+
+
+def test_l2a_boa_offset_is_removed(tmp_path):
+    """Processing baseline 04.00: stored = reflectance x 10000 + 1000, declared as scale 1e-4 and
+    offset -0.1; read back as the digital numbers of the older baselines."""
+    dn = _dn()
+    dn[:, :4] = 0  # nodata rows
+    stored = np.where(dn == 0, 0, dn + 1000).astype(np.uint16)
+    path = _write(tmp_path / "pb04.tif", stored, [1e-4] * 12, [-0.1] * 12, nodata=0)
+    r = msclip.read_raster(path)
+    assert r.data.dtype == np.float32 and r.nodata is None
+    np.testing.assert_allclose(r.data[:, 4:], dn[:, 4:], atol=0.01)
+    assert np.isnan(r.data[:, :4]).all()
+    assert nodata_fraction(r.data, r.nodata) == pytest.approx(4 / 32)
+    plain = msclip.read_raster(_write(tmp_path / "pb03.tif", dn, nodata=0))
+    assert plain.data.dtype == np.uint16  # nothing declared: read unchanged
+
+
+def test_scale_in_the_stored_unit_applies_the_offset_only(tmp_path):
+    dn = _dn()
+    path = _write(tmp_path / "o.tif", (dn + 1000).astype(np.uint16), [1.0] * 12, [-1000.0] * 12)
+    np.testing.assert_allclose(msclip.read_raster(path).data, dn, atol=1e-3)
+
+
+def test_classification_equal_for_both_baselines(tmp_path):
+    from msclip.cli.inference import main
+
+    dn = _dn()
+    for name, stored, sc, off in (("a", dn, None, None),
+                                  ("b", (dn + 1000).astype(np.uint16), [1e-4] * 12, [-0.1] * 12)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _write(folder / "tile.tif", stored, sc, off)
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.csv"
+        assert main(["--run-classification", "--model-name", "msclip-demo", "--images",
+                     str(tmp_path / name), "--class-names", "sea", "forest", "city",
+                     "--templates", "short", "--quiet", "--save-path", str(out)]) == 0  # fmt: skip
+        rows.append(out.read_text().splitlines()[1])
+    a, b = (r.split(",") for r in rows)
+    assert a[1] == b[1]
+    np.testing.assert_allclose([float(x) for x in a[2:5]], [float(x) for x in b[2:5]], atol=1e-3)
+
+
+def test_unit_reflectance_is_flagged():
+    model = msclip.create_model("msclip-demo")
+    pre = model.preprocess()
+    refl = _dn().astype(np.float32) / 10000
+    with pytest.warns(BandCoverageWarning, match="reflectance from 0 to 1.*multiply the values"):
+        pre.process(refl, S2_L2A_BANDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BandCoverageWarning)
+        pre.process(refl * 10000, S2_L2A_BANDS)  # the model's unit: no warning
+        pre.process(np.zeros_like(refl), S2_L2A_BANDS)  # all zero: nothing to judge
+    with pytest.raises(BandCoverageError, match="reflectance from 0 to 1"):
+        model.preprocess(strict_bands=True).process(refl, S2_L2A_BANDS)
