@@ -306,8 +306,8 @@ class SmallRasterWarning(MSCLIPWarning):
 
 
 class GenericBandNamesWarning(MSCLIPWarning):
-    """Band descriptions are generic numbering (``band_1`` ...); the bands were taken from the
-    band count."""
+    """The bands were taken from the band count: the descriptions are generic numbering
+    (``band_1`` ...), or four unnamed bands, whose order differs between products."""
 
 
 # -- command line ------------------------------------------------------------------------------

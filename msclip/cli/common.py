@@ -422,6 +422,15 @@ def status(args: argparse.Namespace, message: str) -> None:
 def _check_before_loading(args: argparse.Namespace, default_name: str | None) -> Any:
     """Check what can fail cheaply before the model is built: band names, and that published
     weights are present (returns their path so they are not looked up twice)."""
+    sensor = getattr(args, "sensor", None)
+    if sensor is not None:
+        from msclip.errors import BandError
+        from msclip.spectral.bands import get_sensor
+
+        try:
+            get_sensor(sensor)
+        except BandError as err:
+            raise BandError(str(err), param="sensor") from None
     bands = getattr(args, "bands", None)
     if bands:
         from msclip.spectral.bands import resolve_bands

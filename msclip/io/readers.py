@@ -50,7 +50,7 @@ from msclip.errors import (
     RasterTooLargeError,
     UnsupportedFormatError,
 )
-from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
+from msclip.spectral.bands import Band, default_bands_for_count, get_sensor, resolve_bands
 from msclip.spectral.layout import to_chw
 
 __all__ = [
@@ -85,7 +85,8 @@ class Raster:
         crs: coordinate reference system (``rasterio.crs.CRS``) of georeferenced files.
         transform: affine pixel-to-CRS transform (``affine.Affine``) of georeferenced files.
         path: source file.
-        band_source: where the band names came from: ``descriptions``, ``argument``, ``count``.
+        band_source: where the band names came from: ``descriptions``, ``argument``,
+            ``sensor`` (the sensor's band order, for unnamed bands), ``count``.
         meta: extra reader facts (window, original layout ...).
     """
 
@@ -137,11 +138,8 @@ def _assign_bands(
     where: str,
 ) -> tuple[tuple[str, ...], str]:
     """Band names for a file, by the documented precedence."""
+    known = get_sensor(sensor) if sensor is not None else None  # an unknown name fails here
     given = _names(bands, sensor)
-    if given is not None and len(given) != count:
-        raise BandError(
-            f"{where} has {count} bands but {len(given)} band names were given: {list(given)}"
-        )
     from_desc: tuple[str, ...] | None = None
     present = [d for d in descriptions if d]
     if present:
@@ -150,14 +148,30 @@ def _assign_bands(
         except BandError:
             from_desc = None
     if from_desc is not None:
-        if given is not None and given != from_desc:
+        # bands= names the channels of files that do not name them: a file that does keeps its
+        # names (a folder may mix both); the same count named differently is a contradiction
+        if given is not None and len(given) == count and given != from_desc:
             raise BandError(
                 f"{where} describes its bands as {list(from_desc)} but bands={list(given)} was "
                 "given; drop the argument or fix the file's band descriptions"
             )
         return from_desc, "descriptions"
     if given is not None:
+        if len(given) != count:
+            raise BandError(
+                f"{where} has {count} bands but {len(given)} band names were given: {list(given)}",
+                param="bands",
+            )
         return given, "argument"
+    if known is not None and not (present and not all(_GENERIC_BAND.match(d) for d in present)):
+        if len(known.bands) != count:
+            raise BandError(
+                f"{where} has {count} unnamed bands but the sensor {known.name} has "
+                f"{len(known.bands)} ({', '.join(known.bands)}); name the file's bands "
+                "(bands=[...])",
+                param="bands",
+            )
+        return known.bands, "sensor"
     if present and not all(_GENERIC_BAND.match(d) for d in present):
         raise BandError(
             f"{where} describes its bands as {list(descriptions)}, which are not band names "
@@ -173,6 +187,16 @@ def _assign_bands(
         warnings.warn(
             f"band descriptions are generic numbering ({present[0]!r} ...): the bands are taken "
             f"from the band count ({count} bands: {', '.join(names)}); name them to be sure",
+            GenericBandNamesWarning,
+            stacklevel=3,
+        )
+    elif count == 4:
+        # four bands are stored in two orders: NAIP red, green, blue, NIR and PlanetScope (and
+        # most 4-band satellite products) blue, green, red, NIR
+        warnings.warn(
+            "4 unnamed bands are taken as red, green, blue, NIR (NAIP order); PlanetScope and "
+            "other blue-green-red-NIR files need --sensor planetscope4 or their band names "
+            "(bands=['B02', 'B03', 'B04', 'B08'])",
             GenericBandNamesWarning,
             stacklevel=3,
         )

@@ -81,7 +81,9 @@ def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
         bad = nan
     if not bad.any():
         return None
-    return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(bad, values.shape)))
+    if bad.shape != values.shape:
+        bad = np.broadcast_to(bad, values.shape).copy()
+    return torch.from_numpy(bad)
 
 
 def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> float | None:

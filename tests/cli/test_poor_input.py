@@ -293,6 +293,11 @@ def test_bad_band_names_are_reported_before_the_model_is_built(folder, capsys, m
                  "--bands", "B02", "B03", "B99"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "B99" in err and "loading msclip-tiny ..." in err
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *TINY,
+                 "--sensor", "sentinel2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown sensor 'sentinel2'" in err and "sentinel2_l2a" in err
+    assert "--sensor" in err
 
 
 def test_smaller_messages(folder, tmp_path, capsys):

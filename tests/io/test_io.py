@@ -190,3 +190,28 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
     listing.write_text(f"flat/b.npy\n{tmp_path / 'other' / 'a.tif'}\n")
     assert list_image_set([listing]).names == ["flat/b.npy", "a.tif"]
     assert all(not Path(n).is_absolute() for n in both.names + glob.names)
+
+
+def test_sensor_orders_unnamed_bands_and_four_bands_warn(make_geotiff):
+    from msclip.errors import GenericBandNamesWarning
+
+    path, _ = make_geotiff(count=4)
+    r = msclip.read_raster(path, sensor="planetscope4")
+    assert r.bands == ("PS2_B1", "PS2_B2", "PS2_B3", "PS2_B4") and r.band_source == "sensor"
+    with pytest.warns(GenericBandNamesWarning, match="NAIP order.*--sensor planetscope4"):
+        assert msclip.read_raster(path).bands == ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")
+    with pytest.raises(BandError, match="4 unnamed bands but the sensor sentinel2_l2a has 12"):
+        msclip.read_raster(path, sensor="sentinel2_l2a")
+    with pytest.raises(
+        BandError, match=r"unknown sensor 'sentinel2'; known sensors: .*sentinel2_l2a"
+    ):
+        msclip.read_raster(path, sensor="sentinel2")
+
+
+def test_bands_argument_names_only_unnamed_files(make_geotiff):
+    named, _ = make_geotiff("named.tif", count=12, descriptions=list(S2_L2A_BANDS))
+    r = msclip.read_raster(named, bands=["B02", "B03", "B04", "B08"])  # not its own: ignored
+    assert r.bands == S2_L2A_BANDS
+    unnamed, _ = make_geotiff("unnamed.tif", count=12)
+    with pytest.raises(BandError, match="has 12 bands but 4 band names were given"):
+        msclip.read_raster(unnamed, bands=["B02", "B03", "B04", "B08"])

@@ -60,8 +60,10 @@ def test_classification_equal_for_both_baselines(tmp_path):
     from msclip.cli.inference import main
 
     dn = _dn()
-    for name, stored, sc, off in (("a", dn, None, None),
-                                  ("b", (dn + 1000).astype(np.uint16), [1e-4] * 12, [-0.1] * 12)):
+    for name, stored, sc, off in (
+        ("a", dn, None, None),
+        ("b", (dn + 1000).astype(np.uint16), [1e-4] * 12, [-0.1] * 12),
+    ):
         folder = tmp_path / name
         folder.mkdir()
         _write(folder / "tile.tif", stored, sc, off)
