@@ -3,8 +3,8 @@
 A scene (a GeoTIFF or Cloud-Optimised GeoTIFF, possibly much larger than the model's input) is
 cut into square windows of ``tile_size`` pixels every ``stride`` pixels, row-major; only whole
 windows are made, so a remainder narrower than a tile at the right and bottom edges is not
-covered (its size is logged). Each window is read on its own (``rasterio`` windowed reads: for a
-COG only the blocks the window touches are decoded).
+covered (a warning gives its size). Each window is read on its own (``rasterio`` windowed reads:
+for a COG only the blocks the window touches are decoded).
 
 Per-tile results (a similarity to a text query, a zero-shot label) form a grid of
 ``n_rows x n_cols`` values. They are written as a GeoTIFF in the scene's CRS whose cell ``(i, j)``
@@ -178,9 +178,11 @@ def open_scene(
         height - ((n_rows - 1) * stride + tile_size),
     )
     if any(uncovered):
-        logger.info(
-            "%s: the last %d columns and %d rows are not covered by whole tiles", p, *uncovered
-        )
+        logger.warning(
+            "%s: the last %d columns and %d rows are not covered by whole tiles of %d pixels "
+            "every %d (a stride that divides width - tile and height - tile covers them)",
+            p, *uncovered, tile_size, stride,
+        )  # fmt: skip
     return SceneInfo(
         p, width, height, count, crs, transform, nodata, tile_size, stride, n_rows, n_cols
     )

@@ -262,7 +262,12 @@ def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespa
 
 
 def _nothing_scored(
-    done: str, skipped: Sequence[int], failures: Sequence[Any], total: int, args: argparse.Namespace
+    done: str,
+    skipped: Sequence[int],
+    failures: Sequence[Any],
+    total: int,
+    args: argparse.Namespace,
+    unit: str = "image",
 ) -> int:
     """Exit status 1 with one line when no input could be used (all skipped or unreadable)."""
     why = []
@@ -271,7 +276,7 @@ def _nothing_scored(
     if failures:
         why.append(f"{len(failures)} unreadable")
     print(
-        f"error: no image could be {done}: of {plural(total, 'image')}, {' and '.join(why)}",
+        f"error: no {unit} could be {done}: of {plural(total, unit)}, {' and '.join(why)}",
         file=sys.stderr,
     )
     return EXIT_PARTIAL
@@ -747,6 +752,9 @@ def run_scene(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except BandCoverageError as err:
         raise UsageError(_coverage_refusal(str(err))) from err
+    if not len(res.indices):  # no map to write: every tile is nodata or unreadable
+        _report_failures(res.failures, len(tiles), args)
+        return _nothing_scored("encoded", res.skipped, res.failures, len(tiles), args, "tile")
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)
     cc = np.array([tiles[i].grid_col for i in res.indices], dtype=int)
     grid = (info.n_rows, info.n_cols)

@@ -114,3 +114,23 @@ def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
     assert "dense_class_map.tif" in capsys.readouterr().out
     assert main(["--run-classification", "--images", str(path), "--class-names", "a", "b",
                  "--dense", *TINY]) == 2  # --dense belongs to --run-scene  # fmt: skip
+
+
+def test_uncovered_edges_warn_and_an_all_nodata_scene_fails(scene, tmp_path, capsys):
+    path, data = scene
+    out = tmp_path / "maps"
+    loud = [a for a in TINY if a != "--quiet"]
+    args = ["--run-scene", "--query", "a river", "--save-path", str(out), *loud]
+    assert main([*args, "--scene", str(path)]) == 0
+    err = capsys.readouterr().err
+    # 150 x 100 pixels in tiles of 32: 22 columns and 4 rows are left out, and said so
+    assert "warning:" in err and "the last 22 columns and 4 rows are not covered" in err
+    empty = tmp_path / "empty.tif"
+    msclip.write_geotiff(empty, np.zeros_like(data), crs=CRS.from_epsg(32632),
+                         transform=Affine(10, 0, 500000, 0, -10, 5000000), nodata=0)  # fmt: skip
+    out2 = tmp_path / "maps2"
+    rc = main(["--run-scene", "--query", "a river", "--save-path", str(out2), *TINY,
+               "--scene", str(empty)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: no tile could be encoded: of 12 tiles, 12 skipped" in err
+    assert not (out2 / "similarity.tif").exists() and not (out2 / "tiles.csv").exists()
