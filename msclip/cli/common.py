@@ -92,6 +92,7 @@ FLAGS: dict[str, str] = {
     "sensor": "--sensor",
     "layout": "--layout",
     "images": "--images",
+    "query_image": "--query-image",
     "class_names": "--class-names or --classes-file",
     "templates": "--templates",
     "tile_size": "--tile-size",
@@ -530,6 +531,23 @@ def read_queries(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(queries))
 
 
+def query_image_paths(args: argparse.Namespace) -> list[str]:
+    """The files of ``--query-image`` (checked before the model is built).
+
+    Raises:
+        ImageSetError: a missing file or nothing readable, naming ``--query-image``.
+    """
+    if not getattr(args, "query_image", None):
+        return []
+    from msclip.errors import ImageSetError
+    from msclip.io import list_images
+
+    try:
+        return list_images(args.query_image)
+    except ImageSetError as err:
+        raise ImageSetError(str(err), param="query_image") from None
+
+
 def encode_query_set(
     args: argparse.Namespace,
     model: Any,
@@ -553,11 +571,21 @@ def encode_query_set(
         embs.append(encode_queries(model, tokenizer, queries, text_cache_for(args, model)).numpy())
         names += list(queries)
     if query_images:
-        res = encode_images(model, preprocess, query_images, args.batch_size, 0)
+        threshold = min_valid(args) if hasattr(args, "min_valid") else MIN_VALID
+        res = encode_images(model, preprocess, query_images, args.batch_size, 0,
+                            min_valid=threshold, nodata=getattr(args, "nodata", None))  # fmt: skip
         if res.failures:
             raise UsageError(
-                "query images cannot be read: "
+                "query images cannot be read (--query-image): "
                 + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
+            )
+        if len(res.skipped):
+            shown = "; ".join(
+                f"{query_images[i]} ({v:.0%} valid)" for i, v in zip(res.skipped, res.skipped_valid)
+            )
+            raise UsageError(
+                f"query images with fewer than {threshold:.0%} valid pixels (nodata or NaN): "
+                f"{shown}; give a query image with data (--query-image), or lower --min-valid"
             )
         embs.append(res.embeddings)
         names += list(query_images)

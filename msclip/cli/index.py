@@ -51,6 +51,7 @@ from msclip.cli.common import (
     output_path,
     positive_int,
     print_table,
+    query_image_paths,
     read_queries,
     run_cli,
     write_csv,
@@ -226,11 +227,11 @@ def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from msclip.index.build import COMPARE_KEYS, model_info
-    from msclip.io import atomic_write, check_output, list_images
+    from msclip.io import atomic_write, check_output
 
     store = _open(args.index)
     queries = read_queries(args)
-    query_images = list_images(args.query_image) if args.query_image else []
+    query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
     out = check_output(output_path(args.save_path, "index_search.csv"))

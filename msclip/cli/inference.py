@@ -55,6 +55,7 @@ from msclip.cli.common import (
     plural,
     positive_int,
     print_table,
+    query_image_paths,
     read_queries,
     run_cli,
     text_cache_for,
@@ -665,11 +666,11 @@ def _top_k(k: int, n: int) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     """``--run-retrieval``."""
-    from msclip.io import check_output, list_image_set, list_images
+    from msclip.io import check_output, list_image_set
 
     image_set = list_image_set(args.images)
     queries = read_queries(args)
-    query_images = list_images(args.query_image) if args.query_image else []
+    query_images = query_image_paths(args)
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
     min_valid(args)

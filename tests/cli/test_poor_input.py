@@ -312,3 +312,23 @@ def test_smaller_messages(folder, tmp_path, capsys):
     code = index_main(["search", str(tmp_path / "none"), "--query", "x", *QUIET])
     err = capsys.readouterr().err
     assert code == 2 and "msclip-index build" in err and "IndexWriter" not in err
+
+
+def test_query_images_are_checked_like_the_images(folder, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "q"
+    empty.mkdir()
+    _tile(empty / "z.tif", np.zeros((10, 40, 40), np.uint16), nodata=0)
+    args = ["--run-retrieval", "--images", str(folder), *TINY, "--save-path",
+            str(tmp_path / "r.csv")]  # fmt: skip
+    code = main([*args, "--query-image", str(empty / "z.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "fewer than 50% valid pixels" in err and "z.tif (0% valid)" in err
+    assert not (tmp_path / "r.csv").exists()
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be built")
+
+    monkeypatch.setattr("msclip.factory.create_model", no_model)
+    code = main([*args, "--query-image", str(tmp_path / "missing.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.tif" in err and "--query-image" in err and "--images)" not in err
