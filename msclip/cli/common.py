@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "encode_query_set",
     "exit_process",
     "flag_hint",
+    "flag_wording",
     "fraction",
     "load_model",
     "min_valid",
@@ -751,6 +753,23 @@ def _output_closed() -> int:
     return EXIT_PIPE_CLOSED
 
 
+_ARGUMENT_FORMS = (
+    # bands=['B02', 'B03'] / bands=[...] -> --bands B02 B03 / --bands ...
+    (re.compile(r"\bbands=\[([^\]]*)\]"),
+     lambda m: "--bands " + " ".join(re.findall(r"[^\s,'\"]+", m.group(1)))),
+    (re.compile(r"\blayout=['\"]?(CHW|HWC)['\"]?"), lambda m: f"--layout {m.group(1)}"),
+    (re.compile(r"\bsensor=['\"]?([\w-]+)['\"]?"), lambda m: f"--sensor {m.group(1)}"),
+)  # fmt: skip
+
+
+def flag_wording(message: str) -> str:
+    """A library message with its argument forms (``bands=[...]``, ``layout='CHW'``,
+    ``sensor='x'``) written as the programs' flags (``--bands ...``, ``--layout CHW``)."""
+    for pattern, repl in _ARGUMENT_FORMS:
+        message = pattern.sub(repl, message)
+    return message
+
+
 def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """`` (command-line option: --x)`` for an error whose ``param`` a flag sets, else ``""``."""
     param = getattr(err, "param", None)
@@ -792,7 +811,7 @@ def run_cli(
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except MSCLIPError as err:
-        print(f"error: {err}{flag_hint(err, flags)}", file=sys.stderr)
+        print(f"error: {flag_wording(str(err))}{flag_hint(err, flags)}", file=sys.stderr)
         return EXIT_USAGE
     if logging_setup is not None:
         restore = logging_setup(args)
@@ -808,7 +827,7 @@ def run_cli(
     except (MSCLIPError, OSError) as err:
         # OSError: an output that cannot be written, a disk that is full: one line, no traceback
         logger.debug("traceback", exc_info=True)
-        print(f"error: {err}{flag_hint(err, flags)}", file=sys.stderr)
+        print(f"error: {flag_wording(str(err))}{flag_hint(err, flags)}", file=sys.stderr)
         return error_status(err) if error_status is not None else EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -47,6 +47,7 @@ from msclip.cli.common import (
     add_text_cache_args,
     check_checkpoint,
     encode_query_set,
+    flag_wording,
     fraction,
     load_model,
     min_valid,
@@ -252,7 +253,7 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespace) -> int:
     if not failures:
         return EXIT_OK
-    shown = "; ".join(f"{f.name} ({f.reason})" for f in failures[:10])
+    shown = "; ".join(f"{f.name} ({flag_wording(f.reason)})" for f in failures[:10])
     more = f"; and {len(failures) - 10} more (see the log)" if len(failures) > 10 else ""
     print(
         f"warning: {len(failures)} of {plural(total, 'image')} could not be read and "
@@ -472,7 +473,7 @@ def _with_unscored_rows(
                      "status": f"skipped: {_skip_reason(args)}"})  # fmt: skip
         where.append(i)
     for f in failures:
-        rows.append({"Image": names[f.index], "status": f"unreadable: {f.reason}"})
+        rows.append({"Image": names[f.index], "status": f"unreadable: {flag_wording(f.reason)}"})
         where.append(f.index)
     if not rows:
         return df.reset_index(drop=True)

@@ -31,11 +31,12 @@ how to declare it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,17 @@ def _assign_bands(
             )
         return known.bands, "sensor"
     if present and not all(_GENERIC_BAND.match(d) for d in present):
+        fits = _sensors_naming(descriptions) if sensor is None else []
+        hint = (
+            f"they are band names of {' and '.join(fits)}: pass sensor='{fits[0]}'"
+            if fits
+            else "name the bands (e.g. bands=['B02', 'B03', 'B04', 'B08']) rather than have "
+            "them guessed from the band count"
+        )
         raise BandError(
             f"{where} describes its bands as {list(descriptions)}, which are not band names "
-            "msclip knows; name the bands (e.g. bands=['B02', 'B03', 'B04', 'B08']) rather than "
-            "have them guessed from the band count",
-            param="bands",
+            f"msclip knows; {hint}",
+            param="sensor" if fits else "bands",
         )
     try:
         names = default_bands_for_count(count)
@@ -201,6 +208,22 @@ def _assign_bands(
             stacklevel=3,
         )
     return names, "count"
+
+
+def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
+    """The registered sensors whose local band names resolve every description."""
+    from msclip.spectral.bands import SENSORS
+
+    if not all(descriptions):
+        return []
+    fits = []
+    for name in sorted(SENSORS):
+        try:
+            resolve_bands(descriptions, name)  # type: ignore[arg-type]
+        except BandError:
+            continue
+        fits.append(name)
+    return fits
 
 
 #: Band descriptions that only number the bands (``band_1``, ``Band 2``, ``channel3``, ``4``).
@@ -339,6 +362,15 @@ def read_image(
     return data, None
 
 
+@contextlib.contextmanager
+def _without_georef_warning(category: type[Warning]) -> Iterator[None]:
+    """A file without georeference is read as pixels (``crs`` None; the programs that need a CRS
+    say so themselves), not reported by rasterio for every tile."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield
+
+
 def _read_geotiff(
     path: str,
     bands: Sequence[str | Band] | None,
@@ -348,11 +380,12 @@ def _read_geotiff(
     shorter_side: int | None = None,
 ) -> Raster:
     import rasterio
+    from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
-        with rasterio.open(path) as src:
+        with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
             image = image_bands(src)
             descriptions = [src.descriptions[i - 1] for i in image]
             names, source = _assign_bands(
@@ -371,9 +404,11 @@ def _read_geotiff(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
             )  # fmt: skip
-            transform = src.window_transform(window) if window is not None else src.transform
+            transform = src.transform
+            if window is not None:
+                transform = transform @ Affine.translation(window.col_off, window.row_off)
             if out_shape is not None:
-                transform = transform * transform.scale(w / out_shape[1], h / out_shape[0])
+                transform = transform @ Affine.scale(w / out_shape[1], h / out_shape[0])
             crs = src.crs
     except RasterioIOError as err:
         raise RasterReadError(f"cannot read GeoTIFF {path}: {err}") from err

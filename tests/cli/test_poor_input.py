@@ -332,3 +332,20 @@ def test_query_images_are_checked_like_the_images(folder, tmp_path, capsys, monk
     code = main([*args, "--query-image", str(tmp_path / "missing.tif")])
     err = capsys.readouterr().err
     assert code == 2 and "missing.tif" in err and "--query-image" in err and "--images)" not in err
+
+
+def test_library_argument_forms_are_written_as_flags(tmp_path, capsys):
+    from msclip.cli.common import flag_wording
+
+    assert flag_wording("name them (bands=['B02', 'B03'])") == "name them (--bands B02 B03)"
+    assert flag_wording("layout='CHW' or layout=\"HWC\"") == "--layout CHW or --layout HWC"
+    assert flag_wording("pass sensor='landsat89_sr'") == "pass --sensor landsat89_sr"
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    _tile(folder / "odd.tif", np.full((5, 40, 40), 900, np.uint16))  # 5 unnamed bands
+    out = tmp_path / "c.csv"
+    code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
+                 "--save-path", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "--bands B02 B03" in err and "bands=[" not in err
+    assert "--bands B02 B03" in out.read_text() and "bands=[" not in out.read_text()

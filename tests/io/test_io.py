@@ -215,3 +215,30 @@ def test_bands_argument_names_only_unnamed_files(make_geotiff):
     unnamed, _ = make_geotiff("unnamed.tif", count=12)
     with pytest.raises(BandError, match="has 12 bands but 4 band names were given"):
         msclip.read_raster(unnamed, bands=["B02", "B03", "B04", "B08"])
+
+
+def test_reading_windows_and_plain_rasters_raises_no_library_warnings(make_geotiff):
+    import warnings
+
+    import rasterio
+    from rasterio.windows import Window
+
+    path, _ = make_geotiff("geo.tif", count=12)
+    plain, _ = make_geotiff("plain.tif", count=12, georef=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # affine's '*' deprecation, NotGeoreferencedWarning
+        r = msclip.read_raster(path, window=Window(8, 4, 16, 16))
+        small = msclip.read_raster(path, shorter_side=20)
+        assert msclip.read_raster(plain).crs is None
+    with rasterio.open(path) as src, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert r.transform == src.window_transform(Window(8, 4, 16, 16))
+        assert small.transform.a == pytest.approx(10 * 40 / small.height)
+
+
+def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
+    path, _ = make_geotiff("l8.tif", count=7, descriptions=[f"SR_B{i}" for i in range(1, 8)])
+    with pytest.raises(BandError, match=r"band names of landsat89.*pass sensor='landsat89") as e:
+        msclip.read_raster(path)
+    assert e.value.param == "sensor"
+    assert msclip.read_raster(path, sensor="landsat89_sr").bands[3] == "OLI_B4"
