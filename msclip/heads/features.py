@@ -19,9 +19,11 @@ The cache (:class:`FeatureCache`) lives in ``<root>/<key>/`` where the key is a 
 model's fingerprint (:meth:`msclip.MSCLIP.fingerprint`), the feature spec, the preprocessing
 (bands, image size, input bands, layout, sensor, nodata, valid-pixel rule) and the list of items,
 so a cache is never reused for anything else. Files: ``features.f16`` (``[N, D]`` float16,
-memory-mapped), ``done.u8`` (one byte per item: 0 to do, 1 encoded, 2 unreadable or skipped) and
-``meta.json``. Rows are flushed before their done bytes, so a killed extraction resumes where it
-stopped and never trusts a row it did not finish.
+memory-mapped), ``done.u8`` (one byte per item: 0 to do, 1 encoded, 2 unreadable or skipped),
+``stamps.i64`` (per item the size and modification time of its file) and ``meta.json``. Rows are
+flushed before their done bytes, so a killed extraction resumes where it stopped and never trusts
+a row it did not finish. An item whose file changed since (another size or modification time:
+an image replaced or repaired) is encoded again, whether it had features or was unreadable.
 """
 
 from __future__ import annotations
@@ -107,6 +109,26 @@ def _item_names(items: Sequence[Any]) -> list[str]:
 
     return [os.path.abspath(item_name(i)) if isinstance(i, (str, os.PathLike)) else item_name(i)
             for i in items]  # fmt: skip
+
+
+def _stamps(items: Sequence[Any]) -> np.ndarray:
+    """``[N, 2]`` int64: size and modification time (ns) of each item's file (a path, or the
+    scene of a tile); ``-1`` for a file that cannot be read, ``0`` for items without a file."""
+    out = np.zeros((len(items), 2), dtype=np.int64)
+    seen: dict[str, tuple[int, int]] = {}
+    for i, item in enumerate(items):
+        path = item if isinstance(item, (str, os.PathLike)) else getattr(item, "path", None)
+        if path is None:
+            continue
+        key = os.fspath(path)
+        if key not in seen:
+            try:
+                st = os.stat(key)
+                seen[key] = (int(st.st_size), int(st.st_mtime_ns))
+            except OSError:
+                seen[key] = (-1, -1)
+        out[i] = seen[key]
+    return out
 
 
 class _Subset:
@@ -216,7 +238,38 @@ class FeatureCache:
                 f"feature cache {self.dir} has shapes {feats.shape} and {done.shape}, not "
                 f"({self.n}, {self.dim}); delete the folder to rebuild it"
             )
+        self._check_stamps(done)
         return feats, done
+
+    def _check_stamps(self, done: np.memmap) -> None:
+        """Mark to do the items whose file changed since they were cached, then record the
+        current stamps (after the marks reach the disk)."""
+        path = self.dir / "stamps.i64.npy"
+        now = _stamps(self.items)
+        before = None
+        if path.is_file():
+            try:
+                before = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                before = None
+        if before is None or before.shape != now.shape:
+            changed = np.asarray(done) != _TODO  # no record to trust: every cached row again
+        else:
+            changed = (before != now).any(axis=1) & (np.asarray(done) != _TODO)
+        if changed.any():
+            logger.warning(
+                "features: %d of %d images changed since they were cached (%s); encoding them "
+                "again", int(changed.sum()), self.n, self.dir.name,
+            )  # fmt: skip
+            done[changed] = _TODO
+            done.flush()
+        if before is None or not np.array_equal(before, now):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, now, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
 
     def status(self) -> dict[str, int]:
         """Items encoded, unreadable or skipped, and still to do."""

@@ -125,3 +125,32 @@ def test_cache_key_and_bad_images(tiny, files, tmp_path):
     broken.write_bytes(b"junk")
     feats, ok = FeatureCache(tmp_path, tiny, pre, [*files, str(broken)]).extract()
     assert ok.tolist() == [True] * 7 + [False] and not np.asarray(feats[7]).any()
+
+
+def test_changed_and_repaired_images_are_encoded_again(tiny, files, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    pre = tiny.preprocess()
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"junk")
+    items = [*files, str(broken)]
+    before, ok = FeatureCache(tmp_path, tiny, pre, items).extract()
+    before = np.array(before)
+    assert ok.tolist() == [True] * 7 + [False]
+    shutil.copyfile(files[1], files[0])  # an image replaced by another
+    os.utime(files[0], ns=(1, 10**18))
+    shutil.copyfile(files[2], broken)  # the unreadable one repaired
+    seen = []
+    real = tiny.forward_intermediates
+
+    def counting(images, *args, **kwargs):
+        seen.append(images.shape[0])
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(tiny, "forward_intermediates", counting)
+    feats, ok = FeatureCache(tmp_path, tiny, pre, items).extract()
+    assert sum(seen) == 2 and ok.all()  # only the two changed files
+    np.testing.assert_array_equal(np.asarray(feats[0]), before[1])
+    np.testing.assert_array_equal(np.asarray(feats[7]), before[2])
+    np.testing.assert_array_equal(np.asarray(feats[3:7]), before[3:7])
