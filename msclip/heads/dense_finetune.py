@@ -348,6 +348,7 @@ def run_dense_finetune(
         encoder_hparams,
         load_run_model,
         model_facts,
+        run_settings,
         save_encoder_files,
         write_protocol,
     )
@@ -454,6 +455,7 @@ def run_dense_finetune(
         warmup_epochs=cfg.warmup_epochs,
         checkpoint=folder / "checkpoint.pt",
         run_key=key,
+        run_facts=run_settings(cfg),
         resume=cfg.resume,
         save_every=cfg.save_every,
         validate=validate,
@@ -525,6 +527,7 @@ def run_dense_finetune(
             "dataset": data.name,
             "model_label": model_label,
             "test": {n: r["metrics"] for n, r in results.items()},
+            "settings": run_settings(cfg),
         },
     )
     files["head"] = str(head_path)

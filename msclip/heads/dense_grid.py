@@ -124,6 +124,7 @@ def run_grid(
 
     from msclip.heads.dense_finetune import dense_label, run_dense_finetune
     from msclip.heads.dense_head import read_dense_head
+    from msclip.heads.runs import run_settings, settings_changes
     from msclip.io import write_csv, write_text
 
     cfg.validate()
@@ -152,6 +153,15 @@ def run_grid(
             head_file = Path(sub.output_dir) / label / "dense_head.safetensors"
             if head_file.is_file():
                 ckpt = read_dense_head(head_file)
+                before = ckpt.info.get("settings")
+                changes = settings_changes(before, run_settings(sub)) if before else []
+                if changes:
+                    raise ConfigError(
+                        f"{head_file.parent} holds a finished run with other settings "
+                        f"({', '.join(changes)}); give the grid another output_dir, or delete "
+                        "that folder to run it again",
+                        param="output_dir",
+                    )
                 skipped.append(label)
                 logger.info("%s is finished (%s); skipped", label, head_file)
                 params = sum(p.numel() for p in ckpt.heads.parameters())

@@ -67,6 +67,7 @@ from msclip.heads.runs import (
     load_run_model,
     model_facts,
     run_precision,
+    run_settings,
     save_encoder_files,
     write_protocol,
 )
@@ -626,7 +627,8 @@ class _Runner:
         history = train_loop(
             net, groups, len(rows["train"]), batches, loss_fn, epochs=cfg.epochs,
             batch_size=cfg.batch_size, seed=cfg.seed, warmup_epochs=cfg.warmup_epochs,
-            checkpoint=folder / "checkpoint.pt", run_key=key, resume=cfg.resume,
+            checkpoint=folder / "checkpoint.pt", run_key=key, run_facts=run_settings(cfg),
+            resume=cfg.resume,
             save_every=cfg.save_every, validate=validate, hooks=hooks, progress=cfg.progress,
             desc=label,
         )  # fmt: skip

@@ -11,7 +11,8 @@ for these pieces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ __all__ = [
     "load_run_model",
     "model_facts",
     "run_precision",
+    "run_settings",
     "save_encoder_files",
+    "settings_changes",
     "write_protocol",
 ]
 
@@ -153,6 +156,22 @@ def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any
 RUNTIME_OPTIONS = ("workers", "progress", "resume", "save_path", "output_dir", "cache_dir",
                     "feature_cache", "text_cache", "encode_batch_size", "save_every", "device",
                     "model_label", "method", "n_resamples", "confidence")  # fmt: skip
+
+
+def run_settings(cfg: FinetuneRunConfig) -> dict[str, Any]:
+    """The settings that define a run (every option but the runtime ones), JSON-ready: kept in
+    training checkpoints and heads so a mismatch can be named."""
+    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
+    return json.loads(json.dumps(facts, sort_keys=True, default=str))
+
+
+def settings_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``option old -> new`` for every setting that differs."""
+    return [
+        f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
 
 
 def save_encoder_files(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ def train_loop(
     warmup_epochs: int = 0,
     checkpoint: Path | None = None,
     run_key: str = "",
+    run_facts: Mapping[str, Any] | None = None,
     resume: bool = False,
     save_every: int = 1,
     validate: Callable[[], dict[str, float]] | None = None,
@@ -96,6 +97,8 @@ def train_loop(
         warmup_epochs: linear warm-up, then cosine decay to 0 (per step).
         checkpoint: file of the training checkpoint.
         run_key: what the run is; a checkpoint of another run is refused.
+        run_facts: the run's settings (:func:`msclip.heads.runs.run_settings`), kept in the
+            checkpoint so a refusal names what changed.
         resume: continue from ``checkpoint`` when it exists.
         save_every: write the checkpoint every this many epochs (and after the last).
         validate: called after each epoch; its values join the history.
@@ -122,8 +125,8 @@ def train_loop(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         return _train_epochs(
-            net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint, run_key,
-            resume, save_every, validate, hooks, progress, desc,
+            net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint,
+            (run_key, dict(run_facts or {})), resume, save_every, validate, hooks, progress, desc,
         )  # fmt: skip
 
 
@@ -138,7 +141,7 @@ def _train_epochs(
     batch_size: int,
     seed: int,
     checkpoint: Path | None,
-    run_key: str,
+    identity: tuple[str, dict[str, Any]],
     resume: bool,
     save_every: int,
     validate: Callable[[], dict[str, float]] | None,
@@ -150,9 +153,10 @@ def _train_epochs(
 
     history: list[dict[str, Any]] = []
     start = 0
+    run_key, run_facts = identity
     torch.manual_seed(seed)
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = _read_training_checkpoint(checkpoint, run_key)
+        state = _read_training_checkpoint(checkpoint, run_key, run_facts)
         _load_state(net, state["state"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -193,7 +197,8 @@ def _train_epochs(
         last = epoch + 1 == epochs
         if checkpoint is not None and ((epoch + 1) % save_every == 0 or last):
             _write_training_checkpoint(checkpoint, {
-                "run_key": run_key, "epoch": epoch + 1, "state": _trainable_state(net),
+                "run_key": run_key, "run_facts": run_facts, "epoch": epoch + 1,
+                "state": _trainable_state(net),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": _cuda_rng(), "history": history,
@@ -215,7 +220,9 @@ def _write_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(data, tmp), ".pt")
 
 
-def _read_training_checkpoint(path: Path, run_key: str) -> dict[str, Any]:
+def _read_training_checkpoint(
+    path: Path, run_key: str, run_facts: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     import pickle
 
     try:
@@ -225,9 +232,21 @@ def _read_training_checkpoint(path: Path, run_key: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != _CKPT_FORMAT:
         raise CheckpointError(f"{path} is not an msclip-finetune training checkpoint")
     if data.get("run_key") != run_key:
+        from msclip.heads.runs import settings_changes
+
+        before = data.get("run_facts")
+        if before and run_facts:
+            changes = settings_changes(before, run_facts)
+            what = (
+                f"other settings ({', '.join(changes)})"
+                if changes
+                else "the same settings but other data or another model"
+            )
+        else:
+            what = "other settings, data or model"
         raise CheckpointError(
-            f"{path} belongs to a run with other settings, data or model; resume it with the "
-            "same options, or start a new run in another output_dir",
+            f"{path} belongs to a run with {what}; resume it with the same options, or start a "
+            "new run in another output_dir",
             param="resume",
         )
     return data

@@ -167,7 +167,7 @@ def test_killed_dense_lora_run_resumes_to_the_same_bits(dense, tmp_path):
     assert (folder / "checkpoint.pt").is_file() and not (folder / "dense_head.safetensors").exists()
     with pytest.raises(ConfigError, match="resume"):
         run_finetune(cfg)
-    with pytest.raises(CheckpointError, match="other settings"):
+    with pytest.raises(CheckpointError, match=r"other settings \(crop_size \d+ -> 8\)"):
         run_finetune(dataclasses.replace(cfg, resume=True, crop_size=8))
     seen: list[int] = []
     resumed = run_finetune(dataclasses.replace(cfg, resume=True),
@@ -202,6 +202,9 @@ def test_grid_table_every_combination_and_skips_finished(dense, tmp_path):
                                   df.drop(columns="seconds"))  # fmt: skip
     with pytest.raises(ConfigError, match="decoders"):
         run_grid(cfg, ["unet"], ["frozen"])
+    # another setting: the finished cells are not passed off as its results
+    with pytest.raises(ConfigError, match=r"other settings \(epochs 1 -> 2\).*another output_dir"):
+        run_grid(dataclasses.replace(cfg, epochs=2), ["linear"], ["frozen"])
 
 
 def test_scene_prediction_with_a_trained_head(dense, tmp_path):
