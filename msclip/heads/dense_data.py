@@ -288,7 +288,53 @@ def _finish(
             t.names, t.prompt_names = _class_names(classes, near, train, t.ignore_index)
         elif t.kind == "pixel-regression" and not t.names:
             t.names = [t.column]
+        if t.kind == "segmentation":
+            _check_label_values(t, rasters[t.name])
     return DenseData(name, images, rasters, tasks, splits, split_source, source)
+
+
+def _check_label_values(t: DenseTarget, paths: Sequence[str]) -> None:
+    """Every label raster of a segmentation task holds class values ``0..K-1``, the ignore index
+    or the file's nodata (before any work: a bad value in a test raster must not surface after
+    training). A nodata value that is also a class hides that class's pixels: warned, once.
+
+    Raises:
+        LabelError: a value outside the classes, naming the file and the values.
+    """
+    import rasterio
+
+    from msclip.errors import LabelError
+
+    k = len(t.names)
+    hidden: dict[int, int] = {}
+    for path in paths:
+        with rasterio.open(path) as src:
+            nodata = src.nodata
+            for _, window in src.block_windows(1):
+                arr = src.read(1, window=window)
+                keep = np.ones(arr.shape, bool)
+                if t.ignore_index is not None:
+                    keep &= arr != t.ignore_index
+                if nodata is not None:
+                    keep &= arr != nodata
+                v = arr[keep]
+                if v.size and (v.min() < 0 or v.max() >= k):
+                    bad = sorted({int(x) for x in np.unique(v[(v < 0) | (v >= k)])[:10]})
+                    raise LabelError(
+                        f"{path}: label values {bad} are outside the {k} classes 0..{k - 1} of "
+                        f"task {t.name!r} and are not its ignore index {t.ignore_index}; fix the "
+                        "labels, or give the class list that includes them (classes)",
+                        param="classes",
+                    )
+        if nodata is not None and float(nodata).is_integer() and 0 <= int(nodata) < k:
+            hidden[int(nodata)] = hidden.get(int(nodata), 0) + 1
+    for value, n in hidden.items():
+        logger.warning(
+            "%d label raster(s) of task %s declare nodata %d, which is also the class %r: its "
+            "pixels are ignored in training and metrics; if %d is a class, remove the nodata "
+            "value from the label files (gdal_edit.py -unsetnodata)",
+            n, t.name, value, t.names[value], value,
+        )  # fmt: skip
 
 
 def from_csv(

@@ -71,6 +71,34 @@ def test_misaligned_label_refused_naming_both_files(dense, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
 
 
+def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_path, caplog):
+    from msclip.errors import LabelError
+
+    table = pd.read_csv(dense / "index.csv")
+    row = int(np.flatnonzero(table["split"].str.lower().str.startswith("test"))[0])
+    src_path = dense / table.loc[row, "label"]
+    with rasterio.open(src_path) as src:
+        arr, profile = src.read(1), src.profile
+    arr[0, 0] = 20  # 3 classes
+    bad = tmp_path / "bad_label.tif"
+    with rasterio.open(bad, "w", **profile) as dst:
+        dst.write(arr, 1)
+    table.loc[row, "label"] = str(bad)
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "bad.csv"), data_root=str(dense))
+    with pytest.raises(LabelError, match=r"bad_label.tif: label values \[20\] are outside"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
+    # a nodata value that is also a class is named in a warning
+    profile.update(nodata=0)
+    arr[0, 0] = 1
+    with rasterio.open(bad, "w", **profile) as dst:
+        dst.write(arr, 1)
+    caplog.set_level("WARNING", logger="msclip.heads.dense_data")
+    load_dense_data(cfg)
+    assert "declare nodata 0, which is also the class" in caplog.text
+
+
 def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
     cfg = _cfg(tmp_path, dense, class_weights=["auto"])
     res = run_finetune(cfg)
