@@ -873,6 +873,35 @@ def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
     return out
 
 
+def _check_classes(data: TaskData) -> None:
+    """Refuse a classification whose train split holds one class (before any method writes
+    anything), and name the classes a split lacks: a class never trained on is never predicted,
+    one never tested is not measured (and counts as F1 = 0 in ``macro_f1``)."""
+    if data.task != "classification":
+        return
+    targets = np.asarray(data.targets)
+    train = np.unique(targets[data.splits["train"]])
+    if len(train) < 2:
+        only = f"'{data.names[int(train[0])]}'" if len(train) else "none"
+        raise HeadInputError(
+            f"{data.name}: every train sample is of one class ({only}); a classifier needs "
+            "samples of at least two classes: add images of the others (or a class column with "
+            "more than one value)",
+            param="images",
+        )
+    for split in ("train", "test"):
+        rows = data.splits[split]
+        if not len(rows):
+            continue
+        missing = sorted(set(range(len(data.names))) - set(np.unique(targets[rows]).tolist()))
+        if missing:
+            logger.warning(
+                "%s: the %s split holds no sample of %s", data.name, split,
+                ", ".join(repr(data.names[i]) for i in missing[:10])
+                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
+            )  # fmt: skip
+
+
 def run_finetune(
     cfg: FinetuneRunConfig,
     model: Any = None,
@@ -913,6 +942,7 @@ def run_finetune(
             raise HeadConfigError(
                 f"methods {bad} do not apply to {data.name} ({data.task})", param="method"
             )
+    _check_classes(data)
     check_outputs(cfg, _planned_labels(cfg))
     if model is None:
         model = load_run_model(cfg)

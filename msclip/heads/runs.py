@@ -226,19 +226,39 @@ def check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
     if cfg.resume:
         return
     for label in labels:
-        ckpt = out / label / "checkpoint.pt"
-        if ckpt.is_file():
+        folder = out / label
+        held = sorted(f.name for f in folder.iterdir()) if folder.is_dir() else []
+        if held:
             raise ConfigError(
-                f"{out} already holds a run of {label} ({ckpt}); pass resume to continue it or "
-                "choose another output_dir",
+                f"{out} already holds a run of {label} ({folder}: {', '.join(held[:4])}); pass "
+                "resume to continue or complete it, or choose another output_dir",
                 param="resume",
             )
+    card = out / "protocol.yaml"
+    if card.is_file():
+        raise ConfigError(
+            f"{out} already holds the protocol card of another run ({card}); choose another "
+            "output_dir, or pass resume to add these methods to that run",
+            param="resume",
+        )
 
 
 def write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
+    """Write the protocol card; the methods an earlier card of the same folder describes (a
+    resumed run adding methods) are kept beside this run's."""
     import yaml
 
     from msclip.io import jsonable, write_text
+
+    if path.is_file() and isinstance(protocol.get("methods"), dict):
+        try:
+            before = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            before = None
+        if isinstance(before, dict) and isinstance(before.get("methods"), dict):
+            kept = {k: v for k, v in before["methods"].items() if k not in protocol["methods"]}
+            if kept:
+                protocol = {**protocol, "methods": {**kept, **protocol["methods"]}}
 
     return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))
 

@@ -126,6 +126,45 @@ def test_bad_input_writes_nothing(scenes, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
 
 
+def test_one_class_and_missing_classes(scenes, tmp_path, caplog):
+    caps = pd.read_csv(scenes / "captions.csv")
+    one = pd.DataFrame({"path": caps["image"], "label": "sea"})
+    table = scenes / "one_class.csv"
+    one.to_csv(table, index=False)
+    cfg = _cfg(tmp_path, csv=str(table), method=["zero-shot", "knn"])
+    with pytest.raises(HeadInputError, match=r"every train sample is of one class \('sea'\)"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+    some = pd.DataFrame({"path": caps["image"], "label": caps["label"], "split": "train"})
+    some.loc[some["label"] == "desert", "split"] = "test"  # desert never trained on
+    some.loc[some.index[:2], "split"] = "test"
+    some.loc[some.index[2:4], "split"] = "val"
+    table = scenes / "missing.csv"
+    some.to_csv(table, index=False)
+    caplog.set_level("WARNING", logger="msclip.heads.finetune")
+    run_finetune(_cfg(tmp_path / "m", csv=str(table), method=["knn"]))
+    assert "the train split holds no sample of 'desert'" in caplog.text
+    assert "the test split holds no sample of 'forest'" in caplog.text
+
+
+def test_a_finished_run_is_never_overwritten(scenes, tmp_path):
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["knn"])
+    run_finetune(cfg)
+    head = tmp_path / "run" / "knn" / "head.safetensors"
+    before = head.read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run of knn"):
+        run_finetune(cfg)
+    with pytest.raises(ConfigError, match="protocol card of another run"):
+        run_finetune(dataclasses.replace(cfg, method=["logistic"]))
+    assert head.read_bytes() == before
+    # resume adds a method: the card describes both
+    run_finetune(dataclasses.replace(cfg, method=["logistic"], resume=True))
+    import yaml
+
+    card = yaml.safe_load((tmp_path / "run" / "protocol.yaml").read_text())
+    assert {"knn", "logistic"} <= set(card["methods"])
+
+
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
     """Child process: train, and die (no clean-up at all) once epoch 2 is checkpointed."""
 
