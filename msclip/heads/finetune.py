@@ -651,7 +651,7 @@ class _Runner:
             hp.update(encoder_hparams(cfg), augment=cfg.augment)
         from msclip.heads.modes import count_parameters
 
-        hp["parameters"] = count_parameters(self.model, head).to_dict()
+        hp["parameters"] = count_parameters(self.model, head, encoder_trained=not frozen).to_dict()
         result = ProbeResult(label, task.probe_task, metrics, ci, hp, scores,
                              n_train=len(rows["train"]), n_test=len(kept),
                              extra={"history": history, "rows": kept})  # fmt: skip

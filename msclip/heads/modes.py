@@ -278,13 +278,19 @@ class ParameterCounts:
         }
 
 
-def count_parameters(model: nn.Module, head: nn.Module | None = None) -> ParameterCounts:
-    """Trainable and total parameters of the image tower (and of a head)."""
+def count_parameters(
+    model: nn.Module, head: nn.Module | None = None, encoder_trained: bool = True
+) -> ParameterCounts:
+    """Trainable and total parameters of the image tower (and of a head).
+
+    ``encoder_trained=False``: the run trains the head only (on frozen features), so no encoder
+    parameter counts as trainable whatever its ``requires_grad`` flag says.
+    """
     visual = _clip(model).visual
     enc = list(visual.parameters())
     hp = list(head.parameters()) if head is not None else []
     return ParameterCounts(
-        encoder_trainable=sum(p.numel() for p in enc if p.requires_grad),
+        encoder_trainable=sum(p.numel() for p in enc if p.requires_grad) if encoder_trained else 0,
         encoder_total=sum(p.numel() for p in enc),
         head_trainable=sum(p.numel() for p in hp if p.requires_grad),
         head_total=sum(p.numel() for p in hp),

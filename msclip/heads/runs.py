@@ -221,6 +221,8 @@ def save_encoder_files(
 def check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
     from msclip.io import check_output
 
+    if cfg.cache_dir and cfg.feature_cache:  # before anything is created
+        check_output(cfg.cache_dir, kind="dir", param="cache_dir")
     out = check_output(cfg.output_dir, kind="dir", param="output_dir")
     check_output(cfg.save_path, kind="dir", param="save_path")
     if cfg.resume:

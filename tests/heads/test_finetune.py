@@ -82,6 +82,8 @@ def test_classification_outputs_and_records(scenes, tmp_path):
     assert protocol["config"]["method"] == ["knn", "logistic", "linear"]
     assert protocol["data"]["splits"] == {"train": 15, "val": 6, "test": 9}
     assert "C" in protocol["methods"]["logistic"]["hyperparameters"]
+    counts = protocol["methods"]["linear"]["hyperparameters"]["parameters"]
+    assert counts["encoder_trainable"] == 0 and counts["head_trainable"] > 0  # frozen tower
     assert (res.output_dir / "protocol.yaml").is_file()
     summary = pd.read_csv(res.save_path / "summary.csv")
     assert len(summary) == 4 and summary.columns.tolist() == ["model", scenes.name]
@@ -123,6 +125,15 @@ def test_bad_input_writes_nothing(scenes, tmp_path):
         run_finetune(cfg)
     with pytest.raises(ConfigError, match="methods \\['knn'\\] do not apply to regression"):
         run_finetune(dataclasses.replace(cfg, method=["knn"]))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+    from msclip.errors import OutputPathError
+
+    in_the_way = tmp_path / "cache_file"
+    in_the_way.write_text("x")
+    with pytest.raises(OutputPathError, match="not a folder") as err:
+        run_finetune(_cfg(tmp_path, folders=str(scenes), method=["knn"],
+                          cache_dir=str(in_the_way)))  # fmt: skip
+    assert err.value.param == "cache_dir"
     assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
 
 
