@@ -499,6 +499,24 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
     args.model_name = encoder.get("name")
 
 
+def _check_head_bands(
+    trained: Sequence[str] | None,
+    paths: Sequence[str],
+    names: Sequence[str],
+    args: argparse.Namespace,
+) -> None:
+    """Warn when the first readable input has other bands than the head's training images."""
+    from msclip.heads.checkpoint import training_bands, warn_other_bands
+
+    if not trained:
+        return
+    for path, name in list(zip(paths, names))[:50]:
+        given = training_bands([path], args.bands, args.sensor)
+        if given is not None:
+            warn_other_bands(trained, given, name)
+            return
+
+
 def run_head_classification(args: argparse.Namespace) -> int:
     """``--run-classification --head``: the scores of a trained head."""
     from msclip.errors import BandCoverageError, RasterTooLargeError
@@ -528,6 +546,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
 
     model, preprocess, _ = load_model(args, options=_image_options(args))
     bind_head(ckpt, model, args.adapters)
+    _check_head_bands(ckpt.info.get("input_bands"), image_set.paths, image_set.names, args)
     dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
     try:
         scores, indices, failures, skipped, valid = predict_images(
@@ -896,6 +915,7 @@ def _head_scene(args: argparse.Namespace) -> int:
         raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
     ckpt = read_dense_head(args.head)
     entry = ckpt.task(args.head_task)
+    _check_head_bands(ckpt.info.get("input_bands"), [args.scene], [args.scene], args)
     _head_model_args(args, ckpt.encoder, args.head)
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")

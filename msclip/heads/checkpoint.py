@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError
+from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError, MSCLIPError
 from msclip.heads.features import FeatureSpec
 from msclip.heads.linear import LinearHead, build_head
 
@@ -55,6 +55,8 @@ __all__ = [
     "read_head",
     "ridge_to_head",
     "save_head",
+    "training_bands",
+    "warn_other_bands",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,6 +272,40 @@ class HeadCheckpoint:
     @property
     def outputs(self) -> str:
         return head_outputs(self.head)
+
+
+def training_bands(items: Any, bands: Sequence[str] | None = None,
+                   sensor: str | None = None) -> list[str] | None:  # fmt: skip
+    """The band names of the first image of ``items`` that is a readable file (what a head was
+    trained on, kept in its file), or ``None``."""
+    from msclip.io import read_raster
+
+    for item in list(items)[:50]:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        try:
+            window = None
+            if str(item).lower().endswith((".tif", ".tiff")):
+                from rasterio.windows import Window
+
+                window = Window(0, 0, 1, 1)
+            return list(read_raster(item, bands=bands, sensor=sensor, window=window).bands)
+        except (MSCLIPError, OSError, ValueError):  # an unreadable file: try the next
+            continue
+    return None
+
+
+def warn_other_bands(trained: Sequence[str] | None, given: Sequence[str], where: str) -> None:
+    """A warning when images of another band set than a head's training images are scored: the
+    encoder's features of other bands are not those the head learnt from."""
+    if not trained or sorted(trained) == sorted(given):
+        return
+    logger.warning(
+        "the head was trained on images with bands %s but %s has %s: the encoder's features "
+        "of other bands are not those the head learnt from, so its outputs may be wrong; score "
+        "images of the training bands, or train a head on these",
+        list(trained), where, list(given),
+    )  # fmt: skip
 
 
 def save_head(

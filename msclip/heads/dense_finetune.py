@@ -331,6 +331,7 @@ def run_dense_finetune(
     import pandas as pd
 
     from msclip.eval.report import library_versions, make_head_record, merge, write_record
+    from msclip.heads.checkpoint import training_bands
     from msclip.heads.dense_head import save_dense_head
     from msclip.heads.lora import LoRAConfig
     from msclip.heads.modes import (
@@ -528,6 +529,9 @@ def run_dense_finetune(
             "model_label": model_label,
             "test": {n: r["metrics"] for n, r in results.items()},
             "settings": run_settings(cfg),
+            "input_bands": training_bands(
+                [data.images[i] for i in data.splits["train"]], cfg.input_bands, cfg.sensor
+            ),
         },
     )
     files["head"] = str(head_path)

@@ -738,6 +738,15 @@ class _Runner:
         return out, np.asarray(kept, dtype=np.int64)
 
     # -- outputs ----------------------------------------------------------------------------
+    def input_bands(self) -> list[str] | None:
+        """The band names of the training images (kept in the heads: see ``--head``)."""
+        if not hasattr(self, "_input_bands"):
+            from msclip.heads.checkpoint import training_bands
+
+            train = [self.data.items[i] for i in self.data.splits["train"]]
+            self._input_bands = training_bands(train, self.cfg.input_bands, self.cfg.sensor)
+        return self._input_bands
+
     def save_encoder_files(self, label: str) -> dict[str, Any]:
         """Adapters, merged or fine-tuned weights; returns the head's encoder facts."""
         return save_encoder_files(self.cfg, self.model, self.out / label, label,
@@ -765,7 +774,8 @@ class _Runner:
             features=spec, encoder=enc, method=label, prompt_names=data.prompt_names,
             info={"dataset": data.name, "model_label": self.label,
                   "main_metric": task.main_metric(),
-                  "test": {k: v for k, v in result.metrics.items()}},
+                  "test": {k: v for k, v in result.metrics.items()},
+                  "input_bands": self.input_bands()},
         )  # fmt: skip
         files["head"] = str(head_path)
         files["predictions"] = str(self._write_predictions(folder, result))

@@ -63,7 +63,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from msclip.errors import PredictorOutputError, RasterReadError, TilingError
+from msclip.errors import (
+    BandCoverageWarning,
+    PredictorOutputError,
+    RasterReadError,
+    TilingError,
+)
 from msclip.io.readers import image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
@@ -181,6 +186,15 @@ class ScenePreprocess:
 
     def _bind(self, names: tuple[str, ...]) -> None:
         mapping = map_bands(self.model_bands, names)
+        if len(mapping.missing) * 2 > len(self.model_bands):
+            warnings.warn(
+                f"the input bands {list(names)} lack {len(mapping.missing)} of the model's "
+                f"{len(self.model_bands)} bands ({list(mapping.missing)}, filled with their mean); "
+                f"the model expects {list(self.model_bands)}: the model's output says little "
+                "about such input",
+                BandCoverageWarning,
+                stacklevel=3,
+            )
         perm = mapping.permutation
         if perm is not None:
             idx = list(perm)

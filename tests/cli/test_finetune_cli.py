@@ -174,6 +174,23 @@ def test_inference_with_a_head(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and not other.exists()
     assert "was trained on encoder" in err and "but the model is" in err and "--head" in err
+    # images of other bands than the training images: scored, with a warning naming both
+    from msclip.heads.checkpoint import read_head
+
+    trained = read_head(head).info["input_bands"]
+    assert len(trained) == 12 and "B04" in trained
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    import msclip
+
+    r = msclip.read_raster(next((scenes / "sea").glob("*.tif")))
+    msclip.write_geotiff(rgb / "sea_rgb.tif", r.data[[3, 2, 1]], crs=r.crs, transform=r.transform,
+                         bands=["B04", "B03", "B02"])  # fmt: skip
+    code = inference_main(["--run-classification", "--head", str(head), "--images", str(rgb),
+                           "--save-path", str(tmp_path / "rgb.csv"), *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "the head was trained on images with bands" in err
+    assert "sea_rgb.tif has ['B04', 'B03', 'B02']" in err
 
 
 def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):

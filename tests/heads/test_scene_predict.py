@@ -265,3 +265,13 @@ def test_alpha_band_masks_the_scene(tmp_path, scene, tiny):
     assert got.shape == (4, H, W)
     assert np.isnan(got[:, :70, :120]).all()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # equal to the nodata-valued scene
+
+
+def test_few_input_bands_warn(tiny):
+    from msclip.errors import BandCoverageWarning
+
+    with pytest.warns(BandCoverageWarning, match=r"lack 7 of the model's 10 bands"):
+        ScenePreprocess.from_model(tiny).with_input(("B04", "B03", "B02"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BandCoverageWarning)
+        ScenePreprocess.from_model(tiny).with_input(tuple(tiny.bands))
