@@ -17,7 +17,7 @@ rings in EPSG:4326 (corner points transformed with ``rasterio.warp.transform``, 
 counter-clockwise as RFC 7946 asks of exterior rings).
 
 A pixel is *nodata* when every band equals the nodata value (the file's, or the caller's) or is
-NaN; a tile whose fraction of valid pixels is below ``min_valid`` is skipped.
+NaN or infinite; a tile whose fraction of valid pixels is below ``min_valid`` is skipped.
 """
 
 from __future__ import annotations
@@ -199,10 +199,12 @@ def scene_tiles(info: SceneInfo) -> list[Tile]:
 
 
 def nodata_fraction(data: np.ndarray, nodata: float | None) -> float:
-    """Fraction of pixels of ``data`` ``[C, H, W]`` where every band is nodata or NaN."""
+    """Fraction of pixels of ``data`` ``[C, H, W]`` where every band is nodata, NaN or
+    infinite."""
     if data.size == 0:
         return 1.0
-    bad = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else np.zeros(data.shape, bool)
+    floating = np.issubdtype(data.dtype, np.floating)
+    bad = ~np.isfinite(data) if floating else np.zeros(data.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         bad |= data == nodata
     return float(bad.all(axis=0).mean())

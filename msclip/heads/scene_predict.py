@@ -231,7 +231,7 @@ class ScenePreprocess:
             band = raw[..., c, :, :]
             ok = band != nodata if nodata is not None else np.ones(band.shape, dtype=bool)
             if floating:
-                ok &= ~np.isnan(band)
+                ok &= np.isfinite(band)
             valid |= ok
         return valid
 

@@ -297,7 +297,7 @@ def _rescaled(
     offset: Sequence[float],
 ) -> np.ndarray:
     """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN."""
-    missing = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else None
+    missing = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
     if nodata is not None and not np.isnan(nodata):
         eq = data == nodata
         missing = eq if missing is None else missing | eq

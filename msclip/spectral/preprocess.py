@@ -8,9 +8,9 @@ the bit in float32:
    not know), cast to float32 (raw digital numbers; 8-bit RGB is divided by 255 as torchvision's
    ``ToTensor`` does);
 2. fill missing values with the band mean (zero after normalisation), counting them in a warning:
-   NaN values, and every band of a pixel whose every band is nodata (or NaN); one band reading the
-   nodata value in a pixel whose other bands hold data (dark water at 0 in the SWIR bands of an
-   L2A product whose nodata is 0) is data and is kept (:func:`fill_mask`);
+   NaN and infinite values, and every band of a pixel whose every band is nodata (or not finite);
+   one band reading the nodata value in a pixel whose other bands hold data (dark water at 0 in
+   the SWIR bands of an L2A product whose nodata is 0) is data and is kept (:func:`fill_mask`);
 3. resize the shorter side to the model size with bicubic interpolation (antialiased, on the float
    tensor), then centre-crop a square;
 4. normalise per band: ``(x - mean) / std``.
@@ -61,16 +61,16 @@ def _tv() -> tuple[Any, Any]:
 def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
     """The values preprocessing fills, ``[..., C, H, W]`` bool, or ``None`` when there are none.
 
-    A value is filled when it is NaN, or when its pixel is nodata: every band of it equals
-    ``nodata`` or is NaN (the rule of :func:`msclip.tiling.nodata_fraction`). A single band equal
-    to ``nodata`` in a pixel whose other bands hold data is a measurement (a dark surface at 0 in
-    a product whose nodata is 0) and is kept.
+    A value is filled when it is NaN or infinite, or when its pixel is nodata: every band of it
+    equals ``nodata`` or is not finite (the rule of :func:`msclip.tiling.nodata_fraction`). A
+    single band equal to ``nodata`` in a pixel whose other bands hold data is a measurement (a
+    dark surface at 0 in a product whose nodata is 0) and is kept.
     """
     floating = np.issubdtype(values.dtype, np.floating)
     has_nodata = nodata is not None and not np.isnan(nodata)
     if not floating and not has_nodata:
         return None  # integer rasters cannot hold NaN: no scan (a visible cost per tile)
-    nan = np.isnan(values) if floating else None
+    nan = ~np.isfinite(values) if floating else None  # NaN and infinity
     if has_nodata:
         missing = values == nodata
         if nan is not None:

@@ -103,6 +103,20 @@ def test_a_band_at_the_nodata_value_in_a_valid_pixel_is_data():
     assert fill_mask(chw, None) is None and fill_mask(chw[:, :30, 16:], 0) is None
 
 
+def test_infinite_values_are_missing_like_nan():
+    from msclip.tiling import nodata_fraction
+
+    stats = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, stats.mean, stats.std, 32)
+    chw = np.full((10, 32, 32), 900, dtype=np.float32)
+    chw[2, 3, 3] = np.inf
+    chw[:, 10, :] = -np.inf  # a whole row of pixels
+    with pytest.warns(NodataFillWarning):
+        out = pre.process(chw, LLAMA3_MS_CLIP_BANDS)
+    assert torch.isfinite(out).all() and out[2, 3, 3] == 0 and torch.all(out[:, 10] == 0)
+    assert nodata_fraction(chw, None) == pytest.approx(1 / 32)
+
+
 def test_rgb_uint8_divides_by_255():
     s = get_stats("openai")
     pre = SpectralPreprocess(("red", "green", "blue"), s.mean, s.std, 8, divisor=255)
