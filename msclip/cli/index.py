@@ -330,8 +330,10 @@ def _run_build(args: argparse.Namespace) -> int:
                 args.index, model, preprocess, images, scenes, **options, rank=group.rank,
                 world=group.world_size,
             )  # fmt: skip
-            if group.rank != 0:  # process 0 prints the build's summary
-                return EXIT_PARTIAL if report.failures and not args.skip_bad else EXIT_OK
+            if group.rank != 0:
+                # process 0 adds every source (its failures too), prints the summary and gives
+                # the status: a non-zero status here would make torchrun stop process 0
+                return EXIT_OK
     finally:
         if group is not None:
             group.close()
