@@ -526,7 +526,17 @@ def read_queries(args: argparse.Namespace) -> list[str]:
         p = Path(args.queries_file).expanduser()
         if not p.is_file():
             raise UsageError(f"queries file not found: {p} (--queries-file)")
-        queries += [q.strip() for q in p.read_text(encoding="utf-8").splitlines() if q.strip()]
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise UsageError(
+                f"queries file {p} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
+                "as UTF-8 (--queries-file)"
+            ) from None
+        from_file = [q.strip() for q in text.splitlines() if q.strip()]
+        if not from_file:
+            raise UsageError(f"queries file {p} holds no query (one per line) (--queries-file)")
+        queries += from_file
     empty = [q for q in queries if not q.strip()]
     if empty:
         raise UsageError("empty --query given")

@@ -349,3 +349,15 @@ def test_library_argument_forms_are_written_as_flags(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "--bands B02 B03" in err and "bands=[" not in err
     assert "--bands B02 B03" in out.read_text() and "bands=[" not in out.read_text()
+
+
+def test_empty_or_undecodable_queries_file(folder, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("a lake\nfor\xeat\n".encode("latin-1"))
+    for path, why in ((empty, "holds no query"), (latin, "is not UTF-8 text")):
+        code = main(["--run-retrieval", "--images", str(folder), "--queries-file", str(path),
+                     *QUIET, "--save-path", str(tmp_path / "r.csv")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and why in err and "--queries-file" in err and "Traceback" not in err
