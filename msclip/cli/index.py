@@ -152,12 +152,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- model defaults from the manifest -------------------------------------------------------------
-def _model_defaults(args: argparse.Namespace, manifest_model: dict[str, Any] | None) -> None:
-    """Fill unset model flags from the index's model description."""
+def _model_defaults(
+    args: argparse.Namespace, manifest_model: dict[str, Any] | None, writing: bool = False
+) -> None:
+    """Fill unset model flags from the index's model description (and, for ``build``/``add``
+    into an existing index, the precision it was built in: its rows must be of one precision)."""
     if manifest_model is None:
         if args.pretrained is None:
             args.pretrained = True
         return
+    built = manifest_model.get("precision")
+    if writing and getattr(args, "precision", None) in (None, "auto") and built:
+        logger.info("precision %s, as the index %s was built", built, args.index)
+        args.precision = str(built)
     if args.model_name is None and args.ckpt_path is None:
         ckpt = manifest_model.get("checkpoint_path")
         if ckpt and Path(ckpt).is_file():
@@ -310,7 +317,7 @@ def _run_build(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no index at {args.index}; create it with 'msclip-index build {args.index} ...'"
         )
-    _model_defaults(args, existing)
+    _model_defaults(args, existing, writing=True)
     check_checkpoint(args)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:

@@ -404,10 +404,17 @@ def _check_compatible(
     diffs = _diff_model_info(manifest["model"], given, keys)
     if diffs:
         detail = "; ".join(f"{n}: index has {_short(a)}, given {_short(b)}" for n, a, b in diffs)
+        names = [n for n, _, _ in diffs]
+        built = {n: a for n, a, _ in diffs}.get("precision")
+        hint = (
+            f"; its rows are in {built}: use that precision (--precision {built})"
+            if built is not None
+            else ""
+        )
         raise IndexMismatchError(
             f"the index was built with another model ({detail}); query it with the model that "
-            "built it, or rebuild the index with this model",
-            fields=[n for n, _, _ in diffs],
+            f"built it, or rebuild the index with this model{hint}",
+            fields=names,
         )
 
 

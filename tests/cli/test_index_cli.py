@@ -259,3 +259,21 @@ def test_killed_build_leaves_valid_index_and_resumes(tmp_path):
     pp = m.preprocess()
     for i in (0, done - 1, done, n - 1):  # either side of the kill
         np.testing.assert_allclose(store.embeddings[i], _encode(m, pp(paths[i])), atol=1e-5)
+
+
+def test_add_defaults_to_the_index_precision(inputs, tmp_path, capsys, monkeypatch):
+    """The default precision of ``add`` is the index's, whatever ``auto`` picks here; another
+    explicit precision is refused naming --precision."""
+    import msclip.hardware
+
+    files, _, _ = inputs
+    idx = tmp_path / "p.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY, "--precision", "fp32"]) == 0
+    # auto picks bf16 (as on any CPU with native bf16)
+    monkeypatch.setenv(msclip.hardware.PRECISION_ENV, "bf16")
+    assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 0
+    assert IndexStore.open(idx).count == 2
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[2]), *TINY, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "its rows are in fp32: use that precision (--precision fp32)" in err
