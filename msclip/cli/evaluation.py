@@ -233,18 +233,40 @@ def _dataset_name(item: str) -> str:
         return Path(item).stem if item.lower().endswith((".yaml", ".yml")) else item
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+#: File stems that say nothing of the run (its folder does).
+_GENERIC_STEMS = ("final", "last", "latest", "best", "model", "checkpoint", "weights", "step")
+
+
+def _checkpoint_label(path: str) -> str:
+    """A row label for a weight file: its stem, after its run folder when the stem is generic
+    (``runs/lab1/final.safetensors`` -> ``lab1-final``, ``runs/lab1/checkpoints/step_500.pt`` ->
+    ``lab1-step_500``), so two runs' results never share a record."""
+    p = Path(path)
+    stem = p.stem
+    if not stem.lower().startswith(_GENERIC_STEMS):
+        return stem
+    folder = p.parent
+    if folder.name.lower() in ("checkpoints", "ckpt", "weights"):
+        folder = folder.parent
+    run = folder.resolve().name if str(folder) in ("", ".") else folder.name
+    return f"{run}-{stem}" if run else stem
+
+
 def _model_label(args: argparse.Namespace) -> str:
     if args.model_label:
         return args.model_label
     name = args.model_name
-    stem = Path(name).stem if name and name.endswith(".safetensors") else name
+    is_path = bool(name) and (name.endswith(_WEIGHT_SUFFIXES) or os.sep in name)
+    stem = _checkpoint_label(name) if is_path else name
     if args.ckpt_path:
-        ckpt = Path(args.ckpt_path).stem
+        ckpt = _checkpoint_label(args.ckpt_path)
         label = f"{stem}@{ckpt}" if stem else ckpt
     elif stem != name or args.pretrained:
         label = str(stem)
     else:
-        label = f"{name}-random"
+        # random weights: the seed makes them (seed 0 keeps the plain name)
+        label = f"{name}-random" + (f"-seed{args.seed}" if args.seed else "")
     # The row names what was asked, never what auto picked on this machine (that is in the
     # record's precision fields): the same command lands in the same summary row everywhere.
     return label if args.precision in ("fp32", "auto") else f"{label}-{args.precision}"

@@ -218,10 +218,32 @@ def _read_split_list(path: Path) -> list[str]:
 
 
 def _find_split_file(root: Path, patterns: Sequence[str], split: str) -> Path | None:
+    """The split list of ``split``, or ``None`` when the dataset has no split lists at all.
+
+    Raises:
+        DatasetFormatError: the dataset has split lists, but none for ``split`` (a misspelt
+            split would otherwise evaluate every image, train and test alike).
+    """
     for pattern in patterns:
         p = root / pattern.format(split=split)
         if p.is_file():
             return p
+    others: set[str] = set()
+    for pattern in patterns:
+        if "{split}" not in pattern:
+            continue
+        head, tail = pattern.split("{split}", 1)
+        for f in root.glob(pattern.format(split="*")):
+            rel = f.relative_to(root).as_posix()
+            if rel.startswith(head) and rel.endswith(tail) and len(rel) > len(head) + len(tail):
+                others.add(rel[len(head) : len(rel) - len(tail)])
+    if others:
+        raise DatasetFormatError(
+            f"{root} has no split list for split {split!r} "
+            f"({', '.join(p.format(split=split) for p in patterns)}) but has lists for "
+            f"{sorted(others)}: choose one of them (split)",
+            param="split",
+        )
     return None
 
 

@@ -42,7 +42,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -274,11 +274,38 @@ def write_record(save_path: str | os.PathLike, record: dict[str, Any]) -> Path:
     if missing:
         raise RecordError(f"record lacks keys {missing}")
     label, dataset = record["model"]["label"], record["dataset"]["name"]
-    path = write_json(record_path(save_path, label, dataset), record)
+    target = record_path(save_path, label, dataset)
+    _warn_replaced(target, record)
+    path = write_json(target, record)
     stale = failure_path(save_path, label, dataset)
     if stale.exists():
         stale.unlink()
     return path
+
+
+def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
+    """A warning when a record of other weights or another split is about to be replaced: the
+    same row label for two different things (give each its own ``--model-label``)."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict):
+        return
+    changed = []
+    for section, key in (("model", "checkpoint_sha256"), ("dataset", "split"), ("model", "seed")):
+        a = (old.get(section) or {}).get(key)
+        b = (record.get(section) or {}).get(key)
+        if a is not None and b is not None and a != b:
+            changed.append(f"{key} {str(a)[:16]} -> {str(b)[:16]}")
+    if changed:
+        logger.warning(
+            "%s is replaced by a result of the same label %r for something else (%s); give each "
+            "its own --model-label to keep both",
+            path, record["model"]["label"], ", ".join(changed),
+        )  # fmt: skip
 
 
 def write_failure(

@@ -322,6 +322,9 @@ def test_checkpoint_file_is_hashed_and_named_in_the_label(ms_run, tmp_path, caps
         (["--no-pretrained"], "msclip-tiny-random"),
         (["--no-pretrained", "--precision", "bf16"], "msclip-tiny-random-bf16"),
         (["--ckpt-path", "runs/epoch3.pt"], "msclip-tiny@epoch3"),
+        (["--ckpt-path", "runs/lab1/final.safetensors"], "msclip-tiny@lab1-final"),
+        (["--ckpt-path", "runs/lab2/checkpoints/step_50.pt"], "msclip-tiny@lab2-step_50"),
+        (["--no-pretrained", "--seed", "2"], "msclip-tiny-random-seed2"),
         (["--model-label", "mine"], "mine"),
     ],
 )
@@ -330,6 +333,22 @@ def test_default_model_labels(extra, label):
 
     args = parse_args(["--model-name", "msclip-tiny", "--datasets", "EuroSAT_MS", *extra])
     assert _model_label(args) == label
+
+
+def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
+    from msclip.eval.report import RECORD_KEYS, write_record
+
+    rec = {k: None for k in RECORD_KEYS}  # a minimal record
+    rec["model"] = {"label": "final", "checkpoint_sha256": "aaa"}
+    rec["dataset"] = {"name": "EuroSAT_MS", "split": "test"}
+    write_record(tmp_path, rec)
+    caplog.set_level("WARNING", logger="msclip.eval.report")
+    write_record(tmp_path, rec)  # the same weights again: no warning
+    assert "replaced" not in caplog.text
+    other = {**rec, "model": {**rec["model"], "checkpoint_sha256": "bbb"}}
+    write_record(tmp_path, other)
+    assert "is replaced by a result of the same label 'final'" in caplog.text
+    assert "checkpoint_sha256 aaa -> bbb" in caplog.text and "--model-label" in caplog.text
 
 
 @pytest.mark.parametrize("picked", ["bf16", "fp16", "fp32"])
