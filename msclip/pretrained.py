@@ -365,8 +365,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
+    """Drop the wrappers' key prefixes: ``module.`` (DistributedDataParallel) and ``clip.`` (an
+    :class:`msclip.MSCLIP`'s own ``state_dict()``, saved with ``torch.save``)."""
+    for prefix in ("module.", "clip."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 

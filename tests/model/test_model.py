@@ -101,7 +101,8 @@ def test_vit_b16_release_layout():
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "open_clip_pt", "open_clip_safetensors",
-                                 "lightning", "ddp", "msclip_train"])  # fmt: skip
+                                 "lightning", "ddp", "msclip_train",
+                                 "msclip_state_dict"])  # fmt: skip
 def test_checkpoint_formats_round_trip(tiny, tmp_path, fmt):
     sd = {k: v.clone() for k, v in tiny.clip.state_dict().items()}
     if fmt == "safetensors":
@@ -117,6 +118,8 @@ def test_checkpoint_formats_round_trip(tiny, tmp_path, fmt):
             torch.save({"state_dict": sd, "epoch": 3}, path)
         elif fmt == "ddp":
             torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+        elif fmt == "msclip_state_dict":  # torch.save(model.state_dict()) of an MSCLIP
+            torch.save(tiny.state_dict(), path)
         else:
             torch.save({"model": sd, "step": 10}, path)
         loaded = msclip.create_model("msclip-tiny", pretrained=path)
