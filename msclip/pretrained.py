@@ -302,7 +302,25 @@ def _torch_load(path: str) -> tuple[Any, bool]:
             "copy, or convert it to safetensors."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
+        ) from err
+
+
+def checkpoint_read_reason(path: str | os.PathLike, err: BaseException) -> str:
+    """What is wrong with a file torch could not read, in words (torch's own message can be
+    empty, or an errno without context)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    text = str(err).strip()
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(err, EOFError) or not text or "Invalid argument" in text:
+        why = text or type(err).__name__
+        return f"the file is truncated or not a torch checkpoint ({size} bytes; {why})"
+    return text
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -127,12 +127,27 @@ def load_train_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: unreadable file, or not an msclip training checkpoint.
     """
+    from msclip.pretrained import checkpoint_read_reason
+
     p = os.fspath(path)
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"cannot read training checkpoint {p}: {str(err).splitlines()[0] if str(err) else err}"
+            f"{p} holds Python objects other than tensors and plain containers; msclip never "
+            "unpickles arbitrary objects (unpickling runs code from the file): resume only from "
+            "checkpoints msclip-train wrote",
+            param="resume",
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        earlier = sorted(
+            (q for q in Path(p).parent.glob("step_*.pt") if q.name != Path(p).name),
+            key=lambda q: q.stat().st_mtime,
+        )
+        hint = f"; resume from an earlier one (resume={earlier[-1]})" if earlier else ""
+        raise CheckpointError(
+            f"cannot read training checkpoint {p}: {checkpoint_read_reason(p, err)}{hint}",
+            param="resume",
         ) from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(

@@ -284,3 +284,30 @@ def test_fingerprint_is_the_one_model_identity(tiny):
     assert bf16.fingerprint() != tiny.fingerprint()
     assert bf16.fingerprint(precision=False) == tiny.fingerprint(precision=False)
     assert bf16.describe()["precision"] == "bf16"
+
+
+def test_empty_and_truncated_checkpoints_are_named(tiny, tmp_path):
+    from msclip.errors import CheckpointError
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt: the file is empty \(0 bytes\)"):
+        msclip.create_model("msclip-tiny", pretrained=empty)
+    whole = tmp_path / "whole.pt"
+    torch.save(tiny.clip.state_dict(), whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pt: .*corrupted"):
+        msclip.create_model("msclip-tiny", pretrained=cut)
+
+
+def test_truncated_training_checkpoint_points_to_an_earlier_one(tmp_path):
+    from msclip.errors import CheckpointError
+    from msclip.train.checkpoint import load_train_checkpoint
+
+    good = tmp_path / "step_10.pt"
+    torch.save({"x": torch.zeros(3)}, good)
+    bad = tmp_path / "step_20.pt"
+    bad.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=r"step_20.pt: .*resume=.*step_10.pt"):
+        load_train_checkpoint(bad)
