@@ -264,6 +264,7 @@ class Trainer:
             val_t = load_pairs(cfg.val_data, cfg.image_column, cfg.caption_columns, cfg.data_root)
             self._check_bad(len(val_t.bad), val_t, "validation table")
         else:
+            self._check_bad(0, table, "training table")  # before a split of too few pairs
             train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)
         self.train_table, self.val_table = train_t, val_t
         self._check_bad(0, train_t, "training table")
@@ -427,7 +428,12 @@ class Trainer:
                 f"({n_bad / max(1, table.n_rows):.1%} > max_bad_fraction "
                 f"{self.cfg.max_bad_fraction:.1%}): {len(table.bad)} found up front"
                 f"{' (' + examples + ')' if examples else ''}, {runtime_bad} unreadable in this "
-                "epoch (see the log). Fix the table or the files, or raise max_bad_fraction.",
+                "epoch (see the log). Fix the table or the files, or raise max_bad_fraction"
+                + (
+                    "; every row is bad: are the paths relative to another folder (data_root)?"
+                    if n_bad >= table.n_rows > 0
+                    else "."
+                ),
                 param="max_bad_fraction",
             )
 

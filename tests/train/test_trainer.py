@@ -257,6 +257,13 @@ def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> 
     with pytest.raises(TooManyBadSamplesError, match="1 found up front"):
         train(_cfg(table, tmp_path / "early", max_bad_fraction=0.01, **kw))
     assert not (tmp_path / "early").exists()
+    # every row bad (a table moved away from its images): the bad rows are the error, not the
+    # validation split of zero pairs
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "train.csv").write_text(table.read_text())
+    with pytest.raises(TooManyBadSamplesError, match=r"21 of 21 .*every row is bad.*data_root"):
+        train(_cfg(moved / "train.csv", tmp_path / "moved", batch_size=5, epochs=1))
     caplog.set_level("WARNING")
     result = train(_cfg(table, tmp_path / "ok", max_bad_fraction=0.1, **kw))
     assert result.steps == 4  # 20 readable rows of 21 / batch 5
