@@ -471,6 +471,25 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     """
     save = Path(save_path)
     records, failures = load_records(save)
+    if not records and not failures:
+        raise RecordError(
+            f"no evaluation records under {save / 'records'}: is {save} the folder the runs "
+            "saved to (--save-path)?"
+        )
+    if summary_metric:
+        have = sorted({k for r in records for k in r["metrics"]})
+        if records and summary_metric not in have:
+            raise RecordError(
+                f"no record has the metric {summary_metric!r}; the records have {have} "
+                "(--summary-metric)"
+            )
+        fallback = sorted({r["dataset"]["name"] for r in records
+                           if summary_metric not in r["metrics"]})  # fmt: skip
+        if fallback:
+            logger.warning(
+                "summary.csv: %s has no %s; its column shows its main metric (report.md names "
+                "the metric of each column)", ", ".join(fallback), summary_metric,
+            )  # fmt: skip
     datasets = _dataset_order(records) if records else []
     models = sorted({r["model"]["label"] for r in records})
 

@@ -215,6 +215,13 @@ def test_merge_only_rebuilds_reports_from_records(ms_run, tmp_path, capsys):
     pd.testing.assert_frame_equal(
         pd.read_csv(save / "summary.csv"), pd.read_csv(ms_run["save"] / "summary.csv")
     )
+    # a metric no record has, and a folder without records: errors, not empty tables
+    code, _, err = _run(["--merge-only", "--save-path", str(save), "--summary-metric",
+                         "top1_acc"], capsys)  # fmt: skip
+    assert code == 1 and "no record has the metric 'top1_acc'" in err and "top1_accuracy" in err
+    code, _, err = _run(["--merge-only", "--save-path", str(tmp_path / "typo")], capsys)
+    assert code == 1 and "no evaluation records under" in err
+    assert not (tmp_path / "typo" / "report.md").exists()
 
 
 def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
