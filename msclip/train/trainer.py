@@ -447,6 +447,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": get_rng_state(),
             "state": self.state.to_dict(),
+            # the losses of the log row in progress: a resumed run logs the same averages
+            "log_window": [float(v) for v in self._window],
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_json(),
         }
@@ -485,6 +487,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not fit this run: {err}") from err
         self.state = TrainState(**data["state"])
+        self._window = [float(v) for v in data.get("log_window", [])]
         set_rng_state(data["rng"])
         self.train_rows = _read_csv(self.out / "train_log.csv", self.state.step)
         self.metric_rows = _read_csv(self.out / "metrics.csv", self.state.step)

@@ -160,7 +160,9 @@ def test_train_validate_and_classify_with_the_result(scenes: Path, tmp_path: Pat
 
 
 def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) -> None:
-    kw = dict(epochs=2, save_every=2, keep_checkpoints=0, accum_steps=2, caption_columns=None)
+    # log rows every 3 steps, checkpoints every 2: the resumed run starts inside a log row
+    kw = dict(epochs=2, save_every=2, keep_checkpoints=0, accum_steps=2, caption_columns=None,
+              log_every=3)  # fmt: skip
     train(_cfg(scenes, tmp_path / "a", **kw))
 
     class Killed(Exception):
