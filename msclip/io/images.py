@@ -85,8 +85,13 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     image file. Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files
     in a folder are counted in one log warning per folder, not silently dropped.
 
+    An entry of a ``.txt``/``.yaml`` list is kept as listed: a missing or unreadable listed file
+    is reported by the run that reads it (named, counted, status 1 unless skipped on purpose),
+    so one bad line of a long archive list does not refuse the whole list.
+
     Raises:
-        ImageSetError: a specification that matches nothing or names a missing file.
+        ImageSetError: a specification that matches nothing, or a missing file or list given
+            directly.
     """
     found_paths: list[tuple[str, str]] = []  # (path, root)
     for spec in specs:
