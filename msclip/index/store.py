@@ -749,7 +749,16 @@ class IndexWriter:
 
     @staticmethod
     def _acquire_lock(directory: Path) -> BinaryIO | None:
-        fh = open(directory / LOCK_NAME, "a+b")  # noqa: SIM115 - held open as the lock
+        try:
+            fh = open(directory / LOCK_NAME, "a+b")  # noqa: SIM115 - held open as the lock
+        except OSError as exc:
+            from msclip.errors import OutputPathError
+
+            raise OutputPathError(
+                f"cannot write to the index {directory} ({exc.strerror}): it can be searched "
+                "where it is; to add to it, copy it to a writable place",
+                param="index",
+            ) from exc
         if fcntl is None:  # pragma: no cover
             logger.debug("no fcntl on this platform; concurrent writers are not detected")
             return fh

@@ -277,3 +277,17 @@ def test_add_defaults_to_the_index_precision(inputs, tmp_path, capsys, monkeypat
     assert main(["add", str(idx), "--images", str(files[2]), *TINY, "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
     assert "its rows are in fp32: use that precision (--precision fp32)" in err
+
+
+def test_an_index_that_cannot_be_written_is_named(inputs, tmp_path, capsys):
+    files, _, _ = inputs
+    idx = tmp_path / "ro.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    capsys.readouterr()
+    lock = idx / ".writer.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # the lock file cannot be opened for writing (as on a read-only disk)
+    assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the index {idx}" in err and "copy it to a writable place" in err
+    assert "Traceback" not in err and IndexStore.open(idx).count == 1
