@@ -345,8 +345,25 @@ def create_model_and_transforms(
 
 def describes_itself(path: str | os.PathLike) -> bool:
     """Whether a checkpoint file holds msclip metadata naming its architecture and bands (an msclip
-    ``.safetensors``), so that no model name is needed to load it."""
-    return _safetensors_config(Path(path)) is not None
+    ``.safetensors``, or a training checkpoint of msclip-train), so that no model name is needed
+    to load it."""
+    p = Path(path)
+    return _safetensors_config(p) is not None or _training_checkpoint_config(p) is not None
+
+
+def _training_checkpoint_config(path: Path) -> dict | None:
+    """The msclip config an msclip training checkpoint (``.pt``) carries, read safely
+    (``weights_only``, memory-mapped: no tensor is copied)."""
+    if path.suffix not in (".pt", ".pth", ".ckpt"):
+        return None
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return None  # create_model reports the unreadable file
+    cfg = obj.get("msclip_config") if isinstance(obj, dict) else None
+    return json.loads(cfg) if isinstance(cfg, str) else None
 
 
 def _safetensors_config(path: Path) -> dict | None:

@@ -311,3 +311,21 @@ def test_truncated_training_checkpoint_points_to_an_earlier_one(tmp_path):
     bad.write_bytes(good.read_bytes()[:40])
     with pytest.raises(CheckpointError, match=r"step_20.pt: .*resume=.*step_10.pt"):
         load_train_checkpoint(bad)
+
+
+def test_a_training_checkpoint_describes_its_architecture(tiny, tmp_path):
+    import json
+
+    from msclip.cli.common import model_from_args
+    from msclip.factory import describes_itself
+
+    path = tmp_path / "step_5.pt"
+    torch.save({"model": tiny.clip.state_dict(), "step": 5,
+                "msclip_config": json.dumps(tiny.config.to_dict())}, path)  # fmt: skip
+    assert describes_itself(path)
+    loaded = model_from_args(None, path, True, default_name="Llama3-MS-CLIP-Base")
+    x = _images()
+    assert torch.equal(_embed(loaded, x), _embed(tiny, x))
+    plain = tmp_path / "plain.pt"
+    torch.save(tiny.clip.state_dict(), plain)
+    assert not describes_itself(plain)
