@@ -193,7 +193,12 @@ def _dataset_list(items: Sequence[str]) -> list[str]:
                 continue
             if part.lower() == "all":
                 out += list_datasets()
+            elif part.lower().endswith((".yaml", ".yml")) or os.path.exists(part):
+                out.append(part)  # a dataset file: read (and checked) when its turn comes
             else:
+                from msclip.eval.datasets import get_spec
+
+                get_spec(part)  # an unknown name is a usage error, before any model is loaded
                 out.append(part)
     return list(dict.fromkeys(out))
 
@@ -366,7 +371,7 @@ def _evaluate_one(
     t0 = time.perf_counter()
     dataset = build_dataset(
         item, args.dataset_dir, split=args.split, classes=classnames,
-        max_samples=args.max_samples, seed=args.seed,
+        max_samples=args.max_samples, seed=args.seed, require_split_list=True,
     )  # fmt: skip
     tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
     cfg = EvalConfig(

@@ -719,6 +719,7 @@ def build_dataset(
     classes: Any = None,
     max_samples: int | None = None,
     seed: int = 0,
+    require_split_list: bool = False,
 ) -> BenchmarkDataset:
     """Find and index one benchmark dataset.
 
@@ -730,6 +731,9 @@ def build_dataset(
         classes: override the spec's classes (file, list or mapping).
         max_samples: keep a random subset of this size (seeded; for quick runs).
         seed: seed of the subset.
+        require_split_list: refuse a split without a list in a dataset that has lists for
+            others (an evaluation of a misspelt split); without it such a split reads every
+            image (the heads take the train split as the rest of a test list).
 
     Raises:
         UnknownDatasetError: unknown name.
@@ -740,6 +744,10 @@ def build_dataset(
     class_list = load_classnames(classes if classes is not None else spec.classes, spec.base_dir)
     root = _find_root(spec, Path(dataset_dir) if dataset_dir is not None else None)
     layout = _make_layout(spec, class_list)
+    if require_split_list:
+        from msclip.eval.layouts import check_split_list
+
+        check_split_list(root, getattr(layout, "split_files", ()) or (), split)
     index = layout.index(root, split)
     if max_samples is not None and max_samples < len(index.samples):
         if max_samples < 1:

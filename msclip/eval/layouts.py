@@ -218,16 +218,22 @@ def _read_split_list(path: Path) -> list[str]:
 
 
 def _find_split_file(root: Path, patterns: Sequence[str], split: str) -> Path | None:
-    """The split list of ``split``, or ``None`` when the dataset has no split lists at all.
-
-    Raises:
-        DatasetFormatError: the dataset has split lists, but none for ``split`` (a misspelt
-            split would otherwise evaluate every image, train and test alike).
-    """
     for pattern in patterns:
         p = root / pattern.format(split=split)
         if p.is_file():
             return p
+    return None
+
+
+def check_split_list(root: Path, patterns: Sequence[str], split: str) -> None:
+    """Refuse ``split`` when the dataset has split lists but none for it: evaluating a misspelt
+    split would read every image, train and test alike.
+
+    Raises:
+        DatasetFormatError: naming the lists that exist.
+    """
+    if _find_split_file(root, patterns, split) is not None:
+        return
     others: set[str] = set()
     for pattern in patterns:
         if "{split}" not in pattern:
@@ -244,7 +250,6 @@ def _find_split_file(root: Path, patterns: Sequence[str], split: str) -> Path | 
             f"{sorted(others)}: choose one of them (split)",
             param="split",
         )
-    return None
 
 
 class Layout:

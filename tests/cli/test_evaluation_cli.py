@@ -303,6 +303,10 @@ def test_usage_errors(tmp_path, capsys):
     assert code == 2 and "not among the requested datasets" in err
     code, out, _ = _run(["--list-datasets"], capsys)
     assert code == 0 and "BigEarthNet_MS" in out and "ForestNet_RGB" in out
+    argv = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets",
+            "EuroSAT_MS,NoSuchSet", "--save-path", str(tmp_path / "u")]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "unknown dataset 'NoSuchSet'" in err and not (tmp_path / "u").exists()
 
 
 def test_checkpoint_file_is_hashed_and_named_in_the_label(ms_run, tmp_path, capsys):

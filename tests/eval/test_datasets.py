@@ -150,7 +150,7 @@ def test_eurosat_split_file_listing_missing_images_is_an_error(bench, tmp_path):
 
 def test_a_split_without_its_list_is_refused_when_others_have_one(bench):
     with pytest.raises(DatasetFormatError, match=r"no split list for split 'tset'.*\['test'\]"):
-        build_dataset("EuroSAT_MS", bench, split="tset")
+        build_dataset("EuroSAT_MS", bench, split="tset", require_split_list=True)
 
 
 def test_folder_that_is_not_a_class_is_an_error(bench, tmp_path):
