@@ -69,7 +69,7 @@ from msclip.errors import (
     RasterReadError,
     TilingError,
 )
-from msclip.io.readers import image_bands, read_image
+from msclip.io.readers import declares_scale, image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
@@ -419,6 +419,8 @@ def predict_scene(
         with ds:
             height, width = ds.height, ds.width
             raw_nodata = ds.nodata if nodata is None else nodata
+            if declares_scale(ds):  # read rescaled (float32): missing pixels are NaN
+                raw_nodata = None
             prep = preprocess
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)

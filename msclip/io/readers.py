@@ -60,6 +60,7 @@ __all__ = [
     "NUMPY_EXTENSIONS",
     "PICTURE_EXTENSIONS",
     "Raster",
+    "declares_scale",
     "image_bands",
     "read_image",
     "read_raster",
@@ -285,6 +286,15 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
     return None
 
 
+def declares_scale(src: Any) -> bool:
+    """Whether an open dataset declares a band scale or offset on an image band (its values are
+    then read rescaled, as float32 with NaN for missing pixels: see the module docstring)."""
+    return any(
+        float(src.scales[b - 1]) != 1.0 or float(src.offsets[b - 1]) != 0.0
+        for b in image_bands(src)
+    )
+
+
 #: A band scale at most this declares reflectance (0-1); larger ones keep the stored unit.
 _REFLECTANCE_SCALE = 1e-2
 
@@ -342,11 +352,10 @@ def read_image(
     data = src.read(bands, window=window, out_shape=shape, **kw)
     nodata = src.nodata if nodata is None else nodata
     invalid = _file_mask(src, bands[0], window, out_shape)
-    if scaled:
+    if scaled and declares_scale(src):
         scale = [float(src.scales[b - 1]) for b in bands]
         offset = [float(src.offsets[b - 1]) for b in bands]
-        if any(a != 1.0 or b != 0.0 for a, b in zip(scale, offset)):
-            return _rescaled(data, nodata, invalid, scale, offset), None
+        return _rescaled(data, nodata, invalid, scale, offset), None
     if invalid is None or not invalid.any():
         return data, nodata
     if nodata is not None and not np.isnan(nodata):

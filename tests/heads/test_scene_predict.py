@@ -275,3 +275,26 @@ def test_few_input_bands_warn(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error", BandCoverageWarning)
         ScenePreprocess.from_model(tiny).with_input(tuple(tiny.bands))
+
+
+def test_a_scene_with_a_declared_scale_and_offset_predicts_as_its_digital_numbers(
+    tmp_path, scene, tiny
+):
+    path, data = scene
+    gap = (data == 0).all(axis=0)  # nodata pixels stay 0; a valid 0 is stored as 1000
+    stored = np.where(gap, 0, data.astype(np.int32) + 1000).astype(np.uint16)
+    scaled = tmp_path / "pb04.tif"
+    names = msclip.read_raster(path).bands
+    msclip.write_geotiff(scaled, stored, crs="EPSG:32632", transform=TRANSFORM, nodata=0,
+                         bands=list(names))  # fmt: skip
+    with rasterio.open(scaled, "r+") as ds:
+        ds.scales = [1e-4] * 12
+        ds.offsets = [-0.1] * 12
+    conv = _pointwise(len(tiny.bands))
+    outs = []
+    for src in (path, scaled):
+        out = tmp_path / f"{src.stem}_pred.tif"
+        predict_scene(src, out, conv, ScenePreprocess.from_model(tiny), task="regression",
+                      tile_size=64, overlap=16, batch_size=4, progress=False)  # fmt: skip
+        outs.append(_read(out)[0])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-3)  # NaN where nodata in both
