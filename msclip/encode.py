@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class ImageDataset(Dataset):
         min_valid: float | None = None,
         nodata: float | None = None,
     ) -> None:
-        self.items = list(items)
+        # one path is one item (not the characters of its name)
+        self.items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
         self.preprocess = preprocess
         self.min_valid = min_valid
         self.nodata = nodata

@@ -276,7 +276,9 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     load_weights(model, ckpt, extend_bands=extend, dtype=dtype)
     if cache is not None:
         try:
-            save_checkpoint(model, cache, {"source_sha256": file_sha256(ckpt.path)})
+            save_checkpoint(
+                model, cache, {"source_sha256": file_sha256(ckpt.path)}, warn_precision=False
+            )  # the cache is of the precision asked for
         except OSError as err:
             logger.debug("cannot keep the converted weights in %s: %s", cache, err)
     return model

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import BandError, CheckpointError
+from msclip.errors import BandError, CheckpointError, LayoutError
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_band, resolve_bands
 from msclip.spectral.patch_embed import SpectralPatchEmbed
@@ -397,8 +397,31 @@ class MSCLIP(nn.Module):
             normalize: L2-normalise the embeddings.
             bands: names of the channels of ``images`` when they are not the model's bands.
         """
+        self._check_images(images, bands)
         x = self.to_model_bands(images, bands).to(self.dtype)
         return self.clip.encode_image(x, normalize=normalize)
+
+    def _check_images(self, images: Any, bands: Sequence[str | Band] | None) -> None:
+        """Refuse what the tower would fail on with a message about tensor sizes."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(
+                f"images must be a torch tensor [B, C, H, W], got {type(images).__name__}; "
+                "preprocess arrays or files with model.preprocess() first"
+            )
+        n = len(bands) if bands is not None else len(self.bands)
+        if images.ndim != 4 or images.shape[0] == 0:
+            hint = " (add the batch axis: x[None])" if images.ndim == 3 else ""
+            raise LayoutError(
+                f"images must be a non-empty batch [B, {n}, H, W] of preprocessed images, got "
+                f"shape {tuple(images.shape)}{hint}"
+            )
+        if images.shape[1] != n:
+            last = images.shape[-1] == n
+            raise BandError(
+                f"images of shape {tuple(images.shape)} have {images.shape[1]} channels, but "
+                f"{n} bands are read ({list(bands) if bands is not None else list(self.bands)})"
+                + ("; the channels are last: images.permute(0, 3, 1, 2)" if last else "")
+            )
 
     def _can_trim_text(self) -> bool:
         c = self.clip

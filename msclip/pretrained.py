@@ -539,12 +539,20 @@ def materialize_buffers(model: torch.nn.Module) -> None:
 
 # -- writing ---------------------------------------------------------------------------------
 def save_checkpoint(
-    model: torch.nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    warn_precision: bool = True,
 ) -> Path:
     """Save ``model`` to safetensors (atomically) with its config, bands and statistics.
 
     The file loads with ``msclip.create_model_and_transforms(path)`` and, for OpenCLIP users,
     with ``safetensors.torch.load_file`` as a plain OpenCLIP state dict.
+
+    The weights are stored in the model's dtype: a model created with ``precision="auto"`` on a
+    CPU with native bf16 (or ``"bf16"``) holds bf16 weights, and saving it keeps those (a
+    warning says so); create the model with ``precision="fp32"`` to save full-precision weights.
     """
     from safetensors.torch import save_file
 
@@ -553,6 +561,14 @@ def save_checkpoint(
 
     _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
+    half = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()
+                   if v.is_floating_point() and v.element_size() < 4})  # fmt: skip
+    if half and warn_precision:
+        logger.warning(
+            "saving %s weights to %s (the model runs in %s): they are not the full-precision "
+            "weights; create the model with precision='fp32' to save those",
+            "/".join(half), path, "/".join(half),
+        )  # fmt: skip
     meta = {
         "format": "msclip",
         "msclip_version": __version__,

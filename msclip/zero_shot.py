@@ -58,9 +58,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msclip.arrays import as_numpy
 from msclip.errors import (
     ClassNameError,
+    DimensionMismatchError,
     DuplicateClassError,
+    InvalidEmbeddingsError,
     MetricInputError,
     TemplateError,
     UnknownTemplateSetError,
@@ -203,6 +206,12 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
         ClassNameError: no names, or an empty name.
         DuplicateClassError: two names that are equal (after normalisation when ``normalize``).
     """
+    if isinstance(names, (str, bytes)):
+        raise ClassNameError(
+            f"class names must be a list of names, got the single string {names!r}; pass "
+            f"[{names!r}, ...] (or a .txt/.yaml file of names)",
+            param="class_names",
+        )
     names = [str(n) for n in names]
     if not names:
         raise ClassNameError(
@@ -322,7 +331,7 @@ def encode_texts(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts)  # one text, not its characters
     unique = list(dict.fromkeys(texts))
     found: dict[str, torch.Tensor] = {}
     if cache is not None and unique:
@@ -418,8 +427,17 @@ def zero_shot_logits(
 
     Computed in float32 whatever the inputs' dtype.
     """
-    img = F.normalize(image_features.float(), dim=-1)
-    return scale * img @ classifier.float().to(img.device).T
+    feats = torch.as_tensor(image_features).detach()
+    if feats.ndim == 1:
+        feats = feats[None]
+    if feats.ndim != 2 or feats.shape[1] != classifier.shape[-1]:
+        raise DimensionMismatchError(
+            f"image embeddings of shape {tuple(feats.shape)} for a classifier of "
+            f"{classifier.shape[-1]}-d class embeddings: give [N, {classifier.shape[-1]}] "
+            "embeddings of the model that built the classifier"
+        )
+    img = F.normalize(feats.float(), dim=-1)
+    return scale * img @ classifier.detach().float().to(img.device).T
 
 
 def zero_shot_probs(
@@ -459,9 +477,7 @@ def multilabel_predict(
         MetricInputError: An unknown rule, a missing threshold, too few columns, or scores that
             are not a finite ``[N, C]`` matrix.
     """
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
-    s = np.asarray(scores)
+    s = as_numpy(scores)
     if s.ndim != 2 or s.dtype.kind not in "fiub":
         raise MetricInputError(
             f"scores must be a numeric [N, C] matrix, got dtype {s.dtype} shape {s.shape}"
@@ -545,6 +561,8 @@ def classify(
     Raises:
         ClassNameError: names and classifier rows differ in number, or ``"mean_others"`` with
             fewer than two classes.
+        DimensionMismatchError: embeddings of another dimension than the classifier's.
+        InvalidEmbeddingsError: embeddings with NaN or infinity.
         MetricInputError: an unknown rule, or ``"threshold"`` without a threshold.
     """
     names = list(class_names)
@@ -552,7 +570,18 @@ def classify(
         raise ClassNameError(
             f"{len(names)} class names for a classifier of {classifier.shape[0]} classes"
         )
-    feats = torch.as_tensor(image_features)
+    feats = torch.as_tensor(image_features).detach()
+    bad = (
+        (~torch.isfinite(feats.float())).reshape(feats.shape[0], -1).any(dim=1)
+        if feats.ndim >= 1 and feats.numel()
+        else torch.zeros(0, dtype=torch.bool)
+    )
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()[:10].tolist()
+        raise InvalidEmbeddingsError(
+            f"image embeddings rows {rows} contain NaN or infinity (an image of missing pixels, "
+            "or a failed encoding): drop them before classifying"
+        )
     logits = zero_shot_logits(feats, classifier)
     probs = logits.softmax(dim=-1).double().numpy()
     logits_np = logits.double().numpy()

@@ -129,6 +129,8 @@ def plan_sources(
     """
     out: list[Source] = []
     seen: set[str] = set()
+    images = [images] if isinstance(images, (str, os.PathLike)) else images  # one path, one item
+    scenes = [scenes] if isinstance(scenes, (str, os.PathLike)) else scenes
     for p in images:
         key = os.path.abspath(p)
         if key not in seen:

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msclip.arrays import as_numpy
 from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError
 from msclip.index.store import (
@@ -321,7 +322,8 @@ class SearchIndex:
                 ``"cuda:<n>"``. On a GPU every search is exact (see :meth:`_search_fused`).
 
         Raises:
-            InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix.
+            InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix, or (an in-memory
+                matrix) has rows with NaN or infinity.
             ValueError: Unknown ``kernel`` or ``device``, bad ``candidates``, or ``cache_dir``
                 without key.
         """
@@ -335,6 +337,19 @@ class SearchIndex:
                 f"embeddings must be float32, got {embeddings.dtype}; convert with "
                 "np.asarray(x, dtype=np.float32)"
             )
+        if not isinstance(embeddings, np.memmap):
+            # an index's memory-mapped rows were checked when written; a matrix given here is
+            # checked now: one NaN row would spoil every search
+            for s in range(0, embeddings.shape[0], _BUILD_CHUNK_ROWS * 32):
+                chunk = embeddings[s : s + _BUILD_CHUNK_ROWS * 32]
+                bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+                if bad.size:
+                    rows = (bad[:10] + s).tolist()
+                    raise InvalidEmbeddingsError(
+                        f"embeddings rows {rows}{' ...' if bad.size > 10 else ''} contain NaN or "
+                        "infinity (an image of missing pixels, or a failed encoding); drop or fix "
+                        "them before searching"
+                    )
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if candidates is not None and (
@@ -559,9 +574,7 @@ class SearchIndex:
 
     # -- search -----------------------------------------------------------------------------
     def _as_queries(self, queries: Any) -> np.ndarray:
-        if hasattr(queries, "detach"):
-            queries = queries.detach().cpu().numpy()
-        arr = np.asarray(queries)
+        arr = as_numpy(queries)
         if arr.dtype.kind not in "fiu":
             raise InvalidEmbeddingsError(f"queries must be numeric, got dtype {arr.dtype}")
         if arr.ndim == 1:

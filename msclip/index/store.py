@@ -49,6 +49,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from msclip.arrays import as_numpy
 from msclip.errors import (
     CorruptIndexError,
     DimensionMismatchError,
@@ -621,9 +622,7 @@ class _Pending:
 
 
 def _as_matrix(embeddings: Any, dim: int) -> np.ndarray:
-    if hasattr(embeddings, "detach"):  # a torch tensor, without importing torch here
-        embeddings = embeddings.detach().cpu().numpy()
-    arr = np.asarray(embeddings)
+    arr = as_numpy(embeddings)  # numpy or a torch tensor of any float dtype
     if arr.dtype.kind != "f":
         raise InvalidEmbeddingsError(
             f"embeddings must be floating point, got dtype {arr.dtype}; pass the model's float "

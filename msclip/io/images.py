@@ -94,6 +94,8 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
             directly.
     """
     found_paths: list[tuple[str, str]] = []  # (path, root)
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]  # one specification, not the characters of a path
     for spec in specs:
         s = os.fspath(spec)
         p = Path(s).expanduser()

@@ -183,8 +183,11 @@ class SpectralPreprocess:
         self.divisor = float(divisor)
         self.resize_mode = resize_mode
         self.interpolation = interpolation
+        # the sensor's local names apply to input_bands (Landsat "B5" is NIR, not S2 red edge)
         self.input_bands = (
-            None if input_bands is None else tuple(b.name for b in resolve_bands(input_bands))
+            None
+            if input_bands is None
+            else tuple(b.name for b in resolve_bands(input_bands, sensor))
         )
         self.layout = layout
         self.sensor = sensor
@@ -209,10 +212,16 @@ class SpectralPreprocess:
         ``preprocess()`` returns; this class reads nothing from disk.
         """
         if hasattr(x, "mode") and hasattr(x, "convert"):  # PIL image
-            x = np.moveaxis(np.asarray(x.convert("RGB")), -1, 0)
-            return x, ("red", "green", "blue"), None, "image"
+            if x.mode in ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
+                x = np.moveaxis(np.asarray(x.convert("RGB")), -1, 0)  # as open_clip does
+                return x, ("red", "green", "blue"), None, "image"
+            # 16-bit and float single-band pictures ("I;16", "I", "F"): their values, one band
+            x = np.asarray(x)
         if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
+            x = x.detach().cpu()
+            if x.dtype in (torch.bfloat16, torch.float16):
+                x = x.float()  # numpy has no bfloat16
+            x = x.numpy()
         if not isinstance(x, np.ndarray):
             raise TypeError(
                 f"cannot preprocess a {type(x).__name__}; pass a PIL image or a numpy array / "
@@ -227,6 +236,16 @@ class SpectralPreprocess:
             names = self.bands
         else:
             names = default_bands_for_count(data.shape[0])
+            if data.shape[0] == 4:
+                from msclip.errors import GenericBandNamesWarning
+
+                warnings.warn(
+                    "4 unnamed bands are taken as red, green, blue, NIR (NAIP order); a "
+                    "blue-green-red-NIR stack (Sentinel-2 B02, B03, B04, B08; PlanetScope) needs "
+                    "input_bands=['B02', 'B03', 'B04', 'B08'] or its sensor's names",
+                    GenericBandNamesWarning,
+                    stacklevel=3,
+                )
         if len(names) != data.shape[0]:
             raise BandError(f"array has {data.shape[0]} bands but {len(names)} names: {names}")
         return data, tuple(names), None, "array"

@@ -1,0 +1,124 @@
+"""The Python API on what scripts and notebooks pass it: other dtypes, single strings, odd shapes,
+non-finite values, other band sets."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import msclip
+from msclip.errors import (
+    BandError,
+    ClassNameError,
+    GenericBandNamesWarning,
+    InvalidEmbeddingsError,
+    LayoutError,
+)
+
+EXAMPLES = "benchmark_datasets/examples"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return msclip.create_model("msclip-tiny").eval()
+
+
+def test_sensor_names_the_input_bands(tiny):
+    pre = tiny.preprocess(input_bands=["B2", "B3", "B4", "B5", "B6", "B7"], sensor="landsat89")
+    assert pre.input_bands == ("OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5", "OLI_B6", "OLI_B7")
+    qualified = tiny.preprocess(input_bands=[f"landsat89:B{i}" for i in range(2, 8)])
+    x = np.random.default_rng(0).integers(100, 4000, (6, 32, 32)).astype(np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(pre(x), qualified(x))
+
+
+def test_bf16_tensors_are_accepted_where_float32_is(tiny):
+    from msclip.index import SearchIndex
+    from msclip.zero_shot import multilabel_predict
+
+    x = torch.full((10, 32, 32), 1000.0, dtype=torch.bfloat16)
+    assert tiny.preprocess()(x).dtype == torch.float32
+    rows = torch.nn.functional.normalize(torch.randn(50, 32), dim=-1)
+    index = SearchIndex(rows.numpy(), quantize=False)
+    res = index.search(rows[:3].bfloat16(), 1)
+    assert res.ids[:, 0].tolist() == [0, 1, 2]
+    assert multilabel_predict(torch.randn(4, 3, dtype=torch.bfloat16)).shape == (4, 3)
+
+
+def test_a_nan_row_is_refused_by_the_search_index():
+    from msclip.index import SearchIndex
+
+    rows = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
+    rows[10, 3] = np.nan
+    with pytest.raises(InvalidEmbeddingsError, match=r"rows \[10\] contain NaN"):
+        SearchIndex(rows)
+
+
+def test_one_string_is_one_item_not_its_characters(tiny):
+    from msclip.encode import encode_images
+    from msclip.io import list_images
+    from msclip.zero_shot import build_classifier, encode_queries
+
+    assert len(list_images(EXAMPLES)) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = encode_images(tiny, tiny.preprocess(), f"{EXAMPLES}/sea_01.tif")
+    assert res.embeddings.shape == (1, 32) and not res.failures
+    tok = msclip.get_tokenizer(tiny)
+    assert encode_queries(tiny, tok, "a city").shape == (1, 32)
+    with pytest.raises(ClassNameError, match="single string 'forest'"):
+        build_classifier(tiny, tok, "forest", ["a photo of {c}"])
+
+
+def test_pictures_of_16_bits_keep_their_values(tiny):
+    from PIL import Image
+
+    img = Image.fromarray(np.full((32, 32), 3000, np.uint16))
+    with pytest.raises(BandError, match="1-band"):
+        tiny.preprocess()(img)  # one band without a name: refused, not made 8-bit RGB
+    data, names, _, _ = tiny.preprocess(input_bands=["B08"]).load(img)
+    assert names == ("B08",) and data.dtype == np.uint16 and int(data.max()) == 3000
+
+
+def test_classify_takes_graph_tensors_and_refuses_nan():
+    from msclip.zero_shot import classify, zero_shot_probs
+
+    clf = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    feats = torch.randn(2, 8, requires_grad=True)
+    assert len(classify(feats, clf, ["a", "b", "c"]).labels()) == 2
+    with pytest.raises(InvalidEmbeddingsError, match=r"rows \[1\]"):
+        classify(torch.stack([torch.ones(8), torch.full((8,), float("nan"))]), clf, ["a", "b", "c"])
+    with pytest.raises(msclip.errors.DimensionMismatchError, match=r"\[N, 8\]"):
+        zero_shot_probs(torch.randn(5, 4), clf)
+
+
+def test_encode_image_names_the_shape_it_needs(tiny):
+    with pytest.raises(LayoutError, match=r"batch axis"):
+        tiny.encode_image(torch.zeros(10, 32, 32))
+    with pytest.raises(BandError, match=r"permute\(0, 3, 1, 2\)"):
+        tiny.encode_image(torch.zeros(2, 32, 32, 10))
+    with pytest.raises(LayoutError, match="non-empty"):
+        tiny.encode_image(torch.zeros(0, 10, 32, 32))
+    assert tiny.encode_image(torch.zeros(1, 10, 32, 32)).shape == (1, 32)
+
+
+def test_four_unnamed_bands_of_an_array_warn(tiny):
+    with pytest.warns(GenericBandNamesWarning, match="NAIP order"):
+        tiny.preprocess().load(np.ones((4, 32, 32), np.uint16))
+
+
+def test_saving_bf16_weights_says_so(tmp_path, caplog):
+    m = msclip.create_model("msclip-tiny", precision="bf16")
+    caplog.set_level(logging.WARNING, logger="msclip.pretrained")
+    msclip.save_checkpoint(m, tmp_path / "m.safetensors")
+    assert "saving bfloat16 weights" in caplog.text and "precision='fp32'" in caplog.text
+    caplog.clear()
+    msclip.save_checkpoint(msclip.create_model("msclip-tiny", precision="fp32"),
+                           tmp_path / "f.safetensors")  # fmt: skip
+    assert "saving" not in caplog.text
