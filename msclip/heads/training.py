@@ -41,10 +41,17 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nd
 
 
 def _trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters, the buffers of the head(s), and every batch-norm statistic
+    (running mean, variance and count change in training like parameters: a resumed run must
+    start from them, whatever the module's name)."""
     state = {n: p.detach().cpu().clone() for n, p in net.named_parameters() if p.requires_grad}
     for n, b in net.named_buffers():
-        if n.startswith(("head.", "heads.")):  # batch-norm statistics of (dense) heads
+        if n.startswith(("head.", "heads.")):  # (dense) heads
             state[n] = b.detach().cpu().clone()
+    for prefix, module in net.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            for n, b in module.named_buffers(recurse=False):
+                state[f"{prefix}.{n}" if prefix else n] = b.detach().cpu().clone()
     return state
 
 

@@ -236,3 +236,17 @@ def test_precision_auto_is_the_machines_choice_only_for_frozen_features(tmp_path
     assert run_precision(dataclasses.replace(lora, precision="bf16")) == "bf16"  # asked for
     with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
         dataclasses.replace(frozen, precision="fp16", output_dir=str(tmp_path)).validate()
+
+
+def test_resuming_a_finished_linear_probe_changes_nothing(scenes, tmp_path):
+    """The batch-norm statistics of a head on frozen features are part of its training
+    checkpoint: a resumed run starts from them (a finished one reproduces its result)."""
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["linear"], batch_norm=True)
+    first = run_finetune(cfg).methods[0]
+    before = {k: v.clone() for k, v in load_file(first.files["head"]).items()}
+    assert any("running_mean" in k for k in before)
+    again = run_finetune(dataclasses.replace(cfg, resume=True)).methods[0]
+    after = load_file(again.files["head"])  # the same file, written again by the resumed run
+    assert again.result.metrics == first.result.metrics and after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
