@@ -71,6 +71,7 @@ __all__ = [
     "LabelledDataset",
     "LabelledEncoding",
     "WarningTally",
+    "attach_warnings",
     "auto_batch_size",
     "auto_workers",
     "collate_items",
@@ -160,7 +161,7 @@ class ImageDataset(Dataset):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = self._get(index)
-        return _with_warnings(out, caught)
+        return attach_warnings(out, caught)
 
     def _get(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -190,7 +191,7 @@ class ImageDataset(Dataset):
             map_bands(bands, names)
 
 
-def _with_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+def attach_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:
     """Attach the warnings raised while reading an item (as picklable ``(category, text)``)."""
     if caught:
         item["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
@@ -225,7 +226,7 @@ class LabelledDataset(Dataset):
                 out: dict[str, Any] = {"index": index, "error": f"{type(err).__name__}: {err}"}
             else:
                 out = {"index": index, "image": image, "target": target}
-        return _with_warnings(out, caught)
+        return attach_warnings(out, caught)
 
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

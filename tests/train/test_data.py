@@ -203,3 +203,25 @@ def test_class_folders(tmp_path: Path, preprocess) -> None:
     assert class_display_name("Herbaceous_Vegetation") == "herbaceous vegetation"
     with pytest.raises(BadSampleError, match="two class folders"):
         ClassFolderDataset(tmp_path / "Empty", preprocess)
+
+
+def test_zero_shot_items_carry_their_warnings(tmp_path: Path) -> None:
+    """A 12-band tile warns that B01 is out of the model's range: the item carries the warning
+    to the encoding engine, which counts it once per pass (not once per image)."""
+    import warnings
+
+    from affine import Affine
+
+    import msclip
+    from msclip.train.data import ClassFolderDataset
+
+    for c in ("sea", "forest"):
+        (tmp_path / c).mkdir()
+        msclip.write_geotiff(tmp_path / c / "t.tif", np.full((12, 32, 32), 500, np.uint16),
+                             crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))  # fmt: skip
+    model = msclip.create_model("msclip-tiny")
+    ds = ClassFolderDataset(tmp_path, model.preprocess())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        item = ds[0]
+    assert "image" in item and any("B01" in text for _, text in item["warnings"])
