@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-label",
         default=None,
         help="row name in the reports (default: the model name, '@<checkpoint stem>' with "
-        "--ckpt-path, '-random' with --no-pretrained, '-bf16' when the model runs in bf16, "
-        "'-int8' ...)",
+        "--ckpt-path (after its run folder for generic stems such as final), '-random' with "
+        "--no-pretrained ('-seed<N>' for a seed other than 0), '-bf16' / '-int8' when that "
+        "--precision is asked for (not when auto picks it))",
     )
 
     d = p.add_argument_group("datasets")
