@@ -30,6 +30,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DecoderError",
+    "DeviceError",
     "DimensionMismatchError",
     "DuplicateClassError",
     "DuplicateSourceError",
@@ -353,6 +354,10 @@ class ContrastiveInputError(MSCLIPError, ValueError):
 
 class SearchDeviceError(MSCLIPError, ValueError):
     """A search device or storage format that cannot be used."""
+
+
+class DeviceError(MSCLIPError, ValueError):
+    """A device asked for that this machine cannot use (a CUDA device without a usable GPU)."""
 
 
 # -- dense heads (decoders, dense losses and metrics, scene prediction) ------------------------

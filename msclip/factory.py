@@ -150,12 +150,22 @@ def create_model(
         WeightsNotFoundError: weights missing offline (message says what to fetch).
         CheckpointMismatchError: the checkpoint does not fit the architecture.
         PrecisionError: an unknown precision, fp16 on a CPU or int8 on a GPU.
+        DeviceError: a CUDA device without a usable GPU.
     """
     from msclip.hardware import choose_precision
 
-    if name is None and pretrained is None:
-        raise UnknownModelError("give a model name or a checkpoint path")
+    if name is None and pretrained in (None, False, True):
+        raise UnknownModelError(
+            "give a model name (list_models()) or a checkpoint path"
+            + (f"; pretrained={pretrained!r} needs a model name" if pretrained is not None else "")
+        )
+    if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(
+            f"pretrained must be True/False, a checkpoint path or a model name, got "
+            f"{type(pretrained).__name__} {pretrained!r}"
+        )
     choice = choose_precision(precision, device)
+    _check_device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice.precision, torch.float32)
     path: str | os.PathLike | None = None
     ckpt = None
@@ -343,6 +353,31 @@ def create_model_and_transforms(
     model = create_model(name, pretrained, device, bands, cache_dir, precision)
     preprocess = model.preprocess(input_bands=input_bands, layout=layout, sensor=sensor)
     return model, preprocess, get_tokenizer(model)
+
+
+def _check_device(device: Any) -> None:
+    """Refuse a CUDA device where none can be used, before the model is built."""
+    from msclip.hardware import device_type
+
+    if device_type(device) != "cuda":
+        return
+    if not torch.cuda.is_available():
+        from msclip.errors import DeviceError
+
+        raise DeviceError(
+            f"device {str(device)!r} asked for, but torch sees no usable CUDA GPU (no driver or "
+            "device, or a CPU-only torch build); use device='cpu' (or leave it out)",
+            param="device",
+        )
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        from msclip.errors import DeviceError
+
+        raise DeviceError(
+            f"device {str(device)!r} asked for, but torch sees {torch.cuda.device_count()} "
+            "CUDA device(s)",
+            param="device",
+        )
 
 
 def describes_itself(path: str | os.PathLike) -> bool:

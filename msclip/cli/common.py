@@ -102,6 +102,7 @@ FLAGS: dict[str, str] = {
     "dataset_dir": "--dataset-dir",
     "save_path": "--save-path",
     "precision": "--precision",
+    "device": "--device",
 }
 
 

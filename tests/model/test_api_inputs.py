@@ -122,3 +122,15 @@ def test_saving_bf16_weights_says_so(tmp_path, caplog):
     msclip.save_checkpoint(msclip.create_model("msclip-tiny", precision="fp32"),
                            tmp_path / "f.safetensors")  # fmt: skip
     assert "saving" not in caplog.text
+
+
+def test_create_model_refuses_what_it_cannot_do_before_building():
+    from msclip.errors import DeviceError, UnknownModelError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+            msclip.create_model("msclip-tiny", device="cuda")
+    with pytest.raises(TypeError, match="pretrained must be"):
+        msclip.create_model("msclip-tiny", pretrained=1)
+    with pytest.raises(UnknownModelError, match="needs a model name"):
+        msclip.create_model(None, pretrained=False)
