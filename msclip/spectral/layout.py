@@ -52,8 +52,21 @@ def to_chw(
         return array, "CHW"
     if last_ok and not first_ok:
         return np.moveaxis(array, -1, 0), "HWC"
+    if n_bands is not None and not first_ok and not last_ok:
+        raise LayoutError(
+            f"{where}: {n_bands} band names were given, but neither end axis of an array of "
+            f"shape {array.shape} has {n_bands} entries; name as many bands as the array holds",
+            param="bands",
+        )
+    if n_bands is None and not first_ok and not last_ok:
+        raise LayoutError(
+            f"{where}: an array of shape {array.shape} has no end axis of a band count with a "
+            f"default band set ({sorted(COUNT_DEFAULTS)}); name its bands (bands=[...]), and "
+            "declare layout='CHW' or layout='HWC' if both end axes could hold them",
+            param="bands",
+        )
     raise LayoutError(
         f"{where}: cannot tell whether the bands of an array of shape {array.shape} are the "
-        "first or the last axis; declare it with layout='CHW' or layout='HWC' or name the bands",
+        "first or the last axis; declare it with layout='CHW' or layout='HWC'",
         param="layout",
     )

@@ -134,3 +134,12 @@ def test_create_model_refuses_what_it_cannot_do_before_building():
         msclip.create_model("msclip-tiny", pretrained=1)
     with pytest.raises(UnknownModelError, match="needs a model name"):
         msclip.create_model(None, pretrained=False)
+
+
+def test_layout_errors_say_what_is_wrong(tiny):
+    with pytest.raises(LayoutError, match="4 band names were given, but neither end axis"):
+        tiny.preprocess(input_bands=["B02", "B03", "B04", "B08"]).load(np.ones((12, 40, 40)))
+    with pytest.raises(LayoutError, match="no end axis of a band count with a default"):
+        tiny.preprocess().load(np.ones((5, 40, 41)))
+    with pytest.raises(LayoutError, match="first or the last axis"):
+        tiny.preprocess().load(np.ones((4, 40, 4)))
