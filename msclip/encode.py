@@ -98,8 +98,13 @@ def read_errors() -> tuple[type[BaseException], ...]:
 
 
 def item_name(item: ImageItem) -> str:
-    """Display name of an item: the path, or ``path@row,col`` for a tile."""
-    return item.name if isinstance(item, Tile) else str(item)
+    """Display name of an item: the path, ``path@row,col`` for a tile, and for an in-memory
+    array or tensor its kind and shape (not its values)."""
+    if isinstance(item, Tile):
+        return item.name
+    if hasattr(item, "shape") and hasattr(item, "dtype"):
+        return f"{type(item).__name__}{list(item.shape)} {item.dtype}"
+    return str(item)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ __all__ = [
     "HeadConfigError",
     "HeadInputError",
     "ImageSetError",
+    "ImageTypeError",
     "IndexFormatError",
     "IndexLockedError",
     "IndexMismatchError",
@@ -354,6 +355,11 @@ class ContrastiveInputError(MSCLIPError, ValueError):
 
 class SearchDeviceError(MSCLIPError, ValueError):
     """A search device or storage format that cannot be used."""
+
+
+class ImageTypeError(MSCLIPError, TypeError):
+    """An input that is not an image: not a path, array, tensor or picture, or an array of a
+    non-numeric dtype (boolean, complex, object)."""
 
 
 class DeviceError(MSCLIPError, ValueError):

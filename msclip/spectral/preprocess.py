@@ -33,6 +33,7 @@ from msclip.errors import (
     BandCoverageError,
     BandCoverageWarning,
     BandError,
+    ImageTypeError,
     NodataFillWarning,
     RasterSizeError,
     SmallRasterWarning,
@@ -223,10 +224,15 @@ class SpectralPreprocess:
                 x = x.float()  # numpy has no bfloat16
             x = x.numpy()
         if not isinstance(x, np.ndarray):
-            raise TypeError(
+            raise ImageTypeError(
                 f"cannot preprocess a {type(x).__name__}; pass a PIL image or a numpy array / "
                 "tensor (files and msclip.io.Raster objects go through the model's preprocess(), "
                 "an msclip.transforms.ImageTransform)"
+            )
+        if x.dtype.kind not in "uif":
+            raise ImageTypeError(
+                f"cannot preprocess an array of dtype {x.dtype}: images are integer or float "
+                "values (a boolean mask, complex or object array is not an image)"
             )
         n = len(self.input_bands) if self.input_bands else None
         data, _ = to_chw(x, self.layout, n)

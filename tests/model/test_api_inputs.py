@@ -143,3 +143,15 @@ def test_layout_errors_say_what_is_wrong(tiny):
         tiny.preprocess().load(np.ones((5, 40, 41)))
     with pytest.raises(LayoutError, match="first or the last axis"):
         tiny.preprocess().load(np.ones((4, 40, 4)))
+
+
+def test_items_that_are_not_images_are_failures_named_by_shape(tiny):
+    from msclip.encode import encode_images
+
+    good = np.full((10, 32, 32), 500, np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = encode_images(tiny, tiny.preprocess(), [good, None, np.ones((10, 32, 32), bool)])
+    assert res.embeddings.shape == (1, 32)
+    assert [f.name for f in res.failures] == ["None", "ndarray[10, 32, 32] bool"]
+    assert all("ImageTypeError" in f.reason for f in res.failures)
