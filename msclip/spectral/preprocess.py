@@ -347,8 +347,7 @@ class SpectralPreprocess:
                 "model reads reflectance x 10000 (its band means are "
                 f"{min(self.mean[b] for b in self.bands):.0f}-"
                 f"{max(self.mean[b] for b in self.bands):.0f}, Sentinel-2 L2A digital numbers): "
-                "multiply the values by 10000, or declare the band scale in the file (GDAL scale "
-                "0.0001 on values stored x 10000)"
+                "multiply the values by 10000"
             )
         if not problems:
             return
