@@ -235,6 +235,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.overlap is not None and not (args.dense or (args.run_scene and args.head)):
         p.error("--overlap applies to --dense and --run-scene --head")
+    if args.dense or (args.run_scene and args.head):
+        # per-pixel maps blend overlapping tiles and predict every tile with data
+        ignored = [flag for flag, given in (("--stride", args.stride is not None),
+                                            ("--min-valid", args.min_valid is not None),
+                                            ("--max-nodata", args.max_nodata is not None))
+                   if given]  # fmt: skip
+        if ignored:
+            p.error(
+                f"{', '.join(ignored)} do(es) not apply to a per-pixel map (--dense, --head on "
+                "a scene): tiles overlap by --overlap and every tile with data is predicted "
+                "(nodata pixels stay nodata)"
+            )
     return args
 
 
@@ -871,8 +883,18 @@ def _dense_scene(
         progress=not args.quiet,
     )  # fmt: skip
     model.release_text_pages()
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(args.scene) as src:
+            no_crs = src.crs is None
+    except RasterioIOError:
+        no_crs = False  # unreadable: predict_scene says so
+    if no_crs:
+        logger.warning("%s has no CRS: the map is written without georeference", args.scene)
     result = predict_scene(
-        args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier), model,
+        args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier).eval(), model,
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         bands=args.bands, nodata=args.nodata, class_names=names, device=model.device,
         progress=not args.quiet, tags={"msclip": "zero-shot dense class map (MaskCLIP)"},

@@ -413,6 +413,12 @@ def write_scene(
         SyntheticDataError: bad size, seed or region size.
     """
     check_seed(seed)
+    if not name or name in (".", "..") or any(c in name for c in "/\\:") or name.startswith("."):
+        raise SyntheticDataError(
+            f"name {name!r} must be a plain file stem (no folder separators, not empty or "
+            "hidden): the rasters are <out>/images/<name>.tif, labels/ and targets/",
+            param="name",
+        )
     image, label, target = generate_scene(
         size, np.random.default_rng((seed, _SCENE_STREAM)), region_size=region_size
     )

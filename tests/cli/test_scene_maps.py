@@ -96,10 +96,13 @@ def test_run_scene_refuses_small_scene(tmp_path, capsys):
 def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
     path, data = scene
     out = tmp_path / "dense"
+    loud = [a for a in TINY if a != "--quiet"]
     code = main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest", "city",
                  "--templates", "short", "--dense", "--tile-size", "32", "--overlap", "8",
-                 "--save-path", str(out), *TINY])  # fmt: skip
+                 "--save-path", str(out), *loud])  # fmt: skip
     assert code == 0
+    printed = capsys.readouterr()
+    assert "training mode" not in printed.err  # the MaskCLIP predictor runs in eval mode
     with rasterio.open(out / "dense_class_map.tif") as src, rasterio.open(path) as ref:
         assert (src.crs, src.transform, src.shape) == (ref.crs, ref.transform, ref.shape)
         classes = src.read(1)
@@ -111,9 +114,14 @@ def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
     assert [c["name"] for c in legend["classes"]] == ["sea", "forest", "city"]
     assert sum(c["pixels"] for c in legend["classes"]) == int(valid.sum())
     assert legend["skipped_pixels"] == int((~valid).sum())
-    assert "dense_class_map.tif" in capsys.readouterr().out
+    assert "dense_class_map.tif" in printed.out
     assert main(["--run-classification", "--images", str(path), "--class-names", "a", "b",
                  "--dense", *TINY]) == 2  # --dense belongs to --run-scene  # fmt: skip
+    capsys.readouterr()
+    for flag in (["--stride", "16"], ["--min-valid", "0.9"]):  # not silently ignored
+        assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+                     "--dense", *flag, *TINY]) == 2  # fmt: skip
+        assert "do(es) not apply to a per-pixel map" in capsys.readouterr().err
 
 
 def test_uncovered_edges_warn_and_an_all_nodata_scene_fails(scene, tmp_path, capsys):

@@ -227,3 +227,15 @@ def test_write_scene(tmp_path: Path) -> None:
         expected = generate_scene((160, 200), np.random.default_rng((2, 40_000)), region_size=48)
         np.testing.assert_array_equal(im.read(), expected[0])
         np.testing.assert_array_equal(lb.read(1), expected[1])
+
+
+def test_scene_name_must_be_a_plain_stem(tmp_path):
+    import pytest
+
+    from msclip.errors import SyntheticDataError
+    from msclip.synthetic import write_scene
+
+    for bad in ("../../escape", "", "a/b", ".hidden"):
+        with pytest.raises(SyntheticDataError, match="plain file stem"):
+            write_scene(tmp_path / "o", 32, 0, name=bad)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("escape*"))
