@@ -397,7 +397,7 @@ def _training_checkpoint_config(path: Path) -> dict | None:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError):
         return None  # create_model reports the unreadable file
     cfg = obj.get("msclip_config") if isinstance(obj, dict) else None
     return json.loads(cfg) if isinstance(cfg, str) else None

@@ -301,7 +301,7 @@ def _torch_load(path: str) -> tuple[Any, bool]:
             "unpickling runs code from the file. Re-save the state dict alone from a trusted "
             "copy, or convert it to safetensors."
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
         ) from err
@@ -317,6 +317,8 @@ def checkpoint_read_reason(path: str | os.PathLike, err: BaseException) -> str:
     text = str(err).strip()
     if size == 0:
         return "the file is empty (0 bytes)"
+    if isinstance(err, (KeyError, ValueError)):
+        return f"the file is not a torch checkpoint ({size} bytes; torch's loader: {text!r})"
     if isinstance(err, EOFError) or not text or "Invalid argument" in text:
         why = text or type(err).__name__
         return f"the file is truncated or not a torch checkpoint ({size} bytes; {why})"

@@ -128,8 +128,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _flags() -> dict[str, str]:
-    # every TrainConfig option is the flag of the same name in kebab case
-    return {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    # every TrainConfig option is the flag of the same name in kebab case; the model's weights
+    # come from --init here (create_model's "pretrained" is --ckpt-path in the other programs)
+    flags = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    flags.update(pretrained="--init", ckpt_path="--init", model_name="--model")
+    return flags
 
 
 def _error_status(err: BaseException) -> int:

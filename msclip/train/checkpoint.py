@@ -139,7 +139,7 @@ def load_train_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "checkpoints msclip-train wrote",
             param="resume",
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         earlier = sorted(
             (q for q in Path(p).parent.glob("step_*.pt") if q.name != Path(p).name),
             key=lambda q: q.stat().st_mtime,

@@ -47,6 +47,7 @@ __all__ = [
     "ShardSampler",
     "TooManyBadSamplesError",
     "load_pairs",
+    "row_label",
     "sample_crop",
     "split_pairs",
 ]
@@ -141,6 +142,12 @@ def _as_text(value: Any) -> str:
     return str(value).strip()
 
 
+def row_label(r: int) -> str:
+    """Where data row ``r`` (0-based) of a table is, as a reader counts: ``row 57 (line 58)``
+    (the header is line 1)."""
+    return f"row {r + 1} (line {r + 2})"
+
+
 def load_pairs(
     path: str | os.PathLike,
     image_column: str = "image",
@@ -205,7 +212,7 @@ def load_pairs(
             captions.append(texts)
             rows.append(r)
     for r, where, reason in bad[:20]:
-        logger.warning("%s row %d skipped: %s %s", p, r, reason, where)
+        logger.warning("%s %s skipped: %s %s", p, row_label(r), reason, where)
     if len(bad) > 20:
         logger.warning("%s: %d more bad rows skipped", p, len(bad) - 20)
     return PairTable(paths, captions, rows, len(images), bad, p)

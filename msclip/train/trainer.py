@@ -422,7 +422,9 @@ class Trainer:
     def _check_bad(self, runtime_bad: int, table: PairTable, what: str) -> None:
         n_bad = len(table.bad) + runtime_bad
         if n_bad > self.cfg.max_bad_fraction * table.n_rows:
-            examples = "; ".join(f"row {r}: {reason} {p}" for r, p, reason in table.bad[:3])
+            from msclip.train.data import row_label
+
+            examples = "; ".join(f"{row_label(r)}: {reason} {p}" for r, p, reason in table.bad[:3])
             raise TooManyBadSamplesError(
                 f"{what} {table.source}: {n_bad} of {table.n_rows} samples are bad "
                 f"({n_bad / max(1, table.n_rows):.1%} > max_bad_fraction "

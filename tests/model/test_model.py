@@ -329,3 +329,20 @@ def test_a_training_checkpoint_describes_its_architecture(tiny, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(tiny.clip.state_dict(), plain)
     assert not describes_itself(plain)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    from msclip.cli.common import model_from_args
+    from msclip.errors import CheckpointError
+    from msclip.train.checkpoint import load_train_checkpoint
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hi\n")
+    loads = (
+        lambda: load_train_checkpoint(junk),
+        lambda: msclip.create_model("msclip-tiny", pretrained=junk),
+        lambda: model_from_args(None, junk, True, default_name="msclip-tiny"),
+    )
+    for load in loads:
+        with pytest.raises(CheckpointError, match=r"junk\.pt: the file is not a torch checkpoint"):
+            load()

@@ -255,6 +255,7 @@ def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> 
     with pytest.raises(TooManyBadSamplesError, match=r"2 of 21 samples are bad") as info:
         train(_cfg(table, tmp_path / "strict", max_bad_fraction=0.05, **kw))
     assert "max_bad_fraction" in str(info.value) and "image file not found" in str(info.value)
+    assert "row 4 (line 5)" in str(info.value)  # img_3.tif, as a reader counts the table
     # Too many up front: fails before any model is built or file written.
     with pytest.raises(TooManyBadSamplesError, match="1 found up front"):
         train(_cfg(table, tmp_path / "early", max_bad_fraction=0.01, **kw))
