@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +328,20 @@ class PairDataset(torch.utils.data.Dataset):
         return loaded
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        # A data warning (bands outside the model's range, nodata filled ...) is about the
+        # table, not one image: it is passed on once per process, not once per image read.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            item = self._get(key)
+        seen = self.__dict__.setdefault("_warned", set())
+        for w in caught:
+            text = (w.category.__name__, str(w.message))
+            if text not in seen:
+                seen.add(text)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return item
+
+    def _get(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, epoch = (key, 0) if isinstance(key, int) else key
         rng = np.random.default_rng([self.seed, int(epoch), int(index), 0xA06])
         captions = self.table.captions[index]

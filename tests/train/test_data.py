@@ -225,3 +225,26 @@ def test_zero_shot_items_carry_their_warnings(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         item = ds[0]
     assert "image" in item and any("B01" in text for _, text in item["warnings"])
+
+
+def test_a_pair_table_warns_once_per_process_not_per_image(tmp_path: Path) -> None:
+    import warnings
+
+    from affine import Affine
+
+    from msclip.train.data import PairDataset, load_pairs
+
+    rows = []
+    for i in range(5):
+        msclip.write_geotiff(tmp_path / f"t{i}.tif", np.full((12, 32, 32), 500, np.uint16),
+                             crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))  # fmt: skip
+        rows.append({"image": f"t{i}.tif", "caption": "a tile"})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    ds = PairDataset(load_pairs(tmp_path / "t.csv", "image", None, None),
+                     msclip.create_model("msclip-tiny").preprocess())  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(5)]
+    assert all("image" in it for it in items)
+    b01 = [w for w in caught if "B01" in str(w.message)]
+    assert len(b01) == 1  # the 12-band table's B01 is outside the model's range: said once
