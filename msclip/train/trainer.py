@@ -221,7 +221,10 @@ class Trainer:
         self.ctx = ctx
         self.hooks = list(hooks)
         self.state = TrainState()
-        self.out = Path(cfg.output_dir)
+        from msclip.io import check_output
+
+        # before any work: a file in the way or an unwritable place is named with its option
+        self.out = check_output(cfg.output_dir, kind="dir", param="output_dir")
         self.last_loss = math.nan
         self.train_rows: list[dict[str, Any]] = []
         self.metric_rows: list[dict[str, Any]] = []

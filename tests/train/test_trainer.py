@@ -331,3 +331,14 @@ def test_scene_generator_output_trains_as_it_is(tmp_path: Path) -> None:
     row = result.metrics[-1]
     assert row["zs_n"] == 12.0 and 0.0 <= row["zs_top1"] <= 1.0
     assert row["n_pairs"] == 3.0 and 0.0 <= row["t2i_r1"] <= 1.0
+
+
+def test_an_output_dir_that_is_a_file_is_named_before_any_work(tmp_path: Path) -> None:
+    from msclip.errors import OutputPathError
+
+    table = _bad_table(tmp_path)
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("x")
+    with pytest.raises(OutputPathError, match="it is a file, not a folder") as info:
+        train(_cfg(table, in_the_way, max_steps=1))
+    assert info.value.param == "output_dir"
