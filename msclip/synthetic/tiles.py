@@ -68,7 +68,7 @@ def tile_shape(size: int | tuple[int, int]) -> Shape:
     """``(height, width)`` of a tile size given as a side or a pair.
 
     Raises:
-        SyntheticDataError: not an int or a pair, or below 8 pixels a side.
+        SyntheticDataError: not an int or a pair, below 8 or above 4096 pixels a side.
     """
     try:
         if isinstance(size, (int, np.integer)):
@@ -81,7 +81,16 @@ def tile_shape(size: int | tuple[int, int]) -> Shape:
         ) from err
     if h < 8 or w < 8:
         raise SyntheticDataError(f"tile size {size!r} is too small; use at least 8 pixels a side")
+    if max(h, w) > _MAX_SIDE:
+        raise SyntheticDataError(
+            f"tile size {size!r} exceeds {_MAX_SIDE} pixels a side (memory grows with the square "
+            "of the side); generate a scene of regions (msclip-scenes scene) for large areas"
+        )
     return h, w
+
+
+#: The largest generated raster side (tiles and scenes alike).
+_MAX_SIDE = 4096
 
 
 def _psf(x: np.ndarray, a: float) -> np.ndarray:

@@ -90,3 +90,14 @@ def test_bad_arguments_raise_clear_errors() -> None:
         generate_tile("sea", 4, 0)
     with pytest.raises(SyntheticDataError, match="height, width"):
         generate_tile("sea", "big", 0)  # type: ignore[arg-type]
+
+
+def test_tile_sides_are_bounded():
+    import pytest
+
+    from msclip.errors import SyntheticDataError
+    from msclip.synthetic.tiles import tile_shape
+
+    assert tile_shape(4096) == (4096, 4096)
+    with pytest.raises(SyntheticDataError, match="exceeds 4096 pixels"):
+        tile_shape(100000)
