@@ -359,6 +359,13 @@ def generate_dense_dataset(
         raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
     root = Path(out_dir)
     split_of = {c: _assign_splits(n_per_class, fractions, seed, CLASS_INDEX[c]) for c in chosen}
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction > 0 and not any(name in v for v in split_of.values()):
+            logger.warning(
+                "split %s (fraction %g) gets no tile: %d tiles per class round to none; give "
+                "more tiles per class (n_per_class) or a larger fraction",
+                name, fraction, n_per_class,
+            )  # fmt: skip
     samples = iter_samples(chosen, n_per_class, size, seed)
     if progress:
         from tqdm import tqdm

@@ -166,3 +166,12 @@ def test_documented_command_regenerates_the_shipped_examples(tmp_path: Path) -> 
             assert new.transform == old.transform and new.crs == old.crs
             a, b = old.read(), new.read()
         assert a.shape == b.shape and float(np.mean(a != b)) < 1e-3, name
+
+
+def test_tiles_of_an_earlier_generation_are_named(tmp_path, caplog):
+    from msclip.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "d", ["sea", "forest"], 3, 16, 0)
+    caplog.set_level("WARNING", logger="msclip.synthetic.dataset")
+    generate_dataset(tmp_path / "d", ["sea", "forest"], 1, 16, 0)
+    assert "holds 4 tile(s) this run did not write" in caplog.text

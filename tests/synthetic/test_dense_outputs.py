@@ -239,3 +239,13 @@ def test_scene_name_must_be_a_plain_stem(tmp_path):
         with pytest.raises(SyntheticDataError, match="plain file stem"):
             write_scene(tmp_path / "o", 32, 0, name=bad)
     assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("escape*"))
+
+
+def test_a_split_that_rounds_to_no_tile_is_said(tmp_path, caplog):
+    from msclip.synthetic import generate_dense_dataset
+
+    caplog.set_level("WARNING", logger="msclip.synthetic.dense")
+    summary = generate_dense_dataset(tmp_path / "d", ["sea", "forest"], 4, 16, 0, (0.8, 0.1, 0.1))
+    assert summary.splits["val"] == summary.splits["test"] == 0
+    assert "split val (fraction 0.1) gets no tile" in caplog.text
+    assert "split test (fraction 0.1) gets no tile" in caplog.text
