@@ -34,6 +34,7 @@ import numpy as np
 
 from msclip.errors import RasterReadError, TilingError
 from msclip.io import write_geotiff, write_text
+from msclip.spectral.nodata import missing_pixels
 
 __all__ = [
     "SceneInfo",
@@ -203,11 +204,7 @@ def nodata_fraction(data: np.ndarray, nodata: float | None) -> float:
     infinite."""
     if data.size == 0:
         return 1.0
-    floating = np.issubdtype(data.dtype, np.floating)
-    bad = ~np.isfinite(data) if floating else np.zeros(data.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        bad |= data == nodata
-    return float(bad.all(axis=0).mean())
+    return float(missing_pixels(data, nodata).mean())
 
 
 def raster_bounds(transform: Any, row: int, col: int, height: int, width: int) -> tuple[float, ...]:

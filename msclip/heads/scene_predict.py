@@ -73,6 +73,7 @@ from msclip.io.readers import declares_scale, image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
+from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import fill_mask
 
 __all__ = [
@@ -220,20 +221,8 @@ class ScenePreprocess:
         return len(self.model_bands)
 
     def valid(self, raw: np.ndarray) -> np.ndarray:
-        """``[..., h, w]`` true where at least one band is neither nodata nor NaN."""
-        floating = np.issubdtype(raw.dtype, np.floating)
-        nodata = self.nodata if self.nodata is not None and not math.isnan(self.nodata) else None
-        valid = np.zeros(raw.shape[:-3] + raw.shape[-2:], dtype=bool)
-        if nodata is None and not floating:
-            valid[...] = True
-            return valid
-        for c in range(raw.shape[-3]):  # one band at a time: no [C, h, w] temporaries
-            band = raw[..., c, :, :]
-            ok = band != nodata if nodata is not None else np.ones(band.shape, dtype=bool)
-            if floating:
-                ok &= np.isfinite(band)
-            valid |= ok
-        return valid
+        """``[..., h, w]`` true where at least one band is neither nodata nor non-finite."""
+        return ~missing_pixels(raw, self.nodata)
 
     def __call__(self, raw: np.ndarray) -> torch.Tensor:
         """Normalised float32 ``[..., C_model, h, w]`` of raw ``[..., C_in, h, w]``."""

@@ -53,6 +53,7 @@ from msclip.errors import (
 )
 from msclip.spectral.bands import Band, default_bands_for_count, get_sensor, resolve_bands
 from msclip.spectral.layout import to_chw
+from msclip.spectral.nodata import missing_pixels
 
 __all__ = [
     "GEOTIFF_EXTENSIONS",
@@ -307,11 +308,7 @@ def _rescaled(
     offset: Sequence[float],
 ) -> np.ndarray:
     """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN."""
-    missing = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
-    if nodata is not None and not np.isnan(nodata):
-        eq = data == nodata
-        missing = eq if missing is None else missing | eq
-    gone = missing.all(axis=0) if missing is not None else np.zeros(data.shape[1:], bool)
+    gone = missing_pixels(data, nodata)
     if invalid is not None:
         gone |= invalid
     unit = [10000.0 if 0 < abs(a) <= _REFLECTANCE_SCALE else 1.0 for a in scale]

@@ -41,6 +41,7 @@ from msclip.errors import (
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
 from msclip.spectral.layout import to_chw
+from msclip.spectral.nodata import missing_pixels
 
 __all__ = ["SpectralPreprocess", "fill_mask"]
 
@@ -63,7 +64,7 @@ def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
     """The values preprocessing fills, ``[..., C, H, W]`` bool, or ``None`` when there are none.
 
     A value is filled when it is NaN or infinite, or when its pixel is nodata: every band of it
-    equals ``nodata`` or is not finite (the rule of :func:`msclip.tiling.nodata_fraction`). A
+    equals ``nodata`` or is not finite (:func:`msclip.spectral.nodata.missing_pixels`). A
     single band equal to ``nodata`` in a pixel whose other bands hold data is a measurement (a
     dark surface at 0 in a product whose nodata is 0) and is kept.
     """
@@ -73,10 +74,7 @@ def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
         return None  # integer rasters cannot hold NaN: no scan (a visible cost per tile)
     nan = ~np.isfinite(values) if floating else None  # NaN and infinity
     if has_nodata:
-        missing = values == nodata
-        if nan is not None:
-            missing |= nan
-        pixel = missing.all(axis=-3, keepdims=True)
+        pixel = missing_pixels(values, nodata)[..., None, :, :]
         bad = pixel if nan is None else nan | pixel
     else:
         bad = nan
