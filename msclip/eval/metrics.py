@@ -142,6 +142,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from msclip.arrays import as_numpy
 from msclip.errors import MetricInputError
 from msclip.eval.definitions import AP_DEFINITIONS, DEFAULT_AP_DEFINITION, NO_RELEVANT_POLICIES
 from msclip.zero_shot import MULTILABEL_RULES, MultiLabelRule, multilabel_predict
@@ -201,12 +202,8 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     """Converts a numpy array, torch tensor or sequence to a numpy array without copying torch
     to the GPU or keeping the autograd graph."""
     if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
-        t = x.detach().cpu()
-        # numpy has no bfloat16/float16-safe path for every torch dtype; float64 is exact for all
-        # floating torch dtypes.
-        if t.is_floating_point():
-            t = t.double()
-        return t.numpy()
+        arr = as_numpy(x)  # float64 is exact for every floating torch dtype
+        return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as err:

@@ -264,12 +264,9 @@ class FeatureCache:
             done[changed] = _TODO
             done.flush()
         if before is None or not np.array_equal(before, now):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, now, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            from msclip.io import atomic_write
+
+            atomic_write(path, lambda tmp: np.save(tmp, now, allow_pickle=False), ".npy")
 
     def status(self) -> dict[str, int]:
         """Items encoded, unreadable or skipped, and still to do."""

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msclip.arrays import as_numpy
 from msclip.errors import LabelError
 
 __all__ = [
@@ -132,7 +133,7 @@ class ClassCounter:
 
 
 def _label_array(labels: Any, where: str) -> np.ndarray:
-    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    arr = as_numpy(labels)
     if arr.ndim not in (2, 3):
         raise LabelError(f"{where}: labels must be [H, W] or [B, H, W], got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
