@@ -251,13 +251,16 @@ def _alpha_bands(src: Any) -> list[int]:
 def image_bands(src: Any) -> list[int]:
     """1-based indexes of the image bands of an open rasterio dataset: every band but an alpha
     band (colour interpretation ``alpha``), which is a mask."""
-    alpha = set(_alpha_bands(src))
-    bands = [i for i in range(1, src.count + 1) if i not in alpha]
-    return bands or list(range(1, src.count + 1))
+    return _without(src.count, _alpha_bands(src))
+
+
+def _without(count: int, alpha: list[int]) -> list[int]:
+    bands = [i for i in range(1, count + 1) if i not in alpha]
+    return bands or list(range(1, count + 1))
 
 
 def _file_mask(
-    src: Any, first_band: int, window: Any, out_shape: tuple[int, int] | None
+    src: Any, alpha: list[int], first_band: int, window: Any, out_shape: tuple[int, int] | None
 ) -> np.ndarray | None:
     """``[h, w]`` true where the file's own mask hides the pixel: an alpha band at 0, or a
     per-dataset (internal or ``.msk``) mask; ``None`` without one. A mask GDAL derives from the
@@ -265,7 +268,7 @@ def _file_mask(
     from rasterio.enums import MaskFlags
 
     kw: dict[str, Any] = {} if out_shape is None else {"out_shape": out_shape}
-    alpha = [b for b in _alpha_bands(src) if b != first_band]
+    alpha = [b for b in alpha if b != first_band]
     if alpha:
         return np.asarray(src.read(alpha[0], window=window, **kw)) == 0
     if MaskFlags.per_dataset in src.mask_flag_enums[first_band - 1]:
@@ -290,10 +293,14 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
 def declares_scale(src: Any) -> bool:
     """Whether an open dataset declares a band scale or offset on an image band (its values are
     then read rescaled, as float32 with NaN for missing pixels: see the module docstring)."""
-    return any(
-        float(src.scales[b - 1]) != 1.0 or float(src.offsets[b - 1]) != 0.0
-        for b in image_bands(src)
-    )
+    return _declared_scale(src, image_bands(src)) is not None
+
+
+def _declared_scale(src: Any, bands: list[int]) -> tuple[list[float], list[float]] | None:
+    """``(scales, offsets)`` of ``bands`` when one of them is not ``(1, 0)``, else ``None``."""
+    scale = [float(src.scales[b - 1]) for b in bands]
+    offset = [float(src.offsets[b - 1]) for b in bands]
+    return (scale, offset) if any(a != 1.0 or b != 0.0 for a, b in zip(scale, offset)) else None
 
 
 #: A band scale at most this declares reflectance (0-1); larger ones keep the stored unit.
@@ -343,16 +350,16 @@ def read_image(
             float32 with NaN there (instead of marked with a free integer value).
         scaled: apply the file's band scale and offset (see the module docstring).
     """
-    bands = image_bands(src)
+    alpha = _alpha_bands(src)  # the colour interpretation is read once per call
+    bands = _without(src.count, alpha)
     shape = None if out_shape is None else (len(bands), *out_shape)
     kw: dict[str, Any] = {} if resampling is None else {"resampling": resampling}
     data = src.read(bands, window=window, out_shape=shape, **kw)
     nodata = src.nodata if nodata is None else nodata
-    invalid = _file_mask(src, bands[0], window, out_shape)
-    if scaled and declares_scale(src):
-        scale = [float(src.scales[b - 1]) for b in bands]
-        offset = [float(src.offsets[b - 1]) for b in bands]
-        return _rescaled(data, nodata, invalid, scale, offset), None
+    invalid = _file_mask(src, alpha, bands[0], window, out_shape)
+    declared = _declared_scale(src, bands) if scaled else None
+    if declared is not None:
+        return _rescaled(data, nodata, invalid, *declared), None
     if invalid is None or not invalid.any():
         return data, nodata
     if nodata is not None and not np.isnan(nodata):
