@@ -518,15 +518,11 @@ def _check_head_bands(
     args: argparse.Namespace,
 ) -> None:
     """Warn when the first readable input has other bands than the head's training images."""
-    from msclip.heads.checkpoint import training_bands, warn_other_bands
+    from msclip.heads.checkpoint import first_bands, warn_other_bands
 
-    if not trained:
-        return
-    for path, name in list(zip(paths, names))[:50]:
-        given = training_bands([path], args.bands, args.sensor)
-        if given is not None:
-            warn_other_bands(trained, given, name)
-            return
+    found = first_bands(paths, args.bands, args.sensor) if trained else None
+    if found is not None:
+        warn_other_bands(trained, found[1], names[found[0]])
 
 
 def run_head_classification(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "bind_head",
     "build_any_head",
     "encoder_facts",
+    "first_bands",
     "head_scores",
     "logistic_to_head",
     "predict_images",
@@ -274,13 +275,14 @@ class HeadCheckpoint:
         return head_outputs(self.head)
 
 
-def training_bands(items: Any, bands: Sequence[str] | None = None,
-                   sensor: str | None = None) -> list[str] | None:  # fmt: skip
-    """The band names of the first image of ``items`` that is a readable file (what a head was
-    trained on, kept in its file), or ``None``."""
+def first_bands(
+    items: Any, bands: Sequence[str] | None = None, sensor: str | None = None
+) -> tuple[int, list[str]] | None:
+    """``(position, band names)`` of the first of the first 50 ``items`` that is a readable image
+    file (only its header is read for a GeoTIFF), or ``None``."""
     from msclip.io import read_raster
 
-    for item in list(items)[:50]:
+    for i, item in enumerate(list(items)[:50]):
         if not isinstance(item, (str, os.PathLike)):
             continue
         try:
@@ -289,10 +291,19 @@ def training_bands(items: Any, bands: Sequence[str] | None = None,
                 from rasterio.windows import Window
 
                 window = Window(0, 0, 1, 1)
-            return list(read_raster(item, bands=bands, sensor=sensor, window=window).bands)
+            return i, list(read_raster(item, bands=bands, sensor=sensor, window=window).bands)
         except (MSCLIPError, OSError, ValueError):  # an unreadable file: try the next
             continue
     return None
+
+
+def training_bands(
+    items: Any, bands: Sequence[str] | None = None, sensor: str | None = None
+) -> list[str] | None:
+    """The band names of the first readable image of ``items`` (what a head was trained on,
+    kept in its file), or ``None``."""
+    found = first_bands(items, bands, sensor)
+    return None if found is None else found[1]
 
 
 def warn_other_bands(trained: Sequence[str] | None, given: Sequence[str], where: str) -> None:
