@@ -90,12 +90,13 @@ def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> fl
     scaled to 0-1), else ``None`` (also for data that is all zero or missing)."""
     if values is None or not np.issubdtype(values.dtype, np.floating):
         return None
-    v = values[np.isfinite(values)]
+    ok = np.isfinite(values)  # reduced in place: no copy of the tile's values
     if nodata is not None and not np.isnan(nodata):
-        v = v[v != nodata]
-    if v.size == 0:
+        ok &= values != nodata
+    if not ok.any():
         return None
-    top, low = float(v.max()), float(v.min())
+    top = float(values.max(where=ok, initial=-np.inf))
+    low = float(values.min(where=ok, initial=np.inf))
     return top if 0.0 < top <= 2.0 and low >= -0.5 else None
 
 
