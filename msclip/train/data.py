@@ -545,8 +545,6 @@ class ClassFolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import warnings
-
         from msclip.encode import attach_warnings
 
         # the item's warnings travel with it and are counted once per pass by the encoding
