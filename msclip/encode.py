@@ -71,7 +71,6 @@ __all__ = [
     "LabelledDataset",
     "LabelledEncoding",
     "WarningTally",
-    "attach_warnings",
     "auto_batch_size",
     "auto_workers",
     "collate_items",
@@ -79,6 +78,7 @@ __all__ = [
     "encode_dataset",
     "encode_images",
     "item_name",
+    "item_with_warnings",
     "iter_encoded",
     "loader_args",
     "read_errors",
@@ -163,10 +163,7 @@ class ImageDataset(Dataset):
         return pp.load(item)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = self._get(index)
-        return attach_warnings(out, caught)
+        return item_with_warnings(self._get, index)
 
     def _get(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -196,8 +193,14 @@ class ImageDataset(Dataset):
             map_bands(bands, names)
 
 
-def attach_warnings(item: dict[str, Any], caught: list[warnings.WarningMessage]) -> dict[str, Any]:
-    """Attach the warnings raised while reading an item (as picklable ``(category, text)``)."""
+def item_with_warnings(get: Callable[[int], dict[str, Any]], index: int) -> dict[str, Any]:
+    """``get(index)``, an item of the protocol, with the warnings raised while reading it attached
+    as picklable ``(category, text)`` pairs under ``"warnings"``. They travel with the item (also
+    out of DataLoader workers) and the engine counts them once per pass (:class:`WarningTally`),
+    instead of printing them once per image."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = get(index)
     if caught:
         item["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
     return item
@@ -223,15 +226,14 @@ class LabelledDataset(Dataset):
         return str(name_of(index)) if name_of is not None else f"sample {index}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                image, target, _ = self.dataset[index]
-            except read_errors() as err:
-                out: dict[str, Any] = {"index": index, "error": f"{type(err).__name__}: {err}"}
-            else:
-                out = {"index": index, "image": image, "target": target}
-        return attach_warnings(out, caught)
+        return item_with_warnings(self._get, index)
+
+    def _get(self, index: int) -> dict[str, Any]:
+        try:
+            image, target, _ = self.dataset[index]
+        except read_errors() as err:
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "target": target}
 
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

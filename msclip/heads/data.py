@@ -314,29 +314,26 @@ class _BenchmarkReader(Dataset):
         self.min_valid, self.nodata = min_valid, nodata
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import warnings
+        from msclip.encode import item_with_warnings
 
+        return item_with_warnings(self._get, index)
+
+    def _get(self, index: int) -> dict[str, Any]:
         from msclip.encode import read_errors
         from msclip.tiling import nodata_fraction
 
         ds, i = self.locate(index)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                data, names, nodata = ds.read(i)
-                if self.nodata is not None:
-                    nodata = self.nodata
-                valid = 1.0 - nodata_fraction(data, nodata)
-                if self.min_valid and valid < self.min_valid:
-                    out: dict[str, Any] = {"index": index, "nodata": f"{valid:.0%} valid pixels"}
-                else:
-                    image = ds.transform.process(data, names, nodata, ds.name_of(i))
-                    out = {"index": index, "image": image, "valid": valid}
-            except read_errors() as err:
-                out = {"index": index, "error": f"{type(err).__name__}: {err}"}
-        if caught:
-            out["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
-        return out
+        try:
+            data, names, nodata = ds.read(i)
+            if self.nodata is not None:
+                nodata = self.nodata
+            valid = 1.0 - nodata_fraction(data, nodata)
+            if self.min_valid and valid < self.min_valid:
+                return {"index": index, "nodata": f"{valid:.0%} valid pixels"}
+            image = ds.transform.process(data, names, nodata, ds.name_of(i))
+        except read_errors() as err:
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "valid": valid}
 
 
 def from_benchmark(

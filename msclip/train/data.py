@@ -545,19 +545,17 @@ class ClassFolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from msclip.encode import attach_warnings
+        from msclip.encode import item_with_warnings
 
-        # the item's warnings travel with it and are counted once per pass by the encoding
-        # engine (not printed once per image of every validation)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                image = self.preprocess(self.paths[index])
-            except _READ_ERRORS as err:
-                out: dict[str, Any] = {"index": index, "error": f"{type(err).__name__}: {err}"}
-            else:
-                out = {"index": index, "image": image, "label": self.labels[index]}
-        return attach_warnings(out, caught)
+        # counted once per pass by the encoding engine, not printed per image of every validation
+        return item_with_warnings(self._get, index)
+
+    def _get(self, index: int) -> dict[str, Any]:
+        try:
+            image = self.preprocess(self.paths[index])
+        except _READ_ERRORS as err:
+            return {"index": index, "error": f"{type(err).__name__}: {err}"}
+        return {"index": index, "image": image, "label": self.labels[index]}
 
     def name(self, index: int) -> str:
         """The image file of sample ``index`` (for messages)."""
