@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import os
 import types
 import typing
@@ -32,6 +33,7 @@ __all__ = [
     "load_yaml",
     "option_types",
     "options_to_dict",
+    "parse_yaml",
     "unwrap_optional",
     "update_options",
 ]
@@ -141,8 +143,13 @@ def update_options(obj: Any, values: Mapping[str, Any], source: str = "config") 
     names = {f.name for f in dataclasses.fields(obj)}
     hints = option_types(type(obj))
     errors = []
+    spelt: dict[str, str] = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
+        if name in spelt:  # batch_size and batch-size: one would silently replace the other
+            errors.append(f"{source}: option {name!r} is given twice ({spelt[name]!r}, {key!r})")
+            continue
+        spelt[name] = str(key)
         if name not in names:
             close = difflib.get_close_matches(name, sorted(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -166,11 +173,57 @@ def options_to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file into a dict (``safe_load``: no Python objects).
+def parse_yaml(text: str, source: str | os.PathLike | None = None) -> Any:
+    """``yaml.safe_load`` (no Python objects) that refuses a mapping key given twice; ``source``
+    (the file's path) names the file in error messages.
+
+    PyYAML keeps the last of two equal keys without a word, so a repeated option, or a class
+    label listed twice in a ``label: name`` file, would silently drop one value. msclip reads
+    every YAML file of its users (configs, class names, dataset specs, image lists) through this.
 
     Raises:
-        ConfigError: missing file, invalid YAML, or not a mapping.
+        yaml.YAMLError: invalid YAML, or a repeated key (the message names the key and both
+            lines).
+    """
+    import yaml
+
+    class _UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': overriding is its use
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own constructor names it
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1}); "
+                    "remove one",
+                    key_node.start_mark,
+                )
+        return loader.construct_mapping(node, deep=deep)
+
+    _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    stream: Any = text
+    if source is not None:
+        stream = io.StringIO(text)
+        stream.name = str(source)  # PyYAML's error marks name a stream by its name
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict (:func:`parse_yaml`: no Python objects, no key given
+    twice).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, a key given twice, or not a mapping.
     """
     import yaml
 
@@ -178,7 +231,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text(), p) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -264,8 +264,10 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     if suffix in (".yaml", ".yml"):
         import yaml
 
+        from msclip.options import parse_yaml
+
         try:
-            obj = yaml.safe_load(text)
+            obj = parse_yaml(text, p)
         except yaml.YAMLError as err:
             raise ClassNameError(f"cannot parse YAML classes file {p}: {err}") from err
         return _names_from_yaml(obj, p)

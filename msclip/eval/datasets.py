@@ -192,8 +192,10 @@ def load_classnames(
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
+        from msclip.options import parse_yaml
+
         try:
-            obj = yaml.safe_load(text)
+            obj = parse_yaml(text, path)
         except yaml.YAMLError as err:
             raise DatasetFormatError(f"cannot parse {path}: {err}") from err
         if isinstance(obj, (list, dict)):
@@ -434,11 +436,13 @@ def load_dataset_yaml(path: str | os.PathLike) -> DatasetSpec:
     """
     import yaml
 
+    from msclip.options import parse_yaml
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise DatasetNotFoundError(f"dataset YAML file not found: {p}")
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        doc = parse_yaml(p.read_text(encoding="utf-8"), p)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise DatasetFormatError(f"cannot read dataset YAML {p}: {err}") from err
     if not isinstance(doc, dict):

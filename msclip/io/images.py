@@ -29,8 +29,10 @@ def _list_file(path: Path) -> list[tuple[str, str]]:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
+        from msclip.options import parse_yaml
+
         try:
-            obj = yaml.safe_load(text)
+            obj = parse_yaml(text, path)
         except yaml.YAMLError as err:
             raise ImageSetError(f"cannot parse image list {path}: {err}") from err
         if isinstance(obj, dict):

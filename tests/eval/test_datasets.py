@@ -337,6 +337,8 @@ def test_custom_yaml_folder_dataset_with_declared_bands(tmp_path):
         ("name: X\nlayout: zip\nclasses: [a]\n", "unknown layout"),
         ("name: X\nlayout: csv\nclasses: [a]\ntask: regression\n", "unknown task"),
         ("name: X\nlayout: folder\nclasses: [a]\nbands: [B99]\n", "unknown band"),
+        ("name: X\nlayout: folder\nclasses: [a, b]\nname: Y\n", "key 'name' is given twice"),
+        ("name: X\nlayout: folder\nclasses: {0: a, 1: b, 0: c}\n", "key 0 is given twice"),
     ],
 )
 def test_bad_yaml_datasets_are_rejected(tmp_path, text, match):

@@ -190,6 +190,10 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
     listing.write_text(f"flat/b.npy\n{tmp_path / 'other' / 'a.tif'}\n")
     assert list_image_set([listing]).names == ["flat/b.npy", "a.tif"]
     assert all(not Path(n).is_absolute() for n in both.names + glob.names)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("images: [flat/b.npy]\nimages: [other/a.tif]\n")
+    with pytest.raises(msclip.errors.ImageSetError, match="key 'images' is given twice"):
+        list_image_set([listing])
 
 
 def test_sensor_orders_unnamed_bands_and_four_bands_warn(make_geotiff):

@@ -29,6 +29,25 @@ def test_unknown_and_ill_typed_options(tmp_path: Path) -> None:
         config_from_args(["--config", str(bad_yaml)])
 
 
+def test_an_option_given_twice_is_refused(tmp_path: Path) -> None:
+    # PyYAML alone keeps the last value of a repeated key without a word
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lr: 1.0e-4\nbatch_size: 8\nlr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice \(first on line 1\)") as info:
+        config_from_args(["--config", str(twice)])
+    assert "twice.yaml\", line 3" in str(info.value)
+    spellings = tmp_path / "spellings.yaml"
+    spellings.write_text("batch_size: 8\nbatch-size: 16\n")
+    with pytest.raises(ConfigError, match="'batch_size' is given twice"):
+        config_from_args(["--config", str(spellings)])
+    # a merge key is an intended override, not a repeat
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")
+    from msclip.options import parse_yaml
+
+    assert parse_yaml(merged.read_text())["other"] == {"x": 3, "y": 2}
+
+
 def test_validation_reports_every_problem(tmp_path: Path) -> None:
     cfg = TrainConfig(
         train_data=str(tmp_path / "nope.csv"),

@@ -111,6 +111,9 @@ def test_load_class_names(tmp_path):
     y.write_text("classes: {x: [1, 2]}\n")
     with pytest.raises(ClassNameError, match="expected a list"):
         load_class_names(y)
+    y.write_text("0: forest\n1: river\n0: sea\n")  # one label twice: a class would vanish
+    with pytest.raises(ClassNameError, match="key 0 is given twice"):
+        load_class_names(y)
 
 
 # -- the classifier recipe ----------------------------------------------------------------------
