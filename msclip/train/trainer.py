@@ -382,6 +382,7 @@ class Trainer:
 
         if resume_path is not None:
             self._load(resume_path)
+            self._check_steps_left(resume_path)
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
@@ -422,6 +423,24 @@ class Trainer:
             return existing
         return Path(cfg.resume)
 
+    def _check_steps_left(self, path: Path) -> None:
+        """A resumed run that is past its (new) end is refused: finishing it would write the
+        checkpoint's weights as a final model of fewer steps than they were trained for."""
+        step, end = self.state.step, self.total_steps
+        if step > end:
+            given = (
+                f"max_steps {self.cfg.max_steps}"
+                if self.cfg.max_steps
+                else f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps"
+            )
+            raise ConfigError(
+                f"{path} is at step {step}, past the {end} steps this run is given ({given}); "
+                "give more steps to train it further, or use the run's last checkpoint as it is",
+                param="max_steps" if self.cfg.max_steps else "epochs",
+            )
+        if step == end:
+            logger.info("%s is at step %d of %d: nothing is left to train", path, step, end)
+
     def _check_bad(self, runtime_bad: int, table: PairTable, what: str) -> None:
         n_bad = len(table.bad) + runtime_bad
         if n_bad > self.cfg.max_bad_fraction * table.n_rows:
@@ -454,6 +473,7 @@ class Trainer:
             "state": self.state.to_dict(),
             # the losses of the log row in progress: a resumed run logs the same averages
             "log_window": [float(v) for v in self._window],
+            "last_loss": float(self.last_loss),
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_json(),
         }
@@ -493,9 +513,12 @@ class Trainer:
             raise CheckpointError(f"{path} does not fit this run: {err}") from err
         self.state = TrainState(**data["state"])
         self._window = [float(v) for v in data.get("log_window", [])]
+        self.last_loss = float(data.get("last_loss", math.nan))
         set_rng_state(data["rng"])
         self.train_rows = _read_csv(self.out / "train_log.csv", self.state.step)
         self.metric_rows = _read_csv(self.out / "metrics.csv", self.state.step)
+        if self.metric_rows and int(float(self.metric_rows[-1]["step"])) == self.state.step:
+            self._last_val_step = self.state.step  # validated at this step before it stopped
         logger.info(
             "resumed %s at step %d (epoch %d, step %d of it)",
             path,

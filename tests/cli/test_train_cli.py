@@ -99,3 +99,21 @@ def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys
     warned = [line for line in err.splitlines() if "spectral range" in line]
     assert warned and all(line.startswith("warning: input bands ['B01']") for line in warned)
     assert ".py:" not in err and "py.warnings" not in err
+    # resuming the finished run with fewer steps: refused, naming the flag, nothing rewritten
+    final = (tmp_path / "run" / "final.safetensors").read_bytes()
+    code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
+                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--output-dir", str(tmp_path / "run"), "--resume", "latest",
+                 "--max-steps", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "is at step 2, past the 1 steps this run is given" in err and "--max-steps" in err
+    assert (tmp_path / "run" / "final.safetensors").read_bytes() == final
+    # resuming it as it is: nothing left to train, the loss and the validation of its last step
+    code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
+                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--output-dir", str(tmp_path / "run"), "--resume", "latest"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "nothing is left to train" in captured.err
+    assert "validation at step" not in captured.err  # validated before it stopped
+    assert "final loss nan" not in captured.out and "final loss " in captured.out

@@ -183,6 +183,12 @@ def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) ->
         train(_cfg(scenes, tmp_path / "b", resume="latest", **{**kw, "lr": 1e-3}))
     resumed = train(_cfg(scenes, tmp_path / "b", resume="latest", **kw))
     assert resumed.steps == 6
+    # A finished run resumed with fewer steps is refused before anything is written over.
+    final = (tmp_path / "b" / "final.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="is at step 6, past the 4 steps") as info:
+        train(_cfg(scenes, tmp_path / "b", resume="latest", **{**kw, "max_steps": 4}))
+    assert info.value.param == "max_steps"
+    assert (tmp_path / "b" / "final.safetensors").read_bytes() == final
     a, b = (
         _weights(tmp_path / "a" / "final.safetensors"),
         _weights(tmp_path / "b" / "final.safetensors"),
