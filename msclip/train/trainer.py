@@ -44,6 +44,7 @@ from msclip.train.checkpoint import (
 from msclip.train.config import ConfigError, TrainConfig
 from msclip.train.data import (
     Augment,
+    BadSampleError,
     ClassFolderDataset,
     EpochBatchSampler,
     PairCollator,
@@ -266,6 +267,12 @@ class Trainer:
             train_t = table
             val_t = load_pairs(cfg.val_data, cfg.image_column, cfg.caption_columns, cfg.data_root)
             self._check_bad(len(val_t.bad), val_t, "validation table")
+            if len(val_t) < 2:  # one pair retrieves itself: recall 1 and a loss of 0, always
+                raise BadSampleError(
+                    f"{val_t.source}: {len(val_t)} usable pair; validation needs at least 2 "
+                    "(retrieval among one pair always succeeds); give a larger val_data table",
+                    param="val_data",
+                )
         else:
             self._check_bad(0, table, "training table")  # before a split of too few pairs
             train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)

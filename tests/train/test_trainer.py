@@ -18,7 +18,7 @@ from support.train_tiles import write_class_tif
 import msclip
 from msclip.train.checkpoint import load_train_checkpoint
 from msclip.train.config import ConfigError, TrainConfig
-from msclip.train.data import TooManyBadSamplesError, class_display_name
+from msclip.train.data import BadSampleError, TooManyBadSamplesError, class_display_name
 from msclip.train.trainer import build_model, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -282,6 +282,12 @@ def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> 
     log = _read(tmp_path / "ok" / "train_log.csv")
     assert max(int(r["bad_in_epoch"]) for r in log) == 1
     assert int(_read(tmp_path / "ok" / "metrics.csv")[-1]["val_bad"]) == 1
+    # a validation table of one usable pair would score recall 1 whatever the model
+    one = tmp_path / "one.csv"
+    one.write_text("".join(table.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(BadSampleError, match="1 usable pair; validation needs at least 2") as err:
+        train(_cfg(table, tmp_path / "one", **{**kw, "val_data": str(one)}))
+    assert err.value.param == "val_data" and not (tmp_path / "one").exists()
 
 
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
