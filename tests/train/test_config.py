@@ -35,7 +35,7 @@ def test_an_option_given_twice_is_refused(tmp_path: Path) -> None:
     twice.write_text("lr: 1.0e-4\nbatch_size: 8\nlr: 3.0e-4\n")
     with pytest.raises(ConfigError, match=r"key 'lr' is given twice \(first on line 1\)") as info:
         config_from_args(["--config", str(twice)])
-    assert "twice.yaml\", line 3" in str(info.value)
+    assert 'twice.yaml", line 3' in str(info.value)
     spellings = tmp_path / "spellings.yaml"
     spellings.write_text("batch_size: 8\nbatch-size: 16\n")
     with pytest.raises(ConfigError, match="'batch_size' is given twice"):
