@@ -193,7 +193,7 @@ class ImageDataset(Dataset):
             map_bands(bands, names)
 
 
-def item_with_warnings(get: Callable[[int], dict[str, Any]], index: int) -> dict[str, Any]:
+def item_with_warnings(get: Callable[[Any], dict[str, Any]], index: Any) -> dict[str, Any]:
     """``get(index)``, an item of the protocol, with the warnings raised while reading it attached
     as picklable ``(category, text)`` pairs under ``"warnings"``. They travel with the item (also
     out of DataLoader workers) and the engine counts them once per pass (:class:`WarningTally`),
@@ -374,11 +374,14 @@ class WarningTally:
     """Warnings raised while reading a run's items, each counted once per item.
 
     The engine reports each distinct warning once at the end of a run, with the number of items
-    it concerns (``... (37 of 1024 images)``), instead of once per item.
+    it concerns (``... (37 of 1024 images)``), instead of once per item. A tally kept over several
+    passes (a training run's validations) reports a warning at the end of the first pass that
+    meets it only.
     """
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], set[int]] = {}
+        self.reported: set[tuple[str, str]] = set()
 
     def add(self, index: int, warning: tuple[str, str]) -> None:
         self.counts.setdefault(tuple(warning), set()).add(index)  # type: ignore[arg-type]
@@ -386,8 +389,11 @@ class WarningTally:
     def report(self, total: int, unit: str = "images") -> list[str]:
         """The summary lines, also logged as warnings of :mod:`msclip.encode`."""
         lines = []
-        for (_, text), indices in self.counts.items():
-            line = f"{text} ({len(indices)} of {total} {unit})"
+        for key, indices in self.counts.items():
+            if key in self.reported:
+                continue
+            self.reported.add(key)
+            line = f"{key[1]} ({len(indices)} of {total} {unit})"
             logger.warning("%s", line)
             lines.append(line)
         return lines
@@ -415,6 +421,7 @@ def encode_batches(
     grad_mode: str = "inference",
     abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tally: WarningTally | None = None,
 ) -> Iterator[EncodedBatch]:
     """Encode a dataset that follows the item protocol, batch by batch, in order.
 
@@ -442,6 +449,8 @@ def encode_batches(
             user asked to refuse, e.g. ``--strict-bands``).
         forward: what runs on each batch of images (default ``model.encode_image``; e.g. the
             pooled taps of :meth:`msclip.MSCLIP.forward_intermediates` for the heads' features).
+        tally: the :class:`WarningTally` of a run of several passes (each warning is reported
+            once, after the first pass that meets it); default: one for this pass.
 
     The warnings raised while reading items (in this process or in workers) are counted and
     logged once each when the run ends, with the number of items they concern.
@@ -467,7 +476,7 @@ def encode_batches(
     from tqdm.auto import tqdm
 
     dim = int(getattr(model, "embed_dim", 0))
-    tally = WarningTally()
+    tally = tally if tally is not None else WarningTally()
     fatal = {cls.__name__: cls for cls in abort_on}
     batches = iter(loader)
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:

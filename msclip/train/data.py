@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,18 +327,12 @@ class PairDataset(torch.utils.data.Dataset):
         return loaded
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        # A data warning (bands outside the model's range, nodata filled ...) is about the
-        # table, not one image: it is passed on once per process, not once per image read.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            item = self._get(key)
-        seen = self.__dict__.setdefault("_warned", set())
-        for w in caught:
-            text = (w.category.__name__, str(w.message))
-            if text not in seen:
-                seen.add(text)
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return item
+        from msclip.encode import item_with_warnings
+
+        # A data warning (bands outside the model's range, nodata filled ...) travels with the
+        # item, out of DataLoader workers too: the training loop shows each one once per run
+        # (PairCollator, Trainer), validation once per pass (the encoding engine).
+        return item_with_warnings(self._get, key)
 
     def _get(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, epoch = (key, 0) if isinstance(key, int) else key
@@ -418,6 +411,7 @@ class PairCollator:
             "indices": torch.tensor([int(it["index"]) for it in good], dtype=torch.long),
             "captions": [it["caption"] for it in good],
             "bad": bad,
+            "warnings": [tuple(w) for it in items for w in it.get("warnings", ())],
         }
 
 

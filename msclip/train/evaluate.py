@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msclip.encode import collate_items, encode_batches
+from msclip.encode import WarningTally, collate_items, encode_batches
 from msclip.model import MSCLIP
 from msclip.train.data import (
     ClassFolderDataset,
@@ -77,6 +77,7 @@ def encode_pairs(
     num_workers: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
     trim_text: bool = True,
+    tally: WarningTally | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Normalised image and text embeddings of a pair data set, gathered over processes.
 
@@ -93,7 +94,7 @@ def encode_pairs(
         model, dataset, batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank,
         ctx.world_size), collate=_ValidationCollate(tokenizer, model.context_length),
         workers=num_workers, to_numpy=False, autocast=autocast, grad_mode="no_grad",
-        desc="validation",
+        desc="validation", tally=tally,
     )  # fmt: skip
     for b in batches:
         n_bad += len(b.failures)
@@ -204,6 +205,7 @@ def zero_shot_metrics(
     batch_size: int = 64,
     num_workers: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
+    tally: WarningTally | None = None,
 ) -> dict[str, float]:
     """Zero-shot top-1 / top-5 / balanced accuracy on a class-folder data set.
 
@@ -223,7 +225,7 @@ def zero_shot_metrics(
     for b in encode_batches(
         model, dataset, batch_sampler=ShardSampler(len(dataset), batch_size, ctx.rank,
         ctx.world_size), workers=num_workers, to_numpy=False, autocast=autocast,
-        grad_mode="no_grad", desc="zero-shot",
+        grad_mode="no_grad", desc="zero-shot", tally=tally,
     ):  # fmt: skip
         if not b.indices:
             continue

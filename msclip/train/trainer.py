@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from msclip.encode import WarningTally
 from msclip.errors import CheckpointError
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
@@ -230,6 +232,8 @@ class Trainer:
         self.train_rows: list[dict[str, Any]] = []
         self.metric_rows: list[dict[str, Any]] = []
         self._logged_bad = 0
+        self._warned: set[tuple[str, str]] = set()  # of training batches: once per run
+        self._val_warnings = WarningTally()  # of validation data: once per run
         self._window: list[float] = []
         self._window_samples = 0
         self._window_time = 0.0  # seconds of data loading and steps (not validation, saving)
@@ -560,6 +564,10 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> float:
         """One optimiser step on this process's part of a global batch; returns the loss."""
         cfg, ctx = self.cfg, self.ctx
+        for category, text in batch.get("warnings", ()):
+            if (category, text) not in self._warned:  # once per run, not per image or worker
+                self._warned.add((category, text))
+                warnings.warn(text, _warning_class(category), stacklevel=1)
         for index, path, reason in batch["bad"]:
             self._logged_bad += 1
             if self._logged_bad <= 20:
@@ -690,6 +698,7 @@ class Trainer:
                 cfg.num_workers,
                 self.autocast(),
                 cfg.trim_text,
+                self._val_warnings,
             )
             captions = [self.val_table.captions[i][0] for i in idx.tolist()]
             row: dict[str, Any] = {
@@ -713,6 +722,7 @@ class Trainer:
                         cfg.val_batch_size,
                         cfg.num_workers,
                         self.autocast(),
+                        self._val_warnings,
                     )
                 )
         finally:
@@ -759,6 +769,17 @@ class Trainer:
             logger.info("final model %s", final)
         self.ctx.barrier()
         return TrainResult(self.out, final, st.step, self.last_loss, list(self.metric_rows))
+
+
+def _warning_class(name: str) -> type[Warning]:
+    """The warning class a data item's warning was raised with (its name crossed from a
+    DataLoader worker), or ``UserWarning`` for one of another library."""
+    import builtins
+
+    import msclip.errors
+
+    found = getattr(msclip.errors, name, None) or getattr(builtins, name, None)
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
 
 
 def _json(value: Any) -> str:

@@ -89,29 +89,32 @@ def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("\n".join(rows) + "\n")
     code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
-                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
-                 "--output-dir", str(tmp_path / "run")])  # fmt: skip
+                 "--init", "random", "--epochs", "2", "--batch-size", "4", "--no-progress",
+                 "--num-workers", "1", "--output-dir", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0
     precision = [line for line in err.splitlines() if "precision:" in line]
     assert len(precision) == 1 and "precision: fp32 on cpu (auto: " in precision[0]
     assert "runs in fp32" not in err and "1 process;" in err
     warned = [line for line in err.splitlines() if "spectral range" in line]
-    assert warned and all(line.startswith("warning: input bands ['B01']") for line in warned)
+    assert all(line.startswith("warning: input bands ['B01']") for line in warned)
+    # once per run, not per image, epoch, validation pass or worker: one line for the training
+    # batches, one with its count for the validation data
+    assert len(warned) == 2 and warned[1].endswith("(8 of 8 images)"), warned
     assert ".py:" not in err and "py.warnings" not in err
     # resuming the finished run with fewer steps: refused, naming the flag, nothing rewritten
     final = (tmp_path / "run" / "final.safetensors").read_bytes()
     code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
-                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--init", "random", "--epochs", "2", "--batch-size", "4", "--no-progress",
                  "--output-dir", str(tmp_path / "run"), "--resume", "latest",
                  "--max-steps", "1"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "is at step 2, past the 1 steps this run is given" in err and "--max-steps" in err
+    assert "is at step 4, past the 1 steps this run is given" in err and "--max-steps" in err
     assert (tmp_path / "run" / "final.safetensors").read_bytes() == final
     # resuming it as it is: nothing left to train, the loss and the validation of its last step
     code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
-                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--init", "random", "--epochs", "2", "--batch-size", "4", "--no-progress",
                  "--output-dir", str(tmp_path / "run"), "--resume", "latest"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0 and "nothing is left to train" in captured.err

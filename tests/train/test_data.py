@@ -227,7 +227,7 @@ def test_zero_shot_items_carry_their_warnings(tmp_path: Path) -> None:
     assert "image" in item and any("B01" in text for _, text in item["warnings"])
 
 
-def test_a_pair_table_warns_once_per_process_not_per_image(tmp_path: Path) -> None:
+def test_a_pair_tables_warnings_travel_with_its_items(tmp_path: Path) -> None:
     import warnings
 
     from affine import Affine
@@ -246,5 +246,12 @@ def test_a_pair_table_warns_once_per_process_not_per_image(tmp_path: Path) -> No
         warnings.simplefilter("always")
         items = [ds[i] for i in range(5)]
     assert all("image" in it for it in items)
-    b01 = [w for w in caught if "B01" in str(w.message)]
-    assert len(b01) == 1  # the 12-band table's B01 is outside the model's range: said once
+    # not printed by the reader (once per DataLoader worker and epoch): carried by each item...
+    assert not [w for w in caught if "B01" in str(w.message)]
+    assert all(any("B01" in text for _, text in it["warnings"]) for it in items)
+    # ... and by the batch, for the training loop to show once per run
+    from msclip.train.data import PairCollator
+
+    batch = PairCollator(lambda c: torch.zeros((len(c), 4), dtype=torch.long), 10, 32, 4,
+                         ds.table.paths)(items)  # fmt: skip
+    assert sum("B01" in text for _, text in batch["warnings"]) == 5
