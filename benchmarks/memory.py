@@ -7,7 +7,9 @@ with ``--ckpt-path``, a cold text cache) in fp32 and in bf16, the peak resident 
 ``--batch-size 32`` (four times the activations of the CPU default of 8); the peak of
 ``python -c "import torch"`` alone (a floor no msclip run can go under: 0.50 GB with torch's
 CUDA build, 0.22 GB with its CPU-only build); and the model load time from a warm page cache
-(``create_model`` in a process that has imported msclip, best of three). Targets (issue 13):
+(``create_model`` in a process that has imported msclip, best of three); and the floor under
+any run that keeps the image tower in memory: the bare ``import torch``, the image tower's
+weights and one batch's peak (``tower_floor``). Targets (issue 13):
 peak <= 1.0 GB in fp32, <= 0.7 GB in bf16, load < 2 s.
 
 Run: ``python benchmarks/memory.py [--workdir DIR] [--python PY]`` (the 604 MB checkpoint and
@@ -48,6 +50,42 @@ print(json.dumps(best))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def tower_floor(ckpt: Path, python: str) -> dict[str, dict[str, float]]:
+    """Per precision, what one image batch needs whatever the program around it: the image
+    tower's weights (bytes) and the peak growth of resident memory while the tower encodes a
+    batch of 8 (its activations and kernel workspace: the weights are read in and the C heap
+    trimmed before the kernel's peak-RSS counter is reset, so neither is counted)."""
+    code = f"""
+import json, torch, msclip
+from msclip.memory import trim_heap
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+out = {{}}
+for precision in ("fp32", "bf16"):
+    m = msclip.create_model("Llama3-MS-CLIP-Base", {str(ckpt)!r}, precision=precision)
+    weights = sum(t.numel() * t.element_size() for t in m.clip.visual.state_dict().values())
+    x = torch.rand(8, len(m.bands), m.image_size, m.image_size)
+    peak = 0
+    with torch.inference_mode():
+        for t in m.clip.visual.state_dict().values():
+            t.float().sum()  # every weight page read in before the baseline
+        for _ in range(2):  # the first batch also chooses kernels; the larger peak counts
+            trim_heap()  # the previous batch's freed memory is not the baseline's
+            before = status("VmRSS")
+            open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+            m.encode_image(x)
+            peak = max(peak, status("VmHWM") - before)
+    out[precision] = {{"weights": weights, "batch": peak}}
+    del m
+print(json.dumps(out))
+"""
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                         env=workload.env(), check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/msclip-bench"))
@@ -78,6 +116,15 @@ def main() -> None:
     print(f"\n`python -c 'import torch'` alone: peak {torch_rss / GB:.3f} GB "
           f"({torch_fast / GB:.3f} GB leaving without the interpreter's teardown, as msclip's "
           "programs do)")  # fmt: skip
+    floor = tower_floor(paths["ckpt"], py)
+    print("\nfloor of any run that keeps the image tower in memory (import torch, leaving "
+          "without teardown, + image-tower weights + one batch of 8):")  # fmt: skip
+    for precision, part in floor.items():
+        total = torch_fast + part["weights"] + part["batch"]
+        target = {"fp32": 1.0, "bf16": 0.7}[precision]
+        below = "" if total <= target * GB else f"  (above the {target} GB target)"
+        print(f"  {precision}: {torch_fast / GB:.3f} + {part['weights'] / GB:.3f} + "
+              f"{part['batch'] / GB:.3f} = {total / GB:.3f} GB{below}")  # fmt: skip
     rows = []
     for precision, extra in (("fp32", ()), ("bf16", ()), ("fp32", ("--batch-size", "32")),
                              ("bf16", ("--batch-size", "32"))):  # fmt: skip
