@@ -331,7 +331,7 @@ class PairDataset(torch.utils.data.Dataset):
 
         # A data warning (bands outside the model's range, nodata filled ...) travels with the
         # item, out of DataLoader workers too: the training loop shows each one once per run
-        # (PairCollator, Trainer), validation once per pass (the encoding engine).
+        # (PairCollator, Trainer), validations once per run (their shared WarningTally).
         return item_with_warnings(self._get, key)
 
     def _get(self, key: tuple[int, int] | int) -> dict[str, Any]:
@@ -541,7 +541,7 @@ class ClassFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         from msclip.encode import item_with_warnings
 
-        # counted once per pass by the encoding engine, not printed per image of every validation
+        # counted by the encoding engine: once per run in training (a shared WarningTally)
         return item_with_warnings(self._get, index)
 
     def _get(self, index: int) -> dict[str, Any]:
