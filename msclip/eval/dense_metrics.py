@@ -23,7 +23,10 @@ not ``ignore_index`` (a prediction made on an ignored pixel counts nowhere). Wit
 - ``miou`` (macro) = mean of ``IoU_c`` over the classes with a defined IoU; ``mean_f1`` likewise;
   ``mean_accuracy`` = mean recall over the classes with target pixels;
 - ``miou_micro = sum_c TP_c / sum_c (TP_c + FP_c + FN_c)`` (pixels pooled over classes; every
-  counted pixel that is wrong adds one FP and one FN).
+  counted pixel that is wrong adds one FP and one FN);
+- when ``ignore_index`` is itself a class number (``0`` = "no data" in a ``K``-class label set),
+  that class is excluded from every metric: its row is NaN and it is left out of the means and
+  of the micro sums (a valid pixel predicted as it still counts as an FN of its true class).
 
 # Regression
 
@@ -133,8 +136,11 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def segmentation_scores(matrix: Any, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every segmentation metric of a confusion matrix (definitions in the module docstring).
+def segmentation_scores(
+    matrix: Any, class_names: Sequence[str] | None = None, ignore_index: int | None = None
+) -> dict[str, Any]:
+    """Every segmentation metric of a confusion matrix (definitions in the module docstring);
+    a class whose number is ``ignore_index`` is excluded from all of them.
 
     Returns:
         ``{"task": "segmentation", "main_metric": "miou", "metrics": {...}, "per_class":
@@ -154,13 +160,18 @@ def segmentation_scores(matrix: Any, class_names: Sequence[str] | None = None) -
     f1 = _div(2 * tp, 2 * tp + fp + fn)
     precision = _div(tp, predicted)
     recall = _div(tp, support)
-    union = float((tp + fp + fn).sum())
+    counted = np.ones(k, dtype=bool)
+    if ignore_index is not None and 0 <= ignore_index < k:
+        counted[ignore_index] = False
+        for values in (iou, f1, precision, recall):
+            values[ignore_index] = np.nan
+    union = float((tp + fp + fn)[counted].sum())
     metrics: dict[str, Any] = {
         "n_pixels": int(total),
         "num_classes": k,
         "overall_accuracy": float(tp.sum() / total) if total else float("nan"),
         "miou": _nanmean(iou),
-        "miou_micro": float(tp.sum() / union) if union else float("nan"),
+        "miou_micro": float(tp[counted].sum() / union) if union else float("nan"),
         "mean_f1": _nanmean(f1),
         "mean_accuracy": _nanmean(recall),
         "classes_evaluated": int((~np.isnan(iou)).sum()),
@@ -232,7 +243,7 @@ class SegmentationMetrics:
 
     def compute(self) -> dict[str, Any]:
         """Record-ready results (:func:`segmentation_scores`); adds ``ignore_index``."""
-        out = segmentation_scores(self.confusion, self.class_names)
+        out = segmentation_scores(self.confusion, self.class_names, self.ignore_index)
         out["dense_settings"] = {"ignore_index": self.ignore_index}
         return out
 

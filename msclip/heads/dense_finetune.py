@@ -239,7 +239,7 @@ def evaluate_dense(
                     if per_image:
                         from msclip.eval.dense_metrics import segmentation_scores
 
-                        m = segmentation_scores(cm)["metrics"]
+                        m = segmentation_scores(cm, ignore_index=t.ignore_index)["metrics"]
                         row[f"{t.name}_miou"] = m["miou"]
                         row[f"{t.name}_overall_accuracy"] = m["overall_accuracy"]
                 else:

@@ -91,6 +91,26 @@ def test_ignored_pixels_never_count_even_as_false_positives():
     assert out["metrics"]["classes_evaluated"] == 2
 
 
+def test_an_ignore_index_that_is_a_class_number_is_excluded_from_every_metric():
+    # 0 = "no data" in a 3-class label set: predictions of 0 on valid pixels are errors of the
+    # true class, but class 0 itself is no class to score (it scored IoU 0 and halved the mean)
+    target = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([1, 2, 1, 0, 2, 2])
+    acc = SegmentationMetrics(3, ignore_index=0)
+    acc.update(pred, target)
+    out = acc.compute()
+    ious = [r["iou"] for r in out["per_class"]]
+    assert math.isnan(ious[0]) and math.isnan(out["per_class"][0]["precision"])
+    assert ious[1] == pytest.approx(0.5) and ious[2] == 1.0  # the pixel predicted 0: an FN of 1
+    m = out["metrics"]
+    assert m["miou"] == pytest.approx(0.75) and m["classes_evaluated"] == 2
+    assert m["miou_micro"] == pytest.approx(3 / 4)  # TP 1 + 2 over TP + FP + FN of classes 1, 2
+    assert m["overall_accuracy"] == pytest.approx(3 / 4)
+    # the same matrix without the ignore index: class 0 has IoU 0 and counts
+    plain = segmentation_scores(acc.confusion)["metrics"]
+    assert plain["miou"] == pytest.approx(0.5) and plain["classes_evaluated"] == 3
+
+
 def test_absent_and_missed_classes():
     # Class 1 is in the targets but never predicted (IoU 0, counts); class 2 is absent (NaN).
     target = np.array([0, 0, 1, 1])
