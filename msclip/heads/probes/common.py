@@ -258,6 +258,20 @@ def _num_classes(task: str, labels: Sequence[np.ndarray], num_classes: int | Non
         return labels[0].shape[1]
     seen = max(int(lab.max()) for lab in labels) + 1
     if num_classes is None:
+        # C is taken as the largest code + 1: codes that are not 0..C-1 (1-based, or 10, 20 ...)
+        # would add classes without a sample, which macro scores average in as zeros
+        present = np.zeros(seen, dtype=bool)
+        for lab in labels:
+            present[lab] = True
+        if not present.all():
+            missing = np.flatnonzero(~present).tolist()
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise HeadInputError(
+                f"the labels use class codes up to {seen - 1}, but these codes of 0..{seen - 1} "
+                f"never occur: {shown}; class codes must be 0..C-1 (remap them, "
+                "e.g. np.unique(labels, return_inverse=True)), or pass num_classes=C when those "
+                "classes exist without samples here"
+            )
         return seen
     return int(num_classes)
 

@@ -444,7 +444,7 @@ def logistic_probe(
             yv, _ = check_labels(val_labels, "val_labels", xv.shape[0], num_classes)
             x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
         if num_classes is None and y.ndim == 1:
-            num_classes = int(max(y.max(), t_labels.max())) + 1
+            num_classes = _num_classes("single-label", [y, t_labels], None)
         model = fit_logistic(x, y, float(grid[0]), num_classes, standardize, tol, max_iter)
         sweep = None
         n_train = x.shape[0]
@@ -452,7 +452,7 @@ def logistic_probe(
         if num_classes is None and t_labels.ndim == 1:
             tr = check_labels(train_labels, "train_labels")[0]
             va = check_labels(val_labels, "val_labels")[0]
-            num_classes = int(max(tr.max(), va.max(), t_labels.max())) + 1
+            num_classes = _num_classes("single-label", [tr, va, t_labels], None)
         model, sweep = logistic_sweep(
             train_features,
             train_labels,
