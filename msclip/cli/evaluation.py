@@ -364,7 +364,7 @@ def _evaluate_one(
     import numpy as np
 
     from msclip.eval.datasets import build_dataset
-    from msclip.eval.report import load_records, make_record, record_path, slug, write_record
+    from msclip.eval.report import file_stem, load_records, make_record, record_path, write_record
     from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
     from msclip.io import atomic_write
     from msclip.zero_shot import DEFAULT_TEMPLATE_SET
@@ -418,7 +418,7 @@ def _evaluate_one(
     if args.save_scores:
         ids = np.asarray([s.id for s in dataset.samples])
         names = np.asarray(result.class_names)
-        path = Path(args.save_path) / "scores" / f"{slug(label)}__{slug(dataset.name)}.npz"
+        path = Path(args.save_path) / "scores" / f"{file_stem(label, dataset.name)}.npz"
         atomic_write(path, lambda tmp: np.savez_compressed(
             tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names),
             ".npz")  # fmt: skip

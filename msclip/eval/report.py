@@ -30,7 +30,9 @@ count, sha256 of their text), ``task``, ``metrics`` (the report's overall metric
 ``main_metric``, ``ap`` (k, definition name and wording, empty-class policy), ``per_class``
 (rows), ``confusion_matrix`` (single-label), ``seed``, ``versions`` (python, msclip, torch,
 open_clip, numpy ...), ``timing`` (wall time and stages), ``run_key``, ``command``, ``created``.
-Every file is written atomically.
+Every file is written atomically. ``<model>`` and ``<dataset>`` are the label and the name made
+file-name safe; one that had to be changed for that also carries 8 hex digits of its exact text
+(``demo_fp32-1b6a03c2``), so two labels never share a file (``demo (fp32)``, ``demo [fp32]``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "MergeResult",
     "RecordError",
     "failure_path",
+    "file_stem",
     "library_versions",
     "load_records",
     "make_head_record",
@@ -101,18 +104,36 @@ def slug(text: str) -> str:
     return s or "unnamed"
 
 
-def _stem(model_label: str, dataset: str) -> str:
+def _file_name(text: str) -> str:
+    """:func:`slug`, plus a short digest of the exact text where the slug changed it: two labels
+    that slug alike ("demo (fp32)", "demo [fp32]") must not write the same file."""
+    s = slug(text)
+    if s == text:
+        return s
+    import hashlib
+
+    return f"{s}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def file_stem(model_label: str, dataset: str) -> str:
+    """The ``<model>__<dataset>`` part of the files of one run (records, scores, per-class
+    tables, figures): one stem per exact (label, dataset) pair."""
+    return f"{_file_name(model_label)}__{_file_name(dataset)}"
+
+
+def _legacy_stem(model_label: str, dataset: str) -> str:
+    """The stem of records written before stems told apart labels that slug alike."""
     return f"{slug(model_label)}__{slug(dataset)}"
 
 
 def record_path(save_path: str | os.PathLike, model_label: str, dataset: str) -> Path:
     """Where the record of (model, dataset) lives."""
-    return Path(save_path) / "records" / f"{_stem(model_label, dataset)}.json"
+    return Path(save_path) / "records" / f"{file_stem(model_label, dataset)}.json"
 
 
 def failure_path(save_path: str | os.PathLike, model_label: str, dataset: str) -> Path:
     """Where the failure note of (model, dataset) lives."""
-    return Path(save_path) / "records" / f"{_stem(model_label, dataset)}.failed.json"
+    return Path(save_path) / "records" / f"{file_stem(model_label, dataset)}.failed.json"
 
 
 def library_versions() -> dict[str, str]:
@@ -275,12 +296,35 @@ def write_record(save_path: str | os.PathLike, record: dict[str, Any]) -> Path:
         raise RecordError(f"record lacks keys {missing}")
     label, dataset = record["model"]["label"], record["dataset"]["name"]
     target = record_path(save_path, label, dataset)
-    _warn_replaced(target, record)
+    legacy = target.with_name(f"{_legacy_stem(label, dataset)}.json")
+    if legacy != target and not _same_run(legacy, label, dataset):
+        legacy = target
+    _warn_replaced(target if target.is_file() else legacy, record)
     path = write_json(target, record)
+    if legacy != target:  # this run's record under its earlier name: replaced, not doubled
+        legacy.unlink()
     stale = failure_path(save_path, label, dataset)
-    if stale.exists():
-        stale.unlink()
+    for note in {stale, stale.with_name(f"{_legacy_stem(label, dataset)}.failed.json")}:
+        if note.exists() and (note == stale or _same_run(note, label, dataset)):
+            note.unlink()
     return path
+
+
+def _same_run(path: Path, label: str, dataset: str) -> bool:
+    """Whether the record or failure note at ``path`` is of exactly (``label``, ``dataset``)."""
+    if not path.is_file():
+        return False
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    model = old.get("model")
+    old_label = model.get("label") if isinstance(model, dict) else model
+    ds = old.get("dataset")
+    old_dataset = ds.get("name") if isinstance(ds, dict) else ds
+    return old_label == label and old_dataset == dataset
 
 
 def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
@@ -295,9 +339,10 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
     if not isinstance(old, dict):
         return
     changed = []
-    for section, key in (("model", "checkpoint_sha256"), ("dataset", "split"), ("model", "seed")):
-        a = (old.get(section) or {}).get(key)
-        b = (record.get(section) or {}).get(key)
+    for section, key in (("model", "checkpoint_sha256"), ("dataset", "split"), ("model", "seed"),
+                         (None, "seed")):  # fmt: skip
+        a = (old.get(section) or {}).get(key) if section else old.get(key)
+        b = (record.get(section) or {}).get(key) if section else record.get(key)
         if a is not None and b is not None and a != b:
             changed.append(f"{key} {str(a)[:16]} -> {str(b)[:16]}")
     if changed:
@@ -522,7 +567,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     for rec in sorted(records, key=lambda r: (r["model"]["label"],
                                               datasets.index(r["dataset"]["name"]))):  # fmt: skip
         m, d = rec["model"]["label"], rec["dataset"]["name"]
-        stem = _stem(m, d)
+        stem = file_stem(m, d)
         per_class = pd.DataFrame(rec["per_class"])
         per_class.insert(0, "dataset", d)
         per_class.insert(0, "model", m)

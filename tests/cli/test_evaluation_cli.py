@@ -406,3 +406,31 @@ def test_a_missing_dataset_names_the_flag(tmp_path, capsys):
     assert code == 1
     line = next(x for x in err.splitlines() if x.startswith("EuroSAT_MS: FAILED"))
     assert line.endswith("(command-line option: --dataset-dir)")
+
+
+def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
+    import json
+
+    from msclip.eval.report import RECORD_KEYS, file_stem, load_records, write_record
+
+    def record(label, seed=0):
+        rec = {k: None for k in RECORD_KEYS}
+        rec.update(model={"label": label}, dataset={"name": "EuroSAT_MS", "split": "test"},
+                   seed=seed)  # fmt: skip
+        return rec
+
+    # "(fp32)" and "[fp32]" both slug to "_fp32_": one record replaced the other silently
+    write_record(tmp_path, record("demo (fp32)"))
+    write_record(tmp_path, record("demo [fp32]"))
+    records, _ = load_records(tmp_path)
+    assert sorted(r["model"]["label"] for r in records) == ["demo (fp32)", "demo [fp32]"]
+    assert file_stem("demo", "EuroSAT_MS") == "demo__EuroSAT_MS"  # safe names stay as they are
+    # a record written under the earlier, shared name is replaced, not doubled
+    legacy = tmp_path / "records" / "demo_fp32__EuroSAT_MS.json"  # the slugs alone
+    legacy.write_text(json.dumps(record("demo (fp32)")))
+    write_record(tmp_path, record("demo (fp32)"))
+    assert not legacy.exists() and len(load_records(tmp_path)[0]) == 2
+    # another seed under the same label is a replaced result of something else: said
+    caplog.set_level("WARNING", logger="msclip.eval.report")
+    write_record(tmp_path, record("demo (fp32)", seed=1))
+    assert "(seed 0 -> 1)" in caplog.text
