@@ -297,6 +297,10 @@ def test_ridge_sweep_and_probe(rng) -> None:
     np.testing.assert_allclose(
         model.predict(x[160:]), fit_ridge(x[:160], y[:160], sweep.best).predict(x[160:])
     )
+    # 1-D targets: the refitted model predicts [N], as fit_ridge's and the unrefitted one's
+    for refit in (True, False):
+        one, _ = ridge_sweep(x[:120], y[:120, 0], x[120:160], y[120:160, 0], alphas, refit=refit)
+        assert one.predict(x[160:]).shape == (40,)
     res = ridge_probe(
         x[:120], y[:120], x[160:], y[160:], x[120:160], y[120:160], alphas, n_resamples=50
     )

@@ -177,9 +177,12 @@ def ridge_sweep(
     if not refit:
         coef, intercept = solver.solve(sweep.best)
         return RidgeModel(coef, intercept, sweep.best, mean, scale, single), sweep
-    return fit_ridge(
-        np.concatenate([x, xv]), np.concatenate([y, yv]), sweep.best, standardize
-    ), sweep
+    both = np.concatenate([y, yv])
+    # 1-D targets stay 1-D: the refitted model predicts [N] as the sweep's own would
+    model = fit_ridge(
+        np.concatenate([x, xv]), both[:, 0] if single else both, sweep.best, standardize
+    )
+    return model, sweep
 
 
 def ridge_probe(
