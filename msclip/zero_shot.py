@@ -494,7 +494,10 @@ def multilabel_predict(
                 f"rule 'mean_others' needs at least 2 classes; scores have C = {c}"
             )
         others_mean = (s.sum(axis=1, keepdims=True) - s) / (c - 1)
-        return s > others_mean
+        # A row's lowest score can never exceed the mean of the others; the sum's rounding made
+        # it seem to in float64 rows of equal scores (every class "present"). The guard only
+        # removes such rounding artefacts: float32 scores were never affected.
+        return (s > others_mean) & (s > s.min(axis=1, keepdims=True))
     if rule == "other_class":
         if c < 2:
             raise MetricInputError(

@@ -224,6 +224,12 @@ def test_classify_single_and_multi_label():
     assert multi.labels() == [
         ";".join(n for n, on in zip(names, row) if on) for row in multi.present
     ]
+    # rows of equal scores: no class exceeds the mean of the others (float64 rounding said all)
+    tied = np.full((3, 19), 6.40422650443282)
+    tied[1] = 1e3 / 3
+    tied[2, :] = [0.1] * 18 + [0.7]
+    present = multilabel_predict(tied, "mean_others")
+    assert not present[:2].any() and present[2].tolist() == [False] * 18 + [True]
     thr = classify(feats, classifier, names, multi_label="threshold", threshold=0.3)
     np.testing.assert_array_equal(thr.present, single.probs > 0.3)
     with pytest.raises(ClassNameError, match="at least two"):
