@@ -217,29 +217,64 @@ def resolve_weights(
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     errors = []
-    for filename in entry.filenames:
-        try:
-            return Path(
-                hf_hub_download(
-                    entry.hub_id, filename, cache_dir=cache_dir, local_files_only=_offline()
+    # The hub cache first (published weights do not change): no network needed for a file that
+    # is there. Then the hub, unless it cannot be reached: the hub client retries a failed
+    # request five times with back-off (~30 s of warnings) before giving up.
+    unreachable = None
+    for local_only in (True, False):
+        if not local_only:
+            unreachable = "HF_HUB_OFFLINE is set" if _offline() else _hub_unreachable()
+            if unreachable:
+                break
+        for filename in entry.filenames:
+            try:
+                return Path(
+                    hf_hub_download(
+                        entry.hub_id, filename, cache_dir=cache_dir, local_files_only=local_only
+                    )
                 )
-            )
-        except EntryNotFoundError as err:  # the repository has no such file: try the next one
-            errors.append(f"{filename}: {err.__class__.__name__}")
-        except (LocalEntryNotFoundError, OSError) as err:
-            errors.append(f"{filename}: {err.__class__.__name__}")
-            break
+            except LocalEntryNotFoundError:  # (a subclass of the next one) not in the cache
+                continue
+            except EntryNotFoundError as err:  # the repository has no such file: the next one
+                errors.append(f"{filename}: {err.__class__.__name__}")
+            except OSError as err:
+                errors.append(f"{filename}: {err.__class__.__name__}")
+                break
     first = entry.filenames[0]
     cache = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
     raise WeightsNotFoundError(
         f"weights of {entry.name!r} are not available: {first} from the Hugging Face repository "
         f"{entry.hub_id} (https://huggingface.co/{entry.hub_id}) is not in the hub cache "
         f"({cache}) and the hub cannot be reached"
-        f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Download it on a connected machine "
+        f"{f' ({unreachable})' if unreachable else ''}. Download it on a connected machine "
         f"(huggingface-cli download {entry.hub_id} {first}), then give its path "
-        f"(pretrained='/path/to/{first}'). [{'; '.join(errors)}]",
+        f"(pretrained='/path/to/{first}')." + (f" [{'; '.join(errors)}]" if errors else ""),
         param="pretrained",
     )
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face endpoint cannot be reached (its name does not resolve, or no
+    connection within ``timeout`` seconds), or ``None`` when it can or a proxy is in the way
+    (then the hub client finds out itself)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror as err:
+        return f"{host} does not resolve: {err.strerror or err}"
+    except OSError as err:
+        return f"no connection to {host}:{port}: {err.strerror or err}"
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -790,6 +790,20 @@ def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str
     return f" (command-line option: {flag})" if flag else ""
 
 
+def error_line(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """The one ``error: ...`` line of a library error in a program: argument forms written as
+    flags (:func:`flag_wording`; the error's own ``param='x'`` as ``--flag x``), and the flag
+    named once when the message does not name it already."""
+    message = flag_wording(str(err))
+    param = getattr(err, "param", None)
+    flag = ((flags or {}).get(param) or FLAGS.get(param)) if param else None
+    if flag:
+        message = re.sub(rf"\b{re.escape(param)}=(['\"]?)([^'\"\s)]+)\1", rf"{flag} \2", message)
+        if flag in message:
+            return f"error: {message}"
+    return f"error: {message}{flag_hint(err, flags)}"
+
+
 def run_cli(
     argv: Sequence[str] | None,
     parse: Callable[[list[str]], argparse.Namespace],
@@ -822,7 +836,7 @@ def run_cli(
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except MSCLIPError as err:
-        print(f"error: {flag_wording(str(err))}{flag_hint(err, flags)}", file=sys.stderr)
+        print(error_line(err, flags), file=sys.stderr)
         return EXIT_USAGE
     if logging_setup is not None:
         restore = logging_setup(args)
@@ -838,7 +852,7 @@ def run_cli(
     except (MSCLIPError, OSError) as err:
         # OSError: an output that cannot be written, a disk that is full: one line, no traceback
         logger.debug("traceback", exc_info=True)
-        print(f"error: {flag_wording(str(err))}{flag_hint(err, flags)}", file=sys.stderr)
+        print(error_line(err, flags), file=sys.stderr)
         return error_status(err) if error_status is not None else EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

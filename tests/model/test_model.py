@@ -180,6 +180,28 @@ def test_offline_without_weights_names_file_and_flag(tmp_path):
     assert err.value.param == "pretrained"
 
 
+def test_an_unreachable_hub_fails_at_once_without_retries(tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.constants
+
+    from msclip.cli.common import error_line
+
+    # no HF_HUB_OFFLINE: the hub client alone retried five times with back-off (~30 s)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError, match=r"hub\.invalid does not resolve") as err:
+        msclip.create_model("Llama3-MS-CLIP-Base", pretrained=True, cache_dir=str(tmp_path))
+    assert time.perf_counter() - t0 < 10
+    # a program writes the parameter as its flag, once
+    line = error_line(err.value)
+    assert "(--ckpt-path /path/to/Llama3_MS_CLIP_weights.pt)" in line
+    assert "pretrained=" not in line and "command-line option" not in line
+
+
 def test_hub_cache_is_used_offline(tiny, tmp_path, monkeypatch):
     """Weights already in the Hugging Face cache load with HF_HUB_OFFLINE=1."""
     entry = msclip.pretrained.ModelEntry(
@@ -197,6 +219,13 @@ def test_hub_cache_is_used_offline(tiny, tmp_path, monkeypatch):
     loaded = msclip.create_model("tiny-hub", pretrained=True, cache_dir=str(tmp_path))
     x = _images()
     assert torch.equal(_embed(loaded, x), _embed(tiny, x))
+    # without HF_HUB_OFFLINE too: the cache is looked at before the network
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    again = msclip.create_model("tiny-hub", pretrained=True, cache_dir=str(tmp_path))
+    assert torch.equal(_embed(again, x), _embed(tiny, x))
 
 
 def test_band_adaptation_in_the_model(tiny, make_geotiff):
