@@ -6,6 +6,7 @@ The API mirrors OpenCLIP's ``create_model_and_transforms``; weights are resolved
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -232,6 +233,9 @@ def create_model(
 #: Environment variable turning the converted-weights cache off (``0``).
 WEIGHT_CACHE_ENV = "MSCLIP_WEIGHT_CACHE"
 _WEIGHT_CACHE_VERSION = 1
+#: Converted-weights files kept (the most recently used): each checkpoint of an epoch sweep would
+#: otherwise add one (~0.3 GB for Llama3-MS-CLIP in bf16) for good.
+WEIGHT_CACHE_KEEP = 4
 
 
 def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
@@ -279,6 +283,8 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
             )
             load_weights(model, source, dtype=dtype)
             logger.debug("converted weights from the cache %s", cache)
+            with contextlib.suppress(OSError):
+                os.utime(cache)  # most recently used: kept by the pruning
             return model
         except (CheckpointError, OSError, ValueError) as err:
             logger.warning("ignoring the converted-weights cache %s (%s)", cache, err)
@@ -289,9 +295,27 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
             save_checkpoint(
                 model, cache, {"source_sha256": file_sha256(ckpt.path)}, warn_precision=False
             )  # the cache is of the precision asked for
-        except OSError as err:
+        except PermissionError as err:  # a read-only cache: converted again next time
             logger.debug("cannot keep the converted weights in %s: %s", cache, err)
+        except Exception as err:  # a full disk (safetensors' own error type too): loaded anyway
+            logger.warning("cannot keep the converted weights in %s (%s); the model is loaded, "
+                           "only the next load converts again", cache.parent, err)  # fmt: skip
+        else:
+            _prune_weight_cache(cache.parent, keep=cache)
     return model
+
+
+def _prune_weight_cache(folder: Path, keep: Path) -> None:
+    """Remove all but the :data:`WEIGHT_CACHE_KEEP` most recently used converted-weights files
+    (never ``keep``, the one just written)."""
+    try:
+        files = sorted(folder.glob("*.safetensors"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in [f for f in files if f != keep][max(WEIGHT_CACHE_KEEP - 1, 0) :]:
+        with contextlib.suppress(OSError):  # another process may have removed it first
+            old.unlink()
+            logger.debug("removed the least recently used converted weights %s", old)
 
 
 def _build(config: MSCLIPConfig, meta: bool) -> MSCLIP:

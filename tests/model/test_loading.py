@@ -137,3 +137,35 @@ def test_converted_weights_are_cached_and_mapped_next_time(files, monkeypatch) -
     monkeypatch.setenv(factory.WEIGHT_CACHE_ENV, "0")  # off: converted again, nothing written
     msclip.create_model("msclip-tiny", files[2], precision="bf16")
     assert len(list(cached[0].parent.glob("*.safetensors"))) == 1
+
+
+def test_the_converted_weights_cache_is_bounded_and_never_fails_a_load(
+    files, tmp_path, monkeypatch, caplog
+) -> None:
+    from msclip import factory, pretrained
+
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(factory, "WEIGHT_CACHE_KEEP", 2)
+    import copy
+
+    model = copy.deepcopy(files[0])  # the module's model stays as it is
+    sources = []
+    for i in range(3):  # three checkpoints (an epoch sweep): the least recently used goes
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(float(i))
+        sources.append(msclip.save_checkpoint(model, tmp_path / f"epoch{i}.safetensors"))
+        msclip.create_model(sources[-1], precision="bf16")
+    folder = tmp_path / "cache" / "weights"
+    assert len(list(folder.glob("*.safetensors"))) == 2
+
+    # a full disk while writing the cache: the model loads all the same, with one warning
+    class DiskFull(Exception):  # safetensors raises its own error type, not OSError
+        pass
+
+    def full(*args, **kwargs):
+        raise DiskFull("No space left on device")
+
+    monkeypatch.setattr(pretrained, "save_checkpoint", full)
+    loaded = msclip.create_model(sources[0], precision="bf16")
+    assert loaded.clip.logit_scale.item() == 0.0
+    assert "cannot keep the converted weights" in caplog.text and "No space left" in caplog.text
