@@ -2,8 +2,8 @@
 
 Generates the training scenes and captions (:func:`msclip.synthetic.demo.prepare_data`), trains
 the ``msclip-demo`` architecture from random weights with ``msclip-train`` and the options of
-:data:`msclip.synthetic.demo.TRAIN_ARGS`, and installs the result in ``msclip/weights/`` with a JSON
-card recording how it was made. The model is trained on generated scenes only and is **not for
+:data:`msclip.synthetic.demo.TRAIN_ARGS`, and writes a JSON card recording how it was made beside
+the result; ``--install`` replaces the shipped ``msclip/weights/msclip-demo.safetensors`` with it. The model is trained on generated scenes only and is **not for
 real use**.
 """
 
@@ -33,8 +33,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--size", type=positive_int, default=64, help="tile side in pixels")
     ap.add_argument("--data-seed", type=int, default=1, help="seed of the generated scenes")
     ap.add_argument("--epochs", type=positive_int, default=20)
-    ap.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
-                    help="copy the result to msclip/weights/msclip-demo.safetensors")  # fmt: skip
+    ap.add_argument("--install", action="store_true",
+                    help="replace the shipped msclip/weights/msclip-demo.safetensors (and its card) "
+                         "with the result; without it the result stays in --out")  # fmt: skip
     args = ap.parse_args(argv)
     args.argv = argv
     return args
@@ -82,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
                      lambda tmp: shutil.copyfile(final, tmp), ".safetensors")  # fmt: skip
         write_json(WEIGHTS / "msclip-demo.json", card, indent=2)
         print(f"installed {WEIGHTS / 'msclip-demo.safetensors'}")
+    else:
+        write_json(out / "msclip-demo.json", card, indent=2)
+        print(f"model: {final} (card {out / 'msclip-demo.json'}); the shipped msclip-demo is "
+              "unchanged: use this one with --ckpt-path, or re-run with --install")  # fmt: skip
     return 0
 
 

@@ -52,3 +52,30 @@ def test_demo_training_table_adds_template_captions(tmp_path):
     assert {"caption", "caption_2", "caption_3", "caption_4", "caption_6"} <= set(rows[0])
     assert all(row["caption_4"].strip() for row in rows)
     assert set(USER_CLASS_NAMES) == set(CLASSES)
+
+
+def test_the_demo_recipe_installs_only_when_asked(tmp_path, monkeypatch, capsys):
+    import msclip.cli.train
+    import msclip.synthetic.demo as demo
+    from msclip.cli.demo import main
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    (shipped / "msclip-demo.safetensors").write_bytes(b"shipped")
+    monkeypatch.setattr(demo, "WEIGHTS", shipped)
+
+    def fake_train(argv):  # the recipe's training, replaced by its outputs
+        run = tmp_path / "out" / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "final.safetensors").write_bytes(b"trained")
+        return 0
+
+    monkeypatch.setattr(msclip.cli.train, "main", fake_train)
+    args = ["--out", str(tmp_path / "out"), "--n-per-class", "1", "--size", "16", "--epochs", "1"]
+    assert main(args) == 0  # a trial run: the shipped model is left as it is
+    assert (shipped / "msclip-demo.safetensors").read_bytes() == b"shipped"
+    assert (tmp_path / "out" / "msclip-demo.json").is_file()
+    assert "re-run with --install" in capsys.readouterr().out
+    assert main([*args, "--install"]) == 0
+    assert (shipped / "msclip-demo.safetensors").read_bytes() == b"trained"
+    assert (shipped / "msclip-demo.json").is_file()
