@@ -3,8 +3,8 @@
 Generates the training scenes and captions (:func:`msclip.synthetic.demo.prepare_data`), trains
 the ``msclip-demo`` architecture from random weights with ``msclip-train`` and the options of
 :data:`msclip.synthetic.demo.TRAIN_ARGS`, and writes a JSON card recording how it was made beside
-the result; ``--install`` replaces the shipped ``msclip/weights/msclip-demo.safetensors`` with it. The model is trained on generated scenes only and is **not for
-real use**.
+the result; ``--install`` replaces the shipped ``msclip/weights/msclip-demo.safetensors`` with it.
+The model is trained on generated scenes only and is **not for real use**.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--data-seed", type=int, default=1, help="seed of the generated scenes")
     ap.add_argument("--epochs", type=positive_int, default=20)
     ap.add_argument("--install", action="store_true",
-                    help="replace the shipped msclip/weights/msclip-demo.safetensors (and its card) "
-                         "with the result; without it the result stays in --out")  # fmt: skip
+                    help="replace the shipped msclip/weights/msclip-demo.safetensors (and its "
+                         "card) with the result; without it the result stays in --out")  # fmt: skip
     args = ap.parse_args(argv)
     args.argv = argv
     return args
