@@ -147,12 +147,13 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     Hashing the 604 MB Llama3-MS-CLIP checkpoint takes about a second, on every run, for a value
     that changes only with the file: the digest is remembered for the life of the process and on
     disk (``$MSCLIP_CACHE_DIR/sha256/``, default ``~/.cache/msclip/sha256/``), keyed by the
-    file's absolute path, device, inode, size and modification time in nanoseconds, so any
-    change to the file gives a new key and a fresh hash.
+    file's absolute path, device, inode, size and modification and status-change times in
+    nanoseconds, so any change to the file gives a new key and a fresh hash (the status-change
+    time also moves when a copy keeps the old modification time: ``cp -p``, ``rsync -t``).
     """
     p = os.path.abspath(os.fspath(path))
     st = os.stat(p)
-    key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key in _SHA_CACHE:
         return _SHA_CACHE[key]
     entry = _hash_cache_dir() / (hashlib.sha256(repr(key).encode()).hexdigest()[:40] + ".txt")

@@ -3,6 +3,8 @@ checkpoints assigned as the weights, one-tensor-at-a-time precision conversion, 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 
 import pytest
@@ -111,7 +113,14 @@ def test_file_hash_is_cached_on_disk_and_follows_changes(tmp_path, monkeypatch) 
     assert file_sha256(f) == first and not opened  # not read again
     monkeypatch.setattr("builtins.open", real_open)
     f.write_bytes(b"b" * 1000)  # changed: another key, another hash
-    assert file_sha256(f) != first
+    second = file_sha256(f)
+    assert second != first
+    # rewritten in place, same size, its modification time put back (cp -p, rsync -t)
+    before = f.stat()
+    f.write_bytes(b"c" * 1000)
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert f.stat().st_mtime_ns == before.st_mtime_ns and f.stat().st_ino == before.st_ino
+    assert file_sha256(f) == hashlib.sha256(b"c" * 1000).hexdigest()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
