@@ -599,14 +599,8 @@ def save_checkpoint(
 
     _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
-    half = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()
-                   if v.is_floating_point() and v.element_size() < 4})  # fmt: skip
-    if half and warn_precision:
-        logger.warning(
-            "saving %s weights to %s (the model runs in %s): they are not the full-precision "
-            "weights; create the model with precision='fp32' to save those",
-            "/".join(half), path, "/".join(half),
-        )  # fmt: skip
+    if warn_precision:
+        _warn_half(sd, path)
     meta = {
         "format": "msclip",
         "msclip_version": __version__,
@@ -617,6 +611,19 @@ def save_checkpoint(
     }
     meta.update(metadata or {})
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
+
+
+def _warn_half(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Say so when the weights about to be written are half precision (a model created with
+    ``precision='auto'`` on a CPU with native bf16 runs in bf16)."""
+    half = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()
+                   if v.is_floating_point() and v.element_size() < 4})  # fmt: skip
+    if half:
+        logger.warning(
+            "saving %s weights to %s (the model runs in %s): they are not the full-precision "
+            "weights; create the model with precision='fp32' to save those",
+            "/".join(half), path, "/".join(half),
+        )  # fmt: skip
 
 
 def _check_float(model: torch.nn.Module) -> None:
@@ -639,6 +646,7 @@ def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -
 
     _check_float(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
+    _warn_half(sd, path)
     out: dict[str, torch.Tensor] = {}
     for prefix in RELEASE_PREFIXES:
         out.update({prefix + k: v for k, v in sd.items()})

@@ -122,6 +122,8 @@ def test_saving_bf16_weights_says_so(tmp_path, caplog):
     msclip.save_checkpoint(msclip.create_model("msclip-tiny", precision="fp32"),
                            tmp_path / "f.safetensors")  # fmt: skip
     assert "saving" not in caplog.text
+    msclip.export_release_checkpoint(m, tmp_path / "release.pt")  # the release layout too
+    assert "saving bfloat16 weights" in caplog.text and "release.pt" in caplog.text
 
 
 def test_create_model_refuses_what_it_cannot_do_before_building():
