@@ -206,6 +206,11 @@ def create_model(
             extend = bands is not None
         if path is not None:
             ckpt = read_checkpoint(path)
+            kernel = ckpt.state_dict.get("visual.conv1.weight")
+            if ckpt.config is None and kernel is not None and kernel.ndim == 4:
+                # an RGB OpenCLIP file for a multispectral model: the zero-init extension (the
+                # blue, green and red kernels to B02, B03, B04, zeros elsewhere), as documented
+                extend = extend or (kernel.shape[1] == 3 and len(config.bands) != 3)
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)

@@ -63,6 +63,13 @@ def test_zero_init_reproduces_rgb_model(tmp_path):
         x_ms = _images(3, 10, seed=seed + 10)
         x_ms[:, 0], x_ms[:, 1], x_ms[:, 2] = x_rgb[:, 2], x_rgb[:, 1], x_rgb[:, 0]
         assert torch.allclose(_embed(ms, x_ms), _embed(rgb, x_rgb), atol=1e-5)
+    # a plain OpenCLIP RGB state dict, without bands=: the same extension (as the README says)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "open_clip_rgb.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.clip.state_dict().items()}, str(plain))
+    again = msclip.create_model("msclip-tiny", pretrained=plain)
+    assert torch.equal(again.patch_embed.weight, w)
 
 
 def test_matches_open_clip_with_replaced_conv(tiny):
