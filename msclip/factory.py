@@ -183,7 +183,14 @@ def create_model(
                 "name the model too",
                 param="model_name",
             )
-        config = MSCLIPConfig.from_dict(ckpt.config)
+        try:
+            config = MSCLIPConfig.from_dict(ckpt.config)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{pretrained}: its msclip model description is incomplete or damaged "
+                f"({type(err).__name__}: {err}); use a good copy of the file, or re-save the "
+                "weights with msclip.save_checkpoint"
+            ) from err
         if bands is not None:
             config.bands = tuple(b.name for b in resolve_bands(bands))
         extend = bands is not None
@@ -429,7 +436,17 @@ def _training_checkpoint_config(path: Path) -> dict | None:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError):
         return None  # create_model reports the unreadable file
     cfg = obj.get("msclip_config") if isinstance(obj, dict) else None
-    return json.loads(cfg) if isinstance(cfg, str) else None
+    return _parsed_config(cfg) if isinstance(cfg, str) else None
+
+
+def _parsed_config(text: str) -> dict:
+    """A file's msclip config; ``{}`` when it is damaged, so that the file still counts as
+    describing itself and loading it reports the damage (:func:`create_model`)."""
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _safetensors_config(path: Path) -> dict | None:
@@ -443,4 +460,4 @@ def _safetensors_config(path: Path) -> dict | None:
             meta = f.metadata() or {}
     except (SafetensorError, OSError):
         return None  # create_model reports the unreadable file
-    return json.loads(meta["msclip_config"]) if "msclip_config" in meta else None
+    return _parsed_config(meta["msclip_config"]) if "msclip_config" in meta else None

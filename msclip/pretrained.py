@@ -372,6 +372,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise WeightsNotFoundError(f"checkpoint file not found: {p}")
+    _refuse_download_stand_ins(p)
     config = None
     if p.endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
@@ -382,9 +383,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read safetensors checkpoint {p}: {err}") from err
-        if "msclip_config" in meta:
-            config = json.loads(meta["msclip_config"])
-        temperature = float(meta["temperature"]) if "temperature" in meta else None
+        field = "msclip_config"
+        try:
+            if "msclip_config" in meta:
+                config = json.loads(meta["msclip_config"])
+                if not isinstance(config, dict):
+                    raise ValueError(f"a mapping was expected, not {type(config).__name__}")
+            field = "temperature"
+            temperature = float(meta["temperature"]) if "temperature" in meta else None
+        except ValueError as err:
+            raise CheckpointError(
+                f"{p}: its metadata field {field!r} is damaged ({err}); use a good copy of the "
+                "file, or re-save the weights with msclip.save_checkpoint"
+            ) from err
         fmt = "msclip" if config is not None else "open_clip"
         return Checkpoint(_strip_module(sd), fmt, config, temperature, p, mapped=True)
 
@@ -395,7 +406,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         obj = obj["state_dict"]
     elif "model" in obj and isinstance(obj["model"], Mapping):  # msclip training checkpoint
         if isinstance(obj.get("msclip_config"), str):
-            config = json.loads(obj["msclip_config"])
+            try:
+                config = json.loads(obj["msclip_config"])
+            except ValueError as err:
+                raise CheckpointError(
+                    f"{p}: its field 'msclip_config' is damaged ({err}); use a good copy of the "
+                    "file (or an earlier checkpoint of the run)"
+                ) from err
         obj = obj["model"]
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
@@ -420,13 +437,47 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                       None, p, mapped)  # fmt: skip
 
 
+def _refuse_download_stand_ins(path: str) -> None:
+    """A clear error for the two files most often saved in place of a checkpoint: a Git LFS
+    pointer (a repository cloned without ``git lfs``) and a web page (a ``/blob/`` address
+    downloaded instead of the file)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    size = os.path.getsize(path)
+    if head.startswith(b"version https://git-lfs.github.com/spec"):
+        raise CheckpointError(
+            f"{path} is a Git LFS pointer ({size} bytes), not the weights: fetch the file itself "
+            "(git lfs pull in the clone, or download it from the repository's 'resolve' address)"
+        )
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        raise CheckpointError(
+            f"{path} is a web page ({size} bytes), not a checkpoint: the download saved the page "
+            "instead of the file; download the file itself (on Hugging Face a /resolve/ address, "
+            "not /blob/)"
+        )
+
+
+#: First components of CLIP parameter names (OpenCLIP's, and its HF-text-tower variant's).
+_CLIP_KEYS = ("visual.", "transformer.", "token_embedding.", "positional_embedding", "ln_final.",
+              "text_projection", "logit_scale", "text.")  # fmt: skip
+
+
 def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the wrappers' key prefixes: ``module.`` (DistributedDataParallel) and ``clip.`` (an
-    :class:`msclip.MSCLIP`'s own ``state_dict()``, saved with ``torch.save``)."""
-    for prefix in ("module.", "clip."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
+    """Drop the wrappers' key prefixes: ``module.`` (DistributedDataParallel), ``clip.`` (an
+    :class:`msclip.MSCLIP`'s own ``state_dict()``, saved with ``torch.save``), and any one name
+    that every key starts with when what follows is a CLIP model's (``model.`` of a Lightning
+    module's attribute, nested as ``model.module.clip.`` too)."""
+    given = sd
+    for _ in range(4):
+        if not sd or any(k.startswith(_CLIP_KEYS) for k in sd):
+            return sd
+        first = {k.split(".", 1)[0] for k in sd}
+        if len(first) != 1 or not all("." in k for k in sd):
+            break
+        cut = len(first.pop()) + 1
+        sd = {k[cut:]: v for k, v in sd.items()}
+    return given  # no CLIP names under a common prefix: as given (a mismatch error names them)
 
 
 # -- loading into a model ----------------------------------------------------------------------

@@ -158,6 +158,45 @@ def test_mismatch_names_keys_and_shapes(tiny, tmp_path):
     assert "(64, 12, 8, 8)" in msg and "(64, 10, 8, 8)" in msg and "band count" in msg
 
 
+def test_bad_downloads_and_damaged_metadata_are_named(tiny, tmp_path):
+    lfs = tmp_path / "Llama3_MS_CLIP_weights.pt"  # a clone without git lfs
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 604\n")
+    with pytest.raises(CheckpointError, match=r"is a Git LFS pointer .*git lfs pull"):
+        read_checkpoint(lfs)
+    page = tmp_path / "weights.safetensors"  # a /blob/ address saved with wget
+    page.write_text("\n<!DOCTYPE html>\n<html><head><title>weights</title></head></html>")
+    with pytest.raises(CheckpointError, match=r"is a web page .* /resolve/ address"):
+        read_checkpoint(page)
+    # msclip metadata that is damaged: the field is named, not a JSON traceback
+    sd = {k: v.contiguous() for k, v in tiny.clip.state_dict().items()}
+    damages = [({"msclip_config": "{bad json"}, "msclip_config"),
+               ({"msclip_config": "{}", "temperature": "nan?"}, "temperature")]  # fmt: skip
+    for meta, field in damages:
+        damaged = tmp_path / f"{field}.safetensors"
+        save_file(sd, str(damaged), metadata=meta)
+        with pytest.raises(CheckpointError, match=f"metadata field '{field}' is damaged"):
+            msclip.create_model(damaged)
+    incomplete = tmp_path / "incomplete.safetensors"
+    save_file(sd, str(incomplete), metadata={"msclip_config": '{"arch": "msclip-tiny"}'})
+    with pytest.raises(CheckpointError, match="model description is incomplete or damaged"):
+        msclip.create_model(incomplete)
+
+
+def test_a_wrapper_prefix_shared_by_every_key_is_dropped(tiny, tmp_path):
+    # a Lightning module holding the model as self.model (and as self.model.clip, an MSCLIP)
+    for prefix in ("model.", "model.clip.", "net.module."):
+        path = tmp_path / f"{prefix.replace('.', '_')}.ckpt"
+        torch.save({"state_dict": {prefix + k: v for k, v in tiny.clip.state_dict().items()},
+                    "epoch": 3}, path)  # fmt: skip
+        loaded = msclip.create_model("msclip-tiny", pretrained=path)
+        assert torch.equal(_embed(loaded, _images()), _embed(tiny, _images())), prefix
+    # keys of something else under one prefix are left as they are and named
+    other = tmp_path / "other.pt"
+    torch.save({"encoder.layer.0.weight": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointMismatchError, match=r"encoder\.layer\.0\.weight"):
+        msclip.create_model("msclip-tiny", pretrained=other)
+
+
 def test_refuses_to_unpickle_objects(tmp_path):
     class Evil:
         def __reduce__(self):
