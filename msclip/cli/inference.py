@@ -892,9 +892,12 @@ def _dense_scene(
     result = predict_scene(
         args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier).eval(), model,
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
-        bands=args.bands, nodata=args.nodata, class_names=names, device=model.device,
-        progress=not args.quiet, tags={"msclip": "zero-shot dense class map (MaskCLIP)"},
+        bands=args.bands, sensor=args.sensor, nodata=args.nodata, class_names=names,
+        device=model.device, progress=not args.quiet,
+        tags={"msclip": "zero-shot dense class map (MaskCLIP)"},
     )  # fmt: skip
+    if not result.tiles_run:
+        return _no_data_scene(args, result)
     counts, missing = class_counts(result.path, len(names))
     legend = write_legend(
         out_dir, "dense_class_map", names, counts, int(result.nodata), "pixels", missing
@@ -911,6 +914,18 @@ def _dense_scene(
     for w in written:
         print(f"wrote {w}")
     return EXIT_OK
+
+
+def _no_data_scene(args: argparse.Namespace, result: Any) -> int:
+    """Exit status 1 with one line when no tile of a per-pixel scene map held data (the map,
+    all nodata, is not kept)."""
+    Path(result.path).unlink(missing_ok=True)
+    print(
+        f"error: no tile of {args.scene} holds data: its {plural(result.tiles, 'tile')} are all "
+        "nodata (check --nodata and the scene's nodata value); no map written",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL
 
 
 def _head_scene(args: argparse.Namespace) -> int:
@@ -942,9 +957,11 @@ def _head_scene(args: argparse.Namespace) -> int:
     result = predict_scene_with_head(
         args.scene, out_dir / f"{stem}.tif", ckpt, model, task=entry["name"],
         adapters=args.adapters, tile_size=args.tile_size or model.image_size,
-        overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, nodata=args.nodata,
-        progress=not args.quiet,
+        overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, sensor=args.sensor,
+        nodata=args.nodata, progress=not args.quiet,
     )  # fmt: skip
+    if not result.tiles_run:
+        return _no_data_scene(args, result)
     written = [result.path]
     what = (
         "band 1 class, band 2 confidence (%)"

@@ -280,12 +280,14 @@ class ScenePrediction:
     nodata: float
 
 
-def _scene_bands(path: str, bands: Sequence[str | Band] | None) -> tuple[str, ...]:
+def _scene_bands(
+    path: str, bands: Sequence[str | Band] | None, sensor: str | None = None
+) -> tuple[str, ...]:
     from rasterio.windows import Window
 
     from msclip.io import read_raster
 
-    return read_raster(path, bands=bands, window=Window(0, 0, 1, 1)).bands
+    return read_raster(path, bands=bands, sensor=sensor, window=Window(0, 0, 1, 1)).bands
 
 
 def _pad_to(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -309,6 +311,7 @@ def predict_scene(
     blend: str = "cosine",
     window_floor: float = 1e-3,
     bands: Sequence[str | Band] | None = None,
+    sensor: str | None = None,
     nodata: float | None = None,
     logits: bool = True,
     num_outputs: int | None = None,
@@ -341,6 +344,8 @@ def predict_scene(
         blend: ``cosine`` or ``uniform`` (see the module docstring).
         window_floor: smallest cosine weight.
         bands: band names of the file when it does not name them (band descriptions).
+        sensor: the sensor whose band order unnamed bands follow (``planetscope4``, ...), as
+            for :func:`msclip.io.read_raster`.
         nodata: raw nodata value (default: the file's).
         logits: segmentation predictor returns logits (softmax applied) rather than
             probabilities.
@@ -414,7 +419,7 @@ def predict_scene(
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)
             if prep.input_bands is None or raw_nodata != prep.nodata:
-                names = prep.input_bands or _scene_bands(src_path, bands)
+                names = prep.input_bands or _scene_bands(src_path, bands, sensor)
                 prep = prep.with_input(names, raw_nodata)
             image = image_bands(ds)  # an alpha band is a mask, not an image band
             if len(prep.input_bands) != len(image):

@@ -142,3 +142,42 @@ def test_uncovered_edges_warn_and_an_all_nodata_scene_fails(scene, tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 1 and "error: no tile could be encoded: of 12 tiles, 12 skipped" in err
     assert not (out2 / "similarity.tif").exists() and not (out2 / "tiles.csv").exists()
+    # the per-pixel map of the same scene: exit 1 too, no all-nodata map kept
+    out3 = tmp_path / "maps3"
+    rc = main(["--run-scene", "--class-names", "sea", "forest", "--dense", "--save-path",
+               str(out3), *TINY, "--scene", str(empty)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: no tile of" in err and "holds data" in err
+    assert not (out3 / "dense_class_map.tif").exists()
+
+
+def test_dense_scene_maps_honour_sensor(tmp_path, capsys):
+    # four unnamed bands in PlanetScope order (blue, green, red, NIR): --sensor names them
+    rng = np.random.default_rng(0)
+    data = rng.integers(200, 4000, size=(4, 48, 48)).astype(np.uint16)
+    path = tmp_path / "ps.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=48,
+        height=48,
+        count=4,
+        dtype="uint16",
+        crs=CRS.from_epsg(32632),
+        transform=Affine(3, 0, 0, 0, -3, 0),
+    ) as dst:
+        dst.write(data)  # fmt: skip
+    maps = {}
+    loud = [a for a in TINY if a != "--quiet"]
+    for name, flags in (("naip", []), ("sensor", ["--sensor", "planetscope4"]),
+                        ("bands", ["--bands", "B02", "B03", "B04", "B08"])):  # fmt: skip
+        out = tmp_path / name
+        assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest", "city",
+                     "--dense", "--tile-size", "32", "--save-path", str(out), *loud,
+                     *flags]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert ("NAIP order" in err) == (name == "naip"), (name, err)
+        with rasterio.open(out / "dense_class_map.tif") as src:
+            maps[name] = src.read()
+    assert not np.array_equal(maps["sensor"], maps["naip"])  # --sensor was ignored here
