@@ -39,6 +39,7 @@ from msclip.spectral.nodata import missing_pixels
 __all__ = [
     "SceneInfo",
     "Tile",
+    "check_scene_format",
     "class_counts",
     "footprint_lonlat",
     "nodata_fraction",
@@ -143,6 +144,21 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
     return (height - tile_size) // stride + 1, (width - tile_size) // stride + 1
 
 
+def check_scene_format(path: str | os.PathLike, driver: str) -> None:
+    """Refuse a scene whose format msclip cannot read window by window (a PNG or JPEG picture is
+    read whole: every tile would be the whole picture).
+
+    Raises:
+        TilingError: not a GeoTIFF / COG; the message says how to convert it.
+    """
+    if driver not in ("GTiff", "COG"):
+        raise TilingError(
+            f"{path} is a {driver} file: scenes are read window by window from GeoTIFF or COG "
+            f"files; convert it first (gdal_translate -of COG {path} scene.tif), or classify it "
+            "as one image"
+        )
+
+
 def open_scene(
     path: str | os.PathLike, tile_size: int, stride: int | None = None, require_crs: bool = False
 ) -> SceneInfo:
@@ -169,6 +185,7 @@ def open_scene(
         with rasterio.open(p) as src:
             width, height, count = src.width, src.height, src.count
             crs, transform, nodata = src.crs, src.transform, src.nodata
+            check_scene_format(p, src.driver)
     except RasterioIOError as err:
         raise RasterReadError(f"cannot open scene {p}: {err}") from err
     if require_crs and crs is None:

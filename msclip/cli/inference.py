@@ -762,8 +762,14 @@ def run_scene(args: argparse.Namespace) -> int:
     from msclip.tiling import write_class_map, write_tile_map
     from msclip.zero_shot import build_classifier, encode_queries, zero_shot_probs
 
+    _check_scene(args)
     model, preprocess, tokenizer = load_model(args)
     tile = args.tile_size or model.image_size
+    if tile < model.patch_size:
+        raise UsageError(
+            f"--tile-size {tile} is smaller than the model's {model.patch_size}-pixel patch; "
+            f"give at least {model.patch_size} (the model reads {model.image_size})"
+        )
     if args.dense:
         return _dense_scene(args, model, tokenizer, names, templates, tile, out_dir)
     info = open_scene(args.scene, tile, args.stride or tile)
@@ -914,6 +920,36 @@ def _dense_scene(
     for w in written:
         print(f"wrote {w}")
     return EXIT_OK
+
+
+def _check_scene(args: argparse.Namespace) -> None:
+    """What is wrong with the scene file as a whole, said once before the model loads: a format
+    that cannot be read window by window, or bands that cannot be named (it failed once per
+    tile before)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    from msclip.encode import read_errors
+    from msclip.errors import BandError, LayoutError, TilingError, UnsupportedFormatError
+    from msclip.io import read_raster
+    from msclip.tiling import check_scene_format
+
+    try:
+        with rasterio.open(args.scene) as src:
+            driver = src.driver
+    except RasterioIOError:
+        return  # unreadable: the run names the file and GDAL's reason
+    try:
+        check_scene_format(args.scene, driver)
+    except TilingError as err:
+        raise UsageError(f"{err} (--run-classification)") from err
+    try:
+        read_raster(args.scene, bands=args.bands, sensor=args.sensor, window=Window(0, 0, 1, 1))
+    except (BandError, LayoutError, UnsupportedFormatError) as err:
+        raise UsageError(flag_wording(str(err))) from err
+    except read_errors():
+        return  # a damaged block: the run reports the tiles it concerns
 
 
 def _no_data_scene(args: argparse.Namespace, result: Any) -> int:

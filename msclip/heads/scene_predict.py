@@ -69,7 +69,7 @@ from msclip.errors import (
     RasterReadError,
     TilingError,
 )
-from msclip.io.readers import declares_scale, image_bands, read_image
+from msclip.io.readers import declares_scale, gdal_reason, image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
@@ -413,6 +413,17 @@ def predict_scene(
         with ds:
             height, width = ds.height, ds.width
             raw_nodata = ds.nodata if nodata is None else nodata
+
+            def read(window: Window) -> np.ndarray:
+                try:
+                    return read_image(ds, window, nodata=raw_nodata, promote=True)[0]
+                except RasterioIOError as err:  # a damaged block: the file, where and why
+                    raise RasterReadError(
+                        f"cannot read scene {src_path} at rows {window.row_off}-"
+                        f"{window.row_off + window.height}, columns {window.col_off}-"
+                        f"{window.col_off + window.width}: {gdal_reason(err)}"
+                    ) from err
+
             if declares_scale(ds):  # read rescaled (float32): missing pixels are NaN
                 raw_nodata = None
             prep = preprocess
@@ -455,8 +466,7 @@ def predict_scene(
 
             k = num_outputs
             if k is None:
-                probe = read_image(ds, Window(0, 0, min(t, width), min(t, height)),
-                                   nodata=raw_nodata, promote=True)[0]  # fmt: skip
+                probe = read(Window(0, 0, min(t, width), min(t, height)))
                 k = int(run(_pad_to(probe, t, t)[None]).shape[1])
             if task == "segmentation":
                 dtype = np.uint8 if k < 255 else np.uint16
@@ -502,8 +512,7 @@ def predict_scene(
                     for g0 in range(0, len(cols), batch_size):
                         group = cols[g0 : g0 + batch_size]
                         c0, c1 = group[0], group[-1] + t
-                        raw = read_image(ds, Window(c0, r, min(c1, width) - c0, n_rows),
-                                         nodata=raw_nodata, promote=True)[0]  # fmt: skip
+                        raw = read(Window(c0, r, min(c1, width) - c0, n_rows))
                         raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
                         valid[:, c0:c1] = prep.valid(raw)
                         chunk = [c for c in group if valid[:, c : c + t].any()]

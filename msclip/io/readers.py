@@ -424,7 +424,7 @@ def _read_geotiff(
                 transform = transform @ Affine.scale(w / out_shape[1], h / out_shape[0])
             crs = src.crs
     except RasterioIOError as err:
-        raise RasterReadError(f"cannot read GeoTIFF {path}: {err}") from err
+        raise RasterReadError(f"cannot read GeoTIFF {path}: {gdal_reason(err)}") from err
     if data.size == 0:
         raise RasterReadError(f"GeoTIFF {path} holds no pixels (shape {data.shape})")
     has_geo = crs is not None
@@ -522,6 +522,21 @@ def _png_bit_depth(path: str) -> int:
     with open(path, "rb") as fh:
         head = fh.read(26)
     return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
+
+
+def gdal_reason(err: BaseException) -> str:
+    """The message of a rasterio read error with GDAL's own cause: rasterio's text is often
+    "Read failed. See previous exception for details.", the previous exception being chained."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip()
+        if text and "See previous exception" not in text and not any(text in q for q in parts):
+            parts.append(text)
+        e = e.__cause__ or e.__context__
+    return "; ".join(parts[:2]) if parts else (str(err) or type(err).__name__)
 
 
 def _read_png16(path: str) -> np.ndarray:

@@ -181,3 +181,35 @@ def test_dense_scene_maps_honour_sensor(tmp_path, capsys):
         with rasterio.open(out / "dense_class_map.tif") as src:
             maps[name] = src.read()
     assert not np.array_equal(maps["sensor"], maps["naip"])  # --sensor was ignored here
+
+
+def test_whole_file_problems_of_a_scene_are_said_once_before_the_model_loads(
+    scene, tmp_path, capsys
+):
+    path, data = scene
+    args = ["--run-scene", "--query", "a river", "--save-path", str(tmp_path / "o"), *TINY]
+    # a picture is read whole: every tile was the whole picture
+    from PIL import Image
+
+    png = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
+    assert main([*args, "--scene", str(png)]) == 2
+    assert "is a PNG file: scenes are read window by window" in capsys.readouterr().err
+    # bands that cannot be named: one usage error, not one failure per tile
+    odd = tmp_path / "odd.tif"
+    msclip.write_geotiff(odd, data[:5], crs=CRS.from_epsg(32632),
+                         transform=Affine(10, 0, 500000, 0, -10, 5000000))  # fmt: skip
+    assert main([*args, "--scene", str(odd)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "5-band" in err and "--bands" in err
+    # a tile smaller than the model's patch
+    assert main([*args, "--scene", str(path), "--tile-size", "4"]) == 2
+    assert "smaller than the model's 8-pixel patch" in capsys.readouterr().err
+    # a damaged block: the file, the window and GDAL's reason (per-pixel maps)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    rc = main(["--run-scene", "--class-names", "sea", "forest", "--dense", "--save-path",
+               str(tmp_path / "d"), *TINY, "--scene", str(broken)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"cannot read scene {broken} at rows" in err
+    assert "See previous exception" not in err
