@@ -16,6 +16,7 @@ Exit status of every msclip command:
 2      usage or input error: bad flags, missing or unusable files or models, an output that
        cannot be written; reported before the work where it can be known before
 130    interrupted (Ctrl-C)
+143    terminated (SIGTERM: ``kill``, a job scheduler, torchrun); clean-up runs as for Ctrl-C
 141    the reader of the output went away (``msclip-... | head``): the program stops quietly,
        as Unix tools stopped by SIGPIPE do (128 + 13)
 =====  ==========================================================================================
@@ -44,8 +45,10 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PARTIAL",
     "EXIT_PIPE_CLOSED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "FLAGS",
+    "Terminated",
     "UsageError",
     "add_dataclass_args",
     "add_input_check_args",
@@ -56,6 +59,7 @@ __all__ = [
     "check_checkpoint",
     "config_from_namespace",
     "encode_query_set",
+    "error_line",
     "exit_process",
     "flag_hint",
     "flag_wording",
@@ -81,6 +85,19 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Llama3-MS-CLIP-Base"
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Status after SIGTERM (128 + 15: a job scheduler's stop, ``kill``, torchrun's shutdown).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that its clean-up runs as after Ctrl-C: no
+    temporary file left behind, an index commits what it staged."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 #: Status when standard output was closed by its reader (128 + SIGPIPE, as Unix tools).
 EXIT_PIPE_CLOSED = 141
 
@@ -842,6 +859,11 @@ def run_cli(
         restore = logging_setup(args)
     else:
         restore = setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return run(args)
     except BrokenPipeError:
@@ -854,8 +876,13 @@ def run_cli(
         logger.debug("traceback", exc_info=True)
         print(error_line(err, flags), file=sys.stderr)
         return error_status(err) if error_status is not None else EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated):
+            print("terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
         restore()

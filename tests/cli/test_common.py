@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,27 @@ def test_a_closed_pipe_in_a_real_process(tmp_path):
     proc.stdout.close()  # the reader goes away before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys):
+    import argparse
+    import signal
+
+    from msclip.cli.common import EXIT_TERMINATED, run_cli
+    from msclip.io import atomic_write
+
+    target = tmp_path / "map.tif"
+
+    def run(args):
+        def write(tmp):
+            Path(tmp).write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stops the job mid-write
+
+        atomic_write(target, write, ".tif")
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    code = run_cli([], lambda argv: argparse.Namespace(quiet=True, verbose=False), run)
+    assert code == EXIT_TERMINATED and "terminated" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary left behind
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler does not outlive the run
