@@ -42,6 +42,7 @@ __all__ = [
     "check_scene_format",
     "class_counts",
     "footprint_lonlat",
+    "georeference_warning",
     "nodata_fraction",
     "open_scene",
     "raster_bounds",
@@ -142,6 +143,28 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
             param="tile_size",
         )
     return (height - tile_size) // stride + 1, (width - tile_size) // stride + 1
+
+
+def georeference_warning(path: str | os.PathLike) -> str | None:
+    """What a scene lacks for georeferenced maps, in words, or ``None`` when it has a CRS (an
+    unreadable file: ``None`` too, its reading says why)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is not None:
+                return None
+            gcps, _ = src.gcps
+    except RasterioIOError:
+        return None
+    if gcps:
+        return (
+            f"{path} is georeferenced by {len(gcps)} ground control points only, which the maps "
+            "do not carry: they are written without georeference; warp the scene first "
+            f"(gdalwarp -t_srs EPSG:<code> {path} warped.tif) for georeferenced maps"
+        )
+    return f"{path} has no CRS: the maps are written without georeference"
 
 
 def check_scene_format(path: str | os.PathLike, driver: str) -> None:
@@ -263,12 +286,15 @@ def write_tile_map(
         raise ValueError(
             f"values of shape {values.shape} do not fit the {info.n_rows}x{info.n_cols} tile grid"
         )
+    # A scene without georeference has rasterio's identity transform: no transform is written
+    # for its map either (a made-up grid at the origin would look georeferenced to a GIS).
+    plain = info.crs is None and (info.transform is None or info.transform.is_identity)
     # Band descriptions are free text here (queries), not band names: write them directly.
     return write_geotiff(
         path,
         arr,
         crs=info.crs,
-        transform=info.grid_transform,
+        transform=None if plain else info.grid_transform,
         bands=names,
         nodata=nodata,
         tags=tags,

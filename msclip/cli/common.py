@@ -327,6 +327,11 @@ def _show_warning(
     what to do); others with their category and source (no code line)."""
     from msclip.errors import MSCLIPWarning
 
+    if category.__name__ == "NotGeoreferencedWarning":
+        # rasterio says it for every open of a file without georeference; the programs say once
+        # what it means for their outputs (msclip.tiling.georeference_warning)
+        logger.debug("%s: %s", category.__name__, message)
+        return
     if issubclass(category, MSCLIPWarning):
         text = str(message)
     else:

@@ -773,8 +773,7 @@ def run_scene(args: argparse.Namespace) -> int:
     if args.dense:
         return _dense_scene(args, model, tokenizer, names, templates, tile, out_dir)
     info = open_scene(args.scene, tile, args.stride or tile)
-    if info.crs is None:
-        logger.warning("%s has no CRS: the maps are written without georeference", args.scene)
+    _warn_georeference(args.scene)
     tiles = scene_tiles(info)
     cache = text_cache_for(args, model)
     progress = not args.quiet
@@ -885,16 +884,7 @@ def _dense_scene(
         progress=not args.quiet,
     )  # fmt: skip
     model.release_text_pages()
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    try:
-        with rasterio.open(args.scene) as src:
-            no_crs = src.crs is None
-    except RasterioIOError:
-        no_crs = False  # unreadable: predict_scene says so
-    if no_crs:
-        logger.warning("%s has no CRS: the map is written without georeference", args.scene)
+    _warn_georeference(args.scene)
     result = predict_scene(
         args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier).eval(), model,
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
@@ -952,6 +942,14 @@ def _check_scene(args: argparse.Namespace) -> None:
         return  # a damaged block: the run reports the tiles it concerns
 
 
+def _warn_georeference(scene: str) -> None:
+    from msclip.tiling import georeference_warning
+
+    why = georeference_warning(scene)
+    if why:
+        logger.warning("%s", why)
+
+
 def _no_data_scene(args: argparse.Namespace, result: Any) -> int:
     """Exit status 1 with one line when no tile of a per-pixel scene map held data (the map,
     all nodata, is not kept)."""
@@ -989,6 +987,7 @@ def _head_scene(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
     model, _, _ = load_model(args)
+    _warn_georeference(args.scene)
     stem = f"dense_{entry['name']}".replace("-", "_")
     result = predict_scene_with_head(
         args.scene, out_dir / f"{stem}.tif", ckpt, model, task=entry["name"],

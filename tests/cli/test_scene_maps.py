@@ -213,3 +213,29 @@ def test_whole_file_problems_of_a_scene_are_said_once_before_the_model_loads(
     err = capsys.readouterr().err
     assert rc == 2 and f"cannot read scene {broken} at rows" in err
     assert "See previous exception" not in err
+
+
+def test_scenes_without_a_crs_give_maps_without_a_made_up_georeference(scene, tmp_path, capsys):
+    from rasterio.control import GroundControlPoint
+
+    _, data = scene
+    loud = [a for a in TINY if a != "--quiet"]
+    plain = tmp_path / "plain.tif"
+    gcp = tmp_path / "gcp.tif"
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=12,
+                   dtype="uint16")  # fmt: skip
+    with rasterio.open(plain, "w", **profile) as dst:
+        dst.write(data)
+    points = [GroundControlPoint(0, 0, 500000, 5000000), GroundControlPoint(0, 149, 501490,
+              5000000), GroundControlPoint(99, 0, 500000, 4999010)]  # fmt: skip
+    with rasterio.open(gcp, "w", **profile, gcps=points, crs=CRS.from_epsg(32632)) as dst:
+        dst.write(data)
+    for scene_path, said in ((plain, "has no CRS"), (gcp, "3 ground control points only")):
+        out = tmp_path / scene_path.stem
+        assert main(["--run-scene", "--query", "a river", "--scene", str(scene_path),
+                     "--save-path", str(out), *loud]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count(said) == 1 and "NotGeoreferencedWarning" not in err
+        with rasterio.open(out / "similarity.tif") as src:
+            # no transform of tile-sized cells at the origin that a GIS would take as real
+            assert src.crs is None and src.transform.is_identity
