@@ -279,7 +279,8 @@ def write_tile_map(
     """Write per-tile values ``[n_rows, n_cols]`` or ``[B, n_rows, n_cols]`` as a GeoTIFF.
 
     The file has the scene's CRS and :attr:`SceneInfo.grid_transform`; ``names`` become band
-    descriptions. Written atomically.
+    descriptions; tags record the scene and the tile grid (``msclip_scene``,
+    ``msclip_tile_size``, ``msclip_stride``) beside ``tags``. Written atomically.
     """
     arr = values[None] if values.ndim == 2 else values
     if arr.shape[1:] != (info.n_rows, info.n_cols):
@@ -297,7 +298,12 @@ def write_tile_map(
         transform=None if plain else info.grid_transform,
         bands=names,
         nodata=nodata,
-        tags=tags,
+        tags={
+            "msclip_scene": os.path.abspath(info.path),
+            "msclip_tile_size": str(info.tile_size),
+            "msclip_stride": str(info.stride),
+            **(tags or {}),
+        },
     )
 
 
@@ -330,7 +336,10 @@ def write_class_map(
     dtype = np.uint8 if n < 255 else np.uint16
     fill = int(np.iinfo(dtype).max)
     arr = np.where(labels < 0, fill, labels).astype(dtype)
-    paths = {"map": write_tile_map(out / f"{stem}.tif", arr, info, ["class"], nodata=fill)}
+    named = {"msclip_class_names": json.dumps([str(c) for c in class_names])}
+    paths = {
+        "map": write_tile_map(out / f"{stem}.tif", arr, info, ["class"], nodata=fill, tags=named)
+    }
     counts = np.bincount(labels[labels >= 0].ravel(), minlength=n)
     paths.update(
         write_legend(out, stem, class_names, counts, fill, "tiles", int((labels < 0).sum()))
@@ -338,8 +347,9 @@ def write_class_map(
     if confidence is not None:
         conf = np.where(labels < 0, np.nan, confidence).astype(np.float32)
         paths["confidence"] = write_tile_map(
-            out / f"{stem}_confidence.tif", conf, info, ["probability"], nodata=float("nan")
-        )
+            out / f"{stem}_confidence.tif", conf, info, ["probability"], nodata=float("nan"),
+            tags=named,
+        )  # fmt: skip
     return paths
 
 

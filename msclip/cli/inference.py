@@ -833,6 +833,7 @@ def run_scene(args: argparse.Namespace) -> int:
         for j, n in enumerate(names):
             table[n] = probs[:, j]
     written.append(write_csv(table, out_dir / "tiles.csv"))
+    _warn_other_outputs(out_dir, written)
     n_skip = len(res.skipped)
     print(
         f"scene {info.path}: {info.width}x{info.height} px, {plural(len(tiles), 'tile')} of "
@@ -940,6 +941,24 @@ def _check_scene(args: argparse.Namespace) -> None:
         raise UsageError(flag_wording(str(err))) from err
     except read_errors():
         return  # a damaged block: the run reports the tiles it concerns
+
+
+#: What a tile-map run may write in its folder.
+_SCENE_OUTPUTS = ("similarity.tif", "class_map.tif", "class_map_confidence.tif",
+                  "class_map_legend.json", "class_map_legend.csv", "tiles.csv")  # fmt: skip
+
+
+def _warn_other_outputs(out_dir: Path, written: Sequence[Path]) -> None:
+    """Name the scene outputs in ``out_dir`` that this run did not write (an earlier run's, of
+    another scene or other settings): beside this run's files they would pass for its own."""
+    mine = {Path(w).name for w in written}
+    others = [n for n in _SCENE_OUTPUTS if n not in mine and (out_dir / n).exists()]
+    if others:
+        logger.warning(
+            "%s also holds %s of an earlier run, not of this one (their tags name the scene "
+            "they map); remove them, or give each run its own --save-path",
+            out_dir, ", ".join(others),
+        )  # fmt: skip
 
 
 def _warn_georeference(scene: str) -> None:

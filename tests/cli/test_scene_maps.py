@@ -81,6 +81,26 @@ def test_run_scene_maps(scene, tmp_path):
     assert csv["class"].tolist() == names
     tiles = pd.read_csv(out / "tiles.csv")
     assert len(tiles) == 9 and {"Tile", "Class", *names} <= set(tiles.columns)
+    # the maps say what they map
+    with rasterio.open(out / "class_map.tif") as src:
+        tags = src.tags()
+    assert tags["msclip_scene"] == str(path.resolve()) and tags["msclip_tile_size"] == "32"
+    assert json.loads(tags["msclip_class_names"]) == names
+
+
+def test_a_rerun_into_the_same_folder_names_the_earlier_runs_maps(scene, tmp_path, capsys):
+    path, _ = scene
+    out = tmp_path / "maps"
+    loud = [a for a in TINY if a != "--quiet"]
+    base = ["--run-scene", "--scene", str(path), "--save-path", str(out), *loud]
+    assert main([*base, "--query", "a river", "--class-names", "sea", "forest"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--query", "a town", "--stride", "16"]) == 0  # queries only
+    err = capsys.readouterr().err
+    assert "also holds class_map.tif, class_map_confidence.tif, class_map_legend.json" in err
+    assert main([*base, "--query", "a town", "--stride", "16"]) == 0 and "also holds" in (
+        capsys.readouterr().err
+    )
 
 
 def test_run_scene_refuses_small_scene(tmp_path, capsys):
