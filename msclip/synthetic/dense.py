@@ -143,7 +143,7 @@ def generate_scene(
     Raises:
         SyntheticDataError: size out of range or ``region_size`` below 16.
     """
-    shape = tile_shape(size)
+    shape = tile_shape(size, "scene")
     if max(shape) > MAX_SCENE_SIDE:
         raise SyntheticDataError(
             f"scene size {size!r} exceeds {MAX_SCENE_SIDE} pixels a side (memory grows with the "
@@ -311,6 +311,15 @@ def _write_dense(
     return rel
 
 
+def _uncommit(root: Path) -> None:
+    """Remove an earlier generation's tables before any raster is replaced: ``index.csv`` is
+    written last, so a run stopped half-way leaves no table pairing a new image with an old
+    label (training on such a folder is refused for the missing table, not done on mixed
+    pairs)."""
+    for table in ("index.csv", "classes.csv"):
+        (root / table).unlink(missing_ok=True)
+
+
 def _write_tables(root: Path, rows: list[list[str]], pixels: np.ndarray) -> tuple[Path, Path]:
     index_csv = write_csv(root / "index.csv", DENSE_COLUMNS, rows)
     class_rows = [[i, c, int(pixels[i])] for i, c in enumerate(CLASSES)]
@@ -358,6 +367,7 @@ def generate_dense_dataset(
     if n_per_class < 1:
         raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
     root = Path(out_dir)
+    _uncommit(root)
     split_of = {c: _assign_splits(n_per_class, fractions, seed, CLASS_INDEX[c]) for c in chosen}
     for name, fraction in zip(SPLITS, fractions):
         if fraction > 0 and not any(name in v for v in split_of.values()):
@@ -430,6 +440,7 @@ def write_scene(
         size, np.random.default_rng((seed, _SCENE_STREAM)), region_size=region_size
     )
     root = Path(out_dir)
+    _uncommit(root)
     pixels = np.bincount(label.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
     present = [c for i, c in enumerate(CLASSES) if pixels[i]]
     tags = {"GENERATOR": GENERATOR_TAG, "LAYOUT": "landscape", "SEED": str(seed)}

@@ -64,8 +64,9 @@ class TileInfo:
     fcover: np.ndarray = field(repr=False, compare=False)
 
 
-def tile_shape(size: int | tuple[int, int]) -> Shape:
-    """``(height, width)`` of a tile size given as a side or a pair.
+def tile_shape(size: int | tuple[int, int], kind: str = "tile") -> Shape:
+    """``(height, width)`` of a tile size given as a side or a pair (``kind``: ``tile`` or
+    ``scene``, for the messages).
 
     Raises:
         SyntheticDataError: not an int or a pair, below 8 or above 4096 pixels a side.
@@ -77,14 +78,19 @@ def tile_shape(size: int | tuple[int, int]) -> Shape:
             h, w = (int(x) for x in size)
     except (TypeError, ValueError) as err:
         raise SyntheticDataError(
-            f"tile size {size!r} is neither an int nor a (height, width) pair; pass e.g. 64"
+            f"{kind} size {size!r} is neither an int nor a (height, width) pair; pass e.g. 64"
         ) from err
     if h < 8 or w < 8:
-        raise SyntheticDataError(f"tile size {size!r} is too small; use at least 8 pixels a side")
+        raise SyntheticDataError(f"{kind} size {size!r} is too small; use at least 8 pixels a side")
     if max(h, w) > _MAX_SIDE:
+        fix = (
+            "generate several scenes for a larger area"
+            if kind == "scene"
+            else "generate a scene of regions (msclip-scenes scene) for large areas"
+        )
         raise SyntheticDataError(
-            f"tile size {size!r} exceeds {_MAX_SIDE} pixels a side (memory grows with the square "
-            "of the side); generate a scene of regions (msclip-scenes scene) for large areas"
+            f"{kind} size {size!r} exceeds {_MAX_SIDE} pixels a side (memory grows with the "
+            f"square of the side); {fix}"
         )
     return h, w
 

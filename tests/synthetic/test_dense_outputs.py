@@ -127,7 +127,7 @@ def test_scene_has_regions_and_aligned_rasters() -> None:
     again = generate_scene(192, 5, region_size=48)
     np.testing.assert_array_equal(image, again[0])
     np.testing.assert_array_equal(label, again[1])
-    with pytest.raises(SyntheticDataError, match=str(MAX_SCENE_SIDE)):
+    with pytest.raises(SyntheticDataError, match=f"scene size .* {MAX_SCENE_SIDE} .* several"):
         generate_scene(MAX_SCENE_SIDE + 1, 0)
     with pytest.raises(SyntheticDataError, match="region_size"):
         generate_scene(64, 0, region_size=4)
@@ -249,3 +249,23 @@ def test_a_split_that_rounds_to_no_tile_is_said(tmp_path, caplog):
     assert summary.splits["val"] == summary.splits["test"] == 0
     assert "split val (fraction 0.1) gets no tile" in caplog.text
     assert "split test (fraction 0.1) gets no tile" in caplog.text
+
+
+def test_a_stopped_regeneration_leaves_no_table_pairing_new_images_with_old_labels(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import msclip.synthetic.dense as dense
+
+    write_scene(tmp_path, size=64, seed=1, region_size=32)
+    assert (tmp_path / "index.csv").is_file()
+
+    def stopped(*args, **kwargs):  # killed after the new image, before its label
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dense, "write_label", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_scene(tmp_path, size=64, seed=2, region_size=32)
+    assert not (tmp_path / "index.csv").exists()  # refused for the missing table, not mixed
+    with pytest.raises(KeyboardInterrupt):
+        generate_dense_dataset(tmp_path, ["sea"], n_per_class=2, size=16, seed=2)
+    assert not (tmp_path / "index.csv").exists()
