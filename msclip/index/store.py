@@ -717,6 +717,10 @@ class IndexWriter:
             raise ValueError(f"commit_rows must be a positive integer, got {commit_rows!r}")
         model = _normalise_model_info(model_info)
         directory = Path(path)
+        # A user's folder is refused before anything is written into it (the lock file, or the
+        # folder itself); the check is repeated under the lock against a concurrent creator.
+        if directory.is_dir() and not (directory / MANIFEST_NAME).exists():
+            cls._refuse_foreign(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire_lock(directory)
         try:
@@ -730,21 +734,26 @@ class IndexWriter:
                 _check_compatible(manifest, model, None)
                 cls._recover(directory, manifest)
             else:
-                foreign = sorted(
-                    p.name
-                    for p in directory.iterdir()
-                    if p.name not in _OWN_NAMES and not p.name.startswith(TMP_PREFIX)
-                )
-                if foreign:
-                    raise IndexFormatError(
-                        f"{directory} is not empty ({foreign[:5]}) and holds no index; choose an "
-                        "empty or new directory"
-                    )
+                cls._refuse_foreign(directory)
                 manifest = cls._create(directory, int(dim), model)
         except BaseException:
             cls._release_lock(lock)
             raise
         return cls(directory, manifest, lock, commit_rows)
+
+    @staticmethod
+    def _refuse_foreign(directory: Path) -> None:
+        """Raise :class:`IndexFormatError` when ``directory`` holds files of its own."""
+        foreign = sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name not in _OWN_NAMES and not p.name.startswith(TMP_PREFIX)
+        )
+        if foreign:
+            raise IndexFormatError(
+                f"{directory} is not empty ({foreign[:5]}) and holds no index; choose an "
+                "empty or new directory"
+            )
 
     @staticmethod
     def _acquire_lock(directory: Path) -> BinaryIO | None:

@@ -334,3 +334,12 @@ def test_empty_index(index_path: Path) -> None:
     store = IndexStore.open(index_path)
     assert store.count == 0 and store.embeddings.shape == (0, DIM)
     assert len(store.metadata) == 0 and store.sources == []
+
+
+def test_refused_folder_is_left_as_it_was(tmp_path: Path) -> None:
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"jpg")
+    with pytest.raises(IndexFormatError, match="not empty"):
+        IndexWriter.open_or_create(foreign, DIM, MODEL)
+    assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]  # no lock file left
