@@ -67,8 +67,13 @@ COMPARE_KEYS = ("name", "arch", "checkpoint_sha256", "bands", "embed_dim", "prep
 
 def model_info(model: Any) -> dict[str, Any]:
     """JSON description of a model stored in the index manifest (:meth:`msclip.MSCLIP.describe`,
-    plus the fact that stored embeddings are L2-normalised)."""
-    return {**model.describe(), "normalized": True}
+    plus the fact that stored embeddings are L2-normalised). The checkpoint path is made
+    absolute, so that ``add`` and ``search`` run from another folder find the weights; it is
+    information only: the checkpoint hash identifies the weights."""
+    info = {**model.describe(), "normalized": True}
+    if info.get("checkpoint_path"):
+        info["checkpoint_path"] = os.path.abspath(info["checkpoint_path"])
+    return info
 
 
 @dataclass

@@ -103,8 +103,9 @@ _PART_RE = re.compile(r"^part-(\d{6,})\.jsonl$")
 # A resumed build must not mistake a user's directory for a half-created index.
 _OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_NAME, "spool"}
 _NORM_TOLERANCE = 1e-3
-# Model description entries that say why, not what: never a reason to refuse a model.
-_INFORMATIONAL_KEYS = ("precision_reason",)
+# Model description entries that say why or where, not what: never a reason to refuse a model
+# (the same weights copied elsewhere, or named by another relative path, have the same hash).
+_INFORMATIONAL_KEYS = ("precision_reason", "checkpoint_path")
 
 
 # ------------------------------------------------------------------------------ small utilities

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,3 +292,35 @@ def test_an_index_that_cannot_be_written_is_named(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cannot write to the index {idx}" in err and "copy it to a writable place" in err
     assert "Traceback" not in err and IndexStore.open(idx).count == 1
+
+
+def test_same_weights_at_another_path_are_accepted(inputs, tmp_path, monkeypatch, capsys):
+    """The checkpoint path is information: a copy of the weights, or the same file named by
+    another relative path, is the same model; the manifest keeps the path absolute, so ``add``
+    without model flags from another folder finds the weights."""
+    files, _, _ = inputs
+    torch.manual_seed(0)
+    tiny = msclip.create_model("msclip-tiny", precision="fp32")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    msclip.save_checkpoint(tiny, tmp_path / "a" / "w.safetensors")
+    shutil.copyfile(tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors")
+    run = ["--quiet", "--batch-size", "4", "--precision", "fp32"]
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            ["build", "x.index", "--images", str(files[0]), "--ckpt-path", "a/w.safetensors", *run]
+        )
+        == 0
+    )
+    stored = IndexStore.open(tmp_path / "x.index").model_info["checkpoint_path"]
+    assert stored == str(tmp_path / "a" / "w.safetensors")
+    assert (
+        main(["add", "x.index", "--images", str(files[1]), "--ckpt-path", "b/w.safetensors", *run])
+        == 0
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["add", "../x.index", "--images", str(files[2]), "--quiet"]) == 0
+    assert IndexStore.open(tmp_path / "x.index").count == 3

@@ -343,3 +343,11 @@ def test_refused_folder_is_left_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="not empty"):
         IndexWriter.open_or_create(foreign, DIM, MODEL)
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]  # no lock file left
+
+
+def test_checkpoint_path_is_not_identity(index_path: Path) -> None:
+    with IndexWriter.open_or_create(index_path, DIM, {**MODEL, "checkpoint_path": "/a/w.st"}):
+        pass
+    moved = {**MODEL, "checkpoint_path": "w.st"}  # same hash, another place
+    IndexWriter.open_or_create(index_path, DIM, moved).close()
+    IndexStore.open(index_path).check_compatible(moved)
