@@ -278,10 +278,24 @@ def _run_search(args: argparse.Namespace) -> int:
     write_csv(df, out)
     geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     written = [out]
-    if geo["features"]:
-        gpath = geojson if geojson is not None else out.with_suffix(".geojson")
+    gpath = geojson if geojson is not None else out.with_suffix(".geojson")
+    notes = []
+    if geo["features"] or geojson is not None:
+        # an explicit --geojson is always written (an empty FeatureCollection when no result is
+        # georeferenced), so it never holds an earlier search's results
+        geo = {"type": "FeatureCollection", "features": geo["features"]}
         text = json.dumps(geo, separators=(",", ":"))
         written.append(atomic_write(gpath, lambda tmp: Path(tmp).write_text(text), ".geojson"))
+        if not geo["features"]:
+            notes.append(f"note: no result is georeferenced; {gpath} holds no features")
+    else:
+        stale = gpath.is_file()
+        if stale:  # an earlier search's footprints must not sit next to this CSV
+            gpath.unlink()
+        notes.append(
+            "note: no result is georeferenced, no GeoJSON written"
+            + (f" (removed the earlier {gpath})" if stale else "")
+        )
     shown = [
         [q if len(q) <= 40 else q[:37] + "...", r, Path(str(im)).name, w, s]
         for q, r, im, w, s in zip(
@@ -293,6 +307,8 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     for w in written:
         print(f"wrote {w}")
+    for n in notes:
+        print(n)
     return EXIT_OK
 
 

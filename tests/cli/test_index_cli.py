@@ -324,3 +324,24 @@ def test_same_weights_at_another_path_are_accepted(inputs, tmp_path, monkeypatch
     monkeypatch.chdir(elsewhere)
     assert main(["add", "../x.index", "--images", str(files[2]), "--quiet"]) == 0
     assert IndexStore.open(tmp_path / "x.index").count == 3
+
+
+def test_search_without_georeferenced_hits_leaves_no_stale_geojson(inputs, tmp_path, capsys):
+    files, _, _ = inputs
+    geo_idx, plain_idx = tmp_path / "g.index", tmp_path / "p.index"
+    plain = tmp_path / "plain.tif"
+    msclip.write_geotiff(plain, np.full((12, 40, 40), 900, dtype="uint16"))  # no CRS
+    assert main(["build", str(geo_idx), "--images", str(files[0]), *TINY]) == 0
+    assert main(["build", str(plain_idx), "--images", str(plain), *TINY]) == 0
+    out = tmp_path / "hits.csv"
+    search = ["--query", "x", "--save-path", str(out), "--quiet"]
+    assert main(["search", str(geo_idx), *search]) == 0
+    assert out.with_suffix(".geojson").is_file()
+    capsys.readouterr()
+    assert main(["search", str(plain_idx), *search]) == 0
+    assert not out.with_suffix(".geojson").exists()
+    assert "no GeoJSON written (removed the earlier" in capsys.readouterr().out
+    explicit = tmp_path / "asked.geojson"
+    explicit.write_text("old")
+    assert main(["search", str(plain_idx), *search, "--geojson", str(explicit)]) == 0
+    assert json.loads(explicit.read_text()) == {"type": "FeatureCollection", "features": []}
