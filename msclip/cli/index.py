@@ -56,10 +56,18 @@ from msclip.cli.common import (
     run_cli,
     write_csv,
 )
+from msclip.cli.inference import _image_options, _refuse_large_images
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
+
+#: What to do with a raster far larger than the model input (as msclip-inference refuses it).
+_LARGE_IMAGE_FIX = "give it with --scenes to index it tile by tile"
+_LARGE_QUERY_FIX = (
+    "give a query image of about the model's input size (a crop of the scene), or index the "
+    "scene tile by tile with --scenes"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +249,7 @@ def _run_search(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
+    _refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
     out = check_output(output_path(args.save_path, "index_search.csv"))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     if store.count == 0:
@@ -249,7 +258,7 @@ def _run_search(args: argparse.Namespace) -> int:
             "--images ...'"
         )
 
-    model, preprocess, tokenizer = load_model(args)
+    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
@@ -335,9 +344,10 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     _model_defaults(args, existing, writing=True)
     check_checkpoint(args)
+    _refuse_large_images(args, images, fix=_LARGE_IMAGE_FIX)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:
-        model, preprocess, _ = load_model(args)
+        model, preprocess, _ = load_model(args, options=_image_options(args))
         options = dict(
             tile_size=args.tile_size, stride=args.stride, min_valid=min_valid(args),
             nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,

@@ -336,7 +336,8 @@ _LARGE_FIX = (
 
 def _image_options(args: argparse.Namespace) -> Any:
     def options(model: Any) -> dict[str, Any]:
-        return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": args.downsample}
+        downsample = getattr(args, "downsample", False)  # msclip-index has no --downsample
+        return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": downsample}
 
     return options
 
@@ -359,17 +360,26 @@ def _input_size(args: argparse.Namespace) -> int | None:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def _large_message(path: str, height: int, width: int, max_pixels: int) -> str:
+def _large_message(
+    path: str, height: int, width: int, max_pixels: int, fix: str = _LARGE_FIX
+) -> str:
     return (
         f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
-        f"{max_pixels} pixels here): {_LARGE_FIX}"
+        f"{max_pixels} pixels here): {fix}"
     )
 
 
-def _refuse_large_images(args: argparse.Namespace, paths: Sequence[str]) -> None:
+def _refuse_large_images(
+    args: argparse.Namespace, paths: Sequence[str], fix: str = _LARGE_FIX
+) -> None:
     """Refuse, before the model is built, an image far larger than the model input: only the
     headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
     read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
+
+    Args:
+        args: the parsed flags.
+        paths: the image files.
+        fix: what the program offers instead (its flags).
 
     Raises:
         UsageError: the first such image, with the flags that handle it.
@@ -385,7 +395,7 @@ def _refuse_large_images(args: argparse.Namespace, paths: Sequence[str]) -> None
     for path in paths:
         ext = Path(path).suffix.lower()
         try:
-            if ext in GEOTIFF_EXTENSIONS and not args.downsample:
+            if ext in GEOTIFF_EXTENSIONS and not getattr(args, "downsample", False):
                 import rasterio
 
                 with rasterio.open(path) as src:
@@ -400,7 +410,7 @@ def _refuse_large_images(args: argparse.Namespace, paths: Sequence[str]) -> None
         except (OSError, ValueError, RasterioError):  # named when the file is read
             continue
         if height * width > max_pixels:
-            raise UsageError(_large_message(path, height, width, max_pixels))
+            raise UsageError(_large_message(path, height, width, max_pixels, fix))
 
 
 def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:

@@ -345,3 +345,19 @@ def test_search_without_georeferenced_hits_leaves_no_stale_geojson(inputs, tmp_p
     explicit.write_text("old")
     assert main(["search", str(plain_idx), *search, "--geojson", str(explicit)]) == 0
     assert json.loads(explicit.read_text()) == {"type": "FeatureCollection", "features": []}
+
+
+def test_a_scene_given_as_one_image_is_refused(inputs, tmp_path, capsys):
+    """A raster far larger than the model input is refused by --images and --query-image (as
+    msclip-inference refuses it), naming --scenes, instead of becoming one embedding."""
+    files, _, _ = inputs
+    big = _write(tmp_path / "big.tif", np.full((12, 300, 300), 900, dtype="uint16"))
+    idx = tmp_path / "l.index"
+    assert main(["build", str(idx), "--images", str(big), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "big.tif is 300x300 pixels" in err and "--scenes" in err
+    assert not (idx / "manifest.json").exists()
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["search", str(idx), "--query-image", str(big), "--quiet"]) == 2
+    assert "big.tif is 300x300 pixels" in capsys.readouterr().err
