@@ -185,8 +185,9 @@ def _select_top(
     element; the first chunk is filtered by its ``c``-th largest group maximum.
 
     Returns:
-        ``(ids [Q, c] int64, threshold [Q] )``: unordered ids of the kept scores, and the lowest
-        kept score per query (every discarded score is at most this).
+        ``(ids [Q, c] int64, threshold [Q], scores [Q, c])``: unordered ids of the kept scores,
+        the lowest kept score per query (every discarded score is at most this), and the kept
+        scores themselves.
     """
     fill: float = -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
     pool_v = torch.full((n_queries, c), fill, dtype=dtype)
@@ -227,7 +228,7 @@ def _select_top(
             pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
             pool_i = torch.gather(all_i, 1, pick)
             thr = pool_v.amin(dim=1, keepdim=True)
-    return pool_i, thr[:, 0]
+    return pool_i, thr[:, 0], pool_v
 
 
 def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
@@ -237,6 +238,16 @@ def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.nda
         return np.empty(0, dtype=np.int64)
     bound32 = np.nextafter(bound.astype(np.float32), np.float32(np.inf))
     return np.flatnonzero(~(bound32 < scores[:, k - 1]))
+
+
+def _cut_through_top(
+    approx: torch.Tensor, thr: torch.Tensor, exact: np.ndarray, kth: np.ndarray
+) -> np.ndarray:
+    """Queries whose short-list may have cut through their top ``k``: a candidate whose
+    approximate score equals the short-list's threshold (rows with that score may have been
+    discarded, which is arbitrary among ties) reaches the ``k``-th exact score."""
+    at_cut = (approx <= thr[:, None]).numpy()
+    return np.flatnonzero((at_cut & (exact >= kth[:, None])).any(axis=1))
 
 
 def _residual(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -651,8 +662,18 @@ class SearchIndex:
                 return self._search_exact(q, k)
             c = candidates or self.candidates or default_candidates(k)
             c = min(max(c, k), self.count)
-            cand = self._coarse(q, c)
-            scores, ids = self._rerank(q, cand, k)
+            cand, approx, thr = self._coarse(q, c)
+            exact_c = np.empty(tuple(cand.shape), dtype=np.float32)
+            scores, ids = self._rerank(q, cand, k, exact_c)
+            if c < self.count:
+                todo = _cut_through_top(approx, thr, exact_c, scores[:, k - 1])
+                if todo.size:
+                    # rows tied with a kept one at the short-list's threshold may have been cut
+                    # arbitrarily (e.g. many identical tiles): those queries are resolved exactly,
+                    # so the result keeps the tie rule (lower ids first)
+                    logger.debug("%d queries tie at the short-list threshold: exact", todo.size)
+                    exact = self._search_exact(q[todo], k)
+                    scores[todo], ids[todo] = exact.scores, exact.ids
         return SearchResult(scores, ids)
 
     def _pick_kernel(self, n_queries: int) -> str:
@@ -780,8 +801,9 @@ class SearchIndex:
             return torch.from_numpy(q).bfloat16() @ prepared[kernel][start:stop].T, torch.bfloat16
         return torch.from_numpy(q) @ _readonly_tensor(emb[start:stop]).T, torch.float32
 
-    def _coarse(self, q: np.ndarray, c: int) -> torch.Tensor:
-        """Candidate ids ``[Q, c]`` by approximate (int8) score."""
+    def _coarse(self, q: np.ndarray, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidates by approximate (int8) score: ``(ids [Q, c], scores [Q, c], threshold [Q])``
+        as :func:`_select_top` gives them (scores in the kernel's own units)."""
         assert self._codes is not None and self._step is not None and self._ones is not None
         codes, n_q = self._codes, q.shape[0]
         padded = codes.shape[1]
@@ -800,7 +822,7 @@ class SearchIndex:
                     e = min(s + _GEMV_CHUNK_ROWS, self.count)
                     yield s, torch.ops.aten._weight_int8pack_mm(q_bf, codes[s:e], self._ones[s:e])
 
-            ids, _ = _select_top(chunks(), n_q, c, torch.bfloat16)
+            ids, thr, vals = _select_top(chunks(), n_q, c, torch.bfloat16)
         elif kernel == "int8-gemm":
             q_i8 = _int8_queries(q_np)
             rows = max(4096, min(1 << 18, _GEMM_CHUNK_SCORE_BYTES // (4 * n_q)))
@@ -810,7 +832,7 @@ class SearchIndex:
                 for s in range(0, self.count, rows):
                     yield s, torch._int_mm(q_i8, codes[s : s + rows].T)[:n_q]
 
-            ids, _ = _select_top(chunks(), n_q, c, torch.int32)
+            ids, thr, vals = _select_top(chunks(), n_q, c, torch.int32)
         elif kernel == "int8-fbgemm":
             packed = self._fbgemm_blocks()
             q_fb = _unit_max(qs)
@@ -819,9 +841,9 @@ class SearchIndex:
                 for s, block in packed:
                     yield s, torch.ops.quantized.linear_dynamic(q_fb, block, True)
 
-            ids, _ = _select_top(chunks(), n_q, c, torch.float32)
+            ids, thr, vals = _select_top(chunks(), n_q, c, torch.float32)
         elif kernel in ("bf16", "fp32"):
-            ids = self._coarse_float(q, c, kernel)
+            ids, thr, vals = self._coarse_float(q, c, kernel)
         else:
             rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * padded))
 
@@ -829,8 +851,8 @@ class SearchIndex:
                 for s in range(0, self.count, rows):
                     yield s, qs @ codes[s : s + rows].float().T
 
-            ids, _ = _select_top(chunks(), n_q, c, torch.float32)
-        return ids
+            ids, thr, vals = _select_top(chunks(), n_q, c, torch.float32)
+        return ids, vals, thr
 
     def _fbgemm_blocks(self) -> list[tuple[int, Any]]:
         """The codes prepacked for fbgemm, in blocks (built on first use: a one-off cost)."""
@@ -844,8 +866,11 @@ class SearchIndex:
             logger.info("int8 codes packed for fbgemm in %.2f s", time.perf_counter() - t0)
         return self._packed
 
-    def _coarse_float(self, q: np.ndarray, c: int, kernel: str) -> torch.Tensor:
-        """Candidates by a float scan: the float32 rows, or a bf16 copy of them."""
+    def _coarse_float(
+        self, q: np.ndarray, c: int, kernel: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidates by a float scan (the float32 rows, or a bf16 copy of them): ``(ids,
+        threshold, scores)`` as :func:`_select_top` gives them."""
         n_q = q.shape[0]
         if kernel == "bf16":
             if self._bf16 is None:
@@ -869,13 +894,17 @@ class SearchIndex:
                 for s, chunk in self._chunks(rows):
                     yield s, q_t @ _readonly_tensor(np.asarray(chunk)).T
 
-        ids, _ = _select_top(chunks(), n_q, c, dtype)
-        return ids
+        return _select_top(chunks(), n_q, c, dtype)
 
     def _rerank(
-        self, q: np.ndarray, cand: torch.Tensor | np.ndarray, k: int
+        self,
+        q: np.ndarray,
+        cand: torch.Tensor | np.ndarray,
+        k: int,
+        all_scores: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float64 scores of the candidates, rounded to float32, best ``k`` per query."""
+        """Exact float64 scores of the candidates, rounded to float32, best ``k`` per query
+        (and every candidate's, into ``all_scores [Q, c]`` when given)."""
         cand = cand.numpy() if isinstance(cand, torch.Tensor) else np.asarray(cand)
         n_q = q.shape[0]
         out_s = np.empty((n_q, k), dtype=np.float32)
@@ -888,7 +917,10 @@ class SearchIndex:
                 rows = torch.from_numpy(np.asarray(self._emb[uniq])).double()
                 full = (q64[b : b + _RERANK_QUERY_BLOCK] @ rows.T).numpy()
                 scores = np.take_along_axis(full, inv.reshape(ids.shape), axis=1)
-                top = sort_top_k(scores.astype(np.float32), ids, k)
+                scores = scores.astype(np.float32)
+                if all_scores is not None:
+                    all_scores[b : b + len(ids)] = scores
+                top = sort_top_k(scores, ids, k)
                 out_s[b : b + len(ids)], out_i[b : b + len(ids)] = top
         return out_s, out_i
 
@@ -912,7 +944,7 @@ class SearchIndex:
             for s, chunk in self._chunks(rows):
                 yield s, q_t @ _readonly_tensor(np.asarray(chunk)).T
 
-        cand, thr = _select_top(chunks(), n_q, c, torch.float32)
+        cand, thr, _ = _select_top(chunks(), n_q, c, torch.float32)
         scores, ids = self._rerank(q, cand, k)
         if c < self.count:
             # Every discarded row has a float32 scan score <= thr, so its true score is at most

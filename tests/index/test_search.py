@@ -185,3 +185,16 @@ def test_cache_is_reused_and_invalidated_when_the_index_grows(tmp_path: Path, da
     rebuilt = SearchIndex.from_store(IndexStore.open(path))
     assert not rebuilt.cache_hit
     assert_matches(rebuilt.search(queries, 10), brute_force(emb, queries, 10))
+
+
+@pytest.mark.parametrize("kernel", ["fp32", "dequant", "int8-gemm"])
+def test_more_ties_than_candidates_keep_the_lowest_ids(kernel: str) -> None:
+    """300 identical rows and a short-list of 100: the default search returns ids 0..4 (ties by
+    lower id), as the exact search does, not whichever tied rows the short-list kept."""
+    rng = np.random.default_rng(0)
+    emb = np.repeat(unit(rng.standard_normal((1, DIM))), 300, axis=0)
+    emb[7] = unit(rng.standard_normal(DIM))  # one other row among them
+    q = unit(rng.standard_normal((2, DIM)))
+    index = SearchIndex(emb, kernel=kernel, device="cpu")
+    assert_matches(index.search(q, 5), brute_force(emb, q, 5))
+    assert_matches(index.search(q, 5), index.search(q, 5, exact=True))
