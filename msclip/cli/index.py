@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from msclip.cli.common import (
     load_model,
     min_valid,
     output_path,
+    plural,
     positive_int,
     print_table,
     query_image_paths,
@@ -241,8 +243,9 @@ def _open(index: str) -> Any:
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from msclip.index.build import COMPARE_KEYS, model_info
+    from msclip.index.build import COMPARE_KEYS, model_info, source_file
     from msclip.io import atomic_write, check_output
+    from msclip.io.images import unique_names
 
     store = _open(args.index)
     queries = read_queries(args)
@@ -269,17 +272,20 @@ def _run_search(args: argparse.Namespace) -> int:
         )
     scores, ids = _top_k(store, q_emb, args.top_k, args.exact)
     meta = store.metadata
+    hit_sources = _hit_sources(store, ids)
     rows = []
     for qi, name in enumerate(names):
         for r, (i, sc) in enumerate(zip(ids[qi], scores[qi])):
             m = meta.iloc[int(i)]
+            src = hit_sources.get(int(i))
             rows.append(
                 {
                     "Query": name,
                     "Rank": r + 1,
                     "Similarity": float(sc),
                     "Id": int(i),
-                    "Image": m.get("path"),
+                    # the file's absolute path (source key); rows added without one keep theirs
+                    "Image": source_file(src.key) if src is not None else m.get("path"),
                     **{c: m[c] for c in meta.columns if c != "path"},
                 }
             )
@@ -305,8 +311,10 @@ def _run_search(args: argparse.Namespace) -> int:
             "note: no result is georeferenced, no GeoJSON written"
             + (f" (removed the earlier {gpath})" if stale else "")
         )
+    files = sorted({str(im) for im in df["Image"]})
+    short = dict(zip(files, unique_names(files, [os.path.dirname(f) for f in files])))
     shown = [
-        [q if len(q) <= 40 else q[:37] + "...", r, Path(str(im)).name, w, s]
+        [q if len(q) <= 40 else q[:37] + "...", r, short[str(im)], w, s]
         for q, r, im, w, s in zip(
             df["Query"], df["Rank"], df["Image"], _windows(df), df["Similarity"]
         )
@@ -318,7 +326,42 @@ def _run_search(args: argparse.Namespace) -> int:
         print(f"wrote {w}")
     for n in notes:
         print(n)
+    _note_stale_hits(hit_sources.values())
     return EXIT_OK
+
+
+def _hit_sources(store: Any, ids: np.ndarray) -> dict[int, Any]:
+    """The source (:class:`msclip.index.store.SourceRange`) of each hit id that has one."""
+    import bisect
+
+    ranges = [r for r in store.sources if r.stop > r.start]
+    starts = [r.start for r in ranges]
+    out = {}
+    for i in {int(i) for i in np.asarray(ids).ravel()}:
+        j = bisect.bisect_right(starts, i) - 1
+        if j >= 0 and ranges[j].start <= i < ranges[j].stop:
+            out[i] = ranges[j]
+    return out
+
+
+def _note_stale_hits(sources: Iterable[Any]) -> None:
+    """A note naming results whose file no longer exists or changed since it was indexed."""
+    from msclip.index.build import source_file, stale_files
+
+    infos = {s.key: s.info for s in sources}
+    changed, vanished = stale_files(infos)
+    files = {source_file(k) for k in infos}
+    vanished += sorted(f for f in files - set(vanished) if not os.path.exists(f))
+    for what, paths in (("no longer exist", vanished), ("changed since indexed", changed)):
+        if paths:
+            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+            listed = ", ".join(paths[:5]) + more
+            print(
+                f"note: result files that {what} (their embeddings are of the files as "
+                f"indexed): {listed}; build a new index of the current files to bring it up to "
+                "date",
+                file=sys.stderr,
+            )
 
 
 def _windows(df: Any) -> list[str]:
@@ -372,25 +415,37 @@ def _run_build(args: argparse.Namespace) -> int:
             group.close()
     from tabulate import tabulate
 
-    print(
-        tabulate(
-            [
-                ["sources given", report.sources],
-                ["already indexed (skipped)", report.skipped_done],
-                ["sources added", report.added],
-                ["embeddings added", report.rows],
-                ["skipped as nodata", report.nodata],
-                ["unreadable", len(report.failures)],
-                ["embeddings in the index", report.count],
-            ]
-        )
-    )
+    n_bad_tiles = report.failed_tiles
+    n_bad_files = len(report.failures) - n_bad_tiles
+    rows = [
+        ["sources given", report.sources],
+        ["already indexed (skipped)", report.skipped_done],
+        ["changed since indexed", len(report.changed)],
+        ["gone since indexed", len(report.vanished)],
+        ["sources added", report.added],
+        ["embeddings added", report.rows],
+        ["skipped as nodata", report.nodata],
+        ["unreadable files / tiles", f"{n_bad_files} / {n_bad_tiles}"],
+        ["embeddings in the index", report.count],
+    ]
+    if report.retried:
+        rows.insert(2, ["scenes with failed tiles retried", report.retried])
+    print(tabulate(rows))
+    code = EXIT_OK
+    if report.changed or report.vanished:
+        code = _warn_stale(args, report)
     if report.failures:
         shown = "; ".join(f"{f.name} ({f.reason})" for f in report.failures[:10])
         more = f"; and {len(report.failures) - 10} more" if len(report.failures) > 10 else ""
+        counts = []
+        if n_bad_files:
+            counts.append(f"{n_bad_files} of {plural(report.files, 'image file')}")
+        if n_bad_tiles:
+            counts.append(f"{n_bad_tiles} of {plural(report.tiles, 'scene tile')}")
+        verb = "was" if len(report.failures) == 1 else "were"
         print(
-            f"warning: {len(report.failures)} of {report.sources} inputs could not be read and "
-            f"were skipped: {shown}{more}; rerun the same command to retry them",
+            f"warning: {' and '.join(counts)} could not be read and {verb} not indexed: "
+            f"{shown}{more}; rerun the same command to retry them (only they are read again)",
             file=sys.stderr,
         )
         if report.count == 0:
@@ -404,7 +459,30 @@ def _run_build(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PARTIAL
-    return EXIT_OK
+    return code
+
+
+def _warn_stale(args: argparse.Namespace, report: Any) -> int:
+    """Name the indexed files that changed or vanished since they were encoded; exit status 1
+    (0 with --skip-bad) when a file given to this run changed, as it could not be indexed."""
+    for paths, what in (
+        (report.changed, "changed since they were indexed (their embeddings are of the old "
+         "content; the index is append-only, so they are not encoded again)"),
+        (report.vanished, "no longer exist (search still returns them)"),
+    ):  # fmt: skip
+        if paths:
+            more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
+            print(
+                f"warning: indexed files that {what}: {len(paths)}: {', '.join(paths[:10])}{more}",
+                file=sys.stderr,
+            )
+    print(
+        f"warning: to index the current files, build a new index: 'msclip-index build "
+        f"NEW.index --images ... --scenes ...' (the same inputs), then use it instead of "
+        f"{args.index}",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL if report.stale_given and not args.skip_bad else EXIT_OK
 
 
 def _join_process_group(args: argparse.Namespace) -> Any:

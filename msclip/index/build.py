@@ -14,7 +14,7 @@ Each embedding (L2-normalised float32) gets one metadata row:
 ========== ================================================================================
 column     meaning
 ========== ================================================================================
-path       the file as given
+path       the file (absolute path, as in the source key)
 tile       True for a scene tile, False for a whole file
 row, col   top-left pixel of the window (0, 0 for a whole file)
 height,    window size in pixels (the raster size for a whole GeoTIFF; -1 when unknown)
@@ -27,6 +27,17 @@ footprint  JSON ring ``[[lon, lat], ...]`` of the window in EPSG:4326 (counter-c
 The manifest's model description (:func:`model_info`) names the model, checkpoint hash, bands,
 precision and preprocessing; the store refuses to add embeddings of another model, and search
 refuses queries from a model that differs in the fields of :data:`COMPARE_KEYS`.
+
+Each source is stored with its file's size and modification time (``mtime_ns``) as they were
+when it was planned for encoding. The store is append-only, so a file that changed or vanished
+after it was indexed keeps its old embeddings; a resumed build or an ``add`` finds such files,
+names them in :class:`BuildReport` (``changed``, ``vanished``) and does not encode a changed file
+again under its old key: the fix is a new index. Sources of indexes written before the stamps
+existed are taken as unchanged.
+
+A scene whose tiles partly fail to read is added with its readable tiles and the windows of the
+failed ones; the next run of the same build reads only those windows again, as the source
+``<scene key>#retry-<n>``, until none fails.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +59,19 @@ from msclip.tiling import SceneInfo, Tile, footprint_lonlat, open_scene, raster_
 
 __all__ = [
     "COMPARE_KEYS",
+    "RETRY_MARK",
     "BuildReport",
     "EncodedSource",
     "Source",
     "add_encoded",
     "build_index",
     "encode_sources",
+    "file_stamp",
     "model_info",
+    "pending_work",
     "plan_sources",
+    "source_file",
+    "stale_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +79,24 @@ logger = logging.getLogger(__name__)
 #: Model description fields a query model must share with the index (precision may differ:
 #: bf16 and fp32 embeddings of one checkpoint are interchangeable for search).
 COMPARE_KEYS = ("name", "arch", "checkpoint_sha256", "bands", "embed_dim", "preprocessing")
+
+#: Separates a scene's key from the number of a retry of its failed tiles (a source of its own).
+RETRY_MARK = "#retry-"
+
+
+def source_file(key: str) -> str:
+    """The file of a source key (a retry of a scene's failed tiles names the scene's key)."""
+    base, mark, n = key.rpartition(RETRY_MARK)
+    return base if mark and n.isdigit() else key
+
+
+def file_stamp(path: str | os.PathLike) -> dict[str, int] | None:
+    """``{"size", "mtime_ns"}`` of a file, or ``None`` when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def model_info(model: Any) -> dict[str, Any]:
@@ -82,15 +116,23 @@ class Source:
 
     Attributes:
         path: the file as given.
-        key: the source key in the index (absolute path).
+        key: the source key in the index (absolute path; ``<path>#retry-<n>`` for a retry of a
+            scene's failed tiles).
         scene: the scene's tiling, for scene sources.
         tiles: the scene's windows (``None`` for a whole file).
+        stamp: the file's size and mtime when planned (:func:`file_stamp`; ``None``: missing).
     """
 
     path: str
     key: str
     scene: SceneInfo | None = None
     tiles: list[Tile] | None = None
+    stamp: dict[str, int] | None = None
+
+    @property
+    def file(self) -> str:
+        """The file's absolute path."""
+        return source_file(self.key)
 
     @property
     def items(self) -> list[Any]:
@@ -104,20 +146,36 @@ class BuildReport:
 
     Attributes:
         sources: sources given.
-        skipped_done: sources already in the index (resumed build or repeated add).
-        added: sources committed by this run.
+        skipped_done: sources already in the index (resumed build or repeated add), changed
+            ones included.
+        retried: scenes whose failed tiles were read again.
+        added: sources committed by this run (a retry of failed tiles counts its scene).
         rows: embeddings added by this run.
+        files: image files read by this run.
+        tiles: scene tiles read by this run.
         nodata: files or tiles skipped as mostly nodata.
         failures: unreadable files or tiles.
+        failed_tiles: how many of ``failures`` are scene tiles (the rest are files).
+        changed: indexed files whose size or mtime differ from when they were encoded (their
+            embeddings are of the old content).
+        vanished: indexed files that no longer exist.
+        stale_given: sources given to this run that are not encoded because their file changed.
         count: embeddings in the index after the run.
     """
 
     sources: int = 0
     skipped_done: int = 0
+    retried: int = 0
     added: int = 0
     rows: int = 0
+    files: int = 0
+    tiles: int = 0
     nodata: int = 0
     failures: list[Failure] = field(default_factory=list)
+    failed_tiles: int = 0
+    changed: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    stale_given: int = 0
     count: int = 0
 
 
@@ -140,15 +198,82 @@ def plan_sources(
         key = os.path.abspath(p)
         if key not in seen:
             seen.add(key)
-            out.append(Source(str(p), key))
+            out.append(Source(str(p), key, stamp=file_stamp(key)))
     for p in scenes:
         key = os.path.abspath(p)
         if key in seen:
             continue
         seen.add(key)
+        stamp = file_stamp(key)  # before reading: a later change then shows as a change
         info = open_scene(p, tile_size, stride)
-        out.append(Source(str(p), key, info, scene_tiles(info)))
+        out.append(Source(str(p), key, info, scene_tiles(info), stamp))
     return out
+
+
+def stale_files(infos: Mapping[str, Mapping[str, Any] | None]) -> tuple[list[str], list[str]]:
+    """``(changed, vanished)``: the files of stamped sources (``{key: info}``) whose size or
+    mtime differ from their stamp, and those that no longer exist; sources without a stamp
+    (indexes written before stamps) are not checked."""
+    stamps: dict[str, list[Mapping[str, Any]]] = {}
+    for key, info in infos.items():
+        if info is not None and "size" in info and "mtime_ns" in info:
+            stamps.setdefault(source_file(key), []).append(info)
+    changed, vanished = [], []
+    for path, known in sorted(stamps.items()):
+        now = file_stamp(path)
+        if now is None:
+            vanished.append(path)
+        elif any(k["size"] != now["size"] or k["mtime_ns"] != now["mtime_ns"] for k in known):
+            changed.append(path)
+    return changed, vanished
+
+
+def _retry_key(writer: IndexWriter, key: str) -> tuple[str, str]:
+    """``(last committed key of the scene, key of its next retry)``."""
+    last, n = key, 1
+    while writer.is_done(f"{key}{RETRY_MARK}{n}"):
+        last, n = f"{key}{RETRY_MARK}{n}", n + 1
+    return last, f"{key}{RETRY_MARK}{n}"
+
+
+def retry_source(source: Source, key: str, windows: Sequence[Sequence[int]]) -> Source:
+    """The source that reads again the ``windows`` (``[row, col, height, width]``) of a scene."""
+    known = {(t.row, t.col, t.height, t.width): t for t in source.tiles or []}
+    tiles = [
+        known.get(tuple(int(v) for v in w)) or Tile(source.path, *(int(v) for v in w))
+        for w in windows
+    ]
+    return Source(source.path, key, source.scene, tiles, source.stamp)
+
+
+def pending_work(
+    writer: IndexWriter, sources: Sequence[Source], report: BuildReport
+) -> list[Source | None]:
+    """What is left to encode of each planned source, in order: the source itself when not in
+    the index, a retry of the failed tiles of a scene (:func:`retry_source`), or ``None``
+    (done, or changed since it was indexed). Fills ``report``'s ``skipped_done``, ``retried``,
+    ``changed``, ``vanished`` and ``stale_given``."""
+    report.changed, report.vanished = stale_files(writer.source_infos)
+    changed = set(report.changed)
+    work: list[Source | None] = []
+    for s in sources:
+        if not writer.is_done(s.key):
+            work.append(s)
+            continue
+        if s.key in changed:  # never mix tiles of two versions of a file
+            report.skipped_done += 1
+            report.stale_given += 1
+            work.append(None)
+            continue
+        last, retry = _retry_key(writer, s.key)
+        failed = (writer.source_info(last) or {}).get("failed_tiles")
+        if failed and s.tiles is not None:
+            report.retried += 1
+            work.append(retry_source(s, retry, failed))
+        else:
+            report.skipped_done += 1
+            work.append(None)
+    return work
 
 
 def _geo_columns(crs: Any, transform: Any, row: int, col: int, h: int, w: int) -> dict[str, Any]:
@@ -178,9 +303,9 @@ def _geo_columns(crs: Any, transform: Any, row: int, col: int, h: int, w: int) -
     }
 
 
-def _file_row(path: str) -> dict[str, Any]:
+def _file_row(path: str, key: str) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "path": path,
+        "path": key,
         "tile": False,
         "row": 0,
         "col": 0,
@@ -205,7 +330,7 @@ def _file_row(path: str) -> dict[str, Any]:
 def _tile_row(source: Source, tile: Tile) -> dict[str, Any]:
     info = source.scene
     row: dict[str, Any] = {
-        "path": source.path,
+        "path": source.file,
         "tile": True,
         "row": tile.row,
         "col": tile.col,
@@ -227,6 +352,10 @@ class EncodedSource:
         failures: unreadable files or tiles of the source.
         nodata: tiles (or the file) skipped as mostly nodata.
         unreadable: a whole file that could not be read (not marked done: retried next time).
+        stamp: the file's stamp when the source was planned (see :class:`Source`).
+        failed_tiles: windows ``[row, col, height, width]`` of the tiles that could not be read
+            (stored with the scene: the next run reads them again).
+        items: files or tiles the source had to read.
     """
 
     position: int
@@ -235,6 +364,9 @@ class EncodedSource:
     failures: list[Failure] = field(default_factory=list)
     nodata: int = 0
     unreadable: bool = False
+    stamp: dict[str, int] | None = None
+    failed_tiles: list[list[int]] = field(default_factory=list)
+    items: int = 1
 
 
 def encode_sources(
@@ -283,9 +415,15 @@ def encode_sources(
         while nxt < len(sources) and ends[nxt] <= upto:
             s = sources[nxt]
             emb = np.concatenate(parts[nxt]) if parts[nxt] else np.zeros((0, dim), np.float32)
+            failed_tiles = [
+                [t.row, t.col, t.height, t.width]
+                for f in fails[nxt]
+                if isinstance(t := items[f.index], Tile)
+            ]
             yield EncodedSource(
                 positions[nxt], emb, rows[nxt], fails[nxt], skipped[nxt],
-                unreadable=bool(fails[nxt]) and s.tiles is None,
+                unreadable=bool(fails[nxt]) and s.tiles is None, stamp=s.stamp,
+                failed_tiles=failed_tiles, items=len(s.items),
             )  # fmt: skip
             parts[nxt], rows[nxt] = [], []
             nxt += 1
@@ -298,7 +436,7 @@ def encode_sources(
             si = owner[i]
             item = items[i]
             src = sources[si]
-            row = _tile_row(src, item) if isinstance(item, Tile) else _file_row(src.path)
+            row = _tile_row(src, item) if isinstance(item, Tile) else _file_row(src.path, src.file)
             parts[si].append(batch.embeddings[j : j + 1])
             rows[si].append(row)
         for f in batch.failures:
@@ -363,8 +501,7 @@ def build_index(
     report = BuildReport(sources=len(sources))
     info = model_info(model)
     with IndexWriter.open_or_create(path, int(model.embed_dim), info) as writer:
-        todo = [s for s in sources if not writer.is_done(s.key)]
-        report.skipped_done = len(sources) - len(todo)
+        todo = [w for w in pending_work(writer, sources, report) if w is not None]
         if report.skipped_done:
             logger.info(
                 "%s: %d of %d sources already indexed, skipped",
@@ -392,12 +529,23 @@ def add_encoded(
     writer: IndexWriter, source: Source, done: EncodedSource, report: BuildReport
 ) -> bool:
     """Stage one encoded source in the writer and account for it in ``report``; returns whether
-    it was staged (an unreadable whole file is not: a later run retries it)."""
+    it was staged (an unreadable whole file is not: a later run retries it). The source is
+    stored with its file's stamp and the windows of its tiles that could not be read."""
     report.failures += done.failures
+    report.failed_tiles += len(done.failed_tiles)
     report.nodata += done.nodata
+    if source.tiles is None:
+        report.files += done.items
+    else:
+        report.tiles += done.items
     if done.unreadable:
         return False
-    writer.add(done.embeddings, done.rows if done.rows else None, source=source.key)
-    report.added += 1
+    info: dict[str, Any] = dict(done.stamp or {})
+    if done.failed_tiles:
+        info["failed_tiles"] = done.failed_tiles
+    writer.add(
+        done.embeddings, done.rows if done.rows else None, source=source.key, info=info or None
+    )
+    report.added += source.key == source.file  # a retry adds to a scene already counted
     report.rows += len(done.embeddings)
     return True

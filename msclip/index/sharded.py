@@ -48,7 +48,9 @@ from msclip.index.build import (
     add_encoded,
     encode_sources,
     model_info,
+    pending_work,
     plan_sources,
+    retry_source,
 )
 from msclip.index.store import IndexStore, IndexWriter
 
@@ -98,6 +100,9 @@ def _write_spool(spool: Path, done: EncodedSource, key: str, fingerprint: str) -
         "failures": [[f.index, f.name, f.reason] for f in done.failures],
         "nodata": done.nodata,
         "unreadable": done.unreadable,
+        "stamp": done.stamp,
+        "failed_tiles": done.failed_tiles,
+        "items": done.items,
     }
     text = json.dumps(meta, allow_nan=True)  # rows hold NaN bounds for files without a CRS
 
@@ -108,8 +113,9 @@ def _write_spool(spool: Path, done: EncodedSource, key: str, fingerprint: str) -
     atomic_write(_spool_file(spool, done.position), write, ".npz")
 
 
-def _read_spool(path: Path, key: str, fingerprint: str) -> EncodedSource | None:
-    """A spooled source, or ``None`` when it is unreadable or from another source or model."""
+def _read_spool(path: Path, key: str, fingerprint: str, stamp: Any = False) -> EncodedSource | None:
+    """A spooled source, or ``None`` when it is unreadable or from another source or model (or,
+    when ``stamp`` is given, of another version of the file)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -119,9 +125,13 @@ def _read_spool(path: Path, key: str, fingerprint: str) -> EncodedSource | None:
         return None
     if meta.get("key") != key or meta.get("fingerprint") != fingerprint:
         return None
+    if stamp is not False and meta.get("stamp") != stamp:
+        return None
     fails = [Failure(int(i), str(n), str(r)) for i, n, r in meta.get("failures", [])]
     return EncodedSource(int(meta["position"]), emb, list(meta["rows"]), fails,
-                         int(meta.get("nodata", 0)), bool(meta.get("unreadable")))  # fmt: skip
+                         int(meta.get("nodata", 0)), bool(meta.get("unreadable")),
+                         meta.get("stamp"), list(meta.get("failed_tiles", [])),
+                         int(meta.get("items", 1)))  # fmt: skip
 
 
 def build_sharded(
@@ -166,15 +176,21 @@ def build_sharded(
     spool = Path(path) / SPOOL_DIR
     writer: IndexWriter | None = None
     payload: list[Any] = [None]
+    report = BuildReport(sources=len(sources))
     try:
         if rank == 0:
             if must_exist:
                 IndexStore.open(path)
             writer = IndexWriter.open_or_create(path, int(model.embed_dim), model_info(model))
-            committed = [writer.is_done(s.key) for s in sources]
+            work = pending_work(writer, sources, report)
             spool.mkdir(exist_ok=True)
-            spooled = _usable_spool(spool, sources, committed, fingerprint)
-            payload = [{"committed": committed, "spooled": sorted(spooled)}]
+            spooled = _usable_spool(spool, work, fingerprint)
+            # what is left of each source: its key, and the windows of a retry of failed tiles
+            left = [
+                None if w is None else [w.key, None if w.key == s.key else _windows(w)]
+                for s, w in zip(sources, work)
+            ]
+            payload = [{"work": left, "spooled": sorted(spooled)}]
     except BaseException as exc:
         payload = [{"error": f"{type(exc).__name__}: {exc}"}]
         dist.broadcast_object_list(payload, src=0)
@@ -185,22 +201,27 @@ def build_sharded(
     plan = payload[0]
     if "error" in plan:
         raise RuntimeError(f"process 0 could not open the index {path}: {plan['error']}")
-    committed, spooled = plan["committed"], set(plan["spooled"])
-    todo = [i for i, done in enumerate(committed) if not done and i not in spooled]
-    owners = dict(zip(todo, assign_sources([len(sources[i].items) for i in todo], world)))
+    spooled = set(plan["spooled"])
+    work: list[Source | None] = [
+        None if w is None else sources[i] if w[1] is None else retry_source(sources[i], *w)
+        for i, w in enumerate(plan["work"])
+    ]
+    todo = [i for i, w in enumerate(work) if w is not None and i not in spooled]
+    owners = dict(zip(todo, assign_sources([len(work[i].items) for i in todo], world)))
     mine = [i for i in todo if owners[i] == rank]
-    report = BuildReport(sources=len(sources), skipped_done=sum(committed))
+    committed = sum(w is None for w in work)
     logger.info(
         "process %d of %d: %d of %d sources to encode (%d committed, %d spooled)",
-        rank, world, len(mine), len(sources), sum(committed), len(spooled),
+        rank, world, len(mine), len(sources), committed, len(spooled),
     )  # fmt: skip
     encoded = encode_sources(
-        model, preprocess, [sources[i] for i in mine], mine, min_valid=min_valid,
+        model, preprocess, [work[i] for i in mine], mine, min_valid=min_valid,
         nodata=nodata, batch_size=batch_size, workers=workers, progress=progress and rank == 0,
     )  # fmt: skip
     if rank != 0:
+        report.skipped_done = committed
         for done in encoded:
-            _write_spool(spool, done, sources[done.position].key, fingerprint)
+            _write_spool(spool, done, work[done.position].key, fingerprint)
             report.failures += done.failures
             report.nodata += done.nodata
             report.added += 0 if done.unreadable else 1
@@ -210,7 +231,7 @@ def build_sharded(
         return report
 
     assert writer is not None
-    pending = [i for i, done in enumerate(committed) if not done]  # plan order
+    pending = [i for i, w in enumerate(work) if w is not None]  # plan order
     own: dict[int, EncodedSource] = {}
     last_commit = time.monotonic()
     with writer:  # a failure still commits what was added (whole sources), as one process does
@@ -219,13 +240,13 @@ def build_sharded(
             if on_source is not None:
                 on_source(done.position)
             pending, last_commit = _ingest(
-                writer, sources, pending, own, spool, fingerprint, report, commit_seconds,
+                writer, work, pending, own, spool, fingerprint, report, commit_seconds,
                 last_commit,
             )  # fmt: skip
         while pending:  # the rest comes from the other processes
             before = len(pending)
             pending, last_commit = _ingest(
-                writer, sources, pending, own, spool, fingerprint, report, commit_seconds,
+                writer, work, pending, own, spool, fingerprint, report, commit_seconds,
                 last_commit,
             )  # fmt: skip
             if len(pending) == before:
@@ -239,19 +260,22 @@ def build_sharded(
     return report
 
 
-def _usable_spool(
-    spool: Path, sources: Sequence[Source], committed: Sequence[bool], fingerprint: str
-) -> set[int]:
+def _windows(source: Source) -> list[list[int]]:
+    return [[t.row, t.col, t.height, t.width] for t in source.tiles or []]
+
+
+def _usable_spool(spool: Path, work: Sequence[Source | None], fingerprint: str) -> set[int]:
     """Positions of spooled encodings a previous run left that can be used as they are; spooled
-    files of committed sources, of other sources or of another model are removed."""
+    files of committed sources, of other sources, of another model or of a file that changed
+    since are removed."""
     usable = set()
     for f in sorted(spool.glob("source-*.npz")):
         try:
             pos = int(f.stem.split("-")[1])
         except (IndexError, ValueError):
             continue
-        ok = 0 <= pos < len(sources) and not committed[pos]
-        if ok and _read_spool(f, sources[pos].key, fingerprint) is not None:
+        w = work[pos] if 0 <= pos < len(work) else None
+        if w is not None and _read_spool(f, w.key, fingerprint, w.stamp) is not None:
             usable.add(pos)
         else:
             f.unlink(missing_ok=True)
@@ -260,7 +284,7 @@ def _usable_spool(
 
 def _ingest(
     writer: IndexWriter,
-    sources: Sequence[Source],
+    sources: Sequence[Source | None],
     pending: list[int],
     own: dict[int, EncodedSource],
     spool: Path,
@@ -277,13 +301,15 @@ def _ingest(
             path = _spool_file(spool, pos)
             if not path.is_file():
                 break
-            done = _read_spool(path, sources[pos].key, fingerprint)
+            done = _read_spool(path, sources[pos].key, fingerprint)  # type: ignore[union-attr]
             if done is None:
                 raise RuntimeError(
                     f"spooled encoding {path} is unreadable or from another model; remove "
                     f"{spool} and rerun the build"
                 )
-        staged = add_encoded(writer, sources[pos], done, report)
+        source = sources[pos]
+        assert source is not None  # pending holds only sources left to encode
+        staged = add_encoded(writer, source, done, report)
         if staged and time.monotonic() - last_commit >= commit_seconds:
             writer.commit()
             last_commit = time.monotonic()

@@ -6,7 +6,8 @@ An index is a directory::
       manifest.json        commit point: format, dim, dtype, count, caller's model dict, parts
       embeddings.f32       raw little-endian float32 rows [count, dim], appended in place
       meta/part-NNNNNN.jsonl
-                           metadata rows and source keys of one commit (columnar JSON Lines)
+                           metadata rows and source keys of one commit (columnar JSON Lines), with
+                           each source's information (e.g. the file's size and mtime when encoded)
       search_cache/        optional derived data of :mod:`msclip.index.search` (safe to delete)
       spool/               encodings of a sharded build waiting to be added
                            (:mod:`msclip.index.sharded`; removed when the build ends)
@@ -117,11 +118,14 @@ class SourceRange:
         key: The source key given to :meth:`IndexWriter.add`.
         start: First embedding id of the source.
         stop: One past the last id; equal to ``start`` for a source that produced no rows.
+        info: The source's information given to :meth:`IndexWriter.add` (``None`` when none was
+            given, as in indexes written before it existed).
     """
 
     key: str
     start: int
     stop: int
+    info: dict[str, Any] | None = None
 
 
 def _now() -> str:
@@ -150,6 +154,18 @@ def _normalise_model_info(model_info: Mapping[str, Any]) -> dict[str, Any]:
             f"{exc}; convert tuples of arrays, paths or numpy scalars to plain Python values"
         ) from exc
     return json.loads(text)
+
+
+def _normalise_json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The JSON round trip of a mapping of plain values, or :class:`MetadataError` naming it."""
+    if not isinstance(value, Mapping):
+        raise MetadataError(f"{what} must be a mapping, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise MetadataError(
+            f"{what} must hold only JSON values (str, numbers, bools, None, lists, dicts): {exc}"
+        ) from exc
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -305,7 +321,9 @@ def _part_name(index: int) -> str:
     return f"part-{index:06d}.jsonl"
 
 
-def _encode_part(frame: pd.DataFrame, sources: list[list[Any]], start: int) -> bytes:
+def _encode_part(
+    frame: pd.DataFrame, sources: list[list[Any]], start: int, infos: list[Any] | None = None
+) -> bytes:
     columns = [_encode_column(name, frame[name]) for name in frame.columns]
     header = {
         "format": PART_FORMAT_NAME,
@@ -315,6 +333,9 @@ def _encode_part(frame: pd.DataFrame, sources: list[list[Any]], start: int) -> b
         "sources": sources,
         "columns": [[c["name"], c["kind"]] for c in columns],
     }
+    if infos is not None and any(i is not None for i in infos):
+        # a separate list, one entry per source: readers that predate it ignore it
+        header["source_info"] = infos
     lines = [json.dumps(header, allow_nan=False)]
     lines.extend(json.dumps(c, allow_nan=True) for c in columns)
     return ("\n".join(lines) + "\n").encode("utf-8")
@@ -332,6 +353,15 @@ def _read_part_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != PART_FORMAT_NAME:
         raise CorruptIndexError(f"{path} is not a metadata part of an msclip index; rebuild")
     return header
+
+
+def _source_infos(header: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """Per source of a part header, its information (``None`` where there is none)."""
+    infos = header.get("source_info")
+    n = len(header["sources"])
+    if not isinstance(infos, list) or len(infos) != n:
+        return [None] * n
+    return [i if isinstance(i, dict) else None for i in infos]
 
 
 def _read_part_frame(path: Path) -> pd.DataFrame:
@@ -552,8 +582,9 @@ class IndexStore:
             self._sources = []
             for part in self._manifest["parts"]:
                 header = _read_part_header(self.path / part["file"])
-                for key, start, n in header["sources"]:
-                    self._sources.append(SourceRange(key, int(start), int(start) + int(n)))
+                infos = _source_infos(header)
+                for (key, start, n), info in zip(header["sources"], infos):
+                    self._sources.append(SourceRange(key, int(start), int(start) + int(n), info))
         return list(self._sources)
 
     def check_compatible(
@@ -620,6 +651,7 @@ class _Pending:
     embeddings: np.ndarray
     rows: pd.DataFrame
     source: str | None
+    info: dict[str, Any] | None = None
 
 
 def _as_matrix(embeddings: Any, dim: int) -> np.ndarray:
@@ -676,10 +708,14 @@ class IndexWriter:
         self._pending_rows = 0
         self._pending_sources: set[str] = set()
         self._done: set[str] = set()
+        self._info: dict[str, dict[str, Any]] = {}  # committed and staged sources' information
         self._warned_norm = False
         for part in manifest["parts"]:
             header = _read_part_header(path / part["file"])
             self._done.update(str(s[0]) for s in header["sources"])
+            for src, info in zip(header["sources"], _source_infos(header)):
+                if info is not None:
+                    self._info[str(src[0])] = info
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -881,6 +917,17 @@ class IndexWriter:
         """Keys of all committed sources."""
         return frozenset(self._done)
 
+    @property
+    def source_infos(self) -> Mapping[str, dict[str, Any]]:
+        """Information of every committed or staged source that has some, by key (read-only)."""
+        return dict(self._info)
+
+    def source_info(self, source: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The information stored with a committed or staged source (a copy), ``None`` when it
+        has none (or is not in the index)."""
+        info = self._info.get(os.fspath(source))
+        return None if info is None else json.loads(json.dumps(info))
+
     # -- writing ----------------------------------------------------------------------------
     def add(
         self,
@@ -891,6 +938,7 @@ class IndexWriter:
         | None = None,
         *,
         source: str | os.PathLike[str] | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         """Stage all embeddings of one source with one metadata row each.
 
@@ -906,6 +954,8 @@ class IndexWriter:
                 columns.
             source: Key of the input that produced the rows (e.g. the file path); None adds rows
                 no resumed build can skip.
+            info: JSON-serialisable facts about the source kept with its key (e.g. the file's
+                size and modification time when it was encoded); see :meth:`source_info`.
 
         Raises:
             DuplicateSourceError: ``source`` was already committed or staged.
@@ -919,6 +969,9 @@ class IndexWriter:
         for name in frame.columns:  # fail now, not at commit time, on unstorable values
             _encode_column(name, frame[name])
         key = None if source is None else os.fspath(source)
+        if info is not None and key is None:
+            raise MetadataError("source info needs a source key; pass source= with info=")
+        info_json = None if info is None else _normalise_json(info, "source info")
         if key is not None and self.is_done(key):
             raise DuplicateSourceError(
                 f"source {key!r} is already in the index; check writer.is_done(source) before "
@@ -934,10 +987,12 @@ class IndexWriter:
                     norms.min(),
                     norms.max(),
                 )
-        self._pending.append(_Pending(arr, frame, key))
+        self._pending.append(_Pending(arr, frame, key, info_json))
         self._pending_rows += arr.shape[0]
         if key is not None:
             self._pending_sources.add(key)
+            if info_json is not None:
+                self._info[key] = info_json
         if self._pending_rows >= self.commit_rows:
             self.commit()
 
@@ -961,12 +1016,14 @@ class IndexWriter:
             frame = pd.DataFrame(index=pd.RangeIndex(0))
         frame = frame.reindex(pd.RangeIndex(arr.shape[0]))
         sources: list[list[Any]] = []
+        infos: list[Any] = []
         offset = start
         for p in self._pending:
             if p.source is not None:
                 sources.append([p.source, offset, int(p.embeddings.shape[0])])
+                infos.append(p.info)
             offset += p.embeddings.shape[0]
-        part_bytes = _encode_part(frame, sources, start)
+        part_bytes = _encode_part(frame, sources, start, infos)
 
         # 1. rows past the committed length: invisible until the manifest says otherwise
         committed_bytes = start * self.dim * _DTYPE.itemsize

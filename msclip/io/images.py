@@ -11,7 +11,7 @@ from pathlib import Path
 from msclip.errors import ImageSetError
 from msclip.io.readers import IMAGE_EXTENSIONS
 
-__all__ = ["ImageSet", "list_image_set", "list_images"]
+__all__ = ["ImageSet", "list_image_set", "list_images", "unique_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +148,17 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     for f, root in found_paths:  # the first appearance keeps its place and root
         unique.setdefault(f, root)
     paths = list(unique)
-    names = [os.path.relpath(f, unique[f]) for f in paths]
+    return ImageSet(paths, unique_names(paths, [unique[f] for f in paths]))
+
+
+def unique_names(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """Display names of distinct files: each path relative to its root, or, when two names
+    would be the same, every path relative to the common folder of all roots."""
+    names = [os.path.relpath(f, r) for f, r in zip(paths, roots)]
     if len(set(names)) != len(names):
-        common = os.path.commonpath([os.path.abspath(r) for r in unique.values()])
+        common = os.path.commonpath([os.path.abspath(r) for r in roots])
         names = [os.path.relpath(os.path.abspath(f), common) for f in paths]
-    return ImageSet(paths, names)
+    return names
 
 
 def list_images(specs: Sequence[str | os.PathLike], recursive: bool = True) -> list[str]:

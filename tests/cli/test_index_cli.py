@@ -361,3 +361,111 @@ def test_a_scene_given_as_one_image_is_refused(inputs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(idx), "--query-image", str(big), "--quiet"]) == 2
     assert "big.tif is 300x300 pixels" in capsys.readouterr().err
+
+
+def test_failed_scene_tiles_are_retried_alone(inputs, tmp_path, monkeypatch, capsys):
+    """A tile that fails to read is not lost: the scene keeps its good tiles, the message counts
+    tiles, and rerunning the build reads only the failed tile (no duplicates)."""
+    from msclip.encode import ImageDataset
+
+    _, scene_path, _ = inputs  # 12 tiles of 32 px, 3 of them nodata
+    idx, ref = tmp_path / "t.index", tmp_path / "ref.index"
+    args = ["--scenes", str(scene_path), *TINY, "--workers", "0"]
+    original = ImageDataset._load
+    read, broken = [], {(32, 32)}
+
+    def flaky(self, item):
+        read.append((item.row, item.col))
+        if (item.row, item.col) in broken:
+            raise OSError("transient read error")
+        return original(self, item)
+
+    monkeypatch.setattr(ImageDataset, "_load", flaky)
+    assert main(["build", str(idx), *args]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 12 scene tiles could not be read and was not indexed" in err
+    assert IndexStore.open(idx).count == 8
+    read.clear()
+    broken.clear()  # the tile reads now
+    assert main(["build", str(idx), *args]) == 0
+    assert read == [(32, 32)]  # only the failed tile was read again
+    assert main(["build", str(idx), *args]) == 0 and len(read) == 1  # done: nothing read
+    monkeypatch.setattr(ImageDataset, "_load", original)
+    assert main(["build", str(ref), *args]) == 0
+    got, want = IndexStore.open(idx), IndexStore.open(ref)
+    key = ["row", "col"]
+    got_rows = got.metadata[key].apply(tuple, axis=1).tolist()
+    want_rows = want.metadata[key].apply(tuple, axis=1).tolist()
+    assert sorted(got_rows) == sorted(want_rows) and len(set(got_rows)) == 9
+    for i, w in enumerate(got_rows):
+        same = want.embeddings[want_rows.index(w)]
+        np.testing.assert_allclose(got.embeddings[i], same, atol=1e-5)
+
+
+def test_changed_and_vanished_files_are_named(inputs, tmp_path, capsys):
+    """A file rewritten or deleted after indexing is never skipped silently: add names it,
+    counts it, points to a new index (exit 1: its new content was not indexed), and search notes
+    a hit whose file is gone."""
+    files, _, _ = inputs
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    shutil.copyfile(files[0], a)
+    shutil.copyfile(files[1], b)
+    idx = tmp_path / "c.index"
+    assert main(["build", str(idx), "--images", str(a), str(b), *TINY]) == 0
+    shutil.copyfile(files[2], a)
+    os.utime(a, ns=(1, 10**18))  # another mtime, whatever the clock's resolution
+    b.unlink()
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(a), *TINY]) == 1
+    out, err = capsys.readouterr()
+    assert re.search(r"changed since indexed\s+1\n", out)
+    assert re.search(r"gone since indexed\s+1\n", out)
+    assert "indexed files that changed since they were indexed" in err and str(a) in err
+    assert f"indexed files that no longer exist (search still returns them): 1: {b}" in err
+    assert "build a new index" in err
+    assert IndexStore.open(idx).count == 2
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(tmp_path / "s.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "result files that no longer exist (their embeddings are of the files as" in err
+    assert str(b) in err and "result files that changed since indexed" in err and str(a) in err
+    # a fresh index of the current files is what the warning offers, and it works
+    assert main(["build", str(tmp_path / "new.index"), "--images", str(a), *TINY]) == 0
+
+
+def test_an_index_without_stamps_still_resumes(inputs, tmp_path, model, capsys):
+    """Sources of indexes written before stamps (no source info) are taken as unchanged."""
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    files, _, _ = inputs
+    m, _, _ = model
+    idx = tmp_path / "old.index"
+    with IndexWriter.open_or_create(idx, 32, model_info(m)) as w:
+        w.add(np.eye(1, 32, dtype=np.float32), [{"path": "f0.tif"}], source=str(files[0]))
+    assert main(["add", str(idx), "--images", str(files[0]), str(files[1]), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"already indexed \(skipped\)\s+1\n", out)
+    assert re.search(r"changed since indexed\s+0\n", out)
+    assert IndexStore.open(idx).count == 2
+
+
+def test_search_names_each_hit_by_its_full_path(inputs, tmp_path, monkeypatch, capsys):
+    """Two files called x.tif, indexed from their own folders: the CSV holds their absolute
+    paths and the printed table tells them apart."""
+    files, _, _ = inputs
+    for sub, f in (("a", files[0]), ("b", files[1])):
+        (tmp_path / sub).mkdir()
+        shutil.copyfile(f, tmp_path / sub / "x.tif")
+    idx = tmp_path / "x.index"
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["build", str(idx), "--images", "x.tif", *TINY]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["add", str(idx), "--images", "x.tif", *TINY]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["search", str(idx), "--query", "x", "--save-path", "s.csv", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    paths = sorted(pd.read_csv(tmp_path / "s.csv")["Image"])
+    assert paths == [str(tmp_path / "a" / "x.tif"), str(tmp_path / "b" / "x.tif")]
+    assert "a/x.tif" in out and "b/x.tif" in out
+    assert IndexStore.open(idx).metadata["path"].tolist() == paths

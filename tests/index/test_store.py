@@ -351,3 +351,19 @@ def test_checkpoint_path_is_not_identity(index_path: Path) -> None:
     moved = {**MODEL, "checkpoint_path": "w.st"}  # same hash, another place
     IndexWriter.open_or_create(index_path, DIM, moved).close()
     IndexStore.open(index_path).check_compatible(moved)
+
+
+def test_source_info_is_kept_with_the_key(index_path: Path) -> None:
+    stamp = {"size": 10, "mtime_ns": 123}
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        writer.add(unit_rows(2, 1), None, source="a", info=stamp)
+        writer.add(unit_rows(1, 2), None, source="b")  # none: as in older indexes
+        assert writer.source_info("a") == stamp  # staged
+    assert [(s.key, s.info) for s in IndexStore.open(index_path).sources] == [
+        ("a", stamp),
+        ("b", None),
+    ]
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        assert writer.source_info("a") == stamp and writer.source_info("b") is None
+        with pytest.raises(MetadataError, match="JSON"):
+            writer.add(unit_rows(1, 3), None, source="c", info={"t": object()})
