@@ -10,10 +10,10 @@ Subcommands:
 - ``add INDEX ...``: add more files or scenes to an existing index (already indexed ones are
   skipped); the model must be the one that built it.
 - ``search INDEX --query TEXT | --query-image IMG``: top-k by cosine similarity; writes a CSV
-  (``Query``, ``Rank``, ``Similarity``, ``Id``, ``Image`` and the window/geo columns) and, when
-  results are georeferenced, a GeoJSON FeatureCollection of their footprints in EPSG:4326
-  (RFC 7946). A query model that differs from the index's (name, checkpoint hash, bands,
-  preprocessing) is refused.
+  (``Query``, ``Rank``, ``Similarity``, ``Id``, ``Image``: the file's absolute path, and the
+  window/geo columns) and, when results are georeferenced, a GeoJSON FeatureCollection of their
+  footprints in EPSG:4326 (RFC 7946). A query model that differs from the index's (name,
+  checkpoint hash, bands, preprocessing) is refused.
 - ``info INDEX``: size, model, sources, disk usage.
 
 For ``add`` and ``search`` the model defaults to the one named in the index manifest (its name, its
