@@ -48,6 +48,8 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_USAGE",
     "FLAGS",
+    "LARGE_FACTOR",
+    "LARGE_FIX",
     "Terminated",
     "UsageError",
     "add_dataclass_args",
@@ -64,6 +66,8 @@ __all__ = [
     "flag_hint",
     "flag_wording",
     "fraction",
+    "image_options",
+    "large_message",
     "load_model",
     "min_valid",
     "model_from_args",
@@ -73,6 +77,7 @@ __all__ = [
     "positive_int",
     "print_table",
     "read_queries",
+    "refuse_large_images",
     "report_precision",
     "run_cli",
     "setup_logging",
@@ -471,6 +476,97 @@ def _check_before_loading(args: argparse.Namespace, default_name: str | None) ->
     from msclip.pretrained import resolve_weights
 
     return resolve_weights(get_model_entry(name))
+
+
+#: Images with more pixels than this many model inputs are refused as one image (memory would
+#: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
+LARGE_FACTOR = 64
+
+#: The fix the command line offers for a raster far larger than the model input (it replaces the
+#: library's generic advice, which names no flag).
+LARGE_FIX = (
+    "map a large scene with --run-scene (tile by tile), or add --downsample to read it reduced "
+    "to the model input"
+)
+
+
+def image_options(args: argparse.Namespace) -> Any:
+    """The ``options`` of :func:`load_model` that bound one image's size: at most
+    :data:`LARGE_FACTOR` model inputs, or read reduced with ``--downsample``."""
+
+    def options(model: Any) -> dict[str, Any]:
+        downsample = getattr(args, "downsample", False)  # msclip-index has no --downsample
+        return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": downsample}
+
+    return options
+
+
+def _input_size(args: argparse.Namespace) -> int | None:
+    """The model's input side from its registered architecture, without building the model
+    (``None`` when the model is a checkpoint file: then the check waits for the model)."""
+    name = args.model_name or (DEFAULT_MODEL if args.ckpt_path is None else None)
+    if name is None or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        return None
+    from msclip.errors import MSCLIPError
+    from msclip.factory import get_arch_config, get_model_entry
+
+    try:
+        size = get_arch_config(get_model_entry(name).arch)["vision_cfg"]["image_size"]
+    except (MSCLIPError, OSError, KeyError, ValueError):
+        return None
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def large_message(path: str, height: int, width: int, max_pixels: int, fix: str = LARGE_FIX) -> str:
+    """The refusal of an image far larger than the model input, with the program's ``fix``."""
+    return (
+        f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
+        f"{max_pixels} pixels here): {fix}"
+    )
+
+
+def refuse_large_images(
+    args: argparse.Namespace, paths: Sequence[str], fix: str = LARGE_FIX
+) -> None:
+    """Refuse, before the model is built, an image far larger than the model input: only the
+    headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
+    read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
+
+    Args:
+        args: the parsed flags.
+        paths: the image files.
+        fix: what the program offers instead (its flags).
+
+    Raises:
+        UsageError: the first such image, with the flags that handle it.
+    """
+    size = _input_size(args)
+    if size is None:
+        return
+    max_pixels = LARGE_FACTOR * size**2
+    from rasterio.errors import RasterioError
+
+    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
+
+    for path in paths:
+        ext = Path(path).suffix.lower()
+        try:
+            if ext in GEOTIFF_EXTENSIONS and not getattr(args, "downsample", False):
+                import rasterio
+
+                with rasterio.open(path) as src:
+                    height, width = src.height, src.width
+            elif ext in PICTURE_EXTENSIONS:
+                from PIL import Image
+
+                with Image.open(path) as img:
+                    height, width = img.height, img.width
+            else:
+                continue
+        except (OSError, ValueError, RasterioError):  # named when the file is read
+            continue
+        if height * width > max_pixels:
+            raise UsageError(large_message(path, height, width, max_pixels, fix))
 
 
 def load_model(

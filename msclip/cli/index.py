@@ -47,6 +47,7 @@ from msclip.cli.common import (
     add_text_cache_args,
     check_checkpoint,
     encode_query_set,
+    image_options,
     load_model,
     min_valid,
     output_path,
@@ -55,10 +56,10 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
+    refuse_large_images,
     run_cli,
     write_csv,
 )
-from msclip.cli.inference import _image_options, _refuse_large_images
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -252,7 +253,7 @@ def _run_search(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
-    _refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
+    refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
     out = check_output(output_path(args.save_path, "index_search.csv"))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     if store.count == 0:
@@ -261,7 +262,7 @@ def _run_search(args: argparse.Namespace) -> int:
             "--images ...'"
         )
 
-    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
+    model, preprocess, tokenizer = load_model(args, options=image_options(args))
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
@@ -387,10 +388,10 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     _model_defaults(args, existing, writing=True)
     check_checkpoint(args)
-    _refuse_large_images(args, images, fix=_LARGE_IMAGE_FIX)
+    refuse_large_images(args, images, fix=_LARGE_IMAGE_FIX)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:
-        model, preprocess, _ = load_model(args, options=_image_options(args))
+        model, preprocess, _ = load_model(args, options=image_options(args))
         options = dict(
             tile_size=args.tile_size, stride=args.stride, min_valid=min_valid(args),
             nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,

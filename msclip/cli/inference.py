@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # numpy is imported where the work starts (--help stays light
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    LARGE_FIX,
     UsageError,
     add_input_check_args,
     add_model_args,
@@ -49,6 +50,7 @@ from msclip.cli.common import (
     encode_query_set,
     flag_wording,
     fraction,
+    image_options,
     load_model,
     min_valid,
     non_negative_int,
@@ -58,6 +60,7 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
+    refuse_large_images,
     run_cli,
     text_cache_for,
     write_csv,
@@ -322,97 +325,6 @@ def _check_classes(names: Sequence[str]) -> None:
         )
 
 
-#: Images with more pixels than this many model inputs are refused as one image (memory would
-#: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
-LARGE_FACTOR = 64
-
-#: The fix the command line offers for a raster far larger than the model input (it replaces the
-#: library's generic advice, which names no flag).
-_LARGE_FIX = (
-    "map a large scene with --run-scene (tile by tile), or add --downsample to read it reduced "
-    "to the model input"
-)
-
-
-def _image_options(args: argparse.Namespace) -> Any:
-    def options(model: Any) -> dict[str, Any]:
-        downsample = getattr(args, "downsample", False)  # msclip-index has no --downsample
-        return {"max_pixels": LARGE_FACTOR * model.image_size**2, "downsample": downsample}
-
-    return options
-
-
-def _input_size(args: argparse.Namespace) -> int | None:
-    """The model's input side from its registered architecture, without building the model
-    (``None`` when the model is a checkpoint file: then the check waits for the model)."""
-    from msclip.cli.common import DEFAULT_MODEL
-
-    name = args.model_name or (DEFAULT_MODEL if args.ckpt_path is None else None)
-    if name is None or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
-        return None
-    from msclip.errors import MSCLIPError
-    from msclip.factory import get_arch_config, get_model_entry
-
-    try:
-        size = get_arch_config(get_model_entry(name).arch)["vision_cfg"]["image_size"]
-    except (MSCLIPError, OSError, KeyError, ValueError):
-        return None
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-
-def _large_message(
-    path: str, height: int, width: int, max_pixels: int, fix: str = _LARGE_FIX
-) -> str:
-    return (
-        f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
-        f"{max_pixels} pixels here): {fix}"
-    )
-
-
-def _refuse_large_images(
-    args: argparse.Namespace, paths: Sequence[str], fix: str = _LARGE_FIX
-) -> None:
-    """Refuse, before the model is built, an image far larger than the model input: only the
-    headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
-    read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
-
-    Args:
-        args: the parsed flags.
-        paths: the image files.
-        fix: what the program offers instead (its flags).
-
-    Raises:
-        UsageError: the first such image, with the flags that handle it.
-    """
-    size = _input_size(args)
-    if size is None:
-        return
-    max_pixels = LARGE_FACTOR * size**2
-    from rasterio.errors import RasterioError
-
-    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
-
-    for path in paths:
-        ext = Path(path).suffix.lower()
-        try:
-            if ext in GEOTIFF_EXTENSIONS and not getattr(args, "downsample", False):
-                import rasterio
-
-                with rasterio.open(path) as src:
-                    height, width = src.height, src.width
-            elif ext in PICTURE_EXTENSIONS:
-                from PIL import Image
-
-                with Image.open(path) as img:
-                    height, width = img.height, img.width
-            else:
-                continue
-        except (OSError, ValueError, RasterioError):  # named when the file is read
-            continue
-        if height * width > max_pixels:
-            raise UsageError(_large_message(path, height, width, max_pixels, fix))
-
-
 def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
     """Encode the image files of classification or retrieval with the shared input rules."""
     from msclip.encode import encode_images
@@ -442,7 +354,7 @@ def _coverage_refusal(message: str) -> str:
 def _with_cli_fix(message: str) -> str:
     """The library's refusal of a large raster with its generic advice replaced by the flags."""
     facts, sep, _ = message.partition(": cut it into tiles")
-    return f"{facts}: {_LARGE_FIX}" if sep else f"{message}; {_LARGE_FIX}"
+    return f"{facts}: {LARGE_FIX}" if sep else f"{message}; {LARGE_FIX}"
 
 
 #: Skipped images named in the note (all of them with -v, and in the CSV's status column).
@@ -556,13 +468,13 @@ def run_head_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
-    _refuse_large_images(args, image_set.paths)
+    refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
     from msclip.encode import ImageDataset
 
-    model, preprocess, _ = load_model(args, options=_image_options(args))
+    model, preprocess, _ = load_model(args, options=image_options(args))
     bind_head(ckpt, model, args.adapters)
     _check_head_bands(ckpt.info.get("input_bands"), image_set.paths, image_set.names, args)
     dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
@@ -659,11 +571,11 @@ def run_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
-    _refuse_large_images(args, image_set.paths)
+    refuse_large_images(args, image_set.paths)
 
     from msclip.zero_shot import build_classifier, classify
 
-    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
+    model, preprocess, tokenizer = load_model(args, options=image_options(args))
     progress = not args.quiet
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
@@ -712,11 +624,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
     min_valid(args)
-    _refuse_large_images(args, image_set.paths)
+    refuse_large_images(args, image_set.paths)
 
     from msclip.retrieval import top_k
 
-    model, preprocess, tokenizer = load_model(args, options=_image_options(args))
+    model, preprocess, tokenizer = load_model(args, options=image_options(args))
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     model.release_text_pages()
     res = _encode_files(args, model, preprocess, image_set.paths)
