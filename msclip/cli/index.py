@@ -422,7 +422,6 @@ def _run_build(args: argparse.Namespace) -> int:
         ["sources given", report.sources],
         ["already indexed (skipped)", report.skipped_done],
         ["changed since indexed", len(report.changed)],
-        ["gone since indexed", len(report.vanished)],
         ["sources added", report.added],
         ["embeddings added", report.rows],
         ["skipped as nodata", report.nodata],
@@ -433,7 +432,7 @@ def _run_build(args: argparse.Namespace) -> int:
         rows.insert(2, ["scenes with failed tiles retried", report.retried])
     print(tabulate(rows))
     code = EXIT_OK
-    if report.changed or report.vanished:
+    if report.changed:
         code = _warn_stale(args, report)
     if report.failures:
         shown = "; ".join(f"{f.name} ({f.reason})" for f in report.failures[:10])
@@ -464,26 +463,23 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _warn_stale(args: argparse.Namespace, report: Any) -> int:
-    """Name the indexed files that changed or vanished since they were encoded; exit status 1
-    (0 with --skip-bad) when a file given to this run changed, as it could not be indexed."""
-    for paths, what in (
-        (report.changed, "changed since they were indexed (their embeddings are of the old "
-         "content; the index is append-only, so they are not encoded again)"),
-        (report.vanished, "no longer exist (search still returns them)"),
-    ):  # fmt: skip
-        if paths:
-            more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-            print(
-                f"warning: indexed files that {what}: {len(paths)}: {', '.join(paths[:10])}{more}",
-                file=sys.stderr,
-            )
+    """Name the given files that changed since they were indexed; exit status 1 (0 with
+    --skip-bad), as their current content could not be indexed."""
+    paths = report.changed
+    more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
+    print(
+        "warning: indexed files that changed since they were indexed (their embeddings are of the "
+        "old content; the index is append-only, so they are not encoded again): "
+        f"{len(paths)}: {', '.join(paths[:10])}{more}",
+        file=sys.stderr,
+    )
     print(
         f"warning: to index the current files, build a new index: 'msclip-index build "
         f"NEW.index --images ... --scenes ...' (the same inputs), then use it instead of "
         f"{args.index}",
         file=sys.stderr,
     )
-    return EXIT_PARTIAL if report.stale_given and not args.skip_bad else EXIT_OK
+    return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
 def _join_process_group(args: argparse.Namespace) -> Any:

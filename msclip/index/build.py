@@ -29,11 +29,12 @@ precision and preprocessing; the store refuses to add embeddings of another mode
 refuses queries from a model that differs in the fields of :data:`COMPARE_KEYS`.
 
 Each source is stored with its file's size and modification time (``mtime_ns``) as they were
-when it was planned for encoding. The store is append-only, so a file that changed or vanished
-after it was indexed keeps its old embeddings; a resumed build or an ``add`` finds such files,
-names them in :class:`BuildReport` (``changed``, ``vanished``) and does not encode a changed file
-again under its old key: the fix is a new index. Sources of indexes written before the stamps
-existed are taken as unchanged.
+when it was planned for encoding. The store is append-only, so a file that changed after it was
+indexed keeps its old embeddings; a resumed build or an ``add`` compares the files given to it
+with their stamps (one ``stat`` per given file, none for the rest of the index), names the
+changed ones in :class:`BuildReport` (``changed``) and does not encode them again under their
+old keys: the fix is a new index. Search notes results whose file changed or is gone. Sources
+of indexes written before the stamps existed are taken as unchanged.
 
 A scene whose tiles partly fail to read is added with its readable tiles and the windows of the
 failed ones; the next run of the same build reads only those windows again, as the source
@@ -156,10 +157,8 @@ class BuildReport:
         nodata: files or tiles skipped as mostly nodata.
         failures: unreadable files or tiles.
         failed_tiles: how many of ``failures`` are scene tiles (the rest are files).
-        changed: indexed files whose size or mtime differ from when they were encoded (their
-            embeddings are of the old content).
-        vanished: indexed files that no longer exist.
-        stale_given: sources given to this run that are not encoded because their file changed.
+        changed: files given to this run, already indexed, whose size or mtime differ from when
+            they were encoded (their embeddings are of the old content; not encoded again).
         count: embeddings in the index after the run.
     """
 
@@ -174,8 +173,6 @@ class BuildReport:
     failures: list[Failure] = field(default_factory=list)
     failed_tiles: int = 0
     changed: list[str] = field(default_factory=list)
-    vanished: list[str] = field(default_factory=list)
-    stale_given: int = 0
     count: int = 0
 
 
@@ -251,18 +248,18 @@ def pending_work(
 ) -> list[Source | None]:
     """What is left to encode of each planned source, in order: the source itself when not in
     the index, a retry of the failed tiles of a scene (:func:`retry_source`), or ``None``
-    (done, or changed since it was indexed). Fills ``report``'s ``skipped_done``, ``retried``,
-    ``changed``, ``vanished`` and ``stale_given``."""
-    report.changed, report.vanished = stale_files(writer.source_infos)
-    changed = set(report.changed)
+    (done, or changed since it was indexed). Fills ``report``'s ``skipped_done``, ``retried`` and
+    ``changed`` (only the given sources are compared with their stamps: one ``stat`` each, at
+    planning time, whatever the size of the index)."""
     work: list[Source | None] = []
+    changed: set[str] = set()
     for s in sources:
         if not writer.is_done(s.key):
             work.append(s)
             continue
-        if s.key in changed:  # never mix tiles of two versions of a file
+        if _changed(writer.source_info(s.key), s.stamp):  # never mix two versions of a file
+            changed.add(source_file(s.key))
             report.skipped_done += 1
-            report.stale_given += 1
             work.append(None)
             continue
         last, retry = _retry_key(writer, s.key)
@@ -273,7 +270,15 @@ def pending_work(
         else:
             report.skipped_done += 1
             work.append(None)
+    report.changed = sorted(changed)
     return work
+
+
+def _changed(info: Mapping[str, Any] | None, stamp: Mapping[str, int] | None) -> bool:
+    """Whether a stored source's stamp differs from its file's stamp now (unknown: unchanged)."""
+    if not info or "size" not in info or "mtime_ns" not in info or stamp is None:
+        return False
+    return (info["size"], info["mtime_ns"]) != (stamp["size"], stamp["mtime_ns"])
 
 
 def _geo_columns(crs: Any, transform: Any, row: int, col: int, h: int, w: int) -> dict[str, Any]:
