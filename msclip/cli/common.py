@@ -526,23 +526,32 @@ def large_message(path: str, height: int, width: int, max_pixels: int, fix: str 
 
 
 def refuse_large_images(
-    args: argparse.Namespace, paths: Sequence[str], fix: str = LARGE_FIX
-) -> None:
-    """Refuse, before the model is built, an image far larger than the model input: only the
-    headers of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be
-    read, are checked when they are read). GeoTIFFs pass with ``--downsample``.
+    args: argparse.Namespace,
+    paths: Sequence[str],
+    fix: str = LARGE_FIX,
+    image_size: int | None = None,
+) -> bool:
+    """Refuse an image far larger than the model input, before any is encoded: only the headers
+    of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be read,
+    are checked when they are read). GeoTIFFs pass with ``--downsample``.
 
     Args:
         args: the parsed flags.
         paths: the image files.
         fix: what the program offers instead (its flags).
+        image_size: the model's input side; by default the registered architecture's, known
+            before the model is built for a model name but not for a checkpoint file.
+
+    Returns:
+        Whether the check ran: ``False`` when the input size is not known yet (call again with
+        ``image_size=model.image_size`` once the model is loaded).
 
     Raises:
         UsageError: the first such image, with the flags that handle it.
     """
-    size = _input_size(args)
+    size = image_size or _input_size(args)
     if size is None:
-        return
+        return False
     max_pixels = LARGE_FACTOR * size**2
     from rasterio.errors import RasterioError
 
@@ -567,6 +576,7 @@ def refuse_large_images(
             continue
         if height * width > max_pixels:
             raise UsageError(large_message(path, height, width, max_pixels, fix))
+    return True
 
 
 def load_model(

@@ -190,6 +190,15 @@ def _model_defaults(
         )
 
 
+def _not_indexed(index: str, paths: Sequence[str]) -> list[str]:
+    """The ``paths`` that are not committed sources of the index (a file's key is its absolute
+    path)."""
+    from msclip.index.store import IndexStore
+
+    keys = {s.key for s in IndexStore.open(index).sources}
+    return [f for f in paths if os.path.abspath(f) not in keys]
+
+
 def _manifest_model(index: str) -> dict[str, Any] | None:
     from msclip.index.store import IndexNotFoundError, IndexStore
 
@@ -244,7 +253,7 @@ def _open(index: str) -> Any:
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from msclip.index.build import COMPARE_KEYS, model_info, source_file
+    from msclip.index.build import COMPARE_KEYS, model_info
     from msclip.io import atomic_write, check_output
     from msclip.io.images import unique_names
 
@@ -253,9 +262,15 @@ def _run_search(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
-    refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
+    checked = refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
     out = check_output(output_path(args.save_path, "index_search.csv"))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
+    gpath = geojson if geojson is not None else out.with_suffix(".geojson")
+    if gpath.resolve() == out.resolve():
+        raise UsageError(
+            f"the results table and the GeoJSON would both be {out}: give the table a .csv path "
+            "(--save-path) and the GeoJSON its own (--geojson)"
+        )
     if store.count == 0:
         raise UsageError(
             f"index {args.index} is empty; add images with 'msclip-index add {args.index} "
@@ -263,6 +278,8 @@ def _run_search(args: argparse.Namespace) -> int:
         )
 
     model, preprocess, tokenizer = load_model(args, options=image_options(args))
+    if not checked:  # a checkpoint file: its input size is known now
+        refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX, image_size=model.image_size)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
@@ -285,8 +302,7 @@ def _run_search(args: argparse.Namespace) -> int:
                     "Rank": r + 1,
                     "Similarity": float(sc),
                     "Id": int(i),
-                    # the file's absolute path (source key); rows added without one keep theirs
-                    "Image": source_file(src.key) if src is not None else m.get("path"),
+                    "Image": _hit_file(src, m.get("path")),
                     **{c: m[c] for c in meta.columns if c != "path"},
                 }
             )
@@ -294,7 +310,6 @@ def _run_search(args: argparse.Namespace) -> int:
     write_csv(df, out)
     geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     written = [out]
-    gpath = geojson if geojson is not None else out.with_suffix(".geojson")
     notes = []
     if geo["features"] or geojson is not None:
         # an explicit --geojson is always written (an empty FeatureCollection when no result is
@@ -331,6 +346,20 @@ def _run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hit_file(source: Any, path: Any) -> Any:
+    """A hit's file as an absolute path: its source key when that key is the row's file (the
+    keys msclip-index writes), else the row's ``path`` as stored (keys of the Python API may be
+    any text, e.g. ``bigearthnet:S2A_1``)."""
+    from msclip.index.build import source_file
+
+    if source is not None and path is not None and str(path):
+        key_file, row = source_file(source.key), str(path)
+        # an index of before absolute paths holds the path as given: the same file name
+        if os.path.abspath(row) == key_file or os.path.basename(row) == os.path.basename(key_file):
+            return key_file
+    return path
+
+
 def _hit_sources(store: Any, ids: np.ndarray) -> dict[int, Any]:
     """The source (:class:`msclip.index.store.SourceRange`) of each hit id that has one."""
     import bisect
@@ -349,7 +378,8 @@ def _note_stale_hits(sources: Iterable[Any]) -> None:
     """A note naming results whose file no longer exists or changed since it was indexed."""
     from msclip.index.build import source_file, stale_files
 
-    infos = {s.key: s.info for s in sources}
+    # keys that are files (msclip-index's); the Python API's keys may be any text
+    infos = {s.key: s.info for s in sources if os.path.isabs(source_file(s.key))}
     changed, vanished = stale_files(infos)
     files = {source_file(k) for k in infos}
     vanished += sorted(f for f in files - set(vanished) if not os.path.exists(f))
@@ -388,10 +418,14 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     _model_defaults(args, existing, writing=True)
     check_checkpoint(args)
-    refuse_large_images(args, images, fix=_LARGE_IMAGE_FIX)
+    # files already in the index (one embedding each, from before the refusal) are not judged
+    new = _not_indexed(args.index, images) if existing is not None else images
+    checked = refuse_large_images(args, new, fix=_LARGE_IMAGE_FIX)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:
         model, preprocess, _ = load_model(args, options=image_options(args))
+        if not checked:  # a checkpoint file: its input size is known now
+            refuse_large_images(args, new, fix=_LARGE_IMAGE_FIX, image_size=model.image_size)
         options = dict(
             tile_size=args.tile_size, stride=args.stride, min_valid=min_valid(args),
             nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,

@@ -361,6 +361,49 @@ def test_a_scene_given_as_one_image_is_refused(inputs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(idx), "--query-image", str(big), "--quiet"]) == 2
     assert "big.tif is 300x300 pixels" in capsys.readouterr().err
+    # a model given as a checkpoint file: its input size is known once it is loaded
+    ckpt = msclip.save_checkpoint(msclip.create_model("msclip-tiny"), tmp_path / "m.safetensors")
+    own = ["--ckpt-path", str(ckpt), "--quiet"]
+    idx2 = tmp_path / "c.index"
+    assert main(["build", str(idx2), "--images", str(files[0]), *own]) == 0
+    assert main(["add", str(idx2), "--images", str(big), *own]) == 2
+    assert "big.tif is 300x300 pixels" in capsys.readouterr().err
+    assert main(["search", str(idx2), "--query-image", str(big), "--quiet"]) == 2  # manifest's
+    assert "big.tif is 300x300 pixels" in capsys.readouterr().err
+    # a file indexed whole before the refusal existed is skipped, not refused, on a re-run
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    m = msclip.create_model("msclip-tiny", ckpt)
+    with IndexWriter.open_or_create(idx2, m.embed_dim, model_info(m)) as w:
+        w.add(np.eye(1, m.embed_dim, dtype=np.float32), [{"path": str(big)}],
+              source=str(big.resolve()))  # fmt: skip
+    assert main(["add", str(idx2), "--images", str(big), str(files[1]), *own]) == 0
+
+
+def test_search_output_paths(inputs, tmp_path, model, capsys):
+    """The table and the GeoJSON are never the same file (the GeoJSON step removed the table);
+    keys that are not files (Python API) leave the row's path as the hit's file."""
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    files, _, _ = inputs
+    idx = tmp_path / "k.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    hits = tmp_path / "hits.geojson"
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(hits), "--quiet"]) == 2
+    assert "would both be" in capsys.readouterr().err and not hits.exists()
+    m, _, _ = model
+    api = tmp_path / "api.index"
+    with IndexWriter.open_or_create(api, m.embed_dim, model_info(m)) as w:
+        for i, f in enumerate(files[:2]):
+            w.add(np.eye(1, m.embed_dim, k=i, dtype=np.float32), [{"path": str(f)}],
+                  source=f"bigearthnet:S2A_{i}")  # fmt: skip
+    out = tmp_path / "api.csv"
+    assert main(["search", str(api), "--query", "x", "--save-path", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert set(pd.read_csv(out)["Image"]) == {str(f) for f in files[:2]}
+    assert "no longer exist" not in err
 
 
 def test_failed_scene_tiles_are_retried_alone(inputs, tmp_path, monkeypatch, capsys):

@@ -184,6 +184,18 @@ def test_a_raster_far_larger_than_the_input_is_refused_with_a_hint(tmp_path, cap
     err = capsys.readouterr().err
     assert "300x300 pixels" in err and "--run-scene" in err and "--downsample" in err
     assert main([*argv, "--downsample"]) == 0  # read reduced to the model input
+    # a model given as a checkpoint file: refused once it is loaded, not per file as unreadable
+    ckpt = msclip.save_checkpoint(msclip.create_model("msclip-tiny"), tmp_path / "m.safetensors")
+    own = [a for a in argv if a not in ("--model-name", "msclip-tiny", "--no-pretrained")]
+    capsys.readouterr()
+    for mode in ("--run-classification", "--run-retrieval"):
+        extra = ["--query", "a river"] if mode == "--run-retrieval" else []
+        run = [mode if a == "--run-classification" else a for a in own]
+        if mode == "--run-retrieval":
+            run = [a for a in run if a not in CLASSES]
+        assert main([*run, *extra, "--ckpt-path", str(ckpt)]) == 2, mode
+        err = capsys.readouterr().err
+        assert "300x300 pixels" in err and "--run-scene" in err, mode
 
 
 # -- 5. band descriptions -------------------------------------------------------------------------
