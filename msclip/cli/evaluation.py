@@ -416,7 +416,9 @@ def _evaluate_one(
                          wall_s=wall, command=["evaluation.py", *argv], extra=settings)  # fmt: skip
     write_record(args.save_path, record)
     if args.save_scores:
-        ids = np.asarray([s.id for s in dataset.samples])
+        # the ids of the scored rows: unreadable samples have no row
+        rows = result.indices if result.indices is not None else range(len(dataset.samples))
+        ids = np.asarray([dataset.samples[int(i)].id for i in rows])
         names = np.asarray(result.class_names)
         path = Path(args.save_path) / "scores" / f"{file_stem(label, dataset.name)}.npz"
         atomic_write(path, lambda tmp: np.savez_compressed(

@@ -663,6 +663,20 @@ def _ci_text(ci: Any) -> str:
     return f"[{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
 
 
+def _unreadable_note(rec: Mapping[str, Any]) -> str:
+    """The report's words for samples that could not be read (a partial or damaged download):
+    the metrics are of the others only."""
+    bad = rec.get("unreadable") or {}
+    n = int(bad.get("count") or 0)
+    if not n:
+        return ""
+    files = list(bad.get("files") or [])
+    shown = ", ".join(f"`{f}`" for f in files[:5]) + (f" and {n - 5} more" if n > 5 else "")
+    scored = (rec.get("metrics") or {}).get("n_samples")
+    of = f"; the metrics are of the {scored} read" if scored is not None else ""
+    return f"; **{n} unreadable and left out** ({shown}){of}"
+
+
 def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
     """The templates and AP lines of a section; records without them (dense metrics, heads
     written by other tools) have none."""
@@ -694,7 +708,8 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"{rec['model'].get('precision')}",
         f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
         f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
-        + (f" (left out: {ds['skipped']})" if ds.get("skipped") else ""),
+        + (f" (left out: {ds['skipped']})" if ds.get("skipped") else "")
+        + _unreadable_note(rec),
         *_templates_and_ap(tpl, ap),
         f"- task: {rec['task']}"
         + (f", rule `{rec['metrics'].get('rule')}`" if rec["task"] == "multi_label" else ""),

@@ -169,6 +169,8 @@ class EvalResult:
         report: the metrics (single- or multi-label report).
         timings: seconds spent per stage.
         failures: images skipped as unreadable (only with ``skip_bad``).
+        indices: dataset positions of the rows of ``scores`` and ``targets`` (unreadable samples
+            have none).
     """
 
     dataset: BenchmarkDataset
@@ -179,6 +181,7 @@ class EvalResult:
     report: M.SingleLabelReport | M.MultiLabelReport
     timings: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    indices: np.ndarray | None = None
 
     @property
     def main_metric(self) -> str:
@@ -253,5 +256,6 @@ def evaluate(
         )  # fmt: skip
     timings["metrics_s"] = time.perf_counter() - t0
     return EvalResult(
-        dataset, templates, class_names, scores, targets, report, timings, encoded.failures
-    )
+        dataset, templates, class_names, scores, targets, report, timings, encoded.failures,
+        np.asarray(encoded.indices, dtype=np.int64),
+    )  # fmt: skip

@@ -387,12 +387,19 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
         "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
         "--dataset-dir", str(root), "--templates", "short", "--workers", "1", "--quiet",
     ]  # fmt: skip
-    code, out, err = _run([*base, "--save-path", str(tmp_path / "skip")], capsys)
+    code, out, err = _run([*base, "--save-path", str(tmp_path / "skip"), "--save-scores"], capsys)
     assert code == 0 and "1 unreadable and skipped" in out
     assert "Traceback" not in err and "DataLoader worker" not in err
     rec = _record(tmp_path / "skip", "EuroSAT_MS")
     assert rec["unreadable"]["count"] == 1 and rec["unreadable"]["files"] == [str(broken)]
     assert rec["metrics"]["n_samples"] == 2 * len(mb.EUROSAT_CLASSES) - 1
+    # the saved scores name the samples they are of (every id after the broken one was shifted)
+    saved = np.load(next((tmp_path / "skip" / "scores").glob("*.npz")))
+    assert len(saved["ids"]) == len(saved["scores"]) == len(saved["targets"])
+    assert broken.stem not in [Path(str(i)).stem for i in saved["ids"]]
+    # the report says the metrics are of part of the data
+    report = (tmp_path / "skip" / "report.md").read_text()
+    assert "**1 unreadable and left out**" in report and broken.name in report
     code, out, err = _run([*base, "--save-path", str(tmp_path / "strict"), "--strict"], capsys)
     assert code == 1 and "EuroSAT_MS: FAILED" in err and broken.name in err
     assert "Traceback" not in err
