@@ -297,7 +297,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "EuroSAT_MS", "folder", "eurosat", subdirs=("EuroSAT_MS", "EuroSAT"),
             bands=EUROSAT_MS_BANDS, templates="sentinel2",
             options={"image_dirs": ("", "ds/images/remote_sensing/otherDatasets/sentinel_2/tif",
-                                    "tif", "2750"),
+                                    "tif", "2750", "EuroSAT_MS"),
                      "extensions": (".tif", ".tiff"), **_EUROSAT_SPLITS},
             description="EuroSAT, 13-band Sentinel-2 L1C GeoTIFFs, 10 classes",
             citation=_EUROSAT, url="https://github.com/phelber/EuroSAT",

@@ -201,10 +201,15 @@ def _sorted_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
     )  # fmt: skip
 
 
+#: Folders that archives and operating systems add beside the data (a zip made on macOS, a
+#: Windows drive's own folders): never a class, never an error.
+OS_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+
+
 def _read_split_list(path: Path) -> list[str]:
     """Entries of a split file: one file name per line, or the first column of a CSV."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"cannot read split file {path}: {err}") from err
     entries = []
@@ -398,6 +403,7 @@ class FolderLayout(Layout):
         unknown = sorted(
             d.name for d in image_root.iterdir()
             if d.is_dir() and d.name not in known and not d.name.startswith(".")
+            and d.name not in OS_FOLDERS
         )  # fmt: skip
         skipped: dict[str, int] = {}
         if unknown:
@@ -408,14 +414,33 @@ class FolderLayout(Layout):
                 )
             skipped["folders that are not classes"] = len(unknown)
         samples = []
+        empty = []
         for i, label in enumerate(self.labels):
             d = image_root / label
-            if not d.is_dir():
-                logger.warning("%s: no folder for class %r", image_root, label)
+            files = _sorted_files(d, self.extensions) if d.is_dir() else []
+            if not files:
+                empty.append(label)
                 continue
-            for p in _sorted_files(d, self.extensions):
+            stems: dict[str, Path] = {}
+            for p in files:
+                if p.stem in stems:  # a.tif and a.TIFF: one sample, or two? say so
+                    raise DatasetFormatError(
+                        f"{stems[p.stem]} and {p.name} share the name {p.stem!r}: a sample "
+                        "must be one file; remove one of them"
+                    )
+                stems[p.stem] = p
                 samples.append(SampleRef(str(p.relative_to(root)), str(p), i))
+        if empty:
+            # an incomplete download: the metrics are of the other classes only, and say so
+            logger.warning(
+                "%s: no images for %d of %d classes (%s); they are left out of the metrics",
+                image_root, len(empty), len(self.labels), ", ".join(empty[:10]),
+            )  # fmt: skip
+            skipped[f"classes without images: {', '.join(empty[:10])}"] = len(empty)
         split_file = _find_split_file(root, self.split_files, split)
+        if split_file is None and root.name in self.image_dirs:
+            # the root is the image folder itself (torchgeo's NWPU-RESISC45/): lists beside it
+            split_file = _find_split_file(root.parent, self.split_files, split)
         if split_file is None:
             if self.split_files:
                 names = [p.format(split=split) for p in self.split_files]

@@ -365,3 +365,35 @@ def test_dataset_is_picklable_for_workers(bench):
     images, targets, idx = next(iter(loader))
     assert images.shape == (4, 10, 16, 16) and idx.tolist() == [0, 1, 2, 3]
     assert targets.tolist() == [s.target for s in ds.samples[:4]]
+
+
+def test_downloads_as_they_come(tmp_path):
+    """Archive artefacts, byte-order marks, torchgeo's tree, duplicates and missing classes."""
+    import shutil
+
+    ds = mb.eurosat_ms(tmp_path / "a")
+    (ds / "2750" / "__MACOSX" / "Forest").mkdir(parents=True)  # a zip made on macOS
+    (ds / "2750" / "__MACOSX" / "Forest" / "._Forest_1.tif").write_bytes(b"\x00")
+    split = ds / "eurosat-test.txt"
+    split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes())  # saved by a Windows editor
+    full = build_dataset("EuroSAT_MS", tmp_path / "a")
+    assert len(full) == len(mb.EUROSAT_CLASSES)
+    # a class folder emptied by an incomplete download: recorded, not silently absent
+    (split).unlink()
+    for f in (ds / "2750" / "SeaLake").iterdir():
+        f.unlink()
+    part = build_dataset("EuroSAT_MS", tmp_path / "a")
+    assert part.index.skipped == {"classes without images: SeaLake": 1}
+    # one sample as two files
+    shutil.copyfile(
+        ds / "2750" / "Forest" / "Forest_1.tif", ds / "2750" / "Forest" / "Forest_1.TIFF"
+    )
+    with pytest.raises(DatasetFormatError, match="share the name 'Forest_1'"):
+        build_dataset("EuroSAT_MS", tmp_path / "a")
+    # torchgeo's RESISC45 tree: the list beside NWPU-RESISC45/, which is the root found
+    rs = mb.resisc45(tmp_path / "b")
+    tg = tmp_path / "tg"
+    shutil.move(str(rs), str(tg / "NWPU-RESISC45"))
+    shutil.move(str(tg / "NWPU-RESISC45" / "resisc45-test.txt"), str(tg / "resisc45-test.txt"))
+    r = build_dataset("RESISC45_RGB", tg)
+    assert len(r) == len(mb.RESISC45_CLASSES) and r.index.split_source.endswith("resisc45-test.txt")
