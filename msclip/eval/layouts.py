@@ -212,14 +212,20 @@ def _read_split_list(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"cannot read split file {path}: {err}") from err
-    entries = []
+    entries: dict[str, None] = {}  # ordered, each once
+    repeated = 0
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            entries.append(line.split(",")[0].strip())
+            name = line.split(",")[0].strip()
+            repeated += name in entries
+            entries[name] = None
     if not entries:
         raise DatasetFormatError(f"split file {path} lists no samples")
-    return entries
+    if repeated:  # a sample listed twice would count twice
+        logger.warning("split file %s lists %d samples more than once; each is used once",
+                       path, repeated)  # fmt: skip
+    return list(entries)
 
 
 def _find_split_file(root: Path, patterns: Sequence[str], split: str) -> Path | None:
@@ -530,9 +536,15 @@ class CsvLayout(Layout):
                     "dataset's csv settings"
                 )
         samples = []
+        seen: dict[str, int] = {}
         for lineno, row in enumerate(rows, start=2):
             rel = self.image_template.format(path=row[self.path_column].strip())
             where = f"{path}, line {lineno}"
+            if rel in seen:  # a sample listed twice would count twice
+                raise DatasetFormatError(
+                    f"{where} repeats the sample of line {seen[rel]} ({rel}); remove one row"
+                )
+            seen[rel] = lineno
             cell = (row[self.label_column] or "").strip()
             if self.multi_label:
                 parts = [p.strip() for p in cell.split(self.label_separator) if p.strip()]
@@ -605,6 +617,13 @@ class BigEarthNetLayout(Layout):
         tried = [str(root / s) if s else str(root) for s in self.patch_dirs]
         raise DatasetFormatError(
             f"no BigEarthNet patch folders (<patch>/<patch>_labels_metadata.json) in {tried}"
+            + (
+                "; this looks like BigEarthNet v2 (reBEN: metadata.parquet, BigEarthNet-S2/), "
+                "which msclip does not read: the benchmark is the v1 archive "
+                "(BigEarthNet-S2-v1.0.tar.gz)"
+                if (root / "metadata.parquet").is_file() or (root / "BigEarthNet-S2").is_dir()
+                else ""
+            )
         )
 
     def index(self, root: Path, split: str) -> DatasetIndex:

@@ -397,3 +397,23 @@ def test_downloads_as_they_come(tmp_path):
     shutil.move(str(tg / "NWPU-RESISC45" / "resisc45-test.txt"), str(tg / "resisc45-test.txt"))
     r = build_dataset("RESISC45_RGB", tg)
     assert len(r) == len(mb.RESISC45_CLASSES) and r.index.split_source.endswith("resisc45-test.txt")
+
+
+def test_samples_listed_twice_count_once_or_are_refused(tmp_path, caplog):
+    ben = mb.bigearthnet(tmp_path / "a")
+    split = ben / "bigearthnet-test.csv"
+    lines = split.read_text().splitlines(keepends=True)
+    split.write_text("".join(lines + lines[:1]))  # one patch listed twice
+    assert len(build_dataset("BigEarthNet_MS", tmp_path / "a")) == len(lines)
+    assert "lists 1 samples more than once" in caplog.text
+    fn = mb.forestnet(tmp_path / "b")
+    rows = (fn / "test.csv").read_text().splitlines(keepends=True)
+    (fn / "test.csv").write_text("".join(rows + rows[1:2]))  # a row repeated: maybe relabelled
+    with pytest.raises(DatasetFormatError, match="repeats the sample of line 2"):
+        build_dataset("ForestNet_RGB", tmp_path / "b")
+    # the v2 archive (reBEN) is named for what it is
+    v2 = tmp_path / "c" / "BigEarthNet"
+    (v2 / "BigEarthNet-S2").mkdir(parents=True)
+    (v2 / "metadata.parquet").write_bytes(b"PAR1")
+    with pytest.raises(DatasetFormatError, match="looks like BigEarthNet v2"):
+        build_dataset("BigEarthNet_MS", tmp_path / "c")
