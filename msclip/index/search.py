@@ -177,7 +177,7 @@ def _serial_torch() -> Iterator[None]:
 
 def _select_top(
     chunks: Iterator[tuple[int, torch.Tensor]], n_queries: int, c: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``c`` highest scores per query over a stream of ``(first id, [Q, rows])`` chunks.
 
     A running per-query threshold (the lowest score in the current top ``c``) filters groups of
@@ -185,14 +185,16 @@ def _select_top(
     element; the first chunk is filtered by its ``c``-th largest group maximum.
 
     Returns:
-        ``(ids [Q, c] int64, threshold [Q], scores [Q, c])``: unordered ids of the kept scores,
-        the lowest kept score per query (every discarded score is at most this), and the kept
-        scores themselves.
+        ``(ids [Q, c] int64, threshold [Q], scores [Q, c], tie_cut [Q] bool)``: unordered ids of
+        the kept scores, the lowest kept score per query (every discarded score is at most this),
+        the kept scores themselves, and whether a discarded score equals the threshold (rows
+        tied at the cut were kept or dropped arbitrarily).
     """
     fill: float = -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
     pool_v = torch.full((n_queries, c), fill, dtype=dtype)
     pool_i = torch.full((n_queries, c), -1, dtype=torch.int64)
     thr = torch.full((n_queries, 1), fill, dtype=dtype)
+    lost = torch.full((n_queries,), fill, dtype=dtype)  # the highest discarded score
     in_group = torch.arange(_GROUP, dtype=torch.int64)
     first = True
     for start, scores in chunks:
@@ -211,6 +213,7 @@ def _select_top(
             else:
                 hit = group_max > thr
             first = False
+            lost = torch.maximum(lost, group_max.masked_fill(hit, fill).amax(dim=1))
             qq, gg = hit.nonzero(as_tuple=True)
             if qq.numel() == 0:
                 continue
@@ -228,7 +231,10 @@ def _select_top(
             pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
             pool_i = torch.gather(all_i, 1, pick)
             thr = pool_v.amin(dim=1, keepdim=True)
-    return pool_i, thr[:, 0], pool_v
+            if all_v.shape[1] > c:
+                lost = torch.maximum(lost, all_v.scatter(1, pick, fill).amax(dim=1))
+    tie_cut = (lost >= thr[:, 0]) & (lost > fill)
+    return pool_i, thr[:, 0], pool_v, tie_cut
 
 
 def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
@@ -241,12 +247,16 @@ def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.nda
 
 
 def _cut_through_top(
-    approx: torch.Tensor, thr: torch.Tensor, exact: np.ndarray, kth: np.ndarray
+    approx: torch.Tensor,
+    thr: torch.Tensor,
+    tie_cut: torch.Tensor,
+    exact: np.ndarray,
+    kth: np.ndarray,
 ) -> np.ndarray:
-    """Queries whose short-list may have cut through their top ``k``: a candidate whose
-    approximate score equals the short-list's threshold (rows with that score may have been
-    discarded, which is arbitrary among ties) reaches the ``k``-th exact score."""
-    at_cut = (approx <= thr[:, None]).numpy()
+    """Queries whose short-list may have cut through their top ``k``: rows tied at the
+    short-list's threshold were discarded (``tie_cut``: which of them were kept is arbitrary)
+    and a kept one at the threshold reaches the ``k``-th exact score."""
+    at_cut = (approx <= thr[:, None]).numpy() & tie_cut.numpy()[:, None]
     return np.flatnonzero((at_cut & (exact >= kth[:, None])).any(axis=1))
 
 
@@ -662,11 +672,11 @@ class SearchIndex:
                 return self._search_exact(q, k)
             c = candidates or self.candidates or default_candidates(k)
             c = min(max(c, k), self.count)
-            cand, approx, thr = self._coarse(q, c)
+            cand, approx, thr, tied = self._coarse(q, c)
             exact_c = np.empty(tuple(cand.shape), dtype=np.float32)
             scores, ids = self._rerank(q, cand, k, exact_c)
             if c < self.count:
-                todo = _cut_through_top(approx, thr, exact_c, scores[:, k - 1])
+                todo = _cut_through_top(approx, thr, tied, exact_c, scores[:, k - 1])
                 if todo.size:
                     # rows tied with a kept one at the short-list's threshold may have been cut
                     # arbitrarily (e.g. many identical tiles): those queries are resolved exactly,
@@ -801,9 +811,11 @@ class SearchIndex:
             return torch.from_numpy(q).bfloat16() @ prepared[kernel][start:stop].T, torch.bfloat16
         return torch.from_numpy(q) @ _readonly_tensor(emb[start:stop]).T, torch.float32
 
-    def _coarse(self, q: np.ndarray, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Candidates by approximate (int8) score: ``(ids [Q, c], scores [Q, c], threshold [Q])``
-        as :func:`_select_top` gives them (scores in the kernel's own units)."""
+    def _coarse(
+        self, q: np.ndarray, c: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidates by approximate (int8) score: ``(ids [Q, c], scores [Q, c], threshold [Q],
+        tie_cut [Q])`` as :func:`_select_top` gives them (scores in the kernel's own units)."""
         assert self._codes is not None and self._step is not None and self._ones is not None
         codes, n_q = self._codes, q.shape[0]
         padded = codes.shape[1]
@@ -822,7 +834,7 @@ class SearchIndex:
                     e = min(s + _GEMV_CHUNK_ROWS, self.count)
                     yield s, torch.ops.aten._weight_int8pack_mm(q_bf, codes[s:e], self._ones[s:e])
 
-            ids, thr, vals = _select_top(chunks(), n_q, c, torch.bfloat16)
+            ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.bfloat16)
         elif kernel == "int8-gemm":
             q_i8 = _int8_queries(q_np)
             rows = max(4096, min(1 << 18, _GEMM_CHUNK_SCORE_BYTES // (4 * n_q)))
@@ -832,7 +844,7 @@ class SearchIndex:
                 for s in range(0, self.count, rows):
                     yield s, torch._int_mm(q_i8, codes[s : s + rows].T)[:n_q]
 
-            ids, thr, vals = _select_top(chunks(), n_q, c, torch.int32)
+            ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.int32)
         elif kernel == "int8-fbgemm":
             packed = self._fbgemm_blocks()
             q_fb = _unit_max(qs)
@@ -841,9 +853,9 @@ class SearchIndex:
                 for s, block in packed:
                     yield s, torch.ops.quantized.linear_dynamic(q_fb, block, True)
 
-            ids, thr, vals = _select_top(chunks(), n_q, c, torch.float32)
+            ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.float32)
         elif kernel in ("bf16", "fp32"):
-            ids, thr, vals = self._coarse_float(q, c, kernel)
+            ids, thr, vals, tied = self._coarse_float(q, c, kernel)
         else:
             rows = max(1024, _FLOAT_CHUNK_BYTES // (4 * padded))
 
@@ -851,8 +863,8 @@ class SearchIndex:
                 for s in range(0, self.count, rows):
                     yield s, qs @ codes[s : s + rows].float().T
 
-            ids, thr, vals = _select_top(chunks(), n_q, c, torch.float32)
-        return ids, vals, thr
+            ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.float32)
+        return ids, vals, thr, tied
 
     def _fbgemm_blocks(self) -> list[tuple[int, Any]]:
         """The codes prepacked for fbgemm, in blocks (built on first use: a one-off cost)."""
@@ -868,9 +880,9 @@ class SearchIndex:
 
     def _coarse_float(
         self, q: np.ndarray, c: int, kernel: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidates by a float scan (the float32 rows, or a bf16 copy of them): ``(ids,
-        threshold, scores)`` as :func:`_select_top` gives them."""
+        threshold, scores, tie_cut)`` as :func:`_select_top` gives them."""
         n_q = q.shape[0]
         if kernel == "bf16":
             if self._bf16 is None:
@@ -944,7 +956,7 @@ class SearchIndex:
             for s, chunk in self._chunks(rows):
                 yield s, q_t @ _readonly_tensor(np.asarray(chunk)).T
 
-        cand, thr, _ = _select_top(chunks(), n_q, c, torch.float32)
+        cand, thr, _, _ = _select_top(chunks(), n_q, c, torch.float32)
         scores, ids = self._rerank(q, cand, k)
         if c < self.count:
             # Every discarded row has a float32 scan score <= thr, so its true score is at most

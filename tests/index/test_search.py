@@ -198,3 +198,23 @@ def test_more_ties_than_candidates_keep_the_lowest_ids(kernel: str) -> None:
     index = SearchIndex(emb, kernel=kernel, device="cpu")
     assert_matches(index.search(q, 5), brute_force(emb, q, 5))
     assert_matches(index.search(q, 5), index.search(q, 5, exact=True))
+
+
+@pytest.mark.parametrize("kernel", ["fp32", "int8-gemm"])
+def test_no_exact_rescan_without_a_tie_at_the_cut(kernel: str, monkeypatch) -> None:
+    """The tie check re-scans a query only when tied rows were dropped at the short-list's
+    threshold: a short-list of exactly k on tie-free rows needs no exact pass."""
+    rng = np.random.default_rng(1)
+    emb = unit(rng.standard_normal((3000, DIM)))
+    q = unit(rng.standard_normal((16, DIM)))
+    index = SearchIndex(emb, kernel=kernel, device="cpu", candidates=10)
+    rescans = []
+    original = SearchIndex._search_exact
+
+    def counting(self, queries, k):
+        rescans.append(len(queries))
+        return original(self, queries, k)
+
+    monkeypatch.setattr(SearchIndex, "_search_exact", counting)
+    index.search(q, 10)
+    assert rescans == []
