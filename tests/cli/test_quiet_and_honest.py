@@ -65,7 +65,7 @@ def test_a_large_image_is_refused_before_the_model_path_and_fix_once(tmp_path, c
     assert len(err.strip().splitlines()) == 1
     # found only once the model is loaded (the pre-check cannot know a checkpoint file's input
     # size): the same single statement
-    monkeypatch.setattr("msclip.cli.inference._input_size", lambda args: None)
+    monkeypatch.setattr("msclip.cli.common._input_size", lambda args: None)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count(str(scene)) == 1 and err.count("--downsample") == 1
