@@ -214,6 +214,13 @@ def open_scene(
     if require_crs and crs is None:
         raise TilingError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
     n_rows, n_cols = tile_grid(height, width, tile_size, stride)
+    if stride > tile_size:
+        logger.warning(
+            "%s: a stride of %d pixels over tiles of %d: each map cell (the stride square "
+            "centred on its tile) stands for a tile smaller than itself, and the map reaches %g "
+            "pixels past the scene's edges; a stride up to the tile size maps what was read",
+            p, stride, tile_size, (stride - tile_size) / 2,
+        )  # fmt: skip
     uncovered = (
         width - ((n_cols - 1) * stride + tile_size),
         height - ((n_rows - 1) * stride + tile_size),

@@ -47,6 +47,16 @@ def test_tiles_and_grid_transform(scene):
     assert open_scene(path, 32).grid_transform == Affine(320, 0, 500000, 0, -320, 5000000)
 
 
+def test_a_stride_beyond_the_tile_says_the_map_reaches_past_the_scene(scene, caplog):
+    path, _ = scene
+    info = open_scene(path, 16, 32)  # cells of 32 px for tiles of 16: 8 px past each edge
+    assert info.grid_transform == Affine(320, 0, 500000 - 80, 0, -320, 5000000 + 80)
+    assert "reaches 8 pixels past the scene's edges" in caplog.text
+    caplog.clear()
+    open_scene(path, 32, 16)
+    assert "past the scene" not in caplog.text
+
+
 def test_nodata_fraction_and_footprint():
     data = np.ones((3, 4, 4), np.uint16)
     data[:, :2] = 0
