@@ -697,6 +697,21 @@ class BigEarthNetLayout(Layout):
 
 
 # -- METER-ML --------------------------------------------------------------------------------
+def _meterml_folder(root: Path, folder: str) -> Path:
+    """Where an ``Image_Folder`` of METER-ML is: ``<root>/<folder>``, or, for the training
+    images distributed in several archives, ``<root>/train_images/train_images_<n>/<site>`` for
+    ``train_images/<site>``."""
+    direct = root / folder
+    parts = Path(folder).parts
+    if direct.exists() or len(parts) < 2:
+        return direct
+    for part in sorted((root / parts[0]).glob(f"{parts[0]}_*")):
+        candidate = part.joinpath(*parts[1:])
+        if candidate.exists():
+            return candidate
+    return direct
+
+
 class MeterMLLayout(FolderLayout):
     """The METER-ML release (GeoJSON + image folders), or METER-ML images in class folders.
 
@@ -737,6 +752,14 @@ class MeterMLLayout(FolderLayout):
     def index(self, root: Path, split: str) -> DatasetIndex:
         geojson = _find_split_file(root, self.geojson_files, split)
         if geojson is None:
+            others = [o for o in ("train", "val", "test") if o != split
+                      and _find_split_file(root, self.geojson_files, o)]  # fmt: skip
+            if others:  # the published layout without this split's file: not class folders
+                wanted = [g.format(split=split) for g in self.geojson_files]
+                raise DatasetFormatError(
+                    f"{root} holds METER-ML's GeoJSON of the {', '.join(others)} split(s) but "
+                    f"not of the {split} split ({' or '.join(wanted)}); add it from the download"
+                )
             self.native = False
             return super().index(root, split)
         self.native = True
@@ -762,7 +785,7 @@ class MeterMLLayout(FolderLayout):
                 continue
             label = facilities[0] if facilities else "Negative"
             idx = self._label_to_index(label, f"{geojson}, feature {n}")
-            samples.append(SampleRef(str(folder), str(root / str(folder)), idx))
+            samples.append(SampleRef(str(folder), str(_meterml_folder(root, str(folder))), idx))
         skipped = {"images with several facility types": multi} if multi else {}
         first = Path(samples[0].path) if samples else root
         if not first.is_dir():

@@ -417,3 +417,25 @@ def test_samples_listed_twice_count_once_or_are_refused(tmp_path, caplog):
     (v2 / "metadata.parquet").write_bytes(b"PAR1")
     with pytest.raises(DatasetFormatError, match="looks like BigEarthNet v2"):
         build_dataset("BigEarthNet_MS", tmp_path / "c")
+
+
+def test_meterml_training_images_in_their_several_archives(tmp_path):
+    import json
+    import shutil
+
+    ds = mb.meterml(tmp_path)
+    with pytest.raises(DatasetFormatError, match="not of the train split"):
+        build_dataset("METERML_MS", tmp_path, split="train")
+    # the train split as distributed: train_images/train_images_<n>/<site>
+    doc = json.loads((ds / "test_dataset.geojson").read_text())
+    for k, feat in enumerate(doc["features"]):
+        site = Path(feat["properties"]["Image_Folder"]).name
+        src = ds / feat["properties"]["Image_Folder"]
+        dst = ds / "train_images" / f"train_images_{k % 3 + 1}" / site
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst)
+        feat["properties"]["Image_Folder"] = f"train_images/{site}"
+    (ds / "train_dataset.geojson").write_text(json.dumps(doc))
+    train = build_dataset("METERML_MS", tmp_path, split="train")
+    test = build_dataset("METERML_MS", tmp_path, split="test")
+    assert len(train) == len(test) and np.array_equal(train.read(0)[0], test.read(0)[0])
