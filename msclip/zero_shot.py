@@ -93,6 +93,7 @@ __all__ = [
     "load_templates",
     "multilabel_predict",
     "normalize_class_name",
+    "parse_class_lines",
     "template_set_path",
     "templates_dir",
     "zero_shot_logits",
@@ -183,7 +184,7 @@ def load_templates(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE_SET) -> li
             )
         path = p
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not text
     except (OSError, UnicodeDecodeError) as err:
         raise TemplateError(f"cannot read template file {path}: {err}") from err
     return _parse_templates(text, str(path))
@@ -197,6 +198,14 @@ def normalize_class_name(name: str) -> str:
     published ones to the character.
     """
     return name.lower().replace("_", " ").replace("/", " ")
+
+
+def _prompt_key(name: str) -> str:
+    """A class name as its prompts reach the text tower: normalised (:func:`normalize_class_name`),
+    accents composed and runs of white space made one (as the tokenizer's cleaning does)."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFC", normalize_class_name(name)).split())
 
 
 def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]:
@@ -224,7 +233,7 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
     seen: dict[str, str] = {}
     dups = []
     for n in names:
-        key = normalize_class_name(n) if normalize else n
+        key = _prompt_key(n) if normalize else n
         if key in seen:
             dups.append(f"{seen[key]!r} and {n!r}" if seen[key] != n else repr(n))
         else:
@@ -233,7 +242,8 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
         raise DuplicateClassError(
             f"duplicate class names: {', '.join(dups)}"
             + (
-                " (equal after lower-casing and replacing '_' and '/' by spaces)"
+                " (equal after lower-casing, replacing '_' and '/' by spaces and the tokenizer's "
+                "cleaning of spaces and accents: their prompts would be the same)"
                 if normalize
                 else ""
             )
@@ -242,13 +252,35 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
     return names
 
 
-def load_class_names(path: str | os.PathLike) -> list[str]:
-    """Read class names from a ``.txt`` (one per line) or ``.yaml``/``.yml`` file.
+def parse_class_lines(text: str, where: str) -> list[tuple[str, str]]:
+    """``(label, name)`` per line of a class-name text: ``label = name`` lines, or a bare name
+    (its own label); blank lines and ``#`` comments are skipped.
 
-    A YAML file may hold a list of names, a mapping ``{index: name}`` (ordered by index), or a
-    mapping with one of the keys ``classes``, ``class_names`` or ``names`` holding either form.
-    Blank lines of a text file are skipped and names are stripped. Names are returned as written
-    (not normalised); see :func:`check_class_names` for validation.
+    Raises:
+        ClassNameError: a line with nothing before ``=``.
+    """
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        label, sep, name = line.partition("=")
+        label, name = label.strip(), name.strip()
+        if not label:
+            raise ClassNameError(f"{where}: line {line!r} has no label before '='")
+        rows.append((label, name if sep else label))
+    return rows
+
+
+def load_class_names(path: str | os.PathLike) -> list[str]:
+    """Read class names from a ``.txt`` or ``.yaml``/``.yml`` file.
+
+    A text file holds one class per line, a name or ``label = name`` (the name is what the
+    prompts say: msclip's own lists, ``SeaLake = sea or lake``); blank lines and ``#`` comments
+    are skipped. A YAML file may hold a list of names, a mapping ``{index: name}`` (ordered by
+    index), or a mapping with one of the keys ``classes``, ``class_names`` or ``names`` holding
+    either form. Names are returned as written (not normalised); see :func:`check_class_names`
+    for validation.
 
     Raises:
         ClassNameError: unreadable file, unknown suffix or an unexpected YAML structure.
@@ -257,7 +289,7 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     if not p.is_file():
         raise ClassNameError(f"classes file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:
         raise ClassNameError(f"cannot read classes file {p}: {err}") from err
     suffix = p.suffix.lower()
@@ -272,7 +304,7 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
             raise ClassNameError(f"cannot parse YAML classes file {p}: {err}") from err
         return _names_from_yaml(obj, p)
     if suffix in (".txt", ".csv", ""):
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return [name for _, name in parse_class_lines(text, str(p))]
     raise ClassNameError(f"classes file {p} must be .txt (one name per line) or .yaml/.yml")
 
 
@@ -286,13 +318,23 @@ def _names_from_yaml(obj: Any, where: Path) -> list[str]:
         except (TypeError, ValueError):
             items = None
         if items is not None:
-            return [str(v) for _, v in items]
+            return [_yaml_name(v, where) for _, v in items]
     if isinstance(obj, list) and all(isinstance(v, (str, int, float)) for v in obj):
-        return [str(v) for v in obj]
+        return [_yaml_name(v, where) for v in obj]
     raise ClassNameError(
         f"{where}: expected a list of class names, a mapping {{index: name}}, or a mapping with "
         f"a 'classes' key; found {type(obj).__name__}"
     )
+
+
+def _yaml_name(value: Any, where: Path) -> str:
+    """A YAML class name; YAML reads yes/no/on/off unquoted as true/false, never meant here."""
+    if isinstance(value, bool):
+        raise ClassNameError(
+            f"{where}: a class name reads as {value} (YAML takes yes/no/on/off unquoted as "
+            "true/false); quote it ('yes')"
+        )
+    return str(value)
 
 
 def format_prompts(class_name: str, templates: Sequence[str], normalize: bool = True) -> list[str]:

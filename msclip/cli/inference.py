@@ -316,7 +316,17 @@ def _finish_run(
     return code
 
 
+#: Columns of the classification CSV and of the scene's tiles.csv beside the class columns.
+_TABLE_COLUMNS = ("Image", "Class", "valid_fraction", "status", "Tile", "Row", "Col")
+
+
 def _check_classes(names: Sequence[str]) -> None:
+    clash = [n for n in names if n.strip() in _TABLE_COLUMNS]
+    if clash:  # its probability column would replace (or be replaced by) the table's own
+        raise UsageError(
+            f"class name(s) {clash} are also column names of the output table "
+            f"({', '.join(_TABLE_COLUMNS)}); name the class otherwise (e.g. '{clash[0]} class')"
+        )
     if len(names) < 2:
         raise UsageError(
             f"zero-shot classification chooses among classes: give at least two "
@@ -549,10 +559,14 @@ def _class_table(
         return ["Image", "Class", *names], [
             [im, lab, *pr] for im, lab, pr in zip(shown, labels, probs)
         ]
+    import numpy as np
+
     rows = []
     for im, lab, pr in zip(shown, labels, probs):
-        order = pr.argsort()[::-1]
-        rows.append([im, lab, pr[order[0]], f"{names[order[1]]} ({pr[order[1]]:.3f})"])
+        top = int(np.argmax(pr))  # the predicted class (the first of equal ones, as its label)
+        rest = np.where(np.arange(len(pr)) == top, -np.inf, pr)
+        second = int(np.argmax(rest))  # never the predicted class itself, even on a tie
+        rows.append([im, lab, pr[top], f"{names[second]} ({pr[second]:.3f})"])
     return ["Image", "Class", "Probability", "Runner-up"], rows
 
 

@@ -118,17 +118,13 @@ def classnames_dir() -> Path:
 
 
 def _parse_class_lines(text: str, where: str) -> list[tuple[str, str]]:
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        label, sep, name = line.partition("=")
-        label, name = label.strip(), name.strip()
-        if not label:
-            raise DatasetFormatError(f"{where}: line {line!r} has no label before '='")
-        rows.append((label, name if sep else label))
-    return rows
+    from msclip.errors import ClassNameError
+    from msclip.zero_shot import parse_class_lines
+
+    try:
+        return parse_class_lines(text, where)
+    except ClassNameError as err:
+        raise DatasetFormatError(str(err)) from err
 
 
 def read_mapping_file(path: str | os.PathLike) -> dict[str, str]:

@@ -213,6 +213,7 @@ def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
     [
         (["--templates", "no_such_set"], "unknown template set 'no_such_set'"),
         (["--class-names", "Forest", "forest"], "duplicate class names"),
+        (["--class-names", "forest", "status"], "also column names of the output table"),
         (["--ckpt-path", "/nonexistent/w.safetensors"], "checkpoint file not found"),
     ],
 )
@@ -351,3 +352,14 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "kept.csv"), pd.read_csv(tmp_path / "released.csv")
     )
+
+
+def test_the_runner_up_is_never_the_predicted_class():
+    import numpy as np
+
+    from msclip.cli.inference import _class_table
+
+    names = [f"c{i}" for i in range(8)]
+    probs = np.array([[0.1, 0.4, 0.4, 0.1, 0, 0, 0, 0], [0.3, 0, 0, 0, 0, 0, 0, 0.7]])
+    _, rows = _class_table(["a", "b"], ["c1", "c7"], probs, names)
+    assert rows[0][3] == "c2 (0.400)" and rows[1][3] == "c0 (0.300)"

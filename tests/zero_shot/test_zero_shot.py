@@ -114,6 +114,21 @@ def test_load_class_names(tmp_path):
     y.write_text("0: forest\n1: river\n0: sea\n")  # one label twice: a class would vanish
     with pytest.raises(ClassNameError, match="key 0 is given twice"):
         load_class_names(y)
+    # comments, `label = name` lines (msclip's own lists) and a byte-order mark
+    txt.write_bytes("\ufeff# my classes\nSeaLake = sea or lake\n\n# water\nforest\n".encode())
+    assert load_class_names(txt) == ["sea or lake", "forest"]
+    from msclip.eval.datasets import classnames_dir
+
+    shipped = load_class_names(classnames_dir() / "eurosat.txt")
+    assert len(shipped) == 10 and not any(n.startswith("#") or "=" in n for n in shipped)
+    y.write_text("[forest, yes]\n")  # YAML reads yes as true
+    with pytest.raises(ClassNameError, match="quote it"):
+        load_class_names(y)
+    # names whose prompts the tokenizer makes the same: duplicates
+    with pytest.raises(DuplicateClassError):
+        check_class_names(["sea ice", "sea  ice"])
+    with pytest.raises(DuplicateClassError):
+        check_class_names(["prairies s\u00e8ches", "prairies se\u0300ches"])
 
 
 # -- the classifier recipe ----------------------------------------------------------------------
