@@ -211,6 +211,10 @@ class MSCLIP(nn.Module):
         #: Provenance of the loaded weights (path and sha256), set by the loader.
         self.checkpoint_path: str | None = None
         self._checkpoint_sha256: str | None = None
+        # Weights loaded into the model (``load_state_dict`` on it or on ``clip``) are other
+        # weights: their identity is computed anew (the loader then names the file it read),
+        # so caches and records keyed on it never serve the old weights' results.
+        self.clip.register_load_state_dict_post_hook(self._weights_replaced)
         #: Why the weights have their precision (set by :func:`msclip.create_model`).
         self.precision_reason: str = "as built"
         #: The precision asked for (``auto`` ...).
@@ -270,6 +274,10 @@ class MSCLIP(nn.Module):
     @checkpoint_sha256.setter
     def checkpoint_sha256(self, value: str | None) -> None:
         self._checkpoint_sha256 = value
+
+    def _weights_replaced(self, module: Any, incompatible: Any) -> None:
+        self._checkpoint_sha256 = None
+        self.checkpoint_path = None
 
     @property
     def precision(self) -> str:

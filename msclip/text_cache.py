@@ -121,11 +121,16 @@ class TextEmbeddingCache:
 
     # -- reading -----------------------------------------------------------------------------
     def _shards(self) -> list[Path]:
-        if not self.dir.is_dir():
+        try:
+            if not self.dir.is_dir():
+                return []
+            return sorted(
+                p for p in self.dir.iterdir()
+                if p.name.startswith("shard-") and p.name.endswith(".npz")
+            )  # fmt: skip
+        except OSError as err:  # a folder this user cannot list: no cache, as for writing
+            logger.warning("text cache: cannot read %s (%s); continuing without", self.dir, err)
             return []
-        return sorted(
-            p for p in self.dir.iterdir() if p.name.startswith("shard-") and p.name.endswith(".npz")
-        )
 
     def _read_shard(self, path: Path) -> bool:
         try:
@@ -136,11 +141,17 @@ class TextEmbeddingCache:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             logger.warning("text cache: ignoring unreadable shard %s (%s)", path, err)
             return True
-        if emb.ndim != 2 or len(keys) != len(emb):
+        width = next((len(e) for e in self._entries.values()), None)
+        if emb.ndim != 2 or len(keys) != len(emb) or (width is not None and emb.shape[1] != width):
             logger.warning("text cache: ignoring malformed shard %s", path)
             return True
-        for k, e in zip(keys.tolist(), emb):
-            self._entries[str(k)] = e
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():  # a damaged entry is encoded again, never served
+            logger.warning("text cache: ignoring %d non-finite entries of %s",
+                           int((~finite).sum()), path)  # fmt: skip
+        for k, e, ok in zip(keys.tolist(), emb, finite):
+            if ok:
+                self._entries[str(k)] = e
         return True
 
     def _refresh(self) -> None:
@@ -187,6 +198,12 @@ class TextEmbeddingCache:
             raise ValueError(f"embeddings of shape {emb.shape} do not fit {len(texts)} texts")
         if not texts:
             return
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():  # never kept: the next run encodes them again
+            texts = [t for t, ok in zip(texts, finite) if ok]
+            emb = emb[finite]
+            if not texts:
+                return
         keys = [text_key(t) for t in texts]
         try:
             self._write_shard(keys, emb)

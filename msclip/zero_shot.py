@@ -437,6 +437,7 @@ def build_classifier(
     Raises:
         ClassNameError, DuplicateClassError: bad class names.
         TemplateError: no templates, or a template without ``{c}``.
+        InvalidEmbeddingsError: the text tower gave non-finite embeddings (damaged weights).
     """
     names = check_class_names(class_names, normalize=normalize_names)
     templates = list(templates)
@@ -448,7 +449,15 @@ def build_classifier(
     prompts = [p for n in names for p in format_prompts(n, templates, normalize_names)]
     emb = encode_texts(model, tokenizer, prompts, cache, batch_size, progress)
     emb = F.normalize(emb, dim=-1).view(len(names), len(templates), -1)
-    return F.normalize(emb.mean(dim=1), dim=-1)
+    classifier = F.normalize(emb.mean(dim=1), dim=-1)
+    bad_rows = (~torch.isfinite(classifier).all(dim=1)).nonzero().flatten().tolist()
+    if bad_rows:  # NaN logits would make every image the first class, with status ok
+        raise InvalidEmbeddingsError(
+            f"the text tower gave non-finite embeddings for the class(es) "
+            f"{[names[i] for i in bad_rows]}: the model's text weights are damaged (check the "
+            "checkpoint)"
+        )
+    return classifier
 
 
 def encode_queries(

@@ -192,6 +192,13 @@ def test_cache_key_depends_on_weights_and_dtype(tiny):
     torch.manual_seed(0)
     bf16 = msclip.create_model("msclip-tiny", precision="bf16")
     assert model_cache_key(model) != model_cache_key(bf16)
+    # weights loaded into a model afterwards are other weights: another key
+    tuned = msclip.create_model("msclip-tiny", precision="fp32")
+    before = model_cache_key(tuned)
+    sd = {k: v.clone() for k, v in tuned.clip.state_dict().items()}
+    sd["text_projection"] += 0.1
+    tuned.clip.load_state_dict(sd)
+    assert model_cache_key(tuned) != before
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -216,6 +223,16 @@ def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog
     assert all(np.array_equal(got[f"t{i}"], np.full(4, i, np.float32)) for i in range(5))
     assert "unreadable shard" in caplog.text
     assert not list(cache.dir.glob(".*"))  # no temporary files left behind
+
+    # entries that are not finite are neither written nor served (they were served as NaN)
+    cache.put(["nan", "fine"], np.array([[np.nan] * 4, [1.0] * 4], np.float32))
+    assert sorted(TextEmbeddingCache("k", tmp_path).get_many(["nan", "fine"])) == ["fine"]
+    np.savez(cache.dir / "shard-damaged.npz", keys=np.array(["x" * 64], dtype="<U64"),
+             emb=np.full((1, 4), np.inf, np.float32))  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(TextEmbeddingCache("k", tmp_path)) == 6
+    assert "non-finite entries" in caplog.text
 
 
 # -- decisions ------------------------------------------------------------------------------------
