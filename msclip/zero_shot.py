@@ -385,6 +385,7 @@ def encode_texts(
     if todo:
         device = getattr(model, "device", torch.device("cpu"))
         tokens = tokenizer(todo)
+        _warn_cut(tokenizer, todo, tokens)
         order = torch.argsort(_token_lengths(tokens), stable=True).tolist()
         from tqdm.auto import tqdm
 
@@ -407,6 +408,23 @@ def encode_texts(
         dim = getattr(model, "embed_dim", 0)
         return torch.zeros(0, dim)
     return torch.stack([found[t] for t in texts]).float()
+
+
+def _warn_cut(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> None:
+    """Say which texts the tokenizer cut at the text tower's context length (what follows the
+    cut changes nothing: two queries that differ only there score the same)."""
+    n = int(tokens.shape[1])
+    full = (tokens[:, -1] != 0).nonzero().flatten().tolist()  # filled to the last position
+    if not full or not hasattr(tokenizer, "encode"):
+        return
+    cut = [texts[i] for i in full if len(tokenizer.encode(texts[i])) + 2 > n]
+    if cut:
+        shown = "; ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in cut[:3])
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        logger.warning(
+            "%d text(s) are longer than the text tower's %d tokens and were cut there (words "
+            "after the cut change nothing): %s%s; shorten them", len(cut), n, shown, more,
+        )  # fmt: skip
 
 
 def build_classifier(

@@ -272,3 +272,18 @@ def test_classify_single_and_multi_label():
         classify(feats, classifier, names, multi_label="top2")
     with pytest.raises(MetricInputError, match="threshold"):
         classify(feats, classifier, names, multi_label="threshold")
+
+
+def test_texts_cut_at_the_context_length_are_named(tiny, caplog):
+    from msclip.zero_shot import encode_texts
+
+    model, tokenizer = tiny
+    n = tokenizer.context_length
+    fits = " ".join(["river"] * (n - 2))  # exactly fills the context with its markers
+    long = " ".join(["lake"] * (n + 5))
+    with caplog.at_level(logging.WARNING):
+        encode_texts(model, tokenizer, ["a river", fits])
+    assert "were cut" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        encode_texts(model, tokenizer, ["a river", long])
+    assert f"1 text(s) are longer than the text tower's {n} tokens" in caplog.text
