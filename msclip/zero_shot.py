@@ -378,9 +378,10 @@ def encode_texts(
     texts = [texts] if isinstance(texts, str) else list(texts)  # one text, not its characters
     unique = list(dict.fromkeys(texts))
     found: dict[str, torch.Tensor] = {}
+    tag = _tokenizer_tag(model, tokenizer)  # cache entries of another tokenizer are others
     if cache is not None and unique:
-        for t, emb in cache.get_many(unique).items():
-            found[t] = torch.from_numpy(emb)
+        for t, emb in cache.get_many([tag + t for t in unique]).items():
+            found[t[len(tag) :]] = torch.from_numpy(emb)
     todo = [t for t in unique if t not in found]
     if todo:
         device = getattr(model, "device", torch.device("cpu"))
@@ -401,13 +402,27 @@ def encode_texts(
         bar.close()
         trim_heap()  # the prompts' activations, kept by the C heap otherwise (msclip.memory)
         if cache is not None:
-            cache.put(todo, torch.stack([new[t] for t in todo]).numpy())
+            cache.put([tag + t for t in todo], torch.stack([new[t] for t in todo]).numpy())
         found.update(new)
         logger.debug("encoded %d texts (%d from cache)", len(todo), len(unique) - len(todo))
     if not texts:
         dim = getattr(model, "embed_dim", 0)
         return torch.zeros(0, dim)
     return torch.stack([found[t] for t in texts]).float()
+
+
+#: Tokenizers that msclip's models come with (any of them at the model's context length keeps
+#: the plain cache keys).
+_OWN_TOKENIZERS = ("CLIPTokenizer", "SimpleTokenizer", "HFTokenizer")
+
+
+def _tokenizer_tag(model: Any, tokenizer: Any) -> str:
+    """``""`` for the model's own kind of tokenizer at its context length, else a prefix that
+    keeps the cache entries of another tokenizer (other token ids, another cut) apart."""
+    n = getattr(tokenizer, "context_length", None)
+    if type(tokenizer).__name__ in _OWN_TOKENIZERS and n == getattr(model, "context_length", n):
+        return ""
+    return f"[{type(tokenizer).__name__} {n}]\x00"
 
 
 def _warn_cut(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> None:

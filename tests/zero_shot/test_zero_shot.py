@@ -179,7 +179,7 @@ def test_cache_skips_text_tower(tiny, tmp_path, monkeypatch):
         encode_queries(model, tokenizer, ["a lake"], cache=fresh)
 
 
-def test_cache_key_depends_on_weights_and_dtype(tiny):
+def test_cache_key_depends_on_weights_and_dtype(tiny, tmp_path):
     import msclip
 
     model, _ = tiny
@@ -192,6 +192,17 @@ def test_cache_key_depends_on_weights_and_dtype(tiny):
     torch.manual_seed(0)
     bf16 = msclip.create_model("msclip-tiny", precision="bf16")
     assert model_cache_key(model) != model_cache_key(bf16)
+    # another tokenizer (another cut) gives other embeddings: never served the model's own
+    from msclip.tokenizer import CLIPTokenizer
+    from msclip.zero_shot import build_classifier
+
+    cache = TextEmbeddingCache.for_model(model, tmp_path)
+    own_tok = msclip.get_tokenizer(model)
+    names, templates = ["sea", "forest"], ["a satellite image of {c} seen from far above the land"]
+    build_classifier(model, own_tok, names, templates, cache=cache)
+    short = CLIPTokenizer(context_length=4)
+    assert torch.equal(build_classifier(model, short, names, templates, cache=cache),
+                       build_classifier(model, short, names, templates))  # fmt: skip
     # weights loaded into a model afterwards are other weights: another key
     tuned = msclip.create_model("msclip-tiny", precision="fp32")
     before = model_cache_key(tuned)
