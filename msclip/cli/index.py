@@ -190,20 +190,12 @@ def _model_defaults(
         )
 
 
-def _not_indexed(index: str, paths: Sequence[str]) -> list[str]:
-    """The ``paths`` that are not committed sources of the index (a file's key is its absolute
-    path)."""
-    from msclip.index.store import IndexStore
-
-    keys = {s.key for s in IndexStore.open(index).sources}
-    return [f for f in paths if os.path.abspath(f) not in keys]
-
-
-def _manifest_model(index: str) -> dict[str, Any] | None:
+def _existing(index: str) -> Any:
+    """The index at ``index`` (:class:`msclip.index.store.IndexStore`), or ``None``."""
     from msclip.index.store import IndexNotFoundError, IndexStore
 
     try:
-        return IndexStore.open(index).model_info
+        return IndexStore.open(index)
     except IndexNotFoundError:
         return None
 
@@ -411,15 +403,18 @@ def _run_build(args: argparse.Namespace) -> int:
 
     images = list_images(args.images) if args.images else []
     scenes = list_images(args.scenes) if args.scenes else []
-    existing = _manifest_model(args.index)
+    store = _existing(args.index)
+    existing = store.model_info if store is not None else None
     if args.command == "add" and existing is None:
         raise UsageError(
             f"no index at {args.index}; create it with 'msclip-index build {args.index} ...'"
         )
     _model_defaults(args, existing, writing=True)
     check_checkpoint(args)
-    # files already in the index (one embedding each, from before the refusal) are not judged
-    new = _not_indexed(args.index, images) if existing is not None else images
+    # files already in the index (one embedding each, from before the refusal) are not judged;
+    # a file's key is its absolute path
+    keys = {s.key for s in store.sources} if store is not None else set()
+    new = [f for f in images if os.path.abspath(f) not in keys]
     checked = refuse_large_images(args, new, fix=_LARGE_IMAGE_FIX)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:
