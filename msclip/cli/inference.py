@@ -485,7 +485,8 @@ def run_head_classification(args: argparse.Namespace) -> int:
     from msclip.encode import ImageDataset
 
     model, preprocess, _ = load_model(args, options=image_options(args))
-    checked or refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    if not checked:  # a checkpoint file: its input size is known now
+        refuse_large_images(args, image_set.paths, image_size=model.image_size)
     bind_head(ckpt, model, args.adapters)
     _check_head_bands(ckpt.info.get("input_bands"), image_set.paths, image_set.names, args)
     dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
@@ -591,7 +592,8 @@ def run_classification(args: argparse.Namespace) -> int:
     from msclip.zero_shot import build_classifier, classify
 
     model, preprocess, tokenizer = load_model(args, options=image_options(args))
-    checked or refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    if not checked:  # a checkpoint file: its input size is known now
+        refuse_large_images(args, image_set.paths, image_size=model.image_size)
     progress = not args.quiet
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
@@ -645,7 +647,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from msclip.retrieval import top_k
 
     model, preprocess, tokenizer = load_model(args, options=image_options(args))
-    checked or refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    if not checked:  # a checkpoint file: its input size is known now
+        refuse_large_images(args, image_set.paths, image_size=model.image_size)
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     model.release_text_pages()
     res = _encode_files(args, model, preprocess, image_set.paths)
