@@ -41,6 +41,7 @@ from msclip.errors import MSCLIPError, UsageError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EARLY_CHECK_FILES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
@@ -68,6 +69,7 @@ __all__ = [
     "fraction",
     "image_options",
     "large_message",
+    "large_refusal",
     "load_model",
     "min_valid",
     "model_from_args",
@@ -482,6 +484,12 @@ def _check_before_loading(args: argparse.Namespace, default_name: str | None) ->
 #: grow with the file): tile them with --run-scene, or read them reduced with --downsample.
 LARGE_FACTOR = 64
 
+#: How many image files :func:`refuse_large_images` judges from their headers before any is
+#: encoded. The rest are refused when they are read, with the same message (the readers check
+#: the size before reading pixels): a header costs ~0.7 ms on a local disk (more on network
+#: storage), so an archive of a million tiles is not opened twice, once by every process.
+EARLY_CHECK_FILES = 256
+
 #: The fix the command line offers for a raster far larger than the model input (it replaces the
 #: library's generic advice, which names no flag).
 LARGE_FIX = (
@@ -525,15 +533,28 @@ def large_message(path: str, height: int, width: int, max_pixels: int, fix: str 
     )
 
 
+def large_refusal(message: str, fix: str = LARGE_FIX) -> str:
+    """The library's refusal of a large raster (met while reading) with its generic advice
+    replaced by the program's ``fix`` (its flags)."""
+    facts, sep, _ = message.partition(": cut it into tiles")
+    return f"{facts}: {fix}" if sep else f"{message}; {fix}"
+
+
 def refuse_large_images(
     args: argparse.Namespace,
     paths: Sequence[str],
     fix: str = LARGE_FIX,
     image_size: int | None = None,
+    every_file: bool = False,
 ) -> bool:
     """Refuse an image far larger than the model input, before any is encoded: only the headers
     of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be read,
     are checked when they are read). GeoTIFFs pass with ``--downsample``.
+
+    Only the first :data:`EARLY_CHECK_FILES` files are judged here, so that the common mistake
+    (a scene given as an image, a small folder holding one) is refused at once; the caller's
+    encoding must refuse the others as they are read (``abort_on=(RasterTooLargeError, ...)``
+    with the preprocessing of :func:`image_options`).
 
     Args:
         args: the parsed flags.
@@ -541,6 +562,8 @@ def refuse_large_images(
         fix: what the program offers instead (its flags).
         image_size: the model's input side; by default the registered architecture's, known
             before the model is built for a model name but not for a checkpoint file.
+        every_file: judge every file (a few query images: their encoding would call such a file
+            unreadable, without the fix).
 
     Returns:
         Whether the check ran: ``False`` when the input size is not known yet (call again with
@@ -557,7 +580,7 @@ def refuse_large_images(
 
     from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
 
-    for path in paths:
+    for path in paths if every_file else paths[:EARLY_CHECK_FILES]:
         ext = Path(path).suffix.lower()
         try:
             if ext in GEOTIFF_EXTENSIONS and not getattr(args, "downsample", False):

@@ -48,6 +48,7 @@ from msclip.cli.common import (
     check_checkpoint,
     encode_query_set,
     image_options,
+    large_refusal,
     load_model,
     min_valid,
     output_path,
@@ -254,7 +255,7 @@ def _run_search(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
-    checked = refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX)
+    checked = refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX, every_file=True)
     out = check_output(output_path(args.save_path, "index_search.csv"))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     gpath = geojson if geojson is not None else out.with_suffix(".geojson")
@@ -271,7 +272,9 @@ def _run_search(args: argparse.Namespace) -> int:
 
     model, preprocess, tokenizer = load_model(args, options=image_options(args))
     if not checked:  # a checkpoint file: its input size is known now
-        refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX, image_size=model.image_size)
+        refuse_large_images(
+            args, query_images, fix=_LARGE_QUERY_FIX, image_size=model.image_size, every_file=True
+        )
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
@@ -398,6 +401,7 @@ def _windows(df: Any) -> list[str]:
 
 # -- build / add / info ---------------------------------------------------------------------------
 def _run_build(args: argparse.Namespace) -> int:
+    from msclip.errors import BandCoverageError, RasterTooLargeError
     from msclip.index.build import build_index
     from msclip.io import list_images
 
@@ -426,20 +430,25 @@ def _run_build(args: argparse.Namespace) -> int:
             nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,
             progress=not args.quiet, commit_seconds=args.commit_seconds,
             must_exist=args.command == "add",
+            # files past the ones judged from their headers above are refused as they are read
+            abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
-        if group is None:
-            report = build_index(args.index, model, preprocess, images, scenes, **options)
-        else:
-            from msclip.index.sharded import build_sharded
+        try:
+            if group is None:
+                report = build_index(args.index, model, preprocess, images, scenes, **options)
+            else:
+                from msclip.index.sharded import build_sharded
 
-            report = build_sharded(
-                args.index, model, preprocess, images, scenes, **options, rank=group.rank,
-                world=group.world_size,
-            )  # fmt: skip
-            if group.rank != 0:
-                # process 0 adds every source (its failures too), prints the summary and gives
-                # the status: a non-zero status here would make torchrun stop process 0
-                return EXIT_OK
+                report = build_sharded(
+                    args.index, model, preprocess, images, scenes, **options, rank=group.rank,
+                    world=group.world_size,
+                )  # fmt: skip
+        except RasterTooLargeError as err:  # the sources encoded before it are committed
+            raise UsageError(large_refusal(str(err), _LARGE_IMAGE_FIX)) from err
+        if group is not None and group.rank != 0:
+            # process 0 adds every source (its failures too), prints the summary and gives the
+            # status: a non-zero status here would make torchrun stop process 0
+            return EXIT_OK
     finally:
         if group is not None:
             group.close()

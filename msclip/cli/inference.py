@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # numpy is imported where the work starts (--help stays light
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    LARGE_FIX,
     UsageError,
     add_input_check_args,
     add_model_args,
@@ -51,6 +50,7 @@ from msclip.cli.common import (
     flag_wording,
     fraction,
     image_options,
+    large_refusal,
     load_model,
     min_valid,
     non_negative_int,
@@ -347,7 +347,7 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(_with_cli_fix(str(err))) from err
+        raise UsageError(large_refusal(str(err))) from err
     except BandCoverageError as err:
         raise UsageError(_coverage_refusal(str(err))) from err
 
@@ -359,12 +359,6 @@ def _coverage_refusal(message: str) -> str:
     if "8-bit input" not in message:
         hint += "; if the files' bands are named wrongly, name them with --bands"
     return f"{message} ({hint})"
-
-
-def _with_cli_fix(message: str) -> str:
-    """The library's refusal of a large raster with its generic advice replaced by the flags."""
-    facts, sep, _ = message.partition(": cut it into tiles")
-    return f"{facts}: {LARGE_FIX}" if sep else f"{message}; {LARGE_FIX}"
 
 
 #: Skipped images named in the note (all of them with -v, and in the CSV's status column).
@@ -496,7 +490,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
             abort_on=(BandCoverageError, RasterTooLargeError),
         )  # fmt: skip
     except RasterTooLargeError as err:
-        raise UsageError(_with_cli_fix(str(err))) from err
+        raise UsageError(large_refusal(str(err))) from err
     except BandCoverageError as err:
         raise UsageError(_coverage_refusal(str(err))) from err
     shown = [image_set.names[i] for i in indices]

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from msclip.encode import Failure, iter_encoded
+from msclip.errors import BandCoverageError
 from msclip.index.store import IndexStore, IndexWriter
 from msclip.tiling import SceneInfo, Tile, footprint_lonlat, open_scene, raster_bounds, scene_tiles
 
@@ -385,6 +386,7 @@ def encode_sources(
     batch_size: int | None = None,
     workers: int = 0,
     progress: bool = False,
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> Iterator[EncodedSource]:
     """Encode sources in order and yield each one as soon as all its items are done.
 
@@ -398,6 +400,9 @@ def encode_sources(
         batch_size: images per model call (``None``: chosen for the device).
         workers: DataLoader worker processes.
         progress: show a progress bar.
+        abort_on: error classes of an item that stop the build (raised as they are) instead of
+            failing the item, e.g. :class:`~msclip.errors.RasterTooLargeError` for a scene
+            given as an image file when ``preprocess`` bounds the pixels of a file.
     """
     positions = list(range(len(sources))) if positions is None else list(positions)
     dim = int(model.embed_dim)
@@ -435,7 +440,7 @@ def encode_sources(
 
     for batch in iter_encoded(
         model, preprocess, items, batch_size, workers, True, progress, min_valid, nodata,
-        desc="index",
+        desc="index", abort_on=abort_on,
     ):  # fmt: skip
         for j, i in enumerate(batch.indices):
             si = owner[i]
@@ -470,6 +475,7 @@ def build_index(
     commit_seconds: float = 60.0,
     must_exist: bool = False,
     on_source: Callable[[int], None] | None = None,
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> BuildReport:
     """Add images and scene tiles to the index at ``path`` (created if needed), resumably.
 
@@ -494,6 +500,8 @@ def build_index(
         must_exist: refuse to create a new index (``add``).
         on_source: called with the plan position of each source this process has encoded (and,
             when distributed, handed over), e.g. to report progress.
+        abort_on: error classes of an item that stop the build (see :func:`encode_sources`);
+            the sources encoded before are committed.
 
     Raises:
         IndexNotFoundError: ``must_exist`` and there is no index at ``path``.
@@ -517,7 +525,7 @@ def build_index(
         last_commit = time.monotonic()
         for done in encode_sources(
             model, preprocess, todo, min_valid=min_valid, nodata=nodata,
-            batch_size=batch_size, workers=workers, progress=progress,
+            batch_size=batch_size, workers=workers, progress=progress, abort_on=abort_on,
         ):  # fmt: skip
             staged = add_encoded(writer, todo[done.position], done, report)
             if staged and time.monotonic() - last_commit >= commit_seconds:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from msclip.encode import Failure
+from msclip.errors import BandCoverageError
 from msclip.index.build import (
     BuildReport,
     EncodedSource,
@@ -151,6 +152,7 @@ def build_sharded(
     commit_seconds: float = 60.0,
     must_exist: bool = False,
     on_source: Callable[[int], None] | None = None,
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
     rank: int = 0,
     world: int = 1,
 ) -> BuildReport:
@@ -159,8 +161,9 @@ def build_sharded(
 
     Args:
         path, model, preprocess, images, scenes, tile_size, stride, min_valid, nodata,
-            batch_size, workers, progress, commit_seconds, must_exist, on_source: as for
-            :func:`msclip.index.build.build_index`.
+            batch_size, workers, progress, commit_seconds, must_exist, on_source, abort_on: as
+            for :func:`msclip.index.build.build_index` (a process that meets an item of
+            ``abort_on`` raises it; ``torchrun`` then stops the others, and a rerun resumes).
         rank: this process's rank.
         world: the number of processes.
 
@@ -217,6 +220,7 @@ def build_sharded(
     encoded = encode_sources(
         model, preprocess, [work[i] for i in mine], mine, min_valid=min_valid,
         nodata=nodata, batch_size=batch_size, workers=workers, progress=progress and rank == 0,
+        abort_on=abort_on,
     )  # fmt: skip
     if rank != 0:
         report.skipped_done = committed

@@ -381,6 +381,22 @@ def test_a_scene_given_as_one_image_is_refused(inputs, tmp_path, capsys):
     assert main(["add", str(idx2), "--images", str(big), str(files[1]), *own]) == 0
 
 
+def test_a_scene_past_the_header_check_stops_the_build(inputs, tmp_path, capsys, monkeypatch):
+    """Files past the first EARLY_CHECK_FILES are judged as they are read: the build stops at a
+    scene given as an image with the same refusal, the sources encoded before it committed (a
+    rerun without the scene resumes from them)."""
+    files, _, _ = inputs
+    big = _write(tmp_path / "z_big.tif", np.full((12, 300, 300), 900, dtype="uint16"))
+    monkeypatch.setattr("msclip.cli.common.EARLY_CHECK_FILES", 1)
+    idx = tmp_path / "late.index"
+    args = ["build", str(idx), "--images", str(files[0]), str(big), "--commit-seconds", "0"]
+    assert main([*args, *TINY, "--batch-size", "1"]) == 2  # the scene in a batch of its own
+    err = capsys.readouterr().err
+    assert "z_big.tif is 300x300 pixels" in err and "--scenes" in err
+    assert "unreadable" not in err and len(err.strip().splitlines()) == 1
+    assert [s.key for s in IndexStore.open(idx).sources] == [str(Path(files[0]).resolve())]
+
+
 def test_search_output_paths(inputs, tmp_path, model, capsys):
     """The table and the GeoJSON are never the same file (the GeoJSON step removed the table);
     keys that are not files (Python API) leave the row's path as the hit's file."""

@@ -72,6 +72,33 @@ def test_a_large_image_is_refused_before_the_model_path_and_fix_once(tmp_path, c
     assert "scene mode" not in err
 
 
+def test_a_large_image_past_the_header_check_is_refused_when_read(tmp_path, capsys, monkeypatch):
+    """Only the first EARLY_CHECK_FILES files are judged from their headers before the model
+    (an archive is not opened twice); a later one is refused when it is read, with the same
+    single statement, and no output is written."""
+    folder = tmp_path / "mixed"
+    data = np.random.default_rng(0).integers(1, 3000, (10, 32, 32)).astype(np.uint16)
+    _tile(folder / "a.tif", data)
+    scene = _tile(folder / "b_scene.tif", np.ones((10, 300, 300), np.uint16))
+    built = []
+    real = msclip.factory.create_model
+
+    def counting(*a, **k):
+        built.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr("msclip.cli.common.EARLY_CHECK_FILES", 1)
+    monkeypatch.setattr("msclip.factory.create_model", counting)
+    for mode in (["--run-classification", *CLASSES], ["--run-retrieval", "--query", "a lake"]):
+        out = tmp_path / "out.csv"
+        assert main([*mode, "--images", str(folder), *QUIET, "--save-path", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count(str(scene)) == 1 and err.count("--downsample") == 1
+        assert "300x300 pixels" in err and "--run-scene" in err and "scene mode" not in err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert len(built) == 2  # refused after the model was built: by the reader
+
+
 def test_strict_bands_on_an_8_bit_picture_does_not_point_at_bands(tmp_path, capsys):
     from PIL import Image
 

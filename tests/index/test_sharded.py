@@ -112,6 +112,32 @@ def test_spooled_encodings_of_a_killed_process_are_used(
     _same_index(idx, ref)
 
 
+def test_abort_on_stops_either_build_and_keeps_what_came_before(
+    inputs, model, tmp_path, one_process_group
+) -> None:
+    """An item of ``abort_on`` (a file larger than the preprocessing allows) stops the build with
+    its own error; the sources of earlier batches are committed. Without ``abort_on`` it is one
+    unreadable file."""
+    from msclip.errors import RasterTooLargeError
+
+    files, _ = inputs
+    m, _ = model
+    pre = m.preprocess(max_pixels=40 * 40)
+    big = tmp_path / "z_big.tif"
+    msclip.write_geotiff(big, np.full((10, 64, 64), 900, "uint16"), crs=CRS.from_epsg(32632),
+                         transform=Affine(10, 0, 500000, 0, -10, 5000000))  # fmt: skip
+    given = [str(files[0]), str(files[1]), str(big)]
+    for name, build in (("one", build_index), ("shard", build_sharded)):
+        idx = tmp_path / f"{name}.index"
+        with pytest.raises(RasterTooLargeError, match=r"z_big\.tif is 64x64 pixels"):
+            build(idx, m, pre, given, commit_seconds=0, batch_size=1,
+                  abort_on=(RasterTooLargeError,))  # fmt: skip
+        kept = [Path(s.key).name for s in IndexStore.open(idx).sources]
+        assert kept == ["f0.tif", "f1.tif"]
+    report = build_index(tmp_path / "lenient.index", m, pre, given, batch_size=1)
+    assert [Path(f.name).name for f in report.failures] == ["z_big.tif"]
+
+
 WORKER = textwrap.dedent(
     """
     import os, sys
