@@ -77,6 +77,21 @@ def test_search_equals_brute_force(store, data, kernel: str, n_queries: int) -> 
     assert_matches(index.search(q, 37, candidates=300), brute_force(emb, q, 37))
 
 
+@pytest.mark.parametrize("kernel", ["int8-fbgemm", "int8-gemm", "fp32"])
+def test_large_chunks_selected_on_every_thread_give_the_same_result(
+    store, data, kernel: str, monkeypatch
+) -> None:
+    """Chunks of many scores (many queries) are selected with all intra-op threads, the small
+    ones on one: both give the brute-force result, ties included."""
+    emb, queries = data
+    q = np.concatenate([queries, emb[[5, 1500]]])  # rows 5, 900, 1500 tie for the last two
+    index = SearchIndex.from_store(store, kernel=kernel, cache=False)
+    serial = index.search(q, 3, candidates=3)  # a short-list as short as k: approximate
+    monkeypatch.setattr("msclip.index.search._PARALLEL_SELECT_SCORES", 1)
+    assert_matches(index.search(q, 10), brute_force(emb, q, 10))
+    assert_matches(index.search(q, 3, candidates=3), serial)
+
+
 def test_ties_are_broken_by_lower_id(store, data) -> None:
     emb, _ = data
     index = SearchIndex.from_store(store, cache=False)
