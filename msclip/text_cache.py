@@ -103,6 +103,14 @@ class TextEmbeddingCache:
         self.meta = dict(meta or {})
         self._entries: dict[str, np.ndarray] = {}
         self._loaded: set[str] = set()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, message: str, *args: Any) -> None:
+        """Log a warning about the cache folder once per cache object (a folder that cannot be
+        listed or written is met again by every lookup and every put of a run)."""
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning(message, *args)
 
     @classmethod
     def for_model(cls, model: Any, root: str | os.PathLike | None = None) -> TextEmbeddingCache:
@@ -129,7 +137,9 @@ class TextEmbeddingCache:
                 if p.name.startswith("shard-") and p.name.endswith(".npz")
             )  # fmt: skip
         except OSError as err:  # a folder this user cannot list: no cache, as for writing
-            logger.warning("text cache: cannot read %s (%s); continuing without", self.dir, err)
+            self._warn_once(
+                "read", "text cache: cannot read %s (%s); continuing without", self.dir, err
+            )
             return []
 
     def _read_shard(self, path: Path) -> bool:
@@ -208,7 +218,9 @@ class TextEmbeddingCache:
         try:
             self._write_shard(keys, emb)
         except OSError as err:
-            logger.warning("text cache: cannot write to %s (%s); continuing without", self.dir, err)
+            self._warn_once(
+                "write", "text cache: cannot write to %s (%s); continuing without", self.dir, err
+            )
             return
         for k, e in zip(keys, emb):
             self._entries[k] = e

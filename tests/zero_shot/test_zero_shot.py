@@ -246,6 +246,30 @@ def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog
     assert "non-finite entries" in caplog.text
 
 
+def test_a_cache_folder_that_cannot_be_used_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    """A run's lookups and puts meet the same unusable folder again and again: one warning
+    each for reading and writing, and the run goes on without the cache."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cache = TextEmbeddingCache("k", blocker)  # the root is a file: nothing can be written
+    with caplog.at_level(logging.WARNING):
+        for i in range(3):
+            cache.put([f"t{i}"], np.ones((1, 4), np.float32))
+    assert caplog.text.count("cannot write") == 1
+    caplog.clear()
+
+    def unlistable(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    TextEmbeddingCache("k", tmp_path).put(["t"], np.ones((1, 4), np.float32))
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    cache = TextEmbeddingCache("k", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert cache.get_many(["t"]) == {}
+    assert caplog.text.count("cannot read") == 1
+
+
 # -- decisions ------------------------------------------------------------------------------------
 def test_classify_single_and_multi_label():
     from msclip.errors import ClassNameError, MetricInputError
