@@ -19,11 +19,11 @@ of :func:`msclip.heads.data.split_indices` (images permuted by ``default_rng((se
 Reading (:class:`DenseSamples`): the image's raw values are normalised per pixel by
 :class:`msclip.heads.scene_predict.ScenePreprocess` (the model's band selection, statistics and
 wavelength mapping, no resizing: every pixel keeps its label). A label pixel equal to the label
-file's nodata value becomes ``ignore_index``; a target pixel equal to its file's nodata (or the
-``nodata`` given), or NaN, becomes NaN, which the losses and metrics mask out; pixels where every
-band of the image is nodata are masked the same way. Regression targets are multiplied by the
-task's ``scale`` on reading (as image-level regression does), so losses, metrics and predicted
-rasters are all in scaled units.
+file's nodata value (NaN when the nodata is NaN) becomes ``ignore_index``; a target pixel equal
+to its file's nodata (or the ``nodata`` given), or NaN, becomes NaN, which the losses and
+metrics mask out; pixels where every band of the image is nodata are masked the same way.
+Regression targets are multiplied by the task's ``scale`` on reading (as image-level regression
+does), so losses, metrics and predicted rasters are all in scaled units.
 
 Training crops (:func:`random_crop_batch`): a square window of ``crop_size`` pixels at a seeded
 random position and random horizontal / vertical flips, the same for the image and its targets;
@@ -189,6 +189,13 @@ def _check_exists(paths: Sequence[str], where: str) -> None:
         )
 
 
+def _is_nodata(arr: np.ndarray, nodata: float) -> np.ndarray:
+    """Where ``arr`` holds ``nodata`` (its NaN pixels when ``nodata`` is NaN)."""
+    if math.isnan(nodata):
+        return np.isnan(arr) if np.issubdtype(arr.dtype, np.floating) else np.zeros(arr.shape, bool)
+    return arr == nodata
+
+
 # -- classes -------------------------------------------------------------------------------------
 def _classes_from_csv(path: Path) -> list[str] | None:
     with open(path, newline="", encoding="utf-8") as f:
@@ -235,7 +242,7 @@ def _class_names(
             nd = src.nodata
         v = arr[(arr != ignore) if ignore is not None else np.ones(arr.shape, bool)]
         if nd is not None:
-            v = v[v != nd]
+            v = v[~_is_nodata(v, nd)]
         if v.size:
             top = max(top, int(v.max()))
     if top < 0:
@@ -518,9 +525,9 @@ class DenseSamples:
                 file_nodata = src.nodata
             if t.kind == "segmentation":
                 ignore = 255 if t.ignore_index is None else int(t.ignore_index)
+                if file_nodata is not None:
+                    arr = np.where(_is_nodata(arr, file_nodata), ignore, arr)
                 lab = arr.astype(np.int64)
-                if file_nodata is not None and not math.isnan(file_nodata):
-                    lab[arr == file_nodata] = ignore
                 lab[~valid] = ignore
                 targets[t.name] = torch.from_numpy(lab)
             else:

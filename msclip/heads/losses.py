@@ -116,15 +116,21 @@ class ClassCounter:
 
     def update_file(self, path: str | os.PathLike, band: int = 1) -> None:
         """Count a single-band label raster block by block (memory stays small); pixels equal
-        to the file's nodata value are skipped like ``ignore_index``."""
+        to the file's nodata value (NaN pixels when it is NaN) are skipped like
+        ``ignore_index``."""
         import rasterio
 
         counts = np.zeros(self.num_classes, dtype=np.int64)
         with rasterio.open(path) as src:
             nodata = src.nodata
+            nan_nodata = nodata is not None and math.isnan(nodata)
             for _, window in src.block_windows(band):
-                arr = _label_array(src.read(band, window=window), str(path))
-                counts += self._count(arr, str(path), nodata)
+                raw = src.read(band, window=window)
+                if nan_nodata and np.issubdtype(raw.dtype, np.floating):
+                    # float labels with NaN nodata: NaN never equals itself, so drop it here
+                    raw = raw[~np.isnan(raw)][None]
+                arr = _label_array(raw, str(path))
+                counts += self._count(arr, str(path), None if nan_nodata else nodata)
         self._add_image(counts)
 
     def weights(self, method: str = "auto") -> np.ndarray:

@@ -99,6 +99,35 @@ def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_p
     assert "declare nodata 0, which is also the class" in caplog.text
 
 
+def test_float_labels_with_nan_nodata_are_ignored(dense, tmp_path):
+    """Float32 label rasters (e.g. after a reprojection) whose nodata is NaN: NaN pixels are
+    unlabelled, not a bad class value."""
+    table = pd.read_csv(dense / "index.csv")
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile = src.read(1).astype("float32"), src.profile
+        arr[arr == 255] = np.nan
+        arr[:2, :3] = np.nan
+        profile.update(dtype="float32", nodata=float("nan"))
+        out = tmp_path / f"l{k}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr, 1)
+        table.loc[k, "label"] = str(out)
+    table.to_csv(tmp_path / "f.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "f.csv"), data_root=str(dense))
+    data = load_dense_data(cfg)
+    counter = ClassCounter(len(data.tasks[0].names))
+    counter.update_file(data.rasters["segmentation"][0])
+    assert counter.counts.sum() == 16 * 16 - 6
+    from msclip.factory import create_model
+    from msclip.heads.scene_predict import ScenePreprocess
+
+    _, y = DenseSamples(data, ScenePreprocess.from_model(create_model("msclip-tiny")))[0]
+    lab = y["segmentation"]
+    assert (lab[:2, :3] == 255).all() and int((lab == 255).sum()) == 6
+    assert int(lab.max()) == 255 and int(lab[lab != 255].max()) < len(data.tasks[0].names)
+
+
 def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
     cfg = _cfg(tmp_path, dense, class_weights=["auto"])
     res = run_finetune(cfg)
