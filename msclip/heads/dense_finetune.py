@@ -192,6 +192,30 @@ def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: DenseData, label: s
     return h.hexdigest()
 
 
+def _check_one_image_batches(
+    data: DenseData, tasks: Sequence[DenseTask], n_train: int, crop: int, patch: int
+) -> None:
+    """Refuse a train split whose batches hold one crop when a decoder's batch norm would then
+    see a single value per channel (UPerNet's 1x1 pyramid-pooling bin always; every decoder on
+    a crop of one patch), which fails in the first training step.
+
+    Raises:
+        HeadInputError: one training image and such a decoder or crop.
+    """
+    if n_train != 1:
+        return
+    one_patch = -(-crop // patch) == 1
+    bad = [t.decoder for t in tasks if t.decoder == "upernet" or one_patch]
+    if bad:
+        why = f"a crop of {crop} px is one patch" if one_patch else "its 1x1 pooling bin"
+        raise HeadInputError(
+            f"{data.name}: the train split holds 1 image, so every batch is one crop and the "
+            f"batch norm of the {bad[0]} decoder ({why}) cannot train on it; add training "
+            "images (split column, val_fraction / test_fraction)",
+            param="images",
+        )
+
+
 # -- evaluation ---------------------------------------------------------------------------------
 def _metric_objects(data: DenseData) -> dict[str, Any]:
     from msclip.eval.dense_metrics import RegressionMetrics, SegmentationMetrics
@@ -444,6 +468,7 @@ def run_dense_finetune(
     for t in data.tasks:
         if t.kind == "segmentation" and len(t.names) < 2:
             raise HeadInputError(f"{data.name}: task {t.name} has a single class")
+    _check_one_image_batches(data, tasks, len(train_rows), crop, int(model.patch_size))
     history = train_loop(
         net,
         groups,

@@ -301,3 +301,16 @@ def test_scene_prediction_with_a_trained_head(dense, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="was trained on encoder"):
         predict_scene_with_head(scene, tmp_path / "no.tif", head, other, progress=False)
     assert not (tmp_path / "no.tif").exists()
+
+
+def test_one_training_image_with_upernet_is_refused_in_one_line(dense, tmp_path):
+    table = pd.read_csv(dense / "index.csv")
+    train = np.flatnonzero(table["split"] == "train")
+    table.loc[train[1:], "split"] = "val"
+    table.to_csv(tmp_path / "one.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "one.csv"), data_root=str(dense),
+               classes=str(dense / "classes.csv"),
+               decoder="upernet", decoder_channels=4, epochs=1)  # fmt: skip
+    with pytest.raises(HeadInputError, match=r"train split holds 1 image.*upernet"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
