@@ -210,13 +210,19 @@ def _note_seconds(head_file: Path, seconds: float) -> None:
 def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> list[dict]:
     from msclip.heads.dense_data import DenseSamples
     from msclip.heads.dense_finetune import evaluate_maskclip, load_dense_data
-    from msclip.heads.runs import load_run_model
+    from msclip.heads.runs import load_run_model, run_settings
     from msclip.heads.scene_predict import ScenePreprocess
     from msclip.io import write_json
 
+    # the row is kept with the settings it was scored under (data, model, bands, templates ...):
+    # a grid rerun into the same folder with other settings scores it again
+    settings = run_settings(cfg)
     cache = root / "zero-shot" / "result.json"
     if cache.is_file():
-        return json.loads(cache.read_text())["rows"]
+        kept = json.loads(cache.read_text())
+        if kept.get("settings") == settings:
+            return kept["rows"]
+        logger.info("%s was scored with other settings: scoring the zero-shot row again", cache)
     data = load_dense_data(cfg)
     seg = [t for t in data.tasks if t.kind == "segmentation" and t.prompt_names]
     if not seg:
@@ -244,7 +250,7 @@ def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> lis
         row["head_parameters"] = 0
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-    write_json(cache, {"rows": rows})
+    write_json(cache, {"rows": rows, "settings": settings})
     return rows
 
 

@@ -264,6 +264,27 @@ def test_grid_table_every_combination_and_skips_finished(dense, tmp_path):
         run_grid(dataclasses.replace(cfg, epochs=2), ["linear"], ["frozen"])
 
 
+def test_grid_scores_the_zero_shot_row_again_under_other_settings(dense, tmp_path, monkeypatch):
+    """The zero-shot row is kept with its settings: a grid of new cells in the same folder with
+    other templates scores it again instead of showing the earlier templates' row."""
+    import msclip.heads.dense_finetune as dense_finetune
+
+    scored: list[object] = []
+    real = dense_finetune.evaluate_maskclip
+
+    def counting(model, samples, ids, task, names, templates):
+        scored.append(templates)
+        return real(model, samples, ids, task, names, templates)
+
+    monkeypatch.setattr(dense_finetune, "evaluate_maskclip", counting)
+    cfg = _cfg(tmp_path, dense, epochs=1, decoder_channels=8, templates="short")
+    run_grid(cfg, ["linear"], ["frozen"])
+    run_grid(cfg, ["linear"], ["frozen"])  # the same settings: the kept row
+    assert len(scored) == 1
+    run_grid(dataclasses.replace(cfg, templates="eo"), ["segformer"], ["scratch"])
+    assert len(scored) == 2 and scored[1] != scored[0]
+
+
 def test_scene_prediction_with_a_trained_head(dense, tmp_path):
     from msclip.factory import create_model
     from msclip.heads.scene_predict import predict_scene_with_head
