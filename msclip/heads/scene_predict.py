@@ -353,7 +353,8 @@ def predict_scene(
         output_names: band names of regression outputs.
         output_nodata: nodata of regression outputs (NaN by default).
         value_scale: regression outputs are divided by it before writing (the loss's target
-            ``scale``, so that the file holds target units).
+            ``scale``, to write values in the units of the raw labels; by default the file
+            holds the scaled units the head was trained and scored in).
         class_names: names of the classes, stored in the ``msclip_class_names`` tag (JSON).
         device: where batches are sent (default: the CPU).
         cog: write a Cloud-Optimised GeoTIFF (with overviews).
