@@ -167,7 +167,7 @@ def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> None
                 problems.append(f"size {a.width}x{a.height} vs {b.width}x{b.height}")
             if a.crs != b.crs:
                 problems.append(f"CRS {a.crs} vs {b.crs}")
-            if not a.transform.almost_equals(b.transform, precision=1e-9):
+            if not _same_grid(a.transform, b.transform, a.width, a.height):
                 problems.append(f"transform {tuple(a.transform)[:6]} vs {tuple(b.transform)[:6]}")
             if b.count < 1:
                 problems.append("the label raster has no band")
@@ -179,6 +179,28 @@ def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> None
             f"{'; '.join(problems)}; resample or crop the label to the image's grid",
             param="images",
         )
+
+
+#: Largest offset, in pixels, between the corners of two grids taken as the same grid: float
+#: rounding of the origins (a tool's reprojection arithmetic) is far below it in any CRS, a shift
+#: by any visible fraction of a pixel is far above it.
+GRID_TOLERANCE_PX = 1e-4
+
+
+def _same_grid(a: Any, b: Any, width: int, height: int) -> bool:
+    """Whether the affine transforms ``a`` and ``b`` put the corners of a ``width`` x ``height``
+    raster at the same places, to :data:`GRID_TOLERANCE_PX` of ``a``'s pixels (a tolerance in
+    pixels, not CRS units: the same for a metre grid and a degree grid)."""
+    try:
+        inv = ~a
+    except Exception:  # a degenerate transform: only the same one is the same grid
+        return a == b
+    m = inv @ b  # b's pixel coordinates to a's
+    for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
+        x, y = m @ (col, row)
+        if abs(x - col) > GRID_TOLERANCE_PX or abs(y - row) > GRID_TOLERANCE_PX:
+            return False
+    return True
 
 
 def _check_exists(paths: Sequence[str], where: str) -> None:

@@ -62,6 +62,23 @@ def test_misaligned_label_refused_naming_both_files(dense, tmp_path):
     with pytest.raises(HeadInputError, match="transform") as err:
         check_alignment(img, moved)
     assert str(moved) in str(err.value) and img in str(err.value)
+    # judged in pixels, not CRS units: an origin moved by a millionth of a pixel (float rounding
+    # of a tool's arithmetic is smaller still) is the same grid, a tenth of a pixel is not
+    from affine import Affine
+
+    grid = profile["transform"] @ Affine.translation(-3, 0)  # the image's own grid
+    for shift, same in ((grid.a * 1e-6, True), (grid.a * 0.1, False)):
+        profile["transform"] = Affine.translation(shift, 0) @ grid
+        with rasterio.open(moved, "w", **profile) as dst:
+            dst.write(arr, 1)
+        if same:
+            check_alignment(img, moved)
+        else:
+            with pytest.raises(HeadInputError, match="transform"):
+                check_alignment(img, moved)
+    profile["transform"] = grid @ Affine.translation(3, 0)
+    with rasterio.open(moved, "w", **profile) as dst:
+        dst.write(arr, 1)
     table = pd.read_csv(dense / "index.csv")
     table.loc[3, "label"] = str(moved)
     table.to_csv(tmp_path / "bad.csv", index=False)
