@@ -483,6 +483,22 @@ def _check_files(paths: Sequence[str], where: str) -> None:
         )
 
 
+def _refuse_repeated_paths(paths: Sequence[str], table: Path, path_column: str) -> None:
+    """Refuse an image listed on two rows: the splits would be able to put it in train and in
+    test at once (test images seen in training), and its samples would count twice."""
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        key = os.path.normcase(os.path.abspath(path))
+        if key in first:
+            raise HeadInputError(
+                f"{table}, lines {_line(first[key])} and {_line(i)} name the same image "
+                f"{path!r} (column {path_column!r}); list each image once (merge its labels "
+                "into one row)",
+                param="csv",
+            )
+        first[key] = i
+
+
 def from_csv(
     path: str | os.PathLike,
     task: str = "classification",
@@ -522,7 +538,8 @@ def from_csv(
 
     Raises:
         HeadInputError: a missing column, file, label or target (the line is named), an
-            unknown label or split name, non-numeric or NaN targets, an empty split.
+            unknown label or split name, non-numeric or NaN targets, an empty split, an image
+            listed on two rows.
     """
     if task not in DATA_TASKS:
         raise HeadConfigError(f"unknown task {task!r}; choose one of {list(DATA_TASKS)}", "task")
@@ -537,6 +554,7 @@ def from_csv(
             raise HeadInputError(f"{p}, line {_line(i)}: empty image path ({path_column!r})")
         q = Path(cell).expanduser()
         paths.append(str(q if q.is_absolute() else base / q))
+    _refuse_repeated_paths(paths, p, path_column)
     where = f"{p}, line"
     names: list[str]
     prompt: list[str] | None

@@ -111,6 +111,13 @@ def test_csv_bad_input_is_named(tmp_path):
         from_csv(_table(tmp_path, "path,label,split", rows, "s.csv"))
 
 
+def test_csv_image_listed_twice_is_refused(tmp_path):
+    # duplicated rows would be split apart by the seeded rule: the same image in train and test
+    rows = [f"z{i}.tif,{'ab'[i % 2]}" for i in range(10)] + ["./z3.tif,b"]
+    with pytest.raises(HeadInputError, match=r"lines 5 and 12 name the same image"):
+        from_csv(_table(tmp_path, "path,label", rows, "d.csv"))
+
+
 # -- class folders -----------------------------------------------------------------------------
 def _folders(root: Path, classes: dict[str, int]) -> Path:
     for c, n in classes.items():
