@@ -912,6 +912,23 @@ def _check_classes(data: TaskData) -> None:
             )  # fmt: skip
 
 
+def _check_model_fit(cfg: FinetuneRunConfig, model: Any) -> None:
+    """Refuse settings that name parts the model lacks (tapped blocks, ``last_n``) before any
+    output is written."""
+    if cfg.features != "embedding" and any(m not in ("zero-shot", "text-init") for m in cfg.method):
+        try:
+            model.block_indices(list(cfg.layers))
+        except ValueError as err:
+            raise HeadConfigError(str(err), param="layers") from None
+    depth = int(model.depth)
+    if cfg.encoder_mode == "last-n" and cfg.last_n > depth:
+        raise HeadConfigError(
+            f"last_n = {cfg.last_n} but the image tower has {depth} blocks; use 0..{depth} (or "
+            "encoder_mode full)",
+            param="last_n",
+        )
+
+
 def run_finetune(
     cfg: FinetuneRunConfig,
     model: Any = None,
@@ -956,6 +973,7 @@ def run_finetune(
     check_outputs(cfg, _planned_labels(cfg))
     if model is None:
         model = load_run_model(cfg)
+    _check_model_fit(cfg, model)
     runner = _Runner(cfg, model, data, hooks, command)
     runner.out.mkdir(parents=True, exist_ok=True)
     results: list[MethodResult] = []

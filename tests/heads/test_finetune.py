@@ -137,6 +137,18 @@ def test_bad_input_writes_nothing(scenes, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
 
 
+def test_blocks_the_model_lacks_are_refused_before_any_output(scenes, tmp_path):
+    from msclip.errors import HeadConfigError
+
+    with pytest.raises(HeadConfigError, match=r"layers \[5\] do not name blocks") as err:
+        run_finetune(_cfg(tmp_path, folders=str(scenes), method=["knn"], layers=[5]))
+    assert err.value.param == "layers"
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["linear"], encoder_mode="last-n", last_n=3)
+    with pytest.raises(HeadConfigError, match="last_n = 3 but the image tower has 2 blocks"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+
+
 def test_one_class_and_missing_classes(scenes, tmp_path, caplog):
     caps = pd.read_csv(scenes / "captions.csv")
     one = pd.DataFrame({"path": caps["image"], "label": "sea"})
