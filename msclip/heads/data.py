@@ -18,8 +18,9 @@ dataset), one target per image, the class (or output) names, and the indices of 
   ==================  ========================================================================
 
   When a dataset has a test split file but no train or validation file, the images outside the
-  test split are split into train and validation by the seeded rule below; with no split file
-  at all, every image is split three ways.
+  test split are split into train and validation by the seeded rule below; with train and test
+  split files but no validation file, the validation split is taken out of the train split by
+  the same rule; with no split file at all, every image is split three ways.
 * **a CSV table** (:func:`from_csv`): a path column plus a label column (classification), 0/1
   columns or one column of separator-joined labels (multi-label), or value columns with a scale
   factor (regression); an optional ``split`` column (``train``/``val``/``test``) gives the
@@ -201,6 +202,8 @@ def split_indices(
     """
     _check_fractions(val_fraction, test_fraction)
     groups: list[tuple[int, np.ndarray]]
+    if n == 0:
+        return {s: np.zeros(0, dtype=np.int64) for s in SPLITS}
     if labels is None:
         groups = [(0, np.arange(n))]
     else:
@@ -262,6 +265,21 @@ def _split_or_fill(
     sub_labels = labels[rest] if labels is not None else None
     if "test" in given and "val" in given:
         return {**given, "train": rest}, {"train": "every image outside the given val and test"}
+    if "test" in given and "train" in given:
+        # The validation split comes out of the given train split: its images stay in training
+        # or validation, and the test split stays as given.
+        train = given["train"]
+        parts = split_indices(
+            len(train), labels[train] if labels is not None else None, val_fraction, 0.0, seed
+        )
+        if len(rest):
+            logger.warning(
+                "%d image(s) are in neither the train nor the test split file; they are left out",
+                len(rest),
+            )
+        out = {"test": given["test"], "train": train[parts["train"]], "val": train[parts["val"]]}
+        note = f"{rule} of the given train split, val_fraction {val_fraction}"
+        return out, {"train": note, "val": note}
     if "test" in given:
         parts = split_indices(len(rest), sub_labels, val_fraction, 0.0, seed)
         out = {"test": given["test"], "train": rest[parts["train"]], "val": rest[parts["val"]]}
@@ -394,7 +412,7 @@ def from_benchmark(
             param="dataset",
         )
     parts = [found[s] for s in SPLITS if s in found] if found else [whole]
-    if found and len(found) < 3:
+    if found and len(found) < 3 and "train" not in found:
         if whole is None:
             missing = [s for s in SPLITS if s not in found]
             raise HeadInputError(

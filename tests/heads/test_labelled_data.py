@@ -139,6 +139,26 @@ def test_folders_seeded_split_and_split_files(tmp_path):
     assert "outside the test split" in d.split_source["train"]
 
 
+def test_folders_train_and_test_files_without_val_file(tmp_path):
+    root = _folders(tmp_path / "ds", {"sea": 10, "forest": 10})
+    listed = {s: [f"{c}/{c}_{i}.tif" for c in ("sea", "forest") for i in r]
+              for s, r in (("train", range(5)), ("test", range(7, 10)))}  # fmt: skip
+    for s, entries in listed.items():
+        (root / f"{s}.txt").write_text("\n".join(entries) + "\n")
+    d = from_folders(root, val_fraction=0.2)
+    rel = [f"{Path(p).parent.name}/{Path(p).name}" for p in d.item_names()]
+    # validation comes out of train.txt; images in no file (_5, _6) take no part
+    fitted = sorted(rel[i] for s in ("train", "val") for i in d.splits[s])
+    assert fitted == sorted(listed["train"]) and len(d.splits["val"]) == 2
+    assert sorted(rel[i] for i in d.splits["test"]) == sorted(listed["test"])
+    assert "of the given train split" in d.split_source["val"]
+    # a test file listing every image leaves nothing to train on: said, not a traceback
+    (root / "train.txt").unlink()
+    (root / "test.txt").write_text("\n".join(rel) + "\n")
+    with pytest.raises(HeadInputError, match="the train split is empty"):
+        from_folders(root)
+
+
 def test_folders_split_file_naming_a_missing_class_is_refused(tmp_path):
     root = _folders(tmp_path / "ds", {"sea": 4, "forest": 4})
     (root / "test.txt").write_text("sea/sea_0.tif\nurban/urban_3.tif\n")
@@ -179,6 +199,12 @@ def test_benchmark_dataset_uses_its_split_file_and_splits_the_rest(tmp_path):
     d = from_benchmark("EuroSAT_MS", tmp_path)
     assert [len(d.splits[s]) for s in ("train", "val", "test")] == [30, 10, 10]
     assert d.split_source["val"].endswith("eurosat-val.txt")
+    # train and test files without a val file: validation comes out of the train file
+    (ds / "eurosat-val.txt").unlink()
+    d = from_benchmark("EuroSAT_MS", tmp_path, val_fraction=0.34)
+    assert [len(d.splits[s]) for s in ("train", "val", "test")] == [20, 10, 10]
+    names = d.item_names()
+    assert not any(Path(names[i]).stem.endswith("_5") for s in d.splits.values() for i in s)
     model = msclip.create_model("msclip-tiny")
     item = d.dataset(model.preprocess())[int(d.splits["test"][0])]
     assert tuple(item["image"].shape) == (10, 32, 32) and item["index"] == d.splits["test"][0]
