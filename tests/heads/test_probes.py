@@ -343,6 +343,9 @@ def test_bad_input_gives_clear_errors(rng) -> None:
         fit_logistic(x, np.r_[-1, y[1:]])
     with pytest.raises(HeadInputError, match=r"a single class \(2\)"):
         fit_logistic(x, np.full(40, 2))
+    names = np.array(["sea", "forest", "urban"])[y]  # class names, as scikit-learn accepts
+    with pytest.raises(HeadInputError, match=r"got dtype <U6, e\.g\. .*np\.unique\(labels"):
+        knn_probe(x, names, x, names)
     with pytest.raises(HeadInputError, match="train_labels has 39 rows but the features have 40"):
         knn_probe(x, y[:39], x, y)
     with pytest.raises(HeadInputError, match=r"test_features has 3 features per row .* have 4"):

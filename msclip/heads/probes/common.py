@@ -167,7 +167,12 @@ def check_labels(
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
-        raise HeadInputError(f"{name} must be numeric class labels; got dtype {arr.dtype}")
+        first = arr.reshape(-1)[0] if arr.size else None
+        raise HeadInputError(
+            f"{name} must be class indices 0..C-1 (or 0/1 columns); got dtype {arr.dtype}, "
+            f"e.g. {first!r}: map class names to indices first, e.g. "
+            "names, indices = np.unique(labels, return_inverse=True)"
+        )
     if np.issubdtype(arr.dtype, np.floating):
         nonfinite = ~np.isfinite(arr) if arr.ndim == 1 else ~np.isfinite(arr).all(axis=1)
         if nonfinite.any():
