@@ -921,12 +921,15 @@ _ARGUMENT_FORMS = (
      lambda m: "--bands " + " ".join(re.findall(r"[^\s,'\"]+", m.group(1)))),
     (re.compile(r"\blayout=['\"]?(CHW|HWC)['\"]?"), lambda m: f"--layout {m.group(1)}"),
     (re.compile(r"\bsensor=['\"]?([\w-]+)['\"]?"), lambda m: f"--sensor {m.group(1)}"),
+    # random weights: a flag of its own, not a value of --ckpt-path
+    (re.compile(r"\bpretrained=(None|False)\b"), lambda m: "--no-pretrained"),
 )  # fmt: skip
 
 
 def flag_wording(message: str) -> str:
     """A library message with its argument forms (``bands=[...]``, ``layout='CHW'``,
-    ``sensor='x'``) written as the programs' flags (``--bands ...``, ``--layout CHW``)."""
+    ``sensor='x'``, ``pretrained=None``) written as the programs' flags (``--bands ...``,
+    ``--layout CHW``, ``--no-pretrained``)."""
     for pattern, repl in _ARGUMENT_FORMS:
         message = pattern.sub(repl, message)
     return message

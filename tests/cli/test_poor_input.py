@@ -352,6 +352,14 @@ def test_library_argument_forms_are_written_as_flags(tmp_path, capsys):
     assert flag_wording("name them (bands=['B02', 'B03'])") == "name them (--bands B02 B03)"
     assert flag_wording("layout='CHW' or layout=\"HWC\"") == "--layout CHW or --layout HWC"
     assert flag_wording("pass sensor='landsat89_sr'") == "pass --sensor landsat89_sr"
+    # random weights are a flag of their own, never "--ckpt-path None"
+    from msclip.cli.common import error_line
+    from msclip.errors import WeightsNotFoundError
+
+    err = WeightsNotFoundError("give a checkpoint (pretrained='a/b.pt'), or random weights "
+                               "(pretrained=None)", param="pretrained")  # fmt: skip
+    line = error_line(err)
+    assert "--ckpt-path a/b.pt" in line and "(--no-pretrained)" in line and "None" not in line
     folder = tmp_path / "odd"
     folder.mkdir()
     _tile(folder / "odd.tif", np.full((5, 40, 40), 900, np.uint16))  # 5 unnamed bands
