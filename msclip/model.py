@@ -211,6 +211,7 @@ class MSCLIP(nn.Module):
         #: Provenance of the loaded weights (path and sha256), set by the loader.
         self.checkpoint_path: str | None = None
         self._checkpoint_sha256: str | None = None
+        self._versions: dict[str, tuple[int, int]] = {}
         # Weights loaded into the model (``load_state_dict`` on it or on ``clip``) are other
         # weights: their identity is computed anew (the loader then names the file it read),
         # so caches and records keyed on it never serve the old weights' results.
@@ -261,7 +262,11 @@ class MSCLIP(nn.Module):
 
     @property
     def checkpoint_sha256(self) -> str:
-        """sha256 of the weight file, or of the weights themselves when not loaded from a file."""
+        """sha256 of the weight file, or of the weights themselves when not loaded from a file
+        or changed in place since (an optimizer's steps on the model's own parameters)."""
+        if self._checkpoint_sha256 is not None and self._changed_in_place():
+            self._checkpoint_sha256 = None
+            self.checkpoint_path = None
         if self._checkpoint_sha256 is None:
             h = hashlib.sha256()
             h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
@@ -269,11 +274,30 @@ class MSCLIP(nn.Module):
                 h.update(k.encode())
                 h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
             self._checkpoint_sha256 = "weights:" + h.hexdigest()
+            self._versions = self._parameter_versions()
         return self._checkpoint_sha256
 
     @checkpoint_sha256.setter
     def checkpoint_sha256(self, value: str | None) -> None:
         self._checkpoint_sha256 = value
+        self._versions = self._parameter_versions()
+
+    def _parameter_versions(self) -> dict[str, tuple[int, int]]:
+        """``name -> (tensor id, in-place version)`` of every parameter."""
+        return {n: (id(p), p._version) for n, p in self.clip.named_parameters()}
+
+    def _changed_in_place(self) -> bool:
+        """Whether a parameter the identity was taken from has been modified in place since
+        (torch counts in-place operations per tensor: ``optimizer.step()`` bumps them; writes
+        through ``.data`` and replaced tensors are not seen here, ``load_state_dict`` is)."""
+        before = getattr(self, "_versions", None)
+        if not before:
+            return False
+        for n, p in self.clip.named_parameters():
+            was = before.get(n)
+            if was is not None and was[0] == id(p) and p._version != was[1]:
+                return True
+        return False
 
     def _weights_replaced(self, module: Any, incompatible: Any) -> None:
         self._checkpoint_sha256 = None

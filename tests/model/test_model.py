@@ -361,6 +361,26 @@ def test_fingerprint_is_the_one_model_identity(tiny):
     assert bf16.describe()["precision"] == "bf16"
 
 
+def test_weights_trained_in_place_get_a_new_identity(tiny, tmp_path):
+    """A model loaded from a file and then trained in memory (optimizer steps) is not the file
+    any more: its identity, and every cache keyed on it, changes; inference does not."""
+    path = msclip.save_checkpoint(tiny, tmp_path / "m.safetensors")
+    model = msclip.create_model(path, precision="fp32")
+    first, fp = model.checkpoint_sha256, model.fingerprint()
+    assert not first.startswith("weights:") and model.checkpoint_path == str(path)
+    x = torch.randn(2, len(model.bands), 32, 32)
+    with torch.inference_mode():
+        model.encode_image(x)
+    assert model.checkpoint_sha256 == first and model.fingerprint() == fp
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.encode_image(x).sum().backward()
+    opt.step()
+    assert model.checkpoint_sha256.startswith("weights:") and model.fingerprint() != fp
+    assert model.checkpoint_path is None
+    again = model.fingerprint()
+    assert model.fingerprint() == again  # computed once per change
+
+
 def test_empty_and_truncated_checkpoints_are_named(tiny, tmp_path):
     from msclip.errors import CheckpointError
 
