@@ -130,7 +130,8 @@ def fused_topk(
 
     Args:
         queries: ``[Q, D]`` float16 / bfloat16 queries on the device of ``stored``.
-        stored: ``[N, D]`` embeddings of the queries' dtype, or int8 codes.
+        stored: ``[N, D]`` embeddings of the queries' dtype, or int8 codes (any strides; a
+            view whose rows are not contiguous is copied once).
         k: results per query, at most :data:`MAX_FUSED_K` and ``N``.
 
     Returns:
@@ -160,6 +161,10 @@ def fused_topk(
             f"k must be in [1, min({MAX_FUSED_K}, {stored.shape[0]} rows)], got {k}"
         )
     kernels = kernel_module("topk_kernels")
+    # The kernel steps along D by one element: a row-strided view (a column slice, a transpose)
+    # would be read as other numbers. Rows may be strided (a slice of rows stays a view).
+    if stored.stride(1) != 1:
+        stored = stored.contiguous()
     kk = max(16, _pow2(k))
     scores, ids = [], []
     for a in range(0, queries.shape[0], _QUERY_BATCH):

@@ -139,7 +139,8 @@ def launch_topk(
 
     Args:
         queries: ``[Q, D]`` float16 / bfloat16 (contiguous).
-        stored: ``[N, D]`` of the queries' dtype, or int8 codes (widened in the kernel).
+        stored: ``[N, D]`` of the queries' dtype, or int8 codes (widened in the kernel), with
+            unit stride along ``D``.
         k: keys kept per query and split: a power of two in [16, 256], also the row tile.
         splits: programs per query block along the rows.
         block_d: slice of ``D`` per ``tl.dot``.

@@ -14,7 +14,7 @@ import pytest
 from cuda_helpers import INTERPRETER_ENV, PYTHON, REPO, subprocess_env
 from msclip.cuda.runtime import triton_available
 
-GROUPS = {"loss": ("loss", 5), "topk": ("not loss", 5)}
+GROUPS = {"loss": ("loss", 5), "topk": ("not loss", 6)}
 
 
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")

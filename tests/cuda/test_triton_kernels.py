@@ -110,6 +110,22 @@ def test_fused_topk_ids_equal_exact_order_with_ties(topk_device: str, n: int, k:
     np.testing.assert_array_equal(ri.numpy(), ref_i)
 
 
+def test_fused_topk_reads_strided_stored_views(topk_device: str) -> None:
+    """A column slice or a transposed copy of the stored rows is a view whose elements along D
+    are not adjacent: the kernel must see the same numbers as the reference."""
+    q, x = _tied_data(40, 24, 5, seed=1)
+    ref_s, ref_i = _exact_order(q.numpy(), x.numpy(), 7)
+    qd = q.to(topk_device, torch.float16)
+    wide = torch.zeros(40, 48, dtype=torch.float16, device=topk_device)
+    wide[:, ::2] = x.to(topk_device, torch.float16)
+    transposed = x.to(topk_device, torch.float16).t().contiguous().t()
+    for stored in (wide[:, ::2], transposed):
+        assert stored.stride(1) != 1
+        s, i = fused_topk(qd, stored, 7)
+        np.testing.assert_array_equal(i.cpu().numpy(), ref_i)
+        np.testing.assert_array_equal(s.cpu().numpy(), ref_s.astype(np.float32))
+
+
 def test_keys_round_trip_and_order() -> None:
     scores = torch.tensor([0.5, -0.0, 0.0, -1e-30, 3.0, -2.5, 0.5])
     ids = torch.tensor([9, 1, 0, 4, 2, 3, 7])
