@@ -518,8 +518,14 @@ class Trainer:
             self.loss_fn.load_state_dict(data["loss"])
             self.optimizer.load_state_dict(data["optimizer"])
             self.scheduler.load_state_dict(data["scheduler"])
-            # --epochs / --max-steps may change on resume (training extended): keep the new end.
+            # --epochs / --max-steps may change on resume (training extended): keep the new end,
+            # and set the groups' rates of the next step from it (the optimiser state holds the
+            # rate the old schedule gave, e.g. 0 at the end of a finished cosine).
             self.scheduler.total_steps = self.total_steps
+            rates = self.scheduler.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, rates):
+                group["lr"] = lr
+            self.scheduler._last_lr = list(rates)
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not fit this run: {err}") from err
         self.state = TrainState(**data["state"])

@@ -19,7 +19,9 @@ import msclip
 from msclip.train.checkpoint import load_train_checkpoint
 from msclip.train.config import ConfigError, TrainConfig
 from msclip.train.data import BadSampleError, TooManyBadSamplesError, class_display_name
-from msclip.train.trainer import build_model, train
+from msclip.train.distributed import DistContext
+from msclip.train.optim import lr_factor
+from msclip.train.trainer import Trainer, build_model, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -201,6 +203,19 @@ def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) ->
     ma, mb = _read(tmp_path / "a" / "metrics.csv"), _read(tmp_path / "b" / "metrics.csv")
     assert [r["i2t_r1"] for r in ma] == [r["i2t_r1"] for r in mb]
     assert [r["val_loss"] for r in ma] == [r["val_loss"] for r in mb]
+
+
+def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_path: Path) -> None:
+    train(_cfg(scenes, tmp_path, max_steps=2, warmup_steps=0, val_every=0))
+    # The finished cosine ended at rate 0; four steps in all put step 3 halfway down the cosine.
+    cfg = _cfg(scenes, tmp_path, max_steps=4, warmup_steps=0, val_every=0, resume="latest")
+    trainer = Trainer(cfg.validate(), DistContext())
+    assert trainer.state.step == 2
+    factor = lr_factor(2, 4)
+    assert factor == pytest.approx(0.5)
+    for group, base in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs):
+        assert group["lr"] == pytest.approx(base * factor)
+    assert trainer.scheduler.get_last_lr() == [g["lr"] for g in trainer.optimizer.param_groups]
 
 
 def test_rgb_initialisation_and_patch_embedding_stage(scenes: Path, tmp_path: Path) -> None:
