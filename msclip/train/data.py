@@ -242,9 +242,33 @@ def sample_crop(
     width: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
+    min_side: int = 1,
 ) -> tuple[int, int, int, int]:
     """Random resized crop box ``(top, left, h, w)``: area fraction in ``scale``, aspect ratio
-    (w/h) log-uniform in ``ratio``; ten tries, then the centre crop of the clamped ratio."""
+    (w/h) log-uniform in ``ratio``; ten tries, then the centre crop of the clamped ratio.
+
+    A side shorter than ``min_side`` (the model's patch) is widened about its centre to
+    ``min_side``, or to the whole side of a smaller raster; the random draws stay the same.
+    """
+    top, left, h, w = _sample_crop(rng, height, width, scale, ratio)
+    if h < min_side:
+        h_new = min(min_side, height)
+        top = min(max(0, top - (h_new - h) // 2), height - h_new)
+        h = h_new
+    if w < min_side:
+        w_new = min(min_side, width)
+        left = min(max(0, left - (w_new - w) // 2), width - w_new)
+        w = w_new
+    return top, left, h, w
+
+
+def _sample_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -347,8 +371,15 @@ class PairDataset(torch.utils.data.Dataset):
                 image = self.preprocess.process(data, names, nodata, where)
             else:
                 a = self.augment
+                # at least one patch per side: a smaller crop is still a readable image, and
+                # the preprocessing refuses inputs under a patch (meant for too small rasters)
                 top, left, h, w = sample_crop(
-                    rng, data.shape[1], data.shape[2], a.crop_scale, a.crop_ratio
+                    rng,
+                    data.shape[1],
+                    data.shape[2],
+                    a.crop_scale,
+                    a.crop_ratio,
+                    min_side=self.preprocess.patch_size,
                 )
                 crop = data[:, top : top + h, left : left + w]
                 image = self._train_preprocess.process(crop, names, nodata, where)

@@ -159,6 +159,23 @@ def test_augmentation_is_band_agnostic_and_seeded(tmp_path: Path, preprocess) ->
     assert {plain[(0, e)]["caption"] for e in range(5)} == {table.captions[0][0]}
 
 
+def test_small_crops_of_readable_images_are_not_bad_samples(tmp_path: Path, preprocess) -> None:
+    # 16-pixel tiles, crops of 10 to 20% of the area (5 to 7 pixels a side) and 8-pixel patches
+    table = load_pairs(_scenes_like(tmp_path, 4))
+    ds = PairDataset(table, preprocess, augment=Augment((0.1, 0.2), (0.75, 4 / 3)))
+    for epoch in range(5):
+        for i in range(len(ds)):
+            item = ds[(i, epoch)]
+            assert "error" not in item, item.get("error")
+            assert item["image"].shape == (10, 32, 32)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        top, left, h, w = sample_crop(rng, 16, 12, (0.05, 0.1), (0.5, 2.0), min_side=8)
+        assert h >= 8 and w >= 8 and 0 <= top <= 16 - h and 0 <= left <= 12 - w
+    # a raster under one patch keeps its whole side (and is refused as too small when read)
+    assert sample_crop(rng, 6, 40, (0.1, 0.1), (1.0, 1.0), min_side=8)[2] == 6
+
+
 def test_unreadable_image_is_set_aside(tmp_path: Path, preprocess) -> None:
     csv = _scenes_like(tmp_path, 4)
     table = load_pairs(csv)
