@@ -460,6 +460,11 @@ def run_head_classification(args: argparse.Namespace) -> int:
     image_set = list_image_set(args.images)
     ckpt = read_head(args.head)
     names = list(ckpt.names)
+    if args.threshold is not None and ckpt.task != "multi-label":
+        raise UsageError(
+            f"--threshold {args.threshold} decides the labels of a multi-label head; the head "
+            f"{args.head} is a {ckpt.task} head: leave --threshold out"
+        )
     given = _class_names(args)
     if given is not None and [n.lower() for n in given] != [n.lower() for n in names]:
         raise UsageError(

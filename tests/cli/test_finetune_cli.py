@@ -174,6 +174,13 @@ def test_inference_with_a_head(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and not other.exists()
     assert "was trained on encoder" in err and "but the model is" in err and "--head" in err
+    # --threshold decides multi-label heads only: refused for this one, nothing written
+    code = inference_main(["--run-classification", "--head", str(head), "--images",
+                           str(scenes / "sea"), "--save-path", str(other), "--threshold", "0.3",
+                           *TINY, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and not other.exists()
+    assert "--threshold 0.3" in err and "classification head" in err and "leave" in err
     # images of other bands than the training images: scored, with a warning naming both
     from msclip.heads.checkpoint import read_head
 
