@@ -625,7 +625,7 @@ def blockwise_contrastive_loss(
             with its own shard.
 
     Returns:
-        The loss, a 0-d tensor of the embeddings' dtype.
+        The loss, a 0-d float32 tensor (accumulated in float32 whatever the embeddings' dtype).
 
     Raises:
         ContrastiveInputError: Shapes, dtypes, devices or shard that do not fit.
