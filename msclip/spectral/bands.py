@@ -291,12 +291,23 @@ def _clean(name: str) -> str:
     return token.upper()
 
 
+def _local_keys(key: str) -> tuple[str, ...]:
+    """``key`` and its numbered variants with and without zero padding (``B5``, ``B05``;
+    ``SR_B5``, ``SR_B05``): products of one sensor spell the same band number both ways."""
+    m = re.fullmatch(r"(.*B)0*(\d+)", key)
+    if m is None:
+        return (key,)
+    prefix, number = m.group(1), int(m.group(2))
+    return tuple(dict.fromkeys((key, f"{prefix}{number}", f"{prefix}{number:02d}")))
+
+
 def resolve_band(name: str | Band, sensor: str | None = None) -> Band:
     """Resolve a band name to its registry entry.
 
-    Resolution order: ``sensor:name`` qualified names; the given sensor's local names; canonical
-    names (case-insensitive); plain colour names (``red``, ``green``, ``blue``) as the generic
-    RGB bands; Sentinel-2 short forms and roles (``B4`` -> ``B04``, ``nir`` -> ``B08``).
+    Resolution order: ``sensor:name`` qualified names; the given sensor's local names (band
+    numbers with or without zero padding: ``B5`` or ``B05``); canonical names
+    (case-insensitive); plain colour names (``red``, ``green``, ``blue``) as the generic RGB
+    bands; Sentinel-2 short forms and roles (``B4`` -> ``B04``, ``nir`` -> ``B08``).
 
     Args:
         name: band name or a :class:`Band`.
@@ -314,9 +325,12 @@ def resolve_band(name: str | Band, sensor: str | None = None) -> Band:
         sensor, raw = raw.split(":", 1)
     key = _clean(raw)
     if sensor is not None:
+        # the sensor's own numbering wins over the Sentinel-2 short forms below, however it is
+        # padded: Landsat "B05" and HLS L30 "B5" are near-infrared, not Sentinel-2 red edge B05
         table = get_sensor(sensor).aliases
-        if key in table:
-            return BANDS[table[key]]
+        for local in _local_keys(key):
+            if local in table:
+                return BANDS[table[local]]
     if key in _CANONICAL_UPPER:
         return BANDS[_CANONICAL_UPPER[key]]
     for fallback in ("rgb", "sentinel2_l1c"):

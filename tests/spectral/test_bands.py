@@ -61,6 +61,24 @@ def test_resolve_aliases(name, sensor, expected):
     assert resolve_band(name, sensor).name == expected
 
 
+@pytest.mark.parametrize(
+    ("name", "sensor", "expected"),
+    [
+        ("B5", "hls_l30", "OLI_B5"),  # not Sentinel-2 red edge B05
+        ("B6", "hls_l30", "OLI_B6"),  # not Sentinel-2 red edge B06
+        ("B9", "hls_l30", "OLI_B9"),  # cirrus, not Sentinel-2 water vapour B09
+        ("B05", "landsat89", "OLI_B5"),
+        ("SR_B05", "landsat89_sr", "OLI_B5"),
+        ("B04", "planetscope4", "PS2_B4"),  # PlanetScope band 4 is NIR, not red
+        ("B08", "planetscope8", "PSD_B8"),
+        ("B8", "sentinel2_l2a", "B08"),
+        ("B8A", "hls_s30", "B8A"),
+    ],
+)
+def test_sensor_numbering_wins_however_it_is_padded(name, sensor, expected):
+    assert resolve_band(name, sensor).name == expected
+
+
 def test_unknown_band_suggests():
     with pytest.raises(UnknownBandError, match="B8A"):
         resolve_band("B8B")
