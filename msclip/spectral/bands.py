@@ -286,8 +286,9 @@ def get_sensor(name: str) -> Sensor:
 
 
 def _clean(name: str) -> str:
-    # File descriptions often read "B04", "b4", "B04 (red)" or "SR_B4": keep the leading token.
-    token = re.split(r"[\s(\[]", name.strip(), maxsplit=1)[0]
+    # File descriptions often read "B04", "b4", "B04 (red)", "SR_B4" or, as GDAL's SENTINEL2
+    # driver writes them, "B4, central wavelength 665 nm": keep the leading token.
+    token = re.split(r"[\s(\[,;]", name.strip(), maxsplit=1)[0]
     return token.upper()
 
 

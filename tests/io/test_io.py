@@ -42,6 +42,15 @@ def test_geotiff_bands_from_descriptions_in_any_order(make_geotiff):
         msclip.read_raster(path, bands=["B02", "B03", "B04", "B08"])
 
 
+def test_geotiff_descriptions_written_by_gdal_sentinel2_driver(make_geotiff):
+    # gdal_translate of a SENTINEL2 subdataset keeps the driver's band descriptions
+    descriptions = [f"B{b}, central wavelength {nm} nm" for b, nm in
+                    [("4", 665), ("3", 560), ("2", 490), ("8", 842), ("8A", 865)]]  # fmt: skip
+    path, _ = make_geotiff(count=5, descriptions=descriptions)
+    r = msclip.read_raster(path)
+    assert r.bands == ("B04", "B03", "B02", "B08", "B8A") and r.band_source == "descriptions"
+
+
 def test_geotiff_descriptions_that_are_not_band_names_fall_back(make_geotiff):
     path, _ = make_geotiff(count=3, descriptions=["Band 1", "Band 2", "Band 3"])
     assert msclip.read_raster(path).band_source == "count"
