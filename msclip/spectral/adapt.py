@@ -111,18 +111,19 @@ class BandMapping:
     @property
     def used_inputs(self) -> list[int]:
         """Indices of input bands that contribute to at least one model band."""
-        return [j for j, k in enumerate(self.kinds) if k != "ignored"]
+        return [j for j, k in enumerate(self.kinds) if k not in ("ignored", "redundant")]
 
     def input_stats(
         self, model_mean: Sequence[float], model_std: Sequence[float]
     ) -> tuple[list[float], list[float]]:
-        """Statistics for each input band derived from the model's (ignored bands: 0 and 1)."""
+        """Statistics for each input band derived from the model's (bands that feed no model
+        band, ignored or redundant: 0 and 1)."""
         w = self.matrix
         col = w.sum(axis=0)
         col[col == 0] = 1.0
         mean = (np.asarray(model_mean, np.float64) @ w) / col
         std = (np.asarray(model_std, np.float64) @ w) / col
-        std[np.array([k == "ignored" for k in self.kinds], dtype=bool)] = 1.0
+        std[np.array([k in ("ignored", "redundant") for k in self.kinds], dtype=bool)] = 1.0
         return mean.tolist(), std.tolist()
 
 

@@ -65,6 +65,28 @@ def test_permuted_named_bands_give_identical_tensor():
     assert torch.equal(reference, shuffled)
 
 
+@pytest.mark.parametrize("sensor", ["hls_l30", "planetscope8", "landsat89"])
+def test_redundant_bands_are_left_out_when_model_bands_are_missing(sensor):
+    # Each of these band sets lacks model bands and holds a band between two it also holds
+    # (cirrus, PlanetScope green I and yellow, Landsat panchromatic): that band feeds nothing and
+    # must not be normalised with a derived std of 0 (it raised "std evaluated to zero").
+    from msclip.spectral import get_sensor, map_bands
+
+    bands = get_sensor(sensor).bands
+    chw = np.random.default_rng(3).integers(0, 9000, size=(len(bands), 32, 32)).astype(np.uint16)
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, get_stats("llama3-ms-clip").mean,
+                             get_stats("llama3-ms-clip").std, 32)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapping = map_bands(LLAMA3_MS_CLIP_BANDS, bands)
+        used = mapping.used_inputs
+        out = pre.process(chw, bands)
+        only_used = pre.process(chw[used], [bands[j] for j in used])
+    assert "redundant" in mapping.kinds and mapping.missing
+    assert all(mapping.matrix[:, j].any() for j in used)
+    assert torch.isfinite(out).all() and torch.equal(out, only_used)
+
+
 def test_nodata_and_nan_filled_with_mean_and_counted(caplog):
     chw = np.full((10, 32, 32), 1500, dtype=np.float32)
     chw[:, :2, :] = 0  # nodata pixels: every band equals nodata
