@@ -8,7 +8,11 @@ built from the model's kernels. msclip's rule (documented in the README):
    equivalent* to one (each band's centre wavelength lies inside the other's pass band; among
    several, the largest overlap of the pass bands, then the nearest centre, wins), keeps that
    band's kernel. Landsat OLI red is Sentinel-2 B04 this way; a broad panchromatic band is not
-   the green band it contains.
+   the green band it contains. One input band feeds a model band: when several are equivalent
+   to the same one (Landsat green and panchromatic for an RGB model's green), the same name,
+   then the largest overlap relative to the union of the two pass bands, then the nearest
+   centre wins and the others are left out (``redundant``), instead of adding up to twice the
+   signal.
 2. **Between two model bands**: an input band whose centre lies between the centres of two
    neighbouring model bands gets the kernel interpolated linearly in wavelength,
    ``(1 - t) W_lo + t W_hi`` with ``t = (c - c_lo) / (c_hi - c_lo)``. Interpolation stands in
@@ -53,6 +57,12 @@ def _overlap(a: Band, b: Band) -> float:
     return max(min(a.high, b.high) - max(a.low, b.low), 0.0)
 
 
+def _jaccard(a: Band, b: Band) -> float:
+    # overlap over union: a broad band that contains a narrow one does not match it best
+    union = max(a.high, b.high) - min(a.low, b.low)
+    return _overlap(a, b) / union if union > 0 else 0.0
+
+
 def _mutual(a: Band, b: Band) -> bool:
     return a.low <= b.center <= a.high and b.low <= a.center <= b.high
 
@@ -78,8 +88,9 @@ class BandMapping:
         input_bands: canonical names of the input bands, in input channel order.
         matrix: ``[n_model, n_input]`` float64 weights (see module docstring).
         kinds: per input band, ``"exact"``, ``"equivalent"``, ``"interpolated"``,
-            ``"redundant"`` (between two model bands that the input also holds) or ``"ignored"``
-            (outside the model's range).
+            ``"redundant"`` (between two model bands that the input also holds, or equivalent
+            to a model band that another input band feeds) or ``"ignored"`` (outside the
+            model's range).
         ignored: input bands that contribute nothing (redundant or outside the range).
         missing: model bands that no input band feeds (mean-filled).
     """
@@ -135,13 +146,23 @@ def _map_bands_cached(model: tuple[str, ...], inputs: tuple[str, ...]) -> BandMa
     kinds: list[str] = [""] * len(input_bands)
     by_center = sorted(range(len(model_bands)), key=lambda i: model_bands[i].center)
     covered: set[int] = set()
+    feeders: dict[int, list[int]] = {}
     for j, band in enumerate(input_bands):
         eq = equivalent_band(band, model_bands)
         if eq is not None:
-            i = model_bands.index(eq)
-            m[i, j] = 1.0
-            covered.add(i)
-            kinds[j] = "exact" if eq.name == band.name else "equivalent"
+            feeders.setdefault(model_bands.index(eq), []).append(j)
+    for i, js in feeders.items():
+        # one input band per model band: two would add up to twice the signal in that channel
+        target = model_bands[i]
+        best = max(js, key=lambda j: (input_bands[j].name == target.name,
+                                      _jaccard(input_bands[j], target),
+                                      -abs(input_bands[j].center - target.center)))  # fmt: skip
+        m[i, best] = 1.0
+        covered.add(i)
+        kinds[best] = "exact" if input_bands[best].name == target.name else "equivalent"
+        for j in js:
+            if j != best:
+                kinds[j] = "redundant"
     for j, band in enumerate(input_bands):
         if kinds[j]:
             continue

@@ -110,3 +110,17 @@ def test_input_stats_follow_mapping():
     t = m.matrix[1, 0]
     assert mean[0] == pytest.approx(100 * (1 - t) + 300 * t)
     assert mean[1] == pytest.approx(300.0) and std[1] == pytest.approx(30.0)
+
+
+def test_one_input_band_per_model_band():
+    # Landsat green and the panchromatic band are both equivalent to an RGB model's green: they
+    # must not add up to twice the signal. The closer band feeds green, the other is left out.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = map_bands(("red", "green", "blue"), ("OLI_B2", "OLI_B3", "OLI_B4", "OLI_B8"))
+    assert m.kinds == ("equivalent", "equivalent", "equivalent", "redundant")
+    assert m.matrix.sum(axis=1).tolist() == [1.0, 1.0, 1.0]
+    assert m.permutation == [2, 1, 0]
+    # the same band under its own name wins over an equivalent one
+    m = map_bands(LLAMA3_MS_CLIP_BANDS, (*LLAMA3_MS_CLIP_BANDS, "red"))
+    assert m.kinds[-1] == "redundant" and m.permutation == list(range(10))
