@@ -49,6 +49,7 @@ from msclip.errors import (
     LayoutError,
     RasterReadError,
     RasterTooLargeError,
+    UnknownBandError,
     UnsupportedFormatError,
 )
 from msclip.spectral.bands import Band, default_bands_for_count, get_sensor, resolve_bands
@@ -148,7 +149,17 @@ def _assign_bands(
     if present:
         try:
             from_desc = tuple(b.name for b in resolve_bands(descriptions, sensor))  # type: ignore[arg-type]
-        except BandError:
+        except UnknownBandError:
+            from_desc = None
+        except BandError as err:
+            # every description is a band name, but one band is named twice: say so, rather
+            # than call them names msclip does not know
+            if given is None:
+                raise BandError(
+                    f"{where}: {err}; fix the file's band descriptions or name its bands "
+                    "(bands=[...])",
+                    param="bands",
+                ) from None
             from_desc = None
     if from_desc is not None:
         # bands= names the channels of files that do not name them: a file that does keeps its

@@ -51,6 +51,15 @@ def test_geotiff_descriptions_written_by_gdal_sentinel2_driver(make_geotiff):
     assert r.bands == ("B04", "B03", "B02", "B08", "B8A") and r.band_source == "descriptions"
 
 
+def test_geotiff_describing_a_band_twice_is_said(make_geotiff):
+    path, data = make_geotiff(count=4, descriptions=["B04", "B03", "B02", "B4"])
+    with pytest.raises(BandError, match="'B04' appears twice") as err:
+        msclip.read_raster(path)
+    assert "not band names msclip knows" not in str(err.value) and err.value.param == "bands"
+    r = msclip.read_raster(path, bands=["B04", "B03", "B02", "B08"])  # the caller names them
+    assert r.bands == ("B04", "B03", "B02", "B08") and np.array_equal(r.data, data)
+
+
 def test_geotiff_descriptions_that_are_not_band_names_fall_back(make_geotiff):
     path, _ = make_geotiff(count=3, descriptions=["Band 1", "Band 2", "Band 3"])
     assert msclip.read_raster(path).band_source == "count"
