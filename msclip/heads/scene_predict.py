@@ -72,7 +72,7 @@ from msclip.errors import (
 from msclip.io.readers import declares_scale, gdal_reason, image_bands, read_image
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
-from msclip.spectral.bands import Band, resolve_bands
+from msclip.spectral.bands import Band, resolve_bands, stored_scale
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import fill_mask
 
@@ -417,7 +417,10 @@ def predict_scene(
 
             def read(window: Window) -> np.ndarray:
                 try:
-                    return read_image(ds, window, nodata=raw_nodata, promote=True)[0]
+                    return read_image(
+                        ds, window, nodata=raw_nodata, promote=True,
+                        default_scale=stored_scale(sensor),
+                    )[0]  # fmt: skip
                 except RasterioIOError as err:  # a damaged block: the file, where and why
                     raise RasterReadError(
                         f"cannot read scene {src_path} at rows {window.row_off}-"
@@ -425,7 +428,7 @@ def predict_scene(
                         f"{window.col_off + window.width}: {gdal_reason(err)}"
                     ) from err
 
-            if declares_scale(ds):  # read rescaled (float32): missing pixels are NaN
+            if declares_scale(ds, sensor):  # read rescaled (float32): missing pixels are NaN
                 raw_nodata = None
             prep = preprocess
             if not isinstance(prep, ScenePreprocess):

@@ -16,8 +16,11 @@ Values a GeoTIFF declares scaled (GDAL band scale and offset, ``value = stored x
 as many Sentinel-2 L2A COGs declare ``0.0001`` and ``-0.1`` since processing baseline 04.00) are
 read in the unit of msclip's reflectance models, reflectance x 10000 (L2A digital numbers without
 the offset): a band whose scale is at most 0.01 declares reflectance and is multiplied by 10000,
-others are taken in the stored unit. The result is float32 and its missing pixels NaN. Files
-without a scale or offset are read unchanged, in their own dtype.
+others are taken in the stored unit. The result is float32 and its missing pixels NaN. A file
+of integers read as a sensor whose product defines a scale its files do not declare (``sensor=
+"landsat89_sr"``: Landsat Collection 2 surface reflectance, ``x 2.75e-5 - 0.2``) is read with
+that scale in the same way. Other files without a scale or offset are read unchanged, in their own
+dtype.
 
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
@@ -301,10 +304,17 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
     return None
 
 
-def declares_scale(src: Any) -> bool:
-    """Whether an open dataset declares a band scale or offset on an image band (its values are
-    then read rescaled, as float32 with NaN for missing pixels: see the module docstring)."""
-    return _declared_scale(src, image_bands(src)) is not None
+def declares_scale(src: Any, sensor: str | None = None) -> bool:
+    """Whether an open dataset's values are read rescaled (as float32 with NaN for missing
+    pixels: see the module docstring): it declares a band scale or offset on an image band, or
+    its integer values are read as a ``sensor`` whose product defines one."""
+    from msclip.spectral.bands import stored_scale
+
+    image = image_bands(src)
+    if _declared_scale(src, image) is not None:
+        return True
+    integer = np.dtype(src.dtypes[image[0] - 1]).kind in "iu"
+    return integer and stored_scale(sensor) is not None
 
 
 def _declared_scale(src: Any, bands: list[int]) -> tuple[list[float], list[float]] | None:
@@ -347,6 +357,7 @@ def read_image(
     nodata: float | None = None,
     promote: bool = False,
     scaled: bool = True,
+    default_scale: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """The image bands of an open rasterio dataset, with the pixels its mask marks invalid set
     missing; returns ``(data [C, h, w], nodata)``.
@@ -360,6 +371,9 @@ def read_image(
         promote: integer data without a nodata value whose mask hides pixels is returned as
             float32 with NaN there (instead of marked with a free integer value).
         scaled: apply the file's band scale and offset (see the module docstring).
+        default_scale: ``(scale, offset)`` of every image band of integer data when the file
+            declares none (a sensor's :attr:`~msclip.spectral.bands.Sensor.stored_scale`: the
+            product's stored digital numbers); applied as a declared one is.
     """
     alpha = _alpha_bands(src)  # the colour interpretation is read once per call
     bands = _without(src.count, alpha)
@@ -369,6 +383,8 @@ def read_image(
     nodata = src.nodata if nodata is None else nodata
     invalid = _file_mask(src, alpha, bands[0], window, out_shape)
     declared = _declared_scale(src, bands) if scaled else None
+    if declared is None and scaled and default_scale is not None and data.dtype.kind in "iu":
+        declared = [default_scale[0]] * len(bands), [default_scale[1]] * len(bands)
     if declared is not None:
         return _rescaled(data, nodata, invalid, *declared), None
     if invalid is None or not invalid.any():
@@ -408,6 +424,8 @@ def _read_geotiff(
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+    from msclip.spectral.bands import stored_scale
+
     try:
         with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
             image = image_bands(src)
@@ -427,6 +445,7 @@ def _read_geotiff(
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
+                default_scale=stored_scale(sensor),
             )  # fmt: skip
             transform = src.transform
             if window is not None:

@@ -87,12 +87,17 @@ class Sensor:
         bands: canonical band names in the product's usual file order.
         aliases: local name (upper-case) -> canonical band name.
         description: one line for listings.
+        stored_scale: ``(scale, offset)`` of the product's stored values, ``reflectance =
+            stored x scale + offset``, for products whose files usually do not declare it (the
+            USGS Landsat Collection 2 Level-2 GeoTIFFs keep it in the MTL file only). Applied
+            by the readers to files read with this sensor that declare no scale themselves.
     """
 
     name: str
     bands: tuple[str, ...]
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    stored_scale: tuple[float, float] | None = None
 
 
 BANDS: dict[str, Band] = {}
@@ -110,14 +115,18 @@ def _add_bands(sensor: str, rows: Iterable[tuple[str, float, float, str]]) -> tu
 
 
 def _add_sensor(
-    name: str, bands: Sequence[str], aliases: dict[str, str] | None = None, description: str = ""
+    name: str,
+    bands: Sequence[str],
+    aliases: dict[str, str] | None = None,
+    description: str = "",
+    stored_scale: tuple[float, float] | None = None,
 ) -> None:
     table = {b.upper(): b for b in bands}
     for b in bands:
         if BANDS[b].common_name:
             table.setdefault(BANDS[b].common_name.upper(), b)
     table.update({k.upper(): v for k, v in (aliases or {}).items()})
-    SENSORS[name] = Sensor(name, tuple(bands), table, description)
+    SENSORS[name] = Sensor(name, tuple(bands), table, description, stored_scale)
 
 
 # --- Sentinel-2 MSI (ESA Sentinel-2 User Handbook, S2A nominal values, nm -> um) ---------------
@@ -177,6 +186,8 @@ _add_sensor(
     _OLI[:7],
     _LANDSAT_ALIASES,
     "Landsat 8/9 Collection 2 surface reflectance, SR_B1..SR_B7",
+    # USGS Landsat 8-9 Collection 2 Level-2 Science Product Guide: SR = DN x 2.75e-5 - 0.2
+    stored_scale=(2.75e-5, -0.2),
 )
 
 # --- HLS v2.0 (HLS Product User Guide): S30 uses the S2 bands, L30 the OLI/TIRS bands ----------
@@ -273,6 +284,12 @@ COUNT_DEFAULTS: dict[int, str] = {
 }
 
 _CANONICAL_UPPER = {name.upper(): name for name in BANDS}
+
+
+def stored_scale(sensor: str | None) -> tuple[float, float] | None:
+    """``(scale, offset)`` of a sensor's stored values when the product defines one that its
+    files do not declare (:attr:`Sensor.stored_scale`), else ``None``."""
+    return get_sensor(sensor).stored_scale if sensor else None
 
 
 def get_sensor(name: str) -> Sensor:

@@ -298,3 +298,31 @@ def test_a_scene_with_a_declared_scale_and_offset_predicts_as_its_digital_number
                       tile_size=64, overlap=16, batch_size=4, progress=False)  # fmt: skip
         outs.append(_read(out)[0])
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-3)  # NaN where nodata in both
+
+
+def test_a_landsat_sr_scene_is_read_with_the_products_scale(tmp_path, tiny):
+    """Read as ``landsat89_sr``, a Collection 2 surface-reflectance scene of digital numbers (its
+    scale only in the MTL file) predicts as the same reflectance stored as float."""
+    rng = np.random.default_rng(2)
+    refl = rng.uniform(0.0, 0.4, (7, 80, 70))
+    dn = np.rint((refl + 0.2) / 2.75e-5).astype(np.uint16)
+    dn[:, :10] = 0  # fill
+    raw, ref = tmp_path / "lc09_sr.tif", tmp_path / "reflectance.tif"
+    msclip.write_geotiff(raw, dn, crs="EPSG:32632", transform=TRANSFORM, nodata=0,
+                         bands=[f"OLI_B{i}" for i in range(1, 8)])  # fmt: skip
+    exact = (dn.astype(np.float32) * np.float32(2.75e-5 * 10000) - np.float32(2000)).astype(
+        np.float32
+    )
+    exact[:, :10] = np.nan
+    msclip.write_geotiff(ref, exact, crs="EPSG:32632", transform=TRANSFORM,
+                         bands=[f"OLI_B{i}" for i in range(1, 8)])  # fmt: skip
+    conv = _pointwise(len(tiny.bands))
+    outs = []
+    for src, sensor in ((raw, "landsat89_sr"), (ref, None)):
+        out = tmp_path / f"{src.stem}_pred.tif"
+        predict_scene(src, out, conv, ScenePreprocess.from_model(tiny), task="regression",
+                      tile_size=64, overlap=16, batch_size=4, sensor=sensor,
+                      progress=False)  # fmt: skip
+        outs.append(_read(out)[0])
+    assert np.isnan(outs[0][:, :10]).all() and np.isfinite(outs[0][:, 10:]).all()
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-3)

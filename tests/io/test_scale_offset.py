@@ -91,3 +91,42 @@ def test_unit_reflectance_is_flagged():
         pre.process(np.zeros_like(refl), S2_L2A_BANDS)  # all zero: nothing to judge
     with pytest.raises(BandCoverageError, match="reflectance from 0 to 1"):
         model.preprocess(strict_bands=True).process(refl, S2_L2A_BANDS)
+
+
+def test_landsat_surface_reflectance_without_declared_scale(tmp_path):
+    """USGS Collection 2 Level-2 GeoTIFFs keep SR = DN x 2.75e-5 - 0.2 in the MTL file only: read
+    as ``landsat89_sr`` they are rescaled by the product's scale (a zero reflectance was read as
+    7273, i.e. 0.73); a scale the file declares wins, float data and other sensors are left as
+    they are."""
+    from msclip.io.readers import declares_scale
+
+    rng = np.random.default_rng(1)
+    refl = rng.uniform(0.0, 0.5, (7, 32, 32))
+    dn = np.rint((refl + 0.2) / 2.75e-5).astype(np.uint16)
+    dn[:, :2] = 0  # the product's fill value
+    path = tmp_path / "lc09_sr.tif"
+    profile = dict(driver="GTiff", width=32, height=32, count=7, dtype="uint16", nodata=0,
+                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(dn)
+        for i in range(1, 8):
+            ds.set_band_description(i, f"SR_B{i}")
+    r = msclip.read_raster(path, sensor="landsat89_sr")
+    assert r.data.dtype == np.float32 and r.bands[3] == "OLI_B4"
+    np.testing.assert_allclose(r.data[:, 2:], refl[:, 2:] * 10000, atol=0.2)
+    assert np.isnan(r.data[:, :2]).all()
+    plain = msclip.read_raster(path, sensor="landsat89")  # another product: as stored
+    assert plain.data.dtype == np.uint16 and int(plain.data[0, 5, 5]) == int(dn[0, 5, 5])
+    with rasterio.open(path) as ds:
+        assert declares_scale(ds, "landsat89_sr") and not declares_scale(ds, "landsat89")
+    with rasterio.open(path, "r+") as ds:  # the file's own scale wins
+        ds.scales, ds.offsets = [1e-4] * 7, [0.0] * 7
+    np.testing.assert_allclose(msclip.read_raster(path, sensor="landsat89_sr").data[:, 2:],
+                               dn[:, 2:].astype(np.float32), atol=0.01)  # fmt: skip
+    fl = tmp_path / "float.tif"
+    with rasterio.open(fl, "w", **{**profile, "dtype": "float32", "nodata": None}) as ds:
+        ds.write(refl.astype(np.float32) * 10000)
+        for i in range(1, 8):
+            ds.set_band_description(i, f"SR_B{i}")
+    np.testing.assert_allclose(msclip.read_raster(fl, sensor="landsat89_sr").data,
+                               refl.astype(np.float32) * 10000, rtol=1e-6)  # fmt: skip
