@@ -9,7 +9,7 @@ writes only ``K`` keys per query and split; the splits are merged on the device.
 **Keys and ties.** A score and its row id are packed into one int64 (:func:`pack_keys`): the
 high 32 bits are the order-preserving integer image of the float32 score (``-0`` as ``+0``),
 the low 32 bits ``2^32 - 1 - id``. Ordering keys descending is ordering by score descending,
-then by lower id, the rule of :func:`msclip.index.search._top_k_exact`, and every key is
+then by lower id, the rule of :func:`msclip.retrieval.sort_top_k`, and every key is
 distinct, so the merges need no tie handling.
 
 **Exactness.** The scan's scores are those of rounded embeddings. :class:`FusedSearcher`
