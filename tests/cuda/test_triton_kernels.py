@@ -75,7 +75,7 @@ def test_triton_loss_default_blocks_frozen_text_and_bf16(loss_device: str) -> No
 
 # -- top-k --------------------------------------------------------------------------------------
 def _exact_order(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score descending, then lower id: the rule of msclip.index.search._top_k_exact."""
+    """Score descending, then lower id: the rule of msclip.retrieval.sort_top_k."""
     scores = q.astype(np.float64) @ x.astype(np.float64).T
     ids = np.broadcast_to(np.arange(x.shape[0]), scores.shape)
     order = np.lexsort((ids, -scores), axis=-1)[:, :k]
