@@ -364,7 +364,7 @@ def _evaluate_one(
     import numpy as np
 
     from msclip.eval.datasets import build_dataset
-    from msclip.eval.report import file_stem, load_records, make_record, record_path, write_record
+    from msclip.eval.report import file_stem, make_record, record_path, write_record
     from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
     from msclip.io import atomic_write
     from msclip.zero_shot import DEFAULT_TEMPLATE_SET
@@ -395,14 +395,15 @@ def _evaluate_one(
         "max_samples": args.max_samples, "seed": args.seed,
     })  # fmt: skip
     label = facts["label"]
-    if args.skip_existing and record_path(args.save_path, label, dataset.name).is_file():
-        records, _ = load_records(args.save_path)
-        for rec in records:
-            same = rec["model"]["label"] == label and rec["dataset"]["name"] == dataset.name
-            if same and rec.get("run_key") == key:
-                return "skipped", f"record exists ({rec['_path']})"
-        logger.warning("%s: the existing record was made with other settings; re-running",
-                       dataset.name)  # fmt: skip
+    own = record_path(args.save_path, label, dataset.name)
+    if args.skip_existing and own.is_file():
+        # Only this run's own record decides; a damaged record of another run must not fail it.
+        existing = _existing_run_key(own, label, dataset.name)
+        if existing == key:
+            return "skipped", f"record exists ({own})"
+        logger.warning("%s: the existing record %s", dataset.name,
+                       "was made with other settings; re-running" if existing else
+                       "is unreadable or incomplete; re-running (it will be replaced)")  # fmt: skip
     result = evaluate(model, tokenizer, dataset, tpl, cfg, text_cache)
     wall = time.perf_counter() - t0
     settings = {
@@ -429,6 +430,28 @@ def _evaluate_one(
     n_ok = len(dataset) - len(result.failures)
     bad = f", {len(result.failures)} unreadable and skipped" if result.failures else ""
     return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)"
+
+
+def _existing_run_key(path: Path, label: str, dataset: str) -> str | None:
+    """The ``run_key`` of the record at ``path`` when it is a readable record of exactly
+    (``label``, ``dataset``); ``None`` when it is damaged, incomplete or of another run."""
+    import json
+
+    from msclip.eval.report import RECORD_KEYS
+
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
+        return None
+    model, ds = rec.get("model"), rec.get("dataset")
+    if not isinstance(model, dict) or not isinstance(ds, dict):
+        return None
+    if model.get("label") != label or ds.get("name") != dataset:
+        return None
+    key = rec.get("run_key")
+    return key if isinstance(key, str) else None
 
 
 def _list_datasets() -> None:

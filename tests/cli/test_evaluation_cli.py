@@ -242,6 +242,23 @@ def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
     assert _record(save, "EuroSAT_MS")["templates"]["name"] == "short"
 
 
+def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    (save / "records" / "other__EuroSAT_MS.json").write_text('{"schema": "msclip.eval.rec')
+    argv = [a if a != str(ms_run["save"]) else str(save) for a in ms_run["argv"]]
+    i = argv.index("--datasets")
+    argv = [*argv[: i + 1], "METERML_MS", *argv[i + 7 :], "--skip-existing"]
+    _, out, err = _run(argv, capsys)
+    assert "METERML_MS: skipped" in out and "METERML_MS: FAILED" not in err
+    assert not list((save / "records").glob("*METERML_MS.failed.json"))
+    # its own record damaged: evaluated again and replaced, not failed
+    own = record_path(save, "msclip-tiny-random", "METERML_MS")
+    own.write_text("{")
+    _, out, err = _run(argv, capsys)
+    assert "METERML_MS: ok" in out and _record(save, "METERML_MS")["dataset"]["n_samples"] == 7
+
+
 # -- RGB layouts -----------------------------------------------------------------------------
 def test_every_rgb_layout_runs_with_the_rgb_model(rgb_run):
     save = rgb_run["save"]
