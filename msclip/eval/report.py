@@ -401,6 +401,12 @@ def load_records(save_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
 
 
 # -- figures ---------------------------------------------------------------------------------
+def _literal(text: str) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` would start mathtext, which garbles
+    names such as ``cost $5-$10`` and fails on others (``$\\frac$``)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_confusion(
     matrix: np.ndarray | Sequence[Sequence[int]],
     class_names: Sequence[str],
@@ -424,7 +430,7 @@ def plot_confusion(
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    short = [c if len(c) <= 28 else c[:26] + "…" for c in class_names]
+    short = [_literal(c if len(c) <= 28 else c[:26] + "…") for c in class_names]
     ax.set_xticks(range(n), short, rotation=90, fontsize=7 if n > 20 else 8)
     ax.set_yticks(range(n), short, fontsize=7 if n > 20 else 8)
     ax.set_xlabel("predicted class")
@@ -436,7 +442,7 @@ def plot_confusion(
                     ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(_literal(title), fontsize=9)
     fig.tight_layout()
 
     def _save(tmp: str) -> None:

@@ -458,3 +458,25 @@ def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
     caplog.set_level("WARNING", logger="msclip.eval.report")
     write_record(tmp_path, record("demo (fp32)", seed=1))
     assert "(seed 0 -> 1)" in caplog.text
+
+
+def test_confusion_figure_shows_dollar_signs_literally(tmp_path):
+    import matplotlib.text
+
+    from msclip.eval.report import plot_confusion
+
+    shown: list[str] = []
+    original = matplotlib.text.Text.set_text
+
+    def spy(self, s):  # what each label and title is given
+        shown.append(str(s))
+        return original(self, s)
+
+    names = ["$\\frac$", "cost $5-$10"]  # mathtext: a parse error, and a garbled name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.text.Text, "set_text", spy)
+        png = plot_confusion(np.eye(2, dtype=int), names, tmp_path / "c.png", title="$m$ on d")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    texts = [matplotlib.text.Text(text=s) for s in shown]
+    plain = {t._preprocess_math(t.get_text()) for t in texts}
+    assert ("cost $5-$10", False) in plain and ("$m$ on d", False) in plain
