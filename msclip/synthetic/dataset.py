@@ -348,21 +348,21 @@ def generate_dataset(
     ]
     labels_csv = write_csv(root / "labels.csv", ("index", "label", "folder", "count"), label_rows)
     logger.info("wrote %d synthetic tiles of %d classes to %s", len(files), len(chosen), root)
-    _warn_stale(root, files)
+    warn_stale(root, files)
     return DatasetSummary(root, len(files), counts, captions_csv, labels_csv, tuple(files))
 
 
-def _warn_stale(root: Path, written: list[str]) -> None:
-    """Name the tiles an earlier generation left in ``root`` that this one did not write: they
-    are in no table, but a folder-per-class reader would take them."""
+def warn_stale(root: Path, written: Sequence[str], table: str = "captions.csv") -> None:
+    """Name the rasters an earlier generation left in ``root`` that this one did not write: they
+    are in no table (``table``), but a reader of folders would take them."""
     mine = {Path(f).as_posix() for f in written}
     stale = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tif")
                    if p.relative_to(root).as_posix() not in mine)  # fmt: skip
     if stale:
         logger.warning(
             "%s holds %d tile(s) this run did not write (%s%s), from an earlier generation: "
-            "they are not in captions.csv; remove them, or generate into an empty folder",
-            root, len(stale), ", ".join(stale[:3]), " ..." if len(stale) > 3 else "",
+            "they are not in %s; remove them, or generate into an empty folder",
+            root, len(stale), ", ".join(stale[:3]), " ..." if len(stale) > 3 else "", table,
         )  # fmt: skip
 
 

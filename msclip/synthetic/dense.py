@@ -52,6 +52,7 @@ from msclip.synthetic.dataset import (
     iter_samples,
     tile_tags,
     tile_transform,
+    warn_stale,
     write_csv,
     write_tile,
 )
@@ -398,6 +399,7 @@ def generate_dense_dataset(
         pixels += np.bincount(s.info.label_map.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
     index_csv, classes_csv = _write_tables(root, rows, pixels)
     logger.info("wrote %d dense tiles (%s) to %s", len(rows), counts, root)
+    warn_stale(root, [f for row in rows for f in row[:3]], "index.csv")
     files = tuple(r[0] for r in rows)
     return DenseDatasetSummary(root, len(rows), counts, index_csv, classes_csv, files)
 
@@ -450,4 +452,5 @@ def write_scene(
                        blocksize=256)  # fmt: skip
     index_csv, classes_csv = _write_tables(root, [[*rel, "test"]], pixels)
     logger.info("wrote a %dx%d scene of %d classes to %s", *label.shape, len(present), root)
+    warn_stale(root, rel, "index.csv")
     return DenseDatasetSummary(root, 1, {"test": 1}, index_csv, classes_csv, (rel[0],))

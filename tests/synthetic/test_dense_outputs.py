@@ -269,3 +269,17 @@ def test_a_stopped_regeneration_leaves_no_table_pairing_new_images_with_old_labe
     with pytest.raises(KeyboardInterrupt):
         generate_dense_dataset(tmp_path, ["sea"], n_per_class=2, size=16, seed=2)
     assert not (tmp_path / "index.csv").exists()
+
+
+def test_rasters_of_an_earlier_generation_are_named(tmp_path: Path, caplog) -> None:
+    # index.csv is replaced, so the earlier rasters left beside it are in no table any more;
+    # a reader of the images/ and labels/ folders would still pair them up
+    generate_dense_dataset(tmp_path, ["sea"], n_per_class=2, size=16, seed=0)
+    caplog.set_level("WARNING", logger="msclip.synthetic.dataset")
+    write_scene(tmp_path, size=16, seed=0, region_size=16)
+    assert "holds 6 tile(s) this run did not write (images/sea_0000.tif" in caplog.text
+    assert "they are not in index.csv" in caplog.text
+    caplog.clear()
+    generate_dense_dataset(tmp_path / "d", ["sea"], n_per_class=2, size=16, seed=0)
+    generate_dense_dataset(tmp_path / "d", ["sea"], n_per_class=2, size=16, seed=0)
+    assert "did not write" not in caplog.text  # the same generation again: nothing stale
