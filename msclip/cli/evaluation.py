@@ -345,7 +345,10 @@ def _merge(save: Path, summary_metric: str | None) -> int:
         f"merged {res.n_records} record(s), {res.n_failures} failure note(s): {res.summary}, "
         f"{res.report}, {len(res.per_class)} per-class CSV(s), {len(res.figures)} figure(s)"
     )
-    return EXIT_OK
+    if res.damaged:  # each named by the merge's warning and in report.md
+        print(f"error: {len(res.damaged)} unreadable record(s) left out of the reports (listed "
+              f"in {res.report})", file=sys.stderr)  # fmt: skip
+    return EXIT_PARTIAL if res.damaged else EXIT_OK
 
 
 # -- evaluation ------------------------------------------------------------------------------

@@ -374,11 +374,20 @@ def write_failure(
     return write_json(failure_path(save_path, model_label, dataset), note)
 
 
-def load_records(save_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+def load_records(
+    save_path: str | os.PathLike, damaged: list[RecordError] | None = None
+) -> tuple[list[dict], list[dict]]:
     """All successful records and failure notes under ``save_path/records``.
 
+    Args:
+        save_path: the results folder.
+        damaged: when given, a file that cannot be used (not valid JSON, not an object, lacking
+            required keys) is appended to it as a :class:`RecordError` and left out instead of
+            raising.
+
     Raises:
-        RecordError: a record file is not valid JSON or lacks required keys.
+        RecordError: a record file is not valid JSON or lacks required keys (without
+            ``damaged``).
     """
     folder = Path(save_path) / "records"
     records, failures = [], []
@@ -386,18 +395,38 @@ def load_records(save_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
         return records, failures
     for p in sorted(folder.glob("*.json")):
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RecordError(f"cannot read record {p}: {err}") from err
+            obj = _read_record(p)
+        except RecordError as err:
+            if damaged is None:
+                raise
+            damaged.append(err)
+            continue
         if p.name.endswith(".failed.json"):
             failures.append(obj)
-            continue
-        missing = [k for k in RECORD_KEYS if k not in obj]
-        if missing:
-            raise RecordError(f"record {p} lacks keys {missing}; re-run that evaluation")
-        obj["_path"] = str(p)
-        records.append(obj)
+        else:
+            records.append(obj)
     return records, failures
+
+
+def _read_record(p: Path) -> dict[str, Any]:
+    """One record or failure note, checked for what the merge reads of it."""
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(f"cannot read record {p}: {err}") from err
+    failed = p.name.endswith(".failed.json")
+    keys = ("model", "dataset") if failed else RECORD_KEYS
+    missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else list(keys)
+    if not missing and not all(
+        isinstance(obj[k], dict) and isinstance(obj[k].get(n), str)
+        for k, n in (("model", "label"), ("dataset", "name"))
+    ):
+        missing = ["model.label", "dataset.name"]
+    if missing:
+        raise RecordError(f"record {p} lacks keys {missing}; re-run that evaluation")
+    if not failed:
+        obj["_path"] = str(p)
+    return obj
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -467,6 +496,7 @@ class MergeResult:
         figures: confusion-matrix PNGs.
         n_records: records merged.
         n_failures: failure notes found.
+        damaged: why each unreadable record file was left out.
     """
 
     summary: Path
@@ -476,6 +506,7 @@ class MergeResult:
     figures: list[Path] = field(default_factory=list)
     n_records: int = 0
     n_failures: int = 0
+    damaged: list[str] = field(default_factory=list)
 
 
 def _dataset_order(records: list[dict]) -> list[str]:
@@ -517,12 +548,21 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         summary_metric: metric for ``summary.csv`` (default: each record's main metric,
             :data:`MAIN_METRICS`); records without it keep their main metric.
 
+    A record file that cannot be used (not valid JSON, lacking required keys) is left out with a
+    warning and listed in ``report.md`` and :attr:`MergeResult.damaged`.
+
     Raises:
-        RecordError: a record is unreadable.
+        RecordError: no record is readable, or ``summary_metric`` is in none of them.
     """
     save = Path(save_path)
-    records, failures = load_records(save)
+    damaged: list[RecordError] = []
+    records, failures = load_records(save, damaged)
+    for err in damaged:
+        logger.warning("%s; it is left out of the reports", err)
     if not records and not failures:
+        if damaged:
+            raise RecordError(f"no readable evaluation record under {save / 'records'}: "
+                              + "; ".join(str(e) for e in damaged))  # fmt: skip
         raise RecordError(
             f"no evaluation records under {save / 'records'}: is {save} the folder the runs "
             "saved to (--save-path)?"
@@ -567,8 +607,8 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     long_df = pd.DataFrame(long_rows, columns=["model", "dataset", "task", "metric", "value"])
     long_path = write_csv(long_df, save / "summary_long.csv")
 
-    result = MergeResult(summary_path, long_path, save / "report.md",
-                         n_records=len(records), n_failures=len(failures))  # fmt: skip
+    result = MergeResult(summary_path, long_path, save / "report.md", n_records=len(records),
+                         n_failures=len(failures), damaged=[str(e) for e in damaged])  # fmt: skip
     sections = []
     for rec in sorted(records, key=lambda r: (r["model"]["label"],
                                               datasets.index(r["dataset"]["name"]))):  # fmt: skip
@@ -610,6 +650,10 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         lines += [_md_table(rows, ["model", *datasets]), ""]
     else:
         lines += ["No successful evaluation records yet.", ""]
+    if damaged:
+        lines += ["## Unreadable records (left out)", ""]
+        lines += [f"- {str(e).replace('|', chr(92) + '|')}" for e in damaged]
+        lines.append("")
     if failures:
         lines += ["## Failed runs", ""]
         for f in failures:

@@ -460,6 +460,24 @@ def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
     assert "(seed 0 -> 1)" in caplog.text
 
 
+def test_a_damaged_record_is_left_out_of_the_merge_not_the_end_of_it(ms_run, tmp_path, capsys):
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    (save / "summary.csv").unlink()
+    (save / "records" / "other__EuroSAT_MS.json").write_text('{"schema": "msclip.eval.rec')
+    (save / "records" / "old__EuroSAT_MS.json").write_text('{"model": "old"}')
+    (save / "records" / "old__AID_RGB.failed.json").write_text("[]")
+    code, out, err = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 1 and "3 unreadable record(s) left out of the reports" in err
+    assert "merged 4 record(s), 2 failure note(s)" in out and "Traceback" not in err
+    pd.testing.assert_frame_equal(
+        pd.read_csv(save / "summary.csv"), pd.read_csv(ms_run["save"] / "summary.csv")
+    )
+    report = (save / "report.md").read_text()
+    assert "## Unreadable records (left out)" in report and "other__EuroSAT_MS.json" in report
+    assert "old__AID_RGB.failed.json" in report and "old__EuroSAT_MS.json" in report
+
+
 def test_confusion_figure_shows_dollar_signs_literally(tmp_path):
     import matplotlib.text
 
