@@ -325,11 +325,15 @@ def _print_summary(save: Path) -> None:
     path = save / "summary.csv"
     if not path.is_file():
         return
-    df = pd.read_csv(path)
+    # Row labels as written ("NA", "007", "1e3" are labels, not numbers or missing values).
+    df = pd.read_csv(path, dtype={"model": str}, keep_default_na=False,
+                     na_values={c: ["", "nan", "NaN"] for c in pd.read_csv(path, nrows=0).columns
+                                if c != "model"})  # fmt: skip
     if df.empty:
         return
     rows = df.astype(object).where(df.notna(), None).values.tolist()
-    print(tabulate(rows, headers=list(df.columns), floatfmt=".4f", missingval="-"))
+    print(tabulate(rows, headers=list(df.columns), floatfmt=".4f", missingval="-",
+                   disable_numparse=[0]))  # fmt: skip
 
 
 def _merge(save: Path, summary_metric: str | None) -> int:

@@ -478,6 +478,21 @@ def test_a_damaged_record_is_left_out_of_the_merge_not_the_end_of_it(ms_run, tmp
     assert "old__AID_RGB.failed.json" in report and "old__EuroSAT_MS.json" in report
 
 
+def test_the_printed_summary_shows_row_labels_as_written(ms_run, tmp_path, capsys):
+    from msclip.eval.report import write_record
+
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    rec = _record(save, "METERML_MS")
+    for label in ("NA", "007"):  # a missing value and a number to a CSV reader
+        write_record(save, {**rec, "model": {**rec["model"], "label": label}})
+    code, out, _ = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:5]}
+    assert set(rows) == {"NA", "007", "msclip-tiny-random"}
+    assert rows["007"][0] == "-" and rows["NA"][2] == f"{rec['metrics']['top1_accuracy']:.4f}"
+
+
 def test_confusion_figure_shows_dollar_signs_literally(tmp_path):
     import matplotlib.text
 
