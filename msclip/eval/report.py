@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import RecordError
-from msclip.io import atomic_write, write_csv, write_json, write_text
+from msclip.io import TMP_PREFIX, atomic_write, write_csv, write_json, write_text
 
 __all__ = [
     "MAIN_METRICS",
@@ -665,7 +665,24 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     lines += sections
     text = "\n".join(lines) + "\n"
     write_text(result.report, text)
+    _remove_stale(save, {*result.per_class, *result.figures})
     return result
+
+
+def _remove_stale(save: Path, written: set[Path]) -> None:
+    """Remove per-class tables and figures of runs whose record is gone (deleted, or renamed
+    with its label), so that ``per_class/*.csv`` holds no rows of runs the report no longer has.
+    A file is kept while a record of its stem exists: another run merging into the same folder
+    at the same time writes its record before its tables."""
+    for folder, suffix in (("per_class", ".csv"), ("figures", "__confusion.png")):
+        for p in sorted((save / folder).glob(f"*{suffix}")):
+            stem = p.name[: -len(suffix)]
+            if p in written or p.name.startswith(TMP_PREFIX):  # another merge's file in flight
+                continue
+            if (save / "records" / f"{stem}.json").exists():
+                continue
+            logger.info("removing %s: its record %s.json is gone", p, stem)
+            p.unlink(missing_ok=True)
 
 
 def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str:

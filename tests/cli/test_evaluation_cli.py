@@ -493,6 +493,20 @@ def test_the_printed_summary_shows_row_labels_as_written(ms_run, tmp_path, capsy
     assert rows["007"][0] == "-" and rows["NA"][2] == f"{rec['metrics']['top1_accuracy']:.4f}"
 
 
+def test_tables_and_figures_of_a_removed_record_go_with_it(ms_run, tmp_path, capsys):
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    record_path(save, "msclip-tiny-random", "METERML_MS").unlink()  # no longer evaluated
+    in_flight = save / "per_class" / ".tmp-other__X.csv.abc.csv"  # another merge's temporary
+    in_flight.write_text("x")
+    code, out, _ = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 0 and "merged 3 record(s)" in out
+    assert not [*save.glob("per_class/*METERML*"), *save.glob("figures/*METERML*")]
+    assert in_flight.is_file()
+    assert len(list((save / "per_class").glob("msclip-tiny-random__*.csv"))) == 3
+    assert (save / "figures" / "msclip-tiny-random__EuroSAT_MS__confusion.png").is_file()
+
+
 def test_confusion_figure_shows_dollar_signs_literally(tmp_path):
     import matplotlib.text
 
