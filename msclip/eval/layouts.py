@@ -721,7 +721,10 @@ class MeterMLLayout(FolderLayout):
             ``rgb`` (the 10 m array's B04, B03, B02 as an 8-bit picture; ``rgb`` must be set) or
             ``naip`` (``naip.png``, red, green and blue).
         geojson_files: GeoJSON name patterns with ``{split}``.
-        naip_bands: band names of the NAIP picture's channels.
+        naip_bands: band names of the NAIP picture's channels (default: a plain RGB picture,
+            which a model of Sentinel-2 bands reads as B04, B03, B02, as the published protocol
+            feeds it; with the ADS100 camera's own bands, ``NAIP_R``/``NAIP_G``/``NAIP_B``, the
+            blue band, whose pass band ends just short of B02's centre, feeds no model band).
         **kwargs: see :class:`FolderLayout` (used when no GeoJSON is found).
     """
 
@@ -733,7 +736,7 @@ class MeterMLLayout(FolderLayout):
         labels: Sequence[str],
         product: str = "ms",
         geojson_files: Sequence[str] = ("{split}_dataset.geojson", "{split}.geojson"),
-        naip_bands: Sequence[str] = ("NAIP_R", "NAIP_G", "NAIP_B"),
+        naip_bands: Sequence[str] = ("red", "green", "blue"),
         **kwargs: Any,
     ) -> None:
         if product not in ("ms", "rgb", "naip"):

@@ -272,7 +272,16 @@ def test_meterml_geojson_layout_single_label_and_products(bench):
     )
     naip = build_dataset("METERML_NAIP", bench)
     data, names, _ = naip.read(0)
-    assert names == ("NAIP_R", "NAIP_G", "NAIP_B") and data.shape == (3, 20, 20)
+    assert names == ("red", "green", "blue") and data.shape == (3, 20, 20)
+    # read as the RGB product is: each channel feeds one of B04, B03, B02 (with the ADS100
+    # camera's own bands the blue channel fed nothing and B02 was mean-filled)
+    from msclip.spectral.adapt import map_bands
+
+    mapping = map_bands(LLAMA3_MS_CLIP_BANDS, names)
+    assert mapping.permutation is None and not mapping.ignored
+    fed = {m: [names[j] for j in np.flatnonzero(mapping.matrix[i])]
+           for i, m in enumerate(mapping.model_bands)}  # fmt: skip
+    assert fed["B02"] == ["blue"] and fed["B03"] == ["green"] and fed["B04"] == ["red"]
 
 
 def test_meterml_class_folders_without_geojson(tmp_path):
