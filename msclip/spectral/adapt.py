@@ -20,7 +20,9 @@ built from the model's kernels. msclip's rule (documented in the README):
    in between carries nothing the model was trained to read and is left out (``redundant``).
    This is why a 12-band Sentinel-2 L2A file (with B01 and B09) gives exactly the published
    10-band result.
-3. **Outside the model's range** (and not equivalent to an edge band): ignored, with a warning.
+3. **Outside the model's range** (and not equivalent to an edge band): ignored, with a warning,
+   unless its pass band overlaps the model's first or last band and no other input band feeds
+   that band: then it stands in for it (NAIP blue, 420-492 nm, for Sentinel-2 B02).
 4. **Model band absent from the input**: contributes nothing, exactly as if the band were filled
    with its mean (zero after normalisation).
 
@@ -177,6 +179,18 @@ def _map_bands_cached(model: tuple[str, ...], inputs: tuple[str, ...]) -> BandMa
                     m[lo, j] += 1.0 - t
                     m[hi, j] += t
                     kinds[j] = "interpolated"
+                break
+    # an input band beyond the model's range that overlaps the model's first or last band
+    # stands in for it when nothing else feeds it (NAIP blue, 420-492 nm, ends 0.4 nm short of
+    # B02's centre and is the only blue band of an RGBN file)
+    outside = sorted((j for j, k in enumerate(kinds) if k == "ignored"),
+                     key=lambda j: -max(_jaccard(input_bands[j], model_bands[e])
+                                        for e in (by_center[0], by_center[-1])))  # fmt: skip
+    for j in outside:
+        for edge in dict.fromkeys((by_center[0], by_center[-1])):
+            if _overlap(input_bands[j], model_bands[edge]) > 0 and not m[edge].any():
+                m[edge, j] = 1.0
+                kinds[j] = "equivalent"
                 break
     redundant = [inputs[j] for j, k in enumerate(kinds) if k == "redundant"]
     ignored = tuple(inputs[j] for j, k in enumerate(kinds) if k in ("ignored", "redundant"))

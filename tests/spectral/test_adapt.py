@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msclip.errors import BandError
+from msclip.errors import BandError, OutOfRangeBandWarning
 from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPatchEmbed, map_bands
 from msclip.spectral.bands import resolve_band
 
@@ -124,3 +124,22 @@ def test_one_input_band_per_model_band():
     # the same band under its own name wins over an equivalent one
     m = map_bands(LLAMA3_MS_CLIP_BANDS, (*LLAMA3_MS_CLIP_BANDS, "red"))
     assert m.kinds[-1] == "redundant" and m.permutation == list(range(10))
+
+
+def test_a_band_overlapping_the_first_model_band_stands_in_for_it():
+    """NAIP blue (420-492 nm) ends 0.4 nm short of B02's centre: beyond the model's range, yet
+    the only blue band of an RGBN file; it feeds B02 when nothing else does. S2 B01 (no overlap)
+    stays ignored, and a real B02 keeps its place."""
+    naip = ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is ignored any more: no warning
+        m = map_bands(LLAMA3_MS_CLIP_BANDS, naip)
+    b02 = m.model_bands.index("B02")
+    assert m.matrix[b02].tolist() == [0.0, 0.0, 1.0, 0.0] and "B02" not in m.missing
+    assert m.kinds[2] == "equivalent" and not m.ignored
+    with pytest.warns(OutOfRangeBandWarning, match="NAIP_B"):
+        both = map_bands(LLAMA3_MS_CLIP_BANDS, ("B02", "B03", "B04", "NAIP_B"))
+    assert both.kinds == ("exact", "exact", "exact", "ignored")
+    with pytest.warns(OutOfRangeBandWarning, match="B01"):
+        s2 = map_bands(LLAMA3_MS_CLIP_BANDS, ("B01", "B03", "B04"))
+    assert s2.kinds[0] == "ignored" and "B02" in s2.missing
