@@ -154,3 +154,27 @@ def test_changed_and_repaired_images_are_encoded_again(tiny, files, tmp_path, mo
     np.testing.assert_array_equal(np.asarray(feats[0]), before[1])
     np.testing.assert_array_equal(np.asarray(feats[7]), before[2])
     np.testing.assert_array_equal(np.asarray(feats[3:7]), before[3:7])
+
+
+def test_a_folder_item_changes_its_stamp_when_a_file_in_it_is_rewritten(tmp_path):
+    """Items read from a folder (a BigEarthNet patch: one file per band) are stamped by the files
+    in it: a band file rewritten in place changes no folder time, yet the cached features of
+    that item must be encoded again."""
+    import os
+
+    from msclip.heads.features import _stamps
+
+    patch = tmp_path / "S2A_patch_1"
+    patch.mkdir()
+    for b in ("B02", "B03"):
+        (patch / f"S2A_patch_1_{b}.tif").write_bytes(b"x" * 10)
+        os.utime(patch / f"S2A_patch_1_{b}.tif", ns=(1, 10**18 - 5))
+    os.utime(patch, ns=(1, 10**18))
+    before = _stamps([str(patch)])
+    assert before.tolist() == [[20, 10**18]]
+    band = patch / "S2A_patch_1_B03.tif"
+    with open(band, "r+b") as f:  # in place: the folder's own time does not move
+        f.write(b"y" * 10)
+    os.utime(band, ns=(1, 10**18 + 5))
+    os.utime(patch, ns=(1, 10**18))
+    assert _stamps([str(patch)]).tolist() == [[20, 10**18 + 5]]
