@@ -15,12 +15,12 @@ the data and of the band naming (:func:`read_image`).
 Values a GeoTIFF declares scaled (GDAL band scale and offset, ``value = stored x scale + offset``,
 as many Sentinel-2 L2A COGs declare ``0.0001`` and ``-0.1`` since processing baseline 04.00) are
 read in the unit of msclip's reflectance models, reflectance x 10000 (L2A digital numbers without
-the offset): a band whose scale is at most 0.01 declares reflectance and is multiplied by 10000,
-others are taken in the stored unit. The result is float32 and its missing pixels NaN. A file
-of integers read as a sensor whose product defines a scale its files do not declare (``sensor=
-"landsat89_sr"``: Landsat Collection 2 surface reflectance, ``x 2.75e-5 - 0.2``) is read with
-that scale in the same way. Other files without a scale or offset are read unchanged, in their own
-dtype.
+the offset): a band whose scale is at most 0.01 declares reflectance and is multiplied by 10000
+(except a thermal band, read in its declared unit, kelvin), others are taken in the stored unit.
+The result is float32 and its missing pixels NaN. A file of integers read as a sensor whose
+product defines a scale its files do not declare (``sensor="landsat89_sr"``: Landsat Collection 2
+surface reflectance, ``x 2.75e-5 - 0.2``) is read with that scale in the same way. Other files
+without a scale or offset are read unchanged, in their own dtype.
 
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
@@ -328,18 +328,34 @@ def _declared_scale(src: Any, bands: list[int]) -> tuple[list[float], list[float
 _REFLECTANCE_SCALE = 1e-2
 
 
+#: Centre wavelength (um) beyond which a band measures emitted heat, not reflectance.
+_THERMAL_UM = 3.0
+
+
+def _thermal(names: Sequence[str]) -> list[bool]:
+    """Whether each named band is a thermal band (centre beyond :data:`_THERMAL_UM`)."""
+    from msclip.spectral.bands import BANDS
+
+    return [n in BANDS and BANDS[n].center > _THERMAL_UM for n in names]
+
+
 def _rescaled(
     data: np.ndarray,
     nodata: float | None,
     invalid: np.ndarray | None,
     scale: Sequence[float],
     offset: Sequence[float],
+    thermal: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN."""
+    """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN.
+    ``thermal`` bands (emitted, not reflected, radiation: Landsat ST_B10 declares 0.00341802
+    kelvin per digital number) are taken in the declared unit whatever their scale."""
     gone = missing_pixels(data, nodata)
     if invalid is not None:
         gone |= invalid
-    unit = [10000.0 if 0 < abs(a) <= _REFLECTANCE_SCALE else 1.0 for a in scale]
+    hot = list(thermal) if thermal is not None else [False] * len(scale)
+    unit = [10000.0 if 0 < abs(a) <= _REFLECTANCE_SCALE and not h else 1.0
+            for a, h in zip(scale, hot)]  # fmt: skip
     a = np.asarray([s * u for s, u in zip(scale, unit)], np.float32)[:, None, None]
     b = np.asarray([o * u for o, u in zip(offset, unit)], np.float32)[:, None, None]
     out = data.astype(np.float32) * a + b
@@ -358,6 +374,7 @@ def read_image(
     promote: bool = False,
     scaled: bool = True,
     default_scale: tuple[float, float] | None = None,
+    thermal: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """The image bands of an open rasterio dataset, with the pixels its mask marks invalid set
     missing; returns ``(data [C, h, w], nodata)``.
@@ -374,6 +391,8 @@ def read_image(
         default_scale: ``(scale, offset)`` of every image band of integer data when the file
             declares none (a sensor's :attr:`~msclip.spectral.bands.Sensor.stored_scale`: the
             product's stored digital numbers); applied as a declared one is.
+        thermal: per image band, whether it is a thermal band (a declared scale then keeps its
+            unit, kelvin, instead of declaring reflectance); by default none is.
     """
     alpha = _alpha_bands(src)  # the colour interpretation is read once per call
     bands = _without(src.count, alpha)
@@ -386,7 +405,7 @@ def read_image(
     if declared is None and scaled and default_scale is not None and data.dtype.kind in "iu":
         declared = [default_scale[0]] * len(bands), [default_scale[1]] * len(bands)
     if declared is not None:
-        return _rescaled(data, nodata, invalid, *declared), None
+        return _rescaled(data, nodata, invalid, *declared, thermal=thermal), None
     if invalid is None or not invalid.any():
         return data, nodata
     if nodata is not None and not np.isnan(nodata):
@@ -445,7 +464,7 @@ def _read_geotiff(
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
-                default_scale=stored_scale(sensor),
+                default_scale=stored_scale(sensor), thermal=_thermal(names),
             )  # fmt: skip
             transform = src.transform
             if window is not None:

@@ -130,3 +130,21 @@ def test_landsat_surface_reflectance_without_declared_scale(tmp_path):
             ds.set_band_description(i, f"SR_B{i}")
     np.testing.assert_allclose(msclip.read_raster(fl, sensor="landsat89_sr").data,
                                refl.astype(np.float32) * 10000, rtol=1e-6)  # fmt: skip
+
+
+def test_a_thermal_band_keeps_its_declared_unit(tmp_path):
+    """Landsat ST_B10 declares 0.00341802 K per digital number + 149 K: a scale that small marks
+    reflectance on the reflective bands (x 10000), but a thermal band is read in kelvin."""
+    dn = np.full((2, 16, 16), 44000, np.uint16)
+    path = tmp_path / "sr_st.tif"
+    profile = dict(driver="GTiff", width=16, height=16, count=2, dtype="uint16",
+                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(dn)
+        ds.set_band_description(1, "SR_B4")
+        ds.set_band_description(2, "ST_B10")
+        ds.scales, ds.offsets = [2.75e-5, 0.00341802], [-0.2, 149.0]
+    r = msclip.read_raster(path, sensor="landsat89")
+    assert r.bands == ("OLI_B4", "TIRS_B10")
+    np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)  # reflectance x 1e4
+    np.testing.assert_allclose(r.data[1], 44000 * 0.00341802 + 149.0, rtol=1e-5)  # kelvin
