@@ -405,12 +405,16 @@ def _evaluate_one(
     own = record_path(args.save_path, label, dataset.name)
     if args.skip_existing and own.is_file():
         # Only this run's own record decides; a damaged record of another run must not fail it.
-        existing = _existing_run_key(own, label, dataset.name)
-        if existing == key:
+        existing, left_out = _existing_run_key(own, label, dataset.name)
+        if existing == key and not left_out:
             return "skipped", f"record exists ({own})"
-        logger.warning("%s: the existing record %s", dataset.name,
-                       "was made with other settings; re-running" if existing else
-                       "is unreadable or incomplete; re-running (it will be replaced)")  # fmt: skip
+        if existing == key:
+            why = f"left {left_out} unreadable sample(s) out; re-running (they may be readable now)"
+        elif existing:
+            why = "was made with other settings; re-running"
+        else:
+            why = "is unreadable or incomplete; re-running (it will be replaced)"
+        logger.warning("%s: the existing record %s", dataset.name, why)
     result = evaluate(model, tokenizer, dataset, tpl, cfg, text_cache)
     wall = time.perf_counter() - t0
     settings = {
@@ -439,9 +443,10 @@ def _evaluate_one(
     return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)"
 
 
-def _existing_run_key(path: Path, label: str, dataset: str) -> str | None:
-    """The ``run_key`` of the record at ``path`` when it is a readable record of exactly
-    (``label``, ``dataset``); ``None`` when it is damaged, incomplete or of another run."""
+def _existing_run_key(path: Path, label: str, dataset: str) -> tuple[str | None, int]:
+    """``(run_key, unreadable samples left out)`` of the record at ``path`` when it is a readable
+    record of exactly (``label``, ``dataset``); ``(None, 0)`` when it is damaged, incomplete or
+    of another run."""
     import json
 
     from msclip.eval.report import RECORD_KEYS
@@ -449,16 +454,21 @@ def _existing_run_key(path: Path, label: str, dataset: str) -> str | None:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
+        return None, 0
     if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
-        return None
+        return None, 0
     model, ds = rec.get("model"), rec.get("dataset")
     if not isinstance(model, dict) or not isinstance(ds, dict):
-        return None
+        return None, 0
     if model.get("label") != label or ds.get("name") != dataset:
-        return None
+        return None, 0
     key = rec.get("run_key")
-    return key if isinstance(key, str) else None
+    bad = rec.get("unreadable")
+    try:
+        left_out = int(bad.get("count") or 0) if isinstance(bad, dict) else 0
+    except (TypeError, ValueError):
+        left_out = 0
+    return (key if isinstance(key, str) else None), left_out
 
 
 def _list_datasets() -> None:

@@ -257,6 +257,15 @@ def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, 
     own.write_text("{")
     _, out, err = _run(argv, capsys)
     assert "METERML_MS: ok" in out and _record(save, "METERML_MS")["dataset"]["n_samples"] == 7
+    # a record that left unreadable samples out is not complete: evaluated again (the files may
+    # have been repaired since), with the reason said
+    rec = json.loads(own.read_text())
+    rec["unreadable"] = {"count": 1, "files": ["site/x.npy"]}
+    own.write_text(json.dumps(rec))
+    _, out, err = _run([a for a in argv if a != "--quiet"], capsys)  # warnings shown
+    assert "METERML_MS: ok" in out and "left 1 unreadable sample(s) out; re-running" in err
+    _, out, _ = _run(argv, capsys)
+    assert "METERML_MS: skipped" in out  # the new record is complete
 
 
 # -- RGB layouts -----------------------------------------------------------------------------
