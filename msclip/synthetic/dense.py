@@ -283,11 +283,18 @@ def _assign_splits(n: int, fractions: tuple[float, float, float], seed: int, ci:
     """Split names of the ``n`` tiles of class ``ci``: a seeded shuffle cut by the fractions.
 
     The val and test counts are rounded (so a class of 10 tiles at 0.8/0.1/0.1 gives 8/1/1); the
-    train split takes the rest.
+    train split takes the rest, unless its fraction is 0: a split asked to be empty stays empty
+    (the rest then goes to the larger of val and test).
     """
     n_val, n_test = round(n * fractions[1]), round(n * fractions[2])
     n_val = min(n_val, n)
     n_test = min(n_test, n - n_val)
+    rest = n - n_val - n_test
+    if rest and fractions[0] == 0:
+        if fractions[2] >= fractions[1]:
+            n_test += rest
+        else:
+            n_val += rest
     names = ["val"] * n_val + ["test"] * n_test
     names = ["train"] * (n - len(names)) + names
     order = np.random.default_rng((seed, _SPLIT_STREAM, ci)).permutation(n)

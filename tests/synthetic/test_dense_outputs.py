@@ -283,3 +283,17 @@ def test_rasters_of_an_earlier_generation_are_named(tmp_path: Path, caplog) -> N
     generate_dense_dataset(tmp_path / "d", ["sea"], n_per_class=2, size=16, seed=0)
     generate_dense_dataset(tmp_path / "d", ["sea"], n_per_class=2, size=16, seed=0)
     assert "did not write" not in caplog.text  # the same generation again: nothing stale
+
+
+def test_a_split_of_fraction_zero_stays_empty() -> None:
+    """Rounding gave the tile of a one-tile class to train at 0/0.5/0.5 (both halves round to 0):
+    a split asked to be empty stays empty; the usual counts are unchanged."""
+    from msclip.synthetic.dense import _assign_splits
+
+    for n in (1, 2, 3, 5):
+        names = _assign_splits(n, (0.0, 0.5, 0.5), seed=0, ci=0)
+        assert "train" not in names and len(names) == n
+    assert sorted(_assign_splits(1, (0.0, 0.25, 0.75), 0, 0)) == ["test"]
+    assert sorted(_assign_splits(1, (0.0, 0.75, 0.25), 0, 0)) == ["val"]
+    counts = _assign_splits(10, (0.8, 0.1, 0.1), 0, 0)
+    assert (counts.count("train"), counts.count("val"), counts.count("test")) == (8, 1, 1)
