@@ -9,7 +9,7 @@ fast CPU path at all. So the precision is chosen at run time from what the hardw
 ========  =========================================================================================
 request   what runs
 ========  =========================================================================================
-auto      CUDA: bf16 where the GPU computes it natively (``torch.cuda.is_bf16_supported``), else
+auto      CUDA: bf16 where the GPU computes it natively (compute capability 8.0 or later), else
           fp16. CPU: bf16 where torch runs its AVX-512 kernels *and* the CPU flags show
           ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise. Never fp16 on a CPU.
 fp32      fp32 weights.
@@ -183,15 +183,45 @@ def cpu_info() -> CPUInfo:
     return info
 
 
-@functools.cache
-def cuda_bf16_supported(index: int = 0) -> bool:
-    """Whether CUDA device ``index`` computes bf16 natively (compute capability 8.0 or later)."""
+def cuda_bf16_supported(index: int | None = None) -> bool:
+    """Whether CUDA device ``index`` computes bf16 natively (compute capability 8.0 or later).
+
+    Each device is asked for itself (a machine may hold an A100 and a T4); ROCm devices answer as
+    torch reports them (``torch.cuda.is_bf16_supported``).
+
+    Args:
+        index: the device's index (``None``: the current device).
+    """
     import torch
 
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # older torch without the argument
+    if not torch.cuda.is_available():
+        return False
+    if index is None:
+        index = torch.cuda.current_device()
+    return _cuda_bf16_supported(int(index))
+
+
+@functools.cache
+def _cuda_bf16_supported(index: int) -> bool:
+    import torch
+
+    if torch.version.hip:
         return bool(torch.cuda.is_bf16_supported())
+    if not 0 <= index < torch.cuda.device_count():
+        return False  # no such device: create_model refuses it with a DeviceError
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def _device_index(device: Any) -> int | None:
+    """The index of a device spec (``cuda:1`` -> 1), ``None`` where it names none."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device.index
+    try:
+        return torch.device(device).index if isinstance(device, str) else None
+    except RuntimeError:
+        return None
 
 
 def device_type(device: Any) -> str:
@@ -258,7 +288,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
                 "where bf16 is missing) or 'fp32'",
                 param="precision",
             )
-        native = cuda_bf16_supported()
+        native = cuda_bf16_supported(_device_index(device))
         if req == "auto":
             if native:
                 return PrecisionChoice("bf16", req, "the GPU computes bf16 natively")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,6 +61,51 @@ def test_auto_on_gpus(machine) -> None:
     assert choose_precision("fp32", "cuda").precision == "fp32"
     with pytest.raises(PrecisionError, match="int8"):
         choose_precision("int8", "cuda")
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Simulate CUDA devices: ``gpus((8, 0), (7, 5), current=0)`` (compute capabilities)."""
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(hardware, "_warned", set())
+
+    def set_gpus(*capabilities: tuple[int, int], current: int = 0) -> None:
+        _forget_gpus()
+        monkeypatch.setattr(torch.version, "hip", None)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(capabilities))
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+        monkeypatch.setattr(torch.cuda, "get_device_capability",
+                            lambda i=None: capabilities[current if i is None else i])  # fmt: skip
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda i: SimpleNamespace(major=capabilities[i][0]))  # fmt: skip
+
+    yield set_gpus
+    _forget_gpus()
+
+
+def _forget_gpus() -> None:
+    """Drop what detection cached about the (simulated) GPUs."""
+    for fn in vars(hardware).values():
+        if callable(getattr(fn, "cache_clear", None)) and "cuda" in getattr(fn, "__name__", ""):
+            fn.cache_clear()
+
+
+def test_each_gpu_is_asked_for_itself(gpus) -> None:
+    gpus((8, 0), (7, 5))  # an A100 and a T4
+    assert choose_precision("auto", "cuda:0").precision == "bf16"
+    assert choose_precision("auto", "cuda:1").precision == "fp16"
+    assert choose_precision("auto", torch.device("cuda", 1)).precision == "fp16"
+    assert choose_precision("auto", "cuda").precision == "bf16"  # the current device
+    assert hardware.cuda_bf16_supported(1) is False and hardware.cuda_bf16_supported(0) is True
+    gpus((8, 0), (7, 5), current=1)
+    assert choose_precision("auto", "cuda").precision == "fp16"
+    with pytest.warns(PerformanceWarning, match="compute capability"):
+        assert choose_precision("bf16", "cuda:1").precision == "bf16"
+    gpus((7, 0))  # V100
+    assert choose_precision("auto", "cuda").precision == "fp16"
+    gpus()  # no usable GPU
+    assert hardware.cuda_bf16_supported() is False
 
 
 def test_explicit_bf16_on_a_cpu_without_it_runs_and_warns_once(machine) -> None:
