@@ -268,7 +268,8 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
         device: where the model runs (``None``: CPU).
 
     Raises:
-        PrecisionError: an unknown precision, fp16 on a CPU, or int8 on a GPU.
+        PrecisionError: an unknown precision, fp16 on a CPU, or int8 on another device than the
+            CPU.
     """
     req = "auto" if requested is None else str(requested).strip().lower()
     if req not in PRECISIONS:
@@ -281,13 +282,17 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
         forced = choose_precision(os.environ[PRECISION_ENV], device)
         return PrecisionChoice(forced.precision, req, f"{PRECISION_ENV}={forced.precision}")
     kind = device_type(device)
+    if req == "int8" and kind != "cpu":
+        # the quantised layers have CPU kernels only: moved to another device they fail at load
+        raise PrecisionError(
+            "precision 'int8' quantises CPU image towers; on a GPU use 'auto' (bf16, or fp16 "
+            "where bf16 is missing) or 'fp32'"
+            if kind == "cuda"
+            else f"precision 'int8' quantises CPU image towers and cannot run on device type "
+            f"{kind!r}; use 'auto' or 'fp32' there, or int8 on device 'cpu'",
+            param="precision",
+        )
     if kind == "cuda":
-        if req == "int8":
-            raise PrecisionError(
-                "precision 'int8' quantises CPU image towers; on a GPU use 'auto' (bf16, or fp16 "
-                "where bf16 is missing) or 'fp32'",
-                param="precision",
-            )
         native = cuda_bf16_supported(_device_index(device))
         if req == "auto":
             if native:
@@ -300,7 +305,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
                 "emulated and expected to be slow; use --precision auto (fp16 there)",
             )
         return PrecisionChoice(req, req, "asked for")
-    if kind != "cpu":  # mps, xpu ...: what the user asks for, fp32 for auto
+    if kind != "cpu":  # mps, xpu ...: what the user asks for (int8 aside), fp32 for auto
         return PrecisionChoice("fp32" if req == "auto" else req, req, f"device type {kind}")
     cpu = cpu_info()
     if req == "fp16":

@@ -108,6 +108,16 @@ def test_each_gpu_is_asked_for_itself(gpus) -> None:
     assert hardware.cuda_bf16_supported() is False
 
 
+def test_int8_only_on_the_cpu(machine) -> None:
+    machine(ZEN3)
+    assert choose_precision("int8", "cpu").precision == "int8"
+    for device in ("mps", "xpu:0", torch.device("mps")):
+        with pytest.raises(PrecisionError, match=r"int8.*'(mps|xpu)'") as err:
+            choose_precision("int8", device)
+        assert err.value.param == "precision" and "'cpu'" in str(err.value)
+    assert choose_precision("auto", "mps").precision == "fp32"  # other requests unchanged
+
+
 def test_explicit_bf16_on_a_cpu_without_it_runs_and_warns_once(machine) -> None:
     machine(ZEN3)
     with pytest.warns(PerformanceWarning, match="emulated") as record:
