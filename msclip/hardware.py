@@ -257,7 +257,8 @@ def _warn_once(key: str, message: str) -> None:
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(message, PerformanceWarning, stacklevel=3)
+    # the caller of choose_precision: _warn_once <- _choose <- choose_precision <- caller
+    warnings.warn(message, PerformanceWarning, stacklevel=4)
 
 
 def choose_precision(requested: str | None = "auto", device: Any = None) -> PrecisionChoice:
@@ -269,7 +270,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
 
     Raises:
         PrecisionError: an unknown precision, fp16 on a CPU, or int8 on another device than the
-            CPU.
+            CPU (also when :data:`PRECISION_ENV` asks for one: the message then names it).
     """
     req = "auto" if requested is None else str(requested).strip().lower()
     if req not in PRECISIONS:
@@ -278,9 +279,25 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
             "(auto picks what this machine computes fastest)",
             param="precision",
         )
-    if req == "auto" and os.environ.get(PRECISION_ENV, "").strip().lower() not in ("", "auto"):
-        forced = choose_precision(os.environ[PRECISION_ENV], device)
-        return PrecisionChoice(forced.precision, req, f"{PRECISION_ENV}={forced.precision}")
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    if req == "auto" and forced.lower() not in ("", "auto"):
+        # the value comes from the environment, not from the request: errors and warnings say so
+        fix = f"unset {PRECISION_ENV} (auto then chooses) or set it to fp32"
+        try:
+            if forced.lower() not in PRECISIONS:
+                raise PrecisionError(f"unknown precision; choose one of {', '.join(PRECISIONS)}")
+            choice = _choose(forced.lower(), device, fix)
+        except PrecisionError as err:
+            raise PrecisionError(
+                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
+                f"'auto' picks) cannot be used here: {err}; {fix}"
+            ) from None
+        return PrecisionChoice(choice.precision, req, f"{PRECISION_ENV}={choice.precision}")
+    return _choose(req, device, "use --precision auto (or fp32)")
+
+
+def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
+    """:func:`choose_precision` for a valid request ``req``; ``fix`` ends the warnings."""
     kind = device_type(device)
     if req == "int8" and kind != "cpu":
         # the quantised layers have CPU kernels only: moved to another device they fail at load
@@ -302,7 +319,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
             _warn_once(
                 "cuda-bf16",
                 "precision bf16 on a GPU without native bf16 (compute capability < 8.0) is "
-                "emulated and expected to be slow; use --precision auto (fp16 there)",
+                f"emulated and expected to be slow; {fix} (auto picks fp16 there)",
             )
         return PrecisionChoice(req, req, "asked for")
     if kind != "cpu":  # mps, xpu ...: what the user asks for (int8 aside), fp32 for auto
@@ -330,8 +347,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
         _warn_once(
             "cpu-bf16",
             f"precision bf16 on a CPU without native bf16 ({cpu.kind}): bf16 matrix products "
-            "are emulated there, typically 100x or more slower than fp32; use --precision auto "
-            "(or fp32)",
+            f"are emulated there, typically 100x or more slower than fp32; {fix}",
         )
         return PrecisionChoice("bf16", req, "asked for; emulated on this CPU (slow)")
     return PrecisionChoice(req, req, "asked for")

@@ -149,6 +149,25 @@ def test_environment_replaces_what_auto_picks(machine, monkeypatch) -> None:
     assert choose_precision("bf16").precision == "bf16"  # explicit requests are kept
 
 
+def test_a_bad_environment_value_is_named_with_its_fix(machine, monkeypatch) -> None:
+    machine(ZEN3)
+    for value, why in [("bf61", "unknown precision"), ("fp16", "not supported on a CPU")]:
+        monkeypatch.setenv(hardware.PRECISION_ENV, value)
+        with pytest.raises(PrecisionError, match=why) as err:
+            choose_precision("auto")
+        message = str(err.value)
+        assert f"{hardware.PRECISION_ENV}='{value}'" in message and "unset" in message
+        assert getattr(err.value, "param", None) is None  # not the --precision flag's fault
+    monkeypatch.setenv(hardware.PRECISION_ENV, "int8")
+    with pytest.raises(PrecisionError, match=hardware.PRECISION_ENV):
+        choose_precision("auto", "cuda")
+    monkeypatch.setenv(hardware.PRECISION_ENV, "bf16")
+    with pytest.warns(PerformanceWarning, match="emulated") as record:
+        assert choose_precision("auto").precision == "bf16"
+    assert f"unset {hardware.PRECISION_ENV}" in str(record[0].message)  # auto is what was asked
+    assert record[0].filename == __file__  # points at the caller
+
+
 def test_real_detection_is_consistent() -> None:
     info = hardware.cpu_info()
     assert info is hardware.cpu_info()  # cached
