@@ -60,9 +60,12 @@ PRECISION_ENV = "MSCLIP_PRECISION"
 # torch's own dispatch level must be an AVX-512 one for its bf16 CPU kernels to be the native ones
 _AVX512_CAPABILITIES = ("AVX512", "AMX")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Arm (``Features`` of /proc/cpuinfo, which names no model there): what tells Graviton 2 (dot
+# product only) from Graviton 3 (SVE, BF16, I8MM) and 4 (SVE2). No x86 flag has these names.
+_ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve", "sve2")
 _FLAGS_OF_INTEREST = (
     "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
-    "amx_int8", "amx_tile",
+    "amx_int8", "amx_tile", *_ARM_FLAGS,
 )  # fmt: skip
 
 
@@ -74,7 +77,8 @@ class CPUInfo:
         model: CPU model name (``/proc/cpuinfo``, else :func:`platform.processor`).
         capability: torch's CPU dispatch level (``torch.backends.cpu.get_cpu_capability()``:
             ``AVX2``, ``AVX512`` ...).
-        flags: CPU feature flags of interest (``avx512_bf16``, ``avx512_vnni``, ``amx_bf16`` ...).
+        flags: CPU feature flags of interest (``avx512_bf16``, ``avx512_vnni``, ``amx_bf16`` ...;
+            on Arm ``sve``, ``bf16``, ``i8mm`` ...).
         torch_version: the torch version the facts were read with.
     """
 
@@ -99,7 +103,9 @@ class CPUInfo:
     @property
     def kind(self) -> str:
         """One line for reports: ``AMD EPYC (torch AVX512; avx512_bf16, avx512_vnni)``."""
-        shown = [f for f in _FLAGS_OF_INTEREST if f in self.flags and f.startswith(("avx5", "amx"))]
+        wide = ("avx5", "amx")
+        shown = [f for f in _FLAGS_OF_INTEREST
+                 if f in self.flags and (f.startswith(wide) or f in _ARM_FLAGS)]  # fmt: skip
         return f"{self.model} (torch {self.capability}; {', '.join(shown) or 'no AVX-512'})"
 
     def key(self) -> str:

@@ -177,6 +177,28 @@ def test_real_detection_is_consistent() -> None:
                       and bool({"avx512_bf16", "amx_bf16"} & info.flags))  # fmt: skip
 
 
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd aes atomics cpuid asimdrdm lrcpc asimddp{}\n"
+
+
+def test_arm_cpu_kinds_are_told_apart(monkeypatch) -> None:
+    """Arm names no model in /proc/cpuinfo: its features tell Graviton 2 from 3 (kernel caches)."""
+    import io
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    monkeypatch.setattr(hardware.platform, "processor", lambda: "aarch64")
+    infos = []
+    for extra in ("", " sve i8mm bf16 svebf16"):  # Graviton 2, Graviton 3
+        text = GRAVITON.format(extra)
+        monkeypatch.setattr(hardware, "open", lambda *a, t=text, **k: io.StringIO(t), raising=False)
+        hardware.cpu_info.cache_clear()
+        infos.append(hardware.cpu_info())
+    hardware.cpu_info.cache_clear()
+    g2, g3 = infos
+    assert g2.key() != g3.key()
+    assert {"sve", "bf16", "i8mm"} <= g3.flags and "sve" not in g2.flags
+    assert "sve" in g3.kind and not g3.native_bf16  # bf16 stays fp32's on Arm (auto picks fp32)
+
+
 def test_the_chosen_precision_is_in_descriptions_cache_keys_and_manifests(machine, tmp_path):
     from msclip.index.build import build_index
     from msclip.index.store import IndexStore
