@@ -344,7 +344,7 @@ class Trainer:
             # attention kernels and is slower than fp32 even with native bf16.
             from msclip.hardware import cuda_bf16_supported
 
-            native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index or 0)
+            native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index)
             precision = "bf16" if native else "fp32"
             reason = "auto: " + ("GPU with native bf16" if native else "no GPU with native bf16")
         else:
