@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from msclip.errors import ConfigError
+
 __all__ = [
     "DistContext",
     "all_gather_rows",
@@ -77,11 +79,34 @@ class DistContext:
 
 
 def _pick_device(device: str, local_rank: int) -> torch.device:
+    """This process's device; a CUDA device this machine cannot give is refused here, before
+    any work, with the option that asked for it (not torch's error on the first copy)."""
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(device)
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        dev = torch.device(f"cuda:{local_rank}")
+    elif device == "cuda":
+        dev = torch.device(f"cuda:{local_rank}")
+    else:
+        dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} asked for, but torch sees no usable CUDA GPU (no driver or "
+            "device, or a CPU-only torch build); use device='cpu' (or 'auto')",
+            param="device",
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        why = f" (LOCAL_RANK {local_rank})" if device in ("auto", "cuda") else ""
+        raise ConfigError(
+            f"device {device!r} means {dev}{why}, but torch sees {count} CUDA device(s); start "
+            f"at most {count} processes per machine (torchrun --nproc_per_node) or name a "
+            "visible device",
+            param="device",
+        )
+    return dev
 
 
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext:
@@ -99,9 +124,12 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        return DistContext(
-            rank, world, local_rank, local_world, _pick_device(device, local_rank), owns_group=False
-        )
+        dev = _pick_device(device, local_rank)
+        if dev.type == "cuda":
+            # the current device is what NCCL's barrier, autocast and the loader's pinning
+            # use: left at cuda:0, every process would also work on the first GPU
+            torch.cuda.set_device(dev)
+        return DistContext(rank, world, local_rank, local_world, dev, owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=_pick_device(device, 0))
