@@ -331,6 +331,28 @@ class EncoderHead(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _standardised_loss(
+    base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], head: nn.Module | None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``base_loss`` in the standardised units of a regression head (its ``target_mean`` and
+    ``target_std`` buffers), or ``base_loss`` itself without them.
+
+    The buffers are read from the head at each call and brought to the outputs' device: in the
+    encoder modes the head moves to the encoder's GPU after the loss is made (the move replaces
+    buffers by new tensors, so ones captured before it stay on the CPU), and validation
+    passes outputs gathered on the CPU.
+    """
+    if head is None or not hasattr(head, "target_mean") or not hasattr(head, "target_std"):
+        return base_loss
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shift = head.target_mean.to(out.device)
+        spread = head.target_std.to(out.device)
+        return base_loss((out - shift) / spread, (target - shift) / spread)
+
+    return loss
+
+
 def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: str) -> str:
     facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
     h = hashlib.sha256()
@@ -557,14 +579,8 @@ class _Runner:
             head.target_mean.copy_(tr.mean(dim=0))
             head.target_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
         base_loss = task.loss_fn(cfg.loss, cfg.huber_delta)
-        shift = getattr(head, "target_mean", None) if data.task == "regression" else None
-        spread = getattr(head, "target_std", None) if data.task == "regression" else None
+        loss_of = _standardised_loss(base_loss, head if data.task == "regression" else None)
         y_train = y[rows["train"]]
-
-        def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            if shift is not None and spread is not None:
-                out, target = (out - shift) / spread, (target - shift) / spread
-            return base_loss(out, target)
 
         # 1e-3: the SMARTIES / MAE peak at batch 256, not scaled down for small batches (a few
         # hundred labelled tiles give few steps); 1e-4 for the text-initialised head, which

@@ -262,3 +262,23 @@ def test_resuming_a_finished_linear_probe_changes_nothing(scenes, tmp_path):
     assert again.result.metrics == first.result.metrics and after.keys() == before.keys()
     for k, v in before.items():
         assert torch.equal(v, after[k]), k
+
+
+def test_regression_loss_follows_the_head_to_the_encoders_device():
+    """In the encoder modes the regression head moves to the encoder's device after its loss is
+    made; the loss uses the head's buffers where they are then (the meta device stands in for a
+    GPU: a move replaces the buffers by new tensors, so ones taken before it stay behind)."""
+    import torch.nn.functional as F
+
+    from msclip.heads.finetune import _standardised_loss
+    from msclip.heads.linear import LinearHead
+
+    head = LinearHead(4, 2)
+    head.target_mean.copy_(torch.tensor([1.0, -2.0]))
+    head.target_std.copy_(torch.tensor([2.0, 4.0]))
+    loss = _standardised_loss(F.mse_loss, head)
+    out, target = torch.tensor([[3.0, 2.0]]), torch.tensor([[1.0, -2.0]])
+    assert float(loss(out, target)) == pytest.approx(1.0)  # in standardised units
+    head.to("meta")
+    assert loss(out.to("meta"), target.to("meta")).device.type == "meta"
+    assert _standardised_loss(F.mse_loss, None) is F.mse_loss
