@@ -392,23 +392,42 @@ def create_model_and_transforms(
 
 
 def _check_device(device: Any) -> None:
-    """Refuse a CUDA device where none can be used, before the model is built."""
+    """Refuse a device that torch does not know or this machine cannot use (a CUDA device
+    without a usable GPU, ``mps`` off a Mac), before the model is built."""
+    from msclip.errors import DeviceError
     from msclip.hardware import device_type
 
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(
+            f"unknown device {str(device)!r}; use 'cpu', 'cuda' or 'cuda:<n>'", param="device"
+        ) from err
+    if dev.type not in ("cpu", "cuda", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        # what torch raises for a backend it was built without (RuntimeError for mps,
+        # AssertionError for xpu, NotImplementedError for xla, ImportError for hpu)
+        except (RuntimeError, AssertionError, NotImplementedError, ImportError) as err:
+            # the first sentence: torch's dispatcher errors go on to list every backend it has
+            reason = str(err).strip().split("\n")[0].split(". ")[0] or type(err).__name__
+            raise DeviceError(
+                f"device {str(device)!r} asked for, but torch cannot use it here ({reason}); "
+                "use device='cpu' (or 'cuda' on a machine with a GPU)",
+                param="device",
+            ) from err
     if device_type(device) != "cuda":
         return
     if not torch.cuda.is_available():
-        from msclip.errors import DeviceError
-
         raise DeviceError(
             f"device {str(device)!r} asked for, but torch sees no usable CUDA GPU (no driver or "
             "device, or a CPU-only torch build); use device='cpu' (or leave it out)",
             param="device",
         )
-    index = torch.device(device).index
+    index = dev.index
     if index is not None and index >= torch.cuda.device_count():
-        from msclip.errors import DeviceError
-
         raise DeviceError(
             f"device {str(device)!r} asked for, but torch sees {torch.cuda.device_count()} "
             "CUDA device(s)",

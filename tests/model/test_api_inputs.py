@@ -132,6 +132,14 @@ def test_create_model_refuses_what_it_cannot_do_before_building():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no usable CUDA GPU"):
             msclip.create_model("msclip-tiny", device="cuda")
+    # a device torch does not know, or one of a backend this torch was built without
+    for device in ("gpu", "cuda:x"):
+        with pytest.raises(DeviceError, match="unknown device") as info:
+            msclip.create_model("msclip-tiny", device=device)
+        assert info.value.param == "device"
+    if not torch.backends.mps.is_available():
+        with pytest.raises(DeviceError, match="'mps' asked for, but torch cannot use it"):
+            msclip.create_model("msclip-tiny", device="mps")
     with pytest.raises(TypeError, match="pretrained must be"):
         msclip.create_model("msclip-tiny", pretrained=1)
     with pytest.raises(UnknownModelError, match="needs a model name"):
