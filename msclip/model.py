@@ -283,8 +283,22 @@ class MSCLIP(nn.Module):
         self._versions = self._parameter_versions()
 
     def _parameter_versions(self) -> dict[str, tuple[int, int]]:
-        """``name -> (tensor id, in-place version)`` of every parameter."""
-        return {n: (id(p), p._version) for n, p in self.clip.named_parameters()}
+        """``name -> (tensor id, in-place version)`` of every parameter of the weights proper
+        (attached adapters, under ``parametrizations``, are not the model's weights)."""
+        return {
+            n: (id(p), p._version)
+            for n, p in self.clip.named_parameters()
+            if "parametrizations." not in n
+        }
+
+    def rebase_identity(self, weights_changed: bool = False) -> None:
+        """Take the model's identity anew after a change of structure: attached or removed
+        adapters leave the weights as they are (``weights_changed=False``: the identity is
+        kept, once any earlier in-place change has been counted), merged ones do not."""
+        if weights_changed or (self._checkpoint_sha256 is not None and self._changed_in_place()):
+            self._checkpoint_sha256 = None
+            self.checkpoint_path = None
+        self._versions = self._parameter_versions()
 
     def _changed_in_place(self) -> bool:
         """Whether a parameter the identity was taken from has been modified in place since

@@ -319,6 +319,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> list[nn.Pa
         )
     blocks = visual.transformer.resblocks
     indices = _block_indices(len(blocks), config.blocks)
+    _rebase_identity(model)  # earlier in-place changes are counted before the weights move
     generator = torch.Generator().manual_seed(int(config.seed))
     params: list[nn.Parameter] = []
     for i in indices:
@@ -340,6 +341,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> list[nn.Pa
             parametrize.register_parametrization(module, tensor, lora, unsafe=True)
             params.extend(lora.parameters())
     visual._msclip_lora = config
+    _rebase_identity(model)  # the base weights moved under the parametrisations, unchanged
     logger.info(
         "LoRA rank %d on %s of blocks %s: %d parameters",
         config.rank,
@@ -370,7 +372,18 @@ def _detach_all(model: nn.Module, merge: bool) -> int:
     for (*_, lora), t in zip(sites, was_training, strict=True):
         lora.train(t)
     visual._msclip_lora = None
+    # removed: the base weights are back as they were; merged: they are other weights
+    _rebase_identity(model, weights_changed=merge)
     return len(sites)
+
+
+def _rebase_identity(model: nn.Module, weights_changed: bool = False) -> None:
+    """Keep an :class:`msclip.MSCLIP`'s identity (checkpoint hash, fingerprint) across attaching
+    and removing adapters, which change its structure, not its weights (see
+    :meth:`msclip.model.MSCLIP.rebase_identity`); other modules carry none."""
+    rebase = getattr(model, "rebase_identity", None)
+    if rebase is not None:
+        rebase(weights_changed=weights_changed)
 
 
 def merge_lora(model: nn.Module) -> None:

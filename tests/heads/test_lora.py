@@ -190,3 +190,22 @@ def test_bad_configs() -> None:
     with pytest.raises(HeadConfigError, match="already attached"):
         apply_lora(model)
     assert LoRAConfig.from_dict(LoRAConfig(blocks=(0,)).to_dict()) == LoRAConfig(blocks=(0,))
+
+
+def test_adapters_attached_and_removed_keep_the_models_identity(base_model, images, tmp_path):
+    """Attaching, training and removing adapters leaves the base weights as they are: the model
+    keeps its file's identity (heads bound to it, caches and indexes keyed on it still fit);
+    merged adapters are other weights and give it a new one."""
+    path = msclip.save_checkpoint(base_model, tmp_path / "base.safetensors")
+    model = msclip.create_model(path, precision="fp32")
+    sha, fp = model.checkpoint_sha256, model.fingerprint()
+    apply_lora(model, LoRAConfig(rank=2))
+    _step(model, images.float(), steps=2)
+    assert model.checkpoint_sha256 == sha and model.fingerprint() == fp
+    remove_lora(model)
+    assert model.checkpoint_sha256 == sha and model.fingerprint() == fp
+    assert model.checkpoint_path == str(path)
+    apply_lora(model, LoRAConfig(rank=2))
+    _step(model, images.float(), steps=2)
+    merge_lora(model)
+    assert model.checkpoint_sha256.startswith("weights:") and model.fingerprint() != fp
