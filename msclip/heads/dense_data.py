@@ -191,9 +191,11 @@ def _same_grid(a: Any, b: Any, width: int, height: int) -> bool:
     """Whether the affine transforms ``a`` and ``b`` put the corners of a ``width`` x ``height``
     raster at the same places, to :data:`GRID_TOLERANCE_PX` of ``a``'s pixels (a tolerance in
     pixels, not CRS units: the same for a metre grid and a degree grid)."""
+    from affine import TransformNotInvertibleError
+
     try:
         inv = ~a
-    except Exception:  # a degenerate transform: only the same one is the same grid
+    except TransformNotInvertibleError:  # a degenerate transform: only itself is the same grid
         return a == b
     m = inv @ b  # b's pixel coordinates to a's
     for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
@@ -547,9 +549,13 @@ class DenseSamples:
                 file_nodata = src.nodata
             if t.kind == "segmentation":
                 ignore = 255 if t.ignore_index is None else int(t.ignore_index)
-                if file_nodata is not None:
-                    arr = np.where(_is_nodata(arr, file_nodata), ignore, arr)
-                lab = arr.astype(np.int64)
+                # int64 first: an ignore index the label's own dtype cannot hold (300 in uint8,
+                # 255 in int8) would wrap into a class
+                missing = _is_nodata(arr, file_nodata) if file_nodata is not None else None
+                lab = np.where(missing, 0, arr) if missing is not None else arr
+                lab = lab.astype(np.int64)
+                if missing is not None:
+                    lab[missing] = ignore
                 lab[~valid] = ignore
                 targets[t.name] = torch.from_numpy(lab)
             else:

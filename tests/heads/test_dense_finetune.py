@@ -145,6 +145,31 @@ def test_float_labels_with_nan_nodata_are_ignored(dense, tmp_path):
     assert int(lab.max()) == 255 and int(lab[lab != 255].max()) < len(data.tasks[0].names)
 
 
+def test_an_ignore_index_beyond_the_label_dtype_does_not_wrap(dense, tmp_path):
+    """uint8 labels whose nodata is 13 with ignore_index 300: the nodata pixels are 300 (the
+    index was cast to uint8 first and became 44, a class)."""
+    table = pd.read_csv(dense / "index.csv")
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr, profile = src.read(1), src.profile
+    arr[:3, :3] = 13
+    profile.update(nodata=13)
+    out = tmp_path / "l0.tif"
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(arr, 1)
+    table.loc[0, "label"] = str(out)
+    table.to_csv(tmp_path / "n.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "n.csv"), data_root=str(dense),
+               ignore_index=300)  # fmt: skip
+    data = load_dense_data(cfg)
+    from msclip.factory import create_model
+    from msclip.heads.scene_predict import ScenePreprocess
+
+    row = [str(p) for p in data.rasters["segmentation"]].index(str(out))
+    _, y = DenseSamples(data, ScenePreprocess.from_model(create_model("msclip-tiny")))[row]
+    lab = y["segmentation"].numpy()
+    assert (lab[arr == 13] == 300).all() and not (lab == 44).any()
+
+
 def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
     cfg = _cfg(tmp_path, dense, class_weights=["auto"])
     res = run_finetune(cfg)
