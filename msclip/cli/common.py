@@ -51,6 +51,7 @@ __all__ = [
     "FLAGS",
     "LARGE_FACTOR",
     "LARGE_FIX",
+    "RANDOM_WEIGHTS",
     "Terminated",
     "UsageError",
     "add_dataclass_args",
@@ -921,18 +922,18 @@ _ARGUMENT_FORMS = (
      lambda m: "--bands " + " ".join(re.findall(r"[^\s,'\"]+", m.group(1)))),
     (re.compile(r"\blayout=['\"]?(CHW|HWC)['\"]?"), lambda m: f"--layout {m.group(1)}"),
     (re.compile(r"\bsensor=['\"]?([\w-]+)['\"]?"), lambda m: f"--sensor {m.group(1)}"),
-    # random weights: a flag of its own, not a value of --ckpt-path
-    (re.compile(r"\bpretrained=(None|False)\b"), lambda m: "--no-pretrained"),
 )  # fmt: skip
+_RANDOM_WEIGHTS = re.compile(r"\bpretrained=(None|False)\b")
 
 
-def flag_wording(message: str) -> str:
+def flag_wording(message: str, random_weights: str = "--no-pretrained") -> str:
     """A library message with its argument forms (``bands=[...]``, ``layout='CHW'``,
     ``sensor='x'``, ``pretrained=None``) written as the programs' flags (``--bands ...``,
-    ``--layout CHW``, ``--no-pretrained``)."""
+    ``--layout CHW``, ``random_weights``: how the program asks for random weights, a flag of
+    its own, never a value of the checkpoint flag)."""
     for pattern, repl in _ARGUMENT_FORMS:
         message = pattern.sub(repl, message)
-    return message
+    return _RANDOM_WEIGHTS.sub(random_weights, message)
 
 
 def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
@@ -944,11 +945,16 @@ def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str
     return f" (command-line option: {flag})" if flag else ""
 
 
+#: Key of a program's ``flags`` table whose value is how it asks for random weights
+#: (``--no-pretrained`` by default; ``--init random`` in msclip-train).
+RANDOM_WEIGHTS = "(random weights)"
+
+
 def error_line(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """The one ``error: ...`` line of a library error in a program: argument forms written as
     flags (:func:`flag_wording`; the error's own ``param='x'`` as ``--flag x``), and the flag
     named once when the message does not name it already."""
-    message = flag_wording(str(err))
+    message = flag_wording(str(err), (flags or {}).get(RANDOM_WEIGHTS, "--no-pretrained"))
     param = getattr(err, "param", None)
     flag = ((flags or {}).get(param) or FLAGS.get(param)) if param else None
     if flag:

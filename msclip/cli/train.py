@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from msclip.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
+    RANDOM_WEIGHTS,
     add_dataclass_args,
     config_from_namespace,
     run_cli,
@@ -132,6 +133,7 @@ def _flags() -> dict[str, str]:
     # come from --init here (create_model's "pretrained" is --ckpt-path in the other programs)
     flags = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
     flags.update(pretrained="--init", ckpt_path="--init", model_name="--model")
+    flags[RANDOM_WEIGHTS] = "--init random"
     return flags
 
 

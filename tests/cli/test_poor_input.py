@@ -360,6 +360,10 @@ def test_library_argument_forms_are_written_as_flags(tmp_path, capsys):
                                "(pretrained=None)", param="pretrained")  # fmt: skip
     line = error_line(err)
     assert "--ckpt-path a/b.pt" in line and "(--no-pretrained)" in line and "None" not in line
+    from msclip.cli.train import _flags  # msclip-train asks for random weights its own way
+
+    line = error_line(err, _flags())
+    assert "--init a/b.pt" in line and "(--init random)" in line and "pretrained" not in line
     folder = tmp_path / "odd"
     folder.mkdir()
     _tile(folder / "odd.tif", np.full((5, 40, 40), 900, np.uint16))  # 5 unnamed bands
