@@ -722,9 +722,9 @@ class MeterMLLayout(FolderLayout):
             ``naip`` (``naip.png``, red, green and blue).
         geojson_files: GeoJSON name patterns with ``{split}``.
         naip_bands: band names of the NAIP picture's channels (default: a plain RGB picture,
-            which a model of Sentinel-2 bands reads as B04, B03, B02, as the published protocol
-            feeds it; with the ADS100 camera's own bands, ``NAIP_R``/``NAIP_G``/``NAIP_B``, the
-            blue band, whose pass band ends just short of B02's centre, feeds no model band).
+            which a model of Sentinel-2 bands reads exactly as B04, B03, B02, as the published
+            protocol feeds it; with the ADS100 camera's own bands, ``NAIP_R``/``NAIP_G``/
+            ``NAIP_B``, the red band, centred at 634 nm, is interpolated between B03 and B04).
         **kwargs: see :class:`FolderLayout` (used when no GeoJSON is found).
     """
 

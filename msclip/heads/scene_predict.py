@@ -69,7 +69,13 @@ from msclip.errors import (
     RasterReadError,
     TilingError,
 )
-from msclip.io.readers import declares_scale, gdal_reason, image_bands, read_image
+from msclip.io.readers import (
+    declares_scale,
+    gdal_reason,
+    image_bands,
+    read_image,
+    thermal_bands,
+)
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands, stored_scale
@@ -419,7 +425,7 @@ def predict_scene(
                 try:
                     return read_image(
                         ds, window, nodata=raw_nodata, promote=True,
-                        default_scale=stored_scale(sensor),
+                        default_scale=stored_scale(sensor), thermal=thermal,
                     )[0]  # fmt: skip
                 except RasterioIOError as err:  # a damaged block: the file, where and why
                     raise RasterReadError(
@@ -442,6 +448,7 @@ def predict_scene(
                     f"{src_path} has {len(image)} image bands but the preprocessing expects "
                     f"{len(prep.input_bands)}: {list(prep.input_bands)}"
                 )
+            thermal = thermal_bands(prep.input_bands)  # read as read_raster reads them
             rows = tile_starts(height, t, t - ov)
             cols = tile_starts(width, t, t - ov)
             acc_w = max(width, t)

@@ -69,6 +69,7 @@ __all__ = [
     "image_bands",
     "read_image",
     "read_raster",
+    "thermal_bands",
     "to_chw",
 ]
 
@@ -332,11 +333,16 @@ _REFLECTANCE_SCALE = 1e-2
 _THERMAL_UM = 3.0
 
 
-def _thermal(names: Sequence[str]) -> list[bool]:
-    """Whether each named band is a thermal band (centre beyond :data:`_THERMAL_UM`)."""
+def thermal_bands(names: Sequence[Any]) -> list[bool]:
+    """Whether each band (a canonical name or a :class:`~msclip.spectral.bands.Band`) is a
+    thermal band (centre beyond :data:`_THERMAL_UM`): a declared scale keeps its unit there."""
     from msclip.spectral.bands import BANDS
 
-    return [n in BANDS and BANDS[n].center > _THERMAL_UM for n in names]
+    out = []
+    for n in names:
+        band = BANDS.get(n if isinstance(n, str) else str(getattr(n, "name", n)))
+        out.append(band is not None and band.center > _THERMAL_UM)
+    return out
 
 
 def _rescaled(
@@ -464,7 +470,7 @@ def _read_geotiff(
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
-                default_scale=stored_scale(sensor), thermal=_thermal(names),
+                default_scale=stored_scale(sensor), thermal=thermal_bands(names),
             )  # fmt: skip
             transform = src.transform
             if window is not None:
