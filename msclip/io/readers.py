@@ -379,7 +379,7 @@ def read_image(
     nodata: float | None = None,
     promote: bool = False,
     scaled: bool = True,
-    default_scale: tuple[float, float] | None = None,
+    default_scale: tuple[float, ...] | None = None,
     thermal: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """The image bands of an open rasterio dataset, with the pixels its mask marks invalid set
@@ -394,7 +394,7 @@ def read_image(
         promote: integer data without a nodata value whose mask hides pixels is returned as
             float32 with NaN there (instead of marked with a free integer value).
         scaled: apply the file's band scale and offset (see the module docstring).
-        default_scale: ``(scale, offset)`` of every image band of integer data when the file
+        default_scale: ``(scale, offset[, fill])`` of every image band of integer data when the file
             declares none (a sensor's :attr:`~msclip.spectral.bands.Sensor.stored_scale`: the
             product's stored digital numbers); applied as a declared one is.
         thermal: per image band, whether it is a thermal band (a declared scale then keeps its
@@ -410,6 +410,8 @@ def read_image(
     declared = _declared_scale(src, bands) if scaled else None
     if declared is None and scaled and default_scale is not None and data.dtype.kind in "iu":
         declared = [default_scale[0]] * len(bands), [default_scale[1]] * len(bands)
+        if nodata is None and len(default_scale) > 2:
+            nodata = default_scale[2]  # the product's fill value, when the file names none
     if declared is not None:
         return _rescaled(data, nodata, invalid, *declared, thermal=thermal), None
     if invalid is None or not invalid.any():

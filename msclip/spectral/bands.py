@@ -87,17 +87,19 @@ class Sensor:
         bands: canonical band names in the product's usual file order.
         aliases: local name (upper-case) -> canonical band name.
         description: one line for listings.
-        stored_scale: ``(scale, offset)`` of the product's stored values, ``reflectance =
-            stored x scale + offset``, for products whose files usually do not declare it (the
-            USGS Landsat Collection 2 Level-2 GeoTIFFs keep it in the MTL file only). Applied
-            by the readers to files read with this sensor that declare no scale themselves.
+        stored_scale: ``(scale, offset, fill)`` of the product's stored values,
+            ``reflectance = stored x scale + offset`` and ``fill`` marking missing pixels, for
+            products whose files usually do not declare them (the USGS Landsat Collection 2
+            Level-2 GeoTIFFs keep them in the MTL file only). Applied by the readers to integer
+            files read with this sensor that declare no scale (the fill where they declare no
+            nodata).
     """
 
     name: str
     bands: tuple[str, ...]
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
-    stored_scale: tuple[float, float] | None = None
+    stored_scale: tuple[float, float, float] | None = None
 
 
 BANDS: dict[str, Band] = {}
@@ -119,7 +121,7 @@ def _add_sensor(
     bands: Sequence[str],
     aliases: dict[str, str] | None = None,
     description: str = "",
-    stored_scale: tuple[float, float] | None = None,
+    stored_scale: tuple[float, float, float] | None = None,
 ) -> None:
     table = {b.upper(): b for b in bands}
     for b in bands:
@@ -186,8 +188,9 @@ _add_sensor(
     _OLI[:7],
     _LANDSAT_ALIASES,
     "Landsat 8/9 Collection 2 surface reflectance, SR_B1..SR_B7",
-    # USGS Landsat 8-9 Collection 2 Level-2 Science Product Guide: SR = DN x 2.75e-5 - 0.2
-    stored_scale=(2.75e-5, -0.2),
+    # USGS Landsat 8-9 Collection 2 Level-2 Science Product Guide: SR = DN x 2.75e-5 - 0.2,
+    # fill value 0
+    stored_scale=(2.75e-5, -0.2, 0.0),
 )
 
 # --- HLS v2.0 (HLS Product User Guide): S30 uses the S2 bands, L30 the OLI/TIRS bands ----------
@@ -286,9 +289,9 @@ COUNT_DEFAULTS: dict[int, str] = {
 _CANONICAL_UPPER = {name.upper(): name for name in BANDS}
 
 
-def stored_scale(sensor: str | None) -> tuple[float, float] | None:
-    """``(scale, offset)`` of a sensor's stored values when the product defines one that its
-    files do not declare (:attr:`Sensor.stored_scale`), else ``None``."""
+def stored_scale(sensor: str | None) -> tuple[float, float, float] | None:
+    """``(scale, offset, fill)`` of a sensor's stored values when the product defines them and
+    its files do not declare them (:attr:`Sensor.stored_scale`), else ``None``."""
     return get_sensor(sensor).stored_scale if sensor else None
 
 

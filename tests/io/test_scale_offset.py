@@ -115,6 +115,13 @@ def test_landsat_surface_reflectance_without_declared_scale(tmp_path):
     assert r.data.dtype == np.float32 and r.bands[3] == "OLI_B4"
     np.testing.assert_allclose(r.data[:, 2:], refl[:, 2:] * 10000, atol=0.2)
     assert np.isnan(r.data[:, :2]).all()
+    untagged = tmp_path / "no_nodata_tag.tif"  # the product's fill value 0 is still missing
+    with rasterio.open(untagged, "w", **{**profile, "nodata": None}) as ds:
+        ds.write(dn)
+        for i in range(1, 8):
+            ds.set_band_description(i, f"SR_B{i}")
+    u = msclip.read_raster(untagged, sensor="landsat89_sr")
+    assert np.isnan(u.data[:, :2]).all() and np.isfinite(u.data[:, 2:]).all()
     plain = msclip.read_raster(path, sensor="landsat89")  # another product: as stored
     assert plain.data.dtype == np.uint16 and int(plain.data[0, 5, 5]) == int(dn[0, 5, 5])
     with rasterio.open(path) as ds:
