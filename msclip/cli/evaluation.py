@@ -389,7 +389,10 @@ def _evaluate_one(
         text_batch_size=args.text_batch_size, progress=not args.quiet,
         skip_bad=not args.strict,
     )  # fmt: skip
+    from msclip.spectral.adapt import INPUT_RULES
+
     key = run_key({
+        "input_rules": INPUT_RULES,
         "fingerprint": facts["fingerprint"], "checkpoint_sha256": facts["checkpoint_sha256"],
         "arch": facts["arch"],
         "bands": facts["bands"], "precision": facts["precision"], "dataset": dataset.name,

@@ -99,9 +99,11 @@ class FeatureSpec:
 
 
 def _preprocessing_facts(preprocess: Any) -> dict[str, Any]:
+    from msclip.spectral.adapt import INPUT_RULES
+
     keys = ("bands", "image_size", "divisor", "resize_mode", "interpolation", "input_bands",
             "layout", "sensor", "pil_rgb", "strict_bands", "max_pixels", "downsample")  # fmt: skip
-    return {k: getattr(preprocess, k, None) for k in keys}
+    return {**{k: getattr(preprocess, k, None) for k in keys}, "input_rules": INPUT_RULES}
 
 
 def _item_names(items: Sequence[Any]) -> list[str]:

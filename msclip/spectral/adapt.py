@@ -50,7 +50,14 @@ import numpy as np
 from msclip.errors import BandError, OutOfRangeBandWarning
 from msclip.spectral.bands import Band, resolve_band
 
-__all__ = ["BandMapping", "equivalent_band", "map_bands"]
+__all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
+
+#: Version of the rules that decide what an input file becomes (band names, band mapping,
+#: product scales). Caches and records of results computed from inputs (the heads' feature
+#: cache, evaluation records under ``--skip-existing``) key on it, so results of older rules are
+#: computed again. 2: one input band per model band, edge bands standing in, sensor band numbers
+#: however padded, the Landsat Collection 2 surface-reflectance scale.
+INPUT_RULES = 2
 
 logger = logging.getLogger(__name__)
 

@@ -240,6 +240,16 @@ def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
     code, out, _ = _run(argv, capsys)
     assert code == 0 and "EuroSAT_MS: ok" in out and "BigEarthNet_MS: skipped" in out
     assert _record(save, "EuroSAT_MS")["templates"]["name"] == "short"
+    # records of inputs read by older rules (band mapping, product scales) are not kept
+    import msclip.spectral.adapt as adapt
+
+    rules = adapt.INPUT_RULES
+    try:
+        adapt.INPUT_RULES = rules + 1
+        code, out, _ = _run(argv, capsys)
+    finally:
+        adapt.INPUT_RULES = rules
+    assert code == 0 and "BigEarthNet_MS: ok" in out
 
 
 def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):

@@ -121,6 +121,14 @@ def test_cache_key_and_bad_images(tiny, files, tmp_path):
     assert a.key != FeatureCache(tmp_path, tiny, pre, files[:-1], FeatureSpec("cls")).key
     other = msclip.create_model("msclip-tiny")
     assert a.key != FeatureCache(tmp_path, other, other.preprocess(), files).key
+    import msclip.spectral.adapt as adapt  # features of inputs read by older rules are not reused
+
+    rules = adapt.INPUT_RULES
+    try:
+        adapt.INPUT_RULES = rules + 1
+        assert a.key != FeatureCache(tmp_path, tiny, pre, files, FeatureSpec("cls")).key
+    finally:
+        adapt.INPUT_RULES = rules
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"junk")
     feats, ok = FeatureCache(tmp_path, tiny, pre, [*files, str(broken)]).extract()
