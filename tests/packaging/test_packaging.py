@@ -3,6 +3,8 @@ checkout (editable install) and from a wheel."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata as metadata
 import subprocess
 import sys
 import zipfile
@@ -49,3 +51,48 @@ def test_wheel_ships_templates_and_kernels(tmp_path):
     assert out[0] == str(site / "msclip" / "templates")
     assert out[1].startswith(str(site / "msclip" / "cuda"))
     assert "eo" in out[2]
+
+
+def _declared_closure() -> set[str]:
+    """Distributions pyproject.toml declares, with everything they require (installed metadata)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    seen: set[str] = set()
+    todo = [Requirement(r).name for r in declared]
+    while todo:
+        name = norm(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for r in map(Requirement, requires):
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(r.name)
+    return seen
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    # msclip/ only: cuda/ imports triton, which the CUDA build of torch brings along
+    top: set[str] = set()
+    for path in (REPO / "msclip").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                top.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top.add(node.module.split(".")[0])
+    third_party = top - set(sys.stdlib_module_names) - {"msclip"}
+    dists = metadata.packages_distributions()
+    closure = _declared_closure()
+    missing = {
+        m: dists.get(m, ["?"]) for m in sorted(third_party)
+        if not any(d.lower().replace("_", "-") in closure for d in dists.get(m, []))
+    }  # fmt: skip
+    assert not missing, f"imported but not required by pyproject.toml: {missing}"
