@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from msclip.errors import BandError, OutOfRangeBandWarning
-from msclip.spectral.bands import Band, resolve_band
+from msclip.spectral.bands import Band, refuse_single_string, resolve_band
 
 __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 
@@ -224,6 +224,8 @@ def map_bands(model_bands: Sequence[str | Band], input_bands: Sequence[str | Ban
     Raises:
         BandError: no input band can feed the model.
     """
+    refuse_single_string(model_bands, "model_bands")
+    refuse_single_string(input_bands, "input_bands")
     model = tuple(resolve_band(b).name for b in model_bands)
     inputs = tuple(resolve_band(b).name for b in input_bands)
     mapping = _map_bands_cached(model, inputs)

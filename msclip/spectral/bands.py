@@ -367,8 +367,30 @@ def resolve_band(name: str | Band, sensor: str | None = None) -> Band:
     )
 
 
+def refuse_single_string(names: object, what: str = "bands") -> None:
+    """Refuse one string where a list of band names is expected: iterating it would read its
+    letters as band names (``"RGB"`` as red, green, blue; ``"B02"`` fails on ``"0"``).
+
+    Raises:
+        BandError: ``names`` is a ``str`` or ``bytes``.
+    """
+    if isinstance(names, (str, bytes)):
+        raise BandError(
+            f"{what} must be a list of band names, got the single string {names!r}; "
+            f"write [{names!r}] for one band",
+            param="bands",
+        )
+
+
 def resolve_bands(names: Iterable[str | Band], sensor: str | None = None) -> tuple[Band, ...]:
-    """Resolve several band names; duplicates are an error (a band cannot be read twice)."""
+    """Resolve several band names; duplicates are an error (a band cannot be read twice).
+
+    Raises:
+        BandError: ``names`` is one string rather than a list of names (its letters would be
+            read as band names: ``"RGB"`` as red, green, blue), empty, or names a band twice.
+        UnknownBandError: a name is not known.
+    """
+    refuse_single_string(names)
     bands = tuple(resolve_band(n, sensor) for n in names)
     if not bands:
         raise BandError("empty band list: name at least one band")

@@ -16,6 +16,7 @@ from msclip.spectral import (
     resolve_band,
     resolve_bands,
 )
+from msclip.spectral.adapt import map_bands
 
 
 def test_published_band_sets():
@@ -91,6 +92,15 @@ def test_duplicates_and_empty():
         resolve_bands(["B02", "B2"])
     with pytest.raises(BandError, match="empty"):
         resolve_bands([])
+
+
+def test_a_single_string_is_not_a_band_list():
+    # its letters would otherwise be band names: "RGB" as red, green, blue; "B02" fails on "0"
+    for value in ("RGB", "B02"):
+        with pytest.raises(BandError, match=f"single string '{value}'"):
+            resolve_bands(value)
+    with pytest.raises(BandError, match="single string"):
+        map_bands("B02", ["B02"])
 
 
 def test_count_defaults():
