@@ -50,8 +50,24 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
+def _check_name(
+    name: Any, accepted: str = "a model name (list_models()) or a checkpoint path"
+) -> None:
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be {accepted}, got {type(name).__name__} {name!r}")
+
+
 def get_model_entry(name: str) -> ModelEntry:
-    """The registry entry of a model name (case-insensitive)."""
+    """The registry entry of a model name (case-insensitive).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        UnknownModelError: no registered model has this name.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a model name (list_models()), got {type(name).__name__} {name!r}"
+        )
     if name in MODELS:
         return MODELS[name]
     lower = {k.lower(): k for k in MODELS}
@@ -147,6 +163,7 @@ def create_model(
             ``model.precision_reason``.
 
     Raises:
+        TypeError: ``name`` is not a string or path, or ``pretrained`` none of the above.
         UnknownModelError: unknown name.
         WeightsNotFoundError: weights missing offline (message says what to fetch).
         CheckpointMismatchError: the checkpoint does not fit the architecture.
@@ -160,6 +177,8 @@ def create_model(
             "give a model name (list_models()) or a checkpoint path"
             + (f"; pretrained={pretrained!r} needs a model name" if pretrained is not None else "")
         )
+    if name is not None:
+        _check_name(name)
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
         raise TypeError(
             f"pretrained must be True/False, a checkpoint path or a model name, got "
@@ -340,9 +359,20 @@ def _build(config: MSCLIPConfig, meta: bool) -> MSCLIP:
 
 
 def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tensor]:
-    """The tokenizer of a model (OpenCLIP's CLIP BPE tokenizer for CLIP text towers)."""
+    """The tokenizer of a model (OpenCLIP's CLIP BPE tokenizer for CLIP text towers).
+
+    Args:
+        name: a registered model name (:func:`list_models`), the path of an msclip checkpoint,
+            or a model.
+
+    Raises:
+        TypeError: ``name`` is none of these.
+        UnknownModelError: an unknown model name.
+    """
     if isinstance(name, MSCLIP):
         arch, arch_cfg = name.config.arch, name.config.arch_cfg
+    elif not isinstance(name, (str, os.PathLike)):
+        _check_name(name, "a model name (list_models()), a checkpoint path or an MSCLIP model")
     elif _is_checkpoint_path(name) and str(name) not in MODELS:
         cfg = MSCLIPConfig.from_dict(read_checkpoint(name).config or {})
         arch, arch_cfg = cfg.arch, cfg.arch_cfg

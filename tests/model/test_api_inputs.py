@@ -146,6 +146,19 @@ def test_create_model_refuses_what_it_cannot_do_before_building():
         msclip.create_model(None, pretrained=False)
 
 
+def test_a_model_name_of_another_type_is_a_type_error():
+    # not turned into a string and reported as an unknown model, nor an AttributeError
+    for bad in (3, ["msclip-tiny"]):
+        with pytest.raises(TypeError, match=r"name must be a model name \(list_models\(\)\)"):
+            msclip.create_model(bad)
+        with pytest.raises(TypeError, match="name must be"):
+            msclip.create_model_and_transforms(bad)
+        with pytest.raises(TypeError, match="or an MSCLIP model, got"):
+            msclip.get_tokenizer(bad)
+        with pytest.raises(TypeError, match="name must be a model name"):
+            msclip.get_model_entry(bad)
+
+
 def test_layout_errors_say_what_is_wrong(tiny):
     with pytest.raises(LayoutError, match="4 band names were given, but neither end axis"):
         tiny.preprocess(input_bands=["B02", "B03", "B04", "B08"]).load(np.ones((12, 40, 40)))
