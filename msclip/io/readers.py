@@ -639,8 +639,21 @@ def read_raster(
         UnsupportedFormatError: unknown extension.
         BandError: band names cannot be determined or do not fit the file.
         LayoutError: array layout cannot be determined.
+        TypeError: ``path`` is not a file path (an array or tensor goes to the model's
+            preprocessing, ``model.preprocess()(array)``, instead).
     """
-    p = os.fspath(path)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        hint = (
+            "; an array or tensor is not read from a file: give it to the model's preprocessing, "
+            "model.preprocess(input_bands=[...])(array)"
+            if hasattr(path, "shape")
+            else ""
+        )
+        raise TypeError(
+            f"path must be the path of an image file (str or os.PathLike), got "
+            f"{type(path).__name__}{hint}"
+        )
+    p = os.fsdecode(os.fspath(path))
     if not os.path.exists(p):
         raise RasterReadError(f"image file not found: {p}")
     if os.path.isfile(p) and os.path.getsize(p) == 0:

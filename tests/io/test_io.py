@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,16 @@ def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
         msclip.read_raster(path)
     assert e.value.param == "sensor"
     assert msclip.read_raster(path, sensor="landsat89_sr").bands[3] == "OLI_B4"
+
+
+def test_read_raster_refuses_what_is_not_a_path(tmp_path):
+    """None, a number or an array given as the path: one TypeError saying what to give (an array
+    goes to the model's preprocessing); a bytes path is read like a str one."""
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match="path of an image file"):
+            msclip.read_raster(bad)
+    with pytest.raises(TypeError, match=r"model.preprocess\(input_bands"):
+        msclip.read_raster(np.zeros((3, 8, 8), np.uint16))
+    path = tmp_path / "t.tif"
+    msclip.write_geotiff(path, np.ones((3, 8, 8), np.uint16), bands=["B04", "B03", "B02"])
+    assert msclip.read_raster(os.fsencode(path)).bands == ("B04", "B03", "B02")
