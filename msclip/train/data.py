@@ -251,15 +251,18 @@ def sample_crop(
     ``min_side``, or to the whole side of a smaller raster; the random draws stay the same.
     """
     top, left, h, w = _sample_crop(rng, height, width, scale, ratio)
-    if h < min_side:
-        h_new = min(min_side, height)
-        top = min(max(0, top - (h_new - h) // 2), height - h_new)
-        h = h_new
-    if w < min_side:
-        w_new = min(min_side, width)
-        left = min(max(0, left - (w_new - w) // 2), width - w_new)
-        w = w_new
+    top, h = _widen(top, h, height, min_side)
+    left, w = _widen(left, w, width, min_side)
     return top, left, h, w
+
+
+def _widen(start: int, size: int, full: int, min_side: int) -> tuple[int, int]:
+    """``(start, size)`` of a crop side widened about its centre to ``min_side`` (at most the
+    whole side ``full``) when it is shorter."""
+    if size >= min_side:
+        return start, size
+    wide = min(min_side, full)
+    return min(max(0, start - (wide - size) // 2), full - wide), wide
 
 
 def _sample_crop(
