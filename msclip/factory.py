@@ -51,9 +51,11 @@ def list_models() -> list[str]:
 
 
 def _check_name(
-    name: Any, accepted: str = "a model name (list_models()) or a checkpoint path"
+    name: Any,
+    accepted: str = "a model name (list_models()) or a checkpoint path",
+    types: tuple[type, ...] = (str, os.PathLike),
 ) -> None:
-    if not isinstance(name, (str, os.PathLike)):
+    if not isinstance(name, types):
         raise TypeError(f"name must be {accepted}, got {type(name).__name__} {name!r}")
 
 
@@ -64,10 +66,7 @@ def get_model_entry(name: str) -> ModelEntry:
         TypeError: ``name`` is not a string.
         UnknownModelError: no registered model has this name.
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"name must be a model name (list_models()), got {type(name).__name__} {name!r}"
-        )
+    _check_name(name, "a model name (list_models())", (str,))
     if name in MODELS:
         return MODELS[name]
     lower = {k.lower(): k for k in MODELS}
