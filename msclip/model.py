@@ -265,8 +265,7 @@ class MSCLIP(nn.Module):
         """sha256 of the weight file, or of the weights themselves when not loaded from a file
         or changed in place since (an optimizer's steps on the model's own parameters)."""
         if self._checkpoint_sha256 is not None and self._changed_in_place():
-            self._checkpoint_sha256 = None
-            self.checkpoint_path = None
+            self._weights_replaced()
         if self._checkpoint_sha256 is None:
             h = hashlib.sha256()
             h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
@@ -296,8 +295,7 @@ class MSCLIP(nn.Module):
         adapters leave the weights as they are (``weights_changed=False``: the identity is
         kept, once any earlier in-place change has been counted), merged ones do not."""
         if weights_changed or (self._checkpoint_sha256 is not None and self._changed_in_place()):
-            self._checkpoint_sha256 = None
-            self.checkpoint_path = None
+            self._weights_replaced()
         self._versions = self._parameter_versions()
 
     def _changed_in_place(self) -> bool:
@@ -313,7 +311,9 @@ class MSCLIP(nn.Module):
                 return True
         return False
 
-    def _weights_replaced(self, module: Any, incompatible: Any) -> None:
+    def _weights_replaced(self, module: Any = None, incompatible: Any = None) -> None:
+        """Forget the identity of weights that are no longer the model's (also the
+        ``load_state_dict`` post-hook): it is computed anew from the weights when asked for."""
         self._checkpoint_sha256 = None
         self.checkpoint_path = None
 
