@@ -420,12 +420,13 @@ def predict_scene(
         with ds:
             height, width = ds.height, ds.width
             raw_nodata = ds.nodata if nodata is None else nodata
+            product_scale = stored_scale(sensor)
 
             def read(window: Window) -> np.ndarray:
                 try:
                     return read_image(
                         ds, window, nodata=raw_nodata, promote=True,
-                        default_scale=stored_scale(sensor), thermal=thermal,
+                        default_scale=product_scale, thermal=thermal,
                     )[0]  # fmt: skip
                 except RasterioIOError as err:  # a damaged block: the file, where and why
                     raise RasterReadError(
