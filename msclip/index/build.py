@@ -221,7 +221,7 @@ def stale_files(infos: Mapping[str, Mapping[str, Any] | None]) -> tuple[list[str
         now = file_stamp(path)
         if now is None:
             vanished.append(path)
-        elif any(k["size"] != now["size"] or k["mtime_ns"] != now["mtime_ns"] for k in known):
+        elif any(_changed(k, now) for k in known):
             changed.append(path)
     return changed, vanished
 
