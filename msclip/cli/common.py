@@ -69,7 +69,6 @@ __all__ = [
     "flag_wording",
     "fraction",
     "image_options",
-    "large_message",
     "large_refusal",
     "load_model",
     "min_valid",
@@ -526,14 +525,6 @@ def _input_size(args: argparse.Namespace) -> int | None:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def large_message(path: str, height: int, width: int, max_pixels: int, fix: str = LARGE_FIX) -> str:
-    """The refusal of an image far larger than the model input, with the program's ``fix``."""
-    return (
-        f"{path} is {height}x{width} pixels, far more than one image the model reads (at most "
-        f"{max_pixels} pixels here): {fix}"
-    )
-
-
 def large_refusal(message: str, fix: str = LARGE_FIX) -> str:
     """The library's refusal of a large raster (met while reading) with its generic advice
     replaced by the program's ``fix`` (its flags)."""
@@ -579,7 +570,8 @@ def refuse_large_images(
     max_pixels = LARGE_FACTOR * size**2
     from rasterio.errors import RasterioError
 
-    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS
+    from msclip.errors import RasterTooLargeError
+    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS, check_pixels
 
     for path in paths if every_file else paths[:EARLY_CHECK_FILES]:
         ext = Path(path).suffix.lower()
@@ -598,8 +590,10 @@ def refuse_large_images(
                 continue
         except (OSError, ValueError, RasterioError):  # named when the file is read
             continue
-        if height * width > max_pixels:
-            raise UsageError(large_message(path, height, width, max_pixels, fix))
+        try:
+            check_pixels(path, height, width, max_pixels)  # the readers' own rule and words
+        except RasterTooLargeError as err:
+            raise UsageError(large_refusal(str(err), fix)) from err
     return True
 
 

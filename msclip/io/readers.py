@@ -65,6 +65,7 @@ __all__ = [
     "NUMPY_EXTENSIONS",
     "PICTURE_EXTENSIONS",
     "Raster",
+    "check_pixels",
     "declares_scale",
     "image_bands",
     "read_image",
@@ -247,7 +248,8 @@ def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
 _GENERIC_BAND = re.compile(r"^\s*(band|channel|layer)?[\s_#-]*\d+\s*$", re.IGNORECASE)
 
 
-def _check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
+def check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
+    """Refuse a raster of more than ``max_pixels`` pixels (:class:`RasterTooLargeError`)."""
     if max_pixels is not None and height * width > max_pixels:
         raise RasterTooLargeError(
             f"{path} is {height}x{width} pixels, far more than one image the model reads "
@@ -468,7 +470,7 @@ def _read_geotiff(
                 scale = shorter_side / min(h, w)
                 out_shape = (max(1, round(h * scale)), max(1, round(w * scale)))
             else:
-                _check_pixels(path, h, w, max_pixels)
+                check_pixels(path, h, w, max_pixels)
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
@@ -527,9 +529,9 @@ def _read_numpy(
             if max_pixels is not None and array.ndim == 3:
                 # bands are the shortest end axis: the other two are height and width
                 hw = array.shape[1:] if array.shape[0] <= array.shape[-1] else array.shape[:2]
-                _check_pixels(path, int(hw[0]), int(hw[1]), max_pixels)
+                check_pixels(path, int(hw[0]), int(hw[1]), max_pixels)
             elif max_pixels is not None and array.ndim == 2:
-                _check_pixels(path, *array.shape, max_pixels)
+                check_pixels(path, *array.shape, max_pixels)
             array = np.array(array)
     except (ValueError, OSError, EOFError) as err:
         raise RasterReadError(f"cannot read array file {path}: {err}") from err
@@ -554,7 +556,7 @@ def _read_picture(
 
     try:
         with Image.open(path) as img:
-            _check_pixels(path, img.height, img.width, max_pixels)
+            check_pixels(path, img.height, img.width, max_pixels)
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 arr = np.asarray(img, dtype=np.uint16)[None]
