@@ -450,20 +450,13 @@ def _existing_run_key(path: Path, label: str, dataset: str) -> tuple[str | None,
     """``(run_key, unreadable samples left out)`` of the record at ``path`` when it is a readable
     record of exactly (``label``, ``dataset``); ``(None, 0)`` when it is damaged, incomplete or
     of another run."""
-    import json
-
-    from msclip.eval.report import RECORD_KEYS
+    from msclip.eval.report import RecordError, read_record
 
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        rec = read_record(path)
+    except RecordError:
         return None, 0
-    if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
-        return None, 0
-    model, ds = rec.get("model"), rec.get("dataset")
-    if not isinstance(model, dict) or not isinstance(ds, dict):
-        return None, 0
-    if model.get("label") != label or ds.get("name") != dataset:
+    if rec["model"]["label"] != label or rec["dataset"]["name"] != dataset:
         return None, 0
     key = rec.get("run_key")
     bad = rec.get("unreadable")

@@ -69,6 +69,7 @@ __all__ = [
     "make_record",
     "merge",
     "plot_confusion",
+    "read_record",
     "record_path",
     "slug",
     "write_failure",
@@ -395,7 +396,7 @@ def load_records(
         return records, failures
     for p in sorted(folder.glob("*.json")):
         try:
-            obj = _read_record(p)
+            obj = read_record(p)
         except RecordError as err:
             if damaged is None:
                 raise
@@ -408,8 +409,13 @@ def load_records(
     return records, failures
 
 
-def _read_record(p: Path) -> dict[str, Any]:
-    """One record or failure note, checked for what the merge reads of it."""
+def read_record(p: Path) -> dict[str, Any]:
+    """One record or failure note (``*.failed.json``), checked for what the merge reads of it.
+
+    Raises:
+        RecordError: not valid JSON, not an object, lacking required keys, or without a model
+            label and dataset name.
+    """
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
