@@ -4,7 +4,7 @@ Prints, for the whole ``python -m msclip.cli.inference --run-classification`` ru
 flags (64 tiles, 10 classes, 50 templates, a Llama3-MS-CLIP-Base-sized release checkpoint given
 with ``--ckpt-path``, a cold text cache) in fp32 and in bf16, the peak resident memory as
 ``/usr/bin/time -v`` reports it ("Maximum resident set size") and the wall time; the same with
-``--batch-size 32`` (four times the activations of the CPU default of 8); the peak of
+``--batch-size 32`` (eight times the activations of the CPU default of 4); the peak of
 ``python -c "import torch"`` alone (a floor no msclip run can go under: 0.50 GB with torch's
 CUDA build, 0.22 GB with its CPU-only build); and the model load time from a warm page cache
 (``create_model`` in a process that has imported msclip, best of three); and the floor under
@@ -52,11 +52,12 @@ print(json.dumps(best))
 
 def tower_floor(ckpt: Path, python: str) -> dict[str, dict[str, float]]:
     """Per precision, what one image batch needs whatever the program around it: the image
-    tower's weights (bytes) and the peak growth of resident memory while the tower encodes a
-    batch of 8 (its activations and kernel workspace: the weights are read in and the C heap
+    tower's weights (bytes) and the peak growth of resident memory while the tower encodes one
+    batch of the program's CPU size (its activations and kernel workspace: the weights are read in and the C heap
     trimmed before the kernel's peak-RSS counter is reset, so neither is counted)."""
     code = f"""
 import json, torch, msclip
+from msclip.encode import CPU_BATCH_SIZE
 from msclip.memory import trim_heap
 def status(key):
     for line in open("/proc/self/status"):
@@ -66,7 +67,7 @@ out = {{}}
 for precision in ("fp32", "bf16"):
     m = msclip.create_model("Llama3-MS-CLIP-Base", {str(ckpt)!r}, precision=precision)
     weights = sum(t.numel() * t.element_size() for t in m.clip.visual.state_dict().values())
-    x = torch.rand(8, len(m.bands), m.image_size, m.image_size)
+    x = torch.rand(CPU_BATCH_SIZE, len(m.bands), m.image_size, m.image_size)
     peak = 0
     with torch.inference_mode():
         for t in m.clip.visual.state_dict().values():
@@ -77,7 +78,7 @@ for precision in ("fp32", "bf16"):
             open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
             m.encode_image(x)
             peak = max(peak, status("VmHWM") - before)
-    out[precision] = {{"weights": weights, "batch": peak}}
+    out[precision] = {{"weights": weights, "batch": peak, "size": CPU_BATCH_SIZE}}
     del m
 print(json.dumps(out))
 """
@@ -117,8 +118,9 @@ def main() -> None:
           f"({torch_fast / GB:.3f} GB leaving without the interpreter's teardown, as msclip's "
           "programs do)")  # fmt: skip
     floor = tower_floor(paths["ckpt"], py)
+    batch = int(floor["fp32"]["size"])
     print("\nfloor of any run that keeps the image tower in memory (import torch, leaving "
-          "without teardown, + image-tower weights + one batch of 8):")  # fmt: skip
+          f"without teardown, + image-tower weights + one batch of {batch}):")  # fmt: skip
     for precision, part in floor.items():
         total = torch_fast + part["weights"] + part["batch"]
         target = {"fp32": 1.0, "bf16": 0.7}[precision]
@@ -132,7 +134,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(cache)], check=True)  # cold text cache
         wall, rss, _ = workload.run_measured(classify(cache, "--precision", precision, *extra))
         target = {"fp32": 1.0, "bf16": 0.7}[precision]
-        rows.append((precision, " ".join(extra) or "default (8)", rss, wall, target))
+        rows.append((precision, " ".join(extra) or f"default ({batch})", rss, wall, target))
     print("\nwhole classification run (64 tiles, 10 classes x 50 templates, cold text cache):")
     print(f"{'precision':9s} {'batch':13s} {'peak RSS':>9s} {'wall':>8s}  target")
     for precision, batch, rss, wall, target in rows:

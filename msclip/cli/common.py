@@ -293,7 +293,7 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         "--batch-size",
         type=positive_int,
         default=None,
-        help="images per model call (default: 8 on a CPU; on a GPU the largest power of two "
+        help="images per model call (default: 4 on a CPU; on a GPU the largest power of two "
         "that fits in half of its free memory)",
     )
     default = "0 on a CPU, up to 8 with a GPU" if workers is None else str(workers)

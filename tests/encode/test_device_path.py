@@ -29,7 +29,7 @@ def vit_b():
 
 
 def test_batch_size_from_free_gpu_memory(vit_b) -> None:
-    assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 8
+    assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 4
     sizes = [auto_batch_size(vit_b, "cuda:0", free_bytes=g << 30) for g in (1, 8, 80)]
     assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] <= 1024
@@ -39,7 +39,7 @@ def test_batch_size_from_free_gpu_memory(vit_b) -> None:
 
 
 def test_library_default_batch_is_the_devices(make_geotiff, monkeypatch) -> None:
-    """encode_images without a batch size calls the model with the device's batch (8 on a CPU)."""
+    """encode_images without a batch size calls the model with the device's batch (4 on a CPU)."""
     paths = [make_geotiff(f"b{i}.tif", size=(32, 32), seed=i)[0] for i in range(11)]
     model = msclip.create_model("msclip-tiny", precision="fp32")
     seen: list[int] = []
@@ -51,7 +51,7 @@ def test_library_default_batch_is_the_devices(make_geotiff, monkeypatch) -> None
 
     monkeypatch.setattr(type(model), "encode_image", spy)
     res = encode_images(model, model.preprocess(), paths)
-    assert seen == [CPU_BATCH_SIZE, 11 - CPU_BATCH_SIZE] and len(res.embeddings) == 11
+    assert seen == [4, 4, 3] and len(res.embeddings) == 11
 
 
 def test_loader_arguments_and_workers_by_device() -> None:
