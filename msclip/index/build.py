@@ -103,10 +103,15 @@ def file_stamp(path: str | os.PathLike) -> dict[str, int] | None:
 
 def model_info(model: Any) -> dict[str, Any]:
     """JSON description of a model stored in the index manifest (:meth:`msclip.MSCLIP.describe`,
-    plus the fact that stored embeddings are L2-normalised). The checkpoint path is made
-    absolute, so that ``add`` and ``search`` run from another folder find the weights; it is
-    information only: the checkpoint hash identifies the weights."""
-    info = {**model.describe(), "normalized": True}
+    plus the fact that stored embeddings are L2-normalised and the version of the rules that
+    turn an input file into the model's input, :data:`msclip.spectral.adapt.INPUT_RULES`: an
+    ``add`` under other rules is refused, so that one index never mixes rows of one file read two
+    ways). The checkpoint path is made absolute, so that ``add`` and ``search`` run from another
+    folder find the weights; it is information only: the checkpoint hash identifies the
+    weights."""
+    from msclip.spectral.adapt import INPUT_RULES
+
+    info = {**model.describe(), "normalized": True, "input_rules": INPUT_RULES}
     if info.get("checkpoint_path"):
         info["checkpoint_path"] = os.path.abspath(info["checkpoint_path"])
     return info

@@ -443,6 +443,16 @@ def _check_compatible(
             if built is not None
             else ""
         )
+        if names == ["input_rules"]:
+            stored = manifest["model"].get("input_rules", "1 or older (not recorded)")
+            raise IndexMismatchError(
+                f"the index's rows were read under msclip's input rules {stored} (band names, "
+                f"band mapping, product scales), this msclip reads files under rules "
+                f"{given.get('input_rules')}: the same file would give another row; build a new "
+                "index from all the sources (msclip-index build into a new folder) instead of "
+                "adding to this one",
+                fields=names,
+            )
         raise IndexMismatchError(
             f"the index was built with another model ({detail}); query it with the model that "
             f"built it, or rebuild the index with this model{hint}",

@@ -151,6 +151,33 @@ def test_other_model_refused(inputs, tmp_path, capsys):
     assert IndexStore.open(idx).count == 1
 
 
+def test_other_input_rules_refused(inputs, tmp_path, capsys, monkeypatch):
+    """An index records the input rules its rows were read under: adding files read under other
+    rules (or to an index that predates the record) is refused with the reason, searching is
+    not (text queries do not depend on them)."""
+    files, _, _ = inputs
+    idx = tmp_path / "r.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    from msclip.spectral.adapt import INPUT_RULES
+
+    assert IndexStore.open(idx).model_info["input_rules"] == INPUT_RULES
+    capsys.readouterr()
+    monkeypatch.setattr("msclip.spectral.adapt.INPUT_RULES", INPUT_RULES + 1)
+    assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"input rules {INPUT_RULES}" in err and "build a new index" in err
+    assert IndexStore.open(idx).count == 1
+    assert main(["search", str(idx), "--query", "x", *TINY]) == 0
+    monkeypatch.undo()
+    manifest = json.loads((idx / "manifest.json").read_text())
+    del manifest["model"]["input_rules"]  # an index written before the field existed
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 2
+    assert "input rules 1 or older (not recorded)" in capsys.readouterr().err
+    assert IndexStore.open(idx).count == 1
+
+
 def test_search_csv_and_geojson(inputs, model, tmp_path, capsys):
     files, scene_path, _ = inputs
     idx = tmp_path / "s.index"
