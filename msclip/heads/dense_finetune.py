@@ -406,10 +406,10 @@ def run_dense_finetune(
     )
     apply_finetune_mode(model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
     layers = cfg.dense_layers if cfg.dense_layers else list(model.taps)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        from msclip.heads.dense import build_dense_model
+    from msclip.heads.dense import build_dense_model
+    from msclip.heads.training import seeded
 
+    with seeded(cfg.seed):
         built = build_dense_model(model, tasks, layers)
     net = _RunNet(model, built.layers, built.heads, "reflect", tasks)
     net.frozen = mode == "frozen"

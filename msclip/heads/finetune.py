@@ -550,8 +550,9 @@ class _Runner:
         if method == "text-init":
             return TextInitHead(self.classifier(), class_names=self.data.prompt_names)
         width = len(self.data.names)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed)
+        from msclip.heads.training import seeded
+
+        with seeded(self.cfg.seed):
             return LinearHead(in_features, width, self.cfg.batch_norm)
 
     def run_trained(self, method: str) -> tuple[str, Any, nn.Module, dict[str, str]]:

@@ -382,8 +382,9 @@ def fit_head(
     history: list[dict[str, float]] = []
     from tqdm.auto import tqdm
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    from msclip.heads.training import seeded
+
+    with seeded(seed):
         head.train()
         for epoch in tqdm(range(epochs), desc="head", unit="epoch", disable=not progress):
             perm = gen.permutation(n)
@@ -529,8 +530,9 @@ def linear_probe(
         t_labels, _ = check_labels(test_targets, "test_targets", None, num_classes)
         width = _num_classes(task, [labels, t_labels], num_classes)
         num_classes = width if task == "single-label" else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    from msclip.heads.training import seeded
+
+    with seeded(seed):
         head = LinearHead(x.shape[1], width, batch_norm)
     lr_used = 1e-3 * batch_size / 256 if lr is None else lr
     hp = {

@@ -11,6 +11,7 @@ a run key, so that a run killed at any point resumes to the same bits as an unin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -24,9 +25,26 @@ from torch import nn
 
 from msclip.errors import CheckpointError
 
-__all__ = ["head_groups", "train_loop"]
+__all__ = ["head_groups", "seeded", "train_loop"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, cuda: bool = False) -> Iterator[None]:
+    """torch's random state seeded with ``seed`` inside, the caller's restored afterwards.
+
+    The CPU generator always; with ``cuda`` also those of every CUDA device (for work that runs
+    there: dropout of a tower being fine-tuned), which initialises CUDA when there is one.
+    Without ``cuda`` no CUDA generator is touched (``torch.manual_seed`` would reseed them, or
+    queue a reseed for when CUDA starts, and ``fork_rng(devices=[])`` would not restore them).
+    """
+    devices = list(range(torch.cuda.device_count())) if cuda and torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(int(seed))
+        if devices:
+            torch.cuda.manual_seed_all(int(seed))
+        yield
 
 _CKPT_FORMAT = "msclip-finetune-v1"
 
@@ -130,7 +148,7 @@ def train_loop(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+    with seeded(seed, cuda=True):  # the caller's random state is left as it was
         return _train_epochs(
             net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint,
             (run_key, dict(run_facts or {})), resume, save_every, validate, hooks, progress, desc,
@@ -161,7 +179,6 @@ def _train_epochs(
     history: list[dict[str, Any]] = []
     start = 0
     run_key, run_facts = identity
-    torch.manual_seed(seed)
     if resume and checkpoint is not None and checkpoint.is_file():
         state = _read_training_checkpoint(checkpoint, run_key, run_facts)
         _load_state(net, state["state"])

@@ -215,3 +215,38 @@ def test_head_training_bad_input(rng) -> None:
         fit_head(LinearHead(8, 3), x, y, batch_size=1)
     with pytest.raises(HeadInputError, match="a single class"):
         fit_head(LinearHead(8, 3), x, np.zeros(20, int), num_classes=3)
+
+
+def test_seeding_leaves_the_callers_random_state(rng, monkeypatch) -> None:
+    """The heads seed torch's CPU generator and restore the caller's; they never reseed the CUDA
+    generators (``torch.manual_seed`` would, or queue it for when CUDA starts) unless the work
+    runs there, and then restore those too."""
+    import contextlib
+
+    from msclip.heads.training import seeded
+
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    x, y = _blobs(rng, n=64)
+    state = torch.random.get_rng_state()
+    linear_probe(x[:48], y[:48], x[48:], y[48:], epochs=2, batch_size=16, n_resamples=0)
+    assert torch.equal(torch.random.get_rng_state(), state) and reseeded == []
+    with seeded(5):
+        a = torch.rand(3)
+    assert torch.equal(torch.random.get_rng_state(), state) and reseeded == []
+    torch.random.default_generator.manual_seed(5)
+    assert torch.equal(a, torch.rand(3))
+    # with cuda=True on a machine with 2 devices: both forked, then seeded
+    forked: list[list[int]] = []
+
+    @contextlib.contextmanager
+    def fork(devices):
+        forked.append(list(devices))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.random, "fork_rng", fork)
+    with seeded(7, cuda=True):
+        pass
+    assert forked == [[0, 1]] and reseeded == [7]
