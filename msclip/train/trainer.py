@@ -489,13 +489,28 @@ class Trainer:
             "train_config": self.cfg.to_json(),
         }
 
+    def _rank_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every process's random states, in rank order (a collective: every process calls it;
+        ``None`` for one process). Each process draws from its own generators (its GPU's CUDA
+        generator above all), so a resumed run restores each process's own."""
+        if not self.ctx.distributed:
+            return None
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(states, get_rng_state())
+        return states
+
     def save(self) -> Path | None:
-        """Write a checkpoint of the current state (first process); return its path."""
+        """Write a checkpoint of the current state (first process); return its path. Every
+        process calls it (the processes' random states are gathered)."""
         path = None
+        ranks = self._rank_rng_states()
         if self.ctx.is_main:
-            path = save_train_checkpoint(
-                checkpoint_path(self.out, self.state.step), self._payload()
-            )
+            payload = self._payload()
+            if ranks is not None:
+                payload["rng_ranks"] = ranks
+            path = save_train_checkpoint(checkpoint_path(self.out, self.state.step), payload)
             prune_checkpoints(self.out, self.cfg.keep_checkpoints)
             logger.info("checkpoint %s", path)
         return path
@@ -531,7 +546,18 @@ class Trainer:
         self.state = TrainState(**data["state"])
         self._window = [float(v) for v in data.get("log_window", [])]
         self.last_loss = float(data.get("last_loss", math.nan))
-        set_rng_state(data["rng"])
+        ranks = data.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.ctx.world_size:
+            set_rng_state(ranks[self.ctx.rank])  # this process's own generators
+        else:
+            if ranks is not None or (self.ctx.distributed and "world_size" in data):
+                logger.info(
+                    "the checkpoint was written by %s process(es), this run has %d: every "
+                    "process starts from the first process's random states",
+                    len(ranks) if ranks is not None else data["world_size"],
+                    self.ctx.world_size,
+                )
+            set_rng_state(data["rng"])
         self.train_rows = _read_csv(self.out / "train_log.csv", self.state.step)
         self.metric_rows = _read_csv(self.out / "metrics.csv", self.state.step)
         if self.metric_rows and int(float(self.metric_rows[-1]["step"])) == self.state.step:

@@ -8,6 +8,7 @@ and an exact kill-and-resume, and the ``python -m msclip.train`` command line it
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ REPO = Path(msclip.__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent(
     """
+    import json
     import sys
     from pathlib import Path
 
@@ -92,12 +94,23 @@ WORKER = textwrap.dedent(
         if trainer.state.step == 3:
             raise Killed
 
-    train(cfg("full"))
+    draws = {"full": {}, "killed": {}}
+
+    def draw(name):
+        def hook(trainer):
+            # only the second process draws (the processes' generators differ), and not at a
+            # checkpoint's step (hooks run after the checkpoint: a draw there is not in it)
+            if rank == 1 and trainer.state.step % 2:
+                draws[name][trainer.state.step] = float(torch.rand(1))
+        return hook
+
+    train(cfg("full"), hooks=[draw("full")])
     try:
-        train(cfg("killed"), hooks=[kill])
+        train(cfg("killed"), hooks=[draw("killed"), kill])
     except Killed:
         pass
-    train(cfg("killed", resume="latest"))
+    train(cfg("killed", resume="latest"), hooks=[draw("killed")])
+    (out / f"draws_rank{rank}.json").write_text(json.dumps(draws))
     dist.barrier()
     dist.destroy_process_group()
     """
@@ -171,6 +184,9 @@ def test_two_processes_equal_one_and_resume_exactly(scenes: Path, tmp_path: Path
     resumed = load_file(str(tmp_path / "killed" / "final.safetensors"))
     for k, v in full.items():
         assert torch.equal(v, resumed[k]), k
+    # each process resumes from its own random states, not the first process's
+    draws = json.loads((tmp_path / "draws_rank1.json").read_text())
+    assert len(draws["full"]) == 3 and draws["killed"] == draws["full"]
 
 
 @pytest.mark.slow
