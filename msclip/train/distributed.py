@@ -79,34 +79,29 @@ class DistContext:
 
 
 def _pick_device(device: str, local_rank: int) -> torch.device:
-    """This process's device; a CUDA device this machine cannot give is refused here, before
-    any work, with the option that asked for it (not torch's error on the first copy)."""
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        dev = torch.device(f"cuda:{local_rank}")
-    elif device == "cuda":
-        dev = torch.device(f"cuda:{local_rank}")
-    else:
-        dev = torch.device(device)
-    if dev.type != "cuda":
-        return dev
-    if not torch.cuda.is_available():
+    """This process's device: ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` (``auto`` without a
+    GPU the CPU). A device this machine cannot give is refused here, before any work, with the
+    option that asked for it (not torch's error on the first copy): the checks of
+    :func:`msclip.create_model`, raised as this option's :class:`ConfigError`."""
+    from msclip.errors import DeviceError
+    from msclip.factory import _check_device
+
+    if device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    per_rank = device in ("auto", "cuda")
+    if per_rank and torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
         raise ConfigError(
-            f"device {device!r} asked for, but torch sees no usable CUDA GPU (no driver or "
-            "device, or a CPU-only torch build); use device='cpu' (or 'auto')",
+            f"device {device!r} means cuda:{local_rank} (LOCAL_RANK {local_rank}), but torch "
+            f"sees {count} CUDA device(s); start at most {count} processes per machine "
+            "(torchrun --nproc_per_node) or name a visible device",
             param="device",
         )
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        why = f" (LOCAL_RANK {local_rank})" if device in ("auto", "cuda") else ""
-        raise ConfigError(
-            f"device {device!r} means {dev}{why}, but torch sees {count} CUDA device(s); start "
-            f"at most {count} processes per machine (torchrun --nproc_per_node) or name a "
-            "visible device",
-            param="device",
-        )
-    return dev
+    try:
+        _check_device(f"cuda:{local_rank}" if per_rank else device)
+    except DeviceError as err:
+        raise ConfigError(str(err), param="device") from err
+    return torch.device(f"cuda:{local_rank}") if per_rank else torch.device(device)
 
 
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext:

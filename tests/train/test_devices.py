@@ -31,6 +31,9 @@ def test_cuda_without_a_gpu_names_the_option(monkeypatch) -> None:
             init_distributed(device=device)
         assert info.value.param == "device"
     assert init_distributed(device="auto").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="unknown device 'gpu'") as info:  # not torch's error
+        init_distributed(device="gpu")
+    assert info.value.param == "device"
 
 
 def test_more_processes_than_gpus_is_refused(monkeypatch, torchrun_env) -> None:
