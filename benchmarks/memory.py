@@ -53,8 +53,9 @@ print(json.dumps(best))
 def tower_floor(ckpt: Path, python: str) -> dict[str, dict[str, float]]:
     """Per precision, what one image batch needs whatever the program around it: the image
     tower's weights (bytes) and the peak growth of resident memory while the tower encodes one
-    batch of the program's CPU size (its activations and kernel workspace: the weights are read in and the C heap
-    trimmed before the kernel's peak-RSS counter is reset, so neither is counted)."""
+    batch of the program's CPU size (its activations and kernel workspace: the weights are read
+    in and the C heap trimmed before the kernel's peak-RSS counter is reset, so neither is
+    counted)."""
     code = f"""
 import json, torch, msclip
 from msclip.encode import CPU_BATCH_SIZE

@@ -34,6 +34,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,6 +53,7 @@ __all__ = [
     "LARGE_FACTOR",
     "LARGE_FIX",
     "RANDOM_WEIGHTS",
+    "LargeCheck",
     "Terminated",
     "UsageError",
     "add_dataclass_args",
@@ -597,22 +599,44 @@ def refuse_large_images(
     return True
 
 
+@dataclass(frozen=True)
+class LargeCheck:
+    """Image files :func:`load_model` judges with :func:`refuse_large_images`: before the model
+    is built when its input size is known from the flags, else (a checkpoint file) right after.
+
+    Attributes:
+        paths: the image files.
+        fix: what the program offers instead (its flags).
+        every_file: judge every file, not only the first :data:`EARLY_CHECK_FILES`.
+    """
+
+    paths: Sequence[str]
+    fix: str = LARGE_FIX
+    every_file: bool = False
+
+
 def load_model(
     args: argparse.Namespace,
     default_name: str | None = DEFAULT_MODEL,
     options: Callable[[Any], dict[str, Any]] | None = None,
+    large: LargeCheck | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(model, preprocess, tokenizer)`` from the model flags (and the input-band flags).
 
-    Band names and the presence of the weights are checked before the model is built, and a
-    status line says that the model is loading.
+    Band names, the presence of the weights and (with ``large``) image files far larger than the
+    model input are checked before the model is built, and a status line says that the model is
+    loading.
 
     Args:
         args: the parsed flags.
         default_name: model when none is named.
         options: a function of the model returning more options of ``model.preprocess``
             (``max_pixels``, ``downsample``).
+        large: image files to refuse when far larger than the model input.
     """
+    checked = True
+    if large is not None:
+        checked = refuse_large_images(args, large.paths, large.fix, every_file=large.every_file)
     name = args.model_name or (Path(args.ckpt_path).name if args.ckpt_path else default_name)
     status(args, f"loading {name} ...")
     weights = _check_before_loading(args, default_name)
@@ -626,6 +650,10 @@ def load_model(
         args.model_name, weights if weights is not None else args.ckpt_path, args.pretrained,
         default_name=default_name, seed=args.seed, device=device, precision=args.precision,
     )  # fmt: skip
+    if large is not None and not checked:  # a checkpoint file: its input size is known now
+        refuse_large_images(
+            args, large.paths, large.fix, model.image_size, every_file=large.every_file
+        )
     from msclip.encode import auto_batch_size, auto_workers
 
     if getattr(args, "batch_size", 0) is None:

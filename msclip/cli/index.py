@@ -39,6 +39,7 @@ import numpy as np
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    LargeCheck,
     UsageError,
     add_input_check_args,
     add_model_args,
@@ -57,7 +58,6 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
-    refuse_large_images,
     run_cli,
     write_csv,
 )
@@ -255,7 +255,6 @@ def _run_search(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
-    checked = refuse_large_images(args, query_images, fix=_LARGE_QUERY_FIX, every_file=True)
     out = check_output(output_path(args.save_path, "index_search.csv"))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     gpath = geojson if geojson is not None else out.with_suffix(".geojson")
@@ -270,11 +269,8 @@ def _run_search(args: argparse.Namespace) -> int:
             "--images ...'"
         )
 
-    model, preprocess, tokenizer = load_model(args, options=image_options(args))
-    if not checked:  # a checkpoint file: its input size is known now
-        refuse_large_images(
-            args, query_images, fix=_LARGE_QUERY_FIX, image_size=model.image_size, every_file=True
-        )
+    large = LargeCheck(query_images, _LARGE_QUERY_FIX, every_file=True)
+    model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     if args.top_k > store.count:
@@ -419,12 +415,10 @@ def _run_build(args: argparse.Namespace) -> int:
     # a file's key is its absolute path
     keys = {s.key for s in store.sources} if store is not None else set()
     new = [f for f in images if os.path.abspath(f) not in keys]
-    checked = refuse_large_images(args, new, fix=_LARGE_IMAGE_FIX)
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
     try:
-        model, preprocess, _ = load_model(args, options=image_options(args))
-        if not checked:  # a checkpoint file: its input size is known now
-            refuse_large_images(args, new, fix=_LARGE_IMAGE_FIX, image_size=model.image_size)
+        large = LargeCheck(new, _LARGE_IMAGE_FIX)
+        model, preprocess, _ = load_model(args, options=image_options(args), large=large)
         options = dict(
             tile_size=args.tile_size, stride=args.stride, min_valid=min_valid(args),
             nodata=args.nodata, batch_size=args.batch_size, workers=args.workers,

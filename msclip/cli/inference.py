@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # numpy is imported where the work starts (--help stays light
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    LargeCheck,
     UsageError,
     add_input_check_args,
     add_model_args,
@@ -60,7 +61,6 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
-    refuse_large_images,
     run_cli,
     text_cache_for,
     write_csv,
@@ -477,15 +477,13 @@ def run_head_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
-    checked = refuse_large_images(args, image_set.paths)
 
     import pandas as pd
 
     from msclip.encode import ImageDataset
 
-    model, preprocess, _ = load_model(args, options=image_options(args))
-    if not checked:  # a checkpoint file: its input size is known now
-        refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    large = LargeCheck(image_set.paths)
+    model, preprocess, _ = load_model(args, options=image_options(args), large=large)
     bind_head(ckpt, model, args.adapters)
     _check_head_bands(ckpt.info.get("input_bands"), image_set.paths, image_set.names, args)
     dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
@@ -586,13 +584,11 @@ def run_classification(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     min_valid(args)
-    checked = refuse_large_images(args, image_set.paths)
 
     from msclip.zero_shot import build_classifier, classify
 
-    model, preprocess, tokenizer = load_model(args, options=image_options(args))
-    if not checked:  # a checkpoint file: its input size is known now
-        refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    large = LargeCheck(image_set.paths)
+    model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     progress = not args.quiet
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
@@ -641,13 +637,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
     min_valid(args)
-    checked = refuse_large_images(args, image_set.paths)
 
     from msclip.retrieval import top_k
 
-    model, preprocess, tokenizer = load_model(args, options=image_options(args))
-    if not checked:  # a checkpoint file: its input size is known now
-        refuse_large_images(args, image_set.paths, image_size=model.image_size)
+    large = LargeCheck(image_set.paths)
+    model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     model.release_text_pages()
     res = _encode_files(args, model, preprocess, image_set.paths)

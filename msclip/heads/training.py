@@ -46,6 +46,7 @@ def seeded(seed: int, cuda: bool = False) -> Iterator[None]:
             torch.cuda.manual_seed_all(int(seed))
         yield
 
+
 _CKPT_FORMAT = "msclip-finetune-v1"
 
 
