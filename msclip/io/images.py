@@ -24,8 +24,16 @@ def _is_image(path: Path) -> bool:
 
 def _list_file(path: Path) -> list[tuple[str, str]]:
     """``(path, entry as written)`` of the files listed in a ``.txt`` (one per line) or ``.yaml``
-    (list, or ``images:`` key) file; relative entries are relative to the list file's folder."""
-    text = path.read_text(encoding="utf-8")
+    (list, or ``images:`` key) file; relative entries are relative to the list file's folder.
+    A byte-order mark (as Windows editors write) is not part of the first path."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ImageSetError(
+            f"image list {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
+            "as UTF-8",
+            param="images",
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
@@ -43,9 +51,8 @@ def _list_file(path: Path) -> list[tuple[str, str]]:
             )
         entries = obj
     else:
-        entries = [
-            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
-        ]
+        lines = (line.strip() for line in text.splitlines())
+        entries = [line for line in lines if line and not line.startswith("#")]
     return [(e if Path(e).is_absolute() else str(path.parent / e), e) for e in entries]
 
 

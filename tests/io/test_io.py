@@ -215,6 +215,19 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
         list_image_set([listing])
 
 
+def test_image_list_written_by_a_windows_editor(tmp_path):
+    from msclip.io import list_image_set
+
+    # a byte-order mark, CRLF line ends and an indented comment are not part of any path
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.tif\r\n  # not a file\r\nb.tif\r\n")
+    listed = list_image_set([tmp_path / "list.txt"])
+    assert listed.names == ["a.tif", "b.tif"]
+    assert listed.paths == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9.tif\n".encode("latin-1"))
+    with pytest.raises(msclip.errors.ImageSetError, match=r"latin1.txt is not UTF-8 text.*UTF-8"):
+        list_image_set([tmp_path / "latin1.txt"])
+
+
 def test_sensor_orders_unnamed_bands_and_four_bands_warn(make_geotiff):
     from msclip.errors import GenericBandNamesWarning
 
