@@ -90,9 +90,11 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     """Expand image specifications into image files, in order, without duplicates.
 
     Each specification is a folder (its image files, sorted; sub-folders too when
-    ``recursive``), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
-    image file. Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files
-    in a folder are counted in one log warning per folder, not silently dropped.
+    ``recursive``; hidden files and folders skipped and linked folders followed, as a ``**``
+    glob does), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
+    image file. A file given twice (also as ``./x.tif`` and ``/abs/x.tif``) is kept once.
+    Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files in a
+    folder are counted in one log warning per folder, not silently dropped.
 
     An entry of a ``.txt``/``.yaml`` list is kept as listed: a missing or unreadable listed file
     is reported by the run that reads it (named, counted, status 1 unless skipped on purpose),
@@ -109,7 +111,7 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
         s = os.fspath(spec)
         p = Path(s).expanduser()
         if p.is_dir():
-            files = [f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file()]
+            files = _folder_files(p, recursive)
             images = sorted(str(f) for f in files if _is_image(f))
             others = sorted({f.suffix.lower() or "(none)" for f in files if not _is_image(f)})
             n_other = len(files) - len(images)
@@ -151,11 +153,33 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
                 ".txt/.yaml lists of paths, or glob patterns",
                 param="images",
             )
-    unique: dict[str, str] = {}
-    for f, root in found_paths:  # the first appearance keeps its place and root
-        unique.setdefault(f, root)
-    paths = list(unique)
-    return ImageSet(paths, unique_names(paths, [unique[f] for f in paths]))
+    unique: dict[str, tuple[str, str]] = {}
+    for f, root in found_paths:  # the first appearance keeps its place, spelling and root
+        unique.setdefault(os.path.abspath(f), (f, root))
+    paths = [f for f, _ in unique.values()]
+    return ImageSet(paths, unique_names(paths, [root for _, root in unique.values()]))
+
+
+def _folder_files(folder: Path, recursive: bool) -> list[Path]:
+    """The files below ``folder`` as a ``**`` glob pattern finds them: hidden files and folders
+    (names starting with ``.``: ``.DS_Store``, macOS ``._*`` resource forks, ``.ipynb_checkpoints``
+    copies) skipped, linked folders followed (each real folder once, so a link cycle ends), and
+    links whose target is missing kept (the run names them as unreadable)."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    hidden = 0
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        hidden += sum(n.startswith(".") for n in (*dirs, *names))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        files += [Path(root, n) for n in names if not n.startswith(".")]
+    if hidden:
+        logger.info("%s: %d hidden file(s) or folder(s) skipped", folder, hidden)
+    return files
 
 
 def unique_names(paths: Sequence[str], roots: Sequence[str]) -> list[str]:

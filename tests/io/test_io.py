@@ -215,6 +215,26 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
         list_image_set([listing])
 
 
+def test_folder_images_as_a_glob_finds_them(tmp_path):
+    from msclip.io import list_image_set
+
+    data, elsewhere = tmp_path / "data", tmp_path / "scratch" / "s2"
+    for rel in ("data/a.tif", "data/.ipynb_checkpoints/a-checkpoint.tif", "scratch/s2/b.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (data / "._a.tif").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork
+    (data / "s2").symlink_to(elsewhere, target_is_directory=True)  # data kept on another disk
+    (data / "s2" / "loop").symlink_to(data, target_is_directory=True)  # a link cycle ends
+    (data / "gone.tif").symlink_to(tmp_path / "deleted.tif")  # named later as unreadable
+    found = list_image_set([data])
+    assert found.names == ["a.tif", "gone.tif", "s2/b.tif"]
+    # one file, spelt twice: read once, named once
+    again = list_image_set(
+        [data / "a.tif", str(data.absolute() / "a.tif"), f"{data}/../data/a.tif"]
+    )
+    assert again.paths == [str(data / "a.tif")] and again.names == ["a.tif"]
+
+
 def test_image_list_written_by_a_windows_editor(tmp_path):
     from msclip.io import list_image_set
 
