@@ -869,6 +869,39 @@ def output_path(save_path: str | None, default_name: str) -> Path:
     return p
 
 
+def refuse_input_as_output(
+    out: Path, inputs: Sequence[tuple[str, Any]], default_name: str, flag: str = "--save-path"
+) -> None:
+    """Refuse an output file that is one of the run's inputs (an image, the classes, templates
+    or queries file, the weights): the atomic write would replace it by the table.
+
+    Args:
+        out: the output file (:func:`output_path`).
+        inputs: ``(what, path)`` pairs; ``path`` may be ``None`` or a list of paths.
+        default_name: the output's default file name, for the hint.
+        flag: the flag that gave ``out``.
+
+    Raises:
+        UsageError: ``out`` is the same file as an input.
+    """
+    if not out.exists():
+        return
+    for what, given in inputs:
+        for path in [given] if isinstance(given, (str, os.PathLike)) else given or []:
+            candidate = Path(path).expanduser()
+            if candidate.name != out.name:  # a cheap filter before asking the file system
+                continue
+            try:
+                same = os.path.samefile(candidate, out)
+            except OSError:  # a missing or unreadable input: not this file
+                continue
+            if same:
+                raise UsageError(
+                    f"{flag} {out} is {what} {path} of this run: writing the table there would "
+                    f"destroy it; give another file (e.g. results/{default_name})"
+                )
+
+
 def write_csv(df: Any, path: str | os.PathLike) -> Path:
     """Write a result table as CSV atomically (floats with 8 significant digits)."""
     from msclip.io import write_csv as _write

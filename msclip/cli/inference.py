@@ -61,6 +61,7 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
+    refuse_input_as_output,
     run_cli,
     text_cache_for,
     write_csv,
@@ -437,6 +438,21 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
     args.model_name = encoder.get("name")
 
 
+def _run_inputs(args: argparse.Namespace, image_set: Any) -> list[tuple[str, Any]]:
+    """The files a classification or retrieval run reads, for :func:`refuse_input_as_output`."""
+    return [
+        ("the image", image_set.paths),
+        ("the image list", args.images),
+        ("the classes file", getattr(args, "classes_file", None)),
+        ("the templates file", getattr(args, "templates", None)),
+        ("the queries file", getattr(args, "queries_file", None)),
+        ("the checkpoint", args.ckpt_path),
+        ("the model file", args.model_name),
+        ("the head", getattr(args, "head", None)),
+        ("the adapter file", getattr(args, "adapters", None)),
+    ]
+
+
 def _check_head_bands(
     trained: Sequence[str] | None,
     paths: Sequence[str],
@@ -476,6 +492,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     _head_model_args(args, ckpt.encoder, args.head)
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
+    refuse_input_as_output(out_path, _run_inputs(args, image_set), "classification.csv")
     min_valid(args)
 
     import pandas as pd
@@ -583,6 +600,7 @@ def run_classification(args: argparse.Namespace) -> int:
     _check_classes(names)
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
+    refuse_input_as_output(out_path, _run_inputs(args, image_set), "classification.csv")
     min_valid(args)
 
     from msclip.zero_shot import build_classifier, classify
@@ -636,6 +654,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     query_images = query_image_paths(args)
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "retrieval.csv"))
+    refuse_input_as_output(
+        out_path, [*_run_inputs(args, image_set), ("a query image", query_images)], "retrieval.csv"
+    )
     min_valid(args)
 
     from msclip.retrieval import top_k

@@ -234,6 +234,31 @@ def test_input_errors_stop_before_any_work(tiles, tmp_path, monkeypatch, capsys,
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_an_input_is_never_overwritten_by_the_table(tiles, tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    image = tmp_path / "scene.tif"
+    image.write_bytes(tiles[0].read_bytes())
+    classes = tmp_path / "classes.txt"
+    classes.write_text("forest\nriver\n")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tiles[1]}\n")
+    kept = {f: f.read_bytes() for f in (image, classes, listing)}
+    runs = [
+        (_classify_ab(image, tiles[0].parent, image), f"is the image {image}"),
+        (["--run-classification", "--images", str(tiles[0]), "--classes-file", str(classes),
+          "--save-path", str(classes), *TINY], f"is the classes file {classes}"),
+        (["--run-retrieval", "--images", str(listing), "--query", "a river", "--save-path",
+          str(listing), *TINY], f"is the image list {listing}"),
+        (["--run-retrieval", "--images", str(tiles[0]), "--query-image", str(image),
+          "--save-path", str(image), *TINY], f"is a query image {image}"),
+    ]  # fmt: skip
+    for args, message in runs:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "give another file" in err
+    assert {f: f.read_bytes() for f in kept} == kept
+
+
 def test_empty_image_set_stops_before_any_work(tmp_path, monkeypatch, capsys):
     _no_model(monkeypatch)
     (tmp_path / "empty").mkdir()
