@@ -507,12 +507,15 @@ def encode_queries(
 
 # -- scoring ---------------------------------------------------------------------------------
 def zero_shot_logits(
-    image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE
+    image_features: torch.Tensor | np.ndarray,
+    classifier: torch.Tensor | np.ndarray,
+    scale: float = LOGIT_SCALE,
 ) -> torch.Tensor:
     """``scale * cosine`` between images ``[N, D]`` (normalised here) and classifier ``[C, D]``.
 
-    Computed in float32 whatever the inputs' dtype.
+    Computed in float32 whatever the inputs' dtype; numpy or torch inputs.
     """
+    classifier = torch.as_tensor(classifier).detach()
     feats = torch.as_tensor(image_features).detach()
     if feats.ndim == 1:
         feats = feats[None]
@@ -523,11 +526,13 @@ def zero_shot_logits(
             "embeddings of the model that built the classifier"
         )
     img = F.normalize(feats.float(), dim=-1)
-    return scale * img @ classifier.detach().float().to(img.device).T
+    return scale * img @ classifier.float().to(img.device).T
 
 
 def zero_shot_probs(
-    image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE
+    image_features: torch.Tensor | np.ndarray,
+    classifier: torch.Tensor | np.ndarray,
+    scale: float = LOGIT_SCALE,
 ) -> torch.Tensor:
     """Softmax over classes of :func:`zero_shot_logits`: ``[N, C]``, rows sum to one."""
     return zero_shot_logits(image_features, classifier, scale).softmax(dim=-1)
@@ -632,7 +637,7 @@ class Classification:
 
 def classify(
     image_features: torch.Tensor | np.ndarray,
-    classifier: torch.Tensor,
+    classifier: torch.Tensor | np.ndarray,
     class_names: Sequence[str],
     multi_label: str | None = None,
     threshold: float | None = None,
@@ -640,8 +645,8 @@ def classify(
     """Zero-shot decisions for image embeddings, by the published protocol.
 
     Args:
-        image_features: ``[N, D]`` image embeddings (normalised here).
-        classifier: ``[C, D]`` from :func:`build_classifier`.
+        image_features: ``[N, D]`` image embeddings (normalised here), numpy or torch.
+        classifier: ``[C, D]`` from :func:`build_classifier` (numpy or torch).
         class_names: the ``C`` class names.
         multi_label: ``None`` (single-label), ``"mean_others"`` (the published rule, on logits) or
             ``"threshold"`` (probability above ``threshold``).
@@ -650,14 +655,27 @@ def classify(
     Raises:
         ClassNameError: names and classifier rows differ in number, or ``"mean_others"`` with
             fewer than two classes.
-        DimensionMismatchError: embeddings of another dimension than the classifier's.
-        InvalidEmbeddingsError: embeddings with NaN or infinity.
+        DimensionMismatchError: embeddings of another dimension than the classifier's, or a
+            classifier that is not a matrix.
+        InvalidEmbeddingsError: embeddings or classifier rows with NaN or infinity.
         MetricInputError: an unknown rule, or ``"threshold"`` without a threshold.
     """
     names = list(class_names)
+    classifier = torch.as_tensor(classifier).detach()
+    if classifier.ndim != 2:
+        raise DimensionMismatchError(
+            f"the classifier must be a [C, D] matrix (build_classifier), got shape "
+            f"{tuple(classifier.shape)}"
+        )
     if len(names) != classifier.shape[0]:
         raise ClassNameError(
             f"{len(names)} class names for a classifier of {classifier.shape[0]} classes"
+        )
+    bad_classes = ~torch.isfinite(classifier.float()).all(dim=1)
+    if bool(bad_classes.any()):  # NaN logits would make every image the first class
+        raise InvalidEmbeddingsError(
+            f"the classifier rows of {[names[i] for i in bad_classes.nonzero().flatten()]} "
+            "contain NaN or infinity: rebuild it with build_classifier from undamaged weights"
         )
     feats = torch.as_tensor(image_features).detach()
     bad = (

@@ -309,6 +309,25 @@ def test_classify_single_and_multi_label():
         classify(feats, classifier, names, multi_label="threshold")
 
 
+def test_classify_takes_a_numpy_classifier_and_refuses_a_damaged_one():
+    from msclip.errors import InvalidEmbeddingsError
+    from msclip.zero_shot import classify
+
+    rng = np.random.default_rng(1)
+    classifier = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(3, 8))), dim=-1)
+    feats = rng.normal(size=(5, 8))
+    names = ["sea", "forest", "city"]
+    saved = classifier.numpy()  # as np.save / np.load gives it back
+    np.testing.assert_allclose(
+        classify(feats, saved, names).probs, classify(feats, classifier, names).probs
+    )
+    np.testing.assert_allclose(zero_shot_probs(feats, saved), zero_shot_probs(feats, classifier))
+    damaged = saved.copy()
+    damaged[1, 3] = np.nan  # every image would be "sea", status ok
+    with pytest.raises(InvalidEmbeddingsError, match=r"\['forest'\] contain NaN"):
+        classify(feats, damaged, names)
+
+
 def test_texts_cut_at_the_context_length_are_named(tiny, caplog):
     from msclip.zero_shot import encode_texts
 
