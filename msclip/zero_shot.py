@@ -273,17 +273,19 @@ def parse_class_lines(text: str, where: str) -> list[tuple[str, str]]:
 
 
 def load_class_names(path: str | os.PathLike) -> list[str]:
-    """Read class names from a ``.txt`` or ``.yaml``/``.yml`` file.
+    """Read class names from a ``.txt``, ``.csv`` or ``.yaml``/``.yml`` file.
 
     A text file holds one class per line, a name or ``label = name`` (the name is what the
     prompts say: msclip's own lists, ``SeaLake = sea or lake``); blank lines and ``#`` comments
-    are skipped. A YAML file may hold a list of names, a mapping ``{index: name}`` (ordered by
-    index), or a mapping with one of the keys ``classes``, ``class_names`` or ``names`` holding
-    either form. Names are returned as written (not normalised); see :func:`check_class_names`
-    for validation.
+    are skipped. A ``.csv`` file holds one column, read the same way, with CSV quoting (a quoted
+    name may hold commas); a row of several columns is refused. A YAML file may hold a list of
+    names, a mapping ``{index: name}`` (ordered by index), or a mapping with one of the keys
+    ``classes``, ``class_names`` or ``names`` holding either form. Names are returned as written
+    (not normalised); see :func:`check_class_names` for validation.
 
     Raises:
-        ClassNameError: unreadable file, unknown suffix or an unexpected YAML structure.
+        ClassNameError: unreadable file, unknown suffix, a CSV row of several columns or an
+            unexpected YAML structure.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -303,9 +305,41 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
         except yaml.YAMLError as err:
             raise ClassNameError(f"cannot parse YAML classes file {p}: {err}") from err
         return _names_from_yaml(obj, p)
-    if suffix in (".txt", ".csv", ""):
+    if suffix == ".csv":
+        return _names_from_csv(text, p)
+    if suffix in (".txt", ""):
         return [name for _, name in parse_class_lines(text, str(p))]
-    raise ClassNameError(f"classes file {p} must be .txt (one name per line) or .yaml/.yml")
+    raise ClassNameError(f"classes file {p} must be .txt or .csv (one name per line) or .yaml/.yml")
+
+
+def _names_from_csv(text: str, where: Path) -> list[str]:
+    """Class names of a one-column CSV file: one per row, quotes removed (a quoted name may hold
+    commas: ``"Beaches, dunes, sands"``); rows read as the lines of a ``.txt`` file otherwise."""
+    import csv
+    import io
+
+    names: list[str] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as err:
+        raise ClassNameError(f"cannot read CSV classes file {where}: {err}") from err
+    for lineno, row in enumerate(rows, start=1):
+        fields = [f.strip() for f in row]
+        if fields and fields[0].startswith("#"):
+            continue  # a comment, commas and all
+        while len(fields) > 1 and not fields[-1]:  # a trailing comma
+            fields.pop()
+        if len(fields) > 1:
+            shown = ",".join(row)
+            raise ClassNameError(
+                f"{where}, row {lineno}: {shown!r} has {len(fields)} columns; a classes "
+                "file holds one class name per line (quote a name that holds commas), or "
+                "'label = name' lines in a .txt file"
+            )
+        if fields:
+            names += [name for _, name in parse_class_lines(fields[0], str(where))]
+    return names
 
 
 def _names_from_yaml(obj: Any, where: Path) -> list[str]:

@@ -121,6 +121,15 @@ def test_load_class_names(tmp_path):
 
     shipped = load_class_names(classnames_dir() / "eurosat.txt")
     assert len(shipped) == 10 and not any(n.startswith("#") or "=" in n for n in shipped)
+    # a one-column CSV (quotes removed); a table of several columns is not a list of names
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        '# mine, v2\r\nforest\r\n"Beaches, dunes, sands",\r\n\r\nSeaLake = sea or lake\r\n'
+    )
+    assert load_class_names(csv) == ["forest", "Beaches, dunes, sands", "sea or lake"]
+    csv.write_text("id,name\n0,forest\n1,river\n")
+    with pytest.raises(ClassNameError, match=r"c.csv, row 1: 'id,name' has 2 columns; .* one"):
+        load_class_names(csv)
     y.write_text("[forest, yes]\n")  # YAML reads yes as true
     with pytest.raises(ClassNameError, match="quote it"):
         load_class_names(y)
