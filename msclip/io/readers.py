@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,6 +66,7 @@ __all__ = [
     "NUMPY_EXTENSIONS",
     "PICTURE_EXTENSIONS",
     "Raster",
+    "check_dtype",
     "check_pixels",
     "declares_scale",
     "image_bands",
@@ -246,6 +248,24 @@ def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
 
 #: Band descriptions that only number the bands (``band_1``, ``Band 2``, ``channel3``, ``4``).
 _GENERIC_BAND = re.compile(r"^\s*(band|channel|layer)?[\s_#-]*\d+\s*$", re.IGNORECASE)
+
+
+def check_dtype(path: str, dtype: Any) -> None:
+    """Refuse pixel values that are not real numbers (:class:`RasterReadError`): complex values
+    (SAR single-look complex data), booleans, text, dates, records. Cast to float, they would be
+    read as something else without a word (a complex value loses its imaginary part)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "uif" and dt.fields is None:
+        return
+    if dt.kind == "c":
+        fix = "store its amplitude (abs) or intensity (abs squared) as a real-valued raster"
+    elif dt.kind == "b":
+        fix = "a boolean mask is not an image; store the image's values"
+    else:
+        fix = "store the image as integer or floating-point values"
+    raise RasterReadError(
+        f"{path} holds {dt} values, which are not image values msclip reads: {fix}"
+    )
 
 
 def check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
@@ -458,6 +478,7 @@ def _read_geotiff(
     try:
         with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
             image = image_bands(src)
+            check_dtype(path, src.dtypes[image[0] - 1])
             descriptions = [src.descriptions[i - 1] for i in image]
             names, source = _assign_bands(
                 len(image), descriptions, bands, sensor, f"GeoTIFF {path}"
@@ -518,6 +539,7 @@ def _read_numpy(
                         )
                     key = arrays[0]
                 array = npz[key]
+                check_dtype(path, array.dtype)
                 if "layout" in keys:
                     meta_layout = str(npz["layout"])
                 if "bands" in keys:
@@ -526,6 +548,7 @@ def _read_numpy(
                     nodata = float(npz["nodata"])
         else:
             array = np.load(path, allow_pickle=False, mmap_mode="r")
+            check_dtype(path, array.dtype)
             if max_pixels is not None and array.ndim == 3:
                 # bands are the shortest end axis: the other two are height and width
                 hw = array.shape[1:] if array.shape[0] <= array.shape[-1] else array.shape[:2]
@@ -533,7 +556,20 @@ def _read_numpy(
             elif max_pixels is not None and array.ndim == 2:
                 check_pixels(path, *array.shape, max_pixels)
             array = np.array(array)
-    except (ValueError, OSError, EOFError) as err:
+    except RasterReadError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if "pickle" in str(err) or "Python objects" in str(err):
+            # never unpickled: loading a pickle runs whatever code the file holds
+            what = (
+                "an array of Python objects"
+                if "object" in str(err).lower() and "pickled (object)" not in str(err)
+                else "no NumPy array header (a pickle or another format)"
+            )
+            raise RasterReadError(
+                f"{path} holds {what}; msclip never unpickles files (that runs code from the "
+                "file): save the image as a numeric array (np.save(path, array.astype(np.float32)))"
+            ) from err
         raise RasterReadError(f"cannot read array file {path}: {err}") from err
     if layout is not None and meta_layout is not None and layout.upper() != meta_layout.upper():
         raise LayoutError(f"{path} declares layout {meta_layout!r} but layout={layout!r} was given")
@@ -636,7 +672,8 @@ def read_raster(
             it has them); ``max_pixels`` then does not apply.
 
     Raises:
-        RasterReadError: missing, empty or corrupt file.
+        RasterReadError: missing, empty or corrupt file, or one whose values are not real
+            numbers (complex, boolean, text, records; pickled objects are never loaded).
         RasterTooLargeError: more than ``max_pixels`` pixels.
         UnsupportedFormatError: unknown extension.
         BandError: band names cannot be determined or do not fit the file.
