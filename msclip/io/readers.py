@@ -2,7 +2,8 @@
 
 GeoTIFF / Cloud-Optimised GeoTIFF through rasterio (band count, band descriptions, nodata, CRS,
 transform, windowed and reduced reads), NumPy ``.npy`` / ``.npz`` arrays and PNG / JPEG pictures
-(at their true depth: 8- or 16-bit, greyscale or RGB). Every reader returns a :class:`Raster`
+(at their true depth: 8- or 16-bit, greyscale or RGB,
+turned upright as their EXIF orientation says). Every reader returns a :class:`Raster`
 whose ``data`` is bands-first ``[C, H, W]`` and whose ``bands`` are canonical band names, so
 nothing downstream guesses band order.
 
@@ -587,14 +588,20 @@ def _read_picture(
     path: str, bands: Sequence[str | Band] | None, sensor: str | None, max_pixels: int | None
 ) -> Raster:
     """PNG / JPEG at their true depth and band count: 8- or 16-bit, greyscale (one band), RGB;
-    an alpha band is dropped, a palette is expanded to RGB."""
+    an alpha band is dropped, a palette is expanded to RGB; turned upright by the EXIF
+    orientation a camera records (as every image viewer shows it)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             check_pixels(path, img.height, img.width, max_pixels)
             mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            orientation = _exif_orientation(img)
+            depth, colour = _png_header(path) if img.format == "PNG" else (8, -1)
+            if depth == 16 and colour in (2, 4, 6):
+                # 16-bit RGB, RGBA and grey + alpha: Pillow reduces these to 8 bits, GDAL does not
+                arr = _read_png16(path, grey=colour == 4)
+            elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 arr = np.asarray(img, dtype=np.uint16)[None]
             elif mode == "I":
                 arr = np.asarray(img, dtype=np.int32)[None]
@@ -602,21 +609,47 @@ def _read_picture(
                 arr = np.asarray(img, dtype=np.float32)[None]
             elif mode in ("L", "1"):
                 arr = np.asarray(img.convert("L"))[None]
-            elif mode == "RGB" and img.format == "PNG" and _png_bit_depth(path) == 16:
-                arr = _read_png16(path)
             else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
                 arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
     except (UnidentifiedImageError, OSError) as err:
         raise RasterReadError(f"cannot read image {path}: {err}") from err
+    arr = _upright(arr, orientation)
     names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
     return Raster(np.ascontiguousarray(arr), names, path=path, band_source=source,
                   meta={"layout": "HWC", "mode": mode})  # fmt: skip
 
 
-def _png_bit_depth(path: str) -> int:
+def _png_header(path: str) -> tuple[int, int]:
+    """``(bit depth, colour type)`` of a PNG's IHDR chunk (colour type 0 grey, 2 RGB,
+    3 palette, 4 grey + alpha, 6 RGBA); ``(8, -1)`` when it cannot be read."""
     with open(path, "rb") as fh:
         head = fh.read(26)
-    return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return 8, -1
+    return head[24], head[25]
+
+
+def _exif_orientation(img: Any) -> int:
+    """The EXIF orientation tag (1-8) of an open picture; 1 (upright) when it has none."""
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except (ValueError, TypeError, OSError, SyntaxError):  # a damaged EXIF block: as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``[C, H, W]`` pixels as stored, turned as their EXIF ``orientation`` says they are
+    shown (the TIFF/EXIF orientation values; Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation in (5, 6, 7, 8):
+        arr = np.swapaxes(arr, 1, 2)  # rows become columns
+    flip_rows = orientation in (3, 4, 7, 8)
+    flip_cols = orientation in (2, 3, 6, 7)
+    if flip_rows:
+        arr = arr[:, ::-1]
+    if flip_cols:
+        arr = arr[:, :, ::-1]
+    return arr
 
 
 def gdal_reason(err: BaseException) -> str:
@@ -634,9 +667,10 @@ def gdal_reason(err: BaseException) -> str:
     return "; ".join(parts[:2]) if parts else (str(err) or type(err).__name__)
 
 
-def _read_png16(path: str) -> np.ndarray:
-    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16 (Pillow reduces these to 8 bits; GDAL does
-    not)."""
+def _read_png16(path: str, grey: bool = False) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16, its alpha band dropped; a 16-bit grey +
+    alpha one (``grey``) as its grey band taken as red, green and blue, as an 8-bit one is.
+    Pillow reduces these to 8 bits; GDAL does not."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -644,9 +678,10 @@ def _read_png16(path: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                return src.read()[:3].astype(np.uint16, copy=False)
+                data = src.read([1, 1, 1] if grey else [1, 2, 3])
     except RasterioIOError as err:
-        raise RasterReadError(f"cannot read 16-bit PNG {path}: {err}") from err
+        raise RasterReadError(f"cannot read 16-bit PNG {path}: {gdal_reason(err)}") from err
+    return data.astype(np.uint16, copy=False)
 
 
 def read_raster(
