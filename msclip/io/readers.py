@@ -26,7 +26,9 @@ without a scale or offset are read unchanged, in their own dtype.
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
 descriptions are refused), from the caller's ``bands=``, or from the band count (13 = Sentinel-2
-L1C, 12 = L2A, 10 = the Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB). Array layout (bands first or
+L1C, 12 = L2A, 10 = the Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB; 3 or 4 GeoTIFF bands whose colour
+interpretation puts red, green and blue in another order, as a blue-green-red file declares it,
+get them in that order). Array layout (bands first or
 last) comes from the file format (GeoTIFF, images), from metadata stored in an ``.npz``
 (``layout`` entry), or from the caller's ``layout=``; for a bare array it is accepted from the
 shape only when exactly one end axis can hold the bands, otherwise the reader refuses and says
@@ -98,7 +100,9 @@ class Raster:
         transform: affine pixel-to-CRS transform (``affine.Affine``) of georeferenced files.
         path: source file.
         band_source: where the band names came from: ``descriptions``, ``argument``,
-            ``sensor`` (the sensor's band order, for unnamed bands), ``count``.
+            ``sensor`` (the sensor's band order, for unnamed bands), ``colorinterp`` (3 or 4
+            unnamed bands whose colour interpretation puts red, green and blue in another
+            order, such as blue, green, red), ``count``.
         meta: extra reader facts (window, original layout ...).
     """
 
@@ -148,8 +152,10 @@ def _assign_bands(
     bands: Sequence[str | Band] | None,
     sensor: str | None,
     where: str,
+    colours: Sequence[str] | None = None,
 ) -> tuple[tuple[str, ...], str]:
-    """Band names for a file, by the documented precedence."""
+    """Band names for a file, by the documented precedence; ``colours``: a GeoTIFF's colour
+    interpretation of each band (``red``, ``gray`` ...), which orders 3 or 4 unnamed bands."""
     known = get_sensor(sensor) if sensor is not None else None  # an unknown name fails here
     given = _names(bands, sensor)
     from_desc: tuple[str, ...] | None = None
@@ -211,6 +217,17 @@ def _assign_bands(
         names = default_bands_for_count(count)
     except BandError as err:
         raise BandError(f"{where}: {err}", param=err.param) from None
+    ordered = _colour_order(names, colours)
+    if ordered is not None:
+        if count == 4:
+            warnings.warn(
+                f"4 unnamed bands are taken as {', '.join(ordered)} (NAIP's bands in the order "
+                "their colour interpretation gives); name them (bands=[...]) or pass the sensor "
+                "to be sure",
+                GenericBandNamesWarning,
+                stacklevel=3,
+            )
+        return ordered, "colorinterp"
     if present:
         warnings.warn(
             f"band descriptions are generic numbering ({present[0]!r} ...): the bands are taken "
@@ -229,6 +246,27 @@ def _assign_bands(
             stacklevel=3,
         )
     return names, "count"
+
+
+#: Position, in the default names of 3 or 4 bands (red, green, blue[, NIR]), of each colour
+#: interpretation that names one of them.
+_COLOUR_ROLE = {"red": 0, "green": 1, "blue": 2, "nir": 3}
+
+
+def _colour_order(names: tuple[str, ...], colours: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The default names of 3 or 4 bands (red, green, blue[, NIR]) put in the order a file's
+    colour interpretation gives (blue, green, red as a BGR file declares it), or ``None`` when it
+    gives no other order (the default one, or not each of red, green, blue exactly once).
+
+    In a 4-band file, the band that is not red, green or blue is the NIR one."""
+    if colours is None or len(names) not in (3, 4) or len(colours) != len(names):
+        return None
+    idx = [_COLOUR_ROLE.get(str(c).lower()) for c in colours]
+    if len(names) == 4 and 3 not in idx and idx.count(None) == 1:
+        idx[idx.index(None)] = 3
+    if sorted(i for i in idx if i is not None) != list(range(len(names))) or idx == sorted(idx):
+        return None
+    return tuple(names[i] for i in idx)  # type: ignore[index]
 
 
 def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
@@ -481,8 +519,9 @@ def _read_geotiff(
             image = image_bands(src)
             check_dtype(path, src.dtypes[image[0] - 1])
             descriptions = [src.descriptions[i - 1] for i in image]
+            colours = [src.colorinterp[i - 1].name for i in image]
             names, source = _assign_bands(
-                len(image), descriptions, bands, sensor, f"GeoTIFF {path}"
+                len(image), descriptions, bands, sensor, f"GeoTIFF {path}", colours
             )
             h = int(window.height) if window is not None else src.height
             w = int(window.width) if window is not None else src.width

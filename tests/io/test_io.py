@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 from PIL import Image
 
 import msclip
-from msclip.errors import BandError, LayoutError, RasterReadError, UnsupportedFormatError
+from msclip.errors import (
+    BandError,
+    GenericBandNamesWarning,
+    LayoutError,
+    RasterReadError,
+    UnsupportedFormatError,
+)
 from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
 
 
@@ -311,3 +318,33 @@ def test_read_raster_refuses_what_is_not_a_path(tmp_path):
     path = tmp_path / "t.tif"
     msclip.write_geotiff(path, np.ones((3, 8, 8), np.uint16), bands=["B04", "B03", "B02"])
     assert msclip.read_raster(os.fsencode(path)).bands == ("B04", "B03", "B02")
+
+
+@pytest.mark.parametrize(
+    ("colours", "expected"),
+    [
+        (("blue", "green", "red"), ("blue", "green", "red")),
+        (("red", "green", "blue"), ("red", "green", "blue")),
+        (("gray", "undefined", "undefined"), ("red", "green", "blue")),
+        (("blue", "green", "red", "undefined"), ("NAIP_B", "NAIP_G", "NAIP_R", "NAIP_N")),
+        (("red", "green", "blue", "undefined"), ("NAIP_R", "NAIP_G", "NAIP_B", "NAIP_N")),
+    ],
+)
+def test_colour_interpretation_orders_unnamed_bands(tmp_path, colours, expected):
+    # a BGR file (OpenCV-style stacks) declares its order only in its colour interpretation
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    path, data = tmp_path / "bgr.tif", np.arange(len(colours) * 16).reshape(-1, 4, 4)
+    transform = rasterio.transform.from_origin(0, 40, 10, 10)
+    profile = dict(driver="GTiff", count=len(colours), height=4, width=4, dtype="uint16",
+                   crs="EPSG:32632", transform=transform)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(np.uint16))
+        dst.colorinterp = [ColorInterp[c] for c in colours]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GenericBandNamesWarning)  # four bands warn either way
+        r = msclip.read_raster(path)
+    assert r.bands == expected and np.array_equal(r.data, data)
+    if expected[0] == "blue":
+        assert r.select(["red", "green", "blue"]).data[0].min() == 32  # the file's third band
