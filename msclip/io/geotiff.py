@@ -273,15 +273,17 @@ class GeoTiffStripWriter:
                 f"only {self.rows_written} of {self.height} rows were written to {self.path}; "
                 "nothing was saved"
             )
+        final = self._tmp
         try:
             self._flush()
             self._dst.close()
-            final = self._tmp
             if self.cog:
                 final = self._to_cog(self._tmp)
             commit(final, self.path)
         except BaseException:
             self._cleanup()
+            if final != self._tmp and os.path.exists(final):
+                os.unlink(final)  # the COG copy, when its rename failed
             raise
         finally:
             self._closed = True

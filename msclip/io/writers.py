@@ -9,6 +9,7 @@ cannot be written before any work starts.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import OutputPathError
+from msclip.errors import MSCLIPError, OutputPathError
 
 __all__ = [
     "TMP_PREFIX",
@@ -129,18 +130,47 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
         suffix: suffix of the temporary file (some writers choose the format by it).
 
     Raises:
-        OutputPathError: the target's folder cannot be created or written.
+        OutputPathError: the target's folder cannot be created or written, the target is a
+            folder, or the disk is full or read-only (an ``OSError`` of the location raised by
+            ``write``, named by the target rather than the temporary file); the old file, if
+            any, is left as it was.
     """
     target = Path(path)
     tmp = temp_path(target, suffix)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as err:
+            raise _write_error(target, err) from err
         commit(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return target
+
+
+#: Errors of the disk or the location (not of the content being written): full disk or quota,
+#: read-only file system, no permission, file too large, a folder or file in the way.
+_LOCATION_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EISDIR", "ENOTDIR")
+    if hasattr(errno, name)
+)
+
+
+def _write_error(target: Path, err: OSError) -> OSError:
+    """An :class:`OutputPathError` naming ``target`` (not the temporary file) for an error of the
+    disk or the location; any other error as it was raised."""
+    if isinstance(err, MSCLIPError) or err.errno not in _LOCATION_ERRNOS:
+        return err
+    if target.is_dir():
+        why = "it is a folder; give a file name"
+    elif err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        why = f"{err.strerror} (free some space in {target.parent} or write elsewhere)"
+    else:
+        why = err.strerror or str(err)
+    return OutputPathError(f"cannot write {target}: {why}")
 
 
 def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
@@ -164,10 +194,18 @@ def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
 def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Make a finished temporary file durable and move it onto ``target`` in one rename: sync the
     file, give it the permissions of a normally created file (``0666`` less the umask), rename,
-    then sync the folder (the order that survives a power cut; see :func:`atomic_write`)."""
-    _fsync_file(os.fspath(tmp))
-    os.chmod(tmp, 0o666 & ~current_umask())
-    os.replace(tmp, target)
+    then sync the folder (the order that survives a power cut; see :func:`atomic_write`).
+
+    Raises:
+        OutputPathError: the target is a folder, or the sync or rename fails for lack of space
+            or permission; ``tmp`` is left for the caller to remove.
+    """
+    try:
+        _fsync_file(os.fspath(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, target)
+    except OSError as err:
+        raise _write_error(Path(target), err) from err
     fsync_dir(Path(target).parent)
     return Path(target)
 

@@ -1,0 +1,71 @@
+"""The durable writer when the target is in the way or the disk fails: one clear error naming
+the target, the old file kept, no temporary file left."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msclip.errors import OutputPathError
+from msclip.io import TMP_PREFIX, GeoTiffStripWriter, atomic_write, write_text
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+
+def test_a_folder_in_the_place_of_the_target_is_named(tmp_path):
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(OutputPathError, match=r"cannot write .*out\.csv: it is a folder"):
+        write_text(tmp_path / "out.csv", "x")
+    assert not _leftovers(tmp_path)
+
+
+def test_a_full_disk_while_writing_names_the_target_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+
+    def full(tmp):
+        Path(tmp).write_text("par")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputPathError, match=r"cannot write .*table\.csv: No space left") as err:
+        atomic_write(target, full)
+    assert TMP_PREFIX not in str(err.value)
+    assert target.read_text() == "old" and not _leftovers(tmp_path)
+
+
+def test_a_full_disk_at_the_sync_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+
+    def no_space(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("msclip.io.writers._fsync_file", no_space)
+    with pytest.raises(OutputPathError, match=r"r\.json: No space left"):
+        write_text(target, "new")
+    assert target.read_text() == "old" and not _leftovers(tmp_path)
+
+
+def test_other_errors_of_the_writer_pass_unchanged(tmp_path):
+    def offline(tmp):
+        raise ConnectionError("network unreachable")
+
+    with pytest.raises(ConnectionError, match="network unreachable"):
+        atomic_write(tmp_path / "w.bin", offline)
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("cog", [False, True])
+def test_strip_writer_leaves_nothing_when_the_rename_fails(tmp_path, cog):
+    (tmp_path / "map.tif").mkdir()  # a folder where the map should go
+    writer = GeoTiffStripWriter(tmp_path / "map.tif", 32, 32, 1, "uint8", block_size=16, cog=cog)
+    writer.write(np.zeros((1, 32, 32), np.uint8))
+    with pytest.raises(OutputPathError, match="it is a folder"):
+        writer.close()
+    assert not _leftovers(tmp_path)
