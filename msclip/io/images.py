@@ -10,6 +10,7 @@ from pathlib import Path
 
 from msclip.errors import ImageSetError
 from msclip.io.readers import IMAGE_EXTENSIONS
+from msclip.io.writers import TMP_PREFIX
 
 __all__ = ["ImageSet", "list_image_set", "list_images", "unique_names"]
 
@@ -94,7 +95,9 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     glob does), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
     image file. A file given twice (also as ``./x.tif`` and ``/abs/x.tif``) is kept once.
     Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files in a
-    folder are counted in one log warning per folder, not silently dropped.
+    folder are counted in one log warning per folder, not silently dropped, and so are the
+    temporary files (:data:`~msclip.io.writers.TMP_PREFIX`) an interrupted write left there,
+    which are never read as images.
 
     An entry of a ``.txt``/``.yaml`` list is kept as listed: a missing or unreadable listed file
     is reported by the run that reads it (named, counted, status 1 unless skipped on purpose),
@@ -168,17 +171,27 @@ def _folder_files(folder: Path, recursive: bool) -> list[Path]:
     files: list[Path] = []
     seen: set[str] = set()
     hidden = 0
+    unfinished: list[str] = []
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
+        unfinished += [n for n in names if n.startswith(TMP_PREFIX)]
         hidden += sum(n.startswith(".") for n in (*dirs, *names))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         files += [Path(root, n) for n in names if not n.startswith(".")]
-    if hidden:
-        logger.info("%s: %d hidden file(s) or folder(s) skipped", folder, hidden)
+    if unfinished:
+        # an interrupted msclip write (a map, a tile) left these: not finished images
+        n = len(unfinished)
+        logger.warning(
+            "%s: %d unfinished temporary file%s of an interrupted write (%s...) %s skipped; "
+            "delete %s", folder, n, "" if n == 1 else "s", unfinished[0],
+            "is" if n == 1 else "are", "it" if n == 1 else "them",
+        )  # fmt: skip
+    if hidden > len(unfinished):
+        logger.info("%s: %d hidden file(s) or folder(s) skipped", folder, hidden - len(unfinished))
     return files
 
 

@@ -348,3 +348,13 @@ def test_colour_interpretation_orders_unnamed_bands(tmp_path, colours, expected)
     assert r.bands == expected and np.array_equal(r.data, data)
     if expected[0] == "blue":
         assert r.select(["red", "green", "blue"]).data[0].min() == 32  # the file's third band
+
+
+def test_a_folder_scan_skips_what_an_interrupted_write_left(make_geotiff, tmp_path, caplog):
+    from msclip.io import TMP_PREFIX, list_image_set
+
+    path, _ = make_geotiff("a.tif")
+    (tmp_path / f"{TMP_PREFIX}map.tif.k2j4x9.tif").write_bytes(path.read_bytes()[:500])
+    found = list_image_set([tmp_path])
+    assert found.names == ["a.tif"]
+    assert "1 unfinished temporary file of an interrupted write" in caplog.text
