@@ -26,7 +26,9 @@ def _is_image(path: Path) -> bool:
 def _list_file(path: Path) -> list[tuple[str, str]]:
     """``(path, entry as written)`` of the files listed in a ``.txt`` (one per line) or ``.yaml``
     (list, or ``images:`` key) file; relative entries are relative to the list file's folder.
-    A byte-order mark (as Windows editors write) is not part of the first path."""
+    A ``.txt`` list holds one path a line; blank lines and lines starting with ``#`` (after any
+    indentation) are skipped. A byte-order mark (as Windows editors write) is not part of the
+    first path."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:

@@ -358,3 +358,14 @@ def test_a_folder_scan_skips_what_an_interrupted_write_left(make_geotiff, tmp_pa
     found = list_image_set([tmp_path])
     assert found.names == ["a.tif"]
     assert "1 unfinished temporary file of an interrupted write" in caplog.text
+
+
+def test_a_list_file_written_on_windows_is_read_as_meant(tmp_path):
+    from msclip.io import list_image_set
+
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    # UTF-8 with a byte-order mark, CRLF line ends, an indented comment
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.tif\r\n  # the second one\r\nb.tif\r\n")
+    found = list_image_set([tmp_path / "list.txt"])
+    assert found.paths == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
