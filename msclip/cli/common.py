@@ -573,7 +573,12 @@ def refuse_large_images(
     from rasterio.errors import RasterioError
 
     from msclip.errors import RasterTooLargeError
-    from msclip.io.readers import GEOTIFF_EXTENSIONS, PICTURE_EXTENSIONS, check_pixels
+    from msclip.io.readers import (
+        GEOTIFF_EXTENSIONS,
+        PICTURE_EXTENSIONS,
+        check_pixels,
+        too_large_picture,
+    )
 
     for path in paths if every_file else paths[:EARLY_CHECK_FILES]:
         ext = Path(path).suffix.lower()
@@ -586,8 +591,11 @@ def refuse_large_images(
             elif ext in PICTURE_EXTENSIONS:
                 from PIL import Image
 
-                with Image.open(path) as img:
-                    height, width = img.height, img.width
+                try:
+                    with Image.open(path) as img:
+                        height, width = img.height, img.width
+                except Image.DecompressionBombError as err:  # too large for Pillow to open
+                    raise UsageError(large_refusal(str(too_large_picture(path, err)), fix)) from err
             else:
                 continue
         except (OSError, ValueError, RasterioError):  # named when the file is read

@@ -77,6 +77,7 @@ __all__ = [
     "read_raster",
     "thermal_bands",
     "to_chw",
+    "too_large_picture",
 ]
 
 logger = logging.getLogger(__name__)
@@ -650,12 +651,23 @@ def _read_picture(
                 arr = np.asarray(img.convert("L"))[None]
             else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
                 arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
+    except Image.DecompressionBombError as err:
+        raise too_large_picture(path, err) from err
     except (UnidentifiedImageError, OSError) as err:
         raise RasterReadError(f"cannot read image {path}: {err}") from err
     arr = _upright(arr, orientation)
     names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
     return Raster(np.ascontiguousarray(arr), names, path=path, band_source=source,
                   meta={"layout": "HWC", "mode": mode})  # fmt: skip
+
+
+def too_large_picture(path: str, err: BaseException) -> RasterTooLargeError:
+    """The refusal of a picture Pillow will not open (more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels: its ``DecompressionBombError``, ``err``)."""
+    return RasterTooLargeError(
+        f"{path} has more pixels than a picture is opened with ({err}): convert it to a "
+        "GeoTIFF (gdal_translate) and cut it into tiles (scene mode), or reduce it"
+    )
 
 
 def _png_header(path: str) -> tuple[int, int]:

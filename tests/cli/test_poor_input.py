@@ -198,6 +198,18 @@ def test_a_raster_far_larger_than_the_input_is_refused_with_a_hint(tmp_path, cap
         assert "300x300 pixels" in err and "--run-scene" in err, mode
 
 
+def test_a_picture_too_large_for_pillow_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(pics / "ortho.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as a picture of 180+ Mpixels does
+    argv = ["--run-classification", "--images", str(pics), *CLASSES, *QUIET,
+            "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ortho.jpg has more pixels" in err and "GeoTIFF" in err and "Traceback" not in err
+
+
 # -- 5. band descriptions -------------------------------------------------------------------------
 def test_unrecognised_band_descriptions_are_refused_generic_ones_noted(tmp_path):
     data = np.ones((10, 16, 16), np.uint16)

@@ -56,3 +56,12 @@ def test_jpeg_from_a_camera_held_upright_is_read_upright(tmp_path):
     r = msclip.read_raster(tmp_path / "photo.jpg")
     assert r.data.shape == (3, 64, 40)
     assert r.data[:, :24].mean() > 200 and r.data[:, 40:].mean() < 50
+
+
+def test_a_picture_too_large_for_pillow_is_a_size_error(tmp_path, monkeypatch):
+    from msclip.errors import RasterTooLargeError
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ortho.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    with pytest.raises(RasterTooLargeError, match=r"ortho\.jpg has more pixels.*GeoTIFF"):
+        msclip.read_raster(tmp_path / "ortho.jpg")
