@@ -158,10 +158,16 @@ class ImageDataset(Dataset):
 
     def _load(self, item: ImageItem) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
         pp = self.preprocess
+        # ``nodata`` is the value a file stores: it is given to the reader, which compares it with
+        # the stored values (a file read rescaled holds other values, its missing pixels NaN)
         if isinstance(item, Tile):
-            data, names, nodata, _ = pp.load(pp.read(item.path, window=item.window))
+            raster = pp.read(item.path, window=item.window, nodata=self.nodata)
+            data, names, nodata, _ = pp.load(raster)
             return data, names, nodata, item.name
-        return pp.load(item)
+        if isinstance(item, (str, os.PathLike)) and hasattr(pp, "read"):
+            return pp.load(pp.read(item, nodata=self.nodata))
+        data, names, nodata, where = pp.load(item)
+        return data, names, nodata if self.nodata is None else self.nodata, where
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return item_with_warnings(self._get, index)
@@ -170,8 +176,6 @@ class ImageDataset(Dataset):
         item = self.items[index]
         try:
             data, names, nodata, where = self._load(item)
-            if self.nodata is not None:
-                nodata = self.nodata
             valid = 1.0 - nodata_fraction(data, nodata)
             if self.min_valid and valid < self.min_valid:
                 self._check_bands(names)

@@ -48,11 +48,15 @@ class ImageTransform(SpectralPreprocess):
         self.max_pixels = max_pixels
         self.downsample = downsample
 
-    def read(self, path: str | os.PathLike, window: Any = None) -> Raster:
-        """Read a file (or a window of a GeoTIFF) with this transform's band settings."""
+    def read(
+        self, path: str | os.PathLike, window: Any = None, nodata: float | None = None
+    ) -> Raster:
+        """Read a file (or a window of a GeoTIFF) with this transform's band settings
+        (``nodata``: the stored value of missing pixels, instead of the file's)."""
         return read_raster(
             path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, window=window,
             max_pixels=self.max_pixels, shorter_side=self.image_size if self.downsample else None,
+            nodata=nodata,
         )  # fmt: skip
 
     def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:

@@ -419,13 +419,16 @@ def predict_scene(
             raise RasterReadError(f"cannot open scene {src_path}: {err}") from err
         with ds:
             height, width = ds.height, ds.width
-            raw_nodata = ds.nodata if nodata is None else nodata
+            # the value of missing pixels as stored in the file: a rescaled read (below) marks
+            # them NaN, so ``nodata=`` must reach the reader, not only the preprocessing
+            stored_nodata = ds.nodata if nodata is None else nodata
+            raw_nodata = stored_nodata
             product_scale = stored_scale(sensor)
 
             def read(window: Window) -> np.ndarray:
                 try:
                     return read_image(
-                        ds, window, nodata=raw_nodata, promote=True,
+                        ds, window, nodata=stored_nodata, promote=True,
                         default_scale=product_scale, thermal=thermal,
                     )[0]  # fmt: skip
                 except RasterioIOError as err:  # a damaged block: the file, where and why

@@ -507,6 +507,7 @@ def _read_geotiff(
     window: Any,
     max_pixels: int | None = None,
     shorter_side: int | None = None,
+    nodata: float | None = None,
 ) -> Raster:
     import rasterio
     from affine import Affine
@@ -536,7 +537,7 @@ def _read_geotiff(
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
                 resampling=Resampling.average if out_shape else Resampling.nearest,
-                default_scale=stored_scale(sensor), thermal=thermal_bands(names),
+                nodata=nodata, default_scale=stored_scale(sensor), thermal=thermal_bands(names),
             )  # fmt: skip
             transform = src.transform
             if window is not None:
@@ -743,6 +744,7 @@ def read_raster(
     window: Any = None,
     max_pixels: int | None = None,
     shorter_side: int | None = None,
+    nodata: float | None = None,
 ) -> Raster:
     """Read an image file with its band names.
 
@@ -756,6 +758,9 @@ def read_raster(
         shorter_side: read a GeoTIFF (or its window) reduced so that its shorter side has this
             many pixels when it is larger (average resampling, through the file's overviews when
             it has them); ``max_pixels`` then does not apply.
+        nodata: the value of missing pixels as the file stores them, instead of the file's own
+            (e.g. 0 for L2A files that declare none). A GeoTIFF read rescaled (a declared band
+            scale or offset) compares it with its stored values and marks those pixels NaN.
 
     Raises:
         RasterReadError: missing, empty or corrupt file, or one whose values are not real
@@ -785,11 +790,15 @@ def read_raster(
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
     ext = Path(p).suffix.lower()
     if ext in GEOTIFF_EXTENSIONS:
-        return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side)
+        return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side, nodata)
     if ext in NUMPY_EXTENSIONS:
-        return _read_numpy(p, bands, sensor, layout, max_pixels)
-    if ext in PICTURE_EXTENSIONS:
-        return _read_picture(p, bands, sensor, max_pixels)
+        raster = _read_numpy(p, bands, sensor, layout, max_pixels)
+    elif ext in PICTURE_EXTENSIONS:
+        raster = _read_picture(p, bands, sensor, max_pixels)
+    else:
+        raster = None
+    if raster is not None:
+        return raster if nodata is None else replace(raster, nodata=nodata)
     raise UnsupportedFormatError(
         f"unsupported image format {ext!r} ({p}); supported: {', '.join(IMAGE_EXTENSIONS)}"
     )

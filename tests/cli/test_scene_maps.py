@@ -259,3 +259,21 @@ def test_scenes_without_a_crs_give_maps_without_a_made_up_georeference(scene, tm
         with rasterio.open(out / "similarity.tif") as src:
             # no transform of tile-sized cells at the origin that a GIS would take as real
             assert src.crs is None and src.transform.is_identity
+
+
+def test_nodata_of_a_scene_read_rescaled_is_its_stored_value(scene, tmp_path):
+    # a scene declaring a scale and offset (L2A since baseline 04.00) but no nodata value:
+    # --nodata 0 names the stored fill, which the tiles must skip after rescaling too
+    _, data = scene
+    scaled = tmp_path / "scaled.tif"
+    stored = np.where(data == 0, 0, data.astype(np.int32) + 1000).astype(np.uint16)
+    msclip.write_geotiff(scaled, stored, crs=CRS.from_epsg(32632), transform=ORIGIN)
+    with rasterio.open(scaled, "r+") as ds:
+        ds.scales = [1e-4] * 12
+        ds.offsets = [-0.1] * 12
+    out = tmp_path / "maps"
+    assert main(["--run-scene", "--scene", str(scaled), "--class-names", "sea", "forest",
+                 "--nodata", "0", "--save-path", str(out), *TINY]) == 0  # fmt: skip
+    with rasterio.open(out / "class_map.tif") as src:
+        labels = src.read(1)
+    assert (labels[:, 3] == 255).all() and (labels[:, :3] < 2).all()

@@ -300,6 +300,26 @@ def test_a_scene_with_a_declared_scale_and_offset_predicts_as_its_digital_number
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-3)  # NaN where nodata in both
 
 
+def test_nodata_given_for_a_scaled_scene_is_its_stored_value(tmp_path, scene, tiny):
+    """A scene that declares a scale and offset but no nodata value: ``nodata=0`` names its
+    stored fill, which stays nodata once the values are rescaled."""
+    path, data = scene
+    gap = (data == 0).all(axis=0)
+    stored = np.where(gap, 0, data.astype(np.int32) + 1000).astype(np.uint16)
+    scaled = tmp_path / "no_nodata.tif"
+    msclip.write_geotiff(scaled, stored, crs="EPSG:32632", transform=TRANSFORM,
+                         bands=list(msclip.read_raster(path).bands))  # fmt: skip
+    with rasterio.open(scaled, "r+") as ds:
+        ds.scales = [1e-4] * 12
+        ds.offsets = [-0.1] * 12
+    out = tmp_path / "pred.tif"
+    predict_scene(scaled, out, _pointwise(len(tiny.bands)), ScenePreprocess.from_model(tiny),
+                  task="regression", tile_size=64, overlap=16, nodata=0,
+                  progress=False)  # fmt: skip
+    values = _read(out)[0]
+    assert np.isnan(values[:, gap]).all() and np.isfinite(values[:, ~gap]).all()
+
+
 def test_a_landsat_sr_scene_is_read_with_the_products_scale(tmp_path, tiny):
     """Read as ``landsat89_sr``, a Collection 2 surface-reflectance scene of digital numbers (its
     scale only in the MTL file) predicts as the same reflectance stored as float."""
