@@ -108,7 +108,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> int:
     from msclip import synthetic
+    from msclip.io import check_output
 
+    if args.command != "classes":  # a file or an unwritable folder in the way: said at once
+        check_output(args.out, kind="dir", param="out_dir")
     if args.command == "examples":
         summary = synthetic.generate_examples(args.out, n=args.n, size=args.size, seed=args.seed)
         print(f"wrote {plural(summary.n_images, 'example tile')} and {summary.captions_csv}")
@@ -147,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``msclip-scenes``; returns the exit status (0 ok, 2 usage or refused argument)."""
-    return run_cli(argv, parse_args, _run)
+    return run_cli(argv, parse_args, _run, flags={"out_dir": "--out"})
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import SyntheticDataError
-from msclip.io import write_geotiff
+from msclip.io import check_output, write_geotiff
 from msclip.synthetic.classes import CLASS_INDEX, CLASSES
 from msclip.synthetic.dataset import (
     DEFAULT_CRS,
@@ -319,6 +319,19 @@ def _write_dense(
     return rel
 
 
+def check_dense_output(out_dir: str | os.PathLike[str]) -> Path:
+    """Refuse an output root (or its ``images``, ``labels``, ``targets`` folders) that cannot be
+    written, before anything is generated.
+
+    Raises:
+        OutputPathError: a file in the way of one of the folders, or a folder not writable.
+    """
+    root = check_output(out_dir, kind="dir", param="out_dir")
+    for sub in ("images", "labels", "targets"):
+        check_output(root / sub, kind="dir", param="out_dir")
+    return root
+
+
 def _uncommit(root: Path) -> None:
     """Remove an earlier generation's tables before any raster is replaced: ``index.csv`` is
     written last, so a run stopped half-way leaves no table pairing a new image with an old
@@ -366,6 +379,7 @@ def generate_dense_dataset(
 
     Raises:
         SyntheticDataError: bad count, size, seed or splits.
+        OutputPathError: the output root or one of its folders cannot be written.
         UnknownClassError: unknown class name.
     """
     fractions = _check_splits(splits)
@@ -374,7 +388,7 @@ def generate_dense_dataset(
     check_seed(seed)
     if n_per_class < 1:
         raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
-    root = Path(out_dir)
+    root = check_dense_output(out_dir)
     _uncommit(root)
     split_of = {c: _assign_splits(n_per_class, fractions, seed, CLASS_INDEX[c]) for c in chosen}
     for name, fraction in zip(SPLITS, fractions):
@@ -437,6 +451,7 @@ def write_scene(
 
     Raises:
         SyntheticDataError: bad size, seed or region size.
+        OutputPathError: the output root or one of its folders cannot be written.
     """
     check_seed(seed)
     if not name or name in (".", "..") or any(c in name for c in "/\\:") or name.startswith("."):
@@ -445,10 +460,10 @@ def write_scene(
             "hidden): the rasters are <out>/images/<name>.tif, labels/ and targets/",
             param="name",
         )
+    root = check_dense_output(out_dir)  # before minutes of generation, not after
     image, label, target = generate_scene(
         size, np.random.default_rng((seed, _SCENE_STREAM)), region_size=region_size
     )
-    root = Path(out_dir)
     _uncommit(root)
     pixels = np.bincount(label.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
     present = [c for i, c in enumerate(CLASSES) if pixels[i]]

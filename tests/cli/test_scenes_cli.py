@@ -119,3 +119,32 @@ def test_console_script_is_declared() -> None:
     target = getattr(importlib.import_module(module), func)
     # msclip.cli.entry wraps main (it leaves without the interpreter's teardown)
     assert target is scenes.main or (module, func) == ("msclip.cli.entry", "scenes")
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused_before_generating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msclip.synthetic import dense
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("generated before the output was checked")
+
+    monkeypatch.setattr(dense, "generate_scene", never)
+    monkeypatch.setattr(dense, "iter_samples", never)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "images").write_text("")  # a file where the scene's folder goes
+    for argv, path in (
+        (["scene", "--size", "4096", "--out", str(blocker)], blocker),
+        (["scene", "--size", "4096", "--out", str(root)], root / "images"),
+        (["dense", "--n-per-class", "1", "--out", str(root)], root / "images"),
+        (["dataset", "--n-per-class", "1", "--out", str(blocker / "sub")], blocker),
+        (["examples", "--n", "1", "--out", str(blocker)], blocker),
+    ):
+        assert scenes.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: cannot write {path}" in err, (argv, err)
+        assert "--out" in err, err
+    assert blocker.read_text() == "" and (root / "images").is_file()
