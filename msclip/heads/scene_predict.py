@@ -39,7 +39,8 @@ Outputs (one file):
 Input pixels whose every band is nodata (the file's nodata value, or ``nodata=``) or NaN are
 written as nodata; tiles that hold only such pixels are not run. A pixel with only some bands
 missing is predicted with those bands set to their mean (0 after normalisation), as
-:class:`msclip.spectral.SpectralPreprocess` does. The output has the source CRS and transform.
+:class:`msclip.spectral.SpectralPreprocess` does. The output has the source CRS and transform
+(none for a source without georeference).
 
 Reproducibility. Tiles are processed and accumulated in the same order whatever the batch size,
 so the output depends on batching only through the predictor; put models in ``eval()`` mode
@@ -514,8 +515,12 @@ def predict_scene(
             n_tiles = len(rows) * len(cols)
             tiles_run = 0
             bar = tqdm(total=n_tiles, unit=" tiles", desc=Path(src_path).name, disable=not progress)
+            # a scene without georeference has rasterio's identity transform: the map gets none
+            # either (written, it would place the map at the origin, upside down in a GIS)
+            plain = ds.crs is None and ds.transform.is_identity
             writer = GeoTiffStripWriter(
-                dst, width, height, count, np.dtype(dtype).name, ds.crs, ds.transform,
+                dst, width, height, count, np.dtype(dtype).name, ds.crs,
+                None if plain else ds.transform,
                 out_nodata, band_names, block_size, compress, cog, resampling, meta, scales,
             )  # fmt: skip
             with writer:

@@ -346,3 +346,21 @@ def test_a_landsat_sr_scene_is_read_with_the_products_scale(tmp_path, tiny):
         outs.append(_read(out)[0])
     assert np.isnan(outs[0][:, :10]).all() and np.isfinite(outs[0][:, 10:]).all()
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-3)
+
+
+def test_a_scene_without_georeference_gives_a_map_without_one(tmp_path, scene, tiny):
+    from rasterio.errors import NotGeoreferencedWarning
+
+    _, data = scene
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=W, height=H, count=12,
+                       dtype="uint16", nodata=0) as dst:  # fmt: skip
+        dst.write(data)
+    out = tmp_path / "pred.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        predict_scene(plain, out, _pointwise(len(tiny.bands)), ScenePreprocess.from_model(tiny),
+                      task="regression", tile_size=64, progress=False)  # fmt: skip
+    # no identity geotransform written: a GIS would place such a map at the origin, flipped
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(out) as src:
+        assert src.crs is None and src.shape == (H, W)
