@@ -14,7 +14,9 @@ cells are exactly the tiles' footprints.
 
 Footprints are given in the scene's CRS (``bounds``: ``minx, miny, maxx, maxy``) and as lon/lat
 rings in EPSG:4326 (corner points transformed with ``rasterio.warp.transform``, ordered
-counter-clockwise as RFC 7946 asks of exterior rings).
+counter-clockwise as RFC 7946 asks of exterior rings). The ring of a window is made of the
+window's own corners, so that a rotated or sheared geotransform gives the tile, not the box
+around it.
 
 A pixel is *nodata* when every band equals the nodata value (the file's, or the caller's) or is
 NaN or infinite; a tile whose fraction of valid pixels is below ``min_valid`` is skipped.
@@ -48,6 +50,7 @@ __all__ = [
     "raster_bounds",
     "scene_tiles",
     "tile_grid",
+    "window_footprint_lonlat",
     "write_class_map",
     "write_legend",
     "write_tile_map",
@@ -272,6 +275,23 @@ def footprint_lonlat(crs: Any, bounds: Sequence[float]) -> list[list[float]]:
     xs = [minx, maxx, maxx, minx, minx]
     ys = [miny, miny, maxy, maxy, miny]
     lon, lat = warp(crs, "EPSG:4326", xs, ys)
+    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+
+
+def window_footprint_lonlat(
+    crs: Any, transform: Any, row: int, col: int, height: int, width: int
+) -> list[list[float]]:
+    """Counter-clockwise lon/lat ring (closed, 5 points) of a pixel window's corners in
+    EPSG:4326: the window itself under any geotransform (north-up, south-up, rotated, sheared),
+    where the ring of its CRS bounds would be the box around a rotated window."""
+    from rasterio.warp import transform as warp
+
+    corners = [(row + height, col), (row + height, col + width), (row, col + width), (row, col)]
+    xs, ys = zip(*(transform * (c, r) for r, c in corners))
+    area = sum(xs[i] * ys[i - 3] - xs[i - 3] * ys[i] for i in range(4))
+    if area < 0:  # a south-up or mirrored transform turns the corners clockwise
+        xs, ys = (xs[0], *xs[:0:-1]), (ys[0], *ys[:0:-1])
+    lon, lat = warp(crs, "EPSG:4326", [*xs, xs[0]], [*ys, ys[0]])
     return [[float(a), float(b)] for a, b in zip(lon, lat)]
 
 

@@ -57,7 +57,14 @@ import numpy as np
 from msclip.encode import Failure, iter_encoded
 from msclip.errors import BandCoverageError
 from msclip.index.store import IndexStore, IndexWriter
-from msclip.tiling import SceneInfo, Tile, footprint_lonlat, open_scene, raster_bounds, scene_tiles
+from msclip.tiling import (
+    SceneInfo,
+    Tile,
+    open_scene,
+    raster_bounds,
+    scene_tiles,
+    window_footprint_lonlat,
+)
 
 __all__ = [
     "COMPARE_KEYS",
@@ -299,7 +306,7 @@ def _geo_columns(crs: Any, transform: Any, row: int, col: int, h: int, w: int) -
         }
     bounds = raster_bounds(transform, row, col, h, w)
     try:
-        ring = json.dumps(footprint_lonlat(crs, bounds))
+        ring = json.dumps(window_footprint_lonlat(crs, transform, row, col, h, w))
     except (ValueError, RuntimeError) as err:  # a CRS PROJ cannot transform to lon/lat
         logger.warning("no lon/lat footprint for a window of CRS %s: %s", crs, err)
         ring = None

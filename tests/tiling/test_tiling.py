@@ -16,6 +16,7 @@ from msclip.tiling import (
     raster_bounds,
     scene_tiles,
     tile_grid,
+    window_footprint_lonlat,
 )
 
 
@@ -75,3 +76,44 @@ def test_nodata_fraction_and_footprint():
     # Exterior ring counter-clockwise (RFC 7946): positive shoelace area.
     area = 0.5 * np.sum(lon[:-1] * lat[1:] - lon[1:] * lat[:-1])
     assert area > 0
+
+
+def _ccw(ring):
+    lon, lat = np.array(ring).T
+    return 0.5 * np.sum(lon[:-1] * lat[1:] - lon[1:] * lat[:-1]) > 0
+
+
+def test_window_footprints_are_the_windows_under_any_geotransform():
+    from rasterio.warp import transform as warp
+
+    utm = CRS.from_epsg(32632)
+    # north-up: the ring of the window's bounds, point for point
+    north = window_footprint_lonlat(utm, ORIGIN, 32, 64, 32, 32)
+    assert north == footprint_lonlat(utm, raster_bounds(ORIGIN, 32, 64, 32, 32))
+    # south-up: still counter-clockwise, around the same window
+    south_up = Affine(10, 0, 500000, 0, 10, 4990000)
+    south = window_footprint_lonlat(utm, south_up, 0, 0, 32, 32)
+    assert _ccw(south) and sorted(map(tuple, south[:4])) == sorted(
+        map(tuple, footprint_lonlat(utm, raster_bounds(south_up, 0, 0, 32, 32))[:4])
+    )
+    # rotated by 30 degrees: the tile's own corners, not the larger box around them
+    rotated = Affine.translation(500000, 5000000) * Affine.rotation(30) * Affine.scale(10, -10)
+    ring = window_footprint_lonlat(utm, rotated, 0, 0, 32, 32)
+    assert _ccw(ring) and len(ring) == 5 and ring[0] == ring[-1]
+    xs, ys = zip(*(rotated * (c, r) for r, c in ((0, 0), (0, 32), (32, 32), (32, 0))))
+    lon, lat = warp(utm, "EPSG:4326", list(xs), list(ys))
+    expected = sorted(zip(np.round(lon, 9), np.round(lat, 9)))
+    assert sorted(tuple(np.round(p, 9)) for p in ring[:4]) == expected
+
+
+def test_index_footprints_of_a_rotated_scene_are_its_tiles():
+    import json
+
+    from msclip.index.build import _geo_columns
+
+    utm = CRS.from_epsg(32632)
+    rotated = Affine.translation(500000, 5000000) * Affine.rotation(30) * Affine.scale(10, -10)
+    geo = _geo_columns(utm, rotated, 32, 0, 32, 32)
+    assert json.loads(geo["footprint"]) == window_footprint_lonlat(utm, rotated, 32, 0, 32, 32)
+    # the bounds stay the box around the tile, as documented
+    assert (geo["minx"], geo["maxy"]) == raster_bounds(rotated, 32, 0, 32, 32)[::3]
