@@ -842,8 +842,9 @@ def _dense_scene(
     )  # fmt: skip
     model.release_text_pages()
     _warn_georeference(args.scene)
+    final = out_dir / "dense_class_map.tif"
     result = predict_scene(
-        args.scene, out_dir / "dense_class_map.tif", MaskCLIP(model, classifier).eval(), model,
+        args.scene, _pending(final), MaskCLIP(model, classifier).eval(), model,
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         bands=args.bands, sensor=args.sensor, nodata=args.nodata, class_names=names,
         device=model.device, progress=not args.quiet,
@@ -851,6 +852,7 @@ def _dense_scene(
     )  # fmt: skip
     if not result.tiles_run:
         return _no_data_scene(args, result)
+    result.path = _keep(result.path, final)
     counts, missing = class_counts(result.path, len(names))
     legend = write_legend(
         out_dir, "dense_class_map", names, counts, int(result.nodata), "pixels", missing
@@ -925,9 +927,24 @@ def _warn_georeference(scene: str) -> None:
         logger.warning("%s", why)
 
 
+def _pending(final: Path) -> Path:
+    """Where a per-pixel map is written before it is known to hold data: beside ``final``, under
+    the temporary-file prefix, so that an all-nodata result never replaces an earlier run's map."""
+    from msclip.io import TMP_PREFIX
+
+    return final.with_name(f"{TMP_PREFIX}{final.name}.pending.tif")
+
+
+def _keep(pending: Path, final: Path) -> Path:
+    """Move a finished per-pixel map onto its name."""
+    from msclip.io.writers import commit
+
+    return commit(pending, final)
+
+
 def _no_data_scene(args: argparse.Namespace, result: Any) -> int:
     """Exit status 1 with one line when no tile of a per-pixel scene map held data (the map,
-    all nodata, is not kept)."""
+    all nodata, is not kept; an earlier run's map of that name is left as it was)."""
     Path(result.path).unlink(missing_ok=True)
     print(
         f"error: no tile of {args.scene} holds data: its {plural(result.tiles, 'tile')} are all "
@@ -964,14 +981,16 @@ def _head_scene(args: argparse.Namespace) -> int:
     model, _, _ = load_model(args)
     _warn_georeference(args.scene)
     stem = f"dense_{entry['name']}".replace("-", "_")
+    final = out_dir / f"{stem}.tif"
     result = predict_scene_with_head(
-        args.scene, out_dir / f"{stem}.tif", ckpt, model, task=entry["name"],
+        args.scene, _pending(final), ckpt, model, task=entry["name"],
         adapters=args.adapters, tile_size=args.tile_size or model.image_size,
         overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, sensor=args.sensor,
         nodata=args.nodata, progress=not args.quiet,
     )  # fmt: skip
     if not result.tiles_run:
         return _no_data_scene(args, result)
+    result.path = _keep(result.path, final)
     written = [result.path]
     what = (
         "band 1 class, band 2 confidence (%)"

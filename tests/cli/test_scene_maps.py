@@ -277,3 +277,23 @@ def test_nodata_of_a_scene_read_rescaled_is_its_stored_value(scene, tmp_path):
     with rasterio.open(out / "class_map.tif") as src:
         labels = src.read(1)
     assert (labels[:, 3] == 255).all() and (labels[:, :3] < 2).all()
+
+
+def test_an_all_nodata_rerun_leaves_the_earlier_per_pixel_map(scene, tmp_path, capsys):
+    path, data = scene
+    out = tmp_path / "dense"
+    args = ["--run-scene", "--class-names", "sea", "forest", "--dense", "--tile-size", "32",
+            "--save-path", str(out), *TINY]  # fmt: skip
+    assert main([*args, "--scene", str(path)]) == 0
+    before = (out / "dense_class_map.tif").read_bytes()
+    empty = tmp_path / "empty.tif"
+    msclip.write_geotiff(empty, np.zeros_like(data), crs=CRS.from_epsg(32632), transform=ORIGIN,
+                         nodata=0)  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--scene", str(empty)]) == 1
+    assert "holds data" in capsys.readouterr().err
+    # the map beside its legend is still the first run's, and nothing else is left there
+    assert (out / "dense_class_map.tif").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dense_class_map.tif", "dense_class_map_legend.csv", "dense_class_map_legend.json",
+    ]  # fmt: skip
