@@ -55,6 +55,7 @@ from msclip.heads.dense_data import (
     random_crop_batch,
 )
 from msclip.heads.runconfig import FinetuneRunConfig
+from msclip.heads.seeding import seeded
 
 __all__ = [
     "RECORD_TASKS",
@@ -407,7 +408,6 @@ def run_dense_finetune(
     apply_finetune_mode(model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
     layers = cfg.dense_layers if cfg.dense_layers else list(model.taps)
     from msclip.heads.dense import build_dense_model
-    from msclip.heads.training import seeded
 
     with seeded(cfg.seed):
         built = build_dense_model(model, tasks, layers)

@@ -71,6 +71,7 @@ from msclip.heads.runs import (
     save_encoder_files,
     write_protocol,
 )
+from msclip.heads.seeding import seeded
 from msclip.heads.training import head_groups, train_loop
 
 __all__ = [
@@ -550,8 +551,6 @@ class _Runner:
         if method == "text-init":
             return TextInitHead(self.classifier(), class_names=self.data.prompt_names)
         width = len(self.data.names)
-        from msclip.heads.training import seeded
-
         with seeded(self.cfg.seed):
             return LinearHead(in_features, width, self.cfg.batch_norm)
 

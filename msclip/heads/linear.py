@@ -46,6 +46,7 @@ from msclip.heads.probes.common import (
     check_labels,
     check_targets,
 )
+from msclip.heads.seeding import seeded
 from msclip.layer_decay import no_weight_decay
 
 __all__ = [
@@ -382,8 +383,6 @@ def fit_head(
     history: list[dict[str, float]] = []
     from tqdm.auto import tqdm
 
-    from msclip.heads.training import seeded
-
     with seeded(seed):
         head.train()
         for epoch in tqdm(range(epochs), desc="head", unit="epoch", disable=not progress):
@@ -530,8 +529,6 @@ def linear_probe(
         t_labels, _ = check_labels(test_targets, "test_targets", None, num_classes)
         width = _num_classes(task, [labels, t_labels], num_classes)
         num_classes = width if task == "single-label" else None
-    from msclip.heads.training import seeded
-
     with seeded(seed):
         head = LinearHead(x.shape[1], width, batch_norm)
     lr_used = 1e-3 * batch_size / 256 if lr is None else lr

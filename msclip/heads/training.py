@@ -11,7 +11,6 @@ a run key, so that a run killed at any point resumes to the same bits as an unin
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -24,27 +23,11 @@ import torch
 from torch import nn
 
 from msclip.errors import CheckpointError
+from msclip.heads.seeding import seeded
 
-__all__ = ["head_groups", "seeded", "train_loop"]
+__all__ = ["head_groups", "train_loop"]
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def seeded(seed: int, cuda: bool = False) -> Iterator[None]:
-    """torch's random state seeded with ``seed`` inside, the caller's restored afterwards.
-
-    The CPU generator always; with ``cuda`` also those of every CUDA device (for work that runs
-    there: dropout of a tower being fine-tuned), which initialises CUDA when there is one.
-    Without ``cuda`` no CUDA generator is touched (``torch.manual_seed`` would reseed them, or
-    queue a reseed for when CUDA starts, and ``fork_rng(devices=[])`` would not restore them).
-    """
-    devices = list(range(torch.cuda.device_count())) if cuda and torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(int(seed))
-        if devices:
-            torch.cuda.manual_seed_all(int(seed))
-        yield
 
 
 _CKPT_FORMAT = "msclip-finetune-v1"

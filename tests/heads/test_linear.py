@@ -223,7 +223,7 @@ def test_seeding_leaves_the_callers_random_state(rng, monkeypatch) -> None:
     runs there, and then restore those too."""
     import contextlib
 
-    from msclip.heads.training import seeded
+    from msclip.heads.seeding import seeded
 
     reseeded: list[int] = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
