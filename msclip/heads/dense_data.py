@@ -452,8 +452,11 @@ def from_folders(
     for d, what in ((a, "image_dir"), (b, "label_dir")):
         if not d.is_dir():
             raise HeadInputError(f"{d} is not a folder", param=what)
-    imgs = {q.name: q for q in sorted(a.iterdir()) if q.suffix.lower() in _RASTER_EXT}
-    labs = {q.name: q for q in sorted(b.iterdir()) if q.suffix.lower() in _RASTER_EXT}
+    # hidden files (macOS ._* forks, an interrupted write's .tmp-* file) are not samples
+    imgs = {q.name: q for q in sorted(a.iterdir())
+            if q.suffix.lower() in _RASTER_EXT and not q.name.startswith(".")}  # fmt: skip
+    labs = {q.name: q for q in sorted(b.iterdir())
+            if q.suffix.lower() in _RASTER_EXT and not q.name.startswith(".")}  # fmt: skip
     only_i, only_l = sorted(set(imgs) - set(labs)), sorted(set(labs) - set(imgs))
     if only_i or only_l:
         raise HeadInputError(

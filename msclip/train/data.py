@@ -552,10 +552,16 @@ class ClassFolderDataset(torch.utils.data.Dataset):
         self.classes: list[str] = []
         self.paths: list[str] = []
         self.labels: list[int] = []
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        # hidden folders and files (.ipynb_checkpoints, macOS ._* forks, an interrupted write's
+        # .tmp-* file) are neither classes nor images
+        for d in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             files = sorted(
-                f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
+                f for f in d.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not f.name.startswith(".")
+            )  # fmt: skip
             if max_per_class is not None:
                 files = files[:max_per_class]
             if not files:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -377,3 +378,20 @@ def test_one_training_image_with_upernet_is_refused_in_one_line(dense, tmp_path)
     with pytest.raises(HeadInputError, match=r"train split holds 1 image.*upernet"):
         run_finetune(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
+
+
+def test_image_and_label_folders_skip_hidden_files(tmp_path):
+    """Images and labels matched by name in two folders: hidden files (a macOS ._* fork, an
+    interrupted write's .tmp-* file) are not samples, so they do not count as unmatched."""
+    from msclip.heads.dense_data import DenseTarget, from_folders
+    from msclip.synthetic import generate_dense_dataset
+
+    generate_dense_dataset(tmp_path / "d", classes=["sea", "forest"], n_per_class=3, size=16,
+                           seed=0)  # fmt: skip
+    images, labels = tmp_path / "d" / "images", tmp_path / "d" / "labels"
+    first = sorted(images.iterdir())[0]
+    (images / f"._{first.name}").write_bytes(b"\0\5\26\7")
+    (labels / f".tmp-1234-{first.name}").write_bytes(first.read_bytes()[:100])
+    task = DenseTarget("segmentation", "segmentation", "label_dir")
+    data = from_folders(images, labels, task, val_fraction=0.2, test_fraction=0.2)
+    assert len(data.images) == 6 and not any(Path(p).name.startswith(".") for p in data.images)

@@ -213,9 +213,15 @@ def test_process_slices_equal_the_single_process_batch() -> None:
 def test_class_folders(tmp_path: Path, preprocess) -> None:
     _scenes_like(tmp_path, 6)
     (tmp_path / "Empty").mkdir()
+    # hidden folders and files are neither classes nor images
+    forest = sorted((tmp_path / "Forest").iterdir())[0]
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / forest.name).write_bytes(forest.read_bytes())
+    (tmp_path / "Forest" / f"._{forest.name}").write_bytes(b"\0\5\26\7")  # a macOS fork
     ds = ClassFolderDataset(tmp_path, preprocess, max_per_class=2)
     assert ds.classes == ["Forest", "River"]
     assert ds.labels == [0, 0, 1, 1] and ds[3]["label"] == 1
+    assert not any(Path(q).name.startswith(".") for q in ds.paths)
     assert class_display_name("AnnualCrop") == "annual crop"
     assert class_display_name("Herbaceous_Vegetation") == "herbaceous vegetation"
     with pytest.raises(BadSampleError, match="two class folders"):
