@@ -77,7 +77,8 @@ __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default
 logger = logging.getLogger(__name__)
 
 KERNELS = ("auto", "int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32")
-CACHE_VERSION = 1
+# 2: a constant dimension's step is 0 (1.0 before, which spoiled the int8 query rounding)
+CACHE_VERSION = 2
 _CACHE_PREFIX = "sq8-"
 # The int8 kernels of torch 2.x on x86 were seen to return wrong values or crash for a reduction
 # length that is not a multiple of 32, so codes and queries are zero-padded to a multiple of 64.
@@ -518,8 +519,12 @@ class SearchIndex:
             max_sq = max(max_sq, float(np.einsum("ij,ij->i", chunk, chunk).max()))
         centre = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
         step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
-        step[step <= 0] = 1.0  # a constant dimension codes as 0 whatever the step
-        inv = (1.0 / step).astype(np.float32)
+        # A constant dimension (e.g. one no row uses) codes as 0 and its step is 0: the query is
+        # multiplied by the steps, and a made-up step there (1.0 against ~1e-3 elsewhere) became
+        # the largest query value, so the per-query int8 rounding of int8-gemm and int8-fbgemm
+        # zeroed every other dimension (recall@10 fell to 0.75 for one unused dimension).
+        step[~(step > 0)] = 0.0
+        inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
         padded = -(-d // _DIM_ALIGN) * _DIM_ALIGN
         codes = np.zeros((self.count, padded), dtype=np.int8)
         tmp = np.empty((_BUILD_CHUNK_ROWS, d), dtype=np.float32)

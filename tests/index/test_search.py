@@ -233,3 +233,14 @@ def test_no_exact_rescan_without_a_tie_at_the_cut(kernel: str, monkeypatch) -> N
     monkeypatch.setattr(SearchIndex, "_search_exact", counting)
     index.search(q, 10)
     assert rescans == []
+
+
+@pytest.mark.parametrize("kernel", ["int8-gemm", "int8-fbgemm"])
+def test_a_dimension_no_row_uses_does_not_spoil_the_int8_scan(data, kernel: str) -> None:
+    """A constant dimension (here all zero, as a feature no row activates) codes as 0; it must not
+    scale the query so that the int8 rounding of the query loses every other dimension."""
+    emb, queries = data
+    emb = emb.copy()
+    emb[:, 3] = 0.0
+    index = SearchIndex(emb, kernel=kernel, device="cpu")
+    assert_matches(index.search(queries, 10), brute_force(emb, queries, 10))
