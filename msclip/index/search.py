@@ -624,6 +624,9 @@ class SearchIndex:
                 "embeddings; encode the queries with the model that built the index"
             )
         arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not arr.flags.writeable:
+            # e.g. a row of the store's memory map as the query: torch warns on read-only arrays
+            arr = arr.copy()
         if not np.isfinite(arr).all():
             raise InvalidEmbeddingsError("queries contain NaN or infinity")
         return arr
@@ -744,7 +747,7 @@ class SearchIndex:
                 prepared[f"{kernel}:0:{small}"] = _fbgemm_pack(codes[:small])
                 return spent
             if kernel == "bf16":
-                prepared[kernel] = torch.from_numpy(emb).bfloat16()
+                prepared[kernel] = _readonly_tensor(emb).bfloat16()
             return time.perf_counter() - t0
 
         def run(kernel: str, n_q: int) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +246,24 @@ def test_a_dimension_no_row_uses_does_not_spoil_the_int8_scan(data, kernel: str)
     emb[:, 3] = 0.0
     index = SearchIndex(emb, kernel=kernel, device="cpu")
     assert_matches(index.search(queries, 10), brute_force(emb, queries, 10))
+
+
+def test_read_only_rows_and_queries_raise_no_warning(tmp_path: Path) -> None:
+    """A memory-mapped index searched by one of its own rows (both read-only) warns nothing:
+    torch warns once per process about read-only arrays, so this runs in a fresh process."""
+    rows = unit(np.random.default_rng(0).standard_normal((300, DIM)))
+    np.save(tmp_path / "rows.npy", rows)
+    script = (
+        "import numpy as np\n"
+        "from msclip.index import SearchIndex\n"
+        f"rows = np.load({str(tmp_path / 'rows.npy')!r}, mmap_mode='r')\n"
+        "index = SearchIndex(rows, device='cpu')\n"
+        "index.calibration\n"
+        "for exact in (False, True):\n"
+        "    assert index.search(rows[3], 2, exact=exact).ids[0, 0] == 3\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], cwd=root, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
