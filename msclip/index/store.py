@@ -215,7 +215,7 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptIndexError(
             f"{what} {path} is not valid JSON ({exc}); the index is damaged, rebuild it"
         ) from exc
@@ -342,16 +342,21 @@ def _encode_part(
 
 
 def _read_part_header(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        line = fh.readline()
     try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline()
         header = json.loads(line)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptIndexError(
             f"metadata part {path} has a damaged header ({exc}); rebuild"
         ) from exc
     if not isinstance(header, dict) or header.get("format") != PART_FORMAT_NAME:
         raise CorruptIndexError(f"{path} is not a metadata part of an msclip index; rebuild")
+    sources = header.get("sources")
+    if not isinstance(sources, list) or not all(
+        isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) for s in sources
+    ):
+        raise CorruptIndexError(f"metadata part {path} has a damaged list of sources; rebuild")
     return header
 
 
@@ -365,17 +370,19 @@ def _source_infos(header: Mapping[str, Any]) -> list[dict[str, Any] | None]:
 
 
 def _read_part_frame(path: Path) -> pd.DataFrame:
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
     try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
         header = json.loads(lines[0])
         cols = [json.loads(line) for line in lines[1:] if line]
-    except (json.JSONDecodeError, IndexError) as exc:
+        n = int(header["count"])
+        data = {c["name"]: _decode_column(c, n, path) for c in cols}
+    except (ValueError, IndexError, KeyError, TypeError) as exc:  # JSON and decoding errors
+        if isinstance(exc, CorruptIndexError):
+            raise
         raise CorruptIndexError(
             f"metadata part {path} is damaged ({exc}); rebuild the index"
         ) from exc
-    n = int(header["count"])
-    data = {c["name"]: _decode_column(c, n, path) for c in cols}
     return (
         pd.DataFrame(data, index=pd.RangeIndex(n)) if data else pd.DataFrame(index=pd.RangeIndex(n))
     )
@@ -406,14 +413,57 @@ def _load_manifest(directory: Path) -> dict[str, Any]:
         raise IndexFormatError(
             f"index {directory} stores {manifest['dtype']!r}; only float32 is read"
         )
+    _check_manifest_fields(path, manifest)
     return manifest
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_manifest_fields(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Raise :class:`CorruptIndexError` unless the manifest's fields have the types and sums
+    msclip writes (a damaged or hand-edited manifest must not reach the readers)."""
+    bad = [
+        name
+        for name, ok in (
+            ("dim", _is_int(manifest["dim"], 1)),
+            ("count", _is_int(manifest["count"], 0)),
+            ("model", isinstance(manifest["model"], dict)),
+            ("index_id", isinstance(manifest["index_id"], str) and bool(manifest["index_id"])),
+            ("parts", isinstance(manifest["parts"], list)),
+        )
+        if not ok
+    ]
+    if not bad:
+        expected = 0
+        for i, part in enumerate(manifest["parts"]):
+            if not (
+                isinstance(part, dict)
+                and isinstance(part.get("file"), str)
+                and not Path(part["file"]).is_absolute()
+                and ".." not in Path(part["file"]).parts
+                and part.get("start") == expected
+                and _is_int(part.get("count"), 0)
+                and _is_int(part.get("bytes"), 1)
+            ):
+                bad.append(f"parts[{i}]")
+                break
+            expected += part["count"]
+        else:
+            if expected != manifest["count"]:
+                bad.append("count (not the sum of the parts' counts)")
+    if bad:
+        raise CorruptIndexError(
+            f"manifest {path} has damaged fields {bad}; the index is damaged, rebuild it"
+        )
 
 
 def _check_files(directory: Path, manifest: Mapping[str, Any]) -> None:
     """Raise :class:`CorruptIndexError` unless every file the manifest names is complete."""
     need = int(manifest["count"]) * int(manifest["dim"]) * _DTYPE.itemsize
     emb = directory / EMBEDDINGS_NAME
-    have = emb.stat().st_size if emb.exists() else -1
+    have = emb.stat().st_size if emb.is_file() else -1
     if have < need:
         raise CorruptIndexError(
             f"{emb} holds {max(have, 0)} bytes but the manifest commits {manifest['count']} rows "
@@ -421,7 +471,7 @@ def _check_files(directory: Path, manifest: Mapping[str, Any]) -> None:
         )
     for part in manifest["parts"]:
         path = directory / part["file"]
-        size = path.stat().st_size if path.exists() else -1
+        size = path.stat().st_size if path.is_file() else -1
         if size != part["bytes"]:
             raise CorruptIndexError(
                 f"metadata part {path} is {'missing' if size < 0 else f'{size} bytes'}, the "

@@ -329,6 +329,50 @@ def test_open_errors(tmp_path: Path, index_path: Path) -> None:
         IndexStore.open(index_path)
 
 
+def _damage_manifest(**fields):
+    def damage(index: Path) -> None:
+        manifest = json.loads((index / "manifest.json").read_text())
+        manifest.update(fields)
+        (index / "manifest.json").write_text(json.dumps(manifest))
+
+    return damage
+
+
+def _overwrite(name: str, data: bytes | None = None):
+    def damage(index: Path) -> None:
+        path = next(index.glob(name))
+        path.write_bytes(data if data is not None else b"\xff" * path.stat().st_size)
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _overwrite("manifest.json", b"\xff\xfe garbage"),  # bytes that are not UTF-8
+        _overwrite("meta/part-*.jsonl"),  # same size, other bytes: passes the size check
+        _damage_manifest(count=-1),
+        _damage_manifest(count=3),  # not the sum of the parts' counts
+        _damage_manifest(dim=-3),
+        _damage_manifest(parts=None),
+        _damage_manifest(model=[1, 2]),
+        _damage_manifest(parts=[{"file": "meta/part-000000.jsonl", "start": 0, "count": 5}]),
+    ],
+)
+def test_a_damaged_index_is_named_not_a_crash(index_path: Path, damage) -> None:
+    """Bit rot or a hand-edited manifest: reading the index says it is damaged (one
+    CorruptIndexError naming the file), never a UnicodeDecodeError, KeyError or TypeError."""
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        writer.add(unit_rows(5, 1), {"i": list(range(5))}, source="a")
+    damage(index_path)
+    with pytest.raises(CorruptIndexError, match="rebuild"):
+        store = IndexStore.open(index_path)
+        store.metadata  # noqa: B018 - reads the parts
+        store.sources  # noqa: B018
+    with pytest.raises(CorruptIndexError, match="rebuild"):
+        IndexWriter.open_or_create(index_path, DIM, MODEL)
+
+
 def test_empty_index(index_path: Path) -> None:
     IndexWriter.open_or_create(index_path, DIM, MODEL).close()
     store = IndexStore.open(index_path)
