@@ -233,11 +233,13 @@ def _geojson(df: Any) -> dict[str, Any]:
 
 def _open(index: str) -> Any:
     from msclip.errors import IndexNotFoundError
-    from msclip.index.store import IndexStore
+    from msclip.index.store import IndexStore, folder_problem
 
     try:
         return IndexStore.open(index)
     except IndexNotFoundError as err:
+        if folder_problem(index) is not None:  # a file: creating an index there fails too
+            raise
         raise UsageError(
             f"{err}; create it with 'msclip-index build {index} --images ...'"
         ) from err
@@ -399,8 +401,12 @@ def _windows(df: Any) -> list[str]:
 def _run_build(args: argparse.Namespace) -> int:
     from msclip.errors import BandCoverageError, RasterTooLargeError
     from msclip.index.build import build_index
+    from msclip.index.store import folder_problem
     from msclip.io import list_images
 
+    problem = folder_problem(args.index)
+    if problem is not None:  # before loading the model and planning the sources
+        raise UsageError(problem)
     images = list_images(args.images) if args.images else []
     scenes = list_images(args.scenes) if args.scenes else []
     store = _existing(args.index)

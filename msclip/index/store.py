@@ -86,6 +86,7 @@ __all__ = [
     "MetadataError",
     "ModelInfoError",
     "SourceRange",
+    "folder_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -389,8 +390,26 @@ def _read_part_frame(path: Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------- manifest
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be an index folder (it is a file, or under one), or ``None``."""
+    directory = Path(path)
+    for place in (directory, *directory.parents):
+        if place.exists():
+            if place.is_dir():
+                return None
+            what = "is a file" if place == directory else f"is under the file {place}"
+            return (
+                f"{directory} {what}, not an index folder; give the path of an index folder (a "
+                "new path for msclip-index build)"
+            )
+    return None
+
+
 def _load_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_NAME
+    problem = folder_problem(directory)
+    if problem is not None:
+        raise IndexNotFoundError(problem, param="index")
     if not path.is_file():
         raise IndexNotFoundError(
             f"no embedding index at {directory} ({MANIFEST_NAME} missing)", param="index"
@@ -814,6 +833,11 @@ class IndexWriter:
             raise ValueError(f"commit_rows must be a positive integer, got {commit_rows!r}")
         model = _normalise_model_info(model_info)
         directory = Path(path)
+        problem = folder_problem(directory)
+        if problem is not None:
+            from msclip.errors import OutputPathError
+
+            raise OutputPathError(problem, param="index")
         # A user's folder is refused before anything is written into it (the lock file, or the
         # folder itself); the check is repeated under the lock against a concurrent creator.
         if directory.is_dir() and not (directory / MANIFEST_NAME).exists():

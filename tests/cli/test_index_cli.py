@@ -554,3 +554,23 @@ def test_search_names_each_hit_by_its_full_path(inputs, tmp_path, monkeypatch, c
     assert paths == [str(tmp_path / "a" / "x.tif"), str(tmp_path / "b" / "x.tif")]
     assert "a/x.tif" in out and "b/x.tif" in out
     assert IndexStore.open(idx).metadata["path"].tolist() == paths
+
+
+def test_a_file_given_as_the_index_is_named(inputs, tmp_path, capsys):
+    """Every subcommand names a file given where the index folder goes, without the misleading
+    'create it with msclip-index build' of a missing index, and leaves the file as it was."""
+    files, _, _ = inputs
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    runs = (
+        ["build", str(file), "--images", str(files[0]), *TINY],
+        ["add", str(file), "--images", str(files[0]), *TINY],
+        ["search", str(file), "--query", "x", "--save-path", str(tmp_path / "r.csv"), *TINY],
+        ["info", str(file)],
+    )
+    for argv in runs:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{file} is a file, not an index folder" in err, argv
+        assert "create it" not in err and "Traceback" not in err and "Errno" not in err
+    assert file.read_text() == "mine"

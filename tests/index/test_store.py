@@ -373,6 +373,21 @@ def test_a_damaged_index_is_named_not_a_crash(index_path: Path, damage) -> None:
         IndexWriter.open_or_create(index_path, DIM, MODEL)
 
 
+def test_a_file_given_as_the_index_is_named(tmp_path: Path) -> None:
+    """A file where the index folder should be (or above it) is named as such, and left as it was;
+    not an OSError 'File exists' or 'Not a directory'."""
+    from msclip.errors import OutputPathError
+
+    file = tmp_path / "scenes.csv"
+    file.write_text("a,b\n")
+    for path, what in ((file, "is a file"), (file / "x.index", f"is under the file {file}")):
+        with pytest.raises(OutputPathError, match=f"{what}, not an index folder"):
+            IndexWriter.open_or_create(path, DIM, MODEL)
+        with pytest.raises(IndexNotFoundError, match=f"{what}, not an index folder"):
+            IndexStore.open(path)
+    assert file.read_text() == "a,b\n"
+
+
 def test_empty_index(index_path: Path) -> None:
     IndexWriter.open_or_create(index_path, DIM, MODEL).close()
     store = IndexStore.open(index_path)
