@@ -215,12 +215,7 @@ def _geojson(df: Any) -> dict[str, Any]:
         ring = r.get("footprint")
         if not isinstance(ring, str) or not ring:
             continue
-        props = {
-            k: (None if isinstance(v, float) and np.isnan(v) else v)
-            for k, v in r.items()
-            if k != "footprint"
-        }
-        props = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in props.items()}
+        props = {k: _json_value(v) for k, v in r.items() if k != "footprint"}
         features.append(
             {
                 "type": "Feature",
@@ -229,6 +224,23 @@ def _geojson(df: Any) -> dict[str, Any]:
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+def _json_value(value: Any) -> Any:
+    """A metadata value as strict JSON (RFC 8259): missing values (NaN, NaT, pd.NA) and
+    infinities as null, datetimes in ISO 8601, numpy scalars as Python ones (the columns of an
+    index written through the Python API may hold any of them)."""
+    import pandas as pd
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (not isinstance(value, (str, list, dict)) and pd.isna(value)):
+        return None
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+        return value.isoformat()
+    return value
 
 
 def _open(index: str) -> Any:

@@ -574,3 +574,36 @@ def test_a_file_given_as_the_index_is_named(inputs, tmp_path, capsys):
         assert f"{file} is a file, not an index folder" in err, argv
         assert "create it" not in err and "Traceback" not in err and "Errno" not in err
     assert file.read_text() == "mine"
+
+
+def test_geojson_of_api_metadata_is_strict_json(tmp_path, model):
+    """An index written through the Python API may hold datetimes, nullable integers and float32
+    NaN or infinity next to its footprints: the GeoJSON holds them as ISO text and null."""
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    m, _, _ = model
+    ring = json.dumps([[9.0, 45.0], [9.1, 45.0], [9.1, 45.1], [9.0, 45.1], [9.0, 45.0]])
+    rows = pd.DataFrame(
+        {
+            "path": ["a.tif", "b.tif"],
+            "footprint": [ring, ring],
+            "acquired": pd.to_datetime(["2021-05-01", None]),
+            "cloud": pd.array([3, None], dtype="Int64"),
+            "quality": np.array([np.inf, np.nan], np.float32),
+        }
+    )
+    idx = tmp_path / "api.index"
+    with IndexWriter.open_or_create(idx, 32, model_info(m)) as w:
+        w.add(np.eye(2, 32, dtype=np.float32), rows, source="batch-1")
+    out = tmp_path / "hits.csv"
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(out), *TINY]) == 0
+
+    def strict(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    geo = json.loads(out.with_suffix(".geojson").read_text(), parse_constant=strict)
+    props = {f["properties"]["Image"]: f["properties"] for f in geo["features"]}
+    assert props["a.tif"]["acquired"] == "2021-05-01T00:00:00" and props["a.tif"]["cloud"] == 3
+    assert props["a.tif"]["quality"] is None
+    assert props["b.tif"]["acquired"] is None and props["b.tif"]["cloud"] is None
