@@ -52,6 +52,7 @@ from msclip.cli.common import (
     large_refusal,
     load_model,
     min_valid,
+    non_negative_int,
     output_path,
     plural,
     positive_int,
@@ -72,6 +73,14 @@ _LARGE_QUERY_FIX = (
     "give a query image of about the model's input size (a crop of the scene), or index the "
     "scene tile by tile with --scenes"
 )
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0 (NaN or infinity would never commit)."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_input_check_args(b)
         b.add_argument(
             "--commit-seconds",
-            type=float,
+            type=_seconds,
             default=60.0,
             help="commit finished sources at least this often (default 60 s; a "
             "killed build loses at most this much work)",
@@ -141,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exact float scan instead of the int8 short-list with exact re-ranking",
     )
-    s.add_argument("--max-print", type=int, default=20, help="rows of the printed table")
+    s.add_argument(
+        "--max-print",
+        type=non_negative_int,
+        default=20,
+        help="rows of the printed table (default 20; the CSV has all)",
+    )
     add_text_cache_args(s)
     add_model_args(s)
     add_run_args(s)

@@ -607,3 +607,20 @@ def test_geojson_of_api_metadata_is_strict_json(tmp_path, model):
     assert props["a.tif"]["acquired"] == "2021-05-01T00:00:00" and props["a.tif"]["cloud"] == 3
     assert props["a.tif"]["quality"] is None
     assert props["b.tif"]["acquired"] is None and props["b.tif"]["cloud"] is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "x.index", "--images", "a.tif", "--commit-seconds", "nan"],
+        ["build", "x.index", "--images", "a.tif", "--commit-seconds", "-1"],
+        ["add", "x.index", "--images", "a.tif", "--commit-seconds", "inf"],
+        ["search", "x.index", "--query", "x", "--max-print", "-1"],
+    ],
+)
+def test_bad_numbers_are_usage_errors(argv, capsys):
+    """--commit-seconds nan/inf would never commit before the end (a killed build loses all of
+    it); --max-print -1 printed all rows but one and a wrong 'more rows' count."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}: expected" in err and argv[-1] in err
