@@ -287,7 +287,9 @@ def window_footprint_lonlat(
     from rasterio.warp import transform as warp
 
     corners = [(row + height, col), (row + height, col + width), (row, col + width), (row, col)]
-    xs, ys = zip(*(transform * (c, r) for r, c in corners))
+    t = transform  # x = a*col + b*row + c, y = d*col + e*row + f (affine's own '*' warns)
+    xs = [t.a * c + t.b * r + t.c for r, c in corners]
+    ys = [t.d * c + t.e * r + t.f for r, c in corners]
     area = sum(xs[i] * ys[i - 3] - xs[i - 3] * ys[i] for i in range(4))
     if area < 0:  # a south-up or mirrored transform turns the corners clockwise
         xs, ys = (xs[0], *xs[:0:-1]), (ys[0], *ys[:0:-1])
