@@ -478,13 +478,13 @@ def encode_batches(
         sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
     )
     amp = autocast if autocast is not None else contextlib.nullcontext()
-    from tqdm.auto import tqdm
+    from msclip.progress import progress_bar
 
     dim = int(getattr(model, "embed_dim", 0))
     tally = tally if tally is not None else WarningTally()
     fatal = {cls.__name__: cls for cls in abort_on}
     batches = iter(loader)
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", disable=not progress) as bar:
         while True:
             # items read here (no workers) are read with one thread (see the module docstring)
             with single_thread() if workers == 0 else contextlib.nullcontext():

@@ -422,10 +422,10 @@ def encode_texts(
         tokens = tokenizer(todo)
         _warn_cut(tokenizer, todo, tokens)
         order = torch.argsort(_token_lengths(tokens), stable=True).tolist()
-        from tqdm.auto import tqdm
+        from msclip.progress import progress_bar
 
         new: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=len(todo), desc="text tower", unit="prompt", disable=not progress)
+        bar = progress_bar(total=len(todo), desc="text tower", unit="prompt", disable=not progress)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             emb = model.encode_text(tokens[idx].to(device), trim=True)

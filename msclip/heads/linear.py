@@ -381,11 +381,11 @@ def fit_head(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history: list[dict[str, float]] = []
-    from tqdm.auto import tqdm
+    from msclip.progress import progress_bar
 
     with seeded(seed):
         head.train()
-        for epoch in tqdm(range(epochs), desc="head", unit="epoch", disable=not progress):
+        for epoch in progress_bar(range(epochs), desc="head", unit="epoch", disable=not progress):
             perm = gen.permutation(n)
             bounds = [*range(0, n, batch_size), n]
             if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:

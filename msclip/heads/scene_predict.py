@@ -382,9 +382,9 @@ def predict_scene(
     import rasterio
     from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
-    from tqdm.auto import tqdm
 
     from msclip.io import GeoTiffStripWriter
+    from msclip.progress import progress_bar
 
     if task not in ("segmentation", "regression"):
         raise TilingError(f"task must be 'segmentation' or 'regression', got {task!r}")
@@ -514,7 +514,9 @@ def predict_scene(
             valid = np.zeros((t, acc_w), dtype=bool)  # input validity of the current strip
             n_tiles = len(rows) * len(cols)
             tiles_run = 0
-            bar = tqdm(total=n_tiles, unit=" tiles", desc=Path(src_path).name, disable=not progress)
+            bar = progress_bar(
+                total=n_tiles, unit=" tiles", desc=Path(src_path).name, disable=not progress
+            )
             # a scene without georeference has rasterio's identity transform: the map gets none
             # either (written, it would place the map at the origin, upside down in a GIS)
             plain = ds.crs is None and ds.transform.is_identity

@@ -158,7 +158,7 @@ def _train_epochs(
     progress: bool,
     desc: str,
 ) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
+    from msclip.progress import progress_bar
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -179,7 +179,7 @@ def _train_epochs(
         history = list(state["history"])
         start = int(state["epoch"])
         logger.info("resumed %s after epoch %d of %d", checkpoint, start, epochs)
-    for epoch in tqdm(range(start, epochs), desc=desc, unit="epoch", disable=not progress,
+    for epoch in progress_bar(range(start, epochs), desc=desc, unit="epoch", disable=not progress,
                       initial=start, total=epochs):  # fmt: skip
         net.train()
         total_loss, seen = 0.0, 0

@@ -327,9 +327,9 @@ def generate_dataset(
     total = len(chosen) * n_per_class
     samples = iter_samples(chosen, n_per_class, size, seed)
     if progress:
-        from tqdm import tqdm
+        from msclip.progress import progress_bar
 
-        samples = tqdm(samples, total=total, unit="tile", desc=f"scenes -> {root}")
+        samples = progress_bar(samples, total=total, unit="tile", desc=f"scenes -> {root}")
     rows: list[list[str]] = []
     files: list[str] = []
     counts = {c: 0 for c in chosen}

@@ -400,10 +400,10 @@ def generate_dense_dataset(
             )  # fmt: skip
     samples = iter_samples(chosen, n_per_class, size, seed)
     if progress:
-        from tqdm import tqdm
+        from msclip.progress import progress_bar
 
         total = len(chosen) * n_per_class
-        samples = tqdm(samples, total=total, unit="tile", desc=f"dense -> {root}")
+        samples = progress_bar(samples, total=total, unit="tile", desc=f"dense -> {root}")
     rows: list[list[str]] = []
     counts = dict.fromkeys(SPLITS, 0)
     pixels = np.zeros(len(CLASSES), dtype=np.int64)

@@ -686,10 +686,10 @@ class Trainer:
             return
         bar = None
         if cfg.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
+            from msclip.progress import progress_bar
 
             n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-            bar = tqdm(
+            bar = progress_bar(
                 total=self.steps_per_epoch,
                 initial=st.step_in_epoch,
                 dynamic_ncols=True,
