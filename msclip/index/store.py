@@ -513,10 +513,15 @@ def _check_compatible(
             else ""
         )
         if names == ["input_rules"]:
-            stored = manifest["model"].get("input_rules", "1 or older (not recorded)")
+            stored = manifest["model"].get("input_rules")
+            built = (
+                f"msclip's input rules {stored}"
+                if stored is not None
+                else "the input rules of an msclip that did not record them"
+            )
             raise IndexMismatchError(
-                f"the index's rows were read under msclip's input rules {stored} (band names, "
-                f"band mapping, product scales), this msclip reads files under rules "
+                f"the index's rows were read under {built} (band names, band mapping, product "
+                f"scales), this msclip reads files under rules "
                 f"{given.get('input_rules')}: the same file would give another row; build a new "
                 "index from all the sources (msclip-index build into a new folder) instead of "
                 "adding to this one",

@@ -56,8 +56,11 @@ __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 #: product scales). Caches and records of results computed from inputs (the heads' feature
 #: cache, evaluation records under ``--skip-existing``) key on it, so results of older rules are
 #: computed again. 2: one input band per model band, edge bands standing in, sensor band numbers
-#: however padded, the Landsat Collection 2 surface-reflectance scale.
-INPUT_RULES = 2
+#: however padded, the Landsat Collection 2 surface-reflectance scale. 3: 16-bit PNGs with alpha
+#: keep their depth, pictures are turned upright by their EXIF orientation, unnamed GeoTIFF bands
+#: are ordered by their colour interpretation, a given nodata value is compared with the stored
+#: values before a declared scale.
+INPUT_RULES = 3
 
 logger = logging.getLogger(__name__)
 

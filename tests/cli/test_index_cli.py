@@ -165,7 +165,7 @@ def test_other_input_rules_refused(inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("msclip.spectral.adapt.INPUT_RULES", INPUT_RULES + 1)
     assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 2
     err = capsys.readouterr().err
-    assert f"input rules {INPUT_RULES}" in err and "build a new index" in err
+    assert f"msclip's input rules {INPUT_RULES}" in err and "build a new index" in err
     assert IndexStore.open(idx).count == 1
     assert main(["search", str(idx), "--query", "x", *TINY]) == 0
     monkeypatch.undo()
@@ -174,7 +174,7 @@ def test_other_input_rules_refused(inputs, tmp_path, capsys, monkeypatch):
     (idx / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert main(["add", str(idx), "--images", str(files[1]), *TINY]) == 2
-    assert "input rules 1 or older (not recorded)" in capsys.readouterr().err
+    assert "input rules of an msclip that did not record them" in capsys.readouterr().err
     assert IndexStore.open(idx).count == 1
 
 
