@@ -475,7 +475,9 @@ def describes_itself(path: str | os.PathLike) -> bool:
 def _training_checkpoint_config(path: Path) -> dict | None:
     """The msclip config an msclip training checkpoint (``.pt``) carries, read safely
     (``weights_only``, memory-mapped: no tensor is copied)."""
-    if path.suffix not in (".pt", ".pth", ".ckpt"):
+    from msclip.pretrained import checkpoint_format
+
+    if path.suffix not in (".pt", ".pth", ".ckpt") or checkpoint_format(path) == "safetensors":
         return None
     import pickle
 
@@ -498,8 +500,11 @@ def _parsed_config(text: str) -> dict:
 
 
 def _safetensors_config(path: Path) -> dict | None:
-    """The msclip config in a safetensors file's metadata (header only, no tensors read)."""
-    if path.suffix != ".safetensors":
+    """The msclip config in a safetensors file's metadata (header only, no tensors read); the
+    format is told from the file's first bytes, as when it is loaded."""
+    from msclip.pretrained import _is_safetensors
+
+    if not _is_safetensors(str(path)):
         return None
     from safetensors import SafetensorError, safe_open
 

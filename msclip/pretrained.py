@@ -38,6 +38,7 @@ __all__ = [
     "MODELS",
     "RELEASE_PREFIXES",
     "ModelEntry",
+    "checkpoint_format",
     "export_release_checkpoint",
     "file_sha256",
     "load_weights",
@@ -361,20 +362,79 @@ def checkpoint_read_reason(path: str | os.PathLike, err: BaseException) -> str:
     return text
 
 
+def checkpoint_format(path: str | os.PathLike) -> str | None:
+    """``"safetensors"`` or ``"torch"`` when the first bytes of the file say so, else ``None``.
+
+    The content decides, not the name: a safetensors file saved as ``.pt``/``.pth``/``.bin`` (or a
+    torch file as ``.safetensors``) is read by the right reader instead of being reported as
+    damaged. A safetensors file starts with the length of its JSON header (8 bytes, little
+    endian) followed by ``{``; a torch file is a zip archive (``PK``) or, in the legacy format, a
+    pickle (protocol byte ``0x80``).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return None
+    # the header length first: its low byte can be anything, 0x80 included
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "torch"
+    return None
+
+
+def _is_safetensors(path: str) -> bool:
+    fmt = checkpoint_format(path)
+    return fmt == "safetensors" or (fmt is None and path.endswith(".safetensors"))
+
+
+def _safetensors_read_reason(path: str, err: BaseException) -> str:
+    """What is wrong with a safetensors file that cannot be read, in words (the library's own
+    message names a header field, not the file's state)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return str(err)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    return f"the file is damaged, truncated or not a safetensors file ({size} bytes; {err})"
+
+
+def _refuse_torchscript(path: str) -> None:
+    """A TorchScript archive (``torch.jit.save``, such as OpenAI's original CLIP ``.pt`` files)
+    holds code, not a state dict: refused before torch dispatches it to ``torch.jit.load``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch's loader reports the damage
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (a model saved with torch.jit.save, as OpenAI's "
+            "original CLIP files are), not a state dict; msclip does not load programs from "
+            "files. Save its state dict from a trusted copy "
+            "(torch.save(torch.jit.load(path).state_dict(), 'weights.pt')) and give that file"
+        )
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file of any supported format (see the module docstring).
 
     The tensors are memory maps of the file (safetensors, and ``.pt`` files in torch's zip
     format): no tensor data is read here, and a model built with ``assign`` loading
     (:func:`load_weights` on a model built on the meta device) uses the mapped pages as its
-    weights, with no second copy.
+    weights, with no second copy. The format is told from the file's first bytes (see
+    :func:`checkpoint_format`), the name's suffix deciding only when they do not.
     """
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise WeightsNotFoundError(f"checkpoint file not found: {p}")
     _refuse_download_stand_ins(p)
     config = None
-    if p.endswith(".safetensors"):
+    if _is_safetensors(p):
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -382,7 +442,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 meta = f.metadata() or {}
                 sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read safetensors checkpoint {p}: {err}") from err
+            raise CheckpointError(
+                f"cannot read safetensors checkpoint {p}: {_safetensors_read_reason(p, err)}"
+            ) from err
         field = "msclip_config"
         try:
             if "msclip_config" in meta:
@@ -399,6 +461,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         fmt = "msclip" if config is not None else "open_clip"
         return Checkpoint(_strip_module(sd), fmt, config, temperature, p, mapped=True)
 
+    if p.endswith(".safetensors"):  # torch's loader reads any file of this name as safetensors
+        raise CheckpointError(
+            f"{p} is a torch checkpoint, not a safetensors file: give it its own suffix "
+            f"(rename it to {os.path.basename(p)[: -len('.safetensors')]}.pt)"
+        )
+    _refuse_torchscript(p)
     obj, mapped = _torch_load(p)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a state dict (found {type(obj).__name__})")

@@ -1,0 +1,90 @@
+"""Checkpoint files as researchers bring them: misnamed formats, TorchScript archives, damaged
+files, paths with ``~``, files without a model description, typos in model names."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import msclip
+from msclip.errors import CheckpointError
+from msclip.factory import describes_itself
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny", precision="fp32")
+    st = msclip.save_checkpoint(model, root / "tiny.safetensors")
+    plain = root / "plain.pt"
+    torch.save(model.clip.state_dict(), plain)
+    return model, st, plain
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.clip.state_dict(), b.clip.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_format_is_told_from_the_content_not_the_suffix(tiny_files, tmp_path) -> None:
+    model, st, plain = tiny_files
+    # an msclip safetensors file saved under a torch name: it still describes itself and loads
+    for name in ("weights.pt", "weights.pth", "weights.bin"):
+        misnamed = shutil.copy(st, tmp_path / name)
+        assert describes_itself(misnamed), name
+        assert _same_weights(msclip.create_model(misnamed, precision="fp32"), model), name
+        loaded = msclip.create_model("msclip-tiny", misnamed, precision="fp32")
+        assert _same_weights(loaded, model), name
+    # whatever the first byte of the header length (0x80 is also the first byte of a pickle)
+    from safetensors.torch import save_file
+
+    sd = {"w": torch.zeros(2)}
+    for pad in range(256):
+        odd = tmp_path / "odd.pt"
+        save_file(sd, str(odd), metadata={"pad": "x" * pad})
+        if odd.read_bytes()[0] == 0x80:
+            break
+    assert msclip.pretrained.read_checkpoint(odd).state_dict.keys() == {"w"}
+    # a torch file under a safetensors name: named as such, with the fix (not a header error)
+    torch_named_st = shutil.copy(plain, tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match=r"is a torch checkpoint.*rename it to plain\.pt"):
+        msclip.create_model("msclip-tiny", torch_named_st)
+
+
+def test_empty_and_truncated_safetensors_say_so(tiny_files, tmp_path) -> None:
+    _, st, _ = tiny_files
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.safetensors: the file is empty \(0 bytes\)"):
+        msclip.create_model(empty)
+    data = st.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"truncated .*\({len(data) // 2} bytes"):
+        msclip.create_model("msclip-tiny", cut)
+
+
+def test_a_torchscript_archive_is_refused_without_running_it(tmp_path) -> None:
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    path = tmp_path / "ViT-B-16.pt"  # as OpenAI's original CLIP files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated
+        torch.jit.save(torch.jit.script(Net()), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not dispatched to torch.jit.load (torch warns then)
+        with pytest.raises(CheckpointError) as err:
+            msclip.create_model("msclip-tiny", path)
+    msg = str(err.value)
+    assert "TorchScript archive" in msg and "state_dict()" in msg
+    assert "weights_only" not in msg  # never the advice to unpickle with full pickle
