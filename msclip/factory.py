@@ -73,9 +73,24 @@ def get_model_entry(name: str) -> ModelEntry:
     if name.lower() in lower:
         return MODELS[lower[name.lower()]]
     raise UnknownModelError(
-        f"unknown model {name!r}; registered models: {', '.join(MODELS)} "
+        f"unknown model {name!r}{_did_you_mean(name)}; registered models: {', '.join(MODELS)} "
         "(or pass the path of an msclip .safetensors checkpoint)"
     )
+
+
+def _did_you_mean(name: str) -> str:
+    """``"; did you mean 'X'?"`` for the registered names closest to a mistyped one, else ``""``
+    (compared without case, and with ``_`` as ``-``)."""
+    import difflib
+
+    def norm(text: str) -> str:
+        return text.lower().replace("_", "-")
+
+    names = {norm(k): k for k in MODELS}
+    close = difflib.get_close_matches(norm(name), list(names), n=2, cutoff=0.75)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(names[c]) for c in close) + "?"
 
 
 def get_arch_config(arch: str) -> dict:
@@ -190,6 +205,7 @@ def create_model(
     ckpt = None
     extend = False
     if name is not None and _is_checkpoint_path(name) and str(name) not in MODELS:
+        name = os.path.expanduser(name)  # '~/...' as the shell would have it
         if not os.path.isfile(name):
             raise WeightsNotFoundError(f"checkpoint file not found: {name}")
         pretrained, name = name, None
@@ -227,6 +243,14 @@ def create_model(
             if isinstance(pretrained, str) and entry.open_clip_tag == pretrained:
                 path = resolve_weights(entry, cache_dir=cache_dir)
             else:
+                if isinstance(pretrained, str) and not _is_checkpoint_path(pretrained):
+                    hint = _did_you_mean(pretrained)  # a mistyped model name, not a file
+                    if hint:
+                        raise WeightsNotFoundError(
+                            f"pretrained={pretrained!r} is neither a checkpoint file nor a "
+                            f"registered model{hint}",
+                            param="pretrained",
+                        )
                 path = resolve_weights(entry, path=pretrained)
             extend = bands is not None
         if path is not None:
@@ -373,7 +397,20 @@ def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tenso
     elif not isinstance(name, (str, os.PathLike)):
         _check_name(name, "a model name (list_models()), a checkpoint path or an MSCLIP model")
     elif _is_checkpoint_path(name) and str(name) not in MODELS:
-        cfg = MSCLIPConfig.from_dict(read_checkpoint(name).config or {})
+        config = read_checkpoint(name).config
+        if config is None:
+            raise UnknownModelError(
+                f"{name} does not describe its architecture (no msclip metadata): give the "
+                "name of its model (get_tokenizer('ViT-B-16')) or the model itself"
+            )
+        try:
+            cfg = MSCLIPConfig.from_dict(config)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{name}: its msclip model description is incomplete or damaged "
+                f"({type(err).__name__}: {err}); use a good copy of the file, or re-save the "
+                "weights with msclip.save_checkpoint"
+            ) from err
         arch, arch_cfg = cfg.arch, cfg.arch_cfg
     else:
         entry = get_model_entry(str(name))

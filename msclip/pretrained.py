@@ -429,7 +429,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     weights, with no second copy. The format is told from the file's first bytes (see
     :func:`checkpoint_format`), the name's suffix deciding only when they do not.
     """
-    p = os.fspath(path)
+    p = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(p):
         raise WeightsNotFoundError(f"checkpoint file not found: {p}")
     _refuse_download_stand_ins(p)

@@ -88,3 +88,31 @@ def test_a_torchscript_archive_is_refused_without_running_it(tmp_path) -> None:
     msg = str(err.value)
     assert "TorchScript archive" in msg and "state_dict()" in msg
     assert "weights_only" not in msg  # never the advice to unpickle with full pickle
+
+
+def test_paths_with_a_tilde_are_expanded(tiny_files, tmp_path, monkeypatch) -> None:
+    model, st, _ = tiny_files
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(st, tmp_path / "mine.safetensors")
+    assert _same_weights(msclip.create_model("~/mine.safetensors", precision="fp32"), model)
+    assert msclip.get_tokenizer("~/mine.safetensors")(["a river"]).shape == (1, 77)
+    assert msclip.pretrained.read_checkpoint("~/mine.safetensors").format == "msclip"
+
+
+def test_the_tokenizer_of_a_file_without_a_model_description(tiny_files) -> None:
+    _, _, plain = tiny_files
+    with pytest.raises(msclip.UnknownModelError, match=r"plain\.pt does not describe its arch"):
+        msclip.get_tokenizer(plain)
+
+
+def test_a_mistyped_model_name_gets_the_close_one(tiny_files) -> None:
+    for typo, meant in [("Llama3-MS-CLIP-Bsae", "Llama3-MS-CLIP-Base"),
+                        ("msclip_tiny", "msclip-tiny"), ("vit-b-61", "ViT-B-16")]:  # fmt: skip
+        with pytest.raises(msclip.UnknownModelError, match=f"did you mean '{meant}'"):
+            msclip.create_model(typo)
+    with pytest.raises(FileNotFoundError, match="did you mean 'ViT-B-16'") as err:
+        msclip.create_model("msclip-tiny", pretrained="VIT-B-16x")
+    assert err.value.param == "pretrained"
+    with pytest.raises(msclip.UnknownModelError) as err:
+        msclip.create_model("resnet50")
+    assert "did you mean" not in str(err.value)  # nothing close: the list alone
