@@ -79,7 +79,7 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def _did_you_mean(name: str) -> str:
-    """``"; did you mean 'X'?"`` for the registered names closest to a mistyped one, else ``""``
+    """``" (did you mean 'X'?)"`` for the registered names closest to a mistyped one, else ``""``
     (compared without case, and with ``_`` as ``-``)."""
     import difflib
 
@@ -90,7 +90,7 @@ def _did_you_mean(name: str) -> str:
     close = difflib.get_close_matches(norm(name), list(names), n=2, cutoff=0.75)
     if not close:
         return ""
-    return "; did you mean " + " or ".join(repr(names[c]) for c in close) + "?"
+    return " (did you mean " + " or ".join(repr(names[c]) for c in close) + "?)"
 
 
 def get_arch_config(arch: str) -> dict:
@@ -207,7 +207,9 @@ def create_model(
     if name is not None and _is_checkpoint_path(name) and str(name) not in MODELS:
         name = os.path.expanduser(name)  # '~/...' as the shell would have it
         if not os.path.isfile(name):
-            raise WeightsNotFoundError(f"checkpoint file not found: {name}")
+            from msclip.pretrained import missing_checkpoint_message
+
+            raise WeightsNotFoundError(missing_checkpoint_message(name))
         pretrained, name = name, None
     if name is None:
         ckpt = read_checkpoint(pretrained)  # type: ignore[arg-type]

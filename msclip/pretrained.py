@@ -43,6 +43,7 @@ __all__ = [
     "file_sha256",
     "load_weights",
     "materialize_buffers",
+    "missing_checkpoint_message",
     "read_checkpoint",
     "remap_patch_kernel",
     "resolve_weights",
@@ -183,6 +184,33 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 _SHA_CACHE: dict[tuple, str] = {}
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def missing_checkpoint_message(path: str | os.PathLike) -> str:
+    """Why ``path`` is not a checkpoint file that can be read, in words: a folder (with the
+    checkpoint files in it, as a ``huggingface-cli download --local-dir`` folder holds them), a
+    link whose target is gone (a hub cache entry whose blob was removed or never completed), or
+    simply not found."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        try:
+            inside = sorted(e.name for e in os.scandir(p)
+                            if e.name.endswith(_WEIGHT_SUFFIXES) and e.is_file())  # fmt: skip
+        except OSError:
+            inside = []
+        if not inside:
+            return (f"{p} is a folder, not a checkpoint file, and holds no .safetensors, .pt, "
+                    ".pth, .bin or .ckpt file; give the path of the checkpoint file")  # fmt: skip
+        more = f" ... ({len(inside)} files)" if len(inside) > 4 else ""
+        files = ", ".join(os.path.join(p, n) for n in inside[:4]) + more
+        return f"{p} is a folder, not a checkpoint file; give the path of a file in it: {files}"
+    if os.path.islink(p) and not os.path.exists(p):
+        return (f"{p} is a link to {os.readlink(p)}, which does not exist (an interrupted "
+                "download or a cleaned cache); download the file again")  # fmt: skip
+    return f"checkpoint file not found: {p}"
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -201,8 +229,10 @@ def resolve_weights(
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
+            why = missing_checkpoint_message(p)
             raise WeightsNotFoundError(
-                f"checkpoint file not found: {p}; check the path of the weights", param="pretrained"
+                why + ("; check the path of the weights" if why.startswith("checkpoint") else ""),
+                param="pretrained",
             )
         return p
     if entry.package_file:
@@ -431,7 +461,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """
     p = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(p):
-        raise WeightsNotFoundError(f"checkpoint file not found: {p}")
+        raise WeightsNotFoundError(missing_checkpoint_message(p))
     _refuse_download_stand_ins(p)
     config = None
     if _is_safetensors(p):
@@ -643,7 +673,12 @@ def load_weights(
         if shapes:
             parts.append(f"shape differences ({len(shapes)}): {_fmt(shapes)}")
         hint = ""
-        if any(s.startswith(key) for s in shapes):
+        if (
+            key in sd
+            and key in target
+            and sd[key].ndim == target[key].ndim == 4
+            and (sd[key].shape[1] != target[key].shape[1])
+        ):
             hint = (" The patch kernel's band count differs: the checkpoint was made for other "
                     "bands than this model's " f"{list(model.bands)}.")  # fmt: skip
         raise CheckpointMismatchError(

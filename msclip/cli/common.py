@@ -397,11 +397,18 @@ def check_checkpoint(args: argparse.Namespace) -> None:
     """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file) before any work."""
     ckpt = getattr(args, "ckpt_path", None)
     if ckpt is not None and not Path(ckpt).expanduser().is_file():
-        raise UsageError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
+        raise UsageError(_missing(ckpt, "--ckpt-path"))
     name = getattr(args, "model_name", None)
     is_file_name = name is not None and name.endswith((".safetensors", ".pt", ".pth"))
     if is_file_name and not Path(name).expanduser().is_file():
-        raise UsageError(f"checkpoint file not found: {name} (--model-name)")
+        raise UsageError(_missing(name, "--model-name"))
+
+
+def _missing(path: str | os.PathLike, flag: str) -> str:
+    """Why the file a flag names cannot be read (missing, a folder, a broken link)."""
+    from msclip.pretrained import missing_checkpoint_message
+
+    return f"{missing_checkpoint_message(Path(path).expanduser())} ({flag})"
 
 
 def model_from_args(
@@ -428,6 +435,7 @@ def model_from_args(
     """
     import torch
 
+    from msclip.errors import CheckpointMismatchError
     from msclip.factory import create_model, describes_itself
 
     if seed is not None:
@@ -435,17 +443,46 @@ def model_from_args(
     if ckpt_path is not None:
         ckpt = Path(ckpt_path).expanduser()
         if not ckpt.is_file():
-            raise UsageError(f"checkpoint file not found: {ckpt} (--ckpt-path)")
+            raise UsageError(_missing(ckpt, "--ckpt-path"))
         if model_name is None and describes_itself(ckpt):
             return create_model(ckpt, **kwargs)
         name = model_name or default_name
         if name is None:
             raise UsageError(f"{ckpt} does not describe its architecture; pass --model-name")
-        return create_model(name, ckpt, **kwargs)
+        try:
+            return create_model(name, ckpt, **kwargs)
+        except CheckpointMismatchError as err:
+            if model_name is not None:
+                raise
+            # the default architecture was assumed: say so, and how to name the file's own
+            raise CheckpointMismatchError(
+                f"{err} {ckpt.name} does not describe its architecture, so the default model "
+                f"{name} was assumed: name the checkpoint's architecture with --model-name"
+            ) from err
     name = model_name or default_name
     if name is None:
         raise UsageError("no model given: pass --model-name (or --ckpt-path)")
+    if _names_a_file(model_name) and not describes_itself(Path(model_name).expanduser()):
+        arch = default_name or "ViT-B-16"
+        raise UsageError(
+            f"{model_name} does not describe its architecture (no msclip metadata), so it cannot "
+            f"be given as --model-name: give it as the checkpoint and name its architecture "
+            f"(--model-name {arch} --ckpt-path {model_name})"
+        )
     return create_model(name, True if pretrained else None, **kwargs)
+
+
+def _names_a_file(model_name: str | None) -> bool:
+    """Whether ``--model-name`` names a checkpoint file (as :func:`msclip.create_model` reads it)
+    rather than a registered model."""
+    from msclip.factory import _is_checkpoint_path
+    from msclip.pretrained import MODELS
+
+    return (
+        model_name is not None
+        and model_name not in MODELS
+        and (_is_checkpoint_path(model_name) and Path(model_name).expanduser().is_file())
+    )
 
 
 def status(args: argparse.Namespace, message: str) -> None:
