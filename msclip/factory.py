@@ -351,14 +351,32 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
             save_checkpoint(
                 model, cache, {"source_sha256": file_sha256(ckpt.path)}, warn_precision=False
             )  # the cache is of the precision asked for
-        except PermissionError as err:  # a read-only cache: converted again next time
-            logger.debug("cannot keep the converted weights in %s: %s", cache, err)
-        except Exception as err:  # a full disk (safetensors' own error type too): loaded anyway
-            logger.warning("cannot keep the converted weights in %s (%s); the model is loaded, "
-                           "only the next load converts again", cache.parent, err)  # fmt: skip
+        except Exception as err:
+            if _read_only(err):  # a read-only cache (a shared or read-only home): converted again
+                logger.debug("cannot keep the converted weights in %s: %s", cache, err)
+            else:  # a full disk (safetensors' own error type too): loaded anyway
+                logger.warning(
+                    "cannot keep the converted weights in %s (%s); the model is loaded, only the "
+                    "next load converts again",
+                    cache.parent,
+                    err,
+                )
         else:
             _prune_weight_cache(cache.parent, keep=cache)
     return model
+
+
+def _read_only(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it: msclip's writers wrap the system's error) says that the
+    location cannot be written (no permission, a read-only file system)."""
+    import errno
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _prune_weight_cache(folder: Path, keep: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,25 @@ def test_the_converted_weights_cache_is_bounded_and_never_fails_a_load(
     loaded = msclip.create_model(sources[0], precision="bf16")
     assert loaded.clip.logit_scale.item() == 0.0
     assert "cannot keep the converted weights" in caplog.text and "No space left" in caplog.text
+
+
+def test_a_read_only_converted_weights_cache_is_quiet(files, monkeypatch, caplog) -> None:
+    import errno
+    import logging
+    import tempfile
+
+    _, st_path, _ = files
+    ref = msclip.create_model(st_path, precision="bf16")
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(Path(os.environ["MSCLIP_CACHE_DIR"]) / "other"))
+    for code in (errno.EACCES, errno.EROFS):  # no permission, a read-only file system
+
+        def denied(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            loaded = msclip.create_model(st_path, precision="bf16")
+        assert not caplog.records, caplog.text  # every load would warn: one debug line instead
+        for a, b in zip(loaded.clip.state_dict().values(), ref.clip.state_dict().values()):
+            assert torch.equal(a, b)
