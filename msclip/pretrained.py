@@ -273,7 +273,9 @@ def resolve_weights(
                 errors.append(f"{filename}: {err.__class__.__name__}")
                 break
     first = entry.filenames[0]
-    cache = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+    from huggingface_hub import constants
+
+    cache = cache_dir or constants.HF_HUB_CACHE  # the folder looked in (HF_HOME, HF_HUB_CACHE)
     raise WeightsNotFoundError(
         f"weights of {entry.name!r} are not available: {first} from the Hugging Face repository "
         f"{entry.hub_id} (https://huggingface.co/{entry.hub_id}) is not in the hub cache "

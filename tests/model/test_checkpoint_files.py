@@ -116,3 +116,26 @@ def test_a_mistyped_model_name_gets_the_close_one(tiny_files) -> None:
     with pytest.raises(msclip.UnknownModelError) as err:
         msclip.create_model("resnet50")
     assert "did you mean" not in str(err.value)  # nothing close: the list alone
+
+
+def test_the_hub_cache_searched_is_the_one_named(tiny_files, tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from msclip.errors import WeightsNotFoundError
+    from msclip.pretrained import MODELS, resolve_weights
+
+    hub = tmp_path / "hf_home" / "hub"  # HF_HOME=.../hf_home when huggingface_hub was imported
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    entry = MODELS["Llama3-MS-CLIP-Base"]
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve_weights(entry)
+    assert f"not in the hub cache ({hub})" in str(err.value)
+    # the file where the message says: found there, offline
+    repo = hub / ("models--" + entry.hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_files[2], snapshot / entry.filenames[0])
+    assert resolve_weights(entry) == snapshot / entry.filenames[0]
