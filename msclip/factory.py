@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
-from msclip.errors import CheckpointError, UnknownModelError, WeightsNotFoundError
+from msclip.errors import (
+    CheckpointError,
+    UnknownBandError,
+    UnknownModelError,
+    WeightsNotFoundError,
+)
 from msclip.model import MSCLIP, MSCLIPConfig
 from msclip.pretrained import (
     MODELS,
@@ -144,6 +149,40 @@ def _config_for(entry: ModelEntry, bands: Sequence[str | Band] | None) -> MSCLIP
     )
 
 
+def _config_from_file(path: Any, config: dict) -> MSCLIPConfig:
+    """The model config a checkpoint file describes, checked enough that a damaged description is
+    reported as such (naming the file) rather than failing later in the model's construction.
+
+    Raises:
+        CheckpointError: a field is missing or of the wrong kind, or a band is unknown.
+    """
+    try:
+        cfg = MSCLIPConfig.from_dict(config)
+        arch_cfg = cfg.arch_cfg
+        if not isinstance(arch_cfg, dict) or not all(
+            isinstance(arch_cfg.get(k), dict) for k in ("vision_cfg", "text_cfg")
+        ):
+            raise ValueError("'arch_cfg' needs the mappings 'vision_cfg' and 'text_cfg'")
+        if not isinstance(config.get("bands"), (list, tuple)) or not all(
+            isinstance(b, str) for b in cfg.bands
+        ):
+            raise ValueError(f"'bands' must be a list of band names, not {config.get('bands')!r}")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{path}: its msclip model description is incomplete or damaged "
+            f"({type(err).__name__}: {err}); use a good copy of the file, or re-save the "
+            "weights with msclip.save_checkpoint"
+        ) from err
+    try:
+        resolve_bands(cfg.bands)
+    except UnknownBandError as err:
+        raise CheckpointError(
+            f"{path}: the model it describes reads bands this version of msclip does not know "
+            f"({err}); use a good copy of the file, or the msclip version that wrote it"
+        ) from err
+    return cfg
+
+
 def create_model(
     name: str | os.PathLike | None = None,
     pretrained: bool | str | os.PathLike | None = None,
@@ -219,14 +258,7 @@ def create_model(
                 "name the model too",
                 param="model_name",
             )
-        try:
-            config = MSCLIPConfig.from_dict(ckpt.config)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(
-                f"{pretrained}: its msclip model description is incomplete or damaged "
-                f"({type(err).__name__}: {err}); use a good copy of the file, or re-save the "
-                "weights with msclip.save_checkpoint"
-            ) from err
+        config = _config_from_file(pretrained, ckpt.config)
         if bands is not None:
             config.bands = tuple(b.name for b in resolve_bands(bands))
         extend = bands is not None
@@ -423,14 +455,7 @@ def get_tokenizer(name: str | os.PathLike | MSCLIP) -> Callable[..., torch.Tenso
                 f"{name} does not describe its architecture (no msclip metadata): give the "
                 "name of its model (get_tokenizer('ViT-B-16')) or the model itself"
             )
-        try:
-            cfg = MSCLIPConfig.from_dict(config)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(
-                f"{name}: its msclip model description is incomplete or damaged "
-                f"({type(err).__name__}: {err}); use a good copy of the file, or re-save the "
-                "weights with msclip.save_checkpoint"
-            ) from err
+        cfg = _config_from_file(name, config)
         arch, arch_cfg = cfg.arch, cfg.arch_cfg
     else:
         entry = get_model_entry(str(name))

@@ -139,3 +139,29 @@ def test_the_hub_cache_searched_is_the_one_named(tiny_files, tmp_path, monkeypat
     snapshot.mkdir(parents=True)
     shutil.copy(tiny_files[2], snapshot / entry.filenames[0])
     assert resolve_weights(entry) == snapshot / entry.filenames[0]
+
+
+def test_a_damaged_model_description_is_named_with_the_file(tiny_files, tmp_path) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _, st, _ = tiny_files
+    with safe_open(str(st), "pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    damages = {"stats": None, "arch_cfg": None, "bands": "B02"}
+    for field, value in damages.items():
+        config = json.loads(meta["msclip_config"])
+        config[field] = value
+        path = tmp_path / f"{field}.safetensors"
+        save_file(sd, str(path), metadata={**meta, "msclip_config": json.dumps(config)})
+        for load in (msclip.create_model, msclip.get_tokenizer):
+            with pytest.raises(CheckpointError, match=rf"{field}\.safetensors: its msclip model"):
+                load(path)
+    config = json.loads(meta["msclip_config"])
+    config["bands"][0] = "B99"
+    path = tmp_path / "band.safetensors"
+    save_file(sd, str(path), metadata={**meta, "msclip_config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match=r"band\.safetensors: .* does not know .*'B99'"):
+        msclip.create_model(path)
