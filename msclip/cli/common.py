@@ -29,6 +29,7 @@ program's own table first, then :data:`FLAGS`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -1016,6 +1017,31 @@ def _output_closed() -> int:
     return EXIT_PIPE_CLOSED
 
 
+def _escape_unencodable() -> Callable[[], None]:
+    """Let standard output write what its encoding cannot (a non-ASCII file or class name with
+    ``PYTHONIOENCODING=ascii`` or a Latin-1 locale; a file name that is not UTF-8) as escapes
+    such as ``\\xe9``, as Python writes standard error, instead of stopping the run with a
+    ``UnicodeEncodeError`` half-way through its table.
+
+    Returns:
+        A function that puts the stream's error handler back.
+    """
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not hasattr(stream, "reconfigure"):
+        return lambda: None
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (OSError, ValueError):  # a closed stream: nothing will be written to it anyway
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            stream.reconfigure(errors=errors)
+
+    return restore
+
+
 _ARGUMENT_FORMS = (
     # bands=['B02', 'B03'] / bands=[...] -> --bands B02 B03 / --bands ...
     (re.compile(r"\bbands=\[([^\]]*)\]"),
@@ -1089,6 +1115,21 @@ def run_cli(
         The exit status (see the module docstring).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    restore_stdout = _escape_unencodable()
+    try:
+        return _run_cli(argv, parse, run, flags, error_status, logging_setup)
+    finally:
+        restore_stdout()
+
+
+def _run_cli(
+    argv: list[str],
+    parse: Callable[[list[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace], int],
+    flags: Mapping[str, str] | None,
+    error_status: Callable[[BaseException], int] | None,
+    logging_setup: Callable[[argparse.Namespace], Callable[[], None]] | None,
+) -> int:
     try:
         args = parse(argv)
     except BrokenPipeError:  # --help into a closed pipe

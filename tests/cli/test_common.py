@@ -166,3 +166,30 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys):
     assert code == EXIT_TERMINATED and "terminated" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary left behind
     assert signal.getsignal(signal.SIGTERM) == before  # the handler does not outlive the run
+
+
+def test_names_the_terminal_cannot_encode_are_escaped_not_a_traceback(monkeypatch):
+    """PYTHONIOENCODING=ascii or a Latin-1 locale: a class or file name such as "forêt" (or a
+    file name that is not UTF-8) is written escaped; the run neither stops half-way nor leaves
+    the stream changed."""
+    import io
+    import sys
+
+    buffer = io.BytesIO()
+    stdout = io.TextIOWrapper(buffer, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+
+    def run(args):
+        print("forêt\t0.9")
+        print("bad\udcff.tif")
+        print("done")
+        return EXIT_OK
+
+    assert run_cli([], _parser().parse_args, run) == EXIT_OK
+    stdout.flush()
+    assert buffer.getvalue().decode("ascii").splitlines() == [
+        "for\\xeat\t0.9",
+        "bad\\udcff.tif",
+        "done",
+    ]
+    assert stdout.errors == "strict"  # put back for the caller
