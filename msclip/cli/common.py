@@ -1018,26 +1018,29 @@ def _output_closed() -> int:
 
 
 def _escape_unencodable() -> Callable[[], None]:
-    """Let standard output write what its encoding cannot (a non-ASCII file or class name with
-    ``PYTHONIOENCODING=ascii`` or a Latin-1 locale; a file name that is not UTF-8) as escapes
-    such as ``\\xe9``, as Python writes standard error, instead of stopping the run with a
-    ``UnicodeEncodeError`` half-way through its table.
+    """Let standard output (and a standard error replaced by the caller) write what its encoding
+    cannot (a non-ASCII file or class name with ``PYTHONIOENCODING=ascii`` or a Latin-1 locale; a
+    file name that is not UTF-8) as escapes such as ``\\xe9``, as Python writes standard error,
+    instead of stopping the run with a ``UnicodeEncodeError`` half-way through its table.
 
     Returns:
-        A function that puts the stream's error handler back.
+        A function that puts the streams' error handlers back.
     """
-    stream = sys.stdout
-    errors = getattr(stream, "errors", None)
-    if errors != "strict" or not hasattr(stream, "reconfigure"):
-        return lambda: None
-    try:
-        stream.reconfigure(errors="backslashreplace")
-    except (OSError, ValueError):  # a closed stream: nothing will be written to it anyway
-        return lambda: None
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if errors != "strict" or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # a closed stream: nothing will be written to it anyway
+            continue
+        changed.append((stream, errors))
 
     def restore() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            stream.reconfigure(errors=errors)
+        for stream, errors in changed:
+            with contextlib.suppress(OSError, ValueError):
+                stream.reconfigure(errors=errors)
 
     return restore
 

@@ -251,7 +251,13 @@ def write_json(
 
 
 def write_csv(df: Any, path: str | os.PathLike, float_format: str | None = None) -> Path:
-    """Write a pandas DataFrame as CSV (no index column) atomically."""
-    return atomic_write(
-        path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format), ".csv"
-    )
+    """Write a pandas DataFrame as CSV (UTF-8, no index column) atomically.
+
+    A file name that is not valid UTF-8 (Python holds its bytes as surrogates) is written as the
+    bytes it has on disk, so the CSV names that very file, instead of failing with a
+    ``UnicodeEncodeError`` after the whole run."""
+
+    def write(tmp: Path) -> None:
+        df.to_csv(tmp, index=False, float_format=float_format, errors="surrogateescape")
+
+    return atomic_write(path, write, ".csv")

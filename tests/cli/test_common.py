@@ -175,13 +175,16 @@ def test_names_the_terminal_cannot_encode_are_escaped_not_a_traceback(monkeypatc
     import io
     import sys
 
-    buffer = io.BytesIO()
+    buffer, err_buffer = io.BytesIO(), io.BytesIO()
     stdout = io.TextIOWrapper(buffer, encoding="ascii")
+    stderr = io.TextIOWrapper(err_buffer, encoding="utf-8")  # a caller's strict stream
     monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
 
     def run(args):
         print("forêt\t0.9")
         print("bad\udcff.tif")
+        print("warning: bad\udcff.tif skipped", file=sys.stderr)
         print("done")
         return EXIT_OK
 
@@ -192,4 +195,6 @@ def test_names_the_terminal_cannot_encode_are_escaped_not_a_traceback(monkeypatc
         "bad\\udcff.tif",
         "done",
     ]
-    assert stdout.errors == "strict"  # put back for the caller
+    stderr.flush()
+    assert err_buffer.getvalue() == b"warning: bad\\udcff.tif skipped\n"
+    assert stdout.errors == stderr.errors == "strict"  # put back for the caller

@@ -388,3 +388,24 @@ def test_the_runner_up_is_never_the_predicted_class():
     probs = np.array([[0.1, 0.4, 0.4, 0.1, 0, 0, 0, 0], [0.3, 0, 0, 0, 0, 0, 0, 0.7]])
     _, rows = _class_table(["a", "b"], ["c1", "c7"], probs, names)
     assert rows[0][3] == "c2 (0.400)" and rows[1][3] == "c0 (0.300)"
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_in_the_csv(tiles, tmp_path, capsys):
+    """A file name that is not valid UTF-8 (bytes from another system) does not stop the run
+    when its table is written: the CSV holds the name's own bytes, the terminal an escape."""
+    import os
+    import shutil
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(tiles[0], folder / "ok.tif")
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.tif")  # Latin-1 bytes
+    shutil.copy(tiles[1], odd)
+    out = tmp_path / "c.csv"
+    code = main(["--run-classification", "--images", str(folder), "--class-names", "a", "b",
+                 "--templates", "short", "--save-path", str(out), *TINY])  # fmt: skip
+    assert code in (0, 1)  # the file may or may not be readable by the raster library
+    assert "Traceback" not in capsys.readouterr().err
+    rows = out.read_bytes().splitlines()
+    assert any(row.startswith(b"caf\xe9.tif,") for row in rows)
+    assert any(row.startswith(b"ok.tif,") for row in rows)
