@@ -228,10 +228,20 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a folder: give the YAML file in it")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        data = parse_yaml(p.read_text(), p) or {}
+        # UTF-8 whatever the locale (a Latin-1 one garbled non-ASCII names); a BOM is allowed
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}): "
+            "save it as UTF-8"
+        ) from None
+    try:
+        data = parse_yaml(text, p) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -120,3 +120,21 @@ def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys
     assert code == 0 and "nothing is left to train" in captured.err
     assert "validation at step" not in captured.err  # validated before it stopped
     assert "final loss nan" not in captured.out and "final loss " in captured.out
+
+
+def test_a_config_file_that_is_not_utf8_or_a_folder_is_one_error_line(tmp_path: Path, capsys):
+    from msclip.cli.finetune import main as finetune_main
+
+    latin1 = tmp_path / "run.yaml"
+    latin1.write_bytes("model: msclip-tiny\ncaption-columns: [légende]\n".encode("latin-1"))
+    for program in (main, finetune_main):
+        assert program(["--config", str(latin1), "--print-config"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: config file '{latin1}' is not UTF-8 text (")
+        assert "save it as UTF-8" in err and "Traceback" not in err
+        assert program(["--config", str(tmp_path), "--print-config"]) == 2
+        assert "is a folder: give the YAML file in it" in capsys.readouterr().err
+    utf8 = tmp_path / "bom.yaml"
+    utf8.write_bytes("\ufeffcaption-columns: [légende]\n".encode())
+    assert main(["--config", str(utf8), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["caption_columns"] == ["légende"]
