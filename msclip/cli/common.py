@@ -506,9 +506,15 @@ def _check_before_loading(args: argparse.Namespace, default_name: str | None) ->
             raise BandError(str(err), param="sensor") from None
     bands = getattr(args, "bands", None)
     if bands:
+        from msclip.errors import BandError
         from msclip.spectral.bands import resolve_bands
 
-        resolve_bands(bands, getattr(args, "sensor", None))  # BandError, param "bands"
+        try:
+            resolve_bands(bands, sensor)
+        except BandError as err:
+            if err.param is not None:
+                raise
+            raise type(err)(str(err), param="bands") from None
     if args.ckpt_path is not None or not args.pretrained:
         return None
     name = args.model_name or default_name

@@ -317,6 +317,7 @@ def test_bad_band_names_are_reported_before_the_model_is_built(folder, capsys, m
                  "--bands", "B02", "B03", "B99"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "B99" in err and "loading msclip-tiny ..." in err
+    assert err.count("\n") == 2 and err.rstrip().endswith("(command-line option: --bands)")
     code = main(["--run-classification", "--images", str(folder), *CLASSES, *TINY,
                  "--sensor", "sentinel2"])  # fmt: skip
     err = capsys.readouterr().err
