@@ -134,9 +134,18 @@ FLAGS: dict[str, str] = {
 
 
 # -- argument types -------------------------------------------------------------------------------
+def _number(kind: Callable[[str], Any], text: str, expected: str) -> Any:
+    """``kind(text)``, or argparse's error in the words of the flag's rule (argparse would say
+    "invalid positive_int value", the name of the function)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    value = _number(int, text, "an integer >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
@@ -144,7 +153,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    value = int(text)
+    value = _number(int, text, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
@@ -152,7 +161,7 @@ def non_negative_int(text: str) -> int:
 
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    value = float(text)
+    value = _number(float, text, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
     return value

@@ -77,7 +77,10 @@ _LARGE_QUERY_FIX = (
 
 def _seconds(text: str) -> float:
     """argparse type: a finite number of seconds >= 0 (NaN or infinity would never commit)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")  # refused below, in the same words
     if not 0.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
     return value

@@ -43,6 +43,8 @@ def test_exit_codes(capsys):
     assert run_cli(["--help"], parse, lambda a: EXIT_OK) == 0
     assert run_cli(["--n", "0"], parse, lambda a: EXIT_OK) == EXIT_USAGE  # argparse error
     assert "expected an integer >= 1" in capsys.readouterr().err
+    assert run_cli(["--n", "abc"], parse, lambda a: EXIT_OK) == EXIT_USAGE  # not a number
+    assert "argument --n: expected an integer >= 1, got 'abc'" in capsys.readouterr().err
     assert run_cli([], parse, _run_raising(UsageError("bad flag"))) == EXIT_USAGE
     assert capsys.readouterr().err == "error: bad flag\n"
     assert run_cli([], parse, _run_raising(KeyboardInterrupt())) == EXIT_INTERRUPTED

@@ -616,6 +616,8 @@ def test_geojson_of_api_metadata_is_strict_json(tmp_path, model):
         ["build", "x.index", "--images", "a.tif", "--commit-seconds", "-1"],
         ["add", "x.index", "--images", "a.tif", "--commit-seconds", "inf"],
         ["search", "x.index", "--query", "x", "--max-print", "-1"],
+        ["build", "x.index", "--images", "a.tif", "--commit-seconds", "1m"],
+        ["search", "x.index", "--query", "x", "--top-k", "ten"],
     ],
 )
 def test_bad_numbers_are_usage_errors(argv, capsys):
