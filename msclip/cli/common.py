@@ -64,6 +64,7 @@ __all__ = [
     "add_run_args",
     "add_text_cache_args",
     "check_checkpoint",
+    "config_flags_note",
     "config_from_namespace",
     "encode_query_set",
     "error_line",
@@ -888,6 +889,24 @@ def add_dataclass_args(
         else:
             parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
     return flags
+
+
+def config_flags_note(err: BaseException, example: str) -> None:
+    """After a run configuration's list of problems (a ``ConfigError`` naming its options by
+    their field names, no single ``param``), say on stderr how those names are written as flags.
+
+    Args:
+        err: the error the run raised.
+        example: a field of the configuration shown with its flag (``"train_data"``).
+    """
+    from msclip.errors import ConfigError
+
+    if isinstance(err, ConfigError) and err.param is None:
+        flag = "--" + example.replace("_", "-")
+        print(
+            f"note: every option is also a flag of the same name in kebab case ({example}: {flag})",
+            file=sys.stderr,
+        )
 
 
 def config_from_namespace(

@@ -47,7 +47,9 @@ from collections.abc import Sequence
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_USAGE,
     add_dataclass_args,
+    config_flags_note,
     config_from_namespace,
     plural,
     run_cli,
@@ -241,6 +243,11 @@ def _flags() -> dict[str, str]:
     return out
 
 
+def _error_status(err: BaseException) -> int:
+    config_flags_note(err, "model_name")
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``msclip-finetune``; returns the exit status (0 ok, 1 unreadable images, 2 bad
     options or data)."""
@@ -251,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns.argv = a
         return ns
 
-    return run_cli(argv, parse, _run, flags=_flags())
+    return run_cli(argv, parse, _run, flags=_flags(), error_status=_error_status)
 
 
 if __name__ == "__main__":

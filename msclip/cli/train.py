@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 from msclip.cli.common import (
@@ -25,6 +24,7 @@ from msclip.cli.common import (
     EXIT_USAGE,
     RANDOM_WEIGHTS,
     add_dataclass_args,
+    config_flags_note,
     config_from_namespace,
     run_cli,
     setup_logging,
@@ -138,12 +138,7 @@ def _flags() -> dict[str, str]:
 
 
 def _error_status(err: BaseException) -> int:
-    if isinstance(err, ConfigError) and err.param is None:
-        print(
-            "note: every option is also a flag of the same name in kebab case "
-            "(train_data: --train-data)",
-            file=sys.stderr,
-        )
+    config_flags_note(err, "train_data")
     return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_PARTIAL
 
 

@@ -257,3 +257,19 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "msclip.finetune", "--help"], cwd=repo,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "--encoder-mode" in proc.stdout
+
+
+def test_a_list_of_config_problems_says_how_options_are_written_as_flags(capsys):
+    """Problems named by their option names (model_name, image_dir) come with the rule that
+    turns them into flags (--model-name), in msclip-finetune as in msclip-train."""
+    from msclip.cli.train import main as train_main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "model_name" in err and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "note: every option is also a flag of the same name in kebab case "
+        "(model_name: --model-name)"
+    )
+    assert train_main([]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("(train_data: --train-data)")
