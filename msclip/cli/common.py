@@ -1173,7 +1173,7 @@ def _run_cli(
         return _output_closed()
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    except MSCLIPError as err:
+    except (MSCLIPError, OSError) as err:  # OSError: a --config file that cannot be read
         print(error_line(err, flags), file=sys.stderr)
         return EXIT_USAGE
     if logging_setup is not None:

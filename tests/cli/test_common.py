@@ -71,6 +71,12 @@ def test_an_os_error_is_one_line_not_a_traceback(capsys):
     out = capsys.readouterr().err
     assert out.count("\n") == 1 and "Permission denied" in out and "Traceback" not in out
 
+    def unreadable_config(argv):  # read while parsing (msclip-train --config run.yaml)
+        raise PermissionError(13, "Permission denied", "run.yaml")
+
+    assert run_cli([], unreadable_config, lambda a: EXIT_OK) == EXIT_USAGE
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: 'run.yaml'\n"
+
 
 def test_logging_set_up_is_undone(capsys):
     root = logging.getLogger()
