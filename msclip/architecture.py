@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -126,7 +125,9 @@ def supports(arch_cfg: Mapping[str, Any]) -> tuple[bool, str]:
 
 def use_native(arch_cfg: Mapping[str, Any]) -> bool:
     """Build ``arch_cfg`` with this module (supported and not overridden by :data:`IMPL_ENV`)."""
-    choice = os.environ.get(IMPL_ENV, "msclip").strip().lower()
+    from msclip.hardware import env_setting
+
+    choice = env_setting(IMPL_ENV, "msclip", ("msclip", "open_clip", "openclip"))
     if choice in ("open_clip", "openclip"):
         return False
     return supports(arch_cfg)[0]
@@ -187,7 +188,9 @@ def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
 
 
 def _fused_dtypes() -> tuple[torch.dtype, ...]:
-    setting = os.environ.get(FUSED_ENV, "1").strip().lower()
+    from msclip.hardware import env_setting
+
+    setting = env_setting(FUSED_ENV, "1", ("0", "1", "all"))
     if setting == "0":
         return ()
     return (torch.bfloat16, torch.float32) if setting == "all" else (torch.bfloat16,)

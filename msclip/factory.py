@@ -329,9 +329,11 @@ WEIGHT_CACHE_KEEP = 4
 def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
     """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
     (float32, no source file, or the cache turned off)."""
+    from msclip.hardware import env_setting
     from msclip.pretrained import file_sha256
 
-    if dtype == torch.float32 or not ckpt.path or os.environ.get(WEIGHT_CACHE_ENV) == "0":
+    off = env_setting(WEIGHT_CACHE_ENV, "1", ("0", "1")) == "0"
+    if dtype == torch.float32 or not ckpt.path or off:
         return None
     import hashlib
 

@@ -34,10 +34,11 @@ import logging
 import os
 import platform
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from msclip.errors import PerformanceWarning, PrecisionError
+from msclip.errors import MSCLIPWarning, PerformanceWarning, PrecisionError
 
 __all__ = [
     "PRECISIONS",
@@ -48,6 +49,7 @@ __all__ = [
     "cpu_info",
     "cuda_bf16_supported",
     "device_type",
+    "env_setting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,32 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Environment variable replacing the choice of ``auto``.
 PRECISION_ENV = "MSCLIP_PRECISION"
+
+
+def env_setting(name: str, default: str, allowed: Sequence[str]) -> str:
+    """The value of the environment variable ``name`` (stripped, lower case), ``default`` when it
+    is unset or empty. A value outside ``allowed`` is warned about once, naming the variable and
+    its values, and read as ``default``: a mistyped setting (``MSCLIP_FUSED_CPU=none``) must not
+    pass unnoticed for the one it was meant to be."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in allowed:
+        return value
+    _warn_setting(name, raw, tuple(allowed), default)
+    return default
+
+
+@functools.cache
+def _warn_setting(name: str, raw: str, allowed: tuple[str, ...], default: str) -> None:
+    warnings.warn(
+        f"environment variable {name}={raw!r} is not one of {', '.join(allowed)}; it is read as "
+        f"{default!r}",
+        MSCLIPWarning,
+        stacklevel=4,
+    )
+
 
 # torch's own dispatch level must be an AVX-512 one for its bf16 CPU kernels to be the native ones
 _AVX512_CAPABILITIES = ("AVX512", "AMX")
