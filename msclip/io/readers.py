@@ -790,6 +790,16 @@ def read_raster(
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
     ext = Path(p).suffix.lower()
     if ext in GEOTIFF_EXTENSIONS:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            # GDAL opens UTF-8 paths only: a name in another encoding (Latin-1 bytes) cannot be
+            # given to it in any form
+            shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise RasterReadError(
+                f"{shown}: the file's name is not UTF-8 text, and GDAL cannot open such a "
+                "GeoTIFF; rename it (e.g. convmv -f latin1 -t utf8 --notest)"
+            ) from None
         return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side, nodata)
     if ext in NUMPY_EXTENSIONS:
         raster = _read_numpy(p, bands, sensor, layout, max_pixels)

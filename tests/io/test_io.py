@@ -369,3 +369,23 @@ def test_a_list_file_written_on_windows_is_read_as_meant(tmp_path):
     (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.tif\r\n  # the second one\r\nb.tif\r\n")
     found = list_image_set([tmp_path / "list.txt"])
     assert found.paths == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+
+
+def test_a_geotiff_whose_name_is_not_utf8_is_named_not_a_crash(tmp_path) -> None:
+    """GDAL opens UTF-8 paths only: a Latin-1 file name is a RasterReadError naming the file and
+    the fix (it was a bare UnicodeEncodeError)."""
+    import rasterio
+
+    from msclip.io.readers import read_raster
+
+    good = tmp_path / "x.tif"
+    with rasterio.open(good, "w", driver="GTiff", width=8, height=8, count=3,
+                       dtype="uint8") as dst:  # fmt: skip
+        dst.write(np.ones((3, 8, 8), np.uint8))
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.tif"
+    try:
+        os.rename(os.fsencode(good), raw)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with pytest.raises(RasterReadError, match=r"caf\\xe9\.tif: the file's name is not UTF-8"):
+        read_raster(os.fsdecode(raw))
