@@ -550,12 +550,17 @@ class Trainer:
         if ranks is not None and len(ranks) == self.ctx.world_size:
             set_rng_state(ranks[self.ctx.rank])  # this process's own generators
         else:
-            if ranks is not None or (self.ctx.distributed and "world_size" in data):
+            if ranks is not None:
                 logger.info(
-                    "the checkpoint was written by %s process(es), this run has %d: every "
-                    "process starts from the first process's random states",
-                    len(ranks) if ranks is not None else data["world_size"],
+                    "the checkpoint was written by %d processes, this run has %d: every process "
+                    "starts from the first process's random states",
+                    len(ranks),
                     self.ctx.world_size,
+                )
+            elif self.ctx.distributed:
+                logger.info(
+                    "the checkpoint holds one process's random states: every process starts "
+                    "from them"
                 )
             set_rng_state(data["rng"])
         self.train_rows = _read_csv(self.out / "train_log.csv", self.state.step)
