@@ -188,10 +188,10 @@ def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
 
 
 def _fused_dtypes() -> tuple[torch.dtype, ...]:
-    from msclip.hardware import env_setting
+    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
 
-    setting = env_setting(FUSED_ENV, "1", ("0", "1", "all"))
-    if setting == "0":
+    setting = env_setting(FUSED_ENV, "1", (*SWITCH_VALUES, "all"))
+    if setting in SWITCH_OFF:
         return ()
     return (torch.bfloat16, torch.float32) if setting == "all" else (torch.bfloat16,)
 

@@ -329,10 +329,10 @@ WEIGHT_CACHE_KEEP = 4
 def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
     """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
     (float32, no source file, or the cache turned off)."""
-    from msclip.hardware import env_setting
+    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
     from msclip.pretrained import file_sha256
 
-    off = env_setting(WEIGHT_CACHE_ENV, "1", ("0", "1")) == "0"
+    off = env_setting(WEIGHT_CACHE_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
     if dtype == torch.float32 or not ckpt.path or off:
         return None
     import hashlib

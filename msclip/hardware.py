@@ -43,6 +43,8 @@ from msclip.errors import MSCLIPWarning, PerformanceWarning, PrecisionError
 __all__ = [
     "PRECISIONS",
     "PRECISION_ENV",
+    "SWITCH_OFF",
+    "SWITCH_VALUES",
     "CPUInfo",
     "PrecisionChoice",
     "choose_precision",
@@ -58,6 +60,11 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Environment variable replacing the choice of ``auto``.
 PRECISION_ENV = "MSCLIP_PRECISION"
+
+
+#: The spellings of an on/off environment setting (:func:`env_setting`), and those meaning off.
+SWITCH_VALUES = ("0", "1", "off", "on", "false", "true", "no", "yes")
+SWITCH_OFF = ("0", "off", "false", "no")
 
 
 def env_setting(name: str, default: str, allowed: Sequence[str]) -> str:
