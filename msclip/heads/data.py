@@ -719,20 +719,6 @@ def from_csv(
 
 
 # -- class folders -----------------------------------------------------------------------------
-def _images_in(folder: Path) -> list[Path]:
-    from msclip.io import IMAGE_EXTENSIONS
-
-    exts = tuple(e.lower() for e in IMAGE_EXTENSIONS)
-    return sorted(
-        q for q in folder.iterdir()
-        if q.is_file() and q.suffix.lower() in exts and not q.name.startswith(".")
-    )  # fmt: skip
-
-
-def _class_folders(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def from_folders(
     root: str | os.PathLike,
     classes: Any = None,
@@ -761,6 +747,8 @@ def from_folders(
         HeadInputError: no such folder, no images, a folder that is not a class, a split file
             that names a class the dataset lacks or an image that does not exist, an empty split.
     """
+    from msclip.io.images import class_folders, folder_images
+
     r = Path(root).expanduser()
     if not r.is_dir():
         raise HeadInputError(f"image folder {r} does not exist", param="folders")
@@ -772,12 +760,12 @@ def from_folders(
                 f"{r} has split folders {sorted(split_dirs)} but not all of train, val and test"
             )
         for s, d in split_dirs.items():
-            for c in _class_folders(d):
-                labelled += [(c, q, s) for q in _images_in(d / c)]
+            for c in class_folders(d):
+                labelled += [(c.name, q, s) for q in folder_images(c)]
         source = {s: f"folder {r / s}" for s in SPLITS}
     else:
-        for c in _class_folders(r):
-            labelled += [(c, q, None) for q in _images_in(r / c)]
+        for c in class_folders(r):
+            labelled += [(c.name, q, None) for q in folder_images(c)]
         source = {}
     if not labelled:
         raise HeadInputError(

@@ -12,7 +12,14 @@ from msclip.errors import ImageSetError
 from msclip.io.readers import IMAGE_EXTENSIONS
 from msclip.io.writers import TMP_PREFIX
 
-__all__ = ["ImageSet", "list_image_set", "list_images", "unique_names"]
+__all__ = [
+    "ImageSet",
+    "class_folders",
+    "folder_images",
+    "list_image_set",
+    "list_images",
+    "unique_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +28,21 @@ _GLOB_CHARS = "*?["
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def folder_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder`` (:data:`IMAGE_EXTENSIONS`), sorted; hidden files
+    (macOS ``._*`` forks, an interrupted write's ``.tmp-*`` file) are not images."""
+    return sorted(
+        q for q in Path(folder).iterdir()
+        if q.is_file() and _is_image(q) and not q.name.startswith(".")
+    )  # fmt: skip
+
+
+def class_folders(root: str | os.PathLike) -> list[Path]:
+    """The sub-folders of ``root`` (one per class in a class-folder data set), sorted by name;
+    hidden ones (``.ipynb_checkpoints``) are not classes."""
+    return sorted(d for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def _list_file(path: Path) -> list[tuple[str, str]]:

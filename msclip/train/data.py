@@ -35,6 +35,7 @@ import torch
 
 from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
+from msclip.io.images import class_folders, folder_images
 from msclip.spectral.preprocess import SpectralPreprocess
 
 __all__ = [
@@ -552,16 +553,8 @@ class ClassFolderDataset(torch.utils.data.Dataset):
         self.classes: list[str] = []
         self.paths: list[str] = []
         self.labels: list[int] = []
-        # hidden folders and files (.ipynb_checkpoints, macOS ._* forks, an interrupted write's
-        # .tmp-* file) are neither classes nor images
-        for d in sorted(
-            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
-            files = sorted(
-                f for f in d.iterdir()
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not f.name.startswith(".")
-            )  # fmt: skip
+        for d in class_folders(self.root):  # hidden folders and files skipped
+            files = folder_images(d)
             if max_per_class is not None:
                 files = files[:max_per_class]
             if not files:
