@@ -86,6 +86,7 @@ __all__ = [
     "refuse_large_images",
     "report_precision",
     "run_cli",
+    "seconds",
     "setup_logging",
     "status",
     "text_cache_for",
@@ -165,6 +166,14 @@ def fraction(text: str) -> float:
     value = _number(float, text, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0 (NaN or infinity would never come)."""
+    value = _number(float, text, "a number of seconds >= 0")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
     return value
 
 

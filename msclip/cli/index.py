@@ -60,6 +60,7 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     run_cli,
+    seconds,
     write_csv,
 )
 
@@ -73,17 +74,6 @@ _LARGE_QUERY_FIX = (
     "give a query image of about the model's input size (a crop of the scene), or index the "
     "scene tile by tile with --scenes"
 )
-
-
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds >= 0 (NaN or infinity would never commit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")  # refused below, in the same words
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_input_check_args(b)
         b.add_argument(
             "--commit-seconds",
-            type=_seconds,
+            type=seconds,
             default=60.0,
             help="commit finished sources at least this often (default 60 s; a "
             "killed build loses at most this much work)",
