@@ -45,6 +45,7 @@ __all__ = [
     "class_counts",
     "footprint_lonlat",
     "georeference_warning",
+    "map_transform",
     "nodata_fraction",
     "open_scene",
     "raster_bounds",
@@ -168,6 +169,15 @@ def georeference_warning(path: str | os.PathLike) -> str | None:
             f"(gdalwarp -t_srs EPSG:<code> {path} warped.tif) for georeferenced maps"
         )
     return f"{path} has no CRS: the maps are written without georeference"
+
+
+def map_transform(crs: Any, transform: Any) -> Any:
+    """The geotransform a map of a scene carries: the scene's, or ``None`` for a scene without
+    georeference (no CRS and rasterio's identity transform; written, it would place the map at
+    the origin, upside down, and look georeferenced to a GIS)."""
+    if crs is None and (transform is None or transform.is_identity):
+        return None
+    return transform
 
 
 def check_scene_format(path: str | os.PathLike, driver: str) -> None:
@@ -316,15 +326,12 @@ def write_tile_map(
         raise ValueError(
             f"values of shape {values.shape} do not fit the {info.n_rows}x{info.n_cols} tile grid"
         )
-    # A scene without georeference has rasterio's identity transform: no transform is written
-    # for its map either (a made-up grid at the origin would look georeferenced to a GIS).
-    plain = info.crs is None and (info.transform is None or info.transform.is_identity)
     # Band descriptions are free text here (queries), not band names: write them directly.
     return write_geotiff(
         path,
         arr,
         crs=info.crs,
-        transform=None if plain else info.grid_transform,
+        transform=None if map_transform(info.crs, info.transform) is None else info.grid_transform,
         bands=names,
         nodata=nodata,
         tags={

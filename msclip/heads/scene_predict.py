@@ -82,6 +82,7 @@ from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands, stored_scale
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import fill_mask
+from msclip.tiling import map_transform
 
 __all__ = [
     "BLEND_KINDS",
@@ -517,12 +518,9 @@ def predict_scene(
             bar = progress_bar(
                 total=n_tiles, unit=" tiles", desc=Path(src_path).name, disable=not progress
             )
-            # a scene without georeference has rasterio's identity transform: the map gets none
-            # either (written, it would place the map at the origin, upside down in a GIS)
-            plain = ds.crs is None and ds.transform.is_identity
             writer = GeoTiffStripWriter(
                 dst, width, height, count, np.dtype(dtype).name, ds.crs,
-                None if plain else ds.transform,
+                map_transform(ds.crs, ds.transform),  # none for a scene without georeference
                 out_nodata, band_names, block_size, compress, cog, resampling, meta, scales,
             )  # fmt: skip
             with writer:
