@@ -12,7 +12,9 @@ Checkpoint formats read (always without unpickling arbitrary objects: ``torch.lo
   (``clip_base_model.model.``, ``text_encoder.model.``, ``image_encoder.model.``) plus a scalar
   ``temperature``;
 * plain OpenCLIP state dicts (``.pt``/``.bin``/``.safetensors``), also inside Lightning
-  ``state_dict`` or msclip training ``model`` wrappers, with or without a DDP ``module.`` prefix;
+  ``state_dict`` or msclip training ``model`` wrappers, with or without a DDP ``module.`` prefix
+  (objects beside the weights, such as Lightning hyper-parameters, are read as inert stand-ins:
+  :class:`_StandIn`);
 * msclip ``.safetensors``: an OpenCLIP state dict whose metadata holds the model config (bands,
   statistics, architecture), so the file alone rebuilds the model.
 """
@@ -345,35 +347,117 @@ def _unpickler_reason(err: BaseException) -> str:
     return "not a plain state dict"
 
 
-def _torch_load(path: str) -> tuple[Any, bool]:
-    """The file's object (``weights_only``), memory-mapped where the file format allows it, and
-    whether it is."""
-    import pickle
+class _StandIn:
+    """An inert object standing for one of a class a checkpoint names outside its weights.
+
+    Lightning and torchgeo checkpoints keep hyper-parameters such as ``argparse.Namespace``,
+    weight enums or transform objects beside the ``state_dict``. torch's safe unpickler refuses
+    the whole file for them; msclip reads such a file with each of those names bound to a
+    subclass of this one, so that no code of the file's classes is imported or run: the object
+    keeps nothing and the weights are read as usual. A stand-in found where the weights are is
+    refused (see :func:`_refuse_stand_ins`), and so is a dict or list subclass holding items
+    (torch's safe unpickler sets items on plain dicts and lists only).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+@dataclass
+class _Loaded:
+    """What :func:`_torch_load` read: the object, whether its tensors are memory-mapped, and the
+    names of the classes stood in for (with torch's refusal, used if they are found in the way)."""
+
+    obj: Any
+    mapped: bool
+    stand_ins: tuple[str, ...] = ()
+    refusal: str = ""
+
+
+def _refusal(path: str, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} holds Python objects other than tensors and plain containers ({reason}); "
+        "msclip never unpickles arbitrary objects, because unpickling runs code from the file. "
+        "Re-save the state dict alone from a trusted copy, or convert it to safetensors."
+    )
+
+
+def _load(path: str, stand_ins: list[tuple[type, str]] | None = None) -> tuple[Any, bool]:
     import warnings
 
+    with warnings.catch_warnings(), torch.serialization.safe_globals(stand_ins or []):
+        # torch warns about pickle protocols while refusing the file; the error says it all
+        warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+        try:
+            # A private map: tensors are read from the page cache when used, never copied; a
+            # legacy (pre zip) file cannot be mapped and is read whole.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True), False
+
+
+def _torch_load(path: str) -> _Loaded:
+    """The file's object (``weights_only``), memory-mapped where the file format allows it.
+
+    Classes the safe unpickler refuses are stood in for by :class:`_StandIn` subclasses when torch
+    can list them without unpickling (zip checkpoints); the caller refuses the file if one of them
+    is where the weights are (:func:`_refuse_stand_ins`).
+    """
+    import pickle
+
+    read_error = (RuntimeError, EOFError, OSError, KeyError, ValueError)
     try:
-        with warnings.catch_warnings():
-            # torch warns about pickle protocols while refusing the file; the error says it all
-            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            try:
-                # A private map: tensors are read from the page cache when used, never copied; a
-                # legacy (pre zip) file cannot be mapped and is read whole.
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True), False
+        return _Loaded(*_load(path))
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain containers "
-            f"({_unpickler_reason(err)}); msclip never unpickles arbitrary objects, because "
-            "unpickling runs code from the file. Re-save the state dict alone from a trusted "
-            "copy, or convert it to safetensors."
-        ) from err
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
+        refused = err
+    except read_error as err:
         raise CheckpointError(
             f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
         ) from err
+    try:
+        names = tuple(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a legacy file, or one torch cannot list: the refusal stands
+        names = ()
+    if not names:
+        raise _refusal(path, _unpickler_reason(refused)) from refused
+    pairs = []
+    for name in names:
+        module, _, qualname = name.rpartition(".")
+        attrs = {"__module__": module, "__qualname__": qualname}
+        pairs.append((type(qualname or name, (_StandIn,), attrs), name))
+    try:
+        obj, mapped = _load(path, pairs)
+    except pickle.UnpicklingError as err:  # e.g. items set on a stand-in for a dict subclass
+        raise _refusal(path, _unpickler_reason(err)) from err
+    except read_error as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
+        ) from err
+    logger.info("%s: read without importing %s (kept as inert stand-ins)", path, ", ".join(names))
+    return _Loaded(obj, mapped, names, _unpickler_reason(refused))
+
+
+def _is_stand_in(value: Any) -> bool:
+    return isinstance(value, _StandIn) or (isinstance(value, type) and issubclass(value, _StandIn))
+
+
+def _refuse_stand_ins(path: str, loaded: _Loaded, weights: Any, *, values: bool) -> None:
+    """Refuse a file whose weights are, or (``values``) hold, an object of a class msclip stood
+    in for: a pickled module or tensor subclass would lose its weights."""
+    if not loaded.stand_ins:
+        return
+    if _is_stand_in(weights) or (
+        values and isinstance(weights, Mapping) and any(_is_stand_in(v) for v in weights.values())
+    ):
+        raise _refusal(path, loaded.refusal)
 
 
 def checkpoint_read_reason(path: str | os.PathLike, err: BaseException) -> str:
@@ -499,7 +583,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"(rename it to {os.path.basename(p)[: -len('.safetensors')]}.pt)"
         )
     _refuse_torchscript(p)
-    obj, mapped = _torch_load(p)
+    loaded = _torch_load(p)
+    obj, mapped = loaded.obj, loaded.mapped
+    _refuse_stand_ins(p, loaded, obj, values=False)  # a pickled module, say
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a state dict (found {type(obj).__name__})")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning
@@ -514,6 +600,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                     "file (or an earlier checkpoint of the run)"
                 ) from err
         obj = obj["model"]
+    _refuse_stand_ins(p, loaded, obj, values=True)  # the state dict: tensors only
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{p} holds no tensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import enum
 import os
 import pickle
 import warnings
@@ -211,6 +212,70 @@ def test_refuses_to_unpickle_objects(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError):
         read_checkpoint(tmp_path / "garbage.safetensors")
+
+
+_RAN: list[str] = []
+
+
+def _ran(what):
+    _RAN.append(what)
+    return what
+
+
+class _Hyper:
+    """A hyper-parameter object whose unpickling would run code (``_ran``)."""
+
+    def __reduce__(self):
+        return (_ran, ("hyper-parameters",))
+
+
+class _Weights(enum.Enum):  # as torchgeo's weight enums, kept by its trainers' hyper-parameters
+    SENTINEL2 = "s2"
+
+
+class _Extra(dict):
+    pass
+
+
+class _Many(list):
+    pass
+
+
+def test_objects_beside_the_weights_are_stood_in_for_without_running_code(tiny, tmp_path):
+    # A Lightning checkpoint whose hyper-parameters hold objects (save_hyperparameters(args) keeps
+    # a Namespace; torchgeo keeps its weight enums): torch's safe unpickler refuses the whole
+    # file; msclip reads the weights and binds every such class name to an inert stand-in.
+    import argparse
+    import collections
+
+    path = tmp_path / "lightning.ckpt"
+    hyper = {"args": argparse.Namespace(lr=1e-4, bands=["B02"]), "weights": _Weights.SENTINEL2,
+             "optimizer": torch.optim.AdamW, "hook": _Hyper(),
+             "by_class": collections.defaultdict(list)}  # fmt: skip
+    torch.save({"state_dict": {"model." + k: v for k, v in tiny.clip.state_dict().items()},
+                "hyper_parameters": hyper, "epoch": 3}, path)  # fmt: skip
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    loaded = msclip.create_model("msclip-tiny", pretrained=path)
+    assert torch.equal(_embed(loaded, _images()), _embed(tiny, _images()))
+    assert read_checkpoint(path).mapped and _RAN == []  # no code of the file ran
+
+    # a stand-in where the weights are is refused: a value of the state dict, ...
+    for name, obj in {
+        "in_state_dict": {"state_dict": {"visual.conv1.weight": _Hyper()}, "args": _Extra()},
+        "as_value": {"visual.conv1.weight": _Hyper()},
+        "module": torch.nn.Linear(2, 2),  # ... or a whole pickled module
+        # items of a dict or list subclass cannot be set on a stand-in by the safe unpickler
+        "dict_subclass": {"state_dict": tiny.clip.state_dict(), "args": _Extra(a=1)},
+        "list_subclass": {"state_dict": tiny.clip.state_dict(), "args": _Many([1])},
+    }.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match="never unpickles arbitrary objects") as err:
+            read_checkpoint(tmp_path / f"{name}.pt")
+        assert "weights_only" not in str(err.value), name
+        if name.endswith("subclass"):  # the reason named is the one that stopped the reading
+            assert ("_Extra" if name == "dict_subclass" else "_Many") in str(err.value)
+    assert _RAN == []
 
 
 def test_offline_without_weights_names_file_and_flag(tmp_path):
