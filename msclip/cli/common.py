@@ -19,6 +19,8 @@ Exit status of every msclip command:
 143    terminated (SIGTERM: ``kill``, a job scheduler, torchrun); clean-up runs as for Ctrl-C
 141    the reader of the output went away (``msclip-... | head``): the program stops quietly,
        as Unix tools stopped by SIGPIPE do (128 + 13)
+70     internal error: an exception no rule above covers (a defect in msclip or below it), with
+       its traceback; never a verdict on the inputs (``EX_SOFTWARE`` of ``sysexits.h``)
 =====  ==========================================================================================
 
 Library errors never name command-line flags. An :class:`msclip.errors.MSCLIPError` may carry
@@ -44,6 +46,7 @@ from msclip.errors import MSCLIPError, UsageError
 __all__ = [
     "DEFAULT_MODEL",
     "EARLY_CHECK_FILES",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
@@ -112,6 +115,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 #: Status when standard output was closed by its reader (128 + SIGPIPE, as Unix tools).
 EXIT_PIPE_CLOSED = 141
+#: Status of an unexpected exception (``EX_SOFTWARE``): told apart from a run whose inputs failed.
+EXIT_INTERNAL = 70
 
 #: Library parameter name -> the flag that sets it (shared by every program).
 FLAGS: dict[str, str] = {
@@ -1212,6 +1217,15 @@ def _run_cli(
             return EXIT_TERMINATED
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:
+        # A defect, not a verdict on the inputs: the traceback is what a report needs, and the
+        # status tells it from a finished run with failed inputs (1) for scripts and schedulers.
+        import traceback
+
+        traceback.print_exc()
+        print("error: internal error (the traceback above says where); please report it with "
+              "the command that was run", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before)

@@ -12,6 +12,7 @@ import pytest
 
 from msclip.cli import common
 from msclip.cli.common import (
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -50,6 +51,12 @@ def test_exit_codes(capsys):
     assert run_cli([], parse, _run_raising(KeyboardInterrupt())) == EXIT_INTERRUPTED
     status = run_cli([], parse, _run_raising(MSCLIPError("x")), error_status=lambda e: 1)
     assert status == 1
+    capsys.readouterr()
+    # a defect is told apart from a run whose inputs failed (1), traceback kept for the report
+    assert run_cli([], parse, _run_raising(ZeroDivisionError("oops"))) == EXIT_INTERNAL == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: oops" in err
+    assert err.rstrip().endswith("please report it with the command that was run")
 
 
 def test_library_errors_get_the_flag_of_their_parameter(capsys):
