@@ -389,9 +389,11 @@ def _refusal(path: str, reason: str) -> CheckpointError:
 
 
 def _load(path: str, stand_ins: list[tuple[type, str]] | None = None) -> tuple[Any, bool]:
+    import contextlib
     import warnings
 
-    with warnings.catch_warnings(), torch.serialization.safe_globals(stand_ins or []):
+    allowed = torch.serialization.safe_globals(stand_ins) if stand_ins else contextlib.nullcontext()
+    with warnings.catch_warnings(), allowed:
         # torch warns about pickle protocols while refusing the file; the error says it all
         warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
         try:
@@ -422,9 +424,9 @@ def _torch_load(path: str) -> _Loaded:
         raise CheckpointError(
             f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
         ) from err
-    try:
+    try:  # recent torch lists a zip checkpoint's globals without unpickling it
         names = tuple(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # a legacy file, or one torch cannot list: the refusal stands
+    except Exception:  # a legacy file, or a torch that cannot: the refusal stands
         names = ()
     if not names:
         raise _refusal(path, _unpickler_reason(refused)) from refused
@@ -437,10 +439,8 @@ def _torch_load(path: str) -> _Loaded:
         obj, mapped = _load(path, pairs)
     except pickle.UnpicklingError as err:  # e.g. items set on a stand-in for a dict subclass
         raise _refusal(path, _unpickler_reason(err)) from err
-    except read_error as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {checkpoint_read_reason(path, err)}"
-        ) from err
+    except Exception as err:  # a torch whose safe unpickler takes no stand-ins: as before
+        raise _refusal(path, _unpickler_reason(refused)) from err
     logger.info("%s: read without importing %s (kept as inert stand-ins)", path, ", ".join(names))
     return _Loaded(obj, mapped, names, _unpickler_reason(refused))
 
