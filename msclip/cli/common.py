@@ -1169,6 +1169,16 @@ def run_cli(
     restore_stdout = _escape_unencodable()
     try:
         return _run_cli(argv, parse, run, flags, error_status, logging_setup)
+    except Exception:
+        # What _run_cli has no rule for, in parsing, set-up or the run: a defect, not a verdict
+        # on the inputs. The traceback is what a report needs, and the status tells it from a
+        # finished run with failed inputs (1) for scripts and schedulers.
+        import traceback
+
+        traceback.print_exc()
+        print("error: internal error (the traceback above says where); please report it with "
+              "the command that was run", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
     finally:
         restore_stdout()
 
@@ -1217,15 +1227,6 @@ def _run_cli(
             return EXIT_TERMINATED
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:
-        # A defect, not a verdict on the inputs: the traceback is what a report needs, and the
-        # status tells it from a finished run with failed inputs (1) for scripts and schedulers.
-        import traceback
-
-        traceback.print_exc()
-        print("error: internal error (the traceback above says where); please report it with "
-              "the command that was run", file=sys.stderr)  # fmt: skip
-        return EXIT_INTERNAL
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before)

@@ -58,6 +58,12 @@ def test_exit_codes(capsys):
     assert "Traceback" in err and "ZeroDivisionError: oops" in err
     assert err.rstrip().endswith("please report it with the command that was run")
 
+    def broken_parse(argv):  # the same for a defect met while parsing
+        raise AttributeError("no such field")
+
+    assert run_cli([], broken_parse, lambda a: EXIT_OK) == EXIT_INTERNAL
+    assert "AttributeError: no such field" in capsys.readouterr().err
+
 
 def test_library_errors_get_the_flag_of_their_parameter(capsys):
     parse = _parser().parse_args
