@@ -585,6 +585,18 @@ def _class_table(
     return ["Image", "Class", "Probability", "Runner-up"], rows
 
 
+def _images_only_from_here(model: Any, tokenizer: Any) -> None:
+    """The prompts are encoded: give back the text tower's weight pages and the tokenizer's
+    tables (both read again if text is encoded later; :mod:`msclip.memory`)."""
+    from msclip.memory import trim_heap
+
+    model.release_text_pages()
+    release = getattr(tokenizer, "release", None)
+    if callable(release):
+        release()
+    trim_heap()
+
+
 def run_classification(args: argparse.Namespace) -> int:
     """``--run-classification``."""
     if args.head is not None:
@@ -611,7 +623,7 @@ def run_classification(args: argparse.Namespace) -> int:
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
     )
-    model.release_text_pages()  # images only from here (msclip.memory)
+    _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
     import pandas as pd  # after the images: its ~30 MB are not held during the model calls
 
@@ -664,7 +676,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     large = LargeCheck(image_set.paths)
     model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
-    model.release_text_pages()
+    _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
     import pandas as pd  # after the images (see run_classification)
 
@@ -840,7 +852,7 @@ def _dense_scene(
         model, tokenizer, names, templates, cache=text_cache_for(args, model),
         progress=not args.quiet,
     )  # fmt: skip
-    model.release_text_pages()
+    _images_only_from_here(model, tokenizer)
     _warn_georeference(args.scene)
     final = out_dir / "dense_class_map.tif"
     result = predict_scene(

@@ -84,6 +84,27 @@ def test_tokenizer_equals_open_clip() -> None:
     assert torch.equal(ours("one text"), ref("one text"))
 
 
+def test_tokenizer_tables_are_read_on_first_use_and_released_until_the_next() -> None:
+    import open_clip
+
+    from msclip import tokenizer as tok_module
+
+    ref = open_clip.get_tokenizer("ViT-B-16")
+    tok_module._tables.cache_clear()
+    ours = CLIPTokenizer()
+    assert ours._tables is None  # nothing read yet: a run with every prompt cached never reads it
+    encoder, _ = tok_module._tables(ours.bpe_path)
+    assert (ours.sot_token_id, ours.eot_token_id, ours.vocab_size) == (
+        encoder["<start_of_text>"], encoder["<end_of_text>"], len(encoder),
+    )  # fmt: skip
+    texts = ["a satellite image of a river.", "sea or lake", "herbaceous vegetation"]
+    first = ours(texts)
+    assert ours._tables is not None and torch.equal(first, ref(texts))
+    ours.release()
+    assert ours._tables is None and tok_module._tables.cache_info().currsize == 0
+    assert torch.equal(ours(texts), first)  # read again, same ids
+
+
 def test_a_classification_run_imports_neither_open_clip_nor_torchvision(tmp_path) -> None:
     """The start-up of the command-line programs: only torch and what they use."""
     code = f"""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import msclip
+from msclip import memory
 from msclip.memory import mapped_file_regions, release_mapped, trim_heap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
@@ -84,3 +85,79 @@ def test_bf16_text_pages_of_the_converted_cache_are_dropped_too(release_pt) -> N
     assert model.release_text_pages() > 0
     text_after, image_after = _encode(model)
     assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
+
+
+def _library_copy(folder, name: str):
+    """zlib copied to ``folder/name`` and loaded from there: (its handle, its path)."""
+    import ctypes
+    import shutil
+    from ctypes.util import find_library
+
+    found = find_library("z")
+    if found is None:
+        pytest.skip("no zlib to load")
+    ctypes.CDLL(found)
+    with open("/proc/self/maps") as maps:
+        paths = [line.split()[-1] for line in maps if "/" in line]
+    source = next((p for p in paths if p.rsplit("/", 1)[-1].startswith("libz.so")), None)
+    if source is None:
+        pytest.skip("zlib's file not found")
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, path)
+    return ctypes.CDLL(str(path)), path
+
+
+def test_gpu_library_pages_are_dropped_on_the_cpu_and_the_library_still_works(tmp_path) -> None:
+    import ctypes
+
+    lib, path = _library_copy(tmp_path / "nvidia" / "cu13" / "lib", "libcublasLt.so.13")
+    data = b"multispectral" * 1000
+    bound = lib.compressBound(len(data))
+    assert bound > len(data)
+    mine = [r for r in memory._file_mappings() if r[3] == str(path)]
+    assert mine and any(r[4] > 0 and "w" not in r[2] for r in mine)  # resident code pages
+    written = [r for r in mine if "w" in r[2] or r[5]]  # relocated data: never dropped
+    released = memory.release_gpu_libraries()
+    assert released >= sum(r[4] for r in mine if "w" not in r[2] and not r[5])
+    after = {(r[0], r[1]): r for r in memory._file_mappings() if r[3] == str(path)}
+    for lo, hi, perms, _, _, anon in mine:
+        if "w" not in perms and not anon:
+            assert after[(lo, hi)][4] == 0  # dropped from this process's resident set
+    for lo, hi, _, _, _, anon in written:
+        assert after[(lo, hi)][5] == anon  # written pages kept
+    # the code faults in again from the file and behaves as before
+    out = ctypes.create_string_buffer(bound)
+    n = ctypes.c_ulong(bound)
+    assert lib.compress(out, ctypes.byref(n), data, len(data)) == 0 and 0 < n.value < len(data)
+
+
+def test_only_gpu_libraries_are_released(tmp_path, monkeypatch) -> None:
+    assert memory._is_gpu_library("/env/site-packages/nvidia/cu13/lib/libcublasLt.so.13")
+    assert memory._is_gpu_library("/env/site-packages/nvidia/cudnn/lib/libcudnn_ops.so.9")
+    assert memory._is_gpu_library("/env/site-packages/torch/lib/libtorch_cuda.so")
+    assert memory._is_gpu_library("/opt/conda/lib/libnvrtc-builtins.so.13.0")
+    for other in (
+        "/usr/lib/x86_64-linux-gnu/libcurl.so.4",
+        "/env/torch/lib/libtorch_cpu.so",
+        "/usr/lib/libcups.so.2",
+        "/env/torch/lib/libc10.so",
+        "/data/cublas.bin",
+    ):
+        assert not memory._is_gpu_library(other), other
+    _, plain = _library_copy(tmp_path / "lib", "libz-copy.so.1")  # not a GPU library
+    _, gpu = _library_copy(tmp_path / "nvidia" / "lib", "libz-copy.so.1")  # in a CUDA wheel
+    memory.release_gpu_libraries()
+    code = {r[3]: r[4] for r in memory._file_mappings() if "x" in r[2]}
+    assert code[str(plain)] > 0 and code[str(gpu)] == 0
+
+    class InitialisedCuda:
+        @staticmethod
+        def is_initialized() -> bool:
+            return True
+
+    # another name: a file that is loaded is never overwritten
+    lib, _ = _library_copy(tmp_path / "nvidia" / "lib", "libz-other.so.1")
+    lib.compressBound(100)  # its code resident
+    monkeypatch.setitem(sys.modules, "torch.cuda", InitialisedCuda)
+    assert memory.release_gpu_libraries() == 0  # a process that uses CUDA keeps everything
