@@ -1,6 +1,6 @@
-"""Giving memory back to the operating system: weight pages and the C heap.
+"""Giving memory back to the operating system: weight pages, library pages and the C heap.
 
-Three measured sources of resident memory that no Python ``del`` returns (64-tile, 10-class,
+Four measured sources of resident memory that no Python ``del`` returns (64-tile, 10-class,
 50-template classification with Llama3-MS-CLIP-Base in fp32, CUDA build of torch, Linux):
 
 * **Pages of a memory-mapped weight file.** A model loaded from a mapped checkpoint uses the

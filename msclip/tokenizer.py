@@ -96,6 +96,8 @@ class CLIPTokenizer:
     def __init__(self, context_length: int = 77, bpe_path: str | Path | None = None) -> None:
         self.context_length = int(context_length)
         self.bpe_path = str(bpe_path or default_bpe_path())
+        if not Path(self.bpe_path).is_file():  # the tables are read on first use: check now
+            raise FileNotFoundError(f"BPE merge list not found: {self.bpe_path}")
         self.byte_encoder = _byte_chars()
         # the vocabulary is the 256 byte characters, the same with "</w>", the merges and the two
         # markers, in this order: its size and the markers' ids are known without reading it

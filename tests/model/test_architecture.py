@@ -105,6 +105,12 @@ def test_tokenizer_tables_are_read_on_first_use_and_released_until_the_next() ->
     assert torch.equal(ours(texts), first)  # read again, same ids
 
 
+def test_a_missing_merge_list_is_named_when_the_tokenizer_is_made(tmp_path) -> None:
+    missing = tmp_path / "bpe.txt.gz"
+    with pytest.raises(FileNotFoundError, match=r"bpe\.txt\.gz"):
+        CLIPTokenizer(bpe_path=missing)
+
+
 def test_a_classification_run_imports_neither_open_clip_nor_torchvision(tmp_path) -> None:
     """The start-up of the command-line programs: only torch and what they use."""
     code = f"""
