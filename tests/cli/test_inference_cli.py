@@ -369,11 +369,30 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
         events.append(("image", 0))
         return encode_image(self, *a, **k)
 
+    from msclip import memory
+    from msclip.tokenizer import CLIPTokenizer
+
+    tables, libraries = CLIPTokenizer.release, memory.release_gpu_libraries
+
+    def spy_tables(self):
+        events.append(("tables", 0))
+        return tables(self)
+
+    def spy_libraries():
+        events.append(("libraries", libraries()))
+        return events[-1][1]
+
     monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", spy_release)
     monkeypatch.setattr(msclip.MSCLIP, "encode_image", spy_encode)
+    monkeypatch.setattr(CLIPTokenizer, "release", spy_tables)
+    monkeypatch.setattr(memory, "release_gpu_libraries", spy_libraries)
     assert main([*args, "--save-path", str(tmp_path / "released.csv")]) == 0
-    assert events[0][0] == "release" and events[0][1] > 0  # the mapped text weights went first
+    # on the CPU, torch's GPU libraries when the model is loaded; the mapped text weights and the
+    # tokenizer's tables once the prompts are encoded; then the images
+    assert [e for e, _ in events[:3]] == ["libraries", "release", "tables"]
+    assert events[1][1] > 0
     assert [e for e, _ in events].count("release") == 1 and events[-1][0] == "image"
+    assert set(e for e, _ in events[3:]) == {"image"}
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "kept.csv"), pd.read_csv(tmp_path / "released.csv")
     )
