@@ -28,6 +28,7 @@ Detection runs once per process (cached) and only when asked, never at import.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -47,6 +48,7 @@ __all__ = [
     "SWITCH_VALUES",
     "CPUInfo",
     "PrecisionChoice",
+    "available_memory",
     "choose_precision",
     "cpu_info",
     "cuda_bf16_supported",
@@ -222,6 +224,85 @@ def cpu_info() -> CPUInfo:
     )
     logger.debug("CPU: %s", info.to_dict())
     return info
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _stat_value(path: str, key: str) -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key and value.strip().isdigit():
+                    return int(value)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0
+
+
+def _cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes left under this process's control-group memory limit, or ``None`` without one.
+
+    Usage counts the group's page cache; its inactive part is reclaimed before the limit is
+    enforced, so it is not counted as used (as container runtimes count a working set).
+    """
+    folders = []
+    try:
+        with open(proc, encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3 and parts[0] == "0" and parts[1] == "":  # cgroup v2
+                    folders.append(root + parts[2].rstrip("/"))
+                elif len(parts) == 3 and "memory" in parts[1].split(","):  # cgroup v1
+                    folders.append(f"{root}/memory" + parts[2].rstrip("/"))
+    except (OSError, UnicodeDecodeError):
+        pass
+    folders += [root, f"{root}/memory"]  # a container's own namespace shows its group as the root
+    for folder in dict.fromkeys(folders):
+        for limit_name, usage_name, inactive in (
+            ("memory.max", "memory.current", "inactive_file"),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+        ):
+            limit = _read_int(f"{folder}/{limit_name}")
+            usage = _read_int(f"{folder}/{usage_name}")
+            if limit is None or usage is None or limit >= 1 << 60:  # v1 writes "no limit" huge
+                continue
+            cache = _stat_value(f"{folder}/memory.stat", inactive)
+            return max(0, limit - max(0, usage - cache))
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping, or ``None`` where unknown.
+
+    The kernel's estimate (``MemAvailable`` of ``/proc/meminfo``; elsewhere the free physical
+    pages from ``sysconf``), lowered to the room left under the memory limit of this process's
+    control group when one is set (a container, a batch job's allocation). Read anew on every
+    call.
+    """
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    if not found:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    room = _cgroup_room()
+    if room is not None:
+        found.append(room)
+    return min(found) if found else None
 
 
 def cuda_bf16_supported(index: int | None = None) -> bool:

@@ -34,6 +34,10 @@ ones, relative to their spread (``sqrt(1 - r^2)``); the limit is
 ``max(4 x the codes' own residual, 0.05)``. That guards recall against a kernel whose input
 quantisation misbehaves on some data.
 
+A kernel that searches a prepared copy (int8-fbgemm, bf16) is passed over at search time when the
+copy would take more than half of the memory available (:func:`msclip.hardware.available_memory`)
+for the fastest measured kernel without one (:meth:`Calibration.fastest_without`).
+
 The choice is cached per CPU kind (:meth:`msclip.hardware.CPUInfo.key`: CPU model, flags, torch
 version, core count) in the index's ``search_cache/`` folder as
 ``calibration-<key>.json``; another machine reading the same index directory calibrates again.
@@ -60,6 +64,7 @@ __all__ = [
     "calibrate",
     "fastest",
     "load_or_calibrate",
+    "regime",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,7 +113,15 @@ class Calibration:
 
     def kernel(self, n_queries: int) -> str:
         """The kernel for a search of ``n_queries`` queries."""
-        return self.choice["few" if n_queries <= _FEW_MAX else "many"]
+        return self.choice[regime(n_queries)]
+
+    def fastest_without(self, n_queries: int, excluded: Iterable[str]) -> str:
+        """The fastest measured kernel for ``n_queries`` queries among those not ``excluded``
+        (the fp32 baseline when none of them was measured)."""
+        skip = set(excluded)
+        timings = {k: v for k, v in self.timings.get(regime(n_queries), {}).items()
+                   if k not in skip}  # fmt: skip
+        return fastest(timings) if timings else "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +147,11 @@ class Calibration:
 
 # up to this many queries a search counts as the "few" regime (a GEMV beats a GEMM there)
 _FEW_MAX = 8
+
+
+def regime(n_queries: int) -> str:
+    """The regime (a key of :data:`REGIMES`) of a search of ``n_queries`` queries."""
+    return "few" if n_queries <= _FEW_MAX else "many"
 
 
 def fastest(timings: Mapping[str, float], baseline: str = "fp32") -> str:

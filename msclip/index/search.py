@@ -100,6 +100,12 @@ _FBGEMM_CHUNK_ROWS = 1 << 15
 _PARALLEL_SELECT_SCORES = 1 << 20
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
+# Kernels that search a prepared copy of the index (fbgemm's packed codes, bf16 rows) and the
+# share of the available memory such a copy may take when the calibration picks it; above it the
+# fastest kernel without a copy is used (a copy is the size of the codes or twice it: 0.5-1 GB
+# per 10^6 x 512 rows).
+_COPY_KERNELS = ("int8-fbgemm", "bf16")
+_COPY_MEMORY_SHARE = 0.5
 
 
 class SearchResult(NamedTuple):
@@ -405,6 +411,7 @@ class SearchIndex:
         self._packed: list[tuple[int, Any]] | None = None  # int8-fbgemm blocks
         self._bf16: torch.Tensor | None = None  # bf16 kernel's copy of the rows
         self._calibration: Any = None
+        self._too_large: set[str] = set()  # kernels whose copy did not fit (warned once)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_hit = False
         self.build_seconds = 0.0
@@ -710,7 +717,33 @@ class SearchIndex:
                 return wanted
             logger.warning("kernel %s unavailable; using the dequantising fallback", wanted)
             return "dequant"
-        return self.calibration.kernel(n_queries)
+        cal = self.calibration
+        kernel = cal.kernel(n_queries)
+        need = self._copy_bytes(kernel)
+        if need:
+            from msclip.hardware import available_memory
+
+            room = available_memory()
+            if room is not None and need > _COPY_MEMORY_SHARE * room:
+                fallback = cal.fastest_without(n_queries, _COPY_KERNELS)
+                if kernel not in self._too_large:
+                    self._too_large.add(kernel)
+                    logger.warning(
+                        "search kernel %s (measured fastest here) needs a %.1f MiB copy of the "
+                        "index, more than half of the %.1f MiB of memory available; using %s, "
+                        "which needs none (kernel=%r forces it)", kernel, need / 2**20,
+                        room / 2**20, fallback, kernel,
+                    )  # fmt: skip
+                kernel = fallback
+        return kernel
+
+    def _copy_bytes(self, kernel: str) -> int:
+        """Bytes a kernel's prepared copy of the index would add now (0 once it exists)."""
+        if kernel == "int8-fbgemm" and self._packed is None and self._codes is not None:
+            return self._codes.numel() + 4 * self.count
+        if kernel == "bf16" and self._bf16 is None:
+            return 2 * self.count * self.dim
+        return 0
 
     @property
     def calibration(self) -> Any:

@@ -167,3 +167,66 @@ def test_real_calibration_is_measured_once_and_cached(store, monkeypatch) -> Non
     reopened = SearchIndex.from_store(IndexStore.open(st.path))
     assert reopened.calibration.cached
     np.testing.assert_array_equal(reopened.search(queries, 5).ids, result.ids)
+
+
+def test_a_kernel_whose_copy_does_not_fit_gives_way_to_one_without(store, monkeypatch, caplog):
+    """The calibration picks by speed; a kernel that needs a copy of the index (fbgemm's packed
+    codes, bf16 rows) larger than half the available memory is passed over for the fastest
+    measured kernel without one, with one warning, and the results stay exact."""
+    st, _, queries = store
+    index = SearchIndex.from_store(st, cache=False)
+    index._calibration = Calibration(
+        {"few": "int8-fbgemm", "many": "bf16"},
+        timings={
+            "few": {"int8-fbgemm": 1.0, "bf16": 1.5, "int8-gemv": 2.0, "fp32": 5.0},
+            "many": {"bf16": 1.0, "int8-fbgemm": 1.2, "int8-gemm": 2.0, "fp32": 5.0},
+        },
+    )
+    monkeypatch.setattr(hardware, "available_memory", lambda: 1000)  # bytes
+    exact = index.search(queries, 10, exact=True)
+    with caplog.at_level("WARNING", logger="msclip.index.search"):
+        assert index._pick_kernel(1) == "int8-gemv" and index._pick_kernel(50) == "int8-gemm"
+        for q in (queries, queries[:1], queries, queries[:1]):
+            got = index.search(q, 10)
+            np.testing.assert_array_equal(got.ids, exact.ids[: len(q)])
+    warned = [r.getMessage() for r in caplog.records if "available" in r.getMessage()]
+    assert len(warned) == 2  # once per kernel passed over
+    assert "int8-fbgemm" in warned[0] and "kernel='int8-fbgemm' forces it" in warned[0]
+    assert index._packed is None and index._bf16 is None  # no copy was made
+    monkeypatch.setattr(hardware, "available_memory", lambda: None)  # unknown: trusted
+    assert index._pick_kernel(1) == "int8-fbgemm"
+    monkeypatch.setattr(hardware, "available_memory", lambda: 1 << 40)
+    assert index._pick_kernel(50) == "bf16"
+    many = np.tile(queries, (4, 1))  # 12 queries: the "many" regime
+    np.testing.assert_array_equal(index.search(many, 10).ids[:3], exact.ids)  # bf16 copy made
+    assert index._bf16 is not None
+    monkeypatch.setattr(hardware, "available_memory", lambda: 1000)
+    assert index._pick_kernel(50) == "bf16"  # the copy exists: it costs nothing more
+
+
+def test_the_room_under_a_control_group_limit_is_what_is_available(tmp_path, monkeypatch):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/jobs/42\n")
+    group = tmp_path / "fs" / "jobs" / "42"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text("1000000\n")
+    (group / "memory.current").write_text("600000\n")
+    (group / "memory.stat").write_text("anon 400000\ninactive_file 100000\n")
+    room = hardware._cgroup_room(str(proc), str(tmp_path / "fs"))
+    assert room == 1000000 - (600000 - 100000)  # inactive page cache is reclaimable
+    (group / "memory.max").write_text("max\n")  # no limit
+    assert hardware._cgroup_room(str(proc), str(tmp_path / "fs")) is None
+    proc.write_text("4:memory:/grp\n0::/\n")  # cgroup v1 memory controller
+    v1 = tmp_path / "fs" / "memory" / "grp"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("2000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("500000\n")
+    (v1 / "memory.stat").write_text("total_inactive_file 0\n")
+    assert hardware._cgroup_room(str(proc), str(tmp_path / "fs")) == 1500000
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert hardware._cgroup_room(str(proc), str(tmp_path / "fs")) is None
+    monkeypatch.setattr(hardware, "_cgroup_room", lambda: 12345)
+    assert hardware.available_memory() == 12345  # the smaller of the machine's and the group's
+    monkeypatch.setattr(hardware, "_cgroup_room", lambda: None)
+    machine = hardware.available_memory()
+    assert machine is not None and machine > 12345
