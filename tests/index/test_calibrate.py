@@ -230,3 +230,36 @@ def test_the_room_under_a_control_group_limit_is_what_is_available(tmp_path, mon
     monkeypatch.setattr(hardware, "_cgroup_room", lambda: None)
     machine = hardware.available_memory()
     assert machine is not None and machine > 12345
+
+
+def test_fbgemm_blocks_merged_for_few_queries_give_the_exact_ids(store, monkeypatch) -> None:
+    """One query's scores of several packed blocks are selected as one chunk (a partial group
+    at the end included), many queries' block by block: the same results either way."""
+    from msclip.index import search as search_mod
+
+    monkeypatch.setattr(search_mod, "_FBGEMM_CHUNK_ROWS", 256)  # 1800 rows: 8 blocks
+    monkeypatch.setattr(search_mod, "_GEMV_CHUNK_ROWS", 768)  # merged 3 by 3: 3 + 3 + 2
+    st, _, queries = store
+    index = SearchIndex.from_store(st, cache=False, kernel="int8-fbgemm")
+    exact = index.search(queries, 10, exact=True)
+    sizes: list[int] = []
+    select = search_mod._select_top
+
+    def spy(chunks, *a, **k):
+        def seen():
+            for start, scores in chunks:
+                sizes.append(scores.shape[1])
+                yield start, scores
+
+        return select(seen(), *a, **k)
+
+    monkeypatch.setattr(search_mod, "_select_top", spy)
+    for i in range(len(queries)):
+        got = index.search(queries[i : i + 1], 10)
+        np.testing.assert_array_equal(got.ids[0], exact.ids[i])
+        np.testing.assert_array_equal(got.scores[0], exact.scores[i])
+    assert sizes[:3] == [768, 768, 264]
+    sizes.clear()
+    many = np.tile(queries, (4, 1))  # 12 queries: block by block
+    np.testing.assert_array_equal(index.search(many, 10).ids[:3], exact.ids)
+    assert sizes == [256] * 7 + [1800 - 7 * 256]
