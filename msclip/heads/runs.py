@@ -130,10 +130,17 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
     precision = run_precision(cfg)
     if cfg.ckpt_path is not None:
         if cfg.model_name is None:
-            return create_model(cfg.ckpt_path, device=device, precision=precision)
-        return create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
-    return create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
-                        precision=precision)  # fmt: skip
+            model = create_model(cfg.ckpt_path, device=device, precision=precision)
+        else:
+            model = create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
+    else:
+        model = create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
+                             precision=precision)  # fmt: skip
+    if torch.device(device).type == "cpu":  # a run on the CPU never calls torch's CUDA libraries
+        from msclip.memory import release_gpu_libraries
+
+        release_gpu_libraries()
+    return model
 
 
 def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:

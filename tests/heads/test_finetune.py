@@ -282,3 +282,18 @@ def test_regression_loss_follows_the_head_to_the_encoders_device():
     head.to("meta")
     assert loss(out.to("meta"), target.to("meta")).device.type == "meta"
     assert _standardised_loss(F.mse_loss, None) is F.mse_loss
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_run_on_the_cpu_releases_the_gpu_libraries_pages(tmp_path, monkeypatch, device):
+    from msclip import memory
+    from msclip.heads.runs import load_run_model
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "release_gpu_libraries", lambda: calls.append(1) or 0)
+    if device == "cuda":  # a GPU run keeps its libraries (no GPU here: no model is built)
+        monkeypatch.setattr("msclip.factory.create_model", lambda *a, **k: "model")
+    cfg = dataclasses.replace(_cfg(tmp_path), device=device)
+    model = load_run_model(cfg)
+    assert calls == ([1] if device == "cpu" else [])
+    assert device == "cuda" or model.clip is not None
