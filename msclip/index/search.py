@@ -731,7 +731,7 @@ class SearchIndex:
                     logger.warning(
                         "search kernel %s (measured fastest here) needs a %.1f MiB copy of the "
                         "index, more than half of the %.1f MiB of memory available; using %s, "
-                        "which needs none (kernel=%r forces it)", kernel, need / 2**20,
+                        "which needs none (SearchIndex(kernel=%r) forces it)", kernel, need / 2**20,
                         room / 2**20, fallback, kernel,
                     )  # fmt: skip
                 kernel = fallback

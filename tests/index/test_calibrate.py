@@ -191,7 +191,7 @@ def test_a_kernel_whose_copy_does_not_fit_gives_way_to_one_without(store, monkey
             np.testing.assert_array_equal(got.ids, exact.ids[: len(q)])
     warned = [r.getMessage() for r in caplog.records if "available" in r.getMessage()]
     assert len(warned) == 2  # once per kernel passed over
-    assert "int8-fbgemm" in warned[0] and "kernel='int8-fbgemm' forces it" in warned[0]
+    assert "int8-fbgemm" in warned[0] and "SearchIndex(kernel='int8-fbgemm') forces it" in warned[0]
     assert index._packed is None and index._bf16 is None  # no copy was made
     monkeypatch.setattr(hardware, "available_memory", lambda: None)  # unknown: trusted
     assert index._pick_kernel(1) == "int8-fbgemm"
