@@ -6,8 +6,8 @@ with ``--ckpt-path``, a cold text cache) in fp32 and in bf16, the peak resident 
 ``/usr/bin/time -v`` reports it ("Maximum resident set size") and the wall time; the same with
 ``--batch-size 32`` (eight times the activations of the CPU default of 4); the peak of
 ``python -c "import torch"`` alone (0.50 GB with torch's CUDA build, 0.22 GB with its CPU-only
-build) and what stays of it once msclip's CPU programs have released the pages of torch's GPU
-libraries (``msclip.memory.release_gpu_libraries``: ~0.36 GB with the CUDA build); the model
+build) and what stays of it once msclip's CPU programs have released the library pages that ran
+once (``msclip.memory.release_library_pages``: ~0.26 GB with the CUDA build); the model
 load time from a warm page cache (``create_model`` in a process that has imported msclip, best
 of three); and the floor under the images of any run that keeps the image tower in memory:
 torch after that release, the image tower's weights and one batch's peak (``tower_floor``).
@@ -90,12 +90,12 @@ print(json.dumps(out))
 
 
 def torch_after_release(python: str) -> dict[str, int]:
-    """Resident bytes of a process that has imported torch and released the pages of torch's GPU
-    libraries, as msclip's programs do on a CPU (``rss``), and the bytes released."""
+    """Resident bytes of a process that has imported torch and released its libraries' pages, as
+    msclip's programs do on a CPU once started (``rss``), and the bytes released."""
     code = """
 import json, torch
-from msclip.memory import release_gpu_libraries
-released = release_gpu_libraries()
+from msclip.memory import release_library_pages
+released = release_library_pages()
 rss = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 print(json.dumps({"rss": rss, "released": released}))
 """
@@ -135,8 +135,8 @@ def main() -> None:
           f"({torch_fast / GB:.3f} GB leaving without the interpreter's teardown, as msclip's "
           "programs do)")  # fmt: skip
     after = torch_after_release(py)
-    print(f"resident after `import torch` once a CPU program has released the GPU libraries' "
-          f"pages (msclip.memory.release_gpu_libraries): {after['rss'] / GB:.3f} GB "
+    print(f"resident after `import torch` once a CPU program has released the library pages "
+          f"(msclip.memory.release_library_pages): {after['rss'] / GB:.3f} GB "
           f"({after['released'] / GB:.3f} GB released)")  # fmt: skip
     floor = tower_floor(paths["ckpt"], py)
     batch = int(floor["fp32"]["size"])

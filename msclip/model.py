@@ -531,6 +531,23 @@ class MSCLIP(nn.Module):
         text = [p for n, p in self.clip.named_parameters() if not n.startswith("visual.")]
         return release_mapped(text)
 
+    def release_weight_pages(self) -> int:
+        """Give back the resident memory of all the model's weights until they are used again.
+
+        For the end of a run whose model calls are done (the results are written next): as
+        :meth:`release_text_pages`, for every weight that is an unchanged memory map of a file
+        (0.35 GB of image tower in fp32 for Llama3-MS-CLIP-Base), so what the run does after
+        its model calls (importing pandas, building its tables) does not add to a peak set by
+        the weights. Weights in anonymous memory are left alone; using the model again reads
+        the pages in again, with the same values.
+
+        Returns:
+            the size of the page ranges dropped (:func:`msclip.memory.release_mapped`).
+        """
+        from msclip.memory import release_mapped
+
+        return release_mapped([*self.clip.parameters(), *self.clip.buffers()])
+
     def forward_features(
         self,
         images: torch.Tensor,

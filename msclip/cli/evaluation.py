@@ -41,7 +41,7 @@ from msclip.cli.common import (
     model_from_args,
     non_negative_int,
     positive_int,
-    release_gpu_libraries_on_cpu,
+    release_library_pages_on_cpu,
     report_precision,
     run_cli,
     status,
@@ -289,7 +289,7 @@ def _load_model(args: argparse.Namespace) -> Any:
         precision=args.precision,
     )  # fmt: skip
     args.precision_used = model.precision
-    release_gpu_libraries_on_cpu(args.device)
+    release_library_pages_on_cpu(args.device)
     report_precision(model, args.device, quiet=args.quiet)
     return model
 

@@ -62,6 +62,7 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     refuse_input_as_output,
+    release_library_pages_on_cpu,
     run_cli,
     text_cache_for,
     write_csv,
@@ -586,8 +587,9 @@ def _class_table(
 
 
 def _images_only_from_here(model: Any, tokenizer: Any) -> None:
-    """The prompts are encoded: give back the text tower's weight pages and the tokenizer's
-    tables (both read again if text is encoded later; :mod:`msclip.memory`)."""
+    """The prompts are encoded: give back the text tower's weight pages, the tokenizer's tables
+    and, on the CPU, the pages of library code that ran for the text only (each read again if
+    used again; :mod:`msclip.memory`)."""
     from msclip.memory import trim_heap
 
     model.release_text_pages()
@@ -595,6 +597,7 @@ def _images_only_from_here(model: Any, tokenizer: Any) -> None:
     if callable(release):
         release()
     trim_heap()
+    release_library_pages_on_cpu(model.device)
 
 
 def run_classification(args: argparse.Namespace) -> int:
@@ -625,7 +628,8 @@ def run_classification(args: argparse.Namespace) -> int:
     )
     _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
-    import pandas as pd  # after the images: its ~30 MB are not held during the model calls
+    model.release_weight_pages()  # the model calls are done (msclip.memory)
+    import pandas as pd  # after the images and their weights: its ~30 MB never add to them
 
     rule = None
     if args.multi_label:
@@ -678,6 +682,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
+    model.release_weight_pages()
     import pandas as pd  # after the images (see run_classification)
 
     shown = [image_set.names[i] for i in res.indices]

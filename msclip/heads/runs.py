@@ -136,10 +136,10 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
     else:
         model = create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
                              precision=precision)  # fmt: skip
-    if torch.device(device).type == "cpu":  # a run on the CPU never calls torch's CUDA libraries
-        from msclip.memory import release_gpu_libraries
+    if torch.device(device).type == "cpu":  # library code that ran once (msclip.memory)
+        from msclip.memory import release_library_pages
 
-        release_gpu_libraries()
+        release_library_pages()
     return model
 
 

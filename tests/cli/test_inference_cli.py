@@ -372,7 +372,7 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     from msclip import memory
     from msclip.tokenizer import CLIPTokenizer
 
-    tables, libraries = CLIPTokenizer.release, memory.release_gpu_libraries
+    tables, libraries = CLIPTokenizer.release, memory.release_library_pages
 
     def spy_tables(self):
         events.append(("tables", 0))
@@ -385,14 +385,15 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", spy_release)
     monkeypatch.setattr(msclip.MSCLIP, "encode_image", spy_encode)
     monkeypatch.setattr(CLIPTokenizer, "release", spy_tables)
-    monkeypatch.setattr(memory, "release_gpu_libraries", spy_libraries)
+    monkeypatch.setattr(memory, "release_library_pages", spy_libraries)
     assert main([*args, "--save-path", str(tmp_path / "released.csv")]) == 0
-    # on the CPU, torch's GPU libraries when the model is loaded; the mapped text weights and the
-    # tokenizer's tables once the prompts are encoded; then the images
-    assert [e for e, _ in events[:3]] == ["libraries", "release", "tables"]
-    assert events[1][1] > 0
+    # on the CPU: the start-up's library pages when the model is loaded; the mapped text
+    # weights, the tokenizer's tables and the text's library pages once the prompts are
+    # encoded; then the images
+    assert [e for e, _ in events[:4]] == ["libraries", "release", "tables", "libraries"]
+    assert events[0][1] > 0 and events[1][1] > 0
     assert [e for e, _ in events].count("release") == 1 and events[-1][0] == "image"
-    assert set(e for e, _ in events[3:]) == {"image"}
+    assert set(e for e, _ in events[4:]) == {"image"}
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "kept.csv"), pd.read_csv(tmp_path / "released.csv")
     )

@@ -285,12 +285,12 @@ def test_regression_loss_follows_the_head_to_the_encoders_device():
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_a_run_on_the_cpu_releases_the_gpu_libraries_pages(tmp_path, monkeypatch, device):
+def test_a_run_on_the_cpu_releases_the_library_pages(tmp_path, monkeypatch, device):
     from msclip import memory
     from msclip.heads.runs import load_run_model
 
     calls: list[int] = []
-    monkeypatch.setattr(memory, "release_gpu_libraries", lambda: calls.append(1) or 0)
+    monkeypatch.setattr(memory, "release_library_pages", lambda: calls.append(1) or 0)
     if device == "cuda":  # a GPU run keeps its libraries (no GPU here: no model is built)
         monkeypatch.setattr("msclip.factory.create_model", lambda *a, **k: "model")
     cfg = dataclasses.replace(_cfg(tmp_path), device=device)
