@@ -154,3 +154,15 @@ def test_only_shared_libraries_are_released(tmp_path, release_pt) -> None:
     memory.release_library_pages()
     resident = {r[3]: r[4] for r in memory._file_mappings() if r[4] > 0}
     assert resident.get(str(arr_path), 0) > 0 and resident.get(str(release_pt), 0) > 0
+
+
+def test_all_weight_pages_are_dropped_at_the_end_and_read_back_unchanged(release_pt) -> None:
+    model = msclip.create_model("msclip-tiny", release_pt, precision="fp32")
+    text_before, image_before = _encode(model)
+    w = model.clip.visual.transformer.resblocks[0].mlp.c_fc.weight  # an image-tower weight
+    resident = _resident_kb(w.data_ptr())
+    released = model.release_weight_pages()
+    assert released > model.release_text_pages() >= 0  # the image tower's pages too
+    assert _resident_kb(w.data_ptr()) <= resident - 512
+    text_after, image_after = _encode(model)
+    assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
