@@ -386,7 +386,12 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     monkeypatch.setattr(msclip.MSCLIP, "encode_image", spy_encode)
     monkeypatch.setattr(CLIPTokenizer, "release", spy_tables)
     monkeypatch.setattr(memory, "release_library_pages", spy_libraries)
+    weights = msclip.MSCLIP.release_weight_pages
+    monkeypatch.setattr(msclip.MSCLIP, "release_weight_pages",
+                        lambda self: events.append(("weights", weights(self))) or 0)  # fmt: skip
     assert main([*args, "--save-path", str(tmp_path / "released.csv")]) == 0
+    assert events[-1][0] == "weights" and events[-1][1] > 0  # after the images: every weight
+    events.pop()
     # on the CPU: the start-up's library pages when the model is loaded; the mapped text
     # weights, the tokenizer's tables and the text's library pages once the prompts are
     # encoded; then the images
