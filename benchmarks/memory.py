@@ -7,7 +7,7 @@ with ``--ckpt-path``, a cold text cache) in fp32 and in bf16, the peak resident 
 ``--batch-size 32`` (eight times the activations of the CPU default of 4); the peak of
 ``python -c "import torch"`` alone (0.50 GB with torch's CUDA build, 0.22 GB with its CPU-only
 build) and what stays of it once msclip's CPU programs have released the library pages that ran
-once (``msclip.memory.release_library_pages``: ~0.26 GB with the CUDA build); the model
+once (``msclip.memory.release_library_pages``: ~0.30 GB left with the CUDA build); the model
 load time from a warm page cache (``create_model`` in a process that has imported msclip, best
 of three); and the floor under the images of any run that keeps the image tower in memory:
 torch after that release, the image tower's weights and one batch's peak (``tower_floor``).

@@ -750,7 +750,7 @@ def load_model(
 
 def release_library_pages_on_cpu(device: Any) -> None:
     """In a program that runs on the CPU, give back the resident pages of library code that ran
-    once (torch's start-up, CUDA libraries that a CPU never calls: about 0.25 GB with torch's
+    once (torch's start-up, CUDA libraries that a CPU never calls: about 0.2 GB with torch's
     CUDA build; :func:`msclip.memory.release_library_pages`)."""
     import torch
 
