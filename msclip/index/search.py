@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from msclip.arrays import as_numpy
 from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError
+from msclip.index.calibrate import regime
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
     DimensionMismatchError,
@@ -84,7 +85,6 @@ _CACHE_PREFIX = "sq8-"
 # length that is not a multiple of 32, so codes and queries are zero-padded to a multiple of 64.
 _DIM_ALIGN = 64
 _GROUP = 32  # rows per group of the running-threshold selection
-_GEMV_MAX_QUERIES = 8  # up to this many queries the int8-weight GEMV beats the int8 GEMM
 _GEMV_CHUNK_ROWS = 1 << 20  # the GEMV has a per-call cost: few large calls
 # int32 scores per GEMM chunk: few kernel calls (each a parallel region), yet within the L3 cache
 _GEMM_CHUNK_SCORE_BYTES = 1 << 24
@@ -900,7 +900,7 @@ class SearchIndex:
             q_fb = _unit_max(qs)
             # a few queries' scores of many blocks are selected together: the selection has a
             # fixed cost per chunk (~70 us) that 31 blocks of one query over 10^6 rows paid each
-            few = n_q <= _GEMV_MAX_QUERIES
+            few = regime(n_q) == "few"
             merge = max(1, _GEMV_CHUNK_ROWS // _FBGEMM_CHUNK_ROWS) if few else 1
 
             def chunks() -> Iterator[tuple[int, torch.Tensor]]:
