@@ -40,6 +40,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -141,11 +142,12 @@ def _is_shared_library(path: str) -> bool:
     return _SHARED_LIBRARY.fullmatch(os.path.basename(path)) is not None
 
 
-def release_library_pages() -> int:
+def release_library_pages(device: Any = "cpu") -> int:
     """Drop the resident pages of shared libraries' code and read-only data.
 
-    For programs that run on the CPU, once their start-up is over and between phases (text, then
-    images): each mapping of a shared library (``*.so``, ``*.so.N``) that is not writable and
+    For programs that run on the CPU (``device``; nothing is done for another device, whose
+    program executes its CUDA libraries), once their start-up is over and between phases (text,
+    then images): each mapping of a shared library (``*.so``, ``*.so.N``) that is not writable and
     that the process has never written to (not its relocated or written pages) has its pages
     dropped. They still equal the file, so what the program executes again reads them in again
     (from the page cache: minor faults) and behaves as before; what ran once (operator
@@ -153,9 +155,9 @@ def release_library_pages() -> int:
     (weights, index rows) are not libraries and are left alone.
 
     Returns:
-        the resident bytes dropped (0 outside Linux or with nothing to drop).
+        the resident bytes dropped (0 outside Linux, off the CPU or with nothing to drop).
     """
-    if _libc() is None:
+    if _libc() is None or torch.device(device).type != "cpu":
         return 0
     released = 0
     for lo, hi, perms, path, rss, anon in _file_mappings():

@@ -730,8 +730,10 @@ def load_model(
         refuse_large_images(
             args, large.paths, large.fix, model.image_size, every_file=large.every_file
         )
-    release_library_pages_on_cpu(device)
     from msclip.encode import auto_batch_size, auto_workers
+    from msclip.memory import release_library_pages
+
+    release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)
 
     if getattr(args, "batch_size", 0) is None:
         args.batch_size = auto_batch_size(model, device)
@@ -746,18 +748,6 @@ def load_model(
         **(options(model) if options is not None else {}),
     )
     return model, preprocess, get_tokenizer(model)
-
-
-def release_library_pages_on_cpu(device: Any) -> None:
-    """In a program that runs on the CPU, give back the resident pages of library code that ran
-    once (torch's start-up, CUDA libraries that a CPU never calls: about 0.2 GB with torch's
-    CUDA build; :func:`msclip.memory.release_library_pages`)."""
-    import torch
-
-    if torch.device(device).type == "cpu":
-        from msclip.memory import release_library_pages
-
-        release_library_pages()
 
 
 def report_precision(model: Any, device: Any = None, quiet: bool = False) -> None:

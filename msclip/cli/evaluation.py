@@ -41,7 +41,6 @@ from msclip.cli.common import (
     model_from_args,
     non_negative_int,
     positive_int,
-    release_library_pages_on_cpu,
     report_precision,
     run_cli,
     status,
@@ -289,7 +288,9 @@ def _load_model(args: argparse.Namespace) -> Any:
         precision=args.precision,
     )  # fmt: skip
     args.precision_used = model.precision
-    release_library_pages_on_cpu(args.device)
+    from msclip.memory import release_library_pages
+
+    release_library_pages(args.device)  # on the CPU: library code that ran once
     report_precision(model, args.device, quiet=args.quiet)
     return model
 

@@ -62,7 +62,6 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     refuse_input_as_output,
-    release_library_pages_on_cpu,
     run_cli,
     text_cache_for,
     write_csv,
@@ -590,14 +589,14 @@ def _images_only_from_here(model: Any, tokenizer: Any) -> None:
     """The prompts are encoded: give back the text tower's weight pages, the tokenizer's tables
     and, on the CPU, the pages of library code that ran for the text only (each read again if
     used again; :mod:`msclip.memory`)."""
-    from msclip.memory import trim_heap
+    from msclip.memory import release_library_pages, trim_heap
 
     model.release_text_pages()
     release = getattr(tokenizer, "release", None)
     if callable(release):
         release()
     trim_heap()
-    release_library_pages_on_cpu(model.device)
+    release_library_pages(model.device)
 
 
 def run_classification(args: argparse.Namespace) -> int:

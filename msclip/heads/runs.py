@@ -136,10 +136,9 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
     else:
         model = create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
                              precision=precision)  # fmt: skip
-    if torch.device(device).type == "cpu":  # library code that ran once (msclip.memory)
-        from msclip.memory import release_library_pages
+    from msclip.memory import release_library_pages
 
-        release_library_pages()
+    release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)
     return model
 
 

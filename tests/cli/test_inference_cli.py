@@ -378,8 +378,9 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
         events.append(("tables", 0))
         return tables(self)
 
-    def spy_libraries():
-        events.append(("libraries", libraries()))
+    def spy_libraries(device):
+        assert torch.device(device).type == "cpu"
+        events.append(("libraries", libraries(device)))
         return events[-1][1]
 
     monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", spy_release)

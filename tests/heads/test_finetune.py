@@ -289,11 +289,18 @@ def test_a_run_on_the_cpu_releases_the_library_pages(tmp_path, monkeypatch, devi
     from msclip import memory
     from msclip.heads.runs import load_run_model
 
-    calls: list[int] = []
-    monkeypatch.setattr(memory, "release_library_pages", lambda: calls.append(1) or 0)
+    calls: list[tuple[str, int]] = []
+    release = memory.release_library_pages
+
+    def spy(dev):
+        calls.append((str(dev), release(dev)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(memory, "release_library_pages", spy)
     if device == "cuda":  # a GPU run keeps its libraries (no GPU here: no model is built)
         monkeypatch.setattr("msclip.factory.create_model", lambda *a, **k: "model")
     cfg = dataclasses.replace(_cfg(tmp_path), device=device)
     model = load_run_model(cfg)
-    assert calls == ([1] if device == "cpu" else [])
+    assert [d for d, _ in calls] == [device]  # asked once, for the run's device
+    assert device == "cpu" or calls[0][1] == 0  # nothing dropped for a GPU run
     assert device == "cuda" or model.clip is not None

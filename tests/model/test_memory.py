@@ -121,6 +121,8 @@ def test_library_pages_are_dropped_and_the_library_still_works(tmp_path) -> None
     mine = [r for r in memory._file_mappings() if r[3] == str(path)]
     assert mine and any(r[4] > 0 and "w" not in r[2] for r in mine)  # resident code pages
     written = [r for r in mine if "w" in r[2] or r[5]]  # relocated data: never dropped
+    assert memory.release_library_pages("cuda") == 0  # a GPU program keeps its libraries
+    assert all(r[4] > 0 for r in memory._file_mappings() if r[3] == str(path) and "x" in r[2])
     released = memory.release_library_pages()
     assert released >= sum(r[4] for r in mine if "w" not in r[2] and not r[5])
     after = {(r[0], r[1]): r for r in memory._file_mappings() if r[3] == str(path)}
