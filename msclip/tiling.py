@@ -152,11 +152,12 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
 def georeference_warning(path: str | os.PathLike) -> str | None:
     """What a scene lacks for georeferenced maps, in words, or ``None`` when it has a CRS (an
     unreadable file: ``None`` too, its reading says why)."""
-    import rasterio
     from rasterio.errors import RasterioIOError
 
+    from msclip.io.readers import open_raster
+
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             if src.crs is not None:
                 return None
             gcps, _ = src.gcps
@@ -180,18 +181,22 @@ def map_transform(crs: Any, transform: Any) -> Any:
     return transform
 
 
+#: GDAL drivers of the scenes read window by window (a VRT: e.g. a product's band files stacked).
+SCENE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "VRT")
+
+
 def check_scene_format(path: str | os.PathLike, driver: str) -> None:
     """Refuse a scene whose format msclip cannot read window by window (a PNG or JPEG picture is
     read whole: every tile would be the whole picture).
 
     Raises:
-        TilingError: not a GeoTIFF / COG; the message says how to convert it.
+        TilingError: not a GeoTIFF / COG, JPEG 2000 or VRT; the message says how to convert it.
     """
-    if driver not in ("GTiff", "COG"):
+    if driver not in SCENE_DRIVERS:
         raise TilingError(
-            f"{path} is a {driver} file: scenes are read window by window from GeoTIFF or COG "
-            f"files; convert it first (gdal_translate -of COG {path} scene.tif), or classify it "
-            "as one image"
+            f"{path} is a {driver} file: scenes are read window by window from GeoTIFF, COG, "
+            f"JPEG 2000 or VRT files; convert it first (gdal_translate -of COG {path} scene.tif), "
+            "or classify it as one image"
         )
 
 
@@ -201,7 +206,7 @@ def open_scene(
     """Read a scene's header and compute its tile grid.
 
     Args:
-        path: GeoTIFF / COG.
+        path: GeoTIFF / COG, JPEG 2000 or VRT.
         tile_size: window side in pixels (usually the model's input size).
         stride: step between windows (default ``tile_size``: no overlap).
         require_crs: refuse files without a CRS (needed to write georeferenced maps).
@@ -210,22 +215,23 @@ def open_scene(
         RasterReadError: missing or unreadable file.
         TilingError: bad tile parameters, no CRS when required, or a raster smaller than a tile.
     """
-    import rasterio
     from rasterio.errors import RasterioIOError
+
+    from msclip.io.readers import open_raster
 
     p = os.fspath(path)
     stride = tile_size if stride is None else stride
     if not os.path.isfile(p):
         raise RasterReadError(f"scene file not found: {p}")
     try:
-        with rasterio.open(p) as src:
+        with open_raster(p) as src:
             width, height, count = src.width, src.height, src.count
             crs, transform, nodata = src.crs, src.transform, src.nodata
             check_scene_format(p, src.driver)
     except RasterioIOError as err:
         raise RasterReadError(f"cannot open scene {p}: {err}") from err
     if require_crs and crs is None:
-        raise TilingError(f"{p} has no CRS: scene maps need a georeferenced GeoTIFF")
+        raise TilingError(f"{p} has no CRS: scene maps need a georeferenced raster")
     n_rows, n_cols = tile_grid(height, width, tile_size, stride)
     if stride > tile_size:
         logger.warning(
@@ -433,11 +439,11 @@ def write_legend(
 def class_counts(path: str | os.PathLike, n_classes: int) -> tuple[np.ndarray, int]:
     """Pixels of each class value in band 1 of a class map, read block by block, and the number
     of nodata pixels."""
-    import rasterio
+    from msclip.io.readers import open_raster
 
     counts = np.zeros(n_classes, dtype=np.int64)
     missing = 0
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:  # a map of a scene without georeference has none either
         nodata = src.nodata
         for _, window in src.block_windows(1):
             band = src.read(1, window=window).ravel()

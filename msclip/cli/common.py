@@ -642,19 +642,18 @@ def refuse_large_images(
 
     from msclip.errors import RasterTooLargeError
     from msclip.io.readers import (
-        GEOTIFF_EXTENSIONS,
         PICTURE_EXTENSIONS,
+        RASTER_EXTENSIONS,
         check_pixels,
+        open_raster,
         too_large_picture,
     )
 
     for path in paths if every_file else paths[:EARLY_CHECK_FILES]:
         ext = Path(path).suffix.lower()
         try:
-            if ext in GEOTIFF_EXTENSIONS and not getattr(args, "downsample", False):
-                import rasterio
-
-                with rasterio.open(path) as src:
+            if ext in RASTER_EXTENSIONS and not getattr(args, "downsample", False):
+                with open_raster(path) as src:
                     height, width = src.height, src.width
             elif ext in PICTURE_EXTENSIONS:
                 from PIL import Image

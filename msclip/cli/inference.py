@@ -891,17 +891,17 @@ def _check_scene(args: argparse.Namespace) -> None:
     """What is wrong with the scene file as a whole, said once before the model loads: a format
     that cannot be read window by window, or bands that cannot be named (it failed once per
     tile before)."""
-    import rasterio
     from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
 
     from msclip.encode import read_errors
     from msclip.errors import BandError, LayoutError, TilingError, UnsupportedFormatError
     from msclip.io import read_raster
+    from msclip.io.readers import open_raster
     from msclip.tiling import check_scene_format
 
     try:
-        with rasterio.open(args.scene) as src:
+        with open_raster(args.scene) as src:
             driver = src.driver
     except RasterioIOError:
         return  # unreadable: the run names the file and GDAL's reason

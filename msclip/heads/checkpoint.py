@@ -279,15 +279,16 @@ def first_bands(
     items: Any, bands: Sequence[str] | None = None, sensor: str | None = None
 ) -> tuple[int, list[str]] | None:
     """``(position, band names)`` of the first of the first 50 ``items`` that is a readable image
-    file (only its header is read for a GeoTIFF), or ``None``."""
+    file (only its header is read for a GDAL raster: GeoTIFF, JPEG 2000, VRT), or ``None``."""
     from msclip.io import read_raster
+    from msclip.io.readers import RASTER_EXTENSIONS
 
     for i, item in enumerate(list(items)[:50]):
         if not isinstance(item, (str, os.PathLike)):
             continue
         try:
             window = None
-            if str(item).lower().endswith((".tif", ".tiff")):
+            if str(item).lower().endswith(RASTER_EXTENSIONS):
                 from rasterio.windows import Window
 
                 window = Window(0, 0, 1, 1)

@@ -42,6 +42,7 @@ import torch
 
 from msclip.errors import HeadConfigError, HeadInputError
 from msclip.io import write_json
+from msclip.io.readers import input_stamp
 
 __all__ = ["FeatureCache", "FeatureSpec", "extract_features"]
 
@@ -113,22 +114,11 @@ def _item_names(items: Sequence[Any]) -> list[str]:
             for i in items]  # fmt: skip
 
 
-def _folder_stat(path: str) -> tuple[int, int]:
-    """Total size and latest modification time (ns) of the files under a folder item (the
-    per-band files of a BigEarthNet patch): a file rewritten in place changes no folder time."""
-    size, mtime = 0, int(os.stat(path).st_mtime_ns)
-    for root, _, files in os.walk(path):
-        for name in files:
-            st = os.stat(os.path.join(root, name))
-            size += int(st.st_size)
-            mtime = max(mtime, int(st.st_mtime_ns))
-    return size, mtime
-
-
 def _stamps(items: Sequence[Any]) -> np.ndarray:
     """``[N, 2]`` int64: size and modification time (ns) of each item's file (a path, or the
-    scene of a tile; for a folder, of the files in it); ``-1`` for a file that cannot be read,
-    ``0`` for items without a file."""
+    scene of a tile; :func:`msclip.io.readers.input_stamp`: for a folder, of the files in it, for
+    a VRT, of it and the files it reads); ``-1`` for a file that cannot be read, ``0`` for items
+    without a file."""
     out = np.zeros((len(items), 2), dtype=np.int64)
     seen: dict[str, tuple[int, int]] = {}
     for i, item in enumerate(items):
@@ -138,11 +128,7 @@ def _stamps(items: Sequence[Any]) -> np.ndarray:
         key = os.fspath(path)
         if key not in seen:
             try:
-                if os.path.isdir(key):
-                    seen[key] = _folder_stat(key)
-                else:
-                    st = os.stat(key)
-                    seen[key] = (int(st.st_size), int(st.st_mtime_ns))
+                seen[key] = input_stamp(key)
             except OSError:
                 seen[key] = (-1, -1)
         out[i] = seen[key]

@@ -100,12 +100,15 @@ def source_file(key: str) -> str:
 
 
 def file_stamp(path: str | os.PathLike) -> dict[str, int] | None:
-    """``{"size", "mtime_ns"}`` of a file, or ``None`` when it cannot be read."""
+    """``{"size", "mtime_ns"}`` of a source (:func:`msclip.io.readers.input_stamp`: a VRT's
+    include the files it reads), or ``None`` when it cannot be read."""
+    from msclip.io.readers import input_stamp
+
     try:
-        st = os.stat(path)
+        size, mtime = input_stamp(path)
     except OSError:
         return None
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return {"size": size, "mtime_ns": mtime}
 
 
 def model_info(model: Any) -> dict[str, Any]:
@@ -331,12 +334,13 @@ def _file_row(path: str, key: str) -> dict[str, Any]:
         "width": -1,
     }
     crs = transform = None
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        import rasterio
+    from msclip.io.readers import RASTER_EXTENSIONS, open_raster
+
+    if Path(path).suffix.lower() in RASTER_EXTENSIONS:  # georeferenced: footprint and size
         from rasterio.errors import RasterioIOError
 
         try:
-            with rasterio.open(path) as src:
+            with open_raster(path) as src:
                 row["height"], row["width"] = src.height, src.width
                 crs, transform = src.crs, src.transform
         except RasterioIOError as err:

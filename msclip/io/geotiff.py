@@ -5,6 +5,7 @@ hold in memory (:class:`GeoTiffStripWriter`), both committed atomically through
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ def _georeference(crs: Any, transform: Any, nodata: float | None) -> dict[str, A
     """The profile entries of the georeference and nodata value that are given."""
     given = {"crs": crs, "transform": transform, "nodata": nodata}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _create(path: str, profile: Mapping[str, Any]) -> Any:
+    """``rasterio.open(path, "w", **profile)``; a raster written without georeference on purpose
+    (a map of a scene that has none) is not reported by rasterio as lacking one."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, "w", **profile)
 
 
 def write_geotiff(
@@ -63,7 +75,6 @@ def write_geotiff(
         LayoutError: ``data`` is not 2-D or 3-D.
         BandError: ``bands`` or ``band_tags`` does not have one entry per band.
     """
-    import rasterio
 
     arr = data[None] if data.ndim == 2 else data
     if arr.ndim != 3:
@@ -90,7 +101,7 @@ def write_geotiff(
         profile.update(creation_options)
 
     def _write(tmp: str) -> None:
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with _create(tmp, profile) as dst:
             dst.write(arr)
             for i in range(1, arr.shape[0] + 1):
                 if bands is not None:
@@ -161,7 +172,6 @@ class GeoTiffStripWriter:
         scales: Sequence[float] | None = None,
         offsets: Sequence[float] | None = None,
     ) -> None:
-        import rasterio
 
         if width < 1 or height < 1 or count < 1:
             raise RasterWriteError(f"raster size must be positive, got {width}x{height}x{count}")
@@ -203,7 +213,7 @@ class GeoTiffStripWriter:
                 profile["predictor"] = 2
         profile.update(_georeference(crs, transform, nodata))
         try:
-            self._dst = rasterio.open(tmp, "w", **profile)
+            self._dst = _create(tmp, profile)
             if band_names is not None:
                 for i, name in enumerate(band_names, start=1):
                     self._dst.set_band_description(i, str(name))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msclip.errors import ImageSetError
-from msclip.io.readers import IMAGE_EXTENSIONS
+from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS
 from msclip.io.writers import TMP_PREFIX
 
 __all__ = [
@@ -28,6 +28,43 @@ _GLOB_CHARS = "*?["
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+#: Files GDAL keeps beside a raster (``<name>.aux.xml`` metadata, ``.ovr`` overviews, ``.msk``
+#: masks): read with it, not images of their own.
+_SIDECARS = (".aux.xml", ".ovr", ".msk")
+
+
+def _sidecar_of(path: Path, images: set[str]) -> bool:
+    name = str(path)
+    return any(name.lower().endswith(s) and name[: -len(s)] in images for s in _SIDECARS)
+
+
+def _without_vrt_parts(images: list[str], where: str) -> list[str]:
+    """``images`` less the files that a VRT among them reads (its band files are parts of it,
+    not images of their own; a folder holding a VRT usually holds its sources too)."""
+    vrts = [f for f in images if Path(f).suffix.lower() in VRT_EXTENSIONS]
+    if not vrts:
+        return images
+    from rasterio.errors import RasterioError
+
+    from msclip.io.readers import open_raster
+
+    parts: set[str] = set()
+    for v in vrts:
+        try:
+            with open_raster(v) as src:
+                parts.update(os.path.abspath(f) for f in src.files)
+            parts.discard(os.path.abspath(v))
+        except RasterioError:  # unreadable: its run names the reason
+            continue
+    kept = [f for f in images if os.path.abspath(f) not in parts]
+    if len(kept) < len(images):
+        n = len(images) - len(kept)
+        logger.info("%s: %d file%s read by the VRT file(s) there %s not listed on %s own",
+                    where, n, "" if n == 1 else "s", "is" if n == 1 else "are",
+                    "its" if n == 1 else "their")  # fmt: skip
+    return kept
 
 
 def folder_images(folder: str | os.PathLike) -> list[Path]:
@@ -118,8 +155,11 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     ``recursive``; hidden files and folders skipped and linked folders followed, as a ``**``
     glob does), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
     image file. A file given twice (also as ``./x.tif`` and ``/abs/x.tif``) is kept once.
-    Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; other files in a
-    folder are counted in one log warning per folder, not silently dropped, and so are the
+    Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; in a folder or a
+    pattern's matches, the files that a VRT among them reads (its band files) are parts of that
+    VRT, not images of their own. Other files in a folder (except GDAL's sidecars of its images,
+    ``.aux.xml``, ``.ovr``, ``.msk``) are counted in one log warning per folder, not silently
+    dropped, and so are the
     temporary files (:data:`~msclip.io.writers.TMP_PREFIX`) an interrupted write left there,
     which are never read as images.
 
@@ -140,8 +180,11 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
         if p.is_dir():
             files = _folder_files(p, recursive)
             images = sorted(str(f) for f in files if _is_image(f))
-            others = sorted({f.suffix.lower() or "(none)" for f in files if not _is_image(f)})
-            n_other = len(files) - len(images)
+            listed = set(images)
+            other = [f for f in files if not _is_image(f) and not _sidecar_of(f, listed)]
+            others = sorted({f.suffix.lower() or "(none)" for f in other})
+            n_other = len(other)
+            images = _without_vrt_parts(images, str(p))
             if n_other:
                 logger.warning(
                     "%s: %d file%s with other extensions (%s) %s not images and %s skipped",
@@ -172,6 +215,7 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
             )
             if not found:
                 raise ImageSetError(f"pattern {s!r} matches no image files ({_extensions()})")
+            found = _without_vrt_parts(found, repr(s))
             root = _glob_root(pattern)
             found_paths += [(f, root) for f in found]
         else:

@@ -1,7 +1,10 @@
 """Reading rasters with their band identity.
 
-GeoTIFF / Cloud-Optimised GeoTIFF through rasterio (band count, band descriptions, nodata, CRS,
-transform, windowed and reduced reads), NumPy ``.npy`` / ``.npz`` arrays and PNG / JPEG pictures
+GeoTIFF / Cloud-Optimised GeoTIFF, JPEG 2000 (``.jp2``, the band files of Sentinel-2 SAFE products)
+and GDAL virtual rasters (``.vrt``: band files stacked, mosaicked or resampled by a small XML file,
+as ``gdalbuildvrt -separate`` writes it) through rasterio (band count, band descriptions, nodata,
+CRS, transform, windowed and reduced reads; the rules below for GeoTIFFs hold for all three),
+NumPy ``.npy`` / ``.npz`` arrays and PNG / JPEG pictures
 (at their true depth: 8- or 16-bit, greyscale or RGB,
 turned upright as their EXIF orientation says). Every reader returns a :class:`Raster`
 whose ``data`` is bands-first ``[C, H, W]`` and whose ``bands`` are canonical band names, so
@@ -66,13 +69,19 @@ from msclip.spectral.nodata import missing_pixels
 __all__ = [
     "GEOTIFF_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "JP2_EXTENSIONS",
     "NUMPY_EXTENSIONS",
     "PICTURE_EXTENSIONS",
+    "RASTER_EXTENSIONS",
+    "VRT_EXTENSIONS",
     "Raster",
     "check_dtype",
     "check_pixels",
     "declares_scale",
     "image_bands",
+    "input_stamp",
+    "open_raster",
+    "raster_format",
     "read_image",
     "read_raster",
     "thermal_bands",
@@ -83,9 +92,69 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+#: JPEG 2000 (Sentinel-2 SAFE products store each band so).
+JP2_EXTENSIONS = (".jp2",)
+#: GDAL virtual rasters: band files stacked, mosaicked or resampled by a small XML file.
+VRT_EXTENSIONS = (".vrt",)
+#: Rasters read through GDAL (rasterio), window by window and with their georeference.
+RASTER_EXTENSIONS = GEOTIFF_EXTENSIONS + JP2_EXTENSIONS + VRT_EXTENSIONS
 NUMPY_EXTENSIONS = (".npy", ".npz")
 PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-IMAGE_EXTENSIONS = GEOTIFF_EXTENSIONS + NUMPY_EXTENSIONS + PICTURE_EXTENSIONS
+IMAGE_EXTENSIONS = RASTER_EXTENSIONS + NUMPY_EXTENSIONS + PICTURE_EXTENSIONS
+
+
+def raster_format(path: str | os.PathLike) -> str:
+    """The name of a GDAL raster's format by its extension, for messages."""
+    ext = Path(path).suffix.lower()
+    if ext in JP2_EXTENSIONS:
+        return "JPEG 2000"
+    if ext in VRT_EXTENSIONS:
+        return "VRT"
+    return "GeoTIFF"
+
+
+def input_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of what reading an input reads, to tell when it changed.
+
+    A file: its own size and modification time. A folder (the band files of one patch): the total
+    size and latest time of the files under it (a file rewritten in place changes no folder time).
+    A VRT: the total size and latest time of the VRT and of every file GDAL says it reads (a band
+    file rewritten under an unchanged VRT is a change; a missing one counts 0 bytes, so its
+    arrival is one too).
+
+    Raises:
+        OSError: the path itself cannot be read.
+    """
+    p = os.fspath(path)
+    st = os.stat(p)
+    if os.path.isdir(p):
+        return _total_stamp(
+            [os.path.join(root, n) for root, _, names in os.walk(p) for n in names],
+            int(st.st_mtime_ns),
+        )
+    if Path(p).suffix.lower() not in VRT_EXTENSIONS:
+        return int(st.st_size), int(st.st_mtime_ns)
+    from rasterio.errors import RasterioError
+
+    try:
+        with open_raster(p) as src:
+            files = [f for f in src.files if os.path.abspath(f) != os.path.abspath(p)]
+    except RasterioError:  # not a readable VRT: its reading names the reason
+        files = []
+    size, mtime = _total_stamp(files, int(st.st_mtime_ns))
+    return size + int(st.st_size), mtime
+
+
+def _total_stamp(files: Sequence[str], mtime: int) -> tuple[int, int]:
+    size = 0
+    for f in files:
+        try:
+            fs = os.stat(f)
+        except OSError:
+            continue
+        size += int(fs.st_size)
+        mtime = max(mtime, int(fs.st_mtime_ns))
+    return size, mtime
 
 
 @dataclass
@@ -500,6 +569,21 @@ def _without_georef_warning(category: type[Warning]) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike) -> Iterator[Any]:
+    """``rasterio.open(path)`` for reading, without rasterio's warning about a file that has no
+    georeference (read as pixels; the programs that need a CRS say so in their own words).
+
+    Raises:
+        rasterio.errors.RasterioIOError: the file cannot be opened.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
+        yield src
+
+
 def _read_geotiff(
     path: str,
     bands: Sequence[str | Band] | None,
@@ -516,6 +600,7 @@ def _read_geotiff(
 
     from msclip.spectral.bands import stored_scale
 
+    kind = raster_format(path)
     try:
         with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
             image = image_bands(src)
@@ -523,7 +608,7 @@ def _read_geotiff(
             descriptions = [src.descriptions[i - 1] for i in image]
             colours = [src.colorinterp[i - 1].name for i in image]
             names, source = _assign_bands(
-                len(image), descriptions, bands, sensor, f"GeoTIFF {path}", colours
+                len(image), descriptions, bands, sensor, f"{kind} {path}", colours
             )
             h = int(window.height) if window is not None else src.height
             w = int(window.width) if window is not None else src.width
@@ -546,9 +631,9 @@ def _read_geotiff(
                 transform = transform @ Affine.scale(w / out_shape[1], h / out_shape[0])
             crs = src.crs
     except RasterioIOError as err:
-        raise RasterReadError(f"cannot read GeoTIFF {path}: {gdal_reason(err)}") from err
+        raise RasterReadError(f"cannot read {kind} {path}: {gdal_reason(err)}") from err
     if data.size == 0:
-        raise RasterReadError(f"GeoTIFF {path} holds no pixels (shape {data.shape})")
+        raise RasterReadError(f"{kind} {path} holds no pixels (shape {data.shape})")
     has_geo = crs is not None
     meta = {"window": window, "downsampled_from": (h, w) if out_shape else None}
     return Raster(
@@ -749,11 +834,13 @@ def read_raster(
     """Read an image file with its band names.
 
     Args:
-        path: ``.tif``/``.tiff`` (GeoTIFF, COG), ``.npy``/``.npz``, ``.png``/``.jpg``/``.jpeg``.
+        path: ``.tif``/``.tiff`` (GeoTIFF, COG), ``.jp2`` (JPEG 2000), ``.vrt`` (a GDAL virtual
+            raster: e.g. a product's band files stacked), ``.npy``/``.npz``,
+            ``.png``/``.jpg``/``.jpeg``.
         bands: band names of the file's channels, when the file does not name them.
         layout: ``CHW`` or ``HWC`` for arrays whose layout cannot be known from the file.
         sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
-        window: ``rasterio.windows.Window`` to read part of a GeoTIFF.
+        window: ``rasterio.windows.Window`` to read part of a GDAL raster.
         max_pixels: refuse (before reading the pixels) a raster with more pixels than this.
         shorter_side: read a GeoTIFF (or its window) reduced so that its shorter side has this
             many pixels when it is larger (average resampling, through the file's overviews when
@@ -789,7 +876,7 @@ def read_raster(
     if os.path.isfile(p) and os.path.getsize(p) == 0:
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
     ext = Path(p).suffix.lower()
-    if ext in GEOTIFF_EXTENSIONS:
+    if ext in RASTER_EXTENSIONS:
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:
@@ -798,7 +885,7 @@ def read_raster(
             shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             raise RasterReadError(
                 f"{shown}: the file's name is not UTF-8 text, and GDAL cannot open such a "
-                "GeoTIFF; rename it (e.g. convmv -f latin1 -t utf8 --notest)"
+                f"{raster_format(p)}; rename it (e.g. convmv -f latin1 -t utf8 --notest)"
             ) from None
         return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side, nodata)
     if ext in NUMPY_EXTENSIONS:

@@ -61,3 +61,28 @@ def test_shape_and_band_count_checks(tmp_path: Path) -> None:
     with pytest.raises(BandError, match="band tag mappings"):
         msclip.write_geotiff(tmp_path / "x.tif", np.zeros((2, 4, 4), np.uint8), band_tags=[{}])
     assert not any(tmp_path.iterdir())
+
+
+def test_rasters_without_georeference_are_written_and_read_without_rasterio_warnings(
+    tmp_path: Path,
+) -> None:
+    """A map of a scene without georeference is written without one on purpose, and such a file
+    is read as pixels: the library says what it means itself, not through rasterio's warning."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from msclip.io import read_raster
+    from msclip.io.geotiff import GeoTiffStripWriter
+    from msclip.tiling import class_counts, georeference_warning, open_scene
+
+    data = np.arange(12 * 32 * 48, dtype=np.uint16).reshape(12, 32, 48)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotGeoreferencedWarning)
+        path = msclip.write_geotiff(tmp_path / "plain.tif", data)
+        with GeoTiffStripWriter(tmp_path / "strips.tif", 48, 32, 1, "uint8", block_size=16) as w:
+            w.write(np.ones((1, 32, 48), np.uint8))
+        assert read_raster(path).crs is None
+        assert open_scene(path, 16).crs is None
+        assert "has no CRS" in (georeference_warning(path) or "")
+        assert class_counts(tmp_path / "strips.tif", 2)[0].tolist() == [0, 32 * 48]

@@ -1,0 +1,208 @@
+"""JPEG 2000 (``.jp2``) and GDAL virtual rasters (``.vrt``) read like GeoTIFFs: one file, a
+folder, a scene, an index, and the stamps that tell when what they read has changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+import msclip
+from msclip.errors import RasterReadError
+from msclip.io import list_image_set, read_raster
+from msclip.io.readers import input_stamp
+
+ORIGIN = Affine(10, 0, 500000, 0, -10, 5000000)
+BANDS = ["B02", "B03", "B04", "B08"]
+TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "4"]
+
+
+def _data(seed: int = 0, shape: tuple[int, int] = (40, 48), count: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 6000, (count, *shape)).astype("uint16")
+
+
+def write_band_files(folder: Path, data: np.ndarray, names: list[str]) -> list[Path]:
+    """One single-band GeoTIFF per band, as a product's band files are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for band, name in zip(data, names):
+        p = folder / f"T32TQM_{name}.tif"
+        msclip.write_geotiff(p, band[None], crs=CRS.from_epsg(32632), transform=ORIGIN)
+        paths.append(p)
+    return paths
+
+
+def write_vrt(path: Path, sources: list[Path], names: list[str], shape: tuple[int, int]) -> Path:
+    """A VRT stacking single-band files (what ``gdalbuildvrt -separate`` writes), with the band
+    names as descriptions and the sources relative to the VRT."""
+    h, w = shape
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{i + 1}"><Description>{name}</Description>'
+        f'<SimpleSource><SourceFilename relativeToVRT="1">'
+        f"{os.path.relpath(src, path.parent)}</SourceFilename><SourceBand>1</SourceBand>"
+        f"</SimpleSource></VRTRasterBand>"
+        for i, (src, name) in enumerate(zip(sources, names))
+    )
+    path.write_text(
+        f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>EPSG:32632</SRS>'
+        f"<GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>{bands}</VRTDataset>"
+    )
+    return path
+
+
+def write_jp2(path: Path, data: np.ndarray, names: list[str]) -> Path:
+    """A lossless JPEG 2000 file with band descriptions."""
+    profile = {"driver": "JP2OpenJPEG", "count": data.shape[0], "height": data.shape[1],
+               "width": data.shape[2], "dtype": str(data.dtype), "crs": CRS.from_epsg(32632),
+               "transform": ORIGIN}  # fmt: skip
+    with rasterio.open(path, "w", **profile, QUALITY=100, REVERSIBLE="YES") as dst:
+        dst.write(data)
+        dst.descriptions = tuple(names)
+    return path
+
+
+def test_a_jp2_file_is_read_with_its_bands_georeference_and_windows(tmp_path):
+    data = _data()
+    p = write_jp2(tmp_path / "granule.jp2", data, BANDS)
+    r = read_raster(p)
+    assert list(r.bands) == BANDS and r.crs == CRS.from_epsg(32632) and r.transform == ORIGIN
+    np.testing.assert_array_equal(r.data, data)
+    part = read_raster(p, window=Window(8, 4, 16, 12))
+    np.testing.assert_array_equal(part.data, data[:, 4:16, 8:24])
+    assert part.transform == ORIGIN @ Affine.translation(8, 4)
+
+
+def test_a_vrt_of_band_files_reads_as_the_stacked_raster(tmp_path):
+    data = _data(1)
+    files = write_band_files(tmp_path / "IMG_DATA", data, BANDS)
+    vrt = write_vrt(tmp_path / "stack.vrt", files, BANDS, data.shape[1:])
+    r = read_raster(vrt)
+    assert list(r.bands) == BANDS and r.crs == CRS.from_epsg(32632) and r.transform == ORIGIN
+    np.testing.assert_array_equal(r.data, data)
+    part = read_raster(vrt, window=Window(0, 8, 8, 8))
+    np.testing.assert_array_equal(part.data, data[:, 8:16, :8])
+
+
+def test_a_vrt_whose_band_file_is_missing_names_that_file(tmp_path):
+    data = _data(2)
+    files = write_band_files(tmp_path / "b", data, BANDS)
+    vrt = write_vrt(tmp_path / "stack.vrt", files, BANDS, data.shape[1:])
+    files[2].unlink()
+    with pytest.raises(RasterReadError, match=r"cannot read VRT .*stack\.vrt.*T32TQM_B04\.tif"):
+        read_raster(vrt)
+
+
+def test_input_stamps_cover_what_the_input_reads(tmp_path):
+    data = _data(3)
+    files = write_band_files(tmp_path / "b", data, BANDS)
+    vrt = write_vrt(tmp_path / "stack.vrt", files, BANDS, data.shape[1:])
+    size = vrt.stat().st_size + sum(f.stat().st_size for f in files)
+    before = input_stamp(vrt)
+    assert before[0] == size
+    # a band file rewritten under the unchanged VRT is a change of the VRT
+    msclip.write_geotiff(files[1], data[:1] // 2, crs=CRS.from_epsg(32632), transform=ORIGIN)
+    os.utime(files[1], ns=(1, 2 * 10**18))  # later than any other
+    assert input_stamp(vrt) != before and input_stamp(vrt)[1] == 2 * 10**18
+    # a plain file: its own stat; a folder: its files'
+    st = files[0].stat()
+    assert input_stamp(files[0]) == (st.st_size, st.st_mtime_ns)
+    assert input_stamp(tmp_path / "b")[0] == sum(f.stat().st_size for f in files)
+    # a missing band file counts 0 bytes: its return is a change too
+    files[3].unlink()
+    gone = input_stamp(vrt)
+    assert gone[0] == input_stamp(vrt)[0] < size
+    with pytest.raises(OSError):
+        input_stamp(tmp_path / "nothing.vrt")
+
+
+def test_a_folder_lists_the_vrt_not_its_band_files_nor_sidecars(tmp_path, caplog):
+    data = _data(4)
+    files = write_band_files(tmp_path / "scene", data, BANDS)
+    vrt = write_vrt(tmp_path / "scene" / "stack.vrt", files, BANDS, data.shape[1:])
+    jp2 = write_jp2(tmp_path / "scene" / "other.jp2", data, BANDS)
+    assert (tmp_path / "scene" / "other.jp2.aux.xml").is_file()  # GDAL's metadata sidecar
+    (tmp_path / "scene" / "notes.md").write_text("x")
+    with caplog.at_level(logging.INFO, logger="msclip.io.images"):
+        listed = list_image_set([tmp_path / "scene"])
+    assert sorted(listed.paths) == sorted([str(vrt), str(jp2)])
+    text = caplog.text
+    assert "4 files read by the VRT file(s) there are not listed on their own" in text
+    # one other file is named; the sidecar is not an "other file"
+    assert re.search(r"1 file with other extensions \(\.md\)", text)
+    # a pattern matching everything gives the same images
+    pattern = list_image_set([str(tmp_path / "scene" / "*")])
+    assert sorted(pattern.paths) == sorted(listed.paths)
+    # a band file given by itself is still an image
+    assert list_image_set([files[0]]).paths == [str(files[0])]
+
+
+def test_classification_of_a_vrt_and_a_jp2_equals_that_of_the_geotiff(tmp_path):
+    from msclip.cli.inference import main
+
+    data = _data(5, (40, 40), 12)
+    names = msclip.spectral.bands.default_bands_for_count(12)
+    tif = tmp_path / "tile.tif"
+    msclip.write_geotiff(tif, data, crs=CRS.from_epsg(32632), transform=ORIGIN, bands=names)
+    files = write_band_files(tmp_path / "bands", data, names)
+    vrt = write_vrt(tmp_path / "tile.vrt", files, names, data.shape[1:])
+    jp2 = write_jp2(tmp_path / "tile.jp2", data, names)
+    probs = {}
+    for p in (tif, vrt, jp2):
+        out = tmp_path / f"{p.suffix[1:]}.csv"
+        argv = ["--run-classification", "--images", str(p), "--class-names", "forest", "river",
+                "--templates", "short", "--save-path", str(out), *TINY]  # fmt: skip
+        assert main(argv) == 0
+        probs[p.suffix] = pd.read_csv(out)[["forest", "river"]].to_numpy()
+    np.testing.assert_allclose(probs[".vrt"], probs[".tif"], atol=1e-6)
+    np.testing.assert_allclose(probs[".jp2"], probs[".tif"], atol=1e-6)
+
+
+def test_a_vrt_scene_gives_the_maps_of_the_geotiff_scene(tmp_path):
+    from msclip.cli.inference import main
+
+    data = _data(6, (64, 96), 12)
+    names = msclip.spectral.bands.default_bands_for_count(12)
+    tif = tmp_path / "scene.tif"
+    msclip.write_geotiff(tif, data, crs=CRS.from_epsg(32632), transform=ORIGIN, bands=names)
+    vrt = write_vrt(
+        tmp_path / "scene.vrt", write_band_files(tmp_path / "b", data, names), names,
+        data.shape[1:],
+    )  # fmt: skip
+    maps = {}
+    for p in (tif, vrt):
+        out = tmp_path / f"maps-{p.suffix[1:]}"
+        argv = ["--run-scene", "--scene", str(p), "--query", "a river", "--save-path", str(out),
+                *TINY]  # fmt: skip
+        assert main(argv) == 0
+        with rasterio.open(out / "similarity.tif") as src:
+            assert src.crs == CRS.from_epsg(32632)
+            maps[p.suffix] = (src.read(), src.transform)
+    np.testing.assert_allclose(maps[".vrt"][0], maps[".tif"][0], atol=1e-6)
+    assert maps[".vrt"][1] == maps[".tif"][1]
+
+
+def test_an_index_notes_a_vrt_whose_band_file_changed(tmp_path, capsys):
+    from msclip.cli.index import main
+
+    data = _data(7, (40, 40), 12)
+    names = msclip.spectral.bands.default_bands_for_count(12)
+    files = write_band_files(tmp_path / "b", data, names)
+    vrt = write_vrt(tmp_path / "tile.vrt", files, names, data.shape[1:])
+    idx = tmp_path / "v.index"
+    assert main(["build", str(idx), "--images", str(vrt), *TINY]) == 0
+    msclip.write_geotiff(files[3], data[3:4] // 3, crs=CRS.from_epsg(32632), transform=ORIGIN)
+    os.utime(files[3], ns=(1, 10**18))
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(vrt), *TINY]) == 1
+    out, err = capsys.readouterr()
+    assert re.search(r"changed since indexed\s+1\n", out)
+    assert str(vrt) in err and "changed since they were indexed" in err
