@@ -1115,6 +1115,34 @@ def flag_wording(message: str, random_weights: str = "--no-pretrained") -> str:
     return _RANDOM_WEIGHTS.sub(random_weights, message)
 
 
+def failure_summary(failures: Sequence[Any], limit: int = 10, others: int = 5) -> tuple[str, int]:
+    """``name (reason)`` of each unreadable input (``.name``, ``.reason``), for a run's warning.
+
+    A reason shared by several inputs (the same error but for the file's own name) is said once,
+    for the first of them, followed by the others' names (``others`` of them, then a count):
+    twelve band files of one product refused for the same cause make one entry, not twelve.
+
+    Returns:
+        ``(text, not_shown)``: the first ``limit`` reasons, and how many inputs they leave out.
+    """
+    groups: dict[str, list[Any]] = {}
+    for f in failures:
+        reason = flag_wording(str(f.reason))
+        key = reason.replace(str(f.name), "\0") if f.name else reason
+        groups.setdefault(key, []).append(f)
+    parts = []
+    for fs in list(groups.values())[:limit]:
+        text = f"{fs[0].name} ({flag_wording(str(fs[0].reason))})"
+        names = [str(f.name) for f in fs[1:]]
+        if names:
+            shown = ", ".join(names[:others])
+            rest = f" and {len(names) - others} more" if len(names) > others else ""
+            text += f", and the same for {shown}{rest}"
+        parts.append(text)
+    not_shown = sum(len(fs) for fs in list(groups.values())[limit:])
+    return "; ".join(parts), not_shown
+
+
 def flag_hint(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """`` (command-line option: --x)`` for an error whose ``param`` a flag sets, else ``""``."""
     param = getattr(err, "param", None)

@@ -48,6 +48,7 @@ from msclip.cli.common import (
     add_text_cache_args,
     check_checkpoint,
     encode_query_set,
+    failure_summary,
     image_options,
     large_refusal,
     load_model,
@@ -492,8 +493,8 @@ def _run_build(args: argparse.Namespace) -> int:
     if report.changed:
         code = _warn_stale(args, report)
     if report.failures:
-        shown = "; ".join(f"{f.name} ({f.reason})" for f in report.failures[:10])
-        more = f"; and {len(report.failures) - 10} more" if len(report.failures) > 10 else ""
+        shown, rest = failure_summary(report.failures)
+        more = f"; and {rest} more" if rest else ""
         counts = []
         if n_bad_files:
             counts.append(f"{n_bad_files} of {plural(report.files, 'image file')}")

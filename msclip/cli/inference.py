@@ -48,6 +48,7 @@ from msclip.cli.common import (
     add_text_cache_args,
     check_checkpoint,
     encode_query_set,
+    failure_summary,
     flag_wording,
     fraction,
     image_options,
@@ -269,8 +270,8 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespace) -> int:
     if not failures:
         return EXIT_OK
-    shown = "; ".join(f"{f.name} ({flag_wording(f.reason)})" for f in failures[:10])
-    more = f"; and {len(failures) - 10} more (see the log)" if len(failures) > 10 else ""
+    shown, rest = failure_summary(failures)
+    more = f"; and {rest} more (see the log)" if rest else ""
     print(
         f"warning: {len(failures)} of {plural(total, 'image')} could not be read and "
         f"{'was' if len(failures) == 1 else 'were'} skipped: {shown}{more}",

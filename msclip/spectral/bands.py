@@ -417,11 +417,20 @@ def default_bands_for_count(count: int) -> tuple[str, ...]:
         BandError: no default exists for this count.
     """
     if count not in COUNT_DEFAULTS:
+        # one band: most often one band file of a product stored band by band
+        single = (
+            " A 1-band file is usually one band of a product stored band by band (Sentinel-2 "
+            "SAFE .jp2 files, a cloud archive's band COGs): stack a product's band files into "
+            "one image with a VRT (gdalbuildvrt -separate stack.vrt B02.tif B03.tif ...) and "
+            "give the VRT."
+            if count == 1
+            else ""
+        )
         raise BandError(
             f"cannot tell which bands a {count}-band image holds: only "
             f"{sorted(COUNT_DEFAULTS)} band counts have a default "
             "(13 = S2 L1C, 12 = S2 L2A, 10 = Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB). "
-            "Name the bands (bands=['B02', 'B03', ...]).",
+            f"Name the bands (bands=['B02', 'B03', ...]).{single}",
             param="bands",
         )
     return SENSORS[COUNT_DEFAULTS[count]].bands

@@ -219,3 +219,25 @@ def test_names_the_terminal_cannot_encode_are_escaped_not_a_traceback(monkeypatc
     stderr.flush()
     assert err_buffer.getvalue() == b"warning: bad\\udcff.tif skipped\n"
     assert stdout.errors == stderr.errors == "strict"  # put back for the caller
+
+
+def test_failure_summary_says_a_shared_reason_once() -> None:
+    from types import SimpleNamespace as F
+
+    from msclip.cli.common import failure_summary
+
+    fails = [F(name=f"b{i}.tif", reason=f"BandError: GeoTIFF b{i}.tif: 1 band") for i in range(9)]
+    fails.insert(3, F(name="x.npy", reason="RasterReadError: image file is empty: x.npy"))
+    text, rest = failure_summary(fails, others=3)
+    assert rest == 0
+    assert text == (
+        "b0.tif (BandError: GeoTIFF b0.tif: 1 band), and the same for b1.tif, b2.tif, b3.tif "
+        "and 5 more; x.npy (RasterReadError: image file is empty: x.npy)"
+    )
+    # distinct reasons beyond the limit are counted by input, not shown
+    many = [F(name=f"f{i}", reason=f"error {i}") for i in range(4)] + fails
+    text, rest = failure_summary(many, limit=4)
+    assert text.count("error") == 4 and rest == 10
+    # reasons given with library argument forms are worded as the programs' flags
+    text, _ = failure_summary([F(name="a.tif", reason="name them (bands=['B02', 'B03'])")])
+    assert "--bands B02 B03" in text

@@ -206,3 +206,21 @@ def test_an_index_notes_a_vrt_whose_band_file_changed(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert re.search(r"changed since indexed\s+1\n", out)
     assert str(vrt) in err and "changed since they were indexed" in err
+
+
+def test_band_files_without_a_vrt_are_refused_once_with_the_way_to_stack_them(tmp_path, capsys):
+    from msclip.cli.inference import main
+
+    data = _data(8, (40, 40), 12)
+    names = msclip.spectral.bands.default_bands_for_count(12)
+    files = write_band_files(tmp_path / "IMG_DATA", data, names)
+    argv = ["--run-classification", "--images", str(tmp_path / "IMG_DATA"), "--class-names",
+            "forest", "river", "--templates", "short", "--save-path", str(tmp_path / "o.csv"),
+            *TINY]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if "could not be read" in line)
+    # the one cause is said once, for the first file, then the others are named
+    assert warning.count("cannot tell which bands a 1-band image holds") == 1
+    assert "gdalbuildvrt -separate" in warning and "give the VRT" in warning
+    assert f"and the same for {files[1]}, {files[2]}" in warning and "and 6 more" in warning
