@@ -320,7 +320,8 @@ def create_model(
 
 #: Environment variable turning the converted-weights cache off (``0``).
 WEIGHT_CACHE_ENV = "MSCLIP_WEIGHT_CACHE"
-_WEIGHT_CACHE_VERSION = 1
+# 2: the file records a digest of samples of its tensors' bytes (_sample_digest)
+_WEIGHT_CACHE_VERSION = 2
 #: Converted-weights files kept (the most recently used): each checkpoint of an epoch sweep would
 #: otherwise add one (~0.3 GB for Llama3-MS-CLIP in bf16) for good.
 WEIGHT_CACHE_KEEP = 4
@@ -347,6 +348,27 @@ def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> P
     return root / "weights" / f"{name}-{str(dtype).split('.')[-1]}.safetensors"
 
 
+def _sample_digest(state_dict: dict[str, torch.Tensor], sample: int = 64) -> str:
+    """sha256 of each tensor's name, dtype, shape and the first, middle and last ``sample`` bytes
+    of its data: a converted-weights file whose data is not what was written (zeroed blocks of a
+    file whose writes a crash lost, another file's bytes) is told from its own record by touching
+    a few pages per tensor, not by reading all of them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel() == 0:
+            continue
+        raw = t.detach().reshape(-1).view(torch.uint8)
+        n = raw.numel()
+        mid = max(0, n // 2 - sample // 2)
+        for start in (0, mid, max(0, n - sample)):
+            h.update(raw[start : start + sample].numpy().tobytes())
+    return h.hexdigest()
+
+
 def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> MSCLIP:
     """The model of ``config`` with the weights of ``ckpt`` in ``dtype``.
 
@@ -354,7 +376,9 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     tensors) on every run, for the same result: the converted weights are kept in the cache
     (``$MSCLIP_CACHE_DIR/weights/``, keyed by the source file's sha256, the dtype and the model
     config; ``MSCLIP_WEIGHT_CACHE=0`` turns it off) and memory-mapped the next time, like a
-    float32 file. The model's provenance stays the source file.
+    float32 file, once samples of its data match the digest it records (:func:`_sample_digest`;
+    a file that does not is converted again and replaced). The model's provenance stays the
+    source file.
     """
     from msclip.pretrained import Checkpoint, file_sha256, save_checkpoint
 
@@ -362,6 +386,8 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     if cache is not None and cache.is_file():
         try:
             cached = read_checkpoint(cache)
+            if cached.metadata.get("sample_sha256") != _sample_digest(cached.state_dict):
+                raise ValueError("its data is not what was written: damaged; converted again")
             model = _build(config, meta=True)
             source = Checkpoint(
                 cached.state_dict,
@@ -382,9 +408,12 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     load_weights(model, ckpt, extend_bands=extend, dtype=dtype)
     if cache is not None:
         try:
-            save_checkpoint(
-                model, cache, {"source_sha256": file_sha256(ckpt.path)}, warn_precision=False
-            )  # the cache is of the precision asked for
+            record = {
+                "source_sha256": file_sha256(ckpt.path),
+                "sample_sha256": _sample_digest(model.clip.state_dict()),
+            }
+            # the cache is of the precision asked for
+            save_checkpoint(model, cache, record, warn_precision=False)
         except Exception as err:
             if _read_only(err):  # a read-only cache (a shared or read-only home): converted again
                 logger.debug("cannot keep the converted weights in %s: %s", cache, err)

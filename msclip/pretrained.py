@@ -26,7 +26,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,7 @@ class Checkpoint:
         temperature: the release's scalar temperature, if present.
         path: the file.
         mapped: the tensors are private memory maps of the file (nothing read until used).
+        metadata: a safetensors file's metadata (text fields of its header).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -333,6 +334,7 @@ class Checkpoint:
     temperature: float | None = None
     path: str | None = None
     mapped: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _unpickler_reason(err: BaseException) -> str:
@@ -575,7 +577,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 "file, or re-save the weights with msclip.save_checkpoint"
             ) from err
         fmt = "msclip" if config is not None else "open_clip"
-        return Checkpoint(_strip_module(sd), fmt, config, temperature, p, mapped=True)
+        return Checkpoint(
+            _strip_module(sd), fmt, config, temperature, p, mapped=True, metadata=dict(meta)
+        )
 
     if p.endswith(".safetensors"):  # torch's loader reads any file of this name as safetensors
         raise CheckpointError(

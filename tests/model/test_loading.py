@@ -149,6 +149,47 @@ def test_converted_weights_are_cached_and_mapped_next_time(files, monkeypatch) -
     assert len(list(cached[0].parent.glob("*.safetensors"))) == 1
 
 
+def test_a_converted_weights_file_whose_data_was_lost_is_converted_again(
+    files, tmp_path, monkeypatch, caplog
+) -> None:
+    """A cache file with a valid header but zeroed data (blocks a crash lost after the rename) or
+    another file's data is told from its record, converted again and replaced, never loaded."""
+    import json
+    import logging
+    import struct
+
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    _, st_path, _ = files
+    ref = msclip.create_model(st_path, precision="bf16")
+    (cache,) = (tmp_path / "cache" / "weights").glob("*.safetensors")
+    raw = bytearray(cache.read_bytes())
+    (head,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + head])
+    assert "sample_sha256" in header["__metadata__"]
+    good_copy = tmp_path / "good.safetensors"
+    good_copy.write_bytes(bytes(raw))
+    for damage in ("zeroed", "shifted"):
+        data = raw[8 + head :]
+        data = bytes(len(data)) if damage == "zeroed" else data[1:] + data[:1]
+        cache.write_bytes(bytes(raw[: 8 + head]) + data)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            loaded = msclip.create_model(st_path, precision="bf16")
+        assert "ignoring the converted-weights cache" in caplog.text
+        assert "not what was written" in caplog.text
+        for a, b in zip(ref.clip.state_dict().values(), loaded.clip.state_dict().values()):
+            assert torch.equal(a, b)
+        # replaced by a good conversion
+        again = read_checkpoint(cache)
+        assert again.metadata["sample_sha256"] == header["__metadata__"]["sample_sha256"]
+        for k, v in read_checkpoint(good_copy).state_dict.items():
+            assert torch.equal(again.state_dict[k], v)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        msclip.create_model(st_path, precision="bf16")
+    assert "ignoring" not in caplog.text  # the good file is used as it is
+
+
 def test_the_converted_weights_cache_is_bounded_and_never_fails_a_load(
     files, tmp_path, monkeypatch, caplog
 ) -> None:
