@@ -547,17 +547,7 @@ def read_image(
         return _rescaled(data, nodata, invalid, *declared, thermal=thermal), None
     if invalid is None or not invalid.any():
         return data, nodata
-    if nodata is not None and not np.isnan(nodata):
-        data[:, invalid] = nodata
-        return data, nodata
-    if not np.issubdtype(data.dtype, np.floating):
-        free = None if promote else _free_value(data, invalid)
-        if free is not None:
-            data[:, invalid] = free
-            return data, free
-        data = data.astype(np.float32)
-    data[:, invalid] = np.nan
-    return data, None
+    return _mark_missing(data, invalid, nodata, promote)
 
 
 @contextlib.contextmanager
@@ -711,13 +701,21 @@ def _read_numpy(
 
 
 def _read_picture(
-    path: str, bands: Sequence[str | Band] | None, sensor: str | None, max_pixels: int | None
+    path: str,
+    bands: Sequence[str | Band] | None,
+    sensor: str | None,
+    max_pixels: int | None,
+    nodata: float | None = None,
 ) -> Raster:
     """PNG / JPEG at their true depth and band count: 8- or 16-bit, greyscale (one band), RGB;
-    an alpha band is dropped, a palette is expanded to RGB; turned upright by the EXIF
-    orientation a camera records (as every image viewer shows it)."""
+    a palette is expanded to RGB; turned upright by the EXIF orientation a camera records (as
+    every image viewer shows it). An alpha channel (or a palette's or colour key's transparency)
+    is not a band: when it only says transparent or opaque (0 or its full value), its
+    transparent pixels are missing ones (:func:`_alpha_mask`), set to ``nodata`` (else a value no
+    opaque pixel holds, else NaN) as a GeoTIFF's masked pixels are; any other alpha is dropped."""
     from PIL import Image, UnidentifiedImageError
 
+    alpha = None
     try:
         with Image.open(path) as img:
             check_pixels(path, img.height, img.width, max_pixels)
@@ -726,7 +724,7 @@ def _read_picture(
             depth, colour = _png_header(path) if img.format == "PNG" else (8, -1)
             if depth == 16 and colour in (2, 4, 6):
                 # 16-bit RGB, RGBA and grey + alpha: Pillow reduces these to 8 bits, GDAL does not
-                arr = _read_png16(path, grey=colour == 4)
+                arr, alpha = _read_png16(path, grey=colour == 4, alpha=colour in (4, 6))
             elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 arr = np.asarray(img, dtype=np.uint16)[None]
             elif mode == "I":
@@ -737,14 +735,53 @@ def _read_picture(
                 arr = np.asarray(img.convert("L"))[None]
             else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
                 arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
+            if alpha is None and ("A" in img.getbands() or "transparency" in img.info):
+                alpha = np.asarray(img.convert("RGBA").getchannel("A"))
     except Image.DecompressionBombError as err:
         raise too_large_picture(path, err) from err
     except (UnidentifiedImageError, OSError) as err:
         raise RasterReadError(f"cannot read image {path}: {err}") from err
     arr = _upright(arr, orientation)
+    invalid = _alpha_mask(alpha)
+    if invalid is not None:
+        invalid = _upright(invalid[None], orientation)[0]
+        arr, nodata = _mark_missing(np.array(arr), invalid, nodata)
     names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
-    return Raster(np.ascontiguousarray(arr), names, path=path, band_source=source,
+    return Raster(np.ascontiguousarray(arr), names, nodata, path=path, band_source=source,
                   meta={"layout": "HWC", "mode": mode})  # fmt: skip
+
+
+def _alpha_mask(alpha: np.ndarray | None) -> np.ndarray | None:
+    """``[H, W]`` true where an alpha channel marks a pixel missing, or ``None``.
+
+    Only an alpha that is a mask counts: every value 0 (transparent) or the full value (opaque),
+    with some 0. An alpha of other values (soft edges, or data kept in the channel: METER-ML
+    stores near-infrared there) says nothing of which pixels are missing and is dropped."""
+    if alpha is None or not np.issubdtype(alpha.dtype, np.integer):
+        return None
+    zero = alpha == 0
+    if not zero.any() or not (zero | (alpha == np.iinfo(alpha.dtype).max)).all():
+        return None
+    return zero
+
+
+def _mark_missing(
+    data: np.ndarray, invalid: np.ndarray, nodata: float | None, promote: bool = False
+) -> tuple[np.ndarray, float | None]:
+    """``data`` with its ``invalid`` pixels set missing in every band, and the value that marks
+    them: ``nodata`` when given; else, for integers, a value no valid pixel holds (unless
+    ``promote``); else NaN (integers promoted to float32; ``None`` returned)."""
+    if nodata is not None and not np.isnan(nodata):
+        data[:, invalid] = nodata
+        return data, nodata
+    if not np.issubdtype(data.dtype, np.floating):
+        free = None if promote else _free_value(data, invalid)
+        if free is not None:
+            data[:, invalid] = free
+            return data, free
+        data = data.astype(np.float32)
+    data[:, invalid] = np.nan
+    return data, None
 
 
 def too_large_picture(path: str, err: BaseException) -> RasterTooLargeError:
@@ -804,21 +841,24 @@ def gdal_reason(err: BaseException) -> str:
     return "; ".join(parts[:2]) if parts else (str(err) or type(err).__name__)
 
 
-def _read_png16(path: str, grey: bool = False) -> np.ndarray:
-    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16, its alpha band dropped; a 16-bit grey +
-    alpha one (``grey``) as its grey band taken as red, green and blue, as an 8-bit one is.
-    Pillow reduces these to 8 bits; GDAL does not."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+def _read_png16(
+    path: str, grey: bool = False, alpha: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 16-bit RGB(A) PNG as ``[3, H, W]`` uint16; a 16-bit grey + alpha one (``grey``) as its
+    grey band taken as red, green and blue, as an 8-bit one is; with its alpha band (``alpha``:
+    the last one) as ``[H, W]`` beside, else ``None``. Pillow reduces these to 8 bits; GDAL does
+    not."""
+    from rasterio.errors import RasterioIOError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                data = src.read([1, 1, 1] if grey else [1, 2, 3])
+        with open_raster(path) as src:
+            data = src.read([1, 1, 1] if grey else [1, 2, 3])
+            mask = src.read(src.count) if alpha else None
     except RasterioIOError as err:
         raise RasterReadError(f"cannot read 16-bit PNG {path}: {gdal_reason(err)}") from err
-    return data.astype(np.uint16, copy=False)
+    if mask is not None:
+        mask = mask.astype(np.uint16, copy=False)
+    return data.astype(np.uint16, copy=False), mask
 
 
 def read_raster(
@@ -891,7 +931,7 @@ def read_raster(
     if ext in NUMPY_EXTENSIONS:
         raster = _read_numpy(p, bands, sensor, layout, max_pixels)
     elif ext in PICTURE_EXTENSIONS:
-        raster = _read_picture(p, bands, sensor, max_pixels)
+        raster = _read_picture(p, bands, sensor, max_pixels, nodata)
     else:
         raster = None
     if raster is not None:

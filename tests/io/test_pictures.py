@@ -65,3 +65,58 @@ def test_a_picture_too_large_for_pillow_is_a_size_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
     with pytest.raises(RasterTooLargeError, match=r"ortho\.jpg has more pixels.*GeoTIFF"):
         msclip.read_raster(tmp_path / "ortho.jpg")
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_transparent_pixels_of_a_mask_alpha_are_missing_other_alphas_are_dropped(tmp_path):
+    """An alpha that only says transparent or opaque masks pixels, as a GeoTIFF's alpha does;
+    an alpha of other values (soft edges, METER-ML's near-infrared) is dropped, as before."""
+    from msclip.tiling import nodata_fraction
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (8, 10, 3)).astype(np.uint8)
+    rgb[..., 0] = np.maximum(rgb[..., 0], 1)  # no opaque pixel is black in every band
+    mask = np.full((8, 10), 255, np.uint8)
+    mask[:, 6:] = 0  # the right part transparent (a web tile's padding)
+    Image.fromarray(np.dstack([rgb, mask]), "RGBA").save(tmp_path / "masked.png")
+    r = msclip.read_raster(tmp_path / "masked.png")
+    assert r.nodata is not None and r.data.dtype == np.uint8
+    assert (r.data[:, :, 6:] == r.nodata).all()
+    assert np.array_equal(r.data[:, :, :6], np.moveaxis(rgb, -1, 0)[:, :, :6])
+    assert nodata_fraction(r.data, r.nodata) == pytest.approx(0.4)
+    # a nodata value given for the file marks them instead
+    given = msclip.read_raster(tmp_path / "masked.png", nodata=0)
+    assert given.nodata == 0 and (given.data[:, :, 6:] == 0).all()
+    # data in the alpha channel (values between): not a mask, dropped
+    nir = rng.integers(1, 255, (8, 10)).astype(np.uint8)
+    nir[0, 0] = 0
+    Image.fromarray(np.dstack([rgb, nir]), "RGBA").save(tmp_path / "nir.png")
+    r = msclip.read_raster(tmp_path / "nir.png")
+    assert r.nodata is None and np.array_equal(r.data, np.moveaxis(rgb, -1, 0))
+    # a palette's transparent entry, and a 16-bit RGBA picture's binary alpha
+    pal = Image.fromarray(np.dstack([rgb, mask]), "RGBA").convert("P", palette=Image.ADAPTIVE)
+    pal.info["transparency"] = int(np.asarray(pal)[0, 9])
+    pal.save(tmp_path / "pal.png", transparency=pal.info["transparency"])
+    assert msclip.read_raster(tmp_path / "pal.png").nodata is not None
+    rgb16 = rng.integers(1, 65535, (3, 8, 10)).astype(np.uint16)
+    _png16(tmp_path / "m16.png", np.concatenate([rgb16, (mask.astype(np.uint16) * 257)[None]]))
+    r16 = msclip.read_raster(tmp_path / "m16.png")
+    assert r16.data.dtype == np.uint16 and (r16.data[:, :, 6:] == r16.nodata).all()
+    assert np.array_equal(r16.data[:, :, :6], rgb16[:, :, :6])
+
+
+def test_a_classification_counts_transparent_pixels_as_missing(tmp_path):
+    import pandas as pd
+
+    from msclip.cli.inference import main
+
+    rgb = np.random.default_rng(2).integers(1, 256, (32, 32, 3)).astype(np.uint8)
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[24:] = 0
+    Image.fromarray(np.dstack([rgb, mask]), "RGBA").save(tmp_path / "tile.png")
+    out = tmp_path / "o.csv"
+    argv = ["--run-classification", "--images", str(tmp_path / "tile.png"), "--class-names",
+            "forest", "sea", "--templates", "short", "--save-path", str(out), "--model-name",
+            "msclip-tiny", "--no-pretrained", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert pd.read_csv(out)["valid_fraction"].tolist() == [0.75]
