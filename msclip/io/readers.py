@@ -736,7 +736,8 @@ def _read_picture(
             else:  # RGB, RGBA, LA, P (palette), CMYK, YCbCr ...: 8-bit RGB
                 arr = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
             if alpha is None and ("A" in img.getbands() or "transparency" in img.info):
-                alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+                with contextlib.suppress(ValueError):  # a mode Pillow cannot give an alpha of
+                    alpha = np.asarray(img.convert("RGBA").getchannel("A"))
     except Image.DecompressionBombError as err:
         raise too_large_picture(path, err) from err
     except (UnidentifiedImageError, OSError) as err:
