@@ -348,25 +348,59 @@ def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> P
     return root / "weights" / f"{name}-{str(dtype).split('.')[-1]}.safetensors"
 
 
-def _sample_digest(state_dict: dict[str, torch.Tensor], sample: int = 64) -> str:
-    """sha256 of each tensor's name, dtype, shape and the first, middle and last ``sample`` bytes
-    of its data: a converted-weights file whose data is not what was written (zeroed blocks of a
-    file whose writes a crash lost, another file's bytes) is told from its own record by touching
-    a few pages per tensor, not by reading all of them."""
+_SAMPLE_BYTES = 64
+
+
+def _sample_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 of each tensor's name, shape and the first, middle and last 64 bytes of its data,
+    as they are in memory (:func:`_file_sample_digest` reads the same of a safetensors file): a
+    converted-weights file whose data is not what was written (zeroed blocks of a file whose
+    writes a crash lost, another file's bytes) is told from its own record without reading it
+    all."""
     import hashlib
 
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel() == 0:
-            continue
-        raw = t.detach().reshape(-1).view(torch.uint8)
-        n = raw.numel()
-        mid = max(0, n // 2 - sample // 2)
-        for start in (0, mid, max(0, n - sample)):
-            h.update(raw[start : start + sample].numpy().tobytes())
+        t = state_dict[name].detach().contiguous()
+        raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+
+        def read(start: int, n: int, raw: torch.Tensor = raw) -> bytes:
+            return raw[start : start + n].numpy().tobytes()
+
+        _digest_tensor(h, name, t.shape, raw.numel(), read)
     return h.hexdigest()
+
+
+def _file_sample_digest(path: str | os.PathLike) -> str:
+    """:func:`_sample_digest` of the tensors of a safetensors file, read with ``pread`` from its
+    header's offsets: the pages stay in the page cache, never in this process (touching its memory
+    map would fault in a readahead window per sample: ~40 MB for Llama3-MS-CLIP-Base).
+
+    Raises:
+        OSError, ValueError: the file or its header cannot be read.
+    """
+    import hashlib
+    import struct
+
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        base, fd = 8 + size, f.fileno()
+        h = hashlib.sha256()
+        for name in sorted(k for k in header if k != "__metadata__"):
+            begin, end = header[name]["data_offsets"]
+            _digest_tensor(h, name, torch.Size(header[name]["shape"]), end - begin,
+                           lambda start, n, b=begin: os.pread(fd, n, base + b + start))  # fmt: skip
+    return h.hexdigest()
+
+
+def _digest_tensor(h: Any, name: str, shape: torch.Size, nbytes: int, read: Callable) -> None:
+    h.update(f"{name}|{tuple(shape)}|".encode())
+    if nbytes == 0:
+        return
+    mid = max(0, nbytes // 2 - _SAMPLE_BYTES // 2)
+    for start in (0, mid, max(0, nbytes - _SAMPLE_BYTES)):
+        h.update(read(start, min(_SAMPLE_BYTES, nbytes - start)))
 
 
 def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> MSCLIP:
@@ -376,7 +410,8 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     tensors) on every run, for the same result: the converted weights are kept in the cache
     (``$MSCLIP_CACHE_DIR/weights/``, keyed by the source file's sha256, the dtype and the model
     config; ``MSCLIP_WEIGHT_CACHE=0`` turns it off) and memory-mapped the next time, like a
-    float32 file, once samples of its data match the digest it records (:func:`_sample_digest`;
+    float32 file, once samples of its data match the digest it records (:func:`_sample_digest`,
+    :func:`_file_sample_digest`;
     a file that does not is converted again and replaced). The model's provenance stays the
     source file.
     """
@@ -386,7 +421,7 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     if cache is not None and cache.is_file():
         try:
             cached = read_checkpoint(cache)
-            if cached.metadata.get("sample_sha256") != _sample_digest(cached.state_dict):
+            if cached.metadata.get("sample_sha256") != _file_sample_digest(cache):
                 raise ValueError("its data is not what was written: damaged; converted again")
             model = _build(config, meta=True)
             source = Checkpoint(

@@ -190,6 +190,30 @@ def test_a_converted_weights_file_whose_data_was_lost_is_converted_again(
     assert "ignoring" not in caplog.text  # the good file is used as it is
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_the_cache_check_reads_its_samples_without_the_memory_map(files, tmp_path, monkeypatch):
+    """The samples are read with pread: touching the mapped tensors would fault a readahead
+    window per sample into the process (~40 MB of Llama3-MS-CLIP-Base in a run's peak)."""
+    from msclip import factory
+    from msclip.memory import _file_mappings
+
+    monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    msclip.create_model(files[1], precision="bf16")
+    (cache,) = (tmp_path / "cache" / "weights").glob("*.safetensors")
+    mapped = read_checkpoint(cache)
+
+    def resident() -> int:
+        return sum(m[4] for m in _file_mappings() if m[3] == str(cache))
+
+    before = resident()
+    assert factory._file_sample_digest(cache) == mapped.metadata["sample_sha256"]
+    assert resident() == before  # the check added no page to the process
+    # reading the same samples through the map gives the same digest, and adds pages: what the
+    # check must not do
+    assert factory._sample_digest(mapped.state_dict) == mapped.metadata["sample_sha256"]
+    assert resident() > before
+
+
 def test_the_converted_weights_cache_is_bounded_and_never_fails_a_load(
     files, tmp_path, monkeypatch, caplog
 ) -> None:
