@@ -3,7 +3,8 @@
 - :mod:`msclip.io.readers`: rasters with their band identity (:func:`read_raster`, :class:`Raster`);
 - :mod:`msclip.io.images`: image sets from folders, lists and globs (:func:`list_image_set`);
 - :mod:`msclip.io.writers`: the one durable writer (:func:`atomic_write`) and its helpers;
-- :mod:`msclip.io.geotiff`: GeoTIFF writers, whole or in row strips.
+- :mod:`msclip.io.geotiff`: GeoTIFF writers, whole or in row strips;
+- :mod:`msclip.io.vrt`: a product's band files stacked into one image (:func:`stack_band_files`).
 
 The spectral core (:mod:`msclip.spectral`) never reads files; everything downstream receives
 arrays whose band names travel with them.
@@ -12,6 +13,7 @@ arrays whose band names travel with them.
 from msclip.io.geotiff import GeoTiffStripWriter, write_geotiff
 from msclip.io.images import ImageSet, list_image_set, list_images
 from msclip.io.readers import IMAGE_EXTENSIONS, Raster, read_raster, to_chw
+from msclip.io.vrt import stack_band_files
 from msclip.io.writers import (
     TMP_PREFIX,
     atomic_write,
@@ -42,6 +44,7 @@ __all__ = [
     "list_image_set",
     "list_images",
     "read_raster",
+    "stack_band_files",
     "temp_path",
     "to_chw",
     "write_bytes",

@@ -421,8 +421,8 @@ def default_bands_for_count(count: int) -> tuple[str, ...]:
         single = (
             " A 1-band file is usually one band of a product stored band by band (Sentinel-2 "
             "SAFE .jp2 files, a cloud archive's band COGs): stack a product's band files into "
-            "one image with a VRT (gdalbuildvrt -separate stack.vrt B02.tif B03.tif ...) and "
-            "give the VRT."
+            "one image with a VRT (msclip.io.stack_band_files(files, 'stack.vrt'), or "
+            "gdalbuildvrt -separate stack.vrt B02.tif B03.tif ...) and give the VRT."
             if count == 1
             else ""
         )

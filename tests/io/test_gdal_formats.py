@@ -222,5 +222,80 @@ def test_band_files_without_a_vrt_are_refused_once_with_the_way_to_stack_them(tm
     warning = next(line for line in err.splitlines() if "could not be read" in line)
     # the one cause is said once, for the first file, then the others are named
     assert warning.count("cannot tell which bands a 1-band image holds") == 1
-    assert "gdalbuildvrt -separate" in warning and "give the VRT" in warning
+    assert "msclip.io.stack_band_files(files" in warning and "give the VRT" in warning
     assert f"and the same for {files[1]}, {files[2]}" in warning and "and 6 more" in warning
+
+
+def _band_file(path: Path, data: np.ndarray, res: float, crs: int = 32632, nodata=None) -> Path:
+    transform = Affine(res, 0, 500000, 0, -res, 5000000)
+    msclip.write_geotiff(path, data[None], crs=CRS.from_epsg(crs), transform=transform,
+                         nodata=nodata)  # fmt: skip
+    return path
+
+
+def test_band_files_of_several_resolutions_stack_into_one_image(tmp_path):
+    from msclip.io import stack_band_files
+
+    rng = np.random.default_rng(9)
+    b02, b08 = (rng.integers(1, 6000, (40, 40)).astype("uint16") for _ in range(2))
+    b8a = rng.integers(1, 6000, (20, 20)).astype("uint16")  # 20 m
+    b09 = rng.integers(1, 6000, (8, 8)).astype("uint16")  # 50 m: 5 fine pixels per pixel
+    granule = tmp_path / "GRANULE" / "IMG_DATA"
+    granule.mkdir(parents=True)
+    files = [
+        _band_file(granule / "T32TQM_20240101T102021_B02_10m.tif", b02, 10),
+        _band_file(granule / "T32TQM_20240101T102021_B08_10m.tif", b08, 10),
+        _band_file(granule / "T32TQM_20240101T102021_B8A_20m.tif", b8a, 20, nodata=0),
+        _band_file(granule / "T32TQM_20240101T102021_B09_50m.tif", b09, 50),
+    ]
+    vrt = stack_band_files(files, tmp_path / "stack.vrt")
+    r = read_raster(vrt)
+    assert list(r.bands) == ["B02", "B08", "B8A", "B09"] and r.data.shape == (4, 40, 40)
+    assert r.crs == CRS.from_epsg(32632) and r.transform == ORIGIN
+    np.testing.assert_array_equal(r.data[0], b02)
+    np.testing.assert_array_equal(r.data[2], np.repeat(np.repeat(b8a, 2, 0), 2, 1))  # nearest
+    np.testing.assert_array_equal(r.data[3], np.repeat(np.repeat(b09, 5, 0), 5, 1))
+    # the sources are named relative to the VRT: the folder moves as a whole
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    np.testing.assert_array_equal(read_raster(moved / "stack.vrt").data, r.data)
+    # a sensor's own numbering, and bands given by name
+    landsat = stack_band_files(
+        [moved / "GRANULE" / "IMG_DATA" / f.name for f in files[:2]], moved / "l.vrt",
+        bands=["B4", "B5"], sensor="landsat89", resampling="bilinear",
+    )  # fmt: skip
+    assert list(read_raster(landsat).bands) == ["OLI_B4", "OLI_B5"]
+
+
+def test_band_files_that_do_not_make_one_image_are_refused(tmp_path):
+    from msclip.errors import BandError
+    from msclip.io import stack_band_files
+
+    a = _band_file(tmp_path / "x_B02.tif", np.ones((8, 8), "uint16"), 10)
+    utm33 = _band_file(tmp_path / "x_B03.tif", np.ones((8, 8), "uint16"), 10, crs=32633)
+    shifted = tmp_path / "x_B04.tif"
+    msclip.write_geotiff(shifted, np.ones((1, 8, 8), "uint16"), crs=CRS.from_epsg(32632),
+                         transform=Affine(10, 0, 500100, 0, -10, 5000000))  # fmt: skip
+    floats = _band_file(tmp_path / "x_B05.tif", np.ones((8, 8), "float32"), 10)
+    two = tmp_path / "two_B06.tif"
+    msclip.write_geotiff(two, np.ones((2, 8, 8), "uint16"), crs=CRS.from_epsg(32632),
+                         transform=ORIGIN)  # fmt: skip
+    unnamed = _band_file(tmp_path / "band.tif", np.ones((8, 8), "uint16"), 10)
+    out = tmp_path / "s.vrt"
+    cases = [
+        ([a, utm33], {}, "share a CRS"),
+        ([a, shifted], {}, "cover the same extent"),
+        ([a, floats], {}, "share a data type"),
+        ([a, two], {}, "holds 2 bands"),
+        ([a, unnamed], {}, "no band in the name of"),
+        ([a, a], {}, "given by more than one file"),
+        ([a], {"bands": ["B02", "B03"]}, "2 band names for 1 files"),
+    ]
+    for files, kw, said in cases:
+        with pytest.raises(BandError, match=said):
+            stack_band_files(files, out, **kw)
+    with pytest.raises(ValueError, match=r"ending in \.vrt"):
+        stack_band_files([a], tmp_path / "s.tif")
+    with pytest.raises(RasterReadError, match="cannot open band file"):
+        stack_band_files([tmp_path / "missing_B02.tif"], out)
+    assert not out.exists()  # nothing written by a refused stack

@@ -1,0 +1,167 @@
+"""One image from a product's band files: a GDAL virtual raster (VRT) that stacks them.
+
+Sentinel-2 SAFE products keep each band in its own JPEG 2000 file (10, 20 and 60 m), and cloud
+archives keep one COG per band; msclip reads an image as one raster whose bands it can name.
+:func:`stack_band_files` writes the small XML file that GDAL reads as that raster (what
+``gdalbuildvrt -separate -resolution highest`` writes, for users whose rasterio came without
+GDAL's command-line tools): one band per file, on the finest grid among them, each coarser band
+resampled by GDAL as it is read, and each band described by its canonical msclip name (from
+``bands=`` or from the file names: ``T32TQM_20240101T102021_B8A_20m.jp2`` holds ``B8A``), so
+that :func:`msclip.io.read_raster` and every program read it with its bands named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from msclip.errors import BandError, RasterReadError
+
+__all__ = ["stack_band_files"]
+
+# a band token in a file name: B2, B02, B8A, B11 between separators (Sentinel-2, Landsat, HLS)
+_BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
+_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
+               "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
+               "float64": "Float64"}  # fmt: skip
+_RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+
+
+def _band_from_name(path: str) -> str | None:
+    """The band token of a band file's name (the last one: tile ids come first), or ``None``."""
+    found = _BAND_TOKEN.findall(Path(path).stem)
+    return found[-1] if found else None
+
+
+def stack_band_files(
+    files: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    resampling: str = "nearest",
+) -> Path:
+    """Write a VRT stacking single-band rasters of one footprint into one multi-band image.
+
+    Args:
+        files: the band files (GeoTIFF, COG, JPEG 2000 ...), one band each, in the order of the
+            stacked bands; their extents and CRS must agree, their resolutions may differ.
+        path: the ``.vrt`` to write (atomically); its sources are named relative to it when they
+            are on the same drive, so the folder can be moved as a whole.
+        bands: the band of each file; default: read from the file names (``..._B02.jp2``).
+        sensor: the sensor whose band numbering the names use (``landsat89``: ``B5`` is its
+            near-infrared, not Sentinel-2's red edge).
+        resampling: how a coarser band is brought to the finest grid (GDAL's resampling names:
+            ``nearest`` keeps the stored values, ``bilinear``, ``cubic``, ``average`` ...).
+
+    Returns:
+        The written path.
+
+    Raises:
+        RasterReadError: a file cannot be opened.
+        BandError: a file holds more than one band, a band cannot be named, two files hold the
+            same band, or the files do not share a CRS, an extent or a data type.
+        ValueError: ``path`` is not a ``.vrt``, or an unknown ``resampling``.
+    """
+    from rasterio.errors import RasterioIOError
+
+    from msclip.io.readers import open_raster
+    from msclip.io.writers import write_text
+    from msclip.spectral.bands import resolve_band
+
+    out = Path(path)
+    if out.suffix.lower() != ".vrt":
+        raise ValueError(f"the stack is written as a VRT: give a path ending in .vrt, not {out}")
+    if resampling not in _RESAMPLINGS:
+        raise ValueError(f"resampling must be one of {_RESAMPLINGS}, got {resampling!r}")
+    paths = [os.fspath(f) for f in files]
+    if not paths:
+        raise BandError("no band files given: pass one file per band", param="bands")
+    if bands is not None and len(bands) != len(paths):
+        raise BandError(
+            f"{len(bands)} band names for {len(paths)} files; give one per file", param="bands"
+        )
+    infos = []
+    for p in paths:
+        try:
+            with open_raster(p) as src:
+                if src.count != 1:
+                    raise BandError(
+                        f"{p} holds {src.count} bands: stack_band_files takes one file per band "
+                        "(a multi-band file is already one image)"
+                    )
+                infos.append((src.crs, src.bounds, src.res, src.width, src.height,
+                              src.dtypes[0], src.nodata))  # fmt: skip
+        except RasterioIOError as err:
+            raise RasterReadError(f"cannot open band file {p}: {err}") from err
+    names = []
+    for i, p in enumerate(paths):
+        given = bands[i] if bands is not None else _band_from_name(p)
+        if given is None:
+            raise BandError(
+                f"no band in the name of {p} (such as _B02 or _B8A); name the files' bands "
+                "(bands=['B02', 'B03', ...])",
+                param="bands",
+            )
+        names.append(resolve_band(given, sensor).name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BandError(f"band(s) {twice} given by more than one file: {paths}", param="bands")
+    crs, bounds, _, _, _, dtype, _ = infos[0]
+    finest = min(min(abs(r[0]), abs(r[1])) for _, _, r, *_ in infos)
+    for p, (c, b, _res, _, _, dt, _) in zip(paths, infos):
+        if c != crs:
+            raise BandError(f"{p} is in {c}, {paths[0]} in {crs}: the band files of one image "
+                            "share a CRS (warp them first, gdalwarp -t_srs)")  # fmt: skip
+        if max(abs(x - y) for x, y in zip(b, bounds)) > finest / 2:
+            raise BandError(f"{p} covers {tuple(b)}, {paths[0]} {tuple(bounds)}: the band files "
+                            "of one image cover the same extent")  # fmt: skip
+        if dt != dtype:
+            raise BandError(f"{p} holds {dt} values, {paths[0]} {dtype}: the band files of one "
+                            "image share a data type")  # fmt: skip
+    gdal_type = _GDAL_TYPES.get(dtype)
+    if gdal_type is None:
+        raise BandError(f"band files of {dtype} values cannot be stacked (supported: "
+                        f"{', '.join(_GDAL_TYPES)})")  # fmt: skip
+    # the grid of the finest band
+    fine = min(range(len(infos)), key=lambda i: abs(infos[i][2][0]))
+    width, height = infos[fine][3], infos[fine][4]
+    with open_raster(paths[fine]) as src:
+        t = src.transform
+    xml = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if crs is not None:
+        xml.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
+    xml.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}"
+               "</GeoTransform>")  # fmt: skip
+    for i, (p, name, info) in enumerate(zip(paths, names, infos), start=1):
+        w, h, nodata = info[3], info[4], info[6]
+        source, relative = _source_name(p, out)
+        kind = "ComplexSource" if nodata is not None else "SimpleSource"
+        xml += [
+            f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">',
+            f"    <Description>{escape(name)}</Description>",
+            *([f"    <NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
+            f'    <{kind} resampling="{resampling}">',
+            f'      <SourceFilename relativeToVRT="{int(relative)}">{escape(source)}'
+            "</SourceFilename>",
+            "      <SourceBand>1</SourceBand>",
+            f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+            f'      <DstRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>',
+            *([f"      <NODATA>{nodata!r}</NODATA>"] if nodata is not None else []),
+            f"    </{kind}>",
+            "  </VRTRasterBand>",
+        ]
+    xml.append("</VRTDataset>\n")
+    return write_text(out, "\n".join(xml))
+
+
+def _source_name(path: str, vrt: Path) -> tuple[str, bool]:
+    """A band file's name in the VRT: relative to the VRT's folder when it can be, else
+    absolute."""
+    full = os.path.abspath(path)
+    try:
+        return os.path.relpath(full, os.path.abspath(vrt.parent)), True
+    except ValueError:  # another drive (Windows)
+        return full, False
