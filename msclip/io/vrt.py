@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 from msclip.errors import BandError, RasterReadError
 
 __all__ = ["stack_band_files"]
@@ -42,6 +44,8 @@ def stack_band_files(
     bands: Sequence[str] | None = None,
     sensor: str | None = None,
     resampling: str = "nearest",
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Path:
     """Write a VRT stacking single-band rasters of one footprint into one multi-band image.
 
@@ -55,6 +59,11 @@ def stack_band_files(
             near-infrared, not Sentinel-2's red edge).
         resampling: how a coarser band is brought to the finest grid (GDAL's resampling names:
             ``nearest`` keeps the stored values, ``bilinear``, ``cubic``, ``average`` ...).
+        scale, offset: a value scale and offset declared on every band (GDAL's, ``value =
+            stored x scale + offset``), which msclip's readers apply: Sentinel-2 L2A band files
+            of processing baseline 04.00 and later store reflectance x 10000 + 1000, declared
+            only in the product's ``MTD_MSIL2A.xml`` (``BOA_ADD_OFFSET``), so their stack takes
+            ``scale=1e-4, offset=-0.1``, as the same products' COGs declare it.
 
     Returns:
         The written path.
@@ -74,6 +83,11 @@ def stack_band_files(
     out = Path(path)
     if out.suffix.lower() != ".vrt":
         raise ValueError(f"the stack is written as a VRT: give a path ending in .vrt, not {out}")
+    for what, v in (("scale", scale), ("offset", offset)):
+        if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v)):
+            raise ValueError(f"{what} must be a finite number, got {v!r}")
+    if scale == 0:
+        raise ValueError("scale must not be 0 (every value would read 0 + offset)")
     if resampling not in _RESAMPLINGS:
         raise ValueError(f"resampling must be one of {_RESAMPLINGS}, got {resampling!r}")
     paths = [os.fspath(f) for f in files]
@@ -143,6 +157,8 @@ def stack_band_files(
             f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">',
             f"    <Description>{escape(name)}</Description>",
             *([f"    <NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
+            *([f"    <Offset>{float(offset)!r}</Offset>"] if offset is not None else []),
+            *([f"    <Scale>{float(scale)!r}</Scale>"] if scale is not None else []),
             f'    <{kind} resampling="{resampling}">',
             f'      <SourceFilename relativeToVRT="{int(relative)}">{escape(source)}'
             "</SourceFilename>",

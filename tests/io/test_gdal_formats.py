@@ -299,3 +299,21 @@ def test_band_files_that_do_not_make_one_image_are_refused(tmp_path):
     with pytest.raises(RasterReadError, match="cannot open band file"):
         stack_band_files([tmp_path / "missing_B02.tif"], out)
     assert not out.exists()  # nothing written by a refused stack
+
+
+def test_a_stack_declares_the_scale_and_offset_of_l2a_band_files(tmp_path):
+    """SAFE L2A band files of baseline 04.00+ store reflectance x 10000 + 1000 (the offset is in
+    the product's XML only): their stack declares it, and msclip reads reflectance x 10000."""
+    from msclip.io import stack_band_files
+
+    stored = np.full((16, 16), 1800, "uint16")
+    stored[0, 0] = 0  # the product's nodata
+    files = [_band_file(tmp_path / f"T32TQM_{b}_10m.tif", stored, 10, nodata=0)
+             for b in ("B02", "B03")]  # fmt: skip
+    vrt = stack_band_files(files, tmp_path / "l2a.vrt", scale=1e-4, offset=-0.1)
+    r = read_raster(vrt)
+    assert r.data.dtype == np.float32 and np.isnan(r.data[:, 0, 0]).all()
+    np.testing.assert_allclose(r.data[:, 1:, 1:], 800.0, atol=1e-3)
+    for bad in ({"scale": 0}, {"offset": float("nan")}, {"scale": "1e-4"}):
+        with pytest.raises(ValueError, match=r"scale|offset"):
+            stack_band_files(files, tmp_path / "bad.vrt", **bad)
