@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msclip.errors import ImageSetError
-from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS
+from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS, vrt_sources
 from msclip.io.writers import TMP_PREFIX
 
 __all__ = [
@@ -46,18 +46,7 @@ def _without_vrt_parts(images: list[str], where: str) -> list[str]:
     vrts = [f for f in images if Path(f).suffix.lower() in VRT_EXTENSIONS]
     if not vrts:
         return images
-    from rasterio.errors import RasterioError
-
-    from msclip.io.readers import open_raster
-
-    parts: set[str] = set()
-    for v in vrts:
-        try:
-            with open_raster(v) as src:
-                parts.update(os.path.abspath(f) for f in src.files)
-            parts.discard(os.path.abspath(v))
-        except RasterioError:  # unreadable: its run names the reason
-            continue
+    parts = {f for v in vrts for f in vrt_sources(v)}
     kept = [f for f in images if os.path.abspath(f) not in parts]
     if len(kept) < len(images):
         n = len(images) - len(kept)

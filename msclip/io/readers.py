@@ -87,6 +87,7 @@ __all__ = [
     "thermal_bands",
     "to_chw",
     "too_large_picture",
+    "vrt_sources",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,15 +135,22 @@ def input_stamp(path: str | os.PathLike) -> tuple[int, int]:
         )
     if Path(p).suffix.lower() not in VRT_EXTENSIONS:
         return int(st.st_size), int(st.st_mtime_ns)
+    size, mtime = _total_stamp(vrt_sources(p), int(st.st_mtime_ns))
+    return size + int(st.st_size), mtime
+
+
+def vrt_sources(path: str | os.PathLike) -> list[str]:
+    """Absolute paths of the files a VRT reads (as GDAL lists them, the VRT itself left out; a
+    missing one included), or ``[]`` for a VRT GDAL cannot open (its reading names the reason)."""
     from rasterio.errors import RasterioError
 
+    own = os.path.abspath(path)
     try:
-        with open_raster(p) as src:
-            files = [f for f in src.files if os.path.abspath(f) != os.path.abspath(p)]
-    except RasterioError:  # not a readable VRT: its reading names the reason
-        files = []
-    size, mtime = _total_stamp(files, int(st.st_mtime_ns))
-    return size + int(st.st_size), mtime
+        with open_raster(path) as src:
+            files = [os.path.abspath(f) for f in src.files]
+    except RasterioError:
+        return []
+    return [f for f in files if f != own]
 
 
 def _total_stamp(files: Sequence[str], mtime: int) -> tuple[int, int]:
@@ -551,18 +559,10 @@ def read_image(
 
 
 @contextlib.contextmanager
-def _without_georef_warning(category: type[Warning]) -> Iterator[None]:
-    """A file without georeference is read as pixels (``crs`` None; the programs that need a CRS
-    say so themselves), not reported by rasterio for every tile."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category)
-        yield
-
-
-@contextlib.contextmanager
 def open_raster(path: str | os.PathLike) -> Iterator[Any]:
     """``rasterio.open(path)`` for reading, without rasterio's warning about a file that has no
-    georeference (read as pixels; the programs that need a CRS say so in their own words).
+    georeference: it is read as pixels (``crs`` None), and the programs that need a CRS say so in
+    their own words, not rasterio for every tile.
 
     Raises:
         rasterio.errors.RasterioIOError: the file cannot be opened.
@@ -570,8 +570,10 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
-        yield src
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            yield src
 
 
 def _read_geotiff(
@@ -583,16 +585,15 @@ def _read_geotiff(
     shorter_side: int | None = None,
     nodata: float | None = None,
 ) -> Raster:
-    import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     from msclip.spectral.bands import stored_scale
 
     kind = raster_format(path)
     try:
-        with _without_georef_warning(NotGeoreferencedWarning), rasterio.open(path) as src:
+        with open_raster(path) as src:
             image = image_bands(src)
             check_dtype(path, src.dtypes[image[0] - 1])
             descriptions = [src.descriptions[i - 1] for i in image]
