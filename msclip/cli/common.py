@@ -1125,15 +1125,15 @@ def failure_summary(failures: Sequence[Any], limit: int = 10, others: int = 5) -
     Returns:
         ``(text, not_shown)``: the first ``limit`` reasons, and how many inputs they leave out.
     """
-    groups: dict[str, list[Any]] = {}
+    groups: dict[str, list[tuple[Any, str]]] = {}  # reason less the name -> (input, reason)
     for f in failures:
         reason = flag_wording(str(f.reason))
         key = reason.replace(str(f.name), "\0") if f.name else reason
-        groups.setdefault(key, []).append(f)
+        groups.setdefault(key, []).append((f, reason))
     parts = []
     for fs in list(groups.values())[:limit]:
-        text = f"{fs[0].name} ({flag_wording(str(fs[0].reason))})"
-        names = [str(f.name) for f in fs[1:]]
+        text = f"{fs[0][0].name} ({fs[0][1]})"
+        names = [str(f.name) for f, _ in fs[1:]]
         if names:
             shown = ", ".join(names[:others])
             rest = f" and {len(names) - others} more" if len(names) > others else ""

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -30,6 +31,19 @@ _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "In
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}  # fmt: skip
 _RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+
+
+class _BandFile(NamedTuple):
+    """What the stack needs of one band file's header."""
+
+    crs: Any
+    bounds: Any
+    res: tuple[float, float]
+    transform: Any
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
 
 
 def _band_from_name(path: str) -> str | None:
@@ -97,7 +111,7 @@ def stack_band_files(
         raise BandError(
             f"{len(bands)} band names for {len(paths)} files; give one per file", param="bands"
         )
-    infos = []
+    infos: list[_BandFile] = []
     for p in paths:
         try:
             with open_raster(p) as src:
@@ -106,8 +120,8 @@ def stack_band_files(
                         f"{p} holds {src.count} bands: stack_band_files takes one file per band "
                         "(a multi-band file is already one image)"
                     )
-                infos.append((src.crs, src.bounds, src.res, src.width, src.height,
-                              src.dtypes[0], src.nodata))  # fmt: skip
+                infos.append(_BandFile(src.crs, src.bounds, src.res, src.transform, src.width,
+                                       src.height, src.dtypes[0], src.nodata))  # fmt: skip
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open band file {p}: {err}") from err
     names = []
@@ -123,34 +137,32 @@ def stack_band_files(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise BandError(f"band(s) {twice} given by more than one file: {paths}", param="bands")
-    crs, bounds, _, _, _, dtype, _ = infos[0]
-    finest = min(min(abs(r[0]), abs(r[1])) for _, _, r, *_ in infos)
-    for p, (c, b, _res, _, _, dt, _) in zip(paths, infos):
-        if c != crs:
-            raise BandError(f"{p} is in {c}, {paths[0]} in {crs}: the band files of one image "
-                            "share a CRS (warp them first, gdalwarp -t_srs)")  # fmt: skip
-        if max(abs(x - y) for x, y in zip(b, bounds)) > finest / 2:
-            raise BandError(f"{p} covers {tuple(b)}, {paths[0]} {tuple(bounds)}: the band files "
-                            "of one image cover the same extent")  # fmt: skip
-        if dt != dtype:
-            raise BandError(f"{p} holds {dt} values, {paths[0]} {dtype}: the band files of one "
-                            "image share a data type")  # fmt: skip
+    first = infos[0]
+    crs, bounds, dtype = first.crs, first.bounds, first.dtype
+    finest = min(min(abs(f.res[0]), abs(f.res[1])) for f in infos)
+    fine = min(infos, key=lambda f: abs(f.res[0]))  # the finest band: its grid is the stack's
+    for p, f in zip(paths, infos):
+        if f.crs != crs:
+            raise BandError(f"{p} is in {f.crs}, {paths[0]} in {crs}: the band files of one "
+                            "image share a CRS (warp them first, gdalwarp -t_srs)")  # fmt: skip
+        if max(abs(x - y) for x, y in zip(f.bounds, bounds)) > finest / 2:
+            raise BandError(f"{p} covers {tuple(f.bounds)}, {paths[0]} {tuple(bounds)}: the band "
+                            "files of one image cover the same extent")  # fmt: skip
+        if f.dtype != dtype:
+            raise BandError(f"{p} holds {f.dtype} values, {paths[0]} {dtype}: the band files of "
+                            "one image share a data type")  # fmt: skip
     gdal_type = _GDAL_TYPES.get(dtype)
     if gdal_type is None:
         raise BandError(f"band files of {dtype} values cannot be stacked (supported: "
                         f"{', '.join(_GDAL_TYPES)})")  # fmt: skip
-    # the grid of the finest band
-    fine = min(range(len(infos)), key=lambda i: abs(infos[i][2][0]))
-    width, height = infos[fine][3], infos[fine][4]
-    with open_raster(paths[fine]) as src:
-        t = src.transform
+    width, height, t = fine.width, fine.height, fine.transform
     xml = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if crs is not None:
         xml.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
     xml.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}"
                "</GeoTransform>")  # fmt: skip
     for i, (p, name, info) in enumerate(zip(paths, names, infos), start=1):
-        w, h, nodata = info[3], info[4], info[6]
+        w, h, nodata = info.width, info.height, info.nodata
         source, relative = _source_name(p, out)
         kind = "ComplexSource" if nodata is not None else "SimpleSource"
         xml += [
