@@ -539,14 +539,19 @@ class MSCLIP(nn.Module):
         (0.35 GB of image tower in fp32 for Llama3-MS-CLIP-Base), so what the run does after
         its model calls (importing pandas, building its tables) does not add to a peak set by
         the weights. Weights in anonymous memory are left alone; using the model again reads
-        the pages in again, with the same values.
+        the pages in again, with the same values. The copies of the image tower's weights in
+        oneDNN's layout that its bf16 CPU path made (:mod:`msclip.architecture`) are freed;
+        the next call makes them again.
 
         Returns:
             the size of the page ranges dropped (:func:`msclip.memory.release_mapped`).
         """
+        from msclip.architecture import drop_packed
         from msclip.memory import release_mapped
 
-        return release_mapped([*self.clip.parameters(), *self.clip.buffers()])
+        weights = [*self.clip.parameters(), *self.clip.buffers()]
+        drop_packed(weights)
+        return release_mapped(weights)
 
     def forward_features(
         self,
