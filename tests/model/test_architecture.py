@@ -210,3 +210,75 @@ def test_frozen_blocks_under_autograd_take_the_contiguous_projection(monkeypatch
         p.requires_grad_(True)
     block(x)
     assert not calls
+
+
+def _no_packing(monkeypatch) -> None:
+    from msclip import architecture
+
+    monkeypatch.setattr(architecture, "_packing_works", lambda dtype: False)
+
+
+def _tower_weights(transformer) -> list[torch.Tensor]:
+    return [w for b in transformer.resblocks
+            for w in (b.attn.in_proj_weight, b.attn.out_proj.weight, b.mlp.c_fc.weight,
+                      b.mlp.c_proj.weight)]  # fmt: skip
+
+
+def test_bf16_image_tower_reads_packed_weights_with_the_plain_results(monkeypatch) -> None:
+    from msclip import architecture
+
+    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
+        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
+    x = torch.randn(3, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    tokens = msclip.get_tokenizer(model)(["a forest", "a lake in the mountains"])
+    calls = []
+    real = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(
+        torch.ops.mkldnn, "_reorder_linear_weight", lambda w: calls.append(1) or real(w)
+    )
+    with torch.inference_mode():
+        packed = model.encode_image(x), model.encode_text(tokens)
+        again = model.encode_image(x)
+    visual = _tower_weights(model.clip.visual.transformer)
+    assert all(id(w) in architecture._PACKED for w in visual)  # the image tower's, each once
+    assert len(calls) == len(visual)
+    assert not any(id(w) in architecture._PACKED for w in _tower_weights(model.clip.transformer))
+    _no_packing(monkeypatch)
+    with torch.inference_mode():
+        plain = model.encode_image(x), model.encode_text(tokens)
+    assert torch.equal(packed[0], plain[0]) and torch.equal(again, plain[0])  # bit for bit
+    assert torch.equal(packed[1], plain[1])
+    model.release_weight_pages()  # the end of a run frees the copies
+    assert not any(id(w) in architecture._PACKED for w in visual)
+
+
+def test_packed_weights_follow_changes_to_the_weights() -> None:
+    from msclip import architecture
+
+    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
+        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
+    other = msclip.create_model("msclip-demo", pretrained=False, precision="bf16")
+    x = torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    block = model.clip.visual.transformer.resblocks[1]
+
+    def packed_and_plain() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            packed = model.encode_image(x)
+            with pytest.MonkeyPatch.context() as mp:
+                _no_packing(mp)
+                return packed, model.encode_image(x)
+
+    first = packed_and_plain()
+    with torch.no_grad():
+        block.mlp.c_fc.weight.mul_(0.5)  # in place, as an optimiser step
+    halved = packed_and_plain()
+    model.load_state_dict(other.state_dict())  # copied in place
+    loaded = packed_and_plain()
+    block.attn.out_proj.weight.data = block.attn.out_proj.weight.data * 2  # replaced
+    replaced = packed_and_plain()
+    for packed, plain in (first, halved, loaded, replaced):
+        assert torch.equal(packed, plain)
+    assert not torch.equal(first[0], halved[0]) and not torch.equal(halved[0], loaded[0])
+    assert not torch.equal(loaded[0], replaced[0])

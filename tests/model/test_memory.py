@@ -168,3 +168,29 @@ def test_all_weight_pages_are_dropped_at_the_end_and_read_back_unchanged(release
     assert _resident_kb(w.data_ptr()) <= resident - 512
     text_after, image_after = _encode(model)
     assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
+
+
+def test_packed_bf16_image_weights_replace_their_mapped_pages(release_pt) -> None:
+    """The bf16 CPU image tower reads oneDNN-packed copies of its linear weights: the pages of
+    the mapped converted cache that they came from are dropped, so memory holds one copy."""
+    from msclip import architecture
+
+    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
+        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
+    msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # writes the converted cache
+    model = msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # maps it
+    blocks = model.clip.visual.transformer.resblocks
+    weights = [w for b in blocks for w in (b.attn.in_proj_weight, b.mlp.c_fc.weight)]
+    x = torch.randn(2, 10, 32, 32, generator=torch.Generator().manual_seed(1))
+    _encode(model)  # every page read in (the text tower's too), the copies made
+    architecture.drop_packed(weights)  # packed again below, from the pages read in now
+    with torch.inference_mode():
+        for w in weights:
+            w.float().sum()
+        resident = _resident_kb(weights[0].data_ptr())
+        image_before = model.encode_image(x)
+    assert all(id(w) in architecture._PACKED for w in weights)
+    dropped = sum(w.numel() * w.element_size() for w in weights) // 1024 - 8 * len(weights)
+    assert _resident_kb(weights[0].data_ptr()) <= resident - dropped
+    with torch.inference_mode():
+        assert torch.equal(model.encode_image(x), image_before)
