@@ -223,6 +223,21 @@ def create_model(
         PrecisionError: an unknown precision, fp16 on a CPU or int8 on a GPU.
         DeviceError: a CUDA device without a usable GPU.
     """
+    # Called under torch.inference_mode() the weights would be inference tensors, which have no
+    # in-place version counter (the model's identity and its packed weights track changes by it)
+    # and cannot be trained: the model is built outside it.
+    with torch.inference_mode(False):
+        return _create_model(name, pretrained, device, bands, cache_dir, precision)
+
+
+def _create_model(
+    name: str | os.PathLike | None,
+    pretrained: bool | str | os.PathLike | None,
+    device: str | torch.device | None,
+    bands: Sequence[str | Band] | None,
+    cache_dir: str | None,
+    precision: str,
+) -> MSCLIP:
     from msclip.hardware import choose_precision
 
     if name is None and pretrained in (None, False, True):

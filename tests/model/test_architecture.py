@@ -282,3 +282,21 @@ def test_packed_weights_follow_changes_to_the_weights() -> None:
         assert torch.equal(packed, plain)
     assert not torch.equal(first[0], halved[0]) and not torch.equal(halved[0], loaded[0])
     assert not torch.equal(loaded[0], replaced[0])
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_model_made_under_inference_mode_works_and_can_change(pretrained) -> None:
+    """Users often wrap a whole script in torch.inference_mode(): the model is still built of
+    ordinary tensors (inference tensors have no version counter, which the model's identity and
+    the packed bf16 weights track changes by)."""
+    x = torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        model = msclip.create_model("msclip-demo", pretrained=pretrained, precision="bf16")
+        assert not any(p.is_inference() for p in model.parameters())
+        before = model.encode_image(x)
+        digest = model.checkpoint_sha256
+    with torch.no_grad():
+        model.clip.visual.transformer.resblocks[0].mlp.c_fc.weight.mul_(0.5)
+    with torch.inference_mode():
+        assert not torch.equal(model.encode_image(x), before)
+    assert model.checkpoint_sha256 != digest or digest is None
