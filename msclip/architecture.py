@@ -315,8 +315,10 @@ def _packing_works(dtype: torch.dtype) -> bool:
 
 def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` in oneDNN's blocked layout for ``_linear_pointwise`` (made on first use and
-    kept while the weight is unchanged), or ``weight`` itself where packing is unavailable."""
-    if not _packing_works(weight.dtype):
+    kept while the weight is unchanged), or ``weight`` itself where packing is unavailable or
+    the weight is an inference tensor (made under ``torch.inference_mode()``, e.g. by
+    ``model.to(...)`` there: it has no version counter to tell a change by)."""
+    if weight.is_inference() or not _packing_works(weight.dtype):
         return weight
     key, version = id(weight), weight._version
     hit = _PACKED.get(key)

@@ -300,3 +300,19 @@ def test_a_model_made_under_inference_mode_works_and_can_change(pretrained) -> N
     with torch.inference_mode():
         assert not torch.equal(model.encode_image(x), before)
     assert model.checkpoint_sha256 != digest or digest is None
+
+
+def test_weights_converted_under_inference_mode_are_read_unpacked() -> None:
+    """``model.to(...)`` under inference mode makes the weights inference tensors, which have no
+    version counter: the bf16 path reads them as they are (the packed copies need one)."""
+    from msclip import architecture
+
+    x = torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    with torch.inference_mode():
+        model = model.bfloat16()
+        weight = model.clip.visual.transformer.resblocks[0].mlp.c_fc.weight
+        assert weight.is_inference()
+        out = model.encode_image(x)
+    assert id(weight) not in architecture._PACKED
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
