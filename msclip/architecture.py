@@ -171,6 +171,14 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def _probe_linear(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input, weight and bias of a small linear layer for the fused kernels' self-tests."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 64, generator=g).to(dtype)
+    w = (torch.randn(96, 64, generator=g) / 8).to(dtype)
+    return x, w, torch.randn(96, generator=g).to(dtype)
+
+
 @functools.cache
 def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether the fused oneDNN linear(+GELU) kernel exists for ``dtype`` and agrees with the
@@ -178,10 +186,7 @@ def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return False
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(37, 64, generator=g).to(dtype)
-    w = (torch.randn(96, 64, generator=g) / 8).to(dtype)
-    b = torch.randn(96, generator=g).to(dtype)
+    x, w, b = _probe_linear(dtype)
     try:
         with torch.inference_mode():
             got = op(x, w, b, "gelu", [], "none").float()
@@ -295,10 +300,7 @@ def _packing_works(dtype: torch.dtype) -> bool:
     reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
     if reorder is None:
         return False
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(37, 64, generator=g).to(dtype)
-    w = (torch.randn(96, 64, generator=g) / 8).to(dtype)
-    b = torch.randn(96, generator=g).to(dtype)
+    x, w, b = _probe_linear(dtype)
     op = torch.ops.mkldnn._linear_pointwise
     try:
         with torch.inference_mode():
