@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     fp32 = msclip.create_model("Llama3-MS-CLIP-Base", precision="fp32")
     models = {"fp32": fp32}
+    auto_key = auto.precision
+    if auto.fused_fp32:  # auto's fp32: the image tower on the fused oneDNN kernels
+        auto_key = "fp32-fused"
+        torch.manual_seed(0)
+        models[auto_key] = msclip.create_model("Llama3-MS-CLIP-Base", precision="auto")
     if info.native_bf16:
         models["bf16"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
     else:
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append((*row, auto_cast))
     print("\nimage tower, 10x224x224, images/s (auto's choice marked *)")
-    names = [f"{p}{'*' if p == auto.precision else ''}" for p in models]
+    names = [f"{p}{'*' if p == auto_key else ''}" for p in models]
     print(f"{'batch':>5} " + " ".join(f"{n:>8}" for n in names) + f" {'fp32+autocast':>14}")
     for batch, *vals in rows:
         print(f"{batch:>5} " + " ".join(f"{v:>8.2f}" for v in vals[:-1]) + f" {vals[-1]:>14.2f}")

@@ -7,8 +7,10 @@ Prints:
 
 1. the machine: CPU model, torch's dispatch level and flags, and what ``--precision auto``
    picks and why;
-2. the image tower alone (at the program's CPU batch size) in fp32, bf16 and int8, images/s by
-   wall time and by CPU time (less disturbed by other processes on a shared machine);
+2. the image tower alone (at the program's CPU batch size) in fp32 (OpenCLIP's arithmetic),
+   fp32 on the fused oneDNN kernels (what ``auto`` runs on a CPU without native bf16), bf16
+   (where native) and int8, images/s by wall time and by CPU time (less disturbed by other
+   processes on a shared machine);
 3. the end-to-end run with default flags (``python -m msclip.cli.inference
    --run-classification``, cold text cache: start-up, model load, text tower, reading, image
    tower, CSV) against its floor, the sum of three parts measured in the same run:
@@ -170,15 +172,19 @@ def main() -> None:
     if not args.skip_precisions:
         print(f"\nimage tower alone, batch {bs}, images/s (best of "
               f"{args.repeats}; by CPU time in brackets):")  # fmt: skip
-        for precision in ("fp32", "bf16", "int8"):
-            if precision == "bf16" and not info.native_bf16:
-                print("  bf16  skipped: emulated on this CPU (hundreds of times slower)")
+        auto_row = "fp32-fused" if auto.fused_fp32 else auto.precision
+        for row in ("fp32", "fp32-fused", "bf16", "int8"):
+            if row == "bf16" and not info.native_bf16:
+                print("  bf16        skipped: emulated on this CPU (hundreds of times slower)")
                 continue
+            if row == "fp32-fused" and not auto.fused_fp32:
+                continue  # auto's fp32 on a CPU without native bf16 only
+            precision = "auto" if row == "fp32-fused" else row
             model = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision=precision)
             with torch.inference_mode():
                 wall, cpu = best_time(lambda m=model: m.encode_image(x), args.repeats)
-            mark = "  <- auto" if precision == auto.precision else ""
-            print(f"  {precision:5s} {bs / wall:6.2f}  ({bs / cpu:6.2f}){mark}")
+            mark = "  <- auto" if row == auto_row else ""
+            print(f"  {row:11s} {bs / wall:6.2f}  ({bs / cpu:6.2f}){mark}")
             del model
 
     # -- the run against its floor ----------------------------------------------------------

@@ -22,8 +22,9 @@ The methods other msclip code relies on are provided with OpenCLIP's signatures 
 ``encode_image``, ``encode_text``, ``forward``, ``set_grad_checkpointing``,
 ``visual.forward_intermediates`` and ``transformer.forward_intermediates``.
 
-One optional fused path (the plain PyTorch path is always there, and is what runs in fp32, with
-gradients, with hooks or adapters on a layer, or with an attention mask): in bf16 inference on
+One optional fused path (the plain PyTorch path is always there, and is what runs in fp32 unless
+asked otherwise (below), with gradients, with hooks or adapters on a layer, or with an attention
+mask): in bf16 inference on
 a CPU, each block's MLP runs as two oneDNN matrix products with their bias and GELU applied in
 the product's epilogue (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own
 compiler uses), which saves the separate bias copy and GELU pass over the 4x-wide hidden layer,
@@ -39,10 +40,12 @@ bit for bit, the tower 4-10 % faster (Zen 4, ViT-B/16, 64 images in bf16: 7.37-7
 of a file, whose pages are dropped once the copy exists (the converted-weights cache in bf16). It
 is used only where a self-test against the plain path passes; ``MSCLIP_FUSED_CPU=0`` turns it
 off.
-``MSCLIP_FUSED_CPU=all`` uses it in float32 too (measured ~19 % faster per block in float32),
-at the price of float32 results that are no longer bit-identical to OpenCLIP's (they agree to
-~1e-6): off by default, since the float32 path is the one that reproduces the published model
-exactly.
+In float32 the fused path is taken by the image towers that ask for it
+(:func:`use_fused_fp32`: what ``--precision auto`` does on a CPU without native bf16, where it
+picks float32) and by every block with ``MSCLIP_FUSED_CPU=all``: ~13 % more images/s for the
+ViT-B/16 tower on a Zen 3 CPU (AVX2), results no longer bit-identical to OpenCLIP's (they agree
+to ~1e-6). An explicit ``--precision fp32`` keeps OpenCLIP's arithmetic, the path that
+reproduces the published model exactly.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ __all__ = [
     "drop_packed",
     "supports",
     "text_global_pool",
+    "use_fused_fp32",
     "use_native",
 ]
 
@@ -200,19 +204,35 @@ def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
     return ok
 
 
-def _fused_dtypes() -> tuple[torch.dtype, ...]:
+def fused_dtypes(fp32: bool = False) -> tuple[torch.dtype, ...]:
+    """The dtypes the fused CPU path runs in: bf16, and float32 where ``fp32`` (a module that
+    asked for it, :func:`use_fused_fp32`) or ``MSCLIP_FUSED_CPU=all``; none with ``=0``."""
     from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
 
     setting = env_setting(FUSED_ENV, "1", (*SWITCH_VALUES, "all"))
     if setting in SWITCH_OFF:
         return ()
-    return (torch.bfloat16, torch.float32) if setting == "all" else (torch.bfloat16,)
+    return (torch.bfloat16, torch.float32) if fp32 or setting == "all" else (torch.bfloat16,)
 
 
-def _plain_bf16_cpu(x: torch.Tensor, *weights: torch.Tensor | None) -> bool:
-    """Inference on a CPU in a fused dtype (bf16; float32 too with ``MSCLIP_FUSED_CPU=all``)
-    with weights of that dtype, outside autocast and autograd."""
-    if x.dtype not in _fused_dtypes() or x.device.type != "cpu" or torch.is_grad_enabled():
+def use_fused_fp32(module: nn.Module, on: bool = True) -> int:
+    """Let the blocks and patch projection inside ``module`` take the fused CPU path in float32
+    inference (``on=False``: OpenCLIP's arithmetic again); returns how many modules took the
+    setting (0 for OpenCLIP's own classes, which have no fused path). The oneDNN kernels must
+    pass their float32 self-test for the setting to have an effect."""
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "fused_fp32"):
+            m.fused_fp32 = on
+            n += 1
+    return n
+
+
+def _plain_bf16_cpu(x: torch.Tensor, *weights: torch.Tensor | None, fp32: bool = False) -> bool:
+    """Inference on a CPU in a fused dtype (bf16; float32 too for a module set to
+    :func:`use_fused_fp32` or with ``MSCLIP_FUSED_CPU=all``) with weights of that dtype,
+    outside autocast and autograd."""
+    if x.dtype not in fused_dtypes(fp32) or x.device.type != "cpu" or torch.is_grad_enabled():
         return False
     if torch.is_autocast_enabled("cpu"):
         return False
@@ -229,7 +249,7 @@ def _use_fused_mlp(block: nn.Module, x: torch.Tensor) -> bool:
     modules = (mlp, fc, act, proj)
     if not (type(fc) is nn.Linear and type(proj) is nn.Linear and type(act) is nn.GELU):
         return False  # quantised, adapted (LoRA) or QuickGELU layers: the plain path
-    if not _plain_bf16_cpu(x, fc.weight, fc.bias, proj.weight, proj.bias):
+    if not _plain_bf16_cpu(x, fc.weight, fc.bias, proj.weight, proj.bias, fp32=block.fused_fp32):
         return False
     if act.approximate != "none" or any(
         m._forward_hooks or m._forward_pre_hooks or getattr(m, "parametrizations", None)
@@ -243,7 +263,9 @@ def _use_fused_mlp(block: nn.Module, x: torch.Tensor) -> bool:
     return _fused_mlp_works(x.dtype)
 
 
-def _use_fused_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+def _use_fused_attention(
+    attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, fp32: bool = False
+) -> bool:
     if mask is not None or type(attn) is not nn.MultiheadAttention or x.ndim != 3:
         return False
     if not (attn.batch_first and attn._qkv_same_embed_dim and attn.in_proj_bias is not None):
@@ -251,7 +273,7 @@ def _use_fused_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | 
     if attn.training and attn.dropout > 0:
         return False
     weights = (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias)
-    if not _plain_bf16_cpu(x, *weights):
+    if not _plain_bf16_cpu(x, *weights, fp32=fp32):
         return False
     if attn._forward_hooks or attn._forward_pre_hooks or getattr(attn, "parametrizations", None):
         return False  # adapters (LoRA) or taps: the plain path
@@ -414,6 +436,8 @@ class ResidualAttentionBlock(nn.Module):
             )
         )
         self.ls_2 = nn.Identity()
+        #: the fused CPU path in float32 inference too (:func:`use_fused_fp32`)
+        self.fused_fp32 = False
 
     def get_weight_dtype(self) -> torch.dtype:
         fc = self.mlp.c_fc
@@ -426,7 +450,11 @@ class ResidualAttentionBlock(nn.Module):
         v_x: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if k_x is None and v_x is None and _use_fused_attention(self.attn, q_x, attn_mask):
+        if (
+            k_x is None
+            and v_x is None
+            and _use_fused_attention(self.attn, q_x, attn_mask, self.fused_fp32)
+        ):
             return _fused_attention(self.attn, q_x)
         mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
         if k_x is None and v_x is None and _frozen_under_autograd(self.attn):

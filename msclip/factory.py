@@ -324,7 +324,10 @@ def _create_model(
         from msclip.quantize import quantize_image_tower
 
         quantize_image_tower(model)
-    model.precision_reason = choice.reason
+    reason = choice.reason
+    if choice.fused_fp32 and _fused_fp32(model):
+        reason += "; image tower on oneDNN's fused fp32 kernels"
+    model.precision_reason = reason
     model.precision_requested = choice.requested
     if device is not None:
         model = model.to(device)
@@ -581,6 +584,19 @@ def create_model_and_transforms(
     model = create_model(name, pretrained, device, bands, cache_dir, precision)
     preprocess = model.preprocess(input_bands=input_bands, layout=layout, sensor=sensor)
     return model, preprocess, get_tokenizer(model)
+
+
+def _fused_fp32(model: MSCLIP) -> bool:
+    """Put ``model``'s image tower on the fused fp32 CPU path (``auto`` on a CPU without native
+    bf16); whether it took effect (msclip's own tower, kernels that pass their self-test, the
+    path not switched off)."""
+    from msclip import architecture
+
+    if torch.float32 not in architecture.fused_dtypes(fp32=True):
+        return False
+    if not architecture._fused_mlp_works(torch.float32):
+        return False
+    return architecture.use_fused_fp32(model.clip.visual) > 0
 
 
 def _check_device(device: Any) -> None:

@@ -103,6 +103,8 @@ class SpectralPatchEmbed(nn.Module):
         elif tuple(weight.shape) != shape:
             raise BandError(f"patch kernel has shape {tuple(weight.shape)}, expected {shape}")
         self.weight = nn.Parameter(weight.detach().clone())
+        #: float32 CPU inference as one matrix product (:func:`msclip.architecture.use_fused_fp32`)
+        self.fused_fp32 = False
 
     @classmethod
     def from_conv(cls, conv: nn.Module, bands: Sequence[str | Band]) -> SpectralPatchEmbed:
@@ -138,7 +140,32 @@ class SpectralPatchEmbed(nn.Module):
             raise BandError(
                 f"input has {x.shape[1]} channels but {weight.shape[1]} bands were declared"
             )
-        return F.conv2d(x, weight.to(x.dtype), stride=self.patch_size)
+        weight = weight.to(x.dtype)
+        if self.fused_fp32 and x.dtype == torch.float32:
+            from msclip.architecture import _plain_bf16_cpu
+
+            if _plain_bf16_cpu(x, weight, fp32=True):
+                return _patches_as_gemm(x, weight)
+        return F.conv2d(x, weight, stride=self.patch_size)
 
     def extra_repr(self) -> str:
         return f"bands={list(self.bands)}, width={self.out_channels}, patch={self.patch_size}"
+
+
+def _patches_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, stride=kernel)`` as one matrix product over the image's patches
+    laid out as rows (a stride equal to the kernel makes the patches disjoint): on a CPU, ~2x
+    faster in float32 than oneDNN's convolution for the 16x16 patches of a ViT-B/16 (measured on
+    a Zen 3 CPU, AVX2), and equal to it to float32 rounding. Pixels past the last whole patch
+    are left out, as by the convolution. Returns the convolution's ``[B, D, h, w]`` shape (as
+    a view of a ``[B, h, w, D]`` result)."""
+    b, c, height, width = x.shape
+    d, _, ph, pw = weight.shape
+    gh, gw = height // ph, width // pw
+    rows = (
+        x[:, :, : gh * ph, : gw * pw]
+        .reshape(b, c, gh, ph, gw, pw)
+        .permute(0, 2, 4, 1, 3, 5)
+        .reshape(b * gh * gw, c * ph * pw)
+    )
+    return F.linear(rows, weight.reshape(d, -1)).view(b, gh, gw, d).permute(0, 3, 1, 2)

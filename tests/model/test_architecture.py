@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from support.fused import fused_model
 
 import msclip
 from msclip.architecture import CLIP, IMPL_ENV, supports
@@ -146,7 +147,7 @@ def test_fused_bf16_cpu_mlp_agrees_with_the_plain_path(monkeypatch) -> None:
         monkeypatch.setenv(architecture.FUSED_ENV, "0")
         plain = model.encode_image(x), model.encode_text(tokens)
     if not architecture._fused_mlp_works():
-        pytest.skip("no fused oneDNN kernel in this torch build")
+        pytest.skip("no fused bf16 oneDNN kernel in this torch build or on this CPU")
     for a, b in zip(fused, plain):
         assert not torch.equal(a, b)  # the fused kernel did run
         assert torch.nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.9999
@@ -178,7 +179,7 @@ def test_fused_float32_is_opt_in(monkeypatch) -> None:
         monkeypatch.setenv(architecture.FUSED_ENV, "all")
         fused = model.encode_image(x)
     if not architecture._fused_mlp_works(torch.float32):
-        pytest.skip("no fused oneDNN kernel in this torch build")
+        pytest.skip("no fused bf16 oneDNN kernel in this torch build or on this CPU")
     assert not torch.equal(fused, exact)
     torch.testing.assert_close(fused, exact, rtol=1e-4, atol=1e-4)
 
@@ -224,12 +225,10 @@ def _tower_weights(transformer) -> list[torch.Tensor]:
                       b.mlp.c_proj.weight)]  # fmt: skip
 
 
-def test_bf16_image_tower_reads_packed_weights_with_the_plain_results(monkeypatch) -> None:
+def test_cpu_image_tower_reads_packed_weights_with_the_plain_results(monkeypatch) -> None:
     from msclip import architecture
 
-    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
-        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
-    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
+    model = fused_model("msclip-demo", pretrained=True)
     x = torch.randn(3, 12, 64, 64, generator=torch.Generator().manual_seed(0))
     tokens = msclip.get_tokenizer(model)(["a forest", "a lake in the mountains"])
     calls = []
@@ -254,12 +253,8 @@ def test_bf16_image_tower_reads_packed_weights_with_the_plain_results(monkeypatc
 
 
 def test_packed_weights_follow_changes_to_the_weights() -> None:
-    from msclip import architecture
-
-    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
-        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
-    model = msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
-    other = msclip.create_model("msclip-demo", pretrained=False, precision="bf16")
+    model = fused_model("msclip-demo", pretrained=True)
+    other = msclip.create_model("msclip-demo", pretrained=False, precision=model.precision)
     x = torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(0))
     block = model.clip.visual.transformer.resblocks[1]
 

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from msclip.architecture import FUSED_ENV, IMPL_ENV, _fused_dtypes, use_native
+from msclip.architecture import FUSED_ENV, IMPL_ENV, fused_dtypes, use_native
 from msclip.errors import MSCLIPWarning
 from msclip.hardware import env_setting
 
@@ -16,14 +16,14 @@ from msclip.hardware import env_setting
 def test_mistyped_settings_warn_once_and_mean_the_default(monkeypatch) -> None:
     monkeypatch.setenv(FUSED_ENV, "None")
     with pytest.warns(MSCLIPWarning, match=r"FUSED_CPU='None' is not one of 0, 1, off, .*all"):
-        assert _fused_dtypes() == (torch.bfloat16,)
+        assert fused_dtypes() == (torch.bfloat16,)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same value again: no second warning
-        assert _fused_dtypes() == (torch.bfloat16,)
+        assert fused_dtypes() == (torch.bfloat16,)
     monkeypatch.setenv(FUSED_ENV, " ALL ")
-    assert _fused_dtypes() == (torch.bfloat16, torch.float32)
+    assert fused_dtypes() == (torch.bfloat16, torch.float32)
     monkeypatch.setenv(FUSED_ENV, "off")  # the usual spellings of off mean off
-    assert _fused_dtypes() == ()
+    assert fused_dtypes() == ()
     monkeypatch.setenv(IMPL_ENV, "openclp")
     with pytest.warns(MSCLIPWarning, match="MSCLIP_CLIP_IMPL"):
         assert use_native({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}) in (True, False)

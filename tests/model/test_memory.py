@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from support.fused import fused_model
 
 import msclip
 from msclip import memory
@@ -170,15 +171,14 @@ def test_all_weight_pages_are_dropped_at_the_end_and_read_back_unchanged(release
     assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
 
 
-def test_packed_bf16_image_weights_replace_their_mapped_pages(release_pt) -> None:
-    """The bf16 CPU image tower reads oneDNN-packed copies of its linear weights: the pages of
-    the mapped converted cache that they came from are dropped, so memory holds one copy."""
+def test_packed_image_weights_replace_their_mapped_pages(release_pt) -> None:
+    """The CPU image tower (bf16, or fp32 as ``auto`` runs it without native bf16) reads
+    oneDNN-packed copies of its linear weights: the pages of the mapped file (the converted cache
+    in bf16) that they came from are dropped, so memory holds one copy."""
     from msclip import architecture
 
-    if not (architecture._fused_mlp_works() and architecture._packing_works(torch.bfloat16)):
-        pytest.skip("no fused oneDNN kernel or weight packing in this torch build")
-    msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # writes the converted cache
-    model = msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # maps it
+    fused_model("msclip-tiny", release_pt)  # in bf16: writes the converted cache
+    model = fused_model("msclip-tiny", release_pt)  # maps it (or, in fp32, the file itself)
     blocks = model.clip.visual.transformer.resblocks
     weights = [w for b in blocks for w in (b.attn.in_proj_weight, b.mlp.c_fc.weight)]
     x = torch.randn(2, 10, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -267,3 +267,52 @@ def test_training_starts_from_float32_weights_whatever_auto_picks(machine, tmp_p
     assert msclip.create_model("msclip-tiny").dtype == torch.bfloat16
     model = build_model(TrainConfig(model="msclip-tiny", init="random"))
     assert model.dtype == torch.float32 and model.precision == "fp32"
+
+
+def test_auto_fp32_runs_the_image_tower_on_the_fused_kernels(machine, monkeypatch) -> None:
+    """``auto`` on a CPU without native bf16: fp32 with the image tower (blocks and patch
+    projection) on the fused kernels, embeddings within float32 rounding of OpenCLIP's
+    arithmetic, which an explicit fp32 (or ``MSCLIP_PRECISION=fp32``) keeps; the text tower is
+    untouched, so text caches stay valid."""
+    from msclip import architecture
+
+    machine(ZEN3)
+    assert choose_precision("auto").fused_fp32
+    assert not choose_precision("fp32").fused_fp32
+    machine(ZEN4)
+    assert not choose_precision("auto").fused_fp32  # bf16 there
+    machine(ZEN3)
+    monkeypatch.setenv(hardware.PRECISION_ENV, "fp32")
+    assert not choose_precision("auto").fused_fp32
+    monkeypatch.delenv(hardware.PRECISION_ENV)
+
+    def build(precision):
+        torch.manual_seed(0)
+        return msclip.create_model("msclip-tiny", precision=precision)
+
+    def flags(module):
+        return {m.fused_fp32 for m in module.modules() if hasattr(m, "fused_fp32")}
+
+    auto, exact = build("auto"), build("fp32")
+    assert auto.precision == exact.precision == "fp32"
+    assert auto.fingerprint() == exact.fingerprint()  # the same model, the same text cache
+    assert flags(exact.clip) == {False} and "fused" not in exact.precision_reason
+    assert flags(auto.clip.transformer) == {False}  # the text tower
+    if not architecture._fused_mlp_works(torch.float32):
+        assert flags(auto.clip.visual) == {False}
+        pytest.skip("no fused oneDNN kernel in this torch build or on this CPU")
+    assert flags(auto.clip.visual) == {True} and "fused fp32" in auto.precision_reason
+    x = torch.randn(3, len(auto.bands), 32, 32)
+    tokens = msclip.get_tokenizer(auto)(["a forest", "a lake"])
+    with torch.inference_mode():
+        a, b = auto.encode_image(x), exact.encode_image(x)
+        assert torch.equal(auto.encode_text(tokens), exact.encode_text(tokens))
+    assert not torch.equal(a, b)  # the fused kernels ran
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # the same arithmetic without inference mode
+        assert torch.equal(auto.encode_image(x), a)
+    grad = auto.encode_image(x)  # with gradients: OpenCLIP's arithmetic
+    assert torch.allclose(grad, b, atol=1e-6) and grad.requires_grad
+    monkeypatch.setenv(architecture.FUSED_ENV, "0")  # the fused path switched off
+    off = build("auto")
+    assert flags(off.clip) == {False} and "fused" not in off.precision_reason

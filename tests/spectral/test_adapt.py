@@ -143,3 +143,35 @@ def test_a_band_overlapping_the_first_model_band_stands_in_for_it():
     with pytest.warns(OutOfRangeBandWarning, match="B01"):
         s2 = map_bands(LLAMA3_MS_CLIP_BANDS, ("B01", "B03", "B04"))
     assert s2.kinds[0] == "ignored" and "B02" in s2.missing
+
+
+def test_patch_projection_as_one_matrix_product_equals_the_convolution(monkeypatch):
+    """The float32 CPU path asked for by ``auto`` (``fused_fp32``): the patches as rows of one
+    product, equal to the convolution to float32 rounding, sides that are not a multiple of
+    the patch included (the remainder is left out, as by the convolution); never with gradients
+    or when the fused path is switched off."""
+    from msclip.architecture import FUSED_ENV
+    from msclip.spectral import patch_embed
+
+    pe = _embed(patch=4)
+    calls = []
+    real = patch_embed._patches_as_gemm
+    monkeypatch.setattr(
+        patch_embed, "_patches_as_gemm", lambda x, w: calls.append(x.shape) or real(x, w)
+    )
+    for shape in [(3, 10, 16, 16), (2, 10, 18, 23), (1, 10, 4, 8)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            conv = pe(x)
+            pe.fused_fp32 = True
+            gemm = pe(x)
+            pe.fused_fp32 = False
+        assert gemm.shape == conv.shape and torch.allclose(gemm, conv, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 3
+    pe.fused_fp32 = True
+    pe(torch.randn(1, 10, 8, 8))  # gradients recorded: the convolution
+    monkeypatch.setenv(FUSED_ENV, "0")
+    with torch.no_grad():
+        pe(torch.randn(1, 10, 8, 8))  # switched off: the convolution
+        pe.double()(torch.randn(1, 10, 8, 8, dtype=torch.float64))  # float32 only
+    assert len(calls) == 3
