@@ -42,10 +42,10 @@ is used only where a self-test against the plain path passes; ``MSCLIP_FUSED_CPU
 off.
 In float32 the fused path is taken by the image towers that ask for it
 (:func:`use_fused_fp32`: what ``--precision auto`` does on a CPU without native bf16, where it
-picks float32) and by every block with ``MSCLIP_FUSED_CPU=all``: ~13 % more images/s for the
-ViT-B/16 tower on a Zen 3 CPU (AVX2), results no longer bit-identical to OpenCLIP's (they agree
-to ~1e-6). An explicit ``--precision fp32`` keeps OpenCLIP's arithmetic, the path that
-reproduces the published model exactly.
+picks float32) and by every block with ``MSCLIP_FUSED_CPU=all``: 13-22 % more images/s for
+the ViT-B/16 tower at batch 4-32 on a Zen 3 CPU (AVX2), results no longer bit-identical to
+OpenCLIP's (they agree to ~1e-6). An explicit ``--precision fp32`` keeps OpenCLIP's arithmetic,
+the path that reproduces the published model exactly.
 """
 
 from __future__ import annotations

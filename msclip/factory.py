@@ -209,9 +209,10 @@ def create_model(
         bands: override the model's bands (architectures without fixed weights, or RGB
             initialisation); statistics must cover them.
         cache_dir: Hugging Face cache directory.
-        precision: ``auto`` (bf16 where the device computes it natively, else fp32 on a CPU and
-            fp16 on a GPU), ``fp32``, ``bf16``, ``fp16`` (GPU only) or ``int8`` (CPU image tower
-            with dynamically quantised linear layers, text tower in fp32); see
+        precision: ``auto`` (bf16 where the device computes it natively, else fp32 on a CPU,
+            with the image tower on oneDNN's fused kernels, and fp16 on a GPU), ``fp32``
+            (OpenCLIP's arithmetic, bit for bit), ``bf16``, ``fp16`` (GPU only) or ``int8`` (CPU
+            image tower with dynamically quantised linear layers, text tower in fp32); see
             :mod:`msclip.hardware`. The choice and its reason are ``model.precision`` and
             ``model.precision_reason``.
 
@@ -590,13 +591,18 @@ def _fused_fp32(model: MSCLIP) -> bool:
     """Put ``model``'s image tower on the fused fp32 CPU path (``auto`` on a CPU without native
     bf16); whether it took effect (msclip's own tower, kernels that pass their self-test, the
     path not switched off)."""
-    from msclip import architecture
+    from msclip.architecture import (
+        ResidualAttentionBlock,
+        _fused_mlp_works,
+        fused_dtypes,
+        use_fused_fp32,
+    )
 
-    if torch.float32 not in architecture.fused_dtypes(fp32=True):
+    if torch.float32 not in fused_dtypes(fp32=True) or not _fused_mlp_works(torch.float32):
         return False
-    if not architecture._fused_mlp_works(torch.float32):
-        return False
-    return architecture.use_fused_fp32(model.clip.visual) > 0
+    use_fused_fp32(model.clip.visual)
+    # the blocks are what makes it fused (an OpenCLIP-built tower has only the patch projection)
+    return any(isinstance(m, ResidualAttentionBlock) for m in model.clip.visual.modules())
 
 
 def _check_device(device: Any) -> None:

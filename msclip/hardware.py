@@ -12,7 +12,7 @@ request   what runs
 auto      CUDA: bf16 where the GPU computes it natively (compute capability 8.0 or later), else
           fp16. CPU: bf16 where torch runs its AVX-512 kernels *and* the CPU flags show
           ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise, with msclip's image towers on
-          oneDNN's fused fp32 kernels (:func:`msclip.architecture.use_fused_fp32`: ~13 % faster
+          oneDNN's fused fp32 kernels (:func:`msclip.architecture.use_fused_fp32`: 13-22 % faster
           on a Zen 3 CPU, embeddings ~1e-6 from OpenCLIP's arithmetic). Never fp16 on a CPU.
 fp32      fp32 weights and OpenCLIP's arithmetic (the published model's embeddings, bit for bit
           with OpenCLIP on the same machine).

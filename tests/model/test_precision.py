@@ -316,3 +316,6 @@ def test_auto_fp32_runs_the_image_tower_on_the_fused_kernels(machine, monkeypatc
     monkeypatch.setenv(architecture.FUSED_ENV, "0")  # the fused path switched off
     off = build("auto")
     assert flags(off.clip) == {False} and "fused" not in off.precision_reason
+    monkeypatch.delenv(architecture.FUSED_ENV)
+    monkeypatch.setenv(architecture.IMPL_ENV, "open_clip")  # OpenCLIP's blocks: no fused path
+    assert "fused" not in build("auto").precision_reason
