@@ -376,7 +376,8 @@ class PrecisionChoice:
 
     def summary(self) -> str:
         """``bf16 (auto: ...)`` for run summaries."""
-        return f"{self.precision} ({self.requested}: {self.reason})"
+        fused = "; msclip's image towers on oneDNN's fused fp32 kernels" if self.fused_fp32 else ""
+        return f"{self.precision} ({self.requested}: {self.reason}{fused})"
 
 
 _warned: set[str] = set()
