@@ -73,6 +73,8 @@ __all__ = [
     "Transformer",
     "VisionTransformer",
     "drop_packed",
+    "fused_cpu_inference",
+    "fused_dtypes",
     "supports",
     "text_global_pool",
     "use_fused_fp32",
@@ -228,7 +230,7 @@ def use_fused_fp32(module: nn.Module, on: bool = True) -> int:
     return n
 
 
-def _plain_bf16_cpu(x: torch.Tensor, *weights: torch.Tensor | None, fp32: bool = False) -> bool:
+def fused_cpu_inference(x: torch.Tensor, *weights: torch.Tensor | None, fp32: bool = False) -> bool:
     """Inference on a CPU in a fused dtype (bf16; float32 too for a module set to
     :func:`use_fused_fp32` or with ``MSCLIP_FUSED_CPU=all``) with weights of that dtype,
     outside autocast and autograd."""
@@ -249,7 +251,9 @@ def _use_fused_mlp(block: nn.Module, x: torch.Tensor) -> bool:
     modules = (mlp, fc, act, proj)
     if not (type(fc) is nn.Linear and type(proj) is nn.Linear and type(act) is nn.GELU):
         return False  # quantised, adapted (LoRA) or QuickGELU layers: the plain path
-    if not _plain_bf16_cpu(x, fc.weight, fc.bias, proj.weight, proj.bias, fp32=block.fused_fp32):
+    if not fused_cpu_inference(
+        x, fc.weight, fc.bias, proj.weight, proj.bias, fp32=block.fused_fp32
+    ):
         return False
     if act.approximate != "none" or any(
         m._forward_hooks or m._forward_pre_hooks or getattr(m, "parametrizations", None)
@@ -273,7 +277,7 @@ def _use_fused_attention(
     if attn.training and attn.dropout > 0:
         return False
     weights = (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias)
-    if not _plain_bf16_cpu(x, *weights, fp32=fp32):
+    if not fused_cpu_inference(x, *weights, fp32=fp32):
         return False
     if attn._forward_hooks or attn._forward_pre_hooks or getattr(attn, "parametrizations", None):
         return False  # adapters (LoRA) or taps: the plain path

@@ -142,9 +142,9 @@ class SpectralPatchEmbed(nn.Module):
             )
         weight = weight.to(x.dtype)
         if self.fused_fp32 and x.dtype == torch.float32:
-            from msclip.architecture import _plain_bf16_cpu
+            from msclip.architecture import fused_cpu_inference
 
-            if _plain_bf16_cpu(x, weight, fp32=True):
+            if fused_cpu_inference(x, weight, fp32=True):
                 return _patches_as_gemm(x, weight)
         return F.conv2d(x, weight, stride=self.patch_size)
 
