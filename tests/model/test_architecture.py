@@ -179,7 +179,7 @@ def test_fused_float32_is_opt_in(monkeypatch) -> None:
         monkeypatch.setenv(architecture.FUSED_ENV, "all")
         fused = model.encode_image(x)
     if not architecture._fused_mlp_works(torch.float32):
-        pytest.skip("no fused bf16 oneDNN kernel in this torch build or on this CPU")
+        pytest.skip("no fused float32 oneDNN kernel in this torch build or on this CPU")
     assert not torch.equal(fused, exact)
     torch.testing.assert_close(fused, exact, rtol=1e-4, atol=1e-4)
 
