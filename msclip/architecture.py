@@ -217,17 +217,18 @@ def fused_dtypes(fp32: bool = False) -> tuple[torch.dtype, ...]:
     return (torch.bfloat16, torch.float32) if fp32 or setting == "all" else (torch.bfloat16,)
 
 
-def use_fused_fp32(module: nn.Module, on: bool = True) -> int:
+def use_fused_fp32(module: nn.Module, on: bool = True) -> bool:
     """Let the blocks and patch projection inside ``module`` take the fused CPU path in float32
-    inference (``on=False``: OpenCLIP's arithmetic again); returns how many modules took the
-    setting (0 for OpenCLIP's own classes, which have no fused path). The oneDNN kernels must
-    pass their float32 self-test for the setting to have an effect."""
-    n = 0
+    inference (``on=False``: OpenCLIP's arithmetic again); returns whether any transformer block
+    took the setting (none in a tower built by OpenCLIP, whose blocks have no fused path: there
+    only msclip's patch projection takes it). The oneDNN kernels must pass their float32
+    self-test for the setting to have an effect."""
+    blocks = False
     for m in module.modules():
         if hasattr(m, "fused_fp32"):
             m.fused_fp32 = on
-            n += 1
-    return n
+            blocks = blocks or isinstance(m, ResidualAttentionBlock)
+    return blocks
 
 
 def fused_cpu_inference(x: torch.Tensor, *weights: torch.Tensor | None, fp32: bool = False) -> bool:

@@ -591,18 +591,11 @@ def _fused_fp32(model: MSCLIP) -> bool:
     """Put ``model``'s image tower on the fused fp32 CPU path (``auto`` on a CPU without native
     bf16); whether it took effect (msclip's own tower, kernels that pass their self-test, the
     path not switched off)."""
-    from msclip.architecture import (
-        ResidualAttentionBlock,
-        _fused_mlp_works,
-        fused_dtypes,
-        use_fused_fp32,
-    )
+    from msclip.architecture import _fused_mlp_works, fused_dtypes, use_fused_fp32
 
     if torch.float32 not in fused_dtypes(fp32=True) or not _fused_mlp_works(torch.float32):
         return False
-    use_fused_fp32(model.clip.visual)
-    # the blocks are what makes it fused (an OpenCLIP-built tower has only the patch projection)
-    return any(isinstance(m, ResidualAttentionBlock) for m in model.clip.visual.modules())
+    return use_fused_fp32(model.clip.visual)
 
 
 def _check_device(device: Any) -> None:
