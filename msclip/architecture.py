@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,6 +66,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "CLIP",
+    "FP32_GEMM_ENV",
     "FUSED_ENV",
     "IMPL_ENV",
     "LayerNorm",
@@ -89,6 +91,10 @@ IMPL_ENV = "MSCLIP_CLIP_IMPL"
 #: Environment variable of the fused CPU path: ``0`` off, ``1`` (default) bf16, ``all`` bf16
 #: and float32.
 FUSED_ENV = "MSCLIP_FUSED_CPU"
+#: Environment variable of the fused path's float32 matrix products: ``auto`` (default: the
+#: faster of the two, measured once per process on its first product), ``onednn`` (oneDNN's kernel
+#: over packed weights) or ``torch`` (``torch.nn.functional.linear``).
+FP32_GEMM_ENV = "MSCLIP_FP32_GEMM"
 
 _TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale"}
 _VISION_KEYS = {"image_size", "layers", "width", "head_width", "mlp_ratio", "patch_size"}
@@ -389,19 +395,90 @@ def drop_packed(weights: Iterable[torch.Tensor]) -> None:
 def _fused_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
     """Self-attention with the QKV and output projections in oneDNN kernels (bias in the
     epilogue) and PyTorch's fused scaled-dot-product attention between them."""
-    op = torch.ops.mkldnn._linear_pointwise
     b, n, d = x.shape
     h = attn.num_heads
-    w_in, w_out = _packed_weight(attn.in_proj_weight), _packed_weight(attn.out_proj.weight)
-    qkv = op(x.reshape(b * n, d), w_in, attn.in_proj_bias, "none", [], "")
+    if x.dtype == torch.float32:
+
+        def linear(t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return _linear_fp32(t, w, bias, pack=True)
+
+    else:
+        op = torch.ops.mkldnn._linear_pointwise
+
+        def linear(t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return op(t, _packed_weight(w), bias, "none", [], "")
+
+    qkv = linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * n, d)
-    return op(out, w_out, attn.out_proj.bias, "none", [], "").view(b, n, d)
+    return linear(out, attn.out_proj.weight, attn.out_proj.bias).view(b, n, d)
+
+
+# The fused path's float32 product kernel measured in this process ("onednn" or "torch").
+_FP32_GEMM: str | None = None
+# oneDNN's kernel is taken only when it is faster than torch's by this factor: at a tie, torch's
+# needs no packed copy of the weights.
+_FP32_GEMM_MARGIN = 0.97
+
+
+def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool) -> str:
+    """The kernel of the fused path's float32 products: ``MSCLIP_FP32_GEMM``, or by measurement.
+
+    Which is faster depends on the CPU and on the moment on a shared one (on a 2-core Zen 3 VM
+    oneDNN's packed kernel led torch's matmul by 13 % in one period and trailed it by 15 % in
+    another): the process's first float32 product on the fused path (the first block's QKV
+    projection) is run once with each kernel, then timed three times with each; the choice
+    holds for the process.
+    """
+    from msclip.hardware import env_setting
+
+    setting = env_setting(FP32_GEMM_ENV, "auto", ("auto", "onednn", "torch"))
+    if setting != "auto":
+        return setting
+    global _FP32_GEMM
+    if _FP32_GEMM is None:
+        op = torch.ops.mkldnn._linear_pointwise
+        w = _packed_weight(weight) if pack else weight
+        kernels = {
+            "torch": lambda: F.linear(x, weight, bias),
+            "onednn": lambda: op(x, w, bias, "none", [], ""),
+        }
+        best = dict.fromkeys(kernels, math.inf)
+        for rep in range(4):  # the first round untimed: first touches of weights and outputs
+            for name, run in kernels.items():
+                t0 = time.perf_counter()
+                run()
+                if rep:
+                    best[name] = min(best[name], time.perf_counter() - t0)
+        faster = best["onednn"] < _FP32_GEMM_MARGIN * best["torch"]
+        _FP32_GEMM = "onednn" if faster else "torch"
+        logger.info(
+            "float32 products of the fused path: %s (%d x %d x %d: oneDNN %.1f ms, torch %.1f ms)",
+            _FP32_GEMM, x.shape[0], x.shape[1], weight.shape[0],
+            1e3 * best["onednn"], 1e3 * best["torch"],
+        )  # fmt: skip
+        if _FP32_GEMM == "torch" and w is not weight:
+            drop_packed([weight])
+    return _FP32_GEMM
+
+
+def _linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool):
+    """A float32 product of the fused path, with the kernel :func:`_fp32_gemm` chose."""
+    if _fp32_gemm(x, weight, bias, pack) == "torch":
+        return F.linear(x, weight, bias)
+    w = _packed_weight(weight) if pack else weight
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
 def _fused_mlp(mlp: nn.Module, x: torch.Tensor, pack: bool = False) -> torch.Tensor:
-    op = torch.ops.mkldnn._linear_pointwise
     shape = x.shape
+    if x.dtype == torch.float32:
+        # GELU after the product: oneDNN's float32 GELU epilogue took 10 ms more per 788 x 3072
+        # product than the product itself on an AVX2 CPU (34 against 24 ms; F.gelu: ~1 ms)
+        h = F.gelu(_linear_fp32(x.reshape(-1, shape[-1]), mlp.c_fc.weight, mlp.c_fc.bias, pack))
+        h = _linear_fp32(h, mlp.c_proj.weight, mlp.c_proj.bias, pack)
+        return h.reshape(*shape[:-1], h.shape[-1])
+    op = torch.ops.mkldnn._linear_pointwise
     w_fc, w_proj = mlp.c_fc.weight, mlp.c_proj.weight
     if pack:
         w_fc, w_proj = _packed_weight(w_fc), _packed_weight(w_proj)

@@ -210,7 +210,7 @@ def create_model(
             initialisation); statistics must cover them.
         cache_dir: Hugging Face cache directory.
         precision: ``auto`` (bf16 where the device computes it natively, else fp32 on a CPU,
-            with the image tower on oneDNN's fused kernels, and fp16 on a GPU), ``fp32``
+            with the image tower on the fused fp32 path, and fp16 on a GPU), ``fp32``
             (OpenCLIP's arithmetic, bit for bit), ``bf16``, ``fp16`` (GPU only) or ``int8`` (CPU
             image tower with dynamically quantised linear layers, text tower in fp32); see
             :mod:`msclip.hardware`. The choice and its reason are ``model.precision`` and
@@ -327,7 +327,7 @@ def _create_model(
         quantize_image_tower(model)
     reason = choice.reason
     if choice.fused_fp32 and _fused_fp32(model):
-        reason += "; image tower on oneDNN's fused fp32 kernels"
+        reason += "; image tower on the fused fp32 path"
     model.precision_reason = reason
     model.precision_requested = choice.requested
     if device is not None:

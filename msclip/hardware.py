@@ -12,8 +12,8 @@ request   what runs
 auto      CUDA: bf16 where the GPU computes it natively (compute capability 8.0 or later), else
           fp16. CPU: bf16 where torch runs its AVX-512 kernels *and* the CPU flags show
           ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise, with msclip's image towers on
-          oneDNN's fused fp32 kernels (:func:`msclip.architecture.use_fused_fp32`: 13-22 % faster
-          on a Zen 3 CPU, embeddings ~1e-6 from OpenCLIP's arithmetic). Never fp16 on a CPU.
+          the fused fp32 path (:func:`msclip.architecture.use_fused_fp32`: 6-22 % faster on a
+          Zen 3 CPU, embeddings ~1e-6 from OpenCLIP's arithmetic). Never fp16 on a CPU.
 fp32      fp32 weights and OpenCLIP's arithmetic (the published model's embeddings, bit for bit
           with OpenCLIP on the same machine).
 bf16      bf16 weights (cast once). On a CPU without native bf16 it runs, with one warning that
@@ -376,7 +376,7 @@ class PrecisionChoice:
 
     def summary(self) -> str:
         """``bf16 (auto: ...)`` for run summaries."""
-        fused = "; msclip's image towers on oneDNN's fused fp32 kernels" if self.fused_fp32 else ""
+        fused = "; msclip's image towers on the fused fp32 path" if self.fused_fp32 else ""
         return f"{self.precision} ({self.requested}: {self.reason}{fused})"
 
 

@@ -14,6 +14,9 @@ os.environ.setdefault("MSCLIP_CACHE_DIR", os.path.join(os.getcwd(), ".pytest_cac
 # precision="auto" picks bf16 or fp32 by CPU kind; the tests want the same numbers everywhere
 # (tests of the choice itself unset this).
 os.environ["MSCLIP_PRECISION"] = "fp32"
+# where the fused float32 path runs, its products on oneDNN's packed-weight kernel, not on the
+# kernel a timing picks (the packing tests need it; tests of the choice unset this)
+os.environ["MSCLIP_FP32_GEMM"] = "onednn"
 
 import numpy as np
 import pytest

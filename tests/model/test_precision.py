@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import msclip
 from msclip import hardware
@@ -319,3 +320,93 @@ def test_auto_fp32_runs_the_image_tower_on_the_fused_kernels(machine, monkeypatc
     monkeypatch.delenv(architecture.FUSED_ENV)
     monkeypatch.setenv(architecture.IMPL_ENV, "open_clip")  # OpenCLIP's blocks: no fused path
     assert "fused" not in build("auto").precision_reason
+
+
+@pytest.fixture
+def fp32_fused_tiny(monkeypatch):
+    """A tiny model whose image tower takes the fused float32 path, its OpenCLIP-arithmetic
+    twin, an input, and the product choice reset (restored after the test)."""
+    from msclip import architecture
+
+    if not architecture._fused_mlp_works(torch.float32):
+        pytest.skip("no fused oneDNN kernel in this torch build or on this CPU")
+    monkeypatch.setattr(architecture, "_FP32_GEMM", None)
+
+    def build():
+        torch.manual_seed(0)
+        return msclip.create_model("msclip-tiny", precision="fp32")
+
+    fused, plain = build(), build()
+    architecture.use_fused_fp32(fused.clip.visual)
+    return fused, plain, torch.randn(3, len(fused.bands), 32, 32)
+
+
+def _packed_weights(model) -> int:
+    from msclip import architecture
+
+    ids = {id(p) for p in model.clip.visual.parameters()}
+    return sum(key in ids for key in architecture._PACKED)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "onednn"])
+def test_fused_fp32_products_on_either_kernel_agree_with_openclip_arithmetic(
+    fp32_fused_tiny, monkeypatch, kernel
+) -> None:
+    """``MSCLIP_FP32_GEMM`` fixes the kernel of the fused path's float32 products: either gives
+    OpenCLIP's embeddings to float32 rounding; only oneDNN's keeps packed copies of weights."""
+    from msclip import architecture
+
+    fused, plain, x = fp32_fused_tiny
+    monkeypatch.setenv(architecture.FP32_GEMM_ENV, kernel)
+    with torch.inference_mode():
+        a, b = fused.encode_image(x), plain.encode_image(x)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert (_packed_weights(fused) > 0) == (kernel == "onednn")
+    assert architecture._FP32_GEMM is None  # fixed by the setting: nothing measured
+
+
+@pytest.mark.parametrize("faster", ["torch", "onednn"])
+def test_fused_fp32_product_kernel_is_measured_once_and_the_faster_kept(
+    fp32_fused_tiny, monkeypatch, faster
+) -> None:
+    """By default the first float32 product is timed on both kernels and the faster one runs
+    every product of the process; a torch choice leaves no packed copy behind."""
+    from msclip import architecture
+
+    fused, plain, x = fp32_fused_tiny
+    monkeypatch.delenv(architecture.FP32_GEMM_ENV, raising=False)
+    calls = {"torch": 0, "onednn": 0}
+    real_linear, real_op = F.linear, torch.ops.mkldnn._linear_pointwise
+    clock = [0.0]
+
+    def slow(name):  # the slower kernel's calls advance the measured clock by 1 s
+        calls[name] += 1
+        if name != faster:
+            clock[0] += 1.0
+
+    def linear(*args, **kwargs):
+        slow("torch")
+        return real_linear(*args, **kwargs)
+
+    def onednn(*args, **kwargs):
+        slow("onednn")
+        return real_op(*args, **kwargs)
+
+    monkeypatch.setattr(architecture.F, "linear", linear)
+    monkeypatch.setattr(architecture.torch.ops.mkldnn, "_linear_pointwise", onednn)
+    monkeypatch.setattr(architecture.time, "perf_counter", lambda: clock[0])
+    with torch.inference_mode():
+        a = fused.encode_image(x)
+        assert faster == architecture._FP32_GEMM
+        assert min(calls.values()) >= 4  # both measured: one untimed round, three timed
+        first = dict(calls)
+        b = fused.encode_image(x)
+    assert faster == architecture._FP32_GEMM  # kept, not measured again
+    slower = "onednn" if faster == "torch" else "torch"
+    # the slower kernel did not run again in the blocks (the patch projection is F.linear)
+    assert calls[slower] - first[slower] == (1 if slower == "torch" else 0)
+    assert calls[faster] >= first[faster] + 4 * len(fused.clip.visual.transformer.resblocks)
+    with torch.inference_mode():
+        ref = plain.encode_image(x)
+    assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-5, rtol=1e-4)
+    assert (_packed_weights(fused) > 0) == (faster == "onednn")
