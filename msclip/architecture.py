@@ -393,25 +393,15 @@ def drop_packed(weights: Iterable[torch.Tensor]) -> None:
 
 
 def _fused_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Self-attention with the QKV and output projections in oneDNN kernels (bias in the
-    epilogue) and PyTorch's fused scaled-dot-product attention between them."""
+    """Self-attention with the QKV and output projections as fused-path products
+    (:func:`_fused_linear`, bias included) and PyTorch's fused scaled-dot-product attention
+    between them."""
     b, n, d = x.shape
     h = attn.num_heads
-    if x.dtype == torch.float32:
-
-        def linear(t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            return _linear_fp32(t, w, bias, pack=True)
-
-    else:
-        op = torch.ops.mkldnn._linear_pointwise
-
-        def linear(t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            return op(t, _packed_weight(w), bias, "none", [], "")
-
-    qkv = linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias)
+    qkv = _fused_linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
     q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * n, d)
-    return linear(out, attn.out_proj.weight, attn.out_proj.bias).view(b, n, d)
+    return _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=True).view(b, n, d)
 
 
 # The fused path's float32 product kernel measured in this process ("onednn" or "torch").
@@ -462,9 +452,10 @@ def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: 
     return _FP32_GEMM
 
 
-def _linear_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool):
-    """A float32 product of the fused path, with the kernel :func:`_fp32_gemm` chose."""
-    if _fp32_gemm(x, weight, bias, pack) == "torch":
+def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool):
+    """A product of the fused path (bias included): oneDNN's kernel over the packed weight
+    (``pack``) or the plain one, or in float32 torch's where :func:`_fp32_gemm` chose it."""
+    if x.dtype == torch.float32 and _fp32_gemm(x, weight, bias, pack) == "torch":
         return F.linear(x, weight, bias)
     w = _packed_weight(weight) if pack else weight
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
@@ -475,8 +466,8 @@ def _fused_mlp(mlp: nn.Module, x: torch.Tensor, pack: bool = False) -> torch.Ten
     if x.dtype == torch.float32:
         # GELU after the product: oneDNN's float32 GELU epilogue took 10 ms more per 788 x 3072
         # product than the product itself on an AVX2 CPU (34 against 24 ms; F.gelu: ~1 ms)
-        h = F.gelu(_linear_fp32(x.reshape(-1, shape[-1]), mlp.c_fc.weight, mlp.c_fc.bias, pack))
-        h = _linear_fp32(h, mlp.c_proj.weight, mlp.c_proj.bias, pack)
+        h = F.gelu(_fused_linear(x.reshape(-1, shape[-1]), mlp.c_fc.weight, mlp.c_fc.bias, pack))
+        h = _fused_linear(h, mlp.c_proj.weight, mlp.c_proj.bias, pack)
         return h.reshape(*shape[:-1], h.shape[-1])
     op = torch.ops.mkldnn._linear_pointwise
     w_fc, w_proj = mlp.c_fc.weight, mlp.c_proj.weight
