@@ -193,23 +193,37 @@ def _probe_linear(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch
 
 @functools.cache
 def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Whether the fused oneDNN linear(+GELU) kernel exists for ``dtype`` and agrees with the
-    plain path."""
+    """Whether oneDNN's linear kernel exists for ``dtype`` and agrees with the plain path in the
+    products the fused path runs in that dtype: with the GELU epilogue and without in bf16, without
+    in float32 (whose GELU runs on its own, see :func:`_fused_mlp`)."""
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return False
     x, w, b = _probe_linear(dtype)
+    epilogues = ("gelu", "none") if dtype != torch.float32 else ("none",)
+    # float32: the same arithmetic up to the order of the sums; bf16: its 8-bit mantissa
+    tol = 1e-4 if dtype == torch.float32 else 0.02
+    name = str(dtype).removeprefix("torch.")
     try:
         with torch.inference_mode():
-            got = op(x, w, b, "gelu", [], "none").float()
-            ref = F.gelu(F.linear(x, w, b)).float()
+            for epilogue in epilogues:
+                # the arguments of the path's calls: GELU's algorithm "none" (exact), else ""
+                algorithm = "none" if epilogue == "gelu" else ""
+                got = op(x, w, b, epilogue, [], algorithm).float()
+                ref = F.linear(x, w, b)
+                ref = (F.gelu(ref) if epilogue == "gelu" else ref).float()
+                if got.shape != ref.shape or not bool(
+                    ((got - ref).abs() <= tol * ref.abs() + tol).all()
+                ):
+                    logger.warning(
+                        "oneDNN's %s linear kernel (epilogue %s) disagrees with the plain path; "
+                        "the fused CPU path is off in %s", name, epilogue, name,
+                    )  # fmt: skip
+                    return False
     except (RuntimeError, NotImplementedError) as exc:
-        logger.info("fused bf16 MLP kernel unavailable: %s", exc)
+        logger.info("oneDNN's %s linear kernel unavailable (%s): no fused CPU path", name, exc)
         return False
-    ok = got.shape == ref.shape and bool(((got - ref).abs() <= 0.02 * ref.abs() + 0.02).all())
-    if not ok:
-        logger.warning("fused bf16 MLP kernel disagrees with the plain path; not using it")
-    return ok
+    return True
 
 
 def fused_dtypes(fp32: bool = False) -> tuple[torch.dtype, ...]:
@@ -329,16 +343,20 @@ _PACKED_SOURCES: list[torch.Tensor] = []
 
 @functools.cache
 def _packing_works(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's weight packing exists and gives the plain kernel's results exactly."""
+    """Whether oneDNN's weight packing exists and gives the plain kernel's results exactly, in
+    the calls the fused path makes in ``dtype`` (see :func:`_fused_mlp_works`)."""
     reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
     if reorder is None:
         return False
     x, w, b = _probe_linear(dtype)
     op = torch.ops.mkldnn._linear_pointwise
+    calls = (("gelu", "none"), ("none", "")) if dtype != torch.float32 else (("none", ""),)
     try:
         with torch.inference_mode():
-            ok = torch.equal(
-                op(x, reorder(w), b, "gelu", [], "none"), op(x, w, b, "gelu", [], "none")
+            packed = reorder(w)
+            ok = all(
+                torch.equal(op(x, packed, b, attr, [], alg), op(x, w, b, attr, [], alg))
+                for attr, alg in calls
             )
     except (RuntimeError, NotImplementedError) as exc:
         logger.info("oneDNN weight packing unavailable: %s", exc)

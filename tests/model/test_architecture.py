@@ -4,6 +4,7 @@ command-line run imports."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -311,3 +312,42 @@ def test_weights_converted_under_inference_mode_are_read_unpacked() -> None:
         out = model.encode_image(x)
     assert id(weight) not in architecture._PACKED
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize(
+    ("fault", "fp32_ok", "bf16_ok"),
+    [("none", True, True), ("gelu-epilogue", True, False), ("product", False, False),
+     ("raises", False, False)],
+)  # fmt: skip
+def test_fused_kernel_self_test_checks_the_products_each_dtype_runs(
+    monkeypatch, caplog, fault: str, fp32_ok: bool, bf16_ok: bool
+) -> None:
+    """The gate of the fused CPU path tests oneDNN's linear kernel as the path calls it: the GELU
+    epilogue only in bf16 (float32 runs GELU on its own), the plain product in both; a kernel
+    that is off or missing turns the path off for that dtype, with the reason in the log."""
+    import torch.nn.functional as F
+
+    from msclip import architecture
+
+    def kernel(x, w, b, attr, scalars, algorithm):
+        if fault == "raises":
+            raise RuntimeError("could not create a primitive descriptor")
+        assert algorithm == ("none" if attr == "gelu" else "")  # the path's own arguments
+        y = F.linear(x.float(), w.float(), b.float())
+        if attr == "gelu":
+            y = F.gelu(y) + (0.5 if fault == "gelu-epilogue" else 0.0)
+        if fault == "product":
+            y = y + 0.5  # beyond both tolerances (float32's 1e-4, bf16's 2 %)
+        return y.to(x.dtype)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", kernel)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    caplog.set_level(logging.INFO, logger="msclip.architecture")
+    architecture._fused_mlp_works.cache_clear()
+    try:
+        assert architecture._fused_mlp_works(torch.float32) is fp32_ok
+        assert architecture._fused_mlp_works(torch.bfloat16) is bf16_ok
+    finally:
+        architecture._fused_mlp_works.cache_clear()
+    if fault != "none":
+        assert "oneDNN's bfloat16 linear kernel" in caplog.text
