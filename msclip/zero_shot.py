@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -384,6 +384,32 @@ def _token_lengths(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1) + 1
 
 
+# On a CPU a batch of prompts ends where the token length grows once it holds this many
+# positions: the text tower's cost follows the positions it runs (each batch is trimmed to its
+# longest prompt), and products of 512 rows or more run near the GEMM rate. Measured on a Zen 3
+# CPU, 500 prompts of 6 to 15 tokens: 5,486 positions in 2.60 s against 6,476 in 3.17 s in
+# batches of 256. A GPU pays per call rather than per position: there batches are only capped.
+_MIN_BATCH_POSITIONS = 512
+
+
+def _length_batches(
+    order: list[int], lengths: list[int], batch_size: int, cut_at_lengths: bool
+) -> Iterator[list[int]]:
+    """Batches of the prompts in ``order`` (sorted by token length): at most ``batch_size``
+    prompts each, and, where ``cut_at_lengths``, ended early where the length grows once a
+    batch holds :data:`_MIN_BATCH_POSITIONS` positions."""
+    batch: list[int] = []
+    for i in order:
+        full = len(batch) >= batch_size
+        grows = bool(batch) and cut_at_lengths and lengths[i] > lengths[batch[-1]]
+        if batch and (full or (grows and len(batch) * lengths[batch[-1]] >= _MIN_BATCH_POSITIONS)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
 @torch.inference_mode()
 def encode_texts(
     model: Any,
@@ -397,14 +423,16 @@ def encode_texts(
 
     Texts found in ``cache`` are not encoded again; new ones are added to it. Prompts are
     encoded in batches sorted by token length with ``encode_text(..., trim=True)``, so each
-    batch runs only as many positions as its longest prompt (exact up to ~1e-6).
+    batch runs only as many positions as its longest prompt (exact up to ~1e-6); on a CPU a
+    batch also ends where the length grows once it holds 512 positions, so few padded positions
+    are computed.
 
     Args:
         model: an :class:`msclip.MSCLIP` (any object with ``encode_text(tokens, trim=...)``).
         tokenizer: from :func:`msclip.get_tokenizer`.
         texts: the strings to encode (duplicates are encoded once).
         cache: optional on-disk cache (:class:`msclip.text_cache.TextEmbeddingCache`).
-        batch_size: prompts per text-tower call.
+        batch_size: at most this many prompts per text-tower call.
         progress: show a tqdm bar.
     """
     if batch_size < 1:
@@ -421,13 +449,14 @@ def encode_texts(
         device = getattr(model, "device", torch.device("cpu"))
         tokens = tokenizer(todo)
         _warn_cut(tokenizer, todo, tokens)
-        order = torch.argsort(_token_lengths(tokens), stable=True).tolist()
+        lengths = _token_lengths(tokens)
+        order = torch.argsort(lengths, stable=True).tolist()
         from msclip.progress import progress_bar
 
         new: dict[str, torch.Tensor] = {}
         bar = progress_bar(total=len(todo), desc="text tower", unit="prompt", disable=not progress)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        cpu = torch.device(device).type == "cpu"
+        for idx in _length_batches(order, lengths.tolist(), batch_size, cpu):
             emb = model.encode_text(tokens[idx].to(device), trim=True)
             emb = emb.float().cpu()
             for j, i in enumerate(idx):

@@ -350,3 +350,47 @@ def test_texts_cut_at_the_context_length_are_named(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         encode_texts(model, tokenizer, ["a river", long])
     assert f"1 text(s) are longer than the text tower's {n} tokens" in caplog.text
+
+
+def test_prompt_batches_end_where_the_length_grows_on_a_cpu():
+    from msclip.zero_shot import _MIN_BATCH_POSITIONS, _length_batches
+
+    lengths = [7] * 60 + [8] * 70 + [9] * 3 + [12] * 200
+    order = list(range(len(lengths)))
+    batches = list(_length_batches(order, lengths, 256, cut_at_lengths=True))
+    assert [i for b in batches for i in b] == order  # every prompt once, in order
+    assert all(len(b) <= 256 for b in batches)
+    # 60 x 7 = 420 positions: too few to end at 8 tokens; 130 x 8 >= 512: ends before 9
+    assert [len(b) for b in batches] == [130, 203]
+    assert 130 * 8 >= _MIN_BATCH_POSITIONS > 60 * 7
+    # without the cut (a GPU), only the cap
+    assert [len(b) for b in _length_batches(order, lengths, 256, cut_at_lengths=False)] == [256, 77]
+    # the cap first: the second batch (30 x 8, then 3 x 9 tokens) is too short to end early
+    capped = [len(b) for b in _length_batches(order, lengths, 100, cut_at_lengths=True)]
+    assert capped == [100, 100, 100, 33]
+    assert list(_length_batches([], [], 8, cut_at_lengths=True)) == []
+
+
+def test_encode_texts_runs_fewer_padded_positions_with_the_same_embeddings(tiny, monkeypatch):
+    """Prompts of many lengths: the CPU batches are trimmed nearer each prompt's own length, and
+    the embeddings are those of one prompt at a time (to float rounding)."""
+    from msclip.zero_shot import encode_texts
+
+    model, tokenizer = tiny
+    words = ["forest", "a river in the hills", "dense forest on a steep slope above a lake"]
+    texts = [" ".join([words[i % 3]] * (1 + i % 4)) + f" {i}" for i in range(90)]
+    positions = []
+    real = type(model).encode_text
+
+    def spy(self, tokens, *a, **k):
+        positions.append(tokens.shape[0] * int(tokens.argmax(-1).max() + 1))
+        return real(self, tokens, *a, **k)
+
+    monkeypatch.setattr(type(model), "encode_text", spy)
+    emb = encode_texts(model, tokenizer, texts, batch_size=256)
+    lengths = (tokenizer(texts).argmax(-1) + 1).tolist()
+    assert len(positions) > 1  # one call of 90 prompts before
+    assert sum(positions) < len(texts) * max(lengths)
+    monkeypatch.setattr(type(model), "encode_text", real)
+    one = torch.cat([encode_texts(model, tokenizer, [t]) for t in texts])
+    torch.testing.assert_close(emb, one, atol=2e-5, rtol=1e-5)
