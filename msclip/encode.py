@@ -525,8 +525,6 @@ def encode_batches(
                     if normalize:
                         emb = F.normalize(emb, dim=-1)
                     out: Any = emb.cpu().numpy() if to_numpy else emb
-                    if torch.device(device).type == "cpu":
-                        trim_heap()  # the batch's activations (see msclip.memory)
                 else:
                     out = (
                         np.zeros((0, dim), np.float32)
@@ -541,6 +539,10 @@ def encode_batches(
             extra.pop("warnings", None)
             bar.update(len(batch["indices"]) + len(failures) + len(skipped))
             yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra, skipped_valid)
+    if torch.device(device).type == "cpu":
+        # the batches' activations, once they are done: each batch reuses the memory of the one
+        # before (see msclip.memory.steady_heap)
+        trim_heap()
     tally.report(total, "images" if desc != "tiles" else "tiles")
 
 

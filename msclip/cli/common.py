@@ -730,9 +730,11 @@ def load_model(
             args, large.paths, large.fix, model.image_size, every_file=large.every_file
         )
     from msclip.encode import auto_batch_size, auto_workers
-    from msclip.memory import release_library_pages
+    from msclip.memory import release_library_pages, steady_heap
 
     release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)
+    if torch.device(device).type == "cpu":
+        steady_heap()  # model calls reuse the memory the one before freed (msclip.memory)
 
     if getattr(args, "batch_size", 0) is None:
         args.batch_size = auto_batch_size(model, device)

@@ -354,7 +354,8 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     if task == "--run-classification":
         what = ["--class-names", "forest,river,town", "--templates", "short"]
     args = [task, "--images", str(tiles[0].parent), *what, "--model-name", "msclip-tiny",
-            "--ckpt-path", str(ckpt), "--quiet", "--no-text-cache"]  # fmt: skip
+            "--ckpt-path", str(ckpt), "--quiet", "--no-text-cache",
+            "--batch-size", "1"]  # fmt: skip
     monkeypatch.setattr(msclip.MSCLIP, "release_text_pages", lambda self: 0)
     assert main([*args, "--save-path", str(tmp_path / "kept.csv")]) == 0
     monkeypatch.undo()
@@ -387,6 +388,10 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     monkeypatch.setattr(msclip.MSCLIP, "encode_image", spy_encode)
     monkeypatch.setattr(CLIPTokenizer, "release", spy_tables)
     monkeypatch.setattr(memory, "release_library_pages", spy_libraries)
+    heap: list[str] = []
+    steady, trim = memory.steady_heap, msclip.encode.trim_heap
+    monkeypatch.setattr(memory, "steady_heap", lambda: heap.append("steady") or steady())
+    monkeypatch.setattr(msclip.encode, "trim_heap", lambda: heap.append("trim") or trim())
     weights = msclip.MSCLIP.release_weight_pages
     monkeypatch.setattr(msclip.MSCLIP, "release_weight_pages",
                         lambda self: events.append(("weights", weights(self))) or 0)  # fmt: skip
@@ -400,6 +405,9 @@ def test_text_tower_pages_are_given_back_before_the_images(tiles, tmp_path, monk
     assert events[0][1] > 0 and events[1][1] > 0
     assert [e for e, _ in events].count("release") == 1 and events[-1][0] == "image"
     assert set(e for e, _ in events[4:]) == {"image"}
+    # the C heap keeps what a batch frees for the next one, and is trimmed once they are done
+    n_batches = [e for e, _ in events].count("image")
+    assert heap == ["steady", "trim"] and n_batches > 1
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "kept.csv"), pd.read_csv(tmp_path / "released.csv")
     )

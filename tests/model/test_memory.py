@@ -194,3 +194,49 @@ def test_packed_image_weights_replace_their_mapped_pages(release_pt) -> None:
     assert _resident_kb(weights[0].data_ptr()) <= resident - dropped
     with torch.inference_mode():
         assert torch.equal(model.encode_image(x), image_before)
+
+
+def test_steady_heap_sets_glibcs_thresholds_and_is_a_no_op_without_them(monkeypatch) -> None:
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(memory, "_libc", Libc)
+    assert memory.steady_heap() is True
+    # blocks up to glibc's largest mmap threshold from the heap, and no automatic trimming below
+    # a GB: the memory a call frees stays for the next until trim_heap
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]
+    monkeypatch.setattr(memory, "_libc", lambda: None)  # not glibc
+    assert memory.steady_heap() is False
+
+
+def test_a_steady_heap_keeps_freed_memory_until_it_is_trimmed() -> None:
+    """In a child process (the setting is process-wide): a freed 24 MB block stays resident for
+    the next call with the steady heap, and goes with trim_heap; glibc's default gives it back
+    at once (the next call would fault it in again)."""
+    import subprocess
+
+    code = (
+        "import sys, torch\n"
+        "from msclip import memory\n"
+        "def anon():\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(l.split()[1]) for l in f if l.startswith('RssAnon'))\n"
+        "if sys.argv[1] == 'steady': assert memory.steady_heap()\n"
+        "before = anon(); block = torch.ones(6 << 20); used = anon()\n"
+        "del block; freed = anon(); memory.trim_heap(); trimmed = anon()\n"
+        "print(used - before, used - freed, used - trimmed)\n"
+    )
+    mb = 1024  # kB
+    drops = {}
+    for mode in ("default", "steady"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        grown, at_free, at_trim = map(int, out.stdout.split())
+        assert grown > 20 * mb  # the block was resident
+        drops[mode] = (at_free, at_trim)
+    assert drops["default"][0] > 20 * mb  # given back when freed
+    assert drops["steady"][0] < 4 * mb < 20 * mb < drops["steady"][1], drops  # kept, then trimmed
