@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
     from msclip.hardware import choose_precision, cpu_info
+    from msclip.memory import steady_heap
 
+    steady_heap()  # the C heap as msclip's programs on a CPU set it (msclip.memory)
     info, auto = cpu_info(), choose_precision("auto")
     print(f"machine: {info.kind}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"msclip {msclip.__version__}")  # fmt: skip

@@ -157,8 +157,10 @@ def main() -> None:
 
     import msclip
     from msclip.hardware import choose_precision, cpu_info
+    from msclip.memory import steady_heap
     from msclip.zero_shot import encode_texts, format_prompts
 
+    steady_heap()  # the C heap as msclip's programs on a CPU set it (msclip.memory)
     info, auto = cpu_info(), choose_precision("auto")
     print(f"machine: {info.kind}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")  # fmt: skip
