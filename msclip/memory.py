@@ -229,8 +229,9 @@ def steady_heap() -> bool:
     zeroed: 8,000-34,000 page faults per batch of 4 images in a ViT-B/16 tower in fp32. Here
     blocks up to 32 MB come from the heap and what a call frees stays there for the next (~250
     faults per batch), until :func:`trim_heap`, which msclip's programs call after each phase.
-    Measured on a Zen 3 CPU, the 64-tile Llama3-MS-CLIP-Base classification: 19.5-20.2 s against
-    20.2-21.1 s, for 25-50 MB more peak memory (0.85-0.88 GB against 0.81-0.83 GB: the heap's
+    Measured on a Zen 3 CPU: the image tower 5-7 % faster (838-858 against 900-908 ms per batch),
+    the 64-tile Llama3-MS-CLIP-Base classification ~2 % (19.5-20.7 s against 20.2-21.5 s, runs
+    alternated), for 25-60 MB more peak memory (0.84-0.90 GB against 0.81-0.84 GB: the heap's
     free blocks are not always where the next call's fit). Process-wide and for the rest of the
     process: called by the command-line programs running on a CPU, not by the library. Returns
     whether glibc took the settings (a no-op elsewhere).
