@@ -191,6 +191,14 @@ def _probe_linear(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch
     return x, w, torch.randn(96, generator=g).to(dtype)
 
 
+def _fused_calls(dtype: torch.dtype) -> tuple[tuple[str, str], ...]:
+    """The ``(epilogue, algorithm)`` arguments of oneDNN's linear kernel in the fused path's calls
+    in ``dtype``: in bf16 with GELU's exact epilogue and without, in float32 without only (GELU
+    runs on its own there, see :func:`_fused_mlp`)."""
+    plain = ("none", "")
+    return (plain,) if dtype == torch.float32 else (("gelu", "none"), plain)
+
+
 @functools.cache
 def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether oneDNN's linear kernel exists for ``dtype`` and agrees with the plain path in the
@@ -200,18 +208,15 @@ def _fused_mlp_works(dtype: torch.dtype = torch.bfloat16) -> bool:
     if op is None or not torch.backends.mkldnn.is_available():
         return False
     x, w, b = _probe_linear(dtype)
-    epilogues = ("gelu", "none") if dtype != torch.float32 else ("none",)
     # float32: the same arithmetic up to the order of the sums; bf16: its 8-bit mantissa
     tol = 1e-4 if dtype == torch.float32 else 0.02
     name = str(dtype).removeprefix("torch.")
     try:
         with torch.inference_mode():
-            for epilogue in epilogues:
-                # the arguments of the path's calls: GELU's algorithm "none" (exact), else ""
-                algorithm = "none" if epilogue == "gelu" else ""
+            plain = F.linear(x, w, b)
+            for epilogue, algorithm in _fused_calls(dtype):
                 got = op(x, w, b, epilogue, [], algorithm).float()
-                ref = F.linear(x, w, b)
-                ref = (F.gelu(ref) if epilogue == "gelu" else ref).float()
+                ref = (F.gelu(plain) if epilogue == "gelu" else plain).float()
                 if got.shape != ref.shape or not bool(
                     ((got - ref).abs() <= tol * ref.abs() + tol).all()
                 ):
@@ -350,13 +355,12 @@ def _packing_works(dtype: torch.dtype) -> bool:
         return False
     x, w, b = _probe_linear(dtype)
     op = torch.ops.mkldnn._linear_pointwise
-    calls = (("gelu", "none"), ("none", "")) if dtype != torch.float32 else (("none", ""),)
     try:
         with torch.inference_mode():
             packed = reorder(w)
             ok = all(
                 torch.equal(op(x, packed, b, attr, [], alg), op(x, w, b, attr, [], alg))
-                for attr, alg in calls
+                for attr, alg in _fused_calls(dtype)
             )
     except (RuntimeError, NotImplementedError) as exc:
         logger.info("oneDNN weight packing unavailable: %s", exc)
