@@ -35,13 +35,13 @@ DataLoader worker processes use one thread each (PyTorch's default in workers).
 
 GPU path. On CUDA the loader pins its batches (``pin_memory``) and the copies to the device are
 non-blocking, so a worker's next batch is copied while the GPU computes; ``batch_size=None`` picks
-the largest power of two whose estimated activations fit in half of the free device memory
-(:func:`auto_batch_size`), and 4 on a CPU (a ViT-B-16 batch of 4 already gives the matrix
-multiplications 788 rows: batches of 2 to 16 ran at the same images/s on Zen 4 in fp32 and bf16
-and with the AVX2 kernels, while each image adds ~15 MB of activations in fp32 and ~6 MB in
-bf16 to the run's peak memory). Outputs equal the CPU fp32 ones
-within the tolerance of the precision (bf16: cosine > 0.999 to fp32 on the tested models; fp32 on
-a GPU: about 1e-5, TF32 is not enabled by msclip).
+the largest power of two whose estimated activations fit in half of the free device memory and
+whose batches in flight fit in the host's memory and shared memory (:func:`auto_batch_size`), and
+4 on a CPU (a ViT-B-16 batch of 4 already gives the matrix multiplications 788 rows: batches of 2
+to 16 ran at the same images/s on Zen 4 in fp32 and bf16 and with the AVX2 kernels, while each
+image adds ~15 MB of activations in fp32 and ~6 MB in bf16 to the run's peak memory). Outputs
+equal the CPU fp32 ones within the tolerance of the precision (bf16: cosine > 0.999 to fp32 on the
+tested models; fp32 on a GPU: about 1e-5, TF32 is not enabled by msclip).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ __all__ = [
     "iter_encoded",
     "loader_args",
     "read_errors",
+    "shared_memory_free",
     "single_thread",
 ]
 
@@ -287,19 +288,56 @@ def single_thread() -> Iterator[None]:
 CPU_BATCH_SIZE = 4
 
 
-def auto_batch_size(model: Any, device: Any = None, free_bytes: int | None = None) -> int:
+#: Batches of a GPU run that can sit in host memory at once besides the workers' prefetched ones:
+#: the one the main process holds and its pinned copy.
+_HOST_BATCHES = 2
+#: Batches each DataLoader worker prefetches (:func:`loader_args`).
+_PREFETCH = 2
+
+
+def shared_memory_free(path: str = "/dev/shm") -> int | None:
+    """Free bytes of the shared-memory file system through which DataLoader workers hand their
+    batches to the main process, or ``None`` where there is none (not Linux)."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return int(st.f_bavail * st.f_frsize)
+
+
+def auto_batch_size(
+    model: Any,
+    device: Any = None,
+    free_bytes: int | None = None,
+    *,
+    workers: int | None = None,
+    host_bytes: int | None = None,
+    shm_bytes: int | None = None,
+) -> int:
     """Images per model call: 4 on a CPU; on a GPU the largest power of two (1 to 1024) whose
-    estimated activation memory fits in half of the free device memory.
+    estimated activation memory fits in half of the free device memory and whose batches in
+    flight fit on the host.
 
     The estimate per image for a ViT image tower of width ``w``, ``n`` tokens and ``h`` heads, in
     the model's dtype: ``n * w * 12`` values (residual stream, norms, the 4x MLP hidden layer and
     its activation, the QKV projections, with room for the allocator) plus ``2 * h * n^2``
     (attention scores, when no fused kernel avoids them).
 
+    On the host, each of ``workers`` DataLoader workers prefetches two batches of preprocessed
+    float32 images (``bands x size x size x 4`` bytes each) and the main process holds two more
+    (a batch and its pinned copy): all of them must fit in a quarter of the available memory
+    (:func:`msclip.hardware.available_memory`), and the workers' ones in half of the free shared
+    memory (``/dev/shm``, 64 MB in a container started without ``--shm-size``), through which
+    workers pass their batches. Without these bounds a large GPU (batch 1024, ~2.4 GB of 12-band
+    224 x 224 tiles per batch) with 8 workers would hold ~44 GB of batches on the host.
+
     Args:
         model: an :class:`msclip.MSCLIP`.
         device: where it runs (default: the model's device).
         free_bytes: free device memory (default: ``torch.cuda.mem_get_info``).
+        workers: DataLoader worker processes of the run (default: :func:`auto_workers`).
+        host_bytes: available host memory (default: :func:`msclip.hardware.available_memory`).
+        shm_bytes: free shared memory (default: :func:`shared_memory_free`).
     """
     dev = torch.device(device) if device is not None else getattr(model, "device", None)
     if dev is None or dev.type != "cuda":
@@ -314,6 +352,28 @@ def auto_batch_size(model: Any, device: Any = None, free_bytes: int | None = Non
     itemsize = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
     per_image = itemsize * (tokens * width * 12 + 2 * heads * tokens * tokens)
     fits = max(1, int(free_bytes * 0.5 // per_image))
+
+    workers = auto_workers(dev) if workers is None else int(workers)
+    per_input = len(model.bands) * int(model.image_size) ** 2 * 4
+    if host_bytes is None:
+        from msclip.hardware import available_memory
+
+        host_bytes = available_memory()
+    if host_bytes is not None:
+        in_flight = workers * _PREFETCH + _HOST_BATCHES
+        fits = min(fits, max(1, int(host_bytes * 0.25 // (in_flight * per_input))))
+    if workers > 0:
+        shm_bytes = shared_memory_free() if shm_bytes is None else shm_bytes
+        if shm_bytes is not None:
+            shm_fits = max(1, int(shm_bytes * 0.5 // (workers * _PREFETCH * per_input)))
+            if shm_fits < fits and shm_fits < 16:
+                logger.warning(
+                    "only %d MB of shared memory (/dev/shm) is free for the %d DataLoader "
+                    "workers: GPU batches are limited to %d image%s; give the container more "
+                    "(docker run --shm-size=8g) or pass --workers 0",
+                    shm_bytes >> 20, workers, shm_fits, "" if shm_fits == 1 else "s",
+                )  # fmt: skip
+            fits = min(fits, shm_fits)
     return int(min(1024, 2 ** int(math.log2(fits))))
 
 
@@ -347,7 +407,7 @@ def loader_args(
     if device.type == "cuda":
         args["pin_memory"] = True
     if workers > 0:
-        args["prefetch_factor"] = 2
+        args["prefetch_factor"] = _PREFETCH
     return args
 
 
@@ -465,7 +525,7 @@ def encode_batches(
         MSCLIPError: an item failed with one of ``abort_on``.
     """
     if batch_size is None:
-        batch_size = auto_batch_size(model)
+        batch_size = auto_batch_size(model, workers=workers)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:

@@ -736,10 +736,10 @@ def load_model(
     if torch.device(device).type == "cpu":
         steady_heap()  # model calls reuse the memory the one before freed (msclip.memory)
 
-    if getattr(args, "batch_size", 0) is None:
-        args.batch_size = auto_batch_size(model, device)
     if getattr(args, "workers", 0) is None:
         args.workers = auto_workers(device)
+    if getattr(args, "batch_size", 0) is None:
+        args.batch_size = auto_batch_size(model, device, workers=getattr(args, "workers", None))
     report_precision(model, device, quiet=getattr(args, "quiet", False))
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),

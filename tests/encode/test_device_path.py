@@ -4,6 +4,8 @@ one-thread reading of items; the preprocessing fast path equals torchvision's.""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -30,12 +32,65 @@ def vit_b():
 
 def test_batch_size_from_free_gpu_memory(vit_b) -> None:
     assert auto_batch_size(vit_b, "cpu") == CPU_BATCH_SIZE == 4
-    sizes = [auto_batch_size(vit_b, "cuda:0", free_bytes=g << 30) for g in (1, 8, 80)]
+    host = {"workers": 8, "host_bytes": 1 << 50, "shm_bytes": 1 << 50}  # the host never binds
+    sizes = [auto_batch_size(vit_b, "cuda:0", free_bytes=g << 30, **host) for g in (1, 8, 80)]
     assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] <= 1024
     # ViT-B/16 (197 tokens, width 768, fp32): ~12 MB of activations per image -> 1 GB free, 32
     assert sizes[0] == 32
-    assert auto_batch_size(vit_b, "cuda", free_bytes=1 << 20) == 1  # never zero
+    assert auto_batch_size(vit_b, "cuda", free_bytes=1 << 20, **host) == 1  # never zero
+
+
+def test_gpu_batch_size_fits_the_batches_in_flight_on_the_host(vit_b, caplog) -> None:
+    """Workers' prefetched batches and the main process's two fit in a quarter of the host's
+    available memory, the workers' ones in half of the free shared memory."""
+    per_input = 10 * 224 * 224 * 4  # the 10-band float32 tile, ~2 MB
+    gpu = 139 << 30  # a large GPU alone would allow 1024
+    assert auto_batch_size(vit_b, "cuda", free_bytes=gpu, workers=0, host_bytes=1 << 50) == 1024
+    # 8 workers x 2 prefetched + 2 = 18 batches in 16 GB / 4: 118 images -> 64
+    host = 16 << 30
+    assert host * 0.25 // (18 * per_input) == 118
+    got = auto_batch_size(vit_b, "cuda", free_bytes=gpu, workers=8, host_bytes=host,
+                          shm_bytes=1 << 50)  # fmt: skip
+    assert got == 64
+    # without workers only the main process's two batches: 4 GB / (2 x 2 MB) -> 1024
+    assert auto_batch_size(vit_b, "cuda", free_bytes=gpu, workers=0, host_bytes=host) == 1024
+    # a container's default 64 MB of /dev/shm: 16 prefetched batches in 32 MB -> 1 image, said
+    with caplog.at_level(logging.WARNING, logger="msclip.encode"):
+        got = auto_batch_size(vit_b, "cuda", free_bytes=gpu, workers=8, host_bytes=1 << 50,
+                              shm_bytes=64 << 20)  # fmt: skip
+    assert got == 1
+    assert "64 MB of shared memory" in caplog.text and "--shm-size" in caplog.text
+    assert "--workers 0" in caplog.text
+    caplog.clear()  # shared memory is not read without workers
+    got = auto_batch_size(vit_b, "cuda", free_bytes=gpu, workers=0, host_bytes=1 << 50,
+                          shm_bytes=64 << 20)  # fmt: skip
+    assert got == 1024 and not caplog.text
+
+
+def test_command_line_batch_size_counts_the_workers_given(monkeypatch) -> None:
+    """``load_model`` settles the workers first and sizes the batch for them."""
+    import argparse
+
+    from msclip.cli import common
+
+    seen = {}
+
+    def fake_batch(model, device, free_bytes=None, *, workers=None, **_):
+        seen["workers"] = workers
+        return 256
+
+    monkeypatch.setattr("msclip.encode.auto_batch_size", fake_batch)
+    monkeypatch.setattr("msclip.encode.auto_workers", lambda device: 6)
+    args = argparse.Namespace(
+        model_name="msclip-tiny", ckpt_path=None, pretrained=False, seed=0, device="cpu",
+        precision="fp32", batch_size=None, workers=None, quiet=True,
+    )  # fmt: skip
+    common.load_model(args)
+    assert args.workers == 6 and seen["workers"] == 6 and args.batch_size == 256
+    args.batch_size, args.workers = None, 3
+    common.load_model(args)
+    assert seen["workers"] == 3
 
 
 def test_library_default_batch_is_the_devices(make_geotiff, monkeypatch) -> None:
