@@ -336,8 +336,11 @@ def auto_batch_size(
         device: where it runs (default: the model's device).
         free_bytes: free device memory (default: ``torch.cuda.mem_get_info``).
         workers: DataLoader worker processes of the run (default: :func:`auto_workers`).
-        host_bytes: available host memory (default: :func:`msclip.hardware.available_memory`).
-        shm_bytes: free shared memory (default: :func:`shared_memory_free`).
+        host_bytes: host memory for this process's batches (default: the available memory,
+            :func:`msclip.hardware.available_memory`, shared equally among the processes of a
+            ``torchrun`` run on this machine, :func:`msclip.hardware.local_processes`).
+        shm_bytes: shared memory for them (default: :func:`shared_memory_free`, shared the
+            same way).
     """
     dev = torch.device(device) if device is not None else getattr(model, "device", None)
     if dev is None or dev.type != "cuda":
@@ -353,17 +356,21 @@ def auto_batch_size(
     per_image = itemsize * (tokens * width * 12 + 2 * heads * tokens * tokens)
     fits = max(1, int(free_bytes * 0.5 // per_image))
 
+    from msclip.hardware import available_memory, local_processes
+
     workers = auto_workers(dev) if workers is None else int(workers)
     per_input = len(model.bands) * int(model.image_size) ** 2 * 4
+    sharing = local_processes()  # torchrun's processes on this machine share its memory
     if host_bytes is None:
-        from msclip.hardware import available_memory
-
         host_bytes = available_memory()
+        host_bytes = None if host_bytes is None else host_bytes // sharing
     if host_bytes is not None:
         in_flight = workers * _PREFETCH + _HOST_BATCHES
         fits = min(fits, max(1, int(host_bytes * 0.25 // (in_flight * per_input))))
     if workers > 0:
-        shm_bytes = shared_memory_free() if shm_bytes is None else shm_bytes
+        if shm_bytes is None:
+            shm_bytes = shared_memory_free()
+            shm_bytes = None if shm_bytes is None else shm_bytes // sharing
         if shm_bytes is not None:
             shm_fits = max(1, int(shm_bytes * 0.5 // (workers * _PREFETCH * per_input)))
             if shm_fits < fits and shm_fits < 16:
@@ -380,13 +387,15 @@ def auto_batch_size(
 def auto_workers(device: Any = None) -> int:
     """DataLoader worker processes when none are given: 0 on a CPU (decoding a tile costs a few
     milliseconds against a hundred or more in the model, and workers would take the model's
-    cores), up to 8 (half the CPU cores) feeding a GPU."""
+    cores), up to 8 feeding a GPU: half of the cores this process may use
+    (:func:`msclip.hardware.usable_cores`), divided among the processes of a ``torchrun`` run on
+    this machine (one per GPU)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "cuda":
         return 0
-    import os
+    from msclip.hardware import local_processes, usable_cores
 
-    return int(min(8, max(1, (os.cpu_count() or 2) // 2)))
+    return int(min(8, max(1, usable_cores() // local_processes() // 2)))
 
 
 def loader_args(

@@ -57,6 +57,8 @@ __all__ = [
     "cuda_bf16_supported",
     "device_type",
     "env_setting",
+    "local_processes",
+    "usable_cores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,6 +229,22 @@ def cpu_info() -> CPUInfo:
     )
     logger.debug("CPU: %s", info.to_dict())
     return info
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (what ``taskset``, a batch scheduler
+    or a container's cpuset allow), else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        with contextlib.suppress(OSError):
+            return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine: ``LOCAL_WORLD_SIZE`` under ``torchrun``, else 1.
+    They share the machine's cores, memory and shared memory."""
+    raw = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, int(raw)) if raw.strip().isdigit() else 1
 
 
 def _read_int(path: str) -> int | None:

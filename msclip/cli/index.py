@@ -542,16 +542,23 @@ def _warn_stale(args: argparse.Namespace, report: Any) -> int:
 
 def _join_process_group(args: argparse.Namespace) -> Any:
     """Join torchrun's process group when there is one of several processes (``WORLD_SIZE``);
-    each process then runs on its own local GPU when there are GPUs. ``None`` otherwise."""
-    import os
+    each process then runs on its own local GPU when there are GPUs. ``None`` otherwise.
 
+    On CPUs each process computes with its share of the cores this process may use: torchrun
+    starts every process with one thread (``OMP_NUM_THREADS=1``), which would leave all but
+    ``--nproc_per_node`` cores of a large machine idle."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
+
+    from msclip.hardware import usable_cores
     from msclip.train.distributed import init_distributed
 
     group = init_distributed(device=args.device or "auto")
     if args.device is None:
         args.device = str(group.device)
+    if group.device.type == "cpu":
+        torch.set_num_threads(max(1, usable_cores() // max(1, group.local_world_size)))
     return group
 
 

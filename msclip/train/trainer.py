@@ -33,6 +33,7 @@ import torch
 
 from msclip.encode import WarningTally
 from msclip.errors import CheckpointError
+from msclip.hardware import usable_cores
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
     checkpoint_path,
@@ -245,11 +246,7 @@ class Trainer:
     def _setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         if ctx.device.type == "cpu":
-            cores = (
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1)
-            )
+            cores = usable_cores()
             torch.set_num_threads(cfg.threads or max(1, cores // max(1, ctx.local_world_size)))
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(

@@ -178,3 +178,59 @@ def test_preprocessing_without_resize_equals_torchvision(make_geotiff) -> None:
     std = [stats.std[b] for b in model.bands]
     resized = TF.center_crop(TF.resize(x, [32], antialias=True), [32, 32])
     assert torch.equal(got, TF.normalize(resized, mean=mean, std=std))
+
+
+def test_cores_and_processes_of_this_machine(monkeypatch) -> None:
+    from msclip import hardware
+
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert hardware.usable_cores() == 3  # the affinity mask, not the machine's count
+    for raw, want in (("4", 4), ("0", 1), ("x", 1), (" 2", 2)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", raw)
+        assert hardware.local_processes() == want, raw
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert hardware.local_processes() == 1
+
+
+def test_torchrun_processes_share_the_cores_and_host_memory(vit_b, monkeypatch) -> None:
+    """Eight GPU processes of one machine under torchrun: workers and batches waiting on the host
+    are each process's share, not eight times the machine's."""
+    from msclip import hardware
+
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 32)
+    monkeypatch.setattr(hardware, "available_memory", lambda: 64 << 30)
+    monkeypatch.setattr("msclip.encode.shared_memory_free", lambda: 64 << 30)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers("cuda") == 8
+    alone = auto_batch_size(vit_b, "cuda", free_bytes=139 << 30)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert auto_workers("cuda") == 2  # 32 cores / 8 processes / 2
+    shared = auto_batch_size(vit_b, "cuda", free_bytes=139 << 30)
+    # alone: 8 workers, 18 batches of ~2 MB images in 64 GB / 4 -> 476 -> 256; one of 8
+    # processes: 2 workers, 6 batches in 8 GB / 4 -> 178 -> 128
+    assert (alone, shared) == (256, 128)
+
+
+def test_index_processes_under_torchrun_compute_with_their_share_of_the_cores(monkeypatch) -> None:
+    """torchrun starts each process with one thread; on CPUs the index build gives each its
+    share of the cores."""
+    import argparse
+
+    from msclip import hardware
+    from msclip.cli import index as index_cli
+    from msclip.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 16)
+    ctx = distributed.DistContext(
+        rank=0, world_size=2, local_world_size=2, device=torch.device("cpu")
+    )
+    monkeypatch.setattr(distributed, "init_distributed", lambda device: ctx)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        args = argparse.Namespace(device=None)
+        assert index_cli._join_process_group(args) is ctx
+        assert torch.get_num_threads() == 8 and args.device == "cpu"
+    finally:
+        torch.set_num_threads(before)
