@@ -359,7 +359,7 @@ def auto_batch_size(
     from msclip.hardware import available_memory, local_processes
 
     workers = auto_workers(dev) if workers is None else int(workers)
-    per_input = len(model.bands) * int(model.image_size) ** 2 * 4
+    per_input = (len(getattr(model, "bands", ())) or 3) * int(model.image_size) ** 2 * 4
     sharing = local_processes()  # torchrun's processes on this machine share its memory
     if host_bytes is None:
         host_bytes = available_memory()
