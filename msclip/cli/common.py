@@ -968,36 +968,81 @@ def output_path(save_path: str | None, default_name: str) -> Path:
 
 
 def refuse_input_as_output(
-    out: Path, inputs: Sequence[tuple[str, Any]], default_name: str, flag: str = "--save-path"
+    out: Path | Sequence[Path],
+    inputs: Sequence[tuple[str, Any]],
+    default_name: str,
+    flag: str = "--save-path",
 ) -> None:
     """Refuse an output file that is one of the run's inputs (an image, the classes, templates
-    or queries file, the weights): the atomic write would replace it by the table.
+    or queries file, the weights): the atomic write would replace it by the table or map.
+
+    Files are compared by identity (device and inode, through symbolic links), so an input given
+    by another name (a link, a hard link, a relative path) is caught too. Nothing is read unless
+    an output file exists already.
 
     Args:
-        out: the output file (:func:`output_path`).
-        inputs: ``(what, path)`` pairs; ``path`` may be ``None`` or a list of paths.
+        out: the output file (:func:`output_path`), or every file the run may write.
+        inputs: ``(what, paths)`` pairs; ``paths`` may be ``None``, a path, a list of paths, or
+            a function returning them (called only when an output exists: e.g. the weight files
+            of a registered model name).
         default_name: the output's default file name, for the hint.
         flag: the flag that gave ``out``.
 
     Raises:
-        UsageError: ``out`` is the same file as an input.
+        UsageError: an output is the same file as an input.
     """
-    if not out.exists():
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    existing: dict[tuple[int, int], Path] = {}
+    for o in outs:
+        try:
+            st = os.stat(o)
+        except OSError:  # not there yet (or unreadable): nothing to destroy
+            continue
+        existing[(st.st_dev, st.st_ino)] = Path(o)
+    if not existing:
         return
     for what, given in inputs:
+        if callable(given):
+            given = given()
         for path in [given] if isinstance(given, (str, os.PathLike)) else given or []:
-            candidate = Path(path).expanduser()
-            if candidate.name != out.name:  # a cheap filter before asking the file system
-                continue
             try:
-                same = os.path.samefile(candidate, out)
-            except OSError:  # a missing or unreadable input: not this file
+                st = os.stat(Path(path).expanduser())
+            except (OSError, ValueError):  # a missing or unreadable input: not this file
                 continue
-            if same:
+            hit = existing.get((st.st_dev, st.st_ino))
+            if hit is None:
+                continue
+            if len(outs) == 1:
                 raise UsageError(
-                    f"{flag} {out} is {what} {path} of this run: writing the table there would "
-                    f"destroy it; give another file (e.g. results/{default_name})"
+                    f"{flag} {hit} is {what} {path} of this run: writing the output there "
+                    f"would destroy it; give another file (e.g. results/{default_name})"
                 )
+            raise UsageError(
+                f"{flag} {hit.parent}: the run writes {hit.name} there, which is {what} {path} "
+                f"of this run: writing it would destroy the input; give another folder (e.g. "
+                f"results/{default_name})"
+            )
+
+
+def registered_weight_files(name: str | None) -> list[Path]:
+    """The weight files on this machine of a registered model name (the one shipped in the
+    package, or those in the Hugging Face cache), without any download; ``[]`` for another
+    name."""
+    from msclip.pretrained import MODELS, WEIGHTS_DIR
+
+    entry = MODELS.get(str(name)) if name is not None else None
+    if entry is None:
+        return []
+    files = [WEIGHTS_DIR / entry.package_file] if entry.package_file else []
+    if entry.hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in entry.filenames:
+            with contextlib.suppress(Exception):  # a cache that cannot be read holds nothing
+                found = try_to_load_from_cache(entry.hub_id, filename)
+                if isinstance(found, str):
+                    files.append(Path(found))
+    return files
 
 
 def write_csv(df: Any, path: str | os.PathLike) -> Path:

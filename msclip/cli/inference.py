@@ -63,6 +63,7 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     refuse_input_as_output,
+    registered_weight_files,
     run_cli,
     text_cache_for,
     write_csv,
@@ -449,9 +450,30 @@ def _run_inputs(args: argparse.Namespace, image_set: Any) -> list[tuple[str, Any
         ("the queries file", getattr(args, "queries_file", None)),
         ("the checkpoint", args.ckpt_path),
         ("the model file", args.model_name),
+        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
         ("the head", getattr(args, "head", None)),
         ("the adapter file", getattr(args, "adapters", None)),
     ]
+
+
+def _scene_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The files a scene run reads, for :func:`refuse_input_as_output`."""
+    return [
+        ("the scene", args.scene),
+        ("the classes file", getattr(args, "classes_file", None)),
+        ("the templates file", getattr(args, "templates", None)),
+        ("the queries file", getattr(args, "queries_file", None)),
+        ("the checkpoint", args.ckpt_path),
+        ("the model file", args.model_name),
+        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
+        ("the head", getattr(args, "head", None)),
+        ("the adapter file", getattr(args, "adapters", None)),
+    ]
+
+
+def _map_outputs(out_dir: Path, stem: str) -> list[Path]:
+    """The files of a per-pixel map named ``stem`` in ``out_dir``: the map and its legend."""
+    return [out_dir / f"{stem}{end}" for end in (".tif", "_legend.json", "_legend.csv")]
 
 
 def _check_head_bands(
@@ -725,6 +747,12 @@ def run_scene(args: argparse.Namespace) -> int:
         raise UsageError(f"scene file not found: {args.scene} (--scene)")
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
+    outputs = (
+        _map_outputs(out_dir, "dense_class_map")
+        if args.dense
+        else [out_dir / n for n in _SCENE_OUTPUTS]
+    )
+    refuse_input_as_output(outputs, _scene_inputs(args), "scene")
     min_valid(args)
 
     import numpy as np
@@ -995,9 +1023,10 @@ def _head_scene(args: argparse.Namespace) -> int:
     _head_model_args(args, ckpt.encoder, args.head)
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
+    stem = f"dense_{entry['name']}".replace("-", "_")
+    refuse_input_as_output(_map_outputs(out_dir, stem), _scene_inputs(args), "scene")
     model, _, _ = load_model(args)
     _warn_georeference(args.scene)
-    stem = f"dense_{entry['name']}".replace("-", "_")
     final = out_dir / f"{stem}.tif"
     result = predict_scene_with_head(
         args.scene, _pending(final), ckpt, model, task=entry["name"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,55 @@ def test_an_input_is_never_overwritten_by_the_table(tiles, tmp_path, monkeypatch
         err = capsys.readouterr().err
         assert message in err and "give another file" in err
     assert {f: f.read_bytes() for f in kept} == kept
+
+
+def test_an_input_given_by_another_name_is_never_overwritten(tiles, tmp_path, monkeypatch, capsys):
+    """Inputs are compared with the output by identity: a symbolic link to the output, or a
+    hard link, is the same file."""
+    _no_model(monkeypatch)
+    real = tmp_path / "real.tif"
+    real.write_bytes(tiles[0].read_bytes())
+    alias = tmp_path / "alias.tif"
+    alias.symlink_to(real.name)
+    hard = tmp_path / "hard.tif"
+    os.link(real, hard)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("forest\nriver\n")
+    (tmp_path / "classes-link.txt").symlink_to(classes.name)
+    kept = {f: f.read_bytes() for f in (real, classes)}
+    runs = [
+        (_classify_ab(real, alias), f"is the image {alias}"),
+        (_classify_ab(hard, real), f"is the image {real}"),
+        (["--run-classification", "--images", str(tiles[0]), "--classes-file",
+          str(tmp_path / "classes-link.txt"), "--save-path", str(classes), *TINY],
+         "is the classes file"),
+    ]  # fmt: skip
+    for args, message in runs:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "give another file" in err, err
+    assert {f: f.read_bytes() for f in kept} == kept
+
+
+def test_the_weights_of_a_registered_model_are_never_overwritten(tiles, tmp_path, monkeypatch,
+                                                                 capsys):  # fmt: skip
+    """``--model-name msclip-demo`` reads the package's weight file: a --save-path naming it is
+    refused before the model loads, like a checkpoint given by its path."""
+    from msclip import pretrained
+
+    _no_model(monkeypatch)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    demo = weights / "msclip-demo.safetensors"
+    demo.write_bytes((pretrained.WEIGHTS_DIR / "msclip-demo.safetensors").read_bytes())
+    before = demo.read_bytes()
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    args = ["--run-classification", "--images", str(tiles[0]), "--class-names", "a", "b",
+            "--model-name", "msclip-demo", "--quiet", "--save-path", str(demo)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"is the weights of msclip-demo {demo}" in err
+    assert demo.read_bytes() == before
 
 
 def test_empty_image_set_stops_before_any_work(tmp_path, monkeypatch, capsys):

@@ -305,3 +305,33 @@ def test_an_all_nodata_rerun_leaves_the_earlier_per_pixel_map(scene, tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == [
         "dense_class_map.tif", "dense_class_map_legend.csv", "dense_class_map_legend.json",
     ]  # fmt: skip
+
+
+def test_a_scene_run_never_writes_over_its_own_inputs(scene, tmp_path, monkeypatch, capsys):
+    """The scene, the classes or queries file in the output folder under a name the run writes
+    (or linked there) are refused before the model loads."""
+    from msclip.cli import inference
+
+    def no_model(args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(inference, "load_model", no_model)
+    path, _ = scene
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "similarity.tif").write_bytes(path.read_bytes())
+    (out / "tiles.csv").write_text("forest\nriver\n")
+    (out / "dense_class_map_legend.csv").symlink_to(path)
+    kept = {f: f.read_bytes() for f in out.iterdir()}
+    runs = [
+        (["--scene", str(out / "similarity.tif"), "--query", "a river"], "the scene"),
+        (["--scene", str(path), "--classes-file", str(out / "tiles.csv")], "the classes file"),
+        (["--scene", str(path), "--queries-file", str(out / "tiles.csv")], "the queries file"),
+        (["--scene", str(path), "--class-names", "a", "b", "--dense"], "the scene"),
+    ]
+    for extra, what in runs:
+        args = ["--run-scene", *extra, "--templates", "short", "--save-path", str(out), *TINY]
+        assert main(args) == 2, extra
+        err = capsys.readouterr().err
+        assert what in err and "give another folder" in err, err
+    assert {f: f.read_bytes() for f in out.iterdir()} == kept
