@@ -6,6 +6,13 @@ weight is stored in int8 with one scale per output channel, and each activation 
 quantised to 8 bits on the fly with a scale from its own range; the product runs in integer
 arithmetic (fbgemm/oneDNN kernels, VNNI where the CPU has it) and is rescaled to float32.
 
+Each image's activations are quantised with their own range (:class:`PerImageLinear`): PyTorch's
+dynamic layer takes one range for the whole input, so an image's embedding depended on the other
+images of its batch (up to 0.08 in one coordinate of a unit embedding, and zero-shot
+probabilities moved by up to 0.2 between ``--batch-size 1`` and 16 on msclip-demo). Quantised
+image by image, an embedding is the same whatever the batch (to float rounding, ~1e-6), for
+~10 % of the int8 tower's speed (ViT-B/16 at batch 4 and 32, Zen 3).
+
 Every linear layer of the image tower's blocks is quantised: the MLP (``c_fc``, ``c_proj``) and
 the attention projections. ``nn.MultiheadAttention`` keeps its projections as raw parameters, so
 each block's attention is replaced by :class:`Int8Attention` (int8 QKV projection, float32
@@ -33,7 +40,7 @@ from torch import nn
 
 from msclip.errors import PrecisionError
 
-__all__ = ["Int8Attention", "quantize_image_tower"]
+__all__ = ["Int8Attention", "PerImageLinear", "quantize_image_tower"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +64,31 @@ def _dynamic_linear(linear: nn.Linear) -> nn.Module:
         return DynamicLinear.from_float(linear)
 
 
+class PerImageLinear(nn.Module):
+    """A dynamic int8 linear layer whose activations are quantised image by image.
+
+    For a batch-first ``[B, N, D]`` input each image's ``[N, D]`` tokens go through the layer on
+    their own, so their quantisation range is theirs alone; a 2-D input is one image.
+
+    Args:
+        linear: the float layer.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.inner = _dynamic_linear(linear)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3 or x.shape[0] == 1:
+            return self.inner(x)
+        return torch.stack([self.inner(image) for image in x.unbind(0)])
+
+
 class Int8Attention(nn.Module):
-    """Multi-head self-attention with int8 dynamic input and output projections.
+    """Multi-head self-attention with int8 dynamic input and output projections (quantised
+    image by image, :class:`PerImageLinear`).
 
     A drop-in for the ``nn.MultiheadAttention`` of a batch-first block in inference:
     ``attn(x, x, x, need_weights=False, attn_mask=mask)`` returns ``(out, None)``.
@@ -87,8 +117,8 @@ class Int8Attention(nn.Module):
                 qkv.bias.copy_(mha.in_proj_bias.float())
             if mha.out_proj.bias is not None:
                 out.bias.copy_(mha.out_proj.bias.float())
-        self.qkv = _dynamic_linear(qkv)
-        self.out_proj = _dynamic_linear(out)
+        self.qkv = PerImageLinear(qkv)
+        self.out_proj = PerImageLinear(out)
 
     def forward(
         self,
@@ -148,8 +178,8 @@ def quantize_image_tower(model: nn.Module) -> nn.Module:
         )
     for block in blocks:
         block.attn = Int8Attention(block.attn)
-        block.mlp.c_fc = _dynamic_linear(block.mlp.c_fc)
-        block.mlp.c_proj = _dynamic_linear(block.mlp.c_proj)
+        block.mlp.c_fc = PerImageLinear(block.mlp.c_fc)
+        block.mlp.c_proj = PerImageLinear(block.mlp.c_proj)
         block.mlp.c_fc.int8_original_dtype = torch.float32  # read by get_weight_dtype()
     visual.msclip_int8 = True
     visual.requires_grad_(False)
