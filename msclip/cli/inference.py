@@ -253,7 +253,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "a scene): tiles overlap by --overlap and every tile with data is predicted "
                 "(nodata pixels stay nodata)"
             )
+    _refuse_other_modes_flags(p, args)
     return args
+
+
+_CLASSIFY, _RETRIEVE, _SCENE = "--run-classification", "--run-retrieval", "--run-scene"
+#: The modes each mode-specific flag applies to (flag: its destination, the modes).
+_FLAG_MODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--images": ("images", (_CLASSIFY, _RETRIEVE)),
+    "--downsample": ("downsample", (_CLASSIFY, _RETRIEVE)),
+    "--class-names": ("class_names", (_CLASSIFY, _SCENE)),
+    "--classes-file": ("classes_file", (_CLASSIFY, _SCENE)),
+    "--templates": ("templates", (_CLASSIFY, _SCENE)),
+    "--multi-label": ("multi_label", (_CLASSIFY,)),
+    "--threshold": ("threshold", (_CLASSIFY,)),
+    "--query": ("query", (_RETRIEVE, _SCENE)),
+    "--queries-file": ("queries_file", (_RETRIEVE, _SCENE)),
+    "--query-image": ("query_image", (_RETRIEVE,)),
+    "--top-k": ("top_k", (_RETRIEVE,)),
+    "--scene": ("scene", (_SCENE,)),
+    "--tile-size": ("tile_size", (_SCENE,)),
+    "--stride": ("stride", (_SCENE,)),
+}
+
+
+def _refuse_other_modes_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A flag of another mode is a usage error (status 2): the run would ignore it."""
+    mode = _CLASSIFY if args.run_classification else _RETRIEVE if args.run_retrieval else _SCENE
+    ignored = [
+        flag
+        for flag, (dest, modes) in _FLAG_MODES.items()
+        if mode not in modes and getattr(args, dest) != p.get_default(dest)
+    ]
+    if ignored:
+        where = {f: " / ".join(_FLAG_MODES[f][1]) for f in ignored}
+        p.error(
+            f"{mode} does not use {', '.join(ignored)}: "
+            + "; ".join(f"{f} applies to {m}" for f, m in where.items())
+            + f"; remove {'it' if len(ignored) == 1 else 'them'} or run that mode"
+        )
 
 
 # -- input checks (before any work) ------------------------------------------------------------

@@ -493,3 +493,31 @@ def test_a_file_name_that_is_not_utf8_is_listed_in_the_csv(tiles, tmp_path, caps
     rows = out.read_bytes().splitlines()
     assert any(row.startswith(b"caf\xe9.tif,") for row in rows)
     assert any(row.startswith(b"ok.tif,") for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--run-retrieval", "--images", "x", "--query", "q", "--class-names", "a", "b"],
+         ["--class-names"]),
+        (["--run-retrieval", "--images", "x", "--query", "q", "--templates", "short"],
+         ["--templates"]),
+        (["--run-scene", "--scene", "s.tif", "--query", "q", "--images", "two"], ["--images"]),
+        (["--run-classification", "--images", "x", "--class-names", "a", "b", "--query", "q",
+          "--query-image", "y.tif", "--top-k", "2", "--scene", "s.tif", "--tile-size", "32"],
+         ["--query", "--query-image", "--top-k", "--scene", "--tile-size"]),
+        (["--run-scene", "--scene", "s.tif", "--query", "q", "--multi-label", "--top-k", "3",
+          "--downsample"], ["--downsample", "--multi-label", "--top-k"]),
+        (["--run-scene", "--scene", "s.tif", "--class-names", "a", "b", "--threshold", "0.5",
+          "--multi-label"], ["--multi-label", "--threshold"]),
+        (["--run-retrieval", "--images", "x", "--query", "q", "--stride", "8"], ["--stride"]),
+    ],
+)  # fmt: skip
+def test_flags_of_another_mode_are_usage_errors(args, named, monkeypatch, capsys):
+    """A flag the mode would ignore stops the run with status 2 before anything is read."""
+    _no_model(monkeypatch)
+    assert main([*args, *TINY]) == 2
+    err = capsys.readouterr().err
+    mode = args[0]
+    assert f"{mode} does not use {', '.join(named)}" in err, err
+    assert all(f"{flag} applies to" in err for flag in named)
