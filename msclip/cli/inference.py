@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -791,6 +792,8 @@ def run_scene(args: argparse.Namespace) -> int:
         else [out_dir / n for n in _SCENE_OUTPUTS]
     )
     refuse_input_as_output(outputs, _scene_inputs(args), "scene")
+    if args.dense:
+        _refuse_int8_dense(args)
     min_valid(args)
 
     import numpy as np
@@ -952,6 +955,22 @@ def _dense_scene(
     for w in written:
         print(f"wrote {w}")
     return EXIT_OK
+
+
+def _refuse_int8_dense(args: argparse.Namespace) -> None:
+    """``--dense`` reads the float weights of the last block's attention (MaskCLIP), which an
+    int8 tower no longer has: refused before the model loads."""
+    from msclip.hardware import PRECISION_ENV
+
+    asked = str(args.precision or "auto").strip().lower()
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if asked == "int8" or (asked == "auto" and forced == "int8"):
+        given = "--precision int8" if asked == "int8" else f"{PRECISION_ENV}=int8"
+        raise UsageError(
+            f"--dense reads the float attention weights of the image tower's last block "
+            f"(MaskCLIP), which {given} replaces by int8 layers: use --precision auto or fp32 "
+            f"for the dense map" + ("" if asked == "int8" else f" (or unset {PRECISION_ENV})")
+        )
 
 
 def _check_scene(args: argparse.Namespace) -> None:

@@ -335,3 +335,24 @@ def test_a_scene_run_never_writes_over_its_own_inputs(scene, tmp_path, monkeypat
         err = capsys.readouterr().err
         assert what in err and "give another folder" in err, err
     assert {f: f.read_bytes() for f in out.iterdir()} == kept
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_dense_map_with_int8_is_refused_before_the_model_loads(scene, tmp_path, monkeypatch,
+                                                               capsys, how):  # fmt: skip
+    from msclip.cli import inference
+
+    def no_model(args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(inference, "load_model", no_model)
+    extra = ["--precision", "int8"] if how == "flag" else []
+    if how == "environment":
+        monkeypatch.setenv("MSCLIP_PRECISION", "int8")
+    path, _ = scene
+    args = ["--run-scene", "--scene", str(path), "--class-names", "a", "b", "--dense",
+            "--save-path", str(tmp_path / "d"), *TINY, *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    given = "--precision int8" if how == "flag" else "MSCLIP_PRECISION=int8"
+    assert f"which {given} replaces by int8 layers" in err and "--precision auto or fp32" in err
