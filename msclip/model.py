@@ -397,7 +397,7 @@ class MSCLIP(nn.Module):
             strict_bands: refuse inputs that lack most of the model's bands or are 8-bit
                 pictures for a reflectance model (else a warning).
             max_pixels: refuse files with more pixels than this (before reading them).
-            downsample: read large GeoTIFFs reduced to the model input instead.
+            downsample: read large GeoTIFFs and pictures reduced to the model input instead.
         """
         cfg = self.config
         return ImageTransform(

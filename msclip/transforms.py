@@ -31,9 +31,9 @@ class ImageTransform(SpectralPreprocess):
         max_pixels: refuse files with more pixels than this before reading them
             (:class:`~msclip.errors.RasterTooLargeError`), so that a whole scene given as one image
             cannot exhaust memory; ``None``: no limit.
-        downsample: read GeoTIFFs larger than the model input reduced to it (average
-            resampling, through the file's overviews where it has them) instead of refusing
-            them; results then differ slightly from a full-resolution read.
+        downsample: read GeoTIFFs and PNG/JPEG pictures larger than the model input reduced
+            to it (average resampling, through a GeoTIFF's overviews where it has them) instead
+            of refusing them; results then differ slightly from a full-resolution read.
         **kwargs: as :class:`~msclip.spectral.SpectralPreprocess`.
     """
 

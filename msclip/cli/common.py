@@ -611,7 +611,7 @@ def refuse_large_images(
 ) -> bool:
     """Refuse an image far larger than the model input, before any is encoded: only the headers
     of GeoTIFFs and PNG/JPEG pictures are read (arrays, and files whose header cannot be read,
-    are checked when they are read). GeoTIFFs pass with ``--downsample``.
+    are checked when they are read). GeoTIFFs and pictures pass with ``--downsample``.
 
     Only the first :data:`EARLY_CHECK_FILES` files are judged here, so that the common mistake
     (a scene given as an image, a small folder holding one) is refused at once; the caller's
@@ -663,6 +663,8 @@ def refuse_large_images(
                         height, width = img.height, img.width
                 except Image.DecompressionBombError as err:  # too large for Pillow to open
                     raise UsageError(large_refusal(str(too_large_picture(path, err)), fix)) from err
+                if getattr(args, "downsample", False):
+                    continue  # read reduced to the model input
             else:
                 continue
         except (OSError, ValueError, RasterioError):  # named when the file is read

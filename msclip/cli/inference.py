@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--downsample",
         action="store_true",
-        help="read GeoTIFFs larger than the model input reduced to it (through their overviews) "
-        "instead of refusing those far larger than the input; or use --run-scene to tile them",
+        help="read GeoTIFFs (through their overviews) and PNG/JPEG pictures larger than the "
+        "model input reduced to it instead of refusing those far larger than the input; or use "
+        "--run-scene to tile a GeoTIFF",
     )
     add_input_check_args(g)
     c = p.add_argument_group("classification")

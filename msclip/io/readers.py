@@ -701,25 +701,72 @@ def _read_numpy(
                   meta={"layout": found})  # fmt: skip
 
 
+def _reduced_shape(h: int, w: int, shorter_side: int | None) -> tuple[int, int] | None:
+    """The shape of a raster read reduced so that its shorter side is ``shorter_side``, or
+    ``None`` when it is not larger than that."""
+    if shorter_side is None or min(h, w) <= shorter_side:
+        return None
+    scale = shorter_side / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _area_reduce(
+    arr: np.ndarray, shape: tuple[int, int], invalid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``[C, H, W]`` pixels averaged over the areas that make up each pixel of ``shape``,
+    leaving out ``invalid`` ones (as GDAL's average resampling leaves out nodata); integers are
+    rounded back to their type. Returns the pixels and where no valid pixel contributed."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))[None]
+    valid = (
+        torch.ones((1, 1, *arr.shape[1:]), dtype=torch.float64)
+        if invalid is None
+        else torch.from_numpy(~invalid).to(torch.float64)[None, None]
+    )
+    weight = F.adaptive_avg_pool2d(valid, shape)
+    total = F.adaptive_avg_pool2d(x * valid, shape)
+    out = (total / weight.clamp_min(1e-12))[0].numpy()
+    empty = weight[0, 0].numpy() == 0
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(arr.dtype), (empty if invalid is not None and empty.any() else None)
+
+
 def _read_picture(
     path: str,
     bands: Sequence[str | Band] | None,
     sensor: str | None,
     max_pixels: int | None,
     nodata: float | None = None,
+    shorter_side: int | None = None,
 ) -> Raster:
     """PNG / JPEG at their true depth and band count: 8- or 16-bit, greyscale (one band), RGB;
     a palette is expanded to RGB; turned upright by the EXIF orientation a camera records (as
     every image viewer shows it). An alpha channel (or a palette's or colour key's transparency)
     is not a band: when it only says transparent or opaque (0 or its full value), its
     transparent pixels are missing ones (:func:`_alpha_mask`), set to ``nodata`` (else a value no
-    opaque pixel holds, else NaN) as a GeoTIFF's masked pixels are; any other alpha is dropped."""
+    opaque pixel holds, else NaN) as a GeoTIFF's masked pixels are; any other alpha is dropped.
+
+    With ``shorter_side``, a larger picture is reduced to it by area averaging that leaves out
+    the missing pixels (a JPEG is first decoded at the smallest of its 1/2, 1/4, 1/8 scales that
+    is still larger), and ``max_pixels`` does not apply."""
     from PIL import Image, UnidentifiedImageError
 
     alpha = None
+    reduced = None
     try:
         with Image.open(path) as img:
-            check_pixels(path, img.height, img.width, max_pixels)
+            original = (img.height, img.width)
+            reduced = _reduced_shape(*original, shorter_side)
+            if reduced is None:
+                check_pixels(path, img.height, img.width, max_pixels)
+            elif img.format == "JPEG":
+                # decode at a reduced DCT scale no smaller than the target (either orientation)
+                side = max(reduced)
+                img.draft(img.mode, (side, side))
             mode = img.mode
             orientation = _exif_orientation(img)
             depth, colour = _png_header(path) if img.format == "PNG" else (8, -1)
@@ -747,10 +794,17 @@ def _read_picture(
     invalid = _alpha_mask(alpha)
     if invalid is not None:
         invalid = _upright(invalid[None], orientation)[0]
+    meta: dict[str, Any] = {"layout": "HWC", "mode": mode}
+    if reduced is not None:
+        if orientation in (5, 6, 7, 8):
+            reduced, original = reduced[::-1], original[::-1]
+        arr, invalid = _area_reduce(arr, reduced, invalid)
+        meta["downsampled_from"] = original
+    if invalid is not None:
         arr, nodata = _mark_missing(np.array(arr), invalid, nodata)
     names, source = _assign_bands(arr.shape[0], [], bands, sensor, path)
     return Raster(np.ascontiguousarray(arr), names, nodata, path=path, band_source=source,
-                  meta={"layout": "HWC", "mode": mode})  # fmt: skip
+                  meta=meta)  # fmt: skip
 
 
 def _alpha_mask(alpha: np.ndarray | None) -> np.ndarray | None:
@@ -884,9 +938,9 @@ def read_raster(
         sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
         window: ``rasterio.windows.Window`` to read part of a GDAL raster.
         max_pixels: refuse (before reading the pixels) a raster with more pixels than this.
-        shorter_side: read a GeoTIFF (or its window) reduced so that its shorter side has this
-            many pixels when it is larger (average resampling, through the file's overviews when
-            it has them); ``max_pixels`` then does not apply.
+        shorter_side: read a GeoTIFF (or its window) or a PNG/JPEG picture reduced so that
+            its shorter side has this many pixels when it is larger (average resampling, through
+            a GeoTIFF's overviews when it has them); ``max_pixels`` then does not apply.
         nodata: the value of missing pixels as the file stores them, instead of the file's own
             (e.g. 0 for L2A files that declare none). A GeoTIFF read rescaled (a declared band
             scale or offset) compares it with its stored values and marks those pixels NaN.
@@ -933,7 +987,7 @@ def read_raster(
     if ext in NUMPY_EXTENSIONS:
         raster = _read_numpy(p, bands, sensor, layout, max_pixels)
     elif ext in PICTURE_EXTENSIONS:
-        raster = _read_picture(p, bands, sensor, max_pixels, nodata)
+        raster = _read_picture(p, bands, sensor, max_pixels, nodata, shorter_side)
     else:
         raster = None
     if raster is not None:

@@ -210,6 +210,23 @@ def test_a_picture_too_large_for_pillow_is_refused_in_one_line(tmp_path, capsys,
     assert "ortho.jpg has more pixels" in err and "GeoTIFF" in err and "Traceback" not in err
 
 
+def test_a_large_picture_is_read_reduced_with_downsample(tmp_path, capsys):
+    """PNG and JPEG pictures far larger than the input are refused, and --downsample reads them
+    reduced to it (as GeoTIFFs)."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(4)
+    for name in ("big.png", "big.jpg"):
+        Image.fromarray(rng.integers(0, 255, (400, 300, 3)).astype(np.uint8)).save(pics / name)
+    out = tmp_path / "c.csv"
+    argv = ["--run-classification", "--images", str(pics), *CLASSES, *QUIET,
+            "--save-path", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert "400x300 pixels" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--downsample"]) == 0
+    assert sorted(pd.read_csv(out)["Image"]) == ["big.jpg", "big.png"]
+
+
 # -- 5. band descriptions -------------------------------------------------------------------------
 def test_unrecognised_band_descriptions_are_refused_generic_ones_noted(tmp_path):
     data = np.ones((10, 16, 16), np.uint16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 from PIL import Image, ImageOps
 
 import msclip
@@ -120,3 +121,39 @@ def test_a_classification_counts_transparent_pixels_as_missing(tmp_path):
             "msclip-tiny", "--no-pretrained", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     assert pd.read_csv(out)["valid_fraction"].tolist() == [0.75]
+
+
+def test_pictures_are_read_reduced_to_the_shorter_side(tmp_path):
+    """``shorter_side`` reduces a large PNG by area averaging (transparent pixels left out) and a
+    JPEG through a reduced decode first; smaller pictures are read as they are."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 255, (120, 180, 3)).astype(np.uint8)
+    alpha = np.full((120, 180), 255, np.uint8)
+    alpha[:, :60] = 0  # the left third transparent
+    rgb[:, :60] = 7  # a colour no average should see
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "big.png")
+    got = msclip.read_raster(tmp_path / "big.png", shorter_side=40, max_pixels=100)
+    assert got.data.shape == (3, 40, 60) and got.data.dtype == np.uint8
+    assert got.meta["downsampled_from"] == (120, 180)
+    # each output pixel averages a 3 x 3 block; the transparent ones stay missing
+    want = rgb[:, 60:].reshape(40, 3, 40, 3, 3).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_array_equal(got.data[:, :, 20:], np.rint(want).transpose(2, 0, 1))
+    assert (got.data[:, :, :20] == got.nodata).all() and got.nodata != 7
+    # not larger than the side: as stored; larger without the side: refused as before
+    small = msclip.read_raster(tmp_path / "big.png", shorter_side=200)
+    assert small.data.shape == (3, 120, 180) and "downsampled_from" not in small.meta
+    with pytest.raises(msclip.errors.RasterTooLargeError):
+        msclip.read_raster(tmp_path / "big.png", max_pixels=100)
+    # a JPEG (turned by its EXIF orientation): decoded reduced, then averaged to the shape
+    yy, xx = np.mgrid[0:480, 0:640]
+    smooth = 127 + 100 * np.sin(xx / 40.0)[..., None] * np.cos(yy[..., None] / 30.0 + np.arange(3))
+    img = Image.fromarray(smooth.astype(np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown turned a quarter: 640 rows x 480 columns
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    full = msclip.read_raster(tmp_path / "photo.jpg")
+    got = msclip.read_raster(tmp_path / "photo.jpg", shorter_side=64)
+    assert full.data.shape == (3, 640, 480) and got.data.shape == (3, 85, 64)
+    assert got.meta["downsampled_from"] == (640, 480)
+    ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(full.data).double(), (85, 64))
+    assert np.abs(got.data.astype(float) - ref.numpy()).mean() < 1.5  # the same picture, reduced
