@@ -503,8 +503,8 @@ def encode_batches(
         model: an :class:`msclip.MSCLIP` (``encode_image``, ``device``, ``embed_dim``).
         dataset: items as described in the module docstring; an optional ``name(i)`` method names
             item ``i`` in messages.
-        batch_size: images per model call; ``None`` (default): :func:`auto_batch_size` (8 on a
-            CPU, from free memory on a GPU).
+        batch_size: images per model call; ``None`` (default): :func:`auto_batch_size` (4 on a
+            CPU, from free GPU and host memory on a GPU).
         workers: DataLoader worker processes for decoding (0: in this process).
         batch_sampler: a batch sampler instead of sequential batches (one shard per process in
             distributed validation).

@@ -334,8 +334,8 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         "--quiet",
         "-q",
         action="store_true",
-        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
-        "run's summary on stdout remain",
+        help="no progress bars, status lines (loading, precision) or warnings; errors (on "
+        "stderr) and the run's summary (on stdout) remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g

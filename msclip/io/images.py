@@ -176,10 +176,16 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
             images = _without_vrt_parts(images, str(p))
             if n_other:
                 logger.warning(
-                    "%s: %d file%s with other extensions (%s) %s not images and %s skipped",
-                    p, n_other, "" if n_other == 1 else "s", ", ".join(others),
-                    "is" if n_other == 1 else "are", "is" if n_other == 1 else "are",
-                )  # fmt: skip
+                    "%s: %s (%s) %s",
+                    p,
+                    "1 file with another extension"
+                    if n_other == 1
+                    else f"{n_other} files with other extensions",
+                    ", ".join(others),
+                    "is not an image and is skipped"
+                    if n_other == 1
+                    else "are not images and are skipped",
+                )
             if not images:
                 raise ImageSetError(f"folder {p} holds no image files ({_extensions()})")
             found_paths += [(f, str(p)) for f in images]

@@ -137,7 +137,7 @@ def test_a_folder_lists_the_vrt_not_its_band_files_nor_sidecars(tmp_path, caplog
     text = caplog.text
     assert "4 files read by the VRT file(s) there are not listed on their own" in text
     # one other file is named; the sidecar is not an "other file"
-    assert re.search(r"1 file with other extensions \(\.md\)", text)
+    assert re.search(r"1 file with another extension \(\.md\)", text)
     # a pattern matching everything gives the same images
     pattern = list_image_set([str(tmp_path / "scene" / "*")])
     assert sorted(pattern.paths) == sorted(listed.paths)

@@ -205,7 +205,7 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
     (tmp_path / "flat" / "notes.xml").write_text("<x/>")
     flat = list_image_set([tmp_path / "flat"])
     assert flat.names == ["a.tif", "b.npy"]  # a flat folder: bare file names, as the original
-    assert "1 file with other extensions (.xml) is not images" in caplog.text
+    assert "1 file with another extension (.xml) is not an image and is skipped" in caplog.text
     nested = list_image_set([tmp_path / "nested"])
     assert nested.names == ["x/c.tif", "y/c.tif"]  # same file name, different folders: distinct
     both = list_image_set([tmp_path / "flat", tmp_path / "other"])
