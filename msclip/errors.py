@@ -170,11 +170,6 @@ class PrecisionError(MSCLIPError, ValueError):
     GPU)."""
 
 
-class PerformanceWarning(UserWarning):
-    """A setting that runs, but is expected to be much slower on this machine than the default
-    (bf16 on a CPU without native bf16)."""
-
-
 class WeightsNotFoundError(MSCLIPError, FileNotFoundError):
     """Weights are neither at the given path nor in the hub cache, and cannot be fetched."""
 
@@ -288,6 +283,11 @@ class BadSampleError(MSCLIPError, ValueError):
 # concerns and report it once (:mod:`msclip.encode`); the file goes to the debug log.
 class MSCLIPWarning(UserWarning):
     """Base class of msclip's warnings."""
+
+
+class PerformanceWarning(MSCLIPWarning):
+    """A setting that runs, but is expected to be much slower on this machine than the default
+    (bf16 on a CPU without native bf16)."""
 
 
 class BandCoverageWarning(MSCLIPWarning):

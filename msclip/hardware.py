@@ -441,7 +441,7 @@ def choose_precision(requested: str | None = "auto", device: Any = None) -> Prec
                 f"'auto' picks) cannot be used here: {err}; {fix}"
             ) from None
         return PrecisionChoice(choice.precision, req, f"{PRECISION_ENV}={choice.precision}")
-    return _choose(req, device, "use --precision auto (or fp32)")
+    return _choose(req, device, "use precision 'auto' (--precision auto) or 'fp32'")
 
 
 def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
@@ -476,7 +476,12 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
     if req == "fp16":
         raise PrecisionError(
             "precision 'fp16' is not supported on a CPU: CPUs have no fast fp16 matrix products "
-            "(about 1 GFLOP/s); use 'auto', 'fp32' or 'bf16'",
+            "(about 1 GFLOP/s); "
+            + (
+                "use 'auto' (bf16 on this CPU), 'bf16' or 'fp32'"
+                if cpu.native_bf16
+                else "use 'auto' or 'fp32' (this CPU has no native bf16 either)"
+            ),
             param="precision",
         )
     if req == "auto":

@@ -715,14 +715,16 @@ def load_model(
     if large is not None:
         checked = refuse_large_images(args, large.paths, large.fix, every_file=large.every_file)
     name = args.model_name or (Path(args.ckpt_path).name if args.ckpt_path else default_name)
-    status(args, f"loading {name} ...")
-    weights = _check_before_loading(args, default_name)
     import torch
 
     from msclip.factory import get_tokenizer
+    from msclip.hardware import choose_precision
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.device = device
+    choose_precision(args.precision, device)  # a precision the device refuses: before loading
+    status(args, f"loading {name} ...")
+    weights = _check_before_loading(args, default_name)
     model = model_from_args(
         args.model_name, weights if weights is not None else args.ckpt_path, args.pretrained,
         default_name=default_name, seed=args.seed, device=device, precision=args.precision,

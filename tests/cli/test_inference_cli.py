@@ -521,3 +521,30 @@ def test_flags_of_another_mode_are_usage_errors(args, named, monkeypatch, capsys
     mode = args[0]
     assert f"{mode} does not use {', '.join(named)}" in err, err
     assert all(f"{flag} applies to" in err for flag in named)
+
+
+def test_a_precision_the_device_refuses_stops_before_loading(tiles, tmp_path, monkeypatch, capsys):
+    from msclip.cli import common
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be built")
+
+    monkeypatch.setattr(common, "model_from_args", no_model)
+    args = _classify_ab(tmp_path / "o.csv", tiles[0])
+    args = [a for a in args if a != "--quiet"] + ["--precision", "fp16", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "precision 'fp16' is not supported on a CPU" in err
+    assert "loading" not in err  # the status line "loading msclip-tiny ..." comes after
+
+
+def test_msclip_performance_warnings_show_their_message_alone(caplog):
+    """A PerformanceWarning is msclip's own: shown as its message, without a source path."""
+    from msclip.cli.common import _show_warning
+    from msclip.errors import MSCLIPWarning, PerformanceWarning
+
+    assert issubclass(PerformanceWarning, MSCLIPWarning)
+    with caplog.at_level("WARNING", logger="py.warnings"):
+        _show_warning(PerformanceWarning("bf16 is emulated here"), PerformanceWarning, "/x.py", 3)
+        _show_warning(UserWarning("other"), UserWarning, "/y.py", 4)
+    assert caplog.messages == ["bf16 is emulated here", "UserWarning: other (/y.py:4)"]
