@@ -363,12 +363,22 @@ def _finish_run(
 _TABLE_COLUMNS = ("Image", "Class", "valid_fraction", "status", "Tile", "Row", "Col")
 
 
-def _check_classes(names: Sequence[str]) -> None:
-    clash = [n for n in names if n.strip() in _TABLE_COLUMNS]
+def _check_classes(
+    names: Sequence[str], multi_label: bool = False, queries: Sequence[str] = ()
+) -> None:
+    columns = (*_TABLE_COLUMNS, *(f"Similarity: {q}" for q in queries))
+    clash = [n for n in names if n.strip() in columns]
     if clash:  # its probability column would replace (or be replaced by) the table's own
         raise UsageError(
             f"class name(s) {clash} are also column names of the output table "
-            f"({', '.join(_TABLE_COLUMNS)}); name the class otherwise (e.g. '{clash[0]} class')"
+            f"({', '.join(columns)}); name the class otherwise (e.g. '{clash[0]} class')"
+        )
+    joined = [n for n in names if ";" in n]
+    if multi_label and joined:  # the Class column joins the present classes with ';'
+        raise UsageError(
+            f"class name(s) {joined} hold ';', which separates the classes of an image in the "
+            f"Class column of --multi-label; name the class otherwise (e.g. "
+            f"'{joined[0].replace(';', ',')}')"
         )
     if len(names) < 2:
         raise UsageError(
@@ -674,7 +684,7 @@ def run_classification(args: argparse.Namespace) -> int:
     names = _class_names(args)
     if names is None:
         raise UsageError("--run-classification needs --class-names or --classes-file")
-    _check_classes(names)
+    _check_classes(names, multi_label=args.multi_label)
     check_checkpoint(args)
     out_path = check_output(output_path(args.save_path, "classification.csv"))
     refuse_input_as_output(out_path, _run_inputs(args, image_set), "classification.csv")
@@ -777,12 +787,12 @@ def run_scene(args: argparse.Namespace) -> int:
         return _head_scene(args)
     names = _class_names(args)
     templates = None
+    queries = read_queries(args)
     if names is not None:
-        _check_classes(names)
+        _check_classes(names, queries=queries)
         from msclip.zero_shot import load_templates
 
         templates = load_templates(args.templates or "eo")
-    queries = read_queries(args)
     if not Path(args.scene).expanduser().is_file():
         raise UsageError(f"scene file not found: {args.scene} (--scene)")
     check_checkpoint(args)

@@ -548,3 +548,22 @@ def test_msclip_performance_warnings_show_their_message_alone(caplog):
         _show_warning(PerformanceWarning("bf16 is emulated here"), PerformanceWarning, "/x.py", 3)
         _show_warning(UserWarning("other"), UserWarning, "/y.py", 4)
     assert caplog.messages == ["bf16 is emulated here", "UserWarning: other (/y.py:4)"]
+
+
+def test_class_names_that_would_corrupt_the_table_are_refused(tiles, tmp_path, monkeypatch,
+                                                              capsys):  # fmt: skip
+    """With --multi-label a class name holding ';' (the separator of the Class column); in a
+    scene run a class named as a similarity column of one of the queries."""
+    _no_model(monkeypatch)
+    multi = ["--run-classification", "--images", str(tiles[0]), "--class-names", "sea;ocean",
+             "forest", "--multi-label", "--save-path", str(tmp_path / "m.csv"), *TINY]  # fmt: skip
+    assert main(multi) == 2
+    assert "hold ';'" in capsys.readouterr().err
+    monkeypatch.undo()  # the model runs from here
+    assert main([a for a in multi if a != "--multi-label"]) == 0  # one label per image: fine
+    capsys.readouterr()
+    _no_model(monkeypatch)
+    scene = ["--run-scene", "--scene", str(tiles[0]), "--query", "a river", "--class-names",
+             "Similarity: a river", "forest", "--save-path", str(tmp_path / "s"), *TINY]  # fmt: skip
+    assert main(scene) == 2
+    assert "are also column names of the output table" in capsys.readouterr().err
