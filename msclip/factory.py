@@ -196,7 +196,8 @@ def create_model(
     With weights, the model is built on the meta device (no memory, no random initialisation)
     and takes the memory-mapped checkpoint tensors as its parameters, converted one at a time to
     the precision's dtype: the weights are never held twice. Without weights it gets its usual
-    seeded random initialisation.
+    random initialisation from torch's generator (call ``torch.manual_seed`` first for the same
+    weights in every process).
 
     Args:
         name: a registered model name (:func:`list_models`) or the path of an msclip

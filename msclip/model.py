@@ -468,6 +468,14 @@ class MSCLIP(nn.Module):
                 f"{n} bands are read ({list(bands) if bands is not None else list(self.bands)})"
                 + ("; the channels are last: images.permute(0, 3, 1, 2)" if last else "")
             )
+        size = int(self.image_size)
+        if tuple(images.shape[-2:]) != (size, size):
+            raise LayoutError(
+                f"images of shape {tuple(images.shape)} are {images.shape[-2]}x"
+                f"{images.shape[-1]} pixels, but the image tower reads {size}x{size} (its "
+                f"position embedding is for that size); resize or crop them with "
+                f"model.preprocess(), which does"
+            )
 
     def _can_trim_text(self) -> bool:
         c = self.clip

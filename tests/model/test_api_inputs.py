@@ -105,6 +105,8 @@ def test_encode_image_names_the_shape_it_needs(tiny):
         tiny.encode_image(torch.zeros(2, 32, 32, 10))
     with pytest.raises(LayoutError, match="non-empty"):
         tiny.encode_image(torch.zeros(0, 10, 32, 32))
+    with pytest.raises(LayoutError, match=r"64x48 pixels, but the image tower reads 32x32"):
+        tiny.encode_image(torch.zeros(1, 10, 64, 48))
     assert tiny.encode_image(torch.zeros(1, 10, 32, 32)).shape == (1, 32)
 
 
