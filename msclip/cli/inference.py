@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="class names (a single comma-separated value is split at commas)",
     )
-    c.add_argument("--classes-file", default=None, help=".txt (one per line) or .yaml file")
+    c.add_argument(
+        "--classes-file", default=None, help=".txt (one per line), one-column .csv or .yaml file"
+    )
     c.add_argument(
         "--templates",
         default=None,
@@ -168,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_text_cache_args(c)
     add_query_args(p.add_argument_group("retrieval"), top_k=5)
     s = p.add_argument_group("scene")
-    s.add_argument("--scene", default=None, help="the large GeoTIFF / COG to map")
+    s.add_argument(
+        "--scene", default=None, help="the large raster to map (GeoTIFF / COG, JPEG 2000, VRT)"
+    )
     s.add_argument(
         "--tile-size",
         type=positive_int,
