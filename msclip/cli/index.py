@@ -60,6 +60,8 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
+    refuse_input_as_output,
+    registered_weight_files,
     run_cli,
     seconds,
     write_csv,
@@ -265,6 +267,40 @@ def _open(index: str) -> Any:
         ) from err
 
 
+def _refuse_search_outputs(
+    args: argparse.Namespace, store: Any, out: Path, gpath: Path, gflag: str
+) -> None:
+    """Refuse a search output inside the index folder (its files, or new files among them) or
+    one that is an input of the search: the queries file, a query image, the weights, or a file
+    of the index."""
+    index_dir = Path(args.index).resolve()
+    for path, flag in ((out, "--save-path"), (gpath, gflag)):
+        where = path.resolve()
+        if where == index_dir or index_dir in where.parents:
+            raise UsageError(
+                f"{flag} {path} lies inside the index {args.index}: writing there would damage "
+                f"it; give a path outside it (e.g. results/{path.name})"
+            )
+    inputs = [
+        ("the queries file", args.queries_file),
+        ("a query image", args.query_image),
+        ("the checkpoint", args.ckpt_path),
+        ("the model file", args.model_name),
+        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
+    ]
+    refuse_input_as_output(out, inputs, "index_search.csv")
+    refuse_input_as_output(gpath, inputs, "index_search.geojson", flag=gflag)
+    for path, flag in ((out, "--save-path"), (gpath, gflag)):
+        if path.exists():  # an indexed file, by its key (the absolute path it was read from)
+            keys = {s.key for s in store.sources}
+            hit = next((p for p in (os.path.abspath(path), str(path.resolve())) if p in keys), None)
+            if hit is not None:
+                raise UsageError(
+                    f"{flag} {path} is the indexed file {hit}: writing the results there would "
+                    f"destroy it; give another file (e.g. results/{path.name})"
+                )
+
+
 def _run_search(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -285,6 +321,7 @@ def _run_search(args: argparse.Namespace) -> int:
             f"the results table and the GeoJSON would both be {out}: give the table a .csv path "
             "(--save-path) and the GeoJSON its own (--geojson)"
         )
+    _refuse_search_outputs(args, store, out, gpath, "--geojson" if geojson else "--save-path")
     if store.count == 0:
         raise UsageError(
             f"index {args.index} is empty; add images with 'msclip-index add {args.index} "

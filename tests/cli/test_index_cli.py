@@ -449,6 +449,37 @@ def test_search_output_paths(inputs, tmp_path, model, capsys):
     assert "no longer exist" not in err
 
 
+def test_search_never_writes_over_the_index_or_its_inputs(inputs, tmp_path, capsys):
+    """Outputs inside the index folder, over the queries file, a query image or an indexed file
+    are refused before any search, and nothing is written."""
+    import shutil
+
+    files, _, _ = inputs
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    tile = folder / files[0].name
+    shutil.copy(files[0], tile)
+    idx = tmp_path / "s.index"
+    assert main(["build", str(idx), "--images", str(tile), *TINY]) == 0
+    queries = tmp_path / "q.txt"
+    queries.write_text("a river\n")
+    kept = {f: f.read_bytes() for f in [*idx.rglob("*"), queries, tile] if f.is_file()}
+    search = ["search", str(idx), *TINY]
+    runs = [
+        (["--query", "x", "--save-path", str(idx / "manifest.json")], "lies inside the index"),
+        (["--query", "x", "--save-path", str(idx / "new.csv")], "lies inside the index"),
+        (["--query", "x", "--geojson", str(idx / "hits.geojson")], "lies inside the index"),
+        (["--queries-file", str(queries), "--save-path", str(queries)], "is the queries file"),
+        (["--query-image", str(tile), "--save-path", str(tile)], "is a query image"),
+        (["--query", "x", "--save-path", str(tile)], "is the indexed file"),
+    ]
+    for extra, message in runs:
+        assert main([*search, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert {f: f.read_bytes() for f in kept} == kept
+    assert not (idx / "new.csv").exists() and not (idx / "hits.geojson").exists()
+
+
 def test_failed_scene_tiles_are_retried_alone(inputs, tmp_path, monkeypatch, capsys):
     """A tile that fails to read is not lost: the scene keeps its good tiles, the message counts
     tiles, and rerunning the build reads only the failed tile (no duplicates)."""
