@@ -136,6 +136,19 @@ def _read_spool(path: Path, key: str, fingerprint: str, stamp: Any = False) -> E
                          int(meta.get("items", 1)))  # fmt: skip
 
 
+def _process_zero_error(plan: dict[str, Any], path: Any) -> BaseException:
+    """What process 0 met opening the index, raised on the other processes: the same msclip
+    error (message and argument at fault), so that every process leaves as process 0 does (a
+    usage error, not an internal one); another error as a RuntimeError naming it."""
+    from msclip import errors
+
+    kind = getattr(errors, str(plan.get("kind")), None)
+    if isinstance(kind, type) and issubclass(kind, errors.MSCLIPError):
+        with contextlib.suppress(Exception):  # a class that takes other arguments: the fallback
+            return kind(plan.get("message", ""), param=plan.get("param"))
+    return RuntimeError(f"process 0 could not open the index {path}: {plan['error']}")
+
+
 def build_sharded(
     path: str | os.PathLike,
     model: Any,
@@ -196,7 +209,8 @@ def build_sharded(
             ]
             payload = [{"work": left, "spooled": sorted(spooled)}]
     except BaseException as exc:
-        payload = [{"error": f"{type(exc).__name__}: {exc}"}]
+        payload = [{"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__,
+                    "message": str(exc), "param": getattr(exc, "param", None)}]  # fmt: skip
         dist.broadcast_object_list(payload, src=0)
         if writer is not None:
             writer.close()
@@ -204,7 +218,7 @@ def build_sharded(
     dist.broadcast_object_list(payload, src=0)
     plan = payload[0]
     if "error" in plan:
-        raise RuntimeError(f"process 0 could not open the index {path}: {plan['error']}")
+        raise _process_zero_error(plan, path)
     spooled = set(plan["spooled"])
     work: list[Source | None] = [
         None if w is None else sources[i] if w[1] is None else retry_source(sources[i], *w)

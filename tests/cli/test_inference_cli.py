@@ -564,6 +564,7 @@ def test_class_names_that_would_corrupt_the_table_are_refused(tiles, tmp_path, m
     capsys.readouterr()
     _no_model(monkeypatch)
     scene = ["--run-scene", "--scene", str(tiles[0]), "--query", "a river", "--class-names",
-             "Similarity: a river", "forest", "--save-path", str(tmp_path / "s"), *TINY]  # fmt: skip
+             "Similarity: a river", "forest", "--save-path", str(tmp_path / "s"),
+             *TINY]  # fmt: skip
     assert main(scene) == 2
     assert "are also column names of the output table" in capsys.readouterr().err

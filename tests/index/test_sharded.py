@@ -214,6 +214,15 @@ def test_torchrun_build_equals_one_process_and_resumes_after_kills(inputs, tmp_p
     _torchrun([*args, "-1", "0", *lists], tmp_path)
     _same_index(killed, ref)
 
+    # an index process 0 refuses (another model): every process leaves with its usage error
+    other = ["--model-name", "msclip-tiny", "--no-pretrained", "--seed", "7", "--quiet"]
+    proc = _torchrun(["-m", "msclip.index", "add", str(ref), "--images", images[0], *other],
+                     tmp_path, check=False)  # fmt: skip
+    assert proc.returncode != 0  # torchrun's own status when a process fails (and its report)
+    assert proc.stderr.count("error: the index was built with another model") == 2
+    assert "exitcode: 2" in proc.stderr  # each process left with the usage error's status
+    assert "internal error" not in proc.stderr and "could not open the index" not in proc.stderr
+
 
 def test_process_0_takes_sources_off_the_front_of_its_queue(tmp_path) -> None:
     """The writer adds sources strictly in plan order, as they become available, and stops at
@@ -238,3 +247,19 @@ def test_process_0_takes_sources_off_the_front_of_its_queue(tmp_path) -> None:
         _ingest(writer, sources, pending, own, tmp_path / "spool", "fp", report, 0.0, 0.0)
         assert not pending and writer.count == n
     assert IndexStore.open(tmp_path / "x.index").metadata["i"].tolist() == list(range(n))
+
+
+def test_other_processes_raise_what_process_0_met() -> None:
+    from msclip.errors import IndexMismatchError, OutputPathError
+    from msclip.index.sharded import _process_zero_error
+
+    err = _process_zero_error({"error": "x", "kind": "IndexMismatchError", "message": "another "
+                               "model", "param": "model_name"}, "a.index")  # fmt: skip
+    assert type(err) is IndexMismatchError and str(err) == "another model"
+    assert err.param == "model_name"
+    err = _process_zero_error({"error": "e", "kind": "OutputPathError", "message": "read-only",
+                               "param": None}, "a.index")  # fmt: skip
+    assert isinstance(err, OutputPathError) and str(err) == "read-only"
+    err = _process_zero_error({"error": "KeyError: 'k'", "kind": "KeyError", "message": "'k'"},
+                              "a.index")  # fmt: skip
+    assert type(err) is RuntimeError and "process 0 could not open the index a.index" in str(err)
