@@ -64,6 +64,7 @@ from msclip.errors import (
     ModelInfoError,
 )
 from msclip.io import TMP_PREFIX, fsync_dir, write_bytes
+from msclip.io.images import INDEX_MARKERS
 
 try:  # POSIX advisory locks; on other platforms a second writer is not detected
     import fcntl
@@ -94,8 +95,7 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "msclip-embedding-index"
 FORMAT_VERSION = 1
 PART_FORMAT_NAME = "msclip-embedding-index-part"
-MANIFEST_NAME = "manifest.json"
-EMBEDDINGS_NAME = "embeddings.f32"
+MANIFEST_NAME, EMBEDDINGS_NAME = INDEX_MARKERS  # what image listings recognise an index by
 META_DIR = "meta"
 SEARCH_CACHE_DIR = "search_cache"
 LOCK_NAME = ".writer.lock"

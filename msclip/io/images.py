@@ -226,15 +226,29 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     return ImageSet(paths, unique_names(paths, [root for _, root in unique.values()]))
 
 
+#: The files that make a folder an msclip embedding index (:mod:`msclip.index.store` names its
+#: manifest and embeddings file with these).
+INDEX_MARKERS = ("manifest.json", "embeddings.f32")
+
+
+def is_index_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the folder of an msclip embedding index (its manifest and embeddings
+    file are there)."""
+    return all(os.path.isfile(os.path.join(path, name)) for name in INDEX_MARKERS)
+
+
 def _folder_files(folder: Path, recursive: bool) -> list[Path]:
     """The files below ``folder`` as a ``**`` glob pattern finds them: hidden files and folders
     (names starting with ``.``: ``.DS_Store``, macOS ``._*`` resource forks, ``.ipynb_checkpoints``
     copies) skipped, linked folders followed (each real folder once, so a link cycle ends), and
-    links whose target is missing kept (the run names them as unreadable)."""
+    links whose target is missing kept (the run names them as unreadable). msclip embedding
+    index folders are skipped: their caches are arrays, not images (an index kept beside its
+    tiles would otherwise index its own files on the next run)."""
     files: list[Path] = []
     seen: set[str] = set()
     hidden = 0
     unfinished: list[str] = []
+    indexes: list[str] = []
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -243,8 +257,15 @@ def _folder_files(folder: Path, recursive: bool) -> list[Path]:
         seen.add(real)
         unfinished += [n for n in names if n.startswith(TMP_PREFIX)]
         hidden += sum(n.startswith(".") for n in (*dirs, *names))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        if not recursive:
+            dirs[:] = []
+        else:
+            visible = sorted(d for d in dirs if not d.startswith("."))
+            indexes += [os.path.join(root, d) for d in visible if is_index_folder(Path(root, d))]
+            dirs[:] = [d for d in visible if os.path.join(root, d) not in indexes]
         files += [Path(root, n) for n in names if not n.startswith(".")]
+    if indexes:
+        logger.info("%s: embedding index folder(s) skipped: %s", folder, ", ".join(indexes))
     if unfinished:
         # an interrupted msclip write (a map, a tile) left these: not finished images
         n = len(unfinished)

@@ -480,6 +480,29 @@ def test_search_never_writes_over_the_index_or_its_inputs(inputs, tmp_path, caps
     assert not (idx / "new.csv").exists() and not (idx / "hits.geojson").exists()
 
 
+def test_an_index_kept_among_its_tiles_is_not_listed_as_images(inputs, tmp_path, capsys):
+    """The index folder (its search cache of arrays, its spool) inside a folder given to
+    --images is skipped, so the same build command can be rerun."""
+    import shutil
+
+    files, _, _ = inputs
+    nest = tmp_path / "nest"
+    nest.mkdir()
+    for f in files[:3]:
+        if "broken" not in f.name:
+            shutil.copy(f, nest / f.name)
+    idx = nest / "my.index"
+    build = ["build", str(idx), "--images", str(nest), *TINY]
+    assert main(build) == 0
+    assert main(["search", str(idx), "--query", "a river", "--save-path",
+                 str(tmp_path / "r.csv"), *TINY]) == 0  # fmt: skip
+    assert any((idx / "search_cache").iterdir())  # arrays a listing would take for images
+    capsys.readouterr()
+    assert main(build) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert re.search(r"unreadable files / tiles\s+0 / 0", out), out
+
+
 def test_failed_scene_tiles_are_retried_alone(inputs, tmp_path, monkeypatch, capsys):
     """A tile that fails to read is not lost: the scene keeps its good tiles, the message counts
     tiles, and rerunning the build reads only the failed tile (no duplicates)."""
