@@ -128,6 +128,7 @@ FLAGS: dict[str, str] = {
     "sensor": "--sensor",
     "layout": "--layout",
     "images": "--images",
+    "scenes": "--scenes",
     "query_image": "--query-image",
     "class_names": "--class-names or --classes-file",
     "templates": "--templates",

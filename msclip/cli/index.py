@@ -456,7 +456,7 @@ def _windows(df: Any) -> list[str]:
 
 # -- build / add / info ---------------------------------------------------------------------------
 def _run_build(args: argparse.Namespace) -> int:
-    from msclip.errors import BandCoverageError, RasterTooLargeError
+    from msclip.errors import BandCoverageError, ImageSetError, RasterTooLargeError
     from msclip.index.build import build_index
     from msclip.index.store import folder_problem
     from msclip.io import list_images
@@ -465,7 +465,11 @@ def _run_build(args: argparse.Namespace) -> int:
     if problem is not None:  # before loading the model and planning the sources
         raise UsageError(problem)
     images = list_images(args.images) if args.images else []
-    scenes = list_images(args.scenes) if args.scenes else []
+    try:
+        scenes = list_images(args.scenes) if args.scenes else []
+    except ImageSetError as err:
+        err.param = "scenes"  # named as --scenes, not as the images' flag
+        raise
     store = _existing(args.index)
     existing = store.model_info if store is not None else None
     if args.command == "add" and existing is None:

@@ -160,6 +160,15 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
         ImageSetError: a specification that matches nothing, or a missing file or list given
             directly.
     """
+    try:
+        return _list_image_set(specs, recursive)
+    except ImageSetError as err:  # every such error is about the argument that gave the images
+        if err.param is None:
+            err.param = "images"
+        raise
+
+
+def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> ImageSet:
     found_paths: list[tuple[str, str]] = []  # (path, root)
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]  # one specification, not the characters of a path
@@ -215,8 +224,8 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
             found_paths += [(f, root) for f in found]
         else:
             raise ImageSetError(
-                f"no such file or folder: {s}; images are given as folders, image files, "
-                ".txt/.yaml lists of paths, or glob patterns",
+                f"no such file or folder: {s}; give folders, image files, .txt/.yaml lists of "
+                "paths, or glob patterns",
                 param="images",
             )
     unique: dict[str, tuple[str, str]] = {}

@@ -503,6 +503,17 @@ def test_an_index_kept_among_its_tiles_is_not_listed_as_images(inputs, tmp_path,
     assert re.search(r"unreadable files / tiles\s+0 / 0", out), out
 
 
+def test_empty_or_missing_inputs_name_their_flag(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    idx = str(tmp_path / "x.index")
+    for flag in ("--images", "--scenes"):
+        for given in (str(tmp_path / "nosuch.tif"), str(tmp_path / "empty"),
+                      str(tmp_path / "nosuch" / "*.tif")):  # fmt: skip
+            assert main(["build", idx, flag, given, *TINY]) == 2, (flag, given)
+            err = capsys.readouterr().err
+            assert err.rstrip().endswith(f"(command-line option: {flag})"), err
+
+
 def test_failed_scene_tiles_are_retried_alone(inputs, tmp_path, monkeypatch, capsys):
     """A tile that fails to read is not lost: the scene keeps its good tiles, the message counts
     tiles, and rerunning the build reads only the failed tile (no duplicates)."""
