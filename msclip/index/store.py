@@ -847,7 +847,16 @@ class IndexWriter:
         # folder itself); the check is repeated under the lock against a concurrent creator.
         if directory.is_dir() and not (directory / MANIFEST_NAME).exists():
             cls._refuse_foreign(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from msclip.errors import OutputPathError
+
+            raise OutputPathError(
+                f"cannot create the index folder {directory} ({exc.strerror or exc}); give an "
+                "index path in a folder you can write to",
+                param="index",
+            ) from exc
         lock = cls._acquire_lock(directory)
         try:
             if (directory / MANIFEST_NAME).exists():
@@ -888,9 +897,15 @@ class IndexWriter:
         except OSError as exc:
             from msclip.errors import OutputPathError
 
+            if (directory / MANIFEST_NAME).exists():
+                raise OutputPathError(
+                    f"cannot write to the index {directory} ({exc.strerror}): it can be "
+                    "searched where it is; to add to it, copy it to a writable place",
+                    param="index",
+                ) from exc
             raise OutputPathError(
-                f"cannot write to the index {directory} ({exc.strerror}): it can be searched "
-                "where it is; to add to it, copy it to a writable place",
+                f"cannot write to the folder {directory} ({exc.strerror}): give an index path "
+                "in a folder you can write to",
                 param="index",
             ) from exc
         if fcntl is None:  # pragma: no cover

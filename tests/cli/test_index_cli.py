@@ -319,6 +319,27 @@ def test_an_index_that_cannot_be_written_is_named(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cannot write to the index {idx}" in err and "copy it to a writable place" in err
     assert "Traceback" not in err and IndexStore.open(idx).count == 1
+    # an empty folder that cannot be written: no index there to search or copy
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".writer.lock").mkdir()
+    assert main(["build", str(empty), "--images", str(files[0]), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the folder {empty}" in err and "copy it" not in err
+    # a folder that cannot be created: named, with the fix, not as a bare errno
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if self.name == "new.index":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "mkdir", refuse)
+        assert main(["build", str(tmp_path / "new.index"), "--images", str(files[0]), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the index folder" in err and "Permission denied" in err
+    assert "[Errno 13]" not in err
 
 
 def test_same_weights_at_another_path_are_accepted(inputs, tmp_path, monkeypatch, capsys):
