@@ -168,6 +168,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.command in ("build", "add") and not (args.images or args.scenes):
         p.error(f"{args.command} needs --images and/or --scenes")
+    if args.command in ("build", "add") and not args.scenes:
+        tiling = [f for f, v in (("--tile-size", args.tile_size), ("--stride", args.stride)) if v]
+        if tiling:
+            p.error(
+                f"{' and '.join(tiling)} apply to the scenes of --scenes, which are tiled; "
+                "--images are indexed whole: give the large rasters with --scenes, or leave "
+                f"{' and '.join(tiling)} out"
+            )
     if args.command == "search" and not (args.query or args.queries_file or args.query_image):
         p.error("search needs --query, --queries-file or --query-image")
     return args

@@ -712,3 +712,12 @@ def test_bad_numbers_are_usage_errors(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"argument {argv[-2]}: expected" in err and argv[-1] in err
+
+
+def test_tiling_flags_without_scenes_are_usage_errors(inputs, tmp_path, capsys):
+    files, _, _ = inputs
+    idx = str(tmp_path / "t.index")
+    for extra in (["--tile-size", "32"], ["--stride", "16"]):
+        assert main(["build", idx, "--images", str(files[0]), *extra, *TINY]) == 2
+        assert f"{extra[0]} apply to the scenes of --scenes" in capsys.readouterr().err
+    assert not Path(idx).exists()
