@@ -11,7 +11,9 @@ dynamic layer takes one range for the whole input, so an image's embedding depen
 images of its batch (up to 0.08 in one coordinate of a unit embedding, and zero-shot
 probabilities moved by up to 0.2 between ``--batch-size 1`` and 16 on msclip-demo). Quantised
 image by image, an embedding is the same whatever the batch (to float rounding, ~1e-6), for
-~10 % of the int8 tower's speed (ViT-B/16 at batch 4 and 32, Zen 3).
+8-13 % of the int8 tower's speed (ViT-B/16 at batch 4 to 32, alternated in one process, Zen 3).
+Mapping each image's range onto one fixed range instead (with a row that pins the range) kept
+one call per layer but was slower still and less accurate.
 
 Every linear layer of the image tower's blocks is quantised: the MLP (``c_fc``, ``c_proj``) and
 the attention projections. ``nn.MultiheadAttention`` keeps its projections as raw parameters, so

@@ -43,6 +43,7 @@ failed ones; the next run of the same build reads only those windows again, as t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -551,7 +552,25 @@ def build_index(
                 on_source(done.position)
         writer.commit()
         report.count = writer.count
+        _drop_spool(Path(path))
     return report
+
+
+#: Folder of an index where the processes of a sharded build other than the first leave their
+#: encoded sources for process 0 (:mod:`msclip.index.sharded`).
+SPOOL_DIR = "spool"
+
+
+def _drop_spool(path: Path) -> None:
+    """Remove what an interrupted sharded build left in ``path/spool``: once a one-process
+    build has committed every source, those encodings are of committed sources."""
+    spool = path / SPOOL_DIR
+    if not spool.is_dir():
+        return
+    for f in spool.glob("source-*.npz"):
+        f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # other files (a dying writer's temporaries) stay
+        spool.rmdir()
 
 
 def add_encoded(

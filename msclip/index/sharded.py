@@ -44,6 +44,7 @@ import numpy as np
 from msclip.encode import Failure
 from msclip.errors import BandCoverageError
 from msclip.index.build import (
+    SPOOL_DIR,
     BuildReport,
     EncodedSource,
     Source,
@@ -60,8 +61,6 @@ __all__ = ["SPOOL_DIR", "assign_sources", "build_sharded", "distributed_world"]
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the index where processes other than the first leave their encoded sources.
-SPOOL_DIR = "spool"
 _POLL_SECONDS = 0.05
 
 

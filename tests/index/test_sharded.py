@@ -263,3 +263,18 @@ def test_other_processes_raise_what_process_0_met() -> None:
     err = _process_zero_error({"error": "KeyError: 'k'", "kind": "KeyError", "message": "'k'"},
                               "a.index")  # fmt: skip
     assert type(err) is RuntimeError and "process 0 could not open the index a.index" in str(err)
+
+
+def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(inputs, model, tmp_path):
+    """Encodings another process spooled before a sharded build was stopped are of committed
+    sources once a one-process build has finished: they are removed, not kept for good."""
+    m, pre = model
+    files, _ = inputs
+    good = [f for f in files if "broken" not in f.name][:2]
+    idx = tmp_path / "x.index"
+    spool = idx / SPOOL_DIR
+    spool.mkdir(parents=True)
+    for i in range(2):
+        (spool / f"source-{i:08d}.npz").write_bytes(b"spooled")
+    build_index(idx, m, pre, [str(f) for f in good])
+    assert not spool.exists() and IndexStore.open(idx).count == 2
