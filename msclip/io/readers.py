@@ -603,12 +603,8 @@ def _read_geotiff(
             )
             h = int(window.height) if window is not None else src.height
             w = int(window.width) if window is not None else src.width
-            out_shape = None
-            if shorter_side is not None and min(h, w) > shorter_side:
-                # decimated read: GDAL uses the file's overviews when it has them
-                scale = shorter_side / min(h, w)
-                out_shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-            else:
+            out_shape = _reduced_shape(h, w, shorter_side)  # GDAL reads overviews if any
+            if out_shape is None:
                 check_pixels(path, h, w, max_pixels)
             data, nodata = read_image(
                 src, window, out_shape=out_shape,
@@ -719,11 +715,11 @@ def _area_reduce(
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))[None]
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
     valid = (
-        torch.ones((1, 1, *arr.shape[1:]), dtype=torch.float64)
+        torch.ones((1, 1, *arr.shape[1:]), dtype=torch.float32)
         if invalid is None
-        else torch.from_numpy(~invalid).to(torch.float64)[None, None]
+        else torch.from_numpy(~invalid).to(torch.float32)[None, None]
     )
     weight = F.adaptive_avg_pool2d(valid, shape)
     total = F.adaptive_avg_pool2d(x * valid, shape)
