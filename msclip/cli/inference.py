@@ -496,24 +496,17 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
 
 def _run_inputs(args: argparse.Namespace, image_set: Any) -> list[tuple[str, Any]]:
     """The files a classification or retrieval run reads, for :func:`refuse_input_as_output`."""
-    return [
-        ("the image", image_set.paths),
-        ("the image list", args.images),
-        ("the classes file", getattr(args, "classes_file", None)),
-        ("the templates file", getattr(args, "templates", None)),
-        ("the queries file", getattr(args, "queries_file", None)),
-        ("the checkpoint", args.ckpt_path),
-        ("the model file", args.model_name),
-        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
-        ("the head", getattr(args, "head", None)),
-        ("the adapter file", getattr(args, "adapters", None)),
-    ]
+    return [("the image", image_set.paths), ("the image list", args.images), *_other_inputs(args)]
 
 
 def _scene_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """The files a scene run reads, for :func:`refuse_input_as_output`."""
+    return [("the scene", args.scene), *_other_inputs(args)]
+
+
+def _other_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The files every mode may read besides its images: text files, weights, head, adapters."""
     return [
-        ("the scene", args.scene),
         ("the classes file", getattr(args, "classes_file", None)),
         ("the templates file", getattr(args, "templates", None)),
         ("the queries file", getattr(args, "queries_file", None)),
