@@ -276,7 +276,12 @@ def _open(index: str) -> Any:
 
 
 def _refuse_search_outputs(
-    args: argparse.Namespace, store: Any, out: Path, gpath: Path, gflag: str
+    args: argparse.Namespace,
+    store: Any,
+    out: Path,
+    gpath: Path,
+    gflag: str,
+    query_images: Sequence[str],
 ) -> None:
     """Refuse a search output inside the index folder (its files, or new files among them) or
     one that is an input of the search: the queries file, a query image, the weights, or a file
@@ -291,7 +296,7 @@ def _refuse_search_outputs(
             )
     inputs = [
         ("the queries file", args.queries_file),
-        ("a query image", args.query_image),
+        ("a query image", query_images),
         ("the checkpoint", args.ckpt_path),
         ("the model file", args.model_name),
         (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
@@ -329,7 +334,8 @@ def _run_search(args: argparse.Namespace) -> int:
             f"the results table and the GeoJSON would both be {out}: give the table a .csv path "
             "(--save-path) and the GeoJSON its own (--geojson)"
         )
-    _refuse_search_outputs(args, store, out, gpath, "--geojson" if geojson else "--save-path")
+    gflag = "--geojson" if geojson else "--save-path"
+    _refuse_search_outputs(args, store, out, gpath, gflag, query_images)
     if store.count == 0:
         raise UsageError(
             f"index {args.index} is empty; add images with 'msclip-index add {args.index} "
