@@ -59,6 +59,7 @@ __all__ = [
     "env_setting",
     "local_processes",
     "usable_cores",
+    "warn_emulated_bf16",
 ]
 
 logger = logging.getLogger(__name__)
@@ -407,6 +408,12 @@ def _warn_once(key: str, message: str) -> None:
     _warned.add(key)
     # the caller of choose_precision: _warn_once <- _choose <- choose_precision <- caller
     warnings.warn(message, PerformanceWarning, stacklevel=4)
+
+
+def warn_emulated_bf16(message: str) -> None:
+    """Say once, in the caller's words, that bf16 will run emulated on this CPU; the general
+    warning of :func:`choose_precision` is then not repeated."""
+    _warn_once("cpu-bf16", message)
 
 
 def choose_precision(requested: str | None = "auto", device: Any = None) -> PrecisionChoice:

@@ -182,6 +182,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- model defaults from the manifest -------------------------------------------------------------
+def _warn_emulated_index_precision(args: argparse.Namespace) -> None:
+    """Adding to a bf16 index on a CPU that emulates bf16: said once, in these words (the
+    index's rows fix the precision; the general advice to use auto or fp32 would not apply)."""
+    import torch
+
+    from msclip.hardware import cpu_info, device_type, warn_emulated_bf16
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type(device) != "cpu":
+        return
+    cpu = cpu_info()
+    if cpu.native_bf16:
+        return
+    warn_emulated_bf16(
+        f"the index {args.index} holds bf16 embeddings, so adding to it runs the model in bf16, "
+        f"which this CPU ({cpu.kind}) emulates: typically 100x or more slower than fp32; add to "
+        "it on a machine with native bf16 or a GPU, or build a new index here (auto picks fp32)"
+    )
+
+
 def _model_defaults(
     args: argparse.Namespace, manifest_model: dict[str, Any] | None, writing: bool = False
 ) -> None:
@@ -195,6 +215,8 @@ def _model_defaults(
     if writing and getattr(args, "precision", None) in (None, "auto") and built:
         logger.info("precision %s, as the index %s was built", built, args.index)
         args.precision = str(built)
+        if built == "bf16":
+            _warn_emulated_index_precision(args)
     if args.model_name is None and args.ckpt_path is None:
         ckpt = manifest_model.get("checkpoint_path")
         if ckpt and Path(ckpt).is_file():

@@ -721,3 +721,25 @@ def test_tiling_flags_without_scenes_are_usage_errors(inputs, tmp_path, capsys):
         assert main(["build", idx, "--images", str(files[0]), *extra, *TINY]) == 2
         assert f"{extra[0]} apply to the scenes of --scenes" in capsys.readouterr().err
     assert not Path(idx).exists()
+
+
+def test_adding_to_a_bf16_index_on_a_cpu_that_emulates_it_says_why(inputs, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    """The index's bf16 fixes the precision of ``add``: on a CPU without native bf16 one warning
+    says so, instead of the general advice to use auto or fp32 (which the index refuses)."""
+    import msclip.hardware as hw
+
+    files, _, _ = inputs
+    emulating = hw.CPUInfo("test CPU", "AVX2", frozenset({"avx2"}), torch.__version__)
+    monkeypatch.setattr(hw, "cpu_info", lambda: emulating)
+    monkeypatch.setattr(hw, "_warned", set())
+    idx = tmp_path / "b.index"
+    loud = [a for a in TINY if a != "--quiet"]
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY, "--precision", "bf16"]) == 0
+    monkeypatch.setattr(hw, "_warned", set())
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[1]), *loud, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("holds bf16 embeddings") == 1 and "which this CPU (" in err
+    assert "use precision 'auto'" not in err
+    assert IndexStore.open(idx).count == 2
