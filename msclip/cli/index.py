@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--commit-seconds",
             type=seconds,
             default=60.0,
-            help="commit finished sources at least this often (default 60 s; a "
-            "killed build loses at most this much work)",
+            help="commit finished sources at least this often (default 60 s); a killed build "
+            "keeps every committed source and loses the ones after (a source commits once it "
+            "is whole: a large scene only when its last tile is encoded)",
         )
         b.add_argument(
             "--skip-bad", action="store_true", help="exit 0 even when some inputs cannot be read"
@@ -130,7 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_model_args(b)
         add_run_args(b)
         b.set_defaults(pretrained=None)
-    s = sub.add_parser("search", help="search by text or image", description="top-k search")
+    s = sub.add_parser(
+        "search",
+        help="search by text or image",
+        description="The top-k embeddings of the index for each text query or query image "
+        "(int8 short-list re-ranked exactly; --exact for a full float scan), as a CSV table "
+        "and, for georeferenced hits, GeoJSON footprints.",
+    )
     s.add_argument("index", help="index directory")
     add_query_args(s, top_k=10)
     s.add_argument(
@@ -156,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(s)
     add_run_args(s)
     s.set_defaults(pretrained=None)
-    i = sub.add_parser("info", help="describe an index")
+    i = sub.add_parser(
+        "info",
+        help="describe an index",
+        description="The index's size, sources, model (name, architecture, precision, "
+        "checkpoint hash, bands, image size), disk use and dates.",
+    )
     i.add_argument("index", help="index directory")
     i.add_argument("--json", action="store_true", help="print the full description as JSON")
     return p
