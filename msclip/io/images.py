@@ -207,6 +207,11 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
                 (f, common if Path(given).is_absolute() else str(p.parent)) for f, given in listed
             ]
         elif p.is_file():
+            if not _is_image(p):  # never readable as an image: said now, not as a failed read
+                raise ImageSetError(
+                    f"{s} is not an image file (extension {p.suffix or '(none)'}); images are "
+                    f"{_extensions()} files, and a list of paths is a .txt or .yaml file"
+                )
             found_paths.append((s, str(p.parent)))
         elif any(ch in s for ch in _GLOB_CHARS):
             import glob

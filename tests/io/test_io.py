@@ -389,3 +389,17 @@ def test_a_geotiff_whose_name_is_not_utf8_is_named_not_a_crash(tmp_path) -> None
         pytest.skip("this file system refuses names that are not UTF-8")
     with pytest.raises(RasterReadError, match=r"caf\\xe9\.tif: the file's name is not UTF-8"):
         read_raster(os.fsdecode(raw))
+
+
+def test_a_file_given_as_an_image_that_is_none_is_refused_when_listed(tmp_path):
+    """A named file whose extension no reader takes is an error of the image specification
+    (naming --images in the programs), not an unreadable image found during the run."""
+    from msclip.errors import ImageSetError
+    from msclip.io import list_image_set
+
+    (tmp_path / "captions.csv").write_text("a,b\n")
+    (tmp_path / "notes").write_text("x")
+    for name in ("captions.csv", "notes"):
+        with pytest.raises(ImageSetError, match="is not an image file") as err:
+            list_image_set([tmp_path / name])
+        assert err.value.param == "images"
