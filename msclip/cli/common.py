@@ -344,10 +344,14 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
 
 # -- logging --------------------------------------------------------------------------------------
 class _LowerLevelFormatter(logging.Formatter):
+    """``warning: ...`` lines; warnings and errors name the programs' flags where the library's
+    message names its arguments (:func:`flag_wording`), as the run's summaries do."""
+
     def format(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord(record.__dict__)
         record.levelname = record.levelname.lower()
-        return super().format(record)
+        text = super().format(record)
+        return flag_wording(text) if record.levelno >= logging.WARNING else text
 
 
 def _show_warning(

@@ -568,3 +568,19 @@ def test_class_names_that_would_corrupt_the_table_are_refused(tiles, tmp_path, m
              *TINY]  # fmt: skip
     assert main(scene) == 2
     assert "are also column names of the output table" in capsys.readouterr().err
+
+
+def test_warnings_of_a_run_name_flags_not_library_arguments():
+    """Per-file warnings logged during a run say --bands, as the run's summary does."""
+    import logging
+
+    from msclip.cli.common import _LowerLevelFormatter
+
+    fmt = _LowerLevelFormatter("%(levelname)s: %(message)s")
+
+    def record(level, msg):
+        return logging.LogRecord("msclip.encode", level, __file__, 1, msg, None, None)
+
+    text = fmt.format(record(logging.WARNING, "x.tif: Name the bands (bands=['B02', 'B03'])."))
+    assert text == "warning: x.tif: Name the bands (--bands B02 B03)."
+    assert "bands=['B02']" in fmt.format(record(logging.INFO, "bands=['B02']"))
