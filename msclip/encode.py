@@ -387,15 +387,15 @@ def auto_batch_size(
 def auto_workers(device: Any = None) -> int:
     """DataLoader worker processes when none are given: 0 on a CPU (decoding a tile costs a few
     milliseconds against a hundred or more in the model, and workers would take the model's
-    cores), up to 8 feeding a GPU: half of the cores this process may use
-    (:func:`msclip.hardware.usable_cores`), divided among the processes of a ``torchrun`` run on
-    this machine (one per GPU)."""
+    cores), up to 8 feeding a GPU: half of this process's share of the cores, those it may use
+    divided among the processes of a ``torchrun`` run on this machine, one per GPU
+    (:func:`msclip.hardware.cores_per_process`)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "cuda":
         return 0
-    from msclip.hardware import local_processes, usable_cores
+    from msclip.hardware import cores_per_process
 
-    return int(min(8, max(1, usable_cores() // local_processes() // 2)))
+    return int(min(8, max(1, cores_per_process() // 2)))
 
 
 def loader_args(

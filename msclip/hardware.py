@@ -53,6 +53,7 @@ __all__ = [
     "PrecisionChoice",
     "available_memory",
     "choose_precision",
+    "cores_per_process",
     "cpu_info",
     "cuda_bf16_supported",
     "device_type",
@@ -246,6 +247,13 @@ def local_processes() -> int:
     They share the machine's cores, memory and shared memory."""
     raw = os.environ.get("LOCAL_WORLD_SIZE", "1")
     return max(1, int(raw)) if raw.strip().isdigit() else 1
+
+
+def cores_per_process(processes: int | None = None) -> int:
+    """This process's share of the cores it may use (:func:`usable_cores`) among ``processes``
+    on this machine (default :func:`local_processes`); at least 1."""
+    n = local_processes() if processes is None else processes
+    return max(1, usable_cores() // max(1, n))
 
 
 def _read_int(path: str) -> int | None:

@@ -89,6 +89,7 @@ __all__ = [
     "refuse_large_images",
     "report_precision",
     "run_cli",
+    "run_device",
     "seconds",
     "setup_logging",
     "status",
@@ -697,6 +698,13 @@ class LargeCheck:
     every_file: bool = False
 
 
+def run_device(args: argparse.Namespace) -> str:
+    """The device of a run: ``--device``, else ``cuda`` where torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_model(
     args: argparse.Namespace,
     default_name: str | None = DEFAULT_MODEL,
@@ -725,7 +733,7 @@ def load_model(
     from msclip.factory import get_tokenizer
     from msclip.hardware import choose_precision
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = run_device(args)
     args.device = device
     choose_precision(args.precision, device)  # a precision the device refuses: before loading
     status(args, f"loading {name} ...")

@@ -43,6 +43,7 @@ from msclip.cli.common import (
     positive_int,
     report_precision,
     run_cli,
+    run_device,
     status,
 )
 
@@ -280,9 +281,7 @@ def _model_label(args: argparse.Namespace) -> str:
 
 def _load_model(args: argparse.Namespace) -> Any:
     status(args, f"loading {args.model_name or Path(args.ckpt_path).name} ...")
-    import torch
-
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = run_device(args)
     model = model_from_args(
         args.model_name, args.ckpt_path, args.pretrained, seed=args.seed, device=args.device,
         precision=args.precision,

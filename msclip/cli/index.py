@@ -63,6 +63,7 @@ from msclip.cli.common import (
     refuse_input_as_output,
     registered_weight_files,
     run_cli,
+    run_device,
     seconds,
     write_csv,
 )
@@ -197,12 +198,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _warn_emulated_index_precision(args: argparse.Namespace) -> None:
     """Adding to a bf16 index on a CPU that emulates bf16: said once, in these words (the
     index's rows fix the precision; the general advice to use auto or fp32 would not apply)."""
-    import torch
-
     from msclip.hardware import cpu_info, device_type, warn_emulated_bf16
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type(device) != "cpu":
+    if device_type(run_device(args)) != "cpu":
         return
     cpu = cpu_info()
     if cpu.native_bf16:
@@ -337,9 +335,10 @@ def _refuse_search_outputs(
     ]
     refuse_input_as_output(out, inputs, "index_search.csv")
     refuse_input_as_output(gpath, inputs, "index_search.geojson", flag=gflag)
+    keys: set[str] | None = None  # the indexed files' keys (absolute paths), read only if needed
     for path, flag in ((out, "--save-path"), (gpath, gflag)):
-        if path.exists():  # an indexed file, by its key (the absolute path it was read from)
-            keys = {s.key for s in store.sources}
+        if path.exists():
+            keys = {s.key for s in store.sources} if keys is None else keys
             hit = next((p for p in (os.path.abspath(path), str(path.resolve())) if p in keys), None)
             if hit is not None:
                 raise UsageError(
@@ -640,14 +639,14 @@ def _join_process_group(args: argparse.Namespace) -> Any:
         return None
     import torch
 
-    from msclip.hardware import usable_cores
+    from msclip.hardware import cores_per_process
     from msclip.train.distributed import init_distributed
 
     group = init_distributed(device=args.device or "auto")
     if args.device is None:
         args.device = str(group.device)
     if group.device.type == "cpu":
-        torch.set_num_threads(max(1, usable_cores() // max(1, group.local_world_size)))
+        torch.set_num_threads(cores_per_process(group.local_world_size))
     return group
 
 

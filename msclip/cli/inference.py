@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +65,7 @@ from msclip.cli.common import (
     refuse_input_as_output,
     registered_weight_files,
     run_cli,
+    run_device,
     text_cache_for,
     write_csv,
 )
@@ -968,16 +968,16 @@ def _dense_scene(
 def _refuse_int8_dense(args: argparse.Namespace) -> None:
     """``--dense`` reads the float weights of the last block's attention (MaskCLIP), which an
     int8 tower no longer has: refused before the model loads."""
-    from msclip.hardware import PRECISION_ENV
+    from msclip.hardware import PRECISION_ENV, choose_precision
 
-    asked = str(args.precision or "auto").strip().lower()
-    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
-    if asked == "int8" or (asked == "auto" and forced == "int8"):
-        given = "--precision int8" if asked == "int8" else f"{PRECISION_ENV}=int8"
+    choice = choose_precision(args.precision, run_device(args))
+    if choice.precision == "int8":
+        asked = choice.requested == "int8"
+        given = "--precision int8" if asked else f"{PRECISION_ENV}=int8"
         raise UsageError(
             f"--dense reads the float attention weights of the image tower's last block "
             f"(MaskCLIP), which {given} replaces by int8 layers: use --precision auto or fp32 "
-            f"for the dense map" + ("" if asked == "int8" else f" (or unset {PRECISION_ENV})")
+            f"for the dense map" + ("" if asked else f" (or unset {PRECISION_ENV})")
         )
 
 

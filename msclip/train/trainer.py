@@ -33,7 +33,7 @@ import torch
 
 from msclip.encode import WarningTally
 from msclip.errors import CheckpointError
-from msclip.hardware import usable_cores
+from msclip.hardware import cores_per_process
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
     checkpoint_path,
@@ -246,8 +246,7 @@ class Trainer:
     def _setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         if ctx.device.type == "cpu":
-            cores = usable_cores()
-            torch.set_num_threads(cfg.threads or max(1, cores // max(1, ctx.local_world_size)))
+            torch.set_num_threads(cfg.threads or cores_per_process(ctx.local_world_size))
         if cfg.batch_size % ctx.world_size:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} (the global batch) is not divisible by the "
