@@ -275,8 +275,9 @@ def _folder_files(folder: Path, recursive: bool) -> list[Path]:
             dirs[:] = []
         else:
             visible = sorted(d for d in dirs if not d.startswith("."))
-            indexes += [os.path.join(root, d) for d in visible if is_index_folder(Path(root, d))]
-            dirs[:] = [d for d in visible if os.path.join(root, d) not in indexes]
+            index_dirs = {d for d in visible if is_index_folder(os.path.join(root, d))}
+            indexes += [os.path.join(root, d) for d in sorted(index_dirs)]
+            dirs[:] = [d for d in visible if d not in index_dirs]
         files += [Path(root, n) for n in names if not n.startswith(".")]
     if indexes:
         logger.info("%s: embedding index folder(s) skipped: %s", folder, ", ".join(indexes))
