@@ -211,6 +211,10 @@ class MSCLIP(nn.Module):
         #: Provenance of the loaded weights (path and sha256), set by the loader.
         self.checkpoint_path: str | None = None
         self._checkpoint_sha256: str | None = None
+        #: The torch seed random weights were drawn with, when a program drew them
+        #: (``--no-pretrained --seed N``): how to draw the same model again. ``None`` for loaded
+        #: weights, or once the weights change.
+        self.init_seed: int | None = None
         self._versions: dict[str, tuple[int, int]] = {}
         # Weights loaded into the model (``load_state_dict`` on it or on ``clip``) are other
         # weights: their identity is computed anew (the loader then names the file it read),
@@ -279,6 +283,7 @@ class MSCLIP(nn.Module):
     @checkpoint_sha256.setter
     def checkpoint_sha256(self, value: str | None) -> None:
         self._checkpoint_sha256 = value
+        self.init_seed = None  # weights from a file, or changed: no longer the seed's draw
         self._versions = self._parameter_versions()
 
     def _parameter_versions(self) -> dict[str, tuple[int, int]]:
@@ -316,6 +321,7 @@ class MSCLIP(nn.Module):
         ``load_state_dict`` post-hook): it is computed anew from the weights when asked for."""
         self._checkpoint_sha256 = None
         self.checkpoint_path = None
+        self.init_seed = None
 
     @property
     def precision(self) -> str:
@@ -331,14 +337,17 @@ class MSCLIP(nn.Module):
         Stored in embedding-index manifests, evaluation records and cache folders; the
         ``fingerprint`` entry is :meth:`fingerprint`. ``precision_reason`` says why the weights
         have their precision (``auto`` on a CPU with native bf16 ...); it is informational and
-        not part of the fingerprint.
+        not part of the fingerprint, as is ``init_seed``, present for random weights drawn by a
+        program (:attr:`init_seed`).
         """
         cfg = self.config
         stats = cfg.stats
+        sha = str(self.checkpoint_sha256)  # first: weights changed in place forget their seed
+        seed = {} if self.init_seed is None else {"init_seed": int(self.init_seed)}
         return {
             "name": cfg.name or cfg.arch,
             "arch": cfg.arch,
-            "checkpoint_sha256": str(self.checkpoint_sha256),
+            "checkpoint_sha256": sha,
             "checkpoint_path": self.checkpoint_path,
             "bands": list(self.bands),
             "embed_dim": int(self.embed_dim),
@@ -353,6 +362,7 @@ class MSCLIP(nn.Module):
                 "std": [float(stats.std[b]) for b in self.bands],
             },
             "fingerprint": self.fingerprint(),
+            **seed,
         }
 
     def fingerprint(self, precision: bool = True) -> str:

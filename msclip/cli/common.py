@@ -500,7 +500,10 @@ def model_from_args(
             f"be given as --model-name: give it as the checkpoint and name its architecture "
             f"(--model-name {arch} --ckpt-path {model_name})"
         )
-    return create_model(name, True if pretrained else None, **kwargs)
+    model = create_model(name, True if pretrained else None, **kwargs)
+    if not pretrained and seed is not None:
+        model.init_seed = int(seed)  # recorded where the model is described (index manifests)
+    return model
 
 
 def _names_a_file(model_name: str | None) -> bool:

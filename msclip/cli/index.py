@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_model_args(b)
         add_run_args(b)
-        b.set_defaults(pretrained=None)
+        b.set_defaults(pretrained=None, seed=None)
     s = sub.add_parser(
         "search",
         help="search by text or image",
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_text_cache_args(s)
     add_model_args(s)
     add_run_args(s)
-    s.set_defaults(pretrained=None)
+    s.set_defaults(pretrained=None, seed=None)
     i = sub.add_parser(
         "info",
         help="describe an index",
@@ -220,7 +220,20 @@ def _model_defaults(
     if manifest_model is None:
         if args.pretrained is None:
             args.pretrained = True
+        if args.seed is None:
+            args.seed = 0
         return
+    random_weights = str(manifest_model.get("checkpoint_sha256", "")).startswith("weights:")
+    if args.seed is None:
+        # random weights are drawn again from the seed the index recorded
+        args.seed = int(manifest_model.get("init_seed", 0))
+    if args.pretrained is False and not random_weights and args.ckpt_path is None:
+        source = manifest_model.get("checkpoint_path") or manifest_model.get("name")
+        raise UsageError(
+            f"--no-pretrained: the index {args.index} was built with the weights of {source}, "
+            "which it is searched and extended with; random weights would give other "
+            "embeddings: drop --no-pretrained"
+        )
     built = manifest_model.get("precision")
     if writing and getattr(args, "precision", None) in (None, "auto") and built:
         logger.info("precision %s, as the index %s was built", built, args.index)
@@ -235,10 +248,8 @@ def _model_defaults(
             # msclip .safetensors files describe their own architecture and bands.
             args.model_name = manifest_model.get("name")
     if args.pretrained is None:
-        # "weights:<hash>" means the index was built from weights not loaded from a file.
-        args.pretrained = not str(manifest_model.get("checkpoint_sha256", "")).startswith(
-            "weights:"
-        )
+        # "weights:<hash>": the index was built from weights not loaded from a file
+        args.pretrained = not random_weights
 
 
 def _existing(index: str) -> Any:
@@ -670,6 +681,11 @@ def _run_info(args: argparse.Namespace) -> int:
         ["sources", info["sources"]],
         ["model", f"{m.get('name')} ({m.get('arch')}, {m.get('precision')})"],
         ["checkpoint sha256", m.get("checkpoint_sha256")],
+        *(
+            [["random weights", f"--no-pretrained --seed {m['init_seed']}"]]
+            if "init_seed" in m
+            else []
+        ),
         ["bands", " ".join(m.get("bands", []))],
         ["image size", m.get("preprocessing", {}).get("image_size")],
         ["disk", f"{info['bytes']['total'] / 1e6:.2f} MB"],

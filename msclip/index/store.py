@@ -107,7 +107,7 @@ _OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_N
 _NORM_TOLERANCE = 1e-3
 # Model description entries that say why or where, not what: never a reason to refuse a model
 # (the same weights copied elsewhere, or named by another relative path, have the same hash).
-_INFORMATIONAL_KEYS = ("precision_reason", "checkpoint_path")
+_INFORMATIONAL_KEYS = ("precision_reason", "checkpoint_path", "init_seed")
 
 
 # ------------------------------------------------------------------------------ small utilities
@@ -512,6 +512,7 @@ def _check_compatible(
             if built is not None
             else ""
         )
+        hint += _random_weights_hint(manifest["model"], names)
         if names == ["input_rules"]:
             stored = manifest["model"].get("input_rules")
             built = (
@@ -532,6 +533,24 @@ def _check_compatible(
             f"built it, or rebuild the index with this model{hint}",
             fields=names,
         )
+
+
+def _random_weights_hint(stored: Mapping[str, Any], names: list[str]) -> str:
+    """How to draw the random weights of an index built with them again, when they differ."""
+    if "checkpoint_sha256" not in names:
+        return ""
+    if not str(stored.get("checkpoint_sha256", "")).startswith("weights:"):
+        return ""
+    seed = stored.get("init_seed")
+    if seed is None:
+        return (
+            "; the index's weights were not loaded from a file (random weights, or weights "
+            "changed in memory): random weights need the seed it was built with (--seed)"
+        )
+    return (
+        f"; the index's weights were drawn at random with seed {seed}: use --no-pretrained "
+        f"--seed {seed}"
+    )
 
 
 # ----------------------------------------------------------------------------------- reader

@@ -151,6 +151,47 @@ def test_other_model_refused(inputs, tmp_path, capsys):
     assert IndexStore.open(idx).count == 1
 
 
+def test_random_weights_are_drawn_again_from_the_recorded_seed(inputs, tmp_path, capsys):
+    """An index built with ``--no-pretrained --seed 3`` records the seed: ``search`` and ``add``
+    without model flags draw the same weights; another seed is refused with the one to give."""
+    files, _, _ = inputs
+    idx = tmp_path / "s.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY, "--seed", "3"]) == 0
+    assert IndexStore.open(idx).model_info["init_seed"] == 3
+    capsys.readouterr()
+    assert main(["info", str(idx)]) == 0
+    assert re.search(r"random weights +--no-pretrained --seed 3", capsys.readouterr().out)
+    out = tmp_path / "hits.csv"
+    assert main(["search", str(idx), "--query", "x", "--quiet", "--save-path", str(out)]) == 0
+    assert main(["add", str(idx), "--images", str(files[1]), "--quiet"]) == 0
+    assert IndexStore.open(idx).count == 2
+    capsys.readouterr()
+    assert main(["search", str(idx), "--query", "x", *TINY, "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "drawn at random with seed 3: use --no-pretrained --seed 3" in err
+
+
+def test_no_pretrained_is_refused_for_an_index_of_loaded_weights(inputs, tmp_path, capsys):
+    """``--no-pretrained`` cannot query an index built from a weight file (the index's model is
+    used whatever the flag says): a usage error, not a flag left unread."""
+    files, _, _ = inputs
+    torch.manual_seed(0)
+    weights = tmp_path / "w.safetensors"
+    msclip.save_checkpoint(msclip.create_model("msclip-tiny", precision="fp32"), weights)
+    idx = tmp_path / "w.index"
+    run = ["--quiet", "--batch-size", "4"]
+    assert (
+        main(["build", str(idx), "--images", str(files[0]), "--ckpt-path", str(weights), *run]) == 0
+    )
+    assert "init_seed" not in IndexStore.open(idx).model_info
+    capsys.readouterr()
+    assert main(["search", str(idx), "--query", "x", "--no-pretrained", *run]) == 2
+    err = capsys.readouterr().err
+    assert f"--no-pretrained: the index {idx} was built with the weights of {weights}" in err
+    assert main(["add", str(idx), "--images", str(files[1]), "--no-pretrained", *run]) == 2
+    assert IndexStore.open(idx).count == 1
+
+
 def test_other_input_rules_refused(inputs, tmp_path, capsys, monkeypatch):
     """An index records the input rules its rows were read under: adding files read under other
     rules (or to an index that predates the record) is refused with the reason, searching is

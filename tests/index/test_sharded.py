@@ -152,6 +152,7 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = msclip.create_model("msclip-tiny")
+    model.init_seed = 0  # recorded as the programs record the seed of random weights
     seen = []
 
     def on_source(position):

@@ -446,6 +446,27 @@ def test_weights_trained_in_place_get_a_new_identity(tiny, tmp_path):
     assert model.fingerprint() == again  # computed once per change
 
 
+def test_the_seed_of_random_weights_is_described_until_they_change(tmp_path):
+    """The programs record the seed of the random weights they draw (``--no-pretrained --seed``)
+    in the model's description; it is information, not identity, and weights that change or
+    come from a file are no longer that draw."""
+    from msclip.cli.common import model_from_args
+
+    model = model_from_args("msclip-tiny", None, False, seed=5, precision="fp32")
+    info = model.describe()
+    assert info["init_seed"] == 5
+    torch.manual_seed(5)
+    assert msclip.create_model("msclip-tiny", precision="fp32").fingerprint() == info["fingerprint"]
+    shipped = model_from_args("msclip-demo", None, True, seed=5, precision="fp32")
+    assert "init_seed" not in shipped.describe()  # published weights
+    with torch.no_grad():
+        model.clip.visual.proj.add_(1.0)
+    assert "init_seed" not in model.describe()  # changed in place
+    again = model_from_args("msclip-tiny", None, False, seed=5, precision="fp32")
+    again.load_state_dict(model.state_dict())
+    assert again.init_seed is None
+
+
 def test_empty_and_truncated_checkpoints_are_named(tiny, tmp_path):
     from msclip.errors import CheckpointError
 
