@@ -241,3 +241,15 @@ def test_failure_summary_says_a_shared_reason_once() -> None:
     # reasons given with library argument forms are worded as the programs' flags
     text, _ = failure_summary([F(name="a.tif", reason="name them (bands=['B02', 'B03'])")])
     assert "--bands B02 B03" in text
+
+
+def test_tables_align_wide_characters_by_display_width(capsys):
+    """Class names and queries in CJK scripts take two terminal columns per character; the
+    printed tables pad them by display width (tabulate's wide-character mode)."""
+    from wcwidth import wcswidth
+
+    from msclip.cli.common import print_table
+
+    print_table([["河流", 0.5], ["a river", 0.25]], ["Query", "Similarity"], 20, 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len({wcswidth(line) for line in lines[:4]}) == 1, lines
