@@ -199,7 +199,8 @@ def plan_sources(
     tile_size: int = 224,
     stride: int | None = None,
 ) -> list[Source]:
-    """Sources for image files and tiled scenes, in order, one per distinct absolute path.
+    """Sources for image files and tiled scenes, in order, one per distinct absolute path (a file
+    listed both as an image and as a scene is one image, with a warning).
 
     Raises:
         RasterReadError, TilingError: a scene is missing, unreadable or smaller than a tile.
@@ -213,8 +214,18 @@ def plan_sources(
         if key not in seen:
             seen.add(key)
             out.append(Source(str(p), key, stamp=file_stamp(key)))
+    whole = set(seen)
     for p in scenes:
         key = os.path.abspath(p)
+        if key in whole:
+            # one source per path (its key): the image listing came first
+            logger.warning(
+                "%s is given both as an image and as a scene: indexed once, as one image; give "
+                "it only as a scene to cut it into tiles",
+                p,
+            )
+            whole.discard(key)  # once per file
+            continue
         if key in seen:
             continue
         seen.add(key)

@@ -565,6 +565,21 @@ def test_an_index_kept_among_its_tiles_is_not_listed_as_images(inputs, tmp_path,
     assert re.search(r"unreadable files / tiles\s+0 / 0", out), out
 
 
+def test_a_file_given_as_image_and_as_scene_is_one_image_with_a_warning(inputs, caplog):
+    from msclip.index.build import plan_sources
+
+    _, scene, _ = inputs
+    with caplog.at_level("WARNING", logger="msclip.index.build"):
+        sources = plan_sources([str(scene)], [str(scene), str(scene)], 32)
+    assert len(sources) == 1 and sources[0].tiles is None  # one whole image
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"{scene} is given both as an image and as a scene: indexed once, as one "
+                      "image; give it only as a scene to cut it into tiles"]  # fmt: skip
+    caplog.clear()
+    assert len(plan_sources([], [str(scene), str(scene)], 32)[0].tiles) > 1
+    assert not caplog.records  # a scene listed twice is one scene, without a warning
+
+
 def test_empty_or_missing_inputs_name_their_flag(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     idx = str(tmp_path / "x.index")
