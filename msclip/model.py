@@ -365,6 +365,18 @@ class MSCLIP(nn.Module):
             **seed,
         }
 
+    def output_tags(self) -> dict[str, str]:
+        """GeoTIFF tags that name what produced a map: ``msclip_model`` (name), and from
+        :meth:`describe` ``msclip_checkpoint_sha256``, ``msclip_precision`` and
+        ``msclip_fingerprint`` (the identity the caches, indexes and records key on)."""
+        info = self.describe()
+        return {
+            "msclip_model": str(info["name"]),
+            "msclip_checkpoint_sha256": str(info["checkpoint_sha256"]),
+            "msclip_precision": str(info["precision"]),
+            "msclip_fingerprint": str(info["fingerprint"]),
+        }
+
     def fingerprint(self, precision: bool = True) -> str:
         """The one identity of this model's outputs: a sha256 (hex, 32 characters) of the
         checkpoint hash, architecture, bands, embedding size, preprocessing and, unless

@@ -356,6 +356,7 @@ def write_class_map(
     info: SceneInfo,
     confidence: np.ndarray | None = None,
     stem: str = "class_map",
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write a zero-shot class map and its legend.
 
@@ -367,6 +368,7 @@ def write_class_map(
         confidence: optional probability of the chosen class per tile ``[n_rows, n_cols]``,
             written to its own file.
         stem: file name stem.
+        tags: more tags of both GeoTIFFs (e.g. :meth:`msclip.MSCLIP.output_tags`).
 
     Returns:
         Paths of the written files: ``map`` (``<stem>.tif``, uint8 or uint16, nodata = the
@@ -378,7 +380,7 @@ def write_class_map(
     dtype = np.uint8 if n < 255 else np.uint16
     fill = int(np.iinfo(dtype).max)
     arr = np.where(labels < 0, fill, labels).astype(dtype)
-    named = {"msclip_class_names": json.dumps([str(c) for c in class_names])}
+    named = {**(tags or {}), "msclip_class_names": json.dumps([str(c) for c in class_names])}
     paths = {
         "map": write_tile_map(out / f"{stem}.tif", arr, info, ["class"], nodata=fill, tags=named)
     }

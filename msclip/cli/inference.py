@@ -863,7 +863,7 @@ def run_scene(args: argparse.Namespace) -> int:
                 info,
                 queries,
                 nodata=float("nan"),
-                tags={"msclip": "cosine similarity"},
+                tags={"msclip": "cosine similarity", **model.output_tags()},
             )
         )
         for j, text in enumerate(queries):
@@ -878,7 +878,11 @@ def run_scene(args: argparse.Namespace) -> int:
         if len(probs):
             labels[rr, cc] = probs.argmax(axis=1)
             conf[rr, cc] = probs.max(axis=1)
-        written += list(write_class_map(out_dir, labels, names, info, confidence=conf).values())
+        written += list(
+            write_class_map(
+                out_dir, labels, names, info, confidence=conf, tags=model.output_tags()
+            ).values()
+        )
         table["Class"] = [names[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
         for j, n in enumerate(names):
             table[n] = probs[:, j]

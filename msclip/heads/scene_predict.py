@@ -344,7 +344,8 @@ def predict_scene(
             (e.g. :meth:`msclip.heads.dense.DenseModel.predict` or
             :class:`msclip.heads.maskclip.MaskCLIP`); called under ``torch.inference_mode``.
         preprocess: a :class:`ScenePreprocess`, or an :class:`msclip.MSCLIP` whose bands and
-            statistics build one. Bound to the file's bands unless it already has input bands.
+            statistics build one (its :meth:`~msclip.MSCLIP.output_tags` then tag the output).
+            Bound to the file's bands unless it already has input bands.
         task: ``segmentation`` (class + confidence bands) or ``regression`` (value bands).
         tile_size: tile side ``T`` in pixels (the model's training size is a natural choice).
         overlap: pixels shared by neighbouring tiles (default ``T // 4``); 0 cuts hard.
@@ -509,6 +510,8 @@ def predict_scene(
                         f"{len(class_names)} class names for a {task} predictor of {k} outputs"
                     )
                 meta["msclip_class_names"] = json.dumps([str(c) for c in class_names])
+            if hasattr(preprocess, "output_tags"):  # an MSCLIP: the model that made the map
+                meta.update(preprocess.output_tags())
             meta.update(tags or {})
             acc = np.zeros((k, t, acc_w), dtype=np.float32)
             wsum = np.zeros((t, acc_w), dtype=np.float32)

@@ -87,6 +87,13 @@ def test_run_scene_maps(scene, tmp_path):
         tags = src.tags()
     assert tags["msclip_scene"] == str(path.resolve()) and tags["msclip_tile_size"] == "32"
     assert json.loads(tags["msclip_class_names"]) == names
+    # and which model made them
+    for name in ("class_map.tif", "class_map_confidence.tif", "similarity.tif"):
+        with rasterio.open(out / name) as src:
+            tags = src.tags()
+        assert tags["msclip_model"] == "msclip-tiny" and tags["msclip_precision"] == "fp32", name
+        assert tags["msclip_fingerprint"] == model.fingerprint(), name
+        assert tags["msclip_checkpoint_sha256"] == model.checkpoint_sha256, name
 
 
 def test_a_rerun_into_the_same_folder_names_the_earlier_runs_maps(scene, tmp_path, capsys):

@@ -126,6 +126,7 @@ def test_output_is_georeferenced_tiled_and_identical_for_batch_sizes_1_and_16(
         assert dst.profile["tiled"] and dst.profile["compress"] == "deflate"
         assert dst.scales == (1.0, 0.01) and dst.tags()["msclip_task"] == "segmentation"
         assert json.loads(dst.tags()["msclip_class_names"]) == list("abcde")
+        assert dst.tags()["msclip_fingerprint"] == tiny.fingerprint()  # the model that made it
     conv = _pointwise(len(tiny.bands)).train()
     with pytest.warns(UserWarning, match="training mode"):
         predict_scene(path, tmp_path / "train.tif", conv, tiny, tile_size=64, progress=False)
