@@ -310,10 +310,15 @@ def _use_fused_attention(
     return _fused_mlp_works(x.dtype)
 
 
-def _frozen_under_autograd(attn: nn.MultiheadAttention) -> bool:
+def _frozen_under_autograd(attn: nn.Module) -> bool:
     """A block that does not train in a step that records gradients (``last-n`` fine-tuning:
-    the blocks before the trained ones)."""
-    return torch.is_grad_enabled() and not any(p.requires_grad for p in attn.parameters())
+    the blocks before the trained ones); only ``nn.MultiheadAttention`` has the packed input
+    projection this is about (an int8 tower's attention has no trainable weights at all)."""
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and torch.is_grad_enabled()
+        and not any(p.requires_grad for p in attn.parameters())
+    )
 
 
 def _frozen_self_attention(

@@ -533,6 +533,11 @@ def encode_batches(
         RasterReadError: ``strict`` and an item cannot be read.
         MSCLIPError: an item failed with one of ``abort_on``.
     """
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        ):
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
     if batch_size is None:
         batch_size = auto_batch_size(model, workers=workers)
     if batch_size < 1:

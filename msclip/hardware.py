@@ -335,6 +335,12 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def cuda_bf16_supported(index: int | None = None) -> bool:
     """Whether CUDA device ``index`` computes bf16 natively (compute capability 8.0 or later).
 
@@ -377,9 +383,12 @@ def _device_index(device: Any) -> int | None:
 
 
 def device_type(device: Any) -> str:
-    """``cpu`` or ``cuda`` (or another torch device type) of a device spec (``None`` is CPU)."""
+    """``cpu`` or ``cuda`` (or another torch device type) of a device spec (``None`` is CPU; an
+    int ``n`` is ``cuda:n``, as torch reads it)."""
     if device is None:
         return "cpu"
+    if isinstance(device, int) and not isinstance(device, bool):
+        return "cuda"
     return str(getattr(device, "type", None) or str(device).split(":")[0]).lower()
 
 
@@ -478,7 +487,7 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
             if native:
                 return PrecisionChoice("bf16", req, "the GPU computes bf16 natively")
             return PrecisionChoice("fp16", req, "the GPU has no native bf16; fp16 instead")
-        if req == "bf16" and not native:
+        if req == "bf16" and not native and _cuda_available():  # no GPU: the device check says
             _warn_once(
                 "cuda-bf16",
                 "precision bf16 on a GPU without native bf16 (compute capability < 8.0) is "

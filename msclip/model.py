@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import BandError, CheckpointError, LayoutError
+from msclip.errors import BandError, CheckpointError, LayoutError, PrecisionError
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_band, resolve_bands
 from msclip.spectral.patch_embed import SpectralPatchEmbed
@@ -168,6 +168,11 @@ def build_open_clip(arch_cfg: Mapping[str, Any], meta: bool = False) -> nn.Modul
     custom = bool(cfg.pop("custom_text", False)) or "hf_model_name" in cfg.get("text_cfg", {})
     cfg.pop("multimodal_cfg", None)
     return (CustomTextCLIP if custom else CLIP)(**cfg)
+
+
+#: Short names of the weights' dtypes (:attr:`MSCLIP.precision`).
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                torch.float64: "fp64"}  # fmt: skip
 
 
 class MSCLIP(nn.Module):
@@ -326,10 +331,38 @@ class MSCLIP(nn.Module):
     @property
     def precision(self) -> str:
         """Precision of the weights: ``fp32``, ``bf16``, ``fp16``, or ``int8`` (image tower with
-        dynamically quantised linear layers, :mod:`msclip.quantize`)."""
+        dynamically quantised linear layers, :mod:`msclip.quantize`); ``fp64`` after a cast to
+        float64."""
         if getattr(self.clip.visual, "msclip_int8", False):
             return "int8"
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        return _DTYPE_NAMES.get(self.dtype, "fp32")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MSCLIP:
+        """What ``.to()``, ``.float()``, ``.half()`` ... run. An int8 tower computes in float32
+        around its int8 layers, so its dtype cannot change. A cast that widens the weights
+        (bf16 to fp32) gives weights that are not the source weights at that precision: their
+        identity (:attr:`checkpoint_sha256`, :meth:`fingerprint`) is taken anew. A cast that
+        narrows them gives what loading in that precision gives, and keeps it."""
+        before = self.dtype
+        if self.precision == "int8":
+            after = fn(torch.empty(0, dtype=before)).dtype  # what the cast does to a weight
+            if after != before:
+                raise PrecisionError(
+                    f"an int8 model computes in float32 around its int8 layers and cannot be cast "
+                    f"to {_DTYPE_NAMES.get(after, str(after))}; create the model in that "
+                    "precision instead (msclip.create_model(..., precision='bf16' or 'fp32'))",
+                    param="precision",
+                )
+        out = super()._apply(fn, recurse)
+        after = self.dtype
+        if after != before:
+            if after.itemsize > before.itemsize:
+                self._weights_replaced()
+            self.precision_reason = (
+                f"cast from {_DTYPE_NAMES.get(before, str(before))} to {self.precision} after "
+                "it was built"
+            )
+        return out
 
     def describe(self) -> dict[str, Any]:
         """JSON description of the model and its preprocessing: what produced an embedding.
@@ -475,6 +508,12 @@ class MSCLIP(nn.Module):
             raise TypeError(
                 f"images must be a torch tensor [B, C, H, W], got {type(images).__name__}; "
                 "preprocess arrays or files with model.preprocess() first"
+            )
+        if not images.is_floating_point():
+            # raw digital numbers or masks: the tower reads normalised float values
+            raise LayoutError(
+                f"images must be preprocessed float tensors, got {images.dtype}: raw values "
+                "(digital numbers) are normalised by model.preprocess() first"
             )
         n = len(bands) if bands is not None else len(self.bands)
         if images.ndim != 4 or images.shape[0] == 0:

@@ -17,6 +17,7 @@ from msclip.errors import (
     GenericBandNamesWarning,
     InvalidEmbeddingsError,
     LayoutError,
+    PrecisionError,
 )
 
 EXAMPLES = "benchmark_datasets/examples"
@@ -108,6 +109,52 @@ def test_encode_image_names_the_shape_it_needs(tiny):
     with pytest.raises(LayoutError, match=r"64x48 pixels, but the image tower reads 32x32"):
         tiny.encode_image(torch.zeros(1, 10, 64, 48))
     assert tiny.encode_image(torch.zeros(1, 10, 32, 32)).shape == (1, 32)
+    # raw digital numbers are not normalised images
+    for dtype in (torch.uint16, torch.int32, torch.bool):
+        with pytest.raises(LayoutError, match=r"preprocessed float tensors, got torch\.\w+"):
+            tiny.encode_image(torch.ones(1, 10, 32, 32, dtype=dtype))
+
+
+def test_an_int_device_is_a_cuda_device():
+    from msclip.errors import DeviceError
+    from msclip.hardware import device_type
+
+    assert device_type(0) == device_type(torch.device(0)) == "cuda"
+    assert device_type(None) == device_type("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+            msclip.create_model("msclip-tiny", device=0)
+        with pytest.raises(PrecisionError, match="GPU"):
+            msclip.create_model("msclip-tiny", device=0, precision="int8")
+
+
+def test_casts_keep_the_model_identity_honest(tiny):
+    """Narrowing a model's weights gives what loading in that precision gives (same checkpoint
+    identity, precision in the fingerprint); widening them again does not restore the source
+    weights, so the identity is taken anew; the precision and its reason follow the cast."""
+    import copy
+
+    model = copy.deepcopy(tiny)
+    sha, fp = model.checkpoint_sha256, model.fingerprint()
+    model.to(torch.bfloat16)
+    assert model.checkpoint_sha256 == sha and model.precision == "bf16"
+    assert model.precision_reason == "cast from fp32 to bf16 after it was built"
+    model.float()
+    assert model.precision == "fp32" and model.checkpoint_sha256 != sha
+    assert model.fingerprint() != fp  # rounded weights: caches keyed on it must not hit
+    wide = copy.deepcopy(tiny).double()
+    assert wide.precision == "fp64" and wide.fingerprint() != fp
+    assert copy.deepcopy(tiny).to("cpu").fingerprint() == fp  # a move is not a cast
+
+
+def test_batch_sizes_and_workers_are_whole_numbers(tiny):
+    from msclip.encode import encode_images
+
+    for bad in ("4", 2.5, True):
+        with pytest.raises(TypeError, match=r"batch_size must be a whole number, got"):
+            encode_images(tiny, tiny.preprocess(), [np.ones((10, 32, 32))], batch_size=bad)
+    with pytest.raises(TypeError, match=r"workers must be a whole number, got '1'"):
+        encode_images(tiny, tiny.preprocess(), [np.ones((10, 32, 32))], 1, "1")
 
 
 def test_four_unnamed_bands_of_an_array_warn(tiny):

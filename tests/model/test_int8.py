@@ -69,6 +69,25 @@ def test_int8_embedding_of_an_image_does_not_depend_on_its_batch(tiles) -> None:
     np.testing.assert_allclose(mixed[0], alone[0], atol=2e-5, rtol=0)
 
 
+def test_int8_model_encodes_with_gradients_on_and_keeps_its_dtype() -> None:
+    """The plain call (autograd on, as in a notebook) works, and a cast the int8 layers cannot
+    follow is refused instead of leaving a model that fails at its next call."""
+    model = msclip.create_model("msclip-tiny", precision="int8")
+    x = torch.randn(2, len(model.bands), 32, 32)
+    with torch.no_grad():
+        ref = model.encode_image(x)
+    assert torch.is_grad_enabled()
+    assert torch.equal(model.encode_image(x), ref)
+    image_features = model(x, msclip.get_tokenizer(model)(["a river"]))[0]  # normalised
+    assert torch.allclose(image_features, torch.nn.functional.normalize(ref, dim=-1), atol=1e-6)
+    for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()):
+        with pytest.raises(PrecisionError, match=r"int8 model .* cannot be cast"):
+            cast(model)
+    assert model.to("cpu").precision == "int8" and model.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), ref)
+
+
 def test_int8_is_cpu_only_and_not_saved(tmp_path) -> None:
     model = msclip.create_model("msclip-tiny", precision="int8")
     with pytest.raises(PrecisionError, match="float model"):
