@@ -1,9 +1,11 @@
-"""Embedding index of msclip: a crash-safe on-disk store and fast exact-recall top-k search.
+"""Embedding index of msclip: a crash-safe on-disk store and fast top-k search.
 
 :mod:`msclip.index.store` keeps embeddings (one memory-mappable float32 file), per-row metadata and
 the building model's description in a directory that a killed build never corrupts and a restarted
 build resumes. :mod:`msclip.index.search` answers top-k inner-product queries over it with an int8
-short-list scan and exact float re-ranking.
+short-list scan and exact float re-ranking (``exact=True``: a full float scan whose result is
+provably the exact top-k; the short-list may miss rows whose scores are within the int8 rounding
+of the k-th, as among near-duplicate tiles).
 
 Example:
     >>> from msclip.index import IndexStore, IndexWriter, SearchIndex

@@ -102,6 +102,7 @@ class Calibration:
         cpu: the CPU description (:meth:`msclip.hardware.CPUInfo.to_dict`).
         cached: loaded from the cache rather than measured in this process.
         accuracy: kernel -> residual of its scores on the sample (see the module docstring).
+        rows: rows of the sample the kernels were timed on (0: not recorded).
     """
 
     choice: dict[str, str]
@@ -110,6 +111,7 @@ class Calibration:
     cpu: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     accuracy: dict[str, float] = field(default_factory=dict)
+    rows: int = 0
 
     def kernel(self, n_queries: int) -> str:
         """The kernel for a search of ``n_queries`` queries."""
@@ -131,6 +133,7 @@ class Calibration:
             "setup": self.setup,
             "cpu": self.cpu,
             "accuracy": self.accuracy,
+            "rows": self.rows,
         }
 
     @classmethod
@@ -140,9 +143,12 @@ class Calibration:
         choice = {str(k): str(v) for k, v in d["choice"].items()}
         if set(choice) != set(REGIMES) or not set(choice.values()) <= set(CANDIDATES):
             raise ValueError(f"bad calibration choice {choice}")
+        rows = d.get("rows", 0)
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"bad calibration sample size {rows!r}")
         return cls(choice, dict(d.get("timings", {})), dict(d.get("setup", {})),
                    dict(d.get("cpu", {})), cached=True,
-                   accuracy=dict(d.get("accuracy", {})))  # fmt: skip
+                   accuracy=dict(d.get("accuracy", {})), rows=rows)  # fmt: skip
 
 
 # up to this many queries a search counts as the "few" regime (a GEMV beats a GEMM there)
@@ -278,7 +284,7 @@ def calibrate(
         timings[regime] = est
     choice = {regime: fastest(t) for regime, t in timings.items()}
     cal = Calibration(choice, timings, {k: v for k, v in prep.items() if v == v},
-                      cpu_info().to_dict(), accuracy=dict(accuracy or {}))  # fmt: skip
+                      cpu_info().to_dict(), accuracy=dict(accuracy or {}), rows=rows)  # fmt: skip
     logger.info("search kernels measured: %s", _describe(cal))
     return cal
 
@@ -309,9 +315,12 @@ def load_or_calibrate(
     measure: Callable[[], Calibration],
     key: str | None = None,
     scope: str = "",
+    rows: int = 0,
 ) -> Calibration:
     """The calibration of this CPU kind: from ``directory`` (or this process's memory) when there,
     else measured with ``measure()`` and saved (a read-only directory keeps it in memory only).
+    A calibration timed on fewer than half of the ``rows`` the index would sample now (it was
+    measured when the index was small: fixed costs then hide the cost per row) is measured again.
 
     Args:
         directory: the index's search cache folder (``None``: in memory only).
@@ -319,19 +328,24 @@ def load_or_calibrate(
         key: CPU kind (default :meth:`msclip.hardware.CPUInfo.key`).
         scope: what else the choice depends on, for the in-memory cache of indexes without a
             folder (the embedding dimension).
+        rows: the rows the index would sample now (``min(count, SAMPLE_ROWS)``).
     """
     from msclip.hardware import cpu_info
 
     key = key or cpu_info().key()
     mem_key = f"{directory}|{key}|{scope}"
-    if mem_key in _MEMORY:
-        return _MEMORY[mem_key]
+    hit = _MEMORY.get(mem_key)
+    if hit is not None and 2 * hit.rows >= rows:
+        return hit
     path = cache_path(directory, key) if directory is not None else None
-    if path is not None and path.is_file():
+    if hit is None and path is not None and path.is_file():
         try:
             cal = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
-            _MEMORY[mem_key] = cal
-            return cal
+            if 2 * cal.rows >= rows:
+                _MEMORY[mem_key] = cal
+                return cal
+            logger.info("search calibration %s was timed on %d rows; measuring again", path,
+                        cal.rows)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("ignoring unreadable search calibration %s (%s)", path, exc)
     cal = measure()

@@ -221,6 +221,10 @@ def _select_top(
                 scores = F.pad(scores, (0, n_groups * _GROUP - rows), value=fill)
             grouped = scores.view(n_queries, n_groups, _GROUP)
             group_max = grouped.amax(dim=2)
+            if dtype.is_floating_point and bool(
+                (torch.isnan(group_max) | torch.isposinf(group_max)).any()
+            ):
+                _refuse_rows(start, scores[:, :rows])
             if first and n_groups >= c:
                 # Seed: the c-th largest group maximum. At least c scores reach it, so the c-th
                 # best score does too, and groups below it can be skipped from the start.
@@ -251,6 +255,22 @@ def _select_top(
                 lost = torch.maximum(lost, all_v.scatter(1, pick, fill).amax(dim=1))
     tie_cut = (lost >= thr[:, 0]) & (lost > fill)
     return pool_i, thr[:, 0], pool_v, tie_cut
+
+
+def _refuse_rows(start: int, scores: torch.Tensor) -> None:
+    """Name the rows whose scores are NaN or infinite (rows of NaN or infinity: the queries are
+    checked before the scan), so that they never rank first nor leave empty result slots."""
+    bad = (torch.isnan(scores) | torch.isposinf(scores)).any(dim=0).nonzero()[:, 0] + start
+    _invalid_rows(bad.numpy())
+
+
+def _invalid_rows(bad: np.ndarray) -> None:
+    rows = bad[:10].tolist()
+    raise InvalidEmbeddingsError(
+        f"embeddings rows {rows}{' ...' if bad.size > 10 else ''} contain NaN or infinity (an "
+        "image of missing pixels, a failed encoding, or a damaged file); drop or fix them "
+        "before searching"
+    )
 
 
 def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
@@ -359,8 +379,9 @@ class SearchIndex:
                 ``"cuda:<n>"``. On a GPU every search is exact (see :meth:`_search_fused`).
 
         Raises:
-            InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix, or (an in-memory
-                matrix) has rows with NaN or infinity.
+            InvalidEmbeddingsError: ``embeddings`` is not a 2-D float32 matrix, or has rows with
+                NaN or infinity (an in-memory matrix is checked here, a memory map as its int8
+                copy is built or, without one, as a search scans it).
             ValueError: Unknown ``kernel`` or ``device``, bad ``candidates``, or ``cache_dir``
                 without key.
         """
@@ -374,6 +395,8 @@ class SearchIndex:
                 f"embeddings must be float32, got {embeddings.dtype}; convert with "
                 "np.asarray(x, dtype=np.float32)"
             )
+        if any(st < 0 for st in embeddings.strides):  # x[::-1]: torch takes no negative strides
+            embeddings = np.ascontiguousarray(embeddings)
         if not isinstance(embeddings, np.memmap):
             # an index's memory-mapped rows were checked when written; a matrix given here is
             # checked now: one NaN row would spoil every search
@@ -381,20 +404,24 @@ class SearchIndex:
                 chunk = embeddings[s : s + _BUILD_CHUNK_ROWS * 32]
                 bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
                 if bad.size:
-                    rows = (bad[:10] + s).tolist()
-                    raise InvalidEmbeddingsError(
-                        f"embeddings rows {rows}{' ...' if bad.size > 10 else ''} contain NaN or "
-                        "infinity (an image of missing pixels, or a failed encoding); drop or fix "
-                        "them before searching"
-                    )
+                    _invalid_rows(bad + s)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if candidates is not None and (
-            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+            isinstance(candidates, bool)
+            or not isinstance(candidates, (int, np.integer))
+            or candidates < 1
         ):
             raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
         if cache_dir is not None and not cache_key:
             raise ValueError("cache_dir needs a cache_key naming the embeddings' content")
+        if cache_key is not None and re.fullmatch(r"[0-9A-Za-z_.-]{1,64}", str(cache_key)) is None:
+            raise ValueError(
+                f"cache_key {str(cache_key)!r} is part of the cache's file names: use 1 to 64 "
+                "letters, digits, '.', '_' or '-' (e.g. a uuid4().hex)"
+            )
+        if cache_key is not None and set(str(cache_key)) == {"."}:
+            raise ValueError(f"cache_key {str(cache_key)!r} is not a file-name part")
         self._emb = embeddings
         self.candidates = candidates
         self.kernel = kernel
@@ -520,10 +547,13 @@ class SearchIndex:
         lo = np.full(d, np.inf, dtype=np.float32)
         hi = np.full(d, -np.inf, dtype=np.float32)
         max_sq = 0.0
-        for _, chunk in self._chunks(_BUILD_CHUNK_ROWS):
+        for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
             np.minimum(lo, chunk.min(axis=0), out=lo)
             np.maximum(hi, chunk.max(axis=0), out=hi)
-            max_sq = max(max_sq, float(np.einsum("ij,ij->i", chunk, chunk).max()))
+            sq = float(np.einsum("ij,ij->i", chunk, chunk).max())
+            if not math.isfinite(sq):  # memory-mapped rows are checked here, in passing
+                _invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
+            max_sq = max(max_sq, sq)
         centre = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
         step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
         # A constant dimension (e.g. one no row uses) codes as 0 and its step is 0: the query is
@@ -576,8 +606,10 @@ class SearchIndex:
             or codes.shape != (self.count, padded)
             or centre.shape != (self.dim,)
             or step.shape != (self.dim,)
+            or not (np.isfinite(centre).all() and np.isfinite(step).all() and (step >= 0).all())
+            or not (math.isfinite(max_norm) and max_norm >= 0)
         ):
-            logger.warning("ignoring search cache %s of unexpected shape; rebuilding it", name)
+            logger.warning("ignoring damaged search cache %s; rebuilding it", name)
             return False
         self._set_codes(torch.from_numpy(codes), centre, step, max_norm)
         return True
@@ -616,7 +648,12 @@ class SearchIndex:
 
     # -- search -----------------------------------------------------------------------------
     def _as_queries(self, queries: Any) -> np.ndarray:
-        arr = as_numpy(queries)
+        try:
+            arr = as_numpy(queries)
+        except ValueError as exc:  # ragged lists
+            raise InvalidEmbeddingsError(
+                f"queries must be a [Q, {self.dim}] matrix or one [{self.dim}] vector: {exc}"
+            ) from exc
         if arr.dtype.kind not in "fiu":
             raise InvalidEmbeddingsError(f"queries must be numeric, got dtype {arr.dtype}")
         if arr.ndim == 1:
@@ -630,7 +667,13 @@ class SearchIndex:
                 f"queries have dimension {arr.shape[1]} but the index holds {self.dim}-d "
                 "embeddings; encode the queries with the model that built the index"
             )
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        wide = arr
+        with np.errstate(over="ignore"):  # told below, in msclip's words
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if np.isfinite(wide).all() and not np.isfinite(arr).all():
+            raise InvalidEmbeddingsError(
+                "queries hold values beyond float32's range (about 3.4e38); L2-normalise them"
+            )
         if not arr.flags.writeable:
             # e.g. a row of the store's memory map as the query: torch warns on read-only arrays
             arr = arr.copy()
@@ -671,7 +714,9 @@ class SearchIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if candidates is not None and (
-            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+            isinstance(candidates, bool)
+            or not isinstance(candidates, (int, np.integer))
+            or candidates < 1
         ):
             raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
         if self.count == 0:
@@ -750,11 +795,17 @@ class SearchIndex:
         """The measured kernel choice of this CPU kind (:class:`msclip.index.calibrate
         .Calibration`), measured on the first search that needs it, or read from the cache."""
         if self._calibration is None:
-            from msclip.index.calibrate import load_or_calibrate
+            if self._codes is None:
+                raise ValueError(
+                    "this search index has no int8 copy (quantize=False, or no rows), so every "
+                    "search is exact and no kernel is chosen"
+                )
+            from msclip.index.calibrate import SAMPLE_ROWS, load_or_calibrate
 
             self._calibration = load_or_calibrate(
-                self._cache_dir, self._measure_kernels, scope=f"d{self.dim}"
-            )
+                self._cache_dir, self._measure_kernels, scope=f"d{self.dim}",
+                rows=min(self.count, SAMPLE_ROWS),
+            )  # fmt: skip
         return self._calibration
 
     def _measure_kernels(self) -> Any:

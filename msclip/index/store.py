@@ -107,6 +107,7 @@ _OWN_NAMES = {MANIFEST_NAME, EMBEDDINGS_NAME, META_DIR, SEARCH_CACHE_DIR, LOCK_N
 _NORM_TOLERANCE = 1e-3
 # Model description entries that say why or where, not what: never a reason to refuse a model
 # (the same weights copied elsewhere, or named by another relative path, have the same hash).
+_SAFE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _INFORMATIONAL_KEYS = ("precision_reason", "checkpoint_path", "init_seed")
 
 
@@ -317,6 +318,51 @@ def _decode_column(col: Mapping[str, Any], n: int, where: Path) -> pd.Series:
     return pd.Series(np.asarray(values, dtype=np_dtype))
 
 
+def _concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat`` of metadata frames, in which an integer or boolean column that some frames
+    lack becomes a nullable column (pandas would fill it with NaN as float64, changing integers
+    above 2**53, such as S2 cell ids or nanosecond stamps)."""
+    if len(frames) == 1:
+        return frames[0]
+    names = {n for f in frames for n in f.columns}
+    partial = {n for n in names if any(n not in f.columns for f in frames)}
+    fixed = []
+    for f in frames:
+        cast = {
+            n: _NULLABLE.get((f[n].dtype.kind, f[n].dtype.itemsize))
+            for n in partial & set(f.columns)
+            if isinstance(f[n].dtype, np.dtype) and f[n].dtype.kind in "biu"
+        }
+        fixed.append(f.astype(cast) if cast else f)
+    return pd.concat(fixed, ignore_index=True, sort=False)
+
+
+#: pandas' nullable dtypes of numpy's integer and boolean ones, by (kind, item size).
+_NULLABLE = {("b", 1): "boolean", **{("i", k): f"Int{8 * k}" for k in (1, 2, 4, 8)},
+             **{("u", k): f"UInt{8 * k}" for k in (1, 2, 4, 8)}}  # fmt: skip
+
+
+def _staged_conflict(
+    staged: list[pd.DataFrame],
+    last: Mapping[str, str],
+    frame: pd.DataFrame,
+    kinds: Mapping[str, str],
+) -> str | None:
+    """The first column of ``frame`` (whose columns code as ``kinds``) that cannot be stored in
+    one part with the same column of the ``staged`` frames (integers and strings, say), or
+    ``None``. ``last`` is each column's kind in the last staged frame that has it: the staged
+    frames were checked together as they came, so one of the same kind fits them."""
+    for name, kind in kinds.items():
+        if last.get(name, kind) == kind:
+            continue
+        before = [f[[name]] for f in staged if name in f.columns]
+        try:
+            _encode_column(name, _concat_frames([*before, frame[[name]]])[name])
+        except MetadataError:
+            return str(name)
+    return None
+
+
 # ------------------------------------------------------------------------------- part files
 def _part_name(index: int) -> str:
     return f"part-{index:06d}.jsonl"
@@ -449,7 +495,12 @@ def _check_manifest_fields(path: Path, manifest: Mapping[str, Any]) -> None:
             ("dim", _is_int(manifest["dim"], 1)),
             ("count", _is_int(manifest["count"], 0)),
             ("model", isinstance(manifest["model"], dict)),
-            ("index_id", isinstance(manifest["index_id"], str) and bool(manifest["index_id"])),
+            # a file-name part of the search cache (msclip writes uuid4 hex): never a path
+            (
+                "index_id",
+                isinstance(manifest["index_id"], str)
+                and _SAFE_ID.fullmatch(manifest["index_id"]) is not None,
+            ),
             ("parts", isinstance(manifest["parts"], list)),
         )
         if not ok
@@ -673,7 +724,7 @@ class IndexStore:
             elif len(nonempty) == 1:
                 meta = nonempty[0]
             else:
-                meta = pd.concat(nonempty, ignore_index=True, sort=False)
+                meta = _concat_frames(nonempty)
             meta.index = pd.RangeIndex(self.count, name="id")
             self._metadata = meta
         return self._metadata
@@ -808,6 +859,7 @@ class IndexWriter:
         self._manifest = manifest
         self._lock = lock
         self._pending: list[_Pending] = []
+        self._staged_kinds: dict[str, str] = {}  # each column's kind in the last staged rows
         self._pending_rows = 0
         self._pending_sources: set[str] = set()
         self._done: set[str] = set()
@@ -1089,9 +1141,20 @@ class IndexWriter:
         self._check_open()
         arr = _as_matrix(embeddings, self.dim)
         frame = _rows_to_frame(rows, arr.shape[0])
-        for name in frame.columns:  # fail now, not at commit time, on unstorable values
-            _encode_column(name, frame[name])
+        # fail now, not at commit time, on unstorable values
+        kinds = {name: _encode_column(name, frame[name])["kind"] for name in frame.columns}
         key = None if source is None else os.fspath(source)
+        if key is not None and not isinstance(key, str):
+            raise MetadataError(
+                f"source must be a str or a path, got {type(key).__name__} {key!r}; decode it"
+            )
+        clash = _staged_conflict([p.rows for p in self._pending], self._staged_kinds, frame, kinds)
+        if clash is not None:
+            raise MetadataError(
+                f"metadata column {clash!r} of source {key!r} holds values of another kind than "
+                "the rows staged before it (e.g. integers and strings), which one part cannot "
+                "store exactly; give the column one kind in every source (e.g. all strings)"
+            )
         if info is not None and key is None:
             raise MetadataError("source info needs a source key; pass source= with info=")
         info_json = None if info is None else _normalise_json(info, "source info")
@@ -1111,6 +1174,7 @@ class IndexWriter:
                     norms.max(),
                 )
         self._pending.append(_Pending(arr, frame, key, info_json))
+        self._staged_kinds.update(kinds)
         self._pending_rows += arr.shape[0]
         if key is not None:
             self._pending_sources.add(key)
@@ -1132,7 +1196,7 @@ class IndexWriter:
         )
         nonempty = [p.rows for p in self._pending if len(p.rows)]
         if len(nonempty) > 1:
-            frame = pd.concat(nonempty, ignore_index=True, sort=False)
+            frame = _concat_frames(nonempty)
         elif nonempty:
             frame = nonempty[0]
         else:
@@ -1180,6 +1244,7 @@ class IndexWriter:
         self._done.update(s[0] for s in sources)
         self._pending.clear()
         self._pending_sources.clear()
+        self._staged_kinds.clear()
         self._pending_rows = 0
         logger.info(
             "index %s: committed %d rows from %d sources (total %d)",

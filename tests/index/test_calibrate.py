@@ -263,3 +263,40 @@ def test_fbgemm_blocks_merged_for_few_queries_give_the_exact_ids(store, monkeypa
     many = np.tile(queries, (4, 1))  # 12 queries: block by block
     np.testing.assert_array_equal(index.search(many, 10).ids[:3], exact.ids)
     assert sizes == [256] * 7 + [1800 - 7 * 256]
+
+
+def test_a_choice_timed_on_a_small_index_is_measured_again_when_it_grows(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A choice timed on 40 rows (where the fixed cost of a call hides the cost per row) is not
+    trusted for 30,000: measured again once the sample would be more than twice as large."""
+    sizes = []
+
+    def measure(rows: int):
+        def run() -> Calibration:
+            sizes.append(rows)
+            return Calibration({"few": "bf16", "many": "fp32"}, {}, {}, {}, rows=rows)
+
+        return run
+
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    assert load_or_calibrate(tmp_path, measure(40), key="cpuA", rows=40).rows == 40
+    assert load_or_calibrate(tmp_path, measure(60), key="cpuA", rows=60).rows == 40  # kept
+    grown = load_or_calibrate(tmp_path, measure(30000), key="cpuA", rows=30000)
+    assert grown.rows == 30000 and sizes == [40, 30000]
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})  # the saved file holds the new choice
+    assert load_or_calibrate(tmp_path, measure(1), key="cpuA", rows=30000).rows == 30000
+    saved = tmp_path / "calibration-cpuA.json"
+    data = json.loads(saved.read_text())
+    del data["rows"]  # a choice saved before the sample size was recorded
+    saved.write_text(json.dumps(data))
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    assert load_or_calibrate(tmp_path, measure(30000), key="cpuA", rows=30000).rows == 30000
+    assert sizes == [40, 30000, 30000]
+
+
+def test_an_index_without_an_int8_copy_has_no_calibration() -> None:
+    rows = np.eye(8, dtype=np.float32)
+    with pytest.raises(ValueError, match="no int8 copy"):
+        _ = SearchIndex(rows, quantize=False).calibration
+    assert SearchIndex(rows).calibration.rows == 8

@@ -267,3 +267,57 @@ def test_read_only_rows_and_queries_raise_no_warning(tmp_path: Path) -> None:
         [sys.executable, "-W", "error", "-c", script], cwd=root, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_rows_of_nan_or_infinity_in_a_memory_map_are_named(tmp_path: Path, data) -> None:
+    """Memory-mapped rows are not scanned up front (an index's were checked when written); NaN or
+    infinite rows are named as the int8 copy is built or the exact scan meets them, never
+    returned as id -1 nor ranked first."""
+    emb = data[0].copy()
+    emb[7] = np.nan
+    emb[1200, 3] = np.inf
+    np.save(tmp_path / "e.npy", emb)
+    rows = np.load(tmp_path / "e.npy", mmap_mode="r")
+    for make, call in (
+        (lambda: SearchIndex(rows), lambda si: si.search(emb[3], 5)),
+        (lambda: SearchIndex(rows, quantize=False), lambda si: si.search(emb[3], 5)),
+        (lambda: SearchIndex(rows, quantize=False), lambda si: si.search(emb[3], 5, exact=True)),
+    ):
+        with pytest.raises(InvalidEmbeddingsError, match=r"rows \[7"):
+            call(make())
+
+
+def test_rows_with_negative_strides_are_searched(data) -> None:
+    emb, queries = data
+    flipped = emb[::-1]
+    ref = brute_force(np.ascontiguousarray(flipped), queries, 5)
+    assert_matches(SearchIndex(flipped).search(queries, 5), ref)
+    assert_matches(SearchIndex(flipped, quantize=False).search(queries, 5, exact=True), ref)
+
+
+def test_odd_queries_and_arguments_get_msclip_errors(data) -> None:
+    emb, queries = data
+    index = SearchIndex(emb[:300])
+    with pytest.raises(InvalidEmbeddingsError, match="matrix or one"):
+        index.search([[1.0, 2.0], [3.0]], 2)
+    with pytest.raises(InvalidEmbeddingsError, match="beyond float32's range"):
+        index.search(np.full(DIM, 1e39), 2)
+    ids = index.search(queries, 3, candidates=np.int64(50)).ids
+    np.testing.assert_array_equal(ids, index.search(queries, 3, candidates=50).ids)
+    with pytest.raises(ValueError, match=r"cache_key '\.\./x' is part of the cache's file names"):
+        SearchIndex(emb[:300], cache_dir="c", cache_key="../x")
+
+
+def test_a_damaged_cache_of_finite_values_is_rebuilt(tmp_path: Path, data, caplog) -> None:
+    import json
+
+    emb, queries = data
+    SearchIndex(emb, cache_dir=tmp_path, cache_key="k")
+    meta = next(tmp_path.glob("*.json"))
+    cache = json.loads(meta.read_text())
+    cache["step"][0] = None
+    meta.write_text(json.dumps(cache))
+    with caplog.at_level(logging.WARNING):
+        index = SearchIndex(emb, cache_dir=tmp_path, cache_key="k")
+    assert not index.cache_hit and "damaged search cache" in caplog.text
+    assert_matches(index.search(queries, 5), brute_force(emb, queries, 5))

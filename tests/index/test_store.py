@@ -356,6 +356,9 @@ def _overwrite(name: str, data: bytes | None = None):
         _damage_manifest(dim=-3),
         _damage_manifest(parts=None),
         _damage_manifest(model=[1, 2]),
+        # the id names the search cache's files: never a path out of the index
+        _damage_manifest(index_id="x/../../../../escaped"),
+        _damage_manifest(index_id="a\x00b"),
         _damage_manifest(parts=[{"file": "meta/part-000000.jsonl", "start": 0, "count": 5}]),
     ],
 )
@@ -426,3 +429,34 @@ def test_source_info_is_kept_with_the_key(index_path: Path) -> None:
         assert writer.source_info("a") == stamp and writer.source_info("b") is None
         with pytest.raises(MetadataError, match="JSON"):
             writer.add(unit_rows(1, 3), None, source="c", info={"t": object()})
+
+
+def test_rows_of_another_kind_are_refused_when_added_not_at_commit(index_path: Path) -> None:
+    """One part stores a column in one kind: a source whose column cannot join the staged ones
+    (integers and strings) is refused by add, naming it, and the other sources still commit."""
+    rows = unit_rows(4, 5)
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        writer.add(rows[:1], [{"tile_id": 1}], source="scene_a.tif")
+        with pytest.raises(MetadataError, match=r"column 'tile_id' of source 'scene_b.tif'"):
+            writer.add(rows[1:2], [{"tile_id": "T32UQD"}], source="scene_b.tif")
+        with pytest.raises(MetadataError, match="source must be a str or a path, got bytes"):
+            writer.add(rows[1:2], None, source=b"scene_c.tif")
+        writer.add(rows[2:3], [{"tile_id": 2.5}], source="scene_d.tif")  # numbers mix
+        assert not writer.is_done("scene_b.tif")
+    store = IndexStore.open(index_path)
+    assert [s.key for s in store.sources] == ["scene_a.tif", "scene_d.tif"]
+    assert store.metadata["tile_id"].tolist() == [1.0, 2.5]
+
+
+def test_integers_beyond_2_53_stay_exact_where_other_sources_lack_them(index_path: Path) -> None:
+    """Within a part and across parts, a column some sources lack is nullable, not float64."""
+    cell = 5764607523034234881  # an S2 cell id: not a float64
+    rows = unit_rows(3, 6)
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        writer.add(rows[:1], [{"cell": cell}], source="a")
+        writer.add(rows[1:2], [{"other": "x"}], source="b")
+    with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
+        writer.add(rows[2:3], [{"other": "y"}], source="c")  # a part without the column
+    meta = IndexStore.open(index_path).metadata
+    assert str(meta["cell"].dtype) == "Int64" and int(meta["cell"].iloc[0]) == cell
+    assert meta["cell"].isna().tolist() == [False, True, True]
