@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from msclip.cuda.runtime import launch_device
 
 __all__ = ["INTERPRETED", "TritonBackend"]
 
@@ -365,11 +366,12 @@ class TritonBackend:
         e = torch.zeros(nq, dtype=torch.float32, device=q.device)
         if nq and k.shape[0]:
             grid = (triton.cdiv(nq, self.block_m),)
-            _clip_stats[grid](
-                q, k, s, lse, e, nq, k.shape[0], q.shape[1], q.stride(0), k.stride(0),
-                BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-                PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-            )  # fmt: skip
+            with launch_device(q.device):
+                _clip_stats[grid](
+                    q, k, s, lse, e, nq, k.shape[0], q.shape[1], q.stride(0), k.stride(0),
+                    BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
+                    PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
+                )  # fmt: skip
         return lse, e
 
     def clip_forward(
@@ -394,12 +396,14 @@ class TritonBackend:
         if nq == 0:
             return out
         grid = (triton.cdiv(nq, self.block_m), triton.cdiv(d, self.block_do))
-        kernel[grid](
-            q, k, *extra, out, nq, k.shape[0], d, offset, q.stride(0), k.stride(0), out.stride(0),
-            BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-            BLOCK_DO=self.block_do, PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-            num_warps=8,
-        )  # fmt: skip
+        with launch_device(q.device):
+            kernel[grid](
+                q, k, *extra, out, nq, k.shape[0], d, offset, q.stride(0), k.stride(0),
+                out.stride(0),
+                BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
+                BLOCK_DO=self.block_do, PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
+                num_warps=8,
+            )  # fmt: skip
         return out
 
     def clip_backward(
@@ -432,12 +436,13 @@ class TritonBackend:
         out = torch.zeros((3, nq), dtype=torch.float32, device=q.device)
         if nq:
             grid = (triton.cdiv(nq, self.block_m),)
-            _siglip_stats[grid](
-                q, k, s.float().reshape(1), b.float().reshape(1), out, nq, k.shape[0], q.shape[1],
-                offset, q.stride(0), k.stride(0),
-                BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-                PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-            )  # fmt: skip
+            with launch_device(q.device):
+                _siglip_stats[grid](
+                    q, k, s.float().reshape(1), b.float().reshape(1), out, nq, k.shape[0],
+                    q.shape[1], offset, q.stride(0), k.stride(0),
+                    BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
+                    PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
+                )  # fmt: skip
         return out.sum(1)
 
     def siglip_backward(

@@ -14,6 +14,7 @@ per process (a compiler without a working toolchain fails there, not in the midd
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -28,6 +29,7 @@ __all__ = [
     "KernelUnavailableError",
     "kernel_module",
     "kernels_can_run",
+    "launch_device",
     "triton_available",
 ]
 
@@ -59,6 +61,14 @@ def kernel_module(name: str) -> ModuleType:
             "builds of torch; install one, or use the PyTorch path (e.g. --loss-impl chunked)"
         )
     return importlib.import_module(f"msclip.cuda.{name}")
+
+
+def launch_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context to launch a kernel on ``device`` in: Triton launches on the *current* CUDA
+    device whatever the tensors' (a search or a loss on ``cuda:1`` while ``cuda:0`` is current
+    fails there), so a CUDA device is made current for the launch; nothing for CPU tensors (the
+    interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def interpreted(module: ModuleType) -> bool:

@@ -95,6 +95,12 @@ def topk_reference(
     Returns:
         ``(scores [Q, k] float32, ids [Q, k] int64)``, by score descending, then lower id.
     """
+    if queries.shape[0] > _QUERY_BATCH:
+        # the chunk's scores and keys grow with the queries: a batch at a time bounds the
+        # memory beside the stored rows (as the fused kernel's launches do)
+        parts = [topk_reference(queries[s : s + _QUERY_BATCH], stored, k, chunk_rows=chunk_rows)
+                 for s in range(0, queries.shape[0], _QUERY_BATCH)]  # fmt: skip
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     q = queries.float()
     best = None
     for start in range(0, stored.shape[0], chunk_rows):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from msclip.cuda.runtime import launch_device
 
 __all__ = ["INTERPRETED", "MIN_KEY", "launch_topk"]
 
@@ -152,12 +153,13 @@ def launch_topk(
     out = torch.empty((n_q, splits, k), dtype=torch.int64, device=queries.device)
     block_q = 16
     grid = (triton.cdiv(n_q, block_q), splits)
-    _topk_scan[grid](
-        queries, stored, out, n_q, n_x, d, rows_per_split,
-        queries.stride(0), stored.stride(0), out.stride(0), out.stride(1),
-        BLOCK_Q=block_q, K=k, BLOCK_D=block_d, WIDEN=stored.dtype == torch.int8,
-        LOG_K=k.bit_length() - 1, num_warps=4 if k <= 64 else 8,
-        # Triton 3.8's interpreter multiplies bf16 tiles as raw bits: widen them there (exact)
-        DOT_F32=INTERPRETED and queries.dtype == torch.bfloat16,
-    )  # fmt: skip
+    with launch_device(queries.device):
+        _topk_scan[grid](
+            queries, stored, out, n_q, n_x, d, rows_per_split,
+            queries.stride(0), stored.stride(0), out.stride(0), out.stride(1),
+            BLOCK_Q=block_q, K=k, BLOCK_D=block_d, WIDEN=stored.dtype == torch.int8,
+            LOG_K=k.bit_length() - 1, num_warps=4 if k <= 64 else 8,
+            # Triton 3.8's interpreter multiplies bf16 tiles as raw bits: widen them (exact)
+            DOT_F32=INTERPRETED and queries.dtype == torch.bfloat16,
+        )  # fmt: skip
     return out

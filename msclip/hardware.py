@@ -376,6 +376,8 @@ def _device_index(device: Any) -> int | None:
 
     if isinstance(device, torch.device):
         return device.index
+    if isinstance(device, int) and not isinstance(device, bool):
+        return device  # cuda:<n>, as torch reads an int
     try:
         return torch.device(device).index if isinstance(device, str) else None
     except RuntimeError:

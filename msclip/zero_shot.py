@@ -752,7 +752,7 @@ def classify(
             f"image embeddings rows {rows} contain NaN or infinity (an image of missing pixels, "
             "or a failed encoding): drop them before classifying"
         )
-    logits = zero_shot_logits(feats, classifier)
+    logits = zero_shot_logits(feats, classifier).cpu()  # features on a GPU: results in numpy
     probs = logits.softmax(dim=-1).double().numpy()
     logits_np = logits.double().numpy()
     if multi_label is None:

@@ -234,7 +234,15 @@ def _model_defaults(
             "which it is searched and extended with; random weights would give other "
             "embeddings: drop --no-pretrained"
         )
+    from msclip.hardware import device_type
+
     built = manifest_model.get("precision")
+    if writing and built == "fp16" and device_type(run_device(args)) == "cpu":
+        raise UsageError(
+            f"the index {args.index} holds fp16 embeddings (built on a GPU without native bf16), "
+            "and the rows of an index share one precision, which a CPU cannot compute: add to it "
+            "on a GPU, or build a new index here"
+        )
     if writing and getattr(args, "precision", None) in (None, "auto") and built:
         logger.info("precision %s, as the index %s was built", built, args.index)
         args.precision = str(built)
@@ -263,10 +271,16 @@ def _existing(index: str) -> Any:
 
 
 # -- search ---------------------------------------------------------------------------------------
-def _top_k(store: Any, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+def _top_k(
+    store: Any, queries: np.ndarray, k: int, exact: bool, device: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The search; ``device`` is the --device given (the scan runs there: ``cpu`` keeps the index
+    off a GPU another job holds), else ``auto`` (a GPU when one is visible and its kernel works)."""
     from msclip.index.search import SearchIndex
 
-    result = SearchIndex.from_store(store, quantize=not exact).search(queries, k, exact=exact)
+    where = device if device == "cpu" or str(device).startswith("cuda") else "auto"
+    index = SearchIndex.from_store(store, quantize=not exact, device=where)
+    result = index.search(queries, k, exact=exact)
     return result.scores, result.ids
 
 
@@ -387,6 +401,7 @@ def _run_search(args: argparse.Namespace) -> int:
         )
 
     large = LargeCheck(query_images, _LARGE_QUERY_FIX, every_file=True)
+    scan_device = args.device  # as given: load_model settles the model's device
     model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
     q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
@@ -396,7 +411,7 @@ def _run_search(args: argparse.Namespace) -> int:
             f"returning {store.count}",
             file=sys.stderr,
         )
-    scores, ids = _top_k(store, q_emb, args.top_k, args.exact)
+    scores, ids = _top_k(store, q_emb, args.top_k, args.exact, scan_device)
     meta = store.metadata
     hit_sources = _hit_sources(store, ids)
     rows = []

@@ -127,7 +127,10 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext
         return DistContext(rank, world, local_rank, local_world, dev, owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext(device=_pick_device(device, 0))
+        dev = _pick_device(device, 0)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # --device cuda:1: kernels and pinning on that GPU too
+        return DistContext(device=dev)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

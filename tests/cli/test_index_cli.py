@@ -171,6 +171,21 @@ def test_random_weights_are_drawn_again_from_the_recorded_seed(inputs, tmp_path,
     assert "drawn at random with seed 3: use --no-pretrained --seed 3" in err
 
 
+def test_an_index_of_fp16_rows_is_not_extended_on_a_cpu(inputs, tmp_path, capsys):
+    """A GPU without native bf16 builds in fp16; its rows share one precision, which a CPU
+    cannot compute: add says so once, instead of advising a precision the index then refuses."""
+    files, _, _ = inputs
+    idx = tmp_path / "h.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    manifest = json.loads((idx / "manifest.json").read_text())
+    manifest["model"]["precision"] = "fp16"  # as a T4 would have built it
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[1]), *TINY, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "holds fp16 embeddings" in err and "add to it on a GPU, or build a new index" in err
+
+
 def test_no_pretrained_is_refused_for_an_index_of_loaded_weights(inputs, tmp_path, capsys):
     """``--no-pretrained`` cannot query an index built from a weight file (the index's model is
     used whatever the flag says): a usage error, not a flag left unread."""

@@ -15,8 +15,9 @@ import pytest
 from cuda_helpers import INTERPRETER_ENV, PYTHON, REPO, subprocess_env
 from msclip.cuda.runtime import triton_available
 
-# the kernel tests of test_triton_kernels.py: 5 of the contrastive loss, 6 of the top-k scan
-EXPECTED = 11
+# the kernel tests of test_triton_kernels.py: 5 of the contrastive loss, 6 of the top-k scan,
+# 1 of the launch device
+EXPECTED = 12
 
 
 @pytest.mark.slow  # a child that imports torch and Triton, then interprets the kernels: ~40 s

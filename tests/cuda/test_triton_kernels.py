@@ -157,3 +157,24 @@ def test_search_index_on_the_kernel_equals_exact_search(
     np.testing.assert_array_equal(got.scores, exact.scores)
     assert "1 queries not certified, longer lists" in caplog.text
     assert "query 5 not certified, rescanning in float64" in caplog.text
+
+
+def test_every_launch_is_made_on_the_inputs_device(loss_device: str, monkeypatch) -> None:
+    """Triton launches on the current CUDA device: each launch makes the inputs' device current
+    (a search or a loss on cuda:1 while cuda:0 is current fails otherwise)."""
+    from msclip.cuda import contrastive_kernels, runtime, topk_kernels
+
+    seen = []
+
+    def recording(device):
+        seen.append(torch.device(device))
+        return runtime.launch_device(device)
+
+    monkeypatch.setattr(topk_kernels, "launch_device", recording)
+    monkeypatch.setattr(contrastive_kernels, "launch_device", recording)
+    g = torch.Generator().manual_seed(0)
+    stored = F.normalize(torch.randn(40, 32, generator=g), dim=1).to(loss_device, torch.float16)
+    fused_topk(stored[:3], stored, 16)
+    x, y, t, _ = _inputs(20, 24, loss_device, "clip")
+    blockwise_contrastive_loss(x, y, t, None, kind="clip", impl="triton").backward()
+    assert len(seen) >= 3 and {d.type for d in seen} == {torch.device(loss_device).type}
