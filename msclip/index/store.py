@@ -344,16 +344,16 @@ _NULLABLE = {("b", 1): "boolean", **{("i", k): f"Int{8 * k}" for k in (1, 2, 4, 
 
 def _staged_conflict(
     staged: list[pd.DataFrame],
-    last: Mapping[str, str],
+    seen: Mapping[str, set[str]],
     frame: pd.DataFrame,
     kinds: Mapping[str, str],
 ) -> str | None:
-    """The first column of ``frame`` (whose columns code as ``kinds``) that cannot be stored in
-    one part with the same column of the ``staged`` frames (integers and strings, say), or
-    ``None``. ``last`` is each column's kind in the last staged frame that has it: the staged
-    frames were checked together as they came, so one of the same kind fits them."""
+    """The first column of ``frame`` (of kinds ``kinds``, :func:`_value_kind`) that cannot be
+    stored in one part with the same column of the ``staged`` frames (integers and strings,
+    say), or ``None``. ``seen`` holds each column's kinds among the staged frames, which were
+    checked together as they came: a frame of a kind already there adds no new kind of value."""
     for name, kind in kinds.items():
-        if last.get(name, kind) == kind:
+        if kind in seen.get(name, {kind}):
             continue
         before = [f[[name]] for f in staged if name in f.columns]
         try:
@@ -361,6 +361,13 @@ def _staged_conflict(
         except MetadataError:
             return str(name)
     return None
+
+
+def _value_kind(series: pd.Series) -> str:
+    """The stored kind of a column (:func:`_encode_column`, which refuses unstorable values), or
+    ``empty`` where every value is missing (stored as strings, yet joining any kind)."""
+    kind = str(_encode_column(str(series.name), series)["kind"])
+    return "empty" if len(series) and bool(series.isna().all()) else kind
 
 
 # ------------------------------------------------------------------------------- part files
@@ -859,7 +866,7 @@ class IndexWriter:
         self._manifest = manifest
         self._lock = lock
         self._pending: list[_Pending] = []
-        self._staged_kinds: dict[str, str] = {}  # each column's kind in the last staged rows
+        self._staged_kinds: dict[str, set[str]] = {}  # each column's kinds in the staged rows
         self._pending_rows = 0
         self._pending_sources: set[str] = set()
         self._done: set[str] = set()
@@ -1142,7 +1149,7 @@ class IndexWriter:
         arr = _as_matrix(embeddings, self.dim)
         frame = _rows_to_frame(rows, arr.shape[0])
         # fail now, not at commit time, on unstorable values
-        kinds = {name: _encode_column(name, frame[name])["kind"] for name in frame.columns}
+        kinds = {name: _value_kind(frame[name]) for name in frame.columns}
         key = None if source is None else os.fspath(source)
         if key is not None and not isinstance(key, str):
             raise MetadataError(
@@ -1174,7 +1181,8 @@ class IndexWriter:
                     norms.max(),
                 )
         self._pending.append(_Pending(arr, frame, key, info_json))
-        self._staged_kinds.update(kinds)
+        for name, kind in kinds.items():
+            self._staged_kinds.setdefault(name, set()).add(kind)
         self._pending_rows += arr.shape[0]
         if key is not None:
             self._pending_sources.add(key)

@@ -442,10 +442,13 @@ def test_rows_of_another_kind_are_refused_when_added_not_at_commit(index_path: P
         with pytest.raises(MetadataError, match="source must be a str or a path, got bytes"):
             writer.add(rows[1:2], None, source=b"scene_c.tif")
         writer.add(rows[2:3], [{"tile_id": 2.5}], source="scene_d.tif")  # numbers mix
+        writer.add(rows[3:4], [{"tile_id": None}], source="scene_e.tif")  # missing joins any
+        with pytest.raises(MetadataError, match=r"column 'tile_id' of source 'scene_f.tif'"):
+            writer.add(rows[3:4], [{"tile_id": "T33"}], source="scene_f.tif")  # strings: no
         assert not writer.is_done("scene_b.tif")
     store = IndexStore.open(index_path)
-    assert [s.key for s in store.sources] == ["scene_a.tif", "scene_d.tif"]
-    assert store.metadata["tile_id"].tolist() == [1.0, 2.5]
+    assert [s.key for s in store.sources] == ["scene_a.tif", "scene_d.tif", "scene_e.tif"]
+    assert store.metadata["tile_id"].tolist()[:2] == [1.0, 2.5]
 
 
 def test_integers_beyond_2_53_stay_exact_where_other_sources_lack_them(index_path: Path) -> None:
