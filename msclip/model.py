@@ -170,6 +170,12 @@ def build_open_clip(arch_cfg: Mapping[str, Any], meta: bool = False) -> nn.Modul
     return (CustomTextCLIP if custom else CLIP)(**cfg)
 
 
+def _narrows(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether casting ``source`` weights to ``target`` only rounds them to a narrower format
+    that loading in ``target`` gives too (float32 or float64 to a smaller float type)."""
+    return source in (torch.float32, torch.float64) and target.itemsize < source.itemsize
+
+
 #: Short names of the weights' dtypes (:attr:`MSCLIP.precision`).
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
                 torch.float64: "fp64"}  # fmt: skip
@@ -216,6 +222,7 @@ class MSCLIP(nn.Module):
         #: Provenance of the loaded weights (path and sha256), set by the loader.
         self.checkpoint_path: str | None = None
         self._checkpoint_sha256: str | None = None
+        self._identity_dtype: torch.dtype | None = None  # the weights' dtype when it was taken
         #: The torch seed random weights were drawn with, when a program drew them
         #: (``--no-pretrained --seed N``): how to draw the same model again. ``None`` for loaded
         #: weights, or once the weights change.
@@ -273,6 +280,7 @@ class MSCLIP(nn.Module):
     def checkpoint_sha256(self) -> str:
         """sha256 of the weight file, or of the weights themselves when not loaded from a file
         or changed in place since (an optimizer's steps on the model's own parameters)."""
+        self._note_cast()  # a cast made past MSCLIP (model.clip.float())
         if self._checkpoint_sha256 is not None and self._changed_in_place():
             self._weights_replaced()
         if self._checkpoint_sha256 is None:
@@ -283,6 +291,7 @@ class MSCLIP(nn.Module):
                 h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
             self._checkpoint_sha256 = "weights:" + h.hexdigest()
             self._versions = self._parameter_versions()
+            self._identity_dtype = self.dtype
         return self._checkpoint_sha256
 
     @checkpoint_sha256.setter
@@ -290,6 +299,22 @@ class MSCLIP(nn.Module):
         self._checkpoint_sha256 = value
         self.init_seed = None  # weights from a file, or changed: no longer the seed's draw
         self._versions = self._parameter_versions()
+        self._identity_dtype = self.dtype
+
+    def _note_cast(self) -> None:
+        """Count a change of the weights' dtype since the identity was taken: a cast that narrows
+        float32 (or float64) weights gives what loading them in that precision gives, and keeps
+        the identity (the precision is part of :meth:`fingerprint`); any other cast (widening,
+        or bf16 <-> fp16) gives weights that are not the source's, whose identity is taken
+        anew."""
+        taken = getattr(self, "_identity_dtype", None)
+        now = self.dtype
+        if self._checkpoint_sha256 is None or taken is None or taken == now:
+            return
+        if _narrows(taken, now):
+            self._identity_dtype = now  # a later cast is judged from here
+        else:
+            self._weights_replaced()
 
     def _parameter_versions(self) -> dict[str, tuple[int, int]]:
         """``name -> (tensor id, in-place version)`` of every parameter of the weights proper
@@ -306,6 +331,8 @@ class MSCLIP(nn.Module):
         kept, once any earlier in-place change has been counted), merged ones do not."""
         if weights_changed or (self._checkpoint_sha256 is not None and self._changed_in_place()):
             self._weights_replaced()
+        if not weights_changed and self._checkpoint_sha256 is None:
+            _ = self.checkpoint_sha256  # taken from the weights before adapters wrap them
         self._versions = self._parameter_versions()
 
     def _changed_in_place(self) -> bool:
@@ -344,20 +371,20 @@ class MSCLIP(nn.Module):
         identity (:attr:`checkpoint_sha256`, :meth:`fingerprint`) is taken anew. A cast that
         narrows them gives what loading in that precision gives, and keeps it."""
         before = self.dtype
-        if self.precision == "int8":
-            after = fn(torch.empty(0, dtype=before)).dtype  # what the cast does to a weight
-            if after != before:
+        target = fn(torch.empty(0, dtype=before)).dtype  # what the call does to a weight
+        if target != before:
+            if self.precision == "int8":
                 raise PrecisionError(
                     f"an int8 model computes in float32 around its int8 layers and cannot be cast "
-                    f"to {_DTYPE_NAMES.get(after, str(after))}; create the model in that "
+                    f"to {_DTYPE_NAMES.get(target, str(target))}; create the model in that "
                     "precision instead (msclip.create_model(..., precision='bf16' or 'fp32'))",
                     param="precision",
                 )
+            if _narrows(before, target) and self._checkpoint_sha256 is None:
+                _ = self.checkpoint_sha256  # taken from the weights before they are rounded
         out = super()._apply(fn, recurse)
-        after = self.dtype
-        if after != before:
-            if after.itemsize > before.itemsize:
-                self._weights_replaced()
+        if self.dtype != before:
+            self._note_cast()
             self.precision_reason = (
                 f"cast from {_DTYPE_NAMES.get(before, str(before))} to {self.precision} after "
                 "it was built"
@@ -499,6 +526,12 @@ class MSCLIP(nn.Module):
             bands: names of the channels of ``images`` when they are not the model's bands.
         """
         self._check_images(images, bands)
+        if self.precision == "int8" and self.dtype != torch.float32:
+            raise PrecisionError(
+                f"this int8 model's other weights were cast to {self.dtype} (through model.clip): "
+                "its int8 layers compute in float32; create the model in the precision wanted",
+                param="precision",
+            )
         x = self.to_model_bands(images, bands).to(self.dtype)
         return self.clip.encode_image(x, normalize=normalize)
 

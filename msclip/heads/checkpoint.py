@@ -38,7 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError, MSCLIPError
+from msclip.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    HeadConfigError,
+    MSCLIPError,
+    PrecisionError,
+)
 from msclip.heads.features import FeatureSpec
 from msclip.heads.linear import LinearHead, build_head
 
@@ -451,6 +457,14 @@ def bind_head(
     if needs and have == enc.get("fingerprint"):
         from msclip.heads.lora import load_lora, merge_lora
         from msclip.pretrained import file_sha256
+
+        if getattr(model, "precision", None) == "int8":
+            raise PrecisionError(
+                f"head {checkpoint.path} merges LoRA adapters into the encoder's attention, whose "
+                "float weights an int8 encoder no longer has: load the encoder with precision "
+                "auto or fp32, or load the merged weights (msclip-finetune --merge-lora) in int8",
+                param="precision",
+            )
 
         where = (
             Path(adapters)

@@ -209,3 +209,15 @@ def test_adapters_attached_and_removed_keep_the_models_identity(base_model, imag
     _step(model, images.float(), steps=2)
     merge_lora(model)
     assert model.checkpoint_sha256.startswith("weights:") and model.fingerprint() != fp
+
+
+def test_an_identity_first_read_with_adapters_attached_is_the_base_models(base_model):
+    """Random weights have no file hash: their identity is the hash of the weights, taken before
+    adapters wrap them (the wrapped state holds the adapters' tensors too)."""
+    model = copy.deepcopy(base_model)
+    model.checkpoint_sha256 = None  # not read yet
+    fp = copy.deepcopy(base_model).fingerprint()
+    apply_lora(model, LoRAConfig(rank=2))
+    assert model.fingerprint() == fp
+    remove_lora(model)
+    assert model.fingerprint() == fp

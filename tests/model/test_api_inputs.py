@@ -145,6 +145,20 @@ def test_casts_keep_the_model_identity_honest(tiny):
     wide = copy.deepcopy(tiny).double()
     assert wide.precision == "fp64" and wide.fingerprint() != fp
     assert copy.deepcopy(tiny).to("cpu").fingerprint() == fp  # a move is not a cast
+    # a cast before the identity was ever read gives what loading in that precision gives
+    torch.manual_seed(0)
+    cast = msclip.create_model("msclip-tiny", precision="fp32").to(torch.bfloat16)
+    torch.manual_seed(0)
+    loaded = msclip.create_model("msclip-tiny", precision="bf16")
+    assert cast.fingerprint() == loaded.fingerprint()
+    # bf16 and fp16 hold other roundings: neither is the other's source
+    torch.manual_seed(0)
+    half = msclip.create_model("msclip-tiny", precision="fp32").half()
+    assert copy.deepcopy(loaded).half().fingerprint() != half.fingerprint()
+    # a cast made past the MSCLIP object (its clip module) counts too
+    wide = copy.deepcopy(loaded)
+    wide.clip.float()
+    assert wide.precision == "fp32" and wide.fingerprint() != fp
 
 
 def test_batch_sizes_and_workers_are_whole_numbers(tiny):

@@ -84,6 +84,10 @@ def test_int8_model_encodes_with_gradients_on_and_keeps_its_dtype() -> None:
         with pytest.raises(PrecisionError, match=r"int8 model .* cannot be cast"):
             cast(model)
     assert model.to("cpu").precision == "int8" and model.dtype == torch.float32
+    cast = msclip.create_model("msclip-tiny", precision="int8")
+    cast.clip.to(torch.bfloat16)  # past the MSCLIP object: refused where it would fail
+    with pytest.raises(PrecisionError, match="int8 model's other weights were cast"):
+        cast.encode_image(x)
     with torch.no_grad():
         assert torch.equal(model.encode_image(x), ref)
 
@@ -94,3 +98,21 @@ def test_int8_is_cpu_only_and_not_saved(tmp_path) -> None:
         msclip.save_checkpoint(model, tmp_path / "x.safetensors")
     with pytest.raises(PrecisionError, match="GPU"):
         msclip.create_model("msclip-tiny", device="cuda", precision="int8")
+
+
+def test_a_head_with_lora_adapters_is_refused_on_an_int8_encoder() -> None:
+    """Adapters merge into the float attention weights an int8 encoder no longer has: one clear
+    refusal (the merged weights file loads in int8), not an AttributeError in the merge."""
+    from types import SimpleNamespace
+
+    from msclip.heads.checkpoint import bind_head
+
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny", precision="int8")
+    head = SimpleNamespace(
+        path="head.safetensors",
+        encoder={"fingerprint": model.fingerprint(precision=False),
+                 "adapters": {"file": "adapters.safetensors", "sha256": "0" * 64}},
+    )  # fmt: skip
+    with pytest.raises(PrecisionError, match=r"merges LoRA adapters .* --merge-lora"):
+        bind_head(head, model)
