@@ -481,7 +481,9 @@ def _with_unscored_rows(
 
 # -- modes --------------------------------------------------------------------------------------
 def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_path: str) -> None:
-    """Without --model-name / --ckpt-path, load the encoder the head was trained on."""
+    """Without --model-name / --ckpt-path, load the encoder the head was trained on: its
+    fine-tuned file, else the weight file it was loaded from, else its random weights' seed,
+    else its registered name."""
     if args.model_name is not None or args.ckpt_path is not None:
         return
     if encoder.get("encoder_file"):
@@ -491,6 +493,16 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
         if f.is_file():
             args.model_name = str(f)
             return
+    ckpt = encoder.get("checkpoint_path")
+    if ckpt and Path(ckpt).is_file():
+        args.ckpt_path = ckpt
+        if not ckpt.endswith(".safetensors"):  # a release file names no architecture
+            args.model_name = encoder.get("name")
+        return
+    if encoder.get("init_seed") is not None and args.pretrained:
+        # random weights drawn by a program (--no-pretrained --seed N): drawn again
+        args.pretrained = False
+        args.seed = int(encoder["init_seed"])
     args.model_name = encoder.get("name")
 
 

@@ -236,11 +236,15 @@ def encoder_facts(model: Any, mode: str = "frozen", **extra: Any) -> dict[str, A
     """What a head records about the encoder it reads (``extra``: ``encoder_file``,
     ``adapters`` ...)."""
     cfg = model.config
+    where = getattr(model, "checkpoint_path", None)
     return {
         "fingerprint": model.fingerprint(precision=False),
         "name": cfg.name or cfg.arch,
         "arch": cfg.arch,
         "checkpoint_sha256": str(model.checkpoint_sha256),
+        # how the programs load the encoder again without model flags (the fingerprint decides)
+        "checkpoint_path": os.path.abspath(where) if where else None,
+        "init_seed": getattr(model, "init_seed", None),
         "bands": list(model.bands),
         "taps": list(model.taps),
         "image_size": int(model.image_size),

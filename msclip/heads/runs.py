@@ -136,6 +136,8 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
     else:
         model = create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
                              precision=precision)  # fmt: skip
+        if not cfg.pretrained:
+            model.init_seed = int(cfg.seed)  # the heads record how to draw these weights again
     from msclip.memory import release_library_pages
 
     release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)

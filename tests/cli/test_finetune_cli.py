@@ -166,6 +166,12 @@ def test_inference_with_a_head(run, tmp_path, capsys):
     pd.testing.assert_series_equal(got["sea"].reset_index(drop=True),
                                    mine["sea"].reset_index(drop=True), atol=1e-5,
                                    check_names=False)  # fmt: skip
+    # without model flags the head's own encoder is drawn again (random weights: their seed)
+    again = tmp_path / "again.csv"
+    code = inference_main(["--run-classification", "--head", str(head), "--images",
+                           str(scenes / "sea"), "--save-path", str(again), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(again), df)
     # another encoder: refused, both fingerprints named, nothing written
     other = tmp_path / "other.csv"
     code = inference_main(["--run-classification", "--head", str(head), "--images",
@@ -273,3 +279,29 @@ def test_a_list_of_config_problems_says_how_options_are_written_as_flags(capsys)
     )
     assert train_main([]) == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith("(train_data: --train-data)")
+
+
+def test_a_heads_encoder_is_found_from_what_it_recorded(tmp_path):
+    """Without model flags: the weight file the encoder was loaded from (a release file with its
+    architecture's name), else the seed of its random weights, else its registered name."""
+    import argparse
+
+    from msclip.cli.inference import _head_model_args
+
+    def resolved(encoder, **given):
+        args = argparse.Namespace(model_name=None, ckpt_path=None, pretrained=True, seed=0)
+        vars(args).update(given)
+        _head_model_args(args, encoder, str(tmp_path / "head.safetensors"))
+        return args.model_name, args.ckpt_path, args.pretrained, args.seed
+
+    own, release = tmp_path / "w.safetensors", tmp_path / "w.pt"
+    own.write_bytes(b"x")
+    release.write_bytes(b"x")
+    named = {"name": "Llama3-MS-CLIP-Base", "init_seed": None}
+    assert resolved({**named, "checkpoint_path": str(own)}) == (None, str(own), True, 0)
+    assert resolved({**named, "checkpoint_path": str(release)}) == (
+        "Llama3-MS-CLIP-Base", str(release), True, 0)  # fmt: skip
+    gone = {"name": "msclip-tiny", "checkpoint_path": str(tmp_path / "gone.safetensors")}
+    assert resolved({**gone, "init_seed": 7}) == ("msclip-tiny", None, False, 7)
+    assert resolved({**gone, "init_seed": None}) == ("msclip-tiny", None, True, 0)
+    assert resolved({**named, "checkpoint_path": str(own)}, model_name="x")[:2] == ("x", None)

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -298,7 +299,7 @@ def test_a_run_on_the_cpu_releases_the_library_pages(tmp_path, monkeypatch, devi
 
     monkeypatch.setattr(memory, "release_library_pages", spy)
     if device == "cuda":  # a GPU run keeps its libraries (no GPU here: no model is built)
-        monkeypatch.setattr("msclip.factory.create_model", lambda *a, **k: "model")
+        monkeypatch.setattr("msclip.factory.create_model", lambda *a, **k: SimpleNamespace())
     cfg = dataclasses.replace(_cfg(tmp_path), device=device)
     model = load_run_model(cfg)
     assert [d for d, _ in calls] == [device]  # asked once, for the run's device
