@@ -274,11 +274,18 @@ def _existing(index: str) -> Any:
 def _top_k(
     store: Any, queries: np.ndarray, k: int, exact: bool, device: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The search; ``device`` is the --device given (the scan runs there: ``cpu`` keeps the index
-    off a GPU another job holds), else ``auto`` (a GPU when one is visible and its kernel works)."""
+    """The search. ``device`` is the --device given: ``cpu`` keeps the index off a GPU another
+    job holds; ``cuda:<n>`` is made the current device, on which the search's ``auto`` scans
+    when its kernel works there (else on the CPU, with a note in the log)."""
+    import torch
+
     from msclip.index.search import SearchIndex
 
-    where = device if device == "cpu" or str(device).startswith("cuda") else "auto"
+    where = "cpu" if device == "cpu" else "auto"
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
     index = SearchIndex.from_store(store, quantize=not exact, device=where)
     result = index.search(queries, k, exact=exact)
     return result.scores, result.ids

@@ -61,8 +61,12 @@ def test_one_process_makes_its_gpu_current(monkeypatch) -> None:
     assert distributed.init_distributed(device="cpu").device.type == "cpu" and len(current) == 1
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda:1", None])
-def test_index_search_scans_on_the_device_given(device, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("device", "scan", "current"), [("cpu", "cpu", []), ("cuda:1", "auto", [1]), (None, "auto", [])]
+)
+def test_index_search_scans_on_the_device_given(device, scan, current, monkeypatch) -> None:
+    """--device cpu keeps the scan on the CPU; a GPU given is made current, where the search's
+    auto scans (falling back to the CPU when its kernel fails there)."""
     import numpy as np
 
     from msclip.cli import index as cli
@@ -81,6 +85,9 @@ def test_index_search_scans_on_the_device_given(device, monkeypatch) -> None:
         asked.append(kwargs["device"])
         return Fake()
 
+    made = []
     monkeypatch.setattr(SearchIndex, "from_store", staticmethod(from_store))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made.append(torch.device(d).index))
     cli._top_k(object(), np.zeros((1, 4), np.float32), 1, False, device)
-    assert asked == [device or "auto"]
+    assert asked == [scan] and made == current
