@@ -36,7 +36,9 @@ def test_the_reference_top_k_takes_many_queries_a_batch_at_a_time(monkeypatch) -
     monkeypatch.setattr(topk, "topk_reference", counting)
     batched = counting(queries, stored, 7, chunk_rows=64)
     assert calls == [10, 4, 4, 2]  # scores of at most 4 queries held at once
-    assert torch.equal(batched[1], whole[1]) and torch.equal(batched[0], whole[0])
+    assert torch.equal(batched[1], whole[1])
+    # a product of 4 queries may round otherwise than one of 10 (the BLAS blocks by shape)
+    torch.testing.assert_close(batched[0], whole[0], rtol=0, atol=1e-6)
 
 
 def test_an_int_device_is_asked_for_itself(monkeypatch) -> None:
