@@ -326,15 +326,25 @@ def _concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return frames[0]
     names = {n for f in frames for n in f.columns}
     partial = {n for n in names if any(n not in f.columns for f in frames)}
+    # only columns of integers (or booleans) wherever they are present: a column that holds
+    # floats somewhere is float64 anyway, and stays plain
+    exact = {n for n in partial if all(_whole_kind(f[n].dtype) for f in frames if n in f.columns)}
     fixed = []
     for f in frames:
         cast = {
-            n: _NULLABLE.get((f[n].dtype.kind, f[n].dtype.itemsize))
-            for n in partial & set(f.columns)
-            if isinstance(f[n].dtype, np.dtype) and f[n].dtype.kind in "biu"
+            n: _NULLABLE[(f[n].dtype.kind, f[n].dtype.itemsize)]
+            for n in exact & set(f.columns)
+            if isinstance(f[n].dtype, np.dtype)
         }
         fixed.append(f.astype(cast) if cast else f)
     return pd.concat(fixed, ignore_index=True, sort=False)
+
+
+def _whole_kind(dtype: Any) -> bool:
+    """Integers or booleans, numpy's or pandas' nullable ones."""
+    if isinstance(dtype, np.dtype):
+        return dtype.kind in "biu" and (dtype.kind, dtype.itemsize) in _NULLABLE
+    return isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "biu"
 
 
 #: pandas' nullable dtypes of numpy's integer and boolean ones, by (kind, item size).
@@ -343,7 +353,7 @@ _NULLABLE = {("b", 1): "boolean", **{("i", k): f"Int{8 * k}" for k in (1, 2, 4, 
 
 
 def _staged_conflict(
-    staged: list[pd.DataFrame],
+    staged: Iterable[pd.DataFrame],
     seen: Mapping[str, set[str]],
     frame: pd.DataFrame,
     kinds: Mapping[str, str],
@@ -366,8 +376,11 @@ def _staged_conflict(
 def _value_kind(series: pd.Series) -> str:
     """The stored kind of a column (:func:`_encode_column`, which refuses unstorable values), or
     ``empty`` where every value is missing (stored as strings, yet joining any kind)."""
-    kind = str(_encode_column(str(series.name), series)["kind"])
-    return "empty" if len(series) and bool(series.isna().all()) else kind
+    coded = _encode_column(str(series.name), series)
+    values = coded["values"]
+    if values and all(v is None or (isinstance(v, float) and v != v) for v in values):
+        return "empty"
+    return str(coded["kind"])
 
 
 # ------------------------------------------------------------------------------- part files
@@ -1155,7 +1168,10 @@ class IndexWriter:
             raise MetadataError(
                 f"source must be a str or a path, got {type(key).__name__} {key!r}; decode it"
             )
-        clash = _staged_conflict([p.rows for p in self._pending], self._staged_kinds, frame, kinds)
+        # the staged rows are read only when a column gets a new kind (a generator: an add
+        # must not cost the length of the staged list)
+        staged = (p.rows for p in self._pending)
+        clash = _staged_conflict(staged, self._staged_kinds, frame, kinds)
         if clash is not None:
             raise MetadataError(
                 f"metadata column {clash!r} of source {key!r} holds values of another kind than "

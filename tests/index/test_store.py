@@ -456,10 +456,11 @@ def test_integers_beyond_2_53_stay_exact_where_other_sources_lack_them(index_pat
     cell = 5764607523034234881  # an S2 cell id: not a float64
     rows = unit_rows(3, 6)
     with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
-        writer.add(rows[:1], [{"cell": cell}], source="a")
+        writer.add(rows[:1], [{"cell": cell, "cloud": 0.5}], source="a")
         writer.add(rows[1:2], [{"other": "x"}], source="b")
     with IndexWriter.open_or_create(index_path, DIM, MODEL) as writer:
         writer.add(rows[2:3], [{"other": "y"}], source="c")  # a part without the column
     meta = IndexStore.open(index_path).metadata
     assert str(meta["cell"].dtype) == "Int64" and int(meta["cell"].iloc[0]) == cell
+    assert meta["cloud"].dtype == np.float64  # floats stay plain, NaN where missing
     assert meta["cell"].isna().tolist() == [False, True, True]
