@@ -93,3 +93,19 @@ def test_index_search_scans_on_the_device_given(device, scan, current, monkeypat
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: made.append(torch.device(d).index))
     cli._top_k(object(), np.zeros((1, 4), np.float32), 1, False, device)
     assert asked == [scan] and made == current
+
+
+def test_no_gpu_bf16_warning_where_there_is_no_gpu(monkeypatch) -> None:
+    """bf16 on 'cuda' without a GPU: the device check refuses it; no warning about emulated bf16
+    on a GPU comes first."""
+    import warnings
+
+    monkeypatch.setattr(hardware, "_warned", set())
+    monkeypatch.setattr(hardware, "_cuda_available", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hardware.choose_precision("bf16", "cuda").precision == "bf16"
+    monkeypatch.setattr(hardware, "_cuda_available", lambda: True)
+    monkeypatch.setattr(hardware, "cuda_bf16_supported", lambda index=None: False)
+    with pytest.warns(hardware.PerformanceWarning, match="compute capability"):
+        hardware.choose_precision("bf16", "cuda")
