@@ -80,6 +80,7 @@ __all__ = [
     "load_model",
     "min_valid",
     "model_from_args",
+    "model_inputs",
     "non_negative_int",
     "output_path",
     "plural",
@@ -1042,6 +1043,16 @@ def refuse_input_as_output(
                 f"of this run: writing it would destroy the input; give another folder (e.g. "
                 f"results/{default_name})"
             )
+
+
+def model_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The files the model flags name, as inputs of :func:`refuse_input_as_output`: the
+    checkpoint, an msclip model file, and the weight files of a registered model name."""
+    return [
+        ("the checkpoint", args.ckpt_path),
+        ("the model file", args.model_name),
+        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
+    ]
 
 
 def registered_weight_files(name: str | None) -> list[Path]:

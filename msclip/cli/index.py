@@ -53,6 +53,7 @@ from msclip.cli.common import (
     large_refusal,
     load_model,
     min_valid,
+    model_inputs,
     non_negative_int,
     output_path,
     plural,
@@ -61,7 +62,6 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     refuse_input_as_output,
-    registered_weight_files,
     run_cli,
     run_device,
     seconds,
@@ -361,9 +361,7 @@ def _refuse_search_outputs(
     inputs = [
         ("the queries file", args.queries_file),
         ("a query image", query_images),
-        ("the checkpoint", args.ckpt_path),
-        ("the model file", args.model_name),
-        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
+        *model_inputs(args),
     ]
     refuse_input_as_output(out, inputs, "index_search.csv")
     refuse_input_as_output(gpath, inputs, "index_search.geojson", flag=gflag)

@@ -55,6 +55,7 @@ from msclip.cli.common import (
     large_refusal,
     load_model,
     min_valid,
+    model_inputs,
     non_negative_int,
     output_path,
     plural,
@@ -63,7 +64,6 @@ from msclip.cli.common import (
     query_image_paths,
     read_queries,
     refuse_input_as_output,
-    registered_weight_files,
     run_cli,
     run_device,
     text_cache_for,
@@ -522,9 +522,7 @@ def _other_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
         ("the classes file", getattr(args, "classes_file", None)),
         ("the templates file", getattr(args, "templates", None)),
         ("the queries file", getattr(args, "queries_file", None)),
-        ("the checkpoint", args.ckpt_path),
-        ("the model file", args.model_name),
-        (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
+        *model_inputs(args),
         ("the head", getattr(args, "head", None)),
         ("the adapter file", getattr(args, "adapters", None)),
     ]
@@ -862,6 +860,7 @@ def run_scene(args: argparse.Namespace) -> int:
             "valid_fraction": res.valid,
         }
     )
+    tags = model.output_tags()  # the model that made the maps
     written: list[Path] = []
     if queries:
         q = encode_queries(model, tokenizer, queries, cache).numpy()
@@ -875,7 +874,7 @@ def run_scene(args: argparse.Namespace) -> int:
                 info,
                 queries,
                 nodata=float("nan"),
-                tags={"msclip": "cosine similarity", **model.output_tags()},
+                tags={"msclip": "cosine similarity", **tags},
             )
         )
         for j, text in enumerate(queries):
@@ -891,9 +890,7 @@ def run_scene(args: argparse.Namespace) -> int:
             labels[rr, cc] = probs.argmax(axis=1)
             conf[rr, cc] = probs.max(axis=1)
         written += list(
-            write_class_map(
-                out_dir, labels, names, info, confidence=conf, tags=model.output_tags()
-            ).values()
+            write_class_map(out_dir, labels, names, info, confidence=conf, tags=tags).values()
         )
         table["Class"] = [names[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
         for j, n in enumerate(names):
