@@ -11,6 +11,15 @@ Everything else (metadata, dependencies, package data) is in pyproject.toml.
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["msclip", "msclip.*"]), "msclip.cuda", "msclip.templates"],
+    packages=[
+        *find_packages(include=["msclip", "msclip.*"]),
+        # folders of data files only (no __init__.py): named so that setuptools ships them
+        # as data, not as modules it would warn about
+        "msclip.eval.classnames",
+        "msclip.model_configs",
+        "msclip.weights",
+        "msclip.cuda",
+        "msclip.templates",
+    ],
     package_dir={"msclip.cuda": "cuda", "msclip.templates": "templates"},
 )

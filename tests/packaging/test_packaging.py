@@ -37,6 +37,12 @@ def test_wheel_ships_templates_and_kernels(tmp_path):
     shipped = {Path(n).name for n in names if n.startswith("msclip/templates/")}
     assert shipped == {p.name for p in (REPO / "templates").glob("*.txt")}
     assert "msclip/cuda/__init__.py" in names
+    # the data folders (no __init__.py): demo weights, model configs, class-name lists
+    for folder, pattern in [
+        ("weights", "*"), ("model_configs", "*.json"), ("eval/classnames", "*.txt"),
+    ]:  # fmt: skip
+        expected = {f"msclip/{folder}/{p.name}" for p in (REPO / "msclip" / folder).glob(pattern)}
+        assert expected and expected <= set(names), folder
     # the unpacked wheel, first on the path, finds its own templates and kernels package
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
