@@ -345,7 +345,7 @@ def cuda_bf16_supported(index: int | None = None) -> bool:
     """Whether CUDA device ``index`` computes bf16 natively (compute capability 8.0 or later).
 
     Each device is asked for itself (a machine may hold an A100 and a T4); ROCm devices answer as
-    torch reports them (``torch.cuda.is_bf16_supported``).
+    torch reports them (``torch.cuda.is_bf16_supported``, asked with that device current).
 
     Args:
         index: the device's index (``None``: the current device).
@@ -363,10 +363,11 @@ def cuda_bf16_supported(index: int | None = None) -> bool:
 def _cuda_bf16_supported(index: int) -> bool:
     import torch
 
-    if torch.version.hip:
-        return bool(torch.cuda.is_bf16_supported())
     if not 0 <= index < torch.cuda.device_count():
         return False  # no such device: create_model refuses it with a DeviceError
+    if torch.version.hip:  # torch answers for the current device: make it this one
+        with torch.cuda.device(index):
+            return bool(torch.cuda.is_bf16_supported())
     return torch.cuda.get_device_capability(index)[0] >= 8
 
 

@@ -109,6 +109,32 @@ def test_each_gpu_is_asked_for_itself(gpus) -> None:
     assert hardware.cuda_bf16_supported() is False
 
 
+def test_each_rocm_gpu_is_asked_for_itself(gpus, monkeypatch) -> None:
+    """On ROCm torch tells bf16 support of the current device only: each device is made current
+    to be asked (an MI250 beside an older card)."""
+    import contextlib
+
+    gpus((9, 0), (9, 0))
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    state = {"current": 0}
+
+    @contextlib.contextmanager
+    def device(index):
+        before, state["current"] = state["current"], index
+        try:
+            yield
+        finally:
+            state["current"] = before
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["current"] == 0)
+    assert hardware.cuda_bf16_supported(0) is True
+    assert hardware.cuda_bf16_supported(1) is False
+    assert choose_precision("auto", "cuda:1").precision == "fp16"
+    assert choose_precision("auto", "cuda:0").precision == "bf16"
+    assert state["current"] == 0 and hardware.cuda_bf16_supported(5) is False  # no such device
+
+
 def test_int8_only_on_the_cpu(machine) -> None:
     machine(ZEN3)
     assert choose_precision("int8", "cpu").precision == "int8"
