@@ -993,6 +993,7 @@ def refuse_input_as_output(
     inputs: Sequence[tuple[str, Any]],
     default_name: str,
     flag: str = "--save-path",
+    beside: Sequence[Path] = (),
 ) -> None:
     """Refuse an output file that is one of the run's inputs (an image, the classes, templates
     or queries file, the weights): the atomic write would replace it by the table or map.
@@ -1008,13 +1009,14 @@ def refuse_input_as_output(
             of a registered model name).
         default_name: the output's default file name, for the hint.
         flag: the flag that gave ``out``.
+        beside: files written beside the output file ``out`` (its run record).
 
     Raises:
         UsageError: an output is the same file as an input.
     """
     outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
     existing: dict[tuple[int, int], Path] = {}
-    for o in outs:
+    for o in [*outs, *beside]:
         try:
             st = os.stat(o)
         except OSError:  # not there yet (or unreadable): nothing to destroy
@@ -1033,6 +1035,12 @@ def refuse_input_as_output(
             hit = existing.get((st.st_dev, st.st_ino))
             if hit is None:
                 continue
+            if len(outs) == 1 and Path(hit) != Path(outs[0]):  # a file beside the output
+                raise UsageError(
+                    f"{flag} {outs[0]}: the run also writes {hit}, which is {what} {path} of "
+                    f"this run: writing it would destroy the input; give another file (e.g. "
+                    f"results/{default_name})"
+                )
             if len(outs) == 1:
                 raise UsageError(
                     f"{flag} {hit} is {what} {path} of this run: writing the output there "
@@ -1081,6 +1089,55 @@ def write_csv(df: Any, path: str | os.PathLike) -> Path:
     from msclip.io import write_csv as _write
 
     return _write(df, path, float_format="%.8g")
+
+
+def run_record_path(table: Path) -> Path:
+    """Where the run record of a result table lives: beside it, ``<table name>.json``."""
+    return table.with_name(table.name + ".json")
+
+
+def write_run_record(
+    table: Path, model: Any, args: argparse.Namespace, program: str, mode: str, **facts: Any
+) -> Path:
+    """Write the JSON record of the run that produced the result table ``table`` (atomically,
+    at :func:`run_record_path`): the model as :meth:`msclip.MSCLIP.describe` gives it (name,
+    checkpoint hash and path, bands, precision and why, preprocessing, fingerprint), the device
+    and CPU, library versions, the command line and its parsed flags, and ``facts`` (the mode's
+    own counts and settings). The table keeps its columns; the record says what made it.
+    """
+    from datetime import datetime, timezone
+
+    from msclip.eval.report import library_versions
+    from msclip.io import write_json
+
+    device = getattr(model, "device", None)
+    hardware: dict[str, Any] = {"device": str(device)}
+    if getattr(device, "type", "cpu") == "cpu":
+        from msclip.hardware import cpu_info
+
+        hardware["cpu"] = cpu_info().to_dict()
+    else:
+        import torch
+
+        with contextlib.suppress(RuntimeError, AssertionError, ValueError):
+            hardware["gpu"] = torch.cuda.get_device_name(device)
+    flags = {
+        k: v for k, v in sorted(vars(args).items())
+        if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+    }  # fmt: skip
+    record = {
+        "program": program,
+        "mode": mode,
+        "table": table.name,
+        "model": model.describe(),
+        "hardware": hardware,
+        **facts,
+        "versions": library_versions(),
+        "command": [program, *getattr(args, "_argv", sys.argv[1:])],
+        "arguments": flags,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_json(run_record_path(table), record)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -1308,6 +1365,7 @@ def _run_cli(
     except (MSCLIPError, OSError) as err:  # OSError: a --config file that cannot be read
         print(error_line(err, flags), file=sys.stderr)
         return EXIT_USAGE
+    args._argv = list(argv)  # the command line as given (run records)
     if logging_setup is not None:
         restore = logging_setup(args)
     else:

@@ -64,8 +64,10 @@ from msclip.cli.common import (
     refuse_input_as_output,
     run_cli,
     run_device,
+    run_record_path,
     seconds,
     write_csv,
+    write_run_record,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -351,7 +353,8 @@ def _refuse_search_outputs(
     one that is an input of the search: the queries file, a query image, the weights, or a file
     of the index."""
     index_dir = Path(args.index).resolve()
-    for path, flag in ((out, "--save-path"), (gpath, gflag)):
+    outputs = ((out, "--save-path"), (run_record_path(out), "--save-path"), (gpath, gflag))
+    for path, flag in outputs:
         where = path.resolve()
         if where == index_dir or index_dir in where.parents:
             raise UsageError(
@@ -363,10 +366,10 @@ def _refuse_search_outputs(
         ("a query image", query_images),
         *model_inputs(args),
     ]
-    refuse_input_as_output(out, inputs, "index_search.csv")
+    refuse_input_as_output(out, inputs, "index_search.csv", beside=[run_record_path(out)])
     refuse_input_as_output(gpath, inputs, "index_search.geojson", flag=gflag)
     keys: set[str] | None = None  # the indexed files' keys (absolute paths), read only if needed
-    for path, flag in ((out, "--save-path"), (gpath, gflag)):
+    for path, flag in outputs:
         if path.exists():
             keys = {s.key for s in store.sources} if keys is None else keys
             hit = next((p for p in (os.path.abspath(path), str(path.resolve())) if p in keys), None)
@@ -390,12 +393,18 @@ def _run_search(args: argparse.Namespace) -> int:
     _model_defaults(args, store.model_info)
     check_checkpoint(args)
     out = check_output(output_path(args.save_path, "index_search.csv"))
+    check_output(run_record_path(out))
     geojson = check_output(args.geojson, param="geojson") if args.geojson else None
     gpath = geojson if geojson is not None else out.with_suffix(".geojson")
     if gpath.resolve() == out.resolve():
         raise UsageError(
             f"the results table and the GeoJSON would both be {out}: give the table a .csv path "
             "(--save-path) and the GeoJSON its own (--geojson)"
+        )
+    if gpath.resolve() == run_record_path(out).resolve():
+        raise UsageError(
+            f"--geojson {gpath} is where the search writes the run record of {out}: give the "
+            f"GeoJSON another path (e.g. {out.with_suffix('.geojson')})"
         )
     gflag = "--geojson" if geojson else "--save-path"
     _refuse_search_outputs(args, store, out, gpath, gflag, query_images)
@@ -436,8 +445,15 @@ def _run_search(args: argparse.Namespace) -> int:
             )
     df = pd.DataFrame(rows)
     write_csv(df, out)
-    geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     written = [out]
+    written.append(
+        write_run_record(
+            out, model, args, "msclip-index", "index search", queries=list(names),
+            top_k=min(args.top_k, store.count), exact=bool(args.exact),
+            index={"path": str(args.index), "index_id": store.index_id, "embeddings": store.count},
+        )
+    )  # fmt: skip
+    geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     notes = []
     if geo["features"] or geojson is not None:
         # an explicit --geojson is always written (an empty FeatureCollection when no result is

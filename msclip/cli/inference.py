@@ -66,8 +66,10 @@ from msclip.cli.common import (
     refuse_input_as_output,
     run_cli,
     run_device,
+    run_record_path,
     text_cache_for,
     write_csv,
+    write_run_record,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -346,6 +348,26 @@ def _nothing_scored(
     return EXIT_PARTIAL
 
 
+_PROGRAM = "msclip-inference"
+
+
+def _table_output(args: argparse.Namespace, default_name: str) -> Path:
+    """The result table of a run and, beside it, its run record: both checked writable."""
+    from msclip.io import check_output
+
+    out_path = check_output(output_path(args.save_path, default_name))
+    check_output(run_record_path(out_path))
+    return out_path
+
+
+def _image_counts(
+    given: int, scored: int, skipped: Sequence[int], failures: Sequence[Any]
+) -> dict[str, int]:
+    """The ``images`` entry of a run record."""
+    return {"given": given, "scored": scored, "skipped_nodata": len(skipped),
+            "unreadable": len(failures)}  # fmt: skip
+
+
 def _finish_run(
     done: str,
     scored: bool,
@@ -551,7 +573,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     """``--run-classification --head``: the scores of a trained head."""
     from msclip.errors import BandCoverageError, RasterTooLargeError
     from msclip.heads.checkpoint import bind_head, predict_images, read_head
-    from msclip.io import check_output, list_image_set
+    from msclip.io import list_image_set
 
     image_set = list_image_set(args.images)
     ckpt = read_head(args.head)
@@ -571,8 +593,11 @@ def run_head_classification(args: argparse.Namespace) -> int:
         raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
     _head_model_args(args, ckpt.encoder, args.head)
     check_checkpoint(args)
-    out_path = check_output(output_path(args.save_path, "classification.csv"))
-    refuse_input_as_output(out_path, _run_inputs(args, image_set), "classification.csv")
+    out_path = _table_output(args, "classification.csv")
+    refuse_input_as_output(
+        out_path, _run_inputs(args, image_set), "classification.csv",
+        beside=[run_record_path(out_path)],
+    )  # fmt: skip
     min_valid(args)
 
     import pandas as pd
@@ -617,6 +642,12 @@ def run_head_classification(args: argparse.Namespace) -> int:
     df["valid_fraction"] = valid
     df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
     write_csv(df, out_path)
+    write_run_record(
+        out_path, model, args, _PROGRAM, "classification with a trained head",
+        head={"path": str(args.head), "method": ckpt.method, "task": task, "outputs": list(names),
+              "threshold": threshold if task == "multi-label" else None},
+        images=_image_counts(len(image_set.names), len(shown), skipped, failures),
+    )  # fmt: skip
     print_table(rows, headers, args.max_print, len(rows))
     what = (
         f"regressed ({plural(len(names), 'output')})"
@@ -683,7 +714,7 @@ def run_classification(args: argparse.Namespace) -> int:
     """``--run-classification``."""
     if args.head is not None:
         return run_head_classification(args)
-    from msclip.io import check_output, list_image_set
+    from msclip.io import list_image_set
     from msclip.zero_shot import load_templates
 
     image_set = list_image_set(args.images)
@@ -693,8 +724,11 @@ def run_classification(args: argparse.Namespace) -> int:
         raise UsageError("--run-classification needs --class-names or --classes-file")
     _check_classes(names, multi_label=args.multi_label)
     check_checkpoint(args)
-    out_path = check_output(output_path(args.save_path, "classification.csv"))
-    refuse_input_as_output(out_path, _run_inputs(args, image_set), "classification.csv")
+    out_path = _table_output(args, "classification.csv")
+    refuse_input_as_output(
+        out_path, _run_inputs(args, image_set), "classification.csv",
+        beside=[run_record_path(out_path)],
+    )  # fmt: skip
     min_valid(args)
 
     from msclip.zero_shot import build_classifier, classify
@@ -724,6 +758,12 @@ def run_classification(args: argparse.Namespace) -> int:
         df, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
     )
     write_csv(df, out_path)
+    write_run_record(
+        out_path, model, args, _PROGRAM, "zero-shot classification",
+        classes=list(names), multi_label=rule, threshold=args.threshold,
+        templates={"set": str(args.templates or "eo"), "count": len(templates)},
+        images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
+    )  # fmt: skip
 
     headers, rows = _class_table(shown, labels, result.probs, names, result.present)
     print_table(rows, headers, args.max_print, len(rows))
@@ -742,16 +782,17 @@ def _top_k(k: int, n: int) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     """``--run-retrieval``."""
-    from msclip.io import check_output, list_image_set
+    from msclip.io import list_image_set
 
     image_set = list_image_set(args.images)
     queries = read_queries(args)
     query_images = query_image_paths(args)
     check_checkpoint(args)
-    out_path = check_output(output_path(args.save_path, "retrieval.csv"))
+    out_path = _table_output(args, "retrieval.csv")
     refuse_input_as_output(
-        out_path, [*_run_inputs(args, image_set), ("a query image", query_images)], "retrieval.csv"
-    )
+        out_path, [*_run_inputs(args, image_set), ("a query image", query_images)],
+        "retrieval.csv", beside=[run_record_path(out_path)],
+    )  # fmt: skip
     min_valid(args)
 
     from msclip.retrieval import top_k
@@ -776,6 +817,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
     columns = ["Query", "Rank", "Image", "Similarity", "valid_fraction"]
     df = pd.DataFrame(rows, columns=columns)
     write_csv(df, out_path)
+    write_run_record(
+        out_path, model, args, _PROGRAM, "retrieval",
+        queries=list(q_names), top_k=min(args.top_k, len(shown)),
+        images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
+    )  # fmt: skip
     table = [[q if len(q) <= 40 else q[:37] + "...", r, im, sc] for q, r, im, sc, _ in rows]
     print_table(table, ["Query", "Rank", "Image", "Similarity"], args.max_print, len(rows))
     print(
@@ -896,6 +942,19 @@ def run_scene(args: argparse.Namespace) -> int:
         for j, n in enumerate(names):
             table[n] = probs[:, j]
     written.append(write_csv(table, out_dir / "tiles.csv"))
+    facts: dict[str, Any] = {"scene": str(args.scene), "queries": list(queries)}
+    if names is not None:
+        facts.update(
+            classes=list(names),
+            templates={"set": str(args.templates or "eo"), "count": len(templates)},
+        )
+    written.append(
+        write_run_record(
+            out_dir / "tiles.csv", model, args, _PROGRAM, "scene tile maps", **facts,
+            grid={"rows": info.n_rows, "cols": info.n_cols, "tile": tile, "stride": info.stride},
+            tiles=_image_counts(len(tiles), len(res.indices), res.skipped, res.failures),
+        )
+    )  # fmt: skip
     _warn_other_outputs(out_dir, written)
     n_skip = len(res.skipped)
     print(
@@ -1026,7 +1085,8 @@ def _check_scene(args: argparse.Namespace) -> None:
 
 #: What a tile-map run may write in its folder.
 _SCENE_OUTPUTS = ("similarity.tif", "class_map.tif", "class_map_confidence.tif",
-                  "class_map_legend.json", "class_map_legend.csv", "tiles.csv")  # fmt: skip
+                  "class_map_legend.json", "class_map_legend.csv", "tiles.csv",
+                  "tiles.csv.json")  # fmt: skip
 
 
 def _warn_other_outputs(out_dir: Path, written: Sequence[Path]) -> None:

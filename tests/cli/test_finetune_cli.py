@@ -158,6 +158,12 @@ def test_inference_with_a_head(run, tmp_path, capsys):
         "status",
     ]
     assert len(df) == 10 and df[["desert", "forest", "sea"]].sum(axis=1).round(6).eq(1).all()
+    record = json.loads((tmp_path / "pred.csv.json").read_text())  # what made the table
+    assert record["mode"] == "classification with a trained head"
+    assert record["head"]["path"] == str(head) and record["head"]["method"] == "logistic"
+    assert record["head"]["outputs"] == ["desert", "forest", "sea"]
+    assert record["images"] == {"given": 10, "scored": 10, "skipped_nodata": 0, "unreadable": 0}
+    assert record["model"]["name"] == "msclip-tiny" and record["model"]["precision"] == "fp32"
     # the same predictions as the run's own on its test images of that class
     preds = pd.read_csv(run["root"] / "run" / "logistic" / "predictions.csv")
     mine = preds[preds["image"].str.contains("/sea/")]

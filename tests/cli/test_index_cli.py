@@ -273,6 +273,13 @@ def test_search_csv_and_geojson(inputs, model, tmp_path, capsys):
     np.testing.assert_allclose(text["Similarity"], sims[expected], atol=1e-5)
     by_image = df[df["Query"] == str(files[2])]
     assert by_image["Image"].iloc[0] == str(files[2])
+    record = json.loads((tmp_path / "hits.csv.json").read_text())  # what made the table
+    assert record["program"] == "msclip-index" and record["mode"] == "index search"
+    assert record["queries"] == ["a river", str(files[2])] and record["top_k"] == 5
+    assert record["exact"] is True and record["index"]["embeddings"] == store.count
+    assert record["index"]["index_id"] == store.index_id
+    assert record["model"]["fingerprint"] == store.model_info["fingerprint"]
+    assert record["command"][:3] == ["msclip-index", "search", str(idx)]
     assert by_image["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-5)
 
     # The default int8 short-list path (exact re-ranking) gives the same hits here.
@@ -513,6 +520,13 @@ def test_search_output_paths(inputs, tmp_path, model, capsys):
     hits = tmp_path / "hits.geojson"
     assert main(["search", str(idx), "--query", "x", "--save-path", str(hits), "--quiet"]) == 2
     assert "would both be" in capsys.readouterr().err and not hits.exists()
+    # nor is the GeoJSON the table's run record
+    table = tmp_path / "t.csv"
+    record = tmp_path / "t.csv.json"
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(table), "--geojson",
+                 str(record), "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "is where the search writes the run record" in err and not record.exists()
     m, _, _ = model
     api = tmp_path / "api.index"
     with IndexWriter.open_or_create(api, m.embed_dim, model_info(m)) as w:
@@ -549,12 +563,19 @@ def test_search_never_writes_over_the_index_or_its_inputs(inputs, tmp_path, caps
         (["--queries-file", str(queries), "--save-path", str(queries)], "is the queries file"),
         (["--query-image", str(tile), "--save-path", str(tile)], "is a query image"),
         (["--query", "x", "--save-path", str(tile)], "is the indexed file"),
+        # the run record beside the table (<table>.json), here a link to the queries file
+        (
+            ["--queries-file", str(queries), "--save-path", str(tmp_path / "r.csv")],
+            f"the run also writes {tmp_path / 'r.csv.json'}, which is the queries file",
+        ),
     ]
+    (tmp_path / "r.csv.json").symlink_to(queries)
     for extra, message in runs:
         assert main([*search, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert {f: f.read_bytes() for f in kept} == kept
     assert not (idx / "new.csv").exists() and not (idx / "hits.geojson").exists()
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_an_index_kept_among_its_tiles_is_not_listed_as_images(inputs, tmp_path, capsys):

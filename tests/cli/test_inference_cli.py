@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rasterio.crs import CRS
 import msclip
 from msclip.cli import inference as cli
 from msclip.cli.inference import main
+from msclip.zero_shot import load_templates
 
 PUBLISHED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "templates"
 TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--quiet", "--batch-size", "3"]
@@ -167,8 +169,28 @@ def test_classes_file_and_multi_label(tiles, tmp_path):
         logits = np.log(probs)
         others = (logits.sum() - logits) / (len(names) - 1)
         assert row.split(";") == [n for n, a, b in zip(names, logits, others) if a > b]
+    record = json.loads((tmp_path / "ml.csv.json").read_text())
+    assert record["mode"] == "zero-shot classification" and record["table"] == "ml.csv"
+    assert record["classes"] == names and record["multi_label"] == "mean_others"
+    assert record["templates"] == {"set": "short", "count": len(load_templates("short"))}
+    assert record["images"] == {"given": 6, "scored": 6, "skipped_nodata": 0, "unreadable": 0}
+    assert record["command"] == [
+        "msclip-inference",
+        *base,
+        "--multi-label",
+        "--save-path",
+        str(out),
+    ]
+    assert record["arguments"]["multi_label"] is True and "_argv" not in record["arguments"]
+    model = record["model"]
+    assert model["name"] == "msclip-tiny" and model["precision"] == "fp32"
+    assert model["init_seed"] == 0 and len(model["fingerprint"]) == 32
+    assert record["hardware"]["device"] == "cpu" and record["hardware"]["cpu"]["capability"]
+    assert record["versions"]["msclip"] == msclip.__version__
     assert main([*base, "--multi-label", "--threshold", "0.0", "--save-path", str(out)]) == 0
     assert pd.read_csv(out)["Class"].tolist() == [";".join(names)] * len(tiles)
+    record = json.loads((tmp_path / "ml.csv.json").read_text())  # the new run's record
+    assert record["multi_label"] == "threshold" and record["threshold"] == 0.0
 
 
 def _classify_ab(out, *images) -> list[str]:
@@ -253,11 +275,21 @@ def test_an_input_is_never_overwritten_by_the_table(tiles, tmp_path, monkeypatch
         (["--run-retrieval", "--images", str(tiles[0]), "--query-image", str(image),
           "--save-path", str(image), *TINY], f"is a query image {image}"),
     ]  # fmt: skip
+    # the run record beside the table (<table>.json) is an output too: here a link to an image
+    record_of = tmp_path / "t.csv"
+    (tmp_path / "t.csv.json").symlink_to(image)
+    also = f"the run also writes {tmp_path / 't.csv.json'}, which is"
+    runs += [
+        (_classify_ab(record_of, image), f"{also} the image {image}"),
+        (["--run-retrieval", "--images", str(tiles[0]), "--query-image", str(image),
+          "--save-path", str(record_of), *TINY], f"{also} a query image {image}"),
+    ]  # fmt: skip
     for args, message in runs:
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and "give another file" in err
     assert {f: f.read_bytes() for f in kept} == kept
+    assert not record_of.exists()
 
 
 def test_an_input_given_by_another_name_is_never_overwritten(tiles, tmp_path, monkeypatch, capsys):
@@ -368,6 +400,10 @@ def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, caps
     assert by_image["Image"].iloc[0] == tiles[3].name
     assert by_image["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert by_image["Similarity"].is_monotonic_decreasing
+    record = json.loads((tmp_path / "r.csv.json").read_text())
+    assert record["mode"] == "retrieval" and record["queries"] == ["a river", str(tiles[3])]
+    assert record["top_k"] == 6 and record["images"]["scored"] == 6
+    assert record["model"]["fingerprint"] == model.fingerprint()  # the model that ranked them
 
 
 def test_queries_file(tiles, tmp_path):

@@ -94,6 +94,13 @@ def test_run_scene_maps(scene, tmp_path):
         assert tags["msclip_model"] == "msclip-tiny" and tags["msclip_precision"] == "fp32", name
         assert tags["msclip_fingerprint"] == model.fingerprint(), name
         assert tags["msclip_checkpoint_sha256"] == model.checkpoint_sha256, name
+    # and so does the record of the tile table
+    record = json.loads((out / "tiles.csv.json").read_text())
+    assert record["mode"] == "scene tile maps" and record["scene"] == str(path)
+    assert record["classes"] == names and record["queries"] == ["a river", "a town"]
+    assert record["grid"] == {"rows": 3, "cols": 4, "tile": 32, "stride": 32}
+    assert record["tiles"] == {"given": 12, "scored": 9, "skipped_nodata": 3, "unreadable": 0}
+    assert record["model"]["fingerprint"] == model.fingerprint()
 
 
 def test_a_rerun_into_the_same_folder_names_the_earlier_runs_maps(scene, tmp_path, capsys):
@@ -170,6 +177,7 @@ def test_uncovered_edges_warn_and_an_all_nodata_scene_fails(scene, tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 1 and "error: no tile could be encoded: of 12 tiles, 12 skipped" in err
     assert not (out2 / "similarity.tif").exists() and not (out2 / "tiles.csv").exists()
+    assert not (out2 / "tiles.csv.json").exists()
     # the per-pixel map of the same scene: exit 1 too, no all-nodata map kept
     out3 = tmp_path / "maps3"
     rc = main(["--run-scene", "--class-names", "sea", "forest", "--dense", "--save-path",
