@@ -138,6 +138,17 @@ def _is_checkpoint_path(value: Any) -> bool:
     )
 
 
+def names_checkpoint_file(name: Any) -> bool:
+    """Whether :func:`create_model` reads ``name`` as a checkpoint file (an existing file that is
+    not a registered model's name), whose weights it then loads whatever ``pretrained`` says."""
+    return (
+        name is not None
+        and str(name) not in MODELS
+        and _is_checkpoint_path(name)
+        and Path(name).expanduser().is_file()
+    )
+
+
 def _config_for(entry: ModelEntry, bands: Sequence[str | Band] | None) -> MSCLIPConfig:
     return MSCLIPConfig(
         arch=entry.arch,
@@ -190,14 +201,15 @@ def create_model(
     bands: Sequence[str | Band] | None = None,
     cache_dir: str | None = None,
     precision: str = "auto",
+    seed: int | None = None,
 ) -> MSCLIP:
     """Build a model and load its weights.
 
     With weights, the model is built on the meta device (no memory, no random initialisation)
     and takes the memory-mapped checkpoint tensors as its parameters, converted one at a time to
     the precision's dtype: the weights are never held twice. Without weights it gets its usual
-    random initialisation from torch's generator (call ``torch.manual_seed`` first for the same
-    weights in every process).
+    random initialisation from torch's generator: give ``seed`` (or call ``torch.manual_seed``
+    first) for the same weights in every process.
 
     Args:
         name: a registered model name (:func:`list_models`) or the path of an msclip
@@ -216,9 +228,15 @@ def create_model(
             image tower with dynamically quantised linear layers, text tower in fp32); see
             :mod:`msclip.hardware`. The choice and its reason are ``model.precision`` and
             ``model.precision_reason``.
+        seed: random weights only: seeds torch's generator (as ``torch.manual_seed(seed)``
+            would) before they are drawn, and is kept as ``model.init_seed``, which
+            :meth:`~msclip.MSCLIP.describe` reports, so that index manifests, run records and
+            heads can draw the same weights again.
 
     Raises:
-        TypeError: ``name`` is not a string or path, or ``pretrained`` none of the above.
+        TypeError: ``name`` is not a string or path, ``pretrained`` none of the above, or
+            ``seed`` not an integer.
+        ValueError: ``seed`` given with weights from a file (they are not drawn).
         UnknownModelError: unknown name.
         WeightsNotFoundError: weights missing offline (message says what to fetch).
         CheckpointMismatchError: the checkpoint does not fit the architecture.
@@ -228,8 +246,10 @@ def create_model(
     # Called under torch.inference_mode() the weights would be inference tensors, which have no
     # in-place version counter (the model's identity and its packed weights track changes by it)
     # and cannot be trained: the model is built outside it.
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
     with torch.inference_mode(False):
-        return _create_model(name, pretrained, device, bands, cache_dir, precision)
+        return _create_model(name, pretrained, device, bands, cache_dir, precision, seed)
 
 
 def _create_model(
@@ -239,6 +259,7 @@ def _create_model(
     bands: Sequence[str | Band] | None,
     cache_dir: str | None,
     precision: str,
+    seed: int | None = None,
 ) -> MSCLIP:
     from msclip.hardware import choose_precision
 
@@ -311,10 +332,18 @@ def _create_model(
                 # an RGB OpenCLIP file for a multispectral model: the zero-init extension (the
                 # blue, green and red kernels to B02, B03, B04, zeros elsewhere), as documented
                 extend = extend or (kernel.shape[1] == 3 and len(config.bands) != 3)
+    if ckpt is not None and seed is not None:
+        raise ValueError(
+            f"seed={seed} draws random weights, but {label} takes its weights from "
+            f"{ckpt.path or 'a checkpoint'}: leave seed out (or pretrained=None for random "
+            "weights)"
+        )
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
     else:
+        if seed is not None:
+            torch.manual_seed(seed)
         model = _build(config, meta=False)
         if dtype != torch.float32:
             # the identity of random weights is that of the float32 initialisation, as a weight
@@ -333,6 +362,8 @@ def _create_model(
     model.precision_requested = choice.requested
     if device is not None:
         model = model.to(device)
+    if seed is not None:
+        model.init_seed = int(seed)  # how to draw these weights again (describe())
     # debug: each program states the precision once, in its own words (report_precision, trainer)
     logger.debug("%s runs in %s", label, choice.summary())
     return model
@@ -575,6 +606,7 @@ def create_model_and_transforms(
     sensor: str | None = None,
     cache_dir: str | None = None,
     precision: str = "auto",
+    seed: int | None = None,
 ) -> tuple[MSCLIP, ImageTransform, Callable[..., torch.Tensor]]:
     """Build ``(model, preprocess, tokenizer)``.
 
@@ -583,7 +615,7 @@ def create_model_and_transforms(
     ``input_bands``/``layout``/``sensor`` describe inputs that do not describe themselves.
     Other arguments as in :func:`create_model`.
     """
-    model = create_model(name, pretrained, device, bands, cache_dir, precision)
+    model = create_model(name, pretrained, device, bands, cache_dir, precision, seed)
     preprocess = model.preprocess(input_bands=input_bands, layout=layout, sensor=sensor)
     return model, preprocess, get_tokenizer(model)
 

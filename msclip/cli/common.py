@@ -501,23 +501,16 @@ def model_from_args(
             f"be given as --model-name: give it as the checkpoint and name its architecture "
             f"(--model-name {arch} --ckpt-path {model_name})"
         )
-    model = create_model(name, True if pretrained else None, **kwargs)
-    if not pretrained and seed is not None:
-        model.init_seed = int(seed)  # recorded where the model is described (index manifests)
-    return model
+    drawn = not pretrained and seed is not None and not _names_a_file(name)
+    return create_model(name, True if pretrained else None, seed=seed if drawn else None, **kwargs)
 
 
 def _names_a_file(model_name: str | None) -> bool:
     """Whether ``--model-name`` names a checkpoint file (as :func:`msclip.create_model` reads it)
     rather than a registered model."""
-    from msclip.factory import _is_checkpoint_path
-    from msclip.pretrained import MODELS
+    from msclip.factory import names_checkpoint_file
 
-    return (
-        model_name is not None
-        and model_name not in MODELS
-        and (_is_checkpoint_path(model_name) and Path(model_name).expanduser().is_file())
-    )
+    return names_checkpoint_file(model_name)
 
 
 def status(args: argparse.Namespace, message: str) -> None:

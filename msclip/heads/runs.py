@@ -123,7 +123,7 @@ def run_precision(cfg: FinetuneRunConfig) -> str:
 
 
 def load_run_model(cfg: FinetuneRunConfig) -> Any:
-    from msclip.factory import create_model
+    from msclip.factory import create_model, names_checkpoint_file
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
@@ -134,10 +134,12 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
         else:
             model = create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
     else:
-        model = create_model(cfg.model_name, True if cfg.pretrained else None, device=device,
-                             precision=precision)  # fmt: skip
-        if not cfg.pretrained:
-            model.init_seed = int(cfg.seed)  # the heads record how to draw these weights again
+        # random weights keep their seed: the heads record how to draw them again
+        drawn = not cfg.pretrained and not names_checkpoint_file(cfg.model_name)
+        model = create_model(
+            cfg.model_name, True if cfg.pretrained else None, device=device,
+            precision=precision, seed=int(cfg.seed) if drawn else None,
+        )  # fmt: skip
     from msclip.memory import release_library_pages
 
     release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)

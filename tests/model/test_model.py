@@ -7,6 +7,7 @@ import enum
 import os
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -465,6 +466,37 @@ def test_the_seed_of_random_weights_is_described_until_they_change(tmp_path):
     again = model_from_args("msclip-tiny", None, False, seed=5, precision="fp32")
     again.load_state_dict(model.state_dict())
     assert again.init_seed is None
+    # a checkpoint named by --model-name has its own weights, whatever --no-pretrained says
+    demo = msclip.create_model("msclip-demo", True, precision="fp32")
+    demo_file = Path(demo.checkpoint_path)
+    from_file = model_from_args(str(demo_file), None, False, seed=5, precision="fp32")
+    assert from_file.init_seed is None and "init_seed" not in from_file.describe()
+    assert from_file.fingerprint() == demo.fingerprint()
+
+
+def test_create_model_draws_random_weights_from_a_seed_and_keeps_it():
+    """``create_model(..., seed=N)``: the same weights as ``torch.manual_seed(N)`` before the
+    call, in any precision, with the seed described; refused where the weights come from a
+    file, and a seed that is not an integer is a TypeError."""
+    a = msclip.create_model("msclip-tiny", seed=7, precision="fp32")
+    torch.manual_seed(7)
+    b = msclip.create_model("msclip-tiny", precision="fp32")
+    assert a.init_seed == 7 and a.describe()["init_seed"] == 7 and b.init_seed is None
+    assert a.fingerprint() == b.fingerprint()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    for precision in ("bf16", "int8"):
+        c = msclip.create_model("msclip-tiny", seed=7, precision=precision)
+        assert c.init_seed == 7 and c.checkpoint_sha256 == a.checkpoint_sha256, precision
+    model, _, _ = msclip.create_model_and_transforms("msclip-tiny", seed=7, precision="fp32")
+    assert model.fingerprint() == a.fingerprint() and model.init_seed == 7
+    with pytest.raises(ValueError, match=r"seed=7 draws random weights.*leave seed out"):
+        msclip.create_model("msclip-demo", True, seed=7)
+    demo_file = msclip.create_model("msclip-demo", True, precision="fp32").checkpoint_path
+    with pytest.raises(ValueError, match=f"from {demo_file}"):
+        msclip.create_model(demo_file, seed=7)
+    for bad in (True, 1.5, "7"):
+        with pytest.raises(TypeError, match="seed must be an integer"):
+            msclip.create_model("msclip-tiny", seed=bad)
 
 
 def test_empty_and_truncated_checkpoints_are_named(tiny, tmp_path):
