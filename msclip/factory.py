@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -246,7 +247,7 @@ def create_model(
     # Called under torch.inference_mode() the weights would be inference tensors, which have no
     # in-place version counter (the model's identity and its packed weights track changes by it)
     # and cannot be trained: the model is built outside it.
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
     with torch.inference_mode(False):
         return _create_model(name, pretrained, device, bands, cache_dir, precision, seed)
@@ -343,7 +344,7 @@ def _create_model(
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
     else:
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(int(seed))
         model = _build(config, meta=False)
         if dtype != torch.float32:
             # the identity of random weights is that of the float32 initialisation, as a weight

@@ -487,6 +487,9 @@ def test_create_model_draws_random_weights_from_a_seed_and_keeps_it():
     for precision in ("bf16", "int8"):
         c = msclip.create_model("msclip-tiny", seed=7, precision=precision)
         assert c.init_seed == 7 and c.checkpoint_sha256 == a.checkpoint_sha256, precision
+    import numpy as np
+
+    assert msclip.create_model("msclip-tiny", seed=np.int64(7)).init_seed == 7  # a numpy seed
     model, _, _ = msclip.create_model_and_transforms("msclip-tiny", seed=7, precision="fp32")
     assert model.fingerprint() == a.fingerprint() and model.init_seed == 7
     with pytest.raises(ValueError, match=r"seed=7 draws random weights.*leave seed out"):
