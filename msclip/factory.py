@@ -249,6 +249,19 @@ def create_model(
     # and cannot be trained: the model is built outside it.
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+    if seed is not None and (
+        pretrained not in (None, False)
+        or (name is not None and str(name) not in MODELS and _is_checkpoint_path(name))
+    ):
+        given = (
+            name if pretrained in (None, False)
+            else f"the published weights of {name}" if pretrained is True
+            else pretrained
+        )  # fmt: skip
+        raise ValueError(
+            f"seed={seed} draws random weights, but the weights come from {given}: leave seed "
+            "out (or pretrained=None for random weights)"
+        )
     with torch.inference_mode(False):
         return _create_model(name, pretrained, device, bands, cache_dir, precision, seed)
 
@@ -333,12 +346,6 @@ def _create_model(
                 # an RGB OpenCLIP file for a multispectral model: the zero-init extension (the
                 # blue, green and red kernels to B02, B03, B04, zeros elsewhere), as documented
                 extend = extend or (kernel.shape[1] == 3 and len(config.bands) != 3)
-    if ckpt is not None and seed is not None:
-        raise ValueError(
-            f"seed={seed} draws random weights, but {label} takes its weights from "
-            f"{ckpt.path or 'a checkpoint'}: leave seed out (or pretrained=None for random "
-            "weights)"
-        )
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)

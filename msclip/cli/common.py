@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -1089,19 +1090,55 @@ def run_record_path(table: Path) -> Path:
     return table.with_name(table.name + ".json")
 
 
-def write_run_record(
-    table: Path, model: Any, args: argparse.Namespace, program: str, mode: str, **facts: Any
-) -> Path:
-    """Write the JSON record of the run that produced the result table ``table`` (atomically,
-    at :func:`run_record_path`): the model as :meth:`msclip.MSCLIP.describe` gives it (name,
-    checkpoint hash and path, bands, precision and why, preprocessing, fingerprint), the device
-    and CPU, library versions, the command line and its parsed flags, and ``facts`` (the mode's
-    own counts and settings). The table keeps its columns; the record says what made it.
+def write_table_and_record(
+    df: Any,
+    table: Path,
+    model: Any,
+    args: argparse.Namespace,
+    program: str,
+    mode: str,
+    **facts: Any,
+) -> list[Path]:
+    """Write a result table (CSV, as :func:`write_csv`) and beside it the record of the run that
+    produced it (:func:`run_record_path`), as one atomic pair: both are written to temporary
+    files before either replaces an earlier run's, so a failed write never leaves a new table
+    beside an old record or the reverse.
+
+    The record holds the model as :meth:`msclip.MSCLIP.describe` gives it (name, checkpoint hash
+    and path, bands, precision and why, preprocessing, fingerprint, seed of random weights), the
+    device and CPU, ``facts`` (the mode's own settings and counts), library versions, the
+    command line, its parsed flags and the working directory the paths in them are relative to.
+    The table keeps its columns; the record says what made it.
+
+    Returns:
+        The table and the record.
     """
+    import json
+
+    from msclip.io.writers import atomic_write_all, csv_writer
+
+    record = _run_record(table, model, args, program, mode, facts)
+    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
+    return atomic_write_all(
+        [
+            (table, csv_writer(df, float_format="%.8g"), ".csv"),
+            (run_record_path(table), lambda tmp: Path(tmp).write_text(text, "utf-8"), ".json"),
+        ]
+    )
+
+
+def _run_record(
+    table: Path,
+    model: Any,
+    args: argparse.Namespace,
+    program: str,
+    mode: str,
+    facts: dict[str, Any],
+) -> dict[str, Any]:
     from datetime import datetime, timezone
 
     from msclip.eval.report import library_versions
-    from msclip.io import write_json
+    from msclip.io import jsonable
 
     device = getattr(model, "device", None)
     hardware: dict[str, Any] = {"device": str(device)}
@@ -1128,9 +1165,29 @@ def write_run_record(
         "versions": library_versions(),
         "command": [program, *getattr(args, "_argv", sys.argv[1:])],
         "arguments": flags,
+        "cwd": os.getcwd(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_json(run_record_path(table), record)
+    return jsonable(_record_values(record))
+
+
+def _record_values(x: Any) -> Any:
+    """A run record's values as strict JSON keeps them: a NaN or infinite flag (``--nodata nan``)
+    as its text (JSON has no such numbers, and ``null`` would read as "not given"), and a path
+    that is not valid UTF-8 with its undecodable bytes written as ``\\xNN`` (the bytes stay
+    legible; a lone surrogate would not be valid UTF-8)."""
+    if isinstance(x, dict):
+        return {k: _record_values(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_record_values(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, str):
+        try:
+            return x.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            return x.encode("utf-8", "backslashreplace").decode("ascii")
+    return x
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -66,8 +66,7 @@ from msclip.cli.common import (
     run_device,
     run_record_path,
     seconds,
-    write_csv,
-    write_run_record,
+    write_table_and_record,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -444,14 +443,10 @@ def _run_search(args: argparse.Namespace) -> int:
                 }
             )
     df = pd.DataFrame(rows)
-    write_csv(df, out)
-    written = [out]
-    written.append(
-        write_run_record(
-            out, model, args, "msclip-index", "index search", queries=list(names),
-            top_k=min(args.top_k, store.count), exact=bool(args.exact),
-            index={"path": str(args.index), "index_id": store.index_id, "embeddings": store.count},
-        )
+    written = write_table_and_record(
+        df, out, model, args, "msclip-index", "index search", queries=list(names),
+        top_k=min(args.top_k, store.count), exact=bool(args.exact),
+        index={"path": str(args.index), "index_id": store.index_id, "embeddings": store.count},
     )  # fmt: skip
     geo = _geojson(df) if "footprint" in df.columns else {"features": []}
     notes = []

@@ -68,8 +68,7 @@ from msclip.cli.common import (
     run_device,
     run_record_path,
     text_cache_for,
-    write_csv,
-    write_run_record,
+    write_table_and_record,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -641,9 +640,8 @@ def run_head_classification(args: argparse.Namespace) -> int:
         )
     df["valid_fraction"] = valid
     df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
-    write_csv(df, out_path)
-    write_run_record(
-        out_path, model, args, _PROGRAM, "classification with a trained head",
+    write_table_and_record(
+        df, out_path, model, args, _PROGRAM, "classification with a trained head",
         head={"path": str(args.head), "method": ckpt.method, "task": task, "outputs": list(names),
               "threshold": threshold if task == "multi-label" else None},
         images=_image_counts(len(image_set.names), len(shown), skipped, failures),
@@ -757,9 +755,8 @@ def run_classification(args: argparse.Namespace) -> int:
     df = _with_unscored_rows(
         df, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
     )
-    write_csv(df, out_path)
-    write_run_record(
-        out_path, model, args, _PROGRAM, "zero-shot classification",
+    write_table_and_record(
+        df, out_path, model, args, _PROGRAM, "zero-shot classification",
         classes=list(names), multi_label=rule, threshold=args.threshold,
         templates={"set": str(args.templates or "eo"), "count": len(templates)},
         images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
@@ -816,9 +813,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
             ]
     columns = ["Query", "Rank", "Image", "Similarity", "valid_fraction"]
     df = pd.DataFrame(rows, columns=columns)
-    write_csv(df, out_path)
-    write_run_record(
-        out_path, model, args, _PROGRAM, "retrieval",
+    write_table_and_record(
+        df, out_path, model, args, _PROGRAM, "retrieval",
         queries=list(q_names), top_k=min(args.top_k, len(shown)),
         images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
     )  # fmt: skip
@@ -856,6 +852,8 @@ def run_scene(args: argparse.Namespace) -> int:
         else [out_dir / n for n in _SCENE_OUTPUTS]
     )
     refuse_input_as_output(outputs, _scene_inputs(args), "scene")
+    for output in outputs:  # a folder in the way, or a file that cannot be replaced
+        check_output(output)
     if args.dense:
         _refuse_int8_dense(args)
     min_valid(args)
@@ -941,19 +939,16 @@ def run_scene(args: argparse.Namespace) -> int:
         table["Class"] = [names[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
         for j, n in enumerate(names):
             table[n] = probs[:, j]
-    written.append(write_csv(table, out_dir / "tiles.csv"))
     facts: dict[str, Any] = {"scene": str(args.scene), "queries": list(queries)}
     if names is not None:
         facts.update(
             classes=list(names),
             templates={"set": str(args.templates or "eo"), "count": len(templates)},
         )
-    written.append(
-        write_run_record(
-            out_dir / "tiles.csv", model, args, _PROGRAM, "scene tile maps", **facts,
-            grid={"rows": info.n_rows, "cols": info.n_cols, "tile": tile, "stride": info.stride},
-            tiles=_image_counts(len(tiles), len(res.indices), res.skipped, res.failures),
-        )
+    written += write_table_and_record(
+        table, out_dir / "tiles.csv", model, args, _PROGRAM, "scene tile maps", **facts,
+        grid={"rows": info.n_rows, "cols": info.n_cols, "tile": tile, "stride": info.stride},
+        tiles=_image_counts(len(tiles), len(res.indices), res.skipped, res.failures),
     )  # fmt: skip
     _warn_other_outputs(out_dir, written)
     n_skip = len(res.skipped)
@@ -1163,6 +1158,8 @@ def _head_scene(args: argparse.Namespace) -> int:
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
     stem = f"dense_{entry['name']}".replace("-", "_")
     refuse_input_as_output(_map_outputs(out_dir, stem), _scene_inputs(args), "scene")
+    for output in _map_outputs(out_dir, stem):
+        check_output(output)
     model, _, _ = load_model(args)
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"

@@ -101,7 +101,7 @@ def default_label(cfg: FinetuneRunConfig, model: Any) -> str:
     if cfg.model_label:
         return cfg.model_label
     name = cfg.model_name
-    stem = Path(name).stem if name and name.endswith(".safetensors") else name
+    stem = Path(name).stem if _model_name_is_file(name) else name
     if cfg.ckpt_path:
         ckpt = Path(cfg.ckpt_path).stem
         label = f"{stem}@{ckpt}" if stem else ckpt
@@ -110,6 +110,14 @@ def default_label(cfg: FinetuneRunConfig, model: Any) -> str:
     else:
         label = f"{name}-random"
     return f"{label}-bf16" if cfg.precision == "bf16" else label
+
+
+def _model_name_is_file(name: str | None) -> bool:
+    """``--model-name`` names a checkpoint file (an msclip ``.safetensors``, or any file that
+    :func:`msclip.create_model` reads as one), whose weights are loaded."""
+    from msclip.factory import names_checkpoint_file
+
+    return bool(name) and (str(name).endswith(".safetensors") or names_checkpoint_file(name))
 
 
 def run_precision(cfg: FinetuneRunConfig) -> str:
@@ -123,7 +131,7 @@ def run_precision(cfg: FinetuneRunConfig) -> str:
 
 
 def load_run_model(cfg: FinetuneRunConfig) -> Any:
-    from msclip.factory import create_model, names_checkpoint_file
+    from msclip.factory import create_model
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
@@ -135,7 +143,7 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
             model = create_model(cfg.model_name, cfg.ckpt_path, device=device, precision=precision)
     else:
         # random weights keep their seed: the heads record how to draw them again
-        drawn = not cfg.pretrained and not names_checkpoint_file(cfg.model_name)
+        drawn = not cfg.pretrained and not _model_name_is_file(cfg.model_name)
         model = create_model(
             cfg.model_name, True if cfg.pretrained else None, device=device,
             precision=precision, seed=int(cfg.seed) if drawn else None,
@@ -149,7 +157,7 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
 def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any]:
     """The model entry of records and the protocol card."""
     info = model.describe()
-    weights = "file" if (cfg.ckpt_path or (cfg.model_name or "").endswith(".safetensors")) else (
+    weights = "file" if (cfg.ckpt_path or _model_name_is_file(cfg.model_name)) else (
         "published" if cfg.pretrained else "random")  # fmt: skip
     return {
         "label": label, "name": cfg.model_name or model.config.name,

@@ -9,9 +9,11 @@ cannot be written before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,45 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
     return target
 
 
+def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Any, str]]) -> list[Path]:
+    """Write files that belong together (a table and its record): each ``(path, write, suffix)``
+    as in :func:`atomic_write`, but every temporary file is written before any target is
+    replaced, so a failed write (a full disk, a folder in the way) leaves all the old files as
+    they were. The targets are then replaced in order; should a rename fail after the first, the
+    targets not replaced are removed, so that no old file sits beside new ones as their
+    companion.
+
+    Raises:
+        OutputPathError: as :func:`atomic_write`.
+    """
+    done: list[tuple[Path, str]] = []
+    try:
+        for path, write, suffix in items:
+            target = Path(path)
+            tmp = temp_path(target, suffix)
+            done.append((target, tmp))
+            try:
+                write(tmp)
+            except OSError as err:
+                raise _write_error(target, err) from err
+        for i, (target, tmp) in enumerate(done):
+            try:
+                commit(tmp, target)
+            except BaseException:
+                # new files are in place: the old ones not replaced would pass for their
+                # companions (with none replaced yet, every old file stays)
+                for stale, _ in done[i:] if i else []:
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+                raise
+    except BaseException:
+        for _, tmp in done:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    return [target for target, _ in done]
+
+
 #: Errors of the disk or the location (not of the content being written): full disk or quota,
 #: read-only file system, no permission, file too large, a folder or file in the way.
 _LOCATION_ERRNOS = frozenset(
@@ -256,8 +297,14 @@ def write_csv(df: Any, path: str | os.PathLike, float_format: str | None = None)
     A file name that is not valid UTF-8 (Python holds its bytes as surrogates) is written as the
     bytes it has on disk, so the CSV names that very file, instead of failing with a
     ``UnicodeEncodeError`` after the whole run."""
+    return atomic_write(path, csv_writer(df, float_format), ".csv")
 
-    def write(tmp: Path) -> None:
+
+def csv_writer(df: Any, float_format: str | None = None) -> Any:
+    """The ``write`` function of :func:`write_csv` for :func:`atomic_write` or
+    :func:`atomic_write_all`."""
+
+    def write(tmp: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False, float_format=float_format, errors="surrogateescape")
 
-    return atomic_write(path, write, ".csv")
+    return write

@@ -311,3 +311,29 @@ def test_a_heads_encoder_is_found_from_what_it_recorded(tmp_path):
     assert resolved({**gone, "init_seed": 7}) == ("msclip-tiny", None, False, 7)
     assert resolved({**gone, "init_seed": None}) == ("msclip-tiny", None, True, 0)
     assert resolved({**named, "checkpoint_path": str(own)}, model_name="x")[:2] == ("x", None)
+
+
+def test_a_checkpoint_named_by_model_name_is_never_called_random(tmp_path):
+    """A weight file given as --model-name (with or without the .safetensors suffix) is loaded
+    whatever --no-pretrained says: its label and facts say file, and no seed is recorded."""
+    import shutil
+
+    import msclip
+    from msclip.heads.runconfig import FinetuneRunConfig
+    from msclip.heads.runs import default_label, load_run_model, model_facts
+
+    demo = msclip.create_model("msclip-demo", True, precision="fp32")
+    for name in ("mymodel", "mymodel.safetensors"):
+        weights = tmp_path / name
+        shutil.copy(demo.checkpoint_path, weights)
+        cfg = FinetuneRunConfig(model_name=str(weights), pretrained=False, seed=3,
+                                precision="fp32", device="cpu")  # fmt: skip
+        model = load_run_model(cfg)
+        assert model.init_seed is None and model.fingerprint() == demo.fingerprint()
+        label = default_label(cfg, model)
+        assert label == "mymodel" and "random" not in label
+        assert model_facts(cfg, model, label)["weights"] == "file"
+    cfg = FinetuneRunConfig(model_name="msclip-tiny", pretrained=False, seed=3, device="cpu")
+    model = load_run_model(cfg)
+    assert model.init_seed == 3 and default_label(cfg, model) == "msclip-tiny-random"
+    assert model_facts(cfg, model, "x")["weights"] == "random"

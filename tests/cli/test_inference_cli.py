@@ -529,6 +529,52 @@ def test_a_file_name_that_is_not_utf8_is_listed_in_the_csv(tiles, tmp_path, caps
     rows = out.read_bytes().splitlines()
     assert any(row.startswith(b"caf\xe9.tif,") for row in rows)
     assert any(row.startswith(b"ok.tif,") for row in rows)
+    # the run record is valid UTF-8 JSON; the odd byte is written legibly, as \xe9
+    odd_folder = os.path.join(os.fsencode(tmp_path), b"r\xe9s")
+    os.mkdir(odd_folder)
+    out = Path(os.fsdecode(odd_folder)) / "c.csv"
+    code = main(["--run-classification", "--images", str(folder / "ok.tif"), "--class-names",
+                 "a", "b", "--templates", "short", "--save-path", str(out), *TINY])  # fmt: skip
+    assert code == 0
+    record = json.loads((Path(os.fsdecode(odd_folder)) / "c.csv.json").read_bytes().decode())
+    assert record["arguments"]["save_path"].endswith("r\\xe9s/c.csv")
+
+
+def test_the_run_record_keeps_what_json_cannot_say_plainly(tiles, tmp_path, monkeypatch):
+    """``--nodata nan`` is recorded as "nan" (null would read as not given), and the folder the
+    run's relative paths start from is recorded."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["--run-retrieval", "--images", str(tiles[0]), "--query", "a river", "--nodata",
+                 "nan", "--save-path", "r.csv", *TINY])  # fmt: skip
+    assert code == 0
+    record = json.loads((tmp_path / "r.csv.json").read_text())
+    assert record["arguments"]["nodata"] == "nan" and record["arguments"]["save_path"] == "r.csv"
+    assert record["cwd"] == str(tmp_path)
+
+
+def test_a_failed_record_write_keeps_the_earlier_table_and_record(tiles, tmp_path, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """The table and its record are one atomic pair: a disk that fills while the record is
+    written leaves the earlier run's table and record as they were, both."""
+    import errno
+
+    out = tmp_path / "c.csv"
+    assert main(_classify_ab(out, tiles[0])) == 0
+    before = {p: p.read_bytes() for p in (out, tmp_path / "c.csv.json")}
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(msclip.io.TMP_PREFIX) and ".json" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    args = ["--run-classification", "--images", str(tiles[1]), "--class-names", "x", "y", "z",
+            "--templates", "short", "--save-path", str(out), *TINY]  # fmt: skip
+    assert main(args) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(msclip.io.TMP_PREFIX)]
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,7 @@ def test_a_write_failure_at_the_end_is_one_line(folder, tmp_path, capsys, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("msclip.io.writers.atomic_write", full_disk)
+    monkeypatch.setattr("msclip.io.writers.atomic_write_all", full_disk)  # a table and its record
     code = main(["--run-classification", "--images", str(folder), *CLASSES, *QUIET,
                  "--save-path", str(tmp_path / "o.csv")])  # fmt: skip
     err = capsys.readouterr().err

@@ -371,3 +371,26 @@ def test_dense_map_with_int8_is_refused_before_the_model_loads(scene, tmp_path, 
     err = capsys.readouterr().err
     given = "--precision int8" if how == "flag" else "MSCLIP_PRECISION=int8"
     assert f"which {given} replaces by int8 layers" in err and "--precision auto or fp32" in err
+
+
+@pytest.mark.parametrize("in_the_way", ["tiles.csv.json", "tiles.csv", "dense_class_map.tif"])
+def test_a_folder_in_the_place_of_a_scene_output_stops_before_any_work(
+    scene, tmp_path, monkeypatch, capsys, in_the_way
+):
+    """Every file a scene run writes (the tile table's run record too) is checked before the
+    model loads: a folder in the way is one usage error and nothing is written."""
+    from msclip.cli import inference as cli
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(cli, "load_model", fail)
+    path, _ = scene
+    out = tmp_path / "maps"
+    (out / in_the_way).mkdir(parents=True)
+    dense = ["--dense"] if in_the_way.startswith("dense") else []
+    rc = main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+               "--save-path", str(out), *dense, *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"cannot write {out / in_the_way}: it is a folder" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [in_the_way]

@@ -69,3 +69,56 @@ def test_strip_writer_leaves_nothing_when_the_rename_fails(tmp_path, cog):
     with pytest.raises(OutputPathError, match="it is a folder"):
         writer.close()
     assert not _leftovers(tmp_path)
+
+
+def test_files_written_together_replace_none_until_all_are_written(tmp_path):
+    """A table and its record: a failure writing the second keeps both old files as they were."""
+    from msclip.io import atomic_write_all
+
+    table, record = tmp_path / "t.csv", tmp_path / "t.csv.json"
+    table.write_text("old table")
+    record.write_text("old record")
+
+    def full(tmp):
+        Path(tmp).write_text("par")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    items = [
+        (table, lambda tmp: Path(tmp).write_text("new table"), ".csv"),
+        (record, full, ".json"),
+    ]
+    with pytest.raises(OutputPathError, match=r"cannot write .*t\.csv\.json: No space left"):
+        atomic_write_all(items)
+    assert table.read_text() == "old table" and record.read_text() == "old record"
+    assert not _leftovers(tmp_path)
+    items[1] = (record, lambda tmp: Path(tmp).write_text("new record"), ".json")
+    assert atomic_write_all(items) == [table, record]
+    assert table.read_text() == "new table" and record.read_text() == "new record"
+    assert not _leftovers(tmp_path)
+
+
+def test_a_failed_rename_among_files_written_together_leaves_no_old_companion(
+    tmp_path, monkeypatch
+):
+    """Should the second rename fail after the first replaced its file, the old second file is
+    removed: it would describe a table it did not come with."""
+    import msclip.io.writers as writers
+    from msclip.io import atomic_write_all
+
+    table, record = tmp_path / "t.csv", tmp_path / "t.csv.json"
+    table.write_text("old table")
+    record.write_text("old record")
+    real = writers.commit
+    calls = []
+
+    def commit(tmp, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OutputPathError(f"cannot write {target}: Read-only file system")
+        return real(tmp, target)
+
+    monkeypatch.setattr(writers, "commit", commit)
+    with pytest.raises(OutputPathError, match="Read-only"):
+        atomic_write_all([(table, lambda tmp: Path(tmp).write_text("new"), ".csv"),
+                          (record, lambda tmp: Path(tmp).write_text("new"), ".json")])  # fmt: skip
+    assert table.read_text() == "new" and not record.exists() and not _leftovers(tmp_path)

@@ -492,8 +492,13 @@ def test_create_model_draws_random_weights_from_a_seed_and_keeps_it():
     assert msclip.create_model("msclip-tiny", seed=np.int64(7)).init_seed == 7  # a numpy seed
     model, _, _ = msclip.create_model_and_transforms("msclip-tiny", seed=7, precision="fp32")
     assert model.fingerprint() == a.fingerprint() and model.init_seed == 7
-    with pytest.raises(ValueError, match=r"seed=7 draws random weights.*leave seed out"):
+    with pytest.raises(ValueError, match=r"seed=7 draws random weights.*published weights of"):
         msclip.create_model("msclip-demo", True, seed=7)
+    # refused before the weights are looked for (no download of what would not be used)
+    with pytest.raises(ValueError, match="leave seed out"):
+        msclip.create_model("ViT-B-16", True, seed=1)
+    with pytest.raises(ValueError, match=r"from /no/such/file\.safetensors"):
+        msclip.create_model("/no/such/file.safetensors", seed=1)
     demo_file = msclip.create_model("msclip-demo", True, precision="fp32").checkpoint_path
     with pytest.raises(ValueError, match=f"from {demo_file}"):
         msclip.create_model(demo_file, seed=7)
