@@ -1052,7 +1052,7 @@ def model_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
     checkpoint, an msclip model file, and the weight files of a registered model name."""
     return [
         ("the checkpoint", args.ckpt_path),
-        ("the model file", args.model_name),
+        ("the model file", args.model_name if _names_a_file(args.model_name) else None),
         (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
     ]
 

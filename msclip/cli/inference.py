@@ -891,6 +891,7 @@ def run_scene(args: argparse.Namespace) -> int:
     except BandCoverageError as err:
         raise UsageError(_coverage_refusal(str(err))) from err
     if not len(res.indices):  # no map to write: every tile is nodata or unreadable
+        _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
         _report_failures(res.failures, len(tiles), args)
         return _nothing_scored("encoded", res.skipped, res.failures, len(tiles), args, "tile")
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)

@@ -214,6 +214,10 @@ def _write_error(target: Path, err: OSError) -> OSError:
     return OutputPathError(f"cannot write {target}: {why}")
 
 
+#: Bytes of the target's name kept in the name of its temporary file.
+_TEMP_NAME_BYTES = 180
+
+
 def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
     """A new, empty temporary file beside ``target`` (for a write that :func:`commit` ends).
 
@@ -223,8 +227,11 @@ def temp_path(target: str | os.PathLike, suffix: str = "") -> str:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        # the target's name, cut to leave room for the prefix and mkstemp's part within the
+        # 255 bytes a file name may have (a table named at that length is written too)
+        name = os.fsdecode(os.fsencode(target.name)[:_TEMP_NAME_BYTES])
         fd, tmp = tempfile.mkstemp(
-            prefix=f"{TMP_PREFIX}{target.name}.", suffix=suffix or ".part", dir=target.parent
+            prefix=f"{TMP_PREFIX}{name}.", suffix=suffix or ".part", dir=target.parent
         )
     except OSError as err:
         raise OutputPathError(f"cannot write {target}: {err.strerror or err}") from err

@@ -341,6 +341,17 @@ def test_the_weights_of_a_registered_model_are_never_overwritten(tiles, tmp_path
     assert demo.read_bytes() == before
 
 
+def test_a_file_named_like_a_registered_model_is_not_its_input(tiles, tmp_path, monkeypatch):
+    """``--model-name msclip-tiny`` names the registered model even where a file of that name
+    lies in the working folder: that file is no input of the run, and may be its output."""
+    monkeypatch.chdir(tmp_path)
+    Path("msclip-tiny").write_text("an earlier table")
+    args = ["--run-classification", "--images", str(tiles[0]), "--class-names", "a", "b",
+            "--templates", "short", "--save-path", "msclip-tiny", *TINY]  # fmt: skip
+    assert main(args) == 0
+    assert pd.read_csv("msclip-tiny")["Class"].notna().all()
+
+
 def test_empty_image_set_stops_before_any_work(tmp_path, monkeypatch, capsys):
     _no_model(monkeypatch)
     (tmp_path / "empty").mkdir()

@@ -178,6 +178,17 @@ def test_uncovered_edges_warn_and_an_all_nodata_scene_fails(scene, tmp_path, cap
     assert rc == 1 and "error: no tile could be encoded: of 12 tiles, 12 skipped" in err
     assert not (out2 / "similarity.tif").exists() and not (out2 / "tiles.csv").exists()
     assert not (out2 / "tiles.csv.json").exists()
+    # into a folder of an earlier run: its maps stay, and are said not to be this run's
+    out1 = tmp_path / "maps1"
+    assert main(["--run-scene", "--query", "a river", "--save-path", str(out1), *TINY,
+                 "--scene", str(path)]) == 0  # fmt: skip
+    capsys.readouterr()
+    loud = [a for a in TINY if a != "--quiet"]  # --quiet keeps errors only
+    rc = main(["--run-scene", "--query", "a river", "--save-path", str(out1), *loud,
+               "--scene", str(empty)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "of an earlier run, not of this one" in err
+    assert "similarity.tif, tiles.csv, tiles.csv.json" in err
     # the per-pixel map of the same scene: exit 1 too, no all-nodata map kept
     out3 = tmp_path / "maps3"
     rc = main(["--run-scene", "--class-names", "sea", "forest", "--dense", "--save-path",

@@ -4,6 +4,7 @@ the target, the old file kept, no temporary file left."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,13 @@ def test_a_failed_rename_among_files_written_together_leaves_no_old_companion(
         atomic_write_all([(table, lambda tmp: Path(tmp).write_text("new"), ".csv"),
                           (record, lambda tmp: Path(tmp).write_text("new"), ".json")])  # fmt: skip
     assert table.read_text() == "new" and not record.exists() and not _leftovers(tmp_path)
+
+
+def test_a_target_named_at_the_file_system_limit_is_written(tmp_path):
+    """The temporary file's name stays within 255 bytes when the target's own name is that
+    long (it once carried the whole name plus a prefix and a random part)."""
+    for name in ("t" * 251 + ".csv", "t" + "é" * 125 + ".csv"):  # 255 bytes each
+        target = tmp_path / name
+        assert len(os.fsencode(target.name)) == 255
+        write_text(target, "x")
+        assert target.read_text() == "x" and not _leftovers(tmp_path)
