@@ -210,7 +210,21 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
     if os.path.islink(p) and not os.path.exists(p):
         return (f"{p} is a link to {os.readlink(p)}, which does not exist (an interrupted "
                 "download or a cleaned cache); download the file again")  # fmt: skip
-    return f"checkpoint file not found: {p}"
+    source = _published_source(os.path.basename(p))
+    return f"checkpoint file not found: {p}" + (f"; {source}" if source else "")
+
+
+def _published_source(filename: str) -> str | None:
+    """Where a registered model's weight file of that name is published, in words (``None``
+    unless exactly one registered model names such a file)."""
+    found = [e for e in MODELS.values() if e.hub_id and filename in e.filenames]
+    if len(found) != 1:  # OpenCLIP's file names are shared by several repositories
+        return None
+    entry = found[0]
+    return (
+        f"it holds the weights of {entry.name}: download it with huggingface-cli download "
+        f"{entry.hub_id} {filename}"
+    )
 
 
 def _offline() -> bool:

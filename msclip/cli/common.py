@@ -338,7 +338,8 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         "--quiet",
         "-q",
         action="store_true",
-        help="no progress bars, status lines (loading, precision) or warnings; errors (on "
+        help="no progress bars, status lines (loading, precision) or warnings about settings; "
+        "errors and the notes and warnings about skipped, unreadable or changed inputs (on "
         "stderr) and the run's summary (on stdout) remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -740,6 +741,9 @@ def load_model(
         args.model_name, weights if weights is not None else args.ckpt_path, args.pretrained,
         default_name=default_name, seed=args.seed, device=device, precision=args.precision,
     )  # fmt: skip
+    why = getattr(args, "_precision_why", None)  # a precision the program chose for the user
+    if why is not None:
+        model.precision_requested, model.precision_reason = why
     if large is not None and not checked:  # a checkpoint file: its input size is known now
         refuse_large_images(
             args, large.paths, large.fix, model.image_size, every_file=large.every_file
@@ -837,8 +841,13 @@ def encode_query_set(
     tokenizer: Any,
     queries: Sequence[str],
     query_images: Sequence[str],
+    large_fix: str = LARGE_FIX,
 ) -> tuple[Any, list[str]]:
     """L2-normalised embeddings ``[Q, D]`` of text queries then query images, and their names.
+
+    Args:
+        large_fix: what the program offers for a query image far larger than the model input
+            (its flags), in place of the library's generic advice.
 
     Raises:
         UsageError: a query image cannot be read.
@@ -857,9 +866,16 @@ def encode_query_set(
         res = encode_images(model, preprocess, query_images, args.batch_size, 0,
                             min_valid=threshold, nodata=getattr(args, "nodata", None))  # fmt: skip
         if res.failures:
+            large = "RasterTooLargeError: "
+
+            def why(reason: str) -> str:
+                if reason.startswith(large):  # the program's flags, not the library's advice
+                    return large_refusal(reason[len(large) :], large_fix)
+                return reason
+
             raise UsageError(
                 "query images cannot be read (--query-image): "
-                + "; ".join(f"{f.name} ({f.reason})" for f in res.failures)
+                + "; ".join(f"{f.name} ({why(f.reason)})" for f in res.failures)
             )
         if len(res.skipped):
             shown = "; ".join(

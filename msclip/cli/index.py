@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--scenes",
             nargs="+",
             default=[],
-            help="large GeoTIFF / COG scenes (same forms) to cut into tiles",
+            help="large scenes (GeoTIFF / COG, JPEG 2000 or VRT; same forms) to cut into tiles",
         )
         b.add_argument(
             "--tile-size",
@@ -247,6 +247,8 @@ def _model_defaults(
     if writing and getattr(args, "precision", None) in (None, "auto") and built:
         logger.info("precision %s, as the index %s was built", built, args.index)
         args.precision = str(built)
+        # what the run reports (precision: ... (auto: as the index ... was built))
+        args._precision_why = ("auto", f"as the index {args.index} was built")
         if built == "bf16":
             _warn_emulated_index_precision(args)
     if args.model_name is None and args.ckpt_path is None:
@@ -417,7 +419,9 @@ def _run_search(args: argparse.Namespace) -> int:
     scan_device = args.device  # as given: load_model settles the model's device
     model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
     store.check_compatible(model_info(model), keys=COMPARE_KEYS)
-    q_emb, names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
+    q_emb, names = encode_query_set(
+        args, model, preprocess, tokenizer, queries, query_images, _LARGE_QUERY_FIX
+    )
     if args.top_k > store.count:
         print(
             f"note: --top-k {args.top_k} is more than the {store.count} embeddings; "

@@ -323,8 +323,10 @@ class FinetuneRunConfig:
             self.model_name is not None or self.ckpt_path is not None,
             "model_name (or ckpt_path with a self-describing .safetensors) is required",
         )
-        if self.ckpt_path is not None:
-            need(os.path.isfile(self.ckpt_path), f"ckpt_path {self.ckpt_path!r} not found")
+        if self.ckpt_path is not None and not os.path.isfile(self.ckpt_path):
+            from msclip.pretrained import missing_checkpoint_message
+
+            need(False, f"ckpt_path: {missing_checkpoint_message(self.ckpt_path)}")
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
                                                          f"got {self.precision!r}")  # fmt: skip
 

@@ -163,9 +163,13 @@ def test_random_weights_are_drawn_again_from_the_recorded_seed(inputs, tmp_path,
     assert re.search(r"random weights +--no-pretrained --seed 3", capsys.readouterr().out)
     out = tmp_path / "hits.csv"
     assert main(["search", str(idx), "--query", "x", "--quiet", "--save-path", str(out)]) == 0
-    assert main(["add", str(idx), "--images", str(files[1]), "--quiet"]) == 0
-    assert IndexStore.open(idx).count == 2
     capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[1])]) == 0
+    assert IndexStore.open(idx).count == 2
+    # the precision the index was built in, said as such (not as one asked for)
+    assert f"precision: fp32 on cpu (auto: as the index {idx} was built)" in (
+        capsys.readouterr().err
+    )
     assert main(["search", str(idx), "--query", "x", *TINY, "--seed", "4"]) == 2
     err = capsys.readouterr().err
     assert "drawn at random with seed 3: use --no-pretrained --seed 3" in err

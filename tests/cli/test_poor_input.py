@@ -197,6 +197,17 @@ def test_a_raster_far_larger_than_the_input_is_refused_with_a_hint(tmp_path, cap
         assert main([*run, *extra, "--ckpt-path", str(ckpt)]) == 2, mode
         err = capsys.readouterr().err
         assert "300x300 pixels" in err and "--run-scene" in err, mode
+    # as a query image of a retrieval: the program's flags, not the library's advice
+    small = tmp_path / "small"
+    small.mkdir()
+    _tile(small / "tile.tif", data[:, :32, :32])
+    query = ["--run-retrieval", "--images", str(small), "--query-image", str(big / "scene.tif"),
+             *QUIET, "--save-path", str(tmp_path / "r.csv")]  # fmt: skip
+    assert main(query) == 2
+    err = capsys.readouterr().err
+    assert "query images cannot be read (--query-image)" in err and "300x300 pixels" in err
+    assert "--run-scene" in err and "--downsample" in err and "(scene mode)" not in err
+    assert main([*query, "--downsample"]) == 0
 
 
 def test_a_picture_too_large_for_pillow_is_refused_in_one_line(tmp_path, capsys, monkeypatch):

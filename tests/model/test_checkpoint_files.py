@@ -165,3 +165,21 @@ def test_a_damaged_model_description_is_named_with_the_file(tiny_files, tmp_path
     save_file(sd, str(path), metadata={**meta, "msclip_config": json.dumps(config)})
     with pytest.raises(CheckpointError, match=r"band\.safetensors: .* does not know .*'B99'"):
         msclip.create_model(path)
+
+
+def test_a_missing_release_file_is_named_with_where_it_is_published(tmp_path):
+    """A missing checkpoint whose file name only one registered model publishes is named with the
+    download command; a name several repositories share (OpenCLIP's) is not guessed at."""
+    from msclip.heads.runconfig import FinetuneRunConfig
+    from msclip.pretrained import missing_checkpoint_message
+
+    missing = tmp_path / "Llama3_MS_CLIP_weights.pt"
+    assert missing_checkpoint_message(missing) == (
+        f"checkpoint file not found: {missing}; it holds the weights of Llama3-MS-CLIP-Base: "
+        "download it with huggingface-cli download ibm-esa-geospatial/Llama3-MS-CLIP-base "
+        "Llama3_MS_CLIP_weights.pt"
+    )
+    shared = tmp_path / "open_clip_model.safetensors"
+    assert missing_checkpoint_message(shared) == f"checkpoint file not found: {shared}"
+    with pytest.raises(Exception, match="huggingface-cli download ibm-esa-geospatial"):
+        FinetuneRunConfig(folders=str(tmp_path), ckpt_path=str(missing)).validate()
