@@ -238,8 +238,11 @@ def _run_grid(args: argparse.Namespace) -> int:
 
 def _flags() -> dict[str, str]:
     out = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(FinetuneRunConfig)}
+    # pretrained: create_model's weight-file argument, which this program takes as --ckpt-path
+    # (its --pretrained is a switch)
     out.update(images="--dataset, --csv, --folders or --image-dir/--label-dir", head="--head",
-               decoders="--decoders", encoder_modes="--encoder-modes")  # fmt: skip
+               decoders="--decoders", encoder_modes="--encoder-modes",
+               pretrained="--ckpt-path")  # fmt: skip
     return out
 
 

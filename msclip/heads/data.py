@@ -492,12 +492,19 @@ def _line(i: int) -> int:
     return i + 2  # header on line 1
 
 
-def _check_files(paths: Sequence[str], where: str) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
+def _check_files(paths: Sequence[str], where: str, base: Path | None = None) -> None:
+    """Refuse rows whose image file does not exist, naming the first rows' lines and where
+    relative paths were looked for (``base``: ``--data-root``, else the table's folder)."""
+    missing = [(i, p) for i, p in enumerate(paths) if not os.path.isfile(p)]
     if missing:
+        shown = ", ".join(f"line {_line(i)}: {p}" for i, p in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        start = f" ({base})" if base is not None else ""
         raise HeadInputError(
-            f"{len(missing)} image file(s) named in {where} do not exist, e.g. {missing[:3]}; fix "
-            "the paths (relative paths start at the table's folder or the data root)"
+            f"{len(missing)} image file(s) named in {where} do not exist ({shown}{more}); fix the "
+            f"paths, or the folder relative paths start from{start}: the data root, else the "
+            "table's folder",
+            param="data_root",
         )
 
 
@@ -700,7 +707,7 @@ def from_csv(
                     "rows, or drop the column to split by the seeded rule",
                     param="split_column",
                 )
-    _check_files(paths, str(p))
+    _check_files(paths, str(p), base)
     splits, notes = _split_or_fill(len(rows), strat, given, val_fraction, test_fraction, seed)
     split_source.update(notes)
     return TaskData(

@@ -337,3 +337,15 @@ def test_a_checkpoint_named_by_model_name_is_never_called_random(tmp_path):
     model = load_run_model(cfg)
     assert model.init_seed == 3 and default_label(cfg, model) == "msclip-tiny-random"
     assert model_facts(cfg, model, "x")["weights"] == "random"
+
+
+def test_missing_release_weights_name_this_programs_flag(run, tmp_path, monkeypatch, capsys):
+    """Offline without the release file, the message names --ckpt-path (this program's
+    --pretrained is a switch, which takes no path)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code = main(["--folders", str(run["scenes"]), "--method", "knn", "--quiet", "--model-name",
+                 "Llama3-MS-CLIP-Base", "--output-dir", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "huggingface-cli download ibm-esa-geospatial/Llama3-MS-CLIP-base" in err
+    assert "(--ckpt-path /path/to/Llama3_MS_CLIP_weights.pt)" in err and "--pretrained /" not in err

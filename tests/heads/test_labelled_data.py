@@ -104,8 +104,10 @@ def test_csv_bad_input_is_named(tmp_path):
     with pytest.raises(HeadInputError, match="no column"):
         from_csv(_table(tmp_path, "path,label", rows, "m.csv"), label_columns=["crop"])
     (tmp_path / "x1.tif").unlink()
-    with pytest.raises(HeadInputError, match=r"do not exist.*x1.tif"):
+    with pytest.raises(HeadInputError, match=r"do not exist \(line 3: .*x1\.tif\)") as err:
         from_csv(tmp_path / "m.csv")
+    assert f"the folder relative paths start from ({tmp_path})" in str(err.value)
+    assert err.value.param == "data_root"  # the programs name --data-root
     rows = [f"y{i}.tif,{'ab'[i % 2]},{'train' if i < 6 else 'val'}" for i in range(8)]
     with pytest.raises(HeadInputError, match="the test split is empty"):
         from_csv(_table(tmp_path, "path,label,split", rows, "s.csv"))
