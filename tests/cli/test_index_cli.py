@@ -227,7 +227,8 @@ def test_other_input_rules_refused(inputs, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"msclip's input rules {INPUT_RULES}" in err and "build a new index" in err
     assert IndexStore.open(idx).count == 1
-    assert main(["search", str(idx), "--query", "x", *TINY]) == 0
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(tmp_path / "h.csv"),
+                 *TINY]) == 0  # fmt: skip
     monkeypatch.undo()
     manifest = json.loads((idx / "manifest.json").read_text())
     del manifest["model"]["input_rules"]  # an index written before the field existed
