@@ -180,7 +180,8 @@ def load_templates(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE_SET) -> li
             raise UnknownTemplateSetError(
                 f"unknown template set {spec!r}: not one of the shipped sets "
                 f"({', '.join(list_template_sets())}) and no such file; pass a set name or the "
-                "path of a text file with one template per line containing {c}"
+                "path of a text file with one template per line containing {c}",
+                param="templates",
             )
         path = p
     try:

@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``msclip-scenes``; returns the exit status (0 ok, 2 usage or refused argument)."""
-    return run_cli(argv, parse_args, _run, flags={"out_dir": "--out"})
+    return run_cli(argv, parse_args, _run, flags={"out_dir": "--out", "splits": "--splits"})
 
 
 if __name__ == "__main__":

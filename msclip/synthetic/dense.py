@@ -269,12 +269,14 @@ def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
         fr = tuple(float(f) for f in splits)
     except (TypeError, ValueError) as err:
         raise SyntheticDataError(
-            f"splits {splits!r} are not numbers; pass three fractions, e.g. (0.8, 0.1, 0.1)"
+            f"splits {splits!r} are not numbers; pass three fractions, e.g. (0.8, 0.1, 0.1)",
+            param="splits",
         ) from err
     if len(fr) != 3 or any(not 0 <= f <= 1 for f in fr) or not math.isclose(sum(fr), 1.0):
         raise SyntheticDataError(
             f"splits {tuple(splits)!r} are not three fractions (train, val, test) in 0-1 summing "
-            "to 1; pass e.g. (0.8, 0.1, 0.1)"
+            "to 1; pass e.g. (0.8, 0.1, 0.1)",
+            param="splits",
         )
     return fr  # type: ignore[return-value]
 

@@ -234,7 +234,7 @@ def test_bad_images_are_named_skipped_and_counted(tiles, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--templates", "no_such_set"], "unknown template set 'no_such_set'"),
+        (["--templates", "no_such_set"], "containing {c} (command-line option: --templates)"),
         (["--class-names", "Forest", "forest"], "duplicate class names"),
         (["--class-names", "forest", "status"], "also column names of the output table"),
         (["--ckpt-path", "/nonexistent/w.safetensors"], "checkpoint file not found"),

@@ -202,6 +202,15 @@ def test_bad_dense_arguments(tmp_path: Path) -> None:
     with pytest.raises(SyntheticDataError, match="n_per_class"):
         generate_dense_dataset(tmp_path, ["sea"], 0, 16)
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_splits_on_the_command_line_name_the_flag(tmp_path: Path, capsys) -> None:
+    from msclip.cli.scenes import main
+
+    code = main(["dense", "--out", str(tmp_path / "d"), "--splits", "0.8", "0.3", "0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass e.g. (0.8, 0.1, 0.1) (command-line option: --splits)" in err
+    assert not (tmp_path / "d").exists()
     with pytest.raises(SyntheticDataError, match="class indices"):
         write_label(tmp_path / "l.tif", np.full((4, 4), 20, np.uint8), transform=None)
     with pytest.raises(SyntheticDataError, match="float"):
