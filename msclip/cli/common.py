@@ -925,7 +925,9 @@ def add_dataclass_args(
         tp, optional = unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = list(default) if isinstance(default, tuple) else default
-        help_text = f"{field_help(f)} (default: {shown!r})"
+        help_text = field_help(f)
+        if default is not None and "default" not in help_text:  # unset, or said in the text
+            help_text += f" (default: {shown!r})"
         origin = typing.get_origin(tp)
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)

@@ -349,3 +349,15 @@ def test_missing_release_weights_name_this_programs_flag(run, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "huggingface-cli download ibm-esa-geospatial/Llama3-MS-CLIP-base" in err
     assert "(--ckpt-path /path/to/Llama3_MS_CLIP_weights.pt)" in err and "--pretrained /" not in err
+
+
+def test_help_states_each_default_once(capsys):
+    """Options without a default say nothing of one, and a help text that states its default is
+    not followed by a second, generated one."""
+    import re
+
+    assert main(["--help"]) == 0
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "(default: None)" not in text
+    assert "(default 1e-3 linear, 1e-4 text-init) (default" not in text
+    assert "--epochs EPOCHS" in text and re.search(r"epochs.*\(default: \d+\)", text)
