@@ -357,6 +357,25 @@ def _merge(save: Path, summary_metric: str | None) -> int:
     return EXIT_PARTIAL if res.damaged else EXIT_OK
 
 
+def _check_classnames(items: Sequence[str], names: Sequence[str], given: dict[str, str]) -> None:
+    """Read each ``--classnames DATASET=FILE`` before any model work (a missing or malformed
+    file is the command's mistake, not one dataset's failure)."""
+    from msclip.errors import MSCLIPError
+    from msclip.eval.datasets import load_classnames, resolve_spec
+
+    for item, name in zip(items, names):
+        if name not in given:
+            continue
+        try:
+            base = resolve_spec(item).base_dir
+        except MSCLIPError:
+            continue  # the dataset's own failure is reported with the others
+        try:
+            load_classnames(given[name], base)
+        except MSCLIPError as err:
+            raise UsageError(f"--classnames {name}={given[name]}: {err}") from err
+
+
 # -- evaluation ------------------------------------------------------------------------------
 def _evaluate_one(
     args: argparse.Namespace,
@@ -503,6 +522,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--classnames needs DATASET=FILE entries")
     for spec in {tpl_global, *tpl_per.values()} - {None}:
         resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
+    _check_classnames(items, names, cls_per)
     model = _load_model(args)
 
     from msclip.factory import get_tokenizer

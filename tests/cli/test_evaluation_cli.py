@@ -343,6 +343,12 @@ def test_usage_errors(tmp_path, capsys):
             "EuroSAT_MS,NoSuchSet", "--save-path", str(tmp_path / "u")]  # fmt: skip
     code, _, err = _run(argv, capsys)
     assert code == 2 and "unknown dataset 'NoSuchSet'" in err and not (tmp_path / "u").exists()
+    # a class-name file that cannot be read is the command's mistake: exit 2, before any work
+    argv = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+            "--classnames", "EuroSAT_MS=nope.txt", "--save-path", str(tmp_path / "c")]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "--classnames EuroSAT_MS=nope.txt: class-name file 'nope.txt'" in err
+    assert not (tmp_path / "c" / "records").exists()
 
 
 def test_checkpoint_file_is_hashed_and_named_in_the_label(ms_run, tmp_path, capsys):
