@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.train_seed}, train/val) + {args.n_test} per class (held-out seed "
           f"{args.test_seed}, test), {args.size} px; epochs {args.epochs}, batch "
           f"{args.batch_size}, decoder width {args.channels}")  # fmt: skip
-    res = run_grid(cfg, args.decoders.split(","), args.modes.split(","), zero_shot=True)
+    from msclip.errors import MSCLIPError
+
+    try:
+        res = run_grid(cfg, args.decoders.split(","), args.modes.split(","), zero_shot=True)
+    except MSCLIPError as err:  # e.g. too few tiles for a validation split: one line, status 2
+        print(f"error: {err} (this demo: raise --n-per-class, or --n-test)", file=sys.stderr)
+        return 2
     print(res.markdown.read_text())
     print(f"wall time {time.perf_counter() - t0:.0f} s; ran {len(res.ran)}, skipped "
           f"{len(res.skipped)}; tables {res.csv}, {res.markdown}")  # fmt: skip

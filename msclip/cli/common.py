@@ -1103,6 +1103,22 @@ def write_csv(df: Any, path: str | os.PathLike) -> Path:
     return _write(df, path, float_format="%.8g")
 
 
+def parse_subcommand_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse a command line of a program with subcommands (``dest="command"``). A flag the
+    subcommand does not know is refused by the subcommand's parser, so the usage and help it
+    points to are the subcommand's (argparse's own refusal names the program only)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subcommands = next(
+            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+        )
+        sub = subcommands.get(getattr(args, "command", None), parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def run_record_path(table: Path) -> Path:
     """Where the run record of a result table lives: beside it, ``<table name>.json``."""
     return table.with_name(table.name + ".json")

@@ -56,6 +56,7 @@ from msclip.cli.common import (
     model_inputs,
     non_negative_int,
     output_path,
+    parse_subcommand_args,
     plural,
     positive_int,
     print_table,
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the arguments (exits with status 2 on a usage error)."""
     p = build_parser()
-    args = p.parse_args(argv)
+    args = parse_subcommand_args(p, argv)
     if args.command in ("build", "add") and not (args.images or args.scenes):
         p.error(f"{args.command} needs --images and/or --scenes")
     if args.command in ("build", "add") and not args.scenes:

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from msclip.cli.common import EXIT_OK, EXIT_USAGE, fraction, plural, positive_int, run_cli
+from msclip.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    fraction,
+    parse_subcommand_args,
+    plural,
+    positive_int,
+    run_cli,
+)
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -103,7 +111,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line; usage errors exit with status 2 (``SystemExit``)."""
-    return build_parser().parse_args(argv)
+    return parse_subcommand_args(build_parser(), argv)
 
 
 def _run(args: argparse.Namespace) -> int:

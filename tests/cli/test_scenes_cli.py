@@ -148,3 +148,18 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_generating(
         assert err.count("\n") == 1 and f"error: cannot write {path}" in err, (argv, err)
         assert "--out" in err, err
     assert blocker.read_text() == "" and (root / "images").is_file()
+
+
+def test_a_flag_the_subcommand_does_not_know_points_to_its_own_help(tmp_path, capsys):
+    """msclip-scenes and msclip-index: an unknown flag after a subcommand is refused with that
+    subcommand's usage and help, not the program's."""
+    from msclip.cli import index
+
+    code = scenes.main(["scene", "--out", str(tmp_path / "s"), "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unrecognized arguments: --no-such-flag" in err
+    assert "msclip-scenes scene --help" in err and not (tmp_path / "s").exists()
+    code = index.main(["info", str(tmp_path / "x.index"), "--bogus"])
+    err = capsys.readouterr().err
+    assert code == 2 and "usage: msclip-index info" in err
+    assert "unrecognized arguments: --bogus" in err
