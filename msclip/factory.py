@@ -249,6 +249,8 @@ def create_model(
     # and cannot be trained: the model is built outside it.
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+    if seed is not None and not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64) (torch's generator), got {seed}")
     if seed is not None and (
         pretrained not in (None, False)
         or (name is not None and str(name) not in MODELS and _is_checkpoint_path(name))

@@ -27,6 +27,10 @@ from typing import Any
 
 from msclip.errors import ConfigError
 
+#: Largest random seed the programs and run configurations take (numpy's generators take no
+#: negative seed, torch's none of 2**64 or more).
+MAX_SEED = 2**63 - 1
+
 __all__ = [
     "coerce",
     "field_help",

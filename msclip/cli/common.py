@@ -170,6 +170,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**63 - 1]."""
+    from msclip.options import MAX_SEED
+
+    value = _number(int, text, f"an integer in [0, {MAX_SEED}]")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     value = _number(float, text, "a number in [0, 1]")
@@ -210,7 +220,7 @@ def add_model_args(
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         default=0,
         help="random seed of the run (random weights with --no-pretrained, random subsets)",
     )

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from msclip.cli.common import positive_int, run_cli
+from msclip.cli.common import positive_int, run_cli, seed_int
 from msclip.io import atomic_write, write_json
 
 __all__ = ["main"]
@@ -31,7 +31,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--n-per-class", type=positive_int, default=200, help="generated tiles per class"
     )
     ap.add_argument("--size", type=positive_int, default=64, help="tile side in pixels")
-    ap.add_argument("--data-seed", type=int, default=1, help="seed of the generated scenes")
+    ap.add_argument("--data-seed", type=seed_int, default=1, help="seed of the generated scenes")
     ap.add_argument("--epochs", type=positive_int, default=20)
     ap.add_argument("--install", action="store_true",
                     help="replace the shipped msclip/weights/msclip-demo.safetensors (and its "

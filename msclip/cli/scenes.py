@@ -27,6 +27,7 @@ from msclip.cli.common import (
     plural,
     positive_int,
     run_cli,
+    seed_int,
 )
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -47,7 +48,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser, n_per_class: int) -> None
     parser.add_argument(
         "--size", type=positive_int, default=64, help="tile side in pixels (default 64)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
 
 
 def _add_progress_arg(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +71,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
     ex.add_argument(
         "--size", type=positive_int, default=128, help="tile side in pixels (default 128)"
     )
-    ex.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ex.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     ds = sub.add_parser(
         "dataset", help="write a class-folder dataset with captions.csv and labels.csv"
     )
@@ -101,7 +102,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
     sc.add_argument(
         "--size", type=positive_int, default=1024, help="scene side in pixels (default 1024)"
     )
-    sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sc.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     sc.add_argument("--region-size", type=positive_int, default=128,
                     help="typical side of a land-cover region in pixels (default 128)")  # fmt: skip
     sc.add_argument("--name", default="scene", help="file stem of the rasters (default scene)")

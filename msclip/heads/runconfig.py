@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msclip.errors import ConfigError
-from msclip.options import options_to_dict, update_options
+from msclip.options import MAX_SEED, options_to_dict, update_options
 
 __all__ = [
     "DATA_TASKS",
@@ -327,6 +327,7 @@ class FinetuneRunConfig:
             from msclip.pretrained import missing_checkpoint_message
 
             need(False, f"ckpt_path: {missing_checkpoint_message(self.ckpt_path)}")
+        need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
                                                          f"got {self.precision!r}")  # fmt: skip
 

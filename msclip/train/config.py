@@ -18,7 +18,7 @@ from typing import Any
 
 from msclip.cuda import LOSS_IMPLS
 from msclip.errors import ConfigError
-from msclip.options import load_yaml, options_to_dict, unwrap_optional, update_options
+from msclip.options import MAX_SEED, load_yaml, options_to_dict, unwrap_optional, update_options
 from msclip.options import option_types as _option_types
 
 __all__ = [
@@ -330,6 +330,7 @@ class TrainConfig:
             )
         if self.caption_columns is not None:
             need(len(self.caption_columns) > 0, "caption_columns must name at least one column")
+        need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.data_root is not None:
             need(os.path.isdir(self.data_root), f"data_root {self.data_root!r} is not a folder")
         need(

@@ -253,3 +253,28 @@ def test_tables_align_wide_characters_by_display_width(capsys):
     print_table([["河流", 0.5], ["a river", 0.25]], ["Query", "Similarity"], 20, 2)
     lines = capsys.readouterr().out.splitlines()
     assert len({wcswidth(line) for line in lines[:4]}) == 1, lines
+
+
+def test_seeds_outside_what_the_generators_take_are_usage_errors(tmp_path, capsys):
+    """A --seed numpy or torch would refuse (negative, 2**64 and more) is the flag's error, in
+    the programs and the run configurations, not an internal error after loading."""
+    import msclip
+    from msclip.cli.common import seed_int
+    from msclip.cli.inference import main
+    from msclip.errors import ConfigError
+    from msclip.heads.runconfig import FinetuneRunConfig
+    from msclip.train.config import TrainConfig
+
+    assert seed_int("0") == 0 and seed_int(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("-1", str(2**64), "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="integer in"):
+            seed_int(bad)
+    code = main(["--run-classification", "--images", str(tmp_path), "--class-names", "a", "b",
+                 "--seed", str(2**64)])  # fmt: skip
+    assert code == 2 and "argument --seed: expected an integer in" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="seed must be in"):
+        FinetuneRunConfig(folders=str(tmp_path), model_name="msclip-tiny", seed=-1).validate()
+    with pytest.raises(ConfigError, match="seed must be in"):
+        TrainConfig(train_data=str(tmp_path / "t.csv"), seed=-1).validate()
+    with pytest.raises(ValueError, match="torch's generator"):
+        msclip.create_model("msclip-tiny", seed=2**64)
