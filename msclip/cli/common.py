@@ -1197,7 +1197,8 @@ def _run_record(
             hardware["gpu"] = torch.cuda.get_device_name(device)
     flags = {
         k: v for k, v in sorted(vars(args).items())
-        if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+        if k != "argv" and not k.startswith("_")
+        and isinstance(v, (str, int, float, bool, list, tuple, type(None)))
     }  # fmt: skip
     record = {
         "program": program,
@@ -1207,7 +1208,7 @@ def _run_record(
         "hardware": hardware,
         **facts,
         "versions": library_versions(),
-        "command": [program, *getattr(args, "_argv", sys.argv[1:])],
+        "command": [program, *getattr(args, "argv", sys.argv[1:])],
         "arguments": flags,
         "cwd": os.getcwd(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1459,7 +1460,7 @@ def _run_cli(
     except (MSCLIPError, OSError) as err:  # OSError: a --config file that cannot be read
         print(error_line(err, flags), file=sys.stderr)
         return EXIT_USAGE
-    args._argv = list(argv)  # the command line as given (run records)
+    args.argv = list(argv)  # the command line as given (records, run cards)
     if logging_setup is not None:
         restore = logging_setup(args)
     else:

@@ -36,9 +36,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--install", action="store_true",
                     help="replace the shipped msclip/weights/msclip-demo.safetensors (and its "
                          "card) with the result; without it the result stays in --out")  # fmt: skip
-    args = ap.parse_args(argv)
-    args.argv = argv
-    return args
+    return ap.parse_args(argv)
 
 
 def _run(args: argparse.Namespace) -> int:

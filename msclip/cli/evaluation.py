@@ -560,12 +560,6 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    args = parse_args(argv)
-    args.argv = argv
-    return args
-
-
 def _error_status(err: BaseException) -> int:
     # Bad values (ValueError family) are usage errors; a missing model file or an unreadable
     # folder stops the run before any dataset is evaluated: reported as a failed run.
@@ -576,7 +570,7 @@ def _error_status(err: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (0 ok, 1 a dataset failed, 2 usage)."""
-    return run_cli(argv, _parse, _run, error_status=_error_status)
+    return run_cli(argv, parse_args, _run, error_status=_error_status)
 
 
 if __name__ == "__main__":

@@ -254,14 +254,7 @@ def _error_status(err: BaseException) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``msclip-finetune``; returns the exit status (0 ok, 1 unreadable images, 2 bad
     options or data)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def parse(a: list[str]) -> argparse.Namespace:
-        ns = parse_args(a)
-        ns.argv = a
-        return ns
-
-    return run_cli(argv, parse, _run, flags=_flags(), error_status=_error_status)
+    return run_cli(argv, parse_args, _run, flags=_flags(), error_status=_error_status)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_classes_file_and_multi_label(tiles, tmp_path):
         "--save-path",
         str(out),
     ]
-    assert record["arguments"]["multi_label"] is True and "_argv" not in record["arguments"]
+    assert record["arguments"]["multi_label"] is True and "argv" not in record["arguments"]
     model = record["model"]
     assert model["name"] == "msclip-tiny" and model["precision"] == "fp32"
     assert model["init_seed"] == 0 and len(model["fingerprint"]) == 32
