@@ -1106,11 +1106,15 @@ def registered_weight_files(name: str | None) -> list[Path]:
     return files
 
 
+#: Float format of the programs' result tables (8 significant digits).
+CSV_FLOATS = "%.8g"
+
+
 def write_csv(df: Any, path: str | os.PathLike) -> Path:
     """Write a result table as CSV atomically (floats with 8 significant digits)."""
     from msclip.io import write_csv as _write
 
-    return _write(df, path, float_format="%.8g")
+    return _write(df, path, float_format=CSV_FLOATS)
 
 
 def parse_subcommand_args(
@@ -1165,7 +1169,7 @@ def write_table_and_record(
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     return atomic_write_all(
         [
-            (table, csv_writer(df, float_format="%.8g"), ".csv"),
+            (table, csv_writer(df, float_format=CSV_FLOATS), ".csv"),
             (run_record_path(table), lambda tmp: Path(tmp).write_text(text, "utf-8"), ".json"),
         ]
     )

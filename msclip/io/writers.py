@@ -137,19 +137,7 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
             ``write``, named by the target rather than the temporary file); the old file, if
             any, is left as it was.
     """
-    target = Path(path)
-    tmp = temp_path(target, suffix)
-    try:
-        try:
-            write(tmp)
-        except OSError as err:
-            raise _write_error(target, err) from err
-        commit(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic_write_all([(path, write, suffix)])[0]
 
 
 def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Any, str]]) -> list[Path]:
