@@ -350,13 +350,27 @@ def _nothing_scored(
 _PROGRAM = "msclip-inference"
 
 
-def _table_output(args: argparse.Namespace, default_name: str) -> Path:
-    """The result table of a run and, beside it, its run record: both checked writable."""
+def _table_output(
+    args: argparse.Namespace, default_name: str, inputs: Sequence[tuple[str, Any]]
+) -> Path:
+    """The result table of a run and, beside it, its run record: both checked writable and
+    neither one of the run's ``inputs`` (:func:`refuse_input_as_output`)."""
     from msclip.io import check_output
 
     out_path = check_output(output_path(args.save_path, default_name))
-    check_output(run_record_path(out_path))
+    record = check_output(run_record_path(out_path))
+    refuse_input_as_output(out_path, inputs, default_name, beside=[record])
     return out_path
+
+
+def _check_scene_outputs(args: argparse.Namespace, outputs: Sequence[Path]) -> None:
+    """Every file a scene run may write: none of them one of its inputs, each writable (a folder
+    in the way, or a file that cannot be replaced), before the model loads."""
+    from msclip.io import check_output
+
+    refuse_input_as_output(outputs, _scene_inputs(args), "scene")
+    for output in outputs:
+        check_output(output)
 
 
 def _image_counts(
@@ -592,11 +606,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
         raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
     _head_model_args(args, ckpt.encoder, args.head)
     check_checkpoint(args)
-    out_path = _table_output(args, "classification.csv")
-    refuse_input_as_output(
-        out_path, _run_inputs(args, image_set), "classification.csv",
-        beside=[run_record_path(out_path)],
-    )  # fmt: skip
+    out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
     min_valid(args)
 
     import pandas as pd
@@ -722,11 +732,7 @@ def run_classification(args: argparse.Namespace) -> int:
         raise UsageError("--run-classification needs --class-names or --classes-file")
     _check_classes(names, multi_label=args.multi_label)
     check_checkpoint(args)
-    out_path = _table_output(args, "classification.csv")
-    refuse_input_as_output(
-        out_path, _run_inputs(args, image_set), "classification.csv",
-        beside=[run_record_path(out_path)],
-    )  # fmt: skip
+    out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
     min_valid(args)
 
     from msclip.zero_shot import build_classifier, classify
@@ -785,11 +791,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     queries = read_queries(args)
     query_images = query_image_paths(args)
     check_checkpoint(args)
-    out_path = _table_output(args, "retrieval.csv")
-    refuse_input_as_output(
-        out_path, [*_run_inputs(args, image_set), ("a query image", query_images)],
-        "retrieval.csv", beside=[run_record_path(out_path)],
-    )  # fmt: skip
+    out_path = _table_output(
+        args, "retrieval.csv", [*_run_inputs(args, image_set), ("a query image", query_images)]
+    )
     min_valid(args)
 
     from msclip.retrieval import top_k
@@ -851,9 +855,7 @@ def run_scene(args: argparse.Namespace) -> int:
         if args.dense
         else [out_dir / n for n in _SCENE_OUTPUTS]
     )
-    refuse_input_as_output(outputs, _scene_inputs(args), "scene")
-    for output in outputs:  # a folder in the way, or a file that cannot be replaced
-        check_output(output)
+    _check_scene_outputs(args, outputs)
     if args.dense:
         _refuse_int8_dense(args)
     min_valid(args)
@@ -1158,9 +1160,7 @@ def _head_scene(args: argparse.Namespace) -> int:
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
     stem = f"dense_{entry['name']}".replace("-", "_")
-    refuse_input_as_output(_map_outputs(out_dir, stem), _scene_inputs(args), "scene")
-    for output in _map_outputs(out_dir, stem):
-        check_output(output)
+    _check_scene_outputs(args, _map_outputs(out_dir, stem))
     model, _, _ = load_model(args)
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"
