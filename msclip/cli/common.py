@@ -480,7 +480,7 @@ def model_from_args(
     import torch
 
     from msclip.errors import CheckpointMismatchError
-    from msclip.factory import create_model, describes_itself
+    from msclip.factory import create_model, describes_itself, names_checkpoint_file
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -506,23 +506,15 @@ def model_from_args(
     name = model_name or default_name
     if name is None:
         raise UsageError("no model given: pass --model-name (or --ckpt-path)")
-    if _names_a_file(model_name) and not describes_itself(Path(model_name).expanduser()):
+    if names_checkpoint_file(model_name) and not describes_itself(Path(model_name).expanduser()):
         arch = default_name or "ViT-B-16"
         raise UsageError(
             f"{model_name} does not describe its architecture (no msclip metadata), so it cannot "
             f"be given as --model-name: give it as the checkpoint and name its architecture "
             f"(--model-name {arch} --ckpt-path {model_name})"
         )
-    drawn = not pretrained and seed is not None and not _names_a_file(name)
+    drawn = not pretrained and seed is not None and not names_checkpoint_file(name)
     return create_model(name, True if pretrained else None, seed=seed if drawn else None, **kwargs)
-
-
-def _names_a_file(model_name: str | None) -> bool:
-    """Whether ``--model-name`` names a checkpoint file (as :func:`msclip.create_model` reads it)
-    rather than a registered model."""
-    from msclip.factory import names_checkpoint_file
-
-    return names_checkpoint_file(model_name)
 
 
 def status(args: argparse.Namespace, message: str) -> None:
@@ -1078,9 +1070,11 @@ def refuse_input_as_output(
 def model_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """The files the model flags name, as inputs of :func:`refuse_input_as_output`: the
     checkpoint, an msclip model file, and the weight files of a registered model name."""
+    from msclip.factory import names_checkpoint_file
+
     return [
         ("the checkpoint", args.ckpt_path),
-        ("the model file", args.model_name if _names_a_file(args.model_name) else None),
+        ("the model file", args.model_name if names_checkpoint_file(args.model_name) else None),
         (f"the weights of {args.model_name}", lambda: registered_weight_files(args.model_name)),
     ]
 
