@@ -19,20 +19,36 @@ index ``j``. fp32 inputs use IEEE fp32 products unless torch allows TF32 for mat
 (``torch.backends.cuda.matmul.allow_tf32``), so the kernels round as the plain loss does.
 
 Block sizes are fixed by the embedding width and untuned (no GPU was available when they were
-written): ``BLOCK_M = 32``, ``BLOCK_N = 64``, ``BLOCK_D = 64``, ``BLOCK_DO <= 256``.
+written): ``BLOCK_M = 32``, ``BLOCK_N = 64``, ``BLOCK_D = 64``, ``BLOCK_DO <= 256``. A launch that
+needs more shared memory than the device has is retried with half the output slice
+(``BLOCK_DO``, gradient kernels) or half the column tile (``BLOCK_N``, statistics kernels), down
+to 16, and the sizes that fitted are kept for that device: compiled for a Turing GPU (sm_75, 64
+KB of shared memory per block), the fp32 gradient kernels at ``BLOCK_DO = 256`` need 72 KB and
+run at 128. The results do not depend on ``BLOCK_DO``; the columns are summed in the same order.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from msclip.cuda.runtime import launch_device
+from triton.runtime.errors import OutOfResources
 
 __all__ = ["INTERPRETED", "TritonBackend"]
 
 #: Whether this module's kernels were decorated under Triton's CPU interpreter.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+logger = logging.getLogger(__name__)
+
+#: (kernel, device, dtype, sizes asked for) -> the sizes that fitted the device's resources
+_FITTED: dict[tuple[Any, ...], dict[str, int]] = {}
+_MIN_BLOCK = 16
 
 
 @triton.jit
@@ -324,6 +340,41 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def _launch_fitting(
+    kernel: Any,
+    grid: Callable[[dict[str, int]], tuple[int, ...]],
+    args: tuple[Any, ...],
+    sizes: dict[str, int],
+    shrink: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    **consts: Any,
+) -> None:
+    """Launch ``kernel`` with the block ``sizes``, halving ``sizes[shrink]`` (down to 16) while the
+    device lacks the shared memory (or threads) a launch needs; what fitted is kept per kernel,
+    device and dtype, so later launches go straight to it.
+
+    Raises:
+        triton.runtime.errors.OutOfResources: Even the smallest size does not fit.
+    """
+    name = getattr(kernel, "__name__", None) or repr(kernel)
+    key = (name, str(device), dtype, tuple(sorted(sizes.items())), tuple(sorted(consts.items())))
+    fitted = dict(_FITTED.get(key, sizes))
+    while True:
+        try:
+            with launch_device(device):
+                kernel[grid(fitted)](*args, **fitted, **consts)
+        except OutOfResources as exc:
+            if fitted[shrink] <= _MIN_BLOCK:
+                raise
+            smaller = fitted[shrink] // 2
+            logger.info("%s on %s: %s; retrying with %s=%d", name, device, exc, shrink, smaller)
+            fitted[shrink] = smaller
+            continue
+        _FITTED[key] = fitted
+        return
+
+
 class TritonBackend:
     """The rectangles of :mod:`msclip.cuda.contrastive` with the fused kernels.
 
@@ -365,13 +416,12 @@ class TritonBackend:
         lse = torch.full((nq,), float("-inf"), dtype=torch.float32, device=q.device)
         e = torch.zeros(nq, dtype=torch.float32, device=q.device)
         if nq and k.shape[0]:
-            grid = (triton.cdiv(nq, self.block_m),)
-            with launch_device(q.device):
-                _clip_stats[grid](
-                    q, k, s, lse, e, nq, k.shape[0], q.shape[1], q.stride(0), k.stride(0),
-                    BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-                    PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-                )  # fmt: skip
+            _launch_fitting(
+                _clip_stats, lambda b: (triton.cdiv(nq, b["BLOCK_M"]),),
+                (q, k, s, lse, e, nq, k.shape[0], q.shape[1], q.stride(0), k.stride(0)),
+                {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, "BLOCK_N", q.device, q.dtype,
+                BLOCK_D=self.block_d, PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
+            )  # fmt: skip
         return lse, e
 
     def clip_forward(
@@ -395,15 +445,14 @@ class TritonBackend:
         out = torch.empty((nq, d), dtype=torch.float32, device=q.device)
         if nq == 0:
             return out
-        grid = (triton.cdiv(nq, self.block_m), triton.cdiv(d, self.block_do))
-        with launch_device(q.device):
-            kernel[grid](
-                q, k, *extra, out, nq, k.shape[0], d, offset, q.stride(0), k.stride(0),
-                out.stride(0),
-                BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-                BLOCK_DO=self.block_do, PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-                num_warps=8,
-            )  # fmt: skip
+        _launch_fitting(
+            kernel, lambda b: (triton.cdiv(nq, b["BLOCK_M"]), triton.cdiv(d, b["BLOCK_DO"])),
+            (q, k, *extra, out, nq, k.shape[0], d, offset, q.stride(0), k.stride(0),
+             out.stride(0)),
+            {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_DO": self.block_do},
+            "BLOCK_DO", q.device, q.dtype,
+            BLOCK_D=self.block_d, PRECISION=self._precision(q), DOT_F32=_dot_f32(q), num_warps=8,
+        )  # fmt: skip
         return out
 
     def clip_backward(
@@ -435,14 +484,13 @@ class TritonBackend:
         q, k = q.contiguous(), k.contiguous()
         out = torch.zeros((3, nq), dtype=torch.float32, device=q.device)
         if nq:
-            grid = (triton.cdiv(nq, self.block_m),)
-            with launch_device(q.device):
-                _siglip_stats[grid](
-                    q, k, s.float().reshape(1), b.float().reshape(1), out, nq, k.shape[0],
-                    q.shape[1], offset, q.stride(0), k.stride(0),
-                    BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-                    PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
-                )  # fmt: skip
+            _launch_fitting(
+                _siglip_stats, lambda b_: (triton.cdiv(nq, b_["BLOCK_M"]),),
+                (q, k, s.float().reshape(1), b.float().reshape(1), out, nq, k.shape[0],
+                 q.shape[1], offset, q.stride(0), k.stride(0)),
+                {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}, "BLOCK_N", q.device, q.dtype,
+                BLOCK_D=self.block_d, PRECISION=self._precision(q), DOT_F32=_dot_f32(q),
+            )  # fmt: skip
         return out.sum(1)
 
     def siglip_backward(

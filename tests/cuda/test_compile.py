@@ -80,3 +80,61 @@ def test_kernel_compiles_for_sm90(case: str) -> None:
         ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32)
     )
     assert len(compiled.asm["cubin"]) > 1000
+
+
+_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "i8", "int64": "i64"}
+
+
+class _CompileFor:
+    """Stands in for a loss kernel: compiles each launch for one GPU generation and refuses it,
+    as Triton's launcher would, when the compiled kernel needs more shared memory than that GPU
+    gives a block."""
+
+    def __init__(self, fn, capability: int, shared_limit: int) -> None:
+        self.fn, self.capability, self.limit = fn, capability, shared_limit
+        self.__name__ = f"{fn.__name__}_sm{capability}"
+        self.shared: dict[int, int] = {}
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def launch(*args, **kw):
+            values = dict(zip([p.name for p in self.fn.params if not p.is_constexpr], args))
+            signature = {}
+            for p in self.fn.params:
+                if p.is_constexpr:
+                    signature[p.name] = "constexpr"
+                elif hasattr(values[p.name], "dtype"):
+                    signature[p.name] = "*" + _TYPES[str(values[p.name].dtype).split(".")[-1]]
+                else:
+                    signature[p.name] = "i32"
+            consts = {k: v for k, v in kw.items() if k != "num_warps"}
+            compiled = triton.compile(
+                ASTSource(fn=self.fn, signature=signature, constexprs=consts),
+                target=GPUTarget("cuda", self.capability, 32),
+                options={"num_warps": kw.get("num_warps", 4)},
+            )
+            self.shared[kw["BLOCK_DO"]] = compiled.metadata.shared
+            if compiled.metadata.shared > self.limit:
+                raise OutOfResources(compiled.metadata.shared, self.limit, "shared memory")
+
+        return launch
+
+
+def test_fp32_gradient_launch_fits_a_turing_gpu(monkeypatch) -> None:
+    """A Turing GPU (sm_75: T4, RTX 20xx) gives a block 64 KB of shared memory. The fp32 gradient
+    kernel at the default output slice needs more there; the launch settles on a slice whose
+    compiled kernel fits, instead of failing in the first backward pass."""
+    import torch
+
+    ck = importlib.import_module("msclip.cuda.contrastive_kernels")
+    if ck.INTERPRETED:
+        pytest.skip("kernels decorated for the interpreter do not compile")
+    turing = _CompileFor(ck._clip_grad, 75, 64 * 1024)
+    monkeypatch.setattr(ck, "_clip_grad", turing)
+    monkeypatch.setattr(ck, "_FITTED", {})
+    x, y = torch.randn(40, 512), torch.randn(40, 512)
+    lse = torch.zeros(40)
+    ck.TritonBackend(512).clip_backward(x, y, torch.tensor(1.0), (0, 40), lse, lse, (True, False))
+    assert sorted(turing.shared) == [128, 256]
+    assert turing.shared[256] > 64 * 1024 >= turing.shared[128]
