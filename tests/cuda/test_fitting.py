@@ -11,9 +11,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from triton.runtime.errors import OutOfResources  # noqa: E402
-
-from msclip.cuda import contrastive_kernels as ck  # noqa: E402
+from msclip.cuda import contrastive_kernels as ck
+from triton.runtime.errors import OutOfResources
 
 
 class FakeKernel:
@@ -54,7 +53,7 @@ def test_gradient_kernel_halves_its_output_slice_until_it_fits_and_remembers(mon
     lse = torch.zeros(40)
     backend.clip_backward(x, y, torch.tensor(1.0), (0, 40), lse, lse, (True, False))
     assert fake.refused == [256]
-    (grid, kw), = fake.launched
+    ((grid, kw),) = fake.launched
     assert kw["BLOCK_DO"] == 128 and kw["BLOCK_N"] == 64 and kw["num_warps"] == 8
     assert grid == (2, 4)  # 40 rows in blocks of 32; 512 output columns in slices of 128
     # a second backend (each loss call makes one) goes straight to the size that fitted
