@@ -24,7 +24,8 @@ needs more shared memory than the device has is retried with half the output sli
 (``BLOCK_DO``, gradient kernels) or half the column tile (``BLOCK_N``, statistics kernels), down
 to 16, and the sizes that fitted are kept for that device: compiled for a Turing GPU (sm_75, 64
 KB of shared memory per block), the fp32 gradient kernels at ``BLOCK_DO = 256`` need 72 KB and
-run at 128. The results do not depend on ``BLOCK_DO``; the columns are summed in the same order.
+run at 128. ``BLOCK_DO`` only divides the output columns among programs: each output is summed
+over the same tiles in the same order whatever its value.
 """
 
 from __future__ import annotations
