@@ -2,8 +2,9 @@
 
 No GPU is needed to compile; this catches what the interpreter cannot (shapes that are not
 compile-time constants, unsupported types in ``tl.dot``, layouts), with the block sizes the
-launchers use for ``D = 512``. The fp32 gradient kernel is compiled for a Turing GPU (sm_75)
-instead, where its shared memory decides the launch's block size. About 30 s of compilation on 2
+launchers use for ``D = 512``. The fp32 IEEE gradient (of the CLIP kernel; the SigLIP kernel
+forms the same products and is compiled in bf16) is compiled for a Turing GPU (sm_75) instead,
+where its shared memory decides the launch's block size. About 30 s of compilation on 2
 cores, hence ``slow``; the compiled files go to a temporary Triton cache.
 """
 
@@ -37,11 +38,12 @@ def _loss_blocks() -> dict[str, int]:
 _LOSS = "contrastive_kernels"
 CASES = {
     "clip_stats": (_LOSS, "_clip_stats", "fp32", {"PRECISION": "ieee"}),
-    # fp32 IEEE gradients: compiled for sm_75 by test_fp32_gradient_launch_fits_a_turing_gpu
+    # fp32 IEEE gradients (the same products in both gradient kernels): compiled for sm_75 by
+    # test_fp32_gradient_launch_fits_a_turing_gpu
     "clip_grad_tf32": (_LOSS, "_clip_grad", "fp32", {"PRECISION": "tf32", "OUT": 1}),
     "clip_grad_bf16": (_LOSS, "_clip_grad", "bf16", {"PRECISION": "ieee", "OUT": 1}),
     "siglip_stats": (_LOSS, "_siglip_stats", "fp32", {"PRECISION": "ieee"}),
-    "siglip_grad": (_LOSS, "_siglip_grad", "fp32", {"PRECISION": "ieee", "OUT": 1}),
+    "siglip_grad_bf16": (_LOSS, "_siglip_grad", "bf16", {"PRECISION": "ieee", "OUT": 1}),
     "topk_fp16": ("topk_kernels", "_topk_scan", "fp16", {"K": 64}),
     "topk_int8": ("topk_kernels", "_topk_scan", "fp16", {"K": 32, "WIDEN": True}),
 }
