@@ -49,6 +49,12 @@ CASES = {
 }
 
 
+def _signature(fn, pointer) -> dict[str, str]:
+    """Triton's signature of a kernel: ``constexpr`` for its compile-time parameters,
+    ``pointer(name)`` for the others where that gives a pointer type, ``i32`` elsewhere."""
+    return {p.name: "constexpr" if p.is_constexpr else pointer(p.name) or "i32" for p in fn.params}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kernel_compiles_for_sm90(case: str) -> None:
     module_name, kernel, dtype, extra = CASES[case]
@@ -64,15 +70,10 @@ def test_kernel_compiles_for_sm90(case: str) -> None:
         k = extra["K"]
         consts = {"BLOCK_Q": 16, "K": k, "BLOCK_D": 64, "LOG_K": k.bit_length() - 1,
                   "WIDEN": extra.get("WIDEN", False), "DOT_F32": False}  # fmt: skip
-    signature = {}
-    for p in fn.params:
-        if p.is_constexpr:
-            signature[p.name] = "constexpr"
-        elif p.name.endswith("_ptr"):
-            data = p.name in ("q_ptr", "k_ptr", "x_ptr")
-            signature[p.name] = f"*{dtype}" if data else "*fp32"
-        else:
-            signature[p.name] = "i32"
+    signature = _signature(
+        fn, lambda name: (f"*{dtype}" if name in ("q_ptr", "k_ptr", "x_ptr") else "*fp32")
+        if name.endswith("_ptr") else None,
+    )  # fmt: skip
     if kernel == "_topk_scan":
         signature["out_ptr"] = "*i64"
         if extra.get("WIDEN"):
@@ -103,14 +104,10 @@ class _CompileFor:
 
         def launch(*args, **kw):
             values = dict(zip([p.name for p in self.fn.params if not p.is_constexpr], args))
-            signature = {}
-            for p in self.fn.params:
-                if p.is_constexpr:
-                    signature[p.name] = "constexpr"
-                elif hasattr(values[p.name], "dtype"):
-                    signature[p.name] = "*" + _TYPES[str(values[p.name].dtype).split(".")[-1]]
-                else:
-                    signature[p.name] = "i32"
+            signature = _signature(
+                self.fn, lambda name: "*" + _TYPES[str(values[name].dtype).split(".")[-1]]
+                if hasattr(values[name], "dtype") else None,
+            )  # fmt: skip
             consts = {k: v for k, v in kw.items() if k != "num_warps"}
             compiled = triton.compile(
                 ASTSource(fn=self.fn, signature=signature, constexprs=consts),
