@@ -402,12 +402,14 @@ def _release_packed_sources(regions: list[Any] | None) -> list[Any] | None:
     forward pass's one reading of the process's mappings (read here on first need, returned)."""
     if not _PACKED_SOURCES:
         return regions
-    from msclip.memory import mapped_file_regions, release_mapped
+    from msclip.memory import any_file_mapped, mapped_file_regions, release_mapped
 
-    if regions is None:
-        regions = mapped_file_regions()
     sources = list(_PACKED_SOURCES)
     _PACKED_SOURCES.clear()
+    if regions is None:
+        if not any_file_mapped(sources):  # random weights, copies: nothing to read or drop
+            return None
+        regions = mapped_file_regions()
     release_mapped(sources, regions)
     return regions
 

@@ -35,6 +35,7 @@ needs (a page is only dropped where the kernel shows the map unchanged).
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import logging
 import mmap
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "any_file_mapped",
     "mapped_file_regions",
     "release_library_pages",
     "release_mapped",
@@ -127,6 +129,42 @@ def _file_mappings() -> list[tuple[int, int, str, str, int, int]]:
     return [tuple(r) for r in out]  # type: ignore[misc]
 
 
+def _private_file_ranges() -> list[tuple[int, int]] | None:
+    """``(start, end)`` of each private file mapping (``/proc/self/maps``: ~2 ms where a read of
+    ``smaps``, which counts every mapping's pages, takes 20-70 ms); None where it cannot be
+    read."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        head = line.split(None, 5)
+        if len(head) == 6 and head[1][3:] == "p" and head[5].startswith("/"):
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            out.append((lo, hi))
+    return out
+
+
+def _inside(ranges: list[tuple[int, int]], t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory lies inside one of ``ranges`` (sorted by start, not overlapping, as
+    the kernel lists mappings)."""
+    start = t.data_ptr()
+    i = bisect.bisect_right(ranges, (start, float("inf"))) - 1
+    return i >= 0 and start + t.numel() * t.element_size() <= ranges[i][1]
+
+
+def any_file_mapped(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether any CPU tensor of ``tensors`` lies inside a private file mapping: the cheap test
+    (``/proc/self/maps``) before :func:`mapped_file_regions`, which also counts each map's written
+    pages. True where the mappings cannot be listed (outside Linux the callers do nothing)."""
+    ranges = _private_file_ranges()
+    if ranges is None:
+        return True
+    return any(_inside(ranges, t) for t in tensors if t.device.type == "cpu" and t.numel())
+
+
 def mapped_file_regions() -> list[tuple[int, int, str, int]]:
     """``(start, end, path, anonymous_bytes)`` of each file-backed private mapping of this process.
 
@@ -186,7 +224,8 @@ def release_mapped(
     Args:
         tensors: the tensors whose pages to drop where they qualify.
         regions: :func:`mapped_file_regions` read by the caller (one read of ``/proc/self/smaps``,
-            20-40 ms, for calls made while no mapping changes); read here when omitted.
+            20-70 ms, for calls made while no mapping changes); read here when omitted and some
+            tensor lies in a file map (:func:`any_file_mapped`).
 
     Returns:
         the size of the page ranges dropped, resident or not (0 outside Linux or when nothing
@@ -194,19 +233,24 @@ def release_mapped(
     """
     if _libc() is None:
         return 0
-    regions = [r for r in (mapped_file_regions() if regions is None else regions) if r[3] == 0]
+    tensors = [t for t in tensors if t.device.type == "cpu" and t.numel()]
+    if regions is None:
+        if not any_file_mapped(tensors):  # random weights, copies: smaps is not read
+            return 0
+        regions = mapped_file_regions()
+    regions = [r for r in regions if r[3] == 0]
     if not regions:
         return 0
+    ranges = sorted((lo, hi) for lo, hi, _, _ in regions)
     released = 0
     seen: set[int] = set()
     for t in tensors:
-        if t.device.type != "cpu" or t.numel() == 0 or t.data_ptr() in seen:
+        if t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
-        start, nbytes = t.data_ptr(), t.numel() * t.element_size()
-        if not any(lo <= start and start + nbytes <= hi for lo, hi, _, _ in regions):
+        if not _inside(ranges, t):
             continue
-        first, last = _whole_pages(start, nbytes)
+        first, last = _whole_pages(t.data_ptr(), t.numel() * t.element_size())
         if _drop(first, last):
             released += last - first
     logger.debug("released %d bytes of mapped weight pages", released)
