@@ -552,3 +552,35 @@ def test_confusion_figure_shows_dollar_signs_literally(tmp_path):
     texts = [matplotlib.text.Text(text=s) for s in shown]
     plain = {t._preprocess_math(t.get_text()) for t in texts}
     assert ("cost $5-$10", False) in plain and ("$m$ on d", False) in plain
+
+
+def test_a_confusion_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path):
+    """merge() draws every run's figure after each evaluation (about a second each): a figure
+    already drawn from the same matrix, names and title is kept; a changed or damaged one is
+    drawn again."""
+    import matplotlib.figure
+
+    from msclip.eval.report import plot_confusion
+
+    drawn: list[int] = []
+    original = matplotlib.figure.Figure.savefig
+
+    def counted(self, *a, **kw):
+        drawn.append(1)
+        return original(self, *a, **kw)
+
+    png = tmp_path / "c.png"
+    cm = np.array([[3, 1], [0, 4]])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.figure.Figure, "savefig", counted)
+        plot_confusion(cm, ["a", "b"], png, title="m on d")
+        first = png.read_bytes()
+        assert plot_confusion(cm, ["a", "b"], png, title="m on d") == png and len(drawn) == 1
+        assert png.read_bytes() == first
+        for other in ((cm.T, ["a", "b"], "m on d"), (cm, ["a", "c"], "m on d"),
+                      (cm, ["a", "c"], "n on d")):  # fmt: skip
+            plot_confusion(*other[:2], png, title=other[2])
+        assert len(drawn) == 4
+        png.write_bytes(png.read_bytes()[:-100])  # cut short
+        plot_confusion(cm, ["a", "c"], png, title="n on d")
+        assert len(drawn) == 5 and png.read_bytes()[-12:] == first[-12:]  # whole again (IEND)
