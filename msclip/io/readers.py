@@ -576,6 +576,29 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
             yield src
 
 
+def _inside_window(window: Any, width: int, height: int, where: str) -> Any:
+    """``window`` in whole pixels (offsets and sizes rounded to the nearest, as GDAL reads a
+    fractional window) and cut to the raster: the part of a window from ``from_bounds`` that
+    reaches past an edge holds no pixels, and the georeference must be that of what is read.
+
+    Raises:
+        RasterReadError: the window and the raster share no pixel.
+    """
+    from rasterio.windows import Window
+
+    col, row = round(float(window.col_off)), round(float(window.row_off))
+    right = col + round(float(window.width))
+    bottom = row + round(float(window.height))
+    w = min(right, width) - max(col, 0)
+    h = min(bottom, height) - max(row, 0)
+    if w <= 0 or h <= 0:
+        raise RasterReadError(
+            f"{where}: the window (columns {col} to {right}, rows {row} to {bottom}) lies outside "
+            f"the raster's {width}x{height} pixels; give a window that overlaps it"
+        )
+    return Window(max(col, 0), max(row, 0), w, h)
+
+
 def _read_geotiff(
     path: str,
     bands: Sequence[str | Band] | None,
@@ -601,6 +624,8 @@ def _read_geotiff(
             names, source = _assign_bands(
                 len(image), descriptions, bands, sensor, f"{kind} {path}", colours
             )
+            if window is not None:
+                window = _inside_window(window, src.width, src.height, f"{kind} {path}")
             h = int(window.height) if window is not None else src.height
             w = int(window.width) if window is not None else src.width
             out_shape = _reduced_shape(h, w, shorter_side)  # GDAL reads overviews if any
@@ -932,7 +957,10 @@ def read_raster(
         bands: band names of the file's channels, when the file does not name them.
         layout: ``CHW`` or ``HWC`` for arrays whose layout cannot be known from the file.
         sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
-        window: ``rasterio.windows.Window`` to read part of a GDAL raster.
+        window: ``rasterio.windows.Window`` to read part of a GDAL raster, in whole pixels
+            (fractional offsets and sizes are rounded to the nearest); a window reaching past the
+            raster's edges reads the part inside them, with that part's georeference (the
+            ``window`` of :attr:`Raster.meta`).
         max_pixels: refuse (before reading the pixels) a raster with more pixels than this.
         shorter_side: read a GeoTIFF (or its window) or a PNG/JPEG picture reduced so that
             its shorter side has this many pixels when it is larger (average resampling, through

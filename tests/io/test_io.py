@@ -299,6 +299,28 @@ def test_reading_windows_and_plain_rasters_raises_no_library_warnings(make_geoti
         assert small.transform.a == pytest.approx(10 * 40 / small.height)
 
 
+def test_a_window_past_the_edges_reads_the_part_inside_with_its_georeference(make_geotiff):
+    """A window from ``from_bounds`` for an area larger than the raster: the data and the
+    transform are those of the pixels read (the transform used to start at the asked corner)."""
+    from rasterio.windows import Window, from_bounds
+
+    path, data = make_geotiff("geo.tif", count=12, size=(40, 48))  # 10 m, corner 500000/5000000
+    grid = msclip.read_raster(path).transform
+    win = from_bounds(499920, 4999840, 500080, 5000080, transform=grid)
+    assert (win.col_off, win.row_off) == (-8, -8)
+    r = msclip.read_raster(path, window=win)
+    assert r.data.shape == (12, 16, 8)
+    assert (r.transform.c, r.transform.f) == (500000, 5000000)
+    np.testing.assert_array_equal(r.data, data[:, :16, :8].astype(r.data.dtype))
+    r = msclip.read_raster(path, window=Window(40, 30, 20, 20))  # past the right and bottom
+    assert r.data.shape == (12, 10, 8) and (r.transform.c, r.transform.f) == (500400, 4999700)
+    r = msclip.read_raster(path, window=Window(7.6, 3.8, 16.2, 8.4))  # whole pixels, nearest
+    assert r.data.shape == (12, 8, 16) and (r.transform.c, r.transform.f) == (500080, 4999960)
+    np.testing.assert_array_equal(r.data, data[:, 4:12, 8:24].astype(r.data.dtype))
+    with pytest.raises(RasterReadError, match=r"window .*outside the raster's 48x40 pixels"):
+        msclip.read_raster(path, window=Window(60, 0, 8, 8))
+
+
 def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
     path, _ = make_geotiff("l8.tif", count=7, descriptions=[f"SR_B{i}" for i in range(1, 8)])
     with pytest.raises(BandError, match=r"band names of landsat89.*pass sensor='landsat89") as e:
