@@ -231,9 +231,12 @@ def _assign_bands(
     sensor: str | None,
     where: str,
     colours: Sequence[str] | None = None,
+    unscaled_integers: bool = False,
 ) -> tuple[tuple[str, ...], str]:
     """Band names for a file, by the documented precedence; ``colours``: a GeoTIFF's colour
-    interpretation of each band (``red``, ``gray`` ...), which orders 3 or 4 unnamed bands."""
+    interpretation of each band (``red``, ``gray`` ...), which orders 3 or 4 unnamed bands;
+    ``unscaled_integers``: the file stores integers and declares no scale (a sensor hint then
+    names first the sensors whose product defines the scale of such numbers)."""
     known = get_sensor(sensor) if sensor is not None else None  # an unknown name fails here
     given = _names(bands, sensor)
     from_desc: tuple[str, ...] | None = None
@@ -279,7 +282,7 @@ def _assign_bands(
             )
         return known.bands, "sensor"
     if present and not all(_GENERIC_BAND.match(d) for d in present):
-        fits = _sensors_naming(descriptions) if sensor is None else []
+        fits = _sensors_naming(descriptions, unscaled_integers) if sensor is None else []
         hint = (
             f"they are band names of {' and '.join(fits)}: pass sensor='{fits[0]}'"
             if fits
@@ -347,8 +350,13 @@ def _colour_order(names: tuple[str, ...], colours: Sequence[str] | None) -> tupl
     return tuple(names[i] for i in idx)  # type: ignore[index]
 
 
-def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
-    """The registered sensors whose local band names resolve every description."""
+def _sensors_naming(
+    descriptions: Sequence[str | None], unscaled_integers: bool = False
+) -> list[str]:
+    """The registered sensors whose local band names resolve every description; for
+    ``unscaled_integers`` (integers with no declared scale) those whose product defines the scale
+    of its stored numbers come first: ``SR_B4`` is a band of landsat89 and of landsat89_sr, and
+    only the second reads Collection 2's stored numbers as reflectance."""
     from msclip.spectral.bands import SENSORS
 
     if not all(descriptions):
@@ -360,6 +368,8 @@ def _sensors_naming(descriptions: Sequence[str | None]) -> list[str]:
         except BandError:
             continue
         fits.append(name)
+    if unscaled_integers:
+        fits.sort(key=lambda n: SENSORS[n].stored_scale is None)  # stable: by name within
     return fits
 
 
@@ -576,6 +586,41 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
             yield src
 
 
+def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str] | None:
+    """Canonical names of a VRT's undescribed ``image`` bands from the names of the band files
+    they read (what ``gdalbuildvrt -separate`` writes: ``T32TQM_B8A_20m.jp2`` holds ``B8A``, in
+    the order the files were given, often sorted with B11 and B12 before B8A), the numbering of
+    ``sensor`` or of the product the file names show (:func:`msclip.io.vrt.stack_band_files`);
+    ``None`` when a band reads no file, several, or one without a band in its name."""
+    import xml.etree.ElementTree as ET
+
+    from msclip.io.vrt import _band_from_name, _sensor_from_name
+    from msclip.spectral.bands import resolve_band
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    files: dict[int, set[str]] = {}
+    for band in root.iter("VRTRasterBand"):
+        sources = {Path(e.text.strip()).name for e in band.iter("SourceFilename") if e.text}
+        files[int(band.get("band", "0"))] = sources
+    picked = [files.get(i, set()) for i in image]
+    if not all(len(f) == 1 for f in picked):
+        return None
+    names = [next(iter(f)) for f in picked]
+    tokens = [_band_from_name(n) for n in names]
+    if not all(tokens):
+        return None
+    kinds = {_sensor_from_name(n) for n in names} if sensor is None else {sensor}
+    if len(kinds) != 1:
+        return None
+    try:
+        return [resolve_band(t, next(iter(kinds))).name for t in tokens]  # type: ignore[arg-type]
+    except BandError:
+        return None
+
+
 def _inside_window(window: Any, width: int, height: int, where: str) -> Any:
     """``window`` in whole pixels (offsets and sizes rounded to the nearest, as GDAL reads a
     fractional window) and cut to the raster: the part of a window from ``from_bounds`` that
@@ -621,9 +666,17 @@ def _read_geotiff(
             check_dtype(path, src.dtypes[image[0] - 1])
             descriptions = [src.descriptions[i - 1] for i in image]
             colours = [src.colorinterp[i - 1].name for i in image]
+            unscaled = (np.dtype(src.dtypes[image[0] - 1]).kind in "iu"
+                        and _declared_scale(src, image) is None)  # fmt: skip
+            from_files = None
+            if kind == "VRT" and bands is None and not any(descriptions):
+                from_files = _vrt_band_names(path, image, sensor)
             names, source = _assign_bands(
-                len(image), descriptions, bands, sensor, f"{kind} {path}", colours
-            )
+                len(image), descriptions, from_files or bands, sensor, f"{kind} {path}", colours,
+                unscaled_integers=unscaled,
+            )  # fmt: skip
+            if from_files is not None:
+                source = "file names"
             if window is not None:
                 window = _inside_window(window, src.width, src.height, f"{kind} {path}")
             h = int(window.height) if window is not None else src.height

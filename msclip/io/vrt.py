@@ -27,6 +27,11 @@ __all__ = ["stack_band_files"]
 
 # a band token in a file name: B2, B02, B8A, B11 between separators (Sentinel-2, Landsat, HLS)
 _BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
+# products whose file names number the bands their own way: HLS L30 (B05 is Landsat's NIR) and
+# S30, and Landsat Collection 2 (LC09_L2SP_..._SR_B5.TIF: OLI's NIR, not Sentinel-2's B05)
+_HLS_NAME = re.compile(r"^HLS\.([LS])30\.", re.IGNORECASE)
+_LANDSAT_NAME = re.compile(r"^L([COTEM])(\d{2})_", re.IGNORECASE)
+_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d", re.IGNORECASE)
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}  # fmt: skip
@@ -44,12 +49,39 @@ class _BandFile(NamedTuple):
     height: int
     dtype: str
     nodata: float | None
+    scale: float
+    offset: float
 
 
 def _band_from_name(path: str) -> str | None:
     """The band token of a band file's name (the last one: tile ids come first), or ``None``."""
     found = _BAND_TOKEN.findall(Path(path).stem)
     return found[-1] if found else None
+
+
+def _sensor_from_name(path: str) -> str | None:
+    """The sensor whose band numbers a product's file name uses, when it is not Sentinel-2's:
+    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (Collection 2 surface reflectance, ``_SR_B5``) or
+    ``landsat89`` (Landsat 8/9 Level-1); ``None`` for other names.
+
+    Raises:
+        BandError: a Landsat 4-7 file (TM, ETM+, MSS), whose band numbers msclip does not know.
+    """
+    name = Path(path).name
+    hls = _HLS_NAME.match(name)
+    if hls is not None:
+        return "hls_l30" if hls.group(1).upper() == "L" else "hls_s30"
+    landsat = _LANDSAT_NAME.match(name)
+    if landsat is None:
+        return None
+    if landsat.group(1).upper() in "CO" and landsat.group(2) in ("08", "09"):
+        return "landsat89_sr" if _SURFACE_REFLECTANCE.search(name) else "landsat89"
+    raise BandError(
+        f"{path} is a Landsat {int(landsat.group(2))} file, whose band numbers are not "
+        "Sentinel-2's nor Landsat 8/9's; name the files' bands (bands=['B02', 'B03', ...], the "
+        "Sentinel-2 band of each)",
+        param="bands",
+    )
 
 
 def stack_band_files(
@@ -70,14 +102,20 @@ def stack_band_files(
             are on the same drive, so the folder can be moved as a whole.
         bands: the band of each file; default: read from the file names (``..._B02.jp2``).
         sensor: the sensor whose band numbering the names use (``landsat89``: ``B5`` is its
-            near-infrared, not Sentinel-2's red edge).
+            near-infrared, not Sentinel-2's red edge); default: the one the file names show
+            (``LC09_L2SP_..._SR_B5.TIF``: ``landsat89_sr``; ``LC08_L1TP_..._B5.TIF``:
+            ``landsat89``; ``HLS.L30...B05.tif``: ``hls_l30``), else Sentinel-2's.
         resampling: how a coarser band is brought to the finest grid (GDAL's resampling names:
             ``nearest`` keeps the stored values, ``bilinear``, ``cubic``, ``average`` ...).
         scale, offset: a value scale and offset declared on every band (GDAL's, ``value =
             stored x scale + offset``), which msclip's readers apply: Sentinel-2 L2A band files
             of processing baseline 04.00 and later store reflectance x 10000 + 1000, declared
             only in the product's ``MTD_MSIL2A.xml`` (``BOA_ADD_OFFSET``), so their stack takes
-            ``scale=1e-4, offset=-0.1``, as the same products' COGs declare it.
+            ``scale=1e-4, offset=-0.1``, as the same products' COGs declare it. Default: each
+            file's own declared scale and offset (cloud COGs declare them), else the sensor's
+            product scale for integer files (Landsat Collection 2 surface reflectance:
+            ``2.75e-5, -0.2``, with its fill value 0 as nodata), else none. Given ones must agree
+            with a scale a file declares itself.
 
     Returns:
         The written path.
@@ -85,7 +123,8 @@ def stack_band_files(
     Raises:
         RasterReadError: a file cannot be opened.
         BandError: a file holds more than one band, a band cannot be named, two files hold the
-            same band, or the files do not share a CRS, an extent or a data type.
+            same band, files of different products are mixed, a file declares a scale other
+            than the one given, or the files do not share a CRS, an extent or a data type.
         ValueError: ``path`` is not a ``.vrt``, or an unknown ``resampling``.
     """
     from rasterio.errors import RasterioIOError
@@ -121,9 +160,21 @@ def stack_band_files(
                         "(a multi-band file is already one image)"
                     )
                 infos.append(_BandFile(src.crs, src.bounds, src.res, src.transform, src.width,
-                                       src.height, src.dtypes[0], src.nodata))  # fmt: skip
+                                       src.height, src.dtypes[0], src.nodata,
+                                       float(src.scales[0]), float(src.offsets[0])))  # fmt: skip
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open band file {p}: {err}") from err
+    if sensor is None and bands is None:
+        found = {p: _sensor_from_name(p) for p in paths}
+        kinds = sorted(set(found.values()), key=str)
+        if len(kinds) > 1:
+            raise BandError(
+                "the band files come from different products (" + ", ".join(
+                    f"{Path(p).name}: {k or 'Sentinel-2'}" for p, k in found.items()
+                ) + "); stack the files of one image",
+                param="bands",
+            )  # fmt: skip
+        sensor = kinds[0]
     names = []
     for i, p in enumerate(paths):
         given = bands[i] if bands is not None else _band_from_name(p)
@@ -155,22 +206,24 @@ def stack_band_files(
     if gdal_type is None:
         raise BandError(f"band files of {dtype} values cannot be stacked (supported: "
                         f"{', '.join(_GDAL_TYPES)})")  # fmt: skip
+    values = _band_values(paths, names, infos, dtype, sensor, scale, offset)
     width, height, t = fine.width, fine.height, fine.transform
     xml = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if crs is not None:
         xml.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
     xml.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}"
                "</GeoTransform>")  # fmt: skip
-    for i, (p, name, info) in enumerate(zip(paths, names, infos), start=1):
+    for i, (p, name, info, (a, b, fill)) in enumerate(zip(paths, names, infos, values), start=1):
         w, h, nodata = info.width, info.height, info.nodata
         source, relative = _source_name(p, out)
         kind = "ComplexSource" if nodata is not None else "SimpleSource"
+        declared = fill if nodata is None else nodata  # the band's missing value, if any
         xml += [
             f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">',
             f"    <Description>{escape(name)}</Description>",
-            *([f"    <NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
-            *([f"    <Offset>{float(offset)!r}</Offset>"] if offset is not None else []),
-            *([f"    <Scale>{float(scale)!r}</Scale>"] if scale is not None else []),
+            *([f"    <NoDataValue>{declared!r}</NoDataValue>"] if declared is not None else []),
+            *([f"    <Offset>{b!r}</Offset>"] if (a, b) != (1.0, 0.0) else []),
+            *([f"    <Scale>{a!r}</Scale>"] if (a, b) != (1.0, 0.0) else []),
             f'    <{kind} resampling="{resampling}">',
             f'      <SourceFilename relativeToVRT="{int(relative)}">{escape(source)}'
             "</SourceFilename>",
@@ -183,6 +236,49 @@ def stack_band_files(
         ]
     xml.append("</VRTDataset>\n")
     return write_text(out, "\n".join(xml))
+
+
+def _band_values(
+    paths: list[str],
+    names: list[str],
+    infos: list[_BandFile],
+    dtype: str,
+    sensor: str | None,
+    scale: float | None,
+    offset: float | None,
+) -> list[tuple[float, float, float | None]]:
+    """``(scale, offset, fill)`` that each band of the stack declares: the given ones, else the
+    file's own, else the sensor's product scale (integer files; not the thermal bands, whose
+    product scale is another), else none; ``fill``: the product's fill value, written as the
+    band's nodata where the file names none."""
+    from msclip.io.readers import thermal_bands
+    from msclip.spectral.bands import stored_scale
+
+    product = stored_scale(sensor) if np.dtype(dtype).kind in "iu" else None
+    out: list[tuple[float, float, float | None]] = []
+    for p, info, hot in zip(paths, infos, thermal_bands(names)):
+        own = (info.scale, info.offset)
+        if scale is not None or offset is not None:
+            given = (
+                1.0 if scale is None else float(scale),
+                0.0 if offset is None else float(offset),
+            )
+            if own != (1.0, 0.0) and not np.allclose(own, given, rtol=1e-6, atol=1e-12):
+                raise BandError(
+                    f"{p} declares the scale {own[0]!r} and offset {own[1]!r} itself, and "
+                    f"scale={given[0]!r}, offset={given[1]!r} were given: drop the arguments "
+                    "(the file's own apply) or fix the file",
+                    param="scale",
+                )
+            out.append((*given, None))
+        elif own != (1.0, 0.0):
+            out.append((*own, None))
+        elif product is not None and not hot:
+            fill = float(product[2]) if len(product) > 2 else None
+            out.append((float(product[0]), float(product[1]), fill))
+        else:
+            out.append((1.0, 0.0, None))
+    return out
 
 
 def _source_name(path: str, vrt: Path) -> tuple[str, bool]:

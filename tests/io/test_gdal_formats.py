@@ -317,3 +317,95 @@ def test_a_stack_declares_the_scale_and_offset_of_l2a_band_files(tmp_path):
     for bad in ({"scale": 0}, {"offset": float("nan")}, {"scale": "1e-4"}):
         with pytest.raises(ValueError, match=r"scale|offset"):
             stack_band_files(files, tmp_path / "bad.vrt", **bad)
+
+
+def _scaled_band_file(path: Path, data: np.ndarray, scale: float, offset: float) -> Path:
+    _band_file(path, data, 10, nodata=0)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (scale,), (offset,)
+    return path
+
+
+def test_a_stack_keeps_the_scale_and_offset_its_band_files_declare(tmp_path):
+    """Cloud COGs of L2A bands declare their scale and offset (reflectance x 10000 + 1000 stored):
+    the stack declares each file's own, instead of reading the stored numbers as reflectance."""
+    from msclip.errors import BandError
+    from msclip.io import stack_band_files
+
+    stored = np.full((16, 16), 1650, "uint16")
+    stored[0, 0] = 0
+    files = [_scaled_band_file(tmp_path / f"S2B_32TQM_20240101_0_L2A_{b}.tif", stored, 1e-4, -0.1)
+             for b in ("B02", "B03")]  # fmt: skip
+    for kw in ({}, {"scale": 1e-4, "offset": -0.1}):  # the files' own, or the same given
+        r = read_raster(stack_band_files(files, tmp_path / "s.vrt", **kw))
+        assert r.data.dtype == np.float32 and np.isnan(r.data[:, 0, 0]).all()
+        np.testing.assert_allclose(r.data[:, 1:, 1:], 650.0, atol=1e-3)
+        alone = read_raster(files[0], bands=["B02"]).data  # the file read by itself
+        np.testing.assert_allclose(r.data, alone[[0, 0]], atol=1e-3)
+    with pytest.raises(BandError, match=r"declares the scale 0\.0001 and offset -0\.1 itself"):
+        stack_band_files(files, tmp_path / "other.vrt", scale=1e-4)
+    assert not (tmp_path / "other.vrt").exists()
+
+
+def test_landsat_and_hls_band_files_are_named_by_their_own_numbering(tmp_path):
+    """``LC09_L2SP_..._SR_B5.TIF`` is OLI's near-infrared, not Sentinel-2's red edge B05, and its
+    stack declares Collection 2's surface-reflectance scale (the files declare none), so that
+    the VRT reads as reflectance without a --sensor; HLS L30 numbers bands as Landsat does."""
+    from msclip.errors import BandError
+    from msclip.io import stack_band_files
+
+    reflectance = np.linspace(0.02, 0.4, 256).reshape(16, 16)
+    stored = np.round((reflectance + 0.2) / 2.75e-5).astype("uint16")
+    stored[0, 0] = 0  # Collection 2's fill value
+    stem = "LC09_L2SP_193027_20240101_20240102_02_T1"
+    files = [_band_file(tmp_path / f"{stem}_SR_B{i}.TIF", stored, 10) for i in (2, 5, 7)]
+    r = read_raster(stack_band_files(files, tmp_path / "sr.vrt"))
+    assert list(r.bands) == ["OLI_B2", "OLI_B5", "OLI_B7"]
+    assert np.isnan(r.data[:, 0, 0]).all()
+    np.testing.assert_allclose(r.data[:, 1:, 1:], np.stack([reflectance * 10000] * 3)[:, 1:, 1:],
+                               atol=0.5)  # fmt: skip
+    l1 = [_band_file(tmp_path / f"LC08_L1TP_193027_20240101_20240102_02_T1_B{i}.TIF", stored, 10)
+          for i in (4, 5)]  # fmt: skip
+    r = read_raster(stack_band_files(l1, tmp_path / "l1.vrt"))
+    assert list(r.bands) == ["OLI_B4", "OLI_B5"] and r.data.dtype == np.uint16  # no product scale
+    hls = [_band_file(tmp_path / f"HLS.L30.T32TQM.2024001T102021.v2.0.B{i:02d}.tif", stored, 10)
+           for i in (4, 5)]  # fmt: skip
+    assert list(read_raster(stack_band_files(hls, tmp_path / "h.vrt")).bands) == [
+        "OLI_B4",
+        "OLI_B5",
+    ]
+    tm = _band_file(tmp_path / "LT05_L2SP_193027_19900101_20200101_02_T1_SR_B4.TIF", stored, 10)
+    with pytest.raises(BandError, match=r"Landsat 5 file, whose band numbers"):
+        stack_band_files([tm], tmp_path / "tm.vrt")
+    s2 = _band_file(tmp_path / "T32TQM_20240101T102021_B02_10m.tif", stored, 10)
+    with pytest.raises(BandError, match=r"different products .*landsat89_sr.*Sentinel-2"):
+        stack_band_files([files[0], s2], tmp_path / "mixed.vrt")
+    # bands given by name, or a sensor given, decide as before
+    named = stack_band_files(files[:2], tmp_path / "n.vrt", bands=["B02", "B8A"])
+    assert list(read_raster(named).bands) == ["B02", "B8A"]
+
+
+def test_a_vrt_without_band_descriptions_is_named_from_its_band_files(tmp_path):
+    """``gdalbuildvrt -separate stack.vrt *_B*.jp2`` describes no band and stacks the files in
+    sorted order (B11 and B12 before B8A): the bands are named from the files they read, not
+    from the band count (which put B11's values in B8A without a word)."""
+    order = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12", "B8A"]
+    data = _data(seed=3, count=10)
+    files = write_band_files(tmp_path / "IMG_DATA", data, order)
+    vrt = write_vrt(tmp_path / "stack.vrt", files, order, (40, 48))
+    vrt.write_text(re.sub(r"<Description>\w+</Description>", "", vrt.read_text()))
+    r = read_raster(vrt)
+    assert list(r.bands) == order and r.band_source == "file names"
+    np.testing.assert_array_equal(r.data, data)
+    # Landsat band files: the product's own numbering (B5 is OLI's near-infrared)
+    stem = "LC09_L2SP_193027_20240101_20240102_02_T1_SR"
+    landsat = write_band_files(tmp_path / "L", data[:2], ["B4", "B5"])
+    renamed = [p.rename(p.with_name(f"{stem}_{b}.TIF")) for p, b in zip(landsat, ["B4", "B5"])]
+    vrt = write_vrt(tmp_path / "l.vrt", renamed, ["", ""], (40, 48))
+    vrt.write_text(re.sub(r"<Description></Description>", "", vrt.read_text()))
+    assert list(read_raster(vrt).bands) == ["OLI_B4", "OLI_B5"]
+    # files without band names in theirs: the band count decides, as for a GeoTIFF
+    plain = [p.rename(p.with_name(f"band{i}.tif")) for i, p in enumerate(files)]
+    vrt = write_vrt(tmp_path / "p.vrt", plain, order, (40, 48))
+    vrt.write_text(re.sub(r"<Description>\w+</Description>", "", vrt.read_text()))
+    assert read_raster(vrt).band_source == "count"

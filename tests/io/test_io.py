@@ -323,8 +323,15 @@ def test_a_window_past_the_edges_reads_the_part_inside_with_its_georeference(mak
 
 def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
     path, _ = make_geotiff("l8.tif", count=7, descriptions=[f"SR_B{i}" for i in range(1, 8)])
-    with pytest.raises(BandError, match=r"band names of landsat89.*pass sensor='landsat89") as e:
+    # stored integers that declare no scale: the sensor whose product scale reads them first
+    # (landsat89 took them as reflectance x 10000, 2-3 times too bright)
+    with pytest.raises(BandError, match=r"landsat89_sr and landsat89: pass sensor='landsat89_sr'"):
         msclip.read_raster(path)
+    floats, _ = make_geotiff("f.tif", count=7, dtype="float32",
+                             descriptions=[f"SR_B{i}" for i in range(1, 8)])  # fmt: skip
+    said = r"landsat89 and landsat89_sr: pass sensor='landsat89'"
+    with pytest.raises(BandError, match=said) as e:
+        msclip.read_raster(floats)
     assert e.value.param == "sensor"
     assert msclip.read_raster(path, sensor="landsat89_sr").bands[3] == "OLI_B4"
 
