@@ -59,8 +59,9 @@ __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 #: however padded, the Landsat Collection 2 surface-reflectance scale. 3: 16-bit PNGs with alpha
 #: keep their depth, pictures are turned upright by their EXIF orientation, unnamed GeoTIFF bands
 #: are ordered by their colour interpretation, a given nodata value is compared with the stored
-#: values before a declared scale.
-INPUT_RULES = 3
+#: values before a declared scale. 4: a VRT that describes no band is named from its band
+#: files' names.
+INPUT_RULES = 4
 
 logger = logging.getLogger(__name__)
 
