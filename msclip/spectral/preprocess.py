@@ -100,6 +100,32 @@ def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> fl
     return top if 0.0 < top <= 2.0 and low >= -0.5 else None
 
 
+def _float_picture_problem(values: np.ndarray | None, nodata: float | None) -> str | None:
+    """What is wrong with float values given to a model of 8-bit pictures (it divides them by
+    255): values beyond 255 (reflectance x 10000, such as a file that declares its scale gives)
+    or within 0-1 (a picture scaled to 0-1); ``None`` for values that look like 0-255."""
+    if values is None or not np.issubdtype(values.dtype, np.floating):
+        return None
+    ok = np.isfinite(values)
+    if nodata is not None and not np.isnan(nodata):
+        ok &= values != nodata
+    if not ok.any():
+        return None
+    top = float(values.max(where=ok, initial=-np.inf))
+    if top > 256.0:
+        return (
+            f"float values up to {top:.6g} for a model of 8-bit pictures (it reads 0-255): "
+            "reflectance or other physical values are not a picture; give the picture's "
+            "values, or use a multispectral model for reflectance"
+        )
+    if 0.0 < top <= 1.0:
+        return (
+            f"float values within 0-{top:.3g} for a model of 8-bit pictures (it divides them by "
+            "255): multiply them by 255"
+        )
+    return None
+
+
 def _interpolation(name: str) -> Any:
     modes = _tv()[1]
     return {"bicubic": modes.BICUBIC, "bilinear": modes.BILINEAR, "nearest": modes.NEAREST}[name]
@@ -348,6 +374,9 @@ class SpectralPreprocess:
                 f"{max(self.mean[b] for b in self.bands):.0f}, Sentinel-2 L2A digital numbers): "
                 "multiply the values by 10000"
             )
+        picture = _float_picture_problem(values, nodata) if self.divisor == 255.0 else None
+        if picture is not None:
+            problems.append(picture)
         if not problems:
             return
         message = "; ".join(problems) + ": the model's output says little about such input"

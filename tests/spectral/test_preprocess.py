@@ -150,6 +150,29 @@ def test_rgb_uint8_divides_by_255():
     assert torch.allclose(out[:, 0, 0], expected)
 
 
+def test_float_values_that_are_not_0_255_pictures_are_said_to_an_rgb_model():
+    """A model of 8-bit pictures divides float values by 255: reflectance x 10000 (what a file
+    declaring its scale reads as) went in as values up to ~40, a 0-1 picture as ~0, unsaid."""
+    from msclip.errors import BandCoverageError, BandCoverageWarning
+
+    s = get_stats("openai")
+    rgb = ("red", "green", "blue")
+    pre = SpectralPreprocess(rgb, s.mean, s.std, 8, divisor=255)
+    reflectance = np.full((3, 8, 8), 1650.0, np.float32)
+    reflectance[0, 0, 0] = np.nan
+    with pytest.warns(BandCoverageWarning, match=r"float values up to 1650 for a model of 8-bit"):
+        pre.process(reflectance, rgb)
+    with pytest.warns(BandCoverageWarning, match=r"within 0-0.8 .* multiply them by 255"):
+        pre.process(np.full((3, 8, 8), 0.8, np.float32), rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float pictures of 0-255 and 16-bit pictures: fine
+        pre.process(np.full((3, 8, 8), 200.0, np.float32), rgb)
+        pre.process(np.full((3, 8, 8), 1650, np.uint16), rgb)
+    strict = SpectralPreprocess(rgb, s.mean, s.std, 8, divisor=255, strict_bands=True)
+    with pytest.raises(BandCoverageError, match="float values up to 1650"):
+        strict.process(reflectance, rgb)
+
+
 def test_pil_pipeline_matches_open_clip_transform():
     import open_clip
     from PIL import Image
