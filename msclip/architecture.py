@@ -51,12 +51,14 @@ the path that reproduces the published model exactly.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -440,14 +442,45 @@ _FP32_GEMM: str | None = None
 _FP32_GEMM_MARGIN = 0.97
 
 
+def _fp32_gemm_file() -> Path:
+    """Where the measured choice of :func:`_fp32_gemm` is kept: per CPU kind, torch build and
+    thread count, in msclip's cache."""
+    from msclip.hardware import cpu_info
+    from msclip.pretrained import cache_root
+
+    name = f"fp32-gemm-{cpu_info().key()}-t{torch.get_num_threads()}.json"
+    return cache_root() / "kernels" / name
+
+
+def _kept_fp32_gemm() -> str | None:
+    try:
+        kernel = json.loads(_fp32_gemm_file().read_text(encoding="utf-8")).get("kernel")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kernel if kernel in ("onednn", "torch") else None
+
+
+def _keep_fp32_gemm(facts: dict[str, Any]) -> None:
+    """Write the measured choice (atomically; a cache that cannot be written is no error: the
+    next process measures again)."""
+    from msclip.io import write_json
+
+    try:
+        write_json(_fp32_gemm_file(), facts)
+    except OSError as err:
+        logger.debug("the fp32 product choice is not kept: %s", err)
+
+
 def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool) -> str:
     """The kernel of the fused path's float32 products: ``MSCLIP_FP32_GEMM``, or by measurement.
 
     Which is faster depends on the CPU and on the moment on a shared one (on a 2-core Zen 3 VM
     oneDNN's packed kernel led torch's matmul by 13 % in one period and trailed it by 15 % in
-    another): the process's first float32 product on the fused path (the first block's QKV
-    projection) is run once with each kernel, then timed three times with each; the choice
-    holds for the process.
+    another): the first float32 product on the fused path (the first block's QKV projection) is
+    run once with each kernel, then timed three times with each. The choice is kept in msclip's
+    cache (``kernels/``, per CPU kind, torch build and thread count) and every later process on
+    that machine takes it: the two kernels round differently, and a run repeated must give the
+    same embeddings bit for bit (delete the file, or set ``MSCLIP_FP32_GEMM``, to choose again).
     """
     from msclip.hardware import env_setting
 
@@ -456,29 +489,41 @@ def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: 
         return setting
     global _FP32_GEMM
     if _FP32_GEMM is None:
-        op = torch.ops.mkldnn._linear_pointwise
-        w = _packed_weight(weight) if pack else weight
-        kernels = {
-            "torch": lambda: F.linear(x, weight, bias),
-            "onednn": lambda: op(x, w, bias, "none", [], ""),
-        }
-        best = dict.fromkeys(kernels, math.inf)
-        for rep in range(4):  # the first round untimed: first touches of weights and outputs
-            for name, run in kernels.items():
-                t0 = time.perf_counter()
-                run()
-                if rep:
-                    best[name] = min(best[name], time.perf_counter() - t0)
-        faster = best["onednn"] < _FP32_GEMM_MARGIN * best["torch"]
-        _FP32_GEMM = "onednn" if faster else "torch"
-        logger.info(
-            "float32 products of the fused path: %s (%d x %d x %d: oneDNN %.1f ms, torch %.1f ms)",
-            _FP32_GEMM, x.shape[0], x.shape[1], weight.shape[0],
-            1e3 * best["onednn"], 1e3 * best["torch"],
-        )  # fmt: skip
-        if _FP32_GEMM == "torch" and w is not weight:
-            drop_packed([weight])
+        _FP32_GEMM = _kept_fp32_gemm() or _measure_fp32_gemm(x, weight, bias, pack)
     return _FP32_GEMM
+
+
+def _measure_fp32_gemm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool
+) -> str:
+    """Time both kernels on this product (:func:`_fp32_gemm`); the faster's name, kept."""
+    from msclip.hardware import cpu_info
+
+    op = torch.ops.mkldnn._linear_pointwise
+    w = _packed_weight(weight) if pack else weight
+    kernels = {
+        "torch": lambda: F.linear(x, weight, bias),
+        "onednn": lambda: op(x, w, bias, "none", [], ""),
+    }
+    best = dict.fromkeys(kernels, math.inf)
+    for rep in range(4):  # the first round untimed: first touches of weights and outputs
+        for name, run in kernels.items():
+            t0 = time.perf_counter()
+            run()
+            if rep:
+                best[name] = min(best[name], time.perf_counter() - t0)
+    chosen = "onednn" if best["onednn"] < _FP32_GEMM_MARGIN * best["torch"] else "torch"
+    logger.info(
+        "float32 products of the fused path: %s (%d x %d x %d: oneDNN %.1f ms, torch %.1f ms)",
+        chosen, x.shape[0], x.shape[1], weight.shape[0], 1e3 * best["onednn"], 1e3 * best["torch"],
+    )  # fmt: skip
+    if chosen == "torch" and w is not weight:
+        drop_packed([weight])
+    _keep_fp32_gemm({"kernel": chosen, "onednn_ms": 1e3 * best["onednn"],
+                     "torch_ms": 1e3 * best["torch"],
+                     "shape": [x.shape[0], x.shape[1], weight.shape[0]],
+                     "cpu": cpu_info().to_dict()})  # fmt: skip
+    return chosen
 
 
 def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool):

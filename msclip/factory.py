@@ -403,8 +403,9 @@ def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> P
         [_WEIGHT_CACHE_VERSION, file_sha256(ckpt.path), str(dtype), config.to_dict()],
         sort_keys=True,
     )
-    env = os.environ.get("MSCLIP_CACHE_DIR")
-    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+    from msclip.pretrained import cache_root
+
+    root = cache_root()
     name = hashlib.sha256(facts.encode()).hexdigest()[:32]
     return root / "weights" / f"{name}-{str(dtype).split('.')[-1]}.safetensors"
 

@@ -40,6 +40,7 @@ __all__ = [
     "MODELS",
     "RELEASE_PREFIXES",
     "ModelEntry",
+    "cache_root",
     "checkpoint_format",
     "export_release_checkpoint",
     "file_sha256",
@@ -139,10 +140,16 @@ MODELS: dict[str, ModelEntry] = {
 
 
 # -- files and hashes ------------------------------------------------------------------------
-def _hash_cache_dir() -> Path:
+def cache_root() -> Path:
+    """The root of msclip's caches: ``$MSCLIP_CACHE_DIR``, else ``~/.cache/msclip`` (its folders:
+    ``sha256/`` file hashes, ``weights/`` converted checkpoints, ``text/`` prompt embeddings,
+    ``features/`` the heads' frozen features, ``kernels/`` kernel choices measured per CPU)."""
     env = os.environ.get("MSCLIP_CACHE_DIR")
-    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
-    return root / "sha256"
+    return Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
+
+
+def _hash_cache_dir() -> Path:
+    return cache_root() / "sha256"
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -66,9 +66,9 @@ MAX_SHARDS = 32
 
 def default_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/text`` if the variable is set, else ``~/.cache/msclip/text``."""
-    env = os.environ.get(CACHE_ENV)
-    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
-    return root / "text"
+    from msclip.pretrained import cache_root
+
+    return cache_root() / "text"
 
 
 def text_key(text: str) -> str:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -369,9 +368,9 @@ def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: s
 
 def default_feature_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/features``, else ``~/.cache/msclip/features``."""
-    env = os.environ.get("MSCLIP_CACHE_DIR")
-    root = Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
-    return root / "features"
+    from msclip.pretrained import cache_root
+
+    return cache_root() / "features"
 
 
 class _Runner:

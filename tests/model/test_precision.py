@@ -5,6 +5,7 @@ evaluation records."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -436,3 +437,54 @@ def test_fused_fp32_product_kernel_is_measured_once_and_the_faster_kept(
         ref = plain.encode_image(x)
     assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-5, rtol=1e-4)
     assert (_packed_weights(fused) > 0) == (faster == "onednn")
+
+
+def test_the_measured_product_kernel_is_kept_for_the_next_process(fp32_fused_tiny, monkeypatch):
+    """The two kernels round differently: a second process on the machine takes the first one's
+    choice from msclip's cache (not a new measurement, which may pick the other in another
+    period), so a repeated run gives the same embeddings bit for bit; a damaged or unwritable
+    cache only means a new measurement."""
+    from msclip import architecture
+
+    fused, _, x = fp32_fused_tiny
+    monkeypatch.delenv(architecture.FP32_GEMM_ENV, raising=False)
+    measured: list[str] = []
+    real = architecture._measure_fp32_gemm
+
+    def measure(*args):
+        measured.append(real(*args))
+        return measured[-1]
+
+    monkeypatch.setattr(architecture, "_measure_fp32_gemm", measure)
+    with torch.inference_mode():
+        first = fused.encode_image(x)
+    kept = architecture._fp32_gemm_file()
+    facts = json.loads(kept.read_text())
+    assert len(measured) == 1 and facts["kernel"] == measured[0] == architecture._FP32_GEMM
+    assert facts["cpu"]["key"] in kept.name and set(facts) >= {"onednn_ms", "torch_ms", "shape"}
+    other = "torch" if measured[0] == "onednn" else "onednn"
+    kept.write_text(json.dumps({**facts, "kernel": other}))  # as if another process chose it
+    monkeypatch.setattr(architecture, "_FP32_GEMM", None)  # a new process
+    with torch.inference_mode():
+        fused.encode_image(x)
+    assert len(measured) == 1 and other == architecture._FP32_GEMM
+    kept.write_text(json.dumps({**facts, "kernel": measured[0]}))
+    monkeypatch.setattr(architecture, "_FP32_GEMM", None)
+    with torch.inference_mode():
+        assert torch.equal(fused.encode_image(x), first)
+    for damaged in ("{not json", json.dumps(["onednn"]), json.dumps({"kernel": "cuda"})):
+        kept.write_text(damaged)
+        monkeypatch.setattr(architecture, "_FP32_GEMM", None)
+        with torch.inference_mode():
+            fused.encode_image(x)
+        assert architecture._FP32_GEMM in ("onednn", "torch")
+    assert len(measured) == 4
+    kept.unlink()
+    kept.parent.chmod(0o500)  # unwritable: measured, used, not kept
+    try:
+        monkeypatch.setattr(architecture, "_FP32_GEMM", None)
+        with torch.inference_mode():
+            fused.encode_image(x)
+        assert len(measured) == 5 and (os.geteuid() == 0 or not kept.exists())
+    finally:
+        kept.parent.chmod(0o700)
