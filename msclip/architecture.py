@@ -442,31 +442,32 @@ _FP32_GEMM: str | None = None
 _FP32_GEMM_MARGIN = 0.97
 
 
-def _fp32_gemm_file() -> Path:
-    """Where the measured choice of :func:`_fp32_gemm` is kept: per CPU kind, torch build and
-    thread count, in msclip's cache."""
+def _fp32_gemm_file(k: int, n: int) -> Path:
+    """Where the measured choice of :func:`_fp32_gemm` is kept: per CPU kind, torch build,
+    thread count and product (``k`` inputs, ``n`` outputs: a tiny model's first product is no
+    guide for a ViT-B's), in msclip's cache."""
     from msclip.hardware import cpu_info
     from msclip.pretrained import cache_root
 
-    name = f"fp32-gemm-{cpu_info().key()}-t{torch.get_num_threads()}.json"
+    name = f"fp32-gemm-{cpu_info().key()}-t{torch.get_num_threads()}-{k}x{n}.json"
     return cache_root() / "kernels" / name
 
 
-def _kept_fp32_gemm() -> str | None:
+def _kept_fp32_gemm(k: int, n: int) -> str | None:
     try:
-        kernel = json.loads(_fp32_gemm_file().read_text(encoding="utf-8")).get("kernel")
+        kernel = json.loads(_fp32_gemm_file(k, n).read_text(encoding="utf-8")).get("kernel")
     except (OSError, ValueError, AttributeError):
         return None
     return kernel if kernel in ("onednn", "torch") else None
 
 
-def _keep_fp32_gemm(facts: dict[str, Any]) -> None:
+def _keep_fp32_gemm(k: int, n: int, facts: dict[str, Any]) -> None:
     """Write the measured choice (atomically; a cache that cannot be written is no error: the
     next process measures again)."""
     from msclip.io import write_json
 
     try:
-        write_json(_fp32_gemm_file(), facts)
+        write_json(_fp32_gemm_file(k, n), facts)
     except OSError as err:
         logger.debug("the fp32 product choice is not kept: %s", err)
 
@@ -478,9 +479,10 @@ def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: 
     oneDNN's packed kernel led torch's matmul by 13 % in one period and trailed it by 15 % in
     another): the first float32 product on the fused path (the first block's QKV projection) is
     run once with each kernel, then timed three times with each. The choice is kept in msclip's
-    cache (``kernels/``, per CPU kind, torch build and thread count) and every later process on
-    that machine takes it: the two kernels round differently, and a run repeated must give the
-    same embeddings bit for bit (delete the file, or set ``MSCLIP_FP32_GEMM``, to choose again).
+    cache (``kernels/``, per CPU kind, torch build, thread count and product size) and every
+    later process on that machine takes it: the two kernels round differently, and a run
+    repeated must give the same embeddings bit for bit (delete the file, or set
+    ``MSCLIP_FP32_GEMM``, to choose again).
     """
     from msclip.hardware import env_setting
 
@@ -489,7 +491,8 @@ def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: 
         return setting
     global _FP32_GEMM
     if _FP32_GEMM is None:
-        _FP32_GEMM = _kept_fp32_gemm() or _measure_fp32_gemm(x, weight, bias, pack)
+        k, n = x.shape[1], weight.shape[0]
+        _FP32_GEMM = _kept_fp32_gemm(k, n) or _measure_fp32_gemm(x, weight, bias, pack)
     return _FP32_GEMM
 
 
@@ -519,10 +522,14 @@ def _measure_fp32_gemm(
     )  # fmt: skip
     if chosen == "torch" and w is not weight:
         drop_packed([weight])
-    _keep_fp32_gemm({"kernel": chosen, "onednn_ms": 1e3 * best["onednn"],
-                     "torch_ms": 1e3 * best["torch"],
-                     "shape": [x.shape[0], x.shape[1], weight.shape[0]],
-                     "cpu": cpu_info().to_dict()})  # fmt: skip
+    facts = {
+        "kernel": chosen,
+        "onednn_ms": 1e3 * best["onednn"],
+        "torch_ms": 1e3 * best["torch"],
+        "shape": [x.shape[0], x.shape[1], weight.shape[0]],
+        "cpu": cpu_info().to_dict(),
+    }
+    _keep_fp32_gemm(x.shape[1], weight.shape[0], facts)
     return chosen
 
 

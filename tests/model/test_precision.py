@@ -445,6 +445,7 @@ def test_the_measured_product_kernel_is_kept_for_the_next_process(fp32_fused_tin
     period), so a repeated run gives the same embeddings bit for bit; a damaged or unwritable
     cache only means a new measurement."""
     from msclip import architecture
+    from msclip.pretrained import cache_root
 
     fused, _, x = fp32_fused_tiny
     monkeypatch.delenv(architecture.FP32_GEMM_ENV, raising=False)
@@ -458,8 +459,12 @@ def test_the_measured_product_kernel_is_kept_for_the_next_process(fp32_fused_tin
     monkeypatch.setattr(architecture, "_measure_fp32_gemm", measure)
     with torch.inference_mode():
         first = fused.encode_image(x)
-    kept = architecture._fp32_gemm_file()
+    files = list((cache_root() / "kernels").glob("fp32-gemm-*.json"))
+    assert len(files) == 1  # the first product's size: one measurement per process
+    kept = files[0]
     facts = json.loads(kept.read_text())
+    assert kept == architecture._fp32_gemm_file(*facts["shape"][1:])
+    assert kept.name.endswith(f"-{facts['shape'][1]}x{facts['shape'][2]}.json")
     assert len(measured) == 1 and facts["kernel"] == measured[0] == architecture._FP32_GEMM
     assert facts["cpu"]["key"] in kept.name and set(facts) >= {"onednn_ms", "torch_ms", "shape"}
     other = "torch" if measured[0] == "onednn" else "onednn"
