@@ -288,6 +288,7 @@ def _finish(
     source: dict[str, Any],
     classes: str | None,
     near: Path | None,
+    split_column: str | None = None,
 ) -> DenseData:
     from msclip.heads.data import SPLITS, _check_splits, split_indices
 
@@ -306,6 +307,13 @@ def _finish(
             raise HeadInputError(f"{name}: unknown split names {bad}; use train, val, test")
         splits = {s: np.flatnonzero(np.asarray(norm) == s).astype(np.int64) for s in SPLITS}
         split_source = dict.fromkeys(SPLITS, "split column")
+        for s in SPLITS:
+            if len(splits[s]) == 0:  # the fractions do not apply: say what does
+                raise HeadInputError(
+                    f"{name}: the {s} split is empty (no row has {split_column or 'split'} = "
+                    f"{s}); give it rows, or drop the column to split by the seeded rule",
+                    param="split_column",
+                )
     else:
         splits = split_indices(len(images), None, val_fraction, test_fraction, seed)
         note = f"seeded split (seed {seed}), val_fraction {val_fraction}, test_fraction " + str(
@@ -344,6 +352,8 @@ def _check_label_values(t: DenseTarget, paths: Sequence[str]) -> None:
         try:
             counter.update_file(path)
         except LabelError as err:
+            if err.param == "labels":  # not class indices at all: another class list is no fix
+                raise LabelError(f"{err} (task {t.name!r})", param="labels") from None
             raise LabelError(
                 f"{err} (task {t.name!r}; or give the class list that includes them: classes)",
                 param="classes",
@@ -429,6 +439,7 @@ def from_csv(
         source,
         classes,
         p.parent,
+        split_column,
     )
 
 

@@ -467,7 +467,12 @@ def run_dense_finetune(
     key = _run_key(cfg, base_fingerprint, data, label)
     for t in data.tasks:
         if t.kind == "segmentation" and len(t.names) < 2:
-            raise HeadInputError(f"{data.name}: task {t.name} has a single class")
+            raise HeadInputError(
+                f"{data.name}: task {t.name} has a single class ({', '.join(map(repr, t.names))}) "
+                "in the training labels: a segmentation head separates two classes or more; give "
+                "labels with other classes, or the class list (classes)",
+                param="classes",
+            )
     _check_one_image_batches(data, tasks, len(train_rows), crop, int(model.patch_size))
     history = train_loop(
         net,

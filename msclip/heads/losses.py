@@ -150,8 +150,23 @@ def _label_array(labels: Any, where: str) -> np.ndarray:
         ):
             arr = arr.astype(np.int64)
         else:
-            raise LabelError(f"{where}: labels must be integer class indices, got {arr.dtype}")
+            raise LabelError(_not_indices(arr, where), param="labels")
     return arr.astype(np.int64, copy=False)
+
+
+def _not_indices(arr: np.ndarray, where: str) -> str:
+    """Why a label array is not class indices: its values that are not whole numbers (the first
+    one and its position, and how many), or its type."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return f"{where}: labels must be integer class indices, got {arr.dtype} values"
+    bad = ~np.isfinite(arr) | (arr != np.round(arr))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    at = ", ".join(f"{n} {i}" for n, i in zip(("image", "row", "column")[-arr.ndim :], first))
+    return (
+        f"{where}: labels must be whole class indices, but {int(bad.sum())} value(s) are not, "
+        f"first {float(arr[first])!r} at {at}; store the classes as integers (a label raster's "
+        "nodata value marks pixels without a class)"
+    )
 
 
 def class_weights_from_counts(
@@ -262,7 +277,11 @@ def resolve_class_weights(
             ) from None
     w = torch.as_tensor(spec, dtype=torch.float32).flatten()
     if w.numel() != num_classes:
-        raise LabelError(f"{w.numel()} class weights given for {num_classes} classes")
+        raise LabelError(
+            f"{w.numel()} class weights given for {num_classes} classes; give one per class, in "
+            f"the classes' order, or a method ({', '.join(CLASS_WEIGHT_METHODS)})",
+            param="class_weights",
+        )
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise LabelError(f"class weights must be finite, >= 0 and not all 0; got {w.tolist()}")
     return w

@@ -273,7 +273,11 @@ def test_class_weight_options():
     assert resolve_class_weights([1, 1, 1], 3).dtype == torch.float32
     labels = [np.array([[0, 1], [1, 2]])]
     assert resolve_class_weights("auto", 3, labels).tolist() == pytest.approx([4 / 3, 2 / 3, 4 / 3])
-    with pytest.raises(LabelError, match="2 class weights given for 3 classes"):
+    with pytest.raises(
+        LabelError,
+        match=r"2 class weights given for 3 classes; give one per "
+        r"class, in the classes' order, or a method \(auto, inverse, median\)",
+    ):
         resolve_class_weights([1, 2], 3)
     with pytest.raises(LabelError, match="neither auto"):
         resolve_class_weights("balanced", 3)

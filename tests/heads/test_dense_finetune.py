@@ -117,6 +117,54 @@ def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_p
     assert "declare nodata 0, which is also the class" in caplog.text
 
 
+def test_dense_input_mistakes_are_named_with_their_fix(dense, tmp_path):
+    """An empty split of the split column names the column (the fractions do not apply to it);
+    a label that is no whole number is named with its place, without the class-list advice
+    that fits values outside the classes; a single class names it."""
+    from msclip.errors import HeadInputError, LabelError
+
+    table = pd.read_csv(dense / "index.csv")
+    noval = table.assign(split=table["split"].replace({"val": "train"}))
+    noval.to_csv(tmp_path / "noval.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "noval.csv"), data_root=str(dense))
+    with pytest.raises(HeadInputError, match=r"the val split is empty \(no row has split = val\)"
+                       r"; give it rows, or drop the column") as err:  # fmt: skip
+        load_dense_data(cfg)
+    assert err.value.param == "split_column"
+
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr, profile = src.read(1).astype("float32"), src.profile
+    arr[3, 5] = 2.5
+    profile.update(dtype="float32")
+    frac = tmp_path / "frac.tif"
+    with rasterio.open(frac, "w", **profile) as dst:
+        dst.write(arr, 1)
+    labels = [str(frac), *table["label"][1:]]
+    table.assign(label=labels).to_csv(tmp_path / "f.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "f.csv"), data_root=str(dense))
+    with pytest.raises(LabelError, match=r"frac.tif: labels must be whole class indices, but 1 "
+                       r"value\(s\) are not, first 2.5 at row 3, column 5") as err:  # fmt: skip
+        load_dense_data(cfg)
+    assert "class list" not in str(err.value) and err.value.param == "labels"
+
+    one = tmp_path / "one"
+    one.mkdir()
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            profile = src.profile
+        with rasterio.open(one / f"l{k}.tif", "w", **profile) as dst:
+            dst.write(np.zeros((16, 16), profile["dtype"]), 1)
+    table.assign(label=[str(one / f"l{k}.tif") for k in range(len(table))]).to_csv(
+        tmp_path / "one.csv", index=False
+    )
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "one.csv"), data_root=str(dense))
+    with pytest.raises(
+        HeadInputError, match=r"has a single class \('class_0'\) in the training labels"
+    ):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_float_labels_with_nan_nodata_are_ignored(dense, tmp_path):
     """Float32 label rasters (e.g. after a reprojection) whose nodata is NaN: NaN pixels are
     unlabelled, not a bad class value."""
