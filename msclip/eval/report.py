@@ -328,9 +328,16 @@ def _same_run(path: Path, label: str, dataset: str) -> bool:
     return old_label == label and old_dataset == dataset
 
 
+def _hyperparameters(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    method = record.get("method")
+    found = method.get("hyperparameters") if isinstance(method, dict) else None
+    return found if isinstance(found, dict) else None
+
+
 def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
-    """A warning when a record of other weights or another split is about to be replaced: the
-    same row label for two different things (give each its own ``--model-label``)."""
+    """A warning when a record of other weights, another split or (heads) other hyper-parameters
+    is about to be replaced: the same row label for two different things (give each its own
+    ``--model-label``)."""
     if not path.is_file():
         return
     try:
@@ -346,6 +353,13 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
         b = (record.get(section) or {}).get(key) if section else record.get(key)
         if a is not None and b is not None and a != b:
             changed.append(f"{key} {str(a)[:16]} -> {str(b)[:16]}")
+    before, after = _hyperparameters(old), _hyperparameters(record)
+    if before is not None and after is not None:
+        differ = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+        changed += [f"{k} {str(before.get(k))[:16]} -> {str(after.get(k))[:16]}"
+                    for k in differ[:4]]  # fmt: skip
+        if len(differ) > 4:
+            changed.append(f"{len(differ) - 4} more settings")
     if changed:
         logger.warning(
             "%s is replaced by a result of the same label %r for something else (%s); give each "

@@ -402,6 +402,15 @@ def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
     write_record(tmp_path, other)
     assert "is replaced by a result of the same label 'final'" in caplog.text
     assert "checkpoint_sha256 aaa -> bbb" in caplog.text and "--model-label" in caplog.text
+    # a head run of the same weights with other hyper-parameters (a LoRA rank, the epochs)
+    caplog.clear()
+    head = {**other, "method": {"name": "lora", "hyperparameters": {"epochs": 2, "rank": 4}}}
+    write_record(tmp_path, head)
+    write_record(tmp_path, head)
+    assert "replaced" not in caplog.text
+    write_record(tmp_path, {**head, "method": {"name": "lora", "hyperparameters": {
+        "epochs": 5, "rank": 8}}})  # fmt: skip
+    assert "(epochs 2 -> 5, rank 4 -> 8)" in caplog.text
 
 
 @pytest.mark.parametrize("picked", ["bf16", "fp16", "fp32"])
