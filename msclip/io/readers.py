@@ -586,6 +586,29 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
             yield src
 
 
+def _refuse_landsat_as_sentinel2(
+    src: Any, image: list[int], names: Sequence[str], where: str
+) -> None:
+    """Refuse Sentinel-2 band names (``B1`` ... ``B7`` read as B01 ... B07, or the band count's
+    default) on a file that declares Landsat Collection 2's surface-reflectance scale
+    (2.75e-5, -0.2), which no other product uses: its B5 is OLI's near-infrared, not the red
+    edge B05 (:class:`BandError`)."""
+    from msclip.spectral.bands import S2_L1C_BANDS, get_sensor
+
+    declared = _declared_scale(src, image)
+    scale, offset, _ = get_sensor("landsat89_sr").stored_scale  # type: ignore[misc]
+    if declared is None or not any(n in S2_L1C_BANDS for n in names):
+        return
+    if np.allclose(declared[0], scale, rtol=1e-6) and np.allclose(declared[1], offset, rtol=1e-6):
+        raise BandError(
+            f"{where} declares Landsat Collection 2's surface-reflectance scale ({scale}, "
+            f"{offset}) but its bands are read as Sentinel-2's {list(names)}, whose B05 is a red "
+            "edge band, not Landsat's near-infrared: pass --sensor landsat89_sr (or hls_l30 for "
+            "HLS L30), or name the bands",
+            param="sensor",
+        )
+
+
 def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str] | None:
     """Canonical names of a VRT's undescribed ``image`` bands from the names of the band files
     they read (what ``gdalbuildvrt -separate`` writes: ``T32TQM_B8A_20m.jp2`` holds ``B8A``, in
@@ -677,6 +700,8 @@ def _read_geotiff(
             )  # fmt: skip
             if from_files is not None:
                 source = "file names"
+            if sensor is None and source in ("descriptions", "count"):
+                _refuse_landsat_as_sentinel2(src, image, names, f"{kind} {path}")
             if window is not None:
                 window = _inside_window(window, src.width, src.height, f"{kind} {path}")
             h = int(window.height) if window is not None else src.height

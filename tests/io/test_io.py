@@ -336,6 +336,25 @@ def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
     assert msclip.read_raster(path, sensor="landsat89_sr").bands[3] == "OLI_B4"
 
 
+def test_landsat_numbered_bands_with_collection_2_scale_are_not_taken_as_sentinel2(make_geotiff):
+    """B1 ... B7 are Sentinel-2's B01 ... B07 by name, but a file declaring Landsat Collection
+    2's surface-reflectance scale is a Landsat file: its B5 is near-infrared, not a red edge."""
+    import rasterio
+
+    path, _ = make_geotiff("lc09.tif", count=7, descriptions=[f"B{i}" for i in range(1, 8)])
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-5,) * 7, (-0.2,) * 7
+    with pytest.raises(BandError, match=r"declares Landsat Collection 2's surface-reflectance "
+                       r"scale .*pass --sensor landsat89_sr") as err:  # fmt: skip
+        msclip.read_raster(path)
+    assert err.value.param == "sensor"
+    r = msclip.read_raster(path, sensor="landsat89_sr")
+    assert r.bands[4] == "OLI_B5" and r.data.dtype == np.float32
+    with rasterio.open(path, "r+") as dst:  # another scale: Sentinel-2's numbering as before
+        dst.scales, dst.offsets = (1e-4,) * 7, (0.0,) * 7
+    assert msclip.read_raster(path).bands[4] == "B05"
+
+
 def test_read_raster_refuses_what_is_not_a_path(tmp_path):
     """None, a number or an array given as the path: one TypeError saying what to give (an array
     goes to the model's preprocessing); a bytes path is read like a str one."""
