@@ -709,11 +709,20 @@ def _read_geotiff(
             out_shape = _reduced_shape(h, w, shorter_side)  # GDAL reads overviews if any
             if out_shape is None:
                 check_pixels(path, h, w, max_pixels)
-            data, nodata = read_image(
-                src, window, out_shape=out_shape,
-                resampling=Resampling.average if out_shape else Resampling.nearest,
-                nodata=nodata, default_scale=stored_scale(sensor), thermal=thermal_bands(names),
-            )  # fmt: skip
+            try:
+                data, nodata = read_image(
+                    src, window, out_shape=out_shape,
+                    resampling=Resampling.average if out_shape else Resampling.nearest,
+                    nodata=nodata, default_scale=stored_scale(sensor),
+                    thermal=thermal_bands(names),
+                )  # fmt: skip
+            except MemoryError:
+                rows, cols = out_shape or (h, w)
+                raise RasterTooLargeError(
+                    f"{path} is {h}x{w} pixels in {len(image)} bands: reading "
+                    f"{rows}x{cols} of them at once does not fit in memory; cut it into tiles "
+                    "(scene mode), or read it reduced (shorter_side=..., --downsample)"
+                ) from None
             transform = src.transform
             if window is not None:
                 transform = transform @ Affine.translation(window.col_off, window.row_off)

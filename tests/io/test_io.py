@@ -355,6 +355,23 @@ def test_landsat_numbered_bands_with_collection_2_scale_are_not_taken_as_sentine
     assert msclip.read_raster(path).bands[4] == "B05"
 
 
+def test_a_raster_that_does_not_fit_in_memory_is_named_with_the_ways_to_read_it(
+    make_geotiff, monkeypatch
+):
+    from msclip.errors import RasterTooLargeError
+    from msclip.io import readers
+
+    path, _ = make_geotiff("big.tif", count=12)
+
+    def no_room(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(readers, "read_image", no_room)
+    with pytest.raises(RasterTooLargeError, match=r"big.tif is 40x48 pixels in 12 bands: .* does "
+                       r"not fit in memory; cut it into tiles"):  # fmt: skip
+        msclip.read_raster(path)
+
+
 def test_read_raster_refuses_what_is_not_a_path(tmp_path):
     """None, a number or an array given as the path: one TypeError saying what to give (an array
     goes to the model's preprocessing); a bytes path is read like a str one."""
