@@ -403,7 +403,7 @@ def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> P
         [_WEIGHT_CACHE_VERSION, file_sha256(ckpt.path), str(dtype), config.to_dict()],
         sort_keys=True,
     )
-    from msclip.pretrained import cache_root
+    from msclip.cache import cache_root
 
     root = cache_root()
     name = hashlib.sha256(facts.encode()).hexdigest()[:32]

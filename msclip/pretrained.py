@@ -40,7 +40,6 @@ __all__ = [
     "MODELS",
     "RELEASE_PREFIXES",
     "ModelEntry",
-    "cache_root",
     "checkpoint_format",
     "export_release_checkpoint",
     "file_sha256",
@@ -140,15 +139,9 @@ MODELS: dict[str, ModelEntry] = {
 
 
 # -- files and hashes ------------------------------------------------------------------------
-def cache_root() -> Path:
-    """The root of msclip's caches: ``$MSCLIP_CACHE_DIR``, else ``~/.cache/msclip`` (its folders:
-    ``sha256/`` file hashes, ``weights/`` converted checkpoints, ``text/`` prompt embeddings,
-    ``features/`` the heads' frozen features, ``kernels/`` kernel choices measured per CPU)."""
-    env = os.environ.get("MSCLIP_CACHE_DIR")
-    return Path(env).expanduser() if env else Path("~/.cache/msclip").expanduser()
-
-
 def _hash_cache_dir() -> Path:
+    from msclip.cache import cache_root
+
     return cache_root() / "sha256"
 
 

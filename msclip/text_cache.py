@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from msclip.cache import CACHE_ENV  # the root of msclip's caches (the text cache is its text/)
 from msclip.io import atomic_write, write_json
 
 __all__ = [
@@ -58,15 +59,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the root of msclip's caches (the text cache is its ``text/``).
-CACHE_ENV = "MSCLIP_CACHE_DIR"
+
 #: Shards per model directory above which ``put`` merges them into one.
 MAX_SHARDS = 32
 
 
 def default_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/text`` if the variable is set, else ``~/.cache/msclip/text``."""
-    from msclip.pretrained import cache_root
+    from msclip.cache import cache_root
 
     return cache_root() / "text"
 

@@ -368,7 +368,7 @@ def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: s
 
 def default_feature_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/features``, else ``~/.cache/msclip/features``."""
-    from msclip.pretrained import cache_root
+    from msclip.cache import cache_root
 
     return cache_root() / "features"
 

@@ -586,6 +586,46 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
             yield src
 
 
+# a band token in a file name: B2, B02, B8A, B11 between separators (Sentinel-2, Landsat, HLS)
+_BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
+# products whose file names number the bands their own way: HLS L30 (B05 is Landsat's NIR) and
+# S30, and Landsat Collection 2 (LC09_L2SP_..._SR_B5.TIF: OLI's NIR, not Sentinel-2's B05)
+_HLS_NAME = re.compile(r"^HLS\.([LS])30\.", re.IGNORECASE)
+_LANDSAT_NAME = re.compile(r"^L([COTEM])(\d{2})_", re.IGNORECASE)
+_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d", re.IGNORECASE)
+
+
+def band_from_file_name(path: str) -> str | None:
+    """The band token of a band file's name (the last one: tile ids come first), or ``None``."""
+    found = _BAND_TOKEN.findall(Path(path).stem)
+    return found[-1] if found else None
+
+
+def sensor_from_file_name(path: str) -> str | None:
+    """The sensor whose band numbers a product's file name uses, when it is not Sentinel-2's:
+    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (Collection 2 surface reflectance, ``_SR_B5``) or
+    ``landsat89`` (Landsat 8/9 Level-1); ``None`` for other names.
+
+    Raises:
+        BandError: a Landsat 4-7 file (TM, ETM+, MSS), whose band numbers msclip does not know.
+    """
+    name = Path(path).name
+    hls = _HLS_NAME.match(name)
+    if hls is not None:
+        return "hls_l30" if hls.group(1).upper() == "L" else "hls_s30"
+    landsat = _LANDSAT_NAME.match(name)
+    if landsat is None:
+        return None
+    if landsat.group(1).upper() in "CO" and landsat.group(2) in ("08", "09"):
+        return "landsat89_sr" if _SURFACE_REFLECTANCE.search(name) else "landsat89"
+    raise BandError(
+        f"{path} is a Landsat {int(landsat.group(2))} file, whose band numbers are not "
+        "Sentinel-2's nor Landsat 8/9's; name the files' bands (bands=['B02', 'B03', ...], the "
+        "Sentinel-2 band of each)",
+        param="bands",
+    )
+
+
 def _refuse_landsat_as_sentinel2(
     src: Any, image: list[int], names: Sequence[str], where: str
 ) -> None:
@@ -617,7 +657,6 @@ def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str
     ``None`` when a band reads no file, several, or one without a band in its name."""
     import xml.etree.ElementTree as ET
 
-    from msclip.io.vrt import _band_from_name, _sensor_from_name
     from msclip.spectral.bands import resolve_band
 
     try:
@@ -632,10 +671,10 @@ def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str
     if not all(len(f) == 1 for f in picked):
         return None
     names = [next(iter(f)) for f in picked]
-    tokens = [_band_from_name(n) for n in names]
+    tokens = [band_from_file_name(n) for n in names]
     if not all(tokens):
         return None
-    kinds = {_sensor_from_name(n) for n in names} if sensor is None else {sensor}
+    kinds = {sensor_from_file_name(n) for n in names} if sensor is None else {sensor}
     if len(kinds) != 1:
         return None
     try:

@@ -13,7 +13,6 @@ that :func:`msclip.io.read_raster` and every program read it with its bands name
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,13 +24,6 @@ from msclip.errors import BandError, RasterReadError
 
 __all__ = ["stack_band_files"]
 
-# a band token in a file name: B2, B02, B8A, B11 between separators (Sentinel-2, Landsat, HLS)
-_BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
-# products whose file names number the bands their own way: HLS L30 (B05 is Landsat's NIR) and
-# S30, and Landsat Collection 2 (LC09_L2SP_..._SR_B5.TIF: OLI's NIR, not Sentinel-2's B05)
-_HLS_NAME = re.compile(r"^HLS\.([LS])30\.", re.IGNORECASE)
-_LANDSAT_NAME = re.compile(r"^L([COTEM])(\d{2})_", re.IGNORECASE)
-_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d", re.IGNORECASE)
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}  # fmt: skip
@@ -51,37 +43,6 @@ class _BandFile(NamedTuple):
     nodata: float | None
     scale: float
     offset: float
-
-
-def _band_from_name(path: str) -> str | None:
-    """The band token of a band file's name (the last one: tile ids come first), or ``None``."""
-    found = _BAND_TOKEN.findall(Path(path).stem)
-    return found[-1] if found else None
-
-
-def _sensor_from_name(path: str) -> str | None:
-    """The sensor whose band numbers a product's file name uses, when it is not Sentinel-2's:
-    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (Collection 2 surface reflectance, ``_SR_B5``) or
-    ``landsat89`` (Landsat 8/9 Level-1); ``None`` for other names.
-
-    Raises:
-        BandError: a Landsat 4-7 file (TM, ETM+, MSS), whose band numbers msclip does not know.
-    """
-    name = Path(path).name
-    hls = _HLS_NAME.match(name)
-    if hls is not None:
-        return "hls_l30" if hls.group(1).upper() == "L" else "hls_s30"
-    landsat = _LANDSAT_NAME.match(name)
-    if landsat is None:
-        return None
-    if landsat.group(1).upper() in "CO" and landsat.group(2) in ("08", "09"):
-        return "landsat89_sr" if _SURFACE_REFLECTANCE.search(name) else "landsat89"
-    raise BandError(
-        f"{path} is a Landsat {int(landsat.group(2))} file, whose band numbers are not "
-        "Sentinel-2's nor Landsat 8/9's; name the files' bands (bands=['B02', 'B03', ...], the "
-        "Sentinel-2 band of each)",
-        param="bands",
-    )
 
 
 def stack_band_files(
@@ -129,7 +90,7 @@ def stack_band_files(
     """
     from rasterio.errors import RasterioIOError
 
-    from msclip.io.readers import open_raster
+    from msclip.io.readers import band_from_file_name, open_raster, sensor_from_file_name
     from msclip.io.writers import write_text
     from msclip.spectral.bands import resolve_band
 
@@ -165,7 +126,7 @@ def stack_band_files(
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open band file {p}: {err}") from err
     if sensor is None and bands is None:
-        found = {p: _sensor_from_name(p) for p in paths}
+        found = {p: sensor_from_file_name(p) for p in paths}
         kinds = sorted(set(found.values()), key=str)
         if len(kinds) > 1:
             raise BandError(
@@ -177,7 +138,7 @@ def stack_band_files(
         sensor = kinds[0]
     names = []
     for i, p in enumerate(paths):
-        given = bands[i] if bands is not None else _band_from_name(p)
+        given = bands[i] if bands is not None else band_from_file_name(p)
         if given is None:
             raise BandError(
                 f"no band in the name of {p} (such as _B02 or _B8A); name the files' bands "

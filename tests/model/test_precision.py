@@ -445,7 +445,7 @@ def test_the_measured_product_kernel_is_kept_for_the_next_process(fp32_fused_tin
     period), so a repeated run gives the same embeddings bit for bit; a damaged or unwritable
     cache only means a new measurement."""
     from msclip import architecture
-    from msclip.pretrained import cache_root
+    from msclip.cache import cache_root
 
     fused, _, x = fp32_fused_tiny
     monkeypatch.delenv(architecture.FP32_GEMM_ENV, raising=False)
