@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.cache import CACHE_ENV  # the root of msclip's caches (the text cache is its text/)
+from msclip.cache import CACHE_ENV, cache_root  # CACHE_ENV: the caches' root (text: its text/)
 from msclip.io import atomic_write, write_json
 
 __all__ = [
@@ -59,15 +59,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
 #: Shards per model directory above which ``put`` merges them into one.
 MAX_SHARDS = 32
 
 
 def default_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/text`` if the variable is set, else ``~/.cache/msclip/text``."""
-    from msclip.cache import cache_root
-
     return cache_root() / "text"
 
 

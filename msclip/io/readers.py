@@ -653,8 +653,9 @@ def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str
     """Canonical names of a VRT's undescribed ``image`` bands from the names of the band files
     they read (what ``gdalbuildvrt -separate`` writes: ``T32TQM_B8A_20m.jp2`` holds ``B8A``, in
     the order the files were given, often sorted with B11 and B12 before B8A), the numbering of
-    ``sensor`` or of the product the file names show (:func:`msclip.io.vrt.stack_band_files`);
-    ``None`` when a band reads no file, several, or one without a band in its name."""
+    ``sensor`` or of the product the file names show (as :func:`msclip.io.vrt.stack_band_files`
+    names them); ``None`` when a band reads no file, several, another band than a file's first,
+    or a file without a band in its name."""
     import xml.etree.ElementTree as ET
 
     from msclip.spectral.bands import resolve_band
@@ -665,6 +666,8 @@ def _vrt_band_names(path: str, image: list[int], sensor: str | None) -> list[str
         return None
     files: dict[int, set[str]] = {}
     for band in root.iter("VRTRasterBand"):
+        if any((e.text or "").strip() != "1" for e in band.iter("SourceBand")):
+            return None  # a band of a multi-band file: its file name names no band
         sources = {Path(e.text.strip()).name for e in band.iter("SourceFilename") if e.text}
         files[int(band.get("band", "0"))] = sources
     picked = [files.get(i, set()) for i in image]
