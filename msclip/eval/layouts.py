@@ -206,8 +206,54 @@ def _sorted_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
 OS_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
 
 
+def _split_samples(
+    entries: Sequence[str], samples: Sequence[Any], split_file: Path, image_root: Path
+) -> set[str]:
+    """The paths of the ``samples`` (of class folders) that a split file's ``entries`` name.
+
+    An entry is matched by its name without extension (EuroSAT's lists name ``.jpg`` files of
+    the ``.tif`` release), within its class folder when it gives one (``wheat/0001.tif``); a bare
+    name that several class folders hold is refused, not taken from each of them.
+
+    Raises:
+        DatasetFormatError: entries that name no image, or a bare name that names several.
+    """
+    by_stem: dict[str, list[Any]] = {}
+    for s in samples:
+        by_stem.setdefault(Path(s.path).stem, []).append(s)
+    classes = {Path(s.path).parent.name for s in samples}
+    chosen: set[str] = set()
+    missing: list[str] = []
+    ambiguous: list[tuple[str, list[str]]] = []
+    for entry in entries:
+        e = Path(entry.replace("\\", "/"))
+        found = by_stem.get(e.stem, [])
+        if e.parent.name in classes:  # its class folder decides
+            found = [s for s in found if Path(s.path).parent.name == e.parent.name]
+        if not found:
+            missing.append(entry)
+        elif len(found) > 1:
+            ambiguous.append((entry, [s.path for s in found]))
+        else:
+            chosen.add(found[0].path)
+    if missing:
+        raise DatasetFormatError(
+            f"split file {split_file} lists {len(missing)} images that are not under "
+            f"{image_root} (e.g. {missing[:3]}); the dataset is incomplete"
+        )
+    if ambiguous:
+        entry, paths = ambiguous[0]
+        raise DatasetFormatError(
+            f"split file {split_file} lists {len(ambiguous)} names that several class folders "
+            f"hold (e.g. {entry!r}: {paths[:3]}); give each entry with its class folder "
+            "(class/name.tif)"
+        )
+    return chosen
+
+
 def _read_split_list(path: Path) -> list[str]:
-    """Entries of a split file: one file name per line, or the first column of a CSV."""
+    """Entries of a split file: one file name per line (commas included: a name may hold one),
+    or the first column of a ``.csv``."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:
@@ -217,7 +263,7 @@ def _read_split_list(path: Path) -> list[str]:
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name = line.split(",")[0].strip()
+            name = line.split(",")[0].strip() if path.suffix.lower() == ".csv" else line
             repeated += name in entries
             entries[name] = None
     if not entries:
@@ -456,16 +502,9 @@ class FolderLayout(Layout):
                 )  # fmt: skip
             source = f"all images under {image_root} (no split file)"
         else:
-            wanted = {Path(e).stem for e in _read_split_list(split_file)}
-            have = {Path(s.path).stem for s in samples}
-            missing = sorted(wanted - have)
-            if missing:
-                raise DatasetFormatError(
-                    f"split file {split_file} lists {len(missing)} images that are not under "
-                    f"{image_root} (e.g. {missing[:3]}); the dataset is incomplete"
-                )
-            skipped_n = len(samples) - len(wanted)
-            samples = [s for s in samples if Path(s.path).stem in wanted]
+            chosen = _split_samples(_read_split_list(split_file), samples, split_file, image_root)
+            skipped_n = len(samples) - len(chosen)
+            samples = [s for s in samples if s.path in chosen]
             if skipped_n:
                 skipped[f"not in {split_file.name}"] = skipped_n
             source = str(split_file)
@@ -522,7 +561,8 @@ class CsvLayout(Layout):
                 f"no split CSV for split {split!r} in {root} (looked for {names})"
             )
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            # utf-8-sig: "CSV UTF-8" from a spreadsheet starts with a byte-order mark
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 rows = list(csv.DictReader(f))
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise DatasetFormatError(f"cannot read {path}: {err}") from err
@@ -540,11 +580,12 @@ class CsvLayout(Layout):
         for lineno, row in enumerate(rows, start=2):
             rel = self.image_template.format(path=row[self.path_column].strip())
             where = f"{path}, line {lineno}"
-            if rel in seen:  # a sample listed twice would count twice
+            same = os.path.normpath(rel.replace("\\", "/"))  # ./a.tif, a//b.tif: one sample each
+            if same in seen:  # a sample listed twice would count twice
                 raise DatasetFormatError(
-                    f"{where} repeats the sample of line {seen[rel]} ({rel}); remove one row"
+                    f"{where} repeats the sample of line {seen[same]} ({rel}); remove one row"
                 )
-            seen[rel] = lineno
+            seen[same] = lineno
             cell = (row[self.label_column] or "").strip()
             if self.multi_label:
                 parts = [p.strip() for p in cell.split(self.label_separator) if p.strip()]

@@ -448,3 +448,50 @@ def test_meterml_training_images_in_their_several_archives(tmp_path):
     train = build_dataset("METERML_MS", tmp_path, split="train")
     test = build_dataset("METERML_MS", tmp_path, split="test")
     assert len(train) == len(test) and np.array_equal(train.read(0)[0], test.read(0)[0])
+
+
+def _folders(root: Path, names: dict[str, list[str]]) -> Path:
+    for cls, files in names.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (root / cls / f).write_bytes(b"")  # the index reads names, not pixels
+    return root
+
+
+def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
+    """``wheat/0001.tif`` is that class's file, not every class's 0001; a bare name that several
+    classes hold is refused; the skipped count is what was left out; a name may hold a comma."""
+    from msclip.eval.layouts import FolderLayout
+
+    root = _folders(tmp_path / "crops", {c: ["0001.tif", "0002.tif", "0003.tif"]
+                                         for c in ("wheat", "maize", "water")})  # fmt: skip
+    layout = FolderLayout(["wheat", "maize", "water"], split_files=("{split}.txt",))
+    (root / "test.txt").write_text("wheat/0001.tif\nmaize\\0002.tif\n")
+    idx = layout.index(root, "test")
+    assert sorted(s.id for s in idx.samples) == ["maize/0002.tif", "wheat/0001.tif"]
+    assert idx.skipped == {"not in test.txt": 7}
+    (root / "test.txt").write_text("0001.jpg\n")  # a bare name of three classes
+    with pytest.raises(DatasetFormatError, match=r"names that several class folders hold .*"
+                       r"'0001.jpg'.*with its class folder"):  # fmt: skip
+        layout.index(root, "test")
+    _folders(root, {"wheat": ["plot 1, north.tif"]})
+    (root / "test.txt").write_text("plot 1, north.tif\nwater/0003.tif\n")
+    idx = layout.index(root, "test")
+    assert sorted(s.id for s in idx.samples) == ["water/0003.tif", "wheat/plot 1, north.tif"]
+
+
+def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
+    """ "CSV UTF-8" from a spreadsheet starts with a byte-order mark; ``./a.tif`` and ``a.tif``
+    are one sample."""
+    from msclip.eval.layouts import CsvLayout
+
+    (tmp_path / "imgs").mkdir()
+    for n in ("a", "b"):
+        (tmp_path / "imgs" / f"{n}.tif").write_bytes(b"")
+    layout = CsvLayout(["sea", "forest"])
+    (tmp_path / "test.csv").write_text("\ufeffpath,label\nimgs/a.tif,sea\nimgs/b.tif,forest\n",
+                                       encoding="utf-8")  # fmt: skip
+    assert len(layout.index(tmp_path, "test").samples) == 2
+    (tmp_path / "test.csv").write_text("path,label\nimgs/a.tif,sea\n./imgs//a.tif,forest\n")
+    with pytest.raises(DatasetFormatError, match=r"line 3 repeats the sample of line 2"):
+        layout.index(tmp_path, "test")
