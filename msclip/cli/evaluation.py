@@ -424,13 +424,18 @@ def _evaluate_one(
         "rule": cfg.multilabel_rule if dataset.multi_label else None,
         "other": cfg.other_class_name if dataset.multi_label else None,
         "max_samples": args.max_samples, "seed": args.seed,
+        "samples": _samples_digest(dataset.samples),
     })  # fmt: skip
     label = facts["label"]
     own = record_path(args.save_path, label, dataset.name)
+    scores_path = Path(args.save_path) / "scores" / f"{file_stem(label, dataset.name)}.npz"
     if args.skip_existing and own.is_file():
         # Only this run's own record decides; a damaged record of another run must not fail it.
         existing, left_out = _existing_run_key(own, label, dataset.name)
-        if existing == key and not left_out:
+        if existing == key and not left_out and args.save_scores and not scores_path.is_file():
+            logger.warning("%s: the existing record has no scores (%s); re-running for them",
+                           dataset.name, scores_path)  # fmt: skip
+        elif existing == key and not left_out:
             return "skipped", f"record exists ({own})"
         if existing == key:
             why = f"left {left_out} unreadable sample(s) out; re-running (they may be readable now)"
@@ -450,21 +455,38 @@ def _evaluate_one(
     }  # fmt: skip
     record = make_record(result, facts, split=args.split, seed=args.seed, run_key=key,
                          wall_s=wall, command=["evaluation.py", *argv], extra=settings)  # fmt: skip
-    write_record(args.save_path, record)
     if args.save_scores:
-        # the ids of the scored rows: unreadable samples have no row
+        # before the record: a run stopped between the two leaves no record that
+        # --skip-existing would take as done. The ids of the scored rows: unreadable samples
+        # have no row.
         rows = result.indices if result.indices is not None else range(len(dataset.samples))
         ids = np.asarray([dataset.samples[int(i)].id for i in rows])
         names = np.asarray(result.class_names)
-        path = Path(args.save_path) / "scores" / f"{file_stem(label, dataset.name)}.npz"
-        atomic_write(path, lambda tmp: np.savez_compressed(
+        atomic_write(scores_path, lambda tmp: np.savez_compressed(
             tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names),
             ".npz")  # fmt: skip
+    write_record(args.save_path, record)
     main = result.main_metric
     value = result.report.to_dict()[main]
     n_ok = len(dataset) - len(result.failures)
     bad = f", {len(result.failures)} unreadable and skipped" if result.failures else ""
     return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)"
+
+
+def _samples_digest(samples: Sequence[Any]) -> str:
+    """sha256 of the samples' ids and targets, in order: a split list or label table edited in
+    place (same path, same count) is another run for ``--skip-existing``."""
+    import hashlib
+    import json
+
+    def plain(o: Any) -> Any:  # numpy integers and arrays of targets
+        return o.tolist() if hasattr(o, "tolist") else str(o)
+
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.id, s.target], default=plain).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def _existing_run_key(path: Path, label: str, dataset: str) -> tuple[str | None, int]:

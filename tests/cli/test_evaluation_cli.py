@@ -240,6 +240,21 @@ def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
     code, out, _ = _run(argv, capsys)
     assert code == 0 and "EuroSAT_MS: ok" in out and "BigEarthNet_MS: skipped" in out
     assert _record(save, "EuroSAT_MS")["templates"]["name"] == "short"
+    # a split list edited in place (same path, same number of images): another run
+    split = ms_run["root"] / "EuroSAT_MS" / "eurosat-test.txt"
+    listed = split.read_text()
+    try:
+        split.write_text(listed.replace("_1.jpg", "_2.jpg"))
+        code, out, _ = _run(argv, capsys)
+    finally:
+        split.write_text(listed)
+    assert code == 0 and "EuroSAT_MS: ok" in out and "BigEarthNet_MS: skipped" in out
+    # --save-scores with the scores gone: run again for them
+    scores = save / "scores" / "msclip-tiny-random__BigEarthNet_MS.npz"
+    scores.unlink()
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "BigEarthNet_MS: ok" in out and scores.is_file()
+    assert "METERML_MS: skipped" in out
     # records of inputs read by older rules (band mapping, product scales) are not kept
     import msclip.spectral.adapt as adapt
 
