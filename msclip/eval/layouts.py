@@ -450,12 +450,17 @@ class FolderLayout(Layout):
         )
 
     def index(self, root: Path, split: str) -> DatasetIndex:
+        import unicodedata
+
+        def nfc(name: str) -> str:  # macOS archives store names decomposed (NFD): e + accent
+            return unicodedata.normalize("NFC", name)
+
         image_root = self.image_root(root)
-        known = set(self.labels)
+        known = {nfc(label) for label in self.labels}
+        folders = {nfc(d.name): d for d in image_root.iterdir() if d.is_dir()}
         unknown = sorted(
-            d.name for d in image_root.iterdir()
-            if d.is_dir() and d.name not in known and not d.name.startswith(".")
-            and d.name not in OS_FOLDERS
+            d.name for n, d in folders.items()
+            if n not in known and not d.name.startswith(".") and d.name not in OS_FOLDERS
         )  # fmt: skip
         skipped: dict[str, int] = {}
         if unknown:
@@ -468,7 +473,7 @@ class FolderLayout(Layout):
         samples = []
         empty = []
         for i, label in enumerate(self.labels):
-            d = image_root / label
+            d = folders.get(nfc(label), image_root / label)
             files = _sorted_files(d, self.extensions) if d.is_dir() else []
             if not files:
                 empty.append(label)

@@ -495,3 +495,17 @@ def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
     (tmp_path / "test.csv").write_text("path,label\nimgs/a.tif,sea\n./imgs//a.tif,forest\n")
     with pytest.raises(DatasetFormatError, match=r"line 3 repeats the sample of line 2"):
         layout.index(tmp_path, "test")
+
+
+def test_class_folders_named_in_decomposed_unicode_are_their_classes(tmp_path):
+    """An archive made on macOS stores ``Forêt`` as ``Fore`` + combining circumflex (NFD): the
+    same class, not a folder that is not one (whose name printed the same as the class's)."""
+    import unicodedata
+
+    from msclip.eval.layouts import FolderLayout
+
+    root = _folders(tmp_path / "cls", {unicodedata.normalize("NFD", "Forêt"): ["a.tif"],
+                                       "Eau": ["b.tif"]})  # fmt: skip
+    idx = FolderLayout(["Forêt", "Eau"]).index(root, "test")
+    found = sorted((Path(s.path).name, s.target) for s in idx.samples)
+    assert found == [("a.tif", 0), ("b.tif", 1)]
