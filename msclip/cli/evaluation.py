@@ -432,12 +432,11 @@ def _evaluate_one(
     if args.skip_existing and own.is_file():
         # Only this run's own record decides; a damaged record of another run must not fail it.
         existing, left_out = _existing_run_key(own, label, dataset.name)
-        if existing == key and not left_out and args.save_scores and not scores_path.is_file():
-            logger.warning("%s: the existing record has no scores (%s); re-running for them",
-                           dataset.name, scores_path)  # fmt: skip
-        elif existing == key and not left_out:
-            return "skipped", f"record exists ({own})"
-        if existing == key:
+        if existing == key and not left_out:
+            if not args.save_scores or scores_path.is_file():
+                return "skipped", f"record exists ({own})"
+            why = f"has no scores ({scores_path}); re-running for them"
+        elif existing == key:
             why = f"left {left_out} unreadable sample(s) out; re-running (they may be readable now)"
         elif existing:
             why = "was made with other settings; re-running"
