@@ -103,6 +103,19 @@ def release_pages(t: torch.Tensor) -> None:
     _drop(*_whole_pages(t.data_ptr(), t.numel() * t.element_size()))
 
 
+def _file_mapping(line: str) -> tuple[int, int, str, str] | None:
+    """``(start, end, permissions, path)`` of a mapping's line in ``/proc/self/maps`` (or its
+    header line in ``smaps``) when the mapping is of a file, else ``None``."""
+    head = line.split(None, 5)
+    if len(head) != 6 or "-" not in head[0] or ":" in head[0] or len(head[1]) != 4:
+        return None
+    path = head[5].strip()
+    if not path.startswith("/"):
+        return None
+    lo, hi = (int(x, 16) for x in head[0].split("-"))
+    return lo, hi, head[1], path
+
+
 def _file_mappings() -> list[tuple[int, int, str, str, int, int]]:
     """``(start, end, permissions, path, resident_bytes, anonymous_bytes)`` of each file-backed
     mapping of this process (``/proc/self/smaps``); empty where it cannot be read."""
@@ -114,13 +127,11 @@ def _file_mappings() -> list[tuple[int, int, str, str, int, int]]:
     out: list[list] = []
     current: list | None = None
     for line in lines:
-        head = line.split(None, 5)
-        if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
-            current = None
-            path = head[5].strip() if len(head) == 6 else ""
-            if path.startswith("/") and len(head[1]) == 4:
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                current = [lo, hi, head[1], path, 0, 0]
+        head = line.split(None, 1)
+        if head and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+            found = _file_mapping(line)
+            current = None if found is None else [*found, 0, 0]
+            if current is not None:
                 out.append(current)
         elif current is not None and line.startswith("Rss:"):
             current[4] = int(line.split()[1]) * 1024
@@ -138,13 +149,8 @@ def _private_file_ranges() -> list[tuple[int, int]] | None:
             lines = f.read().splitlines()
     except OSError:
         return None
-    out = []
-    for line in lines:
-        head = line.split(None, 5)
-        if len(head) == 6 and head[1][3:] == "p" and head[5].startswith("/"):
-            lo, hi = (int(x, 16) for x in head[0].split("-"))
-            out.append((lo, hi))
-    return out
+    found = (_file_mapping(line) for line in lines)
+    return [(lo, hi) for lo, hi, perms, _ in filter(None, found) if perms[3] == "p"]
 
 
 def _inside(ranges: list[tuple[int, int]], t: torch.Tensor) -> bool:

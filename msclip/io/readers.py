@@ -627,15 +627,14 @@ def sensor_from_file_name(path: str) -> str | None:
 
 
 def _refuse_landsat_as_sentinel2(
-    src: Any, image: list[int], names: Sequence[str], where: str
+    declared: tuple[list[float], list[float]] | None, names: Sequence[str], where: str
 ) -> None:
     """Refuse Sentinel-2 band names (``B1`` ... ``B7`` read as B01 ... B07, or the band count's
     default) on a file that declares Landsat Collection 2's surface-reflectance scale
     (2.75e-5, -0.2), which no other product uses: its B5 is OLI's near-infrared, not the red
-    edge B05 (:class:`BandError`)."""
+    edge B05 (:class:`BandError`); ``declared``: the file's :func:`_declared_scale`."""
     from msclip.spectral.bands import S2_L1C_BANDS, get_sensor
 
-    declared = _declared_scale(src, image)
     scale, offset, _ = get_sensor("landsat89_sr").stored_scale  # type: ignore[misc]
     if declared is None or not any(n in S2_L1C_BANDS for n in names):
         return
@@ -731,8 +730,8 @@ def _read_geotiff(
             check_dtype(path, src.dtypes[image[0] - 1])
             descriptions = [src.descriptions[i - 1] for i in image]
             colours = [src.colorinterp[i - 1].name for i in image]
-            unscaled = (np.dtype(src.dtypes[image[0] - 1]).kind in "iu"
-                        and _declared_scale(src, image) is None)  # fmt: skip
+            declared = _declared_scale(src, image)
+            unscaled = np.dtype(src.dtypes[image[0] - 1]).kind in "iu" and declared is None
             from_files = None
             if kind == "VRT" and bands is None and not any(descriptions):
                 from_files = _vrt_band_names(path, image, sensor)
@@ -743,7 +742,7 @@ def _read_geotiff(
             if from_files is not None:
                 source = "file names"
             if sensor is None and source in ("descriptions", "count"):
-                _refuse_landsat_as_sentinel2(src, image, names, f"{kind} {path}")
+                _refuse_landsat_as_sentinel2(declared, names, f"{kind} {path}")
             if window is not None:
                 window = _inside_window(window, src.width, src.height, f"{kind} {path}")
             h = int(window.height) if window is not None else src.height

@@ -85,9 +85,9 @@ def fill_mask(values: np.ndarray, nodata: float | None) -> torch.Tensor | None:
     return torch.from_numpy(bad)
 
 
-def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> float | None:
-    """The largest valid value of float data whose values all lie within [-0.5, 2] (reflectance
-    scaled to 0-1), else ``None`` (also for data that is all zero or missing)."""
+def _float_extent(values: np.ndarray | None, nodata: float | None) -> tuple[float, float] | None:
+    """``(lowest, highest)`` valid value (finite, not ``nodata``) of float data; ``None`` for other
+    data or when no value is valid."""
     if values is None or not np.issubdtype(values.dtype, np.floating):
         return None
     ok = np.isfinite(values)  # reduced in place: no copy of the tile's values
@@ -95,8 +95,16 @@ def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> fl
         ok &= values != nodata
     if not ok.any():
         return None
-    top = float(values.max(where=ok, initial=-np.inf))
-    low = float(values.min(where=ok, initial=np.inf))
+    return float(values.min(where=ok, initial=np.inf)), float(values.max(where=ok, initial=-np.inf))
+
+
+def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> float | None:
+    """The largest valid value of float data whose values all lie within [-0.5, 2] (reflectance
+    scaled to 0-1), else ``None`` (also for data that is all zero or missing)."""
+    extent = _float_extent(values, nodata)
+    if extent is None:
+        return None
+    low, top = extent
     return top if 0.0 < top <= 2.0 and low >= -0.5 else None
 
 
@@ -104,14 +112,10 @@ def _float_picture_problem(values: np.ndarray | None, nodata: float | None) -> s
     """What is wrong with float values given to a model of 8-bit pictures (it divides them by
     255): values beyond 255 (reflectance x 10000, such as a file that declares its scale gives)
     or within 0-1 (a picture scaled to 0-1); ``None`` for values that look like 0-255."""
-    if values is None or not np.issubdtype(values.dtype, np.floating):
+    extent = _float_extent(values, nodata)
+    if extent is None:
         return None
-    ok = np.isfinite(values)
-    if nodata is not None and not np.isnan(nodata):
-        ok &= values != nodata
-    if not ok.any():
-        return None
-    top = float(values.max(where=ok, initial=-np.inf))
+    top = extent[1]
     if top > 256.0:
         return (
             f"float values up to {top:.6g} for a model of 8-bit pictures (it reads 0-255): "
