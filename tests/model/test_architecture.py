@@ -159,6 +159,46 @@ def test_fused_bf16_cpu_mlp_agrees_with_the_plain_path(monkeypatch) -> None:
     assert torch.equal(on, off)
 
 
+def test_bf16_attention_is_two_products_up_to_its_size_and_the_fused_kernel_past_it(
+    monkeypatch,
+) -> None:
+    """The bf16 CPU path's attention: two matrix products and a softmax for the sizes of image
+    towers (the fused kernel is slower there), agreeing with the fused kernel to bf16 rounding;
+    PyTorch's fused kernel past the token or score-size limit, and in float32."""
+    from msclip import architecture
+
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        architecture.F, "scaled_dot_product_attention", lambda *a: calls.append(1) or real(*a)
+    )
+
+    def qkv(n: int, dtype: torch.dtype, b: int = 2) -> list[torch.Tensor]:
+        # the layout the fused path hands over: views of one [b, n, 3, h, d] projection
+        x = torch.randn(b, n, 3, 4, 16, generator=g).to(dtype)
+        return list(x.permute(2, 0, 3, 1, 4).unbind(0))
+
+    with torch.inference_mode():
+        q, k, v = qkv(50, torch.bfloat16)
+        explicit = architecture._attention_core(q, k, v)
+        assert calls == []
+        fused = real(q, k, v)
+        assert explicit.shape == fused.shape and explicit.dtype == torch.bfloat16
+        torch.testing.assert_close(explicit.float(), fused.float(), atol=2e-2, rtol=0)
+        cos = torch.nn.functional.cosine_similarity(explicit.float(), fused.float(), dim=-1)
+        assert cos.min() > 0.999
+        architecture._attention_core(*qkv(architecture._EXPLICIT_ATTENTION_TOKENS + 1,
+                                          torch.bfloat16, b=1))  # fmt: skip
+        assert len(calls) == 1  # past the token limit
+        monkeypatch.setattr(architecture, "_EXPLICIT_ATTENTION_BYTES", 2 * 4 * 50 * 50 * 2 - 1)
+        architecture._attention_core(*qkv(50, torch.bfloat16))
+        assert len(calls) == 2  # scores past the size limit
+        q, k, v = qkv(50, torch.float32)
+        assert torch.equal(architecture._attention_core(q, k, v), real(q, k, v))
+        assert len(calls) == 3  # float32: the fused kernel
+
+
 def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
     model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
     x = torch.randn(2, 12, 64, 64)
