@@ -552,6 +552,24 @@ def test_a_training_checkpoint_describes_its_architecture(tiny, tmp_path):
     assert not describes_itself(plain)
 
 
+def test_a_checkpoint_without_msclip_config_is_told_without_unpickling(tiny, tmp_path, monkeypatch):
+    """A release checkpoint (a zip whose pickle never names msclip_config) is told from an
+    msclip training checkpoint by its pickle's bytes; the ~400 tensor records are not unpickled."""
+    from msclip.factory import describes_itself
+
+    plain = tmp_path / "release.pt"
+    torch.save({"state_dict": tiny.clip.state_dict()}, plain)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert not describes_itself(plain)
+    assert calls == []
+    named = tmp_path / "named.pt"  # the key's bytes elsewhere (a value): unpickled to know
+    torch.save({"note": "no msclip_config here", "w": torch.zeros(2)}, named)
+    assert not describes_itself(named)
+    assert len(calls) == 1
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
     from msclip.cli.common import model_from_args
     from msclip.errors import CheckpointError
