@@ -433,7 +433,8 @@ _EXPLICIT_ATTENTION_BYTES = 64 << 20
 
 
 def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` over ``[batch, heads, tokens, d]`` views.
+    """``softmax(q k^T / sqrt(d)) v`` over ``[batch, heads, tokens, d]`` views (``q`` may hold
+    fewer tokens than ``k`` and ``v``: the class token's row of the last block).
 
     In bf16 on a CPU, for the sizes above, as its two products and a softmax: PyTorch's fused
     CPU kernel (flash attention) is slower there. Its scores are rounded to bf16 before the
@@ -441,11 +442,12 @@ def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     stay as close to float32's (cosine 0.99995 on random weights, 0.99976 against 0.99979 with
     attention made four times sharper). Otherwise, and in float32, the fused kernel.
     """
-    b, h, n, dh = q.shape
+    b, h, n_q, dh = q.shape
+    n = k.shape[2]
     if (
         q.dtype == torch.bfloat16
         and n <= _EXPLICIT_ATTENTION_TOKENS
-        and b * h * n * n * q.element_size() <= _EXPLICIT_ATTENTION_BYTES
+        and b * h * n_q * n * q.element_size() <= _EXPLICIT_ATTENTION_BYTES
     ):
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(dh**-0.5)
         return torch.matmul(torch.softmax(scores, -1), v)
@@ -587,6 +589,53 @@ def _fused_mlp(mlp: nn.Module, x: torch.Tensor, pack: bool = False) -> torch.Ten
     return h.reshape(*shape[:-1], h.shape[-1])
 
 
+def _class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``block`` at the first (class) token only, ``[B, 1, D]``: the keys and values
+    of every token, the query, attention, output projection and MLP of the class token alone.
+
+    The image embedding of a ViT with class-token pooling reads nothing else from the last block;
+    the other tokens' attention outputs and MLPs (~3/4 of the block, ~6 % of a ViT-B/16 tower's
+    products) would be computed to be thrown away. The same operations as the block's fused path
+    on fewer rows, so the same values to the rounding of the products' other row blocking.
+    """
+    b, n, d = x.shape
+    attn = block.attn
+    h = attn.num_heads
+    y = block.ln_1(x)
+    qkv = _fused_linear(y.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
+    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    out = _attention_core(q[:, :, :1], k, v).reshape(b, d)
+    x0 = x[:, 0] + _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=True)
+    return (x0 + _fused_mlp(block.mlp, block.ln_2(x0), pack=True)).unsqueeze(1)
+
+
+def _class_token_only(visual: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the image tower may run its last block for the class token alone
+    (:func:`_class_token_block`): inference on the fused CPU path (its attention and MLP take it),
+    class-token pooling, and nothing that observes the blocks' full outputs (forward hooks on the
+    tower, its blocks or their layer norms; adapters take the plain path and so never this)."""
+    if visual.pool_type != "tok" or visual.attn_pool is not None or visual.final_ln_after_pool:
+        return False
+    transformer = visual.transformer
+    if transformer.grad_checkpointing and torch.is_grad_enabled():
+        return False
+    block = transformer.resblocks[-1]
+    if type(block) is not ResidualAttentionBlock or not (
+        type(block.ls_1) is nn.Identity and type(block.ls_2) is nn.Identity
+    ):
+        return False
+    from torch.nn.modules import module as _module
+
+    observed = (transformer, block, block.ln_1, block.ln_2, block.ls_1, block.ls_2)
+    if (
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or any(m._forward_hooks or m._forward_pre_hooks for m in observed)
+    ):
+        return False
+    return _use_fused_attention(block.attn, x, None, block.fused_fp32) and _use_fused_mlp(block, x)
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``.
 
@@ -713,10 +762,19 @@ class Transformer(nn.Module):
             return checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
         return block(x, attn_mask=attn_mask)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, class_token_only: bool = False
+    ) -> torch.Tensor:
+        """The blocks in turn; with ``class_token_only`` the last one for the first token alone
+        (``[B, 1, D]``, :func:`_class_token_block`; the caller checks :func:`_class_token_only`).
+        """
         regions = None
-        for block in self.resblocks:
-            x = self._run(block, x, attn_mask)
+        last = len(self.resblocks) - 1
+        for i, block in enumerate(self.resblocks):
+            if class_token_only and i == last:
+                x = _class_token_block(block, x)
+            else:
+                x = self._run(block, x, attn_mask)
             regions = _release_packed_sources(regions)
         return x
 
@@ -821,7 +879,8 @@ class VisionTransformer(nn.Module):
         return self._global_pool(self.ln_post(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.transformer(self._embeds(x))
+        x = self._embeds(x)
+        x = self.transformer(x, class_token_only=_class_token_only(self, x))
         pooled, _ = self._pool(x)
         return pooled @ self.proj if self.proj is not None else pooled
 

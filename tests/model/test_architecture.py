@@ -199,6 +199,69 @@ def test_bf16_attention_is_two_products_up_to_its_size_and_the_fused_kernel_past
         assert len(calls) == 3  # float32: the fused kernel
 
 
+@pytest.mark.parametrize("fp32", [False, True])
+def test_last_image_block_runs_for_the_class_token_alone_on_the_fused_path(
+    monkeypatch, fp32: bool
+) -> None:
+    """The image embedding reads only the class token of the last block: on the fused CPU path
+    that block computes the other tokens' keys and values and nothing else of theirs, with the
+    embeddings of the whole block (to float32 rounding; the tokens' rows are independent)."""
+    from msclip import architecture
+    from msclip.architecture import use_fused_fp32
+
+    if fp32:
+        model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+        use_fused_fp32(model.clip.visual)
+        if not architecture._fused_mlp_works(torch.float32):
+            pytest.skip("no fused float32 oneDNN kernel in this torch build or on this CPU")
+    else:
+        model = fused_model("msclip-demo", pretrained=True)
+    calls = []
+    real = architecture._class_token_block
+    monkeypatch.setattr(
+        architecture, "_class_token_block", lambda b, x: calls.append(x.shape) or real(b, x)
+    )
+    x = torch.randn(3, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        short = model.encode_image(x)
+        assert len(calls) == 1 and calls[0][0] == 3
+        monkeypatch.setattr(architecture, "_class_token_only", lambda visual, x: False)
+        whole = model.encode_image(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(short.float(), whole.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) -> None:
+    """Every token of the last block is computed in the exact float32 path, with gradients, for
+    intermediates, and where a forward hook on the tower's transformer or last block would see
+    its output."""
+    from msclip import architecture
+
+    calls = []
+    real = architecture._class_token_block
+    monkeypatch.setattr(
+        architecture, "_class_token_block", lambda b, x: calls.append(1) or real(b, x)
+    )
+    x = torch.randn(2, 12, 64, 64)
+    exact = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    with torch.inference_mode():
+        exact.encode_image(x)  # OpenCLIP's arithmetic, bit for bit
+    fused = fused_model("msclip-demo", pretrained=True)
+    visual = fused.clip.visual
+    seen = []
+    with torch.inference_mode():
+        fused.forward_features(x, layers=[-1])
+        for module in (visual.transformer, visual.transformer.resblocks[-1]):
+            handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+            fused.encode_image(x)
+            handle.remove()
+    with torch.enable_grad():
+        fused.encode_image(x)
+    assert calls == []
+    n_tokens = visual.grid_size[0] * visual.grid_size[1] + 1
+    assert [s[1] for s in seen] == [n_tokens, n_tokens]
+
+
 def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
     model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
     x = torch.randn(2, 12, 64, 64)
