@@ -401,17 +401,16 @@ def _release_packed_sources(regions: list[Any] | None) -> list[Any] | None:
     memory map of a file (:func:`msclip.memory.release_mapped`): the packed copies are what the
     fused path reads, so resident memory stays that of one copy of the weights. Called after
     each block, so the two copies coexist for one block's weights only; ``regions`` is the
-    forward pass's one reading of the process's mappings (read here on first need, returned)."""
+    forward pass's one reading of the process's private file maps (read here on first need,
+    returned)."""
     if not _PACKED_SOURCES:
         return regions
-    from msclip.memory import any_file_mapped, mapped_file_regions, release_mapped
+    from msclip.memory import _private_file_ranges, release_mapped
 
     sources = list(_PACKED_SOURCES)
     _PACKED_SOURCES.clear()
     if regions is None:
-        if not any_file_mapped(sources):  # random weights, copies: nothing to read or drop
-            return None
-        regions = mapped_file_regions()
+        regions = _private_file_ranges() or []
     release_mapped(sources, regions)
     return regions
 

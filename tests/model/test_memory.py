@@ -62,14 +62,26 @@ def test_text_pages_are_dropped_and_read_back_unchanged(release_pt) -> None:
     assert torch.equal(text_after, text_before) and torch.equal(image_after, image_before)
 
 
-def test_a_changed_map_is_never_released(release_pt) -> None:
+def test_a_changed_tensor_is_never_released_and_the_rest_of_its_map_is(release_pt) -> None:
+    """Pages are judged tensor by tensor (``/proc/self/pagemap``): the changed embedding keeps
+    its values (dropping its pages would revert them to the file's), and the text tower's other,
+    unchanged weights in the same map are still given back."""
+    import mmap
+
     model = msclip.create_model("msclip-tiny", release_pt, precision="fp32")
     w = model.clip.token_embedding.weight
+    n = 2 * mmap.PAGESIZE // w.element_size()  # two pages' worth: at least one whole page
+    assert w.numel() >= 3 * n
     with torch.no_grad():
-        w[:8] += 1.0  # the process now owns changed pages of the map
+        w.view(-1)[n : 2 * n] += 1.0  # the process now owns changed pages of the map
     changed = w.detach().clone()
-    assert model.release_text_pages() == 0
-    assert torch.equal(w, changed)  # dropping them would have reverted the change
+    other = model.clip.transformer.resblocks[0].mlp.c_fc.weight
+    whole = memory._whole_pages(other.data_ptr(), other.numel() * other.element_size())
+    assert whole[1] > whole[0]  # it has whole pages to give back
+    assert model.release_text_pages() >= whole[1] - whole[0]
+    assert torch.equal(w, changed)
+    assert memory._written_pages(*memory._whole_pages(w.data_ptr(), w.numel() * 4))
+    assert not memory._written_pages(*whole)
 
 
 def test_weights_in_anonymous_memory_are_left_alone() -> None:
@@ -81,15 +93,22 @@ def test_weights_in_anonymous_memory_are_left_alone() -> None:
     assert all(torch.equal(v, before[k]) for k, v in model.clip.state_dict().items())
 
 
-def test_smaps_is_read_only_when_a_tensor_lies_in_a_file_map(release_pt, monkeypatch) -> None:
-    """The list of mappings (``/proc/self/maps``) decides first: tensors in anonymous memory never
-    cost a read of ``smaps`` (20-70 ms each, several per run)."""
+def test_pages_are_judged_by_pagemap_and_by_smaps_only_where_it_is_unreadable(
+    release_pt, monkeypatch
+) -> None:
+    """Releasing reads the list of mappings (``/proc/self/maps``) and each mapped tensor's page
+    entries, never ``smaps`` (15-70 ms each, several per run); where ``pagemap`` cannot be read,
+    ``smaps`` is read once and a map with a written page is left whole."""
+    import mmap
+
+    reads = []
+    real = memory.mapped_file_regions
+    monkeypatch.setattr(memory, "mapped_file_regions", lambda: reads.append(1) or real())
     mapped = msclip.create_model("msclip-tiny", release_pt, precision="fp32")
-    w = mapped.clip.token_embedding.weight
     torch.manual_seed(0)
     anonymous = msclip.create_model("msclip-tiny", precision="fp32")
-    assert memory.any_file_mapped([w]) and memory.any_file_mapped([torch.ones(4), w])
-    assert not memory.any_file_mapped(list(anonymous.clip.parameters()))
+    assert anonymous.release_text_pages() == 0
+    assert mapped.release_text_pages() > 0 and not reads
     # inside means wholly inside one map
     t = torch.ones(4)
     p = t.data_ptr()
@@ -97,11 +116,15 @@ def test_smaps_is_read_only_when_a_tensor_lies_in_a_file_map(release_pt, monkeyp
     assert not memory._inside([(p - 64, p - 8), (p, p + 15)], t)  # its end past the map's
     assert not memory._inside([(p + 1, p + 64)], t) and not memory._inside([], t)
 
-    reads = []
-    real = memory.mapped_file_regions
-    monkeypatch.setattr(memory, "mapped_file_regions", lambda: reads.append(1) or real())
-    assert anonymous.release_text_pages() == 0 and not reads
-    assert mapped.release_text_pages() > 0 and len(reads) == 1
+    monkeypatch.setattr(memory, "_written_pages", lambda first, last: None)
+    fresh = msclip.create_model("msclip-tiny", release_pt, precision="fp32")
+    assert fresh.release_text_pages() > 0 and len(reads) == 1
+    w = fresh.clip.token_embedding.weight
+    with torch.no_grad():
+        w.view(-1)[: 2 * mmap.PAGESIZE // 4] += 1.0
+    changed = w.detach().clone()
+    assert fresh.release_text_pages() == 0 and len(reads) == 2  # the map has a written page
+    assert torch.equal(w, changed)
 
 
 def test_bf16_text_pages_of_the_converted_cache_are_dropped_too(release_pt) -> None:
