@@ -616,8 +616,6 @@ def _class_token_only(visual: nn.Module, x: torch.Tensor) -> bool:
     if visual.pool_type != "tok" or visual.attn_pool is not None or visual.final_ln_after_pool:
         return False
     transformer = visual.transformer
-    if transformer.grad_checkpointing and torch.is_grad_enabled():
-        return False
     block = transformer.resblocks[-1]
     if type(block) is not ResidualAttentionBlock or not (
         type(block.ls_1) is nn.Identity and type(block.ls_2) is nn.Identity
