@@ -4,7 +4,9 @@ Prints the machine (CPU model, torch's dispatch level, AVX-512/bf16/VNNI flags) 
 ``--precision auto`` picks there; images/s of the model alone at batch 1, 8 and 32 in each
 precision (fp32, bf16 weights cast once, int8 image tower; ``torch.autocast`` shown for
 comparison), with the one ``auto`` picks marked; then the end-to-end figure from 224x224 12-band
-uint16 GeoTIFF files to embeddings and its ratio to the model alone at batch 32 (target: >= 0.90).
+uint16 GeoTIFF files to embeddings and its ratio to the model alone at batch 32 (target: >= 0.90),
+with the DataLoader workers msclip's programs use on a CPU (none: on 2 cores a worker took the
+model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4; ``--workers`` to choose).
 
 When a CUDA GPU is present, the same on the GPU: images/s in fp32, bf16 (fp16 where bf16 is
 missing) and ``auto``, at the batch size chosen from free memory
@@ -143,8 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter timings")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--tiles", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the end-to-end figure (default: what msclip's "
+        "programs use on this device, msclip.encode.auto_workers: 0 on a CPU)",
+    )
     args = ap.parse_args(argv)
+    if args.workers is None:
+        from msclip.encode import auto_workers
+
+        args.workers = auto_workers("cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
