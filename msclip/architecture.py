@@ -611,8 +611,9 @@ def _class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _class_token_only(visual: nn.Module, x: torch.Tensor) -> bool:
     """Whether the image tower may run its last block for the class token alone
     (:func:`_class_token_block`): inference on the fused CPU path (its attention and MLP take it),
-    class-token pooling, and nothing that observes the blocks' full outputs (forward hooks on the
-    tower, its blocks or their layer norms; adapters take the plain path and so never this)."""
+    class-token pooling, and nothing that observes the last block's full output (forward hooks
+    on the transformer, the block, its layer norms or ``ln_post``; adapters take the plain path
+    and so never this)."""
     if visual.pool_type != "tok" or visual.attn_pool is not None or visual.final_ln_after_pool:
         return False
     transformer = visual.transformer
@@ -623,7 +624,7 @@ def _class_token_only(visual: nn.Module, x: torch.Tensor) -> bool:
         return False
     from torch.nn.modules import module as _module
 
-    observed = (transformer, block, block.ln_1, block.ln_2, block.ls_1, block.ls_2)
+    observed = (transformer, block, block.ln_1, block.ln_2, block.ls_1, block.ls_2, visual.ln_post)
     if (
         _module._global_forward_hooks
         or _module._global_forward_pre_hooks

@@ -37,15 +37,19 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import logging
 import mmap
 import os
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "mapped_file_regions",
@@ -165,6 +169,38 @@ def _inside(ranges: list[tuple[int, int]], t: torch.Tensor) -> bool:
 _PM_PRESENT, _PM_SWAPPED, _PM_FILE = 1 << 63, 1 << 62, 1 << 61
 
 
+def _pagemap_entries(first: int, n: int) -> np.ndarray | None:
+    """The ``/proc/self/pagemap`` entries of ``n`` pages from the page-aligned ``first``, or
+    ``None`` where they cannot be read."""
+    import numpy as np
+
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            raw = os.pread(fd, n * 8, first // mmap.PAGESIZE * 8)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return np.frombuffer(raw, dtype=np.uint64) if len(raw) == n * 8 else None
+
+
+@functools.cache
+def _pagemap_reliable() -> bool:
+    """Whether ``pagemap`` reports pages as they are: a page this process has just written must
+    read present and not a file's. Where it reads as absent (an emulated ``/proc`` that answers
+    zeros), written pages would pass for unchanged ones, so it is not used."""
+    page = mmap.PAGESIZE
+    buf = (ctypes.c_char * (2 * page))()  # anonymous memory holding one whole page
+    start = -(-ctypes.addressof(buf) // page) * page
+    ctypes.memset(start, 1, page)
+    entries = _pagemap_entries(start, 1)
+    if entries is None:
+        return False
+    e = int(entries[0])
+    return bool(e & _PM_PRESENT) and not e & _PM_FILE
+
+
 def _written_pages(first: int, last: int) -> bool | None:
     """Whether the process wrote to a page of ``[first, last)`` (page-aligned, inside a private
     map of a file): such a page was copied on write, so it is present and no longer a page of
@@ -174,21 +210,12 @@ def _written_pages(first: int, last: int) -> bool | None:
     where it cannot be read."""
     import numpy as np
 
-    page = mmap.PAGESIZE
-    n = (last - first) // page
+    n = (last - first) // mmap.PAGESIZE
     if n <= 0:
         return False
-    try:
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
-        try:
-            raw = os.pread(fd, n * 8, first // page * 8)
-        finally:
-            os.close(fd)
-    except OSError:
+    entries = _pagemap_entries(first, n) if _pagemap_reliable() else None
+    if entries is None:
         return None
-    if len(raw) != n * 8:
-        return None
-    entries = np.frombuffer(raw, dtype=np.uint64)
     copied = (entries & np.uint64(_PM_PRESENT)) != 0
     copied &= (entries & np.uint64(_PM_FILE)) == 0
     return bool(copied.any() or ((entries & np.uint64(_PM_SWAPPED)) != 0).any())

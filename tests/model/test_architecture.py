@@ -233,8 +233,8 @@ def test_last_image_block_runs_for_the_class_token_alone_on_the_fused_path(
 
 def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) -> None:
     """Every token of the last block is computed in the exact float32 path, with gradients, for
-    intermediates, and where a forward hook on the tower's transformer or last block would see
-    its output."""
+    intermediates, and where a forward hook on the tower's transformer, last block or ``ln_post``
+    would see its output."""
     from msclip import architecture
 
     calls = []
@@ -251,7 +251,7 @@ def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) 
     seen = []
     with torch.inference_mode():
         fused.forward_features(x, layers=[-1])
-        for module in (visual.transformer, visual.transformer.resblocks[-1]):
+        for module in (visual.transformer, visual.transformer.resblocks[-1], visual.ln_post):
             handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape))
             fused.encode_image(x)
             handle.remove()
@@ -259,7 +259,7 @@ def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) 
         fused.encode_image(x)
     assert calls == []
     n_tokens = visual.grid_size[0] * visual.grid_size[1] + 1
-    assert [s[1] for s in seen] == [n_tokens, n_tokens]
+    assert [s[1] for s in seen] == [n_tokens, n_tokens, n_tokens]
 
 
 def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:

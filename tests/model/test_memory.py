@@ -127,6 +127,19 @@ def test_pages_are_judged_by_pagemap_and_by_smaps_only_where_it_is_unreadable(
     assert torch.equal(w, changed)
 
 
+def test_a_pagemap_that_answers_zeros_is_not_trusted(monkeypatch) -> None:
+    """An emulated ``/proc`` whose ``pagemap`` reads every page as absent would let written pages
+    pass for the file's: the check of a page just written turns it off (``smaps`` then decides)."""
+    assert memory._pagemap_reliable()  # Linux: a written page reads present and anonymous
+    monkeypatch.setattr(memory, "_pagemap_entries", lambda first, n: np.zeros(n, dtype=np.uint64))
+    memory._pagemap_reliable.cache_clear()
+    try:
+        assert not memory._pagemap_reliable()
+        assert memory._written_pages(0, 4 * 4096) is None
+    finally:
+        memory._pagemap_reliable.cache_clear()
+
+
 def test_bf16_text_pages_of_the_converted_cache_are_dropped_too(release_pt) -> None:
     msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # writes the converted cache
     model = msclip.create_model("msclip-tiny", release_pt, precision="bf16")  # maps it
