@@ -30,7 +30,9 @@ Four measured sources of resident memory that no Python ``del`` returns (64-tile
   faulting it in again.
 
 Everything here is a no-op outside Linux/glibc, and on tensors that are not what each function
-needs (a page is only dropped where the kernel shows the map unchanged).
+needs (a page is only dropped where the kernel shows it unchanged: a weight's own page entries in
+``/proc/self/pagemap``, or its whole map without a written page in ``/proc/self/smaps`` where
+``pagemap`` cannot be trusted).
 """
 
 from __future__ import annotations
