@@ -453,14 +453,22 @@ def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def _fused_qkv(
+    attn: nn.MultiheadAttention, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries, keys and values of ``x`` ``[B, N, D]`` as ``[B, heads, N, D / heads]`` views of
+    one fused-path product (:func:`_fused_linear`, bias included)."""
+    b, n, d = x.shape
+    qkv = _fused_linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
+    q, k, v = qkv.view(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
 def _fused_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
     """Self-attention with the QKV and output projections as fused-path products
-    (:func:`_fused_linear`, bias included) and :func:`_attention_core` between them."""
+    (:func:`_fused_qkv`, :func:`_fused_linear`) and :func:`_attention_core` between them."""
     b, n, d = x.shape
-    h = attn.num_heads
-    qkv = _fused_linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
-    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-    out = _attention_core(q, k, v).transpose(1, 2).reshape(b * n, d)
+    out = _attention_core(*_fused_qkv(attn, x)).transpose(1, 2).reshape(b * n, d)
     return _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=True).view(b, n, d)
 
 
@@ -597,12 +605,9 @@ def _class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     products) would be computed to be thrown away. The same operations as the block's fused path
     on fewer rows, so the same values to the rounding of the products' other row blocking.
     """
-    b, n, d = x.shape
+    b, _, d = x.shape
     attn = block.attn
-    h = attn.num_heads
-    y = block.ln_1(x)
-    qkv = _fused_linear(y.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
-    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = _fused_qkv(attn, block.ln_1(x))
     out = _attention_core(q[:, :, :1], k, v).reshape(b, d)
     x0 = x[:, 0] + _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=True)
     return (x0 + _fused_mlp(block.mlp, block.ln_2(x0), pack=True)).unsqueeze(1)
@@ -622,15 +627,10 @@ def _class_token_only(visual: nn.Module, x: torch.Tensor) -> bool:
         type(block.ls_1) is nn.Identity and type(block.ls_2) is nn.Identity
     ):
         return False
-    from torch.nn.modules import module as _module
-
     observed = (transformer, block, block.ln_1, block.ln_2, block.ls_1, block.ls_2, visual.ln_post)
-    if (
-        _module._global_forward_hooks
-        or _module._global_forward_pre_hooks
-        or any(m._forward_hooks or m._forward_pre_hooks for m in observed)
-    ):
+    if any(m._forward_hooks or m._forward_pre_hooks for m in observed):
         return False
+    # global forward hooks: refused by the fused MLP's own check
     return _use_fused_attention(block.attn, x, None, block.fused_fp32) and _use_fused_mlp(block, x)
 
 
