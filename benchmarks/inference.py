@@ -109,10 +109,12 @@ def gemm_replay(model, batch: int, n_images: int, last_block_class_token: bool =
     products = [fastest_product(a, w) for a, w in
                 ((p_in, w_patch), (x, w_qkv), (x, w_out), (x, w_fc), (h, w_proj))]  # fmt: skip
     patch_mm, qkv_mm, out_mm, fc_mm, proj_mm = products
-    x1, h1 = rand(batch, width), rand(batch, hidden)  # the class tokens of a batch
-    q1, a1 = rand(batch * heads, 1, width // heads), rand(batch * heads, 1, n)
-    last = [fastest_product(a, w) for a, w in ((x1, w_out), (x1, w_fc), (h1, w_proj))]
-    blocks = visual.transformer.layers - (1 if last_block_class_token else 0)
+    blocks = visual.transformer.layers
+    if last_block_class_token:  # the last block's products for the class tokens of a batch
+        x1, h1 = rand(batch, width), rand(batch, hidden)
+        q1, a1 = rand(batch * heads, 1, width // heads), rand(batch * heads, 1, n)
+        last = [fastest_product(a, w) for a, w in ((x1, w_out), (x1, w_fc), (h1, w_proj))]
+        blocks -= 1
 
     def run() -> None:
         with torch.inference_mode():
