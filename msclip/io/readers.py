@@ -44,6 +44,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -568,11 +569,19 @@ def read_image(
     return _mark_missing(data, invalid, nodata, promote)
 
 
+# one file opened at a time under open_raster's warning filter (see there)
+_OPENING = threading.Lock()
+
+
 @contextlib.contextmanager
 def open_raster(path: str | os.PathLike) -> Iterator[Any]:
     """``rasterio.open(path)`` for reading, without rasterio's warning about a file that has no
     georeference: it is read as pixels (``crs`` None), and the programs that need a CRS say so in
     their own words, not rasterio for every tile.
+
+    rasterio gives that warning while opening the file; the filter is set for the opening alone,
+    under a lock: ``warnings.catch_warnings`` changes process-wide state, and files are opened by
+    several threads at once (:func:`msclip.encode.read_items`).
 
     Raises:
         rasterio.errors.RasterioIOError: the file cannot be opened.
@@ -580,10 +589,11 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
+    with _OPENING, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            yield src
+        src = rasterio.open(path)
+    with src:
+        yield src
 
 
 # a band token in a file name: B2, B02, B8A, B11 between separators (Sentinel-2, Landsat, HLS)

@@ -129,3 +129,120 @@ def test_tensor_output_with_no_grad_for_training_code(tiny, files):
     assert batches[0].extra["target"] == [0, 1]
     with pytest.raises(ValueError, match="grad_mode"):
         next(encode_batches(tiny, ds, grad_mode="train"))
+
+
+# -- items of a batch read on several threads ----------------------------------------------------
+def test_items_read_on_threads_give_the_run_of_one_thread(tiny, make_geotiff, tmp_path, caplog):
+    """Without workers, a batch's files are read on one thread per intra-op thread: the same
+    embeddings, failures, skipped items and counted warnings as read on one, in order, with no
+    warning of a file without georeference, and the process's thread settings and warning
+    filters as they were."""
+    import threading
+    import warnings
+
+    from msclip.encode import ImageDataset
+
+    paths = [str(make_geotiff(f"g{i}.tif", count=12, size=(32, 32), seed=i)[0]) for i in range(6)]
+    paths += [str(make_geotiff(f"n{i}.tif", count=12, size=(32, 32), seed=9 + i,
+                               georef=False)[0]) for i in range(3)]  # fmt: skip
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    paths.insert(4, str(bad))
+    pre = tiny.preprocess()  # 12 bands: B01 (and B09) lie outside the model's range, a warning
+
+    def run(threads):
+        caplog.clear()
+        torch.set_num_threads(threads)
+        try:
+            out = list(encode_batches(tiny, ImageDataset(paths, pre), batch_size=4))
+        finally:
+            torch.set_num_threads(2)
+        return out, [r.getMessage() for r in caplog.records]
+
+    filters = list(warnings.filters)
+    daemons = {t for t in threading.enumerate() if not t.daemon}
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        (one, logged_one), (many, logged_many) = run(1), run(2)
+    assert not [w for w in shown if "georeference" in str(w.message)]
+    assert logged_one == logged_many and "(9 of 10 images)" in logged_many[-1]
+    assert (
+        [b.indices for b in one] == [b.indices for b in many] == [[0, 1, 2, 3], [5, 6, 7], [8, 9]]
+    )
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+        assert [f.index for f in a.failures] == [f.index for f in b.failures]
+    assert [f.index for b in many for f in b.failures] == [4]
+    assert torch.get_num_threads() == 2 and warnings.filters == filters
+    assert {t for t in threading.enumerate() if not t.daemon} == daemons  # none left behind
+
+
+def test_read_items_attributes_each_warning_to_its_item():
+    """Warnings raised on the pool's threads belong to the item being read there, whatever the
+    interleaving; a warning of another thread is shown as usual; the filters are restored."""
+    import threading
+    import time
+    import warnings
+    from multiprocessing.pool import ThreadPool
+
+    from msclip.encode import read_items
+
+    def read(i):
+        for k in range(3):
+            warnings.warn(f"item {i} step {k}", UserWarning, stacklevel=1)
+            time.sleep(0.002 * ((i + k) % 3))  # the threads interleave their warnings
+        return {"index": i}
+
+    filters = list(warnings.filters)
+    pool = ThreadPool(3)
+    try:
+        items = read_items(read, list(range(9)), pool)
+    finally:
+        pool.terminate()
+    assert [it["index"] for it in items] == list(range(9))
+    for it in items:
+        i = it["index"]
+        assert it["warnings"] == [("UserWarning", f"item {i} step {k}") for k in range(3)]
+    assert warnings.filters == filters
+
+    # another thread's warning, raised while items are read, is not an item's
+    seen = []
+
+    def other_and_read(i):
+        if i == 0:
+            t = threading.Thread(
+                target=lambda: warnings.warn("not an item's", UserWarning, stacklevel=1)
+            )
+            t.start()
+            t.join()
+        return {"index": i}
+
+    pool = ThreadPool(2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda m, *a, **k: seen.append(str(m))
+            items = read_items(other_and_read, [0, 1], pool)
+    finally:
+        pool.terminate()
+    assert seen == ["not an item's"] and all("warnings" not in it for it in items)
+
+
+def test_a_pass_stopped_early_ends_its_reading_threads(tiny, make_geotiff):
+    import gc
+    import threading
+
+    from msclip.encode import ImageDataset
+
+    paths = [str(make_geotiff(f"s{i}.tif", count=10, size=(32, 32), seed=i)[0]) for i in range(8)]
+    before = set(threading.enumerate())
+    batches = encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2)
+    next(batches)
+    readers = set(threading.enumerate()) - before  # the pass's reading threads
+    assert len(readers) >= 2 and all(t.daemon for t in readers)  # never keeping a process alive
+    del batches
+    gc.collect()
+    deadline = __import__("time").monotonic() + 5
+    while set(threading.enumerate()) - before and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert not set(threading.enumerate()) - before
