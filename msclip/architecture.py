@@ -448,7 +448,9 @@ def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
         and n <= _EXPLICIT_ATTENTION_TOKENS
         and b * h * n_q * n * q.element_size() <= _EXPLICIT_ATTENTION_BYTES
     ):
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(dh**-0.5)
+        # the scale on the queries, not the scores: n / d times fewer values, and in the pass
+        # that makes them contiguous for the product (exact where it is a power of two, d = 64)
+        scores = torch.matmul(q * dh**-0.5, k.transpose(-1, -2))
         return torch.matmul(torch.softmax(scores, -1), v)
     return F.scaled_dot_product_attention(q, k, v)
 
