@@ -27,6 +27,8 @@ int8      CPU image tower with dynamically quantised int8 linear layers (fbgemm/
 numbers on every machine (the test suite sets it to ``fp32``); explicit requests are unaffected.
 
 Detection runs once per process (cached) and only when asked, never at import.
+
+The records of runs also say which libraries ran (:func:`library_versions`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +61,7 @@ __all__ = [
     "cuda_bf16_supported",
     "device_type",
     "env_setting",
+    "library_versions",
     "local_processes",
     "usable_cores",
     "warn_emulated_bf16",
@@ -531,3 +535,21 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
         )
         return PrecisionChoice("bf16", req, "asked for; emulated on this CPU (slow)")
     return PrecisionChoice(req, req, "asked for")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that shape the numbers (for the
+    records of runs; read from the installed packages' metadata, none of them imported)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for dist in ("msclip", "torch", "torchvision", "open_clip_torch", "numpy", "pandas",
+                 "rasterio", "scikit-learn"):  # fmt: skip
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if dist == "msclip":
+                from msclip._version import __version__
+
+                out[dist] = __version__
+    return out

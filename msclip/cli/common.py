@@ -1179,7 +1179,7 @@ def _run_record(
 ) -> dict[str, Any]:
     from datetime import datetime, timezone
 
-    from msclip.eval.report import library_versions
+    from msclip.hardware import library_versions
     from msclip.io import jsonable
 
     device = getattr(model, "device", None)

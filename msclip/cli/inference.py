@@ -479,7 +479,7 @@ def _report_skipped(skipped: Sequence[int], names: Sequence[str], args: argparse
 
 
 def _with_unscored_rows(
-    df: Any,
+    table: Any,
     names: Sequence[str],
     indices: Sequence[int],
     skipped: Sequence[int],
@@ -487,31 +487,29 @@ def _with_unscored_rows(
     failures: Sequence[Any],
     args: argparse.Namespace,
 ) -> Any:
-    """The table of the scored images plus one row per skipped or unreadable image, in input
-    order, with a last ``status`` column: ``ok``, ``skipped: <why>`` (``valid_fraction`` says how
-    much was valid) or ``unreadable: <error>``; the scores of those rows are empty."""
+    """The table (:class:`msclip.io.Table`) of the scored images plus one row per skipped or
+    unreadable image, in input order, with a last ``status`` column: ``ok``, ``skipped: <why>``
+    (``valid_fraction`` says how much was valid) or ``unreadable: <error>``; the scores of those
+    rows are empty."""
     import math
 
-    import pandas as pd
+    from msclip.io import Table
 
-    df = df.assign(status="ok")
-    df.index = list(indices)
-    rows, where = [], []
+    columns = [*table.columns, "status"]
+    by_input = {int(i): [*row, "ok"] for i, row in zip(indices, table.rows())}
+
+    def unscored(image: str, status: str, valid: float | None = None) -> list[Any]:
+        cells = {"Image": image, "valid_fraction": valid, "status": status}
+        if "Class" in columns:
+            cells["Class"] = ""
+        return [cells.get(c) for c in columns]
+
     for k, i in enumerate(skipped):
         valid = skipped_valid[k] if k < len(skipped_valid) else math.nan
-        rows.append({"Image": names[i], "valid_fraction": valid,
-                     "status": f"skipped: {_skip_reason(args)}"})  # fmt: skip
-        where.append(i)
+        by_input[int(i)] = unscored(names[i], f"skipped: {_skip_reason(args)}", valid)
     for f in failures:
-        rows.append({"Image": names[f.index], "status": f"unreadable: {flag_wording(f.reason)}"})
-        where.append(f.index)
-    if not rows:
-        return df.reset_index(drop=True)
-    extra = pd.DataFrame(rows, index=where)
-    if "Class" in df.columns:
-        extra["Class"] = ""
-    frames = [df, extra] if len(df) else [extra]
-    return pd.concat(frames).reindex(columns=df.columns).sort_index().reset_index(drop=True)
+        by_input[int(f.index)] = unscored(names[f.index], f"unreadable: {flag_wording(f.reason)}")
+    return Table.from_rows(columns, [by_input[i] for i in sorted(by_input)])
 
 
 # -- modes --------------------------------------------------------------------------------------
@@ -609,9 +607,8 @@ def run_head_classification(args: argparse.Namespace) -> int:
     out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
     min_valid(args)
 
-    import pandas as pd
-
     from msclip.encode import ImageDataset
+    from msclip.io import Table
 
     large = LargeCheck(image_set.paths)
     model, preprocess, _ = load_model(args, options=image_options(args), large=large)
@@ -629,10 +626,10 @@ def run_head_classification(args: argparse.Namespace) -> int:
         raise UsageError(_coverage_refusal(str(err))) from err
     shown = [image_set.names[i] for i in indices]
     task = ckpt.task
-    df = pd.DataFrame({"Image": shown})
+    table = Table({"Image": shown})
     if task == "regression":
         for j, n in enumerate(names):
-            df[n] = scores[:, j] if len(scores) else []
+            table[n] = scores[:, j] if len(scores) else []
         headers = ["Image", *names]
         rows = [[im, *sc] for im, sc in zip(shown, scores)]
     else:
@@ -642,16 +639,16 @@ def run_head_classification(args: argparse.Namespace) -> int:
             labels = [";".join(n for n, on in zip(names, row) if on) for row in present]
         else:
             labels = [names[int(i)] for i in scores.argmax(axis=1)] if len(scores) else []
-        df["Class"] = labels
+        table["Class"] = labels
         for j, n in enumerate(names):
-            df[n] = scores[:, j] if len(scores) else []
+            table[n] = scores[:, j] if len(scores) else []
         headers, rows = _class_table(
             shown, labels, scores, names, present if task == "multi-label" else None
         )
-    df["valid_fraction"] = valid
-    df = _with_unscored_rows(df, image_set.names, indices, skipped, [], failures, args)
+    table["valid_fraction"] = valid
+    table = _with_unscored_rows(table, image_set.names, indices, skipped, [], failures, args)
     write_table_and_record(
-        df, out_path, model, args, _PROGRAM, "classification with a trained head",
+        table, out_path, model, args, _PROGRAM, "classification with a trained head",
         head={"path": str(args.head), "method": ckpt.method, "task": task, "outputs": list(names),
               "threshold": threshold if task == "multi-label" else None},
         images=_image_counts(len(image_set.names), len(shown), skipped, failures),
@@ -746,7 +743,7 @@ def run_classification(args: argparse.Namespace) -> int:
     _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
     model.release_weight_pages()  # the model calls are done (msclip.memory)
-    import pandas as pd  # after the images and their weights: its ~30 MB never add to them
+    from msclip.io import Table
 
     rule = None
     if args.multi_label:
@@ -754,15 +751,15 @@ def run_classification(args: argparse.Namespace) -> int:
     result = classify(res.embeddings, classifier, names, multi_label=rule, threshold=args.threshold)
     labels = result.labels()
     shown = [image_set.names[i] for i in res.indices]
-    df = pd.DataFrame({"Image": shown, "Class": labels})
+    table = Table({"Image": shown, "Class": labels})
     for j, n in enumerate(names):
-        df[n] = result.probs[:, j]
-    df["valid_fraction"] = res.valid
-    df = _with_unscored_rows(
-        df, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
+        table[n] = result.probs[:, j]
+    table["valid_fraction"] = res.valid
+    table = _with_unscored_rows(
+        table, image_set.names, res.indices, res.skipped, res.skipped_valid, res.failures, args
     )
     write_table_and_record(
-        df, out_path, model, args, _PROGRAM, "zero-shot classification",
+        table, out_path, model, args, _PROGRAM, "zero-shot classification",
         classes=list(names), multi_label=rule, threshold=args.threshold,
         templates={"set": str(args.templates or "eo"), "count": len(templates)},
         images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
@@ -804,7 +801,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     _images_only_from_here(model, tokenizer)
     res = _encode_files(args, model, preprocess, image_set.paths)
     model.release_weight_pages()
-    import pandas as pd  # after the images (see run_classification)
+    from msclip.io import Table
 
     shown = [image_set.names[i] for i in res.indices]
     rows = []
@@ -816,9 +813,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
                 for r, (j, sc) in enumerate(zip(ranking.ids[qi], ranking.scores[qi]))
             ]
     columns = ["Query", "Rank", "Image", "Similarity", "valid_fraction"]
-    df = pd.DataFrame(rows, columns=columns)
     write_table_and_record(
-        df, out_path, model, args, _PROGRAM, "retrieval",
+        Table.from_rows(columns, rows), out_path, model, args, _PROGRAM, "retrieval",
         queries=list(q_names), top_k=min(args.top_k, len(shown)),
         images=_image_counts(len(image_set.names), len(shown), res.skipped, res.failures),
     )  # fmt: skip

@@ -41,9 +41,7 @@ import json
 import logging
 import math
 import os
-import platform
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import RecordError
+from msclip.hardware import library_versions
 from msclip.io import TMP_PREFIX, atomic_write, write_csv, write_json, write_text
 
 __all__ = [
@@ -63,7 +62,6 @@ __all__ = [
     "RecordError",
     "failure_path",
     "file_stem",
-    "library_versions",
     "load_records",
     "make_head_record",
     "make_record",
@@ -135,23 +133,6 @@ def record_path(save_path: str | os.PathLike, model_label: str, dataset: str) ->
 def failure_path(save_path: str | os.PathLike, model_label: str, dataset: str) -> Path:
     """Where the failure note of (model, dataset) lives."""
     return Path(save_path) / "records" / f"{file_stem(model_label, dataset)}.failed.json"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python, the platform and the libraries that shape the numbers."""
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("msclip", "torch", "torchvision", "open_clip_torch", "numpy", "pandas",
-                 "rasterio", "scikit-learn"):  # fmt: skip
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            if dist == "msclip":
-                from msclip._version import __version__
-
-                out[dist] = __version__
-    return out
 
 
 def make_record(

@@ -355,7 +355,8 @@ def run_dense_finetune(
     """
     import pandas as pd
 
-    from msclip.eval.report import library_versions, make_head_record, merge, write_record
+    from msclip.eval.report import make_head_record, merge, write_record
+    from msclip.hardware import library_versions
     from msclip.heads.checkpoint import training_bands
     from msclip.heads.dense_head import save_dense_head
     from msclip.heads.lora import LoRAConfig

@@ -967,7 +967,8 @@ def run_finetune(
             is written).
         CheckpointError: ``resume`` with a checkpoint of other settings.
     """
-    from msclip.eval.report import library_versions, merge
+    from msclip.eval.report import merge
+    from msclip.hardware import library_versions
 
     cfg.validate()
     if cfg.dense:

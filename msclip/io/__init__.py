@@ -16,6 +16,7 @@ from msclip.io.readers import IMAGE_EXTENSIONS, Raster, read_raster, to_chw
 from msclip.io.vrt import stack_band_files
 from msclip.io.writers import (
     TMP_PREFIX,
+    Table,
     atomic_write,
     atomic_write_all,
     check_output,
@@ -37,6 +38,7 @@ __all__ = [
     "GeoTiffStripWriter",
     "ImageSet",
     "Raster",
+    "Table",
     "atomic_write",
     "atomic_write_all",
     "check_output",

@@ -23,6 +23,7 @@ from msclip.errors import MSCLIPError, OutputPathError
 
 __all__ = [
     "TMP_PREFIX",
+    "Table",
     "atomic_write",
     "check_output",
     "commit",
@@ -287,12 +288,94 @@ def write_json(
 
 
 def write_csv(df: Any, path: str | os.PathLike, float_format: str | None = None) -> Path:
-    """Write a pandas DataFrame as CSV (UTF-8, no index column) atomically.
+    """Write a pandas DataFrame (or a :class:`Table`) as CSV (UTF-8, no index column)
+    atomically.
 
     A file name that is not valid UTF-8 (Python holds its bytes as surrogates) is written as the
     bytes it has on disk, so the CSV names that very file, instead of failing with a
     ``UnicodeEncodeError`` after the whole run."""
     return atomic_write(path, csv_writer(df, float_format), ".csv")
+
+
+class Table:
+    """A small result table of named columns, written as CSV exactly as pandas writes a
+    DataFrame with ``to_csv(index=False, float_format=...)``: the standard library's ``csv``
+    with minimal quoting, floats in ``float_format``, missing values (``None``, NaN) empty.
+
+    For the programs that make one table at the end of a run (classification, retrieval), so
+    that they do not import pandas for it: ~0.17 s after torch, 2 % of a 64-tile zero-shot
+    classification (2-core Zen 4). :func:`csv_writer` takes either.
+
+    Args:
+        columns: column name -> values, all of one length.
+    """
+
+    def __init__(self, columns: dict[str, Sequence[Any]] | None = None) -> None:
+        self._columns: dict[str, list[Any]] = {}
+        for name, values in (columns or {}).items():
+            self[name] = values
+
+    @classmethod
+    def from_rows(cls, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+        """A table of ``rows``, each holding one value per column."""
+        if any(len(r) != len(columns) for r in rows):
+            raise ValueError(f"every row must hold {len(columns)} values ({list(columns)})")
+        table = cls()
+        for j, name in enumerate(columns):
+            table._columns[str(name)] = [r[j] for r in rows]
+        if not rows:
+            table._columns = {str(name): [] for name in columns}
+        return table
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self._columns.values()), []))
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return self._columns[name]
+
+    def __setitem__(self, name: str, values: Sequence[Any]) -> None:
+        values = list(values)
+        if self._columns and len(values) != len(self):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(self)} rows")
+        self._columns[str(name)] = values
+
+    def rows(self) -> list[list[Any]]:
+        """The rows, each a list of one value per column."""
+        return [list(r) for r in zip(*self._columns.values())] if self._columns else []
+
+    def to_csv(
+        self,
+        path: str | os.PathLike,
+        index: bool = False,
+        float_format: str | None = None,
+        errors: str = "strict",
+    ) -> None:
+        """Write the table to ``path`` (pandas' signature, without an index column)."""
+        import csv
+        import math
+
+        if index:
+            raise ValueError("a Table has no index column to write")
+
+        def cell(v: Any) -> Any:
+            if v is None:
+                return ""
+            if isinstance(v, (float, np.floating)):
+                if math.isnan(v):
+                    return ""
+                return float_format % v if float_format else str(v)
+            if isinstance(v, np.generic):
+                return v.item()
+            return v
+
+        with open(path, "w", encoding="utf-8", errors=errors, newline="") as f:
+            out = csv.writer(f, lineterminator=os.linesep)
+            out.writerow(self.columns)
+            out.writerows([cell(v) for v in r] for r in self.rows())
 
 
 def csv_writer(df: Any, float_format: str | None = None) -> Any:

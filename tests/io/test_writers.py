@@ -133,3 +133,45 @@ def test_a_target_named_at_the_file_system_limit_is_written(tmp_path):
         assert len(os.fsencode(target.name)) == 255
         write_text(target, "x")
         assert target.read_text() == "x" and not _leftovers(tmp_path)
+
+
+# -- Table: a result table written as pandas writes a DataFrame -----------------------------------
+_TABLE = {
+    "Image": ["a,b.tif", 'q"uote.tif', "new\nline.tif", "plain.tif", "ü.tif", "bad-\udcff.tif"],
+    "Rank": [1, 2, np.int64(3), 4, 5, 6],
+    "p": np.array([0.1, np.nan, 1.0, 1e-9, np.inf, 0.5], np.float32),
+    "v": [0.5, None, float("nan"), 2 / 3, -0.0, 1e300],
+    "flag": [True, False, np.bool_(True), True, False, True],
+    "Class": ["forest", "", "sea", "", "x", "y"],
+}
+
+
+@pytest.mark.parametrize("float_format", ["%.8g", None])
+def test_a_table_is_written_as_pandas_writes_its_dataframe(tmp_path, float_format):
+    import pandas as pd
+
+    from msclip.io import Table, write_csv
+
+    want, got = tmp_path / "pandas.csv", tmp_path / "table.csv"
+    write_csv(pd.DataFrame(_TABLE), want, float_format=float_format)
+    write_csv(Table(_TABLE), got, float_format=float_format)
+    assert got.read_bytes() == want.read_bytes()
+    rows = [[_TABLE[c][i] for c in _TABLE] for i in range(6)]
+    Table.from_rows(list(_TABLE), rows).to_csv(got, float_format=float_format,
+                                               errors="surrogateescape")  # fmt: skip
+    assert got.read_bytes() == want.read_bytes()
+    # no rows: the header alone, as pandas writes it
+    write_csv(pd.DataFrame({c: [] for c in _TABLE}), want)
+    write_csv(Table.from_rows(list(_TABLE), []), got)
+    assert got.read_bytes() == want.read_bytes()
+
+
+def test_a_table_refuses_columns_and_rows_of_other_lengths():
+    from msclip.io import Table
+
+    table = Table({"Image": ["a", "b"]})
+    with pytest.raises(ValueError, match="'p' has 3 values for 2 rows"):
+        table["p"] = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="every row must hold 2 values"):
+        Table.from_rows(["Image", "p"], [["a", 1.0], ["b"]])
+    assert table.columns == ["Image"] and len(table) == 2 and table["Image"] == ["a", "b"]
