@@ -272,9 +272,10 @@ def test_steady_heap_sets_glibcs_thresholds_and_is_a_no_op_without_them(monkeypa
 
     monkeypatch.setattr(memory, "_libc", Libc)
     assert memory.steady_heap() is True
-    # blocks up to glibc's largest mmap threshold from the heap, and no automatic trimming below
-    # a GB: the memory a call frees stays for the next until trim_heap
-    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]
+    # blocks up to glibc's largest mmap threshold from the heap, one arena for every thread made
+    # later, and no automatic trimming below a GB: the memory a call frees stays for the next
+    # until trim_heap
+    assert calls == [(-3, 32 << 20), (-8, 1), (-1, 1 << 30)]
     monkeypatch.setattr(memory, "_libc", lambda: None)  # not glibc
     assert memory.steady_heap() is False
 
@@ -306,3 +307,31 @@ def test_a_steady_heap_keeps_freed_memory_until_it_is_trimmed() -> None:
         drops[mode] = (at_free, at_trim)
     assert drops["default"][0] > 20 * mb  # given back when freed
     assert drops["steady"][0] < 4 * mb < 20 * mb < drops["steady"][1], drops  # kept, then trimmed
+
+
+def test_a_steady_heap_lets_one_thread_reuse_what_another_freed() -> None:
+    """In a child process: a 24 MB block a reader thread freed is reused by the next allocation
+    of another thread with the steady heap (one arena); with the thresholds alone, the thread's
+    own arena keeps it and the next allocation elsewhere is new memory."""
+    import subprocess
+
+    code = (
+        "import sys, threading, torch\n"
+        "from msclip import memory\n"
+        "def anon():\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(l.split()[1]) for l in f if l.startswith('RssAnon'))\n"
+        "if sys.argv[1] == 'steady': assert memory.steady_heap()\n"
+        "else:\n"
+        "    libc = memory._libc(); libc.mallopt(-3, 32 << 20); libc.mallopt(-1, 1 << 30)\n"
+        "def read():\n"
+        "    block = torch.ones(6 << 20); del block\n"
+        "t = threading.Thread(target=read); t.start(); t.join()\n"
+        "before = anon(); block = torch.ones(6 << 20); print(anon() - before)\n"
+    )
+    grown = {}
+    for mode in ("thresholds", "steady"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        grown[mode] = int(out.stdout)
+    assert grown["steady"] < 4 * 1024 < 20 * 1024 < grown["thresholds"], grown
