@@ -639,7 +639,7 @@ class MSCLIP(nn.Module):
         For the end of a run whose model calls are done (the results are written next): as
         :meth:`release_text_pages`, for every weight that is an unchanged memory map of a file
         (0.35 GB of image tower in fp32 for Llama3-MS-CLIP-Base), so what the run does after
-        its model calls (importing pandas, building its tables) does not add to a peak set by
+        its model calls (building and writing its tables) does not add to a peak set by
         the weights. Weights in anonymous memory are left alone; using the model again reads
         the pages in again, with the same values. The copies of the image tower's weights in
         oneDNN's layout that its bf16 CPU path made (:mod:`msclip.architecture`) are freed;
