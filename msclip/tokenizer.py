@@ -60,11 +60,19 @@ def _byte_chars() -> dict[int, str]:
 @functools.cache
 def _tables(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")[1 : _N_MERGES + 1]  # the first line is a version header
-    merges = [tuple(line.split()) for line in lines]
+        text = f.read()
+    # the first line is a version header; each merge line is its two pieces and one space
+    lines = text.split("\n", _N_MERGES + 1)[1 : _N_MERGES + 1]
+    words = " ".join(lines).split(" ")
+    if len(words) == 2 * len(lines) and "\r" not in text:  # at once (~30 ms less)
+        firsts, seconds = words[0::2], words[1::2]
+    else:  # another spacing, or Windows line ends: line by line
+        pairs = [line.split() for line in lines]
+        firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    merges = list(zip(firsts, seconds))
     base = list(_byte_chars().values())
-    vocab = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + list(_SPECIAL)
-    return {tok: i for i, tok in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}  # type: ignore[misc]
+    vocab = [*base, *(c + "</w>" for c in base), *map(str.__add__, firsts, seconds), *_SPECIAL]
+    return dict(zip(vocab, range(len(vocab)))), dict(zip(merges, range(len(merges))))
 
 
 @functools.cache

@@ -107,6 +107,27 @@ def test_tokenizer_tables_are_read_on_first_use_and_released_until_the_next() ->
     assert torch.equal(ours(texts), first)  # read again, same ids
 
 
+def test_a_merge_list_with_windows_line_ends_or_other_spacing_reads_the_same(tmp_path) -> None:
+    """The merge list is split at once where each line is two pieces and one space; a copy with
+    CRLF line ends or runs of spaces is read line by line, into the same tables."""
+    import gzip
+
+    from msclip.tokenizer import _tables, default_bpe_path
+
+    with gzip.open(default_bpe_path(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[:2001]  # the header and 2,000 merges
+    copies = {"lf": "\n".join(lines), "crlf": "\r\n".join(lines),
+              "spaces": "\n".join(line.replace(" ", "   ") for line in lines)}  # fmt: skip
+    tables = {}
+    for name, text in copies.items():
+        path = tmp_path / f"{name}.txt.gz"
+        with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
+            f.write(text)
+        tables[name] = _tables(str(path))
+    assert len(tables["lf"][1]) == 2000 and ("i", "n") in tables["lf"][1]
+    assert tables["crlf"] == tables["lf"] == tables["spaces"]
+
+
 def test_a_missing_merge_list_is_named_when_the_tokenizer_is_made(tmp_path) -> None:
     missing = tmp_path / "bpe.txt.gz"
     with pytest.raises(FileNotFoundError, match=r"bpe\.txt\.gz"):
