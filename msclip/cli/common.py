@@ -563,8 +563,9 @@ LARGE_FACTOR = 64
 
 #: How many image files :func:`refuse_large_images` judges from their headers before any is
 #: encoded. The rest are refused when they are read, with the same message (the readers check
-#: the size before reading pixels): a header costs ~0.7 ms on a local disk (more on network
-#: storage), so an archive of a million tiles is not opened twice, once by every process.
+#: the size before reading pixels): a header costs ~30 us for a TIFF read directly and ~1 ms for
+#: another format opened with GDAL on a local disk (more on network storage), so an archive of a
+#: million tiles is not opened twice, once by every process.
 EARLY_CHECK_FILES = 256
 
 #: The fix the command line offers for a raster far larger than the model input (it replaces the
@@ -649,10 +650,12 @@ def refuse_large_images(
 
     from msclip.errors import RasterTooLargeError
     from msclip.io.readers import (
+        GEOTIFF_EXTENSIONS,
         PICTURE_EXTENSIONS,
         RASTER_EXTENSIONS,
         check_pixels,
         open_raster,
+        tiff_size,
         too_large_picture,
     )
 
@@ -660,8 +663,12 @@ def refuse_large_images(
         ext = Path(path).suffix.lower()
         try:
             if ext in RASTER_EXTENSIONS and not getattr(args, "downsample", False):
-                with open_raster(path) as src:
-                    height, width = src.height, src.width
+                # a TIFF's header alone (~30 us against ~1 ms for GDAL), else GDAL's account
+                found = tiff_size(path) if ext in GEOTIFF_EXTENSIONS else None
+                if found is None:
+                    with open_raster(path) as src:
+                        found = src.height, src.width
+                height, width = found
             elif ext in PICTURE_EXTENSIONS:
                 from PIL import Image
 

@@ -396,6 +396,61 @@ def check_dtype(path: str, dtype: Any) -> None:
     )
 
 
+# TIFF field types whose value is a whole number: SHORT, LONG, LONG8 (BigTIFF)
+_TIFF_WHOLE = {3: "H", 4: "I", 16: "Q"}
+
+
+def tiff_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(height, width)`` of the first image of a TIFF or BigTIFF file (GeoTIFFs, COGs), from
+    its header alone: ~30 us, where opening it with GDAL takes ~1 ms. For checks of many files
+    before any is read (:func:`msclip.cli.common.refuse_large_images`); ``None`` where the file
+    is not a TIFF or its first directory cannot be read this way (then ask GDAL)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 16:
+                return None
+            magic = struct.unpack(order + "H", head[2:4])[0]
+            if magic == 42:
+                first, count_fmt, entry, offset_fmt = (
+                    struct.unpack(order + "I", head[4:8])[0],
+                    "H",
+                    12,
+                    "I",
+                )
+            elif magic == 43:
+                first, count_fmt, entry, offset_fmt = (
+                    struct.unpack(order + "Q", head[8:16])[0],
+                    "Q",
+                    20,
+                    "Q",
+                )
+            else:
+                return None
+            f.seek(first)
+            raw = f.read(struct.calcsize(count_fmt))
+            n = struct.unpack(order + count_fmt, raw)[0]
+            if not 0 < n <= 4096:
+                return None
+            table = f.read(n * entry)
+    except (OSError, struct.error, ValueError):
+        return None
+    size: dict[int, int] = {}
+    value_at = entry - struct.calcsize(offset_fmt)  # tag, type, count, then the value itself
+    for i in range(min(n, len(table) // entry)):
+        tag, kind = struct.unpack_from(order + "HH", table, i * entry)
+        if tag in (256, 257) and kind in _TIFF_WHOLE:
+            size[tag] = struct.unpack_from(order + _TIFF_WHOLE[kind], table, i * entry + value_at)[
+                0
+            ]
+    if 256 not in size or 257 not in size:
+        return None
+    return size[257], size[256]
+
+
 def check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> None:
     """Refuse a raster of more than ``max_pixels`` pixels (:class:`RasterTooLargeError`)."""
     if max_pixels is not None and height * width > max_pixels:

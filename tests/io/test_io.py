@@ -468,3 +468,38 @@ def test_a_file_given_as_an_image_that_is_none_is_refused_when_listed(tmp_path):
         with pytest.raises(ImageSetError, match="is not an image file") as err:
             list_image_set([tmp_path / name])
         assert err.value.param == "images"
+
+
+# -- a TIFF's size from its header ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"tiled": True, "blockxsize": 32, "blockysize": 32}, {"BIGTIFF": "YES"},
+     {"ENDIANNESS": "BIG"}, {"BIGTIFF": "YES", "ENDIANNESS": "BIG"},
+     {"compress": "deflate", "interleave": "pixel"}],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype, shape", [("uint16", (70, 130)), ("uint8", (3, 70000))])
+def test_a_tiffs_size_from_its_header_is_gdals(tmp_path, options, dtype, shape):
+    """Classic and BigTIFF, either byte order, stripped or tiled, widths as SHORT or LONG: the
+    header gives GDAL's height and width."""
+    import rasterio
+
+    from msclip.io.readers import tiff_size
+
+    path = tmp_path / "x.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no georeference
+        with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=2,
+                           dtype=dtype, **options) as f:  # fmt: skip
+            f.write(np.ones((2, *shape), dtype))
+        with rasterio.open(path) as f:
+            assert tiff_size(path) == (f.height, f.width) == shape
+
+
+def test_a_file_that_is_no_tiff_has_no_size_from_a_header(tmp_path):
+    from msclip.io.readers import tiff_size
+
+    (tmp_path / "a.tif").write_bytes(b"not a tiff at all, longer than a header")
+    (tmp_path / "b.tif").write_bytes(b"II*\x00\xff\xff\xff\x7f" + bytes(8))  # IFD past the end
+    (tmp_path / "c.tif").write_bytes(b"II*\x00")  # cut short
+    for name in ("a.tif", "b.tif", "c.tif", "missing.tif"):
+        assert tiff_size(tmp_path / name) is None
