@@ -344,7 +344,7 @@ def steady_heap() -> bool:
     own: the threads that read a batch's files (:func:`msclip.encode.read_items`) would otherwise
     each keep what they freed in their own arena, where neither the model nor the next batch's
     other reader reuses it (64-tile classification, bf16, 2-core Zen 4: peak 0.68 GB with an
-    arena per reader, 0.65-0.66 GB shared, the same as reading on one thread).
+    arena per reader, 0.65-0.67 GB shared, against 0.65 reading on one thread).
 
     Process-wide and for the rest of the process: called by the command-line programs running on
     a CPU, not by the library. Returns whether glibc took the settings (a no-op elsewhere).
