@@ -35,9 +35,9 @@ DataLoader worker processes use one thread each (PyTorch's default in workers). 
 the items of a batch of a dataset that offers ``read_item`` (:class:`ImageDataset`: files and
 scene tiles) are read on as many Python threads as torch has intra-op threads (at most one per
 item), between model calls: decompressing a GeoTIFF releases the GIL, so the cores the model
-leaves idle while one file is decoded read the others (64 deflate 224x224x12 tiles: 0.39-0.43 s
-on two threads against 0.59-0.67 s on one, 2-core Zen 4). Their warnings are recorded item by
-item as with one thread (:func:`read_items`).
+leaves idle while one file is decoded read the others (64 deflate 224x224x12 tiles between model
+calls: 0.51-0.58 s on two threads against 0.61-0.75 s on one, 2-core Zen 4). Their warnings are
+recorded item by item as with one thread (:func:`read_items`).
 
 GPU path. On CUDA the loader pins its batches (``pin_memory``) and the copies to the device are
 non-blocking, so a worker's next batch is copied while the GPU computes; ``batch_size=None`` picks

@@ -414,22 +414,17 @@ def tiff_size(path: str | os.PathLike) -> tuple[int, int] | None:
             if order is None or len(head) < 16:
                 return None
             magic = struct.unpack(order + "H", head[2:4])[0]
-            if magic == 42:
-                first, count_fmt, entry, offset_fmt = (
-                    struct.unpack(order + "I", head[4:8])[0],
-                    "H",
-                    12,
-                    "I",
-                )
-            elif magic == 43:
-                first, count_fmt, entry, offset_fmt = (
-                    struct.unpack(order + "Q", head[8:16])[0],
-                    "Q",
-                    20,
-                    "Q",
-                )
-            else:
+            if magic not in (42, 43):  # classic TIFF, BigTIFF
                 return None
+            big = magic == 43
+            # where the first directory is; its entry count; the size of an entry and of the
+            # value field that ends each entry
+            (first,) = (
+                struct.unpack(order + "Q", head[8:16])
+                if big
+                else struct.unpack(order + "I", head[4:8])
+            )
+            count_fmt, entry, field_size = ("Q", 20, 8) if big else ("H", 12, 4)
             f.seek(first)
             raw = f.read(struct.calcsize(count_fmt))
             n = struct.unpack(order + count_fmt, raw)[0]
@@ -439,13 +434,11 @@ def tiff_size(path: str | os.PathLike) -> tuple[int, int] | None:
     except (OSError, struct.error, ValueError):
         return None
     size: dict[int, int] = {}
-    value_at = entry - struct.calcsize(offset_fmt)  # tag, type, count, then the value itself
-    for i in range(min(n, len(table) // entry)):
-        tag, kind = struct.unpack_from(order + "HH", table, i * entry)
-        if tag in (256, 257) and kind in _TIFF_WHOLE:
-            size[tag] = struct.unpack_from(order + _TIFF_WHOLE[kind], table, i * entry + value_at)[
-                0
-            ]
+    for at in range(0, min(n, len(table) // entry) * entry, entry):
+        tag, kind = struct.unpack_from(order + "HH", table, at)
+        if tag in (256, 257) and kind in _TIFF_WHOLE:  # ImageWidth, ImageLength
+            value = struct.unpack_from(order + _TIFF_WHOLE[kind], table, at + entry - field_size)
+            size[tag] = value[0]
     if 256 not in size or 257 not in size:
         return None
     return size[257], size[256]

@@ -321,10 +321,7 @@ class Table:
         if any(len(r) != len(columns) for r in rows):
             raise ValueError(f"every row must hold {len(columns)} values ({list(columns)})")
         table = cls()
-        for j, name in enumerate(columns):
-            table._columns[str(name)] = [r[j] for r in rows]
-        if not rows:
-            table._columns = {str(name): [] for name in columns}
+        table._columns = {str(name): [r[j] for r in rows] for j, name in enumerate(columns)}
         return table
 
     @property
