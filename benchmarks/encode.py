@@ -4,7 +4,8 @@ Prints the machine (CPU model, torch's dispatch level, AVX-512/bf16/VNNI flags) 
 ``--precision auto`` picks there; images/s of the model alone at batch 1, 8 and 32 in each
 precision (fp32, bf16 weights cast once, int8 image tower; ``torch.autocast`` shown for
 comparison), with the one ``auto`` picks marked; then the end-to-end figure from 224x224 12-band
-uint16 GeoTIFF files to embeddings and its ratio to the model alone at batch 32 (target: >= 0.90),
+uint16 GeoTIFF files to embeddings, through msclip's encoding engine as its programs read them
+(``msclip.encode.encode_images``), and its ratio to the model alone at batch 32 (target: >= 0.90),
 with the DataLoader workers msclip's programs use on a CPU (none: on 2 cores a worker took the
 model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4; ``--workers`` to choose).
 
@@ -23,26 +24,13 @@ import argparse
 import contextlib
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import workload  # noqa: F401  (puts this repository's msclip first on the path)
-from torch.utils.data import DataLoader, Dataset
 
 import msclip
-
-
-class _Files(Dataset):
-    def __init__(self, paths: Sequence[Path], preprocess: msclip.SpectralPreprocess) -> None:
-        self.paths, self.preprocess = list(paths), preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.preprocess(self.paths[i])
 
 
 def model_throughput(model: msclip.MSCLIP, batch: int, seconds: float, autocast: bool) -> float:
@@ -70,21 +58,24 @@ def model_images_per_s(model: msclip.MSCLIP, n: int, batch: int) -> float:
 
 
 def end_to_end(model: msclip.MSCLIP, paths: list[Path], batch: int, workers: int) -> float:
-    import warnings
+    """Images/s from the files to L2-normalised embeddings through msclip's encoding engine, as
+    its programs read them (:func:`msclip.encode.encode_images`)."""
+    import logging
+
+    from msclip.encode import encode_images
 
     preprocess = model.preprocess()
-    loader = DataLoader(_Files(paths, preprocess), batch_size=batch, num_workers=workers,
-                        prefetch_factor=2 if workers else None,
-                        persistent_workers=False)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # B01 outside the model's range: expected for L2A files
+    engine_log = logging.getLogger("msclip.encode")
+    level = engine_log.level
+    engine_log.setLevel(logging.ERROR)  # B01 outside the model's range: expected for L2A files
+    try:
         start = time.perf_counter()
-        out = []
-        with torch.inference_mode():
-            for images in loader:
-                out.append(model.encode_image(images, normalize=True))
+        res = encode_images(model, preprocess, [str(p) for p in paths], batch_size=batch,
+                            workers=workers)  # fmt: skip
         elapsed = time.perf_counter() - start
-    assert sum(len(o) for o in out) == len(paths)
+    finally:
+        engine_log.setLevel(level)
+    assert len(res.indices) == len(paths), res.failures
     return len(paths) / elapsed
 
 
