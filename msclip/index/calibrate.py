@@ -12,8 +12,10 @@ kernel         scan of one chunk of rows (``Q`` queries)
 int8-gemv      ``torch.ops.aten._weight_int8pack_mm``: int8 codes, bf16 query (a bandwidth-bound
                GEMV; few queries)
 int8-gemm      ``torch._int_mm``: int8 codes, int8-rounded queries, int32 scores (VNNI)
-int8-fbgemm    ``torch.ops.quantized.linear_dynamic`` over prepacked codes (fbgemm/oneDNN): the
-               query quantised on the fly, float32 scores; the packing is a one-off preparation
+int8-fbgemm    ``torch.ops.quantized.linear_dynamic`` over codes prepacked for fbgemm: the query
+               quantised on the fly, float32 scores; the packing is a one-off preparation
+int8-onednn    the same layer over codes prepacked for oneDNN (on Zen 4, the faster for batches of
+               queries, the slower for one)
 dequant        float32 matmul over the codes converted chunk by chunk
 bf16           bf16 matmul over a bf16 copy of the float rows (one-off preparation)
 fp32           float32 matmul over the stored float32 rows: the plain ``matmul + topk`` baseline
@@ -34,9 +36,10 @@ ones, relative to their spread (``sqrt(1 - r^2)``); the limit is
 ``max(4 x the codes' own residual, 0.05)``. That guards recall against a kernel whose input
 quantisation misbehaves on some data.
 
-A kernel that searches a prepared copy (int8-fbgemm, bf16) is passed over at search time when the
-copy would take more than half of the memory available (:func:`msclip.hardware.available_memory`)
-for the fastest measured kernel without one (:meth:`Calibration.fastest_without`).
+A kernel that searches a prepared copy (int8-fbgemm, int8-onednn, bf16) is passed over at search
+time when the copy would take more than half of the memory available
+(:func:`msclip.hardware.available_memory`) for the fastest measured kernel without one
+(:meth:`Calibration.fastest_without`).
 
 The choice is cached per CPU kind (:meth:`msclip.hardware.CPUInfo.key`: CPU model, flags, torch
 version, core count) in the index's ``search_cache/`` folder as
@@ -70,13 +73,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Kernels the calibration may choose, in order of preference on equal times.
-CANDIDATES = ("int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32")
+CANDIDATES = ("int8-gemv", "int8-gemm", "int8-fbgemm", "int8-onednn", "dequant", "bf16", "fp32")
 #: Regime name -> number of queries timed.
 BATCH_QUERIES = 64
 REGIMES = {"few": 1, "many": BATCH_QUERIES}
 #: Rows of the sample each kernel is timed on.
 SAMPLE_ROWS = 32768
-CALIBRATION_VERSION = 1
+# 2: int8-onednn among the candidates (a version-1 choice never measured it)
+CALIBRATION_VERSION = 2
 _PREFIX = "calibration-"
 # Relative tolerance under which a kernel is not worth switching to: a faster-measured kernel must
 # beat the fp32 baseline by this much (timings of a few ms on a shared machine are noisy).
@@ -86,6 +90,11 @@ _SLOW = 8.0
 # A kernel taking longer than this on the small sample is not timed on the full one.
 _TOO_SLOW_S = 0.05
 _ACC_FACTOR, _ACC_FLOOR = 4.0, 0.05
+
+
+class _Outdated(Exception):
+    """A cached calibration written by an older msclip (another candidate list)."""
+
 
 #: ``timings[regime][kernel]`` -> seconds per row for that regime's query count.
 Timings = dict[str, dict[str, float]]
@@ -340,12 +349,20 @@ def load_or_calibrate(
     path = cache_path(directory, key) if directory is not None else None
     if hit is None and path is not None and path.is_file():
         try:
-            cal = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            version = saved.get("version") if isinstance(saved, dict) else None
+            if isinstance(version, int) and version < CALIBRATION_VERSION:
+                # an older msclip's measurement, of fewer candidates: not damaged, just outdated
+                raise _Outdated(f"calibration version {version}")
+            cal = Calibration.from_dict(saved)
             if 2 * cal.rows >= rows:
                 _MEMORY[mem_key] = cal
                 return cal
             logger.info("search calibration %s was timed on %d rows; measuring again", path,
                         cal.rows)  # fmt: skip
+        except _Outdated as exc:
+            logger.info("search calibration %s is from an older msclip (%s); measuring again", path,
+                        exc)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("ignoring unreadable search calibration %s (%s)", path, exc)
     cal = measure()

@@ -16,11 +16,12 @@ coding", ICASSP 2011, with the scalar quantiser in place of product quantisation
    chunks. The kernel is chosen by measuring (:mod:`msclip.index.calibrate`, once per CPU kind,
    cached in the index's search cache): ``torch.ops.aten._weight_int8pack_mm`` (a bandwidth-bound
    int8-weight GEMV with bf16 activations), ``torch._int_mm`` (int8 x int8 -> int32, VNNI on
-   x86, with the query rounded to int8), fbgemm's dynamic int8 linear layer over prepacked codes,
-   a float matmul over the codes, a bf16 copy of the rows, or the plain float32 rows, separately
-   for one query and for batches. The ``candidates`` best approximate scores per query are kept
-   by a running-threshold selection that only looks inside groups of 32 rows whose maximum beats
-   the current threshold, which avoids a full top-k over every score.
+   x86, with the query rounded to int8), the dynamic int8 linear layer of fbgemm or of oneDNN
+   over prepacked codes, a float matmul over the codes, a bf16 copy of the rows, or the plain
+   float32 rows, separately for one query and for batches. The ``candidates`` best approximate
+   scores per query are kept by a running-threshold selection that only looks inside groups of
+   32 rows whose maximum beats the current threshold, which avoids a full top-k over every
+   score.
 3. Re-rank. The candidates' float32 rows are read from the (memory-mapped) store and scored in
    float64; the score returned is that value rounded to float32, so a score does not depend on
    which path or which batch produced it. Results are sorted by
@@ -50,6 +51,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -77,7 +79,9 @@ __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("auto", "int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32")
+KERNELS = (
+    "auto", "int8-gemv", "int8-gemm", "int8-fbgemm", "int8-onednn", "dequant", "bf16", "fp32"
+)  # fmt: skip
 # 2: a constant dimension's step is 0 (1.0 before, which spoiled the int8 query rounding)
 CACHE_VERSION = 2
 _CACHE_PREFIX = "sq8-"
@@ -89,22 +93,31 @@ _GEMV_CHUNK_ROWS = 1 << 20  # the GEMV has a per-call cost: few large calls
 # int32 scores per GEMM chunk: few kernel calls (each a parallel region), yet within the L3 cache
 _GEMM_CHUNK_SCORE_BYTES = 1 << 24
 _BUILD_CHUNK_ROWS = 2048
-# Rows per prepacked block of the fbgemm kernel. Each call returns [Q, rows] float32 scores: at
-# 65,536 rows 100 queries get 26 MB per call, which the allocator handed back and faulted in
-# afresh on some calls (measured on Zen 4: 100,000 page faults and 0.45 s per 100-query search
-# over 10^6 rows, against none and 0.30 s at 32,768 rows); one query is as fast either way.
-_FBGEMM_CHUNK_ROWS = 1 << 15
+# Rows per prepacked block of the packed kernels (fbgemm, oneDNN). Each call returns [Q, rows]
+# float32 scores: at 65,536 rows 100 queries get 26 MB per call, which the allocator handed back
+# and faulted in afresh on some calls (measured on Zen 4 with fbgemm: 100,000 page faults and
+# 0.45 s per 100-query search over 10^6 rows, against none and 0.30 s at 32,768 rows); one query
+# is as fast either way.
+_PACKED_CHUNK_ROWS = 1 << 15
 # Chunks of at least this many scores are selected on every intra-op thread (the small ones on
 # one, see _serial_torch): 100 queries' running-threshold bookkeeping took ~50 ms of a search
 # serially.
 _PARALLEL_SELECT_SCORES = 1 << 20
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
-# Kernels that search a prepared copy of the index (fbgemm's packed codes, bf16 rows) and the
+# Kernels that search a prepared copy of the index (packed codes, bf16 rows) and the
 # share of the available memory such a copy may take when the calibration picks it; above it the
 # fastest kernel without a copy is used (a copy is the size of the codes or twice it: 0.5-1 GB
 # per 10^6 x 512 rows).
-_COPY_KERNELS = ("int8-fbgemm", "bf16")
+_COPY_KERNELS = ("int8-fbgemm", "int8-onednn", "bf16")
+# Kernels of ``torch.ops.quantized.linear_dynamic`` over prepacked codes -> the quantised engine
+# that packs them. The engine is chosen when packing: a packed weight runs its own engine's
+# kernel whatever ``torch.backends.quantized.engine`` says later. Measured on a 2-core Zen 4
+# (AVX512-VNNI), 100 queries over 10^6 x 512 codes: oneDNN's product 243-294 ms against 292-331
+# ms for fbgemm's, and fbgemm's faster for one query (22 against 31 ms); AVX2-only CPUs differ
+# again, so the calibration measures both.
+_PACKED_ENGINES = {"int8-fbgemm": "fbgemm", "int8-onednn": "onednn"}
+_ENGINE_LOCK = threading.Lock()
 _COPY_MEMORY_SHARE = 0.5
 
 
@@ -146,8 +159,8 @@ def _kernel_works(kernel: str) -> bool:
         return True
     try:
         with torch.inference_mode():
-            if kernel == "int8-fbgemm":
-                packed = _fbgemm_pack(codes)
+            if kernel in _PACKED_ENGINES:
+                packed = _int8_pack(codes, _PACKED_ENGINES[kernel])
                 got = torch.ops.quantized.linear_dynamic(q.float(), packed, True).double()
                 # the query is quantised on the fly (7 bits): close, not exact
                 ok = bool(((got - ref).abs().max() <= 0.05 * ref.abs().max() + 1.0).item())
@@ -166,12 +179,26 @@ def _kernel_works(kernel: str) -> bool:
     return ok
 
 
-def _fbgemm_pack(codes: torch.Tensor) -> Any:
-    """Prepack int8 codes ``[rows, D]`` as the weight of fbgemm's dynamic int8 linear layer."""
+def _int8_pack(codes: torch.Tensor, engine: str = "fbgemm") -> Any:
+    """Prepack int8 codes ``[rows, D]`` as the weight of the dynamic int8 linear layer of a
+    quantised ``engine`` (``fbgemm`` or ``onednn``).
+
+    Raises:
+        RuntimeError: This torch build lacks the engine.
+    """
+    if engine not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(f"this torch build has no quantised engine {engine!r}")
     with warnings.catch_warnings():  # quantised tensors announce their move to torchao
         warnings.filterwarnings("ignore", message=".*deprecated.*")
         qweight = torch._make_per_tensor_quantized_tensor(codes.contiguous(), 1.0, 0)
-        return torch.ops.quantized.linear_prepack(qweight, None)
+        # the engine is a process-wide setting, read by the packing: set for it alone
+        with _ENGINE_LOCK:
+            before = torch.backends.quantized.engine
+            torch.backends.quantized.engine = engine
+            try:
+                return torch.ops.quantized.linear_prepack(qweight, None)
+            finally:
+                torch.backends.quantized.engine = before
 
 
 _SERIAL_BOOKKEEPING = True
@@ -310,10 +337,10 @@ def _residual(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _unit_max(qs: torch.Tensor) -> torch.Tensor:
-    """Each query divided by its largest magnitude. fbgemm quantises its input with one scale from
-    the input's range, and the step-scaled queries are tiny (~1e-4): measured, their scores came
-    out with a 40% error against 3% once scaled to 1. A positive factor per query changes no
-    ranking."""
+    """Each query divided by its largest magnitude. The packed kernels (fbgemm, oneDNN) quantise
+    their input with one scale from the input's range, and the step-scaled queries are tiny
+    (~1e-4): measured with fbgemm, their scores came out with a 40% error against 3% once scaled
+    to 1. A positive factor per query changes no ranking."""
     return qs / qs.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
 
 
@@ -367,6 +394,7 @@ class SearchIndex:
             kernel: ``"auto"`` (chosen by measuring on this CPU, :mod:`msclip.index.calibrate`),
                 or force ``"int8-gemv"`` (int8-weight GEMV), ``"int8-gemm"`` (int8 GEMM),
                 ``"int8-fbgemm"`` (fbgemm dynamic int8 linear over prepacked codes),
+                ``"int8-onednn"`` (the same layer of oneDNN),
                 ``"dequant"`` (float matmul over the codes), ``"bf16"`` (a bf16 copy of the
                 rows) or ``"fp32"`` (the float32 rows). Every kernel's candidates are re-ranked
                 exactly.
@@ -435,7 +463,7 @@ class SearchIndex:
         self._step: np.ndarray | None = None
         self._ones: torch.Tensor | None = None
         self._max_norm: float | None = None
-        self._packed: list[tuple[int, Any]] | None = None  # int8-fbgemm blocks
+        self._packed: dict[str, list[tuple[int, Any]]] = {}  # kernel -> prepacked int8 blocks
         self._bf16: torch.Tensor | None = None  # bf16 kernel's copy of the rows
         self._calibration: Any = None
         self._too_large: set[str] = set()  # kernels whose copy did not fit (warned once)
@@ -522,12 +550,12 @@ class SearchIndex:
     @property
     def memory_bytes(self) -> int:
         """Bytes held in memory by the quantised copy, its parameters and the prepared copies of
-        the chosen kernels (fbgemm's packed codes, the bf16 rows)."""
+        the chosen kernels (packed codes, the bf16 rows)."""
         if self._codes is None:
             return 0
         extra = 0 if self._bf16 is None else self._bf16.numel() * 2
-        if self._packed is not None:  # fbgemm keeps its own copy of the codes (and offsets)
-            extra += self._codes.numel() + 4 * self.count
+        # a packed kernel keeps its own copy of the codes (and their offsets)
+        extra += len(self._packed) * (self._codes.numel() + 4 * self.count)
         return (
             self._codes.numel()
             + (self._ones.numel() * 2 if self._ones is not None else 0)
@@ -558,8 +586,8 @@ class SearchIndex:
         step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
         # A constant dimension (e.g. one no row uses) codes as 0 and its step is 0: the query is
         # multiplied by the steps, and a made-up step there (1.0 against ~1e-3 elsewhere) became
-        # the largest query value, so the per-query int8 rounding of int8-gemm and int8-fbgemm
-        # zeroed every other dimension (recall@10 fell to 0.75 for one unused dimension).
+        # the largest query value, so the per-query int8 rounding of int8-gemm and of the packed
+        # kernels zeroed every other dimension (recall@10 fell to 0.75 for one unused dimension).
         step[~(step > 0)] = 0.0
         inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
         padded = -(-d // _DIM_ALIGN) * _DIM_ALIGN
@@ -784,7 +812,7 @@ class SearchIndex:
 
     def _copy_bytes(self, kernel: str) -> int:
         """Bytes a kernel's prepared copy of the index would add now (0 once it exists)."""
-        if kernel == "int8-fbgemm" and self._packed is None and self._codes is not None:
+        if kernel in _PACKED_ENGINES and kernel not in self._packed and self._codes is not None:
             return self._codes.numel() + 4 * self.count
         if kernel == "bf16" and self._bf16 is None:
             return 2 * self.count * self.dim
@@ -823,12 +851,13 @@ class SearchIndex:
 
         def setup(kernel: str) -> float:
             t0 = time.perf_counter()
-            if kernel == "int8-fbgemm":
-                prepared[kernel] = _fbgemm_pack(codes)
+            if kernel in _PACKED_ENGINES:
+                engine = _PACKED_ENGINES[kernel]
+                prepared[kernel] = _int8_pack(codes, engine)
                 spent = time.perf_counter() - t0
                 # the calibration also scans the first eighth of the sample: its own block
                 small = max(1, rows // 8)
-                prepared[f"{kernel}:0:{small}"] = _fbgemm_pack(codes[:small])
+                prepared[f"{kernel}:0:{small}"] = _int8_pack(codes[:small], engine)
                 return spent
             if kernel == "bf16":
                 prepared[kernel] = _readonly_tensor(emb).bfloat16()
@@ -867,9 +896,7 @@ class SearchIndex:
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         exact = q.astype(np.float64) @ emb.astype(np.float64).T
         for kernel in CANDIDATES:
-            if not _kernel_works(kernel) or (
-                kernel in ("int8-fbgemm", "bf16") and kernel not in prepared
-            ):
+            if not _kernel_works(kernel) or (kernel in _COPY_KERNELS and kernel not in prepared):
                 continue
             with torch.inference_mode():
                 approx, _ = self._scan_block(kernel, q, 0, rows, codes, ones, emb, prepared)
@@ -898,12 +925,12 @@ class SearchIndex:
             )
         if kernel == "int8-gemm":
             return torch._int_mm(_int8_queries(q_np), block.T)[: q.shape[0]], torch.int32
-        if kernel == "int8-fbgemm":
+        if kernel in _PACKED_ENGINES:
             packed = prepared[kernel] if stop - start == codes.shape[0] else None
             if packed is None:  # a part of the sample: its own prepacked block
                 key = f"{kernel}:{start}:{stop}"
                 if key not in prepared:
-                    prepared[key] = _fbgemm_pack(block)
+                    prepared[key] = _int8_pack(block, _PACKED_ENGINES[kernel])
                 packed = prepared[key]
             return torch.ops.quantized.linear_dynamic(_unit_max(qs), packed, True), torch.float32
         if kernel == "dequant":
@@ -946,13 +973,13 @@ class SearchIndex:
                     yield s, torch._int_mm(q_i8, codes[s : s + rows].T)[:n_q]
 
             ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.int32)
-        elif kernel == "int8-fbgemm":
-            packed = self._fbgemm_blocks()
+        elif kernel in _PACKED_ENGINES:
+            packed = self._packed_blocks(kernel)
             q_fb = _unit_max(qs)
             # a few queries' scores of many blocks are selected together: the selection has a
             # fixed cost per chunk (~70 us) that 31 blocks of one query over 10^6 rows paid each
             few = regime(n_q) == "few"
-            merge = max(1, _GEMV_CHUNK_ROWS // _FBGEMM_CHUNK_ROWS) if few else 1
+            merge = max(1, _GEMV_CHUNK_ROWS // _PACKED_CHUNK_ROWS) if few else 1
 
             def chunks() -> Iterator[tuple[int, torch.Tensor]]:
                 for i in range(0, len(packed), merge):
@@ -973,17 +1000,19 @@ class SearchIndex:
             ids, thr, vals, tied = _select_top(chunks(), n_q, c, torch.float32)
         return ids, vals, thr, tied
 
-    def _fbgemm_blocks(self) -> list[tuple[int, Any]]:
-        """The codes prepacked for fbgemm, in blocks (built on first use: a one-off cost)."""
-        if self._packed is None:
+    def _packed_blocks(self, kernel: str) -> list[tuple[int, Any]]:
+        """The codes prepacked for a packed kernel (``int8-fbgemm``, ``int8-onednn``), in blocks
+        (built on first use: a one-off cost)."""
+        if kernel not in self._packed:
             assert self._codes is not None
+            engine = _PACKED_ENGINES[kernel]
             t0 = time.perf_counter()
-            self._packed = [
-                (s, _fbgemm_pack(self._codes[s : s + _FBGEMM_CHUNK_ROWS]))
-                for s in range(0, self.count, _FBGEMM_CHUNK_ROWS)
+            self._packed[kernel] = [
+                (s, _int8_pack(self._codes[s : s + _PACKED_CHUNK_ROWS], engine))
+                for s in range(0, self.count, _PACKED_CHUNK_ROWS)
             ]
-            logger.info("int8 codes packed for fbgemm in %.2f s", time.perf_counter() - t0)
-        return self._packed
+            logger.info("int8 codes packed for %s in %.2f s", engine, time.perf_counter() - t0)
+        return self._packed[kernel]
 
     def _coarse_float(
         self, q: np.ndarray, c: int, kernel: str

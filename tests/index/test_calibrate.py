@@ -123,6 +123,27 @@ def test_choice_is_cached_per_cpu_kind(tmp_path: Path, monkeypatch) -> None:
     assert len(calls) == 3
 
 
+def test_a_choice_of_an_older_candidate_list_is_measured_again(tmp_path, monkeypatch, caplog):
+    """A calibration saved by an older msclip never timed the newer candidates (int8-onednn):
+    measured again, told as an update (info), not as a damaged file (warning)."""
+    calls = []
+
+    def measure() -> Calibration:
+        calls.append(1)
+        return Calibration({"few": "int8-fbgemm", "many": "int8-onednn"}, {}, {}, {"model": "x"})
+
+    saved = tmp_path / "calibration-cpuA.json"
+    old = Calibration({"few": "int8-gemv", "many": "int8-fbgemm"}, {}, {}, {}).to_dict()
+    saved.write_text(json.dumps(dict(old, version=cal_mod.CALIBRATION_VERSION - 1)))
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    with caplog.at_level("INFO", logger="msclip.index.calibrate"):
+        got = load_or_calibrate(tmp_path, measure, key="cpuA")
+    assert len(calls) == 1 and got.choice["many"] == "int8-onednn"
+    assert any("older msclip" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert json.loads(saved.read_text())["version"] == cal_mod.CALIBRATION_VERSION
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[IndexStore, np.ndarray, np.ndarray]:
     """Clusters with a clear top-k: every query's 10 nearest rows are far above the rest."""
@@ -192,7 +213,7 @@ def test_a_kernel_whose_copy_does_not_fit_gives_way_to_one_without(store, monkey
     warned = [r.getMessage() for r in caplog.records if "available" in r.getMessage()]
     assert len(warned) == 2  # once per kernel passed over
     assert "int8-fbgemm" in warned[0] and "SearchIndex(kernel='int8-fbgemm') forces it" in warned[0]
-    assert index._packed is None and index._bf16 is None  # no copy was made
+    assert index._packed == {} and index._bf16 is None  # no copy was made
     monkeypatch.setattr(hardware, "available_memory", lambda: None)  # unknown: trusted
     assert index._pick_kernel(1) == "int8-fbgemm"
     monkeypatch.setattr(hardware, "available_memory", lambda: 1 << 40)
@@ -232,15 +253,18 @@ def test_the_room_under_a_control_group_limit_is_what_is_available(tmp_path, mon
     assert machine is not None and machine > 12345
 
 
-def test_fbgemm_blocks_merged_for_few_queries_give_the_exact_ids(store, monkeypatch) -> None:
+@pytest.mark.parametrize("kernel", ["int8-fbgemm", "int8-onednn"])
+def test_packed_blocks_merged_for_few_queries_give_the_exact_ids(
+    store, monkeypatch, kernel: str
+) -> None:
     """One query's scores of several packed blocks are selected as one chunk (a partial group
     at the end included), many queries' block by block: the same results either way."""
     from msclip.index import search as search_mod
 
-    monkeypatch.setattr(search_mod, "_FBGEMM_CHUNK_ROWS", 256)  # 1800 rows: 8 blocks
+    monkeypatch.setattr(search_mod, "_PACKED_CHUNK_ROWS", 256)  # 1800 rows: 8 blocks
     monkeypatch.setattr(search_mod, "_GEMV_CHUNK_ROWS", 768)  # merged 3 by 3: 3 + 3 + 2
     st, _, queries = store
-    index = SearchIndex.from_store(st, cache=False, kernel="int8-fbgemm")
+    index = SearchIndex.from_store(st, cache=False, kernel=kernel)
     exact = index.search(queries, 10, exact=True)
     sizes: list[int] = []
     select = search_mod._select_top

@@ -19,6 +19,7 @@ from msclip.index import (
     InvalidEmbeddingsError,
     SearchIndex,
 )
+from msclip.index.search import KERNELS
 
 N, DIM = 2000, 64
 MODEL = {"name": "test-model"}
@@ -65,9 +66,7 @@ def assert_matches(result, ref) -> None:
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
-@pytest.mark.parametrize(
-    "kernel", ["auto", "int8-gemv", "int8-gemm", "int8-fbgemm", "dequant", "bf16", "fp32"]
-)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n_queries", [1, 9])
 def test_search_equals_brute_force(store, data, kernel: str, n_queries: int) -> None:
     emb, queries = data
@@ -79,7 +78,7 @@ def test_search_equals_brute_force(store, data, kernel: str, n_queries: int) -> 
     assert_matches(index.search(q, 37, candidates=300), brute_force(emb, q, 37))
 
 
-@pytest.mark.parametrize("kernel", ["int8-fbgemm", "int8-gemm", "fp32"])
+@pytest.mark.parametrize("kernel", ["int8-fbgemm", "int8-onednn", "int8-gemm", "fp32"])
 def test_large_chunks_selected_on_every_thread_give_the_same_result(
     store, data, kernel: str, monkeypatch
 ) -> None:
@@ -237,7 +236,7 @@ def test_no_exact_rescan_without_a_tie_at_the_cut(kernel: str, monkeypatch) -> N
     assert rescans == []
 
 
-@pytest.mark.parametrize("kernel", ["int8-gemm", "int8-fbgemm"])
+@pytest.mark.parametrize("kernel", ["int8-gemm", "int8-fbgemm", "int8-onednn"])
 def test_a_dimension_no_row_uses_does_not_spoil_the_int8_scan(data, kernel: str) -> None:
     """A constant dimension (here all zero, as a feature no row activates) codes as 0; it must not
     scale the query so that the int8 rounding of the query loses every other dimension."""
@@ -321,3 +320,25 @@ def test_a_damaged_cache_of_finite_values_is_rebuilt(tmp_path: Path, data, caplo
         index = SearchIndex(emb, cache_dir=tmp_path, cache_key="k")
     assert not index.cache_hit and "damaged search cache" in caplog.text
     assert_matches(index.search(queries, 5), brute_force(emb, queries, 5))
+
+
+def test_packed_kernels_pack_with_their_own_engine_and_count_their_copies(store, data) -> None:
+    """fbgemm's and oneDNN's packed copies coexist (one per regime may be chosen), each counted
+    in the index's memory, and packing leaves the process's quantised engine as it was."""
+    from msclip.index import search as search_mod
+
+    emb, queries = data
+    before = torch.backends.quantized.engine
+    index = SearchIndex.from_store(store, kernel="int8-fbgemm", cache=False)
+    base = index.memory_bytes
+    index.search(queries, 10)
+    one_copy = index.memory_bytes - base
+    assert one_copy == index._codes.numel() + 4 * index.count
+    index.kernel = "int8-onednn"
+    assert_matches(index.search(queries, 10), brute_force(emb, queries, 10))
+    assert sorted(index._packed) == ["int8-fbgemm", "int8-onednn"]
+    assert index.memory_bytes - base == 2 * one_copy
+    assert torch.backends.quantized.engine == before
+    with pytest.raises(RuntimeError, match="no quantised engine 'nothing'"):
+        search_mod._int8_pack(index._codes[:8], "nothing")
+    assert torch.backends.quantized.engine == before
