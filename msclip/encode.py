@@ -212,12 +212,12 @@ def item_with_warnings(get: Callable[[Any], dict[str, Any]], index: Any) -> dict
     """``get(index)``, an item of the protocol, with the warnings raised while reading it attached
     as picklable ``(category, text)`` pairs under ``"warnings"``. They travel with the item (also
     out of DataLoader workers) and the engine counts them once per pass (:class:`WarningTally`),
-    instead of printing them once per image."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        item = get(index)
+    instead of printing them once per image. A warning raised meanwhile by another thread is not
+    the item's: it is shown as usual."""
+    with _warnings_by_read() as (tag, caught):
+        item = _read_tagged(tag, 0, get, index)
     if caught:
-        item["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        item["warnings"] = caught[0]
     return item
 
 
@@ -228,42 +228,56 @@ def read_items(
     item with the warnings raised while reading it attached as :func:`item_with_warnings` attaches
     them.
 
-    ``warnings.catch_warnings`` changes process-wide state and cannot be entered by several
-    threads at once, so one context spans the reads and a thread-local tag says which item a
-    warning belongs to; a warning raised meanwhile by any other thread is shown as usual.
     ``read`` must be safe to call from several threads; where it enters
     ``warnings.catch_warnings`` itself, it must hold a lock meanwhile (as
     :func:`msclip.io.readers.open_raster` does), so that no two such contexts interleave.
+    """
+    with _warnings_by_read() as (tag, caught):
+        items = list(
+            pool.map(lambda j: _read_tagged(tag, j, read, indices[j]), range(len(indices)))
+        )
+    for j, item in enumerate(items):
+        if j in caught:
+            item["warnings"] = caught[j]
+    return items
+
+
+@contextlib.contextmanager
+def _warnings_by_read() -> Iterator[tuple[Any, dict[int, list[tuple[str, str]]]]]:
+    """Record the warnings of tagged reads, by tag: yields ``(tag, caught)``, a thread-local
+    whose ``slot`` a thread sets while it reads (:func:`_read_tagged`) and the ``slot ->
+    [(category, text)]`` record.
+
+    ``warnings.catch_warnings`` changes process-wide state and cannot be entered by several
+    threads at once, so one context spans all the reads and the thread-local tag says which
+    read a warning belongs to; a warning of a thread that is not reading is shown as usual.
     """
     import threading
 
     tag = threading.local()
     caught: dict[int, list[tuple[str, str]]] = {}
-
-    def one(i: int) -> dict[str, Any]:
-        tag.index = i
-        try:
-            return read(i)
-        finally:
-            tag.index = None
-
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         shown = warnings.showwarning
 
         def record(message, category, filename, lineno, file=None, line=None):
-            index = getattr(tag, "index", None)
-            if index is None:
+            slot = getattr(tag, "slot", None)
+            if slot is None:
                 shown(message, category, filename, lineno, file, line)
             else:
-                caught.setdefault(index, []).append((category.__name__, str(message)))
+                caught.setdefault(slot, []).append((category.__name__, str(message)))
 
         warnings.showwarning = record
-        items = list(pool.map(one, indices))
-    for i, item in zip(indices, items):
-        if i in caught:
-            item["warnings"] = caught[i]
-    return items
+        yield tag, caught
+
+
+def _read_tagged(tag: Any, slot: int, read: Callable[[Any], dict[str, Any]], key: Any) -> Any:
+    """``read(key)``, this thread's warnings recorded under ``slot`` (:func:`_warnings_by_read`)."""
+    tag.slot = slot
+    try:
+        return read(key)
+    finally:
+        tag.slot = None
 
 
 class _ThreadedReads(Dataset):

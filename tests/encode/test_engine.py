@@ -228,6 +228,38 @@ def test_read_items_attributes_each_warning_to_its_item():
     assert seen == ["not an item's"] and all("warnings" not in it for it in items)
 
 
+def test_one_item_keeps_its_own_warnings_and_not_another_threads():
+    """item_with_warnings (DataLoader workers, one item at a time) records the warnings of the
+    thread reading the item, in order, and shows another thread's warning raised meanwhile."""
+    import threading
+    import warnings
+
+    from msclip.encode import item_with_warnings
+
+    seen = []
+
+    def read(key):
+        warnings.warn(f"{key} first", UserWarning, stacklevel=1)
+        t = threading.Thread(
+            target=lambda: warnings.warn("not the item's", UserWarning, stacklevel=1)
+        )
+        t.start()
+        t.join()
+        warnings.warn(f"{key} second", RuntimeWarning, stacklevel=1)
+        return {"index": key}
+
+    filters = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, *a, **k: seen.append(str(m))
+        item = item_with_warnings(read, ("scene", 3))
+        quiet = item_with_warnings(lambda key: {"index": key}, 7)
+    assert item["warnings"] == [("UserWarning", "('scene', 3) first"),
+                                ("RuntimeWarning", "('scene', 3) second")]  # fmt: skip
+    assert seen == ["not the item's"] and "warnings" not in quiet
+    assert warnings.filters == filters
+
+
 def test_a_pass_stopped_early_ends_its_reading_threads(tiny, make_geotiff):
     import gc
     import threading
