@@ -222,9 +222,13 @@ def _select_top(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``c`` highest scores per query over a stream of ``(first id, [Q, rows])`` chunks.
 
-    A running per-query threshold (the lowest score in the current top ``c``) filters groups of
-    ``_GROUP`` rows by their maximum, so only a few groups per chunk are looked at element by
-    element; the first chunk is filtered by its ``c``-th largest group maximum.
+    A running per-query cut (the lowest score in the current top ``c``; for the first chunk, its
+    ``c``-th largest group maximum, which at least ``c`` of its scores reach) filters groups of
+    ``_GROUP`` rows by their maximum, then the scores of those groups one by one, so that only the
+    few scores that reach the cut are merged into the top ``c``. A score below the cut is below
+    the final threshold too (the cut only rises, and the first is at most the final threshold),
+    so it is dropped without a trace; a score that reaches the cut and loses the merge is recorded
+    for ties.
 
     Returns:
         ``(ids [Q, c] int64, threshold [Q], scores [Q, c], tie_cut [Q] bool)``: unordered ids of
@@ -236,9 +240,9 @@ def _select_top(
     pool_v = torch.full((n_queries, c), fill, dtype=dtype)
     pool_i = torch.full((n_queries, c), -1, dtype=torch.int64)
     thr = torch.full((n_queries, 1), fill, dtype=dtype)
-    lost = torch.full((n_queries,), fill, dtype=dtype)  # the highest discarded score
-    in_group = torch.arange(_GROUP, dtype=torch.int64)
+    lost = torch.full((n_queries,), fill, dtype=dtype)  # the highest score a merge discarded
     first = True
+    full = False  # every query's cut above the padding value (no padding can reach it)
     for start, scores in chunks:
         rows = scores.shape[1]
         big = scores.numel() >= _PARALLEL_SELECT_SCORES
@@ -248,36 +252,45 @@ def _select_top(
                 scores = F.pad(scores, (0, n_groups * _GROUP - rows), value=fill)
             grouped = scores.view(n_queries, n_groups, _GROUP)
             group_max = grouped.amax(dim=2)
-            if dtype.is_floating_point and bool(
-                (torch.isnan(group_max) | torch.isposinf(group_max)).any()
-            ):
+            # a NaN or +inf anywhere makes the largest maximum NaN or +inf: one reduction
+            if dtype.is_floating_point and not bool(group_max.max() < math.inf):
                 _refuse_rows(start, scores[:, :rows])
             if first and n_groups >= c:
-                # Seed: the c-th largest group maximum. At least c scores reach it, so the c-th
-                # best score does too, and groups below it can be skipped from the start.
-                seed = torch.topk(group_max, c, dim=1, sorted=False).values.amin(1, keepdim=True)
-                hit = group_max >= seed
+                cut = torch.topk(group_max, c, dim=1, sorted=False).values.amin(1, keepdim=True)
+                full = bool((cut > fill).all())
             else:
-                hit = group_max > thr
+                cut = thr
             first = False
-            lost = torch.maximum(lost, group_max.masked_fill(hit, fill).amax(dim=1))
-            qq, gg = hit.nonzero(as_tuple=True)
-            if qq.numel() == 0:
+            hit = group_max >= cut
+            if not full:
+                hit &= group_max > fill
+            hits = hit.view(-1).nonzero()[:, 0]  # query * n_groups + group, by query
+            if hits.numel() == 0:
                 continue
-            vals = grouped[qq, gg]  # [P, G]
-            ids = start + gg[:, None] * _GROUP + in_group  # [P, G]
-            counts = torch.bincount(qq, minlength=n_queries)
-            slot = torch.arange(qq.numel()) - (torch.cumsum(counts, 0) - counts)[qq]
+            qq = hits // n_groups
+            vals = grouped.reshape(-1, _GROUP).index_select(0, hits)  # [P, G]
+            keep = vals >= cut.view(-1).index_select(0, qq)[:, None]
+            if not full:
+                keep &= vals > fill
+            flat = keep.view(-1).nonzero()[:, 0]  # the scores that reach the cut, by query
+            pe = flat // _GROUP
+            eq = qq.index_select(0, pe)
+            ev = vals.view(-1).index_select(0, flat)
+            eid = start + (hits.index_select(0, pe) - eq * n_groups) * _GROUP + flat % _GROUP
+            counts = torch.bincount(eq, minlength=n_queries)
+            slot = torch.arange(eq.numel()) - (torch.cumsum(counts, 0) - counts)[eq]
             width = int(counts.max())
-            new_v = torch.full((n_queries, width, _GROUP), fill, dtype=dtype)
-            new_i = torch.full((n_queries, width, _GROUP), -1, dtype=torch.int64)
-            new_v[qq, slot] = vals
-            new_i[qq, slot] = ids
-            all_v = torch.cat([pool_v, new_v.view(n_queries, -1)], dim=1)
-            all_i = torch.cat([pool_i, new_i.view(n_queries, -1)], dim=1)
+            new_v = torch.full((n_queries, width), fill, dtype=dtype)
+            new_i = torch.full((n_queries, width), -1, dtype=torch.int64)
+            new_v[eq, slot] = ev
+            new_i[eq, slot] = eid
+            all_v = torch.cat([pool_v, new_v], dim=1)
+            all_i = torch.cat([pool_i, new_i], dim=1)
             pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
             pool_i = torch.gather(all_i, 1, pick)
             thr = pool_v.amin(dim=1, keepdim=True)
+            if not full:
+                full = bool((thr > fill).all())
             if all_v.shape[1] > c:
                 lost = torch.maximum(lost, all_v.scatter(1, pick, fill).amax(dim=1))
     tie_cut = (lost >= thr[:, 0]) & (lost > fill)

@@ -342,3 +342,39 @@ def test_packed_kernels_pack_with_their_own_engine_and_count_their_copies(store,
     with pytest.raises(RuntimeError, match="no quantised engine 'nothing'"):
         search_mod._int8_pack(index._codes[:8], "nothing")
     assert torch.backends.quantized.engine == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
+def test_the_selection_keeps_each_querys_top_scores_and_tells_a_tie_at_the_cut(dtype) -> None:
+    """The running selection over chunks of scores against a full sort: the kept scores are the
+    ``c`` largest (as a multiset), under their own ids, the threshold is the ``c``-th largest,
+    and ``tie_cut`` says exactly whether the next score equals it (many ties: coarse values)."""
+    from msclip.index.search import _select_top
+
+    gen = torch.Generator().manual_seed(7)
+
+    def draw(*shape: int) -> torch.Tensor:
+        if dtype == torch.int32:
+            return torch.randint(-40, 41, shape, generator=gen, dtype=torch.int32)
+        x = torch.randn(*shape, generator=gen)
+        return ((x * 4).round() / 4 if shape[1] % 2 else x).to(dtype)
+
+    for _ in range(60):
+        n_q = int(torch.randint(1, 12, (), generator=gen))
+        sizes = torch.randint(
+            1, 2500, (int(torch.randint(1, 6, (), generator=gen)),), generator=gen
+        )
+        chunks, start = [], 0
+        for rows in sizes.tolist():
+            chunks.append((start, draw(n_q, rows)))
+            start += rows
+        c = int(torch.randint(1, min(start, 150) + 1, (), generator=gen))
+        ids, thr, kept, tie_cut = _select_top(iter(chunks), n_q, c, dtype)
+        scores = torch.cat([s for _, s in chunks], dim=1)
+        ranked = scores.sort(dim=1, descending=True).values
+        assert torch.equal(kept, scores.gather(1, ids))  # each kept score under its own id
+        assert all(len(set(row)) == c for row in ids.tolist())
+        assert torch.equal(kept.sort(dim=1, descending=True).values, ranked[:, :c])
+        assert torch.equal(thr, ranked[:, c - 1])
+        tied = ranked[:, c] == ranked[:, c - 1] if start > c else torch.zeros(n_q, dtype=torch.bool)
+        assert torch.equal(tie_cut, tied)
