@@ -22,13 +22,14 @@ fp32           float32 matmul over the stored float32 rows: the plain ``matmul +
 =============  ===================================================================================
 
 Two regimes are measured, one query and a batch of :data:`BATCH_QUERIES` queries, because the
-best kernel differs (a GEMV is bandwidth-bound, a GEMM compute-bound). Each candidate scans the
-first :data:`SAMPLE_ROWS` rows (fewer for a small index) and a quarter of them, the best of a few
+best kernel differs (a GEMV is bandwidth-bound, a GEMM compute-bound). Each candidate scores the
+first :data:`SAMPLE_ROWS` rows (fewer for a small index) and an eighth of them, the best of a few
 interleaved runs after a warm-up, and its cost per row is the slope between the two: the fixed
-cost of a call (query conversion, selection set-up) does not count, as it does not grow with the
-index. Preparation (packing, bf16 copy) is timed separately and not counted either, since it is
-paid once per opened index, not per search. The plain fp32 scan is always a candidate, so the
-choice is never slower than it on the measured sample. A candidate whose self-test fails (wrong
+cost of a call (query conversion) does not count, as it does not grow with the index. The
+product alone is timed: the selection of the best scores after it is the same for every kernel.
+Preparation (packing, bf16 copy) is timed separately and not counted either, since it is paid
+once per opened index, not per search. The plain fp32 scan is always a candidate, so the choice
+is never slower than it on the measured sample. A candidate whose self-test fails (wrong
 values, missing kernel) is left out, and so is one whose approximate scores are much less
 accurate than those of the codes themselves (float products with the int8 codes): measured on
 the sample as the residual of the best per-query affine fit of the kernel's scores to the exact
@@ -60,6 +61,7 @@ from typing import Any
 __all__ = [
     "BATCH_QUERIES",
     "CANDIDATES",
+    "COPY_KERNELS",
     "REGIMES",
     "SAMPLE_ROWS",
     "Calibration",
@@ -67,6 +69,7 @@ __all__ = [
     "calibrate",
     "fastest",
     "load_or_calibrate",
+    "one_copy",
     "regime",
 ]
 
@@ -85,6 +88,10 @@ _PREFIX = "calibration-"
 # Relative tolerance under which a kernel is not worth switching to: a faster-measured kernel must
 # beat the fp32 baseline by this much (timings of a few ms on a shared machine are noisy).
 _MARGIN = 0.05
+#: Kernels that search a copy of the index made on their first use (packed codes, bf16 rows).
+COPY_KERNELS = ("int8-fbgemm", "int8-onednn", "bf16")
+#: How much slower a regime accepts the other regime's copy kernel rather than a second copy.
+COPY_MARGIN = 0.15
 # A kernel this many times slower than the best one on the warm-up is not timed further.
 _SLOW = 8.0
 # A kernel taking longer than this on the small sample is not timed on the full one.
@@ -184,6 +191,30 @@ def fastest(timings: Mapping[str, float], baseline: str = "fp32") -> str:
     if baseline in usable and best != baseline and usable[best] > usable[baseline] * (1 - _MARGIN):
         return baseline
     return best
+
+
+def one_copy(choice: dict[str, str], timings: Timings) -> dict[str, str]:
+    """``choice`` with at most one kernel that searches a copy of the index (:data:`COPY_KERNELS`).
+
+    Where the regimes chose two such kernels (fbgemm's packed codes for one query, oneDNN's for
+    batches, as a Zen 4 measures), a search that uses both regimes would hold two copies of the
+    size of the codes, or more; a regime gives its choice up for the other's copy when that
+    kernel was measured at most :data:`COPY_MARGIN` slower there.
+    """
+    copies = [k for k in dict.fromkeys(choice.values()) if k in COPY_KERNELS]
+    if len(copies) < 2:
+        return choice
+    order = {k: i for i, k in enumerate(CANDIDATES)}
+    for keep in sorted(copies, key=lambda k: order.get(k, len(order))):
+        unified = dict(choice)
+        for regime, kernel in choice.items():
+            if kernel in COPY_KERNELS and kernel != keep:
+                t = timings.get(regime, {})
+                if keep in t and t[keep] <= t[kernel] * (1 + COPY_MARGIN):
+                    unified[regime] = keep
+        if len({k for k in unified.values() if k in COPY_KERNELS}) < 2:
+            return unified
+    return choice
 
 
 def accuracy_limit(residuals: Mapping[str, float]) -> float:
@@ -291,7 +322,7 @@ def calibrate(
                 else:  # no growth at all (noise): the mean is the safe figure
                     est[k] = mean
         timings[regime] = est
-    choice = {regime: fastest(t) for regime, t in timings.items()}
+    choice = one_copy({regime: fastest(t) for regime, t in timings.items()}, timings)
     cal = Calibration(choice, timings, {k: v for k, v in prep.items() if v == v},
                       cpu_info().to_dict(), accuracy=dict(accuracy or {}), rows=rows)  # fmt: skip
     logger.info("search kernels measured: %s", _describe(cal))

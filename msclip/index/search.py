@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from msclip.arrays import as_numpy
 from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError
-from msclip.index.calibrate import regime
+from msclip.index.calibrate import COPY_KERNELS, regime
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
     DimensionMismatchError,
@@ -105,11 +105,6 @@ _PACKED_CHUNK_ROWS = 1 << 15
 _PARALLEL_SELECT_SCORES = 1 << 20
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
-# Kernels that search a prepared copy of the index (packed codes, bf16 rows) and the
-# share of the available memory such a copy may take when the calibration picks it; above it the
-# fastest kernel without a copy is used (a copy is the size of the codes or twice it: 0.5-1 GB
-# per 10^6 x 512 rows).
-_COPY_KERNELS = ("int8-fbgemm", "int8-onednn", "bf16")
 # Kernels of ``torch.ops.quantized.linear_dynamic`` over prepacked codes -> the quantised engine
 # that packs them. The engine is chosen when packing: a packed weight runs its own engine's
 # kernel whatever ``torch.backends.quantized.engine`` says later. Measured on a 2-core Zen 4
@@ -118,6 +113,10 @@ _COPY_KERNELS = ("int8-fbgemm", "int8-onednn", "bf16")
 # again, so the calibration measures both.
 _PACKED_ENGINES = {"int8-fbgemm": "fbgemm", "int8-onednn": "onednn"}
 _ENGINE_LOCK = threading.Lock()
+# The share of the available memory that a kernel's prepared copy of the index
+# (calibrate.COPY_KERNELS: packed codes, bf16 rows) may take when the calibration picks it; above
+# it the fastest kernel without a copy is used (a copy is the size of the codes or twice it:
+# 0.5-1 GB per 10^6 x 512 rows).
 _COPY_MEMORY_SHARE = 0.5
 
 
@@ -811,7 +810,7 @@ class SearchIndex:
 
             room = available_memory()
             if room is not None and need > _COPY_MEMORY_SHARE * room:
-                fallback = cal.fastest_without(n_queries, _COPY_KERNELS)
+                fallback = cal.fastest_without(n_queries, COPY_KERNELS)
                 if kernel not in self._too_large:
                     self._too_large.add(kernel)
                     logger.warning(
@@ -881,14 +880,14 @@ class SearchIndex:
                 return None
             q = gen.standard_normal((n_q, self.dim)).astype(np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
-            c = min(default_candidates(10), rows)
 
+            # the product alone: the selection after it is the same for every kernel, and on one
+            # sample-sized chunk it opens most groups (c of the first chunk's few), so it cost
+            # 6-8 ms of 64 queries over 4,096 rows against 0.9 ms for the product and drowned the
+            # slope between the two sizes (measured on a 2-core Zen 4)
             def scan(n_rows: int) -> None:
                 with torch.inference_mode():
-                    scores, dtype = self._scan_block(
-                        kernel, q, 0, n_rows, codes, ones, emb, prepared
-                    )
-                    _select_top(iter([(0, scores)]), n_q, min(c, n_rows), dtype)
+                    self._scan_block(kernel, q, 0, n_rows, codes, ones, emb, prepared)
 
             return scan
 
@@ -909,7 +908,7 @@ class SearchIndex:
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         exact = q.astype(np.float64) @ emb.astype(np.float64).T
         for kernel in CANDIDATES:
-            if not _kernel_works(kernel) or (kernel in _COPY_KERNELS and kernel not in prepared):
+            if not _kernel_works(kernel) or (kernel in COPY_KERNELS and kernel not in prepared):
                 continue
             with torch.inference_mode():
                 approx, _ = self._scan_block(kernel, q, 0, rows, codes, ones, emb, prepared)

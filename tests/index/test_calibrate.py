@@ -85,6 +85,40 @@ def test_calibrate_picks_the_fastest_measured_kernel_per_regime() -> None:
     }
 
 
+def test_two_regimes_share_one_copy_of_the_index_unless_it_costs_too_much() -> None:
+    """fbgemm's packed codes for one query and oneDNN's for batches would hold two copies of the
+    codes: a regime takes the other's copy kernel when it was measured at most COPY_MARGIN slower
+    there, and keeps its own beyond that; kernels without a copy are never changed."""
+    from msclip.index.calibrate import COPY_MARGIN, one_copy
+
+    close = {"few": {"int8-fbgemm": 1.0, "int8-onednn": 1.1, "int8-gemv": 1.3},
+             "many": {"int8-onednn": 1.0, "int8-fbgemm": 1.05, "int8-gemm": 2.0}}  # fmt: skip
+    choice = {"few": "int8-fbgemm", "many": "int8-onednn"}
+    assert one_copy(choice, close) == {"few": "int8-fbgemm", "many": "int8-fbgemm"}
+    slower = 1.0 + 2 * COPY_MARGIN
+    apart = {"few": {"int8-fbgemm": 1.0, "int8-onednn": 1.1},
+             "many": {"int8-onednn": 1.0, "int8-fbgemm": slower}}  # fmt: skip
+    # fbgemm costs batches too much: one query takes oneDNN's copy instead (10 % slower)
+    assert one_copy(choice, apart) == {"few": "int8-onednn", "many": "int8-onednn"}
+    both_far = {"few": {"int8-fbgemm": 1.0, "int8-onednn": slower},
+                "many": {"int8-onednn": 1.0, "int8-fbgemm": slower}}  # fmt: skip
+    assert one_copy(choice, both_far) == choice  # worth both copies
+    no_copy = {"few": "int8-gemv", "many": "int8-onednn"}
+    assert one_copy(no_copy, close) == no_copy
+    clock = FakeClock()
+    cost = {(k, n): 1.0 for k in CANDIDATES for n in REGIMES.values()}
+    cost.update(
+        {
+            ("int8-fbgemm", 1): 0.2,
+            ("int8-onednn", 1): 0.21,
+            ("int8-onednn", REGIMES["many"]): 0.2,
+            ("int8-fbgemm", REGIMES["many"]): 0.21,
+        }
+    )
+    cal = calibrate(fake_runs(clock, cost), timer=clock)  # fmt: skip
+    assert cal.choice == {"few": "int8-fbgemm", "many": "int8-fbgemm"}
+
+
 def test_calibrate_skips_kernels_whose_preparation_fails() -> None:
     clock = FakeClock()
     cost = {
