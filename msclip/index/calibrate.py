@@ -12,8 +12,9 @@ kernel         scan of one chunk of rows (``Q`` queries)
 int8-gemv      ``torch.ops.aten._weight_int8pack_mm``: int8 codes, bf16 query (a bandwidth-bound
                GEMV; few queries)
 int8-gemm      ``torch._int_mm``: int8 codes, int8-rounded queries, int32 scores (VNNI)
-int8-fbgemm    ``torch.ops.quantized.linear_dynamic`` over codes prepacked for fbgemm: the query
-               quantised on the fly, float32 scores; the packing is a one-off preparation
+int8-fbgemm    ``torch.ops.quantized.linear_dynamic`` over codes prepacked for torch's default
+               quantised engine (fbgemm on x86, QNNPACK on Arm): the query quantised on the fly,
+               float32 scores; the packing is a one-off preparation
 int8-onednn    the same layer over codes prepacked for oneDNN (on Zen 4, the faster for batches of
                queries, the slower for one)
 dequant        float32 matmul over the codes converted chunk by chunk

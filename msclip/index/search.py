@@ -106,12 +106,13 @@ _PARALLEL_SELECT_SCORES = 1 << 20
 _FLOAT_CHUNK_BYTES = 1 << 25
 _RERANK_QUERY_BLOCK = 16
 # Kernels of ``torch.ops.quantized.linear_dynamic`` over prepacked codes -> the quantised engine
-# that packs them. The engine is chosen when packing: a packed weight runs its own engine's
-# kernel whatever ``torch.backends.quantized.engine`` says later. Measured on a 2-core Zen 4
+# that packs them (None: torch's default, which packs for fbgemm on x86 and for QNNPACK on Arm).
+# The engine is chosen when packing: a packed weight runs its own engine's kernel whatever
+# ``torch.backends.quantized.engine`` says later. Measured on a 2-core Zen 4
 # (AVX512-VNNI), 100 queries over 10^6 x 512 codes: oneDNN's product 243-294 ms against 292-331
 # ms for fbgemm's, and fbgemm's faster for one query (22 against 31 ms); AVX2-only CPUs differ
 # again, so the calibration measures both.
-_PACKED_ENGINES = {"int8-fbgemm": "fbgemm", "int8-onednn": "onednn"}
+_PACKED_ENGINES: dict[str, str | None] = {"int8-fbgemm": None, "int8-onednn": "onednn"}
 _ENGINE_LOCK = threading.Lock()
 # The share of the available memory that a kernel's prepared copy of the index
 # (calibrate.COPY_KERNELS: packed codes, bf16 rows) may take when the calibration picks it; above
@@ -178,18 +179,20 @@ def _kernel_works(kernel: str) -> bool:
     return ok
 
 
-def _int8_pack(codes: torch.Tensor, engine: str = "fbgemm") -> Any:
+def _int8_pack(codes: torch.Tensor, engine: str | None = None) -> Any:
     """Prepack int8 codes ``[rows, D]`` as the weight of the dynamic int8 linear layer of a
-    quantised ``engine`` (``fbgemm`` or ``onednn``).
+    quantised ``engine`` (e.g. ``onednn``; None: torch's default engine).
 
     Raises:
         RuntimeError: This torch build lacks the engine.
     """
-    if engine not in torch.backends.quantized.supported_engines:
+    if engine is not None and engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"this torch build has no quantised engine {engine!r}")
     with warnings.catch_warnings():  # quantised tensors announce their move to torchao
         warnings.filterwarnings("ignore", message=".*deprecated.*")
         qweight = torch._make_per_tensor_quantized_tensor(codes.contiguous(), 1.0, 0)
+        if engine is None:
+            return torch.ops.quantized.linear_prepack(qweight, None)
         # the engine is a process-wide setting, read by the packing: set for it alone
         with _ENGINE_LOCK:
             before = torch.backends.quantized.engine
@@ -1023,7 +1026,7 @@ class SearchIndex:
                 (s, _int8_pack(self._codes[s : s + _PACKED_CHUNK_ROWS], engine))
                 for s in range(0, self.count, _PACKED_CHUNK_ROWS)
             ]
-            logger.info("int8 codes packed for %s in %.2f s", engine, time.perf_counter() - t0)
+            logger.info("int8 codes packed for %s in %.2f s", kernel, time.perf_counter() - t0)
         return self._packed[kernel]
 
     def _coarse_float(
