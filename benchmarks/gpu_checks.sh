@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, which CI never has: run them on a machine with one before a
+# release, or when one is at hand.
+#
+#   bash benchmarks/gpu_checks.sh [OUTPUT_DIR [STEP ...]]   (default: gpu-checks/, every step)
+#
+# msclip must be importable with its dependencies (`pip install -e .`). In order, each with its
+# own time limit so that one hang cannot take the others' time, and each writing its log to
+# OUTPUT_DIR:
+#   machine.txt   the GPU, driver, torch and CUDA versions (nvidia-smi, torch)
+#   gpu_tests.txt the tests marked `gpu` (fused contrastive loss and top-k kernels, the GPU
+#                 encoding path against the CPU's fp32 embeddings)
+#   encode.txt    benchmarks/encode.py --quick: images/s of the image tower on the GPU in each
+#                 precision, and end to end from GeoTIFF files through the encoding engine
+#   suite.txt     the whole suite on the GPU machine (the tests that use a GPU where one is seen)
+# STEPs name a subset, in that order (e.g. `machine gpu_tests encode`: about 10 minutes on one
+# H200 with 16 cores, where the whole suite needs its own window). The exit status is that of
+# the first check that failed (0: all passed).
+set -uo pipefail
+
+out=${1:-gpu-checks}
+shift $(($# > 0 ? 1 : 0))
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(machine gpu_tests encode suite)
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+status=0
+
+step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+    local rc=$?
+    tail -n 5 "$out/$name.txt"
+    echo "== $name: exit $rc"
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+}
+
+for s in "${steps[@]}"; do
+    case $s in
+        machine) step machine 60 bash -c "nvidia-smi; $python -c 'import torch; \
+print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), \
+torch.cuda.get_device_name(0))'" ;;
+        gpu_tests) step gpu_tests 300 "$python" -m pytest -q -m gpu -n 0 -p no:cacheprovider tests ;;
+        encode) step encode 300 "$python" benchmarks/encode.py --quick ;;
+        suite) step suite 900 "$python" -m pytest -q -p no:cacheprovider tests ;;
+        *) echo "unknown step '$s' (machine, gpu_tests, encode, suite)" >&2; exit 2 ;;
+    esac
+done
+exit "$status"
