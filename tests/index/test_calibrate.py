@@ -115,7 +115,7 @@ def test_two_regimes_share_one_copy_of_the_index_unless_it_costs_too_much() -> N
             ("int8-fbgemm", REGIMES["many"]): 0.21,
         }
     )
-    cal = calibrate(fake_runs(clock, cost), timer=clock)  # fmt: skip
+    cal = calibrate(fake_runs(clock, cost), timer=clock)
     assert cal.choice == {"few": "int8-fbgemm", "many": "int8-fbgemm"}
 
 
