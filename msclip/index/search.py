@@ -247,6 +247,8 @@ def _select_top(
     full = False  # every query's cut above the padding value (no padding can reach it)
     for start, scores in chunks:
         rows = scores.shape[1]
+        if rows == 0:
+            continue
         big = scores.numel() >= _PARALLEL_SELECT_SCORES
         with contextlib.nullcontext() if big else _serial_torch():
             n_groups = -(-rows // _GROUP)

@@ -367,6 +367,7 @@ def test_the_selection_keeps_each_querys_top_scores_and_tells_a_tie_at_the_cut(d
         chunks, start = [], 0
         for rows in sizes.tolist():
             chunks.append((start, draw(n_q, rows)))
+            chunks.append((start + rows, draw(n_q, 0)))  # an empty chunk changes nothing
             start += rows
         c = int(torch.randint(1, min(start, 150) + 1, (), generator=gen))
         ids, thr, kept, tie_cut = _select_top(iter(chunks), n_q, c, dtype)
