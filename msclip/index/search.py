@@ -570,9 +570,8 @@ class SearchIndex:
         the chosen kernels (packed codes, the bf16 rows)."""
         if self._codes is None:
             return 0
-        extra = 0 if self._bf16 is None else self._bf16.numel() * 2
-        # a packed kernel keeps its own copy of the codes (and their offsets)
-        extra += len(self._packed) * (self._codes.numel() + 4 * self.count)
+        made = [*self._packed, *(["bf16"] if self._bf16 is not None else [])]
+        extra = sum(self._copy_size(kernel) for kernel in made)
         return (
             self._codes.numel()
             + (self._ones.numel() * 2 if self._ones is not None else 0)
@@ -829,9 +828,15 @@ class SearchIndex:
 
     def _copy_bytes(self, kernel: str) -> int:
         """Bytes a kernel's prepared copy of the index would add now (0 once it exists)."""
-        if kernel in _PACKED_ENGINES and kernel not in self._packed and self._codes is not None:
+        made = kernel in self._packed or (kernel == "bf16" and self._bf16 is not None)
+        return 0 if made else self._copy_size(kernel)
+
+    def _copy_size(self, kernel: str) -> int:
+        """Bytes of a kernel's prepared copy of the index (0: the kernel makes none)."""
+        if kernel in _PACKED_ENGINES and self._codes is not None:
+            # a packed kernel keeps its own copy of the codes (and their offsets)
             return self._codes.numel() + 4 * self.count
-        if kernel == "bf16" and self._bf16 is None:
+        if kernel == "bf16":
             return 2 * self.count * self.dim
         return 0
 
