@@ -14,6 +14,7 @@ The modules that raise them re-export them under their old names (``msclip.index
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 __all__ = [
     "AdapterError",
@@ -60,6 +61,7 @@ __all__ = [
     "OutputPathError",
     "PerformanceWarning",
     "PrecisionError",
+    "PrecisionWarning",
     "PredictorOutputError",
     "RasterReadError",
     "RasterSizeError",
@@ -81,6 +83,7 @@ __all__ = [
     "UnsupportedFormatError",
     "UsageError",
     "WeightsNotFoundError",
+    "invalid_rows",
 ]
 
 
@@ -224,6 +227,17 @@ class InvalidEmbeddingsError(MSCLIPError, ValueError):
     """Embeddings or queries that are not a finite floating-point matrix of the right shape."""
 
 
+def invalid_rows(bad: Any) -> NoReturn:
+    """Raise :class:`InvalidEmbeddingsError` naming the embeddings rows ``bad`` (indices, the
+    first ten shown) as holding NaN or infinity."""
+    rows = [int(r) for r in list(bad)[:10]]
+    raise InvalidEmbeddingsError(
+        f"embeddings rows {rows}{' ...' if len(bad) > 10 else ''} contain NaN or infinity (an "
+        "image of missing pixels, a failed encoding, or a damaged file); drop or fix them "
+        "before searching"
+    )
+
+
 class MetadataError(MSCLIPError, ValueError):
     """Metadata rows that do not match the embeddings or hold values the store cannot encode."""
 
@@ -288,6 +302,11 @@ class MSCLIPWarning(UserWarning):
 class PerformanceWarning(MSCLIPWarning):
     """A setting that runs, but is expected to be much slower on this machine than the default
     (bf16 on a CPU without native bf16)."""
+
+
+class PrecisionWarning(MSCLIPWarning):
+    """The precision ``auto`` would pick computes wrong results on this machine (bf16 whose
+    embeddings disagree with float32's, :mod:`msclip.precision_check`): another one is used."""
 
 
 class BandCoverageWarning(MSCLIPWarning):

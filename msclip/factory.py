@@ -277,7 +277,7 @@ def _create_model(
     precision: str,
     seed: int | None = None,
 ) -> MSCLIP:
-    from msclip.hardware import choose_precision
+    from msclip.hardware import choose_precision, device_type
 
     if name is None and pretrained in (None, False, True):
         raise UnknownModelError(
@@ -348,6 +348,9 @@ def _create_model(
                 # an RGB OpenCLIP file for a multispectral model: the zero-init extension (the
                 # blue, green and red kernels to B02, B03, B04, zeros elsewhere), as documented
                 extend = extend or (kernel.shape[1] == 3 and len(config.bands) != 3)
+    if choice.precision == "bf16" and device_type(device) == "cpu":
+        choice = _confirm_cpu_bf16(choice, config)
+        dtype = torch.bfloat16 if choice.precision == "bf16" else torch.float32
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
@@ -377,6 +380,46 @@ def _create_model(
     # debug: each program states the precision once, in its own words (report_precision, trainer)
     logger.debug("%s runs in %s", label, choice.summary())
     return model
+
+
+def _confirm_cpu_bf16(choice: Any, config: MSCLIPConfig) -> Any:
+    """``choice`` (bf16 on a CPU) where bf16 computes what float32 computes for ``config`` on this
+    CPU (:func:`msclip.precision_check.cpu_bf16_agreement`); otherwise fp32 with a warning when
+    ``auto`` picked bf16, an error when bf16 was asked for (by name or ``MSCLIP_PRECISION``)."""
+    from msclip.errors import PrecisionError, PrecisionWarning
+    from msclip.hardware import PRECISION_ENV, PrecisionChoice, cpu_info
+    from msclip.precision_check import BF16_CHECK_ENV, MIN_COSINE, cpu_bf16_agreement
+
+    got = cpu_bf16_agreement(config)
+    if got is None or min(got.values()) >= MIN_COSINE:
+        return choice
+    tower = min(got, key=got.__getitem__)
+    fact = (
+        f"bf16 on this CPU disagrees with float32 for {config.name or config.arch} (least cosine "
+        f"{got[tower]:.3f} in the {tower} tower of a replica, where rounding alone gives 0.999 "
+        "or more)"
+    )
+    amx = (
+        "; on a CPU with AMX, ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 set before Python starts keeps "
+        "bf16 off oneDNN's AMX kernels (they disagreed where its AVX-512 ones agreed on an Intel "
+        "Xeon)"
+        if "amx_bf16" in cpu_info().flags
+        else ""
+    )
+    if choice.requested == "auto" and not choice.reason.startswith(PRECISION_ENV):
+        import warnings
+
+        warnings.warn(
+            f"{fact}: using fp32{amx}; {BF16_CHECK_ENV}=0 skips this check",
+            PrecisionWarning,
+            stacklevel=4,
+        )
+        return PrecisionChoice("fp32", "auto", f"{fact}; fp32 instead", True)
+    raise PrecisionError(
+        f"{fact}: its bf16 embeddings would be wrong; use precision 'fp32' (or 'auto', which then "
+        f"picks fp32){amx}",
+        param="precision",
+    )
 
 
 #: Environment variable turning the converted-weights cache off (``0``).

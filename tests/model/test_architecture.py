@@ -258,7 +258,9 @@ def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) 
     intermediates, and where a forward hook on the tower's transformer, last block or ``ln_post``
     would see its output."""
     from msclip import architecture
+    from msclip.precision_check import BF16_CHECK_ENV
 
+    monkeypatch.setenv(BF16_CHECK_ENV, "0")  # its replica's blocks would count here
     calls = []
     real = architecture._class_token_block
     monkeypatch.setattr(
@@ -285,7 +287,11 @@ def test_last_image_block_runs_whole_where_its_tokens_are_observed(monkeypatch) 
 
 
 def test_fused_path_stays_off_under_autocast_and_in_fp32() -> None:
+    from msclip.precision_check import MIN_COSINE, cpu_bf16_agreement
+
     model = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
+    if min(cpu_bf16_agreement(model.config).values()) < MIN_COSINE:
+        pytest.skip("this CPU's bf16 kernels disagree with float32 (msclip.precision_check)")
     x = torch.randn(2, 12, 64, 64)
     with torch.inference_mode():
         ref = model.encode_image(x)

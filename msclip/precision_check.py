@@ -1,0 +1,181 @@
+"""Whether bf16 on this CPU computes what float32 computes, for a model's architecture.
+
+A CPU whose flags show native bf16 may still give wrong bf16 results for some shapes. Measured
+on an Intel Xeon with AMX (torch 2.11, oneDNN 3.10.2, 16 threads and 1): the bf16 embeddings of
+the 4-block ``msclip-demo`` image tower (width 128, heads of 32, 8-pixel patches, 65 tokens) had
+cosine 0.71 to float32, with the weights cast and under ``torch.autocast`` alike, while every
+linear, batched product, attention, layer norm and GELU of ViT-B/16's shapes agreed to bf16's
+rounding (relative error 1.7e-3); with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (oneDNN without
+its AMX kernels) the same tower gave 0.99999. A flag check cannot see this, so before a model
+runs in bf16 on a CPU, :func:`cpu_bf16_agreement` runs a replica of its towers (the same widths,
+heads, patch, bands, image size and context length; two image blocks, the last one on the class
+token alone as in inference, and one text block; seeded random weights) in float32 and in bf16 on
+one random input, and bf16 is used only where the embeddings agree: cosine at least
+:data:`MIN_COSINE` for the image and the text tower (bf16 rounding alone gives 0.999 or more).
+
+The verdict is kept in msclip's cache (``kernels/``) per CPU kind, torch build, thread count,
+``ONEDNN_MAX_CPU_ISA`` and architecture, so it is measured once per machine (0.1-0.3 s for a
+ViT-B/16 on 2 cores). ``MSCLIP_BF16_CHECK=0`` skips it. Towers built by OpenCLIP (architectures
+msclip does not build itself, such as Hugging Face text towers) are not checked.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["BF16_CHECK_ENV", "MIN_COSINE", "cpu_bf16_agreement"]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable of the check: ``1`` (default) or ``0`` (trust the CPU flags).
+BF16_CHECK_ENV = "MSCLIP_BF16_CHECK"
+#: Least cosine between a replica's bf16 and float32 embeddings for bf16 to be used.
+MIN_COSINE = 0.99
+# 1: the first version of the replica and its inputs
+_VERSION = 1
+_IMAGE_BLOCKS = 2
+_TEXT_BLOCKS = 1
+_TEXT_VOCAB = 1024  # token ids of the replica's text input (the lookup's size is no kernel shape)
+
+
+def _replica_cfg(arch_cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg = copy.deepcopy(dict(arch_cfg))
+    cfg.pop("multimodal_cfg", None)
+    vision = cfg.setdefault("vision_cfg", {})
+    vision["layers"] = min(int(vision.get("layers", 12)), _IMAGE_BLOCKS)
+    text = cfg.setdefault("text_cfg", {})
+    text["layers"] = min(int(text.get("layers", 12)), _TEXT_BLOCKS)
+    text["vocab_size"] = min(int(text.get("vocab_size", 49408)), _TEXT_VOCAB)
+    return cfg
+
+
+def _cache_file(arch_cfg: dict[str, Any], bands: int) -> Path:
+    from msclip.cache import cache_root
+    from msclip.hardware import cpu_info
+
+    text = json.dumps(
+        {"arch": _replica_cfg(arch_cfg), "bands": bands, "version": _VERSION}, sort_keys=True
+    )
+    arch = hashlib.sha256(text.encode()).hexdigest()[:12]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() or "all"
+    name = f"bf16-check-{cpu_info().key()}-t{torch.get_num_threads()}-{isa}-{arch}.json"
+    return cache_root() / "kernels" / name
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Least cosine between matching rows (the last dimension) of two outputs."""
+    a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+
+
+def _recorder(seen: list[torch.Tensor]) -> Any:
+    """A forward hook that appends the module's output to ``seen``."""
+    return lambda _module, _inputs, output: seen.append(output)
+
+
+def _weights_of(model: Any, replica: Any) -> dict[str, torch.Tensor]:
+    """The replica's state dict from ``model``'s weights: its image blocks are the model's first
+    and last, its text block the first, its token table the first rows."""
+    source = model.state_dict()
+    depth = {"clip.visual.transformer.resblocks.": len(model.clip.visual.transformer.resblocks),
+             "clip.transformer.resblocks.": len(model.clip.transformer.resblocks)}  # fmt: skip
+    out = {}
+    for name, value in replica.state_dict().items():
+        src = name
+        for prefix, n in depth.items():
+            if name.startswith(prefix):
+                index, rest = name[len(prefix) :].split(".", 1)
+                src = f"{prefix}{n - 1 if int(index) == _IMAGE_BLOCKS - 1 else index}.{rest}"
+                if prefix == "clip.transformer.resblocks.":
+                    src = name  # one text block: the first
+        w = source[src]
+        out[name] = w[: value.shape[0]] if name.endswith("token_embedding.weight") else w
+    return out
+
+
+def _measure(config: Any, model: Any = None) -> dict[str, float]:
+    """Least cosines between the bf16 and float32 outputs of a replica of the towers: of the
+    embeddings and of every token out of each tower's transformer (see the module docstring).
+    Seeded random weights, or those of ``model`` (:func:`_weights_of`)."""
+    from dataclasses import replace
+
+    from msclip.model import MSCLIP
+
+    cfg = _replica_cfg(config.arch_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = MSCLIP(replace(config, arch_cfg=cfg)).eval()
+        visual = ref.clip.visual
+        with torch.no_grad():
+            if model is not None:
+                state = {k: v.float() for k, v in _weights_of(model, ref).items()}
+                ref.load_state_dict(state)
+            else:
+                # random towers' class tokens carry their class and position embeddings, which
+                # drown what the input adds; zeroed, the embeddings are made of the input alone
+                visual.class_embedding.zero_()
+                visual.positional_embedding.zero_()
+        images = torch.randn(2, len(config.bands), config.image_size, config.image_size)
+        context = int(cfg["text_cfg"].get("context_length", 77))
+        vocab = int(cfg["text_cfg"]["vocab_size"])
+        tokens = torch.randint(1, vocab - 1, (2, context))
+        tokens[:, -1] = vocab - 1  # the end-of-text token pools the text (highest id)
+    low = copy.deepcopy(ref).to(torch.bfloat16)
+    runs = {
+        "image": lambda m: m.encode_image(images.to(m.clip.visual.conv1.weight.dtype)),
+        "text": lambda m: m.encode_text(tokens),
+    }
+    towers = {"image": lambda m: m.clip.visual.transformer, "text": lambda m: m.clip.transformer}
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            cos = _min_cosine(run(ref), run(low))
+            # every token out of the tower's transformer (the hook also makes the image tower
+            # run its last block on all tokens, not on the class token alone)
+            seen: list[torch.Tensor] = []
+            hooks = [towers[name](m).register_forward_hook(_recorder(seen)) for m in (ref, low)]
+            try:
+                run(ref)
+                run(low)
+            finally:
+                for h in hooks:
+                    h.remove()
+            out[name] = min(cos, _min_cosine(seen[0], seen[1]))
+    return out
+
+
+def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
+    """Least cosines (``image``, ``text``) between bf16 and float32 outputs of a replica of the
+    towers of ``config`` (an :class:`msclip.model.MSCLIPConfig`) on this CPU (see the module
+    docstring), from msclip's cache or measured now; None where not checked
+    (``MSCLIP_BF16_CHECK=0``, or towers msclip does not build itself)."""
+    from msclip.architecture import use_native
+    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
+
+    off = env_setting(BF16_CHECK_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
+    if off or not use_native(config.arch_cfg):
+        return None
+    path = _cache_file(config.arch_cfg, len(config.bands))
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        return {"image": float(kept["image"]), "text": float(kept["text"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    got = _measure(config)
+    logger.info("bf16 against float32 on this CPU (replica of the towers): cosine %s", got)
+    from msclip.hardware import cpu_info
+    from msclip.io import write_json
+
+    try:
+        write_json(path, {**got, "cpu": cpu_info().to_dict(), "threads": torch.get_num_threads()})
+    except OSError as err:  # not kept: the next process measures again
+        logger.debug("the bf16 check is not kept: %s", err)
+    return got

@@ -1,0 +1,103 @@
+"""The bf16 check of a CPU (msclip.precision_check): a replica of the towers in bf16 against
+float32, which ``create_model`` consults before it runs a model in bf16 on a CPU; a CPU whose
+bf16 kernels give wrong embeddings gets fp32 from ``auto`` and an error for an explicit bf16."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_precision import SAPPHIRE, ZEN4, machine  # noqa: F401  (the fixture)
+
+import msclip
+from msclip import architecture, precision_check
+from msclip.errors import PrecisionError, PrecisionWarning
+from msclip.factory import _config_for, get_model_entry
+
+
+def _config(name: str = "msclip-tiny"):
+    return _config_for(get_model_entry(name), None)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Replace the measurement by fixed cosines, counting the calls."""
+    calls = []
+
+    def set_cosines(image: float, text: float = 0.99995) -> list:
+        def fake(config):
+            calls.append(config.name)
+            return {"image": image, "text": text}
+
+        monkeypatch.setattr(precision_check, "_measure", fake)
+        return calls
+
+    return set_cosines
+
+
+def test_the_replica_agrees_on_this_cpu_and_catches_a_wrong_kernel(monkeypatch) -> None:
+    got = precision_check._measure(_config("msclip-demo"))
+    assert min(got.values()) > 0.999  # rounding alone
+    original = architecture._fused_linear
+
+    def wrong(x, weight, bias, pack):  # a bf16 product kernel that mixes up its outputs
+        out = original(x, weight, bias, pack)
+        return out + 0.5 * out.roll(1, dims=-1) if out.dtype == torch.bfloat16 else out
+
+    monkeypatch.setattr(architecture, "_fused_linear", wrong)
+    bad = precision_check._measure(_config("msclip-demo"))
+    assert bad["image"] < precision_check.MIN_COSINE
+
+
+def test_auto_takes_fp32_where_bf16_disagrees_and_says_why(machine, counted) -> None:  # noqa: F811
+    machine(SAPPHIRE)
+    counted(0.71)
+    with pytest.warns(PrecisionWarning, match=r"disagrees with float32.*0\.710.*image tower"):
+        model = msclip.create_model("msclip-tiny", precision="auto")
+    assert model.dtype == torch.float32 and model.precision == "fp32"
+    assert "disagrees with float32" in model.precision_reason
+    # an explicit bf16 (or MSCLIP_PRECISION=bf16) would compute wrong embeddings: refused, with
+    # the fix, and the AMX hint on a CPU with AMX
+    with pytest.raises(PrecisionError, match=r"use precision 'fp32'.*ONEDNN_MAX_CPU_ISA"):
+        msclip.create_model("msclip-tiny", precision="bf16")
+
+
+def test_the_environment_bf16_is_refused_too(machine, counted, monkeypatch) -> None:  # noqa: F811
+    machine(ZEN4)
+    counted(0.5)
+    monkeypatch.setenv("MSCLIP_PRECISION", "bf16")
+    with pytest.raises(PrecisionError, match="disagrees") as err:
+        msclip.create_model("msclip-tiny", precision="auto")
+    assert "ONEDNN_MAX_CPU_ISA" not in str(err.value)  # no AMX on this CPU
+
+
+def test_agreeing_bf16_is_kept_and_the_verdict_is_measured_once(machine, counted, monkeypatch):  # noqa: F811
+    machine(ZEN4)
+    calls = counted(0.9999)
+    for _ in range(2):
+        model = msclip.create_model("msclip-tiny", precision="auto")
+        assert model.dtype == torch.bfloat16
+    assert calls == ["msclip-tiny"]  # the second model read the verdict from the cache
+    files = list((msclip.cache.cache_root() / "kernels").glob("bf16-check-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["image"] == 0.9999
+    # another architecture is measured for itself; a GPU or fp32 never
+    msclip.create_model("msclip-demo", pretrained=False, precision="auto")
+    msclip.create_model("msclip-tiny", precision="fp32")
+    assert calls == ["msclip-tiny", "msclip-demo"]
+    # MSCLIP_BF16_CHECK=0 trusts the flags
+    for f in files:
+        f.unlink()
+    monkeypatch.setenv(precision_check.BF16_CHECK_ENV, "0")
+    assert msclip.create_model("msclip-tiny", precision="bf16").dtype == torch.bfloat16
+    assert calls == ["msclip-tiny", "msclip-demo"]
+
+
+def test_a_damaged_verdict_file_is_measured_again(machine, counted) -> None:  # noqa: F811
+    machine(ZEN4)
+    calls = counted(0.9999)
+    path = precision_check._cache_file(_config().arch_cfg, len(_config().bands))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    assert msclip.create_model("msclip-tiny", precision="auto").dtype == torch.bfloat16
+    assert calls == ["msclip-tiny"] and json.loads(path.read_text())["text"] == 0.99995
