@@ -9,9 +9,11 @@ GPU (when torch sees one and Triton works):
 
 * loss: Triton vs plain vs chunked, time (CUDA events) and ``torch.cuda.max_memory_allocated``
   at B = 4,096 .. 65,536, and the largest power-of-two batch each fits in the free memory;
-* search: the fused top-k kernel vs ``matmul + topk`` (float16 scores) over 10^6 and 10^7
-  stored float16 embeddings (d = 512), 1 and 100 queries, k = 10, with the fraction of the
-  fused ids that an fp32 ``matmul + topk`` also returns (float16 rows; near-ties may differ).
+* search: the fused top-k kernel, the chunked float32 products and top-k of
+  :func:`msclip.cuda.topk.topk_reference` (the GPU search measures both and keeps the faster),
+  and a plain ``matmul + topk`` (float16 scores) over 10^6 and 10^7 stored float16 embeddings
+  (d = 512), 1, 100 and 1,000 queries, k = 10, with the fraction of the fused ids that the
+  chunked float32 search also returns (near-ties may differ).
 
 Run: ``python benchmarks/kernels.py`` (CPU part ~15 minutes on 2 cores and ~7 GB of RAM for the
 plain loss at B = 16,384); ``--skip-cpu`` / ``--skip-gpu`` to run one part. Timings on a shared
@@ -196,8 +198,11 @@ def gpu_search(sizes: list[int], d: int, repeats: int, k: int = 10) -> None:
     from msclip.cuda.topk import fused_topk, topk_reference
 
     print(f"\n== GPU: top-{k} inner-product search, float16 rows, d = {d} ==")
-    print(f"{'N':>10} {'queries':>8} {'fused ms':>10} {'matmul+topk ms':>15} {'same ids':>9}")
-    print("(same ids: fraction of the fused top-k found by an fp32 matmul + topk)")
+    print(f"{'N':>10} {'queries':>8} {'fused ms':>10} {'chunked ms':>11} {'matmul+topk ms':>15} "
+          f"{'same ids':>9}")  # fmt: skip
+    print("(fused: the Triton scan; chunked: float32 products and top-k keys in chunks, the "
+          "search's other method; same ids: fraction of the fused top-k that the chunked one "
+          "also returns, float32 sums of the same rows)")  # fmt: skip
     for n in sizes:
         try:
             store = torch.empty((n, d), dtype=torch.float16, device="cuda")
@@ -208,24 +213,28 @@ def gpu_search(sizes: list[int], d: int, repeats: int, k: int = 10) -> None:
         except torch.cuda.OutOfMemoryError:
             print(f"{n:>10} out of memory for the stored rows")
             continue
-        for n_q in (1, 100):
+        for n_q in (1, 100, 1000):
             q = F.normalize(torch.randn((n_q, d), device="cuda", generator=g), dim=1).half()
 
             def fused(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
                 return fused_topk(q, x, k)
 
+            def chunked(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
+                return topk_reference(q, x, k)
+
             def plain(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
                 return torch.topk((q @ x.T).float(), k, dim=1)
 
             ids = fused()[1]
-            ref = topk_reference(q, store, k)[1]  # fp32 sums, in chunks
+            ref = chunked()[1]
             same = float((ids[:, :, None] == ref[:, None, :]).any(-1).float().mean())
             t_f = _cuda_time(fused, repeats)
+            t_c = _cuda_time(chunked, repeats)
             try:
                 t_p = f"{_cuda_time(plain, repeats) * 1e3:>15.2f}"
             except torch.cuda.OutOfMemoryError:
                 t_p = f"{'out of memory':>15}"
-            print(f"{n:>10} {n_q:>8} {t_f * 1e3:>10.2f} {t_p} {same:>9.3f}")
+            print(f"{n:>10} {n_q:>8} {t_f * 1e3:>10.2f} {t_c * 1e3:>11.2f} {t_p} {same:>9.3f}")
         del store
         torch.cuda.empty_cache()
 

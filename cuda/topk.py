@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from msclip.cuda.runtime import KernelUnavailableError, check_device, kernel_module
 
-from msclip.errors import SearchDeviceError
+from msclip.errors import SearchDeviceError, invalid_rows
 
 __all__ = [
+    "GPU_SEARCH_ENV",
     "MAX_FUSED_K",
+    "SEARCH_METHODS",
     "STORE_DTYPES",
     "FusedSearcher",
     "fused_topk",
@@ -53,6 +56,10 @@ logger = logging.getLogger(__name__)
 MAX_FUSED_K = 256
 #: Storage formats of the device copy (``auto``: float16 when it fits, else int8 codes).
 STORE_DTYPES = ("auto", "float16", "bfloat16", "int8")
+#: How a :class:`FusedSearcher` finds candidates (``auto``: the faster, measured).
+SEARCH_METHODS = ("auto", "fused", "gemm")
+#: Environment variable of the method (``auto``, ``fused`` or ``gemm``).
+GPU_SEARCH_ENV = "MSCLIP_GPU_SEARCH"
 _FP16_MAX = 65504.0
 _UPLOAD_ROWS = 1 << 16
 _QUERY_BATCH = 1024
@@ -85,12 +92,43 @@ def _merge(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return unpack_keys(top)
 
 
-def topk_reference(
-    queries: torch.Tensor, stored: torch.Tensor, k: int, *, chunk_rows: int = 1 << 16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``matmul + topk`` in chunks, same keys and tie rule as the kernel (the reference).
+# Bytes of scores and keys of one chunk of :func:`topk_reference` (float32 scores and int64
+# keys, 12 bytes per query and row): few launches over 10^6 rows, bounded memory beside them.
+_SCORE_BYTES = 1 << 28
+# Devices where torch.mm gives float32 products of float16 / bfloat16 inputs (``out_dtype``).
+_MM_FP32_OUT: dict[str, bool] = {}
 
-    Scores are ``queries.float() @ stored.float().T`` (int8 codes widened as they are).
+
+def _scores(q: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """float32 sums of the exact products ``q @ part.T`` (int8 codes widened to the queries'
+    dtype, which is exact): the arithmetic the error bound of the module docstring covers.
+
+    On CUDA, cuBLAS's half-precision product with float32 output (``torch.mm(...,
+    out_dtype=torch.float32)``), where torch has it; otherwise float32 inputs, or float64 when
+    TF32 products are allowed (their 10-bit inputs would break the bound)."""
+    if part.dtype == torch.int8:
+        part = part.to(q.dtype)
+    key = str(q.device)
+    if q.device.type == "cuda" and _MM_FP32_OUT.get(key, True):
+        try:
+            out = torch.mm(q, part.T, out_dtype=torch.float32)
+            _MM_FP32_OUT[key] = True
+            return out
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            logger.info("torch.mm with float32 output unavailable on %s (%s)", key, exc)
+            _MM_FP32_OUT[key] = False
+    tf32 = q.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    dt = torch.float64 if tf32 else torch.float32
+    return (q.to(dt) @ part.to(dt).T).float()
+
+
+def topk_reference(
+    queries: torch.Tensor, stored: torch.Tensor, k: int, *, chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``matmul + topk`` in chunks of rows, same keys and tie rule as the kernel.
+
+    Scores are float32 sums of the exact products (:func:`_scores`). The chunks hold at most
+    :data:`_SCORE_BYTES` of scores and keys unless ``chunk_rows`` is given.
 
     Returns:
         ``(scores [Q, k] float32, ids [Q, k] int64)``, by score descending, then lower id.
@@ -101,12 +139,12 @@ def topk_reference(
         parts = [topk_reference(queries[s : s + _QUERY_BATCH], stored, k, chunk_rows=chunk_rows)
                  for s in range(0, queries.shape[0], _QUERY_BATCH)]  # fmt: skip
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    q = queries.float()
+    rows = chunk_rows or max(k, _SCORE_BYTES // (12 * max(1, queries.shape[0])))
     best = None
-    for start in range(0, stored.shape[0], chunk_rows):
-        part = stored[start : start + chunk_rows]
-        scores = q @ part.float().T
-        ids = torch.arange(start, start + part.shape[0], device=q.device)
+    for start in range(0, stored.shape[0], rows):
+        part = stored[start : start + rows]
+        scores = _scores(queries, part)
+        ids = torch.arange(start, start + part.shape[0], device=queries.device)
         keys = pack_keys(scores, ids)
         keys = torch.topk(keys, min(k, keys.shape[1]), dim=1).values
         best = keys if best is None else torch.cat([best, keys], dim=1)
@@ -265,9 +303,17 @@ class FusedSearcher:
             ``centre`` and ``step`` (``x ~ centre + step * code``), needed for ``int8``.
         centre: see ``codes``.
         step: see ``codes``.
+        method: how candidates are found: ``fused`` (the fused scan), ``gemm`` (chunked
+            ``matmul + topk``, :func:`topk_reference`) or ``auto`` (the default, or the value
+            of :data:`GPU_SEARCH_ENV`): each is timed on the first search of 1, 2-16, 17-256 and
+            more queries, and the faster kept for such searches. Both give candidates
+            under the same error bound; on an H200 the fused scan was slower than cuBLAS's
+            product and torch's ``topk`` for 100 queries over 10^6 rows.
 
     Raises:
-        SearchDeviceError: Unknown or unusable ``dtype``, or a copy that does not fit.
+        SearchDeviceError: Unknown or unusable ``dtype`` or ``method``, or a copy that does not
+            fit.
+        InvalidEmbeddingsError: rows with NaN or infinity.
     """
 
     def __init__(
@@ -280,16 +326,28 @@ class FusedSearcher:
         codes: torch.Tensor | None = None,
         centre: np.ndarray | None = None,
         step: np.ndarray | None = None,
+        method: str | None = None,
     ) -> None:
         if dtype not in STORE_DTYPES:
             raise SearchDeviceError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
+        method = method or os.environ.get(GPU_SEARCH_ENV, "").strip().lower() or "auto"
+        if method not in SEARCH_METHODS:
+            raise SearchDeviceError(
+                f"GPU search method must be one of {SEARCH_METHODS} (argument method or "
+                f"{GPU_SEARCH_ENV}), got {method!r}"
+            )
+        self.method = method
+        self._picked: dict[str, str] = {}  # queries' regime ("1", "2-16" ...) -> faster method
         self.device = torch.device(device)
         self.count, self.dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         if max_norm is None:
             max_norm = 0.0
             for a in range(0, self.count, _UPLOAD_ROWS):
                 ch = np.asarray(embeddings[a : a + _UPLOAD_ROWS], dtype=np.float64)
-                max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", ch, ch).max())))
+                sq = np.einsum("ij,ij->i", ch, ch)
+                if not np.isfinite(sq).all():
+                    invalid_rows(np.flatnonzero(~np.isfinite(ch).all(axis=1)) + a)
+                max_norm = max(max_norm, float(np.sqrt(sq.max())))
         self.max_norm = float(max_norm)
         self.dtype = self._choose(dtype, codes is not None)
         self._centre = self._step = None
@@ -390,7 +448,7 @@ class FusedSearcher:
         with torch.inference_mode():
             if c <= MAX_FUSED_K:
                 keep = min(max(16, _pow2(c)), self.count)
-                scores, ids = fused_topk(qd, self.stored, keep)
+                scores, ids = self._scan(qd, keep)
             else:  # a list longer than the kernel keeps in registers
                 keep = c
                 scores, ids = topk_reference(qd, self.stored, keep)
@@ -400,13 +458,64 @@ class FusedSearcher:
         thr = scores[:, -1].double().cpu().numpy()
         return ids_np, thr + shift + self._eps(q)
 
+    def _scan(self, qd: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``keep`` scan scores and ids by the method of ``method`` (see the class)."""
+        methods = {"fused": fused_topk, "gemm": topk_reference}
+        method = self.method
+        if method == "auto":
+            n = qd.shape[0]
+            regime = "1" if n == 1 else "2-16" if n <= 16 else "17-256" if n <= 256 else "257+"
+            method = self._picked.get(regime, "")
+            if not method:
+                return self._measure(regime, methods, qd, keep)
+            if method == "gemm":
+                try:
+                    return topk_reference(qd, self.stored, keep)
+                except torch.OutOfMemoryError:  # its chunk of scores did not fit: the scan
+                    logger.info("GPU search: no memory for the product's scores; fused scan")
+                    self._picked[regime] = "fused"
+                    return fused_topk(qd, self.stored, keep)
+        return methods[method](qd, self.stored, keep)
+
+    def _measure(
+        self, regime: str, methods: dict[str, Any], qd: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time each method on this search (after an untimed run: compilation, allocations),
+        keep the faster for the regime and return its result."""
+        import time
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda *_: None)
+        times, results = {}, {}
+        for name, run in methods.items():
+            try:
+                run(qd, self.stored, keep)
+                sync(self.device)
+                t0 = time.perf_counter()
+                results[name] = run(qd, self.stored, keep)
+                sync(self.device)
+            except torch.OutOfMemoryError:  # the product's chunk of scores did not fit
+                continue
+            times[name] = time.perf_counter() - t0
+        if not times:
+            raise torch.OutOfMemoryError(f"no GPU memory left to search {self.device}")
+        chosen = min(times, key=times.__getitem__)
+        self._picked[regime] = chosen
+        logger.info(
+            "GPU search of %s queries: %s (%d over %d rows: %s)", regime, chosen, qd.shape[0],
+            self.count, ", ".join(f"{n} {1e3 * t:.2f} ms" for n, t in times.items()),
+        )  # fmt: skip
+        return results[chosen]
+
     @classmethod
-    def for_index(cls, index: Any, device: torch.device, dtype: str = "auto") -> FusedSearcher:
+    def for_index(
+        cls, index: Any, device: torch.device, dtype: str = "auto", method: str | None = None
+    ) -> FusedSearcher:
         """The device copy of a :class:`msclip.index.search.SearchIndex`'s embeddings."""
         return cls(
             index._emb,
             device,
             dtype,
+            method=method,
             max_norm=index._max_row_norm(),
             codes=index._codes,
             centre=index._centre,

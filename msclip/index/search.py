@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from msclip.arrays import as_numpy
 from msclip.encode import single_thread
-from msclip.errors import EmptyIndexError
+from msclip.errors import EmptyIndexError, invalid_rows
 from msclip.index.calibrate import COPY_KERNELS, regime
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
@@ -305,16 +305,7 @@ def _refuse_rows(start: int, scores: torch.Tensor) -> None:
     """Name the rows whose scores are NaN or infinite (rows of NaN or infinity: the queries are
     checked before the scan), so that they never rank first nor leave empty result slots."""
     bad = (torch.isnan(scores) | torch.isposinf(scores)).any(dim=0).nonzero()[:, 0] + start
-    _invalid_rows(bad.numpy())
-
-
-def _invalid_rows(bad: np.ndarray) -> None:
-    rows = bad[:10].tolist()
-    raise InvalidEmbeddingsError(
-        f"embeddings rows {rows}{' ...' if bad.size > 10 else ''} contain NaN or infinity (an "
-        "image of missing pixels, a failed encoding, or a damaged file); drop or fix them "
-        "before searching"
-    )
+    invalid_rows(bad.numpy())
 
 
 def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
@@ -449,7 +440,7 @@ class SearchIndex:
                 chunk = embeddings[s : s + _BUILD_CHUNK_ROWS * 32]
                 bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
                 if bad.size:
-                    _invalid_rows(bad + s)
+                    invalid_rows(bad + s)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if candidates is not None and (
@@ -596,7 +587,7 @@ class SearchIndex:
             np.maximum(hi, chunk.max(axis=0), out=hi)
             sq = float(np.einsum("ij,ij->i", chunk, chunk).max())
             if not math.isfinite(sq):  # memory-mapped rows are checked here, in passing
-                _invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
+                invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
             max_sq = max(max_sq, sq)
         centre = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
         step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
@@ -1097,8 +1088,11 @@ class SearchIndex:
     def _max_row_norm(self) -> float:
         if self._max_norm is None:
             best = 0.0
-            for _, chunk in self._chunks(_BUILD_CHUNK_ROWS):
-                best = max(best, float(np.einsum("ij,ij->i", chunk, chunk).max()))
+            for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
+                sq = np.einsum("ij,ij->i", chunk, chunk)
+                if not np.isfinite(sq).all():  # NaN would pass max() unseen
+                    invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
+                best = max(best, float(sq.max()))
             self._max_norm = math.sqrt(best)
         return self._max_norm
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -43,27 +42,32 @@ def test_auto_picks_triton_and_its_memory_is_linear() -> None:
     torch.testing.assert_close(grads, x.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_fused_topk_beats_matmul_and_topk() -> None:
-    from msclip.cuda.topk import fused_topk
+def test_both_search_methods_agree_and_the_index_keeps_the_faster(caplog) -> None:
+    """Over 10^6 rows: the fused scan and the chunked float32 products give the ids of an fp32
+    ``matmul + topk`` (to near-ties); a search index on the GPU times both once per regime and
+    keeps the faster, and its results equal the exact CPU search. Speeds are the benchmark's
+    (benchmarks/kernels.py), not asserted here."""
+    import logging
+
+    import numpy as np
+    from msclip.cuda.topk import fused_topk, topk_reference
+
+    from msclip.index import SearchIndex
 
     store = F.normalize(torch.randn(10**6, 512, device="cuda"), dim=1).half()
     q = F.normalize(torch.randn(100, 512, device="cuda"), dim=1).half()
-
-    def best(fn) -> float:
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    fused = best(lambda: fused_topk(q, store, 10))
-    plain = best(lambda: torch.topk((q @ store.T).float(), 10, dim=1))
-    ids = fused_topk(q, store, 10)[1]
     ref = torch.topk(q.float() @ store.float().T, 10, dim=1).indices  # fp32 sums, other order
-    agree = (ids[:, :, None] == ref[:, None, :]).any(-1).float().mean()
-    assert agree > 0.99
-    assert fused < plain
+    for method in (fused_topk, topk_reference):
+        ids = method(q, store, 10)[1]
+        assert (ids[:, :, None] == ref[:, None, :]).any(-1).float().mean() > 0.99
+    emb = store[:200_000].float().cpu().numpy()
+    queries = q.float().cpu().numpy()
+    gpu = SearchIndex(emb, device="cuda")
+    with caplog.at_level(logging.INFO, logger="msclip.cuda.topk"):
+        for n in (100, 1, 100):
+            got = gpu.search(queries[:n], 10)
+            exact = SearchIndex(emb, device="cpu").search(queries[:n], 10, exact=True)
+            np.testing.assert_array_equal(got.ids, exact.ids)
+            np.testing.assert_array_equal(got.scores, exact.scores)
+    measured = [r.getMessage() for r in caplog.records if "GPU search of" in r.getMessage()]
+    assert len(measured) == 2 and sorted(gpu._fused._picked) == ["1", "17-256"], measured

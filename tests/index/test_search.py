@@ -268,6 +268,24 @@ def test_read_only_rows_and_queries_raise_no_warning(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
 
 
+def test_the_gpu_copy_names_rows_of_nan_or_infinity(tmp_path: Path, data) -> None:
+    """The GPU search's copy (its row norms, for the error bound) refuses NaN and infinite rows
+    of a memory map by name, as the CPU paths do: NaN once passed ``max()`` unseen there. Built
+    on the CPU here (the check precedes any kernel)."""
+    from msclip.cuda.topk import FusedSearcher
+
+    emb = data[0].copy()
+    emb[7] = np.nan
+    emb[1500, 3] = -np.inf
+    np.save(tmp_path / "e.npy", emb)
+    rows = np.load(tmp_path / "e.npy", mmap_mode="r")
+    with pytest.raises(InvalidEmbeddingsError, match=r"rows \[7, 1500\] contain NaN"):
+        FusedSearcher(rows, "cpu")
+    index = SearchIndex(rows, quantize=False)
+    with pytest.raises(InvalidEmbeddingsError, match=r"rows \[7, 1500\] contain NaN"):
+        FusedSearcher.for_index(index, torch.device("cpu"))  # through the index's row norms
+
+
 def test_rows_of_nan_or_infinity_in_a_memory_map_are_named(tmp_path: Path, data) -> None:
     """Memory-mapped rows are not scanned up front (an index's were checked when written); NaN or
     infinite rows are named as the int8 copy is built or the exact scan meets them, never
