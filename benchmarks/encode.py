@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter timings")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--tiles", type=int, default=64)
+    ap.add_argument("--gpu-tiles", type=int, default=1024, help="tiles of the GPU's end to end")
+    ap.add_argument("--gpu-only", action="store_true", help="the GPU figures alone")
     ap.add_argument(
         "--workers",
         type=int,
@@ -151,24 +153,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
-    from msclip.hardware import choose_precision, cpu_info
+    if args.gpu_only:
+        if not torch.cuda.is_available():
+            print("no CUDA GPU here: no GPU figures")
+            return 1
+        with tempfile.TemporaryDirectory() as tmp:
+            gpu_figures(write_tiles(Path(tmp), args.gpu_tiles), seconds)
+        return 0
+    from msclip.hardware import cpu_info
     from msclip.memory import steady_heap
 
     steady_heap()  # the C heap as msclip's programs on a CPU set it (msclip.memory)
-    info, auto = cpu_info(), choose_precision("auto")
+    info = cpu_info()
     print(f"machine: {info.kind}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"msclip {msclip.__version__}")  # fmt: skip
-    print(f"--precision auto picks: {auto.summary()}")
+    torch.manual_seed(0)
+    # what create_model makes of auto here: the CPU flags, then the bf16 check of the towers
+    # (msclip.precision_check), which can send a CPU with native bf16 back to fp32
+    auto = msclip.create_model("Llama3-MS-CLIP-Base", precision="auto")
+    print(f"--precision auto picks: {auto.precision} ({auto.precision_reason})")
     torch.manual_seed(0)
     fp32 = msclip.create_model("Llama3-MS-CLIP-Base", precision="fp32")
     models = {"fp32": fp32}
     auto_key = auto.precision
-    if auto.fused_fp32:  # auto's fp32: the image tower on the fused oneDNN kernels
-        auto_key = "fp32-fused"
-        torch.manual_seed(0)
-        models[auto_key] = msclip.create_model("Llama3-MS-CLIP-Base", precision="auto")
-    if info.native_bf16:
-        models["bf16"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
+    if auto.precision == "fp32" and auto.precision_reason.endswith("fused fp32 path"):
+        auto_key = "fp32-fused"  # auto's fp32: the image tower on the fused oneDNN kernels
+        models[auto_key] = auto
+    if auto.precision == "bf16":
+        models["bf16"] = auto
+    elif info.native_bf16:
+        from msclip.errors import PrecisionError
+
+        try:
+            models["bf16"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="bf16")
+        except PrecisionError as err:
+            print(f"bf16 skipped: {err}")
     else:
         print("bf16 skipped: emulated on this CPU (hundreds of times slower than fp32)")
     models["int8"] = msclip.create_model("Llama3-MS-CLIP-Base", precision="int8")
@@ -206,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {e2e:.2f} images/s end to end, model only {only:.2f} -> "
                   f"ratio {ratio:.2f} (target >= 0.90; ratios "
                   f"{', '.join(f'{p[0]:.2f}' for p in pairs)})")  # fmt: skip
-        if torch.cuda.is_available():
-            gpu_figures(paths, seconds)
-        else:
-            print("\nno CUDA GPU here: no GPU figures")
+    if torch.cuda.is_available():
+        with tempfile.TemporaryDirectory() as tmp:
+            # a GPU outruns its readers: enough tiles for the steady state, not the start
+            gpu_figures(write_tiles(Path(tmp), args.gpu_tiles), seconds)
+    else:
+        print("\nno CUDA GPU here: no GPU figures")
     return 0
 
 

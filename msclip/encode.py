@@ -409,10 +409,14 @@ def auto_batch_size(
     workers: int | None = None,
     host_bytes: int | None = None,
     shm_bytes: int | None = None,
+    items: int | None = None,
 ) -> int:
     """Images per model call: 4 on a CPU; on a GPU the largest power of two (1 to 1024) whose
     estimated activation memory fits in half of the free device memory and whose batches in
-    flight fit on the host.
+    flight fit on the host, and, for a run of ``items`` images with workers, at most ``items /
+    (2 * workers)``: every worker then reads (64 tiles in one batch of 512 were read by one of 8
+    workers: 57 images/s end to end on an H200, against 419 images/s for 1,024 tiles in batches of
+    64).
 
     The estimate per image for a ViT image tower of width ``w``, ``n`` tokens and ``h`` heads, in
     the model's dtype: ``n * w * 12`` values (residual stream, norms, the 4x MLP hidden layer and
@@ -437,6 +441,7 @@ def auto_batch_size(
             ``torchrun`` run on this machine, :func:`msclip.hardware.local_processes`).
         shm_bytes: shared memory for them (default: :func:`shared_memory_free`, shared the
             same way).
+        items: images the run encodes, when known.
     """
     dev = torch.device(device) if device is not None else getattr(model, "device", None)
     if dev is None or dev.type != "cuda":
@@ -477,21 +482,26 @@ def auto_batch_size(
                     shm_bytes >> 20, workers, shm_fits, "" if shm_fits == 1 else "s",
                 )  # fmt: skip
             fits = min(fits, shm_fits)
+        if items is not None:
+            fits = min(fits, max(1, int(items) // (2 * workers)))
     return int(min(1024, 2 ** int(math.log2(fits))))
 
 
 def auto_workers(device: Any = None) -> int:
     """DataLoader worker processes when none are given: 0 on a CPU (decoding a tile costs a few
     milliseconds against a hundred or more in the model, and workers would take the model's
-    cores), up to 8 feeding a GPU: half of this process's share of the cores, those it may use
-    divided among the processes of a ``torchrun`` run on this machine, one per GPU
-    (:func:`msclip.hardware.cores_per_process`)."""
+    cores), up to 16 feeding a GPU: this process's share of the cores but two (the process
+    itself and the thread that pins batches), the cores it may use being divided among the
+    processes of a ``torchrun`` run on this machine, one per GPU
+    (:func:`msclip.hardware.cores_per_process`). A GPU outruns the readers: on an H200 with 16
+    cores, 1,024 GeoTIFF tiles were encoded at 419 images/s with 8 workers and 523 with 16, the
+    image tower alone running 10,000 images/s in bf16."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "cuda":
         return 0
     from msclip.hardware import cores_per_process
 
-    return int(min(8, max(1, cores_per_process() // 2)))
+    return int(min(16, max(1, cores_per_process() - 2)))
 
 
 def loader_args(
@@ -635,7 +645,8 @@ def encode_batches(
         ):
             raise TypeError(f"{name} must be a whole number, got {value!r}")
     if batch_size is None:
-        batch_size = auto_batch_size(model, workers=workers)
+        items = sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)
+        batch_size = auto_batch_size(model, workers=workers, items=items)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:

@@ -767,7 +767,10 @@ def load_model(
     if getattr(args, "workers", 0) is None:
         args.workers = auto_workers(device)
     if getattr(args, "batch_size", 0) is None:
-        args.batch_size = auto_batch_size(model, device, workers=getattr(args, "workers", None))
+        items = len(large.paths) if large is not None and large.paths else None
+        args.batch_size = auto_batch_size(
+            model, device, workers=getattr(args, "workers", None), items=items
+        )
     report_precision(model, device, quiet=getattr(args, "quiet", False))
     preprocess = model.preprocess(
         input_bands=getattr(args, "bands", None),
