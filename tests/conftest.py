@@ -31,6 +31,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path_factory.mktemp("msclip_cache")))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_machine(request, monkeypatch):
+    """The suite tests msclip as on a machine without a GPU, where CI runs it, so that a machine
+    with one gives the same results: ``device="auto"`` (the programs' default) would otherwise
+    pick the GPU, and torchrun processes would ask for one GPU each. Tests marked ``gpu`` see
+    the GPU; subprocesses of the others do not (``CUDA_VISIBLE_DEVICES``)."""
+    if request.node.get_closest_marker("gpu") is not None:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

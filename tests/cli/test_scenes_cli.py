@@ -93,7 +93,8 @@ def test_dense_and_scene_subcommands(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.slow  # a fresh interpreter imports torch: about 10 s on 2 busy cores
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     run = subprocess.run(
         [sys.executable, "-m", "msclip.synthetic", "examples", "--out", str(tmp_path),
          "--n", "2", "--size", "16", "--seed", "0"],
