@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_precision import SAPPHIRE, ZEN4, machine  # noqa: F401  (the fixture)
+from test_precision import SAPPHIRE, ZEN3, ZEN4, machine  # noqa: F401  (the fixture)
 
 import msclip
 from msclip import architecture, precision_check
@@ -101,3 +101,13 @@ def test_a_damaged_verdict_file_is_measured_again(machine, counted) -> None:  # 
     path.write_text("{not json")
     assert msclip.create_model("msclip-tiny", precision="auto").dtype == torch.bfloat16
     assert calls == ["msclip-tiny"] and json.loads(path.read_text())["text"] == 0.99995
+
+
+def test_emulated_bf16_is_not_checked(machine, counted) -> None:  # noqa: F811
+    """A CPU without native bf16 runs no native kernels to check (and the replica would take
+    minutes there): an explicit bf16 is warned about as slow, not measured."""
+    machine(ZEN3)
+    calls = counted(0.5)
+    with pytest.warns(msclip.errors.PerformanceWarning, match="emulated"):
+        model = msclip.create_model("msclip-tiny", precision="bf16")
+    assert model.dtype == torch.bfloat16 and calls == []
