@@ -7,21 +7,26 @@
 # msclip must be importable with its dependencies (`pip install -e .`). In order, each with its
 # own time limit so that one hang cannot take the others' time, and each writing its log to
 # OUTPUT_DIR:
-#   machine.txt   the GPU, driver, torch and CUDA versions (nvidia-smi, torch)
+#   machine.txt   the GPU, driver, torch and CUDA versions (nvidia-smi, torch), and whether bf16
+#                 on its CPU agrees with float32 (benchmarks/cpu_bf16.py: GPU machines often
+#                 have Xeons with AMX, whose bf16 once disagreed)
 #   gpu_tests.txt the tests marked `gpu` (fused contrastive loss and top-k kernels, the GPU
 #                 encoding path against the CPU's fp32 embeddings)
-#   encode.txt    benchmarks/encode.py --quick: images/s of the image tower on the GPU in each
-#                 precision, and end to end from GeoTIFF files through the encoding engine
-#   suite.txt     the whole suite on the GPU machine (the tests that use a GPU where one is seen)
-# STEPs name a subset, in that order (e.g. `machine gpu_tests encode`: about 10 minutes on one
-# H200 with 16 cores, where the whole suite needs its own window). The exit status is that of
-# the first check that failed (0: all passed).
+#   encode.txt    benchmarks/encode.py --quick --gpu-only: images/s of the image tower on the
+#                 GPU in each precision, and end to end from 1,024 GeoTIFF files through the
+#                 encoding engine
+#   search.txt    benchmarks/kernels.py (GPU part, 10^6 rows): the fused top-k scan against the
+#                 chunked products and a plain matmul + topk, and the contrastive loss kernels
+#   suite.txt     the whole suite, 8 processes (tests not marked gpu see no GPU, as in CI)
+# STEPs name a subset, in that order. On one H200 with 16 cores: the tests marked gpu took 26 s,
+# the whole suite 68 s with 12 processes, encode.py's GPU part about a minute. The exit status is
+# that of the first check that failed (0: all passed).
 set -uo pipefail
 
 out=${1:-gpu-checks}
 shift $(($# > 0 ? 1 : 0))
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(machine gpu_tests encode suite)
+[ ${#steps[@]} -eq 0 ] && steps=(machine gpu_tests encode search suite)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -40,13 +45,15 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $out/NAM
 
 for s in "${steps[@]}"; do
     case $s in
-        machine) step machine 60 bash -c "nvidia-smi; $python -c 'import torch; \
+        machine) step machine 120 bash -c "nvidia-smi; $python -c 'import torch; \
 print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), \
-torch.cuda.get_device_name(0))'" ;;
+torch.cuda.get_device_name(0))'; $python benchmarks/cpu_bf16.py" ;;
         gpu_tests) step gpu_tests 300 "$python" -m pytest -q -m gpu -n 0 -p no:cacheprovider tests ;;
-        encode) step encode 300 "$python" benchmarks/encode.py --quick ;;
-        suite) step suite 900 "$python" -m pytest -q -p no:cacheprovider tests ;;
-        *) echo "unknown step '$s' (machine, gpu_tests, encode, suite)" >&2; exit 2 ;;
+        encode) step encode 300 "$python" benchmarks/encode.py --quick --gpu-only ;;
+        search) step search 300 "$python" benchmarks/kernels.py --skip-cpu \
+            --search-sizes 1000000 --gpu-batches 4096 ;;
+        suite) step suite 900 "$python" -m pytest -q -p no:cacheprovider -n 8 tests ;;
+        *) echo "unknown step '$s' (machine, gpu_tests, encode, search, suite)" >&2; exit 2 ;;
     esac
 done
 exit "$status"

@@ -29,13 +29,15 @@ def _run(tmp_path: Path, *args: str, fail: str = "") -> subprocess.CompletedProc
 
 
 def test_the_named_steps_run_in_order_each_with_its_log(tmp_path: Path) -> None:
-    done = _run(tmp_path, "gpu_tests", "encode")
+    done = _run(tmp_path, "gpu_tests", "encode", "search")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["encode.txt", "gpu_tests.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["encode.txt", "gpu_tests.txt", "search.txt"]
     assert "-m pytest -q -m gpu -n 0" in (out / "gpu_tests.txt").read_text()
-    assert "benchmarks/encode.py --quick" in (out / "encode.txt").read_text()
+    assert "benchmarks/encode.py --quick --gpu-only" in (out / "encode.txt").read_text()
+    assert "benchmarks/kernels.py --skip-cpu" in (out / "search.txt").read_text()
     assert done.stdout.index("== gpu_tests") < done.stdout.index("== encode")
+    assert done.stdout.index("== encode") < done.stdout.index("== search")
 
 
 def test_a_failed_step_fails_the_run_and_the_others_still_run(tmp_path: Path) -> None:
@@ -47,4 +49,4 @@ def test_a_failed_step_fails_the_run_and_the_others_still_run(tmp_path: Path) ->
 def test_an_unknown_step_is_refused(tmp_path: Path) -> None:
     done = _run(tmp_path, "encode", "benchmark")
     assert done.returncode == 2
-    assert "unknown step 'benchmark' (machine, gpu_tests, encode, suite)" in done.stderr
+    assert "unknown step 'benchmark' (machine, gpu_tests, encode, search, suite)" in done.stderr
