@@ -471,7 +471,7 @@ class FusedSearcher:
             if method == "gemm":
                 try:
                     return topk_reference(qd, self.stored, keep)
-                except torch.OutOfMemoryError:  # its chunk of scores did not fit: the scan
+                except torch.cuda.OutOfMemoryError:  # its chunk of scores did not fit: the scan
                     logger.info("GPU search: no memory for the product's scores; fused scan")
                     self._picked[regime] = "fused"
                     return fused_topk(qd, self.stored, keep)
@@ -493,11 +493,11 @@ class FusedSearcher:
                 t0 = time.perf_counter()
                 results[name] = run(qd, self.stored, keep)
                 sync(self.device)
-            except torch.OutOfMemoryError:  # the product's chunk of scores did not fit
+            except torch.cuda.OutOfMemoryError:  # the product's chunk of scores did not fit
                 continue
             times[name] = time.perf_counter() - t0
         if not times:
-            raise torch.OutOfMemoryError(f"no GPU memory left to search {self.device}")
+            raise torch.cuda.OutOfMemoryError(f"no GPU memory left to search {self.device}")
         chosen = min(times, key=times.__getitem__)
         self._picked[regime] = chosen
         logger.info(

@@ -86,30 +86,9 @@ def _recorder(seen: list[torch.Tensor]) -> Any:
     return lambda _module, _inputs, output: seen.append(output)
 
 
-def _weights_of(model: Any, replica: Any) -> dict[str, torch.Tensor]:
-    """The replica's state dict from ``model``'s weights: its image blocks are the model's first
-    and last, its text block the first, its token table the first rows."""
-    source = model.state_dict()
-    depth = {"clip.visual.transformer.resblocks.": len(model.clip.visual.transformer.resblocks),
-             "clip.transformer.resblocks.": len(model.clip.transformer.resblocks)}  # fmt: skip
-    out = {}
-    for name, value in replica.state_dict().items():
-        src = name
-        for prefix, n in depth.items():
-            if name.startswith(prefix):
-                index, rest = name[len(prefix) :].split(".", 1)
-                src = f"{prefix}{n - 1 if int(index) == _IMAGE_BLOCKS - 1 else index}.{rest}"
-                if prefix == "clip.transformer.resblocks.":
-                    src = name  # one text block: the first
-        w = source[src]
-        out[name] = w[: value.shape[0]] if name.endswith("token_embedding.weight") else w
-    return out
-
-
-def _measure(config: Any, model: Any = None) -> dict[str, float]:
+def _measure(config: Any) -> dict[str, float]:
     """Least cosines between the bf16 and float32 outputs of a replica of the towers: of the
-    embeddings and of every token out of each tower's transformer (see the module docstring).
-    Seeded random weights, or those of ``model`` (:func:`_weights_of`)."""
+    embeddings and of every token out of each tower's transformer (see the module docstring)."""
     from dataclasses import replace
 
     from msclip.model import MSCLIP
@@ -120,14 +99,10 @@ def _measure(config: Any, model: Any = None) -> dict[str, float]:
         ref = MSCLIP(replace(config, arch_cfg=cfg)).eval()
         visual = ref.clip.visual
         with torch.no_grad():
-            if model is not None:
-                state = {k: v.float() for k, v in _weights_of(model, ref).items()}
-                ref.load_state_dict(state)
-            else:
-                # random towers' class tokens carry their class and position embeddings, which
-                # drown what the input adds; zeroed, the embeddings are made of the input alone
-                visual.class_embedding.zero_()
-                visual.positional_embedding.zero_()
+            # random towers' class tokens carry their class and position embeddings, which
+            # drown what the input adds; zeroed, the embeddings are made of the input alone
+            visual.class_embedding.zero_()
+            visual.positional_embedding.zero_()
         images = torch.randn(1, len(config.bands), config.image_size, config.image_size)
         context = int(cfg["text_cfg"].get("context_length", 77))
         vocab = int(cfg["text_cfg"]["vocab_size"])
