@@ -184,3 +184,28 @@ def test_every_launch_is_made_on_the_inputs_device(loss_device: str, monkeypatch
     x, y, t, _ = _inputs(20, 24, loss_device, "clip")
     blockwise_contrastive_loss(x, y, t, None, kind="clip", impl="triton").backward()
     assert len(seen) >= 3 and {d.type for d in seen} == {torch.device(loss_device).type}
+
+
+def test_a_product_without_memory_gives_way_to_the_scan(topk_device: str, monkeypatch) -> None:
+    """The chunked products need room for a chunk of scores; where the device has none, the
+    measured choice and a later search take the fused scan, with the same results."""
+    from msclip.cuda import topk
+
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    exact = SearchIndex(emb, device="cpu").search(queries, 5, exact=True)
+    index = SearchIndex(emb, device="auto")
+    index._fused = FusedSearcher.for_index(index, torch.device(topk_device), "float16", "auto")
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("no room for the scores")
+
+    monkeypatch.setattr(topk, "topk_reference", no_memory)
+    for _ in range(2):
+        got = index.search(queries, 5)
+        np.testing.assert_array_equal(got.ids, exact.ids)
+    assert index._fused._picked == {"2-16": "fused"}
+    index._fused._picked["2-16"] = "gemm"  # measured faster once, out of memory later
+    np.testing.assert_array_equal(index.search(queries, 5).ids, exact.ids)
+    assert index._fused._picked == {"2-16": "fused"}
