@@ -124,8 +124,8 @@ def test_bf16_embeddings_agree_with_fp32(make_geotiff) -> None:
 
     paths = [make_geotiff(f"t{i}.tif", size=(64, 64), seed=i)[0] for i in range(6)]
     fp32 = msclip.create_model("msclip-demo", pretrained=True, precision="fp32")
-    verdict = cpu_bf16_agreement(fp32.config)
-    if min(verdict.values()) < MIN_COSINE:  # a CPU whose bf16 kernels are wrong here: refused
+    verdict = cpu_bf16_agreement(fp32.config)  # None where bf16 is emulated (not checked)
+    if verdict is not None and min(verdict.values()) < MIN_COSINE:  # wrong bf16 here: refused
         with pytest.raises(PrecisionError, match="disagrees with float32"):
             msclip.create_model("msclip-demo", pretrained=True, precision="bf16")
         return
