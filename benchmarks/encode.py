@@ -121,12 +121,13 @@ def gpu_figures(paths: list[Path], seconds: float) -> None:
             mark = " (chosen from free memory)" if b == batch else ""
             print(f"  {precision}: model alone at batch {b}{mark}: {rate:8.1f} images/s")
         workers = auto_workers("cuda")
+        run_batch = auto_batch_size(model, workers=workers, items=len(paths))  # as encode picks
         start = time.perf_counter()
         res = encode_images(model, model.preprocess(), paths, batch_size=None, workers=workers)
         torch.cuda.synchronize()
         rate = len(res.indices) / (time.perf_counter() - start)
-        print(f"  {precision}: end to end from {len(paths)} GeoTIFFs, {workers} workers, pinned "
-              f"memory: {rate:8.1f} images/s")  # fmt: skip
+        print(f"  {precision}: end to end from {len(paths)} GeoTIFFs, {workers} workers, batches "
+              f"of {run_batch}, pinned memory: {rate:8.1f} images/s")  # fmt: skip
         del model
         torch.cuda.empty_cache()
 
