@@ -345,7 +345,7 @@ class FusedSearcher:
             for a in range(0, self.count, _UPLOAD_ROWS):
                 ch = np.asarray(embeddings[a : a + _UPLOAD_ROWS], dtype=np.float64)
                 sq = np.einsum("ij,ij->i", ch, ch)
-                if not np.isfinite(sq).all():
+                if not np.isfinite(sq).all():  # NaN would pass max() unseen
                     invalid_rows(np.flatnonzero(~np.isfinite(ch).all(axis=1)) + a)
                 max_norm = max(max_norm, float(np.sqrt(sq.max())))
         self.max_norm = float(max_norm)

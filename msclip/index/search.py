@@ -1091,7 +1091,9 @@ class SearchIndex:
             for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
                 sq = np.einsum("ij,ij->i", chunk, chunk)
                 if not np.isfinite(sq).all():  # NaN would pass max() unseen
-                    invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
+                    bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+                    if bad.size:  # else finite rows whose squares overflow float32
+                        invalid_rows(bad + start)
                 best = max(best, float(sq.max()))
             self._max_norm = math.sqrt(best)
         return self._max_norm
