@@ -335,9 +335,10 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         type=positive_int,
         default=None,
         help="images per model call (default: 4 on a CPU; on a GPU the largest power of two "
-        "that fits in half of its free memory)",
+        "that fits in half of its free memory, and small enough for every worker to read)",
     )
-    default = "0 on a CPU, up to 8 with a GPU" if workers is None else str(workers)
+    default = "0 on a CPU; with a GPU the cores but two, up to 16"
+    default = default if workers is None else str(workers)
     g.add_argument(
         "--workers",
         type=non_negative_int,
