@@ -8,7 +8,8 @@ linear, batched product, attention, layer norm and GELU of ViT-B/16's shapes agr
 rounding (relative error 1.7e-3); with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (oneDNN without
 its AMX kernels) the same tower gave 0.99999. A flag check cannot see this, so before a model
 runs in native bf16 on a CPU, :func:`cpu_bf16_agreement` runs a replica of its towers in float32
-and in bf16 on one random image and one random text: the same widths, heads, patch, bands, image
+and in bf16 on one random image and two random texts (the whole context, and a 13-token prompt
+with its padding trimmed, as zero-shot runs prompts): the same widths, heads, patch, bands, image
 size and context length, through the same code (msclip's fused CPU path included), with two image
 blocks (the last on the class token alone, as in inference) and one text block, seeded random
 weights, and zero class and position embeddings (a random tower's own would drown what the input
@@ -44,11 +45,12 @@ logger = logging.getLogger(__name__)
 BF16_CHECK_ENV = "MSCLIP_BF16_CHECK"
 #: Least cosine between a replica's bf16 and float32 embeddings for bf16 to be used.
 MIN_COSINE = 0.99
-# 1: the first version of the replica and its inputs
-_VERSION = 1
+# 1: the first version of the replica and its inputs; 2: a short trimmed prompt too
+_VERSION = 2
 _IMAGE_BLOCKS = 2
 _TEXT_BLOCKS = 1
 _TEXT_VOCAB = 1024  # token ids of the replica's text input (the lookup's size is no kernel shape)
+_SHORT_PROMPT = 13  # tokens of the replica's short prompt, end-of-text included
 
 
 def _replica_cfg(arch_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -108,15 +110,21 @@ def _measure(config: Any) -> dict[str, float]:
         vocab = int(cfg["text_cfg"]["vocab_size"])
         tokens = torch.randint(1, vocab - 1, (1, context))
         tokens[:, -1] = vocab - 1  # the end-of-text token pools the text (highest id)
+        # a prompt as zero-shot runs them: a few tokens, the padding trimmed (encode_text(...,
+        # trim=True)), so the attention's products are as short as a prompt's
+        short = torch.zeros_like(tokens)
+        short[:, :_SHORT_PROMPT] = torch.randint(1, vocab - 1, (1, _SHORT_PROMPT))
+        short[:, _SHORT_PROMPT - 1] = vocab - 1
     low = copy.deepcopy(ref).to(torch.bfloat16)
-    runs = {
-        "image": lambda m: m.encode_image(images.to(m.clip.visual.conv1.weight.dtype)),
-        "text": lambda m: m.encode_text(tokens),
-    }
+    runs = [
+        ("image", lambda m: m.encode_image(images.to(m.clip.visual.conv1.weight.dtype))),
+        ("text", lambda m: m.encode_text(tokens)),
+        ("text", lambda m: m.encode_text(short, trim=True)),
+    ]
     towers = {"image": lambda m: m.clip.visual.transformer, "text": lambda m: m.clip.transformer}
     out: dict[str, float] = {}
     with torch.inference_mode():
-        for name, run in runs.items():
+        for name, run in runs:
             cos = _min_cosine(run(ref), run(low))
             # every token out of the tower's transformer (the hook also makes the image tower
             # run its last block on all tokens, not on the class token alone)
@@ -128,7 +136,7 @@ def _measure(config: Any) -> dict[str, float]:
             finally:
                 for h in hooks:
                     h.remove()
-            out[name] = min(cos, _min_cosine(seen[0], seen[1]))
+            out[name] = min(out.get(name, 1.0), cos, _min_cosine(seen[0], seen[1]))
     return out
 
 

@@ -37,8 +37,18 @@ def counted(monkeypatch):
 
 
 def test_the_replica_agrees_on_this_cpu_and_catches_a_wrong_kernel(monkeypatch) -> None:
+    shapes = []
+    recorder = precision_check._recorder
+
+    def recording(seen):
+        hook = recorder(seen)
+        return lambda m, i, o: (shapes.append(tuple(o.shape)), hook(m, i, o))[1]
+
+    monkeypatch.setattr(precision_check, "_recorder", recording)
     got = precision_check._measure(_config("msclip-demo"))
     assert min(got.values()) > 0.999  # rounding alone
+    # every token compared: the image's 65, the text's whole context (32) and a trimmed prompt
+    assert shapes == [(1, 65, 128)] * 2 + [(1, 32, 64)] * 2 + [(1, 13, 64)] * 2
     original = architecture._fused_linear
 
     def wrong(x, weight, bias, pack):  # a bf16 product kernel that mixes up its outputs
