@@ -189,15 +189,21 @@ def main() -> None:
     import torch
 
     import msclip
-    from msclip.hardware import choose_precision, cpu_info
+    from msclip.hardware import cpu_info
     from msclip.memory import steady_heap
     from msclip.zero_shot import encode_texts, format_prompts
 
     steady_heap()  # the C heap as msclip's programs on a CPU set it (msclip.memory)
-    info, auto = cpu_info(), choose_precision("auto")
+    info = cpu_info()
     print(f"machine: {info.kind}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")  # fmt: skip
-    print(f"--precision auto picks: {auto.summary()}")
+    # what create_model makes of auto: the CPU flags, then the bf16 check of the towers
+    # (msclip.precision_check), which can send a CPU with native bf16 back to fp32
+    resolved = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision="auto")
+    fused_auto = resolved.precision_reason.endswith("fused fp32 path")
+    print(f"--precision auto picks: {resolved.precision} ({resolved.precision_reason})")
+    auto_row = "fp32-fused" if fused_auto else resolved.precision
+    del resolved
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
     from msclip.encode import auto_batch_size
@@ -207,15 +213,22 @@ def main() -> None:
     if not args.skip_precisions:
         print(f"\nimage tower alone, batch {bs}, images/s (best of "
               f"{args.repeats}; by CPU time in brackets):")  # fmt: skip
-        auto_row = "fp32-fused" if auto.fused_fp32 else auto.precision
+        from msclip.errors import PrecisionError
+
         for row in ("fp32", "fp32-fused", "bf16", "int8"):
             if row == "bf16" and not info.native_bf16:
                 print("  bf16        skipped: emulated on this CPU (hundreds of times slower)")
                 continue
-            if row == "fp32-fused" and not auto.fused_fp32:
-                continue  # auto's fp32 on a CPU without native bf16 only
+            if row == "fp32-fused" and not fused_auto:
+                continue  # auto's fp32 (a CPU without native bf16, or whose bf16 disagrees)
             precision = "auto" if row == "fp32-fused" else row
-            model = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision=precision)
+            try:
+                model = msclip.create_model(
+                    "Llama3-MS-CLIP-Base", paths["ckpt"], precision=precision
+                )
+            except PrecisionError as err:  # bf16 where this CPU's bf16 disagrees
+                print(f"  {row:11s} refused: {err}")
+                continue
             with torch.inference_mode():
                 wall, cpu = best_time(lambda m=model: m.encode_image(x), args.repeats)
             mark = "  <- auto" if row == auto_row else ""

@@ -116,7 +116,8 @@ def main() -> None:
     from msclip.hardware import choose_precision, cpu_info
 
     info = cpu_info()
-    print(f"machine: {info.kind}; auto picks {choose_precision('auto').summary()}")
+    print(f"machine: {info.kind}; by its flags auto picks {choose_precision('auto').summary()} "
+          "(what each run used is read from its record)")  # fmt: skip
     size = paths["ckpt"].stat().st_size / 1e6
     print(f"load average at start: {os.getloadavg()[0]:.2f}; checkpoint {size:.0f} MB; "
           f"templates: {workload.template_source()}")  # fmt: skip
@@ -150,20 +151,26 @@ def main() -> None:
         print(f"  {precision}: {after['rss'] / GB:.3f} + {part['weights'] / GB:.3f} + "
               f"{part['batch'] / GB:.3f} = {total / GB:.3f} GB{below}")  # fmt: skip
     rows = []
-    auto = choose_precision("auto")
     runs = [("auto", ()), ("fp32", ()), ("bf16", ()), ("fp32", ("--batch-size", "32")),
             ("bf16", ("--batch-size", "32"))]  # fmt: skip
     for precision, extra in runs:
         cache = args.workdir / f"cache-{precision}-{len(extra)}"
         subprocess.run(["rm", "-rf", str(cache)], check=True)  # cold text cache
         flags = () if precision == "auto" else ("--precision", precision)  # auto: no flag
-        wall, rss, _ = workload.run_measured(classify(cache, *flags, *extra))
+        try:
+            wall, rss, _ = workload.run_measured(classify(cache, *flags, *extra))
+        except RuntimeError as err:  # e.g. bf16 refused where this CPU's bf16 disagrees
+            print(f"{precision} {' '.join(extra)}: the run failed: {str(err)[-300:]}")
+            continue
+        # what the run used, from its record (auto: the CPU flags, then the bf16 check)
+        model = json.loads((args.workdir / "o.csv.json").read_text())["model"]
+        ran = model["precision"]
         label = precision
-        if precision == "auto":  # what the default flags ran (auto's fp32 is the fused one)
-            label = f"auto={auto.precision}{'-fused' if auto.fused_fp32 else ''}"
+        if precision == "auto":  # auto's fp32 is the fused one
+            fused = str(model.get("precision_reason", "")).endswith("fused fp32 path")
+            label = f"auto={ran}{'-fused' if fused else ''}"
         # the targets are for the default batch; a larger one adds its activations on top
-        target = {"fp32": 1.0, "bf16": 0.7}[auto.precision if precision == "auto" else precision]
-        target = None if extra else target
+        target = None if extra else {"fp32": 1.0, "bf16": 0.7}.get(ran)
         rows.append((label, " ".join(extra) or f"default ({batch})", rss, wall, target))
     print("\nwhole classification run (64 tiles, 10 classes x 50 templates, cold text cache):")
     print(f"{'precision':16s} {'batch':13s} {'peak RSS':>9s} {'wall':>8s}  target")
