@@ -5,10 +5,10 @@ Computing all scores and then ``topk`` writes and re-reads a ``Q x N`` score mat
 top ``K`` per query in registers while it streams the stored rows once per block of queries,
 in float16 / bfloat16 (or the int8 codes of :class:`msclip.index.search.SearchIndex`), and
 writes only ``K`` keys per query and split; the splits are merged on the device. That is not
-always the faster way: cuBLAS's product over chunks of rows, each chunk's top keys kept
-(:func:`topk_reference`), took 1.9 ms where the scan took 5.9 ms (100 queries over 10^6 rows,
-H200). :class:`FusedSearcher` measures both and keeps the faster; both give the same candidates
-under the same bound.
+always the faster way: a plain cuBLAS product and ``torch.topk`` took 1.9 ms where the scan took
+5.9 ms (100 queries over 10^6 rows, H200). So :class:`FusedSearcher` also has the chunked
+products of :func:`topk_reference` (float32 output, each chunk's top keys kept; not yet timed on
+a GPU), measures both and keeps the faster; both give candidates under the same bound.
 
 **Keys and ties.** A score and its row id are packed into one int64 (:func:`pack_keys`): the
 high 32 bits are the order-preserving integer image of the float32 score (``-0`` as ``+0``),
