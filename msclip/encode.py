@@ -644,9 +644,11 @@ def encode_batches(
             isinstance(value, bool) or not isinstance(value, (int, np.integer))
         ):
             raise TypeError(f"{name} must be a whole number, got {value!r}")
+    total = (
+        sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
+    )
     if batch_size is None:
-        items = sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)
-        batch_size = auto_batch_size(model, workers=workers, items=items)
+        batch_size = auto_batch_size(model, workers=workers, items=total)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
@@ -661,9 +663,6 @@ def encode_batches(
     try:
         loader = DataLoader(
             source, **loader_args(device, batch_size, workers, collate, batch_sampler)
-        )
-        total = (
-            sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
         )
         amp = autocast if autocast is not None else contextlib.nullcontext()
         from msclip.progress import progress_bar
