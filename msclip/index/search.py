@@ -308,6 +308,18 @@ def _refuse_rows(start: int, scores: torch.Tensor) -> None:
     invalid_rows(bad.numpy())
 
 
+def _max_squared_norm(start: int, chunk: np.ndarray) -> float:
+    """The largest squared row norm of ``chunk`` (rows ``start`` on), naming its rows of NaN or
+    infinity: memory-mapped rows are checked here, in passing (a NaN norm would pass ``max()``
+    unseen)."""
+    sq = float(np.einsum("ij,ij->i", chunk, chunk).max())  # NaN or inf where such a row is
+    if not math.isfinite(sq):
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad.size:  # else finite rows whose squares overflow float32
+            invalid_rows(bad + start)
+    return sq
+
+
 def _uncertified(scores: np.ndarray, bound: np.ndarray | None, k: int) -> np.ndarray:
     """Queries whose ``k``-th exact float32 score is not above ``bound`` (every unseen row's
     float64 score is at most ``bound``, hence its float32 rounding at most ``bound32``)."""
@@ -585,10 +597,7 @@ class SearchIndex:
         for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
             np.minimum(lo, chunk.min(axis=0), out=lo)
             np.maximum(hi, chunk.max(axis=0), out=hi)
-            sq = float(np.einsum("ij,ij->i", chunk, chunk).max())
-            if not math.isfinite(sq):  # memory-mapped rows are checked here, in passing
-                invalid_rows(np.flatnonzero(~np.isfinite(chunk).all(axis=1)) + start)
-            max_sq = max(max_sq, sq)
+            max_sq = max(max_sq, _max_squared_norm(start, chunk))
         centre = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
         step = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
         # A constant dimension (e.g. one no row uses) codes as 0 and its step is 0: the query is
@@ -1089,12 +1098,7 @@ class SearchIndex:
         if self._max_norm is None:
             best = 0.0
             for start, chunk in self._chunks(_BUILD_CHUNK_ROWS):
-                sq = np.einsum("ij,ij->i", chunk, chunk)
-                if not np.isfinite(sq).all():  # NaN would pass max() unseen
-                    bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
-                    if bad.size:  # else finite rows whose squares overflow float32
-                        invalid_rows(bad + start)
-                best = max(best, float(sq.max()))
+                best = max(best, _max_squared_norm(start, chunk))
             self._max_norm = math.sqrt(best)
         return self._max_norm
 
