@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import workload  # noqa: F401  (puts this repository's msclip first on the path)
+import workload  # also puts this repository's msclip first on the path
 
 import msclip
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = msclip.create_model("Llama3-MS-CLIP-Base", precision="fp32")
     models = {"fp32": fp32}
     auto_key = auto.precision
-    if auto.precision == "fp32" and auto.precision_reason.endswith("fused fp32 path"):
+    if auto.precision == "fp32" and workload.on_fused_fp32(auto.precision_reason):
         auto_key = "fp32-fused"  # auto's fp32: the image tower on the fused oneDNN kernels
         models[auto_key] = auto
     if auto.precision == "bf16":

@@ -200,7 +200,7 @@ def main() -> None:
     # what create_model makes of auto: the CPU flags, then the bf16 check of the towers
     # (msclip.precision_check), which can send a CPU with native bf16 back to fp32
     resolved = msclip.create_model("Llama3-MS-CLIP-Base", paths["ckpt"], precision="auto")
-    fused_auto = resolved.precision_reason.endswith("fused fp32 path")
+    fused_auto = workload.on_fused_fp32(resolved.precision_reason)
     print(f"--precision auto picks: {resolved.precision} ({resolved.precision_reason})")
     auto_row = "fp32-fused" if fused_auto else resolved.precision
     del resolved

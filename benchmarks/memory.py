@@ -167,7 +167,7 @@ def main() -> None:
         ran = model["precision"]
         label = precision
         if precision == "auto":  # auto's fp32 is the fused one
-            fused = str(model.get("precision_reason", "")).endswith("fused fp32 path")
+            fused = workload.on_fused_fp32(model.get("precision_reason", ""))
             label = f"auto={ran}{'-fused' if fused else ''}"
         # the targets are for the default batch; a larger one adds its activations on top
         target = None if extra else {"fp32": 1.0, "bf16": 0.7}.get(ran)

@@ -75,6 +75,14 @@ def classify_argv(paths: dict[str, Path], cache: Path, out: Path, *extra: str) -
     ]  # fmt: skip
 
 
+def on_fused_fp32(reason: str) -> bool:
+    """Whether a model's ``precision_reason`` (or a run record's) says its image tower runs on
+    the fused fp32 path (``auto``'s fp32)."""
+    from msclip.factory import FUSED_FP32_NOTE
+
+    return str(reason).endswith(FUSED_FP32_NOTE)
+
+
 def env() -> dict[str, str]:
     """The environment of the measured runs: this repository's msclip first on the path."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])

@@ -268,6 +268,10 @@ def create_model(
         return _create_model(name, pretrained, device, bands, cache_dir, precision, seed)
 
 
+#: The end of a model's ``precision_reason`` when its image tower runs on the fused fp32 path.
+FUSED_FP32_NOTE = "; image tower on the fused fp32 path"
+
+
 def _create_model(
     name: str | os.PathLike | None,
     pretrained: bool | str | os.PathLike | None,
@@ -370,7 +374,7 @@ def _create_model(
         quantize_image_tower(model)
     reason = choice.reason
     if choice.fused_fp32 and _fused_fp32(model):
-        reason += "; image tower on the fused fp32 path"
+        reason += FUSED_FP32_NOTE
     model.precision_reason = reason
     model.precision_requested = choice.requested
     if device is not None:
