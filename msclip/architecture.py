@@ -485,11 +485,9 @@ def _fp32_gemm_file(k: int, n: int) -> Path:
     """Where the measured choice of :func:`_fp32_gemm` is kept: per CPU kind, torch build,
     thread count and product (``k`` inputs, ``n`` outputs: a tiny model's first product is no
     guide for a ViT-B's), in msclip's cache."""
-    from msclip.cache import cache_root
-    from msclip.hardware import cpu_info
+    from msclip.cache import machine_file
 
-    name = f"fp32-gemm-{cpu_info().key()}-t{torch.get_num_threads()}-{k}x{n}.json"
-    return cache_root() / "kernels" / name
+    return machine_file("fp32-gemm", f"{k}x{n}")
 
 
 def _kept_fp32_gemm(k: int, n: int) -> str | None:

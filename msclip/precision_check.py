@@ -65,16 +65,14 @@ def _replica_cfg(arch_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cache_file(arch_cfg: dict[str, Any], bands: int) -> Path:
-    from msclip.cache import cache_root
-    from msclip.hardware import cpu_info
+    from msclip.cache import machine_file
 
     text = json.dumps(
         {"arch": _replica_cfg(arch_cfg), "bands": bands, "version": _VERSION}, sort_keys=True
     )
     arch = hashlib.sha256(text.encode()).hexdigest()[:12]
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() or "all"
-    name = f"bf16-check-{cpu_info().key()}-t{torch.get_num_threads()}-{isa}-{arch}.json"
-    return cache_root() / "kernels" / name
+    return machine_file("bf16-check", isa, arch)
 
 
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
