@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-tiles", type=int, default=1024, help="tiles of the GPU's end to end")
     ap.add_argument("--gpu-only", action="store_true", help="the GPU figures alone")
     ap.add_argument(
+        "--cpu-only", action="store_true", help="the CPU figures alone, even with a GPU present"
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
+    if args.gpu_only and args.cpu_only:
+        ap.error("--gpu-only and --cpu-only exclude each other")
     if args.gpu_only:
         if not torch.cuda.is_available():
             print("no CUDA GPU here: no GPU figures")
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {e2e:.2f} images/s end to end, model only {only:.2f} -> "
                   f"ratio {ratio:.2f} (target >= 0.90; ratios "
                   f"{', '.join(f'{p[0]:.2f}' for p in pairs)})")  # fmt: skip
+    if args.cpu_only:
+        return 0
     if torch.cuda.is_available():
         with tempfile.TemporaryDirectory() as tmp:
             # a GPU outruns its readers: enough tiles for the steady state, not the start

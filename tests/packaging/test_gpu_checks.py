@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_checks.sh"
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="a bash script for Linux")
 
 
 def _run(tmp_path: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess:
@@ -49,4 +49,19 @@ def test_a_failed_step_fails_the_run_and_the_others_still_run(tmp_path: Path) ->
 def test_an_unknown_step_is_refused(tmp_path: Path) -> None:
     done = _run(tmp_path, "encode", "benchmark")
     assert done.returncode == 2
-    assert "unknown step 'benchmark' (machine, gpu_tests, encode, search, suite)" in done.stderr
+    assert (
+        "unknown step 'benchmark' (machine, gpu_tests, encode, cpu_readers, search, suite)"
+        in done.stderr
+    )
+
+
+def test_the_cpu_readers_step_compares_reading_between_calls_with_reading_workers(
+    tmp_path: Path,
+) -> None:
+    done = _run(tmp_path, "cpu_readers")
+    assert done.returncode == 0, done.stderr
+    ran = (tmp_path / "out" / "cpu_readers.txt").read_text().splitlines()
+    assert ran[0] == "ran: benchmarks/encode.py --quick --cpu-only"
+    cores = len(os.sched_getaffinity(0))
+    threads = cores - 2 if cores > 4 else cores
+    assert ran[1] == f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads}"
