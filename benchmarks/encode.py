@@ -15,7 +15,7 @@ missing) and ``auto``, at the batch size chosen from free memory
 copies and DataLoader workers.
 
 Random weights: the architecture is the published one, so the figures are those of the real
-model. Run: ``python benchmarks/encode.py [--quick]``.
+model. Run: ``python benchmarks/encode.py [--quick] [--gpu-only | --cpu-only]``.
 """
 
 from __future__ import annotations
