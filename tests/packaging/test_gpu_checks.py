@@ -55,13 +55,10 @@ def test_an_unknown_step_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_the_cpu_readers_step_compares_reading_between_calls_with_reading_workers(
-    tmp_path: Path,
-) -> None:
+def test_the_cpu_readers_step_runs_the_cpu_figures_with_reading_workers(tmp_path: Path) -> None:
     done = _run(tmp_path, "cpu_readers")
     assert done.returncode == 0, done.stderr
     ran = (tmp_path / "out" / "cpu_readers.txt").read_text().splitlines()
-    assert ran[0] == "ran: benchmarks/encode.py --quick --cpu-only"
     cores = len(os.sched_getaffinity(0))
     threads = cores - 2 if cores > 4 else cores
-    assert ran[1] == f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads}"
+    assert ran == [f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads}"]
