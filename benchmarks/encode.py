@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--tiles", type=int, default=64)
     ap.add_argument("--gpu-tiles", type=int, default=1024, help="tiles of the GPU's end to end")
-    ap.add_argument("--gpu-only", action="store_true", help="the GPU figures alone")
-    ap.add_argument(
+    side = ap.add_mutually_exclusive_group()
+    side.add_argument("--gpu-only", action="store_true", help="the GPU figures alone")
+    side.add_argument(
         "--cpu-only", action="store_true", help="the CPU figures alone, even with a GPU present"
     )
     ap.add_argument(
@@ -157,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = 3.0 if args.quick else 8.0
-    if args.gpu_only and args.cpu_only:
-        ap.error("--gpu-only and --cpu-only exclude each other")
     if args.gpu_only:
         if not torch.cuda.is_available():
             print("no CUDA GPU here: no GPU figures")
