@@ -104,7 +104,8 @@ _PACKED_CHUNK_ROWS = 1 << 15
 # serially.
 _PARALLEL_SELECT_SCORES = 1 << 20
 _FLOAT_CHUNK_BYTES = 1 << 25
-_RERANK_QUERY_BLOCK = 16
+# Candidate rows gathered at once by the exact re-rank (float32 bytes).
+_RERANK_GATHER_BYTES = 1 << 25
 # Kernels of ``torch.ops.quantized.linear_dynamic`` over prepacked codes -> the quantised engine
 # that packs them (None: torch's default, which packs for fbgemm on x86 and for QNNPACK on Arm).
 # The engine is chosen when packing: a packed weight runs its own engine's kernel whatever
@@ -1076,22 +1077,28 @@ class SearchIndex:
         """Exact float64 scores of the candidates, rounded to float32, best ``k`` per query
         (and every candidate's, into ``all_scores [Q, c]`` when given)."""
         cand = cand.numpy() if isinstance(cand, torch.Tensor) else np.asarray(cand)
-        n_q = q.shape[0]
+        n_q, c = cand.shape
         out_s = np.empty((n_q, k), dtype=np.float32)
         out_i = np.empty((n_q, k), dtype=np.int64)
         q64 = torch.from_numpy(q).double()
-        with _serial_torch():
-            for b in range(0, n_q, _RERANK_QUERY_BLOCK):
-                ids = cand[b : b + _RERANK_QUERY_BLOCK]
-                uniq, inv = np.unique(ids, return_inverse=True)  # sorted: sequential page reads
-                rows = torch.from_numpy(np.asarray(self._emb[uniq])).double()
-                full = (q64[b : b + _RERANK_QUERY_BLOCK] @ rows.T).numpy()
-                scores = np.take_along_axis(full, inv.reshape(ids.shape), axis=1)
-                scores = scores.astype(np.float32)
-                if all_scores is not None:
-                    all_scores[b : b + len(ids)] = scores
-                top = sort_top_k(scores, ids, k)
-                out_s[b : b + len(ids)], out_i[b : b + len(ids)] = top
+        stored = _readonly_tensor(self._emb)  # a view: only the candidates' pages are read
+        block = max(1, _RERANK_GATHER_BYTES // (c * self.dim * 4))
+        for b in range(0, n_q, block):
+            ids = cand[b : b + block]
+            # one gather of the block's candidate rows, on every thread
+            rows = stored.index_select(0, torch.from_numpy(ids).reshape(-1))
+            rows = rows.view(len(ids), c, self.dim)
+            full = torch.empty((len(ids), c), dtype=torch.float64)
+            with _serial_torch():
+                # each query against its own candidates only: a product of the block's queries
+                # with the union of their candidates did len(ids) times the arithmetic
+                for i in range(len(ids)):
+                    torch.mv(rows[i].double(), q64[b + i], out=full[i])
+            scores = full.numpy().astype(np.float32)
+            if all_scores is not None:
+                all_scores[b : b + len(ids)] = scores
+            top = sort_top_k(scores, ids, k)
+            out_s[b : b + len(ids)], out_i[b : b + len(ids)] = top
         return out_s, out_i
 
     def _max_row_norm(self) -> float:

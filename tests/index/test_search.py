@@ -93,6 +93,33 @@ def test_large_chunks_selected_on_every_thread_give_the_same_result(
     assert_matches(index.search(q, 3, candidates=3), serial)
 
 
+def test_rerank_in_several_gathers_gives_float64_scores_of_each_querys_candidates(
+    store, data, monkeypatch
+) -> None:
+    """The exact re-rank gathers the candidates of a few queries at a time and scores each query
+    against its own: every block, the last one short, gives the brute-force result, scores equal
+    to the float64 products rounded to float32 (not merely close)."""
+    emb, queries = data
+    q = np.concatenate([queries, emb[[5, 1500, 33]]])  # 12 queries, ties among rows 5/900/1500
+    index = SearchIndex.from_store(store, cache=False)
+    c = 40
+    monkeypatch.setattr("msclip.index.search._RERANK_GATHER_BYTES", 5 * c * DIM * 4)  # 5 a block
+    for exact in (False, True):
+        scores, ids = index.search(q, 10, exact=exact, candidates=c)
+        ref = brute_force(emb, q, 10)
+        np.testing.assert_array_equal(ids, ref[1])
+        np.testing.assert_array_equal(scores, ref[0])
+    rng = np.random.default_rng(3)
+    cand = rng.choice(N, size=(q.shape[0], c), replace=False)  # candidates shared by no query
+    every = np.empty(cand.shape, np.float32)
+    top_s, top_i = index._rerank(q, cand, 4, every)
+    want = np.einsum("qd,qcd->qc", q.astype(np.float64), emb[cand].astype(np.float64))
+    np.testing.assert_array_equal(every, want.astype(np.float32))
+    order = np.lexsort((cand, -every), axis=1)[:, :4]
+    np.testing.assert_array_equal(top_i, np.take_along_axis(cand, order, 1))
+    np.testing.assert_array_equal(top_s, np.take_along_axis(every, order, 1))
+
+
 def test_ties_are_broken_by_lower_id(store, data) -> None:
     emb, _ = data
     index = SearchIndex.from_store(store, cache=False)
