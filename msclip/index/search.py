@@ -23,8 +23,9 @@ coding", ICASSP 2011, with the scalar quantiser in place of product quantisation
    32 rows whose maximum beats the current threshold, which avoids a full top-k over every
    score.
 3. Re-rank. The candidates' float32 rows are read from the (memory-mapped) store and each
-   query is scored in float64 against its own candidates; the score returned is that value rounded to float32, so a score does not depend on
-   which path or which batch produced it. Results are sorted by
+   query is scored in float64 against its own candidates; the score returned is that value
+   rounded to float32, so a score does not depend on which path or which batch produced it.
+   Results are sorted by
    :func:`msclip.retrieval.sort_top_k` (score descending, ties by lower id), the rule of every
    ranking in msclip.
 
