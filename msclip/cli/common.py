@@ -1470,6 +1470,9 @@ def _run_cli(
         print(error_line(err, flags), file=sys.stderr)
         return EXIT_USAGE
     args.argv = list(argv)  # the command line as given (records, run cards)
+    from msclip.cli.startup import pause_collector_during_import
+
+    pause_collector_during_import("torch")  # ~0.2-0.3 s less start-up (msclip.cli.startup)
     if logging_setup is not None:
         restore = logging_setup(args)
     else:
