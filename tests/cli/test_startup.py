@@ -126,6 +126,8 @@ def test_msclip_programs_import_torch_with_the_collector_paused(tmp_path: Path) 
         def parse(argv):
             return argparse.Namespace(verbose=False, quiet=True)
         def run(args):
+            from msclip.cli.startup import _PausedImport
+            seen["waiting"] = sorted(f.name for f in sys.meta_path if isinstance(f, _PausedImport))
             import torch  # the first import, as a program's run makes it
             seen.update(on=gc.isenabled(), frozen=gc.get_freeze_count())
             return 0
@@ -135,4 +137,5 @@ def test_msclip_programs_import_torch_with_the_collector_paused(tmp_path: Path) 
         tmp_path,
     )
     assert out["status"] == 0 and out["on"] is True
+    assert out["waiting"] == ["open_clip", "torch"]  # OpenCLIP's import (transformers, timm) too
     assert out["frozen"] > 100_000  # torch's import-time objects, out of later collections
