@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +85,57 @@ def test_tokenizer_equals_open_clip() -> None:
     assert torch.equal(ours(texts), ref(texts))
     assert torch.equal(ours(texts, 9), ref(texts, 9))  # cut to the context, end marker kept
     assert torch.equal(ours("one text"), ref("one text"))
+
+
+def test_plain_ascii_is_cleaned_without_ftfy_exactly_as_with_it() -> None:
+    """Printable ASCII without "&" (and tabs and line breaks) skips ftfy: the cleaned text equals
+    what ftfy and the double HTML unescaping give, on random such texts and awkward ones; any
+    other text goes through ftfy."""
+    import html
+    import random
+
+    import ftfy
+
+    from msclip import tokenizer as tok_module
+
+    def slow(text: str) -> str:  # OpenCLIP's cleaning, whatever the text
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        return " ".join(text.split()).lower()
+
+    alphabet = [chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"] + ["\t", "\n", "\r"] * 5
+    rng = random.Random(0)
+    texts = ["".join(rng.choices(alphabet, k=rng.randint(0, 60))) for _ in range(5000)]
+    texts += ["a\rb", "x\r\n  y ", "<b>bold</b>", "it's", "\\u00e9 %20 %C3%A9", "''quoted''",
+              "``tex``", "--", "...", "`~!@#$%^*()_+-={}[]|\\:;<>?,./",
+              "Sea_or_Lake/2"]  # fmt: skip
+    for text in texts:
+        assert tok_module._PLAIN.fullmatch(text) is not None, repr(text)
+        assert tok_module._clean(text) == slow(text), repr(text)
+    for text in [
+        "&amp;amp;lt; x",
+        "caf\u00e9",
+        "\u201cquoted\u201d",
+        "x\x0by",
+        "\x1b[31mred",
+        "\x7f",
+    ]:
+        assert tok_module._PLAIN.fullmatch(text) is None, repr(text)  # these go through ftfy
+        assert tok_module._clean(text) == slow(text), repr(text)
+
+
+def test_ascii_prompts_do_not_import_ftfy() -> None:
+    code = (
+        "import sys; from pathlib import Path; from msclip.tokenizer import CLIPTokenizer; "
+        "tok = CLIPTokenizer(); "
+        "names = Path(sys.argv[1]).read_text().split(chr(10)); "
+        "tok([f'a satellite image of {n}.' for n in names if n]); "
+        "plain = 'ftfy' not in sys.modules; tok(['caf\u00e9']); "
+        "print(plain, 'ftfy' in sys.modules)"
+    )
+    names = Path(msclip.__file__).parent / "eval" / "classnames" / "eurosat.txt"
+    out = subprocess.run([sys.executable, "-c", code, str(names)], capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    assert out == ["True", "True"]
 
 
 def test_tokenizer_tables_are_read_on_first_use_and_released_until_the_next() -> None:
