@@ -35,6 +35,36 @@ def _create(path: str, profile: Mapping[str, Any]) -> Any:
         return rasterio.open(path, "w", **profile)
 
 
+# Uncompressed bytes per strip of a compressed file written by write_geotiff. GDAL's own default
+# is about 8 KB: one row of a 224 x 224 x 12-band uint16 tile, so 224 strips, each compressed on
+# its own, which read in twice the time (measured on 32 such deflate tiles, rasterio open + read,
+# 2-core Zen 4: 8.3 ms per tile with one-row strips, 4.1-4.7 ms with strips of 16 to 64 rows and
+# the predictor below, 17 % smaller).
+_STRIP_BYTES = 1 << 17
+# compressions that take GDAL's PREDICTOR option
+_PREDICTED = {"deflate", "lzw", "zstd", "lzma"}
+
+
+def _compressed_layout(
+    arr: np.ndarray, compress: str, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Strip height and predictor of a compressed file where ``options`` set neither (a caller's
+    ``tiled``, ``blockysize`` or ``predictor`` is kept as given): strips of about
+    :data:`_STRIP_BYTES`, horizontal differencing (2) for integers up to 32 bits, the floating-point
+    predictor (3) for float32 and float64."""
+    keys = {str(k).lower() for k in options}
+    out: dict[str, Any] = {}
+    if not keys & {"tiled", "blockysize"}:
+        row = arr.shape[0] * arr.shape[2] * arr.dtype.itemsize
+        out["blockysize"] = max(1, min(arr.shape[1], _STRIP_BYTES // max(row, 1)))
+    if "predictor" not in keys and str(compress).lower() in _PREDICTED:
+        if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 4:
+            out["predictor"] = 2
+        elif arr.dtype in (np.float32, np.float64):
+            out["predictor"] = 3
+    return out
+
+
 def write_geotiff(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -60,7 +90,10 @@ def write_geotiff(
         transform: affine pixel-to-CRS transform.
         bands: one description per band (band names), set in band order.
         nodata: value marking missing pixels (``float("nan")`` for float data).
-        compress: GDAL compression (``"deflate"``, ``"lzw"`` ...), ``None`` for none.
+        compress: GDAL compression (``"deflate"``, ``"lzw"`` ...), ``None`` for none. A
+            compressed file is written in strips of about 128 KiB (GDAL's default, ~8 KB, makes
+            a 224 x 224 x 12-band tile read twice as slowly) with the predictor that suits the
+            data type (2 for integers, 3 for floats), unless ``creation_options`` say otherwise.
         tags: dataset metadata (default domain).
         creation_options: further GDAL GTiff creation options, e.g.
             ``{"predictor": 2, "interleave": "pixel", "tiled": True}``.
@@ -97,6 +130,7 @@ def write_geotiff(
     profile.update(_georeference(crs, transform, nodata))
     if compress:
         profile["compress"] = compress
+        profile.update(_compressed_layout(arr, compress, creation_options or {}))
     if creation_options:
         profile.update(creation_options)
 

@@ -86,3 +86,42 @@ def test_rasters_without_georeference_are_written_and_read_without_rasterio_warn
         assert open_scene(path, 16).crs is None
         assert "has no CRS" in (georeference_warning(path) or "")
         assert class_counts(tmp_path / "strips.tif", 2)[0].tolist() == [0, 32 * 48]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "predictor"),
+    [(np.uint16, "2"), (np.int16, "2"), (np.uint8, "2"), (np.int32, "2"), (np.float32, "3"),
+     (np.float64, "3"), (np.int64, None)],
+)  # fmt: skip
+def test_compressed_files_are_written_in_strips_of_many_rows_with_a_predictor(
+    tmp_path: Path, dtype, predictor
+) -> None:
+    """A 224 x 224 x 12 tile in strips of about 128 KiB (not GDAL's one-row strips) with the
+    predictor of its data type; values (NaN included) read back unchanged."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 100, (12, 224, 224)).astype(dtype)
+    if data.dtype.kind == "f":
+        data[0, :3, :5] = np.nan
+    path = msclip.write_geotiff(tmp_path / "t.tif", data, transform=TRANSFORM)
+    with rasterio.open(path) as src:
+        rows = src.block_shapes[0][0]
+        assert rows == min(224, (1 << 17) // (12 * 224 * data.dtype.itemsize)) and rows > 1
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == predictor
+        np.testing.assert_array_equal(src.read(), data)
+
+
+def test_the_callers_layout_and_predictor_win_and_uncompressed_files_keep_gdals(
+    tmp_path: Path,
+) -> None:
+    data = np.ones((3, 64, 64), np.uint16)
+    kw = {"transform": TRANSFORM}
+    tiled = msclip.write_geotiff(tmp_path / "a.tif", data, creation_options={"TILED": "YES"}, **kw)
+    strips = msclip.write_geotiff(
+        tmp_path / "b.tif", data, creation_options={"blockysize": 4, "predictor": 1}, **kw
+    )
+    plain = msclip.write_geotiff(tmp_path / "c.tif", data, compress=None, **kw)
+    with rasterio.open(tiled) as a, rasterio.open(strips) as b, rasterio.open(plain) as c:
+        assert a.profile["tiled"] is True  # GDAL's tiles, no strip height forced on them
+        assert a.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
+        assert b.block_shapes[0] == (4, 64) and "PREDICTOR" not in b.tags(ns="IMAGE_STRUCTURE")
+        assert c.compression is None and "PREDICTOR" not in c.tags(ns="IMAGE_STRUCTURE")
