@@ -52,10 +52,12 @@ def _compressed_layout(
     ``tiled``, ``blockysize`` or ``predictor`` is kept as given): strips of about
     :data:`_STRIP_BYTES`, horizontal differencing (2) for integers up to 32 bits, the floating-point
     predictor (3) for float32 and float64."""
-    keys = {str(k).lower() for k in options}
+    keys = {str(k).lower(): v for k, v in options.items()}
     out: dict[str, Any] = {}
-    if not keys & {"tiled", "blockysize"}:
-        row = arr.shape[0] * arr.shape[2] * arr.dtype.itemsize
+    if not keys.keys() & {"tiled", "blockysize"}:
+        # a strip holds every band of its rows, or one band's where bands are stored apart
+        bands = 1 if str(keys.get("interleave", "pixel")).lower() == "band" else arr.shape[0]
+        row = bands * arr.shape[2] * arr.dtype.itemsize
         out["blockysize"] = max(1, min(arr.shape[1], _STRIP_BYTES // max(row, 1)))
     if "predictor" not in keys and str(compress).lower() in _PREDICTED:
         if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 4:

@@ -120,6 +120,12 @@ def test_the_callers_layout_and_predictor_win_and_uncompressed_files_keep_gdals(
         tmp_path / "b.tif", data, creation_options={"blockysize": 4, "predictor": 1}, **kw
     )
     plain = msclip.write_geotiff(tmp_path / "c.tif", data, compress=None, **kw)
+    wide = np.ones((12, 224, 224), np.uint16)
+    by_band = msclip.write_geotiff(
+        tmp_path / "d.tif", wide, creation_options={"interleave": "band"}, **kw
+    )
+    with rasterio.open(by_band) as d:  # a strip holds one band: 12 times as many rows
+        assert d.block_shapes[0] == (min(224, (1 << 17) // (224 * 2)), 224)
     with rasterio.open(tiled) as a, rasterio.open(strips) as b, rasterio.open(plain) as c:
         assert a.profile["tiled"] is True  # GDAL's tiles, no strip height forced on them
         assert a.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
