@@ -14,9 +14,9 @@ generation (:func:`gc.freeze`), so later collections walk only what the program 
 the collector runs as usual from there. It hooks the import system once, only for that module,
 and removes itself: a program that never imports torch (``msclip-index info``) is not slowed by
 importing it. The library never does this on its own (the collector is the application's
-setting); :func:`msclip.cli.common.run_cli` does it for msclip's programs, for torch and for
-OpenCLIP (whose import brings ``transformers``, ``timm`` and ``torchvision``: 0.3 s of
-collections in its 2.2 s import after torch's, none with the pause).
+setting); :func:`msclip.cli.common.run_cli` does it for msclip's programs, before it parses
+their flags, for torch and for OpenCLIP (whose import brings ``transformers``, ``timm`` and
+``torchvision``: 0.3 s of collections in its 2.2 s import after torch's, none with the pause).
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ def test_a_failed_import_or_a_missing_module_leaves_the_collector_as_it_was(heav
 
 
 def test_msclip_programs_import_torch_with_the_collector_paused(tmp_path: Path) -> None:
-    """run_cli (every msclip program) installs the hook once the flags are parsed."""
+    """run_cli (every msclip program) installs the hook before it parses the flags: an import
+    of torch by a flag's check is covered as one by the program's run."""
     out = run_python(
         """
         import argparse, gc, json, sys
@@ -124,11 +125,11 @@ def test_msclip_programs_import_torch_with_the_collector_paused(tmp_path: Path) 
         from msclip.cli.common import run_cli
         seen = {}
         def parse(argv):
-            return argparse.Namespace(verbose=False, quiet=True)
-        def run(args):
             from msclip.cli.startup import _PausedImport
             seen["waiting"] = sorted(f.name for f in sys.meta_path if isinstance(f, _PausedImport))
-            import torch  # the first import, as a program's run makes it
+            import torch  # the first import, as a flag's check may make it
+            return argparse.Namespace(verbose=False, quiet=True)
+        def run(args):
             seen.update(on=gc.isenabled(), frozen=gc.get_freeze_count())
             return 0
         status = run_cli([], parse, run)
