@@ -69,7 +69,10 @@ class _PausedImport(importlib.abc.MetaPathFinder):
                     del loader.exec_module  # the loader's own method again
                 self._remove()
 
-        loader.exec_module = exec_module
+        try:
+            loader.exec_module = exec_module
+        except (AttributeError, TypeError):  # a loader that takes no attribute: left as it is
+            self._remove()
         return spec
 
     def _remove(self) -> None:

@@ -140,3 +140,37 @@ def test_msclip_programs_import_torch_with_the_collector_paused(tmp_path: Path) 
     assert out["status"] == 0 and out["on"] is True
     assert out["waiting"] == ["open_clip", "torch"]  # OpenCLIP's import (transformers, timm) too
     assert out["frozen"] > 100_000  # torch's import-time objects, out of later collections
+
+
+def test_a_loader_that_cannot_be_hooked_imports_as_usual(heavy) -> None:
+    """A finder whose loader takes no attribute (``__slots__``): the module is imported without
+    the pause, and the hook goes away."""
+    out = run_python(
+        """
+        import gc, importlib.abc, importlib.util, json, sys
+        from msclip.cli.startup import _PausedImport, pause_collector_during_import
+
+        class Slotted:  # no __dict__: its methods cannot be replaced on the instance
+            __slots__ = ()
+            def create_module(self, spec):
+                return None
+            def exec_module(self, module):
+                module.COLLECTOR_ON = gc.isenabled()
+
+        class Finder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "slotted_mod":
+                    return importlib.util.spec_from_loader(name, Slotted())
+                return None
+
+        sys.meta_path.append(Finder())
+        pause_collector_during_import("slotted_mod")
+        import slotted_mod
+        print(json.dumps({
+            "on": slotted_mod.COLLECTOR_ON, "after": gc.isenabled(),
+            "hooks_left": sum(isinstance(f, _PausedImport) for f in sys.meta_path),
+        }))
+        """,
+        heavy,
+    )
+    assert out == {"on": True, "after": True, "hooks_left": 0}
