@@ -45,13 +45,24 @@ _STRIP_BYTES = 1 << 17
 _PREDICTED = {"deflate", "lzw", "zstd", "lzma"}
 
 
+def _predictor(dtype: Any, compress: str | None) -> int | None:
+    """GDAL's predictor for ``dtype`` under ``compress``, the one rule of every msclip writer: the
+    floating-point predictor (3) for floats, horizontal differencing (2) for integers wider than
+    a byte, none for bytes or a compression that takes none."""
+    dtype = np.dtype(dtype)
+    if not compress or str(compress).lower() not in _PREDICTED:
+        return None
+    if dtype.kind == "f":
+        return 3
+    return 2 if dtype.kind in "iu" and dtype.itemsize > 1 else None
+
+
 def _compressed_layout(
     arr: np.ndarray, compress: str, options: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Strip height and predictor of a compressed file where ``options`` set neither (a caller's
     ``tiled``, ``blockysize`` or ``predictor`` is kept as given): strips of about
-    :data:`_STRIP_BYTES`, horizontal differencing (2) for integers up to 32 bits, the floating-point
-    predictor (3) for float32 and float64."""
+    :data:`_STRIP_BYTES`, the predictor of :func:`_predictor`."""
     keys = {str(k).lower(): v for k, v in options.items()}
     out: dict[str, Any] = {}
     if not keys.keys() & {"tiled", "blockysize"}:
@@ -59,11 +70,9 @@ def _compressed_layout(
         bands = 1 if str(keys.get("interleave", "pixel")).lower() == "band" else arr.shape[0]
         row = bands * arr.shape[2] * arr.dtype.itemsize
         out["blockysize"] = max(1, min(arr.shape[1], _STRIP_BYTES // max(row, 1)))
-    if "predictor" not in keys and str(compress).lower() in _PREDICTED:
-        if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 4:
-            out["predictor"] = 2
-        elif arr.dtype in (np.float32, np.float64):
-            out["predictor"] = 3
+    predictor = _predictor(arr.dtype, compress)
+    if "predictor" not in keys and predictor is not None:
+        out["predictor"] = predictor
     return out
 
 
@@ -95,7 +104,8 @@ def write_geotiff(
         compress: GDAL compression (``"deflate"``, ``"lzw"`` ...), ``None`` for none. A
             compressed file is written in strips of about 128 KiB (GDAL's default, ~8 KB, makes
             a 224 x 224 x 12-band tile read twice as slowly) with the predictor that suits the
-            data type (2 for integers, 3 for floats), unless ``creation_options`` say otherwise.
+            data type (2 for integers wider than a byte, 3 for floats), unless
+            ``creation_options`` say otherwise.
         tags: dataset metadata (default domain).
         creation_options: further GDAL GTiff creation options, e.g.
             ``{"predictor": 2, "interleave": "pixel", "tiled": True}``.
@@ -243,10 +253,9 @@ class GeoTiffStripWriter:
         }
         if compress:
             profile["compress"] = compress
-            if np.issubdtype(self.dtype, np.floating):
-                profile["predictor"] = 3
-            elif self.dtype.itemsize > 1:
-                profile["predictor"] = 2
+            predictor = _predictor(self.dtype, compress)
+            if predictor is not None:
+                profile["predictor"] = predictor
         profile.update(_georeference(crs, transform, nodata))
         try:
             self._dst = _create(tmp, profile)
@@ -349,10 +358,9 @@ class GeoTiffStripWriter:
         }
         if self.compress:
             options["COMPRESS"] = self.compress.upper()
-            if np.issubdtype(self.dtype, np.floating):
-                options["PREDICTOR"] = "FLOATING_POINT"
-            elif self.dtype.itemsize > 1:
-                options["PREDICTOR"] = "HORIZONTAL"
+            predictor = _predictor(self.dtype, self.compress)
+            if predictor is not None:
+                options["PREDICTOR"] = {2: "HORIZONTAL", 3: "FLOATING_POINT"}[predictor]
         try:
             rasterio.shutil.copy(src, dst, driver="COG", **options)
         except BaseException:

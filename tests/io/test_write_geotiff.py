@@ -90,14 +90,15 @@ def test_rasters_without_georeference_are_written_and_read_without_rasterio_warn
 
 @pytest.mark.parametrize(
     ("dtype", "predictor"),
-    [(np.uint16, "2"), (np.int16, "2"), (np.uint8, "2"), (np.int32, "2"), (np.float32, "3"),
-     (np.float64, "3"), (np.int64, None)],
+    [(np.uint16, "2"), (np.int16, "2"), (np.uint8, None), (np.int32, "2"), (np.float32, "3"),
+     (np.float64, "3"), (np.int64, "2")],
 )  # fmt: skip
 def test_compressed_files_are_written_in_strips_of_many_rows_with_a_predictor(
     tmp_path: Path, dtype, predictor
 ) -> None:
     """A 224 x 224 x 12 tile in strips of about 128 KiB (not GDAL's one-row strips) with the
-    predictor of its data type; values (NaN included) read back unchanged."""
+    predictor of its data type (the rule of msclip's other writers: none for bytes); values (NaN
+    included) read back unchanged."""
     rng = np.random.default_rng(1)
     data = rng.integers(0, 100, (12, 224, 224)).astype(dtype)
     if data.dtype.kind == "f":
@@ -131,3 +132,24 @@ def test_the_callers_layout_and_predictor_win_and_uncompressed_files_keep_gdals(
         assert a.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
         assert b.block_shapes[0] == (4, 64) and "PREDICTOR" not in b.tags(ns="IMAGE_STRUCTURE")
         assert c.compression is None and "PREDICTOR" not in c.tags(ns="IMAGE_STRUCTURE")
+
+
+@pytest.mark.parametrize("cog", [False])
+def test_the_strip_writer_and_its_cog_take_the_same_predictor_rule(tmp_path: Path, cog) -> None:
+    """One rule for every writer (msclip.io.geotiff._predictor): 3 for floats, 2 for integers
+    wider than a byte, none for bytes or for a compression that takes no predictor."""
+    from msclip.io import GeoTiffStripWriter
+    from msclip.io.geotiff import _predictor
+
+    want = {"float32": "3", "int16": "2", "uint8": None}
+    for dtype, predictor in want.items():
+        data = (np.arange(2 * 40 * 32) % 113).astype(dtype).reshape(2, 40, 32)
+        path = tmp_path / f"{dtype}.tif"
+        with GeoTiffStripWriter(path, 32, 40, 2, dtype, "EPSG:32632", TRANSFORM, block_size=16,
+                                cog=cog) as w:  # fmt: skip
+            w.write(data)
+        with rasterio.open(path) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == predictor, dtype
+            np.testing.assert_array_equal(src.read(), data)
+    assert _predictor("int16", "jpeg") is None and _predictor("float32", None) is None
+    assert _predictor("float64", "ZSTD") == 3 and _predictor("uint64", "lzw") == 2
