@@ -360,7 +360,8 @@ class GeoTiffStripWriter:
             options["COMPRESS"] = self.compress.upper()
             predictor = _predictor(self.dtype, self.compress)
             if predictor is not None:
-                options["PREDICTOR"] = {2: "HORIZONTAL", 3: "FLOATING_POINT"}[predictor]
+                # the COG driver's names (it ignores GTiff's "HORIZONTAL" without a word)
+                options["PREDICTOR"] = {2: "STANDARD", 3: "FLOATING_POINT"}[predictor]
         try:
             rasterio.shutil.copy(src, dst, driver="COG", **options)
         except BaseException:

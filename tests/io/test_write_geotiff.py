@@ -134,7 +134,7 @@ def test_the_callers_layout_and_predictor_win_and_uncompressed_files_keep_gdals(
         assert c.compression is None and "PREDICTOR" not in c.tags(ns="IMAGE_STRUCTURE")
 
 
-@pytest.mark.parametrize("cog", [False])
+@pytest.mark.parametrize("cog", [False, True])
 def test_the_strip_writer_and_its_cog_take_the_same_predictor_rule(tmp_path: Path, cog) -> None:
     """One rule for every writer (msclip.io.geotiff._predictor): 3 for floats, 2 for integers
     wider than a byte, none for bytes or for a compression that takes no predictor."""
