@@ -23,6 +23,7 @@ import msclip
 from msclip import factory
 from msclip.hardware import cpu_info
 from msclip.precision_check import BF16_CHECK_ENV, MIN_COSINE, _measure
+from msclip.spectral.patch_embed import _patches_as_gemm
 
 
 def op_errors(config: object) -> list[tuple[str, str, float]]:
@@ -54,6 +55,9 @@ def op_errors(config: object) -> list[tuple[str, str, float]]:
     cases = [
         (f"patch conv {bands}->{width}, {patch}x{patch}", f"2x{bands}x{size}x{size}",
          lambda a, w: F.conv2d(a, w, stride=patch),
+         (randn(2, bands, size, size), randn(width, bands, patch, patch, scale=0.05))),
+        ("patch projection, msclip's",
+         f"{2 * tokens - 2}x{bands * patch * patch}x{width}", _patches_as_gemm,
          (randn(2, bands, size, size), randn(width, bands, patch, patch, scale=0.05))),
         ("qkv projection", f"{2 * tokens}x{width}x{3 * width}", F.linear,
          (x, randn(3 * width, width, scale=width**-0.5))),

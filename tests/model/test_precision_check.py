@@ -121,3 +121,29 @@ def test_emulated_bf16_is_not_checked(machine, counted) -> None:  # noqa: F811
     with pytest.warns(msclip.errors.PerformanceWarning, match="emulated"):
         model = msclip.create_model("msclip-tiny", precision="bf16")
     assert model.dtype == torch.bfloat16 and calls == []
+
+
+def test_a_wrong_bf16_convolution_no_longer_reaches_the_towers(monkeypatch) -> None:
+    """On an Intel Xeon with AMX, oneDNN's bf16 convolution was the one wrong op of the image
+    tower (``benchmarks/cpu_bf16.py``): the replica gave cosine -0.14 and ``auto`` fell back to
+    fp32. msclip runs the bf16 patch projection as a matrix product, so such a convolution no
+    longer reaches the embeddings: the replica agrees, and the trained demo model's bf16
+    embeddings equal its float32 ones to bf16's rounding."""
+    import torch.nn.functional as F
+
+    real = F.conv2d
+
+    def wrong(x, weight, *args, **kwargs):
+        out = real(x, weight, *args, **kwargs)
+        return out + out.roll(1, dims=1) if out.dtype == torch.bfloat16 else out
+
+    monkeypatch.setattr(F, "conv2d", wrong)
+    got = precision_check._measure(_config("msclip-demo"))
+    assert min(got.values()) > 0.999
+    x = torch.randn(3, 12, 64, 64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv(precision_check.BF16_CHECK_ENV, "0")
+    models = [msclip.create_model("msclip-demo", pretrained=True, precision=p)
+              for p in ("fp32", "bf16")]  # fmt: skip
+    with torch.inference_mode():
+        a, b = (m.encode_image(x.to(m.dtype)).float() for m in models)
+    assert F.cosine_similarity(a, b).min() > 0.999

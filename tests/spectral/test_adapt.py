@@ -175,3 +175,50 @@ def test_patch_projection_as_one_matrix_product_equals_the_convolution(monkeypat
         pe(torch.randn(1, 10, 8, 8))  # switched off: the convolution
         pe.double()(torch.randn(1, 10, 8, 8, dtype=torch.float64))  # float32 only
     assert len(calls) == 3
+
+
+def _wrong_in_half_precision(monkeypatch) -> list:
+    """Make ``F.conv2d`` a bf16 convolution that mixes up its outputs (as oneDNN's did on an
+    Intel Xeon with AMX) and count its calls in half precision."""
+    import torch.nn.functional as F
+
+    real, calls = F.conv2d, []
+
+    def conv2d(x, weight, *args, **kwargs):
+        out = real(x, weight, *args, **kwargs)
+        if out.dtype in (torch.bfloat16, torch.float16):
+            calls.append(out.dtype)
+            return out + out.roll(1, dims=1)
+        return out
+
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    return calls
+
+
+def test_half_precision_patch_projection_on_a_cpu_is_one_matrix_product(monkeypatch):
+    """In bf16 on a CPU the projection never runs the convolution (whose bf16 kernels were wrong
+    on an AMX Xeon): with bf16 weights, with gradients, and under autocast from float32, it
+    equals the float64 convolution to bf16's rounding, and gradients reach the kernel."""
+    import torch.nn.functional as F
+
+    calls = _wrong_in_half_precision(monkeypatch)
+    pe = _embed(patch=4)
+    x = torch.randn(2, 10, 18, 23)
+    ref = F.conv2d(x.double(), pe.weight.double(), stride=4)
+    low = _embed(patch=4).bfloat16()
+    with torch.no_grad():
+        got = [low(x.bfloat16())]
+    got.append(low(x.bfloat16()))  # gradients recorded
+    got[-1].float().square().sum().backward()
+    assert low.weight.grad is not None and low.weight.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got.append(pe(x))
+    assert calls == []
+    for out in got:
+        assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+        err = float((out.double() - ref).norm() / ref.norm())
+        assert err < 1e-2, err
+    # float32 keeps OpenCLIP's convolution (bit for bit); the wrong kernel is seen where it runs
+    assert torch.equal(pe(x), F.conv2d(x, pe.weight, stride=4))
+    F.conv2d(x.bfloat16(), low.weight, stride=4)
+    assert calls == [torch.bfloat16]
