@@ -343,6 +343,8 @@ class FusedSearcher:
         self.method = method
         self._picked: dict[str, str] = {}  # queries' regime ("1", "2-16" ...) -> faster method
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the current one, named
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.count, self.dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         if max_norm is None:
             max_norm = 0.0
