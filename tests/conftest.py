@@ -32,16 +32,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _cpu_machine(request, monkeypatch):
+def _cpu_machine(request):
     """The suite tests msclip as on a machine without a GPU, where CI runs it, so that a machine
     with one gives the same results: ``device="auto"`` (the programs' default) would otherwise
     pick the GPU, and torchrun processes would ask for one GPU each. Tests marked ``gpu`` see
-    the GPU; subprocesses of the others do not (``CUDA_VISIBLE_DEVICES``)."""
+    the GPU; subprocesses of the others do not (``CUDA_VISIBLE_DEVICES``). Its own patcher, not
+    the test's ``monkeypatch``, whose ``undo()`` in a test would show the GPU again."""
     if request.node.get_closest_marker("gpu") is not None:
+        yield
         return
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setattr(torch.cuda, "device_count", lambda: 0)
+        yield
 
 
 @pytest.fixture

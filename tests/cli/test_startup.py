@@ -80,7 +80,8 @@ def test_the_first_import_runs_with_the_collector_paused_then_the_heap_is_frozen
     assert out["installed"] and not out["again"] and not out["already"]
     assert out["during"] is False and out["during_sub"] is False  # paused for the whole import
     assert out["after"] is True  # and running again after it
-    assert out["frozen_before"] == 0 and out["frozen_after"] > 5000  # the cycles made included
+    # the cycles made included (a site hook of the interpreter may have frozen some before)
+    assert out["frozen_after"] - out["frozen_before"] > 5000
     assert out["hooks_left"] == 0 and not out["loader_patched"]  # nothing left behind
 
 

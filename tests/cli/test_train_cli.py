@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from support.train_tiles import pairs_table
 
@@ -79,6 +80,9 @@ def test_cli_print_config(tmp_path: Path, capsys) -> None:
     assert set(printed) == set(TrainConfig().to_dict())
 
 
+# Python 3.12's note on forking a process with threads (DataLoader workers): pytest shows
+# DeprecationWarnings, which Python's own filters hide from the program's users
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys) -> None:
     from support.train_tiles import write_class_tif
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,20 @@ def kernel_device(module: str) -> str | None:
     if torch.cuda.is_available() and kernels_can_run("cuda", module):
         return "cuda"
     return None
+
+
+def interpreter_takes_numpy() -> bool:
+    """Whether this Triton's interpreter runs with this NumPy: Triton 3.6's turns scalar kernel
+    arguments (1-element arrays) into loop bounds with ``int()``, which NumPy 2.4 refuses ("only
+    0-dimensional arrays can be converted"; every kernel failed with NumPy 2.5), Triton 3.8's
+    runs them (3.7 untried: taken as 3.6)."""
+    import numpy as np
+    import triton
+
+    def major_minor(version: str) -> tuple[int, int]:
+        return tuple(int(p) for p in re.findall(r"\d+", version)[:2])  # type: ignore[return-value]
+
+    return major_minor(triton.__version__) >= (3, 8) or major_minor(np.__version__) < (2, 4)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -12,23 +12,8 @@ import re
 import subprocess
 
 import pytest
-from cuda_helpers import INTERPRETER_ENV, PYTHON, REPO, subprocess_env
+from cuda_helpers import INTERPRETER_ENV, PYTHON, REPO, interpreter_takes_numpy, subprocess_env
 from msclip.cuda.runtime import triton_available
-
-
-def _interpreter_takes_numpy() -> bool:
-    """Whether this Triton's interpreter runs with this NumPy: Triton 3.6's turns scalar kernel
-    arguments (1-element arrays) into loop bounds with ``int()``, which NumPy 2.4 refuses ("only
-    0-dimensional arrays can be converted"; every kernel failed with NumPy 2.5), Triton 3.8's
-    runs them (3.7 untried: taken as 3.6)."""
-    import numpy as np
-    import triton
-
-    def major_minor(version: str) -> tuple[int, int]:
-        return tuple(int(p) for p in re.findall(r"\d+", version)[:2])  # type: ignore[return-value]
-
-    return major_minor(triton.__version__) >= (3, 8) or major_minor(np.__version__) < (2, 4)
-
 
 # the kernel tests of test_triton_kernels.py: 5 of the contrastive loss, 11 of the top-k scan,
 # 1 of the launch device
@@ -38,7 +23,7 @@ EXPECTED = 17
 @pytest.mark.slow  # a child that imports torch and Triton, then interprets the kernels: ~40 s
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 @pytest.mark.skipif(
-    triton_available() and not _interpreter_takes_numpy(),
+    triton_available() and not interpreter_takes_numpy(),
     reason="this Triton's interpreter cannot run with this NumPy (Triton < 3.8, NumPy >= 2.4)",
 )
 def test_kernels_through_the_interpreter() -> None:

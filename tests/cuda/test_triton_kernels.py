@@ -2,7 +2,8 @@
 
 In a session without a GPU these tests skip; ``test_interpreter.py`` runs this module in a
 subprocess with ``TRITON_INTERPRET=1`` (tiny sizes: the interpreter runs every program in
-Python).
+Python). The tests of a kernel are marked ``gpu``: the suite hides the GPU from the others
+(``tests/conftest.py``), and ``-m gpu`` runs them on one (``benchmarks/gpu_checks.sh``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _plain(kind):
     return run
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 @pytest.mark.parametrize("n", [32, 37])  # a multiple of the 16-row blocks, and not
 def test_triton_loss_equals_plain(loss_device: str, kind: str, n: int) -> None:
@@ -57,6 +59,7 @@ def test_triton_loss_equals_plain(loss_device: str, kind: str, n: int) -> None:
     assert_matches(*loss_and_grads(triton, x, y, t, b), *ref)
 
 
+@pytest.mark.gpu
 def test_triton_loss_default_blocks_frozen_text_and_bf16(loss_device: str) -> None:
     x, y, t, _ = _inputs(20, 40, loss_device, "clip")
     y = y.detach()
@@ -92,6 +95,7 @@ def _tied_data(n: int, d: int, n_q: int, seed: int = 0) -> tuple[torch.Tensor, t
     return q, x
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize(("n", "k"), [(100, 5), (70, 20)])  # 16- and 32-key lists
 def test_fused_topk_ids_equal_exact_order_with_ties(topk_device: str, n: int, k: int) -> None:
     q, x = _tied_data(n, 24, 18)
@@ -110,6 +114,7 @@ def test_fused_topk_ids_equal_exact_order_with_ties(topk_device: str, n: int, k:
     np.testing.assert_array_equal(ri.numpy(), ref_i)
 
 
+@pytest.mark.gpu
 def test_fused_topk_reads_strided_stored_views(topk_device: str) -> None:
     """A column slice or a transposed copy of the stored rows is a view whose elements along D
     are not adjacent: the kernel must see the same numbers as the reference."""
@@ -136,6 +141,7 @@ def test_keys_round_trip_and_order() -> None:
     assert ids[order].tolist() == [2, 7, 9, 0, 1, 4, 3]  # score desc, ties (0.5, 0) by lower id
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("method", ["fused", "gemm", "auto"])
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_search_index_on_the_kernel_equals_exact_search(
@@ -165,6 +171,7 @@ def test_search_index_on_the_kernel_equals_exact_search(
     assert "query 5 not certified, rescanning in float64" in caplog.text
 
 
+@pytest.mark.gpu
 def test_every_launch_is_made_on_the_inputs_device(loss_device: str, monkeypatch) -> None:
     """Triton launches on the current CUDA device: each launch makes the inputs' device current
     (a search or a loss on cuda:1 while cuda:0 is current fails otherwise)."""
@@ -186,6 +193,7 @@ def test_every_launch_is_made_on_the_inputs_device(loss_device: str, monkeypatch
     assert len(seen) >= 3 and {d.type for d in seen} == {torch.device(loss_device).type}
 
 
+@pytest.mark.gpu
 def test_a_product_without_memory_gives_way_to_the_scan(topk_device: str, monkeypatch) -> None:
     """The chunked products need room for a chunk of scores; where the device has none, the
     measured choice and a later search take the fused scan, with the same results."""

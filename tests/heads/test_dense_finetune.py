@@ -5,7 +5,6 @@ trained head."""
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import rasterio
 import torch
 from safetensors.torch import load_file
+from support.killed import exit_code_of
 
 from msclip.errors import CheckpointError, CheckpointMismatchError, ConfigError, HeadInputError
 from msclip.heads.dense_data import DenseSamples, check_alignment
@@ -302,15 +302,11 @@ def _run_then_die(cfg: FinetuneRunConfig) -> None:
     os._exit(0)
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
 def test_killed_dense_lora_run_resumes_to_the_same_bits(dense, tmp_path):
     kw = dict(decoder="fcn", decoder_channels=8, encoder_mode="lora", lora_dropout=0.2, epochs=3)
     whole = run_finetune(_cfg(tmp_path / "a", dense, **kw))
     cfg = _cfg(tmp_path / "b", dense, **kw)
-    child = multiprocessing.get_context("fork").Process(target=_run_then_die, args=(cfg,))
-    child.start()
-    child.join(timeout=300)
-    assert child.exitcode == 7
+    assert exit_code_of(_run_then_die, cfg) == 7
     folder = tmp_path / "b" / "run" / "fcn-lora"
     assert (folder / "checkpoint.pt").is_file() and not (folder / "dense_head.safetensors").exists()
     with pytest.raises(ConfigError, match="resume"):

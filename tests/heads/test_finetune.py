@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.killed import exit_code_of
 
 from msclip.errors import CheckpointError, ConfigError, HeadInputError
 from msclip.heads.checkpoint import read_head
@@ -31,7 +31,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run fastest on one thread (and a forked child inherits no thread pool)."""
+    """Tiny models run fastest on one thread (a spawned child takes the same count)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -204,16 +204,12 @@ def _tensors(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
 def test_killed_lora_run_resumes_to_the_same_bits(scenes, tmp_path):
     kw = dict(folders=str(scenes), method=["linear"], encoder_mode="lora", lora_dropout=0.2,
               augment=True, epochs=4, n_resamples=0)  # fmt: skip
     whole = run_finetune(_cfg(tmp_path / "a", **kw))
     cfg = _cfg(tmp_path / "b", **kw)
-    child = multiprocessing.get_context("fork").Process(target=_run_then_die, args=(cfg,))
-    child.start()
-    child.join(timeout=300)
-    assert child.exitcode == 7
+    assert exit_code_of(_run_then_die, cfg) == 7
     folder = tmp_path / "b" / "run" / "linear-lora"
     assert (folder / "checkpoint.pt").is_file() and not (folder / "head.safetensors").exists()
     with pytest.raises(ConfigError, match="resume"):
