@@ -22,7 +22,8 @@
 #                 many-core CPU should read ahead by default (a 16-core Xeon ran bf16 end to end
 #                 at 0.49 of the model alone, fp32 at 0.80)
 #   search.txt    benchmarks/kernels.py (GPU part, 10^6 rows): the fused top-k scan against the
-#                 chunked products and a plain matmul + topk, and the contrastive loss kernels
+#                 chunked products and a plain matmul + topk, then the contrastive loss kernels
+#                 (the largest batch searched for up to passes of 20 s)
 #   suite.txt     the whole suite, 8 processes (tests not marked gpu see no GPU, as in CI)
 # STEPs name a subset, in that order. On one H200 with 16 cores: the tests marked gpu took 26 s,
 # the whole suite 68 s with 12 processes, encode.py about two minutes. The exit status is
@@ -61,7 +62,7 @@ torch.cuda.get_device_name(0))'; $python benchmarks/cpu_bf16.py" ;;
             step cpu_readers 300 "$python" benchmarks/encode.py --quick --cpu-only --workers 2 \
                 --threads $((cores > 4 ? cores - 2 : cores)) ;;
         search) step search 300 "$python" benchmarks/kernels.py --skip-cpu \
-            --search-sizes 1000000 --gpu-batches 4096 ;;
+            --search-sizes 1000000 --gpu-batches 4096 --capacity-seconds 20 ;;
         suite) step suite 900 "$python" -m pytest -q -p no:cacheprovider -n 8 tests ;;
         *) echo "unknown step '$s' (machine, gpu_tests, encode, cpu_readers, search, suite)" >&2; exit 2 ;;
     esac

@@ -7,13 +7,15 @@ runs after one warm-up, and the peak bytes of live torch tensors during one run
 
 GPU (when torch sees one and Triton works):
 
-* loss: Triton vs plain vs chunked, time (CUDA events) and ``torch.cuda.max_memory_allocated``
-  at B = 4,096 .. 65,536, and the largest power-of-two batch each fits in the free memory;
 * search: the fused top-k kernel, the chunked float32 products and top-k of
   :func:`msclip.cuda.topk.topk_reference` (the GPU search measures both and keeps the faster),
   and a plain ``matmul + topk`` (float16 scores) over 10^6 and 10^7 stored float16 embeddings
   (d = 512), 1, 100 and 1,000 queries, k = 10, with the fraction of the fused ids that the
-  chunked float32 search also returns (near-ties may differ).
+  chunked float32 search also returns (near-ties may differ);
+* loss: Triton vs plain vs chunked, time (CUDA events) and ``torch.cuda.max_memory_allocated``
+  at B = 4,096 .. 65,536, and the largest power-of-two batch each fits in the free memory (the
+  search for it stops where the next batch would take more than ``--capacity-seconds``: at
+  B = 524,288 the chunked loss took under 60 s on one H200, the next size 162 s).
 
 Run: ``python benchmarks/kernels.py`` (CPU part ~15 minutes on 2 cores and ~7 GB of RAM for the
 plain loss at B = 16,384); ``--skip-cpu`` / ``--skip-gpu`` to run one part. Timings on a shared
@@ -148,7 +150,7 @@ def _cuda_time(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def gpu_loss(batches: list[int], d: int, kind: str, repeats: int) -> None:
+def gpu_loss(batches: list[int], d: int, kind: str, repeats: int, budget: float) -> None:
     print(f"\n== GPU: {kind} loss, forward + backward, d = {d}, fp32 ==")
     print(f"{'B':>7} {'impl':>8} {'time ms':>9} {'peak MiB':>10}")
     for b in batches:
@@ -173,8 +175,10 @@ def gpu_loss(batches: list[int], d: int, kind: str, repeats: int) -> None:
             if took is None:
                 break
             best = b
-            if took > 60:  # the next size would take minutes: the bound is time, not memory
-                print(f"  {impl}: stopped at B = {b} after {took:.0f} s")
+            # the loss is quadratic in B: the next size takes about 4x as long
+            if 4 * took > budget:  # the bound is time, not memory
+                print(f"  {impl}: stopped at B = {b} ({took:.1f} s; B = {2 * b} would take "
+                      f"~{4 * took:.0f} s, over --capacity-seconds {budget:g})")  # fmt: skip
                 break
             b *= 2
         print(f"  {impl:>8}: B = {best}")
@@ -248,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=DEFAULT_CHUNK, help="chunked tile edge")
     parser.add_argument("--gpu-batches", type=int, nargs="+", default=[4096, 16384, 65536])
     parser.add_argument("--search-sizes", type=int, nargs="+", default=[10**6, 10**7])
+    parser.add_argument("--capacity-seconds", type=float, default=60.0,
+                        help="time allowed to one forward and backward pass in the search for "
+                        "the largest batch that fits (default: 60)")  # fmt: skip
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-gpu", action="store_true")
     args = parser.parse_args(argv)
@@ -264,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if not kernels_can_run("cuda", "contrastive_kernels"):
         print("\nTriton does not run on this GPU: no kernel figures")
         return 0
-    gpu_loss(args.gpu_batches, args.dim, args.kind, max(3, args.repeats))
     gpu_search(args.search_sizes, args.dim, max(5, args.repeats))
+    gpu_loss(args.gpu_batches, args.dim, args.kind, max(3, args.repeats), args.capacity_seconds)
     return 0
 
 
