@@ -5,9 +5,12 @@ Prints the machine (CPU model, torch's dispatch level, AVX-512/bf16/VNNI flags) 
 precision (fp32, bf16 weights cast once, int8 image tower; ``torch.autocast`` shown for
 comparison), with the one ``auto`` picks marked; then the end-to-end figure from 224x224 12-band
 uint16 GeoTIFF files to embeddings, through msclip's encoding engine as its programs read them
-(``msclip.encode.encode_images``), and its ratio to the model alone at batch 32 (target: >= 0.90),
-with the DataLoader workers msclip's programs use on a CPU (none: on 2 cores a worker took the
-model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4; ``--workers`` to choose).
+(``msclip.encode.encode_images``), and its ratio to the model alone at batch 32 (target: >= 0.90)
+with the tower's own rate inside the run and the milliseconds per tile of the rest (reading,
+collating, the engine: what a many-core CPU does between model calls), after the cost of opening
+and of reading one tile on one thread; with the DataLoader workers msclip's programs use on a CPU
+(none: on 2 cores a worker took the model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4;
+``--workers`` to choose).
 
 When a CUDA GPU is present, the same on the GPU: images/s in fp32, bf16 (fp16 where bf16 is
 missing) and ``auto``, at the batch size chosen from free memory
@@ -24,7 +27,9 @@ import argparse
 import contextlib
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +62,12 @@ def model_images_per_s(model: msclip.MSCLIP, n: int, batch: int) -> float:
         return n / (time.perf_counter() - start)
 
 
-def end_to_end(model: msclip.MSCLIP, paths: list[Path], batch: int, workers: int) -> float:
+def end_to_end(
+    model: msclip.MSCLIP, paths: list[Path], batch: int, workers: int
+) -> tuple[float, float]:
     """Images/s from the files to L2-normalised embeddings through msclip's encoding engine, as
-    its programs read them (:func:`msclip.encode.encode_images`)."""
+    its programs read them (:func:`msclip.encode.encode_images`), and the seconds of the run
+    spent in the image tower (the rest: reading, collating, the engine's own work)."""
     import logging
 
     from msclip.encode import encode_images
@@ -68,15 +76,51 @@ def end_to_end(model: msclip.MSCLIP, paths: list[Path], batch: int, workers: int
     engine_log = logging.getLogger("msclip.encode")
     level = engine_log.level
     engine_log.setLevel(logging.ERROR)  # B01 outside the model's range: expected for L2A files
+    in_model = [0.0]
+    encode = model.encode_image
+
+    def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        t = time.perf_counter()
+        try:
+            return encode(*args, **kwargs)
+        finally:
+            in_model[0] += time.perf_counter() - t
+
+    model.encode_image = timed  # the engine calls model.encode_image
     try:
         start = time.perf_counter()
         res = encode_images(model, preprocess, [str(p) for p in paths], batch_size=batch,
                             workers=workers)  # fmt: skip
         elapsed = time.perf_counter() - start
     finally:
+        del model.encode_image
         engine_log.setLevel(level)
     assert len(res.indices) == len(paths), res.failures
-    return len(paths) / elapsed
+    return len(paths) / elapsed, in_model[0]
+
+
+def read_costs(model: msclip.MSCLIP, paths: list[Path]) -> str:
+    """Milliseconds per tile, on one thread, of opening a file alone and of reading one item as
+    the engine does (open, read, band mapping, normalisation): whether this machine's file
+    system or its decoding is what the end-to-end figures wait for."""
+    from msclip.encode import ImageDataset, single_thread
+    from msclip.io.readers import open_raster
+
+    dataset = ImageDataset([str(p) for p in paths], model.preprocess())
+    with single_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # B01 outside the model's range: expected for L2A files
+        dataset.read_item(0)  # warm-up
+        start = time.perf_counter()
+        for p in paths:
+            with open_raster(p):
+                pass
+        opened = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(len(paths)):
+            dataset.read_item(i)
+        read = time.perf_counter() - start
+    per = [t / len(paths) * 1e3 for t in (opened, read)]
+    return f"one thread, per tile: opening {per[0]:.2f} ms, reading an item {per[1]:.2f} ms"
 
 
 def write_tiles(folder: Path, n: int) -> list[Path]:
@@ -217,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nend to end: {len(paths)} GeoTIFF tiles 224x224x12 uint16 -> embeddings, "
               f"batch 32, {args.workers} DataLoader worker(s); model-only measured right "
               "after, same conditions")  # fmt: skip
+        print(f"  {read_costs(next(iter(models.values())), paths)}")
         for name, model in models.items():
             end_to_end(model, paths[:32], 32, args.workers)  # warm-up (file cache, workers)
             # The machine is shared and noisy: interleave model-only and end-to-end runs over
@@ -224,12 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             pairs = []
             for _ in range(3):
                 only = model_images_per_s(model, len(paths), 32)
-                e2e = end_to_end(model, paths, 32, args.workers)
-                pairs.append((e2e / only, e2e, only))
-            ratio, e2e, only = sorted(pairs)[1]
+                e2e, in_model = end_to_end(model, paths, 32, args.workers)
+                pairs.append((e2e / only, e2e, only, in_model))
+            ratio, e2e, only, in_model = sorted(pairs)[1]
+            rest_ms = (len(paths) / e2e - in_model) / len(paths) * 1e3
             print(f"  {name}: {e2e:.2f} images/s end to end, model only {only:.2f} -> "
                   f"ratio {ratio:.2f} (target >= 0.90; ratios "
-                  f"{', '.join(f'{p[0]:.2f}' for p in pairs)})")  # fmt: skip
+                  f"{', '.join(f'{p[0]:.2f}' for p in pairs)}); in the run the tower ran at "
+                  f"{len(paths) / in_model:.2f} images/s, the rest took {rest_ms:.1f} ms per "
+                  "tile")  # fmt: skip
     if args.cpu_only:
         return 0
     if torch.cuda.is_available():
