@@ -10,17 +10,17 @@ its AMX kernels) the same tower gave 0.99999. Measured again on such a Xeon (tor
 threads, ``benchmarks/cpu_bf16.py``): of all the tower's ops only oneDNN's bf16 convolution of the
 patch projection was wrong (relative error 1.1-1.2 against bf16's 1.7e-3), so msclip runs that
 projection in half precision on a CPU as one matrix product
-(:func:`msclip.spectral.patch_embed._patches_as_gemm`). A flag check cannot see such a kernel
-fault, so before a model
-runs in native bf16 on a CPU, :func:`cpu_bf16_agreement` runs a replica of its towers in float32
-and in bf16 on one random image and two random texts (the whole context, and a 13-token prompt
-with its padding trimmed, as zero-shot runs prompts): the same widths, heads, patch, bands, image
-size and context length, through the same code (msclip's fused CPU path included), with two image
-blocks (the last on the class token alone, as in inference) and one text block, seeded random
-weights, and zero class and position embeddings (a random tower's own would drown what the input
-adds). bf16 is used only where the embeddings and every token out of each tower's transformer
-agree: cosine at least :data:`MIN_COSINE` (bf16 rounding alone gives 0.999 or more). A kernel
-that failed only for some weight values would escape a replica of random weights.
+(:func:`msclip.spectral.patch_embed._patches_as_gemm`). A flag check cannot see such a fault,
+so before a model runs in native bf16 on a CPU, :func:`cpu_bf16_agreement` runs a replica of its
+towers in float32 and in bf16 on one random image and two random texts (the whole context, and a
+13-token prompt with its padding trimmed, as zero-shot runs prompts): the same widths, heads,
+patch, bands, image size and context length, through the same code (msclip's fused CPU path
+included), with two image blocks (the last on the class token alone, as in inference) and one
+text block, seeded random weights, and zero class and position embeddings (a random tower's own
+would drown what the input adds). bf16 is used only where the embeddings and every token out of
+each tower's transformer agree: cosine at least :data:`MIN_COSINE` (bf16 rounding alone gives
+0.999 or more). A kernel that failed only for some weight values would escape a replica of random
+weights.
 
 The verdict is kept in msclip's cache (``kernels/``) per CPU kind, torch build, thread count,
 ``ONEDNN_MAX_CPU_ISA`` and architecture, so it is measured once per machine (0.06 s for
