@@ -25,9 +25,11 @@
 #                 chunked products and a plain matmul + topk, then the contrastive loss kernels
 #                 (the largest batch searched for up to passes of 20 s)
 #   suite.txt     the whole suite, 8 processes (tests not marked gpu see no GPU, as in CI)
-# STEPs name a subset, in that order. On one H200 with 16 cores: the tests marked gpu took 26 s,
-# the whole suite 68 s with 12 processes, encode.py about two minutes. The exit status is
-# that of the first check that failed (0: all passed).
+# STEPs name a subset, in that order. On one H200 with 16 cores (2026-12-04): machine 25 s, the
+# tests marked gpu 27 s (before the Triton kernel tests were marked too), encode about four
+# minutes, the whole suite 94 s with 14 processes (68 s with 12 in an earlier run); with a lease
+# of 15 minutes, a first call of `machine gpu_tests search suite` and a second of `encode
+# cpu_readers` fit. The exit status is that of the first check that failed (0: all passed).
 set -uo pipefail
 
 out=${1:-gpu-checks}
