@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from support.faults import wrong_half_precision_conv2d
 from test_precision import SAPPHIRE, ZEN3, ZEN4, machine  # noqa: F401  (the fixture)
 
 import msclip
@@ -131,13 +132,7 @@ def test_a_wrong_bf16_convolution_no_longer_reaches_the_towers(monkeypatch) -> N
     embeddings equal its float32 ones to bf16's rounding."""
     import torch.nn.functional as F
 
-    real = F.conv2d
-
-    def wrong(x, weight, *args, **kwargs):
-        out = real(x, weight, *args, **kwargs)
-        return out + out.roll(1, dims=1) if out.dtype == torch.bfloat16 else out
-
-    monkeypatch.setattr(F, "conv2d", wrong)
+    wrong_half_precision_conv2d(monkeypatch)
     got = precision_check._measure(_config("msclip-demo"))
     assert min(got.values()) > 0.999
     x = torch.randn(3, 12, 64, 64, generator=torch.Generator().manual_seed(0))

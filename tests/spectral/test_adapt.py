@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.faults import wrong_half_precision_conv2d
 
 from msclip.errors import BandError, OutOfRangeBandWarning
 from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPatchEmbed, map_bands
@@ -177,31 +178,11 @@ def test_patch_projection_as_one_matrix_product_equals_the_convolution(monkeypat
     assert len(calls) == 3
 
 
-def _wrong_in_half_precision(monkeypatch) -> list:
-    """Make ``F.conv2d`` a bf16 convolution that mixes up its outputs (as oneDNN's did on an
-    Intel Xeon with AMX) and count its calls in half precision."""
-    import torch.nn.functional as F
-
-    real, calls = F.conv2d, []
-
-    def conv2d(x, weight, *args, **kwargs):
-        out = real(x, weight, *args, **kwargs)
-        if out.dtype in (torch.bfloat16, torch.float16):
-            calls.append(out.dtype)
-            return out + out.roll(1, dims=1)
-        return out
-
-    monkeypatch.setattr(F, "conv2d", conv2d)
-    return calls
-
-
 def test_half_precision_patch_projection_on_a_cpu_is_one_matrix_product(monkeypatch):
     """In bf16 on a CPU the projection never runs the convolution (whose bf16 kernels were wrong
     on an AMX Xeon): with bf16 weights, with gradients, and under autocast from float32, it
     equals the float64 convolution to bf16's rounding, and gradients reach the kernel."""
-    import torch.nn.functional as F
-
-    calls = _wrong_in_half_precision(monkeypatch)
+    calls = wrong_half_precision_conv2d(monkeypatch)
     pe = _embed(patch=4)
     x = torch.randn(2, 10, 18, 23)
     ref = F.conv2d(x.double(), pe.weight.double(), stride=4)
