@@ -24,7 +24,7 @@
 #   search.txt    benchmarks/kernels.py (GPU part, 10^6 rows): the fused top-k scan against the
 #                 chunked products and a plain matmul + topk, then the contrastive loss kernels
 #                 (the largest batch searched for up to passes of 20 s)
-#   suite.txt     the whole suite, 8 processes (tests not marked gpu see no GPU, as in CI)
+#   suite.txt     the whole suite, cores - 4 processes (tests not marked gpu see no GPU, as in CI)
 # STEPs name a subset, in that order. On one H200 with 16 cores (2026-12-04): machine 25 s, the
 # tests marked gpu 27 s (before the Triton kernel tests were marked too), encode about four
 # minutes, the whole suite 94 s with 14 processes (68 s with 12 in an earlier run); with a lease
@@ -65,7 +65,10 @@ torch.cuda.get_device_name(0))'; $python benchmarks/cpu_bf16.py" ;;
                 --threads $((cores > 4 ? cores - 2 : cores)) ;;
         search) step search 300 "$python" benchmarks/kernels.py --skip-cpu \
             --search-sizes 1000000 --gpu-batches 4096 --capacity-seconds 20 ;;
-        suite) step suite 900 "$python" -m pytest -q -p no:cacheprovider -n 8 tests ;;
+        suite)
+            cores=$(nproc)
+            step suite 900 "$python" -m pytest -q -p no:cacheprovider \
+                -n $((cores > 8 ? cores - 4 : 2)) tests ;;
         *) echo "unknown step '$s' (machine, gpu_tests, encode, cpu_readers, search, suite)" >&2; exit 2 ;;
     esac
 done
