@@ -31,20 +31,47 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MSCLIP_CACHE_DIR", str(tmp_path_factory.mktemp("msclip_cache")))
 
 
-@pytest.fixture(autouse=True)
-def _cpu_machine(request):
+#: What the process was started with, for the tests marked ``gpu``.
+_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
+_CUDA_IS_AVAILABLE, _CUDA_DEVICE_COUNT = torch.cuda.is_available, torch.cuda.device_count
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_machine():
     """The suite tests msclip as on a machine without a GPU, where CI runs it, so that a machine
     with one gives the same results: ``device="auto"`` (the programs' default) would otherwise
-    pick the GPU, and torchrun processes would ask for one GPU each. Tests marked ``gpu`` see
-    the GPU; subprocesses of the others do not (``CUDA_VISIBLE_DEVICES``). Its own patcher, not
-    the test's ``monkeypatch``, whose ``undo()`` in a test would show the GPU again."""
-    if request.node.get_closest_marker("gpu") is not None:
+    pick the GPU, and torchrun processes would ask for one GPU each. Hidden for the whole
+    session, so that module- and session-scoped fixtures (which are set up before any function
+    fixture of their first test) see no GPU either; only tests marked ``gpu`` see it
+    (:func:`_gpu_for_gpu_tests`). Its own patcher, not a test's ``monkeypatch``, whose
+    ``undo()`` in a test would show the GPU again."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")  # subprocesses too
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setattr(torch.cuda, "device_count", lambda: 0)
+        yield
+
+
+@pytest.fixture
+def cuda_as_started() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` as the process was started with (``None``: unset)."""
+    return _CUDA_VISIBLE_DEVICES
+
+
+@pytest.fixture(autouse=True)
+def _gpu_for_gpu_tests(request, _cpu_machine):
+    """A test marked ``gpu`` sees the CUDA device as the process found it (nothing here may
+    initialise CUDA while it is hidden, or that test would find none)."""
+    if request.node.get_closest_marker("gpu") is None:
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CUDA_VISIBLE_DEVICES", "")
-        patch.setattr(torch.cuda, "is_available", lambda: False)
-        patch.setattr(torch.cuda, "device_count", lambda: 0)
+        if _CUDA_VISIBLE_DEVICES is None:
+            patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            patch.setenv("CUDA_VISIBLE_DEVICES", _CUDA_VISIBLE_DEVICES)
+        patch.setattr(torch.cuda, "is_available", _CUDA_IS_AVAILABLE)
+        patch.setattr(torch.cuda, "device_count", _CUDA_DEVICE_COUNT)
         yield
 
 
