@@ -338,6 +338,19 @@ class LabelledDataset(Dataset):
         return {"index": index, "image": image, "target": target}
 
 
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(images)``; in a DataLoader worker straight into shared memory, through
+    which the batch goes to the main process (stacked in private memory, it would be copied
+    there once more when sent: 64 MB a batch of 32 Sentinel-2 tiles)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(images)
+    first = images[0]
+    shape = (len(images), *first.shape)
+    storage = first.untyped_storage()._new_shared(math.prod(shape) * first.element_size())
+    out = torch.empty(0, dtype=first.dtype).set_(storage).view(shape)
+    return torch.stack(images, out=out)
+
+
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate protocol items: ``images`` (stacked, or ``None``), ``indices`` of the good items,
     ``failures`` and ``skipped`` as ``(index, message)`` lists, ``skipped_valid`` as ``(index,
@@ -345,7 +358,7 @@ def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     the good items' values."""
     good = [it for it in items if "image" in it]
     out: dict[str, Any] = {
-        "images": torch.stack([it["image"] for it in good]) if good else None,
+        "images": _stack([it["image"] for it in good]) if good else None,
         "indices": [int(it["index"]) for it in good],
         "failures": [(int(it["index"]), it["error"]) for it in items if "error" in it],
         "skipped": [(int(it["index"]), it["nodata"]) for it in items if "nodata" in it],

@@ -117,6 +117,33 @@ def test_loader_arguments_and_workers_by_device() -> None:
     assert auto_workers("cpu") == 0 and 1 <= auto_workers("cuda") <= 16
 
 
+class _Tiles(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "image": torch.full((3, 4, 5), float(i))}
+
+
+def _collate_noting_shared(items: list) -> dict:
+    out = collate_items(items)
+    out["stacked_in_shared_memory"] = out["images"].is_shared()  # before it is sent
+    return out
+
+
+def test_workers_stack_their_batches_in_shared_memory() -> None:
+    """A worker's batch is stacked where it is sent from, not copied there afterwards; in the
+    main process it stays in ordinary memory."""
+    from torch.utils.data import DataLoader
+
+    got = list(DataLoader(_Tiles(), batch_size=2, num_workers=1, collate_fn=_collate_noting_shared))
+    assert [b["stacked_in_shared_memory"] for b in got] == [True, True, True]
+    assert torch.cat([b["images"] for b in got]).flatten(1).amax(1).tolist() == [0, 1, 2, 3, 4]
+    assert [b["images"].shape for b in got][-1] == (1, 3, 4, 5)
+    alone = collate_items([_Tiles()[i] for i in range(2)])["images"]
+    assert not alone.is_shared() and alone.is_contiguous()
+
+
 def test_bf16_embeddings_agree_with_fp32(make_geotiff) -> None:
     """The tolerance documented for reduced-precision runs (GPU bf16 and CPU bf16 alike)."""
     from msclip.errors import PrecisionError
