@@ -7,11 +7,13 @@ runs after one warm-up, and the peak bytes of live torch tensors during one run
 
 GPU (when torch sees one and Triton works):
 
-* search: the fused top-k kernel, the chunked float32 products and top-k of
-  :func:`msclip.cuda.topk.topk_reference` (the GPU search measures both and keeps the faster),
-  and a plain ``matmul + topk`` (float16 scores) over 10^6 and 10^7 stored float16 embeddings
-  (d = 512), 1, 100 and 1,000 queries, k = 10, with the fraction of the fused ids that the
-  chunked float32 search also returns (near-ties may differ);
+* search: the two ways the GPU search finds candidates (it measures both and keeps the faster),
+  the fused top-k kernel and float32 products with ``topk`` in large chunks
+  (:func:`msclip.cuda.topk.gemm_topk`), then the kernel's reference with packed keys
+  (:func:`msclip.cuda.topk.topk_reference`) and a plain ``matmul + topk`` of float16 scores,
+  over 10^6 and 10^7 stored float16 embeddings (d = 512), 1, 100 and 1,000 queries, k = 10 (64
+  candidates kept, as the search asks), with the fraction of the fused candidates that the
+  gemm method also returns (near-ties may differ);
 * loss: Triton vs plain vs chunked, time (CUDA events) and ``torch.cuda.max_memory_allocated``
   at B = 4,096 .. 65,536, and the largest power-of-two batch each fits in the free memory (the
   search for it stops where the next batch would take more than ``--capacity-seconds``: at
@@ -31,7 +33,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -199,14 +200,19 @@ def _fits(fn: Callable[..., torch.Tensor], b: int, d: int) -> float | None:
 
 
 def gpu_search(sizes: list[int], d: int, repeats: int, k: int = 10) -> None:
-    from msclip.cuda.topk import fused_topk, topk_reference
+    from msclip.cuda.topk import fused_topk, gemm_topk, topk_reference
 
-    print(f"\n== GPU: top-{k} inner-product search, float16 rows, d = {d} ==")
-    print(f"{'N':>10} {'queries':>8} {'fused ms':>10} {'chunked ms':>11} {'matmul+topk ms':>15} "
-          f"{'same ids':>9}")  # fmt: skip
-    print("(fused: the Triton scan; chunked: float32 products and top-k keys in chunks, the "
-          "search's other method; same ids: fraction of the fused top-k that the chunked one "
-          "also returns, float32 sums of the same rows)")  # fmt: skip
+    keep = max(16, 1 << (2 * k + 16 - 1).bit_length())  # the candidates a search of k asks for
+    print(f"\n== GPU: top-{k} inner-product search, float16 rows, d = {d}: {keep} candidates "
+          "per query, as msclip.index asks the device for ==")  # fmt: skip
+    print(f"{'N':>10} {'queries':>8} {'fused ms':>10} {'gemm ms':>10} {'keys ms':>10} "
+          f"{'matmul+topk ms':>15} {'same ids':>9}")  # fmt: skip
+    print(
+        "(fused: the Triton scan; gemm: float32 products and topk in large chunks, the "
+        "search's other method (the faster of the two is used); keys: the same products "
+        "with the kernel's keys and tie rule, the kernel's reference; matmul+topk: float16 "
+        "scores, no bound; same ids: fraction of the fused candidates that gemm also returns)"
+    )
     for n in sizes:
         try:
             store = torch.empty((n, d), dtype=torch.float16, device="cuda")
@@ -219,26 +225,23 @@ def gpu_search(sizes: list[int], d: int, repeats: int, k: int = 10) -> None:
             continue
         for n_q in (1, 100, 1000):
             q = F.normalize(torch.randn((n_q, d), device="cuda", generator=g), dim=1).half()
-
-            def fused(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
-                return fused_topk(q, x, k)
-
-            def chunked(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
-                return topk_reference(q, x, k)
-
-            def plain(q: torch.Tensor = q, x: torch.Tensor = store) -> Any:
-                return torch.topk((q @ x.T).float(), k, dim=1)
-
-            ids = fused()[1]
-            ref = chunked()[1]
+            runs = {
+                "fused": lambda q=q, x=store: fused_topk(q, x, keep),
+                "gemm": lambda q=q, x=store: gemm_topk(q, x, keep),
+                "keys": lambda q=q, x=store: topk_reference(q, x, keep),
+                "plain": lambda q=q, x=store: torch.topk((q @ x.T).float(), keep, dim=1),
+            }
+            ids, ref = runs["fused"]()[1], runs["gemm"]()[1]
             same = float((ids[:, :, None] == ref[:, None, :]).any(-1).float().mean())
-            t_f = _cuda_time(fused, repeats)
-            t_c = _cuda_time(chunked, repeats)
-            try:
-                t_p = f"{_cuda_time(plain, repeats) * 1e3:>15.2f}"
-            except torch.cuda.OutOfMemoryError:
-                t_p = f"{'out of memory':>15}"
-            print(f"{n:>10} {n_q:>8} {t_f * 1e3:>10.2f} {t_c * 1e3:>11.2f} {t_p} {same:>9.3f}")
+            cells = []
+            for run in runs.values():
+                try:
+                    cells.append(f"{_cuda_time(run, repeats) * 1e3:.2f}")
+                except torch.cuda.OutOfMemoryError:
+                    cells.append("no memory")
+            widths = (10, 10, 10, 15)
+            print(f"{n:>10} {n_q:>8} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+                  + f" {same:>9.3f}")  # fmt: skip
         del store
         torch.cuda.empty_cache()
 

@@ -6,9 +6,11 @@ top ``K`` per query in registers while it streams the stored rows once per block
 in float16 / bfloat16 (or the int8 codes of :class:`msclip.index.search.SearchIndex`), and
 writes only ``K`` keys per query and split; the splits are merged on the device. That is not
 always the faster way: a plain cuBLAS product and ``torch.topk`` took 1.9 ms where the scan took
-5.9 ms (100 queries over 10^6 rows, H200). So :class:`FusedSearcher` also has the chunked
-products of :func:`topk_reference` (float32 output, each chunk's top keys kept; not yet timed on
-a GPU), measures both and keeps the faster; both give candidates under the same bound.
+5.8 ms (100 queries over 10^6 rows, H200). So :class:`FusedSearcher` also finds candidates by
+products and ``topk`` of float32 scores in large chunks (:func:`gemm_topk`), measures both and
+keeps the faster; both give candidates under the same bound. (:func:`topk_reference`, the same
+products with the kernel's keys and tie rule, is the kernel's reference; kept as the search's
+other method it took 6.5 ms there, its keys and small chunks costing more than the product.)
 
 **Keys and ties.** A score and its row id are packed into one int64 (:func:`pack_keys`): the
 high 32 bits are the order-preserving integer image of the float32 score (``-0`` as ``+0``),
@@ -48,6 +50,7 @@ __all__ = [
     "STORE_DTYPES",
     "FusedSearcher",
     "fused_topk",
+    "gemm_topk",
     "pack_keys",
     "search_device",
     "topk_reference",
@@ -154,6 +157,50 @@ def topk_reference(
         best = keys if best is None else torch.cat([best, keys], dim=1)
     assert best is not None
     return _merge(best, min(k, stored.shape[0]))
+
+
+#: Bytes of float32 scores of one chunk of :func:`gemm_topk` (at most a quarter of the device's
+#: free memory): one product and one ``topk`` for 100 queries over 2.6 x 10^6 rows.
+_GEMM_BYTES = 1 << 30
+
+
+def gemm_topk(
+    queries: torch.Tensor, stored: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` scan scores and ids by products and ``topk`` of their float32 scores.
+
+    The ``gemm`` method of :class:`FusedSearcher`: a chunk of rows is one product of float32
+    sums of the exact products (:func:`_scores`, the arithmetic of the error bound) and one
+    ``topk`` of its scores, the chunks' lists merged by another; chunks hold at most
+    :data:`_GEMM_BYTES` of scores (a quarter of the free memory of a CUDA device). Unlike
+    :func:`topk_reference` it packs no keys, so rows of equal scan scores come in any order;
+    the candidates' bound does not depend on that order (every row left out scored at most the
+    last one kept), and the exact re-rank orders ties by lower id.
+
+    Returns:
+        ``(scores [Q, k] float32, ids [Q, k] int64)``, by scan score descending.
+    """
+    n_q, n_x = queries.shape[0], stored.shape[0]
+    k = min(k, n_x)
+    budget = _GEMM_BYTES
+    if stored.device.type == "cuda":
+        budget = min(budget, torch.cuda.mem_get_info(stored.device)[0] // 4)
+    rows = max(k, budget // (4 * max(1, n_q)))
+    vals = ids = None
+    for start in range(0, n_x, rows):
+        scores = _scores(queries, stored[start : start + rows])
+        v, i = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+        del scores
+        i = i + start
+        if vals is None:
+            vals, ids = v, i
+        else:
+            assert ids is not None
+            v, i = torch.cat([vals, v], dim=1), torch.cat([ids, i], dim=1)
+            vals, pos = torch.topk(v, k, dim=1, sorted=True)
+            ids = torch.gather(i, 1, pos)
+    assert vals is not None and ids is not None
+    return vals, ids
 
 
 def _pow2(n: int) -> int:
@@ -308,7 +355,7 @@ class FusedSearcher:
         centre: see ``codes``.
         step: see ``codes``.
         method: how candidates are found: ``fused`` (the fused scan), ``gemm`` (chunked
-            ``matmul + topk``, :func:`topk_reference`) or ``auto`` (the default, or the value
+            ``matmul + topk``, :func:`gemm_topk`) or ``auto`` (the default, or the value
             of :data:`GPU_SEARCH_ENV`): each is timed on the first search of 1, 2-16, 17-256 and
             more queries, and the faster kept for such searches. Both give candidates
             under the same error bound; on an H200 the fused scan was slower than cuBLAS's
@@ -457,7 +504,7 @@ class FusedSearcher:
                 scores, ids = self._scan(qd, keep)
             else:  # a list longer than the kernel keeps in registers
                 keep = c
-                scores, ids = topk_reference(qd, self.stored, keep)
+                scores, ids = gemm_topk(qd, self.stored, keep)
         ids_np = ids.cpu().numpy()
         if keep >= self.count:
             return ids_np, None
@@ -466,7 +513,7 @@ class FusedSearcher:
 
     def _scan(self, qd: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``keep`` scan scores and ids by the method of ``method`` (see the class)."""
-        methods = {"fused": fused_topk, "gemm": topk_reference}
+        methods = {"fused": fused_topk, "gemm": gemm_topk}
         method = self.method
         if method == "auto":
             n = qd.shape[0]
@@ -476,7 +523,7 @@ class FusedSearcher:
                 return self._measure(regime, methods, qd, keep)
             if method == "gemm":
                 try:
-                    return topk_reference(qd, self.stored, keep)
+                    return gemm_topk(qd, self.stored, keep)
                 except torch.cuda.OutOfMemoryError:  # its chunk of scores did not fit: the scan
                     logger.info("GPU search: no memory for the product's scores; fused scan")
                     self._picked[regime] = "fused"

@@ -109,3 +109,61 @@ def test_no_gpu_bf16_warning_where_there_is_no_gpu(monkeypatch) -> None:
     monkeypatch.setattr(hardware, "cuda_bf16_supported", lambda index=None: False)
     with pytest.warns(hardware.PerformanceWarning, match="compute capability"):
         hardware.choose_precision("bf16", "cuda")
+
+
+def test_the_gemm_method_keeps_the_top_scan_scores_over_chunks(monkeypatch) -> None:
+    """The GPU search's ``gemm`` candidates: the reference's top scores, over several chunks of
+    rows, and no row left out scores above the last kept (what the bound rests on)."""
+    g = torch.Generator().manual_seed(3)
+    stored = F.normalize(torch.randn(500, 24, generator=g), dim=1)
+    stored[200:240] = stored[:40]  # tied scores across chunks
+    queries = F.normalize(torch.randn(6, 24, generator=g), dim=1)
+    queries[5] = stored[7]
+    ref_scores, _ = topk.topk_reference(queries, stored, 30)
+    monkeypatch.setattr(topk, "_GEMM_BYTES", 6 * 4 * 64)  # chunks of 64 rows: 8 of them
+    calls = []
+    real = topk._scores
+    monkeypatch.setattr(topk, "_scores", lambda q, part: calls.append(len(part)) or real(q, part))
+    scores, ids = topk.gemm_topk(queries, stored, 30)
+    assert calls == [64] * 7 + [52]
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-6)
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # descending
+    all_scores = queries @ stored.T
+    torch.testing.assert_close(torch.gather(all_scores, 1, ids), scores, rtol=0, atol=1e-6)
+    for q in range(6):
+        left_out = torch.ones(500, dtype=torch.bool)
+        left_out[ids[q]] = False
+        assert bool((all_scores[q, left_out] <= scores[q, -1] + 1e-6).all())
+    assert len(set(ids[5].tolist())) == 30 and {7, 207} <= set(ids[5].tolist())
+    assert topk.gemm_topk(queries, stored[:5], 30)[1].shape == (6, 5)  # k above the rows: all
+
+
+def test_a_search_index_on_the_gemm_method_equals_exact_search(monkeypatch, caplog) -> None:
+    """The ``gemm`` method runs wherever torch does (no Triton): on the CPU here, with
+    duplicates and a query whose candidates cannot be certified (rescanned exactly)."""
+    import logging
+
+    import numpy as np
+
+    from msclip.index.search import SearchIndex
+
+    calls = []
+    real = topk.gemm_topk
+    monkeypatch.setattr(topk, "gemm_topk", lambda q, x, k: calls.append(k) or real(q, x, k))
+
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((600, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb[50:90] = emb[:40]
+    emb[300:] = emb[3] + 1e-7 * rng.standard_normal((300, 32)).astype(np.float32)
+    queries = np.concatenate([rng.standard_normal((9, 32)), emb[[3]]]).astype(np.float32)
+    exact = SearchIndex(emb, device="cpu").search(queries, 7, exact=True)
+    for dtype in ("float16", "bfloat16"):
+        index = SearchIndex(emb, device="auto")
+        index._fused = topk.FusedSearcher.for_index(index, torch.device("cpu"), dtype, "gemm")
+        with caplog.at_level(logging.DEBUG):
+            got = index.search(queries, 7)
+        np.testing.assert_array_equal(got.ids, exact.ids)
+        np.testing.assert_array_equal(got.scores, exact.scores)
+        assert calls == [32, 256] and "query 9 not certified, rescanning in float64" in caplog.text
+        calls.clear()

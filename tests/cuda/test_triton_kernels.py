@@ -209,7 +209,7 @@ def test_a_product_without_memory_gives_way_to_the_scan(topk_device: str, monkey
     def no_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("no room for the scores")
 
-    monkeypatch.setattr(topk, "topk_reference", no_memory)
+    monkeypatch.setattr(topk, "gemm_topk", no_memory)
     for _ in range(2):
         got = index.search(queries, 5)
         np.testing.assert_array_equal(got.ids, exact.ids)
