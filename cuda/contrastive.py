@@ -49,12 +49,13 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from msclip.cuda import ENV_LOSS_IMPL, LOSS_IMPLS
-from msclip.cuda.runtime import check_device, kernels_can_run
+from msclip.cuda.runtime import check_device
 
-from msclip.errors import ContrastiveInputError, LossImplError
+from msclip.errors import ContrastiveInputError, KernelUnavailableError, LossImplError
 
 __all__ = [
     "CHUNKED_MIN_BATCH",
+    "CUDA_CHUNKED_MIN_BATCH",
     "DEFAULT_CHUNK",
     "ENV_LOSS_IMPL",
     "LOSS_IMPLS",
@@ -73,6 +74,13 @@ logger = logging.getLogger(__name__)
 #: quarter of its peak tensor memory, and the plain loss's ``B x B`` matrices grow as ``B^2``
 #: (about 5 GiB at B = 16,384) while the chunked loss stays at ``O(B d)`` plus its tiles.
 CHUNKED_MIN_BATCH = 4096
+#: The same threshold on a CUDA device, where ``auto`` never picks the Triton kernels. Measured
+#: on one H200 (benchmarks/kernels.py, fp32 as training computes the loss, TF32 off, d = 512,
+#: forward + backward, 2026-12-04): at B = 4,096 plain 2.1 ms (352 MiB), chunked 5.6 ms (52
+#: MiB), Triton 16.6 ms (16 MiB); at large batches the chunked loss also ran B = 262,144 in
+#: 10.9 s where Triton took 15.5 s for half of it. The plain loss, fastest, holds about
+#: ``22 B^2`` bytes at its peak (1.5 GiB at 8,192): below this batch on every GPU that trains.
+CUDA_CHUNKED_MIN_BATCH = 8192
 #: Tile edge of the chunked PyTorch backend. A 2,048 x 2,048 fp32 tile is 16 MiB (two buffers
 #: and the logits are alive at a time), independent of the batch; smaller tiles were slower on
 #: the 2-core machine of the measurement (more, smaller parallel regions): 2 to 4x at 512.
@@ -150,10 +158,13 @@ def _triton_self_test(device: str) -> bool:
 def resolve_loss_impl(impl: str, batch: int, device: torch.device | str) -> str:
     """The implementation that ``impl`` means for a global batch of ``batch`` on ``device``.
 
-    ``auto`` reads :data:`ENV_LOSS_IMPL` first; if that is unset or ``auto`` too: ``triton`` on
-    a CUDA device where the kernels pass their self-test, else ``plain`` below
-    :data:`CHUNKED_MIN_BATCH` and ``chunked`` from it on. Explicit choices are returned as they
-    are (see :func:`check_loss_impl`).
+    ``auto`` reads :data:`ENV_LOSS_IMPL` first; if that is unset or ``auto`` too: ``plain``
+    below :data:`CHUNKED_MIN_BATCH` (:data:`CUDA_CHUNKED_MIN_BATCH` on a CUDA device) and
+    ``chunked`` from it on. The batch alone decides, so every process of a run picks the same
+    (the blockwise losses exchange statistics, the plain one does not). ``triton`` is never
+    chosen by ``auto``: on the one GPU measured it was the slowest (see
+    :data:`CUDA_CHUNKED_MIN_BATCH`); ask for it where its smaller memory matters. Explicit
+    choices are returned as they are (see :func:`check_loss_impl`).
 
     Raises:
         LossImplError: Unknown ``impl`` or environment value.
@@ -161,12 +172,8 @@ def resolve_loss_impl(impl: str, batch: int, device: torch.device | str) -> str:
     choice = _requested(impl)
     if choice != "auto":
         return choice
-    device = torch.device(device)
-    if device.type == "cuda" and kernels_can_run(device, "contrastive_kernels"):
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if _triton_self_test(f"cuda:{index}"):
-            return "triton"
-    return "plain" if batch < CHUNKED_MIN_BATCH else "chunked"
+    cuda = torch.device(device).type == "cuda"
+    return "plain" if batch < (CUDA_CHUNKED_MIN_BATCH if cuda else CHUNKED_MIN_BATCH) else "chunked"
 
 
 def check_loss_impl(impl: str, device: torch.device | str) -> None:
@@ -174,10 +181,20 @@ def check_loss_impl(impl: str, device: torch.device | str) -> None:
 
     Raises:
         LossImplError: Unknown ``impl`` or environment value.
-        KernelUnavailableError: ``triton`` without Triton or a usable device.
+        KernelUnavailableError: ``triton`` without Triton or a usable device, or with kernels
+            that fail their self-test there (against the chunked loss, on small data).
     """
-    if _requested(impl) == "triton":
-        check_device(device, "contrastive_kernels", "loss implementation 'triton'")
+    if _requested(impl) != "triton":
+        return
+    check_device(device, "contrastive_kernels", "loss implementation 'triton'")
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if not _triton_self_test(f"cuda:{index}"):
+            raise KernelUnavailableError(
+                f"the Triton loss kernels fail their self-test on cuda:{index} (see the warning "
+                "above); use --loss-impl chunked (the same loss in PyTorch, O(B d) memory too)"
+            )
 
 
 # -- backends --------------------------------------------------------------------------------

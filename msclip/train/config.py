@@ -168,8 +168,8 @@ class TrainConfig:
         metadata=_help(
             "how the loss is computed: 'plain' (B x B logits), 'chunked' (blockwise PyTorch, "
             "O(B d) memory), 'triton' (fused GPU kernels) or 'auto' (the MSCLIP_LOSS_IMPL "
-            "environment variable if set, else triton on a GPU where it works, plain below a "
-            "global batch of 4096 and chunked from there)"
+            "environment variable if set, else plain below a global batch of 4096, 8192 on a "
+            "GPU, and chunked from there)"
         ),
     )
     # -- optimisation -------------------------------------------------------------------------

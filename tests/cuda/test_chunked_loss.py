@@ -163,6 +163,12 @@ def test_resolve_and_check_the_implementation(monkeypatch) -> None:
     assert resolve_loss_impl("auto", bc.CHUNKED_MIN_BATCH - 1, cpu) == "plain"
     assert resolve_loss_impl("auto", bc.CHUNKED_MIN_BATCH, cpu) == "chunked"
     assert resolve_loss_impl("plain", 10**6, cpu) == "plain"
+    # on a GPU by the batch alone (every process of a run picks the same), never Triton
+    for gpu in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        assert resolve_loss_impl("auto", bc.CUDA_CHUNKED_MIN_BATCH - 1, gpu) == "plain"
+        assert resolve_loss_impl("auto", bc.CUDA_CHUNKED_MIN_BATCH, gpu) == "chunked"
+    assert bc.CUDA_CHUNKED_MIN_BATCH > bc.CHUNKED_MIN_BATCH
+    assert resolve_loss_impl("triton", 8, "cuda") == "triton"
     # the environment variable decides 'auto', never an explicit choice
     monkeypatch.setenv(ENV_LOSS_IMPL, "chunked")
     assert resolve_loss_impl("auto", 8, cpu) == "chunked"
@@ -297,3 +303,13 @@ def test_training_step_with_chunked_loss_equals_plain(tmp_path: Path, monkeypatc
         assert set(got) == set(ref) and ("logit_bias" in ref) == (kind == "siglip")
         for name, w in ref.items():
             torch.testing.assert_close(got[name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_triton_asked_for_where_its_self_test_fails_is_refused(monkeypatch) -> None:
+    monkeypatch.delenv(ENV_LOSS_IMPL, raising=False)
+    monkeypatch.setattr(bc, "check_device", lambda *a: None)  # Triton and the device are there
+    monkeypatch.setattr(bc, "_triton_self_test", lambda device: device != "cuda:1")
+    check_loss_impl("triton", "cuda:0")
+    with pytest.raises(KernelUnavailableError, match=r"cuda:1.*--loss-impl chunked"):
+        check_loss_impl("triton", "cuda:1")
+    check_loss_impl("chunked", "cuda:1")  # only Triton is checked

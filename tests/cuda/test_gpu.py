@@ -27,8 +27,9 @@ def _peak(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def test_auto_picks_triton_and_its_memory_is_linear() -> None:
-    assert resolve_loss_impl("auto", 8, torch.device("cuda")) == "triton"
+def test_triton_memory_is_linear_and_auto_takes_the_faster_plain_or_chunked() -> None:
+    assert resolve_loss_impl("auto", 8, torch.device("cuda")) == "plain"
+    assert resolve_loss_impl("auto", 1 << 20, torch.device("cuda")) == "chunked"
     b, d = 16384, 512
     x = F.normalize(torch.randn(b, d, device="cuda"), dim=1).requires_grad_()
     y = F.normalize(torch.randn(b, d, device="cuda"), dim=1).requires_grad_()
