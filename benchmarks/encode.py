@@ -101,9 +101,13 @@ def end_to_end(
 
 def read_costs(model: msclip.MSCLIP, paths: list[Path]) -> str:
     """Milliseconds per tile, on one thread, of opening a file alone and of reading one item as
-    the engine does (open, read, band mapping, normalisation): whether this machine's file
-    system or its decoding is what the end-to-end figures wait for."""
-    from msclip.encode import ImageDataset, single_thread
+    the engine does (open, read, band mapping, normalisation), then of reading batches of 32 on
+    1, 2, 4 ... Python threads (the engine reads on at most msclip.encode.READ_THREADS): whether
+    this machine's file system, its decoding or the threads' queue for the GIL is what the
+    end-to-end figures wait for."""
+    from multiprocessing.pool import ThreadPool
+
+    from msclip.encode import READ_THREADS, ImageDataset, read_items, single_thread
     from msclip.io.readers import open_raster
 
     dataset = ImageDataset([str(p) for p in paths], model.preprocess())
@@ -119,8 +123,23 @@ def read_costs(model: msclip.MSCLIP, paths: list[Path]) -> str:
         for i in range(len(paths)):
             dataset.read_item(i)
         read = time.perf_counter() - start
+        counts = sorted({1 << j for j in range(6) if 1 << j <= 32} | {torch.get_num_threads()})
+        on_threads = []
+        for n in counts:
+            pool = ThreadPool(n)
+            try:
+                read_items(dataset.read_item, list(range(min(n, len(paths)))), pool)  # warm-up
+                start = time.perf_counter()
+                for a in range(0, len(paths), 32):
+                    read_items(dataset.read_item, list(range(a, min(a + 32, len(paths)))), pool)
+                on_threads.append((n, (time.perf_counter() - start) / len(paths) * 1e3))
+            finally:
+                pool.terminate()
     per = [t / len(paths) * 1e3 for t in (opened, read)]
-    return f"one thread, per tile: opening {per[0]:.2f} ms, reading an item {per[1]:.2f} ms"
+    threads = ", ".join(f"{n}: {ms:.2f}" for n, ms in on_threads)
+    return (f"one thread, per tile: opening {per[0]:.2f} ms, reading an item {per[1]:.2f} ms\n"
+            f"  batches of 32 read on N threads, ms per tile (the engine uses at most "
+            f"{READ_THREADS}): {threads}")  # fmt: skip
 
 
 def write_tiles(folder: Path, n: int) -> list[Path]:

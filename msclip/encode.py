@@ -33,11 +33,14 @@ slowest thread, and a descheduled one costs milliseconds (measured 45 ms per 224
 two threads under load against 8 ms with one). The model call keeps every intra-op thread.
 DataLoader worker processes use one thread each (PyTorch's default in workers). Without workers,
 the items of a batch of a dataset that offers ``read_item`` (:class:`ImageDataset`: files and
-scene tiles) are read on as many Python threads as torch has intra-op threads (at most one per
-item), between model calls: decompressing a GeoTIFF releases the GIL, so the cores the model
-leaves idle while one file is decoded read the others (64 deflate 224x224x12 tiles between model
-calls: 0.51-0.58 s on two threads against 0.61-0.75 s on one, 2-core Zen 4). Their warnings are
-recorded item by item as with one thread (:func:`read_items`).
+scene tiles) are read on as many Python threads as torch has intra-op threads, at most
+:data:`READ_THREADS` (and one per item), between model calls: decompressing a GeoTIFF releases
+the GIL, so the cores the model leaves idle while one file is decoded read the others (64
+deflate 224x224x12 tiles between model calls: 0.51-0.58 s on two threads against 0.61-0.75 s on
+one, 2-core Zen 4). The rest of a read holds the GIL, and each thread takes it back many times
+per tile, so more threads queue for it: on a 16-thread Xeon sixteen reading threads spent 12-14
+ms per tile where one spent 5.2 ms. Their warnings are recorded item by item as with one thread
+(:func:`read_items`).
 
 GPU path. On CUDA the loader pins its batches (``pin_memory``) and the copies to the device are
 non-blocking, so a worker's next batch is copied while the GPU computes; ``batch_size=None`` picks
@@ -71,6 +74,7 @@ from msclip.memory import trim_heap
 from msclip.tiling import Tile, nodata_fraction
 
 __all__ = [
+    "READ_THREADS",
     "EncodeResult",
     "EncodedBatch",
     "Failure",
@@ -393,6 +397,13 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+#: Most Python threads that read the items of a batch without workers (see the module
+#: docstring): two to four gave the best time per tile on 2 cores (4.0-4.2 ms against 5.0 on one
+#: and 5.1 on eight); sixteen on a 16-thread Xeon took 12-14 ms where one took 5.2 ms. A read
+#: holds the GIL for part of its time, which bounds what more threads can gain, and the threads
+#: queue for the GIL the more of them there are.
+READ_THREADS = 4
+
 #: Images per model call on a CPU when none is given.
 CPU_BATCH_SIZE = 4
 
@@ -670,7 +681,7 @@ def encode_batches(
         raise ValueError(f"grad_mode must be 'inference' or 'no_grad', got {grad_mode!r}")
     device = getattr(model, "device", torch.device("cpu"))
     source: Dataset = dataset
-    threads = min(batch_size, torch.get_num_threads())
+    threads = min(batch_size, torch.get_num_threads(), READ_THREADS)
     if workers == 0 and threads > 1 and callable(getattr(dataset, "read_item", None)):
         source = _ThreadedReads(dataset, threads)  # see the module docstring
     try:

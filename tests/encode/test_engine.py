@@ -278,3 +278,28 @@ def test_a_pass_stopped_early_ends_its_reading_threads(tiny, make_geotiff):
     while set(threading.enumerate()) - before and __import__("time").monotonic() < deadline:
         __import__("time").sleep(0.01)
     assert not set(threading.enumerate()) - before
+
+
+def test_reading_threads_are_capped(tiny, make_geotiff, monkeypatch) -> None:
+    """One reading thread per intra-op thread and item, at most READ_THREADS: more threads queue
+    for the GIL (a 16-thread Xeon read a tile in 12-14 ms on sixteen, 5.2 ms on one)."""
+    from msclip import encode as engine
+
+    paths = [str(make_geotiff(f"c{i}.tif", count=12, size=(32, 32), seed=i)[0]) for i in range(9)]
+    pools = []
+    real = engine._ThreadedReads.__init__
+
+    def spy(self, dataset, threads):
+        pools.append(threads)
+        real(self, dataset, threads)
+
+    monkeypatch.setattr(engine._ThreadedReads, "__init__", spy)
+    pre = tiny.preprocess()
+    try:
+        for threads, batch in ((16, 8), (16, 3), (2, 8), (1, 8)):
+            torch.set_num_threads(threads)
+            list(encode_batches(tiny, engine.ImageDataset(paths, pre), batch_size=batch))
+    finally:
+        torch.set_num_threads(2)
+    assert engine.READ_THREADS == 4
+    assert pools == [4, 3, 2]  # one thread: no pool
