@@ -24,7 +24,9 @@ default search must never be slower than.
 
 The C heap is set as ``msclip-index search`` sets it on a CPU (:func:`msclip.memory.steady_heap`:
 the blocks of scores each kernel call allocates come back from the heap instead of being faulted
-in again, 10-12 ms of 100 queries over 10^6 rows on Zen 4); ``--default-heap`` measures glibc's
+in again: 100 queries over 10^6 rows in medians of 222-260 ms against 233-266 ms, minima 209-215
+against 217-248, four runs of each alternated on a shared 2-core Zen 4); ``--default-heap``
+measures glibc's
 default instead, as a Python program calling ``SearchIndex.search`` gets unless it calls
 ``steady_heap`` itself.
 
