@@ -40,3 +40,15 @@ def test_tests_marked_gpu_see_the_device_as_the_process_found_it(cuda_as_started
     assert torch.cuda.is_available.__module__ == "torch.cuda"
     assert torch.cuda.device_count.__module__ == "torch.cuda"
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == cuda_as_started
+
+
+@pytest.fixture
+def seen_by_a_test_fixture() -> str:
+    return torch.cuda.is_available.__module__
+
+
+@pytest.mark.gpu
+def test_fixtures_of_tests_marked_gpu_see_it_too(seen_by_a_test_fixture) -> None:
+    """Per-test fixtures (the kernels' devices, tests/cuda/conftest.py) are set up after the GPU
+    is shown again; a module fixture is not (test_module_fixtures_see_no_gpu_either)."""
+    assert seen_by_a_test_fixture == "torch.cuda"

@@ -6,6 +6,9 @@ decorated when ``triton`` is first imported, which ``import msclip`` already doe
 torchvision and torch's compiler stack): ``TRITON_INTERPRET=1`` cannot be switched on inside
 this test session. ``test_interpreter.py`` therefore runs the kernel test modules in a
 subprocess whose environment sets it from the start, so nothing leaks into other tests.
+
+The device fixtures are per test: the suite hides the GPU from everything but the tests marked
+``gpu`` (tests/conftest.py), so a module fixture would never find it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pytest
 from cuda_helpers import kernel_device
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def loss_device() -> str:
     """Where the loss kernels run (skips the test where they cannot)."""
     dev = kernel_device("contrastive_kernels")
@@ -23,7 +26,7 @@ def loss_device() -> str:
     return dev
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def topk_device() -> str:
     """Where the top-k kernel runs (skips the test where it cannot)."""
     dev = kernel_device("topk_kernels")
