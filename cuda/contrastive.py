@@ -142,7 +142,7 @@ def _triton_self_test(device: str) -> bool:
             ref = blockwise_contrastive_loss(x, y, t, b, kind=kind, impl="chunked")
             if not torch.allclose(got, ref, rtol=1e-3, atol=1e-4):
                 logger.warning(
-                    "Triton %s loss self-test on %s gave %.6g instead of %.6g; not using it",
+                    "Triton %s loss self-test on %s gave %.6g instead of %.6g",
                     kind,
                     device,
                     float(got),
@@ -150,7 +150,7 @@ def _triton_self_test(device: str) -> bool:
                 )
                 return False
     except Exception as exc:  # any compiler or driver failure: do not use
-        logger.warning("Triton loss kernels do not work on %s (%s); not using them", device, exc)
+        logger.warning("Triton loss kernels do not work on %s (%s)", device, exc)
         return False
     return True
 
