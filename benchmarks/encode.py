@@ -8,14 +8,15 @@ uint16 GeoTIFF files to embeddings, through msclip's encoding engine as its prog
 (``msclip.encode.encode_images``), and its ratio to the model alone at batch 32 (target: >= 0.90)
 with the tower's own rate inside the run and the milliseconds per tile of the rest (reading,
 collating, the engine: what a many-core CPU does between model calls), after the cost of opening
-and of reading one tile on one thread; with the DataLoader workers msclip's programs use on a CPU
+and of reading one tile on one thread and of reading batches on 1, 2, 4 ... threads; with the DataLoader workers msclip's programs use on a CPU
 (none: on 2 cores a worker took the model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4;
 ``--workers`` to choose).
 
 When a CUDA GPU is present, the same on the GPU: images/s in fp32, bf16 (fp16 where bf16 is
 missing) and ``auto``, at the batch size chosen from free memory
 (:func:`msclip.encode.auto_batch_size`) and at 32, end to end with pinned memory, non-blocking
-copies and DataLoader workers.
+copies and DataLoader workers, then the same without pinned memory, and the loader alone
+(reading and copying to the GPU, no model): the rate the end to end cannot pass.
 
 Random weights: the architecture is the published one, so the figures are those of the real
 model. Run: ``python benchmarks/encode.py [--quick] [--gpu-only | --cpu-only]``.
@@ -28,6 +29,7 @@ import contextlib
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,25 @@ def write_tiles(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+@contextlib.contextmanager
+def _unpinned() -> Iterator[None]:
+    """msclip's loader without ``pin_memory`` (its other arguments unchanged)."""
+    import msclip.encode as engine
+
+    real = engine.loader_args
+
+    def unpinned(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = real(*args, **kwargs)
+        out.pop("pin_memory", None)
+        return out
+
+    engine.loader_args = unpinned
+    try:
+        yield
+    finally:
+        engine.loader_args = real
+
+
 def gpu_figures(paths: list[Path], seconds: float) -> None:
     """Images/s on the GPU, model alone and end to end, per precision."""
     from msclip.encode import auto_batch_size, auto_workers, encode_images
@@ -191,6 +212,15 @@ def gpu_figures(paths: list[Path], seconds: float) -> None:
         rate = len(res.indices) / (time.perf_counter() - start)
         print(f"  {precision}: end to end from {len(paths)} GeoTIFFs, {workers} workers, batches "
               f"of {run_batch}, pinned memory: {rate:8.1f} images/s")  # fmt: skip
+        # The same without pinning: batches pinned ahead take fresh page-locked memory while the
+        # stream still holds earlier copies behind a slow model (fp32 ran at about reading and
+        # model one after the other on an H200); where this is faster, the pinning is the cost.
+        start = time.perf_counter()
+        with _unpinned():
+            res = encode_images(model, model.preprocess(), paths, batch_size=None, workers=workers)
+        torch.cuda.synchronize()
+        rate = len(res.indices) / (time.perf_counter() - start)
+        print(f"  {precision}: the same without pinned memory: {rate:8.1f} images/s")
         preprocess = model.preprocess()
         del model
         torch.cuda.empty_cache()
