@@ -62,3 +62,11 @@ def test_the_cpu_readers_step_runs_the_cpu_figures_with_reading_workers(tmp_path
     cores = len(os.sched_getaffinity(0))
     threads = cores - 2 if cores > 4 else cores
     assert ran == [f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads}"]
+
+
+def test_the_suite_step_runs_on_all_but_four_cores(tmp_path: Path) -> None:
+    done = _run(tmp_path, "suite")
+    assert done.returncode == 0, done.stderr
+    ran = (tmp_path / "out" / "suite.txt").read_text()
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    assert f"-m pytest -q -p no:cacheprovider -n {cores - 4 if cores > 8 else 2} tests" in ran
