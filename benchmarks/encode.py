@@ -8,9 +8,9 @@ uint16 GeoTIFF files to embeddings, through msclip's encoding engine as its prog
 (``msclip.encode.encode_images``), and its ratio to the model alone at batch 32 (target: >= 0.90)
 with the tower's own rate inside the run and the milliseconds per tile of the rest (reading,
 collating, the engine: what a many-core CPU does between model calls), after the cost of opening
-and of reading one tile on one thread and of reading batches on 1, 2, 4 ... threads; with the DataLoader workers msclip's programs use on a CPU
-(none: on 2 cores a worker took the model's cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4;
-``--workers`` to choose).
+and of reading one tile on one thread and of reading batches on 1, 2, 4 ... threads; with the
+DataLoader workers msclip's programs use on a CPU (none: on 2 cores a worker took the model's
+cores, 0.83-0.85 against 0.91-0.96 for bf16 on Zen 4; ``--workers`` to choose).
 
 When a CUDA GPU is present, the same on the GPU: images/s in fp32, bf16 (fp16 where bf16 is
 missing) and ``auto``, at the batch size chosen from free memory
