@@ -182,10 +182,13 @@ def gemm_topk(
     """
     n_q, n_x = queries.shape[0], stored.shape[0]
     k = min(k, n_x)
+    if k <= 0:  # no rows (or none asked for): empty lists
+        empty = torch.empty((n_q, 0), device=queries.device)
+        return empty, empty.long()
     budget = _GEMM_BYTES
     if stored.device.type == "cuda":
         budget = min(budget, torch.cuda.mem_get_info(stored.device)[0] // 4)
-    rows = max(k, budget // (4 * max(1, n_q)))
+    rows = max(1, k, budget // (4 * max(1, n_q)))
     vals = ids = None
     for start in range(0, n_x, rows):
         scores = _scores(queries, stored[start : start + rows])

@@ -136,6 +136,8 @@ def test_the_gemm_method_keeps_the_top_scan_scores_over_chunks(monkeypatch) -> N
         assert bool((all_scores[q, left_out] <= scores[q, -1] + 1e-6).all())
     assert len(set(ids[5].tolist())) == 30 and {7, 207} <= set(ids[5].tolist())
     assert topk.gemm_topk(queries, stored[:5], 30)[1].shape == (6, 5)  # k above the rows: all
+    for none in (topk.gemm_topk(queries, stored[:0], 30), topk.gemm_topk(queries, stored, 0)):
+        assert none[0].shape == none[1].shape == (6, 0) and none[1].dtype == torch.int64
 
 
 def test_a_search_index_on_the_gemm_method_equals_exact_search(monkeypatch, caplog) -> None:
