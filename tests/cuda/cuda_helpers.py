@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import msclip
@@ -78,3 +79,17 @@ def assert_matches(loss, grads, ref_loss, ref_grads, tol: float = 1e-5) -> None:
         ref = ref_grads[name]
         err = float((g.double() - ref.double()).abs().max())
         assert err <= tol * float(ref.abs().max()) + 1e-12, f"{name}: error {err:.3g}"
+
+
+def uncertifiable_search_set() -> tuple[np.ndarray, np.ndarray]:
+    """``(rows [400, 24], queries [6, 24])`` float32 for the device search's exact fallbacks:
+    unit rows with exact duplicates (tied scores), and 300 near-copies of row 3, closer than any
+    rounding bound, so that for the last query (row 3) neither the first candidate list (32) nor
+    the longer one (256) can be certified and it is rescanned exactly."""
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((400, 24)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb[50:90] = emb[:40]
+    emb[100:] = emb[3] + 1e-7 * rng.standard_normal((300, 24)).astype(np.float32)
+    queries = np.concatenate([rng.standard_normal((5, 24)), emb[[3]]]).astype(np.float32)
+    return emb, queries

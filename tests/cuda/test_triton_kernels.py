@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cuda_helpers import assert_matches, loss_and_grads
+from cuda_helpers import assert_matches, loss_and_grads, uncertifiable_search_set
 from msclip.cuda.contrastive import blockwise_contrastive_loss
 from msclip.cuda.topk import FusedSearcher, fused_topk, pack_keys, topk_reference, unpack_keys
 
@@ -149,14 +149,7 @@ def test_search_index_on_the_kernel_equals_exact_search(
 ) -> None:
     """Exact results on a GPU whichever way candidates are found: the fused scan, matmul + topk,
     or the faster of the two, measured (the error bound covers both)."""
-    rng = np.random.default_rng(1)
-    emb = rng.standard_normal((400, 24)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    emb[50:90] = emb[:40]  # exact duplicates: tied scores
-    # 300 near-copies of row 3, closer than any rounding bound: for a query at row 3 neither
-    # the first list (32) nor the longer one (256) can be certified, so it is rescanned exactly
-    emb[100:] = emb[3] + 1e-7 * rng.standard_normal((300, 24)).astype(np.float32)
-    queries = np.concatenate([rng.standard_normal((5, 24)), emb[[3]]]).astype(np.float32)
+    emb, queries = uncertifiable_search_set()
     exact = SearchIndex(emb, device="cpu").search(queries, 7, exact=True)
     index = SearchIndex(emb, device="auto")
     index._fused = FusedSearcher.for_index(index, torch.device(topk_device), dtype, method)
