@@ -179,9 +179,21 @@ def _unpinned() -> Iterator[None]:
         engine.loader_args = real
 
 
+def _gpu_end_to_end(
+    model: msclip.MSCLIP, preprocess: Any, paths: list[Path], workers: int
+) -> float:
+    """Images/s of ``encode_images`` on the GPU, at the batch size it picks."""
+    from msclip.encode import encode_images
+
+    start = time.perf_counter()
+    res = encode_images(model, preprocess, paths, batch_size=None, workers=workers)
+    torch.cuda.synchronize()
+    return len(res.indices) / (time.perf_counter() - start)
+
+
 def gpu_figures(paths: list[Path], seconds: float) -> None:
     """Images/s on the GPU, model alone and end to end, per precision."""
-    from msclip.encode import auto_batch_size, auto_workers, encode_images
+    from msclip.encode import auto_batch_size, auto_workers
     from msclip.hardware import choose_precision, cuda_bf16_supported
 
     name = torch.cuda.get_device_name(0)
@@ -206,22 +218,16 @@ def gpu_figures(paths: list[Path], seconds: float) -> None:
             print(f"  {precision}: model alone at batch {b}{mark}: {rate:8.1f} images/s")
         workers = auto_workers("cuda")
         run_batch = auto_batch_size(model, workers=workers, items=len(paths))  # as encode picks
-        start = time.perf_counter()
-        res = encode_images(model, model.preprocess(), paths, batch_size=None, workers=workers)
-        torch.cuda.synchronize()
-        rate = len(res.indices) / (time.perf_counter() - start)
+        preprocess = model.preprocess()
+        rate = _gpu_end_to_end(model, preprocess, paths, workers)
         print(f"  {precision}: end to end from {len(paths)} GeoTIFFs, {workers} workers, batches "
               f"of {run_batch}, pinned memory: {rate:8.1f} images/s")  # fmt: skip
         # The same without pinning: batches pinned ahead take fresh page-locked memory while the
         # stream still holds earlier copies behind a slow model (fp32 ran at about reading and
         # model one after the other on an H200); where this is faster, the pinning is the cost.
-        start = time.perf_counter()
         with _unpinned():
-            res = encode_images(model, model.preprocess(), paths, batch_size=None, workers=workers)
-        torch.cuda.synchronize()
-        rate = len(res.indices) / (time.perf_counter() - start)
+            rate = _gpu_end_to_end(model, preprocess, paths, workers)
         print(f"  {precision}: the same without pinned memory: {rate:8.1f} images/s")
-        preprocess = model.preprocess()
         del model
         torch.cuda.empty_cache()
     # the readers alone: the same loader and copies to the GPU without a model, the rate the
