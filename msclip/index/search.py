@@ -226,13 +226,16 @@ def _select_top(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``c`` highest scores per query over a stream of ``(first id, [Q, rows])`` chunks.
 
-    A running per-query cut (the lowest score in the current top ``c``; for the first chunk, its
-    ``c``-th largest group maximum, which at least ``c`` of its scores reach) filters groups of
-    ``_GROUP`` rows by their maximum, then the scores of those groups one by one, so that only the
-    few scores that reach the cut are merged into the top ``c``. A score below the cut is below
-    the final threshold too (the cut only rises, and the first is at most the final threshold),
-    so it is dropped without a trace; a score that reaches the cut and loses the merge is recorded
-    for ties.
+    A running per-query cut filters groups of ``_GROUP`` rows by their maximum; the groups that
+    reach it are set aside, and their scores that still reach the cut are merged into the top
+    ``c`` once enough have gathered (a merge raises the cut to the lowest kept score). The first
+    cut is the first chunk's ``c``-th largest group maximum, which at least ``c`` of its scores
+    reach. A score below the cut is below the final threshold too (the cut only rises, and it is
+    never above the final threshold), so it is dropped without a trace; a score that reaches the
+    cut and loses a merge is recorded for ties. Merging a few chunks' groups at once rather than
+    each chunk's: a merge is some twenty small operations whatever its size, and after the first
+    chunks few groups reach the cut (100 queries over 31 chunks of 10^6 rows: 35 against 25 ms of
+    selection on a 2-core Zen 4).
 
     Returns:
         ``(ids [Q, c] int64, threshold [Q], scores [Q, c], tie_cut [Q] bool)``: unordered ids of
@@ -244,9 +247,52 @@ def _select_top(
     pool_v = torch.full((n_queries, c), fill, dtype=dtype)
     pool_i = torch.full((n_queries, c), -1, dtype=torch.int64)
     thr = torch.full((n_queries, 1), fill, dtype=dtype)
+    cut = thr  # at most the final threshold: everything below it can go
     lost = torch.full((n_queries,), fill, dtype=dtype)  # the highest score a merge discarded
+    # groups that reached the cut, not merged yet: (query [P], first row id [P], scores [P, G])
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    pending_scores = 0
+    # a merge once the groups set aside hold as many scores as c groups per query would
+    merge_at = n_queries * c * _GROUP
     first = True
     full = False  # every query's cut above the padding value (no padding can reach it)
+
+    def merge() -> None:
+        nonlocal pool_v, pool_i, thr, cut, lost, full, pending_scores
+        several = len(pending) > 1
+        qq, gid, vals = (torch.cat(p) for p in zip(*pending)) if several else pending[0]
+        pending.clear()
+        pending_scores = 0
+        keep = vals >= cut.view(-1).index_select(0, qq)[:, None]
+        if not full:
+            keep &= vals > fill
+        flat = keep.view(-1).nonzero()[:, 0]  # the scores that reach the cut, by query
+        if flat.numel() == 0:
+            return
+        pe = flat // _GROUP
+        eq = qq.index_select(0, pe)
+        ev = vals.view(-1).index_select(0, flat)
+        eid = gid.index_select(0, pe) + flat % _GROUP
+        if several:  # each chunk's groups are by query, not those of several chunks
+            order = torch.argsort(eq, stable=True)
+            eq, ev, eid = eq[order], ev[order], eid[order]
+        counts = torch.bincount(eq, minlength=n_queries)
+        slot = torch.arange(eq.numel()) - (torch.cumsum(counts, 0) - counts)[eq]
+        width = int(counts.max())
+        new_v = torch.full((n_queries, width), fill, dtype=dtype)
+        new_i = torch.full((n_queries, width), -1, dtype=torch.int64)
+        new_v[eq, slot] = ev
+        new_i[eq, slot] = eid
+        all_v = torch.cat([pool_v, new_v], dim=1)
+        all_i = torch.cat([pool_i, new_i], dim=1)
+        pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
+        pool_i = torch.gather(all_i, 1, pick)
+        thr = pool_v.amin(dim=1, keepdim=True)
+        cut = torch.maximum(cut, thr)
+        if not full:
+            full = bool((cut > fill).all())
+        lost = torch.maximum(lost, all_v.scatter(1, pick, fill).amax(dim=1))
+
     for start, scores in chunks:
         rows = scores.shape[1]
         if rows == 0:
@@ -264,8 +310,6 @@ def _select_top(
             if first and n_groups >= c:
                 cut = torch.topk(group_max, c, dim=1, sorted=False).values.amin(1, keepdim=True)
                 full = bool((cut > fill).all())
-            else:
-                cut = thr
             first = False
             hit = group_max >= cut
             if not full:
@@ -274,31 +318,15 @@ def _select_top(
             if hits.numel() == 0:
                 continue
             qq = hits // n_groups
+            # the groups' scores are copied out: the chunk itself is not kept
             vals = grouped.reshape(-1, _GROUP).index_select(0, hits)  # [P, G]
-            keep = vals >= cut.view(-1).index_select(0, qq)[:, None]
-            if not full:
-                keep &= vals > fill
-            flat = keep.view(-1).nonzero()[:, 0]  # the scores that reach the cut, by query
-            pe = flat // _GROUP
-            eq = qq.index_select(0, pe)
-            ev = vals.view(-1).index_select(0, flat)
-            eid = start + (hits.index_select(0, pe) - eq * n_groups) * _GROUP + flat % _GROUP
-            counts = torch.bincount(eq, minlength=n_queries)
-            slot = torch.arange(eq.numel()) - (torch.cumsum(counts, 0) - counts)[eq]
-            width = int(counts.max())
-            new_v = torch.full((n_queries, width), fill, dtype=dtype)
-            new_i = torch.full((n_queries, width), -1, dtype=torch.int64)
-            new_v[eq, slot] = ev
-            new_i[eq, slot] = eid
-            all_v = torch.cat([pool_v, new_v], dim=1)
-            all_i = torch.cat([pool_i, new_i], dim=1)
-            pool_v, pick = torch.topk(all_v, c, dim=1, sorted=False)
-            pool_i = torch.gather(all_i, 1, pick)
-            thr = pool_v.amin(dim=1, keepdim=True)
-            if not full:
-                full = bool((thr > fill).all())
-            if all_v.shape[1] > c:
-                lost = torch.maximum(lost, all_v.scatter(1, pick, fill).amax(dim=1))
+            pending.append((qq, start + (hits - qq * n_groups) * _GROUP, vals))
+            pending_scores += vals.numel()
+            if pending_scores >= merge_at:
+                merge()
+    if pending:
+        with _serial_torch():
+            merge()
     tie_cut = (lost >= thr[:, 0]) & (lost > fill)
     return pool_i, thr[:, 0], pool_v, tie_cut
 
