@@ -59,6 +59,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ from msclip.tiling import Tile, nodata_fraction
 
 __all__ = [
     "READ_THREADS",
+    "CastImages",
     "EncodeResult",
     "EncodedBatch",
     "Failure",
@@ -288,16 +290,12 @@ class _ThreadedReads(Dataset):
     """A dataset with ``read_item`` whose batches are read by :func:`read_items` on a pool of
     threads (the DataLoader's fetcher of a process without workers calls ``__getitems__``).
 
-    The threads live as long as the pass (new threads for every batch were measured to lose
-    most of the gain: ~7 ms each) and are daemon threads, so a pass its caller never finishes
-    cannot keep the process from exiting; :meth:`close` ends them.
+    The threads are :func:`_reading_pool`'s, which live as long as the process.
     """
 
     def __init__(self, dataset: Any, threads: int) -> None:
-        from multiprocessing.pool import ThreadPool
-
         self.dataset = dataset
-        self.pool = ThreadPool(threads)
+        self.pool = _reading_pool(threads)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -308,8 +306,31 @@ class _ThreadedReads(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return read_items(self.dataset.read_item, list(indices), self.pool)
 
-    def close(self) -> None:
-        self.pool.terminate()
+
+_POOLS: dict[int, Any] = {}
+_POOLS_LOCK = threading.Lock()
+# a forked process (a DataLoader worker) has none of its parent's threads: it makes its own
+os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def _reading_pool(threads: int) -> Any:
+    """The process's pool of ``threads`` reading threads (daemon threads, made on first use).
+
+    Kept for the process's life rather than one per pass: new threads for every batch lost most
+    of the gain (~7 ms each), and threads that end are a hazard for a fork that follows. A thread
+    that ends runs GDAL's thread-local clean-up, which takes GDAL's locks, while the thread that
+    ended it goes on (``ThreadPool.terminate`` does not wait for its threads); a DataLoader worker
+    forked in that moment (a pass with ``workers`` after one without) inherits a lock held by a
+    thread it does not have and hung in its first ``rasterio.open`` (1 run in 6 of a test that
+    alternates the two). Idle threads waiting for work hold no such lock.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            from multiprocessing.pool import ThreadPool
+
+            pool = _POOLS[threads] = ThreadPool(threads)
+        return pool
 
 
 class LabelledDataset(Dataset):
@@ -353,6 +374,26 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     storage = first.untyped_storage()._new_shared(math.prod(shape) * first.element_size())
     out = torch.empty(0, dtype=first.dtype).set_(storage).view(shape)
     return torch.stack(images, out=out)
+
+
+class CastImages:
+    """A collate function whose items' images are first cast to ``dtype``: what the model does
+    first with them (``MSCLIP.encode_image`` casts its input to the weights' dtype), done in the
+    DataLoader workers, so that a bf16 or fp16 model's batches cross the shared memory, the
+    pinned copy and the copy to the GPU at half the bytes of float32, with the same values."""
+
+    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]], dtype: torch.dtype) -> None:
+        self.collate = collate
+        self.dtype = dtype
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        cast = [
+            {**it, "image": it["image"].to(self.dtype)}
+            if isinstance(it, dict) and isinstance(it.get("image"), torch.Tensor)
+            else it
+            for it in items
+        ]
+        return self.collate(cast)
 
 
 def collate_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -684,84 +725,78 @@ def encode_batches(
     threads = min(batch_size, torch.get_num_threads(), READ_THREADS)
     if workers == 0 and threads > 1 and callable(getattr(dataset, "read_item", None)):
         source = _ThreadedReads(dataset, threads)  # see the module docstring
-    try:
-        loader = DataLoader(
-            source, **loader_args(device, batch_size, workers, collate, batch_sampler)
-        )
-        amp = autocast if autocast is not None else contextlib.nullcontext()
-        from msclip.progress import progress_bar
+    dtype = getattr(model, "dtype", torch.float32)
+    if workers > 0 and forward is None and dtype in (torch.bfloat16, torch.float16):
+        # the model's first step, done by the workers: half the bytes to hand over and copy
+        collate = CastImages(collate, dtype)
+    loader = DataLoader(source, **loader_args(device, batch_size, workers, collate, batch_sampler))
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    from msclip.progress import progress_bar
 
-        dim = int(getattr(model, "embed_dim", 0))
-        tally = tally if tally is not None else WarningTally()
-        fatal = {cls.__name__: cls for cls in abort_on}
-        batches = iter(loader)
-        with progress_bar(total=total, desc=desc, unit="img", disable=not progress) as bar:
-            while True:
-                # items read here (no workers) use one torch thread each (see the module docstring)
-                with single_thread() if workers == 0 else contextlib.nullcontext():
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                for i, w in batch.get("warnings", ()):
-                    tally.add(i, w)
-                failures = [Failure(i, _name_of(dataset, i), msg) for i, msg in batch["failures"]]
-                for f in failures:
-                    cls_name, _, text = f.reason.partition(": ")
-                    if cls_name in fatal:
-                        cls = fatal[cls_name]
-                        param = "bands" if issubclass(cls, BandError) else None
-                        # the path once: readers' messages mostly name the file already
-                        where = "" if f.name in text else f"{f.name}: "
-                        raise cls(f"{where}{text}", param=param)
-                for f in failures:
-                    logger.warning("cannot read %s: %s%s", f.name, f.reason,
-                                   "" if strict else " (skipped)")  # fmt: skip
-                if strict and failures:
-                    raise RasterReadError(
-                        "; ".join(f"cannot read {f.name}: {f.reason}" for f in failures)
-                    )
-                skipped = [i for i, _ in batch["skipped"]]
-                measured = dict(batch.get("skipped_valid", ()))
-                skipped_valid = [measured.get(i, math.nan) for i in skipped]
-                for i, msg in batch["skipped"]:
-                    logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
-                images = batch["images"]
-                # the grad mode covers the model call only, never the caller's code between batches
-                grad = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
-                with grad:
-                    if images is not None:
-                        with amp:
-                            emb = (forward or model.encode_image)(
-                                images.to(device, non_blocking=True)
-                            )
-                        emb = emb.float()
-                        if normalize:
-                            emb = F.normalize(emb, dim=-1)
-                        out: Any = emb.cpu().numpy() if to_numpy else emb
-                    else:
-                        out = (
-                            np.zeros((0, dim), np.float32)
-                            if to_numpy
-                            else torch.zeros((0, dim), device=device)
-                        )
-                extra = {
-                    k: v
-                    for k, v in batch.items()
-                    if k not in ("images", "indices", "failures", "skipped", "skipped_valid")
-                }
-                extra.pop("warnings", None)
-                bar.update(len(batch["indices"]) + len(failures) + len(skipped))
-                yield EncodedBatch(
-                    list(batch["indices"]), out, failures, skipped, extra, skipped_valid
+    dim = int(getattr(model, "embed_dim", 0))
+    tally = tally if tally is not None else WarningTally()
+    fatal = {cls.__name__: cls for cls in abort_on}
+    batches = iter(loader)
+    with progress_bar(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        while True:
+            # items read here (no workers) use one torch thread each (see the module docstring)
+            with single_thread() if workers == 0 else contextlib.nullcontext():
+                batch = next(batches, None)
+            if batch is None:
+                break
+            for i, w in batch.get("warnings", ()):
+                tally.add(i, w)
+            failures = [Failure(i, _name_of(dataset, i), msg) for i, msg in batch["failures"]]
+            for f in failures:
+                cls_name, _, text = f.reason.partition(": ")
+                if cls_name in fatal:
+                    cls = fatal[cls_name]
+                    param = "bands" if issubclass(cls, BandError) else None
+                    # the path once: readers' messages mostly name the file already
+                    where = "" if f.name in text else f"{f.name}: "
+                    raise cls(f"{where}{text}", param=param)
+            for f in failures:
+                logger.warning("cannot read %s: %s%s", f.name, f.reason,
+                               "" if strict else " (skipped)")  # fmt: skip
+            if strict and failures:
+                raise RasterReadError(
+                    "; ".join(f"cannot read {f.name}: {f.reason}" for f in failures)
                 )
-        if torch.device(device).type == "cpu":
-            # the batches' activations, once they are done: each batch reuses the memory of the one
-            # before (see msclip.memory.steady_heap)
-            trim_heap()
-        tally.report(total, "images" if desc != "tiles" else "tiles")
-    finally:
-        if isinstance(source, _ThreadedReads):
-            source.close()
+            skipped = [i for i, _ in batch["skipped"]]
+            measured = dict(batch.get("skipped_valid", ()))
+            skipped_valid = [measured.get(i, math.nan) for i in skipped]
+            for i, msg in batch["skipped"]:
+                logger.debug("skipped %s (%s)", _name_of(dataset, i), msg)
+            images = batch["images"]
+            # the grad mode covers the model call only, never the caller's code between batches
+            grad = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
+            with grad:
+                if images is not None:
+                    with amp:
+                        emb = (forward or model.encode_image)(images.to(device, non_blocking=True))
+                    emb = emb.float()
+                    if normalize:
+                        emb = F.normalize(emb, dim=-1)
+                    out: Any = emb.cpu().numpy() if to_numpy else emb
+                else:
+                    out = (
+                        np.zeros((0, dim), np.float32)
+                        if to_numpy
+                        else torch.zeros((0, dim), device=device)
+                    )
+            extra = {
+                k: v
+                for k, v in batch.items()
+                if k not in ("images", "indices", "failures", "skipped", "skipped_valid")
+            }
+            extra.pop("warnings", None)
+            bar.update(len(batch["indices"]) + len(failures) + len(skipped))
+            yield EncodedBatch(list(batch["indices"]), out, failures, skipped, extra, skipped_valid)
+    if torch.device(device).type == "cpu":
+        # the batches' activations, once they are done: each batch reuses the memory of the one
+        # before (see msclip.memory.steady_heap)
+        trim_heap()
+    tally.report(total, "images" if desc != "tiles" else "tiles")
 
 
 # -- files and tiles ------------------------------------------------------------------------------

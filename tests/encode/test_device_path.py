@@ -285,3 +285,33 @@ def test_index_processes_under_torchrun_compute_with_their_share_of_the_cores(mo
         assert torch.get_num_threads() == 8 and args.device == "cpu"
     finally:
         torch.set_num_threads(before)
+
+
+def test_workers_hand_a_half_precision_models_images_over_in_its_dtype(
+    make_geotiff, monkeypatch
+) -> None:
+    """DataLoader workers cast a bf16 model's images to bf16, the model's own first step: half
+    the bytes through shared memory and to the device, the same embeddings bit for bit."""
+    paths = [make_geotiff(f"h{i}.tif", size=(32, 32), seed=i)[0] for i in range(5)]
+    seen: list[torch.dtype] = []
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model = msclip.create_model("msclip-tiny", precision="fp32")
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        encode = model.encode_image
+
+        def spy(images, *args, _encode=encode, **kwargs):
+            seen.append(images.dtype)
+            return _encode(images, *args, **kwargs)
+
+        monkeypatch.setattr(model, "encode_image", spy)
+        for workers in (0, 1):
+            seen.clear()
+            got = encode_images(model, model.preprocess(), paths, batch_size=2, workers=workers)
+            out[precision, workers] = got.embeddings
+            cast = precision == "bf16" and workers > 0
+            assert seen == [torch.bfloat16 if cast else torch.float32] * 3
+    assert np.array_equal(out["bf16", 0], out["bf16", 1])
+    assert np.array_equal(out["fp32", 0], out["fp32", 1])
+    assert not np.array_equal(out["fp32", 1], out["bf16", 1])

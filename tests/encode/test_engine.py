@@ -3,6 +3,8 @@ worker processes, and grad mode that never leaks into the caller's code."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -260,24 +262,39 @@ def test_one_item_keeps_its_own_warnings_and_not_another_threads():
     assert warnings.filters == filters
 
 
-def test_a_pass_stopped_early_ends_its_reading_threads(tiny, make_geotiff):
+def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(tiny, make_geotiff):
+    """The reading threads are the process's, reused by every pass: a thread that ends runs
+    GDAL's clean-up under GDAL's locks, and a DataLoader worker forked meanwhile (a pass with
+    workers after one without) hung in its first rasterio.open. A forked process starts with
+    no pool of its parent's (whose threads it does not have)."""
     import gc
     import threading
 
+    from msclip import encode as engine
     from msclip.encode import ImageDataset
 
     paths = [str(make_geotiff(f"s{i}.tif", count=10, size=(32, 32), seed=i)[0]) for i in range(8)]
     before = set(threading.enumerate())
     batches = encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2)
     next(batches)
-    readers = set(threading.enumerate()) - before  # the pass's reading threads
-    assert len(readers) >= 2 and all(t.daemon for t in readers)  # never keeping a process alive
-    del batches
+    readers = set(threading.enumerate()) - before  # made by this pass, if none existed
+    assert all(t.daemon for t in readers)  # never keeping a process alive
+    pool = engine._POOLS[2]
+    del batches  # stopped early
     gc.collect()
-    deadline = __import__("time").monotonic() + 5
-    while set(threading.enumerate()) - before and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.01)
-    assert not set(threading.enumerate()) - before
+    alive = set(threading.enumerate())
+    assert readers <= alive  # none ended
+    # the next pass, then one with a worker process, reuse the same threads and start none
+    list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2))
+    list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2, workers=1))
+    assert engine._POOLS[2] is pool and set(threading.enumerate()) - alive == set()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports whether it inherited the pool, and leaves at once
+        os.write(write, b"%d" % len(engine._POOLS))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 8) == b"0"
 
 
 def test_reading_threads_are_capped(tiny, make_geotiff, monkeypatch) -> None:
