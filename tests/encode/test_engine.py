@@ -262,7 +262,9 @@ def test_one_item_keeps_its_own_warnings_and_not_another_threads():
     assert warnings.filters == filters
 
 
-def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(tiny, make_geotiff):
+def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
+    tiny, make_geotiff, monkeypatch
+):
     """The reading threads are the process's, reused by every pass: a thread that ends runs
     GDAL's clean-up under GDAL's locks, and a DataLoader worker forked meanwhile (a pass with
     workers after one without) hung in its first rasterio.open. A forked process starts with
@@ -273,21 +275,28 @@ def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(ti
     from msclip import encode as engine
     from msclip.encode import ImageDataset
 
+    readers: list[set[threading.Thread]] = [set()]
+    real = ImageDataset.read_item
+
+    def noting(self, index):
+        readers[-1].add(threading.current_thread())
+        return real(self, index)
+
+    monkeypatch.setattr(ImageDataset, "read_item", noting)
     paths = [str(make_geotiff(f"s{i}.tif", count=10, size=(32, 32), seed=i)[0]) for i in range(8)]
-    before = set(threading.enumerate())
     batches = encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2)
     next(batches)
-    readers = set(threading.enumerate()) - before  # made by this pass, if none existed
-    assert all(t.daemon for t in readers)  # never keeping a process alive
     pool = engine._POOLS[2]
     del batches  # stopped early
     gc.collect()
-    alive = set(threading.enumerate())
-    assert readers <= alive  # none ended
-    # the next pass, then one with a worker process, reuse the same threads and start none
-    list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2))
+    # a pass with a worker process, then one without, reuse the same two threads, which never
+    # end and never keep a process alive (daemon threads)
     list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2, workers=1))
-    assert engine._POOLS[2] is pool and set(threading.enumerate()) - alive == set()
+    readers.append(set())
+    list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2))
+    used = readers[0] | readers[1]
+    assert engine._POOLS[2] is pool and len(used) == 2
+    assert all(t.is_alive() and t.daemon for t in used)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child reports whether it inherited the pool, and leaves at once
