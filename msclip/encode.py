@@ -309,8 +309,18 @@ class _ThreadedReads(Dataset):
 
 _POOLS: dict[int, Any] = {}
 _POOLS_LOCK = threading.Lock()
-# a forked process (a DataLoader worker) has none of its parent's threads: it makes its own
-os.register_at_fork(after_in_child=_POOLS.clear)
+_INHERITED: list[Any] = []
+
+
+def _forget_pools() -> None:
+    """In a forked process (a DataLoader worker), which has none of its parent's threads: make
+    its own pools when it needs some. The parent's pool objects are kept, not deleted: deleting a
+    running pool warns (ResourceWarning) and would signal threads that are not there."""
+    _INHERITED.extend(_POOLS.values())
+    _POOLS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _reading_pool(threads: int) -> Any:
