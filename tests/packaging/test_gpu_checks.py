@@ -34,7 +34,7 @@ def test_the_named_steps_run_in_order_each_with_its_log(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["encode.txt", "gpu_tests.txt", "search.txt"]
     assert "-m pytest -q -m gpu -n 0" in (out / "gpu_tests.txt").read_text()
-    assert "benchmarks/encode.py --quick" in (out / "encode.txt").read_text()
+    assert "benchmarks/encode.py --quick --gpu-only" in (out / "encode.txt").read_text()
     assert "benchmarks/kernels.py --skip-cpu" in (out / "search.txt").read_text()
     assert done.stdout.index("== gpu_tests") < done.stdout.index("== encode")
     assert done.stdout.index("== encode") < done.stdout.index("== search")
@@ -50,7 +50,7 @@ def test_an_unknown_step_is_refused(tmp_path: Path) -> None:
     done = _run(tmp_path, "encode", "benchmark")
     assert done.returncode == 2
     assert (
-        "unknown step 'benchmark' (machine, gpu_tests, encode, cpu_readers, search, suite)"
+        "unknown step 'benchmark' (machine, gpu_tests, encode, cpu, cpu_readers, search, suite)"
         in done.stderr
     )
 
@@ -61,7 +61,13 @@ def test_the_cpu_readers_step_runs_the_cpu_figures_with_reading_workers(tmp_path
     ran = (tmp_path / "out" / "cpu_readers.txt").read_text().splitlines()
     cores = len(os.sched_getaffinity(0))
     threads = cores - 2 if cores > 4 else cores
-    assert ran == [f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads}"]
+    assert ran == [
+        f"ran: benchmarks/encode.py --quick --cpu-only --workers 2 --threads {threads} --tiles 256"
+    ]
+    done = _run(tmp_path, "cpu")
+    assert (tmp_path / "out" / "cpu.txt").read_text().splitlines() == [
+        "ran: benchmarks/encode.py --quick --cpu-only"
+    ]
 
 
 def test_the_suite_step_runs_on_all_but_four_cores(tmp_path: Path) -> None:
