@@ -315,7 +315,10 @@ _INHERITED: list[Any] = []
 def _forget_pools() -> None:
     """In a forked process (a DataLoader worker), which has none of its parent's threads: make
     its own pools when it needs some. The parent's pool objects are kept, not deleted: deleting a
-    running pool warns (ResourceWarning) and would signal threads that are not there."""
+    running pool warns (ResourceWarning) and would signal threads that are not there. The lock
+    is new too: a thread of the parent may have held it at the fork."""
+    global _POOLS_LOCK
+    _POOLS_LOCK = threading.Lock()
     _INHERITED.extend(_POOLS.values())
     _POOLS.clear()
 

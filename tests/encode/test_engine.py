@@ -298,12 +298,14 @@ def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
     assert engine._POOLS[2] is pool and len(used) == 2
     assert all(t.is_alive() and t.daemon for t in used)
     read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child reports whether it inherited the pool, and leaves at once
-        os.write(write, b"%d" % len(engine._POOLS))
-        os._exit(0)
+    with engine._POOLS_LOCK:  # held at the fork, as by a thread making a pool
+        pid = os.fork()
+        if pid == 0:  # the child reports its pools and whether it can take the lock, and leaves
+            free = engine._POOLS_LOCK.acquire(blocking=False)
+            os.write(write, b"%d %d" % (len(engine._POOLS), free))
+            os._exit(0)
     os.waitpid(pid, 0)
-    assert os.read(read, 8) == b"0"
+    assert os.read(read, 8) == b"0 1"
 
 
 def test_reading_threads_are_capped(tiny, make_geotiff, monkeypatch) -> None:
