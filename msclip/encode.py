@@ -330,12 +330,13 @@ def _reading_pool(threads: int) -> Any:
     """The process's pool of ``threads`` reading threads (daemon threads, made on first use).
 
     Kept for the process's life rather than one per pass: new threads for every batch lost most
-    of the gain (~7 ms each), and threads that end are a hazard for a fork that follows. A thread
-    that ends runs GDAL's thread-local clean-up, which takes GDAL's locks, while the thread that
-    ended it goes on (``ThreadPool.terminate`` does not wait for its threads); a DataLoader worker
-    forked in that moment (a pass with ``workers`` after one without) inherits a lock held by a
-    thread it does not have and hung in its first ``rasterio.open`` (1 run in 6 of a test that
-    alternates the two). Idle threads waiting for work hold no such lock.
+    of the gain (~7 ms each), and threads that end are a hazard for a fork that follows: with a
+    pool per pass, ended by ``ThreadPool.terminate`` (which does not wait for its threads), a
+    DataLoader worker forked next (a pass with ``workers`` after one without) hung in its first
+    ``rasterio.open`` in 1 run of 6 of a test that alternates the two, and in none of 12 with
+    threads that stay. The likely cause: a thread that ends runs GDAL's thread-local clean-up,
+    which takes GDAL's locks, and a child forked meanwhile inherits a lock held by a thread it
+    does not have. Idle threads waiting for work hold none.
     """
     with _POOLS_LOCK:
         pool = _POOLS.get(threads)
