@@ -263,7 +263,7 @@ def test_one_item_keeps_its_own_warnings_and_not_another_threads():
 
 
 def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
-    tiny, make_geotiff, monkeypatch
+    tiny, make_geotiff, monkeypatch, request
 ):
     """The reading threads are the process's, reused by every pass: a thread that ends runs
     GDAL's clean-up under GDAL's locks, and a DataLoader worker forked meanwhile (a pass with
@@ -283,6 +283,10 @@ def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
         return real(self, index)
 
     monkeypatch.setattr(ImageDataset, "read_item", noting)
+    # two reading threads whatever the machine: one per intra-op thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     paths = [str(make_geotiff(f"s{i}.tif", count=10, size=(32, 32), seed=i)[0]) for i in range(8)]
     batches = encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2)
     next(batches)
