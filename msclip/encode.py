@@ -43,7 +43,9 @@ ms per tile where one spent 5.2 ms. Their warnings are recorded item by item as 
 (:func:`read_items`).
 
 GPU path. On CUDA the loader pins its batches (``pin_memory``) and the copies to the device are
-non-blocking, so a worker's next batch is copied while the GPU computes; ``batch_size=None`` picks
+non-blocking, so a worker's next batch is copied while the GPU computes; the workers of a bf16 or
+fp16 model cast its images to that dtype before handing them over (:class:`CastImages`: the
+model's own first step, half the bytes to move, the same embeddings); ``batch_size=None`` picks
 the largest power of two whose estimated activations fit in half of the free device memory and
 whose batches in flight fit in the host's memory and shared memory (:func:`auto_batch_size`), and
 4 on a CPU (a ViT-B-16 batch of 4 already gives the matrix multiplications 788 rows: batches of 2
