@@ -107,9 +107,7 @@ def read_costs(model: msclip.MSCLIP, paths: list[Path]) -> str:
     1, 2, 4 ... Python threads (the engine reads on at most msclip.encode.READ_THREADS): whether
     this machine's file system, its decoding or the threads' queue for the GIL is what the
     end-to-end figures wait for."""
-    from multiprocessing.pool import ThreadPool
-
-    from msclip.encode import READ_THREADS, ImageDataset, read_items, single_thread
+    from msclip.encode import READ_THREADS, ImageDataset, _reading_pool, read_items, single_thread
     from msclip.io.readers import open_raster
 
     dataset = ImageDataset([str(p) for p in paths], model.preprocess())
@@ -128,15 +126,14 @@ def read_costs(model: msclip.MSCLIP, paths: list[Path]) -> str:
         counts = sorted({1 << j for j in range(6) if 1 << j <= 32} | {torch.get_num_threads()})
         on_threads = []
         for n in counts:
-            pool = ThreadPool(n)
-            try:
-                read_items(dataset.read_item, list(range(min(n, len(paths)))), pool)  # warm-up
-                start = time.perf_counter()
-                for a in range(0, len(paths), 32):
-                    read_items(dataset.read_item, list(range(a, min(a + 32, len(paths)))), pool)
-                on_threads.append((n, (time.perf_counter() - start) / len(paths) * 1e3))
-            finally:
-                pool.terminate()
+            # the engine's own pools: threads that end before the end-to-end runs fork their
+            # DataLoader workers are what msclip.encode._reading_pool keeps from happening
+            pool = _reading_pool(n)
+            read_items(dataset.read_item, list(range(min(n, len(paths)))), pool)  # warm-up
+            start = time.perf_counter()
+            for a in range(0, len(paths), 32):
+                read_items(dataset.read_item, list(range(a, min(a + 32, len(paths)))), pool)
+            on_threads.append((n, (time.perf_counter() - start) / len(paths) * 1e3))
     per = [t / len(paths) * 1e3 for t in (opened, read)]
     threads = ", ".join(f"{n}: {ms:.2f}" for n, ms in on_threads)
     return (f"one thread, per tile: opening {per[0]:.2f} ms, reading an item {per[1]:.2f} ms\n"
@@ -200,6 +197,7 @@ def gpu_figures(paths: list[Path], seconds: float) -> None:
     auto = choose_precision("auto", "cuda")
     print(f"\nGPU: {name}; native bf16 {cuda_bf16_supported()}; auto picks {auto.summary()}")
     reduced = "bf16" if cuda_bf16_supported() else "fp16"
+    handed_over: dict[str, torch.dtype] = {}  # the dtype of the batches the workers hand over
     for precision in ("fp32", reduced):
         model = msclip.create_model("Llama3-MS-CLIP-Base", device="cuda", precision=precision)
         batch = auto_batch_size(model)
@@ -229,18 +227,16 @@ def gpu_figures(paths: list[Path], seconds: float) -> None:
         with _unpinned():
             rate = _gpu_end_to_end(model, preprocess, paths, workers)
         print(f"  {precision}: the same without pinned memory: {rate:8.1f} images/s")
+        handed_over[precision] = model.dtype
         del model
         torch.cuda.empty_cache()
     # the readers alone: the same loader and copies to the GPU without a model, the rate the
     # end-to-end figures cannot pass (where they fall short of it, the model is not overlapped);
     # the batches as each precision's run hands them over (workers cast for a bf16/fp16 model)
-    for name, dtype in (("fp32", torch.float32), (reduced, getattr(torch, _TORCH_DTYPE[reduced]))):
+    for name, dtype in handed_over.items():
         rate = reading_rate(paths, preprocess, workers, run_batch, dtype)
         print(f"  readers alone (the same loader and copies to the GPU, no model), {name} "
               f"batches: {rate:8.1f} images/s")  # fmt: skip
-
-
-_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def reading_rate(
