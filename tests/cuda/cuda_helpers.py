@@ -37,7 +37,6 @@ def interpreter_takes_numpy() -> bool:
     arguments (1-element arrays) into loop bounds with ``int()``, which NumPy 2.4 refuses ("only
     0-dimensional arrays can be converted"; every kernel failed with NumPy 2.5), Triton 3.8's
     runs them (3.7 untried: taken as 3.6)."""
-    import numpy as np
     import triton
 
     def major_minor(version: str) -> tuple[int, int]:

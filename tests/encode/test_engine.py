@@ -265,10 +265,10 @@ def test_one_item_keeps_its_own_warnings_and_not_another_threads():
 def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
     tiny, make_geotiff, monkeypatch, request
 ):
-    """The reading threads are the process's, reused by every pass: a thread that ends runs
-    GDAL's clean-up under GDAL's locks, and a DataLoader worker forked meanwhile (a pass with
-    workers after one without) hung in its first rasterio.open. A forked process starts with
-    no pool of its parent's (whose threads it does not have)."""
+    """The reading threads are the process's, reused by every pass: with a pool per pass, a
+    DataLoader worker forked after one (a pass with workers after one without) hung in its first
+    rasterio.open, likely on a GDAL lock an ending thread held. A forked process starts with no
+    pool of its parent's (whose threads it does not have)."""
     import gc
     import threading
 
