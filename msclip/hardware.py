@@ -54,6 +54,7 @@ __all__ = [
     "SWITCH_VALUES",
     "CPUInfo",
     "PrecisionChoice",
+    "amd_core",
     "available_memory",
     "choose_precision",
     "cores_per_process",
@@ -128,12 +129,28 @@ class CPUInfo:
         flags: CPU feature flags of interest (``avx512_bf16``, ``avx512_vnni``, ``amx_bf16`` ...;
             on Arm ``sve``, ``bf16``, ``i8mm`` ...).
         torch_version: the torch version the facts were read with.
+        vendor: ``vendor_id`` of ``/proc/cpuinfo`` (``AuthenticAMD``, ``GenuineIntel``), or "".
+        family: x86 CPU family number (``cpu family``), None where not reported.
+        model_number: x86 model number within the family (``model``), None where not reported.
+            Virtual machines often name every AMD server CPU just "AMD EPYC": the family and
+            model tell a Zen 4 from a Zen 5, whose int8 and bf16 throughput differ twofold.
     """
 
     model: str
     capability: str
     flags: frozenset[str]
     torch_version: str
+    vendor: str = ""
+    family: int | None = None
+    model_number: int | None = None
+
+    @property
+    def core(self) -> str:
+        """The core's generation where the family and model tell it (AMD's Zen 2 to Zen 5), or
+        "" (:func:`amd_core`)."""
+        if self.vendor != "AuthenticAMD" or self.family is None or self.model_number is None:
+            return ""
+        return amd_core(self.family, self.model_number)
 
     @property
     def native_bf16(self) -> bool:
@@ -150,16 +167,23 @@ class CPUInfo:
 
     @property
     def kind(self) -> str:
-        """One line for reports: ``AMD EPYC (torch AVX512; avx512_bf16, avx512_vnni)``."""
+        """One line for reports: ``AMD EPYC, Zen 4 (family 25, model 17) (torch AVX512;
+        avx512_bf16, avx512_vnni)``."""
         wide = ("avx5", "amx")
         shown = [f for f in _FLAGS_OF_INTEREST
                  if f in self.flags and (f.startswith(wide) or f in _ARM_FLAGS)]  # fmt: skip
-        return f"{self.model} (torch {self.capability}; {', '.join(shown) or 'no AVX-512'})"
+        where = ""
+        if self.family is not None:
+            numbers = f"family {self.family}, model {self.model_number}"
+            where = f", {self.core} ({numbers})" if self.core else f" ({numbers})"
+        flags = ", ".join(shown) or "no AVX-512"
+        return f"{self.model}{where} (torch {self.capability}; {flags})"
 
     def key(self) -> str:
         """Identity of the CPU kind and torch build (for caches of measured kernel choices)."""
-        text = "|".join([self.model, self.capability, ",".join(sorted(self.flags)),
-                         self.torch_version, str(os.cpu_count())])  # fmt: skip
+        text = "|".join([self.model, self.vendor, str(self.family), str(self.model_number),
+                         self.capability, ",".join(sorted(self.flags)), self.torch_version,
+                         str(os.cpu_count())])  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,27 +193,66 @@ class CPUInfo:
             "capability": self.capability,
             "flags": sorted(self.flags),
             "torch": self.torch_version,
+            "vendor": self.vendor,
+            "family": self.family,
+            "model_number": self.model_number,
+            "core": self.core,
             "native_bf16": self.native_bf16,
             "vnni": self.vnni,
             "key": self.key(),
         }
 
 
-def _proc_cpuinfo() -> tuple[str, set[str]] | None:
+def amd_core(family: int, model: int) -> str:
+    """AMD's core generation of an x86 family and model number ("" where unknown).
+
+    From AMD's processor programming references: family 17h is Zen and Zen+ (models below 30h)
+    or Zen 2; family 19h is Zen 4 for models 10h-1Fh (Genoa), 60h-7Fh (Raphael, Phoenix) and
+    A0h-AFh (Bergamo, Siena), Zen 3 otherwise (Milan 00h-0Fh, client parts 20h-5Fh); family 1Ah
+    models below 80h are Zen 5 (Turin 00h-1Fh, client parts 20h-7Fh).
+    """
+    if family == 0x17:
+        return "Zen 2" if model >= 0x30 else "Zen/Zen+"
+    if family == 0x19:
+        zen4 = 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF
+        return "Zen 4" if zen4 else "Zen 3"
+    if family == 0x1A and model < 0x80:
+        return "Zen 5"
+    return ""
+
+
+@dataclass
+class _CPUInfoText:
+    model: str = ""
+    flags: set[str] | None = None
+    vendor: str = ""
+    family: int | None = None
+    model_number: int | None = None
+
+
+def _proc_cpuinfo() -> _CPUInfoText | None:
+    """The first processor's facts of ``/proc/cpuinfo`` (None where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
         return None
-    model, flags = "", set()
+    out = _CPUInfoText()
+    numbers = {"cpu family": "family", "model": "model_number"}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model, flags
+        key, value = key.strip(), value.strip()
+        if key == "model name" and not out.model:
+            out.model = value
+        elif key in ("flags", "Features") and out.flags is None:
+            out.flags = set(value.split())
+        elif key == "vendor_id" and not out.vendor:
+            out.vendor = value
+        elif key in numbers and getattr(out, numbers[key]) is None and value.isdigit():
+            setattr(out, numbers[key], int(value))
+        elif not key and out.flags is not None:  # the first processor's block has ended
+            break
+    return out
 
 
 def _torch_probe_flags() -> set[str]:
@@ -219,8 +282,8 @@ def cpu_info() -> CPUInfo:
     """The CPU's facts, read once per process."""
     import torch
 
-    found = _proc_cpuinfo()
-    model, flags = found if found else ("", set())
+    found = _proc_cpuinfo() or _CPUInfoText()
+    model, flags = found.model, found.flags or set()
     if not flags:
         flags = _torch_probe_flags()
     try:
@@ -232,6 +295,9 @@ def cpu_info() -> CPUInfo:
         capability=capability,
         flags=frozenset(f for f in flags if f in _FLAGS_OF_INTEREST),
         torch_version=torch.__version__,
+        vendor=found.vendor,
+        family=found.family,
+        model_number=found.model_number,
     )
     logger.debug("CPU: %s", info.to_dict())
     return info

@@ -227,6 +227,61 @@ def test_arm_cpu_kinds_are_told_apart(monkeypatch) -> None:
     assert "sve" in g3.kind and not g3.native_bf16  # bf16 stays fp32's on Arm (auto picks fp32)
 
 
+X86_CPUINFO = (
+    "processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+    "model name\t: {name}\nflags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n\n"
+    "processor\t: 1\nvendor_id\t: other\ncpu family\t: 1\nmodel\t\t: 1\nflags\t\t: fpu\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "family", "model", "core"),
+    [
+        ("AuthenticAMD", 25, 1, "Zen 3"),  # Milan
+        ("AuthenticAMD", 25, 17, "Zen 4"),  # Genoa
+        ("AuthenticAMD", 25, 160, "Zen 4"),  # Bergamo
+        ("AuthenticAMD", 26, 2, "Zen 5"),  # Turin
+        ("AuthenticAMD", 23, 49, "Zen 2"),  # Rome
+        ("GenuineIntel", 6, 143, ""),  # Sapphire Rapids: numbers only
+    ],
+)
+def test_x86_cpu_kinds_are_told_apart_by_family_and_model(monkeypatch, vendor, family, model, core):
+    """VMs name AMD server CPUs of every generation "AMD EPYC" with the same AVX-512 flags: the
+    family and model tell a Zen 4 from a Zen 5 (twice the int8 throughput) in reports and caches."""
+    import io
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    text = X86_CPUINFO.format(vendor=vendor, family=family, model=model, name="AMD EPYC")
+    monkeypatch.setattr(hardware, "open", lambda *a, **k: io.StringIO(text), raising=False)
+    hardware.cpu_info.cache_clear()
+    try:
+        info = hardware.cpu_info()
+    finally:
+        hardware.cpu_info.cache_clear()
+    # the first processor's facts, not the last one's
+    assert (info.vendor, info.family, info.model_number) == (vendor, family, model)
+    assert info.core == core and info.to_dict()["core"] == core
+    numbers = f"(family {family}, model {model})"
+    assert info.kind.startswith(f"AMD EPYC, {core} {numbers}" if core else f"AMD EPYC {numbers}")
+    assert "avx512_bf16" in info.kind and info.native_bf16
+    other = hardware.CPUInfo(info.model, info.capability, info.flags, info.torch_version,
+                             vendor, family, model + 1)  # fmt: skip
+    assert other.key() != info.key()  # kernel choices are measured per family and model
+
+
+def test_amd_core_generations_at_the_edges_of_their_model_ranges() -> None:
+    assert [hardware.amd_core(25, m) for m in (0x0F, 0x10, 0x1F, 0x20, 0x5F, 0x60, 0x7F, 0x80)] == [
+        "Zen 3", "Zen 4", "Zen 4", "Zen 3", "Zen 3", "Zen 4", "Zen 4", "Zen 3"
+    ]  # fmt: skip
+    assert [hardware.amd_core(23, m) for m in (0x01, 0x2F, 0x30, 0x71)] == [
+        "Zen/Zen+", "Zen/Zen+", "Zen 2", "Zen 2"
+    ]  # fmt: skip
+    assert hardware.amd_core(26, 0x7F) == "Zen 5" and hardware.amd_core(26, 0x80) == ""
+    assert hardware.amd_core(21, 2) == ""  # Bulldozer-era family: not named
+    info = hardware.CPUInfo("Intel Xeon", "AVX512", frozenset(), "2", "GenuineIntel", 25, 17)
+    assert info.core == ""  # the numbers are AMD's only for AMD
+
+
 def test_the_chosen_precision_is_in_descriptions_cache_keys_and_manifests(machine, tmp_path):
     from msclip.index.build import build_index
     from msclip.index.store import IndexStore
