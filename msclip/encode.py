@@ -316,9 +316,9 @@ _INHERITED: list[Any] = []
 
 def _forget_pools() -> None:
     """In a forked process (a DataLoader worker), which has none of its parent's threads: make
-    its own pools when it needs some. The parent's pool objects are kept, not deleted: deleting a
-    running pool warns (ResourceWarning) and would signal threads that are not there. The lock
-    is new too: a thread of the parent may have held it at the fork."""
+    its own pools when it needs some. The parent's pool objects are kept, not deleted: deleting
+    one would signal, through its queue, threads that are not there. The lock is new too: a
+    thread of the parent may have held it at the fork."""
     global _POOLS_LOCK
     _POOLS_LOCK = threading.Lock()
     _INHERITED.extend(_POOLS.values())
@@ -329,7 +329,8 @@ os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _reading_pool(threads: int) -> Any:
-    """The process's pool of ``threads`` reading threads (daemon threads, made on first use).
+    """The process's pool of ``threads`` reading threads (a ``ThreadPoolExecutor``, its threads
+    made on first use).
 
     Kept for the process's life rather than one per pass: new threads for every batch lost most
     of the gain (~7 ms each), and threads that end are a hazard for a fork that follows: with a
@@ -339,13 +340,19 @@ def _reading_pool(threads: int) -> Any:
     threads that stay. The likely cause: a thread that ends runs GDAL's thread-local clean-up,
     which takes GDAL's locks, and a child forked meanwhile inherits a lock held by a thread it
     does not have. Idle threads waiting for work hold none.
+
+    An executor rather than ``multiprocessing.pool.ThreadPool``: a ThreadPool still running when
+    the interpreter tears its modules down warns (ResourceWarning), or fails with "Exception
+    ignored in Pool.__del__" once multiprocessing's own globals are gone (seen at the end of
+    every pytest-xdist worker on Python 3.12), while an executor's idle threads are told to end
+    and joined at exit (they hold nothing then).
     """
     with _POOLS_LOCK:
         pool = _POOLS.get(threads)
         if pool is None:
-            from multiprocessing.pool import ThreadPool
+            from concurrent.futures import ThreadPoolExecutor
 
-            pool = _POOLS[threads] = ThreadPool(threads)
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="msclip-read")
         return pool
 
 

@@ -4,6 +4,7 @@ worker processes, and grad mode that never leaks into the caller's code."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -294,13 +295,13 @@ def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
     del batches  # stopped early
     gc.collect()
     # a pass with a worker process, then one without, reuse the same two threads, which never
-    # end and never keep a process alive (daemon threads)
+    # end while the process lives
     list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2, workers=1))
     readers.append(set())
     list(encode_batches(tiny, ImageDataset(paths, tiny.preprocess()), batch_size=2))
     used = readers[0] | readers[1]
     assert engine._POOLS[2] is pool and len(used) == 2
-    assert all(t.is_alive() and t.daemon for t in used)
+    assert all(t.is_alive() for t in used)
     read, write = os.pipe()
     with engine._POOLS_LOCK:  # held at the fork, as by a thread making a pool
         pid = os.fork()
@@ -310,6 +311,33 @@ def test_reading_threads_outlive_their_pass_and_a_forked_worker_makes_its_own(
             os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 8) == b"0 1"
+
+
+def test_the_reading_threads_end_quietly_with_the_process(tmp_path) -> None:
+    """The process's reading pools as the interpreter's teardown drops them: no ResourceWarning
+    of an unclosed pool, no "Exception ignored" (a multiprocessing ThreadPool printed one at the
+    end of every pytest-xdist worker on Python 3.12), and a prompt exit."""
+    import subprocess
+
+    script = tmp_path / "read_and_leave.py"
+    script.write_text(
+        "import gc, sys\n"
+        "import msclip.encode as engine\n"
+        "pool = engine._reading_pool(2)\n"
+        "assert list(engine.read_items(lambda i: {'i': i}, [0, 1, 2], pool)) == "
+        "[{'i': 0}, {'i': 1}, {'i': 2}]\n"
+        "del pool\n"
+        "engine._POOLS.clear()  # what the teardown of the module does\n"
+        "gc.collect()\n"
+        "engine._reading_pool(2).submit(print, 'read again')\n"  # alive at exit this time
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", str(script)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "read again\n"
+    assert "Warning" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
 def test_reading_threads_are_capped(tiny, make_geotiff, monkeypatch) -> None:
