@@ -1267,18 +1267,26 @@ def exit_process(code: int | None) -> NoReturn:
     Python's own exit destroys every module and runs the static destructors of torch's C++
     libraries, which touches library pages never used by the run: measured +128 MB of peak
     resident memory (and time) with torch's CUDA wheel on a CPU. A finished command has nothing
-    left to tear down, so this does what the exit needs and stops there: it joins non-daemon
-    threads, runs the ``atexit`` callbacks (logging, multiprocessing, temporary files), flushes
-    stdout and stderr, then calls ``os._exit``. Only for the entry points of the programs: their
-    ``main`` functions return the status as usual.
+    left to tear down, so this does what the exit needs, in the interpreter's order, and stops
+    there: threading's exit hooks, which tell idle ``concurrent.futures`` workers (msclip's
+    reading threads among them) to end, and the join of non-daemon threads (both
+    ``threading._shutdown``, the interpreter's own first step of exiting; a join of non-daemon
+    threads alone waited forever for idle executor workers), then the ``atexit`` callbacks
+    (logging, multiprocessing, temporary files), a flush of stdout and stderr, then
+    ``os._exit``. Only for the entry points of the programs: their ``main`` functions return the
+    status as usual.
     """
     import atexit
     import threading
 
     status = int(code or 0) if isinstance(code, int) or code is None else 1
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:  # an interpreter without it: at least the threads that end by themselves
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -278,3 +278,31 @@ def test_seeds_outside_what_the_generators_take_are_usage_errors(tmp_path, capsy
         TrainConfig(train_data=str(tmp_path / "t.csv"), seed=-1).validate()
     with pytest.raises(ValueError, match="torch's generator"):
         msclip.create_model("msclip-tiny", seed=2**64)
+
+
+def test_exit_process_ends_idle_executor_threads_waits_for_the_others_and_runs_atexit(tmp_path):
+    """A program's exit with msclip's reading threads (idle ``ThreadPoolExecutor`` workers)
+    alive: joining every non-daemon thread before threading's own exit hooks waited for them
+    forever (the classification CLI hung at its end); a thread finishing its work is still
+    waited for, and the ``atexit`` callbacks and the status come after."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import atexit, threading, time\n"
+        "import msclip.encode as engine\n"
+        "from msclip.cli.common import exit_process\n"
+        "pool = engine._reading_pool(2)\n"
+        "assert len(engine.read_items(lambda i: {'i': i}, [0, 1, 2], pool)) == 3\n"
+        "def work():\n"
+        "    time.sleep(0.3)\n"
+        "    print('work done', flush=True)\n"
+        "threading.Thread(target=work).start()\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "print('leaving', flush=True)\n"
+        "exit_process(3)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "leaving\nwork done\natexit ran\n", done.stderr
