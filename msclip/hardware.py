@@ -207,15 +207,17 @@ def amd_core(family: int, model: int) -> str:
     """AMD's core generation of an x86 family and model number ("" where unknown).
 
     From AMD's processor programming references: family 17h is Zen and Zen+ (models below 30h)
-    or Zen 2; family 19h is Zen 4 for models 10h-1Fh (Genoa), 60h-7Fh (Raphael, Phoenix) and
-    A0h-AFh (Bergamo, Siena), Zen 3 otherwise (Milan 00h-0Fh, client parts 20h-5Fh); family 1Ah
-    models below 80h are Zen 5 (Turin 00h-1Fh, client parts 20h-7Fh).
+    or Zen 2; family 19h is Zen 3 for models 00h-0Fh (Milan) and 20h-5Fh (client parts), Zen 4
+    for 10h-1Fh (Genoa), 60h-7Fh (Raphael, Phoenix) and A0h-AFh (Bergamo, Siena); family 1Ah
+    models below 80h are Zen 5 (Turin 00h-1Fh, client parts 20h-7Fh). Other models are not
+    named rather than guessed.
     """
     if family == 0x17:
         return "Zen 2" if model >= 0x30 else "Zen/Zen+"
     if family == 0x19:
-        zen4 = 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF
-        return "Zen 4" if zen4 else "Zen 3"
+        if 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF:
+            return "Zen 4"
+        return "Zen 3" if model <= 0x0F or 0x20 <= model <= 0x5F else ""
     if family == 0x1A and model < 0x80:
         return "Zen 5"
     return ""
@@ -223,6 +225,8 @@ def amd_core(family: int, model: int) -> str:
 
 @dataclass
 class _CPUInfoText:
+    """What :func:`_proc_cpuinfo` read of the first processor."""
+
     model: str = ""
     flags: set[str] | None = None
     vendor: str = ""

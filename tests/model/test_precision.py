@@ -270,8 +270,10 @@ def test_x86_cpu_kinds_are_told_apart_by_family_and_model(monkeypatch, vendor, f
 
 
 def test_amd_core_generations_at_the_edges_of_their_model_ranges() -> None:
-    assert [hardware.amd_core(25, m) for m in (0x0F, 0x10, 0x1F, 0x20, 0x5F, 0x60, 0x7F, 0x80)] == [
-        "Zen 3", "Zen 4", "Zen 4", "Zen 3", "Zen 3", "Zen 4", "Zen 4", "Zen 3"
+    # models of no known part are not named
+    models = (0x0F, 0x10, 0x1F, 0x20, 0x5F, 0x60, 0x7F, 0x80, 0xA0, 0xB0)
+    assert [hardware.amd_core(25, m) for m in models] == [
+        "Zen 3", "Zen 4", "Zen 4", "Zen 3", "Zen 3", "Zen 4", "Zen 4", "", "Zen 4", ""
     ]  # fmt: skip
     assert [hardware.amd_core(23, m) for m in (0x01, 0x2F, 0x30, 0x71)] == [
         "Zen/Zen+", "Zen/Zen+", "Zen 2", "Zen 2"
