@@ -1280,13 +1280,7 @@ def exit_process(code: int | None) -> NoReturn:
     import threading
 
     status = int(code or 0) if isinstance(code, int) or code is None else 1
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    else:  # an interpreter without it: at least the threads that end by themselves
-        for t in threading.enumerate():
-            if t is not threading.main_thread() and not t.daemon:
-                t.join()
+    threading._shutdown()  # present in every supported Python (3.10 on)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
