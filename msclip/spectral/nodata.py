@@ -17,7 +17,8 @@ __all__ = ["missing_pixels"]
 
 def missing_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray:
     """``[..., H, W]`` true where every band of ``values`` ``[..., C, H, W]`` is ``nodata`` or
-    not finite; computed one band at a time (no ``[C, H, W]`` temporaries)."""
+    not finite; computed one band at a time (no ``[C, H, W]`` temporaries), and no further once
+    no pixel is left missing (a tile with data: usually after its first band)."""
     floating = np.issubdtype(values.dtype, np.floating)
     has_nodata = nodata is not None and not np.isnan(nodata)
     missing = np.full(values.shape[:-3] + values.shape[-2:], floating or has_nodata, dtype=bool)
@@ -29,4 +30,6 @@ def missing_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray:
         if floating and has_nodata:
             gone |= band == nodata
         missing &= gone
+        if not missing.any():
+            break
     return missing

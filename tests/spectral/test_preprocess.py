@@ -125,6 +125,30 @@ def test_a_band_at_the_nodata_value_in_a_valid_pixel_is_data():
     assert fill_mask(chw, None) is None and fill_mask(chw[:, :30, 16:], 0) is None
 
 
+def test_missing_pixels_needs_every_band_and_stops_once_none_is_left():
+    """A pixel is missing only when all its bands are nodata (or not finite); the count stops at
+    the first band that leaves no pixel missing, so later all-nodata bands change nothing."""
+    from msclip.spectral.nodata import missing_pixels
+
+    chw = np.full((4, 8, 8), 0, dtype=np.uint16)
+    chw[1:, :, :] = 0
+    chw[0, :, 2:] = 500  # band 0 holds data except in the first two columns
+    chw[2, 0, :2] = 7  # and band 2 in one pixel of those columns
+    got = missing_pixels(chw, 0)
+    want = np.zeros((8, 8), dtype=bool)
+    want[1:, :2] = True
+    assert np.array_equal(got, want)
+    chw[0] = 500  # data everywhere in the first band: nothing missing, whatever follows
+    assert not missing_pixels(chw, 0).any()
+    batch = np.stack([chw, np.zeros_like(chw)])  # [..., C, H, W]: one tile with data, one none
+    assert missing_pixels(batch, 0).reshape(2, -1).all(axis=1).tolist() == [False, True]
+    floats = np.full((3, 4, 4), np.nan, dtype=np.float32)
+    floats[2, 0, 0] = -9999.0  # the last band's nodata value: still missing
+    floats[1, 3, 3] = 0.5
+    assert missing_pixels(floats, -9999.0).sum() == 15 and not missing_pixels(floats, None)[3, 3]
+    assert not missing_pixels(chw.astype(np.int16), None).any()  # integers, no nodata value
+
+
 def test_infinite_values_are_missing_like_nan():
     from msclip.tiling import nodata_fraction
 
