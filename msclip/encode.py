@@ -151,6 +151,9 @@ class ImageDataset(Dataset):
             ``"valid"``.
         nodata: nodata value to use instead of the file's (e.g. 0 for L2A files that do not
             declare one).
+        startup: files read ahead while the program started
+            (:class:`msclip.io.prefetch.StartupReads`): taken instead of read where they hold
+            the item as this dataset would read it. Not for DataLoader workers.
     """
 
     def __init__(
@@ -159,12 +162,14 @@ class ImageDataset(Dataset):
         preprocess: Any,
         min_valid: float | None = None,
         nodata: float | None = None,
+        startup: Any = None,
     ) -> None:
         # one path is one item (not the characters of its name)
         self.items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
         self.preprocess = preprocess
         self.min_valid = min_valid
         self.nodata = nodata
+        self.startup = startup
 
     def __len__(self) -> int:
         return len(self.items)
@@ -181,6 +186,10 @@ class ImageDataset(Dataset):
             data, names, nodata, _ = pp.load(raster)
             return data, names, nodata, item.name
         if isinstance(item, (str, os.PathLike)) and hasattr(pp, "read"):
+            if self.startup is not None and hasattr(pp, "read_ahead"):
+                ahead = pp.read_ahead(self.startup, item, nodata=self.nodata)
+                if ahead is not None:
+                    return ahead
             return pp.load(pp.read(item, nodata=self.nodata))
         data, names, nodata, where = pp.load(item)
         return data, names, nodata if self.nodata is None else self.nodata, where
@@ -856,6 +865,7 @@ def iter_encoded(
     nodata: float | None = None,
     desc: str = "images",
     abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
+    startup: Any = None,
 ) -> Iterator[EncodedBatch]:
     """Encode files or scene tiles batch by batch (in input order); unreadable items are named,
     skipped and reported in each batch's ``failures``.
@@ -872,8 +882,11 @@ def iter_encoded(
         nodata: nodata value overriding the files'.
         desc: label of the progress bar.
         abort_on: error classes that stop the run instead of being skipped and counted.
+        startup: files read ahead while the program started
+            (:class:`msclip.io.prefetch.StartupReads`), used without workers (a worker is a
+            copy of this process and must not take from them).
     """
-    dataset = ImageDataset(items, preprocess, min_valid, nodata)
+    dataset = ImageDataset(items, preprocess, min_valid, nodata, startup if not workers else None)
     yield from encode_batches(
         model, dataset, batch_size=batch_size, workers=workers, normalize=normalize,
         progress=progress, desc=desc, abort_on=abort_on,
@@ -892,6 +905,7 @@ def encode_images(
     nodata: float | None = None,
     desc: str = "images",
     abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
+    startup: Any = None,
 ) -> EncodeResult:
     """Encode every item; see :func:`iter_encoded` for the arguments.
 
@@ -902,7 +916,7 @@ def encode_images(
     embs, indices, failures, skipped, valid, skipped_valid = [], [], [], [], [], []
     for b in iter_encoded(
         model, preprocess, paths, batch_size, workers, normalize, progress, min_valid, nodata,
-        desc, abort_on,
+        desc, abort_on, startup,
     ):  # fmt: skip
         embs.append(b.embeddings)
         indices.extend(b.indices)

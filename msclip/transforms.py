@@ -59,6 +59,21 @@ class ImageTransform(SpectralPreprocess):
             nodata=nodata,
         )  # fmt: skip
 
+    def read_ahead(
+        self, reads: Any, path: str | os.PathLike, nodata: float | None = None
+    ) -> tuple[np.ndarray, tuple[str, ...], float | None, str] | None:
+        """What ``load(read(path, nodata=nodata))`` gives, from ``reads`` made ahead with this
+        transform's settings (:class:`msclip.io.prefetch.StartupReads`), or ``None`` where they
+        do not hold the file (then read it)."""
+        got = reads.take(
+            path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, nodata=nodata,
+            max_pixels=self.max_pixels, shorter_side=self.image_size if self.downsample else None,
+        )  # fmt: skip
+        if got is None:
+            return None
+        data, bands, stored_nodata = got
+        return data, bands, stored_nodata, os.fsdecode(os.fspath(path))
+
     def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
         """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input."""
         if isinstance(x, (str, os.PathLike)):

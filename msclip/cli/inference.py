@@ -52,6 +52,7 @@ from msclip.cli.common import (
     flag_wording,
     fraction,
     image_options,
+    keep_reads_ahead,
     large_refusal,
     load_model,
     min_valid,
@@ -63,6 +64,7 @@ from msclip.cli.common import (
     print_table,
     query_image_paths,
     read_queries,
+    reads_ahead,
     refuse_input_as_output,
     run_cli,
     run_device,
@@ -427,8 +429,11 @@ def _check_classes(
         )
 
 
-def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str]) -> Any:
-    """Encode the image files of classification or retrieval with the shared input rules."""
+def _encode_files(
+    args: argparse.Namespace, model: Any, preprocess: Any, paths: list[str], reads: Any = None
+) -> Any:
+    """Encode the image files of classification or retrieval with the shared input rules
+    (``reads``: the files read while the program started, :func:`reads_ahead`)."""
     from msclip.encode import encode_images
     from msclip.errors import BandCoverageError, RasterTooLargeError
 
@@ -436,7 +441,7 @@ def _encode_files(args: argparse.Namespace, model: Any, preprocess: Any, paths: 
         return encode_images(
             model, preprocess, paths, args.batch_size, args.workers, progress=not args.quiet,
             min_valid=min_valid(args), nodata=args.nodata,
-            abort_on=(BandCoverageError, RasterTooLargeError),
+            abort_on=(BandCoverageError, RasterTooLargeError), startup=reads,
         )  # fmt: skip
     except RasterTooLargeError as err:
         raise UsageError(large_refusal(str(err))) from err
@@ -720,9 +725,15 @@ def run_classification(args: argparse.Namespace) -> int:
     if args.head is not None:
         return run_head_classification(args)
     from msclip.io import list_image_set
-    from msclip.zero_shot import load_templates
 
     image_set = list_image_set(args.images)
+    with reads_ahead(args, image_set.paths) as reads:  # before torch is imported
+        return _classify(args, image_set, reads)
+
+
+def _classify(args: argparse.Namespace, image_set: Any, reads: Any) -> int:
+    from msclip.zero_shot import load_templates
+
     templates = load_templates(args.templates or "eo")
     names = _class_names(args)
     if names is None:
@@ -736,12 +747,13 @@ def run_classification(args: argparse.Namespace) -> int:
 
     large = LargeCheck(image_set.paths)
     model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
+    reads = keep_reads_ahead(args, reads)  # the workers are known now
     progress = not args.quiet
     classifier = build_classifier(
         model, tokenizer, names, templates, cache=text_cache_for(args, model), progress=progress
     )
     _images_only_from_here(model, tokenizer)
-    res = _encode_files(args, model, preprocess, image_set.paths)
+    res = _encode_files(args, model, preprocess, image_set.paths, reads)
     model.release_weight_pages()  # the model calls are done (msclip.memory)
     from msclip.io import Table
 
@@ -785,6 +797,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from msclip.io import list_image_set
 
     image_set = list_image_set(args.images)
+    with reads_ahead(args, image_set.paths) as reads:  # before torch is imported
+        return _retrieve(args, image_set, reads)
+
+
+def _retrieve(args: argparse.Namespace, image_set: Any, reads: Any) -> int:
     queries = read_queries(args)
     query_images = query_image_paths(args)
     check_checkpoint(args)
@@ -797,9 +814,10 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     large = LargeCheck(image_set.paths)
     model, preprocess, tokenizer = load_model(args, options=image_options(args), large=large)
+    reads = keep_reads_ahead(args, reads)  # the workers are known now
     q_emb, q_names = encode_query_set(args, model, preprocess, tokenizer, queries, query_images)
     _images_only_from_here(model, tokenizer)
-    res = _encode_files(args, model, preprocess, image_set.paths)
+    res = _encode_files(args, model, preprocess, image_set.paths, reads)
     model.release_weight_pages()
     from msclip.io import Table
 

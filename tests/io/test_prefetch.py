@@ -1,0 +1,198 @@
+"""Input files read while a program starts (msclip.io.prefetch): what is taken is what the run
+would read, everything else is read by the run itself; and the programs use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msclip.io.prefetch import ENV, start_reads
+
+REPO = Path(__file__).resolve().parents[2]
+L2A = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+
+# run in a fresh interpreter: the reads start only before torch is imported
+SCRIPT = r"""
+import json, os, sys
+import numpy as np
+from msclip.io.prefetch import start_reads
+from msclip.io.readers import read_raster
+
+assert "torch" not in sys.modules
+good, warned, corrupt, changed, big = sys.argv[1:6]
+paths = [good, warned, corrupt, changed, big]
+reads = start_reads(paths, budget=int(os.environ["BUDGET"]))
+out = {"started": reads is not None}
+if reads is not None:
+    out["finished"] = reads.wait(60)
+    st = os.stat(changed)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a file changed since
+    ref = read_raster(good)
+    got = reads.take(good, sensor="hls_l30")  # read with other settings: not this one
+    out["other_settings"] = got is None
+    out["window"] = reads.take(good, window=(0, 0, 4, 4)) is None
+    out["reduced"] = reads.take(good, shorter_side=8) is None
+    out["too_large"] = reads.take(good, max_pixels=10) is None
+    got = reads.take(good)
+    out["good"] = got is not None and bool(
+        np.array_equal(got[0], ref.data) and got[0].dtype == ref.data.dtype
+        and got[1] == ref.bands and got[2] == ref.nodata
+    )
+    out["owned"] = got is not None and bool(got[0].flags.owndata and got[0].flags.writeable)
+    out["twice"] = reads.take(good) is None
+    for name, path in (("warned", warned), ("corrupt", corrupt), ("changed", changed)):
+        out[name] = reads.take(path) is None
+    out["read"], out["taken"] = reads.read, reads.taken
+    reads.close()
+    out["closed"] = reads.take(big) is None  # read ahead, but the reads are closed
+out["torch"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def _script(tmp_path: Path, paths: list[Path], **env: str) -> dict:
+    script = tmp_path / "reads.py"
+    script.write_text(SCRIPT)
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    e.pop(ENV, None)
+    e.update(env)
+    done = subprocess.run([sys.executable, str(script), *map(str, paths)], capture_output=True,
+                          text=True, timeout=120, env=e)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def files(make_geotiff, tmp_path) -> list[Path]:
+    good, _ = make_geotiff("good.tif", nodata=0, seed=1)
+    warned, _ = make_geotiff("warned.tif", count=4, descriptions=["band_1", "band_2", "band_3",
+                                                                  "band_4"])  # fmt: skip
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 60)
+    changed, _ = make_geotiff("changed.tif", seed=2)
+    big, _ = make_geotiff("big.tif", size=(64, 64), seed=3)
+    return [good, warned, corrupt, changed, big]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
+def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path) -> None:
+    """A file read ahead is taken once, with the settings it was read with, unchanged since, and
+    equal to read_raster's data, band names and nodata; a file whose read warned or failed, one
+    read with other settings, windowed, reduced, too large for the run, or changed since is not
+    (the run reads it and reports it itself)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the reads start with two usable cores")
+    out = _script(tmp_path, files, BUDGET=str(64 << 20))
+    assert out["started"] and out["finished"] and not out["torch"]
+    assert out["good"] and out["owned"] and out["twice"]
+    for check in ("other_settings", "window", "reduced", "too_large"):
+        assert out[check], check
+    assert out["warned"] and out["corrupt"] and out["changed"] and out["closed"]
+    assert out["read"] == 3 and out["taken"] == 1  # good, changed and big were read
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
+def test_the_budget_bounds_what_is_read(files, tmp_path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the reads start with two usable cores")
+    out = _script(tmp_path, files, BUDGET="4096")  # less than the first file's pixels
+    assert out["started"] and out["finished"] and out["read"] == 0 and out["taken"] == 0
+
+
+def test_the_reads_do_not_start_where_they_are_not_safe_or_turned_off(files, tmp_path) -> None:
+    """Not in a process that has imported torch (this one), and not with MSCLIP_STARTUP_READS=0."""
+    assert "torch" in sys.modules and start_reads(files) is None
+    out = _script(tmp_path, files, BUDGET=str(64 << 20), **{ENV: "0"})
+    assert out == {"started": False, "torch": False}
+
+
+def embedding_of(model, pp, path: Path) -> np.ndarray:
+    from msclip.encode import iter_encoded
+
+    (batch,) = iter_encoded(model, pp, [path], batch_size=1, nodata=0)
+    return batch.embeddings
+
+
+class _Ahead:
+    """Reads made ahead that hold one file; records what they were asked."""
+
+    def __init__(self, path: Path, data: np.ndarray) -> None:
+        self.path, self.data, self.asked = os.fspath(path), data, []
+
+    def take(self, path, **settings):
+        self.asked.append((os.fspath(path), settings))
+        if os.fspath(path) != self.path:
+            return None
+        return self.data, L2A, 0.0
+
+
+def test_a_dataset_takes_files_read_ahead_with_its_transform_s_settings(make_geotiff) -> None:
+    """The dataset asks with the transform's reading settings and its nodata; a file the reads do
+    not hold is read from disk; DataLoader workers never take."""
+    import msclip
+    from msclip.encode import ImageDataset, iter_encoded
+
+    a, _ = make_geotiff("a.tif", size=(32, 32))
+    b, data_b = make_geotiff("b.tif", size=(32, 32), seed=4)
+    model = msclip.create_model("msclip-tiny", pretrained=False)
+    pp = model.preprocess(sensor="sentinel2_l2a", max_pixels=5000)
+    ahead_data = np.full((12, 32, 32), 700, dtype=np.uint16)
+    ahead = _Ahead(a, ahead_data)
+    ds = ImageDataset([a, b], pp, nodata=0, startup=ahead)
+    got_a, got_b = ds.read_item(0), ds.read_item(1)
+    assert ahead.asked[0] == (os.fspath(a), {
+        "bands": None, "layout": None, "sensor": "sentinel2_l2a", "nodata": 0,
+        "max_pixels": 5000, "shorter_side": None,
+    })  # fmt: skip
+    assert torch.equal(got_a["image"], pp.process(ahead_data, L2A, 0.0))
+    plain = ImageDataset([b], pp, nodata=0).read_item(0)
+    assert torch.equal(got_b["image"], plain["image"])  # read from disk, as without the reads
+    assert not np.array_equal(data_b, ahead_data)
+    reduced = model.preprocess(downsample=True)
+    ImageDataset([a], reduced, startup=ahead).read_item(0)
+    assert ahead.asked[-1][1]["shorter_side"] == model.image_size
+
+    def embedding(workers: int) -> np.ndarray:
+        (batch,) = iter_encoded(model, pp, [a], batch_size=1, workers=workers, nodata=0,
+                                startup=ahead)  # fmt: skip
+        return batch.embeddings
+
+    from_disk = embedding(1)  # a worker reads the file itself, never what was read ahead
+    assert np.allclose(from_disk, embedding_of(model, pp, a), atol=1e-6)
+    assert not np.allclose(embedding(0), from_disk, atol=1e-3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
+def test_the_programs_take_the_files_read_while_they_start(make_geotiff, tmp_path) -> None:
+    """msclip-inference (its real entry point, torch not yet imported) reads the files ahead and
+    uses them all, without importing rasterio, and writes what it writes without them."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the reads start with two usable cores")
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for i in range(5):
+        make_geotiff(f"tiles/t{i}.tif", size=(32, 32), seed=10 + i)
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    outs = {}
+    for mode in ("1", "0"):
+        out = tmp_path / f"out{mode}.csv"
+        e[ENV] = mode
+        done = subprocess.run(
+            [sys.executable, "-m", "msclip.cli.inference", "--run-classification",
+             "--model-name", "msclip-tiny", "--no-pretrained", "--images", str(folder),
+             "--class-names", "forest", "river", "--templates", "short", "--no-text-cache",
+             "--save-path", str(out), "--quiet", "-v"],
+            capture_output=True, text=True, timeout=300, env=e,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outs[mode] = (out.read_text(), done.stderr)
+    assert outs["1"][0] == outs["0"][0]
+    assert "5 of 5 input files were read during start-up, 5 of them used" in outs["1"][1]
+    assert "read during start-up" not in outs["0"][1]
