@@ -20,8 +20,10 @@ the records of the files it finished are read) or when the budget is spent, and 
 (Linux's parent-death signal).
 
 It starts only where it can help and fork is safe: on Linux, with two or more usable cores, no
-other thread running and torch not yet imported (a forked copy of a process that has started
-torch's thread pools is not safe to use). ``MSCLIP_STARTUP_READS=0`` turns it off.
+other Python thread running and torch not yet imported (a forked copy of a process that has
+started torch's thread pools is not safe to use; numpy's BLAS thread, idle then, is made safe
+for fork by OpenBLAS, and the reading process never calls BLAS). It is given at most the run's
+first :data:`MAX_FILES` files. ``MSCLIP_STARTUP_READS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ DEFAULT_BUDGET = 256 << 20
 #: Largest file (in pixels) the reading process reads: larger ones are left to the run, which
 #: judges them (a whole scene given as an image is refused there, not read here).
 MAX_PIXELS = 1 << 24
+#: Most files the reading process is given (the first of the run's): their records (~0.3 KB
+#: each) wait in a pipe of 1 MB until the run takes the first file; a reading process whose
+#: pipe is full waits, idle, until it is stopped.
+MAX_FILES = 2048
 
 _PAGE = mmap.PAGESIZE
 
@@ -290,7 +296,7 @@ def start_reads(
     if why is not None:
         logger.debug("no start-up reads: %s", why)
         return None
-    names = [os.fsdecode(os.fspath(p)) for p in paths]
+    names = [os.fsdecode(os.fspath(p)) for p in paths[:MAX_FILES]]
     if budget is None:
         available = _available_bytes()
         budget = DEFAULT_BUDGET if available is None else min(DEFAULT_BUDGET, available // 8)
@@ -305,6 +311,10 @@ def start_reads(
     except OSError as err:
         logger.debug("no start-up reads: %s", err)
         return None
+    with contextlib.suppress(ImportError, AttributeError, OSError):
+        import fcntl
+
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for the records (Linux's default max)
     for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
         with contextlib.suppress(Exception):
             stream.flush()
