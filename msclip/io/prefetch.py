@@ -6,9 +6,10 @@ the text tower has run. On a machine with a second core idle meanwhile, :func:`s
 before torch is imported, a process that reads the run's first files the way the run would
 (:func:`msclip.io.readers.read_raster` with the run's settings) into memory shared with the run,
 up to a byte budget; the run then takes those pixels instead of reading the files again. On a
-2-core Zen 5 VM the 64-tile zero-shot run (``benchmarks/inference.py``) took 0.2-0.3 s less
-(reading 64 deflate GeoTIFFs costs 0.34-0.39 s between the model calls, and the run no longer
-imports rasterio: GeoTIFF sizes are checked from their headers).
+2-core Zen 5 VM the 64-tile zero-shot run of ``benchmarks/inference.py`` took 4.98-5.36 s against
+5.36-5.97 s with ``MSCLIP_STARTUP_READS=0`` (four runs of each, alternated): its 64 deflate
+GeoTIFFs took 0.09-0.10 s of its time (their preprocessing) against 0.34-0.39 s, and it no longer
+imports rasterio (GeoTIFF sizes are checked from their headers).
 
 What is taken is exactly what the run's own read gives (the pixels, band names and nodata value;
 not the georeference, which file encoding does not use), because the reading process keeps only
