@@ -298,7 +298,11 @@ def _use_fused_mlp(block: nn.Module, x: torch.Tensor) -> bool:
 def _use_fused_attention(
     attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, fp32: bool = False
 ) -> bool:
-    if mask is not None or type(attn) is not nn.MultiheadAttention or x.ndim != 3:
+    if type(attn) is not nn.MultiheadAttention or x.ndim != 3:
+        return False
+    if mask is not None and not (  # an additive mask over the tokens (the text tower's causal one)
+        mask.is_floating_point() and tuple(mask.shape) == (x.shape[1], x.shape[1])
+    ):
         return False
     if not (attn.batch_first and attn._qkv_same_embed_dim and attn.in_proj_bias is not None):
         return False
@@ -431,9 +435,12 @@ _EXPLICIT_ATTENTION_TOKENS = 640
 _EXPLICIT_ATTENTION_BYTES = 64 << 20
 
 
-def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` over ``[batch, heads, tokens, d]`` views (``q`` may hold
-    fewer tokens than ``k`` and ``v``: the class token's row of the last block).
+def _attention_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` over ``[batch, heads, tokens, d]`` views (``q`` may
+    hold fewer tokens than ``k`` and ``v``: the class token's row of the last block; ``mask``: an
+    additive ``[tokens, tokens]`` mask in ``q``'s dtype, such as the text tower's causal one).
 
     In bf16 on a CPU, for the sizes above, as its two products and a softmax: PyTorch's fused
     CPU kernel (flash attention) is slower there. Its scores are rounded to bf16 before the
@@ -453,33 +460,40 @@ def _attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
         # against 1.66-1.73 ms a block, Zen 5), the same scores where the scale is a power of two
         # (d = 64)
         scores = torch.baddbmm(
-            q.new_zeros(()),
+            q.new_zeros(()) if mask is None else mask,
             q.reshape(b * h, n_q, dh),
             k.reshape(b * h, n, dh).transpose(1, 2),
-            beta=0,
+            beta=0 if mask is None else 1,
             alpha=dh**-0.5,
         )
         return torch.bmm(torch.softmax(scores, -1), v.reshape(b * h, n, dh)).view(b, h, n_q, dh)
-    return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def _fused_qkv(
-    attn: nn.MultiheadAttention, x: torch.Tensor
+    attn: nn.MultiheadAttention, x: torch.Tensor, pack: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The queries, keys and values of ``x`` ``[B, N, D]`` as ``[B, heads, N, D / heads]`` views of
     one fused-path product (:func:`_fused_linear`, bias included)."""
     b, n, d = x.shape
-    qkv = _fused_linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=True)
+    qkv = _fused_linear(x.reshape(b * n, d), attn.in_proj_weight, attn.in_proj_bias, pack=pack)
     q, k, v = qkv.view(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
     return q, k, v
 
 
-def _fused_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+def _fused_attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Self-attention with the QKV and output projections as fused-path products
-    (:func:`_fused_qkv`, :func:`_fused_linear`) and :func:`_attention_core` between them."""
+    (:func:`_fused_qkv`, :func:`_fused_linear`) and :func:`_attention_core` between them. With a
+    ``mask`` (the text tower, run for the prompts only) the weights are not packed: a packed
+    copy would outlive the prompts."""
     b, n, d = x.shape
-    out = _attention_core(*_fused_qkv(attn, x)).transpose(1, 2).reshape(b * n, d)
-    return _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=True).view(b, n, d)
+    pack = mask is None
+    q, k, v = _fused_qkv(attn, x, pack)
+    out = _attention_core(q, k, v, None if mask is None else mask.to(x.dtype))
+    out = out.transpose(1, 2).reshape(b * n, d)
+    return _fused_linear(out, attn.out_proj.weight, attn.out_proj.bias, pack=pack).view(b, n, d)
 
 
 # The fused path's float32 product kernel measured in this process ("onednn" or "torch").
@@ -692,7 +706,7 @@ class ResidualAttentionBlock(nn.Module):
             and v_x is None
             and _use_fused_attention(self.attn, q_x, attn_mask, self.fused_fp32)
         ):
-            return _fused_attention(self.attn, q_x)
+            return _fused_attention(self.attn, q_x, attn_mask)
         mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
         if k_x is None and v_x is None and _frozen_under_autograd(self.attn):
             return _frozen_self_attention(self.attn, q_x, mask)

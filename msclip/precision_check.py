@@ -51,8 +51,9 @@ BF16_CHECK_ENV = "MSCLIP_BF16_CHECK"
 #: Least cosine between a replica's bf16 and float32 embeddings for bf16 to be used.
 MIN_COSINE = 0.99
 # 1: the first version of the replica and its inputs; 2: a short trimmed prompt too; 3: the
-# patch projection in bf16 as one matrix product (verdicts of the convolution measured again)
-_VERSION = 3
+# patch projection in bf16 as one matrix product (verdicts of the convolution measured again);
+# 4: the text tower's attention on the fused path (two products and a softmax, its mask added)
+_VERSION = 4
 _IMAGE_BLOCKS = 2
 _TEXT_BLOCKS = 1
 _TEXT_VOCAB = 1024  # token ids of the replica's text input (the lookup's size is no kernel shape)
