@@ -4,7 +4,8 @@
 - :mod:`msclip.io.images`: image sets from folders, lists and globs (:func:`list_image_set`);
 - :mod:`msclip.io.writers`: the one durable writer (:func:`atomic_write`) and its helpers;
 - :mod:`msclip.io.geotiff`: GeoTIFF writers, whole or in row strips;
-- :mod:`msclip.io.vrt`: a product's band files stacked into one image (:func:`stack_band_files`).
+- :mod:`msclip.io.vrt`: a product's band files stacked into one image (:func:`stack_band_files`);
+- :mod:`msclip.io.prefetch`: a run's first files read by a second process while it starts.
 
 The spectral core (:mod:`msclip.spectral`) never reads files; everything downstream receives
 arrays whose band names travel with them.
