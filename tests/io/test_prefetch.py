@@ -31,7 +31,7 @@ paths = [good, warned, corrupt, changed, big]
 reads = start_reads(paths, budget=int(os.environ["BUDGET"]))
 out = {"started": reads is not None}
 if reads is not None:
-    out["finished"] = reads.wait(60)
+    out["finished"] = reads.wait(150)
     st = os.stat(changed)
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a file changed since
     ref = read_raster(good)
@@ -64,7 +64,7 @@ def _script(tmp_path: Path, paths: list[Path], **env: str) -> dict:
     e.pop(ENV, None)
     e.update(env)
     done = subprocess.run([sys.executable, str(script), *map(str, paths)], capture_output=True,
-                          text=True, timeout=120, env=e)  # fmt: skip
+                          text=True, timeout=240, env=e)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
