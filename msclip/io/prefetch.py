@@ -120,12 +120,14 @@ class StartupReads:
 
     # -- the reading process's side ---------------------------------------------------------------
     @staticmethod
-    def _child(paths: Sequence[str], settings: dict[str, Any], buf: mmap.mmap, fd: int) -> None:
-        """Read ``paths`` in order into ``buf``, one JSON line per file on ``fd``; never returns."""
+    def _child(
+        paths: Sequence[str], settings: dict[str, Any], buf: mmap.mmap, fd: int, parent: int
+    ) -> None:
+        """Read ``paths`` in order into ``buf``, one JSON line per file on ``fd``; never returns
+        (``parent``: the run's process id)."""
         try:
             with contextlib.suppress(OSError):
                 os.nice(19)  # idle cores only
-            parent = os.getppid()
             with contextlib.suppress(Exception):
                 import ctypes
 
@@ -155,8 +157,8 @@ class StartupReads:
                     np.ndarray(data.shape, data.dtype, buffer=buf, offset=offset)[...] = data
                     line = json.dumps({
                         "path": path, "key": key, "offset": offset, "shape": list(data.shape),
-                        "dtype": data.dtype.str, "bands": list(raster.bands),
-                        "nodata": raster.nodata,
+                        "dtype": data.dtype.str, "bands": [str(b) for b in raster.bands],
+                        "nodata": None if raster.nodata is None else float(raster.nodata),
                     }).encode() + b"\n"  # fmt: skip
                     if len(line) > select.PIPE_BUF:  # one atomic write per record, or none
                         continue
@@ -319,6 +321,7 @@ def start_reads(
     for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
         with contextlib.suppress(Exception):
             stream.flush()
+    parent = os.getpid()
     try:
         with warnings.catch_warnings():
             # Python 3.12 warns at a fork of a process with more than one thread: here the only
@@ -334,6 +337,6 @@ def start_reads(
         return None
     if pid == 0:  # pragma: no cover - the reading process (ends in os._exit)
         os.close(r)
-        StartupReads._child(names, settings, buf, w)
+        StartupReads._child(names, settings, buf, w, parent)
     os.close(w)
     return StartupReads(pid, r, buf, settings, len(names))
