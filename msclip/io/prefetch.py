@@ -85,13 +85,6 @@ def _why_not() -> str | None:
     return None
 
 
-def _available_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _file_key(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -293,15 +286,18 @@ def start_reads(
 ) -> StartupReads | None:
     """Fork a process that reads the first of ``paths`` (with these
     :func:`~msclip.io.readers.read_raster` settings) into memory shared with this one, within
-    ``budget`` bytes of pixels (default: 256 MB, at most an eighth of the available memory);
-    ``None`` where it cannot start (see the module docstring) or there is nothing to read."""
+    ``budget`` bytes of pixels (default: 256 MB, at most an eighth of the memory available to
+    this process, :func:`msclip.hardware.available_memory`); ``None`` where it cannot start (see
+    the module docstring) or there is nothing to read. The pixels stay in memory until taken."""
     why = _why_not()
     if why is not None:
         logger.debug("no start-up reads: %s", why)
         return None
     names = [os.fsdecode(os.fspath(p)) for p in paths[:MAX_FILES]]
     if budget is None:
-        available = _available_bytes()
+        from msclip.hardware import available_memory  # torch-free; a container's limit counts
+
+        available = available_memory()
         budget = DEFAULT_BUDGET if available is None else min(DEFAULT_BUDGET, available // 8)
     budget = -(-int(budget) // _PAGE) * _PAGE
     if not names or budget <= 0:

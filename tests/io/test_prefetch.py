@@ -52,6 +52,9 @@ if reads is not None:
     out["read"], out["taken"] = reads.read, reads.taken
     reads.close()
     out["closed"] = reads.take(big) is None  # read ahead, but the reads are closed
+    default = start_reads([good])  # the default budget: from the memory available, torch-free
+    out["default"] = default is not None and default.wait(150) and default.take(good) is not None
+    default.close()
 out["torch"] = "torch" in sys.modules
 print(json.dumps(out))
 """
@@ -94,7 +97,7 @@ def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path
     assert out["good"] and out["owned"] and out["twice"]
     for check in ("other_settings", "window", "reduced", "too_large"):
         assert out[check], check
-    assert out["warned"] and out["corrupt"] and out["changed"] and out["closed"]
+    assert out["warned"] and out["corrupt"] and out["changed"] and out["closed"] and out["default"]
     assert out["read"] == 3 and out["taken"] == 1  # good, changed and big were read
 
 
