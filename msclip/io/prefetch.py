@@ -48,7 +48,8 @@ __all__ = ["ENV", "StartupReads", "start_reads"]
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable that turns the start-up reads off (``0``).
+#: Environment variable that turns the start-up reads off (``0``, ``off``, ``false``, ``no``; a
+#: value that is no switch is warned about and read as on, as msclip's other switches are).
 ENV = "MSCLIP_STARTUP_READS"
 #: Most bytes of pixels read ahead by default (at most an eighth of the memory available).
 DEFAULT_BUDGET = 256 << 20
@@ -63,16 +64,11 @@ MAX_FILES = 2048
 _PAGE = mmap.PAGESIZE
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _why_not() -> str | None:
     """Why the reads cannot start in this process (``None``: they can)."""
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting, usable_cores  # torch-free
+
+    if env_setting(ENV, "1", SWITCH_VALUES) in SWITCH_OFF:
         return f"{ENV}=0"
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return "not on Linux"
@@ -80,7 +76,7 @@ def _why_not() -> str | None:
         return "torch is imported already"
     if threading.active_count() > 1:
         return "other threads run"
-    if _usable_cores() < 2:
+    if usable_cores() < 2:
         return "one usable core"
     return None
 
