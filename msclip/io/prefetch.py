@@ -89,6 +89,15 @@ def _file_key(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _settings(
+    bands: Sequence[str] | None, layout: str | None, sensor: str | None, nodata: float | None
+) -> dict[str, Any]:
+    """The :func:`~msclip.io.readers.read_raster` settings files are read ahead with, in the form
+    :meth:`StartupReads.take` compares them in."""
+    return {"bands": None if bands is None else tuple(bands), "layout": layout,
+            "sensor": sensor, "nodata": nodata}  # fmt: skip
+
+
 class StartupReads:
     """Files read by a forked process (:func:`start_reads`); :meth:`take` them while encoding,
     :meth:`close` when the run is done. Safe to use from several threads."""
@@ -217,9 +226,8 @@ class StartupReads:
         """``(data, bands, nodata)`` of ``path`` as :func:`msclip.io.readers.read_raster` with
         these arguments gives them, where it was read ahead with the same settings and is
         unchanged since; else ``None`` (read it as usual). Each file is given once."""
-        asked = {"bands": None if bands is None else tuple(bands), "layout": layout,
-                 "sensor": sensor, "nodata": nodata}  # fmt: skip
-        if window is not None or shorter_side is not None or asked != self._asked():
+        asked = _settings(bands, layout, sensor, nodata)
+        if window is not None or shorter_side is not None or asked != self.settings:
             return None
         name = os.fsdecode(os.fspath(path))
         with self._lock:
@@ -242,12 +250,6 @@ class StartupReads:
             self.taken += 1
         nd = rec["nodata"]
         return data, tuple(rec["bands"]), None if nd is None else float(nd)
-
-    def _asked(self) -> dict[str, Any]:
-        s = self.settings
-        bands = s.get("bands")
-        return {"bands": None if bands is None else tuple(bands), "layout": s.get("layout"),
-                "sensor": s.get("sensor"), "nodata": s.get("nodata")}  # fmt: skip
 
     def close(self) -> None:
         """Stop the reading process (if it still runs) and free the shared memory."""
@@ -298,8 +300,7 @@ def start_reads(
     budget = -(-int(budget) // _PAGE) * _PAGE
     if not names or budget <= 0:
         return None
-    settings = {"bands": None if bands is None else list(bands), "layout": layout,
-                "sensor": sensor, "nodata": nodata}  # fmt: skip
+    settings = _settings(bands, layout, sensor, nodata)
     try:
         buf = mmap.mmap(-1, budget)  # shared and anonymous: pages exist once written
         r, w = os.pipe()
