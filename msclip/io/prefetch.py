@@ -13,12 +13,13 @@ imports rasterio (GeoTIFF sizes are checked from their headers).
 
 What is taken is exactly what the run's own read gives (the pixels, band names and nodata value;
 not the georeference, which file encoding does not use), because the reading process keeps only
-files it read without any warning or error (the run reads the others itself and reports them as
-usual), a file is taken only with the settings it was read with and unchanged since (inode, size,
-modification time), and never twice. The reading process runs at the lowest priority (it only
-uses idle cores), never writes to the terminal, ends at the run's first take (killed, after which
-the records of the files it finished are read) or when the budget is spent, and dies with the run
-(Linux's parent-death signal).
+files it read without any warning or error (a Python warning, a log record at warning level, as
+GDAL's warnings come through rasterio, or any output of a C library on standard output or error:
+the run reads those files itself and reports them as usual), a file is taken only with the settings
+it was read with and unchanged since (inode, size, modification time), and never twice. The reading
+process runs at the lowest priority (it only uses idle cores), never writes to the terminal, ends
+at the run's first take (killed, after which the records of the files it finished are read) or when
+the budget is spent, and dies with the run (Linux's parent-death signal).
 
 It starts only where it can help and fork is safe: on Linux, with two or more usable cores, no
 other Python thread running and torch not yet imported (a forked copy of a process that has
@@ -98,6 +99,54 @@ def _settings(
             "sensor": sensor, "nodata": nodata}  # fmt: skip
 
 
+def _silenced() -> Any:
+    """Make this (reading) process silent, and return a count of what it would have said.
+
+    Whatever reading a file says is left for the run to say: standard output and error go to a
+    file in memory, and every log record at warning level or above (GDAL's warnings come through
+    rasterio's loggers) is counted instead of written. The count (log records plus bytes written
+    to either stream, e.g. by a C library) changes while a file is read only where that file
+    gave some message; such a file is not kept (the run reads it and shows the message)."""
+    records = [0]
+
+    class _Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records[0] += 1
+
+    loggers = [logging.getLogger()]
+    loggers += [
+        x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)
+    ]
+    for each in loggers:  # the run's handlers write to its terminal: none of them here
+        for handler in list(each.handlers):
+            each.removeHandler(handler)
+        each.propagate = True
+    root = logging.getLogger()
+    root.addHandler(_Count(logging.WARNING))
+    root.setLevel(logging.WARNING)
+    logging.disable(logging.NOTSET)
+    try:
+        sink = os.memfd_create("msclip-startup-reads")
+    except (AttributeError, OSError):  # no memfd: a temporary file, unlinked at once
+        import tempfile
+
+        sink, name = tempfile.mkstemp(prefix="msclip-startup-reads-")
+        os.unlink(name)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+
+    def said() -> tuple[int, int]:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        return records[0], os.fstat(sink).st_size
+
+    return said
+
+
 class StartupReads:
     """Files read by a forked process (:func:`start_reads`); :meth:`take` them while encoding,
     :meth:`close` when the run is done. Safe to use from several threads."""
@@ -132,7 +181,7 @@ class StartupReads:
                 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
             if os.getppid() != parent:  # the run ended before the signal was set
                 return
-            logging.disable(logging.CRITICAL)
+            said = _silenced()
             from msclip.io.readers import read_raster
 
             offset = 0
@@ -143,11 +192,12 @@ class StartupReads:
                     if key is None:
                         continue
                     caught.clear()
+                    before = said()
                     try:
                         raster = read_raster(path, max_pixels=MAX_PIXELS, **settings)
                     except Exception:  # the run reads it and says why
                         continue
-                    if caught:  # the run reads it and warns itself
+                    if caught or said() != before:  # the run reads it and warns itself
                         continue
                     data = np.ascontiguousarray(raster.data)
                     if offset + data.nbytes > len(buf):

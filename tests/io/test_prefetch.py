@@ -25,9 +25,26 @@ import numpy as np
 from msclip.io.prefetch import start_reads
 from msclip.io.readers import read_raster
 
+import logging
+import msclip.io.readers
+
 assert "torch" not in sys.modules
-good, warned, corrupt, changed, big = sys.argv[1:6]
-paths = [good, warned, corrupt, changed, big]
+good, warned, corrupt, changed, big, logged, printed = sys.argv[1:8]
+paths = [good, warned, corrupt, changed, big, logged, printed]
+# as a program sets its logging up: records on stderr
+logging.basicConfig(level=logging.WARNING, format="run's log: %(message)s")
+real_read = msclip.io.readers.read_raster
+
+
+def read_raster(path, **kwargs):  # a read that logs (as GDAL's warnings come) or prints
+    if path == logged:
+        logging.getLogger("rasterio._env").warning("GDAL: odd tag in %s", path)
+    if path == printed:
+        os.write(2, b"a C library: odd file\n")
+    return real_read(path, **kwargs)
+
+
+msclip.io.readers.read_raster = read_raster
 reads = start_reads(paths, budget=int(os.environ["BUDGET"]))
 out = {"started": reads is not None}
 if reads is not None:
@@ -47,7 +64,8 @@ if reads is not None:
     )
     out["owned"] = got is not None and bool(got[0].flags.owndata and got[0].flags.writeable)
     out["twice"] = reads.take(good) is None
-    for name, path in (("warned", warned), ("corrupt", corrupt), ("changed", changed)):
+    for name, path in (("warned", warned), ("corrupt", corrupt), ("changed", changed),
+                       ("logged", logged), ("printed", printed)):
         out[name] = reads.take(path) is None
     out["read"], out["taken"] = reads.read, reads.taken
     reads.close()
@@ -69,7 +87,9 @@ def _script(tmp_path: Path, paths: list[Path], **env: str) -> dict:
     done = subprocess.run([sys.executable, str(script), *map(str, paths)], capture_output=True,
                           text=True, timeout=240, env=e)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["stderr"] = done.stderr
+    return out
 
 
 @pytest.fixture
@@ -81,15 +101,18 @@ def files(make_geotiff, tmp_path) -> list[Path]:
     corrupt.write_bytes(b"II*\x00" + b"\x00" * 60)
     changed, _ = make_geotiff("changed.tif", seed=2)
     big, _ = make_geotiff("big.tif", size=(64, 64), seed=3)
-    return [good, warned, corrupt, changed, big]
+    logged, _ = make_geotiff("logged.tif", seed=4)
+    printed, _ = make_geotiff("printed.tif", seed=5)
+    return [good, warned, corrupt, changed, big, logged, printed]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
 def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path) -> None:
     """A file read ahead is taken once, with the settings it was read with, unchanged since, and
-    equal to read_raster's data, band names and nodata; a file whose read warned or failed, one
-    read with other settings, windowed, reduced, too large for the run, or changed since is not
-    (the run reads it and reports it itself)."""
+    equal to read_raster's data, band names and nodata; a file whose read warned, logged a
+    warning, wrote to stderr or failed, one read with other settings, windowed, reduced, too
+    large for the run, or changed since is not (the run reads it and reports it itself); the
+    reading process writes nothing to the terminal."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("the reads start with two usable cores")
     out = _script(tmp_path, files, BUDGET=str(64 << 20))
@@ -98,7 +121,10 @@ def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path
     for check in ("other_settings", "window", "reduced", "too_large"):
         assert out[check], check
     assert out["warned"] and out["corrupt"] and out["changed"] and out["closed"] and out["default"]
+    assert out["logged"] and out["printed"]
     assert out["read"] == 3 and out["taken"] == 1  # good, changed and big were read
+    # what the reading process's reads said is left for the run to say
+    assert "GDAL: odd tag" not in out["stderr"] and "a C library" not in out["stderr"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
@@ -113,7 +139,7 @@ def test_the_reads_do_not_start_where_they_are_not_safe_or_turned_off(files, tmp
     """Not in a process that has imported torch (this one), and not with MSCLIP_STARTUP_READS=0."""
     assert "torch" in sys.modules and start_reads(files) is None
     out = _script(tmp_path, files, BUDGET=str(64 << 20), **{ENV: "0"})
-    assert out == {"started": False, "torch": False}
+    assert out == {"started": False, "torch": False, "stderr": ""}
 
 
 def embedding_of(model, pp, path: Path) -> np.ndarray:
