@@ -262,11 +262,11 @@ def run(size: int, dim: int, dataset: str, k: int, n_queries: int, workdir: Path
         # the calibration times the products alone on a sample that fits in the caches: its
         # figures rank the kernels, they are not the latency of a scan of the whole index (one
         # query streams the codes from memory, slower than the sample's rate)
-        timed = REGIMES[regime]
+        sample_q = REGIMES[regime]
         print(
             f"  kernel for {n} quer{'y' if n == 1 else 'ies'}: {chosen} "
-            f"({'cached' if cal.cached else 'measured'}; products of {timed} "
-            f"quer{'y' if timed == 1 else 'ies'} on the {cal.rows:,}-row sample, in ms per "
+            f"({'cached' if cal.cached else 'measured'}; products of {sample_q} "
+            f"quer{'y' if sample_q == 1 else 'ies'} on the {cal.rows:,}-row sample, in ms per "
             f"{size:,} rows: {shown})"
         )
     print(
