@@ -16,10 +16,11 @@ not the georeference, which file encoding does not use), because the reading pro
 files it read without any warning or error (a Python warning, a log record at warning level, as
 GDAL's warnings come through rasterio, or any output of a C library on standard output or error:
 the run reads those files itself and reports them as usual), a file is taken only with the settings
-it was read with and unchanged since (inode, size, modification time), and never twice. The reading
-process runs at the lowest priority (it only uses idle cores), never writes to the terminal, ends
-at the run's first take (killed, after which the records of the files it finished are read) or when
-the budget is spent, and dies with the run (Linux's parent-death signal).
+it was read with and unchanged since (inode, size and modification time, of the files a VRT reads
+too), and never twice. The reading process runs at the lowest priority (it only uses idle cores),
+never writes to the terminal, ends at the run's first take (killed, after which the records of the
+files it finished are read) or when the budget is spent, and dies with the run (Linux's parent-
+death signal).
 
 It starts only where it can help and fork is safe: on Linux, with two or more usable cores, no
 other Python thread running and torch not yet imported (a forked copy of a process that has
@@ -83,11 +84,15 @@ def _why_not() -> str | None:
 
 
 def _file_key(path: str) -> tuple[int, int, int] | None:
+    """What tells that an input changed since it was read: the inode of the path (a file renamed
+    over it) and :func:`msclip.io.readers.input_stamp` (size and modification time, of the files
+    a VRT or a folder reads too: a band file rewritten under an unchanged VRT is a change)."""
+    from msclip.io.readers import input_stamp
+
     try:
-        st = os.stat(path)
+        return (os.stat(path).st_ino, *input_stamp(path))
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _settings(

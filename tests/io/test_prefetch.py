@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from msclip.io import stack_band_files
 from msclip.io.prefetch import ENV, start_reads
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +30,8 @@ import logging
 import msclip.io.readers
 
 assert "torch" not in sys.modules
-good, warned, corrupt, changed, big, logged, printed = sys.argv[1:8]
-paths = [good, warned, corrupt, changed, big, logged, printed]
+good, warned, corrupt, changed, big, logged, printed, stack, band = sys.argv[1:10]
+paths = [good, warned, corrupt, changed, big, logged, printed, stack]
 # as a program sets its logging up: records on stderr
 logging.basicConfig(level=logging.WARNING, format="run's log: %(message)s")
 real_read = msclip.io.readers.read_raster
@@ -49,8 +50,9 @@ reads = start_reads(paths, budget=int(os.environ["BUDGET"]))
 out = {"started": reads is not None}
 if reads is not None:
     out["finished"] = reads.wait(150)
-    st = os.stat(changed)
-    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a file changed since
+    for path in (changed, band):  # a file changed since; a band file under an unchanged VRT
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     ref = read_raster(good)
     got = reads.take(good, sensor="hls_l30")  # read with other settings: not this one
     out["other_settings"] = got is None
@@ -65,7 +67,7 @@ if reads is not None:
     out["owned"] = got is not None and bool(got[0].flags.owndata and got[0].flags.writeable)
     out["twice"] = reads.take(good) is None
     for name, path in (("warned", warned), ("corrupt", corrupt), ("changed", changed),
-                       ("logged", logged), ("printed", printed)):
+                       ("logged", logged), ("printed", printed), ("stack", stack)):
         out[name] = reads.take(path) is None
     out["read"], out["taken"] = reads.read, reads.taken
     reads.close()
@@ -103,7 +105,10 @@ def files(make_geotiff, tmp_path) -> list[Path]:
     big, _ = make_geotiff("big.tif", size=(64, 64), seed=3)
     logged, _ = make_geotiff("logged.tif", seed=4)
     printed, _ = make_geotiff("printed.tif", seed=5)
-    return [good, warned, corrupt, changed, big, logged, printed]
+    bands = [make_geotiff(f"T32TQM_{b}.tif", count=1, seed=6 + i)[0]
+             for i, b in enumerate(("B02", "B03", "B04"))]  # fmt: skip
+    stack = stack_band_files(bands, tmp_path / "stack.vrt")
+    return [good, warned, corrupt, changed, big, logged, printed, stack, bands[1]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reads fork (Linux only)")
@@ -111,8 +116,8 @@ def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path
     """A file read ahead is taken once, with the settings it was read with, unchanged since, and
     equal to read_raster's data, band names and nodata; a file whose read warned, logged a
     warning, wrote to stderr or failed, one read with other settings, windowed, reduced, too
-    large for the run, or changed since is not (the run reads it and reports it itself); the
-    reading process writes nothing to the terminal."""
+    large for the run, or changed since (a VRT whose band file changed) is not (the run reads it
+    and reports it itself); the reading process writes nothing to the terminal."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("the reads start with two usable cores")
     out = _script(tmp_path, files, BUDGET=str(64 << 20))
@@ -121,8 +126,8 @@ def test_what_is_taken_is_the_run_s_own_read_and_nothing_else_is(files, tmp_path
     for check in ("other_settings", "window", "reduced", "too_large"):
         assert out[check], check
     assert out["warned"] and out["corrupt"] and out["changed"] and out["closed"] and out["default"]
-    assert out["logged"] and out["printed"]
-    assert out["read"] == 3 and out["taken"] == 1  # good, changed and big were read
+    assert out["logged"] and out["printed"] and out["stack"]
+    assert out["read"] == 4 and out["taken"] == 1  # good, changed, big and the stack were read
     # what the reading process's reads said is left for the run to say
     assert "GDAL: odd tag" not in out["stderr"] and "a C library" not in out["stderr"]
 
