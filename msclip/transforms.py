@@ -53,11 +53,14 @@ class ImageTransform(SpectralPreprocess):
     ) -> Raster:
         """Read a file (or a window of a GeoTIFF) with this transform's band settings
         (``nodata``: the stored value of missing pixels, instead of the file's)."""
-        return read_raster(
-            path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, window=window,
-            max_pixels=self.max_pixels, shorter_side=self.image_size if self.downsample else None,
-            nodata=nodata,
-        )  # fmt: skip
+        return read_raster(path, window=window, nodata=nodata, **self._read_settings())
+
+    def _read_settings(self) -> dict[str, Any]:
+        """This transform's settings of :func:`~msclip.io.readers.read_raster` (files read ahead
+        are taken only when read with the same, :meth:`read_ahead`)."""
+        return {"bands": self.input_bands, "layout": self.layout, "sensor": self.sensor,
+                "max_pixels": self.max_pixels,
+                "shorter_side": self.image_size if self.downsample else None}  # fmt: skip
 
     def read_ahead(
         self, reads: Any, path: str | os.PathLike, nodata: float | None = None
@@ -65,10 +68,7 @@ class ImageTransform(SpectralPreprocess):
         """What ``load(read(path, nodata=nodata))`` gives, from ``reads`` made ahead with this
         transform's settings (:class:`msclip.io.prefetch.StartupReads`), or ``None`` where they
         do not hold the file (then read it)."""
-        got = reads.take(
-            path, bands=self.input_bands, layout=self.layout, sensor=self.sensor, nodata=nodata,
-            max_pixels=self.max_pixels, shorter_side=self.image_size if self.downsample else None,
-        )  # fmt: skip
+        got = reads.take(path, nodata=nodata, **self._read_settings())
         if got is None:
             return None
         data, bands, stored_nodata = got
