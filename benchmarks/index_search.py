@@ -49,8 +49,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msclip.cli.common import plural
 from msclip.index import IndexStore, IndexWriter, SearchIndex
-from msclip.index.calibrate import REGIMES
+from msclip.index.calibrate import REGIMES, regime
 from msclip.index.store import SEARCH_CACHE_DIR
 
 SOURCE_ROWS = 1000
@@ -253,20 +254,20 @@ def run(size: int, dim: int, dataset: str, k: int, n_queries: int, workdir: Path
     index.search(q, k)
     first_s = time.perf_counter() - t0
     cal = index.calibration
-    for regime, n in (("few", 1), ("many", n_queries)):
+    for n in (1, n_queries):
         chosen = index._pick_kernel(n)
-        times = cal.timings.get(regime, {})
+        times = cal.timings.get(regime(n), {})
         shown = ", ".join(
             f"{name} {v * size * 1e3:.1f}" for name, v in sorted(times.items(), key=lambda x: x[1])
         )
         # the calibration times the products alone on a sample that fits in the caches: its
         # figures rank the kernels, they are not the latency of a scan of the whole index (one
         # query streams the codes from memory, slower than the sample's rate)
-        sample_q = REGIMES[regime]
+        sample_q = REGIMES[regime(n)]
         print(
-            f"  kernel for {n} quer{'y' if n == 1 else 'ies'}: {chosen} "
-            f"({'cached' if cal.cached else 'measured'}; products of {sample_q} "
-            f"quer{'y' if sample_q == 1 else 'ies'} on the {cal.rows:,}-row sample, in ms per "
+            f"  kernel for {plural(n, 'query', 'queries')}: {chosen} "
+            f"({'cached' if cal.cached else 'measured'}; products of "
+            f"{plural(sample_q, 'query', 'queries')} on the {cal.rows:,}-row sample, in ms per "
             f"{size:,} rows: {shown})"
         )
     print(
