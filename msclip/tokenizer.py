@@ -58,16 +58,34 @@ def _byte_chars() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(order, chars)}
 
 
+def _merge_lines_text(path: str) -> str:
+    """The merge list's text up to its last merge line used: CLIP's file holds 262,145 lines, of
+    which the version header and the first :data:`_N_MERGES` merges are read (decompressing a
+    quarter of the file: 5 against 16 ms, Zen 5). Cut after a line end, so no character is split
+    between two chunks."""
+    chunks: list[bytes] = []
+    lines = 0
+    with gzip.open(path, "rb") as f:
+        while lines <= _N_MERGES and (chunk := f.read(1 << 18)):
+            chunks.append(chunk)
+            lines += chunk.count(b"\n")
+    data = b"".join(chunks)
+    if lines > _N_MERGES:
+        data = data[: data.rfind(b"\n") + 1]
+    text = data.decode("utf-8")
+    # line ends as text mode reads them (Windows and old Mac ends are line ends too)
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
 @functools.cache
 def _tables(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        text = f.read()
+    text = _merge_lines_text(path)
     # the first line is a version header; each merge line is its two pieces and one space
     lines = text.split("\n", _N_MERGES + 1)[1 : _N_MERGES + 1]
     words = " ".join(lines).split(" ")
-    if len(words) == 2 * len(lines) and "\r" not in text:  # at once (~30 ms less)
+    if len(words) == 2 * len(lines):  # at once (~30 ms less)
         firsts, seconds = words[0::2], words[1::2]
-    else:  # another spacing, or Windows line ends: line by line
+    else:  # another spacing (tabs, several spaces, spaces at a line's end): line by line
         pairs = [line.split() for line in lines]
         firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
     merges = list(zip(firsts, seconds))

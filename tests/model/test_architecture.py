@@ -168,7 +168,7 @@ def test_a_merge_list_with_windows_line_ends_or_other_spacing_reads_the_same(tmp
 
     with gzip.open(default_bpe_path(), "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")[:2001]  # the header and 2,000 merges
-    copies = {"lf": "\n".join(lines), "crlf": "\r\n".join(lines),
+    copies = {"lf": "\n".join(lines), "crlf": "\r\n".join(lines), "cr": "\r".join(lines),
               "spaces": "\n".join(line.replace(" ", "   ") for line in lines)}  # fmt: skip
     tables = {}
     for name, text in copies.items():
@@ -177,7 +177,29 @@ def test_a_merge_list_with_windows_line_ends_or_other_spacing_reads_the_same(tmp
             f.write(text)
         tables[name] = _tables(str(path))
     assert len(tables["lf"][1]) == 2000 and ("i", "n") in tables["lf"][1]
-    assert tables["crlf"] == tables["lf"] == tables["spaces"]
+    assert tables["crlf"] == tables["lf"] == tables["cr"] == tables["spaces"]
+
+
+def test_the_merge_list_is_read_up_to_its_last_merge_used_into_the_whole_files_tables() -> None:
+    """Only the header and the merges the vocabulary uses are decompressed (a quarter of CLIP's
+    file); the tables equal those of the whole file read as text."""
+    import gzip
+
+    from msclip import tokenizer as tok_module
+
+    path = str(tok_module.default_bpe_path())
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        whole = f.read()
+    part = tok_module._merge_lines_text(path)
+    assert len(part) < len(whole) / 2 and whole.startswith(part) and part.endswith("\n")
+    merges = [tuple(line.split()) for line in whole.split("\n")[1 : tok_module._N_MERGES + 1]]
+    tok_module._tables.cache_clear()
+    try:
+        encoder, ranks = tok_module._tables(path)
+    finally:
+        tok_module._tables.cache_clear()
+    assert ranks == {pair: i for i, pair in enumerate(merges)}
+    assert len(encoder) == 49408 and encoder["".join(merges[-1])] == 49405
 
 
 def test_a_missing_merge_list_is_named_when_the_tokenizer_is_made(tmp_path) -> None:
