@@ -61,8 +61,8 @@ def _byte_chars() -> dict[int, str]:
 def _merge_lines_text(path: str) -> str:
     """The merge list's text up to its last merge line used: CLIP's file holds 262,145 lines, of
     which the version header and the first :data:`_N_MERGES` merges are read (decompressing a
-    quarter of the file: 5 against 16 ms, Zen 5). Cut after a line end, so no character is split
-    between two chunks."""
+    quarter of the file: 5 against 16 ms, Zen 5). The chunks are joined, then cut after a line
+    end, so the text never ends inside a character."""
     chunks: list[bytes] = []
     lines = 0
     with gzip.open(path, "rb") as f:
