@@ -1032,9 +1032,11 @@ def _mark_missing(
     data: np.ndarray, invalid: np.ndarray, nodata: float | None, promote: bool = False
 ) -> tuple[np.ndarray, float | None]:
     """``data`` with its ``invalid`` pixels set missing in every band, and the value that marks
-    them: ``nodata`` when given; else, for integers, a value no valid pixel holds (unless
-    ``promote``); else NaN (integers promoted to float32; ``None`` returned)."""
-    if nodata is not None and not np.isnan(nodata):
+    them: ``nodata`` when given and ``data``'s type holds it exactly; else, for integers, a value
+    no valid pixel holds (unless ``promote``); else NaN (integers promoted to float32; ``None``
+    returned). A ``nodata`` the type cannot hold (-9999 or 0.5 for 16-bit unsigned pixels) is no
+    stored value of ``data``, so the marking value replaces it."""
+    if nodata is not None and _holds(data.dtype, nodata):
         data[:, invalid] = nodata
         return data, nodata
     if not np.issubdtype(data.dtype, np.floating):
@@ -1045,6 +1047,16 @@ def _mark_missing(
         data = data.astype(np.float32)
     data[:, invalid] = np.nan
     return data, None
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether pixels of ``dtype`` can store ``value`` exactly (NaN: never)."""
+    if np.isnan(value):
+        return False
+    if np.issubdtype(dtype, np.floating):
+        return bool(np.isfinite(dtype.type(value)) and dtype.type(value) == value)
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
 
 
 def too_large_picture(path: str, err: BaseException) -> RasterTooLargeError:
@@ -1196,12 +1208,11 @@ def read_raster(
         return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side, nodata)
     if ext in NUMPY_EXTENSIONS:
         raster = _read_numpy(p, bands, sensor, layout, max_pixels)
-    elif ext in PICTURE_EXTENSIONS:
-        raster = _read_picture(p, bands, sensor, max_pixels, nodata, shorter_side)
-    else:
-        raster = None
-    if raster is not None:
         return raster if nodata is None else replace(raster, nodata=nodata)
+    if ext in PICTURE_EXTENSIONS:
+        # ``nodata`` applied there, with the picture's alpha mask (which keeps its pixels missing
+        # under any ``nodata``)
+        return _read_picture(p, bands, sensor, max_pixels, nodata, shorter_side)
     raise UnsupportedFormatError(
         f"unsupported image format {ext!r} ({p}); supported: {', '.join(IMAGE_EXTENSIONS)}"
     )

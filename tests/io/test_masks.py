@@ -66,6 +66,19 @@ def test_alpha_with_a_nodata_value_marks_with_it(tmp_path):
     assert nodata_fraction(r.data, r.nodata) == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("given", [-9999, 70000, 0.5, float("nan")])
+def test_alpha_keeps_its_pixels_missing_under_a_nodata_value_the_pixels_cannot_hold(
+    tmp_path, given
+):
+    """``--nodata -9999`` (or 0.5, NaN) for 16-bit unsigned pixels: no stored value, so the
+    alpha's pixels are marked with a free value instead (neither an overflow nor a mask lost)."""
+    data = _data()
+    r = msclip.read_raster(_with_alpha(tmp_path / "a.tif", data), nodata=given)
+    assert r.data.dtype == np.uint16 and r.nodata is not None and not np.isnan(r.nodata)
+    assert (r.data[:, :16] == r.nodata).all() and np.array_equal(r.data[:, 16:], data[:, 16:])
+    assert nodata_fraction(r.data, r.nodata) == pytest.approx(0.25)
+
+
 def test_free_value_avoids_valid_pixels(tmp_path):
     data = _data()
     data[:, 40, 40] = np.iinfo(np.uint16).max  # a valid pixel saturated in every band

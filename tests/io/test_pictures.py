@@ -88,6 +88,10 @@ def test_transparent_pixels_of_a_mask_alpha_are_missing_other_alphas_are_dropped
     # a nodata value given for the file marks them instead
     given = msclip.read_raster(tmp_path / "masked.png", nodata=0)
     assert given.nodata == 0 and (given.data[:, :, 6:] == 0).all()
+    # one 8-bit pixels cannot hold marks them with a free value: the mask is kept
+    for value in (-9999, 0.5, float("nan")):
+        given = msclip.read_raster(tmp_path / "masked.png", nodata=value)
+        assert given.nodata == r.nodata and nodata_fraction(given.data, given.nodata) == 0.4
     # data in the alpha channel (values between): not a mask, dropped
     nir = rng.integers(1, 255, (8, 10)).astype(np.uint8)
     nir[0, 0] = 0
