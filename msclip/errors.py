@@ -31,6 +31,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DecoderError",
+    "DescribedBandsWarning",
     "DeviceError",
     "DimensionMismatchError",
     "DuplicateClassError",
@@ -324,6 +325,11 @@ class NodataFillWarning(MSCLIPWarning):
 
 class SmallRasterWarning(MSCLIPWarning):
     """A raster much smaller than the model input is upsampled."""
+
+
+class DescribedBandsWarning(MSCLIPWarning):
+    """A file names its bands (its band descriptions) otherwise than the band names given for
+    files that do not: the file's own names are used."""
 
 
 class GenericBandNamesWarning(MSCLIPWarning):

@@ -56,6 +56,7 @@ import numpy as np
 
 from msclip.errors import (
     BandError,
+    DescribedBandsWarning,
     GenericBandNamesWarning,
     LayoutError,
     RasterReadError,
@@ -259,11 +260,17 @@ def _assign_bands(
             from_desc = None
     if from_desc is not None:
         # bands= names the channels of files that do not name them: a file that does keeps its
-        # names (a folder may mix both); the same count named differently is a contradiction
+        # names (a folder may mix both, such as arrays with bands= and GeoTIFFs stored in
+        # another order); said where the same count is named otherwise, in case the caller
+        # meant to rename the file's bands
         if given is not None and len(given) == count and given != from_desc:
-            raise BandError(
-                f"{where} describes its bands as {list(from_desc)} but bands={list(given)} was "
-                "given; drop the argument or fix the file's band descriptions"
+            warnings.warn(
+                f"a file describes its {count} bands as {', '.join(from_desc)}, not as the "
+                f"band names given ({', '.join(given)}): its own names are used (the given "
+                "names are for files that do not name their bands; fix a file's band "
+                "descriptions to rename its bands)",
+                DescribedBandsWarning,
+                stacklevel=3,
             )
         return from_desc, "descriptions"
     if given is not None:

@@ -14,6 +14,7 @@ from PIL import Image
 import msclip
 from msclip.errors import (
     BandError,
+    DescribedBandsWarning,
     GenericBandNamesWarning,
     LayoutError,
     RasterReadError,
@@ -45,9 +46,16 @@ def test_geotiff_bands_from_descriptions_in_any_order(make_geotiff):
     path, _data = make_geotiff(count=4, descriptions=order, nodata=0)
     r = msclip.read_raster(path)
     assert r.bands == tuple(order) and r.band_source == "descriptions" and r.nodata == 0
-    # The same bands named by the caller must agree with the descriptions.
-    with pytest.raises(BandError, match="describes its bands"):
-        msclip.read_raster(path, bands=["B02", "B03", "B04", "B08"])
+    # bands= names files that do not name their bands (a folder may mix both): a file that
+    # does keeps its names, said where they differ from those given
+    for given in (["B02", "B04", "B8A", "B12"], ["B02", "B03", "B04", "B08"]):
+        with pytest.warns(DescribedBandsWarning, match="its own names are used"):
+            named = msclip.read_raster(path, bands=given)
+        assert named.bands == tuple(order) and named.band_source == "descriptions"
+        assert np.array_equal(named.data, r.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert msclip.read_raster(path, bands=order).bands == tuple(order)
 
 
 def test_geotiff_descriptions_written_by_gdal_sentinel2_driver(make_geotiff):
