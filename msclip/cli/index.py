@@ -615,6 +615,7 @@ def _run_build(args: argparse.Namespace) -> int:
         ["sources given", report.sources],
         ["already indexed (skipped)", report.skipped_done],
         ["changed since indexed", len(report.changed)],
+        ["indexed with another tiling", len(report.retiled)],
         ["sources added", report.added],
         ["embeddings added", report.rows],
         ["skipped as nodata", report.nodata],
@@ -627,6 +628,8 @@ def _run_build(args: argparse.Namespace) -> int:
     code = EXIT_OK
     if report.changed:
         code = _warn_stale(args, report)
+    if report.retiled:
+        code = _warn_retiled(args, report)
     if report.failures:
         shown, rest = failure_summary(report.failures)
         more = f"; and {rest} more" if rest else ""
@@ -670,6 +673,24 @@ def _warn_stale(args: argparse.Namespace, report: Any) -> int:
         f"warning: to index the current files, build a new index: 'msclip-index build "
         f"NEW.index --images ... --scenes ...' (the same inputs), then use it instead of "
         f"{args.index}",
+        file=sys.stderr,
+    )
+    return EXIT_OK if args.skip_bad else EXIT_PARTIAL
+
+
+def _warn_retiled(args: argparse.Namespace, report: Any) -> int:
+    """Name the given files that the index holds with another tiling; exit status 1 (0 with
+    --skip-bad), as the tiling asked for was not applied."""
+    shown = report.retiled
+    more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+    print(
+        "warning: files the index holds cut otherwise than asked (the index keeps one tiling "
+        f"per file, so they are not encoded again): {len(shown)}: {', '.join(shown[:10])}{more}",
+        file=sys.stderr,
+    )
+    print(
+        "warning: to index them as asked, build a new index of these inputs ('msclip-index "
+        f"build NEW.index ...'); to add to {args.index}, give them as it holds them (above)",
         file=sys.stderr,
     )
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL

@@ -176,6 +176,9 @@ class BuildReport:
         failed_tiles: how many of ``failures`` are scene tiles (the rest are files).
         changed: files given to this run, already indexed, whose size or mtime differ from when
             they were encoded (their embeddings are of the old content; not encoded again).
+        retiled: files given to this run, already indexed otherwise (as tiles of another size
+            or stride, as one image and now as a scene, or the reverse), each with both
+            tilings (``"path (indexed as ..., given as ...)"``; not encoded again).
         count: embeddings in the index after the run.
     """
 
@@ -190,6 +193,7 @@ class BuildReport:
     failures: list[Failure] = field(default_factory=list)
     failed_tiles: int = 0
     changed: list[str] = field(default_factory=list)
+    retiled: list[str] = field(default_factory=list)
     count: int = 0
 
 
@@ -276,17 +280,29 @@ def pending_work(
 ) -> list[Source | None]:
     """What is left to encode of each planned source, in order: the source itself when not in
     the index, a retry of the failed tiles of a scene (:func:`retry_source`), or ``None``
-    (done, or changed since it was indexed). Fills ``report``'s ``skipped_done``, ``retried`` and
-    ``changed`` (only the given sources are compared with their stamps: one ``stat`` each, at
-    planning time, whatever the size of the index)."""
+    (done, changed since it was indexed, or indexed with another tiling). Fills ``report``'s
+    ``skipped_done``, ``retried``, ``changed`` and ``retiled`` (only the given sources are
+    compared with their stamps: one ``stat`` each, at planning time, whatever the size of the
+    index)."""
     work: list[Source | None] = []
     changed: set[str] = set()
+    retiled: dict[str, str] = {}
     for s in sources:
         if not writer.is_done(s.key):
             work.append(s)
             continue
-        if _changed(writer.source_info(s.key), s.stamp):  # never mix two versions of a file
+        info = writer.source_info(s.key)
+        if _changed(info, s.stamp):  # never mix two versions of a file
             changed.add(source_file(s.key))
+            report.skipped_done += 1
+            work.append(None)
+            continue
+        before = _tiling(info)
+        if before is not ... and before != _source_tiling(s):  # one tiling per file
+            retiled[s.file] = (
+                f"{s.file} (indexed as {_tiling_text(before)}, given as "
+                f"{_tiling_text(_source_tiling(s))})"
+            )
             report.skipped_done += 1
             work.append(None)
             continue
@@ -299,7 +315,32 @@ def pending_work(
             report.skipped_done += 1
             work.append(None)
     report.changed = sorted(changed)
+    report.retiled = [retiled[k] for k in sorted(retiled)]
     return work
+
+
+def _source_tiling(source: Source) -> list[int] | None:
+    """How a source is cut: ``[tile size, stride]`` of a scene, ``None`` for one image (as its
+    source information stores it, :func:`add_encoded`)."""
+    if source.scene is None:
+        return None
+    return [int(source.scene.tile_size), int(source.scene.stride)]
+
+
+def _tiling(info: Mapping[str, Any] | None) -> Any:
+    """The tiling a stored source was indexed with (:func:`_source_tiling`), or ``...`` when its
+    source information does not say (indexes written before it was stored)."""
+    if not info or "tiling" not in info:
+        return ...
+    t = info["tiling"]
+    return None if t is None else [int(v) for v in t]
+
+
+def _tiling_text(tiling: list[int] | None) -> str:
+    if tiling is None:
+        return "one image"
+    size, stride = tiling
+    return f"tiles of {size} px every {stride} px"
 
 
 def _changed(info: Mapping[str, Any] | None, stamp: Mapping[str, int] | None) -> bool:
@@ -600,11 +641,10 @@ def add_encoded(
     if done.unreadable:
         return False
     info: dict[str, Any] = dict(done.stamp or {})
+    info["tiling"] = _source_tiling(source)  # a later run given another tiling is told
     if done.failed_tiles:
         info["failed_tiles"] = done.failed_tiles
-    writer.add(
-        done.embeddings, done.rows if done.rows else None, source=source.key, info=info or None
-    )
+    writer.add(done.embeddings, done.rows if done.rows else None, source=source.key, info=info)
     report.added += source.key == source.file  # a retry adds to a scene already counted
     report.rows += len(done.embeddings)
     return True

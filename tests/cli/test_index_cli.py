@@ -700,6 +700,35 @@ def test_changed_and_vanished_files_are_named(inputs, tmp_path, capsys):
     assert main(["build", str(tmp_path / "new.index"), "--images", str(a), *TINY]) == 0
 
 
+def test_a_file_given_with_another_tiling_is_named_not_skipped_silently(inputs, tmp_path, capsys):
+    """A scene indexed as tiles of one size and given again with another tile size, stride, or
+    as one image (and a file indexed whole given again as a scene) is counted and named with
+    both tilings, not encoded again (one tiling per file), exit 1; given as indexed: skipped."""
+    files, scene_path, _ = inputs
+    idx = tmp_path / "t.index"
+    assert main(["build", str(idx), "--scenes", str(scene_path), *TINY]) == 0
+    assert main(["add", str(idx), "--images", str(files[0]), *TINY]) == 0
+    count = IndexStore.open(idx).count
+    capsys.readouterr()
+    for extra, said in (
+        (["--scenes", str(scene_path), "--tile-size", "40"], "given as tiles of 40 px every 40"),
+        (["--scenes", str(scene_path), "--stride", "16"], "given as tiles of 32 px every 16"),
+        (["--images", str(scene_path)], "given as one image"),
+    ):
+        assert main(["add", str(idx), *extra, *TINY]) == 1
+        out, err = capsys.readouterr()
+        assert re.search(r"indexed with another tiling\s+1\n", out)
+        assert f"{scene_path} (indexed as tiles of 32 px every 32 px, {said}" in err
+        assert "build a new index" in err
+    assert main(["add", str(idx), "--scenes", str(files[0]), "--tile-size", "32", *TINY]) == 1
+    assert "(indexed as one image, given as tiles of 32 px every 32 px)" in capsys.readouterr().err
+    assert main(["add", str(idx), "--scenes", str(scene_path), "--skip-bad", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"indexed with another tiling\s+0\n", out)
+    assert re.search(r"already indexed \(skipped\)\s+1\n", out)
+    assert IndexStore.open(idx).count == count
+
+
 def test_an_index_without_stamps_still_resumes(inputs, tmp_path, model, capsys):
     """Sources of indexes written before stamps (no source info) are taken as unchanged."""
     from msclip.index.build import model_info
