@@ -142,7 +142,7 @@ def tile_grid(height: int, width: int, tile_size: int, stride: int) -> tuple[int
         raise TilingError(f"tile size and stride must be >= 1, got {tile_size} and {stride}")
     if height < tile_size or width < tile_size:
         raise TilingError(
-            f"raster of {height}x{width} pixels is smaller than one tile of {tile_size} pixels; "
+            f"raster of {width}x{height} pixels is smaller than one tile of {tile_size} pixels; "
             "use a smaller tile size or classify the file as a single image",
             param="tile_size",
         )

@@ -455,7 +455,7 @@ def check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> 
     """Refuse a raster of more than ``max_pixels`` pixels (:class:`RasterTooLargeError`)."""
     if max_pixels is not None and height * width > max_pixels:
         raise RasterTooLargeError(
-            f"{path} is {height}x{width} pixels, far more than one image the model reads "
+            f"{path} is {width}x{height} pixels, far more than one image the model reads "
             f"(at most {max_pixels} pixels here): cut it into tiles (scene mode), or read it "
             "reduced through its overviews (downsampling)"
         )
@@ -825,8 +825,8 @@ def _read_geotiff(
             except MemoryError:
                 rows, cols = out_shape or (h, w)
                 raise RasterTooLargeError(
-                    f"{path} is {h}x{w} pixels in {len(image)} bands: reading "
-                    f"{rows}x{cols} of them at once does not fit in memory; cut it into tiles "
+                    f"{path} is {w}x{h} pixels in {len(image)} bands: reading "
+                    f"{cols}x{rows} of them at once does not fit in memory; cut it into tiles "
                     "(scene mode), or read it reduced (shorter_side=..., --downsample)"
                 ) from None
             transform = src.transform

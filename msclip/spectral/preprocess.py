@@ -333,13 +333,13 @@ class SpectralPreprocess:
     def _check_size(self, height: int, width: int) -> None:
         if min(height, width) < self.patch_size:
             raise RasterSizeError(
-                f"a raster of {height}x{width} pixels is smaller than one {self.patch_size}-pixel "
+                f"a raster of {width}x{height} pixels is smaller than one {self.patch_size}-pixel "
                 f"patch of the model; give images of at least {self.patch_size}x"
                 f"{self.patch_size} pixels (the model input is {self.image_size} pixels)"
             )
         if min(height, width) * 4 < self.image_size:
             warnings.warn(
-                f"rasters of {height}x{width} pixels are upsampled "
+                f"rasters of {width}x{height} pixels are upsampled "
                 f"{self.image_size / min(height, width):.1f}x to the model's {self.image_size}-"
                 "pixel input: the model sees interpolated pixels",
                 SmallRasterWarning,

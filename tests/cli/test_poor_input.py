@@ -234,7 +234,7 @@ def test_a_large_picture_is_read_reduced_with_downsample(tmp_path, capsys):
     argv = ["--run-classification", "--images", str(pics), *CLASSES, *QUIET,
             "--save-path", str(out)]  # fmt: skip
     assert main(argv) == 2
-    assert "400x300 pixels" in capsys.readouterr().err and not out.exists()
+    assert "300x400 pixels" in capsys.readouterr().err and not out.exists()  # width x height
     assert main([*argv, "--downsample"]) == 0
     assert sorted(pd.read_csv(out)["Image"]) == ["big.jpg", "big.png"]
 

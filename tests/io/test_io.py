@@ -375,7 +375,7 @@ def test_a_raster_that_does_not_fit_in_memory_is_named_with_the_ways_to_read_it(
         raise MemoryError
 
     monkeypatch.setattr(readers, "read_image", no_room)
-    with pytest.raises(RasterTooLargeError, match=r"big.tif is 40x48 pixels in 12 bands: .* does "
+    with pytest.raises(RasterTooLargeError, match=r"big.tif is 48x40 pixels in 12 bands: .* does "
                        r"not fit in memory; cut it into tiles"):  # fmt: skip
         msclip.read_raster(path)
 

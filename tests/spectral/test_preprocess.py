@@ -233,7 +233,7 @@ def test_rasters_smaller_than_a_patch_are_refused_much_smaller_than_the_input_wa
     pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 64, patch_size=8)
     with pytest.raises(RasterSizeError, match="1x1 pixels is smaller than one 8-pixel patch"):
         pre.process(np.ones((10, 1, 1), np.uint16), LLAMA3_MS_CLIP_BANDS)
-    with pytest.warns(SmallRasterWarning, match="rasters of 10x12 pixels are upsampled 6.4x"):
+    with pytest.warns(SmallRasterWarning, match="rasters of 12x10 pixels are upsampled 6.4x"):
         out = pre.process(np.ones((10, 10, 12), np.uint16), LLAMA3_MS_CLIP_BANDS)
     assert out.shape == (10, 64, 64)
     with warnings.catch_warnings():

@@ -30,7 +30,8 @@ def test_tile_grid():
     assert tile_grid(100, 150, 32, 32) == (3, 4)
     assert tile_grid(100, 150, 32, 16) == (5, 8)
     assert tile_grid(32, 32, 32, 7) == (1, 1)
-    with pytest.raises(TilingError, match="smaller than one tile"):
+    # sizes said as width x height, as the scene summary says them
+    with pytest.raises(TilingError, match="raster of 150x20 pixels is smaller than one tile"):
         tile_grid(20, 150, 32, 32)
     with pytest.raises(TilingError):
         tile_grid(100, 100, 32, 0)
