@@ -73,7 +73,8 @@ def class_folders(root: str | os.PathLike) -> list[Path]:
 
 def _list_file(path: Path) -> list[tuple[str, str]]:
     """``(path, entry as written)`` of the files listed in a ``.txt`` (one per line) or ``.yaml``
-    (list, or ``images:`` key) file; relative entries are relative to the list file's folder.
+    (list, or ``images:`` key) file; relative entries are relative to the list file's folder, and
+    ``~`` is the home folder.
     A ``.txt`` list holds one path a line; blank lines and lines starting with ``#`` (after any
     indentation) are skipped. A byte-order mark (as Windows editors write) is not part of the
     first path."""
@@ -104,7 +105,9 @@ def _list_file(path: Path) -> list[tuple[str, str]]:
     else:
         lines = (line.strip() for line in text.splitlines())
         entries = [line for line in lines if line and not line.startswith("#")]
-    return [(e if Path(e).is_absolute() else str(path.parent / e), e) for e in entries]
+    # "~/tiles/a.tif" is the user's home folder, as on the command line
+    homed = [os.path.expanduser(e) if e.startswith("~") else e for e in entries]
+    return [(h if Path(h).is_absolute() else str(path.parent / h), h) for h in homed]
 
 
 @dataclass(frozen=True)

@@ -1197,7 +1197,17 @@ def read_raster(
         )
     p = os.fsdecode(os.fspath(path))
     if not os.path.exists(p):
-        raise RasterReadError(f"image file not found: {p}")
+        hint = (
+            " (a pattern is expanded where images are given, not inside a list of paths)"
+            if any(ch in os.path.basename(p) for ch in "*?[")
+            else ""
+        )
+        raise RasterReadError(f"image file not found: {p}{hint}")
+    if os.path.isdir(p):
+        raise RasterReadError(
+            f"{p} is a folder, not an image file; give the folder itself where images are given "
+            "(a list of paths names files)"
+        )
     if os.path.isfile(p) and os.path.getsize(p) == 0:
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
     ext = Path(p).suffix.lower()

@@ -230,6 +230,28 @@ def test_image_set_names_are_relative_to_their_root(tmp_path, caplog):
         list_image_set([listing])
 
 
+def test_a_listed_home_path_folder_or_pattern_is_named_for_what_it_is(tmp_path, monkeypatch):
+    """``~`` in a list is the home folder, as on the command line; a folder or a pattern listed
+    (lists name files) is said to be one when read, not an unknown format or a missing file."""
+    from msclip.errors import RasterReadError
+    from msclip.io import list_image_set
+
+    home = tmp_path / "home"
+    (home / "tiles").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    listing = tmp_path / "list.txt"
+    listing.write_text("~/tiles/a.tif\ntiles\ntiles/*.tif\n")
+    (tmp_path / "tiles").mkdir()
+    listed = list_image_set([listing])
+    assert listed.paths == [str(home / "tiles" / "a.tif"), str(tmp_path / "tiles"),
+                            str(tmp_path / "tiles" / "*.tif")]  # fmt: skip
+    assert not any(Path(n).is_absolute() for n in listed.names)
+    with pytest.raises(RasterReadError, match="tiles is a folder, not an image file; give the"):
+        msclip.read_raster(listed.paths[1])
+    with pytest.raises(RasterReadError, match=r"not found: .*\*\.tif \(a pattern is expanded"):
+        msclip.read_raster(listed.paths[2])
+
+
 def test_folder_images_as_a_glob_finds_them(tmp_path):
     from msclip.io import list_image_set
 
