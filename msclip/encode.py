@@ -72,7 +72,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from msclip.errors import BandCoverageError, BandError, MSCLIPError, RasterReadError
+from msclip.errors import (
+    BandCoverageError,
+    BandError,
+    MSCLIPError,
+    RasterReadError,
+    shown_when_quiet,
+)
 from msclip.memory import trim_heap
 from msclip.tiling import Tile, nodata_fraction
 
@@ -671,9 +677,16 @@ class WarningTally:
                 continue
             self.reported.add(key)
             line = f"{key[1]} ({len(indices)} of {total} {unit})"
-            logger.warning("%s", line)
+            (shown_when_quiet if _shown_when_quiet(key[0]) else logger).warning("%s", line)
             lines.append(line)
         return lines
+
+
+def _shown_when_quiet(category: str) -> bool:
+    """Whether msclip's warning class named ``category`` is shown under ``--quiet`` too."""
+    import msclip.errors
+
+    return bool(getattr(getattr(msclip.errors, category, None), "shown_when_quiet", False))
 
 
 def _name_of(dataset: Any, index: int) -> str:

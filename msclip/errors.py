@@ -13,6 +13,7 @@ The modules that raise them re-export them under their old names (``msclip.index
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -85,6 +86,7 @@ __all__ = [
     "UsageError",
     "WeightsNotFoundError",
     "invalid_rows",
+    "shown_when_quiet",
 ]
 
 
@@ -294,10 +296,20 @@ class BadSampleError(MSCLIPError, ValueError):
 
 
 # -- warnings ----------------------------------------------------------------------------------
+#: The logger of warnings that the programs show under ``--quiet`` too (which hides warnings
+#: about settings): inputs dropped or left unused, or results that may be wrong. A logger of its
+#: own, enabled alone under ``--quiet``, so that no other warning is even made into a record then.
+#: msclip's warning classes say the same with ``shown_when_quiet = True``.
+shown_when_quiet = logging.getLogger("msclip.shown_when_quiet")
+
+
 # Warnings carry no file name in their message, so that a run can count how many inputs each one
 # concerns and report it once (:mod:`msclip.encode`); the file goes to the debug log.
 class MSCLIPWarning(UserWarning):
     """Base class of msclip's warnings."""
+
+    #: whether the programs show it under ``--quiet`` too (:data:`shown_when_quiet`)
+    shown_when_quiet = False
 
 
 class PerformanceWarning(MSCLIPWarning):
@@ -313,6 +325,8 @@ class PrecisionWarning(MSCLIPWarning):
 class BandCoverageWarning(MSCLIPWarning):
     """The input lacks most of the model's bands, or is display-scaled 8-bit instead of
     reflectance: the model's answer says little."""
+
+    shown_when_quiet = True
 
 
 class OutOfRangeBandWarning(MSCLIPWarning):
@@ -331,10 +345,14 @@ class DescribedBandsWarning(MSCLIPWarning):
     """A file names its bands (its band descriptions) otherwise than the band names given for
     files that do not: the file's own names are used."""
 
+    shown_when_quiet = True
+
 
 class GenericBandNamesWarning(MSCLIPWarning):
     """The bands were taken from the band count: the descriptions are generic numbering
     (``band_1`` ...), or four unnamed bands, whose order differs between products."""
+
+    shown_when_quiet = True
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -350,8 +350,9 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         "-q",
         action="store_true",
         help="no progress bars, status lines (loading, precision) or warnings about settings; "
-        "errors and the notes and warnings about skipped, unreadable or changed inputs (on "
-        "stderr) and the run's summary (on stdout) remain",
+        "errors, the notes and warnings about skipped, unreadable, unused or changed inputs and "
+        "about results that may be wrong (band coverage, guessed band names, a head scoring "
+        "other bands) (on stderr) and the run's summary (on stdout) remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g
@@ -390,7 +391,12 @@ def _show_warning(
         text = str(message)
     else:
         text = f"{category.__name__}: {message} ({filename}:{lineno})"
-    logging.getLogger("py.warnings").warning("%s", text)
+    if getattr(category, "shown_when_quiet", False):
+        from msclip.errors import shown_when_quiet
+
+        shown_when_quiet.warning("%s", text)
+    else:
+        logging.getLogger("py.warnings").warning("%s", text)
 
 
 def setup_logging(
@@ -405,7 +411,7 @@ def setup_logging(
 
     Args:
         verbose: debug level.
-        quiet: errors only (no warnings).
+        quiet: errors, and the warnings of :data:`msclip.errors.shown_when_quiet` only.
         level: the level otherwise (default ``WARNING``).
         fmt: record format (level names are written in lower case).
         datefmt: date format of ``%(asctime)s``.
@@ -420,10 +426,16 @@ def setup_logging(
     handler.setFormatter(formatter or _LowerLevelFormatter(fmt, datefmt))
     old_level = root.level
     root.addHandler(handler)
+    from msclip.errors import shown_when_quiet
+
+    shown_level = shown_when_quiet.level
     if verbose:
         root.setLevel(logging.DEBUG)
+    elif quiet:  # errors, and the warnings of the logger that is shown all the same
+        root.setLevel(logging.ERROR)
+        shown_when_quiet.setLevel(logging.WARNING)
     else:
-        root.setLevel(logging.ERROR if quiet else (level or logging.WARNING))
+        root.setLevel(level or logging.WARNING)
     import warnings
 
     old_show = warnings.showwarning
@@ -433,6 +445,7 @@ def setup_logging(
         warnings.showwarning = old_show
         root.removeHandler(handler)
         root.setLevel(old_level)
+        shown_when_quiet.setLevel(shown_level)
 
     return restore
 

@@ -1104,10 +1104,12 @@ _SCENE_OUTPUTS = ("similarity.tif", "class_map.tif", "class_map_confidence.tif",
 def _warn_other_outputs(out_dir: Path, written: Sequence[Path]) -> None:
     """Name the scene outputs in ``out_dir`` that this run did not write (an earlier run's, of
     another scene or other settings): beside this run's files they would pass for its own."""
+    from msclip.errors import shown_when_quiet
+
     mine = {Path(w).name for w in written}
     others = [n for n in _SCENE_OUTPUTS if n not in mine and (out_dir / n).exists()]
     if others:
-        logger.warning(
+        shown_when_quiet.warning(
             "%s also holds %s of an earlier run, not of this one (their tags name the scene "
             "they map); remove them, or give each run its own --save-path",
             out_dir, ", ".join(others),

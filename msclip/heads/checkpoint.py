@@ -44,6 +44,7 @@ from msclip.errors import (
     HeadConfigError,
     MSCLIPError,
     PrecisionError,
+    shown_when_quiet,
 )
 from msclip.heads.features import FeatureSpec
 from msclip.heads.linear import LinearHead, build_head
@@ -322,7 +323,7 @@ def warn_other_bands(trained: Sequence[str] | None, given: Sequence[str], where:
     encoder's features of other bands are not those the head learnt from."""
     if not trained or sorted(trained) == sorted(given):
         return
-    logger.warning(
+    shown_when_quiet.warning(
         "the head was trained on images with bands %s but %s has %s: the encoder's features "
         "of other bands are not those the head learnt from, so its outputs may be wrong; score "
         "images of the training bands, or train a head on these",

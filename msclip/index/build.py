@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from msclip.encode import Failure, iter_encoded
-from msclip.errors import BandCoverageError
+from msclip.errors import BandCoverageError, shown_when_quiet
 from msclip.index.store import IndexStore, IndexWriter
 from msclip.tiling import (
     SceneInfo,
@@ -223,7 +223,7 @@ def plan_sources(
         key = os.path.abspath(p)
         if key in whole:
             # one source per path (its key): the image listing came first
-            logger.warning(
+            shown_when_quiet.warning(
                 "%s is given both as an image and as a scene: indexed once, as one image; give "
                 "it only as a scene to cut it into tiles",
                 p,
