@@ -301,3 +301,44 @@ def test_a_run_on_the_cpu_releases_the_library_pages(tmp_path, monkeypatch, devi
     assert [d for d, _ in calls] == [device]  # asked once, for the run's device
     assert device == "cpu" or calls[0][1] == 0  # nothing dropped for a GPU run
     assert device == "cuda" or model.clip is not None
+
+
+def _head_record(hp: dict) -> dict:
+    from msclip.eval.report import make_head_record
+
+    return make_head_record(
+        model={"label": "demo", "checkpoint_sha256": "abc"},
+        dataset={"name": "ds", "split": "test"}, task="single_label",
+        method={"name": "logistic", "label": "logistic", "hyperparameters": hp},
+        metrics={"top1_accuracy": 1.0}, ci={}, per_class=[], confusion=None,
+        main_metric="top1_accuracy", seed=0, run_key="k", wall_s=0.1,
+    )  # fmt: skip
+
+
+def test_a_probe_record_with_a_grid_is_replaced_with_a_warning(tmp_path, caplog):
+    """The C and alpha grids of the probes are compared as JSON holds them: a rerun into the
+    same results folder replaces the record (a warning names what changed) instead of failing on
+    numpy's element-wise comparison."""
+    from msclip.eval.report import write_record
+
+    caplog.set_level("WARNING", logger="msclip.eval.report")
+    path = write_record(tmp_path, _head_record({"C": 1.0, "C_grid": np.logspace(-7, 2, 20)}))
+    write_record(tmp_path, _head_record({"C": 1.0, "C_grid": np.logspace(-7, 2, 20)}))
+    assert "replaced" not in caplog.text  # the same settings: nothing to warn about
+    write_record(tmp_path, _head_record({"C": 2.0, "C_grid": np.logspace(-7, 2, 10)}))
+    assert "replaced by a result" in caplog.text and "C_grid" in caplog.text
+    assert json.loads(path.read_text())["method"]["hyperparameters"]["C"] == 2.0
+
+
+def test_probe_hyperparameters_are_json_clean():
+    from msclip.heads.probes import logistic_probe, ridge_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    res = logistic_probe(x[:20], y[:20], x[30:], y[30:], x[20:30], y[20:30], [0.1, 1.0],
+                         n_resamples=0)  # fmt: skip
+    assert json.loads(json.dumps(res.hyperparameters)) == res.hyperparameters
+    res = ridge_probe(x[:20], x[:20, 1], x[30:], x[30:, 1], x[20:30], x[20:30, 1], [0.1, 1.0],
+                      n_resamples=0)  # fmt: skip
+    assert json.loads(json.dumps(res.hyperparameters)) == res.hyperparameters

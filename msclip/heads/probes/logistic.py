@@ -481,7 +481,7 @@ def logistic_probe(
     }
     extra: dict[str, Any] = {"model": model}
     if sweep is not None:
-        hp["C_grid"] = sweep.values
+        hp["C_grid"] = [float(v) for v in sweep.values]  # JSON-clean: records compare them
         hp["selection_metric"] = sweep.metric
         extra["sweep"] = sweep.to_table()
     return _result(

@@ -232,7 +232,7 @@ def ridge_probe(
     hp: dict[str, Any] = {"alpha": model.alpha, "standardize": standardize, "solver": "eigh"}
     extra: dict[str, Any] = {"model": model}
     if sweep is not None:
-        hp["alpha_grid"] = sweep.values
+        hp["alpha_grid"] = [float(v) for v in sweep.values]  # JSON-clean: records compare them
         hp["selection_metric"] = sweep.metric
         extra["sweep"] = sweep.to_table()
     return _result(
