@@ -62,6 +62,11 @@ def test_segmentation_cli_then_scene_prediction_with_the_head(data, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "was trained on encoder" in err and "--head" in err
     assert not (tmp_path / "other" / "dense_segmentation.tif").exists()
+    # a dense head where an image-level one is expected: the fitting mode named
+    code = inference_main(["--run-classification", "--images", str(scene), "--head", str(head),
+                           "--save-path", str(tmp_path / "cls"), *TINY, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "is a dense (per-pixel) head" in err and "--run-scene" in err
 
 
 def test_pixel_regression_from_yaml_and_misaligned_pairs(data, tmp_path, capsys):
