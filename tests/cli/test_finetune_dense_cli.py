@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import rasterio
@@ -101,6 +103,14 @@ def test_grid_command_writes_the_table(data, tmp_path, capsys):
     assert "| decoder | frozen |" in out and "| fcn |" in out and "ran 2, skipped 0" in out
     df = pd.read_csv(tmp_path / "grid" / "comparison.csv")
     assert df["run"].tolist() == ["linear-frozen", "fcn-frozen"]
+    # each combination is a run with <grid>/<decoder>-<mode> as its output folder, laid out as
+    # docs/heads.md shows it
+    run = tmp_path / "grid" / "fcn-frozen"
+    assert (run / "protocol.yaml").is_file()
+    assert (run / "fcn-frozen" / "dense_head.safetensors").is_file()
+    docs = (Path(__file__).parents[2] / "docs" / "heads.md").read_text(encoding="utf-8")
+    assert "fcn-frozen/protocol.yaml" in docs
+    assert "fcn-frozen/fcn-frozen/dense_head.safetensors" in docs
     assert main(argv) == 0 and "ran 0, skipped 2" in capsys.readouterr().out
     assert main(["grid", "--decoders", "unet", *argv[3:]]) == 2
     assert "--decoders" in capsys.readouterr().err
