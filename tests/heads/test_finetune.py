@@ -189,6 +189,30 @@ def test_a_finished_run_is_never_overwritten(scenes, tmp_path):
     assert {"knn", "logistic"} <= set(card["methods"])
 
 
+def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
+    """The probes have no training checkpoint; their finished heads carry the run's key and
+    settings, so --resume with another k, seed (another split) or dataset is refused before any
+    head of the folder is replaced, naming what differs."""
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["knn", "logistic"], n_resamples=0)
+    run_finetune(cfg)
+    heads = sorted((tmp_path / "run").glob("*/head.safetensors"))
+    assert [h.parent.name for h in heads] == ["knn", "knn-unweighted", "logistic"]
+    before = {h: h.read_bytes() for h in heads}
+    resumed = dataclasses.replace(cfg, resume=True, method=["knn"])
+    with pytest.raises(CheckpointError, match=r"other settings \(k 20 -> 5\)"):
+        run_finetune(dataclasses.replace(resumed, k=5))
+    with pytest.raises(CheckpointError, match=r"other settings \(seed 0 -> 3\)"):
+        run_finetune(dataclasses.replace(resumed, seed=3))
+    with pytest.raises(CheckpointError, match="other settings"):  # logistic's head is checked too
+        run_finetune(dataclasses.replace(resumed, method=["linear"], max_iter=10))
+    other = tmp_path / "other"
+    generate_dataset(other, classes=["sea", "forest", "desert"], n_per_class=10, size=32, seed=1)
+    with pytest.raises(CheckpointError, match="folders"):
+        run_finetune(dataclasses.replace(resumed, folders=str(other)))
+    assert {h: h.read_bytes() for h in heads} == before
+    run_finetune(resumed)  # the same settings: knn is run again in place
+
+
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
     """Child process: train, and die (no clean-up at all) once epoch 2 is checkpointed."""
 
