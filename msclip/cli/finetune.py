@@ -33,7 +33,8 @@ Dense tasks (``--task segmentation``, ``pixel-regression`` or ``multi-task`` wit
 task. ``msclip-finetune grid`` runs every ``--decoders`` x ``--encoder-modes`` combination and
 writes ``<output-dir>/comparison.csv`` and ``comparison.md``.
 
-Exit status: 0 done; 1 done, but some images could not be read (named, skipped, counted);
+Exit status: 0 done; 1 done, but some images could not be read or had fewer valid pixels than
+``--min-valid`` (default 0.5, as ``msclip-inference``) (named, skipped, counted);
 2 bad options or data (reported before any work); 130 interrupted.
 """
 
@@ -178,8 +179,9 @@ def _run(args: argparse.Namespace) -> int:
     if result.unreadable:
         shown = ", ".join(result.unreadable[:5])
         print(
-            f"warning: {len(result.unreadable)} image(s) could not be read or were skipped and "
-            f"were left out: {shown}{' ...' if len(result.unreadable) > 5 else ''}",
+            f"warning: {len(result.unreadable)} image(s) could not be read or had fewer valid "
+            f"pixels than --min-valid ({result.protocol['config'].get('min_valid')}) and were "
+            f"left out: {shown}{' ...' if len(result.unreadable) > 5 else ''}",
             file=sys.stderr,
         )
         return EXIT_PARTIAL

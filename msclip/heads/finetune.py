@@ -439,8 +439,9 @@ class _Runner:
         if bad.size:
             self.unreadable.update(int(i) for i in bad)
             logger.warning(
-                "%d of %d images could not be read or were skipped (e.g. %s); they are left out",
-                bad.size, len(ok), names[int(bad[0])],
+                "%d of %d images could not be read or have fewer than %s valid pixels "
+                "(min_valid) (e.g. %s); they are left out", bad.size, len(ok),
+                f"{cfg.min_valid:.0%}" if cfg.min_valid else "any", names[int(bad[0])],
             )  # fmt: skip
         self.features[key] = (feats, ok)
         return feats, ok
@@ -688,6 +689,10 @@ class _Runner:
                 for i, msg in batch["failures"]:
                     self.unreadable.add(int(i))
                     logger.warning("cannot read %s: %s (skipped)", self.data.item_names()[i], msg)
+                for i, msg in batch["skipped"]:  # min_valid: never trained on, counted
+                    self.unreadable.add(int(i))
+                    logger.warning("%s: %s, fewer than min_valid (skipped)",
+                                   self.data.item_names()[i], msg)  # fmt: skip
                 images = batch["images"]
                 if images is None:
                     yield None, np.zeros(0, dtype=np.int64)
@@ -748,6 +753,8 @@ class _Runner:
             kept += [int(rows[i]) for i in b.indices]
             for f in b.failures:
                 self.unreadable.add(int(rows[f.index]))
+            for i in b.skipped:  # fewer valid pixels than min_valid: not scored, counted
+                self.unreadable.add(int(rows[i]))
         width = len(self.data.names)
         out = np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
         return out, np.asarray(kept, dtype=np.int64)

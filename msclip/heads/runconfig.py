@@ -265,7 +265,11 @@ class FinetuneRunConfig:
     encode_batch_size: int = field(default=64, metadata=_help("images per encoder call"))
     workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     min_valid: float | None = field(
-        default=None, metadata=_help("skip images with a smaller share of valid pixels")
+        default=0.5,
+        metadata=_help(
+            "skip (and count) images with a smaller share of valid pixels, as msclip-inference "
+            "does (0: keep every image; a tile of nodata only is then filled with band means)"
+        ),
     )
     nodata: float | None = field(default=None, metadata=_help("nodata value overriding files'"))
     feature_cache: bool = field(default=True, metadata=_help("keep frozen features on disk"))

@@ -213,6 +213,28 @@ def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
     run_finetune(resumed)  # the same settings: knn is run again in place
 
 
+def test_a_tile_of_nodata_only_is_skipped_and_counted(scenes, tmp_path):
+    """As msclip-inference (--min-valid 0.5), a tile with fewer valid pixels than min_valid is
+    never a sample: it is left out and named; min_valid 0 keeps it (filled with band means)."""
+    import shutil
+
+    import rasterio
+
+    root = tmp_path / "tiles"
+    shutil.copytree(scenes, root, ignore=shutil.ignore_patterns("*.csv"))
+    empty = sorted((root / "sea").glob("*.tif"))[0]
+    with rasterio.open(empty, "r+") as f:
+        f.nodata = 0
+        f.write(np.zeros((f.count, f.height, f.width), dtype=f.dtypes[0]))
+    name = f"sea/{empty.name}"
+    res = run_finetune(_cfg(tmp_path, folders=str(root), method=["knn"], n_resamples=0))
+    assert any(u.endswith(name) for u in res.unreadable)
+    assert res.protocol["unreadable"] == res.unreadable
+    kept = run_finetune(_cfg(tmp_path / "all", folders=str(root), method=["knn"], min_valid=0.0,
+                             n_resamples=0))  # fmt: skip
+    assert not kept.unreadable
+
+
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
     """Child process: train, and die (no clean-up at all) once epoch 2 is checkpointed."""
 
