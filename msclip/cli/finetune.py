@@ -56,6 +56,7 @@ from msclip.cli.common import (
     run_cli,
     status,
 )
+from msclip.errors import ConfigError
 from msclip.heads.runconfig import FinetuneRunConfig
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -126,7 +127,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cfg = config_from_namespace(FinetuneRunConfig(), ns, yaml_path)
     if program["quiet"]:
         cfg.progress = False
+    # the options given explicitly: those that do not apply to the run are named (_run)
+    extra["flags_given"] = list(ns)
+    extra["yaml_given"] = []
+    if yaml_path is not None:
+        from msclip.options import load_yaml
+
+        loaded = load_yaml(yaml_path)
+        if isinstance(loaded, dict):
+            extra["yaml_given"] = [str(k).replace("-", "_") for k in loaded if k not in ns]
+        extra["yaml_path"] = str(yaml_path)
     return argparse.Namespace(cfg=cfg, argv=argv, **program, **extra)
+
+
+def _check_applicable(args: argparse.Namespace) -> None:
+    """Refuse flags that do nothing in this run (an option of another task, data source, method
+    or encoder mode: it would be ignored without a word), and warn about such keys of the
+    ``--config`` file (a YAML file may be shared by several runs)."""
+    cfg: FinetuneRunConfig = args.cfg
+    flags = cfg.inapplicable(getattr(args, "flags_given", []), grid=args.grid)
+    if flags:
+        lines = []
+        for line in flags:
+            name, reason = line.split(":", 1)
+            lines.append(f"--{name.replace('_', '-')}:{reason}")
+        raise ConfigError(
+            "options that do not apply to this run (leave them out):\n  " + "\n  ".join(lines)
+        )
+    for line in cfg.inapplicable(getattr(args, "yaml_given", []), grid=args.grid):
+        print(f"warning: {args.yaml_path}: {line} (ignored)", file=sys.stderr)
 
 
 def _fmt(v: object) -> str:
@@ -141,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     cfg.validate()
+    _check_applicable(args)
     from tabulate import tabulate
     from tqdm.contrib.logging import logging_redirect_tqdm
 
