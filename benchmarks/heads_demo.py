@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model-name", "msclip-demo", "--classes", str(names), "--seed", "0",
         "--val-fraction", "0.15", "--test-fraction", "0.25", "--save-path", str(out / "results"),
         "--cache-dir", str(out / "cache"), "--epochs", str(args.epochs), "--quiet",
-        "--cache-images", "--precision", "fp32",  # the same numbers on every CPU kind
+        "--precision", "fp32",  # the same numbers on every CPU kind
     ]  # fmt: skip
     results: dict[str, dict[str, dict]] = {}
     for task, folder in (("12 bands", full), ("RGB sensor", rgb)):
@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         head = ["--method", "linear", "--lr", "1e-2"]
         res.update(run([*data, *head, "--output-dir", str(out / f"{tag}-linear")]))
         res.update(run([*data, *head, "--encoder-mode", "lora", "--encoder-lr", "3e-3",
-                        "--lora-targets", "q", "v", "c_fc", "c_proj",
+                        "--lora-targets", "q", "v", "c_fc", "c_proj", "--cache-images",
                         "--output-dir", str(out / f"{tag}-lora")]))  # fmt: skip
-        scratch = ["--encoder-mode", "scratch", "--encoder-lr", "1e-3", "--layer-decay", "1.0"]
+        scratch = ["--encoder-mode", "scratch", "--encoder-lr", "1e-3", "--layer-decay", "1.0",
+                   "--cache-images"]  # fmt: skip
         res.update(run([*data, *head, *scratch, "--output-dir", str(out / f"{tag}-scratch")]))
         results[task] = res
     order = ["zero-shot", "knn", "knn-unweighted", "logistic", "linear", "text-init",

@@ -33,7 +33,8 @@ Dense tasks (``--task segmentation``, ``pixel-regression`` or ``multi-task`` wit
 task. ``msclip-finetune grid`` runs every ``--decoders`` x ``--encoder-modes`` combination and
 writes ``<output-dir>/comparison.csv`` and ``comparison.md``.
 
-Exit status: 0 done; 1 done, but some images could not be read (named, skipped, counted);
+Exit status: 0 done; 1 done, but some images could not be read or had fewer valid pixels than
+``--min-valid`` (default 0.5, as ``msclip-inference``) (named, skipped, counted);
 2 bad options or data (reported before any work); 130 interrupted.
 """
 
@@ -55,6 +56,7 @@ from msclip.cli.common import (
     run_cli,
     status,
 )
+from msclip.errors import ConfigError
 from msclip.heads.runconfig import FinetuneRunConfig
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -125,7 +127,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cfg = config_from_namespace(FinetuneRunConfig(), ns, yaml_path)
     if program["quiet"]:
         cfg.progress = False
+    # the options given explicitly: those that do not apply to the run are named (_run)
+    extra["flags_given"] = list(ns)
+    extra["yaml_given"] = []
+    if yaml_path is not None:
+        from msclip.options import load_yaml
+
+        loaded = load_yaml(yaml_path)
+        if isinstance(loaded, dict):
+            extra["yaml_given"] = [str(k).replace("-", "_") for k in loaded if k not in ns]
+        extra["yaml_path"] = str(yaml_path)
     return argparse.Namespace(cfg=cfg, argv=argv, **program, **extra)
+
+
+def _check_applicable(args: argparse.Namespace) -> None:
+    """Refuse flags that do nothing in this run (an option of another task, data source, method
+    or encoder mode: it would be ignored without a word), and warn about such keys of the
+    ``--config`` file (a YAML file may be shared by several runs)."""
+    cfg: FinetuneRunConfig = args.cfg
+    flags = cfg.inapplicable(getattr(args, "flags_given", []), grid=args.grid)
+    if flags:
+        lines = []
+        for line in flags:
+            name, reason = line.split(":", 1)
+            lines.append(f"--{name.replace('_', '-')}:{reason}")
+        raise ConfigError(
+            "options that do not apply to this run (leave them out):\n  " + "\n  ".join(lines)
+        )
+    for line in cfg.inapplicable(getattr(args, "yaml_given", []), grid=args.grid):
+        print(f"warning: {args.yaml_path}: {line} (ignored)", file=sys.stderr)
 
 
 def _fmt(v: object) -> str:
@@ -140,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     cfg.validate()
+    _check_applicable(args)
     from tabulate import tabulate
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -178,8 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     if result.unreadable:
         shown = ", ".join(result.unreadable[:5])
         print(
-            f"warning: {len(result.unreadable)} image(s) could not be read or were skipped and "
-            f"were left out: {shown}{' ...' if len(result.unreadable) > 5 else ''}",
+            f"warning: {len(result.unreadable)} image(s) could not be read or had fewer valid "
+            f"pixels than --min-valid ({result.protocol['config'].get('min_valid')}) and were "
+            f"left out: {shown}{' ...' if len(result.unreadable) > 5 else ''}",
             file=sys.stderr,
         )
         return EXIT_PARTIAL

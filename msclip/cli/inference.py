@@ -589,8 +589,16 @@ def run_head_classification(args: argparse.Namespace) -> int:
     """``--run-classification --head``: the scores of a trained head."""
     from msclip.errors import BandCoverageError, RasterTooLargeError
     from msclip.heads.checkpoint import bind_head, predict_images, read_head
+    from msclip.heads.dense_head import DENSE_HEAD_FORMAT, head_file_format
     from msclip.io import list_image_set
 
+    if head_file_format(args.head) == DENSE_HEAD_FORMAT:
+        raise UsageError(
+            f"{args.head} is a dense (per-pixel) head (segmentation or pixel regression): use it "
+            "with --run-scene --scene <raster>; --run-classification --head takes an image-level "
+            "head (head.safetensors of msclip-finetune --task classification / multi-label / "
+            "regression)"
+        )
     image_set = list_image_set(args.images)
     ckpt = read_head(args.head)
     names = list(ckpt.names)

@@ -53,7 +53,7 @@ import pandas as pd
 
 from msclip.errors import RecordError
 from msclip.hardware import library_versions
-from msclip.io import TMP_PREFIX, atomic_write, write_csv, write_json, write_text
+from msclip.io import TMP_PREFIX, atomic_write, jsonable, write_csv, write_json, write_text
 
 __all__ = [
     "MAIN_METRICS",
@@ -327,6 +327,9 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
         return
     if not isinstance(old, dict):
         return
+    # the new record as it will read back from JSON: arrays (a probe's C or alpha grid), tuples
+    # and NaN are compared as the old record holds them, not element-wise as numpy would
+    record = json.loads(json.dumps(jsonable(dict(record)), default=str))
     changed = []
     for section, key in (("model", "checkpoint_sha256"), ("dataset", "split"), ("model", "seed"),
                          (None, "seed")):  # fmt: skip

@@ -399,6 +399,14 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"cannot read head file {p}: {err}", param="head") from err
+    from msclip.heads.dense_head import DENSE_HEAD_FORMAT
+
+    if meta.get("format") == DENSE_HEAD_FORMAT:
+        raise CheckpointError(
+            f"{p} is a dense (per-pixel) head: read it with msclip.heads.dense_head."
+            "read_dense_head (msclip-inference --run-scene --head)",
+            param="head",
+        )
     if meta.get("format") != HEAD_FORMAT:
         raise CheckpointError(
             f"{p} is not an msclip head file (format {meta.get('format')!r}, expected "

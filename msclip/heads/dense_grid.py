@@ -1,8 +1,10 @@
 """A grid of dense runs, decoders x encoder modes, and one comparison table.
 
 :func:`run_grid` runs :func:`msclip.heads.dense_finetune.run_dense_finetune` for every
-combination of the given decoders and encoder modes, each in its own folder
-``<output_dir>/<decoder>-<mode>`` (records all go to the one results folder, so they also merge
+combination of the given decoders and encoder modes, each a run of its own with
+``<output_dir>/<decoder>-<mode>`` as its output folder: the run's protocol card there, its head,
+checkpoint and history one level down in ``<output_dir>/<decoder>-<mode>/<decoder>-<mode>`` as
+every dense run lays them out (records all go to the one results folder, so they also merge
 into ``summary.csv``). It is resumable: a combination whose head file exists is not run again
 (its test metrics are read back from the head file), one that was killed continues from its
 training checkpoint. A fresh encoder is loaded for every combination, since the modes change

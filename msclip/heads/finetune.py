@@ -439,8 +439,9 @@ class _Runner:
         if bad.size:
             self.unreadable.update(int(i) for i in bad)
             logger.warning(
-                "%d of %d images could not be read or were skipped (e.g. %s); they are left out",
-                bad.size, len(ok), names[int(bad[0])],
+                "%d of %d images could not be read or have fewer than %s valid pixels "
+                "(min_valid) (e.g. %s); they are left out", bad.size, len(ok),
+                f"{cfg.min_valid:.0%}" if cfg.min_valid else "any", names[int(bad[0])],
             )  # fmt: skip
         self.features[key] = (feats, ok)
         return feats, ok
@@ -688,6 +689,10 @@ class _Runner:
                 for i, msg in batch["failures"]:
                     self.unreadable.add(int(i))
                     logger.warning("cannot read %s: %s (skipped)", self.data.item_names()[i], msg)
+                for i, msg in batch["skipped"]:  # min_valid: never trained on, counted
+                    self.unreadable.add(int(i))
+                    logger.warning("%s: %s, fewer than min_valid (skipped)",
+                                   self.data.item_names()[i], msg)  # fmt: skip
                 images = batch["images"]
                 if images is None:
                     yield None, np.zeros(0, dtype=np.int64)
@@ -748,6 +753,8 @@ class _Runner:
             kept += [int(rows[i]) for i in b.indices]
             for f in b.failures:
                 self.unreadable.add(int(rows[f.index]))
+            for i in b.skipped:  # fewer valid pixels than min_valid: not scored, counted
+                self.unreadable.add(int(rows[i]))
         width = len(self.data.names)
         out = np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
         return out, np.asarray(kept, dtype=np.int64)
@@ -790,7 +797,10 @@ class _Runner:
             info={"dataset": data.name, "model_label": self.label,
                   "main_metric": task.main_metric(),
                   "test": {k: v for k, v in result.metrics.items()},
-                  "input_bands": self.input_bands()},
+                  "input_bands": self.input_bands(),
+                  # what --resume compares (as the training checkpoint's run key and facts)
+                  "run_key": _run_key(cfg, self.base_fingerprint, data, label),
+                  "settings": run_settings(cfg)},
         )  # fmt: skip
         files["head"] = str(head_path)
         files["predictions"] = str(self._write_predictions(folder, result))
@@ -944,6 +954,35 @@ def _check_model_fit(cfg: FinetuneRunConfig, model: Any) -> None:
         )
 
 
+def _check_resumed_heads(runner: _Runner) -> None:
+    """``resume``: refuse before any work when the output folder holds a finished head of other
+    settings, data or model, naming the options that differ.
+
+    Trained heads are also checked through their training checkpoints, but the probes (and
+    zero-shot) have none: they are recomputed from the cached features, and without this check
+    a resumed run would replace some heads of the folder and keep others from another split or
+    dataset, under one protocol card. Every head of the folder is checked, not only those of
+    this run's methods, since the card's settings then describe all of them.
+    """
+    cfg = runner.cfg
+    if not cfg.resume or not runner.out.is_dir():
+        return
+    from msclip.heads.runs import head_file_info, refuse_other_run
+
+    settings = run_settings(cfg)
+    for path in sorted(runner.out.glob("*/head.safetensors")):
+        label = path.parent.name
+        info = head_file_info(path)
+        if "run_key" not in info:
+            logger.warning(
+                "%s does not record the run that wrote it (an older msclip): its settings, data "
+                "and model cannot be checked against this resumed run's", path,
+            )  # fmt: skip
+            continue
+        key = _run_key(cfg, runner.base_fingerprint, runner.data, label)
+        refuse_other_run(path, info["run_key"], info.get("settings"), key, settings)
+
+
 def run_finetune(
     cfg: FinetuneRunConfig,
     model: Any = None,
@@ -965,7 +1004,8 @@ def run_finetune(
         ConfigError: bad settings (before any work).
         HeadInputError, DatasetFormatError, DatasetNotFoundError: bad data (before any output
             is written).
-        CheckpointError: ``resume`` with a checkpoint of other settings.
+        CheckpointError: ``resume`` with a training checkpoint or a finished head of other
+            settings, data or model.
     """
     from msclip.eval.report import merge
     from msclip.hardware import library_versions
@@ -991,6 +1031,7 @@ def run_finetune(
         model = load_run_model(cfg)
     _check_model_fit(cfg, model)
     runner = _Runner(cfg, model, data, hooks, command)
+    _check_resumed_heads(runner)
     runner.out.mkdir(parents=True, exist_ok=True)
     results: list[MethodResult] = []
     for method in cfg.method:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,7 +265,11 @@ class FinetuneRunConfig:
     encode_batch_size: int = field(default=64, metadata=_help("images per encoder call"))
     workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     min_valid: float | None = field(
-        default=None, metadata=_help("skip images with a smaller share of valid pixels")
+        default=0.5,
+        metadata=_help(
+            "skip (and count) images with a smaller share of valid pixels, as msclip-inference "
+            "does (0: keep every image; a tile of nodata only is then filled with band means)"
+        ),
     )
     nodata: float | None = field(default=None, metadata=_help("nodata value overriding files'"))
     feature_cache: bool = field(default=True, metadata=_help("keep frozen features on disk"))
@@ -314,6 +318,101 @@ class FinetuneRunConfig:
             return [parse_dense_task(e) for e in self.dense_tasks or []]
         column = self.label_column or ("label" if self.task == "segmentation" else "target")
         return [{"name": self.task, "kind": self.task, "column": column}]
+
+    def inapplicable(self, given: Iterable[str], grid: bool = False) -> list[str]:
+        """Why each of the ``given`` options does nothing in this run (an empty list when all
+        apply): an option of another task, data source, method or encoder mode.
+
+        A run ignores the options it has no use for, so a value given for one (``--k`` with
+        only the logistic probe, ``--decoder`` on a classification, ``--method`` on a dense
+        task) would otherwise be dropped without a word. Callers pass the options given
+        explicitly (flags, YAML keys), not the defaults.
+
+        Args:
+            given: option names (snake_case).
+            grid: the run is a ``msclip-finetune grid`` (decoders and encoder modes come from
+                the grid, so their own options are not judged by this config's).
+
+        Returns:
+            ``"option: reason"`` lines, in the order given.
+        """
+        methods = set(self.method)
+        mode = self.encoder_mode
+        dense_only = ("image_column", "label_column", "dense_tasks", "decoder", "decoder_channels",
+                      "dense_layers", "crop_size", "flip", "class_weights", "ignore_index",
+                      "target_nodata")  # fmt: skip
+        rules: dict[str, str | None] = {}
+        if self.dense:
+            for name in ("method", "features", "layers", "k", "temperature", "k_unweighted", "cs",
+                         "alphas", "max_iter", "batch_norm", "augment", "min_valid",
+                         "max_samples", "dataset_dir", "path_column", "label_columns",
+                         "value_columns", "label_separator"):  # fmt: skip
+                rules[name] = f"applies to image-level tasks, not to the dense task {self.task}"
+            if not grid:
+                rules["templates"] = "scores the zero-shot MaskCLIP row of msclip-finetune grid"
+            kinds = {t.get("kind") for t in self._entries_or_empty()}
+            if "segmentation" not in kinds:
+                for name in ("class_weights", "ignore_index"):
+                    rules[name] = "applies to segmentation only"
+            if "pixel-regression" not in kinds:
+                rules["target_nodata"] = "applies to pixel-regression only"
+        else:
+            for name in dense_only:
+                rules[name] = (f"applies to dense tasks (segmentation, pixel-regression, "
+                               f"multi-task), not to {self.task}")  # fmt: skip
+            if not self.dataset:
+                rules["max_samples"] = "takes a subset of a benchmark dataset (dataset) only"
+                rules["dataset_dir"] = "is where benchmark datasets (dataset) are found"
+            if not self.csv:
+                for name in ("path_column", "label_columns", "value_columns", "label_separator",
+                             "split_column", "data_root"):  # fmt: skip
+                    rules[name] = "reads a CSV table (csv) only"
+            if self.task != "regression":
+                for name in ("value_columns", "scale"):
+                    rules[name] = f"applies to regression, not to {self.task}"
+            if self.task != "multi-label":
+                rules["label_separator"] = f"applies to multi-label, not to {self.task}"
+            per_method = {
+                "knn": ("k", "temperature", "k_unweighted"),
+                "logistic": ("cs", "max_iter"),
+                "ridge": ("alphas",),
+                "linear": ("batch_norm",),
+            }
+            for m, names in per_method.items():
+                if m not in methods:
+                    for name in names:
+                        rules[name] = f"applies to the {m} method, not run here ({self.method})"
+            if not methods & {"zero-shot", "text-init"}:
+                rules["templates"] = f"applies to zero-shot and text-init, not run ({self.method})"
+            if not methods & {"knn", "logistic", "ridge", "linear"}:
+                for name in ("features", "layers"):
+                    rules[name] = (
+                        f"zero-shot and text-init always use the embedding ({self.method})"
+                    )
+            if not methods & set(_TRAINED):
+                for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                             "loss", "huber_delta", "save_every"):  # fmt: skip
+                    rules[name] = f"applies to the trained heads {list(_TRAINED)}, not run here"
+            if mode == "frozen":
+                for name in ("augment", "cache_images"):
+                    rules[name] = "applies to encoder modes that read images (not frozen)"
+        if not grid:
+            if mode == "frozen":
+                for name in ("encoder_lr", "layer_decay", "encoder_weight_decay"):
+                    rules[name] = "trains the image tower: applies to encoder modes, not frozen"
+            if mode != "lora":
+                for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                             "merge_lora"):  # fmt: skip
+                    rules[name] = f"applies to encoder_mode lora, not {mode}"
+            if mode != "last-n":
+                rules["last_n"] = f"applies to encoder_mode last-n, not {mode}"
+        return [f"{name}: {rules[name]}" for name in given if rules.get(name)]
+
+    def _entries_or_empty(self) -> list[dict[str, Any]]:
+        try:
+            return self.dense_task_entries()
+        except ConfigError:
+            return []
 
     def _check_model_and_classes(self, need: Callable[[bool, str], None]) -> None:
         """The checks image-level and dense runs share: class file, model, weights, precision."""

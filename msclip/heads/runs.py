@@ -30,8 +30,10 @@ __all__ = [
     "check_outputs",
     "default_label",
     "encoder_hparams",
+    "head_file_info",
     "load_run_model",
     "model_facts",
+    "refuse_other_run",
     "run_precision",
     "run_settings",
     "save_encoder_files",
@@ -190,6 +192,59 @@ def settings_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         for k in sorted(set(before) | set(now))
         if before.get(k) != now.get(k)
     ]
+
+
+def refuse_other_run(
+    path: Path,
+    stored_key: str | None,
+    stored_settings: Mapping[str, Any] | None,
+    run_key: str,
+    settings: Mapping[str, Any] | None,
+) -> None:
+    """Refuse to resume from ``path`` (a training checkpoint, or a finished head) when it was
+    written by a run of other settings, data or model (``stored_key`` is not ``run_key``),
+    naming the settings that differ (:func:`settings_changes`).
+
+    Raises:
+        CheckpointError: the keys differ.
+    """
+    from msclip.errors import CheckpointError
+
+    if stored_key == run_key:
+        return
+    if stored_settings and settings:
+        changes = settings_changes(stored_settings, settings)
+        what = (
+            f"other settings ({', '.join(changes)})"
+            if changes
+            else "the same settings but other data or another model"
+        )
+    else:
+        what = "other settings, data or model"
+    raise CheckpointError(
+        f"{path} belongs to a run with {what}; resume it with the same options, or start a "
+        "new run in another output_dir",
+        param="resume",
+    )
+
+
+def head_file_info(path: Path) -> dict[str, Any]:
+    """The ``info`` metadata of a head file, read without its tensors (a kNN head holds its
+    whole memory bank).
+
+    Raises:
+        CheckpointError: an unreadable file.
+    """
+    from safetensors import safe_open
+
+    from msclip.errors import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"cannot read head file {path}: {err}", param="resume") from err
+    return info if isinstance(info, dict) else {}
 
 
 def save_encoder_files(

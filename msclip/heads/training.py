@@ -239,24 +239,9 @@ def _read_training_checkpoint(
         raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
     if not isinstance(data, dict) or data.get("format") != _CKPT_FORMAT:
         raise CheckpointError(f"{path} is not an msclip-finetune training checkpoint")
-    if data.get("run_key") != run_key:
-        from msclip.heads.runs import settings_changes
+    from msclip.heads.runs import refuse_other_run
 
-        before = data.get("run_facts")
-        if before and run_facts:
-            changes = settings_changes(before, run_facts)
-            what = (
-                f"other settings ({', '.join(changes)})"
-                if changes
-                else "the same settings but other data or another model"
-            )
-        else:
-            what = "other settings, data or model"
-        raise CheckpointError(
-            f"{path} belongs to a run with {what}; resume it with the same options, or start a "
-            "new run in another output_dir",
-            param="resume",
-        )
+    refuse_other_run(path, data.get("run_key"), data.get("run_facts"), run_key, run_facts)
     return data
 
 

@@ -65,7 +65,7 @@ def test_yaml_config_flags_and_outputs(run, capsys):
 def test_run_summary_table_is_printed(tmp_path, run, capsys):
     code = main(["--folders", str(run["scenes"]), "--method", "knn", "--output-dir",
                  str(tmp_path / "o"), "--save-path", str(tmp_path / "r"), "--cache-dir",
-                 str(run["root"] / "cache"), *TINY, *FAST])  # fmt: skip
+                 str(run["root"] / "cache"), *TINY, *_without(FAST, "--batch-size")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "scenes: classification, 3 classes; train 15, val 6, test 9" in out
@@ -73,6 +73,60 @@ def test_run_summary_table_is_printed(tmp_path, run, capsys):
     row = next(line for line in out.splitlines() if line.startswith("knn "))
     assert re.fullmatch(r"\d+\.\d", row.split()[-1]), row  # seconds with one decimal
     assert f"records merged into {tmp_path / 'r' / 'summary.csv'}" in out
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value."""
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2 :]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--task", "segmentation", "--decoder", "linear", "--method", "knn", "logistic"],
+         ["--method: applies to image-level tasks"]),
+        (["--method", "knn", "--decoder", "fcn", "--class-weights", "auto", "--ignore-index",
+          "3"], ["--decoder: applies to dense tasks", "--class-weights:", "--ignore-index:"]),
+        (["--method", "knn", "--max-samples", "5"], ["--max-samples: takes a subset of a "
+                                                     "benchmark dataset"]),
+        (["--value-columns", "foo", "--scale", "0.01"],
+         ["--value-columns: applies to regression", "--scale: applies to regression"]),
+        (["--method", "logistic", "--k", "5", "--lora-rank", "4"],
+         ["--k: applies to the knn method", "--lora-rank: applies to encoder_mode lora"]),
+    ],
+)  # fmt: skip
+def test_options_that_do_not_apply_are_refused(tmp_path, run, capsys, flags, named):
+    """A flag the run has no use for is named with the reason, exit 2, before any work (it
+    would otherwise be ignored without a word)."""
+    data = ["--folders", str(run["scenes"])]
+    if "segmentation" in flags:
+        from msclip.synthetic import generate_dense_dataset
+
+        generate_dense_dataset(tmp_path / "d", classes=["sea", "forest"], n_per_class=2, size=16,
+                               seed=0, splits=(0.5, 0.25, 0.25))  # fmt: skip
+        data = ["--csv", str(tmp_path / "d" / "index.csv")]
+    code = main([*data, *flags, "--output-dir", str(tmp_path / "o"), *TINY, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "do not apply to this run" in err
+    for text in named:
+        assert text in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_keys_that_do_not_apply_are_warned_about(tmp_path, run, capsys):
+    """A YAML file may be shared by runs of several methods: its keys that do not apply are
+    named in a warning, not refused; defaults are never named."""
+    config = tmp_path / "shared.yaml"
+    config.write_text("k: 7\ncs: [0.1, 1.0]\n")
+    code = main(["--config", str(config), "--folders", str(run["scenes"]), "--method", "knn",
+                 "--output-dir", str(tmp_path / "o"), "--save-path", str(tmp_path / "r"),
+                 "--cache-dir", str(run["root"] / "cache"), *TINY,
+                 *_without(FAST, "--batch-size")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: " in err and "cs: applies to the logistic method" in err
+    assert f"{config}: k:" not in err  # k applies to knn
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, run, capsys):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import rasterio
@@ -62,6 +64,11 @@ def test_segmentation_cli_then_scene_prediction_with_the_head(data, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "was trained on encoder" in err and "--head" in err
     assert not (tmp_path / "other" / "dense_segmentation.tif").exists()
+    # a dense head where an image-level one is expected: the fitting mode named
+    code = inference_main(["--run-classification", "--images", str(scene), "--head", str(head),
+                           "--save-path", str(tmp_path / "cls"), *TINY, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "is a dense (per-pixel) head" in err and "--run-scene" in err
 
 
 def test_pixel_regression_from_yaml_and_misaligned_pairs(data, tmp_path, capsys):
@@ -96,6 +103,14 @@ def test_grid_command_writes_the_table(data, tmp_path, capsys):
     assert "| decoder | frozen |" in out and "| fcn |" in out and "ran 2, skipped 0" in out
     df = pd.read_csv(tmp_path / "grid" / "comparison.csv")
     assert df["run"].tolist() == ["linear-frozen", "fcn-frozen"]
+    # each combination is a run with <grid>/<decoder>-<mode> as its output folder, laid out as
+    # docs/heads.md shows it
+    run = tmp_path / "grid" / "fcn-frozen"
+    assert (run / "protocol.yaml").is_file()
+    assert (run / "fcn-frozen" / "dense_head.safetensors").is_file()
+    docs = (Path(__file__).parents[2] / "docs" / "heads.md").read_text(encoding="utf-8")
+    assert "fcn-frozen/protocol.yaml" in docs
+    assert "fcn-frozen/fcn-frozen/dense_head.safetensors" in docs
     assert main(argv) == 0 and "ran 0, skipped 2" in capsys.readouterr().out
     assert main(["grid", "--decoders", "unet", *argv[3:]]) == 2
     assert "--decoders" in capsys.readouterr().err

@@ -189,6 +189,52 @@ def test_a_finished_run_is_never_overwritten(scenes, tmp_path):
     assert {"knn", "logistic"} <= set(card["methods"])
 
 
+def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
+    """The probes have no training checkpoint; their finished heads carry the run's key and
+    settings, so --resume with another k, seed (another split) or dataset is refused before any
+    head of the folder is replaced, naming what differs."""
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["knn", "logistic"], n_resamples=0)
+    run_finetune(cfg)
+    heads = sorted((tmp_path / "run").glob("*/head.safetensors"))
+    assert [h.parent.name for h in heads] == ["knn", "knn-unweighted", "logistic"]
+    before = {h: h.read_bytes() for h in heads}
+    resumed = dataclasses.replace(cfg, resume=True, method=["knn"])
+    with pytest.raises(CheckpointError, match=r"other settings \(k 20 -> 5\)"):
+        run_finetune(dataclasses.replace(resumed, k=5))
+    with pytest.raises(CheckpointError, match=r"other settings \(seed 0 -> 3\)"):
+        run_finetune(dataclasses.replace(resumed, seed=3))
+    with pytest.raises(CheckpointError, match="other settings"):  # logistic's head is checked too
+        run_finetune(dataclasses.replace(resumed, method=["linear"], max_iter=10))
+    other = tmp_path / "other"
+    generate_dataset(other, classes=["sea", "forest", "desert"], n_per_class=10, size=32, seed=1)
+    with pytest.raises(CheckpointError, match="folders"):
+        run_finetune(dataclasses.replace(resumed, folders=str(other)))
+    assert {h: h.read_bytes() for h in heads} == before
+    run_finetune(resumed)  # the same settings: knn is run again in place
+
+
+def test_a_tile_of_nodata_only_is_skipped_and_counted(scenes, tmp_path):
+    """As msclip-inference (--min-valid 0.5), a tile with fewer valid pixels than min_valid is
+    never a sample: it is left out and named; min_valid 0 keeps it (filled with band means)."""
+    import shutil
+
+    import rasterio
+
+    root = tmp_path / "tiles"
+    shutil.copytree(scenes, root, ignore=shutil.ignore_patterns("*.csv"))
+    empty = sorted((root / "sea").glob("*.tif"))[0]
+    with rasterio.open(empty, "r+") as f:
+        f.nodata = 0
+        f.write(np.zeros((f.count, f.height, f.width), dtype=f.dtypes[0]))
+    name = f"sea/{empty.name}"
+    res = run_finetune(_cfg(tmp_path, folders=str(root), method=["knn"], n_resamples=0))
+    assert any(u.endswith(name) for u in res.unreadable)
+    assert res.protocol["unreadable"] == res.unreadable
+    kept = run_finetune(_cfg(tmp_path / "all", folders=str(root), method=["knn"], min_valid=0.0,
+                             n_resamples=0))  # fmt: skip
+    assert not kept.unreadable
+
+
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
     """Child process: train, and die (no clean-up at all) once epoch 2 is checkpointed."""
 
@@ -301,3 +347,44 @@ def test_a_run_on_the_cpu_releases_the_library_pages(tmp_path, monkeypatch, devi
     assert [d for d, _ in calls] == [device]  # asked once, for the run's device
     assert device == "cpu" or calls[0][1] == 0  # nothing dropped for a GPU run
     assert device == "cuda" or model.clip is not None
+
+
+def _head_record(hp: dict) -> dict:
+    from msclip.eval.report import make_head_record
+
+    return make_head_record(
+        model={"label": "demo", "checkpoint_sha256": "abc"},
+        dataset={"name": "ds", "split": "test"}, task="single_label",
+        method={"name": "logistic", "label": "logistic", "hyperparameters": hp},
+        metrics={"top1_accuracy": 1.0}, ci={}, per_class=[], confusion=None,
+        main_metric="top1_accuracy", seed=0, run_key="k", wall_s=0.1,
+    )  # fmt: skip
+
+
+def test_a_probe_record_with_a_grid_is_replaced_with_a_warning(tmp_path, caplog):
+    """The C and alpha grids of the probes are compared as JSON holds them: a rerun into the
+    same results folder replaces the record (a warning names what changed) instead of failing on
+    numpy's element-wise comparison."""
+    from msclip.eval.report import write_record
+
+    caplog.set_level("WARNING", logger="msclip.eval.report")
+    path = write_record(tmp_path, _head_record({"C": 1.0, "C_grid": np.logspace(-7, 2, 20)}))
+    write_record(tmp_path, _head_record({"C": 1.0, "C_grid": np.logspace(-7, 2, 20)}))
+    assert "replaced" not in caplog.text  # the same settings: nothing to warn about
+    write_record(tmp_path, _head_record({"C": 2.0, "C_grid": np.logspace(-7, 2, 10)}))
+    assert "replaced by a result" in caplog.text and "C_grid" in caplog.text
+    assert json.loads(path.read_text())["method"]["hyperparameters"]["C"] == 2.0
+
+
+def test_probe_hyperparameters_are_json_clean():
+    from msclip.heads.probes import logistic_probe, ridge_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    res = logistic_probe(x[:20], y[:20], x[30:], y[30:], x[20:30], y[20:30], [0.1, 1.0],
+                         n_resamples=0)  # fmt: skip
+    assert json.loads(json.dumps(res.hyperparameters)) == res.hyperparameters
+    res = ridge_probe(x[:20], x[:20, 1], x[30:], x[30:, 1], x[20:30], x[20:30, 1], [0.1, 1.0],
+                      n_resamples=0)  # fmt: skip
+    assert json.loads(json.dumps(res.hyperparameters)) == res.hyperparameters

@@ -209,12 +209,15 @@ def test_sweep_picks_best_validation_C_and_refits_on_train_plus_val(rng) -> None
     cs = np.logspace(-4, 2, 7)
     model, sweep = logistic_sweep(xtr, ytr, xva, yva, cs, tol=1e-8)
     # Independent cold fits at every C, scored on the validation split.
-    expected = []
+    expected, losses = [], []
     for C in cs:
         m = fit_logistic(xtr, ytr, C=C, tol=1e-8)
-        expected.append(topk_accuracy(m.predict_proba(xva), yva))
+        p = m.predict_proba(xva)
+        expected.append(topk_accuracy(p, yva))
+        losses.append(-np.mean(np.log(p[np.arange(len(yva)), yva])))
     np.testing.assert_allclose(sweep.scores, expected)
-    best = int(np.flatnonzero(np.array(expected) == max(expected))[0])
+    tied = np.flatnonzero(np.array(expected) == max(expected))
+    best = int(tied[np.argmin(np.array(losses)[tied])])  # ties: the lowest validation log-loss
     assert sweep.best == pytest.approx(cs[best]) and sweep.metric == "top1_accuracy"
     refit = fit_logistic(x, y, C=cs[best], tol=1e-8)
     np.testing.assert_allclose(model.predict_proba(xva), refit.predict_proba(xva), atol=1e-5)
@@ -225,6 +228,51 @@ def test_sweep_picks_best_validation_C_and_refits_on_train_plus_val(rng) -> None
     )
     assert s2.metric == "balanced_accuracy"
     assert np.allclose(m2.mean, xtr.astype(np.float64).mean(axis=0))
+
+
+def test_sweep_ties_go_to_the_lowest_log_loss_then_the_weakest_regularisation() -> None:
+    from msclip.heads.probes.common import _best_index
+
+    scores = np.array([1.0, 1.0, np.nan, 1.0, 0.5])
+    assert _best_index(scores, np.array([-3.0, -1.0, 0.0, -2.0, 0.0])) == 1
+    assert _best_index(scores, np.array([-1.0, -1.0, 0.0, -2.0, 0.0]), "last") == 1
+    assert _best_index(scores, np.array([-1.0, -1.0, 0.0, -2.0, 0.0]), "first") == 0
+    assert _best_index(scores) == 3 and _best_index(scores, weakest="first") == 0
+    assert _best_index(np.full(3, np.nan)) == 2  # nothing scored: the weakest
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_an_easy_validation_split_does_not_choose_the_smallest_C(rng, multilabel) -> None:
+    """Every C of the default grid reaches a validation score of 1.0 on a few well-separated
+    samples; the first of them (C = 1e-7) would be a head of near-uniform probabilities (no
+    label above 0.5 for multi-label). The log-loss picks a C whose probabilities are confident."""
+    centers = rng.normal(size=(4, 8)) * 6
+    y = np.tile(np.arange(4), 12)  # every split balanced: equal intercepts at a tiny C
+    x = (centers[y] + rng.normal(size=(48, 8))).astype(np.float32)
+    if multilabel:
+        y = np.eye(4, dtype=np.int64)[y]
+    res = logistic_probe(x[:24], y[:24], x[36:], y[36:], x[24:36], y[24:36], n_resamples=0)
+    sweep = res.extra["sweep"]
+    key = "val_map" if multilabel else "val_top1_accuracy"
+    assert all(row[key] == 1.0 for row in sweep)  # every C ties on the selection metric
+    assert res.hyperparameters["C"] > 1e-3
+    if multilabel:
+        assert res.metrics["micro_f1"] > 0.9 and (res.scores.max(axis=1) > 0.5).all()
+    else:
+        assert res.scores.max(axis=1).min() > 0.5 and res.metrics["top1_accuracy"] == 1.0
+
+
+def test_ridge_ties_of_a_coarse_metric_go_to_the_lowest_mse(rng) -> None:
+    x = rng.normal(size=(120, 6))
+    y = x @ rng.normal(size=6) + 0.1 * rng.normal(size=120)
+    alphas = np.logspace(-3, 5, 17)
+
+    def coarse(t, p):  # the same for every alpha
+        return 0.0
+
+    _, sweep = ridge_sweep(x[:80], y[:80], x[80:], y[80:], alphas, selection_metric=coarse)
+    _, mse = ridge_sweep(x[:80], y[:80], x[80:], y[80:], alphas)
+    assert sweep.best == mse.best and sweep.best < 10  # not the largest alpha by grid order
 
 
 def test_logistic_probe_result(rng) -> None:

@@ -497,7 +497,7 @@ class SweepResult:
         parameter: ``"C"`` or ``"alpha"``.
         values: The swept values, in the order fitted.
         scores: Validation score of each (higher is better).
-        best_index: Index of the chosen value (ties: the strongest regularisation).
+        best_index: Index of the chosen value (ties: see :func:`_best_index`).
         metric: Name of the validation score.
         n_iter: Solver iterations of each fit (logistic only).
     """
@@ -539,6 +539,44 @@ def _selection(
     return metric, table[metric]
 
 
-def _best_index(scores: np.ndarray) -> int:
-    finite = np.where(np.isnan(scores), -np.inf, scores)
-    return int(np.flatnonzero(finite == finite.max())[0])
+def _best_index(
+    scores: np.ndarray, finer: np.ndarray | None = None, weakest: Literal["first", "last"] = "last"
+) -> int:
+    """The value a regularisation sweep chooses (scores: higher is better; NaN is worst).
+
+    Ties of ``scores`` (equal within 1e-12, relative) are broken by ``finer``, a proper score of
+    the same validation predictions (higher is better: minus the log-loss of a logistic probe,
+    minus the relative MSE of a ridge probe), and remaining ties go to the weakest
+    regularisation (``weakest``: the end of the sorted grid that regularises least). A coarse
+    selection metric ties often on a small validation split: every ``C`` of the logistic grid
+    may reach a validation top-1 of 1.0, and taking the first of them, ``C = 1e-7``, gives a
+    head with all probabilities near uniform (a multi-label head then predicts no label at
+    the 0.5 threshold). The proper score prefers the value whose probabilities fit the
+    validation labels best; the weakest regularisation is the last resort because a penalty that
+    changes nothing on held-out data has bought nothing.
+    """
+
+    def best_of(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+        v = np.where(np.isnan(values[among]), -np.inf, values[among])
+        top = v.max()
+        if not np.isfinite(top):
+            return among
+        return among[v >= top - 1e-12 * max(1.0, abs(top))]
+
+    tied = best_of(np.asarray(scores, dtype=np.float64), np.arange(len(scores)))
+    if finer is not None and tied.size > 1:
+        tied = best_of(np.asarray(finer, dtype=np.float64), tied)
+    return int(tied[-1] if weakest == "last" else tied[0])
+
+
+def _neg_log_loss(task: str, targets: np.ndarray, probs: np.ndarray) -> float:
+    """Minus the mean log-loss of probabilities (higher is better): the cross-entropy of the
+    true class (single-label), or the binary cross-entropy averaged over labels (multi-label).
+    Probabilities are clipped to [1e-15, 1 - 1e-15], so a class the fit never saw costs a finite
+    amount."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
+    t = np.asarray(targets)
+    if task == "multi-label":
+        t = t.astype(np.float64)
+        return float(np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    return float(np.mean(np.log(p[np.arange(len(t)), t.astype(np.int64)])))

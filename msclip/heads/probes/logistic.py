@@ -25,6 +25,7 @@ from msclip.heads.probes.common import (
     _best_index,
     _check_positive,
     _check_positive_int,
+    _neg_log_loss,
     _num_classes,
     _require_two_classes,
     _result,
@@ -356,7 +357,10 @@ def logistic_sweep(
         max_iter: L-BFGS iterations per fit.
 
     Returns:
-        ``(model, sweep)``.
+        ``(model, sweep)``. The best validation score chooses ``C``; ties (frequent with
+        top-1 accuracy on a small validation split) go to the lowest validation log-loss, then
+        to the largest ``C`` (the weakest regularisation), never to the smallest ``C`` by grid
+        order (whose near-uniform probabilities make a useless head).
     """
     _, tol, max_iter = _check_solver(1.0, tol, max_iter)
     grid = np.sort(np.asarray([_check_positive(c, "C") for c in np.atleast_1d(Cs)]))
@@ -375,17 +379,21 @@ def logistic_sweep(
     mean, scale = _standardizer(x, standardize)
     xs, xvs = _apply(x, mean, scale), _apply(xv, mean, scale)
     scores = np.empty(grid.size)
+    fit = np.empty(grid.size)  # minus the validation log-loss: breaks ties of the metric
     iters: list[int] = []
     w = None
     models = []
     for i, C in enumerate(grid):
         w, nit, ok = _fit_problem(xs, prob, C, tol, max_iter, w)
         model = _model_from(w, prob, x.shape[1], C, None, None, nit, ok)
-        scores[i] = metric(yv, model.predict_proba(xvs))
+        pv = model.predict_proba(xvs)
+        scores[i] = metric(yv, pv)
+        fit[i] = _neg_log_loss(task, yv, pv)
         iters.append(nit)
         models.append(model)
-        logger.debug("C = %.3g: val %s = %.4f (%d iterations)", C, metric_name, scores[i], nit)
-    best = _best_index(scores)
+        logger.debug("C = %.3g: val %s = %.4f, log-loss %.4f (%d iterations)", C, metric_name,
+                     scores[i], -fit[i], nit)  # fmt: skip
+    best = _best_index(scores, fit, weakest="last")  # the grid ascends: the last C is weakest
     sweep = SweepResult("C", grid, scores, best, metric_name, iters)
     if not refit:
         chosen = models[best]
@@ -481,7 +489,7 @@ def logistic_probe(
     }
     extra: dict[str, Any] = {"model": model}
     if sweep is not None:
-        hp["C_grid"] = sweep.values
+        hp["C_grid"] = [float(v) for v in sweep.values]  # JSON-clean: records compare them
         hp["selection_metric"] = sweep.metric
         extra["sweep"] = sweep.to_table()
     return _result(

@@ -146,7 +146,10 @@ def ridge_sweep(
         refit: Refit on train + validation at the chosen ``alpha``.
 
     Returns:
-        ``(model, sweep)``; ties go to the largest ``alpha``.
+        ``(model, sweep)``. Ties of the selection metric go to the lowest validation relative
+        MSE (the default metric itself, so only a coarser custom metric ties), then to the
+        smallest ``alpha`` (the weakest regularisation), as in :func:`logistic_sweep`: the
+        largest ``alpha`` by grid order would be a near-constant prediction.
     """
     grid = np.sort(np.asarray([_check_positive(a, "alpha") for a in np.atleast_1d(alphas)]))
     if grid.size == 0:
@@ -162,17 +165,20 @@ def ridge_sweep(
         )
     var = y.var(axis=0)
     var[var <= 0] = 1.0
-    metric = selection_metric or _neg_relative_mse(var)
+    proper = _neg_relative_mse(var)
+    metric = selection_metric or proper
     name = getattr(metric, "__name__", "custom")
     mean, scale = _standardizer(x, standardize)
     solver = _RidgeSolver(_apply(x, mean, scale), y)
     xvs = _apply(xv, mean, scale)
     scores = np.empty(grid.size)
+    fit = np.empty(grid.size)  # the relative MSE breaks ties of a coarser custom metric
     for i, a in enumerate(grid):
         coef, intercept = solver.solve(a)
-        scores[i] = metric(yv, xvs @ coef.T + intercept)
-    # Ties go to the strongest regularisation: search the reversed grid.
-    best = grid.size - 1 - _best_index(scores[::-1])
+        preds = xvs @ coef.T + intercept
+        scores[i] = metric(yv, preds)
+        fit[i] = proper(yv, preds)
+    best = _best_index(scores, fit, weakest="first")  # the grid ascends: the first is weakest
     sweep = SweepResult("alpha", grid, scores, best, name)
     if not refit:
         coef, intercept = solver.solve(sweep.best)
@@ -232,7 +238,7 @@ def ridge_probe(
     hp: dict[str, Any] = {"alpha": model.alpha, "standardize": standardize, "solver": "eigh"}
     extra: dict[str, Any] = {"model": model}
     if sweep is not None:
-        hp["alpha_grid"] = sweep.values
+        hp["alpha_grid"] = [float(v) for v in sweep.values]  # JSON-clean: records compare them
         hp["selection_metric"] = sweep.metric
         extra["sweep"] = sweep.to_table()
     return _result(
