@@ -34,7 +34,8 @@ task. ``msclip-finetune grid`` runs every ``--decoders`` x ``--encoder-modes`` c
 writes ``<output-dir>/comparison.csv`` and ``comparison.md``.
 
 Exit status: 0 done; 1 done, but some images could not be read or had fewer valid pixels than
-``--min-valid`` (default 0.5, as ``msclip-inference``) (named, skipped, counted);
+``--min-valid`` (default 0.5 for folders and CSV tables, as ``msclip-inference``; none for
+benchmark datasets) (named, skipped, counted);
 2 bad options or data (reported before any work); 130 interrupted.
 """
 
@@ -210,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         shown = ", ".join(result.unreadable[:5])
         print(
             f"warning: {len(result.unreadable)} image(s) could not be read or had fewer valid "
-            f"pixels than --min-valid ({result.protocol['config'].get('min_valid')}) and were "
+            f"pixels than --min-valid ({args.cfg.valid_share() or 0}) and were "
             f"left out: {shown}{' ...' if len(result.unreadable) > 5 else ''}",
             file=sys.stderr,
         )

@@ -416,7 +416,7 @@ class _Runner:
         from msclip.heads.features import FeatureCache, extract_features
 
         cfg, data = self.cfg, self.data
-        dataset = data.dataset(self.preprocess, cfg.min_valid, cfg.nodata)
+        dataset = data.dataset(self.preprocess, cfg.valid_share(), cfg.nodata)
         context = {"dataset": data.source, "name": data.name}
         names = data.item_names()
         t0 = time.perf_counter()
@@ -425,7 +425,7 @@ class _Runner:
                 Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_feature_cache_dir()
             )
             cache = FeatureCache(root, self.model, self.preprocess, names, spec, cfg.nodata,
-                                 cfg.min_valid, dataset, context)  # fmt: skip
+                                 cfg.valid_share(), dataset, context)  # fmt: skip
             before = cache.status()
             feats, ok = cache.extract(cfg.encode_batch_size, cfg.workers, cfg.progress)
             self.cache_info[spec.kind] = {"dir": str(cache.dir), "reused": before["done"],
@@ -433,7 +433,7 @@ class _Runner:
         else:
             feats, ok = extract_features(self.model, self.preprocess, names, spec, None,
                                          cfg.encode_batch_size, cfg.workers, cfg.progress,
-                                         cfg.nodata, cfg.min_valid, dataset)  # fmt: skip
+                                         cfg.nodata, cfg.valid_share(), dataset)  # fmt: skip
         self.cache_info.setdefault(spec.kind, {})["seconds"] = time.perf_counter() - t0
         bad = np.flatnonzero(~ok)
         if bad.size:
@@ -441,7 +441,7 @@ class _Runner:
             logger.warning(
                 "%d of %d images could not be read or have fewer than %s valid pixels "
                 "(min_valid) (e.g. %s); they are left out", bad.size, len(ok),
-                f"{cfg.min_valid:.0%}" if cfg.min_valid else "any", names[int(bad[0])],
+                f"{cfg.valid_share():.0%}" if cfg.valid_share() else "any", names[int(bad[0])],
             )  # fmt: skip
         self.features[key] = (feats, ok)
         return feats, ok
@@ -616,7 +616,7 @@ class _Runner:
                 layer_decay=cfg.layer_decay, head_lr=lr, head_weight_decay=cfg.weight_decay,
             )  # fmt: skip
             groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-            dataset = data.dataset(self.preprocess, cfg.min_valid, cfg.nodata)
+            dataset = data.dataset(self.preprocess, cfg.valid_share(), cfg.nodata)
             if cfg.cache_images:
                 dataset = _InMemory(dataset)
             self._images = dataset
@@ -743,7 +743,7 @@ class _Runner:
 
         dataset = self._images
         if dataset is None:
-            dataset = self.data.dataset(self.preprocess, self.cfg.min_valid, self.cfg.nodata)
+            dataset = self.data.dataset(self.preprocess, self.cfg.valid_share(), self.cfg.nodata)
         net.eval()
         outs, kept = [], []
         for b in encode_batches(self.model, _Subset(dataset, rows), normalize=False,

@@ -265,10 +265,12 @@ class FinetuneRunConfig:
     encode_batch_size: int = field(default=64, metadata=_help("images per encoder call"))
     workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     min_valid: float | None = field(
-        default=0.5,
+        default=None,
         metadata=_help(
-            "skip (and count) images with a smaller share of valid pixels, as msclip-inference "
-            "does (0: keep every image; a tile of nodata only is then filled with band means)"
+            "skip (and count) images with a smaller share of valid pixels (default: 0.5 for "
+            "folders and CSV tables, as msclip-inference; none for benchmark datasets, whose "
+            "protocols score every image; 0: keep every image, a tile of nodata only then "
+            "filled with band means)"
         ),
     )
     nodata: float | None = field(default=None, metadata=_help("nodata value overriding files'"))
@@ -318,6 +320,15 @@ class FinetuneRunConfig:
             return [parse_dense_task(e) for e in self.dense_tasks or []]
         column = self.label_column or ("label" if self.task == "segmentation" else "target")
         return [{"name": self.task, "kind": self.task, "column": column}]
+
+    def valid_share(self) -> float | None:
+        """The share of valid pixels under which an image is left out (``None``: none is):
+        ``min_valid`` when given (0 keeps every image); else 0.5 for one's own images (class
+        folders, CSV tables), as ``msclip-inference`` skips them, and none for a benchmark
+        dataset, whose published protocol scores every image of its splits."""
+        if self.min_valid is not None:
+            return self.min_valid or None
+        return None if self.dataset else 0.5
 
     def inapplicable(self, given: Iterable[str], grid: bool = False) -> list[str]:
         """Why each of the ``given`` options does nothing in this run (an empty list when all

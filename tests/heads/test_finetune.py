@@ -233,6 +233,12 @@ def test_a_tile_of_nodata_only_is_skipped_and_counted(scenes, tmp_path):
     kept = run_finetune(_cfg(tmp_path / "all", folders=str(root), method=["knn"], min_valid=0.0,
                              n_resamples=0))  # fmt: skip
     assert not kept.unreadable
+    # the default for a benchmark dataset: none left out (its protocol scores every image)
+    assert FinetuneRunConfig(folders="x").valid_share() == 0.5
+    assert FinetuneRunConfig(csv="t.csv").valid_share() == 0.5
+    assert FinetuneRunConfig(dataset="EuroSAT_MS").valid_share() is None
+    assert FinetuneRunConfig(dataset="EuroSAT_MS", min_valid=0.3).valid_share() == 0.3
+    assert FinetuneRunConfig(folders="x", min_valid=0.0).valid_share() is None
 
 
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
