@@ -279,7 +279,8 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     A text file holds one class per line, a name or ``label = name`` (the name is what the
     prompts say: msclip's own lists, ``SeaLake = sea or lake``); blank lines and ``#`` comments
     are skipped. A ``.csv`` file holds one column, read the same way, with CSV quoting (a quoted
-    name may hold commas); a row of several columns is refused. A YAML file may hold a list of
+    name may hold commas), under an optional header (``class``, ``name``, ``label`` ...); a row
+    of several columns is refused. A YAML file may hold a list of
     names, a mapping ``{index: name}`` (ordered by index), or a mapping with one of the keys
     ``classes``, ``class_names`` or ``names`` holding either form. Names are returned as written
     (not normalised); see :func:`check_class_names` for validation.
@@ -313,6 +314,13 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     raise ClassNameError(f"classes file {p} must be .txt or .csv (one name per line) or .yaml/.yml")
 
 
+# The first row of a one-column CSV classes file that names the column, not a class
+_CSV_HEADERS = frozenset(
+    {"class", "classes", "class_name", "class_names", "classname", "name", "names", "label",
+     "labels", "label_name", "category", "categories"}
+)  # fmt: skip
+
+
 def _names_from_csv(text: str, where: Path) -> list[str]:
     """Class names of a one-column CSV file: one per row, quotes removed (a quoted name may hold
     commas: ``"Beaches, dunes, sands"``); rows read as the lines of a ``.txt`` file otherwise."""
@@ -325,10 +333,16 @@ def _names_from_csv(text: str, where: Path) -> list[str]:
         rows = list(reader)
     except csv.Error as err:
         raise ClassNameError(f"cannot read CSV classes file {where}: {err}") from err
+    header = True  # a first row such as "class" or "name" heads the column: it is no class
     for lineno, row in enumerate(rows, start=1):
         fields = [f.strip() for f in row]
         if fields and fields[0].startswith("#"):
             continue  # a comment, commas and all
+        if header and fields and any(fields):
+            header = False
+            if len(fields) == 1 and fields[0].lower().replace(" ", "_") in _CSV_HEADERS:
+                logger.info("%s: row %d, %r, is the column's header", where, lineno, fields[0])
+                continue
         while len(fields) > 1 and not fields[-1]:  # a trailing comma
             fields.pop()
         if len(fields) > 1:

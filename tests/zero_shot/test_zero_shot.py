@@ -127,6 +127,12 @@ def test_load_class_names(tmp_path):
         '# mine, v2\r\nforest\r\n"Beaches, dunes, sands",\r\n\r\nSeaLake = sea or lake\r\n'
     )
     assert load_class_names(csv) == ["forest", "Beaches, dunes, sands", "sea or lake"]
+    # a header naming the column is no class (Excel and pandas write one)
+    for head in ("class", "Class Name", "label"):
+        csv.write_text(f"{head}\nforest\nriver\n")
+        assert load_class_names(csv) == ["forest", "river"], head
+    csv.write_text("forest\nclass\n")  # only a first row can be the header
+    assert load_class_names(csv) == ["forest", "class"]
     csv.write_text("id,name\n0,forest\n1,river\n")
     with pytest.raises(ClassNameError, match=r"c.csv, row 1: 'id,name' has 2 columns; .* one"):
         load_class_names(csv)
