@@ -43,6 +43,7 @@ __all__ = [
     "Tile",
     "check_scene_format",
     "class_counts",
+    "footprint_geometry",
     "footprint_lonlat",
     "georeference_warning",
     "map_transform",
@@ -311,6 +312,40 @@ def window_footprint_lonlat(
         xs, ys = (xs[0], *xs[:0:-1]), (ys[0], *ys[:0:-1])
     lon, lat = warp(crs, "EPSG:4326", [*xs, xs[0]], [*ys, ys[0]])
     return [[float(a), float(b)] for a, b in zip(lon, lat)]
+
+
+def footprint_geometry(ring: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """The GeoJSON geometry of a lon/lat ring (:func:`window_footprint_lonlat`): a ``Polygon``,
+    or, for a window that crosses the antimeridian (its longitudes jump from near 180 to near
+    -180), a ``MultiPolygon`` of its parts on either side, cut at +/-180 as RFC 7946 (3.1.9)
+    asks, so that GIS software does not draw it around the globe."""
+    lons = [float(p[0]) for p in ring]
+    if max(lons) - min(lons) <= 180:
+        return {"type": "Polygon", "coordinates": [[[float(a), float(b)] for a, b in ring]]}
+    east = [(lon + 360.0 if lon < 0 else lon, float(lat)) for lon, lat in ring]  # continuous
+    parts = []
+    for keep, shift in ((lambda x: x <= 180.0, 0.0), (lambda x: x >= 180.0, -360.0)):
+        part = _clip_at_180(east, keep)
+        if len(part) >= 3:
+            closed = [*part, part[0]]
+            parts.append([[[x + shift, y] for x, y in closed]])
+    return {"type": "MultiPolygon", "coordinates": parts}
+
+
+def _clip_at_180(ring: Sequence[tuple[float, float]], keep: Any) -> list[tuple[float, float]]:
+    """The vertices of the part of a closed ring where ``keep(lon)`` holds, cut along lon = 180
+    (Sutherland-Hodgman against one line; the ring's last point repeats its first)."""
+    pts = list(ring[:-1]) if tuple(ring[0]) == tuple(ring[-1]) else list(ring)
+    out: list[tuple[float, float]] = []
+    for i, cur in enumerate(pts):
+        prev = pts[i - 1]
+        if keep(cur[0]) != keep(prev[0]) and cur[0] != prev[0]:
+            t = (180.0 - prev[0]) / (cur[0] - prev[0])
+            out.append((180.0, prev[1] + t * (cur[1] - prev[1])))
+        if keep(cur[0]):
+            out.append(cur)
+    # a vertex on the line is kept by both sides, and may follow its own crossing point
+    return [p for i, p in enumerate(out) if i == 0 or p != out[i - 1]]
 
 
 def write_tile_map(

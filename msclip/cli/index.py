@@ -296,6 +296,8 @@ def _top_k(
 
 
 def _geojson(df: Any) -> dict[str, Any]:
+    from msclip.tiling import footprint_geometry
+
     features = []
     for _, r in df.iterrows():
         ring = r.get("footprint")
@@ -305,7 +307,7 @@ def _geojson(df: Any) -> dict[str, Any]:
         features.append(
             {
                 "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [json.loads(ring)]},
+                "geometry": footprint_geometry(json.loads(ring)),
                 "properties": props,
             }
         )

@@ -118,3 +118,34 @@ def test_index_footprints_of_a_rotated_scene_are_its_tiles():
     assert json.loads(geo["footprint"]) == window_footprint_lonlat(utm, rotated, 32, 0, 32, 32)
     # the bounds stay the box around the tile, as documented
     assert (geo["minx"], geo["maxy"]) == raster_bounds(rotated, 32, 0, 32, 32)[::3]
+
+
+def test_a_footprint_across_the_antimeridian_is_cut_there():
+    """A window of a UTM zone 60 scene reaching past 180 E: two polygons, one on each side of
+    the antimeridian, meeting at +/-180 at the same latitudes (RFC 7946, 3.1.9); a window on
+    one side stays one polygon."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from msclip.tiling import footprint_geometry, window_footprint_lonlat
+
+    utm60 = CRS.from_epsg(32660)
+    ring = window_footprint_lonlat(utm60, Affine(10, 0, 730000, 0, -10, 5000000), 0, 0, 1000, 1500)
+    assert max(p[0] for p in ring) > 179.9 and min(p[0] for p in ring) < -179.8  # the jump
+    g = footprint_geometry(ring)
+    assert g["type"] == "MultiPolygon" and len(g["coordinates"]) == 2
+    west, east = (part[0] for part in g["coordinates"])
+    assert west[0] == west[-1] and east[0] == east[-1]  # closed rings
+    assert all(0 < lon <= 180 for lon, _ in west) and all(-180 <= lon < 0 for lon, _ in east)
+    cut_w = sorted(lat for lon, lat in west[:-1] if lon == 180)
+    cut_e = sorted(lat for lon, lat in east[:-1] if lon == -180)
+    assert len(cut_w) == 2 and cut_w == pytest.approx(cut_e)
+    lats = [lat for _, lat in ring]
+    assert min(lats) <= cut_w[0] and cut_w[1] <= max(lats)
+
+    def ccw(r):  # positive shoelace area: counter-clockwise, as the ring it came from
+        return sum(r[i][0] * r[i + 1][1] - r[i + 1][0] * r[i][1] for i in range(len(r) - 1)) > 0
+
+    assert ccw(west) and ccw(east)
+    inside = window_footprint_lonlat(utm60, Affine(10, 0, 500000, 0, -10, 5000000), 0, 0, 10, 10)
+    assert footprint_geometry(inside) == {"type": "Polygon", "coordinates": [inside]}
