@@ -40,6 +40,12 @@ def _create(path: str, profile: Mapping[str, Any]) -> Any:
 # its own, which read in twice the time (measured on 32 such deflate tiles, rasterio open + read,
 # 2-core Zen 4: 8.3 ms per tile with one-row strips, 4.1-4.7 ms with strips of 16 to 64 rows and
 # the predictor below, 17 % smaller).
+# Bands are written as bands, not colours: GDAL's default for 3 or 4 bands of 8-bit pixels is a
+# red-green-blue picture, the fourth band an alpha channel, so a blue-green-red-NIR array read back
+# lost its NIR band to a mask (and its pixels where NIR is 0), and a B02, B03, B04 array was
+# labelled red, green, blue.
+_BANDS_NOT_COLOURS = "MINISBLACK"
+
 _STRIP_BYTES = 1 << 17
 # compressions that take GDAL's PREDICTOR option
 _PREDICTED = {"deflate", "lzw", "zstd", "lzma"}
@@ -138,6 +144,7 @@ def write_geotiff(
         "height": arr.shape[1],
         "width": arr.shape[2],
         "dtype": arr.dtype.name,
+        "photometric": _BANDS_NOT_COLOURS,
     }
     profile.update(_georeference(crs, transform, nodata))
     if compress:
@@ -250,6 +257,7 @@ class GeoTiffStripWriter:
             "blockxsize": self.block_size,
             "blockysize": self.block_size,
             "BIGTIFF": "IF_SAFER",
+            "photometric": _BANDS_NOT_COLOURS,
         }
         if compress:
             profile["compress"] = compress

@@ -462,10 +462,29 @@ def check_pixels(path: str, height: int, width: int, max_pixels: int | None) -> 
 
 
 def _alpha_bands(src: Any) -> list[int]:
+    """1-based indexes of the bands whose colour interpretation is alpha, but for one that its
+    description names as a band (``B08``, ``nir``): data that a writer's default marked alpha
+    (GDAL's for the fourth of four 8-bit bands), not a mask."""
     from rasterio.enums import ColorInterp
 
     interp = list(src.colorinterp)
-    return [i + 1 for i, ci in enumerate(interp[: src.count]) if ci == ColorInterp.alpha]
+    descriptions = list(src.descriptions or ())
+    return [
+        i + 1
+        for i, ci in enumerate(interp[: src.count])
+        if ci == ColorInterp.alpha
+        and not _names_a_band(descriptions[i] if i < len(descriptions) else None)
+    ]
+
+
+def _names_a_band(description: str | None) -> bool:
+    if not description:
+        return False
+    try:
+        resolve_bands([description])
+    except (BandError, UnknownBandError):
+        return False
+    return True
 
 
 def image_bands(src: Any) -> list[int]:
@@ -491,7 +510,9 @@ def _file_mask(
     alpha = [b for b in alpha if b != first_band]
     if alpha:
         return np.asarray(src.read(alpha[0], window=window, **kw)) == 0
-    if MaskFlags.per_dataset in src.mask_flag_enums[first_band - 1]:
+    flags = src.mask_flag_enums[first_band - 1]
+    # (a mask GDAL makes of an alpha band is the alpha band's: none when it is a named band)
+    if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
         return np.asarray(src.read_masks(first_band, window=window, **kw)) == 0
     return None
 

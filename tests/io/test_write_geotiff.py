@@ -153,3 +153,38 @@ def test_the_strip_writer_and_its_cog_take_the_same_predictor_rule(tmp_path: Pat
             np.testing.assert_array_equal(src.read(), data)
     assert _predictor("int16", "jpeg") is None and _predictor("float32", None) is None
     assert _predictor("float64", "ZSTD") == 3 and _predictor("uint64", "lzw") == 2
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_eight_bit_bands_are_written_as_bands_not_colours(tmp_path: Path, count: int) -> None:
+    """GDAL's default for 3 or 4 bands of 8-bit pixels is an RGB picture with the fourth band an
+    alpha channel: a blue-green-red-NIR array lost its NIR band to a mask (and its pixels where
+    NIR is 0). msclip writes bands; a file written with GDAL's default whose alpha band is named
+    as a band (B08) reads its fourth band as data too."""
+    from rasterio.enums import ColorInterp
+
+    names = ["B02", "B03", "B04", "B08"][:count]
+    data = (np.random.default_rng(0).random((count, 20, 30)) * 200).astype(np.uint8)
+    data[-1, 0, :5] = 0
+    path = msclip.write_geotiff(
+        tmp_path / "b.tif", data, crs="EPSG:32633", transform=TRANSFORM, bands=names
+    )
+    with rasterio.open(path) as src:
+        assert ColorInterp.alpha not in src.colorinterp and ColorInterp.red not in src.colorinterp
+    r = msclip.read_raster(path)
+    assert r.bands == tuple(names) and r.nodata is None and np.array_equal(r.data, data)
+    with msclip.io.GeoTiffStripWriter(tmp_path / "s.tif", 30, 20, count, "uint8",
+                                      crs="EPSG:32633", transform=TRANSFORM,
+                                      band_names=names) as w:  # fmt: skip
+        w.write(data)
+    assert np.array_equal(msclip.read_raster(tmp_path / "s.tif").data, data)
+    if count == 4:
+        profile = dict(driver="GTiff", count=4, height=20, width=30, dtype="uint8",
+                       crs="EPSG:32633", transform=TRANSFORM)  # fmt: skip
+        with rasterio.open(tmp_path / "gdal.tif", "w", **profile) as dst:
+            dst.write(data)
+            dst.descriptions = tuple(names)
+        with rasterio.open(tmp_path / "gdal.tif") as src:
+            assert src.colorinterp[3] == ColorInterp.alpha  # GDAL's default
+        old = msclip.read_raster(tmp_path / "gdal.tif")
+        assert old.bands == tuple(names) and np.array_equal(old.data, data)
