@@ -351,8 +351,8 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         action="store_true",
         help="no progress bars, status lines (loading, precision) or warnings about settings; "
         "errors, the notes and warnings about skipped, unreadable, unused or changed inputs and "
-        "about results that may be wrong (band coverage, guessed band names, a head scoring "
-        "other bands) (on stderr) and the run's summary (on stdout) remain",
+        "about results that may be wrong (an input lacking most bands, guessed band names, a "
+        "head scoring other bands) (on stderr) and the run's summary (on stdout) remain",
     )
     g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return g

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from msclip.errors import ImageSetError, shown_when_quiet
+from msclip.errors import ImageSetError
 from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS, vrt_sources
 from msclip.io.writers import TMP_PREFIX
 
@@ -187,7 +187,7 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
             n_other = len(other)
             images = _without_vrt_parts(images, str(p))
             if n_other:
-                shown_when_quiet.warning(
+                logger.warning(
                     "%s: %s (%s) %s",
                     p,
                     "1 file with another extension"
