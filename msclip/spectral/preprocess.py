@@ -270,7 +270,22 @@ class SpectralPreprocess:
         elif data.shape[0] == len(self.bands):
             names = self.bands
         else:
-            names = default_bands_for_count(data.shape[0])
+            try:
+                names = default_bands_for_count(data.shape[0])
+            except BandError:
+                from msclip.spectral.bands import COUNT_DEFAULTS
+
+                n = data.shape[0]
+                counts = sorted({*COUNT_DEFAULTS, len(self.bands)})
+                raise BandError(
+                    f"cannot tell which bands an array of shape {tuple(x.shape)} holds, read as "
+                    f"{n} band{'s' if n != 1 else ''} ({self.layout or 'layout from the shape'}):"
+                    f" only {', '.join(map(str, counts))} bands have a default (the model's "
+                    f"{len(self.bands)}, or a sensor's); name them in the preprocessing, "
+                    "model.preprocess(input_bands=['B08', ...]), and give layout='CHW' or 'HWC' "
+                    "where the band axis is the other one",
+                    param="input_bands",
+                ) from None
             if data.shape[0] == 4:
                 from msclip.errors import GenericBandNamesWarning
 

@@ -258,3 +258,22 @@ def test_input_lacking_most_bands_or_display_scaled_is_said_or_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # six of ten bands, 16-bit: nothing to say
         pre.process(np.full((6, 16, 16), 900, np.uint16), LLAMA3_MS_CLIP_BANDS[:6])
+
+
+def test_an_array_of_unnamed_bands_without_a_default_names_the_preprocessing_argument():
+    """The fix a preprocessing error gives is the preprocessing's own argument (input_bands=,
+    layout=), not create_model's bands= (which builds a model of those bands)."""
+    from msclip.errors import BandError
+
+    s = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 64, patch_size=8)
+    with pytest.raises(BandError, match=r"shape \(64, 64\) holds, read as 1 band \(layout from "
+                       r"the shape\).*model.preprocess\(input_bands=") as err:  # fmt: skip
+        pre(np.ones((64, 64), np.float32))
+    assert err.value.param == "input_bands" and "bands=['B02'" not in str(err.value)
+    hwc = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 64, patch_size=8, layout="HWC")
+    with pytest.raises(BandError, match=r"read as 64 bands \(HWC\).*layout='CHW'"):
+        hwc(np.ones((10, 64, 64), np.float32))
+    named = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, s.mean, s.std, 64, patch_size=8,
+                               input_bands=["B08"])  # fmt: skip
+    assert named(np.ones((64, 64), np.float32)).shape == (10, 64, 64)
