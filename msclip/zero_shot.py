@@ -551,6 +551,11 @@ def build_classifier(
         InvalidEmbeddingsError: the text tower gave non-finite embeddings (damaged weights).
     """
     names = check_class_names(class_names, normalize=normalize_names)
+    if isinstance(templates, (str, bytes)):  # its characters are no templates
+        raise TemplateError(
+            f"templates must be a list of templates, got the single string {templates!r}; pass "
+            f"[{templates!r}] (or load_templates('eo'), a set name or a file)",
+        )
     templates = list(templates)
     if not templates:
         raise TemplateError("no templates given")

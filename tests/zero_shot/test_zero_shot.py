@@ -174,6 +174,9 @@ def test_build_classifier_matches_published_recipe(tiny):
     img_n = img / img.norm(dim=-1, keepdim=True)
     expected = torch.softmax(100.0 * img_n @ ref.T, dim=-1)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+    # one template given as a string: said so, not split into its characters
+    with pytest.raises(TemplateError, match=r"got the single string 'a photo of \{c\}'"):
+        build_classifier(model, tokenizer, names, "a photo of {c}")
 
 
 def test_cache_skips_text_tower(tiny, tmp_path, monkeypatch):
