@@ -571,6 +571,39 @@ class MSCLIP(nn.Module):
                 f"model.preprocess(), which does"
             )
 
+    def _check_tokens(self, tokens: Any) -> None:
+        """Refuse what the text tower would fail on with a message about tensor sizes (or an
+        index error): ids of another tokenizer, a missing batch axis, float values."""
+        fix = "tokenise the texts with msclip.get_tokenizer(model)"
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(
+                f"tokens must be a torch tensor [B, {self.context_length}] of token ids, got "
+                f"{type(tokens).__name__}; {fix}"
+            )
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise LayoutError(f"tokens must be integer token ids, got {tokens.dtype}; {fix}")
+        if tokens.ndim != 2 or tokens.shape[0] == 0:
+            hint = " (add the batch axis: tokens[None])" if tokens.ndim == 1 else ""
+            raise LayoutError(
+                f"tokens must be a non-empty batch [B, {self.context_length}], got shape "
+                f"{tuple(tokens.shape)}{hint}"
+            )
+        embedding = getattr(self.clip, "token_embedding", None)
+        if embedding is None:  # a text tower of another library checks its own input
+            return
+        if tokens.shape[1] > self.context_length:  # fewer: the text tower reads them all
+            raise LayoutError(
+                f"tokens of shape {tuple(tokens.shape)} hold {tokens.shape[1]} positions, but "
+                f"this model's text tower reads at most {self.context_length} (its context "
+                f"length); {fix}, which pads and cuts to it"
+            )
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= embedding.num_embeddings:
+            raise LayoutError(
+                f"token ids {low}..{high} lie outside this model's vocabulary of "
+                f"{embedding.num_embeddings} (ids of another tokenizer?); {fix}"
+            )
+
     def _can_trim_text(self) -> bool:
         c = self.clip
         return (
@@ -593,7 +626,19 @@ class MSCLIP(nn.Module):
                 agree to about 1e-6 and the text tower runs several times faster for short
                 prompts.
         """
+        self._check_tokens(tokens)
         if not (trim and self._can_trim_text()):
+            short = self.context_length - tokens.shape[1]
+            if short > 0 and hasattr(self.clip, "token_embedding"):
+                if not self._can_trim_text():
+                    raise LayoutError(
+                        f"tokens of shape {tuple(tokens.shape)} hold fewer positions than this "
+                        f"model's text tower reads ({self.context_length}); tokenise the texts "
+                        "with msclip.get_tokenizer(model)"
+                    )
+                # padding after the end-of-text token changes nothing (causal attention, pooled
+                # at end-of-text), as trim=True drops it
+                tokens = F.pad(tokens, (0, short))
             return self.clip.encode_text(tokens, normalize=normalize)
         from msclip.architecture import text_global_pool
 

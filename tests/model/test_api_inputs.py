@@ -81,7 +81,7 @@ def test_pictures_of_16_bits_keep_their_values(tiny):
     from PIL import Image
 
     img = Image.fromarray(np.full((32, 32), 3000, np.uint16))
-    with pytest.raises(BandError, match="1-band"):
+    with pytest.raises(BandError, match=r"read as 1 band .*input_bands="):
         tiny.preprocess()(img)  # one band without a name: refused, not made 8-bit RGB
     data, names, _, _ = tiny.preprocess(input_bands=["B08"]).load(img)
     assert names == ("B08",) and data.dtype == np.uint16 and int(data.max()) == 3000
@@ -241,3 +241,30 @@ def test_items_that_are_not_images_are_failures_named_by_shape(tiny):
     assert res.embeddings.shape == (1, 32)
     assert [f.name for f in res.failures] == ["None", "ndarray[10, 32, 32] bool"]
     assert all("ImageTypeError" in f.reason for f in res.failures)
+
+
+def test_encode_text_refuses_tokens_it_cannot_read(tiny):
+    """Tokens of another tokenizer (a longer context, ids past the vocabulary), without their
+    batch axis or as floats: named with the fix, not a tensor-size or index error."""
+    from msclip.errors import LayoutError
+
+    tok = msclip.get_tokenizer(tiny)
+    good = tok(["a forest"])
+    n = tiny.context_length
+    with pytest.raises(LayoutError, match=rf"hold {n + 5} positions, .* at most {n}"):
+        tiny.encode_text(torch.zeros(1, n + 5, dtype=torch.long))
+    with pytest.raises(LayoutError, match=r"add the batch axis: tokens\[None\]"):
+        tiny.encode_text(good[0])
+    with pytest.raises(LayoutError, match=r"must be integer token ids, got torch\.float32"):
+        tiny.encode_text(good.float())
+    bad = good.clone()
+    bad[0, 1] = 10**6
+    with pytest.raises(LayoutError, match="outside this model's vocabulary"):
+        tiny.encode_text(bad)
+    with pytest.raises(TypeError, match="get_tokenizer"):
+        tiny.encode_text(good.tolist())
+    short = good[:, :4].clone()
+    short[0, 3] = good.max()  # a shorter context (its end-of-text token): read as it is
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.encode_text(short), tiny.encode_text(short, trim=True),
+                                   atol=1e-5, rtol=0)  # fmt: skip
