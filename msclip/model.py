@@ -348,6 +348,24 @@ class MSCLIP(nn.Module):
                 return True
         return False
 
+    def weights_edited(self) -> None:
+        """Tell the model its weights were changed in a way torch does not count: writes through
+        ``.data`` (``p.data.copy_(w)``, older EMA code, weight surgery) or ``p.set_(...)``.
+
+        Changes through the parameters themselves (an optimiser step, ``load_state_dict``,
+        in-place operations under ``torch.no_grad()``) are seen by their version counters; these
+        are not. After them the model would still use what it derived from the weights before:
+        the copies of the image tower's linear weights in oneDNN's layout that its bf16 CPU path
+        made, and its identity (:attr:`checkpoint_sha256`, :meth:`fingerprint`), which keys the
+        text-embedding cache (cached prompts of the old weights would be served). This drops
+        both: the next call packs the current weights, and the identity is taken anew from them.
+        """
+        from msclip.architecture import drop_packed
+
+        drop_packed([*self.clip.parameters(), *self.clip.buffers()])
+        self._weights_replaced()
+        self._versions = {}
+
     def _weights_replaced(self, module: Any = None, incompatible: Any = None) -> None:
         """Forget the identity of weights that are no longer the model's (also the
         ``load_state_dict`` post-hook): it is computed anew from the weights when asked for."""

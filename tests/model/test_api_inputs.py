@@ -268,3 +268,29 @@ def test_encode_text_refuses_tokens_it_cannot_read(tiny):
     with torch.no_grad():
         torch.testing.assert_close(tiny.encode_text(short), tiny.encode_text(short, trim=True),
                                    atol=1e-5, rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_weights_edited_through_data_are_used_once_said(precision):
+    """A write through .data is invisible to torch's version counters: the bf16 path's packed
+    copies and the model's identity would stay those of the old weights until
+    model.weights_edited() is called; then the model computes as one built with the edit."""
+    x = torch.randn(2, 10, 32, 32)
+
+    def edited(m):
+        m.clip.visual.transformer.resblocks[0].mlp.c_fc.weight.data.mul_(0.5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without native bf16 warns
+        m = msclip.create_model("msclip-tiny", seed=0, precision=precision)
+        fresh = msclip.create_model("msclip-tiny", seed=0, precision=precision)
+    edited(fresh)
+    with torch.no_grad():
+        m.encode_image(x)  # the bf16 path packs the weights here
+        before = m.checkpoint_sha256
+        edited(m)
+        m.weights_edited()
+        assert torch.equal(m.encode_image(x), fresh.encode_image(x))
+    assert m.checkpoint_sha256 != before
+    fresh.weights_edited()  # its identity, taken when it was made, is of the old weights too
+    assert m.checkpoint_sha256 == fresh.checkpoint_sha256
