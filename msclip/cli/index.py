@@ -663,38 +663,35 @@ def _run_build(args: argparse.Namespace) -> int:
 def _warn_stale(args: argparse.Namespace, report: Any) -> int:
     """Name the given files that changed since they were indexed; exit status 1 (0 with
     --skip-bad), as their current content could not be indexed."""
-    paths = report.changed
-    more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-    print(
-        "warning: indexed files that changed since they were indexed (their embeddings are of the "
-        "old content; the index is append-only, so they are not encoded again): "
-        f"{len(paths)}: {', '.join(paths[:10])}{more}",
-        file=sys.stderr,
+    return _warn_not_encoded(
+        args,
+        report.changed,
+        "indexed files that changed since they were indexed (their embeddings are of the old "
+        "content; the index is append-only, so they are not encoded again)",
+        "to index the current files, build a new index: 'msclip-index build NEW.index --images "
+        f"... --scenes ...' (the same inputs), then use it instead of {args.index}",
     )
-    print(
-        f"warning: to index the current files, build a new index: 'msclip-index build "
-        f"NEW.index --images ... --scenes ...' (the same inputs), then use it instead of "
-        f"{args.index}",
-        file=sys.stderr,
-    )
-    return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
 def _warn_retiled(args: argparse.Namespace, report: Any) -> int:
     """Name the given files that the index holds with another tiling; exit status 1 (0 with
     --skip-bad), as the tiling asked for was not applied."""
-    shown = report.retiled
+    return _warn_not_encoded(
+        args,
+        report.retiled,
+        "files the index holds cut otherwise than asked (the index keeps one tiling per file, "
+        "so they are not encoded again)",
+        "to index them as asked, build a new index of these inputs ('msclip-index build "
+        f"NEW.index ...'); to add to {args.index}, give them as it holds them (above)",
+    )
+
+
+def _warn_not_encoded(args: argparse.Namespace, shown: list[str], what: str, fix: str) -> int:
+    """Two warnings: ``what`` with the first ten of ``shown`` (and how many more), then the
+    ``fix``; exit status 1, or 0 with --skip-bad."""
     more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
-    print(
-        "warning: files the index holds cut otherwise than asked (the index keeps one tiling "
-        f"per file, so they are not encoded again): {len(shown)}: {', '.join(shown[:10])}{more}",
-        file=sys.stderr,
-    )
-    print(
-        "warning: to index them as asked, build a new index of these inputs ('msclip-index "
-        f"build NEW.index ...'); to add to {args.index}, give them as it holds them (above)",
-        file=sys.stderr,
-    )
+    print(f"warning: {what}: {len(shown)}: {', '.join(shown[:10])}{more}", file=sys.stderr)
+    print(f"warning: {fix}", file=sys.stderr)
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL
 
 
