@@ -411,7 +411,7 @@ def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
     rec["model"] = {"label": "final", "checkpoint_sha256": "aaa"}
     rec["dataset"] = {"name": "EuroSAT_MS", "split": "test"}
     write_record(tmp_path, rec)
-    caplog.set_level("WARNING", logger="msclip.eval.report")
+    caplog.set_level("WARNING", logger="msclip.shown_when_quiet")
     write_record(tmp_path, rec)  # the same weights again: no warning
     assert "replaced" not in caplog.text
     other = {**rec, "model": {**rec["model"], "checkpoint_sha256": "bbb"}}
@@ -427,6 +427,24 @@ def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
     write_record(tmp_path, {**head, "method": {"name": "lora", "hyperparameters": {
         "epochs": 5, "rank": 8}}})  # fmt: skip
     assert "(epochs 2 -> 5, rank 4 -> 8)" in caplog.text
+
+
+def test_a_replaced_record_of_other_weights_is_said_under_quiet(tmp_path, capsys):
+    """--quiet hides warnings about settings, not a result of other weights overwritten under
+    the same label."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--model-label", "mine",
+        "--datasets", "EuroSAT_MS", "--dataset-dir", str(root), "--templates", "short",
+        "--save-path", str(tmp_path / "r"), "--no-text-cache", "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    code, _, err = _run(base, capsys)
+    assert code == 0 and "replaced" not in err
+    code, _, err = _run([*base, "--seed", "1"], capsys)  # other random weights
+    assert code == 0
+    assert "is replaced by a result of the same label 'mine'" in err
+    assert "checkpoint_sha256" in err
 
 
 @pytest.mark.parametrize("picked", ["bf16", "fp16", "fp32"])
@@ -505,7 +523,7 @@ def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
     write_record(tmp_path, record("demo (fp32)"))
     assert not legacy.exists() and len(load_records(tmp_path)[0]) == 2
     # another seed under the same label is a replaced result of something else: said
-    caplog.set_level("WARNING", logger="msclip.eval.report")
+    caplog.set_level("WARNING", logger="msclip.shown_when_quiet")
     write_record(tmp_path, record("demo (fp32)", seed=1))
     assert "(seed 0 -> 1)" in caplog.text
 
