@@ -433,9 +433,12 @@ def _evaluate_one(
         # Only this run's own record decides; a damaged record of another run must not fail it.
         existing, left_out = _existing_run_key(own, label, dataset.name)
         if existing == key and not left_out:
-            if not args.save_scores or scores_path.is_file():
+            if not args.save_scores or _scores_run_key(scores_path) == key:
                 return "skipped", f"record exists ({own})"
-            why = f"has no scores ({scores_path}); re-running for them"
+            if scores_path.is_file():
+                why = f"has scores of another run ({scores_path}); re-running for its own"
+            else:
+                why = f"has no scores ({scores_path}); re-running for them"
         elif existing == key:
             why = f"left {left_out} unreadable sample(s) out; re-running (they may be readable now)"
         elif existing:
@@ -462,8 +465,16 @@ def _evaluate_one(
         ids = np.asarray([dataset.samples[int(i)].id for i in rows])
         names = np.asarray(result.class_names)
         atomic_write(scores_path, lambda tmp: np.savez_compressed(
-            tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names),
-            ".npz")  # fmt: skip
+            tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names,
+            run_key=np.asarray(key)), ".npz")  # fmt: skip
+    elif scores_path.is_file() and _scores_run_key(scores_path) != key:
+        # The scores of an earlier run beside this run's record would pass for its own (and
+        # satisfy a later --skip-existing --save-scores): they go with the record they were of.
+        scores_path.unlink()
+        logger.warning(
+            "%s: removed %s, the scores of an earlier run with other settings (this run's are "
+            "saved with --save-scores)", dataset.name, scores_path,
+        )  # fmt: skip
     write_record(args.save_path, record)
     main = result.main_metric
     value = result.report.to_dict()[main]
@@ -486,6 +497,18 @@ def _samples_digest(samples: Sequence[Any]) -> str:
         h.update(json.dumps([s.id, s.target], default=plain).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def _scores_run_key(path: Path) -> str | None:
+    """The run key stored in the scores file at ``path`` (the key of the record it was saved
+    with); ``None`` when the file is missing, unreadable or older than that key."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return str(saved["run_key"]) if "run_key" in saved.files else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _existing_run_key(path: Path, label: str, dataset: str) -> tuple[str | None, int]:

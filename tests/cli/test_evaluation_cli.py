@@ -268,6 +268,37 @@ def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
     assert code == 0 and "BigEarthNet_MS: ok" in out
 
 
+def test_skip_existing_takes_only_the_scores_of_the_record_it_skips(tmp_path, capsys):
+    """A scores file left by another run (other templates) is not the skipped record's: the
+    dataset runs again for its own scores, and a record replaced without --save-scores takes
+    the other run's scores file with it."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    (tmp_path / "t2.txt").write_text(TEMPLATES)
+    save = tmp_path / "r"
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    scores = save / "scores" / "msclip-tiny-random__EuroSAT_MS.npz"
+    code, _, _ = _run([*base, "--templates", str(tmp_path / "t2.txt"), "--save-scores"], capsys)
+    assert code == 0 and scores.is_file()
+    t2_scores = scores.read_bytes()
+    with np.load(scores) as saved:
+        assert str(saved["run_key"]) == _record(save, "EuroSAT_MS")["run_key"]
+    code, _, _ = _run([*base, "--templates", "eo"], capsys)  # record replaced, no scores asked
+    assert code == 0 and not scores.exists()
+    scores.write_bytes(t2_scores)  # another run's scores under this record's name
+    code, out, _ = _run([*base, "--templates", "eo", "--save-scores", "--skip-existing"], capsys)
+    assert code == 0 and "EuroSAT_MS: ok" in out
+    rec = _record(save, "EuroSAT_MS")
+    with np.load(scores) as saved:
+        assert str(saved["run_key"]) == rec["run_key"]
+    code, out, _ = _run([*base, "--templates", "eo", "--save-scores", "--skip-existing"], capsys)
+    assert "EuroSAT_MS: skipped" in out
+
+
 def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):
     save = tmp_path / "copy"
     shutil.copytree(ms_run["save"], save)
