@@ -240,6 +240,21 @@ def _dataset_name(item: str) -> str:
         return Path(item).stem if item.lower().endswith((".yaml", ".yml")) else item
 
 
+def _check_unique_names(items: Sequence[str], names: Sequence[str]) -> None:
+    """Refuse two requested datasets of one name: the second's record (and scores, tables)
+    would replace the first's. Names are compared ignoring case, as the registry and the
+    ``DATASET=...`` options match them."""
+    seen: dict[str, str] = {}
+    for item, name in zip(items, names):
+        first = seen.setdefault(name.lower(), item)
+        if first != item:
+            raise UsageError(
+                f"--datasets: {first!r} and {item!r} are both dataset {name!r} (names are "
+                f"matched ignoring case); the second's record would replace the first's. Give "
+                f"each dataset once, or another 'name:' in its YAML file"
+            )
+
+
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 #: File stems that say nothing of the run (its folder does).
 _GENERIC_STEMS = ("final", "last", "latest", "best", "model", "checkpoint", "weights", "step")
@@ -560,6 +575,7 @@ def _run(args: argparse.Namespace) -> int:
 
     items = _dataset_list(args.datasets)
     names = [_dataset_name(i) for i in items]
+    _check_unique_names(items, names)
     tpl_global, tpl_per = _per_dataset(args.templates, names, "--templates")
     cls_global, cls_per = _per_dataset(args.classnames, names, "--classnames")
     if cls_global is not None:

@@ -367,6 +367,21 @@ def test_published_template_name_without_the_file_fails_clearly(tmp_path, capsys
         resolve_templates("rs5m")
 
 
+def test_two_datasets_of_one_name_are_a_usage_error(tmp_path, capsys):
+    """Two requested datasets of one name would share one record: refused before any work,
+    naming both; names differing only in case are one name."""
+    yaml_path = tmp_path / "cy" / "eu.yaml"
+    yaml_path.parent.mkdir()
+    yaml_path.write_text("name: EuroSAT_MS\nlayout: folder\nroot: eu\nclasses: {a: a}\n")
+    base = ["--model-name", "msclip-tiny", "--no-pretrained", "--save-path", str(tmp_path / "r"),
+            "--no-text-cache", "--datasets"]  # fmt: skip
+    for pair in (["EuroSAT_MS", str(yaml_path)], ["eurosat_ms", "EuroSAT_MS"]):
+        code, _, err = _run([*base, *pair], capsys)
+        assert code == 2, err
+        assert f"{pair[0]!r} and {pair[1]!r} are both dataset 'EuroSAT_MS'" in err
+        assert not (tmp_path / "r").exists()
+
+
 def test_template_sets_by_name_and_file(tmp_path):
     short = resolve_templates("short")
     assert short.name == "short" and len(short.templates) == 5
