@@ -372,21 +372,19 @@ def _merge(save: Path, summary_metric: str | None) -> int:
     return EXIT_PARTIAL if res.damaged else EXIT_OK
 
 
-def _check_classnames(items: Sequence[str], names: Sequence[str], given: dict[str, str]) -> None:
+def _check_classnames(names: Sequence[str], given: dict[str, str]) -> None:
     """Read each ``--classnames DATASET=FILE`` before any model work (a missing or malformed
-    file is the command's mistake, not one dataset's failure)."""
+    file is the command's mistake, not one dataset's failure). A relative path is relative to
+    the current folder, as every path on the command line (a YAML dataset's own paths are
+    relative to the YAML)."""
     from msclip.errors import MSCLIPError
-    from msclip.eval.datasets import load_classnames, resolve_spec
+    from msclip.eval.datasets import load_classnames
 
-    for item, name in zip(items, names):
+    for name in names:
         if name not in given:
             continue
         try:
-            base = resolve_spec(item).base_dir
-        except MSCLIPError:
-            continue  # the dataset's own failure is reported with the others
-        try:
-            load_classnames(given[name], base)
+            load_classnames(given[name])
         except MSCLIPError as err:
             raise UsageError(f"--classnames {name}={given[name]}: {err}") from err
 
@@ -406,6 +404,7 @@ def _evaluate_one(
     """Evaluate one dataset; returns ``(status, message)``, status ``ok`` or ``skipped``."""
     import numpy as np
 
+    from msclip.errors import DatasetFormatError, MSCLIPError
     from msclip.eval.datasets import build_dataset
     from msclip.eval.report import file_stem, make_record, record_path, write_record
     from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
@@ -417,7 +416,13 @@ def _evaluate_one(
         item, args.dataset_dir, split=args.split, classes=classnames,
         max_samples=args.max_samples, seed=args.seed, require_split_list=True,
     )  # fmt: skip
-    tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
+    if templates_spec is None and dataset.spec.templates and dataset.spec.base_dir is not None:
+        try:  # the YAML's own set: its error names the file, not --templates (not given)
+            tpl = resolve_templates(dataset.spec.templates)
+        except MSCLIPError as err:
+            raise DatasetFormatError(f"{item}: templates: {err}") from err
+    else:
+        tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
     cfg = EvalConfig(
         batch_size=args.batch_size, workers=args.workers, device=args.device, ap_k=args.ap_k,
         ap_definition=args.ap_definition, no_relevant=args.no_relevant,
@@ -582,7 +587,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--classnames needs DATASET=FILE entries")
     for spec in {tpl_global, *tpl_per.values()} - {None}:
         resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
-    _check_classnames(items, names, cls_per)
+    _check_classnames(names, cls_per)
     model = _load_model(args)
 
     from msclip.factory import get_tokenizer

@@ -382,6 +382,43 @@ def test_two_datasets_of_one_name_are_a_usage_error(tmp_path, capsys):
         assert not (tmp_path / "r").exists()
 
 
+def test_paths_in_a_dataset_yaml_are_relative_to_it_and_on_the_command_line_to_here(
+    tmp_path, capsys, monkeypatch
+):
+    """The YAML's ``templates:`` file is found beside the YAML (as ``root:`` and ``classes:``),
+    whatever the current folder; a missing one is blamed on the YAML, not on --templates; a
+    --classnames file is the current folder's even when the YAML's folder has one of that name."""
+    data = tmp_path / "data"
+    yaml_path = mb.custom_multilabel(data)
+    yaml_path.write_text(yaml_path.read_text().replace("templates: short", "templates: t.txt"))
+    (data / "t.txt").write_text(TEMPLATES)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    (data / "names.txt").write_text("maize = yaml folder\nwheat = wheat\nwater = water\n")
+    (here / "names.txt").write_text("maize = current folder\nwheat = wheat\nwater = water\n")
+    base = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", str(yaml_path),
+            "--save-path", str(tmp_path / "r"), "--no-text-cache", "--workers", "0",
+            "--quiet"]  # fmt: skip
+    code, _, err = _run([*base, "--classnames", "MyCrops=names.txt"], capsys)
+    assert code == 0, err
+    rec = _record(tmp_path / "r", "MyCrops")
+    assert rec["templates"]["source"] == str((data / "t.txt").resolve())
+    assert rec["dataset"]["classes_source"] == "names.txt"
+    assert "current folder" in rec["dataset"]["class_names"][0]
+    (data / "t.txt").unlink()
+    code, _, err = _run(base, capsys)
+    line = next(x for x in err.splitlines() if x.startswith("MyCrops: FAILED"))
+    assert code == 1 and str(yaml_path) in line and "templates" in line
+    assert "--templates" not in line
+    yaml_path.write_text(yaml_path.read_text().replace("templates: t.txt", "templates: short")
+                         .replace("classes: {maize: maize field, wheat: wheat field, water: "
+                                  "open water}", "classes: gone.txt"))  # fmt: skip
+    code, _, err = _run(base, capsys)  # the YAML unreadable: its failure goes by its file stem
+    line = next(x for x in err.splitlines() if x.startswith("my_crops: FAILED"))
+    assert code == 1 and str(yaml_path) in line and "gone.txt" in line
+
+
 def test_template_sets_by_name_and_file(tmp_path):
     short = resolve_templates("short")
     assert short.name == "short" and len(short.templates) == 5
