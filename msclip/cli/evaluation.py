@@ -240,6 +240,21 @@ def _dataset_name(item: str) -> str:
         return Path(item).stem if item.lower().endswith((".yaml", ".yml")) else item
 
 
+def _check_unique_names(items: Sequence[str], names: Sequence[str]) -> None:
+    """Refuse two requested datasets of one name: the second's record (and scores, tables)
+    would replace the first's. Names are compared ignoring case, as the registry and the
+    ``DATASET=...`` options match them."""
+    seen: dict[str, str] = {}
+    for item, name in zip(items, names):
+        first = seen.setdefault(name.lower(), item)
+        if first != item:
+            raise UsageError(
+                f"--datasets: {first!r} and {item!r} are both dataset {name!r} (names are "
+                f"matched ignoring case); the second's record would replace the first's. Give "
+                f"each dataset once, or another 'name:' in its YAML file"
+            )
+
+
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 #: File stems that say nothing of the run (its folder does).
 _GENERIC_STEMS = ("final", "last", "latest", "best", "model", "checkpoint", "weights", "step")
@@ -357,21 +372,19 @@ def _merge(save: Path, summary_metric: str | None) -> int:
     return EXIT_PARTIAL if res.damaged else EXIT_OK
 
 
-def _check_classnames(items: Sequence[str], names: Sequence[str], given: dict[str, str]) -> None:
+def _check_classnames(names: Sequence[str], given: dict[str, str]) -> None:
     """Read each ``--classnames DATASET=FILE`` before any model work (a missing or malformed
-    file is the command's mistake, not one dataset's failure)."""
+    file is the command's mistake, not one dataset's failure). A relative path is relative to
+    the current folder, as every path on the command line (a YAML dataset's own paths are
+    relative to the YAML)."""
     from msclip.errors import MSCLIPError
-    from msclip.eval.datasets import load_classnames, resolve_spec
+    from msclip.eval.datasets import load_classnames
 
-    for item, name in zip(items, names):
+    for name in names:
         if name not in given:
             continue
         try:
-            base = resolve_spec(item).base_dir
-        except MSCLIPError:
-            continue  # the dataset's own failure is reported with the others
-        try:
-            load_classnames(given[name], base)
+            load_classnames(given[name])
         except MSCLIPError as err:
             raise UsageError(f"--classnames {name}={given[name]}: {err}") from err
 
@@ -391,6 +404,7 @@ def _evaluate_one(
     """Evaluate one dataset; returns ``(status, message)``, status ``ok`` or ``skipped``."""
     import numpy as np
 
+    from msclip.errors import DatasetFormatError, MSCLIPError
     from msclip.eval.datasets import build_dataset
     from msclip.eval.report import file_stem, make_record, record_path, write_record
     from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
@@ -402,7 +416,13 @@ def _evaluate_one(
         item, args.dataset_dir, split=args.split, classes=classnames,
         max_samples=args.max_samples, seed=args.seed, require_split_list=True,
     )  # fmt: skip
-    tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
+    if templates_spec is None and dataset.spec.templates and dataset.spec.base_dir is not None:
+        try:  # the YAML's own set: its error names the file, not --templates (not given)
+            tpl = resolve_templates(dataset.spec.templates)
+        except MSCLIPError as err:
+            raise DatasetFormatError(f"{item}: templates: {err}") from err
+    else:
+        tpl = resolve_templates(templates_spec or dataset.spec.templates or DEFAULT_TEMPLATE_SET)
     cfg = EvalConfig(
         batch_size=args.batch_size, workers=args.workers, device=args.device, ap_k=args.ap_k,
         ap_definition=args.ap_definition, no_relevant=args.no_relevant,
@@ -433,9 +453,12 @@ def _evaluate_one(
         # Only this run's own record decides; a damaged record of another run must not fail it.
         existing, left_out = _existing_run_key(own, label, dataset.name)
         if existing == key and not left_out:
-            if not args.save_scores or scores_path.is_file():
+            if not args.save_scores or _scores_run_key(scores_path) == key:
                 return "skipped", f"record exists ({own})"
-            why = f"has no scores ({scores_path}); re-running for them"
+            if scores_path.is_file():
+                why = f"has scores of another run ({scores_path}); re-running for its own"
+            else:
+                why = f"has no scores ({scores_path}); re-running for them"
         elif existing == key:
             why = f"left {left_out} unreadable sample(s) out; re-running (they may be readable now)"
         elif existing:
@@ -462,8 +485,16 @@ def _evaluate_one(
         ids = np.asarray([dataset.samples[int(i)].id for i in rows])
         names = np.asarray(result.class_names)
         atomic_write(scores_path, lambda tmp: np.savez_compressed(
-            tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names),
-            ".npz")  # fmt: skip
+            tmp, scores=result.scores, targets=result.targets, ids=ids, class_names=names,
+            run_key=np.asarray(key)), ".npz")  # fmt: skip
+    elif scores_path.is_file() and _scores_run_key(scores_path) != key:
+        # The scores of an earlier run beside this run's record would pass for its own (and
+        # satisfy a later --skip-existing --save-scores): they go with the record they were of.
+        scores_path.unlink()
+        logger.warning(
+            "%s: removed %s, the scores of an earlier run with other settings (this run's are "
+            "saved with --save-scores)", dataset.name, scores_path,
+        )  # fmt: skip
     write_record(args.save_path, record)
     main = result.main_metric
     value = result.report.to_dict()[main]
@@ -486,6 +517,18 @@ def _samples_digest(samples: Sequence[Any]) -> str:
         h.update(json.dumps([s.id, s.target], default=plain).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def _scores_run_key(path: Path) -> str | None:
+    """The run key stored in the scores file at ``path`` (the key of the record it was saved
+    with); ``None`` when the file is missing, unreadable or older than that key."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return str(saved["run_key"]) if "run_key" in saved.files else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _existing_run_key(path: Path, label: str, dataset: str) -> tuple[str | None, int]:
@@ -537,13 +580,14 @@ def _run(args: argparse.Namespace) -> int:
 
     items = _dataset_list(args.datasets)
     names = [_dataset_name(i) for i in items]
+    _check_unique_names(items, names)
     tpl_global, tpl_per = _per_dataset(args.templates, names, "--templates")
     cls_global, cls_per = _per_dataset(args.classnames, names, "--classnames")
     if cls_global is not None:
         raise UsageError("--classnames needs DATASET=FILE entries")
     for spec in {tpl_global, *tpl_per.values()} - {None}:
         resolve_templates(spec)  # type: ignore[arg-type]  # fail before any model work
-    _check_classnames(items, names, cls_per)
+    _check_classnames(names, cls_per)
     model = _load_model(args)
 
     from msclip.factory import get_tokenizer

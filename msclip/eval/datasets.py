@@ -415,7 +415,8 @@ def load_dataset_yaml(path: str | os.PathLike) -> DatasetSpec:
           maize: maize field
           wheat: wheat field
         bands: [B02, B03, B04, B08]  # band names of the files' channels, in file order
-        templates: sentinel2         # default template set (msclip set name or file)
+        templates: sentinel2         # default template set (msclip set name or file,
+                                     # relative to this file)
         split_file: test.txt         # optional file list ("{split}" is replaced)
         extensions: [.tif]
         csv:                         # csv layout only
@@ -483,7 +484,10 @@ def load_dataset_yaml(path: str | os.PathLike) -> DatasetSpec:
         root = base / root
     classes = doc["classes"]
     if isinstance(classes, str):
-        classes = str(_resolve_data_file(classes, (".txt", ".yaml", ".yml"), base))
+        try:
+            classes = str(_resolve_data_file(classes, (".txt", ".yaml", ".yml"), base))
+        except DatasetFormatError as err:
+            raise DatasetFormatError(f"{p}: classes: {err} (relative to {base})") from err
     return DatasetSpec(
         name=str(doc["name"]),
         layout=layout,
@@ -496,12 +500,27 @@ def load_dataset_yaml(path: str | os.PathLike) -> DatasetSpec:
         array_layout=doc.get("array_layout"),
         rgb=rgb,
         options=options,
-        templates=str(doc["templates"]) if doc.get("templates") else None,
+        templates=_yaml_templates(str(doc["templates"]), base) if doc.get("templates") else None,
         description=str(doc.get("description", f"custom dataset declared in {p}")),
         citation=str(doc.get("citation", "")),
         url=str(doc.get("url", "")),
         base_dir=base,
     )
+
+
+def _yaml_templates(value: str, base: Path) -> str:
+    """The ``templates:`` of a dataset YAML: a shipped set name, else a file relative to the YAML
+    (as ``root:`` and ``classes:`` are), not to the current folder. A bare name that is no file
+    there stays a name (a published set's name is then refused with its own advice)."""
+    from msclip.zero_shot import template_set_path
+
+    bare = "/" not in value and os.sep not in value and not Path(value).suffix
+    if bare and template_set_path(value) is not None:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    return value if bare and not (base / p).is_file() else str(base / p)
 
 
 def resolve_spec(name_or_path: str | os.PathLike | DatasetSpec) -> DatasetSpec:
@@ -728,7 +747,8 @@ def build_dataset(
         dataset_dir: folder holding the datasets (``benchmark_datasets``).
         split: the split to evaluate (the published protocol: ``test``).
         transform: the model's preprocessing (``model.preprocess()``).
-        classes: override the spec's classes (file, list or mapping).
+        classes: override the spec's classes (file, list or mapping; a relative file path is
+            relative to the current folder, not to a YAML spec's).
         max_samples: keep a random subset of this size (seeded; for quick runs).
         seed: seed of the subset.
         require_split_list: refuse a split without a list in a dataset that has lists for
@@ -741,7 +761,10 @@ def build_dataset(
         DatasetFormatError: the data is there but malformed.
     """
     spec = resolve_spec(name)
-    class_list = load_classnames(classes if classes is not None else spec.classes, spec.base_dir)
+    # The spec's own class file was resolved against its YAML; an override is the caller's path
+    # (a command-line value: relative to the current folder).
+    class_list = load_classnames(spec.classes, spec.base_dir) if classes is None else (
+        load_classnames(classes))  # fmt: skip
     root = _find_root(spec, Path(dataset_dir) if dataset_dir is not None else None)
     layout = _make_layout(spec, class_list)
     if require_split_list:

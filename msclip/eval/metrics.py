@@ -37,7 +37,8 @@ those with the maximal score (``numpy.argmax``).
   one sample (classes without samples are excluded, not counted as 0). Equal to scikit-learn
   ``balanced_accuracy_score``.
 - **Per-class precision and F1** of the single-label report are those of the multi-label section
-  applied to the one-hot top-1 predictions; ``macro_f1`` averages over all ``C`` classes.
+  applied to the one-hot top-1 predictions; ``macro_f1`` averages over the classes with at
+  least one sample, as balanced accuracy does (see "Single-label F1").
 
 ## Average precision at k (retrieval view, "mAP@100")
 
@@ -105,8 +106,9 @@ With ``TP_c``, ``FP_c``, ``FN_c`` the counts of class ``c``:
   mean of ``a_c`` over the classes.
 - **Precision** ``TP / (TP + FP)``, **recall** ``TP / (TP + FN)``, **F1**
   ``2 TP / (2 TP + FP + FN)``; each is 0 when its denominator is 0.
-- **Macro**: unweighted mean over all classes. **Micro**: the same formulas on the sums of
-  ``TP``, ``FP``, ``FN``. Equal to scikit-learn ``precision_score`` / ``recall_score`` /
+- **Macro**: unweighted mean over all classes (a class without positives still has test
+  images, its negatives: it counts, with recall and F1 0). **Micro**: the same formulas on the
+  sums of ``TP``, ``FP``, ``FN``. Equal to scikit-learn ``precision_score`` / ``recall_score`` /
   ``f1_score`` with ``average="macro"`` / ``"micro"`` and ``zero_division=0``.
 - **AP**, **mAP**, **AP@k**, **mAP@k** as above with relevance ``Y[:, c]``. With the
   ``other_class`` rule only the real classes (all but the last score column) are evaluated.
@@ -114,9 +116,12 @@ With ``TP_c``, ``FP_c``, ``FN_c`` the counts of class ``c``:
 ## Single-label F1
 
 Per-class F1 of the top-1 predictions, ``2 TP_c / (2 TP_c + FP_c + FN_c)`` (0 when the
-denominator is 0). **Macro F1** is its unweighted mean over all ``C`` classes (scikit-learn
-``f1_score(average="macro", labels=range(C), zero_division=0)``); **micro F1** uses the summed
-counts and equals the top-1 accuracy in the single-label case.
+denominator is 0). **Macro F1** is its unweighted mean over the classes with at least one
+sample: a class without samples (a class folder without images, a class a test split lacks) is
+not measured, so it is left out, not counted as 0 (its per-class row stays, with F1 0 and recall
+NaN; predictions of it still count against the true classes). scikit-learn:
+``f1_score(average="macro", labels=<the classes present in the targets>, zero_division=0)``.
+**Micro F1** uses the summed counts and equals the top-1 accuracy in the single-label case.
 
 ## Regression metrics
 
@@ -774,7 +779,8 @@ class SingleLabelReport:
         top1_accuracy: Top-1 accuracy.
         top5_accuracy: Top-5 accuracy; NaN when ``C < 5``.
         balanced_accuracy: Mean per-class recall over classes with samples.
-        macro_f1: Macro F1 of the top-1 predictions over all classes.
+        macro_f1: Macro F1 of the top-1 predictions over the classes with samples (as
+            ``balanced_accuracy``; classes without samples keep their per-class rows).
         map_at_k: Mean AP@k (class prompt as query over all images).
         map: Mean threshold-free AP.
         ap_k: The ``k`` of AP@k.
@@ -874,7 +880,7 @@ def single_label_report(
         top1_accuracy=float(np.mean(ranks < 1)),
         top5_accuracy=float(np.mean(ranks < 5)) if c >= 5 else float("nan"),
         balanced_accuracy=_nanmean(recall),
-        macro_f1=float(f1.mean()),
+        macro_f1=_nanmean(np.where(cm.sum(axis=1) > 0, f1, np.nan)),  # as single_label_f1
         map_at_k=ap_k.mean,
         map=ap_full.mean,
         ap_k=k_ap,
@@ -1058,13 +1064,16 @@ def single_label_f1(
             class indices ``[N]``.
         targets: True class indices ``[N]``.
         num_classes: Number of classes; see :func:`confusion_matrix`.
-        average: ``"macro"`` (mean over all ``C`` classes, a class never seen nor predicted
-            counting 0), ``"micro"`` (summed counts; equals the top-1 accuracy) or ``"none"``
-            (per-class array).
+        average: ``"macro"`` (mean over the classes with at least one sample, as
+            :func:`balanced_accuracy`: a class without samples is not measured, so it is left
+            out rather than counted as 0; its predictions still count as errors of the true
+            classes), ``"micro"`` (summed counts; equals the top-1 accuracy) or ``"none"``
+            (per-class array, every class; 0 for a class without samples).
 
     Returns:
         A float, or float64 ``[C]`` for ``"none"``. Equal to scikit-learn ``f1_score`` with
-        ``labels=range(C)`` and ``zero_division=0``.
+        ``labels`` the classes present in ``targets`` (``"macro"``) or ``range(C)``, and
+        ``zero_division=0``.
 
     Raises:
         MetricInputError: On bad shapes, indices out of range or an unknown ``average``.
@@ -1084,6 +1093,8 @@ def single_label_f1(
     np.divide(2 * tp, den, out=f1, where=den > 0)
     if average == "none":
         return f1
+    if average == "macro":
+        return _nanmean(np.where(cm.sum(axis=1) > 0, f1, np.nan))
     return float(f1.mean())
 
 

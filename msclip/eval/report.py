@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msclip.errors import RecordError
+from msclip.errors import RecordError, shown_when_quiet
 from msclip.hardware import library_versions
 from msclip.io import TMP_PREFIX, atomic_write, jsonable, write_csv, write_json, write_text
 
@@ -345,7 +345,8 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
         if len(differ) > 4:
             changed.append(f"{len(differ) - 4} more settings")
     if changed:
-        logger.warning(
+        # shown under --quiet too: another result is about to be overwritten without a trace
+        shown_when_quiet.warning(
             "%s is replaced by a result of the same label %r for something else (%s); give each "
             "its own --model-label to keep both",
             path, record["model"]["label"], ", ".join(changed),

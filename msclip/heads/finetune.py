@@ -911,7 +911,7 @@ def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
 def _check_classes(data: TaskData) -> None:
     """Refuse a classification whose train split holds one class (before any method writes
     anything), and name the classes a split lacks: a class never trained on is never predicted,
-    one never tested is not measured (and counts as F1 = 0 in ``macro_f1``)."""
+    one never tested is not measured (and is left out of ``macro_f1`` and balanced accuracy)."""
     if data.task != "classification":
         return
     targets = np.asarray(data.targets)

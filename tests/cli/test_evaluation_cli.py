@@ -268,6 +268,37 @@ def test_skip_existing_skips_only_identical_runs(ms_run, tmp_path, capsys):
     assert code == 0 and "BigEarthNet_MS: ok" in out
 
 
+def test_skip_existing_takes_only_the_scores_of_the_record_it_skips(tmp_path, capsys):
+    """A scores file left by another run (other templates) is not the skipped record's: the
+    dataset runs again for its own scores, and a record replaced without --save-scores takes
+    the other run's scores file with it."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    (tmp_path / "t2.txt").write_text(TEMPLATES)
+    save = tmp_path / "r"
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    scores = save / "scores" / "msclip-tiny-random__EuroSAT_MS.npz"
+    code, _, _ = _run([*base, "--templates", str(tmp_path / "t2.txt"), "--save-scores"], capsys)
+    assert code == 0 and scores.is_file()
+    t2_scores = scores.read_bytes()
+    with np.load(scores) as saved:
+        assert str(saved["run_key"]) == _record(save, "EuroSAT_MS")["run_key"]
+    code, _, _ = _run([*base, "--templates", "eo"], capsys)  # record replaced, no scores asked
+    assert code == 0 and not scores.exists()
+    scores.write_bytes(t2_scores)  # another run's scores under this record's name
+    code, out, _ = _run([*base, "--templates", "eo", "--save-scores", "--skip-existing"], capsys)
+    assert code == 0 and "EuroSAT_MS: ok" in out
+    rec = _record(save, "EuroSAT_MS")
+    with np.load(scores) as saved:
+        assert str(saved["run_key"]) == rec["run_key"]
+    code, out, _ = _run([*base, "--templates", "eo", "--save-scores", "--skip-existing"], capsys)
+    assert "EuroSAT_MS: skipped" in out
+
+
 def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):
     save = tmp_path / "copy"
     shutil.copytree(ms_run["save"], save)
@@ -334,6 +365,58 @@ def test_published_template_name_without_the_file_fails_clearly(tmp_path, capsys
     assert not (tmp_path / "records").exists()
     with pytest.raises(TemplatesNotShippedError):
         resolve_templates("rs5m")
+
+
+def test_two_datasets_of_one_name_are_a_usage_error(tmp_path, capsys):
+    """Two requested datasets of one name would share one record: refused before any work,
+    naming both; names differing only in case are one name."""
+    yaml_path = tmp_path / "cy" / "eu.yaml"
+    yaml_path.parent.mkdir()
+    yaml_path.write_text("name: EuroSAT_MS\nlayout: folder\nroot: eu\nclasses: {a: a}\n")
+    base = ["--model-name", "msclip-tiny", "--no-pretrained", "--save-path", str(tmp_path / "r"),
+            "--no-text-cache", "--datasets"]  # fmt: skip
+    for pair in (["EuroSAT_MS", str(yaml_path)], ["eurosat_ms", "EuroSAT_MS"]):
+        code, _, err = _run([*base, *pair], capsys)
+        assert code == 2, err
+        assert f"{pair[0]!r} and {pair[1]!r} are both dataset 'EuroSAT_MS'" in err
+        assert not (tmp_path / "r").exists()
+
+
+def test_paths_in_a_dataset_yaml_are_relative_to_it_and_on_the_command_line_to_here(
+    tmp_path, capsys, monkeypatch
+):
+    """The YAML's ``templates:`` file is found beside the YAML (as ``root:`` and ``classes:``),
+    whatever the current folder; a missing one is blamed on the YAML, not on --templates; a
+    --classnames file is the current folder's even when the YAML's folder has one of that name."""
+    data = tmp_path / "data"
+    yaml_path = mb.custom_multilabel(data)
+    yaml_path.write_text(yaml_path.read_text().replace("templates: short", "templates: t.txt"))
+    (data / "t.txt").write_text(TEMPLATES)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    (data / "names.txt").write_text("maize = yaml folder\nwheat = wheat\nwater = water\n")
+    (here / "names.txt").write_text("maize = current folder\nwheat = wheat\nwater = water\n")
+    base = ["--model-name", "msclip-tiny", "--no-pretrained", "--datasets", str(yaml_path),
+            "--save-path", str(tmp_path / "r"), "--no-text-cache", "--workers", "0",
+            "--quiet"]  # fmt: skip
+    code, _, err = _run([*base, "--classnames", "MyCrops=names.txt"], capsys)
+    assert code == 0, err
+    rec = _record(tmp_path / "r", "MyCrops")
+    assert rec["templates"]["source"] == str((data / "t.txt").resolve())
+    assert rec["dataset"]["classes_source"] == "names.txt"
+    assert "current folder" in rec["dataset"]["class_names"][0]
+    (data / "t.txt").unlink()
+    code, _, err = _run(base, capsys)
+    line = next(x for x in err.splitlines() if x.startswith("MyCrops: FAILED"))
+    assert code == 1 and str(yaml_path) in line and "templates" in line
+    assert "--templates" not in line
+    yaml_path.write_text(yaml_path.read_text().replace("templates: t.txt", "templates: short")
+                         .replace("classes: {maize: maize field, wheat: wheat field, water: "
+                                  "open water}", "classes: gone.txt"))  # fmt: skip
+    code, _, err = _run(base, capsys)  # the YAML unreadable: its failure goes by its file stem
+    line = next(x for x in err.splitlines() if x.startswith("my_crops: FAILED"))
+    assert code == 1 and str(yaml_path) in line and "gone.txt" in line
 
 
 def test_template_sets_by_name_and_file(tmp_path):
@@ -411,7 +494,7 @@ def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
     rec["model"] = {"label": "final", "checkpoint_sha256": "aaa"}
     rec["dataset"] = {"name": "EuroSAT_MS", "split": "test"}
     write_record(tmp_path, rec)
-    caplog.set_level("WARNING", logger="msclip.eval.report")
+    caplog.set_level("WARNING", logger="msclip.shown_when_quiet")
     write_record(tmp_path, rec)  # the same weights again: no warning
     assert "replaced" not in caplog.text
     other = {**rec, "model": {**rec["model"], "checkpoint_sha256": "bbb"}}
@@ -427,6 +510,24 @@ def test_a_record_of_other_weights_under_the_same_label_warns(tmp_path, caplog):
     write_record(tmp_path, {**head, "method": {"name": "lora", "hyperparameters": {
         "epochs": 5, "rank": 8}}})  # fmt: skip
     assert "(epochs 2 -> 5, rank 4 -> 8)" in caplog.text
+
+
+def test_a_replaced_record_of_other_weights_is_said_under_quiet(tmp_path, capsys):
+    """--quiet hides warnings about settings, not a result of other weights overwritten under
+    the same label."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--model-label", "mine",
+        "--datasets", "EuroSAT_MS", "--dataset-dir", str(root), "--templates", "short",
+        "--save-path", str(tmp_path / "r"), "--no-text-cache", "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    code, _, err = _run(base, capsys)
+    assert code == 0 and "replaced" not in err
+    code, _, err = _run([*base, "--seed", "1"], capsys)  # other random weights
+    assert code == 0
+    assert "is replaced by a result of the same label 'mine'" in err
+    assert "checkpoint_sha256" in err
 
 
 @pytest.mark.parametrize("picked", ["bf16", "fp16", "fp32"])
@@ -505,7 +606,7 @@ def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
     write_record(tmp_path, record("demo (fp32)"))
     assert not legacy.exists() and len(load_records(tmp_path)[0]) == 2
     # another seed under the same label is a replaced result of something else: said
-    caplog.set_level("WARNING", logger="msclip.eval.report")
+    caplog.set_level("WARNING", logger="msclip.shown_when_quiet")
     write_record(tmp_path, record("demo (fp32)", seed=1))
     assert "(seed 0 -> 1)" in caplog.text
 

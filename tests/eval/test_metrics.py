@@ -436,6 +436,25 @@ def test_single_label_report_matches_sklearn(seed: int) -> None:
     assert set(rep.to_dict()) >= {"top1_accuracy", "top5_accuracy", "map_at_k", "ap_definition"}
 
 
+def test_a_class_without_samples_is_left_out_of_the_macro_averages() -> None:
+    """A class folder without images (warned as left out of the metrics) does not count as
+    F1 0: perfect predictions of the other classes give macro F1 1.0, as balanced accuracy;
+    its per-class row stays."""
+    targets = np.array([0, 0, 1, 1, 2, 2])  # class 3 has no sample
+    scores = np.eye(4)[targets] + 0.01
+    rep = single_label_report(scores, targets, ["a", "b", "c", "glacier_lake"], k_ap=10)
+    assert rep.macro_f1 == 1.0 and rep.balanced_accuracy == 1.0
+    assert M.single_label_f1(scores, targets, num_classes=4) == 1.0
+    row = rep.per_class.iloc[3]
+    assert row["class_name"] == "glacier_lake" and row["n"] == 0 and math.isnan(row["recall"])
+    # predictions of the empty class still count against the true class
+    scores[0] = np.eye(4)[3]
+    rep = single_label_report(scores, targets, ["a", "b", "c", "glacier_lake"], k_ap=10)
+    assert rep.macro_f1 == pytest.approx(
+        skm.f1_score(targets, scores.argmax(1), labels=[0, 1, 2], average="macro")
+    )
+
+
 def test_single_label_report_top5_nan_below_five_classes() -> None:
     scores = np.array([[0.1, 0.9, 0.0], [0.7, 0.2, 0.1]])
     rep = single_label_report(scores, [1, 2])
