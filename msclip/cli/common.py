@@ -1047,11 +1047,28 @@ def config_from_namespace(
 
     Returns:
         ``config``, updated (not yet validated).
+
+    Raises:
+        ConfigError: unknown options and values of the wrong type, listed together with the
+            value problems of the other options when ``config`` has ``problems(skip)``.
     """
+    from msclip.errors import ConfigError
     from msclip.options import load_yaml, option_types, unwrap_optional
 
+    problems: list[str] = []
+    refused: set[str] = set()
+
+    def update(values: dict[str, Any], source: str) -> None:
+        """Set ``values``, keeping (not raising) what does not fit, so that every problem of the
+        run's options is reported at once, not the type errors alone."""
+        try:
+            config.update(values, source=source)
+        except ConfigError as err:
+            problems.extend(getattr(err, "problems", [str(err)]))
+            refused.update(getattr(err, "options", ()))
+
     if yaml_path is not None:
-        config.update(load_yaml(yaml_path), source=str(yaml_path))
+        update(load_yaml(yaml_path), str(yaml_path))
     hints = option_types(type(config))
     cli: dict[str, Any] = {}
     for name, value in values.items():
@@ -1059,7 +1076,12 @@ def config_from_namespace(
         if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
             value = None
         cli[name] = value
-    config.update(cli, source="command line")
+    update(cli, "command line")
+    if problems:
+        check = getattr(config, "problems", None)  # the value checks, where a config has them
+        if check is not None:
+            problems.extend(check(skip=refused))
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return config
 
 
