@@ -82,6 +82,7 @@ __all__ = [
     "min_valid",
     "model_from_args",
     "model_inputs",
+    "no_pretrained_with_file",
     "non_negative_int",
     "output_path",
     "plural",
@@ -452,7 +453,8 @@ def setup_logging(
 
 # -- model ----------------------------------------------------------------------------------------
 def check_checkpoint(args: argparse.Namespace) -> None:
-    """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file) before any work."""
+    """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file), and ``--no-pretrained``
+    with a checkpoint file as ``--model-name``, before any work."""
     ckpt = getattr(args, "ckpt_path", None)
     if ckpt is not None and not Path(ckpt).expanduser().is_file():
         raise UsageError(_missing(ckpt, "--ckpt-path"))
@@ -460,6 +462,11 @@ def check_checkpoint(args: argparse.Namespace) -> None:
     is_file_name = name is not None and name.endswith((".safetensors", ".pt", ".pth"))
     if is_file_name and not Path(name).expanduser().is_file():
         raise UsageError(_missing(name, "--model-name"))
+    if getattr(args, "pretrained", None) is False:
+        from msclip.factory import names_checkpoint_file
+
+        if names_checkpoint_file(name):
+            raise UsageError(no_pretrained_with_file(name))
 
 
 def _missing(path: str | os.PathLike, flag: str) -> str:
@@ -467,6 +474,16 @@ def _missing(path: str | os.PathLike, flag: str) -> str:
     from msclip.pretrained import missing_checkpoint_message
 
     return f"{missing_checkpoint_message(Path(path).expanduser())} ({flag})"
+
+
+def no_pretrained_with_file(model_name: str) -> str:
+    """The refusal of ``--no-pretrained`` with a checkpoint file as ``--model-name``: the file's
+    weights would be loaded all the same, and the run would say random weights were asked for."""
+    return (
+        f"--no-pretrained asks for random weights, but --model-name {model_name} is a checkpoint "
+        "file, whose weights are loaded: drop --no-pretrained to use the file, or give a "
+        "registered model name as --model-name for random weights of its architecture"
+    )
 
 
 def model_from_args(
@@ -483,19 +500,23 @@ def model_from_args(
         model_name: ``--model-name`` (a registered name or an msclip ``.safetensors``).
         ckpt_path: ``--ckpt-path``; an msclip ``.safetensors`` describes its own architecture, so
             ``--model-name`` may then be left out.
-        pretrained: ``--pretrained/--no-pretrained`` (ignored with a checkpoint path).
+        pretrained: ``--pretrained/--no-pretrained`` (ignored with ``--ckpt-path``; refused
+            with a checkpoint file as ``model_name``).
         default_name: model used when neither names an architecture.
         seed: seeds torch first, so ``--no-pretrained`` gives the same random weights each run.
         **kwargs: passed to :func:`msclip.create_model` (device, precision, ...).
 
     Raises:
-        UsageError: no architecture can be determined, or the checkpoint file does not exist.
+        UsageError: no architecture can be determined, the checkpoint file does not exist, or
+            ``--no-pretrained`` with a checkpoint file as ``--model-name``.
     """
     import torch
 
     from msclip.errors import CheckpointMismatchError
     from msclip.factory import create_model, describes_itself, names_checkpoint_file
 
+    if not pretrained and names_checkpoint_file(model_name):
+        raise UsageError(no_pretrained_with_file(model_name))
     if seed is not None:
         torch.manual_seed(seed)
     if ckpt_path is not None:
