@@ -142,11 +142,13 @@ def update_options(obj: Any, values: Mapping[str, Any], source: str = "config") 
 
     Raises:
         ConfigError: lists every unknown key (with the closest known option) and every value
-            that does not fit its option's type.
+            that does not fit its option's type; its ``problems`` are those lines and its
+            ``options`` the options whose value was refused. The other values are set.
     """
     names = {f.name for f in dataclasses.fields(obj)}
     hints = option_types(type(obj))
     errors = []
+    bad: set[str] = set()  # options whose value was refused (they keep their previous value)
     spelt: dict[str, str] = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
@@ -163,8 +165,12 @@ def update_options(obj: Any, values: Mapping[str, Any], source: str = "config") 
             setattr(obj, name, coerce(value, hints[name]))
         except (TypeError, ValueError) as err:
             errors.append(f"{source}: option {key!r}: {err}")
+            bad.add(name)
     if errors:
-        raise ConfigError("bad configuration:\n  " + "\n  ".join(errors))
+        error = ConfigError("bad configuration:\n  " + "\n  ".join(errors))
+        # for callers that go on and report these with the value checks of the other options
+        error.problems, error.options = errors, bad  # type: ignore[attr-defined]
+        raise error
     return obj
 
 

@@ -82,6 +82,7 @@ __all__ = [
     "min_valid",
     "model_from_args",
     "model_inputs",
+    "no_pretrained_with_file",
     "non_negative_int",
     "output_path",
     "plural",
@@ -452,7 +453,8 @@ def setup_logging(
 
 # -- model ----------------------------------------------------------------------------------------
 def check_checkpoint(args: argparse.Namespace) -> None:
-    """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file) before any work."""
+    """Refuse a missing ``--ckpt-path`` (or a ``--model-name`` file), and ``--no-pretrained``
+    with a checkpoint file as ``--model-name``, before any work."""
     ckpt = getattr(args, "ckpt_path", None)
     if ckpt is not None and not Path(ckpt).expanduser().is_file():
         raise UsageError(_missing(ckpt, "--ckpt-path"))
@@ -460,6 +462,11 @@ def check_checkpoint(args: argparse.Namespace) -> None:
     is_file_name = name is not None and name.endswith((".safetensors", ".pt", ".pth"))
     if is_file_name and not Path(name).expanduser().is_file():
         raise UsageError(_missing(name, "--model-name"))
+    if getattr(args, "pretrained", None) is False:
+        from msclip.factory import names_checkpoint_file
+
+        if names_checkpoint_file(name):
+            raise UsageError(no_pretrained_with_file(name))
 
 
 def _missing(path: str | os.PathLike, flag: str) -> str:
@@ -467,6 +474,16 @@ def _missing(path: str | os.PathLike, flag: str) -> str:
     from msclip.pretrained import missing_checkpoint_message
 
     return f"{missing_checkpoint_message(Path(path).expanduser())} ({flag})"
+
+
+def no_pretrained_with_file(model_name: str) -> str:
+    """The refusal of ``--no-pretrained`` with a checkpoint file as ``--model-name``: the file's
+    weights would be loaded all the same, and the run would say random weights were asked for."""
+    return (
+        f"--no-pretrained asks for random weights, but --model-name {model_name} is a checkpoint "
+        "file, whose weights are loaded: drop --no-pretrained to use the file, or give a "
+        "registered model name as --model-name for random weights of its architecture"
+    )
 
 
 def model_from_args(
@@ -483,19 +500,23 @@ def model_from_args(
         model_name: ``--model-name`` (a registered name or an msclip ``.safetensors``).
         ckpt_path: ``--ckpt-path``; an msclip ``.safetensors`` describes its own architecture, so
             ``--model-name`` may then be left out.
-        pretrained: ``--pretrained/--no-pretrained`` (ignored with a checkpoint path).
+        pretrained: ``--pretrained/--no-pretrained`` (ignored with ``--ckpt-path``; refused
+            with a checkpoint file as ``model_name``).
         default_name: model used when neither names an architecture.
         seed: seeds torch first, so ``--no-pretrained`` gives the same random weights each run.
         **kwargs: passed to :func:`msclip.create_model` (device, precision, ...).
 
     Raises:
-        UsageError: no architecture can be determined, or the checkpoint file does not exist.
+        UsageError: no architecture can be determined, the checkpoint file does not exist, or
+            ``--no-pretrained`` with a checkpoint file as ``--model-name``.
     """
     import torch
 
     from msclip.errors import CheckpointMismatchError
     from msclip.factory import create_model, describes_itself, names_checkpoint_file
 
+    if not pretrained and names_checkpoint_file(model_name):
+        raise UsageError(no_pretrained_with_file(model_name))
     if seed is not None:
         torch.manual_seed(seed)
     if ckpt_path is not None:
@@ -1047,11 +1068,28 @@ def config_from_namespace(
 
     Returns:
         ``config``, updated (not yet validated).
+
+    Raises:
+        ConfigError: unknown options and values of the wrong type, listed together with the
+            value problems of the other options when ``config`` has ``problems(skip)``.
     """
+    from msclip.errors import ConfigError
     from msclip.options import load_yaml, option_types, unwrap_optional
 
+    problems: list[str] = []
+    refused: set[str] = set()
+
+    def update(values: dict[str, Any], source: str) -> None:
+        """Set ``values``, keeping (not raising) what does not fit, so that every problem of the
+        run's options is reported at once, not the type errors alone."""
+        try:
+            config.update(values, source=source)
+        except ConfigError as err:
+            problems.extend(getattr(err, "problems", [str(err)]))
+            refused.update(getattr(err, "options", ()))
+
     if yaml_path is not None:
-        config.update(load_yaml(yaml_path), source=str(yaml_path))
+        update(load_yaml(yaml_path), str(yaml_path))
     hints = option_types(type(config))
     cli: dict[str, Any] = {}
     for name, value in values.items():
@@ -1059,7 +1097,12 @@ def config_from_namespace(
         if optional and isinstance(value, list) and len(value) == 1 and value[0].lower() == "none":
             value = None
         cli[name] = value
-    config.update(cli, source="command line")
+    update(cli, "command line")
+    if problems:
+        check = getattr(config, "problems", None)  # the value checks, where a config has them
+        if check is not None:
+            problems.extend(check(skip=refused))
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return config
 
 

@@ -39,6 +39,7 @@ from msclip.cli.common import (
     add_text_cache_args,
     flag_hint,
     model_from_args,
+    no_pretrained_with_file,
     non_negative_int,
     positive_int,
     report_precision,
@@ -180,6 +181,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--datasets is required (or --merge-only / --list-datasets)")
     if args.model_name is None and args.ckpt_path is None:
         p.error("--model-name (or --ckpt-path with a self-describing .safetensors) is required")
+    if not args.pretrained:
+        from msclip.factory import names_checkpoint_file
+
+        if names_checkpoint_file(args.model_name):
+            p.error(no_pretrained_with_file(args.model_name))
     return args
 
 

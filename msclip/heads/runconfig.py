@@ -437,6 +437,17 @@ class FinetuneRunConfig:
             from msclip.pretrained import missing_checkpoint_message
 
             need(False, f"ckpt_path: {missing_checkpoint_message(self.ckpt_path)}")
+        if not self.pretrained:
+            from msclip.factory import names_checkpoint_file
+
+            # the file's weights would be loaded all the same, and the run recorded as random
+            need(
+                not names_checkpoint_file(self.model_name),
+                f"pretrained false (--no-pretrained) asks for random weights, but model_name "
+                f"(--model-name) {self.model_name!r} is a checkpoint file, whose weights are "
+                "loaded: drop --no-pretrained to use the file, or give a registered model name "
+                "for random weights of its architecture",
+            )
         need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
                                                          f"got {self.precision!r}")  # fmt: skip

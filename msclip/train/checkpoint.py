@@ -107,6 +107,27 @@ def find_latest(output_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def _newest_readable(bad: Path) -> Path | None:
+    """The other step checkpoint of ``bad``'s folder with the highest step that loads: the order
+    of :func:`find_latest` (file times change under copies without ``-t``, so they do not tell
+    which is newest), and never a suggestion that fails the same way."""
+    if not bad.parent.is_dir():
+        return None
+    found = sorted(
+        (int(m.group(1)), q)
+        for q in bad.parent.iterdir()
+        if (m := _STEP_FILE.match(q.name)) and q.name != bad.name
+    )
+    for _, q in reversed(found):
+        try:  # memory-mapped: only the archive's index and records are read, not every tensor
+            data = torch.load(os.fspath(q), map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError):
+            continue
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            return q
+    return None
+
+
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints (``keep = 0`` keeps all)."""
     if keep <= 0:
@@ -140,11 +161,8 @@ def load_train_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             param="resume",
         ) from err
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
-        earlier = sorted(
-            (q for q in Path(p).parent.glob("step_*.pt") if q.name != Path(p).name),
-            key=lambda q: q.stat().st_mtime,
-        )
-        hint = f"; resume from an earlier one (resume={earlier[-1]})" if earlier else ""
+        good = _newest_readable(Path(p))
+        hint = f"; resume from the newest one that reads (resume={good})" if good else ""
         raise CheckpointError(
             f"cannot read training checkpoint {p}: {checkpoint_read_reason(p, err)}{hint}",
             param="resume",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,6 +309,15 @@ class TrainConfig:
         Raises:
             ConfigError: lists every bad option with the value and the fix.
         """
+        e = self.problems()
+        if e:
+            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        return self
+
+    def problems(self, skip: Collection[str] = ()) -> list[str]:
+        """Every problem :meth:`validate` reports, one line each, leaving out those of the
+        options in ``skip``: options whose given value was refused for its type still hold
+        their default, whose checks would only mislead."""
         e: list[str] = []
 
         def need(ok: bool, message: str) -> None:
@@ -462,9 +472,8 @@ class TrainConfig:
                 self.zeroshot_max_per_class >= 1,
                 f"zeroshot_max_per_class must be >= 1, got {self.zeroshot_max_per_class}",
             )
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
-        return self
+        # every line starts with the option it is about
+        return [m for m in e if re.split(r"\W", m, maxsplit=1)[0] not in skip]
 
 
 # -- checks ----------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ workers, and a resumed run sees exactly the samples the interrupted run would ha
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
@@ -85,6 +87,9 @@ class PairTable:
         n_rows: rows in the source table.
         bad: ``(row, path, reason)`` of rows dropped up front.
         source: the table file.
+        digest: SHA-256 of the source table's content as read (every row's image path and
+            captions as written, in order): a resumed run checks by it that its data is the
+            run's, whatever path spells the file and wherever the table now lies.
     """
 
     paths: list[str]
@@ -93,6 +98,7 @@ class PairTable:
     n_rows: int
     bad: list[tuple[int, str, str]] = field(default_factory=list)
     source: str = ""
+    digest: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,6 +113,7 @@ class PairTable:
             self.n_rows,
             list(self.bad),
             self.source,
+            self.digest,
         )
 
 
@@ -216,7 +223,10 @@ def load_pairs(
         logger.warning("%s %s skipped: %s %s", p, row_label(r), reason, where)
     if len(bad) > 20:
         logger.warning("%s: %d more bad rows skipped", p, len(bad) - 20)
-    return PairTable(paths, captions, rows, len(images), bad, p)
+    digest = hashlib.sha256(
+        json.dumps([image_column, cols, images, caption_lists]).encode("utf-8")
+    ).hexdigest()
+    return PairTable(paths, captions, rows, len(images), bad, p, digest)
 
 
 def split_pairs(table: PairTable, val_fraction: float, seed: int) -> tuple[PairTable, PairTable]:

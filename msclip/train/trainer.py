@@ -108,6 +108,9 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: Tables a resume compares by content (digest), not by the path given.
+_TABLES = ("train_data", "val_data")
+
 
 @dataclass
 class TrainState:
@@ -277,6 +280,11 @@ class Trainer:
             self._check_bad(0, table, "training table")  # before a split of too few pairs
             train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)
         self.train_table, self.val_table = train_t, val_t
+        # what the run's data is, by content (a resume compares it, not the path strings)
+        self.data_digest = {
+            "train_data": table.digest,
+            "val_data": val_t.digest if cfg.val_data is not None else None,
+        }
         self._check_bad(0, train_t, "training table")
         self.steps_per_epoch = len(train_t) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -483,6 +491,7 @@ class Trainer:
             "last_loss": float(self.last_loss),
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_json(),
+            "data_digest": dict(self.data_digest),
         }
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
@@ -517,13 +526,42 @@ class Trainer:
         data = load_train_checkpoint(path)
         old = json.loads(data["train_config"])
         new = self.cfg.to_dict()
-        differ = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        digests = data.get("data_digest")
+        # Tables are the same data when their content is: a relaunch from another folder, an
+        # absolute path or a moved table resumes, an edited or reordered table does not.
+        # Checkpoints written before digests were recorded compare the paths as given.
+        by_content = set(_TABLES) if isinstance(digests, dict) else set()
+        differ = sorted(
+            k
+            for k in new
+            if k not in RESUMABLE_CHANGES
+            and old.get(k) != new[k]
+            and (k not in by_content or old.get(k) is None or new[k] is None)
+        )
         if differ:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ)
+            note = (
+                " (this checkpoint predates table digests, so its tables are compared by the path "
+                "as given: resume from the run's folder with the run's spelling of the path)"
+                if not by_content and any(k in _TABLES for k in differ)
+                else ""
+            )
             raise ConfigError(
                 f"cannot resume {path}: options that change the result differ from the run's "
-                f"({detail}); resume with the run's values (its config.yaml) or start a new run"
+                f"({detail}){note}; resume with the run's values (its config.yaml) or start a "
+                "new run"
             )
+        for k in sorted(by_content):
+            if new[k] is not None and digests.get(k) != self.data_digest[k]:
+                raise ConfigError(
+                    f"cannot resume {path}: the content of {k} {new[k]!r} changed since the run "
+                    f"was written (its rows, image paths and captions in order, differ from those "
+                    f"of {old.get(k)!r} then); the data order and the resumed weights would not be "
+                    "the run's: restore the run's table or start a new run",
+                    param=k,
+                )
+            if old.get(k) != new[k]:
+                logger.info("%s %r is the run's table %r (same content)", k, new[k], old.get(k))
         try:
             self.model.clip.load_state_dict(data["model"])
             self.loss_fn.load_state_dict(data["loss"])

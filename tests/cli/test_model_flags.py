@@ -69,3 +69,26 @@ def test_a_folder_or_a_broken_link_is_named_as_such(plain, tmp_path) -> None:
         model_from_args("msclip-tiny", link, True)
     with pytest.raises(FileNotFoundError, match="which does not exist"):
         msclip.create_model(link)
+
+
+def test_no_pretrained_with_a_checkpoint_file_as_model_name_is_refused(tmp_path, capsys) -> None:
+    from msclip.cli.inference import main
+    from msclip.pretrained import save_checkpoint
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(msclip.create_model("msclip-tiny", precision="fp32"), ckpt)
+    # the file's weights were loaded whatever --no-pretrained said
+    with pytest.raises(UsageError, match="--no-pretrained asks for random weights"):
+        model_from_args(str(ckpt), None, False, seed=0)
+    from support.train_tiles import write_class_tif
+
+    images = tmp_path / "images"
+    write_class_tif(images / "a.tif", 0, 0)
+    out = tmp_path / "out.csv"
+    argv = ["--run-classification", "--model-name", str(ckpt), "--no-pretrained", "--images",
+            str(images), "--class-names", "forest", "river", "--save-path", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--no-pretrained asks for random weights, but --model-name {ckpt}" in err
+    assert not out.exists()
+    assert model_from_args(str(ckpt), None, True).checkpoint_path == str(ckpt)  # as it says

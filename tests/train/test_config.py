@@ -79,6 +79,21 @@ def test_validation_reports_every_problem(tmp_path: Path) -> None:
         assert part in msg, part
 
 
+def test_type_and_value_problems_of_one_config_are_reported_together(tmp_path: Path) -> None:
+    table = pairs_table(tmp_path)
+    run = tmp_path / "run.yaml"
+    run.write_text(f'train_data: {table}\nmodel: msclip-tiny\nepochs: "two"\nlr: -1\n')
+    with pytest.raises(ConfigError) as info:
+        config_from_args(["--config", str(run), "--batch-size", "x", "--hflip", "2"])
+    lines = str(info.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        f"{run}: option 'epochs': expected an integer, got 'two'",
+        "command line: option 'batch_size': expected an integer, got 'x'",
+        "hflip is a probability in [0, 1], got 2.0",
+        "lr must be > 0, got -1.0",
+    ]
+
+
 def test_model_and_init_combinations(tmp_path: Path) -> None:
     table = pairs_table(tmp_path)
     TrainConfig(train_data=table, model="msclip-tiny").validate()

@@ -205,6 +205,40 @@ def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) ->
     assert [r["val_loss"] for r in ma] == [r["val_loss"] for r in mb]
 
 
+def test_resume_checks_the_tables_by_content_not_by_path(
+    scenes: Path, tmp_path: Path, monkeypatch
+) -> None:
+    table = tmp_path / "data" / "captions.csv"
+    table.parent.mkdir()
+    table.write_bytes(scenes.read_bytes())
+    (tmp_path / "data" / "images").symlink_to(scenes.parent, target_is_directory=True)
+    df = pd.read_csv(table)
+    df["image"] = "images/" + df["image"]
+    df.to_csv(table, index=False)
+    kw = dict(val_every=0, save_every=1, keep_checkpoints=0)
+    monkeypatch.chdir(tmp_path)
+    train(_cfg(Path("data/captions.csv"), tmp_path / "run", max_steps=1, **kw))
+    # The same table spelt otherwise (absolute, from another folder) resumes.
+    monkeypatch.chdir(tmp_path / "data")
+    assert train(_cfg(table, tmp_path / "run", max_steps=2, resume="latest", **kw)).steps == 2
+    # Shuffled rows and an edited caption in the same file do not: the data order would differ.
+    edited = df.sample(frac=1.0, random_state=0)
+    edited.loc[edited.index[0], "caption"] = "edited"
+    edited.to_csv(table, index=False)
+    with pytest.raises(ConfigError, match=r"content of train_data .* changed") as info:
+        train(_cfg(table, tmp_path / "run", max_steps=3, resume="latest", **kw))
+    assert info.value.param == "train_data"
+    # A checkpoint written before digests were recorded compares the paths as given.
+    df.to_csv(table, index=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
+    data = load_train_checkpoint(ckpt)
+    del data["data_digest"]
+    torch.save(data, ckpt)
+    with pytest.raises(ConfigError, match="predates table digests"):
+        train(_cfg(Path("captions.csv"), tmp_path / "run", max_steps=3, resume="latest", **kw))
+    assert train(_cfg(table, tmp_path / "run", max_steps=3, resume="latest", **kw)).steps == 3
+
+
 def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_path: Path) -> None:
     train(_cfg(scenes, tmp_path, max_steps=2, warmup_steps=0, val_every=0))
     # The finished cosine ended at rate 0; four steps in all put step 3 halfway down the cosine.
