@@ -466,10 +466,14 @@ def test_the_seed_of_random_weights_is_described_until_they_change(tmp_path):
     again = model_from_args("msclip-tiny", None, False, seed=5, precision="fp32")
     again.load_state_dict(model.state_dict())
     assert again.init_seed is None
-    # a checkpoint named by --model-name has its own weights, whatever --no-pretrained says
+    # a checkpoint named by --model-name has its own weights: --no-pretrained contradicts it
+    from msclip.errors import UsageError
+
     demo = msclip.create_model("msclip-demo", True, precision="fp32")
     demo_file = Path(demo.checkpoint_path)
-    from_file = model_from_args(str(demo_file), None, False, seed=5, precision="fp32")
+    with pytest.raises(UsageError, match="--no-pretrained asks for random weights"):
+        model_from_args(str(demo_file), None, False, seed=5, precision="fp32")
+    from_file = model_from_args(str(demo_file), None, True, seed=5, precision="fp32")
     assert from_file.init_seed is None and "init_seed" not in from_file.describe()
     assert from_file.fingerprint() == demo.fingerprint()
 
@@ -524,10 +528,10 @@ def test_empty_and_truncated_checkpoints_are_named(tiny, tmp_path):
 
 def test_truncated_training_checkpoint_points_to_an_earlier_one(tmp_path):
     from msclip.errors import CheckpointError
-    from msclip.train.checkpoint import load_train_checkpoint
+    from msclip.train.checkpoint import FORMAT, load_train_checkpoint
 
     good = tmp_path / "step_10.pt"
-    torch.save({"x": torch.zeros(3)}, good)
+    torch.save({"format": FORMAT, "x": torch.zeros(3)}, good)
     bad = tmp_path / "step_20.pt"
     bad.write_bytes(good.read_bytes()[:40])
     with pytest.raises(CheckpointError, match=r"step_20.pt: .*resume=.*step_10.pt"):
