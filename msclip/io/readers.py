@@ -1078,11 +1078,14 @@ def _mark_missing(
 
 
 def _holds(dtype: np.dtype, value: float) -> bool:
-    """Whether pixels of ``dtype`` can store ``value`` exactly (NaN: never)."""
+    """Whether pixels of ``dtype`` can store ``value`` (NaN: never; floats: as the nearest value
+    of their type, as a file of that type stores its nodata value and the missing-pixel rule
+    compares it; integers: exactly)."""
     if np.isnan(value):
         return False
     if np.issubdtype(dtype, np.floating):
-        return bool(np.isfinite(dtype.type(value)) and dtype.type(value) == value)
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(dtype.type(value)))
     info = np.iinfo(dtype)
     return float(value).is_integer() and info.min <= value <= info.max
 

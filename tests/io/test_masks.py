@@ -79,6 +79,23 @@ def test_alpha_keeps_its_pixels_missing_under_a_nodata_value_the_pixels_cannot_h
     assert nodata_fraction(r.data, r.nodata) == pytest.approx(0.25)
 
 
+def test_a_float_nodata_value_marks_the_mask_of_float_pixels_as_their_type_stores_it():
+    """0.1 has no exact float32 value, yet a float32 file stores its nodata 0.1 as float32(0.1)
+    and the missing-pixel rule compares so: it still marks the masked pixels (not NaN with the
+    file's nodata value forgotten), and 1e40, past float32, does not."""
+    from msclip.io.readers import _mark_missing
+    from msclip.spectral.nodata import missing_pixels
+
+    data = np.full((2, 4, 4), 0.1, np.float32)
+    data[:, 0, 0] = 5.0
+    invalid = np.zeros((4, 4), bool)
+    invalid[1, 1] = True
+    marked, nodata = _mark_missing(data.copy(), invalid, 0.1)
+    assert nodata == 0.1 and missing_pixels(marked, nodata).sum() == 15
+    marked, nodata = _mark_missing(data.copy(), invalid, 1e40)
+    assert nodata is None and np.isnan(marked[:, 1, 1]).all()
+
+
 def test_free_value_avoids_valid_pixels(tmp_path):
     data = _data()
     data[:, 40, 40] = np.iinfo(np.uint16).max  # a valid pixel saturated in every band
