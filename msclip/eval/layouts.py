@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import DatasetFormatError, DatasetNotFoundError
+from msclip.errors import DatasetFormatError, DatasetLabelError, DatasetNotFoundError
 from msclip.io import read_raster
 from msclip.spectral.bands import resolve_band
 
@@ -52,6 +52,7 @@ __all__ = [
     "CsvLayout",
     "DatasetFormatError",
     "DatasetIndex",
+    "DatasetLabelError",
     "DatasetNotFoundError",
     "FolderLayout",
     "Layout",
@@ -404,7 +405,7 @@ class Layout:
 
     def _label_to_index(self, label: str, where: str) -> int:
         if label not in self.label_index:
-            raise DatasetFormatError(
+            raise DatasetLabelError(
                 f"{where}: label {label!r} is not one of the {len(self.labels)} classes "
                 f"{list(self.labels)}; fix the data or the class-name list"
             )
@@ -761,7 +762,7 @@ class BigEarthNetLayout(Layout):
             label = str(label)
             if self.label_map is not None:
                 if label not in self.label_map:
-                    raise DatasetFormatError(
+                    raise DatasetLabelError(
                         f"{path}: label {label!r} is not a BigEarthNet v1 (CORINE level-3) "
                         "label of the 43-to-19 mapping"
                     )
