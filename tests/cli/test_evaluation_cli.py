@@ -573,10 +573,15 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
         "--dataset-dir", str(root), "--templates", "short", "--workers", "1", "--quiet",
     ]  # fmt: skip
     code, out, err = _run([*base, "--save-path", str(tmp_path / "skip"), "--save-scores"], capsys)
-    assert code == 0 and "1 unreadable and skipped" in out
+    # the metrics are of part of the split: not a clean exit, as in inference
+    assert code == 1 and "1 unreadable and skipped" in out
+    assert "unreadable samples were skipped" in err and "EuroSAT_MS (1)" in err
     assert "Traceback" not in err and "DataLoader worker" not in err
     rec = _record(tmp_path / "skip", "EuroSAT_MS")
     assert rec["unreadable"]["count"] == 1 and rec["unreadable"]["files"] == [str(broken)]
+    # the record says why, not only which
+    [why] = rec["unreadable"]["samples"]
+    assert why["file"] == str(broken) and why["reason"] and "Error" in why["reason"]
     assert rec["metrics"]["n_samples"] == 2 * len(mb.EUROSAT_CLASSES) - 1
     # the saved scores name the samples they are of (every id after the broken one was shifted)
     saved = np.load(next((tmp_path / "skip" / "scores").glob("*.npz")))
