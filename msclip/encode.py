@@ -969,6 +969,7 @@ def encode_dataset(
     desc: str | None = None,
     skip_bad: bool = False,
     normalize: bool = True,
+    abort_on: tuple[type[BaseException], ...] = (BandCoverageError,),
 ) -> LabelledEncoding:
     """L2-normalised image embeddings and targets of a whole labelled dataset, in dataset order.
 
@@ -984,6 +985,8 @@ def encode_dataset(
         desc: label of the bar (default: the dataset's name).
         skip_bad: name, skip and count unreadable samples instead of failing.
         normalize: L2-normalise the embeddings.
+        abort_on: error classes that fail the whole dataset even with ``skip_bad`` (see
+            :func:`encode_batches`).
 
     Raises:
         RasterReadError: a sample cannot be read (without ``skip_bad``).
@@ -994,7 +997,7 @@ def encode_dataset(
     name = getattr(dataset, "name", "dataset")
     for b in encode_batches(
         model, wrapped, batch_size=batch_size, workers=workers, normalize=normalize,
-        strict=not skip_bad, progress=progress, desc=desc or str(name),
+        strict=not skip_bad, progress=progress, desc=desc or str(name), abort_on=abort_on,
     ):  # fmt: skip
         feats.append(b.embeddings)
         targets += [np.asarray(t) for t in b.extra.get("target", [])]

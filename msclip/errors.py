@@ -30,6 +30,7 @@ __all__ = [
     "ContrastiveInputError",
     "CorruptIndexError",
     "DatasetFormatError",
+    "DatasetLabelError",
     "DatasetNotFoundError",
     "DecoderError",
     "DescribedBandsWarning",
@@ -268,6 +269,13 @@ class DatasetNotFoundError(MSCLIPError, FileNotFoundError):
 
 class DatasetFormatError(MSCLIPError, ValueError):
     """A dataset is present but does not have the expected layout or content."""
+
+
+class DatasetLabelError(DatasetFormatError):
+    """A sample's label is outside the dataset's nomenclature (its class list, or for
+    BigEarthNet the 43 CORINE labels of the 43-to-19 mapping). Met while reading samples, it
+    fails the dataset instead of being skipped as an unreadable file: the data or the class list
+    is wrong, not one file."""
 
 
 class UnknownDatasetError(MSCLIPError, ValueError):

@@ -9,8 +9,11 @@ confusion-matrix PNGs and ``report.md`` (see :mod:`msclip.eval.report`). ``--mer
 the merge alone.
 
 A missing or broken dataset is reported (and noted in ``records/*.failed.json`` and the report)
-while the other datasets still run; the exit status is then 1. Usage errors (unknown template
-set, bad flags) exit with 2 before any work.
+while the other datasets still run; the exit status is then 1. A sample its split lists that is
+not on disk fails the dataset (it is incomplete); a file that is there but cannot be read is
+skipped, counted and listed with its reason in the record, and the exit status is 1 too
+(``--strict`` fails the dataset instead). Usage errors (unknown template set, bad flags) exit
+with 2 before any work.
 
 Example::
 
@@ -154,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="fail a dataset when one of its images cannot be read (default: name, skip and "
-        "count unreadable images in the record)",
+        "count unreadable images in the record; the exit status is then 1)",
     )
     o.add_argument("--batch-size", type=positive_int, default=32, help="images per model call")
     o.add_argument(
@@ -406,8 +409,9 @@ def _evaluate_one(
     facts: dict[str, Any],
     text_cache: Any,
     argv: Sequence[str],
-) -> tuple[str, str]:
-    """Evaluate one dataset; returns ``(status, message)``, status ``ok`` or ``skipped``."""
+) -> tuple[str, str, int]:
+    """Evaluate one dataset; returns ``(status, message, unreadable samples left out)``, status
+    ``ok`` or ``skipped``."""
     import numpy as np
 
     from msclip.errors import DatasetFormatError, MSCLIPError
@@ -460,7 +464,7 @@ def _evaluate_one(
         existing, left_out = _existing_run_key(own, label, dataset.name)
         if existing == key and not left_out:
             if not args.save_scores or _scores_run_key(scores_path) == key:
-                return "skipped", f"record exists ({own})"
+                return "skipped", f"record exists ({own})", 0
             if scores_path.is_file():
                 why = f"has scores of another run ({scores_path}); re-running for its own"
             else:
@@ -506,7 +510,7 @@ def _evaluate_one(
     value = result.report.to_dict()[main]
     n_ok = len(dataset) - len(result.failures)
     bad = f", {len(result.failures)} unreadable and skipped" if result.failures else ""
-    return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)"
+    return "ok", f"{main} {value:.4f} (n={n_ok}{bad}, {wall:.1f} s)", len(result.failures)
 
 
 def _samples_digest(samples: Sequence[Any]) -> str:
@@ -608,9 +612,10 @@ def _run(args: argparse.Namespace) -> int:
         text_cache = TextEmbeddingCache.for_model(model, args.text_cache_dir)
 
     failed = []
+    partial: dict[str, int] = {}  # dataset -> unreadable samples left out of its metrics
     for item, name in zip(items, names):
         try:
-            status, msg = _evaluate_one(
+            status, msg, left_out = _evaluate_one(
                 args, item, tpl_per.get(name, tpl_global), cls_per.get(name), model, tokenizer,
                 facts, text_cache, argv,
             )  # fmt: skip
@@ -622,13 +627,22 @@ def _run(args: argparse.Namespace) -> int:
             logger.debug("traceback of %s", name, exc_info=True)
             continue
         print(f"{name}: {status}: {msg}")
+        if left_out:
+            partial[name] = left_out
     code = _merge(save, args.summary_metric)
+    if partial:
+        # The metrics are of part of the split: recorded, and not a clean exit (as in inference,
+        # where skipped unreadable images give exit status 1).
+        listed = ", ".join(f"{n} ({k})" for n, k in partial.items())
+        print(f"error: unreadable samples were skipped and left out of the metrics of {listed} "
+              "(listed with their reason in the records' 'unreadable'); replace the damaged "
+              "files, or use --strict to fail such datasets", file=sys.stderr)  # fmt: skip
     if failed:
         print(f"error: {len(failed)} of {len(items)} dataset(s) failed: {', '.join(failed)} "
               f"(see {save / 'records'}/*.failed.json and {save / 'report.md'})",
               file=sys.stderr)  # fmt: skip
         return EXIT_PARTIAL
-    return code
+    return EXIT_PARTIAL if partial else code
 
 
 def _error_status(err: BaseException) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import DatasetFormatError, DatasetNotFoundError
+from msclip.errors import DatasetFormatError, DatasetLabelError, DatasetNotFoundError
 from msclip.io import read_raster
 from msclip.spectral.bands import resolve_band
 
@@ -52,6 +52,7 @@ __all__ = [
     "CsvLayout",
     "DatasetFormatError",
     "DatasetIndex",
+    "DatasetLabelError",
     "DatasetNotFoundError",
     "FolderLayout",
     "Layout",
@@ -309,6 +310,31 @@ def check_split_list(root: Path, patterns: Sequence[str], split: str) -> None:
         )
 
 
+def _refuse_missing(missing: Sequence[str], listed_in: str, where: str) -> None:
+    """Refuse a split whose listed samples are not all on disk.
+
+    A published split evaluated without some of its samples gives numbers that cannot be
+    compared with the published ones, so an incomplete download fails the dataset (as a split
+    file naming a missing image does in the class-folder layout) instead of being evaluated on
+    what is there. Files that exist but cannot be read are another matter: they are skipped
+    and counted while encoding.
+
+    Args:
+        missing: the samples (with the file they lack) that are not on disk.
+        listed_in: the split file (or CSV, GeoJSON) that lists them.
+        where: where the files were expected, for the message.
+
+    Raises:
+        DatasetFormatError: ``missing`` is not empty.
+    """
+    if missing:
+        raise DatasetFormatError(
+            f"{listed_in} lists {len(missing)} sample(s) that are not on disk under {where} "
+            f"(e.g. {list(missing[:3])}); the dataset is incomplete: complete the download "
+            "(or remove the samples from the split list for a custom set)"
+        )
+
+
 class Layout:
     """Base class of the layout readers.
 
@@ -379,7 +405,7 @@ class Layout:
 
     def _label_to_index(self, label: str, where: str) -> int:
         if label not in self.label_index:
-            raise DatasetFormatError(
+            raise DatasetLabelError(
                 f"{where}: label {label!r} is not one of the {len(self.labels)} classes "
                 f"{list(self.labels)}; fix the data or the class-name list"
             )
@@ -606,6 +632,8 @@ class CsvLayout(Layout):
                 f"{path} names {samples[0].id!r} but {first} does not exist; the images are "
                 f"expected at <root>/{self.image_template}"
             )
+        missing = [s.id for s in samples if not os.path.isfile(s.path)]
+        _refuse_missing(missing, str(path), f"{root} (<root>/{self.image_template})")
         return DatasetIndex(root, samples, str(path), f"rows of {path}")
 
     def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
@@ -700,7 +728,22 @@ class BigEarthNetLayout(Layout):
         samples = [SampleRef(p, str(patch_root / p), None) for p in kept]
         if not samples:
             raise DatasetFormatError(f"no BigEarthNet patches found under {patch_root}")
+        _refuse_missing(self._missing_files(samples), source, str(patch_root))
         return DatasetIndex(root, samples, source, f"patch folders under {patch_root}", skipped)
+
+    def _missing_files(self, samples: Sequence[SampleRef]) -> list[str]:
+        """``<patch>/<file>`` of each label or band file (of :attr:`bands`) that is not there;
+        one directory listing per patch."""
+        out = []
+        suffixes = ["labels_metadata.json", *(f"{b}.tif" for b in self.bands or ())]
+        for ref in samples:
+            try:
+                present = set(os.listdir(ref.path))
+            except (FileNotFoundError, NotADirectoryError):
+                out.append(f"{ref.id}/")
+                continue
+            out += [f"{ref.id}/{ref.id}_{x}" for x in suffixes if f"{ref.id}_{x}" not in present]
+        return out
 
     def target(self, ref: SampleRef) -> tuple[int, ...]:
         folder = Path(ref.path)
@@ -719,7 +762,7 @@ class BigEarthNetLayout(Layout):
             label = str(label)
             if self.label_map is not None:
                 if label not in self.label_map:
-                    raise DatasetFormatError(
+                    raise DatasetLabelError(
                         f"{path}: label {label!r} is not a BigEarthNet v1 (CORINE level-3) "
                         "label of the 43-to-19 mapping"
                     )
@@ -842,8 +885,25 @@ class MeterMLLayout(FolderLayout):
                 f"{geojson} names image folder {samples[0].id!r} but {first} does not exist"
             )
         samples.sort(key=lambda s: s.id)
+        _refuse_missing(self._missing_files(samples), str(geojson), str(root))
         return DatasetIndex(root, samples, str(geojson), f"image folders named by {geojson}",
                             skipped)  # fmt: skip
+
+    def _missing_files(self, samples: Sequence[SampleRef]) -> list[str]:
+        """``<folder>/<file>`` of each file of the product that is not there (the three
+        Sentinel-2 arrays for ``ms``, all of them read whatever bands the model uses)."""
+        files = {"naip": ["naip.png"], "rgb": ["sentinel-2-10m.npy"]}.get(
+            self.product, list(METERML_PRODUCTS)
+        )
+        out = []
+        for ref in samples:
+            try:
+                present = set(os.listdir(ref.path))
+            except (FileNotFoundError, NotADirectoryError):
+                out.append(f"{ref.id}/")
+                continue
+            out += [f"{ref.id}/{f}" for f in files if f not in present]
+        return out
 
     def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
         if not self.native:

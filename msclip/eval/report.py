@@ -191,6 +191,10 @@ def make_record(
         "unreadable": {
             "count": len(getattr(result, "failures", [])),
             "files": [f.name for f in getattr(result, "failures", [])],
+            # why each was left out (a damaged file, a band it lacks): what to fix
+            "samples": [
+                {"file": f.name, "reason": f.reason} for f in getattr(result, "failures", [])
+            ],
         },
         "confusion_matrix": getattr(report, "confusion", None),
         "seed": seed,

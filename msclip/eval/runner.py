@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from msclip.encode import Failure, encode_dataset
-from msclip.errors import TemplatesNotShippedError
+from msclip.errors import BandCoverageError, DatasetLabelError, TemplatesNotShippedError
 from msclip.eval import metrics as M
 from msclip.eval.datasets import BenchmarkDataset
 from msclip.zero_shot import (
@@ -234,7 +234,7 @@ def evaluate(
     t0 = time.perf_counter()
     encoded = encode_dataset(
         model, dataset, cfg.batch_size, cfg.workers, cfg.progress, desc=dataset.name,
-        skip_bad=cfg.skip_bad,
+        skip_bad=cfg.skip_bad, abort_on=(BandCoverageError, DatasetLabelError),
     )  # fmt: skip
     feats, targets = encoded.features, encoded.targets
     timings["images_s"] = time.perf_counter() - t0

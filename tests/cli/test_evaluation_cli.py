@@ -544,6 +544,23 @@ def test_the_row_name_does_not_depend_on_what_auto_picked(picked):
     assert _model_label(explicit) == "msclip-tiny-random-bf16"
 
 
+def test_a_label_outside_the_nomenclature_fails_the_dataset_naming_the_file(tmp_path, capsys):
+    # benchmark_datasets/README.md: "A label outside the 43 is an error naming the file", not an
+    # unreadable sample skipped with exit status 0
+    root = tmp_path / "data"
+    ds = mb.bigearthnet(root)
+    patch = sorted(p for p in ds.iterdir() if p.is_dir())[2]
+    labels = patch / f"{patch.name}_labels_metadata.json"
+    labels.write_text(json.dumps({"labels": ["Lava"]}))
+    code, out, err = _run([
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "BigEarthNet_MS",
+        "--dataset-dir", str(root), "--templates", "short", "--workers", "0", "--quiet",
+        "--save-path", str(tmp_path / "r"),
+    ], capsys)  # fmt: skip
+    assert code == 1 and "BigEarthNet_MS: FAILED: DatasetLabelError" in err
+    assert str(labels) in err and "'Lava'" in err and "unreadable" not in out
+
+
 # -- unreadable images --------------------------------------------------------------------------
 def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
     root = tmp_path / "data"
@@ -556,10 +573,15 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
         "--dataset-dir", str(root), "--templates", "short", "--workers", "1", "--quiet",
     ]  # fmt: skip
     code, out, err = _run([*base, "--save-path", str(tmp_path / "skip"), "--save-scores"], capsys)
-    assert code == 0 and "1 unreadable and skipped" in out
+    # the metrics are of part of the split: not a clean exit, as in inference
+    assert code == 1 and "1 unreadable and skipped" in out
+    assert "unreadable samples were skipped" in err and "EuroSAT_MS (1)" in err
     assert "Traceback" not in err and "DataLoader worker" not in err
     rec = _record(tmp_path / "skip", "EuroSAT_MS")
     assert rec["unreadable"]["count"] == 1 and rec["unreadable"]["files"] == [str(broken)]
+    # the record says why, not only which
+    [why] = rec["unreadable"]["samples"]
+    assert why["file"] == str(broken) and why["reason"] and "Error" in why["reason"]
     assert rec["metrics"]["n_samples"] == 2 * len(mb.EUROSAT_CLASSES) - 1
     # the saved scores name the samples they are of (every id after the broken one was shifted)
     saved = np.load(next((tmp_path / "skip" / "scores").glob("*.npz")))

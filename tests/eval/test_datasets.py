@@ -248,6 +248,38 @@ def test_bigearthnet_without_split_file_uses_every_patch(bench, tmp_path):
     assert len(ds) == 6 and "no split file" in ds.index.split_source
 
 
+# -- samples a split lists but the disk lacks --------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "folder", "remove"),
+    [
+        ("ForestNet_RGB", "ForestNet_RGB", "examples/-1.500_111.000/images/visible/composite.png"),
+        ("BigEarthNet_MS", "BigEarthNet", "S2A_MSIL2A_20170613T101031_1_41"),
+        ("BigEarthNet_MS", "BigEarthNet",
+         "S2A_MSIL2A_20170613T101031_2_42/S2A_MSIL2A_20170613T101031_2_42_B8A.tif"),
+        ("METERML_MS", "METER-ML", "test_images/001_site/sentinel-2-20m.npy"),
+        ("METERML_NAIP", "METER-ML", "test_images/002_site/naip.png"),
+    ],
+)  # fmt: skip
+def test_a_listed_sample_missing_on_disk_fails_the_dataset(bench, tmp_path, name, folder, remove):
+    # as in the class-folder layout: an incomplete published split is refused, naming the file,
+    # not evaluated on the samples that are there (its numbers would not compare)
+    shutil.copytree(bench / folder, tmp_path / folder)
+    target = tmp_path / folder / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(DatasetFormatError, match=r"1 sample.*incomplete") as err:
+        build_dataset(name, tmp_path)
+    assert remove.split("/")[-1] in str(err.value) and "complete the download" in str(err.value)
+
+
+def test_a_custom_csv_row_naming_a_missing_image_fails_the_dataset(bench, tmp_path):
+    yaml = mb.custom_multilabel(tmp_path)
+    listed = sorted(p for p in (tmp_path / "custom").rglob("*.tif"))
+    listed[-1].unlink()
+    with pytest.raises(DatasetFormatError, match="incomplete") as err:
+        build_dataset(yaml, tmp_path)
+    assert listed[-1].name in str(err.value)
+
+
 # -- METER-ML --------------------------------------------------------------------------------
 def test_meterml_geojson_layout_single_label_and_products(bench):
     ms = build_dataset("METERML_MS", bench)
