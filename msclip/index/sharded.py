@@ -188,7 +188,7 @@ def build_sharded(
 
     tile = tile_size or int(model.image_size)
     sources = plan_sources(images, scenes, tile, stride)
-    fingerprint = str(model.fingerprint())
+    fingerprint = _spool_key(model, preprocess, tile, stride, min_valid, nodata)
     spool = Path(path) / SPOOL_DIR
     writer: IndexWriter | None = None
     payload: list[Any] = [None]
@@ -281,6 +281,25 @@ def build_sharded(
 
 def _windows(source: Source) -> list[list[int]]:
     return [[t.row, t.col, t.height, t.width] for t in source.tiles or []]
+
+
+def _spool_key(
+    model: Any, preprocess: Any, tile: int, stride: int | None, min_valid: float, nodata: Any
+) -> str:
+    """What a spooled source must have been encoded with to be taken by this build: the model
+    (its fingerprint) and every setting that changes a source's rows (the tiling, the nodata
+    rule, the band reading). A rerun with another ``--stride`` after a killed build would
+    otherwise commit the windows of the old tiling under the new one's record."""
+    read = getattr(preprocess, "_read_settings", None)
+    settings = {
+        "tile": int(tile),
+        "stride": int(stride or tile),
+        "min_valid": min_valid,
+        "nodata": None if nodata is None else repr(float(nodata)),
+        "read": {k: repr(v) for k, v in (read() if callable(read) else {}).items()},
+        "strict_bands": bool(getattr(preprocess, "strict_bands", False)),
+    }
+    return f"{model.fingerprint()} {json.dumps(settings, sort_keys=True)}"
 
 
 def _usable_spool(spool: Path, work: Sequence[Source | None], fingerprint: str) -> set[int]:

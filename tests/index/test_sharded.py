@@ -20,7 +20,13 @@ from rasterio.crs import CRS
 import msclip
 from msclip.index import IndexStore
 from msclip.index.build import build_index, encode_sources, plan_sources
-from msclip.index.sharded import SPOOL_DIR, _write_spool, assign_sources, build_sharded
+from msclip.index.sharded import (
+    SPOOL_DIR,
+    _spool_key,
+    _write_spool,
+    assign_sources,
+    build_sharded,
+)
 
 REPO = Path(msclip.__file__).resolve().parent.parent
 TINY = ["--model-name", "msclip-tiny", "--no-pretrained", "--seed", "0", "--quiet",
@@ -95,19 +101,27 @@ def test_spooled_encodings_of_a_killed_process_are_used(
     idx = tmp_path / "shard.index"
     sources = plan_sources([str(f) for f in files], [str(s) for s in scenes], 32)
     (idx / SPOOL_DIR).mkdir(parents=True)
+    key = _spool_key(m, pre, 32, None, 0.5, None)
     for done in encode_sources(m, pre, [sources[1], sources[5]], [1, 5]):
-        _write_spool(idx / SPOOL_DIR, done, sources[done.position].key, m.fingerprint())
+        _write_spool(idx / SPOOL_DIR, done, sources[done.position].key, key)
     # and a stale encoding of another model is dropped
     torch.manual_seed(1)
     other = msclip.create_model("msclip-tiny")
     for done in encode_sources(other, pre, [sources[2]], [2]):
-        _write_spool(idx / SPOOL_DIR, done, sources[2].key, other.fingerprint())
+        _write_spool(
+            idx / SPOOL_DIR, done, sources[2].key, _spool_key(other, pre, 32, None, 0.5, None)
+        )
+    # as is one of another tiling (a rerun with another --stride): its windows are not these
+    strided = plan_sources([], [str(scenes[0])], 32, 16)[0]
+    for done in encode_sources(m, pre, [strided], [6]):
+        _write_spool(idx / SPOOL_DIR, done, sources[6].key, _spool_key(m, pre, 32, 16, 0.5, None))
     encoded: list[int] = []
     report = build_sharded(
         idx, m, pre, [str(f) for f in files], [str(s) for s in scenes], commit_seconds=0,
         on_source=encoded.append, rank=0, world=1,
     )  # fmt: skip
-    assert 1 not in encoded and 5 not in encoded and 2 in encoded  # spooled ones not redone
+    assert 1 not in encoded and 5 not in encoded  # spooled ones not redone
+    assert 2 in encoded and 6 in encoded  # another model's, another tiling's: encoded again
     assert report.count == IndexStore.open(ref).count and len(report.failures) == 1
     _same_index(idx, ref)
 
