@@ -162,8 +162,15 @@ def georeference_warning(path: str | os.PathLike) -> str | None:
             if src.crs is not None:
                 return None
             gcps, _ = src.gcps
+            has_transform = not src.transform.is_identity
     except RasterioIOError:
         return None
+    if has_transform:  # a pixel grid in coordinates of an unnamed CRS: kept, the CRS cannot be
+        return (
+            f"{path} has a geotransform but no CRS: the maps keep its grid (the same coordinates) "
+            "without a CRS; assign the scene's CRS (gdal_edit.py -a_srs EPSG:<code> "
+            f"{path}) for maps that GIS software places"
+        )
     if gcps:
         return (
             f"{path} is georeferenced by {len(gcps)} ground control points only, which the maps "

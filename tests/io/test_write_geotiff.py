@@ -86,6 +86,11 @@ def test_rasters_without_georeference_are_written_and_read_without_rasterio_warn
         assert open_scene(path, 16).crs is None
         assert "has no CRS" in (georeference_warning(path) or "")
         assert class_counts(tmp_path / "strips.tif", 2)[0].tolist() == [0, 32 * 48]
+        # a grid without a CRS: the maps keep the grid, and the warning says so
+        gridded = msclip.write_geotiff(tmp_path / "grid.tif", data, transform=TRANSFORM)
+        said = georeference_warning(gridded) or ""
+        assert "has a geotransform but no CRS: the maps keep its grid" in said
+        assert "without georeference" not in said
 
 
 @pytest.mark.parametrize(
