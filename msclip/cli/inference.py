@@ -1037,6 +1037,7 @@ def _dense_scene(
         tags={"msclip": "zero-shot dense class map (MaskCLIP)"},
     )  # fmt: skip
     if not result.tiles_run:
+        _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
         return _no_data_scene(args, result)
     result.path = _keep(result.path, final)
     counts, missing = class_counts(result.path, len(names))
@@ -1044,6 +1045,7 @@ def _dense_scene(
         out_dir, "dense_class_map", names, counts, int(result.nodata), "pixels", missing
     )
     written = [result.path, *legend.values()]
+    _warn_other_outputs(out_dir, written)
     print(
         f"scene {args.scene}: {result.width}x{result.height} px, {plural(result.tiles, 'tile')} "
         f"of {tile} px ({result.tiles_run} with data), {result.megapixels_per_s:.2f} "
@@ -1115,7 +1117,10 @@ def _warn_other_outputs(out_dir: Path, written: Sequence[Path]) -> None:
     from msclip.errors import shown_when_quiet
 
     mine = {Path(w).name for w in written}
+    # the tile maps' files and any per-pixel map's (dense_<name>.tif and its legend)
+    dense = sorted(p.name for p in out_dir.glob("dense_*") if p.is_file())
     others = [n for n in _SCENE_OUTPUTS if n not in mine and (out_dir / n).exists()]
+    others += [n for n in dense if n not in mine]
     if others:
         shown_when_quiet.warning(
             "%s also holds %s of an earlier run, not of this one (their tags name the scene "
@@ -1195,6 +1200,7 @@ def _head_scene(args: argparse.Namespace) -> int:
         nodata=args.nodata, progress=not args.quiet,
     )  # fmt: skip
     if not result.tiles_run:
+        _warn_other_outputs(out_dir, [])
         return _no_data_scene(args, result)
     result.path = _keep(result.path, final)
     written = [result.path]
@@ -1218,6 +1224,7 @@ def _head_scene(args: argparse.Namespace) -> int:
         total = max(1, int(counts.sum()))
         rows = [[n, int(c), 100.0 * c / total] for n, c in zip(names, counts) if c]
         print(tabulate(rows, headers=["Class", "Pixels", "%"], floatfmt=".1f"))
+    _warn_other_outputs(out_dir, written)
     for w in written:
         print(f"wrote {w}")
     return EXIT_OK

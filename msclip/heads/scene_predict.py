@@ -502,7 +502,8 @@ def predict_scene(
                 if len(band_names) != k:
                     raise TilingError(f"{len(band_names)} output names for {k} outputs")
                 count, scales, resampling = k, None, "average"
-            meta = {"msclip_task": task, "msclip_tile_size": str(t), "msclip_overlap": str(ov),
+            meta = {"msclip_scene": os.path.abspath(os.fspath(src)), "msclip_task": task,
+                    "msclip_tile_size": str(t), "msclip_overlap": str(ov),
                     "msclip_blend": blend, "msclip_num_outputs": str(k)}  # fmt: skip
             if class_names is not None:
                 if task != "segmentation" or len(class_names) != k:

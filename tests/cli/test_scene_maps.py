@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -150,6 +151,16 @@ def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
     assert sum(c["pixels"] for c in legend["classes"]) == int(valid.sum())
     assert legend["skipped_pixels"] == int((~valid).sum())
     assert "dense_class_map.tif" in printed.out
+    with rasterio.open(out / "dense_class_map.tif") as src:  # the map names its scene
+        assert src.tags()["msclip_scene"] == os.path.abspath(path)
+    # a tile map run into that folder names the per-pixel map it leaves there, and the reverse
+    assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+                 "--save-path", str(out), *TINY]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "also holds dense_class_map.tif, dense_class_map_legend.csv" in err
+    assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+                 "--dense", "--tile-size", "32", "--save-path", str(out), *TINY]) == 0  # fmt: skip
+    assert "also holds class_map.tif" in capsys.readouterr().err
     assert main(["--run-classification", "--images", str(path), "--class-names", "a", "b",
                  "--dense", *TINY]) == 2  # --dense belongs to --run-scene  # fmt: skip
     capsys.readouterr()
