@@ -899,6 +899,7 @@ def run_scene(args: argparse.Namespace) -> int:
             f"give at least {model.patch_size} (the model reads {model.image_size})"
         )
     if args.dense:
+        _check_overlap(args, tile)
         return _dense_scene(args, model, tokenizer, names, templates, tile, out_dir)
     info = open_scene(args.scene, tile, args.stride or tile)
     _warn_georeference(args.scene)
@@ -1059,6 +1060,17 @@ def _dense_scene(
     return EXIT_OK
 
 
+def _check_overlap(args: argparse.Namespace, tile: int) -> None:
+    """Refuse an ``--overlap`` a per-pixel map cannot take (tiles must move forward), naming
+    the flags, before any tile is read."""
+    if args.overlap is not None and not 0 <= args.overlap < tile:
+        raise UsageError(
+            f"--overlap {args.overlap} must be less than the tile size, {tile} pixels "
+            f"({'--tile-size' if args.tile_size else 'the model input'}); give at most "
+            f"{tile - 1} (default a quarter of the tile)"
+        )
+
+
 def _refuse_int8_dense(args: argparse.Namespace) -> None:
     """``--dense`` reads the float weights of the last block's attention (MaskCLIP), which an
     int8 tower no longer has: refused before the model loads."""
@@ -1191,6 +1203,7 @@ def _head_scene(args: argparse.Namespace) -> int:
     stem = f"dense_{entry['name']}".replace("-", "_")
     _check_scene_outputs(args, _map_outputs(out_dir, stem))
     model, _, _ = load_model(args)
+    _check_overlap(args, args.tile_size or model.image_size)
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"
     result = predict_scene_with_head(

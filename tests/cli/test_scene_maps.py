@@ -164,6 +164,11 @@ def test_dense_zero_shot_map_of_a_scene(scene, tmp_path, capsys):
     assert main(["--run-classification", "--images", str(path), "--class-names", "a", "b",
                  "--dense", *TINY]) == 2  # --dense belongs to --run-scene  # fmt: skip
     capsys.readouterr()
+    assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+                 "--dense", "--tile-size", "32", "--overlap", "32", *TINY]) == 2  # fmt: skip
+    assert "--overlap 32 must be less than the tile size, 32 pixels (--tile-size)" in (
+        capsys.readouterr().err
+    )
     for flag in (["--stride", "16"], ["--min-valid", "0.9"]):  # not silently ignored
         assert main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
                      "--dense", *flag, *TINY]) == 2  # fmt: skip
