@@ -32,7 +32,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,22 @@ def check_split_list(root: Path, patterns: Sequence[str], split: str) -> None:
             f"{sorted(others)}: choose one of them (split)",
             param="split",
         )
+
+
+def _missing_in_folders(
+    samples: Sequence[SampleRef], names: Callable[[SampleRef], Sequence[str]]
+) -> list[str]:
+    """``<sample id>/<file>`` of each of ``names(ref)`` that its sample's folder lacks
+    (``<sample id>/`` for a folder that is not there): one directory listing per sample."""
+    out = []
+    for ref in samples:
+        try:
+            present = set(os.listdir(ref.path))
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(f"{ref.id}/")
+            continue
+        out += [f"{ref.id}/{f}" for f in names(ref) if f not in present]
+    return out
 
 
 def _refuse_missing(missing: Sequence[str], listed_in: str, where: str) -> None:
@@ -734,16 +750,8 @@ class BigEarthNetLayout(Layout):
     def _missing_files(self, samples: Sequence[SampleRef]) -> list[str]:
         """``<patch>/<file>`` of each label or band file (of :attr:`bands`) that is not there;
         one directory listing per patch."""
-        out = []
         suffixes = ["labels_metadata.json", *(f"{b}.tif" for b in self.bands or ())]
-        for ref in samples:
-            try:
-                present = set(os.listdir(ref.path))
-            except (FileNotFoundError, NotADirectoryError):
-                out.append(f"{ref.id}/")
-                continue
-            out += [f"{ref.id}/{ref.id}_{x}" for x in suffixes if f"{ref.id}_{x}" not in present]
-        return out
+        return _missing_in_folders(samples, lambda ref: [f"{ref.id}_{x}" for x in suffixes])
 
     def target(self, ref: SampleRef) -> tuple[int, ...]:
         folder = Path(ref.path)
@@ -895,15 +903,7 @@ class MeterMLLayout(FolderLayout):
         files = {"naip": ["naip.png"], "rgb": ["sentinel-2-10m.npy"]}.get(
             self.product, list(METERML_PRODUCTS)
         )
-        out = []
-        for ref in samples:
-            try:
-                present = set(os.listdir(ref.path))
-            except (FileNotFoundError, NotADirectoryError):
-                out.append(f"{ref.id}/")
-                continue
-            out += [f"{ref.id}/{f}" for f in files if f not in present]
-        return out
+        return _missing_in_folders(samples, lambda ref: files)
 
     def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
         if not self.native:
