@@ -887,7 +887,12 @@ class MeterMLLayout(FolderLayout):
             idx = self._label_to_index(label, f"{geojson}, feature {n}")
             samples.append(SampleRef(str(folder), str(_meterml_folder(root, str(folder))), idx))
         skipped = {"images with several facility types": multi} if multi else {}
-        first = Path(samples[0].path) if samples else root
+        if not samples:  # every feature has several facility types: nothing single-label
+            raise DatasetFormatError(
+                f"{geojson}: all {multi} features have several facility types, which the "
+                "single-label protocol leaves out: no sample is left to evaluate"
+            )
+        first = Path(samples[0].path)
         if not first.is_dir():
             raise DatasetFormatError(
                 f"{geojson} names image folder {samples[0].id!r} but {first} does not exist"

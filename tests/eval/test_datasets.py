@@ -316,6 +316,23 @@ def test_meterml_geojson_layout_single_label_and_products(bench):
     assert fed["B02"] == ["blue"] and fed["B03"] == ["green"] and fed["B04"] == ["red"]
 
 
+def test_a_meterml_split_of_multi_facility_images_only_is_said_so(tmp_path):
+    """Every feature with several facility types (left out by the single-label protocol): a
+    clear refusal, not an index error."""
+    import json
+
+    root = tmp_path / "bench"
+    mb.meterml(root)
+    geojson = root / "METER-ML" / "test_dataset.geojson"
+    doc = json.loads(geojson.read_text())
+    for feat in doc["features"]:
+        feat["properties"]["Type"] = "CAFOs-Landfills"
+    geojson.write_text(json.dumps(doc))
+    n = len(doc["features"])
+    with pytest.raises(DatasetFormatError, match=rf"all {n} features have several facility"):
+        build_dataset("METERML_MS", root)
+
+
 def test_meterml_class_folders_without_geojson(tmp_path):
     rng = np.random.default_rng(0)
     for c in ("CAFOs", "Negative"):
