@@ -462,11 +462,9 @@ def check_checkpoint(args: argparse.Namespace) -> None:
     is_file_name = name is not None and name.endswith((".safetensors", ".pt", ".pth"))
     if is_file_name and not Path(name).expanduser().is_file():
         raise UsageError(_missing(name, "--model-name"))
-    if getattr(args, "pretrained", None) is False:
-        from msclip.factory import names_checkpoint_file
-
-        if names_checkpoint_file(name):
-            raise UsageError(no_pretrained_with_file(name))
+    why = no_pretrained_with_file(name, getattr(args, "pretrained", None) is not False)
+    if why is not None:
+        raise UsageError(why)
 
 
 def _missing(path: str | os.PathLike, flag: str) -> str:
@@ -476,9 +474,14 @@ def _missing(path: str | os.PathLike, flag: str) -> str:
     return f"{missing_checkpoint_message(Path(path).expanduser())} ({flag})"
 
 
-def no_pretrained_with_file(model_name: str) -> str:
-    """The refusal of ``--no-pretrained`` with a checkpoint file as ``--model-name``: the file's
-    weights would be loaded all the same, and the run would say random weights were asked for."""
+def no_pretrained_with_file(model_name: str | None, pretrained: bool) -> str | None:
+    """The refusal of ``--no-pretrained`` (``pretrained`` false) with a checkpoint file as
+    ``--model-name``, or ``None`` where the two agree: the file's weights would be loaded all the
+    same, and the run would say random weights were asked for."""
+    from msclip.factory import names_checkpoint_file
+
+    if pretrained or not names_checkpoint_file(model_name):
+        return None
     return (
         f"--no-pretrained asks for random weights, but --model-name {model_name} is a checkpoint "
         "file, whose weights are loaded: drop --no-pretrained to use the file, or give a "
@@ -515,8 +518,9 @@ def model_from_args(
     from msclip.errors import CheckpointMismatchError
     from msclip.factory import create_model, describes_itself, names_checkpoint_file
 
-    if not pretrained and names_checkpoint_file(model_name):
-        raise UsageError(no_pretrained_with_file(model_name))
+    why = no_pretrained_with_file(model_name, pretrained)
+    if why is not None:
+        raise UsageError(why)
     if seed is not None:
         torch.manual_seed(seed)
     if ckpt_path is not None:

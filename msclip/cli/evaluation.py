@@ -184,11 +184,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--datasets is required (or --merge-only / --list-datasets)")
     if args.model_name is None and args.ckpt_path is None:
         p.error("--model-name (or --ckpt-path with a self-describing .safetensors) is required")
-    if not args.pretrained:
-        from msclip.factory import names_checkpoint_file
-
-        if names_checkpoint_file(args.model_name):
-            p.error(no_pretrained_with_file(args.model_name))
+    why = no_pretrained_with_file(args.model_name, args.pretrained)
+    if why is not None:
+        p.error(why)
     return args
 
 
