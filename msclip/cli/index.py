@@ -628,10 +628,24 @@ def _run_build(args: argparse.Namespace) -> int:
         rows.insert(2, ["scenes with failed tiles retried", report.retried])
     print(tabulate(rows))
     code = EXIT_OK
-    if report.changed:
-        code = _warn_stale(args, report)
-    if report.retiled:
-        code = _warn_retiled(args, report)
+    for shown, what, fix in (
+        (
+            report.changed,
+            "indexed files that changed since they were indexed (their embeddings are of the "
+            "old content; the index is append-only, so they are not encoded again)",
+            "to index the current files, build a new index: 'msclip-index build NEW.index "
+            f"--images ... --scenes ...' (the same inputs), then use it instead of {args.index}",
+        ),
+        (
+            report.retiled,
+            "files the index holds cut otherwise than asked (the index keeps one tiling per "
+            "file, so they are not encoded again)",
+            "to index them as asked, build a new index of these inputs ('msclip-index build "
+            f"NEW.index ...'); to add to {args.index}, give them as it holds them (above)",
+        ),
+    ):
+        if shown:  # their current content or tiling was not indexed: 1, or 0 with --skip-bad
+            code = _warn_not_encoded(args, shown, what, fix)
     if report.failures:
         shown, rest = failure_summary(report.failures)
         more = f"; and {rest} more" if rest else ""
@@ -658,32 +672,6 @@ def _run_build(args: argparse.Namespace) -> int:
         )
         return EXIT_PARTIAL
     return code
-
-
-def _warn_stale(args: argparse.Namespace, report: Any) -> int:
-    """Name the given files that changed since they were indexed; exit status 1 (0 with
-    --skip-bad), as their current content could not be indexed."""
-    return _warn_not_encoded(
-        args,
-        report.changed,
-        "indexed files that changed since they were indexed (their embeddings are of the old "
-        "content; the index is append-only, so they are not encoded again)",
-        "to index the current files, build a new index: 'msclip-index build NEW.index --images "
-        f"... --scenes ...' (the same inputs), then use it instead of {args.index}",
-    )
-
-
-def _warn_retiled(args: argparse.Namespace, report: Any) -> int:
-    """Name the given files that the index holds with another tiling; exit status 1 (0 with
-    --skip-bad), as the tiling asked for was not applied."""
-    return _warn_not_encoded(
-        args,
-        report.retiled,
-        "files the index holds cut otherwise than asked (the index keeps one tiling per file, "
-        "so they are not encoded again)",
-        "to index them as asked, build a new index of these inputs ('msclip-index build "
-        f"NEW.index ...'); to add to {args.index}, give them as it holds them (above)",
-    )
 
 
 def _warn_not_encoded(args: argparse.Namespace, shown: list[str], what: str, fix: str) -> int:
