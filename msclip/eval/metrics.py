@@ -333,6 +333,13 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
+def _macro_over_present(per_class: np.ndarray, cm: np.ndarray) -> float:
+    """The mean of a per-class metric over the classes with at least one sample (rows of the
+    confusion matrix ``cm`` with a count): single-label macro F1, whose classes without samples
+    are not measured (see "Single-label F1")."""
+    return _nanmean(np.where(cm.sum(axis=1) > 0, per_class, np.nan))
+
+
 def _log_empty_classes(relevance: np.ndarray, no_relevant: str) -> None:
     empty = np.flatnonzero(relevance.sum(axis=0) == 0)
     if empty.size:
@@ -880,7 +887,7 @@ def single_label_report(
         top1_accuracy=float(np.mean(ranks < 1)),
         top5_accuracy=float(np.mean(ranks < 5)) if c >= 5 else float("nan"),
         balanced_accuracy=_nanmean(recall),
-        macro_f1=_nanmean(np.where(cm.sum(axis=1) > 0, f1, np.nan)),  # as single_label_f1
+        macro_f1=_macro_over_present(f1, cm),
         map_at_k=ap_k.mean,
         map=ap_full.mean,
         ap_k=k_ap,
@@ -1094,7 +1101,7 @@ def single_label_f1(
     if average == "none":
         return f1
     if average == "macro":
-        return _nanmean(np.where(cm.sum(axis=1) > 0, f1, np.nan))
+        return _macro_over_present(f1, cm)
     return float(f1.mean())
 
 
