@@ -609,11 +609,17 @@ class MSCLIP(nn.Module):
         embedding = getattr(self.clip, "token_embedding", None)
         if embedding is None:  # a text tower of another library checks its own input
             return
-        if tokens.shape[1] > self.context_length:  # fewer: the text tower reads them all
+        if tokens.shape[1] > self.context_length:
             raise LayoutError(
                 f"tokens of shape {tuple(tokens.shape)} hold {tokens.shape[1]} positions, but "
                 f"this model's text tower reads at most {self.context_length} (its context "
                 f"length); {fix}, which pads and cuts to it"
+            )
+        if tokens.shape[1] < self.context_length and not self._can_trim_text():
+            # fewer are read as they are (padded, or trimmed) only where padding changes nothing
+            raise LayoutError(
+                f"tokens of shape {tuple(tokens.shape)} hold fewer positions than this "
+                f"model's text tower reads ({self.context_length}); {fix}"
             )
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= embedding.num_embeddings:
@@ -648,14 +654,9 @@ class MSCLIP(nn.Module):
         if not (trim and self._can_trim_text()):
             short = self.context_length - tokens.shape[1]
             if short > 0 and hasattr(self.clip, "token_embedding"):
-                if not self._can_trim_text():
-                    raise LayoutError(
-                        f"tokens of shape {tuple(tokens.shape)} hold fewer positions than this "
-                        f"model's text tower reads ({self.context_length}); tokenise the texts "
-                        "with msclip.get_tokenizer(model)"
-                    )
                 # padding after the end-of-text token changes nothing (causal attention, pooled
-                # at end-of-text), as trim=True drops it
+                # at end-of-text: _check_tokens refused fewer positions elsewhere), as trim=True
+                # drops it
                 tokens = F.pad(tokens, (0, short))
             return self.clip.encode_text(tokens, normalize=normalize)
         from msclip.architecture import text_global_pool
