@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--skip-bad",
         action="store_true",
-        help="exit 0 even when some images cannot be read (they are still reported)",
+        help="exit 0 even when some images (or tiles of a scene) cannot be read (they are still "
+        "reported)",
     )
     g.add_argument(
         "--max-print",
@@ -1035,7 +1036,7 @@ def _dense_scene(
         task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
         bands=args.bands, sensor=args.sensor, nodata=args.nodata, class_names=names,
         device=model.device, progress=not args.quiet,
-        tags={"msclip": "zero-shot dense class map (MaskCLIP)"},
+        tags={"msclip": "zero-shot dense class map (MaskCLIP)"}, skip_unreadable=True,
     )  # fmt: skip
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
@@ -1057,7 +1058,7 @@ def _dense_scene(
     print(tabulate(rows, headers=["Class", "Pixels", "%"], floatfmt=".1f"))
     for w in written:
         print(f"wrote {w}")
-    return EXIT_OK
+    return _report_unreadable_tiles(args, result)
 
 
 def _check_overlap(args: argparse.Namespace, tile: int) -> None:
@@ -1092,12 +1093,9 @@ def _check_scene(args: argparse.Namespace) -> None:
     that cannot be read window by window, or bands that cannot be named (it failed once per
     tile before)."""
     from rasterio.errors import RasterioIOError
-    from rasterio.windows import Window
 
-    from msclip.encode import read_errors
-    from msclip.errors import BandError, LayoutError, TilingError, UnsupportedFormatError
-    from msclip.io import read_raster
-    from msclip.io.readers import open_raster
+    from msclip.errors import BandError, TilingError, UnsupportedFormatError
+    from msclip.io.readers import open_raster, raster_band_names
     from msclip.tiling import check_scene_format
 
     try:
@@ -1110,11 +1108,9 @@ def _check_scene(args: argparse.Namespace) -> None:
     except TilingError as err:
         raise UsageError(f"{err} (--run-classification)") from err
     try:
-        read_raster(args.scene, bands=args.bands, sensor=args.sensor, window=Window(0, 0, 1, 1))
-    except (BandError, LayoutError, UnsupportedFormatError) as err:
+        raster_band_names(args.scene, bands=args.bands, sensor=args.sensor)  # the header only
+    except (BandError, UnsupportedFormatError) as err:
         raise UsageError(flag_wording(str(err))) from err
-    except read_errors():
-        return  # a damaged block: the run reports the tiles it concerns
 
 
 #: What a tile-map run may write in its folder.
@@ -1164,10 +1160,42 @@ def _keep(pending: Path, final: Path) -> Path:
     return commit(pending, final)
 
 
+def _report_unreadable_tiles(args: argparse.Namespace, result: Any) -> int:
+    """Name the tiles of a per-pixel map that could not be read (damaged blocks of the scene;
+    their pixels are nodata in the map) as the other runs name unreadable images: exit status 1,
+    0 with ``--skip-bad``."""
+    if not result.unreadable:
+        return EXIT_OK
+    groups: dict[str, list[str]] = {}  # GDAL's reason -> the windows it concerns
+    for entry in result.unreadable:
+        where, _, reason = entry.partition(": ")
+        groups.setdefault(reason, []).append(where)
+    parts = []
+    for reason, wheres in list(groups.items())[:5]:
+        more = f" and {len(wheres) - 3} more" if len(wheres) > 3 else ""
+        parts.append(f"{'; '.join(wheres[:3])}{more} ({reason})")
+    rest = f"; and {len(groups) - 5} other reasons" if len(groups) > 5 else ""
+    n = len(result.unreadable)
+    print(
+        f"warning: {n} of {plural(result.tiles, 'tile')} of {args.scene} could not be read "
+        f"and {'was' if n == 1 else 'were'} left out; the pixels no readable tile covers are "
+        f"nodata in the map: {' / '.join(parts)}{rest}",
+        file=sys.stderr,
+    )
+    return EXIT_OK if args.skip_bad else EXIT_PARTIAL
+
+
 def _no_data_scene(args: argparse.Namespace, result: Any) -> int:
     """Exit status 1 with one line when no tile of a per-pixel scene map held data (the map,
     all nodata, is not kept; an earlier run's map of that name is left as it was)."""
     Path(result.path).unlink(missing_ok=True)
+    if result.unreadable:
+        _report_unreadable_tiles(args, result)
+        print(
+            f"error: no tile of {args.scene} could be read or held data; no map written",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
     print(
         f"error: no tile of {args.scene} holds data: its {plural(result.tiles, 'tile')} are all "
         "nodata (check --nodata and the scene's nodata value); no map written",
@@ -1210,7 +1238,7 @@ def _head_scene(args: argparse.Namespace) -> int:
         args.scene, _pending(final), ckpt, model, task=entry["name"],
         adapters=args.adapters, tile_size=args.tile_size or model.image_size,
         overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, sensor=args.sensor,
-        nodata=args.nodata, progress=not args.quiet,
+        nodata=args.nodata, progress=not args.quiet, skip_unreadable=True,
     )  # fmt: skip
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])
@@ -1240,7 +1268,7 @@ def _head_scene(args: argparse.Namespace) -> int:
     _warn_other_outputs(out_dir, written)
     for w in written:
         print(f"wrote {w}")
-    return EXIT_OK
+    return _report_unreadable_tiles(args, result)
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -292,18 +292,15 @@ def first_bands(
     """``(position, band names)`` of the first of the first 50 ``items`` that is a readable image
     file (only its header is read for a GDAL raster: GeoTIFF, JPEG 2000, VRT), or ``None``."""
     from msclip.io import read_raster
-    from msclip.io.readers import RASTER_EXTENSIONS
+    from msclip.io.readers import RASTER_EXTENSIONS, raster_band_names
 
     for i, item in enumerate(list(items)[:50]):
         if not isinstance(item, (str, os.PathLike)):
             continue
         try:
-            window = None
             if str(item).lower().endswith(RASTER_EXTENSIONS):
-                from rasterio.windows import Window
-
-                window = Window(0, 0, 1, 1)
-            return i, list(read_raster(item, bands=bands, sensor=sensor, window=window).bands)
+                return i, list(raster_band_names(item, bands=bands, sensor=sensor))
+            return i, list(read_raster(item, bands=bands, sensor=sensor).bands)
         except (MSCLIPError, OSError, ValueError):  # an unreadable file: try the next
             continue
     return None

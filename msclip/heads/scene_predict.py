@@ -50,6 +50,7 @@ so the output depends on batching only through the predictor; put models in ``ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -74,6 +75,7 @@ from msclip.io.readers import (
     declares_scale,
     gdal_reason,
     image_bands,
+    raster_band_names,
     read_image,
     thermal_bands,
 )
@@ -272,6 +274,9 @@ class ScenePrediction:
         megapixels_per_s: scene megapixels per second.
         band_names: band descriptions of the output.
         nodata: nodata value of the output.
+        unreadable: with ``skip_unreadable``, one entry per tile that could not be read (a
+            damaged block), ``rows a-b, columns c-d: GDAL's reason``; its pixels are nodata
+            unless a readable neighbouring tile covers them.
     """
 
     path: Path
@@ -286,16 +291,7 @@ class ScenePrediction:
     megapixels_per_s: float
     band_names: tuple[str, ...]
     nodata: float
-
-
-def _scene_bands(
-    path: str, bands: Sequence[str | Band] | None, sensor: str | None = None
-) -> tuple[str, ...]:
-    from rasterio.windows import Window
-
-    from msclip.io import read_raster
-
-    return read_raster(path, bands=bands, sensor=sensor, window=Window(0, 0, 1, 1)).bands
+    unreadable: tuple[str, ...] = ()
 
 
 def _pad_to(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -334,6 +330,7 @@ def predict_scene(
     gdal_cache_mb: int = 16,
     progress: bool = True,
     tags: Mapping[str, str] | None = None,
+    skip_unreadable: bool = False,
 ) -> ScenePrediction:
     """Predict a whole scene tile by tile and write the blended result as a GeoTIFF.
 
@@ -375,9 +372,14 @@ def predict_scene(
             once and reads several times faster, at that much more memory.
         progress: show a tqdm bar (tiles/s).
         tags: extra metadata of the output.
+        skip_unreadable: a tile that cannot be read (a damaged block of the file) is left out
+            and named in :attr:`ScenePrediction.unreadable` (its pixels are nodata unless a
+            readable neighbouring tile covers them; the output's ``msclip_unreadable_tiles``
+            tag counts them), instead of stopping the run with :class:`RasterReadError`.
 
     Raises:
-        RasterReadError: unreadable source.
+        RasterReadError: unreadable source, or an unreadable tile without
+            ``skip_unreadable``.
         TilingError: bad tile parameters or task.
         PredictorOutputError: the predictor returns a wrong shape.
     """
@@ -435,11 +437,37 @@ def predict_scene(
                         default_scale=product_scale, thermal=thermal,
                     )[0]  # fmt: skip
                 except RasterioIOError as err:  # a damaged block: the file, where and why
+                    _clear_gdal_error(ds)
                     raise RasterReadError(
-                        f"cannot read scene {src_path} at rows {window.row_off}-"
-                        f"{window.row_off + window.height}, columns {window.col_off}-"
-                        f"{window.col_off + window.width}: {gdal_reason(err)}"
+                        f"cannot read scene {src_path} at {_where(window, gdal_reason(err))}"
                     ) from err
+
+            def read_group(window: Window, starts: Sequence[int]) -> tuple[np.ndarray, set[int]]:
+                """The raw pixels of a group of neighbouring tiles and the starts of those that
+                cannot be read; with ``skip_unreadable``, a group whose window fails is read tile
+                by tile, and what no readable tile covers is NaN (missing)."""
+                try:
+                    return read(window), set()
+                except RasterReadError as err:
+                    if not skip_unreadable:
+                        raise
+                    first = err
+                c0, r0 = int(window.col_off), int(window.row_off)
+                h, w = int(window.height), int(window.width)
+                raw = np.full((len(image), h, w), np.nan, dtype=np.float32)
+                failed: set[int] = set()
+                for c in starts:
+                    tile = Window(c, r0, min(t, width - c), h)
+                    try:
+                        part = read(tile)
+                    except RasterReadError as err:
+                        failed.add(c)
+                        unreadable.append(_where(tile, gdal_reason(err.__cause__ or err)))
+                        continue
+                    raw[:, :, c - c0 : c - c0 + part.shape[-1]] = part
+                if not failed:  # the group's window failed where no tile of it does
+                    raise first
+                return raw, failed
 
             if declares_scale(ds, sensor):  # read rescaled (float32): missing pixels are NaN
                 raw_nodata = None
@@ -447,7 +475,7 @@ def predict_scene(
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)
             if prep.input_bands is None or raw_nodata != prep.nodata:
-                names = prep.input_bands or _scene_bands(src_path, bands, sensor)
+                names = prep.input_bands or raster_band_names(src_path, bands, sensor)
                 prep = prep.with_input(names, raw_nodata)
             image = image_bands(ds)  # an alpha band is a mask, not an image band
             if len(prep.input_bands) != len(image):
@@ -482,9 +510,12 @@ def predict_scene(
                     y = y / value_scale
                 return y.cpu().numpy()
 
+            unreadable: list[str] = []
             k = num_outputs
-            if k is None:
-                probe = read(Window(0, 0, min(t, width), min(t, height)))
+            if k is None:  # the outputs of the first tile (of zeros when it cannot be read)
+                corner = Window(0, 0, min(t, width), min(t, height))
+                probe = read_group(corner, [0])[0] if skip_unreadable else read(corner)
+                probe = np.nan_to_num(probe, nan=0.0)
                 k = int(run(_pad_to(probe, t, t)[None]).shape[1])
             if task == "segmentation":
                 dtype = np.uint8 if k < 255 else np.uint16
@@ -530,17 +561,26 @@ def predict_scene(
             with writer:
                 for i, r in enumerate(rows):
                     n_rows = min(t, height - r)
+                    done = 0  # columns of this strip whose validity is known
                     # One read per group of batch_size neighbouring tiles (not per strip): the
                     # raw window held is batch_size tiles wide, and neighbouring groups share
                     # their edge blocks through GDAL's cache.
                     for g0 in range(0, len(cols), batch_size):
                         group = cols[g0 : g0 + batch_size]
                         c0, c1 = group[0], group[-1] + t
-                        raw = read(Window(c0, r, min(c1, width) - c0, n_rows))
+                        raw, failed = read_group(Window(c0, r, min(c1, width) - c0, n_rows), group)
                         raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
-                        valid[:, c0:c1] = prep.valid(raw)
-                        chunk = [c for c in group if valid[:, c : c + t].any()]
+                        seen = prep.valid(raw)
+                        # columns shared with the previous group: valid where either read them
+                        # (the same pixels, unless a tile of one group could not be read)
+                        shared = max(0, min(done, c1) - c0)
+                        valid[:, c0 : c0 + shared] |= seen[:, :shared]
+                        valid[:, c0 + shared : c1] = seen[:, shared:]
+                        done = c1
+                        chunk = [c for c in group if c not in failed and valid[:, c : c + t].any()]
                         bar.update(len(group) - len(chunk))
+                        if failed:
+                            bar.set_postfix(unreadable=len(unreadable), refresh=False)
                         if not chunk:
                             continue
                         out = run(np.stack([raw[:, :, c - c0 : c - c0 + t] for c in chunk]))
@@ -566,13 +606,15 @@ def predict_scene(
                         wsum[:keep] = wsum[final:]
                     acc[:, keep:] = 0.0
                     wsum[keep:] = 0.0
+                if unreadable:
+                    writer.update_tags(msclip_unreadable_tiles=str(len(unreadable)))
             bar.close()
     seconds = time.perf_counter() - start_time
     result = ScenePrediction(
         Path(dst), height, width, task, k, n_tiles, tiles_run, seconds,
         n_tiles / seconds if seconds > 0 else float("inf"),
         height * width / 1e6 / seconds if seconds > 0 else float("inf"),
-        band_names, out_nodata,
+        band_names, out_nodata, tuple(unreadable),
     )  # fmt: skip
     logger.info(
         "%s: %d tiles (%d run) in %.1f s, %.2f Mpx/s -> %s",
@@ -636,6 +678,21 @@ def predict_scene_with_head(
 
     return predict_scene(src, dst, predict, model, task=kind, num_outputs=int(
         entry["num_outputs"]), tags=tags, **kwargs)  # fmt: skip
+
+
+def _clear_gdal_error(ds: Any) -> None:
+    """Let go of the error a failed read leaves set: rasterio raises GDAL's last error again
+    from the dataset's next checked call (the colour interpretation that every read asks for),
+    which would fail the next tile, readable or not."""
+    # rasterio's private CPLE_* classes: the error already reported
+    with contextlib.suppress(Exception):
+        ds.colorinterp  # noqa: B018 (the call that raises it, once)
+
+
+def _where(window: Any, reason: str) -> str:
+    """``rows a-b, columns c-d: reason`` of a window that could not be read."""
+    r, c = int(window.row_off), int(window.col_off)
+    return f"rows {r}-{r + int(window.height)}, columns {c}-{c + int(window.width)}: {reason}"
 
 
 def _finish(

@@ -316,6 +316,12 @@ class GeoTiffStripWriter:
                 self._flush()
         self.rows_written += n
 
+    def update_tags(self, **tags: str) -> None:
+        """Add dataset metadata known only once the rows are written (before :meth:`close`)."""
+        if self._closed:
+            raise RasterWriteError(f"the writer of {self.path} is closed")
+        self._dst.update_tags(**tags)
+
     def _flush(self) -> None:
         from rasterio.windows import Window
 

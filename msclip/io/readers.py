@@ -83,6 +83,7 @@ __all__ = [
     "image_bands",
     "input_stamp",
     "open_raster",
+    "raster_band_names",
     "raster_format",
     "read_image",
     "read_raster",
@@ -777,10 +778,19 @@ def _inside_window(window: Any, width: int, height: int, where: str) -> Any:
     reaches past an edge holds no pixels, and the georeference must be that of what is read.
 
     Raises:
-        RasterReadError: the window and the raster share no pixel.
+        RasterReadError: the window and the raster share no pixel, or is not a window.
     """
     from rasterio.windows import Window
 
+    if not isinstance(window, Window):  # rasterio's ((row_start, row_stop), (col_start, col_stop))
+        try:
+            (r0, r1), (c0, c1) = window
+            window = Window.from_slices((int(r0), int(r1)), (int(c0), int(c1)))
+        except (TypeError, ValueError) as err:
+            raise RasterReadError(
+                f"{where}: window={window!r} is not a window; give a rasterio Window(col_off, "
+                "row_off, width, height) or ((row_start, row_stop), (col_start, col_stop))"
+            ) from err
     col, row = round(float(window.col_off)), round(float(window.row_off))
     right = col + round(float(window.width))
     bottom = row + round(float(window.height))
@@ -792,6 +802,55 @@ def _inside_window(window: Any, width: int, height: int, where: str) -> Any:
             f"the raster's {width}x{height} pixels; give a window that overlaps it"
         )
     return Window(max(col, 0), max(row, 0), w, h)
+
+
+def _name_bands(
+    src: Any, path: str, kind: str, bands: Sequence[str | Band] | None, sensor: str | None
+) -> tuple[list[int], tuple[str, ...], str]:
+    """The image bands of an open GDAL raster, their names and where the names came from, from
+    its header alone (no pixel is decoded)."""
+    image = image_bands(src)
+    check_dtype(path, src.dtypes[image[0] - 1])
+    descriptions = [src.descriptions[i - 1] for i in image]
+    colours = [src.colorinterp[i - 1].name for i in image]
+    declared = _declared_scale(src, image)
+    unscaled = np.dtype(src.dtypes[image[0] - 1]).kind in "iu" and declared is None
+    from_files = None
+    if kind == "VRT" and bands is None and not any(descriptions):
+        from_files = _vrt_band_names(path, image, sensor)
+    names, source = _assign_bands(
+        len(image), descriptions, from_files or bands, sensor, f"{kind} {path}", colours,
+        unscaled_integers=unscaled,
+    )  # fmt: skip
+    if from_files is not None:
+        source = "file names"
+    if sensor is None and source in ("descriptions", "count"):
+        _refuse_landsat_as_sentinel2(declared, names, f"{kind} {path}")
+    return image, names, source
+
+
+def raster_band_names(
+    path: str | os.PathLike,
+    bands: Sequence[str | Band] | None = None,
+    sensor: str | None = None,
+) -> tuple[str, ...]:
+    """The band names :func:`read_raster` gives the image bands of a GDAL raster (GeoTIFF, COG,
+    JPEG 2000, VRT), from its header alone: no pixel is decoded, so a damaged block does not
+    stop it, and a large scene costs nothing to name.
+
+    Raises:
+        RasterReadError: the file cannot be opened.
+        BandError: its bands cannot be named (pass ``bands=`` or ``sensor=``).
+    """
+    from rasterio.errors import RasterioIOError
+
+    p = os.fspath(Path(path).expanduser())
+    kind = raster_format(p)
+    try:
+        with open_raster(p) as src:
+            return _name_bands(src, p, kind, bands, sensor)[1]
+    except RasterioIOError as err:
+        raise RasterReadError(f"cannot read {kind} {p}: {gdal_reason(err)}") from err
 
 
 def _read_geotiff(
@@ -812,23 +871,7 @@ def _read_geotiff(
     kind = raster_format(path)
     try:
         with open_raster(path) as src:
-            image = image_bands(src)
-            check_dtype(path, src.dtypes[image[0] - 1])
-            descriptions = [src.descriptions[i - 1] for i in image]
-            colours = [src.colorinterp[i - 1].name for i in image]
-            declared = _declared_scale(src, image)
-            unscaled = np.dtype(src.dtypes[image[0] - 1]).kind in "iu" and declared is None
-            from_files = None
-            if kind == "VRT" and bands is None and not any(descriptions):
-                from_files = _vrt_band_names(path, image, sensor)
-            names, source = _assign_bands(
-                len(image), descriptions, from_files or bands, sensor, f"{kind} {path}", colours,
-                unscaled_integers=unscaled,
-            )  # fmt: skip
-            if from_files is not None:
-                source = "file names"
-            if sensor is None and source in ("descriptions", "count"):
-                _refuse_landsat_as_sentinel2(declared, names, f"{kind} {path}")
+            image, names, source = _name_bands(src, path, kind, bands, sensor)
             if window is not None:
                 window = _inside_window(window, src.width, src.height, f"{kind} {path}")
             h = int(window.height) if window is not None else src.height
@@ -1186,7 +1229,8 @@ def read_raster(
         bands: band names of the file's channels, when the file does not name them.
         layout: ``CHW`` or ``HWC`` for arrays whose layout cannot be known from the file.
         sensor: sensor whose local band names apply (``hls_l30``, ``landsat89`` ...).
-        window: ``rasterio.windows.Window`` to read part of a GDAL raster, in whole pixels
+        window: ``rasterio.windows.Window`` (or rasterio's ``((row_start, row_stop),
+            (col_start, col_stop))``) to read part of a GDAL raster, in whole pixels
             (fractional offsets and sizes are rounded to the nearest); a window reaching past the
             raster's edges reads the part inside them, with that part's georeference (the
             ``window`` of :attr:`Raster.meta`).

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
+from support.scenes import damage_block, write_tiled_scene
 
 from msclip.cli.finetune import main
 from msclip.cli.inference import main as inference_main
@@ -58,6 +59,23 @@ def test_segmentation_cli_then_scene_prediction_with_the_head(data, tmp_path, ca
     with rasterio.open(tmp_path / "map" / "dense_segmentation.tif") as o, rasterio.open(scene) as s:
         assert o.crs == s.crs and o.transform == s.transform and o.shape == s.shape
         assert o.count == 2 and (o.read(1) < 14).all()
+        pixels, names = s.read(), s.descriptions
+    # a damaged block: its tiles are left out and named, the rest of the map is written
+    damaged = write_tiled_scene(tmp_path / "damaged.tif", pixels)
+    with rasterio.open(damaged, "r+") as dst:
+        dst.descriptions = names
+    damage_block(damaged, 2, 2)  # rows and columns 32-39: in the last of the 4 tiles of 32 px
+    for flags, rc in (([], 1), (["--skip-bad"], 0)):
+        code = inference_main(["--run-scene", "--scene", str(damaged), "--head", str(head),
+                               "--save-path", str(tmp_path / "hole"), *TINY, "--quiet",
+                               *flags])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == rc and "1 of 4 tiles of" in err and "could not be read" in err, err
+        assert "rows 8-40, columns 8-40 (damaged.tif, band 1: IReadBlock failed" in err
+        with rasterio.open(tmp_path / "hole" / "dense_segmentation.tif") as o:
+            cls = o.read(1)
+        # what only that tile covers is nodata, the rest is the other tiles' prediction
+        assert (cls[8:, 32:] == 255).all() and (cls[:, :32] < 14).all() and (cls[:8] < 14).all()
     code = inference_main(["--run-scene", "--scene", str(scene), "--head", str(head),
                            "--save-path", str(tmp_path / "other"), "--model-name",
                            "msclip-tiny", "--no-pretrained", "--seed", "1", "--quiet"])  # fmt: skip

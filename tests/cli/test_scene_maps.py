@@ -268,14 +268,19 @@ def test_whole_file_problems_of_a_scene_are_said_once_before_the_model_loads(
     # a tile smaller than the model's patch
     assert main([*args, "--scene", str(path), "--tile-size", "4"]) == 2
     assert "smaller than the model's 8-pixel patch" in capsys.readouterr().err
-    # a damaged block: the file, the window and GDAL's reason (per-pixel maps)
+    # a truncated file: the tiles it lacks are named with the window and GDAL's reason, and the
+    # per-pixel map holds the others (as the tile maps leave the unreadable tiles out)
     broken = tmp_path / "broken.tif"
     broken.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
     rc = main(["--run-scene", "--class-names", "sea", "forest", "--dense", "--save-path",
                str(tmp_path / "d"), *TINY, "--scene", str(broken)])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and f"cannot read scene {broken} at rows" in err
-    assert "See previous exception" not in err
+    assert rc == 1 and f"tiles of {broken} could not be read and were left out" in err
+    assert "rows " in err and "See previous exception" not in err
+    with rasterio.open(tmp_path / "d" / "dense_class_map.tif") as src:
+        cls = src.read(1)
+        assert int(src.tags()["msclip_unreadable_tiles"]) >= 1
+    assert (cls[:24, :96] < 2).all() and (cls[-1] == 255).all()  # the end of the file is gone
 
 
 def test_scenes_without_a_crs_give_maps_without_a_made_up_georeference(scene, tmp_path, capsys):

@@ -11,9 +11,10 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from support.scenes import damage_block, write_tiled_scene
 
 import msclip
-from msclip.errors import PredictorOutputError, RasterWriteError, TilingError
+from msclip.errors import PredictorOutputError, RasterReadError, RasterWriteError, TilingError
 from msclip.heads.dense import DenseTask, build_dense_model
 from msclip.heads.scene_predict import (
     ScenePreprocess,
@@ -365,3 +366,44 @@ def test_a_scene_without_georeference_gives_a_map_without_one(tmp_path, scene, t
     # no identity geotransform written: a GIS would place such a map at the origin, flipped
     with pytest.warns(NotGeoreferencedWarning), rasterio.open(out) as src:
         assert src.crs is None and src.shape == (H, W)
+
+
+def test_a_damaged_block_stops_the_run_or_is_left_out_with_skip_unreadable(tmp_path, scene, tiny):
+    _, data = scene
+    data = data.copy()
+    data[data == 0] = 1  # every pixel holds data: what is nodata below comes from the damage
+    path = write_tiled_scene(tmp_path / "damaged.tif", data)
+    damage_block(path, 8, 8)  # rows and columns 128-143
+    conv = _pointwise(len(tiny.bands))
+    prep = ScenePreprocess.from_model(tiny)
+    bands = msclip.read_raster(tmp_path / "damaged.tif", window=((0, 1), (0, 1))).bands
+    with torch.no_grad():
+        ref = conv(prep.with_input(bands, None)(data)[None])[0].numpy()
+    kw = dict(task="regression", tile_size=64, overlap=16, progress=False)
+    out = tmp_path / "map.tif"
+    with pytest.raises(RasterReadError, match=f"cannot read scene {path} at rows 96-160"):
+        predict_scene(path, out, conv, prep, batch_size=3, **kw)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    maps = []
+    for bs in (1, 3, 16):  # a group of tiles fails as a whole, its tiles one by one
+        res = predict_scene(path, out, conv, prep, batch_size=bs, skip_unreadable=True, **kw)
+        # the one tile over the block (rows and columns 96-159), with GDAL's reason
+        assert len(res.unreadable) == 1 and res.tiles_run == res.tiles - 1
+        assert res.unreadable[0].startswith("rows 96-160, columns 96-160: ")
+        assert "IReadBlock failed" in res.unreadable[0]
+        got, _, _ = _read(out)
+        with rasterio.open(out) as src:
+            assert src.tags()["msclip_unreadable_tiles"] == "1"
+        maps.append(got)
+        gone = np.isnan(got).all(axis=0)
+        # the block's pixels are nodata, and so is what no readable tile of that strip covers
+        assert gone[128:144, 128:144].all() and not gone[128:144, :112].any()
+        assert gone.sum() == 48 * 32 and gone[96:144, 112:144].all()
+        # every other pixel is the readable tiles' prediction, the neighbours' included
+        np.testing.assert_allclose(got[:, ~gone], ref[:, ~gone], rtol=0, atol=2e-5)
+    assert all(np.array_equal(maps[0], m, equal_nan=True) for m in maps[1:])
+    # a damaged first tile: the number of outputs is found on a tile of zeros
+    path2 = write_tiled_scene(tmp_path / "corner.tif", data)
+    damage_block(path2, 0, 0)
+    res = predict_scene(path2, tmp_path / "corner_map.tif", conv, prep, skip_unreadable=True, **kw)
+    assert res.num_outputs == 4 and res.unreadable[0].startswith("rows 0-64, columns 0-64: ")

@@ -349,6 +349,11 @@ def test_a_window_past_the_edges_reads_the_part_inside_with_its_georeference(mak
     np.testing.assert_array_equal(r.data, data[:, 4:12, 8:24].astype(r.data.dtype))
     with pytest.raises(RasterReadError, match=r"window .*outside the raster's 48x40 pixels"):
         msclip.read_raster(path, window=Window(60, 0, 8, 8))
+    # rasterio's ((row_start, row_stop), (col_start, col_stop)) form reads the same pixels
+    r = msclip.read_raster(path, window=((4, 12), (8, 24)))
+    np.testing.assert_array_equal(r.data, data[:, 4:12, 8:24].astype(r.data.dtype))
+    with pytest.raises(RasterReadError, match=r"window=.* is not a window; give a rasterio Window"):
+        msclip.read_raster(path, window=(4, 12))
 
 
 def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
