@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -458,6 +459,20 @@ class FinetuneRunConfig:
         Raises:
             ConfigError: lists each bad option, its value and the fix.
         """
+        e = self.problems()
+        if e:
+            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        return self
+
+    def problems(self, skip: Collection[str] = ()) -> list[str]:
+        """Every problem :meth:`validate` reports, one line each, leaving out those of the
+        options in ``skip``: options whose given value was refused for its type still hold
+        their default, whose checks would only mislead (the command line reports the type
+        errors and these together)."""
+        e = self._problems()
+        return [m for m in e if re.split(r"\W", m, maxsplit=1)[0] not in skip]
+
+    def _problems(self) -> list[str]:
         e: list[str] = []
 
         def need(ok: bool, message: str) -> None:
@@ -471,9 +486,7 @@ class FinetuneRunConfig:
         need(self.task in tasks, f"task must be one of {list(tasks)}, got {self.task!r}")
         if self.task in DENSE_TASKS:
             self._validate_dense(need, e)
-            if e:
-                raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
-            return self
+            return e
         need(not self.image_dir, "image_dir / label_dir hold dense data: use a dense task")
         if self.csv:
             need(os.path.isfile(self.csv), f"csv file {self.csv!r} not found")
@@ -545,9 +558,7 @@ class FinetuneRunConfig:
                 need(bool(values) and all(v > 0 for v in values),
                      f"{name} must be positive numbers, got {values}")  # fmt: skip
         self._validate_model_and_common(need, e)
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
-        return self
+        return e
 
     def _validate_model_and_common(self, need: Any, e: list[str]) -> None:
         """Checks image-level and dense runs share: scale, input bands, templates."""

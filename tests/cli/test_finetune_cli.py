@@ -325,6 +325,20 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0 and "--encoder-mode" in proc.stdout
 
 
+def test_type_and_value_problems_of_one_config_are_reported_together(tmp_path, run, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f'folders: {run["scenes"]}\nepochs: "two"\nk: 0\n')
+    argv = ["--config", str(config), "--batch-size", "x", "--confidence", "2", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    # the values refused for their type, then the value checks of the others, in one list
+    for line in (f"{config}: option 'epochs': expected an integer, got 'two'",
+                 "command line: option 'batch_size': expected an integer, got 'x'",
+                 "k must be >= 1, got 0", "confidence must lie in (0, 1), got 2.0"):  # fmt: skip
+        assert line in err, line
+    assert err.count("error:") == 1 and "batch_size must be" not in err  # not its default's
+
+
 def test_a_list_of_config_problems_says_how_options_are_written_as_flags(capsys):
     """Problems named by their option names (model_name, image_dir) come with the rule that
     turns them into flags (--model-name), in msclip-finetune as in msclip-train."""
