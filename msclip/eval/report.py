@@ -777,18 +777,30 @@ def _ci_text(ci: Any) -> str:
     return f"[{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
 
 
-def _unreadable_note(rec: Mapping[str, Any]) -> str:
-    """The report's words for samples that could not be read (a partial or damaged download):
-    the metrics are of the others only."""
+#: Unreadable samples the report names with their reason (the record lists them all).
+_UNREADABLE_SHOWN = 10
+
+
+def _unreadable_lines(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The report's words for samples that could not be read (a partial or damaged download, a
+    band a file lacks): the note for the dataset line (the metrics are of the others only) and
+    one sub-item per sample with its reason, what to fix."""
     bad = rec.get("unreadable") or {}
     n = int(bad.get("count") or 0)
     if not n:
-        return ""
-    files = list(bad.get("files") or [])
-    shown = ", ".join(f"`{f}`" for f in files[:5]) + (f" and {n - 5} more" if n > 5 else "")
+        return "", []
+    samples = list(bad.get("samples") or [])
+    if not samples:  # a record written before the reasons were kept: the names alone
+        samples = [{"file": f, "reason": None} for f in bad.get("files") or []]
+    lines = []
+    for sample in samples[:_UNREADABLE_SHOWN]:
+        why = f": {' '.join(str(sample['reason']).splitlines())}" if sample.get("reason") else ""
+        lines.append(f"  - `{sample['file']}`{why}")
+    if n > len(lines):
+        lines.append(f"  - and {n - len(lines)} more (the record's `unreadable` lists them all)")
     scored = (rec.get("metrics") or {}).get("n_samples")
     of = f"; the metrics are of the {scored} read" if scored is not None else ""
-    return f"; **{n} unreadable and left out** ({shown}){of}"
+    return f"; **{n} unreadable and left out**{of}:", lines
 
 
 def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
@@ -813,6 +825,7 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         return _head_section(rec, save, pc_path, fig_path)
     m, d, ds = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"]
     tpl, ap = rec["templates"], rec["ap"]
+    unreadable, unreadable_items = _unreadable_lines(rec)
     lines = [
         f"## {m} — {d}",
         "",
@@ -823,7 +836,8 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
         f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
         + (f" (left out: {ds['skipped']})" if ds.get("skipped") else "")
-        + _unreadable_note(rec),
+        + unreadable,
+        *unreadable_items,
         *_templates_and_ap(tpl, ap),
         f"- task: {rec['task']}"
         + (f", rule `{rec['metrics'].get('rule')}`" if rec["task"] == "multi_label" else ""),

@@ -590,6 +590,7 @@ def test_unreadable_images_are_named_skipped_and_counted(tmp_path, capsys):
     # the report says the metrics are of part of the data
     report = (tmp_path / "skip" / "report.md").read_text()
     assert "**1 unreadable and left out**" in report and broken.name in report
+    assert f"  - `{broken}`: {why['reason']}" in report.splitlines()  # and why, what to fix
     code, out, err = _run([*base, "--save-path", str(tmp_path / "strict"), "--strict"], capsys)
     assert code == 1 and "EuroSAT_MS: FAILED" in err and broken.name in err
     assert "Traceback" not in err
