@@ -512,10 +512,15 @@ def predict_scene(
 
             unreadable: list[str] = []
             k = num_outputs
-            if k is None:  # the outputs of the first tile (of zeros when it cannot be read)
+            if k is None:  # the outputs of the first tile (of zeros when it cannot be read:
+                # the tile loop names it)
                 corner = Window(0, 0, min(t, width), min(t, height))
-                probe = read_group(corner, [0])[0] if skip_unreadable else read(corner)
-                probe = np.nan_to_num(probe, nan=0.0)
+                try:
+                    probe = read(corner)
+                except RasterReadError:
+                    if not skip_unreadable:
+                        raise
+                    probe = np.zeros((len(image), corner.height, corner.width), np.float32)
                 k = int(run(_pad_to(probe, t, t)[None]).shape[1])
             if task == "segmentation":
                 dtype = np.uint8 if k < 255 else np.uint16
