@@ -316,13 +316,15 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
     return check_class_names(names)
 
 
-def _report_failures(failures: Sequence[Any], total: int, args: argparse.Namespace) -> int:
+def _report_failures(
+    failures: Sequence[Any], total: int, args: argparse.Namespace, unit: str = "image"
+) -> int:
     if not failures:
         return EXIT_OK
     shown, rest = failure_summary(failures)
     more = f"; and {rest} more (see the log)" if rest else ""
     print(
-        f"warning: {len(failures)} of {plural(total, 'image')} could not be read and "
+        f"warning: {len(failures)} of {plural(total, unit)} could not be read and "
         f"{'was' if len(failures) == 1 else 'were'} skipped: {shown}{more}",
         file=sys.stderr,
     )
@@ -918,7 +920,7 @@ def run_scene(args: argparse.Namespace) -> int:
         raise UsageError(_coverage_refusal(str(err))) from err
     if not len(res.indices):  # no map to write: every tile is nodata or unreadable
         _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
-        _report_failures(res.failures, len(tiles), args)
+        _report_failures(res.failures, len(tiles), args, "tile")
         return _nothing_scored("encoded", res.skipped, res.failures, len(tiles), args, "tile")
     rr = np.array([tiles[i].grid_row for i in res.indices], dtype=int)
     cc = np.array([tiles[i].grid_col for i in res.indices], dtype=int)
@@ -1004,7 +1006,7 @@ def run_scene(args: argparse.Namespace) -> int:
         print(tabulate([[n, int(c)] for n, c in zip(names, counts)], headers=["Class", "Tiles"]))
     for w in written:
         print(f"wrote {w}")
-    return _report_failures(res.failures, len(tiles), args)
+    return _report_failures(res.failures, len(tiles), args, "tile")
 
 
 def _dense_scene(

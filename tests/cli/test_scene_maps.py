@@ -13,7 +13,7 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
-from support.scenes import ORIGIN, write_scene_with_nodata
+from support.scenes import ORIGIN, damage_block, write_scene_with_nodata, write_tiled_scene
 
 import msclip
 from msclip.cli.inference import main
@@ -426,3 +426,20 @@ def test_a_folder_in_the_place_of_a_scene_output_stops_before_any_work(
     err = capsys.readouterr().err
     assert rc == 2 and f"cannot write {out / in_the_way}: it is a folder" in err, err
     assert sorted(p.name for p in out.iterdir()) == [in_the_way]
+
+
+def test_a_damaged_block_fails_only_the_tiles_over_it(tmp_path, capsys):
+    data = np.random.default_rng(0).integers(1, 6000, size=(12, 128, 128)).astype(np.uint16)
+    path = write_tiled_scene(tmp_path / "damaged.tif", data)
+    damage_block(path, 3, 3)  # rows and columns 48-63: inside tile (32, 32) of 32 px
+    out = tmp_path / "maps"
+    rc = main(["--run-scene", "--scene", str(path), "--class-names", "sea", "forest",
+               "--save-path", str(out), *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "warning: 1 of 16 tiles could not be read" in err
+    assert f"{path}@32,32 (" in err and "IReadBlock failed" in err
+    tiles = pd.read_csv(out / "tiles.csv")
+    assert len(tiles) == 15 and f"{path}@32,32" not in set(tiles["Tile"])
+    with rasterio.open(out / "class_map.tif") as src:
+        cls = src.read(1)
+    assert cls[1, 1] == 255 and (np.delete(cls.ravel(), 5) < 2).all()
