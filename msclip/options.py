@@ -19,9 +19,10 @@ import dataclasses
 import difflib
 import io
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,14 @@ from msclip.errors import ConfigError
 MAX_SEED = 2**63 - 1
 
 __all__ = [
+    "check_problems",
     "coerce",
     "field_help",
     "load_yaml",
     "option_types",
     "options_to_dict",
     "parse_yaml",
+    "problems_without",
     "unwrap_optional",
     "update_options",
 ]
@@ -172,6 +175,23 @@ def update_options(obj: Any, values: Mapping[str, Any], source: str = "config") 
         error.problems, error.options = errors, bad  # type: ignore[attr-defined]
         raise error
     return obj
+
+
+def problems_without(problems: list[str], skip: Collection[str]) -> list[str]:
+    """The problem lines of a run configuration that are not about an option in ``skip`` (each
+    line starts with the option it is about): options whose given value was refused for its type
+    still hold their default, whose checks would only mislead."""
+    return [m for m in problems if re.split(r"\W", m, maxsplit=1)[0] not in skip]
+
+
+def check_problems(problems: list[str]) -> None:
+    """Raise every problem of a run configuration at once.
+
+    Raises:
+        ConfigError: ``bad configuration:`` and one line per problem, when there is any.
+    """
+    if problems:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
 
 
 def options_to_dict(obj: Any) -> dict[str, Any]:

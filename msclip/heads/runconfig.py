@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from msclip.errors import ConfigError
-from msclip.options import MAX_SEED, options_to_dict, update_options
+from msclip.options import (
+    MAX_SEED,
+    check_problems,
+    options_to_dict,
+    problems_without,
+    update_options,
+)
 
 __all__ = [
     "DATA_TASKS",
@@ -459,18 +464,14 @@ class FinetuneRunConfig:
         Raises:
             ConfigError: lists each bad option, its value and the fix.
         """
-        e = self.problems()
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        check_problems(self.problems())
         return self
 
     def problems(self, skip: Collection[str] = ()) -> list[str]:
         """Every problem :meth:`validate` reports, one line each, leaving out those of the
-        options in ``skip``: options whose given value was refused for its type still hold
-        their default, whose checks would only mislead (the command line reports the type
-        errors and these together)."""
-        e = self._problems()
-        return [m for m in e if re.split(r"\W", m, maxsplit=1)[0] not in skip]
+        options in ``skip`` (:func:`msclip.options.problems_without`; the command line reports
+        the type errors and these together)."""
+        return problems_without(self._problems(), skip)
 
     def _problems(self) -> list[str]:
         e: list[str] = []

@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from msclip.cuda import LOSS_IMPLS
 from msclip.errors import ConfigError
-from msclip.options import MAX_SEED, load_yaml, options_to_dict, unwrap_optional, update_options
+from msclip.options import (
+    MAX_SEED,
+    check_problems,
+    load_yaml,
+    options_to_dict,
+    problems_without,
+    unwrap_optional,
+    update_options,
+)
 from msclip.options import option_types as _option_types
 
 __all__ = [
@@ -309,9 +316,7 @@ class TrainConfig:
         Raises:
             ConfigError: lists every bad option with the value and the fix.
         """
-        e = self.problems()
-        if e:
-            raise ConfigError("bad configuration:\n  " + "\n  ".join(e))
+        check_problems(self.problems())
         return self
 
     def problems(self, skip: Collection[str] = ()) -> list[str]:
@@ -473,7 +478,7 @@ class TrainConfig:
                 f"zeroshot_max_per_class must be >= 1, got {self.zeroshot_max_per_class}",
             )
         # every line starts with the option it is about
-        return [m for m in e if re.split(r"\W", m, maxsplit=1)[0] not in skip]
+        return problems_without(e, skip)
 
 
 # -- checks ----------------------------------------------------------------------------------
