@@ -219,6 +219,29 @@ def test_an_ignore_index_beyond_the_label_dtype_does_not_wrap(dense, tmp_path):
     assert (lab[arr == 13] == 300).all() and not (lab == 44).any()
 
 
+def test_a_negative_ignore_index_trains_and_is_left_out_of_the_metrics(dense, tmp_path):
+    """int16 labels with -1 for unlabelled pixels and no nodata declared (TerraTorch's
+    ``ignore_index: -1`` convention): ignore_index=-1 is accepted, and the -1 pixels count in
+    neither the class weights nor the metrics."""
+    table = pd.read_csv(dense / "index.csv")
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile = src.read(1).astype("int16"), src.profile
+        arr[:2, :] = -1
+        profile.update(dtype="int16", nodata=None)
+        out = tmp_path / f"l{k}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr, 1)
+        table.loc[k, "label"] = str(out)
+    table.to_csv(tmp_path / "m.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "m.csv"), data_root=str(dense),
+               ignore_index=-1, class_weights=["auto"], epochs=1)  # fmt: skip
+    (m,) = run_finetune(cfg).methods
+    n_test = int(table["split"].str.lower().str.startswith("test").sum())
+    assert m.record["metrics"]["n_pixels"] == n_test * 16 * (16 - 2)
+    assert m.record["dense_settings"]["ignore_index"] == -1
+
+
 def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
     cfg = _cfg(tmp_path, dense, class_weights=["auto"])
     res = run_finetune(cfg)
