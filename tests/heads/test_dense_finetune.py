@@ -89,6 +89,48 @@ def test_misaligned_label_refused_naming_both_files(dense, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
 
 
+def test_a_label_without_georeference_of_the_images_size_is_on_its_pixel_grid(
+    dense, tmp_path, caplog
+):
+    """A mask written from an array (no CRS, no geotransform) has nothing to compare but its
+    size: of the image's size it is that image's pixel grid (named in a warning), of another
+    size it is refused; a georeferenced label on another grid is still refused."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    table = pd.read_csv(dense / "index.csv")
+    img = str(dense / table.loc[0, "image"])
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr = src.read(1)
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            a = src.read(1)
+        out = tmp_path / f"mask{k}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(out, "w", driver="GTiff", width=a.shape[1], height=a.shape[0],
+                               count=1, dtype=a.dtype) as dst:  # fmt: skip
+                dst.write(a, 1)
+        table.loc[k, "label"] = str(out)
+    assert check_alignment(img, table.loc[0, "label"]) is True
+    assert check_alignment(img, dense / "labels" / Path(img).name) is False  # georeferenced
+    small = tmp_path / "small.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(small, "w", driver="GTiff", width=8, height=8, count=1,
+                           dtype=arr.dtype) as dst:  # fmt: skip
+            dst.write(arr[:8, :8], 1)
+    with pytest.raises(HeadInputError, match=r"size 16x16 vs 8x8"):
+        check_alignment(img, small)
+    table.to_csv(tmp_path / "masks.csv", index=False)
+    caplog.set_level("WARNING")
+    data = load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "masks.csv"),
+                                data_root=str(dense)))  # fmt: skip
+    assert f"{len(table)} label raster(s) of task segmentation have no georeference" in caplog.text
+    assert data.rasters["segmentation"][0] == str(tmp_path / "mask0.tif")
+
+
 def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_path, caplog):
     from msclip.errors import LabelError
 
