@@ -169,7 +169,8 @@ def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> bool
 
     Raises:
         LabelRasterMismatchError: size, CRS or transform differ (both files named).
-        HeadInputError: a file cannot be opened.
+        HeadInputError: a file cannot be opened, or the raster has more than one band (a
+            task reads one).
     """
     import warnings
 
@@ -191,10 +192,16 @@ def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> bool
                     problems.append(
                         f"transform {tuple(a.transform)[:6]} vs {tuple(b.transform)[:6]}"
                     )
-                if b.count < 1:
-                    problems.append("the label raster has no band")
+                bands = b.count
     except RasterioIOError as err:
         raise HeadInputError(f"cannot open {image} or {raster}: {err}") from err
+    if bands != 1:  # a task reads band 1: the others would be dropped unseen
+        raise HeadInputError(
+            f"label raster {raster} (of image {image}) has {bands} bands; a dense task reads one "
+            "band of class indices or values: convert a one-hot or colour mask to one band of "
+            "class indices, and give each target band its own raster and task",
+            param="images",
+        )
     if problems:
         raise LabelRasterMismatchError(
             f"label raster {raster} is not on the grid of image {image}: "

@@ -131,6 +131,24 @@ def test_a_label_without_georeference_of_the_images_size_is_on_its_pixel_grid(
     assert data.rasters["segmentation"][0] == str(tmp_path / "mask0.tif")
 
 
+def test_a_label_raster_of_several_bands_is_refused_not_read_as_its_first(dense, tmp_path):
+    """A one-hot mask (one 0/1 band per class) read as its first band trains 'sea' against
+    'lake' without a word; it is refused before any output, naming the file and the fix."""
+    table = pd.read_csv(dense / "index.csv")
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr, profile = src.read(1), src.profile
+    profile.update(count=3, nodata=None)
+    onehot = tmp_path / "onehot.tif"
+    with rasterio.open(onehot, "w", **profile) as dst:
+        dst.write(np.stack([(arr == k).astype(arr.dtype) for k in range(3)]))
+    table.loc[0, "label"] = str(onehot)
+    table.to_csv(tmp_path / "oh.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "oh.csv"), data_root=str(dense))
+    with pytest.raises(HeadInputError, match=r"onehot.tif \(of image .*\) has 3 bands; .*one-hot"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
+
+
 def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_path, caplog):
     from msclip.errors import LabelError
 
