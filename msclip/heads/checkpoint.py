@@ -385,7 +385,7 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
     Raises:
         CheckpointError: a missing or unreadable file, or not an msclip head file.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -394,8 +394,13 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"cannot read head file {p}: {err}", param="head") from err
+    # a truncated or overwritten file fails in the safetensors reader (not an OSError)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read head file {p} (damaged or cut short?): {err}; copy it again or "
+            "train the head again with msclip-finetune",
+            param="head",
+        ) from err
     from msclip.heads.dense_head import DENSE_HEAD_FORMAT
 
     if meta.get("format") == DENSE_HEAD_FORMAT:

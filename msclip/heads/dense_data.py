@@ -12,9 +12,11 @@ class-index raster (``segmentation``) or a raster of values (``pixel-regression`
   the ``classes.csv`` next to it names the classes.
 
 Every pair is checked with rasterio before any work: same size, same CRS and same affine
-transform (to 1e-9 of a pixel); a mismatch raises :class:`~msclip.errors.LabelRasterMismatchError`
-naming both files and what differs. Splits come from the ``split`` column, else the seeded rule
-of :func:`msclip.heads.data.split_indices` (images permuted by ``default_rng((seed, 0))``).
+transform (to 1e-4 of a pixel); a label raster with no georeference at all (a mask written from
+an array) needs only the image's size, and is named in a warning; a mismatch raises
+:class:`~msclip.errors.LabelRasterMismatchError` naming both files and what differs. Splits come
+from the ``split`` column, else the seeded rule of :func:`msclip.heads.data.split_indices`
+(images permuted by ``default_rng((seed, 0))``).
 
 Reading (:class:`DenseSamples`): the image's raw values are normalised per pixel by
 :class:`msclip.heads.scene_predict.ScenePreprocess` (the model's band selection, statistics and
@@ -45,7 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from msclip.errors import HeadConfigError, HeadInputError, LabelRasterMismatchError
+from msclip.errors import (
+    HeadConfigError,
+    HeadInputError,
+    LabelRasterMismatchError,
+    shown_when_quiet,
+)
 
 __all__ = [
     "DENSE_KINDS",
@@ -150,35 +157,65 @@ class DenseData:
 
 
 # -- checks ---------------------------------------------------------------------------------------
-def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> None:
+def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> bool:
     """Refuse a label / target raster that is not on its image's grid.
+
+    A raster with no georeference at all (no CRS, no geotransform, no GCPs: a mask written from
+    an array, a PNG) carries no place to compare; of the image's size, it is taken as on the
+    image's pixel grid.
+
+    Returns:
+        Whether ``raster`` has no georeference and was taken as on the image's pixel grid.
 
     Raises:
         LabelRasterMismatchError: size, CRS or transform differ (both files named).
-        HeadInputError: a file cannot be opened.
+        HeadInputError: a file cannot be opened, or the raster has more than one band (a
+            task reads one).
     """
+    import warnings
+
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
-        with rasterio.open(image) as a, rasterio.open(raster) as b:
-            problems = []
-            if (a.height, a.width) != (b.height, b.width):
-                problems.append(f"size {a.width}x{a.height} vs {b.width}x{b.height}")
-            if a.crs != b.crs:
-                problems.append(f"CRS {a.crs} vs {b.crs}")
-            if not _same_grid(a.transform, b.transform, a.width, a.height):
-                problems.append(f"transform {tuple(a.transform)[:6]} vs {tuple(b.transform)[:6]}")
-            if b.count < 1:
-                problems.append("the label raster has no band")
+        with warnings.catch_warnings():  # an ungeoreferenced raster is handled below
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(image) as a, rasterio.open(raster) as b:
+                problems = []
+                if (a.height, a.width) != (b.height, b.width):
+                    problems.append(f"size {a.width}x{a.height} vs {b.width}x{b.height}")
+                # nothing but the size to compare with a raster that has no georeference
+                no_georef = _no_georeference(b) and not _no_georeference(a)
+                if not no_georef and a.crs != b.crs:
+                    problems.append(f"CRS {a.crs} vs {b.crs}")
+                if not no_georef and not _same_grid(a.transform, b.transform, a.width, a.height):
+                    problems.append(
+                        f"transform {tuple(a.transform)[:6]} vs {tuple(b.transform)[:6]}"
+                    )
+                bands = b.count
     except RasterioIOError as err:
         raise HeadInputError(f"cannot open {image} or {raster}: {err}") from err
+    if bands != 1:  # a task reads band 1: the others would be dropped unseen
+        raise HeadInputError(
+            f"label raster {raster} (of image {image}) has {bands} bands; a dense task reads one "
+            "band of class indices or values: convert a one-hot or colour mask to one band of "
+            "class indices, and give each target band its own raster and task",
+            param="images",
+        )
     if problems:
         raise LabelRasterMismatchError(
             f"label raster {raster} is not on the grid of image {image}: "
             f"{'; '.join(problems)}; resample or crop the label to the image's grid",
             param="images",
         )
+    return no_georef
+
+
+def _no_georeference(ds: Any) -> bool:
+    """Whether an open raster has no CRS, an identity geotransform and no GCPs."""
+    from affine import Affine
+
+    return ds.crs is None and ds.transform == Affine.identity() and not ds.gcps[0]
 
 
 #: Largest offset, in pixels, between the corners of two grids taken as the same grid: float
@@ -297,8 +334,13 @@ def _finish(
     _check_exists(images, name)
     for t in tasks:
         _check_exists(rasters[t.name], f"{name} ({t.column})")
-        for img, lab in zip(images, rasters[t.name]):
-            check_alignment(img, lab)
+        pixel_grid = [b for a, b in zip(images, rasters[t.name]) if check_alignment(a, b)]
+        if pixel_grid:  # an assumption about the input: said under --quiet too
+            shown_when_quiet.warning(
+                "%s: %d %s raster(s) of task %s have no georeference (e.g. %s); each is taken as "
+                "on its image's pixel grid, whose size it has",
+                name, len(pixel_grid), t.column, t.name, pixel_grid[0],
+            )  # fmt: skip
     if split_names is not None:
         aliases = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
         norm = [aliases.get(s.strip().lower(), s.strip().lower()) for s in split_names]

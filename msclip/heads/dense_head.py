@@ -153,7 +153,7 @@ def head_file_format(path: str | os.PathLike) -> str | None:
     Raises:
         CheckpointError: a missing or unreadable file.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -161,8 +161,13 @@ def head_file_format(path: str | os.PathLike) -> str | None:
     try:
         with safe_open(str(p), framework="pt") as f:
             return (f.metadata() or {}).get("format")
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"cannot read head file {p}: {err}", param="head") from err
+    # a truncated or overwritten file fails in the safetensors reader (not an OSError)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read head file {p} (damaged or cut short?): {err}; copy it again or "
+            "train the head again with msclip-finetune",
+            param="head",
+        ) from err
 
 
 def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
@@ -171,7 +176,7 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
     Raises:
         CheckpointError: missing, unreadable or damaged file, or not a dense head file.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from msclip.errors import DecoderError
     from msclip.heads.decoders import build_decoder
@@ -207,6 +212,8 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
             )
             heads[t["name"]] = dec.eval()
     except (KeyError, json.JSONDecodeError, RuntimeError, DecoderError, TypeError) as err:
+        raise CheckpointError(f"dense head file {p} is damaged: {err}", param="head") from err
+    except SafetensorError as err:  # a tensor's bytes cut short after a readable header
         raise CheckpointError(f"dense head file {p} is damaged: {err}", param="head") from err
     return DenseHeadCheckpoint(
         tasks=tasks,

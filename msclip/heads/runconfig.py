@@ -167,7 +167,8 @@ class FinetuneRunConfig:
         metadata=_help("segmentation class weights: K numbers, or auto / median (from labels)"),
     )
     ignore_index: int = field(
-        default=255, metadata=_help("segmentation label excluded from loss and metrics")
+        default=255,
+        metadata=_help("segmentation label excluded from loss and metrics (any integer, e.g. -1)"),
     )
     target_nodata: float | None = field(
         default=None, metadata=_help("pixel-regression target nodata (default: the files')")
@@ -627,7 +628,6 @@ class FinetuneRunConfig:
             )
             need(ok, f"class_weights must be auto, median or K numbers >= 0, got "
                      f"{self.class_weights}")  # fmt: skip
-        need(self.ignore_index >= 0, f"ignore_index must be >= 0, got {self.ignore_index}")
         if self.crop_size is not None:
             need(self.crop_size >= 1, f"crop_size must be >= 1, got {self.crop_size}")
         if self.decoder_channels is not None:

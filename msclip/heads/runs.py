@@ -235,15 +235,19 @@ def head_file_info(path: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: an unreadable file.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from msclip.errors import CheckpointError
 
     try:
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("info", "{}"))
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"cannot read head file {path}: {err}", param="resume") from err
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read head file {path} (damaged or cut short?): {err}; remove its folder "
+            f"({path.parent}) to run that method again",
+            param="resume",
+        ) from err
     return info if isinstance(info, dict) else {}
 
 

@@ -109,3 +109,23 @@ def test_not_a_head_file_is_refused(tmp_path):
         read_head(ckpt)
     with pytest.raises(CheckpointError, match="not found"):
         read_head(tmp_path / "missing.safetensors")
+
+
+def test_a_damaged_head_file_is_a_checkpoint_error(tmp_path):
+    from msclip.heads.dense_head import head_file_format, read_dense_head
+    from msclip.heads.runs import head_file_info
+
+    model = msclip.create_model("msclip-tiny")
+    path = save_head(tmp_path / "h.safetensors", LinearHead(model.width, 2),
+                     task="classification", names=["x", "y"], features=FeatureSpec(),
+                     encoder=encoder_facts(model), method="linear")  # fmt: skip
+    data = path.read_bytes()
+    cut, junk = tmp_path / "cut.safetensors", tmp_path / "junk.safetensors"
+    cut.write_bytes(data[: len(data) - 20])  # a copy cut short: the header outruns the file
+    junk.write_bytes(b"not a head\n")
+    for bad in (cut, junk):  # the safetensors reader's own error, not an internal error
+        for read in (read_head, read_dense_head, head_file_format):
+            with pytest.raises(CheckpointError, match=rf"cannot read head file .*{bad.name}"):
+                read(bad)
+        with pytest.raises(CheckpointError, match="remove its folder"):
+            head_file_info(bad)

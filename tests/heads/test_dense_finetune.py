@@ -89,6 +89,66 @@ def test_misaligned_label_refused_naming_both_files(dense, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
 
 
+def test_a_label_without_georeference_of_the_images_size_is_on_its_pixel_grid(
+    dense, tmp_path, caplog
+):
+    """A mask written from an array (no CRS, no geotransform) has nothing to compare but its
+    size: of the image's size it is that image's pixel grid (named in a warning), of another
+    size it is refused; a georeferenced label on another grid is still refused."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    table = pd.read_csv(dense / "index.csv")
+    img = str(dense / table.loc[0, "image"])
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr = src.read(1)
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            a = src.read(1)
+        out = tmp_path / f"mask{k}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(out, "w", driver="GTiff", width=a.shape[1], height=a.shape[0],
+                               count=1, dtype=a.dtype) as dst:  # fmt: skip
+                dst.write(a, 1)
+        table.loc[k, "label"] = str(out)
+    assert check_alignment(img, table.loc[0, "label"]) is True
+    assert check_alignment(img, dense / "labels" / Path(img).name) is False  # georeferenced
+    small = tmp_path / "small.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(small, "w", driver="GTiff", width=8, height=8, count=1,
+                           dtype=arr.dtype) as dst:  # fmt: skip
+            dst.write(arr[:8, :8], 1)
+    with pytest.raises(HeadInputError, match=r"size 16x16 vs 8x8"):
+        check_alignment(img, small)
+    table.to_csv(tmp_path / "masks.csv", index=False)
+    caplog.set_level("WARNING")
+    data = load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "masks.csv"),
+                                data_root=str(dense)))  # fmt: skip
+    assert f"{len(table)} label raster(s) of task segmentation have no georeference" in caplog.text
+    assert data.rasters["segmentation"][0] == str(tmp_path / "mask0.tif")
+
+
+def test_a_label_raster_of_several_bands_is_refused_not_read_as_its_first(dense, tmp_path):
+    """A one-hot mask (one 0/1 band per class) read as its first band trains 'sea' against
+    'lake' without a word; it is refused before any output, naming the file and the fix."""
+    table = pd.read_csv(dense / "index.csv")
+    with rasterio.open(dense / table.loc[0, "label"]) as src:
+        arr, profile = src.read(1), src.profile
+    profile.update(count=3, nodata=None)
+    onehot = tmp_path / "onehot.tif"
+    with rasterio.open(onehot, "w", **profile) as dst:
+        dst.write(np.stack([(arr == k).astype(arr.dtype) for k in range(3)]))
+    table.loc[0, "label"] = str(onehot)
+    table.to_csv(tmp_path / "oh.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "oh.csv"), data_root=str(dense))
+    with pytest.raises(HeadInputError, match=r"onehot.tif \(of image .*\) has 3 bands; .*one-hot"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "res").exists()
+
+
 def test_bad_class_value_in_a_test_label_is_refused_before_training(dense, tmp_path, caplog):
     from msclip.errors import LabelError
 
@@ -217,6 +277,29 @@ def test_an_ignore_index_beyond_the_label_dtype_does_not_wrap(dense, tmp_path):
     _, y = DenseSamples(data, ScenePreprocess.from_model(create_model("msclip-tiny")))[row]
     lab = y["segmentation"].numpy()
     assert (lab[arr == 13] == 300).all() and not (lab == 44).any()
+
+
+def test_a_negative_ignore_index_trains_and_is_left_out_of_the_metrics(dense, tmp_path):
+    """int16 labels with -1 for unlabelled pixels and no nodata declared (TerraTorch's
+    ``ignore_index: -1`` convention): ignore_index=-1 is accepted, and the -1 pixels count in
+    neither the class weights nor the metrics."""
+    table = pd.read_csv(dense / "index.csv")
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile = src.read(1).astype("int16"), src.profile
+        arr[:2, :] = -1
+        profile.update(dtype="int16", nodata=None)
+        out = tmp_path / f"l{k}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr, 1)
+        table.loc[k, "label"] = str(out)
+    table.to_csv(tmp_path / "m.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "m.csv"), data_root=str(dense),
+               ignore_index=-1, class_weights=["auto"], epochs=1)  # fmt: skip
+    (m,) = run_finetune(cfg).methods
+    n_test = int(table["split"].str.lower().str.startswith("test").sum())
+    assert m.record["metrics"]["n_pixels"] == n_test * 16 * (16 - 2)
+    assert m.record["dense_settings"]["ignore_index"] == -1
 
 
 def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
