@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import HeadConfigError, HeadInputError
+from msclip.errors import HeadConfigError, HeadInputError, shown_when_quiet
 from msclip.heads.data import TaskData, from_benchmark, from_csv, from_folders
 from msclip.heads.features import FeatureSpec
 from msclip.heads.runconfig import ENCODER_MODES, METHODS, FinetuneRunConfig
@@ -929,8 +929,8 @@ def _check_classes(data: TaskData) -> None:
         if not len(rows):
             continue
         missing = sorted(set(range(len(data.names))) - set(np.unique(targets[rows]).tolist()))
-        if missing:
-            logger.warning(
+        if missing:  # a class the head cannot learn, or a score without it: said under --quiet
+            shown_when_quiet.warning(
                 "%s: the %s split holds no sample of %s", data.name, split,
                 ", ".join(repr(data.names[i]) for i in missing[:10])
                 + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
