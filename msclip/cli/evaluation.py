@@ -644,11 +644,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _error_status(err: BaseException) -> int:
-    # Bad values (ValueError family) are usage errors; a missing model file or an unreadable
-    # folder stops the run before any dataset is evaluated: reported as a failed run.
-    from msclip.errors import OutputPathError
+    # Bad values (ValueError family) and weights that are not there (offline without the file:
+    # the fix is a download and --ckpt-path, as in every msclip program) are usage errors; an
+    # unreadable folder stops the run before any dataset is evaluated: reported as a failed run.
+    from msclip.errors import OutputPathError, WeightsNotFoundError
 
-    return EXIT_USAGE if isinstance(err, (ValueError, OutputPathError)) else EXIT_PARTIAL
+    usage = (ValueError, OutputPathError, WeightsNotFoundError)
+    return EXIT_USAGE if isinstance(err, usage) else EXIT_PARTIAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:

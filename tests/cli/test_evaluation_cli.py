@@ -450,6 +450,18 @@ def test_usage_errors(tmp_path, capsys):
     assert not (tmp_path / "c" / "records").exists()
 
 
+def test_published_weights_missing_offline_are_a_usage_error(tmp_path, capsys, monkeypatch):
+    # as in every msclip program: status 2, one line naming the file and --ckpt-path, no record
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    mb.eurosat_ms(tmp_path)
+    argv = ["--model-name", "Llama3-MS-CLIP-Base", "--datasets", "EuroSAT_MS",
+            "--dataset-dir", str(tmp_path), "--save-path", str(tmp_path / "r")]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 2, err
+    assert "Llama3_MS_CLIP_weights.pt" in err and "(--ckpt-path /path/to/" in err
+    assert not (tmp_path / "r" / "records").exists()
+
+
 def test_checkpoint_file_is_hashed_and_named_in_the_label(ms_run, tmp_path, capsys):
     import msclip
     from msclip.pretrained import file_sha256, save_checkpoint

@@ -73,6 +73,28 @@ def test_cli_bad_value_fails_before_any_work(tmp_path: Path, capsys) -> None:
     assert "expected an integer, got 'lots'" in capsys.readouterr().err
 
 
+def test_cli_missing_published_weights_are_a_usage_error(tmp_path: Path, capsys, monkeypatch):
+    from support.train_tiles import write_class_tif
+
+    # offline without the weights: status 2 (as in every msclip program), naming the file and
+    # --init, before any step
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    rows = ["image,caption"]
+    for i in range(8):
+        write_class_tif(tmp_path / f"{i}.tif", i % 2, i)
+        rows.append(f"{tmp_path / f'{i}.tif'},class {i % 2}")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model",
+                 "Llama3-MS-CLIP-Base", "--init", "pretrained", "--batch-size", "4",
+                 "--no-progress", "--output-dir", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Llama3_MS_CLIP_weights.pt" in err and "(--init /path/to/" in err
+    assert not (out / "checkpoints").exists()
+
+
 def test_cli_print_config(tmp_path: Path, capsys) -> None:
     assert main(["--model", "msclip-tiny", "--loss", "siglip", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
