@@ -29,7 +29,7 @@ from msclip.cli.common import (
     run_cli,
     setup_logging,
 )
-from msclip.errors import ConfigError, WeightsNotFoundError
+from msclip.errors import BadSampleError, ConfigError, WeightsNotFoundError
 from msclip.train.config import TrainConfig
 
 __all__ = ["build_arg_parser", "config_from_args", "main"]
@@ -140,8 +140,11 @@ def _flags() -> dict[str, str]:
 def _error_status(err: BaseException) -> int:
     config_flags_note(err, "train_data")
     # weights that are not there (offline without the file) are a usage error, as in every
-    # msclip program: the fix is a download and --init, before any step is trained
-    return EXIT_USAGE if isinstance(err, (ConfigError, WeightsNotFoundError)) else EXIT_PARTIAL
+    # msclip program: the fix is a download and --init, before any step is trained; so is a
+    # pair table that cannot be used (unreadable, no usable pair, too few to split off a
+    # validation set), found before the first step
+    usage = (ConfigError, WeightsNotFoundError, BadSampleError)
+    return EXIT_USAGE if isinstance(err, usage) else EXIT_PARTIAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,6 +95,23 @@ def test_cli_missing_published_weights_are_a_usage_error(tmp_path: Path, capsys,
     assert not (out / "checkpoints").exists()
 
 
+def test_cli_a_table_too_small_to_split_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    from support.train_tiles import write_class_tif
+
+    rows = ["image,caption"]
+    for i in range(2):
+        write_class_tif(tmp_path / f"{i}.tif", i, i)
+        rows.append(f"{tmp_path / f'{i}.tif'},class {i}")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    code = main(["--train-data", str(pairs), "--model", "msclip-tiny", "--no-progress",
+                 "--output-dir", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "2 usable pairs cannot be split with --val-fraction 0.1" in err
+    assert not (out / "checkpoints").exists()
+
+
 def test_cli_print_config(tmp_path: Path, capsys) -> None:
     assert main(["--model", "msclip-tiny", "--loss", "siglip", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
