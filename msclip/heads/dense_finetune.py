@@ -15,9 +15,15 @@
 * training: the runners' exactly resumable loop (:func:`msclip.heads.training.train_loop`),
   seeded random crops and flips per batch (``default_rng((seed, epoch, batch))``), validation
   loss and main metric every epoch;
-* evaluation on whole test images (padded to the patch grid, cropped back), streamed through a
-  confusion matrix or regression sums (:mod:`msclip.eval.dense_metrics`): OA, mIoU macro and
-  micro, per-class IoU / F1 (``ignore_index`` excluded); RMSE, MAE, R² (nodata masked);
+* evaluation of validation and test images (``eval_mode``): an image no larger than the
+  training crops is predicted whole (padded to the patch grid, cropped back); a larger one, with
+  ``auto`` (the default) or ``sliding``, window by window at the crop size
+  (:func:`predict_windows`: windows overlapping by a quarter, blended with the cosine window of
+  scene prediction), so that the head sees the resolution it was trained at and memory does not
+  grow with the square of the image's token count; ``whole`` predicts every image whole. The
+  predictions are streamed through a confusion matrix or regression sums
+  (:mod:`msclip.eval.dense_metrics`): OA, mIoU macro and micro, per-class IoU / F1
+  (``ignore_index`` excluded); RMSE, MAE, R² (nodata masked);
 * outputs: the head-only file ``<output_dir>/<label>/dense_head.safetensors``
   (:mod:`msclip.heads.dense_head`, bound to the encoder's fingerprint), LoRA adapters or the
   fine-tuned encoder, ``history.csv``, per-image test metrics ``test_images.csv``, the protocol
@@ -58,11 +64,13 @@ from msclip.heads.runconfig import FinetuneRunConfig
 from msclip.heads.seeding import seeded
 
 __all__ = [
+    "EVAL_MODES",
     "RECORD_TASKS",
     "dense_label",
     "evaluate_dense",
     "evaluate_maskclip",
     "load_dense_data",
+    "predict_windows",
     "run_dense_finetune",
 ]
 
@@ -71,6 +79,8 @@ logger = logging.getLogger(__name__)
 #: Dense task kind -> the ``task`` of metric records.
 RECORD_TASKS = {"segmentation": "segmentation", "pixel-regression": "pixel_regression"}
 _MAIN = {"segmentation": "miou", "pixel-regression": "rmse"}
+#: How validation and test images are predicted (see the module docstring).
+EVAL_MODES = ("auto", "whole", "sliding")
 
 
 def dense_label(cfg: FinetuneRunConfig) -> str:
@@ -230,32 +240,100 @@ def _metric_objects(data: DenseData) -> dict[str, Any]:
     return out
 
 
+def predict_windows(
+    predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    x: torch.Tensor,
+    tile: int,
+    kinds: dict[str, str],
+    batch_size: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Predict one image window by window and blend the windows.
+
+    The windows are ``tile`` pixels square (cut to the image where it is smaller), start every
+    ``tile - tile // 4`` pixels, the last row and column shifted to end at the border (as
+    :func:`msclip.heads.scene_predict.tile_starts` tiles a scene), and are blended with its
+    cosine window; segmentation outputs are blended as probabilities (softmax of the logits),
+    pixel-regression outputs as values.
+
+    Args:
+        predict: normalised image batch ``[B, C, h, w]`` -> ``{task: [B, K, h, w]}``.
+        x: the image, ``[1, C, H, W]``.
+        tile: window side in pixels (the training crop size).
+        kinds: ``{task: segmentation | pixel-regression}`` of the outputs.
+        batch_size: windows per call of ``predict``.
+
+    Returns:
+        ``{task: [1, K, H, W]}`` float32 on the CPU.
+    """
+    from msclip.heads.scene_predict import blend_window, tile_starts
+
+    _, _, h, w = x.shape
+    th, tw = min(int(tile), h), min(int(tile), w)
+    starts = [(r, c) for r in tile_starts(h, th, max(1, th - th // 4))
+              for c in tile_starts(w, tw, max(1, tw - tw // 4))]  # fmt: skip
+    weight = torch.from_numpy(np.outer(blend_window(th), blend_window(tw)).astype(np.float32))
+    acc: dict[str, torch.Tensor] = {}
+    wsum = torch.zeros(h, w)
+    for b in range(0, len(starts), batch_size):
+        group = starts[b : b + batch_size]
+        out = predict(torch.cat([x[:, :, r : r + th, c : c + tw] for r, c in group]))
+        for name, y in out.items():
+            y = y.float().cpu()
+            if kinds[name] == "segmentation":
+                y = y.softmax(dim=1)
+            total = acc.setdefault(name, torch.zeros(y.shape[1], h, w))
+            for j, (r, c) in enumerate(group):
+                total[:, r : r + th, c : c + tw] += y[j] * weight
+        for r, c in group:
+            wsum[r : r + th, c : c + tw] += weight
+    return {name: (total / wsum)[None] for name, total in acc.items()}
+
+
 def evaluate_dense(
     predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     samples: DenseSamples,
     rows: Sequence[int],
     device: Any = "cpu",
     per_image: bool = False,
+    tile: int | None = None,
+    mode: str = "whole",
+    batch_size: int = 8,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Stream the metrics of every task over whole images.
+    """Stream the metrics of every task over the images ``rows``.
 
     Args:
-        predict: normalised image batch ``[1, C, H, W]`` -> ``{task: [1, K, H, W]}``.
+        predict: normalised image batch ``[B, C, H, W]`` -> ``{task: [B, K, H, W]}``.
         samples: the data.
         rows: image indices.
         device: where images are sent.
         per_image: also return each image's main metrics.
+        tile: the training crop size: the windows of ``sliding``, and the size above which
+            ``auto`` predicts an image window by window.
+        mode: one of :data:`EVAL_MODES`: ``whole`` predicts each image at once; ``sliding``
+            window by window (:func:`predict_windows`); ``auto`` window by window only the
+            images larger than ``tile``.
+        batch_size: windows per call of ``predict``.
 
     Returns:
         ``({task: metrics accumulator}, per-image rows)``.
     """
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode must be one of {list(EVAL_MODES)}, got {mode!r}")
+    if mode != "whole" and (tile is None or tile < 1):
+        raise ValueError(f"mode {mode!r} needs the window size tile >= 1, got {tile}")
     data = samples.data
+    kinds = {t.name: t.kind for t in data.tasks}
     metrics = _metric_objects(data)
     images: list[dict[str, Any]] = []
     with torch.inference_mode():
         for i in rows:
             x, y = samples[int(i)]
-            out = predict(x[None].to(device))
+            x = x[None].to(device)
+            larger = tile is not None and max(x.shape[-2:]) > tile
+            if mode == "sliding" or (mode == "auto" and larger):
+                out = predict_windows(predict, x, int(tile), kinds, batch_size)  # type: ignore[arg-type]
+            else:
+                out = predict(x)
             row: dict[str, Any] = {"image": data.images[int(i)]}
             for t in data.tasks:
                 pred = out[t.name].float().cpu()
@@ -286,9 +364,12 @@ def evaluate_maskclip(
     task: str,
     prompt_names: Sequence[str],
     templates: str | None = None,
+    tile: int | None = None,
+    mode: str = "whole",
 ) -> dict[str, Any]:
     """Metrics of the zero-shot dense maps of MaskCLIP (:mod:`msclip.heads.maskclip`) on the
-    images ``rows`` of a segmentation task; the classifier is built from ``prompt_names``.
+    images ``rows`` of a segmentation task; the classifier is built from ``prompt_names``;
+    ``tile`` and ``mode`` as for :func:`evaluate_dense`.
 
     Returns:
         The record-ready result of :meth:`msclip.eval.dense_metrics.SegmentationMetrics.compute`.
@@ -325,7 +406,9 @@ def evaluate_maskclip(
         data.source,
     )
     sub.data = only
-    metrics, _ = evaluate_dense(lambda x: {task: mc(x)}, sub, rows, model.device)
+    metrics, _ = evaluate_dense(
+        lambda x: {task: mc(x)}, sub, rows, model.device, tile=tile, mode=mode
+    )
     return metrics[task].compute()
 
 
@@ -439,6 +522,8 @@ def run_dense_finetune(
         data, prep, cfg.input_bands, cfg.sensor, cfg.nodata, keep=cfg.cache_images
     )
     crop = int(cfg.crop_size or model.image_size)
+    # validation and test images larger than the crops: window by window (eval_mode)
+    windows = {"tile": crop, "mode": cfg.eval_mode, "batch_size": cfg.batch_size}
     train_rows = data.splits["train"]
 
     def batches(order: list[np.ndarray], epoch: int) -> Iterator[Any]:
@@ -456,7 +541,7 @@ def run_dense_finetune(
         return net(x)
 
     def validate() -> dict[str, float]:
-        metrics, _ = evaluate_dense(predict, samples, data.splits["val"], device)
+        metrics, _ = evaluate_dense(predict, samples, data.splits["val"], device, **windows)
         values: dict[str, float] = {}
         for t in data.tasks:
             main = _MAIN[t.kind]
@@ -501,7 +586,9 @@ def run_dense_finetune(
         "checkpoint": str(folder / "checkpoint.pt"),
     }
     t_eval = time.perf_counter()
-    metrics, per_image = evaluate_dense(predict, samples, data.splits["test"], device, True)
+    metrics, per_image = evaluate_dense(
+        predict, samples, data.splits["test"], device, True, **windows
+    )
     eval_s = time.perf_counter() - t_eval
     files["test_images"] = str(write_csv(pd.DataFrame(per_image), folder / "test_images.csv"))
     enc = save_encoder_files(cfg, model, folder, label, base_fingerprint, facts["name"])
@@ -541,6 +628,7 @@ def run_dense_finetune(
         "schedule": "cosine",
         "encoder_mode": mode,
         "crop_size": crop,
+        "eval_mode": cfg.eval_mode,
         "flip": cfg.flip,
         "layers": list(net.layers),
         "tasks": task_entries,

@@ -238,8 +238,9 @@ def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> lis
     for t in seg:
         t0 = time.perf_counter()
         res = evaluate_maskclip(
-            model, samples, data.splits["test"], t.name, t.prompt_names, cfg.templates
-        )  # type: ignore[arg-type]
+            model, samples, data.splits["test"], t.name, t.prompt_names, cfg.templates,
+            tile=int(cfg.crop_size or model.image_size), mode=cfg.eval_mode,
+        )  # type: ignore[arg-type]  # fmt: skip
         row = {
             "run": "zero-shot (MaskCLIP)",
             "decoder": "maskclip",

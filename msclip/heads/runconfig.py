@@ -162,6 +162,13 @@ class FinetuneRunConfig:
     flip: bool = field(
         default=True, metadata=_help("dense: random horizontal / vertical flips of the crops")
     )
+    eval_mode: str = field(
+        default="auto",
+        metadata=_help(
+            "dense: validation and test images larger than the crops are predicted window by "
+            "window at the crop size (auto, sliding: every image) or whole (whole)"
+        ),
+    )
     class_weights: list[str] | None = field(
         default=None,
         metadata=_help("segmentation class weights: K numbers, or auto / median (from labels)"),
@@ -357,8 +364,8 @@ class FinetuneRunConfig:
         methods = set(self.method)
         mode = self.encoder_mode
         dense_only = ("image_column", "label_column", "dense_tasks", "decoder", "decoder_channels",
-                      "dense_layers", "crop_size", "flip", "class_weights", "ignore_index",
-                      "target_nodata")  # fmt: skip
+                      "dense_layers", "crop_size", "flip", "eval_mode", "class_weights",
+                      "ignore_index", "target_nodata")  # fmt: skip
         rules: dict[str, str | None] = {}
         if self.dense:
             for name in ("method", "features", "layers", "k", "temperature", "k_unweighted", "cs",
@@ -630,6 +637,8 @@ class FinetuneRunConfig:
                      f"{self.class_weights}")  # fmt: skip
         if self.crop_size is not None:
             need(self.crop_size >= 1, f"crop_size must be >= 1, got {self.crop_size}")
+        need(self.eval_mode in ("auto", "whole", "sliding"),
+             f"eval_mode must be auto, whole or sliding, got {self.eval_mode!r}")  # fmt: skip
         if self.decoder_channels is not None:
             need(self.decoder_channels >= 1,
                  f"decoder_channels must be >= 1, got {self.decoder_channels}")  # fmt: skip

@@ -376,6 +376,75 @@ def test_multi_task_one_encoder_pass(dense, tmp_path):
     assert len(pd.read_csv(tmp_path / "res" / "summary_long.csv")["dataset"].unique()) == 2
 
 
+def test_windows_blend_to_the_whole_prediction_of_a_pointwise_model():
+    from msclip.heads.dense_finetune import predict_windows
+
+    torch.manual_seed(0)
+    seg, reg = torch.nn.Conv2d(5, 3, 1), torch.nn.Conv2d(5, 2, 1)
+    sizes = []
+
+    def predict(x):
+        sizes.append(tuple(x.shape))
+        return {"cover": seg(x), "fcover": reg(x)}
+
+    x = torch.randn(1, 5, 40, 37)
+    kinds = {"cover": "segmentation", "fcover": "pixel-regression"}
+    with torch.no_grad():
+        whole = predict(x)
+        sizes.clear()
+        got = predict_windows(predict, x, 16, kinds, batch_size=3)
+    # probabilities for segmentation, values for regression, on the whole image's grid
+    torch.testing.assert_close(got["cover"], whole["cover"].softmax(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["fcover"], whole["fcover"], rtol=0, atol=1e-5)
+    # windows of 16 starting every 12 pixels, the last ones ending at the border, 3 per call
+    assert {s[-2:] for s in sizes} == {(16, 16)} and sum(s[0] for s in sizes) == 3 * 3
+    with torch.no_grad():  # an image narrower than a window: windows cut to it
+        sizes.clear()
+        predict_windows(predict, x[:, :, :, :10], 16, kinds)
+    assert {s[-2:] for s in sizes} == {(16, 10)}
+
+
+def test_images_larger_than_the_crops_are_scored_window_by_window(tmp_path):
+    from msclip.heads import dense_finetune
+    from msclip.heads.dense_finetune import evaluate_dense
+
+    root = tmp_path / "data"
+    generate_dense_dataset(root, classes=["sea", "forest", "desert"], n_per_class=4, size=32,
+                           seed=0, splits=(0.5, 0.25, 0.25))  # fmt: skip
+    cfg = _cfg(tmp_path, root, epochs=1, crop_size=16)
+    res = run_finetune(cfg)
+    hp = res.methods[0].result.hyperparameters
+    assert hp["eval_mode"] == "auto" and hp["crop_size"] == 16
+    # the modes call the predictor with windows of the crop size, or with the whole image
+    data = load_dense_data(cfg)
+    samples = dense_finetune.DenseSamples(data, _prep(), keep=False)
+    seen = []
+
+    def predict(x):
+        seen.append(tuple(x.shape[-2:]))
+        return {"segmentation": torch.zeros(x.shape[0], 14, *x.shape[-2:])}
+
+    rows = data.splits["test"]
+    for mode, tile, sizes in (("auto", 16, {(16, 16)}), ("sliding", 24, {(24, 24)}),
+                              ("auto", 32, {(32, 32)}), ("whole", 16, {(32, 32)})):  # fmt: skip
+        seen.clear()
+        evaluate_dense(predict, samples, rows, tile=tile, mode=mode)
+        assert set(seen) == sizes, (mode, tile, seen)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        evaluate_dense(predict, samples, rows, tile=16, mode="tiled")
+    with pytest.raises(ConfigError, match="eval_mode must be auto, whole or sliding"):
+        dataclasses.replace(cfg, eval_mode="tiles").validate()
+    classification = FinetuneRunConfig(folders=str(tmp_path), eval_mode="whole")
+    assert classification.inapplicable(["eval_mode"])[0].startswith("eval_mode: applies to dense")
+
+
+def _prep():
+    from msclip.factory import create_model
+    from msclip.heads.scene_predict import ScenePreprocess
+
+    return ScenePreprocess.from_model(create_model("msclip-tiny"))
+
+
 def _run_then_die(cfg: FinetuneRunConfig) -> None:
     def die(label: str, epoch: int) -> None:
         if epoch == 2:
@@ -442,9 +511,10 @@ def test_grid_scores_the_zero_shot_row_again_under_other_settings(dense, tmp_pat
     scored: list[object] = []
     real = dense_finetune.evaluate_maskclip
 
-    def counting(model, samples, ids, task, names, templates):
+    def counting(model, samples, ids, task, names, templates, **windows):
         scored.append(templates)
-        return real(model, samples, ids, task, names, templates)
+        assert windows == {"tile": 16, "mode": "auto"}  # the crops' size and the run's mode
+        return real(model, samples, ids, task, names, templates, **windows)
 
     monkeypatch.setattr(dense_finetune, "evaluate_maskclip", counting)
     cfg = _cfg(tmp_path, dense, epochs=1, decoder_channels=8, templates="short")
