@@ -142,12 +142,42 @@ def caption_columns_of(columns: Sequence[str]) -> list[str]:
     return out + [c for _, c in numbered]
 
 
-def _as_text(value: Any) -> str:
+def _is_missing(value: Any) -> bool:
+    """Whether a table cell is empty: ``None``, NaN, or pandas' ``NA`` / ``NaT`` (a Parquet
+    column of pandas' nullable ``string`` dtype, or one ``convert_dtypes()`` made, holds ``NA``,
+    whose ``str`` is the text ``<NA>``)."""
     if value is None:
+        return True
+    import pandas as pd
+
+    try:
+        missing = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(missing, (bool, np.bool_)) and bool(missing)
+
+
+def _as_text(value: Any) -> str:
+    if _is_missing(value):
         return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
+    if isinstance(value, bytes):  # a Parquet binary column
+        value = value.decode("utf-8", errors="replace")
     return str(value).strip()
+
+
+def _caption_cell(value: Any) -> str | list[str]:
+    """The text of a caption cell; a list cell (a Parquet ``list<string>`` column, as captioning
+    data sets such as RSICD are published with all captions of an image in one column) gives
+    its non-empty texts."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [t for t in (_as_text(v) for v in value) if t]
+    return _as_text(value)
+
+
+def _cell_texts(cell: str | list[str]) -> list[str]:
+    if isinstance(cell, list):
+        return cell
+    return [cell] if cell else []
 
 
 def row_label(r: int) -> str:
@@ -197,13 +227,13 @@ def load_pairs(
         )
     root = Path(data_root) if data_root is not None else Path(p).resolve().parent
     images = [_as_text(v) for v in df[image_column].tolist()]
-    caption_lists = [[_as_text(v) for v in df[c].tolist()] for c in cols]
+    caption_lists = [[_caption_cell(v) for v in df[c].tolist()] for c in cols]
     paths: list[str] = []
     captions: list[list[str]] = []
     rows: list[int] = []
     bad: list[tuple[int, str, str]] = []
     for r, image in enumerate(images):
-        texts = [col[r] for col in caption_lists if col[r]]
+        texts = [t for col in caption_lists for t in _cell_texts(col[r])]
         full = str(root / image) if image else ""
         if not image:
             bad.append((r, "", "empty image path"))

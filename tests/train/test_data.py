@@ -122,6 +122,34 @@ def test_parquet_table(tmp_path: Path) -> None:
     assert load_pairs(tmp_path / "t.parquet").captions == [["x"], ["y"]]
 
 
+def test_missing_and_list_cells_of_a_parquet_table(tmp_path: Path, monkeypatch) -> None:
+    """A Parquet table read by pandas holds ``NA`` in nullable string columns (whose text is
+    ``<NA>``) and arrays in ``list<string>`` columns: neither may become a caption's text."""
+    import msclip.train.data as data
+
+    _tif(tmp_path / "a.tif", 0)
+    df = pd.DataFrame(
+        {
+            "image": ["a.tif", "a.tif", "a.tif", pd.NA],
+            "caption": pd.array([pd.NA, "x", pd.NA, "y"], dtype="string"),
+            "caption_2": [
+                np.array(["one", "", "two"], dtype=object),
+                np.array([], dtype=object),
+                np.array([None], dtype=object),
+                None,
+            ],
+        }
+    )
+    # the frame pd.read_parquet gives (pyarrow is optional, so the test does not write one)
+    monkeypatch.setattr(data, "_read_table", lambda path: df)
+    table = load_pairs(tmp_path / "t.parquet")
+    assert table.captions == [["one", "two"], ["x"]]
+    assert [(r, reason.split(" (")[0]) for r, _, reason in table.bad] == [
+        (2, "empty caption"),
+        (3, "empty image path"),
+    ]
+
+
 def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     table = load_pairs(_scenes_like(tmp_path, 10))
     train, val = split_pairs(table, 0.2, seed=3)
