@@ -285,6 +285,16 @@ class Trainer:
             "train_data": table.digest,
             "val_data": val_t.digest if cfg.val_data is not None else None,
         }
+        # which rows were left out up front (a file missing, empty ...): they decide the pairs,
+        # and so the data order and the validation split; a resume checks that they are the same
+        self.bad_rows: dict[str, list[int] | None] = {
+            "train_data": [r for r, _, _ in table.bad],
+            "val_data": [r for r, _, _ in val_t.bad] if cfg.val_data is not None else None,
+        }
+        self._bad_reasons = {
+            "train_data": {r: f"{reason} {where}".strip() for r, where, reason in table.bad},
+            "val_data": {r: f"{reason} {where}".strip() for r, where, reason in val_t.bad},
+        }
         self._check_bad(0, train_t, "training table")
         self.steps_per_epoch = len(train_t) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -492,6 +502,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_json(),
             "data_digest": dict(self.data_digest),
+            "bad_rows": dict(self.bad_rows),
         }
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
@@ -562,6 +573,7 @@ class Trainer:
                 )
             if old.get(k) != new[k]:
                 logger.info("%s %r is the run's table %r (same content)", k, new[k], old.get(k))
+        self._check_bad_rows(path, data.get("bad_rows"))
         try:
             self.model.clip.load_state_dict(data["model"])
             self.loss_fn.load_state_dict(data["loss"])
@@ -608,6 +620,33 @@ class Trainer:
             self.state.epoch,
             self.state.step_in_epoch,
         )
+
+    def _check_bad_rows(self, path: Path, recorded: Any) -> None:
+        """Refuse a resume whose tables now leave out other rows than the run's did (an image
+        file deleted, moved or restored since): the pairs, their order and the validation split
+        would silently differ from the run's. Checkpoints written before the record pass."""
+        from msclip.train.data import row_label
+
+        if not isinstance(recorded, dict):
+            return
+        for k in _TABLES:
+            was, now = recorded.get(k), self.bad_rows[k]
+            if was is None or now is None or sorted(was) == sorted(now):
+                continue
+            newly = sorted(set(now) - set(was))
+            again = sorted(set(was) - set(now))
+            parts = [
+                f"{row_label(r)} is now left out ({self._bad_reasons[k][r]})" for r in newly[:5]
+            ]
+            parts += [f"{row_label(r)} is usable again" for r in again[:5]]
+            more = len(newly) + len(again) - len(parts)
+            raise ConfigError(
+                f"cannot resume {path}: {k} {getattr(self.cfg, k)!r} leaves out other rows than "
+                f"the run did ({'; '.join(parts)}{f'; and {more} more' if more > 0 else ''}); "
+                "the pairs, their order and the validation split would not be the run's: "
+                "restore the image files as they were when the run started, or start a new run",
+                param=k,
+            )
 
     # -- training ------------------------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:

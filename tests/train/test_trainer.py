@@ -239,6 +239,29 @@ def test_resume_checks_the_tables_by_content_not_by_path(
     assert train(_cfg(table, tmp_path / "run", max_steps=3, resume="latest", **kw)).steps == 3
 
 
+def test_resume_refuses_a_table_whose_usable_rows_changed(tmp_path: Path) -> None:
+    """An image file that went missing (or came back) since the run started changes the pairs,
+    their order and the validation split, though the table's content is the same."""
+    data = tmp_path / "data"
+    make_scenes(data, per_class=5)
+    kw = dict(val_every=0, save_every=1, keep_checkpoints=0, max_bad_fraction=0.1)
+    train(_cfg(data / "captions.csv", tmp_path / "run", max_steps=1, **kw))
+    gone = data / "River" / "River_2.tif"
+    gone.rename(gone.with_suffix(".moved"))
+    with pytest.raises(
+        ConfigError, match=r"row 8 \(line 9\) is now left out \(image file not"
+    ) as info:
+        train(_cfg(data / "captions.csv", tmp_path / "run", max_steps=2, resume="latest", **kw))
+    assert info.value.param == "train_data" and "restore the image files" in str(info.value)
+    gone.with_suffix(".moved").rename(gone)
+    assert (
+        train(
+            _cfg(data / "captions.csv", tmp_path / "run", max_steps=2, resume="latest", **kw)
+        ).steps
+        == 2
+    )
+
+
 def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_path: Path) -> None:
     train(_cfg(scenes, tmp_path, max_steps=2, warmup_steps=0, val_every=0))
     # The finished cosine ended at rate 0; four steps in all put step 3 halfway down the cosine.
