@@ -49,6 +49,7 @@ __all__ = [
     "PairTable",
     "ShardSampler",
     "TooManyBadSamplesError",
+    "image_key",
     "load_pairs",
     "row_label",
     "sample_crop",
@@ -259,21 +260,34 @@ def load_pairs(
     return PairTable(paths, captions, rows, len(images), bad, p, digest)
 
 
+def image_key(path: str) -> str:
+    """What makes two image paths of a table one image (``a/../a/x.tif`` is ``a/x.tif``)."""
+    return os.path.normpath(path)
+
+
 def split_pairs(table: PairTable, val_fraction: float, seed: int) -> tuple[PairTable, PairTable]:
-    """Seeded random split into (train, validation); validation holds ``val_fraction``."""
-    n = len(table)
+    """Seeded random split into (train, validation) by image: validation holds
+    ``val_fraction`` of the distinct images, and all rows of one image (a table of one row per
+    caption, as many captioning sets come) fall on the same side, so that no held-out image is
+    trained on. A table of distinct images is split as a random split of its rows."""
+    groups: dict[str, list[int]] = {}
+    for i, path in enumerate(table.paths):
+        groups.setdefault(image_key(path), []).append(i)
+    members = list(groups.values())
+    n = len(members)
     n_val = round(n * val_fraction)
     if n_val < 2 or n - n_val < 2:
+        what = f"{n} distinct images ({len(table)} pairs)" if n < len(table) else f"{n} pairs"
         raise BadSampleError(
-            f"{table.source}: {n} usable pairs cannot be split with val_fraction={val_fraction} "
-            "(each part needs at least 2 pairs); give a validation table (val_data) or change "
-            "val_fraction",
+            f"{table.source}: {len(table)} usable pairs cannot be split with "
+            f"val_fraction={val_fraction}: the {what} give each part fewer than 2; give a "
+            "validation table (val_data) or change val_fraction",
             param="val_fraction",
         )
     perm = np.random.default_rng([seed, 0x5B11]).permutation(n)
-    val_idx = np.sort(perm[:n_val])
-    train_idx = np.sort(perm[n_val:])
-    return table.subset(train_idx.tolist()), table.subset(val_idx.tolist())
+    val_idx = sorted(i for g in perm[:n_val] for i in members[g])
+    train_idx = sorted(i for g in perm[n_val:] for i in members[g])
+    return table.subset(train_idx), table.subset(val_idx)
 
 
 # -- augmentation ------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from msclip.train.data import (
     PairDataset,
     PairTable,
     TooManyBadSamplesError,
+    image_key,
     load_pairs,
     split_pairs,
 )
@@ -819,7 +820,8 @@ class Trainer:
                 img, txt, self.loss_fn, self.model.clip.logit_scale, cfg.batch_size, cfg.seed
             )
             if img.shape[0] >= 1:
-                row.update(retrieval_metrics(img, txt, captions))
+                files = [image_key(self.val_table.paths[i]) for i in idx.tolist()]
+                row.update(retrieval_metrics(img, txt, captions, images=files))
             row["val_bad"] = n_bad
             if self.zeroshot_set is not None:
                 row.update(

@@ -160,6 +160,32 @@ def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
         split_pairs(table, 0.05, seed=0)
 
 
+def test_split_keeps_the_rows_of_one_image_together(tmp_path: Path) -> None:
+    """A table of one row per caption (five rows per image, as captioning sets come) is split by
+    image: no held-out image is also trained on; distinct images split as before."""
+    for i in range(10):
+        _tif(tmp_path / f"{i}.tif", i)
+    rows = [
+        {"image": f"{i}.tif", "caption": f"image {i} caption {j}"}
+        for i in range(10)
+        for j in range(5)
+    ]
+    rows[1]["image"] = "./0.tif"  # the same file spelt otherwise
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    table = load_pairs(tmp_path / "t.csv")
+    train, val = split_pairs(table, 0.2, seed=3)
+    assert len(val) == 10 and len(train) == 40
+    keys = lambda t: {os.path.normpath(p) for p in t.paths}  # noqa: E731
+    assert len(keys(val)) == 2 and not keys(train) & keys(val)
+    with pytest.raises(BadSampleError, match="10 distinct images"):
+        split_pairs(table, 0.1, seed=0)
+    # one row per image: the split of before (a resumed run keeps its validation pairs)
+    single = table.subset(range(0, 50, 5))
+    train, val = split_pairs(single, 0.2, seed=3)
+    perm = np.random.default_rng([3, 0x5B11]).permutation(10)
+    assert val.rows == sorted(single.rows[i] for i in perm[:2])
+
+
 def test_sample_crop_respects_ranges() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
