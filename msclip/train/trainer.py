@@ -277,6 +277,7 @@ class Trainer:
                     "(retrieval among one pair always succeeds); give a larger val_data table",
                     param="val_data",
                 )
+            self._check_overlap(train_t, val_t)
         else:
             self._check_bad(0, table, "training table")  # before a split of too few pairs
             train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)
@@ -448,6 +449,26 @@ class Trainer:
                 logger.info("no checkpoint in %s: starting a new run", self.out)
             return existing
         return Path(cfg.resume)
+
+    @staticmethod
+    def _check_overlap(train_t: PairTable, val_t: PairTable) -> None:
+        """Name the held-out images that the training table holds too: their recall and loss
+        measure what was learnt by heart, not how the model does on new images."""
+        trained = {image_key(p) for p in train_t.paths}
+        shared = [p for p in dict.fromkeys(image_key(p) for p in val_t.paths) if p in trained]
+        if shared:
+            n_val = len({image_key(p) for p in val_t.paths})
+            logger.warning(
+                "%d of the %d images of val_data %s are also in train_data %s (%s%s): the "
+                "validation metrics of images trained on do not measure generalisation; leave "
+                "them out of one of the tables",
+                len(shared),
+                n_val,
+                val_t.source,
+                train_t.source,
+                ", ".join(shared[:3]),
+                f" and {len(shared) - 3} more" if len(shared) > 3 else "",
+            )
 
     def _check_steps_left(self, path: Path) -> None:
         """A resumed run that is past its (new) end is refused: finishing it would write the

@@ -377,6 +377,20 @@ def test_bad_rows_of_a_validation_table_are_counted_once(scenes: Path, tmp_path:
         Trainer(_cfg(scenes, tmp_path / "strict", max_bad_fraction=0.05, **kw), DistContext())
 
 
+def test_validation_images_that_are_trained_on_are_named(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    df = pd.read_csv(scenes)
+    val = df.iloc[:4].copy()
+    val["image"] = str(scenes.parent) + "/" + val["image"]  # the same files, spelt absolute
+    val.loc[val.index[0], "image"] = str(scenes.parent / "Forest" / "." / "Forest_0.tif")
+    val.to_csv(tmp_path / "val.csv", index=False)
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(_cfg(scenes, tmp_path / "run", val_data=str(tmp_path / "val.csv")), DistContext())
+    (message,) = [r.getMessage() for r in caplog.records if "also in train_data" in r.getMessage()]
+    assert message.startswith("4 of the 4 images of val_data") and "and 1 more" in message
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
