@@ -112,6 +112,42 @@ RESUMABLE_CHANGES = frozenset(
 #: Tables a resume compares by content (digest), not by the path given.
 _TABLES = ("train_data", "val_data")
 
+#: The file in ``output_dir`` that the first process of a live run holds locked.
+LOCK_NAME = ".train.lock"
+
+
+def _lock_output(out: Path) -> Any:
+    """Hold ``out`` for this run (an exclusive ``flock`` on its lock file, released when the
+    file is closed, also when the Trainer holding it is dropped, or when the process ends): a
+    second run started into the same folder (a job launched twice, or resumed while the first
+    still runs) would otherwise interleave its checkpoints, logs and final model with the
+    first's, and both would report success."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: concurrent runs are not detected
+        return None
+    from msclip.errors import OutputPathError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 - held open for the run
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write to output_dir {str(out)!r} ({err.strerror}); choose a folder you can "
+            "write to",
+            param="output_dir",
+        ) from err
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        fh.close()
+        raise ConfigError(
+            f"another training run is writing to output_dir {str(out)!r} (it holds "
+            f"{out / LOCK_NAME}); wait for it to finish, or choose another output_dir",
+            param="output_dir",
+        ) from err
+    return fh
+
 
 @dataclass
 class TrainState:
@@ -244,7 +280,25 @@ class Trainer:
         self._window_time = 0.0  # seconds of data loading and steps (not validation, saving)
         self._last_val_step = -1
         self.grad_norm = math.nan
-        self._setup()
+        self._lock: Any = None
+        created = not self.out.exists()
+        try:
+            if ctx.is_main:
+                self._lock = _lock_output(self.out)
+            self._setup()
+        except BaseException:
+            self.close()
+            if created and ctx.is_main:  # a run refused before any work leaves no folder
+                (self.out / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+            raise
+
+    def close(self) -> None:
+        """Release the run's hold on its output folder (:func:`train` calls it at the end)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- setup: everything that can fail does so before the first step ------------------------
     def _setup(self) -> None:
@@ -936,7 +990,11 @@ def train(cfg: TrainConfig, hooks: Sequence[Callable[[Trainer], None]] = ()) -> 
     threads = torch.get_num_threads()
     ctx = init_distributed(cfg.dist_backend, cfg.device)
     try:
-        return Trainer(cfg, ctx, hooks).run()
+        trainer = Trainer(cfg, ctx, hooks)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
         ctx.close()
         torch.set_num_threads(threads)  # the run's setting does not outlive it

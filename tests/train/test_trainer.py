@@ -391,6 +391,17 @@ def test_validation_images_that_are_trained_on_are_named(
     assert message.startswith("4 of the 4 images of val_data") and "and 1 more" in message
 
 
+def test_a_second_run_into_a_live_runs_output_dir_is_refused(scenes: Path, tmp_path: Path) -> None:
+    """Two runs writing one folder (a job launched twice, or resumed while it still runs) would
+    interleave their checkpoints and logs and both report success."""
+    first = Trainer(_cfg(scenes, tmp_path / "run", max_steps=1), DistContext())
+    with pytest.raises(ConfigError, match="another training run is writing") as info:
+        train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest"))
+    assert info.value.param == "output_dir"
+    first.close()
+    assert train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest")).steps == 1
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
