@@ -41,6 +41,7 @@ from msclip.train.checkpoint import (
     get_rng_state,
     load_train_checkpoint,
     prune_checkpoints,
+    remove_unfinished,
     save_train_checkpoint,
     set_rng_state,
 )
@@ -285,6 +286,7 @@ class Trainer:
         try:
             if ctx.is_main:
                 self._lock = _lock_output(self.out)
+                remove_unfinished(self.out)  # no other run writes here now
             self._setup()
         except BaseException:
             self.close()

@@ -402,6 +402,19 @@ def test_a_second_run_into_a_live_runs_output_dir_is_refused(scenes: Path, tmp_p
     assert train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest")).steps == 1
 
 
+def test_writes_a_killed_run_left_unfinished_are_removed(scenes: Path, tmp_path: Path) -> None:
+    """A run killed (SIGKILL) while saving leaves a temporary file as large as a checkpoint;
+    the next run into the folder removes those of the run's own files, and nothing else."""
+    out = tmp_path / "run"
+    left = [out / "checkpoints" / ".tmp-step_00000004.pt.k2j.pt", out / ".tmp-final.safetensors.x"]
+    other = out / ".tmp-notes.txt.abc"
+    for f in [*left, other]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 10)
+    Trainer(_cfg(scenes, out, max_steps=1), DistContext()).close()
+    assert not any(f.exists() for f in left) and other.exists()
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
