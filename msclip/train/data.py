@@ -122,8 +122,8 @@ def _read_table(path: str) -> Any:
     import pandas as pd
 
     try:
-        if path.lower().endswith(".csv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.lower().endswith((".csv", ".tsv")):
+            return pd.read_csv(path, sep=_separator(path), dtype=str, keep_default_na=False)
         return pd.read_parquet(path)
     except ImportError as err:
         raise BadSampleError(
@@ -132,6 +132,20 @@ def _read_table(path: str) -> Any:
         ) from err
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise BadSampleError(f"cannot read table {path}: {err}") from err
+
+
+def _separator(path: str) -> str:
+    """The field separator of a text table: a tab for ``.tsv`` files and for ``.csv`` files
+    whose header line has tabs and no comma (open_clip's ``--csv-separator`` defaults to a tab,
+    so its "CSV" tables are tab-separated), else a comma."""
+    if path.lower().endswith(".tsv"):
+        return "\t"
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ","  # read_csv names the problem
+    return "\t" if "\t" in header and "," not in header else ","
 
 
 def caption_columns_of(columns: Sequence[str]) -> list[str]:
@@ -196,7 +210,7 @@ def load_pairs(
     """Read an image-caption table and drop rows that cannot be used.
 
     Args:
-        path: ``.csv`` or ``.parquet`` file.
+        path: ``.csv`` (comma- or tab-separated), ``.tsv`` or ``.parquet`` file.
         image_column: column of image paths; relative paths start from ``data_root``, or from
             the table's folder.
         caption_columns: caption columns (default: ``caption`` and ``caption_<n>``).

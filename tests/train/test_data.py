@@ -99,6 +99,18 @@ def test_bad_rows_are_counted_with_reasons(tmp_path: Path) -> None:
     assert reasons[5] == "empty image path"
 
 
+def test_tab_separated_tables_as_open_clip_writes_them(tmp_path: Path) -> None:
+    _tif(tmp_path / "a.tif", 0)
+    text = "filepath\ttitle\na.tif\ta river, seen from above\n"
+    for name in ("t.csv", "t.tsv"):
+        (tmp_path / name).write_text(text)
+        table = load_pairs(tmp_path / name, "filepath", ["title"])
+        assert table.captions == [["a river, seen from above"]] and not table.bad
+    # a comma in the header keeps the comma: one column holding a tab is not split
+    (tmp_path / "c.csv").write_text('image,caption\na.tif,"tab\there"\n')
+    assert load_pairs(tmp_path / "c.csv").captions == [["tab\there"]]
+
+
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadSampleError, match="image_column"):
