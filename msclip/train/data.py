@@ -241,7 +241,22 @@ def load_pairs(
             param="caption_columns",
         )
     root = Path(data_root) if data_root is not None else Path(p).resolve().parent
-    images = [_as_text(v) for v in df[image_column].tolist()]
+    cells = df[image_column].tolist()
+    embedded = next(
+        (v for v in cells if isinstance(v, (dict, bytes, bytearray, list, tuple, np.ndarray))),
+        None,
+    )
+    if embedded is not None:
+        kind = type(embedded).__name__
+        keys = f" with keys {sorted(map(str, embedded))}" if isinstance(embedded, dict) else ""
+        raise BadSampleError(
+            f"table {p}: image column {image_column!r} holds {kind} values{keys}, not file paths "
+            "(images embedded in the table, as Hugging Face datasets stores them in Parquet, are "
+            "not read); write the images out as files and give a column of their paths "
+            "(image_column)",
+            param="image_column",
+        )
+    images = [_as_text(v) for v in cells]
     caption_lists = [[_caption_cell(v) for v in df[c].tolist()] for c in cols]
     paths: list[str] = []
     captions: list[list[str]] = []

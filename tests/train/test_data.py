@@ -162,6 +162,24 @@ def test_missing_and_list_cells_of_a_parquet_table(tmp_path: Path, monkeypatch) 
     ]
 
 
+def test_images_embedded_in_a_table_are_one_error_without_their_bytes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A Parquet table of Hugging Face datasets holds each image as ``{"bytes", "path"}``: one
+    error names the column and the fix, instead of a warning per row quoting the image bytes."""
+    import msclip.train.data as data
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(5000)
+    df = pd.DataFrame({"image": [{"bytes": png, "path": f"{i}.png"} for i in range(3)],
+                       "caption": ["a", "b", "c"]})  # fmt: skip
+    monkeypatch.setattr(data, "_read_table", lambda path: df)
+    with pytest.raises(
+        BadSampleError, match=r"holds dict values with keys \['bytes', 'path'\]"
+    ) as info:
+        load_pairs(tmp_path / "t.parquet")
+    assert info.value.param == "image_column" and len(str(info.value)) < 400
+
+
 def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     table = load_pairs(_scenes_like(tmp_path, 10))
     train, val = split_pairs(table, 0.2, seed=3)
