@@ -38,6 +38,7 @@ import torch
 from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
 from msclip.io.images import class_folders, folder_images
+from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import SpectralPreprocess
 
 __all__ = [
@@ -454,6 +455,10 @@ class PairDataset(torch.utils.data.Dataset):
             caption = captions[int(rng.integers(len(captions)))]
         try:
             data, names, nodata, where = self._load(index)
+            if data.size and missing_pixels(data, nodata).all():
+                # filled with the band means it would be a constant image paired with a caption:
+                # nothing to learn (a tile beyond a swath's edge); counted as a bad sample
+                return {"index": index, "error": "no valid pixel: every pixel is nodata or NaN"}
             if self.augment is None:
                 image = self.preprocess.process(data, names, nodata, where)
             else:

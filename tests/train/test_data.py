@@ -277,6 +277,24 @@ def test_unreadable_image_is_set_aside(tmp_path: Path, preprocess) -> None:
     assert empty["images"].shape == (0, 10, 32, 32) and empty["tokens"].shape == (0, 77)
 
 
+def test_an_image_without_a_valid_pixel_is_a_bad_sample(tmp_path: Path, preprocess) -> None:
+    """A tile entirely of nodata (beyond a swath's edge) would train as a constant image of band
+    means with its caption; one valid pixel is enough to be used."""
+    from affine import Affine
+
+    csv = _scenes_like(tmp_path, 4)
+    table = load_pairs(csv)
+    data = np.zeros((12, 16, 16), np.uint16)
+    kw = dict(crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0), bands=list(S2_L2A_BANDS))
+    msclip.write_geotiff(table.paths[1], data, nodata=0, **kw)
+    data[:, 3, 4] = 500
+    msclip.write_geotiff(table.paths[2], data, nodata=0, **kw)
+    for augment in (None, Augment()):
+        ds = PairDataset(table, preprocess, augment=augment)
+        assert ds[1]["error"] == "no valid pixel: every pixel is nodata or NaN"
+        assert "image" in ds[2] and "image" in ds[0]
+
+
 def test_process_slices_equal_the_single_process_batch() -> None:
     one = list(EpochBatchSampler(23, 8, 0, 1, seed=0, epoch=1))
     r0 = list(EpochBatchSampler(23, 8, 0, 2, seed=0, epoch=1))
