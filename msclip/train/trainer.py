@@ -140,13 +140,15 @@ def _lock_output(out: Path) -> Any:
         ) from err
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
+    except BlockingIOError as err:
         fh.close()
         raise ConfigError(
             f"another training run is writing to output_dir {str(out)!r} (it holds "
             f"{out / LOCK_NAME}); wait for it to finish, or choose another output_dir",
             param="output_dir",
         ) from err
+    except OSError as err:  # a file system without locks (some network mounts)
+        logger.info("cannot lock %s (%s): a second run into it would not be noticed", out, err)
     return fh
 
 
