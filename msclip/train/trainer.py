@@ -356,6 +356,17 @@ class Trainer:
             "val_data": {r: f"{reason} {where}".strip() for r, where, reason in val_t.bad},
         }
         self._check_bad(0, train_t, "training table")
+        repeated = len(train_t) - len({image_key(p) for p in train_t.paths})
+        if repeated:
+            logger.warning(
+                "%s: %d of the %d training pairs repeat the image of another pair (a table of "
+                "one row per caption?); two pairs of one image in a batch are each other's "
+                "negatives: give each image one row with its captions in caption columns "
+                "(caption, caption_2, ...) or a list column, one of which is drawn per epoch",
+                train_t.source,
+                repeated,
+                len(train_t),
+            )
         self.steps_per_epoch = len(train_t) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(

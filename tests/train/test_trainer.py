@@ -415,6 +415,21 @@ def test_writes_a_killed_run_left_unfinished_are_removed(scenes: Path, tmp_path:
     assert not any(f.exists() for f in left) and other.exists()
 
 
+def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, caplog) -> None:
+    """Rows of one image in one batch are each other's negatives: the run says how many pairs
+    repeat an image and how to give an image's captions instead."""
+    df = pd.read_csv(scenes)
+    df["image"] = str(scenes.parent) + "/" + df["image"]
+    rows = pd.concat([df.assign(caption=df["caption"] + f" ({j})") for j in range(2)])
+    rows.to_csv(tmp_path / "per_caption.csv", index=False)
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext()).close()
+        Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
+    (message,) = [r.getMessage() for r in caplog.records if "repeat the image" in r.getMessage()]
+    # 48 rows of 24 images; the 12 of 6 held-out images leave 36 pairs of 18 images
+    assert "18 of the 36 training pairs repeat" in message and "caption_2" in message
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
