@@ -32,6 +32,7 @@ __all__ = [
     "get_rng_state",
     "load_train_checkpoint",
     "prune_checkpoints",
+    "remove_unfinished",
     "save_train_checkpoint",
     "set_rng_state",
 ]
@@ -126,6 +127,32 @@ def _newest_readable(bad: Path) -> Path | None:
         if isinstance(data, dict) and data.get("format") == FORMAT:
             return q
     return None
+
+
+#: Files a run writes (atomically, through a temporary file beside each).
+_RUN_FILES = ("step_", "final.safetensors", "metrics.csv", "train_log.csv", "config.yaml")
+
+
+def remove_unfinished(output_dir: str | os.PathLike) -> int:
+    """Delete the temporary files of writes a killed run left in ``output_dir`` and its
+    checkpoint folder, and return how many bytes they held. A run stopped by SIGKILL (the
+    kernel's out-of-memory killer, a scheduler past its grace period) in the middle of saving
+    leaves one beside the checkpoint, as large as the checkpoint; call this only while holding
+    the folder (no other run writes there)."""
+    from msclip.io import TMP_PREFIX
+
+    prefixes = tuple(TMP_PREFIX + name for name in _RUN_FILES)
+    freed = 0
+    for folder in (Path(output_dir), checkpoint_dir(output_dir)):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith(prefixes) and entry.is_file():
+                size = entry.stat().st_size
+                entry.unlink(missing_ok=True)
+                freed += size
+                logger.info("removed %s, left by an interrupted write", entry)
+    return freed
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:

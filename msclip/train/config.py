@@ -41,7 +41,7 @@ __all__ = [
 
 #: Presets of ``--trainable`` (see :mod:`msclip.train.optim`).
 TRAINABLE_PRESETS = ("patch-embed", "patch-embed+attn", "visual", "all")
-TABLE_EXTENSIONS = (".csv", ".parquet", ".pq")
+TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 _LOSSES = ("clip", "siglip")
 _OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULES = ("cosine", "constant")

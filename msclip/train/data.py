@@ -38,6 +38,7 @@ import torch
 from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
 from msclip.io.images import class_folders, folder_images
+from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import SpectralPreprocess
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PairTable",
     "ShardSampler",
     "TooManyBadSamplesError",
+    "image_key",
     "load_pairs",
     "row_label",
     "sample_crop",
@@ -121,8 +123,8 @@ def _read_table(path: str) -> Any:
     import pandas as pd
 
     try:
-        if path.lower().endswith(".csv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.lower().endswith((".csv", ".tsv")):
+            return pd.read_csv(path, sep=_separator(path), dtype=str, keep_default_na=False)
         return pd.read_parquet(path)
     except ImportError as err:
         raise BadSampleError(
@@ -131,6 +133,20 @@ def _read_table(path: str) -> Any:
         ) from err
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise BadSampleError(f"cannot read table {path}: {err}") from err
+
+
+def _separator(path: str) -> str:
+    """The field separator of a text table: a tab for ``.tsv`` files and for ``.csv`` files
+    whose header line has tabs and no comma (open_clip's ``--csv-separator`` defaults to a tab,
+    so its "CSV" tables are tab-separated), else a comma."""
+    if path.lower().endswith(".tsv"):
+        return "\t"
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ","  # read_csv names the problem
+    return "\t" if "\t" in header and "," not in header else ","
 
 
 def caption_columns_of(columns: Sequence[str]) -> list[str]:
@@ -142,12 +158,42 @@ def caption_columns_of(columns: Sequence[str]) -> list[str]:
     return out + [c for _, c in numbered]
 
 
-def _as_text(value: Any) -> str:
+def _is_missing(value: Any) -> bool:
+    """Whether a table cell is empty: ``None``, NaN, or pandas' ``NA`` / ``NaT`` (a Parquet
+    column of pandas' nullable ``string`` dtype, or one ``convert_dtypes()`` made, holds ``NA``,
+    whose ``str`` is the text ``<NA>``)."""
     if value is None:
+        return True
+    import pandas as pd
+
+    try:
+        missing = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(missing, (bool, np.bool_)) and bool(missing)
+
+
+def _as_text(value: Any) -> str:
+    if _is_missing(value):
         return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
+    if isinstance(value, bytes):  # a Parquet binary column
+        value = value.decode("utf-8", errors="replace")
     return str(value).strip()
+
+
+def _caption_cell(value: Any) -> str | list[str]:
+    """The text of a caption cell; a list cell (a Parquet ``list<string>`` column, as captioning
+    data sets such as RSICD are published with all captions of an image in one column) gives
+    its non-empty texts."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [t for t in (_as_text(v) for v in value) if t]
+    return _as_text(value)
+
+
+def _cell_texts(cell: str | list[str]) -> list[str]:
+    if isinstance(cell, list):
+        return cell
+    return [cell] if cell else []
 
 
 def row_label(r: int) -> str:
@@ -165,7 +211,7 @@ def load_pairs(
     """Read an image-caption table and drop rows that cannot be used.
 
     Args:
-        path: ``.csv`` or ``.parquet`` file.
+        path: ``.csv`` (comma- or tab-separated), ``.tsv`` or ``.parquet`` file.
         image_column: column of image paths; relative paths start from ``data_root``, or from
             the table's folder.
         caption_columns: caption columns (default: ``caption`` and ``caption_<n>``).
@@ -196,14 +242,29 @@ def load_pairs(
             param="caption_columns",
         )
     root = Path(data_root) if data_root is not None else Path(p).resolve().parent
-    images = [_as_text(v) for v in df[image_column].tolist()]
-    caption_lists = [[_as_text(v) for v in df[c].tolist()] for c in cols]
+    cells = df[image_column].tolist()
+    embedded = next(
+        (v for v in cells if isinstance(v, (dict, bytes, bytearray, list, tuple, np.ndarray))),
+        None,
+    )
+    if embedded is not None:
+        kind = type(embedded).__name__
+        keys = f" with keys {sorted(map(str, embedded))}" if isinstance(embedded, dict) else ""
+        raise BadSampleError(
+            f"table {p}: image column {image_column!r} holds {kind} values{keys}, not file paths "
+            "(images embedded in the table, as Hugging Face datasets stores them in Parquet, are "
+            "not read); write the images out as files and give a column of their paths "
+            "(image_column)",
+            param="image_column",
+        )
+    images = [_as_text(v) for v in cells]
+    caption_lists = [[_caption_cell(v) for v in df[c].tolist()] for c in cols]
     paths: list[str] = []
     captions: list[list[str]] = []
     rows: list[int] = []
     bad: list[tuple[int, str, str]] = []
     for r, image in enumerate(images):
-        texts = [col[r] for col in caption_lists if col[r]]
+        texts = [t for col in caption_lists for t in _cell_texts(col[r])]
         full = str(root / image) if image else ""
         if not image:
             bad.append((r, "", "empty image path"))
@@ -229,21 +290,34 @@ def load_pairs(
     return PairTable(paths, captions, rows, len(images), bad, p, digest)
 
 
+def image_key(path: str) -> str:
+    """What makes two image paths of a table one image (``a/../a/x.tif`` is ``a/x.tif``)."""
+    return os.path.normpath(path)
+
+
 def split_pairs(table: PairTable, val_fraction: float, seed: int) -> tuple[PairTable, PairTable]:
-    """Seeded random split into (train, validation); validation holds ``val_fraction``."""
-    n = len(table)
+    """Seeded random split into (train, validation) by image: validation holds
+    ``val_fraction`` of the distinct images, and all rows of one image (a table of one row per
+    caption, as many captioning sets come) fall on the same side, so that no held-out image is
+    trained on. A table of distinct images is split as a random split of its rows."""
+    groups: dict[str, list[int]] = {}
+    for i, path in enumerate(table.paths):
+        groups.setdefault(image_key(path), []).append(i)
+    members = list(groups.values())
+    n = len(members)
     n_val = round(n * val_fraction)
     if n_val < 2 or n - n_val < 2:
+        what = f"{n} distinct images ({len(table)} pairs)" if n < len(table) else f"{n} pairs"
         raise BadSampleError(
-            f"{table.source}: {n} usable pairs cannot be split with val_fraction={val_fraction} "
-            "(each part needs at least 2 pairs); give a validation table (val_data) or change "
-            "val_fraction",
+            f"{table.source}: {len(table)} usable pairs cannot be split with "
+            f"val_fraction={val_fraction}: the {what} give each part fewer than 2; give a "
+            "validation table (val_data) or change val_fraction",
             param="val_fraction",
         )
     perm = np.random.default_rng([seed, 0x5B11]).permutation(n)
-    val_idx = np.sort(perm[:n_val])
-    train_idx = np.sort(perm[n_val:])
-    return table.subset(train_idx.tolist()), table.subset(val_idx.tolist())
+    val_idx = sorted(i for g in perm[:n_val] for i in members[g])
+    train_idx = sorted(i for g in perm[n_val:] for i in members[g])
+    return table.subset(train_idx), table.subset(val_idx)
 
 
 # -- augmentation ------------------------------------------------------------------------------
@@ -381,6 +455,10 @@ class PairDataset(torch.utils.data.Dataset):
             caption = captions[int(rng.integers(len(captions)))]
         try:
             data, names, nodata, where = self._load(index)
+            if data.size and missing_pixels(data, nodata).all():
+                # filled with the band means it would be a constant image paired with a caption:
+                # nothing to learn (a tile beyond a swath's edge); counted as a bad sample
+                return {"index": index, "error": "no valid pixel: every pixel is nodata or NaN"}
             if self.augment is None:
                 image = self.preprocess.process(data, names, nodata, where)
             else:

@@ -5,9 +5,11 @@
   caption texts are one caption: an image's positive is the caption text it was paired with
   (identical captions of different images are indistinguishable, so counting one of them as a
   miss would be wrong), and each distinct caption is one text query whose positives are all the
-  images paired with it. ``recall@k`` is the fraction of queries with a positive among the ``k``
-  most similar items. The held-out loss is the training loss over seeded random batches of the
-  training batch size.
+  images paired with it. Likewise the same image file in several pairs (a table of one row per
+  caption) is one image: one image query whose positives are all its captions, and a positive
+  of each of them (its copies have the same embedding, so which of them ranks first is a tie).
+  ``recall@k`` is the fraction of queries with a positive among the ``k`` most similar items.
+  The held-out loss is the training loss over seeded random batches of the training batch size.
 * Zero-shot classification on a class-folder data set with :mod:`msclip.zero_shot` (prompt
   ensembles as published with Llama3-MS-CLIP, the same numbers ``msclip-inference`` gives);
   accuracy definitions are those of :mod:`msclip.eval.metrics`.
@@ -134,6 +136,7 @@ def retrieval_metrics(
     text: torch.Tensor,
     captions: Sequence[str],
     ks: Sequence[int] = RECALL_KS,
+    images: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image recall@k (see the module docstring for duplicates).
 
@@ -142,34 +145,52 @@ def retrieval_metrics(
         text: normalised text embeddings ``[N, D]``, row ``i`` of the caption of image ``i``.
         captions: the caption text of each pair.
         ks: cut-offs.
+        images: the image file of each pair (equal names are one image); ``None``: every pair
+            has an image of its own.
 
     Returns:
-        ``{"i2t_r1": ..., "t2i_r1": ..., "i2t_r5": ...}`` plus ``n_pairs`` and ``n_captions``.
+        ``{"i2t_r1": ..., "t2i_r1": ..., "i2t_r5": ...}`` plus ``n_pairs``, ``n_images`` and
+        ``n_captions``.
     """
     if image.shape[0] != len(captions) or text.shape[0] != len(captions):
         raise ValueError(
             f"{image.shape[0]} images, {text.shape[0]} texts and {len(captions)} "
             "captions must be equally many"
         )
-    unique: dict[str, int] = {}
-    cap_id = [unique.setdefault(c, len(unique)) for c in captions]
-    first = {}
-    for i, c in enumerate(cap_id):
-        first.setdefault(c, i)
-    text_u = text[[first[c] for c in range(len(unique))]]
-    sim = image.float() @ text_u.float().t()
-    i2t = _recall(sim, [{c} for c in cap_id], ks)
-    images_of: list[set[int]] = [set() for _ in unique]
-    for i, c in enumerate(cap_id):
+    if images is not None and len(images) != len(captions):
+        raise ValueError(f"{len(images)} image names for {len(captions)} pairs")
+    cap_id, text_first = _distinct(captions)
+    img_id, image_first = _distinct(images if images is not None else range(len(captions)))
+    text_u = text[text_first]
+    image_u = image[image_first]
+    sim = image_u.float() @ text_u.float().t()
+    captions_of: list[set[int]] = [set() for _ in image_first]
+    images_of: list[set[int]] = [set() for _ in text_first]
+    for i, c in zip(img_id, cap_id):
+        captions_of[i].add(c)
         images_of[c].add(i)
+    i2t = _recall(sim, captions_of, ks)
     t2i = _recall(sim.t(), images_of, ks)
     out: dict[str, float] = {}
     for k in ks:
         out[f"i2t_r{k}"] = i2t[k]
         out[f"t2i_r{k}"] = t2i[k]
     out["n_pairs"] = float(len(captions))
-    out["n_captions"] = float(len(unique))
+    out["n_images"] = float(len(image_first))
+    out["n_captions"] = float(len(text_first))
     return out
+
+
+def _distinct(values: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """The id of each value among the distinct values (in order of first appearance), and the
+    position of each distinct value's first appearance."""
+    ids: dict[Any, int] = {}
+    of = [ids.setdefault(v, len(ids)) for v in values]
+    first: list[int] = []
+    for i, c in enumerate(of):
+        if c == len(first):
+            first.append(i)
+    return of, first
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ from msclip.train.checkpoint import (
     get_rng_state,
     load_train_checkpoint,
     prune_checkpoints,
+    remove_unfinished,
     save_train_checkpoint,
     set_rng_state,
 )
@@ -54,6 +55,7 @@ from msclip.train.data import (
     PairDataset,
     PairTable,
     TooManyBadSamplesError,
+    image_key,
     load_pairs,
     split_pairs,
 )
@@ -110,6 +112,44 @@ RESUMABLE_CHANGES = frozenset(
 
 #: Tables a resume compares by content (digest), not by the path given.
 _TABLES = ("train_data", "val_data")
+
+#: The file in ``output_dir`` that the first process of a live run holds locked.
+LOCK_NAME = ".train.lock"
+
+
+def _lock_output(out: Path) -> Any:
+    """Hold ``out`` for this run (an exclusive ``flock`` on its lock file, released when the
+    file is closed, also when the Trainer holding it is dropped, or when the process ends): a
+    second run started into the same folder (a job launched twice, or resumed while the first
+    still runs) would otherwise interleave its checkpoints, logs and final model with the
+    first's, and both would report success."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: concurrent runs are not detected
+        return None
+    from msclip.errors import OutputPathError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 - held open for the run
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write to output_dir {str(out)!r} ({err.strerror}); choose a folder you can "
+            "write to",
+            param="output_dir",
+        ) from err
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        fh.close()
+        raise ConfigError(
+            f"another training run is writing to output_dir {str(out)!r} (it holds "
+            f"{out / LOCK_NAME}); wait for it to finish, or choose another output_dir",
+            param="output_dir",
+        ) from err
+    except OSError as err:  # a file system without locks (some network mounts)
+        logger.info("cannot lock %s (%s): a second run into it would not be noticed", out, err)
+    return fh
 
 
 @dataclass
@@ -243,7 +283,26 @@ class Trainer:
         self._window_time = 0.0  # seconds of data loading and steps (not validation, saving)
         self._last_val_step = -1
         self.grad_norm = math.nan
-        self._setup()
+        self._lock: Any = None
+        created = not self.out.exists()
+        try:
+            if ctx.is_main:
+                self._lock = _lock_output(self.out)
+                remove_unfinished(self.out)  # no other run writes here now
+            self._setup()
+        except BaseException:
+            self.close()
+            if created and ctx.is_main:  # a run refused before any work leaves no folder
+                (self.out / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+            raise
+
+    def close(self) -> None:
+        """Release the run's hold on its output folder (:func:`train` calls it at the end)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- setup: everything that can fail does so before the first step ------------------------
     def _setup(self) -> None:
@@ -276,6 +335,7 @@ class Trainer:
                     "(retrieval among one pair always succeeds); give a larger val_data table",
                     param="val_data",
                 )
+            self._check_overlap(train_t, val_t)
         else:
             self._check_bad(0, table, "training table")  # before a split of too few pairs
             train_t, val_t = split_pairs(table, cfg.val_fraction, cfg.seed)
@@ -285,7 +345,28 @@ class Trainer:
             "train_data": table.digest,
             "val_data": val_t.digest if cfg.val_data is not None else None,
         }
+        # which rows were left out up front (a file missing, empty ...): they decide the pairs,
+        # and so the data order and the validation split; a resume checks that they are the same
+        self.bad_rows: dict[str, list[int] | None] = {
+            "train_data": [r for r, _, _ in table.bad],
+            "val_data": [r for r, _, _ in val_t.bad] if cfg.val_data is not None else None,
+        }
+        self._bad_reasons = {
+            "train_data": {r: f"{reason} {where}".strip() for r, where, reason in table.bad},
+            "val_data": {r: f"{reason} {where}".strip() for r, where, reason in val_t.bad},
+        }
         self._check_bad(0, train_t, "training table")
+        repeated = len(train_t) - len({image_key(p) for p in train_t.paths})
+        if repeated:
+            logger.warning(
+                "%s: %d of the %d training pairs repeat the image of another pair (a table of "
+                "one row per caption?); two pairs of one image in a batch are each other's "
+                "negatives: give each image one row with its captions in caption columns "
+                "(caption, caption_2, ...) or a list column, one of which is drawn per epoch",
+                train_t.source,
+                repeated,
+                len(train_t),
+            )
         self.steps_per_epoch = len(train_t) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -438,6 +519,26 @@ class Trainer:
             return existing
         return Path(cfg.resume)
 
+    @staticmethod
+    def _check_overlap(train_t: PairTable, val_t: PairTable) -> None:
+        """Name the held-out images that the training table holds too: their recall and loss
+        measure what was learnt by heart, not how the model does on new images."""
+        trained = {image_key(p) for p in train_t.paths}
+        shared = [p for p in dict.fromkeys(image_key(p) for p in val_t.paths) if p in trained]
+        if shared:
+            n_val = len({image_key(p) for p in val_t.paths})
+            logger.warning(
+                "%d of the %d images of val_data %s are also in train_data %s (%s%s): the "
+                "validation metrics of images trained on do not measure generalisation; leave "
+                "them out of one of the tables",
+                len(shared),
+                n_val,
+                val_t.source,
+                train_t.source,
+                ", ".join(shared[:3]),
+                f" and {len(shared) - 3} more" if len(shared) > 3 else "",
+            )
+
     def _check_steps_left(self, path: Path) -> None:
         """A resumed run that is past its (new) end is refused: finishing it would write the
         checkpoint's weights as a final model of fewer steps than they were trained for."""
@@ -492,6 +593,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_json(),
             "data_digest": dict(self.data_digest),
+            "bad_rows": dict(self.bad_rows),
         }
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
@@ -562,6 +664,7 @@ class Trainer:
                 )
             if old.get(k) != new[k]:
                 logger.info("%s %r is the run's table %r (same content)", k, new[k], old.get(k))
+        self._check_bad_rows(path, data.get("bad_rows"))
         try:
             self.model.clip.load_state_dict(data["model"])
             self.loss_fn.load_state_dict(data["loss"])
@@ -608,6 +711,33 @@ class Trainer:
             self.state.epoch,
             self.state.step_in_epoch,
         )
+
+    def _check_bad_rows(self, path: Path, recorded: Any) -> None:
+        """Refuse a resume whose tables now leave out other rows than the run's did (an image
+        file deleted, moved or restored since): the pairs, their order and the validation split
+        would silently differ from the run's. Checkpoints written before the record pass."""
+        from msclip.train.data import row_label
+
+        if not isinstance(recorded, dict):
+            return
+        for k in _TABLES:
+            was, now = recorded.get(k), self.bad_rows[k]
+            if was is None or now is None or sorted(was) == sorted(now):
+                continue
+            newly = sorted(set(now) - set(was))
+            again = sorted(set(was) - set(now))
+            parts = [
+                f"{row_label(r)} is now left out ({self._bad_reasons[k][r]})" for r in newly[:5]
+            ]
+            parts += [f"{row_label(r)} is usable again" for r in again[:5]]
+            more = len(newly) + len(again) - len(parts)
+            raise ConfigError(
+                f"cannot resume {path}: {k} {getattr(self.cfg, k)!r} leaves out other rows than "
+                f"the run did ({'; '.join(parts)}{f'; and {more} more' if more > 0 else ''}); "
+                "the pairs, their order and the validation split would not be the run's: "
+                "restore the image files as they were when the run started, or start a new run",
+                param=k,
+            )
 
     # -- training ------------------------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:
@@ -780,7 +910,8 @@ class Trainer:
                 img, txt, self.loss_fn, self.model.clip.logit_scale, cfg.batch_size, cfg.seed
             )
             if img.shape[0] >= 1:
-                row.update(retrieval_metrics(img, txt, captions))
+                files = [image_key(self.val_table.paths[i]) for i in idx.tolist()]
+                row.update(retrieval_metrics(img, txt, captions, images=files))
             row["val_bad"] = n_bad
             if self.zeroshot_set is not None:
                 row.update(
@@ -874,7 +1005,11 @@ def train(cfg: TrainConfig, hooks: Sequence[Callable[[Trainer], None]] = ()) -> 
     threads = torch.get_num_threads()
     ctx = init_distributed(cfg.dist_backend, cfg.device)
     try:
-        return Trainer(cfg, ctx, hooks).run()
+        trainer = Trainer(cfg, ctx, hooks)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
         ctx.close()
         torch.set_num_threads(threads)  # the run's setting does not outlive it

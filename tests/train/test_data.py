@@ -99,6 +99,18 @@ def test_bad_rows_are_counted_with_reasons(tmp_path: Path) -> None:
     assert reasons[5] == "empty image path"
 
 
+def test_tab_separated_tables_as_open_clip_writes_them(tmp_path: Path) -> None:
+    _tif(tmp_path / "a.tif", 0)
+    text = "filepath\ttitle\na.tif\ta river, seen from above\n"
+    for name in ("t.csv", "t.tsv"):
+        (tmp_path / name).write_text(text)
+        table = load_pairs(tmp_path / name, "filepath", ["title"])
+        assert table.captions == [["a river, seen from above"]] and not table.bad
+    # a comma in the header keeps the comma: one column holding a tab is not split
+    (tmp_path / "c.csv").write_text('image,caption\na.tif,"tab\there"\n')
+    assert load_pairs(tmp_path / "c.csv").captions == [["tab\there"]]
+
+
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadSampleError, match="image_column"):
@@ -122,6 +134,52 @@ def test_parquet_table(tmp_path: Path) -> None:
     assert load_pairs(tmp_path / "t.parquet").captions == [["x"], ["y"]]
 
 
+def test_missing_and_list_cells_of_a_parquet_table(tmp_path: Path, monkeypatch) -> None:
+    """A Parquet table read by pandas holds ``NA`` in nullable string columns (whose text is
+    ``<NA>``) and arrays in ``list<string>`` columns: neither may become a caption's text."""
+    import msclip.train.data as data
+
+    _tif(tmp_path / "a.tif", 0)
+    df = pd.DataFrame(
+        {
+            "image": ["a.tif", "a.tif", "a.tif", pd.NA],
+            "caption": pd.array([pd.NA, "x", pd.NA, "y"], dtype="string"),
+            "caption_2": [
+                np.array(["one", "", "two"], dtype=object),
+                np.array([], dtype=object),
+                np.array([None], dtype=object),
+                None,
+            ],
+        }
+    )
+    # the frame pd.read_parquet gives (pyarrow is optional, so the test does not write one)
+    monkeypatch.setattr(data, "_read_table", lambda path: df)
+    table = load_pairs(tmp_path / "t.parquet")
+    assert table.captions == [["one", "two"], ["x"]]
+    assert [(r, reason.split(" (")[0]) for r, _, reason in table.bad] == [
+        (2, "empty caption"),
+        (3, "empty image path"),
+    ]
+
+
+def test_images_embedded_in_a_table_are_one_error_without_their_bytes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A Parquet table of Hugging Face datasets holds each image as ``{"bytes", "path"}``: one
+    error names the column and the fix, instead of a warning per row quoting the image bytes."""
+    import msclip.train.data as data
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(5000)
+    df = pd.DataFrame({"image": [{"bytes": png, "path": f"{i}.png"} for i in range(3)],
+                       "caption": ["a", "b", "c"]})  # fmt: skip
+    monkeypatch.setattr(data, "_read_table", lambda path: df)
+    with pytest.raises(
+        BadSampleError, match=r"holds dict values with keys \['bytes', 'path'\]"
+    ) as info:
+        load_pairs(tmp_path / "t.parquet")
+    assert info.value.param == "image_column" and len(str(info.value)) < 400
+
+
 def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     table = load_pairs(_scenes_like(tmp_path, 10))
     train, val = split_pairs(table, 0.2, seed=3)
@@ -130,6 +188,32 @@ def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     assert split_pairs(table, 0.2, seed=3)[1].paths == val.paths
     with pytest.raises(BadSampleError, match="val_fraction"):
         split_pairs(table, 0.05, seed=0)
+
+
+def test_split_keeps_the_rows_of_one_image_together(tmp_path: Path) -> None:
+    """A table of one row per caption (five rows per image, as captioning sets come) is split by
+    image: no held-out image is also trained on; distinct images split as before."""
+    for i in range(10):
+        _tif(tmp_path / f"{i}.tif", i)
+    rows = [
+        {"image": f"{i}.tif", "caption": f"image {i} caption {j}"}
+        for i in range(10)
+        for j in range(5)
+    ]
+    rows[1]["image"] = "./0.tif"  # the same file spelt otherwise
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    table = load_pairs(tmp_path / "t.csv")
+    train, val = split_pairs(table, 0.2, seed=3)
+    assert len(val) == 10 and len(train) == 40
+    keys = lambda t: {os.path.normpath(p) for p in t.paths}  # noqa: E731
+    assert len(keys(val)) == 2 and not keys(train) & keys(val)
+    with pytest.raises(BadSampleError, match="10 distinct images"):
+        split_pairs(table, 0.1, seed=0)
+    # one row per image: the split of before (a resumed run keeps its validation pairs)
+    single = table.subset(range(0, 50, 5))
+    train, val = split_pairs(single, 0.2, seed=3)
+    perm = np.random.default_rng([3, 0x5B11]).permutation(10)
+    assert val.rows == sorted(single.rows[i] for i in perm[:2])
 
 
 def test_sample_crop_respects_ranges() -> None:
@@ -191,6 +275,24 @@ def test_unreadable_image_is_set_aside(tmp_path: Path, preprocess) -> None:
     assert batch["bad"][0][:2] == (1, table.paths[1])
     empty = collate([ds[1]])
     assert empty["images"].shape == (0, 10, 32, 32) and empty["tokens"].shape == (0, 77)
+
+
+def test_an_image_without_a_valid_pixel_is_a_bad_sample(tmp_path: Path, preprocess) -> None:
+    """A tile entirely of nodata (beyond a swath's edge) would train as a constant image of band
+    means with its caption; one valid pixel is enough to be used."""
+    from affine import Affine
+
+    csv = _scenes_like(tmp_path, 4)
+    table = load_pairs(csv)
+    data = np.zeros((12, 16, 16), np.uint16)
+    kw = dict(crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0), bands=list(S2_L2A_BANDS))
+    msclip.write_geotiff(table.paths[1], data, nodata=0, **kw)
+    data[:, 3, 4] = 500
+    msclip.write_geotiff(table.paths[2], data, nodata=0, **kw)
+    for augment in (None, Augment()):
+        ds = PairDataset(table, preprocess, augment=augment)
+        assert ds[1]["error"] == "no valid pixel: every pixel is nodata or NaN"
+        assert "image" in ds[2] and "image" in ds[0]
 
 
 def test_process_slices_equal_the_single_process_batch() -> None:

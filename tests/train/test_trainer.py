@@ -239,6 +239,29 @@ def test_resume_checks_the_tables_by_content_not_by_path(
     assert train(_cfg(table, tmp_path / "run", max_steps=3, resume="latest", **kw)).steps == 3
 
 
+def test_resume_refuses_a_table_whose_usable_rows_changed(tmp_path: Path) -> None:
+    """An image file that went missing (or came back) since the run started changes the pairs,
+    their order and the validation split, though the table's content is the same."""
+    data = tmp_path / "data"
+    make_scenes(data, per_class=5)
+    kw = dict(val_every=0, save_every=1, keep_checkpoints=0, max_bad_fraction=0.1)
+    train(_cfg(data / "captions.csv", tmp_path / "run", max_steps=1, **kw))
+    gone = data / "River" / "River_2.tif"
+    gone.rename(gone.with_suffix(".moved"))
+    with pytest.raises(
+        ConfigError, match=r"row 8 \(line 9\) is now left out \(image file not"
+    ) as info:
+        train(_cfg(data / "captions.csv", tmp_path / "run", max_steps=2, resume="latest", **kw))
+    assert info.value.param == "train_data" and "restore the image files" in str(info.value)
+    gone.with_suffix(".moved").rename(gone)
+    assert (
+        train(
+            _cfg(data / "captions.csv", tmp_path / "run", max_steps=2, resume="latest", **kw)
+        ).steps
+        == 2
+    )
+
+
 def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_path: Path) -> None:
     train(_cfg(scenes, tmp_path, max_steps=2, warmup_steps=0, val_every=0))
     # The finished cosine ended at rate 0; four steps in all put step 3 halfway down the cosine.
@@ -352,6 +375,59 @@ def test_bad_rows_of_a_validation_table_are_counted_once(scenes: Path, tmp_path:
     assert len(trainer.val_table) == 9
     with pytest.raises(TooManyBadSamplesError, match=r"1 of 10 samples are bad.* 0 unreadable"):
         Trainer(_cfg(scenes, tmp_path / "strict", max_bad_fraction=0.05, **kw), DistContext())
+
+
+def test_validation_images_that_are_trained_on_are_named(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    df = pd.read_csv(scenes)
+    val = df.iloc[:4].copy()
+    val["image"] = str(scenes.parent) + "/" + val["image"]  # the same files, spelt absolute
+    val.loc[val.index[0], "image"] = str(scenes.parent / "Forest" / "." / "Forest_0.tif")
+    val.to_csv(tmp_path / "val.csv", index=False)
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(_cfg(scenes, tmp_path / "run", val_data=str(tmp_path / "val.csv")), DistContext())
+    (message,) = [r.getMessage() for r in caplog.records if "also in train_data" in r.getMessage()]
+    assert message.startswith("4 of the 4 images of val_data") and "and 1 more" in message
+
+
+def test_a_second_run_into_a_live_runs_output_dir_is_refused(scenes: Path, tmp_path: Path) -> None:
+    """Two runs writing one folder (a job launched twice, or resumed while it still runs) would
+    interleave their checkpoints and logs and both report success."""
+    first = Trainer(_cfg(scenes, tmp_path / "run", max_steps=1), DistContext())
+    with pytest.raises(ConfigError, match="another training run is writing") as info:
+        train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest"))
+    assert info.value.param == "output_dir"
+    first.close()
+    assert train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest")).steps == 1
+
+
+def test_writes_a_killed_run_left_unfinished_are_removed(scenes: Path, tmp_path: Path) -> None:
+    """A run killed (SIGKILL) while saving leaves a temporary file as large as a checkpoint;
+    the next run into the folder removes those of the run's own files, and nothing else."""
+    out = tmp_path / "run"
+    left = [out / "checkpoints" / ".tmp-step_00000004.pt.k2j.pt", out / ".tmp-final.safetensors.x"]
+    other = out / ".tmp-notes.txt.abc"
+    for f in [*left, other]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 10)
+    Trainer(_cfg(scenes, out, max_steps=1), DistContext()).close()
+    assert not any(f.exists() for f in left) and other.exists()
+
+
+def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, caplog) -> None:
+    """Rows of one image in one batch are each other's negatives: the run says how many pairs
+    repeat an image and how to give an image's captions instead."""
+    df = pd.read_csv(scenes)
+    df["image"] = str(scenes.parent) + "/" + df["image"]
+    rows = pd.concat([df.assign(caption=df["caption"] + f" ({j})") for j in range(2)])
+    rows.to_csv(tmp_path / "per_caption.csv", index=False)
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext()).close()
+        Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
+    (message,) = [r.getMessage() for r in caplog.records if "repeat the image" in r.getMessage()]
+    # 48 rows of 24 images; the 12 of 6 held-out images leave 36 pairs of 18 images
+    assert "18 of the 36 training pairs repeat" in message and "caption_2" in message
 
 
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
