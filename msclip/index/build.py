@@ -204,23 +204,42 @@ def plan_sources(
     stride: int | None = None,
 ) -> list[Source]:
     """Sources for image files and tiled scenes, in order, one per distinct absolute path (a file
-    listed both as an image and as a scene is one image, with a warning).
+    listed both as an image and as a scene is one image, with a warning) and one per file: a file
+    reached again through a link (a linked folder given beside its target, a symbolic or hard
+    link) is indexed once, under its first path, with a warning, so that search results do not
+    fill with copies of one image.
 
     Raises:
         RasterReadError, TilingError: a scene is missing, unreadable or smaller than a tile.
     """
     out: list[Source] = []
     seen: set[str] = set()
+    files: dict[tuple[int, int], str] = {}  # (device, inode) -> the first path of the file
+    linked: list[tuple[str, str]] = []  # (a path, the earlier path of the same file)
     images = [images] if isinstance(images, (str, os.PathLike)) else images  # one path, one item
     scenes = [scenes] if isinstance(scenes, (str, os.PathLike)) else scenes
+
+    def again(key: str) -> bool:
+        """Whether ``key`` is a file already planned under another path."""
+        try:
+            st = os.stat(key)
+        except OSError:  # missing or unreadable: the build names it
+            return False
+        first = files.setdefault((st.st_dev, st.st_ino), key)
+        if first != key:
+            linked.append((key, first))
+        return first != key
+
     for p in images:
         key = os.path.abspath(p)
-        if key not in seen:
+        if key not in seen and not again(key):
             seen.add(key)
             out.append(Source(str(p), key, stamp=file_stamp(key)))
     whole = set(seen)
     for p in scenes:
         key = os.path.abspath(p)
+        if key not in whole and key not in seen and again(key):
+            continue
         if key in whole:
             # one source per path (its key): the image listing came first
             shown_when_quiet.warning(
@@ -236,6 +255,13 @@ def plan_sources(
         stamp = file_stamp(key)  # before reading: a later change then shows as a change
         info = open_scene(p, tile_size, stride)
         out.append(Source(str(p), key, info, scene_tiles(info), stamp))
+    if linked:
+        shown_when_quiet.warning(
+            "%d given file(s) are files given before under another path (links), indexed once "
+            "under their first path: %s%s",
+            len(linked), "; ".join(f"{a} is {b}" for a, b in linked[:3]),
+            f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
+        )  # fmt: skip
     return out
 
 

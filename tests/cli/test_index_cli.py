@@ -621,6 +621,26 @@ def test_a_file_given_as_image_and_as_scene_is_one_image_with_a_warning(inputs, 
     assert not caplog.records  # a scene listed twice is one scene, without a warning
 
 
+def test_a_file_reached_again_through_a_link_is_indexed_once(inputs, tmp_path, capsys):
+    files, _, _ = inputs
+    real = tmp_path / "real"
+    real.mkdir()
+    for f in files[:2]:
+        shutil.copy(f, real / f.name)
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)  # a folder link
+    os.link(real / files[0].name, tmp_path / "hard.tif")  # a hard link
+    idx = tmp_path / "links.index"
+    assert main(["build", str(idx), "--images", str(real), str(tmp_path / "linked"),
+                 str(tmp_path / "hard.tif"), *TINY]) == 0  # fmt: skip
+    err = capsys.readouterr().err  # said under --quiet: search results would repeat images
+    assert "3 given file(s) are files given before under another path (links)" in err
+    assert f"{tmp_path / 'hard.tif'} is {real / files[0].name}" in err
+    store = IndexStore.open(idx)
+    assert len(store) == 2 and sorted(s.key for s in store.sources) == sorted(
+        str(real / f.name) for f in files[:2]
+    )
+
+
 def test_empty_or_missing_inputs_name_their_flag(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     idx = str(tmp_path / "x.index")
