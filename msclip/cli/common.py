@@ -1060,7 +1060,10 @@ def config_flags_note(err: BaseException, example: str) -> None:
 
 
 def config_from_namespace(
-    config: Any, values: dict[str, Any], yaml_path: str | os.PathLike | None = None
+    config: Any,
+    values: dict[str, Any],
+    yaml_path: str | os.PathLike | None = None,
+    yaml_values: Mapping[str, Any] | None = None,
 ) -> Any:
     """Fill a run configuration: its defaults, then the YAML file, then the given flags.
 
@@ -1069,6 +1072,8 @@ def config_from_namespace(
         values: parsed flags (only those given: parse with ``argument_default=SUPPRESS``);
             ``--option none`` clears an optional list.
         yaml_path: the ``--config`` file.
+        yaml_values: its options, when the caller has read it already (it is then not read
+            again: one file, one content).
 
     Returns:
         ``config``, updated (not yet validated).
@@ -1093,7 +1098,7 @@ def config_from_namespace(
             refused.update(getattr(err, "options", ()))
 
     if yaml_path is not None:
-        update(load_yaml(yaml_path), str(yaml_path))
+        update(load_yaml(yaml_path) if yaml_values is None else yaml_values, str(yaml_path))
     hints = option_types(type(config))
     cli: dict[str, Any] = {}
     for name, value in values.items():

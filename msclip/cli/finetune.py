@@ -125,16 +125,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         extra["zero_shot"] = bool(ns.pop("zero_shot", True))
     yaml_path = ns.pop("config", None)
     program = {k: bool(ns.pop(k, False)) for k in ("print_config", "quiet", "verbose")}
-    cfg = config_from_namespace(FinetuneRunConfig(), ns, yaml_path)
+    loaded = None
+    if yaml_path is not None:
+        from msclip.options import load_yaml
+
+        loaded = load_yaml(yaml_path)  # read once: its options, and which ones it gives
+    cfg = config_from_namespace(FinetuneRunConfig(), ns, yaml_path, loaded)
     if program["quiet"]:
         cfg.progress = False
     # the options given explicitly: those that do not apply to the run are named (_run)
     extra["flags_given"] = list(ns)
     extra["yaml_given"] = []
     if yaml_path is not None:
-        from msclip.options import load_yaml
-
-        loaded = load_yaml(yaml_path)
         if isinstance(loaded, dict):
             extra["yaml_given"] = [str(k).replace("-", "_") for k in loaded if k not in ns]
         extra["yaml_path"] = str(yaml_path)

@@ -339,6 +339,20 @@ def test_type_and_value_problems_of_one_config_are_reported_together(tmp_path, r
     assert err.count("error:") == 1 and "batch_size must be" not in err  # not its default's
 
 
+def test_the_config_file_is_read_once(tmp_path, monkeypatch):
+    import msclip.options
+    from msclip.cli.finetune import parse_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nk: 7\n")
+    reads, real = [], msclip.options.load_yaml
+    monkeypatch.setattr(msclip.options, "load_yaml", lambda p: reads.append(p) or real(p))
+    args = parse_args(["--config", str(config), "--k", "5"])
+    # one content for the options and for the list of those the file gives
+    assert len(reads) == 1 and args.cfg.epochs == 3 and args.cfg.k == 5
+    assert args.yaml_given == ["epochs"]
+
+
 def test_a_list_of_config_problems_says_how_options_are_written_as_flags(capsys):
     """Problems named by their option names (model_name, image_dir) come with the rule that
     turns them into flags (--model-name), in msclip-finetune as in msclip-train."""
