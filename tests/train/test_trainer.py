@@ -402,6 +402,37 @@ def test_a_second_run_into_a_live_runs_output_dir_is_refused(scenes: Path, tmp_p
     assert train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest")).steps == 1
 
 
+def test_a_run_refused_as_second_launch_leaves_the_first_runs_lock(
+    scenes: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Two launches at the same moment into a folder that does not exist yet: the one refused
+    must not remove the folder and lock file of the one that holds them, or a third launch would
+    run beside the first."""
+    import fcntl
+
+    import msclip.train.trainer as trainer_mod
+
+    out = tmp_path / "run"
+    first: list = []
+    lock_output = trainer_mod._lock_output
+
+    def first_run_takes_it(folder: Path):  # the other launch wins the race for the lock
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / trainer_mod.LOCK_NAME, "a+b")  # noqa: SIM115
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first.append(fh)
+        return lock_output(folder)
+
+    monkeypatch.setattr(trainer_mod, "_lock_output", first_run_takes_it)
+    with pytest.raises(ConfigError, match="another training run is writing"):
+        Trainer(_cfg(scenes, out, max_steps=1), DistContext())
+    monkeypatch.setattr(trainer_mod, "_lock_output", lock_output)
+    assert (out / trainer_mod.LOCK_NAME).exists()
+    with pytest.raises(ConfigError, match="another training run is writing"):
+        Trainer(_cfg(scenes, out, max_steps=1), DistContext())
+    first[0].close()
+
+
 def test_writes_a_killed_run_left_unfinished_are_removed(scenes: Path, tmp_path: Path) -> None:
     """A run killed (SIGKILL) while saving leaves a temporary file as large as a checkpoint;
     the next run into the folder removes those of the run's own files, and nothing else."""
