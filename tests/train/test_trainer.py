@@ -454,11 +454,15 @@ def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, c
     rows = pd.concat([df.assign(caption=df["caption"] + f" ({j})") for j in range(2)])
     rows.to_csv(tmp_path / "per_caption.csv", index=False)
     with caplog.at_level("WARNING", logger="msclip.train.trainer"):
-        Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext()).close()
+        trainer = Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext())
         Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
     (message,) = [r.getMessage() for r in caplog.records if "repeat the image" in r.getMessage()]
     # 48 rows of 24 images; the 12 of 6 held-out images leave 36 pairs of 18 images
     assert "18 of the 36 training pairs repeat" in message and "caption_2" in message
+    # the validation's recall counts each held-out image once, with both its captions
+    row = trainer.validate()
+    trainer.close()
+    assert (row["n_pairs"], row["n_images"]) == (12, 6)
 
 
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
