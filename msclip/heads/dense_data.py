@@ -394,8 +394,9 @@ def _check_label_values(t: DenseTarget, paths: Sequence[str]) -> None:
         try:
             counter.update_file(path)
         except LabelError as err:
-            if err.param == "labels":  # not class indices at all: another class list is no fix
-                raise LabelError(f"{err} (task {t.name!r})", param="labels") from None
+            if err.param in ("labels", "ignore_index"):  # another class list is no fix: not
+                # class indices at all, or negative values (unlabelled pixels)
+                raise LabelError(f"{err} (task {t.name!r})", param=err.param) from None
             raise LabelError(
                 f"{err} (task {t.name!r}; or give the class list that includes them: classes)",
                 param="classes",

@@ -92,11 +92,18 @@ class ClassCounter:
             valid = valid[valid != skip]
         if valid.size and (valid.min() < 0 or valid.max() >= self.num_classes):
             bad = valid[(valid < 0) | (valid >= self.num_classes)]
-            raise LabelError(
-                f"{where}: label values {sorted(set(bad[:10].tolist()))} are outside the "
-                f"{self.num_classes} classes 0..{self.num_classes - 1} and are not the ignore "
-                f"index {self.ignore_index}; fix the labels or the number of classes"
+            values = sorted(set(bad[:10].tolist()))
+            message = (
+                f"{where}: label values {values} are outside the {self.num_classes} classes "
+                f"0..{self.num_classes - 1} and are not the ignore index {self.ignore_index}"
             )
+            if values[-1] < 0:  # no class list holds a negative class: unlabelled pixels
+                raise LabelError(
+                    f"{message}; a value below 0 is no class: if {values[0]} marks unlabelled "
+                    f"pixels, make it the ignore index (ignore_index {values[0]})",
+                    param="ignore_index",
+                )
+            raise LabelError(f"{message}; fix the labels or the number of classes")
         return np.bincount(valid, minlength=self.num_classes).astype(np.int64)
 
     def _add_image(self, counts: np.ndarray) -> None:

@@ -566,7 +566,6 @@ def predict_scene(
             with writer:
                 for i, r in enumerate(rows):
                     n_rows = min(t, height - r)
-                    done = 0  # columns of this strip whose validity is known
                     # One read per group of batch_size neighbouring tiles (not per strip): the
                     # raw window held is batch_size tiles wide, and neighbouring groups share
                     # their edge blocks through GDAL's cache.
@@ -575,13 +574,10 @@ def predict_scene(
                         c0, c1 = group[0], group[-1] + t
                         raw, failed = read_group(Window(c0, r, min(c1, width) - c0, n_rows), group)
                         raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
-                        seen = prep.valid(raw)
-                        # columns shared with the previous group: valid where either read them
-                        # (the same pixels, unless a tile of one group could not be read)
-                        shared = max(0, min(done, c1) - c0)
-                        valid[:, c0 : c0 + shared] |= seen[:, :shared]
-                        valid[:, c0 + shared : c1] = seen[:, shared:]
-                        done = c1
+                        # valid where any read found data: neighbouring groups share columns,
+                        # and neighbouring strips rows (the same pixels, unless a tile of one
+                        # of them could not be read)
+                        valid[:, c0:c1] |= prep.valid(raw)
                         chunk = [c for c in group if c not in failed and valid[:, c : c + t].any()]
                         bar.update(len(group) - len(chunk))
                         if failed:
@@ -609,8 +605,10 @@ def predict_scene(
                     if keep > 0:
                         acc[:, :keep] = acc[:, final:]
                         wsum[:keep] = wsum[final:]
+                        valid[:keep] = valid[final:]
                     acc[:, keep:] = 0.0
                     wsum[keep:] = 0.0
+                    valid[keep:] = False
                 if unreadable:
                     writer.update_tags(msclip_unreadable_tiles=str(len(unreadable)))
             bar.close()

@@ -190,6 +190,16 @@ def _caption_cell(value: Any) -> str | list[str]:
     return _as_text(value)
 
 
+def _first_struct(cells: Sequence[Any]) -> dict | None:
+    """The first struct (dict) among caption cells and the items of their list cells (a
+    Parquet ``struct`` column, or a list of them such as ``[{raw, tokens}, ...]``), or ``None``."""
+    for v in cells:
+        for item in v if isinstance(v, (list, tuple, np.ndarray)) else (v,):
+            if isinstance(item, dict):
+                return item
+    return None
+
+
 def _cell_texts(cell: str | list[str]) -> list[str]:
     if isinstance(cell, list):
         return cell
@@ -258,6 +268,15 @@ def load_pairs(
             param="image_column",
         )
     images = [_as_text(v) for v in cells]
+    for c in cols:
+        struct = _first_struct(df[c].tolist())
+        if struct is not None:  # its Python text would train as the caption
+            raise BadSampleError(
+                f"table {p}: caption column {c!r} holds struct values with keys "
+                f"{sorted(map(str, struct))}, not texts; write the caption text of each into a "
+                "column of strings or of lists of strings (caption_columns)",
+                param="caption_columns",
+            )
     caption_lists = [[_caption_cell(v) for v in df[c].tolist()] for c in cols]
     paths: list[str] = []
     captions: list[list[str]] = []

@@ -129,27 +129,44 @@ def _lock_output(out: Path) -> Any:
         return None
     from msclip.errors import OutputPathError
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 - held open for the run
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write to output_dir {str(out)!r} ({err.strerror}); choose a folder you can "
-            "write to",
-            param="output_dir",
-        ) from err
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
+    lock = out / LOCK_NAME
+    for _ in range(10):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            fh = open(lock, "a+b")  # noqa: SIM115 - held open for the run
+        except FileNotFoundError:  # the folder removed at this moment by a refused run
+            continue
+        except OSError as err:
+            raise OutputPathError(
+                f"cannot write to output_dir {str(out)!r} ({err.strerror}); choose a folder you "
+                "can write to",
+                param="output_dir",
+            ) from err
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            fh.close()
+            raise ConfigError(
+                f"another training run is writing to output_dir {str(out)!r} (it holds "
+                f"{lock}); wait for it to finish, or choose another output_dir",
+                param="output_dir",
+            ) from err
+        except OSError as err:  # a file system without locks (some network mounts)
+            logger.info("cannot lock %s (%s): a second run into it would not be noticed", out, err)
+            return fh
+        # a run that made the folder and was refused removes its lock file: a lock taken on the
+        # removed file holds nothing, and a third run would lock a new file of that name
+        try:
+            if os.path.samestat(os.fstat(fh.fileno()), os.stat(lock)):
+                return fh
+        except FileNotFoundError:
+            pass
         fh.close()
-        raise ConfigError(
-            f"another training run is writing to output_dir {str(out)!r} (it holds "
-            f"{out / LOCK_NAME}); wait for it to finish, or choose another output_dir",
-            param="output_dir",
-        ) from err
-    except OSError as err:  # a file system without locks (some network mounts)
-        logger.info("cannot lock %s (%s): a second run into it would not be noticed", out, err)
-    return fh
+    raise OutputPathError(
+        f"cannot hold output_dir {str(out)!r}: its lock file {lock} was removed again and again "
+        "(other runs starting into it?); choose another output_dir",
+        param="output_dir",
+    )
 
 
 @dataclass
@@ -291,11 +308,14 @@ class Trainer:
                 remove_unfinished(self.out)  # no other run writes here now
             self._setup()
         except BaseException:
-            self.close()
-            if created and ctx.is_main:  # a run refused before any work leaves no folder
+            # a run refused before any work leaves no folder; only the run holding the folder
+            # removes it (one refused as a second run launched at the same moment must not take
+            # the lock file of the first), and while it still holds it
+            if created and self._lock is not None:
                 (self.out / LOCK_NAME).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     self.out.rmdir()
+            self.close()
             raise
 
     def close(self) -> None:

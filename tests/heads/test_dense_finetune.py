@@ -294,6 +294,14 @@ def test_a_negative_ignore_index_trains_and_is_left_out_of_the_metrics(dense, tm
             dst.write(arr, 1)
         table.loc[k, "label"] = str(out)
     table.to_csv(tmp_path / "m.csv", index=False)
+    # under the default ignore index the -1 pixels are refused with the fix (no class list
+    # holds a class -1)
+    from msclip.errors import LabelError
+
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "m.csv"), data_root=str(dense))
+    with pytest.raises(LabelError, match=r"\[-1\] are outside .* make it the ignore index") as info:
+        load_dense_data(cfg)
+    assert info.value.param == "ignore_index" and "class list" not in str(info.value)
     cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "m.csv"), data_root=str(dense),
                ignore_index=-1, class_weights=["auto"], epochs=1)  # fmt: skip
     (m,) = run_finetune(cfg).methods

@@ -180,6 +180,27 @@ def test_images_embedded_in_a_table_are_one_error_without_their_bytes(
     assert info.value.param == "image_column" and len(str(info.value)) < 400
 
 
+def test_struct_caption_cells_are_one_error_not_their_python_text(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Caption cells of a Parquet struct column, or lists of structs (``[{raw, tokens}, ...]``
+    as captioning sets publish sentences), are refused naming the column, not trained on as the
+    text ``{'raw': ...}``."""
+    import msclip.train.data as data
+
+    _tif(tmp_path / "a.tif", 0)
+    for cell in ({"raw": "a river", "tokens": ["a", "river"]}, [{"raw": "a river"}]):
+        df = pd.DataFrame({"image": ["a.tif", "a.tif"], "caption": ["x", "y"],
+                           "caption_2": [None, cell]})  # fmt: skip
+        monkeypatch.setattr(data, "_read_table", lambda path, df=df: df)
+        with pytest.raises(
+            BadSampleError,
+            match=r"caption column 'caption_2' holds struct values with keys \['raw'",
+        ) as info:
+            load_pairs(tmp_path / "t.parquet")
+        assert info.value.param == "caption_columns"
+
+
 def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     table = load_pairs(_scenes_like(tmp_path, 10))
     train, val = split_pairs(table, 0.2, seed=3)

@@ -402,6 +402,37 @@ def test_a_second_run_into_a_live_runs_output_dir_is_refused(scenes: Path, tmp_p
     assert train(_cfg(scenes, tmp_path / "run", max_steps=1, resume="latest")).steps == 1
 
 
+def test_a_run_refused_as_second_launch_leaves_the_first_runs_lock(
+    scenes: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Two launches at the same moment into a folder that does not exist yet: the one refused
+    must not remove the folder and lock file of the one that holds them, or a third launch would
+    run beside the first."""
+    import fcntl
+
+    import msclip.train.trainer as trainer_mod
+
+    out = tmp_path / "run"
+    first: list = []
+    lock_output = trainer_mod._lock_output
+
+    def first_run_takes_it(folder: Path):  # the other launch wins the race for the lock
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / trainer_mod.LOCK_NAME, "a+b")  # noqa: SIM115
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first.append(fh)
+        return lock_output(folder)
+
+    monkeypatch.setattr(trainer_mod, "_lock_output", first_run_takes_it)
+    with pytest.raises(ConfigError, match="another training run is writing"):
+        Trainer(_cfg(scenes, out, max_steps=1), DistContext())
+    monkeypatch.setattr(trainer_mod, "_lock_output", lock_output)
+    assert (out / trainer_mod.LOCK_NAME).exists()
+    with pytest.raises(ConfigError, match="another training run is writing"):
+        Trainer(_cfg(scenes, out, max_steps=1), DistContext())
+    first[0].close()
+
+
 def test_writes_a_killed_run_left_unfinished_are_removed(scenes: Path, tmp_path: Path) -> None:
     """A run killed (SIGKILL) while saving leaves a temporary file as large as a checkpoint;
     the next run into the folder removes those of the run's own files, and nothing else."""
@@ -423,11 +454,15 @@ def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, c
     rows = pd.concat([df.assign(caption=df["caption"] + f" ({j})") for j in range(2)])
     rows.to_csv(tmp_path / "per_caption.csv", index=False)
     with caplog.at_level("WARNING", logger="msclip.train.trainer"):
-        Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext()).close()
+        trainer = Trainer(_cfg(tmp_path / "per_caption.csv", tmp_path / "run"), DistContext())
         Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
     (message,) = [r.getMessage() for r in caplog.records if "repeat the image" in r.getMessage()]
     # 48 rows of 24 images; the 12 of 6 held-out images leave 36 pairs of 18 images
     assert "18 of the 36 training pairs repeat" in message and "caption_2" in message
+    # the validation's recall counts each held-out image once, with both its captions
+    row = trainer.validate()
+    trainer.close()
+    assert (row["n_pairs"], row["n_images"]) == (12, 6)
 
 
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
