@@ -1168,20 +1168,16 @@ def _report_unreadable_tiles(args: argparse.Namespace, result: Any) -> int:
     0 with ``--skip-bad``."""
     if not result.unreadable:
         return EXIT_OK
-    groups: dict[str, list[str]] = {}  # GDAL's reason -> the windows it concerns
-    for entry in result.unreadable:
-        where, _, reason = entry.partition(": ")
-        groups.setdefault(reason, []).append(where)
-    parts = []
-    for reason, wheres in list(groups.items())[:5]:
-        more = f" and {len(wheres) - 3} more" if len(wheres) > 3 else ""
-        parts.append(f"{'; '.join(wheres[:3])}{more} ({reason})")
-    rest = f"; and {len(groups) - 5} other reasons" if len(groups) > 5 else ""
+    # each with GDAL's reason, which names its own block: the first few (-v logs them all)
+    shown = ["{} ({})".format(*entry.partition(": ")[::2]) for entry in result.unreadable[:3]]
     n = len(result.unreadable)
+    more = f"; and {n - len(shown)} more" if n > len(shown) else ""
+    for entry in result.unreadable[len(shown) :]:
+        logger.info("unreadable tile of %s: %s", args.scene, entry)
     print(
         f"warning: {n} of {plural(result.tiles, 'tile')} of {args.scene} could not be read "
         f"and {'was' if n == 1 else 'were'} left out; the pixels no readable tile covers are "
-        f"nodata in the map: {' / '.join(parts)}{rest}",
+        f"nodata in the map: {'; '.join(shown)}{more}",
         file=sys.stderr,
     )
     return EXIT_OK if args.skip_bad else EXIT_PARTIAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -277,6 +278,8 @@ def test_whole_file_problems_of_a_scene_are_said_once_before_the_model_loads(
     err = capsys.readouterr().err
     assert rc == 1 and f"tiles of {broken} could not be read and were left out" in err
     assert "rows " in err and "See previous exception" not in err
+    # the first three with their reasons, then a count (-v logs the others)
+    assert re.search(r"\(scene\.tif|\(broken\.tif", err) and re.search(r"; and \d+ more", err)
     with rasterio.open(tmp_path / "d" / "dense_class_map.tif") as src:
         cls = src.read(1)
         assert int(src.tags()["msclip_unreadable_tiles"]) >= 1
