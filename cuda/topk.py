@@ -512,7 +512,11 @@ class FusedSearcher:
         if keep >= self.count:
             return ids_np, None
         thr = scores[:, -1].double().cpu().numpy()
-        return ids_np, thr + shift + self._eps(q)
+        bound = thr + shift + self._eps(q)
+        # a query beyond the device format's range (float16 ends at 65504) was scanned as
+        # infinity: its scan scores are +-inf or NaN and bound nothing, so it is not certified
+        bound[~torch.isfinite(qd).all(dim=1).cpu().numpy()] = np.inf
+        return ids_np, bound
 
     def _scan(self, qd: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``keep`` scan scores and ids by the method of ``method`` (see the class)."""

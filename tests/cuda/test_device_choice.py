@@ -165,3 +165,29 @@ def test_a_search_index_on_the_gemm_method_equals_exact_search(monkeypatch, capl
         np.testing.assert_array_equal(got.scores, exact.scores)
         assert calls == [32, 256] and "query 5 not certified, rescanning in float64" in caplog.text
         calls.clear()
+
+
+def test_a_query_beyond_float16_is_not_certified_by_its_infinite_scan(caplog) -> None:
+    """A query component above 65504 becomes infinity in the float16 device copy: every scan score
+    is +-inf or NaN, and a last kept score of -inf bounded nothing yet certified wrong rows. Such a
+    query is not certified: its longer list (all 60 rows here) is re-ranked exactly."""
+    import logging
+
+    import numpy as np
+
+    from msclip.index.search import SearchIndex
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((60, 8)).astype(np.float32)
+    emb[:, 0] = -np.abs(emb[:, 0])
+    emb[[7, 20, 33], 0] *= -1  # three rows score +inf, the others -inf
+    query = np.ones((1, 8), np.float32)
+    query[0, 0] = 1e5
+    exact = SearchIndex(emb, device="cpu").search(query, 5, exact=True)
+    index = SearchIndex(emb, device="auto")
+    index._fused = topk.FusedSearcher.for_index(index, torch.device("cpu"), "float16", "gemm")
+    with caplog.at_level(logging.DEBUG):
+        got = index.search(query, 5)
+    np.testing.assert_array_equal(got.ids, exact.ids)
+    np.testing.assert_array_equal(got.scores, exact.scores)
+    assert "1 queries not certified, longer lists" in caplog.text
