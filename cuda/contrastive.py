@@ -481,7 +481,9 @@ class _BlockwiseLoss(torch.autograd.Function):
         x, y = image.detach(), text.detach()
         if spec.backend.upcast:
             x, y = x.to(cdt), y.to(cdt)
-        s = logit_scale.detach().to(cdt).exp()
+        # a single value of any shape ([], [1], [1, 1]): computed as a 0-d tensor, its gradient
+        # returned in the parameter's own shape
+        s = logit_scale.detach().to(cdt).reshape(()).exp()
         n = x.shape[0]
         a, b = spec.rows
         if spec.kind == "clip":
@@ -505,15 +507,16 @@ class _BlockwiseLoss(torch.autograd.Function):
             loss, d_t, d_b = parts[0] / (2 * n), parts[1] / (2 * n), None
             ctx.save_for_backward(x, y, s, lse_all, lse_c)
         else:
-            bias = logit_bias.detach().to(cdt)
+            bias = logit_bias.detach().to(cdt).reshape(())
             sums = spec.backend.siglip_forward(x[a:b], y, s, bias, a).to(cdt)
             if spec.shard is not None:
                 sums = _all_reduce_sum(sums)
             loss, d_t, d_b = sums[0] / n, -sums[1] / n, -sums[2] / n
             ctx.save_for_backward(x, y, s, bias)
         ctx.input_dtype = image.dtype
-        ctx.scale_dtype = logit_scale.dtype
+        ctx.scale_dtype, ctx.scale_shape = logit_scale.dtype, logit_scale.shape
         ctx.bias_dtype = logit_bias.dtype if logit_bias is not None else None
+        ctx.bias_shape = logit_bias.shape if logit_bias is not None else None
         ctx.spec = spec
         ctx.d_t, ctx.d_b = d_t, d_b
         return loss
@@ -537,10 +540,12 @@ class _BlockwiseLoss(torch.autograd.Function):
                 coef = -grad * s / n
             gx = _place(acc_x, coef, ctx.input_dtype, x, spec.rows) if need[0] else None
             gy = _place(acc_y, coef, ctx.input_dtype, y, spec.rows) if need[1] else None
-        g_t = (grad * ctx.d_t).to(ctx.scale_dtype) if ctx.needs_input_grad[2] else None
+        g_t = None
+        if ctx.needs_input_grad[2]:
+            g_t = (grad * ctx.d_t).to(ctx.scale_dtype).reshape(ctx.scale_shape)
         g_b = None
         if ctx.needs_input_grad[3] and ctx.d_b is not None:
-            g_b = (grad * ctx.d_b).to(ctx.bias_dtype)
+            g_b = (grad * ctx.d_b).to(ctx.bias_dtype).reshape(ctx.bias_shape)
         return gx, gy, g_t, g_b, None
 
 

@@ -117,6 +117,19 @@ def test_frozen_tower_and_frozen_temperature() -> None:
     assert_matches(*got, *ref)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_temperature_and_bias_of_shape_one(kind: str) -> None:
+    """A single value is accepted in any shape ([1] as well as []): its gradient comes back in
+    that shape (autograd refused a 0-d one for a [1] parameter)."""
+    x, y = _features(6)
+    t = torch.tensor([math.log(10.0)], requires_grad=True)
+    b = torch.tensor([-2.0], requires_grad=True) if kind == "siglip" else None
+    ref = loss_and_grads(plain(kind), x, y, t, b)
+    got = loss_and_grads(chunked(kind, 4), x, y, t, b)
+    assert got[1]["logit_scale"].shape == (1,)
+    assert_matches(*got, *ref)
+
+
 def test_bad_inputs_name_the_problem() -> None:
     x, y = _features(4)
     t = torch.tensor(0.0)
