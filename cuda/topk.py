@@ -146,6 +146,10 @@ def topk_reference(
         parts = [topk_reference(queries[s : s + _QUERY_BATCH], stored, k, chunk_rows=chunk_rows)
                  for s in range(0, queries.shape[0], _QUERY_BATCH)]  # fmt: skip
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    k = min(k, stored.shape[0])
+    if k <= 0 or queries.shape[0] == 0:  # no rows, no queries or none asked for: empty lists
+        empty = torch.empty((queries.shape[0], max(k, 0)), device=queries.device)
+        return empty, empty.long()
     rows = chunk_rows or max(k, _SCORE_BYTES // (12 * max(1, queries.shape[0])))
     best = None
     for start in range(0, stored.shape[0], rows):
@@ -156,7 +160,7 @@ def topk_reference(
         keys = torch.topk(keys, min(k, keys.shape[1]), dim=1).values
         best = keys if best is None else torch.cat([best, keys], dim=1)
     assert best is not None
-    return _merge(best, min(k, stored.shape[0]))
+    return _merge(best, k)
 
 
 #: Bytes of float32 scores of one chunk of :func:`gemm_topk` (at most a quarter of the device's
@@ -263,6 +267,9 @@ def fused_topk(
     # would be read as other numbers. Rows may be strided (a slice of rows stays a view).
     if stored.stride(1) != 1:
         stored = stored.contiguous()
+    if queries.shape[0] == 0:  # no queries: empty lists
+        empty = torch.empty((0, k), device=stored.device)
+        return empty, empty.long()
     kk = max(16, _pow2(k))
     scores, ids = [], []
     for a in range(0, queries.shape[0], _QUERY_BATCH):

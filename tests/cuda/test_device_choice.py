@@ -141,6 +141,13 @@ def test_the_gemm_method_keeps_the_top_scan_scores_over_chunks(monkeypatch) -> N
         assert none[0].shape == none[1].shape == (6, 0) and none[1].dtype == torch.int64
 
 
+def test_the_reference_top_k_of_no_queries_or_no_rows_is_empty() -> None:
+    stored = F.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(4)), dim=1)
+    for q, x, k, shape in [(stored[:0], stored, 5, (0, 5)), (stored[:3], stored[:0], 5, (3, 0))]:
+        s, i = topk.topk_reference(q, x, k)
+        assert s.shape == i.shape == shape and i.dtype == torch.int64
+
+
 def test_a_search_index_on_the_gemm_method_equals_exact_search(monkeypatch, caplog) -> None:
     """The ``gemm`` method runs wherever torch does (no Triton): on the CPU here, with
     duplicates and a query whose candidates cannot be certified (rescanned exactly)."""

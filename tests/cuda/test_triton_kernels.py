@@ -131,6 +131,15 @@ def test_fused_topk_reads_strided_stored_views(topk_device: str) -> None:
         np.testing.assert_array_equal(s.cpu().numpy(), ref_s.astype(np.float32))
 
 
+@pytest.mark.gpu
+def test_fused_topk_of_no_queries_is_empty(topk_device: str) -> None:
+    q, x = _tied_data(40, 24, 1)
+    for stored in (x.to(topk_device, torch.float16), x.to(topk_device, torch.int8)):
+        s, i = fused_topk(q[:0].to(topk_device, torch.float16), stored, 5)
+        assert s.shape == i.shape == (0, 5) and i.dtype == torch.int64
+        assert s.device == i.device == stored.device
+
+
 def test_keys_round_trip_and_order() -> None:
     scores = torch.tensor([0.5, -0.0, 0.0, -1e-30, 3.0, -2.5, 0.5])
     ids = torch.tensor([9, 1, 0, 4, 2, 3, 7])
