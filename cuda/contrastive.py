@@ -186,7 +186,10 @@ def check_loss_impl(impl: str, device: torch.device | str) -> None:
     """
     if _requested(impl) != "triton":
         return
-    check_device(device, "contrastive_kernels", "loss implementation 'triton'")
+    what = "loss implementation 'triton'"
+    if impl == "auto":  # the environment asked for it: say so, or the flag's value misleads
+        what += f" (set by {ENV_LOSS_IMPL}; unset it or pass --loss-impl chunked)"
+    check_device(device, "contrastive_kernels", what)
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -201,6 +201,18 @@ def test_resolve_and_check_the_implementation(monkeypatch) -> None:
         ContrastiveLoss("clip", impl="fused")
 
 
+def test_triton_chosen_by_the_environment_is_named_when_refused(monkeypatch) -> None:
+    """--loss-impl auto with MSCLIP_LOSS_IMPL=triton where the kernels cannot run: the error
+    names the variable that chose them, not only the flag's implementation."""
+    monkeypatch.setenv(ENV_LOSS_IMPL, "triton")
+    with pytest.raises(KernelUnavailableError, match=f"set by {ENV_LOSS_IMPL}"):
+        check_loss_impl("auto", "cpu")
+    monkeypatch.delenv(ENV_LOSS_IMPL)
+    with pytest.raises(KernelUnavailableError) as info:
+        check_loss_impl("triton", "cpu")
+    assert ENV_LOSS_IMPL not in str(info.value)
+
+
 def test_contrastive_loss_module_uses_the_chosen_implementation(monkeypatch, caplog) -> None:
     monkeypatch.setattr(bc, "DEFAULT_CHUNK", 4)
     x, y = _features(11)
