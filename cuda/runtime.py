@@ -35,6 +35,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The PyTorch path that replaces each kernel module, as errors tell the user to take it.
+_FALLBACK = {
+    "contrastive_kernels": "use the PyTorch loss (--loss-impl chunked)",
+    "topk_kernels": "search on the CPU (SearchIndex(device='cpu') or 'auto')",
+}
+
+
+def _fallback(module_name: str) -> str:
+    return _FALLBACK.get(module_name, "use the PyTorch path")
+
 
 @functools.cache
 def triton_available() -> bool:
@@ -58,7 +68,7 @@ def kernel_module(name: str) -> ModuleType:
     if not triton_available():
         raise KernelUnavailableError(
             f"the Triton kernels ({name}) need the 'triton' package, which ships with the CUDA "
-            "builds of torch; install one, or use the PyTorch path (e.g. --loss-impl chunked)"
+            f"builds of torch; install one, or {_fallback(name)}"
         )
     return importlib.import_module(f"msclip.cuda.{name}")
 
@@ -105,11 +115,11 @@ def check_device(device: torch.device | str, module_name: str, what: str) -> Non
         kernel_module(module_name)  # raises with the install hint
     if device.type == "cuda":
         raise KernelUnavailableError(
-            f"{what} on {device}: no CUDA device is visible to torch; run on a GPU or choose the "
-            "PyTorch path"
+            f"{what} on {device}: no CUDA device is visible to torch; run on a GPU or "
+            f"{_fallback(module_name)}"
         )
     raise KernelUnavailableError(
         f"{what} got tensors on {device}: the Triton kernels run on CUDA devices, or on the CPU "
         "only under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported); "
-        "choose the PyTorch path on this device"
+        f"{_fallback(module_name)}"
     )

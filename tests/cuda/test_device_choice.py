@@ -198,3 +198,24 @@ def test_a_query_beyond_float16_is_not_certified_by_its_infinite_scan(caplog) ->
     np.testing.assert_array_equal(got.ids, exact.ids)
     np.testing.assert_array_equal(got.scores, exact.scores)
     assert "1 queries not certified, longer lists" in caplog.text
+
+
+def test_an_unavailable_kernel_names_the_fallback_of_its_own_task(monkeypatch) -> None:
+    """Without Triton (CUDA torch on Windows) or a GPU, each refusal says how to take that task's
+    PyTorch path: a search is not told to change its loss."""
+    import numpy as np
+    from msclip.cuda import runtime
+    from msclip.cuda.contrastive import check_loss_impl
+
+    from msclip.errors import KernelUnavailableError
+    from msclip.index.search import SearchIndex
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for triton in (True, False):
+        monkeypatch.setattr(runtime, "triton_available", lambda triton=triton: triton)
+        index = SearchIndex(np.eye(4, dtype=np.float32), device="cuda")
+        with pytest.raises(KernelUnavailableError, match="device='cpu'") as info:
+            index.search(np.ones(4, np.float32), 2)
+        assert "loss" not in str(info.value)
+        with pytest.raises(KernelUnavailableError, match="--loss-impl chunked"):
+            check_loss_impl("triton", "cuda")
