@@ -159,31 +159,25 @@ def head_outputs(head: nn.Module) -> str:
 
 def head_scores(head: nn.Module, features: Any, task: str, batch_size: int = 4096) -> np.ndarray:
     """Scores of a head on features, float64 ``[N, outputs]``: class probabilities (softmax for
-    single-label, sigmoid for multi-label) or regression values.
+    single-label, sigmoid for multi-label) or regression values: those of
+    :func:`msclip.heads.linear.predict_head`, and an empty array for no features.
 
     Args:
         head: the head (put in eval mode).
         features: ``[N, D]`` array, memory map or tensor.
         task: ``classification`` / ``single-label``, ``multi-label`` or ``regression``.
         batch_size: rows per call.
-    """
-    from msclip.heads.linear import _rows
 
-    head.eval()
-    x = features if isinstance(features, torch.Tensor) else np.asarray(features)
-    n = x.shape[0]
-    out = []
-    with torch.inference_mode():
-        for a in range(0, n, batch_size):
-            y = head(_rows(x, np.arange(a, min(n, a + batch_size)))).double()
-            if head_outputs(head) == "logits":
-                if task in ("classification", "single-label"):
-                    y = y.softmax(dim=1)
-                elif task == "multi-label":
-                    y = y.sigmoid()
-            out.append(y.cpu())
-    width = getattr(head, "out_features", 0)
-    return torch.cat(out).numpy() if out else np.zeros((0, width))
+    Raises:
+        HeadConfigError: an unknown task.
+        HeadInputError: bad features, or features of another width than the head reads.
+    """
+    from msclip.heads.linear import predict_head, scoring_task
+
+    scoring_task(task)
+    if len(features) == 0:
+        return np.zeros((0, getattr(head, "out_features", 0)))
+    return predict_head(head, features, task, batch_size)
 
 
 # -- probes as heads -----------------------------------------------------------------------------

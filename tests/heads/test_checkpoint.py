@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 import msclip
-from msclip.errors import CheckpointError, CheckpointMismatchError
-from msclip.heads import FeatureSpec, LinearHead, fit_logistic, fit_ridge, knn_scores
+from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError, HeadInputError
+from msclip.heads import FeatureSpec, LinearHead, fit_logistic, fit_ridge, knn_scores, predict_head
 from msclip.heads.checkpoint import (
     KNNHead,
     bind_head,
@@ -56,6 +56,24 @@ def test_ridge_and_knn_heads_equal_their_probes():
     head = KNNHead(x[:40], y[:40], 3, k=7, temperature=0.07)
     want = knn_scores(x[:40].astype(np.float16), y[:40], x[40:], k=7, num_classes=3)
     np.testing.assert_allclose(head_scores(head, x[40:], "classification"), want, atol=1e-12)
+
+
+def test_predict_head_reads_a_knn_head_and_the_task_of_head_files():
+    x, y = _data()
+    head = KNNHead(x[:40], y[:40], 3, k=7)
+    want = knn_scores(x[:40].astype(np.float16), y[:40], x[40:], k=7, num_classes=3)
+    # vote fractions already: no softmax over them, whatever the task is called
+    for task in ("single-label", "classification"):
+        np.testing.assert_allclose(predict_head(head, x[40:], task), want, atol=1e-12)
+
+
+def test_head_scores_refuses_an_unknown_task_and_features_of_another_width():
+    x, y = _data()
+    head = logistic_to_head(fit_logistic(x, y, C=0.5))
+    with pytest.raises(HeadConfigError, match="unknown task 'classfication'"):
+        head_scores(head, x, "classfication")  # would have returned the raw logits
+    with pytest.raises(HeadInputError, match=r"5 features per row but .* have 8"):
+        head_scores(head, x[:, :5], "classification")
 
 
 def test_head_file_round_trip_holds_no_encoder(tmp_path):
