@@ -115,6 +115,17 @@ def test_encode_image_names_the_shape_it_needs(tiny):
             tiny.encode_image(torch.ones(1, 10, 32, 32, dtype=dtype))
 
 
+def test_band_names_of_images_are_a_list_of_distinct_bands(tiny):
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(BandError, match=r"single string 'B04'; write \['B04'\]"):
+        tiny.encode_image(x[:, :1], bands="B04")  # not the bands 'B', '0', '4'
+    with pytest.raises(BandError, match="'B04' appears twice"):
+        tiny.encode_image(x, bands=["B04", "B03", "B04"])  # one of them was dropped unsaid
+    with pytest.raises(BandError, match="'B04' appears twice"):
+        tiny.forward_intermediates(x, bands=["B04", "B03", "B04"])
+    assert tiny.encode_image(x, bands=["B04", "B03", "B02"]).shape == (1, 32)
+
+
 def test_an_int_device_is_a_cuda_device():
     from msclip.errors import DeviceError
     from msclip.hardware import device_type
