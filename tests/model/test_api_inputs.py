@@ -93,6 +93,10 @@ def test_classify_takes_graph_tensors_and_refuses_nan():
     clf = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     feats = torch.randn(2, 8, requires_grad=True)
     assert len(classify(feats, clf, ["a", "b", "c"]).labels()) == 2
+    with pytest.raises(ClassNameError, match="single string 'abc'"):
+        classify(feats, clf, "abc")  # not the classes 'a', 'b', 'c'
+    with pytest.raises(msclip.errors.DuplicateClassError, match="'a'"):
+        classify(feats, clf, ["a", "b", "a"])
     with pytest.raises(InvalidEmbeddingsError, match=r"rows \[1\]"):
         classify(torch.stack([torch.ones(8), torch.full((8,), float("nan"))]), clf, ["a", "b", "c"])
     with pytest.raises(msclip.errors.DimensionMismatchError, match=r"\[N, 8\]"):
