@@ -61,6 +61,7 @@ __all__ = [
     "logistic_to_head",
     "predict_images",
     "read_head",
+    "require_bound",
     "ridge_to_head",
     "save_head",
     "training_bands",
@@ -263,6 +264,8 @@ class HeadCheckpoint:
         method: the method that trained it (``logistic``, ``linear`` ...).
         info: the rest of the metadata (dataset, metrics, created ...).
         path: the file.
+        bound: the fingerprint of the encoder :func:`bind_head` last accepted (with the LoRA
+            adapters it merged), or ``None``.
     """
 
     head: nn.Module
@@ -274,6 +277,7 @@ class HeadCheckpoint:
     method: str
     info: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    bound: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def outputs(self) -> str:
@@ -459,9 +463,11 @@ def bind_head(
     enc = checkpoint.encoder
     have = model.fingerprint(precision=False)
     needs = enc.get("adapters")
-    if not needs and have == enc.get("fingerprint"):
+    if (not needs and have == enc.get("fingerprint")) or have == checkpoint.bound:
+        checkpoint.bound = have
         return
     if needs and enc.get("merged_fingerprint") == have:
+        checkpoint.bound = have
         return  # the merged weights file
     if needs and have == enc.get("fingerprint"):
         from msclip.heads.lora import load_lora, merge_lora
@@ -496,6 +502,7 @@ def bind_head(
         load_lora(model, where)
         merge_lora(model)
         logger.info("LoRA adapters %s merged into the encoder", where)
+        checkpoint.bound = model.fingerprint(precision=False)  # the merged weights
         return
     want = dict(enc)
     hint = ""
@@ -509,6 +516,37 @@ def bind_head(
         f"on.{hint}",
         param="head",
     )
+
+
+def require_bound(checkpoint: Any, model: Any) -> None:
+    """Refuse to run a head on an encoder :func:`bind_head` has not accepted: a head on another
+    encoder's features gives confident, meaningless scores.
+
+    Args:
+        checkpoint: a :class:`HeadCheckpoint` (or a dense head read back from its file).
+        model: the encoder about to feed it.
+
+    Raises:
+        CheckpointMismatchError: another encoder (both fingerprints named), or the head's
+            encoder without the LoRA adapters the head was trained with (``bind_head`` merges
+            them).
+    """
+    have = model.fingerprint(precision=False)
+    enc = checkpoint.encoder
+    needs = enc.get("adapters")
+    if have == getattr(checkpoint, "bound", None):
+        return
+    if (not needs and have == enc.get("fingerprint")) or (
+        needs and have == enc.get("merged_fingerprint")
+    ):
+        return
+    if needs and have == enc.get("fingerprint"):
+        raise CheckpointMismatchError(
+            f"head {checkpoint.path} was trained with LoRA adapters ({needs.get('file')}) that "
+            "this encoder lacks: call bind_head(head, model) first, which merges them",
+            param="adapters",
+        )
+    bind_head(checkpoint, model)  # another encoder: refused, naming both
 
 
 def predict_images(
@@ -528,10 +566,15 @@ def predict_images(
     Returns:
         ``(scores [N_ok, outputs], indices, failures, skipped, valid fractions)`` as in
         :func:`msclip.encode.encode_images`.
+
+    Raises:
+        CheckpointMismatchError: ``model`` is not the encoder the head was trained on (see
+            :func:`bind_head`), before any image is read.
     """
     from msclip.encode import encode_batches
     from msclip.errors import BandCoverageError
 
+    require_bound(checkpoint, model)
     spec = checkpoint.features
     feats, indices, failures, skipped, valid = [], [], [], [], []
     for b in encode_batches(

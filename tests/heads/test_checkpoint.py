@@ -118,6 +118,38 @@ def test_head_on_another_encoder_is_refused_naming_both_fingerprints(tmp_path):
     bind_head(head, bf16)
 
 
+def test_predicting_refuses_an_encoder_the_head_was_not_trained_on(tmp_path):
+    from msclip.encode import ImageDataset
+    from msclip.heads.checkpoint import predict_images
+    from msclip.heads.decoders import build_decoder
+    from msclip.heads.dense_head import DenseHeadCheckpoint
+
+    torch.manual_seed(0)
+    trained_on = msclip.create_model("msclip-tiny")
+    torch.manual_seed(1)
+    other = msclip.create_model("msclip-tiny")
+    path = save_head(tmp_path / "h.safetensors", LinearHead(trained_on.width, 2).eval(),
+                     task="classification", names=["x", "y"], features=FeatureSpec(),
+                     encoder=encoder_facts(trained_on), method="linear")  # fmt: skip
+    head = read_head(path)
+    files = ["benchmark_datasets/examples/sea_01.tif"]
+    b = other.fingerprint(precision=False)
+    # without bind_head: refused before any image is read, not scored on the wrong features
+    with pytest.raises(CheckpointMismatchError, match=rf"but the model is {b}"):
+        predict_images(head, other, ImageDataset(files, other.preprocess()))
+    scores, ok, *_ = predict_images(head, trained_on, ImageDataset(files, trained_on.preprocess()))
+    assert scores.shape == (1, 2) and ok == [0]
+    decoder = build_decoder("linear", [trained_on.width], 2, trained_on.patch_size)
+    dense = DenseHeadCheckpoint(
+        tasks=[{"name": "seg", "kind": "segmentation", "num_outputs": 2, "decoder": "linear"}],
+        layers=[-1], pad_mode="reflect", heads=torch.nn.ModuleDict({"seg": decoder}),
+        encoder=encoder_facts(trained_on), method="linear-frozen",
+    )  # fmt: skip
+    with pytest.raises(CheckpointMismatchError, match=rf"but the model is {b}"):
+        dense.dense_model(other)
+    assert dense.dense_model(trained_on).task_names == ["seg"]
+
+
 def test_not_a_head_file_is_refused(tmp_path):
     model = msclip.create_model("msclip-tiny")
     from msclip.pretrained import save_checkpoint
