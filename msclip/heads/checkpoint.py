@@ -42,6 +42,7 @@ from msclip.errors import (
     CheckpointError,
     CheckpointMismatchError,
     HeadConfigError,
+    HeadInputError,
     MSCLIPError,
     PrecisionError,
     shown_when_quiet,
@@ -89,6 +90,12 @@ class KNNHead(nn.Module):
         num_classes: ``C``.
         k: neighbours.
         temperature: ``T`` of the weights; ``None`` for uniform votes.
+
+    Raises:
+        HeadInputError: bad features or labels (:func:`~msclip.heads.probes.check_features`,
+            :func:`~msclip.heads.probes.check_labels`: one label per row, indices below
+            ``num_classes``), or features beyond the float16 range.
+        HeadConfigError: ``num_classes`` or ``k`` below 1, a non-positive temperature.
     """
 
     outputs = "probabilities"
@@ -101,13 +108,33 @@ class KNNHead(nn.Module):
         k: int = 20,
         temperature: float | None = 0.07,
     ) -> None:
+        from msclip.heads.probes.common import (
+            _check_positive,
+            _check_positive_int,
+            check_features,
+            check_labels,
+        )
+
         super().__init__()
-        self.register_buffer("bank", torch.as_tensor(np.asarray(bank), dtype=torch.float16))
-        lab = torch.as_tensor(np.asarray(labels))
-        self.register_buffer("labels", lab.float() if lab.ndim == 2 else lab.long())
-        self.num_classes = int(num_classes)
-        self.k = int(k)
-        self.temperature = None if temperature is None else float(temperature)
+        num_classes = _check_positive_int(num_classes, "num_classes")
+        # checked here, not on the first prediction, where they fail as index errors
+        feats = np.ascontiguousarray(check_features(bank, "bank", dtype=None))
+        largest = float(np.abs(feats).max())
+        if largest > float(np.finfo(np.float16).max):  # would become infinite in float16
+            raise HeadInputError(
+                f"bank holds values up to {largest:.3g}, beyond float16 (65504), in "
+                "which a kNN head keeps its features; L2-normalise the features first (the "
+                "votes read cosine similarities, which normalising leaves as they are)"
+            )
+        lab, _ = check_labels(labels, "labels", feats.shape[0], num_classes)
+        self.register_buffer("bank", torch.as_tensor(feats).to(torch.float16))
+        lab_t = torch.from_numpy(lab)
+        self.register_buffer("labels", lab_t.float() if lab_t.ndim == 2 else lab_t.long())
+        self.num_classes = num_classes
+        self.k = _check_positive_int(k, "k")
+        self.temperature = (
+            None if temperature is None else _check_positive(temperature, "temperature")
+        )
 
     @property
     def in_features(self) -> int:

@@ -67,6 +67,21 @@ def test_predict_head_reads_a_knn_head_and_the_task_of_head_files():
         np.testing.assert_allclose(predict_head(head, x[40:], task), want, atol=1e-12)
 
 
+def test_a_knn_head_checks_its_bank_and_labels_when_built():
+    x, y = _data()  # 3 classes
+    # each failed on the first prediction, as an index error of torch
+    with pytest.raises(HeadInputError, match=r"class index 2 .* num_classes = 2"):
+        KNNHead(x, y, 2)
+    with pytest.raises(HeadInputError, match="labels has 40 rows but the features have 60"):
+        KNNHead(x, y[:40], 3)
+    with pytest.raises(HeadInputError, match="map class names to indices"):
+        KNNHead(x, np.array(["a", "b", "c"])[y], 3)
+    with pytest.raises(HeadInputError, match=r"beyond float16 .* L2-normalise"):
+        KNNHead(x * 1e5, y, 3)  # the bank would be infinite: every query 'NaN or infinite'
+    with pytest.raises(HeadConfigError, match="k must be"):
+        KNNHead(x, y, 3, k=0)
+
+
 def test_head_scores_refuses_an_unknown_task_and_features_of_another_width():
     x, y = _data()
     head = logistic_to_head(fit_logistic(x, y, C=0.5))
