@@ -22,7 +22,7 @@ from torch import nn
 
 from msclip.errors import BandError, CheckpointError, LayoutError, PrecisionError
 from msclip.spectral.adapt import map_bands
-from msclip.spectral.bands import Band, resolve_band, resolve_bands
+from msclip.spectral.bands import Band, resolve_bands
 from msclip.spectral.patch_embed import SpectralPatchEmbed
 from msclip.spectral.stats import NormStats
 from msclip.transforms import ImageTransform
@@ -514,10 +514,15 @@ class MSCLIP(nn.Module):
 
         The same linear map as the adapted patch kernel (:mod:`msclip.spectral.adapt`); a pure
         re-ordering when every model band is present.
+
+        Raises:
+            BandError: ``bands`` is one string rather than a list, names a band twice, or names
+                another number of bands than ``images`` has channels.
         """
         if bands is None:
             return images
-        names = tuple(resolve_band(b).name for b in bands)
+        # one string (its letters would be read as bands) and a band named twice are refused
+        names = tuple(b.name for b in resolve_bands(bands))
         if names == self.bands:
             return images
         if images.shape[1] != len(names):
@@ -566,6 +571,8 @@ class MSCLIP(nn.Module):
                 f"images must be preprocessed float tensors, got {images.dtype}: raw values "
                 "(digital numbers) are normalised by model.preprocess() first"
             )
+        if bands is not None:
+            bands = [b.name for b in resolve_bands(bands)]
         n = len(bands) if bands is not None else len(self.bands)
         if images.ndim != 4 or images.shape[0] == 0:
             hint = " (add the batch axis: x[None])" if images.ndim == 3 else ""

@@ -736,14 +736,16 @@ def classify(
         threshold: the probability threshold of ``multi_label="threshold"``.
 
     Raises:
-        ClassNameError: names and classifier rows differ in number, or ``"mean_others"`` with
-            fewer than two classes.
+        ClassNameError: names and classifier rows differ in number, one string instead of a
+            list, or ``"mean_others"`` with fewer than two classes.
+        DuplicateClassError: a class name given twice.
         DimensionMismatchError: embeddings of another dimension than the classifier's, or a
             classifier that is not a matrix.
         InvalidEmbeddingsError: embeddings or classifier rows with NaN or infinity.
         MetricInputError: an unknown rule, or ``"threshold"`` without a threshold.
     """
-    names = list(class_names)
+    # one string would be its letters, and a name twice makes the labels ambiguous
+    names = check_class_names(class_names, normalize=False)
     classifier = torch.as_tensor(classifier).detach()
     if classifier.ndim != 2:
         raise DimensionMismatchError(

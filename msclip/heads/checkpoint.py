@@ -42,6 +42,7 @@ from msclip.errors import (
     CheckpointError,
     CheckpointMismatchError,
     HeadConfigError,
+    HeadInputError,
     MSCLIPError,
     PrecisionError,
     shown_when_quiet,
@@ -61,6 +62,7 @@ __all__ = [
     "logistic_to_head",
     "predict_images",
     "read_head",
+    "require_bound",
     "ridge_to_head",
     "save_head",
     "training_bands",
@@ -88,6 +90,12 @@ class KNNHead(nn.Module):
         num_classes: ``C``.
         k: neighbours.
         temperature: ``T`` of the weights; ``None`` for uniform votes.
+
+    Raises:
+        HeadInputError: bad features or labels (:func:`~msclip.heads.probes.check_features`,
+            :func:`~msclip.heads.probes.check_labels`: one label per row, indices below
+            ``num_classes``), or features beyond the float16 range.
+        HeadConfigError: ``num_classes`` or ``k`` below 1, a non-positive temperature.
     """
 
     outputs = "probabilities"
@@ -100,13 +108,33 @@ class KNNHead(nn.Module):
         k: int = 20,
         temperature: float | None = 0.07,
     ) -> None:
+        from msclip.heads.probes.common import (
+            _check_positive,
+            _check_positive_int,
+            check_features,
+            check_labels,
+        )
+
         super().__init__()
-        self.register_buffer("bank", torch.as_tensor(np.asarray(bank), dtype=torch.float16))
-        lab = torch.as_tensor(np.asarray(labels))
-        self.register_buffer("labels", lab.float() if lab.ndim == 2 else lab.long())
-        self.num_classes = int(num_classes)
-        self.k = int(k)
-        self.temperature = None if temperature is None else float(temperature)
+        num_classes = _check_positive_int(num_classes, "num_classes")
+        # checked here, not on the first prediction, where they fail as index errors
+        feats = np.ascontiguousarray(check_features(bank, "bank", dtype=None))
+        largest = float(np.abs(feats).max())
+        if largest > float(np.finfo(np.float16).max):  # would become infinite in float16
+            raise HeadInputError(
+                f"bank holds values up to {largest:.3g}, beyond float16 (65504), in "
+                "which a kNN head keeps its features; L2-normalise the features first (the "
+                "votes read cosine similarities, which normalising leaves as they are)"
+            )
+        lab, _ = check_labels(labels, "labels", feats.shape[0], num_classes)
+        self.register_buffer("bank", torch.as_tensor(feats).to(torch.float16))
+        lab_t = torch.from_numpy(lab)
+        self.register_buffer("labels", lab_t.float() if lab_t.ndim == 2 else lab_t.long())
+        self.num_classes = num_classes
+        self.k = _check_positive_int(k, "k")
+        self.temperature = (
+            None if temperature is None else _check_positive(temperature, "temperature")
+        )
 
     @property
     def in_features(self) -> int:
@@ -159,31 +187,25 @@ def head_outputs(head: nn.Module) -> str:
 
 def head_scores(head: nn.Module, features: Any, task: str, batch_size: int = 4096) -> np.ndarray:
     """Scores of a head on features, float64 ``[N, outputs]``: class probabilities (softmax for
-    single-label, sigmoid for multi-label) or regression values.
+    single-label, sigmoid for multi-label) or regression values: those of
+    :func:`msclip.heads.linear.predict_head`, and an empty array for no features.
 
     Args:
         head: the head (put in eval mode).
         features: ``[N, D]`` array, memory map or tensor.
         task: ``classification`` / ``single-label``, ``multi-label`` or ``regression``.
         batch_size: rows per call.
-    """
-    from msclip.heads.linear import _rows
 
-    head.eval()
-    x = features if isinstance(features, torch.Tensor) else np.asarray(features)
-    n = x.shape[0]
-    out = []
-    with torch.inference_mode():
-        for a in range(0, n, batch_size):
-            y = head(_rows(x, np.arange(a, min(n, a + batch_size)))).double()
-            if head_outputs(head) == "logits":
-                if task in ("classification", "single-label"):
-                    y = y.softmax(dim=1)
-                elif task == "multi-label":
-                    y = y.sigmoid()
-            out.append(y.cpu())
-    width = getattr(head, "out_features", 0)
-    return torch.cat(out).numpy() if out else np.zeros((0, width))
+    Raises:
+        HeadConfigError: an unknown task.
+        HeadInputError: bad features, or features of another width than the head reads.
+    """
+    from msclip.heads.linear import predict_head, scoring_task
+
+    scoring_task(task)
+    if len(features) == 0:
+        return np.zeros((0, getattr(head, "out_features", 0)))
+    return predict_head(head, features, task, batch_size)
 
 
 # -- probes as heads -----------------------------------------------------------------------------
@@ -269,6 +291,8 @@ class HeadCheckpoint:
         method: the method that trained it (``logistic``, ``linear`` ...).
         info: the rest of the metadata (dataset, metrics, created ...).
         path: the file.
+        bound: the fingerprint of the encoder :func:`bind_head` last accepted (with the LoRA
+            adapters it merged), or ``None``.
     """
 
     head: nn.Module
@@ -280,6 +304,7 @@ class HeadCheckpoint:
     method: str
     info: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    bound: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def outputs(self) -> str:
@@ -465,9 +490,11 @@ def bind_head(
     enc = checkpoint.encoder
     have = model.fingerprint(precision=False)
     needs = enc.get("adapters")
-    if not needs and have == enc.get("fingerprint"):
+    if (not needs and have == enc.get("fingerprint")) or have == checkpoint.bound:
+        checkpoint.bound = have
         return
     if needs and enc.get("merged_fingerprint") == have:
+        checkpoint.bound = have
         return  # the merged weights file
     if needs and have == enc.get("fingerprint"):
         from msclip.heads.lora import load_lora, merge_lora
@@ -502,6 +529,7 @@ def bind_head(
         load_lora(model, where)
         merge_lora(model)
         logger.info("LoRA adapters %s merged into the encoder", where)
+        checkpoint.bound = model.fingerprint(precision=False)  # the merged weights
         return
     want = dict(enc)
     hint = ""
@@ -515,6 +543,37 @@ def bind_head(
         f"on.{hint}",
         param="head",
     )
+
+
+def require_bound(checkpoint: Any, model: Any) -> None:
+    """Refuse to run a head on an encoder :func:`bind_head` has not accepted: a head on another
+    encoder's features gives confident, meaningless scores.
+
+    Args:
+        checkpoint: a :class:`HeadCheckpoint` (or a dense head read back from its file).
+        model: the encoder about to feed it.
+
+    Raises:
+        CheckpointMismatchError: another encoder (both fingerprints named), or the head's
+            encoder without the LoRA adapters the head was trained with (``bind_head`` merges
+            them).
+    """
+    have = model.fingerprint(precision=False)
+    enc = checkpoint.encoder
+    needs = enc.get("adapters")
+    if have == getattr(checkpoint, "bound", None):
+        return
+    if (not needs and have == enc.get("fingerprint")) or (
+        needs and have == enc.get("merged_fingerprint")
+    ):
+        return
+    if needs and have == enc.get("fingerprint"):
+        raise CheckpointMismatchError(
+            f"head {checkpoint.path} was trained with LoRA adapters ({needs.get('file')}) that "
+            "this encoder lacks: call bind_head(head, model) first, which merges them",
+            param="adapters",
+        )
+    bind_head(checkpoint, model)  # another encoder: refused, naming both
 
 
 def predict_images(
@@ -534,10 +593,15 @@ def predict_images(
     Returns:
         ``(scores [N_ok, outputs], indices, failures, skipped, valid fractions)`` as in
         :func:`msclip.encode.encode_images`.
+
+    Raises:
+        CheckpointMismatchError: ``model`` is not the encoder the head was trained on (see
+            :func:`bind_head`), before any image is read.
     """
     from msclip.encode import encode_batches
     from msclip.errors import BandCoverageError
 
+    require_bound(checkpoint, model)
     spec = checkpoint.features
     feats, indices, failures, skipped, valid = [], [], [], [], []
     for b in encode_batches(

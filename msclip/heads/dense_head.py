@@ -53,6 +53,8 @@ class DenseHeadCheckpoint:
         method: the label of the run that trained it (``upernet-frozen`` ...).
         info: the rest (dataset, test metrics, created ...).
         path: the file.
+        bound: the fingerprint of the encoder :func:`~msclip.heads.checkpoint.bind_head` last
+            accepted, or ``None``.
     """
 
     tasks: list[dict[str, Any]]
@@ -63,6 +65,7 @@ class DenseHeadCheckpoint:
     method: str
     info: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    bound: str | None = field(default=None, repr=False, compare=False)
 
     def task(self, name: str | None = None) -> dict[str, Any]:
         """A task's entry (the first when ``name`` is omitted).
@@ -82,8 +85,16 @@ class DenseHeadCheckpoint:
 
     def dense_model(self, model: Any) -> Any:
         """A :class:`~msclip.heads.dense.DenseModel` of ``model`` (the bound encoder) and these
-        heads, in eval mode."""
+        heads, in eval mode.
+
+        Raises:
+            CheckpointMismatchError: ``model`` is not the encoder the heads were trained on (see
+                :func:`msclip.heads.checkpoint.bind_head`).
+        """
+        from msclip.heads.checkpoint import require_bound
         from msclip.heads.dense import DenseModel, DenseTask
+
+        require_bound(self, model)
 
         tasks = [
             DenseTask(

@@ -17,8 +17,9 @@ What a feature is (:class:`FeatureSpec`):
 
 The cache (:class:`FeatureCache`) lives in ``<root>/<key>/`` where the key is a sha256 of the
 model's fingerprint (:meth:`msclip.MSCLIP.fingerprint`), the feature spec, the preprocessing
-(bands, image size, input bands, layout, sensor, nodata, valid-pixel rule) and the list of items,
-so a cache is never reused for anything else. Files: ``features.f16`` (``[N, D]`` float16,
+(bands, image size, input bands, layout, sensor, nodata, valid-pixel rule) and the list of items
+(files by path, images held in memory by their values), so a cache is never reused for anything
+else. Files: ``features.f16`` (``[N, D]`` float16,
 memory-mapped), ``done.u8`` (one byte per item: 0 to do, 1 encoded, 2 unreadable or skipped),
 ``stamps.i64`` (per item the size and modification time of its file) and ``meta.json``. Rows are
 flushed before their done bytes, so a killed extraction resumes where it stopped and never trusts
@@ -108,10 +109,47 @@ def _preprocessing_facts(preprocess: Any) -> dict[str, Any]:
 
 
 def _item_names(items: Sequence[Any]) -> list[str]:
+    """What names each item in the cache key: the absolute path of a file, the name of a tile,
+    and for an image held in memory its kind, shape and a sha256 of its values (its display name
+    gives only its kind and shape, so two arrays of one shape would share their features)."""
     from msclip.encode import item_name
+    from msclip.tiling import Tile
 
-    return [os.path.abspath(item_name(i)) if isinstance(i, (str, os.PathLike)) else item_name(i)
-            for i in items]  # fmt: skip
+    names = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            names.append(os.path.abspath(item_name(item)))
+        elif isinstance(item, Tile):
+            names.append(item_name(item))
+        else:
+            digest = _values_digest(item)
+            names.append(item_name(item) if digest is None else f"{type(item).__name__} {digest}")
+    return names
+
+
+def _values_digest(item: Any) -> str | None:
+    """sha256 of the values of an in-memory image (array, tensor, :class:`msclip.io.Raster`, PIL
+    image) with its dtype and shape, or ``None`` for anything else."""
+    from msclip.io import Raster
+
+    h = hashlib.sha256()
+    if isinstance(item, Raster):  # its band names and nodata decide what is read too
+        h.update(json.dumps([list(item.bands), item.nodata], default=str).encode())
+        item = item.data
+    if isinstance(item, torch.Tensor):
+        t = item.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(item, np.ndarray):
+        a = np.ascontiguousarray(item)
+        h.update(f"{a.dtype} {list(a.shape)}".encode())
+        h.update(a.view(np.uint8).reshape(-1).data)
+    elif all(hasattr(item, k) for k in ("mode", "size", "tobytes")):  # a PIL image
+        h.update(f"{item.mode} {list(item.size)}".encode())
+        h.update(item.tobytes())
+    else:
+        return None
+    return h.hexdigest()
 
 
 def _stamps(items: Sequence[Any]) -> np.ndarray:

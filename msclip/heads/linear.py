@@ -434,24 +434,53 @@ def _eval_loss(
     return total / x.shape[0]
 
 
+def scoring_task(task: str) -> str:
+    """The task of :func:`predict_head`: one of :data:`TASKS`, ``classification`` (as head files
+    record single-label classification) read as ``single-label``.
+
+    Raises:
+        HeadConfigError: an unknown task (a misspelt one would leave logits unscored).
+    """
+    if task == "classification":
+        return "single-label"
+    if task not in TASKS:
+        raise HeadConfigError(
+            f"unknown task {task!r}; choose one of {list(TASKS)} (or 'classification')"
+        )
+    return task
+
+
 def predict_head(
     head: nn.Module, features: ArrayLike, task: str, batch_size: int = 4096
 ) -> np.ndarray:
     """Scores of a trained head, in eval mode: softmax probabilities (single-label), sigmoid
-    probabilities (multi-label) or the outputs (regression), float64 ``[N, outputs]``."""
-    if task not in TASKS:
-        raise HeadConfigError(f"unknown task {task!r}; choose one of {list(TASKS)}")
-    x = check_features(features, "features", dtype=None)
+    probabilities (multi-label) or the outputs (regression), float64 ``[N, outputs]``.
+
+    A head whose outputs are probabilities already (``outputs = "probabilities"``: the kNN head
+    of :mod:`msclip.heads.checkpoint`) is returned as it is. ``task`` may also be
+    ``classification``, the single-label task as head files record it.
+
+    Raises:
+        HeadConfigError: an unknown task.
+        HeadInputError: bad features, or features of another width than the head reads.
+    """
+    task = scoring_task(task)
+    width = getattr(head, "in_features", None)
+    x = check_features(features, "features", dim=width, dtype=None)
+    activate = getattr(head, "outputs", "logits") == "logits"
+    weight = next(itertools.chain(head.parameters(), head.buffers()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
     head.eval()
     outs = []
     with torch.inference_mode():
         for a in range(0, x.shape[0], batch_size):
-            out = head(_rows(x, np.arange(a, min(x.shape[0], a + batch_size)))).double()
-            if task == "single-label":
+            rows = _rows(x, np.arange(a, min(x.shape[0], a + batch_size))).to(device)
+            out = head(rows).double()
+            if activate and task == "single-label":
                 out = out.softmax(dim=1)
-            elif task == "multi-label":
+            elif activate and task == "multi-label":
                 out = out.sigmoid()
-            outs.append(out)
+            outs.append(out.cpu())
     return torch.cat(outs).numpy()
 
 

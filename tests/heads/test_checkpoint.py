@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 import msclip
-from msclip.errors import CheckpointError, CheckpointMismatchError
-from msclip.heads import FeatureSpec, LinearHead, fit_logistic, fit_ridge, knn_scores
+from msclip.errors import CheckpointError, CheckpointMismatchError, HeadConfigError, HeadInputError
+from msclip.heads import FeatureSpec, LinearHead, fit_logistic, fit_ridge, knn_scores, predict_head
 from msclip.heads.checkpoint import (
     KNNHead,
     bind_head,
@@ -58,6 +58,39 @@ def test_ridge_and_knn_heads_equal_their_probes():
     np.testing.assert_allclose(head_scores(head, x[40:], "classification"), want, atol=1e-12)
 
 
+def test_predict_head_reads_a_knn_head_and_the_task_of_head_files():
+    x, y = _data()
+    head = KNNHead(x[:40], y[:40], 3, k=7)
+    want = knn_scores(x[:40].astype(np.float16), y[:40], x[40:], k=7, num_classes=3)
+    # vote fractions already: no softmax over them, whatever the task is called
+    for task in ("single-label", "classification"):
+        np.testing.assert_allclose(predict_head(head, x[40:], task), want, atol=1e-12)
+
+
+def test_a_knn_head_checks_its_bank_and_labels_when_built():
+    x, y = _data()  # 3 classes
+    # each failed on the first prediction, as an index error of torch
+    with pytest.raises(HeadInputError, match=r"class index 2 .* num_classes = 2"):
+        KNNHead(x, y, 2)
+    with pytest.raises(HeadInputError, match="labels has 40 rows but the features have 60"):
+        KNNHead(x, y[:40], 3)
+    with pytest.raises(HeadInputError, match="map class names to indices"):
+        KNNHead(x, np.array(["a", "b", "c"])[y], 3)
+    with pytest.raises(HeadInputError, match=r"beyond float16 .* L2-normalise"):
+        KNNHead(x * 1e5, y, 3)  # the bank would be infinite: every query 'NaN or infinite'
+    with pytest.raises(HeadConfigError, match="k must be"):
+        KNNHead(x, y, 3, k=0)
+
+
+def test_head_scores_refuses_an_unknown_task_and_features_of_another_width():
+    x, y = _data()
+    head = logistic_to_head(fit_logistic(x, y, C=0.5))
+    with pytest.raises(HeadConfigError, match="unknown task 'classfication'"):
+        head_scores(head, x, "classfication")  # would have returned the raw logits
+    with pytest.raises(HeadInputError, match=r"5 features per row but .* have 8"):
+        head_scores(head, x[:, :5], "classification")
+
+
 def test_head_file_round_trip_holds_no_encoder(tmp_path):
     model = msclip.create_model("msclip-tiny")
     x, y = _data(d=model.width)
@@ -98,6 +131,38 @@ def test_head_on_another_encoder_is_refused_naming_both_fingerprints(tmp_path):
         bind_head(head, other)
     bf16 = trained_on.to(torch.bfloat16)  # same weights in another precision: accepted
     bind_head(head, bf16)
+
+
+def test_predicting_refuses_an_encoder_the_head_was_not_trained_on(tmp_path):
+    from msclip.encode import ImageDataset
+    from msclip.heads.checkpoint import predict_images
+    from msclip.heads.decoders import build_decoder
+    from msclip.heads.dense_head import DenseHeadCheckpoint
+
+    torch.manual_seed(0)
+    trained_on = msclip.create_model("msclip-tiny")
+    torch.manual_seed(1)
+    other = msclip.create_model("msclip-tiny")
+    path = save_head(tmp_path / "h.safetensors", LinearHead(trained_on.width, 2).eval(),
+                     task="classification", names=["x", "y"], features=FeatureSpec(),
+                     encoder=encoder_facts(trained_on), method="linear")  # fmt: skip
+    head = read_head(path)
+    files = ["benchmark_datasets/examples/sea_01.tif"]
+    b = other.fingerprint(precision=False)
+    # without bind_head: refused before any image is read, not scored on the wrong features
+    with pytest.raises(CheckpointMismatchError, match=rf"but the model is {b}"):
+        predict_images(head, other, ImageDataset(files, other.preprocess()))
+    scores, ok, *_ = predict_images(head, trained_on, ImageDataset(files, trained_on.preprocess()))
+    assert scores.shape == (1, 2) and ok == [0]
+    decoder = build_decoder("linear", [trained_on.width], 2, trained_on.patch_size)
+    dense = DenseHeadCheckpoint(
+        tasks=[{"name": "seg", "kind": "segmentation", "num_outputs": 2, "decoder": "linear"}],
+        layers=[-1], pad_mode="reflect", heads=torch.nn.ModuleDict({"seg": decoder}),
+        encoder=encoder_facts(trained_on), method="linear-frozen",
+    )  # fmt: skip
+    with pytest.raises(CheckpointMismatchError, match=rf"but the model is {b}"):
+        dense.dense_model(other)
+    assert dense.dense_model(trained_on).task_names == ["seg"]
 
 
 def test_not_a_head_file_is_refused(tmp_path):

@@ -135,6 +135,23 @@ def test_cache_key_and_bad_images(tiny, files, tmp_path):
     assert ok.tolist() == [True] * 7 + [False] and not np.asarray(feats[7]).any()
 
 
+def test_images_held_in_memory_are_keyed_by_their_values(tiny, tmp_path):
+    from msclip.io import Raster
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(1, 5000, (10, 32, 32)).astype(np.float32) for _ in range(2))
+    pre = tiny.preprocess()
+    for wrap in (np.asarray, torch.from_numpy, lambda x: Raster(x, tiny.bands)):
+        cached_a, _ = extract_features(tiny, pre, [wrap(a)], cache_dir=tmp_path)
+        cached_b, _ = extract_features(tiny, pre, [wrap(b)], cache_dir=tmp_path)
+        fresh_b, _ = extract_features(tiny, pre, [wrap(b)])
+        # arrays of one shape and dtype: b's features, not those cached for a
+        np.testing.assert_allclose(cached_b, fresh_b, atol=1e-2)
+        assert np.abs(np.asarray(cached_a) - np.asarray(cached_b)).max() > 0.1
+    key = FeatureCache(tmp_path, tiny, pre, [a]).key
+    assert key == FeatureCache(tmp_path, tiny, pre, [a.copy()]).key  # the same values: reused
+
+
 def test_changed_and_repaired_images_are_encoded_again(tiny, files, tmp_path, monkeypatch):
     import os
     import shutil

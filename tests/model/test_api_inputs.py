@@ -93,6 +93,10 @@ def test_classify_takes_graph_tensors_and_refuses_nan():
     clf = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     feats = torch.randn(2, 8, requires_grad=True)
     assert len(classify(feats, clf, ["a", "b", "c"]).labels()) == 2
+    with pytest.raises(ClassNameError, match="single string 'abc'"):
+        classify(feats, clf, "abc")  # not the classes 'a', 'b', 'c'
+    with pytest.raises(msclip.errors.DuplicateClassError, match="'a'"):
+        classify(feats, clf, ["a", "b", "a"])
     with pytest.raises(InvalidEmbeddingsError, match=r"rows \[1\]"):
         classify(torch.stack([torch.ones(8), torch.full((8,), float("nan"))]), clf, ["a", "b", "c"])
     with pytest.raises(msclip.errors.DimensionMismatchError, match=r"\[N, 8\]"):
@@ -113,6 +117,17 @@ def test_encode_image_names_the_shape_it_needs(tiny):
     for dtype in (torch.uint16, torch.int32, torch.bool):
         with pytest.raises(LayoutError, match=r"preprocessed float tensors, got torch\.\w+"):
             tiny.encode_image(torch.ones(1, 10, 32, 32, dtype=dtype))
+
+
+def test_band_names_of_images_are_a_list_of_distinct_bands(tiny):
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(BandError, match=r"single string 'B04'; write \['B04'\]"):
+        tiny.encode_image(x[:, :1], bands="B04")  # not the bands 'B', '0', '4'
+    with pytest.raises(BandError, match="'B04' appears twice"):
+        tiny.encode_image(x, bands=["B04", "B03", "B04"])  # one of them was dropped unsaid
+    with pytest.raises(BandError, match="'B04' appears twice"):
+        tiny.forward_intermediates(x, bands=["B04", "B03", "B04"])
+    assert tiny.encode_image(x, bands=["B04", "B03", "B02"]).shape == (1, 32)
 
 
 def test_an_int_device_is_a_cuda_device():
