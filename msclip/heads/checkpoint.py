@@ -73,6 +73,8 @@ logger = logging.getLogger(__name__)
 
 #: ``format`` entry of the metadata of a head file.
 HEAD_FORMAT = "msclip-head"
+#: ``format`` entry of the metadata of a dense head file (:mod:`msclip.heads.dense_head`).
+DENSE_HEAD_FORMAT = "msclip-dense-head"
 _FORMAT_VERSION = "1"
 _BIG = 1e4  # logit of a class that can never (or always) be predicted
 
@@ -426,8 +428,6 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
             "train the head again with msclip-finetune",
             param="head",
         ) from err
-    from msclip.heads.dense_head import DENSE_HEAD_FORMAT
-
     if meta.get("format") == DENSE_HEAD_FORMAT:
         raise CheckpointError(
             f"{p} is a dense (per-pixel) head: read it with msclip.heads.dense_head."
@@ -490,7 +490,7 @@ def bind_head(
     enc = checkpoint.encoder
     have = model.fingerprint(precision=False)
     needs = enc.get("adapters")
-    if (not needs and have == enc.get("fingerprint")) or have == checkpoint.bound:
+    if (not needs and have == enc.get("fingerprint")) or have == getattr(checkpoint, "bound", None):
         checkpoint.bound = have
         return
     if needs and enc.get("merged_fingerprint") == have:

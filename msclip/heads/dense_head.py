@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from msclip.errors import CheckpointError
+from msclip.heads.checkpoint import DENSE_HEAD_FORMAT, require_bound
 
 __all__ = [
     "DENSE_HEAD_FORMAT",
@@ -33,8 +34,6 @@ __all__ = [
     "save_dense_head",
 ]
 
-#: ``format`` entry of the metadata of a dense head file.
-DENSE_HEAD_FORMAT = "msclip-dense-head"
 _VERSION = "1"
 
 
@@ -91,7 +90,6 @@ class DenseHeadCheckpoint:
             CheckpointMismatchError: ``model`` is not the encoder the heads were trained on (see
                 :func:`msclip.heads.checkpoint.bind_head`).
         """
-        from msclip.heads.checkpoint import require_bound
         from msclip.heads.dense import DenseModel, DenseTask
 
         require_bound(self, model)
