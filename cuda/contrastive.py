@@ -664,7 +664,7 @@ def blockwise_contrastive_loss(
     if impl == "chunked":
         if isinstance(block_size, tuple):
             block_size = block_size[0]
-        backend: _Backend = ChunkedBackend(block_size or DEFAULT_CHUNK)
+        backend: _Backend = ChunkedBackend(DEFAULT_CHUNK if block_size is None else block_size)
     elif impl == "triton":
         check_device(image.device, "contrastive_kernels", "the Triton contrastive loss")
         from msclip.cuda.contrastive_kernels import TritonBackend

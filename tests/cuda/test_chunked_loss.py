@@ -141,6 +141,8 @@ def test_bad_inputs_name_the_problem() -> None:
         blockwise_contrastive_loss(x, y, t, shard=(0, [2, 3]))
     with pytest.raises(LossImplError, match="chunked"):
         blockwise_contrastive_loss(x, y, t, impl="plain")
+    with pytest.raises(bc.ContrastiveInputError, match="block size must be >= 1, got 0"):
+        blockwise_contrastive_loss(x, y, t, block_size=0)  # not the default in disguise
 
 
 def _peak_bytes(n: int, d: int, block: int, impl: str) -> int:

@@ -400,6 +400,9 @@ def test_bad_input_gives_clear_errors(rng) -> None:
         knn_probe(x, y, x[:, :3], y)
     with pytest.raises(HeadInputError, match="row 1, class 0 holds 2"):
         fit_logistic(x[:3], np.array([[0, 1], [2, 0], [1, 1]]))
+    # scikit-learn's y.reshape(-1, 1): one column of class indices, with the fix
+    with pytest.raises(HeadInputError, match=r"holds 2; class indices are a flat array \[N\]"):
+        fit_logistic(x, y.reshape(-1, 1))
     with pytest.raises(HeadInputError, match=r"missing \(NaN\) labels at rows \[4\]"):
         fit_logistic(x, np.where(np.arange(40) == 4, np.nan, y.astype(float)))
     targets = rng.normal(size=40)

@@ -189,8 +189,15 @@ def check_labels(
         ok = (arr == 0) | (arr == 1)
         if not ok.all():
             r, c = np.argwhere(~ok)[0]
+            # one column of class indices (scikit-learn's y.reshape(-1, 1)): flatten it
+            column = (
+                f"; class indices are a flat array [N] ({name}.ravel()), not one column"
+                if arr.shape[1] == 1
+                else ""
+            )
             raise HeadInputError(
                 f"multi-label {name} must be 0/1; row {r}, class {c} holds {arr[r, c].item()!r}"
+                f"{column}"
             )
         return arr.astype(np.float64), "multi-label"
     if np.issubdtype(arr.dtype, np.floating):
