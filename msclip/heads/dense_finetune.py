@@ -188,9 +188,9 @@ def _dense_tasks(cfg: FinetuneRunConfig, data: DenseData) -> list[DenseTask]:
 
 
 def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: DenseData, label: str) -> str:
-    from msclip.heads.runs import RUNTIME_OPTIONS
+    from msclip.heads.runs import setting_facts
 
-    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
+    facts = setting_facts(cfg)
     h = hashlib.sha256()
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     h.update(fingerprint.encode())

@@ -57,7 +57,6 @@ from msclip.heads.data import TaskData, from_benchmark, from_csv, from_folders
 from msclip.heads.features import FeatureSpec
 from msclip.heads.runconfig import ENCODER_MODES, METHODS, FinetuneRunConfig
 from msclip.heads.runs import (
-    RUNTIME_OPTIONS,
     MethodResult,
     RunResult,
     check_outputs,
@@ -68,6 +67,7 @@ from msclip.heads.runs import (
     run_precision,
     run_settings,
     save_encoder_files,
+    setting_facts,
     write_protocol,
 )
 from msclip.heads.seeding import seeded
@@ -354,7 +354,7 @@ def _standardised_loss(
 
 
 def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: str) -> str:
-    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
+    facts = setting_facts(cfg)
     h = hashlib.sha256()
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     h.update(fingerprint.encode())

@@ -178,11 +178,26 @@ RUNTIME_OPTIONS = ("workers", "progress", "resume", "save_path", "output_dir", "
                     "model_label", "method", "n_resamples", "confidence")  # fmt: skip
 
 
+#: Options of dense runs that image-level runs leave out of their settings and run keys: they do
+#: nothing there, and leaving them out keeps the keys of image-level runs started before the
+#: options existed (such runs resume and are skipped as before).
+DENSE_ONLY_SETTINGS = ("eval_mode",)
+
+
+def setting_facts(cfg: FinetuneRunConfig) -> dict[str, Any]:
+    """The options that define a run: every option but the runtime ones (and, for an
+    image-level run, :data:`DENSE_ONLY_SETTINGS`)."""
+    return {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in RUNTIME_OPTIONS and (cfg.dense or k not in DENSE_ONLY_SETTINGS)
+    }
+
+
 def run_settings(cfg: FinetuneRunConfig) -> dict[str, Any]:
-    """The settings that define a run (every option but the runtime ones), JSON-ready: kept in
-    training checkpoints and heads so a mismatch can be named."""
-    facts = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_OPTIONS}
-    return json.loads(json.dumps(facts, sort_keys=True, default=str))
+    """The settings that define a run (:func:`setting_facts`), JSON-ready: kept in training
+    checkpoints and heads so a mismatch can be named."""
+    return json.loads(json.dumps(setting_facts(cfg), sort_keys=True, default=str))
 
 
 def settings_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

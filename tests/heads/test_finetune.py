@@ -395,3 +395,15 @@ def test_probe_hyperparameters_are_json_clean():
     res = ridge_probe(x[:20], x[:20, 1], x[30:], x[30:, 1], x[20:30], x[20:30, 1], [0.1, 1.0],
                       n_resamples=0)  # fmt: skip
     assert json.loads(json.dumps(res.hyperparameters)) == res.hyperparameters
+
+
+def test_dense_only_options_stay_out_of_image_level_run_settings(tmp_path):
+    from msclip.heads.runs import run_settings, setting_facts
+
+    # an option added for dense runs leaves the settings, and so the run keys, of image-level
+    # runs as they were: runs started before it resume and are skipped as before
+    image = _cfg(tmp_path, folders=str(tmp_path))
+    assert "eval_mode" not in run_settings(image)
+    assert setting_facts(image) == setting_facts(dataclasses.replace(image, eval_mode="whole"))
+    dense = _cfg(tmp_path, csv=str(tmp_path / "index.csv"), task="segmentation")
+    assert run_settings(dense)["eval_mode"] == "auto"  # it decides how a dense run is scored
