@@ -14,9 +14,12 @@ cells are exactly the tiles' footprints.
 
 Footprints are given in the scene's CRS (``bounds``: ``minx, miny, maxx, maxy``) and as lon/lat
 rings in EPSG:4326 (corner points transformed with ``rasterio.warp.transform``, ordered
-counter-clockwise as RFC 7946 asks of exterior rings). The ring of a window is made of the
-window's own corners, so that a rotated or sheared geotransform gives the tile, not the box
-around it.
+counter-clockwise as RFC 7946 asks of exterior rings), with longitudes in [-180, 180] (a raster
+in EPSG:4326 on a 0-360 grid, or one reaching past 180 E, is brought back there). The ring of a
+window is made of the window's own corners, so that a rotated or sheared geotransform gives the
+tile, not the box around it. As GeoJSON (:func:`footprint_geometry`), a window across the
+antimeridian is cut there into two polygons, and one around a pole (a tile of a polar
+stereographic scene) is the polygon between its edge and that pole.
 
 A pixel is *nodata* when every band equals the nodata value (the file's, or the caller's) or is
 NaN or infinite; a tile whose fraction of valid pixels is below ``min_valid`` is skipped.
@@ -29,6 +32,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +303,7 @@ def footprint_lonlat(crs: Any, bounds: Sequence[float]) -> list[list[float]]:
     xs = [minx, maxx, maxx, minx, minx]
     ys = [miny, miny, maxy, maxy, miny]
     lon, lat = warp(crs, "EPSG:4326", xs, ys)
-    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+    return [[_wrap_lon(a), float(b)] for a, b in zip(lon, lat)]
 
 
 def window_footprint_lonlat(
@@ -318,25 +322,94 @@ def window_footprint_lonlat(
     if area < 0:  # a south-up or mirrored transform turns the corners clockwise
         xs, ys = (xs[0], *xs[:0:-1]), (ys[0], *ys[:0:-1])
     lon, lat = warp(crs, "EPSG:4326", [*xs, xs[0]], [*ys, ys[0]])
-    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+    return [[_wrap_lon(a), float(b)] for a, b in zip(lon, lat)]
+
+
+def _wrap_lon(lon: float) -> float:
+    """A longitude in [-180, 180] (RFC 7946): PROJ leaves those of an EPSG:4326 raster on a
+    0-360 grid, or reaching past 180 E, as they are (190 for 170 W); -180 and 180 stay."""
+    lon = float(lon)
+    if -180.0 <= lon <= 180.0 or not np.isfinite(lon):
+        return lon
+    return (lon + 180.0) % 360.0 - 180.0
 
 
 def footprint_geometry(ring: Sequence[Sequence[float]]) -> dict[str, Any]:
     """The GeoJSON geometry of a lon/lat ring (:func:`window_footprint_lonlat`): a ``Polygon``,
     or, for a window that crosses the antimeridian (its longitudes jump from near 180 to near
     -180), a ``MultiPolygon`` of its parts on either side, cut at +/-180 as RFC 7946 (3.1.9)
-    asks, so that GIS software does not draw it around the globe."""
-    lons = [float(p[0]) for p in ring]
+    asks, so that GIS software does not draw it around the globe. A window around a pole (its
+    ring turns once around the globe's axis) is the ``Polygon`` between its edge, from -180 to
+    180, and the pole's latitude. Longitudes are brought into [-180, 180] (rings stored by
+    earlier versions may hold those of a 0-360 grid)."""
+    ring = [(_wrap_lon(p[0]), float(p[1])) for p in ring]
+    polar = _around_pole(ring)
+    if polar is not None:
+        return {"type": "Polygon", "coordinates": [polar]}
+    lons = [p[0] for p in ring]
     if max(lons) - min(lons) <= 180:
-        return {"type": "Polygon", "coordinates": [[[float(a), float(b)] for a, b in ring]]}
-    east = [(lon + 360.0 if lon < 0 else lon, float(lat)) for lon, lat in ring]  # continuous
+        return {"type": "Polygon", "coordinates": [[[a, b] for a, b in ring]]}
+    east = [(lon + 360.0 if lon < 0 else lon, lat) for lon, lat in ring]  # continuous
     parts = []
     for keep, shift in ((lambda x: x <= 180.0, 0.0), (lambda x: x >= 180.0, -360.0)):
         part = _clip_at_180(east, keep)
-        if len(part) >= 3:
+        if len(part) >= 3 and _ring_area([*part, part[0]]) != 0:  # not a sliver on the line
             closed = [*part, part[0]]
             parts.append([[[x + shift, y] for x, y in closed]])
+    if len(parts) == 1:  # a window that only touches the antimeridian
+        return {"type": "Polygon", "coordinates": parts[0]}
     return {"type": "MultiPolygon", "coordinates": parts}
+
+
+def _ring_area(ring: Sequence[Sequence[float]]) -> float:
+    """Shoelace area of a closed ring (positive: counter-clockwise)."""
+    return 0.5 * sum(
+        ring[i][0] * ring[i + 1][1] - ring[i + 1][0] * ring[i][1] for i in range(len(ring) - 1)
+    )
+
+
+def _lon_step(a: float, b: float) -> float:
+    """The change of longitude from ``a`` to ``b`` the short way round, in (-180, 180]."""
+    d = (b - a) % 360.0
+    return d - 360.0 if d > 180.0 else d
+
+
+def _around_pole(ring: Sequence[tuple[float, float]]) -> list[list[float]] | None:
+    """The counter-clockwise lon/lat ring of the area a ring around a pole encloses (bounded by
+    the ring's edge from -180 to 180 and by the pole's latitude, +/-90), or ``None`` for a ring
+    that does not go around a pole (its longitude steps add up to 0, not to +/-360)."""
+    pts = list(ring[:-1]) if tuple(ring[0]) == tuple(ring[-1]) else list(ring)
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    steps = [_lon_step(pts[i][0], pts[(i + 1) % n][0]) for i in range(n)]
+    turn = sum(steps)
+    if abs(turn) < 180.0:
+        return None
+    # the edge unrolled (continuous longitudes over one turn), made eastward
+    path = [(pts[0][0], pts[0][1])]
+    for i, step in enumerate(steps):
+        path.append((path[-1][0] + step, pts[(i + 1) % n][1]))
+    if turn < 0:
+        path = path[::-1]
+    # one turn before and one after, so that the path covers -180 .. 180 wherever it starts
+    long = [(x - 360.0, y) for x, y in path] + path[1:] + [(x + 360.0, y) for x, y in path[1:]]
+    edge: list[list[float]] = []
+    for (x0, y0), (x1, y1) in pairwise(long):
+        if not edge:
+            if x0 <= -180.0 < x1:
+                edge.append([-180.0, y0 + (-180.0 - x0) / (x1 - x0) * (y1 - y0)])
+            else:
+                continue
+        if x1 >= 180.0:
+            edge.append([180.0, y0 + (180.0 - x0) / (x1 - x0) * (y1 - y0)])
+            break
+        edge.append([x1, y1])
+    if len(edge) < 2 or edge[-1][0] != 180.0:
+        return None
+    if np.mean([lat for _, lat in pts]) >= 0:  # the north pole: the area above the edge
+        return [*edge, [180.0, 90.0], [-180.0, 90.0], edge[0]]
+    return [[-180.0, -90.0], [180.0, -90.0], *edge[::-1], [-180.0, -90.0]]
 
 
 def _clip_at_180(ring: Sequence[tuple[float, float]], keep: Any) -> list[tuple[float, float]]:

@@ -149,3 +149,57 @@ def test_a_footprint_across_the_antimeridian_is_cut_there():
     assert ccw(west) and ccw(east)
     inside = window_footprint_lonlat(utm60, Affine(10, 0, 500000, 0, -10, 5000000), 0, 0, 10, 10)
     assert footprint_geometry(inside) == {"type": "Polygon", "coordinates": [inside]}
+
+
+def test_footprints_of_a_0_360_grid_are_in_minus_180_180():
+    """An EPSG:4326 raster on a 0-360 grid (190 E is 170 W): its footprints' longitudes are in
+    [-180, 180] as RFC 7946 asks, and a window across 180 is cut there, also for a ring stored
+    by an index built before longitudes were brought into that range."""
+    from msclip.tiling import footprint_geometry
+
+    wgs84 = CRS.from_epsg(4326)
+    east = Affine(0.01, 0, 190.0, 0, -0.01, 10.0)
+    ring = window_footprint_lonlat(wgs84, east, 0, 0, 32, 32)
+    assert [p[0] for p in ring] == pytest.approx([-170.0, -169.68, -169.68, -170.0, -170.0])
+    assert _ccw(ring)
+    stored = [[lon + 360.0, lat] for lon, lat in ring]  # as an earlier index holds it
+    assert footprint_geometry(stored) == {"type": "Polygon", "coordinates": [ring]}
+
+    across = window_footprint_lonlat(wgs84, Affine(0.01, 0, 179.8, 0, -0.01, 10.0), 0, 0, 32, 32)
+    g = footprint_geometry(across)
+    assert g["type"] == "MultiPolygon" and len(g["coordinates"]) == 2
+    west, east_part = (part[0] for part in g["coordinates"])
+    assert min(p[0] for p in west) == pytest.approx(179.8) and max(p[0] for p in west) == 180
+    assert min(p[0] for p in east_part) == -180
+    assert max(p[0] for p in east_part) == pytest.approx(-179.88)
+    # a window that starts on 180 E lies wholly east of it: one polygon, no sliver on the line
+    on_line = window_footprint_lonlat(wgs84, Affine(0.01, 0, 180.0, 0, -0.01, 10.0), 0, 0, 8, 8)
+    g = footprint_geometry(on_line)
+    assert g["type"] == "Polygon" and all(-180 <= p[0] < -179.91 for p in g["coordinates"][0])
+
+
+@pytest.mark.parametrize("epsg, pole", [(3413, 90.0), (3031, -90.0)])
+def test_a_footprint_around_a_pole_reaches_the_pole(epsg, pole):
+    """A tile of a polar stereographic scene that holds the pole: one polygon from -180 to 180
+    bounded by the tile's edge and the pole's latitude (what GDAL's transform_geom gives), not
+    two slivers cut at the antimeridian."""
+    from rasterio.warp import transform_geom
+
+    from msclip.tiling import footprint_geometry
+
+    crs = CRS.from_epsg(epsg)
+    t = Affine(1000, 0, -10000, 0, -1000, 13000)  # 32 km, the pole 10 km from its left edge
+    g = footprint_geometry(window_footprint_lonlat(crs, t, 0, 0, 32, 32))
+    assert g["type"] == "Polygon"
+    (ring,) = g["coordinates"]
+    assert ring[0] == ring[-1] and _ccw(ring)
+    lons, lats = zip(*ring)
+    assert min(lons) == -180 and max(lons) == 180 and pole in lats
+    corners = [(-10000, 13000), (22000, 13000), (22000, -19000), (-10000, -19000)]
+    ref = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [corners]})
+    ref_lats = [p[1] for p in ref["coordinates"][0]]
+    assert min(lats) == pytest.approx(min(ref_lats), abs=0.05)
+    assert max(lats) == pytest.approx(max(ref_lats))
+    # a tile beside the pole stays the quadrilateral of its corners
+    beside = window_footprint_lonlat(crs, t, 0, 16, 32, 32)
+    assert footprint_geometry(beside) == {"type": "Polygon", "coordinates": [beside]}
