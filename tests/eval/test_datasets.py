@@ -93,6 +93,16 @@ def test_class_lists_from_files_mappings_and_errors(tmp_path):
         ClassList((), ())
 
 
+def test_class_name_files_saved_with_a_byte_order_mark(tmp_path):
+    """A list saved by a Windows editor starts with a byte-order mark: not part of the first
+    label (which then matched no class folder, CSV or JSON label)."""
+    f = tmp_path / "c.txt"
+    f.write_bytes(b"\xef\xbb\xbfAnnualCrop = annual crops\nForest\n")
+    assert load_classnames(str(f)).labels == ("AnnualCrop", "Forest")
+    f.write_bytes(b"\xef\xbb\xbfAirports =\nPastures = Pastures\n")
+    assert read_mapping_file(f) == {"Airports": "", "Pastures": "Pastures"}
+
+
 # -- registry --------------------------------------------------------------------------------
 def test_registry_covers_every_published_dataset():
     assert set(DATASETS) == {
