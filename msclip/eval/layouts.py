@@ -213,8 +213,10 @@ def _split_samples(
     """The paths of the ``samples`` (of class folders) that a split file's ``entries`` name.
 
     An entry is matched by its name without extension (EuroSAT's lists name ``.jpg`` files of
-    the ``.tif`` release), within its class folder when it gives one (``wheat/0001.tif``); a bare
-    name that several class folders hold is refused, not taken from each of them.
+    the ``.tif`` release), or by its whole name when that is a file's name without extension
+    (``tile_51.5_7.2`` names ``tile_51.5_7.2.tif``), within its class folder when it gives one
+    (``wheat/0001.tif``); a bare name that several class folders hold is refused, not taken
+    from each of them.
 
     Raises:
         DatasetFormatError: entries that name no image, or a bare name that names several.
@@ -228,9 +230,14 @@ def _split_samples(
     ambiguous: list[tuple[str, list[str]]] = []
     for entry in entries:
         e = Path(entry.replace("\\", "/"))
-        found = by_stem.get(e.stem, [])
-        if e.parent.name in classes:  # its class folder decides
-            found = [s for s in found if Path(s.path).parent.name == e.parent.name]
+        found: list[Any] = []
+        # An entry without extension is a whole stem: "tile_51.5_7.2" is not "tile_51.5_7".
+        for key in (e.name, e.stem):
+            found = by_stem.get(key, [])
+            if e.parent.name in classes:  # its class folder decides
+                found = [s for s in found if Path(s.path).parent.name == e.parent.name]
+            if found:
+                break
         if not found:
             missing.append(entry)
         elif len(found) > 1:

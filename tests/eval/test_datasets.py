@@ -539,6 +539,24 @@ def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
     assert sorted(s.id for s in idx.samples) == ["water/0003.tif", "wheat/plot 1, north.tif"]
 
 
+def test_split_entries_without_extension_whose_names_hold_dots(tmp_path):
+    """``tile_51.5_7.2`` (coordinates, dates) names ``tile_51.5_7.2.tif``, not a file
+    ``tile_51.5_7``; Windows line ends and trailing spaces are not part of a name."""
+    from msclip.eval.layouts import FolderLayout
+
+    root = _folders(tmp_path / "crops", {"wheat": ["tile_51.5_7.2.tif", "tile_51.5_7.3.tif"],
+                                         "water": ["tile_52.0_7.2.TIF"]})  # fmt: skip
+    layout = FolderLayout(["wheat", "water"], split_files=("{split}.txt",))
+    (root / "test.txt").write_bytes(b"tile_51.5_7.2\r\nwater/tile_52.0_7.2 \r\n")
+    idx = layout.index(root, "test")
+    assert sorted(s.id for s in idx.samples) == [
+        "water/tile_52.0_7.2.TIF",
+        "wheat/tile_51.5_7.2.tif",
+    ]
+    (root / "test.txt").write_text("tile_51.5_7.2.jpg\n")  # the published lists' .jpg names
+    assert [s.id for s in layout.index(root, "test").samples] == ["wheat/tile_51.5_7.2.tif"]
+
+
 def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
     """ "CSV UTF-8" from a spreadsheet starts with a byte-order mark; ``./a.tif`` and ``a.tif``
     are one sample."""
