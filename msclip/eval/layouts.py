@@ -632,9 +632,16 @@ class CsvLayout(Layout):
         samples = []
         seen: dict[str, int] = {}
         for lineno, row in enumerate(rows, start=2):
-            rel = self.image_template.format(path=row[self.path_column].strip())
             where = f"{path}, line {lineno}"
-            same = os.path.normpath(rel.replace("\\", "/"))  # ./a.tif, a//b.tif: one sample each
+            cell = row[self.path_column]
+            if cell is None or not cell.strip():  # a short row: its path cell is not there
+                raise DatasetFormatError(
+                    f"{where} has no value in column {self.path_column!r} ({len(columns)} "
+                    "columns in the header); complete or remove the row"
+                )
+            # A table written on Windows separates folders with backslashes, as split files may.
+            rel = self.image_template.format(path=cell.strip().replace("\\", "/"))
+            same = os.path.normpath(rel)  # ./a.tif, a//b.tif: one sample each
             if same in seen:  # a sample listed twice would count twice
                 raise DatasetFormatError(
                     f"{where} repeats the sample of line {seen[same]} ({rel}); remove one row"

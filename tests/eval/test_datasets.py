@@ -574,6 +574,24 @@ def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
         layout.index(tmp_path, "test")
 
 
+def test_a_csv_dataset_written_on_windows_and_its_short_rows(tmp_path):
+    """Paths with backslashes (a table written on Windows, with its line ends) name the same
+    images as with slashes; a row without its path cell is named, not an AttributeError."""
+    from msclip.eval.layouts import CsvLayout
+
+    (tmp_path / "imgs").mkdir()
+    for n in ("a", "b"):
+        (tmp_path / "imgs" / f"{n}.tif").write_bytes(b"")
+    layout = CsvLayout(["sea", "forest"])
+    (tmp_path / "test.csv").write_bytes(b"path,label\r\nimgs\\a.tif,sea\r\nimgs\\b.tif,forest\r\n")
+    idx = layout.index(tmp_path, "test")
+    assert [(s.id, s.target) for s in idx.samples] == [("imgs/a.tif", 0), ("imgs/b.tif", 1)]
+    assert all(Path(s.path).is_file() for s in idx.samples)
+    (tmp_path / "test.csv").write_text("label,path\nsea,imgs/a.tif\nforest\n")
+    with pytest.raises(DatasetFormatError, match=r"line 3 has no value in column 'path'"):
+        layout.index(tmp_path, "test")
+
+
 def test_class_folders_named_in_decomposed_unicode_are_their_classes(tmp_path):
     """An archive made on macOS stores ``Forêt`` as ``Fore`` + combining circumflex (NFD): the
     same class, not a folder that is not one (whose name printed the same as the class's)."""
