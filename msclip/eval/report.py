@@ -434,8 +434,45 @@ def read_record(p: Path) -> dict[str, Any]:
     if missing:
         raise RecordError(f"record {p} lacks keys {missing}; re-run that evaluation")
     if not failed:
+        bad = _malformed(obj)
+        if bad:
+            raise RecordError(f"record {p} has {bad}; re-run that evaluation (or undo the edit)")
         obj["_path"] = str(p)
     return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _malformed(rec: Mapping[str, Any]) -> str | None:
+    """What of a record the merge reads is not of the form a run writes (a record edited by
+    hand, or cut short): ``None`` when all is well, else a description naming the field."""
+    metrics, main = rec["metrics"], rec["main_metric"]
+    if not isinstance(metrics, dict):
+        return f"'metrics' of type {type(metrics).__name__}, not a mapping"
+    if not isinstance(main, str) or main not in metrics:
+        return f"main_metric {main!r}, which is not one of its metrics {sorted(metrics)[:12]}"
+    if metrics[main] is not None and not _is_number(metrics[main]):
+        return f"metrics.{main} = {metrics[main]!r}, not a number"
+    for key in ("model", "dataset", "timing", "versions"):
+        if not isinstance(rec[key], dict):
+            return f"{key!r} of type {type(rec[key]).__name__}, not a mapping"
+    per_class = rec["per_class"]
+    if per_class is not None and not (
+        isinstance(per_class, list) and all(isinstance(r, dict) for r in per_class)
+    ):
+        return "'per_class' that is not a list of rows (mappings)"
+    cm = rec.get("confusion_matrix")
+    if cm and rec["task"] in ("single_label", "segmentation"):  # the ones the merge draws
+        names = rec["dataset"].get("class_names")
+        n = len(names) if isinstance(names, list) else -1
+        rows_ok = isinstance(cm, list) and len(cm) == n
+        if not (rows_ok and all(isinstance(r, list) and len(r) == n for r in cm)) or not all(
+            _is_number(v) for r in cm for v in r
+        ):
+            return f"a 'confusion_matrix' that is not {n} x {n} numbers (dataset.class_names)"
+    return None
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -581,7 +618,8 @@ def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _metric_of(rec: dict, metric: str | None) -> tuple[str, float | None]:
-    name = metric if metric and metric in rec["metrics"] else rec["main_metric"]
+    given = metric and (rec["metrics"].get(metric) is None or _is_number(rec["metrics"][metric]))
+    name = metric if given and metric in rec["metrics"] else rec["main_metric"]
     v = rec["metrics"].get(name)
     return name, (float("nan") if v is None else float(v))
 
@@ -615,10 +653,10 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
             "saved to (--save-path)?"
         )
     if summary_metric:
-        have = sorted({k for r in records for k in r["metrics"]})
+        have = sorted({k for r in records for k, v in r["metrics"].items() if _is_number(v)})
         if records and summary_metric not in have:
             raise RecordError(
-                f"no record has the metric {summary_metric!r}; the records have {have} "
+                f"no record has a number for the metric {summary_metric!r}; they have {have} "
                 "(--summary-metric)"
             )
         fallback = sorted({r["dataset"]["name"] for r in records
