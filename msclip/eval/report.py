@@ -642,6 +642,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     save = Path(save_path)
     damaged: list[RecordError] = []
     records, failures = load_records(save, damaged)
+    records = _one_record_per_run(save, records, damaged)
     for err in damaged:
         logger.warning("%s; it is left out of the reports", err)
     if not records and not failures:
@@ -752,6 +753,27 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     write_text(result.report, text)
     _remove_stale(save, {*result.per_class, *result.figures})
     return result
+
+
+def _one_record_per_run(save: Path, records: list[dict], damaged: list[RecordError]) -> list[dict]:
+    """The records with one per (label, dataset): a second file of a run (a copy kept beside
+    it, ``x copy.json``) would fill the same summary cell and per-class file, the last read
+    winning. The run's own file (:func:`record_path`) is kept, else the newest; the others are
+    added to ``damaged``."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        runs.setdefault((rec["model"]["label"], rec["dataset"]["name"]), []).append(rec)
+    kept = []
+    for (label, dataset), recs in runs.items():
+        own = str(record_path(save, label, dataset))
+        recs = sorted(recs, key=lambda r: (r["_path"] == own, str(r.get("created"))))
+        kept.append(recs[-1])
+        for other in recs[:-1]:
+            damaged.append(RecordError(
+                f"record {other['_path']} is a second record of {label!r} on {dataset!r}; the "
+                f"reports show {recs[-1]['_path']}: remove the one that is not wanted"
+            ))  # fmt: skip
+    return [r for r in records if any(r is k for k in kept)]
 
 
 def _remove_stale(save: Path, written: set[Path]) -> None:

@@ -699,6 +699,25 @@ def test_a_record_edited_by_hand_is_left_out_of_the_merge_naming_the_field(
     assert code == 1 and "no record has a number for the metric 'ap_definition'" in err
 
 
+def test_a_second_record_of_a_run_is_named_not_merged_over_the_first(ms_run, tmp_path, capsys):
+    """A copy of a record kept beside it (``... copy.json``) is the same (model, dataset): its
+    numbers filled the same summary cell, whichever file was read last; now the run's own file
+    is shown and the copy is named."""
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    rec = _record(save, "EuroSAT_MS")
+    copy = save / "records" / "msclip-tiny-random__EuroSAT_MS copy.json"
+    copy.write_text(json.dumps({**rec, "metrics": {**rec["metrics"], "top1_accuracy": 0.99}}))
+    (save / "records" / "a.json").write_text(json.dumps({**rec, "seed": 7}))  # sorts first
+    code, out, err = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 1 and "2 unreadable record(s) left out" in err
+    assert f"{copy} is a second record of 'msclip-tiny-random' on 'EuroSAT_MS'" in err
+    assert "merged 4 record(s)" in out
+    summary = pd.read_csv(save / "summary.csv")
+    assert summary.loc[0, "EuroSAT_MS"] == pytest.approx(rec["metrics"]["top1_accuracy"])
+    assert "seed 7" not in (save / "report.md").read_text()
+
+
 def test_the_printed_summary_shows_row_labels_as_written(ms_run, tmp_path, capsys):
     from msclip.eval.report import write_record
 
