@@ -289,11 +289,17 @@ def write_record(save_path: str | os.PathLike, record: dict[str, Any]) -> Path:
     path = write_json(target, record)
     if legacy != target:  # this run's record under its earlier name: replaced, not doubled
         legacy.unlink()
-    stale = failure_path(save_path, label, dataset)
-    for note in {stale, stale.with_name(f"{_legacy_stem(label, dataset)}.failed.json")}:
-        if note.exists() and (note == stale or _same_run(note, label, dataset)):
-            note.unlink()
+    remove_failure(save_path, label, dataset)
     return path
+
+
+def remove_failure(save_path: str | os.PathLike, model_label: str, dataset: str) -> None:
+    """Remove the failure note of (model, dataset): its record is current (just written, or
+    found up to date by ``--skip-existing``), so the reports must not list the run as failed."""
+    stale = failure_path(save_path, model_label, dataset)
+    for note in {stale, stale.with_name(f"{_legacy_stem(model_label, dataset)}.failed.json")}:
+        if note.exists() and (note == stale or _same_run(note, model_label, dataset)):
+            note.unlink()
 
 
 def _same_run(path: Path, label: str, dataset: str) -> bool:

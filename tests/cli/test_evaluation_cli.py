@@ -303,6 +303,28 @@ def test_skip_existing_takes_only_the_scores_of_the_record_it_skips(tmp_path, ca
     assert "EuroSAT_MS: skipped" in out
 
 
+def test_skip_existing_clears_the_failure_note_of_an_earlier_attempt(tmp_path, capsys):
+    """A run that failed (data moved away) and is then found up to date by --skip-existing
+    is not listed as failed in the reports any more: the command said it was fine."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    save = tmp_path / "r"
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    assert _run(base, capsys)[0] == 0
+    (root / "EuroSAT_MS").rename(root / "away")
+    assert _run(base, capsys)[0] == 1  # failed: noted beside the earlier record
+    assert (save / "records" / "msclip-tiny-random__EuroSAT_MS.failed.json").is_file()
+    (root / "away").rename(root / "EuroSAT_MS")
+    code, out, _ = _run([*base, "--skip-existing"], capsys)
+    assert code == 0 and "EuroSAT_MS: skipped" in out and "0 failure note(s)" in out
+    assert not (save / "records" / "msclip-tiny-random__EuroSAT_MS.failed.json").exists()
+    assert "Failed runs" not in (save / "report.md").read_text()
+
+
 def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):
     save = tmp_path / "copy"
     shutil.copytree(ms_run["save"], save)
