@@ -878,7 +878,7 @@ class MeterMLLayout(FolderLayout):
             return super().index(root, split)
         self.native = True
         try:
-            doc = json.loads(geojson.read_text(encoding="utf-8"))
+            doc = json.loads(geojson.read_text(encoding="utf-8-sig"))  # an editor's BOM
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DatasetFormatError(f"cannot read {geojson}: {err}") from err
         features = doc.get("features") if isinstance(doc, dict) else None

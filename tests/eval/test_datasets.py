@@ -326,6 +326,13 @@ def test_meterml_geojson_layout_single_label_and_products(bench):
     assert fed["B02"] == ["blue"] and fed["B03"] == ["green"] and fed["B04"] == ["red"]
 
 
+def test_a_meterml_geojson_saved_with_a_byte_order_mark(tmp_path):
+    ds = mb.meterml(tmp_path)
+    geojson = ds / "test_dataset.geojson"
+    geojson.write_bytes(b"\xef\xbb\xbf" + geojson.read_bytes())  # edited on Windows
+    assert len(build_dataset("METERML_MS", tmp_path)) == 7
+
+
 def test_a_meterml_split_of_multi_facility_images_only_is_said_so(tmp_path):
     """Every feature with several facility types (left out by the single-label protocol): a
     clear refusal, not an index error."""
