@@ -414,7 +414,13 @@ def _evaluate_one(
 
     from msclip.errors import DatasetFormatError, MSCLIPError
     from msclip.eval.datasets import build_dataset
-    from msclip.eval.report import file_stem, make_record, record_path, write_record
+    from msclip.eval.report import (
+        file_stem,
+        make_record,
+        record_path,
+        remove_failure,
+        write_record,
+    )
     from msclip.eval.runner import EvalConfig, evaluate, resolve_templates, run_key
     from msclip.io import atomic_write
     from msclip.zero_shot import DEFAULT_TEMPLATE_SET
@@ -462,6 +468,7 @@ def _evaluate_one(
         existing, left_out = _existing_run_key(own, label, dataset.name)
         if existing == key and not left_out:
             if not args.save_scores or _scores_run_key(scores_path) == key:
+                remove_failure(args.save_path, label, dataset.name)  # of an earlier attempt
                 return "skipped", f"record exists ({own})", 0
             if scores_path.is_file():
                 why = f"has scores of another run ({scores_path}); re-running for its own"

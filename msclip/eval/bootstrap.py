@@ -346,7 +346,7 @@ def balanced_accuracy_metric(num_classes: int | None = None) -> BatchedMetric:
 
 
 def single_label_f1_metric(average: str = "macro", num_classes: int | None = None) -> BatchedMetric:
-    """Single-label macro or micro F1 over all classes; as
+    """Single-label macro F1 (over the classes with samples) or micro F1; as
     :func:`msclip.eval.metrics.single_label_f1`."""
     if average not in ("macro", "micro"):
         raise MetricInputError(f"average must be 'macro' or 'micro'; got {average!r}")
@@ -370,7 +370,11 @@ def single_label_f1_metric(average: str = "macro", num_classes: int | None = Non
         den = true_count + pred_count  # = 2 TP + FP + FN
         f1 = np.zeros_like(tp)
         np.divide(2 * tp, den, out=f1, where=den > 0)
-        return f1.mean(axis=1)
+        if average == "micro":
+            return f1[:, 0]
+        # Macro F1 averages over the classes with samples in the resample, as the plain form.
+        present = true_count > 0
+        return (f1 * present).sum(axis=1) / present.sum(axis=1)
 
     return BatchedMetric(f"{average}_f1", fn, batched)
 

@@ -131,7 +131,7 @@ def read_mapping_file(path: str | os.PathLike) -> dict[str, str]:
     """A ``label = value`` file as a dict (empty value allowed: the label maps to ``""``)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"cannot read mapping file {p}: {err}") from err
     return dict(_parse_class_lines(text, str(p)))
@@ -182,7 +182,7 @@ def load_classnames(
         return ClassList(labels, labels, "inline")
     path = _resolve_data_file(ref, (".txt", ".yaml", ".yml"), base)  # type: ignore[arg-type]
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"cannot read class-name file {path}: {err}") from err
     if path.suffix.lower() in (".yaml", ".yml"):

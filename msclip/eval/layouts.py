@@ -213,8 +213,10 @@ def _split_samples(
     """The paths of the ``samples`` (of class folders) that a split file's ``entries`` name.
 
     An entry is matched by its name without extension (EuroSAT's lists name ``.jpg`` files of
-    the ``.tif`` release), within its class folder when it gives one (``wheat/0001.tif``); a bare
-    name that several class folders hold is refused, not taken from each of them.
+    the ``.tif`` release), or by its whole name when that is a file's name without extension
+    (``tile_51.5_7.2`` names ``tile_51.5_7.2.tif``), within its class folder when it gives one
+    (``wheat/0001.tif``); a bare name that several class folders hold is refused, not taken
+    from each of them.
 
     Raises:
         DatasetFormatError: entries that name no image, or a bare name that names several.
@@ -228,9 +230,14 @@ def _split_samples(
     ambiguous: list[tuple[str, list[str]]] = []
     for entry in entries:
         e = Path(entry.replace("\\", "/"))
-        found = by_stem.get(e.stem, [])
-        if e.parent.name in classes:  # its class folder decides
-            found = [s for s in found if Path(s.path).parent.name == e.parent.name]
+        found: list[Any] = []
+        # An entry without extension is a whole stem: "tile_51.5_7.2" is not "tile_51.5_7".
+        for key in (e.name, e.stem):
+            found = by_stem.get(key, [])
+            if e.parent.name in classes:  # its class folder decides
+                found = [s for s in found if Path(s.path).parent.name == e.parent.name]
+            if found:
+                break
         if not found:
             missing.append(entry)
         elif len(found) > 1:
@@ -625,9 +632,16 @@ class CsvLayout(Layout):
         samples = []
         seen: dict[str, int] = {}
         for lineno, row in enumerate(rows, start=2):
-            rel = self.image_template.format(path=row[self.path_column].strip())
             where = f"{path}, line {lineno}"
-            same = os.path.normpath(rel.replace("\\", "/"))  # ./a.tif, a//b.tif: one sample each
+            cell = row[self.path_column]
+            if cell is None or not cell.strip():  # a short row: its path cell is not there
+                raise DatasetFormatError(
+                    f"{where} has no value in column {self.path_column!r} ({len(columns)} "
+                    "columns in the header); complete or remove the row"
+                )
+            # A table written on Windows separates folders with backslashes, as split files may.
+            rel = self.image_template.format(path=cell.strip().replace("\\", "/"))
+            same = os.path.normpath(rel)  # ./a.tif, a//b.tif: one sample each
             if same in seen:  # a sample listed twice would count twice
                 raise DatasetFormatError(
                     f"{where} repeats the sample of line {seen[same]} ({rel}); remove one row"
@@ -864,7 +878,7 @@ class MeterMLLayout(FolderLayout):
             return super().index(root, split)
         self.native = True
         try:
-            doc = json.loads(geojson.read_text(encoding="utf-8"))
+            doc = json.loads(geojson.read_text(encoding="utf-8-sig"))  # an editor's BOM
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DatasetFormatError(f"cannot read {geojson}: {err}") from err
         features = doc.get("features") if isinstance(doc, dict) else None

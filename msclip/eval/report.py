@@ -289,11 +289,17 @@ def write_record(save_path: str | os.PathLike, record: dict[str, Any]) -> Path:
     path = write_json(target, record)
     if legacy != target:  # this run's record under its earlier name: replaced, not doubled
         legacy.unlink()
-    stale = failure_path(save_path, label, dataset)
-    for note in {stale, stale.with_name(f"{_legacy_stem(label, dataset)}.failed.json")}:
-        if note.exists() and (note == stale or _same_run(note, label, dataset)):
-            note.unlink()
+    remove_failure(save_path, label, dataset)
     return path
+
+
+def remove_failure(save_path: str | os.PathLike, model_label: str, dataset: str) -> None:
+    """Remove the failure note of (model, dataset): its record is current (just written, or
+    found up to date by ``--skip-existing``), so the reports must not list the run as failed."""
+    stale = failure_path(save_path, model_label, dataset)
+    for note in {stale, stale.with_name(f"{_legacy_stem(model_label, dataset)}.failed.json")}:
+        if note.exists() and (note == stale or _same_run(note, model_label, dataset)):
+            note.unlink()
 
 
 def _same_run(path: Path, label: str, dataset: str) -> bool:
@@ -434,8 +440,45 @@ def read_record(p: Path) -> dict[str, Any]:
     if missing:
         raise RecordError(f"record {p} lacks keys {missing}; re-run that evaluation")
     if not failed:
+        bad = _malformed(obj)
+        if bad:
+            raise RecordError(f"record {p} has {bad}; re-run that evaluation (or undo the edit)")
         obj["_path"] = str(p)
     return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _malformed(rec: Mapping[str, Any]) -> str | None:
+    """What of a record the merge reads is not of the form a run writes (a record edited by
+    hand, or cut short): ``None`` when all is well, else a description naming the field."""
+    metrics, main = rec["metrics"], rec["main_metric"]
+    if not isinstance(metrics, dict):
+        return f"'metrics' of type {type(metrics).__name__}, not a mapping"
+    if not isinstance(main, str) or main not in metrics:
+        return f"main_metric {main!r}, which is not one of its metrics {sorted(metrics)[:12]}"
+    if metrics[main] is not None and not _is_number(metrics[main]):
+        return f"metrics.{main} = {metrics[main]!r}, not a number"
+    for key in ("model", "dataset", "timing", "versions"):
+        if not isinstance(rec[key], dict):
+            return f"{key!r} of type {type(rec[key]).__name__}, not a mapping"
+    per_class = rec["per_class"]
+    if per_class is not None and not (
+        isinstance(per_class, list) and all(isinstance(r, dict) for r in per_class)
+    ):
+        return "'per_class' that is not a list of rows (mappings)"
+    cm = rec.get("confusion_matrix")
+    if cm and rec["task"] in ("single_label", "segmentation"):  # the ones the merge draws
+        names = rec["dataset"].get("class_names")
+        n = len(names) if isinstance(names, list) else -1
+        rows_ok = isinstance(cm, list) and len(cm) == n
+        if not (rows_ok and all(isinstance(r, list) and len(r) == n for r in cm)) or not all(
+            _is_number(v) for r in cm for v in r
+        ):
+            return f"a 'confusion_matrix' that is not {n} x {n} numbers (dataset.class_names)"
+    return None
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -581,7 +624,8 @@ def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _metric_of(rec: dict, metric: str | None) -> tuple[str, float | None]:
-    name = metric if metric and metric in rec["metrics"] else rec["main_metric"]
+    given = metric and (rec["metrics"].get(metric) is None or _is_number(rec["metrics"][metric]))
+    name = metric if given and metric in rec["metrics"] else rec["main_metric"]
     v = rec["metrics"].get(name)
     return name, (float("nan") if v is None else float(v))
 
@@ -604,6 +648,7 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     save = Path(save_path)
     damaged: list[RecordError] = []
     records, failures = load_records(save, damaged)
+    records = _one_record_per_run(save, records, damaged)
     for err in damaged:
         logger.warning("%s; it is left out of the reports", err)
     if not records and not failures:
@@ -615,10 +660,10 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
             "saved to (--save-path)?"
         )
     if summary_metric:
-        have = sorted({k for r in records for k in r["metrics"]})
+        have = sorted({k for r in records for k, v in r["metrics"].items() if _is_number(v)})
         if records and summary_metric not in have:
             raise RecordError(
-                f"no record has the metric {summary_metric!r}; the records have {have} "
+                f"no record has a number for the metric {summary_metric!r}; they have {have} "
                 "(--summary-metric)"
             )
         fallback = sorted({r["dataset"]["name"] for r in records
@@ -714,6 +759,27 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     write_text(result.report, text)
     _remove_stale(save, {*result.per_class, *result.figures})
     return result
+
+
+def _one_record_per_run(save: Path, records: list[dict], damaged: list[RecordError]) -> list[dict]:
+    """The records with one per (label, dataset): a second file of a run (a copy kept beside
+    it, ``x copy.json``) would fill the same summary cell and per-class file, the last read
+    winning. The run's own file (:func:`record_path`) is kept, else the newest; the others are
+    added to ``damaged``."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        runs.setdefault((rec["model"]["label"], rec["dataset"]["name"]), []).append(rec)
+    kept = []
+    for (label, dataset), recs in runs.items():
+        own = str(record_path(save, label, dataset))
+        recs = sorted(recs, key=lambda r: (r["_path"] == own, str(r.get("created"))))
+        kept.append(recs[-1])
+        for other in recs[:-1]:
+            damaged.append(RecordError(
+                f"record {other['_path']} is a second record of {label!r} on {dataset!r}; the "
+                f"reports show {recs[-1]['_path']}: remove the one that is not wanted"
+            ))  # fmt: skip
+    return [r for r in records if any(r is k for k in kept)]
 
 
 def _remove_stale(save: Path, written: set[Path]) -> None:

@@ -219,7 +219,11 @@ def test_merge_only_rebuilds_reports_from_records(ms_run, tmp_path, capsys):
     # a metric no record has, and a folder without records: errors, not empty tables
     code, _, err = _run(["--merge-only", "--save-path", str(save), "--summary-metric",
                          "top1_acc"], capsys)  # fmt: skip
-    assert code == 1 and "no record has the metric 'top1_acc'" in err and "top1_accuracy" in err
+    assert (
+        code == 1
+        and "no record has a number for the metric 'top1_acc'" in err
+        and "top1_accuracy" in err
+    )
     code, _, err = _run(["--merge-only", "--save-path", str(tmp_path / "typo")], capsys)
     assert code == 1 and "no evaluation records under" in err
     assert not (tmp_path / "typo" / "report.md").exists()
@@ -297,6 +301,28 @@ def test_skip_existing_takes_only_the_scores_of_the_record_it_skips(tmp_path, ca
         assert str(saved["run_key"]) == rec["run_key"]
     code, out, _ = _run([*base, "--templates", "eo", "--save-scores", "--skip-existing"], capsys)
     assert "EuroSAT_MS: skipped" in out
+
+
+def test_skip_existing_clears_the_failure_note_of_an_earlier_attempt(tmp_path, capsys):
+    """A run that failed (data moved away) and is then found up to date by --skip-existing
+    is not listed as failed in the reports any more: the command said it was fine."""
+    root = tmp_path / "data"
+    mb.eurosat_ms(root, n_per_class=1)
+    save = tmp_path / "r"
+    base = [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    assert _run(base, capsys)[0] == 0
+    (root / "EuroSAT_MS").rename(root / "away")
+    assert _run(base, capsys)[0] == 1  # failed: noted beside the earlier record
+    assert (save / "records" / "msclip-tiny-random__EuroSAT_MS.failed.json").is_file()
+    (root / "away").rename(root / "EuroSAT_MS")
+    code, out, _ = _run([*base, "--skip-existing"], capsys)
+    assert code == 0 and "EuroSAT_MS: skipped" in out and "0 failure note(s)" in out
+    assert not (save / "records" / "msclip-tiny-random__EuroSAT_MS.failed.json").exists()
+    assert "Failed runs" not in (save / "report.md").read_text()
 
 
 def test_skip_existing_is_not_failed_by_a_damaged_record_of_another_run(ms_run, tmp_path, capsys):
@@ -626,7 +652,8 @@ def test_labels_that_slug_alike_keep_their_own_records(tmp_path, caplog):
     def record(label, seed=0):
         rec = {k: None for k in RECORD_KEYS}
         rec.update(model={"label": label}, dataset={"name": "EuroSAT_MS", "split": "test"},
-                   seed=seed)  # fmt: skip
+                   seed=seed, metrics={"top1_accuracy": 0.5}, main_metric="top1_accuracy",
+                   timing={}, versions={})  # fmt: skip
         return rec
 
     # "(fp32)" and "[fp32]" both slug to "_fp32_": one record replaced the other silently
@@ -662,6 +689,55 @@ def test_a_damaged_record_is_left_out_of_the_merge_not_the_end_of_it(ms_run, tmp
     report = (save / "report.md").read_text()
     assert "## Unreadable records (left out)" in report and "other__EuroSAT_MS.json" in report
     assert "old__AID_RGB.failed.json" in report and "old__EuroSAT_MS.json" in report
+
+
+def test_a_record_edited_by_hand_is_left_out_of_the_merge_naming_the_field(
+    ms_run, tmp_path, capsys
+):
+    """Values the merge reads that no run writes (a metric typed as text, a cut confusion
+    matrix) leave that record out with the field named, not the merge with a traceback."""
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    edits = {
+        "EuroSAT_MS": (
+            "metrics",
+            {**_record(save, "EuroSAT_MS")["metrics"], "top1_accuracy": "n/a"},
+        ),
+        "METERML_MS": ("confusion_matrix", [[1, 0], [0]]),
+        "BigEarthNet_MS": ("metrics", [0.5]),
+    }
+    for name, (key, value) in edits.items():
+        path = record_path(save, "msclip-tiny-random", name)
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({**rec, key: value}))
+    code, out, err = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 1 and "Traceback" not in err and "3 unreadable record(s) left out" in err
+    assert "metrics.top1_accuracy = 'n/a', not a number" in err
+    assert "'confusion_matrix' that is not 7 x 7 numbers" in err and "'metrics' of type list" in err
+    assert "merged 1 record(s)" in out
+    # a metric that is text in every record is no column of the summary
+    code, _, err = _run(["--merge-only", "--save-path", str(ms_run["save"]),
+                         "--summary-metric", "ap_definition"], capsys)  # fmt: skip
+    assert code == 1 and "no record has a number for the metric 'ap_definition'" in err
+
+
+def test_a_second_record_of_a_run_is_named_not_merged_over_the_first(ms_run, tmp_path, capsys):
+    """A copy of a record kept beside it (``... copy.json``) is the same (model, dataset): its
+    numbers filled the same summary cell, whichever file was read last; now the run's own file
+    is shown and the copy is named."""
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    rec = _record(save, "EuroSAT_MS")
+    copy = save / "records" / "msclip-tiny-random__EuroSAT_MS copy.json"
+    copy.write_text(json.dumps({**rec, "metrics": {**rec["metrics"], "top1_accuracy": 0.99}}))
+    (save / "records" / "a.json").write_text(json.dumps({**rec, "seed": 7}))  # sorts first
+    code, out, err = _run(["--merge-only", "--save-path", str(save)], capsys)
+    assert code == 1 and "2 unreadable record(s) left out" in err
+    assert f"{copy} is a second record of 'msclip-tiny-random' on 'EuroSAT_MS'" in err
+    assert "merged 4 record(s)" in out
+    summary = pd.read_csv(save / "summary.csv")
+    assert summary.loc[0, "EuroSAT_MS"] == pytest.approx(rec["metrics"]["top1_accuracy"])
+    assert "seed 7" not in (save / "report.md").read_text()
 
 
 def test_the_printed_summary_shows_row_labels_as_written(ms_run, tmp_path, capsys):

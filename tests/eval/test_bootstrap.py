@@ -83,6 +83,17 @@ def test_vectorised_single_label_metrics_equal_the_plain_loop(rng, metric) -> No
         assert bootstrap_ci(metric, y, p, 64, seed=2).estimate == pytest.approx(vec.estimate)
 
 
+def test_vectorised_macro_f1_leaves_out_classes_a_resample_lacks(rng) -> None:
+    # Two samples per class: most resamples miss a class, which macro F1 does not measure
+    # (single_label_f1); the vectorised form counted it as F1 0, pulling the interval down.
+    y = np.repeat(np.arange(4), 2)
+    s = rng.normal(size=(8, 4))
+    metric = single_label_f1_metric("macro")
+    idx = bootstrap_indices(8, 40, seed=1)
+    expected = [metric.fn(y[row], s[row]) for row in idx]
+    np.testing.assert_allclose(metric.batched(y, s, idx), expected, rtol=1e-12)
+
+
 def test_vectorised_multilabel_and_regression_equal_the_plain_loop(rng) -> None:
     y = (rng.random((40, 6)) < 0.3).astype(np.int64)
     s = np.clip(y * 0.4 + rng.random((40, 6)) * 0.7, 0, 1)

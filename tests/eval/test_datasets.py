@@ -93,6 +93,16 @@ def test_class_lists_from_files_mappings_and_errors(tmp_path):
         ClassList((), ())
 
 
+def test_class_name_files_saved_with_a_byte_order_mark(tmp_path):
+    """A list saved by a Windows editor starts with a byte-order mark: not part of the first
+    label (which then matched no class folder, CSV or JSON label)."""
+    f = tmp_path / "c.txt"
+    f.write_bytes(b"\xef\xbb\xbfAnnualCrop = annual crops\nForest\n")
+    assert load_classnames(str(f)).labels == ("AnnualCrop", "Forest")
+    f.write_bytes(b"\xef\xbb\xbfAirports =\nPastures = Pastures\n")
+    assert read_mapping_file(f) == {"Airports": "", "Pastures": "Pastures"}
+
+
 # -- registry --------------------------------------------------------------------------------
 def test_registry_covers_every_published_dataset():
     assert set(DATASETS) == {
@@ -316,6 +326,13 @@ def test_meterml_geojson_layout_single_label_and_products(bench):
     assert fed["B02"] == ["blue"] and fed["B03"] == ["green"] and fed["B04"] == ["red"]
 
 
+def test_a_meterml_geojson_saved_with_a_byte_order_mark(tmp_path):
+    ds = mb.meterml(tmp_path)
+    geojson = ds / "test_dataset.geojson"
+    geojson.write_bytes(b"\xef\xbb\xbf" + geojson.read_bytes())  # edited on Windows
+    assert len(build_dataset("METERML_MS", tmp_path)) == 7
+
+
 def test_a_meterml_split_of_multi_facility_images_only_is_said_so(tmp_path):
     """Every feature with several facility types (left out by the single-label protocol): a
     clear refusal, not an index error."""
@@ -529,6 +546,24 @@ def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
     assert sorted(s.id for s in idx.samples) == ["water/0003.tif", "wheat/plot 1, north.tif"]
 
 
+def test_split_entries_without_extension_whose_names_hold_dots(tmp_path):
+    """``tile_51.5_7.2`` (coordinates, dates) names ``tile_51.5_7.2.tif``, not a file
+    ``tile_51.5_7``; Windows line ends and trailing spaces are not part of a name."""
+    from msclip.eval.layouts import FolderLayout
+
+    root = _folders(tmp_path / "crops", {"wheat": ["tile_51.5_7.2.tif", "tile_51.5_7.3.tif"],
+                                         "water": ["tile_52.0_7.2.TIF"]})  # fmt: skip
+    layout = FolderLayout(["wheat", "water"], split_files=("{split}.txt",))
+    (root / "test.txt").write_bytes(b"tile_51.5_7.2\r\nwater/tile_52.0_7.2 \r\n")
+    idx = layout.index(root, "test")
+    assert sorted(s.id for s in idx.samples) == [
+        "water/tile_52.0_7.2.TIF",
+        "wheat/tile_51.5_7.2.tif",
+    ]
+    (root / "test.txt").write_text("tile_51.5_7.2.jpg\n")  # the published lists' .jpg names
+    assert [s.id for s in layout.index(root, "test").samples] == ["wheat/tile_51.5_7.2.tif"]
+
+
 def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
     """ "CSV UTF-8" from a spreadsheet starts with a byte-order mark; ``./a.tif`` and ``a.tif``
     are one sample."""
@@ -543,6 +578,24 @@ def test_a_csv_dataset_from_a_spreadsheet_and_its_repeated_rows(tmp_path):
     assert len(layout.index(tmp_path, "test").samples) == 2
     (tmp_path / "test.csv").write_text("path,label\nimgs/a.tif,sea\n./imgs//a.tif,forest\n")
     with pytest.raises(DatasetFormatError, match=r"line 3 repeats the sample of line 2"):
+        layout.index(tmp_path, "test")
+
+
+def test_a_csv_dataset_written_on_windows_and_its_short_rows(tmp_path):
+    """Paths with backslashes (a table written on Windows, with its line ends) name the same
+    images as with slashes; a row without its path cell is named, not an AttributeError."""
+    from msclip.eval.layouts import CsvLayout
+
+    (tmp_path / "imgs").mkdir()
+    for n in ("a", "b"):
+        (tmp_path / "imgs" / f"{n}.tif").write_bytes(b"")
+    layout = CsvLayout(["sea", "forest"])
+    (tmp_path / "test.csv").write_bytes(b"path,label\r\nimgs\\a.tif,sea\r\nimgs\\b.tif,forest\r\n")
+    idx = layout.index(tmp_path, "test")
+    assert [(s.id, s.target) for s in idx.samples] == [("imgs/a.tif", 0), ("imgs/b.tif", 1)]
+    assert all(Path(s.path).is_file() for s in idx.samples)
+    (tmp_path / "test.csv").write_text("label,path\nsea,imgs/a.tif\nforest\n")
+    with pytest.raises(DatasetFormatError, match=r"line 3 has no value in column 'path'"):
         layout.index(tmp_path, "test")
 
 
