@@ -58,6 +58,7 @@ __all__ = [
     "build_any_head",
     "encoder_facts",
     "first_bands",
+    "head_file_contents",
     "head_scores",
     "logistic_to_head",
     "predict_images",
@@ -406,11 +407,14 @@ def save_head(
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), ".safetensors")
 
 
-def read_head(path: str | os.PathLike) -> HeadCheckpoint:
-    """Read a head file (safetensors: no code is unpickled).
+def head_file_contents(
+    path: str | os.PathLike, tensors: bool = True
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and (with ``tensors``) the tensors of a safetensors head file, image-level or
+    dense; nothing is unpickled.
 
     Raises:
-        CheckpointError: a missing or unreadable file, or not an msclip head file.
+        CheckpointError: a missing file, or one that cannot be read (damaged or cut short).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -420,7 +424,7 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     # a truncated or overwritten file fails in the safetensors reader (not an OSError)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(
@@ -428,6 +432,17 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
             "train the head again with msclip-finetune",
             param="head",
         ) from err
+    return meta, data
+
+
+def read_head(path: str | os.PathLike) -> HeadCheckpoint:
+    """Read a head file (safetensors: no code is unpickled).
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or not an msclip head file.
+    """
+    p = Path(path).expanduser()
+    meta, tensors = head_file_contents(p)
     if meta.get("format") == DENSE_HEAD_FORMAT:
         raise CheckpointError(
             f"{p} is a dense (per-pixel) head: read it with msclip.heads.dense_head."

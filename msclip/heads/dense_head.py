@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from msclip.errors import CheckpointError
-from msclip.heads.checkpoint import DENSE_HEAD_FORMAT, require_bound
+from msclip.heads.checkpoint import DENSE_HEAD_FORMAT, head_file_contents, require_bound
 
 __all__ = [
     "DENSE_HEAD_FORMAT",
@@ -162,21 +162,7 @@ def head_file_format(path: str | os.PathLike) -> str | None:
     Raises:
         CheckpointError: a missing or unreadable file.
     """
-    from safetensors import SafetensorError, safe_open
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"head file not found: {p}", param="head")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    # a truncated or overwritten file fails in the safetensors reader (not an OSError)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read head file {p} (damaged or cut short?): {err}; copy it again or "
-            "train the head again with msclip-finetune",
-            param="head",
-        ) from err
+    return head_file_contents(path, tensors=False)[0].get("format")
 
 
 def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
@@ -185,13 +171,12 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
     Raises:
         CheckpointError: missing, unreadable or damaged file, or not a dense head file.
     """
-    from safetensors import SafetensorError, safe_open
-
     from msclip.errors import DecoderError
     from msclip.heads.decoders import build_decoder
 
     p = Path(path).expanduser()
-    fmt = head_file_format(p)
+    meta, tensors = head_file_contents(p)
+    fmt = meta.get("format")
     if fmt != DENSE_HEAD_FORMAT:
         raise CheckpointError(
             f"{p} is not a dense head file (format {fmt!r}, expected {DENSE_HEAD_FORMAT!r}); "
@@ -199,9 +184,6 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
             param="head",
         )
     try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
         tasks = json.loads(meta["tasks"])
         layers = [int(i) for i in json.loads(meta["layers"])]
         encoder = json.loads(meta["encoder"])
@@ -221,8 +203,6 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
             )
             heads[t["name"]] = dec.eval()
     except (KeyError, json.JSONDecodeError, RuntimeError, DecoderError, TypeError) as err:
-        raise CheckpointError(f"dense head file {p} is damaged: {err}", param="head") from err
-    except SafetensorError as err:  # a tensor's bytes cut short after a readable header
         raise CheckpointError(f"dense head file {p} is damaged: {err}", param="head") from err
     return DenseHeadCheckpoint(
         tasks=tasks,

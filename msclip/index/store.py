@@ -65,6 +65,7 @@ from msclip.errors import (
 )
 from msclip.io import TMP_PREFIX, fsync_dir, write_bytes
 from msclip.io.images import INDEX_MARKERS
+from msclip.io.writers import lock_exclusive
 
 try:  # POSIX advisory locks; on other platforms a second writer is not detected
     import fcntl
@@ -999,17 +1000,14 @@ class IndexWriter:
                 "in a folder you can write to",
                 param="index",
             ) from exc
-        if fcntl is None:  # pragma: no cover
-            logger.debug("no fcntl on this platform; concurrent writers are not detected")
-            return fh
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            fh.close()
+        held = lock_exclusive(fh)
+        if held is False:
             raise IndexLockedError(
                 f"another process is writing to the index {directory}; wait for it to finish "
                 "(an index has one writer at a time)"
-            ) from exc
+            )
+        if held is None:  # no locks here (some network mounts, not POSIX)
+            logger.info("cannot lock %s: a second writer would not be noticed", directory)
         return fh
 
     @staticmethod

@@ -30,6 +30,7 @@ __all__ = [
     "current_umask",
     "fsync_dir",
     "jsonable",
+    "lock_exclusive",
     "temp_path",
     "write_bytes",
     "write_csv",
@@ -92,6 +93,30 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock_exclusive(fh: Any) -> bool | None:
+    """Take an exclusive lock (``flock``, without waiting) on an open file that stands for a
+    folder a process writes alone (an index, a training run's output), held until the file is
+    closed or the process ends.
+
+    Returns:
+        ``True``: held; ``False``: another process holds it (``fh`` is then closed); ``None``:
+        locks are not available here (no ``fcntl``, or a file system that refuses them, as some
+        network mounts do), so a second writer would not be noticed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def current_umask() -> int:

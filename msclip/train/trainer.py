@@ -123,11 +123,8 @@ def _lock_output(out: Path) -> Any:
     second run started into the same folder (a job launched twice, or resumed while the first
     still runs) would otherwise interleave its checkpoints, logs and final model with the
     first's, and both would report success."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX: concurrent runs are not detected
-        return None
     from msclip.errors import OutputPathError
+    from msclip.io.writers import lock_exclusive
 
     lock = out / LOCK_NAME
     for _ in range(10):
@@ -142,17 +139,15 @@ def _lock_output(out: Path) -> Any:
                 "can write to",
                 param="output_dir",
             ) from err
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            fh.close()
+        held = lock_exclusive(fh)
+        if held is False:
             raise ConfigError(
                 f"another training run is writing to output_dir {str(out)!r} (it holds "
                 f"{lock}); wait for it to finish, or choose another output_dir",
                 param="output_dir",
-            ) from err
-        except OSError as err:  # a file system without locks (some network mounts)
-            logger.info("cannot lock %s (%s): a second run into it would not be noticed", out, err)
+            )
+        if held is None:  # no locks here (some network mounts, not POSIX)
+            logger.info("cannot lock %s: a second run into it would not be noticed", out)
             return fh
         # a run that made the folder and was refused removes its lock file: a lock taken on the
         # removed file holds nothing, and a third run would lock a new file of that name

@@ -25,6 +25,15 @@ TEMPLATES = "a satellite view of {c}.\n# a comment line\n{c} from above.\nan ima
 MS_DATASETS = ["EuroSAT_MS", "BigEarthNet_MS", "METERML_MS", "MyCrops"]
 
 
+def _eurosat_args(root: Path, save: Path) -> list[str]:
+    """The tiny model on the mini EuroSAT_MS under ``root``, results in ``save``, quietly."""
+    return [
+        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
+        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
+        "--workers", "0", "--quiet",
+    ]  # fmt: skip
+
+
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(argv)
     out, err = capsys.readouterr()
@@ -280,11 +289,7 @@ def test_skip_existing_takes_only_the_scores_of_the_record_it_skips(tmp_path, ca
     mb.eurosat_ms(root, n_per_class=1)
     (tmp_path / "t2.txt").write_text(TEMPLATES)
     save = tmp_path / "r"
-    base = [
-        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
-        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
-        "--workers", "0", "--quiet",
-    ]  # fmt: skip
+    base = _eurosat_args(root, save)
     scores = save / "scores" / "msclip-tiny-random__EuroSAT_MS.npz"
     code, _, _ = _run([*base, "--templates", str(tmp_path / "t2.txt"), "--save-scores"], capsys)
     assert code == 0 and scores.is_file()
@@ -309,11 +314,7 @@ def test_skip_existing_clears_the_failure_note_of_an_earlier_attempt(tmp_path, c
     root = tmp_path / "data"
     mb.eurosat_ms(root, n_per_class=1)
     save = tmp_path / "r"
-    base = [
-        "--model-name", "msclip-tiny", "--no-pretrained", "--datasets", "EuroSAT_MS",
-        "--dataset-dir", str(root), "--save-path", str(save), "--no-text-cache",
-        "--workers", "0", "--quiet",
-    ]  # fmt: skip
+    base = _eurosat_args(root, save)
     assert _run(base, capsys)[0] == 0
     (root / "EuroSAT_MS").rename(root / "away")
     assert _run(base, capsys)[0] == 1  # failed: noted beside the earlier record

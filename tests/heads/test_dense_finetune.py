@@ -42,6 +42,20 @@ def dense(tmp_path_factory: pytest.TempPathFactory):
     return root
 
 
+def _rewrite_labels(dense, tmp_path, table, edit, name) -> None:
+    """Write each label raster of ``table`` edited (``edit(arr) -> (arr, profile changes)``)
+    under ``tmp_path``, and the table pointing at them as ``tmp_path / name``."""
+    for k, rel in enumerate(table["label"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile = edit(src.read(1))
+            profile = {**src.profile, **profile}
+        out = tmp_path / f"l{k}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr, 1)
+        table.loc[k, "label"] = str(out)
+    table.to_csv(tmp_path / name, index=False)
+
+
 def _cfg(tmp, data, **kw) -> FinetuneRunConfig:
     base = dict(csv=str(data / "index.csv"), task="segmentation", model_name="msclip-tiny",
                 pretrained=False, decoder="linear", epochs=2, batch_size=2, crop_size=16,
@@ -229,17 +243,14 @@ def test_float_labels_with_nan_nodata_are_ignored(dense, tmp_path):
     """Float32 label rasters (e.g. after a reprojection) whose nodata is NaN: NaN pixels are
     unlabelled, not a bad class value."""
     table = pd.read_csv(dense / "index.csv")
-    for k, rel in enumerate(table["label"]):
-        with rasterio.open(dense / rel) as src:
-            arr, profile = src.read(1).astype("float32"), src.profile
+
+    def float_nan(arr):
+        arr = arr.astype("float32")
         arr[arr == 255] = np.nan
         arr[:2, :3] = np.nan
-        profile.update(dtype="float32", nodata=float("nan"))
-        out = tmp_path / f"l{k}.tif"
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(arr, 1)
-        table.loc[k, "label"] = str(out)
-    table.to_csv(tmp_path / "f.csv", index=False)
+        return arr, {"dtype": "float32", "nodata": float("nan")}
+
+    _rewrite_labels(dense, tmp_path, table, float_nan, "f.csv")
     cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "f.csv"), data_root=str(dense))
     data = load_dense_data(cfg)
     counter = ClassCounter(len(data.tasks[0].names))
@@ -283,17 +294,14 @@ def test_a_negative_ignore_index_trains_and_is_left_out_of_the_metrics(dense, tm
     """int16 labels with -1 for unlabelled pixels and no nodata declared (TerraTorch's
     ``ignore_index: -1`` convention): ignore_index=-1 is accepted, and the -1 pixels count in
     neither the class weights nor the metrics."""
-    table = pd.read_csv(dense / "index.csv")
-    for k, rel in enumerate(table["label"]):
-        with rasterio.open(dense / rel) as src:
-            arr, profile = src.read(1).astype("int16"), src.profile
+
+    def signed(arr):
+        arr = arr.astype("int16")
         arr[:2, :] = -1
-        profile.update(dtype="int16", nodata=None)
-        out = tmp_path / f"l{k}.tif"
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(arr, 1)
-        table.loc[k, "label"] = str(out)
-    table.to_csv(tmp_path / "m.csv", index=False)
+        return arr, {"dtype": "int16", "nodata": None}
+
+    table = pd.read_csv(dense / "index.csv")
+    _rewrite_labels(dense, tmp_path, table, signed, "m.csv")
     # under the default ignore index the -1 pixels are refused with the fix (no class list
     # holds a class -1)
     from msclip.errors import LabelError
