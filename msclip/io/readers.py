@@ -259,6 +259,8 @@ def _assign_bands(
                     param="bands",
                 ) from None
             from_desc = None
+    if from_desc is not None and sensor is not None:
+        from_desc = _own_names_if_not_the_sensors(from_desc, descriptions, known)
     if from_desc is not None:
         # bands= names the channels of files that do not name them: a file that does keeps its
         # names (a folder may mix both, such as arrays with bands= and GeoTIFFs stored in
@@ -336,6 +338,42 @@ def _assign_bands(
             stacklevel=3,
         )
     return names, "count"
+
+
+def _own_names_if_not_the_sensors(
+    with_sensor: tuple[str, ...],
+    descriptions: Sequence[str | None],
+    sensor: Any,
+) -> tuple[str, ...]:
+    """The band names of a file's descriptions read in ``sensor``'s numbering, or, where that
+    reading makes one image of two sensors' bands while the descriptions alone name bands of one
+    (a Sentinel-2 file described ``B02 ... B8A, B12`` read with ``hls_l30``: ``B05`` would become
+    Landsat's near-infrared and ``B11`` its thermal band beside Sentinel-2's ``B8A`` and ``B12``),
+    the descriptions' own names, with a warning: they are not in the sensor's numbering (a folder
+    may mix the sensor's unnamed files with files of another that name their bands)."""
+    from msclip.spectral.bands import BANDS
+
+    if not all(descriptions):
+        return with_sensor
+    try:
+        own = tuple(b.name for b in resolve_bands(descriptions, None))  # type: ignore[arg-type]
+    except BandError:
+        return with_sensor
+    if own == with_sensor:
+        return with_sensor
+    families = {BANDS[n].sensor for n in with_sensor}
+    if len(families) <= len({BANDS[n].sensor for n in own}):
+        return with_sensor
+    warnings.warn(
+        f"a file describes its bands as {', '.join(own)}, which are not all bands of the "
+        f"sensor {sensor.name} (read in its numbering they would be "
+        f"{', '.join(with_sensor)}, bands of two sensors in one image): its own names are used; "
+        "pass the sensor only for the files in its numbering, or fix the file's band "
+        "descriptions",
+        DescribedBandsWarning,
+        stacklevel=4,
+    )
+    return own
 
 
 #: Position, in the default names of 3 or 4 bands (red, green, blue[, NIR]), of each colour
@@ -532,17 +570,32 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
     return None
 
 
-def declares_scale(src: Any, sensor: str | None = None) -> bool:
+def declares_scale(src: Any, sensor: str | None = None, names: Sequence[str] | None = None) -> bool:
     """Whether an open dataset's values are read rescaled (as float32 with NaN for missing
     pixels: see the module docstring): it declares a band scale or offset on an image band, or
-    its integer values are read as a ``sensor`` whose product defines one."""
-    from msclip.spectral.bands import stored_scale
-
+    its integer values are read as a ``sensor`` whose product defines one (``names``: its
+    bands' names, see :func:`product_scale`)."""
     image = image_bands(src)
     if _declared_scale(src, image) is not None:
         return True
     integer = np.dtype(src.dtypes[image[0] - 1]).kind in "iu"
-    return integer and stored_scale(sensor) is not None
+    return integer and product_scale(sensor, names) is not None
+
+
+def product_scale(
+    sensor: str | None, names: Sequence[str] | None = None
+) -> tuple[float, float, float] | None:
+    """The ``sensor``'s product scale (:func:`msclip.spectral.bands.stored_scale`) for a file
+    whose bands are ``names``, or ``None`` when none of them is a band of the sensor: a file that
+    names its bands as another sensor's (a Sentinel-2 file in a folder read with
+    ``landsat89_sr``) keeps its own values. ``names`` ``None``: the sensor's scale."""
+    from msclip.spectral.bands import stored_scale
+
+    scale = stored_scale(sensor)
+    if scale is None or names is None:
+        return scale
+    own = set(get_sensor(sensor).bands)  # type: ignore[arg-type]
+    return scale if any(n in own for n in names) else None
 
 
 def _declared_scale(src: Any, bands: list[int]) -> tuple[list[float], list[float]] | None:
@@ -866,8 +919,6 @@ def _read_geotiff(
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
 
-    from msclip.spectral.bands import stored_scale
-
     kind = raster_format(path)
     try:
         with open_raster(path) as src:
@@ -883,7 +934,7 @@ def _read_geotiff(
                 data, nodata = read_image(
                     src, window, out_shape=out_shape,
                     resampling=Resampling.average if out_shape else Resampling.nearest,
-                    nodata=nodata, default_scale=stored_scale(sensor),
+                    nodata=nodata, default_scale=product_scale(sensor, names),
                     thermal=thermal_bands(names),
                 )  # fmt: skip
             except MemoryError:
