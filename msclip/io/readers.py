@@ -635,7 +635,15 @@ def _rescaled(
 ) -> np.ndarray:
     """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN.
     ``thermal`` bands (emitted, not reflected, radiation: Landsat ST_B10 declares 0.00341802
-    kelvin per digital number) are taken in the declared unit whatever their scale."""
+    kelvin per digital number) are taken in the declared unit whatever their scale.
+
+    A band at the stored ``nodata`` value is NaN in that band alone (filled with the band's mean
+    by the preprocessing) where the band's scale and offset make that value negative: it is then
+    no measurement, as the offset stores a zero reflectance above it (Sentinel-2 L2A of
+    processing baseline 04.00+: 0 would read -0.1 reflectance, Landsat Collection 2: -0.2, HLS's
+    -9999: -0.9999), while the bands beside it hold data (the band files of one product do not
+    end at the same pixel at a swath's edge). Elsewhere one band at ``nodata`` beside bands with
+    data is a measurement (:mod:`msclip.spectral.nodata`)."""
     gone = missing_pixels(data, nodata)
     if invalid is not None:
         gone |= invalid
@@ -645,6 +653,10 @@ def _rescaled(
     a = np.asarray([s * u for s, u in zip(scale, unit)], np.float32)[:, None, None]
     b = np.asarray([o * u for o, u in zip(offset, unit)], np.float32)[:, None, None]
     out = data.astype(np.float32) * a + b
+    if nodata is not None and not np.isnan(nodata):
+        for c, (s_, o_) in enumerate(zip(scale, offset)):
+            if s_ * nodata + o_ < 0:
+                out[c][data[c] == nodata] = np.nan
     out[:, gone] = np.nan
     logger.debug("values rescaled by the file's scale %s and offset %s (x %s)", scale, offset, unit)
     return out
