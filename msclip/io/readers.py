@@ -744,7 +744,8 @@ _BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
 # S30, and Landsat Collection 2 (LC09_L2SP_..._SR_B5.TIF: OLI's NIR, not Sentinel-2's B05)
 _HLS_NAME = re.compile(r"^HLS\.([LS])30\.", re.IGNORECASE)
 _LANDSAT_NAME = re.compile(r"^L([COTEM])(\d{2})_", re.IGNORECASE)
-_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d", re.IGNORECASE)
+# Collection 2 Level-2 products: their SR_B* files and the ST_B10 and QA files beside them
+_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d|^L[CO]\d{2}_L2S[PR]_", re.IGNORECASE)
 
 
 def band_from_file_name(path: str) -> str | None:
@@ -755,7 +756,8 @@ def band_from_file_name(path: str) -> str | None:
 
 def sensor_from_file_name(path: str) -> str | None:
     """The sensor whose band numbers a product's file name uses, when it is not Sentinel-2's:
-    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (Collection 2 surface reflectance, ``_SR_B5``) or
+    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (a Collection 2 Level-2 product, ``_L2SP_``, whose
+    surface-reflectance files are ``_SR_B5``, its thermal band ``_ST_B10``) or
     ``landsat89`` (Landsat 8/9 Level-1); ``None`` for other names.
 
     Raises:
