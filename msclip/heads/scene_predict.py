@@ -79,9 +79,10 @@ from msclip.io.readers import (
     read_image,
     thermal_bands,
 )
+from msclip.io.readers import product_scale as scale_of_product
 from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
-from msclip.spectral.bands import Band, resolve_bands, stored_scale
+from msclip.spectral.bands import Band, resolve_bands
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import fill_mask
 from msclip.tiling import map_transform
@@ -428,7 +429,7 @@ def predict_scene(
             # them NaN, so ``nodata=`` must reach the reader, not only the preprocessing
             stored_nodata = ds.nodata if nodata is None else nodata
             raw_nodata = stored_nodata
-            product_scale = stored_scale(sensor)
+            product_scale = None  # the sensor's, once the bands are named (below)
 
             def read(window: Window) -> np.ndarray:
                 try:
@@ -469,13 +470,15 @@ def predict_scene(
                     raise first
                 return raw, failed
 
-            if declares_scale(ds, sensor):  # read rescaled (float32): missing pixels are NaN
-                raw_nodata = None
             prep = preprocess
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)
+            names = prep.input_bands or raster_band_names(src_path, bands, sensor)
+            # a file that names its bands as another sensor's keeps its values (read_raster)
+            product_scale = scale_of_product(sensor, names)
+            if declares_scale(ds, sensor, names):  # read rescaled (float32): missing pixels NaN
+                raw_nodata = None
             if prep.input_bands is None or raw_nodata != prep.nodata:
-                names = prep.input_bands or raster_band_names(src_path, bands, sensor)
                 prep = prep.with_input(names, raw_nodata)
             image = image_bands(ds)  # an alpha band is a mask, not an image band
             if len(prep.input_bands) != len(image):

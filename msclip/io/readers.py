@@ -259,6 +259,8 @@ def _assign_bands(
                     param="bands",
                 ) from None
             from_desc = None
+    if from_desc is not None and sensor is not None:
+        from_desc = _own_names_if_not_the_sensors(from_desc, descriptions, known)
     if from_desc is not None:
         # bands= names the channels of files that do not name them: a file that does keeps its
         # names (a folder may mix both, such as arrays with bands= and GeoTIFFs stored in
@@ -336,6 +338,42 @@ def _assign_bands(
             stacklevel=3,
         )
     return names, "count"
+
+
+def _own_names_if_not_the_sensors(
+    with_sensor: tuple[str, ...],
+    descriptions: Sequence[str | None],
+    sensor: Any,
+) -> tuple[str, ...]:
+    """The band names of a file's descriptions read in ``sensor``'s numbering, or, where that
+    reading makes one image of two sensors' bands while the descriptions alone name bands of one
+    (a Sentinel-2 file described ``B02 ... B8A, B12`` read with ``hls_l30``: ``B05`` would become
+    Landsat's near-infrared and ``B11`` its thermal band beside Sentinel-2's ``B8A`` and ``B12``),
+    the descriptions' own names, with a warning: they are not in the sensor's numbering (a folder
+    may mix the sensor's unnamed files with files of another that name their bands)."""
+    from msclip.spectral.bands import BANDS
+
+    if not all(descriptions):
+        return with_sensor
+    try:
+        own = tuple(b.name for b in resolve_bands(descriptions, None))  # type: ignore[arg-type]
+    except BandError:
+        return with_sensor
+    if own == with_sensor:
+        return with_sensor
+    families = {BANDS[n].sensor for n in with_sensor}
+    if len(families) <= len({BANDS[n].sensor for n in own}):
+        return with_sensor
+    warnings.warn(
+        f"a file describes its bands as {', '.join(own)}, which are not all bands of the "
+        f"sensor {sensor.name} (read in its numbering they would be "
+        f"{', '.join(with_sensor)}, bands of two sensors in one image): its own names are used; "
+        "pass the sensor only for the files in its numbering, or fix the file's band "
+        "descriptions",
+        DescribedBandsWarning,
+        stacklevel=4,
+    )
+    return own
 
 
 #: Position, in the default names of 3 or 4 bands (red, green, blue[, NIR]), of each colour
@@ -532,17 +570,32 @@ def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:
     return None
 
 
-def declares_scale(src: Any, sensor: str | None = None) -> bool:
+def declares_scale(src: Any, sensor: str | None = None, names: Sequence[str] | None = None) -> bool:
     """Whether an open dataset's values are read rescaled (as float32 with NaN for missing
     pixels: see the module docstring): it declares a band scale or offset on an image band, or
-    its integer values are read as a ``sensor`` whose product defines one."""
-    from msclip.spectral.bands import stored_scale
-
+    its integer values are read as a ``sensor`` whose product defines one (``names``: its
+    bands' names, see :func:`product_scale`)."""
     image = image_bands(src)
     if _declared_scale(src, image) is not None:
         return True
     integer = np.dtype(src.dtypes[image[0] - 1]).kind in "iu"
-    return integer and stored_scale(sensor) is not None
+    return integer and product_scale(sensor, names) is not None
+
+
+def product_scale(
+    sensor: str | None, names: Sequence[str] | None = None
+) -> tuple[float, float, float] | None:
+    """The ``sensor``'s product scale (:func:`msclip.spectral.bands.stored_scale`) for a file
+    whose bands are ``names``, or ``None`` when none of them is a band of the sensor: a file that
+    names its bands as another sensor's (a Sentinel-2 file in a folder read with
+    ``landsat89_sr``) keeps its own values. ``names`` ``None``: the sensor's scale."""
+    from msclip.spectral.bands import stored_scale
+
+    scale = stored_scale(sensor)
+    if scale is None or names is None:
+        return scale
+    own = set(get_sensor(sensor).bands)  # type: ignore[arg-type]
+    return scale if any(n in own for n in names) else None
 
 
 def _declared_scale(src: Any, bands: list[int]) -> tuple[list[float], list[float]] | None:
@@ -582,7 +635,15 @@ def _rescaled(
 ) -> np.ndarray:
     """Float32 values in the reflectance models' unit (reflectance x 10000), missing pixels NaN.
     ``thermal`` bands (emitted, not reflected, radiation: Landsat ST_B10 declares 0.00341802
-    kelvin per digital number) are taken in the declared unit whatever their scale."""
+    kelvin per digital number) are taken in the declared unit whatever their scale.
+
+    A band at the stored ``nodata`` value is NaN in that band alone (filled with the band's mean
+    by the preprocessing) where the band's scale and offset make that value negative: it is then
+    no measurement, as the offset stores a zero reflectance above it (Sentinel-2 L2A of
+    processing baseline 04.00+: 0 would read -0.1 reflectance, Landsat Collection 2: -0.2, HLS's
+    -9999: -0.9999), while the bands beside it hold data (the band files of one product do not
+    end at the same pixel at a swath's edge). Elsewhere one band at ``nodata`` beside bands with
+    data is a measurement (:mod:`msclip.spectral.nodata`)."""
     gone = missing_pixels(data, nodata)
     if invalid is not None:
         gone |= invalid
@@ -592,6 +653,10 @@ def _rescaled(
     a = np.asarray([s * u for s, u in zip(scale, unit)], np.float32)[:, None, None]
     b = np.asarray([o * u for o, u in zip(offset, unit)], np.float32)[:, None, None]
     out = data.astype(np.float32) * a + b
+    if nodata is not None and not np.isnan(nodata):
+        for c, (s_, o_) in enumerate(zip(scale, offset)):
+            if s_ * nodata + o_ < 0:
+                out[c][data[c] == nodata] = np.nan
     out[:, gone] = np.nan
     logger.debug("values rescaled by the file's scale %s and offset %s (x %s)", scale, offset, unit)
     return out
@@ -679,7 +744,8 @@ _BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B\d{1,2}A?)(?=[_\-.]|$)", re.IGNORECASE)
 # S30, and Landsat Collection 2 (LC09_L2SP_..._SR_B5.TIF: OLI's NIR, not Sentinel-2's B05)
 _HLS_NAME = re.compile(r"^HLS\.([LS])30\.", re.IGNORECASE)
 _LANDSAT_NAME = re.compile(r"^L([COTEM])(\d{2})_", re.IGNORECASE)
-_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d", re.IGNORECASE)
+# Collection 2 Level-2 products: their SR_B* files and the ST_B10 and QA files beside them
+_SURFACE_REFLECTANCE = re.compile(r"_SR_B\d|^L[CO]\d{2}_L2S[PR]_", re.IGNORECASE)
 
 
 def band_from_file_name(path: str) -> str | None:
@@ -690,7 +756,8 @@ def band_from_file_name(path: str) -> str | None:
 
 def sensor_from_file_name(path: str) -> str | None:
     """The sensor whose band numbers a product's file name uses, when it is not Sentinel-2's:
-    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (Collection 2 surface reflectance, ``_SR_B5``) or
+    ``hls_l30``, ``hls_s30``, ``landsat89_sr`` (a Collection 2 Level-2 product, ``_L2SP_``, whose
+    surface-reflectance files are ``_SR_B5``, its thermal band ``_ST_B10``) or
     ``landsat89`` (Landsat 8/9 Level-1); ``None`` for other names.
 
     Raises:
@@ -866,8 +933,6 @@ def _read_geotiff(
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
 
-    from msclip.spectral.bands import stored_scale
-
     kind = raster_format(path)
     try:
         with open_raster(path) as src:
@@ -883,7 +948,7 @@ def _read_geotiff(
                 data, nodata = read_image(
                     src, window, out_shape=out_shape,
                     resampling=Resampling.average if out_shape else Resampling.nearest,
-                    nodata=nodata, default_scale=stored_scale(sensor),
+                    nodata=nodata, default_scale=product_scale(sensor, names),
                     thermal=thermal_bands(names),
                 )  # fmt: skip
             except MemoryError:

@@ -60,8 +60,10 @@ __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 #: keep their depth, pictures are turned upright by their EXIF orientation, unnamed GeoTIFF bands
 #: are ordered by their colour interpretation, a given nodata value is compared with the stored
 #: values before a declared scale. 4: a VRT that describes no band is named from its band
-#: files' names.
-INPUT_RULES = 4
+#: files' names. 5: a band at a stored nodata value that its declared scale and offset make
+#: negative is missing in that band; Sentinel-2 band descriptions are kept under a sensor of
+#: another numbering, and that sensor's product scale applies to files with its bands only.
+INPUT_RULES = 5
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,9 @@
 
 A pixel is missing when every band of it equals the nodata value or is not finite (NaN or
 infinity). One band at the nodata value beside bands with data is a measurement (dark water at 0
-in the SWIR bands of an L2A product whose nodata is 0). Preprocessing fills missing pixels
+in the SWIR bands of an L2A product whose nodata is 0; a rescaled read
+marks such a band NaN where the declared offset makes that value negative, see
+:func:`msclip.io.readers._rescaled`). Preprocessing fills missing pixels
 (:func:`msclip.spectral.preprocess.fill_mask`), tiles and images count them
 (:func:`msclip.tiling.nodata_fraction`), scene prediction leaves them nodata, and rescaled reads
 mark them NaN.

@@ -380,6 +380,12 @@ def test_landsat_and_hls_band_files_are_named_by_their_own_numbering(tmp_path):
     s2 = _band_file(tmp_path / "T32TQM_20240101T102021_B02_10m.tif", stored, 10)
     with pytest.raises(BandError, match=r"different products .*landsat89_sr.*Sentinel-2"):
         stack_band_files([files[0], s2], tmp_path / "mixed.vrt")
+    # the product's thermal band is a file of the same product, read in its stored unit (the
+    # files were refused as "different products")
+    st = _band_file(tmp_path / f"{stem}_ST_B10.TIF", stored, 10)
+    r = read_raster(stack_band_files([*files, st], tmp_path / "st.vrt"))
+    assert list(r.bands) == ["OLI_B2", "OLI_B5", "OLI_B7", "TIRS_B10"]
+    assert r.data[3, 1, 1] == stored[1, 1]
     # bands given by name, or a sensor given, decide as before
     named = stack_band_files(files[:2], tmp_path / "n.vrt", bands=["B02", "B8A"])
     assert list(read_raster(named).bands) == ["B02", "B8A"]

@@ -371,6 +371,24 @@ def test_sensor_band_names_in_descriptions_get_a_sensor_hint(make_geotiff):
     assert msclip.read_raster(path, sensor="landsat89_sr").bands[3] == "OLI_B4"
 
 
+def test_sensor_does_not_renumber_a_sentinel2_file_that_names_its_bands(make_geotiff):
+    """A folder may mix a sensor's unnamed files with Sentinel-2 files that name their bands:
+    --sensor hls_l30 read B05 of those as Landsat's near-infrared and B11 as its thermal band,
+    beside Sentinel-2's B8A and B12, without a word."""
+    s2 = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    path, data = make_geotiff(count=10, descriptions=s2)
+    for sensor in ("hls_l30", "landsat89_sr"):
+        with pytest.warns(DescribedBandsWarning, match=f"not all bands of the sensor {sensor}"):
+            r = msclip.read_raster(path, sensor=sensor)
+        assert r.bands == tuple(s2) and np.array_equal(r.data, data)
+    # descriptions in the sensor's own numbering keep their meaning under it
+    hls, _ = make_geotiff("hls.tif", count=4, descriptions=["B02", "B03", "B04", "B05"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = msclip.read_raster(hls, sensor="hls_l30")
+    assert r.bands == ("OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5")
+
+
 def test_landsat_numbered_bands_with_collection_2_scale_are_not_taken_as_sentinel2(make_geotiff):
     """B1 ... B7 are Sentinel-2's B01 ... B07 by name, but a file declaring Landsat Collection
     2's surface-reflectance scale is a Landsat file: its B5 is near-infrared, not a red edge."""

@@ -50,6 +50,23 @@ def test_l2a_boa_offset_is_removed(tmp_path):
     assert plain.data.dtype == np.uint16  # nothing declared: read unchanged
 
 
+def test_one_band_at_nodata_under_an_offset_is_missing_in_that_band(tmp_path):
+    """At a swath's edge the band files of one product end at different pixels: a band stored 0
+    (nodata) beside bands with data was read as -0.1 reflectance (-1000) under baseline 04.00's
+    offset; it is missing in that band and filled with the band's mean. Without an offset that
+    makes it negative, one band at 0 stays a measurement (dark water)."""
+    dn = _dn()
+    stored = (dn + 1000).astype(np.uint16)
+    stored[10:, :, :3] = 0  # the 20 m bands (B11, B12) end three columns before the others
+    r = msclip.read_raster(_write(tmp_path / "edge.tif", stored, [1e-4] * 12, [-0.1] * 12, 0))
+    assert np.isnan(r.data[10:, :, :3]).all() and not np.isnan(r.data[:10]).any()
+    assert nodata_fraction(r.data, r.nodata) == 0  # the pixels hold data in ten bands
+    dark = dn.copy()
+    dark[10:, :, :3] = 0
+    r = msclip.read_raster(_write(tmp_path / "dark.tif", dark, [1e-4] * 12, [0.0] * 12, 0))
+    assert (r.data[10:, :, :3] == 0).all()
+
+
 def test_scale_in_the_stored_unit_applies_the_offset_only(tmp_path):
     dn = _dn()
     path = _write(tmp_path / "o.tif", (dn + 1000).astype(np.uint16), [1.0] * 12, [-1000.0] * 12)
