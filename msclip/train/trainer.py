@@ -472,6 +472,7 @@ class Trainer:
             cfg.restart_mult,
         )
         precision, reason = training_precision(cfg.precision, ctx.device)
+        self.precision_reason = reason
         how = "bf16 autocast, fp32 weights" if precision == "bf16" else "fp32 weights"
         logger.info("precision: %s on %s (%s; %s)", precision, ctx.device, reason, how)
         self.precision = precision
@@ -632,6 +633,9 @@ class Trainer:
             "train_config": self.cfg.to_json(),
             "data_digest": dict(self.data_digest),
             "bad_rows": dict(self.bad_rows),
+            # what --precision auto resolved to (the config says "auto"): a resume compares it
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
@@ -703,6 +707,7 @@ class Trainer:
             if old.get(k) != new[k]:
                 logger.info("%s %r is the run's table %r (same content)", k, new[k], old.get(k))
         self._check_bad_rows(path, data.get("bad_rows"))
+        self._check_precision(path, data.get("precision"), data.get("precision_reason"))
         try:
             self.model.clip.load_state_dict(data["model"])
             self.loss_fn.load_state_dict(data["loss"])
@@ -749,6 +754,23 @@ class Trainer:
             self.state.epoch,
             self.state.step_in_epoch,
         )
+
+    def _check_precision(self, path: Path, built: Any, why: Any) -> None:
+        """Say when a resumed run computes in another precision than the run did: the options
+        are the same (``--precision auto``), but auto resolved otherwise here (another device, or
+        :data:`msclip.hardware.PRECISION_ENV` set or unset), so the rest of the run's steps are
+        not those the run would have taken."""
+        if not built or built == self.precision:
+            return
+        from msclip.hardware import PRECISION_ENV
+
+        logger.warning(
+            "resuming %s, which trained in %s (%s), in %s (%s): the remaining steps are not "
+            "those of the run's precision; set %s=%s (or resume on the run's kind of device) to "
+            "keep it",
+            path, built, why or "as recorded", self.precision, self.precision_reason,
+            PRECISION_ENV, built,
+        )  # fmt: skip
 
     def _check_bad_rows(self, path: Path, recorded: Any) -> None:
         """Refuse a resume whose tables now leave out other rows than the run's did (an image
