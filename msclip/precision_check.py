@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,13 @@ def _cache_file(arch_cfg: dict[str, Any], bands: int) -> Path:
 
 
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Least cosine between matching rows (the last dimension) of two outputs."""
+    """Least cosine between matching rows (the last dimension) of two outputs; -1 where either
+    holds a NaN or an infinity (a kernel that overflows or fails agrees with nothing, and a NaN
+    would pass every comparison unseen: ``min(1.0, nan)`` is 1.0)."""
     a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+    value = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+    finite = bool(torch.isfinite(a).all() and torch.isfinite(b).all())
+    return value if finite and math.isfinite(value) else -1.0
 
 
 def _recorder(seen: list[torch.Tensor]) -> Any:
@@ -159,7 +164,9 @@ def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     path = _cache_file(config.arch_cfg, len(config.bands))
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
-        return {"image": float(kept["image"]), "text": float(kept["text"])}
+        got = {"image": float(kept["image"]), "text": float(kept["text"])}
+        if all(math.isfinite(v) for v in got.values()):
+            return got  # a NaN (a damaged file) would compare as agreement: measured again
     except (OSError, ValueError, KeyError, TypeError):
         pass
     got = _measure(config)

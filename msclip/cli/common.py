@@ -801,7 +801,11 @@ def load_model(
     )  # fmt: skip
     why = getattr(args, "_precision_why", None)  # a precision the program chose for the user
     if why is not None:
-        model.precision_requested, model.precision_reason = why
+        from msclip.factory import FUSED_FP32_NOTE
+
+        fused = model.precision_reason.endswith(FUSED_FP32_NOTE)  # auto's path, kept as it ran
+        model.precision_requested = why[0]
+        model.precision_reason = why[1] + (FUSED_FP32_NOTE if fused else "")
     if large is not None and not checked:  # a checkpoint file: its input size is known now
         refuse_large_images(
             args, large.paths, large.fix, model.image_size, every_file=large.every_file

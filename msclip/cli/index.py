@@ -214,6 +214,24 @@ def _warn_emulated_index_precision(args: argparse.Namespace) -> None:
     )
 
 
+def _auto_is_as_built(args: argparse.Namespace, manifest_model: dict[str, Any]) -> bool:
+    """Whether ``auto`` here gives the arithmetic the index's rows were computed with where that
+    is the fused fp32 path (``auto`` on a CPU without native bf16), which no explicit precision
+    names: ``fp32`` is OpenCLIP's arithmetic, another path (and a slower one there)."""
+    from msclip.errors import PrecisionError
+    from msclip.factory import FUSED_FP32_NOTE
+    from msclip.hardware import choose_precision
+
+    reason = str(manifest_model.get("precision_reason") or "")
+    if manifest_model.get("precision") != "fp32" or not reason.endswith(FUSED_FP32_NOTE):
+        return False
+    try:
+        choice = choose_precision("auto", run_device(args))
+    except PrecisionError:
+        return False  # the index's precision, asked for by name, does not read the variable
+    return choice.precision == "fp32" and choice.fused_fp32
+
+
 def _model_defaults(
     args: argparse.Namespace, manifest_model: dict[str, Any] | None, writing: bool = False
 ) -> None:
@@ -247,7 +265,8 @@ def _model_defaults(
         )
     if writing and getattr(args, "precision", None) in (None, "auto") and built:
         logger.info("precision %s, as the index %s was built", built, args.index)
-        args.precision = str(built)
+        if not _auto_is_as_built(args, manifest_model):
+            args.precision = str(built)
         # what the run reports (precision: ... (auto: as the index ... was built))
         args._precision_why = ("auto", f"as the index {args.index} was built")
         if built == "bf16":

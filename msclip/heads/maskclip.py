@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import DecoderError
+from msclip.errors import DecoderError, PrecisionError
 from msclip.heads.dense import (
     pad_to_multiple,
 )
@@ -53,6 +53,19 @@ __all__ = ["MASKCLIP_VARIANTS", "MaskCLIP", "dense_clip_features", "last_block_v
 
 #: Value-path variants (see the module docstring).
 MASKCLIP_VARIANTS = ("maskclip", "value")
+
+
+def _refuse_int8(model: Any) -> None:
+    """MaskCLIP reads the float value projection of the last block's attention, which an int8
+    model's image tower no longer has (:mod:`msclip.quantize`): said as such, with the fix,
+    rather than as an architecture the maps do not support."""
+    if getattr(model, "precision", None) == "int8":
+        raise PrecisionError(
+            "MaskCLIP dense maps read the float attention weights of the image tower's last "
+            "block, which an int8 model replaces by int8 layers: create the model with precision "
+            "'auto' or 'fp32' for dense maps (msclip.create_model(..., precision='fp32'))",
+            param="precision",
+        )
 
 
 def last_block_value_tokens(
@@ -98,6 +111,7 @@ def dense_clip_features(
         variant: see the module docstring.
         normalize: L2-normalise every patch embedding.
     """
+    _refuse_int8(model)
     visual = model.clip.visual
     if getattr(visual, "attn_pool", None) is not None:
         raise DecoderError("MaskCLIP maps need an image tower without attentional pooling")
@@ -152,6 +166,7 @@ class MaskCLIP(nn.Module):
         upsample: str = "bilinear",
     ) -> None:
         super().__init__()
+        _refuse_int8(model)
         if variant not in MASKCLIP_VARIANTS:
             raise DecoderError(
                 f"MaskCLIP variant must be one of {', '.join(MASKCLIP_VARIANTS)}, got {variant!r}"

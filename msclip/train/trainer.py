@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from msclip.encode import WarningTally
-from msclip.errors import CheckpointError
+from msclip.errors import CheckpointError, PrecisionError
 from msclip.hardware import cores_per_process
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
@@ -81,7 +81,7 @@ from msclip.train.optim import (
 )
 from msclip.train.step import contrastive_step
 
-__all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train"]
+__all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train", "training_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +261,39 @@ def _read_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
     return [r for r in rows if int(float(r.get("step", 0) or 0)) <= max_step]
 
 
+def training_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """The precision a training run computes in (``fp32``, or ``bf16`` autocast) and why.
+
+    ``auto`` picks bf16 autocast on a GPU with native bf16 and fp32 elsewhere (CPU autocast loses
+    the fused attention kernels and is slower than fp32 even with native bf16), unless
+    :data:`msclip.hardware.PRECISION_ENV` replaces what ``auto`` picks, as it does for every
+    program (``fp32``: the same numbers on every machine).
+
+    Raises:
+        PrecisionError: the environment variable holds a value training cannot use.
+    """
+    from msclip.hardware import PRECISION_ENV, PRECISIONS, cuda_bf16_supported
+
+    if requested != "auto":
+        return requested, f"{requested}: asked for"
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    value = forced.lower()
+    if value not in ("", "auto"):
+        if value not in ("fp32", "bf16"):
+            what = "not a precision" if value not in PRECISIONS else "not one training uses"
+            raise PrecisionError(
+                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
+                f"'auto' picks) is {what}: training computes in fp32 or bf16 (autocast); unset "
+                f"{PRECISION_ENV} or set it to fp32 or bf16, or pass --precision fp32 or bf16",
+                param="precision",
+            )
+        return value, f"auto: {PRECISION_ENV}={value}"
+    native = device.type == "cuda" and cuda_bf16_supported(device.index)
+    return ("bf16" if native else "fp32"), "auto: " + (
+        "GPU with native bf16" if native else "no GPU with native bf16"
+    )
+
+
 class Trainer:
     """One process of a training run (use :func:`train`).
 
@@ -438,17 +471,8 @@ class Trainer:
             cfg.restart_steps,
             cfg.restart_mult,
         )
-        precision = cfg.precision
-        if precision == "auto":
-            # Mixed precision pays on GPUs with native bf16; CPU autocast loses the fused
-            # attention kernels and is slower than fp32 even with native bf16.
-            from msclip.hardware import cuda_bf16_supported
-
-            native = ctx.device.type == "cuda" and cuda_bf16_supported(ctx.device.index)
-            precision = "bf16" if native else "fp32"
-            reason = "auto: " + ("GPU with native bf16" if native else "no GPU with native bf16")
-        else:
-            reason = f"{precision}: asked for"
+        precision, reason = training_precision(cfg.precision, ctx.device)
+        self.precision_reason = reason
         how = "bf16 autocast, fp32 weights" if precision == "bf16" else "fp32 weights"
         logger.info("precision: %s on %s (%s; %s)", precision, ctx.device, reason, how)
         self.precision = precision
@@ -609,6 +633,9 @@ class Trainer:
             "train_config": self.cfg.to_json(),
             "data_digest": dict(self.data_digest),
             "bad_rows": dict(self.bad_rows),
+            # what --precision auto resolved to (the config says "auto"): a resume compares it
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
@@ -680,6 +707,7 @@ class Trainer:
             if old.get(k) != new[k]:
                 logger.info("%s %r is the run's table %r (same content)", k, new[k], old.get(k))
         self._check_bad_rows(path, data.get("bad_rows"))
+        self._check_precision(path, data.get("precision"), data.get("precision_reason"))
         try:
             self.model.clip.load_state_dict(data["model"])
             self.loss_fn.load_state_dict(data["loss"])
@@ -726,6 +754,23 @@ class Trainer:
             self.state.epoch,
             self.state.step_in_epoch,
         )
+
+    def _check_precision(self, path: Path, built: Any, why: Any) -> None:
+        """Say when a resumed run computes in another precision than the run did: the options
+        are the same (``--precision auto``), but auto resolved otherwise here (another device, or
+        :data:`msclip.hardware.PRECISION_ENV` set or unset), so the rest of the run's steps are
+        not those the run would have taken."""
+        if not built or built == self.precision:
+            return
+        from msclip.hardware import PRECISION_ENV
+
+        logger.warning(
+            "resuming %s, which trained in %s (%s), in %s (%s): the remaining steps are not "
+            "those of the run's precision; set %s=%s (or resume on the run's kind of device) to "
+            "keep it",
+            path, built, why or "as recorded", self.precision, self.precision_reason,
+            PRECISION_ENV, built,
+        )  # fmt: skip
 
     def _check_bad_rows(self, path: Path, recorded: Any) -> None:
         """Refuse a resume whose tables now leave out other rows than the run's did (an image

@@ -375,6 +375,37 @@ def test_add_defaults_to_the_index_precision(inputs, tmp_path, capsys, monkeypat
     assert "its rows are in fp32: use that precision (--precision fp32)" in err
 
 
+def test_add_keeps_the_fused_fp32_path_of_auto(inputs, tmp_path, capsys, monkeypatch):
+    """``auto`` on a CPU without native bf16 runs the image tower on the fused fp32 path, which
+    no explicit precision names: ``add`` asked for 'fp32' (the index's precision) and so ran
+    OpenCLIP's arithmetic, slower there and not the arithmetic of the index's rows."""
+    from msclip import hardware
+    from msclip.factory import FUSED_FP32_NOTE
+
+    zen3 = hardware.CPUInfo("AMD EPYC 7B13", "AVX2", frozenset({"avx2", "fma"}), torch.__version__)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: zen3)
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    files, _, _ = inputs
+    loud = [a for a in TINY if a != "--quiet"]  # the precision line
+    idx = tmp_path / "f.index"
+    assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
+    reason = IndexStore.open(idx).model_info["precision_reason"]
+    if not reason.endswith(FUSED_FP32_NOTE):
+        pytest.skip("the fused fp32 kernels do not pass their self-test on this machine")
+    capsys.readouterr()
+    assert main(["add", str(idx), "--images", str(files[1]), *loud]) == 0
+    err = capsys.readouterr().err
+    assert f"precision: fp32 on cpu (auto: as the index {idx} was built{FUSED_FP32_NOTE})" in err
+    assert IndexStore.open(idx).count == 2
+    # an index built with an explicit fp32 (OpenCLIP's arithmetic) keeps it
+    ref = tmp_path / "r.index"
+    assert main(["build", str(ref), "--images", str(files[0]), *TINY, "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["add", str(ref), "--images", str(files[1]), *loud]) == 0
+    err = capsys.readouterr().err
+    assert f"precision: fp32 on cpu (auto: as the index {ref} was built)\n" in err
+
+
 def test_an_index_that_cannot_be_written_is_named(inputs, tmp_path, capsys):
     files, _, _ = inputs
     idx = tmp_path / "ro.index"

@@ -107,6 +107,19 @@ def test_maskclip_refuses_bad_settings(demo, classifier):
         dense_clip_features(demo, _images(demo, h=60))
 
 
+@torch.no_grad()
+def test_maskclip_on_an_int8_model_is_refused_as_such(classifier):
+    """An int8 tower has no float attention weights: the error said the architecture was not
+    OpenCLIP's standard vision transformer, not that the precision was the cause."""
+    from msclip.errors import PrecisionError
+
+    int8 = msclip.create_model("msclip-demo", pretrained=True, precision="int8")
+    with pytest.raises(PrecisionError, match=r"int8.*precision 'auto' or 'fp32'"):
+        MaskCLIP(int8, classifier)
+    with pytest.raises(PrecisionError, match=r"int8.*precision 'auto' or 'fp32'"):
+        dense_clip_features(int8, _images(int8))
+
+
 def test_maskclip_is_a_scene_predictor(tmp_path, demo, classifier):
     r = np.random.default_rng(0)
     data = r.integers(1, 6000, size=(12, 90, 75)).astype(np.uint16)

@@ -61,6 +61,20 @@ def test_the_replica_agrees_on_this_cpu_and_catches_a_wrong_kernel(monkeypatch) 
     assert bad["image"] < precision_check.MIN_COSINE
 
 
+def test_a_bf16_kernel_that_gives_nan_disagrees(monkeypatch) -> None:
+    """NaN compares false with everything, so a least cosine taken with ``min`` dropped it: a
+    bf16 product kernel returning NaN passed the check with cosine 1.0."""
+    original = architecture._fused_linear
+
+    def overflowing(x, weight, bias, pack):
+        out = original(x, weight, bias, pack)
+        return out * float("nan") if out.dtype == torch.bfloat16 else out
+
+    monkeypatch.setattr(architecture, "_fused_linear", overflowing)
+    bad = precision_check._measure(_config("msclip-demo"))
+    assert bad["image"] < precision_check.MIN_COSINE and bad["text"] < precision_check.MIN_COSINE
+
+
 def test_auto_takes_fp32_where_bf16_disagrees_and_says_why(machine, counted) -> None:  # noqa: F811
     machine(SAPPHIRE)
     counted(0.71)
@@ -112,6 +126,17 @@ def test_a_damaged_verdict_file_is_measured_again(machine, counted) -> None:  # 
     path.write_text("{not json")
     assert msclip.create_model("msclip-tiny", precision="auto").dtype == torch.bfloat16
     assert calls == ["msclip-tiny"] and json.loads(path.read_text())["text"] == 0.99995
+
+
+def test_a_verdict_file_holding_nan_is_measured_again(machine, counted) -> None:  # noqa: F811
+    machine(ZEN4)
+    calls = counted(0.5)
+    path = precision_check._cache_file(_config().arch_cfg, len(_config().bands))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"image": 0.9999, "text": NaN}')  # json reads NaN; min() skipped it
+    with pytest.warns(PrecisionWarning, match="disagrees"):
+        assert msclip.create_model("msclip-tiny", precision="auto").dtype == torch.float32
+    assert calls == ["msclip-tiny"]
 
 
 def test_emulated_bf16_is_not_checked(machine, counted) -> None:  # noqa: F811

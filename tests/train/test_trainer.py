@@ -529,3 +529,51 @@ def test_an_output_dir_that_is_a_file_is_named_before_any_work(tmp_path: Path) -
     with pytest.raises(OutputPathError, match="it is a file, not a folder") as info:
         train(_cfg(table, in_the_way, max_steps=1))
     assert info.value.param == "output_dir"
+
+
+def test_the_precision_variable_replaces_what_training_auto_picks(monkeypatch) -> None:
+    """MSCLIP_PRECISION replaces what ``auto`` picks in every program: training's auto ignored
+    it (bf16 autocast on a GPU with native bf16 under MSCLIP_PRECISION=fp32, and a mistyped
+    value passed unnoticed)."""
+    from msclip import hardware
+    from msclip.errors import PrecisionError
+    from msclip.train.trainer import training_precision
+
+    monkeypatch.setattr(hardware, "cuda_bf16_supported", lambda index=None: True)
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    assert training_precision("auto", gpu)[0] == "bf16"
+    assert training_precision("auto", cpu)[0] == "fp32"
+    monkeypatch.setenv(hardware.PRECISION_ENV, "fp32")
+    assert training_precision("auto", gpu) == ("fp32", "auto: MSCLIP_PRECISION=fp32")
+    assert training_precision("bf16", gpu)[0] == "bf16"  # an explicit request is unaffected
+    monkeypatch.setenv(hardware.PRECISION_ENV, " BF16")
+    assert training_precision("auto", cpu)[0] == "bf16"
+    for bad in ("bf17", "int8", "fp16"):
+        monkeypatch.setenv(hardware.PRECISION_ENV, bad)
+        with pytest.raises(PrecisionError, match=rf"MSCLIP_PRECISION='{bad}'.*fp32 or bf16"):
+            training_precision("auto", cpu)
+        assert training_precision("fp32", cpu)[0] == "fp32"
+
+
+def test_a_resume_in_another_precision_than_the_run_is_said(
+    scenes: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """``--precision auto`` on both sides, resolved otherwise on resume (another device, or
+    MSCLIP_PRECISION set): the checkpoint records what the run computed in, and the resume says
+    that it changed, with the fix; nothing recorded it before."""
+    from msclip import hardware
+
+    monkeypatch.setenv(hardware.PRECISION_ENV, "fp32")
+    train(_cfg(scenes, tmp_path, max_steps=1, warmup_steps=0, val_every=0))
+    ckpt = load_train_checkpoint(tmp_path / "checkpoints" / "step_00000001.pt")
+    assert ckpt["precision"] == "fp32" and "MSCLIP_PRECISION=fp32" in ckpt["precision_reason"]
+    cfg = _cfg(scenes, tmp_path, max_steps=2, warmup_steps=0, val_every=0, resume="latest")
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(cfg.validate(), DistContext())
+    assert "trained in" not in caplog.text  # the same precision: nothing to say
+    monkeypatch.setenv(hardware.PRECISION_ENV, "bf16")
+    with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+        Trainer(cfg.validate(), DistContext())
+    assert "which trained in fp32" in caplog.text and "in bf16" in caplog.text
+    assert "MSCLIP_PRECISION=fp32" in caplog.text
