@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "AdapterError",
+    "AlphaBandWarning",
     "BadSampleError",
     "BandCoverageError",
     "BandCoverageWarning",
@@ -352,6 +353,14 @@ class SmallRasterWarning(MSCLIPWarning):
 class DescribedBandsWarning(MSCLIPWarning):
     """A file names its bands (its band descriptions) otherwise than the band names given for
     files that do not: the file's own names are used."""
+
+    shown_when_quiet = True
+
+
+class AlphaBandWarning(MSCLIPWarning):
+    """A band marked as alpha (a transparency mask) holds values a mask does not, as a data band
+    would: most often the near-infrared band of a four-band 8-bit file that a writer's default
+    marked alpha. It is still read as a mask."""
 
     shown_when_quiet = True
 

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import (
+    AlphaBandWarning,
     BandError,
     DescribedBandsWarning,
     GenericBandNamesWarning,
@@ -548,12 +549,34 @@ def _file_mask(
     kw: dict[str, Any] = {} if out_shape is None else {"out_shape": out_shape}
     alpha = [b for b in alpha if b != first_band]
     if alpha:
-        return np.asarray(src.read(alpha[0], window=window, **kw)) == 0
+        values = np.asarray(src.read(alpha[0], window=window, **kw))
+        _check_alpha(values, alpha[0])
+        return values == 0
     flags = src.mask_flag_enums[first_band - 1]
     # (a mask GDAL makes of an alpha band is the alpha band's: none when it is a named band)
     if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
         return np.asarray(src.read_masks(first_band, window=window, **kw)) == 0
     return None
+
+
+def _check_alpha(values: np.ndarray, band: int) -> None:
+    """Warn when an alpha band holds values other than "hidden" (0) and "shown" (the type's
+    largest value), as a data band does: GDAL marks the fourth of four 8-bit bands alpha by
+    default, so a NAIP-style red, green, blue, NIR file written without band descriptions loses
+    its NIR band to a mask. It is still read as a mask (a partly transparent alpha is one too);
+    the warning says how to make it a band."""
+    top = np.iinfo(values.dtype).max if values.dtype.kind in "iu" else 1.0
+    if values.size and ((values != 0) & (values != top)).mean() > 0.5:
+        warnings.warn(
+            f"band {band} is marked alpha (a transparency mask) but most of its values are "
+            f"neither 0 nor {top}, as in a data band: it is read as a mask, its zeros hiding "
+            "pixels, not as a band; if it is a band (the NIR of a 4-band 8-bit file, which GDAL "
+            "marks alpha by default), describe the file's bands (e.g. red, green, blue, nir) or "
+            f"set its colour interpretation to undefined (gdal_edit.py -colorinterp_{band} "
+            "undefined)",
+            AlphaBandWarning,
+            stacklevel=4,
+        )
 
 
 def _free_value(data: np.ndarray, invalid: np.ndarray) -> float | None:

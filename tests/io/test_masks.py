@@ -59,6 +59,41 @@ def test_alpha_band_is_a_mask_not_a_band(tmp_path, descriptions):
     assert nodata_fraction(r.data, r.nodata) == pytest.approx(0.25)
 
 
+def test_a_data_band_marked_alpha_is_named_with_the_fix(tmp_path):
+    """GDAL marks the fourth of four 8-bit bands alpha: a red, green, blue, NIR file written
+    without band descriptions loses its NIR to a mask, which the run says (under --quiet too)."""
+    from msclip.errors import AlphaBandWarning
+
+    rng = np.random.default_rng(1)
+    rgbn = rng.integers(1, 250, (4, 32, 32)).astype(np.uint8)
+    path = tmp_path / "naip.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=4, dtype="uint8",
+                       crs="EPSG:32618", transform=TRANSFORM) as ds:  # fmt: skip
+        ds.write(rgbn)
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha  # GDAL's default for such a file
+    with pytest.warns(
+        AlphaBandWarning, match=r"band 4 is marked alpha .* -colorinterp_4 undefined"
+    ):
+        r = msclip.read_raster(path)
+    assert r.data.shape[0] == 3 and AlphaBandWarning.shown_when_quiet
+    with rasterio.open(path, "r+") as ds:  # the fix the warning gives: the bands described
+        for i, name in enumerate(["red", "green", "blue", "nir"], 1):
+            ds.set_band_description(i, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlphaBandWarning)
+        assert msclip.read_raster(path).data.shape[0] == 4
+    # a real alpha (0 and 255, here the same band with its values made a mask) says nothing
+    rgbn[3] = 255
+    rgbn[3, :8] = 0
+    with rasterio.open(tmp_path / "rgba.tif", "w", driver="GTiff", width=32, height=32, count=4,
+                       dtype="uint8", crs="EPSG:32618", transform=TRANSFORM) as ds:  # fmt: skip
+        ds.write(rgbn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlphaBandWarning)
+        assert msclip.read_raster(tmp_path / "rgba.tif").data.shape[0] == 3
+
+
 def test_alpha_with_a_nodata_value_marks_with_it(tmp_path):
     data = _data()
     r = msclip.read_raster(_with_alpha(tmp_path / "a.tif", data, nodata=0))
