@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -549,6 +550,7 @@ class MSCLIP(nn.Module):
             bands: names of the channels of ``images`` when they are not the model's bands.
         """
         self._check_images(images, bands)
+        self._warn_fp16_on_cpu()
         if self.precision == "int8" and self.dtype != torch.float32:
             raise PrecisionError(
                 f"this int8 model's other weights were cast to {self.dtype} (through model.clip): "
@@ -557,6 +559,25 @@ class MSCLIP(nn.Module):
             )
         x = self.to_model_bands(images, bands).to(self.dtype)
         return self.clip.encode_image(x, normalize=normalize)
+
+    def _warn_fp16_on_cpu(self) -> None:
+        """Warn once when the weights are fp16 on a CPU: :func:`msclip.create_model` refuses
+        that precision there, but a ``.half()`` by the user gives it."""
+        if self.dtype != torch.float16 or self.device.type != "cpu":
+            return
+        if getattr(self, "_fp16_cpu_warned", False):
+            return
+        self._fp16_cpu_warned = True
+        from msclip.errors import PerformanceWarning
+
+        warnings.warn(
+            "the model's weights are fp16 on a CPU (cast after it was built: create_model refuses "
+            "fp16 there): CPUs have no fast fp16 matrix products (about 1 GFLOP/s); move it to a "
+            "GPU, or create it with precision='auto', 'bf16' (where the CPU computes bf16 "
+            "natively) or 'fp32'",
+            PerformanceWarning,
+            stacklevel=3,
+        )
 
     def _check_images(self, images: Any, bands: Sequence[str | Band] | None) -> None:
         """Refuse what the tower would fail on with a message about tensor sizes."""
@@ -658,6 +679,7 @@ class MSCLIP(nn.Module):
                 prompts.
         """
         self._check_tokens(tokens)
+        self._warn_fp16_on_cpu()
         if not (trim and self._can_trim_text()):
             short = self.context_length - tokens.shape[1]
             if short > 0 and hasattr(self.clip, "token_embedding"):

@@ -552,3 +552,18 @@ def test_the_measured_product_kernel_is_kept_for_the_next_process(fp32_fused_tin
         assert len(measured) == 5 and (os.geteuid() == 0 or not kept.exists())
     finally:
         kept.parent.chmod(0o700)
+
+
+def test_weights_cast_to_fp16_on_a_cpu_warn_once() -> None:
+    """create_model refuses fp16 on a CPU; a user's .half() gets it, and one warning with the
+    fix on the first encoding (not on the cast: .half().to('cuda') is a GPU model)."""
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny").eval().half()
+    images = torch.zeros(2, len(model.bands), 32, 32)
+    tokens = msclip.get_tokenizer(model)(["a river"])
+    with pytest.warns(PerformanceWarning, match=r"fp16 on a CPU .* precision='auto', 'bf16'"):
+        model.encode_image(images.half())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        model.encode_text(tokens)  # said once per model
+        msclip.create_model("msclip-tiny").eval().encode_image(images)  # fp32: nothing
