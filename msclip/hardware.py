@@ -48,6 +48,7 @@ from typing import Any
 from msclip.errors import MSCLIPWarning, PerformanceWarning, PrecisionError
 
 __all__ = [
+    "FP16_ON_CPU",
     "PRECISIONS",
     "PRECISION_ENV",
     "SWITCH_OFF",
@@ -74,6 +75,8 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Environment variable replacing the choice of ``auto``.
 PRECISION_ENV = "MSCLIP_PRECISION"
+#: Why fp16 is refused on a CPU (said by create_model, and by a model cast to fp16 there).
+FP16_ON_CPU = "CPUs have no fast fp16 matrix products (about 1 GFLOP/s)"
 
 
 #: The spellings of an on/off environment setting (:func:`env_setting`), and those meaning off.
@@ -576,8 +579,7 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
     cpu = cpu_info()
     if req == "fp16":
         raise PrecisionError(
-            "precision 'fp16' is not supported on a CPU: CPUs have no fast fp16 matrix products "
-            "(about 1 GFLOP/s); "
+            f"precision 'fp16' is not supported on a CPU: {FP16_ON_CPU}; "
             + (
                 "use 'auto' (bf16 on this CPU), 'bf16' or 'fp32'"
                 if cpu.native_bf16

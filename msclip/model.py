@@ -569,12 +569,12 @@ class MSCLIP(nn.Module):
             return
         self._fp16_cpu_warned = True
         from msclip.errors import PerformanceWarning
+        from msclip.hardware import FP16_ON_CPU
 
         warnings.warn(
             "the model's weights are fp16 on a CPU (cast after it was built: create_model refuses "
-            "fp16 there): CPUs have no fast fp16 matrix products (about 1 GFLOP/s); move it to a "
-            "GPU, or create it with precision='auto', 'bf16' (where the CPU computes bf16 "
-            "natively) or 'fp32'",
+            f"fp16 there): {FP16_ON_CPU}; move it to a GPU, or create it with precision='auto', "
+            "'bf16' (where the CPU computes bf16 natively) or 'fp32'",
             PerformanceWarning,
             stacklevel=3,
         )

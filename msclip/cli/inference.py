@@ -1102,17 +1102,16 @@ def _check_scene(args: argparse.Namespace) -> None:
 
     try:
         with open_raster(args.scene) as src:
-            driver = src.driver
+            try:
+                check_scene_format(args.scene, src.driver)
+            except TilingError as err:
+                raise UsageError(f"{err} (--run-classification)") from err
+            try:  # the header only
+                raster_band_names(args.scene, bands=args.bands, sensor=args.sensor, src=src)
+            except (BandError, UnsupportedFormatError) as err:
+                raise UsageError(flag_wording(str(err))) from err
     except RasterioIOError:
         return  # unreadable: the run names the file and GDAL's reason
-    try:
-        check_scene_format(args.scene, driver)
-    except TilingError as err:
-        raise UsageError(f"{err} (--run-classification)") from err
-    try:
-        raster_band_names(args.scene, bands=args.bands, sensor=args.sensor)  # the header only
-    except (BandError, UnsupportedFormatError) as err:
-        raise UsageError(flag_wording(str(err))) from err
 
 
 #: What a tile-map run may write in its folder.

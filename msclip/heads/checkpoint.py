@@ -505,12 +505,9 @@ def bind_head(
     enc = checkpoint.encoder
     have = model.fingerprint(precision=False)
     needs = enc.get("adapters")
-    if (not needs and have == enc.get("fingerprint")) or have == getattr(checkpoint, "bound", None):
+    if _accepts(checkpoint, have):
         checkpoint.bound = have
         return
-    if needs and enc.get("merged_fingerprint") == have:
-        checkpoint.bound = have
-        return  # the merged weights file
     if needs and have == enc.get("fingerprint"):
         from msclip.heads.lora import load_lora, merge_lora
         from msclip.pretrained import file_sha256
@@ -560,6 +557,19 @@ def bind_head(
     )
 
 
+def _accepts(checkpoint: Any, have: str) -> bool:
+    """Whether a head runs on the encoder of fingerprint ``have`` as it is: the one
+    :func:`bind_head` accepted last, the encoder it was trained on (without LoRA adapters), or
+    the merged weights of its adapters."""
+    enc = checkpoint.encoder
+    needs = enc.get("adapters")
+    return (
+        have == getattr(checkpoint, "bound", None)
+        or (not needs and have == enc.get("fingerprint"))
+        or (bool(needs) and have == enc.get("merged_fingerprint"))
+    )
+
+
 def require_bound(checkpoint: Any, model: Any) -> None:
     """Refuse to run a head on an encoder :func:`bind_head` has not accepted: a head on another
     encoder's features gives confident, meaningless scores.
@@ -576,11 +586,7 @@ def require_bound(checkpoint: Any, model: Any) -> None:
     have = model.fingerprint(precision=False)
     enc = checkpoint.encoder
     needs = enc.get("adapters")
-    if have == getattr(checkpoint, "bound", None):
-        return
-    if (not needs and have == enc.get("fingerprint")) or (
-        needs and have == enc.get("merged_fingerprint")
-    ):
+    if _accepts(checkpoint, have):
         return
     if needs and have == enc.get("fingerprint"):
         raise CheckpointMismatchError(

@@ -473,7 +473,7 @@ def predict_scene(
             prep = preprocess
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)
-            names = prep.input_bands or raster_band_names(src_path, bands, sensor)
+            names = prep.input_bands or raster_band_names(src_path, bands, sensor, src=ds)
             # a file that names its bands as another sensor's keeps its values (read_raster)
             product_scale = scale_of_product(sensor, names)
             if declares_scale(ds, sensor, names):  # read rescaled (float32): missing pixels NaN

@@ -323,11 +323,10 @@ def pending_work(
             report.skipped_done += 1
             work.append(None)
             continue
-        before = _tiling(info)
-        if before is not ... and before != _source_tiling(s):  # one tiling per file
+        before, now = _tiling(info), _source_tiling(s)
+        if before is not ... and before != now:  # one tiling per file
             retiled[s.file] = (
-                f"{s.file} (indexed as {_tiling_text(before)}, given as "
-                f"{_tiling_text(_source_tiling(s))})"
+                f"{s.file} (indexed as {_tiling_text(before)}, given as {_tiling_text(now)})"
             )
             report.skipped_done += 1
             work.append(None)

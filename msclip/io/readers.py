@@ -923,10 +923,12 @@ def raster_band_names(
     path: str | os.PathLike,
     bands: Sequence[str | Band] | None = None,
     sensor: str | None = None,
+    src: Any = None,
 ) -> tuple[str, ...]:
     """The band names :func:`read_raster` gives the image bands of a GDAL raster (GeoTIFF, COG,
     JPEG 2000, VRT), from its header alone: no pixel is decoded, so a damaged block does not
-    stop it, and a large scene costs nothing to name.
+    stop it, and a large scene costs nothing to name. ``src``: the file already open (rasterio
+    dataset), which is then not opened again.
 
     Raises:
         RasterReadError: the file cannot be opened.
@@ -936,6 +938,8 @@ def raster_band_names(
 
     p = os.fspath(Path(path).expanduser())
     kind = raster_format(p)
+    if src is not None:
+        return _name_bands(src, p, kind, bands, sensor)[1]
     try:
         with open_raster(p) as src:
             return _name_bands(src, p, kind, bands, sensor)[1]
