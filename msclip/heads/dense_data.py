@@ -212,10 +212,11 @@ def check_alignment(image: str | os.PathLike, raster: str | os.PathLike) -> bool
 
 
 def _no_georeference(ds: Any) -> bool:
-    """Whether an open raster has no CRS, an identity geotransform and no GCPs."""
-    from affine import Affine
+    """Whether an open raster has no georeference: none that a map of it would carry
+    (:func:`msclip.tiling.map_transform`: no CRS, the identity transform) and no GCPs."""
+    from msclip.tiling import map_transform
 
-    return ds.crs is None and ds.transform == Affine.identity() and not ds.gcps[0]
+    return map_transform(ds.crs, ds.transform) is None and not ds.gcps[0]
 
 
 #: Largest offset, in pixels, between the corners of two grids taken as the same grid: float
