@@ -174,3 +174,35 @@ def test_relative_links_and_their_anchors_resolve():
             elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
                 wrong.append(f"{doc.name}: {link} (no such heading)")
     assert not wrong, "\n".join(wrong)
+
+
+def _all_actions(parser: argparse.ArgumentParser, prog: str):
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                yield from _all_actions(sub, f"{prog} {name}")
+        elif a.option_strings and not isinstance(a, argparse._HelpAction):
+            yield prog, a
+
+
+def test_every_option_has_a_help_text_naming_its_default(programs):
+    """``--help`` is the docs a user reads first: each option says what it does and, when it
+    has a default value (a number or a word), that value."""
+    wrong = []
+    for _, parser in programs:
+        if isinstance(parser, set):
+            continue
+        for prog, a in _all_actions(parser, parser.prog):
+            if a.help == argparse.SUPPRESS:
+                continue
+            name = f"{prog} {a.option_strings[-1]}"
+            if not a.help:
+                wrong.append(f"{name}: no help text")
+            elif (
+                isinstance(a.default, (int, float, str))
+                and not isinstance(a.default, bool)
+                and a.default != argparse.SUPPRESS
+                and "default" not in a.help
+            ):
+                wrong.append(f"{name}: default {a.default!r} not in {a.help!r}")
+    assert not wrong, "\n".join(wrong)
