@@ -208,6 +208,12 @@ class CLIPTokenizer:
             out += self._bpe("".join(self.byte_encoder[b] for b in piece.encode("utf-8")))
         return out
 
+    def max_tokens(self, text: str) -> int:
+        """An upper bound of ``len(self.encode(text))`` that reads no merge table: the UTF-8 bytes
+        of the cleaned text outside its spaces (byte-pair encoding gives at most one token per
+        byte, and a marker piece is one token)."""
+        return len(_clean(text).replace(" ", "").encode("utf-8"))
+
     def __call__(
         self, texts: str | Sequence[str], context_length: int | None = None
     ) -> torch.Tensor:

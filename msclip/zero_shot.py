@@ -460,10 +460,16 @@ def encode_texts(
         for t, emb in cache.get_many([tag + t for t in unique]).items():
             found[t[len(tag) :]] = torch.from_numpy(emb)
     todo = [t for t in unique if t not in found]
+    # texts from the cache were cut as well when they were encoded: name them on every run
+    cut, n = _cut_texts(tokenizer, [t for t in unique if t in found])
+    tokens = tokenizer(todo) if todo else None
+    if tokens is not None:
+        cut_new, n = _cut_texts(tokenizer, todo, tokens)
+        cut += cut_new
+    cut_set = set(cut)
+    _warn_cut([t for t in unique if t in cut_set], n)
     if todo:
         device = getattr(model, "device", torch.device("cpu"))
-        tokens = tokenizer(todo)
-        _warn_cut(tokenizer, todo, tokens)
         lengths = _token_lengths(tokens)
         order = torch.argsort(lengths, stable=True).tolist()
         from msclip.progress import progress_bar
@@ -503,14 +509,31 @@ def _tokenizer_tag(model: Any, tokenizer: Any) -> str:
     return f"[{type(tokenizer).__name__} {n}]\x00"
 
 
-def _warn_cut(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> None:
-    """Say which texts the tokenizer cut at the text tower's context length (what follows the
-    cut changes nothing: two queries that differ only there score the same)."""
+def _cut_texts(
+    tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor | None = None
+) -> tuple[list[str], int]:
+    """The texts that the tokenizer cuts at the text tower's context length, and that length.
+    ``tokens``: their ids when already computed; otherwise only the texts that may be that long
+    are tokenized (msclip's tokenizer bounds the others without reading its merge tables,
+    :meth:`msclip.tokenizer.CLIPTokenizer.max_tokens`)."""
+    n = getattr(tokenizer, "context_length", 0)
+    if not texts or not hasattr(tokenizer, "encode"):
+        return [], n
+    if tokens is None:
+        bound = getattr(tokenizer, "max_tokens", None)
+        if n and bound is not None:
+            texts = [t for t in texts if bound(t) + 2 > n]
+        if not texts:
+            return [], n
+        tokens = tokenizer(texts)
     n = int(tokens.shape[1])
     full = (tokens[:, -1] != 0).nonzero().flatten().tolist()  # filled to the last position
-    if not full or not hasattr(tokenizer, "encode"):
-        return
-    cut = [texts[i] for i in full if len(tokenizer.encode(texts[i])) + 2 > n]
+    return [texts[i] for i in full if len(tokenizer.encode(texts[i])) + 2 > n], n
+
+
+def _warn_cut(cut: Sequence[str], n: int) -> None:
+    """Say which texts were cut at the text tower's context length ``n`` (what follows the cut
+    changes nothing: two queries that differ only there score the same)."""
     if cut:
         shown = "; ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in cut[:3])
         more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""

@@ -223,7 +223,8 @@ def add_model_args(
         "--seed",
         type=seed_int,
         default=0,
-        help="random seed of the run (random weights with --no-pretrained, random subsets)",
+        help="random seed of the run (random weights with --no-pretrained, random subsets; "
+        "default 0)",
     )
     g.add_argument(
         "--device",

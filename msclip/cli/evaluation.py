@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="built-in dataset names, 'all', or dataset YAML files (see --list-datasets)",
     )
-    d.add_argument("--dataset-dir", default="benchmark_datasets", help="where datasets live")
+    d.add_argument(
+        "--dataset-dir",
+        default="benchmark_datasets",
+        help="where datasets live (default benchmark_datasets)",
+    )
     d.add_argument("--split", default="test", help="split to evaluate (default test)")
     d.add_argument(
         "--max-samples",
@@ -125,18 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-relevant",
         choices=NO_RELEVANT_POLICIES,
         default="nan",
-        help="AP of classes without positives: nan (left out of the mean) or zero",
+        help="AP of classes without positives: nan (left out of the mean; the default) or zero",
     )
     z.add_argument(
         "--multilabel-rule",
         choices=("mean_others", "other_class"),
         default="mean_others",
-        help="multi-label decision: above the mean of the other classes (published), or above "
-        "an extra 'other features' class",
+        help="multi-label decision: above the mean of the other classes (mean_others, the "
+        "published rule and the default), or above an extra 'other features' class (other_class)",
     )
-    z.add_argument("--other-class-name", default="other features", help="name of that class")
+    z.add_argument(
+        "--other-class-name",
+        default="other features",
+        help="name of that class (default 'other features')",
+    )
     add_text_cache_args(z)
-    z.add_argument("--text-batch-size", type=positive_int, default=256)
+    z.add_argument(
+        "--text-batch-size",
+        type=positive_int,
+        default=256,
+        help="prompts per text-tower call (default 256)",
+    )
 
     o = p.add_argument_group("output and execution")
     o.add_argument("--save-path", default="results", help="results folder (default results/)")
@@ -159,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail a dataset when one of its images cannot be read (default: name, skip and "
         "count unreadable images in the record; the exit status is then 1)",
     )
-    o.add_argument("--batch-size", type=positive_int, default=32, help="images per model call")
+    o.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per model call (default 32)"
+    )
     o.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
     )

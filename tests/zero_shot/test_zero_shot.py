@@ -361,6 +361,40 @@ def test_texts_cut_at_the_context_length_are_named(tiny, caplog):
     assert f"1 text(s) are longer than the text tower's {n} tokens" in caplog.text
 
 
+def test_texts_cut_are_named_also_when_their_embeddings_come_from_the_cache(
+    tiny, tmp_path, monkeypatch, caplog
+):
+    # docs/inference.md: texts longer than the context "are cut there, and the run names them";
+    # a repeated run (the text cache on, the default) named none of them
+    from msclip.zero_shot import encode_texts
+
+    model, tokenizer = tiny
+    n = tokenizer.context_length
+    long = " ".join(["lake"] * (n + 5))
+    cache = TextEmbeddingCache.for_model(model, tmp_path)
+    first = encode_texts(model, tokenizer, ["a river", long], cache=cache)
+    monkeypatch.setattr(type(model), "encode_text", _fail)
+    tokenizer.release()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = encode_texts(model, tokenizer, [long, "a river"], cache=cache)
+    assert torch.equal(again, first.flip(0))
+    assert f"1 text(s) are longer than the text tower's {n} tokens" in caplog.text
+    assert "'lake lake" in caplog.text
+    # short cached prompts are bounded without the merge tables (a cached run reads none)
+    tokenizer.release()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encode_texts(model, tokenizer, ["a river"], cache=cache)
+    assert "were cut" not in caplog.text and tokenizer._tables is None
+
+
+def test_max_tokens_bounds_the_token_count(tiny):
+    _, tokenizer = tiny
+    for text in ["a river", "Ünïcödé façade", "x" * 200, "&amp; <start_of_text> 12 34", "日本の川"]:
+        assert len(tokenizer.encode(text)) <= tokenizer.max_tokens(text)
+
+
 def test_prompt_batches_end_where_the_length_grows_on_a_cpu():
     from msclip.zero_shot import _MIN_BATCH_POSITIONS, _length_batches
 
