@@ -73,6 +73,8 @@ __all__ = [
     "encode_query_set",
     "error_line",
     "exit_process",
+    "exit_status_epilog",
+    "finish_parser",
     "flag_hint",
     "flag_wording",
     "fraction",
@@ -198,6 +200,56 @@ def seconds(text: str) -> float:
 
 
 # -- flags ----------------------------------------------------------------------------------------
+#: What exit status 1 means in each program (``None``: the program has no such status).
+PARTIAL_MEANING: dict[str, str | None] = {
+    "msclip-inference": "the run finished, but some inputs failed and were reported (unreadable "
+    "images or tiles; also when no input could be used at all)",
+    "msclip-index": "the run finished, but some inputs failed and were reported (unreadable "
+    "images or tiles; also when no input could be used at all)",
+    "msclip-evaluation": "the run finished, but a dataset failed or unreadable samples were left "
+    "out (named in the records and report.md)",
+    "msclip-train": "training failed after it started (too many bad samples, a failed step)",
+    "msclip-finetune": "the run finished, but some images could not be read or had fewer valid "
+    "pixels than --min-valid (named, skipped, counted)",
+    "msclip-scenes": None,
+}
+
+
+def exit_status_epilog(prog: str) -> str:
+    """The end of a program's ``--help``: its exit statuses (the table of this module's
+    docstring, in the words of that program)."""
+    partial = PARTIAL_MEANING.get(prog.split()[0], PARTIAL_MEANING["msclip-inference"])
+    one = f"; 1 {partial}" if partial else ""
+    return (
+        f"exit status: 0 success{one}; 2 bad flags or input (missing or unusable files or "
+        "models, an output that cannot be written), said before any work where it can be; "
+        "70 internal error (a defect, with its traceback); 130 interrupted (Ctrl-C); 141 the "
+        "reader of the output went away; 143 terminated (SIGTERM). The same for every msclip "
+        "program: see docs/inference.md, 'Bad input and exit status'."
+    )
+
+
+def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a program's parser what every msclip program has: ``--version`` and its exit
+    statuses at the end of ``--help`` (and of each subcommand's ``--help``). Returns ``p``."""
+    from msclip._version import __version__
+
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"{p.prog.split()[0]} (msclip) {__version__}",
+        help="print the program's version and exit",
+    )
+    parsers = [p]
+    while parsers:
+        parser = parsers.pop()
+        parser.epilog = exit_status_epilog(parser.prog)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return p
+
+
 def add_model_args(
     p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
 ) -> Any:

@@ -40,6 +40,7 @@ from msclip.cli.common import (
     UsageError,
     add_model_args,
     add_text_cache_args,
+    finish_parser,
     flag_hint,
     model_from_args,
     no_pretrained_with_file,
@@ -136,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     z.add_argument("--other-class-name", default="other features", help="name of that class")
     add_text_cache_args(z)
-    z.add_argument("--text-batch-size", type=positive_int, default=256)
+    z.add_argument(
+        "--text-batch-size",
+        type=positive_int,
+        default=256,
+        help="prompts per text-tower call (default 256)",
+    )
 
     o = p.add_argument_group("output and execution")
     o.add_argument("--save-path", default="results", help="results folder (default results/)")
@@ -159,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail a dataset when one of its images cannot be read (default: name, skip and "
         "count unreadable images in the record; the exit status is then 1)",
     )
-    o.add_argument("--batch-size", type=positive_int, default=32, help="images per model call")
+    o.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per model call (default 32)"
+    )
     o.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader workers (default 2)"
     )
@@ -171,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "results on stdout remain",
     )
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    return p
+    return finish_parser(p)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

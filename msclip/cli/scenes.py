@@ -22,6 +22,7 @@ from typing import NoReturn
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    finish_parser,
     fraction,
     parse_subcommand_args,
     plural,
@@ -107,7 +108,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
                     help="typical side of a land-cover region in pixels (default 128)")  # fmt: skip
     sc.add_argument("--name", default="scene", help="file stem of the rasters (default scene)")
     sub.add_parser("classes", help="list the classes, their synonyms and spectral sources")
-    return parser
+    return finish_parser(parser)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from msclip.cli.common import (
     add_dataclass_args,
     config_flags_note,
     config_from_namespace,
+    finish_parser,
     run_cli,
     setup_logging,
 )
@@ -52,7 +53,7 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         help="print the effective configuration as YAML and exit",
     )
     add_dataclass_args(parser, TrainConfig)
-    return parser
+    return finish_parser(parser)
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:

@@ -1,0 +1,83 @@
+"""The six msclip programs agree where they share something: ``--version``, the exit statuses
+at the end of every ``--help``, a help line for every flag, and flags that mean the same thing."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+
+import msclip
+from msclip.cli import common
+
+#: program -> (module, function building its parser)
+PROGRAMS = {
+    "msclip-inference": ("msclip.cli.inference", "build_parser"),
+    "msclip-evaluation": ("msclip.cli.evaluation", "build_parser"),
+    "msclip-train": ("msclip.cli.train", "build_arg_parser"),
+    "msclip-index": ("msclip.cli.index", "build_parser"),
+    "msclip-scenes": ("msclip.cli.scenes", "build_parser"),
+    "msclip-finetune": ("msclip.cli.finetune", "build_parser"),
+}
+
+
+def _parsers() -> list[argparse.ArgumentParser]:
+    """Every program's parser, every subcommand's and ``msclip-finetune grid``'s."""
+    out = []
+    for module, builder in PROGRAMS.values():
+        out.append(getattr(importlib.import_module(module), builder)())
+    from msclip.cli.finetune import build_grid_parser
+
+    out.append(build_grid_parser())
+    todo = list(out)
+    while todo:
+        for action in todo.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out.extend(action.choices.values())
+                todo.extend(action.choices.values())
+    return out
+
+
+@pytest.mark.parametrize("prog", sorted(PROGRAMS))
+def test_every_program_prints_its_version(prog, capsys):
+    main = importlib.import_module(PROGRAMS[prog][0]).main
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"{prog} (msclip) {msclip.__version__}\n"
+
+
+def test_every_help_ends_with_the_exit_statuses_of_its_program(capsys):
+    parsers = _parsers()
+    assert len(parsers) == 16  # 6 programs, grid, 4 index and 5 scenes subcommands
+    for p in parsers:
+        text = " ".join(p.format_help().split())
+        assert "exit status: 0 success" in text, p.prog
+        assert "; 2 bad flags or input" in text and "130 interrupted" in text, p.prog
+        assert ("; 1 " in text) is (not p.prog.startswith("msclip-scenes")), p.prog
+    # the program's own meaning of 1, rendered whole (not cut off)
+    from msclip.cli.evaluation import main
+
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 the run finished, but a dataset failed or unreadable samples were left out" in out
+    assert out.endswith("see docs/inference.md, 'Bad input and exit status'.")
+
+
+def test_every_flag_has_a_help_line():
+    missing = [
+        f"{p.prog} {a.option_strings[0]}"
+        for p in _parsers()
+        for a in p._actions
+        if a.option_strings and not a.help
+    ]
+    assert missing == []
+
+
+def test_the_finetune_help_names_its_grid_command():
+    from msclip.cli.finetune import build_parser
+
+    assert "msclip-finetune grid --help" in " ".join(build_parser().format_help().split())
+
+
+def test_the_epilog_of_an_unknown_program_is_the_general_one():
+    assert "; 1 the run finished, but some inputs failed" in common.exit_status_epilog("other")
