@@ -70,6 +70,7 @@ __all__ = [
     "check_checkpoint",
     "config_flags_note",
     "config_from_namespace",
+    "device_arg",
     "encode_query_set",
     "error_line",
     "exit_process",
@@ -183,6 +184,12 @@ def seed_int(text: str) -> int:
     return value
 
 
+def device_arg(text: str) -> str | None:
+    """argparse type: a torch device name; ``auto`` (as in ``msclip-train`` and
+    ``msclip-finetune``) is ``None``, the device the run picks (a GPU where torch sees one)."""
+    return None if text.strip().lower() == "auto" else text
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     value = _number(float, text, "a number in [0, 1]")
@@ -279,8 +286,9 @@ def add_model_args(
     )
     g.add_argument(
         "--device",
+        type=device_arg,
         default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
+        help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:1 ...",
     )
     g.add_argument(
         "--precision",

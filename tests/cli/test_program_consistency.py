@@ -81,3 +81,25 @@ def test_the_finetune_help_names_its_grid_command():
 
 def test_the_epilog_of_an_unknown_program_is_the_general_one():
     assert "; 1 the run finished, but some inputs failed" in common.exit_status_epilog("other")
+
+
+def test_device_auto_is_the_default_device_in_every_program(monkeypatch):
+    """``--device auto`` is the default of msclip-train and msclip-finetune; the programs that
+    load a model through the shared flags took it for a device name and refused it."""
+    import torch
+
+    from msclip.cli import evaluation, finetune, index, inference
+
+    run = ["--run-classification", "--images", "x.tif", "--class-names", "a", "b"]
+    for args in (
+        inference.parse_args([*run, "--device", "auto"]),
+        evaluation.build_parser().parse_args(["--device", "AUTO"]),
+        index.build_parser().parse_args(["search", "ix", "--device", "auto"]),
+    ):
+        assert args.device is None  # the run's choice: a GPU where torch sees one, else the CPU
+    assert inference.parse_args([*run, "--device", "cpu"]).device == "cpu"
+    from msclip.heads.runs import load_run_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = finetune.parse_args(["--model-name", "msclip-demo", "--device", "auto"]).cfg
+    assert load_run_model(cfg).device.type == "cpu"
