@@ -52,6 +52,14 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective configuration as YAML and exit",
     )
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars or training log lines (--progress off); errors, warnings about "
+        "inputs left out and the final summary on stdout remain",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     add_dataclass_args(parser, TrainConfig)
     return finish_parser(parser)
 
@@ -62,12 +70,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bo
     Returns:
         The config (not yet validated) and whether ``--print-config`` was given.
     """
-    parser = build_arg_parser()
-    ns = vars(parser.parse_args(argv))
-    yaml_path = ns.pop("config", None)
-    print_config = bool(ns.pop("print_config", False))
-    cfg = config_from_namespace(TrainConfig(), ns, yaml_path)
-    return cfg, print_config
+    args = _parse(list(argv) if argv is not None else None)
+    return args.cfg, args.print_config
 
 
 class _TrainFormatter(logging.Formatter):
@@ -91,13 +95,22 @@ def _logging(args: argparse.Namespace) -> Callable[[], None]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world > 1 else ""
     return setup_logging(
-        level=logging.INFO if rank == 0 else logging.WARNING, formatter=_TrainFormatter(prefix)
+        verbose=getattr(args, "verbose", False),
+        quiet=getattr(args, "quiet", False),
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        formatter=_TrainFormatter(prefix),
     )
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    cfg, print_config = config_from_args(argv)
-    return argparse.Namespace(cfg=cfg, print_config=print_config)
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The config (defaults < ``--config`` < flags) and the program's own flags."""
+    ns = vars(build_arg_parser().parse_args(argv))
+    yaml_path = ns.pop("config", None)
+    program = {k: bool(ns.pop(k, False)) for k in ("print_config", "quiet", "verbose")}
+    cfg = config_from_namespace(TrainConfig(), ns, yaml_path)
+    if program["quiet"]:
+        cfg.progress = False
+    return argparse.Namespace(cfg=cfg, **program)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -103,3 +103,25 @@ def test_device_auto_is_the_default_device_in_every_program(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = finetune.parse_args(["--model-name", "msclip-demo", "--device", "auto"]).cfg
     assert load_run_model(cfg).device.type == "cpu"
+
+
+def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path, capsys):
+    from support.train_tiles import write_class_tif
+
+    from msclip.cli.train import _parse, main
+
+    assert _parse(["-q"]).cfg.progress is False and _parse(["--verbose"]).verbose
+    rows = ["image,caption"]
+    for i in range(4):
+        write_class_tif(tmp_path / f"{i}.tif", i % 2, i)
+        rows.append(f"{tmp_path / f'{i}.tif'},class {i % 2}")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    run = str(tmp_path / "run")
+    argv = ["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
+            "--batch-size", "4", "--max-steps", "1", "--output-dir", run]  # fmt: skip
+    assert main([*argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("trained 1 steps; final loss ")
+    # no log lines, progress bars or warnings about settings (the B01 band left out is one)
+    assert err == ""
