@@ -1055,7 +1055,10 @@ def encode_query_set(
 
 # -- run configurations (dataclasses) as flags ----------------------------------------------------
 def add_dataclass_args(
-    parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser | Any,
+    cls: type,
+    skip: Sequence[str] = (),
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, str]:
     """One kebab-case flag per field of the run-configuration dataclass ``cls``.
 
@@ -1068,6 +1071,8 @@ def add_dataclass_args(
         parser: a parser or argument group.
         cls: the dataclass.
         skip: fields that get no flag.
+        aliases: field name -> further flags that set it (the spelling the other msclip
+            programs use for the same option).
 
     Returns:
         Field name -> flag (for :func:`run_cli`'s hints).
@@ -1085,6 +1090,7 @@ def add_dataclass_args(
             continue
         flag = "--" + f.name.replace("_", "-")
         flags[f.name] = flag
+        names = [flag, *(aliases or {}).get(f.name, ())]
         tp, optional = unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = list(default) if isinstance(default, tuple) else default
@@ -1093,15 +1099,15 @@ def add_dataclass_args(
             help_text += f" (default: {shown!r})"
         origin = typing.get_origin(tp)
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=help_text)
         elif origin is tuple and Ellipsis not in typing.get_args(tp):
-            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
+            parser.add_argument(*names, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
         elif origin in (list, tuple):
             parser.add_argument(
-                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
+                *names, nargs="*" if not optional else "+", metavar="V", help=help_text
             )
         else:
-            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*names, metavar=f.name.upper(), help=help_text)
     return flags
 
 

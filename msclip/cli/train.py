@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from msclip.cli.common import (
     EXIT_PARTIAL,
@@ -38,9 +39,34 @@ __all__ = ["build_arg_parser", "config_from_args", "main"]
 logger = logging.getLogger(__name__)
 
 
+#: Flags of the other msclip programs -> how this program says the same.
+OTHER_PROGRAMS_FLAGS = {
+    "--model-name": "--model names the architecture here, and --init its weights",
+    "--ckpt-path": "--init takes the checkpoint file here",
+    "--pretrained": "--init pretrained loads the model's published weights here",
+    "--no-pretrained": "--init random gives random weights here (the default)",
+    "--save-path": "--output-dir is the folder of the run's files here",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of a flag of another msclip program says this
+    program's spelling of it."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            given = {a.split("=", 1)[0] for a in message.split(":", 1)[1].split()}
+            hints = [
+                f"{flag}: {text}" for flag, text in OTHER_PROGRAMS_FLAGS.items() if flag in given
+            ]
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
 def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
     """Argument parser with one kebab-case flag per :class:`TrainConfig` option."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Contrastive (continual) pretraining of a multispectral CLIP model on "
         "image-caption pairs; one process or many (torchrun).",
@@ -60,7 +86,8 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         "inputs left out and the final summary on stdout remain",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    add_dataclass_args(parser, TrainConfig)
+    # --workers: the spelling of msclip-inference, -evaluation, -index and -finetune
+    add_dataclass_args(parser, TrainConfig, aliases={"num_workers": ["--workers"]})
     return finish_parser(parser)
 
 

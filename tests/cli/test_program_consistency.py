@@ -125,3 +125,15 @@ def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path,
     assert out.startswith("trained 1 steps; final loss ")
     # no log lines, progress bars or warnings about settings (the B01 band left out is one)
     assert err == ""
+
+
+def test_msclip_train_takes_workers_and_names_its_spelling_of_other_programs_flags(capsys):
+    from msclip.cli.train import _parse, main
+
+    assert _parse(["--workers", "3"]).cfg.num_workers == 3  # as every other program spells it
+    assert _parse(["--num-workers", "2"]).cfg.num_workers == 2
+    assert main(["--train-data", "t.csv", "--model-name", "msclip-tiny", "--ckpt-path=w.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --model-name msclip-tiny --ckpt-path=w.pt" in err
+    assert "(--model-name: --model names the architecture here, and --init its weights; " in err
+    assert "--ckpt-path: --init takes the checkpoint file here)" in err
