@@ -1059,6 +1059,7 @@ def add_dataclass_args(
     cls: type,
     skip: Sequence[str] = (),
     aliases: Mapping[str, Sequence[str]] | None = None,
+    bare: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """One kebab-case flag per field of the run-configuration dataclass ``cls``.
 
@@ -1073,6 +1074,7 @@ def add_dataclass_args(
         skip: fields that get no flag.
         aliases: field name -> further flags that set it (the spelling the other msclip
             programs use for the same option).
+        bare: field name -> the value its flag takes when given without one.
 
     Returns:
         Field name -> flag (for :func:`run_cli`'s hints).
@@ -1105,6 +1107,10 @@ def add_dataclass_args(
         elif origin in (list, tuple):
             parser.add_argument(
                 *names, nargs="*" if not optional else "+", metavar="V", help=help_text
+            )
+        elif bare and f.name in bare:
+            parser.add_argument(
+                *names, nargs="?", const=bare[f.name], metavar=f.name.upper(), help=help_text
             )
         else:
             parser.add_argument(*names, metavar=f.name.upper(), help=help_text)

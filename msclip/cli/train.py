@@ -86,8 +86,11 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         "inputs left out and the final summary on stdout remain",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    # --workers: the spelling of msclip-inference, -evaluation, -index and -finetune
-    add_dataclass_args(parser, TrainConfig, aliases={"num_workers": ["--workers"]})
+    # --workers: the spelling of msclip-inference, -evaluation, -index and -finetune; a bare
+    # --resume continues the run in --output-dir, as msclip-finetune's --resume does
+    add_dataclass_args(
+        parser, TrainConfig, aliases={"num_workers": ["--workers"]}, bare={"resume": "latest"}
+    )
     return finish_parser(parser)
 
 

@@ -137,3 +137,14 @@ def test_msclip_train_takes_workers_and_names_its_spelling_of_other_programs_fla
     assert "unrecognized arguments: --model-name msclip-tiny --ckpt-path=w.pt" in err
     assert "(--model-name: --model names the architecture here, and --init its weights; " in err
     assert "--ckpt-path: --init takes the checkpoint file here)" in err
+
+
+def test_a_bare_resume_continues_the_run_in_the_output_folder_in_train_as_in_finetune():
+    from msclip.cli.finetune import parse_args
+    from msclip.cli.train import _parse
+
+    assert parse_args(["--resume"]).cfg.resume is True
+    assert _parse(["--resume"]).cfg.resume == "latest"
+    assert _parse(["--resume", "--epochs", "2"]).cfg.resume == "latest"
+    assert _parse(["--resume", "runs/a/step_1.pt"]).cfg.resume == "runs/a/step_1.pt"
+    assert _parse([]).cfg.resume is None
