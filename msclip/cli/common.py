@@ -303,6 +303,7 @@ def add_model_args(
         return g
     g.add_argument(
         "--bands",
+        "--input-bands",  # the spelling of msclip-train and msclip-finetune
         nargs="+",
         default=None,
         help="band names of the input files' channels when the files do not name "

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    add_dataclass_args(p, FinetuneRunConfig)
+    # --bands: the spelling of msclip-inference and msclip-index for the same names
+    add_dataclass_args(p, FinetuneRunConfig, aliases={"input_bands": ["--bands"]})
     return finish_parser(p)
 
 

@@ -148,3 +148,18 @@ def test_a_bare_resume_continues_the_run_in_the_output_folder_in_train_as_in_fin
     assert _parse(["--resume", "--epochs", "2"]).cfg.resume == "latest"
     assert _parse(["--resume", "runs/a/step_1.pt"]).cfg.resume == "runs/a/step_1.pt"
     assert _parse([]).cfg.resume is None
+
+
+def test_input_band_names_are_input_bands_in_every_program_that_reads_files():
+    """msclip-train and msclip-finetune name the bands of unnamed input files --input-bands;
+    msclip-inference and msclip-index took only --bands, which msclip-finetune refused."""
+    from msclip.cli import index, inference
+
+    run = ["--run-classification", "--images", "x.tif", "--class-names", "a", "b"]
+    args = inference.parse_args([*run, "--input-bands", "B04", "B03", "B02"])
+    assert args.bands == ["B04", "B03", "B02"]
+    args = index.parse_args(["build", "ix", "--images", "x.tif", "--input-bands", "B04"])
+    assert args.bands == ["B04"]
+    from msclip.cli.finetune import parse_args
+
+    assert parse_args(["--bands", "B04", "B03"]).cfg.input_bands == ["B04", "B03"]
