@@ -31,7 +31,7 @@ from msclip.cli.common import (
     run_cli,
     setup_logging,
 )
-from msclip.errors import BadSampleError, ConfigError, WeightsNotFoundError
+from msclip.errors import BadSampleError, ConfigError, OutputPathError, WeightsNotFoundError
 from msclip.train.config import TrainConfig
 
 __all__ = ["build_arg_parser", "config_from_args", "main"]
@@ -186,8 +186,9 @@ def _error_status(err: BaseException) -> int:
     # weights that are not there (offline without the file) are a usage error, as in every
     # msclip program: the fix is a download and --init, before any step is trained; so is a
     # pair table that cannot be used (unreadable, no usable pair, too few to split off a
-    # validation set), found before the first step
-    usage = (ConfigError, WeightsNotFoundError, BadSampleError)
+    # validation set), found before the first step; and an output folder that cannot be written,
+    # a usage error in every msclip program
+    usage = (ConfigError, WeightsNotFoundError, BadSampleError, OutputPathError)
     return EXIT_USAGE if isinstance(err, usage) else EXIT_PARTIAL
 
 

@@ -105,18 +105,24 @@ def test_device_auto_is_the_default_device_in_every_program(monkeypatch):
     assert load_run_model(cfg).device.type == "cpu"
 
 
-def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path, capsys):
+def _pairs(folder) -> str:
+    """A table of four 12-band tiles and their captions."""
     from support.train_tiles import write_class_tif
 
+    rows = ["image,caption"]
+    for i in range(4):
+        write_class_tif(folder / f"{i}.tif", i % 2, i)
+        rows.append(f"{folder / f'{i}.tif'},class {i % 2}")
+    pairs = folder / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    return str(pairs)
+
+
+def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path, capsys):
     from msclip.cli.train import _parse, main
 
     assert _parse(["-q"]).cfg.progress is False and _parse(["--verbose"]).verbose
-    rows = ["image,caption"]
-    for i in range(4):
-        write_class_tif(tmp_path / f"{i}.tif", i % 2, i)
-        rows.append(f"{tmp_path / f'{i}.tif'},class {i % 2}")
-    pairs = tmp_path / "pairs.csv"
-    pairs.write_text("\n".join(rows) + "\n")
+    pairs = _pairs(tmp_path)
     run = str(tmp_path / "run")
     argv = ["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
             "--batch-size", "4", "--max-steps", "1", "--output-dir", run]  # fmt: skip
@@ -163,3 +169,16 @@ def test_input_band_names_are_input_bands_in_every_program_that_reads_files():
     from msclip.cli.finetune import parse_args
 
     assert parse_args(["--bands", "B04", "B03"]).cfg.input_bands == ["B04", "B03"]
+
+
+def test_an_output_folder_msclip_train_cannot_write_is_a_usage_error(tmp_path, capsys):
+    """Status 2, as in every msclip program (it was 1, the status of a run that failed)."""
+    from msclip.cli.train import main
+
+    pairs = _pairs(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    argv = ["--train-data", pairs, "--model", "msclip-tiny", "--batch-size", "4", "--max-steps",
+            "1", "--output-dir", str(tmp_path / "a_file" / "run"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a_file is a file" in err and "(command-line option: --output-dir)" in err
