@@ -254,6 +254,11 @@ def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())
+                # a subcommand's --help opens with what the program's --help says of it
+                for choice in action._choices_actions:
+                    sub = action.choices[choice.dest]
+                    if sub.description is None and choice.help:
+                        sub.description = choice.help[0].upper() + choice.help[1:] + "."
     return p
 
 

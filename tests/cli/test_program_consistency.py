@@ -182,3 +182,20 @@ def test_an_output_folder_msclip_train_cannot_write_is_a_usage_error(tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "a_file is a file" in err and "(command-line option: --output-dir)" in err
+
+
+def test_every_subcommand_help_says_what_the_subcommand_does():
+    subcommands = [p for p in _parsers() if " " in p.prog]
+    assert {p.prog for p in subcommands if not p.description} == set()
+    from msclip.cli.scenes import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["classes"].format_help()
+    assert "List the classes, their synonyms and spectral sources." in text
+
+
+def test_msclip_scenes_takes_output_dir_as_train_and_finetune_spell_it():
+    from msclip.cli.scenes import parse_args
+
+    for command in ("examples", "dataset", "dense", "scene"):
+        assert str(parse_args([command, "--output-dir", "o"]).out) == "o"
+        assert str(parse_args([command, "--out", "o"]).out) == "o"
