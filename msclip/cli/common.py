@@ -263,11 +263,15 @@ def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_model_args(
-    p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
+    p: argparse.ArgumentParser,
+    default_model: str | None = DEFAULT_MODEL,
+    inputs: bool = True,
+    subsets: bool = False,
 ) -> Any:
     """``--model-name``, ``--ckpt-path``, ``--pretrained/--no-pretrained``, seed, device,
     precision and, with ``inputs``, the input-band flags (``--bands``, ``--sensor``,
-    ``--layout``). Returns the argument group, for program-specific model flags."""
+    ``--layout``); ``subsets``: the seed also draws the program's random subsets. Returns the
+    argument group, for program-specific model flags."""
     g = p.add_argument_group("model")
     default = f"default {default_model}, or" if default_model else "or"
     g.add_argument(
@@ -287,7 +291,8 @@ def add_model_args(
         "--seed",
         type=seed_int,
         default=0,
-        help="random seed of the run (random weights with --no-pretrained, random subsets)",
+        help="random seed of the run (random weights with --no-pretrained"
+        + (", random subsets)" if subsets else ")"),
     )
     g.add_argument(
         "--device",

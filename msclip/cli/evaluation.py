@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON record per (model, dataset) and merges all records into CSV and Markdown reports.",
     )
     # Datasets name their own bands, so the input-band flags of inference do not apply here.
-    m = add_model_args(p, default_model=None, inputs=False)
+    m = add_model_args(p, default_model=None, inputs=False, subsets=True)
     m.add_argument(
         "--model-label",
         default=None,

@@ -199,3 +199,15 @@ def test_msclip_scenes_takes_output_dir_as_train_and_finetune_spell_it():
     for command in ("examples", "dataset", "dense", "scene"):
         assert str(parse_args([command, "--output-dir", "o"]).out) == "o"
         assert str(parse_args([command, "--out", "o"]).out) == "o"
+
+
+def test_the_seed_help_names_random_subsets_only_where_the_program_draws_them():
+    from msclip.cli import evaluation, index, inference
+
+    def seed_help(p: argparse.ArgumentParser) -> str:
+        return next(a.help for a in p._actions if "--seed" in a.option_strings)
+
+    assert "random subsets" in seed_help(evaluation.build_parser())  # --max-samples
+    search = index.build_parser()._subparsers._group_actions[0].choices["search"]
+    for p in (inference.build_parser(), search):
+        assert seed_help(p) == "random seed of the run (random weights with --no-pretrained)"
