@@ -75,6 +75,7 @@ from torch.utils.data import DataLoader, Dataset
 from msclip.errors import (
     BandCoverageError,
     BandError,
+    InputTypeError,
     MSCLIPError,
     RasterReadError,
     shown_when_quiet,
@@ -753,7 +754,7 @@ def encode_batches(
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, np.integer))
         ):
-            raise TypeError(f"{name} must be a whole number, got {value!r}")
+            raise InputTypeError(f"{name} must be a whole number, got {value!r}", param=name)
     total = (
         sum(len(b) for b in batch_sampler) if batch_sampler is not None else len(dataset)  # type: ignore[arg-type]
     )

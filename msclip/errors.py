@@ -49,6 +49,8 @@ __all__ = [
     "IndexLockedError",
     "IndexMismatchError",
     "IndexNotFoundError",
+    "InputTypeError",
+    "InvalidArgumentError",
     "InvalidEmbeddingsError",
     "KernelUnavailableError",
     "LabelError",
@@ -417,7 +419,17 @@ class SearchDeviceError(MSCLIPError, ValueError):
     """A search device or storage format that cannot be used."""
 
 
-class ImageTypeError(MSCLIPError, TypeError):
+class InputTypeError(MSCLIPError, TypeError):
+    """An argument of a type the function does not take (a number where a model name or path is
+    needed, an array where a tensor is)."""
+
+
+class InvalidArgumentError(MSCLIPError, ValueError):
+    """An argument value the function does not take (a seed out of range, an unknown pooling or
+    resize mode, block indices the image tower lacks)."""
+
+
+class ImageTypeError(InputTypeError):
     """An input that is not an image: not a path, array, tensor or picture, or an array of a
     non-numeric dtype (boolean, complex, object)."""
 

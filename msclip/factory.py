@@ -20,6 +20,8 @@ import torch
 
 from msclip.errors import (
     CheckpointError,
+    InputTypeError,
+    InvalidArgumentError,
     UnknownBandError,
     UnknownModelError,
     WeightsNotFoundError,
@@ -62,7 +64,7 @@ def _check_name(
     types: tuple[type, ...] = (str, os.PathLike),
 ) -> None:
     if not isinstance(name, types):
-        raise TypeError(f"name must be {accepted}, got {type(name).__name__} {name!r}")
+        raise InputTypeError(f"name must be {accepted}, got {type(name).__name__} {name!r}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -248,9 +250,13 @@ def create_model(
     # in-place version counter (the model's identity and its packed weights track changes by it)
     # and cannot be trained: the model is built outside it.
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+        raise InputTypeError(
+            f"seed must be an integer or None, got {type(seed).__name__} {seed!r}", param="seed"
+        )
     if seed is not None and not -(2**63) <= int(seed) < 2**64:
-        raise ValueError(f"seed must lie in [-2**63, 2**64) (torch's generator), got {seed}")
+        raise InvalidArgumentError(
+            f"seed must lie in [-2**63, 2**64) (torch's generator), got {seed}", param="seed"
+        )
     if seed is not None and (
         pretrained not in (None, False)
         or (name is not None and str(name) not in MODELS and _is_checkpoint_path(name))
@@ -260,7 +266,7 @@ def create_model(
             else f"the published weights of {name}" if pretrained is True
             else pretrained
         )  # fmt: skip
-        raise ValueError(
+        raise InvalidArgumentError(
             f"seed={seed} draws random weights, but the weights come from {given}: leave seed "
             "out (or pretrained=None for random weights)"
         )
@@ -291,9 +297,10 @@ def _create_model(
     if name is not None:
         _check_name(name)
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
-        raise TypeError(
+        raise InputTypeError(
             f"pretrained must be True/False, a checkpoint path or a model name, got "
-            f"{type(pretrained).__name__} {pretrained!r}"
+            f"{type(pretrained).__name__} {pretrained!r}",
+            param="pretrained",
         )
     choice = choose_precision(precision, device)
     _check_device(device)

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msclip.errors import BandError, CheckpointError, LayoutError, PrecisionError
+from msclip.errors import (
+    BandError,
+    CheckpointError,
+    ImageTypeError,
+    InputTypeError,
+    InvalidArgumentError,
+    LayoutError,
+    PrecisionError,
+)
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
 from msclip.spectral.patch_embed import SpectralPatchEmbed
@@ -582,7 +590,7 @@ class MSCLIP(nn.Module):
     def _check_images(self, images: Any, bands: Sequence[str | Band] | None) -> None:
         """Refuse what the tower would fail on with a message about tensor sizes."""
         if not isinstance(images, torch.Tensor):
-            raise TypeError(
+            raise ImageTypeError(
                 f"images must be a torch tensor [B, C, H, W], got {type(images).__name__}; "
                 "preprocess arrays or files with model.preprocess() first"
             )
@@ -622,7 +630,7 @@ class MSCLIP(nn.Module):
         index error): ids of another tokenizer, a missing batch axis, float values."""
         fix = "tokenise the texts with msclip.get_tokenizer(model)"
         if not isinstance(tokens, torch.Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"tokens must be a torch tensor [B, {self.context_length}] of token ids, got "
                 f"{type(tokens).__name__}; {fix}"
             )
@@ -772,7 +780,9 @@ class MSCLIP(nn.Module):
             indices = [i % n_blocks if -n_blocks <= i < n_blocks else i for i in layers]
             bad = [i for i in indices if not 0 <= i < n_blocks]
             if bad:
-                raise ValueError(f"layers {list(layers)} out of range for {n_blocks} blocks")
+                raise InvalidArgumentError(
+                    f"layers {list(layers)} out of range for {n_blocks} blocks", param="layers"
+                )
         out = self.clip.visual.forward_intermediates(
             x, indices=indices, intermediates_only=True, output_fmt="NLC"
         )
@@ -817,7 +827,7 @@ class MSCLIP(nn.Module):
         out = [i + n if -n <= i < 0 else i for i in wanted]
         bad = [w for w, i in zip(wanted, out) if not 0 <= i < n]
         if bad or not out:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layers {wanted} do not name blocks of this {n}-block image tower "
                 f"(0..{n - 1}, or -{n}..-1 from the end)"
             )
@@ -870,12 +880,14 @@ class MSCLIP(nn.Module):
                 patch size, or an unknown ``pool``.
         """
         if pool not in ("cls", "mean", None):
-            raise ValueError(f"pool must be 'cls', 'mean' or None, got {pool!r}")
+            raise InvalidArgumentError(
+                f"pool must be 'cls', 'mean' or None, got {pool!r}", param="pool"
+            )
         indices = self.block_indices(layers)
         p = self.patch_size
         h, w = images.shape[-2:]
         if h % p or w % p or h < p or w < p:
-            raise ValueError(
+            raise LayoutError(
                 f"image size {h}x{w} is not a positive multiple of the patch size {p}; pad it"
             )
         x = self.to_model_bands(images, bands).to(self.dtype)

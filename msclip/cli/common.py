@@ -70,9 +70,12 @@ __all__ = [
     "check_checkpoint",
     "config_flags_note",
     "config_from_namespace",
+    "device_arg",
     "encode_query_set",
     "error_line",
     "exit_process",
+    "exit_status_epilog",
+    "finish_parser",
     "flag_hint",
     "flag_wording",
     "fraction",
@@ -181,6 +184,12 @@ def seed_int(text: str) -> int:
     return value
 
 
+def device_arg(text: str) -> str | None:
+    """argparse type: a torch device name; ``auto`` (as in ``msclip-train`` and
+    ``msclip-finetune``) is ``None``, the device the run picks (a GPU where torch sees one)."""
+    return None if text.strip().lower() == "auto" else text
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     value = _number(float, text, "a number in [0, 1]")
@@ -198,12 +207,71 @@ def seconds(text: str) -> float:
 
 
 # -- flags ----------------------------------------------------------------------------------------
+#: What exit status 1 means in each program (``None``: the program has no such status).
+PARTIAL_MEANING: dict[str, str | None] = {
+    "msclip-inference": "the run finished, but some inputs failed and were reported (unreadable "
+    "images or tiles; also when no input could be used at all)",
+    "msclip-index": "the run finished, but some inputs failed and were reported (unreadable "
+    "images or tiles; also when no input could be used at all)",
+    "msclip-evaluation": "the run finished, but a dataset failed or unreadable samples were left "
+    "out (named in the records and report.md)",
+    "msclip-train": "training failed after it started (too many bad samples, a failed step)",
+    "msclip-finetune": "the run finished, but some images could not be read or had fewer valid "
+    "pixels than --min-valid (named, skipped, counted)",
+    "msclip-scenes": None,
+}
+
+
+def exit_status_epilog(prog: str) -> str:
+    """The end of a program's ``--help``: its exit statuses (the table of this module's
+    docstring, in the words of that program)."""
+    partial = PARTIAL_MEANING.get(prog.split()[0], PARTIAL_MEANING["msclip-inference"])
+    one = f"; 1 {partial}" if partial else ""
+    return (
+        f"exit status: 0 success{one}; 2 bad flags or input (missing or unusable files or "
+        "models, an output that cannot be written), said before any work where it can be; "
+        "70 internal error (a defect, with its traceback); 130 interrupted (Ctrl-C); 141 the "
+        "reader of the output went away; 143 terminated (SIGTERM). The same for every msclip "
+        "program: see docs/inference.md, 'Bad input and exit status'."
+    )
+
+
+def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a program's parser what every msclip program has: ``--version`` and its exit
+    statuses at the end of ``--help`` (and of each subcommand's ``--help``). Returns ``p``."""
+    from msclip._version import __version__
+
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"{p.prog.split()[0]} (msclip) {__version__}",
+        help="print the program's version and exit",
+    )
+    parsers = [p]
+    while parsers:
+        parser = parsers.pop()
+        parser.epilog = exit_status_epilog(parser.prog)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+                # a subcommand's --help opens with what the program's --help says of it
+                for choice in action._choices_actions:
+                    sub = action.choices[choice.dest]
+                    if sub.description is None and choice.help:
+                        sub.description = choice.help[0].upper() + choice.help[1:] + "."
+    return p
+
+
 def add_model_args(
-    p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
+    p: argparse.ArgumentParser,
+    default_model: str | None = DEFAULT_MODEL,
+    inputs: bool = True,
+    subsets: bool = False,
 ) -> Any:
     """``--model-name``, ``--ckpt-path``, ``--pretrained/--no-pretrained``, seed, device,
     precision and, with ``inputs``, the input-band flags (``--bands``, ``--sensor``,
-    ``--layout``). Returns the argument group, for program-specific model flags."""
+    ``--layout``); ``subsets``: the seed also draws the program's random subsets. Returns the
+    argument group, for program-specific model flags."""
     g = p.add_argument_group("model")
     default = f"default {default_model}, or" if default_model else "or"
     g.add_argument(
@@ -223,13 +291,15 @@ def add_model_args(
         "--seed",
         type=seed_int,
         default=0,
-        help="random seed of the run (random weights with --no-pretrained, random subsets; "
-        "default 0)",
+        help="random seed of the run (random weights with --no-pretrained"
+        + (", random subsets" if subsets else "")
+        + "; default 0)",
     )
     g.add_argument(
         "--device",
+        type=device_arg,
         default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
+        help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:1 ...",
     )
     g.add_argument(
         "--precision",
@@ -244,6 +314,7 @@ def add_model_args(
         return g
     g.add_argument(
         "--bands",
+        "--input-bands",  # the spelling of msclip-train and msclip-finetune
         nargs="+",
         default=None,
         help="band names of the input files' channels when the files do not name "
@@ -996,7 +1067,11 @@ def encode_query_set(
 
 # -- run configurations (dataclasses) as flags ----------------------------------------------------
 def add_dataclass_args(
-    parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser | Any,
+    cls: type,
+    skip: Sequence[str] = (),
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    bare: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """One kebab-case flag per field of the run-configuration dataclass ``cls``.
 
@@ -1009,6 +1084,9 @@ def add_dataclass_args(
         parser: a parser or argument group.
         cls: the dataclass.
         skip: fields that get no flag.
+        aliases: field name -> further flags that set it (the spelling the other msclip
+            programs use for the same option).
+        bare: field name -> the value its flag takes when given without one.
 
     Returns:
         Field name -> flag (for :func:`run_cli`'s hints).
@@ -1026,6 +1104,7 @@ def add_dataclass_args(
             continue
         flag = "--" + f.name.replace("_", "-")
         flags[f.name] = flag
+        names = [flag, *(aliases or {}).get(f.name, ())]
         tp, optional = unwrap_optional(hints[f.name])
         default = getattr(defaults, f.name)
         shown = list(default) if isinstance(default, tuple) else default
@@ -1034,15 +1113,19 @@ def add_dataclass_args(
             help_text += f" (default: {shown!r})"
         origin = typing.get_origin(tp)
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=help_text)
         elif origin is tuple and Ellipsis not in typing.get_args(tp):
-            parser.add_argument(flag, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
+            parser.add_argument(*names, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
         elif origin in (list, tuple):
             parser.add_argument(
-                flag, nargs="*" if not optional else "+", metavar="V", help=help_text
+                *names, nargs="*" if not optional else "+", metavar="V", help=help_text
+            )
+        elif bare and f.name in bare:
+            parser.add_argument(
+                *names, nargs="?", const=bare[f.name], metavar=f.name.upper(), help=help_text
             )
         else:
-            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*names, metavar=f.name.upper(), help=help_text)
     return flags
 
 

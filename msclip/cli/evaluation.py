@@ -40,6 +40,7 @@ from msclip.cli.common import (
     UsageError,
     add_model_args,
     add_text_cache_args,
+    finish_parser,
     flag_hint,
     model_from_args,
     no_pretrained_with_file,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON record per (model, dataset) and merges all records into CSV and Markdown reports.",
     )
     # Datasets name their own bands, so the input-band flags of inference do not apply here.
-    m = add_model_args(p, default_model=None, inputs=False)
+    m = add_model_args(p, default_model=None, inputs=False, subsets=True)
     m.add_argument(
         "--model-label",
         default=None,
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "results on stdout remain",
     )
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    return p
+    return finish_parser(p)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -53,6 +53,7 @@ from msclip.cli.common import (
     add_dataclass_args,
     config_flags_note,
     config_from_namespace,
+    finish_parser,
     plural,
     run_cli,
     status,
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="msclip-finetune",
         description="Probes (kNN, logistic, ridge, linear, text-initialised) on cached frozen "
         "features and fine-tuning of the image tower (LoRA, last-n, full, scratch) on labelled "
-        "images: a benchmark dataset, a CSV table or a folder per class.",
+        "images: a benchmark dataset, a CSV table or a folder per class. 'msclip-finetune grid "
+        "...' runs every decoder x encoder mode of a dense task (see msclip-finetune grid "
+        "--help).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", help="YAML file of options (flags override it)")
@@ -78,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    add_dataclass_args(p, FinetuneRunConfig)
-    return p
+    # --bands: the spelling of msclip-inference and msclip-index for the same names
+    add_dataclass_args(p, FinetuneRunConfig, aliases={"input_bands": ["--bands"]})
+    return finish_parser(p)
 
 
 def build_grid_parser() -> argparse.ArgumentParser:

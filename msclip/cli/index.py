@@ -49,6 +49,7 @@ from msclip.cli.common import (
     check_checkpoint,
     encode_query_set,
     failure_summary,
+    finish_parser,
     image_options,
     large_refusal,
     load_model,
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("index", help="index directory")
     i.add_argument("--json", action="store_true", help="print the full description as JSON")
-    return p
+    return finish_parser(p)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

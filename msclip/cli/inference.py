@@ -49,6 +49,7 @@ from msclip.cli.common import (
     check_checkpoint,
     encode_query_set,
     failure_summary,
+    finish_parser,
     flag_wording,
     fraction,
     image_options,
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dense: pixels shared by neighbouring tiles (default a quarter of a tile)",
     )
     add_run_args(p)
-    return p
+    return finish_parser(p)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

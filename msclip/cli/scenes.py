@@ -22,6 +22,7 @@ from typing import NoReturn
 from msclip.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    finish_parser,
     fraction,
     parse_subcommand_args,
     plural,
@@ -40,9 +41,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
+#: The output folder's flag, and the spelling of msclip-train and msclip-finetune.
+OUT = ("--out", "--output-dir")
+
+
 def _add_dataset_args(parser: argparse.ArgumentParser, n_per_class: int) -> None:
     """``--out``, ``--n-per-class``, ``--size`` and ``--seed`` of the tile-dataset commands."""
-    parser.add_argument("--out", required=True, type=Path, help="dataset root folder")
+    parser.add_argument(*OUT, required=True, type=Path, help="dataset root folder")
     parser.add_argument("--n-per-class", type=positive_int, default=n_per_class,
                         help=f"tiles per class (default {n_per_class})")  # fmt: skip
     parser.add_argument(
@@ -66,7 +71,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "examples", help="write the shipped sample tiles (flat folder + captions.csv)"
     )
-    ex.add_argument("--out", required=True, type=Path, help="output folder")
+    ex.add_argument(*OUT, required=True, type=Path, help="output folder")
     ex.add_argument("--n", type=positive_int, default=16, help="number of tiles (default 16)")
     ex.add_argument(
         "--size", type=positive_int, default=128, help="tile side in pixels (default 128)"
@@ -98,7 +103,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
         help="write one large scene of several land-cover regions with its label and target "
         "rasters (same layout as dense, split test)",
     )
-    sc.add_argument("--out", required=True, type=Path, help="output root folder")
+    sc.add_argument(*OUT, required=True, type=Path, help="output root folder")
     sc.add_argument(
         "--size", type=positive_int, default=1024, help="scene side in pixels (default 1024)"
     )
@@ -107,7 +112,7 @@ def build_parser(prog: str = "msclip-scenes") -> argparse.ArgumentParser:
                     help="typical side of a land-cover region in pixels (default 128)")  # fmt: skip
     sc.add_argument("--name", default="scene", help="file stem of the rasters (default scene)")
     sub.add_parser("classes", help="list the classes, their synonyms and spectral sources")
-    return parser
+    return finish_parser(parser)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

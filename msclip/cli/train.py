@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from msclip.cli.common import (
     EXIT_PARTIAL,
@@ -26,10 +27,11 @@ from msclip.cli.common import (
     add_dataclass_args,
     config_flags_note,
     config_from_namespace,
+    finish_parser,
     run_cli,
     setup_logging,
 )
-from msclip.errors import BadSampleError, ConfigError, WeightsNotFoundError
+from msclip.errors import BadSampleError, ConfigError, OutputPathError, WeightsNotFoundError
 from msclip.train.config import TrainConfig
 
 __all__ = ["build_arg_parser", "config_from_args", "main"]
@@ -37,9 +39,34 @@ __all__ = ["build_arg_parser", "config_from_args", "main"]
 logger = logging.getLogger(__name__)
 
 
+#: Flags of the other msclip programs -> how this program says the same.
+OTHER_PROGRAMS_FLAGS = {
+    "--model-name": "--model names the architecture here, and --init its weights",
+    "--ckpt-path": "--init takes the checkpoint file here",
+    "--pretrained": "--init pretrained loads the model's published weights here",
+    "--no-pretrained": "--init random gives random weights here (the default)",
+    "--save-path": "--output-dir is the folder of the run's files here",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of a flag of another msclip program says this
+    program's spelling of it."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            given = {a.split("=", 1)[0] for a in message.split(":", 1)[1].split()}
+            hints = [
+                f"{flag}: {text}" for flag, text in OTHER_PROGRAMS_FLAGS.items() if flag in given
+            ]
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
 def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
     """Argument parser with one kebab-case flag per :class:`TrainConfig` option."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Contrastive (continual) pretraining of a multispectral CLIP model on "
         "image-caption pairs; one process or many (torchrun).",
@@ -51,8 +78,20 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective configuration as YAML and exit",
     )
-    add_dataclass_args(parser, TrainConfig)
-    return parser
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars or training log lines (--progress off); errors, warnings about "
+        "inputs left out and the final summary on stdout remain",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    # --workers: the spelling of msclip-inference, -evaluation, -index and -finetune; a bare
+    # --resume continues the run in --output-dir, as msclip-finetune's --resume does
+    add_dataclass_args(
+        parser, TrainConfig, aliases={"num_workers": ["--workers"]}, bare={"resume": "latest"}
+    )
+    return finish_parser(parser)
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -61,12 +100,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bo
     Returns:
         The config (not yet validated) and whether ``--print-config`` was given.
     """
-    parser = build_arg_parser()
-    ns = vars(parser.parse_args(argv))
-    yaml_path = ns.pop("config", None)
-    print_config = bool(ns.pop("print_config", False))
-    cfg = config_from_namespace(TrainConfig(), ns, yaml_path)
-    return cfg, print_config
+    args = _parse(list(argv) if argv is not None else None)
+    return args.cfg, args.print_config
 
 
 class _TrainFormatter(logging.Formatter):
@@ -90,13 +125,22 @@ def _logging(args: argparse.Namespace) -> Callable[[], None]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"[rank {rank}] " if world > 1 else ""
     return setup_logging(
-        level=logging.INFO if rank == 0 else logging.WARNING, formatter=_TrainFormatter(prefix)
+        verbose=getattr(args, "verbose", False),
+        quiet=getattr(args, "quiet", False),
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        formatter=_TrainFormatter(prefix),
     )
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    cfg, print_config = config_from_args(argv)
-    return argparse.Namespace(cfg=cfg, print_config=print_config)
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The config (defaults < ``--config`` < flags) and the program's own flags."""
+    ns = vars(build_arg_parser().parse_args(argv))
+    yaml_path = ns.pop("config", None)
+    program = {k: bool(ns.pop(k, False)) for k in ("print_config", "quiet", "verbose")}
+    cfg = config_from_namespace(TrainConfig(), ns, yaml_path)
+    if program["quiet"]:
+        cfg.progress = False
+    return argparse.Namespace(cfg=cfg, **program)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,8 +186,9 @@ def _error_status(err: BaseException) -> int:
     # weights that are not there (offline without the file) are a usage error, as in every
     # msclip program: the fix is a download and --init, before any step is trained; so is a
     # pair table that cannot be used (unreadable, no usable pair, too few to split off a
-    # validation set), found before the first step
-    usage = (ConfigError, WeightsNotFoundError, BadSampleError)
+    # validation set), found before the first step; and an output folder that cannot be written,
+    # a usage error in every msclip program
+    usage = (ConfigError, WeightsNotFoundError, BadSampleError, OutputPathError)
     return EXIT_USAGE if isinstance(err, usage) else EXIT_PARTIAL
 
 

@@ -195,7 +195,10 @@ class FinetuneRunConfig:
             "fp32 where the image tower or a dense decoder trains), fp32 or bf16"
         ),
     )
-    device: str | None = field(default=None, metadata=_help("cpu, cuda ... (default: auto)"))
+    device: str | None = field(
+        default=None,
+        metadata=_help("auto (default: cuda if available, else cpu), cpu, cuda, cuda:1 ..."),
+    )
     model_label: str | None = field(
         default=None, metadata=_help("row name in the reports (default: from the model name)")
     )

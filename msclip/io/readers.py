@@ -59,6 +59,7 @@ from msclip.errors import (
     BandError,
     DescribedBandsWarning,
     GenericBandNamesWarning,
+    ImageTypeError,
     LayoutError,
     RasterReadError,
     RasterTooLargeError,
@@ -1351,7 +1352,7 @@ def read_raster(
             if hasattr(path, "shape")
             else ""
         )
-        raise TypeError(
+        raise ImageTypeError(
             f"path must be the path of an image file (str or os.PathLike), got "
             f"{type(path).__name__}{hint}"
         )

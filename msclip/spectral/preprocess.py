@@ -34,6 +34,7 @@ from msclip.errors import (
     BandCoverageWarning,
     BandError,
     ImageTypeError,
+    InvalidArgumentError,
     NodataFillWarning,
     RasterSizeError,
     SmallRasterWarning,
@@ -140,7 +141,7 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     if (s == 0).any():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"std evaluated to zero after conversion to {x.dtype}, leading to division by zero."
         )
     return x.sub(m).div(s)
@@ -202,9 +203,12 @@ class SpectralPreprocess:
         if missing:
             raise BandError(f"no mean/std given for model bands {missing}")
         if resize_mode not in ("shortest", "squash"):
-            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
+            raise InvalidArgumentError(
+                f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}",
+                param="resize_mode",
+            )
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}"
             )
         self.mean = {k: float(v) for k, v in mean.items()}

@@ -266,7 +266,9 @@ class TrainConfig:
     )
     resume: str | None = field(
         default=None,
-        metadata=_help("training checkpoint to continue, or 'latest' (of --output-dir)"),
+        metadata=_help(
+            "training checkpoint to continue, or 'latest' (of --output-dir; also --resume alone)"
+        ),
     )
     log_every: int = field(default=10, metadata=_help("log training metrics every N steps"))
     progress: bool = field(default=True, metadata=_help("tqdm progress bars (first process only)"))

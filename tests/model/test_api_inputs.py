@@ -309,3 +309,39 @@ def test_weights_edited_through_data_are_used_once_said(precision):
     assert m.checkpoint_sha256 != before
     fresh.weights_edited()  # its identity, taken when it was made, is of the old weights too
     assert m.checkpoint_sha256 == fresh.checkpoint_sha256
+
+
+def test_wrong_types_and_values_are_msclip_errors_of_the_builtin_kind(tiny):
+    """``except msclip.MSCLIPError`` catches what the public API raises on bad arguments, and
+    ``except TypeError`` / ``except ValueError`` still do (plain builtins escaped the first)."""
+    from msclip.errors import ImageTypeError, InputTypeError, InvalidArgumentError
+
+    def raised(call) -> BaseException:
+        with pytest.raises(msclip.MSCLIPError) as info:
+            call()
+        return info.value
+
+    images = torch.zeros(1, len(tiny.bands), tiny.image_size, tiny.image_size)
+    wrong_type = [
+        lambda: msclip.create_model(123),
+        lambda: msclip.create_model("msclip-tiny", pretrained=1.5),
+        lambda: msclip.create_model("msclip-tiny", seed="7"),
+        lambda: tiny.encode_text("a forest"),
+        lambda: msclip.read_raster(np.zeros((3, 8, 8))),
+    ]
+    for call in wrong_type:
+        assert isinstance(raised(call), (InputTypeError, TypeError))
+    assert isinstance(raised(lambda: tiny.encode_image(images.numpy())), ImageTypeError)
+    wrong_value = [
+        lambda: msclip.create_model("msclip-tiny", seed=2**70),
+        lambda: msclip.create_model("msclip-tiny", pretrained=True, seed=1),
+        lambda: tiny.forward_intermediates(images, pool="max"),
+        lambda: tiny.forward_features(images, layers=[99]),
+        lambda: tiny.block_indices([99]),
+        lambda: msclip.SpectralPreprocess(["B04"], {"B04": 0.1}, {"B04": 0.1}, resize_mode="x"),
+        lambda: msclip.SpectralPreprocess(["B04"], {"B04": 0.1}, {"B04": 0.1}, interpolation="x"),
+    ]
+    for call in wrong_value:
+        err = raised(call)
+        assert isinstance(err, InvalidArgumentError) and isinstance(err, ValueError), err
+    assert isinstance(raised(lambda: tiny.forward_intermediates(images[..., :-1])), LayoutError)
