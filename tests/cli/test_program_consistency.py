@@ -210,4 +210,6 @@ def test_the_seed_help_names_random_subsets_only_where_the_program_draws_them():
     assert "random subsets" in seed_help(evaluation.build_parser())  # --max-samples
     search = index.build_parser()._subparsers._group_actions[0].choices["search"]
     for p in (inference.build_parser(), search):
-        assert seed_help(p) == "random seed of the run (random weights with --no-pretrained)"
+        assert seed_help(p) == (
+            "random seed of the run (random weights with --no-pretrained; default 0)"
+        )
