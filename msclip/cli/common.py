@@ -197,6 +197,25 @@ def seconds(text: str) -> float:
     return value
 
 
+class BandNames(argparse.Action):
+    """``--bands``: the names as separate words, or in one value separated by commas or spaces
+    (``--bands B02,B03,B04,B08``, ``--bands "B02 B03"``). No band name holds either, and a band
+    name is read from a value's first word (as a file's description ``B4, central wavelength
+    665 nm`` names B04): ``B02,B03,B04,B08`` would otherwise be the one band B02."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
+        if not names:
+            parser.error(f"argument {option_string}: no band names in {values}")
+        setattr(namespace, self.dest, names)
+
+
 # -- flags ----------------------------------------------------------------------------------------
 def add_model_args(
     p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL, inputs: bool = True
@@ -244,9 +263,10 @@ def add_model_args(
     g.add_argument(
         "--bands",
         nargs="+",
+        action=BandNames,
         default=None,
         help="band names of the input files' channels when the files do not name "
-        "them (e.g. B02 B03 B04 B08)",
+        "them (e.g. B02 B03 B04 B08, or B02,B03,B04,B08)",
     )
     g.add_argument("--sensor", default=None, help="sensor whose local band names apply")
     g.add_argument(

@@ -677,3 +677,38 @@ def test_warnings_of_a_run_name_flags_not_library_arguments():
     text = fmt.format(record(logging.WARNING, "x.tif: Name the bands (bands=['B02', 'B03'])."))
     assert text == "warning: x.tif: Name the bands (--bands B02 B03)."
     assert "bands=['B02']" in fmt.format(record(logging.INFO, "bands=['B02']"))
+
+
+@pytest.mark.parametrize(
+    "given, names",
+    [
+        (["forest,", "river,", "sea"], ["forest", "river", "sea"]),  # typed: forest, river, sea
+        (["forest", ",", "sea"], ["forest", "sea"]),  # typed: forest , sea
+        (["forest,river,sea"], ["forest", "river", "sea"]),  # one value: split at its commas
+        (["Beaches, dunes, sands", "forest"], ["Beaches, dunes, sands", "forest"]),
+    ],
+)
+def test_commas_between_class_names_separate_them(given, names):
+    """The commas a user types between names (``--class-names forest, river, sea``) are not
+    part of the names: the prompts would say 'forest,'."""
+    args = cli.parse_args(["--run-classification", "--images", "x", "--class-names", *given])
+    assert args.class_names == names
+
+
+def test_class_names_given_twice_are_all_kept():
+    args = cli.parse_args(["--run-classification", "--images", "x",
+                           "--class-names", "forest", "river", "--class-names", "sea"])  # fmt: skip
+    assert args.class_names == ["forest", "river", "sea"]
+
+
+@pytest.mark.parametrize(
+    "given", [["B02,B03,B04,B08"], ["B02, B03,", "B04", "B08"], ["B02 B03 B04 B08"]]
+)
+def test_band_names_separated_by_commas_or_spaces_are_each_a_band(given, tiles, tmp_path):
+    """``--bands B02,B03,B04,B08`` names four bands; it was read as the one band B02 (a band
+    name is a value's first word), and a 4-band file was refused for '1 band names'."""
+    args = cli.parse_args([*_classify_ab(tmp_path / "o.csv", tiles[0]), "--bands", *given])
+    assert args.bands == ["B02", "B03", "B04", "B08"]
+    msclip.write_geotiff(tmp_path / "rgbn.tif", np.full((4, 32, 32), 900, dtype="uint16"))
+    assert main([*_classify_ab(tmp_path / "o.csv", tmp_path / "rgbn.tif"), "--bands", *given]) == 0
+    assert pd.read_csv(tmp_path / "o.csv")["status"].tolist() == ["ok"]
