@@ -135,6 +135,14 @@ def template_set_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def _placeholder_fix(template: str) -> str:
+    """How to mark the class name in a template that lacks ``{c}``: OpenAI CLIP's and
+    open_clip's ``'a photo of a {}.'`` (``str.format``) marks it with ``{}``."""
+    if "{}" in template:
+        return f"write {{c}} for {{}} ({template.replace('{}', '{c}')!r})"
+    return "write {c} where the class name goes"
+
+
 def _parse_templates(text: str, where: str) -> list[str]:
     templates = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -144,7 +152,7 @@ def _parse_templates(text: str, where: str) -> list[str]:
         if "{c}" not in line:
             raise TemplateError(
                 f"{where}, line {lineno}: template {line!r} has no '{{c}}' placeholder; "
-                "write one template per line with {c} where the class name goes"
+                f"{_placeholder_fix(line)}, one template per line"
             )
         templates.append(line)
     if not templates:
@@ -559,9 +567,20 @@ def build_classifier(
     templates = list(templates)
     if not templates:
         raise TemplateError("no templates given")
+    if not all(isinstance(t, str) for t in templates):
+        # open_clip's template functions (lambda c: f"a photo of {c}.") give the text with the
+        # name at its place when called with the placeholder itself
+        odd = next(t for t in templates if not isinstance(t, str))
+        raise TemplateError(
+            f"templates must be strings containing {{c}}, got a {type(odd).__name__}; "
+            "for template functions such as open_clip's (lambda c: f'a photo of {c}.') pass "
+            "[t('{c}') for t in templates]"
+        )
     bad = [t for t in templates if "{c}" not in t]
     if bad:
-        raise TemplateError(f"templates without the '{{c}}' placeholder: {bad[:3]}")
+        raise TemplateError(
+            f"templates without the '{{c}}' placeholder: {bad[:3]}; {_placeholder_fix(bad[0])}"
+        )
     prompts = [p for n in names for p in format_prompts(n, templates, normalize_names)]
     emb = encode_texts(model, tokenizer, prompts, cache, batch_size, progress)
     emb = F.normalize(emb, dim=-1).view(len(names), len(templates), -1)

@@ -79,6 +79,12 @@ def test_template_errors(tmp_path):
     empty.write_text("\n# only a comment\n")
     with pytest.raises(TemplateError, match="no templates"):
         load_templates(empty)
+    braces = tmp_path / "openai.txt"  # OpenAI CLIP's and open_clip's str.format templates
+    braces.write_text("a satellite photo of {}.\n")
+    with pytest.raises(
+        TemplateError, match=r"write \{c\} for \{\} \('a satellite photo of \{c\}.'\)"
+    ):
+        load_templates(braces)
 
 
 # -- class names --------------------------------------------------------------------------------
@@ -177,6 +183,16 @@ def test_build_classifier_matches_published_recipe(tiny):
     # one template given as a string: said so, not split into its characters
     with pytest.raises(TemplateError, match=r"got the single string 'a photo of \{c\}'"):
         build_classifier(model, tokenizer, names, "a photo of {c}")
+    # open_clip's templates: functions, or str.format strings with {} (each said with its fix)
+    with pytest.raises(TemplateError, match=r"got a function; .* pass \[t\('\{c\}'\) for t"):
+        build_classifier(model, tokenizer, names, [lambda c: f"a photo of {c}."])
+    with pytest.raises(TemplateError, match=r"write \{c\} for \{\} \('a photo of \{c\}.'\)"):
+        build_classifier(model, tokenizer, names, ["a photo of {}."])
+    lambdas = [lambda c: f"a photo of {c}.", lambda c: f"{c} from orbit"]
+    torch.testing.assert_close(
+        build_classifier(model, tokenizer, names, [t("{c}") for t in lambdas]),
+        build_classifier(model, tokenizer, names, ["a photo of {c}.", "{c} from orbit"]),
+    )
 
 
 def test_cache_skips_text_tower(tiny, tmp_path, monkeypatch):
