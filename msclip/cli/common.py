@@ -917,7 +917,8 @@ def text_cache_for(args: argparse.Namespace, model: Any) -> Any:
 
 # -- queries (retrieval and index search) -------------------------------------------------------
 def read_queries(args: argparse.Namespace) -> list[str]:
-    """Text queries from ``--query`` and ``--queries-file`` (one per line), without duplicates."""
+    """Text queries from ``--query`` and ``--queries-file`` (one per line; blank lines and lines
+    starting with ``#`` skipped, as in msclip's other text lists), without duplicates."""
     queries = list(args.query or [])
     if args.queries_file:
         p = Path(args.queries_file).expanduser()
@@ -930,7 +931,8 @@ def read_queries(args: argparse.Namespace) -> list[str]:
                 f"queries file {p} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
                 "as UTF-8 (--queries-file)"
             ) from None
-        from_file = [q.strip() for q in text.splitlines() if q.strip()]
+        lines = (q.strip() for q in text.splitlines())
+        from_file = [q for q in lines if q and not q.startswith("#")]
         if not from_file:
             raise UsageError(f"queries file {p} holds no query (one per line) (--queries-file)")
         queries += from_file

@@ -419,7 +419,7 @@ def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, caps
 
 def test_queries_file(tiles, tmp_path):
     qf = tmp_path / "q.txt"
-    qf.write_text("a forest\n\na lake\n")
+    qf.write_text("# queries of the run\na forest\n\n  # lakes\na lake\n")  # comments: no query
     out = tmp_path / "r.csv"
     rc = main(
         [
