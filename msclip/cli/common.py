@@ -1481,6 +1481,7 @@ _ARGUMENT_FORMS = (
      lambda m: "--bands " + " ".join(re.findall(r"[^\s,'\"]+", m.group(1)))),
     (re.compile(r"\blayout=['\"]?(CHW|HWC)['\"]?"), lambda m: f"--layout {m.group(1)}"),
     (re.compile(r"\bsensor=['\"]?([\w-]+)['\"]?"), lambda m: f"--sensor {m.group(1)}"),
+    (re.compile(r"\bnodata=(-?[\d.]+(?:e[-+]?\d+)?)"), lambda m: f"--nodata {m.group(1)}"),
 )  # fmt: skip
 _RANDOM_WEIGHTS = re.compile(r"\bpretrained=(None|False)\b")
 

@@ -712,3 +712,19 @@ def test_band_names_separated_by_commas_or_spaces_are_each_a_band(given, tiles, 
     msclip.write_geotiff(tmp_path / "rgbn.tif", np.full((4, 32, 32), 900, dtype="uint16"))
     assert main([*_classify_ab(tmp_path / "o.csv", tmp_path / "rgbn.tif"), "--bands", *given]) == 0
     assert pd.read_csv(tmp_path / "o.csv")["status"].tolist() == ["ok"]
+
+
+def test_fill_without_a_declared_nodata_is_said_under_quiet_with_the_flag(tmp_path, capsys):
+    """A tile whose edge is 0 in every band and whose file declares no nodata value: scored as
+    data (valid_fraction 1) without a word; the run now says so, naming --nodata."""
+    data = np.random.default_rng(0).integers(100, 4000, (12, 32, 32)).astype("uint16")
+    data[:, :, :8] = 0
+    msclip.write_geotiff(tmp_path / "edge.tif", data)  # no nodata tag
+    out = tmp_path / "o.csv"
+    assert main(_classify_ab(out, tmp_path / "edge.tif")) == 0
+    err = capsys.readouterr().err
+    assert "pixels holding 0 in every band were read as data" in err and "--nodata 0 " in err, err
+    assert pd.read_csv(out)["valid_fraction"].tolist() == [1]
+    assert main([*_classify_ab(out, tmp_path / "edge.tif"), "--nodata", "0"]) == 0
+    assert "read as data" not in capsys.readouterr().err
+    assert pd.read_csv(out)["valid_fraction"].tolist() == [0.75]
