@@ -81,6 +81,7 @@ __all__ = [
     "TemplatesNotShippedError",
     "TilingError",
     "TooManyBadSamplesError",
+    "UndeclaredNodataWarning",
     "UnknownBandError",
     "UnknownClassError",
     "UnknownDatasetError",
@@ -346,6 +347,14 @@ class OutOfRangeBandWarning(MSCLIPWarning):
 
 class NodataFillWarning(MSCLIPWarning):
     """Nodata or NaN pixels were filled with the band mean."""
+
+
+class UndeclaredNodataWarning(MSCLIPWarning):
+    """Reflectance data that declares no nodata value holds, in many pixels, one value in every
+    band that no surface gives in all bands at once (0, a negative fill such as -9999, the
+    integer type's largest): such pixels were read as data."""
+
+    shown_when_quiet = True
 
 
 class SmallRasterWarning(MSCLIPWarning):

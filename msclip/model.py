@@ -595,6 +595,15 @@ class MSCLIP(nn.Module):
                 "preprocess arrays or files with model.preprocess() first"
             )
         if not images.is_floating_point():
+            if images.dtype == torch.long and images.shape[-1:] == (self.context_length,):
+                # a path given to the tokenizer: open_clip's `model, _, preprocess = ...` unpacks
+                # msclip's (model, preprocess, tokenizer) with the tokenizer as preprocess
+                from msclip.tokenizer import UNPACKING_HINT
+
+                raise LayoutError(
+                    f"images must be preprocessed float tensors, got token ids (int64, shape "
+                    f"{tuple(images.shape)}): the tokenizer made them; {UNPACKING_HINT}"
+                )
             # raw digital numbers or masks: the tower reads normalised float values
             raise LayoutError(
                 f"images must be preprocessed float tensors, got {images.dtype}: raw values "

@@ -27,7 +27,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CLIPTokenizer", "default_bpe_path"]
+__all__ = ["UNPACKING_HINT", "CLIPTokenizer", "default_bpe_path"]
+
+#: The fix for an image given to the tokenizer: open_clip's idiom
+#: ``model, _, preprocess = open_clip.create_model_and_transforms(...)`` takes msclip's tokenizer
+#: for the image transform.
+UNPACKING_HINT = (
+    "msclip.create_model_and_transforms returns (model, preprocess, tokenizer), where "
+    "open_clip's returns (model, preprocess_train, preprocess): unpack it as "
+    "model, preprocess, tokenizer = ..."
+)
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _N_MERGES = 49152 - 256 - 2
@@ -217,9 +226,23 @@ class CLIPTokenizer:
     def __call__(
         self, texts: str | Sequence[str], context_length: int | None = None
     ) -> torch.Tensor:
-        """Token ids ``[N, context_length]`` of one text or a list of texts."""
-        if isinstance(texts, str):
-            texts = [texts]
+        """Token ids ``[N, context_length]`` of one text or a list of texts.
+
+        Raises:
+            TypeError: something other than texts (an image, an array, a file path object).
+        """
+        given = texts
+        try:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+        except TypeError:  # not iterable: an image, a Raster
+            texts = [given]  # type: ignore[list-item]
+        odd = next((t for t in texts if not isinstance(t, str)), None)
+        if odd is not None:
+            raise TypeError(
+                f"the tokenizer takes a text or a list of texts, got {type(given).__name__}"
+                + (f" of {type(odd).__name__}" if odd is not given else "")
+                + f"; an image goes through preprocess: {UNPACKING_HINT}"
+            )
         n = int(context_length or self.context_length)
         result = torch.zeros(len(texts), n, dtype=torch.long)
         for i, text in enumerate(texts):

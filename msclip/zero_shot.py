@@ -135,6 +135,14 @@ def template_set_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def _placeholder_fix(template: str) -> str:
+    """How to mark the class name in a template that lacks ``{c}``: OpenAI CLIP's and
+    open_clip's ``'a photo of a {}.'`` (``str.format``) marks it with ``{}``."""
+    if "{}" in template:
+        return f"write {{c}} for {{}} ({template.replace('{}', '{c}')!r})"
+    return "write {c} where the class name goes"
+
+
 def _parse_templates(text: str, where: str) -> list[str]:
     templates = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -144,7 +152,7 @@ def _parse_templates(text: str, where: str) -> list[str]:
         if "{c}" not in line:
             raise TemplateError(
                 f"{where}, line {lineno}: template {line!r} has no '{{c}}' placeholder; "
-                "write one template per line with {c} where the class name goes"
+                f"{_placeholder_fix(line)}, one template per line"
             )
         templates.append(line)
     if not templates:
@@ -310,7 +318,7 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     if suffix == ".csv":
         return _names_from_csv(text, p)
     if suffix in (".txt", ""):
-        return [name for _, name in parse_class_lines(text, str(p))]
+        return _class_names_of(parse_class_lines(text, str(p)), p)
     raise ClassNameError(f"classes file {p} must be .txt or .csv (one name per line) or .yaml/.yml")
 
 
@@ -353,8 +361,20 @@ def _names_from_csv(text: str, where: Path) -> list[str]:
                 "'label = name' lines in a .txt file"
             )
         if fields:
-            names += [name for _, name in parse_class_lines(fields[0], str(where))]
+            names += _class_names_of(parse_class_lines(fields[0], str(where)), where)
     return names
+
+
+def _class_names_of(rows: Sequence[tuple[str, str]], where: Path) -> list[str]:
+    """The names of a classes file's ``(label, name)`` rows; a ``label =`` line names no class
+    (a mapping file may map a label to nothing, a classes file may not)."""
+    empty = [label for label, name in rows if not name]
+    if empty:
+        raise ClassNameError(
+            f"{where}: the line {empty[0] + ' ='!r} names no class after '='; write "
+            f"'{empty[0]} = <the name the prompts say>', or the name alone"
+        )
+    return [name for _, name in rows]
 
 
 def _names_from_yaml(obj: Any, where: Path) -> list[str]:
@@ -367,21 +387,34 @@ def _names_from_yaml(obj: Any, where: Path) -> list[str]:
         except (TypeError, ValueError):
             items = None
         if items is not None:
-            return [_yaml_name(v, where) for _, v in items]
-    if isinstance(obj, list) and all(isinstance(v, (str, int, float)) for v in obj):
-        return [_yaml_name(v, where) for v in obj]
+            return [_yaml_name(v, where, f"entry {k}") for k, v in items]
+    if isinstance(obj, list):
+        return [_yaml_name(v, where, f"item {i}") for i, v in enumerate(obj, start=1)]
+    if isinstance(obj, str):  # names on lines of their own, without '- ', read as one text
+        raise ClassNameError(
+            f"{where}: YAML reads the file as the one text {obj[:60]!r}; write one class per "
+            "line as '- name' (a YAML list), or name the file .txt"
+        )
     raise ClassNameError(
         f"{where}: expected a list of class names, a mapping {{index: name}}, or a mapping with "
         f"a 'classes' key; found {type(obj).__name__}"
     )
 
 
-def _yaml_name(value: Any, where: Path) -> str:
-    """A YAML class name; YAML reads yes/no/on/off unquoted as true/false, never meant here."""
+def _yaml_name(value: Any, where: Path, entry: str) -> str:
+    """A YAML class name (``entry`` says which, for an error); YAML reads yes/no/on/off unquoted
+    as true/false, never meant here, and an entry with nothing after its dash or colon as null."""
     if isinstance(value, bool):
         raise ClassNameError(
             f"{where}: a class name reads as {value} (YAML takes yes/no/on/off unquoted as "
             "true/false); quote it ('yes')"
+        )
+    if value is None:
+        raise ClassNameError(f"{where}: {entry} is empty; give it a class name, or remove it")
+    if not isinstance(value, (str, int, float)):
+        raise ClassNameError(
+            f"{where}: {entry} is a {type(value).__name__} ({value!r}), not a class name; give "
+            "one name per entry (quote a name that holds ': ' or starts with '[')"
         )
     return str(value)
 
@@ -582,9 +615,20 @@ def build_classifier(
     templates = list(templates)
     if not templates:
         raise TemplateError("no templates given")
+    if not all(isinstance(t, str) for t in templates):
+        # open_clip's template functions (lambda c: f"a photo of {c}.") give the text with the
+        # name at its place when called with the placeholder itself
+        odd = next(t for t in templates if not isinstance(t, str))
+        raise TemplateError(
+            f"templates must be strings containing {{c}}, got a {type(odd).__name__}; "
+            "for template functions such as open_clip's (lambda c: f'a photo of {c}.') pass "
+            "[t('{c}') for t in templates]"
+        )
     bad = [t for t in templates if "{c}" not in t]
     if bad:
-        raise TemplateError(f"templates without the '{{c}}' placeholder: {bad[:3]}")
+        raise TemplateError(
+            f"templates without the '{{c}}' placeholder: {bad[:3]}; {_placeholder_fix(bad[0])}"
+        )
     prompts = [p for n in names for p in format_prompts(n, templates, normalize_names)]
     emb = encode_texts(model, tokenizer, prompts, cache, batch_size, progress)
     emb = F.normalize(emb, dim=-1).view(len(names), len(templates), -1)

@@ -206,6 +206,25 @@ def seconds(text: str) -> float:
     return value
 
 
+class BandNames(argparse.Action):
+    """``--bands``: the names as separate words, or in one value separated by commas or spaces
+    (``--bands B02,B03,B04,B08``, ``--bands "B02 B03"``). No band name holds either, and a band
+    name is read from a value's first word (as a file's description ``B4, central wavelength
+    665 nm`` names B04): ``B02,B03,B04,B08`` would otherwise be the one band B02."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
+        if not names:
+            parser.error(f"argument {option_string}: no band names in {values}")
+        setattr(namespace, self.dest, names)
+
+
 # -- flags ----------------------------------------------------------------------------------------
 #: What exit status 1 means in each program (``None``: the program has no such status).
 PARTIAL_MEANING: dict[str, str | None] = {
@@ -316,9 +335,10 @@ def add_model_args(
         "--bands",
         "--input-bands",  # the spelling of msclip-train and msclip-finetune
         nargs="+",
+        action=BandNames,
         default=None,
         help="band names of the input files' channels when the files do not name "
-        "them (e.g. B02 B03 B04 B08)",
+        "them (e.g. B02 B03 B04 B08, or B02,B03,B04,B08)",
     )
     g.add_argument("--sensor", default=None, help="sensor whose local band names apply")
     g.add_argument(
@@ -969,7 +989,8 @@ def text_cache_for(args: argparse.Namespace, model: Any) -> Any:
 
 # -- queries (retrieval and index search) -------------------------------------------------------
 def read_queries(args: argparse.Namespace) -> list[str]:
-    """Text queries from ``--query`` and ``--queries-file`` (one per line), without duplicates."""
+    """Text queries from ``--query`` and ``--queries-file`` (one per line; blank lines and lines
+    starting with ``#`` skipped, as in msclip's other text lists), without duplicates."""
     queries = list(args.query or [])
     if args.queries_file:
         p = Path(args.queries_file).expanduser()
@@ -982,7 +1003,8 @@ def read_queries(args: argparse.Namespace) -> list[str]:
                 f"queries file {p} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
                 "as UTF-8 (--queries-file)"
             ) from None
-        from_file = [q.strip() for q in text.splitlines() if q.strip()]
+        lines = (q.strip() for q in text.splitlines())
+        from_file = [q for q in lines if q and not q.startswith("#")]
         if not from_file:
             raise UsageError(f"queries file {p} holds no query (one per line) (--queries-file)")
         queries += from_file
@@ -1543,6 +1565,7 @@ _ARGUMENT_FORMS = (
      lambda m: "--bands " + " ".join(re.findall(r"[^\s,'\"]+", m.group(1)))),
     (re.compile(r"\blayout=['\"]?(CHW|HWC)['\"]?"), lambda m: f"--layout {m.group(1)}"),
     (re.compile(r"\bsensor=['\"]?([\w-]+)['\"]?"), lambda m: f"--sensor {m.group(1)}"),
+    (re.compile(r"\bnodata=(-?[\d.]+(?:e[-+]?\d+)?)"), lambda m: f"--nodata {m.group(1)}"),
 )  # fmt: skip
 _RANDOM_WEIGHTS = re.compile(r"\bpretrained=(None|False)\b")
 

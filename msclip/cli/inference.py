@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--class-names",
         nargs="+",
+        action="extend",
         default=None,
         help="class names (a single comma-separated value is split at commas)",
     )
@@ -206,12 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(p)
 
 
+def _split_class_names(values: Sequence[str]) -> list[str]:
+    """The class names of ``--class-names``: one value holding commas is split at them
+    (``"forest,river,sea"``); of several values, each is a name, less the commas and spaces
+    around it, which separate names (``forest, river, sea`` reaches the program as ``forest,``
+    ``river,`` ``sea``: no class is named ``forest,``). A comma inside one of several values is
+    kept (``"Beaches, dunes, sands" forest``)."""
+    if len(values) == 1 and "," in values[0]:
+        return [n.strip() for n in values[0].split(",") if n.strip()]
+    names = [v.strip().strip(",").strip() for v in values]
+    return [n for n, v in zip(names, values) if n or "," not in v]  # a lone "," separates
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check the arguments (exits with status 2 on a usage error)."""
     p = build_parser()
     args = p.parse_args(argv)
-    if args.class_names is not None and len(args.class_names) == 1 and "," in args.class_names[0]:
-        args.class_names = [n.strip() for n in args.class_names[0].split(",") if n.strip()]
+    if args.class_names is not None:
+        args.class_names = _split_class_names(args.class_names)
     has_classes = args.class_names is not None or args.classes_file is not None
     if args.class_names is not None and args.classes_file is not None:
         p.error("give class names either with --class-names or with --classes-file, not both")

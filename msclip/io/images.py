@@ -220,10 +220,11 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
             import glob
 
             pattern = os.path.expanduser(s)
+            # a link whose target is missing is kept, as in a folder: the run names it unreadable
             found = sorted(
                 f
                 for f in glob.glob(pattern, recursive=True)
-                if Path(f).is_file() and _is_image(Path(f))
+                if (Path(f).is_file() or not os.path.exists(f)) and _is_image(Path(f))
             )
             if not found:
                 raise ImageSetError(f"pattern {s!r} matches no image files ({_extensions()})")

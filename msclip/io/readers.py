@@ -1363,6 +1363,8 @@ def read_raster(
             if any(ch in os.path.basename(p) for ch in "*?[")
             else ""
         )
+        if os.path.islink(p):  # the link is there, what it names is not (moved, unmounted)
+            hint = f" (a symbolic link to {os.readlink(p)}, which does not exist)"
         raise RasterReadError(f"image file not found: {p}{hint}")
     if os.path.isdir(p):
         raise RasterReadError(

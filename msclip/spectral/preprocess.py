@@ -38,6 +38,7 @@ from msclip.errors import (
     NodataFillWarning,
     RasterSizeError,
     SmallRasterWarning,
+    UndeclaredNodataWarning,
 )
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
@@ -107,6 +108,40 @@ def _unit_reflectance_max(values: np.ndarray | None, nodata: float | None) -> fl
         return None
     low, top = extent
     return top if 0.0 < top <= 2.0 and low >= -0.5 else None
+
+
+#: Share of an image's pixels from which one fill-like value in every band, in data that declares
+#: no nodata value, is said (:func:`_undeclared_fill`).
+UNDECLARED_FILL_SHARE = 0.01
+
+
+def _undeclared_fill(values: np.ndarray | None, nodata: float | None) -> float | None:
+    """The value that at least :data:`UNDECLARED_FILL_SHARE` of the pixels hold in every band, of
+    integer or float data of several bands that declares no nodata value, where that value is 0,
+    negative (-9999, -32768 ...) or the integer type's largest: no surface reflects so in every
+    band at once, fill does (a scene's edge, an export without its nodata tag). ``None`` when
+    there is none (8-bit pictures are not judged: a black pixel is a picture's value)."""
+    if (
+        values is None
+        or nodata is not None
+        or values.ndim != 3
+        or values.shape[0] < 2
+        or values.dtype.kind not in "iuf"
+        or values.dtype == np.uint8
+    ):
+        return None
+    first = values[0]
+    same = np.ones(first.shape, dtype=bool)
+    for band in values[1:]:  # band by band: no [C, H, W] comparison array
+        same &= band == first
+    if values.dtype.kind == "u":
+        fill = same & ((first == 0) | (first == np.iinfo(values.dtype).max))
+    else:
+        fill = same & (first <= 0)  # NaN compares false: NaN is filled anyway
+    if int(fill.sum()) < UNDECLARED_FILL_SHARE * first.size:
+        return None
+    found, counts = np.unique(first[fill], return_counts=True)
+    return float(found[counts.argmax()])
 
 
 def _float_picture_problem(values: np.ndarray | None, nodata: float | None) -> str | None:
@@ -396,6 +431,17 @@ class SpectralPreprocess:
                 f"{min(self.mean[b] for b in self.bands):.0f}-"
                 f"{max(self.mean[b] for b in self.bands):.0f}, Sentinel-2 L2A digital numbers): "
                 "multiply the values by 10000"
+            )
+        fill = _undeclared_fill(values, nodata) if self.divisor == 1.0 else None
+        if fill is not None:
+            warnings.warn(
+                f"pixels holding {fill:g} in every band were read as data: no nodata value is "
+                "declared, and no surface reflects so in every band; if they are missing pixels, "
+                "give the value the file stores there as nodata (nodata="
+                f"{fill:g} for a file that declares no scale and offset) or set it as the file's "
+                "nodata value",
+                UndeclaredNodataWarning,
+                stacklevel=3,
             )
         picture = _float_picture_problem(values, nodata) if self.divisor == 255.0 else None
         if picture is not None:

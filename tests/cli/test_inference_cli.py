@@ -419,7 +419,7 @@ def test_retrieval_text_and_image_queries(tiles, tmp_path, reference_model, caps
 
 def test_queries_file(tiles, tmp_path):
     qf = tmp_path / "q.txt"
-    qf.write_text("a forest\n\na lake\n")
+    qf.write_text("# queries of the run\na forest\n\n  # lakes\na lake\n")  # comments: no query
     out = tmp_path / "r.csv"
     rc = main(
         [
@@ -677,3 +677,54 @@ def test_warnings_of_a_run_name_flags_not_library_arguments():
     text = fmt.format(record(logging.WARNING, "x.tif: Name the bands (bands=['B02', 'B03'])."))
     assert text == "warning: x.tif: Name the bands (--bands B02 B03)."
     assert "bands=['B02']" in fmt.format(record(logging.INFO, "bands=['B02']"))
+
+
+@pytest.mark.parametrize(
+    "given, names",
+    [
+        (["forest,", "river,", "sea"], ["forest", "river", "sea"]),  # typed: forest, river, sea
+        (["forest", ",", "sea"], ["forest", "sea"]),  # typed: forest , sea
+        (["forest,river,sea"], ["forest", "river", "sea"]),  # one value: split at its commas
+        (["Beaches, dunes, sands", "forest"], ["Beaches, dunes, sands", "forest"]),
+    ],
+)
+def test_commas_between_class_names_separate_them(given, names):
+    """The commas a user types between names (``--class-names forest, river, sea``) are not
+    part of the names: the prompts would say 'forest,'."""
+    args = cli.parse_args(["--run-classification", "--images", "x", "--class-names", *given])
+    assert args.class_names == names
+
+
+def test_class_names_given_twice_are_all_kept():
+    args = cli.parse_args(["--run-classification", "--images", "x",
+                           "--class-names", "forest", "river", "--class-names", "sea"])  # fmt: skip
+    assert args.class_names == ["forest", "river", "sea"]
+
+
+@pytest.mark.parametrize(
+    "given", [["B02,B03,B04,B08"], ["B02, B03,", "B04", "B08"], ["B02 B03 B04 B08"]]
+)
+def test_band_names_separated_by_commas_or_spaces_are_each_a_band(given, tiles, tmp_path):
+    """``--bands B02,B03,B04,B08`` names four bands; it was read as the one band B02 (a band
+    name is a value's first word), and a 4-band file was refused for '1 band names'."""
+    args = cli.parse_args([*_classify_ab(tmp_path / "o.csv", tiles[0]), "--bands", *given])
+    assert args.bands == ["B02", "B03", "B04", "B08"]
+    msclip.write_geotiff(tmp_path / "rgbn.tif", np.full((4, 32, 32), 900, dtype="uint16"))
+    assert main([*_classify_ab(tmp_path / "o.csv", tmp_path / "rgbn.tif"), "--bands", *given]) == 0
+    assert pd.read_csv(tmp_path / "o.csv")["status"].tolist() == ["ok"]
+
+
+def test_fill_without_a_declared_nodata_is_said_under_quiet_with_the_flag(tmp_path, capsys):
+    """A tile whose edge is 0 in every band and whose file declares no nodata value: scored as
+    data (valid_fraction 1) without a word; the run now says so, naming --nodata."""
+    data = np.random.default_rng(0).integers(100, 4000, (12, 32, 32)).astype("uint16")
+    data[:, :, :8] = 0
+    msclip.write_geotiff(tmp_path / "edge.tif", data)  # no nodata tag
+    out = tmp_path / "o.csv"
+    assert main(_classify_ab(out, tmp_path / "edge.tif")) == 0
+    err = capsys.readouterr().err
+    assert "pixels holding 0 in every band were read as data" in err and "--nodata 0 " in err, err
+    assert pd.read_csv(out)["valid_fraction"].tolist() == [1]
+    assert main([*_classify_ab(out, tmp_path / "edge.tif"), "--nodata", "0"]) == 0
+    assert "read as data" not in capsys.readouterr().err
+    assert pd.read_csv(out)["valid_fraction"].tolist() == [0.75]

@@ -265,6 +265,10 @@ def test_folder_images_as_a_glob_finds_them(tmp_path):
     (data / "gone.tif").symlink_to(tmp_path / "deleted.tif")  # named later as unreadable
     found = list_image_set([data])
     assert found.names == ["a.tif", "gone.tif", "s2/b.tif"]
+    # a pattern finds the link whose target is gone too (it was left out without a word)
+    assert list_image_set([f"{data}/*.tif"]).names == ["a.tif", "gone.tif"]
+    with pytest.raises(RasterReadError, match=r"gone.tif \(a symbolic link to .*deleted.tif, wh"):
+        msclip.read_raster(data / "gone.tif")
     # one file, spelt twice: read once, named once
     again = list_image_set(
         [data / "a.tif", str(data.absolute() / "a.tif"), f"{data}/../data/a.tif"]

@@ -119,6 +119,32 @@ def test_encode_image_names_the_shape_it_needs(tiny):
             tiny.encode_image(torch.ones(1, 10, 32, 32, dtype=dtype))
 
 
+def test_open_clips_unpacking_is_named_with_its_fix(tiny, tmp_path):
+    """``model, _, preprocess = create_model_and_transforms(...)`` (open_clip's idiom) takes the
+    tokenizer for the transform: a path became token ids, which encode_image called raw digital
+    numbers; an image or an array failed inside the tokenizer ('has no len()', 'string
+    pattern on a bytes-like object')."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model, _, preprocess = msclip.create_model_and_transforms("msclip-tiny", pretrained=False)
+    fix = r"returns \(model, preprocess, tokenizer\), where open_clip's .* model, preprocess, tok"
+    with pytest.raises(LayoutError, match=rf"got token ids \(int64, shape \(1, 1, 77\)\).*{fix}"):
+        model.encode_image(preprocess(str(tmp_path / "tile.tif"))[None])
+    picture = Image.new("RGB", (32, 32))
+    array = np.zeros((12, 32, 32), np.float32)
+    for image, named in [
+        (picture, "Image"),
+        (array, "ndarray of ndarray"),
+        (torch.zeros(3), "Tensor of Tensor"),
+    ]:
+        with pytest.raises(TypeError, match=rf"texts, got {named}; an image goes through .*{fix}"):
+            preprocess(image)
+    # texts in any sequence are still texts
+    assert preprocess(np.array(["a forest", "sea"])).shape == (2, 77)
+    assert torch.equal(preprocess(t for t in ["sea"]), preprocess("sea"))
+
+
 def test_band_names_of_images_are_a_list_of_distinct_bands(tiny):
     x = torch.zeros(1, 3, 32, 32)
     with pytest.raises(BandError, match=r"single string 'B04'; write \['B04'\]"):

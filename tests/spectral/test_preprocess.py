@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-from msclip.errors import LayoutError, NodataFillWarning
+from msclip.errors import LayoutError, NodataFillWarning, UndeclaredNodataWarning
 from msclip.spectral import LLAMA3_MS_CLIP_BANDS, S2_L2A_BANDS, SpectralPreprocess, get_stats
 from msclip.spectral.preprocess import fill_mask
 
@@ -123,6 +123,30 @@ def test_a_band_at_the_nodata_value_in_a_valid_pixel_is_data():
     assert fill is not None and fill.shape == chw.shape
     assert int(fill.sum()) == 10 * 2 * 32 and bool(fill[:, 30:].all())
     assert fill_mask(chw, None) is None and fill_mask(chw[:, :30, 16:], 0) is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill"), [("uint16", 0), ("uint16", 65535), ("int16", -32768), ("float32", -9999)]
+)
+def test_fill_in_every_band_of_data_without_nodata_is_said(dtype, fill):
+    """A scene's edge or an export without its nodata tag: pixels holding 0 (or -9999 ...) in
+    every band were read as data with no word (valid_fraction 1, status ok)."""
+    stats = get_stats("llama3-ms-clip")
+    pre = SpectralPreprocess(LLAMA3_MS_CLIP_BANDS, stats.mean, stats.std, 32)
+    chw = np.random.default_rng(0).integers(100, 4000, (10, 32, 32)).astype(dtype)
+    chw[:, :, :4] = fill  # an eighth of the tile
+    with pytest.warns(UndeclaredNodataWarning, match=rf"pixels holding {fill} in every band were "
+                      rf"read as data: no nodata value is declared.*nodata={fill} "):  # fmt: skip
+        pre.process(chw, LLAMA3_MS_CLIP_BANDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndeclaredNodataWarning)
+        pre.process(chw, LLAMA3_MS_CLIP_BANDS, nodata=fill)  # declared: filled, nothing to say
+        chw[0, :, :4] = 700  # one band holds data: a dark surface, not fill
+        pre.process(chw, LLAMA3_MS_CLIP_BANDS)
+        chw[:, :, :4] = 900  # one positive value in every band: not judged
+        pre.process(chw, LLAMA3_MS_CLIP_BANDS)
+        chw[:, 0, 0] = fill  # one pixel of 1024: below the share said
+        pre.process(chw, LLAMA3_MS_CLIP_BANDS)
 
 
 def test_missing_pixels_needs_every_band_and_stops_once_none_is_left():

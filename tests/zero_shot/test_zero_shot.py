@@ -79,6 +79,12 @@ def test_template_errors(tmp_path):
     empty.write_text("\n# only a comment\n")
     with pytest.raises(TemplateError, match="no templates"):
         load_templates(empty)
+    braces = tmp_path / "openai.txt"  # OpenAI CLIP's and open_clip's str.format templates
+    braces.write_text("a satellite photo of {}.\n")
+    with pytest.raises(
+        TemplateError, match=r"write \{c\} for \{\} \('a satellite photo of \{c\}.'\)"
+    ):
+        load_templates(braces)
 
 
 # -- class names --------------------------------------------------------------------------------
@@ -146,6 +152,26 @@ def test_load_class_names(tmp_path):
         check_class_names(["prairies s\u00e8ches", "prairies se\u0300ches"])
 
 
+def test_a_classes_file_entry_that_names_no_class_is_refused_where_it_is(tmp_path):
+    """An empty entry became the class 'None' ({index: name}) or a refusal saying 'found list';
+    a 'label =' line a refusal of 'positions [1]' without the file; names on lines without
+    '- ' a refusal saying 'found str'."""
+    y = tmp_path / "c.yaml"
+    for text, said in [
+        ("0: forest\n1:\n2: sea\n", "c.yaml: entry 1 is empty"),
+        ("classes:\n  - forest\n  -\n  - sea\n", "c.yaml: item 2 is empty"),
+        ("- forest\n- [a, b]\n", r"c.yaml: item 2 is a list \(\['a', 'b'\]\), not a class name"),
+        ("forest\nriver\n", "c.yaml: YAML reads the file as the one text 'forest river'"),
+    ]:  # fmt: skip
+        y.write_text(text)
+        with pytest.raises(ClassNameError, match=said):
+            load_class_names(y)
+    for name, text in [("c.txt", "forest\nSeaLake =\n"), ("c.csv", "forest\nSeaLake =\n")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ClassNameError, match=f"{name}: the line 'SeaLake =' names no class"):
+            load_class_names(tmp_path / name)
+
+
 # -- the classifier recipe ----------------------------------------------------------------------
 def _reference_classifier(model, tokenizer, names, templates):
     """The published recipe, written plainly: full-length prompts, one class at a time."""
@@ -177,6 +203,16 @@ def test_build_classifier_matches_published_recipe(tiny):
     # one template given as a string: said so, not split into its characters
     with pytest.raises(TemplateError, match=r"got the single string 'a photo of \{c\}'"):
         build_classifier(model, tokenizer, names, "a photo of {c}")
+    # open_clip's templates: functions, or str.format strings with {} (each said with its fix)
+    with pytest.raises(TemplateError, match=r"got a function; .* pass \[t\('\{c\}'\) for t"):
+        build_classifier(model, tokenizer, names, [lambda c: f"a photo of {c}."])
+    with pytest.raises(TemplateError, match=r"write \{c\} for \{\} \('a photo of \{c\}.'\)"):
+        build_classifier(model, tokenizer, names, ["a photo of {}."])
+    lambdas = [lambda c: f"a photo of {c}.", lambda c: f"{c} from orbit"]
+    torch.testing.assert_close(
+        build_classifier(model, tokenizer, names, [t("{c}") for t in lambdas]),
+        build_classifier(model, tokenizer, names, ["a photo of {c}.", "{c} from orbit"]),
+    )
 
 
 def test_cache_skips_text_tower(tiny, tmp_path, monkeypatch):
