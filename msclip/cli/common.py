@@ -1140,7 +1140,12 @@ def add_dataclass_args(
             parser.add_argument(*names, nargs=len(typing.get_args(tp)), metavar="V", help=help_text)
         elif origin in (list, tuple):
             parser.add_argument(
-                *names, nargs="*" if not optional else "+", metavar="V", help=help_text
+                *names,
+                nargs="*" if not optional else "+",
+                metavar="V",
+                help=help_text,
+                # band names split at commas, as the other programs' --bands (BandNames)
+                **({"action": BandNames} if f.name.endswith("bands") else {}),
             )
         elif bare and f.name in bare:
             parser.add_argument(

@@ -213,3 +213,19 @@ def test_the_seed_help_names_random_subsets_only_where_the_program_draws_them():
         assert seed_help(p) == (
             "random seed of the run (random weights with --no-pretrained; default 0)"
         )
+
+
+def test_band_names_split_at_commas_in_every_program():
+    """``--bands B02,B03,B04,B08`` is four bands in the programs whose flags come from a run
+    configuration (msclip-finetune, msclip-train) as in msclip-inference: one value was the one
+    band B02 (a band name is read from a value's first word)."""
+    from msclip.cli import finetune, inference
+    from msclip.cli.train import build_arg_parser
+
+    want = ["B02", "B03", "B04", "B08"]
+    run = ["--run-classification", "--images", "x.tif", "--class-names", "a", "b"]
+    assert inference.parse_args([*run, "--bands", "B02,B03,B04,B08"]).bands == want
+    cfg = finetune.parse_args(["--model-name", "msclip-demo", "--bands", "B02,B03,B04,B08"]).cfg
+    assert cfg.input_bands == want
+    args = build_arg_parser().parse_args(["--input-bands", "B02,B03", "B04 B08", "--bands", "B02"])
+    assert args.input_bands == want and args.bands == ["B02"]
