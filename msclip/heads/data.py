@@ -22,9 +22,9 @@ dataset), one target per image, the class (or output) names, and the indices of 
   split files but no validation file, the validation split is taken out of the train split by
   the same rule; with no split file at all, every image is split three ways.
 * **a CSV table** (:func:`from_csv`): a path column plus a label column (classification), 0/1
-  columns or one column of separator-joined labels (multi-label), or value columns with a scale
-  factor (regression); an optional ``split`` column (``train``/``val``/``test``) gives the
-  splits, else the seeded rule.
+  columns or one column of separator-joined labels or of lists (multi-label), or value columns
+  with a scale factor (regression); an optional ``split`` column (``train``/``val``/``test``)
+  gives the splits, else the seeded rule.
 * **a folder per class** (:func:`from_folders`): ``<root>/<class>/<image>``; splits from
   ``<root>/{train,val,test}/<class>/<image>`` sub-trees or from ``<root>/{train,val,test}.txt``
   lists of ``<class>/<image>`` entries when present, else the seeded rule.
@@ -45,9 +45,11 @@ regression targets, image files that do not exist, a sample in two splits.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,6 +494,58 @@ def _line(i: int) -> int:
     return i + 2  # header on line 1
 
 
+_QUOTED = re.compile(r"""\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*(?:,|$|(?=['"]))""")
+
+
+def _holds_lists(rows: Sequence[dict[str, str]], column: str) -> bool:
+    """Whether the first filled cell of ``column`` is written as a list (``[a, b]``)."""
+    for row in rows:
+        cell = (row.get(column) or "").strip()
+        if cell:
+            return cell.startswith("[") and cell.endswith("]")
+    return False
+
+
+def _list_cell(cell: str, where: str, column: str) -> list[str] | None:
+    """The labels of a multi-label cell written as a list, or ``None`` for any other cell.
+
+    Lists as tables hold them: JSON (``["Arable land", "Pastures"]``), Python's ``str`` of a
+    list (``['Arable land', 'Pastures']``), NumPy's of an array of strings (``['Arable land'
+    'Pastures']``, what ``DataFrame.to_csv`` writes for BigEarthNet's metadata), or bare
+    comma-separated items (``[sea, forest]``, ``[1, 5]``). ``[]`` is an image with no class.
+    Split at a label separator instead, ``['Arable land'`` and ``'Pastures']`` would each
+    become a class of their own. Nothing is evaluated.
+    """
+    if not (cell.startswith("[") and cell.endswith("]")):
+        return None
+    try:
+        parsed = json.loads(cell)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and all(isinstance(x, (str, int)) for x in parsed):
+        labels = [str(x).strip() for x in parsed]
+        return [x for x in labels if x]
+    body = cell[1:-1].strip()
+    if not body:
+        return []
+    if "'" not in body and '"' not in body:
+        return [x.strip() for x in body.split(",") if x.strip()]
+    labels, pos = [], 0
+    while pos < len(body):
+        m = _QUOTED.match(body, pos)
+        if m is None or m.end() == pos:
+            raise HeadInputError(
+                f"{where}: column {column!r} holds {cell!r}, which reads as neither a list of "
+                "quoted labels nor of bare comma-separated ones; write it as ['a', 'b'] or "
+                "[a, b]",
+                param="label_columns",
+            )
+        text = m.group(1) if m.group(1) is not None else m.group(2)
+        labels.append(re.sub(r"\\(.)", r"\1", text).strip())
+        pos = m.end()
+    return [x for x in labels if x]
+
+
 def _check_files(paths: Sequence[str], where: str, base: Path | None = None) -> None:
     """Refuse rows whose image file does not exist, naming the first rows' lines and where
     relative paths were looked for (``base``: ``--data-root``, else the table's folder)."""
@@ -548,7 +602,8 @@ def from_csv(
         path_column: column of image paths (relative to ``data_root``, else the table's folder).
         label_columns: classification: one column of class labels (default ``label``);
             multi-label: several 0/1 columns (one per class, named by the column), or one
-            column of labels joined by ``label_separator``.
+            column of labels joined by ``label_separator`` or written as lists (``[a, b]``,
+            read by :func:`_list_cell` whatever the separator).
         value_columns: regression: one or more numeric columns (default ``value``).
         label_separator: separator of the labels of one multi-label cell.
         scale: regression targets are ``value * scale`` (e.g. 1e-4 for reflectance x 10000).
@@ -638,17 +693,29 @@ def from_csv(
     else:
         cols = list(label_columns or ["labels"])
         _need_columns(p, columns, cols, "label_columns")
-        if len(cols) == 1 and label_separator is not None:
+        if len(cols) == 1 and (label_separator is not None or _holds_lists(rows, cols[0])):
             sets = []
             for i, row in enumerate(rows):
                 cell = (row.get(cols[0]) or "").strip()
                 if not cell:
                     raise HeadInputError(
                         f"{where} {_line(i)} ({paths[i]}): missing labels in column {cols[0]!r} "
-                        "(an image with no class needs 0/1 columns, one per class)",
+                        "(write [] for an image with no class, or use 0/1 columns, one per "
+                        "class)",
                         param="label_columns",
                     )
-                sets.append([s.strip() for s in cell.split(label_separator) if s.strip()])
+                listed = _list_cell(cell, f"{where} {_line(i)} ({paths[i]})", cols[0])
+                if listed is not None:
+                    sets.append(listed)
+                elif label_separator is None:
+                    raise HeadInputError(
+                        f"{where} {_line(i)} ({paths[i]}): column {cols[0]!r} holds {cell!r}, "
+                        "not a list of labels like the cells above it ([a, b]); write every "
+                        "cell as a list, or give the label separator",
+                        param="label_separator",
+                    )
+                else:
+                    sets.append([s.strip() for s in cell.split(label_separator) if s.strip()])
             names, prompt = _class_list(classes, [s for row in sets for s in row])
             index = {c: k for k, c in enumerate(names)}
             targets = np.zeros((len(rows), len(names)))
@@ -663,8 +730,9 @@ def from_csv(
         else:
             if len(cols) < 2 and label_separator is None:
                 raise HeadConfigError(
-                    f"multi-label data needs several 0/1 columns or one column with a label "
-                    f"separator; got the column {cols} without a separator",
+                    f"multi-label data needs several 0/1 columns, or one column of labels "
+                    f"joined by a separator or written as lists ([a, b]); got the column {cols} "
+                    "without a separator",
                     param="label_separator",
                 )
             targets = np.zeros((len(rows), len(cols)))

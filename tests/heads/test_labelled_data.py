@@ -78,6 +78,48 @@ def test_csv_multilabel_columns_and_joined_labels(tmp_path):
     assert d.targets[:, 1].tolist() == [1, 0, 0, 1, 0, 0]
 
 
+def _csv_rows(tmp_path: Path, name: str, rows: list[list[str]]) -> Path:
+    """A table written by the csv module (cells with commas, quotes and newlines quoted)."""
+    import csv
+
+    for r in rows[1:]:
+        _touch(tmp_path / r[0])
+    p = tmp_path / name
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return p
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ['["Arable land", "Pastures"]', '["Pastures"]', "[]"],  # JSON
+        ["['Arable land', 'Pastures']", "['Pastures']", "[]"],  # str() of a Python list
+        ["['Arable land'\n 'Pastures']", "['Pastures']", "[]"],  # str() of a NumPy array
+        ["[Arable land, Pastures]", "[Pastures]", "[ ]"],  # bare items
+    ],
+)
+def test_csv_multilabel_cells_written_as_lists(tmp_path, cells):
+    # BigEarthNet's labels are lists; split at "," they became the classes "['Arable land'" and
+    # "'Pastures']" (and "['Pastures']"), with no error
+    rows = [["path", "labels"]] + [[f"l{i}.tif", cells[i % 3]] for i in range(9)]
+    table = _csv_rows(tmp_path, "l.csv", rows)
+    for separator in (None, ","):
+        d = from_csv(table, task="multi-label", label_columns=["labels"],
+                     label_separator=separator, val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+        assert d.names == ["Arable land", "Pastures"]
+        assert d.targets[:3].tolist() == [[1, 1], [0, 1], [0, 0]]  # [] : no class
+
+
+def test_csv_multilabel_list_cells_that_do_not_read_are_named(tmp_path):
+    rows = [["path", "labels"], ["m0.tif", "['a', 'b']"], ["m1.tif", "['a' b]"]]
+    with pytest.raises(HeadInputError, match=r"line 3 .*m1\.tif.*\['a' b\]"):
+        from_csv(_csv_rows(tmp_path, "m.csv", rows), task="multi-label", label_columns=["labels"])
+    rows = [["path", "labels"], ["n0.tif", "['a', 'b']"], ["n1.tif", "a;b"]]
+    with pytest.raises(HeadInputError, match=r"line 3 .*'a;b', not a list of labels"):
+        from_csv(_csv_rows(tmp_path, "n.csv", rows), task="multi-label", label_columns=["labels"])
+
+
 def test_csv_regression_scale_and_nan_refused_with_row_named(tmp_path):
     rows = [f"r{i}.tif,{i * 100},{i}" for i in range(10)]
     d = from_csv(_table(tmp_path, "path,cover,h", rows), task="regression",
