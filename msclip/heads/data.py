@@ -748,9 +748,19 @@ def from_csv(
                             param="label_columns",
                         )
             names = cols
-            prompt = _class_list(classes, cols)[1] if classes is not None else [
-                c.replace("_", " ") for c in cols
-            ]  # fmt: skip
+            prompt = [c.replace("_", " ") for c in cols]
+            if classes is not None:
+                # The class list names each column's class: its prompt is found by label, not by
+                # position (the list may be in another order, or name more classes).
+                listed = dict(zip(*_class_list(classes, cols)))
+                unlisted = [c for c in cols if c not in listed]
+                if unlisted:
+                    raise HeadInputError(
+                        f"label columns {unlisted} are not among the classes {list(listed)}; "
+                        "name each 0/1 column's class in the class list, or fix the columns",
+                        param="classes",
+                    )
+                prompt = [listed[c] for c in cols]
         strat = None
     given: dict[str, np.ndarray] = {}
     split_source: dict[str, str] = {}

@@ -120,6 +120,21 @@ def test_csv_multilabel_list_cells_that_do_not_read_are_named(tmp_path):
         from_csv(_csv_rows(tmp_path, "n.csv", rows), task="multi-label", label_columns=["labels"])
 
 
+def test_csv_multilabel_columns_take_their_prompts_from_the_class_list_by_label(tmp_path):
+    # the class file in another order than the columns gave 'water' the prompt of 'trees'
+    rows = [f"c{i}.tif,{i % 2},{(i // 2) % 2}" for i in range(10)]
+    table = _table(tmp_path, "path,water,trees", rows)
+    names = tmp_path / "classes.txt"
+    names.write_text("trees = forest canopy\nsnow = snow cover\nwater = open water\n")
+    d = from_csv(table, task="multi-label", label_columns=["water", "trees"], classes=str(names))
+    assert d.names == ["water", "trees"]
+    assert d.prompt_names == ["open water", "forest canopy"]
+    assert d.describe()["prompt_names"] == ["open water", "forest canopy"]
+    names.write_text("trees = forest canopy\n")
+    with pytest.raises(HeadInputError, match=r"label columns \['water'\] are not among"):
+        from_csv(table, task="multi-label", label_columns=["water", "trees"], classes=str(names))
+
+
 def test_csv_regression_scale_and_nan_refused_with_row_named(tmp_path):
     rows = [f"r{i}.tif,{i * 100},{i}" for i in range(10)]
     d = from_csv(_table(tmp_path, "path,cover,h", rows), task="regression",
