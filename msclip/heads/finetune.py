@@ -908,10 +908,46 @@ def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
     return out
 
 
+def _named(names: Sequence[str], which: Sequence[int]) -> str:
+    """Up to ten of ``names[i]``, quoted, and how many more."""
+    shown = ", ".join(repr(names[i]) for i in which[:10])
+    return shown + (f" and {len(which) - 10} more" if len(which) > 10 else "")
+
+
 def _check_classes(data: TaskData) -> None:
     """Refuse a classification whose train split holds one class (before any method writes
     anything), and name the classes a split lacks: a class never trained on is never predicted,
-    one never tested is not measured (and is left out of ``macro_f1`` and balanced accuracy)."""
+    one never tested is not measured (and is left out of ``macro_f1`` and balanced accuracy).
+
+    Multi-label: a class no train image is labelled with is never learnt, and one no test image
+    is labelled with has no AP (it is left out of mAP). Regression: an output with the same
+    value on every train image is not learnt, and on every test image its R² is undefined (NaN,
+    left out of the mean R²). Each is said under ``--quiet``."""
+    if data.task in ("multi-label", "regression"):
+        targets = np.asarray(data.targets, dtype=np.float64)
+        for split in ("train", "test"):
+            rows = data.splits[split]
+            if not len(rows):
+                continue
+            part = targets[rows]
+            if data.task == "multi-label":
+                lacking = np.flatnonzero(~(part > 0).any(axis=0)).tolist()
+                if lacking:
+                    shown_when_quiet.warning(
+                        "%s: no image of the %s split is labelled %s%s", data.name, split,
+                        _named(data.names, lacking),
+                        "" if split == "train" else " (no AP: left out of mAP)",
+                    )  # fmt: skip
+                continue
+            same = np.flatnonzero((part == part[:1]).all(axis=0)).tolist()
+            if same:
+                shown_when_quiet.warning(
+                    "%s: target %s has one value on every image of the %s split%s", data.name,
+                    _named(data.names, same), split,
+                    " (nothing to learn)" if split == "train"
+                    else " (R² undefined: NaN, left out of the mean R²)",
+                )  # fmt: skip
+        return
     if data.task != "classification":
         return
     targets = np.asarray(data.targets)
@@ -932,8 +968,7 @@ def _check_classes(data: TaskData) -> None:
         if missing:  # a class the head cannot learn, or a score without it: said under --quiet
             shown_when_quiet.warning(
                 "%s: the %s split holds no sample of %s", data.name, split,
-                ", ".join(repr(data.names[i]) for i in missing[:10])
-                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
+                _named(data.names, missing),
             )  # fmt: skip
 
 
