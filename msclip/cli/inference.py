@@ -669,7 +669,10 @@ def run_head_classification(args: argparse.Namespace) -> int:
               "threshold": threshold if task == "multi-label" else None},
         images=_image_counts(len(image_set.names), len(shown), skipped, failures),
     )  # fmt: skip
-    print_table(rows, headers, args.max_print, len(rows))
+    # Regression values are in the targets' units, whatever their scale (a canopy height in
+    # km, a biomass in g/m²): significant digits, not four decimals that print 3e-6 as 0.0000.
+    fmt = ".6g" if task == "regression" else ".4f"
+    print_table(rows, headers, args.max_print, len(rows), fmt)
     what = (
         f"regressed ({plural(len(names), 'output')})"
         if task == "regression"

@@ -318,6 +318,35 @@ def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digits(
+    run, tmp_path, capsys
+):
+    # heights in km (values near 3e-5) printed as 0.0000 in the table: four decimals
+    scenes = run["scenes"]
+    caps = pd.read_csv(scenes / "captions.csv")
+    table = tmp_path / "height.csv"
+    pd.DataFrame({"path": [str(scenes / p) for p in caps["image"]], "height": caps["label"].map(
+        {"sea": 0.0, "forest": 30.0, "desert": 2.0})}).to_csv(table, index=False)  # fmt: skip
+    argv = ["--csv", str(table), "--task", "regression", "--value-columns", "height", "--scale",
+            "1e-6", "--method", "ridge", "--output-dir", str(tmp_path / "run"), "--save-path",
+            str(tmp_path / "r"), "--cache-dir", str(run["root"] / "cache"),
+            *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
+    assert main(argv) == 0
+    pred = tmp_path / "height_pred.csv"
+    capsys.readouterr()
+    head = tmp_path / "run" / "ridge" / "head.safetensors"
+    code = inference_main(["--run-classification", "--head", str(head), "--images",
+                           str(scenes / "forest"), "--save-path", str(pred), *TINY,
+                           "--quiet"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    values = pd.read_csv(pred)["height"]
+    assert values.abs().max() < 1e-4 and values.abs().min() > 1e-6
+    shown = [line.split()[1] for line in out.splitlines() if line.startswith("forest_")]
+    assert len(shown) == 10 and "0.0000" not in shown
+    assert [float(v) for v in shown] == pytest.approx(values.tolist(), rel=1e-5)
+
+
 def test_python_dash_m_entry_point():
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "msclip.finetune", "--help"], cwd=repo,
