@@ -115,6 +115,7 @@ class TaskData:
                 f"unknown task {self.task!r}; choose one of {list(DATA_TASKS)}", param="task"
             )
         _check_splits(self.splits, len(self.items), self.name)
+        self.splits = {s: self.splits[s] for s in SPLITS}  # train, val, test: the printed order
 
     def __len__(self) -> int:
         return len(self.items)
@@ -611,6 +612,8 @@ def from_csv(
             the prompt names; every label must be one of them. Default: the sorted labels found.
         data_root: folder relative image paths start from.
         split_column: column of split names (``train``/``val``/``test``); used when present.
+            Without ``val`` rows, the validation split is taken out of the ``train`` rows by
+            the seeded rule (``val_fraction``).
         val_fraction: seeded rule, when there is no split column.
         test_fraction: idem.
         seed: seed of the seeded rule.
@@ -779,7 +782,12 @@ def from_csv(
         for s in SPLITS:
             given[s] = np.flatnonzero(which_arr == s).astype(np.int64)
             split_source[s] = f"column {split_column!r} of {p}"
-            if len(given[s]) == 0:
+            if len(given[s]) == 0 and s == "val":
+                # Train and test rows without validation rows (the common published layout):
+                # the validation split comes out of the train rows by the seeded rule, as for a
+                # benchmark dataset with train and test split files only.
+                del given[s], split_source[s]
+            elif len(given[s]) == 0:
                 raise HeadInputError(
                     f"{p}: the {s} split is empty (no row has {split_column} = {s}); give it "
                     "rows, or drop the column to split by the seeded rule",

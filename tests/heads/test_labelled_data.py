@@ -170,6 +170,20 @@ def test_csv_bad_input_is_named(tmp_path):
         from_csv(_table(tmp_path, "path,label,split", rows, "s.csv"))
 
 
+def test_csv_split_column_with_train_and_test_rows_only(tmp_path):
+    # the layout most published tables have; it was refused ("the val split is empty") although
+    # split files of the same two splits take validation out of train
+    rows = [f"v{i}.tif,{'ab'[i % 2]},{'test' if i >= 14 else 'train'}" for i in range(20)]
+    d = from_csv(_table(tmp_path, "path,label,split", rows), val_fraction=0.2)
+    assert d.splits["test"].tolist() == list(range(14, 20))
+    assert list(d.splits) == ["train", "val", "test"]
+    fitted = sorted(d.splits["train"].tolist() + d.splits["val"].tolist())
+    assert fitted == list(range(14)) and len(d.splits["val"]) == 2  # one per class
+    assert np.bincount(d.targets[d.splits["val"]]).tolist() == [1, 1]
+    assert d.split_source["test"].startswith("column 'split'")
+    assert "of the given train split, val_fraction 0.2" in d.split_source["val"]
+
+
 def test_csv_image_listed_twice_is_refused(tmp_path):
     # duplicated rows would be split apart by the seeded rule: the same image in train and test
     rows = [f"z{i}.tif,{'ab'[i % 2]}" for i in range(10)] + ["./z3.tif,b"]
