@@ -69,6 +69,7 @@ from msclip.cli.common import (
     run_cli,
     run_device,
     run_record_path,
+    status,
     text_cache_for,
     write_table_and_record,
 )
@@ -547,6 +548,28 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
     args.model_name = encoder.get("name")
 
 
+def _head_band_args(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    """Without --bands / --sensor, name the images' bands as the head's training run named them
+    (its --input-bands / --sensor): a head trained on files that do not name their bands would
+    otherwise read the same kind of file with the bands guessed from their count (four unnamed
+    bands as NAIP's red, green, blue, NIR, not the B02 B03 B04 B08 it was trained on). Files that
+    name their bands keep their names."""
+    if args.bands is not None or args.sensor is not None:
+        return
+    settings = info.get("settings") or {}
+    bands, sensor = settings.get("input_bands"), settings.get("sensor")
+    if not bands and not sensor:
+        return
+    args.bands = [str(b) for b in bands] if bands else None
+    args.sensor = sensor
+    given = " ".join(
+        ([f"--bands {' '.join(args.bands)}"] if args.bands else [])
+        + ([f"--sensor {sensor}"] if sensor else [])
+    )
+    status(args, f"images that do not name their bands are read as the head's training images "
+                 f"were: {given} (pass --bands or --sensor to read them otherwise)")  # fmt: skip
+
+
 def _run_inputs(args: argparse.Namespace, image_set: Any) -> list[tuple[str, Any]]:
     """The files a classification or retrieval run reads, for :func:`refuse_input_as_output`."""
     return [("the image", image_set.paths), ("the image list", args.images), *_other_inputs(args)]
@@ -619,6 +642,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
         raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
     _head_model_args(args, ckpt.encoder, args.head)
+    _head_band_args(args, ckpt.info)
     check_checkpoint(args)
     out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
     min_valid(args)

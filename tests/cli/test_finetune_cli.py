@@ -347,6 +347,42 @@ def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digit
     assert [float(v) for v in shown] == pytest.approx(values.tolist(), rel=1e-5)
 
 
+def test_a_head_reads_unnamed_bands_as_its_training_run_named_them(run, tmp_path, capsys):
+    # trained on 4-band files without band names (--input-bands B02 B03 B04 B08), the head was
+    # given the same kind of file read as NAIP's red, green, blue, NIR: blue and red swapped
+    import rasterio
+
+    caps = pd.read_csv(run["scenes"] / "captions.csv")
+    for rel in caps["image"]:
+        with rasterio.open(run["scenes"] / rel) as src:
+            idx = [src.descriptions.index(b) + 1 for b in ("B02", "B03", "B04", "B08")]
+            profile = {**src.profile, "count": 4}
+            out = tmp_path / "four" / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(out, "w", **profile) as dst:
+                dst.write(src.read(idx))
+    table = tmp_path / "four" / "t.csv"
+    pd.DataFrame({"path": caps["image"], "label": caps["label"]}).to_csv(table, index=False)
+    argv = ["--csv", str(table), "--input-bands", "B02", "B03", "B04", "B08", "--method",
+            "logistic", "--output-dir", str(tmp_path / "run"), "--save-path", str(tmp_path / "r"),
+            *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
+    assert main(argv) == 0
+    head = str(tmp_path / "run" / "logistic" / "head.safetensors")
+    images = str(tmp_path / "four" / "forest")
+    capsys.readouterr()
+    code = inference_main(["--run-classification", "--head", head, "--images", images,
+                           "--save-path", str(tmp_path / "a.csv"), *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "read as the head's training images were: --bands B02 B03 B04 B08" in err
+    assert "NAIP" not in err and "the head was trained on images with bands" not in err
+    code = inference_main(["--run-classification", "--head", head, "--images", images,
+                           "--save-path", str(tmp_path / "b.csv"), "--bands", "B02", "B03",
+                           "B04", "B08", *TINY, "--quiet"])  # fmt: skip
+    assert code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+
+
 def test_python_dash_m_entry_point():
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "msclip.finetune", "--help"], cwd=repo,
