@@ -243,6 +243,25 @@ def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
     run_finetune(resumed)  # the same settings: knn is run again in place
 
 
+def test_resume_adds_a_method_with_its_own_options(scenes, tmp_path):
+    """Options of a method a head does not use do not make it another run: a knn folder takes a
+    linear head with its own epochs (knn's head stored the default, which a knn run cannot be
+    given), and a linear checkpoint takes a logistic probe beside it with its own C values.
+    Both were refused."""
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["knn"], n_resamples=0)
+    run_finetune(cfg)
+    cfg = dataclasses.replace(cfg, method=["knn", "linear"], epochs=2, resume=True)
+    added = run_finetune(cfg)
+    assert [m.label for m in added.methods] == ["knn", "knn-unweighted", "linear"]
+    assert len(pd.read_csv(added.methods[-1].files["history"])) == 2
+    again = run_finetune(dataclasses.replace(cfg, method=["linear", "logistic"], cs=[1.0]))
+    assert again.methods[0].result.metrics == added.methods[-1].result.metrics  # resumed
+    # an option a head uses still refuses it, named without those it does not use
+    with pytest.raises(CheckpointError, match=r"linear/head.* other settings \(epochs 2 -> 3\);"):
+        run_finetune(dataclasses.replace(cfg, method=["linear", "logistic"], cs=[1.0], epochs=3,
+                                         max_iter=50))  # fmt: skip
+
+
 def test_a_tile_of_nodata_only_is_skipped_and_counted(scenes, tmp_path):
     """As msclip-inference (--min-valid 0.5), a tile with fewer valid pixels than min_valid is
     never a sample: it is left out and named; min_valid 0 keeps it (filled with band means)."""
