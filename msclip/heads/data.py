@@ -469,9 +469,17 @@ def from_benchmark(
 
 # -- CSV tables --------------------------------------------------------------------------------
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV table: comma-separated, or separated by semicolons (what a
+    spreadsheet writes where the comma is the decimal mark) or tabs, when its header holds no
+    comma but one of those."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            header = f.readline()
+            delimiter = ","
+            if "," not in header:
+                delimiter = next((d for d in ";\t" if d in header), ",")
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=delimiter)
             rows = list(reader)
             columns = list(reader.fieldnames or [])
     except FileNotFoundError as err:

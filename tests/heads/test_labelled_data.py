@@ -184,6 +184,20 @@ def test_csv_split_column_with_train_and_test_rows_only(tmp_path):
     assert "of the given train split, val_fraction 0.2" in d.split_source["val"]
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_separated_by_semicolons_or_tabs(tmp_path, sep):
+    # a spreadsheet's export where the comma is the decimal mark: one column 'path;label;value'
+    rows = [f"s{i}.tif{sep}{'ab'[i % 2]}{sep}{i},5" for i in range(10)]
+    for r in rows:
+        _touch(tmp_path / r.split(sep)[0])
+    table = tmp_path / "s.csv"
+    table.write_text(sep.join(["path", "label", "value"]) + "\n" + "\n".join(rows) + "\n")
+    d = from_csv(table, split_column=None, val_fraction=0.2)
+    assert d.names == ["a", "b"] and d.targets.tolist() == [i % 2 for i in range(10)]
+    with pytest.raises(HeadInputError, match=r"line 2 .*'0,5', not a finite number"):
+        from_csv(table, task="regression")  # a decimal comma is named, not misread
+
+
 def test_csv_image_listed_twice_is_refused(tmp_path):
     # duplicated rows would be split apart by the seeded rule: the same image in train and test
     rows = [f"z{i}.tif,{'ab'[i % 2]}" for i in range(10)] + ["./z3.tif,b"]
