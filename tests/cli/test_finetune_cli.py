@@ -381,6 +381,18 @@ def test_a_head_reads_unnamed_bands_as_its_training_run_named_them(run, tmp_path
                            "B04", "B08", *TINY, "--quiet"])  # fmt: skip
     assert code == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+    # unnamed files of another band count are read by their count as before, not refused
+    for rel in caps["image"][:2]:
+        with rasterio.open(run["scenes"] / rel) as src:
+            out = tmp_path / "twelve" / Path(rel).name
+            out.parent.mkdir(exist_ok=True)
+            with rasterio.open(out, "w", **src.profile) as dst:
+                dst.write(src.read())
+    code = inference_main(["--run-classification", "--head", head, "--images",
+                           str(tmp_path / "twelve"), "--save-path", str(tmp_path / "c.csv"),
+                           *TINY])  # fmt: skip
+    assert code == 0 and "read as the head's" not in capsys.readouterr().err
+    assert (pd.read_csv(tmp_path / "c.csv")["status"] == "ok").all()
 
 
 def test_python_dash_m_entry_point():
