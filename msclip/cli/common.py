@@ -1477,13 +1477,17 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def print_table(rows: list[list[Any]], headers: list[str], max_rows: int, total: int) -> None:
-    """Print a tabulate table of at most ``max_rows`` rows (nothing when there are no rows)."""
+def print_table(
+    rows: list[list[Any]], headers: list[str], max_rows: int, total: int, floatfmt: str = ".4f"
+) -> None:
+    """Print a tabulate table of at most ``max_rows`` rows (nothing when there are no rows);
+    ``floatfmt``: the numbers' format (``.4f`` suits scores and probabilities, not values in a
+    user's units, which take significant digits)."""
     if not rows:
         return
     from tabulate import tabulate
 
-    print(tabulate(rows[:max_rows], headers=headers, floatfmt=".4f"))
+    print(tabulate(rows[:max_rows], headers=headers, floatfmt=floatfmt))
     if total > max_rows:
         print(f"... {total - max_rows} more rows in the CSV")
 

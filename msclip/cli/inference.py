@@ -70,6 +70,7 @@ from msclip.cli.common import (
     run_cli,
     run_device,
     run_record_path,
+    status,
     text_cache_for,
     write_table_and_record,
 )
@@ -561,6 +562,34 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
     args.model_name = encoder.get("name")
 
 
+def _head_band_args(args: argparse.Namespace, info: dict[str, Any], paths: Sequence[str]) -> None:
+    """Without --bands / --sensor, name the images' bands as the head's training run named them
+    (its --input-bands / --sensor) when the first readable image reads with those names: a
+    head trained on files that do not name their bands would otherwise read the same kind of
+    file with the bands guessed from their count (four unnamed bands as NAIP's red, green,
+    blue, NIR, not the B02 B03 B04 B08 it was trained on). Files that name their bands keep
+    their names; files of another band count are read as before."""
+    if args.bands is not None or args.sensor is not None:
+        return
+    settings = info.get("settings") or {}
+    bands, sensor = settings.get("input_bands"), settings.get("sensor")
+    if not bands and not sensor:
+        return
+    from msclip.heads.checkpoint import first_bands
+
+    bands = [str(b) for b in bands] if bands else None
+    trained = first_bands(paths, bands, sensor)  # None: no image reads with those names
+    if trained is None or trained[1] != list(info.get("input_bands") or trained[1]):
+        return
+    args.bands, args.sensor = bands, sensor
+    given = " ".join(
+        ([f"--bands {' '.join(bands)}"] if bands else [])
+        + ([f"--sensor {sensor}"] if sensor else [])
+    )
+    status(args, f"images that do not name their bands are read as the head's training images "
+                 f"were: {given} (pass --bands or --sensor to read them otherwise)")  # fmt: skip
+
+
 def _run_inputs(args: argparse.Namespace, image_set: Any) -> list[tuple[str, Any]]:
     """The files a classification or retrieval run reads, for :func:`refuse_input_as_output`."""
     return [("the image", image_set.paths), ("the image list", args.images), *_other_inputs(args)]
@@ -633,6 +662,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
         raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
     _head_model_args(args, ckpt.encoder, args.head)
+    _head_band_args(args, ckpt.info, image_set.paths)
     check_checkpoint(args)
     out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
     min_valid(args)
@@ -683,7 +713,10 @@ def run_head_classification(args: argparse.Namespace) -> int:
               "threshold": threshold if task == "multi-label" else None},
         images=_image_counts(len(image_set.names), len(shown), skipped, failures),
     )  # fmt: skip
-    print_table(rows, headers, args.max_print, len(rows))
+    # Regression values are in the targets' units, whatever their scale (a canopy height in
+    # km, a biomass in g/m²): significant digits, not four decimals that print 3e-6 as 0.0000.
+    fmt = ".6g" if task == "regression" else ".4f"
+    print_table(rows, headers, args.max_print, len(rows), fmt)
     what = (
         f"regressed ({plural(len(names), 'output')})"
         if task == "regression"

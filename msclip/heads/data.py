@@ -22,9 +22,9 @@ dataset), one target per image, the class (or output) names, and the indices of 
   split files but no validation file, the validation split is taken out of the train split by
   the same rule; with no split file at all, every image is split three ways.
 * **a CSV table** (:func:`from_csv`): a path column plus a label column (classification), 0/1
-  columns or one column of separator-joined labels (multi-label), or value columns with a scale
-  factor (regression); an optional ``split`` column (``train``/``val``/``test``) gives the
-  splits, else the seeded rule.
+  columns or one column of separator-joined labels or of lists (multi-label), or value columns
+  with a scale factor (regression); an optional ``split`` column (``train``/``val``/``test``)
+  gives the splits, else the seeded rule.
 * **a folder per class** (:func:`from_folders`): ``<root>/<class>/<image>``; splits from
   ``<root>/{train,val,test}/<class>/<image>`` sub-trees or from ``<root>/{train,val,test}.txt``
   lists of ``<class>/<image>`` entries when present, else the seeded rule.
@@ -45,9 +45,11 @@ regression targets, image files that do not exist, a sample in two splits.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,7 @@ class TaskData:
                 f"unknown task {self.task!r}; choose one of {list(DATA_TASKS)}", param="task"
             )
         _check_splits(self.splits, len(self.items), self.name)
+        self.splits = {s: self.splits[s] for s in SPLITS}  # train, val, test: the printed order
 
     def __len__(self) -> int:
         return len(self.items)
@@ -466,9 +469,17 @@ def from_benchmark(
 
 # -- CSV tables --------------------------------------------------------------------------------
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV table: comma-separated, or separated by semicolons (what a
+    spreadsheet writes where the comma is the decimal mark) or tabs, when its header holds no
+    comma but one of those."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            header = f.readline()
+            delimiter = ","
+            if "," not in header:
+                delimiter = next((d for d in ";\t" if d in header), ",")
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=delimiter)
             rows = list(reader)
             columns = list(reader.fieldnames or [])
     except FileNotFoundError as err:
@@ -490,6 +501,58 @@ def _need_columns(path: Path, columns: list[str], wanted: Sequence[str], param: 
 
 def _line(i: int) -> int:
     return i + 2  # header on line 1
+
+
+_QUOTED = re.compile(r"""\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*(?:,|$|(?=['"]))""")
+
+
+def _holds_lists(rows: Sequence[dict[str, str]], column: str) -> bool:
+    """Whether the first filled cell of ``column`` is written as a list (``[a, b]``)."""
+    for row in rows:
+        cell = (row.get(column) or "").strip()
+        if cell:
+            return cell.startswith("[") and cell.endswith("]")
+    return False
+
+
+def _list_cell(cell: str, where: str, column: str) -> list[str] | None:
+    """The labels of a multi-label cell written as a list, or ``None`` for any other cell.
+
+    Lists as tables hold them: JSON (``["Arable land", "Pastures"]``), Python's ``str`` of a
+    list (``['Arable land', 'Pastures']``), NumPy's of an array of strings (``['Arable land'
+    'Pastures']``, what ``DataFrame.to_csv`` writes for BigEarthNet's metadata), or bare
+    comma-separated items (``[sea, forest]``, ``[1, 5]``). ``[]`` is an image with no class.
+    Split at a label separator instead, ``['Arable land'`` and ``'Pastures']`` would each
+    become a class of their own. Nothing is evaluated.
+    """
+    if not (cell.startswith("[") and cell.endswith("]")):
+        return None
+    try:
+        parsed = json.loads(cell)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and all(isinstance(x, (str, int)) for x in parsed):
+        labels = [str(x).strip() for x in parsed]
+        return [x for x in labels if x]
+    body = cell[1:-1].strip()
+    if not body:
+        return []
+    if "'" not in body and '"' not in body:
+        return [x.strip() for x in body.split(",") if x.strip()]
+    labels, pos = [], 0
+    while pos < len(body):
+        m = _QUOTED.match(body, pos)
+        if m is None or m.end() == pos:
+            raise HeadInputError(
+                f"{where}: column {column!r} holds {cell!r}, which reads as neither a list of "
+                "quoted labels nor of bare comma-separated ones; write it as ['a', 'b'] or "
+                "[a, b]",
+                param="label_columns",
+            )
+        text = m.group(1) if m.group(1) is not None else m.group(2)
+        labels.append(re.sub(r"\\(.)", r"\1", text).strip())
+        pos = m.end()
+    return [x for x in labels if x]
 
 
 def _check_files(paths: Sequence[str], where: str, base: Path | None = None) -> None:
@@ -548,7 +611,8 @@ def from_csv(
         path_column: column of image paths (relative to ``data_root``, else the table's folder).
         label_columns: classification: one column of class labels (default ``label``);
             multi-label: several 0/1 columns (one per class, named by the column), or one
-            column of labels joined by ``label_separator``.
+            column of labels joined by ``label_separator`` or written as lists (``[a, b]``,
+            read by :func:`_list_cell` whatever the separator).
         value_columns: regression: one or more numeric columns (default ``value``).
         label_separator: separator of the labels of one multi-label cell.
         scale: regression targets are ``value * scale`` (e.g. 1e-4 for reflectance x 10000).
@@ -556,6 +620,8 @@ def from_csv(
             the prompt names; every label must be one of them. Default: the sorted labels found.
         data_root: folder relative image paths start from.
         split_column: column of split names (``train``/``val``/``test``); used when present.
+            Without ``val`` rows, the validation split is taken out of the ``train`` rows by
+            the seeded rule (``val_fraction``).
         val_fraction: seeded rule, when there is no split column.
         test_fraction: idem.
         seed: seed of the seeded rule.
@@ -638,17 +704,29 @@ def from_csv(
     else:
         cols = list(label_columns or ["labels"])
         _need_columns(p, columns, cols, "label_columns")
-        if len(cols) == 1 and label_separator is not None:
+        if len(cols) == 1 and (label_separator is not None or _holds_lists(rows, cols[0])):
             sets = []
             for i, row in enumerate(rows):
                 cell = (row.get(cols[0]) or "").strip()
                 if not cell:
                     raise HeadInputError(
                         f"{where} {_line(i)} ({paths[i]}): missing labels in column {cols[0]!r} "
-                        "(an image with no class needs 0/1 columns, one per class)",
+                        "(write [] for an image with no class, or use 0/1 columns, one per "
+                        "class)",
                         param="label_columns",
                     )
-                sets.append([s.strip() for s in cell.split(label_separator) if s.strip()])
+                listed = _list_cell(cell, f"{where} {_line(i)} ({paths[i]})", cols[0])
+                if listed is not None:
+                    sets.append(listed)
+                elif label_separator is None:
+                    raise HeadInputError(
+                        f"{where} {_line(i)} ({paths[i]}): column {cols[0]!r} holds {cell!r}, "
+                        "not a list of labels like the cells above it ([a, b]); write every "
+                        "cell as a list, or give the label separator",
+                        param="label_separator",
+                    )
+                else:
+                    sets.append([s.strip() for s in cell.split(label_separator) if s.strip()])
             names, prompt = _class_list(classes, [s for row in sets for s in row])
             index = {c: k for k, c in enumerate(names)}
             targets = np.zeros((len(rows), len(names)))
@@ -663,8 +741,9 @@ def from_csv(
         else:
             if len(cols) < 2 and label_separator is None:
                 raise HeadConfigError(
-                    f"multi-label data needs several 0/1 columns or one column with a label "
-                    f"separator; got the column {cols} without a separator",
+                    f"multi-label data needs several 0/1 columns, or one column of labels "
+                    f"joined by a separator or written as lists ([a, b]); got the column {cols} "
+                    "without a separator",
                     param="label_separator",
                 )
             targets = np.zeros((len(rows), len(cols)))
@@ -680,9 +759,19 @@ def from_csv(
                             param="label_columns",
                         )
             names = cols
-            prompt = _class_list(classes, cols)[1] if classes is not None else [
-                c.replace("_", " ") for c in cols
-            ]  # fmt: skip
+            prompt = [c.replace("_", " ") for c in cols]
+            if classes is not None:
+                # The class list names each column's class: its prompt is found by label, not by
+                # position (the list may be in another order, or name more classes).
+                listed = dict(zip(*_class_list(classes, cols)))
+                unlisted = [c for c in cols if c not in listed]
+                if unlisted:
+                    raise HeadInputError(
+                        f"label columns {unlisted} are not among the classes {list(listed)}; "
+                        "name each 0/1 column's class in the class list, or fix the columns",
+                        param="classes",
+                    )
+                prompt = [listed[c] for c in cols]
         strat = None
     given: dict[str, np.ndarray] = {}
     split_source: dict[str, str] = {}
@@ -701,7 +790,12 @@ def from_csv(
         for s in SPLITS:
             given[s] = np.flatnonzero(which_arr == s).astype(np.int64)
             split_source[s] = f"column {split_column!r} of {p}"
-            if len(given[s]) == 0:
+            if len(given[s]) == 0 and s == "val":
+                # Train and test rows without validation rows (the common published layout):
+                # the validation split comes out of the train rows by the seeded rule, as for a
+                # benchmark dataset with train and test split files only.
+                del given[s], split_source[s]
+            elif len(given[s]) == 0:
                 raise HeadInputError(
                     f"{p}: the {s} split is empty (no row has {split_column} = {s}); give it "
                     "rows, or drop the column to split by the seeded rule",

@@ -366,6 +366,42 @@ def _run_key(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, method: s
     return h.hexdigest()
 
 
+#: Options of the image tower's training: a probe reads the frozen features whatever they are.
+_TOWER_OPTIONS = ("encoder_mode", "last_n", "lora_rank", "lora_alpha", "lora_dropout",
+                  "lora_targets", "merge_lora", "encoder_lr", "layer_decay",
+                  "encoder_weight_decay", "augment", "cache_images")  # fmt: skip
+
+
+def _method_of(label: str) -> str | None:
+    """The method of a head's folder name (``linear-lora`` -> ``linear``, ``knn-unweighted``
+    -> ``knn``), or ``None``."""
+    found = [m for m in METHODS if label == m or label.startswith(m + "-")]
+    return max(found, key=len) if found else None
+
+
+def _same_run(cfg: FinetuneRunConfig, fingerprint: str, data: TaskData, label: str) -> Any:
+    """The :class:`msclip.heads.runs.SameRun` of the head ``label``: options no run of its
+    method alone would use (:meth:`FinetuneRunConfig.inapplicable`; for the probes and
+    zero-shot also the tower's) may differ from the run that wrote it."""
+    import dataclasses
+
+    from msclip.heads.runs import SameRun
+
+    method = _method_of(label)
+    if method is None:
+        return None
+    names = list(setting_facts(cfg))
+    alone = dataclasses.replace(cfg, method=[method])
+    idle = {line.split(":", 1)[0] for line in alone.inapplicable(names)}
+    if method not in ("linear", "text-init"):
+        idle |= set(_TOWER_OPTIONS)
+
+    def key_with(old: dict[str, Any]) -> str:
+        return _run_key(dataclasses.replace(cfg, **old), fingerprint, data, label)
+
+    return SameRun(frozenset(idle), key_with)
+
+
 def default_feature_cache_dir() -> Path:
     """``$MSCLIP_CACHE_DIR/features``, else ``~/.cache/msclip/features``."""
     from msclip.cache import cache_root
@@ -644,7 +680,7 @@ class _Runner:
             net, groups, len(rows["train"]), batches, loss_fn, epochs=cfg.epochs,
             batch_size=cfg.batch_size, seed=cfg.seed, warmup_epochs=cfg.warmup_epochs,
             checkpoint=folder / "checkpoint.pt", run_key=key, run_facts=run_settings(cfg),
-            resume=cfg.resume,
+            same_run=_same_run(cfg, self.base_fingerprint, data, label), resume=cfg.resume,
             save_every=cfg.save_every, validate=validate, hooks=hooks, progress=cfg.progress,
             desc=label,
         )  # fmt: skip
@@ -908,10 +944,46 @@ def _planned_labels(cfg: FinetuneRunConfig) -> list[str]:
     return out
 
 
+def _named(names: Sequence[str], which: Sequence[int]) -> str:
+    """Up to ten of ``names[i]``, quoted, and how many more."""
+    shown = ", ".join(repr(names[i]) for i in which[:10])
+    return shown + (f" and {len(which) - 10} more" if len(which) > 10 else "")
+
+
 def _check_classes(data: TaskData) -> None:
     """Refuse a classification whose train split holds one class (before any method writes
     anything), and name the classes a split lacks: a class never trained on is never predicted,
-    one never tested is not measured (and is left out of ``macro_f1`` and balanced accuracy)."""
+    one never tested is not measured (and is left out of ``macro_f1`` and balanced accuracy).
+
+    Multi-label: a class no train image is labelled with is never learnt, and one no test image
+    is labelled with has no AP (it is left out of mAP). Regression: an output with the same
+    value on every train image is not learnt, and on every test image its R² is undefined (NaN,
+    left out of the mean R²). Each is said under ``--quiet``."""
+    if data.task in ("multi-label", "regression"):
+        targets = np.asarray(data.targets, dtype=np.float64)
+        for split in ("train", "test"):
+            rows = data.splits[split]
+            if not len(rows):
+                continue
+            part = targets[rows]
+            if data.task == "multi-label":
+                lacking = np.flatnonzero(~(part > 0).any(axis=0)).tolist()
+                if lacking:
+                    shown_when_quiet.warning(
+                        "%s: no image of the %s split is labelled %s%s", data.name, split,
+                        _named(data.names, lacking),
+                        "" if split == "train" else " (no AP: left out of mAP)",
+                    )  # fmt: skip
+                continue
+            same = np.flatnonzero((part == part[:1]).all(axis=0)).tolist()
+            if same:
+                shown_when_quiet.warning(
+                    "%s: target %s has one value on every image of the %s split%s", data.name,
+                    _named(data.names, same), split,
+                    " (nothing to learn)" if split == "train"
+                    else " (R² undefined: NaN, left out of the mean R²)",
+                )  # fmt: skip
+        return
     if data.task != "classification":
         return
     targets = np.asarray(data.targets)
@@ -932,8 +1004,7 @@ def _check_classes(data: TaskData) -> None:
         if missing:  # a class the head cannot learn, or a score without it: said under --quiet
             shown_when_quiet.warning(
                 "%s: the %s split holds no sample of %s", data.name, split,
-                ", ".join(repr(data.names[i]) for i in missing[:10])
-                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
+                _named(data.names, missing),
             )  # fmt: skip
 
 
@@ -980,7 +1051,8 @@ def _check_resumed_heads(runner: _Runner) -> None:
             )  # fmt: skip
             continue
         key = _run_key(cfg, runner.base_fingerprint, runner.data, label)
-        refuse_other_run(path, info["run_key"], info.get("settings"), key, settings)
+        same = _same_run(cfg, runner.base_fingerprint, runner.data, label)
+        refuse_other_run(path, info["run_key"], info.get("settings"), key, settings, same)
 
 
 def run_finetune(

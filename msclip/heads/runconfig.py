@@ -90,7 +90,7 @@ class FinetuneRunConfig:
         default=None,
         metadata=_help(
             "CSV label column (classification, default 'label'); multi-label: several 0/1 "
-            "columns, or one column with --label-separator"
+            "columns, or one column with --label-separator or of lists ([a, b])"
         ),
     )
     value_columns: list[str] | None = field(

@@ -12,7 +12,7 @@ for these pieces.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "RUNTIME_OPTIONS",
     "MethodResult",
     "RunResult",
+    "SameRun",
     "check_outputs",
     "default_label",
     "encoder_hparams",
@@ -216,10 +217,12 @@ def refuse_other_run(
     stored_settings: Mapping[str, Any] | None,
     run_key: str,
     settings: Mapping[str, Any] | None,
+    same_run: SameRun | None = None,
 ) -> None:
     """Refuse to resume from ``path`` (a training checkpoint, or a finished head) when it was
     written by a run of other settings, data or model (``stored_key`` is not ``run_key``),
-    naming the settings that differ (:func:`settings_changes`).
+    naming the settings that differ (:func:`settings_changes`). ``same_run``: the test that
+    accepts a key written with other values of options its method does not use only.
 
     Raises:
         CheckpointError: the keys differ.
@@ -228,8 +231,13 @@ def refuse_other_run(
 
     if stored_key == run_key:
         return
+    if same_run is not None and same_run(stored_key, stored_settings):
+        return
     if stored_settings and settings:
-        changes = settings_changes(stored_settings, settings)
+        idle = same_run.idle if same_run is not None else frozenset()
+        changes = [
+            c for c in settings_changes(stored_settings, settings) if c.split()[0] not in idle
+        ]
         what = (
             f"other settings ({', '.join(changes)})"
             if changes
@@ -242,6 +250,30 @@ def refuse_other_run(
         "new run in another output_dir",
         param="resume",
     )
+
+
+class SameRun:
+    """Whether a stored run key is that of this run for one method, up to the options the
+    method does not use (``idle``): the key recomputed by ``key_with`` with the stored values
+    of those options must be the stored key.
+
+    A run's key covers every option, so without this, options of other methods kept a folder
+    from growing: a ridge run stores ``epochs`` (its default, which ridge ignores, and which
+    it could not be given), and adding ``linear --epochs 5`` with ``resume`` was refused.
+    """
+
+    def __init__(self, idle: frozenset[str], key_with: Callable[[dict[str, Any]], str]) -> None:
+        self.idle = idle
+        self.key_with = key_with
+
+    def __call__(self, stored_key: str | None, stored: Mapping[str, Any] | None) -> bool:
+        if not stored_key or not stored:
+            return False
+        old = {k: stored[k] for k in self.idle if k in stored}
+        try:
+            return bool(old) and self.key_with(old) == stored_key
+        except (TypeError, ValueError):  # a stored value the options no longer take
+            return False
 
 
 def head_file_info(path: Path) -> dict[str, Any]:

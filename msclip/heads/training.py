@@ -82,6 +82,7 @@ def train_loop(
     checkpoint: Path | None = None,
     run_key: str = "",
     run_facts: Mapping[str, Any] | None = None,
+    same_run: Any = None,
     resume: bool = False,
     save_every: int = 1,
     validate: Callable[[], dict[str, float]] | None = None,
@@ -108,6 +109,8 @@ def train_loop(
         run_key: what the run is; a checkpoint of another run is refused.
         run_facts: the run's settings (:func:`msclip.heads.runs.run_settings`), kept in the
             checkpoint so a refusal names what changed.
+        same_run: a :class:`msclip.heads.runs.SameRun` that also accepts a checkpoint whose key
+            differs only in options this head does not use.
         resume: continue from ``checkpoint`` when it exists.
         save_every: write the checkpoint every this many epochs (and after the last).
         validate: called after each epoch; its values join the history.
@@ -135,7 +138,8 @@ def train_loop(
     with seeded(seed, cuda=True):  # the caller's random state is left as it was
         return _train_epochs(
             net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint,
-            (run_key, dict(run_facts or {})), resume, save_every, validate, hooks, progress, desc,
+            (run_key, dict(run_facts or {}), same_run), resume, save_every, validate, hooks,
+            progress, desc,
         )  # fmt: skip
 
 
@@ -150,7 +154,7 @@ def _train_epochs(
     batch_size: int,
     seed: int,
     checkpoint: Path | None,
-    identity: tuple[str, dict[str, Any]],
+    identity: tuple[str, dict[str, Any], Any],
     resume: bool,
     save_every: int,
     validate: Callable[[], dict[str, float]] | None,
@@ -162,9 +166,9 @@ def _train_epochs(
 
     history: list[dict[str, Any]] = []
     start = 0
-    run_key, run_facts = identity
+    run_key, run_facts, same_run = identity
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = _read_training_checkpoint(checkpoint, run_key, run_facts)
+        state = _read_training_checkpoint(checkpoint, run_key, run_facts, same_run)
         _load_state(net, state["state"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -229,7 +233,7 @@ def _write_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _read_training_checkpoint(
-    path: Path, run_key: str, run_facts: Mapping[str, Any] | None = None
+    path: Path, run_key: str, run_facts: Mapping[str, Any] | None = None, same_run: Any = None
 ) -> dict[str, Any]:
     import pickle
 
@@ -241,7 +245,7 @@ def _read_training_checkpoint(
         raise CheckpointError(f"{path} is not an msclip-finetune training checkpoint")
     from msclip.heads.runs import refuse_other_run
 
-    refuse_other_run(path, data.get("run_key"), data.get("run_facts"), run_key, run_facts)
+    refuse_other_run(path, data.get("run_key"), data.get("run_facts"), run_key, run_facts, same_run)
     return data
 
 

@@ -318,6 +318,83 @@ def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digits(
+    run, tmp_path, capsys
+):
+    # heights in km (values near 3e-5) printed as 0.0000 in the table: four decimals
+    scenes = run["scenes"]
+    caps = pd.read_csv(scenes / "captions.csv")
+    table = tmp_path / "height.csv"
+    pd.DataFrame({"path": [str(scenes / p) for p in caps["image"]], "height": caps["label"].map(
+        {"sea": 0.0, "forest": 30.0, "desert": 2.0})}).to_csv(table, index=False)  # fmt: skip
+    argv = ["--csv", str(table), "--task", "regression", "--value-columns", "height", "--scale",
+            "1e-6", "--method", "ridge", "--output-dir", str(tmp_path / "run"), "--save-path",
+            str(tmp_path / "r"), "--cache-dir", str(run["root"] / "cache"),
+            *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
+    assert main(argv) == 0
+    pred = tmp_path / "height_pred.csv"
+    capsys.readouterr()
+    head = tmp_path / "run" / "ridge" / "head.safetensors"
+    code = inference_main(["--run-classification", "--head", str(head), "--images",
+                           str(scenes / "forest"), "--save-path", str(pred), *TINY,
+                           "--quiet"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    values = pd.read_csv(pred)["height"]
+    assert values.abs().max() < 1e-4 and values.abs().min() > 1e-6
+    shown = [line.split()[1] for line in out.splitlines() if line.startswith("forest_")]
+    assert len(shown) == 10 and "0.0000" not in shown
+    assert [float(v) for v in shown] == pytest.approx(values.tolist(), rel=1e-5)
+
+
+def test_a_head_reads_unnamed_bands_as_its_training_run_named_them(run, tmp_path, capsys):
+    # trained on 4-band files without band names (--input-bands B02 B03 B04 B08), the head was
+    # given the same kind of file read as NAIP's red, green, blue, NIR: blue and red swapped
+    import rasterio
+
+    caps = pd.read_csv(run["scenes"] / "captions.csv")
+    for rel in caps["image"]:
+        with rasterio.open(run["scenes"] / rel) as src:
+            idx = [src.descriptions.index(b) + 1 for b in ("B02", "B03", "B04", "B08")]
+            profile = {**src.profile, "count": 4}
+            out = tmp_path / "four" / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(out, "w", **profile) as dst:
+                dst.write(src.read(idx))
+    table = tmp_path / "four" / "t.csv"
+    pd.DataFrame({"path": caps["image"], "label": caps["label"]}).to_csv(table, index=False)
+    argv = ["--csv", str(table), "--input-bands", "B02", "B03", "B04", "B08", "--method",
+            "logistic", "--output-dir", str(tmp_path / "run"), "--save-path", str(tmp_path / "r"),
+            *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
+    assert main(argv) == 0
+    head = str(tmp_path / "run" / "logistic" / "head.safetensors")
+    images = str(tmp_path / "four" / "forest")
+    capsys.readouterr()
+    code = inference_main(["--run-classification", "--head", head, "--images", images,
+                           "--save-path", str(tmp_path / "a.csv"), *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "read as the head's training images were: --bands B02 B03 B04 B08" in err
+    assert "NAIP" not in err and "the head was trained on images with bands" not in err
+    code = inference_main(["--run-classification", "--head", head, "--images", images,
+                           "--save-path", str(tmp_path / "b.csv"), "--bands", "B02", "B03",
+                           "B04", "B08", *TINY, "--quiet"])  # fmt: skip
+    assert code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+    # unnamed files of another band count are read by their count as before, not refused
+    for rel in caps["image"][:2]:
+        with rasterio.open(run["scenes"] / rel) as src:
+            out = tmp_path / "twelve" / Path(rel).name
+            out.parent.mkdir(exist_ok=True)
+            with rasterio.open(out, "w", **src.profile) as dst:
+                dst.write(src.read())
+    code = inference_main(["--run-classification", "--head", head, "--images",
+                           str(tmp_path / "twelve"), "--save-path", str(tmp_path / "c.csv"),
+                           *TINY])  # fmt: skip
+    assert code == 0 and "read as the head's" not in capsys.readouterr().err
+    assert (pd.read_csv(tmp_path / "c.csv")["status"] == "ok").all()
+
+
 def test_python_dash_m_entry_point():
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "msclip.finetune", "--help"], cwd=repo,

@@ -172,6 +172,35 @@ def test_one_class_and_missing_classes(scenes, tmp_path, caplog):
     assert any("the test split holds no sample of 'forest'" in m for m in said)
 
 
+def test_multilabel_classes_and_regression_outputs_a_split_lacks_are_named(caplog):
+    # classification named a class a split lacks; a multi-label class with no positive test
+    # image was left out of mAP, and a constant regression target gave R² NaN, without a word
+    from msclip.heads.data import TaskData
+    from msclip.heads.finetune import _check_classes
+
+    splits = {"train": np.arange(0, 6), "val": np.arange(6, 8), "test": np.arange(8, 12)}
+    labels = np.zeros((12, 3))
+    labels[:, 0] = 1  # 'land' everywhere
+    labels[[1, 3, 9], 1] = 1  # 'water' in train and test
+    labels[[10, 11], 2] = 1  # 'snow' only in test
+    labels[8:, 1] = 0
+    multi = TaskData("ml", "multi-label", [f"{i}.tif" for i in range(12)], labels,
+                     ["land", "water", "snow"], None, splits, {})  # fmt: skip
+    values = np.stack([np.arange(12.0), np.r_[np.arange(8.0), [5.0] * 4]], axis=1)
+    reg = TaskData("reg", "regression", [f"{i}.tif" for i in range(12)], values,
+                   ["biomass", "height"], None, splits, {})  # fmt: skip
+    caplog.set_level("WARNING", logger="msclip.shown_when_quiet")  # kept under --quiet
+    _check_classes(multi)
+    _check_classes(reg)
+    said = [r.getMessage() for r in caplog.records if r.name == "msclip.shown_when_quiet"]
+    assert said == [
+        "ml: no image of the train split is labelled 'snow'",
+        "ml: no image of the test split is labelled 'water' (no AP: left out of mAP)",
+        "reg: target 'height' has one value on every image of the test split (R² undefined: "
+        "NaN, left out of the mean R²)",
+    ]
+
+
 def test_a_finished_run_is_never_overwritten(scenes, tmp_path):
     cfg = _cfg(tmp_path, folders=str(scenes), method=["knn"])
     run_finetune(cfg)
@@ -212,6 +241,25 @@ def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
         run_finetune(dataclasses.replace(resumed, folders=str(other)))
     assert {h: h.read_bytes() for h in heads} == before
     run_finetune(resumed)  # the same settings: knn is run again in place
+
+
+def test_resume_adds_a_method_with_its_own_options(scenes, tmp_path):
+    """Options of a method a head does not use do not make it another run: a knn folder takes a
+    linear head with its own epochs (knn's head stored the default, which a knn run cannot be
+    given), and a linear checkpoint takes a logistic probe beside it with its own C values.
+    Both were refused."""
+    cfg = _cfg(tmp_path, folders=str(scenes), method=["knn"], n_resamples=0)
+    run_finetune(cfg)
+    cfg = dataclasses.replace(cfg, method=["knn", "linear"], epochs=2, resume=True)
+    added = run_finetune(cfg)
+    assert [m.label for m in added.methods] == ["knn", "knn-unweighted", "linear"]
+    assert len(pd.read_csv(added.methods[-1].files["history"])) == 2
+    again = run_finetune(dataclasses.replace(cfg, method=["linear", "logistic"], cs=[1.0]))
+    assert again.methods[0].result.metrics == added.methods[-1].result.metrics  # resumed
+    # an option a head uses still refuses it, named without those it does not use
+    with pytest.raises(CheckpointError, match=r"linear/head.* other settings \(epochs 2 -> 3\);"):
+        run_finetune(dataclasses.replace(cfg, method=["linear", "logistic"], cs=[1.0], epochs=3,
+                                         max_iter=50))  # fmt: skip
 
 
 def test_a_tile_of_nodata_only_is_skipped_and_counted(scenes, tmp_path):

@@ -78,6 +78,63 @@ def test_csv_multilabel_columns_and_joined_labels(tmp_path):
     assert d.targets[:, 1].tolist() == [1, 0, 0, 1, 0, 0]
 
 
+def _csv_rows(tmp_path: Path, name: str, rows: list[list[str]]) -> Path:
+    """A table written by the csv module (cells with commas, quotes and newlines quoted)."""
+    import csv
+
+    for r in rows[1:]:
+        _touch(tmp_path / r[0])
+    p = tmp_path / name
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return p
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ['["Arable land", "Pastures"]', '["Pastures"]', "[]"],  # JSON
+        ["['Arable land', 'Pastures']", "['Pastures']", "[]"],  # str() of a Python list
+        ["['Arable land'\n 'Pastures']", "['Pastures']", "[]"],  # str() of a NumPy array
+        ["[Arable land, Pastures]", "[Pastures]", "[ ]"],  # bare items
+    ],
+)
+def test_csv_multilabel_cells_written_as_lists(tmp_path, cells):
+    # BigEarthNet's labels are lists; split at "," they became the classes "['Arable land'" and
+    # "'Pastures']" (and "['Pastures']"), with no error
+    rows = [["path", "labels"]] + [[f"l{i}.tif", cells[i % 3]] for i in range(9)]
+    table = _csv_rows(tmp_path, "l.csv", rows)
+    for separator in (None, ","):
+        d = from_csv(table, task="multi-label", label_columns=["labels"],
+                     label_separator=separator, val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+        assert d.names == ["Arable land", "Pastures"]
+        assert d.targets[:3].tolist() == [[1, 1], [0, 1], [0, 0]]  # [] : no class
+
+
+def test_csv_multilabel_list_cells_that_do_not_read_are_named(tmp_path):
+    rows = [["path", "labels"], ["m0.tif", "['a', 'b']"], ["m1.tif", "['a' b]"]]
+    with pytest.raises(HeadInputError, match=r"line 3 .*m1\.tif.*\['a' b\]"):
+        from_csv(_csv_rows(tmp_path, "m.csv", rows), task="multi-label", label_columns=["labels"])
+    rows = [["path", "labels"], ["n0.tif", "['a', 'b']"], ["n1.tif", "a;b"]]
+    with pytest.raises(HeadInputError, match=r"line 3 .*'a;b', not a list of labels"):
+        from_csv(_csv_rows(tmp_path, "n.csv", rows), task="multi-label", label_columns=["labels"])
+
+
+def test_csv_multilabel_columns_take_their_prompts_from_the_class_list_by_label(tmp_path):
+    # the class file in another order than the columns gave 'water' the prompt of 'trees'
+    rows = [f"c{i}.tif,{i % 2},{(i // 2) % 2}" for i in range(10)]
+    table = _table(tmp_path, "path,water,trees", rows)
+    names = tmp_path / "classes.txt"
+    names.write_text("trees = forest canopy\nsnow = snow cover\nwater = open water\n")
+    d = from_csv(table, task="multi-label", label_columns=["water", "trees"], classes=str(names))
+    assert d.names == ["water", "trees"]
+    assert d.prompt_names == ["open water", "forest canopy"]
+    assert d.describe()["prompt_names"] == ["open water", "forest canopy"]
+    names.write_text("trees = forest canopy\n")
+    with pytest.raises(HeadInputError, match=r"label columns \['water'\] are not among"):
+        from_csv(table, task="multi-label", label_columns=["water", "trees"], classes=str(names))
+
+
 def test_csv_regression_scale_and_nan_refused_with_row_named(tmp_path):
     rows = [f"r{i}.tif,{i * 100},{i}" for i in range(10)]
     d = from_csv(_table(tmp_path, "path,cover,h", rows), task="regression",
@@ -111,6 +168,34 @@ def test_csv_bad_input_is_named(tmp_path):
     rows = [f"y{i}.tif,{'ab'[i % 2]},{'train' if i < 6 else 'val'}" for i in range(8)]
     with pytest.raises(HeadInputError, match="the test split is empty"):
         from_csv(_table(tmp_path, "path,label,split", rows, "s.csv"))
+
+
+def test_csv_split_column_with_train_and_test_rows_only(tmp_path):
+    # the layout most published tables have; it was refused ("the val split is empty") although
+    # split files of the same two splits take validation out of train
+    rows = [f"v{i}.tif,{'ab'[i % 2]},{'test' if i >= 14 else 'train'}" for i in range(20)]
+    d = from_csv(_table(tmp_path, "path,label,split", rows), val_fraction=0.2)
+    assert d.splits["test"].tolist() == list(range(14, 20))
+    assert list(d.splits) == ["train", "val", "test"]
+    fitted = sorted(d.splits["train"].tolist() + d.splits["val"].tolist())
+    assert fitted == list(range(14)) and len(d.splits["val"]) == 2  # one per class
+    assert np.bincount(d.targets[d.splits["val"]]).tolist() == [1, 1]
+    assert d.split_source["test"].startswith("column 'split'")
+    assert "of the given train split, val_fraction 0.2" in d.split_source["val"]
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_separated_by_semicolons_or_tabs(tmp_path, sep):
+    # a spreadsheet's export where the comma is the decimal mark: one column 'path;label;value'
+    rows = [f"s{i}.tif{sep}{'ab'[i % 2]}{sep}{i},5" for i in range(10)]
+    for r in rows:
+        _touch(tmp_path / r.split(sep)[0])
+    table = tmp_path / "s.csv"
+    table.write_text(sep.join(["path", "label", "value"]) + "\n" + "\n".join(rows) + "\n")
+    d = from_csv(table, split_column=None, val_fraction=0.2)
+    assert d.names == ["a", "b"] and d.targets.tolist() == [i % 2 for i in range(10)]
+    with pytest.raises(HeadInputError, match=r"line 2 .*'0,5', not a finite number"):
+        from_csv(table, task="regression")  # a decimal comma is named, not misread
 
 
 def test_csv_image_listed_twice_is_refused(tmp_path):
