@@ -248,7 +248,9 @@ def _assign_bands(
     present = [d for d in descriptions if d]
     if present:
         try:
-            from_desc = tuple(b.name for b in resolve_bands(descriptions, sensor))  # type: ignore[arg-type]
+            from_desc = tuple(
+                b.name for b in resolve_bands(descriptions, sensor, descriptions=True)
+            )  # type: ignore[arg-type]
         except UnknownBandError:
             from_desc = None
         except BandError as err:
@@ -358,7 +360,7 @@ def _own_names_if_not_the_sensors(
     if not all(descriptions):
         return with_sensor
     try:
-        own = tuple(b.name for b in resolve_bands(descriptions, None))  # type: ignore[arg-type]
+        own = tuple(b.name for b in resolve_bands(descriptions, None, descriptions=True))  # type: ignore[arg-type]
     except BandError:
         return with_sensor
     if own == with_sensor:
@@ -413,7 +415,7 @@ def _sensors_naming(
     fits = []
     for name in sorted(SENSORS):
         try:
-            resolve_bands(descriptions, name)  # type: ignore[arg-type]
+            resolve_bands(descriptions, name, descriptions=True)  # type: ignore[arg-type]
         except BandError:
             continue
         fits.append(name)
@@ -522,7 +524,7 @@ def _names_a_band(description: str | None) -> bool:
     if not description:
         return False
     try:
-        resolve_bands([description])
+        resolve_bands([description], descriptions=True)
     except (BandError, UnknownBandError):
         return False
     return True

@@ -382,15 +382,50 @@ def refuse_single_string(names: object, what: str = "bands") -> None:
         )
 
 
-def resolve_bands(names: Iterable[str | Band], sensor: str | None = None) -> tuple[Band, ...]:
+def _refuse_joined_names(name: object, sensor: str | None) -> None:
+    """Refuse one string that joins several band names (``"B02,B03"``, ``"B02 B03"``): a band is
+    read from a name's first word (a file's description ``B4, central wavelength 665 nm``), so
+    it would be the one band B02. A description whose other words name no band passes."""
+    if not isinstance(name, str):
+        return
+    parts = [p for p in re.split(r"[\s,;]+", name.strip()) if p]
+    if len(parts) < 2:
+        return
+    try:
+        found = {resolve_band(part, sensor).name for part in parts}
+    except UnknownBandError:
+        return
+    if len(found) < 2:  # "B08 nir": one band, said twice
+        return
+    raise BandError(
+        f"the band name {name!r} joins {len(parts)} band names; give them as separate names: "
+        f"{parts}",
+        param="bands",
+    )
+
+
+def resolve_bands(
+    names: Iterable[str | Band], sensor: str | None = None, *, descriptions: bool = False
+) -> tuple[Band, ...]:
     """Resolve several band names; duplicates are an error (a band cannot be read twice).
+
+    Args:
+        names: the names.
+        sensor: the sensor whose local names apply.
+        descriptions: the names are a file's band descriptions, whose words after the first may
+            be anything (``B2 blue``); names a caller gives may not join several band names.
 
     Raises:
         BandError: ``names`` is one string rather than a list of names (its letters would be
-            read as band names: ``"RGB"`` as red, green, blue), empty, or names a band twice.
+            read as band names: ``"RGB"`` as red, green, blue), one of them joins several band
+            names (``"B02,B03"``), the list is empty, or names a band twice.
         UnknownBandError: a name is not known.
     """
     refuse_single_string(names)
+    names = list(names)
+    if not descriptions:
+        for n in names:
+            _refuse_joined_names(n, sensor)
     bands = tuple(resolve_band(n, sensor) for n in names)
     if not bands:
         raise BandError("empty band list: name at least one band")

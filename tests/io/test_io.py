@@ -58,6 +58,16 @@ def test_geotiff_bands_from_descriptions_in_any_order(make_geotiff):
         assert msclip.read_raster(path, bands=order).bands == tuple(order)
 
 
+def test_read_raster_refuses_band_names_joined_in_one_string(make_geotiff):
+    """``bands=["B02,B03,B04,B08"]`` was the one band B02 (a name's first word), and a 4-band
+    file was refused for one band name; a description joining words is still read."""
+    path, _data = make_geotiff(count=4, descriptions=None, nodata=0)
+    with pytest.raises(BandError, match="joins 4 band names"):
+        msclip.read_raster(path, bands=["B02,B03,B04,B08"])
+    described, _ = make_geotiff(count=2, descriptions=["B2 blue", "B8 NIR"], nodata=0)
+    assert msclip.read_raster(described).bands == ("B02", "B08")
+
+
 def test_geotiff_descriptions_written_by_gdal_sentinel2_driver(make_geotiff):
     # gdal_translate of a SENTINEL2 subdataset keeps the driver's band descriptions
     descriptions = [f"B{b}, central wavelength {nm} nm" for b, nm in

@@ -103,6 +103,20 @@ def test_a_single_string_is_not_a_band_list():
         map_bands("B02", ["B02"])
 
 
+def test_one_name_joining_several_bands_is_refused():
+    # a band is read from a name's first word: ["B02,B03"] would be the one band B02
+    for value in ("B02,B03", "B02 B03", "B02; B8A"):
+        with pytest.raises(BandError, match="joins 2 band names; give them as separate names"):
+            resolve_bands([value, "B04"])
+    # the same band said twice, and words that name no band, are one band as before
+    assert [b.name for b in resolve_bands(["B08 nir", "B4, central wavelength 665 nm"])] == [
+        "B08",
+        "B04",
+    ]
+    # a file's descriptions may say anything after the band (descriptions=True)
+    assert [b.name for b in resolve_bands(["B2 blue"], descriptions=True)] == ["B02"]
+
+
 def test_count_defaults():
     assert default_bands_for_count(13) == S2_L1C_BANDS
     assert default_bands_for_count(12) == S2_L2A_BANDS
