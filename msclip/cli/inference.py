@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size",
         type=positive_int,
         default=None,
-        help="tile side in pixels (default: the model's input size)",
+        help="tile side in pixels (default: the model's input size; with --head, the size of "
+        "the crops the head was trained on)",
     )
     s.add_argument(
         "--stride",
@@ -1110,13 +1111,14 @@ def _dense_scene(
     return _report_unreadable_tiles(args, result)
 
 
-def _check_overlap(args: argparse.Namespace, tile: int) -> None:
+def _check_overlap(args: argparse.Namespace, tile: int, default: str = "the model input") -> None:
     """Refuse an ``--overlap`` a per-pixel map cannot take (tiles must move forward), naming
-    the flags, before any tile is read."""
+    the flags, before any tile is read; ``default`` says where a tile size not given by
+    ``--tile-size`` comes from."""
     if args.overlap is not None and not 0 <= args.overlap < tile:
         raise UsageError(
             f"--overlap {args.overlap} must be less than the tile size, {tile} pixels "
-            f"({'--tile-size' if args.tile_size else 'the model input'}); give at most "
+            f"({'--tile-size' if args.tile_size else default}); give at most "
             f"{tile - 1} (default a quarter of the tile)"
         )
 
@@ -1275,12 +1277,14 @@ def _head_scene(args: argparse.Namespace) -> int:
     stem = f"dense_{entry['name']}".replace("-", "_")
     _check_scene_outputs(args, _map_outputs(out_dir, stem))
     model, _, _ = load_model(args)
-    _check_overlap(args, args.tile_size or model.image_size)
+    # the head's training crops, the windows its test images were scored in
+    tile = args.tile_size or ckpt.crop_size(model)
+    _check_overlap(args, tile, "the head's training crops")
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"
     result = predict_scene_with_head(
         args.scene, _pending(final), ckpt, model, task=entry["name"],
-        adapters=args.adapters, tile_size=args.tile_size or model.image_size,
+        adapters=args.adapters, tile_size=tile,
         overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, sensor=args.sensor,
         nodata=args.nodata, progress=not args.quiet, skip_unreadable=True,
     )  # fmt: skip

@@ -646,6 +646,7 @@ def run_dense_finetune(
         info={
             "dataset": data.name,
             "model_label": model_label,
+            "crop_size": crop,  # the tile size of scene prediction (predict_scene_with_head)
             "test": {n: r["metrics"] for n, r in results.items()},
             "settings": run_settings(cfg),
             "input_bands": training_bands(

@@ -107,6 +107,19 @@ class DenseHeadCheckpoint:
         dm = DenseModel(model, self.layers, self.heads, self.pad_mode, tasks)
         return dm.to(model.device).eval()
 
+    def crop_size(self, model: Any = None) -> int | None:
+        """The side of the crops the head was trained on (and its validation and test images
+        were predicted in windows of): the natural tile size of scene prediction. Read from the
+        head's ``crop_size`` entry, else its run's settings; a run that set none trained on the
+        model's input size (``model.image_size``, ``None`` without ``model``)."""
+        for value in (
+            self.info.get("crop_size"),
+            (self.info.get("settings") or {}).get("crop_size"),
+        ):
+            if value is not None:
+                return int(value)
+        return None if model is None else int(model.image_size)
+
 
 def save_dense_head(
     path: str | os.PathLike,

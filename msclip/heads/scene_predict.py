@@ -654,8 +654,10 @@ def predict_scene_with_head(
         model: the :class:`msclip.MSCLIP` the head was trained on.
         task: the head's task to predict (default: its first).
         adapters: LoRA adapter file (default: the one recorded next to the head).
-        **kwargs: options of :func:`predict_scene` (``tile_size`` defaults to the model's
-            input size).
+        **kwargs: options of :func:`predict_scene` (``tile_size`` defaults to the size of the
+            crops the head was trained on, :meth:`DenseHeadCheckpoint.crop_size
+            <msclip.heads.dense_head.DenseHeadCheckpoint.crop_size>`: the windows its test
+            images were scored in).
 
     Raises:
         CheckpointMismatchError: the head was trained on another encoder.
@@ -670,7 +672,8 @@ def predict_scene_with_head(
     dense = ckpt.dense_model(model)
     name = entry["name"]
     kind = "segmentation" if entry["kind"] == "segmentation" else "regression"
-    kwargs.setdefault("tile_size", int(model.image_size))
+    if kwargs.get("tile_size") is None:  # the head's training crops: what its scores measured
+        kwargs["tile_size"] = ckpt.crop_size(model)
     kwargs.setdefault("device", model.device)
     tags = {"msclip": f"dense {entry['kind']} head {ckpt.method}", "msclip_head": str(ckpt.path),
             **dict(kwargs.pop("tags", None) or {})}  # fmt: skip

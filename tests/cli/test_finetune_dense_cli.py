@@ -59,6 +59,9 @@ def test_segmentation_cli_then_scene_prediction_with_the_head(data, tmp_path, ca
     with rasterio.open(tmp_path / "map" / "dense_segmentation.tif") as o, rasterio.open(scene) as s:
         assert o.crs == s.crs and o.transform == s.transform and o.shape == s.shape
         assert o.count == 2 and (o.read(1) < 14).all()
+        # tiles of the head's training crops (16 px), the windows its test score was measured
+        # in, not of the model's input size (32 px)
+        assert o.tags()["msclip_tile_size"] == "16" and o.tags()["msclip_overlap"] == "4"
         pixels, names = s.read(), s.descriptions
     # a damaged block: its tiles are left out and named, the rest of the map is written
     damaged = write_tiled_scene(tmp_path / "damaged.tif", pixels)
@@ -68,7 +71,7 @@ def test_segmentation_cli_then_scene_prediction_with_the_head(data, tmp_path, ca
     for flags, rc in (([], 1), (["--skip-bad"], 0)):
         code = inference_main(["--run-scene", "--scene", str(damaged), "--head", str(head),
                                "--save-path", str(tmp_path / "hole"), *TINY, "--quiet",
-                               *flags])  # fmt: skip
+                               "--tile-size", "32", *flags])  # fmt: skip
         err = capsys.readouterr().err
         assert code == rc and "1 of 4 tiles of" in err and "could not be read" in err, err
         assert "rows 8-40, columns 8-40 (damaged.tif, band 1: IReadBlock failed" in err
