@@ -10,8 +10,9 @@
   without a graph) or trained (``lora``, ``last-n``, ``full``, ``scratch``,
   :mod:`msclip.heads.modes`, layer-wise learning-rate decay);
 * losses (:mod:`msclip.heads.losses`): cross-entropy with ``ignore_index`` and class weights (a
-  list, or ``auto`` / ``median`` counted in one pass over the training label rasters), MSE / L1 /
-  Huber over valid target pixels, summed with each task's weight;
+  list, or ``auto`` / ``median`` counted in one pass over the training labels, without the
+  pixels the loss ignores), MSE / L1 / Huber over valid target pixels, summed with each task's
+  weight;
 * training: the runners' exactly resumable loop (:func:`msclip.heads.training.train_loop`),
   seeded random crops and flips per batch (``default_rng((seed, epoch, batch))``), validation
   loss and main metric every epoch;
@@ -141,7 +142,7 @@ class _Batch:
 
 
 def _class_weights(
-    cfg: FinetuneRunConfig, entry: dict[str, Any], t: DenseTarget, data: DenseData
+    cfg: FinetuneRunConfig, entry: dict[str, Any], t: DenseTarget, samples: DenseSamples
 ) -> torch.Tensor | None:
     from msclip.heads.losses import ClassCounter, resolve_class_weights
 
@@ -151,14 +152,17 @@ def _class_weights(
     spec = [str(v) for v in spec]
     k = len(t.names)
     if len(spec) == 1 and spec[0].lower() in ("auto", "inverse", "median"):
-        counter = ClassCounter(k, t.ignore_index)  # one pass over the training labels
-        for i in data.splits["train"]:
-            counter.update_file(data.rasters[t.name][int(i)])
+        # one pass over the training labels as the loss sees them: the ignore index, the label
+        # file's nodata and the pixels where the image has no data are left out
+        counter = ClassCounter(k, t.ignore_index)
+        for i in samples.data.splits["train"]:
+            counter.update(samples[int(i)][1][t.name], where=samples.data.rasters[t.name][int(i)])
         return torch.as_tensor(counter.weights(spec[0].lower()), dtype=torch.float32)
     return resolve_class_weights([float(v) for v in spec], k)
 
 
-def _dense_tasks(cfg: FinetuneRunConfig, data: DenseData) -> list[DenseTask]:
+def _dense_tasks(cfg: FinetuneRunConfig, samples: DenseSamples) -> list[DenseTask]:
+    data = samples.data
     out = []
     for e, t in zip(cfg.dense_task_entries(), data.tasks):
         loss = e.get("loss", cfg.loss)
@@ -179,7 +183,7 @@ def _dense_tasks(cfg: FinetuneRunConfig, data: DenseData) -> list[DenseTask]:
                 decoder_kwargs=kwargs,
                 loss_weight=float(e.get("weight", 1.0)),
                 ignore_index=t.ignore_index,
-                class_weights=_class_weights(cfg, e, t, data),
+                class_weights=_class_weights(cfg, e, t, samples),
                 loss=loss or "mse",
                 huber_delta=float(e.get("huber_delta", cfg.huber_delta)),
             )
@@ -478,7 +482,11 @@ def run_dense_finetune(
     model_label = default_label(cfg, model)
     facts = model_facts(cfg, model, model_label)
     base_fingerprint = model.fingerprint(precision=False)
-    tasks = _dense_tasks(cfg, data)
+    prep = ScenePreprocess.from_model(model)
+    samples = DenseSamples(
+        data, prep, cfg.input_bands, cfg.sensor, cfg.nodata, keep=cfg.cache_images
+    )
+    tasks = _dense_tasks(cfg, samples)
     mode = cfg.encoder_mode
     device = model.device
 
@@ -516,10 +524,6 @@ def run_dense_finetune(
 
     losses = MultiTaskLoss(
         {t.name: build_task_loss(t) for t in tasks}, {t.name: t.loss_weight for t in tasks}
-    )
-    prep = ScenePreprocess.from_model(model)
-    samples = DenseSamples(
-        data, prep, cfg.input_bands, cfg.sensor, cfg.nodata, keep=cfg.cache_images
     )
     crop = int(cfg.crop_size or model.image_size)
     # validation and test images larger than the crops: window by window (eval_mode)

@@ -341,6 +341,33 @@ def test_segmentation_run_records_class_weights_and_head(dense, tmp_path):
     assert os.path.getsize(m.files["head"]) < 200_000  # decoder only, no encoder weights
 
 
+def test_class_weights_leave_out_the_labels_under_image_nodata(dense, tmp_path):
+    """Label pixels where the image has no data (a swath edge under a land-cover product that
+    covers it) are ignored by the loss and the metrics: computed class weights leave them out
+    too (they were counted from the label files alone)."""
+    table = pd.read_csv(dense / "index.csv")
+    for k, rel in enumerate(table["image"]):
+        with rasterio.open(dense / rel) as src:
+            arr, profile, names = src.read(), src.profile, src.descriptions
+        arr[:, :, :10] = 0  # the image's nodata, in every band
+        out = tmp_path / f"i{k}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(arr)
+            dst.descriptions = names
+        table.loc[k, "image"] = str(out)
+    table.to_csv(tmp_path / "edge.csv", index=False)
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "edge.csv"), data_root=str(dense),
+               classes=str(dense / "classes.csv"), class_weights=["auto"], epochs=1)  # fmt: skip
+    res = run_finetune(cfg)
+    counter = ClassCounter(14, 255)
+    for i in res.data.splits["train"]:
+        with rasterio.open(res.data.rasters["segmentation"][int(i)]) as src:
+            counter.update(src.read(1)[:, 10:])  # the pixels the loss sees
+    weights = res.methods[0].record["method"]["hyperparameters"]["tasks"][0]["class_weights"]
+    np.testing.assert_allclose(weights, counter.weights("auto"), rtol=1e-6)
+    assert res.methods[0].record["metrics"]["n_pixels"] == 16 * 6 * len(res.data.splits["test"])
+
+
 def test_nodata_targets_are_masked(dense, tmp_path):
     data_dir = tmp_path / "data"
     table = pd.read_csv(dense / "index.csv")
