@@ -35,7 +35,6 @@ targets with NaN) so padding never counts.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -260,18 +259,42 @@ def _is_nodata(arr: np.ndarray, nodata: float) -> np.ndarray:
 
 # -- classes -------------------------------------------------------------------------------------
 def _classes_from_csv(path: Path) -> list[str] | None:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "value" not in rows[0] or "class" not in rows[0]:
+    """Class names in value order from a ``value,class`` table (more columns, such as colours,
+    are left alone; the header's case and a spreadsheet's byte-order mark or semicolons do not
+    matter, as for every table); ``None`` when it has no such columns.
+
+    Raises:
+        HeadInputError: an unreadable table, a value that is not a whole number, values that
+            are not ``0..K-1``.
+    """
+    from msclip.heads.data import _read_table
+
+    try:
+        columns, rows = _read_table(path)
+    except HeadInputError as err:
+        raise HeadInputError(str(err), param="classes") from None
+    by_name = {c.strip().lower(): c for c in columns}
+    if "value" not in by_name or "class" not in by_name:
         return None
-    values = [int(r["value"]) for r in rows]
+    rows = [{"value": r[by_name["value"]], "class": r[by_name["class"]]} for r in rows]
+    values = []
+    for line, r in enumerate(rows, start=2):
+        text = (r["value"] or "").strip()
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise HeadInputError(
+                f"{path}, line {line}: class value {text!r} is not a whole number; give each "
+                "class the label value of its pixels",
+                param="classes",
+            ) from None
     if sorted(values) != list(range(len(values))):
         raise HeadInputError(
             f"{path}: class values {values} are not 0..{len(values) - 1}; number the classes "
             "from 0",
             param="classes",
         )
-    by = {int(r["value"]): r["class"] for r in rows}
+    by = {v: (r["class"] or "").strip() for v, r in zip(values, rows)}
     return [by[i] for i in range(len(by))]
 
 
@@ -295,6 +318,11 @@ def _class_names(
         names = _classes_from_csv(near / "classes.csv")
         if names is not None:
             return names, list(names)
+        shown_when_quiet.warning(
+            "%s has no 'value' and 'class' columns: not read as the class list; the classes "
+            "are numbered from the labels (give the class list: classes)",
+            near / "classes.csv",
+        )
     import rasterio
 
     top = -1
@@ -445,11 +473,10 @@ def from_csv(
         HeadInputError: missing columns or files, a bad split name.
         LabelRasterMismatchError: an image and a raster on different grids.
     """
+    from msclip.heads.data import _read_table
+
     p = Path(path)
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, rows = _read_table(p)  # commas, or a spreadsheet's semicolons or tabs
     wanted = [image_column, *(t.column for t in tasks)]
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -460,12 +487,19 @@ def from_csv(
         )
     root = Path(data_root) if data_root else p.parent
 
-    def full(v: str) -> str:
-        q = Path(v.strip())
+    def full(line: int, row: dict[str, str], column: str) -> str:
+        v = (row.get(column) or "").strip()
+        if not v:  # the folder itself would be taken for the file
+            raise HeadInputError(
+                f"{p}, line {line}: the {column!r} cell is empty; give every row an image and "
+                "a raster for each task, or drop the row",
+                param="csv",
+            )
+        q = Path(v)
         return str(q if q.is_absolute() else root / q)
 
-    images = [full(r[image_column]) for r in rows]
-    rasters = {t.name: [full(r[t.column]) for r in rows] for t in tasks}
+    images = [full(n, r, image_column) for n, r in enumerate(rows, start=2)]
+    rasters = {t.name: [full(n, r, t.column) for n, r in enumerate(rows, start=2)] for t in tasks}
     splits = None
     if split_column and split_column in columns:
         splits = [r[split_column] for r in rows]

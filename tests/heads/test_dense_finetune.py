@@ -635,3 +635,35 @@ def test_image_and_label_folders_skip_hidden_files(tmp_path):
     task = DenseTarget("segmentation", "segmentation", "label_dir")
     data = from_folders(images, labels, task, val_fraction=0.2, test_fraction=0.2)
     assert len(data.images) == 6 and not any(Path(p).name.startswith(".") for p in data.images)
+
+
+def test_spreadsheet_tables_and_class_lists_are_read(dense, tmp_path, caplog):
+    """An index table and a class list saved by a spreadsheet (byte-order mark, semicolons, a
+    capitalised header, a colour column) are read as the comma-separated ones; a classes.csv
+    that is no class list is named, not passed over; an empty cell names its line."""
+    table = pd.read_csv(dense / "index.csv")
+    table["image"] = [str(dense / v) for v in table["image"]]
+    table["label"] = [str(dense / v) for v in table["label"]]
+    table[["image", "label", "split"]].to_csv(
+        tmp_path / "index.csv", sep=";", index=False, encoding="utf-8-sig"
+    )
+    names = ["water", "lake", "river", "snow", "cloud", "forest", "crops", "grass", "bare",
+             "desert", "urban", "wetland", "beach", "burnt"]  # fmt: skip
+    colours = pd.DataFrame({"Value": range(14), "Class": names, "Colour": ["#0000ff"] * 14})
+    colours.to_csv(tmp_path / "classes.csv", sep=";", index=False, encoding="utf-8-sig")
+    data = load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "index.csv")))
+    assert data.tasks[0].names == names and len(data) == len(table)
+    # a file of that name without the columns: said, and the classes numbered from the labels
+    pd.DataFrame({"code": [0], "name": ["sea"]}).to_csv(tmp_path / "classes.csv", index=False)
+    with caplog.at_level("WARNING"):
+        data = load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "index.csv")))
+    assert data.tasks[0].names[0] == "class_0"
+    assert "classes.csv has no 'value' and 'class' columns" in caplog.text
+    bad = tmp_path / "bad_classes.csv"
+    bad.write_text("value,class\n0,sea\n1.5,forest\n", encoding="utf-8")
+    with pytest.raises(HeadInputError, match=r"line 3: class value '1.5' is not a whole number"):
+        load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "index.csv"), classes=str(bad)))
+    table.loc[2, "label"] = ""
+    table[["image", "label", "split"]].to_csv(tmp_path / "hole.csv", index=False)
+    with pytest.raises(HeadInputError, match=r"hole.csv, line 4: the 'label' cell is empty"):
+        load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "hole.csv")))
