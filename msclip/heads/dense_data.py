@@ -289,9 +289,13 @@ def _classes_from_csv(path: Path) -> list[str] | None:
                 param="classes",
             ) from None
     if sorted(values) != list(range(len(values))):
+        codes = sorted(set(values))
+        remap = ", ".join(f"{v} -> {i}" for i, v in enumerate(codes[:3]))
         raise HeadInputError(
-            f"{path}: class values {values} are not 0..{len(values) - 1}; number the classes "
-            "from 0",
+            f"{path}: class values {values} are not 0..{len(values) - 1}: a dense head reads "
+            "label rasters of class indices 0..K-1; if the values are a product's codes (ESA "
+            f"WorldCover 10..100), remap the label rasters ({remap} ...) and number the table "
+            "from 0 in the same order",
             param="classes",
         )
     by = {v: (r["class"] or "").strip() for v, r in zip(values, rows)}
@@ -326,6 +330,7 @@ def _class_names(
     import rasterio
 
     top = -1
+    seen: set[int] = set()
     for p in label_paths:
         with rasterio.open(p) as src:
             arr = src.read(1)
@@ -335,9 +340,19 @@ def _class_names(
             v = v[~_is_nodata(v, nd)]
         if v.size:
             top = max(top, int(v.max()))
+            seen.update(int(x) for x in np.unique(v) if float(x).is_integer())
     if top < 0:
         raise HeadInputError("no labelled pixel in the label rasters", param="images")
     logger.info("no class names given: %d classes numbered from the labels", top + 1)
+    if len(seen) >= 2 and 2 * len(seen) < top + 1:  # codes (10, 20 ... 100), not indices
+        codes = sorted(seen)
+        shown_when_quiet.warning(
+            "the training labels hold %d values (%s) up to %d: the head gets %d classes, %d of "
+            "them never seen; if the values are a product's codes (ESA WorldCover 10..100), "
+            "remap the label rasters to 0..%d and give the class list (classes)",
+            len(codes), ", ".join(map(str, codes[:12])) + (" ..." if len(codes) > 12 else ""),
+            top, top + 1, top + 1 - len(codes), len(codes) - 1,
+        )  # fmt: skip
     return [f"class_{i}" for i in range(top + 1)], None
 
 

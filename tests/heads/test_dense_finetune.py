@@ -667,3 +667,29 @@ def test_spreadsheet_tables_and_class_lists_are_read(dense, tmp_path, caplog):
     table[["image", "label", "split"]].to_csv(tmp_path / "hole.csv", index=False)
     with pytest.raises(HeadInputError, match=r"hole.csv, line 4: the 'label' cell is empty"):
         load_dense_data(_cfg(tmp_path, dense, csv=str(tmp_path / "hole.csv")))
+
+
+def test_label_codes_of_a_land_cover_product_are_named(dense, tmp_path, caplog):
+    """Labels coded as ESA WorldCover codes them (10, 20, ... 100): without a class list the
+    head would get 101 classes, 90 never seen, and that is said; a class list of those codes is
+    refused with the remapping to make."""
+
+    def codes(arr):
+        out = np.full(arr.shape, 40, "uint8")
+        out[arr == 0], out[arr == 5], out[arr == 9] = 80, 10, 60
+        return out, {"nodata": 0}
+
+    table = pd.read_csv(dense / "index.csv")
+    _rewrite_labels(dense, tmp_path, table, codes, "wc.csv")
+    cfg = _cfg(tmp_path, dense, csv=str(tmp_path / "wc.csv"), data_root=str(dense))
+    with caplog.at_level("WARNING"):
+        data = load_dense_data(cfg)
+    assert len(data.tasks[0].names) == 81
+    assert "the training labels hold 4 values (10, 40, 60, 80) up to 80" in caplog.text
+    assert "77 of them never seen" in caplog.text and "remap the label rasters" in caplog.text
+    listed = tmp_path / "wc_classes.csv"
+    listed.write_text("value,class\n10,tree cover\n40,cropland\n60,bare\n80,water\n")
+    with pytest.raises(
+        HeadInputError, match=r"remap the label rasters \(10 -> 0, 40 -> 1, 60 -> 2"
+    ):
+        load_dense_data(dataclasses.replace(cfg, classes=str(listed)))
