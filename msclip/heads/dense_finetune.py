@@ -466,7 +466,7 @@ def run_dense_finetune(
         save_encoder_files,
         write_protocol,
     )
-    from msclip.heads.scene_predict import ScenePreprocess
+    from msclip.heads.scene_predict import ScenePreprocess, pixel_size_range
     from msclip.heads.training import head_groups, train_loop
     from msclip.io import write_csv
 
@@ -651,6 +651,8 @@ def run_dense_finetune(
             "dataset": data.name,
             "model_label": model_label,
             "crop_size": crop,  # the tile size of scene prediction (predict_scene_with_head)
+            # the training images' ground resolution: a scene of other pixels is named
+            "pixel_size_m": pixel_size_range([data.images[i] for i in data.splits["train"]]),
             "test": {n: r["metrics"] for n, r in results.items()},
             "settings": run_settings(cfg),
             "input_bands": training_bands(

@@ -92,9 +92,12 @@ __all__ = [
     "ScenePrediction",
     "ScenePreprocess",
     "blend_window",
+    "ground_pixel_size",
+    "pixel_size_range",
     "predict_scene",
     "predict_scene_with_head",
     "tile_starts",
+    "warn_other_pixel_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -669,6 +672,7 @@ def predict_scene_with_head(
     ckpt = head if not isinstance(head, (str, os.PathLike)) else read_dense_head(head)
     entry = ckpt.task(task)
     bind_head(ckpt, model, adapters)  # type: ignore[arg-type]
+    warn_other_pixel_size(ckpt.info.get("pixel_size_m"), src)
     dense = ckpt.dense_model(model)
     name = entry["name"]
     kind = "segmentation" if entry["kind"] == "segmentation" else "regression"
@@ -687,6 +691,94 @@ def predict_scene_with_head(
 
     return predict_scene(src, dst, predict, model, task=kind, num_outputs=int(
         entry["num_outputs"]), tags=tags, **kwargs)  # fmt: skip
+
+
+#: Metres of one degree of latitude (and of longitude at the equator), for the ground size of
+#: pixels in a geographic CRS; the ellipsoid's variation (under 1 %) does not matter here.
+_METRES_PER_DEGREE = 111_320.0
+#: A scene whose pixels are this many times larger or smaller than the training images' is
+#: named in a warning (10 m against 20 or 30 m, or 1 m; not 10 m against 10.5 m).
+PIXEL_SIZE_TOLERANCE = 1.5
+
+
+def ground_pixel_size(ds: Any) -> float | None:
+    """The ground size in metres of an open raster's pixels (the mean of their two sides): the
+    transform's pixel size in a projected CRS's linear unit, or in degrees of a geographic CRS
+    at the raster's central latitude; ``None`` without a georeference."""
+    from rasterio.errors import CRSError
+
+    t = ds.transform
+    if ds.crs is None or map_transform(ds.crs, t) is None:
+        return None
+    sx, sy = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    if ds.crs.is_geographic:
+        lat = (t * (ds.width / 2, ds.height / 2))[1]
+        if not -90 <= lat <= 90:
+            return None
+        sx, sy = sx * _METRES_PER_DEGREE * math.cos(math.radians(lat)), sy * _METRES_PER_DEGREE
+    else:
+        try:
+            factor = float(ds.crs.linear_units_factor[1])
+        except (CRSError, TypeError, ValueError, IndexError):
+            return None
+        sx, sy = sx * factor, sy * factor
+    size = (sx + sy) / 2
+    return size if math.isfinite(size) and size > 0 else None
+
+
+def pixel_size_range(paths: Sequence[str | os.PathLike], most: int = 64) -> list[float] | None:
+    """``[smallest, largest]`` ground pixel size in metres (:func:`ground_pixel_size`) of the
+    images ``paths`` (the headers of at most ``most`` of them, spread over the list; files that
+    cannot be opened or have no georeference are passed over), or ``None`` when none has one:
+    what a dense head keeps of its training images' resolution."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if not len(paths):
+        return None
+    picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, most).round())]
+    sizes = []
+    for path in picked:
+        with contextlib.suppress(RasterioIOError, OSError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an image without georeference: passed over
+            with rasterio.open(path) as ds:
+                size = ground_pixel_size(ds)
+            if size is not None:
+                sizes.append(size)
+    return [min(sizes), max(sizes)] if sizes else None
+
+
+def warn_other_pixel_size(trained: Sequence[float] | None, src: str | os.PathLike) -> None:
+    """A warning when the pixels of the scene ``src`` are far larger or smaller on the ground
+    than those of a head's training images (``trained``: their ``[smallest, largest]`` size in
+    metres): a head learns objects at the size in pixels it saw them, so the map of a 30 m or
+    1 m scene by a head of 10 m images says little. Nothing is said when either size is
+    unknown."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from msclip.errors import shown_when_quiet
+
+    if not trained:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(src) as ds:
+                size = ground_pixel_size(ds)
+    except (RasterioIOError, OSError):
+        return  # the prediction names an unreadable scene
+    lo, hi = float(min(trained)), float(max(trained))
+    if size is None or lo / PIXEL_SIZE_TOLERANCE <= size <= hi * PIXEL_SIZE_TOLERANCE:
+        return
+    train = f"{lo:.3g} m" if math.isclose(lo, hi, rel_tol=0.01) else f"{lo:.3g}-{hi:.3g} m"
+    shown_when_quiet.warning(
+        "the pixels of %s are %.3g m on the ground, but the head was trained on images of "
+        "%s pixels: it learnt objects at the size in pixels it saw them, so its map of this "
+        "scene may be wrong; resample the scene to the training resolution (e.g. gdalwarp "
+        "-tr), or train a head on images of this resolution",
+        os.fspath(src), size, train,
+    )  # fmt: skip
 
 
 def _clear_gdal_error(ds: Any) -> None:

@@ -568,7 +568,7 @@ def test_grid_scores_the_zero_shot_row_again_under_other_settings(dense, tmp_pat
     assert len(scored) == 2 and scored[1] != scored[0]
 
 
-def test_scene_prediction_with_a_trained_head(dense, tmp_path):
+def test_scene_prediction_with_a_trained_head(dense, tmp_path, caplog):
     from msclip.factory import create_model
     from msclip.heads.scene_predict import predict_scene_with_head
 
@@ -600,6 +600,25 @@ def test_scene_prediction_with_a_trained_head(dense, tmp_path):
         assert o.descriptions == ("class", "confidence") and o.nodata == 255
     assert (cls[:5, :7] == 255).all() and (conf[:5, :7] == 255).all()
     assert (cls[5:] < 14).all() and (conf[5:] <= 100).all()
+    # the head keeps its training images' ground resolution (10 m); a scene of 30 m pixels is
+    # named, one of about 10 m in degrees is not
+    assert read_dense_head(head).info["pixel_size_m"] == [10.0, 10.0]
+    coarse, geographic = tmp_path / "coarse.tif", tmp_path / "geographic.tif"
+    for path, crs, transform in (
+        (coarse, profile["crs"], rasterio.transform.from_origin(300000, 5100000, 30, 30)),
+        (geographic, "EPSG:4326", rasterio.transform.from_origin(9.0, 46.0, 1.3e-4, 9e-5)),
+    ):
+        with rasterio.open(path, "w", **{**profile, "crs": crs, "transform": transform}) as dst:
+            dst.write(arr)
+            dst.descriptions = names
+    with caplog.at_level("WARNING"):
+        predict_scene_with_head(coarse, tmp_path / "c.tif", head, fresh, progress=False)
+    assert "the pixels of " in caplog.text and "are 30 m on the ground" in caplog.text
+    assert "trained on images of 10 m pixels" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        predict_scene_with_head(geographic, tmp_path / "g.tif", head, fresh, progress=False)
+    assert "on the ground" not in caplog.text
     torch.manual_seed(1)
     other = create_model("msclip-tiny")
     with pytest.raises(CheckpointMismatchError, match="was trained on encoder"):

@@ -409,3 +409,28 @@ def test_a_damaged_block_stops_the_run_or_is_left_out_with_skip_unreadable(tmp_p
     res = predict_scene(path2, tmp_path / "corner_map.tif", conv, prep, skip_unreadable=True, **kw)
     assert res.num_outputs == 4 and len(res.unreadable) == 1  # named once
     assert res.unreadable[0].startswith("rows 0-64, columns 0-64: ")
+
+
+def test_ground_pixel_size_in_metres_of_any_crs(tmp_path):
+    """The ground size of pixels a dense head compares with its training images': metres of a
+    UTM grid, US survey feet, degrees at the raster's latitude, none without a CRS."""
+    from msclip.heads.scene_predict import ground_pixel_size, pixel_size_range
+
+    cases = [("EPSG:32632", Affine(20, 0, 500000, 0, -20, 5000000), 20.0),
+             ("EPSG:2263", Affine(100, 0, 900000, 0, -100, 200000), 30.48),
+             ("EPSG:4326", Affine(1e-4, 0, 9.0, 0, -1e-4, 60.005), 8.35),
+             (None, Affine(1, 0, 0, 0, 1, 0), None)]  # fmt: skip
+    paths = []
+    for k, (crs, transform, metres) in enumerate(cases):
+        path = tmp_path / f"p{k}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=1,
+                               dtype="uint8", crs=crs, transform=transform) as dst:  # fmt: skip
+                dst.write(np.zeros((1, 20, 20), "uint8"))
+            with rasterio.open(path) as ds:
+                size = ground_pixel_size(ds)
+        assert size == pytest.approx(metres, rel=0.01) if metres else size is None
+        paths.append(path)
+    assert pixel_size_range(paths) == pytest.approx([8.35, 30.48], rel=0.01)
+    assert pixel_size_range(paths[3:]) is None and pixel_size_range([]) is None
