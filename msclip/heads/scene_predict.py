@@ -679,8 +679,10 @@ def predict_scene_with_head(
     if kwargs.get("tile_size") is None:  # the head's training crops: what its scores measured
         kwargs["tile_size"] = ckpt.crop_size(model)
     kwargs.setdefault("device", model.device)
-    tags = {"msclip": f"dense {entry['kind']} head {ckpt.method}", "msclip_head": str(ckpt.path),
-            **dict(kwargs.pop("tags", None) or {})}  # fmt: skip
+    tags = {"msclip": f"dense {entry['kind']} head {ckpt.method}"}
+    if ckpt.path is not None:  # absolute, as the scene's tag: the map outlives the folder it
+        tags["msclip_head"] = os.path.abspath(ckpt.path)  # was made in
+    tags.update(kwargs.pop("tags", None) or {})
     if kind == "segmentation":
         kwargs.setdefault("class_names", list(entry["names"]))
     else:

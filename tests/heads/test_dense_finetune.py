@@ -568,7 +568,7 @@ def test_grid_scores_the_zero_shot_row_again_under_other_settings(dense, tmp_pat
     assert len(scored) == 2 and scored[1] != scored[0]
 
 
-def test_scene_prediction_with_a_trained_head(dense, tmp_path, caplog):
+def test_scene_prediction_with_a_trained_head(dense, tmp_path, caplog, monkeypatch):
     from msclip.factory import create_model
     from msclip.heads.scene_predict import predict_scene_with_head
 
@@ -616,9 +616,13 @@ def test_scene_prediction_with_a_trained_head(dense, tmp_path, caplog):
     assert "the pixels of " in caplog.text and "are 30 m on the ground" in caplog.text
     assert "trained on images of 10 m pixels" in caplog.text
     caplog.clear()
+    monkeypatch.chdir(Path(head).parent)  # a head named by a relative path
     with caplog.at_level("WARNING"):
-        predict_scene_with_head(geographic, tmp_path / "g.tif", head, fresh, progress=False)
+        predict_scene_with_head(geographic, tmp_path / "g.tif", "dense_head.safetensors", fresh,
+                                progress=False)  # fmt: skip
     assert "on the ground" not in caplog.text
+    with rasterio.open(tmp_path / "g.tif") as o:  # the map names the head wherever it is read
+        assert o.tags()["msclip_head"] == str(Path(head).resolve())
     torch.manual_seed(1)
     other = create_model("msclip-tiny")
     with pytest.raises(CheckpointMismatchError, match="was trained on encoder"):
