@@ -67,6 +67,7 @@ from msclip.errors import (
     MetricInputError,
     TemplateError,
     UnknownTemplateSetError,
+    not_a_file,
 )
 from msclip.memory import trim_heap
 
@@ -178,13 +179,17 @@ def load_templates(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE_SET) -> li
 
     Raises:
         UnknownTemplateSetError: neither a shipped set nor an existing file.
-        TemplateError: the file is empty or a line lacks ``{c}``.
+        TemplateError: the path is a folder or a device, the file is empty or a line lacks
+            ``{c}``.
     """
     spec = os.fspath(name_or_path)
     path = template_set_path(spec) if isinstance(name_or_path, str) and "/" not in spec else None
     if path is None:
         p = Path(spec).expanduser()
-        if not p.is_file():
+        why = not_a_file(p, "a text file with one template per line containing {c}")
+        if why is not None and why != "not found":  # a folder or a device: said as it is
+            raise TemplateError(f"template file {p} {why}", param="templates")
+        if why is not None:
             raise UnknownTemplateSetError(
                 f"unknown template set {spec!r}: not one of the shipped sets "
                 f"({', '.join(list_template_sets())}) and no such file; pass a set name or the "
@@ -298,8 +303,11 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
             unexpected YAML structure.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
+    why = not_a_file(p, "a .txt, .csv or .yaml file of class names")
+    if why == "not found":
         raise ClassNameError(f"classes file not found: {p}")
+    if why is not None:  # a folder or a device (/dev/null): said as it is
+        raise ClassNameError(f"classes file {p} {why}")
     try:
         text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:

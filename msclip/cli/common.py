@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from msclip.errors import MSCLIPError, UsageError
+from msclip.errors import MSCLIPError, UsageError, not_a_file
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -85,6 +85,7 @@ __all__ = [
     "min_valid",
     "model_from_args",
     "model_inputs",
+    "need_file",
     "no_pretrained_with_file",
     "non_negative_int",
     "output_path",
@@ -987,6 +988,16 @@ def text_cache_for(args: argparse.Namespace, model: Any) -> Any:
     return TextEmbeddingCache.for_model(model, args.text_cache_dir)
 
 
+def need_file(path: str | os.PathLike, what: str, flag: str, give: str) -> None:
+    """Refuse a ``path`` given to ``flag`` that is missing (``"WHAT not found: PATH"``) or is a
+    folder or a device (said as what it is, with ``give``, what to give instead)."""
+    why = not_a_file(Path(path).expanduser(), give)
+    if why == "not found":
+        raise UsageError(f"{what} not found: {path} ({flag})")
+    if why is not None:
+        raise UsageError(f"{what} {path} {why} ({flag})")
+
+
 # -- queries (retrieval and index search) -------------------------------------------------------
 def read_queries(args: argparse.Namespace) -> list[str]:
     """Text queries from ``--query`` and ``--queries-file`` (one per line; blank lines and lines
@@ -994,8 +1005,7 @@ def read_queries(args: argparse.Namespace) -> list[str]:
     queries = list(args.query or [])
     if args.queries_file:
         p = Path(args.queries_file).expanduser()
-        if not p.is_file():
-            raise UsageError(f"queries file not found: {p} (--queries-file)")
+        need_file(p, "queries file", "--queries-file", "a text file with one query per line")
         try:
             text = p.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as err:
