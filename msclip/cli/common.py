@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from msclip.errors import MSCLIPError, UsageError, not_a_file
+from msclip.wording import plural
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -1482,11 +1483,6 @@ def _record_values(x: Any) -> Any:
     return x
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 image"``, ``"2 images"`` (``many``: the plural when it is not ``word + "s"``)."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
 def print_table(
     rows: list[list[Any]], headers: list[str], max_rows: int, total: int, floatfmt: str = ".4f"
 ) -> None:
@@ -1499,7 +1495,7 @@ def print_table(
 
     print(tabulate(rows[:max_rows], headers=headers, floatfmt=floatfmt))
     if total > max_rows:
-        print(f"... {total - max_rows} more rows in the CSV")
+        print(f"... {plural(total - max_rows, 'more row')} in the CSV")
 
 
 # -- leaving ---------------------------------------------------------------------------------------

@@ -447,7 +447,7 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     if args.top_k > store.count:
         print(
-            f"note: --top-k {args.top_k} is more than the {store.count} embeddings; "
+            f"note: --top-k {args.top_k} is more than the {plural(store.count, 'embedding')}; "
             f"returning {store.count}",
             file=sys.stderr,
         )

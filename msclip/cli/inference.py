@@ -847,7 +847,8 @@ def _classify(args: argparse.Namespace, image_set: Any, reads: Any) -> int:
 
 def _top_k(k: int, n: int) -> int:
     if k > n:
-        print(f"note: --top-k {k} is more than the {n} images; returning {n}", file=sys.stderr)
+        print(f"note: --top-k {k} is more than the {plural(n, 'image')}; returning {n}",
+              file=sys.stderr)  # fmt: skip
     return min(k, n)
 
 

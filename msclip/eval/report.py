@@ -54,6 +54,7 @@ import pandas as pd
 from msclip.errors import RecordError, shown_when_quiet
 from msclip.hardware import library_versions
 from msclip.io import TMP_PREFIX, atomic_write, jsonable, write_csv, write_json, write_text
+from msclip.wording import plural
 
 __all__ = [
     "MAIN_METRICS",
@@ -353,7 +354,7 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
         changed += [f"{k} {str(before.get(k))[:16]} -> {str(after.get(k))[:16]}"
                     for k in differ[:4]]  # fmt: skip
         if len(differ) > 4:
-            changed.append(f"{len(differ) - 4} more settings")
+            changed.append(plural(len(differ) - 4, "more setting"))
     if changed:
         # shown under --quiet too: another result is about to be overwritten without a trace
         shown_when_quiet.warning(
@@ -875,7 +876,7 @@ def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
     lines = []
     if tpl:
         lines.append(
-            f"- templates: `{tpl.get('name')}` ({tpl.get('n')} templates, sha256 "
+            f"- templates: `{tpl.get('name')}` ({plural(tpl.get('n'), 'template')}, sha256 "
             f"`{str(tpl.get('sha256'))[:16]}…`, from `{tpl.get('source')}`)"
         )
     if ap:
@@ -900,7 +901,8 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"sha256 `{rec['model'].get('checkpoint_sha256')}`, precision "
         f"{rec['model'].get('precision')}",
         f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
-        f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
+        f"{ds.get('split')} from `{ds.get('split_source')}`; "
+        f"{plural(ds.get('n_samples'), 'sample')}"
         + (f" (left out: {ds['skipped']})" if ds.get("skipped") else "")
         + unreadable,
         *unreadable_items,

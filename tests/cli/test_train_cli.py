@@ -153,7 +153,7 @@ def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys
                  "--max-steps", "1"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "is at step 4, past the 1 steps this run is given" in err and "--max-steps" in err
+    assert "is at step 4, past the 1 step this run is given" in err and "--max-steps" in err
     assert (tmp_path / "run" / "final.safetensors").read_bytes() == final
     # resuming it as it is: nothing left to train, the loss and the validation of its last step
     code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
