@@ -332,8 +332,14 @@ def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digit
             str(tmp_path / "r"), "--cache-dir", str(run["root"] / "cache"),
             *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
     assert main(argv) == 0
-    pred = tmp_path / "height_pred.csv"
+    # report.md: RMSE and MAE in the targets' units with significant digits, R2 four decimals
     capsys.readouterr()
+    long = pd.read_csv(tmp_path / "r" / "summary_long.csv").set_index("metric")["value"]
+    assert 0 < long["rmse"] < 1e-4
+    report = (tmp_path / "r" / "report.md").read_text()
+    for metric, spec in (("rmse", ".6g"), ("mae", ".6g"), ("r2", ".4f")):
+        assert f"| {metric} | {long[metric]:{spec}} | [" in report, metric
+    pred = tmp_path / "height_pred.csv"
     head = tmp_path / "run" / "ridge" / "head.safetensors"
     code = inference_main(["--run-classification", "--head", str(head), "--images",
                            str(scenes / "forest"), "--save-path", str(pred), *TINY,
