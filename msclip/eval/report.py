@@ -827,7 +827,8 @@ def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -
     m, d, ds, meth = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"], rec["method"]
     hp = meth.get("hyperparameters", {})
     shown = ", ".join(
-        f"{k} {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}"
+        # settings as given: significant digits (a learning rate of 1e-5 is not 0.0000)
+        f"{k} {_fmt(v, '.6g') if not isinstance(v, (dict, list)) else json.dumps(v)}"
         for k, v in hp.items()
         if not isinstance(v, dict)
     )

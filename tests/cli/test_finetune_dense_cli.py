@@ -140,7 +140,7 @@ def test_pixel_regression_of_tiny_scale_prints_significant_digits(data, tmp_path
     bias and target mean with six significant digits, not four decimals that read 0.0000; R2
     keeps four decimals and the CSVs full precision."""
     argv = ["--task", "pixel-regression", "--csv", str(data / "d" / "index.csv"), "--decoder",
-            "fcn", "--decoder-channels", "8", "--scale", "1e-6", "--output-dir",
+            "fcn", "--decoder-channels", "8", "--scale", "1e-6", "--lr", "2e-5", "--output-dir",
             str(tmp_path / "run"), "--save-path", str(tmp_path / "res"), *TINY, *FAST]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -153,3 +153,4 @@ def test_pixel_regression_of_tiny_scale_prints_significant_digits(data, tmp_path
     mean = per_class["target_mean"].iloc[0]
     assert 0 < abs(mean) < 1e-4  # the targets' scale
     assert f"| {mean:.6g} |" in report and "0.0000 |" not in report
+    assert "lr 2e-05, weight_decay 0," in report  # the settings as given, not lr 0.0000
