@@ -128,7 +128,7 @@ def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path,
             "--batch-size", "4", "--max-steps", "1", "--output-dir", run]  # fmt: skip
     assert main([*argv, "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("trained 1 steps; final loss ")
+    assert out.startswith("trained 1 step; final loss ")
     # no log lines, progress bars or warnings about settings (the B01 band left out is one)
     assert err == ""
 
