@@ -18,6 +18,7 @@ from typing import Any
 
 from msclip.cuda import LOSS_IMPLS
 from msclip.errors import ConfigError, not_a_file
+from msclip.hardware import is_auto_device
 from msclip.options import (
     MAX_SEED,
     check_problems,
@@ -444,7 +445,7 @@ class TrainConfig:
         )
         # runtime
         need(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            is_auto_device(self.device) or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {self.device!r}",
         )
         need(
