@@ -278,8 +278,8 @@ def _read_split_list(path: Path) -> list[str]:
     if not entries:
         raise DatasetFormatError(f"split file {path} lists no samples")
     if repeated:  # a sample listed twice would count twice
-        logger.warning("split file %s lists %d samples more than once; each is used once",
-                       path, repeated)  # fmt: skip
+        logger.warning("split file %s lists %s more than once; each is used once",
+                       path, plural(repeated, "sample"))  # fmt: skip
     return list(entries)
 
 

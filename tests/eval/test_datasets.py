@@ -480,7 +480,7 @@ def test_samples_listed_twice_count_once_or_are_refused(tmp_path, caplog):
     lines = split.read_text().splitlines(keepends=True)
     split.write_text("".join(lines + lines[:1]))  # one patch listed twice
     assert len(build_dataset("BigEarthNet_MS", tmp_path / "a")) == len(lines)
-    assert "lists 1 samples more than once" in caplog.text
+    assert "lists 1 sample more than once" in caplog.text
     fn = mb.forestnet(tmp_path / "b")
     rows = (fn / "test.csv").read_text().splitlines(keepends=True)
     (fn / "test.csv").write_text("".join(rows + rows[1:2]))  # a row repeated: maybe relabelled
