@@ -259,18 +259,20 @@ def exit_status_epilog(prog: str) -> str:
 
 def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Give a program's parser what every msclip program has: ``--version`` and its exit
-    statuses at the end of ``--help`` (and of each subcommand's ``--help``). Returns ``p``."""
+    statuses at the end of ``--help``, both in each subcommand too (``msclip-index search
+    --version``, as after the program's name). Returns ``p``."""
     from msclip._version import __version__
 
-    p.add_argument(
-        "--version",
-        action="version",
-        version=f"{p.prog.split()[0]} (msclip) {__version__}",
-        help="print the program's version and exit",
-    )
     parsers = [p]
     while parsers:
         parser = parsers.pop()
+        if "--version" not in parser._option_string_actions:
+            parser.add_argument(
+                "--version",
+                action="version",
+                version=f"{p.prog.split()[0]} (msclip) {__version__}",
+                help="print the program's version and exit",
+            )
         parser.epilog = exit_status_epilog(parser.prog)
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
