@@ -68,8 +68,10 @@ from msclip.errors import (
     TemplateError,
     UnknownTemplateSetError,
     not_a_file,
+    shown_when_quiet,
 )
 from msclip.memory import trim_heap
+from msclip.wording import plural
 
 if TYPE_CHECKING:
     from msclip.text_cache import TextEmbeddingCache
@@ -574,13 +576,16 @@ def _cut_texts(
 
 def _warn_cut(cut: Sequence[str], n: int) -> None:
     """Say which texts were cut at the text tower's context length ``n`` (what follows the cut
-    changes nothing: two queries that differ only there score the same)."""
+    changes nothing: two queries that differ only there score the same). The results of a cut
+    query or prompt may be wrong, so the programs show it under ``--quiet`` too."""
     if cut:
         shown = "; ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in cut[:3])
         more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
-        logger.warning(
-            "%d text(s) are longer than the text tower's %d tokens and were cut there (words "
-            "after the cut change nothing): %s%s; shorten them", len(cut), n, shown, more,
+        shown_when_quiet.warning(
+            "%s longer than the text tower's %d tokens and %s cut there (words after the cut "
+            "change nothing): %s%s; shorten %s",
+            plural(len(cut), "text") + (" is" if len(cut) == 1 else " are"), n,
+            "was" if len(cut) == 1 else "were", shown, more, "it" if len(cut) == 1 else "them",
         )  # fmt: skip
 
 
