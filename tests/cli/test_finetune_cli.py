@@ -526,3 +526,35 @@ def test_help_states_each_default_once(capsys):
     assert "(default: None)" not in text
     assert "(default 1e-3 linear, 1e-4 text-init) (default" not in text
     assert "--epochs EPOCHS" in text and re.search(r"epochs.*\(default: \d+\)", text)
+
+
+def test_names_that_are_columns_of_predictions_csv_are_refused_first(run, tmp_path, capsys):
+    """A class named like a column of predictions.csv (target, prediction, image) or a target
+    column named image (or target_<another>) would replace that column: refused with the name
+    and the fix, exit 2, before any method runs or writes."""
+    scenes = run["scenes"]
+    caps = pd.read_csv(scenes / "captions.csv")
+    paths = [str(scenes / p) for p in caps["image"]]
+    value = caps["label"].map({"sea": 0.0, "forest": 3.0, "desert": 1.0})
+    cases = [
+        ({"path": paths, "label": caps["label"].replace({"sea": "target"})}, [],
+         "class name(s) ['target'] are also column names of predictions.csv"),
+        ({"path": paths, "label": caps["label"].replace({"desert": "prediction"})}, [],
+         "class name(s) ['prediction']"),
+        ({"path": paths, "image": value}, ["--task", "regression", "--value-columns", "image"],
+         "target column(s) ['image'] would replace another column of predictions.csv"),
+        ({"path": paths, "a": value, "target_a": value},
+         ["--task", "regression", "--value-columns", "a", "target_a"],
+         "target column(s) ['a', 'target_a'] would replace"),
+    ]  # fmt: skip
+    for i, (columns, flags, said) in enumerate(cases):
+        table = tmp_path / f"t{i}.csv"
+        pd.DataFrame(columns).to_csv(table, index=False)
+        out = tmp_path / f"o{i}"
+        method = "ridge" if flags else "knn"
+        code = main(["--csv", str(table), *flags, "--method", method, "--output-dir", str(out),
+                     "--save-path", str(tmp_path / f"r{i}"), *TINY,
+                     *_without(FAST, "--batch-size")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and said in err, err
+        assert "rename the" in err and not out.exists()
