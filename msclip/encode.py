@@ -80,6 +80,7 @@ from msclip.errors import (
     RasterReadError,
     shown_when_quiet,
 )
+from msclip.hardware import resolve_device
 from msclip.memory import trim_heap
 from msclip.tiling import Tile, nodata_fraction
 
@@ -547,6 +548,7 @@ def auto_batch_size(
             same way).
         items: images the run encodes, when known.
     """
+    device = resolve_device(device)
     dev = torch.device(device) if device is not None else getattr(model, "device", None)
     if dev is None or dev.type != "cuda":
         return CPU_BATCH_SIZE
@@ -600,6 +602,7 @@ def auto_workers(device: Any = None) -> int:
     (:func:`msclip.hardware.cores_per_process`). A GPU outruns the readers: on an H200 with 16
     cores, 1,024 GeoTIFF tiles were encoded at 419 images/s with 8 workers and 523 with 16, the
     image tower alone running 10,000 images/s in bf16."""
+    device = resolve_device(device)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "cuda":
         return 0

@@ -14,6 +14,8 @@ The modules that raise them re-export them under their old names (``msclip.index
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -91,6 +93,7 @@ __all__ = [
     "UsageError",
     "WeightsNotFoundError",
     "invalid_rows",
+    "not_a_file",
     "shown_when_quiet",
 ]
 
@@ -244,6 +247,38 @@ def invalid_rows(bad: Any) -> NoReturn:
         "image of missing pixels, a failed encoding, or a damaged file); drop or fix them "
         "before searching"
     )
+
+
+#: What a path that exists but is not a regular file is, by its ``stat`` mode test.
+_PATH_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_a_file(path: str | os.PathLike, give: str) -> str | None:
+    """Why ``path`` cannot be read as a file, as the words that follow it in a message, or
+    ``None`` for a regular file (or a link to one).
+
+    ``"not found"`` for a path that does not exist; otherwise what the path is and the fix,
+    ``give`` naming what to give instead (``"a YAML file"``): ``"is a folder, not a file: give
+    a YAML file"``, ``"is a character device, not a file: give a YAML file"`` (``/dev/null``), so
+    that a folder or a device given for a file is not reported as missing.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "not found"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err}): give {give} you can read"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"is a folder, not a file: give {give}"
+    kind = next((name for test, name in _PATH_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not a file: give {give}"
 
 
 class MetadataError(MSCLIPError, ValueError):

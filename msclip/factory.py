@@ -221,7 +221,8 @@ def create_model(
             (hub cache or hub). A file path: that checkpoint. Another registered model name
             (e.g. ``"ViT-B-16"`` for a multispectral model): that model's weights, the patch
             kernel extended to this model's bands by the zero-init rule.
-        device: where to put the model (default CPU).
+        device: where to put the model (default CPU); ``"auto"`` (any case) is a CUDA GPU where
+            torch sees one, else the CPU, as the programs' ``--device auto``.
         bands: override the model's bands (architectures without fixed weights, or RGB
             initialisation); statistics must cover them.
         cache_dir: Hugging Face cache directory.
@@ -287,8 +288,9 @@ def _create_model(
     precision: str,
     seed: int | None = None,
 ) -> MSCLIP:
-    from msclip.hardware import choose_precision, device_type
+    from msclip.hardware import choose_precision, device_type, resolve_device
 
+    device = resolve_device(device)  # "auto": the GPU torch sees, else the CPU
     if name is None and pretrained in (None, False, True):
         raise UnknownModelError(
             "give a model name (list_models()) or a checkpoint path"

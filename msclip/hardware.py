@@ -63,8 +63,10 @@ __all__ = [
     "cuda_bf16_supported",
     "device_type",
     "env_setting",
+    "is_auto_device",
     "library_versions",
     "local_processes",
+    "resolve_device",
     "usable_cores",
     "warn_emulated_bf16",
 ]
@@ -460,6 +462,22 @@ def _device_index(device: Any) -> int | None:
         return torch.device(device).index if isinstance(device, str) else None
     except RuntimeError:
         return None
+
+
+def is_auto_device(device: Any) -> bool:
+    """Whether ``device`` is ``"auto"`` (in any case, surrounding spaces allowed)."""
+    return isinstance(device, str) and device.strip().lower() == "auto"
+
+
+def resolve_device(device: Any) -> Any:
+    """``"auto"`` (:func:`is_auto_device`) as the device it means, as the programs' ``--device
+    auto``: ``"cuda"`` where torch sees a GPU, else ``"cpu"``. Asked at call time, never at
+    import; any other value is returned as it is."""
+    if not is_auto_device(device):
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def device_type(device: Any) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from msclip.errors import ConfigError
+from msclip.errors import ConfigError, not_a_file
 
 #: Largest random seed the programs and run configurations take (numpy's generators take no
 #: negative seed, torch's none of 2**64 or more).
@@ -258,10 +258,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"config file {str(p)!r} is a folder: give the YAML file in it")
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
+    why = not_a_file(p, "a YAML file")
+    if why is not None:  # missing, or a folder or a device (/dev/null) named as what it is
+        raise ConfigError(f"config file {str(p)!r} {why}")
     try:
         # UTF-8 whatever the locale (a Latin-1 one garbled non-ASCII names); a BOM is allowed
         text = p.read_bytes().decode("utf-8-sig")

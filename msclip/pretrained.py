@@ -32,7 +32,12 @@ from typing import Any
 
 import torch
 
-from msclip.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
+from msclip.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    WeightsNotFoundError,
+    not_a_file,
+)
 from msclip.memory import release_pages
 from msclip.spectral.bands import LLAMA3_MS_CLIP_BANDS, RGB_BANDS, S2_L2A_BANDS, resolve_bands
 
@@ -210,6 +215,9 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
     if os.path.islink(p) and not os.path.exists(p):
         return (f"{p} is a link to {os.readlink(p)}, which does not exist (an interrupted "
                 "download or a cleaned cache); download the file again")  # fmt: skip
+    why = not_a_file(p, "the path of the checkpoint file")
+    if why is not None and why != "not found":  # a device (/dev/null): said as it is
+        return f"{p} {why}"
     source = _published_source(os.path.basename(p))
     return f"checkpoint file not found: {p}" + (f"; {source}" if source else "")
 

@@ -67,8 +67,11 @@ from msclip.errors import (
     MetricInputError,
     TemplateError,
     UnknownTemplateSetError,
+    not_a_file,
+    shown_when_quiet,
 )
 from msclip.memory import trim_heap
+from msclip.wording import plural
 
 if TYPE_CHECKING:
     from msclip.text_cache import TextEmbeddingCache
@@ -178,13 +181,17 @@ def load_templates(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE_SET) -> li
 
     Raises:
         UnknownTemplateSetError: neither a shipped set nor an existing file.
-        TemplateError: the file is empty or a line lacks ``{c}``.
+        TemplateError: the path is a folder or a device, the file is empty or a line lacks
+            ``{c}``.
     """
     spec = os.fspath(name_or_path)
     path = template_set_path(spec) if isinstance(name_or_path, str) and "/" not in spec else None
     if path is None:
         p = Path(spec).expanduser()
-        if not p.is_file():
+        why = not_a_file(p, "a text file with one template per line containing {c}")
+        if why is not None and why != "not found":  # a folder or a device: said as it is
+            raise TemplateError(f"template file {p} {why}", param="templates")
+        if why is not None:
             raise UnknownTemplateSetError(
                 f"unknown template set {spec!r}: not one of the shipped sets "
                 f"({', '.join(list_template_sets())}) and no such file; pass a set name or the "
@@ -298,8 +305,11 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
             unexpected YAML structure.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
+    why = not_a_file(p, "a .txt, .csv or .yaml file of class names")
+    if why == "not found":
         raise ClassNameError(f"classes file not found: {p}")
+    if why is not None:  # a folder or a device (/dev/null): said as it is
+        raise ClassNameError(f"classes file {p} {why}")
     try:
         text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as err:
@@ -566,13 +576,16 @@ def _cut_texts(
 
 def _warn_cut(cut: Sequence[str], n: int) -> None:
     """Say which texts were cut at the text tower's context length ``n`` (what follows the cut
-    changes nothing: two queries that differ only there score the same)."""
+    changes nothing: two queries that differ only there score the same). The results of a cut
+    query or prompt may be wrong, so the programs show it under ``--quiet`` too."""
     if cut:
         shown = "; ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in cut[:3])
         more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
-        logger.warning(
-            "%d text(s) are longer than the text tower's %d tokens and were cut there (words "
-            "after the cut change nothing): %s%s; shorten them", len(cut), n, shown, more,
+        shown_when_quiet.warning(
+            "%s longer than the text tower's %d tokens and %s cut there (words after the cut "
+            "change nothing): %s%s; shorten %s",
+            plural(len(cut), "text") + (" is" if len(cut) == 1 else " are"), n,
+            "was" if len(cut) == 1 else "were", shown, more, "it" if len(cut) == 1 else "them",
         )  # fmt: skip
 
 

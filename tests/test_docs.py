@@ -7,6 +7,7 @@ defaults and help texts, and every relative link (and its #anchor) resolves."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -205,4 +206,26 @@ def test_every_option_has_a_help_text_naming_its_default(programs):
                 and "default" not in a.help
             ):
                 wrong.append(f"{name}: default {a.default!r} not in {a.help!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_programs_docstrings_name_current_flags(programs):
+    """The module docstrings of the programs name flags every program still shows in its --help:
+    not a removed one, nor an older form kept hidden for old command lines (``--max-nodata``)."""
+    import inspect
+
+    from msclip import cli
+
+    shown = set(FOREIGN)
+    for _, parser in programs:
+        if isinstance(parser, set):
+            shown |= parser
+            continue
+        for p in [parser, *_subparsers(parser).values()]:
+            visible = [a for a in p._actions if a.help != argparse.SUPPRESS]
+            shown |= {s for a in visible for s in a.option_strings}
+    wrong = []
+    for path in sorted(Path(inspect.getfile(cli)).parent.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        wrong += [f"{path.name}: {f}" for f in FLAG.findall(doc) if f not in shown]
     assert not wrong, "\n".join(wrong)

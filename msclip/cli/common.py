@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from msclip.errors import MSCLIPError, UsageError
+from msclip.errors import MSCLIPError, UsageError, not_a_file
+from msclip.wording import plural
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -85,6 +86,7 @@ __all__ = [
     "min_valid",
     "model_from_args",
     "model_inputs",
+    "need_file",
     "no_pretrained_with_file",
     "non_negative_int",
     "output_path",
@@ -257,18 +259,20 @@ def exit_status_epilog(prog: str) -> str:
 
 def finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Give a program's parser what every msclip program has: ``--version`` and its exit
-    statuses at the end of ``--help`` (and of each subcommand's ``--help``). Returns ``p``."""
+    statuses at the end of ``--help``, both in each subcommand too (``msclip-index search
+    --version``, as after the program's name). Returns ``p``."""
     from msclip._version import __version__
 
-    p.add_argument(
-        "--version",
-        action="version",
-        version=f"{p.prog.split()[0]} (msclip) {__version__}",
-        help="print the program's version and exit",
-    )
     parsers = [p]
     while parsers:
         parser = parsers.pop()
+        if "--version" not in parser._option_string_actions:
+            parser.add_argument(
+                "--version",
+                action="version",
+                version=f"{p.prog.split()[0]} (msclip) {__version__}",
+                help="print the program's version and exit",
+            )
         parser.epilog = exit_status_epilog(parser.prog)
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -987,6 +991,16 @@ def text_cache_for(args: argparse.Namespace, model: Any) -> Any:
     return TextEmbeddingCache.for_model(model, args.text_cache_dir)
 
 
+def need_file(path: str | os.PathLike, what: str, flag: str, give: str) -> None:
+    """Refuse a ``path`` given to ``flag`` that is missing (``"WHAT not found: PATH"``) or is a
+    folder or a device (said as what it is, with ``give``, what to give instead)."""
+    why = not_a_file(Path(path).expanduser(), give)
+    if why == "not found":
+        raise UsageError(f"{what} not found: {path} ({flag})")
+    if why is not None:
+        raise UsageError(f"{what} {path} {why} ({flag})")
+
+
 # -- queries (retrieval and index search) -------------------------------------------------------
 def read_queries(args: argparse.Namespace) -> list[str]:
     """Text queries from ``--query`` and ``--queries-file`` (one per line; blank lines and lines
@@ -994,8 +1008,7 @@ def read_queries(args: argparse.Namespace) -> list[str]:
     queries = list(args.query or [])
     if args.queries_file:
         p = Path(args.queries_file).expanduser()
-        if not p.is_file():
-            raise UsageError(f"queries file not found: {p} (--queries-file)")
+        need_file(p, "queries file", "--queries-file", "a text file with one query per line")
         try:
             text = p.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as err:
@@ -1472,11 +1485,6 @@ def _record_values(x: Any) -> Any:
     return x
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 image"``, ``"2 images"`` (``many``: the plural when it is not ``word + "s"``)."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
 def print_table(
     rows: list[list[Any]], headers: list[str], max_rows: int, total: int, floatfmt: str = ".4f"
 ) -> None:
@@ -1489,7 +1497,7 @@ def print_table(
 
     print(tabulate(rows[:max_rows], headers=headers, floatfmt=floatfmt))
     if total > max_rows:
-        print(f"... {total - max_rows} more rows in the CSV")
+        print(f"... {plural(total - max_rows, 'more row')} in the CSV")
 
 
 # -- leaving ---------------------------------------------------------------------------------------

@@ -165,8 +165,14 @@ def _check_applicable(args: argparse.Namespace) -> None:
         print(f"warning: {args.yaml_path}: {line} (ignored)", file=sys.stderr)
 
 
-def _fmt(v: object) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+def _fmt(v: object, metric: str = "") -> str:
+    """A metric's value as printed: significant digits for one in the targets' units (a
+    regression's RMSE of 3e-6 is not 0.0000), four decimals for scores."""
+    from msclip.eval.definitions import metric_format
+
+    return (
+        "-" if v is None else (format(v, metric_format(metric)) if isinstance(v, float) else str(v))
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -196,8 +202,9 @@ def _run(args: argparse.Namespace) -> int:
     unit = plural(n, "output") if d.task == "regression" else plural(n, "class", "classes")
     print(f"{d.name}: {d.task}, {unit}; {sizes}")
     rows = [
-        [r["method"], r["metric"], r["value"],
-         f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else "-",
+        [r["method"], r["metric"], _fmt(r["value"], r["metric"]),
+         f"[{_fmt(r['ci_low'], r['metric'])}, {_fmt(r['ci_high'], r['metric'])}]"
+         if r["ci_low"] is not None else "-",
          r["n_train"], r["n_test"], r["seconds"]]
         for r in result.table()
     ]  # fmt: skip
@@ -205,7 +212,8 @@ def _run(args: argparse.Namespace) -> int:
         tabulate(
             rows,
             headers=["method", "metric", "value", "95% CI", "train", "test", "s"],
-            floatfmt=("", "", ".4f", "", "", "", ".1f"),
+            floatfmt=("", "", "", "", "", "", ".1f"),
+            disable_numparse=[2],  # each value formatted for its metric above
         )
     )
     for m in result.methods:
@@ -242,15 +250,16 @@ def _print_dense(result: object) -> int:
     }  # fmt: skip
     for task, cols in columns.items():
         rows = [
-            [m.label, *[_fmt(m.result.metrics.get(k)) for k, _ in cols], m.result.n_train,
+            [m.label, *[_fmt(m.result.metrics.get(k), k) for k, _ in cols], m.result.n_train,
              m.result.n_test, m.seconds]
             for m in result.methods  # type: ignore[attr-defined]
             if m.record["task"] == task
         ]  # fmt: skip
         if rows:
             headers = ["run", *[h for _, h in cols], "train", "test", "s"]
-            floatfmt = ("", *[".4f"] * len(cols), "", "", ".1f")
-            print(tabulate(rows, headers=headers, floatfmt=floatfmt))
+            floatfmt = ("", *[""] * len(cols), "", "", ".1f")
+            metrics = list(range(1, 1 + len(cols)))  # each formatted for its metric above
+            print(tabulate(rows, headers=headers, floatfmt=floatfmt, disable_numparse=metrics))
     first = result.methods[0]  # type: ignore[attr-defined]
     print(f"dense head: {first.files['head']}")
     print(f"protocol card: {result.output_dir / 'protocol.yaml'}")  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ Subcommands:
 
 - ``build INDEX --images ... --scenes ...``: create the index (or resume a killed build of it):
   image files give one embedding each, scenes are tiled (``--tile-size``, ``--stride``; tiles with
-  more than ``--max-nodata`` nodata pixels skipped). See :mod:`msclip.index.build`. Under
+  a fraction of valid pixels below ``--min-valid`` skipped). See :mod:`msclip.index.build`. Under
   ``torchrun --nproc_per_node N -m msclip.index build ...`` (one or several machines) every
   process encodes its own share and process 0 writes the index (:mod:`msclip.index.sharded`).
 - ``add INDEX ...``: add more files or scenes to an existing index (already indexed ones are
@@ -447,7 +447,7 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     if args.top_k > store.count:
         print(
-            f"note: --top-k {args.top_k} is more than the {store.count} embeddings; "
+            f"note: --top-k {args.top_k} is more than the {plural(store.count, 'embedding')}; "
             f"returning {store.count}",
             file=sys.stderr,
         )

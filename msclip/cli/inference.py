@@ -58,6 +58,7 @@ from msclip.cli.common import (
     load_model,
     min_valid,
     model_inputs,
+    need_file,
     non_negative_int,
     output_path,
     plural,
@@ -660,8 +661,8 @@ def run_head_classification(args: argparse.Namespace) -> int:
             f"the head {args.head} classifies into {names}; --class-names/--classes-file name "
             f"{given}: leave them out (the head carries its classes)"
         )
-    if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
-        raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
+    if args.adapters is not None:
+        need_file(args.adapters, "adapter file", "--adapters", "a LoRA adapter file")
     _head_model_args(args, ckpt.encoder, args.head)
     _head_band_args(args, ckpt.info, image_set.paths)
     check_checkpoint(args)
@@ -847,7 +848,8 @@ def _classify(args: argparse.Namespace, image_set: Any, reads: Any) -> int:
 
 def _top_k(k: int, n: int) -> int:
     if k > n:
-        print(f"note: --top-k {k} is more than the {n} images; returning {n}", file=sys.stderr)
+        print(f"note: --top-k {k} is more than the {plural(n, 'image')}; returning {n}",
+              file=sys.stderr)  # fmt: skip
     return min(k, n)
 
 
@@ -919,8 +921,7 @@ def run_scene(args: argparse.Namespace) -> int:
         from msclip.zero_shot import load_templates
 
         templates = load_templates(args.templates or "eo")
-    if not Path(args.scene).expanduser().is_file():
-        raise UsageError(f"scene file not found: {args.scene} (--scene)")
+    need_file(args.scene, "scene file", "--scene", "a raster file")
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
     outputs = (
@@ -1264,10 +1265,9 @@ def _head_scene(args: argparse.Namespace) -> int:
             "use it with --run-classification; --run-scene --head takes a dense head "
             "(dense_head.safetensors of msclip-finetune --task segmentation / pixel-regression)"
         )
-    if not Path(args.scene).expanduser().is_file():
-        raise UsageError(f"scene file not found: {args.scene} (--scene)")
-    if args.adapters is not None and not Path(args.adapters).expanduser().is_file():
-        raise UsageError(f"adapter file not found: {args.adapters} (--adapters)")
+    need_file(args.scene, "scene file", "--scene", "a raster file")
+    if args.adapters is not None:
+        need_file(args.adapters, "adapter file", "--adapters", "a LoRA adapter file")
     ckpt = read_dense_head(args.head)
     entry = ckpt.task(args.head_task)
     _check_head_bands(ckpt.info.get("input_bands"), [args.scene], [args.scene], args)

@@ -33,6 +33,7 @@ from msclip.cli.common import (
 )
 from msclip.errors import BadSampleError, ConfigError, OutputPathError, WeightsNotFoundError
 from msclip.train.config import TrainConfig
+from msclip.wording import plural
 
 __all__ = ["build_arg_parser", "config_from_args", "main"]
 
@@ -158,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     with logging_redirect_tqdm():
         result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.steps} steps; final loss {result.last_loss:.4f}")
+        print(f"trained {plural(result.steps, 'step')}; final loss {result.last_loss:.4f}")
         if result.metrics:
             last = result.metrics[-1]
             keys = [

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from msclip.errors import UnknownDatasetError
+from msclip.errors import UnknownDatasetError, not_a_file
 from msclip.eval.layouts import (
     BIGEARTHNET_BANDS,
     EUROSAT_MS_BANDS,
@@ -148,7 +148,10 @@ def _resolve_data_file(ref: str | os.PathLike, suffixes: Sequence[str], base: Pa
     p = Path(s).expanduser()
     if not p.is_absolute() and base is not None:
         p = base / p
-    if not p.is_file():
+    why = not_a_file(p, "a class-name file")
+    if why is not None and why != "not found":  # a folder or a device (/dev/null): as it is
+        raise DatasetFormatError(f"class-name file {s!r} {why}")
+    if why is not None:
         shipped = sorted(q.stem for q in classnames_dir().glob("*.txt"))
         raise DatasetFormatError(
             f"class-name file {s!r} not found (neither a file nor one of the shipped lists "
@@ -436,8 +439,11 @@ def load_dataset_yaml(path: str | os.PathLike) -> DatasetSpec:
     from msclip.options import parse_yaml
 
     p = Path(path).expanduser()
-    if not p.is_file():
+    why = not_a_file(p, "a dataset YAML file")
+    if why == "not found":
         raise DatasetNotFoundError(f"dataset YAML file not found: {p}")
+    if why is not None:  # a folder or a device (/dev/null): said as it is
+        raise DatasetFormatError(f"dataset YAML {p} {why}")
     try:
         doc = parse_yaml(p.read_text(encoding="utf-8"), p)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -524,11 +530,13 @@ def _yaml_templates(value: str, base: Path) -> str:
 
 
 def resolve_spec(name_or_path: str | os.PathLike | DatasetSpec) -> DatasetSpec:
-    """A built-in spec by name, or a YAML file's spec."""
+    """A built-in spec by name, or a YAML file's spec (a path that is a folder or a device is
+    refused as what it is, :func:`load_dataset_yaml`, not as an unknown dataset name)."""
     if isinstance(name_or_path, DatasetSpec):
         return name_or_path
     s = os.fspath(name_or_path)
-    if s.lower().endswith((".yaml", ".yml")) or os.path.isfile(s):
+    path_like = ("/" in s or os.sep in s) and os.path.exists(s)  # no dataset name has a slash
+    if s.lower().endswith((".yaml", ".yml")) or os.path.isfile(s) or path_like:
         return load_dataset_yaml(s)
     return get_spec(s)
 

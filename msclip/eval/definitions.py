@@ -7,7 +7,13 @@ are in :mod:`msclip.eval.metrics`; the definitions are published in ``docs/metri
 
 from __future__ import annotations
 
-__all__ = ["AP_DEFINITIONS", "DEFAULT_AP_DEFINITION", "NO_RELEVANT_POLICIES"]
+__all__ = [
+    "AP_DEFINITIONS",
+    "DEFAULT_AP_DEFINITION",
+    "NO_RELEVANT_POLICIES",
+    "UNIT_METRICS",
+    "metric_format",
+]
 
 #: AP@k denominators (see the module docstring / ``docs/metrics.md``): name -> description.
 AP_DEFINITIONS: dict[str, str] = {
@@ -34,3 +40,18 @@ DEFAULT_AP_DEFINITION = "relevant_retrieved"
 #: Values for queries/classes without any relevant item: ``"nan"`` (excluded from means) or
 #: ``"zero"`` (counted as 0, torchmetrics' default ``empty_target_action="neg"``).
 NO_RELEVANT_POLICIES: tuple[str, ...] = ("nan", "zero")
+
+#: Metrics in the units of a regression head's targets (image-level and per pixel), not scores
+#: between 0 and 1: a target of small scale (a height in km, a fraction times 1e-6) has an RMSE
+#: of 1e-6, which four decimals print as 0.0000.
+UNIT_METRICS: frozenset[str] = frozenset({"rmse", "mae", "bias", "target_mean", "target_std"})
+
+
+def metric_format(name: object) -> str:
+    """The format of a metric's value in printed tables and ``report.md``: six significant
+    digits (``.6g``) for one in the targets' units (:data:`UNIT_METRICS`, also as the end of a
+    column name, ``height_rmse``), as a regression head's values are printed; four decimals
+    (``.4f``) for scores. The CSVs and records keep full precision."""
+    s = str(name)
+    in_units = s in UNIT_METRICS or any(s.endswith(f"_{m}") for m in UNIT_METRICS)
+    return ".6g" if in_units else ".4f"

@@ -42,6 +42,7 @@ import numpy as np
 from msclip.errors import DatasetFormatError, DatasetLabelError, DatasetNotFoundError
 from msclip.io import read_raster
 from msclip.spectral.bands import resolve_band
+from msclip.wording import plural
 
 __all__ = [
     "BIGEARTHNET_BANDS",
@@ -246,14 +247,14 @@ def _split_samples(
             chosen.add(found[0].path)
     if missing:
         raise DatasetFormatError(
-            f"split file {split_file} lists {len(missing)} images that are not under "
+            f"split file {split_file} lists {plural(len(missing), 'image')} not under "
             f"{image_root} (e.g. {missing[:3]}); the dataset is incomplete"
         )
     if ambiguous:
         entry, paths = ambiguous[0]
         raise DatasetFormatError(
-            f"split file {split_file} lists {len(ambiguous)} names that several class folders "
-            f"hold (e.g. {entry!r}: {paths[:3]}); give each entry with its class folder "
+            f"split file {split_file} lists {plural(len(ambiguous), 'name')} that several class "
+            f"folders hold (e.g. {entry!r}: {paths[:3]}); give each entry with its class folder "
             "(class/name.tif)"
         )
     return chosen
@@ -277,8 +278,8 @@ def _read_split_list(path: Path) -> list[str]:
     if not entries:
         raise DatasetFormatError(f"split file {path} lists no samples")
     if repeated:  # a sample listed twice would count twice
-        logger.warning("split file %s lists %d samples more than once; each is used once",
-                       path, repeated)  # fmt: skip
+        logger.warning("split file %s lists %s more than once; each is used once",
+                       path, plural(repeated, "sample"))  # fmt: skip
     return list(entries)
 
 

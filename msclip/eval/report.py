@@ -52,8 +52,10 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import RecordError, shown_when_quiet
+from msclip.eval.definitions import metric_format
 from msclip.hardware import library_versions
 from msclip.io import TMP_PREFIX, atomic_write, jsonable, write_csv, write_json, write_text
+from msclip.wording import plural
 
 __all__ = [
     "MAIN_METRICS",
@@ -353,7 +355,7 @@ def _warn_replaced(path: Path, record: Mapping[str, Any]) -> None:
         changed += [f"{k} {str(before.get(k))[:16]} -> {str(after.get(k))[:16]}"
                     for k in differ[:4]]  # fmt: skip
         if len(differ) > 4:
-            changed.append(f"{len(differ) - 4} more settings")
+            changed.append(plural(len(differ) - 4, "more setting"))
     if changed:
         # shown under --quiet too: another result is about to be overwritten without a trace
         shown_when_quiet.warning(
@@ -607,20 +609,39 @@ def _dataset_order(records: list[dict]) -> list[str]:
     return builtin + sorted(names - set(builtin))
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
+def _fmt(v: Any, spec: str = ".4f") -> str:
     if v is None:
         return "—"
     if isinstance(v, (float, np.floating)):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+        return "nan" if math.isnan(v) else format(v, spec)
     return str(v)
 
 
-def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def _md_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], specs: Mapping[str, str] | None = None
+) -> str:
+    """A markdown table; ``specs``: the number format of some columns (default ``.4f``)."""
+    specs = specs or {}
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_fmt(row.get(c)).replace("|", "\\|") for c in columns]
+        cells = [_fmt(row.get(c), specs.get(c, ".4f")).replace("|", "\\|") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _metric_rows(
+    metrics: Sequence[tuple[str, Any]], ci: Mapping[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """``metric``/``value`` rows (and ``95% CI`` with ``ci``), each value in its metric's format
+    (:func:`~msclip.eval.definitions.metric_format`: a regression's RMSE of 3e-6 is not
+    0.0000)."""
+    rows = []
+    for k, v in metrics:
+        row = {"metric": k, "value": _fmt(v, metric_format(k))}
+        if ci is not None:
+            row["95% CI"] = _ci_text(ci.get(k), metric_format(k))
+        rows.append(row)
+    return rows
 
 
 def _metric_of(rec: dict, metric: str | None) -> tuple[str, float | None]:
@@ -739,7 +760,11 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
         metric_row: dict[str, Any] = {"model": "(metric)"}
         metric_row.update({d: ", ".join(sorted(used_metric[d])) for d in datasets})
         rows = [metric_row, *({"model": m, **table[m]} for m in models)]
-        lines += [_md_table(rows, ["model", *datasets]), ""]
+        # a dataset column of metrics in the targets' units: significant digits
+        specs = {
+            d: ".6g" for d in datasets if any(metric_format(k) == ".6g" for k in used_metric[d])
+        }
+        lines += [_md_table(rows, ["model", *datasets], specs), ""]
     else:
         lines += ["No successful evaluation records yet.", ""]
     if damaged:
@@ -802,7 +827,8 @@ def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -
     m, d, ds, meth = rec["model"]["label"], rec["dataset"]["name"], rec["dataset"], rec["method"]
     hp = meth.get("hyperparameters", {})
     shown = ", ".join(
-        f"{k} {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}"
+        # settings as given: significant digits (a learning rate of 1e-5 is not 0.0000)
+        f"{k} {_fmt(v, '.6g') if not isinstance(v, (dict, list)) else json.dumps(v)}"
         for k, v in hp.items()
         if not isinstance(v, dict)
     )
@@ -824,23 +850,25 @@ def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -
         "",
     ]
     ci = rec.get("ci") or {}
-    overall = [
-        {"metric": k, "value": v, "95% CI": _ci_text(ci.get(k))}
-        for k, v in rec["metrics"].items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    ]
+    overall = _metric_rows(
+        [(k, v) for k, v in rec["metrics"].items()
+         if isinstance(v, (int, float)) and not isinstance(v, bool)],
+        ci,
+    )  # fmt: skip
     lines += [_md_table(overall, ["metric", "value", "95% CI"]), ""]
     if rec["per_class"]:
-        lines += ["Per class:", "", _md_table(rec["per_class"], list(rec["per_class"][0])), ""]
+        columns = list(rec["per_class"][0])
+        specs = {c: metric_format(c) for c in columns}
+        lines += ["Per class:", "", _md_table(rec["per_class"], columns, specs), ""]
     if fig_path is not None:
         lines += [f"![confusion matrix of {m} on {d}]({fig_path.relative_to(save)})", ""]
     return "\n".join(lines)
 
 
-def _ci_text(ci: Any) -> str:
+def _ci_text(ci: Any, spec: str = ".4f") -> str:
     if not ci:
         return ""
-    return f"[{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
+    return f"[{_fmt(ci.get('low'), spec)}, {_fmt(ci.get('high'), spec)}]"
 
 
 #: Unreadable samples the report names with their reason (the record lists them all).
@@ -875,7 +903,7 @@ def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
     lines = []
     if tpl:
         lines.append(
-            f"- templates: `{tpl.get('name')}` ({tpl.get('n')} templates, sha256 "
+            f"- templates: `{tpl.get('name')}` ({plural(tpl.get('n'), 'template')}, sha256 "
             f"`{str(tpl.get('sha256'))[:16]}…`, from `{tpl.get('source')}`)"
         )
     if ap:
@@ -900,7 +928,8 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"sha256 `{rec['model'].get('checkpoint_sha256')}`, precision "
         f"{rec['model'].get('precision')}",
         f"- dataset: {ds.get('description', '')}; root `{ds.get('root')}`; split: "
-        f"{ds.get('split')} from `{ds.get('split_source')}`; {ds.get('n_samples')} samples"
+        f"{ds.get('split')} from `{ds.get('split_source')}`; "
+        f"{plural(ds.get('n_samples'), 'sample')}"
         + (f" (left out: {ds['skipped']})" if ds.get("skipped") else "")
         + unreadable,
         *unreadable_items,
@@ -913,11 +942,13 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         f"`{pc_path.relative_to(save)}`",
         "",
     ]
-    overall = [{"metric": k, "value": v} for k, v in rec["metrics"].items()
-               if k not in ("ap_definition", "no_relevant", "rule", "threshold")]  # fmt: skip
+    settings = ("ap_definition", "no_relevant", "rule", "threshold")
+    overall = _metric_rows([(k, v) for k, v in rec["metrics"].items() if k not in settings])
     lines += [_md_table(overall, ["metric", "value"]), ""]
     if rec["per_class"]:
-        lines += ["Per class:", "", _md_table(rec["per_class"], list(rec["per_class"][0])), ""]
+        columns = list(rec["per_class"][0])
+        specs = {c: metric_format(c) for c in columns}
+        lines += ["Per class:", "", _md_table(rec["per_class"], columns, specs), ""]
     if fig_path is not None:
         lines += [f"![confusion matrix of {m} on {d}]({fig_path.relative_to(save)})", ""]
     return "\n".join(lines)

@@ -45,6 +45,7 @@ from msclip.errors import (
     HeadInputError,
     MSCLIPError,
     PrecisionError,
+    not_a_file,
     shown_when_quiet,
 )
 from msclip.heads.features import FeatureSpec
@@ -419,8 +420,11 @@ def head_file_contents(
     from safetensors import SafetensorError, safe_open
 
     p = Path(path).expanduser()
-    if not p.is_file():
+    why = not_a_file(p, "a head file (.safetensors)")
+    if why == "not found":
         raise CheckpointError(f"head file not found: {p}", param="head")
+    if why is not None:  # a folder or a device (/dev/null): said as it is
+        raise CheckpointError(f"head file {p} {why}", param="head")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}

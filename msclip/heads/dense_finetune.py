@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from msclip.errors import HeadInputError
+from msclip.hardware import resolve_device
 from msclip.heads.dense import DenseModel, DenseTask
 from msclip.heads.dense_data import (
     DenseData,
@@ -332,7 +333,7 @@ def evaluate_dense(
     with torch.inference_mode():
         for i in rows:
             x, y = samples[int(i)]
-            x = x[None].to(device)
+            x = x[None].to(resolve_device(device))
             larger = tile is not None and max(x.shape[-2:]) > tile
             if mode == "sliding" or (mode == "auto" and larger):
                 out = predict_windows(predict, x, int(tile), kinds, batch_size)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from msclip.errors import ConfigError
+from msclip.eval.definitions import metric_format
 from msclip.heads.runconfig import DECODER_NAMES, ENCODER_MODES, FinetuneRunConfig
 
 __all__ = ["GridResult", "run_grid"]
@@ -257,10 +258,12 @@ def _zero_shot_rows(cfg: FinetuneRunConfig, root: Path, tasks: list[Any]) -> lis
     return rows
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, metric: str = "") -> str:
+    """A metric's value: significant digits for one in the targets' units (an RMSE of 3e-6 is
+    not 0.0000), four decimals for scores."""
     if v is None or (isinstance(v, float) and v != v):
         return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return format(v, metric_format(metric)) if isinstance(v, float) else str(v)
 
 
 def _secs(v: Any) -> str:
@@ -281,19 +284,20 @@ def _markdown(df: Any, decoders: list[str], modes: list[str]) -> str:
             cells = []
             for mode in modes:
                 hit = part[(part["decoder"] == dec) & (part["encoder_mode"] == mode)]
-                cells.append(_fmt(hit[main].iloc[0]) if len(hit) else "-")
+                cells.append(_fmt(hit[main].iloc[0], main) if len(hit) else "-")
             lines.append(f"| {dec} | " + " | ".join(cells) + " |")
         zs = part[part["decoder"] == "maskclip"]
         if len(zs):
             lines.append(
-                f"| zero-shot (MaskCLIP) | {_fmt(zs[main].iloc[0])} |" + " |" * (len(modes) - 1)
+                f"| zero-shot (MaskCLIP) | {_fmt(zs[main].iloc[0], main)} |"
+                + " |" * (len(modes) - 1)
             )
         lines += ["", "All figures:", ""]
         cols = ["run", *_COLUMNS[kind], "head_parameters", "seconds"]
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for _, r in part.iterrows():
-            cells = [_fmt(r.get(c)) if c != "seconds" else _secs(r.get(c)) for c in cols]
+            cells = [_fmt(r.get(c), c) if c != "seconds" else _secs(r.get(c)) for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -950,6 +950,44 @@ def _named(names: Sequence[str], which: Sequence[int]) -> str:
     return shown + (f" and {len(which) - 10} more" if len(which) > 10 else "")
 
 
+def _own_columns(task: str, name: str) -> list[str]:
+    """The columns of ``predictions.csv`` that hold a class's probabilities (one) or an
+    output's targets and predictions (``target_<name>`` and ``<name>``)."""
+    return [name] if task in ("classification", "multi-label") else [f"target_{name}", name]
+
+
+def _prediction_columns(task: str, names: Sequence[str]) -> list[str]:
+    """The columns of a method's ``predictions.csv``, in order: ``image``, then ``target``,
+    ``prediction`` and one probability column per class, or two per regression output."""
+    fixed = ["image", "target", "prediction"] if task != "regression" else ["image"]
+    return [*fixed, *(c for n in names for c in _own_columns(task, n))]
+
+
+def _check_prediction_columns(data: TaskData) -> None:
+    """Refuse class or output names whose columns in ``predictions.csv`` would replace another
+    column (a class ``target``, an output ``image``), before any method runs, as
+    msclip-inference refuses class names that are columns of its tables."""
+    columns = _prediction_columns(data.task, data.names)
+    clash = {c for c in columns if columns.count(c) > 1}
+    bad = [n for n in data.names if clash & set(_own_columns(data.task, n))]
+    if not bad:
+        return
+    if data.task == "regression":
+        raise HeadInputError(
+            f"{data.name}: target column(s) {bad} would replace another column of "
+            "predictions.csv, which holds image, then target_<name> and <name> for each target "
+            f"(twice: {', '.join(sorted(clash))}); rename the target column in the table, e.g. "
+            f"'{bad[0]}_value'",
+            param="value_columns",
+        )
+    raise HeadInputError(
+        f"{data.name}: class name(s) {bad} are also column names of predictions.csv (image, "
+        "target, prediction and one column per class), whose columns would replace each other; "
+        "rename the class (its folder, its label in the table or its line in the classes file), "
+        f"e.g. '{bad[0]} class'"
+    )
+
+
 def _check_classes(data: TaskData) -> None:
     """Refuse a classification whose train split holds one class (before any method writes
     anything), and name the classes a split lacks: a class never trained on is never predicted,
@@ -1098,6 +1136,7 @@ def run_finetune(
                 f"methods {bad} do not apply to {data.name} ({data.task})", param="method"
             )
     _check_classes(data)
+    _check_prediction_columns(data)
     check_outputs(cfg, _planned_labels(cfg))
     if model is None:
         model = load_run_model(cfg)

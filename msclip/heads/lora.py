@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from msclip.errors import AdapterError, HeadConfigError
+from msclip.errors import AdapterError, HeadConfigError, not_a_file
 
 __all__ = [
     "LORA_FORMAT",
@@ -475,8 +475,11 @@ def read_lora(path: str | os.PathLike) -> tuple[LoRAConfig, dict[str, torch.Tens
     from safetensors import SafetensorError, safe_open
 
     p = os.fspath(path)
-    if not os.path.isfile(p):
+    why = not_a_file(p, "a LoRA adapter file (.safetensors)")
+    if why == "not found":
         raise AdapterError(f"LoRA adapter file not found: {p}")
+    if why is not None:  # a folder or a device (/dev/null): said as it is
+        raise AdapterError(f"LoRA adapter file {p} {why}")
     try:
         with safe_open(p, framework="pt") as f:
             meta = dict(f.metadata() or {})

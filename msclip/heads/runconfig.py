@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from msclip.errors import ConfigError
+from msclip.errors import ConfigError, not_a_file
 from msclip.options import (
     MAX_SEED,
     check_problems,
@@ -445,7 +445,8 @@ class FinetuneRunConfig:
     def _check_model_and_classes(self, need: Callable[[bool, str], None]) -> None:
         """The checks image-level and dense runs share: class file, model, weights, precision."""
         if self.classes is not None:
-            need(os.path.isfile(self.classes), f"classes file {self.classes!r} not found")
+            why = not_a_file(self.classes, "a class-name file (.txt or .yaml)")
+            need(why is None, f"classes file {self.classes!r} {why}")
         need(
             self.model_name is not None or self.ckpt_path is not None,
             "model_name (or ckpt_path with a self-describing .safetensors) is required",

@@ -71,6 +71,7 @@ from msclip.errors import (
     RasterReadError,
     TilingError,
 )
+from msclip.hardware import resolve_device
 from msclip.io.readers import (
     declares_scale,
     gdal_reason,
@@ -418,6 +419,7 @@ def predict_scene(
         raise RasterReadError(f"scene file not found: {src_path}")
     weight1 = blend_window(t, blend, window_floor).astype(np.float32)
     weight2 = np.outer(weight1, weight1)
+    device = resolve_device(device)
     dev = torch.device("cpu") if device is None else torch.device(device)
 
     start_time = time.perf_counter()

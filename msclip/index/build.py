@@ -164,8 +164,9 @@ class BuildReport:
 
     Attributes:
         sources: sources given.
-        skipped_done: sources already in the index (resumed build or repeated add), changed
-            ones included.
+        skipped_done: sources already in the index as given (resumed build or repeated add);
+            the ``changed`` and ``retiled`` ones are not counted here, so that ``skipped_done``,
+            ``changed``, ``retiled``, ``retried`` and the sources encoded partition ``sources``.
         retried: scenes whose failed tiles were read again.
         added: sources committed by this run (a retry of failed tiles counts its scene).
         rows: embeddings added by this run.
@@ -320,7 +321,6 @@ def pending_work(
         info = writer.source_info(s.key)
         if _changed(info, s.stamp):  # never mix two versions of a file
             changed.add(source_file(s.key))
-            report.skipped_done += 1
             work.append(None)
             continue
         before, now = _tiling(info), _source_tiling(s)
@@ -328,7 +328,6 @@ def pending_work(
             retiled[s.file] = (
                 f"{s.file} (indexed as {_tiling_text(before)}, given as {_tiling_text(now)})"
             )
-            report.skipped_done += 1
             work.append(None)
             continue
         last, retry = _retry_key(writer, s.key)
@@ -609,13 +608,10 @@ def build_index(
     info = model_info(model)
     with IndexWriter.open_or_create(path, int(model.embed_dim), info) as writer:
         todo = [w for w in pending_work(writer, sources, report) if w is not None]
-        if report.skipped_done:
-            logger.info(
-                "%s: %d of %d sources already indexed, skipped",
-                path,
-                report.skipped_done,
-                len(sources),
-            )
+        not_encoded = report.skipped_done + len(report.changed) + len(report.retiled)
+        if not_encoded:
+            logger.info("%s: %d of %d sources already indexed, skipped", path, not_encoded,
+                        len(sources))  # fmt: skip
         last_commit = time.monotonic()
         for done in encode_sources(
             model, preprocess, todo, min_valid=min_valid, nodata=nodata,

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from msclip.arrays import as_numpy
 from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError, invalid_rows
+from msclip.hardware import is_auto_device
 from msclip.index.calibrate import COPY_KERNELS, regime
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
@@ -503,6 +504,8 @@ class SearchIndex:
         self._emb = embeddings
         self.candidates = candidates
         self.kernel = kernel
+        if is_auto_device(device):
+            device = "auto"  # in any case, as create_model takes it
         if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {device!r}")
         self.device = device

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from msclip.errors import ImageSetError
+from msclip.errors import ImageSetError, not_a_file
 from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS, vrt_sources
 from msclip.io.writers import TMP_PREFIX
 
@@ -232,6 +232,9 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
             root = _glob_root(pattern)
             found_paths += [(f, root) for f in found]
         else:
+            why = not_a_file(p, "folders, image files, .txt/.yaml lists of paths, or globs")
+            if why is not None and why != "not found":  # a device (/dev/null): said as it is
+                raise ImageSetError(f"{s} {why}")
             raise ImageSetError(
                 f"no such file or folder: {s}; give folders, image files, .txt/.yaml lists of "
                 "paths, or glob patterns",

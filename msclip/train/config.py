@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msclip.cuda import LOSS_IMPLS
-from msclip.errors import ConfigError
+from msclip.errors import ConfigError, not_a_file
+from msclip.hardware import is_auto_device
 from msclip.options import (
     MAX_SEED,
     check_problems,
@@ -444,7 +445,7 @@ class TrainConfig:
         )
         # runtime
         need(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            is_auto_device(self.device) or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {self.device!r}",
         )
         need(
@@ -485,8 +486,9 @@ class TrainConfig:
 
 # -- checks ----------------------------------------------------------------------------------
 def _check_table(path: str, name: str, errors: list[str]) -> None:
-    if not os.path.isfile(path):
-        errors.append(f"{name} file {path!r} not found")
+    why = not_a_file(path, f"a table ({', '.join(TABLE_EXTENSIONS)})")
+    if why is not None:  # missing, or a folder or a device named as what it is
+        errors.append(f"{name} file {path!r} {why}")
     elif not path.lower().endswith(TABLE_EXTENSIONS):
         errors.append(f"{name} {path!r} must be a table ({', '.join(TABLE_EXTENSIONS)})")
 

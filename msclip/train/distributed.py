@@ -85,7 +85,9 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     :func:`msclip.create_model`, raised as this option's :class:`ConfigError`."""
     from msclip.errors import DeviceError
     from msclip.factory import _check_device
+    from msclip.hardware import is_auto_device
 
+    device = "auto" if is_auto_device(device) else device  # in any case, as create_model's
     if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     per_rank = device in ("auto", "cuda")

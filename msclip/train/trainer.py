@@ -80,6 +80,7 @@ from msclip.train.optim import (
     select_trainable,
 )
 from msclip.train.step import contrastive_step
+from msclip.wording import plural
 
 __all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train", "training_precision"]
 
@@ -586,10 +587,11 @@ class Trainer:
             given = (
                 f"max_steps {self.cfg.max_steps}"
                 if self.cfg.max_steps
-                else f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps"
+                else f"{plural(self.cfg.epochs, 'epoch')} of {plural(self.steps_per_epoch, 'step')}"
             )
             raise ConfigError(
-                f"{path} is at step {step}, past the {end} steps this run is given ({given}); "
+                f"{path} is at step {step}, past the {plural(end, 'step')} this run is given "
+                f"({given}); "
                 "give more steps to train it further, or use the run's last checkpoint as it is",
                 param="max_steps" if self.cfg.max_steps else "epochs",
             )

@@ -332,8 +332,14 @@ def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digit
             str(tmp_path / "r"), "--cache-dir", str(run["root"] / "cache"),
             *TINY, *_without(FAST, "--batch-size")]  # fmt: skip
     assert main(argv) == 0
-    pred = tmp_path / "height_pred.csv"
+    # report.md: RMSE and MAE in the targets' units with significant digits, R2 four decimals
     capsys.readouterr()
+    long = pd.read_csv(tmp_path / "r" / "summary_long.csv").set_index("metric")["value"]
+    assert 0 < long["rmse"] < 1e-4
+    report = (tmp_path / "r" / "report.md").read_text()
+    for metric, spec in (("rmse", ".6g"), ("mae", ".6g"), ("r2", ".4f")):
+        assert f"| {metric} | {long[metric]:{spec}} | [" in report, metric
+    pred = tmp_path / "height_pred.csv"
     head = tmp_path / "run" / "ridge" / "head.safetensors"
     code = inference_main(["--run-classification", "--head", str(head), "--images",
                            str(scenes / "forest"), "--save-path", str(pred), *TINY,
@@ -520,3 +526,35 @@ def test_help_states_each_default_once(capsys):
     assert "(default: None)" not in text
     assert "(default 1e-3 linear, 1e-4 text-init) (default" not in text
     assert "--epochs EPOCHS" in text and re.search(r"epochs.*\(default: \d+\)", text)
+
+
+def test_names_that_are_columns_of_predictions_csv_are_refused_first(run, tmp_path, capsys):
+    """A class named like a column of predictions.csv (target, prediction, image) or a target
+    column named image (or target_<another>) would replace that column: refused with the name
+    and the fix, exit 2, before any method runs or writes."""
+    scenes = run["scenes"]
+    caps = pd.read_csv(scenes / "captions.csv")
+    paths = [str(scenes / p) for p in caps["image"]]
+    value = caps["label"].map({"sea": 0.0, "forest": 3.0, "desert": 1.0})
+    cases = [
+        ({"path": paths, "label": caps["label"].replace({"sea": "target"})}, [],
+         "class name(s) ['target'] are also column names of predictions.csv"),
+        ({"path": paths, "label": caps["label"].replace({"desert": "prediction"})}, [],
+         "class name(s) ['prediction']"),
+        ({"path": paths, "image": value}, ["--task", "regression", "--value-columns", "image"],
+         "target column(s) ['image'] would replace another column of predictions.csv"),
+        ({"path": paths, "a": value, "target_a": value},
+         ["--task", "regression", "--value-columns", "a", "target_a"],
+         "target column(s) ['a', 'target_a'] would replace"),
+    ]  # fmt: skip
+    for i, (columns, flags, said) in enumerate(cases):
+        table = tmp_path / f"t{i}.csv"
+        pd.DataFrame(columns).to_csv(table, index=False)
+        out = tmp_path / f"o{i}"
+        method = "ridge" if flags else "knn"
+        code = main(["--csv", str(table), *flags, "--method", method, "--output-dir", str(out),
+                     "--save-path", str(tmp_path / f"r{i}"), *TINY,
+                     *_without(FAST, "--batch-size")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and said in err, err
+        assert "rename the" in err and not out.exists()

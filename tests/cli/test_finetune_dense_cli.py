@@ -136,3 +136,24 @@ def test_grid_command_writes_the_table(data, tmp_path, capsys):
     assert main(argv) == 0 and "ran 0, skipped 2" in capsys.readouterr().out
     assert main(["grid", "--decoders", "unet", *argv[3:]]) == 2
     assert "--decoders" in capsys.readouterr().err
+
+
+def test_pixel_regression_of_tiny_scale_prints_significant_digits(data, tmp_path, capsys):
+    """Targets of small scale (--scale 1e-6): the printed summary and report.md give RMSE, MAE,
+    bias and target mean with six significant digits, not four decimals that read 0.0000; R2
+    keeps four decimals and the CSVs full precision."""
+    argv = ["--task", "pixel-regression", "--csv", str(data / "d" / "index.csv"), "--decoder",
+            "fcn", "--decoder-channels", "8", "--scale", "1e-6", "--lr", "2e-5", "--output-dir",
+            str(tmp_path / "run"), "--save-path", str(tmp_path / "res"), *TINY, *FAST]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    long = pd.read_csv(tmp_path / "res" / "summary_long.csv").set_index("metric")["value"]
+    row = next(line.split() for line in out.splitlines() if line.startswith("fcn-frozen"))
+    assert row[1:4] == [f"{long['rmse']:.6g}", f"{long['mae']:.6g}", f"{long['r2']:.4f}"]
+    report = (tmp_path / "res" / "report.md").read_text()
+    assert f"| rmse | {long['rmse']:.6g} |" in report and f"| r2 | {long['r2']:.4f} |" in report
+    per_class = pd.read_csv(next((tmp_path / "res" / "per_class").glob("*.csv")))
+    mean = per_class["target_mean"].iloc[0]
+    assert 0 < abs(mean) < 1e-4  # the targets' scale
+    assert f"| {mean:.6g} |" in report and "0.0000 |" not in report
+    assert "lr 2e-05, weight_decay 0," in report  # the settings as given, not lr 0.0000

@@ -920,3 +920,39 @@ def test_adding_to_a_bf16_index_on_a_cpu_that_emulates_it_says_why(inputs, tmp_p
     assert err.count("holds bf16 embeddings") == 1 and "which this CPU (" in err
     assert "use precision 'auto'" not in err
     assert IndexStore.open(idx).count == 2
+
+
+def _summary(out: str) -> dict[str, int]:
+    """The rows of an index build/add summary whose value is one count."""
+    rows = {}
+    for line in out.splitlines():
+        m = re.fullmatch(r"(\S.*?)\s{2,}(\d+)", line.strip())
+        if m:
+            rows[m.group(1)] = int(m.group(2))
+    return rows
+
+
+def test_add_summary_rows_partition_the_sources_given(inputs, tmp_path, capsys):
+    """Each source given to add is counted once: skipped (indexed as given), changed, indexed
+    with another tiling, or added; a changed or retiled file is not counted as skipped too."""
+    files, scene_path, _ = inputs
+    a = tmp_path / "a.tif"
+    shutil.copyfile(files[0], a)
+    idx = tmp_path / "p.index"
+    assert main(["build", str(idx), "--images", str(a), str(files[1]), "--scenes",
+                 str(scene_path), *TINY]) == 0  # fmt: skip
+    shutil.copyfile(files[2], a)
+    os.utime(a, ns=(1, 10**18))  # another mtime, whatever the clock's resolution
+    capsys.readouterr()
+    given = [str(a), str(files[1]), str(files[3])]
+    rc = main(["add", str(idx), "--images", *given, "--scenes", str(scene_path),
+               "--tile-size", "40", "--skip-bad", *TINY])  # fmt: skip
+    assert rc == 0
+    rows = _summary(capsys.readouterr().out)
+    assert rows["sources given"] == 4
+    assert rows["already indexed (skipped)"] == 1  # files[1]
+    assert rows["changed since indexed"] == 1  # a
+    assert rows["indexed with another tiling"] == 1  # the scene
+    assert rows["sources added"] == 1  # files[3]
+    parts = ("already indexed (skipped)", "changed since indexed", "indexed with another tiling")
+    assert sum(rows[p] for p in parts) + rows["sources added"] == rows["sources given"]

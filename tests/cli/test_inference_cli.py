@@ -728,3 +728,16 @@ def test_fill_without_a_declared_nodata_is_said_under_quiet_with_the_flag(tmp_pa
     assert main([*_classify_ab(out, tmp_path / "edge.tif"), "--nodata", "0"]) == 0
     assert "read as data" not in capsys.readouterr().err
     assert pd.read_csv(out)["valid_fraction"].tolist() == [0.75]
+
+
+def test_a_count_of_one_is_singular(tiles, tmp_path, capsys):
+    """The table's tail and the --top-k note say "1 more row", "the 1 image", not "1 more rows",
+    "the 1 images"."""
+    argv = ["--images", *map(str, tiles), "--run-classification", "--class-names", "a", "b",
+            *TINY, "--max-print", "5", "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 0
+    assert "... 1 more row in the CSV" in capsys.readouterr().out
+    argv = ["--images", str(tiles[0]), "--run-retrieval", "--query", "a", "--top-k", "3", *TINY,
+            "--save-path", str(tmp_path / "r.csv")]  # fmt: skip
+    assert main(argv) == 0
+    assert "--top-k 3 is more than the 1 image; returning 1" in capsys.readouterr().err

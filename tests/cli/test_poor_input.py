@@ -433,3 +433,48 @@ def test_empty_or_undecodable_queries_file(folder, tmp_path, capsys):
                      *QUIET, "--save-path", str(tmp_path / "r.csv")])  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2 and why in err and "--queries-file" in err and "Traceback" not in err
+
+
+def test_a_folder_or_device_given_for_a_file_is_said_as_such(folder, tmp_path, capsys):
+    """A path that exists but is not a regular file (``/dev/null``, a folder) given where a file
+    is read is named as what it is, with what to give: not reported as missing, and not as an
+    unknown template set or dataset name."""
+    from msclip.cli.finetune import main as finetune_main
+    from msclip.cli.train import main as train_main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tif = str(folder / "t0.tif")
+    cases = [
+        (train_main, ["--config", "{}"], "config file '{}' {}"),
+        (finetune_main, ["--config", "{}"], "config file '{}' {}"),
+        (main, ["--images", str(folder), "--run-classification", "--classes-file", "{}"],
+         "classes file {} {}"),
+        (main, ["--images", str(folder), "--run-classification", "--class-names", "a", "b",
+                "--templates", "{}"], "template file {} {}"),
+        (main, ["--images", str(folder), "--run-retrieval", "--queries-file", "{}"],
+         "queries file {} {}"),
+        (main, ["--scene", "{}", "--run-scene", "--class-names", "a", "b"], "scene file {} {}"),
+        (main, ["--images", str(folder), "--run-classification", "--head", "{}"],
+         "head file {} {}"),
+        (main, ["--images", "{}", "--run-retrieval", "--query", "a"], "{} {}"),
+        (main, ["--images", tif, "--run-retrieval", "--query", "a", "--ckpt-path", "{}"],
+         "{} {}"),
+        (evaluation_main, ["--datasets", "{}"], "dataset YAML {} {}"),
+        (evaluation_main, ["--datasets", "EuroSAT_MS", "--classnames", "EuroSAT_MS={}"],
+         "class-name file '{}' {}"),
+    ]  # fmt: skip
+    for path, said in ((os.devnull, "is a character device, not a file: give"),
+                       (str(empty), "is a folder, not a file: give")):  # fmt: skip
+        for prog, argv, want in cases:
+            if prog is main and argv[:1] == ["--images"] and path == str(empty):
+                continue  # a folder is a folder of images there (its own message)
+            if "--ckpt-path" in argv and path == str(empty):
+                continue  # a folder of checkpoints is named with its files (tested elsewhere)
+            args = [a.replace("{}", path) for a in argv]
+            if prog is not train_main and prog is not finetune_main:
+                args += [*QUIET, "--save-path", str(tmp_path / "out" / "r.csv")]
+            prog(args)
+            out, err = capsys.readouterr()
+            assert want.format(path, said) in out + err, (args, out + err)
+            assert "not found" not in out + err and "unknown" not in out + err, (args, err)

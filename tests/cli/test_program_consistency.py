@@ -46,6 +46,22 @@ def test_every_program_prints_its_version(prog, capsys):
     assert capsys.readouterr().out == f"{prog} (msclip) {msclip.__version__}\n"
 
 
+def test_every_subcommand_prints_its_programs_version(capsys):
+    """``--version`` after a subcommand (``msclip-index search --version``) prints the version,
+    as after the program's name, instead of asking for the subcommand's arguments."""
+    for p in _parsers():
+        prog = p.prog.split()[0]
+        with pytest.raises(SystemExit) as done:
+            p.parse_args(["--version"])
+        assert done.value.code == 0, p.prog
+        assert capsys.readouterr().out == f"{prog} (msclip) {msclip.__version__}\n", p.prog
+    for prog, argv in (("msclip-index", ["search", "--version"]),
+                       ("msclip-scenes", ["scene", "--version"])):  # fmt: skip
+        main = importlib.import_module(PROGRAMS[prog][0]).main
+        assert main(argv) == 0, argv
+        assert capsys.readouterr().out == f"{prog} (msclip) {msclip.__version__}\n"
+
+
 def test_every_help_ends_with_the_exit_statuses_of_its_program(capsys):
     parsers = _parsers()
     assert len(parsers) == 16  # 6 programs, grid, 4 index and 5 scenes subcommands
@@ -128,7 +144,7 @@ def test_msclip_train_takes_quiet_and_verbose_as_the_other_programs_do(tmp_path,
             "--batch-size", "4", "--max-steps", "1", "--output-dir", run]  # fmt: skip
     assert main([*argv, "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("trained 1 steps; final loss ")
+    assert out.startswith("trained 1 step; final loss ")
     # no log lines, progress bars or warnings about settings (the B01 band left out is one)
     assert err == ""
 

@@ -202,3 +202,19 @@ def test_band_warning_counts_skipped_images_whose_bands_were_read(tmp_path, caps
     assert main(argv) == 0
     lines = [x for x in capsys.readouterr().err.splitlines() if "spectral range" in x]
     assert len(lines) == 1 and lines[0].endswith("(4 of 4 images)")
+
+
+def test_a_query_cut_at_the_context_length_is_named_under_quiet(folder, tmp_path, capsys):
+    """A query (or prompt) longer than the text tower's 77 tokens is cut there: its results may
+    be wrong, so the warning naming it is shown under --quiet too, once, in the singular."""
+    long = " ".join(["forest"] * 90)
+    argv = ["--run-retrieval", "--images", str(folder), "--query", long, "--query", "sea",
+            *QUIET, "--save-path", str(tmp_path / "r.csv")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: 1 text is longer than the text tower's 77 tokens and was cut") == 1
+    assert "'forest forest" in err and "; shorten it" in err and "'sea'" not in err
+    argv = ["--run-classification", "--images", str(folder), "--class-names", long, "sea",
+            "--templates", "short", *QUIET, "--save-path", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(argv) == 0
+    assert "longer than the text tower's 77 tokens and were cut" in capsys.readouterr().err

@@ -153,7 +153,7 @@ def test_cli_output_one_precision_line_and_plain_warnings(tmp_path: Path, capsys
                  "--max-steps", "1"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "is at step 4, past the 1 steps this run is given" in err and "--max-steps" in err
+    assert "is at step 4, past the 1 step this run is given" in err and "--max-steps" in err
     assert (tmp_path / "run" / "final.safetensors").read_bytes() == final
     # resuming it as it is: nothing left to train, the loss and the validation of its last step
     code = main(["--train-data", str(pairs), "--val-data", str(pairs), "--model", "msclip-tiny",
@@ -176,7 +176,7 @@ def test_a_config_file_that_is_not_utf8_or_a_folder_is_one_error_line(tmp_path: 
         assert err.startswith(f"error: config file '{latin1}' is not UTF-8 text (")
         assert "save it as UTF-8" in err and "Traceback" not in err
         assert program(["--config", str(tmp_path), "--print-config"]) == 2
-        assert "is a folder: give the YAML file in it" in capsys.readouterr().err
+        assert "is a folder, not a file: give a YAML file" in capsys.readouterr().err
     utf8 = tmp_path / "bom.yaml"
     utf8.write_bytes("\ufeffcaption-columns: [légende]\n".encode())
     assert main(["--config", str(utf8), "--print-config"]) == 0

@@ -154,7 +154,7 @@ def test_eurosat_split_file_listing_missing_images_is_an_error(bench, tmp_path):
     root = tmp_path / "EuroSAT_MS"
     shutil.copytree(bench / "EuroSAT_MS", root)
     (root / "eurosat-test.txt").write_text("AnnualCrop_1.jpg\nForest_999.jpg\n")
-    with pytest.raises(DatasetFormatError, match=r"1 images that are not under"):
+    with pytest.raises(DatasetFormatError, match=r"lists 1 image not under"):
         build_dataset("EuroSAT_MS", tmp_path)
 
 
@@ -480,7 +480,7 @@ def test_samples_listed_twice_count_once_or_are_refused(tmp_path, caplog):
     lines = split.read_text().splitlines(keepends=True)
     split.write_text("".join(lines + lines[:1]))  # one patch listed twice
     assert len(build_dataset("BigEarthNet_MS", tmp_path / "a")) == len(lines)
-    assert "lists 1 samples more than once" in caplog.text
+    assert "lists 1 sample more than once" in caplog.text
     fn = mb.forestnet(tmp_path / "b")
     rows = (fn / "test.csv").read_text().splitlines(keepends=True)
     (fn / "test.csv").write_text("".join(rows + rows[1:2]))  # a row repeated: maybe relabelled
@@ -537,7 +537,7 @@ def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
     assert sorted(s.id for s in idx.samples) == ["maize/0002.tif", "wheat/0001.tif"]
     assert idx.skipped == {"not in test.txt": 7}
     (root / "test.txt").write_text("0001.jpg\n")  # a bare name of three classes
-    with pytest.raises(DatasetFormatError, match=r"names that several class folders hold .*"
+    with pytest.raises(DatasetFormatError, match=r"lists 1 name that several class folders hold .*"
                        r"'0001.jpg'.*with its class folder"):  # fmt: skip
         layout.index(root, "test")
     _folders(root, {"wheat": ["plot 1, north.tif"]})

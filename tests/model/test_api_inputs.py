@@ -169,6 +169,32 @@ def test_an_int_device_is_a_cuda_device():
             msclip.create_model("msclip-tiny", device=0, precision="int8")
 
 
+def test_device_auto_is_the_gpu_torch_sees_else_the_cpu(monkeypatch):
+    """device="auto" (any case), as every program's --device auto, in create_model,
+    create_model_and_transforms, the encode helpers, the search index and training's config."""
+    from msclip.encode import auto_batch_size, auto_workers
+    from msclip.hardware import resolve_device
+    from msclip.index.search import SearchIndex
+    from msclip.train.config import TrainConfig
+
+    for auto in ("auto", "AUTO", " Auto "):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            assert resolve_device(auto) == "cuda"
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: False)
+            assert resolve_device(auto) == "cpu"
+            model = msclip.create_model("msclip-tiny", device=auto, precision="fp32")
+            assert model.device == torch.device("cpu")
+            model, _, _ = msclip.create_model_and_transforms("msclip-tiny", device=auto)
+            assert model.device == torch.device("cpu")
+            assert auto_batch_size(model, auto) == auto_batch_size(model, "cpu")
+            assert auto_workers(auto) == auto_workers("cpu")
+            assert SearchIndex(np.eye(3, 8, dtype=np.float32), device=auto).device == "auto"
+            assert not [p for p in TrainConfig(device=auto).problems() if "device" in p]
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device(None) is None
+
+
 def test_casts_keep_the_model_identity_honest(tiny):
     """Narrowing a model's weights gives what loading in that precision gives (same checkpoint
     identity, precision in the fingerprint); widening them again does not restore the source
