@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,10 +295,24 @@ def _split_or_fill(
 
 
 # -- class lists -------------------------------------------------------------------------------
+_INTEGER_LABEL = re.compile(r"[+-]?\d+")
+
+
+def _label_order(found: Sequence[str]) -> Callable[[str], Any]:
+    """The sort key of labels: numeric (then as written: ``01`` after ``1``) when every label
+    is an integer, else the text."""
+    if found and all(_INTEGER_LABEL.fullmatch(str(lab)) for lab in found):
+        return lambda lab: (int(lab), lab)
+    return lambda lab: (0, lab)
+
+
 def _class_list(classes: Any, found: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(labels, prompt names)`` from a class list or file, or the sorted labels found."""
+    """``(labels, prompt names)`` from a class list or file, or the sorted labels found: in
+    numeric order when every label is an integer (``2`` before ``10``, as pandas and
+    scikit-learn order an integer column), so that class index ``i`` is label ``i`` for labels
+    ``0 .. n-1``."""
     if classes is None:
-        labels = sorted(set(found))
+        labels = sorted(set(found), key=_label_order(found))
         return labels, [lab.replace("_", " ") for lab in labels]
     from msclip.eval.datasets import load_classnames
 

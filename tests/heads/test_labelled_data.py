@@ -63,6 +63,23 @@ def test_csv_classification_with_split_column_and_class_file(tmp_path):
     assert d.items[0] == str(tmp_path / "img" / "0.tif")
 
 
+def test_integer_labels_are_classes_in_numeric_order(tmp_path):
+    """Labels 0 .. 11 are classes 0 .. 11 (pandas' and scikit-learn's order of an integer
+    column): as text, '10' and '11' came before '2', and class index 2 was label '10'."""
+    rows = [f"img/{i}.tif,{i % 12},{['train', 'val', 'test'][i % 3]}" for i in range(36)]
+    d = from_csv(_table(tmp_path, "path,code,split", rows), label_columns=["code"])
+    assert d.names == [str(c) for c in range(12)]
+    assert d.targets.tolist() == [i % 12 for i in range(36)]
+    # labels that are not all integers keep the order of their text
+    rows = [f"img/{i}.tif,{['10', '2', 'sea'][i % 3]},{['train', 'val', 'test'][i % 3]}"
+            for i in range(9)]  # fmt: skip
+    assert from_csv(_table(tmp_path, "path,c,split", rows, "m.csv"), label_columns=["c"]).names == [
+        "10",
+        "2",
+        "sea",
+    ]
+
+
 def test_csv_multilabel_columns_and_joined_labels(tmp_path):
     rows = [f"a{i}.tif,{i % 2},{(i // 2) % 2}" for i in range(10)]
     d = from_csv(_table(tmp_path, "path,water,trees", rows), task="multi-label",
