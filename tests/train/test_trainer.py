@@ -275,6 +275,18 @@ def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_
     assert trainer.scheduler.get_last_lr() == [g["lr"] for g in trainer.optimizer.param_groups]
 
 
+def test_the_logged_rate_of_a_small_peak_follows_the_schedule(scenes: Path, tmp_path: Path) -> None:
+    """Continual pretraining runs at rates of 1e-5 and below: train_log.csv gives the rate of
+    every step as the schedule sets it, not rounded to 6 decimals (1e-05 or 0.0)."""
+    train(_cfg(scenes, tmp_path, lr=1e-5, warmup_steps=3, max_steps=5, val_every=0))
+    rows = _read(tmp_path / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        expected = 1e-5 * lr_factor(int(r["step"]) - 1, 5, 3)
+        assert float(r["lr"]) == pytest.approx(expected, rel=1e-5, abs=1e-15)
+    assert float(rows[0]["lr"]) == pytest.approx(1e-5 / 3, rel=1e-5)  # not 3e-06
+
+
 def test_rgb_initialisation_and_patch_embedding_stage(scenes: Path, tmp_path: Path) -> None:
     torch.manual_seed(5)
     rgb = msclip.create_model("msclip-tiny-rgb")
