@@ -477,6 +477,26 @@ def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, c
     assert (row["n_pairs"], row["n_images"]) == (12, 6)
 
 
+def test_captions_longer_than_the_text_context_are_named(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    """A caption past the text tower's 77 tokens is trained on as its first 77 tokens: the run
+    says which rows hold one (once, for the whole table), and a table of short captions says
+    nothing."""
+    df = pd.read_csv(scenes)
+    df["image"] = str(scenes.parent) + "/" + df["image"]
+    long = "a detailed description of fields, forest and a river " * 12
+    df.loc[2, "caption_3"] = long
+    df.loc[5, "caption"] = long + "again"
+    df.to_csv(tmp_path / "long.csv", index=False)
+    with caplog.at_level("WARNING"):
+        Trainer(_cfg(tmp_path / "long.csv", tmp_path / "run"), DistContext()).close()
+        Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
+    (message,) = [r.getMessage() for r in caplog.records if "tokens" in r.getMessage()]
+    assert "train_data" in message and "2 of its 72 captions are longer than" in message
+    assert "77 tokens" in message and "row 3 (line 4)" in message and "row 6 (line 7)" in message
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
