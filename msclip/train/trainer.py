@@ -534,16 +534,14 @@ class Trainer:
             write_text(self.out / "config.yaml", text)
         n_trainable = sum(p.numel() for p in self.params)
         logger.info(
-            "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d %s; "
-            "%d trainable parameters in %d tensors",
-            len(train_t),
-            self.steps_per_epoch,
-            self.total_steps,
-            len(val_t),
-            ctx.world_size,
-            "process" if ctx.world_size == 1 else "processes",
-            n_trainable,
-            len(self.params),
+            "%s (%s/epoch, %s), %s; %s; %s in %s",
+            plural(len(train_t), "training pair"),
+            plural(self.steps_per_epoch, "step"),
+            plural(self.total_steps, "step"),
+            plural(len(val_t), "validation pair"),
+            plural(ctx.world_size, "process", "processes"),
+            plural(n_trainable, "trainable parameter"),
+            plural(len(self.params), "tensor"),
         )
 
     def _resume_path(self) -> Path | None:

@@ -497,6 +497,20 @@ def test_captions_longer_than_the_text_context_are_named(
     assert "77 tokens" in message and "row 3 (line 4)" in message and "row 6 (line 7)" in message
 
 
+def test_the_run_summary_line_counts_one_in_the_singular(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    """One step per epoch and one trainable tensor (the patch-embedding stage) read '1 step',
+    '1 tensor', not '1 steps', '1 tensors'."""
+    cfg = _cfg(scenes, tmp_path, batch_size=18, epochs=1, trainable="patch-embed")
+    cfg.train_logit_scale = False
+    with caplog.at_level("INFO", logger="msclip.train.trainer"):
+        Trainer(cfg, DistContext()).close()
+    (line,) = [r.getMessage() for r in caplog.records if "training pairs" in r.getMessage()]
+    assert line.startswith("18 training pairs (1 step/epoch, 1 step), 6 validation pairs; ")
+    assert "1 process; " in line and line.endswith(" trainable parameters in 1 tensor")
+
+
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         scenes,
