@@ -50,6 +50,7 @@ __all__ = [
     "PairTable",
     "ShardSampler",
     "TooManyBadSamplesError",
+    "cut_captions",
     "image_key",
     "load_pairs",
     "row_label",
@@ -210,6 +211,26 @@ def row_label(r: int) -> str:
     """Where data row ``r`` (0-based) of a table is, as a reader counts: ``row 57 (line 58)``
     (the header is line 1)."""
     return f"row {r + 1} (line {r + 2})"
+
+
+def cut_captions(table: PairTable, tokenizer: Any) -> list[tuple[int, str]]:
+    """``(row, caption)`` of the captions of ``table`` longer than the tokenizer's context
+    (the text tower's 77 tokens): they are trained on as their first tokens, the words after
+    the cut are never seen. Only the captions that may be that long are tokenized (msclip's
+    tokenizer bounds the others without its merge tables,
+    :meth:`msclip.tokenizer.CLIPTokenizer.max_tokens`)."""
+    n = int(getattr(tokenizer, "context_length", 0) or 0)
+    encode = getattr(tokenizer, "encode", None)
+    if not n or encode is None:
+        return []
+    bound = getattr(tokenizer, "max_tokens", None)
+    cut: list[tuple[int, str]] = []
+    for r, captions in zip(table.rows, table.captions):
+        for c in captions:
+            # <start_of_text> and <end_of_text> take two of the n positions
+            if (bound is None or bound(c) + 2 > n) and len(encode(c)) + 2 > n:
+                cut.append((r, c))
+    return cut
 
 
 def load_pairs(

@@ -266,9 +266,18 @@ def zero_shot_metrics(
     }
 
 
+def _rounded(v: float) -> float:
+    """``v`` to 6 decimals, but to no fewer than 6 significant digits: a learning rate of 1e-5
+    in its warm-up or cosine tail (continual pretraining), or a small gradient norm, would
+    otherwise be logged as 1e-05, 0.0 or a step of the schedule it does not follow."""
+    if v == 0.0:
+        return v
+    return round(v, max(6, 5 - math.floor(math.log10(abs(v)))))
+
+
 def as_row(values: dict[str, Any]) -> dict[str, Any]:
-    """Round floats for CSV output."""
+    """Round floats for CSV output (:func:`_rounded`)."""
     return {
-        k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+        k: (_rounded(v) if isinstance(v, float) and math.isfinite(v) else v)
         for k, v in values.items()
     }

@@ -55,6 +55,7 @@ from msclip.train.data import (
     PairDataset,
     PairTable,
     TooManyBadSamplesError,
+    cut_captions,
     image_key,
     load_pairs,
     split_pairs,
@@ -431,6 +432,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg)
         self.tokenizer = get_tokenizer(self.model)
+        if ctx.is_main:
+            self._check_caption_lengths(table, "train_data")
+            if cfg.val_data is not None:
+                self._check_caption_lengths(val_t, "val_data")
         if cfg.grad_checkpointing:
             self.model.clip.set_grad_checkpointing(True)
         self.trainable = select_trainable(
@@ -529,16 +534,14 @@ class Trainer:
             write_text(self.out / "config.yaml", text)
         n_trainable = sum(p.numel() for p in self.params)
         logger.info(
-            "%d training pairs (%d steps/epoch, %d steps), %d validation pairs; %d %s; "
-            "%d trainable parameters in %d tensors",
-            len(train_t),
-            self.steps_per_epoch,
-            self.total_steps,
-            len(val_t),
-            ctx.world_size,
-            "process" if ctx.world_size == 1 else "processes",
-            n_trainable,
-            len(self.params),
+            "%s (%s/epoch, %s), %s; %s; %s in %s",
+            plural(len(train_t), "training pair"),
+            plural(self.steps_per_epoch, "step"),
+            plural(self.total_steps, "step"),
+            plural(len(val_t), "validation pair"),
+            plural(ctx.world_size, "process", "processes"),
+            plural(n_trainable, "trainable parameter"),
+            plural(len(self.params), "tensor"),
         )
 
     def _resume_path(self) -> Path | None:
@@ -578,6 +581,39 @@ class Trainer:
                 ", ".join(shared[:3]),
                 f" and {len(shared) - 3} more" if len(shared) > 3 else "",
             )
+
+    def _check_caption_lengths(self, table: PairTable, option: str) -> None:
+        """Name the captions of ``table`` that the text tower's context cuts: the words after
+        the cut are never trained on (nor validated), which a table of long descriptions would
+        not notice otherwise. Shown under ``--quiet`` too, as the cut texts of the other
+        programs are."""
+        from msclip.errors import shown_when_quiet
+        from msclip.train.data import row_label
+
+        cut = cut_captions(table, self.tokenizer)
+        if not cut:
+            return
+        n_captions = sum(len(c) for c in table.captions)
+        shown = "; ".join(
+            f"{row_label(r)} {c if len(c) <= 60 else c[:57] + '...'!r}" for r, c in cut[:3]
+        )
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        shown_when_quiet.warning(
+            "%s %s: %d of its %s %s longer than the text tower's %d tokens and %s cut there "
+            "(the words after the cut are never trained on): %s%s; shorten %s, or split %s into "
+            "several captions (caption_2, caption_3 ... columns or a list column)",
+            option,
+            table.source,
+            len(cut),
+            plural(n_captions, "caption"),
+            "is" if len(cut) == 1 else "are",
+            self.model.context_length,
+            "is" if len(cut) == 1 else "are",
+            shown,
+            more,
+            "it" if len(cut) == 1 else "them",
+            "it" if len(cut) == 1 else "them",
+        )
 
     def _check_steps_left(self, path: Path) -> None:
         """A resumed run that is past its (new) end is refused: finishing it would write the

@@ -275,6 +275,18 @@ def test_extended_run_resumes_at_the_rate_of_its_new_schedule(scenes: Path, tmp_
     assert trainer.scheduler.get_last_lr() == [g["lr"] for g in trainer.optimizer.param_groups]
 
 
+def test_the_logged_rate_of_a_small_peak_follows_the_schedule(scenes: Path, tmp_path: Path) -> None:
+    """Continual pretraining runs at rates of 1e-5 and below: train_log.csv gives the rate of
+    every step as the schedule sets it, not rounded to 6 decimals (1e-05 or 0.0)."""
+    train(_cfg(scenes, tmp_path, lr=1e-5, warmup_steps=3, max_steps=5, val_every=0))
+    rows = _read(tmp_path / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        expected = 1e-5 * lr_factor(int(r["step"]) - 1, 5, 3)
+        assert float(r["lr"]) == pytest.approx(expected, rel=1e-5, abs=1e-15)
+    assert float(rows[0]["lr"]) == pytest.approx(1e-5 / 3, rel=1e-5)  # not 3e-06
+
+
 def test_rgb_initialisation_and_patch_embedding_stage(scenes: Path, tmp_path: Path) -> None:
     torch.manual_seed(5)
     rgb = msclip.create_model("msclip-tiny-rgb")
@@ -463,6 +475,40 @@ def test_a_table_of_one_row_per_caption_is_named(scenes: Path, tmp_path: Path, c
     row = trainer.validate()
     trainer.close()
     assert (row["n_pairs"], row["n_images"]) == (12, 6)
+
+
+def test_captions_longer_than_the_text_context_are_named(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    """A caption past the text tower's 77 tokens is trained on as its first 77 tokens: the run
+    says which rows hold one (once, for the whole table), and a table of short captions says
+    nothing."""
+    df = pd.read_csv(scenes)
+    df["image"] = str(scenes.parent) + "/" + df["image"]
+    long = "a detailed description of fields, forest and a river " * 12
+    df.loc[2, "caption_3"] = long
+    df.loc[5, "caption"] = long + "again"
+    df.to_csv(tmp_path / "long.csv", index=False)
+    with caplog.at_level("WARNING"):
+        Trainer(_cfg(tmp_path / "long.csv", tmp_path / "run"), DistContext()).close()
+        Trainer(_cfg(scenes, tmp_path / "other"), DistContext()).close()
+    (message,) = [r.getMessage() for r in caplog.records if "tokens" in r.getMessage()]
+    assert "train_data" in message and "2 of its 72 captions are longer than" in message
+    assert "77 tokens" in message and "row 3 (line 4)" in message and "row 6 (line 7)" in message
+
+
+def test_the_run_summary_line_counts_one_in_the_singular(
+    scenes: Path, tmp_path: Path, caplog
+) -> None:
+    """One step per epoch and one trainable tensor (the patch-embedding stage) read '1 step',
+    '1 tensor', not '1 steps', '1 tensors'."""
+    cfg = _cfg(scenes, tmp_path, batch_size=18, epochs=1, trainable="patch-embed")
+    cfg.train_logit_scale = False
+    with caplog.at_level("INFO", logger="msclip.train.trainer"):
+        Trainer(cfg, DistContext()).close()
+    (line,) = [r.getMessage() for r in caplog.records if "training pairs" in r.getMessage()]
+    assert line.startswith("18 training pairs (1 step/epoch, 1 step), 6 validation pairs; ")
+    assert "1 process; " in line and line.endswith(" trainable parameters in 1 tensor")
 
 
 def test_other_options_train(scenes: Path, tmp_path: Path) -> None:
