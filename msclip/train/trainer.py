@@ -590,10 +590,13 @@ class Trainer:
         from msclip.errors import shown_when_quiet
         from msclip.train.data import row_label
 
-        cut = cut_captions(table, self.tokenizer)
+        cut, checked = cut_captions(table, self.tokenizer)
         if not cut:
             return
         n_captions = sum(len(c) for c in table.captions)
+        of = plural(n_captions, "caption")
+        if checked < n_captions:  # a sample spread over a large table
+            of = f"{plural(checked, 'caption')} checked (spread over its {n_captions})"
         shown = "; ".join(
             f"{row_label(r)} {c if len(c) <= 60 else c[:57] + '...'!r}" for r, c in cut[:3]
         )
@@ -605,7 +608,7 @@ class Trainer:
             option,
             table.source,
             len(cut),
-            plural(n_captions, "caption"),
+            of,
             "is" if len(cut) == 1 else "are",
             self.model.context_length,
             "is" if len(cut) == 1 else "are",

@@ -401,3 +401,23 @@ def test_a_pair_tables_warnings_travel_with_its_items(tmp_path: Path) -> None:
     batch = PairCollator(lambda c: torch.zeros((len(c), 4), dtype=torch.long), 10, 32, 4,
                          ds.table.paths)(items)  # fmt: skip
     assert sum("B01" in text for _, text in batch["warnings"]) == 5
+
+
+def test_cut_captions_of_a_large_table_are_counted_on_a_sample_spread_over_it() -> None:
+    """A table larger than ``most`` rows has the captions of ``most`` rows, spread evenly over
+    it, checked (tokenizing every long caption of 10^6 rows took most of a minute)."""
+    from msclip.train.data import PairTable, cut_captions
+
+    long = "a detailed description of fields, forest and a river " * 12
+    n = 100
+    table = PairTable(
+        paths=[f"/x/{i}.tif" for i in range(n)],
+        captions=[[long if i % 2 else "a field"] for i in range(n)],
+        rows=list(range(n)),
+        n_rows=n,
+    )
+    tok = msclip.get_tokenizer("msclip-tiny")
+    cut, checked = cut_captions(table, tok, most=None)
+    assert checked == n and [r for r, _ in cut] == list(range(1, n, 2))
+    cut, checked = cut_captions(table, tok, most=10)
+    assert checked == 10 and 3 <= len(cut) <= 7 and all(r % 2 for r, _ in cut)
