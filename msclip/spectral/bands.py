@@ -392,10 +392,12 @@ def _refuse_joined_names(name: object, sensor: str | None) -> None:
     if len(parts) < 2:
         return
     try:
-        found = {resolve_band(part, sensor).name for part in parts}
+        # a band and its colour or role ("B08 nir", "B04 red") is one band, said twice
+        bands = [resolve_band(part, sensor) for part in parts]
+        found = {b.common_name or b.name for b in bands}
     except UnknownBandError:
         return
-    if len(found) < 2:  # "B08 nir": one band, said twice
+    if len(found) < 2:
         return
     raise BandError(
         f"the band name {name!r} joins {len(parts)} band names; give them as separate names: "

@@ -113,6 +113,7 @@ def test_one_name_joining_several_bands_is_refused():
         "B08",
         "B04",
     ]
+    assert [b.name for b in resolve_bands(["B04 red", "B2 blue"])] == ["B04", "B02"]
     # a file's descriptions may say anything after the band (descriptions=True)
     assert [b.name for b in resolve_bands(["B2 blue"], descriptions=True)] == ["B02"]
 
