@@ -644,6 +644,8 @@ def _run_build(args: argparse.Namespace) -> int:
         ["unreadable files / tiles", f"{n_bad_files} / {n_bad_tiles}"],
         ["embeddings in the index", report.count],
     ]
+    if report.moved:  # shown when there are some (an archive moved since it was indexed)
+        rows.insert(3, ["moved since indexed", len(report.moved)])
     if report.retried:
         rows.insert(2, ["scenes with failed tiles retried", report.retried])
     print(tabulate(rows))
@@ -655,6 +657,15 @@ def _run_build(args: argparse.Namespace) -> int:
             "old content; the index is append-only, so they are not encoded again)",
             "to index the current files, build a new index: 'msclip-index build NEW.index "
             f"--images ... --scenes ...' (the same inputs), then use it instead of {args.index}",
+        ),
+        (
+            report.moved,
+            "files given at a new path with the name, size and modification time of an indexed "
+            "file that no longer exists at its indexed path (moved since indexed; the index "
+            "names files by absolute path, so they are not encoded again: each image would have "
+            "two rows)",
+            "to index the files where they are now, build a new index of them: 'msclip-index "
+            f"build NEW.index --images ... --scenes ...', then use it instead of {args.index}",
         ),
         (
             report.retiled,

@@ -751,6 +751,52 @@ def test_changed_and_vanished_files_are_named(inputs, tmp_path, capsys):
     assert main(["build", str(tmp_path / "new.index"), "--images", str(a), *TINY]) == 0
 
 
+def test_files_of_a_moved_archive_are_named_not_indexed_twice(inputs, tmp_path, capsys):
+    """An archive moved after indexing (mv keeps names, sizes and mtimes): add given the files at
+    their new paths names them with their indexed paths, counts them and exits 1 (0 with
+    --skip-bad) instead of giving every image a second row; a new file, a copy under another
+    name and a copy whose original is still in place are added."""
+    files, scene_path, _ = inputs
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in files[:2]:
+        shutil.copy2(f, old / f.name)
+    shutil.copy2(scene_path, old / "scene.tif")
+    idx = tmp_path / "m.index"
+    argv = ["--images", str(old / files[0].name), str(old / files[1].name), "--scenes",
+            str(old / "scene.tif"), *TINY]  # fmt: skip
+    assert main(["build", str(idx), *argv]) == 0
+    count = IndexStore.open(idx).count
+    (old / files[1].name).rename(tmp_path / "kept.tif")  # moved and renamed: not recognised
+    old.rename(tmp_path / "new")
+    new = tmp_path / "new"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy2(files[3], extra / files[3].name)
+    capsys.readouterr()
+    rc = main(["add", str(idx), "--images", str(new / files[0].name), str(extra / files[3].name),
+               "--scenes", str(new / "scene.tif"), *TINY])  # fmt: skip
+    assert rc == 1
+    out, err = capsys.readouterr()
+    rows = _summary(out)
+    assert rows["moved since indexed"] == 2 and rows["sources added"] == 1
+    assert f"{new / files[0].name} (indexed as {old / files[0].name})" in err
+    assert f"{new / 'scene.tif'} (indexed as {old / 'scene.tif'})" in err
+    assert "build a new index" in err
+    store = IndexStore.open(idx)
+    assert store.count == count + 1
+    assert {s.key for s in store.sources} >= {str(extra / files[3].name)}
+    assert str(new / files[0].name) not in {s.key for s in store.sources}
+    # a copy whose original is still at its indexed path is another file: added
+    shutil.copy2(extra / files[3].name, tmp_path / files[3].name)
+    assert main(["add", str(idx), "--images", str(tmp_path / files[3].name), *TINY]) == 0
+    assert IndexStore.open(idx).count == count + 2
+    # given again with --skip-bad: still not indexed, exit 0
+    argv = ["--images", str(new / files[0].name), "--skip-bad", *TINY]
+    assert main(["add", str(idx), *argv]) == 0
+    assert IndexStore.open(idx).count == count + 2
+
+
 def test_a_file_given_with_another_tiling_is_named_not_skipped_silently(inputs, tmp_path, capsys):
     """A scene indexed as tiles of one size and given again with another tile size, stride, or
     as one image (and a file indexed whole given again as a scene) is counted and named with
