@@ -918,6 +918,56 @@ def test_geojson_of_api_metadata_is_strict_json(tmp_path, model):
     assert props["b.tif"]["acquired"] is None and props["b.tif"]["cloud"] is None
 
 
+def test_api_metadata_named_as_result_columns_does_not_replace_them(tmp_path, model, capsys):
+    """Metadata columns of an index written through the Python API named like the results'
+    own (Id, Image, Rank) are written beside them under another name, with a note: they
+    replaced the hit's id, file and rank."""
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    m, _, _ = model
+    rows = pd.DataFrame({"path": ["/d/a.tif", "/d/b.tif", "/d/c.tif"], "Id": ["x1", "x2", "x3"],
+                         "Image": ["A", "B", "C"], "Rank": [7, 8, 9]})  # fmt: skip
+    idx = tmp_path / "api.index"
+    with IndexWriter.open_or_create(idx, 32, model_info(m)) as w:
+        w.add(np.eye(3, 32, dtype=np.float32), rows, source="batch-1")
+    out = tmp_path / "hits.csv"
+    argv = ["search", str(idx), "--query", "x", "y", "--save-path", str(out), *TINY]
+    assert main(argv) == 0
+    assert "metadata.Id (Id), metadata.Image (Image), metadata.Rank (Rank)" in (
+        capsys.readouterr().err
+    )
+    df = pd.read_csv(out)
+    assert list(df.columns[:5]) == ["Query", "Rank", "Similarity", "Id", "Image"]
+    assert df["Rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert df["Query"].tolist() == ["x"] * 3 + ["y"] * 3
+    by_id = dict(zip(df["Id"], zip(df["Image"], df["metadata.Id"], df["metadata.Image"])))
+    assert by_id == {0: ("/d/a.tif", "x1", "A"), 1: ("/d/b.tif", "x2", "B"),
+                     2: ("/d/c.tif", "x3", "C")}  # fmt: skip
+    assert sorted(df["metadata.Rank"]) == [7, 7, 8, 8, 9, 9]
+
+
+def test_search_footprints_are_converted_once_per_hit(inputs, tmp_path, monkeypatch):
+    """Many queries hit the same rows: each footprint's geometry is made once, not once per
+    result row (a 10^4-line queries file took minutes, a row at a time)."""
+    import msclip.tiling
+
+    files, _, _ = inputs
+    idx = tmp_path / "g.index"
+    assert main(["build", str(idx), "--images", *map(str, files), *TINY]) == 0
+    calls = []
+    real = msclip.tiling.footprint_geometry
+    monkeypatch.setattr(msclip.tiling, "footprint_geometry", lambda r: calls.append(1) or real(r))
+    queries = tmp_path / "q.txt"
+    queries.write_text("\n".join(f"query {i}" for i in range(50)))
+    out = tmp_path / "s.csv"
+    argv = ["search", str(idx), "--queries-file", str(queries), "--save-path", str(out), *TINY]
+    assert main(argv) == 0
+    assert len(pd.read_csv(out)) == 200
+    assert len(json.loads(out.with_suffix(".geojson").read_text())["features"]) == 200
+    assert len(calls) == 4
+
+
 @pytest.mark.parametrize(
     "argv",
     [
