@@ -316,22 +316,40 @@ def _top_k(
 
 
 def _geojson(df: Any) -> dict[str, Any]:
+    """The features of the rows of ``df`` with a footprint (a column at a time, and each
+    footprint's geometry once: a query set of 10^4 lines gives 10^5 rows and more)."""
     from msclip.tiling import footprint_geometry
 
+    rings = df["footprint"].tolist()
+    keep = [i for i, ring in enumerate(rings) if isinstance(ring, str) and ring]
+    names = [c for c in df.columns if c != "footprint"]
+    part = df.iloc[keep]
+    columns = [_json_column(part[c]) for c in names]
+    geometries: dict[str, dict[str, Any]] = {}
     features = []
-    for _, r in df.iterrows():
-        ring = r.get("footprint")
-        if not isinstance(ring, str) or not ring:
-            continue
-        props = {k: _json_value(v) for k, v in r.items() if k != "footprint"}
+    for j, i in enumerate(keep):
+        ring = rings[i]
+        if ring not in geometries:
+            geometries[ring] = footprint_geometry(json.loads(ring))
         features.append(
             {
                 "type": "Feature",
-                "geometry": footprint_geometry(json.loads(ring)),
-                "properties": props,
+                "geometry": geometries[ring],
+                "properties": {c: col[j] for c, col in zip(names, columns)},
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+def _json_column(series: Any) -> list[Any]:
+    """A column's values as strict JSON (:func:`_json_value`); plain numeric columns at once."""
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biu":
+        return series.tolist()
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        values = series.to_numpy(dtype=np.float64)
+        return [v if ok else None for v, ok in zip(values.tolist(), np.isfinite(values).tolist())]
+    return [_json_value(v) for v in series.tolist()]
 
 
 def _json_value(value: Any) -> Any:
@@ -405,7 +423,6 @@ def _refuse_search_outputs(
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from msclip.index.build import COMPARE_KEYS, model_info
     from msclip.io import atomic_write, check_output
@@ -452,24 +469,8 @@ def _run_search(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     scores, ids = _top_k(store, q_emb, args.top_k, args.exact, scan_device)
-    meta = store.metadata
     hit_sources = _hit_sources(store, ids)
-    rows = []
-    for qi, name in enumerate(names):
-        for r, (i, sc) in enumerate(zip(ids[qi], scores[qi])):
-            m = meta.iloc[int(i)]
-            src = hit_sources.get(int(i))
-            rows.append(
-                {
-                    "Query": name,
-                    "Rank": r + 1,
-                    "Similarity": float(sc),
-                    "Id": int(i),
-                    "Image": _hit_file(src, m.get("path")),
-                    **{c: m[c] for c in meta.columns if c != "path"},
-                }
-            )
-    df = pd.DataFrame(rows)
+    df = _results_frame(store.metadata, names, scores, ids, hit_sources)
     written = write_table_and_record(
         df, out, model, args, "msclip-index", "index search", queries=list(names),
         top_k=min(args.top_k, store.count), exact=bool(args.exact),
@@ -510,6 +511,57 @@ def _run_search(args: argparse.Namespace) -> int:
         print(n)
     _note_stale_hits(hit_sources.values())
     return EXIT_OK
+
+
+def _results_frame(
+    meta: Any,
+    names: Sequence[str],
+    scores: np.ndarray,
+    ids: np.ndarray,
+    hit_sources: dict[int, Any],
+) -> Any:
+    """The results table: ``Query``, ``Rank``, ``Similarity``, ``Id``, ``Image`` (the hit's
+    file), then the hits' metadata columns but ``path``, one row per query and rank (built a
+    column at a time: a row at a time took minutes for 10^4 queries)."""
+    import pandas as pd
+
+    k = ids.shape[1] if ids.ndim == 2 else 0
+    flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+    hits = meta.iloc[flat].reset_index(drop=True)
+    paths = hits["path"] if "path" in hits.columns else pd.Series([None] * len(hits))
+    files = {}  # the hit's file, once per id
+    for i, path in zip(flat.tolist(), paths.tolist()):
+        if i not in files:
+            files[i] = _hit_file(hit_sources.get(i), path)
+    df = pd.DataFrame(
+        {
+            "Query": np.repeat(np.asarray(list(names), dtype=object), k),
+            "Rank": np.tile(np.arange(1, k + 1, dtype=np.int64), len(names)),
+            "Similarity": np.asarray(scores, dtype=np.float64).reshape(-1),
+            "Id": flat,
+            "Image": [files[i] for i in flat.tolist()],
+        }
+    )
+    extra = hits.drop(columns=[c for c in ("path",) if c in hits.columns])
+    # a metadata column named as one of the table's own (the Python API's may be named anyhow)
+    # is kept beside it, under another name, and never replaces it
+    taken = set(df.columns) | set(extra.columns)
+    renamed = {}
+    for c in extra.columns:
+        if c in df.columns:
+            new = f"metadata.{c}"
+            while new in taken:
+                new = f"metadata.{new}"
+            renamed[c] = new
+            taken.add(new)
+    if renamed:
+        print(
+            "note: index metadata columns named as columns of the results are written as "
+            + ", ".join(f"{new} ({old})" for old, new in renamed.items()),
+            file=sys.stderr,
+        )
+        extra = extra.rename(columns=renamed)
+    return pd.concat([df, extra], axis=1)
 
 
 def _hit_file(source: Any, path: Any) -> Any:
@@ -644,6 +696,8 @@ def _run_build(args: argparse.Namespace) -> int:
         ["unreadable files / tiles", f"{n_bad_files} / {n_bad_tiles}"],
         ["embeddings in the index", report.count],
     ]
+    if report.moved:  # shown when there are some (an archive moved since it was indexed)
+        rows.insert(3, ["moved since indexed", len(report.moved)])
     if report.retried:
         rows.insert(2, ["scenes with failed tiles retried", report.retried])
     print(tabulate(rows))
@@ -655,6 +709,15 @@ def _run_build(args: argparse.Namespace) -> int:
             "old content; the index is append-only, so they are not encoded again)",
             "to index the current files, build a new index: 'msclip-index build NEW.index "
             f"--images ... --scenes ...' (the same inputs), then use it instead of {args.index}",
+        ),
+        (
+            report.moved,
+            "files given at a new path with the name, size and modification time of an indexed "
+            "file that no longer exists at its indexed path (moved since indexed; the index "
+            "names files by absolute path, so they are not encoded again: each image would have "
+            "two rows)",
+            "to index the files where they are now, build a new index of them: 'msclip-index "
+            f"build NEW.index --images ... --scenes ...', then use it instead of {args.index}",
         ),
         (
             report.retiled,

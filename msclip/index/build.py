@@ -165,8 +165,9 @@ class BuildReport:
     Attributes:
         sources: sources given.
         skipped_done: sources already in the index as given (resumed build or repeated add);
-            the ``changed`` and ``retiled`` ones are not counted here, so that ``skipped_done``,
-            ``changed``, ``retiled``, ``retried`` and the sources encoded partition ``sources``.
+            the ``changed``, ``moved`` and ``retiled`` ones are not counted here, so that
+            ``skipped_done``, ``changed``, ``moved``, ``retiled``, ``retried`` and the sources
+            encoded partition ``sources``.
         retried: scenes whose failed tiles were read again.
         added: sources committed by this run (a retry of failed tiles counts its scene).
         rows: embeddings added by this run.
@@ -177,6 +178,10 @@ class BuildReport:
         failed_tiles: how many of ``failures`` are scene tiles (the rest are files).
         changed: files given to this run, already indexed, whose size or mtime differ from when
             they were encoded (their embeddings are of the old content; not encoded again).
+        moved: files given to this run under a path the index does not hold, with the name, size
+            and mtime of an indexed file that no longer exists at its indexed path (an archive
+            moved since it was indexed), each as ``"path (indexed as old path)"``;
+            not encoded again, which would give every such image two rows.
         retiled: files given to this run, already indexed otherwise (as tiles of another size
             or stride, as one image and now as a scene, or the reverse), each with both
             tilings (``"path (indexed as ..., given as ...)"``; not encoded again).
@@ -194,6 +199,7 @@ class BuildReport:
     failures: list[Failure] = field(default_factory=list)
     failed_tiles: int = 0
     changed: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
     retiled: list[str] = field(default_factory=list)
     count: int = 0
 
@@ -307,15 +313,26 @@ def pending_work(
 ) -> list[Source | None]:
     """What is left to encode of each planned source, in order: the source itself when not in
     the index, a retry of the failed tiles of a scene (:func:`retry_source`), or ``None``
-    (done, changed since it was indexed, or indexed with another tiling). Fills ``report``'s
-    ``skipped_done``, ``retried``, ``changed`` and ``retiled`` (only the given sources are
-    compared with their stamps: one ``stat`` each, at planning time, whatever the size of the
-    index)."""
+    (done, changed since it was indexed, moved since it was indexed, or indexed with another
+    tiling). Fills ``report``'s ``skipped_done``, ``retried``, ``changed``, ``moved`` and
+    ``retiled`` (only the given sources are compared with their stamps: one ``stat`` each, at
+    planning time, whatever the size of the index; a ``stat`` more for each indexed file whose
+    name and stamp a new source shares)."""
     work: list[Source | None] = []
     changed: set[str] = set()
     retiled: dict[str, str] = {}
+    moved: dict[str, str] = {}
+    gone: dict[str, bool] = {}  # indexed file -> whether it no longer exists (stat once)
+    stamped: dict[tuple[str, int, int], list[str]] | None = None  # read only when needed
     for s in sources:
         if not writer.is_done(s.key):
+            if stamped is None:
+                stamped = _stamped_files(writer)
+            old = _moved_from(s, stamped, gone)
+            if old is not None:  # never two rows of one image under two paths
+                moved[s.file] = f"{s.file} (indexed as {old})"
+                work.append(None)
+                continue
             work.append(s)
             continue
         info = writer.source_info(s.key)
@@ -339,8 +356,43 @@ def pending_work(
             report.skipped_done += 1
             work.append(None)
     report.changed = sorted(changed)
+    report.moved = [moved[k] for k in sorted(moved)]
     report.retiled = [retiled[k] for k in sorted(retiled)]
     return work
+
+
+def _stamped_files(writer: IndexWriter) -> dict[tuple[str, int, int], list[str]]:
+    """The indexed files by ``(name, size, mtime_ns)`` as stamped when they were encoded
+    (sources without a stamp, of indexes written before stamps, are left out)."""
+    out: dict[tuple[str, int, int], list[str]] = {}
+    for key, info in writer.source_infos.items():
+        if not info or "size" not in info or "mtime_ns" not in info:
+            continue
+        file = source_file(key)
+        if not os.path.isabs(file):  # keys of the Python API may be any text
+            continue
+        files = out.setdefault((os.path.basename(file), info["size"], info["mtime_ns"]), [])
+        if file not in files:
+            files.append(file)
+    return out
+
+
+def _moved_from(
+    source: Source, stamped: Mapping[tuple[str, int, int], list[str]], gone: dict[str, bool]
+) -> str | None:
+    """The indexed file ``source`` was moved from: one of the same name, size and mtime that no
+    longer exists at its indexed path; ``None`` when there is none."""
+    if source.stamp is None:
+        return None
+    sig = (os.path.basename(source.file), source.stamp["size"], source.stamp["mtime_ns"])
+    for old in stamped.get(sig, ()):
+        if old == source.file:
+            continue
+        if old not in gone:
+            gone[old] = not os.path.lexists(old)
+        if gone[old]:
+            return old
+    return None
 
 
 def _source_tiling(source: Source) -> list[int] | None:
@@ -608,7 +660,9 @@ def build_index(
     info = model_info(model)
     with IndexWriter.open_or_create(path, int(model.embed_dim), info) as writer:
         todo = [w for w in pending_work(writer, sources, report) if w is not None]
-        not_encoded = report.skipped_done + len(report.changed) + len(report.retiled)
+        not_encoded = (
+            report.skipped_done + len(report.changed) + len(report.moved) + len(report.retiled)
+        )
         if not_encoded:
             logger.info("%s: %d of %d sources already indexed, skipped", path, not_encoded,
                         len(sources))  # fmt: skip

@@ -713,15 +713,24 @@ class SearchIndex:
             )
             write_json(directory / f"{name}.json", meta, indent=None)
             for entry in directory.iterdir():  # caches of smaller (older) versions of the index
-                stale = entry.name.startswith(_CACHE_PREFIX) and not entry.name.startswith(
-                    name + "."
-                )
-                if stale or entry.name.startswith(TMP_PREFIX):
+                if self._stale_cache(entry.name, key) or entry.name.startswith(TMP_PREFIX):
                     entry.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning(
                 "cannot write the search cache to %s (%s); it stays in memory only", directory, exc
             )
+
+    def _stale_cache(self, name: str, key: str) -> bool:
+        """Whether ``name`` is a search cache this one replaces: of an older cache version or of
+        the same embeddings with fewer rows. A cache of more rows is kept: a search of an earlier
+        snapshot (opened before a concurrent ``add`` committed) must not delete the cache of
+        the grown index that a later search just wrote."""
+        if not name.startswith(_CACHE_PREFIX) or name.startswith(self._cache_name(key) + "."):
+            return False
+        m = re.match(rf"{re.escape(_CACHE_PREFIX)}v(\d+)-(.+)-n(\d+)-d(\d+)\.", name)
+        if m is None or int(m.group(1)) != CACHE_VERSION or m.group(2) != key:
+            return True
+        return int(m.group(3)) < self.count or int(m.group(4)) != self.dim
 
     # -- search -----------------------------------------------------------------------------
     def _as_queries(self, queries: Any) -> np.ndarray:

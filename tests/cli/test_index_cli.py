@@ -751,6 +751,52 @@ def test_changed_and_vanished_files_are_named(inputs, tmp_path, capsys):
     assert main(["build", str(tmp_path / "new.index"), "--images", str(a), *TINY]) == 0
 
 
+def test_files_of_a_moved_archive_are_named_not_indexed_twice(inputs, tmp_path, capsys):
+    """An archive moved after indexing (mv keeps names, sizes and mtimes): add given the files at
+    their new paths names them with their indexed paths, counts them and exits 1 (0 with
+    --skip-bad) instead of giving every image a second row; a new file, a copy under another
+    name and a copy whose original is still in place are added."""
+    files, scene_path, _ = inputs
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in files[:2]:
+        shutil.copy2(f, old / f.name)
+    shutil.copy2(scene_path, old / "scene.tif")
+    idx = tmp_path / "m.index"
+    argv = ["--images", str(old / files[0].name), str(old / files[1].name), "--scenes",
+            str(old / "scene.tif"), *TINY]  # fmt: skip
+    assert main(["build", str(idx), *argv]) == 0
+    count = IndexStore.open(idx).count
+    (old / files[1].name).rename(tmp_path / "kept.tif")  # moved and renamed: not recognised
+    old.rename(tmp_path / "new")
+    new = tmp_path / "new"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy2(files[3], extra / files[3].name)
+    capsys.readouterr()
+    rc = main(["add", str(idx), "--images", str(new / files[0].name), str(extra / files[3].name),
+               "--scenes", str(new / "scene.tif"), *TINY])  # fmt: skip
+    assert rc == 1
+    out, err = capsys.readouterr()
+    rows = _summary(out)
+    assert rows["moved since indexed"] == 2 and rows["sources added"] == 1
+    assert f"{new / files[0].name} (indexed as {old / files[0].name})" in err
+    assert f"{new / 'scene.tif'} (indexed as {old / 'scene.tif'})" in err
+    assert "build a new index" in err
+    store = IndexStore.open(idx)
+    assert store.count == count + 1
+    assert {s.key for s in store.sources} >= {str(extra / files[3].name)}
+    assert str(new / files[0].name) not in {s.key for s in store.sources}
+    # a copy whose original is still at its indexed path is another file: added
+    shutil.copy2(extra / files[3].name, tmp_path / files[3].name)
+    assert main(["add", str(idx), "--images", str(tmp_path / files[3].name), *TINY]) == 0
+    assert IndexStore.open(idx).count == count + 2
+    # given again with --skip-bad: still not indexed, exit 0
+    argv = ["--images", str(new / files[0].name), "--skip-bad", *TINY]
+    assert main(["add", str(idx), *argv]) == 0
+    assert IndexStore.open(idx).count == count + 2
+
+
 def test_a_file_given_with_another_tiling_is_named_not_skipped_silently(inputs, tmp_path, capsys):
     """A scene indexed as tiles of one size and given again with another tile size, stride, or
     as one image (and a file indexed whole given again as a scene) is counted and named with
@@ -870,6 +916,56 @@ def test_geojson_of_api_metadata_is_strict_json(tmp_path, model):
     assert props["a.tif"]["acquired"] == "2021-05-01T00:00:00" and props["a.tif"]["cloud"] == 3
     assert props["a.tif"]["quality"] is None
     assert props["b.tif"]["acquired"] is None and props["b.tif"]["cloud"] is None
+
+
+def test_api_metadata_named_as_result_columns_does_not_replace_them(tmp_path, model, capsys):
+    """Metadata columns of an index written through the Python API named like the results'
+    own (Id, Image, Rank) are written beside them under another name, with a note: they
+    replaced the hit's id, file and rank."""
+    from msclip.index.build import model_info
+    from msclip.index.store import IndexWriter
+
+    m, _, _ = model
+    rows = pd.DataFrame({"path": ["/d/a.tif", "/d/b.tif", "/d/c.tif"], "Id": ["x1", "x2", "x3"],
+                         "Image": ["A", "B", "C"], "Rank": [7, 8, 9]})  # fmt: skip
+    idx = tmp_path / "api.index"
+    with IndexWriter.open_or_create(idx, 32, model_info(m)) as w:
+        w.add(np.eye(3, 32, dtype=np.float32), rows, source="batch-1")
+    out = tmp_path / "hits.csv"
+    argv = ["search", str(idx), "--query", "x", "y", "--save-path", str(out), *TINY]
+    assert main(argv) == 0
+    assert "metadata.Id (Id), metadata.Image (Image), metadata.Rank (Rank)" in (
+        capsys.readouterr().err
+    )
+    df = pd.read_csv(out)
+    assert list(df.columns[:5]) == ["Query", "Rank", "Similarity", "Id", "Image"]
+    assert df["Rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert df["Query"].tolist() == ["x"] * 3 + ["y"] * 3
+    by_id = dict(zip(df["Id"], zip(df["Image"], df["metadata.Id"], df["metadata.Image"])))
+    assert by_id == {0: ("/d/a.tif", "x1", "A"), 1: ("/d/b.tif", "x2", "B"),
+                     2: ("/d/c.tif", "x3", "C")}  # fmt: skip
+    assert sorted(df["metadata.Rank"]) == [7, 7, 8, 8, 9, 9]
+
+
+def test_search_footprints_are_converted_once_per_hit(inputs, tmp_path, monkeypatch):
+    """Many queries hit the same rows: each footprint's geometry is made once, not once per
+    result row (a 10^4-line queries file took minutes, a row at a time)."""
+    import msclip.tiling
+
+    files, _, _ = inputs
+    idx = tmp_path / "g.index"
+    assert main(["build", str(idx), "--images", *map(str, files), *TINY]) == 0
+    calls = []
+    real = msclip.tiling.footprint_geometry
+    monkeypatch.setattr(msclip.tiling, "footprint_geometry", lambda r: calls.append(1) or real(r))
+    queries = tmp_path / "q.txt"
+    queries.write_text("\n".join(f"query {i}" for i in range(50)))
+    out = tmp_path / "s.csv"
+    argv = ["search", str(idx), "--queries-file", str(queries), "--save-path", str(out), *TINY]
+    assert main(argv) == 0
+    assert len(pd.read_csv(out)) == 200
+    assert len(json.loads(out.with_suffix(".geojson").read_text())["features"]) == 200
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize(

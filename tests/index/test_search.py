@@ -424,3 +424,20 @@ def test_the_selection_keeps_each_querys_top_scores_and_tells_a_tie_at_the_cut(d
         assert torch.equal(thr, ranked[:, c - 1])
         tied = ranked[:, c] == ranked[:, c - 1] if start > c else torch.zeros(n_q, dtype=torch.bool)
         assert torch.equal(tie_cut, tied)
+
+
+def test_a_search_of_an_earlier_snapshot_keeps_the_grown_index_cache(tmp_path: Path, data) -> None:
+    """A search opened before an add committed (a snapshot of fewer rows) that saves its cache
+    after a search of the grown index saved its own leaves that newer cache in place: it was
+    deleted, and the next search of the grown index quantised all its rows again."""
+    emb, _ = data
+    path = tmp_path / "race.index"
+    with IndexWriter.open_or_create(path, DIM, MODEL) as writer:
+        writer.add(emb[:300], None, source="first")
+    before = IndexStore.open(path)  # the earlier snapshot, opened before the add
+    with IndexWriter.open_or_create(path, DIM, MODEL) as writer:
+        writer.add(emb[300:500], None, source="second")
+    assert not SearchIndex.from_store(IndexStore.open(path)).cache_hit  # saves -n500-
+    late = SearchIndex.from_store(before)  # saves -n300- afterwards
+    assert late.count == 300 and not late.cache_hit
+    assert SearchIndex.from_store(IndexStore.open(path)).cache_hit
