@@ -483,9 +483,7 @@ def encode_texts(
     encoded in batches sorted by token length with ``encode_text(..., trim=True)``, so each
     batch runs only as many positions as its longest prompt (exact up to ~1e-6); on a CPU a
     batch also ends where the length grows once it holds 512 positions, so few padded positions
-    are computed. A model created with ``precision='fp32'`` (``--precision fp32``, OpenCLIP's
-    arithmetic) runs every prompt at the full context, as OpenCLIP does: its embeddings are
-    OpenCLIP's bit for bit (kept apart from trimmed ones in the cache).
+    are computed.
 
     Args:
         model: an :class:`msclip.MSCLIP` (any object with ``encode_text(tokens, trim=...)``).
@@ -500,9 +498,7 @@ def encode_texts(
     texts = [texts] if isinstance(texts, str) else list(texts)  # one text, not its characters
     unique = list(dict.fromkeys(texts))
     found: dict[str, torch.Tensor] = {}
-    exact = _exact_text_arithmetic(model)
-    # cache entries of another tokenizer are others, and so are trimmed ones for an exact model
-    tag = _tokenizer_tag(model, tokenizer) + (_FULL_CONTEXT_TAG if exact else "")
+    tag = _tokenizer_tag(model, tokenizer)  # cache entries of another tokenizer are others
     if cache is not None and unique:
         for t, emb in cache.get_many([tag + t for t in unique]).items():
             found[t[len(tag) :]] = torch.from_numpy(emb)
@@ -524,8 +520,8 @@ def encode_texts(
         new: dict[str, torch.Tensor] = {}
         bar = progress_bar(total=len(todo), desc="text tower", unit="prompt", disable=not progress)
         cpu = torch.device(device).type == "cpu"
-        for idx in _length_batches(order, lengths.tolist(), batch_size, cpu and not exact):
-            emb = model.encode_text(tokens[idx].to(device), trim=not exact)
+        for idx in _length_batches(order, lengths.tolist(), batch_size, cpu):
+            emb = model.encode_text(tokens[idx].to(device), trim=True)
             emb = emb.float().cpu()
             for j, i in enumerate(idx):
                 new[todo[i]] = emb[j]
@@ -540,19 +536,6 @@ def encode_texts(
         dim = getattr(model, "embed_dim", 0)
         return torch.zeros(0, dim)
     return torch.stack([found[t] for t in texts]).float()
-
-
-#: Prefix of the cache keys of texts encoded at the full context (:func:`_exact_text_arithmetic`):
-#: their embeddings differ from trimmed ones in the last bits.
-_FULL_CONTEXT_TAG = "[full context]\x00"
-
-
-def _exact_text_arithmetic(model: Any) -> bool:
-    """Whether prompts are encoded at the full context, OpenCLIP's arithmetic bit for bit: for
-    a model created with ``precision='fp32'`` (``--precision fp32``), the published release's
-    own arithmetic. Trimming the padding (``encode_text(..., trim=True)``) changes the last bits
-    (~1e-7 in the class embeddings), since the products of the attention run over fewer keys."""
-    return getattr(model, "precision_requested", None) == "fp32"
 
 
 #: Tokenizers that msclip's models come with (any of them at the model's context length keeps
