@@ -223,8 +223,8 @@ def plan_sources(
     seen: set[str] = set()
     files: dict[tuple[int, int], str] = {}  # (device, inode) -> the first path of the file
     linked: list[tuple[str, str]] = []  # (a path, the earlier path of the same file)
-    images = [images] if isinstance(images, (str, os.PathLike)) else images  # one path, one item
-    scenes = [scenes] if isinstance(scenes, (str, os.PathLike)) else scenes
+    images = _expand_folders(images, "images")
+    scenes = _expand_folders(scenes, "scenes")
 
     def again(key: str) -> bool:
         """Whether ``key`` is a file already planned under another path."""
@@ -269,6 +269,38 @@ def plan_sources(
             len(linked), "; ".join(f"{a} is {b}" for a, b in linked[:3]),
             f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
         )  # fmt: skip
+    return out
+
+
+def _expand_folders(given: Any, param: str) -> list[Any]:
+    """``given`` (one path or several) with each folder and glob pattern replaced by the image
+    files it holds, as ``msclip-index build`` lists them (:func:`msclip.io.list_images`): a
+    folder in a Python call is its images, not one unreadable image.
+
+    Raises:
+        ImageSetError: a folder holds no images, or a pattern matches none (before anything is
+            written).
+    """
+    from msclip.errors import ImageSetError
+    from msclip.io import list_images
+
+    # one path is one entry (not the characters of its name)
+    entries = [given] if isinstance(given, (str, os.PathLike)) else list(given)
+    out: list[Any] = []
+    for p in entries:
+        if not isinstance(p, (str, os.PathLike)):
+            out.append(p)  # the build names what it cannot read
+            continue
+        s = os.fsdecode(os.fspath(p))
+        pattern = not os.path.lexists(s) and any(ch in s for ch in "*?[")
+        if not (os.path.isdir(s) or pattern):
+            out.append(p)
+            continue
+        try:
+            out += list_images([p])
+        except ImageSetError as err:
+            err.param = param
+            raise
     return out
 
 
@@ -632,8 +664,9 @@ def build_index(
         path: index directory.
         model: an :class:`msclip.MSCLIP`.
         preprocess: its preprocessing (``model.preprocess(...)``).
-        images: image files, one embedding each.
-        scenes: large rasters to tile.
+        images: image files, one embedding each; a folder stands for the images below it and
+            a glob pattern for the files it matches, as in ``msclip-index build``.
+        scenes: large rasters to tile (files, folders or glob patterns).
         tile_size: tile side in pixels (default: the model's input size).
         stride: step between tiles (default: ``tile_size``).
         min_valid: skip files and tiles with a smaller fraction of valid pixels (not nodata).
