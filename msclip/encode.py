@@ -75,6 +75,7 @@ from torch.utils.data import DataLoader, Dataset
 from msclip.errors import (
     BandCoverageError,
     BandError,
+    ImageSetError,
     InputTypeError,
     MSCLIPError,
     RasterReadError,
@@ -172,6 +173,8 @@ class ImageDataset(Dataset):
         nodata: float | None = None,
         startup: Any = None,
     ) -> None:
+        if isinstance(items, (str, os.PathLike)):
+            _refuse_folder(items)
         # one path is one item (not the characters of its name)
         self.items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
         self.preprocess = preprocess
@@ -231,6 +234,26 @@ class ImageDataset(Dataset):
         # a BandError: skipped anyway; an encoded item with such bands reports it
         with contextlib.suppress(BandError):
             map_bands(bands, names)
+
+
+def _refuse_folder(path: str | os.PathLike) -> None:
+    """Refuse one folder or glob pattern given where image files are: the items are read as
+    given (each one image, its results numbered by its position), so a folder would be one
+    unreadable image.
+
+    Raises:
+        ImageSetError: ``path`` is a folder or a pattern; the message names the call that lists
+            its images.
+    """
+    s = os.fsdecode(os.fspath(path))
+    pattern = not os.path.lexists(s) and any(ch in s for ch in "*?[")
+    if os.path.isdir(s) or pattern:
+        raise ImageSetError(
+            f"{s} is a {'glob pattern' if pattern else 'folder'}, not an image file: give "
+            f"image files, e.g. msclip.io.list_images([{s!r}]) (the files "
+            f"{'it matches' if pattern else 'below it'}, sorted)",
+            param="items",
+        )
 
 
 def item_with_warnings(get: Callable[[Any], dict[str, Any]], index: Any) -> dict[str, Any]:

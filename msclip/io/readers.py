@@ -1361,7 +1361,8 @@ def read_raster(
     p = os.fsdecode(os.fspath(path))
     if not os.path.exists(p):
         hint = (
-            " (a pattern is expanded where images are given, not inside a list of paths)"
+            " (a pattern is expanded where images are given, not inside a list of paths; in "
+            f"Python, msclip.io.list_images([{p!r}]) lists the files it matches)"
             if any(ch in os.path.basename(p) for ch in "*?[")
             else ""
         )
@@ -1371,7 +1372,8 @@ def read_raster(
     if os.path.isdir(p):
         raise RasterReadError(
             f"{p} is a folder, not an image file; give the folder itself where images are given "
-            "(a list of paths names files)"
+            f"(a list of paths names files; in Python, msclip.io.list_images([{p!r}]) lists its "
+            "images)"
         )
     if os.path.isfile(p) and os.path.getsize(p) == 0:
         raise RasterReadError(f"image file is empty (0 bytes): {p}")
