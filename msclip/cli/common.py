@@ -1024,7 +1024,21 @@ def read_queries(args: argparse.Namespace) -> list[str]:
     empty = [q for q in queries if not q.strip()]
     if empty:
         raise UsageError("empty --query given")
-    return list(dict.fromkeys(queries))
+    unique = list(dict.fromkeys(queries))
+    if len(unique) < len(queries):
+        from collections import Counter
+
+        again = [q for q, n in Counter(queries).items() if n > 1]  # in the order given
+        shown = ", ".join(repr(q) for q in again[:3]) + (
+            f" and {len(again) - 3} more" if len(again) > 3 else ""
+        )
+        print(
+            f"note: {len(queries) - len(unique)} repeated quer"
+            f"{'y' if len(queries) - len(unique) == 1 else 'ies'} (given more than once in "
+            f"--query / --queries-file) searched once: {shown}",
+            file=sys.stderr,
+        )
+    return unique
 
 
 def query_image_paths(args: argparse.Namespace) -> list[str]:

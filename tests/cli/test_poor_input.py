@@ -435,6 +435,21 @@ def test_empty_or_undecodable_queries_file(folder, tmp_path, capsys):
         assert code == 2 and why in err and "--queries-file" in err and "Traceback" not in err
 
 
+def test_a_query_given_twice_is_searched_once_with_a_note(tmp_path, capsys):
+    import argparse
+
+    from msclip.cli.common import read_queries
+
+    qf = tmp_path / "q.txt"
+    qf.write_text("a lake\na forest\na lake\n")
+    args = argparse.Namespace(query=["a forest", "a river"], queries_file=str(qf))
+    assert read_queries(args) == ["a forest", "a river", "a lake"]
+    err = capsys.readouterr().err
+    assert "note: 2 repeated queries" in err and "'a forest', 'a lake'" in err
+    read_queries(argparse.Namespace(query=["a river"], queries_file=None))
+    assert capsys.readouterr().err == ""
+
+
 def test_a_folder_or_device_given_for_a_file_is_said_as_such(folder, tmp_path, capsys):
     """A path that exists but is not a regular file (``/dev/null``, a folder) given where a file
     is read is named as what it is, with what to give: not reported as missing, and not as an
