@@ -979,12 +979,17 @@ class LabelledEncoding:
         targets: ``[N_ok]`` class indices or ``[N_ok, C]`` indicators.
         indices: dataset positions of the rows.
         failures: unreadable samples (empty unless ``skip_bad``).
+        warnings: the warnings that the results may be wrong met while reading the samples
+            (input the model says little about: bands it lacks, 8-bit pictures; the warnings
+            ``--quiet`` still shows), each once with the number of samples it concerns
+            (``{"category", "message", "count"}``), kept for the run's record.
     """
 
     features: np.ndarray
     targets: np.ndarray
     indices: np.ndarray
     failures: list[Failure]
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def encode_dataset(
@@ -1022,9 +1027,11 @@ def encode_dataset(
     wrapped = LabelledDataset(dataset)
     feats, targets, idx, failures = [], [], [], []
     name = getattr(dataset, "name", "dataset")
+    tally = WarningTally()
     for b in encode_batches(
         model, wrapped, batch_size=batch_size, workers=workers, normalize=normalize,
         strict=not skip_bad, progress=progress, desc=desc or str(name), abort_on=abort_on,
+        tally=tally,
     ):  # fmt: skip
         feats.append(b.embeddings)
         targets += [np.asarray(t) for t in b.extra.get("target", [])]
@@ -1033,6 +1040,11 @@ def encode_dataset(
     if not idx:
         reason = f" ({len(failures)} unreadable)" if failures else ""
         raise MSCLIPError(f"{name}: no sample could be encoded; the dataset is empty{reason}")
+    # the warnings that the results may be wrong (those --quiet still shows)
+    warned = [{"category": category, "message": text, "count": len(items)}
+              for (category, text), items in tally.counts.items()
+              if _shown_when_quiet(category)]  # fmt: skip
     return LabelledEncoding(
-        np.concatenate(feats), np.stack(targets), np.asarray(idx, dtype=np.int64), failures
-    )
+        np.concatenate(feats), np.stack(targets), np.asarray(idx, dtype=np.int64), failures,
+        warned,
+    )  # fmt: skip

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from msclip.errors import UnknownDatasetError, not_a_file
+from msclip.errors import MSCLIPError, UnknownDatasetError, not_a_file
 from msclip.eval.layouts import (
     BIGEARTHNET_BANDS,
     EUROSAT_MS_BANDS,
@@ -561,6 +561,26 @@ def _make_layout(spec: DatasetSpec, classes: ClassList) -> Layout:
     return MeterMLLayout(classes.labels, **common, **opts)
 
 
+def _with_tree_hint(err: MSCLIPError, spec: DatasetSpec) -> MSCLIPError:
+    """``err`` (a dataset found but not as its layout expects: a wrong or incomplete tree) with
+    the place that describes the expected tree appended: the dataset's section of
+    ``benchmark_datasets/README.md`` for a built-in dataset, its "Custom datasets" section for a
+    YAML one."""
+    text = str(err)
+    if "benchmark_datasets/README.md" in text:
+        return err
+    if spec.base_dir is None:
+        hint = f"the expected tree of {spec.name} is in benchmark_datasets/README.md"
+    else:
+        hint = (
+            "how a dataset file declares its tree: benchmark_datasets/README.md, section "
+            "Custom datasets"
+        )
+    new = type(err)(f"{text.rstrip('.')} ({hint})")
+    new.param = err.param
+    return new
+
+
 def _find_root(spec: DatasetSpec, dataset_dir: Path | None) -> Path:
     if spec.root is not None:
         if spec.root.is_dir():
@@ -775,11 +795,14 @@ def build_dataset(
         load_classnames(classes))  # fmt: skip
     root = _find_root(spec, Path(dataset_dir) if dataset_dir is not None else None)
     layout = _make_layout(spec, class_list)
-    if require_split_list:
-        from msclip.eval.layouts import check_split_list
+    try:
+        if require_split_list:
+            from msclip.eval.layouts import check_split_list
 
-        check_split_list(root, getattr(layout, "split_files", ()) or (), split)
-    index = layout.index(root, split)
+            check_split_list(root, getattr(layout, "split_files", ()) or (), split)
+        index = layout.index(root, split)
+    except (DatasetFormatError, DatasetNotFoundError) as err:
+        raise _with_tree_hint(err, spec) from err
     if max_samples is not None and max_samples < len(index.samples):
         if max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")

@@ -198,6 +198,9 @@ def make_record(
                 {"file": f.name, "reason": f.reason} for f in getattr(result, "failures", [])
             ],
         },
+        # what the model was given that it says little about (an RGB dataset on a multispectral
+        # model: bands filled with their mean), once each with its sample count
+        "input_warnings": list(getattr(result, "input_warnings", [])),
         "confusion_matrix": getattr(report, "confusion", None),
         "seed": seed,
         "versions": library_versions(),
@@ -897,6 +900,21 @@ def _unreadable_lines(rec: Mapping[str, Any]) -> tuple[str, list[str]]:
     return f"; **{n} unreadable and left out**{of}:", lines
 
 
+def _input_warning_lines(rec: Mapping[str, Any]) -> list[str]:
+    """The report's lines for the warnings met while reading the samples (bands the model lacks,
+    8-bit pictures for a reflectance model): the numbers are of such input."""
+    warned = rec.get("input_warnings") or []
+    if not isinstance(warned, list) or not warned:
+        return []
+    n = (rec.get("dataset") or {}).get("n_samples")
+    lines = ["- **input warnings** (the metrics are of this input):"]
+    for w in warned:
+        if isinstance(w, Mapping):
+            count = f" ({w.get('count')} of {n} samples)" if w.get("count") is not None else ""
+            lines.append(f"  - {' '.join(str(w.get('message')).splitlines())}{count}")
+    return lines
+
+
 def _templates_and_ap(tpl: dict | None, ap: dict | None) -> list[str]:
     """The templates and AP lines of a section; records without them (dense metrics, heads
     written by other tools) have none."""
@@ -933,6 +951,7 @@ def _section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -> str
         + (f" (left out: {ds['skipped']})" if ds.get("skipped") else "")
         + unreadable,
         *unreadable_items,
+        *_input_warning_lines(rec),
         *_templates_and_ap(tpl, ap),
         f"- task: {rec['task']}"
         + (f", rule `{rec['metrics'].get('rule')}`" if rec["task"] == "multi_label" else ""),

@@ -171,6 +171,8 @@ class EvalResult:
         failures: images skipped as unreadable (only with ``skip_bad``).
         indices: dataset positions of the rows of ``scores`` and ``targets`` (unreadable samples
             have none).
+        input_warnings: warnings met while reading the samples (bands the model lacks, 8-bit
+            pictures for a reflectance model), each with the number of samples it concerns.
     """
 
     dataset: BenchmarkDataset
@@ -182,6 +184,7 @@ class EvalResult:
     timings: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     indices: np.ndarray | None = None
+    input_warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def main_metric(self) -> str:
@@ -257,5 +260,5 @@ def evaluate(
     timings["metrics_s"] = time.perf_counter() - t0
     return EvalResult(
         dataset, templates, class_names, scores, targets, report, timings, encoded.failures,
-        np.asarray(encoded.indices, dtype=np.int64),
+        np.asarray(encoded.indices, dtype=np.int64), list(encoded.warnings),
     )  # fmt: skip

@@ -190,6 +190,21 @@ def test_scores_reproduce_from_the_model_and_metrics_agree_with_sklearn(ms_run):
 
 
 # -- merged reports --------------------------------------------------------------------------
+def test_input_the_model_says_little_about_is_in_the_record_and_report(ms_run):
+    # MyCrops has 4 of the tiny model's 10 bands: the 6 others are filled with their mean. The
+    # warning said so on stderr only; the record and report.md, which outlive the run, now say
+    # it too, with its sample count. EuroSAT_MS lacks none (its ignored B01 is in band_mapping).
+    save = ms_run["save"]
+    warned = _record(save, "MyCrops")["input_warnings"]
+    assert [w["category"] for w in warned] == ["BandCoverageWarning"]
+    assert "lack 6 of the model's 10 bands" in warned[0]["message"] and warned[0]["count"] == 5
+    assert _record(save, "EuroSAT_MS")["input_warnings"] == []
+    report = (save / "report.md").read_text()
+    section = report[report.index("— MyCrops") :].split("\n## ")[0]
+    assert "**input warnings**" in section and "(5 of 5 samples)" in section
+    assert "**input warnings**" not in report[report.index("— EuroSAT_MS") :].split("\n## ")[0]
+
+
 def test_summary_per_class_csvs_markdown_and_figures(ms_run):
     save = ms_run["save"]
     summary = pd.read_csv(save / "summary.csv")

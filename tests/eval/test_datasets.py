@@ -122,6 +122,26 @@ def test_missing_dataset_names_the_expected_place_and_the_readme(tmp_path):
 
 
 # -- EuroSAT ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["EuroSAT_MS", "BigEarthNet_MS", "ForestNet_RGB", "METERML_MS"])
+def test_a_dataset_folder_of_another_tree_names_the_readme(tmp_path, name):
+    # The folder is there but holds nothing the layout reads (unpacked one level too deep,
+    # another archive): the error points to where the expected tree is described.
+    folder = {"EuroSAT_MS": "EuroSAT_MS", "BigEarthNet_MS": "BigEarthNet",
+              "ForestNet_RGB": "ForestNet_RGB", "METERML_MS": "METER-ML"}[name]  # fmt: skip
+    (tmp_path / folder / "unpacked" / "x").mkdir(parents=True)
+    with pytest.raises((DatasetFormatError, DatasetNotFoundError)) as e:
+        build_dataset(name, tmp_path, require_split_list=True)
+    assert f"the expected tree of {name} is in benchmark_datasets/README.md" in str(e.value)
+
+
+def test_a_custom_dataset_of_another_tree_names_the_readme_section(tmp_path):
+    yaml_path = tmp_path / "mine.yaml"
+    (tmp_path / "data").mkdir()
+    yaml_path.write_text("name: Mine\nlayout: csv\nroot: data\nclasses: [a, b]\n")
+    with pytest.raises(DatasetNotFoundError, match=r"README\.md, section Custom datasets"):
+        build_dataset(yaml_path, None)
+
+
 def test_eurosat_ms_split_file_and_band_order_by_name(bench):
     ds = build_dataset("EuroSAT_MS", bench)
     # The split file lists <Class>_1.jpg names; they select the .tif files by stem.
