@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         "-q",
         action="store_true",
-        help="no progress bars, status lines (loading, precision) or warnings; errors and the "
-        "results on stdout remain",
+        help="no progress bars, status lines (loading, precision) or warnings about settings; "
+        "errors, the results on stdout and the warnings about results that may be wrong (an "
+        "input lacking most bands, texts cut at the context) remain",
     )
     o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return finish_parser(p)
