@@ -325,6 +325,7 @@ def generate_dataset(
     if n_per_class < 1:
         raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
     total = len(chosen) * n_per_class
+    uncommit(root, ("captions.csv", "labels.csv"))
     samples = iter_samples(chosen, n_per_class, size, seed)
     if progress:
         from msclip.progress import progress_bar
@@ -350,6 +351,14 @@ def generate_dataset(
     logger.info("wrote %d synthetic tiles of %d classes to %s", len(files), len(chosen), root)
     warn_stale(root, files)
     return DatasetSummary(root, len(files), counts, captions_csv, labels_csv, tuple(files))
+
+
+def uncommit(root: Path, tables: Sequence[str]) -> None:
+    """Remove an earlier generation's ``tables`` before any of its tiles is replaced: they are
+    written last, so a run stopped half-way leaves no table pairing a new tile with an old
+    caption or label (a reader of the folder then fails on the missing table instead)."""
+    for table in tables:
+        (root / table).unlink(missing_ok=True)
 
 
 def warn_stale(root: Path, written: Sequence[str], table: str = "captions.csv") -> None:
@@ -391,6 +400,7 @@ def generate_examples(
     rows: list[list[str]] = []
     files: list[str] = []
     counts: dict[str, int] = {}
+    uncommit(root, ("captions.csv",))
     for k in range(n):
         cls = CLASSES[k % len(CLASSES)]
         ci = CLASS_INDEX[cls]
@@ -408,4 +418,5 @@ def generate_examples(
         files.append(rel)
     captions_csv = write_csv(root / "captions.csv", CAPTION_COLUMNS, rows)
     logger.info("wrote %d example tiles to %s", n, root)
+    warn_stale(root, files)
     return DatasetSummary(root, n, counts, captions_csv, None, tuple(files))
