@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import SyntheticDataError
-from msclip.io import atomic_write, write_geotiff
+from msclip.io import atomic_write, check_output, write_geotiff
 from msclip.spectral.bands import BANDS
 from msclip.synthetic.captions import make_captions
 from msclip.synthetic.classes import CLASS_INDEX, CLASSES, canonical_class, class_slug
@@ -219,6 +219,15 @@ class DatasetSummary:
     files: tuple[str, ...] = field(repr=False)
 
 
+def check_count(value: Any, param: str) -> None:
+    """Refuse a tile count that is not a whole number of at least 1 (``param`` names it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SyntheticDataError(
+            f"{param}={value!r} is not a whole number of tiles of at least 1; pass e.g. 10",
+            param=param,
+        )
+
+
 def check_seed(seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SyntheticDataError(f"seed {seed!r} is not a non-negative integer; pass e.g. seed=0")
@@ -255,8 +264,7 @@ def iter_samples(
     Yields:
         :class:`Sample` objects.
     """
-    if n_per_class < 1:
-        raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
+    check_count(n_per_class, "n_per_class")
     check_seed(seed)
     chosen = class_list(classes)
     width = max(4, len(str(n_per_class - 1)))
@@ -318,12 +326,11 @@ def generate_dataset(
     """
     if layout not in ("folders", "flat"):
         raise SyntheticDataError(f"unknown dataset layout {layout!r}; use 'folders' or 'flat'")
-    root = Path(out_dir)
     chosen = class_list(classes)
     tile_shape(size)
     check_seed(seed)
-    if n_per_class < 1:
-        raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
+    check_count(n_per_class, "n_per_class")
+    root = check_output(out_dir, kind="dir", param="out_dir")
     total = len(chosen) * n_per_class
     uncommit(root, ("captions.csv", "labels.csv"))
     samples = iter_samples(chosen, n_per_class, size, seed)
@@ -392,11 +399,10 @@ def generate_examples(
     Returns:
         A :class:`DatasetSummary` (``labels_csv`` is ``None``).
     """
-    if n < 1:
-        raise SyntheticDataError(f"n={n} example tiles requested; ask for at least 1")
+    check_count(n, "n")
     check_seed(seed)
-    root = Path(out_dir)
     tile_shape(size)
+    root = check_output(out_dir, kind="dir", param="out_dir")
     rows: list[list[str]] = []
     files: list[str] = []
     counts: dict[str, int] = {}

@@ -215,3 +215,24 @@ def test_example_tiles_of_an_earlier_generation_are_named(tmp_path: Path, caplog
     assert "did not write" not in caplog.text
     generate_examples(tmp_path, n=1, size=16, seed=0)
     assert "holds 2 tile(s) this run did not write (lake_01.tif, river_01.tif)" in caplog.text
+
+
+def test_an_output_that_is_a_file_or_a_count_that_is_not_whole_is_refused(tmp_path: Path) -> None:
+    """A file given as the dataset root raised a bare NotADirectoryError, and a fractional tile
+    count a TypeError from deep inside (or, for generate_dataset, after the first tiles)."""
+    from msclip.errors import OutputPathError
+    from msclip.synthetic import generate_dense_dataset
+
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(OutputPathError, match="it is a file, not a folder"):
+        generate_dataset(tmp_path / "f", ["sea"], 1, 8)
+    with pytest.raises(OutputPathError, match="it is a file, not a folder"):
+        generate_examples(tmp_path / "f", n=1, size=8)
+    assert (tmp_path / "f").read_text() == "mine"
+    with pytest.raises(SyntheticDataError, match=r"n_per_class=1\.5 is not a whole number"):
+        generate_dataset(tmp_path / "d", ["sea"], 1.5, 8)
+    with pytest.raises(SyntheticDataError, match=r"n_per_class=1\.5 is not a whole number"):
+        generate_dense_dataset(tmp_path / "d", ["sea"], 1.5, 8)
+    with pytest.raises(SyntheticDataError, match=r"n=2\.0 is not a whole number"):
+        generate_examples(tmp_path / "d", n=2.0, size=8)
+    assert not (tmp_path / "d").exists()
