@@ -36,7 +36,33 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--install", action="store_true",
                     help="replace the shipped msclip/weights/msclip-demo.safetensors (and its "
                          "card) with the result; without it the result stays in --out")  # fmt: skip
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    from msclip.synthetic.demo import TRAIN_ARGS
+
+    least = _least_n_per_class(TRAIN_ARGS)
+    if args.n_per_class < least:  # said before generating, and with the flag this command has
+        ap.error(
+            f"--n-per-class {args.n_per_class} gives too few training pairs for the recipe's "
+            f"batch size ({_flag(TRAIN_ARGS, '--batch-size')}) after its validation share; "
+            f"use --n-per-class {least} or more (default 200)"
+        )
+    return args
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _least_n_per_class(train_args: list[str]) -> int:
+    """The fewest tiles per class whose training part fills one batch of the recipe (the
+    validation part is ``round(n * val_fraction)`` of the ``n`` tiles, as in msclip-train)."""
+    from msclip.synthetic import CLASSES
+
+    batch, val = int(_flag(train_args, "--batch-size")), float(_flag(train_args, "--val-fraction"))
+    k = 1
+    while (n := k * len(CLASSES)) - round(n * val) < batch or round(n * val) < 2:
+        k += 1
+    return k
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from msclip.errors import SyntheticDataError
-from msclip.io import atomic_write, write_geotiff
+from msclip.io import atomic_write, check_output, write_geotiff
 from msclip.spectral.bands import BANDS
 from msclip.synthetic.captions import make_captions
 from msclip.synthetic.classes import CLASS_INDEX, CLASSES, canonical_class, class_slug
@@ -219,6 +219,15 @@ class DatasetSummary:
     files: tuple[str, ...] = field(repr=False)
 
 
+def check_count(value: Any, param: str) -> None:
+    """Refuse a tile count that is not a whole number of at least 1 (``param`` names it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SyntheticDataError(
+            f"{param}={value!r} is not a whole number of tiles of at least 1; pass e.g. 10",
+            param=param,
+        )
+
+
 def check_seed(seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SyntheticDataError(f"seed {seed!r} is not a non-negative integer; pass e.g. seed=0")
@@ -255,8 +264,7 @@ def iter_samples(
     Yields:
         :class:`Sample` objects.
     """
-    if n_per_class < 1:
-        raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
+    check_count(n_per_class, "n_per_class")
     check_seed(seed)
     chosen = class_list(classes)
     width = max(4, len(str(n_per_class - 1)))
@@ -318,13 +326,13 @@ def generate_dataset(
     """
     if layout not in ("folders", "flat"):
         raise SyntheticDataError(f"unknown dataset layout {layout!r}; use 'folders' or 'flat'")
-    root = Path(out_dir)
     chosen = class_list(classes)
     tile_shape(size)
     check_seed(seed)
-    if n_per_class < 1:
-        raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
+    check_count(n_per_class, "n_per_class")
+    root = check_output(out_dir, kind="dir", param="out_dir")
     total = len(chosen) * n_per_class
+    uncommit(root, ("captions.csv", "labels.csv"))
     samples = iter_samples(chosen, n_per_class, size, seed)
     if progress:
         from msclip.progress import progress_bar
@@ -350,6 +358,14 @@ def generate_dataset(
     logger.info("wrote %d synthetic tiles of %d classes to %s", len(files), len(chosen), root)
     warn_stale(root, files)
     return DatasetSummary(root, len(files), counts, captions_csv, labels_csv, tuple(files))
+
+
+def uncommit(root: Path, tables: Sequence[str]) -> None:
+    """Remove an earlier generation's ``tables`` before any of its tiles is replaced: they are
+    written last, so a run stopped half-way leaves no table pairing a new tile with an old
+    caption or label (a reader of the folder then fails on the missing table instead)."""
+    for table in tables:
+        (root / table).unlink(missing_ok=True)
 
 
 def warn_stale(root: Path, written: Sequence[str], table: str = "captions.csv") -> None:
@@ -383,14 +399,14 @@ def generate_examples(
     Returns:
         A :class:`DatasetSummary` (``labels_csv`` is ``None``).
     """
-    if n < 1:
-        raise SyntheticDataError(f"n={n} example tiles requested; ask for at least 1")
+    check_count(n, "n")
     check_seed(seed)
-    root = Path(out_dir)
     tile_shape(size)
+    root = check_output(out_dir, kind="dir", param="out_dir")
     rows: list[list[str]] = []
     files: list[str] = []
     counts: dict[str, int] = {}
+    uncommit(root, ("captions.csv",))
     for k in range(n):
         cls = CLASSES[k % len(CLASSES)]
         ci = CLASS_INDEX[cls]
@@ -408,4 +424,5 @@ def generate_examples(
         files.append(rel)
     captions_csv = write_csv(root / "captions.csv", CAPTION_COLUMNS, rows)
     logger.info("wrote %d example tiles to %s", n, root)
+    warn_stale(root, files)
     return DatasetSummary(root, n, counts, captions_csv, None, tuple(files))

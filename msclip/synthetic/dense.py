@@ -47,6 +47,7 @@ from msclip.synthetic.classes import CLASS_INDEX, CLASSES
 from msclip.synthetic.dataset import (
     DEFAULT_CRS,
     GENERATOR_TAG,
+    check_count,
     check_seed,
     class_list,
     iter_samples,
@@ -388,8 +389,7 @@ def generate_dense_dataset(
     chosen = class_list(classes)
     tile_shape(size)
     check_seed(seed)
-    if n_per_class < 1:
-        raise SyntheticDataError(f"n_per_class={n_per_class}; generate at least 1 tile per class")
+    check_count(n_per_class, "n_per_class")
     root = check_dense_output(out_dir)
     _uncommit(root)
     split_of = {c: _assign_splits(n_per_class, fractions, seed, CLASS_INDEX[c]) for c in chosen}

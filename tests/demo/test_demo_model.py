@@ -71,7 +71,7 @@ def test_the_demo_recipe_installs_only_when_asked(tmp_path, monkeypatch, capsys)
         return 0
 
     monkeypatch.setattr(msclip.cli.train, "main", fake_train)
-    args = ["--out", str(tmp_path / "out"), "--n-per-class", "1", "--size", "16", "--epochs", "1"]
+    args = ["--out", str(tmp_path / "out"), "--n-per-class", "10", "--size", "8", "--epochs", "1"]
     assert main(args) == 0  # a trial run: the shipped model is left as it is
     assert (shipped / "msclip-demo.safetensors").read_bytes() == b"shipped"
     assert (tmp_path / "out" / "msclip-demo.json").is_file()
@@ -79,3 +79,15 @@ def test_the_demo_recipe_installs_only_when_asked(tmp_path, monkeypatch, capsys)
     assert main([*args, "--install"]) == 0
     assert (shipped / "msclip-demo.safetensors").read_bytes() == b"trained"
     assert (shipped / "msclip-demo.json").is_file()
+
+
+def test_the_demo_recipe_refuses_too_few_tiles_for_its_batch_before_generating(tmp_path, capsys):
+    """Nine tiles per class gave 120 training pairs, fewer than the recipe's batch of 128: the
+    run generated its data and then failed naming --batch-size, a flag the recipe does not have."""
+    from msclip.cli.demo import main
+
+    assert main(["--out", str(tmp_path / "out"), "--n-per-class", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-per-class 9 gives too few training pairs" in err
+    assert "use --n-per-class 10 or more" in err
+    assert not (tmp_path / "out").exists()

@@ -175,3 +175,64 @@ def test_tiles_of_an_earlier_generation_are_named(tmp_path, caplog):
     caplog.set_level("WARNING", logger="msclip.synthetic.dataset")
     generate_dataset(tmp_path / "d", ["sea", "forest"], 1, 16, 0)
     assert "holds 4 tile(s) this run did not write" in caplog.text
+
+
+def test_a_stopped_regeneration_leaves_no_caption_table_of_the_earlier_tiles(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """captions.csv and labels.csv were kept until the end of a new run, so one stopped half-way
+    (Ctrl-C) left the earlier captions naming tiles whose pixels were already the new run's."""
+    import msclip.synthetic.dataset as dataset
+
+    generate_dataset(tmp_path / "d", ["sea", "forest"], 2, 16, seed=0)
+    generate_examples(tmp_path / "e", n=2, size=16, seed=0)
+    real, written = dataset.write_tile, []
+
+    def stopped(path, *args, **kwargs):  # killed after the first new tile
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "write_tile", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(tmp_path / "d", ["sea", "forest"], 2, 16, seed=1)
+    assert written == [tmp_path / "d" / "sea" / "sea_0000.tif"]
+    assert not (tmp_path / "d" / "captions.csv").exists()
+    assert not (tmp_path / "d" / "labels.csv").exists()
+    written.clear()
+    with pytest.raises(KeyboardInterrupt):
+        generate_examples(tmp_path / "e", n=2, size=16, seed=1)
+    assert written and not (tmp_path / "e" / "captions.csv").exists()
+
+
+def test_example_tiles_of_an_earlier_generation_are_named(tmp_path: Path, caplog) -> None:
+    # a folder of examples is read as a folder of images (inference.py --images DIR), so the
+    # tiles of a larger earlier run would be classified along with the new ones
+    generate_examples(tmp_path, n=3, size=16, seed=0)
+    caplog.set_level("WARNING", logger="msclip.synthetic.dataset")
+    generate_examples(tmp_path, n=3, size=16, seed=0)
+    assert "did not write" not in caplog.text
+    generate_examples(tmp_path, n=1, size=16, seed=0)
+    assert "holds 2 tile(s) this run did not write (lake_01.tif, river_01.tif)" in caplog.text
+
+
+def test_an_output_that_is_a_file_or_a_count_that_is_not_whole_is_refused(tmp_path: Path) -> None:
+    """A file given as the dataset root raised a bare NotADirectoryError, and a fractional tile
+    count a TypeError from deep inside (or, for generate_dataset, after the first tiles)."""
+    from msclip.errors import OutputPathError
+    from msclip.synthetic import generate_dense_dataset
+
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(OutputPathError, match="it is a file, not a folder"):
+        generate_dataset(tmp_path / "f", ["sea"], 1, 8)
+    with pytest.raises(OutputPathError, match="it is a file, not a folder"):
+        generate_examples(tmp_path / "f", n=1, size=8)
+    assert (tmp_path / "f").read_text() == "mine"
+    with pytest.raises(SyntheticDataError, match=r"n_per_class=1\.5 is not a whole number"):
+        generate_dataset(tmp_path / "d", ["sea"], 1.5, 8)
+    with pytest.raises(SyntheticDataError, match=r"n_per_class=1\.5 is not a whole number"):
+        generate_dense_dataset(tmp_path / "d", ["sea"], 1.5, 8)
+    with pytest.raises(SyntheticDataError, match=r"n=2\.0 is not a whole number"):
+        generate_examples(tmp_path / "d", n=2.0, size=8)
+    assert not (tmp_path / "d").exists()
