@@ -334,6 +334,36 @@ def _missing_in_folders(
     return out
 
 
+def _note_absent_classes(
+    labels: Sequence[str],
+    samples: Sequence[SampleRef],
+    listed_in: Path,
+    skipped: dict[str, int],
+    known_empty: Sequence[str] = (),
+) -> None:
+    """Warn about, and record in ``skipped``, the classes a split file gives no sample of.
+
+    Such a class stays among the zero-shot choices (it can take predictions) but has nothing
+    to measure, so balanced accuracy and macro-F1 leave it out: the record says so, as it
+    does for a class folder without images (``known_empty``, noted already).
+    """
+    present: set[int] = set()
+    for s in samples:
+        if isinstance(s.target, int):
+            present.add(s.target)
+        elif s.target is not None:
+            present.update(s.target)
+    absent = [c for i, c in enumerate(labels) if i not in present and c not in known_empty]
+    if not absent:
+        return
+    logger.warning(
+        "%s lists no sample of %d of %d classes (%s); they remain zero-shot choices but are "
+        "left out of the per-class metrics (balanced accuracy, macro-F1)",
+        listed_in, len(absent), len(labels), ", ".join(absent[:10]),
+    )  # fmt: skip
+    skipped[f"classes not in {listed_in.name}: {', '.join(absent[:10])}"] = len(absent)
+
+
 def _refuse_missing(missing: Sequence[str], listed_in: str, where: str) -> None:
     """Refuse a split whose listed samples are not all on disk.
 
@@ -562,6 +592,7 @@ class FolderLayout(Layout):
             samples = [s for s in samples if s.path in chosen]
             if skipped_n:
                 skipped[f"not in {split_file.name}"] = skipped_n
+            _note_absent_classes(self.labels, samples, split_file, skipped, empty)
             source = str(split_file)
         if not samples:
             raise DatasetFormatError(f"no images found in the class folders of {image_root}")
@@ -665,7 +696,9 @@ class CsvLayout(Layout):
             )
         missing = [s.id for s in samples if not os.path.isfile(s.path)]
         _refuse_missing(missing, str(path), f"{root} (<root>/{self.image_template})")
-        return DatasetIndex(root, samples, str(path), f"rows of {path}")
+        skipped: dict[str, int] = {}
+        _note_absent_classes(self.labels, samples, path, skipped)
+        return DatasetIndex(root, samples, str(path), f"rows of {path}", skipped)
 
     def read(self, ref: SampleRef) -> tuple[np.ndarray, tuple[str, ...], float | None]:
         return self._read_file(ref.path)
@@ -914,6 +947,7 @@ class MeterMLLayout(FolderLayout):
             )
         samples.sort(key=lambda s: s.id)
         _refuse_missing(self._missing_files(samples), str(geojson), str(root))
+        _note_absent_classes(self.labels, samples, geojson, skipped)
         return DatasetIndex(root, samples, str(geojson), f"image folders named by {geojson}",
                             skipped)  # fmt: skip
 

@@ -965,8 +965,18 @@ def _prediction_columns(task: str, names: Sequence[str]) -> list[str]:
 
 def _check_prediction_columns(data: TaskData) -> None:
     """Refuse class or output names whose columns in ``predictions.csv`` would replace another
-    column (a class ``target``, an output ``image``), before any method runs, as
-    msclip-inference refuses class names that are columns of its tables."""
+    column (a class ``target``, an output ``image``), and multi-label class names holding the
+    ``;`` that joins a row's classes there, before any method runs, as msclip-inference refuses
+    class names that are columns of its tables."""
+    if data.task == "multi-label":
+        joined = [n for n in data.names if ";" in n]
+        if joined:  # predictions.csv joins a row's classes with ';': "a;b;c" would be ambiguous
+            raise HeadInputError(
+                f"{data.name}: class name(s) {joined} hold ';', which joins the classes of a row "
+                "in the target and prediction cells of predictions.csv (a cell 'a;b' would read "
+                "as two classes); rename the class (its column or its label in the table), "
+                f"e.g. {joined[0].replace(';', ',')!r}"
+            )
     columns = _prediction_columns(data.task, data.names)
     clash = {c for c in columns if columns.count(c) > 1}
     bad = [n for n in data.names if clash & set(_own_columns(data.task, n))]

@@ -57,7 +57,7 @@ import numpy as np
 
 from msclip.encode import Failure, iter_encoded
 from msclip.errors import BandCoverageError, shown_when_quiet
-from msclip.index.store import IndexStore, IndexWriter
+from msclip.index.store import MANIFEST_NAME, IndexStore, IndexWriter
 from msclip.tiling import (
     SceneInfo,
     Tile,
@@ -681,6 +681,9 @@ def build_index(
         abort_on: error classes of an item that stop the build (see :func:`encode_sources`);
             the sources encoded before are committed.
 
+    Neither ``images`` nor ``scenes`` creates an empty index (a start for later adds), with a
+    warning that nothing was given.
+
     Raises:
         IndexNotFoundError: ``must_exist`` and there is no index at ``path``.
         IndexMismatchError: the index was built with another model or preprocessing.
@@ -691,7 +694,14 @@ def build_index(
     sources = plan_sources(images, scenes, tile, stride)
     report = BuildReport(sources=len(sources))
     info = model_info(model)
+    existed = (Path(path) / MANIFEST_NAME).exists()
     with IndexWriter.open_or_create(path, int(model.embed_dim), info) as writer:
+        if not images and not scenes:  # an empty index is a start for later adds: say so
+            logger.warning(
+                "%s: no images or scenes given, nothing to encode; %s", path,
+                "the index is unchanged" if existed else "created an empty index (add to it "
+                "with build_index(..., images=[...], scenes=[...]) or 'msclip-index add')",
+            )  # fmt: skip
         todo = [w for w in pending_work(writer, sources, report) if w is not None]
         not_encoded = (
             report.skipped_done + len(report.changed) + len(report.moved) + len(report.retiled)

@@ -121,6 +121,27 @@ def generate_dense_tile(
     return image, info.label_map, info.fcover
 
 
+def _check_region_size(region_size: Any) -> None:
+    """Refuse a region size that is not a finite number of at least 16 pixels, saying which."""
+    is_number = isinstance(region_size, (int, float, np.integer, np.floating))
+    if not is_number or isinstance(region_size, (bool, np.bool_)):
+        raise SyntheticDataError(
+            f"region_size={region_size!r} is not a number; pass pixels, e.g. 128 (the default)",
+            param="region_size",
+        )
+    if not math.isfinite(region_size):
+        raise SyntheticDataError(
+            f"region_size={region_size!r} is not a finite number; pass pixels, at least 16 "
+            "(default 128; a region larger than the scene gives one region)",
+            param="region_size",
+        )
+    if region_size < 16:
+        raise SyntheticDataError(
+            f"region_size={region_size!r} pixels is too small; use at least 16 (default 128)",
+            param="region_size",
+        )
+
+
 def generate_scene(
     size: int | tuple[int, int] = 1024,
     rng: np.random.Generator | int | None = None,
@@ -143,7 +164,8 @@ def generate_scene(
         ``(image, label, target)`` as in :func:`generate_dense_tile`.
 
     Raises:
-        SyntheticDataError: size out of range or ``region_size`` below 16.
+        SyntheticDataError: size out of range, or ``region_size`` not a finite number of at
+            least 16.
     """
     shape = tile_shape(size, "scene")
     if max(shape) > MAX_SCENE_SIDE:
@@ -151,10 +173,7 @@ def generate_scene(
             f"scene size {size!r} exceeds {MAX_SCENE_SIDE} pixels a side (memory grows with the "
             "area); generate several scenes, or tiles with generate_dense_dataset"
         )
-    if not region_size >= 16:
-        raise SyntheticDataError(
-            f"region_size={region_size!r} pixels is too small; use at least 16 (default 128)"
-        )
+    _check_region_size(region_size)
     rng = np.random.default_rng(rng)
     scene = compose_landscape(rng, shape, float(region_size))
     image, target = observe(scene, rng)
@@ -273,6 +292,13 @@ def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
             f"splits {splits!r} are not numbers; pass three fractions, e.g. (0.8, 0.1, 0.1)",
             param="splits",
         ) from err
+    bad = [f for f in fr if not math.isfinite(f)]
+    if bad:
+        raise SyntheticDataError(
+            f"splits {tuple(splits)!r} hold {bad[0]!r}, which is not a finite number; pass three "
+            "fractions (train, val, test) in 0-1 summing to 1, e.g. (0.8, 0.1, 0.1)",
+            param="splits",
+        )
     if len(fr) != 3 or any(not 0 <= f <= 1 for f in fr) or not math.isclose(sum(fr), 1.0):
         raise SyntheticDataError(
             f"splits {tuple(splits)!r} are not three fractions (train, val, test) in 0-1 summing "

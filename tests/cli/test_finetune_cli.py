@@ -546,12 +546,16 @@ def test_names_that_are_columns_of_predictions_csv_are_refused_first(run, tmp_pa
         ({"path": paths, "a": value, "target_a": value},
          ["--task", "regression", "--value-columns", "a", "target_a"],
          "target column(s) ['a', 'target_a'] would replace"),
+        ({"path": paths, "a;b": (caps["label"] == "sea").astype(int),
+          "c": (caps["label"] == "forest").astype(int)},
+         ["--task", "multi-label", "--label-columns", "a;b", "c"],
+         "class name(s) ['a;b'] hold ';', which joins the classes of a row"),
     ]  # fmt: skip
     for i, (columns, flags, said) in enumerate(cases):
         table = tmp_path / f"t{i}.csv"
         pd.DataFrame(columns).to_csv(table, index=False)
         out = tmp_path / f"o{i}"
-        method = "ridge" if flags else "knn"
+        method = "ridge" if "regression" in flags else "knn"
         code = main(["--csv", str(table), *flags, "--method", method, "--output-dir", str(out),
                      "--save-path", str(tmp_path / f"r{i}"), *TINY,
                      *_without(FAST, "--batch-size")])  # fmt: skip

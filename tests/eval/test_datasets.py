@@ -544,6 +544,38 @@ def _folders(root: Path, names: dict[str, list[str]]) -> Path:
     return root
 
 
+def test_a_class_the_split_leaves_out_is_noted_and_warned_as_a_class_without_images(
+    tmp_path, capsys
+):
+    """A listed class with images none of which the split names stays a zero-shot choice but has
+    nothing to measure: recorded in ``skipped`` and warned, as a class without images is, and
+    under --quiet both go unshown alike."""
+    from msclip.cli.common import setup_logging
+    from msclip.eval.layouts import CsvLayout, FolderLayout
+
+    root = _folders(tmp_path / "crops", {"wheat": ["1.tif"], "maize": ["2.tif"], "water": []})
+    (root / "test.txt").write_text("wheat/1.tif\n")
+    layout = FolderLayout(["wheat", "maize", "water"], split_files=("{split}.txt",))
+    for quiet in (False, True):
+        restore = setup_logging(quiet=quiet)
+        try:
+            idx = layout.index(root, "test")
+        finally:
+            restore()
+        err = capsys.readouterr().err
+        assert idx.skipped == {
+            "classes without images: water": 1,
+            "not in test.txt": 1,
+            "classes not in test.txt: maize": 1,
+        }
+        assert ("no images for 1 of 3 classes (water)" in err) is not quiet
+        assert ("test.txt lists no sample of 1 of 3 classes (maize)" in err) is not quiet
+    # a split table with no row of a class says so too
+    (root / "test.csv").write_text("path,label\nwheat/1.tif,wheat\nmaize/2.tif,maize\n")
+    csv_idx = CsvLayout(["wheat", "maize", "water"], csv_files=("{split}.csv",)).index(root, "test")
+    assert csv_idx.skipped == {"classes not in test.csv: water": 1}
+
+
 def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
     """``wheat/0001.tif`` is that class's file, not every class's 0001; a bare name that several
     classes hold is refused; the skipped count is what was left out; a name may hold a comma."""
@@ -555,7 +587,7 @@ def test_a_split_file_selects_images_within_their_class_folders(tmp_path):
     (root / "test.txt").write_text("wheat/0001.tif\nmaize\\0002.tif\n")
     idx = layout.index(root, "test")
     assert sorted(s.id for s in idx.samples) == ["maize/0002.tif", "wheat/0001.tif"]
-    assert idx.skipped == {"not in test.txt": 7}
+    assert idx.skipped == {"not in test.txt": 7, "classes not in test.txt: water": 1}
     (root / "test.txt").write_text("0001.jpg\n")  # a bare name of three classes
     with pytest.raises(DatasetFormatError, match=r"lists 1 name that several class folders hold .*"
                        r"'0001.jpg'.*with its class folder"):  # fmt: skip

@@ -79,3 +79,21 @@ def test_an_empty_folder_is_refused_before_anything_is_written(tmp_path, model) 
         build_index(tmp_path / "i", m, pre, scenes=[str(tmp_path / "empty" / "*.tif")])
     assert info.value.param == "scenes"
     assert not (tmp_path / "i").exists()
+
+
+def test_nothing_given_creates_an_empty_index_with_a_warning(tmp_path, model, caplog) -> None:
+    """An empty index is a valid start for later adds, but a call given no images and no scenes
+    (an empty list from a glob in a notebook) says so, once, rather than nothing."""
+    m, pre = model
+    index = tmp_path / "empty.index"
+    with caplog.at_level("WARNING", logger="msclip.index.build"):
+        report = build_index(index, m, pre, images=[], scenes=[])
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert report.count == 0 and IndexStore.open(index).count == 0
+    assert len(said) == 1 and "no images or scenes given" in said[0]
+    assert "created an empty index" in said[0] and "msclip-index add" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="msclip.index.build"):
+        build_index(index, m, pre)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and "the index is unchanged" in said[0]

@@ -236,3 +236,23 @@ def test_an_output_that_is_a_file_or_a_count_that_is_not_whole_is_refused(tmp_pa
     with pytest.raises(SyntheticDataError, match=r"n=2\.0 is not a whole number"):
         generate_examples(tmp_path / "d", n=2.0, size=8)
     assert not (tmp_path / "d").exists()
+
+
+def test_labels_csv_numbers_the_chosen_classes_dense_labels_the_fixed_codes(tmp_path) -> None:
+    """docs/scenes.md: labels.csv numbers the chosen classes 0..k-1 in CLASSES order, whatever
+    order they were given in; dense label rasters and classes.csv use each class's index in
+    CLASSES, the code `msclip-scenes classes` prints."""
+    from msclip.synthetic import CLASSES, generate_dense_dataset
+
+    chosen = ["sea", "forest", "snow_and_ice"]
+    s = generate_dataset(tmp_path / "d", classes=chosen, n_per_class=1, size=16, seed=0)
+    with open(s.labels_csv, newline="") as fh:
+        rows = [(int(r["index"]), r["label"]) for r in csv.DictReader(fh)]
+    assert rows == [(0, "sea"), (1, "snow and ice"), (2, "forest")]
+    dense = tmp_path / "e"
+    generate_dense_dataset(dense, chosen, 1, 16, seed=0, splits=(1.0, 0.0, 0.0))
+    with open(dense / "classes.csv", newline="") as fh:
+        codes = [(int(r["value"]), r["class"]) for r in csv.DictReader(fh)]
+    assert codes == list(enumerate(CLASSES))
+    with rasterio.open(dense / "labels" / "forest_0000.tif") as src:
+        assert CLASSES.index("forest") in np.unique(src.read(1))

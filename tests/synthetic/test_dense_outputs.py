@@ -129,8 +129,14 @@ def test_scene_has_regions_and_aligned_rasters() -> None:
     np.testing.assert_array_equal(label, again[1])
     with pytest.raises(SyntheticDataError, match=f"scene size .* {MAX_SCENE_SIDE} .* several"):
         generate_scene(MAX_SCENE_SIDE + 1, 0)
-    with pytest.raises(SyntheticDataError, match="region_size"):
+    with pytest.raises(SyntheticDataError, match=r"region_size=4 pixels is too small"):
         generate_scene(64, 0, region_size=4)
+    # NaN and infinity are not numbers of pixels, whatever a comparison with 16 makes of them
+    for bad, said in ((float("nan"), "nan is not a finite number"),
+                      (float("inf"), "inf is not a finite number"),
+                      ("64", "'64' is not a number"), (True, "True is not a number")):  # fmt: skip
+        with pytest.raises(SyntheticDataError, match=f"region_size={said}"):
+            generate_scene(64, 0, region_size=bad)
 
 
 # --- on disk ----------------------------------------------------------------------------------
@@ -199,6 +205,8 @@ def test_bad_dense_arguments(tmp_path: Path) -> None:
         generate_dense_dataset(tmp_path, ["sea"], 2, 16, splits=(0.5, 0.2, 0.2))
     with pytest.raises(SyntheticDataError, match="splits"):
         generate_dense_dataset(tmp_path, ["sea"], 2, 16, splits=(0.9, 0.1))
+    with pytest.raises(SyntheticDataError, match=r"hold nan, which is not a finite number"):
+        generate_dense_dataset(tmp_path, ["sea"], 2, 16, splits=(float("nan"), 0.5, 0.5))
     with pytest.raises(SyntheticDataError, match="n_per_class"):
         generate_dense_dataset(tmp_path, ["sea"], 0, 16)
     assert not any(tmp_path.iterdir())
