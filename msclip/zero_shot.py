@@ -237,6 +237,15 @@ def check_class_names(names: Sequence[str], normalize: bool = True) -> list[str]
             f"[{names!r}, ...] (or a .txt/.yaml file of names)",
             param="class_names",
         )
+    names = list(names)
+    odd = [(i, n) for i, n in enumerate(names) if n is None or isinstance(n, (bytes, bytearray))]
+    if odd:  # str() would make the class "None" or "b'forest'", in the prompts too
+        i, n = odd[0]
+        raise ClassNameError(
+            f"class name at position {i} is {n!r}, not text; give every name as a str"
+            + (" (decode bytes first: name.decode())" if n is not None else ""),
+            param="class_names",
+        )
     names = [str(n) for n in names]
     if not names:
         raise ClassNameError(
@@ -679,6 +688,11 @@ def zero_shot_logits(
     Computed in float32 whatever the inputs' dtype; numpy or torch inputs.
     """
     classifier = torch.as_tensor(classifier).detach()
+    if classifier.ndim != 2:  # a row of it would give one score per image, not per class
+        raise DimensionMismatchError(
+            f"the classifier must be a [C, D] matrix (build_classifier), got shape "
+            f"{tuple(classifier.shape)}; keep one class as a [1, D] matrix (classifier[None])"
+        )
     feats = torch.as_tensor(image_features).detach()
     if feats.ndim == 1:
         feats = feats[None]

@@ -57,6 +57,7 @@ __all__ = [
     "KNNHead",
     "bind_head",
     "build_any_head",
+    "check_format_version",
     "encoder_facts",
     "first_bands",
     "head_file_contents",
@@ -390,6 +391,15 @@ def save_head(
 
     if not hasattr(head, "config"):
         raise HeadConfigError(f"{type(head).__name__} has no config(); it cannot be saved alone")
+    if isinstance(names, (str, bytes)):
+        raise HeadConfigError(f"names must be a list of names, got the single string {names!r}")
+    names = [str(n) for n in names]
+    outputs = getattr(head, "out_features", None)
+    if outputs is not None and len(names) != outputs:
+        raise HeadConfigError(
+            f"{len(names)} names ({names[:5]}) for a head of {outputs} outputs: give one name "
+            "per output, in output order"
+        )
     sd = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     meta = {
         "format": HEAD_FORMAT,
@@ -459,9 +469,18 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
             f"{HEAD_FORMAT!r}); heads are written by msclip-finetune",
             param="head",
         )
+    check_format_version(meta, p, _FORMAT_VERSION)
     try:
         config = json.loads(meta["head"])
-        head = build_any_head(config)
+        try:
+            head = build_any_head(config)
+        except HeadConfigError as err:  # a head type of a newer msclip, or a damaged config
+            raise CheckpointError(
+                f"head file {p} holds a head this msclip cannot build ({err}): a damaged file, "
+                f"or a head of its writer, msclip {meta.get('msclip_version', '?')} (this is "
+                f"{_version()}); read it with that version, or train the head again",
+                param="head",
+            ) from err
         head.load_state_dict(tensors)
         checkpoint = HeadCheckpoint(
             head=head.eval(),
@@ -476,7 +495,38 @@ def read_head(path: str | os.PathLike) -> HeadCheckpoint:
         )
     except (KeyError, json.JSONDecodeError, RuntimeError) as err:
         raise CheckpointError(f"head file {p} is damaged: {err}", param="head") from err
+    outputs = getattr(checkpoint.head, "out_features", None)
+    if outputs is not None and len(checkpoint.names) != outputs:  # labels would be misassigned
+        raise CheckpointError(
+            f"head file {p} is damaged: it names {len(checkpoint.names)} outputs "
+            f"({checkpoint.names[:5]}) for a head of {outputs}",
+            param="head",
+        )
     return checkpoint
+
+
+def _version() -> str:
+    from msclip._version import __version__
+
+    return __version__
+
+
+def check_format_version(meta: Mapping[str, str], path: Path, supported: str) -> None:
+    """Refuse a head file whose ``format_version`` is not the one this msclip reads (a file of a
+    newer msclip, whose layout this one would misread).
+
+    Raises:
+        CheckpointError: naming the file's version, the msclip that wrote it and the fix.
+    """
+    version = meta.get("format_version", supported)
+    if version == supported:
+        return
+    raise CheckpointError(
+        f"head file {path} has format version {version!r}, but this msclip ({_version()}) reads "
+        f"version {supported!r}; it was written by msclip {meta.get('msclip_version', '?')}: "
+        "upgrade msclip (pip install -U msclip) to read it, or train the head again",
+        param="head",
+    )
 
 
 def _spec(d: Mapping[str, Any]) -> FeatureSpec:

@@ -24,7 +24,12 @@ from typing import Any
 from torch import nn
 
 from msclip.errors import CheckpointError
-from msclip.heads.checkpoint import DENSE_HEAD_FORMAT, head_file_contents, require_bound
+from msclip.heads.checkpoint import (
+    DENSE_HEAD_FORMAT,
+    check_format_version,
+    head_file_contents,
+    require_bound,
+)
 
 __all__ = [
     "DENSE_HEAD_FORMAT",
@@ -196,6 +201,7 @@ def read_dense_head(path: str | os.PathLike) -> DenseHeadCheckpoint:
             "dense heads are written by msclip-finetune --task segmentation / pixel-regression",
             param="head",
         )
+    check_format_version(meta, p, _VERSION)
     try:
         tasks = json.loads(meta["tasks"])
         layers = [int(i) for i in json.loads(meta["layers"])]

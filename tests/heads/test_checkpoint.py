@@ -194,3 +194,58 @@ def test_a_damaged_head_file_is_a_checkpoint_error(tmp_path):
                 read(bad)
         with pytest.raises(CheckpointError, match="remove its folder"):
             head_file_info(bad)
+
+
+def _rewrite(path, tmp_path, **changes):
+    """A copy of a head file with some metadata entries changed."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta.update(changes)
+    out = tmp_path / f"{'-'.join(changes)}.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def test_a_head_file_of_another_format_version_or_damaged_metadata_is_refused(tmp_path):
+    import json
+
+    from msclip.heads.decoders import build_decoder
+    from msclip.heads.dense_head import read_dense_head, save_dense_head
+
+    model = msclip.create_model("msclip-tiny")
+    path = save_head(tmp_path / "h.safetensors", LinearHead(model.width, 3),
+                     task="classification", names=["a", "b", "c"], features=FeatureSpec(),
+                     encoder=encoder_facts(model), method="linear")  # fmt: skip
+    newer = _rewrite(path, tmp_path, format_version="2", msclip_version="9.0")
+    with pytest.raises(CheckpointError, match=r"format version '2'.*msclip 9\.0.*upgrade msclip"):
+        read_head(newer)
+    # a head type this msclip does not know: the file is named, not a bare config error
+    mlp = json.dumps({"type": "mlp", "in_features": model.width, "out_features": 3})
+    with pytest.raises(CheckpointError, match=r"head\.safetensors holds a head .*'mlp'"):
+        read_head(_rewrite(path, tmp_path, head=mlp))
+    # names that do not match the outputs would label the scores wrongly
+    with pytest.raises(CheckpointError, match=r"names 2 outputs .* head of 3"):
+        read_head(_rewrite(path, tmp_path, names=json.dumps(["a", "b"])))
+    decoder = build_decoder("linear", [model.width], 2, model.patch_size)
+    dense = save_dense_head(
+        tmp_path / "d.safetensors", torch.nn.ModuleDict({"seg": decoder}),
+        tasks=[{"name": "seg", "kind": "segmentation", "num_outputs": 2, "decoder": "linear"}],
+        layers=[-1], pad_mode="reflect", method="linear-frozen",
+        encoder=encoder_facts(model, width=model.width, patch_size=model.patch_size),
+    )  # fmt: skip
+    read_dense_head(dense)
+    with pytest.raises(CheckpointError, match=r"format version '3'"):
+        read_dense_head(_rewrite(dense, tmp_path, format_version="3"))
+
+
+def test_save_head_refuses_names_that_do_not_match_the_outputs(tmp_path):
+    model = msclip.create_model("msclip-tiny")
+    args = dict(task="classification", features=FeatureSpec(), encoder=encoder_facts(model),
+                method="linear")  # fmt: skip
+    with pytest.raises(HeadConfigError, match=r"2 names .* head of 3 outputs"):
+        save_head(tmp_path / "h.safetensors", LinearHead(model.width, 3), names=["a", "b"], **args)
+    with pytest.raises(HeadConfigError, match="single string"):
+        save_head(tmp_path / "h.safetensors", LinearHead(model.width, 3), names="abc", **args)
+    assert not (tmp_path / "h.safetensors").exists()

@@ -473,3 +473,24 @@ def test_encode_texts_runs_fewer_padded_positions_with_the_same_embeddings(tiny,
     monkeypatch.setattr(type(model), "encode_text", real)
     one = torch.cat([encode_texts(model, tokenizer, [t]) for t in texts])
     torch.testing.assert_close(emb, one, atol=2e-5, rtol=1e-5)
+
+
+def test_class_names_that_are_not_text_are_refused_not_made_strings():
+    from msclip.errors import ClassNameError
+    from msclip.zero_shot import check_class_names
+
+    with pytest.raises(ClassNameError, match=r"position 1 is None"):
+        check_class_names(["forest", None])
+    with pytest.raises(ClassNameError, match=r"position 0 is b'sea'.*name\.decode\(\)"):
+        check_class_names([b"sea", b"forest"])
+    assert check_class_names(np.array(["forest", "sea"])) == ["forest", "sea"]
+
+
+def test_a_classifier_row_is_refused_not_scored_as_one_class():
+    from msclip.errors import DimensionMismatchError
+    from msclip.zero_shot import zero_shot_probs
+
+    classifier = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    assert zero_shot_probs(torch.randn(3, 8), classifier[:1]).shape == (3, 1)
+    with pytest.raises(DimensionMismatchError, match=r"\[C, D\] matrix.*shape \(8,\).*\[None\]"):
+        zero_shot_probs(torch.randn(3, 8), classifier[0])
