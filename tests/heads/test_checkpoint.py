@@ -196,6 +196,23 @@ def test_a_damaged_head_file_is_a_checkpoint_error(tmp_path):
             head_file_info(bad)
 
 
+def test_a_pytorch_pickle_given_as_a_head_file_is_named(tmp_path):
+    """A head saved with torch.save (zip or legacy format) is said to be a pickle, which msclip
+    never unpickles, with the fix; it read 'damaged or cut short?'."""
+    import torch
+
+    from msclip.heads.dense_head import read_dense_head
+
+    state = LinearHead(8, 2).state_dict()
+    zipped, legacy = tmp_path / "head.pt", tmp_path / "legacy.pt"
+    torch.save(state, zipped)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    for path in (zipped, legacy):
+        for read in (read_head, read_dense_head):
+            with pytest.raises(CheckpointError, match=r"is a PyTorch pickle .*save_head"):
+                read(path)
+
+
 def _rewrite(path, tmp_path, **changes):
     """A copy of a head file with some metadata entries changed."""
     from safetensors.torch import save_file
