@@ -836,8 +836,17 @@ def classify(
         DimensionMismatchError: embeddings of another dimension than the classifier's, or a
             classifier that is not a matrix.
         InvalidEmbeddingsError: embeddings or classifier rows with NaN or infinity.
-        MetricInputError: an unknown rule, or ``"threshold"`` without a threshold.
+        MetricInputError: an unknown rule, ``"threshold"`` without a threshold, or a threshold
+            with another rule (it would be ignored).
     """
+    if threshold is not None and multi_label != "threshold":
+        # the threshold would be ignored: every image would still get one class (or the
+        # published rule's classes), not those above the threshold
+        raise MetricInputError(
+            f"threshold={threshold} applies to multi_label='threshold' only (multi_label is "
+            f"{multi_label!r}); pass multi_label='threshold' to keep the classes above it, or "
+            "leave the threshold out"
+        )
     # one string would be its letters, and a name twice makes the labels ambiguous
     names = check_class_names(class_names, normalize=False)
     classifier = torch.as_tensor(classifier).detach()

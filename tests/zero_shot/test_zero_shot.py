@@ -361,6 +361,10 @@ def test_classify_single_and_multi_label():
         classify(feats, classifier, names, multi_label="top2")
     with pytest.raises(MetricInputError, match="threshold"):
         classify(feats, classifier, names, multi_label="threshold")
+    # a threshold with another rule would be ignored without a word
+    for rule in (None, "mean_others"):
+        with pytest.raises(MetricInputError, match="applies to multi_label='threshold' only"):
+            classify(feats, classifier, names, multi_label=rule, threshold=0.5)
 
 
 def test_classify_takes_a_numpy_classifier_and_refuses_a_damaged_one():
