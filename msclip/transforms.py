@@ -75,9 +75,17 @@ class ImageTransform(SpectralPreprocess):
         return data, bands, stored_nodata, os.fsdecode(os.fspath(path))
 
     def load(self, x: Any) -> tuple[np.ndarray, tuple[str, ...], float | None, str]:
-        """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input."""
+        """Data ``[C, H, W]``, band names, nodata and a display name for any accepted input (an
+        open rasterio dataset is read from its file, as its path would be)."""
+        if _is_rasterio_dataset(x):
+            x = x.name
         if isinstance(x, (str, os.PathLike)):
             x = self.read(x)
         if isinstance(x, Raster):
             return x.data, x.bands, x.nodata, x.path or "raster"
         return super().load(x)
+
+
+def _is_rasterio_dataset(x: Any) -> bool:
+    """Whether ``x`` is a rasterio dataset (``rasterio.open(...)``), without importing rasterio."""
+    return type(x).__module__.startswith("rasterio.") and isinstance(getattr(x, "name", None), str)

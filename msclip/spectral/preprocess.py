@@ -287,6 +287,11 @@ class SpectralPreprocess:
             # 16-bit and float single-band pictures ("I;16", "I", "F"): their values, one band
             x = np.asarray(x)
         if isinstance(x, torch.Tensor):
+            if x.is_meta:  # torch: "Cannot copy out of meta tensor", which names no cause
+                raise ImageTypeError(
+                    f"cannot preprocess a tensor on the meta device (shape {tuple(x.shape)}): it "
+                    "holds no values; give the image's values (a tensor on the CPU or a GPU)"
+                )
             x = x.detach().cpu()
             if x.dtype in (torch.bfloat16, torch.float16):
                 x = x.float()  # numpy has no bfloat16

@@ -397,3 +397,20 @@ def test_wrong_types_and_values_are_msclip_errors_of_the_builtin_kind(tiny):
         err = raised(call)
         assert isinstance(err, InvalidArgumentError) and isinstance(err, ValueError), err
     assert isinstance(raised(lambda: tiny.forward_intermediates(images[..., :-1])), LayoutError)
+
+
+def test_an_open_rasterio_dataset_is_read_as_its_file(tiny, make_geotiff):
+    """``preprocess(rasterio.open(path))`` gives what ``preprocess(path)`` gives; it was refused
+    with advice to use preprocess(), the call just made."""
+    import rasterio
+
+    path, _ = make_geotiff(count=10)
+    with rasterio.open(path) as ds:
+        assert torch.equal(tiny.preprocess()(ds), tiny.preprocess()(path))
+
+
+def test_a_meta_tensor_is_refused_as_holding_no_values(tiny):
+    from msclip.errors import ImageTypeError
+
+    with pytest.raises(ImageTypeError, match=r"meta device .* holds no values"):
+        tiny.preprocess()(torch.empty(10, 32, 32, device="meta"))
