@@ -167,3 +167,36 @@ def test_a_wrong_bf16_convolution_no_longer_reaches_the_towers(monkeypatch) -> N
     with torch.inference_mode():
         a, b = (m.encode_image(x.to(m.dtype)).float() for m in models)
     assert F.cosine_similarity(a, b).min() > 0.999
+
+
+def test_without_a_home_folder_the_caches_last_for_the_process(machine, counted, monkeypatch):  # noqa: F811
+    """HOME unset and a user id without a password entry (a container run under an arbitrary
+    id): pathlib cannot expand '~', and create_model failed with 'Could not determine home
+    directory.' on a CPU with native bf16; now the caches live in a private temporary folder,
+    with one warning naming MSCLIP_CACHE_DIR."""
+    import pwd
+
+    from msclip import cache
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    machine(ZEN4)
+    calls = counted(0.9999)
+    cache._process_root.cache_clear()
+    try:
+        with pytest.warns(msclip.errors.MSCLIPWarning, match="no home folder.*MSCLIP_CACHE_DIR"):
+            assert msclip.create_model("msclip-tiny", precision="auto").dtype == torch.bfloat16
+        root = cache.cache_root()
+        assert root.is_dir() and (root.stat().st_mode & 0o077) == 0  # this user's alone
+        assert list((root / "kernels").glob("bf16-check-*.json"))
+        msclip.create_model("msclip-tiny", precision="auto")  # the verdict is read, no warning
+        assert calls == ["msclip-tiny"]
+    finally:
+        import shutil
+
+        shutil.rmtree(cache._process_root("~/.cache/msclip"), ignore_errors=True)
+        cache._process_root.cache_clear()
