@@ -441,3 +441,25 @@ def test_a_search_of_an_earlier_snapshot_keeps_the_grown_index_cache(tmp_path: P
     late = SearchIndex.from_store(before)  # saves -n300- afterwards
     assert late.count == 300 and not late.cache_hit
     assert SearchIndex.from_store(IndexStore.open(path)).cache_hit
+
+
+def test_saving_the_cache_leaves_another_process_s_write_in_flight(tmp_path: Path, data) -> None:
+    """Two processes opening one index at once (nodes of a cluster starting together): the one
+    that saved its cache first deleted every temporary file of the folder, the other's write in
+    progress among them, whose rename then failed ('cannot write the search cache'). Temporary
+    files left by a crashed writer (an hour old) are still removed."""
+    import os
+    import time
+
+    from msclip.io import TMP_PREFIX
+
+    emb, _ = data
+    tmp_path.mkdir(exist_ok=True)
+    fresh = tmp_path / f"{TMP_PREFIX}sq8-v1-k-n400-d{DIM}.codes.npy.abc.npy"
+    old = tmp_path / f"{TMP_PREFIX}calibration-x.json.def.part"
+    fresh.write_bytes(b"being written")
+    old.write_bytes(b"left by a crash")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    SearchIndex(emb[:300], cache_dir=tmp_path, cache_key="k")
+    assert fresh.exists() and not old.exists()
