@@ -23,8 +23,9 @@ each tower's transformer agree: cosine at least :data:`MIN_COSINE` (bf16 roundin
 weights.
 
 The verdict is kept in msclip's cache (``kernels/``) per CPU kind, torch build, thread count,
-``ONEDNN_MAX_CPU_ISA`` and architecture, so it is measured once per machine (0.06 s for
-``msclip-demo``, 0.45 s for a ViT-B/16 with its text tower on a 2-core Zen 4).
+``ONEDNN_MAX_CPU_ISA``, fused CPU path on or off (``MSCLIP_FUSED_CPU``) and architecture, so
+it is measured once per machine (0.06 s for ``msclip-demo``, 0.45 s for a ViT-B/16 with its text
+tower on a 2-core Zen 4).
 ``MSCLIP_BF16_CHECK=0`` skips it. Emulated bf16 (asked for on a CPU without native bf16, with a
 warning) and towers built by OpenCLIP (architectures msclip does not build itself, such as Hugging
 Face text towers) are not checked.
@@ -79,8 +80,12 @@ def _cache_file(arch_cfg: dict[str, Any], bands: int) -> Path:
         {"arch": _replica_cfg(arch_cfg), "bands": bands, "version": _VERSION}, sort_keys=True
     )
     arch = hashlib.sha256(text.encode()).hexdigest()[:12]
+    from msclip.architecture import fused_dtypes
+
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower() or "all"
-    return machine_file("bf16-check", isa, arch)
+    # MSCLIP_FUSED_CPU=0 runs bf16 on torch's own kernels, which the fused path's verdict never ran
+    fused = "fused" if torch.bfloat16 in fused_dtypes() else "plain"
+    return machine_file("bf16-check", isa, fused, arch)
 
 
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

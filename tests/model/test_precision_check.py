@@ -200,3 +200,18 @@ def test_without_a_home_folder_the_caches_last_for_the_process(machine, counted,
 
         shutil.rmtree(cache._process_root("~/.cache/msclip"), ignore_errors=True)
         cache._process_root.cache_clear()
+
+
+def test_the_verdict_is_kept_per_fused_cpu_setting(machine, counted, monkeypatch) -> None:  # noqa: F811
+    """The replica runs the code the model will run, and MSCLIP_FUSED_CPU=0 takes bf16 off the
+    fused path (torch's own linear and attention kernels): a verdict measured on the fused path
+    was read for the unfused one, whose kernels it never ran."""
+    machine(ZEN4)
+    calls = counted(0.9999)
+    msclip.create_model("msclip-tiny", precision="auto")
+    monkeypatch.setenv(architecture.FUSED_ENV, "0")
+    msclip.create_model("msclip-tiny", precision="auto")
+    assert calls == ["msclip-tiny", "msclip-tiny"]
+    monkeypatch.setenv(architecture.FUSED_ENV, "all")  # bf16 on the fused path, as by default
+    msclip.create_model("msclip-tiny", precision="auto")
+    assert calls == ["msclip-tiny", "msclip-tiny"]
