@@ -253,6 +253,11 @@ class ChunkedBackend:
     upcast = True
 
     def __init__(self, chunk: int = DEFAULT_CHUNK) -> None:
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral):
+            raise ContrastiveInputError(
+                f"block size must be an integer (rows and columns of a tile), got {chunk!r}"
+            )
+        chunk = int(chunk)
         if chunk < 1:
             raise ContrastiveInputError(f"block size must be >= 1, got {chunk}")
         self.chunk = chunk

@@ -180,6 +180,11 @@ def test_bad_inputs_name_the_problem() -> None:
         blockwise_contrastive_loss(x, y, t, impl="plain")
     with pytest.raises(bc.ContrastiveInputError, match="block size must be >= 1, got 0"):
         blockwise_contrastive_loss(x, y, t, block_size=0)  # not the default in disguise
+    # a tile edge that is not an integer: torch's "empty(): argument 'size' ... must be tuple of
+    # ints" from inside the loss; True was taken as tiles of one row
+    for bad in (2.5, True):
+        with pytest.raises(bc.ContrastiveInputError, match="block size must be an integer"):
+            blockwise_contrastive_loss(x, y, t, block_size=bad)
 
 
 def _peak_bytes(n: int, d: int, block: int, impl: str) -> int:
