@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,6 +253,11 @@ class ChunkedBackend:
     upcast = True
 
     def __init__(self, chunk: int = DEFAULT_CHUNK) -> None:
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral):
+            raise ContrastiveInputError(
+                f"block size must be an integer (rows and columns of a tile), got {chunk!r}"
+            )
+        chunk = int(chunk)
         if chunk < 1:
             raise ContrastiveInputError(f"block size must be >= 1, got {chunk}")
         self.chunk = chunk
@@ -570,6 +576,31 @@ def _place(
     return out
 
 
+def _as_tensor(value: Any, name: str, image: torch.Tensor) -> torch.Tensor:
+    """``logit_scale`` or ``logit_bias`` as a tensor: a Python (or NumPy) number becomes a
+    constant of the loss's compute dtype on the embeddings' device, refused when it is not finite
+    or when ``exp`` of a ``logit_scale`` overflows that dtype (every logit would be infinite and
+    the loss NaN: the scale itself passed where its log is expected, as open_clip's ``ClipLoss``
+    takes it)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ContrastiveInputError(
+            f"{name} must be a tensor or a number, got {type(value).__name__} {value!r}"
+        )
+    cdt = torch.promote_types(image.dtype, torch.float32)
+    v = float(value)
+    if not math.isfinite(v):
+        raise ContrastiveInputError(f"{name} must be finite, got {v}")
+    if name == "logit_scale" and v > math.log(torch.finfo(cdt).max):
+        raise ContrastiveInputError(
+            f"logit_scale {v:g} is the log of the inverse temperature (logits are "
+            f"exp(logit_scale) x . y) and exp({v:g}) overflows {cdt}; to scale the logits by "
+            f"{v:g}, pass math.log({v:g})"
+        )
+    return torch.tensor(v, dtype=cdt, device=image.device)
+
+
 def _check_inputs(
     image: torch.Tensor,
     text: torch.Tensor,
@@ -618,8 +649,8 @@ def _check_inputs(
 def blockwise_contrastive_loss(
     image: torch.Tensor,
     text: torch.Tensor,
-    logit_scale: torch.Tensor,
-    logit_bias: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None = None,
     *,
     kind: str = "clip",
     impl: str = "chunked",
@@ -635,8 +666,13 @@ def blockwise_contrastive_loss(
     Args:
         image: ``[N, D]`` image embeddings (normalised) of the (gathered) batch.
         text: ``[N, D]`` text embeddings, row ``i`` describing image ``i``.
-        logit_scale: log inverse temperature ``t`` (logits are ``exp(t) x . y``).
-        logit_bias: the SigLIP bias ``b`` (required for ``siglip``).
+        logit_scale: log inverse temperature ``t`` (logits are ``exp(t) x . y``): a
+            single-value tensor (of any shape; its gradient comes back in that shape), or a
+            number, a constant (refused where ``exp(t)`` overflows: that is the scale, not its
+            log). A tensor is not read on the host, so a huge one gives a NaN loss, as the
+            plain loss does (training clamps it to ``log 100``).
+        logit_bias: the SigLIP bias ``b`` (required for ``siglip``): a single-value tensor
+            or a number (a constant).
         kind: ``clip`` or ``siglip``.
         impl: ``chunked`` (PyTorch, any device) or ``triton`` (fused kernels: CUDA tensors, or
             CPU tensors under ``TRITON_INTERPRET=1``).
@@ -653,13 +689,17 @@ def blockwise_contrastive_loss(
         The loss, a 0-d float32 tensor (accumulated in float32 whatever the embeddings' dtype).
 
     Raises:
-        ContrastiveInputError: Shapes, dtypes, devices or shard that do not fit.
+        ContrastiveInputError: Shapes, dtypes, devices or shard that do not fit; a number
+            ``logit_scale`` or ``logit_bias`` that is not finite, or whose ``exp`` overflows.
         LossImplError: ``impl`` is not ``chunked`` or ``triton``.
         KernelUnavailableError: ``triton`` where the kernels cannot run.
     """
     if shard is not None and not isinstance(shard, Shard):
         rank, sizes = shard
         shard = Shard(int(rank), tuple(int(v) for v in sizes))
+    logit_scale = _as_tensor(logit_scale, "logit_scale", image)
+    if logit_bias is not None:
+        logit_bias = _as_tensor(logit_bias, "logit_bias", image)
     rows = _check_inputs(image, text, logit_scale, logit_bias, kind, shard)
     if impl == "chunked":
         if isinstance(block_size, tuple):

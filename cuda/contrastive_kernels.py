@@ -31,6 +31,7 @@ over the same tiles in the same order whatever its value.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ import triton
 import triton.language as tl
 from msclip.cuda.runtime import launch_device
 from triton.runtime.errors import OutOfResources
+
+from msclip.errors import ContrastiveInputError
 
 __all__ = ["INTERPRETED", "TritonBackend"]
 
@@ -394,17 +397,22 @@ class TritonBackend:
         self.block_m, self.block_n = 32, 64
         self.block_d, self.block_do = min(64, d2), min(256, d2)
         if isinstance(block_size, tuple):
+            if len(block_size) != 3:
+                raise ContrastiveInputError(
+                    "Triton block sizes are one int or a triple (rows and columns, slice of D, "
+                    f"output slice), got {block_size!r}"
+                )
             self.block_m = self.block_n = block_size[0]
             self.block_d, self.block_do = block_size[1], block_size[2]
         elif block_size is not None:
             self.block_m = self.block_n = block_size
         for v in (self.block_m, self.block_d, self.block_do):
-            if v < 16 or v & (v - 1):
-                from msclip.errors import ContrastiveInputError
-
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 16 or v & (v - 1):
                 raise ContrastiveInputError(
                     f"Triton block sizes must be powers of two >= 16, got {block_size!r}"
                 )
+        self.block_m, self.block_n = int(self.block_m), int(self.block_n)
+        self.block_d, self.block_do = int(self.block_d), int(self.block_do)
 
     @staticmethod
     def _precision(t: torch.Tensor) -> str:

@@ -130,6 +130,43 @@ def test_a_temperature_and_bias_of_shape_one(kind: str) -> None:
     assert_matches(*got, *ref)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_number_temperature_and_bias_are_constants(kind: str) -> None:
+    """Python numbers for the temperature and bias (a fixed temperature) give the loss of the
+    same tensors and the embeddings' gradients; they raised AttributeError ('float' object has
+    no attribute 'numel')."""
+    x, y = _features(7)
+    t, b = torch.tensor(math.log(30.0)), torch.tensor(-2.0) if kind == "siglip" else None
+    ref = loss_and_grads(chunked(kind, 4), x, y, t, b)
+    got = loss_and_grads(
+        lambda x, y, t, b: blockwise_contrastive_loss(
+            x, y, math.log(30.0), None if b is None else -2.0, kind=kind, block_size=4
+        ),
+        x, y, t, b,
+    )  # fmt: skip
+    assert set(got[1]) == {"image", "text"}
+    assert_matches(*got, ref[0], {k: v for k, v in ref[1].items() if k in got[1]}, tol=1e-6)
+    assert got[0].dtype == torch.float32
+    x64, y64 = _features(7, dtype=torch.float64)
+    assert blockwise_contrastive_loss(x64, y64, 2.0, -1.0, kind=kind).dtype == torch.float64
+
+
+def test_a_number_temperature_whose_exp_overflows_is_refused() -> None:
+    """The scale itself (open_clip's ClipLoss takes exp(t)) gave a NaN loss without a word."""
+    x, y = _features(4)
+    with pytest.raises(bc.ContrastiveInputError, match=r"pass math.log\(100\)"):
+        blockwise_contrastive_loss(x, y, 100.0)
+    with pytest.raises(bc.ContrastiveInputError, match="logit_scale must be finite, got nan"):
+        blockwise_contrastive_loss(x, y, math.nan)
+    with pytest.raises(bc.ContrastiveInputError, match="logit_bias must be finite, got -inf"):
+        blockwise_contrastive_loss(x, y, 1.0, -math.inf, kind="siglip")
+    with pytest.raises(bc.ContrastiveInputError, match="a tensor or a number, got bool"):
+        blockwise_contrastive_loss(x, y, True)
+    # float64 embeddings compute in float64, where exp(100) is finite
+    x64, y64 = _features(4, dtype=torch.float64)
+    assert torch.isfinite(blockwise_contrastive_loss(x64, y64, 100.0))
+
+
 def test_bad_inputs_name_the_problem() -> None:
     x, y = _features(4)
     t = torch.tensor(0.0)
@@ -143,6 +180,11 @@ def test_bad_inputs_name_the_problem() -> None:
         blockwise_contrastive_loss(x, y, t, impl="plain")
     with pytest.raises(bc.ContrastiveInputError, match="block size must be >= 1, got 0"):
         blockwise_contrastive_loss(x, y, t, block_size=0)  # not the default in disguise
+    # a tile edge that is not an integer: torch's "empty(): argument 'size' ... must be tuple of
+    # ints" from inside the loss; True was taken as tiles of one row
+    for bad in (2.5, True):
+        with pytest.raises(bc.ContrastiveInputError, match="block size must be an integer"):
+            blockwise_contrastive_loss(x, y, t, block_size=bad)
 
 
 def _peak_bytes(n: int, d: int, block: int, impl: str) -> int:

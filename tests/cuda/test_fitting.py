@@ -7,6 +7,7 @@ real shared-memory figures of the kernels are checked in ``test_compile.py``.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +92,12 @@ def test_a_kernel_that_fits_no_size_raises_the_resource_error(monkeypatch) -> No
         )
     assert fake.refused == [256, 128, 64, 32, 16]
     assert not fake.launched
+
+
+@pytest.mark.parametrize("bad", [(16, 16), 32.0, (16, 16, True)])
+def test_block_sizes_that_are_not_one_int_or_a_triple_of_ints_are_refused(bad) -> None:
+    """They raised IndexError ('tuple index out of range') or TypeError from the power-of-two
+    check; True passed it as 1 and was refused as not a power of two >= 16 only by chance."""
+    with pytest.raises(ck.ContrastiveInputError, match="Triton block sizes"):
+        ck.TritonBackend(24, bad)
+    assert ck.TritonBackend(24, (np.int64(16), 16, 32)).block_m == 16
