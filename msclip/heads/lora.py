@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from msclip.errors import AdapterError, HeadConfigError, not_a_file
+from msclip.heads.runconfig import LORA_TARGETS
 
 __all__ = [
     "LORA_FORMAT",
@@ -69,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What may be adapted: the q, k, v thirds of the fused attention projection and the MLP.
-LORA_TARGETS: tuple[str, ...] = ("q", "k", "v", "c_fc", "c_proj")
 #: ``format`` entry of the metadata of an adapter file.
 LORA_FORMAT = "msclip-lora"
 _FORMAT_VERSION = "1"
@@ -102,8 +101,16 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise HeadConfigError(f"LoRA rank must be an integer >= 1; got {self.rank!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
-            raise HeadConfigError(f"LoRA alpha must be a finite number; got {self.alpha!r}")
+        if not (
+            isinstance(self.alpha, (int, float))
+            and not isinstance(self.alpha, bool)
+            and math.isfinite(self.alpha)
+            and self.alpha > 0
+        ):
+            raise HeadConfigError(
+                f"LoRA alpha must be a positive number (the update is alpha / rank * B A: 0 "
+                f"trains nothing); got {self.alpha!r}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise HeadConfigError(f"LoRA dropout must lie in [0, 1); got {self.dropout!r}")
         targets = tuple(self.targets)

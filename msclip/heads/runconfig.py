@@ -48,6 +48,9 @@ DENSE_TASK_KEYS: tuple[str, ...] = ("name", "kind", "column", "decoder", "weight
 METHODS: tuple[str, ...] = ("zero-shot", "knn", "logistic", "ridge", "linear", "text-init")
 #: Encoder modes (``frozen`` trains heads from cached features).
 ENCODER_MODES: tuple[str, ...] = ("frozen", "lora", "last-n", "full", "scratch")
+#: What LoRA may adapt (:mod:`msclip.heads.lora`, here so that settings are checked without torch):
+#: the q, k, v thirds of the fused attention projection and the MLP.
+LORA_TARGETS: tuple[str, ...] = ("q", "k", "v", "c_fc", "c_proj")
 _TRAINED = ("linear", "text-init")
 
 
@@ -574,7 +577,23 @@ class FinetuneRunConfig:
         return e
 
     def _validate_model_and_common(self, need: Any, e: list[str]) -> None:
-        """Checks image-level and dense runs share: scale, input bands, templates."""
+        """Checks image-level and dense runs share: scale, input bands, templates, LoRA."""
+        # LoRA settings are checked here, before the model and data load, as the adapters
+        # would check them only when attached (after the output folder exists).
+        if self.encoder_mode == "lora":
+            need(
+                math.isfinite(self.lora_alpha) and self.lora_alpha > 0,
+                f"lora_alpha must be a positive number (the update is alpha / rank * B A: 0 "
+                f"trains nothing), got {self.lora_alpha}",
+            )
+
+            targets = list(self.lora_targets)
+            bad = [t for t in targets if t not in LORA_TARGETS]
+            need(
+                not bad and bool(targets) and len(set(targets)) == len(targets),
+                f"lora_targets {targets} are invalid: give distinct names among "
+                f"{list(LORA_TARGETS)} (q v, plus c_fc c_proj for the MLP)",
+            )
         need(self.scale != 0 and math.isfinite(self.scale), f"scale must be non-zero, got "
                                                              f"{self.scale}")  # fmt: skip
         if self.input_bands:

@@ -152,6 +152,30 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, run, capsys):
     assert not out_dir.exists() and not save.exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--lora-targets", "in_proj"], "lora_targets ['in_proj'] are invalid"),
+        (["--lora-targets", "q", "q"], "lora_targets ['q', 'q'] are invalid"),
+        (["--lora-alpha", "0"], "lora_alpha must be a positive number"),
+        (["--lora-alpha", "-4"], "lora_alpha must be a positive number"),
+    ],
+)  # fmt: skip
+def test_bad_lora_settings_are_refused_before_the_model_loads(tmp_path, run, capsys, flags,
+                                                              named):  # fmt: skip
+    """LoRA targets naming no adapted part were refused only when the adapters were attached,
+    after the model and data loaded and the output folder was made; alpha 0 (an update of 0:
+    nothing trains) or below was accepted and the run reported a 'LoRA' head."""
+    out_dir = tmp_path / "o"
+    argv = ["--folders", str(run["scenes"]), "--method", "linear", "--encoder-mode", "lora",
+            *flags, "--output-dir", str(out_dir), "--save-path", str(tmp_path / "r"), *TINY,
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "loading" not in err
+    assert not out_dir.exists() and not (tmp_path / "r").exists()
+
+
 def test_records_merge_with_evaluation(tmp_path, capsys):
     data = tmp_path / "data"
     mb.eurosat_ms(data, n_per_class=5)

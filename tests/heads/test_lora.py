@@ -183,6 +183,9 @@ def test_bad_configs() -> None:
         LoRAConfig(targets=("q", "out"))
     with pytest.raises(HeadConfigError, match=r"dropout must lie in \[0, 1\); got 1.0"):
         LoRAConfig(dropout=1.0)
+    for alpha in (0.0, -16.0, float("nan")):  # alpha 0 makes every update 0: nothing trains
+        with pytest.raises(HeadConfigError, match="alpha must be a positive number"):
+            LoRAConfig(alpha=alpha)
     model = msclip.create_model("msclip-tiny")
     with pytest.raises(HeadConfigError, match=r"block 5 is out of range .* 2 blocks"):
         apply_lora(model, LoRAConfig(blocks=(5,)))
