@@ -564,6 +564,31 @@ def _head_model_args(args: argparse.Namespace, encoder: dict[str, Any], head_pat
     args.model_name = encoder.get("name")
 
 
+def _head_precision_args(args: argparse.Namespace, info: dict[str, Any], dense: bool) -> None:
+    """Under ``--precision auto`` (and no ``MSCLIP_PRECISION``), run the encoder in fp32 when the
+    head was trained on an fp32 encoder: a run that trains the image tower, or a dense head,
+    loads fp32 whatever the machine (:func:`msclip.heads.runs.run_precision`), and so does one
+    given ``--precision fp32``. Its predictions are then the run's own (bf16 features moved the
+    probabilities by ~2e-3); frozen image-level heads keep the machine's choice, as their
+    features were extracted in it."""
+    import os
+
+    from msclip.hardware import PRECISION_ENV
+
+    if args.precision != "auto" or os.environ.get(PRECISION_ENV, "").strip():
+        return
+    settings = info.get("settings") or {}
+    trained = settings.get("precision") or "auto"
+    mode = (info.get("encoder") or {}).get("mode") or settings.get("encoder_mode") or "frozen"
+    if trained == "fp32" or (trained == "auto" and (dense or mode != "frozen")):
+        args.precision = "fp32"
+        why = "a dense head" if dense else (
+            "its image tower trained" if mode != "frozen" else "--precision fp32"
+        )  # fmt: skip
+        status(args, f"the head was trained on the encoder in fp32 ({why}): it runs in fp32 "
+                     "here too (--precision bf16 for the machine's faster precision)")  # fmt: skip
+
+
 def _head_band_args(args: argparse.Namespace, info: dict[str, Any], paths: Sequence[str]) -> None:
     """Without --bands / --sensor, name the images' bands as the head's training run named them
     (its --input-bands / --sensor) when the first readable image reads with those names: a
@@ -664,6 +689,7 @@ def run_head_classification(args: argparse.Namespace) -> int:
     if args.adapters is not None:
         need_file(args.adapters, "adapter file", "--adapters", "a LoRA adapter file")
     _head_model_args(args, ckpt.encoder, args.head)
+    _head_precision_args(args, {**ckpt.info, "encoder": ckpt.encoder}, dense=False)
     _head_band_args(args, ckpt.info, image_set.paths)
     check_checkpoint(args)
     out_path = _table_output(args, "classification.csv", _run_inputs(args, image_set))
@@ -1272,6 +1298,7 @@ def _head_scene(args: argparse.Namespace) -> int:
     entry = ckpt.task(args.head_task)
     _check_head_bands(ckpt.info.get("input_bands"), [args.scene], [args.scene], args)
     _head_model_args(args, ckpt.encoder, args.head)
+    _head_precision_args(args, {**ckpt.info, "encoder": ckpt.encoder}, dense=True)
     check_checkpoint(args)
     out_dir = check_output(args.save_path or "results/scene", kind="dir")
     stem = f"dense_{entry['name']}".replace("-", "_")

@@ -340,6 +340,16 @@ def test_lora_and_regression_heads_in_inference(run, tmp_path, capsys):
     df = pd.read_csv(pred)
     assert df.columns.tolist() == ["Image", "cover", "valid_fraction", "status"] and len(df) == 10
     capsys.readouterr()
+    # its tower trained in fp32: applied in fp32 under auto, as the run predicted its test set
+    # (bf16 features moved the probabilities by ~2e-3)
+    again = ["--run-classification", "--head", str(head), "--images", str(scenes / "forest"),
+             "--save-path", str(tmp_path / "again.csv"), *TINY]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MSCLIP_PRECISION", raising=False)  # the suite's fp32, which auto honours
+        assert inference_main(again) == 0
+    err = capsys.readouterr().err
+    assert "trained on the encoder in fp32 (its image tower trained)" in err
+    assert "precision: fp32" in err
 
 
 def test_regression_head_values_of_tiny_scale_are_printed_with_significant_digits(
@@ -586,3 +596,27 @@ def test_names_that_are_columns_of_predictions_csv_are_refused_first(run, tmp_pa
         err = capsys.readouterr().err
         assert code == 2 and said in err, err
         assert "rename the" in err and not out.exists()
+
+
+def test_a_head_runs_in_the_precision_its_encoder_was_trained_in(monkeypatch):
+    """fp32 under auto for a trained tower, a dense head or a run given --precision fp32; the
+    machine's choice for a frozen image-level head, an explicit --precision and MSCLIP_PRECISION."""
+    import argparse
+
+    from msclip.cli.inference import _head_precision_args
+
+    monkeypatch.delenv("MSCLIP_PRECISION", raising=False)
+
+    def chosen(settings, mode="frozen", dense=False, precision="auto"):
+        args = argparse.Namespace(precision=precision, quiet=True)
+        _head_precision_args(args, {"settings": settings, "encoder": {"mode": mode}}, dense)
+        return args.precision
+
+    assert chosen({"precision": "auto"}, mode="lora") == "fp32"
+    assert chosen({"precision": "auto"}, dense=True) == "fp32"
+    assert chosen({"precision": "fp32"}) == "fp32"
+    assert chosen({"precision": "auto"}) == "auto"  # frozen: features in the machine's choice
+    assert chosen({"precision": "bf16"}, mode="full") == "auto"  # trained in bf16 as asked
+    assert chosen({"precision": "auto"}, mode="lora", precision="bf16") == "bf16"
+    monkeypatch.setenv("MSCLIP_PRECISION", "bf16")
+    assert chosen({"precision": "auto"}, mode="lora") == "auto"
