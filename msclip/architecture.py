@@ -513,22 +513,41 @@ def _fp32_gemm_file(k: int, n: int) -> Path:
 
 
 def _kept_fp32_gemm(k: int, n: int) -> str | None:
+    """The choice kept in msclip's cache; None where there is none, or (with one note naming
+    the file) where the file cannot be read or names no kernel."""
+    from msclip.cache import note_damaged
+
+    path = _fp32_gemm_file(k, n)
     try:
-        kernel = json.loads(_fp32_gemm_file(k, n).read_text(encoding="utf-8")).get("kernel")
-    except (OSError, ValueError, AttributeError):
+        kernel = json.loads(path.read_text(encoding="utf-8")).get("kernel")
+    except FileNotFoundError:
         return None
-    return kernel if kernel in ("onednn", "torch") else None
+    except (OSError, ValueError, AttributeError) as err:
+        note_damaged("float32 product choice", path, err)
+        return None
+    if kernel in ("onednn", "torch"):
+        return kernel
+    note_damaged("float32 product choice", path, f"kernel {kernel!r}, not 'onednn' or 'torch'")
+    return None
 
 
 def _keep_fp32_gemm(k: int, n: int, facts: dict[str, Any]) -> None:
     """Write the measured choice (atomically; a cache that cannot be written is no error: the
-    next process measures again)."""
+    next process measures again, with one warning per process)."""
+    from msclip.cache import note_unwritable
     from msclip.io import write_json
 
+    path = _fp32_gemm_file(k, n)
     try:
-        write_json(_fp32_gemm_file(k, n), facts)
+        write_json(path, facts)
     except OSError as err:
-        logger.debug("the fp32 product choice is not kept: %s", err)
+        note_unwritable(
+            "the float32 product choice",
+            path.parent,
+            err,
+            "every process measures it again, and may take the other kernel, whose embeddings "
+            "differ in the last bits",
+        )
 
 
 def _fp32_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pack: bool) -> str:

@@ -11,22 +11,32 @@ Where there is no home folder to find (``HOME`` unset and the user id missing fr
 database, as in a container run under an arbitrary user id) and ``MSCLIP_CACHE_DIR`` is not set,
 the caches live in a private temporary folder for the life of the process, with one warning that
 names the fix.
+
+A cache that cannot be written (a read-only or full cache folder) or a kept file that cannot be
+read is never an error: what it would have held is computed again. Each cache says so once per
+process (:func:`note_unwritable`, :func:`note_damaged`), not on every call.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_root", "machine_file"]
+__all__ = ["CACHE_ENV", "cache_root", "machine_file", "note_damaged", "note_unwritable"]
+
+logger = logging.getLogger(__name__)
 
 #: Environment variable naming the root of msclip's caches.
 CACHE_ENV = "MSCLIP_CACHE_DIR"
+
+# what this process has said about its caches: one warning each (see note_unwritable)
+_NOTED: set[tuple[str, str, str]] = set()
 
 
 def cache_root() -> Path:
@@ -66,3 +76,40 @@ def machine_file(kind: str, *parts: object) -> Path:
 
     name = "-".join([kind, cpu_info().key(), f"t{torch.get_num_threads()}", *map(str, parts)])
     return cache_root() / "kernels" / f"{name}.json"
+
+
+def _reason(err: BaseException) -> str:
+    """The system's words for ``err`` (``Permission denied``), from the error msclip's writers
+    wrapped where there is one; else the error's message."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__
+    return str(err) or repr(err)
+
+
+def note_unwritable(what: str, folder: Path, err: BaseException, then: str) -> None:
+    """Say, once per process for ``what`` in ``folder``, that ``what`` cannot be kept in
+    ``folder`` (read-only, full: ``err``), what follows (``then``) and the fix; later failures
+    of the same cache are debug lines (a warning on every load or call would drown the rest)."""
+    key = ("unwritable", what, str(folder))
+    if key in _NOTED:
+        logger.debug("%s not kept in %s: %s", what, folder, err)
+        return
+    _NOTED.add(key)
+    logger.warning(
+        "cannot keep %s in %s (%s); %s; set %s to a writable folder with free space to keep it",
+        what, folder, _reason(err), then, CACHE_ENV,
+    )  # fmt: skip
+
+
+def note_damaged(what: str, path: Path, err: BaseException | str) -> None:
+    """Say, once per process for ``path``, that the kept ``what`` in ``path`` cannot be read
+    (``err``: damaged, cut short, not msclip's) and is measured again."""
+    key = ("damaged", what, str(path))
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    reason = err if isinstance(err, str) else _reason(err)
+    logger.warning("ignoring the damaged %s %s (%s); measuring it again", what, path, reason)

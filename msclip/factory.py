@@ -567,32 +567,18 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
             }
             # the cache is of the precision asked for
             save_checkpoint(model, cache, record, warn_precision=False)
-        except Exception as err:
-            if _read_only(err):  # a read-only cache (a shared or read-only home): converted again
-                logger.debug("cannot keep the converted weights in %s: %s", cache, err)
-            else:  # a full disk (safetensors' own error type too): loaded anyway
-                logger.warning(
-                    "cannot keep the converted weights in %s (%s); the model is loaded, only the "
-                    "next load converts again",
-                    cache.parent,
-                    err,
-                )
+        except Exception as err:  # read-only, a full disk (safetensors' own error type too)
+            from msclip.cache import note_unwritable
+
+            note_unwritable(
+                "the converted weights",
+                cache.parent,
+                err,
+                f"the model is loaded, and every load converts again (or set {WEIGHT_CACHE_ENV}=0)",
+            )
         else:
             _prune_weight_cache(cache.parent, keep=cache)
     return model
-
-
-def _read_only(err: BaseException) -> bool:
-    """Whether ``err`` (or what caused it: msclip's writers wrap the system's error) says that the
-    location cannot be written (no permission, a read-only file system)."""
-    import errno
-
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return True
-        seen = seen.__cause__
-    return False
 
 
 def _prune_weight_cache(folder: Path, keep: Path) -> None:

@@ -166,20 +166,28 @@ def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     off = env_setting(BF16_CHECK_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
     if off or not use_native(config.arch_cfg) or not cpu_info().native_bf16:
         return None  # emulated bf16 (a warned, slow choice) runs no native kernels to check
+    from msclip.cache import note_damaged, note_unwritable
+
     path = _cache_file(config.arch_cfg, len(config.bands))
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
         got = {"image": float(kept["image"]), "text": float(kept["text"])}
         if all(math.isfinite(v) for v in got.values()):
-            return got  # a NaN (a damaged file) would compare as agreement: measured again
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+            return got
+        # a NaN would compare as agreement: measured again
+        note_damaged("bf16 check verdict", path, f"not finite: {got}")
+    except FileNotFoundError:
+        pass  # not measured yet on this machine
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        note_damaged("bf16 check verdict", path, err)
     got = _measure(config)
     logger.info("bf16 against float32 on this CPU (replica of the towers): cosine %s", got)
     from msclip.io import write_json
 
     try:
         write_json(path, {**got, "cpu": cpu_info().to_dict(), "threads": torch.get_num_threads()})
-    except OSError as err:  # not kept: the next process measures again
-        logger.debug("the bf16 check is not kept: %s", err)
+    except OSError as err:
+        note_unwritable(
+            "the bf16 check's verdict", path.parent, err, "every process measures it again"
+        )
     return got
