@@ -11,6 +11,7 @@ import json
 import logging
 import numbers
 import os
+import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -581,17 +582,35 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     return model
 
 
+# A temporary file of the converted-weights cache older than this was left by a writer that died;
+# a younger one may be another process's write in progress.
+_ABANDONED_S = 3600
+
+
 def _prune_weight_cache(folder: Path, keep: Path) -> None:
     """Remove all but the :data:`WEIGHT_CACHE_KEEP` most recently used converted-weights files
-    (never ``keep``, the one just written)."""
+    (never ``keep``, the one just written), and temporary files a crashed writer left (older
+    than :data:`_ABANDONED_S`; a younger one is another process's write in progress)."""
+    from msclip.io import TMP_PREFIX
+
+    files, stale = [], []
+    now = time.time()
     try:
-        files = sorted(folder.glob("*.safetensors"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for f in folder.glob("*.safetensors"):
+            with contextlib.suppress(OSError):  # removed by another process meanwhile
+                mtime = f.stat().st_mtime
+                if not f.name.startswith(TMP_PREFIX):
+                    files.append((mtime, f))
+                elif now - mtime > _ABANDONED_S:
+                    stale.append(f)
     except OSError:
         return
-    for old in [f for f in files if f != keep][max(WEIGHT_CACHE_KEEP - 1, 0) :]:
+    files.sort(key=lambda x: x[0], reverse=True)
+    old = [f for _, f in files if f != keep][max(WEIGHT_CACHE_KEEP - 1, 0) :]
+    for f in old + stale:
         with contextlib.suppress(OSError):  # another process may have removed it first
-            old.unlink()
-            logger.debug("removed the least recently used converted weights %s", old)
+            f.unlink()
+            logger.debug("removed the least recently used converted weights %s", f)
 
 
 def _build(config: MSCLIPConfig, meta: bool) -> MSCLIP:

@@ -9,12 +9,13 @@ import errno
 import json
 import logging
 import os
+import time
 
 import pytest
 from test_precision import ZEN4, machine  # noqa: F401  (the fixture)
 
 import msclip
-from msclip import architecture, precision_check
+from msclip import architecture, factory, precision_check
 from msclip.cache import CACHE_ENV
 from msclip.factory import _config_for, get_model_entry
 
@@ -114,3 +115,22 @@ def test_a_damaged_fp32_product_choice_is_measured_again_with_one_note(caplog) -
     path.write_text(json.dumps({"kernel": "onednn"}))
     caplog.clear()
     assert architecture._kept_fp32_gemm(64, 192) == "onednn" and not caplog.records
+
+
+def test_pruning_the_weights_cache_spares_another_process_write_in_progress(tmp_path, monkeypatch):
+    """The pruning's glob matches the temporary files of atomic writes: a young one is another
+    process's conversion being written (removing it fails that process's rename), and is no
+    cache entry to count; one over an hour old is a crashed writer's, removed."""
+    monkeypatch.setattr(factory, "WEIGHT_CACHE_KEEP", 2)
+    now = time.time()
+    names = ["a", "b", "c", ".tmp-d.safetensors.k2j4", ".tmp-e.safetensors.x9q1"]
+    ages = [30, 20, 10, 5, 7200]  # seconds
+    paths = []
+    for name, age in zip(names, ages):
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(b"x")
+        os.utime(p, (now - age, now - age))
+        paths.append(p)
+    a, _, c, writing, _ = paths  # b: the least recently used; e: a crashed write
+    factory._prune_weight_cache(tmp_path, keep=a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, c.name, writing.name])
