@@ -582,16 +582,13 @@ def _load(config: MSCLIPConfig, ckpt: Any, extend: bool, dtype: torch.dtype) -> 
     return model
 
 
-# A temporary file of the converted-weights cache older than this was left by a writer that died;
-# a younger one may be another process's write in progress.
-_ABANDONED_S = 3600
-
-
 def _prune_weight_cache(folder: Path, keep: Path) -> None:
     """Remove all but the :data:`WEIGHT_CACHE_KEEP` most recently used converted-weights files
-    (never ``keep``, the one just written), and temporary files a crashed writer left (older
-    than :data:`_ABANDONED_S`; a younger one is another process's write in progress)."""
+    (never ``keep``, the one just written), and temporary files a crashed writer left
+    (:func:`msclip.io.writers.abandoned_temp`; a younger one is another process's write in
+    progress)."""
     from msclip.io import TMP_PREFIX
+    from msclip.io.writers import abandoned_temp
 
     files, stale = [], []
     now = time.time()
@@ -601,7 +598,7 @@ def _prune_weight_cache(folder: Path, keep: Path) -> None:
                 mtime = f.stat().st_mtime
                 if not f.name.startswith(TMP_PREFIX):
                     files.append((mtime, f))
-                elif now - mtime > _ABANDONED_S:
+                elif abandoned_temp(f, now):
                     stale.append(f)
     except OSError:
         return

@@ -74,7 +74,8 @@ from msclip.index.store import (
     IndexStore,
     InvalidEmbeddingsError,
 )
-from msclip.io import TMP_PREFIX, atomic_write, write_json
+from msclip.io import atomic_write, write_json
+from msclip.io.writers import abandoned_temp
 from msclip.retrieval import sort_top_k
 
 __all__ = ["KERNELS", "EmptyIndexError", "SearchIndex", "SearchResult", "default_candidates"]
@@ -410,21 +411,6 @@ def _gamma(n: int, unit_roundoff: float) -> float:
     return nu / (1.0 - nu)
 
 
-# A temporary file of the search cache older than this was left by a writer that died; a younger
-# one may be another process's write in progress (two nodes opening one index together).
-_ABANDONED_S = 3600
-
-
-def _abandoned(entry: Path) -> bool:
-    """Whether ``entry`` is a temporary file a crashed writer left (see :data:`_ABANDONED_S`)."""
-    if not entry.name.startswith(TMP_PREFIX):
-        return False
-    try:
-        return time.time() - entry.stat().st_mtime > _ABANDONED_S
-    except OSError:  # removed by its writer meanwhile
-        return False
-
-
 class SearchIndex:
     """Fast top-k search over a float32 embedding matrix (usually a store's memory map).
 
@@ -728,7 +714,7 @@ class SearchIndex:
             )
             write_json(directory / f"{name}.json", meta, indent=None)
             for entry in directory.iterdir():  # caches of smaller (older) versions of the index
-                if self._stale_cache(entry.name, key) or _abandoned(entry):
+                if self._stale_cache(entry.name, key) or abandoned_temp(entry):
                     entry.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning(

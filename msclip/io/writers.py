@@ -22,8 +22,10 @@ import numpy as np
 from msclip.errors import MSCLIPError, OutputPathError
 
 __all__ = [
+    "ABANDONED_TEMP_S",
     "TMP_PREFIX",
     "Table",
+    "abandoned_temp",
     "atomic_write",
     "check_output",
     "commit",
@@ -81,6 +83,25 @@ def check_output(path: str | os.PathLike, kind: str = "file", param: str = "save
 #: Prefix of the temporary files of :func:`atomic_write`; a directory's leftovers of a killed
 #: write carry it (the index store removes them when it recovers).
 TMP_PREFIX = ".tmp-"
+
+#: A temporary file (:data:`TMP_PREFIX`) older than this was left by a writer that died; a younger
+#: one may be another process's write in progress (two nodes sharing one cache or index folder).
+ABANDONED_TEMP_S = 3600
+
+
+def abandoned_temp(path: str | os.PathLike, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary file of msclip's writers that a crashed writer left: named
+    with :data:`TMP_PREFIX` and older than :data:`ABANDONED_TEMP_S` (``now``: the time to
+    compare with, default the current time). ``False`` for a file removed meanwhile."""
+    import time
+
+    p = Path(path)
+    if not p.name.startswith(TMP_PREFIX):
+        return False
+    try:
+        return (time.time() if now is None else now) - p.stat().st_mtime > ABANDONED_TEMP_S
+    except OSError:  # removed by its writer meanwhile
+        return False
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
