@@ -760,3 +760,25 @@ def test_a_file_reached_through_a_link_is_classified_once(tiles, tmp_path, capsy
     err = capsys.readouterr().err  # said under --quiet: the table would repeat images
     assert err.count("3 given file(s) are files given before under another path (links)") == 1
     assert f"{tmp_path / 'alias.tif'} is {real / tiles[0].name}" in err
+
+
+def test_control_characters_of_a_file_name_are_escaped_in_the_printed_table(
+    tiles, tmp_path, capsys
+):
+    """A file name holding a newline or a tab is one line of the terminal table, escaped as
+    Python writes it; the CSV keeps the name as it is (quoted)."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = ["new\nline.tif", "tab\there.tif", "esc\x1b[31m.tif"]
+    for name, tile in zip(odd, tiles):
+        shutil.copy(tile, folder / name)
+    out = tmp_path / "o.csv"
+    args = _classify_ab(out, folder)
+    assert main([a for a in args if a != "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if ".tif" in line]
+    assert len(rows) == 3, printed
+    for shown in ("new\\nline.tif", "tab\\there.tif", "esc\\x1b[31m.tif"):
+        assert sum(line.startswith(shown + " ") for line in rows) == 1, printed
+    assert "\t" not in printed and "\x1b" not in printed
+    assert sorted(pd.read_csv(out)["Image"]) == sorted(odd)
