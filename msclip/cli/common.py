@@ -1499,17 +1499,35 @@ def _record_values(x: Any) -> Any:
     return x
 
 
+def _legible(value: Any) -> Any:
+    """``value`` with each control character of a text (a newline, a tab, an escape, a line
+    separator) written as Python escapes it (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``): a terminal
+    would otherwise break the line, move the columns or take it as a command. Other values and
+    texts without such characters are returned as they are."""
+    if not isinstance(value, str) or not _CONTROL.search(value):
+        return value
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], value)
+
+
+#: Characters that break a table's lines or columns: C0 and C1 controls (tab, newline, escape,
+#: DEL, NEL) and the line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def print_table(
     rows: list[list[Any]], headers: list[str], max_rows: int, total: int, floatfmt: str = ".4f"
 ) -> None:
     """Print a tabulate table of at most ``max_rows`` rows (nothing when there are no rows);
     ``floatfmt``: the numbers' format (``.4f`` suits scores and probabilities, not values in a
-    user's units, which take significant digits)."""
+    user's units, which take significant digits). Control characters in a text (a file name
+    holding a newline or a tab) are shown escaped, as ``\\n`` or ``\\t``, so that every row stays
+    one line of aligned columns; the CSV keeps the names as they are."""
     if not rows:
         return
     from tabulate import tabulate
 
-    print(tabulate(rows[:max_rows], headers=headers, floatfmt=floatfmt))
+    shown = [[_legible(v) for v in row] for row in rows[:max_rows]]
+    print(tabulate(shown, headers=[_legible(h) for h in headers], floatfmt=floatfmt))
     if total > max_rows:
         print(f"... {plural(total - max_rows, 'more row')} in the CSV")
 

@@ -638,6 +638,7 @@ class _Runner:
             from msclip.heads.lora import LoRAConfig
             from msclip.heads.modes import (
                 FinetuneConfig,
+                _clip,
                 apply_finetune_mode,
                 finetune_param_groups,
             )
@@ -645,6 +646,11 @@ class _Runner:
             lora = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                               targets=tuple(cfg.lora_targets), seed=cfg.seed)  # fmt: skip
             apply_finetune_mode(self.model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
+            proj = getattr(_clip(self.model).visual, "proj", None)
+            if spec.kind != "embedding" and isinstance(proj, nn.Parameter):
+                # cls / mean features are read before the projection: it gets no gradient, so it
+                # is neither trained nor counted as trainable
+                proj.requires_grad_(False)
             head.to(self.model.device)
             net = EncoderHead(self.model, head, spec, mode)
             groups = finetune_param_groups(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from msclip.errors import ImageSetError, not_a_file
+from msclip.errors import ImageSetError, not_a_file, shown_when_quiet
 from msclip.io.readers import IMAGE_EXTENSIONS, VRT_EXTENSIONS, vrt_sources
 from msclip.io.writers import TMP_PREFIX
 
@@ -146,7 +146,9 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     Each specification is a folder (its image files, sorted; sub-folders too when
     ``recursive``; hidden files and folders skipped and linked folders followed, as a ``**``
     glob does), a ``.txt`` or ``.yaml`` list of paths, a glob pattern (``**`` allowed), or an
-    image file. A file given twice (also as ``./x.tif`` and ``/abs/x.tif``) is kept once.
+    image file. A file given twice (also as ``./x.tif`` and ``/abs/x.tif``, or through a linked
+    folder or a symbolic or hard link) is kept once, under its first path; a file reached again
+    through a link is named in one warning.
     Image files are those with an extension of :data:`IMAGE_EXTENSIONS`; in a folder or a
     pattern's matches, the files that a VRT among them reads (its band files) are parts of that
     VRT, not images of their own. Other files in a folder (except GDAL's sidecars of its images,
@@ -241,8 +243,29 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
                 param="images",
             )
     unique: dict[str, tuple[str, str]] = {}
+    files: dict[tuple[int, int], str] = {}  # (device, inode) -> the first path of the file
+    linked: list[tuple[str, str]] = []  # (a path, the earlier path of the same file)
     for f, root in found_paths:  # the first appearance keeps its place, spelling and root
-        unique.setdefault(os.path.abspath(f), (f, root))
+        key = os.path.abspath(f)
+        if key in unique:
+            continue
+        try:
+            st = os.stat(key)  # through links: a linked folder or file is its target
+        except OSError:  # missing or unreadable: the run names it
+            st = None
+        if st is not None:
+            first = files.setdefault((st.st_dev, st.st_ino), f)
+            if first != f:
+                linked.append((f, first))
+                continue
+        unique[key] = (f, root)
+    if linked:
+        shown_when_quiet.warning(
+            "%d given file(s) are files given before under another path (links), read once "
+            "under their first path: %s%s",
+            len(linked), "; ".join(f"{a} is {b}" for a, b in linked[:3]),
+            f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
+        )  # fmt: skip
     paths = [f for f, _ in unique.values()]
     return ImageSet(paths, unique_names(paths, [root for _, root in unique.values()]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -741,3 +742,43 @@ def test_a_count_of_one_is_singular(tiles, tmp_path, capsys):
             "--save-path", str(tmp_path / "r.csv")]  # fmt: skip
     assert main(argv) == 0
     assert "--top-k 3 is more than the 1 image; returning 1" in capsys.readouterr().err
+
+
+def test_a_file_reached_through_a_link_is_classified_once(tiles, tmp_path, capsys):
+    """A folder given beside a link to it, or a file and a link to it, are read once: the table
+    has one row per real file, under the first spelling, and the run names the others once."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for t in tiles[:2]:
+        shutil.copy(t, real / t.name)
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    (tmp_path / "alias.tif").symlink_to(real / tiles[0].name)
+    out = tmp_path / "o.csv"
+    given = [real, tmp_path / "linked", tmp_path / "alias.tif", real / tiles[1].name]
+    assert main(_classify_ab(out, *given)) == 0
+    assert pd.read_csv(out)["Image"].tolist() == [tiles[0].name, tiles[1].name]
+    err = capsys.readouterr().err  # said under --quiet: the table would repeat images
+    assert err.count("3 given file(s) are files given before under another path (links)") == 1
+    assert f"{tmp_path / 'alias.tif'} is {real / tiles[0].name}" in err
+
+
+def test_control_characters_of_a_file_name_are_escaped_in_the_printed_table(
+    tiles, tmp_path, capsys
+):
+    """A file name holding a newline or a tab is one line of the terminal table, escaped as
+    Python writes it; the CSV keeps the name as it is (quoted)."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = ["new\nline.tif", "tab\there.tif", "esc\x1b[31m.tif"]
+    for name, tile in zip(odd, tiles):
+        shutil.copy(tile, folder / name)
+    out = tmp_path / "o.csv"
+    args = _classify_ab(out, folder)
+    assert main([a for a in args if a != "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if ".tif" in line]
+    assert len(rows) == 3, printed
+    for shown in ("new\\nline.tif", "tab\\there.tif", "esc\\x1b[31m.tif"):
+        assert sum(line.startswith(shown + " ") for line in rows) == 1, printed
+    assert "\t" not in printed and "\x1b" not in printed
+    assert sorted(pd.read_csv(out)["Image"]) == sorted(odd)

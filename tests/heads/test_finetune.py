@@ -455,3 +455,16 @@ def test_dense_only_options_stay_out_of_image_level_run_settings(tmp_path):
     assert setting_facts(image) == setting_facts(dataclasses.replace(image, eval_mode="whole"))
     dense = _cfg(tmp_path, csv=str(tmp_path / "index.csv"), task="segmentation")
     assert run_settings(dense)["eval_mode"] == "auto"  # it decides how a dense run is scored
+
+
+def test_the_projection_is_not_counted_as_trained_by_cls_features(scenes, tmp_path):
+    """``--features cls`` is read before the image tower's projection: a last-n run counts (and
+    trains) only what gives the feature, here the final norm of ``last_n=0``."""
+    import msclip
+
+    res = run_finetune(_cfg(tmp_path, folders=str(scenes), method=["linear"], epochs=1,
+                            encoder_mode="last-n", last_n=0))  # fmt: skip
+    (label,) = [m.label for m in res.methods]
+    counts = res.protocol["methods"][label]["hyperparameters"]["parameters"]
+    visual = msclip.create_model("msclip-tiny").clip.visual
+    assert counts["encoder_trainable"] == sum(p.numel() for p in visual.ln_post.parameters())
