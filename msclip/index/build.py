@@ -262,13 +262,9 @@ def plan_sources(
         stamp = file_stamp(key)  # before reading: a later change then shows as a change
         info = open_scene(p, tile_size, stride)
         out.append(Source(str(p), key, info, scene_tiles(info), stamp))
-    if linked:
-        shown_when_quiet.warning(
-            "%d given file(s) are files given before under another path (links), indexed once "
-            "under their first path: %s%s",
-            len(linked), "; ".join(f"{a} is {b}" for a, b in linked[:3]),
-            f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
-        )  # fmt: skip
+    from msclip.io.images import note_linked
+
+    note_linked(linked, "indexed")
     return out
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "folder_images",
     "list_image_set",
     "list_images",
+    "note_linked",
     "unique_names",
 ]
 
@@ -259,15 +260,22 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
                 linked.append((f, first))
                 continue
         unique[key] = (f, root)
-    if linked:
-        shown_when_quiet.warning(
-            "%d given file(s) are files given before under another path (links), read once "
-            "under their first path: %s%s",
-            len(linked), "; ".join(f"{a} is {b}" for a, b in linked[:3]),
-            f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
-        )  # fmt: skip
+    note_linked(linked, "read")
     paths = [f for f, _ in unique.values()]
     return ImageSet(paths, unique_names(paths, [root for _, root in unique.values()]))
+
+
+def note_linked(linked: list[tuple[str, str]], done: str) -> None:
+    """Say, once for a listing, the given files that are files given before under another path
+    (a linked folder or file, a hard link): ``(path, earlier path)`` pairs, ``done`` once under
+    their first path (``"read"``, ``"indexed"``)."""
+    if linked:
+        shown_when_quiet.warning(
+            "%d given file(s) are files given before under another path (links), %s once "
+            "under their first path: %s%s",
+            len(linked), done, "; ".join(f"{a} is {b}" for a, b in linked[:3]),
+            f"; and {len(linked) - 3} more" if len(linked) > 3 else "",
+        )  # fmt: skip
 
 
 #: The files that make a folder an msclip embedding index (:mod:`msclip.index.store` names its
