@@ -155,6 +155,11 @@ def _measure(config: Any) -> dict[str, float]:
     return out
 
 
+#: Verdicts measured in this process, by cache file: a cache folder that cannot be written does
+#: not make every model of the process measure again (0.06-0.45 s each).
+_MEASURED: dict[Path, dict[str, float]] = {}
+
+
 def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     """Least cosines (``image``, ``text``) between bf16 and float32 outputs of a replica of the
     towers of ``config`` (an :class:`msclip.model.MSCLIPConfig`) on this CPU (see the module
@@ -169,6 +174,8 @@ def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     from msclip.cache import note_damaged, note_unwritable
 
     path = _cache_file(config.arch_cfg, len(config.bands))
+    if path in _MEASURED:  # measured in this process (its file may not be writable)
+        return dict(_MEASURED[path])
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
         got = {"image": float(kept["image"]), "text": float(kept["text"])}
@@ -181,6 +188,7 @@ def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     except (OSError, ValueError, KeyError, TypeError) as err:
         note_damaged("bf16 check verdict", path, err)
     got = _measure(config)
+    _MEASURED[path] = dict(got)
     logger.info("bf16 against float32 on this CPU (replica of the towers): cosine %s", got)
     from msclip.io import write_json
 

@@ -24,6 +24,7 @@ from msclip.factory import _config_for, get_model_entry
 def _fresh_notes(monkeypatch, caplog):
     """A new process's notes, and its warnings captured."""
     monkeypatch.setattr(msclip.cache, "_NOTED", set())
+    monkeypatch.setattr(precision_check, "_MEASURED", {})
     caplog.set_level(logging.WARNING)
 
 
@@ -55,7 +56,8 @@ def test_an_unwritable_bf16_verdict_warns_once_per_process(machine, monkeypatch,
     monkeypatch.setattr(precision_check, "_measure", lambda config: {"image": 0.5, "text": 1.0})
     writes = _unwritable(monkeypatch, err)
     got = [precision_check.cpu_bf16_agreement(_config()) for _ in range(3)]
-    assert got == [{"image": 0.5, "text": 1.0}] * 3 and len(writes) == 3
+    # measured (and its write tried) once: the process keeps the verdict it could not write
+    assert got == [{"image": 0.5, "text": 1.0}] * 3 and len(writes) == 1
     (record,) = caplog.records  # not one per call
     folder = precision_check._cache_file(_config().arch_cfg, 3).parent
     assert record.levelno == logging.WARNING
@@ -86,15 +88,17 @@ def test_a_damaged_bf16_verdict_is_measured_again_with_one_note(machine, monkeyp
     path.parent.mkdir(parents=True, exist_ok=True)
     for damaged in ("{not json", '{"image": 0.9999, "text": NaN}'):
         path.write_text(damaged)
-        monkeypatch.setattr(msclip.cache, "_NOTED", set())
+        monkeypatch.setattr(msclip.cache, "_NOTED", set())  # a new process
+        monkeypatch.setattr(precision_check, "_MEASURED", {})
         caplog.clear()
-        for _ in range(2):  # unwritable too: read damaged again, noted once
+        for _ in range(2):  # unwritable too: measured once in the process, noted once
             assert precision_check.cpu_bf16_agreement(_config()) == {"image": 0.9, "text": 1.0}
         notes = [r for r in caplog.records if "damaged" in r.getMessage()]
         assert len(notes) == 1 and str(path) in notes[0].getMessage(), caplog.text
-    assert len(calls) == 4
+    assert len(calls) == 2
     # no file yet is no damage: measured without a note
     path.unlink()
+    monkeypatch.setattr(precision_check, "_MEASURED", {})
     caplog.clear()
     precision_check.cpu_bf16_agreement(_config())
     assert not [r for r in caplog.records if "damaged" in r.getMessage()]
