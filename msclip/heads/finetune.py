@@ -646,11 +646,18 @@ class _Runner:
             lora = LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                               targets=tuple(cfg.lora_targets), seed=cfg.seed)  # fmt: skip
             apply_finetune_mode(self.model, FinetuneConfig(mode, cfg.last_n, lora, cfg.seed))
-            proj = getattr(_clip(self.model).visual, "proj", None)
+            visual = _clip(self.model).visual
+            proj = getattr(visual, "proj", None)
             if spec.kind != "embedding" and isinstance(proj, nn.Parameter):
                 # cls / mean features are read before the projection: it gets no gradient, so it
                 # is neither trained nor counted as trainable
                 proj.requires_grad_(False)
+            if spec.kind != "embedding":
+                # nor do the blocks after the deepest tapped one (--layers -2: the last block)
+                blocks = visual.transformer.resblocks
+                deepest = max(i % len(blocks) for i in spec.layers)
+                for block in list(blocks)[deepest + 1 :]:
+                    block.requires_grad_(False)
             head.to(self.model.device)
             net = EncoderHead(self.model, head, spec, mode)
             groups = finetune_param_groups(

@@ -468,3 +468,17 @@ def test_the_projection_is_not_counted_as_trained_by_cls_features(scenes, tmp_pa
     counts = res.protocol["methods"][label]["hyperparameters"]["parameters"]
     visual = msclip.create_model("msclip-tiny").clip.visual
     assert counts["encoder_trainable"] == sum(p.numel() for p in visual.ln_post.parameters())
+
+
+def test_blocks_after_the_deepest_tapped_one_are_not_counted_as_trained(scenes, tmp_path):
+    """``--layers -2`` reads the next-to-last block: the last block gets no gradient, so a
+    last-n run of two blocks trains (and counts) the next-to-last block and the final norm."""
+    import msclip
+
+    res = run_finetune(_cfg(tmp_path, folders=str(scenes), method=["linear"], epochs=1,
+                            encoder_mode="last-n", last_n=2, layers=[-2]))  # fmt: skip
+    (label,) = [m.label for m in res.methods]
+    counts = res.protocol["methods"][label]["hyperparameters"]["parameters"]
+    visual = msclip.create_model("msclip-tiny").clip.visual
+    want = [*visual.transformer.resblocks[-2].parameters(), *visual.ln_post.parameters()]
+    assert counts["encoder_trainable"] == sum(p.numel() for p in want)
