@@ -24,10 +24,11 @@ import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["UNPACKING_HINT", "CLIPTokenizer", "default_bpe_path"]
+__all__ = ["UNPACKING_HINT", "CLIPTokenizer", "cut_at_context", "default_bpe_path"]
 
 #: The fix for an image given to the tokenizer: open_clip's idiom
 #: ``model, _, preprocess = open_clip.create_model_and_transforms(...)`` takes msclip's tokenizer
@@ -37,6 +38,18 @@ UNPACKING_HINT = (
     "open_clip's returns (model, preprocess_train, preprocess): unpack it as "
     "model, preprocess, tokenizer = ..."
 )
+
+
+def cut_at_context(tokenizer: Any, text: str, n: int) -> bool:
+    """Whether ``tokenizer`` cuts ``text`` at a context of ``n`` tokens (its start and end
+    markers take two of them): the words after the cut are never read. msclip's tokenizer
+    bounds short texts without reading its merge tables (:meth:`CLIPTokenizer.max_tokens`);
+    any other tokenizer with an ``encode`` method is asked for the text's tokens."""
+    bound = getattr(tokenizer, "max_tokens", None)
+    if bound is not None and bound(text) + 2 <= n:
+        return False
+    return len(tokenizer.encode(text)) + 2 > n
+
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _N_MERGES = 49152 - 256 - 2

@@ -564,23 +564,19 @@ def _tokenizer_tag(model: Any, tokenizer: Any) -> str:
 def _cut_texts(
     tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor | None = None
 ) -> tuple[list[str], int]:
-    """The texts that the tokenizer cuts at the text tower's context length, and that length.
-    ``tokens``: their ids when already computed; otherwise only the texts that may be that long
-    are tokenized (msclip's tokenizer bounds the others without reading its merge tables,
-    :meth:`msclip.tokenizer.CLIPTokenizer.max_tokens`)."""
+    """The texts that the tokenizer cuts at the text tower's context length, and that length
+    (:func:`msclip.tokenizer.cut_at_context`). ``tokens``: their ids when already computed, of
+    which only the rows filled to the last position can be cut."""
+    from msclip.tokenizer import cut_at_context
+
     n = getattr(tokenizer, "context_length", 0)
     if not texts or not hasattr(tokenizer, "encode"):
         return [], n
     if tokens is None:
-        bound = getattr(tokenizer, "max_tokens", None)
-        if n and bound is not None:
-            texts = [t for t in texts if bound(t) + 2 > n]
-        if not texts:
-            return [], n
-        tokens = tokenizer(texts)
+        return ([t for t in texts if cut_at_context(tokenizer, t, n)] if n else []), n
     n = int(tokens.shape[1])
     full = (tokens[:, -1] != 0).nonzero().flatten().tolist()  # filled to the last position
-    return [texts[i] for i in full if len(tokenizer.encode(texts[i])) + 2 > n], n
+    return [texts[i] for i in full if cut_at_context(tokenizer, texts[i], n)], n
 
 
 def _warn_cut(cut: Sequence[str], n: int) -> None:

@@ -225,9 +225,7 @@ def cut_captions(
 ) -> tuple[list[tuple[int, str]], int]:
     """``(row, caption)`` of the captions of ``table`` longer than the tokenizer's context
     (the text tower's 77 tokens): they are trained on as their first tokens, the words after
-    the cut are never seen. Only the captions that may be that long are tokenized (msclip's
-    tokenizer bounds the others without its merge tables,
-    :meth:`msclip.tokenizer.CLIPTokenizer.max_tokens`).
+    the cut are never seen (:func:`msclip.tokenizer.cut_at_context`).
 
     Args:
         table: the pairs.
@@ -238,23 +236,20 @@ def cut_captions(
     Returns:
         The cut captions found, and the number of captions checked.
     """
+    from msclip.tokenizer import cut_at_context
+
     n = int(getattr(tokenizer, "context_length", 0) or 0)
-    encode = getattr(tokenizer, "encode", None)
-    if not n or encode is None:
+    if not n or not hasattr(tokenizer, "encode"):
         return [], 0
     picked: Any = range(len(table.rows))
     if most is not None and len(table.rows) > most:
         picked = np.unique(np.linspace(0, len(table.rows) - 1, most).round().astype(np.int64))
-    bound = getattr(tokenizer, "max_tokens", None)
     cut: list[tuple[int, str]] = []
     checked = 0
     for i in picked:
         r, captions = table.rows[int(i)], table.captions[int(i)]
         checked += len(captions)
-        for c in captions:
-            # <start_of_text> and <end_of_text> take two of the n positions
-            if (bound is None or bound(c) + 2 > n) and len(encode(c)) + 2 > n:
-                cut.append((r, c))
+        cut += [(r, c) for c in captions if cut_at_context(tokenizer, c, n)]
     return cut, checked
 
 
