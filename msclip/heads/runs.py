@@ -135,9 +135,9 @@ def run_precision(cfg: FinetuneRunConfig) -> str:
 
 def load_run_model(cfg: FinetuneRunConfig) -> Any:
     from msclip.factory import create_model
+    from msclip.hardware import resolve_device
 
-    auto = cfg.device is None or cfg.device.strip().lower() == "auto"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if auto else cfg.device
+    device = resolve_device("auto" if cfg.device is None else cfg.device)
     torch.manual_seed(cfg.seed)
     precision = run_precision(cfg)
     if cfg.ckpt_path is not None:
