@@ -44,8 +44,10 @@ time when the copy would take more than half of the memory available
 (:meth:`Calibration.fastest_without`).
 
 The choice is cached per CPU kind (:meth:`msclip.hardware.CPUInfo.key`: CPU model, flags, torch
-version, core count) in the index's ``search_cache/`` folder as
-``calibration-<key>.json``; another machine reading the same index directory calibrates again.
+version, core count) and torch thread count (a bandwidth-bound GEMV and a compute-bound GEMM
+rank differently on one thread than on all cores) in the index's ``search_cache/`` folder as
+``calibration-<key>-t<threads>.json``; another machine, or a process with another thread count,
+reading the same index directory calibrates again.
 The whole measurement takes about 0.1-0.5 s on two cores.
 """
 
@@ -70,6 +72,7 @@ __all__ = [
     "calibrate",
     "fastest",
     "load_or_calibrate",
+    "machine_key",
     "one_copy",
     "regime",
 ]
@@ -339,13 +342,19 @@ def _describe(cal: Calibration) -> str:
     return "; ".join(parts)
 
 
-def cache_path(directory: Path, key: str | None = None) -> Path:
-    """``<directory>/calibration-<cpu key>.json``."""
-    if key is None:
-        from msclip.hardware import cpu_info
+def machine_key() -> str:
+    """What a measured choice depends on besides the index: the CPU kind and torch build
+    (:meth:`msclip.hardware.CPUInfo.key`) and torch's thread count (``<cpu key>-t<threads>``)."""
+    import torch
 
-        key = cpu_info().key()
-    return directory / f"{_PREFIX}{key}.json"
+    from msclip.hardware import cpu_info
+
+    return f"{cpu_info().key()}-t{torch.get_num_threads()}"
+
+
+def cache_path(directory: Path, key: str | None = None) -> Path:
+    """``<directory>/calibration-<machine key>.json`` (:func:`machine_key`)."""
+    return directory / f"{_PREFIX}{key or machine_key()}.json"
 
 
 _MEMORY: dict[str, Calibration] = {}
@@ -366,14 +375,12 @@ def load_or_calibrate(
     Args:
         directory: the index's search cache folder (``None``: in memory only).
         measure: runs :func:`calibrate`.
-        key: CPU kind (default :meth:`msclip.hardware.CPUInfo.key`).
+        key: CPU kind and thread count (default :func:`machine_key`).
         scope: what else the choice depends on, for the in-memory cache of indexes without a
             folder (the embedding dimension).
         rows: the rows the index would sample now (``min(count, SAMPLE_ROWS)``).
     """
-    from msclip.hardware import cpu_info
-
-    key = key or cpu_info().key()
+    key = key or machine_key()
     mem_key = f"{directory}|{key}|{scope}"
     hit = _MEMORY.get(mem_key)
     if hit is not None and 2 * hit.rows >= rows:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from msclip import hardware
 from msclip.index import IndexStore, IndexWriter, SearchIndex
@@ -215,13 +216,38 @@ def test_real_calibration_is_measured_once_and_cached(store, monkeypatch) -> Non
     chosen = index.calibration
     assert set(chosen.choice) == set(REGIMES) and set(chosen.choice.values()) <= set(CANDIDATES)
     assert "fp32" in chosen.timings["few"] and "fp32" in chosen.timings["many"]
-    key = hardware.cpu_info().key()
+    key = f"{hardware.cpu_info().key()}-t{torch.get_num_threads()}"
     assert (st.path / "search_cache" / f"calibration-{key}.json").is_file()
     monkeypatch.setattr(cal_mod, "_MEMORY", {})
     monkeypatch.setattr(SearchIndex, "_measure_kernels", lambda self: pytest.fail("measured"))
     reopened = SearchIndex.from_store(IndexStore.open(st.path))
     assert reopened.calibration.cached
     np.testing.assert_array_equal(reopened.search(queries, 5).ids, result.ids)
+
+
+def test_another_thread_count_calibrates_again(store, monkeypatch) -> None:
+    """A GEMV bound by memory and a GEMM bound by arithmetic rank differently on one thread than
+    on all cores: a choice measured with one thread count is not reused with another."""
+    st, _, queries = store
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    before = torch.get_num_threads()
+    calls = []
+    real = SearchIndex._measure_kernels
+
+    def counted(self):
+        calls.append(torch.get_num_threads())
+        return real(self)
+
+    monkeypatch.setattr(SearchIndex, "_measure_kernels", counted)
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            SearchIndex.from_store(IndexStore.open(st.path)).search(queries, 5)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [1, 2]  # the third search read the one-thread choice back
+    names = sorted(p.name for p in (st.path / "search_cache").glob("calibration-*.json"))
+    assert [n.rsplit("-", 1)[1] for n in names] == ["t1.json", "t2.json"]
 
 
 def test_a_kernel_whose_copy_does_not_fit_gives_way_to_one_without(store, monkeypatch, caplog):
