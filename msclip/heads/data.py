@@ -60,6 +60,7 @@ from torch.utils.data import Dataset
 
 from msclip.errors import HeadConfigError, HeadInputError
 from msclip.heads.runconfig import DATA_TASKS
+from msclip.io.tables import separator_of
 
 __all__ = [
     "DATA_TASKS",
@@ -483,15 +484,12 @@ def from_benchmark(
 
 # -- CSV tables --------------------------------------------------------------------------------
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a CSV table: comma-separated, or separated by semicolons (what a
-    spreadsheet writes where the comma is the decimal mark) or tabs, when its header holds no
-    comma but one of those."""
+    """Columns and rows of a CSV table: comma-separated, or separated by tabs (``.tsv`` files)
+    or semicolons (what a spreadsheet writes where the comma is the decimal mark), by the rule
+    of :func:`msclip.io.tables.separator_of` that ``msclip-train`` reads its tables by."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            header = f.readline()
-            delimiter = ","
-            if "," not in header:
-                delimiter = next((d for d in ";\t" if d in header), ",")
+            delimiter = separator_of(path, f.readline())
             f.seek(0)
             reader = csv.DictReader(f, delimiter=delimiter)
             rows = list(reader)

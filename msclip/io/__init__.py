@@ -6,6 +6,7 @@
 - :mod:`msclip.io.geotiff`: GeoTIFF writers, whole or in row strips;
 - :mod:`msclip.io.vrt`: a product's band files stacked into one image (:func:`stack_band_files`);
 - :mod:`msclip.io.prefetch`: a run's first files read by a second process while it starts.
+- :mod:`msclip.io.tables`: the field separator of a text table (:func:`table_separator`).
 
 The spectral core (:mod:`msclip.spectral`) never reads files; everything downstream receives
 arrays whose band names travel with them.

@@ -38,6 +38,7 @@ import torch
 from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
 from msclip.io.images import class_folders, folder_images
+from msclip.io.tables import table_separator
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import SpectralPreprocess
 
@@ -125,7 +126,7 @@ def _read_table(path: str) -> Any:
 
     try:
         if path.lower().endswith((".csv", ".tsv")):
-            return pd.read_csv(path, sep=_separator(path), dtype=str, keep_default_na=False)
+            return pd.read_csv(path, sep=table_separator(path), dtype=str, keep_default_na=False)
         return pd.read_parquet(path)
     except ImportError as err:
         raise BadSampleError(
@@ -134,20 +135,6 @@ def _read_table(path: str) -> Any:
         ) from err
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise BadSampleError(f"cannot read table {path}: {err}") from err
-
-
-def _separator(path: str) -> str:
-    """The field separator of a text table: a tab for ``.tsv`` files and for ``.csv`` files
-    whose header line has tabs and no comma (open_clip's ``--csv-separator`` defaults to a tab,
-    so its "CSV" tables are tab-separated), else a comma."""
-    if path.lower().endswith(".tsv"):
-        return "\t"
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
-            header = fh.readline()
-    except OSError:
-        return ","  # read_csv names the problem
-    return "\t" if "\t" in header and "," not in header else ","
 
 
 def caption_columns_of(columns: Sequence[str]) -> list[str]:

@@ -215,6 +215,22 @@ def test_csv_separated_by_semicolons_or_tabs(tmp_path, sep):
         from_csv(table, task="regression")  # a decimal comma is named, not misread
 
 
+def test_tables_split_columns_by_the_rule_msclip_train_reads_by(tmp_path):
+    # a .tsv file is tab-separated whatever its header holds (a comma in a column name split the
+    # header at the comma and the rows nowhere); a tab decides before a semicolon
+    rows = [f"s{i}.tif\t{'ab'[i % 2]}; x" for i in range(10)]
+    for r in rows:
+        _touch(tmp_path / r.split("\t")[0])
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("path\tcrop, 2020\n" + "\n".join(rows) + "\n")
+    d = from_csv(tsv, label_columns=["crop, 2020"], split_column=None, val_fraction=0.2)
+    assert d.names == ["a; x", "b; x"]
+    tabs = tmp_path / "s.csv"
+    tabs.write_text("path\tcrop; 2020\n" + "\n".join(rows) + "\n")
+    d = from_csv(tabs, label_columns=["crop; 2020"], split_column=None, val_fraction=0.2)
+    assert d.names == ["a; x", "b; x"]
+
+
 def test_csv_image_listed_twice_is_refused(tmp_path):
     # duplicated rows would be split apart by the seeded rule: the same image in train and test
     rows = [f"z{i}.tif,{'ab'[i % 2]}" for i in range(10)] + ["./z3.tif,b"]

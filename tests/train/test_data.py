@@ -111,6 +111,19 @@ def test_tab_separated_tables_as_open_clip_writes_them(tmp_path: Path) -> None:
     assert load_pairs(tmp_path / "c.csv").captions == [["tab\there"]]
 
 
+def test_semicolon_and_tsv_tables_are_read_as_the_heads_read_them(tmp_path: Path) -> None:
+    # one rule with msclip-finetune's tables (msclip.io.tables): a spreadsheet's semicolon export
+    # was read as one column 'image;caption' and refused; a .tsv whose header holds a comma split
+    # its rows at commas in the heads
+    _tif(tmp_path / "a.tif", 0)
+    (tmp_path / "s.csv").write_text("image;caption\na.tif;a river, seen from above\n")
+    assert load_pairs(tmp_path / "s.csv").captions == [["a river, seen from above"]]
+    (tmp_path / "t.tsv").write_text("image\tcaption, long\na.tif\ta river, seen\n")
+    assert load_pairs(tmp_path / "t.tsv", "image", ["caption, long"]).captions == [
+        ["a river, seen"]
+    ]
+
+
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadSampleError, match="image_column"):

@@ -1,0 +1,44 @@
+"""The field separator of a text table, one rule for every program that reads one.
+
+The heads' labelled tables (``msclip-finetune --csv``, dense tables) and ``msclip-train``'s
+image-caption tables are told apart the same way: a ``.tsv`` file is tab-separated; any other
+text table is comma-separated unless its header line holds no comma, when a tab (open_clip's
+``--csv-separator`` default, so its "CSV" tables are tab-separated) or else a semicolon (what a
+spreadsheet exports where the comma is the decimal mark) separates its columns. Only the header
+decides: cells hold commas in captions and decimal numbers.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["separator_of", "table_separator"]
+
+
+def separator_of(path: str | os.PathLike[str], header: str) -> str:
+    """The field separator of the text table at ``path`` whose first line is ``header``.
+
+    Args:
+        path: the table's file name (its suffix: ``.tsv`` is tab-separated whatever the header).
+        header: the table's first line.
+
+    Returns:
+        ``","``, ``"\\t"`` or ``";"``.
+    """
+    if os.fspath(path).lower().endswith(".tsv"):
+        return "\t"
+    if "," in header:
+        return ","
+    # A tab never belongs to a column name, a semicolon may: a tab decides first.
+    return next((d for d in "\t;" if d in header), ",")
+
+
+def table_separator(path: str | os.PathLike[str]) -> str:
+    """The field separator of the text table at ``path`` (see :func:`separator_of`), read from
+    its first line; ``","`` when the file cannot be read (its reader then names the problem)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ","
+    return separator_of(path, header)
