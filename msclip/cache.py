@@ -89,27 +89,33 @@ def _reason(err: BaseException) -> str:
     return str(err) or repr(err)
 
 
-def note_unwritable(what: str, folder: Path, err: BaseException, then: str) -> None:
+def note_unwritable(
+    what: str, folder: Path, err: BaseException, then: str, fix: str | None = None
+) -> None:
     """Say, once per process for ``what`` in ``folder``, that ``what`` cannot be kept in
-    ``folder`` (read-only, full: ``err``), what follows (``then``) and the fix; later failures
-    of the same cache are debug lines (a warning on every load or call would drown the rest)."""
+    ``folder`` (read-only, full: ``err``), what follows (``then``) and the fix (``fix``; by
+    default, setting ``$MSCLIP_CACHE_DIR``: right for the folders under :func:`cache_root`, not
+    for a cache kept beside its data); later failures of the same cache are debug lines (a
+    warning on every load or call would drown the rest)."""
     key = ("unwritable", what, str(folder))
     if key in _NOTED:
         logger.debug("%s not kept in %s: %s", what, folder, err)
         return
     _NOTED.add(key)
-    logger.warning(
-        "cannot keep %s in %s (%s); %s; set %s to a writable folder with free space to keep it",
-        what, folder, _reason(err), then, CACHE_ENV,
-    )  # fmt: skip
+    if fix is None:
+        fix = f"set {CACHE_ENV} to a writable folder with free space to keep it"
+    logger.warning("cannot keep %s in %s (%s); %s; %s", what, folder, _reason(err), then, fix)
 
 
-def note_damaged(what: str, path: Path, err: BaseException | str) -> None:
+def note_damaged(
+    what: str, path: Path, err: BaseException | str, then: str = "measuring it again"
+) -> None:
     """Say, once per process for ``path``, that the kept ``what`` in ``path`` cannot be read
-    (``err``: damaged, cut short, not msclip's) and is measured again."""
+    (``err``: damaged, cut short, not msclip's) and what follows (``then``: it is measured or
+    built again)."""
     key = ("damaged", what, str(path))
     if key in _NOTED:
         return
     _NOTED.add(key)
     reason = err if isinstance(err, str) else _reason(err)
-    logger.warning("ignoring the damaged %s %s (%s); measuring it again", what, path, reason)
+    logger.warning("ignoring the damaged %s %s (%s); %s", what, path, reason, then)

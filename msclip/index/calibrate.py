@@ -61,8 +61,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msclip.cache import note_damaged, note_unwritable
+
 __all__ = [
     "BATCH_QUERIES",
+    "CACHE_FIX",
     "CANDIDATES",
     "COPY_KERNELS",
     "REGIMES",
@@ -96,6 +99,11 @@ _MARGIN = 0.05
 COPY_KERNELS = ("int8-fbgemm", "int8-onednn", "bf16")
 #: How much slower a regime accepts the other regime's copy kernel rather than a second copy.
 COPY_MARGIN = 0.15
+#: The fix named where an index's ``search_cache/`` cannot be written: it lives beside the index,
+#: not under msclip's cache root, so ``$MSCLIP_CACHE_DIR`` does not move it.
+CACHE_FIX = (
+    "make the index folder writable (with free space), or search a copy kept on such storage"
+)
 # A kernel this many times slower than the best one on the warm-up is not timed further.
 _SLOW = 8.0
 # A kernel taking longer than this on the small sample is not timed on the full one.
@@ -403,7 +411,7 @@ def load_or_calibrate(
             logger.info("search calibration %s is from an older msclip (%s); measuring again", path,
                         exc)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("ignoring unreadable search calibration %s (%s)", path, exc)
+            note_damaged("search calibration", path, exc)
     cal = measure()
     _MEMORY[mem_key] = cal
     if path is not None:
@@ -412,5 +420,11 @@ def load_or_calibrate(
 
             write_json(path, cal.to_dict(), indent=1)
         except OSError as exc:
-            logger.warning("cannot save the search calibration to %s (%s)", path, exc)
+            note_unwritable(
+                "the search calibration",
+                path.parent,
+                exc,
+                "the kernel choice is measured again by every process that searches the index",
+                CACHE_FIX,
+            )
     return cal

@@ -64,10 +64,11 @@ import torch
 import torch.nn.functional as F
 
 from msclip.arrays import as_numpy
+from msclip.cache import note_damaged, note_unwritable
 from msclip.encode import single_thread
 from msclip.errors import EmptyIndexError, invalid_rows
 from msclip.hardware import is_auto_device
-from msclip.index.calibrate import COPY_KERNELS, regime
+from msclip.index.calibrate import CACHE_FIX, COPY_KERNELS, regime
 from msclip.index.store import (
     SEARCH_CACHE_DIR,
     DimensionMismatchError,
@@ -675,7 +676,7 @@ class SearchIndex:
             step = np.asarray(meta["step"], dtype=np.float32)
             max_norm = float(meta["max_norm"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring unreadable search cache %s (%s); rebuilding it", name, exc)
+            note_damaged("search cache", meta_path, exc, "building it again")
             return False
         padded = -(-self.dim // _DIM_ALIGN) * _DIM_ALIGN
         if (
@@ -687,7 +688,9 @@ class SearchIndex:
             or not (np.isfinite(centre).all() and np.isfinite(step).all() and (step >= 0).all())
             or not (math.isfinite(max_norm) and max_norm >= 0)
         ):
-            logger.warning("ignoring damaged search cache %s; rebuilding it", name)
+            note_damaged(
+                "search cache", meta_path, "not the index's int8 copy", "building it again"
+            )
             return False
         self._set_codes(torch.from_numpy(codes), centre, step, max_norm)
         return True
@@ -717,8 +720,12 @@ class SearchIndex:
                 if self._stale_cache(entry.name, key) or abandoned_temp(entry):
                     entry.unlink(missing_ok=True)
         except OSError as exc:
-            logger.warning(
-                "cannot write the search cache to %s (%s); it stays in memory only", directory, exc
+            note_unwritable(
+                "the search cache",
+                directory,
+                exc,
+                "the int8 copy stays in memory, built again by every opening of the index",
+                CACHE_FIX,
             )
 
     def _stale_cache(self, name: str, key: str) -> bool:

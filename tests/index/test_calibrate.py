@@ -179,6 +179,19 @@ def test_a_choice_of_an_older_candidate_list_is_measured_again(tmp_path, monkeyp
     assert json.loads(saved.read_text())["version"] == cal_mod.CALIBRATION_VERSION
 
 
+def test_a_choice_that_cannot_be_kept_names_the_index_folder_fix(tmp_path, monkeypatch, caplog):
+    """The calibration lives in the index's search_cache/, not under msclip's cache root: an
+    unwritable folder names its own fix (it named none), through msclip.cache's one warning."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(cal_mod, "_MEMORY", {})
+    choice = Calibration({"few": "fp32", "many": "fp32"}, {}, {}, {})
+    with caplog.at_level("WARNING"):
+        load_or_calibrate(blocker / "search_cache", lambda: choice, key="cpuA")
+    (told,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "cannot keep the search calibration" in told and cal_mod.CACHE_FIX in told
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[IndexStore, np.ndarray, np.ndarray]:
     """Clusters with a clear top-k: every query's 10 nearest rows are far above the rest."""

@@ -367,6 +367,24 @@ def test_a_damaged_cache_of_finite_values_is_rebuilt(tmp_path: Path, data, caplo
     assert_matches(index.search(queries, 5), brute_force(emb, queries, 5))
 
 
+def test_a_cache_folder_that_cannot_be_written_is_told_once_with_its_fix(
+    tmp_path: Path, data, caplog
+) -> None:
+    """A read-only index opened again and again in one process (a notebook, a service) said
+    'cannot write the search cache' at every opening; it is said once, as msclip's other caches
+    say it, and the fix named is the index folder's (MSCLIP_CACHE_DIR does not move this cache)."""
+    emb, _ = data
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder's parent should be")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            SearchIndex(emb[:300], cache_dir=blocker / "search_cache", cache_key="k")
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(told) == 1, told
+    assert "cannot keep the search cache in" in told[0] and "make the index folder" in told[0]
+    assert "MSCLIP_CACHE_DIR" not in told[0]
+
+
 def test_packed_kernels_pack_with_their_own_engine_and_count_their_copies(store, data) -> None:
     """fbgemm's and oneDNN's packed copies coexist (one per regime may be chosen), each counted
     in the index's memory, and packing leaves the process's quantised engine as it was."""
