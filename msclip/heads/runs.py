@@ -372,7 +372,8 @@ def check_outputs(cfg: FinetuneRunConfig, labels: Sequence[str]) -> None:
 
 def write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
     """Write the protocol card; the methods an earlier card of the same folder describes (a
-    resumed run adding methods) are kept beside this run's."""
+    resumed run adding methods, or running some of them again) are kept beside this run's,
+    with their features and in the card's ``method`` setting."""
     import yaml
 
     from msclip.io import jsonable, write_text
@@ -386,8 +387,26 @@ def write_protocol(path: Path, protocol: dict[str, Any]) -> Path:
             kept = {k: v for k, v in before["methods"].items() if k not in protocol["methods"]}
             if kept:
                 protocol = {**protocol, "methods": {**kept, **protocol["methods"]}}
+                protocol = _keep_earlier(protocol, before)
 
     return write_text(path, yaml.safe_dump(jsonable(protocol), sort_keys=False, width=100))
+
+
+def _keep_earlier(protocol: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """``protocol`` with the feature specs and ``method`` setting of the methods an earlier card
+    describes and this run did not run (a resume of some of them): the card keeps their results,
+    and without this said neither how their features were made nor that they were run."""
+    features, earlier = protocol.get("features"), before.get("features")
+    if isinstance(features, dict) and isinstance(earlier, dict):
+        kept = {k: v for k, v in earlier.items() if k not in features}
+        protocol = {**protocol, "features": {**kept, **features}}
+    config, old = protocol.get("config"), before.get("config")
+    if isinstance(config, dict) and isinstance(old, dict):
+        now, then = config.get("method"), old.get("method")
+        if isinstance(now, list) and isinstance(then, list):
+            methods = [*then, *(m for m in now if m not in then)]
+            protocol = {**protocol, "config": {**config, "method": methods}}
+    return protocol
 
 
 def encoder_hparams(cfg: FinetuneRunConfig) -> dict[str, Any]:

@@ -241,6 +241,14 @@ def test_resume_refuses_probes_of_other_settings_or_data(scenes, tmp_path):
         run_finetune(dataclasses.replace(resumed, folders=str(other)))
     assert {h: h.read_bytes() for h in heads} == before
     run_finetune(resumed)  # the same settings: knn is run again in place
+    # the card still describes the logistic head it keeps: its features and its method (both
+    # were dropped, the card then said knn alone was run but held logistic's metrics)
+    import yaml
+
+    card = yaml.safe_load((tmp_path / "run" / "protocol.yaml").read_text())
+    assert set(card["methods"]) == {"knn", "knn-unweighted", "logistic"}
+    assert set(card["features"]) == {"knn", "logistic"}
+    assert card["config"]["method"] == ["knn", "logistic"]
 
 
 def test_resume_adds_a_method_with_its_own_options(scenes, tmp_path):
