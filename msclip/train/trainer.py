@@ -109,6 +109,9 @@ RESUMABLE_CHANGES = frozenset(
         "epochs",
         "max_steps",
         "loss_impl",
+        # the chunks of the feature cache: the same contrastive batch and gradient, up to float
+        # rounding (as a resume with another number of processes), in another device's memory
+        "accum_steps",
     }
 )
 
@@ -731,10 +734,16 @@ class Trainer:
                 if not by_content and any(k in _TABLES for k in differ)
                 else ""
             )
+            if "batch_size" in differ:  # the contrastive batch; memory is accum_steps' concern
+                note += (
+                    " (to fit another device's memory, keep batch_size and raise accum_steps, "
+                    "which may change on resume)"
+                )
             raise ConfigError(
                 f"cannot resume {path}: options that change the result differ from the run's "
                 f"({detail}){note}; resume with the run's values (its config.yaml) or start a "
-                "new run"
+                "new run",
+                param=differ[0],
             )
         for k in sorted(by_content):
             if new[k] is not None and digests.get(k) != self.data_digest[k]:

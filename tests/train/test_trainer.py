@@ -205,6 +205,27 @@ def test_killed_run_resumes_to_the_same_weights(scenes: Path, tmp_path: Path) ->
     assert [r["val_loss"] for r in ma] == [r["val_loss"] for r in mb]
 
 
+def test_a_resume_may_change_accum_steps_but_not_the_batch(scenes: Path, tmp_path: Path) -> None:
+    """accum_steps splits the same contrastive batch into chunks (the feature cache): a run
+    resumed on a device of less memory with more chunks ends at the uninterrupted run's weights
+    up to float rounding; it was refused as an option that changes the result. batch_size does
+    change it: refused, naming accum_steps as the way to fit memory."""
+    kw = dict(val_every=0, save_every=1, keep_checkpoints=0, caption_columns=None)
+    train(_cfg(scenes, tmp_path / "a", max_steps=4, **kw))
+    train(_cfg(scenes, tmp_path / "b", max_steps=2, **kw))
+    with pytest.raises(ConfigError, match=r"batch_size: 6 -> 4\).*raise accum_steps") as info:
+        train(_cfg(scenes, tmp_path / "b", max_steps=4, batch_size=4, resume="latest", **kw))
+    assert info.value.param == "batch_size"
+    resumed = train(_cfg(scenes, tmp_path / "b", max_steps=4, accum_steps=3, resume="latest", **kw))
+    assert resumed.steps == 4
+    a, b = (
+        _weights(tmp_path / "a" / "final.safetensors"),
+        _weights(tmp_path / "b" / "final.safetensors"),
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_resume_checks_the_tables_by_content_not_by_path(
     scenes: Path, tmp_path: Path, monkeypatch
 ) -> None:
