@@ -125,7 +125,12 @@ class TrainConfig:
         ),
     )
     bands: list[str] | None = field(
-        default=None, metadata=_help("model bands (default: the model's)")
+        default=None,
+        metadata=_help(
+            "bands of the model trained (default: the model's, or the --init checkpoint's), its "
+            "patch kernel remapped to them by wavelength; not the image files' band names, which "
+            "are --input-bands (the --bands of the other msclip programs)"
+        ),
     )
     init: str = field(
         default="random",

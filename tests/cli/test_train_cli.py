@@ -181,3 +181,16 @@ def test_a_config_file_that_is_not_utf8_or_a_folder_is_one_error_line(tmp_path: 
     utf8.write_bytes("\ufeffcaption-columns: [légende]\n".encode())
     assert main(["--config", str(utf8), "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["caption_columns"] == ["légende"]
+
+
+def test_bands_is_the_models_and_its_help_names_the_flag_of_the_files_bands(capsys) -> None:
+    """--bands names the files' bands in every other msclip program and the trained model's
+    bands here; its help said only "model bands", so a --bands copied from an msclip-inference
+    command trained a model of those bands without a word about --input-bands."""
+    cfg, _ = config_from_args(["--train-data", "t.csv", "--bands", "B02,B03", "--input-bands",
+                               "B04", "B08"])  # fmt: skip
+    assert cfg.bands == ["B02", "B03"] and cfg.input_bands == ["B04", "B08"]
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    help_of_bands = text.split("--bands V [V ...] ", 1)[1].split(" --init INIT ", 1)[0]
+    assert "model trained" in help_of_bands and "--input-bands" in help_of_bands
