@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from msclip.spectral.stats import NormStats
 from msclip.transforms import ImageTransform
 
 __all__ = [
+    "MAX_LOGIT_SCALE",
     "MSCLIP",
     "Intermediates",
     "MSCLIPConfig",
@@ -184,6 +186,10 @@ def _narrows(source: torch.dtype, target: torch.dtype) -> bool:
     that loading in ``target`` gives too (float32 or float64 to a smaller float type)."""
     return source in (torch.float32, torch.float64) and target.itemsize < source.itemsize
 
+
+#: The largest inverse temperature :meth:`MSCLIP.forward` returns: the bound CLIP's training
+#: keeps ``exp(logit_scale)`` under (Radford et al. 2021; OpenCLIP and the release clamp it).
+MAX_LOGIT_SCALE = 100.0
 
 #: Short names of the weights' dtypes (:attr:`MSCLIP.precision`).
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
@@ -922,7 +928,25 @@ class MSCLIP(nn.Module):
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """L2-normalised image and text embeddings and ``logit_scale.exp()`` (as OpenCLIP)."""
+        """L2-normalised image and text embeddings and the inverse temperature
+        ``logit_scale.exp()`` (as OpenCLIP), at most :data:`MAX_LOGIT_SCALE` (100).
+
+        CLIP's training, the release's included, clamps ``logit_scale`` at ``ln(100)``, so a
+        trained checkpoint is never above it; a larger value (a checkpoint made otherwise, or
+        edited) made ``scale * image @ text.T`` infinite and its softmax NaN, and is clamped
+        as training clamps it.
+
+        Raises:
+            CheckpointError: ``logit_scale`` is NaN (a damaged checkpoint).
+        """
+        scale = self.clip.logit_scale
+        if bool(torch.isnan(scale.detach()).any()):
+            raise CheckpointError(
+                f"the model's logit_scale is NaN (weights: {self.checkpoint_path or 'in memory'}), "
+                "so every logit would be NaN: the checkpoint is damaged; set it (with "
+                "torch.no_grad(): model.clip.logit_scale.fill_(math.log(100))), or score with "
+                "encode_image / encode_text and msclip.zero_shot, whose scale is a fixed 100"
+            )
         img = self.encode_image(images, normalize=True)
         txt = self.encode_text(tokens, normalize=True)
-        return img, txt, self.clip.logit_scale.exp()
+        return img, txt, scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()

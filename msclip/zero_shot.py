@@ -63,6 +63,7 @@ from msclip.errors import (
     ClassNameError,
     DimensionMismatchError,
     DuplicateClassError,
+    InvalidArgumentError,
     InvalidEmbeddingsError,
     MetricInputError,
     TemplateError,
@@ -682,7 +683,13 @@ def zero_shot_logits(
     """``scale * cosine`` between images ``[N, D]`` (normalised here) and classifier ``[C, D]``.
 
     Computed in float32 whatever the inputs' dtype; numpy or torch inputs.
+
+    Raises:
+        InvalidArgumentError: ``scale`` is not a finite positive number (an infinite one, such
+            as ``model.logit_scale.exp()`` of a checkpoint with a huge ``logit_scale``, made
+            every logit infinite and the probabilities NaN).
     """
+    _check_scale(scale)
     classifier = torch.as_tensor(classifier).detach()
     if classifier.ndim != 2:  # a row of it would give one score per image, not per class
         raise DimensionMismatchError(
@@ -700,6 +707,20 @@ def zero_shot_logits(
         )
     img = F.normalize(feats.float(), dim=-1)
     return scale * img @ classifier.float().to(img.device).T
+
+
+def _check_scale(scale: Any) -> None:
+    try:
+        value = torch.as_tensor(scale).detach().double()
+    except (TypeError, ValueError, RuntimeError):
+        value = None
+    if value is None or value.numel() != 1 or not (bool(torch.isfinite(value)) and value > 0):
+        raise InvalidArgumentError(
+            f"scale must be a finite positive number, got {scale!r} (model.logit_scale.exp() of "
+            f"weights whose logit_scale is huge or NaN?); the published protocol's scale is "
+            f"{LOGIT_SCALE:g}: leave scale out",
+            param="scale",
+        )
 
 
 def zero_shot_probs(

@@ -460,6 +460,7 @@ class Trainer:
                 self.model.clip.logit_scale.fill_(cfg.init_logit_scale)
             elif cfg.loss == "siglip" and cfg.init == "random":
                 self.model.clip.logit_scale.fill_(math.log(10.0))
+        self._check_initial_logit_scale()
         clamp_logit_scale(self.model.clip.logit_scale, cfg.max_logit_scale)
         self.model.to(ctx.device).train()
         self.loss_fn.to(ctx.device)
@@ -546,6 +547,30 @@ class Trainer:
             plural(n_trainable, "trainable parameter"),
             plural(len(self.params), "tensor"),
         )
+
+    def _check_initial_logit_scale(self) -> None:
+        """Refuse initial weights whose ``logit_scale`` is NaN (the clamp keeps NaN, and every
+        loss, gradient and then weight of the run was NaN, with no error), and say when one
+        above the bound is clamped (a checkpoint trained without the clamp, or edited: 1e6 and
+        infinity were clamped without a word)."""
+        cfg = self.cfg
+        scale = self.model.clip.logit_scale.detach()
+        if bool(torch.isnan(scale).any()):
+            raise ConfigError(
+                f"the initial weights ({cfg.init}) hold a logit_scale of NaN, so every loss would "
+                "be NaN: the checkpoint is damaged; start the temperature afresh with "
+                f"init_logit_scale (e.g. {math.log(1 / 0.07):.4f}, CLIP's start), or use other "
+                "weights",
+                param="init_logit_scale",
+            )
+        bound = math.log(cfg.max_logit_scale)
+        high = float(scale.max())
+        if high > bound + 1e-5:  # a float32 ln(100) lies just above the float64 bound
+            logger.warning(
+                "the initial weights' logit_scale %.6g lies above log(max_logit_scale) = %.4f: "
+                "clamped to it, as after every step (set init_logit_scale to start elsewhere)",
+                high, bound,
+            )  # fmt: skip
 
     def _resume_path(self) -> Path | None:
         cfg = self.cfg

@@ -589,3 +589,23 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
     for load in loads:
         with pytest.raises(CheckpointError, match=r"junk\.pt: the file is not a torch checkpoint"):
             load()
+
+
+def test_forward_clamps_a_huge_logit_scale_and_refuses_nan(tiny):
+    """CLIP's training keeps exp(logit_scale) <= 100; weights with a larger one (1e6, infinity)
+    gave forward() an infinite scale, and the logits' softmax was NaN without a word."""
+    model = copy.deepcopy(tiny)
+    x, tokens = _images(2), msclip.get_tokenizer(model)(["sea", "forest"])
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(2.0)
+    assert torch.equal(model(x, tokens)[2], model.clip.logit_scale.exp())  # as OpenCLIP below
+    for huge in (1e6, float("inf")):
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(huge)
+        img, txt, scale = model(x, tokens)
+        assert float(scale) == pytest.approx(100.0, rel=1e-2)  # in the weights' dtype
+        assert torch.isfinite((scale * img @ txt.T).softmax(-1)).all()
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match=r"logit_scale is NaN.*msclip\.zero_shot"):
+        model(x, tokens)

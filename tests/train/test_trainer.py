@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -644,3 +645,26 @@ def test_a_resume_in_another_precision_than_the_run_is_said(
         Trainer(cfg.validate(), DistContext())
     assert "which trained in fp32" in caplog.text and "in bf16" in caplog.text
     assert "MSCLIP_PRECISION=fp32" in caplog.text
+
+
+def test_initial_weights_with_a_nan_or_huge_logit_scale(scenes: Path, tmp_path: Path, caplog):
+    """A NaN logit_scale survived the clamp: every loss, then every weight, of the run was NaN
+    and the run finished as if trained. A huge one is clamped as after every step, now said."""
+    model = msclip.create_model("msclip-tiny", None, precision="fp32", seed=0)
+    for value in (float("nan"), 1e6):
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(value)
+        ckpt = tmp_path / f"init-{value}.safetensors"
+        msclip.save_checkpoint(model, ckpt)
+        cfg = _cfg(scenes, tmp_path / f"run-{value}", init=str(ckpt), model=None, max_steps=1)
+        if math.isnan(value):
+            with pytest.raises(ConfigError, match=r"logit_scale of NaN.*init_logit_scale") as info:
+                Trainer(cfg.validate(), DistContext())
+            assert info.value.param == "init_logit_scale"
+            fresh = dataclasses_replace(cfg, init_logit_scale=2.0)  # the fix it names
+            assert float(Trainer(fresh.validate(), DistContext()).model.clip.logit_scale) == 2.0
+        else:
+            with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+                trainer = Trainer(cfg.validate(), DistContext())
+            assert float(trainer.model.clip.logit_scale) == pytest.approx(math.log(100))
+            assert "logit_scale 1e+06 lies above log(max_logit_scale) = 4.6052" in caplog.text

@@ -498,3 +498,19 @@ def test_a_classifier_row_is_refused_not_scored_as_one_class():
     assert zero_shot_probs(torch.randn(3, 8), classifier[:1]).shape == (3, 1)
     with pytest.raises(DimensionMismatchError, match=r"\[C, D\] matrix.*shape \(8,\).*\[None\]"):
         zero_shot_probs(torch.randn(3, 8), classifier[0])
+
+
+def test_a_scale_that_is_not_finite_and_positive_is_refused_not_made_nan():
+    """OpenCLIP's habit passes model.logit_scale.exp(): of weights whose logit_scale is huge
+    (1e6, infinity) that is infinite, and every probability was NaN without a word."""
+    from msclip.errors import InvalidArgumentError
+    from msclip.zero_shot import zero_shot_logits
+
+    classifier = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    feats = torch.randn(3, 8)
+    for bad in (torch.tensor(1e6).exp(), float("nan"), 0.0, -1.0, torch.ones(2)):
+        with pytest.raises(InvalidArgumentError, match="scale must be a finite positive number"):
+            zero_shot_probs(feats, classifier, scale=bad)
+    # a finite scale, as a float or a tensor of one value, is used as given
+    assert torch.allclose(zero_shot_logits(feats, classifier, torch.tensor(50.0)),
+                          zero_shot_logits(feats, classifier) / 2)  # fmt: skip
