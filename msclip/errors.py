@@ -83,6 +83,7 @@ __all__ = [
     "TemplatesNotShippedError",
     "TilingError",
     "TooManyBadSamplesError",
+    "TrainingDivergedError",
     "UndeclaredNodataWarning",
     "UnknownBandError",
     "UnknownClassError",
@@ -336,6 +337,10 @@ class ConfigError(MSCLIPError, ValueError):
 
 class TooManyBadSamplesError(MSCLIPError, RuntimeError):
     """More samples are bad than ``max_bad_fraction`` allows."""
+
+
+class TrainingDivergedError(MSCLIPError, RuntimeError):
+    """A training step's loss or gradient is not finite: stepping would make every weight NaN."""
 
 
 class BadSampleError(MSCLIPError, ValueError):

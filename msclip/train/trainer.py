@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from msclip.encode import WarningTally
-from msclip.errors import CheckpointError, PrecisionError
+from msclip.errors import CheckpointError, PrecisionError, TrainingDivergedError
 from msclip.hardware import cores_per_process
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
@@ -933,9 +933,10 @@ class Trainer:
                 )
             else:  # an infinite bound measures the norm and scales by exactly 1
                 self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, math.inf))
+            loss = float(out.loss)
+            self._refuse_divergence(loss)
             self.optimizer.step()
             clamp_logit_scale(self.model.clip.logit_scale, cfg.max_logit_scale)
-            loss = float(out.loss)
         else:
             logger.warning("step %d skipped: fewer than two readable samples", self.state.step)
         self.scheduler.step()
@@ -943,6 +944,21 @@ class Trainer:
         self.state.step_in_epoch += 1
         self._window_samples += sum(sizes)
         return loss
+
+    def _refuse_divergence(self, loss: float) -> None:
+        """Stop before an optimiser step with a loss or gradient that is not finite: the step
+        would make every weight NaN, and the run went on to its end writing NaN checkpoints,
+        which pruned the last good ones (the gradient norm is the same in every process)."""
+        if math.isfinite(loss) and math.isfinite(self.grad_norm):
+            return
+        cfg, step = self.cfg, self.state.step
+        saved = find_latest(self.out)
+        start = f" (from the run's last checkpoint as init: {saved})" if saved else ""
+        raise TrainingDivergedError(
+            f"step {step + 1}: the loss is {loss:g} and the gradient norm {self.grad_norm:g}: "
+            f"training diverged, and the step was not taken; start a new run{start} with a lower "
+            f"lr (now {cfg.lr:g}) or more warmup_steps, a grad_clip_norm, or precision fp32"
+        )
 
     def _lr(self) -> float:
         return self.cfg.lr * self.scheduler.factor(max(0, self.state.step - 1))

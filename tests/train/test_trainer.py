@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from support.train_tiles import write_class_tif
 
 import msclip
+from msclip.errors import TrainingDivergedError
 from msclip.train.checkpoint import load_train_checkpoint
 from msclip.train.config import ConfigError, TrainConfig
 from msclip.train.data import BadSampleError, TooManyBadSamplesError, class_display_name
@@ -668,3 +669,21 @@ def test_initial_weights_with_a_nan_or_huge_logit_scale(scenes: Path, tmp_path: 
                 trainer = Trainer(cfg.validate(), DistContext())
             assert float(trainer.model.clip.logit_scale) == pytest.approx(math.log(100))
             assert "logit_scale 1e+06 lies above log(max_logit_scale) = 4.6052" in caplog.text
+
+
+def test_a_diverged_step_stops_the_run_before_its_weights_are_lost(scenes: Path, tmp_path: Path):
+    """A step whose loss is NaN made every weight NaN, and the run went on to its end, saving
+    NaN checkpoints that pruned the good ones; it stops before the step, naming the fixes."""
+
+    def poison(trainer) -> None:  # what a too-large learning rate does, deterministically
+        if trainer.state.step == 2:
+            with torch.no_grad():
+                trainer.model.clip.visual.proj.fill_(math.nan)
+
+    cfg = _cfg(scenes, tmp_path, max_steps=6, val_every=0, save_every=1, keep_checkpoints=1)
+    with pytest.raises(TrainingDivergedError, match=r"step 3: the loss is nan.*lower lr") as info:
+        train(cfg, hooks=[poison])
+    assert "step_00000002.pt" in str(info.value)
+    kept = load_train_checkpoint(tmp_path / "checkpoints" / "step_00000002.pt")
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "final.safetensors").exists()
