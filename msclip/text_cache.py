@@ -45,7 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from msclip.cache import CACHE_ENV, cache_root  # CACHE_ENV: the caches' root (text: its text/)
+from msclip.cache import (  # CACHE_ENV: the caches' root (text: its text/)
+    CACHE_ENV,
+    cache_root,
+    note_damaged,
+    note_unwritable,
+)
 from msclip.io import atomic_write, write_json
 
 __all__ = [
@@ -61,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 #: Shards per model directory above which ``put`` merges them into one.
 MAX_SHARDS = 32
+# what follows a shard that cannot be read, and the fix where a root given by the caller (not
+# under $MSCLIP_CACHE_DIR) cannot be written
+_AGAIN = "encoding its texts again when asked for"
+_ROOT_FIX = "give a writable text cache folder to keep them, or turn the text cache off"
 
 
 def default_cache_dir() -> Path:
@@ -146,11 +155,12 @@ class TextEmbeddingCache:
         except FileNotFoundError:
             return False  # merged away by another process since it was listed
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            logger.warning("text cache: ignoring unreadable shard %s (%s)", path, err)
+            note_damaged("text cache shard", path, err, _AGAIN)
             return True
         width = next((len(e) for e in self._entries.values()), None)
         if emb.ndim != 2 or len(keys) != len(emb) or (width is not None and emb.shape[1] != width):
-            logger.warning("text cache: ignoring malformed shard %s", path)
+            note_damaged("text cache shard", path, f"keys {len(keys)}, embeddings {emb.shape}",
+                         _AGAIN)  # fmt: skip
             return True
         finite = np.isfinite(emb).all(axis=1)
         if not finite.all():  # a damaged entry is encoded again, never served
@@ -215,9 +225,11 @@ class TextEmbeddingCache:
         try:
             self._write_shard(keys, emb)
         except OSError as err:
-            self._warn_once(
-                "write", "text cache: cannot write to %s (%s); continuing without", self.dir, err
-            )
+            # once per process and folder (a run may make several caches of one root), with the
+            # fix of msclip's other caches when the root is theirs
+            fix = None if self.root == default_cache_dir() else _ROOT_FIX
+            note_unwritable("prompt embeddings", self.root, err, "prompts are encoded again by "
+                            "every run", fix)  # fmt: skip
             return
         for k, e in zip(keys, emb):
             self._entries[k] = e

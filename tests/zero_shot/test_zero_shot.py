@@ -286,7 +286,7 @@ def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog
         got = fresh.get_many([f"t{i}" for i in range(6)])
     assert sorted(got) == [f"t{i}" for i in range(5)]
     assert all(np.array_equal(got[f"t{i}"], np.full(4, i, np.float32)) for i in range(5))
-    assert "unreadable shard" in caplog.text
+    assert "ignoring the damaged text cache shard" in caplog.text
     assert not list(cache.dir.glob(".*"))  # no temporary files left behind
 
     # entries that are not finite are neither written nor served (they were served as NaN)
@@ -302,14 +302,18 @@ def test_cache_survives_corrupt_shard_and_compacts(tmp_path, monkeypatch, caplog
 
 def test_a_cache_folder_that_cannot_be_used_is_warned_about_once(tmp_path, monkeypatch, caplog):
     """A run's lookups and puts meet the same unusable folder again and again: one warning
-    each for reading and writing, and the run goes on without the cache."""
+    each for reading and writing, and the run goes on without the cache. Writing is said as
+    msclip's other caches say it: once per process for the folder (each cache of the same root,
+    one per model, said it again), naming the fix."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    cache = TextEmbeddingCache("k", blocker)  # the root is a file: nothing can be written
     with caplog.at_level(logging.WARNING):
-        for i in range(3):
-            cache.put([f"t{i}"], np.ones((1, 4), np.float32))
-    assert caplog.text.count("cannot write") == 1
+        for key in ("k", "other-model"):
+            cache = TextEmbeddingCache(key, blocker)  # the root is a file: nothing is written
+            for i in range(3):
+                cache.put([f"t{i}"], np.ones((1, 4), np.float32))
+    assert caplog.text.count("cannot keep prompt embeddings in") == 1
+    assert "give a writable text cache folder" in caplog.text
     caplog.clear()
 
     def unlistable(self):
