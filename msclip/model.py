@@ -187,8 +187,8 @@ def _narrows(source: torch.dtype, target: torch.dtype) -> bool:
     return source in (torch.float32, torch.float64) and target.itemsize < source.itemsize
 
 
-#: The largest inverse temperature :meth:`MSCLIP.forward` returns: the bound CLIP's training
-#: keeps ``exp(logit_scale)`` under (Radford et al. 2021; OpenCLIP and the release clamp it).
+#: The bound CLIP's training keeps the inverse temperature ``exp(logit_scale)`` under (Radford et
+#: al. 2021; OpenCLIP and the release clamp it; ``msclip-train --max-logit-scale`` by default).
 MAX_LOGIT_SCALE = 100.0
 
 #: Short names of the weights' dtypes (:attr:`MSCLIP.precision`).
@@ -929,24 +929,28 @@ class MSCLIP(nn.Module):
         self, images: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L2-normalised image and text embeddings and the inverse temperature
-        ``logit_scale.exp()`` (as OpenCLIP), at most :data:`MAX_LOGIT_SCALE` (100).
+        ``logit_scale.exp()``, as OpenCLIP returns them.
 
-        CLIP's training, the release's included, clamps ``logit_scale`` at ``ln(100)``, so a
-        trained checkpoint is never above it; a larger value (a checkpoint made otherwise, or
-        edited) made ``scale * image @ text.T`` infinite and its softmax NaN, and is clamped
-        as training clamps it.
+        CLIP's training, the release's included, clamps ``logit_scale`` at ``ln(100)``
+        (:data:`MAX_LOGIT_SCALE`; ``msclip-train --max-logit-scale`` may set another bound), so
+        the value of a trained checkpoint is returned as it is. One whose ``exp`` is not a finite
+        number (NaN, or a ``logit_scale`` of 1e6 or infinity, which made ``scale * image @
+        text.T`` infinite and its softmax NaN) is a damaged or edited checkpoint, and refused.
 
         Raises:
-            CheckpointError: ``logit_scale`` is NaN (a damaged checkpoint).
+            CheckpointError: ``exp(logit_scale)`` is NaN or infinite.
         """
         scale = self.clip.logit_scale
-        if bool(torch.isnan(scale.detach()).any()):
+        value = float(scale.detach().float().exp().reshape(-1)[0]) if scale.numel() else math.nan
+        if not math.isfinite(value):
             raise CheckpointError(
-                f"the model's logit_scale is NaN (weights: {self.checkpoint_path or 'in memory'}), "
-                "so every logit would be NaN: the checkpoint is damaged; set it (with "
-                "torch.no_grad(): model.clip.logit_scale.fill_(math.log(100))), or score with "
-                "encode_image / encode_text and msclip.zero_shot, whose scale is a fixed 100"
+                f"the model's logit_scale is {float(scale.detach().reshape(-1)[0]):g} (weights: "
+                f"{self.checkpoint_path or 'in memory'}), so exp(logit_scale) = {value:g} and "
+                "every logit would be infinite or NaN: the checkpoint is damaged (CLIP's training "
+                f"keeps it at most ln({MAX_LOGIT_SCALE:g}) = {math.log(MAX_LOGIT_SCALE):.3f}); set "
+                "it (with torch.no_grad(): model.clip.logit_scale.fill_(math.log(100))), or score "
+                "with encode_image / encode_text and msclip.zero_shot, whose scale is a fixed 100"
             )
         img = self.encode_image(images, normalize=True)
         txt = self.encode_text(tokens, normalize=True)
-        return img, txt, scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        return img, txt, scale.exp()
