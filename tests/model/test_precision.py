@@ -33,6 +33,8 @@ AVX512_NO_BF16 = CPUInfo("Intel Xeon 6248", "AVX512", frozenset({"avx512f", "avx
 def machine(monkeypatch):
     """Simulate a machine: ``machine(cpu, cuda_bf16=None)``; auto is not overridden."""
     monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the machine's own kernels
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "_warned", set())
 
     def set_machine(cpu: CPUInfo, cuda_bf16: bool | None = None) -> None:
@@ -69,6 +71,8 @@ def test_auto_on_gpus(machine) -> None:
 def gpus(monkeypatch):
     """Simulate CUDA devices: ``gpus((8, 0), (7, 5), current=0)`` (compute capabilities)."""
     monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the machine's own kernels
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "_warned", set())
 
     def set_gpus(*capabilities: tuple[int, int], current: int = 0) -> None:
@@ -158,6 +162,35 @@ def test_explicit_bf16_on_a_cpu_without_it_runs_and_warns_once(machine) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_precision("bf16").precision == "bf16"  # native: no warning
+
+
+def test_a_onednn_isa_cap_below_bf16_makes_auto_take_fp32(machine, monkeypatch) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off the bf16 kernels the CPU flags show (bf16 then
+    ran 4x slower than fp32 on a Zen 5): auto takes fp32 and says why; an explicit bf16 warns
+    once, naming the variable; caps that keep the bf16 kernels change nothing."""
+    machine(SAPPHIRE)
+    for value in ("AVX512_CORE_BF16", "avx512_core_amx", "ALL", "AVX10_1_512"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
+        assert choose_precision("auto").precision == "bf16", value
+        assert hardware.cpu_bf16_native()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    choice = choose_precision("auto")
+    assert choice.precision == "fp32" and choice.fused_fp32
+    assert "ONEDNN_MAX_CPU_ISA=avx2" in choice.reason and not hardware.cpu_bf16_native()
+    with pytest.warns(PerformanceWarning, match="ONEDNN_MAX_CPU_ISA=avx2.*emulated") as record:
+        assert choose_precision("bf16").precision == "bf16"
+    assert "unset ONEDNN_MAX_CPU_ISA" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_precision("bf16")  # once per process
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI")  # the older name
+    assert choose_precision("auto").precision == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # read first, as oneDNN does
+    assert choose_precision("auto").precision == "bf16"
+    machine(ZEN3)  # no native bf16 to keep off: the reason is the CPU's
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "AVX2 kernels" in choose_precision("auto").reason
 
 
 def test_never_fp16_on_a_cpu_and_unknown_names_fail(machine) -> None:
