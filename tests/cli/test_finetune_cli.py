@@ -614,6 +614,11 @@ def test_a_head_runs_in_the_precision_its_encoder_was_trained_in(monkeypatch):
 
     assert chosen({"precision": "auto"}, mode="lora") == "fp32"
     assert chosen({"precision": "auto"}, dense=True) == "fp32"
+    # the precision line and the record say auto was asked for and why fp32 ran (not "asked for")
+    args = argparse.Namespace(precision="auto", quiet=True)
+    _head_precision_args(args, {"settings": {"precision": "auto"}, "encoder": {}}, True)
+    assert args._precision_why == ("auto", "the head was trained on the encoder in fp32 (a dense "
+                                           "head)")  # fmt: skip
     assert chosen({"precision": "fp32"}) == "fp32"
     assert chosen({"precision": "auto"}) == "auto"  # frozen: features in the machine's choice
     assert chosen({"precision": "bf16"}, mode="full") == "auto"  # trained in bf16 as asked
