@@ -547,18 +547,19 @@ class PrecisionChoice:
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def _warn_once(key: str, message: str, stacklevel: int = 4) -> None:
     if key in _warned:
         return
     _warned.add(key)
     # the caller of choose_precision: _warn_once <- _choose <- choose_precision <- caller
-    warnings.warn(message, PerformanceWarning, stacklevel=4)
+    warnings.warn(message, PerformanceWarning, stacklevel=stacklevel)
 
 
-def warn_emulated_bf16(message: str) -> None:
+def warn_emulated_bf16(message: str, stacklevel: int = 2) -> None:
     """Say once, in the caller's words, that bf16 will run emulated on this CPU; the general
-    warning of :func:`choose_precision` is then not repeated."""
-    _warn_once("cpu-bf16", message)
+    warning of :func:`choose_precision` is then not repeated (nor this one after it).
+    ``stacklevel`` is that of :func:`warnings.warn` as seen from the caller."""
+    _warn_once("cpu-bf16", message, stacklevel + 2)
 
 
 def choose_precision(requested: str | None = "auto", device: Any = None) -> PrecisionChoice:

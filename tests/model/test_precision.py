@@ -600,3 +600,26 @@ def test_weights_cast_to_fp16_on_a_cpu_warn_once() -> None:
         warnings.simplefilter("error", PerformanceWarning)
         model.encode_text(tokens)  # said once per model
         msclip.create_model("msclip-tiny").eval().encode_image(images)  # fp32: nothing
+
+
+def test_weights_cast_to_bf16_on_a_cpu_that_emulates_it_warn_once(machine) -> None:
+    """create_model warns for an explicit bf16 on a CPU without native bf16; a user's
+    .to(torch.bfloat16) (or a bf16 model moved from a GPU) gets the same warning, pointing at
+    the caller, on the first encoding, once per process; none where bf16 is native."""
+    machine(ZEN3)
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny", precision="fp32").eval().to(torch.bfloat16)
+    images = torch.zeros(2, len(model.bands), 32, 32)
+    tokens = msclip.get_tokenizer(model)(["a river"])
+    with pytest.warns(PerformanceWarning, match=r"bf16 on a CPU without native bf16") as record:
+        model.encode_image(images)
+    assert "precision='auto' or 'fp32'" in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        model.encode_text(tokens)  # once per process
+        msclip.create_model("msclip-tiny", precision="bf16")  # already said
+    machine(ZEN4)  # native: nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        model.encode_image(images)
