@@ -603,8 +603,9 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
     if req == "int8" and kind != "cpu":
         # the quantised layers have CPU kernels only: moved to another device they fail at load
         raise PrecisionError(
-            "precision 'int8' quantises CPU image towers; on a GPU use 'auto' (bf16, or fp16 "
-            "where bf16 is missing) or 'fp32'"
+            "precision 'int8' quantises CPU image towers: run it on device 'cpu' (--device "
+            "cpu; 'auto' picks the GPU where there is one), or on the GPU use precision 'auto' "
+            "(bf16, or fp16 where bf16 is missing) or 'fp32'"
             if kind == "cuda"
             else f"precision 'int8' quantises CPU image towers and cannot run on device type "
             f"{kind!r}; use 'auto' or 'fp32' there, or int8 on device 'cpu'",

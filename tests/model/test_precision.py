@@ -63,8 +63,10 @@ def test_auto_on_gpus(machine) -> None:
     machine(ZEN3, cuda_bf16=False)
     assert choose_precision("auto", torch.device("cuda")).precision == "fp16"
     assert choose_precision("fp32", "cuda").precision == "fp32"
-    with pytest.raises(PrecisionError, match="int8"):
+    with pytest.raises(PrecisionError, match="int8") as err:
         choose_precision("int8", "cuda")
+    # device auto picks the GPU where there is one: the message names the way to int8 too
+    assert "device 'cpu' (--device cpu" in str(err.value) and "'fp32'" in str(err.value)
 
 
 @pytest.fixture
