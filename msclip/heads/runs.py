@@ -163,6 +163,20 @@ def load_run_model(cfg: FinetuneRunConfig, on_model: Callable[[Any], None] | Non
             else f"the image tower trains (encoder mode {cfg.encoder_mode}): fp32 whatever the "
             "machine"
         )
+    if cfg.encoder_mode != "frozen" and model.precision == "bf16":
+        import warnings
+
+        from msclip.errors import PrecisionWarning
+
+        # msclip-train's bf16 is autocast over float32 weights; here the weights are bf16
+        what = "LoRA adapters" if cfg.encoder_mode == "lora" else "image tower's weights"
+        warnings.warn(
+            f"precision bf16 with encoder mode {cfg.encoder_mode}: the {what} train in bf16 "
+            "themselves (no float32 copy), so an update smaller than bf16's resolution (about "
+            "1/256 of the weight) is lost; --precision fp32 (or auto) trains them in float32",
+            PrecisionWarning,
+            stacklevel=2,
+        )
     from msclip.memory import release_library_pages
 
     release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)
