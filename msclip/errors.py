@@ -371,7 +371,8 @@ class PerformanceWarning(MSCLIPWarning):
 
 class PrecisionWarning(MSCLIPWarning):
     """The precision ``auto`` would pick computes wrong results on this machine (bf16 whose
-    embeddings disagree with float32's, :mod:`msclip.precision_check`): another one is used."""
+    embeddings disagree with float32's, :mod:`msclip.precision_check`): another one is used; or
+    the precision asked for loses what the run needs (weights trained in bf16 themselves)."""
 
 
 class BandCoverageWarning(MSCLIPWarning):

@@ -11,7 +11,9 @@ request   what runs
 ========  =========================================================================================
 auto      CUDA: bf16 where the GPU computes it natively (compute capability 8.0 or later), else
           fp16. CPU: bf16 where torch runs its AVX-512 kernels *and* the CPU flags show
-          ``avx512_bf16`` or ``amx_bf16``; fp32 otherwise, with msclip's image towers on
+          ``avx512_bf16`` or ``amx_bf16``, unless ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below
+          its bf16 kernels (``AVX2``, ``AVX512_CORE_VNNI`` ...: :func:`onednn_bf16_cap`, bf16
+          then emulated); fp32 otherwise, with msclip's image towers on
           the fused fp32 path (:func:`msclip.architecture.use_fused_fp32`: 6-22 % faster on a
           Zen 3 CPU, embeddings ~1e-6 from OpenCLIP's arithmetic). Never fp16 on a CPU.
 fp32      fp32 weights and OpenCLIP's arithmetic (the published model's embeddings, bit for bit
@@ -59,6 +61,7 @@ __all__ = [
     "available_memory",
     "choose_precision",
     "cores_per_process",
+    "cpu_bf16_native",
     "cpu_info",
     "cuda_bf16_supported",
     "device_type",
@@ -66,6 +69,7 @@ __all__ = [
     "is_auto_device",
     "library_versions",
     "local_processes",
+    "onednn_bf16_cap",
     "resolve_device",
     "usable_cores",
     "warn_emulated_bf16",
@@ -114,6 +118,13 @@ def _warn_setting(name: str, raw: str, allowed: tuple[str, ...], default: str) -
 # torch's own dispatch level must be an AVX-512 one for its bf16 CPU kernels to be the native ones
 _AVX512_CAPABILITIES = ("AVX512", "AMX")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# oneDNN (torch's CPU kernels of bf16 matrix products) reads its ISA cap from these variables; the
+# caps below its AVX512_CORE_BF16 kernels leave it emulating bf16 on a CPU that has them (measured
+# on a Zen 5 with ONEDNN_MAX_CPU_ISA=AVX2: bf16 products 4x slower than fp32, 18x slower than
+# uncapped; fp32 itself unchanged). Other values (newer ISAs, ALL, DEFAULT) keep the bf16 kernels.
+_ONEDNN_ISA_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+_ONEDNN_BELOW_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                      "AVX512_CORE_VNNI", "AVX512_MIC", "AVX512_MIC_4OPS")  # fmt: skip
 # Arm (``Features`` of /proc/cpuinfo, which names no model there): what tells Graviton 2 (dot
 # product only) from Graviton 3 (SVE, BF16, I8MM) and 4 (SVE2). No x86 flag has these names.
 _ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve", "sve2")
@@ -237,6 +248,25 @@ class _CPUInfoText:
     vendor: str = ""
     family: int | None = None
     model_number: int | None = None
+
+
+def onednn_bf16_cap() -> str:
+    """``NAME=VALUE`` of the environment variable capping oneDNN's instruction sets below its
+    bf16 kernels (``ONEDNN_MAX_CPU_ISA=AVX2`` ...), or "" where none does: bf16 is then emulated
+    even on a CPU whose flags show native bf16. Read at each call (oneDNN reads it when first
+    used, so it must be set before the process starts)."""
+    for name in _ONEDNN_ISA_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value:  # oneDNN takes the first of the two that is set
+            return f"{name}={value}" if value.upper() in _ONEDNN_BELOW_BF16 else ""
+    return ""
+
+
+def cpu_bf16_native() -> bool:
+    """Whether bf16 matrix products run natively on this CPU in this process: the CPU and torch
+    offer them (:attr:`CPUInfo.native_bf16`) and no :func:`onednn_bf16_cap` keeps oneDNN off
+    them."""
+    return cpu_info().native_bf16 and not onednn_bf16_cap()
 
 
 def _proc_cpuinfo() -> _CPUInfoText | None:
@@ -517,18 +547,19 @@ class PrecisionChoice:
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def _warn_once(key: str, message: str, stacklevel: int = 4) -> None:
     if key in _warned:
         return
     _warned.add(key)
     # the caller of choose_precision: _warn_once <- _choose <- choose_precision <- caller
-    warnings.warn(message, PerformanceWarning, stacklevel=4)
+    warnings.warn(message, PerformanceWarning, stacklevel=stacklevel)
 
 
-def warn_emulated_bf16(message: str) -> None:
+def warn_emulated_bf16(message: str, stacklevel: int = 2) -> None:
     """Say once, in the caller's words, that bf16 will run emulated on this CPU; the general
-    warning of :func:`choose_precision` is then not repeated."""
-    _warn_once("cpu-bf16", message)
+    warning of :func:`choose_precision` is then not repeated (nor this one after it).
+    ``stacklevel`` is that of :func:`warnings.warn` as seen from the caller."""
+    _warn_once("cpu-bf16", message, stacklevel + 2)
 
 
 def choose_precision(requested: str | None = "auto", device: Any = None) -> PrecisionChoice:
@@ -572,8 +603,9 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
     if req == "int8" and kind != "cpu":
         # the quantised layers have CPU kernels only: moved to another device they fail at load
         raise PrecisionError(
-            "precision 'int8' quantises CPU image towers; on a GPU use 'auto' (bf16, or fp16 "
-            "where bf16 is missing) or 'fp32'"
+            "precision 'int8' quantises CPU image towers: run it on device 'cpu' (--device "
+            "cpu; 'auto' picks the GPU where there is one), or on the GPU use precision 'auto' "
+            "(bf16, or fp16 where bf16 is missing) or 'fp32'"
             if kind == "cuda"
             else f"precision 'int8' quantises CPU image towers and cannot run on device type "
             f"{kind!r}; use 'auto' or 'fp32' there, or int8 on device 'cpu'",
@@ -595,34 +627,44 @@ def _choose(req: str, device: Any, fix: str) -> PrecisionChoice:
     if kind != "cpu":  # mps, xpu ...: what the user asks for (int8 aside), fp32 for auto
         return PrecisionChoice("fp32" if req == "auto" else req, req, f"device type {kind}")
     cpu = cpu_info()
+    capped = onednn_bf16_cap() if cpu.native_bf16 else ""
+    native = cpu.native_bf16 and not capped
     if req == "fp16":
         raise PrecisionError(
             f"precision 'fp16' is not supported on a CPU: {FP16_ON_CPU}; "
             + (
                 "use 'auto' (bf16 on this CPU), 'bf16' or 'fp32'"
-                if cpu.native_bf16
+                if native
                 else "use 'auto' or 'fp32' (this CPU has no native bf16 either)"
             ),
             param="precision",
         )
     if req == "auto":
-        if cpu.native_bf16:
+        if native:
             bf = ", ".join(f for f in _BF16_FLAGS if f in cpu.flags)
             return PrecisionChoice(
                 "bf16", req, f"the CPU computes bf16 natively (torch {cpu.capability}, {bf})"
             )
-        why = (
-            f"torch dispatches {cpu.capability} kernels"
-            if not cpu.capability.upper().startswith(_AVX512_CAPABILITIES)
-            else "the CPU flags show neither avx512_bf16 nor amx_bf16"
-        )
+        if capped:
+            why = f"{capped} keeps oneDNN off its bf16 kernels"
+        elif not cpu.capability.upper().startswith(_AVX512_CAPABILITIES):
+            why = f"torch dispatches {cpu.capability} kernels"
+        else:
+            why = "the CPU flags show neither avx512_bf16 nor amx_bf16"
         return PrecisionChoice("fp32", req, f"no native bf16 on this CPU ({why})", True)
-    if req == "bf16" and not cpu.native_bf16:
-        _warn_once(
-            "cpu-bf16",
-            f"precision bf16 on a CPU without native bf16 ({cpu.kind}): bf16 matrix products "
-            f"are emulated there, typically 100x or more slower than fp32; {fix}",
-        )
+    if req == "bf16" and not native:
+        if capped:
+            what = (
+                f"precision bf16 with {capped}, which keeps oneDNN off this CPU's bf16 kernels "
+                f"({cpu.kind}): bf16 matrix products are emulated, several times slower than "
+                f"fp32; {fix}, or unset {capped.split('=')[0]} before Python starts"
+            )
+        else:
+            what = (
+                f"precision bf16 on a CPU without native bf16 ({cpu.kind}): bf16 matrix products "
+                f"are emulated there, typically 100x or more slower than fp32; {fix}"
+            )
+        _warn_once("cpu-bf16", what)
         return PrecisionChoice("bf16", req, "asked for; emulated on this CPU (slow)")
     return PrecisionChoice(req, req, "asked for")
 

@@ -576,7 +576,12 @@ class MSCLIP(nn.Module):
 
     def _warn_fp16_on_cpu(self) -> None:
         """Warn once when the weights are fp16 on a CPU: :func:`msclip.create_model` refuses
-        that precision there, but a ``.half()`` by the user gives it."""
+        that precision there, but a ``.half()`` by the user gives it. Likewise bf16 weights on a
+        CPU that emulates bf16 (cast after the model was built, or moved from a GPU), once per
+        process as :func:`msclip.create_model` warns for an explicit bf16 there."""
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            self._warn_emulated_bf16()
+            return
         if self.dtype != torch.float16 or self.device.type != "cpu":
             return
         if getattr(self, "_fp16_cpu_warned", False):
@@ -591,6 +596,22 @@ class MSCLIP(nn.Module):
             "'bf16' (where the CPU computes bf16 natively) or 'fp32'",
             PerformanceWarning,
             stacklevel=3,
+        )
+
+    def _warn_emulated_bf16(self) -> None:
+        from msclip.hardware import cpu_bf16_native, cpu_info, onednn_bf16_cap, warn_emulated_bf16
+
+        if cpu_bf16_native():
+            return
+        cap = onednn_bf16_cap()
+        where = f"with {cap}, which keeps oneDNN off its bf16 kernels" if cap else (
+            "without native bf16")  # fmt: skip
+        warn_emulated_bf16(
+            f"the model's weights are bf16 on a CPU {where} ({cpu_info().kind}; cast after it was "
+            "built, or moved from a GPU): bf16 matrix products are emulated there, several to "
+            "100 times slower than fp32; create it with precision='auto' or 'fp32' (or call "
+            "model.float())",
+            stacklevel=4,  # _warn_emulated_bf16 <- _warn_fp16_on_cpu <- encode_* <- caller
         )
 
     def _check_images(self, images: Any, bands: Sequence[str | Band] | None) -> None:

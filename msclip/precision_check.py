@@ -166,10 +166,10 @@ def cpu_bf16_agreement(config: Any) -> dict[str, float] | None:
     docstring), from msclip's cache or measured now; None where not checked
     (``MSCLIP_BF16_CHECK=0``, a CPU without native bf16, or towers msclip does not build)."""
     from msclip.architecture import use_native
-    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, cpu_info, env_setting
+    from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, cpu_bf16_native, cpu_info, env_setting
 
     off = env_setting(BF16_CHECK_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
-    if off or not use_native(config.arch_cfg) or not cpu_info().native_bf16:
+    if off or not use_native(config.arch_cfg) or not cpu_bf16_native():
         return None  # emulated bf16 (a warned, slow choice) runs no native kernels to check
     from msclip.cache import note_damaged, note_unwritable
 

@@ -44,7 +44,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from msclip.cli.common import (
     EXIT_OK,
@@ -55,6 +56,7 @@ from msclip.cli.common import (
     config_from_namespace,
     finish_parser,
     plural,
+    report_precision,
     run_cli,
     status,
 )
@@ -175,6 +177,20 @@ def _fmt(v: object, metric: str = "") -> str:
     )
 
 
+def _precision_line(args: argparse.Namespace) -> Callable[[Any], None]:
+    """What a run calls with its model once loaded: the ``precision:`` status line every program
+    prints (not with ``--quiet``; a grid's runs print it once per precision)."""
+    said: set[str] = set()
+
+    def say(model: Any) -> None:
+        line = f"{model.precision}|{getattr(model, 'precision_reason', '')}"
+        if line not in said:
+            said.add(line)
+            report_precision(model, model.device, quiet=bool(getattr(args, "quiet", False)))
+
+    return say
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg: FinetuneRunConfig = args.cfg
     if args.print_config:
@@ -193,7 +209,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_grid(args)
     status(args, f"loading {cfg.model_name or cfg.ckpt_path} and the data ...")
     with logging_redirect_tqdm():
-        result = run_finetune(cfg, command=["msclip-finetune", *args.argv])
+        result = run_finetune(cfg, command=["msclip-finetune", *args.argv],
+                              on_model=_precision_line(args))  # fmt: skip
     if cfg.dense:
         return _print_dense(result)
     d = result.data
@@ -277,7 +294,8 @@ def _run_grid(args: argparse.Namespace) -> int:
     status(args, f"grid: {','.join(args.decoders)} x {','.join(args.encoder_modes)} ...")
     with logging_redirect_tqdm():
         res = run_grid(cfg, args.decoders, args.encoder_modes, args.zero_shot,
-                       command=["msclip-finetune", *args.argv])  # fmt: skip
+                       command=["msclip-finetune", *args.argv],
+                       on_model=_precision_line(args))  # fmt: skip
     print(res.markdown.read_text(), end="")
     print(f"ran {len(res.ran)}, skipped {len(res.skipped)} finished run(s)")
     print(f"wrote {res.csv} and {res.markdown}")

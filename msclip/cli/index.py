@@ -201,13 +201,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _warn_emulated_index_precision(args: argparse.Namespace) -> None:
     """Adding to a bf16 index on a CPU that emulates bf16: said once, in these words (the
     index's rows fix the precision; the general advice to use auto or fp32 would not apply)."""
-    from msclip.hardware import cpu_info, device_type, warn_emulated_bf16
+    from msclip.hardware import cpu_bf16_native, cpu_info, device_type, warn_emulated_bf16
 
-    if device_type(run_device(args)) != "cpu":
+    if device_type(run_device(args)) != "cpu" or cpu_bf16_native():
         return
     cpu = cpu_info()
-    if cpu.native_bf16:
-        return
     warn_emulated_bf16(
         f"the index {args.index} holds bf16 embeddings, so adding to it runs the model in bf16, "
         f"which this CPU ({cpu.kind}) emulates: typically 100x or more slower than fp32; add to "

@@ -587,6 +587,8 @@ def _head_precision_args(args: argparse.Namespace, info: dict[str, Any], dense: 
         )  # fmt: skip
         status(args, f"the head was trained on the encoder in fp32 ({why}): it runs in fp32 "
                      "here too (--precision bf16 for the machine's faster precision)")  # fmt: skip
+        # what the precision line and the run's record say: auto was asked for, the head chose
+        args._precision_why = ("auto", f"the head was trained on the encoder in fp32 ({why})")
 
 
 def _head_band_args(args: argparse.Namespace, info: dict[str, Any], paths: Sequence[str]) -> None:

@@ -423,6 +423,7 @@ def run_dense_finetune(
     model: Any = None,
     hooks: Sequence[Callable[[str, int], None]] = (),
     command: Sequence[str] = (),
+    on_model: Callable[[Any], None] | None = None,
 ) -> Any:
     """Train and evaluate the dense heads of ``cfg`` (see the module docstring).
 
@@ -432,6 +433,7 @@ def run_dense_finetune(
             the encoder modes).
         hooks: called with ``(label, epoch)`` after each epoch's checkpoint.
         command: the command line, for records and the protocol card.
+        on_model: called with the model once it is loaded (or with ``model``), before training.
 
     Returns:
         A :class:`msclip.heads.runs.RunResult` (one method result per task).
@@ -476,7 +478,9 @@ def run_dense_finetune(
     label = dense_label(cfg)
     check_outputs(cfg, [label])
     if model is None:
-        model = load_run_model(cfg)
+        model = load_run_model(cfg, on_model)
+    elif on_model is not None:
+        on_model(model)
     out_dir = Path(cfg.output_dir).expanduser()
     save = Path(cfg.save_path).expanduser()
     folder = out_dir / label

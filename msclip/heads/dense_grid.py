@@ -108,6 +108,7 @@ def run_grid(
     zero_shot: bool = True,
     hooks: Sequence[Callable[[str, int], None]] = (),
     command: Sequence[str] = (),
+    on_model: Callable[[Any], None] | None = None,
 ) -> GridResult:
     """Run every decoder x encoder mode on the dense data of ``cfg`` and compare them.
 
@@ -119,6 +120,7 @@ def run_grid(
         zero_shot: add the MaskCLIP row for segmentation with known class names.
         hooks: passed to each run (``(label, epoch)``).
         command: the command line, for the records.
+        on_model: passed to each run (called with its model once loaded).
 
     Raises:
         ConfigError: a task that is not dense, unknown decoders or modes.
@@ -175,7 +177,7 @@ def run_grid(
                 )
                 continue
             t0 = time.perf_counter()
-            res = run_dense_finetune(sub, None, hooks, command)
+            res = run_dense_finetune(sub, None, hooks, command, on_model)
             seconds = time.perf_counter() - t0
             ran.append(label)
             data_tasks = res.data.tasks

@@ -1121,6 +1121,7 @@ def run_finetune(
     model: Any = None,
     hooks: Sequence[Callable[[str, int], None]] = (),
     command: Sequence[str] = (),
+    on_model: Callable[[Any], None] | None = None,
 ) -> RunResult:
     """Run every method of ``cfg`` (see the module docstring).
 
@@ -1129,6 +1130,8 @@ def run_finetune(
         model: the :class:`msclip.MSCLIP` to use (default: built from ``cfg``).
         hooks: called with ``(method label, epoch)`` after each training epoch's checkpoint.
         command: the command line, for the records and the protocol card.
+        on_model: called with the model once it is loaded (or with ``model``), before the
+            methods run (``msclip-finetune`` prints its precision there).
 
     Returns:
         :class:`RunResult`.
@@ -1147,7 +1150,7 @@ def run_finetune(
     if cfg.dense:
         from msclip.heads.dense_finetune import run_dense_finetune
 
-        return run_dense_finetune(cfg, model, hooks, command)
+        return run_dense_finetune(cfg, model, hooks, command, on_model)
     t_start = time.perf_counter()
     data = load_task_data(cfg)
     if cfg.dataset:
@@ -1162,7 +1165,9 @@ def run_finetune(
     _check_prediction_columns(data)
     check_outputs(cfg, _planned_labels(cfg))
     if model is None:
-        model = load_run_model(cfg)
+        model = load_run_model(cfg, on_model)
+    elif on_model is not None:
+        on_model(model)
     _check_model_fit(cfg, model)
     runner = _Runner(cfg, model, data, hooks, command)
     _check_resumed_heads(runner)

@@ -133,7 +133,9 @@ def run_precision(cfg: FinetuneRunConfig) -> str:
     return "fp32" if cfg.dense or cfg.encoder_mode != "frozen" else "auto"
 
 
-def load_run_model(cfg: FinetuneRunConfig) -> Any:
+def load_run_model(cfg: FinetuneRunConfig, on_model: Callable[[Any], None] | None = None) -> Any:
+    """The run's model, in the run's precision (:func:`run_precision`); ``on_model`` is called
+    with it once loaded (``msclip-finetune`` prints its precision line there)."""
     from msclip.factory import create_model
     from msclip.hardware import resolve_device
 
@@ -152,9 +154,34 @@ def load_run_model(cfg: FinetuneRunConfig) -> Any:
             cfg.model_name, True if cfg.pretrained else None, device=device,
             precision=precision, seed=int(cfg.seed) if drawn else None,
         )  # fmt: skip
+    if cfg.precision == "auto" and precision != "auto":
+        # what the run's records and status line say: auto was asked for, the rule chose
+        model.precision_requested = "auto"
+        model.precision_reason = (
+            "a dense decoder trains on the encoder's maps: fp32 whatever the machine"
+            if cfg.dense and cfg.encoder_mode == "frozen"
+            else f"the image tower trains (encoder mode {cfg.encoder_mode}): fp32 whatever the "
+            "machine"
+        )
+    if cfg.encoder_mode != "frozen" and model.precision == "bf16":
+        import warnings
+
+        from msclip.errors import PrecisionWarning
+
+        # msclip-train's bf16 is autocast over float32 weights; here the weights are bf16
+        what = "LoRA adapters" if cfg.encoder_mode == "lora" else "image tower's weights"
+        warnings.warn(
+            f"precision bf16 with encoder mode {cfg.encoder_mode}: the {what} train in bf16 "
+            "themselves (no float32 copy), so an update smaller than bf16's resolution (about "
+            "1/256 of the weight) is lost; --precision fp32 (or auto) trains them in float32",
+            PrecisionWarning,
+            stacklevel=2,
+        )
     from msclip.memory import release_library_pages
 
     release_library_pages(device)  # on the CPU: library code that ran once (msclip.memory)
+    if on_model is not None:
+        on_model(model)
     return model
 
 
@@ -171,7 +198,8 @@ def model_facts(cfg: FinetuneRunConfig, model: Any, label: str) -> dict[str, Any
         "checkpoint_sha256": info["checkpoint_sha256"], "fingerprint": info["fingerprint"],
         "weights": weights, "pretrained": bool(cfg.pretrained), "bands": info["bands"],
         "taps": list(model.taps), "image_size": model.image_size, "embed_dim": info["embed_dim"],
-        "precision": info["precision"], "device": str(model.device),
+        "precision": info["precision"], "precision_reason": info["precision_reason"],
+        "device": str(model.device),
     }  # fmt: skip
 
 

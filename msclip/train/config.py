@@ -245,7 +245,7 @@ class TrainConfig:
         default="auto",
         metadata=_help(
             "'auto' (bf16 autocast on a GPU with native bf16, else fp32), 'fp32' or 'bf16' "
-            "(autocast; slow for attention on CPU)"
+            "(autocast; on a CPU slow for attention, and emulated without native bf16)"
         ),
     )
     # -- runtime ------------------------------------------------------------------------------

@@ -488,9 +488,18 @@ class Trainer:
         self.precision = precision
         if precision == "bf16":
             if ctx.device.type == "cpu":
-                logger.warning(
-                    "bf16 autocast on CPU is slow for attention; fp32 is usually faster there"
-                )
+                from msclip.hardware import cpu_bf16_native, cpu_info
+
+                if cpu_bf16_native():
+                    logger.warning(
+                        "bf16 autocast on CPU is slow for attention; fp32 is usually faster there"
+                    )
+                else:  # every matrix product of the step emulated, not only attention's
+                    logger.warning(
+                        "bf16 autocast on a CPU without native bf16 (%s): its matrix products are "
+                        "emulated there, typically 100x or more slower than fp32; use "
+                        "--precision fp32 (or auto, which picks fp32 on a CPU)", cpu_info().kind,
+                    )  # fmt: skip
             self.autocast: Callable[[], contextlib.AbstractContextManager] = lambda: torch.autocast(
                 ctx.device.type, dtype=torch.bfloat16
             )

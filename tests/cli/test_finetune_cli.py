@@ -614,9 +614,61 @@ def test_a_head_runs_in_the_precision_its_encoder_was_trained_in(monkeypatch):
 
     assert chosen({"precision": "auto"}, mode="lora") == "fp32"
     assert chosen({"precision": "auto"}, dense=True) == "fp32"
+    # the precision line and the record say auto was asked for and why fp32 ran (not "asked for")
+    args = argparse.Namespace(precision="auto", quiet=True)
+    _head_precision_args(args, {"settings": {"precision": "auto"}, "encoder": {}}, True)
+    assert args._precision_why == ("auto", "the head was trained on the encoder in fp32 (a dense "
+                                           "head)")  # fmt: skip
     assert chosen({"precision": "fp32"}) == "fp32"
     assert chosen({"precision": "auto"}) == "auto"  # frozen: features in the machine's choice
     assert chosen({"precision": "bf16"}, mode="full") == "auto"  # trained in bf16 as asked
     assert chosen({"precision": "auto"}, mode="lora", precision="bf16") == "bf16"
     monkeypatch.setenv("MSCLIP_PRECISION", "bf16")
     assert chosen({"precision": "auto"}, mode="lora") == "auto"
+
+
+def test_the_precision_used_is_printed_and_recorded_with_its_reason(tmp_path, run, capsys):
+    """Like every program, msclip-finetune says on stderr which precision the encoder runs in and
+    why (not with --quiet); its records and protocol card carry the reason, which names the rule
+    when auto gives fp32 because the tower trains."""
+    base = ["--folders", str(run["scenes"]), "--cache-dir", str(run["root"] / "cache"), *TINY,
+            *_without(_without(FAST, "--batch-size"), "--val-fraction")]  # fmt: skip
+    base.remove("--quiet")
+    code = main([*base, "--method", "knn", "--output-dir", str(tmp_path / "o"),
+                 "--save-path", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    # the suite fixes what auto picks with MSCLIP_PRECISION=fp32 (tests/conftest.py)
+    assert err.count("precision: ") == 1 and "precision: fp32 on cpu (auto: " in err, err
+    code = main([*base, "--method", "linear", "--encoder-mode", "last-n", "--epochs", "1",
+                 "--output-dir", str(tmp_path / "t"),
+                 "--save-path", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    why = "the image tower trains (encoder mode last-n): fp32 whatever the machine"
+    assert code == 0 and f"precision: fp32 on cpu (auto: {why})" in err, err
+    record = json.loads(next((tmp_path / "r" / "records").glob("*+linear-last1__*")).read_text())
+    assert record["model"]["precision"] == "fp32" and record["model"]["precision_reason"] == why
+    assert f"precision_reason: '{why}'" in (tmp_path / "t" / "protocol.yaml").read_text()
+    code = main([*base, "--quiet", "--method", "knn", "--output-dir", str(tmp_path / "q"),
+                 "--save-path", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0 and "precision: " not in capsys.readouterr().err
+
+
+def test_an_environment_precision_this_program_cannot_use_is_refused(tmp_path, run, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    """MSCLIP_PRECISION replaces what auto picks: int8 (which --precision refuses) and names that
+    are no precision are refused before any work, naming the variable; it never gives the heads
+    the features of a quantised tower."""
+    for value, what in (("int8", "not one it uses"), ("bf61", "not a precision")):
+        monkeypatch.setenv("MSCLIP_PRECISION", value)
+        code = main(["--folders", str(run["scenes"]), "--method", "knn", "--output-dir",
+                     str(tmp_path / "o"), *TINY, "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and f"MSCLIP_PRECISION='{value}'" in err and what in err, err
+        assert "unset MSCLIP_PRECISION" in err and not (tmp_path / "o").exists()
+    monkeypatch.setenv("MSCLIP_PRECISION", "int8")  # an explicit precision does not read it
+    code = main(["--folders", str(run["scenes"]), "--method", "knn", "--precision", "fp32",
+                 "--output-dir", str(tmp_path / "p"), "--save-path", str(tmp_path / "r"),
+                 "--cache-dir", str(run["root"] / "cache"), *TINY,
+                 *_without(FAST, "--batch-size")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err

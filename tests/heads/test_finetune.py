@@ -356,6 +356,30 @@ def test_precision_auto_is_the_machines_choice_only_for_frozen_features(tmp_path
         dataclasses.replace(frozen, precision="fp16", output_dir=str(tmp_path)).validate()
 
 
+def test_a_tower_trained_in_bf16_weights_is_warned_about(monkeypatch) -> None:
+    """--precision bf16 with a trained tower trains the bf16 weights themselves (msclip-train's
+    bf16 is autocast over float32 weights): updates below bf16's resolution are lost, which the
+    run says, with the fix; frozen features and fp32 towers say nothing."""
+    import warnings
+
+    from msclip.errors import PrecisionWarning
+    from msclip.heads.runs import load_run_model
+
+    monkeypatch.setenv("MSCLIP_BF16_CHECK", "0")  # the machine's bf16 kernels are not the point
+    base = FinetuneRunConfig(model_name="msclip-tiny", pretrained=False, method=["linear"],
+                             device="cpu")  # fmt: skip
+    for mode, what in (("full", "image tower's weights"), ("lora", "LoRA adapters")):
+        cfg = dataclasses.replace(base, encoder_mode=mode, precision="bf16")
+        with pytest.warns(
+            PrecisionWarning, match=rf"encoder mode {mode}: the {what} train in bf16"
+        ):
+            assert load_run_model(cfg).precision == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        load_run_model(dataclasses.replace(base, precision="bf16"))  # frozen features
+        load_run_model(dataclasses.replace(base, encoder_mode="full", precision="fp32"))
+
+
 def test_resuming_a_finished_linear_probe_changes_nothing(scenes, tmp_path):
     """The batch-norm statistics of a head on frozen features are part of its training
     checkpoint: a resumed run starts from them (a finished one reproduces its result)."""

@@ -33,6 +33,8 @@ AVX512_NO_BF16 = CPUInfo("Intel Xeon 6248", "AVX512", frozenset({"avx512f", "avx
 def machine(monkeypatch):
     """Simulate a machine: ``machine(cpu, cuda_bf16=None)``; auto is not overridden."""
     monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the machine's own kernels
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "_warned", set())
 
     def set_machine(cpu: CPUInfo, cuda_bf16: bool | None = None) -> None:
@@ -61,14 +63,18 @@ def test_auto_on_gpus(machine) -> None:
     machine(ZEN3, cuda_bf16=False)
     assert choose_precision("auto", torch.device("cuda")).precision == "fp16"
     assert choose_precision("fp32", "cuda").precision == "fp32"
-    with pytest.raises(PrecisionError, match="int8"):
+    with pytest.raises(PrecisionError, match="int8") as err:
         choose_precision("int8", "cuda")
+    # device auto picks the GPU where there is one: the message names the way to int8 too
+    assert "device 'cpu' (--device cpu" in str(err.value) and "'fp32'" in str(err.value)
 
 
 @pytest.fixture
 def gpus(monkeypatch):
     """Simulate CUDA devices: ``gpus((8, 0), (7, 5), current=0)`` (compute capabilities)."""
     monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the machine's own kernels
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "_warned", set())
 
     def set_gpus(*capabilities: tuple[int, int], current: int = 0) -> None:
@@ -158,6 +164,35 @@ def test_explicit_bf16_on_a_cpu_without_it_runs_and_warns_once(machine) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_precision("bf16").precision == "bf16"  # native: no warning
+
+
+def test_a_onednn_isa_cap_below_bf16_makes_auto_take_fp32(machine, monkeypatch) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off the bf16 kernels the CPU flags show (bf16 then
+    ran 4x slower than fp32 on a Zen 5): auto takes fp32 and says why; an explicit bf16 warns
+    once, naming the variable; caps that keep the bf16 kernels change nothing."""
+    machine(SAPPHIRE)
+    for value in ("AVX512_CORE_BF16", "avx512_core_amx", "ALL", "AVX10_1_512"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
+        assert choose_precision("auto").precision == "bf16", value
+        assert hardware.cpu_bf16_native()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    choice = choose_precision("auto")
+    assert choice.precision == "fp32" and choice.fused_fp32
+    assert "ONEDNN_MAX_CPU_ISA=avx2" in choice.reason and not hardware.cpu_bf16_native()
+    with pytest.warns(PerformanceWarning, match="ONEDNN_MAX_CPU_ISA=avx2.*emulated") as record:
+        assert choose_precision("bf16").precision == "bf16"
+    assert "unset ONEDNN_MAX_CPU_ISA" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_precision("bf16")  # once per process
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI")  # the older name
+    assert choose_precision("auto").precision == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # read first, as oneDNN does
+    assert choose_precision("auto").precision == "bf16"
+    machine(ZEN3)  # no native bf16 to keep off: the reason is the CPU's
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "AVX2 kernels" in choose_precision("auto").reason
 
 
 def test_never_fp16_on_a_cpu_and_unknown_names_fail(machine) -> None:
@@ -567,3 +602,26 @@ def test_weights_cast_to_fp16_on_a_cpu_warn_once() -> None:
         warnings.simplefilter("error", PerformanceWarning)
         model.encode_text(tokens)  # said once per model
         msclip.create_model("msclip-tiny").eval().encode_image(images)  # fp32: nothing
+
+
+def test_weights_cast_to_bf16_on_a_cpu_that_emulates_it_warn_once(machine) -> None:
+    """create_model warns for an explicit bf16 on a CPU without native bf16; a user's
+    .to(torch.bfloat16) (or a bf16 model moved from a GPU) gets the same warning, pointing at
+    the caller, on the first encoding, once per process; none where bf16 is native."""
+    machine(ZEN3)
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny", precision="fp32").eval().to(torch.bfloat16)
+    images = torch.zeros(2, len(model.bands), 32, 32)
+    tokens = msclip.get_tokenizer(model)(["a river"])
+    with pytest.warns(PerformanceWarning, match=r"bf16 on a CPU without native bf16") as record:
+        model.encode_image(images)
+    assert "precision='auto' or 'fp32'" in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        model.encode_text(tokens)  # once per process
+        msclip.create_model("msclip-tiny", precision="bf16")  # already said
+    machine(ZEN4)  # native: nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        model.encode_image(images)

@@ -687,3 +687,27 @@ def test_a_diverged_step_stops_the_run_before_its_weights_are_lost(scenes: Path,
     kept = load_train_checkpoint(tmp_path / "checkpoints" / "step_00000002.pt")
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     assert not (tmp_path / "final.safetensors").exists()
+
+
+def test_bf16_training_on_a_cpu_that_emulates_it_says_so(scenes: Path, tmp_path: Path,
+                                                         monkeypatch, caplog) -> None:  # fmt: skip
+    """--precision bf16 on a CPU without native bf16 emulates every matrix product of the step:
+    the warning says so and why, naming the CPU (it spoke of attention alone); with native bf16
+    the note about attention stays."""
+    from msclip import hardware
+    from msclip.hardware import CPUInfo
+
+    zen3 = CPUInfo("AMD EPYC 7B13", "AVX2", frozenset({"avx2", "fma"}), torch.__version__)
+    zen4 = CPUInfo("AMD EPYC 9B14", "AVX512", frozenset({"avx512f", "avx512_bf16"}),
+                   torch.__version__)  # fmt: skip
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = _cfg(scenes, tmp_path, max_steps=1, precision="bf16").validate()
+    for cpu, said in ((zen3, "AMD EPYC 7B13 (torch AVX2; no AVX-512)): its matrix products are "
+                             "emulated"), (zen4, "slow for attention")):  # fmt: skip
+        monkeypatch.setattr(hardware, "cpu_info", lambda cpu=cpu: cpu)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="msclip.train.trainer"):
+            Trainer(cfg, DistContext()).close()
+        (line,) = [r.getMessage() for r in caplog.records if "bf16 autocast" in r.getMessage()]
+        assert said in line, line
