@@ -71,6 +71,7 @@ __all__ = [
     "local_processes",
     "onednn_bf16_cap",
     "resolve_device",
+    "training_precision",
     "usable_cores",
     "warn_emulated_bf16",
 ]
@@ -685,3 +686,39 @@ def library_versions() -> dict[str, str]:
 
                 out[dist] = __version__
     return out
+
+
+def training_precision(requested: str, device: Any) -> tuple[str, str]:
+    """The precision a run that trains weights computes in (``fp32``, or ``bf16`` autocast over
+    float32 weights) and why: ``msclip-train``'s, and ``msclip-finetune``'s where the image tower
+    trains.
+
+    ``auto`` picks bf16 autocast on a GPU with native bf16 and fp32 elsewhere (CPU autocast loses
+    the fused attention kernels and is slower than fp32 even with native bf16), unless
+    :data:`msclip.hardware.PRECISION_ENV` replaces what ``auto`` picks, as it does for every
+    program (``fp32``: the same numbers on every machine).
+
+    Raises:
+        PrecisionError: the environment variable holds a value training cannot use.
+    """
+    if requested != "auto":
+        return requested, f"{requested}: asked for"
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    value = forced.lower()
+    if value not in ("", "auto"):
+        if value not in ("fp32", "bf16"):
+            what = "not a precision" if value not in PRECISIONS else "not one training uses"
+            raise PrecisionError(
+                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
+                f"'auto' picks) is {what}: training computes in fp32 or bf16 (autocast); unset "
+                f"{PRECISION_ENV} or set it to fp32 or bf16, or pass --precision fp32 or bf16",
+                param="precision",
+            )
+        return value, f"auto: {PRECISION_ENV}={value}"
+    import torch
+
+    device = torch.device(device)
+    native = device.type == "cuda" and cuda_bf16_supported(device.index)
+    return ("bf16" if native else "fp32"), "auto: " + (
+        "GPU with native bf16" if native else "no GPU with native bf16"
+    )

@@ -197,7 +197,14 @@ class DenseModel(nn.Module):
         pad_mode: padding of inputs that are not a multiple of the patch size
             (:func:`pad_to_multiple`).
         tasks: the :class:`DenseTask` of each head, kept for losses and reports.
+
+    Attributes:
+        autocast: dtype the encoder computes in by autocast over its own weights (``None``:
+            none): a fine-tuning run's bf16 over float32 weights that train
+            (:func:`msclip.heads.runs.tower_autocast`).
     """
+
+    autocast: torch.dtype | None = None
 
     def __init__(
         self,
@@ -258,9 +265,15 @@ class DenseModel(nn.Module):
         return pad_to_multiple(images, self.patch_size, self.pad_mode)
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Taps of padded, model-band images (no_grad when the encoder is frozen)."""
+        """Taps of padded, model-band images (no_grad when the encoder is frozen; under
+        autocast to :attr:`autocast` when set, the heads then get them in their own dtype)."""
         ctx = contextlib.nullcontext() if self.encoder_trainable else torch.no_grad()
-        with ctx:
+        amp = (
+            torch.autocast(images.device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with ctx, amp:
             return encoder_taps(self.encoder, images, self.layers)
 
     def decode(

@@ -467,6 +467,7 @@ def run_dense_finetune(
         model_facts,
         run_settings,
         save_encoder_files,
+        tower_autocast,
         write_protocol,
     )
     from msclip.heads.scene_predict import ScenePreprocess, pixel_size_range
@@ -510,6 +511,7 @@ def run_dense_finetune(
         built = build_dense_model(model, tasks, layers)
     net = _RunNet(model, built.layers, built.heads, "reflect", tasks)
     net.frozen = mode == "frozen"
+    net.autocast, _ = tower_autocast(cfg, device)
     net.heads.to(device)
     lr = cfg.lr if cfg.lr is not None else 1e-3
     if mode == "frozen":

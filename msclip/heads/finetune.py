@@ -39,6 +39,7 @@ method in the results folder of ``evaluation.py``, merged into the same ``summar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -68,6 +69,7 @@ from msclip.heads.runs import (
     run_settings,
     save_encoder_files,
     setting_facts,
+    tower_autocast,
     write_protocol,
 )
 from msclip.heads.seeding import seeded
@@ -296,15 +298,25 @@ class EncoderHead(nn.Module):
     """An image tower and a head on its features (:class:`FeatureSpec`: the embedding, or the
     class token / mean patch token of chosen blocks).
 
-    With the ``frozen`` mode the tower runs without a graph and stays in eval mode.
+    With the ``frozen`` mode the tower runs without a graph and stays in eval mode. With
+    ``autocast`` (a dtype) the tower computes in it by autocast over its float32 weights, and the
+    head gets float32 features (:func:`msclip.heads.runs.tower_autocast`).
     """
 
-    def __init__(self, model: nn.Module, head: nn.Module, spec: FeatureSpec, mode: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        head: nn.Module,
+        spec: FeatureSpec,
+        mode: str,
+        autocast: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.head = head
         self.spec = spec
         self.mode = mode
+        self.autocast = autocast
 
     def train(self, mode: bool = True) -> EncoderHead:
         super().train(mode)
@@ -314,10 +326,12 @@ class EncoderHead(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         forward = self.spec.forward(self.model)
-        if self.mode == "frozen":
-            with torch.no_grad():
-                f = forward(images)
-        else:
+        amp = (
+            torch.autocast(images.device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad() if self.mode == "frozen" else contextlib.nullcontext(), amp:
             f = forward(images)
         f = f.float()
         return F.normalize(f, dim=-1) if self.spec.normalize else f
@@ -659,7 +673,8 @@ class _Runner:
                 for block in list(blocks)[deepest + 1 :]:
                     block.requires_grad_(False)
             head.to(self.model.device)
-            net = EncoderHead(self.model, head, spec, mode)
+            amp, _ = tower_autocast(cfg, self.model.device)
+            net = EncoderHead(self.model, head, spec, mode, autocast=amp)
             groups = finetune_param_groups(
                 self.model, head, lr=cfg.encoder_lr, weight_decay=cfg.encoder_weight_decay,
                 layer_decay=cfg.layer_decay, head_lr=lr, head_weight_decay=cfg.weight_decay,

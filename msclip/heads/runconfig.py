@@ -195,7 +195,9 @@ class FinetuneRunConfig:
         default="auto",
         metadata=_help(
             "auto (the machine's choice, see msclip.hardware, for frozen image-level features; "
-            "fp32 where the image tower or a dense decoder trains), fp32 or bf16"
+            "fp32 where a dense decoder trains; where the image tower trains, float32 weights "
+            "in fp32, or under bf16 autocast on a GPU with native bf16, as msclip-train), fp32 "
+            "or bf16 (a tower that trains: bf16 autocast over its float32 weights)"
         ),
     )
     device: str | None = field(

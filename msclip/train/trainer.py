@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from msclip.encode import WarningTally
-from msclip.errors import CheckpointError, PrecisionError, TrainingDivergedError
-from msclip.hardware import cores_per_process
+from msclip.errors import CheckpointError, TrainingDivergedError
+from msclip.hardware import cores_per_process, training_precision
 from msclip.model import MSCLIP
 from msclip.train.checkpoint import (
     checkpoint_path,
@@ -83,7 +83,7 @@ from msclip.train.optim import (
 from msclip.train.step import contrastive_step
 from msclip.wording import plural
 
-__all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train", "training_precision"]
+__all__ = ["TrainResult", "TrainState", "Trainer", "build_model", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -264,39 +264,6 @@ def _read_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [r for r in rows if int(float(r.get("step", 0) or 0)) <= max_step]
-
-
-def training_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """The precision a training run computes in (``fp32``, or ``bf16`` autocast) and why.
-
-    ``auto`` picks bf16 autocast on a GPU with native bf16 and fp32 elsewhere (CPU autocast loses
-    the fused attention kernels and is slower than fp32 even with native bf16), unless
-    :data:`msclip.hardware.PRECISION_ENV` replaces what ``auto`` picks, as it does for every
-    program (``fp32``: the same numbers on every machine).
-
-    Raises:
-        PrecisionError: the environment variable holds a value training cannot use.
-    """
-    from msclip.hardware import PRECISION_ENV, PRECISIONS, cuda_bf16_supported
-
-    if requested != "auto":
-        return requested, f"{requested}: asked for"
-    forced = os.environ.get(PRECISION_ENV, "").strip()
-    value = forced.lower()
-    if value not in ("", "auto"):
-        if value not in ("fp32", "bf16"):
-            what = "not a precision" if value not in PRECISIONS else "not one training uses"
-            raise PrecisionError(
-                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
-                f"'auto' picks) is {what}: training computes in fp32 or bf16 (autocast); unset "
-                f"{PRECISION_ENV} or set it to fp32 or bf16, or pass --precision fp32 or bf16",
-                param="precision",
-            )
-        return value, f"auto: {PRECISION_ENV}={value}"
-    native = device.type == "cuda" and cuda_bf16_supported(device.index)
-    return ("bf16" if native else "fp32"), "auto: " + (
-        "GPU with native bf16" if native else "no GPU with native bf16"
-    )
 
 
 class Trainer:

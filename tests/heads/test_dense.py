@@ -127,6 +127,27 @@ def test_multi_task_outputs_from_one_encoder_pass(tiny, monkeypatch):
     assert model.predict(x, "height").shape == (2, 1, 37, 50)
 
 
+def test_an_encoder_under_autocast_feeds_float32_heads(tiny):
+    """A fine-tuning run's bf16 over float32 weights that train: the encoder computes its taps in
+    bf16 by autocast (DenseModel.autocast), its weights and the heads stay float32, and the
+    gradient reaches both."""
+    import copy
+
+    enc = copy.deepcopy(tiny)
+    model = build_dense_model(enc, DenseTask("seg", num_outputs=3), layers=[-1]).train()
+    x = _images(enc)
+    plain = model.encode(x)
+    model.autocast = torch.bfloat16
+    taps = model.encode(x)
+    assert taps[0].dtype == torch.bfloat16 and plain[0].dtype == torch.float32
+    out = model(x)["seg"]
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    last = enc.clip.visual.transformer.resblocks[-1]
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in last.parameters())
+    assert all(p.grad is not None for p in model.heads.parameters())
+
+
 def test_frozen_encoder_runs_without_grad_and_trainable_one_gets_gradients(tiny):
     import copy
 

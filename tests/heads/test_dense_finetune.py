@@ -5,6 +5,7 @@ trained head."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -495,6 +496,21 @@ def _run_then_die(cfg: FinetuneRunConfig) -> None:
 
     run_finetune(cfg, hooks=[die])
     os._exit(0)
+
+
+def test_a_dense_lora_run_in_bf16_trains_float32_adapters_under_autocast(dense, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """--precision bf16 with a tower that trains: the adapters stay float32 and the encoder
+    computes in bf16 by autocast (they were bf16 and lost updates below its resolution); the
+    record says so."""
+    monkeypatch.setenv("MSCLIP_BF16_CHECK", "0")  # the machine's bf16 kernels are not the point
+    kw = dict(decoder="fcn", decoder_channels=8, encoder_mode="lora", epochs=1, precision="bf16")
+    result = run_finetune(_cfg(tmp_path, dense, **kw))
+    adapters = load_file(result.methods[0].files["adapters"])
+    assert adapters and all(t.dtype == torch.float32 for t in adapters.values())
+    record = json.loads(next((tmp_path / "res" / "records").glob("*.json")).read_text())
+    assert record["model"]["precision"] == "fp32"
+    assert "bf16 autocast over float32 weights" in record["model"]["precision_reason"]
 
 
 def test_killed_dense_lora_run_resumes_to_the_same_bits(dense, tmp_path):

@@ -351,33 +351,57 @@ def test_precision_auto_is_the_machines_choice_only_for_frozen_features(tmp_path
     assert run_precision(lora) == "fp32"  # training through the tower: never the machine's choice
     dense = dataclasses.replace(frozen, task="segmentation", method=["linear"])
     assert dense.dense and run_precision(dense) == "fp32"
-    assert run_precision(dataclasses.replace(lora, precision="bf16")) == "bf16"  # asked for
+    # asked for: the weights that train stay float32, computed in bf16 by autocast
+    assert run_precision(dataclasses.replace(lora, precision="bf16")) == "fp32"
+    assert run_precision(dataclasses.replace(frozen, precision="bf16")) == "bf16"  # nothing trains
     with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
         dataclasses.replace(frozen, precision="fp16", output_dir=str(tmp_path)).validate()
 
 
-def test_a_tower_trained_in_bf16_weights_is_warned_about(monkeypatch) -> None:
-    """--precision bf16 with a trained tower trains the bf16 weights themselves (msclip-train's
-    bf16 is autocast over float32 weights): updates below bf16's resolution are lost, which the
-    run says, with the fix; frozen features and fp32 towers say nothing."""
-    import warnings
+def test_a_tower_trained_in_bf16_keeps_float32_weights_under_autocast(monkeypatch) -> None:
+    """--precision bf16 with a trained tower trained the bf16 weights themselves: every update
+    below bf16's resolution was lost (on msclip-demo the update came out half of float32's). The
+    weights now stay float32 and the tower computes in bf16 by autocast, as msclip-train trains;
+    a frozen encoder keeps bf16 weights, and auto trains in fp32 on a CPU."""
+    import torch
 
-    from msclip.errors import PrecisionWarning
-    from msclip.heads.runs import load_run_model
+    from msclip.heads.features import FeatureSpec
+    from msclip.heads.finetune import EncoderHead
+    from msclip.heads.runs import load_run_model, tower_autocast
 
     monkeypatch.setenv("MSCLIP_BF16_CHECK", "0")  # the machine's bf16 kernels are not the point
     base = FinetuneRunConfig(model_name="msclip-tiny", pretrained=False, method=["linear"],
                              device="cpu")  # fmt: skip
-    for mode, what in (("full", "image tower's weights"), ("lora", "LoRA adapters")):
-        cfg = dataclasses.replace(base, encoder_mode=mode, precision="bf16")
-        with pytest.warns(
-            PrecisionWarning, match=rf"encoder mode {mode}: the {what} train in bf16"
-        ):
-            assert load_run_model(cfg).precision == "bf16"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PrecisionWarning)
-        load_run_model(dataclasses.replace(base, precision="bf16"))  # frozen features
-        load_run_model(dataclasses.replace(base, encoder_mode="full", precision="fp32"))
+    cfg = dataclasses.replace(base, encoder_mode="full", precision="bf16")
+    assert tower_autocast(cfg, "cpu") == (torch.bfloat16, "bf16: asked for")
+    assert tower_autocast(dataclasses.replace(cfg, precision="auto"), "cpu")[0] is None
+    assert tower_autocast(dataclasses.replace(cfg, encoder_mode="frozen"), "cpu")[0] is None
+    model = load_run_model(cfg)
+    assert model.precision == "fp32" and model.precision_requested == "bf16"
+    assert "bf16 autocast over float32 weights" in model.precision_reason
+    assert load_run_model(dataclasses.replace(base, precision="bf16")).precision == "bf16"
+
+    spec = FeatureSpec("embedding")
+    head = torch.nn.Linear(model.embed_dim, 3)
+    net = EncoderHead(model, head, spec, "full", autocast=tower_autocast(cfg, "cpu")[0])
+    x = torch.randn(2, len(model.bands), model.image_size, model.image_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = spec.forward(model)(x).float()
+    feats = net.features(x)
+    assert feats.dtype == torch.float32 and torch.equal(feats, torch.nn.functional.normalize(
+        expected, dim=-1) if spec.normalize else expected)  # fmt: skip
+    plain = EncoderHead(model, head, spec, "full").features(x)
+    assert not torch.equal(feats, plain)  # the tower did compute in bf16
+
+    # an update far below bf16's resolution is kept by the float32 weights
+    weight = model.clip.visual.proj
+    before = weight.detach().clone()
+    opt = torch.optim.AdamW([weight], lr=1e-6, weight_decay=0.0)
+    net(x).sum().backward()
+    opt.step()
+    moved = (weight.detach() - before).abs()
+    assert weight.dtype == torch.float32 and 0 < float(moved.max()) < 2e-6
+    assert float(moved.max()) < float(before.abs().max()) / 256  # below bf16's resolution
 
 
 def test_resuming_a_finished_linear_probe_changes_nothing(scenes, tmp_path):

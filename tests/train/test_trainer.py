@@ -606,7 +606,7 @@ def test_the_precision_variable_replaces_what_training_auto_picks(monkeypatch) -
     value passed unnoticed)."""
     from msclip import hardware
     from msclip.errors import PrecisionError
-    from msclip.train.trainer import training_precision
+    from msclip.hardware import training_precision
 
     monkeypatch.setattr(hardware, "cuda_bf16_supported", lambda index=None: True)
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
