@@ -293,3 +293,19 @@ def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(input
         (spool / f"source-{i:08d}.npz").write_bytes(b"spooled")
     build_index(idx, m, pre, [str(f) for f in good])
     assert not spool.exists() and IndexStore.open(idx).count == 2
+
+
+def test_build_with_part_of_torchruns_environment_is_a_usage_error(
+    inputs, tmp_path, monkeypatch, capsys
+) -> None:
+    """A process started by hand with WORLD_SIZE but no RANK: the variable is named (exit 2),
+    not an internal error (a KeyError) or a wait."""
+    from msclip.cli.index import main
+
+    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    files, _ = inputs
+    code = main(["build", str(tmp_path / "x.index"), "--images", str(files[0]), *TINY])
+    assert code == 2
+    assert "error: RANK is not set, but WORLD_SIZE=2" in capsys.readouterr().err
