@@ -5,7 +5,10 @@ usual ``--nnodes``/``--rdzv-*`` flags across machines) starts N processes that j
 ``torch.distributed`` group (gloo on CPUs, NCCL on GPUs, each process on its local GPU). Then:
 
 1. Every process plans the same sources (:func:`msclip.index.build.plan_sources`, a fixed
-   order). Process 0 opens the index for writing (the store's lock makes it the only writer),
+   order); the processes compare their plans, reading settings and models first, and all
+   refuse a group that differs (other inputs or working folders, another tiling, another
+   precision chosen by ``auto`` on another kind of processor), before anything is written.
+   Process 0 opens the index for writing (the store's lock makes it the only writer),
    reads which sources are already committed, and which finished encodings a killed run left in
    the spool (below), and broadcasts the sources still to encode.
 2. The sources to encode are dealt to the processes in plan order, each to the process with the
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from msclip.encode import Failure
-from msclip.errors import BandCoverageError
+from msclip.errors import BandCoverageError, InvalidArgumentError
 from msclip.index.build import (
     SPOOL_DIR,
     BuildReport,
@@ -189,6 +192,10 @@ def build_sharded(
     tile = tile_size or int(model.image_size)
     sources = plan_sources(images, scenes, tile, stride)
     fingerprint = _spool_key(model, preprocess, tile, stride, min_valid, nodata)
+    # before anything is written: processes given other inputs, settings or another model
+    # would spool encodings that process 0 takes for other sources, or cannot use
+    settings = _read_settings(preprocess, tile, stride, min_valid, nodata)
+    _check_same_plan(_plan_identity(sources, model, settings, fingerprint), world)
     spool = Path(path) / SPOOL_DIR
     writer: IndexWriter | None = None
     payload: list[Any] = [None]
@@ -279,6 +286,100 @@ def build_sharded(
     return report
 
 
+def _plan_identity(
+    sources: Sequence[Source], model: Any, settings: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
+    """What every process of a sharded build must share: its sources (keys and windows, as a
+    digest, their number and the first key), the settings that shape their rows and the model
+    (its description, less what only informs: the checkpoint's path, why the precision)."""
+    import hashlib
+
+    plan = json.dumps([[s.key, _windows(s)] for s in sources])
+    about = {k: v for k, v in model_info(model).items()
+             if k not in ("checkpoint_path", "precision_reason", "fingerprint")}  # fmt: skip
+    return {
+        "sources": len(sources),
+        "digest": hashlib.sha256(plan.encode()).hexdigest(),
+        "first": sources[0].key if sources else None,
+        "settings": settings,
+        "model": about,
+        "precision_reason": getattr(model, "precision_reason", None),
+        "fingerprint": fingerprint,
+    }
+
+
+def _check_same_plan(mine: dict[str, Any], world: int) -> None:
+    """Refuse, in every process alike, a group whose processes differ in their inputs, settings
+    or model (:func:`_plan_identity`); an error naming the first process that differs from
+    process 0 and what differs."""
+    import torch.distributed as dist
+
+    everyone: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    base = everyone[0]
+    for rank, other in enumerate(everyone):
+        if other["fingerprint"] == base["fingerprint"] and other["digest"] == base["digest"]:
+            continue
+        raise _plan_mismatch(base, other, rank)
+
+
+def _plan_mismatch(base: dict[str, Any], other: dict[str, Any], rank: int) -> InvalidArgumentError:
+    """The error of :func:`_check_same_plan` for process ``rank``: what differs from process 0,
+    the model first (its image size sets the default tile), then the reading settings (they
+    set the windows), then the sources."""
+    same = ("; every process of a sharded build (torchrun) must be given the same arguments and "
+            "read the same files")  # fmt: skip
+
+    def differences(part: str) -> list[str]:
+        keys = sorted(set(base[part]) | set(other[part]))
+        return [k for k in keys if base[part].get(k) != other[part].get(k)]
+
+    def shown(part: str, keys: list[str]) -> str:
+        out = []
+        for k in keys:
+            theirs, ours = repr(other[part].get(k)), repr(base[part].get(k))
+            long = max(len(theirs), len(ours)) > 60  # band lists, weight hashes, statistics
+            out.append(f"{k} (differ)" if long else f"{k} {theirs} (process 0: {ours})")
+        return ", ".join(out)
+
+    diff = differences("model")
+    if diff or other["fingerprint"].split()[0] != base["fingerprint"].split()[0]:
+        what = shown("model", diff) or (
+            f"fingerprint {other['fingerprint'].split()[0]} (process 0: "
+            f"{base['fingerprint'].split()[0]})"
+        )
+        hint = ""
+        if "precision" in diff:
+            hint = (
+                f"; process {rank} chose {other['model'].get('precision')} "
+                f"({other['precision_reason']}), process 0 {base['model'].get('precision')} "
+                f"({base['precision_reason']}): give every process one precision (an automatic "
+                "one is chosen for each machine's processor)"
+            )
+        return InvalidArgumentError(
+            f"process {rank} encodes with another model than process 0: {what}{same}{hint}",
+            param="precision" if diff == ["precision"] else "model_name",
+        )
+    diff = differences("settings")
+    if diff:
+        return InvalidArgumentError(
+            f"process {rank} reads its sources with other settings than process 0: "
+            f"{shown('settings', diff)}{same}",
+            param={"tile": "tile_size", "stride": "stride"}.get(diff[0]),
+        )
+    return InvalidArgumentError(
+        f"process {rank} plans other sources than process 0: {other['sources']} (the first "
+        f"{other['first']}) against {base['sources']} (the first {base['first']}){same}; "
+        "relative paths are read from each process's working folder (give absolute paths when "
+        "the machines start in other folders), and a folder must list the same files on every "
+        "machine (storage every machine sees)",
+        param="images",
+    )
+
+
 def _windows(source: Source) -> list[list[int]]:
     return [[t.row, t.col, t.height, t.width] for t in source.tiles or []]
 
@@ -290,8 +391,16 @@ def _spool_key(
     (its fingerprint) and every setting that changes a source's rows (the tiling, the nodata
     rule, the band reading). A rerun with another ``--stride`` after a killed build would
     otherwise commit the windows of the old tiling under the new one's record."""
+    settings = _read_settings(preprocess, tile, stride, min_valid, nodata)
+    return f"{model.fingerprint()} {json.dumps(settings, sort_keys=True)}"
+
+
+def _read_settings(
+    preprocess: Any, tile: int, stride: int | None, min_valid: float, nodata: Any
+) -> dict[str, Any]:
+    """The settings that change a source's rows (see :func:`_spool_key`), as JSON values."""
     read = getattr(preprocess, "_read_settings", None)
-    settings = {
+    return {
         "tile": int(tile),
         "stride": int(stride or tile),
         "min_valid": min_valid,
@@ -299,7 +408,6 @@ def _spool_key(
         "read": {k: repr(v) for k, v in (read() if callable(read) else {}).items()},
         "strict_bands": bool(getattr(preprocess, "strict_bands", False)),
     }
-    return f"{model.fingerprint()} {json.dumps(settings, sort_keys=True)}"
 
 
 def _usable_spool(spool: Path, work: Sequence[Source | None], fingerprint: str) -> set[int]:

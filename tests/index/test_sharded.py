@@ -309,3 +309,87 @@ def test_build_with_part_of_torchruns_environment_is_a_usage_error(
     code = main(["build", str(tmp_path / "x.index"), "--images", str(files[0]), *TINY])
     assert code == 2
     assert "error: RANK is not set, but WORLD_SIZE=2" in capsys.readouterr().err
+
+
+def _rank_one_plans(monkeypatch, identity) -> None:
+    """A group of two whose process 1 sends ``identity(own)`` in the plan check."""
+
+    def gather(out, mine):
+        out[:] = [mine, identity(mine)]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+
+
+def test_processes_given_other_arguments_are_refused_before_the_index_is_made(
+    inputs, model, tmp_path, monkeypatch
+) -> None:
+    """Every process of a torchrun build plans its own sources and loads its own model: one
+    given other inputs, another tiling or another precision (the automatic one differs between
+    machines) is refused in every process, naming what differs, before the index folder is
+    made. Process 1's encodings were spooled under process 0's positions and refused there as
+    "from another model" (precision, model), or read past the end of its plan (an IndexError)."""
+    from msclip.errors import InvalidArgumentError
+    from msclip.index.sharded import _check_same_plan, _plan_identity, _read_settings
+
+    files, scenes = inputs
+    m, pre = model
+    images = [str(f) for f in files]
+    idx = tmp_path / "x.index"
+
+    def other(**change):
+        def identity(mine):
+            return {**mine, **change}
+
+        return identity
+
+    theirs = plan_sources(images[:2], [], 32)
+    fewer = _plan_identity(theirs, m, _read_settings(pre, 32, None, 0.5, None), "fp x")
+    cases = [
+        (other(**{k: fewer[k] for k in ("sources", "digest", "first")}),
+         r"process 1 plans other sources than process 0: 2 \(the first .*f0\.tif\) against 8"),
+        (lambda mine: {**mine, "settings": {**mine["settings"], "stride": 16},
+                       "fingerprint": mine["fingerprint"] + " stride 16"},
+         r"process 1 reads its sources with other settings than process 0: stride 16 \(process "
+         r"0: 32\)"),
+        (lambda mine: {**mine, "model": {**mine["model"], "precision": "int8"},
+                       "precision_reason": "asked for", "fingerprint": "x"},
+         rf"process 1 encodes with another model than process 0: precision 'int8' \(process 0: "
+         rf"'{m.precision}'\).*process 1 chose int8 \(asked for\), process 0 {m.precision} "),
+    ]  # fmt: skip
+    for identity, message in cases:
+        _rank_one_plans(monkeypatch, identity)
+        with pytest.raises(InvalidArgumentError, match=message):
+            build_sharded(idx, m, pre, images, [str(s) for s in scenes], rank=0, world=2)
+        assert not idx.exists()
+    _rank_one_plans(monkeypatch, lambda mine: dict(mine))  # the same plan passes
+    _check_same_plan(fewer, 2)
+
+
+PER_RANK = textwrap.dedent(
+    """
+    import os, sys
+    from msclip.cli.index import main
+
+    args, extra = sys.argv[1 : sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1 :]
+    sys.exit(main(args + (extra if os.environ["RANK"] == "1" else [])))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_given_another_precision_both_refuse(inputs, tmp_path) -> None:
+    """msclip-index build under torchrun, process 1 with another --precision: both processes
+    leave with the usage error (not an internal error once process 1's encodings reached
+    process 0), and no index is made."""
+    files, _ = inputs
+    worker = tmp_path / "per_rank.py"
+    worker.write_text(PER_RANK)
+    idx = tmp_path / "x.index"
+    proc = _torchrun([str(worker), "build", str(idx), "--images", *map(str, files[:3]), *TINY,
+                      "--precision", "fp32", "--", "--precision", "int8"], tmp_path,
+                     check=False)  # fmt: skip
+    assert proc.returncode != 0
+    err = "error: process 1 encodes with another model than process 0: precision 'int8' "
+    assert proc.stderr.count(err) == 2, proc.stderr[-3000:]
+    assert "exitcode: 2" in proc.stderr and "internal error" not in proc.stderr
+    assert not idx.exists()
