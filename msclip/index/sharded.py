@@ -22,6 +22,13 @@ usual ``--nnodes``/``--rdzv-*`` flags across machines) starts N processes that j
    rounding: a batch holds other images). The other processes leave as soon as their share is
    spooled; process 0 removes the spool after the last commit.
 
+Processes that stop. Under torchrun a process that fails or is killed stops the others.
+Started otherwise (a batch system's tasks, by hand) nothing would, and process 0 would wait for
+the sources of a dead process for good: so every other process leaves its error in the spool
+when it fails, and a sign of life while it has sources left to spool, and process 0 stops with a
+:class:`~msclip.errors.ProcessGroupError` naming the process and the source it waits for when
+the process failed or gave no sign of life for ``_SILENCE_SECONDS`` (5 minutes).
+
 Resuming. A killed process (torchrun then stops the others) loses at most what was not yet
 committed or spooled: rerunning the same command skips committed sources (the store's commit
 protocol), takes spooled encodings of the same model as they are, and encodes the rest.
@@ -36,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from msclip.encode import Failure
-from msclip.errors import BandCoverageError, InvalidArgumentError
+from msclip.errors import BandCoverageError, InvalidArgumentError, ProcessGroupError
 from msclip.index.build import (
     SPOOL_DIR,
     BuildReport,
@@ -65,6 +73,12 @@ __all__ = ["SPOOL_DIR", "assign_sources", "build_sharded", "distributed_world"]
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.05
+#: How often a process with sources left to spool rewrites its sign of life, and how long
+#: process 0, waiting for one of its sources, takes silence for its end. Under torchrun a process
+#: that dies stops the others; started otherwise (a batch system's tasks, by hand) nothing
+#: would, and process 0 would wait for the source for good.
+_BEAT_SECONDS = 5.0
+_SILENCE_SECONDS = 300.0
 
 
 def distributed_world() -> tuple[int, int]:
@@ -207,6 +221,7 @@ def build_sharded(
             writer = IndexWriter.open_or_create(path, int(model.embed_dim), model_info(model))
             work = pending_work(writer, sources, report)
             spool.mkdir(exist_ok=True)
+            _clear_signs(spool)  # of an earlier run's processes
             spooled = _usable_spool(spool, work, fingerprint)
             # what is left of each source: its key, and the windows of a retry of failed tiles
             left = [
@@ -245,14 +260,27 @@ def build_sharded(
     )  # fmt: skip
     if rank != 0:
         report.skipped_done = committed
-        for done in encoded:
-            _write_spool(spool, done, work[done.position].key, fingerprint)
-            report.failures += done.failures
-            report.nodata += done.nodata
-            report.added += 0 if done.unreadable else 1
-            report.rows += 0 if done.unreadable else len(done.embeddings)
-            if on_source is not None:
-                on_source(done.position)
+        beat = _Heartbeat(spool, rank) if mine else None
+        try:
+            for n, done in enumerate(encoded, 1):
+                if n == len(mine) and beat is not None:
+                    beat.stop()  # none after the last spooled source: process 0 clears them
+                _write_spool(spool, done, work[done.position].key, fingerprint)
+                report.failures += done.failures
+                report.nodata += done.nodata
+                report.added += 0 if done.unreadable else 1
+                report.rows += 0 if done.unreadable else len(done.embeddings)
+                if on_source is not None:
+                    on_source(done.position)
+        except BaseException as exc:
+            if beat is not None:
+                beat.stop()
+            with contextlib.suppress(OSError):  # for process 0, when nothing stops it
+                (spool / f"failed-{rank}").write_text(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if beat is not None:
+                beat.stop()
         return report
 
     assert writer is not None
@@ -260,6 +288,7 @@ def build_sharded(
     pending = deque(i for i, w in enumerate(work) if w is not None)
     own: dict[int, EncodedSource] = {}
     last_commit = time.monotonic()
+    watch = _Watch(spool, owners, work)
     with writer:  # a failure still commits what was added (whole sources), as one process does
         for done in encoded:
             own[done.position] = done
@@ -276,14 +305,94 @@ def build_sharded(
                 last_commit,
             )  # fmt: skip
             if len(pending) == before:
+                watch.check(pending[0])
                 time.sleep(_POLL_SECONDS)
         writer.commit()
         report.count = writer.count
     for f in spool.glob("source-*.npz"):
         f.unlink(missing_ok=True)
+    _clear_signs(spool)
     with contextlib.suppress(OSError):  # temporary files of a dying writer: the next run's
         spool.rmdir()
     return report
+
+
+class _Heartbeat:
+    """A process's sign of life while it has sources left to spool: a counter in
+    ``spool/alive-<rank>`` that a thread rewrites every ``_BEAT_SECONDS`` (its changes, not the
+    file's time, count: the machines' clocks may differ)."""
+
+    def __init__(self, spool: Path, rank: int) -> None:
+        self.path = spool / f"alive-{rank}"
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="msclip-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            with contextlib.suppress(OSError):  # a full disk: the spooling says so
+                self.path.write_text(str(n))
+            if self._done.wait(_BEAT_SECONDS):
+                return
+
+    def stop(self) -> None:
+        """End the signs (once the last one is written; again: nothing)."""
+        self._done.set()
+        self._thread.join()
+
+
+class _Watch:
+    """Process 0's view of the processes it waits for: one that failed (``spool/failed-<rank>``,
+    its error) or gave no sign of life for ``_SILENCE_SECONDS`` stops the build with a
+    :class:`ProcessGroupError`, rather than a wait for good."""
+
+    def __init__(self, spool: Path, owners: dict[int, int], work: Sequence[Source | None]):
+        self.spool, self.owners, self.work = spool, owners, work
+        self.seen: dict[int, tuple[str | None, float]] = {}  # rank -> (last sign, when seen)
+
+    def check(self, position: int) -> None:
+        """Raise when the process that encodes source ``position`` has stopped."""
+        rank = self.owners.get(position, 0)
+        if rank == 0:
+            return
+        source = self.work[position]
+        what = source.key if source is not None else f"source {position}"
+        resume = (
+            "the sources committed and spooled so far are kept: rerun the same command to "
+            "resume (with any number of processes)"
+        )
+        try:
+            error = (self.spool / f"failed-{rank}").read_text()
+        except OSError:
+            error = None
+        if error is not None:
+            raise ProcessGroupError(
+                f"process {rank} stopped before it encoded {what} ({error}; its output says "
+                f"more); {resume}"
+            )
+        try:
+            sign: str | None = (self.spool / f"alive-{rank}").read_text()
+        except OSError:
+            sign = None
+        now = time.monotonic()
+        last = self.seen.get(rank)
+        if last is None or last[0] != sign:
+            self.seen[rank] = (sign, now)
+        elif now - last[1] > _SILENCE_SECONDS:
+            raise ProcessGroupError(
+                f"process {rank} has given no sign of life for {now - last[1]:.0f} s, and {what}, "
+                f"which it encodes, is not in {self.spool} (the process was killed, or its "
+                f"machine lost); {resume}"
+            )
+
+
+def _clear_signs(spool: Path) -> None:
+    """Remove the processes' signs of life and failures (:class:`_Heartbeat`, :class:`_Watch`)."""
+    for pattern in ("alive-*", "failed-*"):
+        for f in spool.glob(pattern):
+            f.unlink(missing_ok=True)
 
 
 def _plan_identity(

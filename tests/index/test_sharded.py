@@ -393,3 +393,102 @@ def test_torchrun_processes_given_another_precision_both_refuse(inputs, tmp_path
     assert proc.stderr.count(err) == 2, proc.stderr[-3000:]
     assert "exitcode: 2" in proc.stderr and "internal error" not in proc.stderr
     assert not idx.exists()
+
+
+UNWATCHED = textwrap.dedent(
+    """
+    import os, sys
+    import torch, torch.distributed as dist
+    import msclip
+    from msclip.errors import ProcessGroupError
+    from msclip.index import sharded
+
+    sharded._BEAT_SECONDS, sharded._SILENCE_SECONDS = 0.2, 2.0
+    index, files = sys.argv[1], sys.argv[2].split(",")
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+
+    def on_source(position):
+        if rank == 1:
+            os._exit(9)  # killed after spooling its first source; nothing stops process 0
+
+    try:
+        sharded.build_sharded(index, model, model.preprocess(), files, batch_size=1,
+                              commit_seconds=0, on_source=on_source, rank=rank, world=2)
+    except ProcessGroupError as err:
+        print(err)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.slow
+def test_process_0_stops_when_another_process_dies_outside_torchrun(
+    inputs, model, tmp_path, one_process_group
+) -> None:
+    """Processes started without torchrun (a batch system's tasks): when one dies, nothing stops
+    process 0, which waited for its sources for good. It now stops once the dead process has
+    given no sign of life for a while, naming it and the source it waits for, keeping what is
+    committed; a rerun resumes."""
+    import socket
+
+    files, _ = inputs
+    good = [str(f) for f in files if "broken" not in f.name]
+    worker = tmp_path / "unwatched.py"
+    worker.write_text(UNWATCHED)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    idx = tmp_path / "x.index"
+    procs = []
+    for rank in (0, 1):
+        path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=path)  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(idx), ",".join(good)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
+    try:
+        out, err = procs[0].communicate(timeout=60)  # it waited for good
+        procs[1].communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 9 and procs[0].returncode == 3, err[-3000:]
+    assert "process 1 has given no sign of life for 2 s, and " in out
+    assert "f3.tif, which it encodes, is not in" in out and "rerun the same command" in out
+    assert 0 < IndexStore.open(idx).count < len(good)  # process 0's sources before it
+    m, pre = model
+    build_sharded(idx, m, pre, good, rank=0, world=1)  # the rerun, here with one process
+    ref = tmp_path / "ref.index"
+    build_index(ref, m, pre, good)
+    _same_index(idx, ref)
+    assert not (idx / SPOOL_DIR).exists()  # nor the signs of life
+
+
+def test_process_0_names_the_error_another_process_stopped_with(tmp_path) -> None:
+    """A process that fails leaves its error for process 0, which stops at once with it (not
+    after the silence); a process still giving signs of life is waited for."""
+    from msclip.errors import ProcessGroupError
+    from msclip.index.build import Source
+    from msclip.index.sharded import _clear_signs, _Heartbeat, _Watch
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    work = [Source("a.tif", "/data/a.tif"), Source("b.tif", "/data/b.tif")]
+    watch = _Watch(spool, {0: 0, 1: 1}, work)
+    watch.check(0)  # process 0's own: nothing to wait for
+    beat = _Heartbeat(spool, 1)
+    watch.check(1)
+    beat.stop()  # after its first sign at least
+    assert (spool / "alive-1").read_text() == "1"
+    (spool / "failed-1").write_text("RasterTooLargeError: /data/c.tif is 9x9 pixels")
+    with pytest.raises(ProcessGroupError, match=r"process 1 stopped before it encoded "
+                       r"/data/b.tif \(RasterTooLargeError: /data/c.tif is 9x9 pixels; its "
+                       r"output says more\); the sources committed"):  # fmt: skip
+        watch.check(1)
+    _clear_signs(spool)
+    assert not list(spool.iterdir())
