@@ -60,6 +60,7 @@ from msclip.index.build import (
     EncodedSource,
     Source,
     add_encoded,
+    drop_spool,
     encode_sources,
     model_info,
     pending_work,
@@ -309,11 +310,7 @@ def build_sharded(
                 time.sleep(_POLL_SECONDS)
         writer.commit()
         report.count = writer.count
-    for f in spool.glob("source-*.npz"):
-        f.unlink(missing_ok=True)
-    _clear_signs(spool)
-    with contextlib.suppress(OSError):  # temporary files of a dying writer: the next run's
-        spool.rmdir()
+    drop_spool(Path(path))
     return report
 
 

@@ -104,6 +104,8 @@ def test_spooled_encodings_of_a_killed_process_are_used(
     key = _spool_key(m, pre, 32, None, 0.5, None)
     for done in encode_sources(m, pre, [sources[1], sources[5]], [1, 5]):
         _write_spool(idx / SPOOL_DIR, done, sources[done.position].key, key)
+    # and was killed while it spooled a third: its temporary file goes with the spool
+    (idx / SPOOL_DIR / ".tmp-source-00000003.npz.k2x9.npz").write_bytes(b"half")
     # and a stale encoding of another model is dropped
     torch.manual_seed(1)
     other = msclip.create_model("msclip-tiny")
@@ -282,7 +284,9 @@ def test_other_processes_raise_what_process_0_met() -> None:
 
 def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(inputs, model, tmp_path):
     """Encodings another process spooled before a sharded build was stopped are of committed
-    sources once a one-process build has finished: they are removed, not kept for good."""
+    sources once a one-process build has finished: they are removed, not kept for good, as are
+    the temporary file of a process killed while it spooled (no run took it; the spool stayed)
+    and the processes' signs of life and errors."""
     m, pre = model
     files, _ = inputs
     good = [f for f in files if "broken" not in f.name][:2]
@@ -291,6 +295,9 @@ def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(input
     spool.mkdir(parents=True)
     for i in range(2):
         (spool / f"source-{i:08d}.npz").write_bytes(b"spooled")
+    # and what a process killed while it spooled a source left, its sign of life and error
+    for name in (".tmp-source-00000003.npz.k2x9.npz", "alive-1", "failed-2"):
+        (spool / name).write_bytes(b"left")
     build_index(idx, m, pre, [str(f) for f in good])
     assert not spool.exists() and IndexStore.open(idx).count == 2
 
