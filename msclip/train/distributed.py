@@ -197,8 +197,19 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext
         if dev.type == "cuda":
             torch.cuda.set_device(dev)  # --device cuda:1: kernels and pinning on that GPU too
         return DistContext(device=dev)
+    from msclip.hardware import is_auto_device
+
     rank, local_rank, local_world = _torchrun_ranks(world)
     dev = _pick_device(device, local_rank)
+    per_rank = is_auto_device(device) or device.strip().lower() == "cuda"
+    if dev.type == "cuda" and "LOCAL_RANK" not in os.environ and per_rank:
+        # every process of a machine would take cuda:0
+        raise ConfigError(
+            f"LOCAL_RANK is not set: with {world} processes, device {device!r} means each "
+            "process's own GPU, cuda:LOCAL_RANK; set LOCAL_RANK to the process's number on its "
+            "machine (torchrun does; under Slurm it is SLURM_LOCALID)",
+            param="device",
+        )
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":

@@ -119,3 +119,21 @@ def test_a_partial_torchrun_environment_is_refused_before_the_rendezvous(
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined"))
     with pytest.raises(ConfigError, match=message):
         init_distributed(device="cpu")
+
+
+def test_several_gpu_processes_without_local_rank_are_refused(monkeypatch) -> None:
+    """Processes started by hand with RANK and WORLD_SIZE but no LOCAL_RANK: with GPUs each
+    would take cuda:0 (the default local rank), so the variable is asked for."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set"))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined"))
+    monkeypatch.setattr("msclip.factory._check_device", lambda d: None)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for device in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"LOCAL_RANK is not set: with 2 processes") as info:
+            init_distributed(device=device)
+        assert info.value.param == "device"
