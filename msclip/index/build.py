@@ -733,13 +733,13 @@ def drop_spool(path: Path) -> None:
     index's lock): the encodings other processes left are then of committed sources, their
     signs of life and errors of no use, and a temporary file is what a process killed while it
     spooled a source left (no later run would take it: it stayed for good, as large as the
-    source's embeddings)."""
+    source's embeddings). The run marks of :mod:`msclip.index.sharded` go too."""
     from msclip.io import TMP_PREFIX
 
     spool = path / SPOOL_DIR
     if not spool.is_dir():
         return
-    for pattern in ("source-*.npz", "alive-*", "failed-*", f"{TMP_PREFIX}*"):
+    for pattern in ("source-*.npz", "alive-*", "failed-*", "run-*", f"{TMP_PREFIX}*"):
         for f in spool.glob(pattern):
             with contextlib.suppress(IsADirectoryError, PermissionError):
                 f.unlink(missing_ok=True)

@@ -34,7 +34,8 @@ committed or spooled: rerunning the same command skips committed sources (the st
 protocol), takes spooled encodings of the same model as they are, and encodes the rest.
 
 Across machines the index directory must be on storage every machine sees (NFS, a cluster file
-system): the spool is how encodings travel to process 0.
+system): the spool is how encodings travel to process 0. Every process checks, before encoding,
+that it sees a file process 0 wrote there; one that does not stops them all.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,6 +83,7 @@ _POLL_SECONDS = 0.05
 #: would, and process 0 would wait for the source for good.
 _BEAT_SECONDS = 5.0
 _SILENCE_SECONDS = 300.0
+_SHARED_WAIT_SECONDS = 10.0
 
 
 def distributed_world() -> tuple[int, int]:
@@ -229,7 +233,9 @@ def build_sharded(
                 None if w is None else [w.key, None if w.key == s.key else _windows(w)]
                 for s, w in zip(sources, work)
             ]
-            payload = [{"work": left, "spooled": sorted(spooled)}]
+            mark = f"run-{uuid.uuid4().hex}"  # for the others to find: is the spool shared?
+            (spool / mark).write_text(socket.gethostname())
+            payload = [{"work": left, "spooled": sorted(spooled), "mark": mark}]
     except BaseException as exc:
         payload = [{"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__,
                     "message": str(exc), "param": getattr(exc, "param", None)}]  # fmt: skip
@@ -241,6 +247,12 @@ def build_sharded(
     plan = payload[0]
     if "error" in plan:
         raise _process_zero_error(plan, path)
+    try:
+        _check_shared_spool(spool / plan["mark"], rank, world)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
     spooled = set(plan["spooled"])
     work: list[Source | None] = [
         None if w is None else sources[i] if w[1] is None else retry_source(sources[i], *w)
@@ -385,9 +397,44 @@ class _Watch:
             )
 
 
+def _check_shared_spool(mark: Path, rank: int, world: int) -> None:
+    """Refuse, in every process alike, a spool some process cannot see: on a machine whose
+    index path is a folder of its own (a local disk), a process would spool its share there,
+    and process 0 wait for it. ``mark`` is the file process 0 wrote in its spool."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return
+    seen = rank == 0 or _appears(mark)
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, (seen, socket.gethostname()))
+    blind = [(r, host) for r, (ok, host) in enumerate(everyone) if not ok]
+    if blind:
+        more = f" and {len(blind) - 3} more" if len(blind) > 3 else ""
+        listed = ", ".join(f"process {r} (on {host})" for r, host in blind[:3]) + more
+        raise ProcessGroupError(
+            f"{listed} cannot see what process 0 (on {everyone[0][1]}) writes in the index "
+            f"{mark.parent.parent}: the processes hand their encodings to process 0 through "
+            "its spool folder, so across machines the index must be on storage every machine "
+            "sees (NFS, a cluster file system), under the same path"
+        )
+
+
+def _appears(path: Path) -> bool:
+    """Whether ``path`` is a file here, within ``_SHARED_WAIT_SECONDS`` (a network file
+    system may show another machine's new file a little later)."""
+    end = time.monotonic() + _SHARED_WAIT_SECONDS
+    while not path.is_file():
+        if time.monotonic() > end:
+            return False
+        time.sleep(_POLL_SECONDS * 4)
+    return True
+
+
 def _clear_signs(spool: Path) -> None:
-    """Remove the processes' signs of life and failures (:class:`_Heartbeat`, :class:`_Watch`)."""
-    for pattern in ("alive-*", "failed-*"):
+    """Remove the processes' signs of life and failures (:class:`_Heartbeat`, :class:`_Watch`),
+    and the marks of runs (:func:`_check_shared_spool`)."""
+    for pattern in ("alive-*", "failed-*", "run-*"):
         for f in spool.glob(pattern):
             f.unlink(missing_ok=True)
 

@@ -499,3 +499,43 @@ def test_process_0_names_the_error_another_process_stopped_with(tmp_path) -> Non
         watch.check(1)
     _clear_signs(spool)
     assert not list(spool.iterdir())
+
+
+def test_an_index_some_process_cannot_see_is_refused(inputs, model, tmp_path, monkeypatch):
+    """Across machines, an index path on a disk of each machine's own: another process would
+    spool its share where process 0 never looks, and process 0 wait for it. Every process
+    checks that it sees what process 0 wrote in the spool; one that does not stops them all,
+    named with its machine, and process 0 lets go of the index."""
+    from msclip.errors import ProcessGroupError
+
+    files, _ = inputs
+    m, pre = model
+    good = [str(f) for f in files if "broken" not in f.name]
+    calls: list[str] = []
+
+    def gather(out, mine):
+        calls.append("gather")
+        # the plans agree; process 1, on another machine, sees no spool
+        out[:] = [mine, mine] if len(calls) == 1 else [mine, (False, "node-b")]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda payload, src: None)
+    idx = tmp_path / "x.index"
+    with pytest.raises(ProcessGroupError, match=r"process 1 \(on node-b\) cannot see what "
+                       r"process 0 \(on .*\) writes in the index .*x\.index: .*storage every "
+                       r"machine sees"):  # fmt: skip
+        build_sharded(idx, m, pre, good, rank=0, world=2)
+    assert len(calls) == 2
+    assert [p.name[:4] for p in (idx / SPOOL_DIR).iterdir()] == ["run-"]  # what it looked for
+    build_index(idx, m, pre, good)  # the writer's lock was let go; the mark goes with the spool
+    assert not (idx / SPOOL_DIR).exists()
+
+
+def test_a_process_sees_the_mark_of_process_0(tmp_path, monkeypatch) -> None:
+    from msclip.index import sharded
+
+    monkeypatch.setattr(sharded, "_SHARED_WAIT_SECONDS", 0.3)
+    mark = tmp_path / "run-1"
+    assert not sharded._appears(mark)
+    mark.write_text("host")
+    assert sharded._appears(mark)
