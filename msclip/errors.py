@@ -71,6 +71,7 @@ __all__ = [
     "PrecisionError",
     "PrecisionWarning",
     "PredictorOutputError",
+    "ProcessGroupError",
     "RasterReadError",
     "RasterSizeError",
     "RasterTooLargeError",
@@ -296,6 +297,11 @@ class DuplicateSourceError(MSCLIPError, ValueError):
 
 class IndexLockedError(MSCLIPError, RuntimeError):
     """Another process is writing to the index."""
+
+
+class ProcessGroupError(MSCLIPError, RuntimeError):
+    """Another process of a ``torch.distributed`` group stopped, or gave no sign of life, before
+    it did its share (a sharded index build)."""
 
 
 class EmptyIndexError(MSCLIPError, ValueError):

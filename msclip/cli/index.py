@@ -771,12 +771,13 @@ def _join_process_group(args: argparse.Namespace) -> Any:
     On CPUs each process computes with its share of the cores this process may use: torchrun
     starts every process with one thread (``OMP_NUM_THREADS=1``), which would leave all but
     ``--nproc_per_node`` cores of a large machine idle."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from msclip.train.distributed import init_distributed, torchrun_world_size
+
+    if torchrun_world_size() <= 1:
         return None
     import torch
 
     from msclip.hardware import cores_per_process
-    from msclip.train.distributed import init_distributed
 
     group = init_distributed(device=args.device or "auto")
     if args.device is None:

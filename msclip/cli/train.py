@@ -122,8 +122,11 @@ class _TrainFormatter(logging.Formatter):
 
 
 def _logging(args: argparse.Namespace) -> Callable[[], None]:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # malformed values are refused when the group is joined (msclip.train.distributed), with
+    # the variable at fault; here they only choose the log prefix and level
+    raw_rank, raw_world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    rank = int(raw_rank) if raw_rank.isdigit() else 0
+    world = int(raw_world) if raw_world.isdigit() else 1
     prefix = f"[rank {rank}] " if world > 1 else ""
     return setup_logging(
         verbose=getattr(args, "verbose", False),

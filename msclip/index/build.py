@@ -75,6 +75,7 @@ __all__ = [
     "Source",
     "add_encoded",
     "build_index",
+    "drop_spool",
     "encode_sources",
     "file_stamp",
     "model_info",
@@ -718,7 +719,7 @@ def build_index(
                 on_source(done.position)
         writer.commit()
         report.count = writer.count
-        _drop_spool(Path(path))
+        drop_spool(Path(path))
     return report
 
 
@@ -727,15 +728,22 @@ def build_index(
 SPOOL_DIR = "spool"
 
 
-def _drop_spool(path: Path) -> None:
-    """Remove what an interrupted sharded build left in ``path/spool``: once a one-process
-    build has committed every source, those encodings are of committed sources."""
+def drop_spool(path: Path) -> None:
+    """Remove ``path/spool`` once every source is committed (by the writer, which holds the
+    index's lock): the encodings other processes left are then of committed sources, their
+    signs of life and errors of no use, and a temporary file is what a process killed while it
+    spooled a source left (no later run would take it: it stayed for good, as large as the
+    source's embeddings). The run marks of :mod:`msclip.index.sharded` go too."""
+    from msclip.io import TMP_PREFIX
+
     spool = path / SPOOL_DIR
     if not spool.is_dir():
         return
-    for f in spool.glob("source-*.npz"):
-        f.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # other files (a dying writer's temporaries) stay
+    for pattern in ("source-*.npz", "alive-*", "failed-*", "run-*", f"{TMP_PREFIX}*"):
+        for f in spool.glob(pattern):
+            with contextlib.suppress(IsADirectoryError, PermissionError):
+                f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # what else a user put there stays
         spool.rmdir()
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "all_reduce_gradients",
     "gather_counts",
     "init_distributed",
+    "torchrun_world_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,69 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if per_rank else torch.device(device)
 
 
+#: What torchrun (and ``torch.distributed.run``) sets in every process it starts.
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env_int(name: str, default: str | None = None) -> int:
+    """A whole number from torchrun's environment, or a :class:`ConfigError` naming it."""
+    raw = os.environ.get(name, default)
+    if raw is None:
+        raise ConfigError(
+            f"{name} is not set, but WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for a group of "
+            f"processes: start every process with torchrun (it sets {', '.join(_TORCHRUN_VARS)}), "
+            "or set them all; unset WORLD_SIZE to run one process"
+        )
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number: start every process with torchrun (it sets "
+            f"{', '.join(_TORCHRUN_VARS)}), or set them all"
+        ) from None
+
+
+def torchrun_world_size() -> int:
+    """``WORLD_SIZE`` of torchrun's environment (1 when unset); a :class:`ConfigError` when it
+    is not a positive whole number."""
+    world = _env_int("WORLD_SIZE", "1")
+    if world < 1:
+        raise ConfigError(f"WORLD_SIZE={world} must be at least 1 (the number of processes)")
+    return world
+
+
+def _torchrun_ranks(world: int) -> tuple[int, int, int]:
+    """``(RANK, LOCAL_RANK, LOCAL_WORLD_SIZE)`` of a process of a group of ``world``, checked
+    before the rendezvous: a missing variable, or a rank past the group, would otherwise be
+    torch's error, or a wait for processes that never come (a rank of 5 in a group of 2 waits
+    for the group's store until its timeout, without even heeding SIGTERM)."""
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", "0")
+    local_world = _env_int("LOCAL_WORLD_SIZE", str(world))
+    if not 0 <= rank < world:
+        raise ConfigError(
+            f"RANK={rank} is not a process of a group of WORLD_SIZE={world} (0 to {world - 1}): "
+            "give each process its own rank (torchrun does)"
+        )
+    if not 0 <= local_rank < max(1, local_world):
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} is not a process of the {local_world} on this machine "
+            "(LOCAL_WORLD_SIZE): give each process of a machine its own local rank (torchrun "
+            "does)"
+        )
+    return rank, local_rank, local_world
+
+
+def _check_meeting_point(world: int) -> None:
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(
+                f"{name} is not set: the processes of a group of WORLD_SIZE={world} meet at "
+                "MASTER_ADDR:MASTER_PORT (process 0's machine and a free port); start every "
+                f"process with torchrun (it sets {', '.join(_TORCHRUN_VARS)}), or set them all"
+            )
+
+
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext:
     """Join the process group described by torchrun's environment (or run alone).
 
@@ -127,20 +191,30 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext
             # use: left at cuda:0, every process would also work on the first GPU
             torch.cuda.set_device(dev)
         return DistContext(rank, world, local_rank, local_world, dev, owns_group=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = torchrun_world_size()
     if world <= 1:
         dev = _pick_device(device, 0)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)  # --device cuda:1: kernels and pinning on that GPU too
         return DistContext(device=dev)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    from msclip.hardware import is_auto_device
+
+    rank, local_rank, local_world = _torchrun_ranks(world)
     dev = _pick_device(device, local_rank)
+    per_rank = is_auto_device(device) or device.strip().lower() == "cuda"
+    if dev.type == "cuda" and "LOCAL_RANK" not in os.environ and per_rank:
+        # every process of a machine would take cuda:0
+        raise ConfigError(
+            f"LOCAL_RANK is not set: with {world} processes, device {device!r} means each "
+            "process's own GPU, cuda:LOCAL_RANK; set LOCAL_RANK to the process's number on its "
+            "machine (torchrun does; under Slurm it is SLURM_LOCALID)",
+            param="device",
+        )
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    _check_meeting_point(world)
     dist.init_process_group(backend=backend)
     logger.info("process %d of %d (%s, %s)", rank, world, backend, dev)
     return DistContext(rank, world, local_rank, local_world, dev, owns_group=True)

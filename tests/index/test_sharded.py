@@ -104,6 +104,8 @@ def test_spooled_encodings_of_a_killed_process_are_used(
     key = _spool_key(m, pre, 32, None, 0.5, None)
     for done in encode_sources(m, pre, [sources[1], sources[5]], [1, 5]):
         _write_spool(idx / SPOOL_DIR, done, sources[done.position].key, key)
+    # and was killed while it spooled a third: its temporary file goes with the spool
+    (idx / SPOOL_DIR / ".tmp-source-00000003.npz.k2x9.npz").write_bytes(b"half")
     # and a stale encoding of another model is dropped
     torch.manual_seed(1)
     other = msclip.create_model("msclip-tiny")
@@ -282,7 +284,9 @@ def test_other_processes_raise_what_process_0_met() -> None:
 
 def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(inputs, model, tmp_path):
     """Encodings another process spooled before a sharded build was stopped are of committed
-    sources once a one-process build has finished: they are removed, not kept for good."""
+    sources once a one-process build has finished: they are removed, not kept for good, as are
+    the temporary file of a process killed while it spooled (no run took it; the spool stayed)
+    and the processes' signs of life and errors."""
     m, pre = model
     files, _ = inputs
     good = [f for f in files if "broken" not in f.name][:2]
@@ -291,5 +295,247 @@ def test_a_one_process_build_drops_the_spool_of_an_interrupted_sharded_one(input
     spool.mkdir(parents=True)
     for i in range(2):
         (spool / f"source-{i:08d}.npz").write_bytes(b"spooled")
+    # and what a process killed while it spooled a source left, its sign of life and error
+    for name in (".tmp-source-00000003.npz.k2x9.npz", "alive-1", "failed-2"):
+        (spool / name).write_bytes(b"left")
     build_index(idx, m, pre, [str(f) for f in good])
     assert not spool.exists() and IndexStore.open(idx).count == 2
+
+
+def test_build_with_part_of_torchruns_environment_is_a_usage_error(
+    inputs, tmp_path, monkeypatch, capsys
+) -> None:
+    """A process started by hand with WORLD_SIZE but no RANK: the variable is named (exit 2),
+    not an internal error (a KeyError) or a wait."""
+    from msclip.cli.index import main
+
+    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    files, _ = inputs
+    code = main(["build", str(tmp_path / "x.index"), "--images", str(files[0]), *TINY])
+    assert code == 2
+    assert "error: RANK is not set, but WORLD_SIZE=2" in capsys.readouterr().err
+
+
+def _rank_one_plans(monkeypatch, identity) -> None:
+    """A group of two whose process 1 sends ``identity(own)`` in the plan check."""
+
+    def gather(out, mine):
+        out[:] = [mine, identity(mine)]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+
+
+def test_processes_given_other_arguments_are_refused_before_the_index_is_made(
+    inputs, model, tmp_path, monkeypatch
+) -> None:
+    """Every process of a torchrun build plans its own sources and loads its own model: one
+    given other inputs, another tiling or another precision (the automatic one differs between
+    machines) is refused in every process, naming what differs, before the index folder is
+    made. Process 1's encodings were spooled under process 0's positions and refused there as
+    "from another model" (precision, model), or read past the end of its plan (an IndexError)."""
+    from msclip.errors import InvalidArgumentError
+    from msclip.index.sharded import _check_same_plan, _plan_identity, _read_settings
+
+    files, scenes = inputs
+    m, pre = model
+    images = [str(f) for f in files]
+    idx = tmp_path / "x.index"
+
+    def other(**change):
+        def identity(mine):
+            return {**mine, **change}
+
+        return identity
+
+    theirs = plan_sources(images[:2], [], 32)
+    fewer = _plan_identity(theirs, m, _read_settings(pre, 32, None, 0.5, None), "fp x")
+    cases = [
+        (other(**{k: fewer[k] for k in ("sources", "digest", "first")}),
+         r"process 1 plans other sources than process 0: 2 \(the first .*f0\.tif\) against 8"),
+        (lambda mine: {**mine, "settings": {**mine["settings"], "stride": 16},
+                       "fingerprint": mine["fingerprint"] + " stride 16"},
+         r"process 1 reads its sources with other settings than process 0: stride 16 \(process "
+         r"0: 32\)"),
+        (lambda mine: {**mine, "model": {**mine["model"], "precision": "int8"},
+                       "precision_reason": "asked for", "fingerprint": "x"},
+         rf"process 1 encodes with another model than process 0: precision 'int8' \(process 0: "
+         rf"'{m.precision}'\).*process 1 chose int8 \(asked for\), process 0 {m.precision} "),
+    ]  # fmt: skip
+    for identity, message in cases:
+        _rank_one_plans(monkeypatch, identity)
+        with pytest.raises(InvalidArgumentError, match=message):
+            build_sharded(idx, m, pre, images, [str(s) for s in scenes], rank=0, world=2)
+        assert not idx.exists()
+    _rank_one_plans(monkeypatch, lambda mine: dict(mine))  # the same plan passes
+    _check_same_plan(fewer, 2)
+
+
+PER_RANK = textwrap.dedent(
+    """
+    import os, sys
+    from msclip.cli.index import main
+
+    args, extra = sys.argv[1 : sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1 :]
+    sys.exit(main(args + (extra if os.environ["RANK"] == "1" else [])))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_given_another_precision_both_refuse(inputs, tmp_path) -> None:
+    """msclip-index build under torchrun, process 1 with another --precision: both processes
+    leave with the usage error (not an internal error once process 1's encodings reached
+    process 0), and no index is made."""
+    files, _ = inputs
+    worker = tmp_path / "per_rank.py"
+    worker.write_text(PER_RANK)
+    idx = tmp_path / "x.index"
+    proc = _torchrun([str(worker), "build", str(idx), "--images", *map(str, files[:3]), *TINY,
+                      "--precision", "fp32", "--", "--precision", "int8"], tmp_path,
+                     check=False)  # fmt: skip
+    assert proc.returncode != 0
+    err = "error: process 1 encodes with another model than process 0: precision 'int8' "
+    assert proc.stderr.count(err) == 2, proc.stderr[-3000:]
+    assert "exitcode: 2" in proc.stderr and "internal error" not in proc.stderr
+    assert not idx.exists()
+
+
+UNWATCHED = textwrap.dedent(
+    """
+    import os, sys
+    import torch, torch.distributed as dist
+    import msclip
+    from msclip.errors import ProcessGroupError
+    from msclip.index import sharded
+
+    sharded._BEAT_SECONDS, sharded._SILENCE_SECONDS = 0.2, 2.0
+    index, files = sys.argv[1], sys.argv[2].split(",")
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = msclip.create_model("msclip-tiny")
+
+    def on_source(position):
+        if rank == 1:
+            os._exit(9)  # killed after spooling its first source; nothing stops process 0
+
+    try:
+        sharded.build_sharded(index, model, model.preprocess(), files, batch_size=1,
+                              commit_seconds=0, on_source=on_source, rank=rank, world=2)
+    except ProcessGroupError as err:
+        print(err)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.slow
+def test_process_0_stops_when_another_process_dies_outside_torchrun(
+    inputs, model, tmp_path, one_process_group
+) -> None:
+    """Processes started without torchrun (a batch system's tasks): when one dies, nothing stops
+    process 0, which waited for its sources for good. It now stops once the dead process has
+    given no sign of life for a while, naming it and the source it waits for, keeping what is
+    committed; a rerun resumes."""
+    import socket
+
+    files, _ = inputs
+    good = [str(f) for f in files if "broken" not in f.name]
+    worker = tmp_path / "unwatched.py"
+    worker.write_text(UNWATCHED)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    idx = tmp_path / "x.index"
+    procs = []
+    for rank in (0, 1):
+        path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=path)  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(idx), ",".join(good)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
+    try:
+        out, err = procs[0].communicate(timeout=60)  # it waited for good
+        procs[1].communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 9 and procs[0].returncode == 3, err[-3000:]
+    assert "process 1 has given no sign of life for 2 s, and " in out
+    assert "f3.tif, which it encodes, is not in" in out and "rerun the same command" in out
+    assert 0 < IndexStore.open(idx).count < len(good)  # process 0's sources before it
+    m, pre = model
+    build_sharded(idx, m, pre, good, rank=0, world=1)  # the rerun, here with one process
+    ref = tmp_path / "ref.index"
+    build_index(ref, m, pre, good)
+    _same_index(idx, ref)
+    assert not (idx / SPOOL_DIR).exists()  # nor the signs of life
+
+
+def test_process_0_names_the_error_another_process_stopped_with(tmp_path) -> None:
+    """A process that fails leaves its error for process 0, which stops at once with it (not
+    after the silence); a process still giving signs of life is waited for."""
+    from msclip.errors import ProcessGroupError
+    from msclip.index.build import Source
+    from msclip.index.sharded import _clear_signs, _Heartbeat, _Watch
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    work = [Source("a.tif", "/data/a.tif"), Source("b.tif", "/data/b.tif")]
+    watch = _Watch(spool, {0: 0, 1: 1}, work)
+    watch.check(0)  # process 0's own: nothing to wait for
+    beat = _Heartbeat(spool, 1)
+    watch.check(1)
+    beat.stop()  # after its first sign at least
+    assert (spool / "alive-1").read_text() == "1"
+    (spool / "failed-1").write_text("RasterTooLargeError: /data/c.tif is 9x9 pixels")
+    with pytest.raises(ProcessGroupError, match=r"process 1 stopped before it encoded "
+                       r"/data/b.tif \(RasterTooLargeError: /data/c.tif is 9x9 pixels; its "
+                       r"output says more\); the sources committed"):  # fmt: skip
+        watch.check(1)
+    _clear_signs(spool)
+    assert not list(spool.iterdir())
+
+
+def test_an_index_some_process_cannot_see_is_refused(inputs, model, tmp_path, monkeypatch):
+    """Across machines, an index path on a disk of each machine's own: another process would
+    spool its share where process 0 never looks, and process 0 wait for it. Every process
+    checks that it sees what process 0 wrote in the spool; one that does not stops them all,
+    named with its machine, and process 0 lets go of the index."""
+    from msclip.errors import ProcessGroupError
+
+    files, _ = inputs
+    m, pre = model
+    good = [str(f) for f in files if "broken" not in f.name]
+    calls: list[str] = []
+
+    def gather(out, mine):
+        calls.append("gather")
+        # the plans agree; process 1, on another machine, sees no spool
+        out[:] = [mine, mine] if len(calls) == 1 else [mine, (False, "node-b")]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda payload, src: None)
+    idx = tmp_path / "x.index"
+    with pytest.raises(ProcessGroupError, match=r"process 1 \(on node-b\) cannot see what "
+                       r"process 0 \(on .*\) writes in the index .*x\.index: .*storage every "
+                       r"machine sees"):  # fmt: skip
+        build_sharded(idx, m, pre, good, rank=0, world=2)
+    assert len(calls) == 2
+    assert [p.name[:4] for p in (idx / SPOOL_DIR).iterdir()] == ["run-"]  # what it looked for
+    build_index(idx, m, pre, good)  # the writer's lock was let go; the mark goes with the spool
+    assert not (idx / SPOOL_DIR).exists()
+
+
+def test_a_process_sees_the_mark_of_process_0(tmp_path, monkeypatch) -> None:
+    from msclip.index import sharded
+
+    monkeypatch.setattr(sharded, "_SHARED_WAIT_SECONDS", 0.3)
+    mark = tmp_path / "run-1"
+    assert not sharded._appears(mark)
+    mark.write_text("host")
+    assert sharded._appears(mark)
