@@ -71,6 +71,7 @@ from msclip.index.build import (
     retry_source,
 )
 from msclip.index.store import IndexStore, IndexWriter
+from msclip.progress import progress_bar
 
 __all__ = ["SPOOL_DIR", "assign_sources", "build_sharded", "distributed_world"]
 
@@ -266,10 +267,13 @@ def build_sharded(
         "process %d of %d: %d of %d sources to encode (%d committed, %d spooled)",
         rank, world, len(mine), len(sources), committed, len(spooled),
     )  # fmt: skip
+    # one process: the encoding's own bar; several: process 0 shows the group's progress (the
+    # images of the sources added to the index, in plan order, whoever encoded them) rather than
+    # its own share, after which it waited for the others with no bar moving
     encoded = encode_sources(
         model, preprocess, [work[i] for i in mine], mine, min_valid=min_valid,
-        nodata=nodata, batch_size=batch_size, workers=workers, progress=progress and rank == 0,
-        abort_on=abort_on,
+        nodata=nodata, batch_size=batch_size, workers=workers,
+        progress=progress and rank == 0 and world == 1, abort_on=abort_on,
     )  # fmt: skip
     if rank != 0:
         report.skipped_done = committed
@@ -302,20 +306,25 @@ def build_sharded(
     own: dict[int, EncodedSource] = {}
     last_commit = time.monotonic()
     watch = _Watch(spool, owners, work)
-    with writer:  # a failure still commits what was added (whole sources), as one process does
+    group_bar = progress and world > 1
+    bar = progress_bar(
+        total=sum(len(work[i].items) for i in pending),  # type: ignore[union-attr]
+        desc=f"index ({world} processes)", unit="img", disable=not group_bar,
+    )  # fmt: skip
+    with bar, writer:  # a failure still commits what was added (whole sources), as one process does
         for done in encoded:
             own[done.position] = done
             if on_source is not None:
                 on_source(done.position)
             last_commit = _ingest(
                 writer, work, pending, own, spool, fingerprint, report, commit_seconds,
-                last_commit,
+                last_commit, bar.update,
             )  # fmt: skip
         while pending:  # the rest comes from the other processes
             before = len(pending)
             last_commit = _ingest(
                 writer, work, pending, own, spool, fingerprint, report, commit_seconds,
-                last_commit,
+                last_commit, bar.update,
             )  # fmt: skip
             if len(pending) == before:
                 watch.check(pending[0])
@@ -591,9 +600,11 @@ def _ingest(
     report: BuildReport,
     commit_seconds: float,
     last_commit: float,
+    on_added: Callable[[int], Any] | None = None,
 ) -> float:
     """Add the next sources in plan order while they are available (own or spooled), taking
-    them off the front of ``pending``; returns the time of the last commit."""
+    them off the front of ``pending`` (``on_added`` gets each one's item count); returns the time
+    of the last commit."""
     while pending:
         pos = pending[0]
         done = own.pop(pos, None)
@@ -614,4 +625,6 @@ def _ingest(
             writer.commit()
             last_commit = time.monotonic()
         pending.popleft()
+        if on_added is not None:
+            on_added(len(source.items))
     return last_commit

@@ -4,6 +4,7 @@ against a one-process build (same ids and metadata, embeddings to 1e-6), after k
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -207,10 +208,18 @@ def test_torchrun_build_equals_one_process_and_resumes_after_kills(inputs, tmp_p
     assert main(["build", str(ref), "--images", *images, "--scenes", *map(str, scenes), *TINY,
                  "--skip-bad"]) == 0  # fmt: skip
 
-    # the command line under torchrun
+    # the command line under torchrun (with progress bars: not --quiet)
     two = tmp_path / "two.index"
+    loud = [a for a in TINY if a != "--quiet"]
     proc = _torchrun(["-m", "msclip.index", "build", str(two), "--images", *images, "--scenes",
-                      *map(str, scenes), *TINY], tmp_path, check=False)  # fmt: skip
+                      *map(str, scenes), *loud], tmp_path, check=False)  # fmt: skip
+    # one bar, process 0's, over the whole group's images as they reach the index (it showed
+    # its own share, then waited for the others with nothing moving)
+    total = IndexStore.open(ref).count + 1  # the unreadable file counts among the images
+    assert re.search(rf"index \(2 processes\): 100%.*\b{total}/{total}\b", proc.stderr), (
+        proc.stderr[-3000:]
+    )
+    assert "index: " not in proc.stderr  # no bar of one process's share
     # the unreadable file, whichever process read it, is named by process 0, which gives the
     # status (1, as one process without --skip-bad) once everything is committed
     assert proc.returncode == 1, proc.stderr[-3000:]
