@@ -649,6 +649,11 @@ def _run_build(args: argparse.Namespace) -> int:
     keys = {s.key for s in store.sources} if store is not None else set()
     new = [f for f in images if os.path.abspath(f) not in keys]
     group = _join_process_group(args)  # under torchrun: one share of the sources per process
+    if group is not None and group.rank != 0:
+        # status lines ("loading ...", "precision: ...") once, from process 0: the processes
+        # compare their plans, model and precision, so the others' would only repeat them (32
+        # copies on 32 processes); their warnings are still shown, as only they may meet them
+        args.quiet = True
     try:
         large = LargeCheck(new, _LARGE_IMAGE_FIX)
         model, preprocess, _ = load_model(args, options=image_options(args), large=large)

@@ -220,6 +220,8 @@ def test_torchrun_build_equals_one_process_and_resumes_after_kills(inputs, tmp_p
         proc.stderr[-3000:]
     )
     assert "index: " not in proc.stderr  # no bar of one process's share
+    # status lines once, from process 0 (the processes compare model and precision)
+    assert proc.stderr.count("precision: ") == 1 and proc.stderr.count("loading ") <= 1
     # the unreadable file, whichever process read it, is named by process 0, which gives the
     # status (1, as one process without --skip-bad) once everything is committed
     assert proc.returncode == 1, proc.stderr[-3000:]
