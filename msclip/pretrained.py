@@ -774,7 +774,25 @@ def load_weights(
         for k in set(sd) & set(target)
         if sd[k].shape != target[k].shape
     )
-    if shapes or (strict and (missing or unexpected)):
+    # a weight of another kind (integers where the model has floats: a quantised state dict) or
+    # without data (a state dict saved from a model on the meta device) cannot become a weight;
+    # load_state_dict would fail inside torch, naming neither the file nor the reason
+    kinds = sorted(
+        f"{k}: checkpoint {str(sd[k].dtype).replace('torch.', '')} vs model "
+        f"{str(target[k].dtype).replace('torch.', '')}"
+        for k in set(sd) & set(target)
+        if sd[k].is_floating_point() != target[k].is_floating_point()
+        or sd[k].is_complex() != target[k].is_complex()
+    )
+    empty = sorted(k for k in set(sd) & set(target) if sd[k].is_meta)
+    if empty:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path or ''} holds {len(empty)} tensor(s) without values (on the "
+            f"meta device: saved from a model that was never loaded): "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; save the weights again "
+            "from a loaded model"
+        )
+    if shapes or kinds or (strict and (missing or unexpected)):
 
         def _fmt(items: list[str]) -> str:
             return ", ".join(items[:12]) + (f" ... (+{len(items) - 12} more)" if len(items) > 12
@@ -787,6 +805,8 @@ def load_weights(
             parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if shapes:
             parts.append(f"shape differences ({len(shapes)}): {_fmt(shapes)}")
+        if kinds:
+            parts.append(f"type differences ({len(kinds)}): {_fmt(kinds)}")
         hint = ""
         if (
             key in sd
@@ -796,6 +816,10 @@ def load_weights(
         ):
             hint = (" The patch kernel's band count differs: the checkpoint was made for other "
                     "bands than this model's " f"{list(model.bands)}.")  # fmt: skip
+        if kinds:
+            hint += (" A weight of another type than the model's (integers of a quantised state "
+                     "dict, say) cannot be loaded: give the file of the floating-point "
+                     "weights.")  # fmt: skip
         raise CheckpointMismatchError(
             f"checkpoint {ckpt.path or ''} ({ckpt.format}) does not fit model "
             f"{model.config.name or model.config.arch!r}: " + "; ".join(parts) + "." + hint

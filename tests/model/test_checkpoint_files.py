@@ -183,3 +183,36 @@ def test_a_missing_release_file_is_named_with_where_it_is_published(tmp_path):
     assert missing_checkpoint_message(shared) == f"checkpoint file not found: {shared}"
     with pytest.raises(Exception, match="huggingface-cli download ibm-esa-geospatial"):
         FinetuneRunConfig(folders=str(tmp_path), ckpt_path=str(missing)).validate()
+
+
+def test_integer_and_valueless_tensors_are_named_not_torch_errors(tiny_files, tmp_path) -> None:
+    """A state dict whose weight is stored as integers (a quantised one) or has no values (saved
+    from a model built on the meta device) is refused with the weight's name and the fix, for the
+    meta-device build of create_model and for a materialised model alike (torch's own error named
+    neither the file nor the reason)."""
+    from safetensors.torch import save_file
+
+    from msclip.errors import CheckpointMismatchError
+    from msclip.pretrained import load_weights, read_checkpoint
+
+    model, _, _ = tiny_files
+    sd = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    sd["ln_final.weight"] = sd["ln_final.weight"].to(torch.int8)
+    torch.save(sd, tmp_path / "int.pt")
+    save_file(sd, str(tmp_path / "int.safetensors"))
+    for name in ("int.pt", "int.safetensors"):
+        for precision in ("fp32", "bf16"):
+            with pytest.raises(CheckpointMismatchError, match=r"ln_final\.weight: checkpoint int8"):
+                msclip.create_model("msclip-tiny", tmp_path / name, precision=precision)
+    sd = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    sd["ln_final.weight"] = torch.empty(sd["ln_final.weight"].shape, device="meta")
+    torch.save(sd, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match=r"meta\.pt holds 1 tensor\(s\) without values.*"
+                       r"ln_final\.weight; save the weights again"):  # fmt: skip
+        msclip.create_model("msclip-tiny", tmp_path / "meta.pt", precision="fp32")
+    target = msclip.create_model("msclip-tiny", precision="fp32")  # materialised, random weights
+    before = target.clip.ln_final.weight.detach().clone()
+    for name in ("meta.pt", "int.pt"):
+        with pytest.raises(CheckpointError, match=r"ln_final\.weight"):
+            load_weights(target, read_checkpoint(tmp_path / name))
+    assert torch.equal(target.clip.ln_final.weight, before)  # nothing half-loaded
