@@ -21,6 +21,7 @@ Checkpoint formats read (always without unpickling arbitrary objects: ``torch.lo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -213,6 +214,12 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
         files = ", ".join(os.path.join(p, n) for n in inside[:4]) + more
         return f"{p} is a folder, not a checkpoint file; give the path of a file in it: {files}"
     if os.path.islink(p) and not os.path.exists(p):
+        try:
+            os.stat(p)
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # its target exists: it is a link that leads back here
+                return (f"{p} is a link to {os.readlink(p)} in a loop of symbolic links that "
+                        "never reaches a file; point the link at the checkpoint file")  # fmt: skip
         return (f"{p} is a link to {os.readlink(p)}, which does not exist (an interrupted "
                 "download or a cleaned cache); download the file again")  # fmt: skip
     why = not_a_file(p, "the path of the checkpoint file")

@@ -216,3 +216,21 @@ def test_integer_and_valueless_tensors_are_named_not_torch_errors(tiny_files, tm
         with pytest.raises(CheckpointError, match=r"ln_final\.weight"):
             load_weights(target, read_checkpoint(tmp_path / name))
     assert torch.equal(target.clip.ln_final.weight, before)  # nothing half-loaded
+
+
+def test_a_loop_of_links_is_named_as_such_not_as_a_missing_target(tmp_path) -> None:
+    """A link in a loop of symbolic links was reported as a link whose target does not exist (a
+    cleaned cache, download again), though its target exists; a dangling link still is."""
+    from msclip.errors import WeightsNotFoundError
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    loop = r"a\.pt is a link to .*b\.pt in a loop of symbolic links .*point the link at the"
+    for load in (lambda: msclip.create_model(a), lambda: msclip.create_model("msclip-tiny", a)):
+        with pytest.raises(WeightsNotFoundError, match=loop):
+            load()
+    gone = tmp_path / "gone.pt"
+    gone.symlink_to(tmp_path / "blob")
+    with pytest.raises(WeightsNotFoundError, match=r"blob, which does not exist"):
+        msclip.create_model("msclip-tiny", gone)
