@@ -365,6 +365,15 @@ def _create_model(
     if choice.precision == "bf16" and device_type(device) == "cpu":
         choice = _confirm_cpu_bf16(choice, config)
         dtype = torch.bfloat16 if choice.precision == "bf16" else torch.float32
+    if ckpt is not None and device_type(device) == "meta":
+        from msclip.errors import DeviceError
+
+        raise DeviceError(
+            f"device 'meta' holds no values: the weights of {ckpt.path} would be dropped, leaving "
+            "a model that computes nothing; use device='cpu' or 'cuda' (or pretrained=None for "
+            "the architecture alone on the meta device)",
+            param="device",
+        )
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)

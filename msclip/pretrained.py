@@ -935,6 +935,13 @@ def _check_float(model: torch.nn.Module) -> None:
             "float model it was made from (create_model(..., precision='fp32'))",
             param="precision",
         )
+    empty = [n for n, t in model.clip.state_dict().items() if t.is_meta]
+    if empty:
+        raise CheckpointError(
+            f"the model's weights {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} are on "
+            "the meta device, which holds no values: a file of them would hold nothing; load "
+            "the weights first (load_weights) or create the model on 'cpu'"
+        )
 
 
 def export_release_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:

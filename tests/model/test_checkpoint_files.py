@@ -234,3 +234,23 @@ def test_a_loop_of_links_is_named_as_such_not_as_a_missing_target(tmp_path) -> N
     gone.symlink_to(tmp_path / "blob")
     with pytest.raises(WeightsNotFoundError, match=r"blob, which does not exist"):
         msclip.create_model("msclip-tiny", gone)
+
+
+def test_weights_are_never_loaded_onto_the_meta_device_or_saved_from_it(tiny_files, tmp_path):
+    """device='meta' keeps no values: with weights asked for it is refused (the weights were read,
+    then dropped in silence), without them it builds the architecture alone; a model with weights
+    on the meta device is refused by save_checkpoint and export_release_checkpoint by name, where
+    torch failed naming neither the weights nor the file."""
+    from msclip.errors import DeviceError
+
+    _, st, plain = tiny_files
+    for load in (lambda: msclip.create_model(st, device="meta"),
+                 lambda: msclip.create_model("msclip-tiny", plain, device="meta")):  # fmt: skip
+        with pytest.raises(DeviceError, match=r"device 'meta' holds no values: the weights of"):
+            load()
+    shell = msclip.create_model("msclip-tiny", device="meta", precision="fp32")
+    assert all(p.is_meta for p in shell.parameters())
+    for save in (msclip.save_checkpoint, msclip.export_release_checkpoint):
+        with pytest.raises(CheckpointError, match=r"weights .* are on the meta device"):
+            save(shell, tmp_path / "empty.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
