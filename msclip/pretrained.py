@@ -10,7 +10,7 @@ Checkpoint formats read (always without unpickling arbitrary objects: ``torch.lo
 
 * the Llama3-MS-CLIP release ``.pt``: one OpenCLIP state dict registered under three prefixes
   (``clip_base_model.model.``, ``text_encoder.model.``, ``image_encoder.model.``) plus a scalar
-  ``temperature``;
+  ``temperature`` (also converted to safetensors, or under a wrapper's prefix);
 * plain OpenCLIP state dicts (``.pt``/``.bin``/``.safetensors``), also inside Lightning
   ``state_dict`` or msclip training ``model`` wrappers, with or without a DDP ``module.`` prefix
   (objects beside the weights, such as Lightning hyper-parameters, are read as inert stand-ins:
@@ -605,10 +605,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 f"{p}: its metadata field {field!r} is damaged ({err}); use a good copy of the "
                 "file, or re-save the weights with msclip.save_checkpoint"
             ) from err
+        sd = _strip_module(sd)
+        release = _release_layout(p, sd, True, meta) if config is None else None
+        if release is not None:  # the release's .pt converted to safetensors
+            return release
         fmt = "msclip" if config is not None else "open_clip"
-        return Checkpoint(
-            _strip_module(sd), fmt, config, temperature, p, mapped=True, metadata=dict(meta)
-        )
+        return Checkpoint(sd, fmt, config, temperature, p, mapped=True, metadata=dict(meta))
 
     if p.endswith(".safetensors"):  # torch's loader reads any file of this name as safetensors
         raise CheckpointError(
@@ -637,24 +639,37 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{p} holds no tensors")
+    sd = _strip_module(sd)
+    release = _release_layout(p, sd, mapped) if config is None else None
+    if release is not None:
+        return release
+    return Checkpoint(sd, "open_clip" if config is None else "msclip", config, None, p, mapped)
+
+
+def _release_layout(
+    path: str, sd: dict[str, torch.Tensor], mapped: bool, metadata: dict[str, str] | None = None
+) -> Checkpoint | None:
+    """The checkpoint of a state dict in the Llama3-MS-CLIP release layout (the OpenCLIP model
+    under three prefixes, plus ``temperature``), whatever file format holds it (the release's
+    ``.pt``, or a safetensors conversion of it); ``None`` for another layout."""
     prefix = RELEASE_PREFIXES[0]
-    if any(k.startswith(prefix) for k in sd):
-        temperature = float(sd["temperature"]) if "temperature" in sd else None
-        main = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-        others = [k for k in sd if not k.startswith(RELEASE_PREFIXES) and k != "temperature"]
-        if others:
-            raise CheckpointMismatchError(
-                f"{p} looks like a Llama3-MS-CLIP release checkpoint but also holds unexpected "
-                f"entries {others[:10]}"
-            )
-        for other in RELEASE_PREFIXES[1:]:
-            copy = {k[len(other) :]: v for k, v in sd.items() if k.startswith(other)}
-            if copy and (copy.keys() != main.keys()):
-                logger.warning("%s: entries under %r differ from %r; using the latter",
-                               p, other, prefix)  # fmt: skip
-        return Checkpoint(main, "llama3-ms-clip-release", None, temperature, p, mapped)
-    return Checkpoint(_strip_module(sd), "open_clip" if config is None else "msclip", config,
-                      None, p, mapped)  # fmt: skip
+    if not any(k.startswith(prefix) for k in sd):
+        return None
+    temperature = float(sd["temperature"]) if "temperature" in sd else None
+    main = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    others = [k for k in sd if not k.startswith(RELEASE_PREFIXES) and k != "temperature"]
+    if others:
+        raise CheckpointMismatchError(
+            f"{path} looks like a Llama3-MS-CLIP release checkpoint but also holds unexpected "
+            f"entries {others[:10]}"
+        )
+    for other in RELEASE_PREFIXES[1:]:
+        copy = {k[len(other) :]: v for k, v in sd.items() if k.startswith(other)}
+        if copy and (copy.keys() != main.keys()):
+            logger.warning("%s: entries under %r differ from %r; using the latter",
+                           path, other, prefix)  # fmt: skip
+    return Checkpoint(main, "llama3-ms-clip-release", None, temperature, path, mapped,
+                      metadata=dict(metadata or {}))  # fmt: skip
 
 
 def _refuse_download_stand_ins(path: str) -> None:
@@ -687,10 +702,11 @@ def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the wrappers' key prefixes: ``module.`` (DistributedDataParallel), ``clip.`` (an
     :class:`msclip.MSCLIP`'s own ``state_dict()``, saved with ``torch.save``), and any one name
     that every key starts with when what follows is a CLIP model's (``model.`` of a Lightning
-    module's attribute, nested as ``model.module.clip.`` too)."""
+    module's attribute, nested as ``model.module.clip.`` too) or the Llama3-MS-CLIP release
+    layout's (its prefixes, ``clip_base_model.model.`` ...)."""
     given = sd
     for _ in range(4):
-        if not sd or any(k.startswith(_CLIP_KEYS) for k in sd):
+        if not sd or any(k.startswith((*_CLIP_KEYS, *RELEASE_PREFIXES)) for k in sd):
             return sd
         first = {k.split(".", 1)[0] for k in sd}
         if len(first) != 1 or not all("." in k for k in sd):
