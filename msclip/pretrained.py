@@ -839,6 +839,10 @@ def load_weights(
         ):
             hint = (" The patch kernel's band count differs: the checkpoint was made for other "
                     "bands than this model's " f"{list(model.bands)}.")  # fmt: skip
+            if len(src_bands) == sd[key].shape[1]:  # the file names them: both ways out
+                hint += (f" It reads {list(src_bands)}: create the model from the file alone "
+                         "(create_model(path)) to use those, or pass bands=... to map its patch "
+                         "kernel onto other bands by wavelength.")  # fmt: skip
         if kinds:
             hint += (" A weight of another type than the model's (integers of a quantised state "
                      "dict, say) cannot be loaded: give the file of the floating-point "

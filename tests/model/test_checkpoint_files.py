@@ -254,3 +254,21 @@ def test_weights_are_never_loaded_onto_the_meta_device_or_saved_from_it(tiny_fil
         with pytest.raises(CheckpointError, match=r"weights .* are on the meta device"):
             save(shell, tmp_path / "empty.safetensors")
     assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+
+def test_a_checkpoint_of_more_bands_names_both_ways_to_load_it(tmp_path) -> None:
+    """A file whose patch kernel reads other bands than the model's names its bands and the two
+    ways out; the second, bands=..., loads it into the model's bands."""
+    from msclip.errors import CheckpointMismatchError
+
+    l2a = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    torch.manual_seed(0)
+    twelve = msclip.create_model("msclip-tiny", bands=l2a, precision="fp32")
+    path = msclip.save_checkpoint(twelve, tmp_path / "l2a.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=r"It reads \['B01', .*create the model "
+                       r"from the file alone .* or pass bands=\.\.\."):  # fmt: skip
+        msclip.create_model("msclip-tiny", path, precision="fp32")
+    ten = msclip.get_model_entry("msclip-tiny").bands
+    model = msclip.create_model("msclip-tiny", path, bands=ten, precision="fp32")
+    kernel = twelve.clip.visual.conv1.weight
+    assert torch.equal(model.clip.visual.conv1.weight, kernel[:, [l2a.index(b) for b in ten]])
