@@ -456,13 +456,15 @@ WEIGHT_CACHE_KEEP = 4
 
 def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
     """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
-    (float32, no source file, or the cache turned off)."""
+    (float32, weights already in ``dtype``, no source file, or the cache turned off)."""
     from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
     from msclip.pretrained import file_sha256
 
     off = env_setting(WEIGHT_CACHE_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
     if dtype == torch.float32 or not ckpt.path or off:
         return None
+    if all(v.dtype == dtype or not v.is_floating_point() for v in ckpt.state_dict.values()):
+        return None  # a file already in this dtype is mapped as it is: a copy would gain nothing
     import hashlib
 
     facts = json.dumps(
