@@ -365,6 +365,15 @@ def _create_model(
     if choice.precision == "bf16" and device_type(device) == "cpu":
         choice = _confirm_cpu_bf16(choice, config)
         dtype = torch.bfloat16 if choice.precision == "bf16" else torch.float32
+    if ckpt is not None and device_type(device) == "meta":
+        from msclip.errors import DeviceError
+
+        raise DeviceError(
+            f"device 'meta' holds no values: the weights of {ckpt.path} would be dropped, leaving "
+            "a model that computes nothing; use device='cpu' or 'cuda' (or pretrained=None for "
+            "the architecture alone on the meta device)",
+            param="device",
+        )
     if ckpt is not None:
         model = _load(config, ckpt, extend, dtype)
         logger.info("loaded %s weights (%s) from %s", label, ckpt.format, ckpt.path)
@@ -447,13 +456,15 @@ WEIGHT_CACHE_KEEP = 4
 
 def _weight_cache_path(ckpt: Any, config: MSCLIPConfig, dtype: torch.dtype) -> Path | None:
     """Where the weights of ``ckpt`` converted to ``dtype`` for ``config`` are kept, or ``None``
-    (float32, no source file, or the cache turned off)."""
+    (float32, weights already in ``dtype``, no source file, or the cache turned off)."""
     from msclip.hardware import SWITCH_OFF, SWITCH_VALUES, env_setting
     from msclip.pretrained import file_sha256
 
     off = env_setting(WEIGHT_CACHE_ENV, "1", SWITCH_VALUES) in SWITCH_OFF
     if dtype == torch.float32 or not ckpt.path or off:
         return None
+    if all(v.dtype == dtype or not v.is_floating_point() for v in ckpt.state_dict.values()):
+        return None  # a file already in this dtype is mapped as it is: a copy would gain nothing
     import hashlib
 
     facts = json.dumps(

@@ -10,7 +10,7 @@ Checkpoint formats read (always without unpickling arbitrary objects: ``torch.lo
 
 * the Llama3-MS-CLIP release ``.pt``: one OpenCLIP state dict registered under three prefixes
   (``clip_base_model.model.``, ``text_encoder.model.``, ``image_encoder.model.``) plus a scalar
-  ``temperature``;
+  ``temperature`` (also converted to safetensors, or under a wrapper's prefix);
 * plain OpenCLIP state dicts (``.pt``/``.bin``/``.safetensors``), also inside Lightning
   ``state_dict`` or msclip training ``model`` wrappers, with or without a DDP ``module.`` prefix
   (objects beside the weights, such as Lightning hyper-parameters, are read as inert stand-ins:
@@ -21,6 +21,7 @@ Checkpoint formats read (always without unpickling arbitrary objects: ``torch.lo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -213,6 +214,12 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
         files = ", ".join(os.path.join(p, n) for n in inside[:4]) + more
         return f"{p} is a folder, not a checkpoint file; give the path of a file in it: {files}"
     if os.path.islink(p) and not os.path.exists(p):
+        try:
+            os.stat(p)
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # its target exists: it is a link that leads back here
+                return (f"{p} is a link to {os.readlink(p)} in a loop of symbolic links that "
+                        "never reaches a file; point the link at the checkpoint file")  # fmt: skip
         return (f"{p} is a link to {os.readlink(p)}, which does not exist (an interrupted "
                 "download or a cleaned cache); download the file again")  # fmt: skip
     why = not_a_file(p, "the path of the checkpoint file")
@@ -598,10 +605,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 f"{p}: its metadata field {field!r} is damaged ({err}); use a good copy of the "
                 "file, or re-save the weights with msclip.save_checkpoint"
             ) from err
+        sd = _strip_module(sd)
+        release = _release_layout(p, sd, True, meta) if config is None else None
+        if release is not None:  # the release's .pt converted to safetensors
+            return release
         fmt = "msclip" if config is not None else "open_clip"
-        return Checkpoint(
-            _strip_module(sd), fmt, config, temperature, p, mapped=True, metadata=dict(meta)
-        )
+        return Checkpoint(sd, fmt, config, temperature, p, mapped=True, metadata=dict(meta))
 
     if p.endswith(".safetensors"):  # torch's loader reads any file of this name as safetensors
         raise CheckpointError(
@@ -630,24 +639,37 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{p} holds no tensors")
+    sd = _strip_module(sd)
+    release = _release_layout(p, sd, mapped) if config is None else None
+    if release is not None:
+        return release
+    return Checkpoint(sd, "open_clip" if config is None else "msclip", config, None, p, mapped)
+
+
+def _release_layout(
+    path: str, sd: dict[str, torch.Tensor], mapped: bool, metadata: dict[str, str] | None = None
+) -> Checkpoint | None:
+    """The checkpoint of a state dict in the Llama3-MS-CLIP release layout (the OpenCLIP model
+    under three prefixes, plus ``temperature``), whatever file format holds it (the release's
+    ``.pt``, or a safetensors conversion of it); ``None`` for another layout."""
     prefix = RELEASE_PREFIXES[0]
-    if any(k.startswith(prefix) for k in sd):
-        temperature = float(sd["temperature"]) if "temperature" in sd else None
-        main = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-        others = [k for k in sd if not k.startswith(RELEASE_PREFIXES) and k != "temperature"]
-        if others:
-            raise CheckpointMismatchError(
-                f"{p} looks like a Llama3-MS-CLIP release checkpoint but also holds unexpected "
-                f"entries {others[:10]}"
-            )
-        for other in RELEASE_PREFIXES[1:]:
-            copy = {k[len(other) :]: v for k, v in sd.items() if k.startswith(other)}
-            if copy and (copy.keys() != main.keys()):
-                logger.warning("%s: entries under %r differ from %r; using the latter",
-                               p, other, prefix)  # fmt: skip
-        return Checkpoint(main, "llama3-ms-clip-release", None, temperature, p, mapped)
-    return Checkpoint(_strip_module(sd), "open_clip" if config is None else "msclip", config,
-                      None, p, mapped)  # fmt: skip
+    if not any(k.startswith(prefix) for k in sd):
+        return None
+    temperature = float(sd["temperature"]) if "temperature" in sd else None
+    main = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    others = [k for k in sd if not k.startswith(RELEASE_PREFIXES) and k != "temperature"]
+    if others:
+        raise CheckpointMismatchError(
+            f"{path} looks like a Llama3-MS-CLIP release checkpoint but also holds unexpected "
+            f"entries {others[:10]}"
+        )
+    for other in RELEASE_PREFIXES[1:]:
+        copy = {k[len(other) :]: v for k, v in sd.items() if k.startswith(other)}
+        if copy and (copy.keys() != main.keys()):
+            logger.warning("%s: entries under %r differ from %r; using the latter",
+                           path, other, prefix)  # fmt: skip
+    return Checkpoint(main, "llama3-ms-clip-release", None, temperature, path, mapped,
+                      metadata=dict(metadata or {}))  # fmt: skip
 
 
 def _refuse_download_stand_ins(path: str) -> None:
@@ -680,10 +702,11 @@ def _strip_module(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the wrappers' key prefixes: ``module.`` (DistributedDataParallel), ``clip.`` (an
     :class:`msclip.MSCLIP`'s own ``state_dict()``, saved with ``torch.save``), and any one name
     that every key starts with when what follows is a CLIP model's (``model.`` of a Lightning
-    module's attribute, nested as ``model.module.clip.`` too)."""
+    module's attribute, nested as ``model.module.clip.`` too) or the Llama3-MS-CLIP release
+    layout's (its prefixes, ``clip_base_model.model.`` ...)."""
     given = sd
     for _ in range(4):
-        if not sd or any(k.startswith(_CLIP_KEYS) for k in sd):
+        if not sd or any(k.startswith((*_CLIP_KEYS, *RELEASE_PREFIXES)) for k in sd):
             return sd
         first = {k.split(".", 1)[0] for k in sd}
         if len(first) != 1 or not all("." in k for k in sd):
@@ -774,7 +797,25 @@ def load_weights(
         for k in set(sd) & set(target)
         if sd[k].shape != target[k].shape
     )
-    if shapes or (strict and (missing or unexpected)):
+    # a weight of another kind (integers where the model has floats: a quantised state dict) or
+    # without data (a state dict saved from a model on the meta device) cannot become a weight;
+    # load_state_dict would fail inside torch, naming neither the file nor the reason
+    kinds = sorted(
+        f"{k}: checkpoint {str(sd[k].dtype).replace('torch.', '')} vs model "
+        f"{str(target[k].dtype).replace('torch.', '')}"
+        for k in set(sd) & set(target)
+        if sd[k].is_floating_point() != target[k].is_floating_point()
+        or sd[k].is_complex() != target[k].is_complex()
+    )
+    empty = sorted(k for k in set(sd) & set(target) if sd[k].is_meta)
+    if empty:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path or ''} holds {len(empty)} tensor(s) without values (on the "
+            f"meta device: saved from a model that was never loaded): "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; save the weights again "
+            "from a loaded model"
+        )
+    if shapes or kinds or (strict and (missing or unexpected)):
 
         def _fmt(items: list[str]) -> str:
             return ", ".join(items[:12]) + (f" ... (+{len(items) - 12} more)" if len(items) > 12
@@ -787,6 +828,8 @@ def load_weights(
             parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if shapes:
             parts.append(f"shape differences ({len(shapes)}): {_fmt(shapes)}")
+        if kinds:
+            parts.append(f"type differences ({len(kinds)}): {_fmt(kinds)}")
         hint = ""
         if (
             key in sd
@@ -796,6 +839,14 @@ def load_weights(
         ):
             hint = (" The patch kernel's band count differs: the checkpoint was made for other "
                     "bands than this model's " f"{list(model.bands)}.")  # fmt: skip
+            if len(src_bands) == sd[key].shape[1]:  # the file names them: both ways out
+                hint += (f" It reads {list(src_bands)}: create the model from the file alone "
+                         "(create_model(path)) to use those, or pass bands=... to map its patch "
+                         "kernel onto other bands by wavelength.")  # fmt: skip
+        if kinds:
+            hint += (" A weight of another type than the model's (integers of a quantised state "
+                     "dict, say) cannot be loaded: give the file of the floating-point "
+                     "weights.")  # fmt: skip
         raise CheckpointMismatchError(
             f"checkpoint {ckpt.path or ''} ({ckpt.format}) does not fit model "
             f"{model.config.name or model.config.arch!r}: " + "; ".join(parts) + "." + hint
@@ -903,6 +954,13 @@ def _check_float(model: torch.nn.Module) -> None:
             "an int8 model (quantised image tower) cannot be saved as a checkpoint; save the "
             "float model it was made from (create_model(..., precision='fp32'))",
             param="precision",
+        )
+    empty = [n for n, t in model.clip.state_dict().items() if t.is_meta]
+    if empty:
+        raise CheckpointError(
+            f"the model's weights {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} are on "
+            "the meta device, which holds no values: a file of them would hold nothing; load "
+            "the weights first (load_weights) or create the model on 'cpu'"
         )
 
 

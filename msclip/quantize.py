@@ -66,6 +66,17 @@ def _dynamic_linear(linear: nn.Linear) -> nn.Module:
         return DynamicLinear.from_float(linear)
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A float32 ``nn.Linear`` holding ``weight`` and ``bias`` themselves (float32 ones are not
+    copied), built on the meta device: no random initialisation drawn only to be overwritten."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().float(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
+    return linear
+
+
 class PerImageLinear(nn.Module):
     """A dynamic int8 linear layer whose activations are quantised image by image.
 
@@ -109,18 +120,8 @@ class Int8Attention(nn.Module):
         self.embed_dim = mha.embed_dim
         self.num_heads = mha.num_heads
         self.batch_first = True
-        width = mha.embed_dim
-        qkv = nn.Linear(width, 3 * width, bias=mha.in_proj_bias is not None)
-        out = nn.Linear(width, width, bias=mha.out_proj.bias is not None)
-        with torch.no_grad():
-            qkv.weight.copy_(mha.in_proj_weight.float())
-            out.weight.copy_(mha.out_proj.weight.float())
-            if mha.in_proj_bias is not None:
-                qkv.bias.copy_(mha.in_proj_bias.float())
-            if mha.out_proj.bias is not None:
-                out.bias.copy_(mha.out_proj.bias.float())
-        self.qkv = PerImageLinear(qkv)
-        self.out_proj = PerImageLinear(out)
+        self.qkv = PerImageLinear(_linear(mha.in_proj_weight, mha.in_proj_bias))
+        self.out_proj = PerImageLinear(_linear(mha.out_proj.weight, mha.out_proj.bias))
 
     def forward(
         self,
@@ -178,11 +179,22 @@ def quantize_image_tower(model: nn.Module) -> nn.Module:
         raise PrecisionError(
             "int8 quantisation supports vision-transformer image towers", param="precision"
         )
+    # The float weights quantised were read from the checkpoint's memory map, whose pages would
+    # stay resident beside their int8 copies and never be read again (0.33 GB for
+    # Llama3-MS-CLIP-Base: more than the fp32 model's whole image tower). They are dropped block by
+    # block where they are an unchanged map of the file (weights in anonymous memory are left
+    # alone), so no more than one block's float pages are resident at a time.
+    from msclip.memory import _private_file_ranges, release_mapped
+
+    regions = _private_file_ranges() or []  # the file maps, which quantising does not change
     for block in blocks:
+        replaced = [*block.attn.parameters(), *block.mlp.c_fc.parameters(),
+                    *block.mlp.c_proj.parameters()]  # fmt: skip
         block.attn = Int8Attention(block.attn)
         block.mlp.c_fc = PerImageLinear(block.mlp.c_fc)
         block.mlp.c_proj = PerImageLinear(block.mlp.c_proj)
         block.mlp.c_fc.int8_original_dtype = torch.float32  # read by get_weight_dtype()
+        release_mapped(replaced, regions)
     visual.msclip_int8 = True
     visual.requires_grad_(False)
     logger.info("image tower quantised to int8 (%s engine, %d blocks)", engine, len(blocks))

@@ -183,3 +183,92 @@ def test_a_missing_release_file_is_named_with_where_it_is_published(tmp_path):
     assert missing_checkpoint_message(shared) == f"checkpoint file not found: {shared}"
     with pytest.raises(Exception, match="huggingface-cli download ibm-esa-geospatial"):
         FinetuneRunConfig(folders=str(tmp_path), ckpt_path=str(missing)).validate()
+
+
+def test_integer_and_valueless_tensors_are_named_not_torch_errors(tiny_files, tmp_path) -> None:
+    """A state dict whose weight is stored as integers (a quantised one) or has no values (saved
+    from a model built on the meta device) is refused with the weight's name and the fix, for the
+    meta-device build of create_model and for a materialised model alike (torch's own error named
+    neither the file nor the reason)."""
+    from safetensors.torch import save_file
+
+    from msclip.errors import CheckpointMismatchError
+    from msclip.pretrained import load_weights, read_checkpoint
+
+    model, _, _ = tiny_files
+    sd = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    sd["ln_final.weight"] = sd["ln_final.weight"].to(torch.int8)
+    torch.save(sd, tmp_path / "int.pt")
+    save_file(sd, str(tmp_path / "int.safetensors"))
+    for name in ("int.pt", "int.safetensors"):
+        for precision in ("fp32", "bf16"):
+            with pytest.raises(CheckpointMismatchError, match=r"ln_final\.weight: checkpoint int8"):
+                msclip.create_model("msclip-tiny", tmp_path / name, precision=precision)
+    sd = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    sd["ln_final.weight"] = torch.empty(sd["ln_final.weight"].shape, device="meta")
+    torch.save(sd, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match=r"meta\.pt holds 1 tensor\(s\) without values.*"
+                       r"ln_final\.weight; save the weights again"):  # fmt: skip
+        msclip.create_model("msclip-tiny", tmp_path / "meta.pt", precision="fp32")
+    target = msclip.create_model("msclip-tiny", precision="fp32")  # materialised, random weights
+    before = target.clip.ln_final.weight.detach().clone()
+    for name in ("meta.pt", "int.pt"):
+        with pytest.raises(CheckpointError, match=r"ln_final\.weight"):
+            load_weights(target, read_checkpoint(tmp_path / name))
+    assert torch.equal(target.clip.ln_final.weight, before)  # nothing half-loaded
+
+
+def test_a_loop_of_links_is_named_as_such_not_as_a_missing_target(tmp_path) -> None:
+    """A link in a loop of symbolic links was reported as a link whose target does not exist (a
+    cleaned cache, download again), though its target exists; a dangling link still is."""
+    from msclip.errors import WeightsNotFoundError
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    loop = r"a\.pt is a link to .*b\.pt in a loop of symbolic links .*point the link at the"
+    for load in (lambda: msclip.create_model(a), lambda: msclip.create_model("msclip-tiny", a)):
+        with pytest.raises(WeightsNotFoundError, match=loop):
+            load()
+    gone = tmp_path / "gone.pt"
+    gone.symlink_to(tmp_path / "blob")
+    with pytest.raises(WeightsNotFoundError, match=r"blob, which does not exist"):
+        msclip.create_model("msclip-tiny", gone)
+
+
+def test_weights_are_never_loaded_onto_the_meta_device_or_saved_from_it(tiny_files, tmp_path):
+    """device='meta' keeps no values: with weights asked for it is refused (the weights were read,
+    then dropped in silence), without them it builds the architecture alone; a model with weights
+    on the meta device is refused by save_checkpoint and export_release_checkpoint by name, where
+    torch failed naming neither the weights nor the file."""
+    from msclip.errors import DeviceError
+
+    _, st, plain = tiny_files
+    for load in (lambda: msclip.create_model(st, device="meta"),
+                 lambda: msclip.create_model("msclip-tiny", plain, device="meta")):  # fmt: skip
+        with pytest.raises(DeviceError, match=r"device 'meta' holds no values: the weights of"):
+            load()
+    shell = msclip.create_model("msclip-tiny", device="meta", precision="fp32")
+    assert all(p.is_meta for p in shell.parameters())
+    for save in (msclip.save_checkpoint, msclip.export_release_checkpoint):
+        with pytest.raises(CheckpointError, match=r"weights .* are on the meta device"):
+            save(shell, tmp_path / "empty.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+
+def test_a_checkpoint_of_more_bands_names_both_ways_to_load_it(tmp_path) -> None:
+    """A file whose patch kernel reads other bands than the model's names its bands and the two
+    ways out; the second, bands=..., loads it into the model's bands."""
+    from msclip.errors import CheckpointMismatchError
+
+    l2a = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    torch.manual_seed(0)
+    twelve = msclip.create_model("msclip-tiny", bands=l2a, precision="fp32")
+    path = msclip.save_checkpoint(twelve, tmp_path / "l2a.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=r"It reads \['B01', .*create the model "
+                       r"from the file alone .* or pass bands=\.\.\."):  # fmt: skip
+        msclip.create_model("msclip-tiny", path, precision="fp32")
+    ten = msclip.get_model_entry("msclip-tiny").bands
+    model = msclip.create_model("msclip-tiny", path, bands=ten, precision="fp32")
+    kernel = twelve.clip.visual.conv1.weight
+    assert torch.equal(model.clip.visual.conv1.weight, kernel[:, [l2a.index(b) for b in ten]])

@@ -149,6 +149,29 @@ def test_converted_weights_are_cached_and_mapped_next_time(files, monkeypatch) -
     assert len(list(cached[0].parent.glob("*.safetensors"))) == 1
 
 
+def test_a_checkpoint_already_in_bf16_is_mapped_as_it_is_not_copied_to_the_cache(
+    files, tmp_path
+) -> None:
+    """Weights saved in bf16 and loaded in bf16 need no conversion: the model's weights are the
+    file's own pages and nothing is written to the converted-weights cache (a copy of the whole
+    file was written there, and mapped instead of the file from then on)."""
+    import copy
+    import os
+    from pathlib import Path
+
+    model = files[0]
+    bf16 = msclip.save_checkpoint(copy.deepcopy(model).to(torch.bfloat16),
+                                  tmp_path / "bf16.safetensors", warn_precision=False)  # fmt: skip
+    for _ in range(2):
+        m = msclip.create_model(bf16, precision="bf16")
+        w = m.clip.visual.transformer.resblocks[0].mlp.c_fc.weight
+        assert w.dtype == torch.bfloat16 and _file_of(w.data_ptr()) == str(bf16)
+    cache = Path(os.environ["MSCLIP_CACHE_DIR"]) / "weights"
+    assert not cache.is_dir() or not list(cache.glob("*.safetensors"))
+    ref = model.clip.state_dict()
+    assert all(torch.equal(v, ref[k].bfloat16()) for k, v in m.clip.state_dict().items())
+
+
 def test_a_converted_weights_file_whose_data_was_lost_is_converted_again(
     files, tmp_path, monkeypatch, caplog
 ) -> None:

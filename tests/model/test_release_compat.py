@@ -175,3 +175,30 @@ def test_release_tiles_read_the_same_with_gdal_descriptions_and_fill_is_kept_as_
         warnings.simplefilter("ignore")
         named = pre.process(data, list(L2A_BANDS))
     assert torch.equal(named, expected)
+
+
+def test_the_release_layout_reads_converted_to_safetensors_and_under_wrappers(tmp_path) -> None:
+    """The release's state dict converted to safetensors (as msclip's refusal of pickled objects
+    advises), or saved under a DistributedDataParallel ``module.`` or a Lightning ``model.``
+    prefix, is the release layout still: each was refused as an OpenCLIP state dict missing all
+    its keys."""
+    from safetensors.torch import save_file
+
+    from msclip.pretrained import read_checkpoint
+
+    ref = _open_clip_reference()
+    raw = _release_file(ref, tmp_path / "r.pt")
+    save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp_path / "r.safetensors"))
+    torch.save({"module." + k: v for k, v in raw.items()}, tmp_path / "ddp.pt")
+    torch.save({"state_dict": {"model." + k: v for k, v in raw.items()}}, tmp_path / "pl.ckpt")
+    x = torch.randn(2, 10, 32, 32)
+    with torch.inference_mode():
+        want = ref.encode_image(x)
+    for name in ("r.safetensors", "ddp.pt", "pl.ckpt"):
+        ckpt = read_checkpoint(tmp_path / name)
+        assert ckpt.format == "llama3-ms-clip-release", name
+        assert ckpt.temperature == float(torch.tensor(0.07)), name
+        assert ckpt.state_dict.keys() == ref.state_dict().keys(), name
+        model = msclip.create_model("msclip-tiny", pretrained=tmp_path / name, precision="fp32")
+        with torch.inference_mode():
+            assert torch.equal(model.encode_image(x), want), name
