@@ -40,7 +40,7 @@ Input pixels whose every band is nodata (the file's nodata value, or ``nodata=``
 written as nodata; tiles that hold only such pixels are not run. A pixel with only some bands
 missing is predicted with those bands set to their mean (0 after normalisation), as
 :class:`msclip.spectral.SpectralPreprocess` does. The output has the source CRS and transform
-(none for a source without georeference).
+(none for a source without georeference); it is never the scene itself.
 
 Reproducibility. Tiles are processed and accumulated in the same order whatever the batch size,
 so the output depends on batching only through the predictor; put models in ``eval()`` mode
@@ -86,7 +86,7 @@ from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import fill_mask
-from msclip.tiling import map_transform
+from msclip.tiling import map_transform, refuse_scene_as_output
 
 __all__ = [
     "BLEND_KINDS",
@@ -385,6 +385,7 @@ def predict_scene(
     Raises:
         RasterReadError: unreadable source, or an unreadable tile without
             ``skip_unreadable``.
+        OutputPathError: ``dst`` is the scene itself.
         TilingError: bad tile parameters or task.
         PredictorOutputError: the predictor returns a wrong shape.
     """
@@ -417,6 +418,7 @@ def predict_scene(
     src_path = os.fspath(src)
     if not os.path.isfile(src_path):
         raise RasterReadError(f"scene file not found: {src_path}")
+    refuse_scene_as_output(src_path, dst)
     weight1 = blend_window(t, blend, window_floor).astype(np.float32)
     weight2 = np.outer(weight1, weight1)
     device = resolve_device(device)

@@ -434,3 +434,22 @@ def test_ground_pixel_size_in_metres_of_any_crs(tmp_path):
         paths.append(path)
     assert pixel_size_range(paths) == pytest.approx([8.35, 30.48], rel=0.01)
     assert pixel_size_range(paths[3:]) is None and pixel_size_range([]) is None
+
+
+def test_the_scene_itself_is_never_the_output(tmp_path, scene, tiny, monkeypatch):
+    """A map written onto its own scene (the same path, or another name of it) would replace the
+    scene when moved into place: refused before any tile is read."""
+    from msclip.errors import OutputPathError
+    from msclip.tiling import open_scene, write_tile_map
+
+    path, _ = scene
+    before = path.read_bytes()
+    conv = _pointwise(len(tiny.bands))
+    monkeypatch.chdir(path.parent)
+    for dst in (path, path.name):
+        with pytest.raises(OutputPathError, match=r"is the scene .* itself.*scene_map\.tif"):
+            predict_scene(path, dst, conv, tiny, task="regression", tile_size=64, progress=False)
+    info = open_scene(path, 64)
+    with pytest.raises(OutputPathError, match="would destroy the scene"):
+        write_tile_map(path.name, np.zeros((info.n_rows, info.n_cols), np.float32), info)
+    assert path.read_bytes() == before
