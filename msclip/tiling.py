@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from msclip.errors import RasterReadError, TilingError
+from msclip.errors import OutputPathError, RasterReadError, TilingError
 from msclip.io import write_geotiff, write_text
 from msclip.spectral.nodata import missing_pixels
 
@@ -54,6 +54,7 @@ __all__ = [
     "nodata_fraction",
     "open_scene",
     "raster_bounds",
+    "refuse_scene_as_output",
     "scene_tiles",
     "tile_grid",
     "window_footprint_lonlat",
@@ -428,6 +429,26 @@ def _clip_at_180(ring: Sequence[tuple[float, float]], keep: Any) -> list[tuple[f
     return [p for i, p in enumerate(out) if i == 0 or p != out[i - 1]]
 
 
+def refuse_scene_as_output(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Refuse an output file that is the scene itself (the same file by any name: a relative
+    path, a link): the map, moved onto it when finished, would replace the scene.
+
+    Raises:
+        OutputPathError: ``dst`` is ``src``.
+    """
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # no output there yet: nothing to destroy
+        return
+    if same:
+        stem = Path(os.fspath(src)).stem
+        raise OutputPathError(
+            f"the output {os.fspath(dst)} is the scene {os.fspath(src)} itself: writing the map "
+            f"there would destroy the scene; give another file (e.g. {stem}_map.tif)",
+            param="dst",
+        )
+
+
 def write_tile_map(
     path: str | os.PathLike,
     values: np.ndarray,
@@ -441,7 +462,11 @@ def write_tile_map(
     The file has the scene's CRS and :attr:`SceneInfo.grid_transform`; ``names`` become band
     descriptions; tags record the scene and the tile grid (``msclip_scene``,
     ``msclip_tile_size``, ``msclip_stride``) beside ``tags``. Written atomically.
+
+    Raises:
+        OutputPathError: ``path`` is the scene itself.
     """
+    refuse_scene_as_output(info.path, path)
     arr = values[None] if values.ndim == 2 else values
     if arr.shape[1:] != (info.n_rows, info.n_cols):
         raise ValueError(

@@ -484,6 +484,18 @@ def _run_search(args: argparse.Namespace) -> int:
         written.append(atomic_write(gpath, lambda tmp: Path(tmp).write_text(text), ".geojson"))
         if not geo["features"]:
             notes.append(f"note: no result is georeferenced; {gpath} holds no features")
+        elif len(geo["features"]) < len(df):  # the CSV's other rows: files without a CRS
+            left = len(df) - len(geo["features"])
+            rings = zip(df["Image"], df["footprint"])
+            plain = sorted({str(im) for im, ring in rings if not (isinstance(ring, str) and ring)})
+            shown = ", ".join(os.path.basename(f) for f in plain[:3])
+            shown += f" and {len(plain) - 3} more" if len(plain) > 3 else ""
+            one = left == 1
+            notes.append(
+                f"note: {left} of {plural(len(df), 'result')} {'is' if one else 'are'} not "
+                f"georeferenced ({shown}: no CRS) and left out of {gpath}; the CSV lists "
+                f"{'it' if one else 'them'}"
+            )
     else:
         stale = gpath.is_file()
         if stale:  # an earlier search's footprints must not sit next to this CSV

@@ -1110,13 +1110,19 @@ def _dense_scene(
     _images_only_from_here(model, tokenizer)
     _warn_georeference(args.scene)
     final = out_dir / "dense_class_map.tif"
-    result = predict_scene(
-        args.scene, _pending(final), MaskCLIP(model, classifier).eval(), model,
-        task="segmentation", tile_size=tile, overlap=args.overlap, batch_size=args.batch_size,
-        bands=args.bands, sensor=args.sensor, nodata=args.nodata, class_names=names,
-        device=model.device, progress=not args.quiet,
-        tags={"msclip": "zero-shot dense class map (MaskCLIP)"}, skip_unreadable=True,
-    )  # fmt: skip
+    from msclip.errors import BandCoverageError
+
+    try:
+        result = predict_scene(
+            args.scene, _pending(final), MaskCLIP(model, classifier).eval(), model,
+            task="segmentation", tile_size=tile, overlap=args.overlap,
+            batch_size=args.batch_size, bands=args.bands, sensor=args.sensor, nodata=args.nodata,
+            class_names=names, device=model.device, progress=not args.quiet,
+            tags={"msclip": "zero-shot dense class map (MaskCLIP)"}, skip_unreadable=True,
+            strict_bands=args.strict_bands,
+        )  # fmt: skip
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
         return _no_data_scene(args, result)
@@ -1311,12 +1317,17 @@ def _head_scene(args: argparse.Namespace) -> int:
     _check_overlap(args, tile, "the head's training crops")
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"
-    result = predict_scene_with_head(
-        args.scene, _pending(final), ckpt, model, task=entry["name"],
-        adapters=args.adapters, tile_size=tile,
-        overlap=args.overlap, batch_size=args.batch_size, bands=args.bands, sensor=args.sensor,
-        nodata=args.nodata, progress=not args.quiet, skip_unreadable=True,
-    )  # fmt: skip
+    from msclip.errors import BandCoverageError
+
+    try:
+        result = predict_scene_with_head(
+            args.scene, _pending(final), ckpt, model, task=entry["name"],
+            adapters=args.adapters, tile_size=tile, overlap=args.overlap,
+            batch_size=args.batch_size, bands=args.bands, sensor=args.sensor, nodata=args.nodata,
+            progress=not args.quiet, skip_unreadable=True, strict_bands=args.strict_bands,
+        )  # fmt: skip
+    except BandCoverageError as err:
+        raise UsageError(_coverage_refusal(str(err))) from err
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])
         return _no_data_scene(args, result)

@@ -39,8 +39,10 @@ Outputs (one file):
 Input pixels whose every band is nodata (the file's nodata value, or ``nodata=``) or NaN are
 written as nodata; tiles that hold only such pixels are not run. A pixel with only some bands
 missing is predicted with those bands set to their mean (0 after normalisation), as
-:class:`msclip.spectral.SpectralPreprocess` does. The output has the source CRS and transform
-(none for a source without georeference).
+:class:`msclip.spectral.SpectralPreprocess` does. The windows read get the checks that
+preprocessing gives every image (:meth:`ScenePreprocess.problems`), each problem said once per
+run. The output has the source CRS and transform (none for a source without georeference); it is
+never the scene itself.
 
 Reproducibility. Tiles are processed and accumulated in the same order whatever the batch size,
 so the output depends on batching only through the predictor; put models in ``eval()`` mode
@@ -66,7 +68,7 @@ import numpy as np
 import torch
 
 from msclip.errors import (
-    BandCoverageWarning,
+    BandCoverageError,
     PredictorOutputError,
     RasterReadError,
     TilingError,
@@ -85,8 +87,8 @@ from msclip.memory import trim_heap
 from msclip.spectral.adapt import map_bands
 from msclip.spectral.bands import Band, resolve_bands
 from msclip.spectral.nodata import missing_pixels
-from msclip.spectral.preprocess import fill_mask
-from msclip.tiling import map_transform
+from msclip.spectral.preprocess import fill_mask, input_problems, report_input_problems
+from msclip.tiling import map_transform, refuse_scene_as_output
 
 __all__ = [
     "BLEND_KINDS",
@@ -156,6 +158,9 @@ class ScenePreprocess:
         input_bands: band names of the raw windows' channels (bound later by
             :meth:`with_input` when omitted).
         nodata: raw value marking missing values.
+        strict_bands: input bands that lack most of the model's, and the problems of
+            :meth:`problems`, raise :class:`~msclip.errors.BandCoverageError` instead of
+            warning, as :class:`msclip.spectral.SpectralPreprocess` does.
     """
 
     def __init__(
@@ -166,12 +171,14 @@ class ScenePreprocess:
         divisor: float = 1.0,
         input_bands: Sequence[str | Band] | None = None,
         nodata: float | None = None,
+        strict_bands: bool = False,
     ) -> None:
         self.model_bands = tuple(b.name for b in resolve_bands(model_bands))
         self.mean = {k: float(v) for k, v in mean.items()}
         self.std = {k: float(v) for k, v in std.items()}
         self.divisor = float(divisor)
         self.nodata = nodata
+        self.strict_bands = bool(strict_bands)
         self.input_bands: tuple[str, ...] | None = None
         if input_bands is not None:
             self._bind(tuple(b.name for b in resolve_bands(input_bands)))
@@ -182,15 +189,21 @@ class ScenePreprocess:
         model: Any,
         input_bands: Sequence[str | Band] | None = None,
         nodata: float | None = None,
+        strict_bands: bool = False,
     ) -> ScenePreprocess:
         """The preprocessing of an :class:`msclip.MSCLIP` (its bands and statistics)."""
         stats = model.config.stats
-        return cls(model.bands, stats.mean, stats.std, stats.divisor, input_bands, nodata)
+        return cls(
+            model.bands, stats.mean, stats.std, stats.divisor, input_bands, nodata, strict_bands
+        )
 
     def with_input(
-        self, input_bands: Sequence[str | Band], nodata: float | None = None
+        self,
+        input_bands: Sequence[str | Band],
+        nodata: float | None = None,
+        strict_bands: bool | None = None,
     ) -> ScenePreprocess:
-        """A copy bound to ``input_bands`` (and ``nodata`` when given)."""
+        """A copy bound to ``input_bands`` (and ``nodata`` and ``strict_bands`` when given)."""
         return ScenePreprocess(
             self.model_bands,
             self.mean,
@@ -198,19 +211,15 @@ class ScenePreprocess:
             self.divisor,
             input_bands,
             self.nodata if nodata is None else nodata,
+            self.strict_bands if strict_bands is None else strict_bands,
         )
 
     def _bind(self, names: tuple[str, ...]) -> None:
         mapping = map_bands(self.model_bands, names)
-        if len(mapping.missing) * 2 > len(self.model_bands):
-            warnings.warn(
-                f"the input bands {list(names)} lack {len(mapping.missing)} of the model's "
-                f"{len(self.model_bands)} bands ({list(mapping.missing)}, filled with their mean); "
-                f"the model expects {list(self.model_bands)}: the model's output says little "
-                "about such input",
-                BandCoverageWarning,
-                stacklevel=3,
-            )
+        coverage = input_problems(
+            self.model_bands, self.mean, self.divisor, np.float32, mapping.missing, names
+        )
+        report_input_problems(coverage, self.strict_bands, stacklevel=4)
         perm = mapping.permutation
         if perm is not None:
             idx = list(perm)
@@ -234,6 +243,18 @@ class ScenePreprocess:
     def out_channels(self) -> int:
         """Channels of the normalised output (the model's band count)."""
         return len(self.model_bands)
+
+    def problems(self, raw: np.ndarray) -> dict[str, Any]:
+        """What is wrong with the values of a raw window ``[C_in, h, w]`` for the model, by kind,
+        as :class:`msclip.spectral.SpectralPreprocess` checks each input
+        (:func:`msclip.spectral.preprocess.input_problems`: 8-bit pictures or reflectance from
+        0 to 1 for a model of reflectance x 10000, one value in every band of many pixels of a
+        scene that declares no nodata value); the band coverage is checked when the input bands
+        are bound. Say them with :func:`msclip.spectral.preprocess.report_input_problems`."""
+        names = self.input_bands or ()
+        return input_problems(
+            self.model_bands, self.mean, self.divisor, raw.dtype, (), names, raw, self.nodata
+        )
 
     def valid(self, raw: np.ndarray) -> np.ndarray:
         """``[..., h, w]`` true where at least one band is neither nodata nor non-finite."""
@@ -336,6 +357,7 @@ def predict_scene(
     progress: bool = True,
     tags: Mapping[str, str] | None = None,
     skip_unreadable: bool = False,
+    strict_bands: bool = False,
 ) -> ScenePrediction:
     """Predict a whole scene tile by tile and write the blended result as a GeoTIFF.
 
@@ -381,11 +403,21 @@ def predict_scene(
             and named in :attr:`ScenePrediction.unreadable` (its pixels are nodata unless a
             readable neighbouring tile covers them; the output's ``msclip_unreadable_tiles``
             tag counts them), instead of stopping the run with :class:`RasterReadError`.
+        strict_bands: refuse a scene that lacks most of the model's bands, is an 8-bit picture
+            or holds reflectance from 0 to 1 for a model of reflectance x 10000
+            (:class:`~msclip.errors.BandCoverageError`) instead of warning
+            (:class:`~msclip.errors.BandCoverageWarning`). Either way each problem is said once
+            per run, when the first window that shows it is read, as is a value read as data in
+            every band of many pixels of a scene that declares no nodata value (0 at the swath
+            edges of a product exported without its nodata tag:
+            :class:`~msclip.errors.UndeclaredNodataWarning`; give ``nodata=``).
 
     Raises:
         RasterReadError: unreadable source, or an unreadable tile without
             ``skip_unreadable``.
+        OutputPathError: ``dst`` is the scene itself.
         TilingError: bad tile parameters or task.
+        BandCoverageError: with ``strict_bands``, a scene the model cannot read well.
         PredictorOutputError: the predictor returns a wrong shape.
     """
     import rasterio
@@ -417,6 +449,7 @@ def predict_scene(
     src_path = os.fspath(src)
     if not os.path.isfile(src_path):
         raise RasterReadError(f"scene file not found: {src_path}")
+    refuse_scene_as_output(src_path, dst)
     weight1 = blend_window(t, blend, window_floor).astype(np.float32)
     weight2 = np.outer(weight1, weight1)
     device = resolve_device(device)
@@ -478,13 +511,17 @@ def predict_scene(
             prep = preprocess
             if not isinstance(prep, ScenePreprocess):
                 prep = ScenePreprocess.from_model(preprocess)
+            strict = strict_bands or prep.strict_bands
             names = prep.input_bands or raster_band_names(src_path, bands, sensor, src=ds)
             # a file that names its bands as another sensor's keeps its values (read_raster)
             product_scale = scale_of_product(sensor, names)
             if declares_scale(ds, sensor, names):  # read rescaled (float32): missing pixels NaN
                 raw_nodata = None
-            if prep.input_bands is None or raw_nodata != prep.nodata:
-                prep = prep.with_input(names, raw_nodata)
+            if prep.input_bands is None or raw_nodata != prep.nodata or strict != prep.strict_bands:
+                try:
+                    prep = prep.with_input(names, raw_nodata, strict)
+                except BandCoverageError as err:
+                    raise BandCoverageError(f"{src_path}: {err}", param="bands") from None
             image = image_bands(ds)  # an alpha band is a mask, not an image band
             if len(prep.input_bands) != len(image):
                 raise TilingError(
@@ -495,6 +532,22 @@ def predict_scene(
             rows = tile_starts(height, t, t - ov)
             cols = tile_starts(width, t, t - ov)
             acc_w = max(width, t)
+            said: set[str] = set()  # the kinds of input problems already said
+
+            def check_values(raw: np.ndarray, window: Window) -> None:
+                found = {k: v for k, v in prep.problems(raw).items() if k not in said}
+                if not found:
+                    return
+                said.update(found)
+                if "fill" in found:
+                    logger.info("%s: undeclared nodata first seen at %s", src_path,
+                                _where(window, f"{found['fill']:g} in every band"))  # fmt: skip
+                try:
+                    report_input_problems(found, strict, stacklevel=4)
+                except BandCoverageError as err:
+                    raise BandCoverageError(
+                        f"{src_path} at {_where(window, str(err))}", param="bands"
+                    ) from None
 
             def run(raw: np.ndarray) -> np.ndarray:
                 x = prep(raw).to(dev)
@@ -581,6 +634,8 @@ def predict_scene(
                         group = cols[g0 : g0 + batch_size]
                         c0, c1 = group[0], group[-1] + t
                         raw, failed = read_group(Window(c0, r, min(c1, width) - c0, n_rows), group)
+                        if not failed:  # each problem of the values said once, where first seen
+                            check_values(raw, Window(c0, r, raw.shape[-1], n_rows))
                         raw = _pad_to(raw, t, c1 - c0)  # only a scene smaller than a tile
                         # valid where any read found data: neighbouring groups share columns,
                         # and neighbouring strips rows (the same pixels, unless a tile of one

@@ -45,7 +45,7 @@ from msclip.spectral.bands import Band, default_bands_for_count, resolve_bands
 from msclip.spectral.layout import to_chw
 from msclip.spectral.nodata import missing_pixels
 
-__all__ = ["SpectralPreprocess", "fill_mask"]
+__all__ = ["SpectralPreprocess", "fill_mask", "input_problems", "report_input_problems"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,96 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
             f"std evaluated to zero after conversion to {x.dtype}, leading to division by zero."
         )
     return x.sub(m).div(s)
+
+
+def input_problems(
+    bands: Sequence[str],
+    mean: Mapping[str, float],
+    divisor: float,
+    dtype: np.dtype,
+    missing: Sequence[str],
+    names: Sequence[str],
+    values: np.ndarray | None = None,
+    nodata: float | None = None,
+) -> dict[str, Any]:
+    """What is wrong with an input for a model, by kind (the checks of
+    :class:`SpectralPreprocess`, shared with :class:`msclip.heads.scene_predict.ScenePreprocess`).
+
+    Args:
+        bands: the model's bands.
+        mean: the model's band means (after division by ``divisor``).
+        divisor: the model's divisor (1 for reflectance models, 255 for 8-bit pictures).
+        dtype: the input's data type.
+        missing: the model's bands the input lacks.
+        names: the input's band names.
+        values: the input's values ``[C, h, w]`` (``None``: the checks of values are skipped).
+        nodata: the input's nodata value.
+
+    Returns:
+        ``{kind: message}`` for each problem found (``bands``: most of the model's bands
+        missing, ``8-bit``: a display-scaled picture for a reflectance model, ``unit``:
+        reflectance from 0 to 1, ``picture``: float values that are no 8-bit picture) and
+        ``{"fill": value}`` for one value read as data in every band of many pixels of an
+        input that declares no nodata value (:func:`report_input_problems` says them).
+    """
+    found: dict[str, Any] = {}
+    means = [mean[b] for b in bands]
+    if len(missing) * 2 > len(bands):
+        found["bands"] = (
+            f"the input bands {list(names)} lack {len(missing)} of the model's "
+            f"{len(bands)} bands ({list(missing)}, filled with their mean); the model "
+            f"expects {list(bands)}"
+        )
+    if np.dtype(dtype) == np.uint8 and divisor == 1.0:
+        found["8-bit"] = (
+            "8-bit input to a model of raw reflectance values (its band means are "
+            f"{min(means):.0f}-{max(means):.0f}): display-scaled pictures are "
+            "not reflectance; give the sensor's reflectance values (e.g. Sentinel-2 L2A "
+            "digital numbers)"
+        )
+    top = _unit_reflectance_max(values, nodata) if divisor == 1.0 else None
+    if top is not None and min(means) > 50:
+        found["unit"] = (
+            "the values look like reflectance from 0 to 1 (all within -0.5 to 2) but the "
+            "model reads reflectance x 10000 (its band means are "
+            f"{min(means):.0f}-{max(means):.0f}, Sentinel-2 L2A digital numbers): "
+            "multiply the values by 10000"
+        )
+    fill = _undeclared_fill(values, nodata) if divisor == 1.0 else None
+    if fill is not None:
+        found["fill"] = fill
+    picture = _float_picture_problem(values, nodata) if divisor == 255.0 else None
+    if picture is not None:
+        found["picture"] = picture
+    return found
+
+
+def report_input_problems(
+    found: Mapping[str, Any], strict_bands: bool = False, stacklevel: int = 3
+) -> None:
+    """Say the problems :func:`input_problems` found: the value read as data in every band as an
+    :class:`~msclip.errors.UndeclaredNodataWarning`, the others in one
+    :class:`~msclip.errors.BandCoverageWarning` (a :class:`~msclip.errors.BandCoverageError`
+    with ``strict_bands``).
+    """
+    fill = found.get("fill")
+    if fill is not None:
+        warnings.warn(
+            f"pixels holding {fill:g} in every band were read as data: no nodata value is "
+            "declared, and no surface reflects so in every band; if they are missing pixels, "
+            "give the value the file stores there as nodata (nodata="
+            f"{fill:g} for a file that declares no scale and offset) or set it as the file's "
+            "nodata value",
+            UndeclaredNodataWarning,
+            stacklevel=stacklevel,
+        )
+    problems = [found[k] for k in ("bands", "8-bit", "unit", "picture") if k in found]
+    if not problems:
+        return
+    message = "; ".join(problems) + ": the model's output says little about such input"
+    if strict_bands:
+        raise BandCoverageError(message, param="bands")
+    warnings.warn(message, BandCoverageWarning, stacklevel=stacklevel)
 
 
 class SpectralPreprocess:
@@ -413,50 +503,10 @@ class SpectralPreprocess:
         values: np.ndarray | None = None,
         nodata: float | None = None,
     ) -> None:
-        problems = []
-        if len(missing) * 2 > len(self.bands):
-            problems.append(
-                f"the input bands {list(names)} lack {len(missing)} of the model's "
-                f"{len(self.bands)} bands ({list(missing)}, filled with their mean); the model "
-                f"expects {list(self.bands)}"
-            )
-        if np.dtype(dtype) == np.uint8 and self.divisor == 1.0:
-            problems.append(
-                "8-bit input to a model of raw reflectance values (its band means are "
-                f"{min(self.mean[b] for b in self.bands):.0f}-"
-                f"{max(self.mean[b] for b in self.bands):.0f}): display-scaled pictures are "
-                "not reflectance; give the sensor's reflectance values (e.g. Sentinel-2 L2A "
-                "digital numbers)"
-            )
-        top = _unit_reflectance_max(values, nodata) if self.divisor == 1.0 else None
-        if top is not None and min(self.mean[b] for b in self.bands) > 50:
-            problems.append(
-                "the values look like reflectance from 0 to 1 (all within -0.5 to 2) but the "
-                "model reads reflectance x 10000 (its band means are "
-                f"{min(self.mean[b] for b in self.bands):.0f}-"
-                f"{max(self.mean[b] for b in self.bands):.0f}, Sentinel-2 L2A digital numbers): "
-                "multiply the values by 10000"
-            )
-        fill = _undeclared_fill(values, nodata) if self.divisor == 1.0 else None
-        if fill is not None:
-            warnings.warn(
-                f"pixels holding {fill:g} in every band were read as data: no nodata value is "
-                "declared, and no surface reflects so in every band; if they are missing pixels, "
-                "give the value the file stores there as nodata (nodata="
-                f"{fill:g} for a file that declares no scale and offset) or set it as the file's "
-                "nodata value",
-                UndeclaredNodataWarning,
-                stacklevel=3,
-            )
-        picture = _float_picture_problem(values, nodata) if self.divisor == 255.0 else None
-        if picture is not None:
-            problems.append(picture)
-        if not problems:
-            return
-        message = "; ".join(problems) + ": the model's output says little about such input"
-        if self.strict_bands:
-            raise BandCoverageError(message, param="bands")
-        warnings.warn(message, BandCoverageWarning, stacklevel=3)
+        found = input_problems(
+            self.bands, self.mean, self.divisor, dtype, missing, names, values, nodata
+        )
+        report_input_problems(found, self.strict_bands, stacklevel=4)
 
     def _tensor_pipeline(
         self,

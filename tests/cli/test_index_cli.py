@@ -494,6 +494,25 @@ def test_search_without_georeferenced_hits_leaves_no_stale_geojson(inputs, tmp_p
     assert json.loads(explicit.read_text()) == {"type": "FeatureCollection", "features": []}
 
 
+def test_hits_without_georeference_left_out_of_the_geojson_are_named(inputs, tmp_path, capsys):
+    """A search whose hits are partly files without a CRS: the GeoJSON holds the others, and a
+    note says how many rows of the CSV it leaves out and whose, instead of fewer features than
+    rows without a word."""
+    files, _, _ = inputs
+    plain = tmp_path / "plain.tif"
+    msclip.write_geotiff(plain, np.full((12, 40, 40), 900, dtype="uint16"))  # no CRS
+    idx = tmp_path / "mixed.index"
+    assert main(["build", str(idx), "--images", str(files[0]), str(plain), *TINY]) == 0
+    out = tmp_path / "hits.csv"
+    capsys.readouterr()
+    assert main(["search", str(idx), "--query", "x", "--top-k", "2", "--save-path", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    features = json.loads(out.with_suffix(".geojson").read_text())["features"]
+    assert len(features) == 1 and len(pd.read_csv(out)) == 2
+    assert "note: 1 of 2 results is not georeferenced (plain.tif: no CRS) and left" in printed
+
+
 def test_a_scene_given_as_one_image_is_refused(inputs, tmp_path, capsys):
     """A raster far larger than the model input is refused by --images and --query-image (as
     msclip-inference refuses it), naming --scenes, instead of becoming one embedding."""

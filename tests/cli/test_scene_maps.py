@@ -446,3 +446,27 @@ def test_a_damaged_block_fails_only_the_tiles_over_it(tmp_path, capsys):
     with rasterio.open(out / "class_map.tif") as src:
         cls = src.read(1)
     assert cls[1, 1] == 255 and (np.delete(cls.ravel(), 5) < 2).all()
+
+
+def test_dense_maps_check_the_scene_as_tile_maps_do(tmp_path, capsys):
+    """``--dense`` says a scene's undeclared fill (swath edges at 0) as the tile maps say it, also
+    under --quiet, and ``--strict-bands`` refuses reflectance from 0 to 1 (status 2, no map)."""
+    r = np.random.default_rng(4)
+    data = r.integers(1, 6000, size=(12, 64, 96)).astype(np.uint16)
+    data[:, :, 70:] = 0  # no nodata value declared
+    edges, unit = tmp_path / "edges.tif", tmp_path / "unit.tif"
+    bands = list(default_bands_for_count(12))
+    msclip.write_geotiff(edges, data, crs="EPSG:32632", transform=ORIGIN, bands=bands)
+    msclip.write_geotiff(unit, (data / 10000).astype(np.float32), crs="EPSG:32632",
+                         transform=ORIGIN, bands=bands)  # fmt: skip
+    dense = ["--run-scene", "--dense", "--class-names", "sea", "forest", "--templates", "short",
+             "--tile-size", "32", *TINY]  # fmt: skip
+    assert main([*dense, "--scene", str(edges), "--save-path", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("pixels holding 0 in every band were read as data") == 1
+    assert "--nodata 0" in err
+    out = tmp_path / "u"
+    assert main([*dense, "--scene", str(unit), "--save-path", str(out), "--strict-bands"]) == 2
+    err = capsys.readouterr().err
+    assert "multiply the values by 10000" in err and "refused by --strict-bands" in err
+    assert not list(out.iterdir())

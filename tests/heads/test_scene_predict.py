@@ -434,3 +434,70 @@ def test_ground_pixel_size_in_metres_of_any_crs(tmp_path):
         paths.append(path)
     assert pixel_size_range(paths) == pytest.approx([8.35, 30.48], rel=0.01)
     assert pixel_size_range(paths[3:]) is None and pixel_size_range([]) is None
+
+
+def test_the_scene_itself_is_never_the_output(tmp_path, scene, tiny, monkeypatch):
+    """A map written onto its own scene (the same path, or another name of it) would replace the
+    scene when moved into place: refused before any tile is read."""
+    from msclip.errors import OutputPathError
+    from msclip.tiling import open_scene, write_tile_map
+
+    path, _ = scene
+    before = path.read_bytes()
+    conv = _pointwise(len(tiny.bands))
+    monkeypatch.chdir(path.parent)
+    for dst in (path, path.name):
+        with pytest.raises(OutputPathError, match=r"is the scene .* itself.*scene_map\.tif"):
+            predict_scene(path, dst, conv, tiny, task="regression", tile_size=64, progress=False)
+    info = open_scene(path, 64)
+    with pytest.raises(OutputPathError, match="would destroy the scene"):
+        write_tile_map(path.name, np.zeros((info.n_rows, info.n_cols), np.float32), info)
+    assert path.read_bytes() == before
+
+
+def _warned(record, category):
+    return [str(w.message) for w in record if issubclass(w.category, category)]
+
+
+def test_scene_values_the_model_cannot_read_are_said_once_or_refused(tmp_path, tiny):
+    """The checks every image and tile of the other programs gets: a scene whose swath edges hold
+    0 without a declared nodata value, an 8-bit picture, reflectance from 0 to 1; each said
+    once per run (not per batch), and refused with ``strict_bands``."""
+    from msclip.errors import BandCoverageError, BandCoverageWarning, UndeclaredNodataWarning
+
+    r = np.random.default_rng(5)
+    names = list(tiny.bands)
+    edges = r.integers(1, 6000, size=(len(names), 96, 160)).astype(np.uint16)
+    edges[:, :, 100:] = 0  # the swath's edge, exported without its nodata tag
+    kw = dict(crs="EPSG:32632", transform=TRANSFORM, bands=names)
+    files = {"edges": edges, "picture": (edges // 30).astype(np.uint8),
+             "unit": (edges / 10000).astype(np.float32)}  # fmt: skip
+    for name, data in files.items():
+        msclip.write_geotiff(tmp_path / f"{name}.tif", data, **kw)
+    conv = _pointwise(len(names))
+    run = dict(task="regression", tile_size=32, overlap=8, batch_size=2, progress=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        predict_scene(tmp_path / "edges.tif", tmp_path / "e.tif", conv, tiny, **run)
+    said = _warned(record, UndeclaredNodataWarning)
+    assert len(said) == 1 and "pixels holding 0 in every band" in said[0]
+    assert "nodata=0" in said[0] and not _warned(record, BandCoverageWarning)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        predict_scene(tmp_path / "edges.tif", tmp_path / "e.tif", conv, tiny, nodata=0, **run)
+    assert not _warned(record, UndeclaredNodataWarning)  # a nodata value given: nothing to say
+    for name, match in (("picture", "8-bit input"), ("unit", "multiply the values by 10000")):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            predict_scene(tmp_path / f"{name}.tif", tmp_path / "o.tif", conv, tiny, **run)
+        said = _warned(record, BandCoverageWarning)
+        assert len(said) == 1 and match in said[0]
+        out = tmp_path / f"{name}_strict.tif"
+        with pytest.raises(BandCoverageError, match=match):
+            predict_scene(tmp_path / f"{name}.tif", out, conv, tiny, strict_bands=True, **run)
+        assert not out.exists()
+    msclip.write_geotiff(tmp_path / "rgb.tif", edges[1:4], **{**kw, "bands": ["B02", "B03", "B04"]})
+    with pytest.raises(BandCoverageError, match=r"rgb\.tif: .* lack 7 of the model's 10 bands"):
+        predict_scene(tmp_path / "rgb.tif", tmp_path / "o.tif", conv, tiny, strict_bands=True,
+                      **run)  # fmt: skip
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
