@@ -592,6 +592,8 @@ class MergeResult:
         n_records: records merged.
         n_failures: failure notes found.
         damaged: why each unreadable record file was left out.
+        notes: why cells of the summary do not compare with the others (a subset, unreadable
+            samples left out, a column of mixed AP settings or multi-label rules).
     """
 
     summary: Path
@@ -602,6 +604,7 @@ class MergeResult:
     n_records: int = 0
     n_failures: int = 0
     damaged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _dataset_order(records: list[dict]) -> list[str]:
@@ -703,11 +706,13 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     # summary.csv: one row per model, one column per dataset
     table: dict[str, dict[str, float | None]] = {m: {} for m in models}
     used_metric: dict[str, set[str]] = {d: set() for d in datasets}
+    shown: dict[tuple[str, str], str] = {}
     long_rows = []
     for rec in records:
         m, d = rec["model"]["label"], rec["dataset"]["name"]
         name, value = _metric_of(rec, summary_metric)
         table[m][d] = value
+        shown[(m, d)] = name
         used_metric[d].add(name)
         for k, v in rec["metrics"].items():
             if k == "threshold":
@@ -715,6 +720,9 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
             if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None:
                 long_rows.append({"model": m, "dataset": d, "task": rec["task"], "metric": k,
                                   "value": float("nan") if v is None else v})  # fmt: skip
+    notes = _summary_notes(records, shown)
+    for note in notes:  # a number that does not compare is said under --quiet too
+        shown_when_quiet.warning("summary: %s", note)
     summary = pd.DataFrame(
         [{"model": m, **{d: table[m].get(d) for d in datasets}} for m in models],
         columns=["model", *datasets],
@@ -724,7 +732,8 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     long_path = write_csv(long_df, save / "summary_long.csv")
 
     result = MergeResult(summary_path, long_path, save / "report.md", n_records=len(records),
-                         n_failures=len(failures), damaged=[str(e) for e in damaged])  # fmt: skip
+                         n_failures=len(failures), damaged=[str(e) for e in damaged],
+                         notes=notes)  # fmt: skip
     sections = []
     for rec in sorted(records, key=lambda r: (r["model"]["label"],
                                               datasets.index(r["dataset"]["name"]))):  # fmt: skip
@@ -768,6 +777,9 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
             d: ".6g" for d in datasets if any(metric_format(k) == ".6g" for k in used_metric[d])
         }
         lines += [_md_table(rows, ["model", *datasets], specs), ""]
+        if notes:
+            lines += ["Cells that do not compare with the others:", ""]
+            lines += [f"- {n}" for n in notes] + [""]
     else:
         lines += ["No successful evaluation records yet.", ""]
     if damaged:
@@ -787,6 +799,58 @@ def merge(save_path: str | os.PathLike, summary_metric: str | None = None) -> Me
     write_text(result.report, text)
     _remove_stale(save, {*result.per_class, *result.figures})
     return result
+
+
+def _summary_notes(records: Sequence[dict], shown: Mapping[tuple[str, str], str]) -> list[str]:
+    """Why cells of the summary do not compare with the others, one line each: a run on a
+    random subset (``--max-samples``) or without its unreadable samples is not a result of the
+    whole split, and a column whose AP metric was computed with other settings (k, definition,
+    classes without positives) or multi-label rule in some rows compares unlike numbers.
+    ``shown``: (model, dataset) -> the metric of its cell. Each line starts with the cells it
+    is about, so it reads alone as a warning."""
+    notes = []
+    for rec in records:
+        m, d = rec["model"]["label"], rec["dataset"]["name"]
+        n = rec["metrics"].get("n_samples")
+        subset = (rec.get("settings") or {}).get("max_samples")
+        if subset is not None and any(k.startswith("random subset") for k in
+                                      rec["dataset"].get("skipped") or {}):  # fmt: skip
+            notes.append(f"{m} on {d}: a random subset of {n} samples (--max-samples {subset}), "
+                         "not the whole split")  # fmt: skip
+        bad = int((rec.get("unreadable") or {}).get("count") or 0)
+        if bad:
+            notes.append(f"{m} on {d}: {plural(bad, 'unreadable sample')} left out; the metrics "
+                         f"are of the {n} read")  # fmt: skip
+
+    def is_ap(metric: str) -> bool:  # map, map_at_k, ap_at_k: computed with the AP settings
+        return metric.startswith("map") or "ap" in metric.split("_")
+
+    by_dataset: dict[str, list[dict]] = {}
+    for rec in records:
+        by_dataset.setdefault(rec["dataset"]["name"], []).append(rec)
+    for d, recs in by_dataset.items():
+        kinds: dict[str, dict[str, list[str]]] = {}
+        for r in recs:
+            m, ap = r["model"]["label"], r.get("ap")
+            if r.get("kind") == HEAD_KIND or not ap:  # a head states no zero-shot settings
+                continue
+            if any(is_ap(shown[(x["model"]["label"], d)]) for x in recs):
+                setting = (f"AP@{ap.get('k')} {ap.get('definition')}, classes without positives "
+                           f"{ap.get('no_relevant')}")  # fmt: skip
+                kinds.setdefault("AP settings", {}).setdefault(setting, []).append(m)
+            if r.get("task") == "multi_label" and "rule" in r["metrics"]:
+                rule = f"rule {r['metrics']['rule']}"
+                kinds.setdefault("multi-label rules", {}).setdefault(rule, []).append(m)
+        for what, groups in kinds.items():
+            if len(groups) > 1:
+                said = "; ".join(
+                    f"{', '.join(sorted(ms))}: {g}" for g, ms in sorted(groups.items())
+                )
+                notes.append(
+                    f"{d}: the rows were scored with different {what} ({said}); their numbers "
+                    "do not compare: run them again with the same settings"
+                )
+    return notes
 
 
 def _one_record_per_run(save: Path, records: list[dict], damaged: list[RecordError]) -> list[dict]:

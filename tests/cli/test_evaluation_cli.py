@@ -837,3 +837,46 @@ def test_a_confusion_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_p
         png.write_bytes(png.read_bytes()[:-100])  # cut short
         plot_confusion(cm, ["a", "c"], png, title="n on d")
         assert len(drawn) == 5 and png.read_bytes()[-12:] == first[-12:]  # whole again (IEND)
+
+
+def test_summary_cells_that_do_not_compare_are_named(ms_run, tmp_path, capsys):
+    """A quick --max-samples run, a run without its unreadable samples, and a column whose rows
+    used another AP definition or multi-label rule land in the summary beside full runs: the
+    table cannot show it, so the merge names each such cell (warning, under --quiet too, and
+    report.md)."""
+    from msclip.eval.report import write_record
+
+    save = tmp_path / "copy"
+    shutil.copytree(ms_run["save"], save)
+    # the unchanged run alone: nothing to say
+    code, _, err = _run(["--merge-only", "--save-path", str(save), "--quiet"], capsys)
+    assert code == 0 and "summary:" not in err
+    assert "do not compare" not in (save / "report.md").read_text()
+    euro, ben = _record(save, "EuroSAT_MS"), _record(save, "BigEarthNet_MS")
+    n = euro["metrics"]["n_samples"]
+    skipped = {**euro["dataset"]["skipped"], "random subset (max_samples=3, seed=0)": n - 3}
+    write_record(save, {
+        **euro, "model": {**euro["model"], "label": "quick"},
+        "dataset": {**euro["dataset"], "skipped": skipped},
+        "metrics": {**euro["metrics"], "n_samples": 3},
+        "settings": {**euro["settings"], "max_samples": 3},
+    })  # fmt: skip
+    write_record(save, {
+        **ben, "model": {**ben["model"], "label": "other-ap"},
+        "ap": {**ben["ap"], "definition": "all_relevant"},
+        "metrics": {**ben["metrics"], "rule": "other_class"},
+    })  # fmt: skip
+    code, _, err = _run(["--merge-only", "--save-path", str(save), "--quiet"], capsys)
+    assert code == 0
+    report = (save / "report.md").read_text()
+    said = [
+        "quick on EuroSAT_MS: a random subset of 3 samples (--max-samples 3), not the whole split",
+        "BigEarthNet_MS: the rows were scored with different AP settings (other-ap: AP@100 "
+        "all_relevant, classes without positives nan; msclip-tiny-random: AP@100 "
+        "relevant_retrieved, classes without positives nan)",
+        "BigEarthNet_MS: the rows were scored with different multi-label rules",
+    ]
+    for text in said:
+        assert text in err and text in report
+    assert "EuroSAT_MS: the rows" not in err  # top-1: the AP settings do not enter it
+    assert "msclip-tiny-random on" not in err
