@@ -339,7 +339,7 @@ def load_pairs(
         elif not full.lower().endswith(IMAGE_EXTENSIONS):
             bad.append((r, full, f"unsupported image extension (supported: {IMAGE_EXTENSIONS})"))
         elif not os.path.isfile(full):
-            bad.append((r, full, "image file not found"))
+            bad.append((r, full, "image file not found" + _backslash_hint(root, image)))
         elif os.path.getsize(full) == 0:
             bad.append((r, full, "image file is empty"))
         elif not texts:
@@ -356,6 +356,17 @@ def load_pairs(
         json.dumps([image_column, cols, images, caption_lists]).encode("utf-8")
     ).hexdigest()
     return PairTable(paths, captions, rows, len(images), bad, p, digest)
+
+
+def _backslash_hint(root: Path, image: str) -> str:
+    """Why a path of a table written on Windows (``sea\\tile_0.tif``) is not found here, when
+    the file of its ``/`` spelling is there: a backslash is a character of a file name on
+    POSIX systems, not a folder separator."""
+    if os.sep == "\\" or "\\" not in image:
+        return ""
+    if not os.path.isfile(root / image.replace("\\", "/")):
+        return ""
+    return " (its path separates folders with Windows backslashes: write them as '/')"
 
 
 def image_key(path: str) -> str:

@@ -141,6 +141,20 @@ def test_a_table_that_is_not_utf8_names_where_and_the_fix(tmp_path: Path) -> Non
     assert load_pairs(tmp_path / "t.csv").captions[1] == ["for\xeat pr\xe8s de Z\xfcrich"]
 
 
+@pytest.mark.skipif(os.sep == "\\", reason="a backslash separates folders on Windows")
+def test_paths_written_with_windows_backslashes_are_named(tmp_path: Path) -> None:
+    # all rows 'image file not found', and the run's error asked whether data_root was wrong
+    (tmp_path / "sea").mkdir()
+    _tif(tmp_path / "sea" / "a.tif", 0)
+    (tmp_path / "t.csv").write_text("image,caption\nsea\\a.tif,the sea\nsea\\b.tif,more sea\n")
+    bad = load_pairs(tmp_path / "t.csv").bad
+    assert [reason for _, _, reason in bad] == [
+        "image file not found (its path separates folders with Windows backslashes: write "
+        "them as '/')",
+        "image file not found",  # no file of that name either way
+    ]
+
+
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadSampleError, match="image_column"):
