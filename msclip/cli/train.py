@@ -40,13 +40,29 @@ __all__ = ["build_arg_parser", "config_from_args", "main"]
 logger = logging.getLogger(__name__)
 
 
-#: Flags of the other msclip programs -> how this program says the same.
+#: Flags of the other msclip programs and of open_clip's training -> how this program says
+#: the same.
 OTHER_PROGRAMS_FLAGS = {
     "--model-name": "--model names the architecture here, and --init its weights",
     "--ckpt-path": "--init takes the checkpoint file here",
     "--pretrained": "--init pretrained loads the model's published weights here",
     "--no-pretrained": "--init random gives random weights here (the default)",
     "--save-path": "--output-dir is the folder of the run's files here",
+    # open_clip's training flags (its users' habits)
+    "--lock-text": "--trainable visual trains the image tower alone, the text tower frozen",
+    "--lock-image": "--frozen-patterns 'visual.*' freezes the image tower",
+    "--csv-img-key": "--image-column names the image column here",
+    "--csv-caption-key": "--caption-columns names the caption column(s) here",
+    "--csv-separator": "the separator is told from the table's header line here (comma, tab "
+    "or semicolon)",
+    "--wd": "--weight-decay here",
+    "--save-frequency": "--save-every N writes a checkpoint every N steps here (default: at "
+    "every epoch's end)",
+    "--val-frequency": "--val-every N validates every N epochs here",
+    "--accum-freq": "--accum-steps splits the batch into chunks here; --batch-size stays the "
+    "contrastive batch",
+    "--logs": "--output-dir is the folder of the run's files here",
+    "--lr-scheduler": "--schedule cosine or constant here (--restart-steps for restarts)",
 }
 
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,32 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+#: Lock files held by :func:`lock_exclusive`: a child process forked meanwhile (a DataLoader
+#: worker, a multiprocessing pool) closes its copies at once (:func:`_drop_locks_in_child`).
+_HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _drop_locks_in_child() -> None:
+    """Close, in a process just forked, the lock files its parent holds. A ``flock`` belongs to
+    the open file, which a fork shares: a child holding a copy kept the lock after its parent
+    died, and a DataLoader worker of a training run killed by SIGKILL (the out-of-memory killer)
+    outlives it by up to 5 s, in which a resume was refused as 'another training run is
+    writing'. Closing the child's copy leaves the parent's lock as it is."""
+    for fh in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError, ValueError):
+            fh.close()
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 def lock_exclusive(fh: Any) -> bool | None:
     """Take an exclusive lock (``flock``, without waiting) on an open file that stands for a
     folder a process writes alone (an index, a training run's output), held until the file is
-    closed or the process ends.
+    closed or the process ends; processes forked from this one do not hold it (their copy of
+    the file is closed in them).
 
     Returns:
         ``True``: held; ``False``: another process holds it (``fh`` is then closed); ``None``:
@@ -137,6 +160,7 @@ def lock_exclusive(fh: Any) -> bool | None:
         return False
     except OSError:
         return None
+    _HELD_LOCKS.add(fh)
     return True
 
 

@@ -133,8 +133,29 @@ def _read_table(path: str) -> Any:
             f"reading the Parquet table {path} needs pyarrow (pip install pyarrow), or convert "
             f"it to CSV ({err})"
         ) from err
+    except UnicodeDecodeError as err:
+        raise BadSampleError(
+            f"table {path} is not UTF-8 text ({err.reason}{_where_not_utf8(path)}); save it as "
+            "UTF-8 (a spreadsheet's 'CSV UTF-8' format)"
+        ) from None
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise BadSampleError(f"cannot read table {path}: {err}") from err
+
+
+def _where_not_utf8(path: str) -> str:
+    """`` at byte N, line L`` of the first byte of ``path`` that is not UTF-8 (the position
+    pandas reports counts from the start of one of its read chunks, not of the file)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        return f" at byte {start}, line {line}"
+    except OSError:
+        pass
+    return ""
 
 
 def caption_columns_of(columns: Sequence[str]) -> list[str]:
@@ -318,7 +339,7 @@ def load_pairs(
         elif not full.lower().endswith(IMAGE_EXTENSIONS):
             bad.append((r, full, f"unsupported image extension (supported: {IMAGE_EXTENSIONS})"))
         elif not os.path.isfile(full):
-            bad.append((r, full, "image file not found"))
+            bad.append((r, full, "image file not found" + _backslash_hint(root, image)))
         elif os.path.getsize(full) == 0:
             bad.append((r, full, "image file is empty"))
         elif not texts:
@@ -335,6 +356,17 @@ def load_pairs(
         json.dumps([image_column, cols, images, caption_lists]).encode("utf-8")
     ).hexdigest()
     return PairTable(paths, captions, rows, len(images), bad, p, digest)
+
+
+def _backslash_hint(root: Path, image: str) -> str:
+    """Why a path of a table written on Windows (``sea\\tile_0.tif``) is not found here, when
+    the file of its ``/`` spelling is there: a backslash is a character of a file name on
+    POSIX systems, not a folder separator."""
+    if os.sep == "\\" or "\\" not in image:
+        return ""
+    if not os.path.isfile(root / image.replace("\\", "/")):
+        return ""
+    return " (its path separates folders with Windows backslashes: write them as '/')"
 
 
 def image_key(path: str) -> str:

@@ -161,6 +161,20 @@ def test_msclip_train_takes_workers_and_names_its_spelling_of_other_programs_fla
     assert "--ckpt-path: --init takes the checkpoint file here)" in err
 
 
+def test_msclip_train_names_its_spelling_of_open_clips_training_flags(capsys):
+    # open_clip's users try its flags first; they were refused without a word on the way here
+    from msclip.cli.train import main
+
+    argv = ["--train-data", "t.csv", "--lock-text", "--csv-img-key", "filepath", "--wd", "0.1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--lock-text: --trainable visual trains the image tower alone" in err
+    assert "--csv-img-key: --image-column names the image column here" in err
+    assert "--wd: --weight-decay here" in err
+    assert main(["--train-data", "t.csv", "--lock-image"]) == 2
+    assert "--frozen-patterns 'visual.*' freezes the image tower" in capsys.readouterr().err
+
+
 def test_a_bare_resume_continues_the_run_in_the_output_folder_in_train_as_in_finetune():
     from msclip.cli.finetune import parse_args
     from msclip.cli.train import _parse

@@ -179,3 +179,36 @@ def test_a_table_refuses_columns_and_rows_of_other_lengths():
     with pytest.raises(ValueError, match="every row must hold 2 values"):
         Table.from_rows(["Image", "p"], [["a", 1.0], ["b"]])
     assert table.columns == ["Image"] and len(table) == 2 and table["Image"] == ["a", "b"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork and flock are POSIX")
+def test_a_lock_is_not_held_by_a_child_that_outlives_its_holder(tmp_path):
+    """A flock belongs to the open file, which a fork shares: a DataLoader worker of a training
+    run killed by SIGKILL kept the run's lock for seconds after it, and a resume started then
+    was refused as a second run writing to the folder."""
+    import fcntl
+
+    from msclip.io.writers import lock_exclusive
+
+    lock = tmp_path / ".lock"
+    fh = open(lock, "a+b")  # noqa: SIM115 - the lock is held while it is open
+    assert lock_exclusive(fh) is True
+    release, ready = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (a worker) waits until told to end
+        os.write(ready[1], b"x")
+        os.read(release[0], 1)
+        os._exit(0)
+    try:
+        os.read(ready[0], 1)
+        fh.close()  # the holder ends; its child lives on
+        other = open(lock, "a+b")  # noqa: SIM115
+        try:
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+        finally:
+            other.close()
+    finally:
+        os.write(release[1], b"x")
+        os.waitpid(pid, 0)
+        for fd in (*release, *ready):
+            os.close(fd)

@@ -124,6 +124,37 @@ def test_semicolon_and_tsv_tables_are_read_as_the_heads_read_them(tmp_path: Path
     ]
 
 
+def test_a_table_that_is_not_utf8_names_where_and_the_fix(tmp_path: Path) -> None:
+    # a spreadsheet's Latin-1 export: pandas' error gave a position within its read buffer
+    # ('position 3') and no fix
+    _tif(tmp_path / "a.tif", 0)
+    text = "image,caption\na.tif,a river\na.tif,for\xeat pr\xe8s de Z\xfcrich\n"
+    (tmp_path / "t.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(BadSampleError) as info:
+        load_pairs(tmp_path / "t.csv")
+    where = text.encode("latin-1").index(b"\xea")
+    assert f"is not UTF-8 text (invalid continuation byte at byte {where}, line 3)" in str(
+        info.value
+    )
+    assert "save it as UTF-8" in str(info.value)
+    (tmp_path / "t.csv").write_bytes(text.encode("utf-8-sig"))  # with a byte-order mark: read
+    assert load_pairs(tmp_path / "t.csv").captions[1] == ["for\xeat pr\xe8s de Z\xfcrich"]
+
+
+@pytest.mark.skipif(os.sep == "\\", reason="a backslash separates folders on Windows")
+def test_paths_written_with_windows_backslashes_are_named(tmp_path: Path) -> None:
+    # all rows 'image file not found', and the run's error asked whether data_root was wrong
+    (tmp_path / "sea").mkdir()
+    _tif(tmp_path / "sea" / "a.tif", 0)
+    (tmp_path / "t.csv").write_text("image,caption\nsea\\a.tif,the sea\nsea\\b.tif,more sea\n")
+    bad = load_pairs(tmp_path / "t.csv").bad
+    assert [reason for _, _, reason in bad] == [
+        "image file not found (its path separates folders with Windows backslashes: write "
+        "them as '/')",
+        "image file not found",  # no file of that name either way
+    ]
+
+
 def test_missing_columns_name_the_fix(tmp_path: Path) -> None:
     pd.DataFrame([{"path": "a.tif", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(BadSampleError, match="image_column"):
