@@ -41,6 +41,7 @@ import numpy as np
 
 from msclip.errors import DatasetFormatError, DatasetLabelError, DatasetNotFoundError
 from msclip.io import read_raster
+from msclip.spectral.bands import EUROSAT_MS_BANDS as _EUROSAT_MS_BANDS
 from msclip.spectral.bands import resolve_band
 from msclip.wording import plural
 
@@ -66,12 +67,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Band order of the EuroSAT multispectral GeoTIFFs (no band descriptions in the files): B8A is
-#: the last band, not the ninth (EuroSAT issue #7; torchgeo issue #2458 and pull request #2480,
-#: checked there against the 60 m look of band 9).
-EUROSAT_MS_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
-)  # fmt: skip
+#: Band order of the EuroSAT multispectral GeoTIFFs (B8A last): the ``eurosat`` sensor's
+#: (:data:`msclip.spectral.bands.EUROSAT_MS_BANDS`).
+EUROSAT_MS_BANDS: tuple[str, ...] = _EUROSAT_MS_BANDS
 
 #: Bands of a BigEarthNet v1 Sentinel-2 patch (L2A: no B10), one GeoTIFF each.
 BIGEARTHNET_BANDS: tuple[str, ...] = (

@@ -29,7 +29,8 @@ without a scale or offset are read unchanged, in their own dtype.
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
 descriptions are refused), from the caller's ``bands=``, or from the band count (13 = Sentinel-2
-L1C, 12 = L2A, 10 = the Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB; 3 or 4 GeoTIFF bands whose colour
+L1C in ESA's order, with a warning naming the ``eurosat`` sensor, whose files put B8A last; 12 =
+L2A, 10 = the Llama3-MS-CLIP set, 4 = RGBN, 3 = RGB; 3 or 4 GeoTIFF bands whose colour
 interpretation puts red, green and blue in another order, as a blue-green-red file declares it,
 get them in that order). Array layout (bands first or
 last) comes from the file format (GeoTIFF, images), from metadata stored in an ``.npz``
@@ -328,6 +329,17 @@ def _assign_bands(
         warnings.warn(
             f"band descriptions are generic numbering ({present[0]!r} ...): the bands are taken "
             f"from the band count ({count} bands: {', '.join(names)}); name them to be sure",
+            GenericBandNamesWarning,
+            stacklevel=3,
+        )
+    elif count == 13:
+        # thirteen Sentinel-2 bands are stored in two orders: ESA's (B8A ninth) and that of the
+        # EuroSAT multispectral GeoTIFFs (B8A last), which name no bands: read one in the other
+        # order, the model's B8A, B11 and B12 get B09, B12 and B8A without a word
+        warnings.warn(
+            "13 unnamed bands are taken as Sentinel-2 L1C in ESA's order (..., B08, B8A, B09, "
+            "B10, B11, B12); EuroSAT's multispectral GeoTIFFs put B8A last: read them with "
+            "--sensor eurosat (sensor='eurosat'), or name the bands",
             GenericBandNamesWarning,
             stacklevel=3,
         )

@@ -34,6 +34,7 @@ from msclip.errors import BandError, UnknownBandError
 __all__ = [
     "BANDS",
     "COUNT_DEFAULTS",
+    "EUROSAT_MS_BANDS",
     "LLAMA3_MS_CLIP_BANDS",
     "RGB_BANDS",
     "S2_L1C_BANDS",
@@ -155,6 +156,14 @@ S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in _S2 if b != "B10")
 LLAMA3_MS_CLIP_BANDS: tuple[str, ...] = tuple(b for b in S2_L2A_BANDS if b not in ("B01", "B09"))
 _S2_ALIASES = {f"B{i}": f"B{i:02d}" for i in range(1, 13)} | {"B8a": "B8A", "B08A": "B8A"}
 _add_sensor("sentinel2_l1c", S2_L1C_BANDS, _S2_ALIASES, "Sentinel-2 MSI Level-1C, 13 bands")
+#: Band order of the EuroSAT multispectral GeoTIFFs (13 Sentinel-2 L1C bands, no band
+#: descriptions in the files): B8A is the last band, not the ninth as in ESA's order (EuroSAT
+#: issue #7; torchgeo issue #2458 and pull request #2480, checked there against the 60 m look of
+#: band 9). A 13-band file read by its band count gets ESA's order.
+EUROSAT_MS_BANDS: tuple[str, ...] = (*(b for b in _S2 if b != "B8A"), "B8A")
+_add_sensor(
+    "eurosat", EUROSAT_MS_BANDS, _S2_ALIASES, "EuroSAT multispectral GeoTIFFs: S2 L1C, B8A last"
+)
 _add_sensor("sentinel2_l2a", S2_L2A_BANDS, _S2_ALIASES, "Sentinel-2 MSI Level-2A, 12 bands")
 _add_sensor(
     "llama3_ms_clip", LLAMA3_MS_CLIP_BANDS, _S2_ALIASES, "Llama3-MS-CLIP input: 10 S2 L2A bands"

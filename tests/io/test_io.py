@@ -315,6 +315,25 @@ def test_sensor_orders_unnamed_bands_and_four_bands_warn(make_geotiff):
         msclip.read_raster(path, sensor="sentinel2")
 
 
+def test_thirteen_unnamed_bands_warn_of_eurosats_order(make_geotiff):
+    """EuroSAT's multispectral GeoTIFFs name no bands and put B8A last; read by their band count
+    (ESA's order, B8A ninth) the model's B8A, B11 and B12 got B09, B12 and B8A without a word.
+    The count's reading now says so, and --sensor eurosat reads them in their order."""
+    import warnings
+
+    from msclip.errors import GenericBandNamesWarning
+    from msclip.eval.layouts import EUROSAT_MS_BANDS
+
+    path, _ = make_geotiff(count=13)
+    with pytest.warns(GenericBandNamesWarning, match=r"ESA's order.*B8A last.*--sensor eurosat"):
+        assert msclip.read_raster(path).bands[8] == "B8A"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GenericBandNamesWarning)
+        r = msclip.read_raster(path, sensor="eurosat")
+    assert r.bands[-1] == "B8A" and r.bands[8:12] == ("B09", "B10", "B11", "B12")
+    assert r.bands == EUROSAT_MS_BANDS  # the benchmark's layout reads the same order
+
+
 def test_bands_argument_names_only_unnamed_files(make_geotiff):
     named, _ = make_geotiff("named.tif", count=12, descriptions=list(S2_L2A_BANDS))
     r = msclip.read_raster(named, bands=["B02", "B03", "B04", "B08"])  # not its own: ignored
