@@ -203,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from msclip.eval.definitions import interval_header
     from msclip.heads.finetune import run_finetune
 
     if args.grid:
@@ -228,7 +229,15 @@ def _run(args: argparse.Namespace) -> int:
     print(
         tabulate(
             rows,
-            headers=["method", "metric", "value", "95% CI", "train", "test", "s"],
+            headers=[
+                "method",
+                "metric",
+                "value",
+                interval_header(cfg.confidence),
+                "train",
+                "test",
+                "s",
+            ],
             floatfmt=("", "", "", "", "", "", ".1f"),
             disable_numparse=[2],  # each value formatted for its metric above
         )

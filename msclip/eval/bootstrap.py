@@ -425,7 +425,8 @@ def regression_metric(name: str) -> BatchedMetric:
         ss_res = ((p - t) ** 2)[idx].sum(axis=1)
         ss_tot = ((tb - tb.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
         r2 = np.full_like(ss_res, np.nan)
-        np.divide(ss_res, ss_tot, out=r2, where=ss_tot > 0)
+        varied = (tb.max(axis=1) > tb.min(axis=1)) & (ss_tot > 0)  # as metrics._r2_columns
+        np.divide(ss_res, ss_tot, out=r2, where=varied)
         r2 = 1.0 - r2
         with np.errstate(all="ignore"):
             defined = ~np.isnan(r2)

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_AP_DEFINITION",
     "NO_RELEVANT_POLICIES",
     "UNIT_METRICS",
+    "interval_header",
     "metric_format",
 ]
 
@@ -55,3 +56,10 @@ def metric_format(name: object) -> str:
     s = str(name)
     in_units = s in UNIT_METRICS or any(s.endswith(f"_{m}") for m in UNIT_METRICS)
     return ".6g" if in_units else ".4f"
+
+
+def interval_header(confidence: object = 0.95) -> str:
+    """The column header of bootstrap intervals of coverage ``confidence``: ``95% CI`` for
+    0.95, ``90% CI`` for 0.9, ``99.5% CI`` for 0.995 (the coverage the intervals were drawn
+    with, never a fixed 95%)."""
+    return f"{100 * float(confidence):.6g}% CI"

@@ -285,6 +285,8 @@ class RegressionMetrics:
         self.se = np.zeros(k)  # sum e
         self.mean_y = np.zeros(k)
         self.m2_y = np.zeros(k)  # sum (y - mean y)^2
+        self.min_y = np.full(k, np.inf)  # tell constant targets exactly (R² undefined)
+        self.max_y = np.full(k, -np.inf)
 
     def update(self, pred: Any, target: Any, mask: Any = None) -> None:
         """Add a batch.
@@ -347,6 +349,8 @@ class RegressionMetrics:
             self.m2_y[c] += m2_b + delta * delta * n_a * n_b / n
             self.mean_y[c] += delta * n_b / n
             self.n[c] = n
+            self.min_y[c] = min(self.min_y[c], float(y.min()))
+            self.max_y[c] = max(self.max_y[c], float(y.max()))
             self.sse[c] += float((e * e).sum())
             self.sae[c] += float(np.abs(e).sum())
             self.se[c] += float(e.sum())
@@ -364,6 +368,8 @@ class RegressionMetrics:
             self.m2_y[c] += other.m2_y[c] + delta * delta * n_a * n_b / n
             self.mean_y[c] += delta * n_b / n
             self.n[c] = n
+        self.min_y = np.minimum(self.min_y, other.min_y)
+        self.max_y = np.maximum(self.max_y, other.max_y)
         self.sse += other.sse
         self.sae += other.sae
         self.se += other.se
@@ -377,7 +383,9 @@ class RegressionMetrics:
         mae = _div(self.sae, n)
         bias = _div(self.se, n)
         r2 = np.full(self.num_outputs, np.nan)
-        ok = (self.m2_y > 0) & (n > 0)
+        # Constant targets by their values: m2_y of equal values can be a rounding residue
+        # (~1e-32) rather than 0, which would give R² ~ -1e28 instead of NaN.
+        ok = (self.m2_y > 0) & (n > 0) & (self.max_y > self.min_y)
         r2[ok] = 1.0 - self.sse[ok] / self.m2_y[ok]
         rows = [
             {

@@ -1178,7 +1178,9 @@ def _r2_columns(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     ss_res = ((t - p) ** 2).sum(axis=0)
     ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
     out = np.full(t.shape[1], np.nan)
-    ok = ss_tot > 0
+    # Constant targets are told by their values, not by ss_tot > 0: the float mean of equal
+    # values (seven times 0.7) can be off by one ulp, leaving ss_tot ~1e-32 and R² ~ -1e28.
+    ok = (t.max(axis=0) > t.min(axis=0)) & (ss_tot > 0)
     out[ok] = 1.0 - ss_res[ok] / ss_tot[ok]
     return out
 

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from msclip.errors import RecordError, shown_when_quiet
-from msclip.eval.definitions import metric_format
+from msclip.eval.definitions import interval_header, metric_format
 from msclip.hardware import library_versions
 from msclip.io import TMP_PREFIX, atomic_write, jsonable, write_csv, write_json, write_text
 from msclip.wording import plural
@@ -636,18 +636,33 @@ def _md_table(
 
 
 def _metric_rows(
-    metrics: Sequence[tuple[str, Any]], ci: Mapping[str, Any] | None = None
+    metrics: Sequence[tuple[str, Any]],
+    ci: Mapping[str, Any] | None = None,
+    ci_column: str = "95% CI",
 ) -> list[dict[str, str]]:
-    """``metric``/``value`` rows (and ``95% CI`` with ``ci``), each value in its metric's format
-    (:func:`~msclip.eval.definitions.metric_format`: a regression's RMSE of 3e-6 is not
+    """``metric``/``value`` rows (and ``ci_column`` with ``ci``), each value in its metric's
+    format (:func:`~msclip.eval.definitions.metric_format`: a regression's RMSE of 3e-6 is not
     0.0000)."""
     rows = []
     for k, v in metrics:
         row = {"metric": k, "value": _fmt(v, metric_format(k))}
         if ci is not None:
-            row["95% CI"] = _ci_text(ci.get(k), metric_format(k))
+            row[ci_column] = _ci_text(ci.get(k), metric_format(k))
         rows.append(row)
     return rows
+
+
+def _ci_column(ci: Mapping[str, Any]) -> str:
+    """The header of a record's interval column, with the coverage its intervals were drawn
+    with (``--confidence 0.9`` gives ``90% CI``); every interval of one run shares it."""
+    levels = {
+        float(c["confidence"])
+        for c in ci.values()
+        if isinstance(c, Mapping) and _is_number(c.get("confidence"))
+    }
+    if len(levels) > 1:
+        return "CI (" + ", ".join(interval_header(c) for c in sorted(levels)) + ")"
+    return interval_header(levels.pop() if levels else 0.95)
 
 
 def _metric_of(rec: dict, metric: str | None) -> tuple[str, float | None]:
@@ -917,12 +932,13 @@ def _head_section(rec: dict, save: Path, pc_path: Path, fig_path: Path | None) -
         "",
     ]
     ci = rec.get("ci") or {}
+    column = _ci_column(ci)
     overall = _metric_rows(
         [(k, v) for k, v in rec["metrics"].items()
          if isinstance(v, (int, float)) and not isinstance(v, bool)],
-        ci,
+        ci, column,
     )  # fmt: skip
-    lines += [_md_table(overall, ["metric", "value", "95% CI"]), ""]
+    lines += [_md_table(overall, ["metric", "value", column]), ""]
     if rec["per_class"]:
         columns = list(rec["per_class"][0])
         specs = {c: metric_format(c) for c in columns}

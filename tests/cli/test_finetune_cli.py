@@ -76,6 +76,19 @@ def test_run_summary_table_is_printed(tmp_path, run, capsys):
     assert f"records merged into {tmp_path / 'r' / 'summary.csv'}" in out
 
 
+def test_interval_headers_give_the_confidence_asked_for(tmp_path, run, capsys):
+    # --confidence 0.9 draws 90% intervals: the table and report.md said "95% CI" over them
+    save = tmp_path / "r"
+    code = main(["--folders", str(run["scenes"]), "--method", "knn", "--output-dir",
+                 str(tmp_path / "o"), "--save-path", str(save), "--cache-dir",
+                 str(run["root"] / "cache"), "--confidence", "0.9", *TINY,
+                 *_without(FAST, "--batch-size")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "90% CI" in out and "95% CI" not in out
+    report = (save / "report.md").read_text()
+    assert "| metric | value | 90% CI |" in report and "95% CI" not in report
+
+
 def _without(argv: list[str], flag: str) -> list[str]:
     """``argv`` without ``flag`` and its value."""
     i = argv.index(flag)

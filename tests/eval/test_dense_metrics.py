@@ -210,6 +210,21 @@ def test_streamed_regression_metrics_match_numpy_with_nodata_masked(tmp_path):
     assert json.loads(path.read_text())["metrics"]["rmse"] == pytest.approx(out["metrics"]["rmse"])
 
 
+def test_regression_r2_of_constant_targets_with_a_rounding_residue_is_nan():
+    # m2_y of seven 0.7s is ~1e-32 rather than 0 (the float mean is off by an ulp)
+    t = np.full((1, 1, 7), 0.7)
+    acc = RegressionMetrics()
+    acc.update(t + 0.01, t)
+    assert math.isnan(acc.compute()["metrics"]["r2"])
+    a, b = RegressionMetrics(), RegressionMetrics()
+    a.update(t[..., :3] + 0.01, t[..., :3])
+    b.update(t[..., 3:] + 0.01, t[..., 3:])
+    assert math.isnan(a.merge(b).compute()["metrics"]["r2"])
+    c = RegressionMetrics()
+    c.update(np.zeros((1, 1, 2)), np.array([[[0.7, 0.8]]]))
+    assert math.isfinite(a.merge(c).compute()["metrics"]["r2"])  # now the targets vary
+
+
 def test_regression_edge_cases():
     acc = RegressionMetrics()
     acc.update(np.array([[1.0, 2.0]]), np.array([[5.0, 5.0]]))

@@ -8,6 +8,7 @@ import pytest
 import sklearn.metrics as skm
 import torch
 
+from msclip.eval.bootstrap import bootstrap_ci, regression_metric
 from msclip.eval.metrics import (
     MetricInputError,
     mean_absolute_error,
@@ -68,6 +69,16 @@ def test_r2_of_constant_targets_is_nan_and_left_out_of_the_mean() -> None:
     per = r2_score(p, t, average="none")
     assert np.isnan(per[0]) and per[1] == pytest.approx(skm.r2_score(t[:, 1], p[:, 1]))
     assert r2_score(p, t) == pytest.approx(per[1])
+
+
+def test_r2_of_constant_targets_whose_float_mean_is_off_by_an_ulp_is_nan() -> None:
+    # seven times 0.7 averages to 0.7 + 1 ulp: SS_tot ~1e-32 > 0 gave R² ~ -8e27, not NaN
+    t = np.full(7, 0.7)
+    assert ((t - t.mean()) ** 2).sum() > 0
+    assert np.isnan(r2_score(t + 0.01, t))
+    assert np.isnan(regression_report(t + 0.01, t).r2)
+    ci = bootstrap_ci(regression_metric("r2"), t, t + 0.01, n_resamples=20)
+    assert ci.n_valid == 0 and np.isnan(ci.low)
 
 
 def test_regression_bad_input_names_rows_and_shapes() -> None:

@@ -123,6 +123,21 @@ def test_knn_probe_reports_weighted_and_unweighted(rng) -> None:
     assert again[0].to_record() == weighted.to_record()
 
 
+def test_knn_top5_never_counts_a_class_without_a_vote() -> None:
+    # 6 classes; the test image of class 0 sits among training images of class 5 only. Its
+    # votes are [0, 0, 0, 0, 0, 1]: by the lower-index-first tie rule class 0 ranked second,
+    # inside the top 5, and counted as a top-5 hit although no neighbour voted for it.
+    train = np.repeat(np.eye(6), 6, axis=0) + 0.01 * np.arange(36)[:, None]
+    labels = np.repeat(np.arange(6), 6)
+    test = np.array([[0, 0, 0, 0, 0, 1.0], [1.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
+    results = knn_probe(train, labels, test, np.array([0, 0, 5]), k=5, n_resamples=20)
+    for r in results:
+        assert r.scores[0, 0] == 0 and topk_accuracy(r.scores, [0, 0, 5], 5) == 1.0
+        assert r.metrics["top5_accuracy"] == pytest.approx(2 / 3)
+        ci = r.ci["top5_accuracy"]
+        assert ci.estimate == pytest.approx(2 / 3) and ci.high <= 1.0 and ci.n_valid == 20
+
+
 def test_knn_probe_multilabel(rng) -> None:
     x = rng.normal(size=(200, 8)).astype(np.float32)
     labels = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 2] < 0], axis=1).astype(np.int64)

@@ -11,10 +11,12 @@ run on the CPU, need no GPU and are deterministic for a given seed.
   vote with weight ``exp(sim / T)`` (``k = 20``, ``T = 0.07``), or with weight 1 (``k = 5``,
   unweighted, as torchgeo-bench). The score of class ``c`` is the weighted fraction of votes
   for ``c`` (in ``[0, 1]``); for multi-label data it is the weighted mean of the neighbours'
-  0/1 labels of ``c``, so both read as probabilities. The similarity matrix is computed in
-  blocks of training rows, keeping only the running top ``k``, so memory does not grow with the
-  training set. Tie rule: among equal similarities the lower training index is taken (and ranks
-  first), so the neighbours are the first ``k`` of a stable sort by similarity, descending.
+  0/1 labels of ``c``, so both read as probabilities. Its top-5 accuracy counts an image only
+  when its class got a vote (the unvoted classes tie at 0 and would fill the top 5). The
+  similarity matrix is computed in blocks of training rows, keeping only the running top ``k``,
+  so memory does not grow with the training set. Tie rule: among equal similarities the lower
+  training index is taken (and ranks first), so the neighbours are the first ``k`` of a stable
+  sort by similarity, descending.
 * **Logistic regression** (the linear probe of CLIP, Radford et al., ICML 2021, and of
   torchgeo-bench): multinomial (softmax) for single-label data, binary for two classes and one
   binary problem per class (one-vs-rest) for multi-label data. It minimises scikit-learn's
@@ -26,7 +28,8 @@ run on the CPU, need no GPU and are deterministic for a given seed.
   matrix is cheap on the CPU. The inverse regularisation ``C`` is swept over
   ``logspace(-7, 2, 20)`` from the smallest (strongest regularisation) up, each fit starting
   from the previous solution (warm start); the ``C`` with the best validation score wins (ties:
-  the smallest ``C``), then the probe is refitted on train + validation.
+  the lowest validation log-loss, then the largest ``C``), then the probe is refitted on train
+  + validation.
 * **Ridge regression** with an ``alpha`` sweep: the closed form, through one eigendecomposition
   of the (centred) Gram matrix shared by every ``alpha``; equal to scikit-learn ``Ridge``.
 

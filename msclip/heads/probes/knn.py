@@ -12,6 +12,8 @@ from msclip.errors import HeadInputError
 from msclip.eval.bootstrap import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
+    BatchedMetric,
+    bootstrap_cis,
 )
 from msclip.heads.probes.common import (
     ArrayLike,
@@ -208,6 +210,51 @@ def knn_scores(
     return knn_vote(sims, idx, labels, c, None, temperature)
 
 
+def _voted_topk_metric(k: int) -> BatchedMetric:
+    """Top-k accuracy of kNN vote fractions in which a class without a vote never counts.
+
+    Votes leave most classes at exactly 0; by the tie rule of top-k accuracy (lower index
+    first) those zeros would fill the top ``k`` behind the voted classes, so a test image whose
+    class no neighbour voted for would count as correct whenever fewer than ``k`` classes got
+    votes and its class has a low index."""
+
+    def per_sample(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        t = targets.astype(np.int64)
+        n, c = scores.shape
+        own = scores[np.arange(n), t][:, None]
+        ahead = (scores > own) | ((scores == own) & (np.arange(c)[None, :] < t[:, None]))
+        return ((ahead.sum(axis=1) < min(k, c)) & (own[:, 0] > 0)).astype(np.float64)
+
+    def fn(targets: np.ndarray, scores: np.ndarray) -> float:
+        return float(per_sample(targets, scores).mean())
+
+    def batched(targets: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return per_sample(targets, scores)[idx].mean(axis=1)
+
+    return BatchedMetric(f"top{k}_accuracy", fn, batched)
+
+
+def _recount_top5(
+    result: ProbeResult,
+    targets: np.ndarray,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> None:
+    """Replace a single-label kNN result's ``top5_accuracy`` (and its interval, drawn from the
+    same resamples as the others) by :func:`_voted_topk_metric`'s."""
+    if "top5_accuracy" not in result.metrics:
+        return
+    metric = _voted_topk_metric(5)
+    result.metrics["top5_accuracy"] = metric(targets, result.scores)
+    if n_resamples:
+        result.ci.update(
+            bootstrap_cis(
+                {"top5_accuracy": metric}, targets, result.scores, n_resamples, confidence, seed
+            )
+        )
+
+
 def knn_probe(
     train_features: ArrayLike,
     train_labels: ArrayLike,
@@ -242,6 +289,10 @@ def knn_probe(
 
     Returns:
         ``[weighted result, unweighted result]`` (one element when ``k_unweighted`` is None).
+        Their ``top5_accuracy`` counts an image as correct only when its class got a vote and
+        ranks within the first 5: the classes without a vote all score 0, and by the lower
+        index first tie rule they would otherwise fill the top 5 (with 5 unweighted
+        neighbours, usually 1 to 3 classes get votes).
 
     Raises:
         HeadInputError: Bad features or labels (see :func:`check_features`,
@@ -276,9 +327,10 @@ def knn_probe(
             "weighting": "exp(sim/T)" if temp is not None else "uniform",
             "similarity": "cosine",
         }
-        results.append(
-            _result(
-                name, task, scores, t_labels, hp, train.shape[0], c, n_resamples, confidence, seed
-            )
+        result = _result(
+            name, task, scores, t_labels, hp, train.shape[0], c, n_resamples, confidence, seed
         )
+        if task == "single-label":
+            _recount_top5(result, t_labels, n_resamples, confidence, seed)
+        results.append(result)
     return results
