@@ -60,7 +60,7 @@ from torch.utils.data import Dataset
 
 from msclip.errors import HeadConfigError, HeadInputError
 from msclip.heads.runconfig import DATA_TASKS
-from msclip.io.tables import separator_of
+from msclip.io.tables import separator_of, where_not_utf8
 
 __all__ = [
     "DATA_TASKS",
@@ -496,7 +496,13 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             columns = list(reader.fieldnames or [])
     except FileNotFoundError as err:
         raise HeadInputError(f"table {path} not found", param="csv") from err
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeDecodeError as err:
+        raise HeadInputError(
+            f"table {path} is not UTF-8 text ({err.reason}{where_not_utf8(path)}); save it as "
+            "UTF-8 (a spreadsheet's 'CSV UTF-8' format)",
+            param="csv",
+        ) from None
+    except (OSError, csv.Error) as err:
         raise HeadInputError(f"cannot read table {path}: {err}", param="csv") from err
     if not rows:
         raise HeadInputError(f"table {path} has no rows", param="csv")

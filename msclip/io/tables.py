@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["separator_of", "table_separator"]
+__all__ = ["separator_of", "table_separator", "where_not_utf8"]
 
 
 def separator_of(path: str | os.PathLike[str], header: str) -> str:
@@ -42,3 +42,21 @@ def table_separator(path: str | os.PathLike[str]) -> str:
     except OSError:
         return ","
     return separator_of(path, header)
+
+
+def where_not_utf8(path: str | os.PathLike[str]) -> str:
+    """``" at byte N, line L"`` of the first byte of the file at ``path`` that is not UTF-8 (after
+    a byte-order mark), for the message that refuses a table: a reader's ``UnicodeDecodeError``
+    (pandas', the csv module's) counts from the start of one of its read chunks, not of the file.
+    ``""`` when the file reads as UTF-8 or cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        return f" at byte {start}, line {line}"
+    except OSError:
+        pass
+    return ""

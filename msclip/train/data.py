@@ -38,7 +38,7 @@ import torch
 from msclip.errors import BadSampleError, MSCLIPError, TooManyBadSamplesError
 from msclip.io import IMAGE_EXTENSIONS
 from msclip.io.images import class_folders, folder_images
-from msclip.io.tables import table_separator
+from msclip.io.tables import table_separator, where_not_utf8
 from msclip.spectral.nodata import missing_pixels
 from msclip.spectral.preprocess import SpectralPreprocess
 
@@ -135,27 +135,11 @@ def _read_table(path: str) -> Any:
         ) from err
     except UnicodeDecodeError as err:
         raise BadSampleError(
-            f"table {path} is not UTF-8 text ({err.reason}{_where_not_utf8(path)}); save it as "
+            f"table {path} is not UTF-8 text ({err.reason}{where_not_utf8(path)}); save it as "
             "UTF-8 (a spreadsheet's 'CSV UTF-8' format)"
         ) from None
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise BadSampleError(f"cannot read table {path}: {err}") from err
-
-
-def _where_not_utf8(path: str) -> str:
-    """`` at byte N, line L`` of the first byte of ``path`` that is not UTF-8 (the position
-    pandas reports counts from the start of one of its read chunks, not of the file)."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data.count(b"\n", 0, start) + 1
-        return f" at byte {start}, line {line}"
-    except OSError:
-        pass
-    return ""
 
 
 def caption_columns_of(columns: Sequence[str]) -> list[str]:

@@ -215,6 +215,21 @@ def test_csv_separated_by_semicolons_or_tabs(tmp_path, sep):
         from_csv(table, task="regression")  # a decimal comma is named, not misread
 
 
+def test_a_table_that_is_not_utf8_is_named_with_the_line_and_the_fix(tmp_path):
+    """A spreadsheet's Latin-1 export: the csv module's error ('position 4095' of a read chunk)
+    became "cannot read table"; the line of the first bad byte and the fix are named, as
+    msclip-train names them (msclip.io.tables.where_not_utf8)."""
+    rows = [f"s{i}.tif,{'ab'[i % 2]}" for i in range(600)] + ["s600.tif,caf\u00e9"]
+    for r in rows:
+        _touch(tmp_path / r.split(",")[0])
+    table = tmp_path / "latin1.csv"
+    table.write_bytes(("path,label\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(HeadInputError, match=r"latin1.csv is not UTF-8 text \(.* at byte \d+, "
+                       r"line 602\); save it as UTF-8") as info:  # fmt: skip
+        from_csv(table, split_column=None, val_fraction=0.2)
+    assert info.value.param == "csv"
+
+
 def test_tables_split_columns_by_the_rule_msclip_train_reads_by(tmp_path):
     # a .tsv file is tab-separated whatever its header holds (a comma in a column name split the
     # header at the comma and the rows nowhere); a tab decides before a semicolon
