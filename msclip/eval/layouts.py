@@ -29,6 +29,7 @@ picklable objects (they run inside DataLoader workers).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -703,6 +704,23 @@ class CsvLayout(Layout):
 
 
 # -- BigEarthNet v1 --------------------------------------------------------------------------
+def _looks_like_reben(root: Path, sample: int = 20) -> bool:
+    """Whether ``root`` holds BigEarthNet v2 (reBEN): its ``metadata.parquet`` or
+    ``BigEarthNet-S2/`` folder, or its tile folders of patch folders of band files
+    (``<tile>/<patch>/<patch>_B02.tif``, no labels file) placed directly there (a few looked at)."""
+    if (root / "metadata.parquet").is_file() or (root / "BigEarthNet-S2").is_dir():
+        return True
+    try:
+        tiles = [p for p in itertools.islice(root.iterdir(), sample) if p.is_dir()]
+        for tile in tiles:
+            for patch in itertools.islice(tile.iterdir(), 3):
+                if (patch / f"{patch.name}_B02.tif").is_file():
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 class BigEarthNetLayout(Layout):
     """BigEarthNet v1 Sentinel-2 patch folders with per-band GeoTIFFs and label JSON files.
 
@@ -757,7 +775,7 @@ class BigEarthNetLayout(Layout):
                 "; this looks like BigEarthNet v2 (reBEN: metadata.parquet, BigEarthNet-S2/), "
                 "which msclip does not read: the benchmark is the v1 archive "
                 "(BigEarthNet-S2-v1.0.tar.gz)"
-                if (root / "metadata.parquet").is_file() or (root / "BigEarthNet-S2").is_dir()
+                if _looks_like_reben(root)
                 else ""
             )
         )

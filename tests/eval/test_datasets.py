@@ -512,6 +512,14 @@ def test_samples_listed_twice_count_once_or_are_refused(tmp_path, caplog):
     (v2 / "metadata.parquet").write_bytes(b"PAR1")
     with pytest.raises(DatasetFormatError, match="looks like BigEarthNet v2"):
         build_dataset("BigEarthNet_MS", tmp_path / "c")
+    # and so are its tile folders of patch folders placed directly there, without the parquet
+    bare = tmp_path / "d" / "BigEarthNet"
+    patch = bare / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
+    patch = patch / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+    patch.mkdir(parents=True)
+    (patch / f"{patch.name}_B02.tif").write_bytes(b"II*\0")
+    with pytest.raises(DatasetFormatError, match="looks like BigEarthNet v2"):
+        build_dataset("BigEarthNet_MS", tmp_path / "d")
 
 
 def test_meterml_training_images_in_their_several_archives(tmp_path):
