@@ -1258,13 +1258,31 @@ def config_from_namespace(
 
 
 # -- outputs --------------------------------------------------------------------------------------
+# Extensions of other table and data formats: a results table is written as CSV whatever its
+# name, so ``--save-path hits.parquet`` gave a CSV named .parquet that pandas.read_parquet and GIS
+# software could not open.
+_NOT_CSV_SUFFIXES = (
+    ".parquet", ".pq", ".tsv", ".tab", ".json", ".geojson", ".xlsx", ".xls", ".feather",
+    ".arrow", ".gpkg", ".shp", ".npy", ".npz",
+)  # fmt: skip
+
+
 def output_path(save_path: str | None, default_name: str) -> Path:
-    """``--save-path`` as a file: ``results/<default_name>`` when unset, inside it when a folder."""
+    """``--save-path`` as a file: ``results/<default_name>`` when unset, inside it when a folder.
+
+    Raises:
+        UsageError: a file name with the extension of another format (the table is CSV).
+    """
     if save_path is None:
         return Path("results") / default_name
     p = Path(save_path).expanduser()
     if p.is_dir() or save_path.endswith(os.sep):
         return p / default_name
+    if p.suffix.lower() in _NOT_CSV_SUFFIXES:
+        raise UsageError(
+            f"--save-path {save_path}: the results table is written as CSV (comma-separated), "
+            f"not {p.suffix}; give a .csv path (e.g. {p.with_suffix('.csv')})"
+        )
     return p
 
 

@@ -572,9 +572,19 @@ def test_search_output_paths(inputs, tmp_path, model, capsys):
     files, _, _ = inputs
     idx = tmp_path / "k.index"
     assert main(["build", str(idx), "--images", str(files[0]), *TINY]) == 0
-    hits = tmp_path / "hits.geojson"
-    assert main(["search", str(idx), "--query", "x", "--save-path", str(hits), "--quiet"]) == 2
+    hits = tmp_path / "hits.csv"
+    assert main(["search", str(idx), "--query", "x", "--save-path", str(hits), "--geojson",
+                 str(hits), "--quiet"]) == 2  # fmt: skip
     assert "would both be" in capsys.readouterr().err and not hits.exists()
+    # the table is CSV whatever its name: a path named as another format is refused, not
+    # written as a CSV that a Parquet or GeoJSON reader cannot open
+    for name in ("hits.geojson", "hits.parquet", "hits.TSV", "hits.json"):
+        wrong = tmp_path / name
+        assert main(["search", str(idx), "--query", "x", "--save-path", str(wrong), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"--save-path {wrong}: the results table is written as CSV" in err, name
+        assert f"give a .csv path (e.g. {wrong.with_suffix('.csv')})" in err, name
+        assert not wrong.exists() and not list(tmp_path.glob("hits.*"))
     # nor is the GeoJSON the table's run record
     table = tmp_path / "t.csv"
     record = tmp_path / "t.csv.json"
@@ -612,7 +622,7 @@ def test_search_never_writes_over_the_index_or_its_inputs(inputs, tmp_path, caps
     kept = {f: f.read_bytes() for f in [*idx.rglob("*"), queries, tile] if f.is_file()}
     search = ["search", str(idx), *TINY]
     runs = [
-        (["--query", "x", "--save-path", str(idx / "manifest.json")], "lies inside the index"),
+        (["--query", "x", "--save-path", str(idx / "embeddings.f32")], "lies inside the index"),
         (["--query", "x", "--save-path", str(idx / "new.csv")], "lies inside the index"),
         (["--query", "x", "--geojson", str(idx / "hits.geojson")], "lies inside the index"),
         (["--queries-file", str(queries), "--save-path", str(queries)], "is the queries file"),
