@@ -1,0 +1,47 @@
+"""The benchmark scripts of benchmarks/: what they measure is what their tables say."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module of its own name (benchmarks/ is no package)."""
+    monkey = pytest.MonkeyPatch()
+    monkey.syspath_prepend(str(BENCHMARKS))  # the scripts import their helper, workload.py
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        monkey.undo()
+    return module
+
+
+def test_train_end_to_end_runs_with_the_loader_workers_its_table_names(tmp_path, monkeypatch):
+    """The end-to-end table's 'loader workers' column was the --num-workers given to the worker,
+    which never reached TrainConfig: its '1 loader worker' row trained with none."""
+    bench = _script("train")
+    import msclip.train
+
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        run = Path(cfg.output_dir)
+        run.mkdir(parents=True)
+        (run / "train_log.csv").write_text("step,samples_per_s\n1,1.0\n2,2.0\n")
+
+    monkeypatch.setattr(msclip.train, "train", fake_train)
+    args = argparse.Namespace(model="msclip-tiny", batch=2, epochs=1, cache=0, threads=1,
+                              n_images=2, num_workers=1)  # fmt: skip
+    assert bench.worker_e2e(args)["samples_per_s"] == 2.0
+    assert [cfg.num_workers for cfg in seen] == [1]
