@@ -45,3 +45,33 @@ def test_train_end_to_end_runs_with_the_loader_workers_its_table_names(tmp_path,
                               n_images=2, num_workers=1)  # fmt: skip
     assert bench.worker_e2e(args)["samples_per_s"] == 2.0
     assert [cfg.num_workers for cfg in seen] == [1]
+
+
+def test_heads_demo_refuses_scenes_of_an_earlier_run_of_another_size(tmp_path):
+    """A second call with another --n-per-class over the same --out read the first call's
+    scenes while printing the new count."""
+    bench = _script("heads_demo")
+    full, _, _ = bench.make_data(tmp_path, 1)
+    assert len(list(full.glob("*/*.tif"))) == 14
+    bench.make_data(tmp_path, 1)  # the same size: kept
+    with pytest.raises(SystemExit, match=r"holds 1 tiles per class .* not --n-per-class 2"):
+        bench.make_data(tmp_path, 2)
+
+
+def test_heads_demo_runs_again_over_its_own_output_folder(tmp_path, monkeypatch):
+    """Every msclip-finetune call resumes: a second call over the same --out stopped at its
+    first run ('already holds a run of zero-shot ... pass resume')."""
+    bench = _script("heads_demo")
+    calls = []
+    methods = ["zero-shot", "knn", "knn-unweighted", "logistic", "text-init", "linear",
+               "linear-lora", "linear-scratch"]  # fmt: skip
+    record = {"metrics": {"top1_accuracy": 0.5}, "ci": {"top1_accuracy": {"low": 0, "high": 1}}}
+
+    def fake_run(argv):
+        calls.append(argv)
+        return dict.fromkeys(methods, record)
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "make_data", lambda out, n: (out / "a", out / "b", out / "c"))
+    assert bench.main(["--out", str(tmp_path)]) == 1  # LoRA not above the frozen head
+    assert len(calls) == 8 and all("--resume" in argv for argv in calls)
