@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -75,3 +76,27 @@ def test_heads_demo_runs_again_over_its_own_output_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(bench, "make_data", lambda out, n: (out / "a", out / "b", out / "c"))
     assert bench.main(["--out", str(tmp_path)]) == 1  # LoRA not above the frozen head
     assert len(calls) == 8 and all("--resume" in argv for argv in calls)
+
+
+def test_bf16_is_not_timed_where_this_cpu_emulates_it(monkeypatch, capsys):
+    """int8.py timed bf16 on every CPU (an AVX2 one emulates it: minutes a ViT-B-16 batch, its
+    figure printed as any other with the warning silenced), encode.py, inference.py and
+    memory.py wherever the CPU flags showed bf16, though an ONEDNN_MAX_CPU_ISA cap keeps oneDNN
+    off those kernels (7x slower than fp32 on the Zen 5 here)."""
+    import msclip.hardware
+
+    workload, int8 = _script("workload"), _script("int8")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "emulated" in workload.bf16_emulated()
+    assert int8.speed_precisions() == ["fp32", "int8"]
+    assert "bf16 not timed: emulated" in capsys.readouterr().out
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    real = msclip.hardware.cpu_info()
+    avx2 = dataclasses.replace(real, capability="AVX2")  # torch's AVX2 kernels: bf16 emulated
+    monkeypatch.setattr(msclip.hardware, "cpu_info", lambda: avx2)
+    assert not msclip.hardware.cpu_info().native_bf16
+    assert workload.bf16_emulated().startswith("emulated on this CPU")
+    assert int8.speed_precisions() == ["fp32", "int8"]
+
