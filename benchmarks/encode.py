@@ -55,12 +55,13 @@ def model_throughput(model: msclip.MSCLIP, batch: int, seconds: float, autocast:
 
 
 def model_images_per_s(model: msclip.MSCLIP, n: int, batch: int) -> float:
-    """Model-only images/s over ``n`` images in batches (same work as one end-to-end run)."""
+    """Model-only images/s over ``n`` images in batches (same work as one end-to-end run: its
+    last batch the rest, not a full one)."""
     x = torch.randn(batch, len(model.bands), model.image_size, model.image_size)
     with torch.inference_mode():
         start = time.perf_counter()
-        for _ in range(0, n, batch):
-            model.encode_image(x, normalize=True)
+        for s in range(0, n, batch):
+            model.encode_image(x[: min(batch, n - s)], normalize=True)
         return n / (time.perf_counter() - start)
 
 
@@ -281,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "programs use on this device, msclip.encode.auto_workers: 0 on a CPU)",
     )
     args = ap.parse_args(argv)
+    for flag in ("tiles", "gpu_tiles"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.workers is None:
         from msclip.encode import auto_workers
 
