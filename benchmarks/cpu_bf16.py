@@ -13,6 +13,7 @@ Run: ``python benchmarks/cpu_bf16.py`` (seconds; no weights file needed).
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 
@@ -80,7 +81,8 @@ def op_errors(config: object) -> list[tuple[str, str, float]]:
     return [(name, shape, rel(fn, *xs)) for name, shape, fn, xs in cases]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help
     info = cpu_info()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "all")
     print(f"machine: {info.kind}; {torch.get_num_threads()} threads, torch {torch.__version__}, "

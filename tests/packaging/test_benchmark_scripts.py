@@ -120,3 +120,11 @@ def test_encode_model_only_figure_runs_the_images_it_counts():
     assert seen == [32, 8]
     with pytest.raises(SystemExit):
         encode.main(["--tiles", "0"])
+
+
+def test_cpu_bf16_help_is_help(capsys):
+    """`cpu_bf16.py --help` ran the whole measurement (it took no options)."""
+    with pytest.raises(SystemExit) as done:
+        _script("cpu_bf16").main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
