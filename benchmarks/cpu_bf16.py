@@ -13,11 +13,12 @@ Run: ``python benchmarks/cpu_bf16.py`` (seconds; no weights file needed).
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 
 import torch
-import workload  # noqa: F401  (puts this repository's msclip first on the path)
+import workload  # also puts this repository's msclip first on the path
 
 import msclip
 from msclip import factory
@@ -80,13 +81,15 @@ def op_errors(config: object) -> list[tuple[str, str, float]]:
     return [(name, shape, rel(fn, *xs)) for name, shape, fn, xs in cases]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help
     info = cpu_info()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "all")
     print(f"machine: {info.kind}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"ONEDNN_MAX_CPU_ISA={isa}")  # fmt: skip
-    if not info.native_bf16:
-        print("no native bf16 on this CPU: auto picks fp32 and no check runs")
+    emulated = workload.bf16_emulated()
+    if emulated:
+        print(f"bf16 {emulated}: auto picks fp32 and no check runs")
     for name in ("msclip-demo", "Llama3-MS-CLIP-Base"):
         config = factory._config_for(factory.get_model_entry(name), None)
         got = _measure(config)

@@ -20,6 +20,10 @@ samples give few steps), 30 epochs; LoRA (rank 8, alpha 16) adapts q, v and the 
 layer decay 0.75; ``scratch`` re-initialises the tower and trains all of it at 1e-3. Usage::
 
     python benchmarks/heads_demo.py [--n-per-class 80] [--epochs 30] [--out runs/heads_demo]
+
+A second call over the same ``--out`` reuses its scenes (the same ``--n-per-class``) and resumes
+its runs (``msclip-finetune --resume``: finished methods kept, killed ones continued, other
+settings refused with the options that differ).
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def make_data(out: Path, n_per_class: int) -> tuple[Path, Path, Path]:
     full, rgb = out / "scenes_12band", out / "scenes_rgb"
     if not (full / "labels.csv").is_file():
         generate_dataset(full, n_per_class=n_per_class, size=64, seed=SEED)
+    held = len(list(full.glob("*/*.tif"))) // len(CLASSES)
+    if held != n_per_class:  # an earlier run's scenes: reused only where they are these
+        raise SystemExit(
+            f"error: {full} holds {held} tiles per class from an earlier run, not "
+            f"--n-per-class {n_per_class}; give that run's --n-per-class {held}, another --out, "
+            f"or remove {out} to start again"
+        )
     for tif in sorted(full.glob("*/*.tif")):
         target = rgb / tif.parent.name / tif.name
         if target.is_file():
@@ -82,7 +93,7 @@ def run(argv: list[str]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-per-class", type=int, default=80)
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the trained heads")
     ap.add_argument("--out", default="runs/heads_demo")
@@ -101,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         "--val-fraction", "0.15", "--test-fraction", "0.25", "--save-path", str(out / "results"),
         "--cache-dir", str(out / "cache"), "--epochs", str(args.epochs), "--quiet",
         "--precision", "fp32",  # the same numbers on every CPU kind
+        # a run of an earlier call in --out: finished methods kept, killed ones continued,
+        # other settings refused by msclip-finetune, naming them
+        "--resume",
     ]  # fmt: skip
     results: dict[str, dict[str, dict]] = {}
     for task, folder in (("12 bands", full), ("RGB sensor", rgb)):

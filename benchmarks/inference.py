@@ -219,9 +219,10 @@ def main() -> None:
               f"{args.repeats}; by CPU time in brackets):")  # fmt: skip
         from msclip.errors import PrecisionError
 
+        emulated = workload.bf16_emulated()
         for row in ("fp32", "fp32-fused", "bf16", "int8"):
-            if row == "bf16" and not info.native_bf16:
-                print("  bf16        skipped: emulated on this CPU (hundreds of times slower)")
+            if row == "bf16" and emulated:
+                print(f"  bf16        skipped: {emulated}")
                 continue
             if row == "fp32-fused" and not fused_auto:
                 continue  # auto's fp32 (a CPU without native bf16, or whose bf16 disagrees)

@@ -161,6 +161,7 @@ def worker_e2e(args: argparse.Namespace) -> dict:
             log_every=1,
             cache_images=args.cache,
             threads=args.threads,
+            num_workers=args.num_workers,
         )
         t0 = time.perf_counter()
         train(cfg)

@@ -83,6 +83,25 @@ def on_fused_fp32(reason: str) -> bool:
     return str(reason).endswith(FUSED_FP32_NOTE)
 
 
+def bf16_emulated() -> str:
+    """Why bf16 is emulated on this CPU in this process ("" where it runs natively): a CPU
+    without native bf16 (typically 100x or more slower than fp32: a ViT-B-16 batch takes
+    minutes), or one whose oneDNN an ``ONEDNN_MAX_CPU_ISA`` cap keeps off its bf16 kernels
+    (several times slower). The benchmarks time no bf16 figure then, and say why."""
+    from msclip.hardware import cpu_info, onednn_bf16_cap
+
+    info = cpu_info()
+    if not info.native_bf16:
+        return f"emulated on this CPU ({info.kind}), typically 100x or more slower than fp32"
+    cap = onednn_bf16_cap()
+    if cap:
+        return (
+            f"emulated here: {cap} keeps oneDNN off this CPU's bf16 kernels (several times "
+            "slower than fp32)"
+        )
+    return ""
+
+
 def env() -> dict[str, str]:
     """The environment of the measured runs: this repository's msclip first on the path."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
