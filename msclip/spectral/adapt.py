@@ -6,13 +6,13 @@ built from the model's kernels. msclip's rule (documented in the README):
 
 1. **Known band**: an input band with the same canonical name as a model band, or *spectrally
    equivalent* to one (each band's centre wavelength lies inside the other's pass band; among
-   several, the largest overlap of the pass bands, then the nearest centre, wins), keeps that
-   band's kernel. Landsat OLI red is Sentinel-2 B04 this way; a broad panchromatic band is not
-   the green band it contains. One input band feeds a model band: when several are equivalent
-   to the same one (Landsat green and panchromatic for an RGB model's green), the same name,
-   then the largest overlap relative to the union of the two pass bands, then the nearest
-   centre wins and the others are left out (``redundant``), instead of adding up to twice the
-   signal.
+   several, the largest overlap relative to the union of the two pass bands, then the nearest
+   centre, wins), keeps that band's kernel. Landsat OLI red is Sentinel-2 B04 this way; a broad
+   panchromatic band is not the green band it contains. One input band feeds a model band:
+   when several are equivalent to the same one (Landsat green and panchromatic for an RGB
+   model's green), the same name, then the largest overlap relative to the union of the two
+   pass bands, then the nearest centre wins and the others are left out (``redundant``),
+   instead of adding up to twice the signal.
 2. **Between two model bands**: an input band whose centre lies between the centres of two
    neighbouring model bands gets the kernel interpolated linearly in wavelength,
    ``(1 - t) W_lo + t W_hi`` with ``t = (c - c_lo) / (c_hi - c_lo)``. Interpolation stands in
@@ -62,8 +62,10 @@ __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 #: values before a declared scale. 4: a VRT that describes no band is named from its band
 #: files' names. 5: a band at a stored nodata value that its declared scale and offset make
 #: negative is missing in that band; Sentinel-2 band descriptions are kept under a sensor of
-#: another numbering, and that sensor's product scale applies to files with its bands only.
-INPUT_RULES = 5
+#: another numbering, and that sensor's product scale applies to files with its bands only. 6: of
+#: several equivalent model bands, an input band feeds the one it overlaps most relative to their
+#: union (RGB green fed a Landsat model's panchromatic band, not its green band).
+INPUT_RULES = 6
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +75,11 @@ def _overlap(a: Band, b: Band) -> float:
 
 
 def _jaccard(a: Band, b: Band) -> float:
-    # overlap over union: a broad band that contains a narrow one does not match it best
+    # overlap over union: a broad band that contains a narrow one does not match it best;
+    # rounded, so that equal ratios of edges given in nanometres tie (and the nearest centre
+    # decides) instead of differing in their last bits
     union = max(a.high, b.high) - min(a.low, b.low)
-    return _overlap(a, b) / union if union > 0 else 0.0
+    return round(_overlap(a, b) / union, 9) if union > 0 else 0.0
 
 
 def _mutual(a: Band, b: Band) -> bool:
@@ -83,11 +87,14 @@ def _mutual(a: Band, b: Band) -> bool:
 
 
 def equivalent_band(band: Band, candidates: Sequence[Band]) -> Band | None:
-    """The candidate that ``band`` counts as: same name, or each centre inside the other's band."""
+    """The candidate that ``band`` counts as: same name, or each centre inside the other's band;
+    among several, the largest overlap relative to the union of the two pass bands, then the
+    nearest centre (a broad panchromatic band that contains a narrow green one overlaps a green
+    band more, but is not the green band)."""
     for c in candidates:
         if c.name == band.name:
             return c
-    scored = [(_overlap(band, c), -abs(band.center - c.center), c)
+    scored = [(_jaccard(band, c), -abs(band.center - c.center), c)
               for c in candidates if _mutual(band, c)]  # fmt: skip
     if not scored:
         return None

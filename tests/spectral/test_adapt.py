@@ -127,6 +127,28 @@ def test_one_input_band_per_model_band():
     assert m.kinds[-1] == "redundant" and m.permutation == list(range(10))
 
 
+def test_a_narrow_band_is_not_read_as_the_broad_band_that_contains_it():
+    """An RGB green (500-600 nm) is equivalent to Landsat green (525-600) and to its panchromatic
+    band (500-680), and overlaps the broad one more: picked by the overlap alone, green fed the
+    panchromatic kernel, a Landsat model's green band stayed empty, and PlanetScope red, taken
+    for panchromatic too, was left out beside it. The overlap relative to the union decides,
+    as it does between two input bands; the zero-init from RGB follows the same rule."""
+    landsat = ("OLI_B1", "OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5", "OLI_B6", "OLI_B7", "OLI_B8")
+    m = map_bands(landsat, ("red", "green", "blue"))
+    fed = {landsat[i]: m.input_bands[int(np.flatnonzero(m.matrix[i])[0])]
+           for i in range(len(landsat)) if m.matrix[i].any()}  # fmt: skip
+    assert fed == {"OLI_B2": "blue", "OLI_B3": "green", "OLI_B4": "red"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ps = map_bands(landsat, ("PS2_B1", "PS2_B2", "PS2_B3", "PS2_B4"))
+    assert ps.kinds[:3] == ("equivalent",) * 3
+    assert ps.matrix[landsat.index("OLI_B4"), 2] == 1.0 and "OLI_B8" in ps.missing
+    rgb = torch.randn(4, 3, 2, 2)
+    w = SpectralPatchEmbed.from_rgb(rgb, landsat).weight
+    assert torch.equal(w[:, landsat.index("OLI_B3")], rgb[:, 1])
+    assert not w[:, landsat.index("OLI_B8")].any()
+
+
 def test_a_band_overlapping_the_first_model_band_stands_in_for_it():
     """NAIP blue (420-492 nm) ends 0.4 nm short of B02's centre: beyond the model's range, yet
     the only blue band of an RGBN file; it feeds B02 when nothing else does. S2 B01 (no overlap)
