@@ -726,7 +726,10 @@ def read_image(
         scaled: apply the file's band scale and offset (see the module docstring).
         default_scale: ``(scale, offset[, fill])`` of every image band of integer data when the file
             declares none (a sensor's :attr:`~msclip.spectral.bands.Sensor.stored_scale`: the
-            product's stored digital numbers); applied as a declared one is.
+            product's stored digital numbers); applied as a declared one is, except to the
+            ``thermal`` bands, whose product scale is another (Landsat's ST_B10: kelvin): they
+            keep their stored values, as in a stack of band files
+            (:func:`msclip.io.vrt.stack_band_files`).
         thermal: per image band, whether it is a thermal band (a declared scale then keeps its
             unit, kelvin, instead of declaring reflectance); by default none is.
     """
@@ -739,7 +742,11 @@ def read_image(
     invalid = _file_mask(src, alpha, bands[0], window, out_shape)
     declared = _declared_scale(src, bands) if scaled else None
     if declared is None and scaled and default_scale is not None and data.dtype.kind in "iu":
-        declared = [default_scale[0]] * len(bands), [default_scale[1]] * len(bands)
+        hot = list(thermal) if thermal is not None else [False] * len(bands)
+        declared = (
+            [1.0 if h else float(default_scale[0]) for h in hot],
+            [0.0 if h else float(default_scale[1]) for h in hot],
+        )
         if nodata is None and len(default_scale) > 2:
             nodata = default_scale[2]  # the product's fill value, when the file names none
     if declared is not None:

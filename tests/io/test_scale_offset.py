@@ -172,3 +172,21 @@ def test_a_thermal_band_keeps_its_declared_unit(tmp_path):
     assert r.bands == ("OLI_B4", "TIRS_B10")
     np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)  # reflectance x 1e4
     np.testing.assert_allclose(r.data[1], 44000 * 0.00341802 + 149.0, rtol=1e-5)  # kelvin
+
+
+def test_the_surface_reflectance_scale_leaves_a_thermal_band_as_stored(tmp_path):
+    """``landsat89_sr`` names ST_B10 too, but its product scale is not surface reflectance's:
+    applied to it, 44000 kelvin-coded numbers read 1.01; the band keeps its stored values, as a
+    stack of the band files (msclip.io.stack_band_files) leaves them, while SR_B4 is rescaled."""
+    dn = np.full((2, 8, 8), 44000, np.uint16)
+    path = tmp_path / "sr_st_undeclared.tif"
+    profile = dict(driver="GTiff", width=8, height=8, count=2, dtype="uint16",
+                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(dn)
+        ds.set_band_description(1, "SR_B4")
+        ds.set_band_description(2, "ST_B10")
+    r = msclip.read_raster(path, sensor="landsat89_sr")
+    assert r.bands == ("OLI_B4", "TIRS_B10")
+    np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)
+    assert (r.data[1] == 44000).all()
