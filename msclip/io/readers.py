@@ -21,10 +21,11 @@ as many Sentinel-2 L2A COGs declare ``0.0001`` and ``-0.1`` since processing bas
 read in the unit of msclip's reflectance models, reflectance x 10000 (L2A digital numbers without
 the offset): a band whose scale is at most 0.01 declares reflectance and is multiplied by 10000
 (except a thermal band, read in its declared unit, kelvin), others are taken in the stored unit.
-The result is float32 and its missing pixels NaN. A file of integers read as a sensor whose
-product defines a scale its files do not declare (``sensor="landsat89_sr"``: Landsat Collection 2
-surface reflectance, ``x 2.75e-5 - 0.2``) is read with that scale in the same way. Other files
-without a scale or offset are read unchanged, in their own dtype.
+The result is float32 and its missing pixels NaN. A file of integers (GeoTIFF or array file)
+read as a sensor whose product defines a scale its files do not declare
+(``sensor="landsat89_sr"``: Landsat Collection 2 surface reflectance, ``x 2.75e-5 - 0.2``) is
+read with that scale in the same way, its thermal bands as stored. Other files without a scale
+or offset are read unchanged, in their own dtype.
 
 Band names come, in this order, from the file's band descriptions (when they are band names;
 generic numbering such as ``band_1`` falls through to the count with a warning, other unknown
@@ -1093,6 +1094,26 @@ def _read_numpy(
                   meta={"layout": found})  # fmt: skip
 
 
+def _product_scaled(raster: Raster, sensor: str | None) -> Raster:
+    """An array file of integers read as a sensor whose product defines a scale (Landsat
+    Collection 2 surface reflectance: ``x 2.75e-5 - 0.2``), read with it as a GeoTIFF that
+    declares none is (:func:`read_image`; an array file declares no scale): float32 in
+    reflectance x 10000, thermal bands as stored, missing pixels (at the array's ``nodata``,
+    else at the product's fill value) NaN."""
+    data = raster.data
+    scale = product_scale(sensor, raster.bands)
+    if scale is None or data.dtype.kind not in "iu":
+        return raster
+    nodata = raster.nodata
+    if nodata is None and len(scale) > 2:
+        nodata = scale[2]
+    hot = thermal_bands(raster.bands)
+    scales = [1.0 if h else float(scale[0]) for h in hot]
+    offsets = [0.0 if h else float(scale[1]) for h in hot]
+    out = _rescaled(data, nodata, None, scales, offsets, thermal=hot)
+    return replace(raster, data=out, nodata=None)
+
+
 def _reduced_shape(h: int, w: int, shorter_side: int | None) -> tuple[int, int] | None:
     """The shape of a raster read reduced so that its shorter side is ``shorter_side``, or
     ``None`` when it is not larger than that."""
@@ -1411,7 +1432,7 @@ def read_raster(
         return _read_geotiff(p, bands, sensor, window, max_pixels, shorter_side, nodata)
     if ext in NUMPY_EXTENSIONS:
         raster = _read_numpy(p, bands, sensor, layout, max_pixels)
-        return raster if nodata is None else replace(raster, nodata=nodata)
+        return _product_scaled(raster if nodata is None else replace(raster, nodata=nodata), sensor)
     if ext in PICTURE_EXTENSIONS:
         # ``nodata`` applied there, with the picture's alpha mask (which keeps its pixels missing
         # under any ``nodata``)

@@ -65,7 +65,7 @@ __all__ = ["INPUT_RULES", "BandMapping", "equivalent_band", "map_bands"]
 #: another numbering, and that sensor's product scale applies to files with its bands only. 6: of
 #: several equivalent model bands, an input band feeds the one it overlaps most relative to their
 #: union (RGB green fed a Landsat model's panchromatic band, not its green band); a sensor's
-#: product scale leaves thermal bands as stored.
+#: product scale leaves thermal bands as stored and applies to integer array files too.
 INPUT_RULES = 6
 
 logger = logging.getLogger(__name__)

@@ -190,3 +190,33 @@ def test_the_surface_reflectance_scale_leaves_a_thermal_band_as_stored(tmp_path)
     assert r.bands == ("OLI_B4", "TIRS_B10")
     np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)
     assert (r.data[1] == 44000).all()
+
+
+def test_landsat_surface_reflectance_arrays_take_the_product_scale(tmp_path):
+    """An integer .npy/.npz file declares no scale, like the USGS GeoTIFFs: read as
+    ``landsat89_sr`` it was left in digital numbers (a zero reflectance read as 7273) while the
+    same chip as a GeoTIFF was rescaled. Its own nodata, else the product's fill 0, is missing;
+    float arrays and other sensors are read as stored."""
+    refl = np.random.default_rng(2).uniform(0.0, 0.5, (7, 8, 8))
+    dn = np.rint((refl + 0.2) / 2.75e-5).astype(np.uint16)
+    dn[:, 0] = 0
+    np.save(tmp_path / "chip.npy", dn)
+    r = msclip.read_raster(tmp_path / "chip.npy", sensor="landsat89_sr", layout="CHW")
+    assert r.data.dtype == np.float32 and r.nodata is None and r.bands[4] == "OLI_B5"
+    np.testing.assert_allclose(r.data[:, 1:], refl[:, 1:] * 10000, atol=0.2)
+    assert np.isnan(r.data[:, 0]).all()
+    marked = dn.copy()
+    marked[:, 1] = 65535
+    np.savez(tmp_path / "chip.npz", data=marked, nodata=65535, layout="CHW")
+    z = msclip.read_raster(tmp_path / "chip.npz", sensor="landsat89_sr")
+    assert np.isnan(z.data[:, 1]).all() and np.isfinite(z.data[:, 2:]).all()
+    sr = [f"SR_B{i}" for i in range(1, 8)]
+    plain = msclip.read_raster(tmp_path / "chip.npy", sr, "CHW", sensor="landsat89")
+    assert plain.data.dtype == np.uint16 and (plain.data == dn).all()
+    np.save(tmp_path / "float.npy", dn.astype(np.float32))
+    fl = msclip.read_raster(tmp_path / "float.npy", sensor="landsat89_sr", layout="CHW")
+    assert (fl.data == dn).all()
+    with_st = np.concatenate([dn[:1], np.full((1, 8, 8), 44000, np.uint16)])
+    np.savez(tmp_path / "st.npz", data=with_st, bands=np.array(["SR_B1", "ST_B10"]))
+    st = msclip.read_raster(tmp_path / "st.npz", sensor="landsat89_sr", layout="CHW")
+    assert st.bands == ("OLI_B1", "TIRS_B10") and (st.data[1] == 44000).all()
