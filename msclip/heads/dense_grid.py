@@ -5,10 +5,13 @@ combination of the given decoders and encoder modes, each a run of its own with
 ``<output_dir>/<decoder>-<mode>`` as its output folder: the run's protocol card there, its head,
 checkpoint and history one level down in ``<output_dir>/<decoder>-<mode>/<decoder>-<mode>`` as
 every dense run lays them out (records all go to the one results folder, so they also merge
-into ``summary.csv``). It is resumable: a combination whose head file exists is not run again
-(its test metrics are read back from the head file), one that was killed continues from its
-training checkpoint. A fresh encoder is loaded for every combination, since the modes change
-it in place (``scratch`` re-initialises it).
+into ``summary.csv``). It is resumable: a finished combination is not run again (its test
+metrics are read back from the head file), one that was killed continues from its training
+checkpoint. A combination is finished once its wall time (``grid.json``) is written, the last of
+its files: one killed after its head file but before its records or protocol card is completed
+(resumed from its last checkpoint, evaluated and written again), not passed off as finished.
+A fresh encoder is loaded for every combination, since the modes change it in place
+(``scratch`` re-initialises it).
 
 For a segmentation task whose class names are known (a class file, or the generator's
 ``classes.csv``), the zero-shot dense maps of MaskCLIP (:mod:`msclip.heads.maskclip`) are scored
@@ -156,7 +159,9 @@ def run_grid(
             )
             label = dense_label(sub)
             head_file = Path(sub.output_dir) / label / "dense_head.safetensors"
-            if head_file.is_file():
+            # grid.json is written after everything else of the run (head, records, protocol
+            # card): a head without it is a run killed while writing its outputs
+            if head_file.is_file() and head_file.with_name("grid.json").is_file():
                 ckpt = read_dense_head(head_file)
                 before = ckpt.info.get("settings")
                 changes = settings_changes(before, run_settings(sub)) if before else []
@@ -170,8 +175,7 @@ def run_grid(
                 skipped.append(label)
                 logger.info("%s is finished (%s); skipped", label, head_file)
                 params = sum(p.numel() for p in ckpt.heads.parameters())
-                note = head_file.with_name("grid.json")
-                secs = json.loads(note.read_text()).get("seconds") if note.is_file() else None
+                secs = json.loads(head_file.with_name("grid.json").read_text()).get("seconds")
                 rows += _rows_of(
                     label, dec, mode, ckpt.tasks, ckpt.info.get("test", {}), params, secs
                 )

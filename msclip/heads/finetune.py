@@ -710,7 +710,7 @@ class _Runner:
             checkpoint=folder / "checkpoint.pt", run_key=key, run_facts=run_settings(cfg),
             same_run=_same_run(cfg, self.base_fingerprint, data, label), resume=cfg.resume,
             save_every=cfg.save_every, validate=validate, hooks=hooks, progress=cfg.progress,
-            desc=label,
+            desc=label, unreadable=self.unreadable,
         )  # fmt: skip
         import pandas as pd
 
@@ -732,8 +732,10 @@ class _Runner:
         from msclip.heads.modes import count_parameters
 
         hp["parameters"] = count_parameters(self.model, head, encoder_trained=not frozen).to_dict()
+        # the rows trained on: in encoder modes the unreadable ones are found while training
+        trained = np.setdiff1d(rows["train"], np.fromiter(self.unreadable, np.int64))
         result = ProbeResult(label, task.probe_task, metrics, ci, hp, scores,
-                             n_train=len(rows["train"]), n_test=len(kept),
+                             n_train=len(trained), n_test=len(kept),
                              extra={"history": history, "rows": kept})  # fmt: skip
         return label, result, head, files
 

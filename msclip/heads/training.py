@@ -5,8 +5,9 @@ come from :mod:`msclip.heads.modes`), a linear warm-up then cosine decay per ste
 order per epoch (``numpy.random.default_rng((seed, epoch))``), validation after every epoch, and
 a training checkpoint after every ``save_every`` epochs: the trainable state (parameters that
 require gradients, and the batch-norm statistics of heads), optimiser, scheduler, torch (and
-CUDA) random state and history, written atomically and read back with ``weights_only=True`` and
-a run key, so that a run killed at any point resumes to the same bits as an uninterrupted one.
+CUDA) random state, history and the rows found unreadable, written atomically and read back
+with ``weights_only=True`` and a run key, so that a run killed at any point resumes to the same
+bits as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def train_loop(
     hooks: Sequence[Callable[[int], None]] = (),
     progress: bool = False,
     desc: str = "train",
+    unreadable: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``net`` by AdamW with an exact, resumable schedule.
 
@@ -117,6 +119,10 @@ def train_loop(
         hooks: called with the epoch number after each checkpoint.
         progress: show a progress bar.
         desc: label of the bar.
+        unreadable: the rows found unreadable so far (the caller's set, which ``batches`` and
+            ``validate`` add to): kept in the checkpoint, and on resume given back the rows of
+            the epochs that are not run again, so that a resumed run names the same images as
+            an uninterrupted one.
 
     Returns:
         The history: per epoch ``epoch``, ``loss``, ``lr`` and the validation values.
@@ -139,7 +145,7 @@ def train_loop(
         return _train_epochs(
             net, opt, sched, n, batches, loss_fn, epochs, batch_size, seed, checkpoint,
             (run_key, dict(run_facts or {}), same_run), resume, save_every, validate, hooks,
-            progress, desc,
+            progress, desc, unreadable,
         )  # fmt: skip
 
 
@@ -161,6 +167,7 @@ def _train_epochs(
     hooks: Sequence[Callable[[int], None]],
     progress: bool,
     desc: str,
+    unreadable: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     from msclip.progress import progress_bar
 
@@ -182,6 +189,8 @@ def _train_epochs(
             torch.cuda.set_rng_state_all(cuda)
         history = list(state["history"])
         start = int(state["epoch"])
+        if unreadable is not None:
+            unreadable.update(int(i) for i in state.get("unreadable", ()))
         logger.info("resumed %s after epoch %d of %d", checkpoint, start, epochs)
     for epoch in progress_bar(range(start, epochs), desc=desc, unit="epoch", disable=not progress,
                       initial=start, total=epochs):  # fmt: skip
@@ -214,6 +223,7 @@ def _train_epochs(
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": _cuda_rng(), "history": history,
+                "unreadable": sorted(unreadable or ()),
             })  # fmt: skip
         for hook in hooks:
             hook(epoch + 1)

@@ -562,6 +562,34 @@ def test_grid_table_every_combination_and_skips_finished(dense, tmp_path):
         run_grid(dataclasses.replace(cfg, epochs=2), ["linear"], ["frozen"])
 
 
+def test_a_grid_cell_killed_while_writing_its_outputs_is_completed(dense, tmp_path, monkeypatch):
+    """A cell killed after its head file but before its record and protocol card is not taken
+    as finished by the next grid: it is completed (summary.csv gets its row), not skipped."""
+    import msclip.eval.report as report
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    cfg = _cfg(tmp_path, dense, epochs=1, decoder_channels=8)
+    with monkeypatch.context() as m:
+        m.setattr(report, "write_record", killed)
+        with pytest.raises(Killed):
+            run_grid(cfg, ["linear"], ["frozen"], zero_shot=False)
+    cell = tmp_path / "run" / "linear-frozen"
+    assert (cell / "linear-frozen" / "dense_head.safetensors").is_file()
+    assert not (cell / "protocol.yaml").exists()
+    res = run_grid(cfg, ["linear"], ["frozen"], zero_shot=False)
+    assert res.ran == ["linear-frozen"] and res.skipped == []
+    assert (cell / "protocol.yaml").is_file()
+    summary = pd.read_csv(tmp_path / "res" / "summary.csv")
+    assert summary["model"].str.endswith("+linear-frozen").any()
+    again = run_grid(cfg, ["linear"], ["frozen"], zero_shot=False)
+    assert again.ran == [] and again.skipped == ["linear-frozen"]
+
+
 def test_grid_scores_the_zero_shot_row_again_under_other_settings(dense, tmp_path, monkeypatch):
     """The zero-shot row is kept with its settings: a grid of new cells in the same folder with
     other templates scores it again instead of showing the earlier templates' row."""

@@ -342,6 +342,30 @@ def test_killed_lora_run_resumes_to_the_same_bits(scenes, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(a["predictions"]), pd.read_csv(b["predictions"]))
 
 
+def test_a_resumed_run_names_the_unreadable_training_images_it_does_not_read_again(
+    scenes, tmp_path
+):
+    """An unreadable training image is found while the tower trains; a run resumed after its
+    last epoch reads no training image again, yet names it (protocol card, exit status 1) and
+    counts the images trained on as the uninterrupted run does."""
+    caps = pd.read_csv(scenes / "captions.csv")
+    table = pd.DataFrame({"path": [str(scenes / p) for p in caps["image"]],
+                          "label": caps["label"]})  # fmt: skip
+    table["split"] = [("train", "train", "train", "val", "test")[i % 5] for i in range(len(table))]
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a GeoTIFF")
+    table.loc[len(table)] = [str(broken), "sea", "train"]
+    table.to_csv(tmp_path / "t.csv", index=False)
+    cfg = _cfg(tmp_path, csv=str(tmp_path / "t.csv"), method=["linear"], encoder_mode="lora",
+               epochs=2, n_resamples=0)  # fmt: skip
+    first = run_finetune(cfg)
+    again = run_finetune(dataclasses.replace(cfg, resume=True))
+    assert first.unreadable == again.unreadable == [str(broken)]
+    assert again.protocol["unreadable"] == [str(broken)]
+    n_train = [r.methods[0].result.n_train for r in (first, again)]
+    assert n_train == [int((table["split"] == "train").sum()) - 1] * 2
+
+
 def test_precision_auto_is_the_machines_choice_only_for_frozen_features(tmp_path, monkeypatch):
     from msclip.heads.finetune import run_precision
 
