@@ -1567,9 +1567,19 @@ def exit_process(code: int | None) -> NoReturn:
     status as usual.
     """
     import atexit
+    import signal
     import threading
 
     status = int(code or 0) if isinstance(code, int) or code is None else 1
+
+    def leave_now(signum: int, frame: Any) -> None:
+        # Ctrl-C again (or SIGTERM) while the process ends: it ends now, with no traceback of
+        # the exit hook the signal fell in ("Exception ignored in atexit callback ...")
+        os._exit(status or 128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: signals are not its own
+            signal.signal(sig, leave_now)
     threading._shutdown()  # present in every supported Python (3.10 on)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -194,6 +194,26 @@ def test_a_program_started_with_stdout_or_stderr_closed_runs_to_its_own_status(t
     assert done.returncode == 0
 
 
+def test_ctrl_c_again_while_the_process_ends_ends_it_quietly():
+    """A second Ctrl-C pressed while an interrupted program ends (its exit hooks running) printed
+    "Exception ignored in atexit callback" and a traceback; it now ends the process at once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, os, signal, time\n"
+        "from msclip.cli.common import exit_process\n"
+        "def hook():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "atexit.register(hook)\n"
+        "exit_process(130)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=root, timeout=60)
+    assert (done.returncode, done.stderr.decode()) == (130, "")
+
+
 def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys):
     import argparse
     import signal
