@@ -1567,12 +1567,24 @@ def exit_process(code: int | None) -> NoReturn:
     status as usual.
     """
     import atexit
+    import signal
     import threading
 
     status = int(code or 0) if isinstance(code, int) or code is None else 1
+
+    def leave_now(signum: int, frame: Any) -> None:
+        # Ctrl-C again (or SIGTERM) while the process ends: it ends now, with no traceback of
+        # the exit hook the signal fell in ("Exception ignored in atexit callback ...")
+        os._exit(status or 128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: signals are not its own
+            signal.signal(sig, leave_now)
     threading._shutdown()  # present in every supported Python (3.10 on)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # a stream the process was started without: nothing to flush
+            continue
         try:
             stream.flush()
         except BrokenPipeError:  # the reader went away: nothing more can be said
@@ -1583,6 +1595,40 @@ def exit_process(code: int | None) -> NoReturn:
 
 
 # -- the wrapper ----------------------------------------------------------------------------------
+def _open_closed_std_streams() -> None:
+    """Give a standard stream the process was started without (``>&-``, ``2>&-``, a daemon's or
+    a scheduler's closed descriptor) the null device.
+
+    Python leaves ``sys.stdout`` or ``sys.stderr`` ``None`` then and the descriptor free: a
+    progress bar or the flush at exit raised ``AttributeError`` (an internal error, with a
+    traceback into the standard output when only standard error was closed, as ``print`` to a
+    ``None`` file writes to standard output), and the first file the run opened would take
+    descriptor 1 or 2 and receive what a library writes there. What would be written to a
+    closed stream is dropped; the run writes its files and ends with its own status.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+            free = False
+        except OSError:
+            free = True
+        mode = "r" if fd == 0 else "w"
+        try:  # the streams stay open as long as the process, as the ones Python makes
+            if free:  # occupied by the null device, so that no file the run opens takes it
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+                stream = open(fd, mode, encoding="utf-8", closefd=False)  # noqa: SIM115
+            else:  # already another file's: left to it
+                stream = open(os.devnull, mode, encoding="utf-8")  # noqa: SIM115
+        except OSError:
+            continue
+        setattr(sys, name, stream)
+
+
 def _output_closed() -> int:
     """Standard output was closed by its reader (``| head``): nothing more can be said there.
 
@@ -1728,6 +1774,7 @@ def run_cli(
         The exit status (see the module docstring).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    _open_closed_std_streams()
     from msclip.cli.startup import pause_collector_during_import
 
     for name in ("torch", "open_clip"):  # ~0.3 s less start-up each (msclip.cli.startup)

@@ -165,6 +165,55 @@ def test_a_closed_pipe_in_a_real_process(tmp_path):
     assert proc.wait(timeout=60) == 141 and err == ""
 
 
+def test_a_program_started_with_stdout_or_stderr_closed_runs_to_its_own_status(tmp_path):
+    """``>&-`` / ``2>&-`` (a daemon's or a scheduler's closed descriptor): Python leaves the
+    stream None; the progress bar and the flush at exit raised AttributeError (status 1, and the
+    traceback went into standard output when standard error was the closed one)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def shell(redirect: str, *args: str) -> subprocess.CompletedProcess:
+        line = f'exec "$0" -m msclip.synthetic "$@" {redirect}'
+        return subprocess.run(
+            ["sh", "-c", line, sys.executable, *args], capture_output=True, cwd=root, timeout=60
+        )
+
+    out = tmp_path / "tiles"
+    done = shell("2>&-", "dataset", "--out", str(out), "--n-per-class", "1", "--size", "16",
+                 "--classes", "forest")  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.decode().splitlines() == [
+        f"wrote 1 tile of 1 class, {out}/captions.csv and {out}/labels.csv"
+    ]
+    assert (out / "forest" / "forest_0000.tif").is_file()
+    done = shell(">&-", "classes")
+    assert (done.returncode, done.stderr) == (0, b"")
+    done = shell("<&- >&- 2>&-", "classes")
+    assert done.returncode == 0
+
+
+def test_ctrl_c_again_while_the_process_ends_ends_it_quietly():
+    """A second Ctrl-C pressed while an interrupted program ends (its exit hooks running) printed
+    "Exception ignored in atexit callback" and a traceback; it now ends the process at once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, os, signal, time\n"
+        "from msclip.cli.common import exit_process\n"
+        "def hook():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "atexit.register(hook)\n"
+        "exit_process(130)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=root, timeout=60)
+    assert (done.returncode, done.stderr.decode()) == (130, "")
+
+
 def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys):
     import argparse
     import signal
