@@ -451,7 +451,13 @@ def add_run_args(p: argparse.ArgumentParser, workers: int | None = None) -> Any:
         "about results that may be wrong (an input lacking most bands, guessed band names, a "
         "head scoring other bands) (on stderr) and the run's summary (on stdout) remain",
     )
-    g.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    g.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging (also with --quiet, which still leaves out the progress bars "
+        "and status lines)",
+    )
     return g
 
 

@@ -187,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "errors, the results on stdout and the warnings about results that may be wrong (an "
         "input lacking most bands, texts cut at the context) remain",
     )
-    o.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    o.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging (also with --quiet, which still leaves out the progress bars "
+        "and status lines)",
+    )
     return finish_parser(p)
 
 

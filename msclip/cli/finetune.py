@@ -82,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the effective options as YAML and exit"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging (also with --quiet, which still leaves out the progress bars "
+        "and status lines)",
+    )
     # --bands: the spelling of msclip-inference and msclip-index for the same names
     add_dataclass_args(p, FinetuneRunConfig, aliases={"input_bands": ["--bands"]})
     return finish_parser(p)

@@ -102,7 +102,13 @@ def build_arg_parser(prog: str = "msclip-train") -> argparse.ArgumentParser:
         help="no progress bars or training log lines (--progress off); errors, warnings about "
         "inputs left out and the final summary on stdout remain",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging (also with --quiet, which still leaves out the progress bars "
+        "and status lines)",
+    )
     # --workers: the spelling of msclip-inference, -evaluation, -index and -finetune; a bare
     # --resume continues the run in --output-dir, as msclip-finetune's --resume does
     add_dataclass_args(
