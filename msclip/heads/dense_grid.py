@@ -104,6 +104,23 @@ def _rows_of(
     return rows
 
 
+def _check_last_n(cfg: FinetuneRunConfig) -> None:
+    """Refuse a ``last_n`` above the image tower's block count before any cell runs (the tower
+    is loaded for it: a memory map, tens of milliseconds); the last-n cells found it only when
+    they came, after the cells before them had trained."""
+    from msclip.heads.runs import load_run_model
+
+    model = load_run_model(dataclasses.replace(cfg, encoder_mode="last-n"))
+    depth = len(model.clip.visual.transformer.resblocks)
+    del model
+    if cfg.last_n > depth:
+        raise ConfigError(
+            f"last_n = {cfg.last_n} but the image tower has {depth} blocks; use 0..{depth} (or "
+            "encoder mode full)",
+            param="last_n",
+        )
+
+
 def run_grid(
     cfg: FinetuneRunConfig,
     decoders: Sequence[str],
@@ -144,6 +161,8 @@ def run_grid(
         )
     decs = _check(decoders, DECODER_NAMES, "decoders")
     modes = _check(encoder_modes, ENCODER_MODES, "encoder_modes")
+    if "last-n" in modes:
+        _check_last_n(cfg)
     root = Path(cfg.output_dir).expanduser()
     rows: list[dict[str, Any]] = []
     ran, skipped = [], []

@@ -557,6 +557,12 @@ def test_grid_table_every_combination_and_skips_finished(dense, tmp_path):
                                   df.drop(columns="seconds"))  # fmt: skip
     with pytest.raises(ConfigError, match="decoders"):
         run_grid(cfg, ["unet"], ["frozen"])
+    # a last_n the tower cannot take is refused before any cell trains (it was found when the
+    # last-n cells came, after the frozen ones had trained)
+    deep = dataclasses.replace(cfg, last_n=99, output_dir=str(tmp_path / "deep"))
+    with pytest.raises(ConfigError, match=r"last_n = 99 but the image tower has \d+ blocks") as e:
+        run_grid(deep, ["linear"], ["frozen", "last-n"])
+    assert e.value.param == "last_n" and not (tmp_path / "deep").exists()
     # another setting: the finished cells are not passed off as its results
     with pytest.raises(ConfigError, match=r"other settings \(epochs 1 -> 2\).*another output_dir"):
         run_grid(dataclasses.replace(cfg, epochs=2), ["linear"], ["frozen"])
