@@ -13,6 +13,7 @@ that :func:`msclip.io.read_raster` and every program read it with its bands name
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +29,17 @@ _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "In
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}  # fmt: skip
 _RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+
+# the tile (or path/row) and acquisition that a product's band file names carry: SAFE band files
+# (T32TQM_20240601T102021_B02_10m.jp2), older Earth Search COGs (S2B_32TQM_20240101_0_L2A_B02),
+# HLS (HLS.S30.T32TQM.2024153T102021.v2.0.B02.tif) and Landsat (LC09_L2SP_193027_20240101_...)
+_ACQUISITION = re.compile(
+    r"(?:^|[_.])(T\d{2}[A-Z]{3}_\d{8}T\d{6})(?=_)"
+    r"|^(S2[A-D]_\d{1,2}[A-Z]{3}_\d{8}_\d+)_"
+    r"|^HLS\.[LS]30\.(T\d{2}[A-Z]{3}\.\d{7}T\d{6})\."
+    r"|^L[COTEM]\d{2}_L\w{3}_(\d{6}_\d{8})_",
+    re.IGNORECASE,
+)
 
 
 class _BandFile(NamedTuple):
@@ -83,8 +95,9 @@ def stack_band_files(
 
     Raises:
         RasterReadError: a file cannot be opened.
-        BandError: a file holds more than one band, a band cannot be named, two files hold the
-            same band, files of different products are mixed, a file declares a scale other
+        BandError: ``files`` is one path, a file holds more than one band, a band cannot be
+            named, two files hold the same band, files of different products (or, by their
+            names, of two tiles or acquisitions) are mixed, a file declares a scale other
             than the one given, or the files do not share a CRS, an extent or a data type.
         ValueError: ``path`` is not a ``.vrt``, or an unknown ``resampling``.
     """
@@ -104,6 +117,13 @@ def stack_band_files(
         raise ValueError("scale must not be 0 (every value would read 0 + offset)")
     if resampling not in _RESAMPLINGS:
         raise ValueError(f"resampling must be one of {_RESAMPLINGS}, got {resampling!r}")
+    if isinstance(files, (str, bytes, os.PathLike)):
+        raise BandError(
+            f"files is one path ({os.fsdecode(files)}): stack_band_files takes a list of band "
+            "files, one per band (e.g. the R10m and R20m files of a SAFE product's IMG_DATA "
+            "folder, each band once)",
+            param="bands",
+        )
     paths = [os.fspath(f) for f in files]
     if not paths:
         raise BandError("no band files given: pass one file per band", param="bands")
@@ -136,6 +156,7 @@ def stack_band_files(
                 param="bands",
             )  # fmt: skip
         sensor = kinds[0]
+    _refuse_two_acquisitions(paths)
     names = []
     for i, p in enumerate(paths):
         given = bands[i] if bands is not None else band_from_file_name(p)
@@ -148,7 +169,15 @@ def stack_band_files(
         names.append(resolve_band(given, sensor).name)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise BandError(f"band(s) {twice} given by more than one file: {paths}", param="bands")
+        held = "; ".join(
+            f"{n} by " + ", ".join(p for p, m in zip(paths, names) if m == n) for n in twice
+        )
+        raise BandError(
+            f"band(s) {twice} given by more than one file ({held}): give each band once (a "
+            "SAFE product keeps a band at several resolutions, in R10m, R20m and R60m: take "
+            "each from the finest)",
+            param="bands",
+        )
     first = infos[0]
     crs, bounds, dtype = first.crs, first.bounds, first.dtype
     finest = min(min(abs(f.res[0]), abs(f.res[1])) for f in infos)
@@ -240,6 +269,26 @@ def _band_values(
         else:
             out.append((1.0, 0.0, None))
     return out
+
+
+def _refuse_two_acquisitions(paths: list[str]) -> None:
+    """Refuse band files whose names carry two tiles or acquisitions (:class:`BandError`): such
+    files of one tile and CRS cover the same extent, and would stack one date's red beside
+    another's near-infrared."""
+    found: dict[str, list[str]] = {}
+    for p in paths:
+        m = _ACQUISITION.search(Path(p).name)
+        if m is not None:
+            key = next(g for g in m.groups() if g).upper()
+            found.setdefault(key, []).append(p)
+    if len(found) > 1:
+        raise BandError(
+            "the band files are of "
+            f"{len(found)} tiles or acquisitions (" + "; ".join(
+                f"{k}: {', '.join(Path(p).name for p in v)}" for k, v in found.items()
+            ) + "); stack the band files of one image",
+            param="bands",
+        )  # fmt: skip
 
 
 def _source_name(path: str, vrt: Path) -> tuple[str, bool]:
