@@ -40,6 +40,11 @@ _ACQUISITION = re.compile(
     r"|^L[COTEM]\d{2}_L\w{3}_(\d{6}_\d{8})_",
     re.IGNORECASE,
 )
+# a Sentinel-2 SAFE product folder: its level and processing baseline (N0510: 05.10)
+_SAFE_NAME = re.compile(r"^S2[A-D]_MSI(L1C|L2A)_\d{8}T\d{6}_N(\d{4})_", re.IGNORECASE)
+#: Scale and offset of the values of SAFE products of processing baseline 04.00 and later
+#: (reflectance x 10000 + 1000; BOA_ADD_OFFSET / RADIO_ADD_OFFSET -1000 in the product's XML).
+_SAFE_OFFSET = (1e-4, -0.1)
 
 
 class _BandFile(NamedTuple):
@@ -85,7 +90,9 @@ def stack_band_files(
             of processing baseline 04.00 and later store reflectance x 10000 + 1000, declared
             only in the product's ``MTD_MSIL2A.xml`` (``BOA_ADD_OFFSET``), so their stack takes
             ``scale=1e-4, offset=-0.1``, as the same products' COGs declare it. Default: each
-            file's own declared scale and offset (cloud COGs declare them), else the sensor's
+            file's own declared scale and offset (cloud COGs declare them), else ``1e-4, -0.1``
+            for integer files inside a SAFE product of baseline 04.00 or later (L1C or L2A, told
+            by the ``.SAFE`` folder's name, ``S2A_MSIL2A_..._N0510_...``), else the sensor's
             product scale for integer files (Landsat Collection 2 surface reflectance:
             ``2.75e-5, -0.2``, with its fill value 0 as nodata), else none. Given ones must agree
             with a scale a file declares itself.
@@ -244,9 +251,11 @@ def _band_values(
     from msclip.io.readers import thermal_bands
     from msclip.spectral.bands import stored_scale
 
-    product = stored_scale(sensor) if np.dtype(dtype).kind in "iu" else None
+    integer = np.dtype(dtype).kind in "iu"
+    product = stored_scale(sensor) if integer else None
     out: list[tuple[float, float, float | None]] = []
     for p, info, hot in zip(paths, infos, thermal_bands(names)):
+        safe = _safe_offset(p) if integer else None
         own = (info.scale, info.offset)
         if scale is not None or offset is not None:
             given = (
@@ -263,6 +272,8 @@ def _band_values(
             out.append((*given, None))
         elif own != (1.0, 0.0):
             out.append((*own, None))
+        elif safe is not None:
+            out.append((*safe, None))
         elif product is not None and not hot:
             fill = float(product[2]) if len(product) > 2 else None
             out.append((float(product[0]), float(product[1]), fill))
@@ -289,6 +300,17 @@ def _refuse_two_acquisitions(paths: list[str]) -> None:
             ) + "); stack the band files of one image",
             param="bands",
         )  # fmt: skip
+
+
+def _safe_offset(path: str) -> tuple[float, float] | None:
+    """:data:`_SAFE_OFFSET` for a band file inside a Sentinel-2 SAFE product of processing
+    baseline 04.00 or later (told by the ``.SAFE`` folder's name, ``..._N0510_...``), whose
+    files keep the offset in the product's XML only; ``None`` elsewhere."""
+    for part in Path(os.path.abspath(path)).parts[:-1]:
+        m = _SAFE_NAME.match(part)
+        if m is not None:
+            return _SAFE_OFFSET if int(m.group(2)) >= 400 else None
+    return None
 
 
 def _source_name(path: str, vrt: Path) -> tuple[str, bool]:

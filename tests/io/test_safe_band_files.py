@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 
 import msclip
 from msclip.errors import BandError
-from msclip.io import stack_band_files
+from msclip.io import read_raster, stack_band_files
 
 SAFE = "S2A_MSIL2A_20240601T102021_{n}_R065_T32TQM_20240601T150000.SAFE"
 GRANULE = "GRANULE/L2A_T32TQM_A046000_20240601T102500/IMG_DATA"
@@ -79,3 +79,20 @@ def test_a_band_given_twice_names_its_files_and_the_fix(tmp_path):
     said = str(err.value)
     assert f"B04 by {b04}, {b04_20})" in said and str(b8a) not in said
     assert "take each from the finest" in said
+
+
+def test_safe_products_before_and_after_baseline_04_read_in_one_unit(tmp_path):
+    """Band files of a SAFE product of baseline 04.00+ store reflectance x 10000 + 1000, the
+    offset in the product's XML only: their stack declares it from the product's name (they
+    were read 1000 too high beside an older product's files)."""
+    old = stack_band_files(_safe(tmp_path, "N0301"), tmp_path / "old.vrt")
+    new = stack_band_files(_safe(tmp_path, "N0510"), tmp_path / "new.vrt")
+    a, b = read_raster(old), read_raster(new)
+    assert a.bands == b.bands == ("B04", "B8A")
+    np.testing.assert_allclose(b.data[:, 2:, 2:], a.data[:, 2:, 2:], atol=1e-2)
+    np.testing.assert_allclose(b.data[:, 5, 5], [1300, 3100], atol=1e-2)
+    assert np.isnan(b.data[:, 0, 0]).all()
+    # the offset given is the same one; another one given is used as given
+    same = read_raster(stack_band_files(_safe(tmp_path, "N0510"), tmp_path / "g.vrt",
+                                        scale=1e-4, offset=-0.1))  # fmt: skip
+    np.testing.assert_allclose(same.data, b.data, atol=1e-2)
