@@ -41,7 +41,9 @@ _ACQUISITION = re.compile(
     re.IGNORECASE,
 )
 # a Sentinel-2 SAFE product folder: its level and processing baseline (N0510: 05.10)
-_SAFE_NAME = re.compile(r"^S2[A-D]_MSI(L1C|L2A)_\d{8}T\d{6}_N(\d{4})_", re.IGNORECASE)
+# (the .SAFE suffix is part of the rule: BigEarthNet's patch folders are named as products too,
+# S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57, and hold values without the offset)
+_SAFE_NAME = re.compile(r"^S2[A-D]_MSI(L1C|L2A)_\d{8}T\d{6}_N(\d{4})_.*\.SAFE$", re.IGNORECASE)
 #: Scale and offset of the values of SAFE products of processing baseline 04.00 and later
 #: (reflectance x 10000 + 1000; BOA_ADD_OFFSET / RADIO_ADD_OFFSET -1000 in the product's XML).
 _SAFE_OFFSET = (1e-4, -0.1)

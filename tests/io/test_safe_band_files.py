@@ -96,3 +96,11 @@ def test_safe_products_before_and_after_baseline_04_read_in_one_unit(tmp_path):
     same = read_raster(stack_band_files(_safe(tmp_path, "N0510"), tmp_path / "g.vrt",
                                         scale=1e-4, offset=-0.1))  # fmt: skip
     np.testing.assert_allclose(same.data, b.data, atol=1e-2)
+    # a BigEarthNet patch folder is named as a product (N9999) but is no .SAFE: its values, which
+    # hold no offset, are read as stored
+    patch = tmp_path / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+    files = [
+        _band(patch / f"{patch.name}_{b}.tif", v, 10) for b, v in (("B04", 1300), ("B08", 3100))
+    ]
+    ben = read_raster(stack_band_files(files, tmp_path / "ben.vrt"))
+    np.testing.assert_allclose(ben.data[:, 5, 5], [1300, 3100], atol=1e-2)
