@@ -158,6 +158,9 @@ def list_image_set(specs: Sequence[str | os.PathLike], recursive: bool = True) -
     temporary files (:data:`~msclip.io.writers.TMP_PREFIX`) an interrupted write left there,
     which are never read as images.
 
+    macOS AppleDouble files (``._name`` beside ``name``, Finder metadata: :func:`is_apple_double`)
+    among the listed files or a pattern's matches are skipped with one warning naming them.
+
     An entry of a ``.txt``/``.yaml`` list is kept as listed: a missing or unreadable listed file
     is reported by the run that reads it (named, counted, status 1 unless skipped on purpose),
     so one bad line of a long archive list does not refuse the whole list.
@@ -243,6 +246,7 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
                 "paths, or glob patterns",
                 param="images",
             )
+    found_paths = _without_apple_double(found_paths)
     unique: dict[str, tuple[str, str]] = {}
     files: dict[tuple[int, int], str] = {}  # (device, inode) -> the first path of the file
     linked: list[tuple[str, str]] = []  # (a path, the earlier path of the same file)
@@ -263,6 +267,53 @@ def _list_image_set(specs: Sequence[str | os.PathLike], recursive: bool) -> Imag
     note_linked(linked, "read")
     paths = [f for f, _ in unique.values()]
     return ImageSet(paths, unique_names(paths, [root for _, root in unique.values()]))
+
+
+#: The first bytes of a macOS AppleDouble file: ``._name``, which a Mac writes beside each file
+#: ``name`` it copies to a volume without resource forks (exFAT, FAT, network shares) to hold the
+#: file's Finder metadata. It has the image's extension but is never an image.
+APPLE_DOUBLE_MAGIC = b"\x00\x05\x16\x07"
+
+
+def is_apple_double(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a macOS AppleDouble file (its name starts with ``._`` and its content
+    with :data:`APPLE_DOUBLE_MAGIC`; a file of another name is not opened)."""
+    if not os.path.basename(os.fspath(path)).startswith("._"):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(APPLE_DOUBLE_MAGIC)) == APPLE_DOUBLE_MAGIC
+    except OSError:  # missing or unreadable: the run names it
+        return False
+
+
+def _without_apple_double(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``found`` (``(path, root)`` pairs) without macOS AppleDouble files, which a list made with
+    ``find -name '*.tif'`` or a ``._*`` pattern holds beside the images of an archive copied from
+    a Mac: skipped with one warning naming them, not read and counted as unreadable images. (A
+    folder's listing skips them as hidden files.)
+
+    Raises:
+        ImageSetError: every file found is one.
+    """
+    dropped = [f for f, _ in found if is_apple_double(f)]
+    if not dropped:
+        return found
+    shown_when_quiet.warning(
+        "%d listed file(s) are macOS AppleDouble files (._name: the Finder metadata a Mac writes "
+        "beside a file it copies, not an image) and are skipped: %s%s",
+        len(dropped), ", ".join(dropped[:3]),
+        f" and {len(dropped) - 3} more" if len(dropped) > 3 else "",
+    )  # fmt: skip
+    skip = set(dropped)
+    kept = [(f, root) for f, root in found if f not in skip]
+    if not kept:
+        raise ImageSetError(
+            f"the given files are macOS AppleDouble files ({', '.join(dropped[:3])}"
+            f"{', ...' if len(dropped) > 3 else ''}), not images; give the images beside them "
+            "(the names without '._')"
+        )
+    return kept
 
 
 def note_linked(linked: list[tuple[str, str]], done: str) -> None:

@@ -589,3 +589,32 @@ def test_a_file_that_is_no_tiff_has_no_size_from_a_header(tmp_path):
     (tmp_path / "c.tif").write_bytes(b"II*\x00")  # cut short
     for name in ("a.tif", "b.tif", "c.tif", "missing.tif"):
         assert tiff_size(tmp_path / name) is None
+
+
+def test_macos_appledouble_files_in_a_list_are_skipped_with_a_note(tmp_path, caplog):
+    """An archive copied from a Mac to exFAT or a share holds ``._name.tif`` beside each image
+    (Finder metadata); ``find -name '*.tif' > list.txt`` lists them. They are skipped, named in
+    one warning, not read and counted as unreadable images; a real image whose name starts with
+    ``._`` is kept."""
+    import rasterio
+
+    from msclip.errors import ImageSetError
+    from msclip.io import list_image_set
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no georeference
+        with rasterio.open(tmp_path / "._real.tif", "w", driver="GTiff", width=4, height=4,
+                           count=1, dtype="uint8") as f:  # fmt: skip
+            f.write(np.ones((1, 4, 4), "uint8"))
+    (tmp_path / "a.tif").write_bytes(b"II*\x00")
+    (tmp_path / "._a.tif").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / "list.txt").write_text("._a.tif\na.tif\n._real.tif\nmissing/._gone.tif\n")
+    with caplog.at_level("WARNING"):
+        listed = list_image_set([tmp_path / "list.txt"])
+    assert listed.names == ["a.tif", "._real.tif", "missing/._gone.tif"]
+    assert "1 listed file(s) are macOS AppleDouble files" in caplog.text
+    assert str(tmp_path / "._a.tif") in caplog.text
+    assert list_image_set([str(tmp_path / "*.tif")]).names == ["a.tif"]  # not matched by *
+    assert list_image_set([str(tmp_path / "._*.tif")]).names == ["._real.tif"]
+    with pytest.raises(ImageSetError, match=r"macOS AppleDouble files \(.*\._a\.tif\), not im"):
+        list_image_set([tmp_path / "._a.tif"])
