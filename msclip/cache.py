@@ -28,7 +28,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_root", "machine_file", "note_damaged", "note_unwritable"]
+__all__ = [
+    "CACHE_ENV",
+    "cache_root",
+    "machine_file",
+    "machine_key",
+    "note_damaged",
+    "note_unwritable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +73,23 @@ def _process_root(wanted: str) -> Path:
     return root
 
 
-def machine_file(kind: str, *parts: object) -> Path:
-    """Where a choice or check measured on this machine is kept: ``kernels/`` of the cache root,
-    one file per ``kind``, CPU kind and torch build (:meth:`msclip.hardware.CPUInfo.key`), torch
-    thread count and ``parts`` (what else the measurement depends on)."""
+def machine_key() -> str:
+    """What a choice measured on this machine depends on besides its inputs: the CPU kind and
+    torch build (:meth:`msclip.hardware.CPUInfo.key`) and torch's thread count
+    (``<cpu key>-t<threads>``; a bandwidth-bound kernel and a compute-bound one rank differently
+    on one thread than on all cores)."""
     import torch
 
     from msclip.hardware import cpu_info
 
-    name = "-".join([kind, cpu_info().key(), f"t{torch.get_num_threads()}", *map(str, parts)])
+    return f"{cpu_info().key()}-t{torch.get_num_threads()}"
+
+
+def machine_file(kind: str, *parts: object) -> Path:
+    """Where a choice or check measured on this machine is kept: ``kernels/`` of the cache root,
+    one file per ``kind``, :func:`machine_key` and ``parts`` (what else the measurement depends
+    on)."""
+    name = "-".join([kind, machine_key(), *map(str, parts)])
     return cache_root() / "kernels" / f"{name}.json"
 
 

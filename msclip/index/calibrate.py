@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msclip.cache import note_damaged, note_unwritable
+from msclip.cache import machine_key, note_damaged, note_unwritable
 
 __all__ = [
     "BATCH_QUERIES",
@@ -75,7 +75,6 @@ __all__ = [
     "calibrate",
     "fastest",
     "load_or_calibrate",
-    "machine_key",
     "one_copy",
     "regime",
 ]
@@ -350,18 +349,8 @@ def _describe(cal: Calibration) -> str:
     return "; ".join(parts)
 
 
-def machine_key() -> str:
-    """What a measured choice depends on besides the index: the CPU kind and torch build
-    (:meth:`msclip.hardware.CPUInfo.key`) and torch's thread count (``<cpu key>-t<threads>``)."""
-    import torch
-
-    from msclip.hardware import cpu_info
-
-    return f"{cpu_info().key()}-t{torch.get_num_threads()}"
-
-
 def cache_path(directory: Path, key: str | None = None) -> Path:
-    """``<directory>/calibration-<machine key>.json`` (:func:`machine_key`)."""
+    """``<directory>/calibration-<machine key>.json`` (:func:`msclip.cache.machine_key`)."""
     return directory / f"{_PREFIX}{key or machine_key()}.json"
 
 
@@ -383,7 +372,7 @@ def load_or_calibrate(
     Args:
         directory: the index's search cache folder (``None``: in memory only).
         measure: runs :func:`calibrate`.
-        key: CPU kind and thread count (default :func:`machine_key`).
+        key: CPU kind and thread count (default :func:`msclip.cache.machine_key`).
         scope: what else the choice depends on, for the in-memory cache of indexes without a
             folder (the embedding dimension).
         rows: the rows the index would sample now (``min(count, SAMPLE_ROWS)``).
