@@ -65,6 +65,7 @@ __all__ = [
     "cpu_info",
     "cuda_bf16_supported",
     "device_type",
+    "env_precision_problem",
     "env_setting",
     "is_auto_device",
     "library_versions",
@@ -703,17 +704,13 @@ def training_precision(requested: str, device: Any) -> tuple[str, str]:
     """
     if requested != "auto":
         return requested, f"{requested}: asked for"
-    forced = os.environ.get(PRECISION_ENV, "").strip()
-    value = forced.lower()
+    problem = env_precision_problem(
+        ("fp32", "bf16"), "training", "training computes in fp32 or bf16 (autocast)"
+    )
+    if problem is not None:
+        raise PrecisionError(problem, param="precision")
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
     if value not in ("", "auto"):
-        if value not in ("fp32", "bf16"):
-            what = "not a precision" if value not in PRECISIONS else "not one training uses"
-            raise PrecisionError(
-                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
-                f"'auto' picks) is {what}: training computes in fp32 or bf16 (autocast); unset "
-                f"{PRECISION_ENV} or set it to fp32 or bf16, or pass --precision fp32 or bf16",
-                param="precision",
-            )
         return value, f"auto: {PRECISION_ENV}={value}"
     import torch
 
@@ -721,4 +718,21 @@ def training_precision(requested: str, device: Any) -> tuple[str, str]:
     native = device.type == "cuda" and cuda_bf16_supported(device.index)
     return ("bf16" if native else "fp32"), "auto: " + (
         "GPU with native bf16" if native else "no GPU with native bf16"
+    )
+
+
+def env_precision_problem(usable: Sequence[str], user: str, computes: str) -> str | None:
+    """The refusal of a :data:`PRECISION_ENV` that replaces what ``auto`` picks with a value a
+    program cannot use (``None`` when it is unset, ``auto`` or one of ``usable``): a name that is
+    no precision, or one ``user`` does not use (int8 for training), said with what the program
+    ``computes`` in and the fix."""
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    value = forced.lower()
+    if value in ("", "auto") or value in usable:
+        return None
+    what = "not a precision" if value not in PRECISIONS else f"not one {user} uses"
+    return (
+        f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision 'auto' "
+        f"picks) is {what}: {computes}; unset {PRECISION_ENV} or set it to fp32 or bf16, or pass "
+        "--precision fp32 or bf16"
     )

@@ -474,20 +474,17 @@ class FinetuneRunConfig:
         need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16, "
                                                          f"got {self.precision!r}")  # fmt: skip
-        from msclip.hardware import PRECISION_ENV, PRECISIONS
+        if self.precision == "auto":
+            from msclip.hardware import env_precision_problem
 
-        forced = os.environ.get(PRECISION_ENV, "").strip()
-        if self.precision == "auto" and forced.lower() not in ("", "auto"):
             # it replaces what auto picks: int8 would give the heads the features of a quantised
             # tower, which the option itself refuses
-            what = "not a precision" if forced.lower() not in PRECISIONS else "not one it uses"
-            need(
-                forced.lower() in ("fp32", "bf16", "fp16"),
-                f"environment variable {PRECISION_ENV}={forced!r} (it replaces what precision "
-                f"auto picks) is {what}: msclip-finetune runs the encoder in auto, fp32 or "
-                f"bf16; unset {PRECISION_ENV} or set it to fp32 or bf16, or pass --precision fp32 "
-                "or bf16",
+            problem = env_precision_problem(
+                ("fp32", "bf16", "fp16"),
+                "it",
+                "msclip-finetune runs the encoder in auto, fp32 or bf16",
             )
+            need(problem is None, problem or "")
 
     def validate(self) -> FinetuneRunConfig:
         """Check every value before any work; all problems are reported at once.
