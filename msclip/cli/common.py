@@ -1038,10 +1038,10 @@ def read_queries(args: argparse.Namespace) -> list[str]:
         shown = ", ".join(repr(q) for q in again[:3]) + (
             f" and {len(again) - 3} more" if len(again) > 3 else ""
         )
+        repeated = plural(len(queries) - len(unique), "repeated query", "repeated queries")
         print(
-            f"note: {len(queries) - len(unique)} repeated quer"
-            f"{'y' if len(queries) - len(unique) == 1 else 'ies'} (given more than once in "
-            f"--query / --queries-file) searched once: {shown}",
+            f"note: {repeated} (given more than once in --query / --queries-file) searched "
+            f"once: {shown}",
             file=sys.stderr,
         )
     return unique

@@ -27,9 +27,10 @@ Every output file is written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +76,14 @@ from msclip.cli.common import (
     text_cache_for,
     write_table_and_record,
 )
+from msclip.errors import BandCoverageError, RasterTooLargeError
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
+
+#: What a run stops at, as a usage error (:func:`_input_refusals`), rather than skip.
+_ABORT_ON = (BandCoverageError, RasterTooLargeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,14 +460,21 @@ def _encode_files(
     """Encode the image files of classification or retrieval with the shared input rules
     (``reads``: the files read while the program started, :func:`reads_ahead`)."""
     from msclip.encode import encode_images
-    from msclip.errors import BandCoverageError, RasterTooLargeError
 
-    try:
+    with _input_refusals():
         return encode_images(
             model, preprocess, paths, args.batch_size, args.workers, progress=not args.quiet,
-            min_valid=min_valid(args), nodata=args.nodata,
-            abort_on=(BandCoverageError, RasterTooLargeError), startup=reads,
+            min_valid=min_valid(args), nodata=args.nodata, abort_on=_ABORT_ON, startup=reads,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _input_refusals() -> Iterator[None]:
+    """Inputs the run stops at (:data:`_ABORT_ON`, met while reading) as the program's usage
+    errors, with their fixes: an image far larger than the model reads, and under
+    ``--strict-bands`` input the model says little about."""
+    try:
+        yield
     except RasterTooLargeError as err:
         raise UsageError(large_refusal(str(err))) from err
     except BandCoverageError as err:
@@ -662,7 +674,6 @@ def _check_head_bands(
 
 def run_head_classification(args: argparse.Namespace) -> int:
     """``--run-classification --head``: the scores of a trained head."""
-    from msclip.errors import BandCoverageError, RasterTooLargeError
     from msclip.heads.checkpoint import bind_head, predict_images, read_head
     from msclip.heads.dense_head import DENSE_HEAD_FORMAT, head_file_format
     from msclip.io import list_image_set
@@ -705,15 +716,11 @@ def run_head_classification(args: argparse.Namespace) -> int:
     bind_head(ckpt, model, args.adapters)
     _check_head_bands(ckpt.info.get("input_bands"), image_set.paths, image_set.names, args)
     dataset = ImageDataset(image_set.paths, preprocess, min_valid(args), args.nodata)
-    try:
+    with _input_refusals():
         scores, indices, failures, skipped, valid = predict_images(
             ckpt, model, dataset, args.batch_size, args.workers, progress=not args.quiet,
-            abort_on=(BandCoverageError, RasterTooLargeError),
+            abort_on=_ABORT_ON,
         )  # fmt: skip
-    except RasterTooLargeError as err:
-        raise UsageError(large_refusal(str(err))) from err
-    except BandCoverageError as err:
-        raise UsageError(_coverage_refusal(str(err))) from err
     shown = [image_set.names[i] for i in indices]
     task = ckpt.task
     table = Table({"Image": shown})
@@ -986,15 +993,11 @@ def run_scene(args: argparse.Namespace) -> int:
     tiles = scene_tiles(info)
     cache = text_cache_for(args, model)
     progress = not args.quiet
-    from msclip.errors import BandCoverageError
-
-    try:
+    with _input_refusals():
         res = encode_images(
             model, preprocess, tiles, args.batch_size, args.workers, progress=progress,
             min_valid=min_valid(args), nodata=args.nodata, desc="tiles",
         )  # fmt: skip
-    except BandCoverageError as err:
-        raise UsageError(_coverage_refusal(str(err))) from err
     if not len(res.indices):  # no map to write: every tile is nodata or unreadable
         _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
         _report_failures(res.failures, len(tiles), args, "tile")
@@ -1110,9 +1113,7 @@ def _dense_scene(
     _images_only_from_here(model, tokenizer)
     _warn_georeference(args.scene)
     final = out_dir / "dense_class_map.tif"
-    from msclip.errors import BandCoverageError
-
-    try:
+    with _input_refusals():
         result = predict_scene(
             args.scene, _pending(final), MaskCLIP(model, classifier).eval(), model,
             task="segmentation", tile_size=tile, overlap=args.overlap,
@@ -1121,8 +1122,6 @@ def _dense_scene(
             tags={"msclip": "zero-shot dense class map (MaskCLIP)"}, skip_unreadable=True,
             strict_bands=args.strict_bands,
         )  # fmt: skip
-    except BandCoverageError as err:
-        raise UsageError(_coverage_refusal(str(err))) from err
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])  # an earlier run's maps stay: they are not this one's
         return _no_data_scene(args, result)
@@ -1317,17 +1316,13 @@ def _head_scene(args: argparse.Namespace) -> int:
     _check_overlap(args, tile, "the head's training crops")
     _warn_georeference(args.scene)
     final = out_dir / f"{stem}.tif"
-    from msclip.errors import BandCoverageError
-
-    try:
+    with _input_refusals():
         result = predict_scene_with_head(
             args.scene, _pending(final), ckpt, model, task=entry["name"],
             adapters=args.adapters, tile_size=tile, overlap=args.overlap,
             batch_size=args.batch_size, bands=args.bands, sensor=args.sensor, nodata=args.nodata,
             progress=not args.quiet, skip_unreadable=True, strict_bands=args.strict_bands,
         )  # fmt: skip
-    except BandCoverageError as err:
-        raise UsageError(_coverage_refusal(str(err))) from err
     if not result.tiles_run:
         _warn_other_outputs(out_dir, [])
         return _no_data_scene(args, result)
