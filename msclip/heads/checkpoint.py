@@ -441,7 +441,9 @@ def head_file_contents(
             data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     # a truncated or overwritten file fails in the safetensors reader (not an OSError)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        if _is_torch_pickle(p):
+        from msclip.pretrained import checkpoint_format
+
+        if checkpoint_format(p) == "torch":  # a zip archive, or the legacy pickle stream
             raise CheckpointError(
                 f"head file {p} is a PyTorch pickle (torch.save), not a safetensors head file: "
                 "msclip reads heads from safetensors only, since unpickling runs code from the "
@@ -455,18 +457,6 @@ def head_file_contents(
             param="head",
         ) from err
     return meta, data
-
-
-def _is_torch_pickle(path: Path) -> bool:
-    """Whether ``path`` starts as ``torch.save`` writes: a zip archive (torch 1.6 and later) or
-    the legacy stream (pickle protocol 2, then the magic number as a long); read as a
-    safetensors header length, either would be tens of megabytes or more."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head.startswith((b"PK\x03\x04", b"\x80\x02\x8a"))
 
 
 def read_head(path: str | os.PathLike) -> HeadCheckpoint:

@@ -41,6 +41,7 @@ from torch import nn
 
 from msclip.errors import DecoderError
 from msclip.heads.decoders import DenseDecoder, build_decoder, count_parameters
+from msclip.heads.runs import autocast_to
 
 __all__ = [
     "TASK_KINDS",
@@ -268,12 +269,7 @@ class DenseModel(nn.Module):
         """Taps of padded, model-band images (no_grad when the encoder is frozen; under
         autocast to :attr:`autocast` when set, the heads then get them in their own dtype)."""
         ctx = contextlib.nullcontext() if self.encoder_trainable else torch.no_grad()
-        amp = (
-            torch.autocast(images.device.type, dtype=self.autocast)
-            if self.autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx, amp:
+        with ctx, autocast_to(images.device.type, self.autocast):
             return encoder_taps(self.encoder, images, self.layers)
 
     def decode(

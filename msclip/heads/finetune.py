@@ -60,6 +60,7 @@ from msclip.heads.runconfig import ENCODER_MODES, METHODS, FinetuneRunConfig
 from msclip.heads.runs import (
     MethodResult,
     RunResult,
+    autocast_to,
     check_outputs,
     default_label,
     encoder_hparams,
@@ -326,11 +327,7 @@ class EncoderHead(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         forward = self.spec.forward(self.model)
-        amp = (
-            torch.autocast(images.device.type, dtype=self.autocast)
-            if self.autocast is not None
-            else contextlib.nullcontext()
-        )
+        amp = autocast_to(images.device.type, self.autocast)
         with torch.no_grad() if self.mode == "frozen" else contextlib.nullcontext(), amp:
             f = forward(images)
         f = f.float()

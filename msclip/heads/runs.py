@@ -11,6 +11,7 @@ for these pieces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "MethodResult",
     "RunResult",
     "SameRun",
+    "autocast_to",
     "check_outputs",
     "default_label",
     "encoder_hparams",
@@ -152,6 +154,14 @@ def tower_autocast(cfg: FinetuneRunConfig, device: Any) -> tuple[torch.dtype | N
         return None, ""
     precision, reason = training_precision(cfg.precision, device)
     return (torch.bfloat16 if precision == "bf16" else None), reason
+
+
+def autocast_to(device_type: str, dtype: torch.dtype | None) -> Any:
+    """The context a tower computes in: ``torch.autocast`` to ``dtype`` on ``device_type``
+    (:func:`tower_autocast`'s choice), or nothing where ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def load_run_model(cfg: FinetuneRunConfig, on_model: Callable[[Any], None] | None = None) -> Any:
