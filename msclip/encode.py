@@ -245,13 +245,15 @@ def _refuse_folder(path: str | os.PathLike) -> None:
         ImageSetError: ``path`` is a folder or a pattern; the message names the call that lists
             its images.
     """
-    s = os.fsdecode(os.fspath(path))
-    pattern = not os.path.lexists(s) and any(ch in s for ch in "*?[")
-    if os.path.isdir(s) or pattern:
+    from msclip.io.images import folder_or_pattern
+
+    kind = folder_or_pattern(path)
+    if kind is not None:
+        s = os.fsdecode(os.fspath(path))
         raise ImageSetError(
-            f"{s} is a {'glob pattern' if pattern else 'folder'}, not an image file: give "
-            f"image files, e.g. msclip.io.list_images([{s!r}]) (the files "
-            f"{'it matches' if pattern else 'below it'}, sorted)",
+            f"{s} is a {kind}, not an image file: give image files, e.g. "
+            f"msclip.io.list_images([{s!r}]) (the files "
+            f"{'below it' if kind == 'folder' else 'it matches'}, sorted)",
             param="items",
         )
 

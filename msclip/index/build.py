@@ -280,6 +280,7 @@ def _expand_folders(given: Any, param: str) -> list[Any]:
     """
     from msclip.errors import ImageSetError
     from msclip.io import list_images
+    from msclip.io.images import folder_or_pattern
 
     # one path is one entry (not the characters of its name)
     entries = [given] if isinstance(given, (str, os.PathLike)) else list(given)
@@ -288,9 +289,7 @@ def _expand_folders(given: Any, param: str) -> list[Any]:
         if not isinstance(p, (str, os.PathLike)):
             out.append(p)  # the build names what it cannot read
             continue
-        s = os.fsdecode(os.fspath(p))
-        pattern = not os.path.lexists(s) and any(ch in s for ch in "*?[")
-        if not (os.path.isdir(s) or pattern):
+        if folder_or_pattern(p) is None:
             out.append(p)
             continue
         try:
@@ -728,6 +727,11 @@ def build_index(
 SPOOL_DIR = "spool"
 
 
+#: The files of a sharded build's spool beside the encodings (:mod:`msclip.index.sharded`): the
+#: processes' signs of life and errors, and the runs' marks.
+SPOOL_SIGNS = ("alive-*", "failed-*", "run-*")
+
+
 def drop_spool(path: Path) -> None:
     """Remove ``path/spool`` once every source is committed (by the writer, which holds the
     index's lock): the encodings other processes left are then of committed sources, their
@@ -739,7 +743,7 @@ def drop_spool(path: Path) -> None:
     spool = path / SPOOL_DIR
     if not spool.is_dir():
         return
-    for pattern in ("source-*.npz", "alive-*", "failed-*", "run-*", f"{TMP_PREFIX}*"):
+    for pattern in ("source-*.npz", *SPOOL_SIGNS, f"{TMP_PREFIX}*"):
         for f in spool.glob(pattern):
             with contextlib.suppress(IsADirectoryError, PermissionError):
                 f.unlink(missing_ok=True)

@@ -59,6 +59,7 @@ from msclip.encode import Failure
 from msclip.errors import BandCoverageError, InvalidArgumentError, ProcessGroupError
 from msclip.index.build import (
     SPOOL_DIR,
+    SPOOL_SIGNS,
     BuildReport,
     EncodedSource,
     Source,
@@ -443,7 +444,7 @@ def _appears(path: Path) -> bool:
 def _clear_signs(spool: Path) -> None:
     """Remove the processes' signs of life and failures (:class:`_Heartbeat`, :class:`_Watch`),
     and the marks of runs (:func:`_check_shared_spool`)."""
-    for pattern in ("alive-*", "failed-*", "run-*"):
+    for pattern in SPOOL_SIGNS:
         for f in spool.glob(pattern):
             f.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ __all__ = [
     "ImageSet",
     "class_folders",
     "folder_images",
+    "folder_or_pattern",
     "list_image_set",
     "list_images",
     "note_linked",
@@ -25,6 +26,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _GLOB_CHARS = "*?["
+
+
+def folder_or_pattern(path: str | os.PathLike) -> str | None:
+    """``"folder"`` when ``path`` is a folder, ``"glob pattern"`` when it names nothing and holds
+    a glob character (``*``, ``?``, ``[``), else ``None``: the entries that
+    :func:`list_images` expands to the image files they stand for."""
+    s = os.fsdecode(os.fspath(path))
+    if os.path.isdir(s):
+        return "folder"
+    if not os.path.lexists(s) and any(ch in s for ch in _GLOB_CHARS):
+        return "glob pattern"
+    return None
 
 
 def _is_image(path: Path) -> bool:
