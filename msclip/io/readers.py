@@ -744,12 +744,8 @@ def read_image(
     declared = _declared_scale(src, bands) if scaled else None
     if declared is None and scaled and default_scale is not None and data.dtype.kind in "iu":
         hot = list(thermal) if thermal is not None else [False] * len(bands)
-        declared = (
-            [1.0 if h else float(default_scale[0]) for h in hot],
-            [0.0 if h else float(default_scale[1]) for h in hot],
-        )
-        if nodata is None and len(default_scale) > 2:
-            nodata = default_scale[2]  # the product's fill value, when the file names none
+        scales, offsets, nodata = _product_scaling(default_scale, hot, nodata)
+        declared = (scales, offsets)
     if declared is not None:
         return _rescaled(data, nodata, invalid, *declared, thermal=thermal), None
     if invalid is None or not invalid.any():
@@ -1104,14 +1100,23 @@ def _product_scaled(raster: Raster, sensor: str | None) -> Raster:
     scale = product_scale(sensor, raster.bands)
     if scale is None or data.dtype.kind not in "iu":
         return raster
-    nodata = raster.nodata
-    if nodata is None and len(scale) > 2:
-        nodata = scale[2]
     hot = thermal_bands(raster.bands)
-    scales = [1.0 if h else float(scale[0]) for h in hot]
-    offsets = [0.0 if h else float(scale[1]) for h in hot]
+    scales, offsets, nodata = _product_scaling(scale, hot, raster.nodata)
     out = _rescaled(data, nodata, None, scales, offsets, thermal=hot)
     return replace(raster, data=out, nodata=None)
+
+
+def _product_scaling(
+    scale: Sequence[float], thermal: Sequence[bool], nodata: float | None
+) -> tuple[list[float], list[float], float | None]:
+    """A product's ``(scale, offset[, fill value])`` as the scale and offset of each band (the
+    ``thermal`` bands keep their stored values: 1 and 0) and the nodata value: ``nodata``, else
+    the product's fill value, for a file that names none."""
+    scales = [1.0 if h else float(scale[0]) for h in thermal]
+    offsets = [0.0 if h else float(scale[1]) for h in thermal]
+    if nodata is None and len(scale) > 2:
+        nodata = scale[2]
+    return scales, offsets, nodata
 
 
 def _reduced_shape(h: int, w: int, shorter_side: int | None) -> tuple[int, int] | None:
