@@ -156,18 +156,24 @@ def test_landsat_surface_reflectance_without_declared_scale(tmp_path):
                                refl.astype(np.float32) * 10000, rtol=1e-6)  # fmt: skip
 
 
+def _sr_and_st(path, size, scaling=None):
+    """A Landsat Collection 2 pair of bands, SR_B4 and ST_B10, of digital number 44000 (declaring
+    ``scaling``, ``(scales, offsets)``, when given)."""
+    profile = dict(driver="GTiff", width=size, height=size, count=2, dtype="uint16",
+                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.full((2, size, size), 44000, np.uint16))
+        ds.set_band_description(1, "SR_B4")
+        ds.set_band_description(2, "ST_B10")
+        if scaling is not None:
+            ds.scales, ds.offsets = scaling
+    return path
+
+
 def test_a_thermal_band_keeps_its_declared_unit(tmp_path):
     """Landsat ST_B10 declares 0.00341802 K per digital number + 149 K: a scale that small marks
     reflectance on the reflective bands (x 10000), but a thermal band is read in kelvin."""
-    dn = np.full((2, 16, 16), 44000, np.uint16)
-    path = tmp_path / "sr_st.tif"
-    profile = dict(driver="GTiff", width=16, height=16, count=2, dtype="uint16",
-                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(dn)
-        ds.set_band_description(1, "SR_B4")
-        ds.set_band_description(2, "ST_B10")
-        ds.scales, ds.offsets = [2.75e-5, 0.00341802], [-0.2, 149.0]
+    path = _sr_and_st(tmp_path / "sr_st.tif", 16, ([2.75e-5, 0.00341802], [-0.2, 149.0]))
     r = msclip.read_raster(path, sensor="landsat89")
     assert r.bands == ("OLI_B4", "TIRS_B10")
     np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)  # reflectance x 1e4
@@ -178,14 +184,7 @@ def test_the_surface_reflectance_scale_leaves_a_thermal_band_as_stored(tmp_path)
     """``landsat89_sr`` names ST_B10 too, but its product scale is not surface reflectance's:
     applied to it, 44000 kelvin-coded numbers read 1.01; the band keeps its stored values, as a
     stack of the band files (msclip.io.stack_band_files) leaves them, while SR_B4 is rescaled."""
-    dn = np.full((2, 8, 8), 44000, np.uint16)
-    path = tmp_path / "sr_st_undeclared.tif"
-    profile = dict(driver="GTiff", width=8, height=8, count=2, dtype="uint16",
-                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30))  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(dn)
-        ds.set_band_description(1, "SR_B4")
-        ds.set_band_description(2, "ST_B10")
+    path = _sr_and_st(tmp_path / "sr_st_undeclared.tif", 8)
     r = msclip.read_raster(path, sensor="landsat89_sr")
     assert r.bands == ("OLI_B4", "TIRS_B10")
     np.testing.assert_allclose(r.data[0], 44000 * 0.275 - 2000, rtol=1e-5)
